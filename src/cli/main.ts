@@ -1,0 +1,144 @@
+// `minigpt` command line (DESIGN.md section 3).
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { readFile } from 'node:fs/promises';
+import { convert, type Arch, type WeightDType } from '../convert/convert.js';
+import { verifyPackage } from '../inference/verify.js';
+import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
+import { runAsk } from './ask.js';
+
+function int(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive integer`);
+    return n;
+  };
+}
+
+function num(name: string, min: number, max: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
+    return n;
+  };
+}
+
+const log = (line: string) => process.stderr.write(`${line}\n`);
+
+export function buildProgram(): Command {
+  const program = new Command('minigpt')
+    .description('MiniGPT-v2 / MiniGPT-4 on onnxruntime-node')
+    .showHelpAfterError()
+    .exitOverride();
+
+  program
+    .command('convert')
+    .description('published checkpoints -> model package')
+    .addOption(new Option('--arch <arch>', 'model architecture').choices(['minigpt-v2', 'minigpt-4']).makeOptionMandatory())
+    .requiredOption('--vit <file>', 'EVA ViT state dict (eva_vit_g.pth)')
+    .requiredOption('--llm <dir>', 'Hugging Face Llama/Vicuna folder')
+    .requiredOption('--ckpt <file>', 'MiniGPT checkpoint (.pth)')
+    .option('--qformer <file>', 'BLIP-2 Q-Former checkpoint (MiniGPT-4)')
+    .option('--image-size <n>', 'vision input size (default 448 for v2, 224 for MiniGPT-4)', int('--image-size'))
+    .option('--vit-heads <n>', 'ViT attention heads (default 16)', int('--vit-heads'))
+    .option('--lora-r <n>', 'LoRA rank (default: read from the checkpoint tensors)', int('--lora-r'))
+    .option('--lora-alpha <n>', 'LoRA alpha (default 16)', int('--lora-alpha'))
+    .addOption(new Option('--dtype <type>', 'weight type').choices(['fp32', 'fp16', 'int8', 'int4']).default('fp32'))
+    .requiredOption('--out <dir>', 'output package folder')
+    .action(async (o) => {
+      await convert({
+        arch: o.arch as Arch,
+        vit: o.vit,
+        llm: o.llm,
+        ckpt: o.ckpt,
+        qformer: o.qformer,
+        imageSize: o.imageSize,
+        vitHeads: o.vitHeads,
+        loraR: o.loraR,
+        loraAlpha: o.loraAlpha,
+        dtype: o.dtype as WeightDType,
+        out: o.out,
+        log,
+      });
+    });
+
+  program
+    .command('verify')
+    .description('run a package on a golden folder and report per-stage errors (exit 1 over tolerance)')
+    .requiredOption('--model <dir>', 'model package')
+    .requiredOption('--golden <dir>', 'golden folder (manifest.json + tensors)')
+    .addOption(new Option('--provider <name>', 'execution provider').choices([...PROVIDER_CHOICES]).default('cpu'))
+    .action(async (o) => {
+      const report = await verifyPackage(o.model, o.golden, { provider: parseProviderChoice(o.provider), log });
+      process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+      if (!report.ok) process.exitCode = 1;
+    });
+
+  program
+    .command('ask')
+    .description('answer one prompt about an image, streamed to the terminal')
+    .requiredOption('--image <file>', 'image file (PNG, JPEG, WebP, GIF, ...)')
+    .option('--model <dir>', 'model package', 'models/demo')
+    .option('--json', 'print one JSON object (text, token ids, timings) instead of streaming')
+    .option('--max-new-tokens <n>', 'longest answer in tokens', int('--max-new-tokens'), 300)
+    .option('--temperature <t>', 'sampling temperature; 0 = greedy', num('--temperature', 0, 10), 0.6)
+    .option('--top-p <p>', 'nucleus sampling mass', num('--top-p', 0, 1), 0.9)
+    .option('--top-k <k>', 'keep the k most likely tokens', int('--top-k'))
+    .option('--repetition-penalty <r>', 'HF repetition penalty', num('--repetition-penalty', 0.01, 10), 1.05)
+    .option('--num-beams <n>', 'beam search width (1 = none)', int('--num-beams'), 1)
+    .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10))
+    .addOption(new Option('--provider <name>', 'execution provider').choices([...PROVIDER_CHOICES]).default(process.env.EXECUTION_PROVIDER ?? 'auto'))
+    .argument('<prompt>', 'the question or task, e.g. "[grounding] describe this image"')
+    .action(async (prompt: string, o) => {
+      let image: Buffer;
+      try {
+        image = await readFile(o.image);
+      } catch (e) {
+        throw new Error(`cannot read --image ${o.image}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      }
+      const controller = new AbortController();
+      const onSigint = () => controller.abort();
+      process.once('SIGINT', onSigint);
+      try {
+        await runAsk({
+          modelDir: o.model,
+          image,
+          prompt,
+          json: Boolean(o.json),
+          provider: parseProviderChoice(o.provider),
+          generation: {
+            maxNewTokens: o.maxNewTokens,
+            temperature: o.temperature,
+            doSample: o.temperature > 0,
+            topP: o.topP,
+            topK: o.topK,
+            repetitionPenalty: o.repetitionPenalty,
+            numBeams: o.numBeams,
+            seed: o.seed,
+          },
+          signal: controller.signal,
+          log,
+          write: (s) => process.stdout.write(s),
+        });
+      } finally {
+        process.off('SIGINT', onSigint);
+      }
+    });
+
+  return program;
+}
+
+/** Runs the CLI; resolves to the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    const code = (err as { code?: string; exitCode?: number }).code;
+    if (typeof code === 'string' && code.startsWith('commander.')) {
+      return code === 'commander.helpDisplayed' || code === 'commander.version' ? 0 : ((err as { exitCode?: number }).exitCode ?? 1);
+    }
+    process.stderr.write(`minigpt: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+  return typeof process.exitCode === 'number' ? process.exitCode : 0;
+}

@@ -1,0 +1,70 @@
+// Building blocks shared by the vision and language graphs: one small function per emitted block.
+import type { GraphBuilder } from '../onnx/builder.js';
+
+/** torch Linear weight [out, in] -> the [in, out] matrix ONNX MatMul wants. */
+export function transpose2d(w: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(w.length);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) out[c * rows + r] = w[base + c];
+  }
+  return out;
+}
+
+export interface LinearWeights {
+  /** torch layout [out, in] */
+  weight: Float32Array;
+  bias?: Float32Array;
+  outFeatures: number;
+  inFeatures: number;
+}
+
+/** y = x W^T + b, with W stored transposed so the graph is a plain MatMul. */
+export function linear(g: GraphBuilder, x: string, name: string, w: LinearWeights): string {
+  const wt = g.weight(`${name}.weight`, [w.inFeatures, w.outFeatures], transpose2d(w.weight, w.outFeatures, w.inFeatures));
+  const y = g.op('MatMul', [x, wt], {}, { name: `${name}.matmul` });
+  if (!w.bias) return y;
+  const b = g.weight(`${name}.bias`, [w.outFeatures], w.bias);
+  return g.op('Add', [y, b], {}, { name: `${name}.bias_add` });
+}
+
+export function layerNorm(g: GraphBuilder, x: string, name: string, weight: Float32Array, bias: Float32Array, eps: number): string {
+  const s = g.weight(`${name}.weight`, [weight.length], weight);
+  const b = g.weight(`${name}.bias`, [bias.length], bias);
+  return g.op('LayerNormalization', [x, s, b], { axis: -1, epsilon: { float: eps } }, { name });
+}
+
+/** Llama RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 as HF does. */
+export function rmsNorm(g: GraphBuilder, x: string, name: string, weight: Float32Array, eps: number): string {
+  const sq = g.op('Mul', [x, x], {}, { name: `${name}.sq` });
+  const mean = g.op('ReduceMean', [sq], { axes: [-1], keepdims: 1 }, { name: `${name}.mean` });
+  const var_eps = g.op('Add', [mean, g.scalar(eps, `${name}.eps`)], {}, { name: `${name}.add_eps` });
+  const inv = g.op('Reciprocal', [g.op('Sqrt', [var_eps], {}, { name: `${name}.sqrt` })], {}, { name: `${name}.rsqrt` });
+  const normed = g.op('Mul', [x, inv], {}, { name: `${name}.scale` });
+  return g.op('Mul', [normed, g.weight(`${name}.weight`, [weight.length], weight)], {}, { name: `${name}.weight_mul` });
+}
+
+/** Exact (erf) GELU, as torch nn.GELU() computes it. */
+export function gelu(g: GraphBuilder, x: string, name: string): string {
+  const scaled = g.op('Mul', [x, g.scalar(Math.SQRT1_2, `${name}.rsqrt2`)], {}, { name: `${name}.div_sqrt2` });
+  const erf = g.op('Erf', [scaled], {}, { name: `${name}.erf` });
+  const onePlus = g.op('Add', [erf, g.scalar(1, `${name}.one`)], {}, { name: `${name}.one_plus` });
+  const half = g.op('Mul', [x, g.scalar(0.5, `${name}.half`)], {}, { name: `${name}.half_x` });
+  return g.op('Mul', [half, onePlus], {}, { name });
+}
+
+export function silu(g: GraphBuilder, x: string, name: string): string {
+  return g.op('Mul', [x, g.op('Sigmoid', [x], {}, { name: `${name}.sigmoid` })], {}, { name });
+}
+
+/** [B, T, heads*hd] -> [B, heads, T, hd] */
+export function splitHeads(g: GraphBuilder, x: string, heads: number, headDim: number, name: string): string {
+  const r = g.op('Reshape', [x, g.constInt64([0, 0, heads, headDim], [4], `${name}.shape`)], {}, { name: `${name}.reshape` });
+  return g.op('Transpose', [r], { perm: [0, 2, 1, 3] }, { name: `${name}.transpose` });
+}
+
+/** [B, heads, T, hd] -> [B, T, heads*hd] */
+export function mergeHeads(g: GraphBuilder, x: string, width: number, name: string): string {
+  const t = g.op('Transpose', [x], { perm: [0, 2, 1, 3] }, { name: `${name}.transpose` });
+  return g.op('Reshape', [t, g.constInt64([0, 0, width], [3], `${name}.shape`)], {}, { name: `${name}.reshape` });
+}

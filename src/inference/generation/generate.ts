@@ -1,0 +1,133 @@
+/**
+ * The decoding loop: greedy / sampling with streaming, or beam search (one text event at the end).
+ */
+import { runBeamSearch } from './beam-search.js';
+import { resolveGenerationOptions, type ResolvedGenerationOptions } from './options.js';
+import { applyRepetitionPenalty, applyTemperature, argmax, maskTokens, sampleFrom, softmax, topKFilter, topPFilter } from './processors.js';
+import { createRng } from './rng.js';
+import { StatePool, runStep } from './state-pool.js';
+import { IncrementalTextStream } from './text-stream.js';
+import type {
+  DecodeState,
+  GenerationEvent,
+  GenerationOptions,
+  GenerationStart,
+  Rng,
+  StepModel,
+  TokenDecoder,
+} from './types.js';
+
+/**
+ * Chooses the next token from raw logits with HF order: repetition penalty (over `generated`), min-new-tokens
+ * mask of the stop ids, then (sampling only) temperature, top-k, top-p warpers and a multinomial draw; greedy is
+ * argmax (ties -> lowest id). `logits` is not modified.
+ */
+export function selectNextToken(
+  logits: ArrayLike<number>,
+  generated: readonly number[],
+  o: Pick<ResolvedGenerationOptions, 'repetitionPenalty' | 'minNewTokens' | 'stopIds' | 'sample' | 'temperature' | 'topK' | 'topP'>,
+  rng?: Rng,
+): number {
+  const scores = Float64Array.from(logits);
+  if (o.repetitionPenalty !== 1) applyRepetitionPenalty(scores, generated, o.repetitionPenalty);
+  if (generated.length < o.minNewTokens) maskTokens(scores, o.stopIds);
+  if (!o.sample) return argmax(scores);
+  applyTemperature(scores, o.temperature);
+  topKFilter(scores, o.topK, 1);
+  topPFilter(scores, o.topP, 1);
+  if (!rng) throw new Error('selectNextToken: sampling needs an rng');
+  return sampleFrom(softmax(scores), rng);
+}
+
+/**
+ * Generates text after a prefilled prompt.
+ *
+ * `start.logits` are the logits after the prompt; ownership of `start.state` passes to generate (once iteration
+ * starts): every state it creates or receives is disposed exactly once when the generator finishes, is aborted
+ * through `signal`, throws, or is left early by the consumer (`break` in `for await`).
+ *
+ * Greedy / sampling stream 'text' pieces (see IncrementalTextStream: trailing U+FFFD and partial stop strings are
+ * held back); beam search (numBeams > 1) yields the final text once at the end. The last event is always 'done'
+ * (unless the consumer left early or an error is thrown): `text` == concatenation of the 'text' pieces, i.e.
+ * decode(tokenIds) cut before the first stop string; `tokenIds` never contains the stop id that ended generation;
+ * `steps` counts decoding iterations (tokens selected, the stop token included). On abort nothing more is
+ * emitted: `text` is what was streamed, `tokenIds` all ids chosen so far (beam search: the best live beam, text '').
+ */
+export async function* generate<S extends DecodeState>(
+  model: StepModel<S>,
+  start: GenerationStart<S>,
+  decoder: TokenDecoder,
+  opts: GenerationOptions,
+  signal?: AbortSignal,
+): AsyncGenerator<GenerationEvent, void, undefined> {
+  const pool = new StatePool<S>();
+  pool.add(start.state);
+  try {
+    const o = resolveGenerationOptions(opts);
+
+    if (o.numBeams > 1) {
+      const r = await runBeamSearch(model, start, o, pool, { signal, decoder });
+      pool.releaseAllExcept(new Set());
+      if (r.finishReason !== 'aborted' && r.text) yield { type: 'text', text: r.text };
+      yield { type: 'done', text: r.text, tokenIds: r.tokenIds, finishReason: r.finishReason, steps: r.steps };
+      return;
+    }
+
+    const rng = o.sample ? createRng(o.seed) : undefined;
+    const stopSet = new Set(o.stopIds);
+    const stream = new IncrementalTextStream(o.stopStrings);
+    const ids: number[] = [];
+    let state = start.state;
+    let logits = start.logits;
+    let steps = 0;
+    const done = (finishReason: 'stop' | 'length' | 'aborted'): GenerationEvent => ({
+      type: 'done',
+      text: stream.text,
+      tokenIds: [...ids],
+      finishReason,
+      steps,
+    });
+
+    for (;;) {
+      if (signal?.aborted) {
+        yield done('aborted');
+        return;
+      }
+      if (ids.length >= o.maxNewTokens) break;
+
+      const token = selectNextToken(logits, ids, o, rng);
+      steps++;
+      if (stopSet.has(token)) {
+        pool.releaseAllExcept(new Set());
+        const last = stream.finish(decoder.decode(ids));
+        if (last) yield { type: 'text', text: last };
+        yield done('stop');
+        return;
+      }
+      ids.push(token);
+      const r = stream.update(decoder.decode(ids));
+      if (r.text) yield { type: 'text', text: r.text };
+      if (r.stopped) {
+        pool.releaseAllExcept(new Set());
+        yield done('stop');
+        return;
+      }
+      if (ids.length >= o.maxNewTokens) break;
+      if (signal?.aborted) continue; // reported at the top of the loop
+
+      const res = await runStep(model, [state], [token], pool, signal);
+      if (!res) continue; // aborted
+      if (res.states[0] !== state) pool.release(state);
+      state = res.states[0];
+      logits = res.logits[0];
+    }
+
+    // maxNewTokens reached
+    pool.releaseAllExcept(new Set());
+    const last = stream.finish(decoder.decode(ids));
+    if (last) yield { type: 'text', text: last };
+    yield done(stream.stopped ? 'stop' : 'length');
+  } finally {
+    pool.disposeAll();
+  }
+}

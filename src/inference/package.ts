@@ -1,0 +1,123 @@
+// The model package: the contract between `minigpt convert` and the runtime (DESIGN.md section 2).
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { z } from 'zod';
+
+export const PACKAGE_FORMAT = 'minigpt-package';
+export const PACKAGE_FORMAT_VERSION = 1;
+
+const ioSpec = z.object({
+  name: z.string(),
+  dtype: z.enum(['float32', 'float16', 'int64']),
+  dims: z.array(z.union([z.number().int(), z.string()])),
+});
+
+const graphSpec = z.object({
+  file: z.string(),
+  /** external weight file(s) beside the graph */
+  data: z.array(z.string()).default([]),
+  inputs: z.array(ioSpec),
+  outputs: z.array(ioSpec),
+});
+export type GraphSpec = z.infer<typeof graphSpec>;
+
+const sourceFile = z.object({
+  role: z.string(),
+  path: z.string(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  bytes: z.number().int().nonnegative(),
+});
+
+export const modelJsonSchema = z.object({
+  format: z.literal(PACKAGE_FORMAT),
+  formatVersion: z.literal(PACKAGE_FORMAT_VERSION),
+  name: z.string(),
+  architecture: z.enum(['minigpt-v2', 'minigpt-4']),
+  dtype: z.enum(['fp32', 'fp16', 'int8', 'int4']),
+  vision: z.object({
+    imageSize: z.number().int().positive(),
+    mean: z.tuple([z.number(), z.number(), z.number()]),
+    std: z.tuple([z.number(), z.number(), z.number()]),
+    imageTokens: z.number().int().positive(),
+    patchSize: z.number().int().positive(),
+    width: z.number().int().positive(),
+    layers: z.number().int().positive(),
+    heads: z.number().int().positive(),
+  }),
+  llm: z.object({
+    layers: z.number().int().positive(),
+    heads: z.number().int().positive(),
+    kvHeads: z.number().int().positive(),
+    headDim: z.number().int().positive(),
+    hidden: z.number().int().positive(),
+    intermediate: z.number().int().positive(),
+    vocabSize: z.number().int().positive(),
+    bosId: z.number().int().nonnegative(),
+    eosId: z.number().int().nonnegative(),
+    padId: z.number().int().nonnegative().optional(),
+    maxPositions: z.number().int().positive(),
+    rmsNormEps: z.number().positive(),
+    ropeTheta: z.number().positive(),
+  }),
+  prompt: z.object({
+    /** `{}` is replaced by the user turn (upstream's prompt_template) */
+    template: z.string(),
+    /** conversation roles as the upstream Conversation object has them */
+    roles: z.tuple([z.string(), z.string()]),
+    system: z.string(),
+    separator: z.string(),
+    imagePlaceholder: z.string(),
+    imageToken: z.string(),
+    stopStrings: z.array(z.string()),
+    stopIds: z.array(z.number().int()),
+  }),
+  graphs: z.object({ vision: graphSpec, embed: graphSpec, decoder: graphSpec }),
+  tokenizer: z.string(),
+  provenance: z.object({
+    converter: z.string(),
+    createdAt: z.string(),
+    sources: z.array(sourceFile),
+    options: z.record(z.string(), z.union([z.string(), z.number(), z.boolean(), z.null()])),
+  }),
+});
+export type ModelJson = z.infer<typeof modelJsonSchema>;
+
+export class ModelPackageError extends Error {}
+
+export interface ModelPackage {
+  dir: string;
+  meta: ModelJson;
+  path(file: string): string;
+}
+
+/** Reads and validates `<dir>/model.json`; every file it names must exist. */
+export async function loadPackage(dir: string): Promise<ModelPackage> {
+  const metaPath = join(dir, 'model.json');
+  let raw: string;
+  try {
+    raw = await readFile(metaPath, 'utf8');
+  } catch {
+    throw new ModelPackageError(`no model package at ${dir}: ${metaPath} is missing (build one with \`minigpt convert\`)`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch (e) {
+    throw new ModelPackageError(`${metaPath} is not valid JSON: ${(e as Error).message}`);
+  }
+  const parsed = modelJsonSchema.safeParse(json);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`);
+    throw new ModelPackageError(`${metaPath} is not a valid model package description:\n  ${issues.join('\n  ')}`);
+  }
+  const meta = parsed.data;
+  const files = [meta.tokenizer, ...Object.values(meta.graphs).flatMap((g) => [g.file, ...g.data])];
+  for (const f of files) {
+    try {
+      await stat(join(dir, f));
+    } catch {
+      throw new ModelPackageError(`model package ${dir} is incomplete: ${f} (named in model.json) is missing`);
+    }
+  }
+  return { dir, meta, path: (f) => join(dir, f) };
+}

@@ -1,0 +1,184 @@
+// `minigpt verify`: runs a package on a golden folder's inputs (tensors computed by the original PyTorch
+// code) and reports the error of every stage, plus the greedy tokens the package generates.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MiniGPT, type LoadOptions } from './model.js';
+import { spliceContext } from './context.js';
+import { argmax } from './generation/index.js';
+import { preprocessImage } from '../image/preprocess.js';
+
+export const TOLERANCES = {
+  /** absolute, fp32 package against the fp32 PyTorch reference */
+  tensor: 1e-4,
+  /** mean absolute: our sharp pipeline against PIL's bicubic resize */
+  preprocessMean: 0.02,
+} as const;
+
+interface GoldenTensor {
+  file: string;
+  dtype: 'float32' | 'int64' | 'uint8';
+  shape: number[];
+}
+
+export interface StageError {
+  max_abs_err: number;
+  mean_abs_err?: number;
+  tolerance: number;
+  ok: boolean;
+}
+
+export interface PromptReport {
+  stages: Record<string, StageError>;
+  greedy_ids: number[];
+  expected_greedy_ids: number[];
+  greedy_ids_match: boolean;
+  ok: boolean;
+}
+
+export interface VerifyReport {
+  stages: Record<string, StageError>;
+  prompts: Record<string, PromptReport>;
+  ok: boolean;
+}
+
+class Golden {
+  private constructor(readonly dir: string, private readonly tensors: Record<string, GoldenTensor>) {}
+
+  static async open(dir: string): Promise<Golden> {
+    let manifest: { tensors?: Record<string, GoldenTensor> };
+    try {
+      manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8'));
+    } catch (e) {
+      throw new Error(`${dir} is not a golden folder: cannot read manifest.json (${(e as Error).message})`);
+    }
+    if (!manifest.tensors) throw new Error(`${join(dir, 'manifest.json')} lists no tensors`);
+    return new Golden(dir, manifest.tensors);
+  }
+
+  has(name: string): boolean {
+    return name in this.tensors;
+  }
+
+  /** Prompt names: every `<p>seg0_ids` tensor (`prompt_` is the folder's plain prompt). */
+  prompts(): string[] {
+    return Object.keys(this.tensors)
+      .filter((k) => k.endsWith('seg0_ids'))
+      .map((k) => k.slice(0, -'seg0_ids'.length));
+  }
+
+  /** The tensor `name` of prompt `prefix` (the plain prompt's tensors carry no prefix). */
+  promptTensor(prefix: string, name: string): string | null {
+    if (this.has(prefix + name)) return prefix + name;
+    if (prefix === 'prompt_' && this.has(name)) return name;
+    return null;
+  }
+
+  async float32(name: string): Promise<Float32Array> {
+    const t = this.tensors[name];
+    if (!t || t.dtype !== 'float32') throw new Error(`golden tensor ${name} is missing or not float32`);
+    const buf = await readFile(join(this.dir, t.file));
+    return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+  }
+
+  async ids(name: string): Promise<number[]> {
+    const t = this.tensors[name];
+    if (!t || t.dtype !== 'int64') throw new Error(`golden tensor ${name} is missing or not int64`);
+    const buf = await readFile(join(this.dir, t.file));
+    return Array.from(new BigInt64Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength)), Number);
+  }
+}
+
+export function compare(actual: Float32Array, expected: Float32Array, tolerance: number, mean = false): StageError {
+  if (actual.length !== expected.length) {
+    return { max_abs_err: Number.POSITIVE_INFINITY, tolerance, ok: false };
+  }
+  let max = 0;
+  let sum = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const d = Math.abs(actual[i] - expected[i]);
+    if (!(d <= max)) max = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
+    sum += d;
+  }
+  const meanErr = sum / Math.max(1, actual.length);
+  return { max_abs_err: max, mean_abs_err: meanErr, tolerance, ok: (mean ? meanErr : max) <= tolerance };
+}
+
+async function verifyPrompt(model: MiniGPT, golden: Golden, prefix: string, imageEmbeds: Float32Array, shared: Record<string, StageError>): Promise<PromptReport> {
+  const stages: Record<string, StageError> = { ...shared };
+  const V = model.meta.llm.vocabSize;
+  const segIds = [await golden.ids(`${prefix}seg0_ids`)];
+  for (let s = 1; golden.has(`${prefix}seg${s}_ids`); s++) segIds.push(await golden.ids(`${prefix}seg${s}_ids`));
+  const ctx = await spliceContext(segIds, Array(segIds.length - 1).fill(imageEmbeds), model.embedder);
+
+  const embedsName = golden.promptTensor(prefix, 'inputs_embeds');
+  if (embedsName) stages.inputs_embeds = compare(ctx.embeds, await golden.float32(embedsName), TOLERANCES.tensor);
+
+  const pre = await model.prefill(ctx);
+  const logitsName = golden.promptTensor(prefix, 'logits');
+  if (logitsName) stages.logits = compare(pre.all, await golden.float32(logitsName), TOLERANCES.tensor);
+
+  const expectedName = golden.promptTensor(prefix, 'greedy_ids');
+  const expected = expectedName ? await golden.ids(expectedName) : [];
+  const steps = expected.length || 8;
+  const ids: number[] = [];
+  const stepLogits = new Float32Array(steps * V);
+  let state = pre.state;
+  let logits = pre.logits;
+  try {
+    for (let t = 0; t < steps; t++) {
+      stepLogits.set(logits, t * V);
+      const id = argmax(logits);
+      ids.push(id);
+      if (t === steps - 1) break;
+      const next = await model.decoder.step([state], [id]);
+      state.dispose();
+      state = next.states[0];
+      logits = next.logits[0];
+    }
+  } finally {
+    state.dispose();
+  }
+  const stepName = golden.promptTensor(prefix, 'greedy_step_logits');
+  if (stepName) stages.greedy_step_logits = compare(stepLogits, await golden.float32(stepName), TOLERANCES.tensor);
+
+  const match = expected.length > 0 && expected.every((id, i) => ids[i] === id);
+  return {
+    stages,
+    greedy_ids: ids,
+    expected_greedy_ids: expected,
+    greedy_ids_match: match,
+    ok: match && Object.values(stages).every((s) => s.ok),
+  };
+}
+
+/** Runs every stage the golden folder has a reference for; `ok` is false if any is over tolerance. */
+export async function verifyPackage(modelDir: string, goldenDir: string, opts: LoadOptions = {}): Promise<VerifyReport> {
+  const golden = await Golden.open(goldenDir);
+  const model = await MiniGPT.load(modelDir, opts);
+  try {
+    const stages: Record<string, StageError> = {};
+    const { vision } = model.meta;
+    if (golden.has('pixel_values')) {
+      const pixelValues = await golden.float32('pixel_values');
+      try {
+        const png = await readFile(join(goldenDir, 'input.png'));
+        const pre = await preprocessImage(png, { size: vision.imageSize, mean: vision.mean, std: vision.std });
+        stages.preprocess = compare(pre.pixelValues, pixelValues, TOLERANCES.preprocessMean, true);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      }
+      // The ViT is fed the golden pixel_values so its error is measured on its own.
+      const embeds = await model.vision.encode(pixelValues);
+      if (golden.has('image_embeds')) stages.image_embeds = compare(embeds, await golden.float32('image_embeds'), TOLERANCES.tensor);
+      const prompts: Record<string, PromptReport> = {};
+      for (const prefix of golden.prompts()) {
+        prompts[prefix.replace(/_$/, '')] = await verifyPrompt(model, golden, prefix, embeds, stages);
+      }
+      const ok = Object.values(stages).every((s) => s.ok) && Object.values(prompts).every((p) => p.ok);
+      return { stages, prompts, ok };
+    }
+    throw new Error(`${goldenDir} has no pixel_values tensor to feed the vision encoder`);
+  } finally {
+    await model.close();
+  }
+}

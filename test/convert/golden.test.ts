@@ -1,0 +1,112 @@
+// The inference core's acceptance test: convert the tiny MiniGPT-v2 checkpoints (original formats) and
+// check the package against tensors computed by the original PyTorch code.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { copyFile, mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { convert } from '../../src/convert/convert.js';
+import { verifyPackage, type VerifyReport } from '../../src/inference/verify.js';
+import { loadPackage } from '../../src/inference/package.js';
+
+const GOLDEN = join(import.meta.dirname, '../fixtures/minigptv2-tiny');
+const TINY = { vitHeads: 4, imageSize: 112, loraR: 8, loraAlpha: 16 } as const;
+
+let work: string;
+let pkgDir: string;
+let report: VerifyReport;
+
+async function tinyConvert(out: string, llm = join(GOLDEN, 'llama')) {
+  return convert({
+    arch: 'minigpt-v2',
+    vit: join(GOLDEN, 'eva_vit.pth'),
+    llm,
+    ckpt: join(GOLDEN, 'minigptv2_ckpt.pth'),
+    ...TINY,
+    out,
+  });
+}
+
+/** A Hugging Face folder holding only the given weight files (plus config and tokenizer). */
+async function llmFolder(name: string, from: string, files: string[]): Promise<string> {
+  const dir = join(work, name);
+  await mkdir(dir, { recursive: true });
+  for (const f of ['config.json', ...files]) await copyFile(join(from, f), join(dir, f));
+  await copyFile(join(GOLDEN, 'llama', 'tokenizer.json'), join(dir, 'tokenizer.json'));
+  return dir;
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'minigpt-golden-'));
+  pkgDir = join(work, 'pkg');
+  await tinyConvert(pkgDir);
+  report = await verifyPackage(pkgDir, GOLDEN, { provider: 'cpu' });
+});
+
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('minigpt-v2 tiny package against the PyTorch golden tensors', () => {
+  it('writes a package whose model.json validates and records provenance', async () => {
+    const pkg = await loadPackage(pkgDir);
+    expect(pkg.meta.architecture).toBe('minigpt-v2');
+    expect(pkg.meta.vision).toMatchObject({ imageSize: 112, imageTokens: 16, width: 32, layers: 2, heads: 4, patchSize: 14 });
+    expect(pkg.meta.llm).toMatchObject({ layers: 2, heads: 4, headDim: 16, hidden: 64, vocabSize: 512, bosId: 1, eosId: 2, rmsNormEps: 1e-6 });
+    const roles = pkg.meta.provenance.sources.map((s) => s.role);
+    expect(roles).toEqual(expect.arrayContaining(['vit', 'checkpoint', 'llm-weights', 'tokenizer']));
+    for (const s of pkg.meta.provenance.sources) expect(s.sha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(pkg.meta.provenance.options).toMatchObject({ loraR: 8, loraAlpha: 16, vitHeads: 4, imageSize: 112 });
+    // large weights live in external data files, not inside the protobuf
+    expect(pkg.meta.graphs.decoder.data).toEqual(['decoder.onnx.data']);
+  });
+
+  it('preprocesses the golden PNG within 0.02 mean absolute of pixel_values', () => {
+    expect(report.stages.preprocess.mean_abs_err).toBeLessThan(0.02);
+  });
+
+  it('matches image embeddings within 1e-4 (ViT fed the golden pixel_values)', () => {
+    expect(report.stages.image_embeds.max_abs_err).toBeLessThan(1e-4);
+  });
+
+  for (const prompt of ['prompt', 'chat']) {
+    it(`matches inputs_embeds, logits and step logits within 1e-4 and the 8 greedy tokens (${prompt})`, () => {
+      const p = report.prompts[prompt];
+      expect(p, `golden prompt ${prompt}`).toBeDefined();
+      expect(p.stages.inputs_embeds.max_abs_err).toBeLessThan(1e-4);
+      expect(p.stages.logits.max_abs_err).toBeLessThan(1e-4);
+      expect(p.stages.greedy_step_logits.max_abs_err).toBeLessThan(1e-4);
+      expect(p.expected_greedy_ids).toHaveLength(8);
+      expect(p.greedy_ids).toEqual(p.expected_greedy_ids);
+      expect(p.ok).toBe(true);
+    });
+  }
+
+  it('reports ok overall', () => {
+    expect(report.ok).toBe(true);
+  });
+
+  it('builds the same graphs from pytorch_model.bin as from model.safetensors', async () => {
+    const binLlm = await llmFolder('llama-bin', join(GOLDEN, 'llama'), ['pytorch_model.bin']);
+    const binPkg = join(work, 'pkg-bin');
+    await tinyConvert(binPkg, binLlm);
+    const files = (await readdir(pkgDir)).filter((f) => f.includes('.onnx')).sort();
+    expect(files).toEqual(['decoder.onnx', 'decoder.onnx.data', 'embed.onnx', 'embed.onnx.data', 'vision.onnx', 'vision.onnx.data']);
+    for (const f of files) {
+      const a = await readFile(join(pkgDir, f));
+      const b = await readFile(join(binPkg, f));
+      expect(Buffer.compare(a, b), f).toBe(0);
+    }
+  });
+
+  it('converts the fp16 copy of the language model; its logits stay within fp16 rounding of the reference', async () => {
+    const fp16Llm = await llmFolder('llama-fp16', join(GOLDEN, 'llama_fp16'), ['model.safetensors']);
+    const fp16Pkg = join(work, 'pkg-fp16');
+    await tinyConvert(fp16Pkg, fp16Llm);
+    const r = await verifyPackage(fp16Pkg, GOLDEN, { provider: 'cpu' });
+    const logitsErr = r.prompts.prompt.stages.logits.max_abs_err;
+    // fp16 weights perturb the logits measurably but slightly (the fp32 weights give < 1e-4)
+    expect(logitsErr).toBeGreaterThan(1e-5);
+    expect(logitsErr).toBeLessThan(0.05);
+    expect(r.stages.image_embeds.max_abs_err).toBeLessThan(1e-4);
+  });
+});
