@@ -10,6 +10,7 @@ export interface AskRequest {
   prompt: string;
   json: boolean;
   provider: ProviderChoice;
+  threads?: number;
   generation: Partial<GenerationOptions>;
   signal?: AbortSignal;
   log: (line: string) => void;
@@ -39,7 +40,7 @@ export interface AskResult {
 
 export async function runAsk(req: AskRequest): Promise<AskResult> {
   const t0 = performance.now();
-  const model = await MiniGPT.load(req.modelDir, { provider: req.provider, log: req.log });
+  const model = await MiniGPT.load(req.modelDir, { provider: req.provider, threads: req.threads, log: req.log });
   const loadMs = performance.now() - t0;
   try {
     const img = await model.encodeImage(req.image);

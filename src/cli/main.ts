@@ -5,6 +5,7 @@ import { convert, type Arch, type WeightDType } from '../convert/convert.js';
 import { verifyPackage } from '../inference/verify.js';
 import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
 import { runAsk } from './ask.js';
+import { DEFAULT_CONFIG, loadConfig } from '../config.js';
 
 function int(name: string) {
   return (v: string): number => {
@@ -77,16 +78,17 @@ export function buildProgram(): Command {
     .command('ask')
     .description('answer one prompt about an image, streamed to the terminal')
     .requiredOption('--image <file>', 'image file (PNG, JPEG, WebP, GIF, ...)')
-    .option('--model <dir>', 'model package', 'models/demo')
+    .option('--model <dir>', 'model package (default: the config\'s package)')
+    .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
     .option('--json', 'print one JSON object (text, token ids, timings) instead of streaming')
-    .option('--max-new-tokens <n>', 'longest answer in tokens', int('--max-new-tokens'), 300)
-    .option('--temperature <t>', 'sampling temperature; 0 = greedy', num('--temperature', 0, 10), 0.6)
-    .option('--top-p <p>', 'nucleus sampling mass', num('--top-p', 0, 1), 0.9)
+    .option('--max-new-tokens <n>', 'longest answer in tokens (default 300)', int('--max-new-tokens'))
+    .option('--temperature <t>', 'sampling temperature; 0 = greedy (default 0.6)', num('--temperature', 0, 10))
+    .option('--top-p <p>', 'nucleus sampling mass (default 0.9)', num('--top-p', 0, 1))
     .option('--top-k <k>', 'keep the k most likely tokens', int('--top-k'))
-    .option('--repetition-penalty <r>', 'HF repetition penalty', num('--repetition-penalty', 0.01, 10), 1.05)
-    .option('--num-beams <n>', 'beam search width (1 = none)', int('--num-beams'), 1)
+    .option('--repetition-penalty <r>', 'HF repetition penalty (default 1.05)', num('--repetition-penalty', 0.01, 10))
+    .option('--num-beams <n>', 'beam search width (default 1 = none)', int('--num-beams'))
     .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10))
-    .addOption(new Option('--provider <name>', 'execution provider').choices([...PROVIDER_CHOICES]).default(process.env.EXECUTION_PROVIDER ?? 'auto'))
+    .addOption(new Option('--provider <name>', 'execution provider (default: EXECUTION_PROVIDER, then the config)').choices([...PROVIDER_CHOICES]))
     .argument('<prompt>', 'the question or task, e.g. "[grounding] describe this image"')
     .action(async (prompt: string, o) => {
       let image: Buffer;
@@ -95,25 +97,31 @@ export function buildProgram(): Command {
       } catch (e) {
         throw new Error(`cannot read --image ${o.image}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
       }
+      // --model alone needs no config; otherwise the config supplies the package and the defaults.
+      const cfg = o.model && !o.config ? null : await loadConfig(o.config ?? process.env.MINIGPT_CONFIG ?? DEFAULT_CONFIG);
+      const m = cfg?.model;
+      const temperature: number = o.temperature ?? m?.temperature ?? 0.6;
       const controller = new AbortController();
       const onSigint = () => controller.abort();
       process.once('SIGINT', onSigint);
       try {
         await runAsk({
-          modelDir: o.model,
+          modelDir: o.model ?? cfg!.packageDir,
           image,
           prompt,
           json: Boolean(o.json),
-          provider: parseProviderChoice(o.provider),
+          provider: parseProviderChoice(o.provider ?? process.env.EXECUTION_PROVIDER ?? cfg?.runtime.execution_provider),
+          threads: cfg?.runtime.threads,
           generation: {
-            maxNewTokens: o.maxNewTokens,
-            temperature: o.temperature,
-            doSample: o.temperature > 0,
-            topP: o.topP,
+            maxNewTokens: o.maxNewTokens ?? m?.max_new_tokens ?? 300,
+            temperature,
+            doSample: temperature > 0,
+            topP: o.topP ?? m?.top_p ?? 0.9,
             topK: o.topK,
-            repetitionPenalty: o.repetitionPenalty,
-            numBeams: o.numBeams,
+            repetitionPenalty: o.repetitionPenalty ?? m?.repetition_penalty ?? 1.05,
+            numBeams: o.numBeams ?? m?.num_beams ?? 1,
             seed: o.seed,
+            ...(m?.end_sym ? { stopStrings: [m.end_sym] } : {}),
           },
           signal: controller.signal,
           log,

@@ -120,11 +120,21 @@ export class MiniGPT {
     const limit = this.meta.llm.maxPositions;
     if (ctx.length + 1 > limit) throw new Error(`the prompt is ${ctx.length} tokens long; this model handles at most ${limit}`);
     const genOpts = this.generationOptions({ ...opts, maxNewTokens: Math.min(maxNew, limit - ctx.length) });
-    const pre = await this.prefill(ctx, signal);
+    let pre: Awaited<ReturnType<MiniGPT['prefill']>>;
+    try {
+      pre = await this.prefill(ctx, signal);
+    } catch (err) {
+      // Cancelled before the first token: the same ending as a cancellation during decoding.
+      if (!signal?.aborted) throw err;
+      yield { type: 'done', text: '', tokenIds: [], finishReason: 'aborted', steps: 0 };
+      return;
+    }
     const tPrefill = performance.now();
     let tFirst = 0;
     let newTokens = 0;
-    for await (const ev of generate(this.decoder, { state: pre.state, logits: pre.logits }, this.tokenizer, genOpts, signal)) {
+    // Upstream decodes answers with skip_special_tokens=True.
+    const decoder = { decode: (ids: readonly number[]) => this.tokenizer.decode(ids, { skipSpecialTokens: true }) };
+    for await (const ev of generate(this.decoder, { state: pre.state, logits: pre.logits }, decoder, genOpts, signal)) {
       if (ev.type === 'text' && !tFirst) tFirst = performance.now();
       if (ev.type === 'done') newTokens = ev.tokenIds.length;
       yield ev;

@@ -1,6 +1,9 @@
 // Execution provider choice (DESIGN.md section 6): cuda | webgpu | cpu, or auto = the first of those
 // that initialises, said in one log line.
 import * as ort from 'onnxruntime-node';
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 
 export type ProviderName = 'cuda' | 'webgpu' | 'cpu';
 export type ProviderChoice = ProviderName | 'auto';
@@ -26,6 +29,8 @@ export interface SessionFactoryOptions {
 export interface OpenedSession {
   session: ort.InferenceSession;
   provider: ProviderName;
+  /** providers `auto` passed over, with the reason */
+  skipped: string[];
 }
 
 function sessionOptions(provider: ProviderName, threads: number | undefined, keepOnDevice: readonly string[]): ort.InferenceSession.SessionOptions {
@@ -47,16 +52,48 @@ function cudaHint(err: unknown): string {
 }
 
 /**
+ * Why `auto` should not even try a provider on this machine, or null when it may work. Trying a provider
+ * whose libraries are missing makes onnxruntime and Dawn print errors to stderr, so `auto` looks first.
+ */
+export function providerUnavailableReason(provider: ProviderName): string | null {
+  if (process.platform !== 'linux') return null;
+  if (provider === 'cuda') {
+    const pkgDir = dirname(dirname(createRequire(import.meta.url).resolve('onnxruntime-node')));
+    const lib = join(pkgDir, 'bin', 'napi-v6', process.platform, process.arch, 'libonnxruntime_providers_cuda.so');
+    return existsSync(lib) ? null : 'CUDA provider libraries not installed (npm run install-cuda)';
+  }
+  if (provider === 'webgpu') {
+    const dirs = [
+      ...(process.env.LD_LIBRARY_PATH ?? '').split(':').filter(Boolean),
+      '/usr/lib/x86_64-linux-gnu',
+      '/usr/lib/aarch64-linux-gnu',
+      '/usr/lib64',
+      '/usr/lib',
+      '/lib/x86_64-linux-gnu',
+      '/usr/local/lib',
+    ];
+    return dirs.some((d) => existsSync(join(d, 'libvulkan.so.1'))) ? null : 'no Vulkan loader (libvulkan.so.1)';
+  }
+  return null;
+}
+
+/**
  * Opens a session on the requested provider. With `auto`, tries cuda, webgpu, cpu in turn and keeps the
  * first that initialises. `keepOnDevice` names outputs that should stay in device memory when possible.
  */
 export async function openSession(path: string, opts: SessionFactoryOptions, keepOnDevice: readonly string[] = []): Promise<OpenedSession> {
   const order = opts.provider === 'auto' ? AUTO_ORDER : [opts.provider];
   const failures: string[] = [];
+  const skipped: string[] = [];
   for (const provider of order) {
+    const unavailable = opts.provider === 'auto' ? providerUnavailableReason(provider) : null;
+    if (unavailable) {
+      skipped.push(`${provider}: ${unavailable}`);
+      continue;
+    }
     try {
       const session = await ort.InferenceSession.create(path, sessionOptions(provider, opts.threads, keepOnDevice));
-      return { session, provider };
+      return { session, provider, skipped: [...skipped, ...failures] };
     } catch (err) {
       failures.push(`${provider}: ${provider === 'cuda' ? cudaHint(err) : err instanceof Error ? err.message : String(err)}`);
     }
@@ -82,7 +119,7 @@ export class SessionFactory {
     const opened = await openSession(path, { ...this.opts, provider }, keepOnDevice);
     if (!this.chosen) {
       this.chosen = opened.provider;
-      const how = this.opts.provider === 'auto' ? 'auto-selected' : 'requested';
+      const how = this.opts.provider === 'auto' ? `auto${opened.skipped.length ? `; skipped ${opened.skipped.join('; ')}` : ''}` : 'requested';
       this.opts.log?.(`execution provider: ${opened.provider} (${how})`);
     }
     return opened.session;

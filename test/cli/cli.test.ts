@@ -1,0 +1,146 @@
+// The `minigpt` binary end to end: convert -> verify -> ask on the tiny golden checkpoints.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildTorchZip, concat, hex } from '../convert/readers-helpers.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const BIN = join(ROOT, 'bin', 'minigpt.js');
+const GOLDEN = join(ROOT, 'test', 'fixtures', 'minigptv2-tiny');
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  chunks: string[];
+}
+
+function minigpt(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, ...env } });
+    const chunks: string[] = [];
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => chunks.push(d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout: chunks.join(''), stderr, chunks }));
+  });
+}
+
+async function goldenIds(file: string): Promise<number[]> {
+  const b = await readFile(join(GOLDEN, file));
+  return Array.from(new BigInt64Array(b.buffer, b.byteOffset, b.byteLength / 8), Number);
+}
+
+let work: string;
+let pkg: string;
+const convertArgs = (out: string, vit = join(GOLDEN, 'eva_vit.pth')) => [
+  'convert', '--arch', 'minigpt-v2', '--vit', vit, '--llm', join(GOLDEN, 'llama'),
+  '--ckpt', join(GOLDEN, 'minigptv2_ckpt.pth'), '--vit-heads', '4', '--image-size', '112', '--lora-r', '8', '--out', out,
+];
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'minigpt-cli-'));
+  pkg = join(work, 'pkg');
+  const r = await minigpt(convertArgs(pkg));
+  expect(r.code, r.stderr).toBe(0);
+});
+
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('minigpt verify', () => {
+  it('prints per-stage errors and the greedy ids for every prompt, exit 0 within tolerance', async () => {
+    const r = await minigpt(['verify', '--model', pkg, '--golden', GOLDEN]);
+    expect(r.code, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(Object.keys(report.prompts).sort()).toEqual(['chat', 'prompt']);
+    expect(report.prompts.prompt.greedy_ids).toEqual(await goldenIds('greedy_ids.bin'));
+    expect(report.prompts.chat.greedy_ids).toEqual(await goldenIds('chat_greedy_ids.bin'));
+    for (const p of Object.values(report.prompts) as { stages: Record<string, { max_abs_err: number }> }[]) {
+      for (const stage of ['image_embeds', 'inputs_embeds', 'logits', 'greedy_step_logits']) {
+        expect(p.stages[stage].max_abs_err, stage).toBeLessThan(1e-4);
+      }
+    }
+  });
+
+  it('exits 1 and marks the stage when a reference tensor disagrees beyond tolerance', async () => {
+    const golden = join(work, 'golden-perturbed');
+    await cp(GOLDEN, golden, { recursive: true });
+    const logits = await readFile(join(golden, 'logits.bin'));
+    const f = new Float32Array(logits.buffer, logits.byteOffset, logits.byteLength / 4);
+    f[1234] += 1e-3;
+    await writeFile(join(golden, 'logits.bin'), logits);
+    const r = await minigpt(['verify', '--model', pkg, '--golden', golden]);
+    expect(r.code).toBe(1);
+    const report = JSON.parse(r.stdout);
+    expect(report.ok).toBe(false);
+    expect(report.prompts.prompt.stages.logits.ok).toBe(false);
+    expect(report.prompts.prompt.stages.logits.max_abs_err).toBeGreaterThan(9e-4);
+    expect(report.prompts.chat.ok).toBe(true);
+  });
+});
+
+describe('minigpt ask', () => {
+  it('streams the answer; greedy over the demo chat template reproduces the upstream greedy tokens', async () => {
+    const args = ['ask', '--model', pkg, '--image', join(GOLDEN, 'input.png'), '--temperature', '0', '--repetition-penalty', '1', '--max-new-tokens', '8'];
+    const json = await minigpt([...args, '--json', '[grounding] describe this image']);
+    expect(json.code, json.stderr).toBe(0);
+    const result = JSON.parse(json.stdout);
+    // The chat template gives exactly upstream's CONV_VISION_minigptv2 prompt of the golden `chat_` case.
+    expect(result.prompt).toBe('<s>[INST] <Img><ImageHere></Img> [grounding] describe this image [/INST]');
+    expect(result.token_ids).toEqual(await goldenIds('chat_greedy_ids.bin'));
+    expect(result.finish_reason).toBe('length');
+    expect(result.image).toEqual({ width: 120, height: 90 });
+    for (const k of ['preprocess_ms', 'vision_ms', 'prefill_ms', 'first_token_ms', 'decode_ms', 'total_ms']) {
+      expect(result.timings[k], k).toBeGreaterThan(0);
+    }
+    expect(result.timings.prompt_tokens).toBe(26);
+    expect(result.timings.new_tokens).toBe(8);
+    // special tokens (the BOS the random model emits) are not shown, as upstream decodes
+    expect(result.text).not.toContain('<s>');
+
+    const streamed = await minigpt([...args, '[grounding] describe this image']);
+    expect(streamed.code, streamed.stderr).toBe(0);
+    expect(streamed.stdout).toBe(`${result.text}\n`);
+    expect(streamed.stderr).toMatch(/execution provider: cpu/);
+  });
+
+  it('says clearly what is wrong with a missing model, a non-image or a bad flag', async () => {
+    const noModel = await minigpt(['ask', '--model', join(work, 'nope'), '--image', join(GOLDEN, 'input.png'), 'hi']);
+    expect(noModel.code).toBe(1);
+    expect(noModel.stderr).toMatch(/no model package at .*nope/);
+
+    const notImage = await minigpt(['ask', '--model', pkg, '--image', join(GOLDEN, 'manifest.json'), 'hi']);
+    expect(notImage.code).toBe(1);
+    expect(notImage.stderr).toMatch(/not an image/i);
+
+    const badFlag = await minigpt(['ask', '--model', pkg, '--image', join(GOLDEN, 'input.png'), '--temperature', 'hot', 'hi']);
+    expect(badFlag.code).not.toBe(0);
+    expect(badFlag.stderr).toMatch(/--temperature must be a number/);
+  });
+});
+
+describe('minigpt convert', () => {
+  it('refuses a .pth whose pickle calls os.system, and writes no package', async () => {
+    const pkl = concat([hex('8002'), new TextEncoder().encode('cos\nsystem\n'), hex('5804000000'), new TextEncoder().encode('echo'), hex('85522e')]);
+    const evil = join(work, 'evil.pth');
+    await writeFile(evil, buildTorchZip('archive', pkl, {}));
+    const out = join(work, 'evil-pkg');
+    const r = await minigpt(convertArgs(out, evil));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/refusing to load .*evil\.pth: pickle references global 'os\.system'/);
+    await expect(readFile(join(out, 'model.json'))).rejects.toThrow();
+  });
+
+  it('rejects a --lora-r that disagrees with the checkpoint', async () => {
+    const args = convertArgs(join(work, 'bad-r'));
+    args[args.indexOf('--lora-r') + 1] = '64';
+    const r = await minigpt(args);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--lora-r 64 disagrees with the checkpoint, whose LoRA tensors have rank 8/);
+  });
+});
