@@ -32,15 +32,33 @@
  * order, where JavaScript always puts integer-like keys such as "17" first, ascending; the order of
  * the other keys is preserved, so the canonical piece is written last among its aliases.)
  *
- * Usage: node scripts/make-fixture-tokenizer.mjs [output-path]
+ * The same fake tokenizer serves the MiniGPT-4 tiny golden set (its README: "same as minigptv2-tiny"),
+ * whose prompts have other pieces (`###`, `Human`, `Assistant`, the CONV_VISION_Vicuna0 system text), so
+ * each fixture folder gets its own vocabulary built from its manifest's prompt segments
+ * (`prompt_segments` + `chat_prompt_segments` for minigptv2-tiny, every `prompts.*.segments` for
+ * minigpt4-tiny); everything else is identical.
+ *
+ * Usage: node scripts/make-fixture-tokenizer.mjs [--fixture DIR] [output-path]
+ *   --fixture  fixture folder with manifest.json (default test/fixtures/minigptv2-tiny; e.g.
+ *              test/fixtures/minigpt4-tiny); output defaults to DIR/llama/tokenizer.json
  */
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const FIXTURE_DIR = resolve(ROOT, 'test/fixtures/minigptv2-tiny');
-const OUT = resolve(process.argv[2] ?? resolve(FIXTURE_DIR, 'llama/tokenizer.json'));
+
+function parseArgs(argv) {
+  const args = [...argv];
+  let fixture = resolve(ROOT, 'test/fixtures/minigptv2-tiny');
+  const i = args.indexOf('--fixture');
+  if (i >= 0) {
+    if (!args[i + 1]) throw new Error('--fixture needs a folder');
+    fixture = resolve(args[i + 1]);
+    args.splice(i, 2);
+  }
+  return { fixture, out: resolve(args[0] ?? resolve(fixture, 'llama/tokenizer.json')) };
+}
 
 export const VOCAB_SIZE = 512;
 export const PIECE_REGEX_SOURCE = String.raw`<s>|</s>|\[/?[A-Za-z]+\]|</?[A-Za-z]+>|[A-Za-z0-9]+|[^\sA-Za-z0-9]`;
@@ -110,9 +128,15 @@ function isIntegerLike(s) {
   return /^(0|[1-9][0-9]*)$/.test(s) && Number(s) < 2 ** 32 - 1;
 }
 
+/** The golden prompt segments of a fixture manifest (MiniGPT-v2 or MiniGPT-4 layout). */
+export function manifestSegments(manifest) {
+  if (manifest.prompts) return Object.values(manifest.prompts).flatMap((p) => p.segments ?? []);
+  return [...manifest.prompt_segments, ...manifest.chat_prompt_segments];
+}
+
 export function buildFixtureTokenizer(manifest) {
   const golden = [];
-  for (const seg of [...manifest.prompt_segments, ...manifest.chat_prompt_segments]) {
+  for (const seg of manifestSegments(manifest)) {
     golden.push(...fakePieces(seg.text));
   }
   const digits = Array.from({ length: 101 }, (_, i) => String(i));
@@ -207,10 +231,11 @@ export function buildFixtureTokenizer(manifest) {
 
 const isMain = process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
 if (isMain) {
+  const { fixture: FIXTURE_DIR, out: OUT } = parseArgs(process.argv.slice(2));
   const manifest = JSON.parse(readFileSync(resolve(FIXTURE_DIR, 'manifest.json'), 'utf8'));
   const { tokenizer, collisions } = buildFixtureTokenizer(manifest);
   // Sanity check against the ids recorded in the manifest.
-  for (const seg of [...manifest.prompt_segments, ...manifest.chat_prompt_segments]) {
+  for (const seg of manifestSegments(manifest)) {
     const ids = fakePieces(seg.text).map(fakeId);
     if (seg.add_special_tokens) ids.unshift(1);
     if (JSON.stringify(ids) !== JSON.stringify(seg.ids)) {

@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { convert, type Arch, type WeightDType } from '../convert/convert.js';
 import { verifyPackage } from '../inference/verify.js';
+import { MINIGPT4_PROMPT_STYLES, type Minigpt4PromptStyle } from '../inference/presets.js';
 import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
 import { runAsk } from './ask.js';
 import { DEFAULT_CONFIG, loadConfig } from '../config.js';
@@ -32,6 +33,20 @@ export function buildProgram(): Command {
     .exitOverride();
 
   program
+    .command('serve')
+    .description('start the chat adapters whose credentials are set; with none, the local web demo (WEB_HOST:WEB_PORT, default 127.0.0.1:7860)')
+    .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
+    .action(async (o) => {
+      // Deployment settings and secrets come from the environment, .env included (the real environment wins).
+      const dotenv = await import('dotenv');
+      dotenv.config({ quiet: true });
+      const { serveUntilSignal } = await import('../serve.js');
+      await serveUntilSignal({ config: o.config, log });
+      // Closed cleanly; do not let a straggling handle keep the process alive.
+      setTimeout(() => process.exit(0), 3000).unref();
+    });
+
+  program
     .command('convert')
     .description('published checkpoints -> model package')
     .addOption(new Option('--arch <arch>', 'model architecture').choices(['minigpt-v2', 'minigpt-4']).makeOptionMandatory())
@@ -41,6 +56,12 @@ export function buildProgram(): Command {
     .option('--qformer <file>', 'BLIP-2 Q-Former checkpoint (MiniGPT-4)')
     .option('--image-size <n>', 'vision input size (default 448 for v2, 224 for MiniGPT-4)', int('--image-size'))
     .option('--vit-heads <n>', 'ViT attention heads (default 16)', int('--vit-heads'))
+    .option('--qformer-heads <n>', 'Q-Former attention heads (MiniGPT-4, default 12)', int('--qformer-heads'))
+    .addOption(
+      new Option('--prompt <style>', 'MiniGPT-4 prompt style (default: llama2 for a Llama-2 language model or the variant without Q-Former, else vicuna0)').choices([
+        ...MINIGPT4_PROMPT_STYLES,
+      ]),
+    )
     .option('--lora-r <n>', 'LoRA rank (default: read from the checkpoint tensors)', int('--lora-r'))
     .option('--lora-alpha <n>', 'LoRA alpha (default 16)', int('--lora-alpha'))
     .addOption(new Option('--dtype <type>', 'weight type').choices(['fp32', 'fp16', 'int8', 'int4']).default('fp32'))
@@ -54,6 +75,8 @@ export function buildProgram(): Command {
         qformer: o.qformer,
         imageSize: o.imageSize,
         vitHeads: o.vitHeads,
+        qformerHeads: o.qformerHeads,
+        prompt: o.prompt as Minigpt4PromptStyle | undefined,
         loraR: o.loraR,
         loraAlpha: o.loraAlpha,
         dtype: o.dtype as WeightDType,

@@ -5,11 +5,12 @@ import { createReadStream } from 'node:fs';
 import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { GraphBuilder, type GraphIO } from './onnx/builder.js';
-import { buildVisionGraph, inferVitShape } from './graphs/vision.js';
-import { buildDecoderGraph, buildEmbedGraph, llamaShapeFromConfig, loraKeys, type LlamaShape } from './graphs/llama.js';
+import { buildVisionGraph, inferVitShape, type LnVision, type VitShape } from './graphs/vision.js';
+import { buildQformerVisionGraph, CROSS_ATTENTION_FREQ, inferQformerShape, LN_VISION_EPS, type QformerShape } from './graphs/qformer.js';
+import { buildDecoderGraph, buildEmbedGraph, llamaShapeFromConfig, loraKeys, type LlamaShape, type LoraSpec } from './graphs/llama.js';
 import { openCheckpoint, openHfWeights, unwrapPrefix, type TensorSource } from './readers/index.js';
 import { PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, type GraphSpec, type ModelJson } from '../inference/package.js';
-import { CLIP_MEAN, CLIP_STD, MINIGPT_V2_PROMPT } from '../inference/presets.js';
+import { CLIP_MEAN, CLIP_STD, MINIGPT4_PROMPTS, MINIGPT_V2_PROMPT, type Minigpt4PromptStyle } from '../inference/presets.js';
 
 export const CONVERTER_VERSION = 'minigpt-bot convert 1';
 
@@ -24,6 +25,10 @@ export interface ConvertOptions {
   qformer?: string;
   imageSize?: number;
   vitHeads?: number;
+  /** Q-Former attention heads (MiniGPT-4; the BLIP-2 file does not record them) */
+  qformerHeads?: number;
+  /** MiniGPT-4 prompt style; default from the language model (see defaultPromptStyle) */
+  prompt?: Minigpt4PromptStyle;
   loraR?: number;
   loraAlpha?: number;
   dtype?: WeightDType;
@@ -34,7 +39,27 @@ export interface ConvertOptions {
 export class ConvertError extends Error {}
 
 /** Defaults for what the published files do not record (DESIGN.md section 3). */
-const DEFAULTS = { vitHeads: 16, imageSize: { 'minigpt-v2': 448, 'minigpt-4': 224 }, loraAlpha: 16, loraR: 64 } as const;
+const DEFAULTS = { vitHeads: 16, imageSize: { 'minigpt-v2': 448, 'minigpt-4': 224 }, loraAlpha: 16, loraR: 64, qformerHeads: 12 } as const;
+
+/** MiniGPT-4 comes with the BLIP-2 Q-Former (Vicuna v0) or without it (Llama-2, `has_qformer: False`). */
+export type Minigpt4Variant = 'qformer' | 'noqformer';
+
+/**
+ * The prompt style a MiniGPT-4 package gets when --prompt is not given:
+ *  1. `llama2` for the variant without Q-Former (the published Llama-2 MiniGPT-4 is the only one);
+ *  2. `llama2` when the language model says it is Llama-2: `_name_or_path` in config.json or the folder
+ *     name contains "llama-2" / "llama2" / "llama_2" (any case), or max_position_embeddings >= 4096
+ *     (Llama-2 has 4096, LLaMA-1 based Vicuna v0 2048);
+ *  3. `vicuna0` otherwise.
+ */
+export function defaultPromptStyle(variant: Minigpt4Variant, llmDir: string, llmConfig: Record<string, unknown>): Minigpt4PromptStyle {
+  if (variant === 'noqformer') return 'llama2';
+  const names = [basename(llmDir.replace(/[\\/]+$/, '')), typeof llmConfig._name_or_path === 'string' ? llmConfig._name_or_path : ''];
+  if (names.some((n) => /llama[-_ ]?2/i.test(n))) return 'llama2';
+  const maxPos = llmConfig.max_position_embeddings;
+  if (typeof maxPos === 'number' && maxPos >= 4096) return 'llama2';
+  return 'vicuna0';
+}
 
 async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -77,8 +102,12 @@ function tokenizerIds(cfg: Record<string, unknown>, gen: Record<string, unknown>
 export async function convert(opts: ConvertOptions): Promise<ModelJson> {
   const log = opts.log ?? (() => {});
   const dtype = opts.dtype ?? 'fp32';
-  if (opts.arch !== 'minigpt-v2') {
-    throw new ConvertError(`--arch ${opts.arch}: only minigpt-v2 packages can be built so far (MiniGPT-4 needs the Q-Former graph)`);
+  if (opts.arch === 'minigpt-v2') {
+    if (opts.qformer !== undefined) throw new ConvertError('--qformer is for --arch minigpt-4 (MiniGPT-v2 has no Q-Former)');
+    if (opts.qformerHeads !== undefined) throw new ConvertError('--qformer-heads is for --arch minigpt-4 (MiniGPT-v2 has no Q-Former)');
+    if (opts.prompt !== undefined) throw new ConvertError('--prompt is for --arch minigpt-4 (MiniGPT-v2 has one prompt style)');
+  } else if (opts.loraR !== undefined || opts.loraAlpha !== undefined) {
+    throw new ConvertError('--lora-r / --lora-alpha are for --arch minigpt-v2 (MiniGPT-4 has no LoRA)');
   }
   if (dtype !== 'fp32') throw new ConvertError(`--dtype ${dtype}: only fp32 packages can be built so far`);
 
@@ -110,27 +139,22 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
   const vit = await openCheckpoint(opts.vit);
   const ckptRaw = await openCheckpoint(opts.ckpt);
   const llm = await openHfWeights(opts.llm);
+  let qformerRaw: TensorSource | null = null;
   try {
     const ckpt = ckptRaw.has('model.llama_proj.weight') ? unwrapPrefix(ckptRaw, 'model.') : ckptRaw;
     if (!ckpt.has('llama_proj.weight')) throw new ConvertError(`${opts.ckpt} has no llama_proj.weight: is it a MiniGPT checkpoint?`);
-    const loraR = resolveLoraR(ckpt, opts.loraR);
-    const vitShape = inferVitShape(vit, vitHeads, imageSize);
-    const concat = 4;
-    const imageTokens = (imageSize / vitShape.patchSize) ** 2 / concat;
+    if (opts.arch === 'minigpt-4' && opts.qformer) qformerRaw = await openCheckpoint(opts.qformer);
+    const plan =
+      opts.arch === 'minigpt-v2'
+        ? planMinigptV2(ckpt, vit, { imageSize, vitHeads, loraAlpha, loraR: opts.loraR, hidden: shape.hidden, dtype })
+        : planMinigpt4(ckpt, vit, qformerRaw, { ...opts, imageSize, vitHeads, hidden: shape.hidden, dtype, llmConfig, log });
+    const { vitShape } = plan;
 
     await mkdir(opts.out, { recursive: true });
-    log(`converting ${opts.arch} (${dtype}) -> ${opts.out}`);
+    log(`converting ${opts.arch}${plan.label} (${dtype}) -> ${opts.out}`);
 
     const visionG = new GraphBuilder('minigpt_vision', join(opts.out, 'vision.onnx.data'));
-    await buildVisionGraph(visionG, {
-      vit,
-      ckpt,
-      shape: vitShape,
-      // MiniGPT-v2's ln_vision is never loaded from any file: torch's default LayerNorm init.
-      lnVision: { weight: new Float32Array(vitShape.width).fill(1), bias: new Float32Array(vitShape.width), eps: 1e-5 },
-      concat,
-      hidden: shape.hidden,
-    });
+    await plan.buildVision(visionG);
     const vision = await saveGraph(visionG, opts.out, 'vision.onnx', log);
 
     const embedG = new GraphBuilder('minigpt_embed', join(opts.out, 'embed.onnx.data'));
@@ -138,13 +162,14 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
     const embed = await saveGraph(embedG, opts.out, 'embed.onnx', log);
 
     const decoderG = new GraphBuilder('minigpt_decoder', join(opts.out, 'decoder.onnx.data'));
-    await buildDecoderGraph(decoderG, { llm, shape, lora: { source: ckpt, r: loraR, alpha: loraAlpha } });
+    await buildDecoderGraph(decoderG, plan.lora ? { llm, shape, lora: plan.lora } : { llm, shape });
     const decoder = await saveGraph(decoderG, opts.out, 'decoder.onnx', log);
 
     await copyFile(tokenizerSrc, join(opts.out, 'tokenizer.json'));
 
     const sourceFiles: { role: string; path: string }[] = [
       { role: 'vit', path: opts.vit },
+      ...plan.extraSources,
       { role: 'checkpoint', path: opts.ckpt },
       { role: 'llm-config', path: join(opts.llm, 'config.json') },
       ...llm.files.map((f) => ({ role: 'llm-weights', path: f })),
@@ -166,11 +191,12 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
         imageSize,
         mean: CLIP_MEAN,
         std: CLIP_STD,
-        imageTokens,
+        imageTokens: plan.imageTokens,
         patchSize: vitShape.patchSize,
         width: vitShape.width,
         layers: vitShape.depth,
         heads: vitShape.heads,
+        ...(plan.qformer ? { qformer: plan.qformer } : {}),
       },
       llm: {
         layers: shape.layers,
@@ -185,20 +211,152 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
         rmsNormEps: shape.rmsNormEps,
         ropeTheta: shape.ropeTheta,
       },
-      prompt: { ...MINIGPT_V2_PROMPT, stopIds: [ids.eosId] },
+      prompt: { ...plan.prompt, stopIds: [ids.eosId] },
       graphs: { vision, embed, decoder },
       tokenizer: 'tokenizer.json',
       provenance: {
         converter: CONVERTER_VERSION,
         createdAt: new Date().toISOString(),
         sources,
-        options: { arch: opts.arch, imageSize, vitHeads, loraR, loraAlpha, dtype },
+        options: plan.options,
       },
     };
     await writeFile(join(opts.out, 'model.json'), `${JSON.stringify(meta, null, 2)}\n`);
     log(`wrote ${join(opts.out, 'model.json')}`);
     return meta;
   } finally {
-    await Promise.all([vit.close(), ckptRaw.close(), llm.close()]);
+    await Promise.all([vit.close(), ckptRaw.close(), llm.close(), qformerRaw?.close()]);
   }
+}
+
+/** What differs between the architectures: the vision graph, LoRA, and what model.json records about them. */
+interface ConversionPlan {
+  label: string;
+  vitShape: VitShape;
+  imageTokens: number;
+  buildVision: (g: GraphBuilder) => Promise<void>;
+  lora?: LoraSpec;
+  qformer?: NonNullable<ModelJson['vision']['qformer']>;
+  prompt: Omit<ModelJson['prompt'], 'stopIds'>;
+  extraSources: { role: string; path: string }[];
+  options: ModelJson['provenance']['options'];
+}
+
+function vitShapeOrThrow(vit: TensorSource, heads: number, imageSize: number): VitShape {
+  try {
+    return inferVitShape(vit, heads, imageSize);
+  } catch (e) {
+    throw new ConvertError((e as Error).message);
+  }
+}
+
+/** MiniGPT-v2's ln_vision is never loaded from any file: torch's default LayerNorm init. */
+function defaultLnVision(width: number): LnVision {
+  return { weight: new Float32Array(width).fill(1), bias: new Float32Array(width), eps: LN_VISION_EPS };
+}
+
+function planMinigptV2(
+  ckpt: TensorSource,
+  vit: TensorSource,
+  o: { imageSize: number; vitHeads: number; loraAlpha: number; loraR?: number; hidden: number; dtype: WeightDType },
+): ConversionPlan {
+  const loraR = resolveLoraR(ckpt, o.loraR);
+  const vitShape = inferVitShape(vit, o.vitHeads, o.imageSize);
+  const concat = 4;
+  return {
+    label: '',
+    vitShape,
+    imageTokens: (o.imageSize / vitShape.patchSize) ** 2 / concat,
+    buildVision: (g) =>
+      buildVisionGraph(g, { vit, ckpt, shape: vitShape, lnVision: defaultLnVision(vitShape.width), concat, hidden: o.hidden }),
+    lora: { source: ckpt, r: loraR, alpha: o.loraAlpha },
+    prompt: MINIGPT_V2_PROMPT,
+    extraSources: [],
+    options: { arch: 'minigpt-v2', imageSize: o.imageSize, vitHeads: o.vitHeads, loraR, loraAlpha: o.loraAlpha, dtype: o.dtype },
+  };
+}
+
+/**
+ * MiniGPT-4: the variant follows from llama_proj's input width, as upstream builds llama_proj from
+ * `has_qformer`: the Q-Former hidden size (Vicuna v0, and any Q-Former checkpoint) or 4 x the ViT width
+ * (`has_qformer: False`, the published Llama-2 MiniGPT-4: ln_vision at its default init, CLS dropped,
+ * 4 adjacent patches concatenated, like MiniGPT-v2 without LoRA).
+ */
+function planMinigpt4(
+  ckpt: TensorSource,
+  vit: TensorSource,
+  qformerRaw: TensorSource | null,
+  o: ConvertOptions & { imageSize: number; vitHeads: number; hidden: number; dtype: WeightDType; llmConfig: Record<string, unknown>; log: (l: string) => void },
+): ConversionPlan {
+  const vitShape = vitShapeOrThrow(vit, o.vitHeads, o.imageSize);
+  const projIn = ckpt.info('llama_proj.weight').shape[1];
+  const qformerHeads = o.qformerHeads ?? DEFAULTS.qformerHeads;
+  let qformer: TensorSource | null = null;
+  let qshape: QformerShape | null = null;
+  if (qformerRaw) {
+    qformer = qformerRaw.has('model.query_tokens') ? unwrapPrefix(qformerRaw, 'model.') : qformerRaw;
+    try {
+      qshape = inferQformerShape(qformer, qformerHeads);
+    } catch (e) {
+      throw new ConvertError(`${o.qformer}: ${(e as Error).message}`);
+    }
+  }
+  let variant: Minigpt4Variant;
+  if (qshape && projIn === qshape.hidden) {
+    variant = 'qformer';
+  } else if (projIn === 4 * vitShape.width) {
+    variant = 'noqformer';
+    if (qshape) o.log(`llama_proj takes 4 x the ViT width (${projIn}): MiniGPT-4 without Q-Former (has_qformer: False); ${o.qformer} is not used`);
+  } else if (!qshape) {
+    throw new ConvertError(
+      `${o.ckpt}: llama_proj takes ${projIn} inputs, not 4 x the ViT width ${vitShape.width}: MiniGPT-4 with the Q-Former needs --qformer (the BLIP-2 checkpoint, blip2_pretrained_flant5xxl.pth)`,
+    );
+  } else {
+    throw new ConvertError(
+      `${o.ckpt}: llama_proj takes ${projIn} inputs, neither the Q-Former hidden size ${qshape.hidden} nor 4 x the ViT width ${vitShape.width}`,
+    );
+  }
+  const promptStyle = o.prompt ?? defaultPromptStyle(variant, o.llm, o.llmConfig);
+  const common = { arch: 'minigpt-4', imageSize: o.imageSize, vitHeads: o.vitHeads, variant, prompt: promptStyle };
+
+  if (variant === 'noqformer') {
+    const concat = 4;
+    return {
+      label: ' without Q-Former',
+      vitShape,
+      imageTokens: (o.imageSize / vitShape.patchSize) ** 2 / concat,
+      buildVision: (g) =>
+        buildVisionGraph(g, { vit, ckpt, shape: vitShape, lnVision: defaultLnVision(vitShape.width), concat, hidden: o.hidden }),
+      prompt: MINIGPT4_PROMPTS[promptStyle],
+      extraSources: [],
+      options: { ...common, dtype: o.dtype },
+    };
+  }
+
+  const src = qformer as TensorSource;
+  const qs = qshape as QformerShape;
+  if (qs.hidden % qs.heads !== 0) throw new ConvertError(`Q-Former hidden size ${qs.hidden} is not divisible by --qformer-heads ${qs.heads}`);
+  if (!src.has('ln_vision.weight')) throw new ConvertError(`${o.qformer} has no ln_vision.weight (MiniGPT-4 loads ln_vision from the BLIP-2 checkpoint)`);
+  const lnWidth = src.info('ln_vision.weight').shape[0];
+  if (lnWidth !== vitShape.width) throw new ConvertError(`${o.qformer}: ln_vision is ${lnWidth} wide but the ViT width is ${vitShape.width}`);
+  return {
+    label: ` with Q-Former (${qs.layers} layers, ${qs.queryTokens} query tokens)`,
+    vitShape,
+    imageTokens: qs.queryTokens,
+    buildVision: async (g) => {
+      const lnVision = { weight: await src.readFloat32('ln_vision.weight'), bias: await src.readFloat32('ln_vision.bias'), eps: LN_VISION_EPS };
+      await buildQformerVisionGraph(g, { vit, shape: vitShape, lnVision, qformer: src, qshape: qs, ckpt, hidden: o.hidden, stageOutputs: true });
+    },
+    qformer: {
+      queryTokens: qs.queryTokens,
+      hidden: qs.hidden,
+      layers: qs.layers,
+      heads: qs.heads,
+      intermediate: qs.intermediate,
+      crossAttentionFreq: CROSS_ATTENTION_FREQ,
+    },
+    prompt: MINIGPT4_PROMPTS[promptStyle],
+    extraSources: [{ role: 'qformer', path: o.qformer as string }],
+    options: { ...common, qformerHeads: qs.heads, dtype: o.dtype },
+  };
 }

@@ -13,6 +13,11 @@ export interface LoadOptions {
   provider?: ProviderChoice;
   threads?: number;
   log?: (line: string) => void;
+  /**
+   * Test hook (default: env MINIGPT_TEST_FORCED_ANSWER): every answer is forced to this text, token by
+   * token through the real decoder, streaming and stop handling, so tests can feed known model output.
+   */
+  forcedAnswer?: string;
 }
 
 export interface Timings {
@@ -36,8 +41,23 @@ export class VisionEncoder {
     const S = this.meta.vision.imageSize;
     if (pixelValues.length !== 3 * S * S) throw new Error(`pixel_values must be 3x${S}x${S}, got ${pixelValues.length} values`);
     const input = new ort.Tensor('float32', pixelValues, [1, 3, S, S]);
-    const out = await this.session.run({ pixel_values: input });
+    const out = await this.session.run({ pixel_values: input }, ['image_embeds']);
     return (await out.image_embeds.getData()) as Float32Array;
+  }
+
+  /** Outputs of the vision graph besides image_embeds (e.g. `ln_vision_output`, `query_output`) that it declares. */
+  get stageNames(): string[] {
+    return this.session.outputNames.filter((n) => n !== 'image_embeds');
+  }
+
+  /** Runs the graph once and returns image_embeds plus the requested stage outputs, for `minigpt verify`. */
+  async encodeStages(pixelValues: Float32Array, names: readonly string[]): Promise<Record<string, Float32Array>> {
+    const S = this.meta.vision.imageSize;
+    const input = new ort.Tensor('float32', pixelValues, [1, 3, S, S]);
+    const out = await this.session.run({ pixel_values: input }, ['image_embeds', ...names]);
+    const result: Record<string, Float32Array> = {};
+    for (const [k, v] of Object.entries(out)) result[k] = (await v.getData()) as Float32Array;
+    return result;
   }
 }
 
@@ -50,6 +70,7 @@ export class MiniGPT {
     readonly decoder: LlamaDecoder,
     readonly tokenizer: TextTokenizer,
     private readonly sessions: ort.InferenceSession[],
+    private readonly forcedTokens: number[] | undefined,
   ) {}
 
   get meta(): ModelJson {
@@ -66,6 +87,8 @@ export class MiniGPT {
     const embedSession = await factory.open(pkg.path(meta.graphs.embed.file));
     const tokenizer = await loadTokenizer(pkg.path(meta.tokenizer), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
     const embedder = new TokenEmbedder(embedSession, meta.llm.hidden);
+    const forcedAnswer = opts.forcedAnswer ?? process.env.MINIGPT_TEST_FORCED_ANSWER;
+    if (forcedAnswer) opts.log?.('test hook MINIGPT_TEST_FORCED_ANSWER is set: every answer is forced');
     return new MiniGPT(
       pkg,
       factory.provider ?? 'cpu',
@@ -74,6 +97,7 @@ export class MiniGPT {
       new LlamaDecoder(decoderSession, embedder, meta.llm),
       tokenizer,
       [decoderSession, visionSession, embedSession],
+      forcedAnswer ? tokenizer.encode(forcedAnswer, { addBos: false }) : undefined,
     );
   }
 
@@ -106,6 +130,7 @@ export class MiniGPT {
       ...opts,
       stopIds: opts.stopIds ?? p.stopIds,
       stopStrings: opts.stopStrings ?? p.stopStrings,
+      ...(this.forcedTokens ? { forceTokens: this.forcedTokens } : {}),
     };
   }
 

@@ -43,6 +43,17 @@ export const modelJsonSchema = z.object({
     width: z.number().int().positive(),
     layers: z.number().int().positive(),
     heads: z.number().int().positive(),
+    /** MiniGPT-4 with the BLIP-2 Q-Former: image_embeds are its query outputs projected by llama_proj */
+    qformer: z
+      .object({
+        queryTokens: z.number().int().positive(),
+        hidden: z.number().int().positive(),
+        layers: z.number().int().positive(),
+        heads: z.number().int().positive(),
+        intermediate: z.number().int().positive(),
+        crossAttentionFreq: z.number().int().positive(),
+      })
+      .optional(),
   }),
   llm: z.object({
     layers: z.number().int().positive(),

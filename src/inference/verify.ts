@@ -103,11 +103,34 @@ export function compare(actual: Float32Array, expected: Float32Array, tolerance:
   return { max_abs_err: max, mean_abs_err: meanErr, tolerance, ok: (mean ? meanErr : max) <= tolerance };
 }
 
-async function verifyPrompt(model: MiniGPT, golden: Golden, prefix: string, imageEmbeds: Float32Array, shared: Record<string, StageError>): Promise<PromptReport> {
+/**
+ * Golden tensors of one model variant: a folder may hold references for several packages built from the
+ * same files. The MiniGPT-4 folder's `noqformer_*` tensors belong to the package without Q-Former (built
+ * from the has_qformer: False checkpoint); its prompts reuse the token ids of the plain prompt of the same
+ * name (`noqformer_llama2_logits` is the `llama2_seg*_ids` prompt with `noqformer_image_embeds`).
+ */
+export function goldenVariant(meta: MiniGPT['meta'], has: (name: string) => boolean): string {
+  if (meta.architecture === 'minigpt-4' && !meta.vision.qformer && has('noqformer_image_embeds')) return 'noqformer_';
+  return '';
+}
+
+const VARIANT_PREFIXES = ['noqformer_'];
+
+/** Golden stages of the vision graph that a package may expose as extra outputs (same names in the golden folder). */
+const VISION_STAGES = ['ln_vision_output', 'query_output'] as const;
+
+async function verifyPrompt(
+  model: MiniGPT,
+  golden: Golden,
+  idsPrefix: string,
+  prefix: string,
+  imageEmbeds: Float32Array,
+  shared: Record<string, StageError>,
+): Promise<PromptReport> {
   const stages: Record<string, StageError> = { ...shared };
   const V = model.meta.llm.vocabSize;
-  const segIds = [await golden.ids(`${prefix}seg0_ids`)];
-  for (let s = 1; golden.has(`${prefix}seg${s}_ids`); s++) segIds.push(await golden.ids(`${prefix}seg${s}_ids`));
+  const segIds = [await golden.ids(`${idsPrefix}seg0_ids`)];
+  for (let s = 1; golden.has(`${idsPrefix}seg${s}_ids`); s++) segIds.push(await golden.ids(`${idsPrefix}seg${s}_ids`));
   const ctx = await spliceContext(segIds, Array(segIds.length - 1).fill(imageEmbeds), model.embedder);
 
   const embedsName = golden.promptTensor(prefix, 'inputs_embeds');
@@ -167,13 +190,31 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
       }
+      const variant = goldenVariant(model.meta, (n) => golden.has(n));
+      // Intermediate stages the vision graph exposes and the folder has references for (this variant's only).
+      const stageNames = variant ? [] : model.vision.stageNames.filter((n) => (VISION_STAGES as readonly string[]).includes(n) && golden.has(n));
       // The ViT is fed the golden pixel_values so its error is measured on its own.
-      const embeds = await model.vision.encode(pixelValues);
-      if (golden.has('image_embeds')) stages.image_embeds = compare(embeds, await golden.float32('image_embeds'), TOLERANCES.tensor);
-      const prompts: Record<string, PromptReport> = {};
-      for (const prefix of golden.prompts()) {
-        prompts[prefix.replace(/_$/, '')] = await verifyPrompt(model, golden, prefix, embeds, stages);
+      let embeds: Float32Array;
+      if (stageNames.length > 0) {
+        const out = await model.vision.encodeStages(pixelValues, stageNames);
+        embeds = out.image_embeds;
+        for (const n of stageNames) stages[n] = compare(out[n], await golden.float32(n), TOLERANCES.tensor);
+      } else {
+        embeds = await model.vision.encode(pixelValues);
       }
+      const embedsName = `${variant}image_embeds`;
+      if (golden.has(embedsName)) stages.image_embeds = compare(embeds, await golden.float32(embedsName), TOLERANCES.tensor);
+      const prompts: Record<string, PromptReport> = {};
+      for (const idsPrefix of golden.prompts()) {
+        const other = VARIANT_PREFIXES.find((v) => idsPrefix.startsWith(v));
+        if (other && other !== variant) continue;
+        const prefix = other ? idsPrefix : variant + idsPrefix;
+        // A variant's prompts are those with reference outputs under its prefix.
+        if (variant && !['logits', 'greedy_ids'].some((t) => golden.has(prefix + t))) continue;
+        const segPrefix = golden.has(`${prefix}seg0_ids`) ? prefix : idsPrefix;
+        prompts[prefix.replace(/_$/, '')] = await verifyPrompt(model, golden, segPrefix, prefix, embeds, stages);
+      }
+      if (Object.keys(prompts).length === 0) throw new Error(`${goldenDir} has no prompt for this package (${variant || 'default'} variant)`);
       const ok = Object.values(stages).every((s) => s.ok) && Object.values(prompts).every((p) => p.ok);
       return { stages, prompts, ok };
     }

@@ -22,12 +22,16 @@ export interface LnVision {
   eps: number;
 }
 
-export interface VisionGraphSpec {
+/** What the ViT trunk (patch embedding, blocks, ln_vision) needs. */
+export interface VitSpec {
   vit: TensorSource;
-  /** MiniGPT checkpoint tensors with the `model.` wrapper stripped (llama_proj.*) */
-  ckpt: TensorSource;
   shape: VitShape;
   lnVision: LnVision;
+}
+
+export interface VisionGraphSpec extends VitSpec {
+  /** MiniGPT checkpoint tensors with the `model.` wrapper stripped (llama_proj.*) */
+  ckpt: TensorSource;
   /** adjacent patch tokens concatenated per image token (4 in MiniGPT-v2) */
   concat: number;
   hidden: number;
@@ -47,7 +51,7 @@ export function inferVitShape(vit: TensorSource, heads: number, imageSize: numbe
   return { width, depth, heads, patchSize, mlpHidden, imageSize, nativeGrid };
 }
 
-async function linearFrom(src: TensorSource, prefix: string, bias = true) {
+export async function linearFrom(src: TensorSource, prefix: string, bias = true) {
   const info = src.info(`${prefix}.weight`);
   return {
     weight: await src.readFloat32(`${prefix}.weight`),
@@ -58,7 +62,7 @@ async function linearFrom(src: TensorSource, prefix: string, bias = true) {
 }
 
 /** Conv 14x14/14 -> flatten -> prepend CLS -> + pos_embed (interpolated to the target grid). */
-async function patchEmbed(g: GraphBuilder, x: string, spec: VisionGraphSpec): Promise<string> {
+async function patchEmbed(g: GraphBuilder, x: string, spec: VitSpec): Promise<string> {
   const { vit, shape } = spec;
   const grid = shape.imageSize / shape.patchSize;
   const w = g.weight('patch_embed.proj.weight', vit.info('patch_embed.proj.weight').shape, await vit.readFloat32('patch_embed.proj.weight'));
@@ -79,7 +83,7 @@ async function patchEmbed(g: GraphBuilder, x: string, spec: VisionGraphSpec): Pr
 }
 
 /** EVA attention: one qkv Linear with bias (q_bias, 0, v_bias); q scaled by hd^-0.5 before q k^T. */
-async function attention(g: GraphBuilder, x: string, p: string, spec: VisionGraphSpec): Promise<string> {
+async function attention(g: GraphBuilder, x: string, p: string, spec: VitSpec): Promise<string> {
   const { vit, shape } = spec;
   const D = shape.width;
   const hd = D / shape.heads;
@@ -106,7 +110,7 @@ async function mlp(g: GraphBuilder, x: string, p: string, vit: TensorSource): Pr
 }
 
 /** Pre-norm block: x += attn(norm1(x)); x += mlp(norm2(x)) (layer-scale gammas when the checkpoint has them). */
-async function block(g: GraphBuilder, x: string, i: number, spec: VisionGraphSpec): Promise<string> {
+async function block(g: GraphBuilder, x: string, i: number, spec: VitSpec): Promise<string> {
   const { vit } = spec;
   const p = `blocks.${i}`;
   const eps = 1e-6;
@@ -118,6 +122,13 @@ async function block(g: GraphBuilder, x: string, i: number, spec: VisionGraphSpe
   return g.op('Add', [x1, await scaled(await mlp(g, n2, `${p}.mlp`, vit), `${p}.gamma_2`)], {}, { name: `${p}.residual2` });
 }
 
+/** `pixel_values [B,3,S,S]` -> EVA ViT -> ln_vision: `[B, 1+N, width]`, CLS token kept. */
+export async function vitFeatures(g: GraphBuilder, pixels: string, spec: VitSpec): Promise<string> {
+  let x = await patchEmbed(g, pixels, spec);
+  for (let i = 0; i < spec.shape.depth; i++) x = await block(g, x, i, spec);
+  return layerNorm(g, x, 'ln_vision', spec.lnVision.weight, spec.lnVision.bias, spec.lnVision.eps);
+}
+
 /** Builds `pixel_values [B,3,S,S]` -> `image_embeds [B, N/concat, hidden]` into `g`. */
 export async function buildVisionGraph(g: GraphBuilder, spec: VisionGraphSpec): Promise<void> {
   const { shape } = spec;
@@ -127,10 +138,7 @@ export async function buildVisionGraph(g: GraphBuilder, spec: VisionGraphSpec): 
   if (patches % spec.concat !== 0) throw new Error(`${patches} patches cannot be grouped by ${spec.concat}`);
 
   const pixels = g.input('pixel_values', 'float32', ['batch', 3, S, S]);
-  let x = await patchEmbed(g, pixels, spec);
-  for (let i = 0; i < shape.depth; i++) x = await block(g, x, i, spec);
-
-  const ln = layerNorm(g, x, 'ln_vision', spec.lnVision.weight, spec.lnVision.bias, spec.lnVision.eps);
+  const ln = await vitFeatures(g, pixels, spec);
   const noCls = g.op('Slice', [ln, g.constInt64([1]), g.constInt64([1 + patches]), g.constInt64([1])], {}, { name: 'drop_cls' });
   const grouped = g.op('Reshape', [noCls, g.constInt64([0, patches / spec.concat, spec.concat * shape.width])], {}, { name: 'concat_adjacent' });
   const proj = await linearFrom(spec.ckpt, 'llama_proj');

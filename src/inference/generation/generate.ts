@@ -39,6 +39,12 @@ export function selectNextToken(
   return sampleFrom(softmax(scores), rng);
 }
 
+/** The forced id at `position`, then the first stop id; -1 when the forced answer is over and there is none. */
+function forcedToken(forced: readonly number[], position: number, stopIds: readonly number[]): number {
+  if (position < forced.length) return forced[position];
+  return stopIds.length ? stopIds[0] : -1;
+}
+
 /**
  * Generates text after a prefilled prompt.
  *
@@ -65,7 +71,7 @@ export async function* generate<S extends DecodeState>(
   try {
     const o = resolveGenerationOptions(opts);
 
-    if (o.numBeams > 1) {
+    if (o.numBeams > 1 && !o.forceTokens) {
       const r = await runBeamSearch(model, start, o, pool, { signal, decoder });
       pool.releaseAllExcept(new Set());
       if (r.finishReason !== 'aborted' && r.text) yield { type: 'text', text: r.text };
@@ -95,7 +101,14 @@ export async function* generate<S extends DecodeState>(
       }
       if (ids.length >= o.maxNewTokens) break;
 
-      const token = selectNextToken(logits, ids, o, rng);
+      const token = o.forceTokens ? forcedToken(o.forceTokens, ids.length, o.stopIds) : selectNextToken(logits, ids, o, rng);
+      if (token < 0) {
+        pool.releaseAllExcept(new Set());
+        const last = stream.finish(decoder.decode(ids));
+        if (last) yield { type: 'text', text: last };
+        yield done('stop');
+        return;
+      }
       steps++;
       if (stopSet.has(token)) {
         pool.releaseAllExcept(new Set());

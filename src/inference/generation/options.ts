@@ -41,6 +41,7 @@ export interface ResolvedGenerationOptions {
   stopIds: number[];
   stopStrings: string[];
   seed: number | undefined;
+  forceTokens: readonly number[] | undefined;
 }
 
 function checkInt(name: string, v: number, min: number): number {
@@ -91,5 +92,6 @@ export function resolveGenerationOptions(opts: GenerationOptions): ResolvedGener
     stopIds,
     stopStrings,
     seed: opts.seed,
+    forceTokens: opts.forceTokens,
   };
 }

@@ -63,6 +63,11 @@ export interface GenerationOptions {
   stopStrings?: string[];
   /** deterministic sampling (seeded xoshiro128**; Math.random is never used when a seed is given) */
   seed?: number;
+  /**
+   * Test hook: the model still runs every step, but these token ids are chosen in order (then the first stop
+   * id), so a known answer flows through the real decoding, streaming and stop handling.
+   */
+  forceTokens?: readonly number[];
 }
 
 export type FinishReason = 'stop' | 'length' | 'aborted';
