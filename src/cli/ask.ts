@@ -1,14 +1,20 @@
 // `minigpt ask`: one answer about one image, streamed to the terminal or printed as JSON.
+import { writeFile } from 'node:fs/promises';
 import { MiniGPT } from '../inference/model.js';
 import { conversationPrompt } from '../inference/prompt.js';
 import type { ProviderChoice } from '../inference/providers.js';
 import type { GenerationOptions } from '../inference/generation/index.js';
+import { entitiesToPixels, parseGrounding, parseUserBox, type Entity } from '../grounding/parse.js';
+import { parseTask } from '../grounding/tasks.js';
+import { annotateImage } from '../image/annotate.js';
 
 export interface AskRequest {
   modelDir: string;
   image: Uint8Array;
   prompt: string;
   json: boolean;
+  /** write the image with the answer's boxes drawn here (PNG, or JPEG for .jpg/.jpeg) */
+  annotate?: string;
   provider: ProviderChoice;
   threads?: number;
   generation: Partial<GenerationOptions>;
@@ -21,6 +27,11 @@ export interface AskResult {
   text: string;
   token_ids: number[];
   finish_reason: string;
+  /** the answer with box syntax removed */
+  plain_text: string;
+  /** phrases with their boxes on the 0..100 grid and in pixels of the original (EXIF-oriented) image */
+  entities: ReturnType<typeof entitiesToPixels>;
+  annotated?: string;
   prompt: string;
   image: { width: number; height: number };
   provider: string;
@@ -73,10 +84,27 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
         };
       }
     }
+    const grounding = parseGrounding(text);
+    const entities = answerEntities(req.prompt, grounding.entities, grounding.plainText);
+    let annotated: string | undefined;
+    if (req.annotate) {
+      if (entities.length === 0) {
+        req.log(`--annotate: the answer has no boxes, ${req.annotate} not written`);
+      } else {
+        const format = /\.jpe?g$/i.test(req.annotate) ? 'jpeg' : 'png';
+        const out = await annotateImage(req.image, entities, { format });
+        await writeFile(req.annotate, out.data);
+        annotated = req.annotate;
+        req.log(`annotated image written to ${req.annotate} (${out.width}x${out.height})`);
+      }
+    }
     const result: AskResult = {
       text,
       token_ids: tokenIds,
       finish_reason: finish,
+      plain_text: grounding.plainText,
+      entities: entitiesToPixels(entities, img.width, img.height),
+      ...(annotated ? { annotated } : {}),
       prompt,
       image: { width: img.width, height: img.height },
       provider: model.provider,
@@ -88,4 +116,13 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
   } finally {
     await model.close();
   }
+}
+
+/** The answer's grounded phrases; for `[identify]`, the user's box labelled with the answer, as the upstream demo draws it. */
+function answerEntities(prompt: string, parsed: Entity[], plainText: string): Entity[] {
+  if (parseTask(prompt).task !== 'identify') return parsed;
+  const box = parseUserBox(prompt);
+  if (!box) return parsed;
+  const label = plainText.trim().slice(0, 60) || null;
+  return [{ phrase: label, boxes: [box], start: 0, end: 0 }, ...parsed];
 }

@@ -103,7 +103,8 @@ export function buildProgram(): Command {
     .requiredOption('--image <file>', 'image file (PNG, JPEG, WebP, GIF, ...)')
     .option('--model <dir>', 'model package (default: the config\'s package)')
     .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
-    .option('--json', 'print one JSON object (text, token ids, timings) instead of streaming')
+    .option('--json', 'print one JSON object (text, entities with pixel boxes, token ids, timings) instead of streaming')
+    .option('--annotate <out>', 'write the image with the answer\'s boxes drawn (PNG; JPEG for .jpg)')
     .option('--max-new-tokens <n>', 'longest answer in tokens (default 300)', int('--max-new-tokens'))
     .option('--temperature <t>', 'sampling temperature; 0 = greedy (default 0.6)', num('--temperature', 0, 10))
     .option('--top-p <p>', 'nucleus sampling mass (default 0.9)', num('--top-p', 0, 1))
@@ -133,6 +134,7 @@ export function buildProgram(): Command {
           image,
           prompt,
           json: Boolean(o.json),
+          annotate: o.annotate,
           provider: parseProviderChoice(o.provider ?? process.env.EXECUTION_PROVIDER ?? cfg?.runtime.execution_provider),
           threads: cfg?.runtime.threads,
           generation: {
