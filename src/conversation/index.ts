@@ -1,0 +1,14 @@
+export { ConversationManager, type ConversationManagerOptions } from './manager.js';
+export { createStore, conversationId, STORE_NAMESPACE, StoreUrlError } from './store.js';
+export { DEFAULT_PROMPT, TEMPLATE_MARKERS, neutralizeMarkers } from './text.js';
+export type {
+  AnswerEvent,
+  ConversationKey,
+  ConversationRequest,
+  ConversationState,
+  ErrorCode,
+  ImageRef,
+  RequestGeneration,
+  StoredTurn,
+  TaskTag,
+} from './types.js';

@@ -1,0 +1,138 @@
+// Conversation persistence on keyv. Layout (under the keyv namespace, `minigpt` for createStore's stores):
+//   conv:<conversation id>  -> ConversationState (turns reference the image by hash)
+//   img:<sha256>            -> { data: base64, width, height, bytes }, written once per distinct image
+//   imgref:<sha256>         -> conversation ids using that image; the image is deleted with its last user
+import { mkdir } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
+import Keyv from 'keyv';
+import type { ConversationKey, ConversationState, ImageRef } from './types.js';
+
+export const STORE_NAMESPACE = 'minigpt';
+
+export class StoreUrlError extends Error {}
+
+/**
+ * Opens the conversation store named by `STORE_URL`: unset or empty (or `memory://`) = in memory,
+ * `sqlite://path` = a SQLite file (`sqlite:///abs/path` or `sqlite://relative/path`; its folder is
+ * created). Store failures throw (keyv `throwOnErrors`) rather than silently losing history; the file is
+ * opened here so that a bad path fails at startup.
+ */
+export async function createStore(url: string | undefined): Promise<Keyv> {
+  const u = (url ?? '').trim();
+  if (u === '' || u === 'memory' || u === 'memory://') {
+    return new Keyv({ namespace: STORE_NAMESPACE, throwOnErrors: true });
+  }
+  if (!u.startsWith('sqlite://')) {
+    throw new StoreUrlError(`STORE_URL "${u}" is not supported: use sqlite://path/to/file.sqlite, or leave it unset to keep conversations in memory`);
+  }
+  const path = u.slice('sqlite://'.length);
+  if (path === '') throw new StoreUrlError('STORE_URL sqlite:// needs a file path, e.g. sqlite://data/conversations.sqlite');
+  if (path !== ':memory:') await mkdir(dirname(resolve(path)), { recursive: true });
+  // Loaded on demand: the native sqlite3 addon is only needed for a sqlite:// store.
+  const { KeyvSqlite } = await import('@keyv/sqlite');
+  const adapter = new KeyvSqlite({ uri: `sqlite://${path}`, busyTimeout: 5000 });
+  // The adapter rejects its queries on a connection failure; this keeps that from also surfacing as an
+  // unhandled 'error' event.
+  adapter.on('error', () => {});
+  const kv = new Keyv({ store: adapter, namespace: STORE_NAMESPACE, throwOnErrors: true });
+  try {
+    await kv.get('__probe__');
+  } catch (err) {
+    await kv.disconnect().catch(() => {});
+    throw new StoreUrlError(`cannot open the conversation store ${u}: ${(err as Error).message}`, { cause: err });
+  }
+  return kv;
+}
+
+/** A store key for a conversation: readable when short, hashed when long. */
+export function conversationId(key: ConversationKey): string {
+  const parts = [key.workspace, key.channel, key.thread].map((p) => encodeURIComponent(p));
+  const id = `${key.platform}:${parts.join(':')}`;
+  if (id.length <= 180) return id;
+  return `${key.platform}:h:${createHash('sha256').update(JSON.stringify([key.workspace, key.channel, key.thread])).digest('hex')}`;
+}
+
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+interface StoredImageRecord {
+  v: 1;
+  data: string;
+  width: number;
+  height: number;
+  bytes: number;
+}
+
+export interface StoredImage extends ImageRef {
+  data: Uint8Array;
+}
+
+/** Serialises async critical sections. */
+class Mutex {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn);
+    this.tail = result.catch(() => {});
+    return result;
+  }
+}
+
+export class ConversationStore {
+  private readonly refs = new Mutex();
+
+  constructor(readonly kv: Keyv) {}
+
+  async getConversation(id: string): Promise<ConversationState | undefined> {
+    const s = (await this.kv.get(`conv:${id}`)) as ConversationState | undefined;
+    return s && s.v === 1 && s.image && Array.isArray(s.turns) ? s : undefined;
+  }
+
+  async putConversation(id: string, state: ConversationState): Promise<void> {
+    await this.kv.set(`conv:${id}`, state);
+  }
+
+  async deleteConversation(id: string): Promise<boolean> {
+    return this.kv.delete(`conv:${id}`);
+  }
+
+  async getImage(hash: string): Promise<StoredImage | undefined> {
+    const r = (await this.kv.get(`img:${hash}`)) as StoredImageRecord | undefined;
+    if (!r || typeof r.data !== 'string') return undefined;
+    const buf = Buffer.from(r.data, 'base64');
+    return { hash, width: r.width, height: r.height, bytes: r.bytes, data: new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) };
+  }
+
+  /** Records that conversation `convId` uses the image; writes the bytes only if no conversation had them. */
+  async attachImage(image: StoredImage, convId: string): Promise<void> {
+    await this.refs.run(async () => {
+      const users = ((await this.kv.get(`imgref:${image.hash}`)) as string[] | undefined) ?? [];
+      if (!(await this.kv.has(`img:${image.hash}`))) {
+        const record: StoredImageRecord = {
+          v: 1,
+          data: Buffer.from(image.data.buffer, image.data.byteOffset, image.data.byteLength).toString('base64'),
+          width: image.width,
+          height: image.height,
+          bytes: image.data.byteLength,
+        };
+        await this.kv.set(`img:${image.hash}`, record);
+      }
+      if (!users.includes(convId)) await this.kv.set(`imgref:${image.hash}`, [...users, convId]);
+    });
+  }
+
+  /** Drops conversation `convId`'s use of the image; deletes the image when nobody uses it any more. */
+  async detachImage(hash: string, convId: string): Promise<void> {
+    await this.refs.run(async () => {
+      const users = ((await this.kv.get(`imgref:${hash}`)) as string[] | undefined) ?? [];
+      const rest = users.filter((u) => u !== convId);
+      if (rest.length > 0) {
+        await this.kv.set(`imgref:${hash}`, rest);
+      } else {
+        await this.kv.delete(`imgref:${hash}`);
+        await this.kv.delete(`img:${hash}`);
+      }
+    });
+  }
+}

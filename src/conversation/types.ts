@@ -1,0 +1,96 @@
+// The platform-neutral surface of the conversation manager: what adapters (Discord, Slack, web, CLI) hand
+// it and what they get back (DESIGN.md section 5).
+import type { Entity } from '../grounding/parse.js';
+
+/** One conversation: platform + workspace/guild + channel + thread (a Discord thread, a Slack `thread_ts`, a web tab). */
+export interface ConversationKey {
+  platform: 'discord' | 'slack' | 'web' | 'cli';
+  workspace: string;
+  channel: string;
+  thread: string;
+}
+
+/** MiniGPT-v2 task tags (`[grounding]` ...); `'chat'` is free chat without a tag. */
+export type TaskTag = 'grounding' | 'refer' | 'detection' | 'identify' | 'vqa' | 'caption';
+
+/** Generation settings a user may choose (sanitised and clamped by the manager, never an error). */
+export interface RequestGeneration {
+  temperature?: number;
+  maxNewTokens?: number;
+  topP?: number;
+  numBeams?: number;
+  repetitionPenalty?: number;
+  seed?: number;
+}
+
+export interface ConversationRequest {
+  key: ConversationKey;
+  /** who asked (platform user id or name); stored with the turn */
+  user: string;
+  text: string;
+  /** encoded image bytes (JPEG, PNG, ...); any attached image starts the conversation afresh */
+  image?: Uint8Array;
+  /** overrides a task tag written in the text */
+  task?: TaskTag | 'chat';
+  generation?: RequestGeneration;
+  /** aborting cancels the request, queued or running, and frees its slot */
+  signal?: AbortSignal;
+  requestId?: string;
+}
+
+export type ErrorCode = 'busy' | 'no_image' | 'bad_image' | 'too_long' | 'cancelled' | 'internal';
+
+/**
+ * The answer stream of one request, in this order: `queued`, `started`, `text`*, `final`, `image`?,
+ * `timings`; or, at any point, one `error` that ends the stream (`busy` comes alone).
+ */
+export type AnswerEvent =
+  /** position: requests that will run before this one (0: it starts now) */
+  | { type: 'queued'; position: number }
+  | { type: 'started' }
+  /** a streamed piece of the answer; the pieces concatenated are `final.text` */
+  | { type: 'text'; text: string }
+  /** the raw answer (box syntax included) and its grounded entities (offsets index `text`) */
+  | { type: 'final'; text: string; entities: Entity[]; finishReason: string }
+  /** the image with the answer's boxes drawn (or, for `[identify]`, the user's box) */
+  | { type: 'image'; data: Buffer; mime: string }
+  | { type: 'timings'; timings: Record<string, number> }
+  | { type: 'error'; code: ErrorCode; message: string };
+
+/** One finished exchange as stored. */
+export interface StoredTurn {
+  /** the user text as it went into the prompt (markers neutralised, task tag applied) */
+  user: string;
+  /** the model's answer, trimmed (box syntax kept) */
+  assistant: string;
+  task: TaskTag | 'chat';
+  /** ConversationRequest.user */
+  by: string;
+  /** ISO time */
+  at: string;
+  finishReason: string;
+  requestId?: string;
+}
+
+/** The conversation's image, stored once under its content hash. */
+export interface ImageRef {
+  /** sha256 of the bytes, hex */
+  hash: string;
+  /** pixels after EXIF orientation */
+  width: number;
+  height: number;
+  bytes: number;
+}
+
+/** What the store holds for one conversation (`history()` returns it). */
+export interface ConversationState {
+  v: 1;
+  key: ConversationKey;
+  image: ImageRef;
+  /** oldest first, already trimmed to the context budget */
+  turns: StoredTurn[];
+  /** turns dropped so far to stay within max_context_len */
+  droppedTurns: number;
+  createdAt: string;
+  updatedAt: string;
+}

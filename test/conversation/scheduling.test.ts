@@ -1,0 +1,159 @@
+// Ordering, the bounded queue and cancellation, on the real tiny model.
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { ConversationManager, type AnswerEvent } from '../../src/conversation/index.js';
+import type { MiniGPT } from '../../src/inference/model.js';
+import { collect, errorOf, finalOf, goldenImage, key, loadTinyModel, types, type TinyModel } from './helpers.js';
+
+let tiny: TinyModel;
+let model: MiniGPT;
+let image: Buffer;
+
+beforeAll(async () => {
+  tiny = await loadTinyModel();
+  model = tiny.model;
+  image = await goldenImage();
+});
+
+afterAll(async () => {
+  await tiny?.dispose();
+});
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+/** The user text of the last turn of each prompt the model was asked, in the order it was asked. */
+function askedOrder(spy: { mock: { calls: unknown[][] } }): string[] {
+  return spy.mock.calls.map((c) => {
+    const prompt = c[0] as string;
+    const m = /\[INST\] (?:<Img><ImageHere><\/Img> )?([^[]*) \[\/INST\]$/.exec(prompt);
+    return m ? m[1] : prompt;
+  });
+}
+
+describe('conversation manager: scheduling', () => {
+  it('runs one conversation in arrival order and lets conversations take turns', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 4 }, maxQueue: 10 });
+    const spy = vi.spyOn(model, 'answer');
+    const A = key('A');
+    const B = key('B');
+    // all handed over at once, before any has run
+    const streams = [
+      m.handle({ key: A, user: 'u', text: 'A1', image }),
+      m.handle({ key: A, user: 'u', text: 'A2' }),
+      m.handle({ key: A, user: 'u', text: 'A3' }),
+      m.handle({ key: B, user: 'u', text: 'B1', image }),
+      m.handle({ key: B, user: 'u', text: 'B2' }),
+    ];
+    const results = await Promise.all(streams.map(collect));
+    for (const ev of results) expect(errorOf(ev)).toBeUndefined();
+    expect(results.map((ev) => ev[0])).toEqual([0, 1, 2, 1, 3].map((position) => ({ type: 'queued', position })));
+    // A's follow-ups waited for A's earlier turns; B did not wait for all of A
+    expect(askedOrder(spy)).toEqual(['A1', 'B1', 'A2', 'B2', 'A3']);
+    const prompts = spy.mock.calls.map((c) => c[0]);
+    expect(prompts[2]).toContain('A1');
+    expect(prompts[4]).toContain('A2');
+    expect(prompts[4]).not.toContain('B1');
+    expect((await m.history(A))!.turns.map((t) => t.user)).toEqual(['A1', 'A2', 'A3']);
+    expect((await m.history(B))!.turns.map((t) => t.user)).toEqual(['B1', 'B2']);
+    await m.close();
+  });
+
+  it('answers busy at once, exactly once, when the queue is full, and loses none of the others', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 4 }, maxQueue: 2 });
+    const streams = ['q1', 'q2', 'q3', 'q4'].map((t) => m.handle({ key: key(t), user: 'u', text: t, image }));
+    const results = await Promise.all(streams.map(collect));
+    const busy = results.filter((ev) => errorOf(ev)?.code === 'busy');
+    expect(busy).toHaveLength(1);
+    expect(busy[0]).toEqual([{ type: 'error', code: 'busy', message: expect.stringMatching(/busy/i) }]);
+    expect(results[3]).toBe(busy[0]);
+    for (const ev of results.slice(0, 3)) expect(finalOf(ev).type).toBe('final');
+    for (const t of ['q1', 'q2', 'q3']) expect((await m.history(key(t)))!.turns).toHaveLength(1);
+    expect(await m.history(key('q4'))).toBeNull();
+    // once drained, requests are taken again
+    const again = await collect(m.handle({ key: key('q4'), user: 'u', text: 'q4', image }));
+    expect(errorOf(again)).toBeUndefined();
+    await m.close();
+  });
+
+  it('cancels a waiting request: it never runs, frees its slot, and the others go on', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 30, minNewTokens: 30 }, maxQueue: 1 });
+    const answer = vi.spyOn(model, 'answer');
+    const encode = vi.spyOn(model, 'encodeImage');
+    const first = m.handle({ key: key('c1'), user: 'u', text: 'first', image });
+    const ctl = new AbortController();
+    const second = m.handle({ key: key('c2'), user: 'u', text: 'second', image, signal: ctl.signal });
+    ctl.abort();
+    // the freed slot takes another request at once
+    const third = m.handle({ key: key('c3'), user: 'u', text: 'third', image });
+    const [e1, e2, e3] = await Promise.all([first, second, third].map(collect));
+    expect(e2).toEqual([
+      { type: 'queued', position: 1 },
+      { type: 'error', code: 'cancelled', message: expect.any(String) },
+    ]);
+    expect(errorOf(e1)).toBeUndefined();
+    expect(errorOf(e3)).toBeUndefined();
+    expect(askedOrder(answer)).toEqual(['first', 'third']);
+    expect(encode).toHaveBeenCalledTimes(1); // same image: the second encoding came from the cache
+    expect(await m.history(key('c2'))).toBeNull();
+    await m.close();
+  });
+
+  it('cancels a running request through its signal: no final, nothing stored, the next request runs', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 60, minNewTokens: 60 } });
+    const k = key('run-cancel');
+    await collect(m.handle({ key: k, user: 'u', text: 'kept turn', image }));
+    const ctl = new AbortController();
+    const stream = m.handle({ key: k, user: 'u', text: 'cancelled turn', signal: ctl.signal });
+    const next = m.handle({ key: k, user: 'u', text: 'next turn' });
+    const events: AnswerEvent[] = [];
+    for await (const ev of stream) {
+      events.push(ev);
+      if (ev.type === 'text') ctl.abort();
+    }
+    expect(types(events)).not.toContain('final');
+    expect(events.at(-1)).toMatchObject({ type: 'error', code: 'cancelled' });
+    const textEvents = events.filter((e) => e.type === 'text').length;
+    expect(textEvents).toBeGreaterThan(0);
+    expect(textEvents).toBeLessThan(60);
+    const e3 = await collect(next);
+    expect(errorOf(e3)).toBeUndefined();
+    expect((await m.history(k))!.turns.map((t) => t.user)).toEqual(['kept turn', 'next turn']);
+    await m.close();
+  });
+
+  it('leaving the stream early (break) cancels the request', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 60, minNewTokens: 60 } });
+    const answer = vi.spyOn(model, 'answer');
+    const k = key('break');
+    const stream = m.handle({ key: k, user: 'u', text: 'first', image });
+    for await (const ev of stream) {
+      if (ev.type === 'text') break;
+    }
+    const ev2 = await collect(m.handle({ key: key('other'), user: 'u', text: 'other', image }));
+    expect(errorOf(ev2)).toBeUndefined();
+    expect(await m.history(k)).toBeNull();
+    expect(askedOrder(answer)).toEqual(['first', 'other']);
+    await m.close();
+  });
+
+  it('an already aborted signal is answered cancelled at once', async () => {
+    const m = new ConversationManager({ model });
+    const ev = await collect(m.handle({ key: key('pre'), user: 'u', text: 'x', image, signal: AbortSignal.abort() }));
+    expect(ev).toEqual([{ type: 'error', code: 'cancelled', message: expect.any(String) }]);
+    await m.close();
+  });
+
+  it('close() cancels waiting requests, finishes the running one and refuses new ones', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 20, minNewTokens: 20 } });
+    const running = m.handle({ key: key('x1'), user: 'u', text: 'one', image });
+    const waiting = m.handle({ key: key('x2'), user: 'u', text: 'two', image });
+    const closed = m.close();
+    const [e1, e2] = await Promise.all([collect(running), collect(waiting)]);
+    await closed;
+    expect(finalOf(e1).type).toBe('final');
+    expect(errorOf(e2)).toMatchObject({ code: 'cancelled', message: expect.stringMatching(/shutting down/) });
+    const late = await collect(m.handle({ key: key('x3'), user: 'u', text: 'three', image }));
+    expect(late).toEqual([{ type: 'error', code: 'busy', message: expect.stringMatching(/shutting down/) }]);
+  });
+});
