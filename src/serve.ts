@@ -1,0 +1,225 @@
+// `minigpt serve` / `npm start` (DESIGN.md section 3): loads the config and the model package once, then
+// starts every chat adapter whose credentials are in the environment; with none, the local web demo.
+import { stat } from 'node:fs/promises';
+import { basename, dirname, join, relative, isAbsolute } from 'node:path';
+import { DEFAULT_CONFIG, loadConfig, type BotConfig } from './config.js';
+import { MiniGPT, type LoadOptions } from './inference/model.js';
+import { parseProviderChoice } from './inference/providers.js';
+import type { GenerationOptions } from './inference/generation/index.js';
+import { ConversationManager, createStore } from './conversation/index.js';
+import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
+
+/** A started adapter. */
+export interface RunningAdapter {
+  name: string;
+  /** where users reach it, when it has an address (the web demo) */
+  url?: string;
+  close(): Promise<void>;
+}
+
+/** What an adapter gets to start with. */
+export interface AdapterContext {
+  manager: ConversationManager;
+  model: MiniGPT;
+  config: BotConfig;
+  env: NodeJS.ProcessEnv;
+  log: (line: string) => void;
+}
+
+/**
+ * A chat platform adapter: enabled when any of `credentials` is set in the environment.
+ *
+ * Extension point: the Discord and Slack adapters add their `start` here (e.g.
+ * `start: (ctx) => import('../adapters/discord/index.js').then((m) => m.startDiscord(ctx))`).
+ */
+export interface PlatformAdapterSpec {
+  name: string;
+  credentials: readonly string[];
+  start?: (ctx: AdapterContext) => Promise<RunningAdapter>;
+}
+
+export const PLATFORM_ADAPTERS: PlatformAdapterSpec[] = [
+  {
+    name: 'discord',
+    credentials: ['DISCORD_TOKEN'],
+    start: (ctx) => import('../adapters/discord/index.js').then((m) => m.startDiscordFromEnv(ctx)),
+  },
+  { name: 'slack', credentials: ['SLACK_BOT_TOKEN'] },
+];
+
+export interface ServeOptions {
+  /** default process.env (load .env into it first: the CLI does) */
+  env?: NodeJS.ProcessEnv;
+  /** config file (default MINIGPT_CONFIG, then configs/demo.yaml) */
+  config?: string;
+  log?: (line: string) => void;
+  /** extra MiniGPT.load options (tests: forcedAnswer, provider) */
+  load?: Partial<LoadOptions>;
+  /** platform adapters to consider (default PLATFORM_ADAPTERS) */
+  adapters?: readonly PlatformAdapterSpec[];
+}
+
+export interface RunningBot {
+  model: MiniGPT;
+  manager: ConversationManager;
+  adapters: RunningAdapter[];
+  /** the web demo's address when it was started */
+  webUrl?: string;
+  /** stops the adapters, then the manager (finishing the running answer, flushing the store), then the model */
+  close(): Promise<void>;
+}
+
+export class ServeError extends Error {}
+
+/** The sentence the web page shows under a package that is the embedded random-weight demo. */
+export const DEMO_NOTICE =
+  'This is the embedded demo package: a small random-weight model built by this project\'s own converter ' +
+  '(scripts/build-demo-model.mjs), so its answers are nonsense until the trained demo model exists.';
+
+function isDemoPackage(dir: string): boolean {
+  return basename(dir) === 'demo' && basename(dirname(dir)) === 'models';
+}
+
+function shownPath(dir: string): string {
+  const rel = relative(process.cwd(), dir);
+  return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel : dir;
+}
+
+async function checkPackage(dir: string): Promise<void> {
+  const file = join(dir, 'model.json');
+  try {
+    await stat(file);
+  } catch {
+    const how = isDemoPackage(dir)
+      ? 'npm run build && node scripts/build-demo-model.mjs'
+      : `npx minigpt convert --arch minigpt-v2 --vit eva_vit_g.pth --llm <Llama folder> --ckpt <checkpoint.pth> --out ${shownPath(dir)}`;
+    throw new ServeError(`model package not found: ${file} does not exist. Build it with:\n  ${how}`);
+  }
+}
+
+function webSettings(env: NodeJS.ProcessEnv) {
+  const host = env.WEB_HOST?.trim() || DEFAULT_WEB_HOST;
+  let port = DEFAULT_WEB_PORT;
+  if (env.WEB_PORT?.trim()) {
+    port = Number(env.WEB_PORT);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ServeError(`WEB_PORT=${env.WEB_PORT}: expected a port number (0-65535)`);
+  }
+  const allowRemote = /^(1|true|yes)$/i.test(env.WEB_ALLOW_REMOTE?.trim() ?? '');
+  const allowedHosts = (env.WEB_ALLOWED_HOSTS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  return { host, port, allowRemote, allowedHosts };
+}
+
+/** Loads everything and starts the adapters. */
+export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
+  const env = opts.env ?? process.env;
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
+  // Settings errors before the slow part.
+  const web = webSettings(env);
+  await checkPackage(config.packageDir);
+  const store = await createStore(config.runtime.store_url);
+  let model: MiniGPT | undefined;
+  let manager: ConversationManager | undefined;
+  const adapters: RunningAdapter[] = [];
+  try {
+    model = await MiniGPT.load(config.packageDir, {
+      provider: parseProviderChoice(config.runtime.execution_provider),
+      threads: config.runtime.threads || undefined,
+      log,
+      ...opts.load,
+    });
+    const m = config.model;
+    const defaults: Partial<GenerationOptions> = {
+      maxNewTokens: m.max_new_tokens,
+      numBeams: m.num_beams,
+      temperature: m.temperature,
+      topP: m.top_p,
+      repetitionPenalty: m.repetition_penalty,
+      ...(m.end_sym ? { stopStrings: [m.end_sym] } : {}),
+    };
+    manager = new ConversationManager({ model, store, maxQueue: config.runtime.queue_size, maxContextLen: m.max_context_len, defaults, log });
+    const ctx: AdapterContext = { manager, model, config, env, log };
+
+    for (const spec of opts.adapters ?? PLATFORM_ADAPTERS) {
+      const set = spec.credentials.filter((c) => env[c]?.trim());
+      if (set.length === 0) continue;
+      if (!spec.start) {
+        log(`minigpt: ${set.join(', ')} is set, but this build has no ${spec.name} adapter yet; ignoring it`);
+        continue;
+      }
+      adapters.push(await spec.start(ctx));
+      log(`minigpt: ${spec.name} adapter started`);
+    }
+
+    let webUrl: string | undefined;
+    if (adapters.length === 0) {
+      const info: WebModelInfo = { name: model.meta.name, path: shownPath(config.packageDir), architecture: model.meta.architecture };
+      if (isDemoPackage(config.packageDir)) info.notice = DEMO_NOTICE;
+      const server = await startWebServer({
+        manager,
+        host: web.host,
+        port: web.port,
+        allowRemote: web.allowRemote,
+        allowedHosts: web.allowedHosts,
+        model: info,
+        defaults: { temperature: m.temperature, numBeams: m.num_beams, maxNewTokens: m.max_new_tokens },
+        log,
+      });
+      webUrl = server.url;
+      adapters.push({ name: 'web', url: server.url, close: () => server.close() });
+      log(`minigpt: web demo on ${server.url} (model ${info.path}, ${model.provider})`);
+    }
+
+    let closing: Promise<void> | undefined;
+    const mgr = manager;
+    const mdl = model;
+    return {
+      model: mdl,
+      manager: mgr,
+      adapters,
+      ...(webUrl ? { webUrl } : {}),
+      close() {
+        closing ??= (async () => {
+          await Promise.allSettled(adapters.map((a) => a.close()));
+          await mgr.close();
+          await mdl.close();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await Promise.allSettled(adapters.map((a) => a.close()));
+    if (manager) await manager.close().catch(() => {});
+    else await store.disconnect().catch(() => {});
+    await model?.close().catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * `minigpt serve`: starts, then runs until SIGINT or SIGTERM, closes everything and resolves (exit 0).
+ * A second signal while closing exits at once.
+ */
+export async function serveUntilSignal(opts: ServeOptions = {}): Promise<void> {
+  const bot = await serve(opts);
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    const on = (s: NodeJS.Signals) => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+      resolve(s);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+  });
+  log(`minigpt: ${signal}, shutting down`);
+  const force = () => process.exit(1);
+  process.once('SIGINT', force);
+  process.once('SIGTERM', force);
+  try {
+    await bot.close();
+  } finally {
+    process.off('SIGINT', force);
+    process.off('SIGTERM', force);
+  }
+}

@@ -1,0 +1,113 @@
+// Shared by the web demo tests: a tiny real model package (the fixture checkpoints converted by our own
+// converter, with the demo model's 512-piece tokenizer so box syntax round-trips), images, and an SSE reader.
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import sharp from 'sharp';
+import { convert } from '../../src/convert/convert.js';
+
+export const ROOT = join(import.meta.dirname, '..', '..');
+const FIXTURE = join(ROOT, 'test', 'fixtures', 'minigptv2-tiny');
+
+/** Converts the tiny MiniGPT-v2 fixture into `<work>/pkg` (what scripts/build-demo-model.mjs builds). */
+export async function buildTinyPackage(work: string): Promise<string> {
+  const llm = join(work, 'llm');
+  await mkdir(llm, { recursive: true });
+  for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) await copyFile(join(FIXTURE, 'llama', f), join(llm, f));
+  const script = pathToFileURL(join(ROOT, 'scripts', 'build-demo-model.mjs')).href;
+  const { demoTokenizerJson } = (await import(script)) as { demoTokenizerJson(): unknown };
+  await writeFile(join(llm, 'tokenizer.json'), `${JSON.stringify(demoTokenizerJson())}\n`);
+  const out = join(work, 'pkg');
+  await convert({
+    arch: 'minigpt-v2',
+    vit: join(FIXTURE, 'eva_vit.pth'),
+    llm,
+    ckpt: join(FIXTURE, 'minigptv2_ckpt.pth'),
+    vitHeads: 4,
+    imageSize: 112,
+    loraR: 8,
+    loraAlpha: 16,
+    out,
+  });
+  return out;
+}
+
+/** A PNG: a grey background with a red square. */
+export async function testPng(width = 200, height = 150): Promise<Buffer> {
+  const square = await sharp({ create: { width: Math.round(width / 2), height: Math.round(height / 2), channels: 3, background: '#dd2222' } }).png().toBuffer();
+  return sharp({ create: { width, height, channels: 3, background: '#888888' } })
+    .composite([{ input: square, left: Math.round(width / 5), top: Math.round(height / 5) }])
+    .png()
+    .toBuffer();
+}
+
+export type WebEvent = { type: string; [k: string]: unknown };
+
+/** Reads a text/event-stream response to its end. */
+export async function readEvents(res: Response): Promise<WebEvent[]> {
+  const text = await res.text();
+  return text
+    .split('\n\n')
+    .map((frame) =>
+      frame
+        .split('\n')
+        .filter((l) => l.startsWith('data:'))
+        .map((l) => l.slice(5).trimStart())
+        .join('\n'),
+    )
+    .filter((d) => d !== '')
+    .map((d) => JSON.parse(d) as WebEvent);
+}
+
+export interface ChatFields {
+  conversation: string;
+  text?: string;
+  task?: string;
+  temperature?: string;
+  numBeams?: string;
+  image?: Uint8Array;
+  imageType?: string;
+}
+
+export function chatForm(f: ChatFields): FormData {
+  const form = new FormData();
+  form.append('conversation', f.conversation);
+  form.append('text', f.text ?? '');
+  if (f.task !== undefined) form.append('task', f.task);
+  if (f.temperature !== undefined) form.append('temperature', f.temperature);
+  if (f.numBeams !== undefined) form.append('numBeams', f.numBeams);
+  if (f.image) form.append('image', new Blob([f.image], { type: f.imageType ?? 'image/png' }), 'upload.png');
+  return form;
+}
+
+/** POST /api/chat as the page does it (same Origin). */
+export function postChat(base: string, f: ChatFields, init: RequestInit = {}): Promise<Response> {
+  const url = new URL('/api/chat', base);
+  return fetch(url, { method: 'POST', body: chatForm(f), ...init, headers: { origin: url.origin, ...(init.headers as Record<string, string> | undefined) } });
+}
+
+/** A raw HTTP request (exact path and Host header, which fetch would normalise or refuse). */
+export function rawRequest(
+  base: string,
+  opts: { method?: string; path: string; headers?: Record<string, string>; body?: Buffer },
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host: u.hostname, port: u.port, method: opts.method ?? 'GET', path: opts.path, headers: { host: u.host, ...opts.headers } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+export function randomConversation(): string {
+  return `t${Math.random().toString(36).slice(2)}${Date.now().toString(36)}`;
+}
