@@ -10,12 +10,14 @@ import { buildQformerVisionGraph, CROSS_ATTENTION_FREQ, inferQformerShape, LN_VI
 import { buildDecoderGraph, buildEmbedGraph, llamaShapeFromConfig, loraKeys, type LlamaShape, type LoraSpec } from './graphs/llama.js';
 import { openCheckpoint, openHfWeights, unwrapPrefix, type TensorSource } from './readers/index.js';
 import { PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, type GraphSpec, type ModelJson } from '../inference/package.js';
+import { convertSentencePieceFile } from './sentencepiece.js';
+import { checkBlockSize, DEFAULT_BLOCK_SIZE, describeWeights, quantBits, type WeightDType, type WeightFormat } from './quantize.js';
 import { CLIP_MEAN, CLIP_STD, MINIGPT4_PROMPTS, MINIGPT_V2_PROMPT, type Minigpt4PromptStyle } from '../inference/presets.js';
 
 export const CONVERTER_VERSION = 'minigpt-bot convert 1';
 
 export type Arch = 'minigpt-v2' | 'minigpt-4';
-export type WeightDType = 'fp32' | 'fp16' | 'int8' | 'int4';
+export type { WeightDType } from './quantize.js';
 
 export interface ConvertOptions {
   arch: Arch;
@@ -32,6 +34,8 @@ export interface ConvertOptions {
   loraR?: number;
   loraAlpha?: number;
   dtype?: WeightDType;
+  /** MatMulNBits block size along K for int8 / int4 (default 32) */
+  blockSize?: number;
   out: string;
   log?: (line: string) => void;
 }
@@ -59,6 +63,18 @@ export function defaultPromptStyle(variant: Minigpt4Variant, llmDir: string, llm
   const maxPos = llmConfig.max_position_embeddings;
   if (typeof maxPos === 'number' && maxPos >= 4096) return 'llama2';
   return 'vicuna0';
+}
+
+async function findTokenizer(llmDir: string): Promise<string> {
+  for (const name of ['tokenizer.json', 'tokenizer.model']) {
+    try {
+      await stat(join(llmDir, name));
+      return join(llmDir, name);
+    } catch {
+      // try the next one
+    }
+  }
+  throw new ConvertError(`${llmDir} has neither tokenizer.json nor a SentencePiece tokenizer.model`);
 }
 
 async function sha256File(path: string): Promise<string> {
@@ -109,7 +125,17 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
   } else if (opts.loraR !== undefined || opts.loraAlpha !== undefined) {
     throw new ConvertError('--lora-r / --lora-alpha are for --arch minigpt-v2 (MiniGPT-4 has no LoRA)');
   }
-  if (dtype !== 'fp32') throw new ConvertError(`--dtype ${dtype}: only fp32 packages can be built so far`);
+  const bits = quantBits(dtype);
+  if (opts.blockSize !== undefined) {
+    if (!bits) throw new ConvertError(`--block-size is for --dtype int8 / int4, not ${dtype}`);
+    try {
+      checkBlockSize(opts.blockSize);
+    } catch (e) {
+      throw new ConvertError(`--block-size ${(e as Error).message}`);
+    }
+  }
+  const weights: WeightFormat = { dtype, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE };
+  const quantOptions: Record<string, number> = bits ? { blockSize: weights.blockSize } : {};
 
   const imageSize = opts.imageSize ?? DEFAULTS.imageSize[opts.arch];
   const vitHeads = opts.vitHeads ?? DEFAULTS.vitHeads;
@@ -122,12 +148,8 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
   } catch {
     genConfig = null;
   }
-  const tokenizerSrc = join(opts.llm, 'tokenizer.json');
-  try {
-    await stat(tokenizerSrc);
-  } catch {
-    throw new ConvertError(`${opts.llm} has no tokenizer.json (a folder with only tokenizer.model is not supported yet)`);
-  }
+  // tokenizer.json when the folder has one, else the SentencePiece tokenizer.model converted (Vicuna v0 folders)
+  const tokenizerSrc = await findTokenizer(opts.llm);
 
   let shape: LlamaShape;
   try {
@@ -154,18 +176,29 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
     log(`converting ${opts.arch}${plan.label} (${dtype}) -> ${opts.out}`);
 
     const visionG = new GraphBuilder('minigpt_vision', join(opts.out, 'vision.onnx.data'));
+    visionG.weights = weights;
     await plan.buildVision(visionG);
     const vision = await saveGraph(visionG, opts.out, 'vision.onnx', log);
 
     const embedG = new GraphBuilder('minigpt_embed', join(opts.out, 'embed.onnx.data'));
+    embedG.weights = weights;
     await buildEmbedGraph(embedG, llm, shape);
     const embed = await saveGraph(embedG, opts.out, 'embed.onnx', log);
 
     const decoderG = new GraphBuilder('minigpt_decoder', join(opts.out, 'decoder.onnx.data'));
+    decoderG.weights = weights;
     await buildDecoderGraph(decoderG, plan.lora ? { llm, shape, lora: plan.lora } : { llm, shape });
     const decoder = await saveGraph(decoderG, opts.out, 'decoder.onnx', log);
 
-    await copyFile(tokenizerSrc, join(opts.out, 'tokenizer.json'));
+    if (tokenizerSrc.endsWith('.json')) {
+      await copyFile(tokenizerSrc, join(opts.out, 'tokenizer.json'));
+    } else {
+      const json = await convertSentencePieceFile(tokenizerSrc).catch((e: Error) => {
+        throw new ConvertError(e.message);
+      });
+      await writeFile(join(opts.out, 'tokenizer.json'), `${JSON.stringify(json)}\n`);
+      log(`  tokenizer.json: converted from ${tokenizerSrc}`);
+    }
 
     const sourceFiles: { role: string; path: string }[] = [
       { role: 'vit', path: opts.vit },
@@ -187,6 +220,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
       name: basename(opts.out),
       architecture: opts.arch,
       dtype,
+      weights: describeWeights(weights),
       vision: {
         imageSize,
         mean: CLIP_MEAN,
@@ -218,7 +252,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
         converter: CONVERTER_VERSION,
         createdAt: new Date().toISOString(),
         sources,
-        options: plan.options,
+        options: { ...plan.options, ...quantOptions },
       },
     };
     await writeFile(join(opts.out, 'model.json'), `${JSON.stringify(meta, null, 2)}\n`);

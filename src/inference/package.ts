@@ -34,6 +34,29 @@ export const modelJsonSchema = z.object({
   name: z.string(),
   architecture: z.enum(['minigpt-v2', 'minigpt-4']),
   dtype: z.enum(['fp32', 'fp16', 'int8', 'int4']),
+  /**
+   * How the weights are stored (src/convert/quantize.ts); absent in packages from before --dtype, which are
+   * all float32. Graph inputs and outputs are float32 whatever the dtype.
+   */
+  weights: z
+    .object({
+      /** Linear layers (LLM projections and lm_head, ViT / Q-Former Linears, llama_proj) */
+      linear: z.enum(['float32', 'float16', 'int8', 'int4']),
+      /** token embedding table and patch-embedding convolution */
+      embeddings: z.enum(['float32', 'float16']),
+      /** int8 / int4: com.microsoft MatMulNBits, symmetric block-wise along K, default zero point */
+      quantization: z
+        .object({
+          op: z.literal('com.microsoft.MatMulNBits'),
+          bits: z.union([z.literal(4), z.literal(8)]),
+          blockSize: z.number().int().positive(),
+          symmetric: z.boolean(),
+          zeroPoint: z.number().int().nonnegative(),
+          scales: z.enum(['float32', 'float16']),
+        })
+        .optional(),
+    })
+    .optional(),
   vision: z.object({
     imageSize: z.number().int().positive(),
     mean: z.tuple([z.number(), z.number(), z.number()]),

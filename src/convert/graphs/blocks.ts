@@ -1,15 +1,8 @@
 // Building blocks shared by the vision and language graphs: one small function per emitted block.
 import type { GraphBuilder } from '../onnx/builder.js';
+import { weightMatMul } from '../quantize.js';
 
-/** torch Linear weight [out, in] -> the [in, out] matrix ONNX MatMul wants. */
-export function transpose2d(w: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(w.length);
-  for (let r = 0; r < rows; r++) {
-    const base = r * cols;
-    for (let c = 0; c < cols; c++) out[c * rows + r] = w[base + c];
-  }
-  return out;
-}
+export { transpose2d } from '../quantize.js';
 
 export interface LinearWeights {
   /** torch layout [out, in] */
@@ -19,10 +12,9 @@ export interface LinearWeights {
   inFeatures: number;
 }
 
-/** y = x W^T + b, with W stored transposed so the graph is a plain MatMul. */
+/** y = x W^T + b: a MatMul on W stored transposed (fp32/fp16) or MatMulNBits (int8/int4), as `g.weights` says. */
 export function linear(g: GraphBuilder, x: string, name: string, w: LinearWeights): string {
-  const wt = g.weight(`${name}.weight`, [w.inFeatures, w.outFeatures], transpose2d(w.weight, w.outFeatures, w.inFeatures));
-  const y = g.op('MatMul', [x, wt], {}, { name: `${name}.matmul` });
+  const y = weightMatMul(g, x, name, w.weight, w.outFeatures, w.inFeatures);
   if (!w.bias) return y;
   const b = g.weight(`${name}.bias`, [w.outFeatures], w.bias);
   return g.op('Add', [y, b], {}, { name: `${name}.bias_add` });

@@ -4,6 +4,7 @@
 import type { TensorSource } from '../readers/index.js';
 import type { GraphBuilder } from '../onnx/builder.js';
 import { linear, mergeHeads, rmsNorm, silu, splitHeads, type LinearWeights } from './blocks.js';
+import { embeddingLookup } from '../quantize.js';
 
 export interface LlamaShape {
   layers: number;
@@ -215,7 +216,7 @@ export async function buildDecoderGraph(g: GraphBuilder, spec: DecoderGraphSpec)
 /** `input_ids [B,S]` -> `inputs_embeds [B,S,hidden]` (the Llama input embedding table). */
 export async function buildEmbedGraph(g: GraphBuilder, llm: TensorSource, shape: LlamaShape): Promise<void> {
   const ids = g.input('input_ids', 'int64', ['batch', 'sequence_length']);
-  const table = g.weight('model.embed_tokens.weight', [shape.vocabSize, shape.hidden], await llm.readFloat32('model.embed_tokens.weight'));
-  const embeds = g.op('Gather', [table, ids], { axis: 0 }, { name: 'embed_tokens' });
+  const table = await llm.readFloat32('model.embed_tokens.weight');
+  const embeds = embeddingLookup(g, 'model.embed_tokens.weight', table, [shape.vocabSize, shape.hidden], ids, 'embed_tokens');
   g.output(embeds, 'inputs_embeds', 'float32', ['batch', 'sequence_length', shape.hidden]);
 }

@@ -4,6 +4,7 @@ import type { TensorSource } from '../readers/index.js';
 import { GraphBuilder } from '../onnx/builder.js';
 import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './blocks.js';
 import { interpolatePosEmbed } from './interpolate.js';
+import { storedWeight } from '../quantize.js';
 
 export interface VitShape {
   width: number;
@@ -65,7 +66,7 @@ export async function linearFrom(src: TensorSource, prefix: string, bias = true)
 async function patchEmbed(g: GraphBuilder, x: string, spec: VitSpec): Promise<string> {
   const { vit, shape } = spec;
   const grid = shape.imageSize / shape.patchSize;
-  const w = g.weight('patch_embed.proj.weight', vit.info('patch_embed.proj.weight').shape, await vit.readFloat32('patch_embed.proj.weight'));
+  const w = storedWeight(g, 'patch_embed.proj.weight', vit.info('patch_embed.proj.weight').shape, await vit.readFloat32('patch_embed.proj.weight'));
   const b = g.weight('patch_embed.proj.bias', [shape.width], await vit.readFloat32('patch_embed.proj.bias'));
   const conv = g.op('Conv', [x, w, b], { kernel_shape: [shape.patchSize, shape.patchSize], strides: [shape.patchSize, shape.patchSize] }, { name: 'patch_embed.proj' });
   const flat = g.op('Reshape', [conv, g.constInt64([0, shape.width, grid * grid])], {}, { name: 'patch_embed.flatten' });

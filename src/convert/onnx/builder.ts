@@ -5,6 +5,7 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import onnxProto from 'onnx-proto';
+import type { WeightFormat } from '../quantize.js';
 
 const { onnx } = onnxProto;
 export type TensorProto = onnxProto.onnx.ITensorProto;
@@ -113,6 +114,8 @@ export class GraphBuilder {
   private readonly data: ExternalDataWriter;
   private counter = 0;
   private usesMicrosoftDomain = false;
+  /** How Linear weights are stored (`minigpt convert --dtype`; see src/convert/quantize.ts). */
+  weights: WeightFormat = { dtype: 'fp32', blockSize: 32 };
 
   /** `dataPath` is where large weights go (`<model>.onnx.data`, next to the model file). */
   constructor(readonly name: string, dataPath: string) {
