@@ -44,7 +44,11 @@ export const PLATFORM_ADAPTERS: PlatformAdapterSpec[] = [
     credentials: ['DISCORD_TOKEN'],
     start: (ctx) => import('../adapters/discord/index.js').then((m) => m.startDiscordFromEnv(ctx)),
   },
-  { name: 'slack', credentials: ['SLACK_BOT_TOKEN'] },
+  {
+    name: 'slack',
+    credentials: ['SLACK_BOT_TOKEN'],
+    start: (ctx) => import('../adapters/slack/index.js').then((m) => m.startSlack(ctx)),
+  },
 ];
 
 export interface ServeOptions {

@@ -47,6 +47,18 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('register-commands')
+    .description('register the Discord commands (/describe, "Describe image") globally, or for DISCORD_GUILD_ID (env: DISCORD_TOKEN, DISCORD_APP_ID, DISCORD_API_URL)')
+    .option('--guild <id>', 'register for this guild only (default: DISCORD_GUILD_ID)')
+    .option('--global', 'register globally even when DISCORD_GUILD_ID is set')
+    .action(async (o) => {
+      const dotenv = await import('dotenv');
+      dotenv.config({ quiet: true });
+      const { registerCommandsFromEnv } = await import('./register-commands.js');
+      await registerCommandsFromEnv(process.env, { guild: o.guild, global: Boolean(o.global) }, log);
+    });
+
+  program
     .command('convert')
     .description('published checkpoints -> model package')
     .addOption(new Option('--arch <arch>', 'model architecture').choices(['minigpt-v2', 'minigpt-4']).makeOptionMandatory())
@@ -64,7 +76,8 @@ export function buildProgram(): Command {
     )
     .option('--lora-r <n>', 'LoRA rank (default: read from the checkpoint tensors)', int('--lora-r'))
     .option('--lora-alpha <n>', 'LoRA alpha (default 16)', int('--lora-alpha'))
-    .addOption(new Option('--dtype <type>', 'weight type').choices(['fp32', 'fp16', 'int8', 'int4']).default('fp32'))
+    .addOption(new Option('--dtype <type>', 'weight type (docs/quantisation.md)').choices(['fp32', 'fp16', 'int8', 'int4']).default('fp32'))
+    .option('--block-size <n>', 'int8/int4: quantisation block along the input features (power of two >= 16, default 32)', int('--block-size'))
     .requiredOption('--out <dir>', 'output package folder')
     .action(async (o) => {
       await convert({
@@ -80,6 +93,7 @@ export function buildProgram(): Command {
         loraR: o.loraR,
         loraAlpha: o.loraAlpha,
         dtype: o.dtype as WeightDType,
+        blockSize: o.blockSize,
         out: o.out,
         log,
       });
@@ -156,6 +170,7 @@ export function buildProgram(): Command {
         process.off('SIGINT', onSigint);
       }
     });
+
 
   return program;
 }

@@ -1,0 +1,537 @@
+// The Discord adapter (issue 4, DESIGN.md sections 4-5): translates discord.js v14 events into
+// ConversationRequests and answer events back into Discord messages. Conversations, history, images and
+// scheduling are the conversation manager's; this file only decides which conversation a Discord event
+// belongs to, where the answer goes, and how it looks.
+//
+//   @mention with an image in a channel -> a thread on that message, the answer streamed into it
+//   any message in a thread the bot started, or in a DM -> a follow-up (a new image replaces the image)
+//   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
+//                                           on it for follow-ups
+import {
+  Client,
+  Events,
+  GatewayIntentBits,
+  MessageFlags,
+  Partials,
+  Routes,
+  ThreadAutoArchiveDuration,
+  type Attachment,
+  type ChatInputCommandInteraction,
+  type Interaction,
+  type Message,
+  type MessageContextMenuCommandInteraction,
+  type SendableChannels,
+  type ThreadChannel,
+} from 'discord.js';
+import type { AnswerEvent, ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import { isTask } from '../../src/grounding/tasks.js';
+import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
+import { notice, threadName } from './format.js';
+import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
+import { redact, UserRateLimiter } from './limits.js';
+import { isPermissionError, relayAnswer, type Payload, type RelayResult, type ReplyTarget } from './relay.js';
+
+/** What the adapter needs from the conversation manager. */
+export interface DiscordConversations {
+  handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
+}
+
+export interface DiscordAdapterOptions {
+  manager: DiscordConversations;
+  /** the bot token (DISCORD_TOKEN) */
+  token: string;
+  /** the application id (DISCORD_APP_ID); checked against the one Discord reports when given */
+  appId?: string;
+  /** REST base URL (DISCORD_API_URL; discord.js adds `/v10`); its host is also allowed for image downloads */
+  apiUrl?: string;
+  log?: (line: string) => void;
+  /** answer only in these guilds (ids; empty or absent: all) */
+  allowedGuilds?: readonly string[];
+  /** answer only in these channels (ids; threads count as their parent channel; empty or absent: all) */
+  allowedChannels?: readonly string[];
+  /** answer direct messages (default true) */
+  allowDMs?: boolean;
+  /** requests per user and window (default 6 per 60 s); false: no limit */
+  rateLimit?: { max: number; windowMs: number } | false;
+  /** least time between two writes to one answer message (default 1500 ms: Discord allows 5 edits per 5 s) */
+  editIntervalMs?: number;
+  /** largest image downloaded (default 20 MiB) */
+  maxImageBytes?: number;
+  /** image download timeout (default 15 s) */
+  downloadTimeoutMs?: number;
+  /** how long to wait for the gateway's READY (default 30 s) */
+  readyTimeoutMs?: number;
+}
+
+export interface DiscordAdapter {
+  readonly client: Client<true>;
+  /** the bot's user id */
+  readonly botId: string;
+  /** aborts the answers in progress (their messages say so), waits for them briefly, disconnects */
+  close(): Promise<void>;
+}
+
+export const DEFAULT_RATE_LIMIT = { max: 6, windowMs: 60_000 };
+export const DEFAULT_EDIT_INTERVAL_MS = 1500;
+const CLOSE_GRACE_MS = 5_000;
+const KNOWN_REPLIES = 5_000;
+
+const HELP_NO_IMAGE =
+  'Attach an image (PNG, JPEG, WebP or GIF) to your message, or reply to a message that has one, and mention me with your question. ' +
+  'Start with a task tag such as `[grounding]`, `[refer]`, `[detection]`, `[identify]`, `[vqa]` or `[caption]` to pick a task.';
+const HELP_DESCRIBE_NO_IMAGE =
+  'Add an image with the `image` option, or use `/describe` inside a thread I started to ask about its image.';
+const NO_THREAD_NOTICE =
+  "I couldn't start a thread here (I need the Create Public Threads permission), so I'm answering in the channel: reply to my answer and mention me to follow up.";
+const NO_THREAD_AFTER_DESCRIBE = "I couldn't open a thread for follow-ups here (I need the Create Public Threads permission).";
+const NOT_ENABLED = "I'm not enabled in this server or channel.";
+const INTERNAL = 'Sorry, something went wrong on my side while handling that. Please try again.';
+
+function rateLimitMessage(ms: number): string {
+  const s = Math.max(1, Math.ceil(ms / 1000));
+  return `You're sending requests a bit fast: please wait ${s} second${s === 1 ? '' : 's'} before asking again.`;
+}
+
+/** Removes mentions of the bot (`<@id>`, `<@!id>`) from a message's text. */
+export function stripBotMention(content: string, botId: string): string {
+  return content.replace(new RegExp(`<@!?${botId}>`, 'g'), ' ').replace(/[ \t]{2,}/g, ' ').trim();
+}
+
+class LruMap<K, V> {
+  private readonly map = new Map<K, V>();
+  constructor(private readonly capacity: number) {}
+  get(k: K): V | undefined {
+    return this.map.get(k);
+  }
+  has(k: K): boolean {
+    return this.map.has(k);
+  }
+  set(k: K, v: V): void {
+    this.map.delete(k);
+    this.map.set(k, v);
+    while (this.map.size > this.capacity) this.map.delete(this.map.keys().next().value as K);
+  }
+}
+
+/** A channel or thread message as the answer's target; remembers the ids of what it posted. */
+function channelTarget(channel: SendableChannels, replyTo?: Message): ReplyTarget & { ids: string[] } {
+  let msg: Message | undefined;
+  const ids: string[] = [];
+  return {
+    ids,
+    async first(p: Payload) {
+      if (msg) {
+        await msg.edit(p);
+        return;
+      }
+      msg = replyTo ? await replyTo.reply(p) : await channel.send(p);
+      ids.push(msg.id);
+    },
+    async more(p: Payload) {
+      ids.push((await channel.send(p)).id);
+    },
+    async typing() {
+      await channel.sendTyping();
+    },
+  };
+}
+
+/** An interaction's original response (already deferred) as the answer's target. */
+function interactionTarget(i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction): ReplyTarget {
+  return {
+    async first(p: Payload) {
+      await i.editReply(p);
+    },
+    async more(p: Payload) {
+      await i.followUp(p);
+    },
+    async typing() {},
+  };
+}
+
+interface Route {
+  key: ConversationKey;
+  target: ReplyTarget & { ids?: string[] };
+  notice?: string;
+  /** answered in the channel itself, not in a thread or DM */
+  inChannel?: boolean;
+}
+
+class Adapter implements DiscordAdapter {
+  readonly client: Client<true>;
+  private readonly manager: DiscordConversations;
+  private readonly log: (line: string) => void;
+  private readonly policy: DownloadPolicy;
+  private readonly rate: UserRateLimiter | null;
+  private readonly editIntervalMs: number;
+  private readonly allowedGuilds: ReadonlySet<string>;
+  private readonly allowedChannels: ReadonlySet<string>;
+  private readonly allowDMs: boolean;
+  /** threads this process started (besides ownerId, for threads Discord has not described yet) */
+  private readonly botThreads = new LruMap<string, true>(KNOWN_REPLIES);
+  /** bot answers posted in a channel (no thread) -> their conversation, so replies to them follow up */
+  private readonly replyKeys = new LruMap<string, ConversationKey>(KNOWN_REPLIES);
+  private readonly tasks = new Set<Promise<void>>();
+  private readonly controllers = new Set<AbortController>();
+  private closing: Promise<void> | undefined;
+
+  constructor(client: Client<true>, opts: DiscordAdapterOptions, log: (line: string) => void) {
+    this.client = client;
+    this.manager = opts.manager;
+    this.log = log;
+    this.policy = downloadPolicy({ apiUrl: opts.apiUrl, maxBytes: opts.maxImageBytes, timeoutMs: opts.downloadTimeoutMs });
+    const rl = opts.rateLimit === undefined ? DEFAULT_RATE_LIMIT : opts.rateLimit;
+    this.rate = rl ? new UserRateLimiter(rl.max, rl.windowMs) : null;
+    this.editIntervalMs = opts.editIntervalMs ?? DEFAULT_EDIT_INTERVAL_MS;
+    this.allowedGuilds = new Set(opts.allowedGuilds ?? []);
+    this.allowedChannels = new Set(opts.allowedChannels ?? []);
+    this.allowDMs = opts.allowDMs ?? true;
+    client.on(Events.MessageCreate, (m) => this.track('message', () => this.onMessage(m)));
+    client.on(Events.InteractionCreate, (i) => this.track('interaction', () => this.onInteraction(i)));
+  }
+
+  get botId(): string {
+    return this.client.user.id;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const c of this.controllers) c.abort();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.allSettled([...this.tasks]), new Promise<void>((r) => (timer = setTimeout(r, CLOSE_GRACE_MS)))]);
+      clearTimeout(timer);
+      await this.client.destroy();
+    })();
+    return this.closing;
+  }
+
+  /** Runs one event's handler; whatever happens stays inside it (logged), the bot goes on. */
+  private track(what: string, fn: () => Promise<void>): void {
+    if (this.closing) return;
+    const p = fn()
+      .catch((err: unknown) => this.log(`discord: ${what} handler failed: ${describeError(err)}`))
+      .finally(() => this.tasks.delete(p));
+    this.tasks.add(p);
+  }
+
+  private allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean {
+    if (!guildId) return this.allowDMs;
+    if (this.allowedGuilds.size > 0 && !this.allowedGuilds.has(guildId)) return false;
+    if (this.allowedChannels.size > 0) {
+      return (channelId !== null && this.allowedChannels.has(channelId)) || (!!parentId && this.allowedChannels.has(parentId));
+    }
+    return true;
+  }
+
+  private async isBotThread(thread: ThreadChannel): Promise<boolean> {
+    if (this.botThreads.has(thread.id)) return true;
+    if (thread.ownerId) return thread.ownerId === this.botId;
+    try {
+      return (await thread.fetch()).ownerId === this.botId;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Counts a request against the user's limit; over it, tells them and returns false. Channel replies are
+   * sent once per window (no spam); `privately` (an interaction's ephemeral reply, which must be answered
+   * anyway) every time.
+   */
+  private async withinRate(user: string, tell: (text: string) => Promise<unknown>, privately = false): Promise<boolean> {
+    const r = this.rate?.take(user) ?? { ok: true as const };
+    if (r.ok) return true;
+    this.log(`discord: user ${user} is over the rate limit`);
+    if (privately || this.rate!.shouldWarn(user)) await tell(rateLimitMessage(r.retryAfterMs)).catch(() => {});
+    return false;
+  }
+
+  /** A message's image, else the image of the message it replies to (unless that one is the bot's). */
+  private async imageOf(msg: Message): Promise<{ source?: ImageSource; rejected?: string }> {
+    const own = findImage(msg, this.policy);
+    if (own.source || own.rejected || !msg.reference?.messageId) return own;
+    try {
+      const ref = await msg.fetchReference();
+      if (ref.author.id === this.botId) return {};
+      return findImage(ref, this.policy);
+    } catch (err) {
+      this.log(`discord: could not fetch the replied-to message: ${describeError(err)}`);
+      return {};
+    }
+  }
+
+  private async download(source: ImageSource | undefined, rejected: string | undefined): Promise<Uint8Array | undefined> {
+    if (!source) {
+      if (rejected) throw new ImageInputProblem('not_image', NOT_AN_IMAGE(rejected));
+      return undefined;
+    }
+    try {
+      return await downloadImage(source, this.policy);
+    } catch (err) {
+      if (err instanceof ImageInputProblem) this.log(`discord: image ${urlForLog(source.url)} refused: ${err.kind}`);
+      throw err;
+    }
+  }
+
+  private async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string): Promise<RelayResult> {
+    const controller = new AbortController();
+    this.controllers.add(controller);
+    const started = Date.now();
+    try {
+      const events = this.manager.handle({ ...req, signal: controller.signal });
+      const r = await relayAnswer(events, route.target, { editIntervalMs: this.editIntervalMs, notice: route.notice, log: this.log, label });
+      this.log(
+        `discord: ${label}: ${r.ok ? `answered (${r.chars} chars${r.attached ? ', annotated image' : ''})` : `error ${r.error?.code}`} ` +
+          `in ${Date.now() - started} ms`,
+      );
+      return r;
+    } finally {
+      this.controllers.delete(controller);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Messages: mentions, thread follow-ups, DMs
+  // ------------------------------------------------------------------------------------------------
+
+  private async onMessage(msg: Message): Promise<void> {
+    if (msg.author.bot || msg.system || msg.webhookId) return;
+    const ch = msg.channel;
+    const dm = ch.isDMBased();
+    const thread = ch.isThread() ? ch : null;
+    const mentioned = msg.mentions.users.has(this.botId);
+    const botThread = thread ? await this.isBotThread(thread) : false;
+    if (!dm && !mentioned && !botThread) return;
+    if (!this.allowed(msg.guildId, ch.id, thread?.parentId)) return;
+    if (!ch.isSendable()) return;
+    const label = `message ${msg.id} (${dm ? 'DM' : `guild ${msg.guildId}, channel ${ch.id}`})`;
+    try {
+      await this.answerMessage(msg, ch, { dm, thread, label });
+    } catch (err) {
+      this.log(`discord: ${label} failed: ${describeError(err)}`);
+      await msg.reply({ content: `⚠️ ${INTERNAL}` }).catch(() => {});
+    }
+  }
+
+  private async answerMessage(msg: Message, ch: SendableChannels, ctx: { dm: boolean; thread: ThreadChannel | null; label: string }): Promise<void> {
+    const text = stripBotMention(msg.content, this.botId);
+    const answerKey = !ctx.dm && !ctx.thread && msg.reference?.messageId ? this.replyKeys.get(msg.reference.messageId) : undefined;
+    const found = answerKey ? findImage(msg, this.policy) : await this.imageOf(msg);
+    const newConversation = !ctx.dm && !ctx.thread && !answerKey;
+    if (!found.source && !found.rejected && (newConversation || !text)) {
+      // Nothing to answer: a mention in a channel without an image (help), or an empty follow-up (a sticker).
+      if (newConversation) await msg.reply({ content: HELP_NO_IMAGE });
+      return;
+    }
+    if (!(await this.withinRate(msg.author.id, (t) => msg.reply({ content: t })))) return;
+    let image: Uint8Array | undefined;
+    try {
+      image = await this.download(found.source, found.rejected);
+    } catch (err) {
+      if (!(err instanceof ImageInputProblem)) throw err;
+      await msg.reply({ content: `⚠️ ${err.message}` });
+      return;
+    }
+
+    const guild = msg.guildId ?? '@me';
+    let route: Route;
+    if (ctx.dm) {
+      route = { key: { platform: 'discord', workspace: '@me', channel: ch.id, thread: ch.id }, target: channelTarget(ch) };
+    } else if (ctx.thread) {
+      route = { key: { platform: 'discord', workspace: guild, channel: ctx.thread.parentId ?? ch.id, thread: ctx.thread.id }, target: channelTarget(ch) };
+    } else if (answerKey) {
+      route = { key: answerKey, target: channelTarget(ch, msg), inChannel: true };
+    } else {
+      route = await this.openThread(msg, ch, text);
+    }
+
+    const req: Omit<ConversationRequest, 'signal'> = {
+      key: route.key,
+      user: msg.author.id,
+      text,
+      ...(image ? { image } : {}),
+      ...(!text && image ? { task: 'caption' as const } : {}),
+      requestId: `discord-${msg.id}`,
+    };
+    await this.run(req, route, ctx.label);
+    // Answers in a channel (no thread): a reply to one of them continues the conversation.
+    if (route.inChannel) for (const id of route.target.ids ?? []) this.replyKeys.set(id, route.key);
+  }
+
+  /** A thread on the user's message; without the permission, a reply in the channel that says why. */
+  private async openThread(msg: Message, ch: SendableChannels, text: string): Promise<Route> {
+    const guild = msg.guildId ?? '@me';
+    try {
+      const thread = await msg.startThread({ name: threadName(text), autoArchiveDuration: ThreadAutoArchiveDuration.OneDay });
+      this.botThreads.set(thread.id, true);
+      return { key: { platform: 'discord', workspace: guild, channel: ch.id, thread: thread.id }, target: channelTarget(thread) };
+    } catch (err) {
+      this.log(`discord: could not start a thread on message ${msg.id} in channel ${ch.id}: ${describeError(err)}; answering in the channel`);
+      return {
+        key: { platform: 'discord', workspace: guild, channel: ch.id, thread: `message:${msg.id}` },
+        target: channelTarget(ch, msg),
+        notice: NO_THREAD_NOTICE,
+        inChannel: true,
+      };
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------------
+  // Interactions: /describe and "Describe image"
+  // ------------------------------------------------------------------------------------------------
+
+  private async onInteraction(i: Interaction): Promise<void> {
+    if (i.isChatInputCommand() && i.commandName === DESCRIBE_COMMAND) {
+      const task = i.options.getString('task');
+      await this.describe(i, {
+        attachment: i.options.getAttachment('image') ?? undefined,
+        prompt: i.options.getString('prompt') ?? '',
+        task: task && (task === 'chat' || isTask(task)) ? task : undefined,
+        temperature: i.options.getNumber('temperature') ?? undefined,
+      });
+    } else if (i.isMessageContextMenuCommand() && i.commandName === DESCRIBE_IMAGE_MENU) {
+      await this.describe(i, { target: i.targetMessage, prompt: '' });
+    }
+  }
+
+  private async describe(
+    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
+    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
+  ): Promise<void> {
+    const channel = i.channel;
+    const thread = channel?.isThread() ? channel : null;
+    if (!this.allowed(i.guildId, i.channelId, thread?.parentId)) {
+      await i.reply({ content: NOT_ENABLED, flags: MessageFlags.Ephemeral });
+      return;
+    }
+    if (!(await this.withinRate(i.user.id, (t) => i.reply({ content: t, flags: MessageFlags.Ephemeral }), true))) return;
+    // Acknowledge inside Discord's 3 s window before anything slow.
+    await i.deferReply();
+    const label = `${i.isChatInputCommand() ? '/' : ''}${i.commandName} ${i.id} (${i.guildId ? `guild ${i.guildId}, channel ${i.channelId}` : 'DM'})`;
+    try {
+      await this.answerInteraction(i, input, { thread, label });
+    } catch (err) {
+      this.log(`discord: ${label} failed: ${describeError(err)}`);
+      await i.editReply({ content: `⚠️ ${INTERNAL}` }).catch(() => {});
+    }
+  }
+
+  private async answerInteraction(
+    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
+    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
+    ctx: { thread: ThreadChannel | null; label: string },
+  ): Promise<void> {
+    const dm = !i.guildId;
+    let image: Uint8Array | undefined;
+    try {
+      if (input.attachment) {
+        const found = findImage({ attachments: [input.attachment], embeds: [], content: '' }, this.policy);
+        image = await this.download(found.source, found.rejected);
+      } else if (input.target) {
+        const found = findImage(input.target, this.policy);
+        if (!found.source && !found.rejected) {
+          await i.editReply({ content: '⚠️ That message has no image I can read (PNG, JPEG, WebP or GIF attachment, or a Discord image link).' });
+          return;
+        }
+        image = await this.download(found.source, found.rejected);
+      }
+    } catch (err) {
+      if (!(err instanceof ImageInputProblem)) throw err;
+      await i.editReply({ content: `⚠️ ${err.message}` });
+      return;
+    }
+    if (!image && !dm && !ctx.thread) {
+      await i.editReply({ content: HELP_DESCRIBE_NO_IMAGE });
+      return;
+    }
+
+    const guild = i.guildId ?? '@me';
+    const channelId = i.channelId!;
+    let key: ConversationKey;
+    let replyId: string | undefined;
+    if (dm) key = { platform: 'discord', workspace: '@me', channel: channelId, thread: channelId };
+    else if (ctx.thread) key = { platform: 'discord', workspace: guild, channel: ctx.thread.parentId ?? channelId, thread: ctx.thread.id };
+    else {
+      // A thread started from a message has the message's id: the reply's id is the future thread's.
+      replyId = (await i.fetchReply()).id;
+      key = { platform: 'discord', workspace: guild, channel: channelId, thread: replyId };
+    }
+    const text = input.prompt.trim();
+    const req: Omit<ConversationRequest, 'signal'> = {
+      key,
+      user: i.user.id,
+      text,
+      ...(image ? { image } : {}),
+      ...(input.task ? { task: input.task } : !text && image ? { task: 'caption' as const } : {}),
+      ...(input.temperature !== undefined ? { generation: { temperature: input.temperature } } : {}),
+      requestId: `discord-${i.id}`,
+    };
+    const r = await this.run(req, { key, target: interactionTarget(i) }, ctx.label);
+    if (!r.ok || !replyId) return;
+    try {
+      await this.client.rest.post(Routes.threads(channelId, replyId), {
+        body: { name: threadName(text || (input.target ? 'Describe image' : '')), auto_archive_duration: ThreadAutoArchiveDuration.OneDay },
+      });
+      this.botThreads.set(replyId, true);
+    } catch (err) {
+      this.log(`discord: ${ctx.label}: could not open a thread on the reply: ${describeError(err)}`);
+      if (isPermissionError(err)) await i.followUp({ content: notice(NO_THREAD_AFTER_DESCRIBE) }).catch(() => {});
+    }
+  }
+}
+
+/** An error for the log: message, Discord's code and the request (redacted by the adapter's log). */
+export function describeError(err: unknown): string {
+  if (err && typeof err === 'object') {
+    const e = err as { message?: string; code?: unknown; status?: unknown; method?: unknown; url?: unknown; name?: string };
+    const parts = [e.message ?? String(err)];
+    if (e.code !== undefined) parts.push(`code ${String(e.code)}`);
+    if (e.status !== undefined) parts.push(`HTTP ${String(e.status)}`);
+    if (typeof e.method === 'string' && typeof e.url === 'string') parts.push(`${e.method.toUpperCase()} ${e.url}`);
+    return parts.join(', ');
+  }
+  return String(err);
+}
+
+/**
+ * Connects to Discord and answers until `close()`. Resolves when the gateway says READY; rejects (and
+ * disconnects) when login fails or READY does not come in time.
+ */
+export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<DiscordAdapter> {
+  if (!opts.token?.trim()) throw new Error('Discord: no bot token (DISCORD_TOKEN)');
+  const token = opts.token.trim();
+  const sink = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const log = (line: string) => sink(redact(line, [token]));
+  const client = new Client({
+    intents: [GatewayIntentBits.Guilds, GatewayIntentBits.GuildMessages, GatewayIntentBits.MessageContent, GatewayIntentBits.DirectMessages],
+    // DM channels are not cached before their first message: without this their messages would be dropped.
+    partials: [Partials.Channel],
+    // Model output never pings anyone.
+    allowedMentions: { parse: [], repliedUser: false },
+    ...(opts.apiUrl ? { rest: { api: opts.apiUrl.replace(/\/+$/, '') } } : {}),
+  });
+  client.on(Events.Error, (err) => log(`discord: client error: ${describeError(err)}`));
+  client.on(Events.ShardError, (err) => log(`discord: gateway error: ${describeError(err)}`));
+  client.on(Events.Warn, (w) => log(`discord: ${w}`));
+  const adapter = new Adapter(client as Client<true>, opts, log);
+  const timeoutMs = opts.readyTimeoutMs ?? 30_000;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
+    await Promise.race([
+      client.login(token).then(() => ready),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`Discord: no READY from the gateway within ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]);
+  } catch (err) {
+    await client.destroy();
+    throw new Error(redact(`Discord: could not connect: ${describeError(err)}`, [token]));
+  } finally {
+    clearTimeout(timer);
+  }
+  const app = client.application?.id;
+  if (opts.appId && app && opts.appId !== app) log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);
+  log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers)`);
+  return adapter;
+}

@@ -1,0 +1,85 @@
+// The Discord adapter's entry points: `startDiscordAdapter(options)` and, for `minigpt serve`,
+// `startDiscordFromEnv({ manager, env, log })`, which reads the DISCORD_* variables (DESIGN.md section 4).
+import { startDiscordAdapter, type DiscordAdapter, type DiscordAdapterOptions, type DiscordConversations } from './adapter.js';
+
+export { startDiscordAdapter, stripBotMention, describeError, DEFAULT_EDIT_INTERVAL_MS, DEFAULT_RATE_LIMIT } from './adapter.js';
+export type { DiscordAdapter, DiscordAdapterOptions, DiscordConversations } from './adapter.js';
+export { commandDefinitions, DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
+export { answerMarkdown, splitMessage, threadName, DISCORD_MESSAGE_LIMIT } from './format.js';
+export { DISCORD_CDN_HOSTS, downloadImage, downloadPolicy, allowedUrl, findImage, sniffImage, ImageInputProblem } from './images.js';
+export { redact, UserRateLimiter } from './limits.js';
+
+export class DiscordConfigError extends Error {}
+
+function ids(name: string, value: string | undefined): string[] {
+  const list = (value ?? '')
+    .split(/[\s,]+/)
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const id of list) if (!/^\d{5,25}$/.test(id)) throw new DiscordConfigError(`${name}: "${id}" is not a Discord id (digits)`);
+  return list;
+}
+
+function flag(name: string, value: string | undefined, dflt: boolean): boolean {
+  const v = value?.trim().toLowerCase();
+  if (!v) return dflt;
+  if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+  if (['0', 'false', 'no', 'off'].includes(v)) return false;
+  throw new DiscordConfigError(`${name}=${value}: expected true or false`);
+}
+
+/** `DISCORD_API_URL`, checked: an http(s) URL without query. */
+export function apiUrlFromEnv(env: NodeJS.ProcessEnv): string | undefined {
+  const raw = env.DISCORD_API_URL?.trim();
+  if (!raw) return undefined;
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new DiscordConfigError(`DISCORD_API_URL=${raw}: not a URL (expected e.g. https://discord.com/api)`);
+  }
+  if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new DiscordConfigError(`DISCORD_API_URL=${raw}: expected an http(s) URL`);
+  if (u.search || u.hash) throw new DiscordConfigError(`DISCORD_API_URL=${raw}: no query or fragment expected`);
+  return raw.replace(/\/+$/, '');
+}
+
+/**
+ * Adapter options from the environment:
+ *   DISCORD_TOKEN (required), DISCORD_APP_ID, DISCORD_API_URL,
+ *   DISCORD_ALLOWED_GUILDS, DISCORD_ALLOWED_CHANNELS (comma-separated ids; unset: everywhere),
+ *   DISCORD_ALLOW_DMS (default true), DISCORD_RATE_LIMIT (`N/SECONDS` per user, default 6/60; `0`: none).
+ */
+export function discordOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<DiscordAdapterOptions, 'manager' | 'log'> {
+  const token = env.DISCORD_TOKEN?.trim();
+  if (!token) throw new DiscordConfigError('DISCORD_TOKEN is not set');
+  let rateLimit: DiscordAdapterOptions['rateLimit'];
+  const rl = env.DISCORD_RATE_LIMIT?.trim();
+  if (rl) {
+    const m = /^(\d+)(?:\s*\/\s*(\d+))?$/.exec(rl);
+    if (!m) throw new DiscordConfigError(`DISCORD_RATE_LIMIT=${rl}: expected N/SECONDS, e.g. 6/60 (0: no limit)`);
+    const max = Number(m[1]);
+    rateLimit = max === 0 ? false : { max, windowMs: Number(m[2] ?? 60) * 1000 };
+  }
+  const appId = env.DISCORD_APP_ID?.trim();
+  if (appId && !/^\d{5,25}$/.test(appId)) throw new DiscordConfigError(`DISCORD_APP_ID=${appId}: not a Discord id (digits)`);
+  const apiUrl = apiUrlFromEnv(env);
+  return {
+    token,
+    ...(appId ? { appId } : {}),
+    ...(apiUrl ? { apiUrl } : {}),
+    allowedGuilds: ids('DISCORD_ALLOWED_GUILDS', env.DISCORD_ALLOWED_GUILDS),
+    allowedChannels: ids('DISCORD_ALLOWED_CHANNELS', env.DISCORD_ALLOWED_CHANNELS),
+    allowDMs: flag('DISCORD_ALLOW_DMS', env.DISCORD_ALLOW_DMS, true),
+    ...(rateLimit !== undefined ? { rateLimit } : {}),
+  };
+}
+
+/** For `minigpt serve`'s adapter list: starts the adapter from the environment. */
+export async function startDiscordFromEnv(ctx: {
+  manager: DiscordConversations;
+  env: NodeJS.ProcessEnv;
+  log: (line: string) => void;
+}): Promise<{ name: string; close(): Promise<void>; adapter: DiscordAdapter }> {
+  const adapter = await startDiscordAdapter({ ...discordOptionsFromEnv(ctx.env), manager: ctx.manager, log: ctx.log });
+  return { name: 'discord', adapter, close: () => adapter.close() };
+}

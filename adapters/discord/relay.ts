@@ -1,0 +1,181 @@
+// Answer events -> Discord messages: the reply appears with the first text and is edited as text arrives
+// (at most one edit per `editIntervalMs`, never two requests at once), then replaced by the final Markdown,
+// split over several messages past 2000 characters, with the annotated image attached to the last.
+import { DiscordAPIError, type AttachmentPayload } from 'discord.js';
+import type { AnswerEvent } from '../../src/conversation/index.js';
+import { answerMarkdown, DISCORD_MESSAGE_LIMIT, notice, splitMessage } from './format.js';
+
+export interface Payload {
+  content: string;
+  files?: AttachmentPayload[];
+}
+
+/** Where an answer goes: a channel or thread message, or an interaction's original response. */
+export interface ReplyTarget {
+  /** creates the answer's first message, or edits it once it exists */
+  first(p: Payload): Promise<void>;
+  /** posts one more message after the first (the rest of a long answer) */
+  more(p: Payload): Promise<void>;
+  /** shows "typing…" (channels); no-op where Discord shows its own indicator (deferred interactions) */
+  typing(): Promise<void>;
+}
+
+export interface RelayOptions {
+  editIntervalMs: number;
+  /** a line shown above the answer (e.g. why it is not in a thread) */
+  notice?: string;
+  log: (line: string) => void;
+  /** for log lines */
+  label: string;
+}
+
+export interface RelayResult {
+  ok: boolean;
+  error?: { code: string; message: string };
+  /** the answer had an annotated image and it was attached */
+  attached: boolean;
+  chars: number;
+}
+
+const TYPING_REFRESH_MS = 8_000;
+const ATTACH_REFUSED = 'I couldn\'t attach the image with the boxes here: I need the **Attach Files** permission in this channel.';
+const ATTACH_TOO_LARGE = 'The image with the boxes was too large to upload here.';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+function apiCode(err: unknown): number | string | undefined {
+  return err instanceof DiscordAPIError ? err.code : undefined;
+}
+
+/** Discord's "Missing Permissions" / "Missing Access". */
+export function isPermissionError(err: unknown): boolean {
+  const c = apiCode(err);
+  return c === 50013 || c === 50001;
+}
+
+/** The streamed text shown while the answer grows: one message's worth, cut with an ellipsis. */
+function preview(raw: string, head: string): string {
+  const md = head + answerMarkdown(raw);
+  if (md.length <= DISCORD_MESSAGE_LIMIT) return md;
+  return `${splitMessage(md, DISCORD_MESSAGE_LIMIT - 2)[0]} …`;
+}
+
+/**
+ * Streams one answer into `target`. Never throws for Discord errors while streaming (they are logged and the
+ * final write is still tried); a failure of the final write rejects.
+ */
+export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: ReplyTarget, o: RelayOptions): Promise<RelayResult> {
+  const head = o.notice ? `${notice(o.notice)}\n` : '';
+  let raw = '';
+  let final: { text: string } | undefined;
+  let image: { data: Buffer; mime: string } | undefined;
+  let error: { code: string; message: string } | undefined;
+  let created = false;
+  let lastWrite = 0;
+  let inFlight: Promise<void> | undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let shown = '';
+  let wanted = '';
+  let stopped = false;
+
+  // "typing…" until the first message exists
+  let typingTimer: NodeJS.Timeout | undefined;
+  const stopTyping = () => {
+    if (typingTimer) clearInterval(typingTimer);
+    typingTimer = undefined;
+  };
+  const typing = () => target.typing().catch((err: unknown) => o.log(`discord: ${o.label}: typing failed: ${(err as Error).message}`));
+  void typing();
+  typingTimer = setInterval(() => void typing(), TYPING_REFRESH_MS);
+  typingTimer.unref?.();
+
+  const write = (content: string): Promise<void> => {
+    lastWrite = Date.now();
+    stopTyping();
+    const p = target.first({ content }).then(
+      () => {
+        created = true;
+        shown = content;
+      },
+      (err: unknown) => o.log(`discord: ${o.label}: could not update the reply: ${(err as Error).message}`),
+    );
+    inFlight = p.finally(() => {
+      inFlight = undefined;
+      if (!stopped && wanted !== shown) schedule();
+    });
+    return inFlight;
+  };
+  const schedule = () => {
+    if (timer || inFlight || stopped) return;
+    const wait = Math.max(0, lastWrite + o.editIntervalMs - Date.now());
+    timer = setTimeout(() => {
+      timer = undefined;
+      if (!stopped && wanted !== shown) void write(wanted);
+    }, wait);
+  };
+  const show = (content: string) => {
+    if (!content.trim() || content === wanted) return;
+    wanted = content;
+    schedule();
+  };
+
+  try {
+    for await (const ev of events) {
+      if (ev.type === 'queued') {
+        if (ev.position > 0) show(`${head}${notice(`Waiting in line (${ev.position} ahead of you)…`)}`);
+      } else if (ev.type === 'text') {
+        raw += ev.text;
+        if (answerMarkdown(raw).trim()) show(preview(raw, head));
+      } else if (ev.type === 'final') {
+        final = { text: ev.text };
+      } else if (ev.type === 'image') {
+        image = { data: ev.data, mime: ev.mime };
+      } else if (ev.type === 'error') {
+        error = { code: ev.code, message: ev.message };
+      }
+    }
+  } finally {
+    stopped = true;
+    stopTyping();
+    if (timer) clearTimeout(timer);
+    timer = undefined;
+    await inFlight;
+  }
+
+  // The final write keeps the same pace as the edits before it.
+  if (created) await sleep(Math.max(0, lastWrite + o.editIntervalMs - Date.now()));
+
+  if (error || !final) {
+    const message = error?.message ?? 'The answer ended unexpectedly; please try again.';
+    await target.first({ content: `${head}⚠️ ${message}` });
+    return { ok: false, error: error ?? { code: 'internal', message }, attached: false, chars: 0 };
+  }
+
+  const md = answerMarkdown(final.text);
+  const pieces = splitMessage(head + (md.trim() ? md : '_(The model gave an empty answer.)_'));
+  const file: AttachmentPayload | undefined = image
+    ? { attachment: image.data, name: image.mime === 'image/jpeg' ? 'answer-boxes.jpg' : 'answer-boxes.png', description: 'The image with the answer\'s boxes drawn' }
+    : undefined;
+  let attached = false;
+  for (let i = 0; i < pieces.length; i++) {
+    const last = i === pieces.length - 1;
+    const send = (p: Payload) => (i === 0 ? target.first(p) : target.more(p));
+    if (!last || !file) {
+      await send({ content: pieces[i] });
+      continue;
+    }
+    try {
+      await send({ content: pieces[i], files: [file] });
+      attached = true;
+    } catch (err) {
+      const code = apiCode(err);
+      if (!isPermissionError(err) && code !== 40005) throw err;
+      o.log(`discord: ${o.label}: could not attach the annotated image (${code}); answering without it`);
+      const why = notice(code === 40005 ? ATTACH_TOO_LARGE : ATTACH_REFUSED);
+      const content = pieces[i].length + why.length + 1 <= DISCORD_MESSAGE_LIMIT ? `${pieces[i]}\n${why}` : pieces[i];
+      await send({ content });
+      if (content === pieces[i]) await target.more({ content: why });
+    }
+  }
+  return { ok: true, attached, chars: md.length };
+}

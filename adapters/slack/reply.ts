@@ -1,0 +1,202 @@
+// One answer as Slack messages: a first message posted at once, edited as text streams in (chat.update,
+// throttled), more messages in the thread when the answer outgrows one, then the annotated image.
+import type { webApi } from '@slack/bolt';
+import { answerChunks, escapeMrkdwn } from './format.js';
+
+type WebClient = webApi.WebClient;
+
+export interface ThreadReplyOptions {
+  client: WebClient;
+  channel: string;
+  /** the thread to answer in; undefined: the first message starts a new thread in the channel */
+  threadTs?: string;
+  /** least time between two edits of the messages (Slack allows about one per second per channel) */
+  intervalMs: number;
+  /** most mrkdwn characters per message */
+  maxChars: number;
+  /** mrkdwn put before the answer in the first message (e.g. who asked what) */
+  header?: string;
+  log: (line: string) => void;
+}
+
+const STREAMING_MARK = ' …';
+
+/**
+ * The messages of one answer. Calls are serialised; `update` while streaming is coalesced so that at most
+ * one edit per `intervalMs` goes out, the newest text winning.
+ */
+export class ThreadReply {
+  private readonly posted: Array<{ ts: string; text: string }> = [];
+  private chain: Promise<void> = Promise.resolve();
+  private pending: string[] | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private lastEdit = 0;
+  private failed = false;
+
+  constructor(private readonly opts: ThreadReplyOptions) {}
+
+  /** Timestamp of the first message (the thread for a top-level reply), once posted. */
+  get firstTs(): string | undefined {
+    return this.posted[0]?.ts;
+  }
+
+  /** The thread the answer lives in. */
+  get thread(): string | undefined {
+    return this.opts.threadTs ?? this.firstTs;
+  }
+
+  /** Posts the first message (status text such as "Looking at the image…"). */
+  start(status: string): Promise<string> {
+    return this.enqueue(async () => {
+      await this.write([this.withHeader(status)]);
+    }).then(() => {
+      if (!this.firstTs) throw new Error('the first message could not be posted');
+      return this.firstTs;
+    });
+  }
+
+  /** Shows a status line (queued, …) while no answer text has arrived. */
+  status(text: string): void {
+    this.schedule([this.withHeader(text)]);
+  }
+
+  /** Shows the answer so far (raw model text). */
+  streaming(raw: string): void {
+    this.schedule(this.chunks(raw, true));
+  }
+
+  /** The final answer, written now (pending edits dropped). */
+  async final(raw: string): Promise<void> {
+    await this.flushNow(this.chunks(raw, false));
+  }
+
+  /** A sentence for the user instead of an answer (plain text, escaped here). */
+  async error(message: string): Promise<void> {
+    await this.flushNow([this.withHeader(`:warning: ${escapeMrkdwn(message)}`)]);
+  }
+
+  /** Uploads a file into the answer's thread. */
+  async upload(data: Buffer, filename: string, title: string): Promise<void> {
+    await this.chain;
+    const thread = this.thread;
+    if (!thread) throw new Error('no thread to upload into');
+    await this.opts.client.filesUploadV2({
+      channel_id: this.opts.channel,
+      thread_ts: thread,
+      file: data,
+      filename,
+      title,
+      alt_text: title,
+    });
+  }
+
+  /** Posts one more message into the answer's thread (after the answer). */
+  async note(text: string): Promise<void> {
+    await this.chain;
+    const thread = this.thread;
+    if (!thread) throw new Error('no thread to post into');
+    await this.opts.client.chat.postMessage({ channel: this.opts.channel, thread_ts: thread, text, unfurl_links: false, unfurl_media: false });
+  }
+
+  /** Waits for every write in flight. */
+  async settle(): Promise<void> {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    if (this.pending) {
+      const texts = this.pending;
+      this.pending = undefined;
+      await this.enqueue(() => this.write(texts));
+    }
+    await this.chain;
+  }
+
+  private withHeader(text: string): string {
+    return this.opts.header ? `${this.opts.header}\n${text}` : text;
+  }
+
+  private chunks(raw: string, streaming: boolean): string[] {
+    const header = this.opts.header ? `${this.opts.header}\n` : '';
+    const room = this.opts.maxChars - (streaming ? STREAMING_MARK.length : 0);
+    const parts = answerChunks(raw, { max: room, firstMax: room - header.length, empty: streaming ? '…' : undefined });
+    if (header) parts[0] = header + parts[0];
+    if (streaming) parts[parts.length - 1] += STREAMING_MARK;
+    return parts;
+  }
+
+  private schedule(texts: string[]): void {
+    this.pending = texts;
+    if (this.timer) return;
+    const wait = Math.max(0, this.lastEdit + this.opts.intervalMs - Date.now());
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      const next = this.pending;
+      this.pending = undefined;
+      if (next) void this.enqueue(() => this.write(next)).catch(() => {});
+    }, wait);
+  }
+
+  private async flushNow(texts: string[]): Promise<void> {
+    if (this.timer) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    this.pending = undefined;
+    await this.enqueue(() => this.write(texts));
+  }
+
+  private enqueue(fn: () => Promise<void>): Promise<void> {
+    const run = this.chain.then(fn);
+    this.chain = run.catch(() => {});
+    return run;
+  }
+
+  /** Makes the messages show `texts`: edits the changed ones, posts the missing ones into the thread. */
+  private async write(texts: string[]): Promise<void> {
+    const { client, channel } = this.opts;
+    // An answer that got shorter (a streamed partial phrase): extra messages keep a marker, never go stale.
+    const want = texts.length >= this.posted.length ? texts : [...texts, ...this.posted.slice(texts.length).map(() => '…')];
+    for (let i = 0; i < want.length; i++) {
+      const text = want[i];
+      const have = this.posted[i];
+      if (have) {
+        if (have.text === text) continue;
+        try {
+          await client.chat.update({ channel, ts: have.ts, text });
+          have.text = text;
+          this.lastEdit = Date.now();
+        } catch (err) {
+          if (!this.failed) this.opts.log(`slack: chat.update failed in ${channel}: ${describeError(err)}`);
+          this.failed = true;
+          throw err;
+        }
+      } else {
+        const thread = this.opts.threadTs ?? this.posted[0]?.ts;
+        const res = await client.chat.postMessage({
+          channel,
+          text,
+          ...(thread ? { thread_ts: thread } : {}),
+          unfurl_links: false,
+          unfurl_media: false,
+        });
+        if (!res.ts) throw new Error('chat.postMessage returned no ts');
+        this.posted.push({ ts: res.ts, text });
+        this.lastEdit = Date.now();
+      }
+    }
+  }
+}
+
+/** An error from the Web API as one line (the platform error code when there is one), without secrets. */
+export function describeError(err: unknown): string {
+  const e = err as { data?: { error?: string; needed?: string }; code?: string; message?: string };
+  if (e?.data?.error) return `${e.data.error}${e.data.needed ? ` (needed: ${e.data.needed})` : ''}`;
+  return e?.message ?? String(err);
+}
+
+/** The platform error code of a Web API error (`missing_scope`, `not_in_channel`, …). */
+export function slackErrorCode(err: unknown): string | undefined {
+  const e = err as { data?: { error?: string } };
+  return typeof e?.data?.error === 'string' ? e.data.error : undefined;
+}

@@ -1,0 +1,92 @@
+// Shared by the Discord tests: the whole stack (fake Discord <- real discord.js adapter -> real
+// ConversationManager -> the demo model package), test images and small waiting helpers.
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager } from '../../src/conversation/index.js';
+import { startDiscordAdapter, type DiscordAdapter, type DiscordAdapterOptions, type DiscordConversations } from '../../adapters/discord/index.js';
+import { FakeDiscord, type ApiUser } from './fake-discord.js';
+
+export const ROOT = join(import.meta.dirname, '..', '..');
+export const DEMO = join(ROOT, 'models', 'demo');
+
+/** A PNG: a grey background with a red square (a fifth in from the top left, half the size). */
+export async function testPng(width = 200, height = 150, background = '#888888'): Promise<Buffer> {
+  const square = await sharp({ create: { width: Math.round(width / 2), height: Math.round(height / 2), channels: 3, background: '#dd2222' } })
+    .png()
+    .toBuffer();
+  return sharp({ create: { width, height, channels: 3, background } })
+    .composite([{ input: square, left: Math.round(width / 5), top: Math.round(height / 5) }])
+    .png()
+    .toBuffer();
+}
+
+/** The RGB of one pixel of an encoded image. */
+export async function pixel(image: Buffer, x: number, y: number): Promise<[number, number, number]> {
+  const { data, info } = await sharp(image).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  const i = (y * info.width + x) * info.channels;
+  return [data[i], data[i + 1], data[i + 2]];
+}
+
+export interface World {
+  fake: FakeDiscord;
+  guildId: string;
+  general: string;
+  other: string;
+  alice: ApiUser;
+  bob: ApiUser;
+}
+
+export async function startFake(): Promise<World> {
+  const fake = await new FakeDiscord().start();
+  const { guildId, channelIds } = fake.addGuild('Test server', ['general', 'other']);
+  return { fake, guildId, general: channelIds[0], other: channelIds[1], alice: fake.user('alice'), bob: fake.user('bob') };
+}
+
+export async function loadModel(forcedAnswer: string): Promise<MiniGPT> {
+  return MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer });
+}
+
+export function newManager(model: MiniGPT): ConversationManager {
+  return new ConversationManager({ model, defaults: { maxNewTokens: 120, temperature: 0 } });
+}
+
+export async function startAdapter(
+  fake: FakeDiscord,
+  manager: DiscordConversations,
+  logs: string[],
+  extra: Partial<DiscordAdapterOptions> = {},
+): Promise<DiscordAdapter> {
+  return startDiscordAdapter({
+    manager,
+    token: fake.token,
+    appId: fake.appId,
+    apiUrl: fake.apiUrl,
+    log: (l) => logs.push(l),
+    editIntervalMs: 150,
+    rateLimit: false,
+    ...extra,
+  });
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Polls `cond` every 20 ms until it holds; rejects with `what` after `timeoutMs`. */
+export async function until(cond: () => boolean, what: string, timeoutMs = 30_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+/** The adapter's log line saying how the request `id` (message or interaction id) ended. */
+export function outcome(logs: readonly string[], id: string): string | undefined {
+  return logs.find((l) => l.includes(` ${id} (`) && /: (answered|error) /.test(l));
+}
+
+/** Waits until the adapter has finished answering request `id`; returns its log line. */
+export async function answered(logs: readonly string[], id: string, timeoutMs = 30_000): Promise<string> {
+  await until(() => outcome(logs, id) !== undefined, `the answer to ${id}; log:\n${logs.join('\n')}`, timeoutMs);
+  return outcome(logs, id)!;
+}

@@ -1,0 +1,82 @@
+// Shared by the Slack tests: images, pixels, and the bot's messages in the fake.
+import { createHash } from 'node:crypto';
+import sharp from 'sharp';
+import type { FakeMessage, FakeSlack } from './fake-slack.js';
+
+/** The answer every test model gives: one grounded phrase with one box (20..70 % of each side). */
+export const FORCED = '<p>green square</p> {<20><20><70><70>} on a grey background';
+export const FORCED_BOX = { x1: 20, y1: 20, x2: 70, y2: 70 };
+
+/** A grey PNG with a dark green square where the forced answer's box is. */
+export async function squarePng(width = 200, height = 150): Promise<Buffer> {
+  const w = Math.round(width * 0.5);
+  const h = Math.round(height * 0.5);
+  const square = await sharp({ create: { width: w, height: h, channels: 3, background: '#2a7f3a' } }).png().toBuffer();
+  return sharp({ create: { width, height, channels: 3, background: '#808080' } })
+    .composite([{ input: square, left: Math.round(width * 0.2), top: Math.round(height * 0.2) }])
+    .png()
+    .toBuffer();
+}
+
+/** A plain PNG of one colour. */
+export function solidPng(width: number, height: number, hex: string): Promise<Buffer> {
+  return sharp({ create: { width, height, channels: 3, background: hex } }).png().toBuffer();
+}
+
+/** Noise, so that the PNG does not compress (for size-limit tests). */
+export function noisePng(width: number, height: number): Promise<Buffer> {
+  const raw = Buffer.alloc(width * height * 3);
+  let x = 12345;
+  for (let i = 0; i < raw.length; i++) {
+    x = (x * 1103515245 + 12345) & 0x7fffffff;
+    raw[i] = x >> 16;
+  }
+  return sharp(raw, { raw: { width, height, channels: 3 } }).png({ compressionLevel: 0 }).toBuffer();
+}
+
+export function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+export interface Pixels {
+  width: number;
+  height: number;
+  at(x: number, y: number): [number, number, number];
+}
+
+export async function pixels(encoded: Buffer): Promise<Pixels> {
+  const { data, info } = await sharp(encoded).removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  return {
+    width: info.width,
+    height: info.height,
+    at: (x, y) => {
+      const i = (y * info.width + x) * info.channels;
+      return [data[i], data[i + 1], data[i + 2]];
+    },
+  };
+}
+
+/** The bot's text messages (not file shares) in a thread, the thread's root included when the bot posted it. */
+export function textReplies(fake: FakeSlack, channel: string, thread?: string): FakeMessage[] {
+  return fake.botMessages(channel, thread).filter((m) => !m.files);
+}
+
+/** The bot's file shares in a thread. */
+export function fileReplies(fake: FakeSlack, channel: string, thread?: string): FakeMessage[] {
+  return fake.botMessages(channel, thread).filter((m) => m.files && m.files.length > 0);
+}
+
+/** Waits until the bot has posted `n` annotated images in the thread (each full answer ends with one). */
+export function waitForAnswers(fake: FakeSlack, channel: string, thread: string | undefined, n: number): Promise<FakeMessage[]> {
+  return fake.waitFor(() => {
+    const f = fileReplies(fake, channel, thread);
+    return f.length >= n ? f : undefined;
+  }, 20_000, `${n} answer(s) in ${channel}${thread ? ` thread ${thread}` : ''}`);
+}
+
+/** Waits until one of the bot's text messages in the thread matches. */
+export function waitForText(fake: FakeSlack, channel: string, thread: string | undefined, re: RegExp): Promise<FakeMessage> {
+  return fake.waitFor(() => textReplies(fake, channel, thread).find((m) => re.test(m.text)), 20_000, `a reply matching ${re} in ${channel}`);
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
