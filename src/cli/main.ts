@@ -6,6 +6,7 @@ import { verifyPackage } from '../inference/verify.js';
 import { MINIGPT4_PROMPT_STYLES, type Minigpt4PromptStyle } from '../inference/presets.js';
 import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
 import { runAsk } from './ask.js';
+import { registerEvalCommands } from './eval-commands.js';
 import { DEFAULT_CONFIG, loadConfig } from '../config.js';
 
 function int(name: string) {
@@ -171,6 +172,7 @@ export function buildProgram(): Command {
       }
     });
 
+  registerEvalCommands(program, log);
 
   return program;
 }

@@ -1,0 +1,508 @@
+#!/usr/bin/env python3
+"""Trains the small MiniGPT-v2-architecture demo model on a prepared demo-data split (see prepare.mjs).
+
+Architecture, as upstream MiniGPT-v2 and as `minigpt convert --arch minigpt-v2` reads it:
+  EVA ViT (eva_vit.py: Conv patch embedding, CLS token, absolute pos_embed, pre-norm blocks with LayerNorm
+  eps 1e-6, attention with one qkv Linear without bias + q_bias / v_bias, exact-erf GELU MLP of
+  int(D * 4.3637) hidden units, no final norm)
+  -> ln_vision (LayerNorm eps 1e-5 at its default init, weight 1 / bias 0, frozen: MiniGPT-v2 never loads it)
+  -> drop CLS -> concatenate 4 adjacent patch tokens -> llama_proj (Linear 4D -> hidden)
+  -> Llama decoder (HF LlamaForCausalLM: RMSNorm, rotate_half RoPE, SiLU-gated MLP, untied lm_head)
+     with LoRA on q_proj / v_proj (y = W x + (alpha / r) B A x).
+Everything is trained from scratch here (upstream trains only llama_proj + LoRA on frozen pretrained parts).
+
+Saved in the PUBLISHED formats (OUT/):
+  eva_vit.pth                 torch.save(state dict) with eva_vit_g.pth's key names
+  llama/                      Hugging Face folder: config.json, generation_config.json, pytorch_model.bin,
+                              tokenizer.json (the base weights; LoRA NOT merged)
+  minigptv2_ckpt.pth          torch.save({'model': {llama_proj.*, llama_model.base_model.model.model.layers.N.
+                              self_attn.{q,v}_proj.lora_{A,B}.weight}}) as upstream's runner saves it
+  train_log.jsonl, state.pt   losses; resumable training state (--resume)
+
+Loss: next-token cross-entropy on the answer of the last turn + '</s>' (as upstream: targets are the answer
+tokens, the prompt is masked with -100). Fixed seeds; the data order follows from --seed.
+
+  /usr/bin/python3 models/demo/train/train.py --data PREPARED --out OUT [--steps N | --epochs E] [...]
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+# OpenMP threads that spin while waiting cost a lot on a busy 2-core machine (measured: 2-5x slower steps).
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+# --------------------------------------------------------------------------------------------------
+# EVA ViT (key names as eva_vit_g.pth)
+# --------------------------------------------------------------------------------------------------
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch, dim):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class EvaAttention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class EvaBlock(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = EvaAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * 4.3637))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class EvaViT(nn.Module):
+    def __init__(self, image_size, patch, dim, depth, heads):
+        super().__init__()
+        self.patch_embed = PatchEmbed(patch, dim)
+        grid = image_size // patch
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
+        self.blocks = nn.ModuleList([EvaBlock(dim, heads) for _ in range(depth)])
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(_init_weights)
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+def _init_weights(m):
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------------------------------
+# Llama with LoRA on q_proj / v_proj (key names as HF LlamaForCausalLM)
+# --------------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class LoraLinear(nn.Module):
+    """W x + (alpha / r) B A x; `weight` is the base weight, lora_A / lora_B as peft names them."""
+
+    def __init__(self, dim_in, dim_out, r, alpha):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim_out, dim_in))
+        nn.init.normal_(self.weight, std=0.02)
+        self.lora_A = nn.Linear(dim_in, r, bias=False)
+        self.lora_B = nn.Linear(r, dim_out, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.scaling = alpha / r
+
+    def forward(self, x):
+        return F.linear(x, self.weight) + self.lora_B(self.lora_A(x)) * self.scaling
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, hidden, heads, r, alpha):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.q_proj = LoraLinear(hidden, hidden, r, alpha)
+        self.k_proj = nn.Linear(hidden, hidden, bias=False)
+        self.v_proj = LoraLinear(hidden, hidden, r, alpha)
+        self.o_proj = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, x, cos, sin, mask):
+        B, L, H = x.shape
+        shape = (B, L, self.heads, self.head_dim)
+        q = self.q_proj(x).view(shape).transpose(1, 2)
+        k = self.k_proj(x).view(shape).transpose(1, 2)
+        v = self.v_proj(x).view(shape).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim) + mask
+        out = scores.softmax(dim=-1) @ v
+        return self.o_proj(out.transpose(1, 2).reshape(B, L, H))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, hidden, inter):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaLayer(nn.Module):
+    def __init__(self, hidden, heads, inter, eps, r, alpha):
+        super().__init__()
+        self.self_attn = LlamaAttention(hidden, heads, r, alpha)
+        self.mlp = LlamaMLP(hidden, inter)
+        self.input_layernorm = RMSNorm(hidden, eps)
+        self.post_attention_layernorm = RMSNorm(hidden, eps)
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, vocab, hidden, layers, heads, inter, eps, r, alpha):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, hidden)
+        self.layers = nn.ModuleList([LlamaLayer(hidden, heads, inter, eps, r, alpha) for _ in range(layers)])
+        self.norm = RMSNorm(hidden, eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, vocab, hidden, layers, heads, inter, eps, r, alpha, theta=10000.0):
+        super().__init__()
+        self.model = LlamaModel(vocab, hidden, layers, heads, inter, eps, r, alpha)
+        self.lm_head = nn.Linear(hidden, vocab, bias=False)
+        self.head_dim = hidden // heads
+        self.theta = theta
+        for name, p in self.named_parameters():
+            if name.endswith('lora_A.weight') or name.endswith('lora_B.weight') or p.dim() < 2:
+                continue
+            nn.init.normal_(p, std=0.02)
+
+    def forward(self, embeds, pad_mask):
+        B, L, _ = embeds.shape
+        pos = torch.arange(L, dtype=torch.float32)
+        inv = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        ang = torch.outer(pos, inv)
+        ang = torch.cat((ang, ang), dim=-1)
+        cos, sin = ang.cos()[None, None], ang.sin()[None, None]
+        neg = torch.finfo(torch.float32).min
+        causal = torch.full((L, L), neg).triu(1)
+        mask = causal[None, None] + (1.0 - pad_mask[:, None, None, :].float()) * neg
+        mask = mask.clamp(min=neg)
+        x = embeds
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask)
+        return self.lm_head(self.model.norm(x))
+
+
+class MiniGPTv2(nn.Module):
+    def __init__(self, a):
+        super().__init__()
+        self.visual_encoder = EvaViT(a.image_size, 14, a.vit_width, a.vit_depth, a.vit_heads)
+        self.vit_width = a.vit_width
+        self.llama_proj = nn.Linear(a.vit_width * 4, a.hidden)
+        self.llama_model = LlamaForCausalLM(a.vocab, a.hidden, a.layers, a.heads, a.intermediate, a.rms_eps, a.lora_r, a.lora_alpha)
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        self.register_buffer('mean', mean, persistent=False)
+        self.register_buffer('std', std, persistent=False)
+
+    def encode_img(self, u8):
+        """uint8 [B, S, S, 3] (already resized like the runtime) -> image embeds [B, N/4, hidden]."""
+        x = (u8.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
+        h = self.visual_encoder(x)
+        h = F.layer_norm(h, (self.vit_width,), eps=1e-5)  # ln_vision at its default init
+        h = h[:, 1:, :]
+        B, N, C = h.shape
+        return self.llama_proj(h.reshape(B, N // 4, C * 4))
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+class Prepared:
+    def __init__(self, d):
+        self.meta = json.load(open(os.path.join(d, 'meta.json')))
+        S = self.meta['imageSize']
+        n = self.meta['images']
+        self.images = np.memmap(os.path.join(d, 'images.u8'), dtype=np.uint8, mode='r', shape=(n, S, S, 3))
+        self.samples = [json.loads(l) for l in open(os.path.join(d, 'samples.jsonl')) if l.strip()]
+        self.by_image = [[] for _ in range(n)]
+        for k, s in enumerate(self.samples):
+            self.by_image[s['i']].append(k)
+
+
+def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro):
+    """Encodes the images once and builds one sequence per sample: pre ++ image ++ post ++ target.
+
+    The sequences are sorted by length and cut into micro-batches of `micro`, each padded (right) only to its
+    own longest sequence, so short VQA answers do not pay for long grounded captions."""
+    u8 = torch.from_numpy(np.stack([data.images[i] for i in image_ids]))
+    img = model.encode_img(u8)
+    emb = model.llama_model.model.embed_tokens
+    items = []
+    for b, i in enumerate(image_ids):
+        ks = data.by_image[i]
+        chosen = ks if len(ks) <= per_image else rng.sample(ks, per_image)
+        for k in chosen:
+            s = data.samples[k]
+            n_prompt = len(s['pre']) + image_tokens + len(s['post'])
+            items.append((n_prompt + len(s['target']), b, s, n_prompt))
+    items.sort(key=lambda t: t[0])
+    batches = []
+    for j in range(0, len(items), micro):
+        group = items[j:j + micro]
+        L = group[-1][0]
+        H = img.shape[-1]
+        rows, pad = [], torch.zeros(len(group), L, dtype=torch.long)
+        y = torch.full((len(group), L), -100, dtype=torch.long)
+        for r, (n, b, s, n_prompt) in enumerate(group):
+            seq = torch.cat((emb(torch.tensor(s['pre'])), img[b], emb(torch.tensor(s['post'] + s['target']))), dim=0)
+            rows.append(F.pad(seq, (0, 0, 0, L - n)))
+            pad[r, :n] = 1
+            y[r, n_prompt:n] = torch.tensor(s['target'])
+        batches.append((torch.stack(rows), pad, y))
+    return batches
+
+
+def loss_of(model, batches):
+    """Mean next-token cross-entropy over all target tokens of all micro-batches (position t predicts t+1)."""
+    total = None
+    count = 0
+    for x, pad, y in batches:
+        logits = model.llama_model(x, pad)
+        l = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum')
+        total = l if total is None else total + l
+        count += int((y[:, 1:] != -100).sum())
+    return total / max(1, count)
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving in the published formats
+# --------------------------------------------------------------------------------------------------
+
+def save_published(model, a, out, tokenizer_json):
+    os.makedirs(os.path.join(out, 'llama'), exist_ok=True)
+    vit = {k: v.detach().clone().contiguous() for k, v in model.visual_encoder.state_dict().items()}
+    torch.save(vit, os.path.join(out, 'eva_vit.pth'))
+
+    llm = {}
+    ckpt = {'llama_proj.weight': model.llama_proj.weight.detach().clone(), 'llama_proj.bias': model.llama_proj.bias.detach().clone()}
+    for k, v in model.llama_model.state_dict().items():
+        if '.lora_' in k:
+            ckpt['llama_model.base_model.model.' + k] = v.detach().clone()
+        else:
+            llm[k] = v.detach().clone().contiguous()
+    torch.save(llm, os.path.join(out, 'llama', 'pytorch_model.bin'))
+    torch.save({'model': ckpt}, os.path.join(out, 'minigptv2_ckpt.pth'))
+    config = {
+        'architectures': ['LlamaForCausalLM'],
+        'bos_token_id': 1,
+        'eos_token_id': 2,
+        'pad_token_id': 0,
+        'hidden_act': 'silu',
+        'hidden_size': a.hidden,
+        'initializer_range': 0.02,
+        'intermediate_size': a.intermediate,
+        'max_position_embeddings': a.max_positions,
+        'model_type': 'llama',
+        'num_attention_heads': a.heads,
+        'num_hidden_layers': a.layers,
+        'num_key_value_heads': a.heads,
+        'pretraining_tp': 1,
+        'rms_norm_eps': a.rms_eps,
+        'rope_scaling': None,
+        'rope_theta': 10000.0,
+        'tie_word_embeddings': False,
+        'torch_dtype': 'float32',
+        'transformers_version': '4.30.0',
+        'use_cache': True,
+        'vocab_size': a.vocab,
+    }
+    with open(os.path.join(out, 'llama', 'config.json'), 'w') as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(out, 'llama', 'generation_config.json'), 'w') as f:
+        json.dump({'bos_token_id': 1, 'eos_token_id': 2, 'pad_token_id': 0, 'transformers_version': '4.30.0'}, f, indent=2)
+    with open(os.path.join(out, 'llama', 'tokenizer.json'), 'w') as f:
+        f.write(tokenizer_json)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', required=True, help='prepared folder (prepare.mjs)')
+    p.add_argument('--out', required=True)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--steps', type=int, default=0, help='optimiser steps (0: from --epochs)')
+    p.add_argument('--epochs', type=float, default=10.0, help='passes over the images (each step sees --batch-images images)')
+    p.add_argument('--batch-images', type=int, default=8)
+    p.add_argument('--per-image', type=int, default=4, help='samples per image per step')
+    p.add_argument('--micro', type=int, default=8, help='sequences per padded micro-batch (sorted by length)')
+    p.add_argument('--lr', type=float, default=1e-3)
+    p.add_argument('--warmup', type=int, default=200)
+    p.add_argument('--weight-decay', type=float, default=0.01)
+    p.add_argument('--threads', type=int, default=0, help='torch threads (default: all cores)')
+    p.add_argument('--vit-width', type=int, default=192)
+    p.add_argument('--vit-depth', type=int, default=4)
+    p.add_argument('--vit-heads', type=int, default=4)
+    p.add_argument('--hidden', type=int, default=256)
+    p.add_argument('--layers', type=int, default=4)
+    p.add_argument('--heads', type=int, default=4)
+    p.add_argument('--intermediate', type=int, default=688)
+    p.add_argument('--rms-eps', type=float, default=1e-6)
+    p.add_argument('--max-positions', type=int, default=512)
+    p.add_argument('--lora-r', type=int, default=8)
+    p.add_argument('--lora-alpha', type=int, default=16)
+    p.add_argument('--log-every', type=int, default=20)
+    p.add_argument('--save-every', type=int, default=500, help='steps between saves (published files + state.pt)')
+    p.add_argument('--resume', action='store_true', help='continue from OUT/state.pt')
+    p.add_argument('--stop-at', type=int, default=0, help='save and stop after this step (continue later with --resume)')
+    p.add_argument('--max-minutes', type=float, default=0, help='save and stop after this much wall time (continue with --resume)')
+    a = p.parse_args()
+
+    torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    random.seed(a.seed)
+    np.random.seed(a.seed)
+    torch.manual_seed(a.seed)
+
+    data = Prepared(a.data)
+    a.image_size = data.meta['imageSize']
+    a.vocab = data.meta['vocabSize']
+    grid = a.image_size // 14
+    assert a.image_size % 14 == 0 and (grid * grid) % 4 == 0, 'the image size must be a multiple of 14 with a patch count divisible by 4'
+    image_tokens = grid * grid // 4
+    tokenizer_json = open(os.path.join(a.data, 'tokenizer.json')).read()
+    n_images = data.meta['images']
+    steps = a.steps or max(1, int(math.ceil(a.epochs * n_images / a.batch_images)))
+
+    model = MiniGPTv2(a)
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': a.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}], lr=a.lr, betas=(0.9, 0.98))
+    # linear warm-up, then cosine decay to 5% of --lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    os.makedirs(a.out, exist_ok=True)
+    start = 0
+    order_rng = random.Random(a.seed)
+    state_path = os.path.join(a.out, 'state.pt')
+    if a.resume and os.path.exists(state_path):
+        st = torch.load(state_path)
+        model.load_state_dict(st['model'])
+        opt.load_state_dict(st['opt'])
+        sched.load_state_dict(st['sched'])
+        start = st['step']
+        torch.set_rng_state(st['torch_rng'])
+        print(f'resumed at step {start}', file=sys.stderr)
+    with open(os.path.join(a.out, 'train_args.json'), 'w') as f:
+        json.dump({**vars(a), 'steps_total': steps, 'params': n_params, 'torch': torch.__version__}, f, indent=2)
+    print(f'model: {n_params / 1e6:.2f} M parameters; {n_images} images, {len(data.samples)} samples; {steps} steps of '
+          f'{a.batch_images} images x {a.per_image} samples; {torch.get_num_threads()} threads', file=sys.stderr)
+
+    log = open(os.path.join(a.out, 'train_log.jsonl'), 'a')
+    perm, pos = [], 0
+    # the data order is a function of the seed and the step (replayed on resume)
+    for _ in range(start):
+        for _ in range(a.batch_images):
+            if pos >= len(perm):
+                perm, pos = order_rng.sample(range(n_images), n_images), 0
+            pos += 1
+    model.train()
+    t0 = time.time()
+    avg = None
+    for step in range(start, steps):
+        ids = []
+        for _ in range(a.batch_images):
+            if pos >= len(perm):
+                perm, pos = order_rng.sample(range(n_images), n_images), 0
+            ids.append(perm[pos])
+            pos += 1
+        batch_rng = random.Random(a.seed * 1_000_003 + step)
+        batches = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro)
+        loss = loss_of(model, batches)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        v = loss.item()
+        avg = v if avg is None else 0.98 * avg + 0.02 * v
+        if (step + 1) % a.log_every == 0 or step == start or step + 1 == steps:
+            el = time.time() - t0
+            rate = (step + 1 - start) / el
+            rec = {'step': step + 1, 'loss': round(v, 4), 'loss_avg': round(avg, 4), 'lr': sched.get_last_lr()[0], 'elapsed_s': round(el, 1), 's_per_step': round(1 / rate, 3)}
+            log.write(json.dumps(rec) + '\n')
+            log.flush()
+            print(f"step {step + 1}/{steps} loss {v:.4f} (avg {avg:.4f}) lr {rec['lr']:.2e} {rec['s_per_step']} s/step eta {(steps - step - 1) / rate / 60:.1f} min", file=sys.stderr)
+        stop = (a.stop_at and step + 1 >= a.stop_at) or (a.max_minutes and time.time() - t0 > a.max_minutes * 60)
+        if (step + 1) % a.save_every == 0 or step + 1 == steps or stop:
+            save_published(model, a, a.out, tokenizer_json)
+            torch.save({'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(), 'step': step + 1,
+                        'torch_rng': torch.get_rng_state()}, state_path)
+        if stop and step + 1 < steps:
+            print(f'stopped after step {step + 1} of {steps}: continue with --resume', file=sys.stderr)
+            break
+    log.close()
+    print(f'saved {a.out}/eva_vit.pth, {a.out}/llama/, {a.out}/minigptv2_ckpt.pth', file=sys.stderr)
+
+
+if __name__ == '__main__':
+    main()
