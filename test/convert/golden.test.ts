@@ -110,3 +110,17 @@ describe('minigpt-v2 tiny package against the PyTorch golden tensors', () => {
     expect(r.stages.image_embeds.max_abs_err).toBeLessThan(1e-4);
   });
 });
+
+describe('rotary inv_freq', () => {
+  it('computed in fp32 like HF equals the buffer transformers 4.30 saved', async () => {
+    const { openHfWeights } = await import('../../src/convert/readers/index.js');
+    const { computeInvFreq } = await import('../../src/convert/graphs/llama.js');
+    const src = await openHfWeights(join(GOLDEN, 'llama'));
+    try {
+      const saved = await src.readFloat32('model.layers.0.self_attn.rotary_emb.inv_freq');
+      expect(Array.from(computeInvFreq(16, 10000))).toEqual(Array.from(saved));
+    } finally {
+      await src.close();
+    }
+  });
+});

@@ -192,9 +192,16 @@ async function decoderLayer(g: GraphBuilder, x: string, i: number, ctx: LayerCon
 /** inv_freq as the checkpoint stores it (transformers <= 4.30 saved the buffer), else computed like HF. */
 async function rotaryInvFreq(spec: DecoderGraphSpec): Promise<Float32Array> {
   const saved = 'model.layers.0.self_attn.rotary_emb.inv_freq';
-  if (spec.llm.has(saved)) return spec.llm.readFloat32(saved);
-  const hd = spec.shape.headDim;
-  return Float32Array.from({ length: hd / 2 }, (_, j) => 1 / Math.pow(spec.shape.ropeTheta, (2 * j) / hd));
+  // Only an fp32 copy is trusted: a buffer saved in fp16 is rounded enough to turn angles at position
+  // 2048 by ~0.5 rad, while HF computes inv_freq in fp32 at load time.
+  if (spec.llm.has(saved) && spec.llm.info(saved).dtype === 'F32') return spec.llm.readFloat32(saved);
+  return computeInvFreq(spec.shape.headDim, spec.shape.ropeTheta);
+}
+
+/** fp32 at every step, as torch's `1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))`. */
+export function computeInvFreq(headDim: number, theta: number): Float32Array {
+  const f = Math.fround;
+  return Float32Array.from({ length: headDim / 2 }, (_, j) => f(1 / f(Math.pow(theta, f((2 * j) / headDim)))));
 }
 
 /** `inputs_embeds, attention_mask, position_ids, past_key_values.*` -> `logits, present.*`. */

@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+// Writes a random MiniGPT-v2 checkpoint set in the published formats, with the exact tensor names and shapes of
+// the real downloads: eva_vit_g.pth (EVA ViT-g, torch.save zip), llama/ (Hugging Face Llama-2-7B folder with
+// sharded safetensors + index, config, tokenizer.json) and minigptv2_checkpoint.pth ({'model': llama_proj + LoRA}).
+// Values are seeded and deterministic. Data streams to disk tensor by tensor (memory: one 16 MB chunk).
+//
+//   npm run build && node scripts/random-checkpoint.mjs --preset llama2-7b --llm-layers 2 --vit-depth 2 --out DIR
+//
+// Options: --preset llama2-7b|tiny (default llama2-7b), --llm-layers N, --vit-depth N, --dtype fp16|fp32 (ViT and
+// Llama, default fp16 as published), --ckpt-dtype fp32|fp16 (default fp32), --shards N (default: 10 GB shards like
+// transformers), --seed N (default 0), --zip64 (ZIP64 records in the .pth files even when small), --json (print
+// the result as JSON). Prints the `minigpt convert` command that converts it.
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
+
+function parseArgs(argv) {
+  const o = { preset: 'llama2-7b', dtype: 'fp16', ckptDtype: 'fp32', seed: 0 };
+  const int = (k, v) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < (k === 'seed' ? 0 : 1)) throw new Error(`--${k} needs a ${k === 'seed' ? 'non-negative' : 'positive'} integer, got ${v}`);
+    return n;
+  };
+  for (let i = 2; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    switch (a) {
+      case '--preset': o.preset = next(); break;
+      case '--llm-layers': o.llmLayers = int('llm-layers', next()); break;
+      case '--vit-depth': o.vitDepth = int('vit-depth', next()); break;
+      case '--dtype': o.dtype = next(); break;
+      case '--ckpt-dtype': o.ckptDtype = next(); break;
+      case '--shards': o.shards = int('shards', next()); break;
+      case '--seed': o.seed = int('seed', next()); break;
+      case '--out': o.out = next(); break;
+      case '--zip64': o.zip64 = 'always'; break;
+      case '--json': o.json = true; break;
+      case '-h':
+      case '--help': o.help = true; break;
+      default: throw new Error(`unknown option ${a}`);
+    }
+  }
+  for (const [k, v] of [['--dtype', o.dtype], ['--ckpt-dtype', o.ckptDtype]]) {
+    if (v !== 'fp16' && v !== 'fp32') throw new Error(`${k} must be fp16 or fp32, got ${v}`);
+  }
+  if (!o.help && !o.out) throw new Error('--out DIR is required');
+  return o;
+}
+
+async function main() {
+  const o = parseArgs(process.argv);
+  if (o.help) {
+    const text = (await import('node:fs')).readFileSync(fileURLToPath(import.meta.url), 'utf8');
+    process.stdout.write(`${text.split('\n').slice(1).filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n')}\n`);
+    return;
+  }
+  const rc = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'convert', 'random-checkpoints.js')).href);
+  const shape = rc.randomShape(o.preset, { llmLayers: o.llmLayers, vitDepth: o.vitDepth });
+  const t0 = performance.now();
+  const r = await rc.writeRandomMiniGPTv2(o.out, shape, {
+    seed: o.seed,
+    dtype: o.dtype,
+    ckptDtype: o.ckptDtype,
+    shards: o.shards,
+    zip64: o.zip64,
+    log: (l) => console.error(l),
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  const a = r.convertArgs;
+  const command = `minigpt convert --arch ${a.arch} --vit ${r.vit} --llm ${r.llm} --ckpt ${r.ckpt} --vit-heads ${a.vitHeads} --image-size ${a.imageSize} --lora-r ${a.loraR} --lora-alpha ${a.loraAlpha} --out OUT`;
+  if (o.json) {
+    process.stdout.write(`${JSON.stringify({ shape, seed: r.seed, files: r.files, bytes: r.bytes, seconds, convertArgs: a, command }, null, 2)}\n`);
+    return;
+  }
+  for (const f of r.files) console.log(`${String(f.bytes).padStart(14)}  ${f.path}`);
+  console.log(`${String(r.bytes).padStart(14)}  total (${(r.bytes / 1e9).toFixed(2)} GB in ${seconds.toFixed(1)} s)`);
+  console.log(`convert with:\n  ${command}`);
+}
+
+main().catch((e) => {
+  console.error(e instanceof Error ? e.message : e);
+  process.exit(1);
+});
