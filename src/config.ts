@@ -33,13 +33,17 @@ const runtimeSection = z
     threads: z.number().int().min(0).default(0),
     queue_size: z.number().int().positive().default(32),
     store_url: z.string().optional(),
+    /** conversations answered at once, their decoding steps batched in one model run */
+    max_batch: z.number().int().positive().max(64).default(8),
+    /** memory for the KV caches of conversations' last turns (follow-ups prefill only their new tokens); 0 = off */
+    kv_cache_mb: z.number().min(0).default(256),
   })
   .strict();
 
 const configSchema = z
   .object({
     model: modelSection,
-    runtime: runtimeSection.default({ execution_provider: 'auto', threads: 0, queue_size: 32 }),
+    runtime: runtimeSection.default({ execution_provider: 'auto', threads: 0, queue_size: 32, max_batch: 8, kv_cache_mb: 256 }),
   })
   .strict();
 

@@ -129,6 +129,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     model = await MiniGPT.load(config.packageDir, {
       provider: parseProviderChoice(config.runtime.execution_provider),
       threads: config.runtime.threads || undefined,
+      maxBatch: config.runtime.max_batch,
       log,
       ...opts.load,
     });
@@ -141,7 +142,16 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       repetitionPenalty: m.repetition_penalty,
       ...(m.end_sym ? { stopStrings: [m.end_sym] } : {}),
     };
-    manager = new ConversationManager({ model, store, maxQueue: config.runtime.queue_size, maxContextLen: m.max_context_len, defaults, log });
+    manager = new ConversationManager({
+      model,
+      store,
+      maxQueue: config.runtime.queue_size,
+      maxContextLen: m.max_context_len,
+      defaults,
+      log,
+      maxBatch: config.runtime.max_batch,
+      kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
+    });
     const ctx: AdapterContext = { manager, model, config, env, log };
 
     for (const spec of opts.adapters ?? PLATFORM_ADAPTERS) {

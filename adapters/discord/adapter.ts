@@ -86,6 +86,7 @@ const NO_THREAD_NOTICE =
 const NO_THREAD_AFTER_DESCRIBE = "I couldn't open a thread for follow-ups here (I need the Create Public Threads permission).";
 const NOT_ENABLED = "I'm not enabled in this server or channel.";
 const INTERNAL = 'Sorry, something went wrong on my side while handling that. Please try again.';
+const RESTARTING = 'The bot is restarting; please ask again in a moment.';
 
 function rateLimitMessage(ms: number): string {
   const s = Math.max(1, Math.ceil(ms / 1000));
@@ -276,9 +277,11 @@ class Adapter implements DiscordAdapter {
   private async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string): Promise<RelayResult> {
     const controller = new AbortController();
     this.controllers.add(controller);
+    // A request that reaches this point while the adapter closes is answered at once with the restart notice.
+    if (this.closing) controller.abort();
     const started = Date.now();
     try {
-      const events = this.manager.handle({ ...req, signal: controller.signal });
+      const events = this.whileOpen(this.manager.handle({ ...req, signal: controller.signal }));
       const r = await relayAnswer(events, route.target, { editIntervalMs: this.editIntervalMs, notice: route.notice, log: this.log, label });
       this.log(
         `discord: ${label}: ${r.ok ? `answered (${r.chars} chars${r.attached ? ', annotated image' : ''})` : `error ${r.error?.code}`} ` +
@@ -287,6 +290,13 @@ class Adapter implements DiscordAdapter {
       return r;
     } finally {
       this.controllers.delete(controller);
+    }
+  }
+
+  /** Answers cancelled because the bot is shutting down say so (not just "cancelled"). */
+  private async *whileOpen(events: AsyncIterable<AnswerEvent>): AsyncIterable<AnswerEvent> {
+    for await (const ev of events) {
+      yield ev.type === 'error' && ev.code === 'cancelled' && this.closing ? { ...ev, message: RESTARTING } : ev;
     }
   }
 

@@ -64,10 +64,12 @@ export function allowedUrl(url: string, policy: DownloadPolicy): boolean {
     return false;
   }
   if (u.username || u.password) return false;
+  // `host` carries the port when it is not the scheme's default: Discord's CDN only on the default https
+  // port, the configured API host only on its own port (never another service on the same machine).
   const host = u.host.toLowerCase();
-  if (!policy.hosts.has(host) && !policy.hosts.has(u.hostname.toLowerCase())) return false;
-  if (u.protocol === 'https:') return true;
-  return u.protocol === 'http:' && policy.insecureHosts.has(host);
+  if (!policy.hosts.has(host)) return false;
+  // a host configured with plain http (the test API) only with http, every other one only with https
+  return u.protocol === (policy.insecureHosts.has(host) ? 'http:' : 'https:');
 }
 
 /** The URL without its query (Discord CDN signatures) for logs. */

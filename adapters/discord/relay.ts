@@ -40,6 +40,7 @@ export interface RelayResult {
 const TYPING_REFRESH_MS = 8_000;
 const ATTACH_REFUSED = 'I couldn\'t attach the image with the boxes here: I need the **Attach Files** permission in this channel.';
 const ATTACH_TOO_LARGE = 'The image with the boxes was too large to upload here.';
+const ATTACH_FAILED = 'I couldn\'t upload the image with the boxes (Discord\'s upload failed).';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -169,9 +170,11 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
       attached = true;
     } catch (err) {
       const code = apiCode(err);
-      if (!isPermissionError(err) && code !== 40005) throw err;
-      o.log(`discord: ${o.label}: could not attach the annotated image (${code}); answering without it`);
-      const why = notice(code === 40005 ? ATTACH_TOO_LARGE : ATTACH_REFUSED);
+      // Refused (permission, size), or the upload failed past discord.js's own retries (5xx, network): the
+      // answer still goes out, without the image.
+      const refused = isPermissionError(err) || code === 40005;
+      o.log(`discord: ${o.label}: could not attach the annotated image (${refused ? code : (err as Error).message}); answering without it`);
+      const why = notice(code === 40005 ? ATTACH_TOO_LARGE : refused ? ATTACH_REFUSED : ATTACH_FAILED);
       const content = pieces[i].length + why.length + 1 <= DISCORD_MESSAGE_LIMIT ? `${pieces[i]}\n${why}` : pieces[i];
       await send({ content });
       if (content === pieces[i]) await target.more({ content: why });

@@ -7,6 +7,7 @@ import { MINIGPT4_PROMPT_STYLES, type Minigpt4PromptStyle } from '../inference/p
 import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
 import { runAsk } from './ask.js';
 import { registerEvalCommands } from './eval-commands.js';
+import { registerBenchCommand } from './bench.js';
 import { DEFAULT_CONFIG, loadConfig } from '../config.js';
 
 function int(name: string) {
@@ -173,6 +174,7 @@ export function buildProgram(): Command {
     });
 
   registerEvalCommands(program, log);
+  registerBenchCommand(program, log);
 
   return program;
 }

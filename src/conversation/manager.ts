@@ -1,6 +1,7 @@
 // The conversation manager: platform-neutral requests in, answer event streams out (DESIGN.md section 5).
 import Keyv from 'keyv';
 import type { MiniGPT, Timings } from '../inference/model.js';
+import { KvCacheLru, type CachedContext, type KvCacheStats } from '../inference/kv-reuse.js';
 import { conversationPrompt, type Turn } from '../inference/prompt.js';
 import { promptSegmentIds } from '../inference/context.js';
 import { UPSTREAM_CHAT_OPTIONS, type GenerationOptions } from '../inference/generation/index.js';
@@ -42,6 +43,16 @@ export interface ConversationManagerOptions {
   maxTextChars?: number;
   /** options for the annotated image, or false for no `image` events */
   annotate?: AnnotateOptions | false;
+  /**
+   * Memory for the KV caches of conversations' last turns (least recently used evicted first; an evicted
+   * one is simply recomputed): a follow-up then prefills only its new tokens. Default 256 MiB; 0 disables.
+   */
+  kvCacheBytes?: number;
+  /**
+   * Conversations answered at the same time, their decoding steps batched in one model run (default 1:
+   * one at a time). The model's engine batches at most its own maxBatch rows per step.
+   */
+  maxBatch?: number;
 }
 
 interface Job {
@@ -57,6 +68,8 @@ interface Job {
   /** control jobs: the work itself */
   work?: () => Promise<void>;
   cleanup?: () => void;
+  /** the KV cache of the answered turn, to be extended to the next prompt's prefix, then kept */
+  keep?: { context: CachedContext; prefix: string; images: Float32Array[]; keys: string[] };
 }
 
 interface EncodedImage {
@@ -125,6 +138,9 @@ export class ConversationManager {
   private readonly defaults: Partial<GenerationOptions>;
   private readonly log: (line: string) => void;
   private readonly images: Lru<string, EncodedImage>;
+  /** images being encoded, so that concurrent requests with the same new image share one encoding */
+  private readonly encoding = new Map<string, Promise<EncodedImage>>();
+  private readonly contexts: KvCacheLru<string>;
   private readonly maxImageBytes: number;
   private readonly maxTextChars: number;
   private readonly annotate: AnnotateOptions | false;
@@ -148,7 +164,8 @@ export class ConversationManager {
     this.annotate = opts.annotate ?? {};
     this.markers = markersFor(this.model.meta.prompt);
     this.tasks = this.model.meta.architecture === 'minigpt-v2';
-    this.scheduler = new FairScheduler<Job>((job) => this.run(job));
+    this.contexts = new KvCacheLru(Math.max(0, opts.kvCacheBytes ?? 256 * 1024 * 1024));
+    this.scheduler = new FairScheduler<Job>((job) => this.run(job), opts.maxBatch ?? 1);
   }
 
   /**
@@ -202,8 +219,14 @@ export class ConversationManager {
     return this.control(key, async (convId) => {
       const state = await this.repo.getConversation(convId);
       await this.repo.deleteConversation(convId);
+      this.contexts.delete(convId);
       if (state) await this.repo.detachImage(state.image.hash, convId);
     });
+  }
+
+  /** The KV caches kept for follow-ups: entries, bytes, hits, misses, evictions. */
+  get contextCacheStats(): KvCacheStats {
+    return this.contexts.stats;
   }
 
   /** The stored conversation (image reference and turns, oldest first), or null. */
@@ -221,6 +244,7 @@ export class ConversationManager {
         if (!job.control) this.cancel(job, MESSAGES.shuttingDown);
       }
       await this.scheduler.idle();
+      this.contexts.clear();
       await this.store.disconnect();
     })();
     return this.closing;
@@ -278,9 +302,37 @@ export class ConversationManager {
     try {
       await this.answer(job, started);
       this.finish(job);
+      await this.keepContext(job);
     } catch (err) {
       this.finish(job, this.errorEvent(job, err));
+    } finally {
+      job.keep?.context.dispose();
+      job.keep = undefined;
     }
+  }
+
+  /**
+   * After the answer (its stream is closed): the turn's KV cache is brought to the form the next prompt
+   * will have (this answer as stored, re-tokenised), then kept, so that a follow-up prefills only its own
+   * new tokens. The conversation's next request waits for this; other conversations' decoding goes on.
+   */
+  private async keepContext(job: Job): Promise<void> {
+    const keep = job.keep;
+    if (!keep) return;
+    job.keep = undefined;
+    try {
+      const context = await this.model.extendContext(keep.context, keep.prefix, keep.images, keep.keys, job.controller.signal);
+      this.contexts.put(job.convId, context);
+    } catch (err) {
+      this.log(`conversation ${job.convId}: KV cache not kept (${(err as Error).message})`);
+    }
+  }
+
+  /** The start of the next turn's prompt after `turns` (up to the next user text). */
+  private nextPromptPrefix(turns: readonly StoredTurn[]): string {
+    const mark = '\u0000';
+    const next = conversationPrompt(this.model.meta.prompt, [...turns.map((t) => ({ user: t.user, assistant: neutralizeMarkers(t.assistant, this.markers) })), { user: mark }]);
+    return next.slice(0, next.lastIndexOf(mark)).trimEnd();
   }
 
   private errorEvent(job: Job, err: unknown): AnswerEvent {
@@ -346,21 +398,29 @@ export class ConversationManager {
     const { prompt, promptTokens, dropped } = this.fit(history, turn.prompt, gen.maxNewTokens);
     const kept = history.slice(dropped);
 
-    // Generation.
+    // Generation, from the KV cache of the conversation's last turn where the prompts agree.
     let answer: { text: string; finishReason: string } | undefined;
     let firstText = 0;
     let modelTimings: Timings | undefined;
-    for await (const ev of this.model.answer(prompt, [encoded.embeds], gen, signal)) {
-      if (ev.type === 'text') {
-        if (!firstText) firstText = performance.now();
-        emit({ type: 'text', text: ev.text });
-      } else if (ev.type === 'done') {
-        answer = { text: ev.text, finishReason: ev.finishReason };
-      } else {
-        modelTimings = ev.timings;
+    let context: CachedContext | undefined;
+    try {
+      const reuse = this.contexts.budget > 0 ? this.contexts.take(job.convId) : undefined;
+      const keep = this.contexts.budget > 0 ? (c: CachedContext) => (context = c) : undefined;
+      for await (const ev of this.model.answer(prompt, [encoded.embeds], gen, signal, { imageKeys: [image.hash], reuse, keep })) {
+        if (ev.type === 'text') {
+          if (!firstText) firstText = performance.now();
+          emit({ type: 'text', text: ev.text });
+        } else if (ev.type === 'done') {
+          answer = { text: ev.text, finishReason: ev.finishReason };
+        } else {
+          modelTimings = ev.timings;
+        }
       }
+      if (!answer || answer.finishReason === 'aborted') throw new Failure('cancelled', MESSAGES.cancelled);
+    } catch (err) {
+      (context as CachedContext | undefined)?.dispose();
+      throw err;
     }
-    if (!answer || answer.finishReason === 'aborted') throw new Failure('cancelled', MESSAGES.cancelled);
 
     // Store the turn (a new image first, then the conversation, then release the old image).
     const now = new Date().toISOString();
@@ -385,7 +445,14 @@ export class ConversationManager {
       createdAt: fresh || !prev ? now : prev.createdAt,
       updatedAt: now,
     };
-    await this.repo.putConversation(job.convId, state);
+    try {
+      await this.repo.putConversation(job.convId, state);
+    } catch (err) {
+      (context as CachedContext | undefined)?.dispose();
+      throw err;
+    }
+    // The cache matches the stored conversation now: kept for its next turn (see keepContext).
+    if (context) job.keep = { context, prefix: this.nextPromptPrefix(state.turns), images: [encoded.embeds], keys: [image.hash] };
     if (fresh && prev && prev.image.hash !== image.hash) await this.repo.detachImage(prev.image.hash, job.convId);
 
     // Entities, the annotated image, timings.
@@ -414,6 +481,7 @@ export class ConversationManager {
       decodeMs: modelTimings?.decodeMs ?? 0,
       totalMs: end - started,
       promptTokens: modelTimings?.promptTokens ?? promptTokens,
+      reusedTokens: modelTimings?.reusedTokens ?? 0,
       newTokens: modelTimings?.newTokens ?? 0,
       historyTurns: kept.length,
       droppedTurns: dropped,
@@ -425,14 +493,27 @@ export class ConversationManager {
     );
   }
 
-  /** Image embeddings from the cache, or the vision encoder (then cached). */
+  /**
+   * Image embeddings from the cache, or the vision encoder (then cached). Concurrent requests with the same
+   * image share one encoding.
+   */
   private async encode(hash: string, data: Uint8Array): Promise<{ encoded: EncodedImage; cached: boolean; visionMs: number; preprocessMs: number }> {
     const hit = this.images.get(hash);
     if (hit) return { encoded: hit, cached: true, visionMs: 0, preprocessMs: 0 };
-    const r = await this.model.encodeImage(data);
-    const encoded = { embeds: r.embeds, width: r.width, height: r.height };
-    this.images.set(hash, encoded);
-    return { encoded, cached: false, visionMs: r.visionMs, preprocessMs: r.preprocessMs };
+    const pending = this.encoding.get(hash);
+    if (pending) return { encoded: await pending, cached: true, visionMs: 0, preprocessMs: 0 };
+    const work = this.model.encodeImage(data);
+    const shared = work.then((r) => ({ embeds: r.embeds, width: r.width, height: r.height }));
+    this.encoding.set(hash, shared);
+    shared.catch(() => {});
+    try {
+      const r = await work;
+      const encoded = await shared;
+      this.images.set(hash, encoded);
+      return { encoded, cached: false, visionMs: r.visionMs, preprocessMs: r.preprocessMs };
+    } finally {
+      this.encoding.delete(hash);
+    }
   }
 
   /** Prompt tokens of a conversation (text tokens + the image's embedding rows), as the model counts them. */

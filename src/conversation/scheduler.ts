@@ -1,6 +1,7 @@
 // Request scheduling: one conversation's requests run one at a time in arrival order; conversations take
 // turns on the model (round robin: a conversation with many waiting requests cannot starve the others);
-// the model runs one generation at a time.
+// the model runs up to `concurrency` generations at a time, of different conversations (their decoding
+// steps are batched together by the model's engine).
 
 export interface ScheduledJob {
   readonly convId: string;
@@ -18,12 +19,25 @@ export class FairScheduler<J extends ScheduledJob> {
   private readonly ready: string[] = [];
   /** conversations with a job running */
   private readonly active = new Set<string>();
-  private modelBusy = false;
+  /** model jobs running */
+  private modelRunning = 0;
   private running = 0;
   private waitingModelJobs = 0;
   private idleWaiters: Array<() => void> = [];
 
-  constructor(private readonly runJob: (job: J) => Promise<void>) {}
+  private readonly concurrency: number;
+
+  /** `concurrency`: model jobs (of different conversations) that may run at the same time (default 1) */
+  constructor(
+    private readonly runJob: (job: J) => Promise<void>,
+    concurrency = 1,
+  ) {
+    this.concurrency = Math.max(1, Math.floor(concurrency));
+  }
+
+  private get modelFull(): boolean {
+    return this.modelRunning >= this.concurrency;
+  }
 
   /** Model jobs waiting (not running). */
   get waiting(): number {
@@ -32,7 +46,7 @@ export class FairScheduler<J extends ScheduledJob> {
 
   /** Whether a model job of `convId` added now would start at once. */
   wouldStartNow(convId: string): boolean {
-    return !this.modelBusy && this.ready.length === 0 && !this.active.has(convId) && !this.queues.has(convId);
+    return !this.modelFull && this.ready.length === 0 && !this.active.has(convId) && !this.queues.has(convId);
   }
 
   /** Adds a job; call pump() to start what can start. */
@@ -69,23 +83,24 @@ export class FairScheduler<J extends ScheduledJob> {
     return [...this.queues.values()].flat();
   }
 
-  /** How many model jobs run before `job` if nothing else arrives (0: it is next). */
+  /** How many model jobs must finish before `job` starts if nothing else arrives (0: it starts now). */
   position(job: J): number {
-    let pos = this.modelBusy ? 1 : 0;
+    const free = this.concurrency - this.modelRunning;
     const queues = new Map<string, J[]>();
     for (const [c, q] of this.queues) queues.set(c, q.filter((j) => !j.control));
     // An active conversation rejoins the round at the end once its job is done.
+    let ahead = 0;
     const order = [...this.ready, ...[...this.active].filter((c) => this.queues.has(c) && !this.ready.includes(c))];
     while (order.length > 0) {
       const c = order.shift()!;
       const q = queues.get(c);
       if (!q || q.length === 0) continue;
       const j = q.shift()!;
-      if (j === job) return pos;
-      pos++;
+      if (j === job) return Math.max(0, ahead - free + 1);
+      ahead++;
       if (q.length > 0) order.push(c);
     }
-    return pos;
+    return Math.max(0, ahead - free + 1);
   }
 
   /** Starts every job that can start now. */
@@ -94,9 +109,11 @@ export class FairScheduler<J extends ScheduledJob> {
       const q = this.queues.get(c)!;
       if (q[0].control) this.start(c, false);
     }
-    if (this.modelBusy) return;
-    const c = this.ready.find((id) => !this.queues.get(id)![0].control);
-    if (c !== undefined) this.start(c, true);
+    while (!this.modelFull) {
+      const c = this.ready.find((id) => !this.queues.get(id)![0].control);
+      if (c === undefined) break;
+      this.start(c, true);
+    }
   }
 
   /** Resolves when nothing runs or waits. */
@@ -112,13 +129,13 @@ export class FairScheduler<J extends ScheduledJob> {
     if (q.length === 0) this.queues.delete(convId);
     this.active.add(convId);
     if (model) {
-      this.modelBusy = true;
+      this.modelRunning++;
       this.waitingModelJobs--;
     }
     this.running++;
     const done = () => {
       this.active.delete(convId);
-      if (model) this.modelBusy = false;
+      if (model) this.modelRunning--;
       this.running--;
       if (this.queues.has(convId)) this.ready.push(convId);
       this.pump();

@@ -95,6 +95,15 @@ export async function decodeImageRgb(
   }
   const maxPixels = opts.maxInputPixels ?? DEFAULT_MAX_INPUT_PIXELS;
   if (!(maxPixels > 0)) throw new RangeError('maxInputPixels must be > 0');
+  // Only the accepted raster formats reach libvips: SVG (librsvg, which would resolve references), and
+  // whatever else the library could parse, are refused from their first bytes.
+  const sniffed = sniffImageFormat(input);
+  if (sniffed === 'svg') {
+    throw new ImageInputError('Unsupported image format "svg": please send a JPEG, PNG, WebP, GIF, TIFF or AVIF image.');
+  }
+  if (sniffed === null) {
+    throw new ImageInputError('Not an image, or an unsupported image format: please send a JPEG, PNG, WebP, GIF, TIFF or AVIF image.');
+  }
 
   const sharpOpts: sharp.SharpOptions = {
     // libvips refuses, from the header alone, images whose width*height exceeds this.
@@ -152,6 +161,26 @@ export async function decodeImageRgb(
     }
   }
   return { data: out, width, height, channels: 3 };
+}
+
+const HEIF_BRANDS = new Set(['heic', 'heix', 'hevc', 'hevx', 'heim', 'heis', 'hevm', 'hevs', 'mif1', 'msf1', 'avif', 'avis']);
+
+/**
+ * The format of an encoded image from its signature: one of the accepted raster formats, 'svg' for
+ * XML/SVG text, or null for anything else.
+ */
+export function sniffImageFormat(b: Uint8Array): 'jpeg' | 'png' | 'gif' | 'webp' | 'tiff' | 'heif' | 'svg' | null {
+  const ascii = (from: number, to: number) => String.fromCharCode(...b.subarray(from, to));
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
+  if (b.length >= 8 && b[0] === 0x89 && ascii(1, 8) === 'PNG\r\n\x1a\n') return 'png';
+  if (b.length >= 6 && (ascii(0, 6) === 'GIF87a' || ascii(0, 6) === 'GIF89a')) return 'gif';
+  if (b.length >= 12 && ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'webp';
+  if (b.length >= 4 && (ascii(0, 4) === 'II*\0' || ascii(0, 4) === 'MM\0*' || ascii(0, 4) === 'II+\0' || ascii(0, 4) === 'MM\0+')) return 'tiff';
+  if (b.length >= 12 && ascii(4, 8) === 'ftyp' && HEIF_BRANDS.has(ascii(8, 12))) return 'heif';
+  // Text that starts like XML or SVG (after a BOM and white space).
+  const head = new TextDecoder('utf-8', { fatal: false }).decode(b.subarray(0, 512)).replace(/^\uFEFF/, '').trimStart().toLowerCase();
+  if (head.startsWith('<?xml') || head.startsWith('<svg') || head.startsWith('<!doctype svg') || (head.startsWith('<') && head.includes('<svg'))) return 'svg';
+  return null;
 }
 
 function tooLarge(w: number, h: number, maxPixels: number): ImageInputError {

@@ -43,6 +43,35 @@ export async function spliceContext(segmentIds: number[][], images: readonly Flo
   return { embeds, length: total / hidden, segmentIds };
 }
 
+/**
+ * The embedding rows `from`.. of the context that spliceContext() would build (the rows before `from` are
+ * not computed): token rows from the embedding graph, image rows copied. Bit-identical to the same rows of
+ * the whole context, since a token's embedding does not depend on its neighbours.
+ */
+export async function embedRows(segmentIds: number[][], images: readonly Float32Array[], embedder: TokenEmbedder, from = 0): Promise<Float32Array> {
+  const { hidden } = embedder;
+  const parts: Float32Array[] = [];
+  let at = 0;
+  for (let i = 0; i < segmentIds.length; i++) {
+    const seg = segmentIds[i];
+    if (at + seg.length > from) parts.push(await embedder.embed(seg.slice(Math.max(0, from - at))));
+    at += seg.length;
+    if (i < images.length) {
+      if (images[i].length % hidden !== 0) throw new PromptError(`image ${i} embeddings are not ${hidden}-wide rows`);
+      const rows = images[i].length / hidden;
+      if (at + rows > from) parts.push(images[i].subarray(Math.max(0, from - at) * hidden));
+      at += rows;
+    }
+  }
+  const embeds = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let k = 0;
+  for (const p of parts) {
+    embeds.set(p, k);
+    k += p.length;
+  }
+  return embeds;
+}
+
 export async function buildContext(
   prompt: string,
   imageToken: string,

@@ -4,7 +4,9 @@ import * as ort from 'onnxruntime-node';
 import { loadPackage, type ModelJson, type ModelPackage } from './package.js';
 import { SessionFactory, type ProviderChoice, type ProviderName } from './providers.js';
 import { LlamaDecoder, TokenEmbedder, type KvCache } from './decoder.js';
-import { buildContext, type ContextEmbeds } from './context.js';
+import { buildContext, embedRows, promptSegmentIds, PromptError, type ContextEmbeds } from './context.js';
+import { DecodeBatcher } from './batching.js';
+import { CachedContext, commonPrefixRows, layoutLength, type ContextLayout } from './kv-reuse.js';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
 import { generate, type GenerationEvent, type GenerationOptions } from './generation/index.js';
 import { preprocessImage } from '../image/preprocess.js';
@@ -18,6 +20,25 @@ export interface LoadOptions {
    * token through the real decoder, streaming and stop handling, so tests can feed known model output.
    */
   forcedAnswer?: string;
+  /** most sequences decoded together in one batched step (default 8) */
+  maxBatch?: number;
+}
+
+/** How answer() may reuse and keep the KV cache of a conversation's turns. */
+export interface AnswerContextOptions {
+  /** identity of each image (e.g. its content hash): cached image rows are reused only for the same key */
+  imageKeys?: readonly (string | undefined)[];
+  /**
+   * The context of this conversation's previous turn. answer() owns it from here: it prefills only the rows
+   * after the longest common prefix of token ids and image rows (a full prefill when they diverge at once),
+   * then frees it.
+   */
+  reuse?: CachedContext;
+  /**
+   * Receives this answer's context (prompt and every answer token fed to the model) when the answer ends
+   * normally (greedy or sampling; not beam search, not cancelled); the receiver owns it.
+   */
+  keep?: (context: CachedContext) => void;
 }
 
 export interface Timings {
@@ -29,6 +50,9 @@ export interface Timings {
   totalMs: number;
   promptTokens: number;
   newTokens: number;
+  /** prompt rows taken from the previous turn's KV cache, and rows prefilled */
+  reusedTokens: number;
+  prefillTokens: number;
 }
 
 export type AnswerEvent = GenerationEvent | { type: 'timings'; timings: Timings };
@@ -71,6 +95,8 @@ export class MiniGPT {
     readonly tokenizer: TextTokenizer,
     private readonly sessions: ort.InferenceSession[],
     private readonly forcedTokens: number[] | undefined,
+    /** all model work of answer() and encodeImage() goes through it: decoding steps of concurrent answers are batched */
+    readonly engine: DecodeBatcher,
   ) {}
 
   get meta(): ModelJson {
@@ -87,6 +113,8 @@ export class MiniGPT {
     const embedSession = await factory.open(pkg.path(meta.graphs.embed.file));
     const tokenizer = await loadTokenizer(pkg.path(meta.tokenizer), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
     const embedder = new TokenEmbedder(embedSession, meta.llm.hidden);
+    // WebGPU hands present.* back as device buffers: the cache then stays on the GPU ('present' mode).
+    const decoder = new LlamaDecoder(decoderSession, embedder, meta.llm, { mode: factory.provider === 'webgpu' ? 'present' : undefined, batchRows: opts.maxBatch });
     const forcedAnswer = opts.forcedAnswer ?? process.env.MINIGPT_TEST_FORCED_ANSWER;
     if (forcedAnswer) opts.log?.('test hook MINIGPT_TEST_FORCED_ANSWER is set: every answer is forced');
     return new MiniGPT(
@@ -94,10 +122,11 @@ export class MiniGPT {
       factory.provider ?? 'cpu',
       new VisionEncoder(visionSession, meta),
       embedder,
-      new LlamaDecoder(decoderSession, embedder, meta.llm),
+      decoder,
       tokenizer,
       [decoderSession, visionSession, embedSession],
       forcedAnswer ? tokenizer.encode(forcedAnswer, { addBos: false }) : undefined,
+      new DecodeBatcher(decoder, { maxBatch: opts.maxBatch }),
     );
   }
 
@@ -107,7 +136,7 @@ export class MiniGPT {
     const { vision } = this.meta;
     const pre = await preprocessImage(image, { size: vision.imageSize, mean: vision.mean, std: vision.std });
     const t1 = performance.now();
-    const embeds = await this.vision.encode(pre.pixelValues);
+    const embeds = await this.engine.exclusive(() => this.vision.encode(pre.pixelValues));
     return { embeds, width: pre.width, height: pre.height, preprocessMs: t1 - t0, visionMs: performance.now() - t1 };
   }
 
@@ -137,47 +166,144 @@ export class MiniGPT {
   /**
    * Answers a full prompt (with `imageToken` placeholders) about already-encoded images, streaming text
    * events, then one `timings` event. Aborting `signal` stops at once and frees the KV cache.
+   * Decoding steps go through `engine`, batched with whatever other answers are decoding at the same time;
+   * `context` reuses the previous turn's KV cache and keeps this one's (see AnswerContextOptions).
    */
-  async *answer(prompt: string, images: readonly Float32Array[], opts: Partial<GenerationOptions>, signal?: AbortSignal): AsyncGenerator<AnswerEvent> {
+  async *answer(
+    prompt: string,
+    images: readonly Float32Array[],
+    opts: Partial<GenerationOptions>,
+    signal?: AbortSignal,
+    context: AnswerContextOptions = {},
+  ): AsyncGenerator<AnswerEvent> {
     const t0 = performance.now();
-    const ctx = await this.context(prompt, images);
-    const maxNew = opts.maxNewTokens ?? 300;
-    const limit = this.meta.llm.maxPositions;
-    if (ctx.length + 1 > limit) throw new Error(`the prompt is ${ctx.length} tokens long; this model handles at most ${limit}`);
-    const genOpts = this.generationOptions({ ...opts, maxNewTokens: Math.min(maxNew, limit - ctx.length) });
-    let pre: Awaited<ReturnType<MiniGPT['prefill']>>;
+    let reuse = context.reuse;
     try {
-      pre = await this.prefill(ctx, signal);
-    } catch (err) {
-      // Cancelled before the first token: the same ending as a cancellation during decoding.
-      if (!signal?.aborted) throw err;
-      yield { type: 'done', text: '', tokenIds: [], finishReason: 'aborted', steps: 0 };
-      return;
+      const { hidden } = this.meta.llm;
+      const segmentIds = promptSegmentIds(prompt, this.meta.prompt.imageToken, images.length, this.tokenizer);
+      images.forEach((img, i) => {
+        if (img.length % hidden !== 0) throw new PromptError(`image ${i} embeddings are not ${hidden}-wide rows`);
+      });
+      const layout: ContextLayout = { segments: segmentIds, images: images.map((img, i) => ({ key: context.imageKeys?.[i], rows: img.length / hidden })) };
+      const length = layoutLength(layout);
+      const maxNew = opts.maxNewTokens ?? 300;
+      const limit = this.meta.llm.maxPositions;
+      if (length + 1 > limit) throw new Error(`the prompt is ${length} tokens long; this model handles at most ${limit}`);
+      const genOpts = this.generationOptions({ ...opts, maxNewTokens: Math.min(maxNew, limit - length) });
+
+      // The longest common prefix with the previous turn is not prefilled again (at least the last row is:
+      // its logits start the answer).
+      let past: KvCache | null = null;
+      if (reuse) {
+        const n = Math.min(commonPrefixRows(reuse.layout, layout), length - 1);
+        if (n > 0) past = reuse.kv.prefix(n);
+        reuse.dispose();
+        reuse = undefined;
+      }
+      const from = past?.length ?? 0;
+      let pre: { state: KvCache; logits: Float32Array };
+      try {
+        const embeds = await embedRows(segmentIds, images, this.embedder, from);
+        const r = await this.engine.exclusive(() => this.decoder.forward(embeds, past, signal));
+        const V = this.meta.llm.vocabSize;
+        pre = { state: r.state, logits: r.logits.slice(r.logits.length - V) };
+      } catch (err) {
+        // Cancelled before the first token: the same ending as a cancellation during decoding.
+        if (!signal?.aborted) throw err;
+        yield { type: 'done', text: '', tokenIds: [], finishReason: 'aborted', steps: 0 };
+        return;
+      } finally {
+        past?.dispose();
+      }
+      const tPrefill = performance.now();
+      let tFirst = 0;
+      let doneIds: number[] | undefined;
+      // Upstream decodes answers with skip_special_tokens=True.
+      const decoder = {
+        decode: (ids: readonly number[]) => this.tokenizer.decode(ids, { skipSpecialTokens: true }),
+        incremental: () => this.tokenizer.incrementalDecoder?.({ skipSpecialTokens: true }),
+      };
+      let last: KvCache | undefined;
+      const start = { state: pre.state, logits: pre.logits, retain: context.keep ? (s: KvCache) => (last = s) : undefined };
+      const leave = this.engine.join();
+      try {
+        for await (const ev of generate(this.engine, start, decoder, genOpts, signal)) {
+          if (ev.type === 'text' && !tFirst) tFirst = performance.now();
+          if (ev.type === 'done') doneIds = ev.tokenIds;
+          yield ev;
+        }
+      } finally {
+        leave();
+        const kept = last as KvCache | undefined;
+        if (kept) {
+          if (context.keep && doneIds) {
+            // A row of a decoding batch is copied out, so that the batch's storage can go.
+            const kv = kept.prefix();
+            kept.dispose();
+            const fed = doneIds.slice(0, kv.length - length);
+            const segments = [...segmentIds.slice(0, -1), [...segmentIds[segmentIds.length - 1], ...fed]];
+            context.keep(new CachedContext(kv, { segments, images: layout.images }));
+          } else {
+            kept.dispose();
+          }
+        }
+      }
+      const tEnd = performance.now();
+      yield {
+        type: 'timings',
+        timings: {
+          preprocessMs: 0,
+          visionMs: 0,
+          prefillMs: tPrefill - t0,
+          firstTokenMs: (tFirst || tEnd) - t0,
+          decodeMs: tEnd - tPrefill,
+          totalMs: tEnd - t0,
+          promptTokens: length,
+          newTokens: doneIds?.length ?? 0,
+          reusedTokens: from,
+          prefillTokens: length - from,
+        },
+      };
+    } finally {
+      reuse?.dispose();
     }
-    const tPrefill = performance.now();
-    let tFirst = 0;
-    let newTokens = 0;
-    // Upstream decodes answers with skip_special_tokens=True.
-    const decoder = { decode: (ids: readonly number[]) => this.tokenizer.decode(ids, { skipSpecialTokens: true }) };
-    for await (const ev of generate(this.decoder, { state: pre.state, logits: pre.logits }, decoder, genOpts, signal)) {
-      if (ev.type === 'text' && !tFirst) tFirst = performance.now();
-      if (ev.type === 'done') newTokens = ev.tokenIds.length;
-      yield ev;
+  }
+
+  /**
+   * Brings a conversation's cached context up to `prompt`, the text its next turn's prompt will start with
+   * (the history with the last answer as it will be re-tokenised): the rows after their longest common
+   * prefix are prefilled now, so that a follow-up prefills only its own new tokens. Takes over `cached`
+   * (freed, or reused as the result; null: everything is prefilled); the caller owns the returned context.
+   */
+  async extendContext(cached: CachedContext | null, prompt: string, images: readonly Float32Array[], imageKeys: readonly (string | undefined)[], signal?: AbortSignal): Promise<CachedContext> {
+    let owned: CachedContext | undefined = cached ?? undefined;
+    let past: KvCache | null = null;
+    try {
+      const { hidden, maxPositions } = this.meta.llm;
+      const segmentIds = promptSegmentIds(prompt, this.meta.prompt.imageToken, images.length, this.tokenizer);
+      const layout: ContextLayout = { segments: segmentIds, images: images.map((img, i) => ({ key: imageKeys[i], rows: img.length / hidden })) };
+      const length = layoutLength(layout);
+      if (length > maxPositions) throw new Error(`the context is ${length} tokens long; this model handles at most ${maxPositions}`);
+      const n = cached ? Math.min(commonPrefixRows(cached.layout, layout), length) : 0;
+      if (cached && n === length && n === cached.length) {
+        owned = undefined;
+        return cached;
+      }
+      past = cached && n > 0 ? cached.kv.prefix(n) : null;
+      owned?.dispose();
+      owned = undefined;
+      if (n === length) {
+        const kv = past!;
+        past = null;
+        return new CachedContext(kv, layout);
+      }
+      const embeds = await embedRows(segmentIds, images, this.embedder, n);
+      const r = await this.engine.exclusive(() => this.decoder.forward(embeds, past, signal));
+      return new CachedContext(r.state, layout);
+    } finally {
+      owned?.dispose();
+      past?.dispose();
     }
-    const tEnd = performance.now();
-    yield {
-      type: 'timings',
-      timings: {
-        preprocessMs: 0,
-        visionMs: 0,
-        prefillMs: tPrefill - t0,
-        firstTokenMs: (tFirst || tEnd) - t0,
-        decodeMs: tEnd - tPrefill,
-        totalMs: tEnd - t0,
-        promptTokens: ctx.length,
-        newTokens,
-      },
-    };
   }
 
   async close(): Promise<void> {

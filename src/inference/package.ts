@@ -6,6 +6,20 @@ import { z } from 'zod';
 export const PACKAGE_FORMAT = 'minigpt-package';
 export const PACKAGE_FORMAT_VERSION = 1;
 
+/**
+ * Sizes are bounded to what a loadable model can have, so that a corrupt or hostile model.json cannot make
+ * the loader allocate per layer / per token beyond reason before the graphs themselves are checked.
+ */
+const size = (max: number) => z.number().int().positive().max(max);
+/** A file of the package: a plain relative path inside the package folder. */
+const packageFile = z
+  .string()
+  .min(1)
+  .max(255)
+  .refine((f) => !f.includes('\0') && !/^([\\/]|[A-Za-z]:)/.test(f) && !f.split(/[\\/]/).includes('..'), {
+    message: 'must be a relative path inside the package folder',
+  });
+
 const ioSpec = z.object({
   name: z.string(),
   dtype: z.enum(['float32', 'float16', 'int64']),
@@ -13,9 +27,9 @@ const ioSpec = z.object({
 });
 
 const graphSpec = z.object({
-  file: z.string(),
+  file: packageFile,
   /** external weight file(s) beside the graph */
-  data: z.array(z.string()).default([]),
+  data: z.array(packageFile).max(1024).default([]),
   inputs: z.array(ioSpec),
   outputs: z.array(ioSpec),
 });
@@ -58,41 +72,45 @@ export const modelJsonSchema = z.object({
     })
     .optional(),
   vision: z.object({
-    imageSize: z.number().int().positive(),
+    imageSize: size(4096),
     mean: z.tuple([z.number(), z.number(), z.number()]),
-    std: z.tuple([z.number(), z.number(), z.number()]),
-    imageTokens: z.number().int().positive(),
-    patchSize: z.number().int().positive(),
-    width: z.number().int().positive(),
-    layers: z.number().int().positive(),
-    heads: z.number().int().positive(),
+    std: z.tuple([z.number().positive(), z.number().positive(), z.number().positive()]),
+    imageTokens: size(16384),
+    patchSize: size(1024),
+    width: size(65536),
+    layers: size(1024),
+    heads: size(1024),
     /** MiniGPT-4 with the BLIP-2 Q-Former: image_embeds are its query outputs projected by llama_proj */
     qformer: z
       .object({
-        queryTokens: z.number().int().positive(),
-        hidden: z.number().int().positive(),
-        layers: z.number().int().positive(),
-        heads: z.number().int().positive(),
-        intermediate: z.number().int().positive(),
-        crossAttentionFreq: z.number().int().positive(),
+        queryTokens: size(16384),
+        hidden: size(65536),
+        layers: size(1024),
+        heads: size(1024),
+        intermediate: size(1 << 20),
+        crossAttentionFreq: size(1024),
       })
       .optional(),
   }),
-  llm: z.object({
-    layers: z.number().int().positive(),
-    heads: z.number().int().positive(),
-    kvHeads: z.number().int().positive(),
-    headDim: z.number().int().positive(),
-    hidden: z.number().int().positive(),
-    intermediate: z.number().int().positive(),
-    vocabSize: z.number().int().positive(),
-    bosId: z.number().int().nonnegative(),
-    eosId: z.number().int().nonnegative(),
-    padId: z.number().int().nonnegative().optional(),
-    maxPositions: z.number().int().positive(),
-    rmsNormEps: z.number().positive(),
-    ropeTheta: z.number().positive(),
-  }),
+  llm: z
+    .object({
+      layers: size(1024),
+      heads: size(1024),
+      kvHeads: size(1024),
+      headDim: size(4096),
+      hidden: size(1 << 17),
+      intermediate: size(1 << 20),
+      vocabSize: size(1 << 22),
+      bosId: z.number().int().nonnegative(),
+      eosId: z.number().int().nonnegative(),
+      padId: z.number().int().nonnegative().optional(),
+      maxPositions: size(1 << 21),
+      rmsNormEps: z.number().positive(),
+      ropeTheta: z.number().positive(),
+    })
+    .refine((l) => l.bosId < l.vocabSize && l.eosId < l.vocabSize && (l.padId === undefined || l.padId < l.vocabSize), {
+      message: 'bosId, eosId and padId must be token ids below vocabSize',
+    }),
   prompt: z.object({
     /** `{}` is replaced by the user turn (upstream's prompt_template) */
     template: z.string(),
@@ -102,11 +120,11 @@ export const modelJsonSchema = z.object({
     separator: z.string(),
     imagePlaceholder: z.string(),
     imageToken: z.string(),
-    stopStrings: z.array(z.string()),
-    stopIds: z.array(z.number().int()),
+    stopStrings: z.array(z.string()).max(64),
+    stopIds: z.array(z.number().int().nonnegative()).max(64),
   }),
   graphs: z.object({ vision: graphSpec, embed: graphSpec, decoder: graphSpec }),
-  tokenizer: z.string(),
+  tokenizer: packageFile,
   provenance: z.object({
     converter: z.string(),
     createdAt: z.string(),

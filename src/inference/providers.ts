@@ -2,6 +2,7 @@
 // that initialises, said in one log line.
 import * as ort from 'onnxruntime-node';
 import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 
@@ -21,7 +22,7 @@ export function parseProviderChoice(value: string | undefined): ProviderChoice {
 
 export interface SessionFactoryOptions {
   provider: ProviderChoice;
-  /** intra-op threads for the CPU provider (0 = onnxruntime's default) */
+  /** intra-op threads for the CPU provider (0 or absent: the machine's cores) */
   threads?: number;
   log?: (line: string) => void;
 }
@@ -33,12 +34,37 @@ export interface OpenedSession {
   skipped: string[];
 }
 
+/**
+ * Session tuning, measured with `minigpt bench` and a decoder-only sweep on the 7B-layer-shaped package
+ * (2 Llama-2-7B layers + its 32000-entry head, fp32) on the 2-core benchmark machine (docs/benchmarks.md):
+ * - graphOptimizationLevel 'all': constant folding, redundant node elimination and the CPU fusions
+ *   (MatMul + Add, ...) and layout transforms; every graph here is static apart from its sequence lengths.
+ * - intraOpNumThreads = the machine's cores (os.availableParallelism(), which also honours CPU affinity;
+ *   the config's `runtime.threads` overrides): a decoding step is a matrix-vector product over ~200M
+ *   weights per 7B layer, bound by memory bandwidth that one core does not saturate. 1 -> 2 threads: a
+ *   step 99 -> 52 ms, 8 rows 165 -> 93 ms, a 128-token prefill 897 -> 547 ms. (The tiny demo model is
+ *   10-20 % slower per step on 2 threads than on one, its ops being too small to split; real widths decide.)
+ * - interOpNumThreads 1, executionMode 'sequential': the graphs are chains, so running independent nodes
+ *   in parallel only adds threads competing for the same cores.
+ * - enableCpuMemArena true (onnxruntime's default, kept deliberately): intermediate tensors of each run come
+ *   from the arena instead of fresh allocations; without it an 8-row step took 1032 ms instead of 93
+ *   (page faults on ~100 MB of activations per run).
+ * - enableMemPattern false: a memory pattern is planned for one set of input shapes, and the sequence
+ *   length changes at every step; planning it is wasted work.
+ * - intra-op spinning left on (default): on or off made no measurable difference (55 vs 52 ms a step).
+ */
 function sessionOptions(provider: ProviderName, threads: number | undefined, keepOnDevice: readonly string[]): ort.InferenceSession.SessionOptions {
   const opts: ort.InferenceSession.SessionOptions = {
     executionProviders: [provider],
     graphOptimizationLevel: 'all',
   };
-  if (provider === 'cpu' && threads) opts.intraOpNumThreads = threads;
+  if (provider === 'cpu') {
+    opts.intraOpNumThreads = threads || availableParallelism();
+    opts.interOpNumThreads = 1;
+    opts.executionMode = 'sequential';
+    opts.enableCpuMemArena = true;
+    opts.enableMemPattern = false;
+  }
   // Only the WebGPU provider can hand outputs back as device buffers in Node; the KV cache then stays on the GPU.
   if (provider === 'webgpu' && keepOnDevice.length) {
     opts.preferredOutputLocation = Object.fromEntries(keepOnDevice.map((n) => [n, 'gpu-buffer' as const]));

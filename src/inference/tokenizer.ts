@@ -24,6 +24,12 @@ export interface TextTokenizer {
   readonly eosId: number;
   encode(text: string, opts: { addBos: boolean }): number[];
   decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
+  /**
+   * A decoder of a growing id list whose push(id) returns exactly decode(ids so far, opts), at a small
+   * constant cost per id (a full decode costs tens of microseconds, more than a whole decoding step of a
+   * small model). Undefined for tokenizer.json decoders it does not reproduce; callers then use decode().
+   */
+  incrementalDecoder?(opts?: { skipSpecialTokens?: boolean }): { push(id: number): string } | undefined;
   tokenToId(token: string): number | undefined;
 }
 
@@ -142,6 +148,11 @@ export function createTokenizer(
     throw new Error(`${source}: cannot determine the ${what} token id; pass it explicitly`);
   };
 
+  // tokenizers.js filters these by piece when skip_special_tokens is set
+  const specials = (tok as unknown as { special_tokens?: unknown }).special_tokens;
+  const specialTokens = new Set(Array.isArray(specials) ? specials.filter((x): x is string => typeof x === 'string') : []);
+  const incrementalKind = Array.isArray(specials) ? incrementalKindOf(tokenizerJson.decoder) : null;
+
   const bosId = resolveId('BOS', opts.bosId, [
     tokenString(config.bos_token),
     templateFirstSpecial(json.post_processor),
@@ -178,8 +189,64 @@ export function createTokenizer(
         clean_up_tokenization_spaces: cleanUp,
       });
     },
+    incrementalDecoder(decOpts: { skipSpecialTokens?: boolean } = {}) {
+      if (!incrementalKind || cleanUp) return undefined;
+      return incrementalDecoder(incrementalKind, (id) => tok.id_to_token(id), decOpts.skipSpecialTokens ? specialTokens : new Set());
+    },
     tokenToId(token: string): number | undefined {
       return tok.token_to_id(token);
+    },
+  };
+}
+
+/**
+ * The tokenizer.json decoders decoded incrementally: 'join' (no decoder: pieces joined by spaces, as
+ * tokenizers.js does) and 'llama' (Replace '▁' -> ' ', ByteFallback, Fuse, Strip one leading space: the
+ * SentencePiece decoder of the Llama tokenizers). Anything else: null (full decodes).
+ */
+function incrementalKindOf(decoder: unknown): 'join' | 'llama' | null {
+  if (decoder === null || decoder === undefined) return 'join';
+  const llama = [
+    { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' },
+    { type: 'ByteFallback' },
+    { type: 'Fuse' },
+    { type: 'Strip', content: ' ', start: 1, stop: 0 },
+  ];
+  if (isObject(decoder) && decoder.type === 'Sequence' && JSON.stringify(decoder.decoders) === JSON.stringify(llama)) return 'llama';
+  return null;
+}
+
+/** Mirrors tokenizers.js' decode (special tokens filtered by piece, then the decoder) one id at a time. */
+function incrementalDecoder(kind: 'join' | 'llama', piece: (id: number) => string | undefined, skip: ReadonlySet<string>): { push(id: number): string } {
+  let raw = '';
+  let pieces = 0;
+  let bytes: number[] = [];
+  const utf8 = new TextDecoder();
+  const current = (): string => {
+    if (kind === 'join') return raw;
+    const full = bytes.length ? raw + utf8.decode(Uint8Array.from(bytes)) : raw;
+    return full[0] === ' ' ? full.slice(1) : full;
+  };
+  return {
+    push(id: number): string {
+      const p = Number.isInteger(id) ? piece(id) : undefined;
+      if (p === undefined || skip.has(p)) return current();
+      if (kind === 'join') {
+        raw = pieces++ === 0 ? p : `${raw} ${p}`;
+        return raw;
+      }
+      const token = p.replaceAll('\u2581', ' ');
+      const byte = token.length === 6 && token.startsWith('<0x') && token.endsWith('>') ? parseInt(token.slice(3, 5), 16) : NaN;
+      if (!Number.isNaN(byte)) {
+        bytes.push(byte);
+      } else {
+        if (bytes.length) {
+          raw += utf8.decode(Uint8Array.from(bytes));
+          bytes = [];
+        }
+        raw += token;
+      }
+      return current();
     },
   };
 }

@@ -379,7 +379,7 @@ describe('robustness', () => {
     adapter = undefined;
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(aborted).toBe(true);
-    expect(botMessagesIn(m.id)[0].content).toBe('⚠️ The request was cancelled.');
+    expect(botMessagesIn(m.id)[0].content).toBe('⚠️ The bot is restarting; please ask again in a moment.');
     await until(() => !w.fake.connected, 'the gateway to close');
   });
 

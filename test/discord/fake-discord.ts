@@ -64,6 +64,27 @@ interface Session {
   identified: boolean;
   seq: number;
   intents?: number;
+  /** the gateway session this socket carries (after IDENTIFY or RESUME) */
+  gw?: GatewaySession;
+}
+
+/**
+ * A gateway session as Discord keeps it: its events by sequence number, so that a client that lost its socket
+ * can RESUME and get what it missed; a session closed with a code that does not allow resuming is gone.
+ */
+interface GatewaySession {
+  id: string;
+  seq: number;
+  events: Array<{ s: number; t: string; d: unknown }>;
+  socket?: Session;
+  resumable: boolean;
+}
+
+/** What a fault hook may answer instead of the fake's own handling of a REST call. */
+export interface RestFault {
+  status: number;
+  body?: unknown;
+  headers?: Record<string, string>;
 }
 
 interface Interaction {
@@ -100,11 +121,21 @@ export class FakeDiscord {
   readonly denyAttachments = new Set<string>();
   /** registered application commands by scope (`global` or a guild id) */
   readonly commands = new Map<string, any[]>();
+  /**
+   * Fault injection: called for every REST call (after it is recorded); an answer it returns is sent instead
+   * of the fake's own (e.g. a 429 with retry-after, a 502 on an upload), and the call has no effect.
+   */
+  restFault: ((call: RestCall) => RestFault | undefined) | undefined;
+  /** REST calls answered by `restFault` */
+  readonly faulted: RestCall[] = [];
+  /** gateway connections opened, IDENTIFYs and RESUMEs received, and RESUMEs that replayed the session */
+  readonly gatewayStats = { connections: 0, identifies: 0, resumes: 0, resumed: 0 };
 
   private readonly server: Server;
   private readonly wss: WebSocketServer;
   private readonly sockets = new Set<Socket>();
   private readonly sessions = new Set<Session>();
+  private readonly gwSessions = new Map<string, GatewaySession>();
   private readonly guilds = new Map<string, Record<string, any>>();
   private readonly channels = new Map<string, ApiChannel>();
   private readonly messages = new Map<string, Map<string, ApiMessage>>();
@@ -276,7 +307,11 @@ export class FakeDiscord {
   private onGateway(ws: WebSocket): void {
     const session: Session = { ws, identified: false, seq: 0 };
     this.sessions.add(session);
-    ws.on('close', () => this.sessions.delete(session));
+    this.gatewayStats.connections++;
+    ws.on('close', () => {
+      this.sessions.delete(session);
+      if (session.gw?.socket === session) session.gw.socket = undefined;
+    });
     ws.on('message', (raw) => {
       let p: { op: number; d: any };
       try {
@@ -289,18 +324,21 @@ export class FakeDiscord {
       if (p.op === 1) {
         ws.send(JSON.stringify({ op: 11, d: null }));
       } else if (p.op === 2) {
+        this.gatewayStats.identifies++;
         if (p.d?.token !== this.token) {
           ws.close(4004, 'Authentication failed.');
           return;
         }
         session.identified = true;
         session.intents = p.d.intents;
-        const sessionId = Math.random().toString(36).slice(2);
+        const gw: GatewaySession = { id: Math.random().toString(36).slice(2), seq: 0, events: [], socket: session, resumable: true };
+        this.gwSessions.set(gw.id, gw);
+        session.gw = gw;
         this.send(session, 'READY', {
           v: 10,
           user: { ...this.bot, verified: true, mfa_enabled: false, flags: 0 },
           guilds: [...this.guilds.keys()].map((id) => ({ id, unavailable: true })),
-          session_id: sessionId,
+          session_id: gw.id,
           resume_gateway_url: this.gatewayUrl,
           shard: [0, 1],
           application: { id: this.appId, flags: 0 },
@@ -317,25 +355,71 @@ export class FakeDiscord {
         }
         this.notify();
       } else if (p.op === 6) {
-        // No resuming here: start afresh.
-        ws.send(JSON.stringify({ op: 9, d: false }));
+        // RESUME: replay what the session missed, then RESUMED; an unknown or closed session must identify anew.
+        this.gatewayStats.resumes++;
+        const gw = this.gwSessions.get(String(p.d?.session_id ?? ''));
+        if (p.d?.token !== this.token || !gw || !gw.resumable || gw.socket) {
+          ws.send(JSON.stringify({ op: 9, d: false }));
+          return;
+        }
+        const from = Number(p.d?.seq ?? 0);
+        session.identified = true;
+        session.gw = gw;
+        gw.socket = session;
+        for (const e of gw.events) if (e.s > from) ws.send(JSON.stringify({ op: 0, t: e.t, s: e.s, d: e.d }));
+        gw.seq++;
+        ws.send(JSON.stringify({ op: 0, t: 'RESUMED', s: gw.seq, d: {} }));
+        this.gatewayStats.resumed++;
+        this.notify();
       }
     });
     ws.send(JSON.stringify({ op: 10, d: { heartbeat_interval: 41250 } }));
   }
 
   private send(session: Session, t: string, d: unknown): void {
-    session.seq++;
-    session.ws.send(JSON.stringify({ op: 0, t, s: session.seq, d }));
+    const gw = session.gw;
+    if (!gw) return;
+    this.record(gw, t, d);
   }
 
-  /** Sends a dispatch event to every identified gateway session. */
+  /** Numbers an event in its gateway session, keeps it for a RESUME, and sends it when the session has a socket. */
+  private record(gw: GatewaySession, t: string, d: unknown): void {
+    gw.seq++;
+    gw.events.push({ s: gw.seq, t, d });
+    if (gw.events.length > 5000) gw.events.splice(0, gw.events.length - 5000);
+    const s = gw.socket;
+    if (s && s.ws.readyState === s.ws.OPEN) {
+      s.seq = gw.seq;
+      s.ws.send(JSON.stringify({ op: 0, t, s: gw.seq, d }));
+    }
+  }
+
+  /**
+   * Sends a dispatch event to every live gateway session: the connected ones get it now, ones whose socket
+   * dropped get it when they RESUME (as Discord does).
+   */
   dispatch(t: string, d: unknown): void {
-    for (const s of this.sessions) if (s.identified) this.send(s, t, d);
+    for (const gw of this.gwSessions.values()) if (gw.resumable) this.record(gw, t, d);
+  }
+
+  /**
+   * Drops every gateway connection with `code`: 4000-4002, 4009 (and op 7 RECONNECT, `code` 'reconnect')
+   * let the client RESUME and get the events it missed; 1000, 4003, 4007, 4008 end the session (a new
+   * IDENTIFY, and what happened meanwhile is not replayed, as on Discord).
+   */
+  dropGateway(code: number | 'reconnect'): void {
+    const resumable = code === 'reconnect' || [4000, 4001, 4002, 4009].includes(code);
+    for (const s of [...this.sessions]) {
+      if (s.gw && !resumable) s.gw.resumable = false;
+      if (s.gw?.socket === s) s.gw.socket = undefined;
+      if (code === 'reconnect') s.ws.send(JSON.stringify({ op: 7, d: null }));
+      else s.ws.close(code, 'fake drop');
+    }
+    if (!resumable) for (const [id, gw] of this.gwSessions) if (!gw.resumable) this.gwSessions.delete(id);
   }
 
   get connected(): boolean {
-    return [...this.sessions].some((s) => s.identified);
+    return [...this.sessions].some((s) => s.identified && s.gw?.socket === s);
   }
 
   // --------------------------------------------------------------------------------------------
@@ -521,6 +605,13 @@ export class FakeDiscord {
     };
     this.calls.push(call);
     try {
+      const fault = this.restFault?.(call);
+      if (fault) {
+        this.faulted.push(call);
+        const text = JSON.stringify(fault.body ?? { message: `fake fault ${fault.status}`, code: 0 });
+        res.writeHead(fault.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...fault.headers }).end(text);
+        return;
+      }
       await this.handle(call, res);
     } finally {
       this.notify();

@@ -92,6 +92,19 @@ export class FakeSlack {
   readonly requests: string[] = [];
   /** socket acks received, by envelope id */
   readonly socketAcks = new Map<string, unknown>();
+  /**
+   * Fault injection for the Web API: called for every API call (after it is recorded); an answer it returns
+   * is sent instead (e.g. 429 with retry-after, 503), and the call has no effect.
+   */
+  apiFault: ((method: string, args: Record<string, unknown>) => { status: number; headers?: Record<string, string>; body?: string } | undefined) | undefined;
+  /** Fault injection for the upload URLs (files.getUploadURLExternal's): an HTTP status to answer instead of storing. */
+  uploadFault: ((fileId: string) => number | undefined) | undefined;
+  /** calls and uploads answered by a fault hook */
+  readonly faulted: string[] = [];
+  /** Socket Mode: how long to wait for an ack before delivering the envelope again (Slack retries, up to 3 times) */
+  socketAckTimeoutMs = 5000;
+  /** Socket Mode connections opened, envelopes sent (retries included) */
+  readonly socketStats = { connections: 0, envelopes: 0, redeliveries: 0 };
 
   private server!: Server;
   private wss!: WebSocketServer;
@@ -133,6 +146,7 @@ export class FakeSlack {
       }
       this.wss.handleUpgrade(req, sock, head, (ws) => {
         this.socket = ws;
+        this.socketStats.connections++;
         ws.on('message', (data) => {
           try {
             const msg = JSON.parse(String(data)) as { envelope_id?: string; payload?: unknown };
@@ -346,11 +360,39 @@ export class FakeSlack {
   }
 
   private async sendEnvelope(type: string, payload: unknown, retryAttempt: number, retryReason?: string): Promise<void> {
+    if (!this.socket) {
+      // Between two connections (a reconnect): Slack holds the envelope until the app is back.
+      await this.waitFor(() => this.socketConnected, 10_000, 'a Socket Mode connection');
+    }
     const ws = this.socket;
     if (!ws) throw new Error('no Socket Mode connection');
     const envelopeId = randomBytes(8).toString('hex');
+    this.socketStats.envelopes++;
     ws.send(JSON.stringify({ envelope_id: envelopeId, payload, type, accepts_response_payload: false, retry_attempt: retryAttempt, retry_reason: retryReason ?? '' }));
-    await this.waitFor(() => this.socketAcks.has(envelopeId), 5000, `the ack of envelope ${envelopeId}`);
+    try {
+      await this.waitFor(() => this.socketAcks.has(envelopeId), this.socketAckTimeoutMs, `the ack of envelope ${envelopeId}`);
+    } catch (err) {
+      // Not acknowledged (the connection dropped, or the app was too slow): Slack delivers it again, up to 3 times.
+      if (retryAttempt >= 3) throw err;
+      this.socketStats.redeliveries++;
+      await this.sendEnvelope(type, payload, retryAttempt + 1, 'timeout');
+    }
+  }
+
+  /**
+   * Ends the Socket Mode connection: 'refresh' sends Slack's `disconnect` (refresh_requested) message, after
+   * which the app opens a new connection; 'close' closes the socket; 'terminate' drops it without a close frame.
+   */
+  dropSocket(how: 'refresh' | 'close' | 'terminate' = 'close'): void {
+    const ws = this.socket;
+    if (!ws) return;
+    if (how === 'refresh') {
+      ws.send(JSON.stringify({ type: 'disconnect', reason: 'refresh_requested', debug_info: { host: 'fake' } }));
+      return;
+    }
+    this.socket = undefined;
+    if (how === 'close') ws.close(1001, 'going away');
+    else ws.terminate();
   }
 
   // ----------------------------------------------------------------------------------------------
@@ -429,6 +471,13 @@ export class FakeSlack {
 
   private async upload(fileId: string, req: IncomingMessage, body: Buffer, res: ServerResponse): Promise<void> {
     const up = this.uploads.get(fileId);
+    const failWith = up ? this.uploadFault?.(fileId) : undefined;
+    if (failWith) {
+      this.faulted.push(`upload ${fileId}`);
+      res.writeHead(failWith, { 'content-type': 'text/plain' });
+      res.end('fake upload fault');
+      return;
+    }
     if (!up) {
       res.writeHead(404, { 'content-type': 'text/plain' });
       res.end('unknown upload');
@@ -464,6 +513,13 @@ export class FakeSlack {
     const token = auth.startsWith('Bearer ') ? auth.slice(7) : typeof args.token === 'string' ? args.token : '';
     const { token: _t, ...shown } = args;
     this.calls.push({ method, args: shown, at: Date.now() });
+    const fault = this.apiFault?.(method, shown);
+    if (fault) {
+      this.faulted.push(method);
+      res.writeHead(fault.status, { 'content-type': 'application/json; charset=utf-8', ...fault.headers });
+      res.end(fault.body ?? JSON.stringify({ ok: false, error: 'fake_fault' }));
+      return;
+    }
     const send = (obj: Record<string, unknown>) => {
       res.writeHead(200, { 'content-type': 'application/json; charset=utf-8' });
       res.end(JSON.stringify(obj));

@@ -161,6 +161,11 @@ async function selfAttention(g: GraphBuilder, x: string, i: number, ctx: LayerCo
   const presentDims = ['batch', shape.kvHeads, 'total_sequence_length', shape.headDim];
   g.output(keys, `present.${i}.key`, 'float32', presentDims);
   g.output(values, `present.${i}.value`, 'float32', presentDims);
+  // The new positions alone: a runtime that keeps the cache itself appends these instead of copying the
+  // whole `present` out of the session at every step (that copy grows with the past and the batch).
+  const newDims = ['batch', shape.kvHeads, 'sequence_length', shape.headDim];
+  g.output(kRot, `present_new.${i}.key`, 'float32', newDims);
+  g.output(v, `present_new.${i}.value`, 'float32', newDims);
 
   const kAll = repeatKv(g, keys, shape, `${p}.k_rep`);
   const vAll = repeatKv(g, values, shape, `${p}.v_rep`);
@@ -204,7 +209,7 @@ export function computeInvFreq(headDim: number, theta: number): Float32Array {
   return Float32Array.from({ length: headDim / 2 }, (_, j) => f(1 / f(Math.pow(theta, f((2 * j) / headDim)))));
 }
 
-/** `inputs_embeds, attention_mask, position_ids, past_key_values.*` -> `logits, present.*`. */
+/** `inputs_embeds, attention_mask, position_ids, past_key_values.*` -> `logits, present.*, present_new.*`. */
 export async function buildDecoderGraph(g: GraphBuilder, spec: DecoderGraphSpec): Promise<void> {
   const { shape } = spec;
   const embeds = g.input('inputs_embeds', 'float32', ['batch', 'sequence_length', shape.hidden]);

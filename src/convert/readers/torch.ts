@@ -503,5 +503,16 @@ async function openTorchZip(zip: ZipArchive): Promise<TorchCheckpointSource> {
   }
   // every legitimate node costs at least a couple of pickle bytes; expansion far beyond that is an attack
   const { tensors, extras, topLevelKeys } = flattenPickled(root, where, 4 * pkl.byteLength + 100_000);
+  // A view is materialised contiguous when read: an expanded or self-overlapping view (stride 0) can claim far
+  // more elements than its storage holds. Nothing read may be larger than the file itself.
+  for (const [name, t] of tensors) {
+    const bytes = numelOf(t.shape as number[], `${where}: tensor '${name}'`) * DTYPE_ITEMSIZE[t.storage.dtype];
+    if (bytes > zip.file.size) {
+      throw new CheckpointError(
+        `${where}: tensor '${name}' [${t.shape.join(', ')}] would take ${bytes} bytes, more than the whole file (${zip.file.size}): ` +
+          'an expanded or overlapping view (stride 0); re-save the checkpoint with contiguous tensors (.contiguous() / .clone())',
+      );
+    }
+  }
   return new TorchZipSource(zip, prefix, tensors, extras, topLevelKeys);
 }

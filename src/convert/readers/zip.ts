@@ -181,6 +181,13 @@ export class ZipArchive {
     if (entry.uncompressedSize > entry.compressedSize * MAX_DEFLATE_RATIO + 1024) {
       throw new CheckpointError(`${this.file.path}: ${what} claims an impossible uncompressed size`);
     }
+    // torch.save stores its records uncompressed: a compressed record that inflates beyond the size of the
+    // whole archive is a zip bomb, not a checkpoint.
+    if (entry.uncompressedSize > this.file.size) {
+      throw new CheckpointError(
+        `${this.file.path}: ${what} inflates to ${entry.uncompressedSize} bytes, more than the whole archive (${this.file.size}); refusing a possible zip bomb`,
+      );
+    }
     const comp = await this.file.read(off, entry.compressedSize, what);
     let out: Uint8Array;
     try {

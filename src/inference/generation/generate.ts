@@ -20,23 +20,30 @@ import type {
 /**
  * Chooses the next token from raw logits with HF order: repetition penalty (over `generated`), min-new-tokens
  * mask of the stop ids, then (sampling only) temperature, top-k, top-p warpers and a multinomial draw; greedy is
- * argmax (ties -> lowest id). `logits` is not modified.
+ * argmax (ties -> lowest id). `logits` is not modified. `scratch` (length vocab), when given, holds the
+ * processed scores instead of a new array per call; plain greedy needs none (argmax of the logits).
  */
 export function selectNextToken(
   logits: ArrayLike<number>,
   generated: readonly number[],
   o: Pick<ResolvedGenerationOptions, 'repetitionPenalty' | 'minNewTokens' | 'stopIds' | 'sample' | 'temperature' | 'topK' | 'topP'>,
   rng?: Rng,
+  scratch?: Float64Array,
 ): number {
-  const scores = Float64Array.from(logits);
-  if (o.repetitionPenalty !== 1) applyRepetitionPenalty(scores, generated, o.repetitionPenalty);
-  if (generated.length < o.minNewTokens) maskTokens(scores, o.stopIds);
+  const penalise = o.repetitionPenalty !== 1;
+  const mask = generated.length < o.minNewTokens;
+  // float32 -> float64 is exact, so the argmax (ties included) is the same as over a float64 copy
+  if (!o.sample && !penalise && !mask) return argmax(logits);
+  const scores = scratch && scratch.length === logits.length ? scratch : new Float64Array(logits.length);
+  scores.set(logits);
+  if (penalise) applyRepetitionPenalty(scores, generated, o.repetitionPenalty);
+  if (mask) maskTokens(scores, o.stopIds);
   if (!o.sample) return argmax(scores);
   applyTemperature(scores, o.temperature);
   topKFilter(scores, o.topK, 1);
   topPFilter(scores, o.topP, 1);
   if (!rng) throw new Error('selectNextToken: sampling needs an rng');
-  return sampleFrom(softmax(scores), rng);
+  return sampleFrom(softmax(scores, scores), rng);
 }
 
 /** The forced id at `position`, then the first stop id; -1 when the forced answer is over and there is none. */
@@ -83,6 +90,21 @@ export async function* generate<S extends DecodeState>(
     const stopSet = new Set(o.stopIds);
     const stream = new IncrementalTextStream(o.stopStrings);
     const ids: number[] = [];
+    // Per-generation buffers, so that a step allocates nothing vocabulary-sized besides the model's logits.
+    const scratch = new Float64Array(model.vocabSize);
+    const incremental = decoder.incremental?.();
+    let decoded = '';
+    const fullText = () => (incremental ? decoded : decoder.decode(ids));
+    /** Normal end: the last state goes to start.retain (if any) instead of being disposed. */
+    const finishStates = () => {
+      if (start.retain && pool.has(state)) {
+        pool.take(state);
+        pool.releaseAllExcept(new Set());
+        start.retain(state);
+      } else {
+        pool.releaseAllExcept(new Set());
+      }
+    };
     let state = start.state;
     let logits = start.logits;
     let steps = 0;
@@ -101,27 +123,28 @@ export async function* generate<S extends DecodeState>(
       }
       if (ids.length >= o.maxNewTokens) break;
 
-      const token = o.forceTokens ? forcedToken(o.forceTokens, ids.length, o.stopIds) : selectNextToken(logits, ids, o, rng);
+      const token = o.forceTokens ? forcedToken(o.forceTokens, ids.length, o.stopIds) : selectNextToken(logits, ids, o, rng, scratch);
       if (token < 0) {
-        pool.releaseAllExcept(new Set());
-        const last = stream.finish(decoder.decode(ids));
+        finishStates();
+        const last = stream.finish(fullText());
         if (last) yield { type: 'text', text: last };
         yield done('stop');
         return;
       }
       steps++;
       if (stopSet.has(token)) {
-        pool.releaseAllExcept(new Set());
-        const last = stream.finish(decoder.decode(ids));
+        finishStates();
+        const last = stream.finish(fullText());
         if (last) yield { type: 'text', text: last };
         yield done('stop');
         return;
       }
       ids.push(token);
-      const r = stream.update(decoder.decode(ids));
+      if (incremental) decoded = incremental.push(token);
+      const r = stream.update(fullText());
       if (r.text) yield { type: 'text', text: r.text };
       if (r.stopped) {
-        pool.releaseAllExcept(new Set());
+        finishStates();
         yield done('stop');
         return;
       }
@@ -136,8 +159,8 @@ export async function* generate<S extends DecodeState>(
     }
 
     // maxNewTokens reached
-    pool.releaseAllExcept(new Set());
-    const last = stream.finish(decoder.decode(ids));
+    finishStates();
+    const last = stream.finish(fullText());
     if (last) yield { type: 'text', text: last };
     yield done(stream.stopped ? 'stop' : 'length');
   } finally {

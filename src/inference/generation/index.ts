@@ -4,6 +4,7 @@ export type {
   GenerationEvent,
   GenerationOptions,
   GenerationStart,
+  IncrementalDecoder,
   Rng,
   StepModel,
   TokenDecoder,

@@ -130,10 +130,13 @@ export function topPFilter<T extends Scores>(scores: T, p: number, minTokensToKe
   return scores;
 }
 
-/** Softmax in float64 (exp(-Infinity) = 0). Returns all-NaN, like torch, when every score is -Infinity. */
-export function softmax(scores: ArrayLike<number>): Float64Array {
+/**
+ * Softmax in float64 (exp(-Infinity) = 0). Returns all-NaN, like torch, when every score is -Infinity.
+ * `out` (length n; may be `scores` itself) receives the result instead of a new array.
+ */
+export function softmax(scores: ArrayLike<number>, out: Float64Array = new Float64Array(scores.length)): Float64Array {
   const n = scores.length;
-  const out = new Float64Array(n);
+  if (out.length !== n) throw new RangeError(`softmax: output of length ${out.length} for ${n} scores`);
   let max = Number.NEGATIVE_INFINITY;
   for (let i = 0; i < n; i++) if (scores[i] > max || Number.isNaN(scores[i])) max = scores[i];
   if (!Number.isFinite(max)) {

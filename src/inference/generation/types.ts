@@ -28,6 +28,15 @@ export interface StepModel<S extends DecodeState = DecodeState> {
 
 export interface TokenDecoder {
   decode(ids: readonly number[]): string;
+  /**
+   * Optional fast path for streaming: a decoder of a growing id list whose push(id) returns decode(every id
+   * pushed so far), exactly, without re-decoding them all at every step. May return undefined (not available).
+   */
+  incremental?(): IncrementalDecoder | undefined;
+}
+
+export interface IncrementalDecoder {
+  push(id: number): string;
 }
 
 export interface GenerationOptions {
@@ -81,6 +90,13 @@ export type GenerationEvent =
 export interface GenerationStart<S extends DecodeState = DecodeState> {
   state: S;
   logits: Float32Array;
+  /**
+   * Greedy / sampling only: when generation ends normally ('stop' or 'length'), the last state (the prompt
+   * plus every token fed to the model, i.e. all of tokenIds except, at 'length' or a stop string, the last
+   * one) is handed to this callback instead of being disposed; the callee owns it. Not called on abort or
+   * error, nor by beam search.
+   */
+  retain?: (state: S) => void;
 }
 
 /** A uniform random number generator on [0, 1). */

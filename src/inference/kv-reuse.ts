@@ -1,0 +1,136 @@
+// Reusing the KV cache of a conversation's previous turn: what each row of a context is (a text token, or
+// a row of an identified image), the longest common prefix of two contexts, and an LRU of caches by bytes.
+import type { KvCache } from './decoder.js';
+
+/**
+ * The rows of a context in order: segments[0], images[0], segments[1], ..., segments[n] (text segments
+ * as token ids, images as `rows` embedding rows identified by `key`, e.g. the image's content hash; an
+ * image without a key never matches another).
+ */
+export interface ContextLayout {
+  segments: readonly (readonly number[])[];
+  images: readonly { key: string | undefined; rows: number }[];
+}
+
+export function layoutLength(l: ContextLayout): number {
+  let n = 0;
+  for (const s of l.segments) n += s.length;
+  for (const i of l.images) n += i.rows;
+  return n;
+}
+
+/** Number of leading rows that two contexts have in common (same token ids, same image rows). */
+export function commonPrefixRows(a: ContextLayout, b: ContextLayout): number {
+  let n = 0;
+  const segs = Math.min(a.segments.length, b.segments.length);
+  for (let i = 0; i < segs; i++) {
+    const sa = a.segments[i];
+    const sb = b.segments[i];
+    const m = Math.min(sa.length, sb.length);
+    let j = 0;
+    while (j < m && sa[j] === sb[j]) j++;
+    n += j;
+    if (j < sa.length || j < sb.length) return n;
+    const ia = a.images[i];
+    const ib = b.images[i];
+    if (!ia || !ib || ia.key === undefined || ia.key !== ib.key || ia.rows !== ib.rows) return n;
+    n += ia.rows;
+  }
+  return n;
+}
+
+/** A conversation's context after its last turn: the KV cache of exactly the rows `layout` describes. */
+export class CachedContext {
+  constructor(
+    readonly kv: KvCache,
+    readonly layout: ContextLayout,
+  ) {
+    const rows = layoutLength(layout);
+    if (rows !== kv.length) throw new Error(`cached context: the layout has ${rows} rows but the KV cache ${kv.length}`);
+  }
+
+  get length(): number {
+    return this.kv.length;
+  }
+
+  get bytes(): number {
+    return this.kv.disposed ? 0 : this.kv.bytes;
+  }
+
+  dispose(): void {
+    this.kv.dispose();
+  }
+}
+
+export interface KvCacheStats {
+  entries: number;
+  bytes: number;
+  budget: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+}
+
+/**
+ * Cached contexts by key (a conversation), least recently used evicted first once their bytes exceed the
+ * budget. take() removes the entry: the caller owns it (a conversation runs one request at a time) and
+ * put()s the next one back. An entry larger than the whole budget is not kept.
+ */
+export class KvCacheLru<K = string> {
+  private readonly map = new Map<K, CachedContext>();
+  private used = 0;
+  private hits = 0;
+  private misses = 0;
+  private evictions = 0;
+
+  constructor(readonly budget: number) {}
+
+  take(key: K): CachedContext | undefined {
+    const c = this.map.get(key);
+    if (!c) {
+      this.misses++;
+      return undefined;
+    }
+    this.map.delete(key);
+    this.used -= c.bytes;
+    this.hits++;
+    return c;
+  }
+
+  put(key: K, c: CachedContext): void {
+    this.delete(key);
+    const bytes = c.bytes;
+    if (bytes > this.budget) {
+      c.dispose();
+      this.evictions++;
+      return;
+    }
+    this.map.set(key, c);
+    this.used += bytes;
+    while (this.used > this.budget) {
+      const [oldest, entry] = this.map.entries().next().value as [K, CachedContext];
+      this.map.delete(oldest);
+      this.used -= entry.bytes;
+      entry.dispose();
+      this.evictions++;
+    }
+  }
+
+  delete(key: K): void {
+    const c = this.map.get(key);
+    if (!c) return;
+    this.map.delete(key);
+    this.used -= c.bytes;
+    c.dispose();
+  }
+
+  clear(): void {
+    for (const c of this.map.values()) c.dispose();
+    this.map.clear();
+    this.used = 0;
+  }
+
+  get stats(): KvCacheStats {
+    return { entries: this.map.size, bytes: this.used, budget: this.budget, hits: this.hits, misses: this.misses, evictions: this.evictions };
+  }
+}

@@ -1,0 +1,121 @@
+// The inference session failing mid-answer (issue 9): the decoder's step is made to throw for one conversation
+// while others are answered around it. That conversation gets an error reply, the others their answers, its
+// stored history is untouched, and its next request works. Through the whole Discord stack.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ConversationManager } from '../../src/conversation/index.js';
+import type { MiniGPT } from '../../src/inference/model.js';
+import type { DiscordAdapter } from '../../adapters/discord/index.js';
+import type { ApiMessage, FakeDiscord } from '../discord/fake-discord.js';
+import { answered, loadModel, newManager, startAdapter, startFake, testPng, type World } from '../discord/helpers.js';
+import { expectNoSecrets, FORCED, FORCED_DISCORD, injectAnswerFault, injectSessionFault, until } from './helpers.js';
+
+let w: World;
+let fake: FakeDiscord;
+let model: MiniGPT;
+let manager: ConversationManager;
+let adapter: DiscordAdapter;
+let png: Buffer;
+const logs: string[] = [];
+let fault: ReturnType<typeof injectAnswerFault>;
+let sessionFault: ReturnType<typeof injectSessionFault>;
+
+beforeAll(async () => {
+  w = await startFake();
+  fake = w.fake;
+  model = await loadModel(FORCED);
+  // The fault hits only the answers whose (last) user turn asks for it, from their third decoding step.
+  fault = injectAnswerFault(model, (prompt, step) => step >= 3 && /EXPLODE[^\]]*\[\/INST\]\s*$/.test(prompt));
+  sessionFault = injectSessionFault(model);
+  manager = newManager(model);
+  adapter = await startAdapter(fake, manager, logs, { editIntervalMs: 50 });
+  png = await testPng(64, 48);
+});
+
+afterAll(async () => {
+  fault?.restore();
+  sessionFault?.restore();
+  await adapter?.close();
+  await manager?.close();
+  await model?.close();
+  await fake?.close();
+});
+
+const botMessagesIn = (channelId: string): ApiMessage[] => fake.messagesIn(channelId).filter((m) => m.author.id === fake.bot.id);
+const key = (m: ApiMessage) => ({ platform: 'discord' as const, workspace: w.guildId, channel: m.channel_id, thread: m.id });
+
+function mention(channel: string, text: string): ApiMessage {
+  return fake.postMessage(channel, w.alice, text, { attachments: [fake.addAttachment('p.png', png, 'image/png')], mentionBot: true });
+}
+
+describe('the decoder throws mid-answer', () => {
+  it('that conversation gets an error reply, the others are answered, and its next request works', async () => {
+    const before = fault.thrown();
+    const a = mention(w.general, 'first EXPLODE please');
+    const b = mention(w.other, 'an ordinary question');
+    const c = mention(w.general, 'another ordinary question');
+    const [la, lb, lc] = await Promise.all([answered(logs, a.id), answered(logs, b.id), answered(logs, c.id)]);
+    expect(fault.thrown()).toBe(before + 1);
+    expect(la).toMatch(/error internal/);
+    expect(lb).toMatch(/answered/);
+    expect(lc).toMatch(/answered/);
+    // The failed answer: one message in its thread, an error sentence (no partial answer left behind).
+    const ra = botMessagesIn(a.id);
+    expect(ra).toHaveLength(1);
+    expect(ra[0].content).toMatch(/^⚠️ Something went wrong while answering .*please try again\.$/);
+    expect(ra[0].attachments).toHaveLength(0);
+    expect(botMessagesIn(b.id).map((m) => m.content)).toEqual([FORCED_DISCORD]);
+    expect(botMessagesIn(c.id).map((m) => m.content)).toEqual([FORCED_DISCORD]);
+    // Nothing was stored for the failed first turn.
+    expect(await manager.history(key(a))).toBeNull();
+
+    // The next request in that thread (with its image again) works.
+    const again = fake.postMessage(a.id, w.alice, 'try again, nicely', { attachments: [fake.addAttachment('p.png', png, 'image/png')] });
+    expect(await answered(logs, again.id)).toMatch(/answered/);
+    expect(botMessagesIn(a.id).map((m) => m.content).at(-1)).toBe(FORCED_DISCORD);
+    expect((await manager.history(key(a)))?.turns.map((t) => t.user)).toEqual(['try again, nicely']);
+  });
+
+  it('a failing follow-up leaves the earlier turns intact; the one after it continues the conversation', async () => {
+    const m = mention(w.general, 'start here');
+    await answered(logs, m.id);
+    const f1 = fake.postMessage(m.id, w.alice, 'second turn');
+    await answered(logs, f1.id);
+    const bad = fake.postMessage(m.id, w.alice, 'third turn EXPLODE');
+    const other = mention(w.other, 'meanwhile elsewhere');
+    expect(await answered(logs, bad.id)).toMatch(/error internal/);
+    expect(await answered(logs, other.id)).toMatch(/answered/);
+    expect((await manager.history(key(m)))?.turns.map((t) => t.user)).toEqual(['start here', 'second turn']);
+    const f3 = fake.postMessage(m.id, w.alice, 'fourth turn');
+    expect(await answered(logs, f3.id)).toMatch(/answered/);
+    expect((await manager.history(key(m)))?.turns.map((t) => t.user)).toEqual(['start here', 'second turn', 'fourth turn']);
+    const replies = botMessagesIn(m.id).map((x) => x.content);
+    expect(replies).toHaveLength(4);
+    expect(replies[2]).toMatch(/^⚠️ /);
+    expect([replies[0], replies[1], replies[3]]).toEqual([FORCED_DISCORD, FORCED_DISCORD, FORCED_DISCORD]);
+  });
+
+  it('many failures in a row do not wedge the queue or leak the failing state into other answers', async () => {
+    const bad = Array.from({ length: 6 }, (_, i) => mention(i % 2 ? w.general : w.other, `EXPLODE #${i}`));
+    const good = Array.from({ length: 6 }, (_, i) => mention(i % 2 ? w.other : w.general, `fine #${i}`));
+    for (const m of bad) expect(await answered(logs, m.id)).toMatch(/error internal/);
+    for (const m of good) expect(await answered(logs, m.id)).toMatch(/answered/);
+    for (const m of good) expect(botMessagesIn(m.id).map((x) => x.content)).toEqual([FORCED_DISCORD]);
+    expectNoSecrets([...logs, ...bad.flatMap((m) => botMessagesIn(m.id).map((x) => x.content))], [fake.token]);
+  });
+
+  it('the session failing on a (possibly batched) step: every request gets one reply, none hangs, the next ones work', async () => {
+    // The session fails once, on its 10th run from now: in the middle of these six answers' prefills and steps.
+    sessionFault.arm(1, 9);
+    const msgs = Array.from({ length: 6 }, (_, i) => mention(i % 2 ? w.general : w.other, `session fault #${i}`));
+    const outcomes = await Promise.all(msgs.map((m) => answered(logs, m.id)));
+    expect(sessionFault.thrown()).toBe(1);
+    expect(outcomes.filter((l) => /error internal/.test(l)).length).toBeGreaterThanOrEqual(1);
+    for (const m of msgs) {
+      const replies = botMessagesIn(m.id).map((x) => x.content);
+      expect(replies, m.content).toHaveLength(1);
+      expect(replies[0]).toMatch(/^(⚠️ Something went wrong|\*\*red square\*\*)/);
+    }
+    const after = Array.from({ length: 3 }, (_, i) => mention(w.general, `after the session fault #${i}`));
+    for (const m of after) expect(await answered(logs, m.id)).toMatch(/answered/);
+  });
+});

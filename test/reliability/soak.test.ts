@@ -1,0 +1,22 @@
+// The soak's short CI profile (issue 9; the long one is `npm run soak`, figures in docs/reliability.md): a
+// couple of hundred events in bursts against the real bot process, Discord and Slack at once.
+import { describe, expect, it } from 'vitest';
+import { formatReport, runSoak } from './soak-harness.js';
+
+describe('soak (short profile)', () => {
+  it('every event gets exactly one answer or one busy reply, in its own thread; memory stays bounded', async () => {
+    const rep = await runSoak({ events: 200, burst: [10, 40], pauseMs: [200, 800], timeLimitMs: 150_000, queueSize: 16, seed: 1 });
+    const text = formatReport(rep, 'CI soak (200 events)');
+    console.log(text);
+    expect(rep.missing, text).toEqual([]);
+    expect(rep.extra, text).toEqual([]);
+    expect(rep.misrouted, text).toEqual([]);
+    expect(rep.errors, text).toBe(0);
+    expect(rep.answered + rep.busy).toBe(rep.events);
+    // (how many are answered rather than "busy" depends on the machine; the soak measures it)
+    expect(rep.answered).toBeGreaterThan(rep.events / 10);
+    expect(rep.exitCode).toBe(0);
+    // Bounded memory over a short run (the long profile measures the trend).
+    expect(rep.rssEndMb - rep.rssAfterWarmupMb, text).toBeLessThan(150);
+  }, 180_000);
+});
