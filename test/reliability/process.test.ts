@@ -177,12 +177,19 @@ describe('SIGKILL', () => {
         sent.get(t.id)!.push(`${t.id} turn 1`);
       }
       await until(() => threads.every((t) => finalOf(t.id).filter((c) => c.startsWith(FORCED_DISCORD)).length === 2), 'round 1', 90_000);
-      // Round 2: a follow-up everywhere; killed once some of them are answered and others are streaming.
-      for (const t of threads) {
+      // Round 2: a follow-up everywhere; killed once some are answered and another is streaming. Batched
+      // decoding finishes concurrent answers together, so the threads get their follow-ups in two halves.
+      const completed = (t: ApiMessage) => finalOf(t.id).filter((c) => c.startsWith(FORCED_DISCORD)).length;
+      const [first, second] = [threads.slice(0, 4), threads.slice(4)];
+      const followUp = (t: ApiMessage) => {
         fake.postMessage(t.id, w.alice, `${t.id} turn 2`);
         sent.get(t.id)!.push(`${t.id} turn 2`);
-      }
-      await until(() => threads.filter((t) => finalOf(t.id).filter((c) => c.startsWith(FORCED_DISCORD)).length === 3).length >= 2, 'some of round 2', 90_000);
+      };
+      first.forEach(followUp);
+      await until(() => first.some((t) => completed(t) === 3), 'some of round 2', 90_000);
+      second.forEach(followUp);
+      // a reply of the second half exists but is not final yet (edits are throttled, so this lasts)
+      await until(() => second.some((t) => finalOf(t.id).length > completed(t)), 'a round-2 answer streaming', 90_000);
       bot1.child.kill('SIGKILL');
       const { signal } = await bot1.exited;
       expect(signal).toBe('SIGKILL');
