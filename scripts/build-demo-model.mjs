@@ -88,7 +88,10 @@ async function main() {
   try {
     for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) await copyFile(join(FIXTURE, 'llama', f), join(llm, f));
     await writeFile(join(llm, 'tokenizer.json'), `${JSON.stringify(demoTokenizerJson())}\n`);
-    await rm(out, { recursive: true, force: true });
+    // Replace only the package files: models/demo/train (the training recipe) lives beside them.
+    for (const f of ['model.json', 'tokenizer.json', 'vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'decoder.onnx.data']) {
+      await rm(join(out, f), { force: true });
+    }
     await convert({
       arch: 'minigpt-v2',
       vit: join(FIXTURE, 'eva_vit.pth'),

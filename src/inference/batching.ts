@@ -35,6 +35,9 @@ export interface DecodeBatcherOptions {
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** exclusive work may hold the decoding steps up for about this many steps' time (then one step runs) */
+const TASK_STEPS = 4;
+
 /**
  * Serialises the model's work and merges concurrent decoding steps into batches.
  *
@@ -43,7 +46,9 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
  *   consumer is slow joins the next step instead of holding the others up.
  * - Steps are taken in arrival order, at most maxBatch rows per run: with more members than that, those left
  *   out go first next time, so every member gets a step in turn (fair).
- * - exclusive() work alternates with decoding steps, so a long prefill neither starves nor is starved.
+ * - exclusive() work and decoding steps take turns: tasks run back to back for up to about TASK_STEPS
+ *   steps' time (a long one alone), then a step; so a prefill neither starves nor is starved, and the
+ *   short prefills of conversations arriving together are done before the step they all join.
  * - A queued step whose signal aborts leaves the queue at once (rejected, the others unaffected); one already
  *   running completes (its states are returned and the caller, runStep, frees them).
  */
@@ -55,6 +60,8 @@ export class DecodeBatcher implements StepModel<KvCache> {
   private readonly tasks: PendingTask[] = [];
   private members = 0;
   private busy = false;
+  /** duration of the last decoding step (ms) */
+  private lastStepMs = 0;
 
   constructor(
     private readonly decoder: LlamaDecoder,
@@ -113,7 +120,9 @@ export class DecodeBatcher implements StepModel<KvCache> {
   private async alone(states: readonly KvCache[], tokens: readonly number[], signal?: AbortSignal): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
     this.busy = true;
     try {
+      const t0 = performance.now();
       const r = await this.decoder.step(states, tokens, signal);
+      this.lastStepMs = performance.now() - t0;
       this.stats.steps++;
       this.stats.rows += states.length;
       this.stats.maxRows = Math.max(this.stats.maxRows, states.length);
@@ -129,16 +138,21 @@ export class DecodeBatcher implements StepModel<KvCache> {
     this.busy = true;
     try {
       let taskTurn = true;
+      let taskMs = 0;
       for (;;) {
         if (this.tasks.length > 0 && (taskTurn || this.steps.length === 0)) {
-          taskTurn = false;
           const t = this.tasks.shift()!;
           this.stats.tasks++;
+          const t0 = performance.now();
           try {
             t.resolve(await t.run());
           } catch (err) {
             t.reject(err);
           }
+          // Short tasks (the prefill of a follow-up) run back to back, up to the time of a few decoding steps:
+          // conversations about to join then join the same step instead of each costing a partial batch.
+          taskMs += performance.now() - t0;
+          taskTurn = taskMs < Math.max(10, TASK_STEPS * this.lastStepMs);
           continue;
         }
         if (this.steps.length === 0) break;
@@ -155,7 +169,10 @@ export class DecodeBatcher implements StepModel<KvCache> {
           rows += p.states.length;
         }
         taskTurn = true;
+        taskMs = 0;
+        const t0 = performance.now();
         await this.runBatch(batch, rows);
+        this.lastStepMs = performance.now() - t0;
       }
     } finally {
       this.busy = false;
