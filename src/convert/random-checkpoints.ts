@@ -3,6 +3,7 @@
 // checkpoint with llama_proj and peft-0.2 LoRA tensors) at any depth, for conversion benchmarks and tests.
 // Values are deterministic: every tensor has its own seeded stream (seed, file, name), so any one tensor can be
 // regenerated without the others, and data is written chunk by chunk (memory stays at one chunk).
+import { floatToHalf as floatToHalfBits } from './quantize.js';
 import { access, copyFile, mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -224,40 +225,6 @@ function normalQuantile(p: number): number {
   return ((((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q) / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
 }
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-/** float -> IEEE half bits, round to nearest even (through float32 first, like torch's .half() of a float tensor). */
-export function floatToHalfBits(v: number): number {
-  f32[0] = v;
-  const x = u32[0];
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  let e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    let m = mant >>> shift;
-    const rest = mant & ((1 << shift) - 1);
-    if (rest > half || (rest === half && (m & 1))) m++;
-    return sign | m;
-  }
-  let m = mant >>> 13;
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (m & 1))) {
-    m++;
-    if (m === 0x400) {
-      m = 0;
-      e++;
-      if (e >= 0x1f) return sign | 0x7c00;
-    }
-  }
-  return sign | (e << 10) | m;
-}
 
 let quantiles: Float64Array | undefined;
 /** the 65536 equiprobable N(0,1) levels: Phi^-1((k + 0.5) / 65536) */
@@ -582,3 +549,6 @@ export async function writeRandomMiniGPTv2(dir: string, shape: MiniGPTv2RandomSh
     convertArgs: { arch: 'minigpt-v2', vitHeads: shape.vit.heads, imageSize: shape.imageSize, loraR: shape.lora.r, loraAlpha: shape.lora.alpha },
   };
 }
+
+/** float -> IEEE half bits (round to nearest even through float32, like torch's .half()): the quantiser's. */
+export { floatToHalfBits };

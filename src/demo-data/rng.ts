@@ -1,18 +1,7 @@
 // A small deterministic PRNG for the synthetic data (sfc32 seeded through splitmix32). Only 32-bit integer
 // arithmetic, so a seed gives the same numbers on every platform and Node version.
 
-function splitmix32(seed: number): () => number {
-  let a = seed | 0;
-  return () => {
-    a = (a + 0x9e3779b9) | 0;
-    let t = a ^ (a >>> 16);
-    t = Math.imul(t, 0x21f0aaad);
-    t ^= t >>> 15;
-    t = Math.imul(t, 0x735a2d97);
-    t ^= t >>> 15;
-    return t >>> 0;
-  };
-}
+import { splitmix32 } from '../inference/generation/rng.js';
 
 export class Rng {
   private a: number;

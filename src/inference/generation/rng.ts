@@ -1,7 +1,7 @@
 import type { Rng } from './types.js';
 
 /** splitmix32: used only to expand a seed into the 128-bit xoshiro state. */
-function splitmix32(seed: number): () => number {
+export function splitmix32(seed: number): () => number {
   let a = seed | 0;
   return () => {
     a = (a + 0x9e3779b9) | 0;
