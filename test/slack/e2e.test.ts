@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, createStore } from '../../src/conversation/index.js';
 import { gridToPixels } from '../../src/grounding/parse.js';
-import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index.js';
+import { startSlackAdapter, type SlackAdapter, type SlackConversationManager } from '../../adapters/slack/index.js';
 import { FakeSlack } from './fake-slack.js';
 import {
   FORCED,
@@ -42,12 +42,29 @@ function slackKey(channel: string, thread: string) {
   return { platform: 'slack' as const, workspace: fake.teamId, channel, thread };
 }
 
+/**
+ * The real manager with its text deltas spaced `ms` apart: the answer then always spans several update
+ * intervals, so the streamed edits the test asserts do not depend on how loaded the machine is.
+ */
+function paced(inner: ConversationManager, ms: number): SlackConversationManager {
+  return {
+    store: inner.store,
+    history: (key) => inner.history(key),
+    async *handle(req) {
+      for await (const ev of inner.handle(req)) {
+        if (ev.type === 'text') await sleep(ms);
+        yield ev;
+      }
+    },
+  };
+}
+
 beforeAll(async () => {
   model = await MiniGPT.load(join(ROOT, 'models', 'demo'), { provider: 'cpu', forcedAnswer: FORCED });
   manager = new ConversationManager({ model, defaults: { maxNewTokens: 64 } });
   fake = await FakeSlack.start();
   adapter = await startSlackAdapter({
-    manager,
+    manager: paced(manager, 40),
     botToken: fake.botToken,
     signingSecret: fake.signingSecret,
     port: 0,
