@@ -234,13 +234,14 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, embeds, pad_mask):
         B, L, _ = embeds.shape
-        pos = torch.arange(L, dtype=torch.float32)
-        inv = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        dev = embeds.device
+        pos = torch.arange(L, dtype=torch.float32, device=dev)
+        inv = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=dev) / self.head_dim))
         ang = torch.outer(pos, inv)
         ang = torch.cat((ang, ang), dim=-1)
         cos, sin = ang.cos()[None, None], ang.sin()[None, None]
         neg = torch.finfo(torch.float32).min
-        causal = torch.full((L, L), neg).triu(1)
+        causal = torch.full((L, L), neg, device=dev).triu(1)
         mask = causal[None, None] + (1.0 - pad_mask[:, None, None, :].float()) * neg
         mask = mask.clamp(min=neg)
         x = embeds
@@ -276,12 +277,27 @@ class MiniGPTv2(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 class Prepared:
-    def __init__(self, d):
-        self.meta = json.load(open(os.path.join(d, 'meta.json')))
-        S = self.meta['imageSize']
+    """One prepared folder, or several (comma-separated, e.g. shards generated in parallel) read as one."""
+
+    def __init__(self, dirs):
+        dirs = [d for d in dirs.split(',') if d]
+        metas = [json.load(open(os.path.join(d, 'meta.json'))) for d in dirs]
+        S = metas[0]['imageSize']
+        if any(m['imageSize'] != S or m['vocabSize'] != metas[0]['vocabSize'] for m in metas):
+            raise SystemExit('the prepared folders differ in image size or vocabulary')
+        self.meta = {**metas[0], 'images': sum(m['images'] for m in metas), 'samples': sum(m['samples'] for m in metas)}
+        self.tokenizer_json = open(os.path.join(dirs[0], 'tokenizer.json')).read()
+        images, self.samples, offset = [], [], 0
+        for d, m in zip(dirs, metas):
+            images.append(np.memmap(os.path.join(d, 'images.u8'), dtype=np.uint8, mode='r', shape=(m['images'], S, S, 3)))
+            for l in open(os.path.join(d, 'samples.jsonl')):
+                if l.strip():
+                    s = json.loads(l)
+                    s['i'] += offset
+                    self.samples.append(s)
+            offset += m['images']
+        self.images = images[0] if len(images) == 1 else np.concatenate(images)
         n = self.meta['images']
-        self.images = np.memmap(os.path.join(d, 'images.u8'), dtype=np.uint8, mode='r', shape=(n, S, S, 3))
-        self.samples = [json.loads(l) for l in open(os.path.join(d, 'samples.jsonl')) if l.strip()]
         self.by_image = [[] for _ in range(n)]
         for k, s in enumerate(self.samples):
             self.by_image[s['i']].append(k)
@@ -291,44 +307,76 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro):
     """Encodes the images once and builds one sequence per sample: pre ++ image ++ post ++ target.
 
     The sequences are sorted by length and cut into micro-batches of `micro`, each padded (right) only to its
-    own longest sequence, so short VQA answers do not pay for long grounded captions."""
-    u8 = torch.from_numpy(np.stack([data.images[i] for i in image_ids]))
+    own longest sequence, so short VQA answers do not pay for long grounded captions. Token ids are laid out
+    on the host and embedded in one lookup; the image embeddings are written into their slots with one
+    index_put, so a step costs a few device calls whatever the batch size."""
+    dev = model.mean.device
+    u8 = torch.from_numpy(np.stack([data.images[i] for i in image_ids])).to(dev)
     img = model.encode_img(u8)
     emb = model.llama_model.model.embed_tokens
+    T = image_tokens
     items = []
     for b, i in enumerate(image_ids):
         ks = data.by_image[i]
         chosen = ks if len(ks) <= per_image else rng.sample(ks, per_image)
         for k in chosen:
             s = data.samples[k]
-            n_prompt = len(s['pre']) + image_tokens + len(s['post'])
+            n_prompt = len(s['pre']) + T + len(s['post'])
             items.append((n_prompt + len(s['target']), b, s, n_prompt))
     items.sort(key=lambda t: t[0])
     batches = []
     for j in range(0, len(items), micro):
         group = items[j:j + micro]
         L = group[-1][0]
-        H = img.shape[-1]
-        rows, pad = [], torch.zeros(len(group), L, dtype=torch.long)
-        y = torch.full((len(group), L), -100, dtype=torch.long)
-        for r, (n, b, s, n_prompt) in enumerate(group):
-            seq = torch.cat((emb(torch.tensor(s['pre'])), img[b], emb(torch.tensor(s['post'] + s['target']))), dim=0)
-            rows.append(F.pad(seq, (0, 0, 0, L - n)))
-            pad[r, :n] = 1
-            y[r, n_prompt:n] = torch.tensor(s['target'])
-        batches.append((torch.stack(rows), pad, y))
+        n = len(group)
+        ids = np.zeros((n, L), dtype=np.int64)
+        pad = np.zeros((n, L), dtype=np.int64)
+        y = np.full((n, L), -100, dtype=np.int64)
+        rows, cols, src = [], [], []
+        for r, (length, b, s, n_prompt) in enumerate(group):
+            p0 = len(s['pre'])
+            ids[r, :p0] = s['pre']
+            ids[r, p0 + T:length] = s['post'] + s['target']
+            pad[r, :length] = 1
+            y[r, n_prompt:length] = s['target']
+            rows.append(np.full(T, r))
+            cols.append(np.arange(p0, p0 + T))
+            src.append(b)
+        x = emb(torch.from_numpy(ids).to(dev))
+        r_idx = torch.from_numpy(np.concatenate(rows)).to(dev)
+        c_idx = torch.from_numpy(np.concatenate(cols)).to(dev)
+        b_idx = torch.tensor(src, device=dev)
+        x = x.index_put((r_idx, c_idx), img[b_idx].reshape(n * T, -1))
+        n_targets = int((y[:, 1:] != -100).sum())  # counted on the host: no device sync
+        batches.append((x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets))
     return batches
+
+
+def val_loss(model, val, image_tokens, micro, max_images=256):
+    """Mean target cross-entropy on a held-out prepared split (every sample of its first images)."""
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        n = min(max_images, val.meta['images'])
+        for j in range(0, n, 32):
+            ids = list(range(j, min(n, j + 32)))
+            for x, pad, y, n_targets in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro):
+                logits = model.llama_model(x, pad)
+                total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum'))
+                count += n_targets
+    model.train()
+    return total / max(1, count)
 
 
 def loss_of(model, batches):
     """Mean next-token cross-entropy over all target tokens of all micro-batches (position t predicts t+1)."""
     total = None
     count = 0
-    for x, pad, y in batches:
+    for x, pad, y, n_targets in batches:
         logits = model.llama_model(x, pad)
         l = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum')
         total = l if total is None else total + l
-        count += int((y[:, 1:] != -100).sum())
+        count += n_targets
     return total / max(1, count)
 
 
@@ -338,16 +386,17 @@ def loss_of(model, batches):
 
 def save_published(model, a, out, tokenizer_json):
     os.makedirs(os.path.join(out, 'llama'), exist_ok=True)
-    vit = {k: v.detach().clone().contiguous() for k, v in model.visual_encoder.state_dict().items()}
+    # .cpu(): files written from a GPU run must not record CUDA storage locations
+    vit = {k: v.detach().cpu().clone().contiguous() for k, v in model.visual_encoder.state_dict().items()}
     torch.save(vit, os.path.join(out, 'eva_vit.pth'))
 
     llm = {}
-    ckpt = {'llama_proj.weight': model.llama_proj.weight.detach().clone(), 'llama_proj.bias': model.llama_proj.bias.detach().clone()}
+    ckpt = {'llama_proj.weight': model.llama_proj.weight.detach().cpu().clone(), 'llama_proj.bias': model.llama_proj.bias.detach().cpu().clone()}
     for k, v in model.llama_model.state_dict().items():
         if '.lora_' in k:
-            ckpt['llama_model.base_model.model.' + k] = v.detach().clone()
+            ckpt['llama_model.base_model.model.' + k] = v.detach().cpu().clone()
         else:
-            llm[k] = v.detach().clone().contiguous()
+            llm[k] = v.detach().cpu().clone().contiguous()
     torch.save(llm, os.path.join(out, 'llama', 'pytorch_model.bin'))
     torch.save({'model': ckpt}, os.path.join(out, 'minigptv2_ckpt.pth'))
     config = {
@@ -388,7 +437,7 @@ def save_published(model, a, out, tokenizer_json):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', required=True, help='prepared folder (prepare.mjs)')
+    p.add_argument('--data', required=True, help='prepared folder (prepare.mjs), or several separated by commas')
     p.add_argument('--out', required=True)
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--steps', type=int, default=0, help='optimiser steps (0: from --epochs)')
@@ -413,49 +462,68 @@ def main():
     p.add_argument('--lora-alpha', type=int, default=16)
     p.add_argument('--log-every', type=int, default=20)
     p.add_argument('--save-every', type=int, default=500, help='steps between saves (published files + state.pt)')
-    p.add_argument('--resume', action='store_true', help='continue from OUT/state.pt')
+    p.add_argument('--resume', action='store_true', help='continue from the state file')
+    p.add_argument('--state', default='', help='resumable state file (default OUT/state.pt)')
+    p.add_argument('--device', default='auto', help='auto (cuda when available, else cpu), cpu, cuda')
+    p.add_argument('--fit-minutes', type=float, default=0,
+                   help='choose the step count so that training takes about this long: the first --fit-probe steps '
+                        'are timed and the schedule is set from them (overrides --steps / --epochs; not resumable)')
+    p.add_argument('--val', default='', help='held-out prepared folder: its loss is logged at every save')
+    p.add_argument('--fit-probe', type=int, default=40, help='steps timed by --fit-minutes (more than 5)')
     p.add_argument('--stop-at', type=int, default=0, help='save and stop after this step (continue later with --resume)')
     p.add_argument('--max-minutes', type=float, default=0, help='save and stop after this much wall time (continue with --resume)')
     a = p.parse_args()
 
     torch.set_num_threads(a.threads or os.cpu_count() or 1)
+    device = torch.device('cuda' if a.device == 'auto' and torch.cuda.is_available() else ('cpu' if a.device == 'auto' else a.device))
+    if device.type == 'cuda':
+        # TF32 matmuls: ~8x the fp32 rate on Hopper; this small model trains the same within noise
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     random.seed(a.seed)
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
 
     data = Prepared(a.data)
+    val = Prepared(a.val) if a.val else None
     a.image_size = data.meta['imageSize']
     a.vocab = data.meta['vocabSize']
     grid = a.image_size // 14
     assert a.image_size % 14 == 0 and (grid * grid) % 4 == 0, 'the image size must be a multiple of 14 with a patch count divisible by 4'
     image_tokens = grid * grid // 4
-    tokenizer_json = open(os.path.join(a.data, 'tokenizer.json')).read()
+    tokenizer_json = data.tokenizer_json
     n_images = data.meta['images']
     steps = a.steps or max(1, int(math.ceil(a.epochs * n_images / a.batch_images)))
 
-    model = MiniGPTv2(a)
+    model = MiniGPTv2(a).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': a.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}], lr=a.lr, betas=(0.9, 0.98))
     # linear warm-up, then cosine decay to 5% of --lr
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    plan = {'steps': steps}  # --fit-minutes resets it after the probe; the schedule reads it at every step
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan['steps'])))))
     os.makedirs(a.out, exist_ok=True)
     start = 0
     order_rng = random.Random(a.seed)
-    state_path = os.path.join(a.out, 'state.pt')
+    state_path = a.state or os.path.join(a.out, 'state.pt')
+    if a.fit_minutes and a.resume:
+        raise SystemExit('--fit-minutes cannot be resumed: give the step count it chose (train_args.json) with --steps')
     if a.resume and os.path.exists(state_path):
-        st = torch.load(state_path)
+        st = torch.load(state_path, map_location=device)
         model.load_state_dict(st['model'])
         opt.load_state_dict(st['opt'])
         sched.load_state_dict(st['sched'])
         start = st['step']
-        torch.set_rng_state(st['torch_rng'])
+        torch.set_rng_state(st['torch_rng'].cpu())
         print(f'resumed at step {start}', file=sys.stderr)
-    with open(os.path.join(a.out, 'train_args.json'), 'w') as f:
-        json.dump({**vars(a), 'steps_total': steps, 'params': n_params, 'torch': torch.__version__}, f, indent=2)
+    def write_args():
+        with open(os.path.join(a.out, 'train_args.json'), 'w') as f:
+            json.dump({**vars(a), 'steps_total': plan['steps'], 'params': n_params, 'torch': torch.__version__,
+                       'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, f, indent=2)
+    write_args()
     print(f'model: {n_params / 1e6:.2f} M parameters; {n_images} images, {len(data.samples)} samples; {steps} steps of '
-          f'{a.batch_images} images x {a.per_image} samples; {torch.get_num_threads()} threads', file=sys.stderr)
+          f'{a.batch_images} images x {a.per_image} samples; device {device}, {torch.get_num_threads()} threads', file=sys.stderr)
 
     log = open(os.path.join(a.out, 'train_log.jsonl'), 'a')
     perm, pos = [], 0
@@ -468,7 +536,8 @@ def main():
     model.train()
     t0 = time.time()
     avg = None
-    for step in range(start, steps):
+    step = start
+    while step < plan['steps']:
         ids = []
         for _ in range(a.batch_images):
             if pos >= len(perm):
@@ -484,6 +553,14 @@ def main():
         opt.step()
         sched.step()
         v = loss.item()
+        if a.fit_minutes and step + 1 == 5:
+            t_probe = time.time()  # the first steps pay for kernel selection and allocator growth
+        if a.fit_minutes and step + 1 == a.fit_probe:
+            per_step = (time.time() - t_probe) / (a.fit_probe - 5)
+            plan['steps'] = max(a.fit_probe + 1, int(a.fit_minutes * 60 / per_step))
+            steps = plan['steps']
+            write_args()
+            print(f'fit: {per_step * 1000:.0f} ms per step -> {steps} steps in {a.fit_minutes} min', file=sys.stderr)
         avg = v if avg is None else 0.98 * avg + 0.02 * v
         if (step + 1) % a.log_every == 0 or step == start or step + 1 == steps:
             el = time.time() - t0
@@ -494,12 +571,18 @@ def main():
             print(f"step {step + 1}/{steps} loss {v:.4f} (avg {avg:.4f}) lr {rec['lr']:.2e} {rec['s_per_step']} s/step eta {(steps - step - 1) / rate / 60:.1f} min", file=sys.stderr)
         stop = (a.stop_at and step + 1 >= a.stop_at) or (a.max_minutes and time.time() - t0 > a.max_minutes * 60)
         if (step + 1) % a.save_every == 0 or step + 1 == steps or stop:
+            if val is not None:
+                vl = val_loss(model, val, image_tokens, a.micro)
+                log.write(json.dumps({'step': step + 1, 'val_loss': round(vl, 4)}) + '\n')
+                log.flush()
+                print(f'step {step + 1}: held-out loss {vl:.4f}', file=sys.stderr)
             save_published(model, a, a.out, tokenizer_json)
             torch.save({'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(), 'step': step + 1,
                         'torch_rng': torch.get_rng_state()}, state_path)
         if stop and step + 1 < steps:
             print(f'stopped after step {step + 1} of {steps}: continue with --resume', file=sys.stderr)
             break
+        step += 1
     log.close()
     print(f'saved {a.out}/eva_vit.pth, {a.out}/llama/, {a.out}/minigptv2_ckpt.pth', file=sys.stderr)
 
