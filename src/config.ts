@@ -1,10 +1,12 @@
 // YAML configuration (DESIGN.md section 4): model fields named like upstream's eval configs, plus runtime
 // fields. Secrets and deployment settings come only from the environment.
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { z } from 'zod';
 import { PROVIDER_CHOICES, type ProviderChoice } from './inference/providers.js';
+import type { Arch, ConvertOptions, WeightDType } from './convert/convert.js';
+import type { Minigpt4PromptStyle } from './inference/presets.js';
 
 const modelSection = z
   .object({
@@ -24,8 +26,48 @@ const modelSection = z
     /** overrides of what the package records */
     prompt_template: z.string().includes('{}').optional(),
     end_sym: z.string().optional(),
+
+    // What `minigpt convert --config` reads: the published downloads and what they do not record.
+    /** upstream's model_type: `pretrain` (MiniGPT-v2), `pretrain_vicuna0` / `pretrain_llama2` (MiniGPT-4 prompt style) */
+    model_type: z.enum(['pretrain', 'pretrain_vicuna0', 'pretrain_llama2']).optional(),
+    /** EVA ViT weights (eva_vit_g.pth); upstream names the model here (eva_clip_g) and downloads this file */
+    vit_model: z.string().min(1).optional(),
+    /** BLIP-2 checkpoint with the Q-Former and ln_vision (MiniGPT-4 with the Q-Former) */
+    q_former_model: z.string().min(1).optional(),
+    /** Hugging Face Llama / Vicuna folder */
+    llama_model: z.string().min(1).optional(),
+    /** the MiniGPT checkpoint (`{'model': ...}` with llama_proj, and LoRA for v2) */
+    ckpt: z.string().min(1).optional(),
+    /** MiniGPT-4: false for the variant without Q-Former (the published Llama-2 model); default true */
+    has_qformer: z.boolean().optional(),
+    /** folder that relative vit_model / q_former_model / llama_model / ckpt are looked up in (relative to the repository root; default `weights`) */
+    weights_dir: z.string().min(1).optional(),
+    image_size: z.number().int().positive().optional(),
+    vit_heads: z.number().int().positive().optional(),
+    qformer_heads: z.number().int().positive().optional(),
+    lora_r: z.number().int().positive().optional(),
+    lora_alpha: z.number().int().positive().optional(),
+    /** weight type of `package`; `low_resource_package` is int8, as upstream's low_resource loads 8-bit */
+    dtype: z.enum(['fp32', 'fp16', 'int8', 'int4']).optional(),
+    /** int8 / int4 quantisation block along the input features */
+    block_size: z.number().int().positive().optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((m, ctx) => {
+    const bad = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
+    if (m.arch === 'minigpt_v2') {
+      if (m.model_type !== undefined && m.model_type !== 'pretrain') bad('model_type', `${m.model_type} is a MiniGPT-4 model_type; arch minigpt_v2 has model_type pretrain`);
+      for (const k of ['q_former_model', 'has_qformer', 'qformer_heads'] as const) {
+        if (m[k] !== undefined) bad(k, `is for arch minigpt4 (MiniGPT-v2 has no Q-Former)`);
+      }
+    } else if (m.arch === 'minigpt4') {
+      if (m.model_type === 'pretrain') bad('model_type', 'pretrain is MiniGPT-v2\'s model_type; arch minigpt4 has pretrain_vicuna0 or pretrain_llama2');
+      for (const k of ['lora_r', 'lora_alpha'] as const) {
+        if (m[k] !== undefined) bad(k, 'is for arch minigpt_v2 (MiniGPT-4 has no LoRA)');
+      }
+      if (m.has_qformer === false && m.q_former_model !== undefined) bad('q_former_model', 'is set but has_qformer is false');
+    }
+  });
 
 const runtimeSection = z
   .object({
@@ -88,4 +130,118 @@ export async function loadConfig(path: string, env: NodeJS.ProcessEnv = process.
   const root = resolve(dirname(path), '..');
   const pkg = cfg.model.low_resource && cfg.model.low_resource_package ? cfg.model.low_resource_package : cfg.model.package;
   return { ...cfg, path, packageDir: isAbsolute(pkg) ? pkg : resolve(root, pkg) };
+}
+
+/** `minigpt convert` flags; each one wins over the config's value. Paths are relative to `cwd`. */
+export interface ConvertFlags {
+  arch?: Arch;
+  vit?: string;
+  llm?: string;
+  ckpt?: string;
+  qformer?: string;
+  imageSize?: number;
+  vitHeads?: number;
+  qformerHeads?: number;
+  prompt?: Minigpt4PromptStyle;
+  loraR?: number;
+  loraAlpha?: number;
+  dtype?: WeightDType;
+  blockSize?: number;
+  out?: string;
+  /** folder holding the downloads that the config names (overrides model.weights_dir) */
+  weights?: string;
+}
+
+const CONFIG_ARCH: Record<NonNullable<BotConfig['model']['arch']>, Arch> = { minigpt_v2: 'minigpt-v2', minigpt4: 'minigpt-4' };
+
+/**
+ * The conversion a config describes (DESIGN.md section 4): `minigpt convert --config F` builds the package
+ * that `serve` with F loads (`low_resource_package` when `low_resource: true`, with int8 weights as
+ * upstream's 8-bit mode, else `package` with `dtype`), from the downloads that the config names. Relative
+ * input names are looked up in `--weights DIR`, else `model.weights_dir` (relative to the repository root,
+ * default `weights`). Every input is checked to exist before anything is read.
+ */
+export async function convertOptionsFromConfig(cfg: BotConfig, flags: ConvertFlags = {}, cwd = process.cwd()): Promise<Omit<ConvertOptions, 'log'>> {
+  const m = cfg.model;
+  const where = `config ${cfg.path}`;
+  const arch = flags.arch ?? (m.arch ? CONFIG_ARCH[m.arch] : undefined);
+  if (!arch) throw new ConfigError(`${where}: model.arch is not set (minigpt_v2 or minigpt4); convert needs it, or pass --arch`);
+  const root = resolve(dirname(cfg.path), '..');
+  const weightsDir = flags.weights !== undefined ? resolve(cwd, flags.weights) : resolve(root, m.weights_dir ?? 'weights');
+
+  interface Input {
+    field: string;
+    flag: string;
+    path: string;
+    fromFlag: boolean;
+    kind: 'file' | 'folder';
+  }
+  const unset: string[] = [];
+  const input = (field: string, flag: string, kind: Input['kind'], flagValue: string | undefined, configValue: string | undefined): Input | undefined => {
+    if (flagValue !== undefined) return { field, flag, kind, path: resolve(cwd, flagValue), fromFlag: true };
+    if (configValue !== undefined) return { field, flag, kind, path: resolve(weightsDir, configValue), fromFlag: false };
+    unset.push(`model.${field} (or ${flag})`);
+    return undefined;
+  };
+  const vit = input('vit_model', '--vit', 'file', flags.vit, m.vit_model);
+  const llm = input('llama_model', '--llm', 'folder', flags.llm, m.llama_model);
+  const ckpt = input('ckpt', '--ckpt', 'file', flags.ckpt, m.ckpt);
+  let qformer: Input | undefined;
+  if (flags.qformer !== undefined) {
+    qformer = input('q_former_model', '--qformer', 'file', flags.qformer, undefined);
+  } else if (arch === 'minigpt-4' && m.has_qformer !== false) {
+    // upstream's has_qformer defaults to true: the Vicuna v0 models load the BLIP-2 Q-Former
+    qformer = input('q_former_model', '--qformer', 'file', undefined, m.q_former_model);
+  }
+  if (unset.length > 0) {
+    const qf = unset.some((u) => u.startsWith('model.q_former_model'))
+      ? ' (MiniGPT-4 with the Q-Former needs the BLIP-2 checkpoint blip2_pretrained_flant5xxl.pth; set has_qformer: false for the variant without it)'
+      : '';
+    throw new ConfigError(`${where}: convert needs ${unset.join(', ')}${qf}`);
+  }
+
+  const problems: string[] = [];
+  for (const i of [vit, qformer, llm, ckpt]) {
+    if (!i) continue;
+    const name = i.fromFlag ? i.flag : `model.${i.field}`;
+    try {
+      const st = await stat(i.path);
+      if (i.kind === 'folder' && !st.isDirectory()) problems.push(`${name}: ${i.path} is not a folder (expected the Hugging Face model folder)`);
+      if (i.kind === 'file' && !st.isFile()) problems.push(`${name}: ${i.path} is not a file`);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      problems.push(`${name}: ${i.path} ${code === 'ENOENT' ? 'not found' : `cannot be read (${code ?? (e as Error).message})`}`);
+    }
+  }
+  if (problems.length > 0) {
+    const hint = [vit, qformer, llm, ckpt].some((i) => i && !i.fromFlag)
+      ? `\n  the config's relative names are looked up in ${weightsDir} (--weights DIR, or model.weights_dir); the config's comments say what to download`
+      : '';
+    throw new ConfigError(`${where}: missing input${problems.length > 1 ? 's' : ''}:\n  ${problems.join('\n  ')}${hint}`);
+  }
+
+  const promptStyle: Minigpt4PromptStyle | undefined =
+    m.model_type === 'pretrain_llama2' ? 'llama2' : m.model_type === 'pretrain_vicuna0' ? 'vicuna0' : undefined;
+  // the package serve loads: low_resource_package (int8, as upstream's 8-bit) or package (dtype)
+  const dtype: WeightDType | undefined = flags.dtype ?? (m.low_resource ? 'int8' : m.dtype);
+  const quantised = dtype === 'int8' || dtype === 'int4';
+  const v2 = arch === 'minigpt-v2';
+  const opts: Omit<ConvertOptions, 'log'> = {
+    arch,
+    vit: vit!.path,
+    llm: llm!.path,
+    ckpt: ckpt!.path,
+    ...(qformer ? { qformer: qformer.path } : {}),
+    imageSize: flags.imageSize ?? m.image_size,
+    vitHeads: flags.vitHeads ?? m.vit_heads,
+    qformerHeads: flags.qformerHeads ?? (v2 ? undefined : m.qformer_heads),
+    prompt: flags.prompt ?? (v2 ? undefined : promptStyle),
+    loraR: flags.loraR ?? (v2 ? m.lora_r : undefined),
+    loraAlpha: flags.loraAlpha ?? (v2 ? m.lora_alpha : undefined),
+    dtype,
+    // block_size describes the quantised package; the fp32/fp16 one has no blocks
+    blockSize: flags.blockSize ?? (quantised ? m.block_size : undefined),
+    out: flags.out !== undefined ? resolve(cwd, flags.out) : cfg.packageDir,
+  };
+  return opts;
 }

@@ -1,14 +1,14 @@
 // `minigpt` command line (DESIGN.md section 3).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFile } from 'node:fs/promises';
-import { convert, type Arch, type WeightDType } from '../convert/convert.js';
+import { convert, type Arch, type ConvertOptions, type WeightDType } from '../convert/convert.js';
 import { verifyPackage } from '../inference/verify.js';
 import { MINIGPT4_PROMPT_STYLES, type Minigpt4PromptStyle } from '../inference/presets.js';
 import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
 import { runAsk } from './ask.js';
 import { registerEvalCommands } from './eval-commands.js';
 import { registerBenchCommand } from './bench.js';
-import { DEFAULT_CONFIG, loadConfig } from '../config.js';
+import { convertOptionsFromConfig, DEFAULT_CONFIG, loadConfig, type ConvertFlags } from '../config.js';
 
 function int(name: string) {
   return (v: string): number => {
@@ -62,11 +62,13 @@ export function buildProgram(): Command {
 
   program
     .command('convert')
-    .description('published checkpoints -> model package')
-    .addOption(new Option('--arch <arch>', 'model architecture').choices(['minigpt-v2', 'minigpt-4']).makeOptionMandatory())
-    .requiredOption('--vit <file>', 'EVA ViT state dict (eva_vit_g.pth)')
-    .requiredOption('--llm <dir>', 'Hugging Face Llama/Vicuna folder')
-    .requiredOption('--ckpt <file>', 'MiniGPT checkpoint (.pth)')
+    .description('published checkpoints -> model package (--config: the inputs, package and settings a configs/*.yaml names; flags override it)')
+    .option('--config <file>', 'YAML config whose model section names the downloads, the package and the settings (e.g. configs/minigpt4_eval.yaml)')
+    .option('--weights <dir>', 'with --config: the folder holding the downloads it names (default: its model.weights_dir, else weights/)')
+    .addOption(new Option('--arch <arch>', 'model architecture (required without --config)').choices(['minigpt-v2', 'minigpt-4']))
+    .option('--vit <file>', 'EVA ViT state dict (eva_vit_g.pth)')
+    .option('--llm <dir>', 'Hugging Face Llama/Vicuna folder')
+    .option('--ckpt <file>', 'MiniGPT checkpoint (.pth)')
     .option('--qformer <file>', 'BLIP-2 Q-Former checkpoint (MiniGPT-4)')
     .option('--image-size <n>', 'vision input size (default 448 for v2, 224 for MiniGPT-4)', int('--image-size'))
     .option('--vit-heads <n>', 'ViT attention heads (default 16)', int('--vit-heads'))
@@ -78,12 +80,19 @@ export function buildProgram(): Command {
     )
     .option('--lora-r <n>', 'LoRA rank (default: read from the checkpoint tensors)', int('--lora-r'))
     .option('--lora-alpha <n>', 'LoRA alpha (default 16)', int('--lora-alpha'))
-    .addOption(new Option('--dtype <type>', 'weight type (docs/quantisation.md)').choices(['fp32', 'fp16', 'int8', 'int4']).default('fp32'))
+    .addOption(
+      new Option('--dtype <type>', 'weight type (docs/quantisation.md; default fp32, with --config int8 for low_resource: true, else its dtype)').choices([
+        'fp32',
+        'fp16',
+        'int8',
+        'int4',
+      ]),
+    )
     .option('--block-size <n>', 'int8/int4: quantisation block along the input features (power of two >= 16, default 32)', int('--block-size'))
-    .requiredOption('--out <dir>', 'output package folder')
+    .option('--out <dir>', 'output package folder (required without --config; default: the config\'s package)')
     .action(async (o) => {
-      await convert({
-        arch: o.arch as Arch,
+      const flags: ConvertFlags = {
+        arch: o.arch as Arch | undefined,
         vit: o.vit,
         llm: o.llm,
         ckpt: o.ckpt,
@@ -94,11 +103,21 @@ export function buildProgram(): Command {
         prompt: o.prompt as Minigpt4PromptStyle | undefined,
         loraR: o.loraR,
         loraAlpha: o.loraAlpha,
-        dtype: o.dtype as WeightDType,
+        dtype: o.dtype as WeightDType | undefined,
         blockSize: o.blockSize,
         out: o.out,
-        log,
-      });
+      };
+      let opts: Omit<ConvertOptions, 'log'>;
+      if (o.config) {
+        // Deployment variables (EXECUTION_PROVIDER, STORE_URL) play no part in a conversion.
+        opts = await convertOptionsFromConfig(await loadConfig(o.config, {}), { ...flags, weights: o.weights });
+      } else {
+        if (o.weights !== undefined) throw new Error('--weights is for --config (the folder holding the downloads that the config names)');
+        const missing = (['arch', 'vit', 'llm', 'ckpt', 'out'] as const).filter((k) => flags[k] === undefined).map((k) => `--${k}`);
+        if (missing.length > 0) throw new Error(`convert needs ${missing.join(', ')}, or --config FILE (configs/*.yaml)`);
+        opts = { ...flags, arch: flags.arch!, vit: flags.vit!, llm: flags.llm!, ckpt: flags.ckpt!, out: flags.out! };
+      }
+      await convert({ ...opts, log });
     });
 
   program
