@@ -89,6 +89,7 @@ export function buildProgram(): Command {
       ]),
     )
     .option('--block-size <n>', 'int8/int4: quantisation block along the input features (power of two >= 16, default 32)', int('--block-size'))
+    .option('--fused', "decoder with onnxruntime's fused kernels: RMSNorm, rotary, MultiHeadAttention with the KV cache (docs/quantisation.md)")
     .option('--out <dir>', 'output package folder (required without --config; default: the config\'s package)')
     .action(async (o) => {
       const flags: ConvertFlags = {
@@ -117,7 +118,7 @@ export function buildProgram(): Command {
         if (missing.length > 0) throw new Error(`convert needs ${missing.join(', ')}, or --config FILE (configs/*.yaml)`);
         opts = { ...flags, arch: flags.arch!, vit: flags.vit!, llm: flags.llm!, ckpt: flags.ckpt!, out: flags.out! };
       }
-      await convert({ ...opts, log });
+      await convert({ ...opts, ...(o.fused ? { fused: true } : {}), log });
     });
 
   program

@@ -7,6 +7,7 @@ import { basename, join } from 'node:path';
 import { GraphBuilder, type GraphIO } from './onnx/builder.js';
 import { buildVisionGraph, inferVitShape, type LnVision, type VitShape } from './graphs/vision.js';
 import { buildQformerVisionGraph, CROSS_ATTENTION_FREQ, inferQformerShape, LN_VISION_EPS, type QformerShape } from './graphs/qformer.js';
+import { buildFusedDecoderGraph, fusedUnsupported } from './graphs/llama-fused.js';
 import { buildDecoderGraph, buildEmbedGraph, llamaShapeFromConfig, loraKeys, type LlamaShape, type LoraSpec } from './graphs/llama.js';
 import { openCheckpoint, openHfWeights, unwrapPrefix, type TensorSource } from './readers/index.js';
 import { PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, type GraphSpec, type ModelJson } from '../inference/package.js';
@@ -36,6 +37,8 @@ export interface ConvertOptions {
   dtype?: WeightDType;
   /** MatMulNBits block size along K for int8 / int4 (default 32) */
   blockSize?: number;
+  /** the decoder with onnxruntime's fused kernels (src/convert/graphs/llama-fused.ts); model.json `graph: "fused"` */
+  fused?: boolean;
   out: string;
   log?: (line: string) => void;
 }
@@ -157,6 +160,11 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
   } catch (e) {
     throw new ConvertError((e as Error).message);
   }
+  const graphKind = opts.fused ? ('fused' as const) : ('plain' as const);
+  if (opts.fused) {
+    const why = fusedUnsupported(shape);
+    if (why) throw new ConvertError(why);
+  }
 
   const vit = await openCheckpoint(opts.vit);
   const ckptRaw = await openCheckpoint(opts.ckpt);
@@ -173,7 +181,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
     const { vitShape } = plan;
 
     await mkdir(opts.out, { recursive: true });
-    log(`converting ${opts.arch}${plan.label} (${dtype}) -> ${opts.out}`);
+    log(`converting ${opts.arch}${plan.label} (${dtype}${opts.fused ? ', fused decoder' : ''}) -> ${opts.out}`);
 
     const visionG = new GraphBuilder('minigpt_vision', join(opts.out, 'vision.onnx.data'));
     visionG.weights = weights;
@@ -187,7 +195,8 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
 
     const decoderG = new GraphBuilder('minigpt_decoder', join(opts.out, 'decoder.onnx.data'));
     decoderG.weights = weights;
-    await buildDecoderGraph(decoderG, plan.lora ? { llm, shape, lora: plan.lora } : { llm, shape });
+    const decoderSpec = plan.lora ? { llm, shape, lora: plan.lora } : { llm, shape };
+    await (opts.fused ? buildFusedDecoderGraph : buildDecoderGraph)(decoderG, decoderSpec);
     const decoder = await saveGraph(decoderG, opts.out, 'decoder.onnx', log);
 
     if (tokenizerSrc.endsWith('.json')) {
@@ -221,6 +230,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
       architecture: opts.arch,
       dtype,
       weights: describeWeights(weights),
+      graph: graphKind,
       vision: {
         imageSize,
         mean: CLIP_MEAN,
@@ -252,7 +262,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
         converter: CONVERTER_VERSION,
         createdAt: new Date().toISOString(),
         sources,
-        options: { ...plan.options, ...quantOptions },
+        options: { ...plan.options, ...quantOptions, ...(opts.fused ? { fused: true } : {}) },
       },
     };
     await writeFile(join(opts.out, 'model.json'), `${JSON.stringify(meta, null, 2)}\n`);

@@ -71,6 +71,13 @@ export const modelJsonSchema = z.object({
         .optional(),
     })
     .optional(),
+  /**
+   * How the decoder graph is written (`minigpt convert --fused`): 'plain' ONNX ops, or 'fused' onnxruntime
+   * kernels (SimplifiedLayerNormalization, com.microsoft SkipSimplifiedLayerNormalization, RotaryEmbedding,
+   * MultiHeadAttention; src/convert/graphs/llama-fused.ts). Both have the same inputs and outputs, so the
+   * runtime runs either the same way; absent in packages from before --fused (plain).
+   */
+  graph: z.enum(['plain', 'fused']).default('plain'),
   vision: z.object({
     imageSize: size(4096),
     mean: z.tuple([z.number(), z.number(), z.number()]),

@@ -89,7 +89,7 @@ export interface DecoderGraphSpec {
   lora?: LoraSpec;
 }
 
-async function projection(spec: DecoderGraphSpec, layer: number, name: string, module: 'self_attn' | 'mlp'): Promise<LinearWeights> {
+export async function projection(spec: DecoderGraphSpec, layer: number, name: string, module: 'self_attn' | 'mlp'): Promise<LinearWeights> {
   const key = `model.layers.${layer}.${module}.${name}.weight`;
   const [outFeatures, inFeatures] = spec.llm.info(key).shape;
   const weight = await spec.llm.readFloat32(key);
@@ -105,15 +105,7 @@ async function projection(spec: DecoderGraphSpec, layer: number, name: string, m
 
 /** Shared by every layer: the allowed-attention mask [B,1,S,T] and rotary cos/sin [B,1,S,hd]. */
 function attentionContext(g: GraphBuilder, embeds: string, mask: string, positions: string, invFreq: Float32Array) {
-  const seqLen = g.op('Gather', [g.op('Shape', [embeds]), g.constInt64([1], [], 'idx1')], { axis: 0 }, { name: 'seq_len' });
-  const total = g.op('Gather', [g.op('Shape', [mask]), g.constInt64([1], [], 'idx1')], { axis: 0 }, { name: 'total_len' });
-  const past = g.op('Sub', [total, seqLen], {}, { name: 'past_len' });
-  const one = g.constInt64([1], [], 'one');
-  const qPos = g.op('Unsqueeze', [g.op('Range', [past, total, one], {}, { name: 'query_index' }), g.constInt64([1])], {}, { name: 'query_index_col' });
-  const kPos = g.op('Range', [g.constInt64([0], [], 'zero'), total, one], {}, { name: 'key_index' });
-  const causal = g.op('LessOrEqual', [kPos, qPos], {}, { name: 'causal' });
-  const padOk = g.op('Unsqueeze', [g.op('Cast', [mask], { to: 9 }, { name: 'mask_bool' }), g.constInt64([1, 2])], {}, { name: 'mask_4d' });
-  const allowed = g.op('And', [causal, padOk], {}, { name: 'allowed' });
+  const allowed = allowedAttention(g, embeds, mask);
 
   const invFreqName = g.weight('rotary_emb.inv_freq', [invFreq.length], invFreq);
   const pos = g.op('Unsqueeze', [g.op('Cast', [positions], { to: 1 }, { name: 'positions_f' }), g.constInt64([-1])], {}, { name: 'positions_col' });
@@ -122,6 +114,22 @@ function attentionContext(g: GraphBuilder, embeds: string, mask: string, positio
   const cos = g.op('Unsqueeze', [g.op('Cos', [emb]), g.constInt64([1])], {}, { name: 'rotary_cos' });
   const sin = g.op('Unsqueeze', [g.op('Sin', [emb]), g.constInt64([1])], {}, { name: 'rotary_sin' });
   return { allowed, cos, sin };
+}
+
+/**
+ * Which keys each query may attend to, [B,1,S,T] bool: key index <= past + query index (past = T - S, the
+ * keys being the past then the new positions) and attention_mask[key] = 1.
+ */
+export function allowedAttention(g: GraphBuilder, embeds: string, mask: string): string {
+  const seqLen = g.op('Gather', [g.op('Shape', [embeds]), g.constInt64([1], [], 'idx1')], { axis: 0 }, { name: 'seq_len' });
+  const total = g.op('Gather', [g.op('Shape', [mask]), g.constInt64([1], [], 'idx1')], { axis: 0 }, { name: 'total_len' });
+  const past = g.op('Sub', [total, seqLen], {}, { name: 'past_len' });
+  const one = g.constInt64([1], [], 'one');
+  const qPos = g.op('Unsqueeze', [g.op('Range', [past, total, one], {}, { name: 'query_index' }), g.constInt64([1])], {}, { name: 'query_index_col' });
+  const kPos = g.op('Range', [g.constInt64([0], [], 'zero'), total, one], {}, { name: 'key_index' });
+  const causal = g.op('LessOrEqual', [kPos, qPos], {}, { name: 'causal' });
+  const padOk = g.op('Unsqueeze', [g.op('Cast', [mask], { to: 9 }, { name: 'mask_bool' }), g.constInt64([1, 2])], {}, { name: 'mask_4d' });
+  return g.op('And', [causal, padOk], {}, { name: 'allowed' });
 }
 
 /** x*cos + rotate_half(x)*sin with rotate_half([x1, x2]) = [-x2, x1] (HF layout). */
@@ -195,7 +203,7 @@ async function decoderLayer(g: GraphBuilder, x: string, i: number, ctx: LayerCon
 }
 
 /** inv_freq as the checkpoint stores it (transformers <= 4.30 saved the buffer), else computed like HF. */
-async function rotaryInvFreq(spec: DecoderGraphSpec): Promise<Float32Array> {
+export async function rotaryInvFreq(spec: DecoderGraphSpec): Promise<Float32Array> {
   const saved = 'model.layers.0.self_attn.rotary_emb.inv_freq';
   // Only an fp32 copy is trusted: a buffer saved in fp16 is rounded enough to turn angles at position
   // 2048 by ~0.5 rad, while HF computes inv_freq in fp32 at load time.
