@@ -8,6 +8,8 @@
 //     (BOS on segment 0 only) by our tokenizer; the target is the LAST turn's answer + '</s>' (earlier turns
 //     are context, as the runtime re-sends them);
 //   - OUT/samples.jsonl: {"i": image index, "pre": ids before the image, "post": ids after it, "target": ids};
+//   - OUT/objects.json: per image, its objects (colour, shape, box as fractions of the image) for the
+//     vision encoder's auxiliary loss (train.py --aux-weight);
 //   - OUT/tokenizer.json (the 512-piece demo tokenizer of scripts/build-demo-model.mjs), OUT/meta.json.
 //
 //   npm run build && node models/demo/train/prepare.mjs --data SPLIT_DIR --out PREPARED_DIR [--image-size 112]
@@ -79,6 +81,21 @@ async function main() {
     await fh.close();
   }
   await writeFile(join(out, 'samples.jsonl'), `${samples.join('\n')}\n`);
+  // The scenes' ground truth per prepared image (for train.py's --aux-weight): boxes as fractions of the
+  // image (the resize does not keep the aspect ratio, so they are fractions of the square input too), in
+  // drawing order (later objects are on top).
+  const scenes = JSON.parse(await readFile(join(data, 'scenes.json'), 'utf8'));
+  const byImage = new Map(scenes.map((sc) => [sc.image, sc]));
+  const objects = images.map((img) => {
+    const sc = byImage.get(img);
+    if (!sc) throw new Error(`scenes.json has no entry for ${img}`);
+    return sc.objects.map((o) => ({
+      colour: o.colour,
+      shape: o.shape,
+      box: [o.bbox[0] / sc.width, o.bbox[1] / sc.height, (o.bbox[0] + o.bbox[2]) / sc.width, (o.bbox[1] + o.bbox[3]) / sc.height].map((v) => Math.round(Math.min(1, Math.max(0, v)) * 1e4) / 1e4),
+    }));
+  });
+  await writeFile(join(out, 'objects.json'), `${JSON.stringify(objects)}\n`);
   await writeFile(join(out, 'tokenizer.json'), `${JSON.stringify(tokJson)}\n`);
   const manifest = JSON.parse(await readFile(join(data, 'manifest.json'), 'utf8').catch(() => '{}'));
   const meta = { imageSize: size, images: images.length, samples: samples.length, maxTextTokens: maxLen, vocabSize: tok.vocabSize, unkTokens: unk, source: { data, seed: manifest.seed, count: manifest.count } };

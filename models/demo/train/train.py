@@ -262,14 +262,16 @@ class MiniGPTv2(nn.Module):
         self.register_buffer('mean', mean, persistent=False)
         self.register_buffer('std', std, persistent=False)
 
-    def encode_img(self, u8):
-        """uint8 [B, S, S, 3] (already resized like the runtime) -> image embeds [B, N/4, hidden]."""
+    def encode_img(self, u8, with_patches=False):
+        """uint8 [B, S, S, 3] (already resized like the runtime) -> image embeds [B, N/4, hidden] (and the patch
+        features [B, N, C] after ln_vision when `with_patches`)."""
         x = (u8.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
         h = self.visual_encoder(x)
         h = F.layer_norm(h, (self.vit_width,), eps=1e-5)  # ln_vision at its default init
         h = h[:, 1:, :]
         B, N, C = h.shape
-        return self.llama_proj(h.reshape(B, N // 4, C * 4))
+        embeds = self.llama_proj(h.reshape(B, N // 4, C * 4))
+        return (embeds, h) if with_patches else embeds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,13 +299,76 @@ class Prepared:
                     self.samples.append(s)
             offset += m['images']
         self.images = images[0] if len(images) == 1 else np.concatenate(images)
+        paths = [os.path.join(d, 'objects.json') for d in dirs]
+        self.objects = [o for p in paths for o in json.load(open(p))] if all(os.path.exists(p) for p in paths) else None
         n = self.meta['images']
         self.by_image = [[] for _ in range(n)]
         for k, s in enumerate(self.samples):
             self.by_image[s['i']].append(k)
 
 
-def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro):
+def dense_targets(objects, grid, colours, shapes):
+    """Per patch of the grid x grid input: the class ids (0 = background) of the colour and the shape of the topmost
+    object whose box holds the patch centre, and that object's box (fractions of the image)."""
+    n = len(objects)
+    colour_t = np.zeros((n, grid * grid), dtype=np.int64)
+    shape_t = np.zeros((n, grid * grid), dtype=np.int64)
+    box_t = np.zeros((n, grid * grid, 4), dtype=np.float32)
+    centre = (np.arange(grid) + 0.5) / grid
+    cy, cx = np.meshgrid(centre, centre, indexing='ij')
+    cx, cy = cx.reshape(-1), cy.reshape(-1)
+    for i, objs in enumerate(objects):
+        for o in objs:  # drawing order: later objects overwrite earlier ones
+            x1, y1, x2, y2 = o['box']
+            inside = (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
+            colour_t[i, inside] = colours.index(o['colour']) + 1
+            shape_t[i, inside] = shapes.index(o['shape']) + 1
+            box_t[i, inside] = o['box']
+    return colour_t, shape_t, box_t
+
+
+def aux_loss(model, patches, image_ids, targets):
+    """Auxiliary loss of the vision encoder (training only; the head is not part of any published file): each
+    patch feature predicts the colour and shape of the object under it and that object's box. It gives the ViT a
+    dense spatial signal from the first step instead of only what trickles back through the language model."""
+    colour_t, shape_t, box_t = targets
+    dev = patches.device
+    ids = np.array(image_ids)
+    ct = torch.from_numpy(colour_t[ids]).to(dev).reshape(-1)
+    st = torch.from_numpy(shape_t[ids]).to(dev).reshape(-1)
+    bt = torch.from_numpy(box_t[ids]).to(dev).reshape(-1, 4)
+    out = model.aux_head(patches).reshape(-1, model.aux_head.out_features)
+    nc, ns = model.aux_sizes
+    loss = F.cross_entropy(out[:, :nc], ct) + F.cross_entropy(out[:, nc:nc + ns], st)
+    fg = ct > 0
+    if bool(fg.any()):
+        loss = loss + 5.0 * F.l1_loss(out[fg][:, nc + ns:], bt[fg])
+    return loss
+
+
+def init_coordinate_tokens(model, tokenizer_json):
+    """Gives the 101 grid tokens <0>..<100> embeddings and lm_head rows that vary smoothly with the number
+    (sinusoids of it, at the scale of the default init): nearby coordinates start out similar instead of as
+    101 unrelated symbols, which the model would otherwise have to discover from data."""
+    vocab = json.loads(tokenizer_json)['model']['vocab']
+    ids = {int(p[1:-1]): k for k, (p, _) in enumerate(vocab) if len(p) > 2 and p[0] == '<' and p[-1] == '>' and p[1:-1].isdigit()}
+    if not ids:
+        return 0
+    emb = model.llama_model.model.embed_tokens.weight
+    head = model.llama_model.lm_head.weight
+    H = emb.shape[1]
+    freqs = torch.pi / 100.0 * torch.logspace(0, math.log10(50.0), H // 2)
+    with torch.no_grad():
+        for v, k in ids.items():
+            ang = v * freqs
+            feat = torch.cat((ang.sin(), ang.cos())).to(emb.device)
+            feat = feat / feat.norm() * (0.02 * math.sqrt(H))
+            emb[k] = feat
+            head[k] = feat
+    return len(ids)
+
+
+def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None):
     """Encodes the images once and builds one sequence per sample: pre ++ image ++ post ++ target.
 
     The sequences are sorted by length and cut into micro-batches of `micro`, each padded (right) only to its
@@ -312,7 +377,8 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro):
     index_put, so a step costs a few device calls whatever the batch size."""
     dev = model.mean.device
     u8 = torch.from_numpy(np.stack([data.images[i] for i in image_ids])).to(dev)
-    img = model.encode_img(u8)
+    img, patches = model.encode_img(u8, with_patches=True)
+    aux = aux_loss(model, patches, image_ids, aux_targets) if aux_targets is not None else None
     emb = model.llama_model.model.embed_tokens
     T = image_tokens
     items = []
@@ -349,7 +415,7 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro):
         x = x.index_put((r_idx, c_idx), img[b_idx].reshape(n * T, -1))
         n_targets = int((y[:, 1:] != -100).sum())  # counted on the host: no device sync
         batches.append((x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets))
-    return batches
+    return (batches, aux) if aux_targets is not None else batches
 
 
 def val_loss(model, val, image_tokens, micro, max_images=256):
@@ -468,6 +534,10 @@ def main():
     p.add_argument('--fit-minutes', type=float, default=0,
                    help='choose the step count so that training takes about this long: the first --fit-probe steps '
                         'are timed and the schedule is set from them (overrides --steps / --epochs; not resumable)')
+    p.add_argument('--aux-weight', type=float, default=0.0,
+                   help='weight of the vision encoder\'s auxiliary loss (colour, shape and box of the object under each '
+                        'patch, from objects.json); 0: off')
+    p.add_argument('--coord-init', action='store_true', help='smooth initial embeddings for the grid tokens <0>..<100>')
     p.add_argument('--val', default='', help='held-out prepared folder: its loss is logged at every save')
     p.add_argument('--fit-probe', type=int, default=40, help='steps timed by --fit-minutes (more than 5)')
     p.add_argument('--stop-at', type=int, default=0, help='save and stop after this step (continue later with --resume)')
@@ -495,7 +565,20 @@ def main():
     n_images = data.meta['images']
     steps = a.steps or max(1, int(math.ceil(a.epochs * n_images / a.batch_images)))
 
-    model = MiniGPTv2(a).to(device)
+    model = MiniGPTv2(a)
+    aux_targets = None
+    if a.aux_weight:
+        if data.objects is None:
+            raise SystemExit('--aux-weight needs objects.json in every prepared folder (re-run prepare.mjs)')
+        colours = sorted({o['colour'] for objs in data.objects for o in objs})
+        shapes = sorted({o['shape'] for objs in data.objects for o in objs})
+        aux_targets = dense_targets(data.objects, grid, colours, shapes)
+        model.aux_sizes = (len(colours) + 1, len(shapes) + 1)
+        model.aux_head = nn.Linear(a.vit_width, len(colours) + len(shapes) + 2 + 4)
+        a.aux_classes = {'colours': colours, 'shapes': shapes}
+    if a.coord_init:
+        print(f'coord-init: {init_coordinate_tokens(model, tokenizer_json)} grid tokens', file=sys.stderr)
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -520,7 +603,7 @@ def main():
     def write_args():
         with open(os.path.join(a.out, 'train_args.json'), 'w') as f:
             json.dump({**vars(a), 'steps_total': plan['steps'], 'params': n_params, 'torch': torch.__version__,
-                       'device': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, f, indent=2)
+                       'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, f, indent=2)
     write_args()
     print(f'model: {n_params / 1e6:.2f} M parameters; {n_images} images, {len(data.samples)} samples; {steps} steps of '
           f'{a.batch_images} images x {a.per_image} samples; device {device}, {torch.get_num_threads()} threads', file=sys.stderr)
@@ -545,14 +628,19 @@ def main():
             ids.append(perm[pos])
             pos += 1
         batch_rng = random.Random(a.seed * 1_000_003 + step)
-        batches = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro)
-        loss = loss_of(model, batches)
+        if aux_targets is not None:
+            batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets)
+            lm = loss_of(model, batches)
+            loss = lm + a.aux_weight * aux
+        else:
+            batches = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro)
+            lm = aux = loss = loss_of(model, batches)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        v = loss.item()
+        v = lm.item()  # the language-model loss (comparable with and without --aux-weight)
         if a.fit_minutes and step + 1 == 5:
             t_probe = time.time()  # the first steps pay for kernel selection and allocator growth
         if a.fit_minutes and step + 1 == a.fit_probe:
@@ -566,6 +654,8 @@ def main():
             el = time.time() - t0
             rate = (step + 1 - start) / el
             rec = {'step': step + 1, 'loss': round(v, 4), 'loss_avg': round(avg, 4), 'lr': sched.get_last_lr()[0], 'elapsed_s': round(el, 1), 's_per_step': round(1 / rate, 3)}
+            if aux_targets is not None:
+                rec['aux_loss'] = round(aux.item(), 4)
             log.write(json.dumps(rec) + '\n')
             log.flush()
             print(f"step {step + 1}/{steps} loss {v:.4f} (avg {avg:.4f}) lr {rec['lr']:.2e} {rec['s_per_step']} s/step eta {(steps - step - 1) / rate / 60:.1f} min", file=sys.stderr)
