@@ -25,6 +25,7 @@ import {
 } from 'discord.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
 import { isTask } from '../../src/grounding/tasks.js';
+import { LruMap } from '../../src/util/lru.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 import { notice, threadName } from './format.js';
 import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
@@ -96,22 +97,6 @@ function rateLimitMessage(ms: number): string {
 /** Removes mentions of the bot (`<@id>`, `<@!id>`) from a message's text. */
 export function stripBotMention(content: string, botId: string): string {
   return content.replace(new RegExp(`<@!?${botId}>`, 'g'), ' ').replace(/[ \t]{2,}/g, ' ').trim();
-}
-
-class LruMap<K, V> {
-  private readonly map = new Map<K, V>();
-  constructor(private readonly capacity: number) {}
-  get(k: K): V | undefined {
-    return this.map.get(k);
-  }
-  has(k: K): boolean {
-    return this.map.has(k);
-  }
-  set(k: K, v: V): void {
-    this.map.delete(k);
-    this.map.set(k, v);
-    while (this.map.size > this.capacity) this.map.delete(this.map.keys().next().value as K);
-  }
 }
 
 /** A channel or thread message as the answer's target; remembers the ids of what it posted. */

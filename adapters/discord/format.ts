@@ -92,12 +92,6 @@ export function shownName(name: string): string {
   return `\`${n.length > 60 ? `${n.slice(0, 57)}...` : n}\``;
 }
 
-export function formatBytes(n: number): string {
-  if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  if (n >= 1024) return `${(n / 1024).toFixed(1)} KB`;
-  return `${n} bytes`;
-}
-
 /** A small-print line (Discord's `-#` subtext) for notices about fallbacks. */
 export function notice(text: string): string {
   return `-# ${text}`;

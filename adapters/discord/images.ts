@@ -2,7 +2,9 @@
 // Discord's CDN hosts only (plus the configured API host, for tests against a fake Discord), a size cap, a
 // timeout, redirects followed only to allowed hosts, and the bytes checked to be PNG, JPEG, WebP or GIF.
 import type { Attachment, Embed } from 'discord.js';
-import { formatBytes, shownName } from './format.js';
+import { DownloadFailure, plainUrl, safeDownload } from '../shared/download.js';
+import { formatBytes } from '../../src/util/bytes.js';
+import { shownName } from './format.js';
 
 /** Discord's CDN hosts: attachments and Discord's media proxy. */
 export const DISCORD_CDN_HOSTS: readonly string[] = ['cdn.discordapp.com', 'media.discordapp.net'];
@@ -57,13 +59,8 @@ export function downloadPolicy(opts: { apiUrl?: string; maxBytes?: number; timeo
 
 /** Whether a URL may be fetched under the policy. */
 export function allowedUrl(url: string, policy: DownloadPolicy): boolean {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return false;
-  }
-  if (u.username || u.password) return false;
+  const u = plainUrl(url);
+  if (!u) return false;
   // `host` carries the port when it is not the scheme's default: Discord's CDN only on the default https
   // port, the configured API host only on its own port (never another service on the same machine).
   const host = u.host.toLowerCase();
@@ -146,59 +143,33 @@ export async function downloadImage(source: ImageSource, policy: DownloadPolicy,
   const tooLarge = (n: number) =>
     new ImageInputProblem('too_large', `That image is too large (${formatBytes(n)}); the limit is ${formatBytes(policy.maxBytes)}.`);
   if (source.size !== undefined && source.size > policy.maxBytes) throw tooLarge(source.size);
-  const timeout = AbortSignal.timeout(policy.timeoutMs);
-  const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
-  let url = source.url;
+  let data: Uint8Array;
   try {
-    for (let hop = 0; ; hop++) {
-      if (!allowedUrl(url, policy)) {
-        throw new ImageInputProblem('host', 'I only download images from Discord itself (attachments, or links to Discord\'s CDN).');
-      }
-      const res = await fetch(url, { redirect: 'manual', signal: combined, headers: { accept: 'image/*' } });
-      if (res.status >= 300 && res.status < 400) {
-        await res.body?.cancel();
-        const loc = res.headers.get('location');
-        if (!loc || hop >= MAX_REDIRECTS) throw new ImageInputProblem('download', 'I couldn\'t download the image (too many redirects).');
-        url = new URL(loc, url).href;
-        continue;
-      }
-      if (!res.ok) {
-        await res.body?.cancel();
-        throw new ImageInputProblem('download', `I couldn't download the image (HTTP ${res.status}); please upload it again.`);
-      }
-      const declared = Number(res.headers.get('content-length'));
-      if (Number.isFinite(declared) && declared > policy.maxBytes) {
-        await res.body?.cancel();
-        throw tooLarge(declared);
-      }
-      const chunks: Uint8Array[] = [];
-      let total = 0;
-      if (res.body) {
-        const reader = res.body.getReader();
-        for (;;) {
-          const { done, value } = await reader.read();
-          if (done) break;
-          total += value.byteLength;
-          if (total > policy.maxBytes) {
-            await reader.cancel();
-            throw tooLarge(total);
-          }
-          chunks.push(value);
-        }
-      }
-      const data = new Uint8Array(total);
-      let off = 0;
-      for (const c of chunks) {
-        data.set(c, off);
-        off += c.byteLength;
-      }
-      if (!sniffImage(data)) throw new ImageInputProblem('not_image', NOT_AN_IMAGE(source.name));
-      return data;
-    }
+    data = await safeDownload(source.url, {
+      allowed: (url) => allowedUrl(url, policy),
+      headers: { accept: 'image/*' },
+      maxBytes: policy.maxBytes,
+      timeoutMs: policy.timeoutMs,
+      maxRedirects: MAX_REDIRECTS,
+      signal,
+    });
   } catch (err) {
-    if (err instanceof ImageInputProblem) throw err;
-    if (timeout.aborted) throw new ImageInputProblem('timeout', 'Downloading the image took too long; please try again.');
-    if (signal?.aborted) throw err;
-    throw new ImageInputProblem('download', 'I couldn\'t download the image; please upload it again.');
+    if (!(err instanceof DownloadFailure)) throw err;
+    switch (err.kind) {
+      case 'host':
+        throw new ImageInputProblem('host', 'I only download images from Discord itself (attachments, or links to Discord\'s CDN).');
+      case 'redirects':
+        throw new ImageInputProblem('download', 'I couldn\'t download the image (too many redirects).');
+      case 'http':
+        throw new ImageInputProblem('download', `I couldn't download the image (HTTP ${err.detail.status}); please upload it again.`);
+      case 'too_large':
+        throw tooLarge(err.detail.size!);
+      case 'timeout':
+        throw new ImageInputProblem('timeout', 'Downloading the image took too long; please try again.');
+      case 'network':
+        throw new ImageInputProblem('download', 'I couldn\'t download the image; please upload it again.');
+    }
   }
+  if (!sniffImage(data)) throw new ImageInputProblem('not_image', NOT_AN_IMAGE(source.name));
+  return data;
 }

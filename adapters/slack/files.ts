@@ -1,6 +1,7 @@
 // Slack files: picking the image of a message, and downloading it with the bot token from Slack's own file
 // hosts only (the token never goes anywhere else), with a size cap and a timeout.
-import { formatBytes } from './format.js';
+import { DownloadFailure, plainUrl, safeDownload } from '../shared/download.js';
+import { formatBytes } from '../../src/util/bytes.js';
 
 /** The fields of a Slack file object that the adapter uses. */
 export interface SlackFile {
@@ -76,13 +77,8 @@ export function isSlackFileHost(hostname: string): boolean {
  * own origin (the API URL override: a test double or a proxy that the deployment chose).
  */
 export function isAllowedFileUrl(url: string, apiUrl?: string): boolean {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return false;
-  }
-  if (u.username || u.password) return false;
+  const u = plainUrl(url);
+  if (!u) return false;
   if (u.protocol === 'https:' && isSlackFileHost(u.hostname) && (u.port === '' || u.port === '443')) return true;
   if (apiUrl) {
     try {
@@ -117,85 +113,41 @@ export const SCOPE_MESSAGE =
  */
 export async function downloadSlackFile(url: string, opts: DownloadOptions): Promise<Uint8Array> {
   const label = opts.label ?? 'the file';
-  const timeout = AbortSignal.timeout(opts.timeoutMs);
-  const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
-  let current = url;
   try {
-    for (let hop = 0; ; hop++) {
-      if (!isAllowedFileUrl(current, opts.apiUrl)) throw new FileInputError('refused', REFUSED_HOST);
-      const res = await fetch(current, {
-        headers: { Authorization: `Bearer ${opts.token}` },
-        redirect: 'manual',
-        signal,
-      });
-      if (res.status >= 300 && res.status < 400) {
-        await res.body?.cancel().catch(() => {});
-        const location = res.headers.get('location');
-        if (!location || hop >= 3) throw new FileInputError('failed', `Slack did not hand out ${label} (too many redirects).`);
-        current = new URL(location, current).toString();
-        continue;
-      }
-      if (res.status === 401 || res.status === 403) {
-        await res.body?.cancel().catch(() => {});
-        throw new FileInputError('scope', SCOPE_MESSAGE);
-      }
-      if (res.status === 404) {
-        await res.body?.cancel().catch(() => {});
-        throw new FileInputError('not_found', `The file ${label} no longer exists.`);
-      }
-      if (!res.ok) {
-        await res.body?.cancel().catch(() => {});
-        throw new FileInputError('failed', `Downloading ${label} failed (HTTP ${res.status}); please try again.`);
-      }
+    return await safeDownload(url, {
+      allowed: (u) => isAllowedFileUrl(u, opts.apiUrl),
+      headers: { Authorization: `Bearer ${opts.token}` },
+      maxBytes: opts.maxBytes,
+      timeoutMs: opts.timeoutMs,
+      signal: opts.signal,
       // Without a token that may read files Slack answers with its sign-in page instead of the file.
-      const type = (res.headers.get('content-type') ?? '').toLowerCase();
-      if (type.startsWith('text/html')) {
-        await res.body?.cancel().catch(() => {});
-        throw new FileInputError('scope', SCOPE_MESSAGE);
-      }
-      const length = Number(res.headers.get('content-length'));
-      if (Number.isFinite(length) && length > opts.maxBytes) {
-        await res.body?.cancel().catch(() => {});
-        throw tooLarge(label, length, opts.maxBytes);
-      }
-      return await readCapped(res, opts.maxBytes, label);
-    }
+      refuse: (res) => (signInPage(res) ? new FileInputError('scope', SCOPE_MESSAGE) : undefined),
+    });
   } catch (err) {
-    if (err instanceof FileInputError) throw err;
-    if (timeout.aborted) {
-      throw new FileInputError('timeout', `Downloading ${label} took too long (more than ${Math.round(opts.timeoutMs / 1000)} s); please try again.`, { cause: err });
+    if (!(err instanceof DownloadFailure)) throw err;
+    switch (err.kind) {
+      case 'host':
+        throw new FileInputError('refused', REFUSED_HOST);
+      case 'redirects':
+        throw new FileInputError('failed', `Slack did not hand out ${label} (too many redirects).`);
+      case 'http':
+        if (err.detail.status === 401 || err.detail.status === 403) throw new FileInputError('scope', SCOPE_MESSAGE);
+        if (err.detail.status === 404) throw new FileInputError('not_found', `The file ${label} no longer exists.`);
+        throw new FileInputError('failed', `Downloading ${label} failed (HTTP ${err.detail.status}); please try again.`);
+      case 'too_large':
+        throw tooLarge(label, err.detail.declared ? err.detail.size : undefined, opts.maxBytes);
+      case 'timeout':
+        throw new FileInputError('timeout', `Downloading ${label} took too long (more than ${Math.round(opts.timeoutMs / 1000)} s); please try again.`, { cause: err.cause });
+      case 'network':
+        throw new FileInputError('failed', `Downloading ${label} failed; please try again.`, { cause: err.cause });
     }
-    if (opts.signal?.aborted) throw err;
-    throw new FileInputError('failed', `Downloading ${label} failed; please try again.`, { cause: err });
   }
 }
+
+const signInPage = (res: Response) => (res.headers.get('content-type') ?? '').toLowerCase().startsWith('text/html');
 
 /** `size` unknown (a download cut at the cap): the message says only the limit. */
 export function tooLarge(label: string, size: number | undefined, max: number): FileInputError {
   const has = size !== undefined ? `${formatBytes(size)}; ` : '';
   return new FileInputError('too_large', `The image ${label} is too large (${has}the limit is ${formatBytes(max)}).`);
-}
-
-async function readCapped(res: Response, max: number, label: string): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  if (!res.body) return new Uint8Array(0);
-  const reader = res.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > max) {
-      await reader.cancel().catch(() => {});
-      throw tooLarge(label, undefined, max);
-    }
-    chunks.push(value);
-  }
-  const out = new Uint8Array(total);
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.byteLength;
-  }
-  return out;
 }

@@ -205,13 +205,6 @@ export function answerChunks(raw: string, opts: { max?: number; firstMax?: numbe
   return chunks.length > 0 ? chunks : [opts.empty ?? '_(no answer)_'];
 }
 
-/** Byte counts for messages: `2.5 MB`. */
-export function formatBytes(n: number): string {
-  if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  if (n >= 1024) return `${(n / 1024).toFixed(1)} KB`;
-  return `${n} bytes`;
-}
-
 /** Removes anything token-like from a log line (bot/app/user tokens, file URLs' `t=` parameters, signatures). */
 export function redact(line: string, secrets: readonly string[] = []): string {
   let s = String(line);

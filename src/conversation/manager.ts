@@ -11,6 +11,8 @@ import { parseGrounding, parseUserBox, type Entity } from '../grounding/parse.js
 import { ConversationStore, STORE_NAMESPACE, conversationId, sha256Hex } from './store.js';
 import { EventChannel, FairScheduler } from './scheduler.js';
 import { markersFor, neutralizeMarkers, userTurn } from './text.js';
+import { formatBytes } from '../util/bytes.js';
+import { LruMap } from '../util/lru.js';
 import type {
   AnswerEvent,
   ConversationKey,
@@ -87,25 +89,6 @@ class Failure extends Error {
   }
 }
 
-class Lru<K, V> {
-  private readonly map = new Map<K, V>();
-  constructor(private readonly capacity: number) {}
-  get(k: K): V | undefined {
-    const v = this.map.get(k);
-    if (v !== undefined) {
-      this.map.delete(k);
-      this.map.set(k, v);
-    }
-    return v;
-  }
-  set(k: K, v: V): void {
-    if (this.capacity <= 0) return;
-    this.map.delete(k);
-    this.map.set(k, v);
-    while (this.map.size > this.capacity) this.map.delete(this.map.keys().next().value as K);
-  }
-}
-
 const PLATFORMS = new Set(['discord', 'slack', 'web', 'cli']);
 
 /** Upstream Chat.answer's settings minus its stop conditions (the package's apply). */
@@ -117,12 +100,6 @@ const MESSAGES = {
   cancelled: 'The request was cancelled.',
   shuttingDown: 'The bot is shutting down; please try again in a moment.',
 };
-
-function formatBytes(n: number): string {
-  if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  if (n >= 1024) return `${(n / 1024).toFixed(1)} KB`;
-  return `${n} bytes`;
-}
 
 function finite(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v);
@@ -137,7 +114,7 @@ export class ConversationManager {
   private readonly maxContextLen: number;
   private readonly defaults: Partial<GenerationOptions>;
   private readonly log: (line: string) => void;
-  private readonly images: Lru<string, EncodedImage>;
+  private readonly images: LruMap<string, EncodedImage>;
   /** images being encoded, so that concurrent requests with the same new image share one encoding */
   private readonly encoding = new Map<string, Promise<EncodedImage>>();
   private readonly contexts: KvCacheLru<string>;
@@ -158,7 +135,7 @@ export class ConversationManager {
     this.maxContextLen = opts.maxContextLen !== undefined && opts.maxContextLen > 0 ? Math.floor(opts.maxContextLen) : Infinity;
     this.defaults = opts.defaults ?? {};
     this.log = opts.log ?? (() => {});
-    this.images = new Lru(Math.max(0, Math.floor(opts.imageCacheSize ?? 8)));
+    this.images = new LruMap(Math.max(0, Math.floor(opts.imageCacheSize ?? 8)));
     this.maxImageBytes = opts.maxImageBytes ?? 20 * 1024 * 1024;
     this.maxTextChars = opts.maxTextChars ?? 4000;
     this.annotate = opts.annotate ?? {};

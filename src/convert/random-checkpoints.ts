@@ -8,6 +8,7 @@ import { access, copyFile, mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { StorageDType } from './readers/types.js';
+import { addMiniGptPieces, pieceTable, SPECIAL_PIECES, unigramTokenizerJson } from './unigram-tokenizer.js';
 import {
   planShards,
   safetensorsFileSize,
@@ -360,7 +361,6 @@ export function llamaConfigJson(l: LlamaRandomShape, dtype: RandomDType): Record
   };
 }
 
-const TAGS = ['[INST]', '[/INST]', '<Img>', '</Img>', '<ImageHere>', '<p>', '</p>', '<delim>', '[grounding]', '[refer]', '[detection]', '[identify]', '[vqa]', '[caption]', '{<', '>}', '><'];
 const WORDS = (
   'a an the this that is are was be it of in on at to with and or not no yes one two three four five six seven eight nine ten ' +
   'red orange yellow green blue purple pink brown black white gray circle square triangle rectangle star shape object ' +
@@ -374,23 +374,12 @@ const WORDS = (
  * ASCII, the MiniGPT-v2 tags and box numbers, words, and letter pairs/triples (with and without `▁`) to fill up.
  */
 export function randomTokenizerJson(vocab: number): Record<string, unknown> {
-  const SPECIAL = ['<unk>', '<s>', '</s>'];
-  if (!Number.isInteger(vocab) || vocab < SPECIAL.length + 1) throw new Error(`vocab ${vocab} is too small for a tokenizer`);
-  const pieces: [string, number][] = SPECIAL.map((s) => [s, 0]);
-  const seen = new Set(SPECIAL);
-  const add = (p: string, score: number) => {
-    if (pieces.length >= vocab || seen.has(p)) return;
-    seen.add(p);
-    pieces.push([p, score]);
-  };
+  if (!Number.isInteger(vocab) || vocab < SPECIAL_PIECES.length + 1) throw new Error(`vocab ${vocab} is too small for a tokenizer`);
+  const t = pieceTable(vocab);
+  const { pieces, add } = t;
   const byteFallback = vocab >= 1024;
   if (byteFallback) for (let b = 0; b < 256; b++) add(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`, -100);
-  add('▁', -3);
-  for (let c = 33; c < 127; c++) add(String.fromCharCode(c), -10);
-  for (const t of TAGS) add(t, -1);
-  for (let n = 0; n <= 100; n++) add(`<${n}>`, -1.5);
-  for (const w of WORDS) add(`▁${w}`, -2);
-  for (let n = 0; n <= 100; n++) add(`▁${n}`, -2.5);
+  addMiniGptPieces(t, WORDS);
   const letters = 'etaoinshrdlucmfwypvbgkjqxz';
   for (let len = 2; pieces.length < vocab; len++) {
     const combos: string[] = [''];
@@ -406,26 +395,7 @@ export function randomTokenizerJson(vocab: number): Record<string, unknown> {
       if (pieces.length >= vocab) break;
     }
   }
-  const special = SPECIAL.map((content, id) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }));
-  return {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: special,
-    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] },
-    pre_tokenizer: null,
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }],
-      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
-    },
-    decoder: {
-      type: 'Sequence',
-      decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }],
-    },
-    model: { type: 'Unigram', unk_id: 0, vocab: pieces, byte_fallback: byteFallback },
-  };
+  return unigramTokenizerJson(pieces, byteFallback);
 }
 
 /** models/demo/tokenizer.json of this repository (from src/convert or dist/src/convert), if present. */

@@ -17,7 +17,7 @@
  */
 import sharp from 'sharp';
 import { gridToPixels, phraseIndices, phraseKey, type Entity, type PixelBox } from '../grounding/parse.js';
-import { DEFAULT_MAX_INPUT_PIXELS, ImageInputError } from './preprocess.js';
+import { DEFAULT_MAX_INPUT_PIXELS, ImageInputError, imageHeader, sharpInputError } from './preprocess.js';
 
 export interface AnnotateOptions {
   /** Largest output side in pixels (default 2048); larger images are scaled down. */
@@ -63,8 +63,9 @@ export const ANNOTATION_PALETTE: readonly (readonly [number, number, number])[] 
 export const DEFAULT_MAX_SIDE = 2048;
 const JPEG_PIXELS_THRESHOLD = 1_500_000;
 const JPEG_QUALITY = 90;
-const SUPPORTED_FORMATS = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif', 'avif']);
 const MAX_LABEL_CHARS = 60;
+/** libvips refused the image for its pixel limit */
+const PIXEL_LIMIT = 'Image too large.';
 const FONT_FAMILY = 'DejaVu Sans, Liberation Sans, Arial, Helvetica, sans-serif';
 
 const hex = (c: readonly number[]) => '#' + c.map((v) => v.toString(16).padStart(2, '0')).join('');
@@ -104,17 +105,9 @@ export async function annotateImage(
   try {
     meta = await sharp(image, { limitInputPixels: false, failOn: 'error' }).metadata();
   } catch (err) {
-    throw translateError(err);
+    throw sharpInputError(err, PIXEL_LIMIT);
   }
-  const inFormat = meta.format as string | undefined;
-  if (inFormat === undefined || !SUPPORTED_FORMATS.has(inFormat)) {
-    throw new ImageInputError(
-      `Unsupported image format${inFormat ? ` "${inFormat}"` : ''}: please send a JPEG, PNG, WebP, GIF, TIFF or AVIF image.`,
-    );
-  }
-  const rawW = meta.width ?? 0;
-  const rawH = meta.pageHeight ?? meta.height ?? 0;
-  if (rawW <= 0 || rawH <= 0) throw new ImageInputError('The image is corrupt or has no pixels.');
+  const { format: inFormat, width: rawW, height: rawH } = imageHeader(meta);
   if (rawW * rawH > maxPixels) {
     throw new ImageInputError(
       `Image too large: ${rawW}x${rawH} exceeds the limit of ${(maxPixels / 1e6).toFixed(1)} megapixels.`,
@@ -140,7 +133,7 @@ export async function annotateImage(
     }
     base = data;
   } catch (err) {
-    throw translateError(err);
+    throw sharpInputError(err, PIXEL_LIMIT);
   }
 
   const useJpeg =
@@ -170,19 +163,6 @@ export async function annotateImage(
     data = await out.png().toBuffer();
   }
   return { data, mime: useJpeg ? 'image/jpeg' : 'image/png', width, height };
-}
-
-function translateError(err: unknown): ImageInputError {
-  if (err instanceof ImageInputError) return err;
-  const msg = err instanceof Error ? err.message : String(err);
-  if (/unsupported image format|not in a known format|is not a known file format/i.test(msg)) {
-    return new ImageInputError(
-      'Not an image, or an unsupported image format: please send a JPEG, PNG, WebP, GIF, TIFF or AVIF image.',
-      { cause: err },
-    );
-  }
-  if (/pixel limit/i.test(msg)) return new ImageInputError('Image too large.', { cause: err });
-  return new ImageInputError('The image could not be decoded (corrupt or truncated file).', { cause: err });
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -120,19 +120,9 @@ export async function decodeImageRgb(
     // and enforced again by libvips for the actual decode.
     meta = await sharp(input, { ...sharpOpts, limitInputPixels: false }).metadata();
   } catch (err) {
-    throw translateSharpError(err, maxPixels);
+    throw sharpInputError(err, pixelLimitMessage(maxPixels));
   }
-  const format = meta.format as string | undefined;
-  if (format === undefined || !SUPPORTED_FORMATS.has(format)) {
-    throw new ImageInputError(
-      `Unsupported image format${format ? ` "${format}"` : ''}: please send a JPEG, PNG, WebP, GIF, TIFF or AVIF image.`,
-    );
-  }
-  const w0 = meta.width ?? 0;
-  const h0 = meta.pageHeight ?? meta.height ?? 0;
-  if (w0 <= 0 || h0 <= 0) {
-    throw new ImageInputError('The image is corrupt or has no pixels.');
-  }
+  const { width: w0, height: h0 } = imageHeader(meta);
   if (w0 * h0 > maxPixels) {
     throw tooLarge(w0, h0, maxPixels);
   }
@@ -147,7 +137,7 @@ export async function decodeImageRgb(
       .raw()
       .toBuffer({ resolveWithObject: true }));
   } catch (err) {
-    throw translateSharpError(err, maxPixels);
+    throw sharpInputError(err, pixelLimitMessage(maxPixels));
   }
 
   const { width, height, channels } = info;
@@ -190,7 +180,27 @@ function tooLarge(w: number, h: number, maxPixels: number): ImageInputError {
   );
 }
 
-function translateSharpError(err: unknown, maxPixels: number): ImageInputError {
+const pixelLimitMessage = (maxPixels: number) => `Image too large: it exceeds the limit of ${(maxPixels / 1e6).toFixed(1)} megapixels.`;
+
+/**
+ * The format and size (of the first page) that sharp read from an image's header, checked: one of the
+ * accepted raster formats, with pixels. Throws ImageInputError otherwise.
+ */
+export function imageHeader(meta: sharp.Metadata): { format: string; width: number; height: number } {
+  const format = meta.format as string | undefined;
+  if (format === undefined || !SUPPORTED_FORMATS.has(format)) {
+    throw new ImageInputError(
+      `Unsupported image format${format ? ` "${format}"` : ''}: please send a JPEG, PNG, WebP, GIF, TIFF or AVIF image.`,
+    );
+  }
+  const width = meta.width ?? 0;
+  const height = meta.pageHeight ?? meta.height ?? 0;
+  if (width <= 0 || height <= 0) throw new ImageInputError('The image is corrupt or has no pixels.');
+  return { format, width, height };
+}
+
+/** A sharp failure as the ImageInputError to tell the user; `pixelLimit` is the message for libvips' pixel limit. */
+export function sharpInputError(err: unknown, pixelLimit: string): ImageInputError {
   if (err instanceof ImageInputError) return err;
   const msg = err instanceof Error ? err.message : String(err);
   if (/unsupported image format|not in a known format|is not a known file format/i.test(msg)) {
@@ -199,15 +209,8 @@ function translateSharpError(err: unknown, maxPixels: number): ImageInputError {
       { cause: err },
     );
   }
-  if (/pixel limit/i.test(msg)) {
-    return new ImageInputError(
-      `Image too large: it exceeds the limit of ${(maxPixels / 1e6).toFixed(1)} megapixels.`,
-      { cause: err },
-    );
-  }
-  return new ImageInputError('The image could not be decoded (corrupt or truncated file).', {
-    cause: err,
-  });
+  if (/pixel limit/i.test(msg)) return new ImageInputError(pixelLimit, { cause: err });
+  return new ImageInputError('The image could not be decoded (corrupt or truncated file).', { cause: err });
 }
 
 // ---------------------------------------------------------------------------------------------

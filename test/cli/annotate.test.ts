@@ -1,30 +1,18 @@
 // `minigpt ask --annotate` with a known answer fed through the generator (MINIGPT_TEST_FORCED_ANSWER):
 // the box lands on the right pixels of the displayed (EXIF-oriented) image.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { ANNOTATION_PALETTE } from '../../src/image/annotate.js';
+import { minigpt, ROOT } from '../helpers/cli.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 let work: string;
 
-function ask(args: string[], forced: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin/minigpt.js'), 'ask', '--model', join(ROOT, 'models/demo'), '--provider', 'cpu', ...args], {
-      cwd: ROOT,
-      env: { ...process.env, MINIGPT_TEST_FORCED_ANSWER: forced },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+/** `minigpt ask` on the demo model, its answer forced to `forced`. */
+const ask = (args: string[], forced: string) =>
+  minigpt(['ask', '--model', join(ROOT, 'models/demo'), '--provider', 'cpu', ...args], { MINIGPT_TEST_FORCED_ANSWER: forced });
 
 async function pixel(file: string, x: number, y: number): Promise<number[]> {
   const { data, info } = await sharp(file).removeAlpha().raw().toBuffer({ resolveWithObject: true });

@@ -1,26 +1,11 @@
 // `minigpt bench --quick --json` on the demo package: one JSON object with the keys issue 8 asks for, every
 // optimisation checked to give the same greedy tokens as its baseline; the table and progress otherwise.
 import { describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stat } from '../../src/cli/bench.js';
-
-const ROOT = join(import.meta.dirname, '..', '..');
-const BIN = join(ROOT, 'bin', 'minigpt.js');
-
-function minigpt(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+import { minigpt } from '../helpers/cli.js';
 
 describe('minigpt bench', () => {
   it('--quick --json prints one JSON object with the numbers, progress going to stderr', async () => {

@@ -1,33 +1,12 @@
 // The `minigpt` binary end to end: convert -> verify -> ask on the tiny golden checkpoints.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildTorchZip, concat, hex } from '../convert/readers-helpers.js';
+import { minigpt, ROOT } from '../helpers/cli.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
-const BIN = join(ROOT, 'bin', 'minigpt.js');
 const GOLDEN = join(ROOT, 'test', 'fixtures', 'minigptv2-tiny');
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  chunks: string[];
-}
-
-function minigpt(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, ...env } });
-    const chunks: string[] = [];
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => chunks.push(d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout: chunks.join(''), stderr, chunks }));
-  });
-}
 
 async function goldenIds(file: string): Promise<number[]> {
   const b = await readFile(join(GOLDEN, file));

@@ -5,11 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import type Keyv from 'keyv';
-import { convert } from '../../src/convert/convert.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import type { AnswerEvent, ConversationKey } from '../../src/conversation/index.js';
-
-export const GOLDEN = join(import.meta.dirname, '../fixtures/minigptv2-tiny');
+import { convertTinyV2, GOLDEN_V2 as GOLDEN } from '../helpers/tiny-package.js';
 
 export interface TinyModel {
   work: string;
@@ -20,17 +18,7 @@ export interface TinyModel {
 export async function loadTinyModel(): Promise<TinyModel> {
   const work = await mkdtemp(join(tmpdir(), 'minigpt-conv-'));
   const pkg = join(work, 'pkg');
-  await convert({
-    arch: 'minigpt-v2',
-    vit: join(GOLDEN, 'eva_vit.pth'),
-    llm: join(GOLDEN, 'llama'),
-    ckpt: join(GOLDEN, 'minigptv2_ckpt.pth'),
-    vitHeads: 4,
-    imageSize: 112,
-    loraR: 8,
-    loraAlpha: 16,
-    out: pkg,
-  });
+  await convertTinyV2(pkg);
   const model = await MiniGPT.load(pkg, { provider: 'cpu' });
   return {
     work,

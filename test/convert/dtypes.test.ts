@@ -23,24 +23,13 @@ import { MiniGPT } from '../../src/inference/model.js';
 import { loadPackage } from '../../src/inference/package.js';
 import { spliceContext } from '../../src/inference/context.js';
 import { argmax } from '../../src/inference/generation/index.js';
+import { rng } from '../helpers/rng.js';
 
 const FIXTURES = join(import.meta.dirname, '../fixtures');
 const V2 = join(FIXTURES, 'minigptv2-tiny');
 const M4 = join(FIXTURES, 'minigpt4-tiny');
 const DTYPES: WeightDType[] = ['fp32', 'fp16', 'int8', 'int4'];
 const STEPS = 8;
-
-/** Deterministic pseudo-random numbers (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function meanAbsDiff(a: Float32Array, b: Float32Array): number {
   let s = 0;

@@ -4,27 +4,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { convert } from '../../src/convert/convert.js';
 import { verifyPackage, type VerifyReport } from '../../src/inference/verify.js';
 import { loadPackage } from '../../src/inference/package.js';
-
-const GOLDEN = join(import.meta.dirname, '../fixtures/minigptv2-tiny');
-const TINY = { vitHeads: 4, imageSize: 112, loraR: 8, loraAlpha: 16 } as const;
+import { convertTinyV2, GOLDEN_V2 as GOLDEN } from '../helpers/tiny-package.js';
 
 let work: string;
 let pkgDir: string;
 let report: VerifyReport;
-
-async function tinyConvert(out: string, llm = join(GOLDEN, 'llama')) {
-  return convert({
-    arch: 'minigpt-v2',
-    vit: join(GOLDEN, 'eva_vit.pth'),
-    llm,
-    ckpt: join(GOLDEN, 'minigptv2_ckpt.pth'),
-    ...TINY,
-    out,
-  });
-}
 
 /** A Hugging Face folder holding only the given weight files (plus config and tokenizer). */
 async function llmFolder(name: string, from: string, files: string[]): Promise<string> {
@@ -38,7 +24,7 @@ async function llmFolder(name: string, from: string, files: string[]): Promise<s
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-golden-'));
   pkgDir = join(work, 'pkg');
-  await tinyConvert(pkgDir);
+  await convertTinyV2(pkgDir);
   report = await verifyPackage(pkgDir, GOLDEN, { provider: 'cpu' });
 });
 
@@ -88,7 +74,7 @@ describe('minigpt-v2 tiny package against the PyTorch golden tensors', () => {
   it('builds the same graphs from pytorch_model.bin as from model.safetensors', async () => {
     const binLlm = await llmFolder('llama-bin', join(GOLDEN, 'llama'), ['pytorch_model.bin']);
     const binPkg = join(work, 'pkg-bin');
-    await tinyConvert(binPkg, binLlm);
+    await convertTinyV2(binPkg, { llm: binLlm });
     const files = (await readdir(pkgDir)).filter((f) => f.includes('.onnx')).sort();
     expect(files).toEqual(['decoder.onnx', 'decoder.onnx.data', 'embed.onnx', 'embed.onnx.data', 'vision.onnx', 'vision.onnx.data']);
     for (const f of files) {
@@ -101,7 +87,7 @@ describe('minigpt-v2 tiny package against the PyTorch golden tensors', () => {
   it('converts the fp16 copy of the language model; its logits stay within fp16 rounding of the reference', async () => {
     const fp16Llm = await llmFolder('llama-fp16', join(GOLDEN, 'llama_fp16'), ['model.safetensors']);
     const fp16Pkg = join(work, 'pkg-fp16');
-    await tinyConvert(fp16Pkg, fp16Llm);
+    await convertTinyV2(fp16Pkg, { llm: fp16Llm });
     const r = await verifyPackage(fp16Pkg, GOLDEN, { provider: 'cpu' });
     const logitsErr = r.prompts.prompt.stages.logits.max_abs_err;
     // fp16 weights perturb the logits measurably but slightly (the fp32 weights give < 1e-4)

@@ -8,7 +8,6 @@
 // qformer_layer_outputs), plus llama/tokenizer.json from
 // `node scripts/make-fixture-tokenizer.mjs --fixture test/fixtures/minigpt4-tiny`.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,8 +19,8 @@ import { MINIGPT4_PROMPTS } from '../../src/inference/presets.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
 import { promptSegmentIds } from '../../src/inference/context.js';
 import { loadTokenizer } from '../../src/inference/tokenizer.js';
+import { minigpt, ROOT } from '../helpers/cli.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 const GOLDEN = join(ROOT, 'test/fixtures/minigpt4-tiny');
 const V2_TOKENIZER = join(ROOT, 'test/fixtures/minigptv2-tiny/llama/tokenizer.json');
 const TOL = 1e-4;
@@ -47,18 +46,6 @@ function tinyConvert(out: string, extra: Partial<ConvertOptions> = {}) {
     ...TINY,
     out,
     ...extra,
-  });
-}
-
-function minigpt(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin', 'minigpt.js'), ...args], { cwd: ROOT });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 

@@ -23,8 +23,8 @@ import {
   concat,
   hex,
   rawSafetensors,
-  rng,
 } from './readers-helpers.js';
+import { rng } from '../helpers/rng.js';
 
 const FIX = fileURLToPath(new URL('../fixtures/minigptv2-tiny/', import.meta.url));
 const fx = (p: string) => join(FIX, p);

@@ -9,22 +9,12 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bpeMerges, convertSentencePieceFile, PieceType, readSentencePieceModel, SentencePieceError } from '../../src/convert/sentencepiece.js';
-import { convert } from '../../src/convert/convert.js';
 import { createTokenizer, loadTokenizer, type TextTokenizer } from '../../src/inference/tokenizer.js';
+import { rng } from '../helpers/rng.js';
+import { convertTinyV2 } from '../helpers/tiny-package.js';
 
 const V2 = join(import.meta.dirname, '../fixtures/minigptv2-tiny');
 const STRINGS = 3000;
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const r = rng(20240611);
 const pick = <T>(a: readonly T[]): T => a[Math.floor(r() * a.length)];
@@ -290,16 +280,7 @@ describe('minigpt convert with a tokenizer.model-only language model folder (Vic
     for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) await copyFile(join(V2, 'llama', f), join(llm, f));
     await copyFile(modelPath('llama'), join(llm, 'tokenizer.model'));
     const out = join(work, 'pkg');
-    const meta = await convert({
-      arch: 'minigpt-v2',
-      vit: join(V2, 'eva_vit.pth'),
-      llm,
-      ckpt: join(V2, 'minigptv2_ckpt.pth'),
-      vitHeads: 4,
-      imageSize: 112,
-      loraR: 8,
-      out,
-    });
+    const meta = await convertTinyV2(out, { llm });
     expect(meta.tokenizer).toBe('tokenizer.json');
     expect(meta.provenance.sources.find((s) => s.role === 'tokenizer')?.path).toBe('tokenizer.model');
     const tok = await loadTokenizer(join(out, 'tokenizer.json'), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
@@ -310,7 +291,7 @@ describe('minigpt convert with a tokenizer.model-only language model folder (Vic
     expect(tok.encode('<s>[INST]', { addBos: false })[0]).toBe(1);
 
     await rm(join(llm, 'tokenizer.model'));
-    await expect(convert({ arch: 'minigpt-v2', vit: join(V2, 'eva_vit.pth'), llm, ckpt: join(V2, 'minigptv2_ckpt.pth'), vitHeads: 4, imageSize: 112, loraR: 8, out: join(work, 'pkg2') })).rejects.toThrow(
+    await expect(convertTinyV2(join(work, 'pkg2'), { llm })).rejects.toThrow(
       /neither tokenizer.json nor a SentencePiece tokenizer.model/,
     );
   });

@@ -4,12 +4,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import type { ConversationManager } from '../../src/conversation/index.js';
-import type { MiniGPT } from '../../src/inference/model.js';
 import { gridToPixels } from '../../src/grounding/parse.js';
 import { ANNOTATION_PALETTE, boxLineWidth } from '../../src/image/annotate.js';
-import type { DiscordAdapter } from '../../adapters/discord/index.js';
 import type { ApiMessage, FakeDiscord, RestCall } from './fake-discord.js';
-import { answered, loadModel, newManager, pixel, startAdapter, startFake, testPng, until, type World } from './helpers.js';
+import { answered, closeStack, pixel, startStack, testPng, until, type Stack, type World } from './helpers.js';
 
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
 const FINAL = '**red square** on a grey background';
@@ -18,27 +16,18 @@ const RED = ANNOTATION_PALETTE[0];
 const GREY: [number, number, number] = [0x88, 0x88, 0x88];
 const SQUARE: [number, number, number] = [0xdd, 0x22, 0x22];
 
+let stack: Stack;
 let w: World;
 let fake: FakeDiscord;
-let model: MiniGPT;
 let manager: ConversationManager;
-let adapter: DiscordAdapter;
 const logs: string[] = [];
 
 beforeAll(async () => {
-  w = await startFake();
-  fake = w.fake;
-  model = await loadModel(FORCED);
-  manager = newManager(model);
-  adapter = await startAdapter(fake, manager, logs);
+  stack = await startStack(FORCED, logs);
+  ({ w, fake, manager } = stack);
 });
 
-afterAll(async () => {
-  await adapter?.close();
-  await manager?.close();
-  await model?.close();
-  await fake?.close();
-});
+afterAll(() => closeStack(stack));
 
 const botMessagesIn = (channelId: string): ApiMessage[] => fake.messagesIn(channelId).filter((m) => m.author.id === fake.bot.id);
 const uploadsTo = (calls: RestCall[], pathRe: RegExp) => calls.filter((c) => pathRe.test(c.path) && c.files.length > 0);

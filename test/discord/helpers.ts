@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
+import type { GenerationOptions } from '../../src/inference/generation/index.js';
 import { startDiscordAdapter, type DiscordAdapter, type DiscordAdapterOptions, type DiscordConversations } from '../../adapters/discord/index.js';
 import { FakeDiscord, type ApiUser } from './fake-discord.js';
 
@@ -43,12 +44,49 @@ export async function startFake(): Promise<World> {
   return { fake, guildId, general: channelIds[0], other: channelIds[1], alice: fake.user('alice'), bob: fake.user('bob') };
 }
 
-export async function loadModel(forcedAnswer: string): Promise<MiniGPT> {
-  return MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer });
+export interface Stack {
+  w: World;
+  fake: FakeDiscord;
+  model: MiniGPT;
+  manager: ConversationManager;
+  adapter: DiscordAdapter;
 }
 
-export function newManager(model: MiniGPT): ConversationManager {
-  return new ConversationManager({ model, defaults: { maxNewTokens: 120, temperature: 0 } });
+export interface StackOptions {
+  /** adapter options over startAdapter's */
+  adapter?: Partial<DiscordAdapterOptions>;
+  /** the manager's generation defaults, over 120 new tokens at temperature 0 */
+  defaults?: Partial<GenerationOptions>;
+  /** runs on the model before the manager and the adapter start (to inject faults) */
+  prepare?(model: MiniGPT): void;
+}
+
+/**
+ * The whole stack: the fake Discord, the demo model with its answer forced to `forcedAnswer`, a manager and the
+ * adapter, whose log lines go to `logs`. Close it with closeStack (what started is closed if a later part fails).
+ */
+export async function startStack(forcedAnswer: string, logs: string[], opts: StackOptions = {}): Promise<Stack> {
+  const s: Partial<Stack> = {};
+  try {
+    s.w = await startFake();
+    s.fake = s.w.fake;
+    s.model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer });
+    opts.prepare?.(s.model);
+    s.manager = new ConversationManager({ model: s.model, defaults: { maxNewTokens: 120, temperature: 0, ...opts.defaults } });
+    s.adapter = await startAdapter(s.fake, s.manager, logs, opts.adapter);
+    return s as Stack;
+  } catch (err) {
+    await closeStack(s);
+    throw err;
+  }
+}
+
+/** Closes what a stack has started: the adapter, the manager, the model, the fake Discord. */
+export async function closeStack(s: Partial<Stack> | undefined): Promise<void> {
+  await s?.adapter?.close();
+  await s?.manager?.close();
+  await s?.model?.close();
+  await s?.fake?.close();
 }
 
 export async function startAdapter(

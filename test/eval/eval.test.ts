@@ -1,17 +1,15 @@
 // `minigpt eval` on a tiny split with models/demo, answers forced through the generator test hook, so the
 // accuracies are known exactly; and `minigpt demo-data` / `minigpt eval` through the real binary.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { writeDemoData, type Scene } from '../../src/demo-data/index.js';
 import { runEval, type EvalOptions } from '../../src/eval/run.js';
 import { computeIoU } from '../../src/eval/metrics.js';
+import { minigpt, ROOT } from '../helpers/cli.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 const DEMO = join(ROOT, 'models', 'demo');
-const BIN = join(ROOT, 'bin', 'minigpt.js');
 
 let work: string;
 let data: string;
@@ -121,24 +119,6 @@ describe('minigpt eval --task vqa / identify / caption', () => {
     await expect(runEval({ model: DEMO, data: join(work, 'bad.json'), task: 'refer', progress: null })).rejects.toThrow(/entry 0: "bbox" must be \[x, y, w, h\]/);
   });
 });
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function minigpt(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: { ...process.env, ...env } });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe('the minigpt binary', () => {
   it('demo-data writes a split; eval --json prints {task, n, accuracy} with a progress report on stderr', async () => {

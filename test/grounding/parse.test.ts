@@ -10,17 +10,11 @@ import {
   type Entity,
   type GridBox,
 } from '../../src/grounding/parse.js';
+import { rng as mulberry32 } from '../helpers/rng.js';
 
-/** mulberry32: a tiny seeded PRNG. */
+/** A seeded PRNG with integer and pick helpers. */
 function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   const int = (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo + 1));
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(next() * xs.length)];
   return { next, int, pick };

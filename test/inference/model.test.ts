@@ -3,13 +3,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { convert } from '../../src/convert/convert.js';
 import { MiniGPT, type AnswerEvent } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
 import type { KvCache } from '../../src/inference/decoder.js';
 import type { GenerationOptions } from '../../src/inference/generation/index.js';
+import { convertTinyV2, GOLDEN_V2 as GOLDEN } from '../helpers/tiny-package.js';
 
-const GOLDEN = join(import.meta.dirname, '../fixtures/minigptv2-tiny');
 let work: string;
 let model: MiniGPT;
 let image: Float32Array;
@@ -18,16 +17,7 @@ const created: KvCache[] = [];
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-model-'));
-  await convert({
-    arch: 'minigpt-v2',
-    vit: join(GOLDEN, 'eva_vit.pth'),
-    llm: join(GOLDEN, 'llama'),
-    ckpt: join(GOLDEN, 'minigptv2_ckpt.pth'),
-    vitHeads: 4,
-    imageSize: 112,
-    loraR: 8,
-    out: join(work, 'pkg'),
-  });
+  await convertTinyV2(join(work, 'pkg'));
   model = await MiniGPT.load(join(work, 'pkg'), { provider: 'cpu' });
   // Record every KV cache the decoder hands out, to check that each one is freed.
   const forward = model.decoder.forward.bind(model.decoder);

@@ -12,7 +12,8 @@ import { CheckpointError, DTYPE_ITEMSIZE, openCheckpoint } from '../../src/conve
 import { crc32 } from '../../src/convert/readers/zip.js';
 import { loadPackage, ModelPackageError } from '../../src/inference/package.js';
 import { MiniGPT } from '../../src/inference/model.js';
-import { buildSafetensors, buildTorchZip, buildZip, PickleWriter, rng } from '../convert/readers-helpers.js';
+import { buildSafetensors, buildTorchZip, buildZip, PickleWriter } from '../convert/readers-helpers.js';
+import { rng } from '../helpers/rng.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const FX = join(ROOT, 'test', 'fixtures', 'minigptv2-tiny');

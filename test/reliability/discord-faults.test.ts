@@ -4,35 +4,24 @@
 // answer, in its own thread, late perhaps but neither lost nor doubled.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConversationManager } from '../../src/conversation/index.js';
-import type { MiniGPT } from '../../src/inference/model.js';
-import type { DiscordAdapter } from '../../adapters/discord/index.js';
 import type { ApiMessage, FakeDiscord, RestCall } from '../discord/fake-discord.js';
-import { answered, loadModel, newManager, outcome, startAdapter, startFake, testPng, type World } from '../discord/helpers.js';
+import { answered, closeStack, outcome, startStack, testPng, type Stack, type World } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, FORCED_DISCORD, until } from './helpers.js';
 
+let stack: Stack;
 let w: World;
 let fake: FakeDiscord;
-let model: MiniGPT;
 let manager: ConversationManager;
-let adapter: DiscordAdapter;
 let png: Buffer;
 const logs: string[] = [];
 
 beforeAll(async () => {
-  w = await startFake();
-  fake = w.fake;
-  model = await loadModel(FORCED);
-  manager = newManager(model);
-  adapter = await startAdapter(fake, manager, logs, { editIntervalMs: 50 });
+  stack = await startStack(FORCED, logs, { adapter: { editIntervalMs: 50 } });
+  ({ w, fake, manager } = stack);
   png = await testPng(64, 48);
 });
 
-afterAll(async () => {
-  await adapter?.close();
-  await manager?.close();
-  await model?.close();
-  await fake?.close();
-});
+afterAll(() => closeStack(stack));
 
 const botMessagesIn = (channelId: string): ApiMessage[] => fake.messagesIn(channelId).filter((m) => m.author.id === fake.bot.id);
 

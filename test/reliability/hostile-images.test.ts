@@ -11,10 +11,10 @@ import sharp from 'sharp';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, type AnswerEvent } from '../../src/conversation/index.js';
 import { preprocessImage } from '../../src/image/preprocess.js';
-import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index.js';
+import type { SlackAdapter } from '../../adapters/slack/index.js';
 import { startDiscordAdapter, type DiscordAdapter } from '../../adapters/discord/index.js';
 import { FakeSlack } from '../slack/fake-slack.js';
-import { textReplies } from '../slack/helpers.js';
+import { startSlack, textReplies } from '../slack/helpers.js';
 import { startFake, answered, type World } from '../discord/helpers.js';
 import {
   animatedGif,
@@ -207,17 +207,7 @@ describe('through the adapters', () => {
 
   beforeAll(async () => {
     slack = await FakeSlack.start();
-    slackAdapter = await startSlackAdapter({
-      manager,
-      botToken: slack.botToken,
-      signingSecret: slack.signingSecret,
-      port: 0,
-      host: '127.0.0.1',
-      apiUrl: slack.apiUrl,
-      log: (l) => logs.push(l),
-      updateIntervalMs: 20,
-    });
-    slack.appUrl = slackAdapter.url;
+    slackAdapter = await startSlack(slack, manager, { log: (l) => logs.push(l), updateIntervalMs: 20 });
     w = await startFake();
     discord = await startDiscordAdapter({ manager, token: w.fake.token, apiUrl: w.fake.apiUrl, log: (l) => logs.push(l), editIntervalMs: 50, rateLimit: false });
   });

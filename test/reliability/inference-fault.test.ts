@@ -3,41 +3,36 @@
 // stored history is untouched, and its next request works. Through the whole Discord stack.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConversationManager } from '../../src/conversation/index.js';
-import type { MiniGPT } from '../../src/inference/model.js';
-import type { DiscordAdapter } from '../../adapters/discord/index.js';
 import type { ApiMessage, FakeDiscord } from '../discord/fake-discord.js';
-import { answered, loadModel, newManager, startAdapter, startFake, testPng, type World } from '../discord/helpers.js';
+import { answered, closeStack, startStack, testPng, type Stack, type World } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, FORCED_DISCORD, injectAnswerFault, injectSessionFault, until } from './helpers.js';
 
+let stack: Stack;
 let w: World;
 let fake: FakeDiscord;
-let model: MiniGPT;
 let manager: ConversationManager;
-let adapter: DiscordAdapter;
 let png: Buffer;
 const logs: string[] = [];
 let fault: ReturnType<typeof injectAnswerFault>;
 let sessionFault: ReturnType<typeof injectSessionFault>;
 
 beforeAll(async () => {
-  w = await startFake();
-  fake = w.fake;
-  model = await loadModel(FORCED);
-  // The fault hits only the answers whose (last) user turn asks for it, from their third decoding step.
-  fault = injectAnswerFault(model, (prompt, step) => step >= 3 && /EXPLODE[^\]]*\[\/INST\]\s*$/.test(prompt));
-  sessionFault = injectSessionFault(model);
-  manager = newManager(model);
-  adapter = await startAdapter(fake, manager, logs, { editIntervalMs: 50 });
+  stack = await startStack(FORCED, logs, {
+    adapter: { editIntervalMs: 50 },
+    prepare: (model) => {
+      // The fault hits only the answers whose (last) user turn asks for it, from their third decoding step.
+      fault = injectAnswerFault(model, (prompt, step) => step >= 3 && /EXPLODE[^\]]*\[\/INST\]\s*$/.test(prompt));
+      sessionFault = injectSessionFault(model);
+    },
+  });
+  ({ w, fake, manager } = stack);
   png = await testPng(64, 48);
 });
 
 afterAll(async () => {
   fault?.restore();
   sessionFault?.restore();
-  await adapter?.close();
-  await manager?.close();
-  await model?.close();
-  await fake?.close();
+  await closeStack(stack);
 });
 
 const botMessagesIn = (channelId: string): ApiMessage[] => fake.messagesIn(channelId).filter((m) => m.author.id === fake.bot.id);

@@ -9,12 +9,11 @@ import { join } from 'node:path';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import { promptSegmentIds } from '../../src/inference/context.js';
-import type { DiscordAdapter } from '../../adapters/discord/index.js';
-import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index.js';
+import type { SlackAdapter } from '../../adapters/slack/index.js';
 import type { ApiMessage, FakeDiscord } from '../discord/fake-discord.js';
-import { answered, startAdapter, startFake, testPng, type World } from '../discord/helpers.js';
+import { answered, closeStack, startStack, testPng, type Stack, type World } from '../discord/helpers.js';
 import { FakeSlack } from '../slack/fake-slack.js';
-import { FORCED as SLACK_FORCED, squarePng, textReplies } from '../slack/helpers.js';
+import { FORCED as SLACK_FORCED, squarePng, startSlack, textReplies } from '../slack/helpers.js';
 import { FORCED } from './helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -104,31 +103,25 @@ const ATTACKS: string[] = [
 ];
 
 describe('through Discord', () => {
+  let stack: Stack;
   let w: World;
   let fake: FakeDiscord;
   let model: MiniGPT;
   let manager: ConversationManager;
-  let adapter: DiscordAdapter;
   let s: ReturnType<typeof spy>;
   const logs: string[] = [];
   let png: Buffer;
 
   beforeAll(async () => {
-    w = await startFake();
-    fake = w.fake;
-    model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: FORCED });
-    manager = new ConversationManager({ model, defaults: { maxNewTokens: 32, temperature: 0 } });
-    adapter = await startAdapter(fake, manager, logs, { editIntervalMs: 30 });
+    stack = await startStack(FORCED, logs, { adapter: { editIntervalMs: 30 }, defaults: { maxNewTokens: 32 } });
+    ({ w, fake, model, manager } = stack);
     s = spy(model);
     png = await testPng(64, 48);
   });
 
   afterAll(async () => {
     s?.restore();
-    await adapter?.close();
-    await manager?.close();
-    await model?.close();
-    await fake?.close();
+    await closeStack(stack);
   });
 
   it('a first message: each attack stays in its one user turn', async () => {
@@ -176,8 +169,7 @@ describe('through Slack (HTML-escaped text, mentions removed)', () => {
     model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: SLACK_FORCED });
     manager = new ConversationManager({ model, defaults: { maxNewTokens: 32, temperature: 0 } });
     fake = await FakeSlack.start();
-    adapter = await startSlackAdapter({ manager, botToken: fake.botToken, signingSecret: fake.signingSecret, port: 0, host: '127.0.0.1', apiUrl: fake.apiUrl, log: () => {}, updateIntervalMs: 20 });
-    fake.appUrl = adapter.url;
+    adapter = await startSlack(fake, manager, { updateIntervalMs: 20 });
     s = spy(model);
     png = await squarePng(64, 48);
   });

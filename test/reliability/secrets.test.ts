@@ -9,7 +9,7 @@ import { ConversationManager } from '../../src/conversation/index.js';
 import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index.js';
 import { startDiscordAdapter, type DiscordAdapter } from '../../adapters/discord/index.js';
 import { FakeSlack } from '../slack/fake-slack.js';
-import { squarePng, textReplies } from '../slack/helpers.js';
+import { squarePng, startSlack, textReplies } from '../slack/helpers.js';
 import { answered, startFake, testPng, type World } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, until } from './helpers.js';
 
@@ -35,18 +35,7 @@ describe('Slack', () => {
 
   beforeAll(async () => {
     fake = await FakeSlack.start();
-    adapter = await startSlackAdapter({
-      manager,
-      botToken: fake.botToken,
-      signingSecret: fake.signingSecret,
-      port: 0,
-      host: '127.0.0.1',
-      apiUrl: fake.apiUrl,
-      log: (l) => logs.push(l),
-      updateIntervalMs: 20,
-      downloadTimeoutMs: 1000,
-    });
-    fake.appUrl = adapter.url;
+    adapter = await startSlack(fake, manager, { log: (l) => logs.push(l), updateIntervalMs: 20, downloadTimeoutMs: 1000 });
   });
 
   afterAll(async () => {

@@ -16,6 +16,7 @@ import { FakeDiscord, type ApiMessage, type ApiUser } from '../discord/fake-disc
 import { testPng } from '../discord/helpers.js';
 import { FakeSlack, type FakeFile, type FakeMessage } from '../slack/fake-slack.js';
 import { squarePng } from '../slack/helpers.js';
+import { rng } from '../helpers/rng.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 
@@ -107,17 +108,6 @@ function percentiles(values: number[]): Percentiles {
   const v = [...values].sort((a, b) => a - b);
   const at = (p: number) => (v.length ? v[Math.min(v.length - 1, Math.max(0, Math.ceil((p / 100) * v.length) - 1))] : NaN);
   return { n: v.length, p50: at(50), p90: at(90), p99: at(99), max: v.length ? v[v.length - 1] : NaN };
-}
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 type Kind = 'discord-mention' | 'discord-followup' | 'discord-command' | 'slack-mention' | 'slack-followup' | 'slack-command';

@@ -20,6 +20,7 @@ import {
   sleep,
   solidPng,
   squarePng,
+  startSlack,
   textReplies,
   waitForAnswers,
   waitForText,
@@ -63,18 +64,7 @@ beforeAll(async () => {
   model = await MiniGPT.load(join(ROOT, 'models', 'demo'), { provider: 'cpu', forcedAnswer: FORCED });
   manager = new ConversationManager({ model, defaults: { maxNewTokens: 64 } });
   fake = await FakeSlack.start();
-  adapter = await startSlackAdapter({
-    manager: paced(manager, 40),
-    botToken: fake.botToken,
-    signingSecret: fake.signingSecret,
-    port: 0,
-    host: '127.0.0.1',
-    apiUrl: fake.apiUrl,
-    log: (l) => logs.push(l),
-    updateIntervalMs: 30,
-    maxFileBytes: MAX_FILE,
-  });
-  fake.appUrl = adapter.url;
+  adapter = await startSlack(fake, paced(manager, 40), { log: (l) => logs.push(l), updateIntervalMs: 30, maxFileBytes: MAX_FILE });
   png = await squarePng(200, 150);
   blue = await solidPng(64, 48, '#2040c0');
 });
@@ -412,19 +402,8 @@ describe('slack: more adapters on their own fakes', () => {
   it('splits a long answer into several messages within the limit', async () => {
     const f2 = await FakeSlack.start();
     others.push(f2);
-    const a2 = await startSlackAdapter({
-      manager,
-      botToken: f2.botToken,
-      signingSecret: f2.signingSecret,
-      port: 0,
-      host: '127.0.0.1',
-      apiUrl: f2.apiUrl,
-      log: (l) => logs.push(l),
-      updateIntervalMs: 10,
-      maxMessageChars: 24,
-    });
+    const a2 = await startSlack(f2, manager, { log: (l) => logs.push(l), updateIntervalMs: 10, maxMessageChars: 24 });
     others.push(a2);
-    f2.appUrl = a2.url;
     const file = f2.addFile({ name: 'square.png', data: png, mimetype: 'image/png' });
     const { msg } = await f2.mention('CS', { files: [file] });
     await waitForAnswers(f2, 'CS', msg.ts, 1);
@@ -442,21 +421,7 @@ describe('slack: more adapters on their own fakes', () => {
     try {
       const f3 = await FakeSlack.start();
       others.push(f3);
-      const start = async (store: Awaited<ReturnType<typeof createStore>>) => {
-        const a = await startSlackAdapter({
-          manager,
-          botToken: f3.botToken,
-          signingSecret: f3.signingSecret,
-          port: 0,
-          host: '127.0.0.1',
-          apiUrl: f3.apiUrl,
-          store,
-          log: (l) => logs.push(l),
-          updateIntervalMs: 10,
-        });
-        f3.appUrl = a.url;
-        return a;
-      };
+      const start = (store: Awaited<ReturnType<typeof createStore>>) => startSlack(f3, manager, { store, log: (l) => logs.push(l), updateIntervalMs: 10 });
       const url = `sqlite://${join(dir, 'bot.sqlite')}`;
       const s1 = await createStore(url);
       const a1 = await start(s1);

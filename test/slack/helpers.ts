@@ -1,11 +1,28 @@
 // Shared by the Slack tests: images, pixels, and the bot's messages in the fake.
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
+import { startSlackAdapter, type SlackAdapter, type SlackAdapterOptions, type SlackConversationManager } from '../../adapters/slack/index.js';
 import type { FakeMessage, FakeSlack } from './fake-slack.js';
 
 /** The answer every test model gives: one grounded phrase with one box (20..70 % of each side). */
 export const FORCED = '<p>green square</p> {<20><20><70><70>} on a grey background';
 export const FORCED_BOX = { x1: 20, y1: 20, x2: 70, y2: 70 };
+
+/** The real Slack adapter over HTTP against `fake` on loopback (the fake sends its events to it); `extra` over that. */
+export async function startSlack(fake: FakeSlack, manager: SlackConversationManager, extra: Partial<SlackAdapterOptions> = {}): Promise<SlackAdapter> {
+  const adapter = await startSlackAdapter({
+    manager,
+    botToken: fake.botToken,
+    signingSecret: fake.signingSecret,
+    port: 0,
+    host: '127.0.0.1',
+    apiUrl: fake.apiUrl,
+    log: () => {},
+    ...extra,
+  });
+  fake.appUrl = adapter.url;
+  return adapter;
+}
 
 /** A grey PNG with a dark green square where the forced answer's box is. */
 export async function squarePng(width = 200, height = 150): Promise<Buffer> {

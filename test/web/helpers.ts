@@ -1,36 +1,17 @@
 // Shared by the web demo tests: a tiny real model package (the fixture checkpoints converted by our own
 // converter, with the demo model's 512-piece tokenizer so box syntax round-trips), images, and an SSE reader.
-import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import sharp from 'sharp';
-import { convert } from '../../src/convert/convert.js';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
-const FIXTURE = join(ROOT, 'test', 'fixtures', 'minigptv2-tiny');
 
-/** Converts the tiny MiniGPT-v2 fixture into `<work>/pkg` (what scripts/build-demo-model.mjs builds). */
+/** Converts the tiny MiniGPT-v2 fixture into `<work>/pkg`: what scripts/build-demo-model.mjs builds (models/demo). */
 export async function buildTinyPackage(work: string): Promise<string> {
-  const llm = join(work, 'llm');
-  await mkdir(llm, { recursive: true });
-  for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) await copyFile(join(FIXTURE, 'llama', f), join(llm, f));
   const script = pathToFileURL(join(ROOT, 'scripts', 'build-demo-model.mjs')).href;
-  const { demoTokenizerJson } = (await import(script)) as { demoTokenizerJson(): unknown };
-  await writeFile(join(llm, 'tokenizer.json'), `${JSON.stringify(demoTokenizerJson())}\n`);
-  const out = join(work, 'pkg');
-  await convert({
-    arch: 'minigpt-v2',
-    vit: join(FIXTURE, 'eva_vit.pth'),
-    llm,
-    ckpt: join(FIXTURE, 'minigptv2_ckpt.pth'),
-    vitHeads: 4,
-    imageSize: 112,
-    loraR: 8,
-    loraAlpha: 16,
-    out,
-  });
-  return out;
+  const { buildDemoModel } = (await import(script)) as { buildDemoModel(out: string): Promise<string> };
+  return buildDemoModel(join(work, 'pkg'));
 }
 
 /** A PNG: a grey background with a red square. */
