@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# The full training run on a machine with an NVIDIA GPU and PyTorch but no Node.js and no internet (how the
-# committed models/demo was trained): unpacks .devbundle/ (scripts/gpu-bundle.sh: Node, the packages, the
-# compiled app), generates the training split in parallel shards with the runtime's own generator and
-# prepare.mjs, then trains with --device cuda for a fixed wall time (--fit-minutes picks the step count).
-# The published files land in OUT (8 files); everything else stays in WORK.
+# The full training run on a machine with an NVIDIA GPU and PyTorch but no Node.js and no internet (the
+# project's lent H100/H200; README.md "On a GPU machine"). It unpacks .devbundle/ (scripts/gpu-bundle.sh:
+# Node, the packages, the compiled app), generates the split in parallel shards with the runtime's own
+# generator and prepare.mjs, trains every run of RUNS at the same time on the one GPU (this small model
+# leaves it mostly idle: each run is bound by kernel launches), converts each run's published files with
+# `minigpt convert`, evaluates each package on a held-out split with `minigpt eval`, and copies the two best
+# runs to OUT (the device tool brings back at most 8 files):
+#   OUT/<run>/{eva_vit.pth,minigptv2_ckpt.pth,pytorch_model.bin}   the large published files
+#   OUT/meta.tar.xz   per run: train_args.json, train_log.jsonl, llama/{config,generation_config,tokenizer}.json,
+#                     the eval reports, the logs; and sweep.json (the scores)
 #
 #   bash models/demo/train/gpu.sh OUT [MINUTES] [SHARDS] [IMAGES_PER_SHARD]
+#   RUNS=file   one run per line: NAME IMAGE_SIZE [train.py options...] (default: gpu-runs.txt beside this)
+#   DEVICE=cpu  tries the script on a machine without a GPU
 #
-# Seeds: training shards use seeds 1..SHARDS, the held-out loss seed 999; `minigpt eval` uses seed 1000.
+# Seeds: training shards 1..SHARDS, held-out loss 999, held-out evaluation 1000 (never used in training).
 # A second call on the same machine reuses the prepared shards in WORK.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=${1:?usage: gpu.sh OUT [MINUTES] [SHARDS] [IMAGES_PER_SHARD]}
 MINUTES=${2:-7}
 SHARDS=${3:-16}
-PER_SHARD=${4:-1200}
+PER_SHARD=${4:-1500}
+RUNS=${RUNS:-models/demo/train/gpu-runs.txt}
 WORK=${WORK:-/tmp/demo-train}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-IMAGE_SIZE=${IMAGE_SIZE:-112}  # a multiple of 14 with a patch count divisible by 4 (112: 16 image tokens, 224: 64)  # DEVICE=cpu tries the script on a machine without a GPU
+EVAL_ITEMS=${EVAL_ITEMS:-300}
 mkdir -p "$WORK/bin" "$OUT"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
@@ -32,24 +40,97 @@ fi
 [ -d dist ] || tar -xJf .devbundle/dist.tar.xz
 stamp "node $("$NODE" --version), $(nproc) cores; $("$PY" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")')"
 
+mapfile -t runs < <(grep -v '^\s*\(#\|$\)' "$RUNS")
+sizes=$(for r in "${runs[@]}"; do read -r _ size _ <<< "$r"; echo "$size"; done | sort -u)
+
+# --- data: each shard generated once, prepared at every image size a run asks for
 shard() {  # seed count dir
-  [ -f "$3/prep/meta.json" ] && grep -q "\"imageSize\": $IMAGE_SIZE," "$3/prep/meta.json" && return 0
-  "$NODE" bin/minigpt.js demo-data --seed "$1" --count "$2" --out "$3/split" > "$3.log" 2>&1 &&
-    "$NODE" models/demo/train/prepare.mjs --data "$3/split" --out "$3/prep" --image-size "$IMAGE_SIZE" >> "$3.log" 2>&1 &&
-    rm -rf "$3/split"
+  local missing=0
+  for size in $sizes; do [ -f "$3/prep$size/meta.json" ] || missing=1; done
+  [ $missing = 0 ] && return 0
+  [ -f "$3/split/manifest.json" ] || "$NODE" bin/minigpt.js demo-data --seed "$1" --count "$2" --out "$3/split" > "$3.log" 2>&1
+  for size in $sizes; do
+    "$NODE" models/demo/train/prepare.mjs --data "$3/split" --out "$3/prep$size" --image-size "$size" >> "$3.log" 2>&1
+  done
 }
 pids=()
 for s in $(seq 1 "$SHARDS"); do shard "$s" "$PER_SHARD" "$WORK/shard$s" & pids+=($!); done
 shard 999 256 "$WORK/val" & pids+=($!)
-for p in "${pids[@]}"; do wait "$p" || { cat "$WORK"/*.log; exit 1; }; done
-data=$(for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep"; done)
-stamp "data: $SHARDS shards x $PER_SHARD images prepared"
+[ -f "$WORK/heldout/manifest.json" ] || { "$NODE" bin/minigpt.js demo-data --seed 1000 --count 300 --out "$WORK/heldout" > "$WORK/heldout.log" 2>&1 & pids+=($!); }
+for p in "${pids[@]}"; do wait "$p" || { tail -n 20 "$WORK"/*.log; exit 1; }; done
+stamp "data: $SHARDS shards x $PER_SHARD images prepared at $(echo $sizes) px"
 
-# 64 images x 4 samples per step (8x the CPU recipe's batch, lr scaled by ~sqrt(8)), micro-batches of 128;
-# the vision encoder's auxiliary loss and smooth grid-token embeddings (README: "What the first GPU run taught").
-"$PY" models/demo/train/train.py --data "$data" --val "$WORK/val/prep" --out "$OUT" --state "$WORK/state.pt" \
-  --device "$DEVICE" --fit-minutes "$MINUTES" --max-minutes "$(awk "BEGIN { print $MINUTES + 1 }")" \
-  --batch-images 64 --per-image 4 --micro 128 --lr 2e-3 --warmup 400 --log-every 100 --save-every 1000 \
-  --aux-weight 1 --coord-init
+# --- training: every run at once
+pids=()
+for r in "${runs[@]}"; do
+  read -r name size opts <<< "$r"
+  data=$(for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep$size"; done)
+  mkdir -p "$WORK/runs/$name"
+  # defaults: 64 images x 4 samples per step (8x the CPU recipe's batch, lr scaled by ~sqrt(8)), micro-batches
+  # of 128, the ViT's auxiliary loss and smooth grid tokens (README: "What the first GPU run taught");
+  # a run's own options come last and win.
+  # shellcheck disable=SC2086
+  "$PY" models/demo/train/train.py --data "$data" --val "$WORK/val/prep$size" --out "$WORK/runs/$name" \
+    --state "$WORK/runs/$name.state.pt" --device "$DEVICE" --fit-minutes "$MINUTES" \
+    --max-minutes "$(awk "BEGIN { print $MINUTES + 1 }")" --batch-images 64 --per-image 4 --micro 128 --lr 2e-3 \
+    --warmup 400 --log-every 100 --save-every 1000 --aux-weight 1 --coord-init $opts \
+    > "$WORK/runs/$name.log" 2>&1 & pids+=($!)
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+for r in "${runs[@]}"; do
+  read -r name _ <<< "$r"
+  echo "== $name"; grep -E '^(model|fit|step [0-9]+: held-out|stopped|Traceback)|Error' "$WORK/runs/$name.log" | tail -n 6 || true
+done
 stamp "trained"
-ls -la "$OUT" "$OUT/llama"
+
+# --- convert and evaluate every run that saved its files
+threads=$(( $(nproc) / ${#runs[@]} )); [ "$threads" -ge 1 ] || threads=1
+pids=()
+for r in "${runs[@]}"; do
+  read -r name size _ <<< "$r"
+  d=$WORK/runs/$name
+  [ -f "$d/minigptv2_ckpt.pth" ] || continue
+  (
+    "$NODE" bin/minigpt.js convert --arch minigpt-v2 --vit "$d/eva_vit.pth" --llm "$d/llama" --ckpt "$d/minigptv2_ckpt.pth" \
+      --vit-heads "$(python3 -c "import json; print(json.load(open('$d/train_args.json'))['vit_heads'])")" \
+      --image-size "$size" --lora-alpha "$(python3 -c "import json; print(json.load(open('$d/train_args.json'))['lora_alpha'])")" \
+      --out "$WORK/packages/$name" > "$d/convert.log" 2>&1
+    for task in refer identify vqa; do
+      "$NODE" bin/minigpt.js eval --model "$WORK/packages/$name" --data "$WORK/heldout" --task "$task" --limit "$EVAL_ITEMS" \
+        --batch 8 --threads "$threads" --provider cpu --json > "$d/eval-$task.json" 2> "$d/eval-$task.log"
+    done
+  ) & pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+stamp "converted and evaluated"
+
+# --- the two best runs back, the rest as a summary
+"$PY" - "$WORK/runs" "$OUT" <<'EOF'
+import json, os, shutil, sys
+runs, out = sys.argv[1], sys.argv[2]
+scores = {}
+for name in sorted(os.listdir(runs)):
+    d = os.path.join(runs, name)
+    if not os.path.isdir(d):
+        continue
+    acc = {}
+    for task in ('refer', 'identify', 'vqa'):
+        try:
+            acc[task] = json.load(open(os.path.join(d, f'eval-{task}.json')))['accuracy']
+        except Exception:
+            acc[task] = None
+    done = [v for v in acc.values() if v is not None]
+    scores[name] = {**acc, 'mean': sum(done) / 3 if len(done) == 3 else None}
+best = sorted((n for n in scores if scores[n]['mean'] is not None), key=lambda n: -scores[n]['mean'])[:2]
+json.dump({'scores': scores, 'returned': best}, open(os.path.join(runs, 'sweep.json'), 'w'), indent=2)
+print(json.dumps(scores, indent=1))
+for n in best:
+    os.makedirs(os.path.join(out, n), exist_ok=True)
+    for f in ('eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin'):
+        shutil.copy(os.path.join(runs, n, f), os.path.join(out, n, os.path.basename(f)))
+print('returned:', best)
+EOF
+tar -C "$WORK/runs" -cJf "$OUT/meta.tar.xz" --exclude='*.pth' --exclude='*.bin' --exclude='*.state.pt' .
+stamp "done"
+exit $status
