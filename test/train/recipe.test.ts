@@ -1,0 +1,65 @@
+// The training recipe of the demo model (models/demo/train, issue 7) as a smoke test: a tiny split, three
+// training steps in PyTorch (Debian's python3-torch, which .ci/run installs), the published files converted
+// by `minigpt convert`, the ONNX package checked against PyTorch on the same inputs, an eval run; and two
+// runs with the same seed writing identical files.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+const ROOT = join(import.meta.dirname, '..', '..');
+const PY = process.env.PYTHON ?? '/usr/bin/python3';
+let work: string;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'minigpt-train-'));
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+const sha256 = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
+
+interface CheckReport {
+  ok: boolean;
+  samples: Array<{ image_embeds_max_abs_err: number; first_logits_max_abs_err: number; greedy_ids: number[]; expected_ids: number[]; ok: boolean }>;
+}
+
+describe('models/demo/train', () => {
+  it('smoke.sh: trains 3 steps, converts the published files, and the package matches PyTorch', async () => {
+    const { stdout } = await run('bash', [join(ROOT, 'models/demo/train/smoke.sh'), join(work, 'smoke')], {
+      cwd: ROOT,
+      env: { ...process.env, PYTHON: PY },
+      maxBuffer: 64 << 20,
+    });
+    expect(stdout).toMatch(/smoke test passed/);
+    const report = JSON.parse(await readFile(join(work, 'smoke', 'check.json'), 'utf8')) as CheckReport;
+    expect(report.ok).toBe(true);
+    expect(report.samples).toHaveLength(3);
+    for (const s of report.samples) {
+      expect(s.image_embeds_max_abs_err).toBeLessThan(1e-3);
+      expect(s.first_logits_max_abs_err).toBeLessThan(1e-3);
+      expect(s.greedy_ids).toEqual(s.expected_ids);
+    }
+    // the auxiliary head trained (its loss is logged) and is not part of the published ViT file
+    const log = (await readFile(join(work, 'smoke', 'run', 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    expect(log.filter((r) => typeof r.aux_loss === 'number')).toHaveLength(3);
+    const { stdout: keys } = await run(PY, ['-c', `import torch; print('\\n'.join(torch.load('${join(work, 'smoke', 'run', 'eva_vit.pth')}').keys()))`]);
+    expect(keys).toMatch(/^patch_embed\.proj\.weight$/m);
+    expect(keys).not.toMatch(/aux/);
+  }, 300_000);
+
+  it('is deterministic on the CPU: the same seed writes the same published files', async () => {
+    const prepared = join(work, 'smoke', 'prepared');
+    const args = (out: string) => [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', out, '--steps', '2', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--threads', '1'];
+    await run(PY, args(join(work, 'r1')), { cwd: ROOT });
+    await run(PY, args(join(work, 'r2')), { cwd: ROOT });
+    for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {
+      expect(await sha256(join(work, 'r2', f)), f).toBe(await sha256(join(work, 'r1', f)));
+    }
+  }, 300_000);
+});
