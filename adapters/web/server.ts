@@ -6,6 +6,8 @@
 //   POST /api/chat         multipart/form-data: conversation, text, task, temperature, numBeams, [image]
 //                          -> text/event-stream, one `data: {json}` per answer event
 //   POST /api/reset        application/json {conversation} -> 204
+//   GET  /examples         example scenes (adapters/web/examples.ts): [{id, task, prompt, width, height, alt}]
+//   GET  /examples/<id>.png  an example scene, rendered on first request and kept in memory
 //
 // Security: binds to loopback unless remote access is asked for explicitly; every request's Host must be one
 // of the server's own names (DNS rebinding); every POST must carry the page's own Origin (CSRF) and the
@@ -21,6 +23,7 @@ import { extname, join, resolve, sep } from 'node:path';
 import type { AnswerEvent, ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
 import { parseTask, taskPrompt, TASK_BUTTON_PROMPTS, TASK_HINTS, TASKS } from '../../src/grounding/tasks.js';
 import { answerSegments } from './render.js';
+import { EXAMPLE_SEED, renderExamples, type ExampleSet } from './examples.js';
 
 /** What the server needs from the conversation manager. */
 export interface WebConversationManager {
@@ -55,6 +58,8 @@ export interface WebServerOptions {
   allowRemote?: boolean;
   /** extra host names (or host:port) accepted in the Host header, e.g. a reverse proxy's name */
   allowedHosts?: readonly string[];
+  /** the example scenes the page offers (default: 6 scenes of seed 4242); false: none */
+  examples?: false | { seed?: number; count?: number };
 }
 
 export interface WebServer {
@@ -140,6 +145,20 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
   const active = new Set<AbortController>();
   let allowed = new Set<string>();
   let port = 0;
+  // Rendered on first request, once per server; a failed render is tried again on the next request.
+  let examples: Promise<ExampleSet> | null = null;
+  const loadExamples = (): Promise<ExampleSet> => {
+    if (opts.examples === false) return Promise.resolve({ list: [], png: () => undefined });
+    examples ??= renderExamples({
+      seed: opts.examples?.seed ?? EXAMPLE_SEED,
+      count: opts.examples?.count,
+      tags: tasks.length > 0,
+    }).catch((err: unknown) => {
+      examples = null;
+      throw err;
+    });
+    return examples;
+  };
 
   const server: Server = createServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
@@ -187,7 +206,17 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
       throw new HttpError(404, 'not_found', 'no such API');
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') throw methodNotAllowed('GET');
+    if (path === '/examples' || path.startsWith('/examples/')) return serveExample(req, res, path);
     return serveStatic(req, res, path);
+  }
+
+  async function serveExample(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    if (path === '/examples') return sendJson(res, 200, (await loadExamples()).list);
+    const id = /^\/examples\/([A-Za-z0-9_-]{1,64})\.png$/.exec(path)?.[1];
+    const png = id === undefined ? undefined : (await loadExamples()).png(id);
+    if (!png) throw new HttpError(404, 'not_found', 'no such example');
+    res.writeHead(200, { ...COMMON_HEADERS, 'content-type': 'image/png', 'content-length': String(png.length) });
+    res.end(req.method === 'HEAD' ? undefined : png);
   }
 
   function methodNotAllowed(allow: string): HttpError {

@@ -2,6 +2,7 @@
 // PNG, sends `[grounding] describe this image`, sees the answer stream in and the annotated image appear,
 // then asks a follow-up in the same tab that keeps the image. The tiny model's answer is forced (test hook
 // MINIGPT_TEST_FORCED_ANSWER / `forcedAnswer`, through the real decoder) so that it holds a box.
+// Issue 7: the example scenes under the drop zone load as the image with a suggested prompt, and answer.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -140,6 +141,61 @@ describe('web demo in headless Chromium', () => {
     await page.click('#reset');
     await expect.poll(() => answers(page).count()).toBe(0);
     expect(await manager.history({ platform: 'web', workspace: 'local', channel: 'web', thread: id! })).toBeNull();
+
+    expect(problems).toEqual([]);
+    await page.close();
+  });
+
+  it('offers example scenes: a click loads the scene like an upload and fills in its suggested prompt', async () => {
+    const { page, problems } = await openTab();
+    const listed = (await (await fetch(new URL('/examples', server.url))).json()) as { id: string; task: string; prompt: string; width: number; height: number; alt: string }[];
+    expect(listed.map((e) => e.task)).toEqual(['grounding', 'refer', 'detection', 'identify', 'vqa', 'caption']);
+    const buttons = page.locator('#exampleList button');
+    await expect.poll(() => buttons.count()).toBe(listed.length);
+    expect(await page.locator('#examples').isVisible()).toBe(true);
+    for (let i = 0; i < listed.length; i++) {
+      const b = buttons.nth(i);
+      expect(await b.getAttribute('aria-label')).toBe(`Example ${i + 1}: ${listed[i].prompt}`);
+      expect(await b.locator('img').getAttribute('alt')).toBe(listed[i].alt);
+      // the thumbnails load (same origin, allowed by the page's CSP)
+      await expect.poll(() => b.locator('img').evaluate((img: any) => (img.complete ? img.naturalWidth : 0))).toBe(listed[i].width);
+    }
+    // accessible by name, like a screen reader user would find it
+    const refer = listed.find((e) => e.task === 'refer')!;
+    await page.getByRole('button', { name: `Example 2: ${refer.prompt}` }).click();
+    await expect.poll(() => page.locator('#preview').evaluate((img: any) => (img.complete ? img.naturalWidth : 0))).toBe(refer.width);
+    expect(await page.locator('#preview').evaluate((img: any) => img.naturalHeight)).toBe(refer.height);
+    expect(await page.locator('#task').inputValue()).toBe('refer');
+    expect(await page.locator('#text').inputValue()).toBe(refer.prompt.replace(/^\[refer\] /, ''));
+    expect(await page.locator('#imageInfo').textContent()).toContain(`example-${refer.id}.png`);
+    expect(await buttons.nth(1).getAttribute('class')).toContain('chosen');
+
+    // Send it as it is: the answer arrives, and the server got the example's PNG and the tagged prompt.
+    await page.click('#send');
+    const first = answers(page).nth(0);
+    await first.and(page.locator('[data-state=done]')).waitFor({ timeout: 30_000 });
+    expect(await first.locator('.error').count()).toBe(0);
+    expect((await first.locator('.body').textContent())?.trim()).not.toBe('');
+    expect(await first.locator('img.annotated').count()).toBe(1);
+    expect(await page.locator('#log li[data-role=user] img').count()).toBe(1);
+    const id = await page.evaluate(() => (globalThis as any).sessionStorage.getItem('minigpt.conversation') as string | null);
+    const key = { platform: 'web', workspace: 'local', channel: 'web', thread: id! } as const;
+    let state = await manager.history(key);
+    expect(state?.turns.map((t) => t.user)).toEqual([refer.prompt]);
+
+    // Another example is a new image: the conversation starts over with it. [identify] shows its box.
+    const identify = listed.find((e) => e.task === 'identify')!;
+    await page.getByRole('button', { name: `Example 4: ${identify.prompt}` }).click();
+    await expect.poll(() => page.locator('#preview').evaluate((img: any) => (img.complete ? img.naturalWidth : 0))).toBe(identify.width);
+    expect(await page.locator('#task').inputValue()).toBe('identify');
+    expect(await page.locator('#text').inputValue()).toBe(identify.prompt.replace(/^\[identify\] /, ''));
+    expect(await page.locator('#sel').isVisible()).toBe(true);
+    const second = await sendAndWait(page, await page.locator('#text').inputValue(), 2);
+    expect(await second.locator('.error').count()).toBe(0);
+    expect((await second.locator('.body').textContent())?.trim()).not.toBe('');
+    state = await manager.history(key);
+    expect(state?.turns.map((t) => t.user)).toEqual([identify.prompt]);
+    expect(await page.locator('#sel').isVisible()).toBe(false);
 
     expect(problems).toEqual([]);
     await page.close();
