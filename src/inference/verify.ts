@@ -14,6 +14,21 @@ export const TOLERANCES = {
   preprocessMean: 0.02,
 } as const;
 
+type WeightType = MiniGPT['meta']['dtype'];
+
+/**
+ * What a package of each weight type must meet against the (fp32) PyTorch reference: the tensor bound and
+ * the share of greedy tokens equal to the reference's. A quantised package cannot meet fp32's 1e-4, so it is
+ * held to the bounds of its agreement test (docs/quantisation.md, test/convert/dtypes.test.ts): fp16 keeps
+ * every greedy token within 1e-2, int8 7 of 8 within 0.25; int4 is only bounded (4) and its tokens reported.
+ */
+export const DTYPE_BOUNDS: Record<WeightType, { tensor: number; greedyAgreement: number }> = {
+  fp32: { tensor: TOLERANCES.tensor, greedyAgreement: 1 },
+  fp16: { tensor: 1e-2, greedyAgreement: 1 },
+  int8: { tensor: 0.25, greedyAgreement: 7 / 8 },
+  int4: { tensor: 4, greedyAgreement: 0 },
+};
+
 interface GoldenTensor {
   file: string;
   dtype: 'float32' | 'int64' | 'uint8';
@@ -32,10 +47,15 @@ export interface PromptReport {
   greedy_ids: number[];
   expected_greedy_ids: number[];
   greedy_ids_match: boolean;
+  /** share of positions where the greedy ids equal the reference's */
+  greedy_agreement: number;
   ok: boolean;
 }
 
 export interface VerifyReport {
+  /** the package's weight type, which chooses the bounds (DTYPE_BOUNDS) */
+  dtype: WeightType;
+  bounds: { tensor: number; greedy_agreement: number };
   stages: Record<string, StageError>;
   prompts: Record<string, PromptReport>;
   ok: boolean;
@@ -126,6 +146,7 @@ async function verifyPrompt(
   prefix: string,
   imageEmbeds: Float32Array,
   shared: Record<string, StageError>,
+  bounds: { tensor: number; greedyAgreement: number },
 ): Promise<PromptReport> {
   const stages: Record<string, StageError> = { ...shared };
   const V = model.meta.llm.vocabSize;
@@ -134,11 +155,11 @@ async function verifyPrompt(
   const ctx = await spliceContext(segIds, Array(segIds.length - 1).fill(imageEmbeds), model.embedder);
 
   const embedsName = golden.promptTensor(prefix, 'inputs_embeds');
-  if (embedsName) stages.inputs_embeds = compare(ctx.embeds, await golden.float32(embedsName), TOLERANCES.tensor);
+  if (embedsName) stages.inputs_embeds = compare(ctx.embeds, await golden.float32(embedsName), bounds.tensor);
 
   const pre = await model.prefill(ctx);
   const logitsName = golden.promptTensor(prefix, 'logits');
-  if (logitsName) stages.logits = compare(pre.all, await golden.float32(logitsName), TOLERANCES.tensor);
+  if (logitsName) stages.logits = compare(pre.all, await golden.float32(logitsName), bounds.tensor);
 
   const expectedName = golden.promptTensor(prefix, 'greedy_ids');
   const expected = expectedName ? await golden.ids(expectedName) : [];
@@ -162,15 +183,17 @@ async function verifyPrompt(
     state.dispose();
   }
   const stepName = golden.promptTensor(prefix, 'greedy_step_logits');
-  if (stepName) stages.greedy_step_logits = compare(stepLogits, await golden.float32(stepName), TOLERANCES.tensor);
+  if (stepName) stages.greedy_step_logits = compare(stepLogits, await golden.float32(stepName), bounds.tensor);
 
   const match = expected.length > 0 && expected.every((id, i) => ids[i] === id);
+  const agreement = expected.length > 0 ? expected.filter((id, i) => ids[i] === id).length / expected.length : 0;
   return {
     stages,
     greedy_ids: ids,
     expected_greedy_ids: expected,
     greedy_ids_match: match,
-    ok: match && Object.values(stages).every((s) => s.ok),
+    greedy_agreement: agreement,
+    ok: expected.length > 0 && agreement >= bounds.greedyAgreement && Object.values(stages).every((s) => s.ok),
   };
 }
 
@@ -180,7 +203,8 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
   const model = await MiniGPT.load(modelDir, opts);
   try {
     const stages: Record<string, StageError> = {};
-    const { vision } = model.meta;
+    const { vision, dtype } = model.meta;
+    const bounds = DTYPE_BOUNDS[dtype];
     if (golden.has('pixel_values')) {
       const pixelValues = await golden.float32('pixel_values');
       try {
@@ -198,12 +222,12 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
       if (stageNames.length > 0) {
         const out = await model.vision.encodeStages(pixelValues, stageNames);
         embeds = out.image_embeds;
-        for (const n of stageNames) stages[n] = compare(out[n], await golden.float32(n), TOLERANCES.tensor);
+        for (const n of stageNames) stages[n] = compare(out[n], await golden.float32(n), bounds.tensor);
       } else {
         embeds = await model.vision.encode(pixelValues);
       }
       const embedsName = `${variant}image_embeds`;
-      if (golden.has(embedsName)) stages.image_embeds = compare(embeds, await golden.float32(embedsName), TOLERANCES.tensor);
+      if (golden.has(embedsName)) stages.image_embeds = compare(embeds, await golden.float32(embedsName), bounds.tensor);
       const prompts: Record<string, PromptReport> = {};
       for (const idsPrefix of golden.prompts()) {
         const other = VARIANT_PREFIXES.find((v) => idsPrefix.startsWith(v));
@@ -212,11 +236,11 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
         // A variant's prompts are those with reference outputs under its prefix.
         if (variant && !['logits', 'greedy_ids'].some((t) => golden.has(prefix + t))) continue;
         const segPrefix = golden.has(`${prefix}seg0_ids`) ? prefix : idsPrefix;
-        prompts[prefix.replace(/_$/, '')] = await verifyPrompt(model, golden, segPrefix, prefix, embeds, stages);
+        prompts[prefix.replace(/_$/, '')] = await verifyPrompt(model, golden, segPrefix, prefix, embeds, stages, bounds);
       }
       if (Object.keys(prompts).length === 0) throw new Error(`${goldenDir} has no prompt for this package (${variant || 'default'} variant)`);
       const ok = Object.values(stages).every((s) => s.ok) && Object.values(prompts).every((p) => p.ok);
-      return { stages, prompts, ok };
+      return { dtype, bounds: { tensor: bounds.tensor, greedy_agreement: bounds.greedyAgreement }, stages, prompts, ok };
     }
     throw new Error(`${goldenDir} has no pixel_values tensor to feed the vision encoder`);
   } finally {
