@@ -30,6 +30,7 @@ import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 import { notice, threadName } from './format.js';
 import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
 import { redact, UserRateLimiter } from './limits.js';
+import { ArrivalOrder, type Turn } from '../shared/arrival-order.js';
 import { isPermissionError, relayAnswer, type Payload, type RelayResult, type ReplyTarget } from './relay.js';
 
 /** What the adapter needs from the conversation manager. */
@@ -159,6 +160,8 @@ class Adapter implements DiscordAdapter {
   private readonly replyKeys = new LruMap<string, ConversationKey>(KNOWN_REPLIES);
   private readonly tasks = new Set<Promise<void>>();
   private readonly controllers = new Set<AbortController>();
+  /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
+  private readonly order: ArrivalOrder;
   private closing: Promise<void> | undefined;
 
   constructor(client: Client<true>, opts: DiscordAdapterOptions, log: (line: string) => void) {
@@ -166,6 +169,11 @@ class Adapter implements DiscordAdapter {
     this.manager = opts.manager;
     this.log = log;
     this.policy = downloadPolicy({ apiUrl: opts.apiUrl, maxBytes: opts.maxImageBytes, timeoutMs: opts.downloadTimeoutMs });
+    // A request waits for the one before it in its conversation at most this long (that one's image download
+    // has its own timeout; this is the backstop).
+    this.order = new ArrivalOrder(this.policy.timeoutMs + 30_000, (k) =>
+      log(`discord: a request in ${k} waited too long for the one before it; answering it now`),
+    );
     const rl = opts.rateLimit === undefined ? DEFAULT_RATE_LIMIT : opts.rateLimit;
     this.rate = rl ? new UserRateLimiter(rl.max, rl.windowMs) : null;
     this.editIntervalMs = opts.editIntervalMs ?? DEFAULT_EDIT_INTERVAL_MS;
@@ -259,7 +267,12 @@ class Adapter implements DiscordAdapter {
     }
   }
 
-  private async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string): Promise<RelayResult> {
+  /**
+   * Hands the request to the manager once the conversation's earlier requests have been (`turn`: its place in
+   * the order the gateway delivered them), then relays the answer.
+   */
+  private async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: Turn): Promise<RelayResult> {
+    await turn.ready();
     const controller = new AbortController();
     this.controllers.add(controller);
     // A request that reaches this point while the adapter closes is answered at once with the restart notice.
@@ -267,6 +280,8 @@ class Adapter implements DiscordAdapter {
     const started = Date.now();
     try {
       const events = this.whileOpen(this.manager.handle({ ...req, signal: controller.signal }));
+      // The request has its place in the manager's queue: the conversation's next request may go on.
+      turn.release();
       const r = await relayAnswer(events, route.target, { editIntervalMs: this.editIntervalMs, notice: route.notice, log: this.log, label });
       this.log(
         `discord: ${label}: ${r.ok ? `answered (${r.chars} chars${r.attached ? ', annotated image' : ''})` : `error ${r.error?.code}`} ` +
@@ -289,8 +304,29 @@ class Adapter implements DiscordAdapter {
   // Messages: mentions, thread follow-ups, DMs
   // ------------------------------------------------------------------------------------------------
 
+  /**
+   * The conversation whose request order a message or interaction joins, known without awaiting anything: a
+   * thread or DM channel, or the in-channel conversation of the bot answer it replies to. A mention that starts
+   * a new thread has no earlier request to wait for.
+   */
+  private orderKey(channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null, channelId: string | null, dm: boolean, replyTo?: string | null): string | undefined {
+    if (dm || channel?.isThread() || channel?.isDMBased()) return channelId ? `channel ${channelId}` : undefined;
+    const k = replyTo ? this.replyKeys.get(replyTo) : undefined;
+    return k ? `conversation ${k.channel}/${k.thread}` : undefined;
+  }
+
   private async onMessage(msg: Message): Promise<void> {
     if (msg.author.bot || msg.system || msg.webhookId) return;
+    // Its turn in its conversation, taken as the gateway delivers it, before anything is awaited.
+    const turn = this.order.take(this.orderKey(msg.channel, msg.channelId, false, msg.reference?.messageId));
+    try {
+      await this.message(msg, turn);
+    } finally {
+      turn.release();
+    }
+  }
+
+  private async message(msg: Message, turn: Turn): Promise<void> {
     const ch = msg.channel;
     const dm = ch.isDMBased();
     const thread = ch.isThread() ? ch : null;
@@ -301,14 +337,14 @@ class Adapter implements DiscordAdapter {
     if (!ch.isSendable()) return;
     const label = `message ${msg.id} (${dm ? 'DM' : `guild ${msg.guildId}, channel ${ch.id}`})`;
     try {
-      await this.answerMessage(msg, ch, { dm, thread, label });
+      await this.answerMessage(msg, ch, { dm, thread, label, turn });
     } catch (err) {
       this.log(`discord: ${label} failed: ${describeError(err)}`);
       await msg.reply({ content: `⚠️ ${INTERNAL}` }).catch(() => {});
     }
   }
 
-  private async answerMessage(msg: Message, ch: SendableChannels, ctx: { dm: boolean; thread: ThreadChannel | null; label: string }): Promise<void> {
+  private async answerMessage(msg: Message, ch: SendableChannels, ctx: { dm: boolean; thread: ThreadChannel | null; label: string; turn: Turn }): Promise<void> {
     const text = stripBotMention(msg.content, this.botId);
     const answerKey = !ctx.dm && !ctx.thread && msg.reference?.messageId ? this.replyKeys.get(msg.reference.messageId) : undefined;
     const found = answerKey ? findImage(msg, this.policy) : await this.imageOf(msg);
@@ -348,7 +384,7 @@ class Adapter implements DiscordAdapter {
       ...(!text && image ? { task: 'caption' as const } : {}),
       requestId: `discord-${msg.id}`,
     };
-    await this.run(req, route, ctx.label);
+    await this.run(req, route, ctx.label, ctx.turn);
     // Answers in a channel (no thread): a reply to one of them continues the conversation.
     if (route.inChannel) for (const id of route.target.ids ?? []) this.replyKeys.set(id, route.key);
   }
@@ -393,6 +429,20 @@ class Adapter implements DiscordAdapter {
     i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
     input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
   ): Promise<void> {
+    // Its turn in its conversation (a thread or DM), taken as the gateway delivers it.
+    const turn = this.order.take(this.orderKey(i.channel, i.channelId, !i.guildId));
+    try {
+      await this.describeIn(i, input, turn);
+    } finally {
+      turn.release();
+    }
+  }
+
+  private async describeIn(
+    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
+    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
+    turn: Turn,
+  ): Promise<void> {
     const channel = i.channel;
     const thread = channel?.isThread() ? channel : null;
     if (!this.allowed(i.guildId, i.channelId, thread?.parentId)) {
@@ -404,7 +454,7 @@ class Adapter implements DiscordAdapter {
     await i.deferReply();
     const label = `${i.isChatInputCommand() ? '/' : ''}${i.commandName} ${i.id} (${i.guildId ? `guild ${i.guildId}, channel ${i.channelId}` : 'DM'})`;
     try {
-      await this.answerInteraction(i, input, { thread, label });
+      await this.answerInteraction(i, input, { thread, label, turn });
     } catch (err) {
       this.log(`discord: ${label} failed: ${describeError(err)}`);
       await i.editReply({ content: `⚠️ ${INTERNAL}` }).catch(() => {});
@@ -414,7 +464,7 @@ class Adapter implements DiscordAdapter {
   private async answerInteraction(
     i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
     input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-    ctx: { thread: ThreadChannel | null; label: string },
+    ctx: { thread: ThreadChannel | null; label: string; turn: Turn },
   ): Promise<void> {
     const dm = !i.guildId;
     let image: Uint8Array | undefined;
@@ -461,7 +511,7 @@ class Adapter implements DiscordAdapter {
       ...(input.temperature !== undefined ? { generation: { temperature: input.temperature } } : {}),
       requestId: `discord-${i.id}`,
     };
-    const r = await this.run(req, { key, target: interactionTarget(i) }, ctx.label);
+    const r = await this.run(req, { key, target: interactionTarget(i) }, ctx.label, ctx.turn);
     if (!r.ok || !replyId) return;
     try {
       await this.client.rest.post(Routes.threads(channelId, replyId), {

@@ -33,6 +33,7 @@ import {
   type SlackFile,
 } from './files.js';
 import { SeenSet } from './dedupe.js';
+import { ArrivalOrder, type Turn } from '../shared/arrival-order.js';
 import { ThreadReply, describeError, slackErrorCode } from './reply.js';
 
 type WebClient = webApi.WebClient;
@@ -133,7 +134,12 @@ interface Ask {
   header?: string;
   requestId: string;
   what: string;
+  /** the conversation's turn (arrival order): released once the request is handed to the manager */
+  turn?: Turn;
 }
+
+/** Where a listener finds the arrival-order turn the middleware took for its event. */
+const TURN = 'minigptTurn';
 
 /** A Slack API base URL with the trailing slash the WebClient needs. */
 export function normaliseApiUrl(url: string | undefined): string | undefined {
@@ -278,6 +284,8 @@ class SlackBot {
   private readonly updateIntervalMs: number;
   private readonly maxMessageChars: number;
   private readonly historyLimit: number;
+  /** per-thread arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
+  private readonly order: ArrivalOrder;
   private nextId = 1;
 
   constructor(
@@ -301,6 +309,16 @@ class SlackBot {
     this.updateIntervalMs = opts.updateIntervalMs ?? 1200;
     this.maxMessageChars = Math.max(20, opts.maxMessageChars ?? DEFAULT_MAX_MESSAGE_CHARS);
     this.historyLimit = Math.min(1000, Math.max(1, opts.historyLimit ?? 100));
+    // A request waits for the one before it in its thread at most this long (that one's download has its own
+    // timeout; Web API calls before it are retried for a while).
+    this.order = new ArrivalOrder(this.downloadTimeoutMs + 60_000, (k) =>
+      this.log(`slack: a request in ${k} waited too long for the one before it in its thread; answering it now`),
+    );
+  }
+
+  /** Requests of one thread keep the order in which Slack delivered their events. */
+  private orderKey(team: string, channel: string, thread: string): string {
+    return `${team}:${channel}:${thread}`;
   }
 
   register(): void {
@@ -311,23 +329,34 @@ class SlackBot {
       const b = body as { type?: string; event_id?: string; event?: MessageLike };
       // Only events that may become requests are remembered (not every message of every channel).
       const candidate = b.event?.type === 'app_mention' || (b.event?.type === 'message' && !!b.event.thread_ts && !ignorable(b.event, this.botUserId));
-      if (b.type === 'event_callback' && typeof b.event_id === 'string' && candidate) {
-        if (this.closing) return;
-        if (!(await this.events.claim(b.event_id))) {
-          const retry = context.retryNum !== undefined ? ` (retry ${context.retryNum}${context.retryReason ? `, ${context.retryReason}` : ''})` : '';
-          this.log(`slack: event ${b.event_id} (${b.event?.type ?? '?'}) already handled${retry}; ignored`);
-          return;
+      // The event's turn in its thread is taken now, before anything is awaited: the order of delivery.
+      const ev = b.event;
+      const turn = candidate && ev?.channel && (ev.thread_ts ?? ev.ts) ? this.order.take(this.orderKey(teamOf(body), ev.channel, (ev.thread_ts ?? ev.ts)!)) : undefined;
+      if (turn) context[TURN] = turn;
+      try {
+        if (b.type === 'event_callback' && typeof b.event_id === 'string' && candidate) {
+          if (this.closing) return;
+          if (!(await this.events.claim(b.event_id))) {
+            const retry = context.retryNum !== undefined ? ` (retry ${context.retryNum}${context.retryReason ? `, ${context.retryReason}` : ''})` : '';
+            this.log(`slack: event ${b.event_id} (${b.event?.type ?? '?'}) already handled${retry}; ignored`);
+            return;
+          }
         }
+        await next();
+      } finally {
+        // Not taken by a listener (a duplicate, or no listener for it): the thread's next request goes on.
+        (context[TURN] as Turn | undefined)?.release();
       }
-      await next();
     });
 
-    app.event('app_mention', async ({ event, body, client }) => {
-      this.spawn('app_mention', () => this.onMention(event as MessageLike, teamOf(body), client));
+    app.event('app_mention', async ({ event, body, client, context }) => {
+      const turn = takeTurn(context);
+      this.spawn('app_mention', () => this.onMention(event as MessageLike, teamOf(body), client, turn), turn);
     });
 
-    app.event('message', async ({ event, body, client }) => {
-      this.spawn('message', () => this.onMessage(event as MessageLike, teamOf(body), client));
+    app.event('message', async ({ event, body, client, context }) => {
+      const turn = takeTurn(context);
+      this.spawn('message', () => this.onMessage(event as MessageLike, teamOf(body), client, turn), turn);
     });
 
     app.command(this.opts.command ?? DEFAULT_COMMAND, async ({ command, ack, client, respond }) => {
@@ -342,10 +371,17 @@ class SlackBot {
     });
 
     app.shortcut({ callback_id: this.opts.shortcutCallbackId ?? DEFAULT_SHORTCUT, type: 'message_action' }, async ({ shortcut, ack, client, respond }) => {
-      await ack();
-      this.spawn('shortcut', () =>
-        this.onShortcut(shortcut as unknown as ShortcutPayload, client, (text) => respond({ response_type: 'ephemeral', text }).then(() => {})),
-      );
+      // The answer goes into the message's thread: its turn there is taken on arrival, like a message's.
+      const s = shortcut as unknown as ShortcutPayload;
+      const thread = s.message?.thread_ts ?? s.message?.ts;
+      const turn = s.channel?.id && thread ? this.order.take(this.orderKey(s.team?.id ?? s.user?.team_id ?? '', s.channel.id, thread)) : undefined;
+      try {
+        await ack();
+      } catch (err) {
+        turn?.release();
+        throw err;
+      }
+      this.spawn('shortcut', () => this.onShortcut(s, client, (text) => respond({ response_type: 'ephemeral', text }).then(() => {}), turn), turn);
     });
 
     app.error(async (err) => {
@@ -353,14 +389,24 @@ class SlackBot {
     });
   }
 
-  /** Runs one event's work detached from Bolt's listener; a failure is logged, never thrown. */
-  private spawn(what: string, work: () => Promise<void>): void {
-    if (this.closing) return;
+  /**
+   * Runs one event's work detached from Bolt's listener; a failure is logged, never thrown. With a `turn`, the
+   * work starts once the requests delivered before it in its thread have gone to the manager, and the turn is
+   * released when the work has handed its request on (or ends without one).
+   */
+  private spawn(what: string, work: () => Promise<void>, turn?: Turn): void {
+    if (this.closing) {
+      turn?.release();
+      return;
+    }
     const task = (async () => {
       try {
+        await turn?.ready();
         await work();
       } catch (err) {
         this.log(`slack: ${what} failed: ${describeError(err)}`);
+      } finally {
+        turn?.release();
       }
     })();
     this.tasks.add(task);
@@ -371,7 +417,7 @@ class SlackBot {
     return { platform: 'slack', workspace: team, channel, thread };
   }
 
-  private async onMention(ev: MessageLike, team: string, client: WebClient): Promise<void> {
+  private async onMention(ev: MessageLike, team: string, client: WebClient, turn?: Turn): Promise<void> {
     if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
     if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
     const thread = ev.thread_ts ?? ev.ts;
@@ -386,10 +432,11 @@ class SlackBot {
       files,
       requestId: `slack:${ev.channel}:${ev.ts}`,
       what: `mention in ${ev.channel} thread ${thread}`,
+      turn,
     });
   }
 
-  private async onMessage(ev: MessageLike, team: string, client: WebClient): Promise<void> {
+  private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: Turn): Promise<void> {
     if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
     // Only replies in a thread; a message mentioning the bot is the app_mention handler's.
     if (!ev.thread_ts || ev.thread_ts === ev.ts) return;
@@ -406,6 +453,7 @@ class SlackBot {
       files: eventFiles(ev.files),
       requestId: `slack:${ev.channel}:${ev.ts}`,
       what: `follow-up in ${ev.channel} thread ${thread}`,
+      turn,
     });
   }
 
@@ -504,7 +552,10 @@ class SlackBot {
         requestId: a.requestId,
       };
       let text = '';
-      for await (const ev of this.manager.handle(req)) {
+      const events = this.manager.handle(req);
+      // The request has its place in the manager's queue: the thread's next request may go on.
+      a.turn?.release();
+      for await (const ev of events) {
         switch (ev.type) {
           case 'queued':
             if (ev.position > 0) reply.status(`_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_`);
@@ -667,7 +718,7 @@ class SlackBot {
   }
 
   /** The "Describe image" message shortcut: the message's image, answered in its thread. */
-  private async onShortcut(s: ShortcutPayload, client: WebClient, respond: (text: string) => Promise<void>): Promise<void> {
+  private async onShortcut(s: ShortcutPayload, client: WebClient, respond: (text: string) => Promise<void>, turn?: Turn): Promise<void> {
     const channel = s.channel?.id;
     const user = s.user?.id ?? 'unknown';
     const team = s.team?.id ?? s.user?.team_id ?? '';
@@ -691,6 +742,7 @@ class SlackBot {
       header: `<@${user}> asked me to describe this image:`,
       requestId: `slack:${channel}:sc${this.nextId++}`,
       what: `shortcut in ${channel} thread ${thread}`,
+      turn,
     });
   }
 
@@ -725,6 +777,13 @@ interface ShortcutPayload {
   user?: { id?: string; team_id?: string };
   team?: { id?: string } | null;
   message?: MessageLike;
+}
+
+/** Takes the arrival-order turn the middleware left in the context for this event's listener. */
+function takeTurn(context: Record<string, unknown>): Turn | undefined {
+  const turn = context[TURN] as Turn | undefined;
+  delete context[TURN];
+  return turn;
 }
 
 function teamOf(body: unknown): string {

@@ -26,6 +26,8 @@ export interface BatcherStats {
   maxRows: number;
   /** exclusive tasks run (prefills, image encodings) */
   tasks: number;
+  /** batched steps that failed and were run again member by member, so that one failing row fails alone */
+  isolated: number;
 }
 
 export interface DecodeBatcherOptions {
@@ -51,11 +53,13 @@ const TASK_STEPS = 4;
  *   short prefills of conversations arriving together are done before the step they all join.
  * - A queued step whose signal aborts leaves the queue at once (rejected, the others unaffected); one already
  *   running completes (its states are returned and the caller, runStep, frees them).
+ * - A batched step that fails is run again member by member: only the conversation whose own step fails gets
+ *   the error; the others continue as if nothing happened.
  */
 export class DecodeBatcher implements StepModel<KvCache> {
   readonly vocabSize: number;
   readonly maxBatch: number;
-  readonly stats: BatcherStats = { steps: 0, rows: 0, maxRows: 0, tasks: 0 };
+  readonly stats: BatcherStats = { steps: 0, rows: 0, maxRows: 0, tasks: 0, isolated: 0 };
   private readonly steps: PendingStep[] = [];
   private readonly tasks: PendingTask[] = [];
   private members = 0;
@@ -123,9 +127,7 @@ export class DecodeBatcher implements StepModel<KvCache> {
       const t0 = performance.now();
       const r = await this.decoder.step(states, tokens, signal);
       this.lastStepMs = performance.now() - t0;
-      this.stats.steps++;
-      this.stats.rows += states.length;
-      this.stats.maxRows = Math.max(this.stats.maxRows, states.length);
+      this.count(states.length);
       return r;
     } finally {
       this.busy = false;
@@ -195,17 +197,44 @@ export class DecodeBatcher implements StepModel<KvCache> {
     try {
       res = await this.decoder.step(states, tokens);
     } catch (err) {
-      for (const p of batch) p.reject(err);
+      if (batch.length === 1) batch[0].reject(err);
+      else await this.isolate(batch);
       return;
     }
-    this.stats.steps++;
-    this.stats.rows += rows;
-    this.stats.maxRows = Math.max(this.stats.maxRows, rows);
+    this.count(rows);
     let at = 0;
     for (const p of batch) {
       const n = p.states.length;
       p.resolve({ states: res.states.slice(at, at + n), logits: res.logits.slice(at, at + n) });
       at += n;
     }
+  }
+  /**
+   * A batched step failed: which member's row made it fail is unknown, so each member's step runs again on its
+   * own (the input states are untouched by a failed step). Only a member whose own step fails gets the error;
+   * the others go on with the tokens they would have had (a row's logits do not depend on its batch). A
+   * member cancelled meanwhile is not run again.
+   */
+  private async isolate(batch: readonly PendingStep[]): Promise<void> {
+    this.stats.isolated++;
+    for (const p of batch) {
+      if (p.signal?.aborted) {
+        p.reject(p.signal.reason);
+        continue;
+      }
+      try {
+        const r = await this.decoder.step(p.states, p.tokens);
+        this.count(p.states.length);
+        p.resolve(r);
+      } catch (err) {
+        p.reject(err);
+      }
+    }
+  }
+
+  private count(rows: number): void {
+    this.stats.steps++;
+    this.stats.rows += rows;
+    this.stats.maxRows = Math.max(this.stats.maxRows, rows);
   }
 }

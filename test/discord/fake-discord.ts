@@ -119,6 +119,10 @@ export class FakeDiscord {
   readonly denyThreads = new Set<string>();
   /** channels where a message with files answers 403 Missing Permissions */
   readonly denyAttachments = new Set<string>();
+  /** CDN paths (see delayFile) answered only after this many ms, as a slow download */
+  readonly fileDelays = new Map<string, number>();
+  /** when true, the gateway refuses every IDENTIFY with close code 4004 (a token Discord no longer accepts) */
+  refuseIdentify = false;
   /** registered application commands by scope (`global` or a guild id) */
   readonly commands = new Map<string, any[]>();
   /**
@@ -294,6 +298,11 @@ export class FakeDiscord {
     };
   }
 
+  /** Makes the CDN answer the attachment's (or URL's) download only after `ms` (a slow download). */
+  delayFile(attachment: { url: string } | string, ms: number): void {
+    this.fileDelays.set(new URL(typeof attachment === 'string' ? attachment : attachment.url).pathname, ms);
+  }
+
   /** Serves `data` at a CDN path without an attachment object (for links). */
   addCdnFile(path: string, data: Buffer, contentType: string): string {
     this.files.set(path, { data, contentType });
@@ -325,7 +334,7 @@ export class FakeDiscord {
         ws.send(JSON.stringify({ op: 11, d: null }));
       } else if (p.op === 2) {
         this.gatewayStats.identifies++;
-        if (p.d?.token !== this.token) {
+        if (p.d?.token !== this.token || this.refuseIdentify) {
           ws.close(4004, 'Authentication failed.');
           return;
         }
@@ -804,7 +813,10 @@ export class FakeDiscord {
       return;
     }
     if (url.pathname === '/slow') return; // left hanging; closed with the server
+    const delay = this.fileDelays.get(url.pathname);
+    if (delay) await new Promise((r) => setTimeout(r, delay).unref());
     const f = this.files.get(url.pathname);
+    if (res.destroyed) return;
     if (!f) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
       return;

@@ -74,7 +74,7 @@ export interface SoakReport {
   extra: string[];
   /** stored conversations whose turns are not what was answered in that thread */
   misrouted: string[];
-  /** threads whose turns were answered in another order than sent (two follow-ups delivered out of order) */
+  /** threads whose stored turns are in another order than their messages were sent (must be 0: issue 3) */
   reordered: number;
   wallMs: number;
   sendMs: number;
@@ -254,6 +254,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   const places: Place[] = [];
   const dThreads: Place[] = [];
   const sThreads: Place[] = [];
+  /** per Slack thread, the last follow-up sent to it (the next one is sent once it is delivered) */
+  const slackThreadSends = new Map<string, Promise<unknown>>();
   const mem: MemSample[] = [];
   let settled = 0;
   let sendMs = 0;
@@ -388,7 +390,13 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
           s.kind = 'slack-followup';
           s.text = `s${id} and then?`;
           p.sent.push(s);
-          sends.push(slack.reply(p.slack!.channel, p.slack!.ts, { user: pick(sUsers), text: s.text }));
+          // A thread's events are delivered one after another (each once the one before it is acknowledged),
+          // so that send order is delivery order; events of different threads still go at once.
+          const thread = `${p.slack!.channel}/${p.slack!.ts}`;
+          const user = pick(sUsers);
+          const send = (slackThreadSends.get(thread) ?? Promise.resolve()).then(() => slack.reply(p.slack!.channel, p.slack!.ts, { user, text: s.text }));
+          slackThreadSends.set(thread, send);
+          sends.push(send);
         } else {
           const ch = pick(sChannels);
           s.kind = 'slack-command';

@@ -11,6 +11,8 @@ describe('soak (short profile)', () => {
     expect(rep.missing, text).toEqual([]);
     expect(rep.extra, text).toEqual([]);
     expect(rep.misrouted, text).toEqual([]);
+    // One request at a time per conversation, in arrival order: no thread's turns stored out of send order.
+    expect(rep.reordered, text).toBe(0);
     expect(rep.errors, text).toBe(0);
     expect(rep.answered + rep.busy).toBe(rep.events);
     // (how many are answered rather than "busy" depends on the machine; the soak measures it)

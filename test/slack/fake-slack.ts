@@ -81,6 +81,8 @@ export class FakeSlack {
   readonly calls: ApiCall[] = [];
   readonly files = new Map<string, FakeFile>();
   readonly downloads: Array<{ fileId: string; authorized: boolean }> = [];
+  /** file id -> ms: the file host answers that file's downloads only after this long (a slow download) */
+  readonly fileDelays = new Map<string, number>();
   readonly uploads = new Map<string, { filename: string; length: number; data?: Buffer }>();
   /** scopes the bot token has */
   readonly scopes = new Set(ALL_SCOPES);
@@ -459,6 +461,13 @@ export class FakeSlack {
       res.end('file not found');
       return;
     }
+    const delay = this.fileDelays.get(file.id);
+    if (delay) setTimeout(() => this.serveFile(file, res), delay).unref();
+    else this.serveFile(file, res);
+  }
+
+  private serveFile(file: FakeFile, res: ServerResponse): void {
+    if (res.destroyed) return;
     if (file.chunked) {
       res.writeHead(200, { 'content-type': file.mimetype });
       for (let i = 0; i < file.data.byteLength; i += 16 * 1024) res.write(file.data.subarray(i, i + 16 * 1024));
