@@ -10,7 +10,7 @@
 //                                                        MALLOC_ARENA_MAX=2 off, to see glibc's arena growth)
 //
 // Exit code 0 when every event got exactly one answer or "busy" reply in its own thread, the store holds
-// exactly the answered turns, and the bot exited 0 on SIGTERM; 1 otherwise.
+// exactly the answered turns, in send order, and the bot exited 0 on SIGTERM; 1 otherwise.
 import { writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { formatReport, runSoak } from '../test/reliability/soak-harness.js';
@@ -54,6 +54,6 @@ const text = [
 process.stdout.write(`${text}\n`);
 const out = arg('write', '');
 if (out) await writeFile(out, `${text}\n`);
-const ok = rep.missing.length === 0 && rep.extra.length === 0 && rep.misrouted.length === 0 && rep.errors === 0 && rep.exitCode === 0;
+const ok = rep.missing.length === 0 && rep.extra.length === 0 && rep.misrouted.length === 0 && rep.reordered === 0 && rep.errors === 0 && rep.exitCode === 0;
 if (!ok) process.stderr.write(`soak: FAILED\n${rep.botStderrTail}\n`);
 process.exit(ok ? 0 : 1);

@@ -15,6 +15,8 @@ export interface RunningAdapter {
   /** where users reach it, when it has an address (the web demo) */
   url?: string;
   close(): Promise<void>;
+  /** resolves (with the reason) if the adapter stops working for good, e.g. its token is revoked; else never */
+  fatal?: Promise<Error>;
 }
 
 /** What an adapter gets to start with. */
@@ -69,6 +71,8 @@ export interface RunningBot {
   adapters: RunningAdapter[];
   /** the web demo's address when it was started */
   webUrl?: string;
+  /** resolves with the first adapter failure that cannot recover (`RunningAdapter.fatal`, its name in front); else never */
+  fatal: Promise<Error>;
   /** stops the adapters, then the manager (finishing the running answer, flushing the store), then the model */
   close(): Promise<void>;
 }
@@ -187,10 +191,14 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     let closing: Promise<void> | undefined;
     const mgr = manager;
     const mdl = model;
+    const fatal = Promise.race(
+      adapters.flatMap((a) => (a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [])),
+    );
     return {
       model: mdl,
       manager: mgr,
       adapters,
+      fatal,
       ...(webUrl ? { webUrl } : {}),
       close() {
         closing ??= (async () => {
@@ -212,21 +220,25 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
 
 /**
  * `minigpt serve`: starts, then runs until SIGINT or SIGTERM, closes everything and resolves (exit 0).
- * A second signal while closing exits at once.
+ * A second signal while closing exits at once. An adapter that stops for good (`RunningBot.fatal`, e.g. Discord
+ * refusing the token after a reconnect) closes everything too, then rejects with its reason (exit 1): a
+ * supervisor restarts the bot or shows the reason, instead of a bot that runs but answers no one.
  */
 export async function serveUntilSignal(opts: ServeOptions = {}): Promise<void> {
   const bot = await serve(opts);
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    const on = (s: NodeJS.Signals) => {
-      process.off('SIGINT', on);
-      process.off('SIGTERM', on);
-      resolve(s);
-    };
-    process.on('SIGINT', on);
-    process.on('SIGTERM', on);
-  });
-  log(`minigpt: ${signal}, shutting down`);
+  let on: ((s: NodeJS.Signals) => void) | undefined;
+  const stop = await Promise.race([
+    new Promise<NodeJS.Signals>((resolve) => {
+      on = resolve;
+      process.on('SIGINT', on);
+      process.on('SIGTERM', on);
+    }),
+    bot.fatal,
+  ]);
+  process.off('SIGINT', on!);
+  process.off('SIGTERM', on!);
+  if (typeof stop === 'string') log(`minigpt: ${stop}, shutting down`);
   const force = () => process.exit(1);
   process.once('SIGINT', force);
   process.once('SIGTERM', force);
@@ -235,5 +247,10 @@ export async function serveUntilSignal(opts: ServeOptions = {}): Promise<void> {
   } finally {
     process.off('SIGINT', force);
     process.off('SIGTERM', force);
+  }
+  if (stop instanceof Error) {
+    // Whatever handle a half-dead platform client leaves behind, the process ends (main prints the reason).
+    setTimeout(() => process.exit(1), 3000).unref();
+    throw stop;
   }
 }

@@ -71,6 +71,33 @@ export interface DiscordAdapter {
   readonly botId: string;
   /** aborts the answers in progress (their messages say so), waits for them briefly, disconnects */
   close(): Promise<void>;
+  /**
+   * Resolves, with the reason as one sentence, if Discord disconnects the bot for good while it runs (the
+   * token was reset, the intents were disallowed: close codes discord.js does not reconnect after); never
+   * otherwise. `minigpt serve` then stops with that sentence and a non-zero exit code.
+   */
+  readonly fatal: Promise<Error>;
+}
+
+/** Gateway close codes after which discord.js gives up (no reconnect): authentication failed, invalid shard,
+ * sharding required, invalid API version, invalid intents, disallowed intents. */
+const FATAL_CLOSE_CODES = new Set([4004, 4010, 4011, 4012, 4013, 4014]);
+const TOKEN_HELP = 'check the bot token (Discord Developer Portal > your application > Bot > Reset Token)';
+const INTENTS_HELP = 'enable the Message Content intent (Discord Developer Portal > your application > Bot > Privileged Gateway Intents)';
+
+/**
+ * A login or gateway failure that no retry can fix, as one sentence for whoever runs the bot (no token in
+ * it); undefined for other errors. `closeCode`: the gateway's close code, when that is what is known.
+ */
+export function fatalDiscordError(err: unknown, closeCode?: number): string | undefined {
+  const e = (err ?? {}) as { code?: unknown; status?: unknown; message?: unknown };
+  const message = typeof e.message === 'string' ? e.message : '';
+  if (e.code === 'TokenInvalid' || e.status === 401) return `Discord refused DISCORD_TOKEN (HTTP 401 Unauthorized): ${TOKEN_HELP}`;
+  if (closeCode === 4004 || /^Authentication failed/i.test(message)) return `Discord refused DISCORD_TOKEN (gateway close 4004: authentication failed): ${TOKEN_HELP}`;
+  if (closeCode === 4014 || /disallowed intents/i.test(message)) return `Discord refused the bot's gateway intents (close 4014: disallowed intents): ${INTENTS_HELP}`;
+  if (closeCode !== undefined && FATAL_CLOSE_CODES.has(closeCode)) return `Discord closed the bot's gateway connection for good (close ${closeCode}${message ? `: ${message}` : ''})`;
+  if (/^(Invalid shard|Sharding is required|Used an invalid API version|Used invalid intents)/.test(message)) return `Discord closed the bot's gateway connection for good (${message})`;
+  return undefined;
 }
 
 export const DEFAULT_RATE_LIMIT = { max: 6, windowMs: 60_000 };
@@ -163,6 +190,8 @@ class Adapter implements DiscordAdapter {
   /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
   private closing: Promise<void> | undefined;
+  private failWith: (err: Error) => void = () => {};
+  readonly fatal = new Promise<Error>((resolve) => (this.failWith = resolve));
 
   constructor(client: Client<true>, opts: DiscordAdapterOptions, log: (line: string) => void) {
     this.client = client;
@@ -186,6 +215,12 @@ class Adapter implements DiscordAdapter {
 
   get botId(): string {
     return this.client.user.id;
+  }
+
+  /** Discord disconnected the bot for good: `fatal` resolves with why (the owner, e.g. `minigpt serve`, then closes it). */
+  fail(reason: string): void {
+    if (this.closing) return;
+    this.failWith(new Error(reason));
   }
 
   close(): Promise<void> {
@@ -556,9 +591,16 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
     ...(opts.apiUrl ? { rest: { api: opts.apiUrl.replace(/\/+$/, '') } } : {}),
   });
   client.on(Events.Error, (err) => log(`discord: client error: ${describeError(err)}`));
-  client.on(Events.ShardError, (err) => log(`discord: gateway error: ${describeError(err)}`));
+  // A fatal one (a refused token) is reported once, by the failed login or by `fatal`, not here as well.
+  client.on(Events.ShardError, (err) => {
+    if (!fatalDiscordError(err)) log(`discord: gateway error: ${describeError(err)}`);
+  });
   client.on(Events.Warn, (w) => log(`discord: ${w}`));
   const adapter = new Adapter(client as Client<true>, opts, log);
+  let connected = false;
+  client.on(Events.ShardDisconnect, (ev) => {
+    if (connected && FATAL_CLOSE_CODES.has(ev.code)) adapter.fail(redact(fatalDiscordError(undefined, ev.code)!, [token]));
+  });
   const timeoutMs = opts.readyTimeoutMs ?? 30_000;
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -571,10 +613,11 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
     ]);
   } catch (err) {
     await client.destroy();
-    throw new Error(redact(`Discord: could not connect: ${describeError(err)}`, [token]));
+    throw new Error(redact(fatalDiscordError(err) ?? `Discord: could not connect: ${describeError(err)}`, [token]));
   } finally {
     clearTimeout(timer);
   }
+  connected = true;
   const app = client.application?.id;
   if (opts.appId && app && opts.appId !== app) log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);
   log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers)`);

@@ -2,7 +2,7 @@
 // `startDiscordFromEnv({ manager, env, log })`, which reads the DISCORD_* variables (DESIGN.md section 4).
 import { startDiscordAdapter, type DiscordAdapter, type DiscordAdapterOptions, type DiscordConversations } from './adapter.js';
 
-export { startDiscordAdapter, stripBotMention, describeError, DEFAULT_EDIT_INTERVAL_MS, DEFAULT_RATE_LIMIT } from './adapter.js';
+export { startDiscordAdapter, stripBotMention, describeError, fatalDiscordError, DEFAULT_EDIT_INTERVAL_MS, DEFAULT_RATE_LIMIT } from './adapter.js';
 export type { DiscordAdapter, DiscordAdapterOptions, DiscordConversations } from './adapter.js';
 export { commandDefinitions, DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 export { answerMarkdown, splitMessage, threadName, DISCORD_MESSAGE_LIMIT } from './format.js';
@@ -74,12 +74,15 @@ export function discordOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<DiscordAdapt
   };
 }
 
-/** For `minigpt serve`'s adapter list: starts the adapter from the environment. */
+/**
+ * For `minigpt serve`'s adapter list: starts the adapter from the environment. A refused token fails the start
+ * with one sentence (no token in it); `fatal` tells serve when Discord disconnects the bot for good later.
+ */
 export async function startDiscordFromEnv(ctx: {
   manager: DiscordConversations;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
-}): Promise<{ name: string; close(): Promise<void>; adapter: DiscordAdapter }> {
+}): Promise<{ name: string; close(): Promise<void>; fatal: Promise<Error>; adapter: DiscordAdapter }> {
   const adapter = await startDiscordAdapter({ ...discordOptionsFromEnv(ctx.env), manager: ctx.manager, log: ctx.log });
-  return { name: 'discord', adapter, close: () => adapter.close() };
+  return { name: 'discord', adapter, fatal: adapter.fatal, close: () => adapter.close() };
 }

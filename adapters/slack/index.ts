@@ -254,6 +254,11 @@ export async function startSlackAdapter(opts: SlackAdapterOptions): Promise<Slac
     }
   } catch (err) {
     await app.stop().catch(() => {});
+    // A refused app token says which variable is wrong (Bolt's own error names neither).
+    const code = mode === 'socket' ? slackErrorCode(err) : undefined;
+    if (code && ['invalid_auth', 'not_authed', 'token_revoked', 'account_inactive', 'not_allowed_token_type'].includes(code)) {
+      throw new SlackConfigError(`Slack refused SLACK_APP_TOKEN (apps.connections.open: ${code})`, { cause: err });
+    }
     throw err;
   }
   return {

@@ -385,7 +385,7 @@ describe('robustness', () => {
 
   it('fails to start with a clear error (no token in it) when the token is refused', async () => {
     await expect(startAdapter(w.fake, new ScriptedManager(streamed('x')), logs, { token: 'WRONG.token.value-1234567890', readyTimeoutMs: 10_000 })).rejects.toThrow(
-      /^Discord: could not connect: (?!.*WRONG\.token)/,
+      /^Discord refused DISCORD_TOKEN \(HTTP 401 Unauthorized\): check the bot token (?!.*WRONG\.token)/,
     );
   });
 

@@ -1,0 +1,136 @@
+// A refused platform token (issue 9: faults; DESIGN.md section 3: `minigpt serve`): the real `bin/minigpt.js
+// serve` process against the fake Discord / fake Slack on loopback. A token the platform refuses, at start or
+// later (Discord closing the gateway with 4004 after a reconnect), ends the process within seconds with a
+// non-zero exit code and one clear line that names the variable, never the token; it never runs on silently.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BIN, ROOT } from '../helpers/cli.js';
+import { FakeDiscord } from '../discord/fake-discord.js';
+import { FakeSlack } from '../slack/fake-slack.js';
+import { until } from './helpers.js';
+
+interface Proc {
+  child: ChildProcess;
+  stderr: () => string;
+  /** exit code, or 'timeout' (then the process was killed) */
+  exited: Promise<{ code: number | null | 'timeout'; ms: number }>;
+}
+
+const PLATFORM_VARS = ['DISCORD_TOKEN', 'DISCORD_APP_ID', 'DISCORD_API_URL', 'SLACK_BOT_TOKEN', 'SLACK_SIGNING_SECRET', 'SLACK_APP_TOKEN', 'SLACK_API_URL', 'SLACK_PORT', 'STORE_URL'];
+
+/** `minigpt serve` with the demo package on the CPU and `env`; killed after `limitMs`. */
+function serve(env: Record<string, string>, limitMs: number): Proc {
+  const base: NodeJS.ProcessEnv = { ...process.env };
+  for (const k of PLATFORM_VARS) delete base[k];
+  const child = spawn(process.execPath, [BIN, 'serve'], {
+    cwd: ROOT,
+    env: { ...base, MINIGPT_CONFIG: join(ROOT, 'configs', 'demo.yaml'), EXECUTION_PROVIDER: 'cpu', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const t0 = Date.now();
+  const exited = new Promise<{ code: number | null | 'timeout'; ms: number }>((resolve) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve({ code: 'timeout', ms: Date.now() - t0 });
+    }, limitMs);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, ms: Date.now() - t0 });
+    });
+  });
+  return { child, stderr: () => stderr, exited };
+}
+
+/** The lines that say what went wrong (not the model's start-up lines). */
+const problemLines = (stderr: string) => stderr.split('\n').filter((l) => /refused|token|gateway|error|stopped/i.test(l));
+
+describe('minigpt serve with a Discord token that Discord refuses', () => {
+  let fake: FakeDiscord;
+  beforeAll(async () => {
+    fake = await new FakeDiscord().start();
+  });
+  afterAll(() => fake?.close());
+
+  it('at login (HTTP 401 on GET /gateway/bot): exits 1 within seconds, one clear line, no token', async () => {
+    const bad = 'NOT.the-right-token.0123456789abcdef';
+    const p = serve({ DISCORD_TOKEN: bad, DISCORD_API_URL: fake.apiUrl }, 30_000);
+    const { code, ms } = await p.exited;
+    expect(code, p.stderr()).toBe(1);
+    expect(ms).toBeLessThan(15_000);
+    expect(problemLines(p.stderr())).toEqual([
+      'minigpt: Discord refused DISCORD_TOKEN (HTTP 401 Unauthorized): check the bot token (Discord Developer Portal > your application > Bot > Reset Token)',
+    ]);
+    expect(p.stderr()).not.toContain(bad);
+    expect(fake.callsTo('GET', /^\/gateway\/bot$/).some((c) => !c.authorized)).toBe(true);
+  });
+
+  it('at login (the gateway closes with 4004 on IDENTIFY): exits 1 within seconds, one clear line, no token', async () => {
+    fake.refuseIdentify = true;
+    try {
+      const p = serve({ DISCORD_TOKEN: fake.token, DISCORD_API_URL: fake.apiUrl }, 30_000);
+      const { code, ms } = await p.exited;
+      expect(code, p.stderr()).toBe(1);
+      expect(ms).toBeLessThan(15_000);
+      expect(problemLines(p.stderr())).toEqual([expect.stringMatching(/^minigpt: Discord refused DISCORD_TOKEN \(gateway close 4004: authentication failed\): check the bot token/)]);
+      expect(p.stderr()).not.toContain(fake.token);
+    } finally {
+      fake.refuseIdentify = false;
+    }
+  });
+
+  it('after a reconnect (the token was reset while the bot ran): exits 1 within seconds instead of running offline', async () => {
+    const p = serve({ DISCORD_TOKEN: fake.token, DISCORD_API_URL: fake.apiUrl }, 60_000);
+    try {
+      await until(() => /discord: connected as/.test(p.stderr()) || p.child.exitCode !== null, 'the bot to connect', 30_000);
+      expect(p.child.exitCode, p.stderr()).toBeNull();
+      // The session ends (4007: a new IDENTIFY is needed) and the new IDENTIFY is refused (4004).
+      fake.refuseIdentify = true;
+      const at = Date.now();
+      fake.dropGateway(4007);
+      const { code } = await p.exited;
+      expect(code, p.stderr()).toBe(1);
+      expect(Date.now() - at).toBeLessThan(15_000);
+      expect(fake.gatewayStats.identifies).toBeGreaterThanOrEqual(2);
+      expect(problemLines(p.stderr())).toEqual([
+        expect.stringMatching(/^minigpt: discord adapter stopped: Discord refused DISCORD_TOKEN \(gateway close 4004: authentication failed\): check the bot token/),
+      ]);
+      expect(p.stderr()).not.toContain(fake.token);
+    } finally {
+      fake.refuseIdentify = false;
+      p.child.kill('SIGKILL');
+    }
+  });
+});
+
+describe('minigpt serve with a Slack token that Slack refuses', () => {
+  let fake: FakeSlack;
+  beforeAll(async () => {
+    fake = await FakeSlack.start();
+  });
+  afterAll(() => fake?.close());
+
+  it('SLACK_BOT_TOKEN refused by auth.test (invalid_auth): exits 1 within seconds, one clear line, no token', async () => {
+    const bad = 'xoxb-1111-2222-notthetokennotthetoken';
+    const p = serve({ SLACK_BOT_TOKEN: bad, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl }, 30_000);
+    const { code, ms } = await p.exited;
+    expect(code, p.stderr()).toBe(1);
+    expect(ms).toBeLessThan(15_000);
+    expect(problemLines(p.stderr())).toEqual(['minigpt: Slack refused SLACK_BOT_TOKEN (auth.test: invalid_auth)']);
+    expect(p.stderr()).not.toContain(bad);
+    expect(p.stderr()).not.toContain(fake.signingSecret);
+  });
+
+  it('SLACK_APP_TOKEN (Socket Mode) refused by apps.connections.open: exits 1 within seconds, no token', async () => {
+    const bad = 'xapp-1-A0FAKE-3333-notthetokennotthetoken';
+    const p = serve({ SLACK_BOT_TOKEN: fake.botToken, SLACK_APP_TOKEN: bad, SLACK_API_URL: fake.apiUrl }, 30_000);
+    const { code, ms } = await p.exited;
+    expect(code, p.stderr()).toBe(1);
+    expect(ms).toBeLessThan(15_000);
+    expect(p.stderr().trim().split('\n').at(-1)).toBe('minigpt: Slack refused SLACK_APP_TOKEN (apps.connections.open: invalid_auth)');
+    expect(p.stderr()).not.toContain(bad);
+    expect(p.stderr()).not.toContain(fake.botToken);
+  });
+});
