@@ -13,24 +13,13 @@ import { randomShape, writeRandomMiniGPTv2 } from '../src/convert/random-checkpo
 import { MiniGPT } from '../src/inference/model.js';
 import { argmax } from '../src/inference/generation/index.js';
 import type { WeightDType } from '../src/convert/quantize.js';
+import { rng } from '../test/helpers/rng.js';
 
 const PROMPT = 256;
 const DECODE = 32;
 const REPS = 5;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
-/** Deterministic pseudo-random numbers (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Timing {
   prefillMs: number;

@@ -133,24 +133,10 @@ export async function loadConfig(path: string, env: NodeJS.ProcessEnv = process.
 }
 
 /** `minigpt convert` flags; each one wins over the config's value. Paths are relative to `cwd`. */
-export interface ConvertFlags {
-  arch?: Arch;
-  vit?: string;
-  llm?: string;
-  ckpt?: string;
-  qformer?: string;
-  imageSize?: number;
-  vitHeads?: number;
-  qformerHeads?: number;
-  prompt?: Minigpt4PromptStyle;
-  loraR?: number;
-  loraAlpha?: number;
-  dtype?: WeightDType;
-  blockSize?: number;
-  out?: string;
+export type ConvertFlags = Partial<Omit<ConvertOptions, 'log' | 'fused'>> & {
   /** folder holding the downloads that the config names (overrides model.weights_dir) */
   weights?: string;
-}
+};
 
 const CONFIG_ARCH: Record<NonNullable<BotConfig['model']['arch']>, Arch> = { minigpt_v2: 'minigpt-v2', minigpt4: 'minigpt-4' };
 

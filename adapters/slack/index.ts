@@ -428,17 +428,7 @@ class SlackBot {
     const thread = ev.thread_ts ?? ev.ts;
     let files = eventFiles(ev.files);
     if (files.length === 0 && thread !== ev.ts) files = await this.imageFromThread(client, team, ev.channel, thread, ev.ts);
-    await this.ask(client, {
-      team,
-      channel: ev.channel,
-      thread,
-      user: ev.user ?? 'unknown',
-      text: slackTextToPlain(ev.text ?? '', this.botUserId),
-      files,
-      requestId: `slack:${ev.channel}:${ev.ts}`,
-      what: `mention in ${ev.channel} thread ${thread}`,
-      turn,
-    });
+    await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, files, 'mention', turn);
   }
 
   private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: Turn): Promise<void> {
@@ -449,15 +439,28 @@ class SlackBot {
     const thread = ev.thread_ts;
     if (!(await this.isBotThread(team, ev.channel, thread))) return;
     if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
-    await this.ask(client, {
+    await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, eventFiles(ev.files), 'follow-up', turn);
+  }
+
+  /** The request of a mention or a thread message (its text, its files) in `thread`. */
+  private askAbout(
+    client: WebClient,
+    ev: MessageLike & { channel: string; ts: string },
+    team: string,
+    thread: string,
+    files: ReturnType<typeof eventFiles>,
+    kind: 'mention' | 'follow-up',
+    turn: Turn | undefined,
+  ): Promise<void> {
+    return this.ask(client, {
       team,
       channel: ev.channel,
       thread,
       user: ev.user ?? 'unknown',
       text: slackTextToPlain(ev.text ?? '', this.botUserId),
-      files: eventFiles(ev.files),
+      files,
       requestId: `slack:${ev.channel}:${ev.ts}`,
-      what: `follow-up in ${ev.channel} thread ${thread}`,
+      what: `${kind} in ${ev.channel} thread ${thread}`,
       turn,
     });
   }

@@ -24,6 +24,7 @@ import { loadPackage } from '../../src/inference/package.js';
 import { spliceContext } from '../../src/inference/context.js';
 import { argmax } from '../../src/inference/generation/index.js';
 import { rng } from '../helpers/rng.js';
+import { goldenIds, goldenTensor, maxAbsDiff } from '../helpers/golden.js';
 
 const FIXTURES = join(import.meta.dirname, '../fixtures');
 const V2 = join(FIXTURES, 'minigptv2-tiny');
@@ -35,16 +36,6 @@ function meanAbsDiff(a: Float32Array, b: Float32Array): number {
   let s = 0;
   for (let i = 0; i < a.length; i++) s += Math.abs(a[i] - b[i]);
   return s / a.length;
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= m)) m = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
-  }
-  return m;
 }
 
 let work: string;
@@ -184,18 +175,6 @@ interface PackageRun {
   imageEmbeds: Float32Array;
   prompts: Record<string, PromptRun>;
   bytes: number;
-}
-
-async function goldenTensor(dir: string, name: string): Promise<Buffer> {
-  const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as { tensors: Record<string, { file: string }> };
-  const t = manifest.tensors[name];
-  if (!t) throw new Error(`${dir}: no golden tensor ${name}`);
-  return readFile(join(dir, t.file));
-}
-
-async function goldenIds(dir: string, name: string): Promise<number[]> {
-  const b = await goldenTensor(dir, name);
-  return Array.from(new BigInt64Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)), Number);
 }
 
 async function packageBytes(dir: string): Promise<number> {

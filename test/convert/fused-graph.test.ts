@@ -20,6 +20,7 @@ import { spliceContext } from '../../src/inference/context.js';
 import { argmax } from '../../src/inference/generation/index.js';
 import { verifyPackage } from '../../src/inference/verify.js';
 import { buildProgram } from '../../src/cli/main.js';
+import { goldenIds, goldenTensor, maxAbsDiff } from '../helpers/golden.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const FIXTURES = join(ROOT, 'test/fixtures');
@@ -50,28 +51,6 @@ const M4_OPTIONS: Omit<ConvertOptions, 'out'> = {
   qformerHeads: 4,
   imageSize: 56,
 };
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= m)) m = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
-  }
-  return m;
-}
-
-async function goldenTensor(dir: string, name: string): Promise<Buffer> {
-  const manifest = JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')) as { tensors: Record<string, { file: string }> };
-  const t = manifest.tensors[name];
-  if (!t) throw new Error(`${dir}: no golden tensor ${name}`);
-  return readFile(join(dir, t.file));
-}
-
-async function goldenIds(dir: string, name: string): Promise<number[]> {
-  const b = await goldenTensor(dir, name);
-  return Array.from(new BigInt64Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)), Number);
-}
 
 async function decoderOps(dir: string): Promise<Map<string, number>> {
   const m = onnxProto.onnx.ModelProto.decode(await readFile(join(dir, 'decoder.onnx')));

@@ -1,7 +1,6 @@
 // models/demo, the embedded default package: rebuilt by the project's own converter from the tiny random
 // checkpoints; the committed files must be exactly what the recipe produces.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +8,7 @@ import { loadPackage } from '../../src/inference/package.js';
 import { loadTokenizer } from '../../src/inference/tokenizer.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
+import { sha256Hex } from '../../src/conversation/store.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const DEMO = join(ROOT, 'models', 'demo');
@@ -21,7 +21,7 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-const sha256 = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
+const sha256 = async (p: string) => sha256Hex(await readFile(p));
 
 describe('models/demo', () => {
   it('is what scripts/build-demo-model.mjs builds from the recorded sources', async () => {

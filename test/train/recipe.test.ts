@@ -4,11 +4,11 @@
 // runs with the same seed writing identical files.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { sha256Hex } from '../../src/conversation/store.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -22,7 +22,7 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-const sha256 = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
+const sha256 = async (p: string) => sha256Hex(await readFile(p));
 
 interface CheckReport {
   ok: boolean;

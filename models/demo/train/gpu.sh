@@ -92,10 +92,9 @@ for r in "${runs[@]}"; do
   d=$WORK/runs/$name
   [ -f "$d/minigptv2_ckpt.pth" ] || continue
   (
+    read -r heads alpha < <("$PY" -c "import json; a = json.load(open('$d/train_args.json')); print(a['vit_heads'], a['lora_alpha'])")
     "$NODE" bin/minigpt.js convert --arch minigpt-v2 --vit "$d/eva_vit.pth" --llm "$d/llama" --ckpt "$d/minigptv2_ckpt.pth" \
-      --vit-heads "$(python3 -c "import json; print(json.load(open('$d/train_args.json'))['vit_heads'])")" \
-      --image-size "$size" --lora-alpha "$(python3 -c "import json; print(json.load(open('$d/train_args.json'))['lora_alpha'])")" \
-      --out "$WORK/packages/$name" > "$d/convert.log" 2>&1
+      --vit-heads "$heads" --image-size "$size" --lora-alpha "$alpha" --out "$WORK/packages/$name" > "$d/convert.log" 2>&1
     for task in refer identify vqa; do
       "$NODE" bin/minigpt.js eval --model "$WORK/packages/$name" --data "$WORK/heldout" --task "$task" --limit "$EVAL_ITEMS" \
         --batch 8 --threads "$threads" --provider cpu --json > "$d/eval-$task.json" 2> "$d/eval-$task.log"

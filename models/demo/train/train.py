@@ -374,7 +374,8 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
     The sequences are sorted by length and cut into micro-batches of `micro`, each padded (right) only to its
     own longest sequence, so short VQA answers do not pay for long grounded captions. Token ids are laid out
     on the host and embedded in one lookup; the image embeddings are written into their slots with one
-    index_put, so a step costs a few device calls whatever the batch size."""
+    index_put, so a step costs a few device calls whatever the batch size. Returns (micro-batches, the vision
+    encoder's auxiliary loss, or None without `aux_targets`)."""
     dev = model.mean.device
     u8 = torch.from_numpy(np.stack([data.images[i] for i in image_ids])).to(dev)
     img, patches = model.encode_img(u8, with_patches=True)
@@ -415,7 +416,7 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
         x = x.index_put((r_idx, c_idx), img[b_idx].reshape(n * T, -1))
         n_targets = int((y[:, 1:] != -100).sum())  # counted on the host: no device sync
         batches.append((x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets))
-    return (batches, aux) if aux_targets is not None else batches
+    return batches, aux
 
 
 def val_loss(model, val, image_tokens, micro, max_images=256):
@@ -426,21 +427,25 @@ def val_loss(model, val, image_tokens, micro, max_images=256):
         n = min(max_images, val.meta['images'])
         for j in range(0, n, 32):
             ids = list(range(j, min(n, j + 32)))
-            for x, pad, y, n_targets in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro):
-                logits = model.llama_model(x, pad)
-                total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum'))
+            for x, pad, y, n_targets in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro)[0]:
+                total += float(target_loss_sum(model, x, pad, y))
                 count += n_targets
     model.train()
     return total / max(1, count)
 
 
+def target_loss_sum(model, x, pad, y):
+    """Summed next-token cross-entropy of one micro-batch's target tokens (position t predicts t+1)."""
+    logits = model.llama_model(x, pad)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum')
+
+
 def loss_of(model, batches):
-    """Mean next-token cross-entropy over all target tokens of all micro-batches (position t predicts t+1)."""
+    """Mean next-token cross-entropy over all target tokens of all micro-batches."""
     total = None
     count = 0
     for x, pad, y, n_targets in batches:
-        logits = model.llama_model(x, pad)
-        l = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum')
+        l = target_loss_sum(model, x, pad, y)
         total = l if total is None else total + l
         count += n_targets
     return total / max(1, count)
@@ -628,13 +633,9 @@ def main():
             ids.append(perm[pos])
             pos += 1
         batch_rng = random.Random(a.seed * 1_000_003 + step)
-        if aux_targets is not None:
-            batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets)
-            lm = loss_of(model, batches)
-            loss = lm + a.aux_weight * aux
-        else:
-            batches = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro)
-            lm = aux = loss = loss_of(model, batches)
+        batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets)
+        lm = loss_of(model, batches)
+        loss = lm if aux is None else lm + a.aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -654,7 +655,7 @@ def main():
             el = time.time() - t0
             rate = (step + 1 - start) / el
             rec = {'step': step + 1, 'loss': round(v, 4), 'loss_avg': round(avg, 4), 'lr': sched.get_last_lr()[0], 'elapsed_s': round(el, 1), 's_per_step': round(1 / rate, 3)}
-            if aux_targets is not None:
+            if aux is not None:
                 rec['aux_loss'] = round(aux.item(), 4)
             log.write(json.dumps(rec) + '\n')
             log.flush()
