@@ -19,7 +19,7 @@ describe('minigpt bench', () => {
       const lines = r.stdout.trim().split('\n');
       expect(lines).toHaveLength(1);
       const j = JSON.parse(lines[0]) as Record<string, unknown>;
-      for (const k of ['ttft_ms', 'decode_tok_s', 'vision_ms', 'peak_rss_mb', 'kv_cache_speedup', 'followup_ttft_ratio', 'batch8_speedup', 'js_overhead_share']) {
+      for (const k of ['ttft_ms', 'decode_tok_s', 'vision_ms', 'peak_rss_mb', 'kv_cache_speedup', 'followup_ttft_ratio', 'batch8_speedup', 'js_overhead_share', 'grounding_answer_ms']) {
         expect(typeof j[k], k).toBe('number');
         expect(Number.isFinite(j[k]), k).toBe(true);
       }
@@ -28,6 +28,15 @@ describe('minigpt bench', () => {
       const md = await readFile(report, 'utf8');
       expect(md).toMatch(/^# Benchmarks/);
       expect(md).toContain('| **8 conversations** batched / one after another |');
+      // the grounding answer about the web demo's first example scene, with its target (issue 7: under 1 s)
+      expect(r.stderr).toMatch(/grounding answer about a demo scene/);
+      expect(md).toContain('| **grounding answer** about a demo scene (image bytes to last token) |');
+      const g = (j.targets as Record<string, { value: number; target: number }>).grounding_answer_ms;
+      expect(g.target).toBe(1000);
+      expect(g.value).toBe(j.grounding_answer_ms);
+      const primary = (j.packages as { primary: { grounding_answer_tokens: number; grounding_answer_text: string } }).primary;
+      expect(primary.grounding_answer_tokens).toBeGreaterThan(0);
+      expect(typeof primary.grounding_answer_text).toBe('string');
     } finally {
       await rm(work, { recursive: true, force: true });
     }

@@ -45,9 +45,15 @@ describe('models/demo/train', () => {
       expect(s.first_logits_max_abs_err).toBeLessThan(1e-3);
       expect(s.greedy_ids).toEqual(s.expected_ids);
     }
-    // the auxiliary head trained (its loss is logged) and is not part of the published ViT file
+    // stage 1 (the ViT alone on the auxiliary task) ran first and saved its state; the auxiliary head then kept
+    // training with the language model (its loss is logged) and is not part of the published ViT file
     const log = (await readFile(join(work, 'smoke', 'run', 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
-    expect(log.filter((r) => typeof r.aux_loss === 'number')).toHaveLength(3);
+    const stage1 = log.filter((r) => typeof r.vit_step === 'number');
+    expect(stage1.map((r) => r.vit_step)).toEqual([1, 2]);
+    for (const r of stage1) for (const k of ['aux_loss', 'colour_acc', 'shape_acc']) expect(Number.isFinite(r[k]), k).toBe(true);
+    expect(log.filter((r) => typeof r.step === 'number' && typeof r.aux_loss === 'number')).toHaveLength(3);
+    const { stdout: stage1Keys } = await run(PY, ['-c', `import torch; s = torch.load('${join(work, 'smoke', 'run', 'vision_stage1.pt')}'); print(sorted(s))`]);
+    expect(stage1Keys.trim()).toBe("['aux_head', 'visual_encoder']");
     const { stdout: keys } = await run(PY, ['-c', `import torch; print('\\n'.join(torch.load('${join(work, 'smoke', 'run', 'eva_vit.pth')}').keys()))`]);
     expect(keys).toMatch(/^patch_embed\.proj\.weight$/m);
     expect(keys).not.toMatch(/aux/);
@@ -55,7 +61,7 @@ describe('models/demo/train', () => {
 
   it('is deterministic on the CPU: the same seed writes the same published files', async () => {
     const prepared = join(work, 'smoke', 'prepared');
-    const args = (out: string) => [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', out, '--steps', '2', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--threads', '1'];
+    const args = (out: string) => [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', out, '--steps', '2', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--pos-init-scale', '4', '--vit-steps', '2', '--vit-batch', '2', '--threads', '1'];
     await run(PY, args(join(work, 'r1')), { cwd: ROOT });
     await run(PY, args(join(work, 'r2')), { cwd: ROOT });
     for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {

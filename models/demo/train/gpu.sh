@@ -13,6 +13,7 @@
 #   bash models/demo/train/gpu.sh OUT [MINUTES] [SHARDS] [IMAGES_PER_SHARD]
 #   RUNS=file   one run per line: NAME IMAGE_SIZE [train.py options...] (default: gpu-runs.txt beside this)
 #   DEVICE=cpu  tries the script on a machine without a GPU
+#   VIT_MINUTES stage 1 (the ViT alone on the auxiliary task), before the MINUTES of the whole model (default 1)
 #
 # Seeds: training shards 1..SHARDS, held-out loss 999, held-out evaluation 1000 (never used in training).
 # A second call on the same machine reuses the prepared shards in WORK.
@@ -27,6 +28,7 @@ WORK=${WORK:-/tmp/demo-train}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
+VIT_MINUTES=${VIT_MINUTES:-1}
 mkdir -p "$WORK/bin" "$OUT"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
@@ -67,13 +69,15 @@ for r in "${runs[@]}"; do
   data=$(for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep$size"; done)
   mkdir -p "$WORK/runs/$name"
   # defaults: 64 images x 4 samples per step (8x the CPU recipe's batch, lr scaled by ~sqrt(8)), micro-batches
-  # of 128, the ViT's auxiliary loss and smooth grid tokens (README: "What the first GPU run taught");
-  # a run's own options come last and win.
+  # of 128, the ViT's auxiliary loss, smooth grid tokens, sine-cosine position embeddings x4 and a stage 1 (the
+  # ViT alone on the auxiliary task) of VIT_MINUTES before the MINUTES of the whole model (README: "What the
+  # first GPU run taught", "Position embeddings"); a run's own options come last and win.
   # shellcheck disable=SC2086
   "$PY" models/demo/train/train.py --data "$data" --val "$WORK/val/prep$size" --out "$WORK/runs/$name" \
     --state "$WORK/runs/$name.state.pt" --device "$DEVICE" --fit-minutes "$MINUTES" \
     --max-minutes "$(awk "BEGIN { print $MINUTES + 1 }")" --batch-images 64 --per-image 4 --micro 128 --lr 2e-3 \
-    --warmup 400 --log-every 100 --save-every 1000 --aux-weight 1 --coord-init $opts \
+    --warmup 400 --log-every 100 --save-every 1000 --aux-weight 1 --coord-init --pos-init-scale 4 \
+    --vit-fit-minutes "$VIT_MINUTES" --vit-batch 256 --vit-lr 3e-3 --vit-lr-scale 0.5 $opts \
     > "$WORK/runs/$name.log" 2>&1 & pids+=($!)
 done
 status=0

@@ -13,7 +13,7 @@ t0=$(date +%s)
 node bin/minigpt.js demo-data --seed 1 --count 8 --out "$WORK/split"
 node models/demo/train/prepare.mjs --data "$WORK/split" --out "$WORK/prepared"
 nice -n 19 "$PY" models/demo/train/train.py --data "$WORK/prepared" --out "$WORK/run" --steps 3 --batch-images 4 --per-image 4 --warmup 2 --log-every 1 \
-  --aux-weight 1 --coord-init
+  --aux-weight 1 --coord-init --pos-init-scale 4 --vit-steps 2 --vit-batch 4
 node bin/minigpt.js convert --arch minigpt-v2 --vit "$WORK/run/eva_vit.pth" --llm "$WORK/run/llama" --ckpt "$WORK/run/minigptv2_ckpt.pth" \
   --vit-heads 4 --image-size 112 --lora-alpha 16 --out "$WORK/package"
 nice -n 19 "$PY" models/demo/train/check.py --run "$WORK/run" --data "$WORK/prepared" --samples 0,5,9 --out "$WORK/expected.json"

@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+// Turns a finished training run (train.py's published files) into the committed demo package, and records
+// where it came from in OUT/PROVENANCE.json: the run's arguments and losses, the sha256 of every published
+// file it was converted from, the sha256 of every package file, and `minigpt eval` on a held-out split.
+// test/inference/demo-model.test.ts holds the committed package to this record.
+//
+//   npm run build && node models/demo/train/publish.mjs --run RUN_DIR --heldout SPLIT_DIR [--data SEEDS] [--out models/demo]
+//
+// --heldout is a `minigpt demo-data` split of a seed never used in training (the recipe uses 1000);
+// --data records the training split (e.g. "seeds 1-2 x 4000 images") in words.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = join(fileURLToPath(import.meta.url), '..', '..', '..', '..');
+const CLI = join(ROOT, 'bin', 'minigpt.js');
+export const PACKAGE_FILES = ['model.json', 'tokenizer.json', 'vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'decoder.onnx.data'];
+const TASKS = ['refer', 'identify', 'vqa', 'caption'];
+export const CHECK_IMAGES = 24;
+
+function arg(name, def) {
+  const i = process.argv.indexOf(name);
+  if (i < 0) {
+    if (def === undefined) throw new Error(`${name} is required`);
+    return def;
+  }
+  return process.argv[i + 1];
+}
+
+const sha256 = async (p) => createHash('sha256').update(await readFile(p)).digest('hex');
+const minigpt = (args) => execFileSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'inherit'] });
+
+/** One item's score in an eval report: right / wrong (refer, identify), VQA accuracy, caption recall. */
+export function itemScore(d) {
+  const v = typeof d.correct === 'boolean' ? Number(d.correct) : typeof d.accuracy === 'number' ? d.accuracy : d.recall;
+  return Math.round(v * 1000) / 1000;
+}
+
+async function fileRecord(p) {
+  return { sha256: await sha256(p), bytes: (await stat(p)).size };
+}
+
+async function main() {
+  const run = arg('--run');
+  const heldout = arg('--heldout');
+  const out = arg('--out', join(ROOT, 'models', 'demo'));
+  const dataNote = arg('--data', '');
+  const args = JSON.parse(await readFile(join(run, 'train_args.json'), 'utf8'));
+  const log = (await readFile(join(run, 'train_log.jsonl'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+
+  const tmp = await mkdtemp(join(tmpdir(), 'minigpt-publish-'));
+  try {
+    const convertArgs = ['--arch', 'minigpt-v2', '--vit', join(run, 'eva_vit.pth'), '--llm', join(run, 'llama'), '--ckpt', join(run, 'minigptv2_ckpt.pth'),
+      '--vit-heads', String(args.vit_heads), '--image-size', String(args.image_size), '--lora-alpha', String(args.lora_alpha)];
+    minigpt(['convert', ...convertArgs, '--out', tmp]);
+    for (const f of PACKAGE_FILES) await rename(join(tmp, f), join(out, f));
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+
+  const evals = {};
+  for (const task of TASKS) {
+    console.error(`publish: eval ${task} on ${heldout}`);
+    const r = JSON.parse(minigpt(['eval', '--model', out, '--data', heldout, '--task', task, '--batch', '8', '--provider', 'cpu', '--json']));
+    evals[task] = { n: r.n, accuracy: r.accuracy, metric: r.metric, ...(r.by_type ? { by_type: r.by_type } : {}) };
+  }
+  const manifest = JSON.parse(await readFile(join(heldout, 'manifest.json'), 'utf8'));
+
+  // The check that CI repeats (test/inference/demo-model.test.ts): the first CHECK_IMAGES scenes of the held-out
+  // seed, one thread, every item's right / wrong recorded.
+  const check = { images: CHECK_IMAGES, threads: 1 };
+  const checkDir = await mkdtemp(join(tmpdir(), 'minigpt-publish-check-'));
+  try {
+    minigpt(['demo-data', '--seed', String(manifest.seed), '--count', String(CHECK_IMAGES), '--out', checkDir]);
+    for (const task of TASKS) {
+      const r = JSON.parse(minigpt(['eval', '--model', out, '--data', checkDir, '--task', task, '--threads', '1', '--provider', 'cpu', '--json']));
+      check[task] = { n: r.n, accuracy: r.accuracy, scores: r.details.map(itemScore) };
+    }
+  } finally {
+    await rm(checkDir, { recursive: true, force: true });
+  }
+
+  const published = {};
+  for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/config.json', 'llama/pytorch_model.bin', 'llama/tokenizer.json']) published[f] = await fileRecord(join(run, f));
+  const pkg = {};
+  for (const f of PACKAGE_FILES) pkg[f] = await fileRecord(join(out, f));
+
+  const steps = log.filter((r) => typeof r.step === 'number' && typeof r.loss_avg === 'number');
+  const vit = log.filter((r) => typeof r.vit_step === 'number');
+  const keep = Object.fromEntries(Object.entries(args).filter(([k]) => !['data', 'out', 'state', 'val', 'vit_from'].includes(k)));
+  const record = {
+    about: 'How models/demo was made: train.py (models/demo/train) on synthetic scenes, saved in the published formats, converted by minigpt convert. Written by models/demo/train/publish.mjs.',
+    data: dataNote,
+    train_args: keep,
+    training: {
+      stage1: vit.length ? vit[vit.length - 1] : null,
+      last: steps.length ? steps[steps.length - 1] : null,
+      minutes: Math.round((((vit.at(-1)?.elapsed_s ?? 0) + (steps.at(-1)?.elapsed_s ?? 0)) / 60) * 10) / 10,
+    },
+    convert: `minigpt convert --arch minigpt-v2 --vit eva_vit.pth --llm llama --ckpt minigptv2_ckpt.pth --vit-heads ${args.vit_heads} --image-size ${args.image_size} --lora-alpha ${args.lora_alpha}`,
+    published,
+    package: pkg,
+    heldout: { seed: manifest.seed, images: manifest.count, split: basename(heldout), eval: evals },
+    check,
+  };
+  await writeFile(join(out, 'PROVENANCE.json'), `${JSON.stringify(record, null, 2)}\n`);
+  console.error(`publish: ${relative(process.cwd(), out) || out} <- ${run}`);
+  for (const [t, e] of Object.entries(evals)) console.error(`  ${t}: ${(e.accuracy * 100).toFixed(1)}% of ${e.n}`);
+  const files = await readdir(out);
+  console.error(`  files: ${files.join(', ')}`);
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  main().catch((e) => {
+    console.error(e instanceof Error ? e.message : e);
+    process.exit(1);
+  });
+}
