@@ -1,14 +1,16 @@
 // The training recipe of the demo model (models/demo/train, issue 7) as a smoke test: a tiny split, three
 // training steps in PyTorch (Debian's python3-torch, which .ci/run installs), the published files converted
-// by `minigpt convert`, the ONNX package checked against PyTorch on the same inputs, an eval run; and two
-// runs with the same seed writing identical files.
+// by `minigpt convert`, the ONNX package checked against PyTorch on the same inputs, an eval run; the run
+// published with its PROVENANCE.json (publish.mjs) and checked against it; and two runs with the same seed
+// writing identical files.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { sha256Hex } from '../../src/conversation/store.js';
+import { TASKS, expectRecordedFiles, expectRecordedScores } from '../helpers/provenance.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -57,6 +59,29 @@ describe('models/demo/train', () => {
     const { stdout: keys } = await run(PY, ['-c', `import torch; print('\\n'.join(torch.load('${join(work, 'smoke', 'run', 'eva_vit.pth')}').keys()))`]);
     expect(keys).toMatch(/^patch_embed\.proj\.weight$/m);
     expect(keys).not.toMatch(/aux/);
+  }, 300_000);
+
+  it('publish.mjs records the run: package files, the published files they came from, re-computable held-out scores', async () => {
+    const heldout = join(work, 'heldout');
+    await run(process.execPath, [join(ROOT, 'bin/minigpt.js'), 'demo-data', '--seed', '1000', '--count', '2', '--out', heldout], { cwd: ROOT });
+    const pkg = join(work, 'published');
+    await mkdir(pkg);
+    await run(process.execPath, [join(ROOT, 'models/demo/train/publish.mjs'), '--run', join(work, 'smoke', 'run'), '--heldout', heldout, '--out', pkg, '--check-images', '3', '--data', 'smoke split'], {
+      cwd: ROOT,
+      maxBuffer: 64 << 20,
+    });
+    const record = await expectRecordedFiles(pkg);
+    expect(record.heldout).toMatchObject({ seed: 1000, images: 2 });
+    for (const t of TASKS) expect(record.heldout.eval[t].n, t).toBeGreaterThan(0);
+    expect(record.published['eva_vit.pth'].sha256).toBe(await sha256(join(work, 'smoke', 'run', 'eva_vit.pth')));
+    expect(record.train_args).toMatchObject({ aux_weight: 1, coord_init: true, pos_init_scale: 4, vit_steps: 2 });
+    expect(record.train_args).not.toHaveProperty('data');
+    await expectRecordedScores(pkg, record, work);
+    // a package file that is not the recorded one is caught
+    const data = await readFile(join(pkg, 'decoder.onnx.data'));
+    data[data.length - 1] ^= 1;
+    await writeFile(join(pkg, 'decoder.onnx.data'), data);
+    await expect(expectRecordedFiles(pkg)).rejects.toThrow(/decoder\.onnx\.data/);
   }, 300_000);
 
   it('is deterministic on the CPU: the same seed writes the same published files', async () => {

@@ -2,9 +2,12 @@
 // Turns a finished training run (train.py's published files) into the committed demo package, and records
 // where it came from in OUT/PROVENANCE.json: the run's arguments and losses, the sha256 of every published
 // file it was converted from, the sha256 of every package file, and `minigpt eval` on a held-out split.
-// test/inference/demo-model.test.ts holds the committed package to this record.
+// The record is what a test of the committed package compares against: the package files' hashes, the
+// published files' hashes (model.json's provenance names them too), and `check`, every item's score on the
+// first held-out scenes, which a test can recompute with `minigpt demo-data` + `minigpt eval`.
 //
 //   npm run build && node models/demo/train/publish.mjs --run RUN_DIR --heldout SPLIT_DIR [--data SEEDS] [--out models/demo]
+//     [--check-images N (default 24)]
 //
 // --heldout is a `minigpt demo-data` split of a seed never used in training (the recipe uses 1000);
 // --data records the training split (e.g. "seeds 1-2 x 4000 images") in words.
@@ -71,10 +74,11 @@ async function main() {
 
   // The check that CI repeats (test/inference/demo-model.test.ts): the first CHECK_IMAGES scenes of the held-out
   // seed, one thread, every item's right / wrong recorded.
-  const check = { images: CHECK_IMAGES, threads: 1 };
+  const checkImages = Number(arg('--check-images', String(CHECK_IMAGES)));
+  const check = { images: checkImages, threads: 1 };
   const checkDir = await mkdtemp(join(tmpdir(), 'minigpt-publish-check-'));
   try {
-    minigpt(['demo-data', '--seed', String(manifest.seed), '--count', String(CHECK_IMAGES), '--out', checkDir]);
+    minigpt(['demo-data', '--seed', String(manifest.seed), '--count', String(checkImages), '--out', checkDir]);
     for (const task of TASKS) {
       const r = JSON.parse(minigpt(['eval', '--model', out, '--data', checkDir, '--task', task, '--threads', '1', '--provider', 'cpu', '--json']));
       check[task] = { n: r.n, accuracy: r.accuracy, scores: r.details.map(itemScore) };
