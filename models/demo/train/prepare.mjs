@@ -16,17 +16,9 @@
 import { mkdir, readFile, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { arg } from './args.mjs';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..', '..', '..');
-
-function arg(name, def) {
-  const i = process.argv.indexOf(name);
-  if (i < 0) {
-    if (def === undefined) throw new Error(`${name} is required`);
-    return def;
-  }
-  return process.argv[i + 1];
-}
 
 async function main() {
   const data = arg('--data');

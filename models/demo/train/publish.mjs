@@ -17,21 +17,13 @@ import { mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs
 import { tmpdir } from 'node:os';
 import { basename, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { arg } from './args.mjs';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..', '..', '..');
 const CLI = join(ROOT, 'bin', 'minigpt.js');
 export const PACKAGE_FILES = ['model.json', 'tokenizer.json', 'vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'decoder.onnx.data'];
 const TASKS = ['refer', 'identify', 'vqa', 'caption'];
 export const CHECK_IMAGES = 24;
-
-function arg(name, def) {
-  const i = process.argv.indexOf(name);
-  if (i < 0) {
-    if (def === undefined) throw new Error(`${name} is required`);
-    return def;
-  }
-  return process.argv[i + 1];
-}
 
 const sha256 = async (p) => createHash('sha256').update(await readFile(p)).digest('hex');
 const minigpt = (args) => execFileSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'inherit'] });
