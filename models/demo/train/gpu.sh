@@ -14,6 +14,7 @@
 #   RUNS=file   one run per line: NAME IMAGE_SIZE [train.py options...] (default: gpu-runs.txt beside this)
 #   DEVICE=cpu  tries the script on a machine without a GPU
 #   VIT_MINUTES stage 1 (the ViT alone on the auxiliary task), before the MINUTES of the whole model (default 1)
+#   VIT_BATCH   images per stage-1 step (default 256; a CPU try wants ~8: four runs at 256 exhaust 24 GB)
 #
 # Seeds: training shards 1..SHARDS, held-out loss 999, held-out evaluation 1000 (never used in training).
 # A second call on the same machine reuses the prepared shards in WORK.
@@ -29,6 +30,7 @@ PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
 VIT_MINUTES=${VIT_MINUTES:-1}
+VIT_BATCH=${VIT_BATCH:-256}
 mkdir -p "$WORK/bin" "$OUT"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
@@ -77,7 +79,7 @@ for r in "${runs[@]}"; do
     --state "$WORK/runs/$name.state.pt" --device "$DEVICE" --fit-minutes "$MINUTES" \
     --max-minutes "$(awk "BEGIN { print $MINUTES + 1 }")" --batch-images 64 --per-image 4 --micro 128 --lr 2e-3 \
     --warmup 400 --log-every 100 --save-every 1000 --aux-weight 1 --coord-init --pos-init-scale 4 \
-    --vit-fit-minutes "$VIT_MINUTES" --vit-batch 256 --vit-lr 3e-3 --vit-lr-scale 0.5 $opts \
+    --vit-fit-minutes "$VIT_MINUTES" --vit-batch "$VIT_BATCH" --vit-lr 3e-3 --vit-lr-scale 0.5 $opts \
     > "$WORK/runs/$name.log" 2>&1 & pids+=($!)
 done
 status=0
