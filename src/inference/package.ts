@@ -149,6 +149,11 @@ export interface ModelPackage {
   path(file: string): string;
 }
 
+/** Every file a package consists of besides model.json: the tokenizer and each graph with its external data. */
+export function packageFiles(meta: ModelJson): string[] {
+  return [meta.tokenizer, ...Object.values(meta.graphs).flatMap((g) => [g.file, ...g.data])];
+}
+
 /** Reads and validates `<dir>/model.json`; every file it names must exist. */
 export async function loadPackage(dir: string): Promise<ModelPackage> {
   const metaPath = join(dir, 'model.json');
@@ -170,8 +175,7 @@ export async function loadPackage(dir: string): Promise<ModelPackage> {
     throw new ModelPackageError(`${metaPath} is not a valid model package description:\n  ${issues.join('\n  ')}`);
   }
   const meta = parsed.data;
-  const files = [meta.tokenizer, ...Object.values(meta.graphs).flatMap((g) => [g.file, ...g.data])];
-  for (const f of files) {
+  for (const f of packageFiles(meta)) {
     try {
       await stat(join(dir, f));
     } catch {

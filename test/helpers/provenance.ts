@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { loadPackage } from '../../src/inference/package.js';
+import { loadPackage, packageFiles } from '../../src/inference/package.js';
 import { sha256Hex } from '../../src/conversation/store.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -30,7 +30,6 @@ export interface Provenance {
 }
 
 interface Publish {
-  PACKAGE_FILES: string[];
   itemScore: (d: unknown) => number;
 }
 const publish = async () => (await import(pathToFileURL(join(ROOT, 'models/demo/train/publish.mjs')).href)) as Publish;
@@ -38,9 +37,10 @@ const publish = async () => (await import(pathToFileURL(join(ROOT, 'models/demo/
 /** The package files and model.json's sources are the ones PROVENANCE.json records; returns the record. */
 export async function expectRecordedFiles(dir: string): Promise<Provenance> {
   const record = JSON.parse(await readFile(join(dir, 'PROVENANCE.json'), 'utf8')) as Provenance;
-  const { PACKAGE_FILES } = await publish();
-  for (const f of PACKAGE_FILES) expect(sha256Hex(await readFile(join(dir, f))), f).toBe(record.package[f].sha256);
   const pkg = await loadPackage(dir);
+  const files = ['model.json', ...packageFiles(pkg.meta)];
+  expect(Object.keys(record.package).sort()).toEqual([...files].sort());
+  for (const f of files) expect(sha256Hex(await readFile(join(dir, f))), f).toBe(record.package[f].sha256);
   const published: Record<string, string> = {
     vit: 'eva_vit.pth',
     checkpoint: 'minigptv2_ckpt.pth',

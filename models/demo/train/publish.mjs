@@ -16,12 +16,12 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { arg } from './args.mjs';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..', '..', '..');
+const { loadPackage, packageFiles } = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'inference', 'package.js')).href);
 const CLI = join(ROOT, 'bin', 'minigpt.js');
-export const PACKAGE_FILES = ['model.json', 'tokenizer.json', 'vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'decoder.onnx.data'];
 const TASKS = ['refer', 'identify', 'vqa', 'caption'];
 export const CHECK_IMAGES = 24;
 
@@ -47,11 +47,13 @@ async function main() {
   const log = (await readFile(join(run, 'train_log.jsonl'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
 
   const tmp = await mkdtemp(join(tmpdir(), 'minigpt-publish-'));
+  let files;
   try {
     const convertArgs = ['--arch', 'minigpt-v2', '--vit', join(run, 'eva_vit.pth'), '--llm', join(run, 'llama'), '--ckpt', join(run, 'minigptv2_ckpt.pth'),
       '--vit-heads', String(args.vit_heads), '--image-size', String(args.image_size), '--lora-alpha', String(args.lora_alpha)];
     minigpt(['convert', ...convertArgs, '--out', tmp]);
-    for (const f of PACKAGE_FILES) await rename(join(tmp, f), join(out, f));
+    files = ['model.json', ...packageFiles((await loadPackage(tmp)).meta)];
+    for (const f of files) await rename(join(tmp, f), join(out, f));
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }
@@ -82,7 +84,7 @@ async function main() {
   const published = {};
   for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/config.json', 'llama/pytorch_model.bin', 'llama/tokenizer.json']) published[f] = await fileRecord(join(run, f));
   const pkg = {};
-  for (const f of PACKAGE_FILES) pkg[f] = await fileRecord(join(out, f));
+  for (const f of files) pkg[f] = await fileRecord(join(out, f));
 
   const steps = log.filter((r) => typeof r.step === 'number' && typeof r.loss_avg === 'number');
   const vit = log.filter((r) => typeof r.vit_step === 'number');
@@ -105,8 +107,8 @@ async function main() {
   await writeFile(join(out, 'PROVENANCE.json'), `${JSON.stringify(record, null, 2)}\n`);
   console.error(`publish: ${relative(process.cwd(), out) || out} <- ${run}`);
   for (const [t, e] of Object.entries(evals)) console.error(`  ${t}: ${(e.accuracy * 100).toFixed(1)}% of ${e.n}`);
-  const files = await readdir(out);
-  console.error(`  files: ${files.join(', ')}`);
+  const present = await readdir(out);
+  console.error(`  files: ${present.join(', ')}`);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

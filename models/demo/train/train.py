@@ -115,7 +115,7 @@ class EvaViT(nn.Module):
         """2-D sine-cosine position embeddings (half the channels for the row, half for the column, as MAE
         initialises them) times `scale`, for the patch tokens; still trained. Measured (stage 1, 120 steps of
         32 images): with the default 0.02-std init the patch features carry no position at all (box error
-        25 bins, worse than predicting a constant), with sincos x1 16 bins, x4 7.7 bins; the position signal has to
+        26 bins, worse than predicting a constant), with sincos x1 16 bins, x4 7.7 bins; the position signal has to
         be as strong as the patch embedding's output (std ~0.6 per channel) to survive to the last block."""
         D = self.pos_embed.shape[-1]
         grid = int(round(math.sqrt(self.pos_embed.shape[1] - 1)))
@@ -371,8 +371,10 @@ def aux_loss(model, patches, image_ids, targets, stats=None):
     nc, ns = model.aux_sizes
     loss = F.cross_entropy(out[:, :nc], ct) + F.cross_entropy(out[:, nc:nc + ns], st)
     fg = ct > 0
-    if bool(fg.any()):
-        logits = out[fg][:, nc + ns:].reshape(-1, 4, COORD_BINS)
+    has_fg = bool(fg.any())
+    out_fg = out[fg]
+    if has_fg:
+        logits = out_fg[:, nc + ns:].reshape(-1, 4, COORD_BINS)
         centre = (bt[fg] * (COORD_BINS - 1)).unsqueeze(-1)  # [n, 4, 1]
         bins = torch.arange(COORD_BINS, device=dev, dtype=torch.float32)
         soft = torch.softmax(-0.5 * ((bins - centre) / 1.0) ** 2, dim=-1)
@@ -382,9 +384,35 @@ def aux_loss(model, patches, image_ids, targets, stats=None):
             stats['box_err'] = float(err.mean())
     if stats is not None:
         # on the patches of objects only (most patches are background, which is easy)
-        stats['colour_acc'] = float((out[fg][:, :nc].argmax(-1) == ct[fg]).float().mean()) if bool(fg.any()) else 0.0
-        stats['shape_acc'] = float((out[fg][:, nc:nc + ns].argmax(-1) == st[fg]).float().mean()) if bool(fg.any()) else 0.0
+        stats['colour_acc'] = float((out_fg[:, :nc].argmax(-1) == ct[fg]).float().mean()) if has_fg else 0.0
+        stats['shape_acc'] = float((out_fg[:, nc:nc + ns].argmax(-1) == st[fg]).float().mean()) if has_fg else 0.0
     return loss
+
+
+def warmup_cosine(warmup, total):
+    """The learning-rate factor of both stages: linear warm-up over warmup() steps, then cosine decay to 5% at
+    total() steps (callables: a fitted run learns its step count after the first steps)."""
+    return lambda s: min(1.0, (s + 1) / warmup()) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total()))))
+
+
+class StepFit:
+    """--fit-minutes / --vit-fit-minutes: times the steps after the 5th up to `probe` (the first ones pay for kernel
+    selection and allocator growth) and then gives the step count that fills `minutes`."""
+
+    def __init__(self, minutes, probe):
+        self.minutes, self.probe = minutes, probe
+        self.per_step = None
+
+    def after(self, done):
+        """Call after each step with the number of steps done; returns the fitted step count once, else None."""
+        if not self.minutes:
+            return None
+        if done == 5:
+            self.t = time.time()
+        elif done == self.probe:
+            self.per_step = (time.time() - self.t) / (self.probe - 5)
+            return max(self.probe + 1, int(self.minutes * 60 / self.per_step))
+        return None
 
 
 def pretrain_vision(model, data, aux_targets, a, device, log):
@@ -394,8 +422,8 @@ def pretrain_vision(model, data, aux_targets, a, device, log):
     params = list(model.visual_encoder.parameters()) + list(model.aux_head.parameters())
     opt = torch.optim.AdamW(params, lr=a.vit_lr, betas=(0.9, 0.98), weight_decay=a.weight_decay)
     plan = {'steps': a.vit_steps or 1 << 30}  # --vit-fit-minutes resets it after 10 timed steps
-    warm = lambda: max(1, plan['steps'] // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm()) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan['steps'])))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(lambda: max(1, plan['steps'] // 20), lambda: plan['steps']))
+    fit = StepFit(a.vit_fit_minutes, 15)
     rng = random.Random(a.seed + 7)
     n = data.meta['images']
     t0 = time.time()
@@ -411,11 +439,9 @@ def pretrain_vision(model, data, aux_targets, a, device, log):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        if a.vit_fit_minutes and step + 1 == 5:
-            t_probe = time.time()
-        if a.vit_fit_minutes and step + 1 == 15:
-            plan['steps'] = max(16, int(a.vit_fit_minutes * 60 / ((time.time() - t_probe) / 10)))
-            a.vit_steps = plan['steps']
+        fitted = fit.after(step + 1)
+        if fitted:
+            plan['steps'] = a.vit_steps = fitted
             print(f'stage 1: {plan["steps"]} steps in {a.vit_fit_minutes} min', file=sys.stderr)
         if (step + 1) % a.log_every == 0 or step + 1 == plan['steps']:
             rec = {'vit_step': step + 1, 'aux_loss': round(loss.item(), 4), **{k: round(v, 4) for k, v in stats.items()}, 'elapsed_s': round(time.time() - t0, 1)}
@@ -689,7 +715,8 @@ def main():
     opt = torch.optim.AdamW(groups, lr=a.lr, betas=(0.9, 0.98))
     # linear warm-up, then cosine decay to 5% of --lr
     plan = {'steps': steps}  # --fit-minutes resets it after the probe; the schedule reads it at every step
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / a.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / plan['steps'])))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(lambda: a.warmup, lambda: plan['steps']))
+    fit = StepFit(a.fit_minutes, a.fit_probe)
     os.makedirs(a.out, exist_ok=True)
     start = 0
     order_rng = random.Random(a.seed)
@@ -715,7 +742,7 @@ def main():
     log = open(os.path.join(a.out, 'train_log.jsonl'), 'a')
     if (a.vit_steps or a.vit_fit_minutes or a.vit_from) and start == 0:
         if aux_targets is None:
-            raise SystemExit('--vit-steps and --vit-from need --aux-weight')
+            raise SystemExit('--vit-steps, --vit-fit-minutes and --vit-from need --aux-weight')
         if a.vit_from:
             # a finished stage 1 (its vision_stage1.pt): several stage-2 runs can share one
             st1 = torch.load(a.vit_from, map_location=device)
@@ -754,14 +781,11 @@ def main():
         opt.step()
         sched.step()
         v = lm.item()  # the language-model loss (comparable with and without --aux-weight)
-        if a.fit_minutes and step + 1 == 5:
-            t_probe = time.time()  # the first steps pay for kernel selection and allocator growth
-        if a.fit_minutes and step + 1 == a.fit_probe:
-            per_step = (time.time() - t_probe) / (a.fit_probe - 5)
-            plan['steps'] = max(a.fit_probe + 1, int(a.fit_minutes * 60 / per_step))
-            steps = plan['steps']
+        fitted = fit.after(step + 1)
+        if fitted:
+            plan['steps'] = steps = fitted
             write_args()
-            print(f'fit: {per_step * 1000:.0f} ms per step -> {steps} steps in {a.fit_minutes} min', file=sys.stderr)
+            print(f'fit: {fit.per_step * 1000:.0f} ms per step -> {steps} steps in {a.fit_minutes} min', file=sys.stderr)
         avg = v if avg is None else 0.98 * avg + 0.02 * v
         if (step + 1) % a.log_every == 0 or step == start or step + 1 == steps:
             el = time.time() - t0
