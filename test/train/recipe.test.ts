@@ -93,4 +93,31 @@ describe('models/demo/train', () => {
       expect(await sha256(join(work, 'r2', f)), f).toBe(await sha256(join(work, 'r1', f)));
     }
   }, 300_000);
+
+  it('--object-curriculum: one-object scenes first, then up to two, ...; a stopped and resumed run replays the same order', async () => {
+    // the sampler alone: 8 scenes of 1, 2 or 3 objects, the cap rising every 2 steps
+    const probe = [
+      'import json, random, sys',
+      `sys.path.insert(0, ${JSON.stringify(join(ROOT, 'models/demo/train'))})`,
+      'import train',
+      'counts = [1, 2, 3, 1, 2, 3, 1, 2]',
+      'o = train.ImageOrder(8, random.Random(0), counts, 2)',
+      'print(json.dumps([[counts[i] for i in o.take(s, 3)] for s in range(6)]))',
+    ].join('\n');
+    const { stdout } = await run(PY, ['-c', probe], { cwd: ROOT });
+    const caps = JSON.parse(stdout) as number[][];
+    expect(caps.slice(0, 2).flat().every((c) => c === 1)).toBe(true);
+    expect(caps.slice(2, 4).flat().every((c) => c <= 2)).toBe(true);
+    expect(caps.slice(2, 4).flat()).toContain(2);
+    expect(caps.slice(4).flat()).toContain(3);
+
+    const prepared = join(work, 'smoke', 'prepared');
+    const args = (out: string, ...more: string[]) => [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', out, '--steps', '3', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--object-curriculum', '1', '--threads', '1', ...more];
+    await run(PY, args(join(work, 'c1')), { cwd: ROOT });
+    await run(PY, args(join(work, 'c2'), '--stop-at', '1'), { cwd: ROOT });
+    await run(PY, args(join(work, 'c2'), '--resume'), { cwd: ROOT });
+    for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {
+      expect(await sha256(join(work, 'c2', f)), f).toBe(await sha256(join(work, 'c1', f)));
+    }
+  }, 300_000);
 });

@@ -34,6 +34,18 @@ export function itemScore(d) {
   return Math.round(v * 1000) / 1000;
 }
 
+/** Stage-2 wall time of a run that may have been stopped and resumed: each resumed process restarts its clock. */
+export function wallSeconds(steps) {
+  let total = 0;
+  let last = 0;
+  for (const r of steps) {
+    if (typeof r.elapsed_s !== 'number') continue;
+    if (r.elapsed_s < last) total += last;
+    last = r.elapsed_s;
+  }
+  return total + last;
+}
+
 async function fileRecord(p) {
   return { sha256: await sha256(p), bytes: (await stat(p)).size };
 }
@@ -96,7 +108,7 @@ async function main() {
     training: {
       stage1: vit.length ? vit[vit.length - 1] : null,
       last: steps.length ? steps[steps.length - 1] : null,
-      minutes: Math.round((((vit.at(-1)?.elapsed_s ?? 0) + (steps.at(-1)?.elapsed_s ?? 0)) / 60) * 10) / 10,
+      minutes: Math.round((((vit.at(-1)?.elapsed_s ?? 0) + wallSeconds(steps)) / 60) * 10) / 10,
     },
     convert: `minigpt convert --arch minigpt-v2 --vit eva_vit.pth --llm llama --ckpt minigptv2_ckpt.pth --vit-heads ${args.vit_heads} --image-size ${args.image_size} --lora-alpha ${args.lora_alpha}`,
     published,

@@ -389,6 +389,43 @@ def aux_loss(model, patches, image_ids, targets, stats=None):
     return loss
 
 
+def object_counts(data):
+    if data.objects is None:
+        raise SystemExit('--object-curriculum needs objects.json in every prepared folder (re-run prepare.mjs)')
+    return [len(objs) for objs in data.objects]
+
+
+class ImageOrder:
+    """The images of each step: shuffled passes over the split, a function of the seed and the step only (so a resumed
+    run replays it). With --object-curriculum N the passes are over the scenes of at most k objects, k = 1 for the
+    first N steps, then 2, ... up to every scene: the language model first learns to read the image where there is one
+    object to find, then to pick one among several (measured: reading one slot among many is what it learns slowest;
+    see the README)."""
+
+    def __init__(self, n_images, rng, counts=None, every=0):
+        self.n, self.rng, self.counts, self.every = n_images, rng, counts, every
+        self.cap, self.pool, self.perm, self.pos = None, list(range(n_images)), [], 0
+
+    def cap_at(self, step):
+        if not self.every:
+            return None
+        cap = max(1 + step // self.every, min(self.counts))  # never an empty pool
+        return None if cap >= max(self.counts) else cap
+
+    def take(self, step, k):
+        cap = self.cap_at(step)
+        if cap != self.cap:
+            self.cap, self.perm, self.pos = cap, [], 0
+            self.pool = list(range(self.n)) if cap is None else [i for i, c in enumerate(self.counts) if c <= cap]
+        ids = []
+        for _ in range(k):
+            if self.pos >= len(self.perm):
+                self.perm, self.pos = self.rng.sample(self.pool, len(self.pool)), 0
+            ids.append(self.perm[self.pos])
+            self.pos += 1
+        return ids
+
+
 def warmup_cosine(warmup, total):
     """The learning-rate factor of both stages: linear warm-up over warmup() steps, then cosine decay to 5% at
     total() steps (callables: a fitted run learns its step count after the first steps)."""
@@ -474,7 +511,7 @@ def init_coordinate_tokens(model, tokenizer_json):
     return len(ids)
 
 
-def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None):
+def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None, with_items=False):
     """Encodes the images once and builds one sequence per sample: pre ++ image ++ post ++ target.
 
     The sequences are sorted by length and cut into micro-batches of `micro`, each padded (right) only to its
@@ -521,23 +558,57 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
         b_idx = torch.tensor(src, device=dev)
         x = x.index_put((r_idx, c_idx), img[b_idx].reshape(n * T, -1))
         n_targets = int((y[:, 1:] != -100).sum())  # counted on the host: no device sync
-        batches.append((x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets))
+        batches.append((x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets) + ((group,) if with_items else ()))
     return batches, aux
 
 
-def val_loss(model, val, image_tokens, micro, max_images=256):
-    """Mean target cross-entropy on a held-out prepared split (every sample of its first images)."""
+TASK_TAGS = ('[grounding]', '[refer]', '[detection]', '[identify]', '[vqa]', '[caption]')
+
+
+def val_metrics(model, val, image_tokens, micro, max_images=256):
+    """On a held-out prepared split (every sample of its first images): the mean target cross-entropy, and per task
+    the teacher-forced accuracy: the share of samples whose every target token is the argmax given the true prefix
+    (what greedy decoding writes, as long as it has not gone wrong before), for `[refer]` the box of the argmax grid
+    tokens at IoU > 0.5 as `minigpt eval` scores it. A cheap stand-in for converting and running `minigpt eval`
+    between chunks of a run; multi-turn samples count under their last turn's task with a '+'."""
+    vocab = [v[0] for v in json.loads(val.tokenizer_json)['model']['vocab']]
+    tag_of = {k: w[1:-1] for k, w in enumerate(vocab) if w in TASK_TAGS}
+    inst = vocab.index('[INST]')
+    grid_of = {k: int(w[1:-1]) for k, w in enumerate(vocab) if len(w) > 2 and w[0] == '<' and w[-1] == '>' and w[1:-1].isdigit()}
     model.eval()
-    total, count = 0.0, 0
+    total, count, hits = 0.0, 0, {}
     with torch.no_grad():
         n = min(max_images, val.meta['images'])
         for j in range(0, n, 32):
             ids = list(range(j, min(n, j + 32)))
-            for x, pad, y, n_targets in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro)[0]:
-                total += float(target_loss_sum(model, x, pad, y))
+            for x, pad, y, n_targets, group in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro, with_items=True)[0]:
+                logits = model.llama_model(x, pad)
+                total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum'))
                 count += n_targets
+                pred = logits.argmax(-1)
+                for r, (length, _, s, n_prompt) in enumerate(group):
+                    tags = [tag_of[t] for t in s['post'] if t in tag_of]
+                    task = (tags[-1] if tags else 'none') + ('+' if inst in s['post'] else '')
+                    got = pred[r, n_prompt - 1:length - 1].tolist()
+                    want = s['target']
+                    if task.startswith('refer'):
+                        wb = [grid_of[t] for t in want if t in grid_of]
+                        gb = [grid_of.get(g, -1) for g, t in zip(got, want) if t in grid_of]
+                        ok = len(wb) == 4 and min(gb) >= 0 and box_iou(wb, gb) > 0.5
+                    else:
+                        ok = got == want
+                    h = hits.setdefault(task, [0, 0])
+                    h[0] += int(ok)
+                    h[1] += 1
     model.train()
-    return total / max(1, count)
+    return total / max(1, count), {k: round(v[0] / v[1], 4) for k, v in sorted(hits.items())}
+
+
+def box_iou(a, b):
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
+    return ix * iy / union if union > 0 else 0.0
 
 
 def target_loss_sum(model, x, pad, y):
@@ -660,6 +731,9 @@ def main():
     p.add_argument('--pos-init-scale', type=float, default=0.0,
                    help='start the ViT\'s pos_embed as 2-D sine-cosine embeddings times this (see EvaViT.init_pos_embed_sincos); '
                         '0: the usual 0.02-std random init')
+    p.add_argument('--object-curriculum', type=int, default=0,
+                   help='stage 2 trains on scenes of at most k objects, k = 1 for the first N steps, then 2, ... (0: every scene '
+                        'from the start)')
     p.add_argument('--coord-init', action='store_true', help='smooth initial embeddings for the grid tokens <0>..<100>')
     p.add_argument('--val', default='', help='held-out prepared folder: its loss is logged at every save')
     p.add_argument('--fit-probe', type=int, default=40, help='steps timed by --fit-minutes (more than 5)')
@@ -753,24 +827,16 @@ def main():
             pretrain_vision(model, data, aux_targets, a, device, log)
             torch.save({'visual_encoder': model.visual_encoder.state_dict(), 'aux_head': model.aux_head.state_dict()},
                        os.path.join(a.out, 'vision_stage1.pt'))
-    perm, pos = [], 0
+    order = ImageOrder(n_images, order_rng, object_counts(data) if a.object_curriculum else None, a.object_curriculum)
     # the data order is a function of the seed and the step (replayed on resume)
-    for _ in range(start):
-        for _ in range(a.batch_images):
-            if pos >= len(perm):
-                perm, pos = order_rng.sample(range(n_images), n_images), 0
-            pos += 1
+    for s in range(start):
+        order.take(s, a.batch_images)
     model.train()
     t0 = time.time()
     avg = None
     step = start
     while step < plan['steps']:
-        ids = []
-        for _ in range(a.batch_images):
-            if pos >= len(perm):
-                perm, pos = order_rng.sample(range(n_images), n_images), 0
-            ids.append(perm[pos])
-            pos += 1
+        ids = order.take(step, a.batch_images)
         batch_rng = random.Random(a.seed * 1_000_003 + step)
         batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets)
         lm = loss_of(model, batches)
@@ -799,10 +865,10 @@ def main():
         stop = (a.stop_at and step + 1 >= a.stop_at) or (a.max_minutes and time.time() - t0 > a.max_minutes * 60)
         if (step + 1) % a.save_every == 0 or step + 1 == steps or stop:
             if val is not None:
-                vl = val_loss(model, val, image_tokens, a.micro)
-                log.write(json.dumps({'step': step + 1, 'val_loss': round(vl, 4)}) + '\n')
+                vl, acc = val_metrics(model, val, image_tokens, a.micro)
+                log.write(json.dumps({'step': step + 1, 'val_loss': round(vl, 4), 'val_acc': acc}) + '\n')
                 log.flush()
-                print(f'step {step + 1}: held-out loss {vl:.4f}', file=sys.stderr)
+                print(f'step {step + 1}: held-out loss {vl:.4f}; teacher-forced accuracy {json.dumps(acc)}', file=sys.stderr)
             save_published(model, a, a.out, tokenizer_json)
             torch.save({'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(), 'step': step + 1,
                         'torch_rng': torch.get_rng_state()}, state_path)
