@@ -1,11 +1,11 @@
 #!/usr/bin/env node
-// Builds models/demo: the embedded default package until the trained demo model exists (issue 7).
-// Its weights are the tiny RANDOM MiniGPT-v2 checkpoints of test/fixtures/minigptv2-tiny (in the published
-// formats), converted by our own converter, with a small SentencePiece-style (Unigram) tokenizer.json of
-// exactly 512 pieces (src/convert/unigram-tokenizer.ts), so text round-trips exactly (box syntax included).
-// Answers are nonsense.
+// Builds the tiny RANDOM-weight package of the tests (test/web/helpers.ts): the MiniGPT-v2 checkpoints of
+// test/fixtures/minigptv2-tiny (in the published formats) converted by our own converter, with the demo model's
+// SentencePiece-style (Unigram) tokenizer.json of exactly 512 pieces (src/convert/unigram-tokenizer.ts), so text
+// round-trips exactly (box syntax included). Its answers are nonsense. Until the trained demo existed this was
+// models/demo; models/demo is now built by models/demo/train (publish.mjs), so --out is required.
 //
-//   npm run build && node scripts/build-demo-model.mjs [--out models/demo]
+//   npm run build && node scripts/build-demo-model.mjs --out DIR
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -49,7 +49,8 @@ export async function buildDemoModel(out, log) {
 
 async function main() {
   const outArg = process.argv.indexOf('--out');
-  const out = outArg > 0 ? process.argv[outArg + 1] : join(ROOT, 'models', 'demo');
+  const out = outArg > 0 ? process.argv[outArg + 1] : undefined;
+  if (!out) throw new Error('usage: node scripts/build-demo-model.mjs --out DIR (models/demo is the trained package: models/demo/train/README.md)');
   await buildDemoModel(out, (l) => console.error(l));
 }
 

@@ -1,6 +1,6 @@
 // `minigpt serve` / `npm start` (DESIGN.md section 3): loads the config and the model package once, then
 // starts every chat adapter whose credentials are in the environment; with none, the local web demo.
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, isAbsolute } from 'node:path';
 import { DEFAULT_CONFIG, loadConfig, type BotConfig } from './config.js';
 import { MiniGPT, type LoadOptions } from './inference/model.js';
@@ -79,10 +79,36 @@ export interface RunningBot {
 
 export class ServeError extends Error {}
 
-/** The sentence the web page shows under a package that is the embedded random-weight demo. */
-export const DEMO_NOTICE =
-  'This is the embedded demo package: a small random-weight model built by this project\'s own converter ' +
-  '(scripts/build-demo-model.mjs), so its answers are nonsense until the trained demo model exists.';
+/** What the web page needs from models/demo/PROVENANCE.json (models/demo/train/publish.mjs writes it). */
+export interface DemoRecord {
+  heldout?: { seed?: number; eval?: Partial<Record<'refer' | 'identify' | 'vqa', { accuracy?: number }>> };
+}
+
+const pct = (v: number | undefined) => (typeof v === 'number' ? `${Math.round(v * 100)}%` : 'n/a');
+
+/**
+ * The sentence the web page shows under the embedded demo package: what the model is and how well it does on
+ * held-out synthetic scenes (its recorded `minigpt eval` scores), so nobody mistakes it for MiniGPT-v2's weights.
+ */
+export function demoNotice(record: DemoRecord | null): string {
+  const base =
+    'This is the embedded demo package: a small model of the MiniGPT-v2 architecture trained from scratch on synthetic ' +
+    'scenes of coloured shapes (models/demo/train), not MiniGPT-v2\'s weights; it knows nothing else.';
+  const e = record?.heldout?.eval;
+  if (!e) return base;
+  return (
+    `${base} On held-out scenes (models/demo/PROVENANCE.json) it boxes the object asked for ${pct(e.refer?.accuracy)} of the time ` +
+    `([refer], IoU > 0.5), names a boxed object ${pct(e.identify?.accuracy)} ([identify]) and answers ${pct(e.vqa?.accuracy)} of questions ([vqa]).`
+  );
+}
+
+async function readDemoRecord(dir: string): Promise<DemoRecord | null> {
+  try {
+    return JSON.parse(await readFile(join(dir, 'PROVENANCE.json'), 'utf8')) as DemoRecord;
+  } catch {
+    return null; // a notice without scores is still right
+  }
+}
 
 function isDemoPackage(dir: string): boolean {
   return basename(dir) === 'demo' && basename(dirname(dir)) === 'models';
@@ -99,7 +125,7 @@ async function checkPackage(dir: string): Promise<void> {
     await stat(file);
   } catch {
     const how = isDemoPackage(dir)
-      ? 'npm run build && node scripts/build-demo-model.mjs'
+      ? 'git checkout -- models/demo   (or train and publish it: models/demo/train/README.md)'
       : `npx minigpt convert --arch minigpt-v2 --vit eva_vit_g.pth --llm <Llama folder> --ckpt <checkpoint.pth> --out ${shownPath(dir)}`;
     throw new ServeError(`model package not found: ${file} does not exist. Build it with:\n  ${how}`);
   }
@@ -172,7 +198,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     let webUrl: string | undefined;
     if (adapters.length === 0) {
       const info: WebModelInfo = { name: model.meta.name, path: shownPath(config.packageDir), architecture: model.meta.architecture };
-      if (isDemoPackage(config.packageDir)) info.notice = DEMO_NOTICE;
+      if (isDemoPackage(config.packageDir)) info.notice = demoNotice(await readDemoRecord(config.packageDir));
       const server = await startWebServer({
         manager,
         host: web.host,

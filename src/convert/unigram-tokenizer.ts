@@ -1,5 +1,5 @@
 // Small SentencePiece-style (Unigram) tokenizer.json files laid out like Llama's, for packages without a real
-// tokenizer: the demo model's 512 pieces (models/demo, scripts/build-demo-model.mjs) and the random checkpoints'
+// tokenizer: the demo model's 512 pieces (models/demo, models/demo/train, scripts/build-demo-model.mjs) and the random checkpoints'
 // tokenizer of any vocabulary size (random-checkpoints.ts). `<unk>` 0, `<s>` 1, `</s>` 2, then the pieces.
 
 /** `<unk>`, `<s>` (BOS), `</s>` (EOS): ids 0, 1, 2. */

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
-import { DEMO_NOTICE } from '../../src/serve.js';
+import { demoNotice } from '../../src/serve.js';
 import { startWebServer, type WebServer } from '../../adapters/web/server.js';
 import { buildTinyPackage, testPng } from './helpers.js';
 
@@ -34,7 +34,7 @@ describe('web demo in headless Chromium', () => {
     const pkg = await buildTinyPackage(work);
     model = await MiniGPT.load(pkg, { provider: 'cpu', forcedAnswer: FORCED });
     manager = new ConversationManager({ model, defaults: { maxNewTokens: 64 } });
-    server = await startWebServer({ manager, port: 0, model: { name: model.meta.name, path: 'models/demo', notice: DEMO_NOTICE } });
+    server = await startWebServer({ manager, port: 0, model: { name: model.meta.name, path: 'models/demo', notice: demoNotice({ heldout: { eval: { refer: { accuracy: 0.25 }, identify: { accuracy: 0.5 }, vqa: { accuracy: 0.75 } } } }) } });
     pngPath = join(work, 'shapes.png');
     await writeFile(pngPath, await testPng(240, 180));
     notImagePath = join(work, 'notes.png');
@@ -80,7 +80,8 @@ describe('web demo in headless Chromium', () => {
     const { page, problems } = await openTab();
     const footer = await page.locator('#footer').textContent();
     expect(footer).toContain('models/demo');
-    expect(footer).toContain('random-weight');
+    expect(footer).toContain('trained from scratch on synthetic scenes');
+    expect(footer).toContain('boxes the object asked for 25% of the time');
 
     await page.setInputFiles('#file', pngPath);
     await expect.poll(() => page.locator('#preview').evaluate((img: any) => img.naturalWidth)).toBe(240);

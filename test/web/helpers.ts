@@ -7,7 +7,7 @@ import sharp from 'sharp';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
 
-/** Converts the tiny MiniGPT-v2 fixture into `<work>/pkg`: what scripts/build-demo-model.mjs builds (models/demo). */
+/** Converts the tiny MiniGPT-v2 fixture into `<work>/pkg`: the tiny random-weight package of scripts/build-demo-model.mjs. */
 export async function buildTinyPackage(work: string): Promise<string> {
   const script = pathToFileURL(join(ROOT, 'scripts', 'build-demo-model.mjs')).href;
   const { buildDemoModel } = (await import(script)) as { buildDemoModel(out: string): Promise<string> };

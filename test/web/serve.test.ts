@@ -2,7 +2,7 @@
 // credentials are set; a clear message when the package is missing; SIGTERM closes everything, exit 0.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serve, ServeError, type PlatformAdapterSpec } from '../../src/serve.js';
@@ -52,6 +52,20 @@ describe('serve()', () => {
     await expect(fetch(bot.webUrl!)).rejects.toThrow();
   });
 
+  it('shows the embedded demo package with the scores PROVENANCE.json records', async () => {
+    const record = JSON.parse(await readFile(join(ROOT, 'models/demo/PROVENANCE.json'), 'utf8')) as { heldout: { eval: Record<string, { accuracy: number }> } };
+    const demoConfig = await writeConfig(join(work, 'configs', 'demo.yaml'), join(ROOT, 'models/demo'));
+    const bot = await serve({ env: { MINIGPT_CONFIG: demoConfig, WEB_PORT: '0' }, log: () => {} });
+    try {
+      const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as { model: { notice?: string } };
+      expect(info.model.notice).toContain('trained from scratch on synthetic scenes');
+      expect(info.model.notice).toContain(`boxes the object asked for ${Math.round(record.heldout.eval.refer.accuracy * 100)}% of the time`);
+      expect(info.model.notice).toContain(`answers ${Math.round(record.heldout.eval.vqa.accuracy * 100)}% of questions`);
+    } finally {
+      await bot.close();
+    }
+  });
+
   it('starts platform adapters whose credentials are set instead of the web demo; warns about ones it lacks', async () => {
     const logs: string[] = [];
     let closed = false;
@@ -77,7 +91,7 @@ describe('serve()', () => {
     const err = await serve({ env: { MINIGPT_CONFIG: cfg, WEB_PORT: '0' }, log: () => {} }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ServeError);
     expect((err as Error).message).toContain(join(demoLike, 'models', 'demo', 'model.json'));
-    expect((err as Error).message).toContain('node scripts/build-demo-model.mjs');
+    expect((err as Error).message).toContain('git checkout -- models/demo');
 
     const other = await writeConfig(join(demoLike, 'configs', 'other.yaml'), 'models/minigptv2');
     const err2 = await serve({ env: { MINIGPT_CONFIG: other }, log: () => {} }).catch((e: unknown) => e);
