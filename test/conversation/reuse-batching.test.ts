@@ -25,7 +25,8 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
-const GREEDY = { temperature: 0, repetitionPenalty: 1, maxNewTokens: 12 };
+// fixed-length answers (the trained demo often stops after a word or two): the cache sizes and batch shapes below count on them
+const GREEDY = { temperature: 0, repetitionPenalty: 1, maxNewTokens: 12, minNewTokens: 12 };
 const QUESTIONS = ['[grounding] describe this image', 'where is the red square', '[vqa] how many shapes', 'what colour is it', 'and the circle'];
 
 function manager(opts: Partial<ConversationManagerOptions> = {}): ConversationManager {
