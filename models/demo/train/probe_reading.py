@@ -36,14 +36,11 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import train as T  # noqa: E402
 
-TASKS = {'grounding', 'refer', 'detection', 'identify', 'vqa', 'caption'}
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', required=True)
     p.add_argument('--val', required=True)
-    p.add_argument('--vit-from', required=True, help='vision_stage1.pt of a run with --pos-init-scale 4 (the shapes of train.py\'s defaults)')
+    p.add_argument('--vit-from', required=True, help='vision_stage1.pt of a train.py run (its train_args.json beside it gives the shapes and classes)')
     p.add_argument('--image', choices=('vit', 'oracle'), default='vit')
     p.add_argument('--steps', type=int, default=1000)
     p.add_argument('--lr', type=float, default=1.5e-3)
@@ -67,16 +64,15 @@ def main():
     data, val = T.Prepared(a.data), T.Prepared(a.val)
     if data.objects is None or val.objects is None:
         raise SystemExit('the prepared folders need objects.json (re-run prepare.mjs)')
-    m = argparse.Namespace(image_size=data.meta['imageSize'], vit_width=192, vit_depth=4, vit_heads=4, hidden=256, layers=4, heads=4,
-                           intermediate=688, rms_eps=1e-6, lora_r=8, lora_alpha=16, vocab=data.meta['vocabSize'])
+    # the shapes, and the classes its auxiliary head was built for, of the run that wrote stage 1
+    run_args = json.load(open(os.path.join(os.path.dirname(a.vit_from), 'train_args.json')))
+    m = argparse.Namespace(**{k: run_args[k] for k in ('image_size', 'vit_width', 'vit_depth', 'vit_heads', 'hidden', 'layers', 'heads',
+                                                       'intermediate', 'rms_eps', 'lora_r', 'lora_alpha', 'vocab')})
+    if m.image_size != data.meta['imageSize'] or m.vocab != data.meta['vocabSize']:
+        raise SystemExit('the prepared split differs from the stage-1 run in image size or vocabulary')
     grid = m.image_size // 14
     n_tok = grid * grid // 4
-    args1 = os.path.join(os.path.dirname(a.vit_from), 'train_args.json')  # the classes stage 1's auxiliary head was built for
-    if os.path.exists(args1):
-        colours, shapes = (json.load(open(args1))['aux_classes'][k] for k in ('colours', 'shapes'))
-    else:
-        colours = sorted({o['colour'] for objs in data.objects for o in objs})
-        shapes = sorted({o['shape'] for objs in data.objects for o in objs})
+    colours, shapes = (run_args['aux_classes'][k] for k in ('colours', 'shapes'))
     targets = {id(data): T.dense_targets(data.objects, grid, colours, shapes), id(val): T.dense_targets(val.objects, grid, colours, shapes)}
     model = T.MiniGPTv2(m)
     model.aux_sizes = (len(colours) + 1, len(shapes) + 1)
@@ -91,18 +87,14 @@ def main():
 
     vocab = [v[0] for v in json.loads(data.tokenizer_json)['model']['vocab']]
     word = {w: k for k, w in enumerate(vocab)}
-    tag_of = {word[f'[{t}]']: t for t in TASKS}
+    scorer = T.TaskScorer(data.tokenizer_json)
     grid_tok = [word[f'<{v}>'] for v in range(T.COORD_BINS)]
     colour_ids = [word['\u2581' + c] for c in colours]
     shape_ids = [word['\u2581' + s] for s in shapes]
-    want_tasks = set(a.tasks.split(',')) if a.tasks else TASKS
-
-    def task_of(s):
-        tags = [tag_of[t] for t in s['post'] if t in tag_of]
-        return tags[-1] if tags else 'none'
+    want_tasks = set(a.tasks.split(',')) if a.tasks else {t[1:-1] for t in T.TASK_TAGS}
 
     def keep(s):
-        return task_of(s) in want_tasks and (not a.colour_only or s['target'][0] in colour_ids)
+        return scorer.task(s) in want_tasks and (not a.colour_only or s['target'][0] in colour_ids)
 
     def pool(d):
         return [i for i in range(d.meta['images']) if not a.max_objects or len(d.objects[i]) <= a.max_objects]
@@ -183,17 +175,7 @@ def main():
                 for x, pad, y, g, *_ in batches(val, vp[j:j + 16], random.Random(0), 1 << 30, 1 << 30, False)[0]:
                     pred = model.llama_model(x, pad).argmax(-1)
                     for r, (length, _, s, n_prompt) in enumerate(g):
-                        task = task_of(s) + ('+' if word['[INST]'] in s['post'] else '')
-                        got, want = pred[r, n_prompt - 1:length - 1].tolist(), s['target']
-                        if task.startswith('refer'):
-                            wb = [grid_tok.index(t) for t in want if t in grid_tok]
-                            gb = [grid_tok.index(u) if u in grid_tok else -1 for u, t in zip(got, want) if t in grid_tok]
-                            ok = len(wb) == 4 and min(gb) >= 0 and T.box_iou(wb, gb) > 0.5
-                        else:
-                            ok = got == want
-                        h = hits.setdefault(task, [0, 0])
-                        h[0] += int(ok)
-                        h[1] += 1
+                        T.tally(hits, *scorer.score(s, pred[r, n_prompt - 1:length - 1].tolist()))
         model.train()
         return {k: round(v[0] / v[1], 3) for k, v in sorted(hits.items())}
 

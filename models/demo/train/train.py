@@ -565,16 +565,43 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
 TASK_TAGS = ('[grounding]', '[refer]', '[detection]', '[identify]', '[vqa]', '[caption]')
 
 
+class TaskScorer:
+    """Teacher-forced scoring of one sample: its task (from the task tag of its last turn; '+' when multi-turn) and
+    whether the argmax ids `got` at its target positions are right: every token equal, for `[refer]` the box of the
+    argmax grid tokens at IoU > 0.5 as `minigpt eval` scores it."""
+
+    def __init__(self, tokenizer_json):
+        vocab = [v[0] for v in json.loads(tokenizer_json)['model']['vocab']]
+        self.tag_of = {k: w[1:-1] for k, w in enumerate(vocab) if w in TASK_TAGS}
+        self.inst = vocab.index('[INST]')
+        self.grid_of = {k: int(w[1:-1]) for k, w in enumerate(vocab) if len(w) > 2 and w[0] == '<' and w[-1] == '>' and w[1:-1].isdigit()}
+
+    def task(self, s):
+        tags = [self.tag_of[t] for t in s['post'] if t in self.tag_of]
+        return tags[-1] if tags else 'none'
+
+    def score(self, s, got):
+        task = self.task(s) + ('+' if self.inst in s['post'] else '')
+        want = s['target']
+        if task.startswith('refer'):
+            wb = [self.grid_of[t] for t in want if t in self.grid_of]
+            gb = [self.grid_of.get(g, -1) for g, t in zip(got, want) if t in self.grid_of]
+            return task, len(wb) == 4 and min(gb) >= 0 and box_iou(wb, gb) > 0.5
+        return task, got == want
+
+
+def tally(hits, task, ok):
+    h = hits.setdefault(task, [0, 0])
+    h[0] += int(ok)
+    h[1] += 1
+
+
 def val_metrics(model, val, image_tokens, micro, max_images=256):
     """On a held-out prepared split (every sample of its first images): the mean target cross-entropy, and per task
-    the teacher-forced accuracy: the share of samples whose every target token is the argmax given the true prefix
-    (what greedy decoding writes, as long as it has not gone wrong before), for `[refer]` the box of the argmax grid
-    tokens at IoU > 0.5 as `minigpt eval` scores it. A cheap stand-in for converting and running `minigpt eval`
-    between chunks of a run; multi-turn samples count under their last turn's task with a '+'."""
-    vocab = [v[0] for v in json.loads(val.tokenizer_json)['model']['vocab']]
-    tag_of = {k: w[1:-1] for k, w in enumerate(vocab) if w in TASK_TAGS}
-    inst = vocab.index('[INST]')
-    grid_of = {k: int(w[1:-1]) for k, w in enumerate(vocab) if len(w) > 2 and w[0] == '<' and w[-1] == '>' and w[1:-1].isdigit()}
+    the teacher-forced accuracy (TaskScorer): the share of samples whose target is the argmax given the true prefix
+    (what greedy decoding writes, as long as it has not gone wrong before). A cheap stand-in for converting and
+    running `minigpt eval` between chunks of a run."""
+    scorer = TaskScorer(val.tokenizer_json)
     model.eval()
     total, count, hits = 0.0, 0, {}
     with torch.no_grad():
@@ -587,19 +614,7 @@ def val_metrics(model, val, image_tokens, micro, max_images=256):
                 count += n_targets
                 pred = logits.argmax(-1)
                 for r, (length, _, s, n_prompt) in enumerate(group):
-                    tags = [tag_of[t] for t in s['post'] if t in tag_of]
-                    task = (tags[-1] if tags else 'none') + ('+' if inst in s['post'] else '')
-                    got = pred[r, n_prompt - 1:length - 1].tolist()
-                    want = s['target']
-                    if task.startswith('refer'):
-                        wb = [grid_of[t] for t in want if t in grid_of]
-                        gb = [grid_of.get(g, -1) for g, t in zip(got, want) if t in grid_of]
-                        ok = len(wb) == 4 and min(gb) >= 0 and box_iou(wb, gb) > 0.5
-                    else:
-                        ok = got == want
-                    h = hits.setdefault(task, [0, 0])
-                    h[0] += int(ok)
-                    h[1] += 1
+                    tally(hits, *scorer.score(s, pred[r, n_prompt - 1:length - 1].tolist()))
     model.train()
     return total / max(1, count), {k: round(v[0] / v[1], 4) for k, v in sorted(hits.items())}
 
