@@ -465,7 +465,13 @@ export async function benchPackage(dir: string, profileName: keyof typeof PROFIL
 
 /** Writes the 7B-layer-shaped random package (random checkpoints in the published formats, converted). */
 export async function ensureLargePackage(dir: string, log: (s: string) => void): Promise<void> {
-  if (existsSync(join(dir, 'model.json'))) return;
+  if (existsSync(join(dir, 'model.json'))) {
+    // A package from an older converter would measure the older graph: written again.
+    const meta = JSON.parse(await readFile(join(dir, 'model.json'), 'utf8')) as { graphs?: { decoder?: { inputs?: { name: string }[] } } };
+    if (meta.graphs?.decoder?.inputs?.some((io) => io.name === 'cache_key_values.0.key')) return;
+    log(`[bench] ${dir} was converted before the decoder had a cache input: converting it again`);
+    await rm(dir, { recursive: true, force: true });
+  }
   const { randomShape, writeRandomMiniGPTv2 } = await import('../convert/random-checkpoints.js');
   const { convert } = await import('../convert/convert.js');
   const src = `${dir}-checkpoints`;

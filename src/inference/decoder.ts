@@ -41,11 +41,22 @@ abstract class KvBlock {
   protected abstract free(): void;
 }
 
+/**
+ * How a block's buffers are fed: as `names` (one per buffer, in the block's order), with `extra(rows)`
+ * (the empty past when the buffers go in as the graph's cache).
+ */
+interface BlockInputs {
+  names: readonly string[];
+  extra: (rows: number) => Record<string, ort.Tensor>;
+}
+
 interface StepInputs {
   feeds: Record<string, ort.Tensor>;
   mask: { data: BigInt64Array; valid: Int32Array };
   x: Float32Array;
   positions: BigInt64Array;
+  /** scratch: the length of each row's state this step */
+  lengths: Int32Array;
 }
 
 /**
@@ -218,7 +229,7 @@ class AppendBlock extends KvBlock {
    * mask ([k, capacity + 1], with the valid length each row has in it, -1 before it is set), embeddings,
    * positions.
    */
-  inputs(k: number, hidden: number, names: readonly string[]): StepInputs {
+  inputs(k: number, hidden: number, as: BlockInputs): StepInputs {
     let io = this.io.get(k);
     if (!io) {
       const cap = this.capacity;
@@ -227,12 +238,13 @@ class AppendBlock extends KvBlock {
       const positions = new BigInt64Array(k);
       const past = this.feeds(k);
       const feeds: Record<string, ort.Tensor> = {
-        ...Object.fromEntries(names.map((n) => [n, past[n]])),
+        ...as.extra(k),
+        ...Object.fromEntries(as.names.map((n, j) => [n, past[this.names[j]]])),
         inputs_embeds: new ort.Tensor('float32', x, [k, 1, hidden]),
         attention_mask: new ort.Tensor('int64', mask.data, [k, cap + 1]),
         position_ids: new ort.Tensor('int64', positions, [k, 1]),
       };
-      io = { feeds, mask, x, positions };
+      io = { feeds, mask, x, positions, lengths: new Int32Array(k) };
       this.io.set(k, io);
     }
     return io;
@@ -406,22 +418,24 @@ export class TokenEmbedder {
   }
 
   /**
-   * The same as embed(), from remembered rows where possible: decoding embeds one token per conversation per
-   * step, and a session run for a table lookup costs more than all the rest of a small model's step in
-   * JavaScript. The rows are copies of what the embedding graph returned, so results are bit-identical.
+   * The remembered rows of `ids` when every one is remembered (no session run, no promise, no copy: the
+   * decoding step writes them straight into its input buffer); else undefined. Read-only.
    */
-  /** embedTokens() when every id is remembered (no session run, no promise); else undefined. */
-  cachedTokens(ids: readonly number[]): Float32Array | undefined {
-    const H = this.hidden;
-    const out = new Float32Array(ids.length * H);
+  rememberedRows(ids: readonly number[]): Float32Array[] | undefined {
+    const out: Float32Array[] = [];
     for (let i = 0; i < ids.length; i++) {
       const row = this.rows.get(ids[i]);
       if (!row) return undefined;
-      out.set(row, i * H);
+      out.push(row);
     }
     return out;
   }
 
+  /**
+   * The same as embed(), from remembered rows where possible: decoding embeds one token per conversation per
+   * step, and a session run for a table lookup costs more than all the rest of a small model's step in
+   * JavaScript. The rows are copies of what the embedding graph returned, so results are bit-identical.
+   */
   async embedTokens(ids: readonly number[]): Promise<Float32Array> {
     const H = this.hidden;
     const out = new Float32Array(ids.length * H);
@@ -481,6 +495,11 @@ export class LlamaDecoder implements StepModel<KvCache> {
   readonly stats: DecoderStats = { runs: 0, runMs: 0, steps: 0, stepRows: 0, repacks: 0 };
   private readonly pastNames: string[];
   private readonly newNames: string[];
+  /** the graph's `cache_key_values.*` inputs (attended to, not copied into `present`), if it has them */
+  private readonly cacheNames: string[] | null;
+  /** how 'append' mode feeds its buffers: as the cache (and an empty past) when the graph has one */
+  private readonly blockAs: BlockInputs;
+  private readonly emptyPast = new Map<number, Record<string, ort.Tensor>>();
   private readonly fetches: string[];
   private readonly ones: BigInt64Array;
   private readonly batchRows: number;
@@ -496,11 +515,24 @@ export class LlamaDecoder implements StepModel<KvCache> {
     this.pastNames = Array.from({ length: shape.layers }, (_, i) => [`past_key_values.${i}.key`, `past_key_values.${i}.value`]).flat();
     this.newNames = Array.from({ length: shape.layers }, (_, i) => [`present_new.${i}.key`, `present_new.${i}.value`]).flat();
     this.fetches = ['logits', ...this.newNames];
+    const cacheNames = Array.from({ length: shape.layers }, (_, i) => [`cache_key_values.${i}.key`, `cache_key_values.${i}.value`]).flat();
+    this.cacheNames = cacheNames.every((n) => session.inputNames.includes(n)) ? cacheNames : null;
+    this.blockAs = this.cacheNames
+      ? { names: this.cacheNames, extra: (rows) => this.emptyPastOf(rows) }
+      : { names: this.pastNames, extra: () => ({}) };
     const hasNew = this.newNames.every((n) => session.outputNames.includes(n));
     this.mode = opts.mode === 'present' || !hasNew ? 'present' : 'append';
     this.ones = new BigInt64Array(shape.maxPositions).fill(1n);
     this.batchRows = Math.max(1, Math.floor(opts.batchRows ?? 8));
     this.pool = new BufferPool(opts.poolBytes ?? 512 * 1024 * 1024);
+  }
+
+  /**
+   * Which graph inputs the kept KV cache goes in as: 'cache' (attended to, never copied inside the session:
+   * 'append' mode on a graph with `cache_key_values` inputs) or 'past' (concatenated into `present` at every run).
+   */
+  get kvInput(): 'cache' | 'past' {
+    return this.mode === 'append' && this.cacheNames ? 'cache' : 'past';
   }
 
   /** The most positions (prompt + answer) one sequence may have. */
@@ -538,15 +570,26 @@ export class LlamaDecoder implements StepModel<KvCache> {
     const B = states.length;
     if (tokens.length !== B) throw new Error(`step: ${B} states but ${tokens.length} tokens`);
     if (B === 0) return { states: [], logits: [] };
-    const embeds = this.embedder.cachedTokens(tokens) ?? (await this.embedder.embedTokens(tokens));
-    if (this.mode === 'present' && B === 1 && states[0].standalone) {
-      const r = await this.forward(embeds, states[0], signal);
-      return { states: [r.state], logits: [r.logits] };
+    const { maxPositions, hidden } = this.shape;
+    const fits = () => {
+      for (const s of states) if (s.length + 1 > maxPositions) throw new ContextLengthError(s.length + 1, maxPositions);
+      signal?.throwIfAborted();
+    };
+    let r: { states: KvCache[]; logits: Float32Array[] };
+    if (this.mode === 'append') {
+      // The step copies each row into its input buffer, so remembered embedding rows are used as they are.
+      const rows = this.embedder.rememberedRows(tokens) ?? splitRows(await this.embedder.embedTokens(tokens), hidden);
+      fits();
+      r = await this.stepAppend(rows, states);
+    } else {
+      const embeds = await this.embedder.embedTokens(tokens);
+      if (B === 1 && states[0].standalone) {
+        const one = await this.forward(embeds, states[0], signal);
+        return { states: [one.state], logits: [one.logits] };
+      }
+      fits();
+      r = await this.stepPresent(embeds, states);
     }
-    const { maxPositions } = this.shape;
-    for (const s of states) if (s.length + 1 > maxPositions) throw new ContextLengthError(s.length + 1, maxPositions);
-    signal?.throwIfAborted();
-    const r = this.mode === 'append' ? await this.stepAppend(embeds, states) : await this.stepPresent(embeds, states);
     if (B > 1) {
       this.stats.steps++;
       this.stats.stepRows += B;
@@ -594,13 +637,14 @@ export class LlamaDecoder implements StepModel<KvCache> {
     // A new state needs a reference before anything can fail, so that a new block is freed on error.
     const state = new KvCache(block, total, row);
     try {
-      const cap = L > 0 ? block.capacity : 0;
+      // (with a cache input the block goes in even when empty, all masked: no zero-sized cache)
+      const fed = L > 0 || this.cacheNames !== null;
+      const cap = fed ? block.capacity : 0;
       const mask = new BigInt64Array(cap + seqLen);
       mask.fill(1n, 0, L);
       mask.fill(1n, cap);
-      const past0 = L > 0 ? block.feeds(1) : this.emptyFeeds();
       const feeds: Record<string, ort.Tensor> = {
-        ...past0,
+        ...(fed ? this.blockFeeds(block) : this.emptyPastOf(1)),
         inputs_embeds: new ort.Tensor('float32', embeds, [1, seqLen, hidden]),
         attention_mask: new ort.Tensor('int64', mask, [1, cap + seqLen]),
         position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(L + i)), [1, seqLen]),
@@ -616,9 +660,34 @@ export class LlamaDecoder implements StepModel<KvCache> {
     }
   }
 
-  private emptyFeeds(): Record<string, ort.Tensor> {
+  /** past_key_values of no positions for `rows` rows (made once per row count) */
+  private emptyPastOf(rows: number): Record<string, ort.Tensor> {
+    let f = this.emptyPast.get(rows);
+    if (!f) {
+      const { kvHeads, headDim } = this.shape;
+      f = Object.fromEntries(this.pastNames.map((n) => [n, new ort.Tensor('float32', new Float32Array(0), [rows, kvHeads, 0, headDim])]));
+      this.emptyPast.set(rows, f);
+    }
+    return f;
+  }
+
+  /** A one-row block's buffers as the graph's inputs (see blockAs). */
+  private blockFeeds(block: AppendBlock): Record<string, ort.Tensor> {
+    const past = block.feeds(1);
+    const feeds = this.blockAs.extra(1);
+    const out: Record<string, ort.Tensor> = { ...feeds };
+    this.blockAs.names.forEach((n, j) => (out[n] = past[this.pastNames[j]]));
+    return out;
+  }
+
+  /**
+   * 'present' mode with a graph that has a cache input: one position, masked out (the mask gets a leading 0),
+   * so that the cache's MatMuls are never zero-sized.
+   */
+  private maskedCache(rows: number): Record<string, ort.Tensor> {
+    if (!this.cacheNames) return {};
     const { kvHeads, headDim } = this.shape;
-    return Object.fromEntries(this.pastNames.map((n) => [n, new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim])]));
+    return Object.fromEntries(this.cacheNames.map((n) => [n, new ort.Tensor('float32', new Float32Array(rows * kvHeads * headDim), [rows, kvHeads, 1, headDim])]));
   }
 
   /**
@@ -686,36 +755,43 @@ export class LlamaDecoder implements StepModel<KvCache> {
     }
   }
 
-  private async stepAppend(embeds: Float32Array, states: readonly KvCache[]): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
+  private async stepAppend(embeds: readonly Float32Array[], states: readonly KvCache[]): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
     const B = states.length;
     const { hidden, vocabSize: V } = this.shape;
     const { block, slots, k } = this.placeRows(states);
-    const next = states.map((s, b) => new KvCache(block, s.length + 1, slots[b]));
+    const next: KvCache[] = [];
+    for (let b = 0; b < B; b++) next.push(new KvCache(block, states[b].length + 1, slots[b]));
     try {
       const cap = block.capacity;
       // The inputs of a k-row step over this block are made once and updated in place: the past as views on
       // the buffers, the attention mask of each row (its valid positions, its unused tail hidden, then the new
-      // position; a row grows by one position per step), the embeddings and positions.
-      const io = block.inputs(k, hidden, this.pastNames);
+      // position; a row grows by one position per step), the embeddings and positions. Every step runs this,
+      // so it allocates nothing but the new states.
+      const io = block.inputs(k, hidden, this.blockAs);
       const m = io.mask;
-      const lengths = new Int32Array(k);
-      io.x.fill(0);
+      const lengths = io.lengths;
+      if (k > B) {
+        // rows fed but not stepped run as dummies: zero input, only their own new position visible
+        io.x.fill(0);
+        lengths.fill(0);
+      }
       for (let b = 0; b < B; b++) {
         const r = slots[b];
         const len = states[b].length;
         lengths[r] = len;
-        io.x.set(embeds.subarray(b * hidden, (b + 1) * hidden), r * hidden);
+        io.x.set(embeds[b], r * hidden);
         io.positions[r] = BigInt(len);
       }
       for (let r = 0; r < k; r++) {
         const at = r * (cap + 1);
-        const len = lengths[r]; // 0 for a dummy row: only its own new position is visible
+        const len = lengths[r];
         const had = m.valid[r];
         if (had < 0) {
           m.data.fill(0n, at, at + cap);
           m.data[at + cap] = 1n;
           m.data.fill(1n, at, at + len);
-        } else if (had < len) m.data.fill(1n, at + had, at + len);
+        } else if (had === len - 1) m.data[at + had] = 1n;
+        else if (had < len) m.data.fill(1n, at + had, at + len);
         else if (had > len) m.data.fill(0n, at + len, at + had);
         m.valid[r] = len;
       }
@@ -730,11 +806,16 @@ export class LlamaDecoder implements StepModel<KvCache> {
       }
       for (let i = 0; i < this.pastNames.length; i++) {
         const data = out[this.newNames[i]].data as Float32Array;
-        states.forEach((s, b) => block.write(this.pastNames[i], data, slots[b], 1, slots[b], s.length));
+        const name = this.pastNames[i];
+        for (let b = 0; b < B; b++) block.write(name, data, slots[b], 1, slots[b], states[b].length);
       }
-      states.forEach((s, b) => (block.written[slots[b]] = s.length + 1));
       const all = out.logits.data as Float32Array;
-      return { states: next, logits: slots.map((r) => all.subarray(r * V, (r + 1) * V)) };
+      const logits: Float32Array[] = [];
+      for (let b = 0; b < B; b++) {
+        block.written[slots[b]] = states[b].length + 1;
+        logits.push(all.subarray(slots[b] * V, (slots[b] + 1) * V));
+      }
+      return { states: next, logits };
     } catch (err) {
       for (const s of next) s.dispose();
       throw err;
@@ -750,10 +831,13 @@ export class LlamaDecoder implements StepModel<KvCache> {
     const own = cache !== past;
     const total = cache.length + seqLen;
     try {
+      const lead = this.cacheNames ? 1 : 0; // the masked cache position (see maskedCache)
+      const mask = lead ? new BigInt64Array(total + 1).fill(1n, 1) : this.ones.subarray(0, total);
       const feeds: Record<string, ort.Tensor> = {
+        ...this.maskedCache(1),
         ...cache.feeds(),
         inputs_embeds: new ort.Tensor('float32', embeds, [1, seqLen, hidden]),
-        attention_mask: new ort.Tensor('int64', this.ones.subarray(0, total), [1, total]),
+        attention_mask: new ort.Tensor('int64', mask, [1, total + lead]),
         position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(cache.length + i)), [1, seqLen]),
       };
       const out = await this.run(feeds);
@@ -792,12 +876,16 @@ export class LlamaDecoder implements StepModel<KvCache> {
         past[name] = new ort.Tensor('float32', dst, [B, kvHeads, T, headDim]);
       }
     }
-    const mask = new BigInt64Array(B * (T + 1)).fill(1n);
-    for (let b = 0; b < B; b++) mask.fill(0n, b * (T + 1), b * (T + 1) + pads[b]);
+    // rows: [the masked cache position (when the graph has a cache input)] [left padding] [past] [new]
+    const lead = this.cacheNames ? 1 : 0;
+    const W = lead + T + 1;
+    const mask = new BigInt64Array(B * W).fill(1n);
+    for (let b = 0; b < B; b++) mask.fill(0n, b * W, b * W + lead + pads[b]);
     const feeds: Record<string, ort.Tensor> = {
+      ...this.maskedCache(B),
       ...past,
       inputs_embeds: new ort.Tensor('float32', embeds, [B, 1, hidden]),
-      attention_mask: new ort.Tensor('int64', mask, [B, T + 1]),
+      attention_mask: new ort.Tensor('int64', mask, [B, W]),
       position_ids: new ort.Tensor('int64', BigInt64Array.from(states, (s) => BigInt(s.length)), [B, 1]),
     };
     let out: ort.InferenceSession.OnnxValueMapType;
@@ -830,6 +918,11 @@ export class LlamaDecoder implements StepModel<KvCache> {
     }
     return present;
   }
+}
+
+/** [n * width] -> n views of `width` values */
+function splitRows(data: Float32Array, width: number): Float32Array[] {
+  return Array.from({ length: data.length / width }, (_, i) => data.subarray(i * width, (i + 1) * width));
 }
 
 export class ContextLengthError extends Error {

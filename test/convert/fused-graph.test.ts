@@ -206,8 +206,13 @@ for (const fx of FIXTURE_RUNS) {
         expect(p.meta.graph).toBe('plain');
         expect(f.meta.graph).toBe('fused');
         expect(f.meta.provenance.options.fused).toBe(true);
-        expect(f.meta.graphs.decoder.inputs).toEqual(p.meta.graphs.decoder.inputs);
-        expect(f.meta.graphs.decoder.outputs).toEqual(p.meta.graphs.decoder.outputs);
+        // The fused attention kernel takes one past: no `cache_key_values` inputs (the runtime then feeds its
+        // buffers as the past); everything else is the same.
+        const plainInputs = p.meta.graphs.decoder.inputs;
+        expect(plainInputs.filter((io) => io.name.startsWith('cache_key_values.'))).toHaveLength(2 * p.meta.llm.layers);
+        expect(f.meta.graphs.decoder.inputs).toEqual(plainInputs.filter((io) => !io.name.startsWith('cache_key_values.')));
+        const names = (ios: { name: string }[]) => ios.map((io) => io.name);
+        expect(names(f.meta.graphs.decoder.outputs)).toEqual(names(p.meta.graphs.decoder.outputs));
         // the vision and embedding graphs are the same files
         for (const g of ['vision.onnx', 'embed.onnx']) expect(Buffer.compare(await readFile(join(plainDir(), g)), await readFile(join(fusedDir(), g)))).toBe(0);
       });
@@ -237,6 +242,9 @@ for (const fx of FIXTURE_RUNS) {
             const dec = (l: Loaded) => (mode === 'append' ? l.model.decoder : l.present);
             expect(dec(plain!).mode).toBe(mode);
             expect(dec(fused!).mode).toBe(mode);
+            // the plain graph reads the runtime's own cache buffers without copying them; the fused kernel takes a past
+            expect(dec(plain!).kvInput).toBe(mode === 'append' ? 'cache' : 'past');
+            expect(dec(fused!).kvInput).toBe('past');
             const a = await greedy(plain!.model, dec(plain!), contexts.get(p)!);
             const b = await greedy(fused!.model, dec(fused!), contexts.get(p)!);
             expect(record(`${fx.name} ${dtype} prefill`, maxAbsDiff(b.prefill, a.prefill)), `${p} prefill`).toBeLessThan(TOL);

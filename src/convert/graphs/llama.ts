@@ -113,7 +113,11 @@ function attentionContext(g: GraphBuilder, embeds: string, mask: string, positio
   const emb = g.op('Concat', [freqs, freqs], { axis: -1 }, { name: 'rotary_emb' });
   const cos = g.op('Unsqueeze', [g.op('Cos', [emb]), g.constInt64([1])], {}, { name: 'rotary_cos' });
   const sin = g.op('Unsqueeze', [g.op('Sin', [emb]), g.constInt64([1])], {}, { name: 'rotary_sin' });
-  return { allowed, cos, sin };
+  // every layer's cache has the same length: layer 0's input gives it
+  const cacheLen = g.op('Gather', [g.op('Shape', ['cache_key_values.0.key']), g.constInt64([2])], { axis: 0 }, { name: 'cache_len' });
+  const total = g.op('Gather', [g.op('Shape', [mask]), g.constInt64([1])], { axis: 0 }, { name: 'keys_len' });
+  const cacheSplit = g.op('Concat', [cacheLen, g.op('Sub', [total, cacheLen])], { axis: 0 }, { name: 'cache_split' });
+  return { allowed, cos, sin, cacheSplit };
 }
 
 /**
@@ -151,6 +155,8 @@ interface LayerContext {
   allowed: string;
   cos: string;
   sin: string;
+  /** [cache positions, past + new positions]: where the attention probabilities split */
+  cacheSplit: string;
 }
 
 async function selfAttention(g: GraphBuilder, x: string, i: number, ctx: LayerContext, spec: DecoderGraphSpec): Promise<string> {
@@ -162,27 +168,45 @@ async function selfAttention(g: GraphBuilder, x: string, i: number, ctx: LayerCo
   const qRot = rotary(g, q, ctx.cos, ctx.sin, shape.headDim, `${p}.q_rot`);
   const kRot = rotary(g, k, ctx.cos, ctx.sin, shape.headDim, `${p}.k_rot`);
 
-  const pastK = g.input(`past_key_values.${i}.key`, 'float32', ['batch', shape.kvHeads, 'past_sequence_length', shape.headDim]);
-  const pastV = g.input(`past_key_values.${i}.value`, 'float32', ['batch', shape.kvHeads, 'past_sequence_length', shape.headDim]);
+  // Keys and values come from two inputs: `cache_key_values.*`, attended to but NOT copied into `present`, and
+  // `past_key_values.*`, concatenated with the new positions into `present.*` (onnxruntime runs every node, so
+  // a `present` output costs its copy whether fetched or not). A runtime that keeps the cache itself feeds
+  // its buffers as the cache and an empty past: a step then copies nothing that grows with the past (at 8
+  // rows x 675 positions of Llama-2-7B width the Concats took ~32 ms of a 100-140 ms step; docs/benchmarks.md).
+  // A runtime that keeps `present` feeds the past as before and a one-position cache masked out (no
+  // zero-sized MatMul).
+  const kvDims = (len: string) => ['batch', shape.kvHeads, len, shape.headDim];
+  const cacheK = g.input(`cache_key_values.${i}.key`, 'float32', kvDims('cache_sequence_length'));
+  const cacheV = g.input(`cache_key_values.${i}.value`, 'float32', kvDims('cache_sequence_length'));
+  const pastK = g.input(`past_key_values.${i}.key`, 'float32', kvDims('past_sequence_length'));
+  const pastV = g.input(`past_key_values.${i}.value`, 'float32', kvDims('past_sequence_length'));
   const keys = g.op('Concat', [pastK, kRot], { axis: 2 }, { name: `${p}.cat_k` });
   const values = g.op('Concat', [pastV, v], { axis: 2 }, { name: `${p}.cat_v` });
-  const presentDims = ['batch', shape.kvHeads, 'total_sequence_length', shape.headDim];
-  g.output(keys, `present.${i}.key`, 'float32', presentDims);
-  g.output(values, `present.${i}.value`, 'float32', presentDims);
-  // The new positions alone: a runtime that keeps the cache itself appends these instead of copying the
-  // whole `present` out of the session at every step (that copy grows with the past and the batch).
-  const newDims = ['batch', shape.kvHeads, 'sequence_length', shape.headDim];
-  g.output(kRot, `present_new.${i}.key`, 'float32', newDims);
-  g.output(v, `present_new.${i}.value`, 'float32', newDims);
+  g.output(keys, `present.${i}.key`, 'float32', kvDims('present_sequence_length'));
+  g.output(values, `present.${i}.value`, 'float32', kvDims('present_sequence_length'));
+  // The new positions alone: what a runtime keeping the cache appends (equal to `present` when the past is empty).
+  g.output(kRot, `present_new.${i}.key`, 'float32', kvDims('sequence_length'));
+  g.output(v, `present_new.${i}.value`, 'float32', kvDims('sequence_length'));
 
-  const kAll = repeatKv(g, keys, shape, `${p}.k_rep`);
-  const vAll = repeatKv(g, values, shape, `${p}.v_rep`);
-  const raw = g.op('MatMul', [qRot, g.op('Transpose', [kAll], { perm: [0, 1, 3, 2] })], {}, { name: `${p}.scores` });
+  // softmax(q k^T / sqrt(d)) v over the keys [cache | past | new], with the scores of the two parts
+  // computed apart and joined (small: [B, heads, S, T]), and the context summed from the two parts.
+  const scoresOf = (k: string, name: string) => g.op('MatMul', [qRot, g.op('Transpose', [repeatKv(g, k, shape, `${name}.rep`)], { perm: [0, 1, 3, 2] })], {}, { name });
+  const raw = g.op('Concat', [scoresOf(cacheK, `${p}.scores_cache`), scoresOf(keys, `${p}.scores_present`)], { axis: -1 }, { name: `${p}.scores` });
   const scores = g.op('Div', [raw, g.scalar(Math.sqrt(shape.headDim))], {}, { name: `${p}.scale` });
   // HF fills masked scores with finfo(float32).min rather than -inf.
   const masked = g.op('Where', [ctx.allowed, scores, g.scalar(-3.4028234663852886e38, 'fp32_min')], {}, { name: `${p}.mask` });
   const probs = g.op('Softmax', [masked], { axis: -1 }, { name: `${p}.softmax` });
-  const attn = mergeHeads(g, g.op('MatMul', [probs, vAll], {}, { name: `${p}.context` }), shape.heads * shape.headDim, `${p}.merge`);
+  const [pCache, pPresent] = g.opMulti('Split', [probs, ctx.cacheSplit], { axis: -1 }, { count: 2, name: `${p}.probs_split` });
+  const context = g.op(
+    'Add',
+    [
+      g.op('MatMul', [pCache, repeatKv(g, cacheV, shape, `${p}.v_cache_rep`)], {}, { name: `${p}.context_cache` }),
+      g.op('MatMul', [pPresent, repeatKv(g, values, shape, `${p}.v_rep`)], {}, { name: `${p}.context_present` }),
+    ],
+    {},
+    { name: `${p}.context` },
+  );
+  const attn = mergeHeads(g, context, shape.heads * shape.headDim, `${p}.merge`);
   return linear(g, attn, `${p}.o_proj`, await projection(spec, i, 'o_proj', 'self_attn'));
 }
 
@@ -217,7 +241,7 @@ export function computeInvFreq(headDim: number, theta: number): Float32Array {
   return Float32Array.from({ length: headDim / 2 }, (_, j) => f(1 / f(Math.pow(theta, f((2 * j) / headDim)))));
 }
 
-/** `inputs_embeds, attention_mask, position_ids, past_key_values.*` -> `logits, present.*, present_new.*`. */
+/** `inputs_embeds, attention_mask, position_ids, cache_key_values.*, past_key_values.*` -> `logits, present.*, present_new.*`. */
 export async function buildDecoderGraph(g: GraphBuilder, spec: DecoderGraphSpec): Promise<void> {
   const { shape } = spec;
   const embeds = g.input('inputs_embeds', 'float32', ['batch', 'sequence_length', shape.hidden]);
