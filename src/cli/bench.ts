@@ -12,6 +12,7 @@ import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MiniGPT } from '../inference/model.js';
+import { loadPackage } from '../inference/package.js';
 import { conversationPrompt, type Turn } from '../inference/prompt.js';
 import { generate, type GenerationOptions } from '../inference/generation/index.js';
 import { CachedContext } from '../inference/kv-reuse.js';
@@ -467,8 +468,8 @@ export async function benchPackage(dir: string, profileName: keyof typeof PROFIL
 export async function ensureLargePackage(dir: string, log: (s: string) => void): Promise<void> {
   if (existsSync(join(dir, 'model.json'))) {
     // A package from an older converter would measure the older graph: written again.
-    const meta = JSON.parse(await readFile(join(dir, 'model.json'), 'utf8')) as { graphs?: { decoder?: { inputs?: { name: string }[] } } };
-    if (meta.graphs?.decoder?.inputs?.some((io) => io.name === 'cache_key_values.0.key')) return;
+    const { meta } = await loadPackage(dir);
+    if (meta.graphs.decoder.inputs.some((io) => io.name === 'cache_key_values.0.key')) return;
     log(`[bench] ${dir} was converted before the decoder had a cache input: converting it again`);
     await rm(dir, { recursive: true, force: true });
   }

@@ -188,6 +188,14 @@ class AppendBlock extends KvBlock {
     return this.names.length * this.rows * this.kvHeads * this.capacity * this.headDim * 4;
   }
 
+  /** feeds() over rows [0, k) under the graph input names `as` gives, with its extra inputs */
+  feedsAs(k: number, as: BlockInputs): Record<string, ort.Tensor> {
+    const past = this.feeds(k);
+    const out = { ...as.extra(k) };
+    as.names.forEach((n, j) => (out[n] = past[this.names[j]]));
+    return out;
+  }
+
   /** May a state of `row` with `length` positions append `n` positions in place? */
   canAppend(row: number, length: number, n: number): boolean {
     return (this.written[row] === length || this.references === 1) && length + n <= this.capacity;
@@ -236,10 +244,8 @@ class AppendBlock extends KvBlock {
       const mask = { data: new BigInt64Array(k * (cap + 1)), valid: new Int32Array(k).fill(-1) };
       const x = new Float32Array(k * hidden);
       const positions = new BigInt64Array(k);
-      const past = this.feeds(k);
       const feeds: Record<string, ort.Tensor> = {
-        ...as.extra(k),
-        ...Object.fromEntries(as.names.map((n, j) => [n, past[this.names[j]]])),
+        ...this.feedsAs(k, as),
         inputs_embeds: new ort.Tensor('float32', x, [k, 1, hidden]),
         attention_mask: new ort.Tensor('int64', mask.data, [k, cap + 1]),
         position_ids: new ort.Tensor('int64', positions, [k, 1]),
@@ -499,7 +505,8 @@ export class LlamaDecoder implements StepModel<KvCache> {
   private readonly cacheNames: string[] | null;
   /** how 'append' mode feeds its buffers: as the cache (and an empty past) when the graph has one */
   private readonly blockAs: BlockInputs;
-  private readonly emptyPast = new Map<number, Record<string, ort.Tensor>>();
+  /** zero-filled KV feeds made once per (names, positions, rows): see zeroKv */
+  private readonly zeroFeeds = new Map<string, Record<string, ort.Tensor>>();
   private readonly fetches: string[];
   private readonly ones: BigInt64Array;
   private readonly batchRows: number;
@@ -518,7 +525,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
     const cacheNames = Array.from({ length: shape.layers }, (_, i) => [`cache_key_values.${i}.key`, `cache_key_values.${i}.value`]).flat();
     this.cacheNames = cacheNames.every((n) => session.inputNames.includes(n)) ? cacheNames : null;
     this.blockAs = this.cacheNames
-      ? { names: this.cacheNames, extra: (rows) => this.emptyPastOf(rows) }
+      ? { names: this.cacheNames, extra: (rows) => this.zeroKv(this.pastNames, 0, rows) }
       : { names: this.pastNames, extra: () => ({}) };
     const hasNew = this.newNames.every((n) => session.outputNames.includes(n));
     this.mode = opts.mode === 'present' || !hasNew ? 'present' : 'append';
@@ -644,7 +651,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
       mask.fill(1n, 0, L);
       mask.fill(1n, cap);
       const feeds: Record<string, ort.Tensor> = {
-        ...(fed ? this.blockFeeds(block) : this.emptyPastOf(1)),
+        ...(fed ? block.feedsAs(1, this.blockAs) : this.zeroKv(this.pastNames, 0, 1)),
         inputs_embeds: new ort.Tensor('float32', embeds, [1, seqLen, hidden]),
         attention_mask: new ort.Tensor('int64', mask, [1, cap + seqLen]),
         position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(L + i)), [1, seqLen]),
@@ -660,34 +667,26 @@ export class LlamaDecoder implements StepModel<KvCache> {
     }
   }
 
-  /** past_key_values of no positions for `rows` rows (made once per row count) */
-  private emptyPastOf(rows: number): Record<string, ort.Tensor> {
-    let f = this.emptyPast.get(rows);
+  /**
+   * Zero-filled tensors [rows, kvHeads, positions, headDim] for `names`, made once per shape (inputs are only
+   * read): the empty past beside a cache input (0 positions), and in 'present' mode the one-position cache
+   * masked out (the mask gets a leading 0) so that the cache's MatMuls are never zero-sized.
+   */
+  private zeroKv(names: readonly string[], positions: number, rows: number): Record<string, ort.Tensor> {
+    const key = `${names[0]}:${positions}:${rows}`;
+    let f = this.zeroFeeds.get(key);
     if (!f) {
       const { kvHeads, headDim } = this.shape;
-      f = Object.fromEntries(this.pastNames.map((n) => [n, new ort.Tensor('float32', new Float32Array(0), [rows, kvHeads, 0, headDim])]));
-      this.emptyPast.set(rows, f);
+      const dims = [rows, kvHeads, positions, headDim];
+      f = Object.fromEntries(names.map((n) => [n, new ort.Tensor('float32', new Float32Array(rows * kvHeads * positions * headDim), dims)]));
+      this.zeroFeeds.set(key, f);
     }
     return f;
   }
 
-  /** A one-row block's buffers as the graph's inputs (see blockAs). */
-  private blockFeeds(block: AppendBlock): Record<string, ort.Tensor> {
-    const past = block.feeds(1);
-    const feeds = this.blockAs.extra(1);
-    const out: Record<string, ort.Tensor> = { ...feeds };
-    this.blockAs.names.forEach((n, j) => (out[n] = past[this.pastNames[j]]));
-    return out;
-  }
-
-  /**
-   * 'present' mode with a graph that has a cache input: one position, masked out (the mask gets a leading 0),
-   * so that the cache's MatMuls are never zero-sized.
-   */
+  /** 'present' mode's cache input, when the graph has one: see zeroKv. */
   private maskedCache(rows: number): Record<string, ort.Tensor> {
-    if (!this.cacheNames) return {};
-    const { kvHeads, headDim } = this.shape;
-    return Object.fromEntries(this.cacheNames.map((n) => [n, new ort.Tensor('float32', new Float32Array(rows * kvHeads * headDim), [rows, kvHeads, 1, headDim])]));
+    return this.cacheNames ? this.zeroKv(this.cacheNames, 1, rows) : {};
   }
 
   /**
