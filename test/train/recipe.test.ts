@@ -120,4 +120,84 @@ describe('models/demo/train', () => {
       expect(await sha256(join(work, 'c2', f)), f).toBe(await sha256(join(work, 'c1', f)));
     }
   }, 300_000);
+  it('--attn-sup: the answer positions of [refer] / [identify] samples target the image tokens of the object they are about', async () => {
+    const prepared = join(work, 'smoke', 'prepared');
+    const probe = [
+      'import json, random, sys, types',
+      `sys.path.insert(0, ${JSON.stringify(join(ROOT, 'models/demo/train'))})`,
+      'import numpy as np, torch, train',
+      // the 4-concat groups patches (r, 4h..4h+3): on an 8 x 8 grid the top-left quarter is tokens 0, 2, 4, 6
+      'geometry = [train.box_tokens([0, 0, 0.5, 0.5], 8), train.box_tokens([0.3, 0.3, 0.31, 0.31], 8)]',
+      `d = train.Prepared(${JSON.stringify(prepared)})`,
+      `a = types.SimpleNamespace(**json.load(open(${JSON.stringify(join(work, 'r1', 'train_args.json'))})))`,
+      'model = train.MiniGPTv2(a)',
+      'sc = train.TaskScorer(d.tokenizer_json)',
+      'ids = list(range(d.meta["images"]))',
+      'rows = []',
+      'with torch.no_grad():',
+      '    for x, pad, y, n, A, group in train.make_batch(model, d, ids, random.Random(0), 1 << 30, 16, 8, with_items=True, attn_sup=sc)[0]:',
+      '        for r, (length, b, s, n_prompt) in enumerate(group):',
+      '            p0 = len(s["pre"])',
+      '            marked = A[r].sum(-1).nonzero().flatten().tolist()',
+      '            keys = sorted({int(k) - p0 for k in A[r].nonzero()[:, 1].tolist()})',
+      '            box = train.referred_box(s, sc)',
+      '            objs = d.objects[ids[b]]',
+      '            best = max(objs, key=lambda o: train.box_iou(o["box"], box)) if box else None',
+      '            rows.append({"task": sc.task(s), "marked": marked, "answer": list(range(n_prompt - 1, length - 1)), "keys": keys,',
+      '                         "iou": train.box_iou(best["box"], box) if best else None, "obj": best["box"] if best else None})',
+      // the loss: all weight on the target tokens -> 0; uniform over the L keys -> -log(k / L)
+      'A = torch.zeros(1, 5, 5); A[0, 3, 1] = A[0, 3, 2] = 1',
+      'layer = model.llama_model.model.layers[1].self_attn',
+      'layer.kept = (A / A.sum(-1, keepdim=True).clamp_min(1))[:, None]',
+      'zero = train.attention_loss_sum(model, A)',
+      'layer.kept = torch.full((1, 1, 5, 5), 0.2)',
+      'uniform = train.attention_loss_sum(model, A)',
+      'print(json.dumps({"geometry": geometry, "rows": rows, "zero": [float(zero[0]), zero[1]], "uniform": [float(uniform[0]), uniform[1]]}))',
+    ].join('\n');
+    const { stdout } = await run(PY, ['-c', probe], { cwd: ROOT, maxBuffer: 64 << 20 });
+    const out = JSON.parse(stdout) as {
+      geometry: number[][];
+      rows: Array<{ task: string; marked: number[]; answer: number[]; keys: number[]; iou: number | null; obj: number[] | null }>;
+      zero: [number, number];
+      uniform: [number, number];
+    };
+    expect(out.geometry).toEqual([[0, 2, 4, 6], [4]]);
+    const supervised = out.rows.filter((r) => r.task === 'refer' || r.task === 'identify');
+    expect(supervised.length).toBeGreaterThan(10);
+    for (const r of supervised) {
+      expect(r.marked).toEqual(r.answer); // every answer position, nothing else
+      expect(r.iou).toBeGreaterThan(0.5); // the box names one object of the scene (up to the 0..100 grid: small objects lose most)
+      // every marked token overlaps that object (tokens are 4 patches of 1/8 wide, 1/8 high), and the token under its centre is marked
+      const [x1, y1, x2, y2] = r.obj!;
+      for (const t of r.keys) {
+        const row = Math.floor(t / 2), left = (t % 2) * 0.5;
+        expect(left < x2 && left + 0.5 > x1 && row / 8 < y2 && (row + 1) / 8 > y1).toBe(true);
+      }
+      const cx = (x1 + x2) / 2, cy = (y1 + y2) / 2;
+      expect(r.keys).toContain(Math.min(7, Math.floor(cy * 8)) * 2 + (cx >= 0.5 ? 1 : 0));
+    }
+    for (const r of out.rows.filter((r) => r.task !== 'refer' && r.task !== 'identify')) expect(r.marked).toEqual([]);
+    expect(out.zero[0]).toBeCloseTo(0, 5);
+    expect(out.zero[1]).toBe(1);
+    expect(out.uniform[0]).toBeCloseTo(-Math.log(2 / 5), 5);
+
+    // a run with it logs the attention loss; the published files are the usual ones
+    const args = [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', join(work, 'a1'), '--steps', '2', '--batch-images', '4', '--per-image', '4', '--warmup', '1', '--log-every', '1', '--attn-sup', '1', '--threads', '1'];
+    await run(PY, args, { cwd: ROOT });
+    const log = (await readFile(join(work, 'a1', 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    for (const rec of log) expect(rec.attn_loss).toBeGreaterThan(0);
+    const keys = async (dir: string) => (await run(PY, ['-c', `import torch; print(sorted(torch.load('${join(dir, 'llama', 'pytorch_model.bin')}')))`])).stdout;
+    expect(await keys(join(work, 'a1'))).toBe(await keys(join(work, 'r1')));
+  }, 300_000);
+
+  it('--init-from starts from an earlier run\'s weights (a new schedule: at lr 0 the published files are unchanged)', async () => {
+    const prepared = join(work, 'smoke', 'prepared');
+    const args = [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', join(work, 'i1'), '--steps', '1', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--pos-init-scale', '4', '--lr', '0', '--threads', '1', '--init-from', join(work, 'r1', 'state.pt')];
+    await run(PY, args, { cwd: ROOT });
+    for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {
+      expect(await sha256(join(work, 'i1', f)), f).toBe(await sha256(join(work, 'r1', f)));
+    }
+    const { stderr } = await run(PY, [...args.slice(0, -1), join(work, 'missing.pt')], { cwd: ROOT }).catch((e: { stderr: string }) => e);
+    expect(stderr).toMatch(/missing\.pt/);
+  }, 300_000);
 });

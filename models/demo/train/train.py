@@ -193,6 +193,8 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, hidden, bias=False)
         self.v_proj = LoraLinear(hidden, hidden, r, alpha)
         self.o_proj = nn.Linear(hidden, hidden, bias=False)
+        self.keep_heads = 0  # --attn-sup: the attention weights of this many leading heads are kept in `kept`
+        self.kept = None
 
     def forward(self, x, cos, sin, mask):
         B, L, H = x.shape
@@ -203,7 +205,9 @@ class LlamaAttention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim) + mask
-        out = scores.softmax(dim=-1) @ v
+        probs = scores.softmax(dim=-1)
+        self.kept = probs[:, :self.keep_heads] if self.keep_heads else None
+        out = probs @ v
         return self.o_proj(out.transpose(1, 2).reshape(B, L, H))
 
 
@@ -511,14 +515,41 @@ def init_coordinate_tokens(model, tokenizer_json):
     return len(ids)
 
 
-def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None, with_items=False):
+def referred_box(s, scorer):
+    """The box (fractions of the image) that a sample's last answer is about: the one the answer writes for
+    `[refer]`, the one the question gives for `[identify]`; None for the other tasks."""
+    task = scorer.task(s)
+    if task == 'refer':
+        bins = [scorer.grid_of[t] for t in s['target'] if t in scorer.grid_of][:4]
+    elif task == 'identify':
+        bins = [scorer.grid_of[t] for t in s['post'] if t in scorer.grid_of][-4:]
+    else:
+        return None
+    return [b / (COORD_BINS - 1) for b in bins] if len(bins) == 4 else None
+
+
+def box_tokens(box, grid):
+    """The image tokens (4 adjacent patches each, as the 4-concat groups them) holding a patch whose centre lies in
+    the box (as dense_targets assigns patches to objects); the token under the box centre when no centre does."""
+    centres = (np.arange(grid) + 0.5) / grid
+    cols = np.nonzero((centres >= box[0]) & (centres <= box[2]))[0].tolist()
+    rows = np.nonzero((centres >= box[1]) & (centres <= box[3]))[0].tolist()
+    if not cols or not rows:
+        cols = [min(grid - 1, int((box[0] + box[2]) / 2 * grid))]
+        rows = [min(grid - 1, int((box[1] + box[3]) / 2 * grid))]
+    return sorted({(r * grid + c) // 4 for r in rows for c in cols})
+
+
+def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None, with_items=False, attn_sup=None):
     """Encodes the images once and builds one sequence per sample: pre ++ image ++ post ++ target.
 
     The sequences are sorted by length and cut into micro-batches of `micro`, each padded (right) only to its
     own longest sequence, so short VQA answers do not pay for long grounded captions. Token ids are laid out
     on the host and embedded in one lookup; the image embeddings are written into their slots with one
     index_put, so a step costs a few device calls whatever the batch size. Returns (micro-batches, the vision
-    encoder's auxiliary loss, or None without `aux_targets`)."""
+    encoder's auxiliary loss, or None without `aux_targets`). With `attn_sup` (a TaskScorer), each micro-batch also
+    carries A [n, L, L]: 1 where an answer position (one that predicts a target token) of a `[refer]` / `[identify]`
+    sample meets an image token of the object it is about (see attention_loss_sum)."""
     dev = model.mean.device
     u8 = torch.from_numpy(np.stack([data.images[i] for i in image_ids])).to(dev)
     img, patches = model.encode_img(u8, with_patches=True)
@@ -543,8 +574,14 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
         pad = np.zeros((n, L), dtype=np.int64)
         y = np.full((n, L), -100, dtype=np.int64)
         rows, cols, src = [], [], []
+        A = np.zeros((n, L, L), dtype=np.float32) if attn_sup is not None else None
         for r, (length, b, s, n_prompt) in enumerate(group):
             p0 = len(s['pre'])
+            box = referred_box(s, attn_sup) if attn_sup is not None else None
+            if box is not None:
+                grid = int(round(math.sqrt(T * 4)))
+                keys = [p0 + t for t in box_tokens(box, grid)]
+                A[r, n_prompt - 1:length - 1, keys] = 1.0
             ids[r, :p0] = s['pre']
             ids[r, p0 + T:length] = s['post'] + s['target']
             pad[r, :length] = 1
@@ -558,7 +595,8 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
         b_idx = torch.tensor(src, device=dev)
         x = x.index_put((r_idx, c_idx), img[b_idx].reshape(n * T, -1))
         n_targets = int((y[:, 1:] != -100).sum())  # counted on the host: no device sync
-        batches.append((x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets) + ((group,) if with_items else ()))
+        batches.append((x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets)
+                       + ((torch.from_numpy(A).to(dev),) if A is not None else ()) + ((group,) if with_items else ()))
     return batches, aux
 
 
@@ -632,15 +670,41 @@ def target_loss_sum(model, x, pad, y):
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum')
 
 
+def attention_loss_sum(model, A):
+    """--attn-sup: -log of the attention weight that each kept head (LlamaAttention.keep_heads) puts on the image
+    tokens of the object the answer is about, summed over the answer positions of `[refer]` / `[identify]` samples
+    (A from make_batch), and the number of terms. Training only: it teaches the language model WHERE to read before
+    it has learnt what it would find there (measured: picking the one image token among many is what it learns
+    slowest; see the README). Call right after the forward pass that filled `kept`."""
+    valid = A.sum(-1) > 0  # [n, L]
+    total, count = None, 0
+    for layer in model.llama_model.model.layers:
+        kept = layer.self_attn.kept
+        if kept is None:
+            continue
+        mass = (kept * A[:, None]).sum(-1)  # [n, heads, L]
+        terms = -torch.log(mass.clamp_min(1e-6)).masked_select(valid[:, None])
+        total = terms.sum() if total is None else total + terms.sum()
+        count += terms.numel()
+    return total, count
+
+
 def loss_of(model, batches):
-    """Mean next-token cross-entropy over all target tokens of all micro-batches."""
-    total = None
-    count = 0
-    for x, pad, y, n_targets in batches:
+    """Mean next-token cross-entropy over all target tokens of all micro-batches, and (micro-batches with an
+    attention target, --attn-sup) the mean attention loss, else None."""
+    total, attn = None, None
+    count = attn_count = 0
+    for batch in batches:
+        x, pad, y, n_targets = batch[:4]
         l = target_loss_sum(model, x, pad, y)
         total = l if total is None else total + l
         count += n_targets
-    return total / max(1, count)
+        if len(batch) > 4:
+            al, n = attention_loss_sum(model, batch[4])
+            if n:
+                attn = al if attn is None else attn + al
+                attn_count += n
+    return total / max(1, count), (attn / attn_count if attn_count else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -749,6 +813,15 @@ def main():
     p.add_argument('--object-curriculum', type=int, default=0,
                    help='stage 2 trains on scenes of at most k objects, k = 1 for the first N steps, then 2, ... (0: every scene '
                         'from the start)')
+    p.add_argument('--attn-sup', type=float, default=0.0,
+                   help='weight of the attention loss (training only): in the layers of --attn-sup-layers, the first '
+                        '--attn-sup-heads heads learn to attend, at the answer of a [refer] / [identify] sample, to the '
+                        'image tokens of the object it is about; 0: off')
+    p.add_argument('--attn-sup-layers', default='1,2', help='decoder layers (from 0) whose heads --attn-sup trains')
+    p.add_argument('--attn-sup-heads', type=int, default=1, help='heads per layer that --attn-sup trains (the first ones)')
+    p.add_argument('--init-from', default='',
+                   help='start from the weights of an earlier run\'s state.pt (same shapes; a new optimiser and schedule, '
+                        'no stage 1): a second schedule on a finished run')
     p.add_argument('--coord-init', action='store_true', help='smooth initial embeddings for the grid tokens <0>..<100>')
     p.add_argument('--val', default='', help='held-out prepared folder: its loss is logged at every save')
     p.add_argument('--fit-probe', type=int, default=40, help='steps timed by --fit-minutes (more than 5)')
@@ -792,6 +865,23 @@ def main():
         model.visual_encoder.init_pos_embed_sincos(a.pos_init_scale)
     if a.coord_init:
         print(f'coord-init: {init_coordinate_tokens(model, tokenizer_json)} grid tokens', file=sys.stderr)
+    if a.init_from and not a.resume:
+        if not os.path.isfile(a.init_from):
+            raise SystemExit(f'--init-from {a.init_from}: no such file (the state.pt of an earlier run)')
+        weights = torch.load(a.init_from, map_location='cpu')['model']
+        own = model.state_dict()
+        missing = sorted(set(own) - set(weights))
+        if missing:
+            raise SystemExit(f'--init-from {a.init_from} lacks {", ".join(missing[:4])}')
+        model.load_state_dict({k: v for k, v in weights.items() if k in own})  # an aux head this run lacks is dropped
+        print(f'weights from {a.init_from}', file=sys.stderr)
+    sup_scorer = None
+    if a.attn_sup:
+        sup_scorer = TaskScorer(tokenizer_json)
+        for l in (int(v) for v in a.attn_sup_layers.split(',') if v):
+            if not 0 <= l < a.layers or not 0 < a.attn_sup_heads <= a.heads:
+                raise SystemExit(f'--attn-sup-layers / --attn-sup-heads: the decoder has {a.layers} layers of {a.heads} heads')
+            model.llama_model.model.layers[l].self_attn.keep_heads = a.attn_sup_heads
     model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     groups = []
@@ -829,7 +919,7 @@ def main():
           f'{a.batch_images} images x {a.per_image} samples; device {device}, {torch.get_num_threads()} threads', file=sys.stderr)
 
     log = open(os.path.join(a.out, 'train_log.jsonl'), 'a')
-    if (a.vit_steps or a.vit_fit_minutes or a.vit_from) and start == 0:
+    if (a.vit_steps or a.vit_fit_minutes or a.vit_from) and start == 0 and not a.init_from:
         if aux_targets is None:
             raise SystemExit('--vit-steps, --vit-fit-minutes and --vit-from need --aux-weight')
         if a.vit_from:
@@ -853,9 +943,11 @@ def main():
     while step < plan['steps']:
         ids = order.take(step, a.batch_images)
         batch_rng = random.Random(a.seed * 1_000_003 + step)
-        batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets)
-        lm = loss_of(model, batches)
+        batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets, attn_sup=sup_scorer)
+        lm, attn = loss_of(model, batches)
         loss = lm if aux is None else lm + a.aux_weight * aux
+        if attn is not None:
+            loss = loss + a.attn_sup * attn
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -874,6 +966,8 @@ def main():
             rec = {'step': step + 1, 'loss': round(v, 4), 'loss_avg': round(avg, 4), 'lr': sched.get_last_lr()[0], 'elapsed_s': round(el, 1), 's_per_step': round(1 / rate, 3)}
             if aux is not None:
                 rec['aux_loss'] = round(aux.item(), 4)
+            if attn is not None:
+                rec['attn_loss'] = round(attn.item(), 4)
             log.write(json.dumps(rec) + '\n')
             log.flush()
             print(f"step {step + 1}/{steps} loss {v:.4f} (avg {avg:.4f}) lr {rec['lr']:.2e} {rec['s_per_step']} s/step eta {(steps - step - 1) / rate / 60:.1f} min", file=sys.stderr)
