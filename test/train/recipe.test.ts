@@ -128,6 +128,12 @@ describe('models/demo/train', () => {
       'import numpy as np, torch, train',
       // the 4-concat groups patches (r, 4h..4h+3): on an 8 x 8 grid the top-left quarter is tokens 0, 2, 4, 6
       'geometry = [train.box_tokens([0, 0, 0.5, 0.5], 8), train.box_tokens([0.3, 0.3, 0.31, 0.31], 8)]',
+      // --attn-sup-layers: 'L' is the first --attn-sup-heads heads of layer L, 'L:H' one head
+      'heads = train.parse_heads("1, 2:3, 1:0", 2, 4, 4)',
+      'try:',
+      '    train.parse_heads("4:0", 1, 4, 4); bad = None',
+      'except SystemExit as e:',
+      '    bad = str(e)',
       `d = train.Prepared(${JSON.stringify(prepared)})`,
       `a = types.SimpleNamespace(**json.load(open(${JSON.stringify(join(work, 'r1', 'train_args.json'))})))`,
       'model = train.MiniGPTv2(a)',
@@ -152,16 +158,20 @@ describe('models/demo/train', () => {
       'zero = train.attention_loss_sum(model, A)',
       'layer.kept = torch.full((1, 1, 5, 5), 0.2)',
       'uniform = train.attention_loss_sum(model, A)',
-      'print(json.dumps({"geometry": geometry, "rows": rows, "zero": [float(zero[0]), zero[1]], "uniform": [float(uniform[0]), uniform[1]]}))',
+      'print(json.dumps({"geometry": geometry, "heads": heads, "bad": bad, "rows": rows, "zero": [float(zero[0]), zero[1]], "uniform": [float(uniform[0]), uniform[1]]}))',
     ].join('\n');
     const { stdout } = await run(PY, ['-c', probe], { cwd: ROOT, maxBuffer: 64 << 20 });
     const out = JSON.parse(stdout) as {
       geometry: number[][];
+      heads: number[][];
+      bad: string | null;
       rows: Array<{ task: string; marked: number[]; answer: number[]; keys: number[]; iou: number | null; obj: number[] | null }>;
       zero: [number, number];
       uniform: [number, number];
     };
     expect(out.geometry).toEqual([[0, 2, 4, 6], [4]]);
+    expect(out.heads).toEqual([[1, 0], [1, 1], [2, 3]]);
+    expect(out.bad).toMatch(/"4:0".*4 layers of 4 heads/);
     const supervised = out.rows.filter((r) => r.task === 'refer' || r.task === 'identify');
     expect(supervised.length).toBeGreaterThan(10);
     for (const r of supervised) {

@@ -193,7 +193,7 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, hidden, bias=False)
         self.v_proj = LoraLinear(hidden, hidden, r, alpha)
         self.o_proj = nn.Linear(hidden, hidden, bias=False)
-        self.keep_heads = 0  # --attn-sup: the attention weights of this many leading heads are kept in `kept`
+        self.keep_heads = []  # --attn-sup: the attention weights of these heads are kept in `kept`
         self.kept = None
 
     def forward(self, x, cos, sin, mask):
@@ -206,7 +206,7 @@ class LlamaAttention(nn.Module):
         k = k * cos + rotate_half(k) * sin
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim) + mask
         probs = scores.softmax(dim=-1)
-        self.kept = probs[:, :self.keep_heads] if self.keep_heads else None
+        self.kept = probs[:, self.keep_heads] if self.keep_heads else None
         out = probs @ v
         return self.o_proj(out.transpose(1, 2).reshape(B, L, H))
 
@@ -540,6 +540,23 @@ def box_tokens(box, grid):
     return sorted({(r * grid + c) // 4 for r in rows for c in cols})
 
 
+def parse_heads(spec, first, layers, heads):
+    """--attn-sup-layers: 'L' (the first `first` heads of layer L) or 'L:H' (head H), comma-separated -> [(L, H)]."""
+    out = []
+    for item in (v.strip() for v in spec.split(',') if v.strip()):
+        l, _, h = item.partition(':')
+        try:
+            pairs = [(int(l), int(h))] if h else [(int(l), k) for k in range(first)]
+        except ValueError:
+            raise SystemExit(f'--attn-sup-layers: "{item}" is not L or L:H')
+        for pl, ph in pairs:
+            if not (0 <= pl < layers and 0 <= ph < heads):
+                raise SystemExit(f'--attn-sup-layers: "{item}": the decoder has {layers} layers of {heads} heads')
+            if (pl, ph) not in out:
+                out.append((pl, ph))
+    return out
+
+
 def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None, with_items=False, attn_sup=None):
     """Encodes the images once and builds one sequence per sample: pre ++ image ++ post ++ target.
 
@@ -817,8 +834,10 @@ def main():
                    help='weight of the attention loss (training only): in the layers of --attn-sup-layers, the first '
                         '--attn-sup-heads heads learn to attend, at the answer of a [refer] / [identify] sample, to the '
                         'image tokens of the object it is about; 0: off')
-    p.add_argument('--attn-sup-layers', default='1,2', help='decoder layers (from 0) whose heads --attn-sup trains')
-    p.add_argument('--attn-sup-heads', type=int, default=1, help='heads per layer that --attn-sup trains (the first ones)')
+    p.add_argument('--attn-sup-layers', default='1,2',
+                   help='the heads --attn-sup trains: decoder layers (from 0), each L (its first --attn-sup-heads heads) or '
+                        'L:H (head H), separated by commas')
+    p.add_argument('--attn-sup-heads', type=int, default=1, help='heads trained in each layer given without :H')
     p.add_argument('--init-from', default='',
                    help='start from the weights of an earlier run\'s state.pt (same shapes; a new optimiser and schedule, '
                         'no stage 1): a second schedule on a finished run')
@@ -878,10 +897,8 @@ def main():
     sup_scorer = None
     if a.attn_sup:
         sup_scorer = TaskScorer(tokenizer_json)
-        for l in (int(v) for v in a.attn_sup_layers.split(',') if v):
-            if not 0 <= l < a.layers or not 0 < a.attn_sup_heads <= a.heads:
-                raise SystemExit(f'--attn-sup-layers / --attn-sup-heads: the decoder has {a.layers} layers of {a.heads} heads')
-            model.llama_model.model.layers[l].self_attn.keep_heads = a.attn_sup_heads
+        for l, h in parse_heads(a.attn_sup_layers, a.attn_sup_heads, a.layers, a.heads):
+            model.llama_model.model.layers[l].self_attn.keep_heads.append(h)
     model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     groups = []
