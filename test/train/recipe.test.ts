@@ -208,6 +208,17 @@ describe('models/demo/train', () => {
       expect(await sha256(join(work, 'i1', f)), f).toBe(await sha256(join(work, 'r1', f)));
     }
     const { stderr } = await run(PY, [...args.slice(0, -1), join(work, 'missing.pt')], { cwd: ROOT }).catch((e: { stderr: string }) => e);
-    expect(stderr).toMatch(/missing\.pt/);
+    expect(stderr).toMatch(/--init-from .*missing\.pt: no such file/);
+
+    // publish.mjs records the runs it came from, back to the first
+    const { describeRun } = (await import(join(ROOT, 'models/demo/train/publish.mjs'))) as {
+      describeRun: (run: string) => Promise<{ train_args: Record<string, unknown>; training: { last: { step: number } }; started_from?: { train_args: Record<string, unknown>; started_from?: unknown } }>;
+    };
+    const described = await describeRun(join(work, 'i1'));
+    expect(described.train_args).toMatchObject({ lr: 0, steps: 1 });
+    expect(described.train_args).not.toHaveProperty('init_from');
+    expect(described.training.last.step).toBe(1);
+    expect(described.started_from?.train_args).toMatchObject({ coord_init: true, pos_init_scale: 4, vit_steps: 2, steps: 2 });
+    expect(described.started_from).not.toHaveProperty('started_from');
   }, 300_000);
 });

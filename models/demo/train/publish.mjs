@@ -15,7 +15,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, join, relative } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { arg } from './args.mjs';
 
@@ -46,6 +46,29 @@ export function wallSeconds(steps) {
   return total + last;
 }
 
+/**
+ * A run's arguments (without its local paths) and losses; for a run that started from an earlier one's weights
+ * (train.py --init-from OTHER/state.pt), that run too, as `started_from`, and so on back to the first.
+ */
+export async function describeRun(run) {
+  const args = JSON.parse(await readFile(join(run, 'train_args.json'), 'utf8'));
+  const log = (await readFile(join(run, 'train_log.jsonl'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const steps = log.filter((r) => typeof r.step === 'number' && typeof r.loss_avg === 'number');
+  const vit = log.filter((r) => typeof r.vit_step === 'number');
+  const vals = log.filter((r) => typeof r.val_loss === 'number');
+  const description = {
+    train_args: Object.fromEntries(Object.entries(args).filter(([k]) => !['data', 'out', 'state', 'val', 'vit_from', 'init_from'].includes(k))),
+    training: {
+      stage1: vit.length ? vit[vit.length - 1] : null,
+      last: steps.length ? steps[steps.length - 1] : null,
+      ...(vals.length ? { last_val: vals[vals.length - 1] } : {}),
+      minutes: Math.round((((vit.at(-1)?.elapsed_s ?? 0) + wallSeconds(steps)) / 60) * 10) / 10,
+    },
+  };
+  if (args.init_from) description.started_from = await describeRun(dirname(args.init_from));
+  return description;
+}
+
 async function fileRecord(p) {
   return { sha256: await sha256(p), bytes: (await stat(p)).size };
 }
@@ -56,7 +79,7 @@ async function main() {
   const out = arg('--out', join(ROOT, 'models', 'demo'));
   const dataNote = arg('--data', '');
   const args = JSON.parse(await readFile(join(run, 'train_args.json'), 'utf8'));
-  const log = (await readFile(join(run, 'train_log.jsonl'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const description = await describeRun(run);
 
   const tmp = await mkdtemp(join(tmpdir(), 'minigpt-publish-'));
   let files;
@@ -98,18 +121,10 @@ async function main() {
   const pkg = {};
   for (const f of files) pkg[f] = await fileRecord(join(out, f));
 
-  const steps = log.filter((r) => typeof r.step === 'number' && typeof r.loss_avg === 'number');
-  const vit = log.filter((r) => typeof r.vit_step === 'number');
-  const keep = Object.fromEntries(Object.entries(args).filter(([k]) => !['data', 'out', 'state', 'val', 'vit_from'].includes(k)));
   const record = {
     about: 'How models/demo was made: train.py (models/demo/train) on synthetic scenes, saved in the published formats, converted by minigpt convert. Written by models/demo/train/publish.mjs.',
     data: dataNote,
-    train_args: keep,
-    training: {
-      stage1: vit.length ? vit[vit.length - 1] : null,
-      last: steps.length ? steps[steps.length - 1] : null,
-      minutes: Math.round((((vit.at(-1)?.elapsed_s ?? 0) + wallSeconds(steps)) / 60) * 10) / 10,
-    },
+    ...description,
     convert: `minigpt convert --arch minigpt-v2 --vit eva_vit.pth --llm llama --ckpt minigptv2_ckpt.pth --vit-heads ${args.vit_heads} --image-size ${args.image_size} --lora-alpha ${args.lora_alpha}`,
     published,
     package: pkg,
