@@ -831,9 +831,8 @@ def main():
                    help='stage 2 trains on scenes of at most k objects, k = 1 for the first N steps, then 2, ... (0: every scene '
                         'from the start)')
     p.add_argument('--attn-sup', type=float, default=0.0,
-                   help='weight of the attention loss (training only): in the layers of --attn-sup-layers, the first '
-                        '--attn-sup-heads heads learn to attend, at the answer of a [refer] / [identify] sample, to the '
-                        'image tokens of the object it is about; 0: off')
+                   help='weight of the attention loss (training only): the heads of --attn-sup-layers learn to attend, at '
+                        'the answer of a [refer] / [identify] sample, to the image tokens of the object it is about; 0: off')
     p.add_argument('--attn-sup-layers', default='1,2',
                    help='the heads --attn-sup trains: decoder layers (from 0), each L (its first --attn-sup-heads heads) or '
                         'L:H (head H), separated by commas')
