@@ -3,9 +3,12 @@
 // the ones its PROVENANCE.json records, converted from the recorded published files, and still score the recorded
 // held-out items.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
+import sharp from 'sharp';
 import { loadPackage } from '../../src/inference/package.js';
 import { loadTokenizer } from '../../src/inference/tokenizer.js';
 import { MiniGPT } from '../../src/inference/model.js';
@@ -68,4 +71,20 @@ describe('models/demo', () => {
       await model.close();
     }
   });
+
+  it("writes README's annotated example: its commands, run as written, give the answer README shows and an annotated PNG", async () => {
+    const readme = await readFile(join(ROOT, 'README.md'), 'utf8');
+    const block = /npx minigpt demo-data (--seed \d+ --count \d+) --out scenes\nnpx minigpt ask (.*) \\\n\s+"([^"]+)"\n# (.*)\n/.exec(readme);
+    expect(block, 'the example block in README.md').not.toBeNull();
+    const [, dataArgs, askArgs, prompt, shown] = block!;
+    const run = promisify(execFile);
+    const cli = join(ROOT, 'bin', 'minigpt.js');
+    await run(process.execPath, [cli, 'demo-data', ...dataArgs.split(' '), '--out', join(work, 'scenes')], { cwd: work });
+    // run in a scratch folder (scenes/ and the PNG land there), with the package README names from the repository
+    const args = askArgs.split(' ').map((a) => (a === 'models/demo' ? DEMO : a));
+    const { stdout } = await run(process.execPath, [cli, 'ask', ...args, prompt], { cwd: work });
+    expect(stdout.trim()).toBe(shown);
+    const png = await sharp(join(work, 'demo-example.png')).metadata();
+    expect(png.format).toBe('png');
+  }, 120_000);
 });
