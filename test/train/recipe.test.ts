@@ -26,6 +26,13 @@ afterAll(async () => {
 
 const sha256 = async (p: string) => sha256Hex(await readFile(p));
 
+/** The published files of run `dir` are byte-identical to those of run `reference`. */
+async function expectSamePublished(dir: string, reference: string) {
+  for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {
+    expect(await sha256(join(dir, f)), f).toBe(await sha256(join(reference, f)));
+  }
+}
+
 interface CheckReport {
   ok: boolean;
   samples: Array<{ image_embeds_max_abs_err: number; first_logits_max_abs_err: number; greedy_ids: number[]; expected_ids: number[]; ok: boolean }>;
@@ -89,9 +96,7 @@ describe('models/demo/train', () => {
     const args = (out: string) => [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', out, '--steps', '2', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--pos-init-scale', '4', '--vit-steps', '2', '--vit-batch', '2', '--threads', '1'];
     await run(PY, args(join(work, 'r1')), { cwd: ROOT });
     await run(PY, args(join(work, 'r2')), { cwd: ROOT });
-    for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {
-      expect(await sha256(join(work, 'r2', f)), f).toBe(await sha256(join(work, 'r1', f)));
-    }
+    await expectSamePublished(join(work, 'r2'), join(work, 'r1'));
   }, 300_000);
 
   it('--object-curriculum: one-object scenes first, then up to two, ...; a stopped and resumed run replays the same order', async () => {
@@ -116,9 +121,7 @@ describe('models/demo/train', () => {
     await run(PY, args(join(work, 'c1')), { cwd: ROOT });
     await run(PY, args(join(work, 'c2'), '--stop-at', '1'), { cwd: ROOT });
     await run(PY, args(join(work, 'c2'), '--resume'), { cwd: ROOT });
-    for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {
-      expect(await sha256(join(work, 'c2', f)), f).toBe(await sha256(join(work, 'c1', f)));
-    }
+    await expectSamePublished(join(work, 'c2'), join(work, 'c1'));
   }, 300_000);
   it('--attn-sup: the answer positions of [refer] / [identify] samples target the image tokens of the object they are about', async () => {
     const prepared = join(work, 'smoke', 'prepared');
@@ -204,9 +207,7 @@ describe('models/demo/train', () => {
     const prepared = join(work, 'smoke', 'prepared');
     const args = [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', join(work, 'i1'), '--steps', '1', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--pos-init-scale', '4', '--lr', '0', '--threads', '1', '--init-from', join(work, 'r1', 'state.pt')];
     await run(PY, args, { cwd: ROOT });
-    for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {
-      expect(await sha256(join(work, 'i1', f)), f).toBe(await sha256(join(work, 'r1', f)));
-    }
+    await expectSamePublished(join(work, 'i1'), join(work, 'r1'));
     const { stderr } = await run(PY, [...args.slice(0, -1), join(work, 'missing.pt')], { cwd: ROOT }).catch((e: { stderr: string }) => e);
     expect(stderr).toMatch(/--init-from .*missing\.pt: no such file/);
 

@@ -78,8 +78,8 @@ async function main() {
   const heldout = arg('--heldout');
   const out = arg('--out', join(ROOT, 'models', 'demo'));
   const dataNote = arg('--data', '');
-  const args = JSON.parse(await readFile(join(run, 'train_args.json'), 'utf8'));
   const description = await describeRun(run);
+  const args = description.train_args; // what convert needs (shapes) is kept there
 
   const tmp = await mkdtemp(join(tmpdir(), 'minigpt-publish-'));
   let files;

@@ -330,6 +330,15 @@ class Prepared:
             self.by_image[s['i']].append(k)
 
 
+def patches_in_box(box, grid):
+    """Which patches of the grid x grid input (row-major) a box (fractions x1, y1, x2, y2) holds: those whose centre
+    lies in it. The one rule that ties patches to objects (dense_targets) and image tokens to boxes (box_tokens)."""
+    centre = (np.arange(grid) + 0.5) / grid
+    cols = (centre >= box[0]) & (centre <= box[2])
+    rows = (centre >= box[1]) & (centre <= box[3])
+    return (rows[:, None] & cols[None, :]).reshape(-1)
+
+
 def dense_targets(objects, grid, colours, shapes):
     """Per patch of the grid x grid input: the class ids (0 = background) of the colour and the shape of the topmost
     object whose box holds the patch centre, and that object's box (fractions of the image)."""
@@ -337,13 +346,9 @@ def dense_targets(objects, grid, colours, shapes):
     colour_t = np.zeros((n, grid * grid), dtype=np.int64)
     shape_t = np.zeros((n, grid * grid), dtype=np.int64)
     box_t = np.zeros((n, grid * grid, 4), dtype=np.float32)
-    centre = (np.arange(grid) + 0.5) / grid
-    cy, cx = np.meshgrid(centre, centre, indexing='ij')
-    cx, cy = cx.reshape(-1), cy.reshape(-1)
     for i, objs in enumerate(objects):
         for o in objs:  # drawing order: later objects overwrite earlier ones
-            x1, y1, x2, y2 = o['box']
-            inside = (cx >= x1) & (cx <= x2) & (cy >= y1) & (cy <= y2)
+            inside = patches_in_box(o['box'], grid)
             colour_t[i, inside] = colours.index(o['colour']) + 1
             shape_t[i, inside] = shapes.index(o['shape']) + 1
             box_t[i, inside] = o['box']
@@ -530,14 +535,13 @@ def referred_box(s, scorer):
 
 def box_tokens(box, grid):
     """The image tokens (4 adjacent patches each, as the 4-concat groups them) holding a patch whose centre lies in
-    the box (as dense_targets assigns patches to objects); the token under the box centre when no centre does."""
-    centres = (np.arange(grid) + 0.5) / grid
-    cols = np.nonzero((centres >= box[0]) & (centres <= box[2]))[0].tolist()
-    rows = np.nonzero((centres >= box[1]) & (centres <= box[3]))[0].tolist()
-    if not cols or not rows:
-        cols = [min(grid - 1, int((box[0] + box[2]) / 2 * grid))]
-        rows = [min(grid - 1, int((box[1] + box[3]) / 2 * grid))]
-    return sorted({(r * grid + c) // 4 for r in rows for c in cols})
+    the box (patches_in_box); the token under the box centre when no centre does."""
+    patches = np.nonzero(patches_in_box(box, grid))[0].tolist()
+    if not patches:
+        col = min(grid - 1, int((box[0] + box[2]) / 2 * grid))
+        row = min(grid - 1, int((box[1] + box[3]) / 2 * grid))
+        patches = [row * grid + col]
+    return sorted({p // 4 for p in patches})
 
 
 def parse_heads(spec, first, layers, heads):
@@ -573,6 +577,7 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
     aux = aux_loss(model, patches, image_ids, aux_targets) if aux_targets is not None else None
     emb = model.llama_model.model.embed_tokens
     T = image_tokens
+    grid = int(round(math.sqrt(T * 4)))  # patches per side: each image token is 4 patches
     items = []
     for b, i in enumerate(image_ids):
         ks = data.by_image[i]
@@ -596,7 +601,6 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
             p0 = len(s['pre'])
             box = referred_box(s, attn_sup) if attn_sup is not None else None
             if box is not None:
-                grid = int(round(math.sqrt(T * 4)))
                 keys = [p0 + t for t in box_tokens(box, grid)]
                 A[r, n_prompt - 1:length - 1, keys] = 1.0
             ids[r, :p0] = s['pre']
