@@ -123,7 +123,7 @@ describe('models/demo/train', () => {
     await run(PY, args(join(work, 'c2'), '--resume'), { cwd: ROOT });
     await expectSamePublished(join(work, 'c2'), join(work, 'c1'));
   }, 300_000);
-  it('--attn-sup: the answer positions of [refer] / [identify] samples target the image tokens of the object they are about', async () => {
+  it('--attn-sup / --name-sup: the answer positions of [refer] / [identify] samples target the image tokens, the colour and the shape of the object they are about', async () => {
     const prepared = join(work, 'smoke', 'prepared');
     const probe = [
       'import json, random, sys, types',
@@ -142,9 +142,10 @@ describe('models/demo/train', () => {
       'model = train.MiniGPTv2(a)',
       'sc = train.TaskScorer(d.tokenizer_json)',
       'ids = list(range(d.meta["images"]))',
+      'classes = (sorted({o["colour"] for objs in d.objects for o in objs}), sorted({o["shape"] for objs in d.objects for o in objs}))',
       'rows = []',
       'with torch.no_grad():',
-      '    for x, pad, y, n, A, group in train.make_batch(model, d, ids, random.Random(0), 1 << 30, 16, 8, with_items=True, attn_sup=sc)[0]:',
+      '    for x, pad, y, n, A, names, group in train.make_batch(model, d, ids, random.Random(0), 1 << 30, 16, 8, with_items=True, attn_sup=sc, name_classes=classes)[0]:',
       '        for r, (length, b, s, n_prompt) in enumerate(group):',
       '            p0 = len(s["pre"])',
       '            marked = A[r].sum(-1).nonzero().flatten().tolist()',
@@ -152,8 +153,11 @@ describe('models/demo/train', () => {
       '            box = train.referred_box(s, sc)',
       '            objs = d.objects[ids[b]]',
       '            best = max(objs, key=lambda o: train.box_iou(o["box"], box)) if box else None',
+      '            named = names[r][names[r, :, 0] >= 0].tolist()',
       '            rows.append({"task": sc.task(s), "marked": marked, "answer": list(range(n_prompt - 1, length - 1)), "keys": keys,',
-      '                         "iou": train.box_iou(best["box"], box) if best else None, "obj": best["box"] if best else None})',
+      '                         "iou": train.box_iou(best["box"], box) if best else None, "obj": best["box"] if best else None,',
+      '                         "named_at": names[r, :, 0].ge(0).nonzero().flatten().tolist(), "named": [classes[0][c] + " " + classes[1][h] for c, h in named],',
+      '                         "name": best["colour"] + " " + best["shape"] if best else None})',
       // the loss: all weight on the target tokens -> 0; uniform over the L keys -> -log(k / L)
       'A = torch.zeros(1, 5, 5); A[0, 3, 1] = A[0, 3, 2] = 1',
       'layer = model.llama_model.model.layers[1].self_attn',
@@ -161,16 +165,28 @@ describe('models/demo/train', () => {
       'zero = train.attention_loss_sum(model, A)',
       'layer.kept = torch.full((1, 1, 5, 5), 0.2)',
       'uniform = train.attention_loss_sum(model, A)',
-      'print(json.dumps({"geometry": geometry, "heads": heads, "bad": bad, "rows": rows, "zero": [float(zero[0]), zero[1]], "uniform": [float(uniform[0]), uniform[1]]}))',
+      // the name loss: a head with zero weights -> 0.5 (log C + log S) per term; one whose bias picks the right classes -> ~0
+      'model.name_classes = (["red", "blue", "green"], ["star", "cross"])',
+      'model.name_head = torch.nn.ModuleDict({"1_0": torch.nn.Linear(layer.head_dim, 5)})',
+      'torch.nn.init.zeros_(model.name_head["1_0"].weight); torch.nn.init.zeros_(model.name_head["1_0"].bias)',
+      'layer.keep_heads = [0]; layer.kept_out = torch.randn(1, 1, 5, layer.head_dim)',
+      'N = torch.full((1, 5, 2), -100, dtype=torch.long); N[0, 3] = torch.tensor([1, 0]); N[0, 4] = torch.tensor([1, 0])',
+      'flat = train.name_loss_sum(model, N)',
+      'with torch.no_grad(): model.name_head["1_0"].bias.copy_(torch.tensor([0., 30., 0., 30., 0.]))',
+      'sure = train.name_loss_sum(model, N)',
+      'print(json.dumps({"geometry": geometry, "heads": heads, "bad": bad, "rows": rows, "zero": [float(zero[0]), zero[1]], "uniform": [float(uniform[0]), uniform[1]],',
+      '                  "flat": [float(flat[0]), flat[1]], "sure": [float(sure[0]), sure[1]]}))',
     ].join('\n');
     const { stdout } = await run(PY, ['-c', probe], { cwd: ROOT, maxBuffer: 64 << 20 });
     const out = JSON.parse(stdout) as {
       geometry: number[][];
       heads: number[][];
       bad: string | null;
-      rows: Array<{ task: string; marked: number[]; answer: number[]; keys: number[]; iou: number | null; obj: number[] | null }>;
+      rows: Array<{ task: string; marked: number[]; answer: number[]; keys: number[]; iou: number | null; obj: number[] | null; named_at: number[]; named: string[]; name: string | null }>;
       zero: [number, number];
       uniform: [number, number];
+      flat: [number, number];
+      sure: [number, number];
     };
     expect(out.geometry).toEqual([[0, 2, 4, 6], [4]]);
     expect(out.heads).toEqual([[1, 0], [1, 1], [2, 3]]);
@@ -188,8 +204,18 @@ describe('models/demo/train', () => {
       }
       const cx = (x1 + x2) / 2, cy = (y1 + y2) / 2;
       expect(r.keys).toContain(Math.min(7, Math.floor(cy * 8)) * 2 + (cx >= 0.5 ? 1 : 0));
+      // --name-sup: the same positions are told that object's colour and shape
+      expect(r.named_at).toEqual(r.answer);
+      expect(new Set(r.named)).toEqual(new Set([r.name]));
     }
-    for (const r of out.rows.filter((r) => r.task !== 'refer' && r.task !== 'identify')) expect(r.marked).toEqual([]);
+    expect(supervised.filter((r) => r.task === 'identify').length).toBeGreaterThan(3); // both tasks were covered
+    for (const r of out.rows.filter((r) => r.task !== 'refer' && r.task !== 'identify')) {
+      expect(r.marked).toEqual([]);
+      expect(r.named_at).toEqual([]);
+    }
+    expect(out.flat[0]).toBeCloseTo(2 * 0.5 * (Math.log(3) + Math.log(2)), 4);
+    expect(out.flat[1]).toBe(2);
+    expect(out.sure[0]).toBeCloseTo(0, 5);
     expect(out.zero[0]).toBeCloseTo(0, 5);
     expect(out.zero[1]).toBe(1);
     expect(out.uniform[0]).toBeCloseTo(-Math.log(2 / 5), 5);
@@ -201,6 +227,17 @@ describe('models/demo/train', () => {
     for (const rec of log) expect(rec.attn_loss).toBeGreaterThan(0);
     const keys = async (dir: string) => (await run(PY, ['-c', `import torch; print(sorted(torch.load('${join(dir, 'llama', 'pytorch_model.bin')}')))`])).stdout;
     expect(await keys(join(work, 'a1'))).toBe(await keys(join(work, 'r1')));
+    // --name-sup alone (the heads of --attn-sup-layers, without their attention loss): its loss is logged, the
+    // name heads stay out of the published files, and they are saved for --resume
+    await run(PY, [...args.slice(0, 4), join(work, 'a2'), ...args.slice(5, -4), '--name-sup', '1', '--threads', '1'], { cwd: ROOT });
+    const log2 = (await readFile(join(work, 'a2', 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    for (const rec of log2) {
+      expect(rec.name_loss).toBeGreaterThan(0);
+      expect(rec).not.toHaveProperty('attn_loss');
+    }
+    expect(await keys(join(work, 'a2'))).toBe(await keys(join(work, 'r1')));
+    const { stdout: saved } = await run(PY, ['-c', `import torch; print(sorted(k for k in torch.load('${join(work, 'a2', 'state.pt')}')['model'] if k.startswith('name_head')))`]);
+    expect(saved.trim()).toBe("['name_head.1_0.bias', 'name_head.1_0.weight', 'name_head.2_0.bias', 'name_head.2_0.weight']");
   }, 300_000);
 
   it('--init-from starts from an earlier run\'s weights (a new schedule: at lr 0 the published files are unchanged)', async () => {
@@ -208,6 +245,9 @@ describe('models/demo/train', () => {
     const args = [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', join(work, 'i1'), '--steps', '1', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--pos-init-scale', '4', '--lr', '0', '--threads', '1', '--init-from', join(work, 'r1', 'state.pt')];
     await run(PY, args, { cwd: ROOT });
     await expectSamePublished(join(work, 'i1'), join(work, 'r1'));
+    // a name head the earlier run did not have starts afresh; the rest is loaded as before
+    await run(PY, [...args.slice(0, 4), join(work, 'i2'), ...args.slice(5), '--name-sup', '1'], { cwd: ROOT });
+    await expectSamePublished(join(work, 'i2'), join(work, 'r1'));
     const { stderr } = await run(PY, [...args.slice(0, -1), join(work, 'missing.pt')], { cwd: ROOT }).catch((e: { stderr: string }) => e);
     expect(stderr).toMatch(/--init-from .*missing\.pt: no such file/);
 

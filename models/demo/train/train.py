@@ -31,6 +31,7 @@ import os
 import random
 import sys
 import time
+from typing import NamedTuple, Optional
 
 # OpenMP threads that spin while waiting cost a lot on a busy 2-core machine (measured: 2-5x slower steps).
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
@@ -193,8 +194,9 @@ class LlamaAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, hidden, bias=False)
         self.v_proj = LoraLinear(hidden, hidden, r, alpha)
         self.o_proj = nn.Linear(hidden, hidden, bias=False)
-        self.keep_heads = []  # --attn-sup: the attention weights of these heads are kept in `kept`
-        self.kept = None
+        self.keep_heads = []  # --attn-sup / --name-sup: these heads' attention weights are kept in `kept`, their
+        self.kept = None      # outputs (before o_proj) in `kept_out`
+        self.kept_out = None
 
     def forward(self, x, cos, sin, mask):
         B, L, H = x.shape
@@ -208,6 +210,7 @@ class LlamaAttention(nn.Module):
         probs = scores.softmax(dim=-1)
         self.kept = probs[:, self.keep_heads] if self.keep_heads else None
         out = probs @ v
+        self.kept_out = out[:, self.keep_heads] if self.keep_heads else None
         return self.o_proj(out.transpose(1, 2).reshape(B, L, H))
 
 
@@ -561,16 +564,36 @@ def parse_heads(spec, first, layers, heads):
     return out
 
 
-def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None, with_items=False, attn_sup=None):
+class MicroBatch(NamedTuple):
+    """One padded micro-batch of make_batch. `A` (--attn-sup): 1 where an answer position of a `[refer]` /
+    `[identify]` sample meets an image token of the object it is about; `names` (--name-sup): [n, L, 2] the colour
+    and shape class of that object at those answer positions, -100 elsewhere; `group`: the samples (with_items)."""
+    x: torch.Tensor
+    pad: torch.Tensor
+    y: torch.Tensor
+    n_targets: int
+    A: Optional[torch.Tensor] = None
+    names: Optional[torch.Tensor] = None
+    group: Optional[list] = None
+
+
+def referred_object(objects, box):
+    """The index of the object (objects.json of one image) whose box matches a referred box best."""
+    return max(range(len(objects)), key=lambda k: box_iou(objects[k]['box'], box))
+
+
+def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None, with_items=False, attn_sup=None,
+               name_classes=None):
     """Encodes the images once and builds one sequence per sample: pre ++ image ++ post ++ target.
 
     The sequences are sorted by length and cut into micro-batches of `micro`, each padded (right) only to its
     own longest sequence, so short VQA answers do not pay for long grounded captions. Token ids are laid out
     on the host and embedded in one lookup; the image embeddings are written into their slots with one
     index_put, so a step costs a few device calls whatever the batch size. Returns (micro-batches, the vision
-    encoder's auxiliary loss, or None without `aux_targets`). With `attn_sup` (a TaskScorer), each micro-batch also
+    encoder's auxiliary loss, or None without `aux_targets`). With `attn_sup` (a TaskScorer), each MicroBatch also
     carries A [n, L, L]: 1 where an answer position (one that predicts a target token) of a `[refer]` / `[identify]`
-    sample meets an image token of the object it is about (see attention_loss_sum)."""
+    sample meets an image token of the object it is about (see attention_loss_sum); with `name_classes` too
+    ((colours, shapes), the class lists), `names`: that object's colour and shape class there (name_loss_sum)."""
     dev = model.mean.device
     u8 = torch.from_numpy(np.stack([data.images[i] for i in image_ids])).to(dev)
     img, patches = model.encode_img(u8, with_patches=True)
@@ -597,12 +620,16 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
         y = np.full((n, L), -100, dtype=np.int64)
         rows, cols, src = [], [], []
         A = np.zeros((n, L, L), dtype=np.float32) if attn_sup is not None else None
+        names = np.full((n, L, 2), -100, dtype=np.int64) if name_classes is not None else None
         for r, (length, b, s, n_prompt) in enumerate(group):
             p0 = len(s['pre'])
             box = referred_box(s, attn_sup) if attn_sup is not None else None
             if box is not None:
                 keys = [p0 + t for t in box_tokens(box, grid)]
                 A[r, n_prompt - 1:length - 1, keys] = 1.0
+                if names is not None:
+                    o = data.objects[image_ids[b]][referred_object(data.objects[image_ids[b]], box)]
+                    names[r, n_prompt - 1:length - 1] = (name_classes[0].index(o['colour']), name_classes[1].index(o['shape']))
             ids[r, :p0] = s['pre']
             ids[r, p0 + T:length] = s['post'] + s['target']
             pad[r, :length] = 1
@@ -616,8 +643,10 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
         b_idx = torch.tensor(src, device=dev)
         x = x.index_put((r_idx, c_idx), img[b_idx].reshape(n * T, -1))
         n_targets = int((y[:, 1:] != -100).sum())  # counted on the host: no device sync
-        batches.append((x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets)
-                       + ((torch.from_numpy(A).to(dev),) if A is not None else ()) + ((group,) if with_items else ()))
+        batches.append(MicroBatch(x, torch.from_numpy(pad).to(dev), torch.from_numpy(y).to(dev), n_targets,
+                                  torch.from_numpy(A).to(dev) if A is not None else None,
+                                  torch.from_numpy(names).to(dev) if names is not None else None,
+                                  group if with_items else None))
     return batches, aux
 
 
@@ -667,7 +696,7 @@ def val_metrics(model, val, image_tokens, micro, max_images=256):
         n = min(max_images, val.meta['images'])
         for j in range(0, n, 32):
             ids = list(range(j, min(n, j + 32)))
-            for x, pad, y, n_targets, group in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro, with_items=True)[0]:
+            for x, pad, y, n_targets, _, _, group in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro, with_items=True)[0]:
                 logits = model.llama_model(x, pad)
                 total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum'))
                 count += n_targets
@@ -710,22 +739,50 @@ def attention_loss_sum(model, A):
     return total, count
 
 
+def name_loss_sum(model, names):
+    """--name-sup: each kept head's output (LlamaAttention.kept_out, before o_proj), through its own linear head
+    (model.name_head), predicts the colour and the shape of the object the answer is about, at the answer positions
+    of `[refer]` / `[identify]` samples (`names` from make_batch). Returns the summed cross-entropy (colour + shape,
+    averaged) and the number of terms. Training only: --attn-sup makes these heads look at the object; this makes
+    what they bring back from it name it (measured: without it, the colour is in the object's image tokens but not
+    at the answer position; see the README). Call right after the forward pass that filled `kept_out`."""
+    nc = len(model.name_classes[0])
+    valid = names[..., 0] >= 0  # [n, L]
+    total, count = None, 0
+    for l, layer in enumerate(model.llama_model.model.layers):
+        attn = layer.self_attn
+        if attn.kept_out is None:
+            continue
+        for j, h in enumerate(attn.keep_heads):
+            logits = model.name_head[f'{l}_{h}'](attn.kept_out[:, j])[valid]  # [terms, colours + shapes]
+            t = names[valid]
+            ce = F.cross_entropy(logits[:, :nc], t[:, 0], reduction='sum') + F.cross_entropy(logits[:, nc:], t[:, 1], reduction='sum')
+            total = 0.5 * ce if total is None else total + 0.5 * ce
+            count += int(t.shape[0])
+    return total, count
+
+
 def loss_of(model, batches):
-    """Mean next-token cross-entropy over all target tokens of all micro-batches, and (micro-batches with an
-    attention target, --attn-sup) the mean attention loss, else None."""
-    total, attn = None, None
-    count = attn_count = 0
+    """Mean next-token cross-entropy over all target tokens of all micro-batches, and the mean attention loss
+    (--attn-sup) and name loss (--name-sup) over the micro-batches that have such targets (else None)."""
+    total, attn, name = None, None, None
+    count = attn_count = name_count = 0
     for batch in batches:
-        x, pad, y, n_targets = batch[:4]
-        l = target_loss_sum(model, x, pad, y)
+        l = target_loss_sum(model, batch.x, batch.pad, batch.y)
         total = l if total is None else total + l
-        count += n_targets
-        if len(batch) > 4:
-            al, n = attention_loss_sum(model, batch[4])
+        count += batch.n_targets
+        if batch.A is not None:
+            al, n = attention_loss_sum(model, batch.A)
             if n:
                 attn = al if attn is None else attn + al
                 attn_count += n
-    return total / max(1, count), (attn / attn_count if attn_count else None)
+        if batch.names is not None:
+            nl, n = name_loss_sum(model, batch.names)
+            if n:
+                name = nl if name is None else name + nl
+                name_count += n
+    return (total / max(1, count), attn / attn_count if attn_count else None,
+            name / name_count if name_count else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -841,6 +898,10 @@ def main():
                    help='the heads --attn-sup trains: decoder layers (from 0), each L (its first --attn-sup-heads heads) or '
                         'L:H (head H), separated by commas')
     p.add_argument('--attn-sup-heads', type=int, default=1, help='heads trained in each layer given without :H')
+    p.add_argument('--name-sup', type=float, default=0.0,
+                   help='weight of the name loss (training only; needs objects.json): what each head of --attn-sup-layers '
+                        'returns at the answer of a [refer] / [identify] sample predicts the colour and shape of the object '
+                        'it is about, through a linear head of its own; 0: off')
     p.add_argument('--init-from', default='',
                    help='start from the weights of an earlier run\'s state.pt (same shapes; a new optimiser and schedule, '
                         'no stage 1): a second schedule on a finished run')
@@ -873,18 +934,26 @@ def main():
     steps = a.steps or max(1, int(math.ceil(a.epochs * n_images / a.batch_images)))
 
     model = MiniGPTv2(a)
-    aux_targets = None
-    if a.aux_weight:
-        if data.objects is None:
-            raise SystemExit('--aux-weight needs objects.json in every prepared folder (re-run prepare.mjs)')
+    aux_targets, name_classes = None, None
+    if (a.aux_weight or a.name_sup) and data.objects is None:
+        raise SystemExit('--aux-weight and --name-sup need objects.json in every prepared folder (re-run prepare.mjs)')
+    if data.objects is not None:
         colours = sorted({o['colour'] for objs in data.objects for o in objs})
         shapes = sorted({o['shape'] for objs in data.objects for o in objs})
+    if a.aux_weight:
         aux_targets = dense_targets(data.objects, grid, colours, shapes)
         model.aux_sizes = (len(colours) + 1, len(shapes) + 1)
         model.aux_head = nn.Linear(a.vit_width, aux_head_size(colours, shapes))
         a.aux_classes = {'colours': colours, 'shapes': shapes}
     if a.pos_init_scale:
         model.visual_encoder.init_pos_embed_sincos(a.pos_init_scale)
+    if a.name_sup:
+        # one linear head per supervised head: colour classes, then shape classes (training only, never published)
+        name_classes = (colours, shapes)
+        model.name_classes = name_classes
+        model.name_head = nn.ModuleDict({f'{l}_{h}': nn.Linear(a.hidden // a.heads, len(colours) + len(shapes))
+                                         for l, h in parse_heads(a.attn_sup_layers, a.attn_sup_heads, a.layers, a.heads)})
+        a.name_classes = {'colours': colours, 'shapes': shapes}
     if a.coord_init:
         print(f'coord-init: {init_coordinate_tokens(model, tokenizer_json)} grid tokens', file=sys.stderr)
     if a.init_from and not a.resume:
@@ -892,13 +961,14 @@ def main():
             raise SystemExit(f'--init-from {a.init_from}: no such file (the state.pt of an earlier run)')
         weights = torch.load(a.init_from, map_location='cpu')['model']
         own = model.state_dict()
-        missing = sorted(set(own) - set(weights))
+        missing = sorted(k for k in set(own) - set(weights) if not k.startswith('name_head.'))  # a new name head starts afresh
         if missing:
             raise SystemExit(f'--init-from {a.init_from} lacks {", ".join(missing[:4])}')
-        model.load_state_dict({k: v for k, v in weights.items() if k in own})  # an aux head this run lacks is dropped
+        # an aux / name head this run lacks is dropped; one the earlier run lacked keeps its fresh init
+        model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
         print(f'weights from {a.init_from}', file=sys.stderr)
     sup_scorer = None
-    if a.attn_sup:
+    if a.attn_sup or a.name_sup:
         sup_scorer = TaskScorer(tokenizer_json)
         for l, h in parse_heads(a.attn_sup_layers, a.attn_sup_heads, a.layers, a.heads):
             model.llama_model.model.layers[l].self_attn.keep_heads.append(h)
@@ -963,11 +1033,14 @@ def main():
     while step < plan['steps']:
         ids = order.take(step, a.batch_images)
         batch_rng = random.Random(a.seed * 1_000_003 + step)
-        batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets, attn_sup=sup_scorer)
-        lm, attn = loss_of(model, batches)
+        batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets,
+                                  attn_sup=sup_scorer, name_classes=name_classes)
+        lm, attn, name = loss_of(model, batches)
         loss = lm if aux is None else lm + a.aux_weight * aux
-        if attn is not None:
+        if attn is not None and a.attn_sup:
             loss = loss + a.attn_sup * attn
+        if name is not None:
+            loss = loss + a.name_sup * name
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -986,8 +1059,10 @@ def main():
             rec = {'step': step + 1, 'loss': round(v, 4), 'loss_avg': round(avg, 4), 'lr': sched.get_last_lr()[0], 'elapsed_s': round(el, 1), 's_per_step': round(1 / rate, 3)}
             if aux is not None:
                 rec['aux_loss'] = round(aux.item(), 4)
-            if attn is not None:
+            if attn is not None and a.attn_sup:
                 rec['attn_loss'] = round(attn.item(), 4)
+            if name is not None:
+                rec['name_loss'] = round(name.item(), 4)
             log.write(json.dumps(rec) + '\n')
             log.flush()
             print(f"step {step + 1}/{steps} loss {v:.4f} (avg {avg:.4f}) lr {rec['lr']:.2e} {rec['s_per_step']} s/step eta {(steps - step - 1) / rate / 60:.1f} min", file=sys.stderr)
