@@ -254,6 +254,10 @@ export interface TrainSample {
   height: number;
   task: TaskName;
   turns: Turn[];
+  /** index in the scene's objects of the one object that the last answer is about (refer, identify, the VQA
+   * questions about one object, follow-ups); absent when it is about the scene or several objects. Training
+   * only (train.py's attention and name targets); no prompt mentions it. */
+  about?: number;
 }
 
 /** Detection queries present in the scene: shapes (plural) and colour + shape names, with their objects. */
@@ -279,8 +283,9 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
   const out: TrainSample[] = [];
   const base = { image, width: scene.width, height: scene.height };
   let k = 0;
-  const push = (task: TaskName, turns: Turn[]) => out.push({ id: `${stem}:${task}:${k++}`, ...base, task, turns });
   const objs = scene.objects;
+  const push = (task: TaskName, turns: Turn[], about?: SceneObject) =>
+    out.push({ id: `${stem}:${task}:${k++}`, ...base, task, turns, ...(about ? { about: objs.indexOf(about) } : {}) });
   if (objs.length === 0) return out;
 
   push('caption', [{ user: form(rng, PROMPT_FORMS.caption), assistant: caption(scene) }]);
@@ -294,15 +299,15 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
   const identifyTurn = (o: SceneObject): Turn => ({ user: form(rng, PROMPT_FORMS.identify, boxText(o, scene)), assistant: name(o) });
   for (const o of objs) {
     const r = referTurn(o);
-    if (r) push('refer', [r]);
-    push('identify', [identifyTurn(o)]);
+    if (r) push('refer', [r], o);
+    push('identify', [identifyTurn(o)], o);
   }
   const dq = detectionQueries(scene);
   for (const d of rng.shuffle(dq).slice(0, 2)) {
     push('detection', [{ user: form(rng, PROMPT_FORMS.detection, d.query), assistant: detectionAnswer(d.query, d.objects, scene) }]);
   }
   const qs = rng.shuffle(vqaQuestions(scene, rng));
-  for (const q of qs.slice(0, 4)) push('vqa', [{ user: form(rng, PROMPT_FORMS.vqa, q.question), assistant: q.answer }]);
+  for (const q of qs.slice(0, 4)) push('vqa', [{ user: form(rng, PROMPT_FORMS.vqa, q.question), assistant: q.answer }], q.about);
 
   // Multi-turn: a refer / identify turn, then follow-ups about the same object ("it"), then another task.
   const o = rng.pick(objs);
@@ -315,9 +320,14 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
   const side = sideOf(o, scene);
   if (side) followUps.push({ user: form(rng, PROMPT_FORMS.vqa, 'which side of the image is it on?'), assistant: side });
   turns.push(rng.pick(followUps));
-  const third = rng.pick([...qs.slice(4, 6).map((q) => ({ user: form(rng, PROMPT_FORMS.vqa, q.question), assistant: q.answer })), identifyTurn(rng.pick(objs))]);
-  if (rng.chance(0.6)) turns.push(third);
-  push('multi', turns);
+  // (the random draws in the order they have always been made: a seed's samples stay what they were)
+  const thirds = qs.slice(4, 6).map((q) => ({ turn: { user: form(rng, PROMPT_FORMS.vqa, q.question), assistant: q.answer }, about: q.about }));
+  const other = rng.pick(objs);
+  thirds.push({ turn: identifyTurn(other), about: other });
+  const third = rng.pick(thirds);
+  const withThird = rng.chance(0.6);
+  if (withThird) turns.push(third.turn);
+  push('multi', turns, withThird ? third.about : o);
   return out;
 }
 

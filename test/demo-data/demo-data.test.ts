@@ -248,6 +248,41 @@ describe('demo-data tasks', () => {
     }
   });
 
+  it('names the object each last answer is about (`about`), and none when it is about several or the scene', async () => {
+    const scenes = JSON.parse(await readFile(join(dir, 'scenes.json'), 'utf8')) as (Scene & { image: string })[];
+    const byImage = new Map(scenes.map((s) => [s.image, s]));
+    const seen = new Set<string>();
+    for (const s of samples) {
+      const scene = byImage.get(s.image)!;
+      const last = s.turns[s.turns.length - 1];
+      const q = last.user.replace(/^\[vqa\] (Based on the image, respond to this question with a short answer: )?/, '');
+      if (s.about === undefined) {
+        // the scene, several objects, or a question whose answer no single object gives
+        expect(['caption', 'grounding', 'detection', 'vqa', 'multi'], last.user).toContain(s.task);
+        if (s.task === 'vqa' || s.task === 'multi') {
+          // counts, absent objects, the relation of two objects
+          expect(/^how many |^is there |^is the .* (to the left of|on the right of|above|below) the /.test(q), q).toBe(true);
+          if (/^is there/.test(q)) expect(last.assistant).toBe('no');
+        }
+        continue;
+      }
+      const o = scene.objects[s.about];
+      expect(o, s.id).toBeDefined();
+      const box = gridBox(o.bbox, scene.width, scene.height);
+      const boxText = `{${box.map((v) => `<${v}>`).join('')}}`;
+      let kind: string;
+      if (last.user.startsWith('[refer]')) [kind] = ['refer', expect(last.assistant).toBe(boxText)];
+      else if (last.user.startsWith('[identify]')) [kind] = ['identify', expect(last.user).toContain(boxText), expect(last.assistant).toBe(`${o.colour} ${o.shape}`)];
+      else if (/what color|the color of/.test(q)) [kind] = ['colour', expect(last.assistant).toBe(o.colour)];
+      else if (/^what shape/.test(q)) [kind] = ['shape', expect(last.assistant).toBe(o.shape)];
+      else if (/^is there/.test(q)) [kind] = ['exist', expect(last.assistant).toBe('yes'), expect(q).toContain(`${o.colour} ${o.shape}`)];
+      else if (/^which side/.test(q)) [kind] = ['side', expect(last.assistant).toBe((o.bbox[0] + o.bbox[2] / 2) < scene.width / 2 ? 'left' : 'right')];
+      else throw new Error(`unexpected question about one object: ${last.user}`);
+      seen.add(`${s.task}:${kind}`);
+    }
+    for (const k of ['refer:refer', 'identify:identify', 'vqa:colour', 'vqa:shape', 'multi:colour']) expect(seen).toContain(k);
+  });
+
   it('writes the evaluation sets: refer.json (RefCOCO style), vqa.json, identify.json, caption.json', async () => {
     const refer = JSON.parse(await readFile(join(dir, 'refer.json'), 'utf8'));
     const vqa = JSON.parse(await readFile(join(dir, 'vqa.json'), 'utf8'));

@@ -123,7 +123,7 @@ describe('models/demo/train', () => {
     await run(PY, args(join(work, 'c2'), '--resume'), { cwd: ROOT });
     await expectSamePublished(join(work, 'c2'), join(work, 'c1'));
   }, 300_000);
-  it('--attn-sup / --name-sup: the answer positions of [refer] / [identify] samples target the image tokens, the colour and the shape of the object they are about', async () => {
+  it('--attn-sup / --name-sup: the answer positions of [refer] / [identify] samples (--sup-about: every sample about one object) target the image tokens, the colour and the shape of that object', async () => {
     const prepared = join(work, 'smoke', 'prepared');
     const probe = [
       'import json, random, sys, types',
@@ -158,6 +158,15 @@ describe('models/demo/train', () => {
       '                         "iou": train.box_iou(best["box"], box) if best else None, "obj": best["box"] if best else None,',
       '                         "named_at": names[r, :, 0].ge(0).nonzero().flatten().tolist(), "named": [classes[0][c] + " " + classes[1][h] for c, h in named],',
       '                         "name": best["colour"] + " " + best["shape"] if best else None})',
+      // --sup-about: every sample whose answer is about one object (prepare.mjs's "about"), in any task
+      'about = []',
+      'with torch.no_grad():',
+      '    for x, pad, y, n, A, names, group in train.make_batch(model, d, ids, random.Random(0), 1 << 30, 16, 8, with_items=True, attn_sup=sc, name_classes=classes, about=True)[0]:',
+      '        for r, (length, b, s, n_prompt) in enumerate(group):',
+      '            o = d.objects[ids[b]][s["about"]] if "about" in s else None',
+      '            about.append({"task": sc.task(s), "has": o is not None, "marked": A[r].sum(-1).nonzero().flatten().tolist(), "answer": list(range(n_prompt - 1, length - 1)),',
+      '                          "keys": sorted({int(k) - len(s["pre"]) for k in A[r].nonzero()[:, 1].tolist()}), "want": train.box_tokens(o["box"], 8) if o else [],',
+      '                          "named": sorted({classes[0][c] + " " + classes[1][h] for c, h in names[r][names[r, :, 0] >= 0].tolist()}), "name": [o["colour"] + " " + o["shape"]] if o else []})',
       // the loss: all weight on the target tokens -> 0; uniform over the L keys -> -log(k / L)
       'A = torch.zeros(1, 5, 5); A[0, 3, 1] = A[0, 3, 2] = 1',
       'layer = model.llama_model.model.layers[1].self_attn',
@@ -175,7 +184,7 @@ describe('models/demo/train', () => {
       'with torch.no_grad(): model.name_head["1_0"].bias.copy_(torch.tensor([0., 30., 0., 30., 0.]))',
       'sure = train.name_loss_sum(model, N)',
       'print(json.dumps({"geometry": geometry, "heads": heads, "bad": bad, "rows": rows, "zero": [float(zero[0]), zero[1]], "uniform": [float(uniform[0]), uniform[1]],',
-      '                  "flat": [float(flat[0]), flat[1]], "sure": [float(sure[0]), sure[1]]}))',
+      '                  "flat": [float(flat[0]), flat[1]], "sure": [float(sure[0]), sure[1]], "about": about}))',
     ].join('\n');
     const { stdout } = await run(PY, ['-c', probe], { cwd: ROOT, maxBuffer: 64 << 20 });
     const out = JSON.parse(stdout) as {
@@ -187,6 +196,7 @@ describe('models/demo/train', () => {
       uniform: [number, number];
       flat: [number, number];
       sure: [number, number];
+      about: Array<{ task: string; has: boolean; marked: number[]; answer: number[]; keys: number[]; want: number[]; named: string[]; name: string[] }>;
     };
     expect(out.geometry).toEqual([[0, 2, 4, 6], [4]]);
     expect(out.heads).toEqual([[1, 0], [1, 1], [2, 3]]);
@@ -213,6 +223,13 @@ describe('models/demo/train', () => {
       expect(r.marked).toEqual([]);
       expect(r.named_at).toEqual([]);
     }
+    for (const r of out.about) {
+      expect(r.marked).toEqual(r.has ? r.answer : []);
+      expect(r.keys).toEqual(r.want);
+      expect(r.named).toEqual(r.name);
+    }
+    expect(new Set(out.about.filter((r) => r.has).map((r) => r.task))).toEqual(new Set(['refer', 'identify', 'vqa']));
+    expect(out.about.filter((r) => r.task === 'vqa' && r.has).length).toBeGreaterThan(3);
     expect(out.flat[0]).toBeCloseTo(2 * 0.5 * (Math.log(3) + Math.log(2)), 4);
     expect(out.flat[1]).toBe(2);
     expect(out.sure[0]).toBeCloseTo(0, 5);

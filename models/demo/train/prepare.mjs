@@ -7,7 +7,8 @@
 //     ' [/INST]', '<Img><ImageHere></Img>'), split on '<ImageHere>' and tokenised as get_context_emb does
 //     (BOS on segment 0 only) by our tokenizer; the target is the LAST turn's answer + '</s>' (earlier turns
 //     are context, as the runtime re-sends them);
-//   - OUT/samples.jsonl: {"i": image index, "pre": ids before the image, "post": ids after it, "target": ids};
+//   - OUT/samples.jsonl: {"i": image index, "pre": ids before the image, "post": ids after it, "target": ids,
+//     "about": the index in objects.json of the object the answer is about, when the split says so};
 //   - OUT/objects.json: per image, its objects (colour, shape, box as fractions of the image) for the
 //     vision encoder's auxiliary loss (train.py --aux-weight);
 //   - OUT/tokenizer.json (the 512-piece demo tokenizer of scripts/build-demo-model.mjs), OUT/meta.json.
@@ -57,7 +58,7 @@ async function main() {
     const target = [...tok.encode(last.assistant, { addBos: false }), 2];
     if (tok.decode(target.slice(0, -1)) !== last.assistant) throw new Error(`the tokenizer does not round-trip ${JSON.stringify(last.assistant)}`);
     unk += [...pre, ...post, ...target].filter((t) => t === 0).length;
-    samples.push(JSON.stringify({ i, pre, post, target }));
+    samples.push(JSON.stringify({ i, pre, post, target, ...(s.about === undefined ? {} : { about: s.about }) }));
     maxLen = Math.max(maxLen, pre.length + post.length + target.length);
   }
 

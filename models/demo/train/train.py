@@ -583,7 +583,7 @@ def referred_object(objects, box):
 
 
 def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_targets=None, with_items=False, attn_sup=None,
-               name_classes=None):
+               name_classes=None, about=False):
     """Encodes the images once and builds one sequence per sample: pre ++ image ++ post ++ target.
 
     The sequences are sorted by length and cut into micro-batches of `micro`, each padded (right) only to its
@@ -593,7 +593,9 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
     encoder's auxiliary loss, or None without `aux_targets`). With `attn_sup` (a TaskScorer), each MicroBatch also
     carries A [n, L, L]: 1 where an answer position (one that predicts a target token) of a `[refer]` / `[identify]`
     sample meets an image token of the object it is about (see attention_loss_sum); with `name_classes` too
-    ((colours, shapes), the class lists), `names`: that object's colour and shape class there (name_loss_sum)."""
+    ((colours, shapes), the class lists), `names`: that object's colour and shape class there (name_loss_sum). With
+    `about`, the object is the one the sample's `about` names (prepare.mjs), in any task: VQA questions about one
+    object and follow-ups too."""
     dev = model.mean.device
     u8 = torch.from_numpy(np.stack([data.images[i] for i in image_ids])).to(dev)
     img, patches = model.encode_img(u8, with_patches=True)
@@ -623,12 +625,18 @@ def make_batch(model, data, image_ids, rng, per_image, image_tokens, micro, aux_
         names = np.full((n, L, 2), -100, dtype=np.int64) if name_classes is not None else None
         for r, (length, b, s, n_prompt) in enumerate(group):
             p0 = len(s['pre'])
-            box = referred_box(s, attn_sup) if attn_sup is not None else None
+            objs = data.objects[image_ids[b]] if data.objects is not None else None
+            if attn_sup is None:
+                box = None
+            elif about:
+                box = objs[s['about']]['box'] if 'about' in s else None
+            else:
+                box = referred_box(s, attn_sup)
             if box is not None:
                 keys = [p0 + t for t in box_tokens(box, grid)]
                 A[r, n_prompt - 1:length - 1, keys] = 1.0
                 if names is not None:
-                    o = data.objects[image_ids[b]][referred_object(data.objects[image_ids[b]], box)]
+                    o = objs[s['about']] if about else objs[referred_object(objs, box)]
                     names[r, n_prompt - 1:length - 1] = (name_classes[0].index(o['colour']), name_classes[1].index(o['shape']))
             ids[r, :p0] = s['pre']
             ids[r, p0 + T:length] = s['post'] + s['target']
@@ -902,6 +910,10 @@ def main():
                    help='weight of the name loss (training only; needs objects.json): what each head of --attn-sup-layers '
                         'returns at the answer of a [refer] / [identify] sample predicts the colour and shape of the object '
                         'it is about, through a linear head of its own; 0: off')
+    p.add_argument('--sup-about', action='store_true',
+                   help='--attn-sup / --name-sup targets for every sample whose answer is about one object (the "about" '
+                        'of samples.jsonl: VQA colour / shape / side / existence questions and follow-ups too), not only '
+                        '[refer] / [identify]')
     p.add_argument('--init-from', default='',
                    help='start from the weights of an earlier run\'s state.pt (same shapes; a new optimiser and schedule, '
                         'no stage 1): a second schedule on a finished run')
@@ -967,6 +979,8 @@ def main():
         # an aux / name head this run lacks is dropped; one the earlier run lacked keeps its fresh init
         model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
         print(f'weights from {a.init_from}', file=sys.stderr)
+    if a.sup_about and (data.objects is None or not any('about' in s for s in data.samples)):
+        raise SystemExit('--sup-about needs samples with "about" and objects.json (re-run demo-data and prepare.mjs)')
     sup_scorer = None
     if a.attn_sup or a.name_sup:
         sup_scorer = TaskScorer(tokenizer_json)
@@ -1034,7 +1048,7 @@ def main():
         ids = order.take(step, a.batch_images)
         batch_rng = random.Random(a.seed * 1_000_003 + step)
         batches, aux = make_batch(model, data, ids, batch_rng, a.per_image, image_tokens, a.micro, aux_targets,
-                                  attn_sup=sup_scorer, name_classes=name_classes)
+                                  attn_sup=sup_scorer, name_classes=name_classes, about=a.sup_about)
         lm, attn, name = loss_of(model, batches)
         loss = lm if aux is None else lm + a.aux_weight * aux
         if attn is not None and a.attn_sup:
