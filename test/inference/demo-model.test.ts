@@ -33,7 +33,7 @@ describe('models/demo', () => {
     expect(record.heldout.seed).toBe(1000);
     expect(record.heldout.images).toBeGreaterThanOrEqual(300);
     for (const t of TASKS) expect(record.heldout.eval[t].n, t).toBeGreaterThan(250);
-    expect(record.train_args).toMatchObject({ image_size: 112, aux_weight: 1, coord_init: true, pos_init_scale: 4, attn_sup: 1 });
+    expect(record.train_args).toMatchObject({ image_size: 112, aux_weight: 1, coord_init: true, pos_init_scale: 4, attn_sup: 1, name_sup: 1, sup_about: true });
     let bytes = 0;
     for (const f of Object.values(record.package)) bytes += f.bytes;
     expect(bytes).toBeLessThanOrEqual(30 * 1024 * 1024); // the size limit
