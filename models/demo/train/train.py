@@ -566,8 +566,9 @@ def parse_heads(spec, first, layers, heads):
 
 class MicroBatch(NamedTuple):
     """One padded micro-batch of make_batch. `A` (--attn-sup): 1 where an answer position of a `[refer]` /
-    `[identify]` sample meets an image token of the object it is about; `names` (--name-sup): [n, L, 2] the colour
-    and shape class of that object at those answer positions, -100 elsewhere; `group`: the samples (with_items)."""
+    `[identify]` sample (--sup-about: of any sample about one object) meets an image token of that object; `names`
+    (--name-sup): [n, L, 2] the colour and shape class of that object at those answer positions, -100 elsewhere;
+    `group`: the samples (with_items)."""
     x: torch.Tensor
     pad: torch.Tensor
     y: torch.Tensor
@@ -704,12 +705,12 @@ def val_metrics(model, val, image_tokens, micro, max_images=256):
         n = min(max_images, val.meta['images'])
         for j in range(0, n, 32):
             ids = list(range(j, min(n, j + 32)))
-            for x, pad, y, n_targets, _, _, group in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro, with_items=True)[0]:
-                logits = model.llama_model(x, pad)
-                total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum'))
-                count += n_targets
+            for mb in make_batch(model, val, ids, random.Random(0), 1 << 30, image_tokens, micro, with_items=True)[0]:
+                logits = model.llama_model(mb.x, mb.pad)
+                total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), mb.y[:, 1:].reshape(-1), ignore_index=-100, reduction='sum'))
+                count += mb.n_targets
                 pred = logits.argmax(-1)
-                for r, (length, _, s, n_prompt) in enumerate(group):
+                for r, (length, _, s, n_prompt) in enumerate(mb.group):
                     tally(hits, *scorer.score(s, pred[r, n_prompt - 1:length - 1].tolist()))
     model.train()
     return total / max(1, count), {k: round(v[0] / v[1], 4) for k, v in sorted(hits.items())}
@@ -750,7 +751,7 @@ def attention_loss_sum(model, A):
 def name_loss_sum(model, names):
     """--name-sup: each kept head's output (LlamaAttention.kept_out, before o_proj), through its own linear head
     (model.name_head), predicts the colour and the shape of the object the answer is about, at the answer positions
-    of `[refer]` / `[identify]` samples (`names` from make_batch). Returns the summed cross-entropy (colour + shape,
+    of `[refer]` / `[identify]` samples (--sup-about: of every sample about one object; `names` from make_batch). Returns the summed cross-entropy (colour + shape,
     averaged) and the number of terms. Training only: --attn-sup makes these heads look at the object; this makes
     what they bring back from it name it (measured: without it, the colour is in the object's image tokens but not
     at the answer position; see the README). Call right after the forward pass that filled `kept_out`."""
