@@ -142,7 +142,7 @@ describe('models/demo/train', () => {
       'model = train.MiniGPTv2(a)',
       'sc = train.TaskScorer(d.tokenizer_json)',
       'ids = list(range(d.meta["images"]))',
-      'classes = (sorted({o["colour"] for objs in d.objects for o in objs}), sorted({o["shape"] for objs in d.objects for o in objs}))',
+      'classes = train.object_classes(d.objects)',
       'rows = []',
       'with torch.no_grad():',
       '    for x, pad, y, n, A, names, group in train.make_batch(model, d, ids, random.Random(0), 1 << 30, 16, 8, with_items=True, attn_sup=sc, name_classes=classes)[0]:',

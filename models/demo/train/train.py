@@ -361,6 +361,11 @@ def dense_targets(objects, grid, colours, shapes):
 COORD_BINS = 101  # the grid tokens <0>..<100>
 
 
+def object_classes(objects):
+    """The colour and shape class lists (sorted names) of objects.json: the classes of the auxiliary and name heads."""
+    return (sorted({o['colour'] for objs in objects for o in objs}), sorted({o['shape'] for objs in objects for o in objs}))
+
+
 def aux_head_size(colours, shapes):
     """Outputs of the auxiliary head: background + colours, background + shapes, 4 x 101 coordinate bins."""
     return len(colours) + 1 + len(shapes) + 1 + 4 * COORD_BINS
@@ -951,8 +956,7 @@ def main():
     if (a.aux_weight or a.name_sup) and data.objects is None:
         raise SystemExit('--aux-weight and --name-sup need objects.json in every prepared folder (re-run prepare.mjs)')
     if data.objects is not None:
-        colours = sorted({o['colour'] for objs in data.objects for o in objs})
-        shapes = sorted({o['shape'] for objs in data.objects for o in objs})
+        colours, shapes = object_classes(data.objects)
     if a.aux_weight:
         aux_targets = dense_targets(data.objects, grid, colours, shapes)
         model.aux_sizes = (len(colours) + 1, len(shapes) + 1)
