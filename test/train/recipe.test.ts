@@ -279,4 +279,24 @@ describe('models/demo/train', () => {
     expect(described.started_from?.train_args).toMatchObject({ coord_init: true, pos_init_scale: 4, vit_steps: 2, steps: 2 });
     expect(described.started_from).not.toHaveProperty('started_from');
   }, 300_000);
+
+  it('publish.mjs finds the run a GPU sweep run started from (runs/NAME.state.pt beside runs/NAME/, paths of another machine)', async () => {
+    const { describeRun } = (await import(join(ROOT, 'models/demo/train/publish.mjs'))) as {
+      describeRun: (run: string) => Promise<{ train_args: Record<string, unknown>; started_from?: { train_args: Record<string, unknown> } }>;
+    };
+    const sweep = join(work, 'sweep');
+    const log = await readFile(join(work, 'r1', 'train_log.jsonl'), 'utf8');
+    const args = JSON.parse(await readFile(join(work, 'r1', 'train_args.json'), 'utf8')) as Record<string, unknown>;
+    for (const [name, extra] of [['b112', { batch_images: 256 }], ['c112', { lr: 1.5e-3, init_from: '/tmp/demo-train/runs/b112.state.pt' }]] as const) {
+      await mkdir(join(sweep, name), { recursive: true });
+      await writeFile(join(sweep, name, 'train_args.json'), JSON.stringify({ ...args, ...extra }));
+      await writeFile(join(sweep, name, 'train_log.jsonl'), log);
+    }
+    const described = await describeRun(join(sweep, 'c112'));
+    expect(described.train_args).toMatchObject({ lr: 1.5e-3 });
+    expect(described.started_from?.train_args).toMatchObject({ batch_images: 256 });
+    // a state file whose run is nowhere to be found is an error, not a record without its origin
+    await writeFile(join(sweep, 'c112', 'train_args.json'), JSON.stringify({ ...args, init_from: '/tmp/demo-train/runs/x9.state.pt' }));
+    await expect(describeRun(join(sweep, 'c112'))).rejects.toThrow(/started from \/tmp\/demo-train\/runs\/x9\.state\.pt: no train_args\.json/);
+  });
 });

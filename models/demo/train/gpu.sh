@@ -3,7 +3,8 @@
 # project's lent H100/H200; README.md "On a GPU machine"). It unpacks .devbundle/ (scripts/gpu-bundle.sh:
 # Node, the packages, the compiled app), generates the split in parallel shards with the runtime's own
 # generator and prepare.mjs, trains every run of RUNS at the same time on the one GPU (this small model
-# leaves it mostly idle: each run is bound by kernel launches), converts each run's published files with
+# leaves much of it idle: one run alone is bound by kernel launches; four at once kept an H200 at 99-100%
+# and took 105 GB of its memory, so an 80 GB H100 wants fewer or smaller runs), converts each run's published files with
 # `minigpt convert`, evaluates each package on a held-out split with `minigpt eval`, and copies the two best
 # runs to OUT (the device tool brings back at most 8 files):
 #   OUT/<run>/{eva_vit.pth,minigptv2_ckpt.pth,pytorch_model.bin}   the large published files
@@ -11,7 +12,8 @@
 #                     the eval reports, the logs; and sweep.json (the scores)
 #
 #   bash models/demo/train/gpu.sh OUT [MINUTES] [SHARDS] [IMAGES_PER_SHARD]
-#   RUNS=file   one run per line: NAME IMAGE_SIZE [train.py options...] (default: gpu-runs.txt beside this)
+#   RUNS=file   one run per line: NAME IMAGE_SIZE [train.py options...] (default: gpu-runs.txt beside this);
+#               `--init-from @NAME` starts from run NAME of an earlier call on this machine (gpu-continue.txt)
 #   DEVICE=cpu  tries the script on a machine without a GPU
 #   VIT_MINUTES stage 1 (the ViT alone on the auxiliary task), before the MINUTES of the whole model (default 1)
 #   VIT_BATCH   images per stage-1 step (default 256; a CPU try wants ~8: four runs at 256 exhaust 24 GB)
@@ -68,6 +70,8 @@ stamp "data: $SHARDS shards x $PER_SHARD images prepared at $(echo $sizes) px"
 pids=()
 for r in "${runs[@]}"; do
   read -r name size opts <<< "$r"
+  # --init-from @NAME: the state of run NAME of an earlier call on this machine (same WORK)
+  opts=$(sed -E "s#@([A-Za-z0-9_-]+)#$WORK/runs/\1.state.pt#g" <<< "$opts")
   data=$(for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep$size"; done)
   mkdir -p "$WORK/runs/$name"
   # defaults: 64 images x 4 samples per step (8x the CPU recipe's batch, lr scaled by ~sqrt(8)), micro-batches
@@ -136,6 +140,6 @@ for n in best:
         shutil.copy(os.path.join(runs, n, f), os.path.join(out, n, os.path.basename(f)))
 print('returned:', best)
 EOF
-tar -C "$WORK/runs" -cJf "$OUT/meta.tar.xz" --exclude='*.pth' --exclude='*.bin' --exclude='*.state.pt' .
+tar -C "$WORK/runs" -cJf "$OUT/meta.tar.xz" --exclude='*.pth' --exclude='*.bin' --exclude='*.pt' .
 stamp "done"
 exit $status

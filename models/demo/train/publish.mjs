@@ -13,7 +13,7 @@
 // --data records the training split (e.g. "seeds 1-2 x 4000 images") in words.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -65,8 +65,22 @@ export async function describeRun(run) {
       minutes: Math.round((((vit.at(-1)?.elapsed_s ?? 0) + wallSeconds(steps)) / 60) * 10) / 10,
     },
   };
-  if (args.init_from) description.started_from = await describeRun(dirname(args.init_from));
+  if (args.init_from) description.started_from = await describeRun(await startedFrom(run, args.init_from));
   return description;
+}
+
+/**
+ * The folder of the run whose state file `initFrom` is: train.py's default OUT/state.pt, or gpu.sh's
+ * runs/NAME.state.pt beside runs/NAME/. A run brought back from another machine names that machine's path:
+ * then the run of that name beside `run` (the runs of one sweep are copied together).
+ */
+export async function startedFrom(run, initFrom) {
+  const m = basename(initFrom).match(/^(.+)\.state\.pt$/);
+  const there = m ? join(dirname(initFrom), m[1]) : dirname(initFrom);
+  for (const dir of [there, join(dirname(run), basename(there))]) {
+    if (await stat(join(dir, 'train_args.json')).then(() => true, () => false)) return dir;
+  }
+  throw new Error(`${run} started from ${initFrom}: no train_args.json in ${there} nor beside ${run}`);
 }
 
 async function fileRecord(p) {
@@ -88,6 +102,7 @@ async function main() {
       '--vit-heads', String(args.vit_heads), '--image-size', String(args.image_size), '--lora-alpha', String(args.lora_alpha)];
     minigpt(['convert', ...convertArgs, '--out', tmp]);
     files = ['model.json', ...packageFiles((await loadPackage(tmp)).meta)];
+    await mkdir(out, { recursive: true });
     for (const f of files) await rename(join(tmp, f), join(out, f));
   } finally {
     await rm(tmp, { recursive: true, force: true });

@@ -976,7 +976,8 @@ def main():
     if a.init_from and not a.resume:
         if not os.path.isfile(a.init_from):
             raise SystemExit(f'--init-from {a.init_from}: no such file (the state.pt of an earlier run)')
-        weights = torch.load(a.init_from, map_location='cpu')['model']
+        # weights_only=False: our own state file, which also holds the RNG states (torch >= 2.6 loads tensors only by default)
+        weights = torch.load(a.init_from, map_location='cpu', weights_only=False)['model']
         own = model.state_dict()
         missing = sorted(k for k in set(own) - set(weights) if not k.startswith('name_head.'))  # a new name head starts afresh
         if missing:
@@ -1012,7 +1013,7 @@ def main():
     if a.fit_minutes and a.resume:
         raise SystemExit('--fit-minutes cannot be resumed: give the step count it chose (train_args.json) with --steps')
     if a.resume and os.path.exists(state_path):
-        st = torch.load(state_path, map_location=device)
+        st = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(st['model'])
         opt.load_state_dict(st['opt'])
         sched.load_state_dict(st['sched'])
@@ -1033,7 +1034,7 @@ def main():
             raise SystemExit('--vit-steps, --vit-fit-minutes and --vit-from need --aux-weight')
         if a.vit_from:
             # a finished stage 1 (its vision_stage1.pt): several stage-2 runs can share one
-            st1 = torch.load(a.vit_from, map_location=device)
+            st1 = torch.load(a.vit_from, map_location=device, weights_only=False)
             model.visual_encoder.load_state_dict(st1['visual_encoder'])
             model.aux_head.load_state_dict(st1['aux_head'])
             print(f'stage 1 loaded from {a.vit_from}', file=sys.stderr)
