@@ -1,7 +1,8 @@
 // gpu.sh, the script that trained the committed demo model on a lent GPU (models/demo/train/README.md, "The
 // second GPU run"), run here on the CPU at toy size (its DEVICE=cpu mode): a first call that generates the
 // shards, trains one run, converts and evaluates it and returns its files, and a second call on the same WORK
-// that continues it (`--init-from @NAME`, gpu-continue.txt), as the committed model's recipe does.
+// that continues it (`--init-from @NAME`, gpu-continue.txt), as the committed model's recipe does; a third with
+// each run's own stage 1 (STAGE1=per-run), as that recipe's first call had.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
@@ -21,22 +22,25 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-/** One gpu.sh call on the CPU: RUNS holds `runs`, 1 shard of 4 images, 0.02 min of training per run. */
-async function gpuSh(out: string, runs: string) {
+/** One gpu.sh call on the CPU: RUNS holds `runs`, 1 shard of 4 images, 0.02 min of training per run, held-out splits of 8 and 4 images. */
+async function gpuSh(out: string, runs: string, extra: Record<string, string> = {}) {
   const file = join(work, `${out}.txt`);
   await writeFile(file, runs);
   const env = {
     ...process.env, PYTHON: process.env.PYTHON ?? '/usr/bin/python3', DEVICE: 'cpu', VIT_MINUTES: '0.05', VIT_BATCH: '8',
-    WORK: join(work, 'w'), EVAL_ITEMS: '4', RUNS: file,
+    WORK: join(work, 'w'), EVAL_ITEMS: '4', VAL_IMAGES: '8', HELDOUT_IMAGES: '4', RUNS: file, ...extra,
   };
   return run('bash', [SCRIPT, join(work, out), '0.02', '1', '4'], { cwd: ROOT, env, maxBuffer: 1 << 26 });
 }
+
+/** A run's options that keep it small here: 4 images a step, and --fit-minutes timing 6 steps instead of 40. */
+const SMALL = '--batch-images 4 --micro 16 --fit-probe 6';
 
 const tarList = async (archive: string) => (await run('tar', ['-tJf', archive])).stdout.split('\n').filter(Boolean);
 
 describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
   it('trains, converts, evaluates and returns a run; a second call continues it with --init-from @NAME', async () => {
-    const first = await gpuSh('out1', 'a1 112 --attn-sup 1 --name-sup 1 --sup-about\n');
+    const first = await gpuSh('out1', `a1 112 --attn-sup 1 --name-sup 1 --sup-about ${SMALL}\n`);
     expect(first.stdout).toMatch(/data: 1 shards x 4 images prepared at 112 px/);
     for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'pytorch_model.bin']) {
       expect((await stat(join(work, 'out1', 'a1', f))).size, f).toBeGreaterThan(100_000);
@@ -46,11 +50,17 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     const meta = await tarList(join(work, 'out1', 'meta.tar.xz'));
     expect(meta).toEqual(expect.arrayContaining(['./a1/train_args.json', './a1/train_log.jsonl', './a1/eval-refer.json', './a1/llama/tokenizer.json', './sweep.json']));
     expect(meta.filter((f) => /\.(pt|pth|bin)$/.test(f))).toEqual([]);
+    // stage 1 ran once for the image size (STAGE1=shared, the default) and the run loaded it
+    expect(first.stdout).toMatch(/stage 1 at 112 px: vit step \d+\/\d+/);
+    expect((await stat(join(work, 'w', 'runs', 'stage1-112', 'vision_stage1.pt'))).size).toBeGreaterThan(100_000);
+    expect(await readFile(join(work, 'w', 'runs', 'a1.log'), 'utf8')).toContain(`stage 1 loaded from ${join(work, 'w', 'runs', 'stage1-112', 'vision_stage1.pt')}`);
+    expect(meta).toEqual(expect.arrayContaining(['./stage1-112/train_log.jsonl']));
     const sweep = JSON.parse(await readFile(join(work, 'w', 'runs', 'sweep.json'), 'utf8')) as { scores: Record<string, { refer: number | null }>; returned: string[] };
+    expect(Object.keys(sweep.scores)).toEqual(['a1']);
     expect(sweep.returned).toEqual(['a1']);
     expect(typeof sweep.scores.a1?.refer).toBe('number');
 
-    await gpuSh('out2', 'c1 112 --attn-sup 1 --name-sup 1 --sup-about --lr 1e-3 --init-from @a1\n');
+    await gpuSh('out2', `c1 112 --attn-sup 1 --name-sup 1 --sup-about --lr 1e-3 --init-from @a1 ${SMALL}\n`);
     const log = await readFile(join(work, 'w', 'runs', 'c1.log'), 'utf8');
     expect(log).toContain(`weights from ${join(work, 'w', 'runs', 'a1.state.pt')}`);
     expect(log).not.toMatch(/^stage 1/m);
@@ -63,6 +73,19 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     const described = await describeRun(join(work, 'w', 'runs', 'c1'));
     expect(described.train_args).toMatchObject({ lr: 1e-3 });
     expect(described.started_from?.train_args).toMatchObject({ lr: 2e-3, attn_sup: 1, name_sup: 1 });
-    expect(described.started_from?.training.stage1).not.toBeNull();
+    // the shared stage 1's record, found beside the run as it would be in a sweep brought back from the GPU
+    expect(described.started_from?.training.stage1).toMatchObject({ vit_step: expect.any(Number) });
+
+    // STAGE1=per-run (the committed model's first call): the run trains its own stage 1, and no shared one is made
+    const third = await gpuSh('out3', `p1 224 --attn-sup 1 ${SMALL}\n`, { STAGE1: 'per-run' });
+    expect(third.stdout).not.toMatch(/stage 1 at/);
+    expect((await stat(join(work, 'w', 'runs', 'p1', 'vision_stage1.pt'))).size).toBeGreaterThan(100_000);
+    await expect(stat(join(work, 'w', 'runs', 'stage1-224'))).rejects.toThrow();
+
+    // --vit-only is stage 1 and nothing else: without a stage 1 to run it is refused
+    const py = process.env.PYTHON ?? '/usr/bin/python3';
+    const refused = await run(py, [join(ROOT, 'models/demo/train/train.py'), '--data', join(work, 'w', 'shard1', 'prep112'), '--out', join(work, 'v0'), '--aux-weight', '1', '--vit-only'], { cwd: ROOT })
+      .catch((e: { stderr: string }) => e);
+    expect(refused.stderr).toMatch(/--vit-only needs --vit-steps or --vit-fit-minutes/);
   }, 600_000);
 });

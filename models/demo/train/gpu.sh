@@ -16,7 +16,9 @@
 #               `--init-from @NAME` starts from run NAME of an earlier call on this machine (gpu-continue.txt)
 #   DEVICE=cpu  tries the script on a machine without a GPU
 #   VIT_MINUTES stage 1 (the ViT alone on the auxiliary task), before the MINUTES of the whole model (default 1)
+#   STAGE1=shared (default): one stage 1 per image size, loaded by every run; per-run: each run its own
 #   VIT_BATCH   images per stage-1 step (default 256; a CPU try wants ~8: four runs at 256 exhaust 24 GB)
+#   VAL_IMAGES, HELDOUT_IMAGES, EVAL_ITEMS   the held-out splits' sizes (256, 300) and the items evaluated per task (300)
 #
 # Seeds: training shards 1..SHARDS, held-out loss 999, held-out evaluation 1000 (never used in training).
 # A second call on the same machine reuses the prepared shards in WORK.
@@ -31,7 +33,10 @@ WORK=${WORK:-/tmp/demo-train}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 EVAL_ITEMS=${EVAL_ITEMS:-300}
+VAL_IMAGES=${VAL_IMAGES:-256}
+HELDOUT_IMAGES=${HELDOUT_IMAGES:-300}
 VIT_MINUTES=${VIT_MINUTES:-1}
+STAGE1=${STAGE1:-shared}
 VIT_BATCH=${VIT_BATCH:-256}
 mkdir -p "$WORK/bin" "$OUT"
 t0=$(date +%s)
@@ -61,10 +66,32 @@ shard() {  # seed count dir
 }
 pids=()
 for s in $(seq 1 "$SHARDS"); do shard "$s" "$PER_SHARD" "$WORK/shard$s" & pids+=($!); done
-shard 999 256 "$WORK/val" & pids+=($!)
-[ -f "$WORK/heldout/manifest.json" ] || { "$NODE" bin/minigpt.js demo-data --seed 1000 --count 300 --out "$WORK/heldout" > "$WORK/heldout.log" 2>&1 & pids+=($!); }
+shard 999 "$VAL_IMAGES" "$WORK/val" & pids+=($!)
+[ -f "$WORK/heldout/manifest.json" ] || { "$NODE" bin/minigpt.js demo-data --seed 1000 --count "$HELDOUT_IMAGES" --out "$WORK/heldout" > "$WORK/heldout.log" 2>&1 & pids+=($!); }
 for p in "${pids[@]}"; do wait "$p" || { tail -n 20 "$WORK"/*.log; exit 1; }; done
 stamp "data: $SHARDS shards x $PER_SHARD images prepared at $(echo $sizes) px"
+
+shards_of() { for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep$1"; done; }
+
+# --- stage 1 (the ViT alone on the auxiliary task), STAGE1=shared: once per image size that a run starting
+# afresh (no --init-from) has, for VIT_MINUTES with the GPU to itself, then loaded by every run of that size
+# (--vit-from); an earlier call's is reused. STAGE1=per-run: each run its own, all at once (as the committed
+# model's first call did: four stage 1s shared the GPU, so each got about a quarter of the steps).
+if [ "$STAGE1" = shared ]; then
+  fresh=$(for r in "${runs[@]}"; do read -r _ size opts <<< "$r"; [[ " $opts " == *" --init-from "* ]] || echo "$size"; done | sort -u)
+  pids=()
+  for size in $fresh; do
+    s1=$WORK/runs/stage1-$size
+    [ -f "$s1/vision_stage1.pt" ] && continue
+    mkdir -p "$s1"
+    "$PY" models/demo/train/train.py --data "$(shards_of "$size")" --out "$s1" --device "$DEVICE" --aux-weight 1 \
+      --pos-init-scale 4 --vit-only --vit-fit-minutes "$VIT_MINUTES" --vit-batch "$VIT_BATCH" --vit-lr 3e-3 \
+      > "$s1.log" 2>&1 & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || { tail -n 20 "$WORK"/runs/stage1-*.log; exit 1; }; done
+  for size in $fresh; do grep -h '^vit step' "$WORK/runs/stage1-$size.log" | tail -n 1 | sed "s/^/stage 1 at $size px: /"; done
+  stamp "stage 1"
+fi
 
 # --- training: every run at once
 pids=()
@@ -72,18 +99,22 @@ for r in "${runs[@]}"; do
   read -r name size opts <<< "$r"
   # --init-from @NAME: the state of run NAME of an earlier call on this machine (same WORK)
   opts=$(sed -E "s#@([A-Za-z0-9_-]+)#$WORK/runs/\1.state.pt#g" <<< "$opts")
-  data=$(for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep$size"; done)
+  if [ "$STAGE1" = shared ]; then
+    stage1=(--vit-from "$WORK/runs/stage1-$size/vision_stage1.pt")
+  else
+    stage1=(--vit-fit-minutes "$VIT_MINUTES" --vit-batch "$VIT_BATCH" --vit-lr 3e-3)
+  fi
   mkdir -p "$WORK/runs/$name"
   # defaults: 64 images x 4 samples per step (8x the CPU recipe's batch, lr scaled by ~sqrt(8)), micro-batches
-  # of 128, the ViT's auxiliary loss, smooth grid tokens, sine-cosine position embeddings x4 and a stage 1 (the
-  # ViT alone on the auxiliary task) of VIT_MINUTES before the MINUTES of the whole model (README: "What the
-  # first GPU run taught", "Position embeddings"); a run's own options come last and win.
+  # of 128, the ViT's auxiliary loss, smooth grid tokens, sine-cosine position embeddings x4 and the stage 1
+  # above before the MINUTES of the whole model (README: "What the first GPU run taught", "Position
+  # embeddings"); a run's own options come last and win (a run with --init-from skips stage 1).
   # shellcheck disable=SC2086
-  "$PY" models/demo/train/train.py --data "$data" --val "$WORK/val/prep$size" --out "$WORK/runs/$name" \
+  "$PY" models/demo/train/train.py --data "$(shards_of "$size")" --val "$WORK/val/prep$size" --out "$WORK/runs/$name" \
     --state "$WORK/runs/$name.state.pt" --device "$DEVICE" --fit-minutes "$MINUTES" \
     --max-minutes "$(awk "BEGIN { print $MINUTES + 1 }")" --batch-images 64 --per-image 4 --micro 128 --lr 2e-3 \
     --warmup 400 --log-every 100 --save-every 1000 --aux-weight 1 --coord-init --pos-init-scale 4 \
-    --vit-fit-minutes "$VIT_MINUTES" --vit-batch "$VIT_BATCH" --vit-lr 3e-3 --vit-lr-scale 0.5 $opts \
+    "${stage1[@]}" --vit-lr-scale 0.5 $opts \
     > "$WORK/runs/$name.log" 2>&1 & pids+=($!)
 done
 status=0
@@ -121,7 +152,7 @@ runs, out = sys.argv[1], sys.argv[2]
 scores = {}
 for name in sorted(os.listdir(runs)):
     d = os.path.join(runs, name)
-    if not os.path.isdir(d):
+    if not os.path.isdir(d) or name.startswith('stage1-'):
         continue
     acc = {}
     for task in ('refer', 'identify', 'vqa'):

@@ -46,15 +46,20 @@ export function wallSeconds(steps) {
   return total + last;
 }
 
+const readLog = async (run) => (await readFile(join(run, 'train_log.jsonl'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+
 /**
  * A run's arguments (without its local paths) and losses; for a run that started from an earlier one's weights
  * (train.py --init-from OTHER/state.pt), that run too, as `started_from`, and so on back to the first.
  */
 export async function describeRun(run) {
   const args = JSON.parse(await readFile(join(run, 'train_args.json'), 'utf8'));
-  const log = (await readFile(join(run, 'train_log.jsonl'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+  const log = await readLog(run);
   const steps = log.filter((r) => typeof r.step === 'number' && typeof r.loss_avg === 'number');
-  const vit = log.filter((r) => typeof r.vit_step === 'number');
+  // stage 1 is in the run's own log, or in that of the stage 1 it loaded (--vit-from: gpu.sh's shared one)
+  const stage1From = args.vit_from && !args.init_from ? await runFolder(run, args.vit_from) : null;
+  const stage1Log = stage1From ? await readLog(stage1From) : log;
+  const vit = stage1Log.filter((r) => typeof r.vit_step === 'number');
   const vals = log.filter((r) => typeof r.val_loss === 'number');
   const description = {
     train_args: Object.fromEntries(Object.entries(args).filter(([k]) => !['data', 'out', 'state', 'val', 'vit_from', 'init_from'].includes(k))),
@@ -65,22 +70,27 @@ export async function describeRun(run) {
       minutes: Math.round((((vit.at(-1)?.elapsed_s ?? 0) + wallSeconds(steps)) / 60) * 10) / 10,
     },
   };
-  if (args.init_from) description.started_from = await describeRun(await startedFrom(run, args.init_from));
+  if (args.init_from) {
+    const from = await runFolder(run, args.init_from);
+    if (!from) throw new Error(`${run} started from ${args.init_from}: no train_args.json in its folder nor beside ${run}`);
+    description.started_from = await describeRun(from);
+  }
   return description;
 }
 
 /**
- * The folder of the run whose state file `initFrom` is: train.py's default OUT/state.pt, or gpu.sh's
- * runs/NAME.state.pt beside runs/NAME/. A run brought back from another machine names that machine's path:
- * then the run of that name beside `run` (the runs of one sweep are copied together).
+ * The folder here of the run that wrote `file` (a path in `run`'s train_args.json): train.py's OUT/state.pt or
+ * OUT/vision_stage1.pt, or gpu.sh's runs/NAME.state.pt beside runs/NAME/. A run brought back from another
+ * machine names that machine's path: then the folder of that name beside `run` (a sweep's runs, its shared
+ * stage 1s included, are copied together). null when neither has a train_args.json.
  */
-export async function startedFrom(run, initFrom) {
-  const m = basename(initFrom).match(/^(.+)\.state\.pt$/);
-  const there = m ? join(dirname(initFrom), m[1]) : dirname(initFrom);
+export async function runFolder(run, file) {
+  const m = basename(file).match(/^(.+)\.state\.pt$/);
+  const there = m ? join(dirname(file), m[1]) : dirname(file);
   for (const dir of [there, join(dirname(run), basename(there))]) {
     if (await stat(join(dir, 'train_args.json')).then(() => true, () => false)) return dir;
   }
-  throw new Error(`${run} started from ${initFrom}: no train_args.json in ${there} nor beside ${run}`);
+  return null;
 }
 
 async function fileRecord(p) {

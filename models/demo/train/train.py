@@ -898,6 +898,8 @@ def main():
     p.add_argument('--vit-batch', type=int, default=64, help='images per stage-1 step')
     p.add_argument('--vit-lr', type=float, default=2e-3, help='stage-1 learning rate')
     p.add_argument('--vit-from', default='', help='load a finished stage 1 (OUT/vision_stage1.pt of an earlier run) instead of running it')
+    p.add_argument('--vit-only', action='store_true',
+                   help='stop after stage 1 (OUT/vision_stage1.pt, for --vit-from of other runs; gpu.sh shares one per image size)')
     p.add_argument('--vit-lr-scale', type=float, default=1.0, help='stage 2: the vision encoder\'s learning rate as a fraction of --lr')
     p.add_argument('--pos-init-scale', type=float, default=0.0,
                    help='start the ViT\'s pos_embed as 2-D sine-cosine embeddings times this (see EvaViT.init_pos_embed_sincos); '
@@ -1028,6 +1030,8 @@ def main():
     print(f'model: {n_params / 1e6:.2f} M parameters; {n_images} images, {len(data.samples)} samples; {steps} steps of '
           f'{a.batch_images} images x {a.per_image} samples; device {device}, {torch.get_num_threads()} threads', file=sys.stderr)
 
+    if a.vit_only and (not (a.vit_steps or a.vit_fit_minutes) or a.vit_from or a.init_from or start):
+        raise SystemExit('--vit-only needs --vit-steps or --vit-fit-minutes, and neither --vit-from, --init-from nor --resume')
     log = open(os.path.join(a.out, 'train_log.jsonl'), 'a')
     if (a.vit_steps or a.vit_fit_minutes or a.vit_from) and start == 0 and not a.init_from:
         if aux_targets is None:
@@ -1042,6 +1046,10 @@ def main():
             pretrain_vision(model, data, aux_targets, a, device, log)
             torch.save({'visual_encoder': model.visual_encoder.state_dict(), 'aux_head': model.aux_head.state_dict()},
                        os.path.join(a.out, 'vision_stage1.pt'))
+    if a.vit_only:
+        log.close()
+        print(f'stage 1 saved: {os.path.join(a.out, "vision_stage1.pt")}', file=sys.stderr)
+        return
     order = ImageOrder(n_images, order_rng, object_counts(data) if a.object_curriculum else None, a.object_curriculum)
     # the data order is a function of the seed and the step (replayed on resume)
     for s in range(start):
