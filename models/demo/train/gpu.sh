@@ -2,11 +2,11 @@
 # The full training run on a machine with an NVIDIA GPU and PyTorch but no Node.js and no internet (the
 # project's lent H100/H200; README.md "On a GPU machine"). It unpacks .devbundle/ (scripts/gpu-bundle.sh:
 # Node, the packages, the compiled app), generates the split in parallel shards with the runtime's own
-# generator and prepare.mjs, trains every run of RUNS at the same time on the one GPU (this small model
-# leaves much of it idle: one run alone is bound by kernel launches; four at once kept an H200 at 99-100%
-# and took 105 GB of its memory, so an 80 GB H100 wants fewer or smaller runs), converts each run's published files with
-# `minigpt convert`, evaluates each package on a held-out split with `minigpt eval`, and copies the two best
-# runs to OUT (the device tool brings back at most 8 files):
+# generator and prepare.mjs, runs stage 1 once per image size (STAGE1), trains every run of RUNS at the same
+# time on the one GPU (one run alone is bound by kernel launches; four at once kept an H200 at 99-100% and
+# took 105 GB of its memory, so an 80 GB H100 wants fewer or smaller runs), converts each run's published
+# files with `minigpt convert`, evaluates each package on a held-out split with `minigpt eval`, and copies
+# the two best runs to OUT (the device tool brings back at most 8 files):
 #   OUT/<run>/{eva_vit.pth,minigptv2_ckpt.pth,pytorch_model.bin}   the large published files
 #   OUT/meta.tar.xz   per run: train_args.json, train_log.jsonl, llama/{config,generation_config,tokenizer}.json,
 #                     the eval reports, the logs; and sweep.json (the scores)
