@@ -40,7 +40,7 @@ const tarList = async (archive: string) => (await run('tar', ['-tJf', archive]))
 
 describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
   it('trains, converts, evaluates and returns a run; a second call continues it with --init-from @NAME', async () => {
-    const first = await gpuSh('out1', `a1 112 --attn-sup 1 --name-sup 1 --sup-about ${SMALL}\n`);
+    const first = await gpuSh('out1', `a1 112 --attn-sup 1 --name-sup 1 --sup-about ${SMALL}\n`, { STAGE1_OPTS: '--vit-augment' });
     expect(first.stdout).toMatch(/data: 1 shards x 4 images prepared at 112 px/);
     for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'pytorch_model.bin']) {
       expect((await stat(join(work, 'out1', 'a1', f))).size, f).toBeGreaterThan(100_000);
@@ -52,7 +52,9 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     expect(meta.filter((f) => /\.(pt|pth|bin)$/.test(f))).toEqual([]);
     // stage 1 ran once for the image size (STAGE1=shared, the default) and the run loaded it
     expect(first.stdout).toMatch(/stage 1 at 112 px: vit step \d+\/\d+/);
+    expect(first.stdout).toMatch(/stage 1 at 112 px: stage 1 held-out: colour \d\.\d{3} shape/);
     expect((await stat(join(work, 'w', 'runs', 'stage1-112', 'vision_stage1.pt'))).size).toBeGreaterThan(100_000);
+    expect(JSON.parse(await readFile(join(work, 'w', 'runs', 'stage1-112', 'train_args.json'), 'utf8'))).toMatchObject({ vit_only: true, vit_augment: true });
     expect(await readFile(join(work, 'w', 'runs', 'a1.log'), 'utf8')).toContain(`stage 1 loaded from ${join(work, 'w', 'runs', 'stage1-112', 'vision_stage1.pt')}`);
     expect(meta).toEqual(expect.arrayContaining(['./stage1-112/train_log.jsonl']));
     const sweep = JSON.parse(await readFile(join(work, 'w', 'runs', 'sweep.json'), 'utf8')) as { scores: Record<string, { refer: number | null }>; returned: string[] };

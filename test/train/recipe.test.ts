@@ -280,6 +280,29 @@ describe('models/demo/train', () => {
     expect(described.started_from).not.toHaveProperty('started_from');
   }, 300_000);
 
+  it('--vit-augment: stage 1 sees each batch under a symmetry of the square, its targets moved exactly; --vit-only stops after stage 1', async () => {
+    const { stdout } = await run(PY, [join(ROOT, 'test/helpers/dihedral_check.py'), join(ROOT, 'models/demo/train')]);
+    expect(stdout).toContain('agree 8 of 8, 8 different images');
+    const prepared = join(work, 'smoke', 'prepared');
+    const stage1 = (out: string, ...extra: string[]) =>
+      run(PY, [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', join(work, out), '--aux-weight', '1', '--pos-init-scale', '4',
+        '--vit-only', '--vit-steps', '2', '--vit-batch', '4', '--log-every', '1', '--threads', '1', ...extra], { cwd: ROOT });
+    const plain = await stage1('v0');
+    const augmented = await stage1('v1', '--vit-augment', '--val', prepared);
+    expect(augmented.stderr).toContain(`stage 1 saved: ${join(work, 'v1', 'vision_stage1.pt')}`);
+    // with --val, the auxiliary head is also scored on held-out images (what stage 1 learnt, not what it memorised)
+    expect(augmented.stderr).toMatch(/stage 1 held-out: colour \d\.\d{3} shape \d\.\d{3} box err \d+\.\d\d bins/);
+    await expect(readFile(join(work, 'v1', 'eva_vit.pth'))).rejects.toThrow(); // nothing of stage 2
+    const records = async (out: string) => (await readFile(join(work, out, 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const losses = async (out: string) => (await records(out)).filter((r) => 'vit_step' in r).map((r) => r.aux_loss);
+    expect((await records('v1')).at(-1)).toMatchObject({ vit_val_step: 2, val_colour_acc: expect.any(Number), val_shape_acc: expect.any(Number) });
+    const [p, a] = [await losses('v0'), await losses('v1')];
+    expect(p).toHaveLength(2);
+    expect(a).toHaveLength(2);
+    expect(a).not.toEqual(p); // the same images in the same order, moved
+    expect(plain.stderr).not.toContain('Traceback');
+  }, 300_000);
+
   it('publish.mjs finds the run a GPU sweep run started from (runs/NAME.state.pt beside runs/NAME/, paths of another machine)', async () => {
     const { describeRun } = (await import(join(ROOT, 'models/demo/train/publish.mjs'))) as {
       describeRun: (run: string) => Promise<{ train_args: Record<string, unknown>; started_from?: { train_args: Record<string, unknown> } }>;

@@ -17,6 +17,7 @@
 #   DEVICE=cpu  tries the script on a machine without a GPU
 #   VIT_MINUTES stage 1 (the ViT alone on the auxiliary task), before the MINUTES of the whole model (default 1)
 #   STAGE1=shared (default): one stage 1 per image size, loaded by every run; per-run: each run its own
+#   STAGE1_OPTS train.py options of the shared stage 1 (e.g. --vit-augment)
 #   VIT_BATCH   images per stage-1 step (default 256; a CPU try wants ~8: four runs at 256 exhaust 24 GB)
 #   VAL_IMAGES, HELDOUT_IMAGES, EVAL_ITEMS   the held-out splits' sizes (256, 300) and the items evaluated per task (300)
 #
@@ -37,6 +38,7 @@ VAL_IMAGES=${VAL_IMAGES:-256}
 HELDOUT_IMAGES=${HELDOUT_IMAGES:-300}
 VIT_MINUTES=${VIT_MINUTES:-1}
 STAGE1=${STAGE1:-shared}
+STAGE1_OPTS=${STAGE1_OPTS:-}
 VIT_BATCH=${VIT_BATCH:-256}
 mkdir -p "$WORK/bin" "$OUT"
 t0=$(date +%s)
@@ -84,12 +86,13 @@ if [ "$STAGE1" = shared ]; then
     s1=$WORK/runs/stage1-$size
     [ -f "$s1/vision_stage1.pt" ] && continue
     mkdir -p "$s1"
-    "$PY" models/demo/train/train.py --data "$(shards_of "$size")" --out "$s1" --device "$DEVICE" --aux-weight 1 \
-      --pos-init-scale 4 --vit-only --vit-fit-minutes "$VIT_MINUTES" --vit-batch "$VIT_BATCH" --vit-lr 3e-3 \
-      > "$s1.log" 2>&1 & pids+=($!)
+    # shellcheck disable=SC2086
+    "$PY" models/demo/train/train.py --data "$(shards_of "$size")" --val "$WORK/val/prep$size" --out "$s1" \
+      --device "$DEVICE" --aux-weight 1 --pos-init-scale 4 --vit-only --vit-fit-minutes "$VIT_MINUTES" \
+      --vit-batch "$VIT_BATCH" --vit-lr 3e-3 $STAGE1_OPTS > "$s1.log" 2>&1 & pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || { tail -n 20 "$WORK"/runs/stage1-*.log; exit 1; }; done
-  for size in $fresh; do grep -h '^vit step' "$WORK/runs/stage1-$size.log" | tail -n 1 | sed "s/^/stage 1 at $size px: /"; done
+  for size in $fresh; do grep -h '^vit step\|^stage 1 held-out' "$WORK/runs/stage1-$size.log" | tail -n 2 | sed "s/^/stage 1 at $size px: /"; done
   stamp "stage 1"
 fi
 
