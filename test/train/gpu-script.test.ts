@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
 const SCRIPT = join(ROOT, 'models/demo/train/gpu.sh');
+const PY = process.env.PYTHON ?? '/usr/bin/python3';
 let work: string;
 
 beforeAll(async () => {
@@ -27,7 +28,7 @@ async function gpuSh(out: string, runs: string, extra: Record<string, string> = 
   const file = join(work, `${out}.txt`);
   await writeFile(file, runs);
   const env = {
-    ...process.env, PYTHON: process.env.PYTHON ?? '/usr/bin/python3', DEVICE: 'cpu', VIT_MINUTES: '0.05', VIT_BATCH: '8',
+    ...process.env, PYTHON: PY, DEVICE: 'cpu', VIT_MINUTES: '0.05', VIT_BATCH: '8',
     WORK: join(work, 'w'), EVAL_ITEMS: '4', VAL_IMAGES: '8', HELDOUT_IMAGES: '4', RUNS: file, ...extra,
   };
   return run('bash', [SCRIPT, join(work, out), '0.02', '1', '4'], { cwd: ROOT, env, maxBuffer: 1 << 26 });
@@ -85,8 +86,7 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     await expect(stat(join(work, 'w', 'runs', 'stage1-224'))).rejects.toThrow();
 
     // --vit-only is stage 1 and nothing else: without a stage 1 to run it is refused
-    const py = process.env.PYTHON ?? '/usr/bin/python3';
-    const refused = await run(py, [join(ROOT, 'models/demo/train/train.py'), '--data', join(work, 'w', 'shard1', 'prep112'), '--out', join(work, 'v0'), '--aux-weight', '1', '--vit-only'], { cwd: ROOT })
+    const refused = await run(PY, [join(ROOT, 'models/demo/train/train.py'), '--data', join(work, 'w', 'shard1', 'prep112'), '--out', join(work, 'v0'), '--aux-weight', '1', '--vit-only'], { cwd: ROOT })
       .catch((e: { stderr: string }) => e);
     expect(refused.stderr).toMatch(/--vit-only needs --vit-steps or --vit-fit-minutes/);
   }, 600_000);

@@ -79,6 +79,8 @@ shards_of() { for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep$1
 # afresh (no --init-from) has, for VIT_MINUTES with the GPU to itself, then loaded by every run of that size
 # (--vit-from); an earlier call's is reused. STAGE1=per-run: each run its own, all at once (as the committed
 # model's first call did: four stage 1s shared the GPU, so each got about a quarter of the steps).
+# the stage-1 options, the same whether it is shared or each run's own
+vit_opts=(--vit-fit-minutes "$VIT_MINUTES" --vit-batch "$VIT_BATCH" --vit-lr 3e-3)
 if [ "$STAGE1" = shared ]; then
   fresh=$(for r in "${runs[@]}"; do read -r _ size opts <<< "$r"; [[ " $opts " == *" --init-from "* ]] || echo "$size"; done | sort -u)
   pids=()
@@ -88,8 +90,8 @@ if [ "$STAGE1" = shared ]; then
     mkdir -p "$s1"
     # shellcheck disable=SC2086
     "$PY" models/demo/train/train.py --data "$(shards_of "$size")" --val "$WORK/val/prep$size" --out "$s1" \
-      --device "$DEVICE" --aux-weight 1 --pos-init-scale 4 --vit-only --vit-fit-minutes "$VIT_MINUTES" \
-      --vit-batch "$VIT_BATCH" --vit-lr 3e-3 $STAGE1_OPTS > "$s1.log" 2>&1 & pids+=($!)
+      --device "$DEVICE" --aux-weight 1 --pos-init-scale 4 --vit-only "${vit_opts[@]}" $STAGE1_OPTS \
+      > "$s1.log" 2>&1 & pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || { tail -n 20 "$WORK"/runs/stage1-*.log; exit 1; }; done
   for size in $fresh; do grep -h '^vit step\|^stage 1 held-out' "$WORK/runs/stage1-$size.log" | tail -n 2 | sed "s/^/stage 1 at $size px: /"; done
@@ -105,7 +107,7 @@ for r in "${runs[@]}"; do
   if [ "$STAGE1" = shared ]; then
     stage1=(--vit-from "$WORK/runs/stage1-$size/vision_stage1.pt")
   else
-    stage1=(--vit-fit-minutes "$VIT_MINUTES" --vit-batch "$VIT_BATCH" --vit-lr 3e-3)
+    stage1=("${vit_opts[@]}")
   fi
   mkdir -p "$WORK/runs/$name"
   # defaults: 64 images x 4 samples per step (8x the CPU recipe's batch, lr scaled by ~sqrt(8)), micro-batches

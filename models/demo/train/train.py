@@ -1100,7 +1100,7 @@ def main():
         else:
             pretrain_vision(model, data, aux_targets, a, device, log)
             if val is not None and val.objects is not None:
-                held = vision_val_stats(model, val, *object_classes(data.objects), device)
+                held = vision_val_stats(model, val, colours, shapes, device)
                 log.write(json.dumps({'vit_val_step': a.vit_steps, **{'val_' + k: v for k, v in held.items()}}) + '\n')
                 log.flush()
                 print(f"stage 1 held-out: colour {held.get('colour_acc', 0):.3f} shape {held.get('shape_acc', 0):.3f} "
