@@ -1,6 +1,7 @@
 // `minigpt demo-data` and `minigpt eval` (issue 7): registered on the main program by main.ts.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
+import { SHAPE_SET_NAMES } from '../demo-data/scene.js';
 
 function integer(name: string, min: number) {
   return (v: string): number => {
@@ -31,6 +32,11 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
     .addOption(new Option('--format <fmt>', 'image format').choices(['png', 'jpg']).default('png'))
     .option('--objects <range>', 'objects per image, N or MIN-MAX (default 1-5)', pair('--objects'))
     .option('--size <range>', 'longest image side in px, N or MIN-MAX (default 192-448)', pair('--size'))
+    .addOption(
+      new Option('--shapes <set>', 'shape set: classic (the committed demo model\'s) or aspect-safe (ring and heart instead of ellipse and rectangle, which the stretch to a square input can confuse with circle and square)')
+        .choices(SHAPE_SET_NAMES)
+        .default('classic'),
+    )
     .action(async (o) => {
       const { writeDemoData } = await import('../demo-data/index.js');
       const t0 = performance.now();
@@ -40,7 +46,9 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
           seed: o.seed,
           count: o.count,
           format: o.format,
-          ...(o.objects || o.size ? { scene: { ...(o.objects ? { objects: o.objects } : {}), ...(o.size ? { longSide: o.size } : {}) } } : {}),
+          ...(o.objects || o.size || o.shapes !== 'classic'
+            ? { scene: { ...(o.objects ? { objects: o.objects } : {}), ...(o.size ? { longSide: o.size } : {}), ...(o.shapes !== 'classic' ? { shapes: o.shapes } : {}) } }
+            : {}),
         },
         log,
       );

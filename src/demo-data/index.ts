@@ -14,7 +14,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Rng } from './rng.js';
-import { sampleScene, type Scene, type SceneOptions } from './scene.js';
+import { SHAPE_SETS, sampleScene, type Scene, type SceneOptions } from './scene.js';
 import { renderScene, type ImageFormat } from './render.js';
 import { answerList, caption, expressions, identifyAnswers, name, trainSamples, vqaQuestions, type TrainSample } from './language.js';
 
@@ -101,7 +101,8 @@ export function imageData(opts: DemoDataOptions, index: number): ImageData {
   const stem = stemOf(seed, index);
   const image = `images/${stem}.${ext}`;
   const scene = sampleScene(new Rng(seed, index, STREAM_SCENE), opts.scene);
-  const train = trainSamples(scene, new Rng(seed, index, STREAM_TRAIN), image, stem);
+  const shapes = SHAPE_SETS[opts.scene?.shapes ?? 'classic'];
+  const train = trainSamples(scene, new Rng(seed, index, STREAM_TRAIN), image, stem, shapes);
   const rng = new Rng(seed, index, STREAM_EVAL);
   const { width, height } = scene;
   const refer: ReferEntry[] = [];
@@ -112,7 +113,7 @@ export function imageData(opts: DemoDataOptions, index: number): ImageData {
     identify.push({ img_id: `${stem}_${o.index}`, image, bbox: o.bbox, width, height, answers: identifyAnswers(o), colour: o.colour, shape: o.shape });
   }
   const vqa = rng
-    .shuffle(vqaQuestions(scene, rng))
+    .shuffle(vqaQuestions(scene, rng, shapes))
     .slice(0, opts.vqaPerImage ?? 3)
     .map((q) => ({ image, question: q.question, answers: answerList(q.answer), question_type: q.questionType, answer_type: q.answerType }));
   const cap: CaptionEntry = { image_id: stem, image, caption: caption(scene), objects: [...new Set(scene.objects.map(name))] };

@@ -163,13 +163,14 @@ export interface VqaQuestion {
   about?: SceneObject;
 }
 
-/** Candidate questions about a scene (every answer is determined by the scene). */
-export function vqaQuestions(scene: Scene, rng: Rng): VqaQuestion[] {
+/** Candidate questions about a scene (every answer is determined by the scene); questions about absent shapes
+ * name shapes of `shapes`, the set the scene was drawn from. */
+export function vqaQuestions(scene: Scene, rng: Rng, shapes: readonly ShapeName[] = SHAPES): VqaQuestion[] {
   const objs = scene.objects;
   const qs: VqaQuestion[] = [];
   const n = objs.length;
   qs.push({ question: rng.pick(['how many objects are there?', 'how many shapes are in the image?', 'how many objects are in this image?']), answer: String(n), questionType: 'count', answerType: 'number' });
-  const shape = rng.chance(0.75) && n > 0 ? rng.pick(objs).shape : rng.pick(SHAPES);
+  const shape = rng.chance(0.75) && n > 0 ? rng.pick(objs).shape : rng.pick(shapes);
   qs.push({ question: `how many ${plural(shape)} are there?`, answer: String(objs.filter((o) => o.shape === shape).length), questionType: 'count', answerType: 'number' });
   const colour = rng.chance(0.75) && n > 0 ? rng.pick(objs).colour : rng.pick(COLOUR_NAMES);
   qs.push({ question: `how many ${colour} objects are there?`, answer: String(objs.filter((o) => o.colour === colour).length), questionType: 'count', answerType: 'number' });
@@ -198,7 +199,7 @@ export function vqaQuestions(scene: Scene, rng: Rng): VqaQuestion[] {
   } else {
     for (let k = 0; k < 20; k++) {
       const c = rng.pick(COLOUR_NAMES);
-      const s = rng.pick(SHAPES);
+      const s = rng.pick(shapes);
       if (objs.some((o) => o.colour === c && o.shape === s)) continue;
       qs.push({ question: rng.pick([`is there ${withArticle(`${c} ${s}`)}?`, `is there ${withArticle(`${c} ${s}`)} in the image?`]), answer: 'no', questionType: 'exist', answerType: 'yes/no' });
       break;
@@ -279,7 +280,7 @@ export function detectionAnswer(query: string, objects: readonly SceneObject[], 
 }
 
 /** All training samples for one image. */
-export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string): TrainSample[] {
+export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string, shapes: readonly ShapeName[] = SHAPES): TrainSample[] {
   const out: TrainSample[] = [];
   const base = { image, width: scene.width, height: scene.height };
   let k = 0;
@@ -306,7 +307,7 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
   for (const d of rng.shuffle(dq).slice(0, 2)) {
     push('detection', [{ user: form(rng, PROMPT_FORMS.detection, d.query), assistant: detectionAnswer(d.query, d.objects, scene) }]);
   }
-  const qs = rng.shuffle(vqaQuestions(scene, rng));
+  const qs = rng.shuffle(vqaQuestions(scene, rng, shapes));
   for (const q of qs.slice(0, 4)) push('vqa', [{ user: form(rng, PROMPT_FORMS.vqa, q.question), assistant: q.answer }], q.about);
 
   // Multi-turn: a refer / identify turn, then follow-ups about the same object ("it"), then another task.

@@ -23,8 +23,26 @@ export const COLOURS = {
 export type ColourName = keyof typeof COLOURS;
 export const COLOUR_NAMES = Object.keys(COLOURS) as ColourName[];
 
+/** The classic shape set: the default, and the one the committed demo model was trained on. */
 export const SHAPES = ['circle', 'square', 'rectangle', 'triangle', 'star', 'hexagon', 'diamond', 'cross', 'ellipse'] as const;
-export type ShapeName = (typeof SHAPES)[number];
+/** Shapes only in other sets. */
+export const EXTRA_SHAPES = ['ring', 'heart'] as const;
+export type ShapeName = (typeof SHAPES)[number] | (typeof EXTRA_SHAPES)[number];
+export const ALL_SHAPES: readonly ShapeName[] = [...SHAPES, ...EXTRA_SHAPES];
+
+/**
+ * The shape sets a split can be drawn from. MiniGPT-v2 stretches every image to a square, so in a 2:1 image a
+ * circle reaches the model as an ellipse of axis ratio 1/2 and a square as a 2:1 rectangle: from the model's input
+ * an unrotated ellipse or rectangle is often indistinguishable from a stretched circle or square (measured in
+ * models/demo/train/README.md, "What identify lacks"). `aspect-safe` replaces those two by a ring and a heart,
+ * whose names survive any stretch.
+ */
+export const SHAPE_SETS = {
+  classic: SHAPES,
+  'aspect-safe': ['circle', 'square', 'triangle', 'star', 'hexagon', 'diamond', 'cross', 'ring', 'heart'],
+} as const satisfies Record<string, readonly ShapeName[]>;
+export type ShapeSetName = keyof typeof SHAPE_SETS;
+export const SHAPE_SET_NAMES = Object.keys(SHAPE_SETS) as ShapeSetName[];
 
 export function plural(shape: ShapeName): string {
   return shape === 'cross' ? 'crosses' : `${shape}s`;
@@ -122,6 +140,17 @@ function localPolygon(shape: ShapeName, w: number, h: number): [number, number][
         [0, hh],
         [-hw, 0],
       ];
+    case 'heart': {
+      // the parametric heart (x = 16 sin^3 t, y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t), point down, its 40
+      // vertices scaled to fill exactly w x h
+      const raw = Array.from({ length: 40 }, (_, k) => {
+        const t = (k * Math.PI) / 20;
+        return [16 * Math.sin(t) ** 3, -(13 * Math.cos(t) - 5 * Math.cos(2 * t) - 2 * Math.cos(3 * t) - Math.cos(4 * t))] as const;
+      });
+      const ys = raw.map((p) => p[1]);
+      const [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+      return raw.map(([x, y]) => [(x / 16) * hw, ((y - y0) / (y1 - y0) - 0.5) * h] as [number, number]);
+    }
     case 'hexagon':
       return Array.from({ length: 6 }, (_, k) => [hw * Math.cos((k * Math.PI) / 3), hh * Math.sin((k * Math.PI) / 3)] as [number, number]);
     case 'star': {
@@ -171,7 +200,7 @@ export function shapeGeometry(o: Omit<SceneObject, 'points' | 'bbox'>): Pick<Sce
     const y0 = Math.min(...ys);
     return { points, bbox: [round2(x0), round2(y0), round2(Math.max(...xs) - x0), round2(Math.max(...ys) - y0)] };
   }
-  // circle / ellipse: rx = w/2, ry = h/2 rotated by th
+  // circle / ring / ellipse: rx = w/2, ry = h/2 rotated by th
   const rx = o.w / 2;
   const ry = o.h / 2;
   const ex = Math.sqrt((rx * cos) ** 2 + (ry * sin) ** 2);
@@ -203,6 +232,8 @@ export interface SceneOptions {
   longSide?: [number, number];
   /** object count range; default [1, 5] */
   objects?: [number, number];
+  /** the shapes drawn; default classic */
+  shapes?: ShapeSetName;
 }
 
 function sampleBackground(rng: Rng): Background {
@@ -220,8 +251,8 @@ function sampleBackground(rng: Rng): Background {
   };
 }
 
-function sampleObject(rng: Rng, index: number, W: number, H: number, colour: ColourName): Omit<SceneObject, 'points' | 'bbox'> {
-  const shape = rng.pick(SHAPES);
+function sampleObject(rng: Rng, index: number, W: number, H: number, colour: ColourName, shapes: readonly ShapeName[]): Omit<SceneObject, 'points' | 'bbox'> {
+  const shape = rng.pick(shapes);
   const m = Math.min(W, H);
   const s = m * rng.range(0.14, 0.42);
   let w = s;
@@ -235,7 +266,7 @@ function sampleObject(rng: Rng, index: number, W: number, H: number, colour: Col
   } else if (shape === 'triangle') {
     h = s * 0.9;
   }
-  const rotatable: Partial<Record<ShapeName, number>> = { square: 30, rectangle: 60, triangle: 40, star: 36, hexagon: 30, diamond: 25, cross: 40, ellipse: 60 };
+  const rotatable: Partial<Record<ShapeName, number>> = { square: 30, rectangle: 60, triangle: 40, star: 36, hexagon: 30, diamond: 25, cross: 40, ellipse: 60, heart: 30 };
   const maxRot = rotatable[shape] ?? 0;
   const rotation = maxRot > 0 && rng.chance(0.5) ? Math.round(rng.range(-maxRot, maxRot)) : 0;
   let cx = rng.range(0, W);
@@ -265,11 +296,12 @@ export function sampleScene(rng: Rng, opts: SceneOptions = {}): Scene {
   const background = sampleBackground(rng);
   const allowed = COLOUR_NAMES.filter((c) => background.tones.every((t) => colourDistance(COLOURS[c], t) >= MIN_CONTRAST));
   const [nlo, nhi] = opts.objects ?? [1, 5];
+  const shapes = SHAPE_SETS[opts.shapes ?? 'classic'];
   const wanted = rng.int(nlo, nhi);
   const objects: SceneObject[] = [];
   for (let attempt = 0; objects.length < wanted && attempt < 60 * wanted; attempt++) {
     const colour = rng.pick(allowed);
-    const base = sampleObject(rng, objects.length, width, height, colour);
+    const base = sampleObject(rng, objects.length, width, height, colour, shapes);
     const o = { ...base, ...shapeGeometry(base) };
     const [x, y, w, h] = o.bbox;
     if (x < 1 || y < 1 || x + w > width - 1 || y + h > height - 1) continue;

@@ -5,9 +5,11 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  ALL_SHAPES,
   COLOURS,
   Rng,
   SHAPES,
+  SHAPE_SETS,
   expressions,
   gridBox,
   imageData,
@@ -126,7 +128,7 @@ describe('demo-data boxes match the rendered pixels', () => {
 
   it('every shape, rotated or not, covers its box tightly and nothing outside it', async () => {
     const rng = new Rng(7);
-    for (const shape of SHAPES) {
+    for (const shape of ALL_SHAPES) {
       for (const rotation of [0, rng.int(-40, -5), rng.int(5, 40)]) {
         const s = rng.range(30, 70);
         const base = { index: 0, shape, colour: 'red', cx: rng.range(70, 90), cy: rng.range(70, 90), w: s, h: shape === 'ellipse' || shape === 'rectangle' ? s * 0.6 : s, rotation } as const;
@@ -191,6 +193,57 @@ describe('demo-data boxes match the rendered pixels', () => {
       }
     }
     expect(checked).toBeGreaterThan(3);
+  });
+});
+
+describe('demo-data shape sets', () => {
+  const words = (text: string) => new Set(text.toLowerCase().split(/[^a-z]+/));
+
+  it('aspect-safe draws rings and hearts instead of ellipses and rectangles, and asks only about its own shapes; classic is the default, unchanged', () => {
+    const safe = Array.from({ length: 200 }, (_, i) => sampleScene(new Rng(3, i, 1), { shapes: 'aspect-safe' }));
+    expect(new Set(safe.flatMap((s) => s.objects.map((o) => o.shape)))).toEqual(new Set(SHAPE_SETS['aspect-safe']));
+    for (let i = 0; i < 50; i++) expect(sampleScene(new Rng(3, i, 1), { shapes: 'classic' })).toEqual(sampleScene(new Rng(3, i, 1)));
+    let absent = 0;
+    for (let i = 0; i < 80; i++) {
+      const d = imageData({ seed: 4, count: 80, scene: { shapes: 'aspect-safe' } }, i);
+      const texts = [...d.vqa.map((q) => q.question), ...d.train.flatMap((t) => t.turns.flatMap((u) => [u.user, u.assistant])), ...d.refer.map((r) => r.sents)];
+      for (const t of texts) {
+        const w = words(t);
+        expect(w.has('ellipse') || w.has('ellipses') || w.has('rectangle') || w.has('rectangles'), t).toBe(false);
+      }
+      // questions about shapes that are not in the image name shapes of the set (rings, hearts too)
+      const drawn = new Set(d.scene.objects.map((o) => o.shape));
+      absent += texts.filter((t) => /^(is there|how many)/.test(t) && (['ring', 'heart'] as const).some((s) => !drawn.has(s) && (words(t).has(s) || words(t).has(`${s}s`)))).length;
+    }
+    expect(absent).toBeGreaterThan(0);
+  });
+
+  it('a ring is a band around a hole of half its radius; a heart points down with a cleft at the top', async () => {
+    const at = (px: Uint8Array, width: number, x: number, y: number) => (Math.round(y) * width + Math.round(x)) * 3;
+    const ringBase = { index: 0, shape: 'ring', colour: 'blue', cx: 60.5, cy: 60.5, w: 48, h: 48, rotation: 0 } as const;
+    const ring: SceneObject = { ...ringBase, ...shapeGeometry(ringBase) };
+    const heartBase = { index: 1, shape: 'heart', colour: 'red', cx: 150.5, cy: 60.5, w: 60, h: 60, rotation: 0 } as const;
+    const heart: SceneObject = { ...heartBase, ...shapeGeometry(heartBase) };
+    const scene = plainScene(200, 120, [ring, heart]);
+    const px = await renderSceneRaw(scene);
+    const bg = scene.background.tones[0];
+    const isBg = (x: number, y: number) => diff(px, at(px, scene.width, x, y), bg) <= 2;
+    const isCol = (x: number, y: number, c: readonly number[]) => diff(px, at(px, scene.width, x, y), c) <= 2;
+    expect(ring.bbox).toEqual([36.5, 36.5, 48, 48]);
+    for (const [dx, dy] of [[0, 0], [5, 0], [0, -5], [-7, 3]]) expect(isBg(ring.cx + dx, ring.cy + dy), `ring hole at ${dx},${dy}`).toBe(true);
+    for (const [dx, dy] of [[18, 0], [-18, 0], [0, 18], [0, -18], [12.7, 12.7]]) expect(isCol(ring.cx + dx, ring.cy + dy, COLOURS.blue), `ring band at ${dx},${dy}`).toBe(true);
+    const [hx, hy, hw, hh] = heart.bbox;
+    expect([hw, hh]).toEqual([60, 60]);
+    // the cleft: background between the two lobes near the top, colour in each lobe
+    expect(isBg(hx + hw / 2, hy + 0.1 * hh)).toBe(true);
+    expect(isCol(hx + 0.25 * hw, hy + 0.15 * hh, COLOURS.red)).toBe(true);
+    expect(isCol(hx + 0.75 * hw, hy + 0.15 * hh, COLOURS.red)).toBe(true);
+    // the point: near the bottom, colour only close to the middle
+    const row = Math.round(hy + 0.93 * hh);
+    const filled = Array.from({ length: scene.width }, (_, x) => x).filter((x) => isCol(x, row, COLOURS.red));
+    expect(filled.length).toBeGreaterThan(0);
+    expect(Math.max(...filled) - Math.min(...filled)).toBeLessThan(0.2 * hw);
+    expect(Math.abs((Math.max(...filled) + Math.min(...filled)) / 2 - (hx + hw / 2))).toBeLessThan(2);
   });
 });
 

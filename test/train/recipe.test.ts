@@ -68,6 +68,24 @@ describe('models/demo/train', () => {
     expect(keys).not.toMatch(/aux/);
   }, 300_000);
 
+  it('probe_vision.py: linear probes of the colour and shape of each object on the vision of a run\'s published files', async () => {
+    const prepared = join(work, 'smoke', 'prepared');
+    const { stdout } = await run(PY, [join(ROOT, 'models/demo/train/probe_vision.py'), '--run', join(work, 'smoke', 'run'), '--train', prepared, '--val', prepared, '--threads', '1'], { cwd: ROOT });
+    const r = JSON.parse(stdout) as Record<string, number | Record<string, number>>;
+    const objects = (JSON.parse(await readFile(join(prepared, 'objects.json'), 'utf8')) as unknown[][]).flat().length;
+    // every object whose box holds a patch centre (the smallest may hold none on the 8 x 8 grid)
+    expect(r.train_objects).toBeLessThanOrEqual(objects);
+    expect(r.train_objects).toBeGreaterThan(objects / 2);
+    expect(r.val_objects).toBe(r.train_objects);
+    for (const k of ['patches_colour', 'patches_shape', 'tokens_colour', 'tokens_shape']) {
+      const p = r[k] as Record<string, number>;
+      // fitted and scored on the same objects: "held-out" is the fit
+      expect(p.val, k).toBeCloseTo(p.train, 3);
+    }
+    // a handful of objects in 192 dimensions: the colours are linearly separable
+    expect((r.patches_colour as Record<string, number>).train).toBe(1);
+  }, 120_000);
+
   it('publish.mjs records the run: package files, the published files they came from, re-computable held-out scores', async () => {
     const heldout = join(work, 'heldout');
     await run(process.execPath, [join(ROOT, 'bin/minigpt.js'), 'demo-data', '--seed', '1000', '--count', '2', '--out', heldout], { cwd: ROOT });

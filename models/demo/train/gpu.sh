@@ -20,6 +20,8 @@
 #   STAGE1_OPTS train.py options of the shared stage 1 (e.g. --vit-augment)
 #   VIT_BATCH   images per stage-1 step (default 256; a CPU try wants ~8: four runs at 256 exhaust 24 GB)
 #   VAL_IMAGES, HELDOUT_IMAGES, EVAL_ITEMS   the held-out splits' sizes (256, 300) and the items evaluated per task (300)
+#   SHAPES      the generator's shape set for every split (classic, the default; aspect-safe: `minigpt demo-data --help`);
+#               WORK holds the splits of one set only
 #
 # Seeds: training shards 1..SHARDS, held-out loss 999, held-out evaluation 1000 (never used in training).
 # A second call on the same machine reuses the prepared shards in WORK.
@@ -40,7 +42,13 @@ VIT_MINUTES=${VIT_MINUTES:-1}
 STAGE1=${STAGE1:-shared}
 STAGE1_OPTS=${STAGE1_OPTS:-}
 VIT_BATCH=${VIT_BATCH:-256}
+SHAPES=${SHAPES:-classic}
 mkdir -p "$WORK/bin" "$OUT"
+if [ -f "$WORK/shapes" ] && [ "$(cat "$WORK/shapes")" != "$SHAPES" ]; then
+  echo "gpu.sh: $WORK holds splits of shape set $(cat "$WORK/shapes"), not $SHAPES: use another WORK" >&2
+  exit 2
+fi
+echo "$SHAPES" > "$WORK/shapes"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
@@ -61,7 +69,7 @@ shard() {  # seed count dir
   local missing=0
   for size in $sizes; do [ -f "$3/prep$size/meta.json" ] || missing=1; done
   [ $missing = 0 ] && return 0
-  [ -f "$3/split/manifest.json" ] || "$NODE" bin/minigpt.js demo-data --seed "$1" --count "$2" --out "$3/split" > "$3.log" 2>&1
+  [ -f "$3/split/manifest.json" ] || "$NODE" bin/minigpt.js demo-data --seed "$1" --count "$2" --shapes "$SHAPES" --out "$3/split" > "$3.log" 2>&1
   for size in $sizes; do
     "$NODE" models/demo/train/prepare.mjs --data "$3/split" --out "$3/prep$size" --image-size "$size" >> "$3.log" 2>&1
   done
@@ -69,9 +77,9 @@ shard() {  # seed count dir
 pids=()
 for s in $(seq 1 "$SHARDS"); do shard "$s" "$PER_SHARD" "$WORK/shard$s" & pids+=($!); done
 shard 999 "$VAL_IMAGES" "$WORK/val" & pids+=($!)
-[ -f "$WORK/heldout/manifest.json" ] || { "$NODE" bin/minigpt.js demo-data --seed 1000 --count "$HELDOUT_IMAGES" --out "$WORK/heldout" > "$WORK/heldout.log" 2>&1 & pids+=($!); }
+[ -f "$WORK/heldout/manifest.json" ] || { "$NODE" bin/minigpt.js demo-data --seed 1000 --count "$HELDOUT_IMAGES" --shapes "$SHAPES" --out "$WORK/heldout" > "$WORK/heldout.log" 2>&1 & pids+=($!); }
 for p in "${pids[@]}"; do wait "$p" || { tail -n 20 "$WORK"/*.log; exit 1; }; done
-stamp "data: $SHARDS shards x $PER_SHARD images prepared at $(echo $sizes) px"
+stamp "data: $SHARDS shards x $PER_SHARD images ($SHAPES shapes) prepared at $(echo $sizes) px"
 
 shards_of() { for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep$1"; done; }
 
