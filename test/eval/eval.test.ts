@@ -128,6 +128,14 @@ describe('the minigpt binary', () => {
     expect(d.stderr).toMatch(/demo-data: 2 images, refer \d+, vqa 6, identify \d+, caption 2, train \d+ samples/);
     for (const f of ['refer.json', 'vqa.json', 'identify.json', 'caption.json', 'train.jsonl', 'images/s9_000001.png']) expect((await stat(join(out, f))).size).toBeGreaterThan(0);
 
+    expect(JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'))).toMatchObject({ scene: {} });
+    const safe = await minigpt(['demo-data', '--seed', '9', '--count', '2', '--shapes', 'aspect-safe', '--out', join(work, 'cli-safe')]);
+    expect(safe.code, safe.stderr).toBe(0);
+    expect(JSON.parse(await readFile(join(work, 'cli-safe', 'manifest.json'), 'utf8'))).toMatchObject({ scene: { shapes: 'aspect-safe' } });
+    const oval = await minigpt(['demo-data', '--seed', '9', '--count', '2', '--shapes', 'ovals', '--out', join(work, 'cli-oval')]);
+    expect(oval.code).not.toBe(0);
+    expect(oval.stderr).toMatch(/--shapes.*'ovals' is invalid.*classic, aspect-safe/s);
+
     const vqa = JSON.parse(await readFile(join(out, 'vqa.json'), 'utf8')) as { answers: string[] }[];
     const forced = vqa[0].answers[0];
     const r = await minigpt(['eval', '--model', DEMO, '--data', out, '--task', 'vqa', '--json', '--batch', '2', '--provider', 'cpu'], { MINIGPT_TEST_FORCED_ANSWER: forced });
