@@ -25,7 +25,8 @@ export interface Provenance {
   train_args: Record<string, unknown>;
   published: Record<string, FileRecord>;
   package: Record<string, FileRecord>;
-  heldout: { seed: number; images: number; eval: Record<(typeof TASKS)[number], { n: number; accuracy: number }> };
+  /** shapes: the generator's shape set (`demo-data --shapes`); records written before it existed are classic */
+  heldout: { seed: number; images: number; shapes?: string; eval: Record<(typeof TASKS)[number], { n: number; accuracy: number }> };
   check: { images: number; threads: number } & Record<(typeof TASKS)[number], CheckRecord>;
 }
 
@@ -66,7 +67,10 @@ export async function expectRecordedFiles(dir: string): Promise<Provenance> {
 export async function expectRecordedScores(dir: string, record: Provenance, work: string): Promise<void> {
   const { itemScore } = await publish();
   const split = join(work, 'provenance-check');
-  execFileSync(process.execPath, [CLI, 'demo-data', '--seed', String(record.heldout.seed), '--count', String(record.check.images), '--out', split], { cwd: ROOT, stdio: 'pipe' });
+  execFileSync(process.execPath, [CLI, 'demo-data', '--seed', String(record.heldout.seed), '--count', String(record.check.images), '--shapes', record.heldout.shapes ?? 'classic', '--out', split], {
+    cwd: ROOT,
+    stdio: 'pipe',
+  });
   for (const task of TASKS) {
     const want = record.check[task];
     const out = execFileSync(process.execPath, [CLI, 'eval', '--model', dir, '--data', split, '--task', task, '--threads', String(record.check.threads), '--provider', 'cpu', '--json'], {

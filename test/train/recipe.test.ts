@@ -88,7 +88,8 @@ describe('models/demo/train', () => {
 
   it('publish.mjs records the run: package files, the published files they came from, re-computable held-out scores', async () => {
     const heldout = join(work, 'heldout');
-    await run(process.execPath, [join(ROOT, 'bin/minigpt.js'), 'demo-data', '--seed', '1000', '--count', '2', '--out', heldout], { cwd: ROOT });
+    // an aspect-safe split: the record names the shape set and the check scenes are drawn from it again
+    await run(process.execPath, [join(ROOT, 'bin/minigpt.js'), 'demo-data', '--seed', '1000', '--count', '2', '--shapes', 'aspect-safe', '--out', heldout], { cwd: ROOT });
     const pkg = join(work, 'published');
     await mkdir(pkg);
     await run(process.execPath, [join(ROOT, 'models/demo/train/publish.mjs'), '--run', join(work, 'smoke', 'run'), '--heldout', heldout, '--out', pkg, '--check-images', '3', '--data', 'smoke split'], {
@@ -96,7 +97,7 @@ describe('models/demo/train', () => {
       maxBuffer: 64 << 20,
     });
     const record = await expectRecordedFiles(pkg);
-    expect(record.heldout).toMatchObject({ seed: 1000, images: 2 });
+    expect(record.heldout).toMatchObject({ seed: 1000, images: 2, shapes: 'aspect-safe' });
     for (const t of TASKS) expect(record.heldout.eval[t].n, t).toBeGreaterThan(0);
     expect(record.published['eva_vit.pth'].sha256).toBe(await sha256(join(work, 'smoke', 'run', 'eva_vit.pth')));
     expect(record.train_args).toMatchObject({ aux_weight: 1, coord_init: true, pos_init_scale: 4, vit_steps: 2 });

@@ -125,6 +125,8 @@ async function main() {
     evals[task] = { n: r.n, accuracy: r.accuracy, metric: r.metric, ...(r.by_type ? { by_type: r.by_type } : {}) };
   }
   const manifest = JSON.parse(await readFile(join(heldout, 'manifest.json'), 'utf8'));
+  // the generator's shape set of the held-out split (demo-data --shapes): the check scenes are drawn from it too
+  const shapes = manifest.scene?.shapes ?? 'classic';
 
   // The check that CI repeats (test/inference/demo-model.test.ts): the first CHECK_IMAGES scenes of the held-out
   // seed, one thread, every item's right / wrong recorded.
@@ -132,7 +134,7 @@ async function main() {
   const check = { images: checkImages, threads: 1 };
   const checkDir = await mkdtemp(join(tmpdir(), 'minigpt-publish-check-'));
   try {
-    minigpt(['demo-data', '--seed', String(manifest.seed), '--count', String(checkImages), '--out', checkDir]);
+    minigpt(['demo-data', '--seed', String(manifest.seed), '--count', String(checkImages), '--shapes', shapes, '--out', checkDir]);
     for (const task of TASKS) {
       const r = JSON.parse(minigpt(['eval', '--model', out, '--data', checkDir, '--task', task, '--threads', '1', '--provider', 'cpu', '--json']));
       check[task] = { n: r.n, accuracy: r.accuracy, scores: r.details.map(itemScore) };
@@ -153,7 +155,7 @@ async function main() {
     convert: `minigpt convert --arch minigpt-v2 --vit eva_vit.pth --llm llama --ckpt minigptv2_ckpt.pth --vit-heads ${args.vit_heads} --image-size ${args.image_size} --lora-alpha ${args.lora_alpha}`,
     published,
     package: pkg,
-    heldout: { seed: manifest.seed, images: manifest.count, split: basename(heldout), eval: evals },
+    heldout: { seed: manifest.seed, images: manifest.count, shapes, split: basename(heldout), eval: evals },
     check,
   };
   await writeFile(join(out, 'PROVENANCE.json'), `${JSON.stringify(record, null, 2)}\n`);
