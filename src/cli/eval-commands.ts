@@ -40,18 +40,9 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
     .action(async (o) => {
       const { writeDemoData } = await import('../demo-data/index.js');
       const t0 = performance.now();
-      const s = await writeDemoData(
-        o.out,
-        {
-          seed: o.seed,
-          count: o.count,
-          format: o.format,
-          ...(o.objects || o.size || o.shapes !== 'classic'
-            ? { scene: { ...(o.objects ? { objects: o.objects } : {}), ...(o.size ? { longSide: o.size } : {}), ...(o.shapes !== 'classic' ? { shapes: o.shapes } : {}) } }
-            : {}),
-        },
-        log,
-      );
+      // only the options given (and a non-default shape set) go into the manifest, as before they existed
+      const scene = { ...(o.objects ? { objects: o.objects } : {}), ...(o.size ? { longSide: o.size } : {}), ...(o.shapes !== 'classic' ? { shapes: o.shapes } : {}) };
+      const s = await writeDemoData(o.out, { seed: o.seed, count: o.count, format: o.format, ...(Object.keys(scene).length ? { scene } : {}) }, log);
       log(
         `demo-data: ${s.images} images, refer ${s.refer}, vqa ${s.vqa}, identify ${s.identify}, caption ${s.caption}, train ${s.train} samples ` +
           `(${Object.entries(s.trainByTask).map(([k, v]) => `${k} ${v}`).join(', ')}) in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${o.out}`,

@@ -14,7 +14,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Rng } from './rng.js';
-import { SHAPE_SETS, sampleScene, type Scene, type SceneOptions } from './scene.js';
+import { sampleScene, sceneShapes, type Scene, type SceneOptions } from './scene.js';
 import { renderScene, type ImageFormat } from './render.js';
 import { answerList, caption, expressions, identifyAnswers, name, trainSamples, vqaQuestions, type TrainSample } from './language.js';
 
@@ -101,7 +101,7 @@ export function imageData(opts: DemoDataOptions, index: number): ImageData {
   const stem = stemOf(seed, index);
   const image = `images/${stem}.${ext}`;
   const scene = sampleScene(new Rng(seed, index, STREAM_SCENE), opts.scene);
-  const shapes = SHAPE_SETS[opts.scene?.shapes ?? 'classic'];
+  const shapes = sceneShapes(opts.scene);
   const train = trainSamples(scene, new Rng(seed, index, STREAM_TRAIN), image, stem, shapes);
   const rng = new Rng(seed, index, STREAM_EVAL);
   const { width, height } = scene;

@@ -286,6 +286,11 @@ function sampleObject(rng: Rng, index: number, W: number, H: number, colour: Col
   return { index, shape, colour, cx, cy, w, h, rotation };
 }
 
+/** The shapes scenes of these options are drawn from. */
+export function sceneShapes(opts: SceneOptions = {}): readonly ShapeName[] {
+  return SHAPE_SETS[opts.shapes ?? 'classic'];
+}
+
 /** A random scene. The same rng state always gives the same scene. */
 export function sampleScene(rng: Rng, opts: SceneOptions = {}): Scene {
   const [lo, hi] = opts.longSide ?? [192, 448];
@@ -296,7 +301,7 @@ export function sampleScene(rng: Rng, opts: SceneOptions = {}): Scene {
   const background = sampleBackground(rng);
   const allowed = COLOUR_NAMES.filter((c) => background.tones.every((t) => colourDistance(COLOURS[c], t) >= MIN_CONTRAST));
   const [nlo, nhi] = opts.objects ?? [1, 5];
-  const shapes = SHAPE_SETS[opts.shapes ?? 'classic'];
+  const shapes = sceneShapes(opts);
   const wanted = rng.int(nlo, nhi);
   const objects: SceneObject[] = [];
   for (let attempt = 0; objects.length < wanted && attempt < 60 * wanted; attempt++) {

@@ -134,7 +134,7 @@ def main():
         print(f'sigma {sigma} px: ' + ', '.join(f'{s} {v["bayes_accuracy"]:.3f} ({v["items"]})' for s, v in per_shape.items())
               + f'; identify at most {ceiling:.3f}', file=sys.stderr)
     if right is not None:
-        pair_items = np.array([o['shape'] in ('circle', 'ellipse', 'square', 'rectangle') for o in item_objs])
+        pair_items = np.array([any(o['shape'] in pair for pair in PAIRS) for o in item_objs])
         result['model'] = {
             'sigma': sigmas[len(sigmas) // 2],
             'ambiguous': {'items': int(ambiguous.sum()), 'accuracy': round(float(right[ambiguous].mean()), 4) if ambiguous.any() else None},

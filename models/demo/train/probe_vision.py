@@ -16,25 +16,17 @@ import json
 import os
 import sys
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import train as T  # noqa: E402
+from check import load_published  # noqa: E402
 
 
-def load_vision(run):
-    a = argparse.Namespace(**json.load(open(os.path.join(run, 'train_args.json'))))
-    model = T.MiniGPTv2(a)
-    vit = torch.load(os.path.join(run, 'eva_vit.pth'), map_location='cpu')
-    model.visual_encoder.load_state_dict(vit)
-    ckpt = torch.load(os.path.join(run, 'minigptv2_ckpt.pth'), map_location='cpu')['model']
-    model.llama_proj.load_state_dict({k[len('llama_proj.'):]: v for k, v in ckpt.items() if k.startswith('llama_proj.')})
-    return model.eval(), a.image_size // 14
-
-
-def object_features(model, grid, prepared, limit, batch=64):
+def object_features(model, grid, prepared, limit):
     """Per object: (mean patch feature, mean image-token feature, colour, shape, box area as a fraction)."""
     data = T.Prepared(prepared)
     if data.objects is None:
@@ -42,9 +34,7 @@ def object_features(model, grid, prepared, limit, batch=64):
     patches_out, tokens_out, colours, shapes, areas = [], [], [], [], []
     n = min(data.meta['images'], limit)
     with torch.no_grad():
-        for start in range(0, n, batch):
-            ids = list(range(start, min(n, start + batch)))
-            embeds, patches = model.encode_img(torch.from_numpy(np.stack([data.images[i] for i in ids])), with_patches=True)
+        for ids, embeds, patches in T.encoded_batches(model, data, n):
             for row, i in enumerate(ids):
                 for o in data.objects[i]:
                     inside = T.patches_in_box(o['box'], grid)
@@ -88,7 +78,8 @@ def main():
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    model, grid = load_vision(a.run)
+    model, args = load_published(a.run)  # the whole model (small); the probes read only its vision
+    grid = args.image_size // 14
     train = object_features(model, grid, a.train, a.train_images)
     val = object_features(model, grid, a.val, a.val_images)
     small = val[4] < np.median(val[4])

@@ -492,6 +492,15 @@ def dihedral(u8, colour, shape, box, t):
             np.ascontiguousarray(b.reshape(B, n, 4), dtype=np.float32))
 
 
+def encoded_batches(model, data, n, device='cpu', batch=64):
+    """The first n images of a prepared split through the vision, in batches: (image ids, image embeds, patch
+    features after ln_vision). The caller chooses no_grad / eval."""
+    for j in range(0, n, batch):
+        ids = list(range(j, min(n, j + batch)))
+        embeds, patches = model.encode_img(torch.from_numpy(np.stack([data.images[i] for i in ids])).to(device), with_patches=True)
+        yield ids, embeds, patches
+
+
 def vision_val_stats(model, val, colours, shapes, device, max_images=256):
     """The auxiliary head on a held-out prepared split (its first images): colour and shape accuracy on the object
     patches and the box error, as pretrain_vision logs them for its training batches. Measured: those can be near
@@ -504,9 +513,7 @@ def vision_val_stats(model, val, colours, shapes, device, max_images=256):
     sums, weight = {}, 0
     model.eval()
     with torch.no_grad():
-        for j in range(0, n, 64):
-            ids = list(range(j, min(n, j + 64)))
-            _, patches = model.encode_img(torch.from_numpy(np.stack([val.images[i] for i in ids])).to(device), with_patches=True)
+        for ids, _, patches in encoded_batches(model, val, n, device):
             stats = {}
             aux_loss(model, patches, ids, targets, stats)
             w = int((targets[0][ids] > 0).sum())  # object patches: the stats are means over them
