@@ -112,7 +112,9 @@ for r in "${runs[@]}"; do
   read -r name size opts <<< "$r"
   # --init-from @NAME: the state of run NAME of an earlier call on this machine (same WORK)
   opts=$(sed -E "s#@([A-Za-z0-9_-]+)#$WORK/runs/\1.state.pt#g" <<< "$opts")
-  if [ "$STAGE1" = shared ]; then
+  if [[ " $opts " == *" --init-from "* ]]; then
+    stage1=()  # a continuation keeps its own vision (train.py would replace it with a stage 1 given one)
+  elif [ "$STAGE1" = shared ]; then
     stage1=(--vit-from "$WORK/runs/stage1-$size/vision_stage1.pt")
   else
     stage1=("${vit_opts[@]}")

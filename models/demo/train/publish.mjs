@@ -54,10 +54,12 @@ const readLog = async (run) => (await readFile(join(run, 'train_log.jsonl'), 'ut
  */
 export async function describeRun(run) {
   const args = JSON.parse(await readFile(join(run, 'train_args.json'), 'utf8'));
+  if (args.from_package) return describePackage(run);
   const log = await readLog(run);
   const steps = log.filter((r) => typeof r.step === 'number' && typeof r.loss_avg === 'number');
-  // stage 1 is in the run's own log, or in that of the stage 1 it loaded (--vit-from: gpu.sh's shared one)
-  const stage1From = args.vit_from && !args.init_from ? await runFolder(run, args.vit_from) : null;
+  // stage 1 is in the run's own log, or in that of the stage 1 it loaded (--vit-from: gpu.sh's shared one, or
+  // a fine-tune's own --vit-only run)
+  const stage1From = args.vit_from ? await runFolder(run, args.vit_from) : null;
   const stage1Log = stage1From ? await readLog(stage1From) : log;
   const vit = stage1Log.filter((r) => typeof r.vit_step === 'number');
   const vals = log.filter((r) => typeof r.val_loss === 'number');
@@ -76,6 +78,18 @@ export async function describeRun(run) {
     description.started_from = await describeRun(from);
   }
   return description;
+}
+
+/**
+ * A package's weights taken back by from_package.py (a fine-tune's start): the record of how that package was
+ * made, from the PROVENANCE.json it copied, and the sha256 of its files.
+ */
+async function describePackage(dir) {
+  const prov = JSON.parse(await readFile(join(dir, 'PROVENANCE.json'), 'utf8').catch(() => {
+    throw new Error(`${dir}: from_package.py's folder has no PROVENANCE.json (the package it read had none)`);
+  }));
+  const { data, train_args, training, started_from, package: files, heldout } = prov;
+  return { package: { files, heldout }, data, train_args, training, ...(started_from ? { started_from } : {}) };
 }
 
 /**

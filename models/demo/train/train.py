@@ -913,6 +913,20 @@ def save_published(model, a, out, tokenizer_json):
 # Training
 # --------------------------------------------------------------------------------------------------
 
+HEADS = ('aux_head.', 'name_head.')  # training-only heads (never published)
+
+
+def earlier_aux_classes(state_path, state):
+    """The auxiliary head's classes of the run that saved `state` (in the state, or its train_args.json), or None."""
+    if 'aux_classes' in state:
+        return state['aux_classes']
+    args_path = os.path.join(os.path.dirname(os.path.abspath(state_path)), 'train_args.json')
+    if os.path.isfile(args_path):
+        with open(args_path) as f:
+            return json.load(f).get('aux_classes')
+    return None
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', required=True, help='prepared folder (prepare.mjs), or several separated by commas')
@@ -985,8 +999,9 @@ def main():
                         'of samples.jsonl: VQA colour / shape / side / existence questions and follow-ups too), not only '
                         '[refer] / [identify]')
     p.add_argument('--init-from', default='',
-                   help='start from the weights of an earlier run\'s state.pt (same shapes; a new optimiser and schedule, '
-                        'no stage 1): a second schedule on a finished run')
+                   help='start from the weights of an earlier run\'s state.pt, or of a package (from_package.py) (same '
+                        'shapes; a new optimiser and schedule): a second schedule on a finished run, or a fine-tune. Stage 1 '
+                        'runs on its vision only with --vit-steps / --vit-fit-minutes; --vit-from replaces its vision')
     p.add_argument('--coord-init', action='store_true', help='smooth initial embeddings for the grid tokens <0>..<100>')
     p.add_argument('--val', default='', help='held-out prepared folder: its loss is logged at every save')
     p.add_argument('--fit-probe', type=int, default=40, help='steps timed by --fit-minutes (more than 5)')
@@ -1041,13 +1056,23 @@ def main():
         if not os.path.isfile(a.init_from):
             raise SystemExit(f'--init-from {a.init_from}: no such file (the state.pt of an earlier run)')
         # weights_only=False: our own state file, which also holds the RNG states (torch >= 2.6 loads tensors only by default)
-        weights = torch.load(a.init_from, map_location='cpu', weights_only=False)['model']
+        earlier = torch.load(a.init_from, map_location='cpu', weights_only=False)
+        weights = earlier['model']
         own = model.state_dict()
-        missing = sorted(k for k in set(own) - set(weights) if not k.startswith('name_head.'))  # a new name head starts afresh
+        # a training-only head the earlier run lacks (from_package.py's state has none) starts afresh
+        missing = sorted(k for k in set(own) - set(weights) if not k.startswith(HEADS))
         if missing:
             raise SystemExit(f'--init-from {a.init_from} lacks {", ".join(missing[:4])}')
-        # an aux / name head this run lacks is dropped; one the earlier run lacked keeps its fresh init
-        model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+        wrong = sorted(k for k in own if k in weights and weights[k].shape != own[k].shape and not k.startswith(HEADS))
+        if wrong:
+            raise SystemExit(f'--init-from {a.init_from}: {wrong[0]} is {tuple(weights[wrong[0]].shape)}, this run\'s is '
+                             f'{tuple(own[wrong[0]].shape)} (the model shapes must agree)')
+        keep = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}  # a head of another size starts afresh
+        if earlier_aux_classes(a.init_from, earlier) not in (None, getattr(a, 'aux_classes', None)):
+            # heads over other classes (another shape set), even of the same size, would only mislead: they start afresh
+            keep = {k: v for k, v in keep.items() if not k.startswith(HEADS)}
+            print('aux / name heads start afresh: the earlier run had other object classes', file=sys.stderr)
+        model.load_state_dict(keep, strict=False)
         print(f'weights from {a.init_from}', file=sys.stderr)
     if a.sup_about and (data.objects is None or not any('about' in s for s in data.samples)):
         raise SystemExit('--sup-about needs samples with "about" and objects.json (re-run demo-data and prepare.mjs)')
@@ -1092,10 +1117,12 @@ def main():
     print(f'model: {n_params / 1e6:.2f} M parameters; {n_images} images, {len(data.samples)} samples; {steps} steps of '
           f'{a.batch_images} images x {a.per_image} samples; device {device}, {torch.get_num_threads()} threads', file=sys.stderr)
 
-    if a.vit_only and (not (a.vit_steps or a.vit_fit_minutes) or a.vit_from or a.init_from or start):
-        raise SystemExit('--vit-only needs --vit-steps or --vit-fit-minutes, and neither --vit-from, --init-from nor --resume')
+    if a.vit_only and (not (a.vit_steps or a.vit_fit_minutes) or a.vit_from or start):
+        raise SystemExit('--vit-only needs --vit-steps or --vit-fit-minutes, and neither --vit-from nor --resume')
     log = open(os.path.join(a.out, 'train_log.jsonl'), 'a')
-    if (a.vit_steps or a.vit_fit_minutes or a.vit_from) and start == 0 and not a.init_from:
+    # with --init-from, stage 1 (or --vit-from's) replaces the earlier run's vision only when asked for: a fine-tune
+    # on other shapes (from_package.py) wants it, a plain continuation (gpu-continue.txt) gives neither
+    if (a.vit_steps or a.vit_fit_minutes or a.vit_from) and start == 0:
         if aux_targets is None:
             raise SystemExit('--vit-steps, --vit-fit-minutes and --vit-from need --aux-weight')
         if a.vit_from:
@@ -1171,7 +1198,7 @@ def main():
                 print(f'step {step + 1}: held-out loss {vl:.4f}; teacher-forced accuracy {json.dumps(acc)}', file=sys.stderr)
             save_published(model, a, a.out, tokenizer_json)
             torch.save({'model': model.state_dict(), 'opt': opt.state_dict(), 'sched': sched.state_dict(), 'step': step + 1,
-                        'torch_rng': torch.get_rng_state()}, state_path)
+                        'torch_rng': torch.get_rng_state(), 'aux_classes': getattr(a, 'aux_classes', None)}, state_path)
         if stop and step + 1 < steps:
             print(f'stopped after step {step + 1} of {steps}: continue with --resume', file=sys.stderr)
             break
