@@ -94,4 +94,24 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
       .catch((e: { stderr: string }) => e);
     expect(refused.stderr).toMatch(/--vit-only needs --vit-steps or --vit-fit-minutes/);
   }, 600_000);
+
+  it('--init-from @package fine-tunes the committed models/demo (from_package.py), with a stage 1 of its own, onto another shape set', async () => {
+    const opts = `--init-from @package --vit-steps 2 --vit-batch 4 --attn-sup 1 --name-sup 1 --sup-about ${SMALL}`;
+    const out = await gpuSh('out5', `f1 112 ${opts}\n`, { SHAPES: 'aspect-safe', WORK: join(work, 'w5') });
+    expect(out.stdout).toMatch(/data: 1 shards x 4 images \(aspect-safe shapes\)/);
+    expect(out.stdout).not.toMatch(/stage 1 at/); // no shared stage 1: the only run starts from the package
+    const log = await readFile(join(work, 'w5', 'runs', 'f1.log'), 'utf8');
+    expect(log).toContain(`weights from ${join(work, 'w5', 'runs', 'package.state.pt')}`);
+    expect(log).toMatch(/^vit step 2\/2 /m);
+    expect((await stat(join(work, 'out5', 'f1', 'eva_vit.pth'))).size).toBeGreaterThan(100_000);
+    expect(await tarList(join(work, 'out5', 'meta.tar.xz'))).toEqual(expect.arrayContaining(['./package/PROVENANCE.json', './package/train_args.json', './f1/train_args.json']));
+    const sweep = JSON.parse(await readFile(join(work, 'w5', 'runs', 'sweep.json'), 'utf8')) as { returned: string[] };
+    expect(sweep.returned).toEqual(['f1']);
+    // publish.mjs records where the fine-tune started: the committed package and how it was made
+    const { describeRun } = (await import(join(ROOT, 'models/demo/train/publish.mjs'))) as {
+      describeRun: (run: string) => Promise<{ started_from?: { package?: { files: unknown } } }>;
+    };
+    const committed = JSON.parse(await readFile(join(ROOT, 'models/demo/PROVENANCE.json'), 'utf8')) as { package: unknown };
+    expect((await describeRun(join(work, 'w5', 'runs', 'f1'))).started_from?.package?.files).toEqual(committed.package);
+  }, 600_000);
 });

@@ -13,7 +13,9 @@
 #
 #   bash models/demo/train/gpu.sh OUT [MINUTES] [SHARDS] [IMAGES_PER_SHARD]
 #   RUNS=file   one run per line: NAME IMAGE_SIZE [train.py options...] (default: gpu-runs.txt beside this);
-#               `--init-from @NAME` starts from run NAME of an earlier call on this machine (gpu-continue.txt)
+#               `--init-from @NAME` starts from run NAME of an earlier call on this machine (gpu-continue.txt);
+#               `--init-from @package` from the committed models/demo (from_package.py; its .onnx.data files must
+#               be there): a fine-tune, e.g. onto another SHAPES with a stage 1 of its own (gpu-finetune.txt)
 #   DEVICE=cpu  tries the script on a machine without a GPU
 #   VIT_MINUTES stage 1 (the ViT alone on the auxiliary task), before the MINUTES of the whole model (default 1)
 #   STAGE1=shared (default): one stage 1 per image size, loaded by every run; per-run: each run its own
@@ -106,6 +108,14 @@ if [ "$STAGE1" = shared ]; then
   stamp "stage 1"
 fi
 
+# --- the committed package's weights, for runs that fine-tune it (--init-from @package)
+mkdir -p "$WORK/runs"
+if printf '%s\n' "${runs[@]}" | grep -q -- '--init-from @package\b' && [ ! -f "$WORK/runs/package.state.pt" ]; then
+  "$PY" models/demo/train/from_package.py --model models/demo --out "$WORK/runs/package" > "$WORK/runs/package.log" 2>&1 \
+    || { tail -n 20 "$WORK/runs/package.log"; exit 1; }
+  mv "$WORK/runs/package/state.pt" "$WORK/runs/package.state.pt"
+fi
+
 # --- training: every run at once
 pids=()
 for r in "${runs[@]}"; do
@@ -167,7 +177,7 @@ runs, out = sys.argv[1], sys.argv[2]
 scores = {}
 for name in sorted(os.listdir(runs)):
     d = os.path.join(runs, name)
-    if not os.path.isdir(d) or name.startswith('stage1-'):
+    if not os.path.isdir(d) or name.startswith('stage1-') or name == 'package':
         continue
     acc = {}
     for task in ('refer', 'identify', 'vqa'):
