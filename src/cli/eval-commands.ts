@@ -1,7 +1,7 @@
 // `minigpt demo-data` and `minigpt eval` (issue 7): registered on the main program by main.ts.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
-import { SHAPE_SET_NAMES } from '../demo-data/scene.js';
+import { DEFAULT_SHAPE_SET, SHAPE_SET_NAMES } from '../demo-data/scene.js';
 
 function integer(name: string, min: number) {
   return (v: string): number => {
@@ -33,16 +33,16 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
     .option('--objects <range>', 'objects per image, N or MIN-MAX (default 1-5)', pair('--objects'))
     .option('--size <range>', 'longest image side in px, N or MIN-MAX (default 192-448)', pair('--size'))
     .addOption(
-      new Option('--shapes <set>', 'shape set: classic (the committed demo model\'s) or aspect-safe (ring and heart instead of ellipse and rectangle, which the stretch to a square input can confuse with circle and square)')
+      new Option('--shapes <set>', 'shape set: aspect-safe (the committed demo model\'s) or classic (ellipse and rectangle instead of ring and heart: the stretch to a square input can make them look like a circle and a square)')
         .choices(SHAPE_SET_NAMES)
-        .default('classic'),
+        .default(DEFAULT_SHAPE_SET),
     )
     .action(async (o) => {
       const { writeDemoData } = await import('../demo-data/index.js');
       const t0 = performance.now();
-      // only the options given (and a non-default shape set) go into the manifest, as before they existed
-      const scene = { ...(o.objects ? { objects: o.objects } : {}), ...(o.size ? { longSide: o.size } : {}), ...(o.shapes !== 'classic' ? { shapes: o.shapes } : {}) };
-      const s = await writeDemoData(o.out, { seed: o.seed, count: o.count, format: o.format, ...(Object.keys(scene).length ? { scene } : {}) }, log);
+      // only the options given (and the shape set, always) go into the manifest
+      const scene = { ...(o.objects ? { objects: o.objects } : {}), ...(o.size ? { longSide: o.size } : {}), shapes: o.shapes };
+      const s = await writeDemoData(o.out, { seed: o.seed, count: o.count, format: o.format, scene }, log);
       log(
         `demo-data: ${s.images} images, refer ${s.refer}, vqa ${s.vqa}, identify ${s.identify}, caption ${s.caption}, train ${s.train} samples ` +
           `(${Object.entries(s.trainByTask).map(([k, v]) => `${k} ${v}`).join(', ')}) in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${o.out}`,

@@ -14,7 +14,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Rng } from './rng.js';
-import { sampleScene, sceneShapes, type Scene, type SceneOptions } from './scene.js';
+import { DEFAULT_SHAPE_SET, sampleScene, sceneShapes, type Scene, type SceneOptions } from './scene.js';
 import { renderScene, type ImageFormat } from './render.js';
 import { answerList, caption, expressions, identifyAnswers, name, trainSamples, vqaQuestions, type TrainSample } from './language.js';
 
@@ -176,7 +176,8 @@ export async function writeDemoData(out: string, opts: DemoDataOptions, log?: (l
     seed: opts.seed,
     count: opts.count,
     format: opts.format ?? 'png',
-    scene: opts.scene ?? {},
+    // the shape set always: a reader cannot tell the default of the generator that wrote the split
+    scene: { ...opts.scene, shapes: opts.scene?.shapes ?? DEFAULT_SHAPE_SET },
     vqaPerImage: opts.vqaPerImage ?? 3,
     sentsPerObject: opts.sentsPerObject ?? 2,
     entries: { refer: refer.length, vqa: vqa.length, identify: identify.length, caption: captions.length, train: train.length, trainByTask },

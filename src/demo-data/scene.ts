@@ -43,6 +43,9 @@ export const SHAPE_SETS = {
 } as const satisfies Record<string, readonly ShapeName[]>;
 export type ShapeSetName = keyof typeof SHAPE_SETS;
 export const SHAPE_SET_NAMES = Object.keys(SHAPE_SETS) as ShapeSetName[];
+/** The set of the committed demo model (models/demo/PROVENANCE.json, heldout.shapes); splits written before the
+ * option existed, whose manifest.json has no `scene.shapes`, are classic. */
+export const DEFAULT_SHAPE_SET: ShapeSetName = 'aspect-safe';
 
 export function plural(shape: ShapeName): string {
   return shape === 'cross' ? 'crosses' : `${shape}s`;
@@ -232,7 +235,7 @@ export interface SceneOptions {
   longSide?: [number, number];
   /** object count range; default [1, 5] */
   objects?: [number, number];
-  /** the shapes drawn; default classic */
+  /** the shapes drawn; default DEFAULT_SHAPE_SET */
   shapes?: ShapeSetName;
 }
 
@@ -288,7 +291,7 @@ function sampleObject(rng: Rng, index: number, W: number, H: number, colour: Col
 
 /** The shapes scenes of these options are drawn from. */
 export function sceneShapes(opts: SceneOptions = {}): readonly ShapeName[] {
-  return SHAPE_SETS[opts.shapes ?? 'classic'];
+  return SHAPE_SETS[opts.shapes ?? DEFAULT_SHAPE_SET];
 }
 
 /** A random scene. The same rng state always gives the same scene. */

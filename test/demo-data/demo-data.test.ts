@@ -8,7 +8,7 @@ import {
   ALL_SHAPES,
   COLOURS,
   Rng,
-  SHAPES,
+  DEFAULT_SHAPE_SET,
   SHAPE_SETS,
   expressions,
   gridBox,
@@ -84,7 +84,7 @@ describe('demo-data determinism', () => {
     expect(new Set(scenes.map((s) => s.background.kind)).size).toBe(5);
     expect(new Set(scenes.map((s) => (s.width / s.height).toFixed(2))).size).toBeGreaterThanOrEqual(7);
     expect(new Set(scenes.map((s) => s.width)).size).toBeGreaterThan(50);
-    expect(new Set(objs.map((o) => o.shape))).toEqual(new Set(SHAPES));
+    expect(new Set(objs.map((o) => o.shape))).toEqual(new Set(SHAPE_SETS[DEFAULT_SHAPE_SET]));
     expect(new Set(objs.map((o) => o.colour)).size).toBe(Object.keys(COLOURS).length);
     expect(new Set(scenes.map((s) => s.objects.length))).toEqual(new Set([1, 2, 3, 4, 5]));
     expect(objs.filter((o) => o.rotation !== 0).length).toBeGreaterThan(objs.length / 5);
@@ -199,10 +199,12 @@ describe('demo-data boxes match the rendered pixels', () => {
 describe('demo-data shape sets', () => {
   const words = (text: string) => new Set(text.toLowerCase().split(/[^a-z]+/));
 
-  it('aspect-safe draws rings and hearts instead of ellipses and rectangles, and asks only about its own shapes; classic is the default, unchanged', () => {
+  it('aspect-safe (the default) draws rings and hearts instead of ellipses and rectangles, and asks only about its own shapes', () => {
     const safe = Array.from({ length: 200 }, (_, i) => sampleScene(new Rng(3, i, 1), { shapes: 'aspect-safe' }));
     expect(new Set(safe.flatMap((s) => s.objects.map((o) => o.shape)))).toEqual(new Set(SHAPE_SETS['aspect-safe']));
-    for (let i = 0; i < 50; i++) expect(sampleScene(new Rng(3, i, 1), { shapes: 'classic' })).toEqual(sampleScene(new Rng(3, i, 1)));
+    for (let i = 0; i < 50; i++) expect(sampleScene(new Rng(3, i, 1), { shapes: 'aspect-safe' })).toEqual(sampleScene(new Rng(3, i, 1)));
+    const classic = Array.from({ length: 200 }, (_, i) => sampleScene(new Rng(3, i, 1), { shapes: 'classic' }));
+    expect(new Set(classic.flatMap((s) => s.objects.map((o) => o.shape)))).toEqual(new Set(SHAPE_SETS.classic));
     let absent = 0;
     for (let i = 0; i < 80; i++) {
       const d = imageData({ seed: 4, count: 80, scene: { shapes: 'aspect-safe' } }, i);

@@ -128,10 +128,11 @@ describe('the minigpt binary', () => {
     expect(d.stderr).toMatch(/demo-data: 2 images, refer \d+, vqa 6, identify \d+, caption 2, train \d+ samples/);
     for (const f of ['refer.json', 'vqa.json', 'identify.json', 'caption.json', 'train.jsonl', 'images/s9_000001.png']) expect((await stat(join(out, f))).size).toBeGreaterThan(0);
 
-    expect(JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'))).toMatchObject({ scene: {} });
-    const safe = await minigpt(['demo-data', '--seed', '9', '--count', '2', '--shapes', 'aspect-safe', '--out', join(work, 'cli-safe')]);
-    expect(safe.code, safe.stderr).toBe(0);
-    expect(JSON.parse(await readFile(join(work, 'cli-safe', 'manifest.json'), 'utf8'))).toMatchObject({ scene: { shapes: 'aspect-safe' } });
+    // the shape set is always recorded (the default, aspect-safe, here)
+    expect(JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'))).toMatchObject({ scene: { shapes: 'aspect-safe' } });
+    const classic = await minigpt(['demo-data', '--seed', '9', '--count', '2', '--shapes', 'classic', '--out', join(work, 'cli-classic')]);
+    expect(classic.code, classic.stderr).toBe(0);
+    expect(JSON.parse(await readFile(join(work, 'cli-classic', 'manifest.json'), 'utf8'))).toMatchObject({ scene: { shapes: 'classic' } });
     const oval = await minigpt(['demo-data', '--seed', '9', '--count', '2', '--shapes', 'ovals', '--out', join(work, 'cli-oval')]);
     expect(oval.code).not.toBe(0);
     expect(oval.stderr).toMatch(/--shapes.*'ovals' is invalid.*classic, aspect-safe/s);

@@ -21,8 +21,12 @@ interface CheckRecord {
   accuracy: number;
   scores: number[];
 }
-export interface Provenance {
+/** A run's arguments and the run (or package) it started from, back to the first. */
+export interface TrainRecord {
   train_args: Record<string, unknown>;
+  started_from?: TrainRecord;
+}
+export interface Provenance extends TrainRecord {
   published: Record<string, FileRecord>;
   package: Record<string, FileRecord>;
   /** shapes: the generator's shape set (`demo-data --shapes`); records written before it existed are classic */

@@ -13,7 +13,8 @@ import { loadPackage } from '../../src/inference/package.js';
 import { loadTokenizer } from '../../src/inference/tokenizer.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
-import { TASKS, expectRecordedFiles, expectRecordedScores } from '../helpers/provenance.js';
+import { DEFAULT_SHAPE_SET } from '../../src/demo-data/scene.js';
+import { TASKS, expectRecordedFiles, expectRecordedScores, type TrainRecord } from '../helpers/provenance.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const DEMO = join(ROOT, 'models', 'demo');
@@ -33,7 +34,14 @@ describe('models/demo', () => {
     expect(record.heldout.seed).toBe(1000);
     expect(record.heldout.images).toBeGreaterThanOrEqual(300);
     for (const t of TASKS) expect(record.heldout.eval[t].n, t).toBeGreaterThan(250);
-    expect(record.train_args).toMatchObject({ image_size: 112, aux_weight: 1, coord_init: true, pos_init_scale: 4, attn_sup: 1, name_sup: 1, sup_about: true });
+    expect(record.train_args).toMatchObject({ image_size: 112, aux_weight: 1, attn_sup: 1, name_sup: 1, sup_about: true });
+    // the first run of the chain (a continuation or fine-tune records the run it started from) set up the grid
+    // tokens and the position embeddings
+    let first: TrainRecord = record;
+    while (first.started_from) first = first.started_from;
+    expect(first.train_args).toMatchObject({ coord_init: true, pos_init_scale: 4 });
+    // evaluated on the shapes the generator draws by default (the web demo's scenes, README's example)
+    expect(record.heldout.shapes ?? 'classic').toBe(DEFAULT_SHAPE_SET);
     let bytes = 0;
     for (const f of Object.values(record.package)) bytes += f.bytes;
     expect(bytes).toBeLessThanOrEqual(30 * 1024 * 1024); // the size limit
