@@ -55,7 +55,7 @@ describe('from_package.py', () => {
   }, 120_000);
 
   it('its state.pt starts train.py (--init-from): the committed model\'s loss, not a fresh one\'s; at lr 0 the package is unchanged', async () => {
-    const prep = await prepared('classic', 'classic');
+    const prep = await prepared('safe', 'aspect-safe'); // the committed model's shape set
     const common = ['--data', prep, '--steps', '1', '--batch-images', '4', '--per-image', '4', '--warmup', '1', '--lr', '0', '--log-every', '1', '--aux-weight', '1', '--threads', '1'];
     await run(PY, [TRAIN, ...common, '--out', join(work, 'ft'), '--init-from', join(work, 'fp', 'state.pt')], { cwd: ROOT });
     await run(PY, [TRAIN, ...common, '--out', join(work, 'fresh')], { cwd: ROOT });
@@ -76,8 +76,8 @@ describe('from_package.py', () => {
   }, 300_000);
 
   it('--init-from: heads trained on other object classes start afresh; a stage 1 replaces the vision only when asked for', async () => {
-    const classic = join(work, 'classic', 'prep');
-    const safe = await prepared('safe', 'aspect-safe');
+    const classic = await prepared('classic', 'classic');
+    const safe = join(work, 'safe', 'prep');
     const common = ['--steps', '1', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--threads', '1'];
     await run(PY, [TRAIN, ...common, '--data', classic, '--out', join(work, 'c1')], { cwd: ROOT });
     const other = await run(PY, [TRAIN, ...common, '--data', safe, '--out', join(work, 's1'), '--init-from', join(work, 'c1', 'state.pt')], { cwd: ROOT });
