@@ -23,7 +23,7 @@ export const COLOURS = {
 export type ColourName = keyof typeof COLOURS;
 export const COLOUR_NAMES = Object.keys(COLOURS) as ColourName[];
 
-/** The classic shape set: the default, and the one the committed demo model was trained on. */
+/** The classic shape set (`--shapes classic`): the one the demo model was first trained on (c112, models/demo/train). */
 export const SHAPES = ['circle', 'square', 'rectangle', 'triangle', 'star', 'hexagon', 'diamond', 'cross', 'ellipse'] as const;
 /** Shapes only in other sets. */
 export const EXTRA_SHAPES = ['ring', 'heart'] as const;

@@ -42,7 +42,7 @@ const tarList = async (archive: string) => (await run('tar', ['-tJf', archive]))
 describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
   it('trains, converts, evaluates and returns a run; a second call continues it with --init-from @NAME', async () => {
     const first = await gpuSh('out1', `a1 112 --attn-sup 1 --name-sup 1 --sup-about ${SMALL}\n`, { STAGE1_OPTS: '--vit-augment' });
-    expect(first.stdout).toMatch(/data: 1 shards x 4 images \(classic shapes\) prepared at 112 px/);
+    expect(first.stdout).toMatch(/data: 1 shards x 4 images \(aspect-safe shapes\) prepared at 112 px/);
     for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'pytorch_model.bin']) {
       expect((await stat(join(work, 'out1', 'a1', f))).size, f).toBeGreaterThan(100_000);
     }
@@ -86,8 +86,8 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     await expect(stat(join(work, 'w', 'runs', 'stage1-224'))).rejects.toThrow();
 
     // a WORK holds the splits of one shape set: another set is refused before anything runs
-    const otherSet = await gpuSh('out4', `s1 112 ${SMALL}\n`, { SHAPES: 'aspect-safe' }).catch((e: { code: number; stderr: string }) => e);
-    expect(otherSet).toMatchObject({ code: 2, stderr: expect.stringContaining('holds splits of shape set classic, not aspect-safe') });
+    const otherSet = await gpuSh('out4', `s1 112 ${SMALL}\n`, { SHAPES: 'classic' }).catch((e: { code: number; stderr: string }) => e);
+    expect(otherSet).toMatchObject({ code: 2, stderr: expect.stringContaining('holds splits of shape set aspect-safe, not classic') });
 
     // --vit-only is stage 1 and nothing else: without a stage 1 to run it is refused
     const refused = await run(PY, [join(ROOT, 'models/demo/train/train.py'), '--data', join(work, 'w', 'shard1', 'prep112'), '--out', join(work, 'v0'), '--aux-weight', '1', '--vit-only'], { cwd: ROOT })

@@ -22,7 +22,8 @@
 #   STAGE1_OPTS train.py options of the shared stage 1 (e.g. --vit-augment)
 #   VIT_BATCH   images per stage-1 step (default 256; a CPU try wants ~8: four runs at 256 exhaust 24 GB)
 #   VAL_IMAGES, HELDOUT_IMAGES, EVAL_ITEMS   the held-out splits' sizes (256, 300) and the items evaluated per task (300)
-#   SHAPES      the generator's shape set for every split (classic, the default; aspect-safe: `minigpt demo-data --help`);
+#   SHAPES      the generator's shape set for every split (aspect-safe, the default, as the generator's; classic:
+#               `minigpt demo-data --help`);
 #               WORK holds the splits of one set only
 #
 # Seeds: training shards 1..SHARDS, held-out loss 999, held-out evaluation 1000 (never used in training).
@@ -44,7 +45,7 @@ VIT_MINUTES=${VIT_MINUTES:-1}
 STAGE1=${STAGE1:-shared}
 STAGE1_OPTS=${STAGE1_OPTS:-}
 VIT_BATCH=${VIT_BATCH:-256}
-SHAPES=${SHAPES:-classic}
+SHAPES=${SHAPES:-aspect-safe}
 mkdir -p "$WORK/bin" "$OUT"
 if [ -f "$WORK/shapes" ] && [ "$(cat "$WORK/shapes")" != "$SHAPES" ]; then
   echo "gpu.sh: $WORK holds splits of shape set $(cat "$WORK/shapes"), not $SHAPES: use another WORK" >&2
