@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train  # noqa: E402  (the recipe's model and its published-format writer)
 
@@ -202,7 +203,7 @@ def main():
         raise SystemExit(f'{a.model}: weights this script does not map: {", ".join(big[:4])}')
     model.load_state_dict(state)
     os.makedirs(a.out, exist_ok=True)
-    torch.save({'model': model.state_dict(), 'step': 0, 'from_package': os.path.abspath(a.model)}, os.path.join(a.out, 'state.pt'))
+    torch.save({'model': model.state_dict(), 'from_package': os.path.abspath(a.model)}, os.path.join(a.out, 'state.pt'))
     train.save_published(model, margs, a.out, tokenizer_json)
     # how the package was made: publish.mjs records it as the fine-tune's start (describeRun)
     prov = os.path.join(a.model, 'PROVENANCE.json')

@@ -916,17 +916,6 @@ def save_published(model, a, out, tokenizer_json):
 HEADS = ('aux_head.', 'name_head.')  # training-only heads (never published)
 
 
-def earlier_aux_classes(state_path, state):
-    """The auxiliary head's classes of the run that saved `state` (in the state, or its train_args.json), or None."""
-    if 'aux_classes' in state:
-        return state['aux_classes']
-    args_path = os.path.join(os.path.dirname(os.path.abspath(state_path)), 'train_args.json')
-    if os.path.isfile(args_path):
-        with open(args_path) as f:
-            return json.load(f).get('aux_classes')
-    return None
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', required=True, help='prepared folder (prepare.mjs), or several separated by commas')
@@ -1068,7 +1057,8 @@ def main():
             raise SystemExit(f'--init-from {a.init_from}: {wrong[0]} is {tuple(weights[wrong[0]].shape)}, this run\'s is '
                              f'{tuple(own[wrong[0]].shape)} (the model shapes must agree)')
         keep = {k: v for k, v in weights.items() if k in own and v.shape == own[k].shape}  # a head of another size starts afresh
-        if earlier_aux_classes(a.init_from, earlier) not in (None, getattr(a, 'aux_classes', None)):
+        # the state records its heads' classes (None: a state from before it did, or from_package.py's, with no heads)
+        if earlier.get('aux_classes') not in (None, getattr(a, 'aux_classes', None)):
             # heads over other classes (another shape set), even of the same size, would only mislead: they start afresh
             keep = {k: v for k, v in keep.items() if not k.startswith(HEADS)}
             print('aux / name heads start afresh: the earlier run had other object classes', file=sys.stderr)
