@@ -95,9 +95,16 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     expect(refused.stderr).toMatch(/--vit-only needs --vit-steps or --vit-fit-minutes/);
   }, 600_000);
 
-  it('--init-from @package fine-tunes the committed models/demo (from_package.py), with a stage 1 of its own, onto another shape set', async () => {
+  it('--init-from @package fine-tunes the committed models/demo (from_package.py), with a stage 1 of its own, after a STOP_AFTER=data call', async () => {
     const opts = `--init-from @package --vit-steps 2 --vit-batch 4 --attn-sup 1 --name-sup 1 --sup-about ${SMALL}`;
+    // the first of the two device calls (STOP_AFTER=data): the splits, and nothing that needs the package
+    const dataOnly = await gpuSh('out5', `f1 112 ${opts}\n`, { WORK: join(work, 'w5'), STOP_AFTER: 'data' });
+    expect(dataOnly.stdout).toMatch(/STOP_AFTER=data: Node, the packages and the splits are in place/);
+    const split = join(work, 'w5', 'shard1', 'prep112', 'meta.json');
+    const prepared = (await stat(split)).mtimeMs;
+    await expect(stat(join(work, 'w5', 'runs'))).rejects.toThrow();
     const out = await gpuSh('out5', `f1 112 ${opts}\n`, { SHAPES: 'aspect-safe', WORK: join(work, 'w5') });
+    expect((await stat(split)).mtimeMs).toBe(prepared); // the second call trains on the first one's splits
     expect(out.stdout).toMatch(/data: 1 shards x 4 images \(aspect-safe shapes\)/);
     expect(out.stdout).not.toMatch(/stage 1 at/); // no shared stage 1: the only run starts from the package
     const log = await readFile(join(work, 'w5', 'runs', 'f1.log'), 'utf8');

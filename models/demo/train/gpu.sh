@@ -25,6 +25,10 @@
 #   SHAPES      the generator's shape set for every split (aspect-safe, the default, as the generator's; classic:
 #               `minigpt demo-data --help`);
 #               WORK holds the splits of one set only
+#   STOP_AFTER=data  stops once Node is unpacked and the splits are prepared: the device tool carries 64 MiB, less
+#               than .devbundle/ and a package's .onnx.data together, so a fine-tune of the package takes two
+#               calls on one warm machine: this one with .devbundle/ and without the .onnx.data, then the run
+#               (train README, "On the lent GPU in two calls")
 #
 # Seeds: training shards 1..SHARDS, held-out loss 999, held-out evaluation 1000 (never used in training).
 # A second call on the same machine reuses the prepared shards in WORK.
@@ -83,6 +87,7 @@ shard 999 "$VAL_IMAGES" "$WORK/val" & pids+=($!)
 [ -f "$WORK/heldout/manifest.json" ] || { "$NODE" bin/minigpt.js demo-data --seed 1000 --count "$HELDOUT_IMAGES" --shapes "$SHAPES" --out "$WORK/heldout" > "$WORK/heldout.log" 2>&1 & pids+=($!); }
 for p in "${pids[@]}"; do wait "$p" || { tail -n 20 "$WORK"/*.log; exit 1; }; done
 stamp "data: $SHARDS shards x $PER_SHARD images ($SHAPES shapes) prepared at $(echo $sizes) px"
+if [ "${STOP_AFTER:-}" = data ]; then stamp "STOP_AFTER=data: Node, the packages and the splits are in place"; exit 0; fi
 
 shards_of() { for s in $(seq 1 "$SHARDS"); do printf '%s,' "$WORK/shard$s/prep$1"; done; }
 
