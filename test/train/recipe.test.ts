@@ -26,6 +26,19 @@ afterAll(async () => {
 
 const sha256 = async (p: string) => sha256Hex(await readFile(p));
 
+/** A train.py command line with option `flag` set to `value` (replaced where it is, else added). */
+function withOpt(args: readonly string[], flag: string, value: string): string[] {
+  const i = args.indexOf(flag);
+  return i < 0 ? [...args, flag, value] : [...args.slice(0, i + 1), value, ...args.slice(i + 2)];
+}
+
+/** A train.py command line without option `flag` and its value. */
+function withoutOpt(args: readonly string[], flag: string): string[] {
+  const i = args.indexOf(flag);
+  if (i < 0) throw new Error(`${flag} is not in ${args.join(' ')}`);
+  return [...args.slice(0, i), ...args.slice(i + 2)];
+}
+
 /** The published files of run `dir` are byte-identical to those of run `reference`. */
 async function expectSamePublished(dir: string, reference: string) {
   for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/pytorch_model.bin']) {
@@ -265,7 +278,7 @@ describe('models/demo/train', () => {
     expect(await keys(join(work, 'a1'))).toBe(await keys(join(work, 'r1')));
     // --name-sup alone (the heads of --attn-sup-layers, without their attention loss): its loss is logged, the
     // name heads stay out of the published files, and they are saved for --resume
-    await run(PY, [...args.slice(0, 4), join(work, 'a2'), ...args.slice(5, -4), '--name-sup', '1', '--threads', '1'], { cwd: ROOT });
+    await run(PY, [...withoutOpt(withOpt(args, '--out', join(work, 'a2')), '--attn-sup'), '--name-sup', '1'], { cwd: ROOT });
     const log2 = (await readFile(join(work, 'a2', 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
     for (const rec of log2) {
       expect(rec.name_loss).toBeGreaterThan(0);
@@ -282,9 +295,9 @@ describe('models/demo/train', () => {
     await run(PY, args, { cwd: ROOT });
     await expectSamePublished(join(work, 'i1'), join(work, 'r1'));
     // a name head the earlier run did not have starts afresh; the rest is loaded as before
-    await run(PY, [...args.slice(0, 4), join(work, 'i2'), ...args.slice(5), '--name-sup', '1'], { cwd: ROOT });
+    await run(PY, [...withOpt(args, '--out', join(work, 'i2')), '--name-sup', '1'], { cwd: ROOT });
     await expectSamePublished(join(work, 'i2'), join(work, 'r1'));
-    const { stderr } = await run(PY, [...args.slice(0, -1), join(work, 'missing.pt')], { cwd: ROOT }).catch((e: { stderr: string }) => e);
+    const { stderr } = await run(PY, withOpt(args, '--init-from', join(work, 'missing.pt')), { cwd: ROOT }).catch((e: { stderr: string }) => e);
     expect(stderr).toMatch(/--init-from .*missing\.pt: no such file/);
 
     // publish.mjs records the runs it came from, back to the first
