@@ -83,6 +83,8 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
       } else {
         const lines = [`${report.task}: ${(report.accuracy * 100).toFixed(2)}% on ${report.n} items (${report.metric}) in ${report.seconds.toFixed(1)} s`];
         for (const [t, v] of Object.entries(report.by_type ?? {})) lines.push(`  ${t}: ${(v.accuracy * 100).toFixed(2)}% (${v.n})`);
+        const bg = report.background;
+        if (bg) lines.push(`  background named: ${(bg.accuracy * 100).toFixed(2)}% (its kind: ${(bg.kind_accuracy * 100).toFixed(2)}%; ${bg.n})`);
         process.stdout.write(`${lines.join('\n')}\n`);
       }
     });

@@ -4,7 +4,7 @@
 //   DIR/refer.json              RefCOCO eval style: [{img_id, sents, bbox [x,y,w,h] px, width, height, image}]
 //   DIR/vqa.json                [{question_id, image, question, answers (10), question_type, answer_type}]
 //   DIR/identify.json           [{img_id, image, bbox [x,y,w,h] px, width, height, answers, colour, shape}]
-//   DIR/caption.json            [{image_id, image, caption, objects (the "colour shape" names)}]
+//   DIR/caption.json            [{image_id, image, caption, objects (the "colour shape" names), background ("light gradient")}]
 //   DIR/train.jsonl             training samples of all six tasks + multi-turn: {id, image, width, height, task, turns}
 //   DIR/scenes.json             the full ground truth of every image
 //   DIR/manifest.json           seed, count, options and entry counts
@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { Rng } from './rng.js';
 import { DEFAULT_SHAPE_SET, sampleScene, sceneShapes, type Scene, type SceneOptions } from './scene.js';
 import { renderScene, type ImageFormat } from './render.js';
-import { answerList, caption, expressions, identifyAnswers, name, trainSamples, vqaQuestions, type TrainSample } from './language.js';
+import { answerList, backgroundName, caption, expressions, identifyAnswers, name, trainSamples, vqaQuestions, type TrainSample } from './language.js';
 
 export { Rng } from './rng.js';
 export * from './scene.js';
@@ -63,6 +63,8 @@ export interface CaptionEntry {
   image: string;
   caption: string;
   objects: string[];
+  /** the background's tone and kind as the caption names it ("light gradient"), for eval's background score */
+  background: string;
 }
 
 export interface SceneEntry extends Scene {
@@ -116,7 +118,7 @@ export function imageData(opts: DemoDataOptions, index: number): ImageData {
     .shuffle(vqaQuestions(scene, rng, shapes))
     .slice(0, opts.vqaPerImage ?? 3)
     .map((q) => ({ image, question: q.question, answers: answerList(q.answer), question_type: q.questionType, answer_type: q.answerType }));
-  const cap: CaptionEntry = { image_id: stem, image, caption: caption(scene), objects: [...new Set(scene.objects.map(name))] };
+  const cap: CaptionEntry = { image_id: stem, image, caption: caption(scene), objects: [...new Set(scene.objects.map(name))], background: backgroundName(scene) };
   return { stem, image, scene, refer, vqa, identify, caption: cap, train };
 }
 

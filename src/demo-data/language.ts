@@ -135,10 +135,15 @@ function joinList(items: string[]): string {
   return `${items.slice(0, -1).join(', ')} and ${items[items.length - 1]}`;
 }
 
-export function backgroundPhrase(scene: Scene): string {
+/** The background as captions name it: its tone and kind ("light gradient"). */
+export function backgroundName(scene: Scene): string {
   const tone = scene.background.tones[0];
   const light = tone[0] + tone[1] + tone[2] > 3 * 128;
-  return `on a ${light ? 'light' : 'dark'} ${scene.background.kind} background`;
+  return `${light ? 'light' : 'dark'} ${scene.background.kind}`;
+}
+
+export function backgroundPhrase(scene: Scene): string {
+  return `on a ${backgroundName(scene)} background`;
 }
 
 export function caption(scene: Scene): string {

@@ -170,6 +170,15 @@ export function identifyCorrect(answer: string, accepted: readonly string[]): bo
   return accepted.some((a) => containsPhrase(answer, a));
 }
 
+/**
+ * Whether a caption names the scene's background (demo-data's caption.json `background`, "light gradient"):
+ * `named` with its tone and kind ("... on a light gradient background"), `kind` with the kind at least.
+ */
+export function captionBackground(caption: string, background: string): { named: boolean; kind: boolean } {
+  const kind = background.trim().split(/\s+/).pop() ?? '';
+  return { named: containsPhrase(caption, `${background} background`), kind: kind !== '' && containsPhrase(caption, `${kind} background`) };
+}
+
 export function captionRecall(caption: string, objects: readonly string[]): { recall: number; found: string[]; missed: string[] } {
   const found = objects.filter((o) => containsPhrase(caption, o));
   const missed = objects.filter((o) => !found.includes(o));

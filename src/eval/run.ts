@@ -17,7 +17,7 @@ import { conversationPrompt } from '../inference/prompt.js';
 import type { ProviderChoice } from '../inference/providers.js';
 import { EVAL_PROMPTS, TASK_BUTTON_PROMPTS } from '../grounding/tasks.js';
 import { formatBox, parseGrounding } from '../grounding/parse.js';
-import { captionRecall, identifyCorrect, scoreRefer, vqaAccuracy, cleanVqaAnswer, normalizeVqaAnswer } from './metrics.js';
+import { captionBackground, captionRecall, identifyCorrect, scoreRefer, vqaAccuracy, cleanVqaAnswer, normalizeVqaAnswer } from './metrics.js';
 import { Progress, type ProgressStream } from './progress.js';
 
 export const EVAL_TASKS = ['refer', 'vqa', 'identify', 'caption'] as const;
@@ -62,6 +62,9 @@ export interface EvalReport {
   seconds: number;
   /** accuracy per question type (vqa) */
   by_type?: Record<string, { n: number; accuracy: number }>;
+  /** caption, where the data names each image's background (demo-data): the share of captions naming it with
+   * its tone and kind ("light gradient background"), and with its kind at least */
+  background?: { n: number; accuracy: number; kind_accuracy: number };
   details: Record<string, unknown>[];
 }
 
@@ -191,6 +194,7 @@ export async function runEval(opts: EvalOptions): Promise<EvalReport> {
     const details: Record<string, unknown>[] = [];
     const scores: number[] = [];
     const types: Record<string, number[]> = {};
+    const backgrounds: { named: boolean; kind: boolean }[] = [];
     const progress = opts.progress === null ? null : new Progress(items.length, `eval ${task}`, opts.progress ?? process.stderr);
     for (let start = 0; start < items.length; start += batch) {
       const chunk = items.slice(start, start + batch);
@@ -226,6 +230,11 @@ export async function runEval(opts: EvalOptions): Promise<EvalReport> {
             const c = captionRecall(answer, r.objects as string[]);
             score = c.recall;
             detail = { image_id: r.image_id, answer, recall: c.recall, found: c.found, missed: c.missed };
+            if (typeof r.background === 'string') {
+              const b = captionBackground(answer, r.background);
+              backgrounds.push(b);
+              detail = { ...detail, background: r.background, background_named: b.named, background_kind: b.kind };
+            }
             break;
           }
         }
@@ -248,6 +257,7 @@ export async function runEval(opts: EvalOptions): Promise<EvalReport> {
       data: file,
       max_new_tokens: maxNewTokens,
       seconds: (performance.now() - t0) / 1000,
+      ...(backgrounds.length ? { background: { n: backgrounds.length, accuracy: mean(backgrounds.map((b) => (b.named ? 1 : 0))), kind_accuracy: mean(backgrounds.map((b) => (b.kind ? 1 : 0))) } } : {}),
       ...(task === 'vqa' ? { by_type: Object.fromEntries(Object.entries(types).map(([k, v]) => [k, { n: v.length, accuracy: mean(v) }])) } : {}),
       details,
     };

@@ -363,6 +363,12 @@ describe('demo-data tasks', () => {
     expect(identify.length).toBe(nObjects);
     expect(caption.length).toBe(20);
     expect(caption[0].objects.length).toBeGreaterThan(0);
+    for (const [i, c] of (caption as { caption: string; background: string; image: string }[]).entries()) {
+      expect(c.background).toMatch(/^(light|dark) (plain|gradient|noisy|textured|striped)$/);
+      expect(c.caption.endsWith(` on a ${c.background} background`), c.caption).toBe(true);
+      expect(scenes[i].image).toBe(c.image);
+      expect(c.background.split(' ')[1]).toBe(scenes[i].background.kind);
+    }
   });
 
   it('referring expressions pick out exactly one object', () => {

@@ -101,6 +101,12 @@ describe('minigpt eval --task vqa / identify / caption', () => {
     const c = (k: number, objects: string[]) => ({ image_id: `c${k}`, image: sizes[k].image, caption: '', objects });
     const r = await evalFile('caption', 'caption-t.json', [c(0, ['red circle', 'gray square', 'green star']), c(1, ['red circle'])], 'a red circle and a grey square on a light plain background');
     expect(r.accuracy).toBeCloseTo((2 / 3 + 1) / 2, 12);
+    expect(r).not.toHaveProperty('background'); // the data does not name the backgrounds
+    // demo-data's caption.json names each background: the report scores the caption's
+    const b = (k: number, background: string) => ({ ...c(k, ['red circle']), background });
+    const rb = await evalFile('caption', 'caption-b.json', [b(0, 'light plain'), b(1, 'dark plain'), b(1, 'light noisy')], 'a red circle and a grey square on a light plain background');
+    expect(rb.background).toEqual({ n: 3, accuracy: 1 / 3, kind_accuracy: 2 / 3 });
+    expect(rb.details.map((d) => d.background_named)).toEqual([true, false, false]);
   });
 
   it('the generated split evaluates on every task; --batch gives the same answers as one at a time', async () => {

@@ -1,6 +1,7 @@
 // Scoring as eval_ref.py / eval_utils.py / vqaEval.py do it.
 import { describe, expect, it } from 'vitest';
 import {
+  captionBackground,
   captionRecall,
   computeIoU,
   containsPhrase,
@@ -127,6 +128,13 @@ describe('identify / caption', () => {
     expect(identifyCorrect('circle', ['red circle'])).toBe(false);
     expect(identifyCorrect('blue square', ['red circle', 'blue square'])).toBe(true);
     expect(containsPhrase('a bred circle', 'red circle')).toBe(false);
+  });
+
+  it('caption background: named with its tone and kind, or its kind at least', () => {
+    expect(captionBackground('a red circle on a light plain background', 'light plain')).toEqual({ named: true, kind: true });
+    expect(captionBackground('a red circle on a light textured background', 'light plain')).toEqual({ named: false, kind: false });
+    expect(captionBackground('a red circle on a dark plain background', 'light plain')).toEqual({ named: false, kind: true });
+    expect(captionBackground('a plain red circle', 'light plain')).toEqual({ named: false, kind: false });
   });
 
   it('caption recall counts the object names mentioned', () => {

@@ -136,7 +136,7 @@ async function main() {
   for (const task of TASKS) {
     console.error(`publish: eval ${task} on ${heldout}`);
     const r = JSON.parse(minigpt(['eval', '--model', out, '--data', heldout, '--task', task, '--batch', '8', '--provider', 'cpu', '--json']));
-    evals[task] = { n: r.n, accuracy: r.accuracy, metric: r.metric, ...(r.by_type ? { by_type: r.by_type } : {}) };
+    evals[task] = { n: r.n, accuracy: r.accuracy, metric: r.metric, ...(r.by_type ? { by_type: r.by_type } : {}), ...(r.background ? { background: r.background } : {}) };
   }
   const manifest = JSON.parse(await readFile(join(heldout, 'manifest.json'), 'utf8'));
   // the generator's shape set of the held-out split (demo-data --shapes): the check scenes are drawn from it too
