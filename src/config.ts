@@ -16,6 +16,11 @@ const modelSection = z
     /** upstream selects 8-bit weights with it; here it selects a quantised package if `low_resource_package` is set */
     low_resource: z.boolean().default(false),
     low_resource_package: z.string().optional(),
+    /**
+     * weights of `low_resource_package`: int8 (upstream's 8-bit mode; a 7B model needs ~9 GB) or int4 (~5.5 GB,
+     * faster on the CPU, a larger rounding error); both computed in int8 on the CPU (docs/quantisation.md)
+     */
+    low_resource_dtype: z.enum(['int8', 'int4']).default('int8'),
     max_new_tokens: z.number().int().positive().max(4096).default(300),
     num_beams: z.number().int().positive().max(16).default(1),
     temperature: z.number().min(0).max(10).default(0.6),
@@ -47,10 +52,12 @@ const modelSection = z
     qformer_heads: z.number().int().positive().optional(),
     lora_r: z.number().int().positive().optional(),
     lora_alpha: z.number().int().positive().optional(),
-    /** weight type of `package`; `low_resource_package` is int8, as upstream's low_resource loads 8-bit */
+    /** weight type of `package`; `low_resource_package` has low_resource_dtype's */
     dtype: z.enum(['fp32', 'fp16', 'int8', 'int4']).optional(),
     /** int8 / int4 quantisation block along the input features */
     block_size: z.number().int().positive().optional(),
+    /** int8 / int4: MatMulNBits accuracy_level (docs/quantisation.md; default 4, int8 compute on the CPU) */
+    accuracy_level: z.number().int().min(0).max(4).optional(),
   })
   .strict()
   .superRefine((m, ctx) => {
@@ -142,8 +149,8 @@ const CONFIG_ARCH: Record<NonNullable<BotConfig['model']['arch']>, Arch> = { min
 
 /**
  * The conversion a config describes (DESIGN.md section 4): `minigpt convert --config F` builds the package
- * that `serve` with F loads (`low_resource_package` when `low_resource: true`, with int8 weights as
- * upstream's 8-bit mode, else `package` with `dtype`), from the downloads that the config names. Relative
+ * that `serve` with F loads (`low_resource_package` when `low_resource: true`, with `low_resource_dtype`
+ * weights: int8 as upstream's 8-bit mode by default; else `package` with `dtype`), from the downloads that the config names. Relative
  * input names are looked up in `--weights DIR`, else `model.weights_dir` (relative to the repository root,
  * default `weights`). Every input is checked to exist before anything is read.
  */
@@ -208,8 +215,8 @@ export async function convertOptionsFromConfig(cfg: BotConfig, flags: ConvertFla
 
   const promptStyle: Minigpt4PromptStyle | undefined =
     m.model_type === 'pretrain_llama2' ? 'llama2' : m.model_type === 'pretrain_vicuna0' ? 'vicuna0' : undefined;
-  // the package serve loads: low_resource_package (int8, as upstream's 8-bit) or package (dtype)
-  const dtype: WeightDType | undefined = flags.dtype ?? (m.low_resource ? 'int8' : m.dtype);
+  // the package serve loads: low_resource_package (low_resource_dtype: int8 as upstream's 8-bit, or int4) or package (dtype)
+  const dtype: WeightDType | undefined = flags.dtype ?? (m.low_resource ? m.low_resource_dtype : m.dtype);
   const quantised = dtype === 'int8' || dtype === 'int4';
   const v2 = arch === 'minigpt-v2';
   const opts: Omit<ConvertOptions, 'log'> = {
@@ -227,6 +234,7 @@ export async function convertOptionsFromConfig(cfg: BotConfig, flags: ConvertFla
     dtype,
     // block_size describes the quantised package; the fp32/fp16 one has no blocks
     blockSize: flags.blockSize ?? (quantised ? m.block_size : undefined),
+    accuracyLevel: flags.accuracyLevel ?? (quantised ? m.accuracy_level : undefined),
     out: flags.out !== undefined ? resolve(cwd, flags.out) : cfg.packageDir,
   };
   return opts;

@@ -20,6 +20,21 @@ import { promptSegmentIds } from '../inference/context.js';
 import { ConversationManager } from '../conversation/manager.js';
 import { imageData, renderScene } from '../demo-data/index.js';
 import { Option, type Command } from 'commander';
+import {
+  BENCH_VARIANTS,
+  benchThread,
+  benchWeights,
+  isCurrentPackage,
+  medianResult,
+  parseVariant,
+  variantDir,
+  WEIGHTS_PROFILE,
+  WEIGHTS_ROUNDS,
+  weightRatios,
+  type ThreadResult,
+  type WeightsResult,
+  type WeightVariant,
+} from './bench-weights.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const IMAGE = join(ROOT, 'test', 'fixtures', 'minigptv2-tiny', 'input.png');
@@ -464,25 +479,36 @@ export async function benchPackage(dir: string, profileName: keyof typeof PROFIL
   }
 }
 
-/** Writes the 7B-layer-shaped random package (random checkpoints in the published formats, converted). */
-export async function ensureLargePackage(dir: string, log: (s: string) => void): Promise<void> {
-  if (existsSync(join(dir, 'model.json'))) {
+/**
+ * Writes the 7B-layer-shaped random package in each of `variants` (random checkpoints in the published
+ * formats, written once and converted to each; fp32 in `dir`, the others beside it: variantDir).
+ */
+export async function ensureLargePackage(dir: string, log: (s: string) => void, variants: readonly WeightVariant[] = [parseVariant('fp32')]): Promise<void> {
+  const missing: WeightVariant[] = [];
+  for (const v of variants) {
+    const out = variantDir(dir, v);
+    if (await isCurrentPackage(out)) continue;
     // A package from an older converter would measure the older graph: written again.
-    const { meta } = await loadPackage(dir);
-    if (meta.graphs.decoder.inputs.some((io) => io.name === 'cache_key_values.0.key')) return;
-    log(`[bench] ${dir} was converted before the decoder had a cache input: converting it again`);
-    await rm(dir, { recursive: true, force: true });
+    if (existsSync(out)) log(`[bench] ${out} is from an older converter (no cache or logits_to_keep input): converting it again`);
+    await rm(out, { recursive: true, force: true });
+    missing.push(v);
   }
+  if (missing.length === 0) return;
   const { randomShape, writeRandomMiniGPTv2 } = await import('../convert/random-checkpoints.js');
   const { convert } = await import('../convert/convert.js');
   const src = `${dir}-checkpoints`;
   log(`[bench] writing random Llama-2-7B / EVA ViT-g checkpoints (${LARGE_LAYERS.llm} LLM layers, ${LARGE_LAYERS.vit} ViT blocks) to ${src}`);
   await mkdir(dirname(dir), { recursive: true });
   const shape = randomShape('llama2-7b', { llmLayers: LARGE_LAYERS.llm, vitDepth: LARGE_LAYERS.vit });
-  const r = await writeRandomMiniGPTv2(src, shape, { seed: 0, log });
-  log(`[bench] converting to ${dir}`);
-  await convert({ ...r.convertArgs, vit: r.vit, llm: r.llm, ckpt: r.ckpt, out: dir, log });
-  await rm(src, { recursive: true, force: true });
+  try {
+    const r = await writeRandomMiniGPTv2(src, shape, { seed: 0, log });
+    for (const v of missing) {
+      log(`[bench] converting to ${variantDir(dir, v)} (${v.name})`);
+      await convert({ ...r.convertArgs, vit: r.vit, llm: r.llm, ckpt: r.ckpt, dtype: v.dtype, blockSize: v.blockSize, out: variantDir(dir, v), log });
+    }
+  } finally {
+    await rm(src, { recursive: true, force: true });
+  }
 }
 
 function machine() {
@@ -501,6 +527,8 @@ export interface BenchOptions {
   model: string;
   /** the 7B-layer-shaped package folder (built when missing), or false to skip it */
   large: string | false;
+  /** weight types of the 7B-layer-shaped package to compare (none: no weight-type table) */
+  dtypes: WeightVariant[];
   quick: boolean;
   json: boolean;
   threads?: number;
@@ -511,13 +539,61 @@ export interface BenchOptions {
 }
 
 async function child(dir: string, profile: string, threads: number): Promise<PackageResult> {
+  return runChild<PackageResult>(dir, ['--child', dir, '--profile', profile, '--threads', String(threads)]);
+}
+
+/** One package's bench in a child process of its own (its peak RSS is that package's); the JSON it prints. */
+async function runChild<T>(dir: string, args: string[]): Promise<T> {
   const cli = join(ROOT, 'bin', 'minigpt.js');
-  const proc = spawn(process.execPath, [cli, 'bench', '--child', dir, '--profile', profile, '--threads', String(threads)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc = spawn(process.execPath, [cli, 'bench', ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const code = await new Promise<number | null>((r) => proc.on('close', r));
   if (code !== 0) throw new Error(`bench of ${dir} failed (exit ${code})`);
-  return JSON.parse(out.trim().split('\n').at(-1)!) as PackageResult;
+  return JSON.parse(out.trim().split('\n').at(-1)!) as T;
+}
+
+/** The weight-type table: the 7B-layer-shaped package in each of `dtypes`, ratios against fp32 (bench-weights.ts). */
+async function weightTable(dir: string, variants: readonly WeightVariant[], threads: number, log: (s: string) => void) {
+  await ensureLargePackage(dir, log, variants);
+  // Rounds over all variants, interleaved, so that a slow minute of this shared machine falls on every
+  // variant alike rather than on one; each figure is the median over the rounds.
+  const runs: WeightsResult[][] = variants.map(() => []);
+  for (let round = 0; round < WEIGHTS_ROUNDS; round++) {
+    for (const [i, v] of variants.entries()) {
+      log(`[bench] weight types, round ${round + 1}/${WEIGHTS_ROUNDS}: ${v.name}`);
+      runs[i].push(await runChild<WeightsResult>(variantDir(dir, v), ['--child-weights', variantDir(dir, v), '--threads', String(threads)]));
+    }
+  }
+  const results = runs.map((rs, i) => ({ ...medianResult(rs), variant: variants[i].name }));
+  const ratios = weightRatios(results);
+  const at = (name: string) => ratios.find((r) => r.variant === name);
+  const quantPrefill = ratios.filter((r) => /^int[48]/.test(r.variant)).map((r) => r.prefill_ratio);
+  const target = (value: number | undefined, t: number, atLeast: boolean) =>
+    value === undefined || !Number.isFinite(value) ? undefined : { value: round(value), target: t, met: atLeast ? value >= t : value <= t };
+  return {
+    results: results.map(roundAll),
+    ratios: ratios.map(roundAll),
+    targets: {
+      int4_decode_speedup: target(at('int4')?.decode_speedup, 3.5, true),
+      int8_decode_speedup: target(at('int8')?.decode_speedup, 2, true),
+      quantised_prefill_ratio: target(quantPrefill.length ? Math.max(...quantPrefill) : undefined, 1.1, false),
+    },
+  };
+}
+
+export function parseDtypes(v: string | undefined): WeightVariant[] {
+  if (v === 'none') return [];
+  const list = v === undefined ? BENCH_VARIANTS : v.split(',').map((x) => x.trim()).filter(Boolean);
+  const parse = (name: string) => {
+    try {
+      return parseVariant(name);
+    } catch (e) {
+      throw new Error(`--dtypes: ${(e as Error).message}`);
+    }
+  };
+  // fp32 is every ratio's baseline
+  return [...new Set(['fp32', ...list])].map(parse);
 }
 
 const TOP_KEYS = [
@@ -541,9 +617,11 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   const t0 = performance.now();
   const results: PackageResult[] = [];
   results.push(await child(resolve(o.model), o.quick ? 'quick' : 'full', threads));
+  let weights: Awaited<ReturnType<typeof weightTable>> | undefined;
   if (o.large !== false && !o.quick) {
     await ensureLargePackage(o.large, o.log);
     results.push(await child(o.large, 'large', threads));
+    if (o.dtypes.length > 0) weights = await weightTable(o.large, o.dtypes, threads, o.log);
   }
   const primary = results[0];
   const large = results[1];
@@ -560,7 +638,9 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
       js_overhead_share: { package: primary.package, value: round(primary.js_overhead_share), target: 0.05, met: primary.js_overhead_share <= 0.05 },
       grounding_answer_ms: { package: primary.package, value: round(primary.grounding_answer_ms), target: 1000, met: primary.grounding_answer_ms < 1000 },
       identical_greedy_tokens: results.every((r) => r.kv_cache_identical && r.followup_identical && r.batch8_identical),
+      ...(weights ? Object.fromEntries(Object.entries(weights.targets).filter(([, v]) => v).map(([k, v]) => [k, { package: 'weight types', ...v }])) : {}),
     },
+    ...(weights ? { weights: { results: weights.results, ratios: weights.ratios } } : {}),
     packages: Object.fromEntries(results.map((r, i) => [i === 0 ? 'primary' : 'large', roundAll(r)])),
   };
   if (large) (report.packages as Record<string, unknown>).large_description = `random Llama-2-7B-shaped package, ${LARGE_LAYERS.llm} LLM layers and ${LARGE_LAYERS.vit} EVA ViT-g blocks (src/convert/random-checkpoints.ts, fp32): per-layer cost at real width`;
@@ -663,13 +743,45 @@ function markdown(report: Record<string, unknown>, results: PackageResult[]): st
   lines.push('Targets:');
   for (const [k, v] of Object.entries(t)) {
     if (typeof v === 'boolean') lines.push(`- ${k}: ${v ? 'yes' : 'NO'}`);
-    else lines.push(`- ${k} on \`${v.package}\`${v.history_tokens ? ` (${v.history_tokens}-token prompt)` : ''}: ${v.value} (target ${k === 'batch8_speedup' ? '>=' : '<='} ${v.target}): ${v.met ? 'met' : 'NOT met'}`);
+    else lines.push(`- ${k} on \`${v.package}\`${v.history_tokens ? ` (${v.history_tokens}-token prompt)` : ''}: ${v.value} (target ${k.endsWith('speedup') ? '>=' : '<='} ${v.target}): ${v.met ? 'met' : 'NOT met'}`);
   }
+  const w = report.weights as { results: WeightsResult[]; ratios: ReturnType<typeof weightRatios> } | undefined;
+  if (w) lines.push('', ...weightsMarkdown(w.results, w.ratios));
   lines.push('');
   lines.push('```json');
   lines.push(JSON.stringify(report));
   lines.push('```');
   return `${lines.join('\n')}\n`;
+}
+
+/** The weight-type table: one row per package, each figure with its ratio to fp32's. */
+export function weightsMarkdown(results: readonly WeightsResult[], ratios: ReturnType<typeof weightRatios>): string[] {
+  const x = (v: number) => (Number.isFinite(v) ? ` (${fmt(v, 'x')})` : '');
+  return [
+    `Weight types of the 7B-layer-shaped package (${LARGE_LAYERS.llm} Llama-2-7B layers with the 32000-token head, ${LARGE_LAYERS.vit} EVA ViT-g blocks at 448 px; the same random checkpoints converted to each; ${WEIGHTS_ROUNDS} child processes each, the variants interleaved; in each, ${WEIGHTS_PROFILE.reps} runs after ${WEIGHTS_PROFILE.warmup} warm-up, ${WEIGHTS_PROFILE.decodeTokens} greedy tokens a run; each figure the median of the processes' medians, peak RSS the largest). In brackets: the ratio to fp32 (decode: speed-up; the others: time or size over fp32's).`,
+    '',
+    '| weights | block, accuracy level | package size | vision | prefill | decode step | decode speed-up | peak RSS |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...results.map((r, i) => {
+      const q = ratios[i];
+      return `| ${r.variant ?? r.dtype} | ${r.block_size ? `${r.block_size}, ${r.accuracy_level}` : '-'} | ${fmt(r.bytes / 2 ** 20, ' MiB')}${x(q.size_ratio)} | ${fmt(r.vision_ms, ' ms')}${x(q.vision_ratio)} | ${fmt(r.prefill_ms, ' ms')}${x(q.prefill_ratio)} (${r.prompt_tokens} tokens) | ${fmt(r.decode_step_ms, ' ms')} | **${fmt(q.decode_speedup, 'x')}** | ${fmt(r.peak_rss_mb, ' MB')}${x(q.rss_ratio)} |`;
+    }),
+  ];
+}
+
+/** `minigpt bench --thread`: the package as a bot user meets it, as a table. */
+export function threadMarkdown(r: ThreadResult): string {
+  return [
+    `\`${r.package}\`: ${r.dtype}, ${r.layers} decoder layers, ${r.vision_layers} ViT blocks; loaded in ${fmt(r.load_ms / 1000, ' s')}.`,
+    '',
+    '| new image: time to first token | vision | prefill | decode | follow-up: time to first token | peak RSS |',
+    '| --- | --- | --- | --- | --- | --- |',
+    `| ${fmt(r.ttft_new_image_ms / 1000, ' s')} | ${fmt(r.vision_ms / 1000, ' s')} | ${fmt(r.prefill_ms / 1000, ' s')} (${r.prompt_tokens} tokens) | ${fmt(r.decode_tok_s)} tok/s | ${fmt(r.followup_ttft_ms / 1000, ' s')} (${r.followup_prefilled_tokens} of ${r.followup_prompt_tokens} tokens prefilled; KV cache budget ${r.kv_cache_mb} MB) | ${fmt(r.peak_rss_mb / 1024, ' GB')} |`,
+    '',
+    '```json',
+    JSON.stringify(roundAll(r)),
+    '```',
+  ].join('\n');
 }
 
 /** `minigpt bench`: see the top of this file and docs/benchmarks.md. */
@@ -684,9 +796,24 @@ export function registerBenchCommand(program: Command, log: (line: string) => vo
     .option('--json', 'print one JSON object instead of the table')
     .option('--threads <n>', 'intra-op threads (default: the number of cores)', (v) => Number.parseInt(v, 10))
     .option('--report <file>', 'also write the table and the JSON to this markdown file')
+    .option('--dtypes <list>', `weight types of the 7B-layer-shaped package to compare (comma-separated, int8 / int4 with -b<block size>, or "none"; default ${BENCH_VARIANTS.join(',')})`)
     .addOption(new Option('--child <dir>').hideHelp())
+    .option('--thread <dir>', 'only this package, as a bot user meets it: a thread with a new image, then a follow-up (TTFT, decode tok/s, peak RSS; for a full-size package)')
+    .option('--rounds <n>', 'with --thread: threads to run, the first a warm-up (default 2)', (v) => Number.parseInt(v, 10))
+    .option('--kv-cache-mb <n>', "with --thread: the conversation manager's KV cache budget, as runtime.kv_cache_mb (default 256)", (v) => Number.parseInt(v, 10))
+    .addOption(new Option('--child-weights <dir>').hideHelp())
     .addOption(new Option('--profile <name>').choices(Object.keys(PROFILES)).hideHelp())
     .action(async (o) => {
+      if (o.thread) {
+        const r = await benchThread(resolve(o.thread), await readFile(IMAGE), o.threads ?? os.availableParallelism(), { rounds: o.rounds ?? 2, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 }, log);
+        process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${threadMarkdown(r)}\n`);
+        return;
+      }
+      if (o.childWeights) {
+        const r = await benchWeights(resolve(o.childWeights), await readFile(IMAGE), o.threads ?? os.availableParallelism(), WEIGHTS_PROFILE, log);
+        process.stdout.write(`${JSON.stringify(r)}\n`);
+        return;
+      }
       if (o.child) {
         const r = await benchPackage(resolve(o.child), o.profile ?? 'quick', o.threads ?? os.availableParallelism(), log);
         process.stdout.write(`${JSON.stringify(r)}\n`);
@@ -695,6 +822,7 @@ export function registerBenchCommand(program: Command, log: (line: string) => vo
       await runBench({
         model: o.model,
         large: o.large === false ? false : resolve(o.large),
+        dtypes: parseDtypes(o.dtypes),
         quick: Boolean(o.quick),
         json: Boolean(o.json),
         threads: o.threads,

@@ -89,6 +89,7 @@ export function buildProgram(): Command {
       ]),
     )
     .option('--block-size <n>', 'int8/int4: quantisation block along the input features (power of two >= 16, default 32)', int('--block-size'))
+    .option('--accuracy-level <n>', "int8/int4: MatMulNBits accuracy_level, the smallest compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8; default 4, the CPU's fastest: docs/quantisation.md)", num('--accuracy-level', 0, 4))
     .option('--fused', "decoder with onnxruntime's fused kernels: RMSNorm, rotary, MultiHeadAttention with the KV cache (docs/quantisation.md)")
     .option('--out <dir>', 'output package folder (required without --config; default: the config\'s package)')
     .action(async (o) => {
@@ -106,6 +107,7 @@ export function buildProgram(): Command {
         loraAlpha: o.loraAlpha,
         dtype: o.dtype as WeightDType | undefined,
         blockSize: o.blockSize,
+        accuracyLevel: o.accuracyLevel,
         out: o.out,
       };
       let opts: Omit<ConvertOptions, 'log'>;

@@ -12,7 +12,7 @@ import { buildDecoderGraph, buildEmbedGraph, llamaShapeFromConfig, loraKeys, typ
 import { openCheckpoint, openHfWeights, unwrapPrefix, type TensorSource } from './readers/index.js';
 import { PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, type GraphSpec, type ModelJson } from '../inference/package.js';
 import { convertSentencePieceFile } from './sentencepiece.js';
-import { checkBlockSize, DEFAULT_BLOCK_SIZE, describeWeights, quantBits, type WeightDType, type WeightFormat } from './quantize.js';
+import { checkAccuracyLevel, checkBlockSize, DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, describeWeights, quantBits, type AccuracyLevel, type WeightDType, type WeightFormat } from './quantize.js';
 import { CLIP_MEAN, CLIP_STD, MINIGPT4_PROMPTS, MINIGPT_V2_PROMPT, type Minigpt4PromptStyle } from '../inference/presets.js';
 
 export const CONVERTER_VERSION = 'minigpt-bot convert 1';
@@ -37,6 +37,8 @@ export interface ConvertOptions {
   dtype?: WeightDType;
   /** MatMulNBits block size along K for int8 / int4 (default 32) */
   blockSize?: number;
+  /** MatMulNBits accuracy_level for int8 / int4 (default DEFAULT_ACCURACY_LEVEL: int8 compute on the CPU) */
+  accuracyLevel?: number;
   /** the decoder with onnxruntime's fused kernels (src/convert/graphs/llama-fused.ts); model.json `graph: "fused"` */
   fused?: boolean;
   out: string;
@@ -137,8 +139,17 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
       throw new ConvertError(`--block-size ${(e as Error).message}`);
     }
   }
-  const weights: WeightFormat = { dtype, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE };
-  const quantOptions: Record<string, number> = bits ? { blockSize: weights.blockSize } : {};
+  if (opts.accuracyLevel !== undefined) {
+    if (!bits) throw new ConvertError(`--accuracy-level is for --dtype int8 / int4, not ${dtype}`);
+    try {
+      checkAccuracyLevel(opts.accuracyLevel);
+    } catch (e) {
+      throw new ConvertError(`--accuracy-level ${(e as Error).message}`);
+    }
+  }
+  const accuracyLevel = (opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL) as AccuracyLevel;
+  const weights: WeightFormat = { dtype, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE, accuracyLevel };
+  const quantOptions: Record<string, number> = bits ? { blockSize: weights.blockSize, accuracyLevel } : {};
 
   const imageSize = opts.imageSize ?? DEFAULTS.imageSize[opts.arch];
   const vitHeads = opts.vitHeads ?? DEFAULTS.vitHeads;

@@ -29,13 +29,38 @@ export const WEIGHT_DTYPES: readonly WeightDType[] = ['fp32', 'fp16', 'int8', 'i
 /** Block size along K for int8/int4 (onnxruntime's quantiser default). */
 export const DEFAULT_BLOCK_SIZE = 32;
 
+/**
+ * MatMulNBits `accuracy_level`: the smallest type onnxruntime may compute in. 0 = unset (the provider's own
+ * choice: float32 on the CPU), 1 = float32, 2 = float16, 3 = bfloat16, 4 = int8 (the activations are
+ * quantised per block to int8 and multiplied with integer dot products; the weights stay as stored).
+ */
+export type AccuracyLevel = 0 | 1 | 2 | 3 | 4;
+export const ACCURACY_LEVELS: readonly AccuracyLevel[] = [0, 1, 2, 3, 4];
+
+/**
+ * The default accuracy level, chosen by measurement (docs/quantisation.md, "Accuracy level"): on the CPU
+ * provider level 4 makes a 7B-shaped decoding step ~3x (int4) to ~47x (int8) faster than the float32 path,
+ * whose int8 kernel is a slow fallback; the error it adds is small beside the weight rounding itself.
+ * onnxruntime's GPU providers ignore the level they have no kernel for (CUDA, WebGPU compute in the
+ * activations' type), so the same package serves both.
+ */
+export const DEFAULT_ACCURACY_LEVEL: AccuracyLevel = 4;
+
 export interface WeightFormat {
   dtype: WeightDType;
   /** MatMulNBits block size along K (int8/int4): a power of two >= 16 */
   blockSize: number;
+  /** MatMulNBits accuracy_level (int8/int4) */
+  accuracyLevel: AccuracyLevel;
 }
 
-export const FP32_WEIGHTS: WeightFormat = { dtype: 'fp32', blockSize: DEFAULT_BLOCK_SIZE };
+export const FP32_WEIGHTS: WeightFormat = { dtype: 'fp32', blockSize: DEFAULT_BLOCK_SIZE, accuracyLevel: DEFAULT_ACCURACY_LEVEL };
+
+export function checkAccuracyLevel(level: number): asserts level is AccuracyLevel {
+  if (!ACCURACY_LEVELS.includes(level as AccuracyLevel)) {
+    throw new Error(`accuracy level ${level}: MatMulNBits takes 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)`);
+  }
+}
 
 export function quantBits(dtype: WeightDType): 4 | 8 | null {
   return dtype === 'int4' ? 4 : dtype === 'int8' ? 8 : null;
@@ -62,6 +87,7 @@ export function describeWeights(format: WeightFormat) {
             symmetric: true,
             zeroPoint: 1 << (bits - 1),
             scales: 'float32' as const,
+            accuracyLevel: format.accuracyLevel,
           },
         }
       : {}),
@@ -181,13 +207,14 @@ export function transpose2d(w: Float32Array, rows: number, cols: number): Float3
  * exactly the reference one (initializer `<name>.weight` [in, out], one MatMul).
  */
 export function weightMatMul(g: GraphBuilder, x: string, name: string, weight: Float32Array, outFeatures: number, inFeatures: number): string {
-  const { dtype, blockSize } = g.weights;
+  const { dtype, blockSize, accuracyLevel } = g.weights;
   const bits = quantBits(dtype);
   if (bits) {
     const q = quantizeBlockwise(weight, outFeatures, inFeatures, bits, blockSize);
     const b = g.weight(`${name}.weight_q${bits}`, [outFeatures, q.nBlocks, q.blobSize], q.packed, DataType.UINT8);
     const s = g.weight(`${name}.weight_scales`, [outFeatures, q.nBlocks], q.scales);
-    return g.op('MatMulNBits', [x, b, s], { K: inFeatures, N: outFeatures, bits, block_size: blockSize }, { domain: 'com.microsoft', name: `${name}.matmul` });
+    const attrs = { K: inFeatures, N: outFeatures, bits, block_size: blockSize, ...(accuracyLevel ? { accuracy_level: accuracyLevel } : {}) };
+    return g.op('MatMulNBits', [x, b, s], attrs, { domain: 'com.microsoft', name: `${name}.matmul` });
   }
   const wt = transpose2d(weight, outFeatures, inFeatures);
   if (dtype === 'fp16') {

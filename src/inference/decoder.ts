@@ -468,8 +468,11 @@ export class TokenEmbedder {
   }
 }
 
+/** Which positions' logits a forward run returns: the last one (all generation needs) or every new one. */
+export type KeepLogits = 'last' | 'all';
+
 export interface ForwardResult {
-  /** logits of every new position, [seqLen, vocab] */
+  /** logits of the last new position [vocab], or of every new position [seqLen, vocab] (KeepLogits) */
   logits: Float32Array;
   state: KvCache;
 }
@@ -492,7 +495,11 @@ export interface DecoderOptions {
   batchRows?: number;
   /** memory of freed KV storage kept for reuse (default 512 MiB) */
   poolBytes?: number;
+  /** 'append' mode: the most positions one run of a prefill takes; longer prompts run in chunks (default 128) */
+  prefillChunk?: number;
 }
+
+export const DEFAULT_PREFILL_CHUNK = 128;
 
 export class LlamaDecoder implements StepModel<KvCache> {
   readonly vocabSize: number;
@@ -508,9 +515,15 @@ export class LlamaDecoder implements StepModel<KvCache> {
   /** zero-filled KV feeds made once per (names, positions, rows): see zeroKv */
   private readonly zeroFeeds = new Map<string, Record<string, ort.Tensor>>();
   private readonly fetches: string[];
+  /**
+   * The `logits_to_keep` feeds (1: the last position, 0: all) when the graph has that input; packages converted
+   * before it compute every position's logits, and the last is cut out here.
+   */
+  private readonly keep: Record<KeepLogits, Record<string, ort.Tensor>> | null;
   private readonly ones: BigInt64Array;
   private readonly batchRows: number;
   private readonly pool: BufferPool;
+  private readonly prefillChunk: number;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -524,14 +537,19 @@ export class LlamaDecoder implements StepModel<KvCache> {
     this.fetches = ['logits', ...this.newNames];
     const cacheNames = Array.from({ length: shape.layers }, (_, i) => [`cache_key_values.${i}.key`, `cache_key_values.${i}.value`]).flat();
     this.cacheNames = cacheNames.every((n) => session.inputNames.includes(n)) ? cacheNames : null;
+    const keepFeed = (n: bigint) => ({ logits_to_keep: new ort.Tensor('int64', BigInt64Array.of(n), [1]) });
+    this.keep = session.inputNames.includes('logits_to_keep') ? { last: keepFeed(1n), all: keepFeed(0n) } : null;
+    // (a decoding step has one position per row: its logits are the last position's)
+    const last = this.keep?.last ?? {};
     this.blockAs = this.cacheNames
-      ? { names: this.cacheNames, extra: (rows) => this.zeroKv(this.pastNames, 0, rows) }
-      : { names: this.pastNames, extra: () => ({}) };
+      ? { names: this.cacheNames, extra: (rows) => ({ ...this.zeroKv(this.pastNames, 0, rows), ...last }) }
+      : { names: this.pastNames, extra: () => last };
     const hasNew = this.newNames.every((n) => session.outputNames.includes(n));
     this.mode = opts.mode === 'present' || !hasNew ? 'present' : 'append';
     this.ones = new BigInt64Array(shape.maxPositions).fill(1n);
     this.batchRows = Math.max(1, Math.floor(opts.batchRows ?? 8));
     this.pool = new BufferPool(opts.poolBytes ?? 512 * 1024 * 1024);
+    this.prefillChunk = Math.max(1, Math.floor(opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK));
   }
 
   /**
@@ -554,15 +572,26 @@ export class LlamaDecoder implements StepModel<KvCache> {
     return new KvCache(tensors, 0);
   }
 
-  /** Runs `embeds` ([seqLen, hidden]) after the cached prefix `past` (which stays valid). */
-  async forward(embeds: Float32Array, past: KvCache | null, signal?: AbortSignal): Promise<ForwardResult> {
+  /**
+   * Runs `embeds` ([seqLen, hidden]) after the cached prefix `past` (which stays valid); `keep` says whose
+   * logits come back (generation needs the last position's; `minigpt verify` compares all of them).
+   */
+  async forward(embeds: Float32Array, past: KvCache | null, signal?: AbortSignal, keep: KeepLogits = 'last'): Promise<ForwardResult> {
     const { hidden, maxPositions } = this.shape;
     const seqLen = embeds.length / hidden;
     if (!Number.isInteger(seqLen) || seqLen === 0) throw new Error(`inputs_embeds of ${embeds.length} values is not a whole number of ${hidden}-wide rows`);
     const total = (past?.length ?? 0) + seqLen;
     if (total > maxPositions) throw new ContextLengthError(total, maxPositions);
     signal?.throwIfAborted();
-    return this.mode === 'append' ? this.forwardAppend(embeds, seqLen, past, signal) : this.forwardPresent(embeds, seqLen, past, signal);
+    const r = await (this.mode === 'append' ? this.forwardAppend(embeds, seqLen, past, keep, signal) : this.forwardPresent(embeds, seqLen, past, keep, signal));
+    const V = this.vocabSize;
+    if (keep === 'last' && r.logits.length > V) r.logits = r.logits.subarray(r.logits.length - V);
+    return r;
+  }
+
+  /** The `logits_to_keep` feed of a forward run (none for graphs without the input). */
+  private keepFeed(keep: KeepLogits): Record<string, ort.Tensor> {
+    return this.keep?.[keep] ?? {};
   }
 
   /**
@@ -615,7 +644,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
     return new AppendBlock(this.pastNames, rows, growCapacity(need, this.shape.maxPositions), this.shape.kvHeads, this.shape.headDim, this.pool);
   }
 
-  private async forwardAppend(embeds: Float32Array, seqLen: number, past: KvCache | null, signal?: AbortSignal): Promise<ForwardResult> {
+  private async forwardAppend(embeds: Float32Array, seqLen: number, past: KvCache | null, keep: KeepLogits, signal?: AbortSignal): Promise<ForwardResult> {
     const { hidden } = this.shape;
     const L = past?.length ?? 0;
     const total = L + seqLen;
@@ -644,23 +673,35 @@ export class LlamaDecoder implements StepModel<KvCache> {
     // A new state needs a reference before anything can fail, so that a new block is freed on error.
     const state = new KvCache(block, total, row);
     try {
-      // (with a cache input the block goes in even when empty, all masked: no zero-sized cache)
-      const fed = L > 0 || this.cacheNames !== null;
-      const cap = fed ? block.capacity : 0;
-      const mask = new BigInt64Array(cap + seqLen);
-      mask.fill(1n, 0, L);
-      mask.fill(1n, cap);
-      const feeds: Record<string, ort.Tensor> = {
-        ...(fed ? block.feedsAs(1, this.blockAs) : this.zeroKv(this.pastNames, 0, 1)),
-        inputs_embeds: new ort.Tensor('float32', embeds, [1, seqLen, hidden]),
-        attention_mask: new ort.Tensor('int64', mask, [1, cap + seqLen]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(L + i)), [1, seqLen]),
-      };
-      const out = await this.run(feeds, this.fetches);
-      for (let i = 0; i < this.pastNames.length; i++) block.write(this.pastNames[i], out[this.newNames[i]].data as Float32Array, 0, seqLen, row, L);
-      block.written[row] = total;
-      if (signal?.aborted) signal.throwIfAborted();
-      return { logits: out.logits.data as Float32Array, state };
+      // A long prompt runs in chunks into the storage made for all of it (only the last chunk's logits are
+      // kept): a run's outputs (the new keys and values of every layer) and activations grow with its length,
+      // and at the full 7B shape a 273-token prefill in one run raised the process's RSS by 1.35 GB, in runs
+      // of 128 by 0.94 GB, in no more time (docs/quantisation.md, "Memory").
+      const chunk = keep === 'last' ? this.prefillChunk : seqLen;
+      let logits: Float32Array = new Float32Array(0);
+      for (let s = 0; s < seqLen; s += chunk) {
+        const n = Math.min(chunk, seqLen - s);
+        const at = L + s;
+        // (with a cache input the block goes in even when empty, all masked: no zero-sized cache)
+        const fed = at > 0 || this.cacheNames !== null;
+        const cap = fed ? block.capacity : 0;
+        const mask = new BigInt64Array(cap + n);
+        mask.fill(1n, 0, at);
+        mask.fill(1n, cap);
+        const feeds: Record<string, ort.Tensor> = {
+          ...(fed ? block.feedsAs(1, this.blockAs) : this.zeroKv(this.pastNames, 0, 1)),
+          ...this.keepFeed(keep),
+          inputs_embeds: new ort.Tensor('float32', n === seqLen ? embeds : embeds.slice(s * hidden, (s + n) * hidden), [1, n, hidden]),
+          attention_mask: new ort.Tensor('int64', mask, [1, cap + n]),
+          position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: n }, (_, i) => BigInt(at + i)), [1, n]),
+        };
+        const out = await this.run(feeds, this.fetches);
+        for (let i = 0; i < this.pastNames.length; i++) block.write(this.pastNames[i], out[this.newNames[i]].data as Float32Array, 0, n, row, at);
+        block.written[row] = at + n;
+        if (signal?.aborted) signal.throwIfAborted();
+        logits = out.logits.data as Float32Array;
+      }
+      return { logits, state };
     } catch (err) {
       state.dispose();
       throw err;
@@ -823,7 +864,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
 
   // ----------------------------------------------------------------------------------- 'present' mode
 
-  private async forwardPresent(embeds: Float32Array, seqLen: number, past: KvCache | null, signal?: AbortSignal): Promise<ForwardResult> {
+  private async forwardPresent(embeds: Float32Array, seqLen: number, past: KvCache | null, keep: KeepLogits, signal?: AbortSignal): Promise<ForwardResult> {
     const { hidden } = this.shape;
     // A row of a batch is copied out first: the graph takes one unpadded row here.
     const cache = past === null ? this.emptyCache() : past.standalone ? past : past.prefix();
@@ -835,6 +876,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
       const feeds: Record<string, ort.Tensor> = {
         ...this.maskedCache(1),
         ...cache.feeds(),
+        ...this.keepFeed(keep),
         inputs_embeds: new ort.Tensor('float32', embeds, [1, seqLen, hidden]),
         attention_mask: new ort.Tensor('int64', mask, [1, total + lead]),
         position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(cache.length + i)), [1, seqLen]),
@@ -883,6 +925,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
     const feeds: Record<string, ort.Tensor> = {
       ...this.maskedCache(B),
       ...past,
+      ...this.keepFeed('last'),
       inputs_embeds: new ort.Tensor('float32', embeds, [B, 1, hidden]),
       attention_mask: new ort.Tensor('int64', mask, [B, W]),
       position_ids: new ort.Tensor('int64', BigInt64Array.from(states, (s) => BigInt(s.length)), [B, 1]),

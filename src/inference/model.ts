@@ -22,6 +22,8 @@ export interface LoadOptions {
   forcedAnswer?: string;
   /** most sequences decoded together in one batched step (default 8) */
   maxBatch?: number;
+  /** the most prompt positions one prefill run takes on the CPU (default 128; DecoderOptions.prefillChunk) */
+  prefillChunk?: number;
 }
 
 /** How answer() may reuse and keep the KV cache of a conversation's turns. */
@@ -85,6 +87,21 @@ export class VisionEncoder {
   }
 }
 
+/**
+ * A warning for an int8 / int4 package converted before `--accuracy-level` (MatMulNBits with float32 compute)
+ * run on the CPU, whose int8 kernel is then a slow fallback: converting it again is 3x (int4) to ~47x (int8)
+ * faster per decoding step (docs/quantisation.md).
+ */
+export function slowQuantisation(meta: ModelJson, provider: ProviderName): string | null {
+  const q = meta.weights?.quantization;
+  if (!q || provider !== 'cpu' || (q.accuracyLevel ?? 0) === 4) return null;
+  return (
+    `${meta.name}: ${meta.dtype} package with MatMulNBits accuracy level ${q.accuracyLevel ?? 0} (float32 compute) on the CPU: ` +
+    `decoding is ${meta.dtype === 'int8' ? 'tens of times' : 'about 3 times'} slower than with int8 compute; ` +
+    `convert it again (minigpt convert --dtype ${meta.dtype}, accuracy level 4 by default; docs/quantisation.md)`
+  );
+}
+
 export class MiniGPT {
   private constructor(
     readonly pkg: ModelPackage,
@@ -109,12 +126,14 @@ export class MiniGPT {
     const factory = new SessionFactory({ provider: opts.provider ?? 'auto', threads: opts.threads, log: opts.log });
     const presentNames = Array.from({ length: meta.llm.layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat();
     const decoderSession = await factory.open(pkg.path(meta.graphs.decoder.file), presentNames);
-    const visionSession = await factory.open(pkg.path(meta.graphs.vision.file));
+    const visionSession = await factory.open(pkg.path(meta.graphs.vision.file), [], { arena: false });
     const embedSession = await factory.open(pkg.path(meta.graphs.embed.file));
     const tokenizer = await loadTokenizer(pkg.path(meta.tokenizer), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
     const embedder = new TokenEmbedder(embedSession, meta.llm.hidden);
     // WebGPU hands present.* back as device buffers: the cache then stays on the GPU ('present' mode).
-    const decoder = new LlamaDecoder(decoderSession, embedder, meta.llm, { mode: factory.provider === 'webgpu' ? 'present' : undefined, batchRows: opts.maxBatch });
+    const decoder = new LlamaDecoder(decoderSession, embedder, meta.llm, { mode: factory.provider === 'webgpu' ? 'present' : undefined, batchRows: opts.maxBatch, prefillChunk: opts.prefillChunk });
+    const slow = slowQuantisation(meta, factory.provider ?? 'cpu');
+    if (slow) opts.log?.(slow);
     const forcedAnswer = opts.forcedAnswer ?? process.env.MINIGPT_TEST_FORCED_ANSWER;
     if (forcedAnswer) opts.log?.('test hook MINIGPT_TEST_FORCED_ANSWER is set: every answer is forced');
     return new MiniGPT(
@@ -145,8 +164,14 @@ export class MiniGPT {
   }
 
   /** Prefills the context; returns the KV state and the logits of the last position. */
-  async prefill(ctx: ContextEmbeds, signal?: AbortSignal): Promise<{ state: KvCache; logits: Float32Array; all: Float32Array }> {
+  async prefill(ctx: ContextEmbeds, signal?: AbortSignal): Promise<{ state: KvCache; logits: Float32Array }> {
     const r = await this.decoder.forward(ctx.embeds, null, signal);
+    return { state: r.state, logits: r.logits.slice() };
+  }
+
+  /** Prefills the context and returns the logits of every position, [length, vocab] (for `minigpt verify`). */
+  async prefillAll(ctx: ContextEmbeds, signal?: AbortSignal): Promise<{ state: KvCache; logits: Float32Array; all: Float32Array }> {
+    const r = await this.decoder.forward(ctx.embeds, null, signal, 'all');
     const V = this.meta.llm.vocabSize;
     return { state: r.state, logits: r.logits.slice((ctx.length - 1) * V, ctx.length * V), all: r.logits };
   }
@@ -205,8 +230,7 @@ export class MiniGPT {
       try {
         const embeds = await embedRows(segmentIds, images, this.embedder, from);
         const r = await this.engine.exclusive(() => this.decoder.forward(embeds, past, signal));
-        const V = this.meta.llm.vocabSize;
-        pre = { state: r.state, logits: r.logits.slice(r.logits.length - V) };
+        pre = { state: r.state, logits: r.logits.slice() };
       } catch (err) {
         // Cancelled before the first token: the same ending as a cancellation during decoding.
         if (!signal?.aborted) throw err;

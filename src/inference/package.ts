@@ -67,6 +67,8 @@ export const modelJsonSchema = z.object({
           symmetric: z.boolean(),
           zeroPoint: z.number().int().nonnegative(),
           scales: z.enum(['float32', 'float16']),
+          /** MatMulNBits accuracy_level on every node (4: int8 compute on the CPU); absent in packages from before it was set: 0 */
+          accuracyLevel: z.number().int().min(0).max(4).optional(),
         })
         .optional(),
     })

@@ -48,12 +48,17 @@ export interface OpenedSession {
  *   in parallel only adds threads competing for the same cores.
  * - enableCpuMemArena true (onnxruntime's default, kept deliberately): intermediate tensors of each run come
  *   from the arena instead of fresh allocations; without it an 8-row step took 1032 ms instead of 93
- *   (page faults on ~100 MB of activations per run).
+ *   (page faults on ~100 MB of activations per run). Not for the vision graph (`arena: false`): it runs once
+ *   per new image, and its activations are the model's largest (EVA ViT-g at 448 px: 16 heads x 1025^2
+ *   attention scores); an arena would keep ~240 MB of them for the life of the process. Without it the
+ *   full-size MiniGPT-v2 int4 package's peak RSS fell by ~200 MB, its vision taking 8.0-8.1 s instead of
+ *   8.4-8.7; two blocks alone, timed alternately in one process, were 8-10 % slower without it (fp32 and
+ *   int4): memory is what a CPU-only machine runs out of first (docs/quantisation.md, "A full-size ...").
  * - enableMemPattern false: a memory pattern is planned for one set of input shapes, and the sequence
  *   length changes at every step; planning it is wasted work.
  * - intra-op spinning left on (default): on or off made no measurable difference (55 vs 52 ms a step).
  */
-function sessionOptions(provider: ProviderName, threads: number | undefined, keepOnDevice: readonly string[]): ort.InferenceSession.SessionOptions {
+function sessionOptions(provider: ProviderName, threads: number | undefined, keepOnDevice: readonly string[], arena = true): ort.InferenceSession.SessionOptions {
   const opts: ort.InferenceSession.SessionOptions = {
     executionProviders: [provider],
     graphOptimizationLevel: 'all',
@@ -62,7 +67,7 @@ function sessionOptions(provider: ProviderName, threads: number | undefined, kee
     opts.intraOpNumThreads = threads || availableParallelism();
     opts.interOpNumThreads = 1;
     opts.executionMode = 'sequential';
-    opts.enableCpuMemArena = true;
+    opts.enableCpuMemArena = arena;
     opts.enableMemPattern = false;
   }
   // Only the WebGPU provider can hand outputs back as device buffers in Node; the KV cache then stays on the GPU.
@@ -107,7 +112,7 @@ export function providerUnavailableReason(provider: ProviderName): string | null
  * Opens a session on the requested provider. With `auto`, tries cuda, webgpu, cpu in turn and keeps the
  * first that initialises. `keepOnDevice` names outputs that should stay in device memory when possible.
  */
-export async function openSession(path: string, opts: SessionFactoryOptions, keepOnDevice: readonly string[] = []): Promise<OpenedSession> {
+export async function openSession(path: string, opts: SessionFactoryOptions, keepOnDevice: readonly string[] = [], arena = true): Promise<OpenedSession> {
   const order = opts.provider === 'auto' ? AUTO_ORDER : [opts.provider];
   const failures: string[] = [];
   const skipped: string[] = [];
@@ -118,7 +123,7 @@ export async function openSession(path: string, opts: SessionFactoryOptions, kee
       continue;
     }
     try {
-      const session = await ort.InferenceSession.create(path, sessionOptions(provider, opts.threads, keepOnDevice));
+      const session = await ort.InferenceSession.create(path, sessionOptions(provider, opts.threads, keepOnDevice, arena));
       return { session, provider, skipped: [...skipped, ...failures] };
     } catch (err) {
       failures.push(`${provider}: ${provider === 'cuda' ? cudaHint(err) : err instanceof Error ? err.message : String(err)}`);
@@ -140,9 +145,10 @@ export class SessionFactory {
     return this.chosen;
   }
 
-  async open(path: string, keepOnDevice: readonly string[] = []): Promise<ort.InferenceSession> {
+  /** `arena: false`: no CPU memory arena for this graph (see sessionOptions) */
+  async open(path: string, keepOnDevice: readonly string[] = [], opts: { arena?: boolean } = {}): Promise<ort.InferenceSession> {
     const provider = this.chosen ?? this.opts.provider;
-    const opened = await openSession(path, { ...this.opts, provider }, keepOnDevice);
+    const opened = await openSession(path, { ...this.opts, provider }, keepOnDevice, opts.arena ?? true);
     if (!this.chosen) {
       this.chosen = opened.provider;
       const how = this.opts.provider === 'auto' ? `auto${opened.skipped.length ? `; skipped ${opened.skipped.join('; ')}` : ''}` : 'requested';

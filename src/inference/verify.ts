@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { MiniGPT, type LoadOptions } from './model.js';
 import { spliceContext } from './context.js';
 import { argmax } from './generation/index.js';
+import type { KvCache } from './decoder.js';
 import { preprocessImage } from '../image/preprocess.js';
 
 export const TOLERANCES = {
@@ -20,13 +21,17 @@ type WeightType = MiniGPT['meta']['dtype'];
  * What a package of each weight type must meet against the (fp32) PyTorch reference: the tensor bound and
  * the share of greedy tokens equal to the reference's. A quantised package cannot meet fp32's 1e-4, so it is
  * held to the bounds of its agreement test (docs/quantisation.md, test/convert/dtypes.test.ts): fp16 keeps
- * every greedy token within 1e-2, int8 7 of 8 within 0.25; int4 is only bounded (4) and its tokens reported.
+ * every greedy token within 1e-2, int8 (int8 compute, accuracy level 4) 7 of 8 within 0.25; int4 is only
+ * bounded (4) and its tokens reported. The token bound is on the teacher-forced top-1 (the reference's own
+ * tokens fed back, the step logits compared at the same positions): one flipped near-tie then costs one
+ * token, not every token after it. When every teacher-forced token agrees, free-running greedy decoding
+ * reproduces the reference exactly, so fp32's and fp16's bound of 1 is the same as before.
  */
-export const DTYPE_BOUNDS: Record<WeightType, { tensor: number; greedyAgreement: number }> = {
-  fp32: { tensor: TOLERANCES.tensor, greedyAgreement: 1 },
-  fp16: { tensor: 1e-2, greedyAgreement: 1 },
-  int8: { tensor: 0.25, greedyAgreement: 7 / 8 },
-  int4: { tensor: 4, greedyAgreement: 0 },
+export const DTYPE_BOUNDS: Record<WeightType, { tensor: number; forcedTop1: number }> = {
+  fp32: { tensor: TOLERANCES.tensor, forcedTop1: 1 },
+  fp16: { tensor: 1e-2, forcedTop1: 1 },
+  int8: { tensor: 0.25, forcedTop1: 7 / 8 },
+  int4: { tensor: 4, forcedTop1: 0 },
 };
 
 interface GoldenTensor {
@@ -47,15 +52,17 @@ export interface PromptReport {
   greedy_ids: number[];
   expected_greedy_ids: number[];
   greedy_ids_match: boolean;
-  /** share of positions where the greedy ids equal the reference's */
+  /** share of positions where the free-running greedy ids equal the reference's (reported) */
   greedy_agreement: number;
+  /** share of steps whose argmax is the reference's token when the reference's tokens are fed (bounded) */
+  forced_top1: number;
   ok: boolean;
 }
 
 export interface VerifyReport {
   /** the package's weight type, which chooses the bounds (DTYPE_BOUNDS) */
   dtype: WeightType;
-  bounds: { tensor: number; greedy_agreement: number };
+  bounds: { tensor: number; forced_top1: number };
   stages: Record<string, StageError>;
   prompts: Record<string, PromptReport>;
   ok: boolean;
@@ -146,7 +153,7 @@ async function verifyPrompt(
   prefix: string,
   imageEmbeds: Float32Array,
   shared: Record<string, StageError>,
-  bounds: { tensor: number; greedyAgreement: number },
+  bounds: { tensor: number; forcedTop1: number },
 ): Promise<PromptReport> {
   const stages: Record<string, StageError> = { ...shared };
   const V = model.meta.llm.vocabSize;
@@ -157,24 +164,55 @@ async function verifyPrompt(
   const embedsName = golden.promptTensor(prefix, 'inputs_embeds');
   if (embedsName) stages.inputs_embeds = compare(ctx.embeds, await golden.float32(embedsName), bounds.tensor);
 
-  const pre = await model.prefill(ctx);
+  const pre = await model.prefillAll(ctx);
   const logitsName = golden.promptTensor(prefix, 'logits');
   if (logitsName) stages.logits = compare(pre.all, await golden.float32(logitsName), bounds.tensor);
 
   const expectedName = golden.promptTensor(prefix, 'greedy_ids');
   const expected = expectedName ? await golden.ids(expectedName) : [];
   const steps = expected.length || 8;
-  const ids: number[] = [];
+  // free-running greedy decoding, then the same steps fed the reference's tokens
+  const free = await greedySteps(model, pre.state.clone(), pre.logits, steps, (_, id) => id);
+  const forced = await greedySteps(model, pre.state, pre.logits, steps, (t, id) => expected[t] ?? id);
+  const stepName = golden.promptTensor(prefix, 'greedy_step_logits');
+  if (stepName) stages.greedy_step_logits = compare(forced.stepLogits, await golden.float32(stepName), bounds.tensor);
+
+  const share = (ids: number[]) => (expected.length > 0 ? expected.filter((id, i) => ids[i] === id).length / expected.length : 0);
+  const forcedTop1 = share(forced.argmaxes);
+  return {
+    stages,
+    greedy_ids: free.argmaxes,
+    expected_greedy_ids: expected,
+    greedy_ids_match: expected.length > 0 && expected.every((id, i) => free.argmaxes[i] === id),
+    greedy_agreement: share(free.argmaxes),
+    forced_top1: forcedTop1,
+    ok: expected.length > 0 && forcedTop1 >= bounds.forcedTop1 && Object.values(stages).every((s) => s.ok),
+  };
+}
+
+/**
+ * `steps` greedy steps from a prefilled state (consumed): each step's logits and argmax, and the token fed
+ * next chosen by `feed(step, argmax)` (the argmax itself for free-running decoding, the reference's token
+ * for teacher forcing).
+ */
+async function greedySteps(
+  model: MiniGPT,
+  first: KvCache,
+  firstLogits: Float32Array,
+  steps: number,
+  feed: (t: number, argmax: number) => number,
+): Promise<{ argmaxes: number[]; stepLogits: Float32Array }> {
+  const V = model.meta.llm.vocabSize;
+  const argmaxes: number[] = [];
   const stepLogits = new Float32Array(steps * V);
-  let state = pre.state;
-  let logits = pre.logits;
+  let state = first;
+  let logits = firstLogits;
   try {
     for (let t = 0; t < steps; t++) {
       stepLogits.set(logits, t * V);
-      const id = argmax(logits);
-      ids.push(id);
+      argmaxes.push(argmax(logits));
       if (t === steps - 1) break;
-      const next = await model.decoder.step([state], [id]);
+      const next = await model.decoder.step([state], [feed(t, argmaxes[t])]);
       state.dispose();
       state = next.states[0];
       logits = next.logits[0];
@@ -182,19 +220,7 @@ async function verifyPrompt(
   } finally {
     state.dispose();
   }
-  const stepName = golden.promptTensor(prefix, 'greedy_step_logits');
-  if (stepName) stages.greedy_step_logits = compare(stepLogits, await golden.float32(stepName), bounds.tensor);
-
-  const match = expected.length > 0 && expected.every((id, i) => ids[i] === id);
-  const agreement = expected.length > 0 ? expected.filter((id, i) => ids[i] === id).length / expected.length : 0;
-  return {
-    stages,
-    greedy_ids: ids,
-    expected_greedy_ids: expected,
-    greedy_ids_match: match,
-    greedy_agreement: agreement,
-    ok: expected.length > 0 && agreement >= bounds.greedyAgreement && Object.values(stages).every((s) => s.ok),
-  };
+  return { argmaxes, stepLogits };
 }
 
 /** Runs every stage the golden folder has a reference for; `ok` is false if any is over tolerance. */
@@ -240,7 +266,7 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
       }
       if (Object.keys(prompts).length === 0) throw new Error(`${goldenDir} has no prompt for this package (${variant || 'default'} variant)`);
       const ok = Object.values(stages).every((s) => s.ok) && Object.values(prompts).every((p) => p.ok);
-      return { dtype, bounds: { tensor: bounds.tensor, greedy_agreement: bounds.greedyAgreement }, stages, prompts, ok };
+      return { dtype, bounds: { tensor: bounds.tensor, forced_top1: bounds.forcedTop1 }, stages, prompts, ok };
     }
     throw new Error(`${goldenDir} has no pixel_values tensor to feed the vision encoder`);
   } finally {

@@ -18,28 +18,28 @@ const VARIANTS = {
     files: ['minigptv2_checkpoint.pth', 'eva_vit_g.pth'],
     folders: ['Llama-2-7b-chat-hf'],
     options: { arch: 'minigpt-v2', imageSize: 448, vitHeads: 16, loraR: 64, loraAlpha: 16 },
-    pkg: 'models/minigptv2-int8',
+    pkg: 'models/minigptv2-int4',
     model: { max_new_tokens: 500, temperature: 0.6, prompt_template: '[INST] {} [/INST]', end_sym: '</s>' },
   },
   'minigpt4_eval.yaml': {
     files: ['pretrained_minigpt4.pth', 'eva_vit_g.pth', 'blip2_pretrained_flant5xxl.pth'],
     folders: ['vicuna'],
     options: { arch: 'minigpt-4', imageSize: 224, vitHeads: 16, qformerHeads: 12, prompt: 'vicuna0' },
-    pkg: 'models/minigpt4-vicuna0-13b-int8',
+    pkg: 'models/minigpt4-vicuna0-13b-int4',
     model: { max_new_tokens: 300, temperature: 1, prompt_template: '###Human: {} ###Assistant: ', end_sym: '###' },
   },
   'minigpt4_eval_7b.yaml': {
     files: ['prerained_minigpt4_7b.pth', 'eva_vit_g.pth', 'blip2_pretrained_flant5xxl.pth'],
     folders: ['vicuna-7b'],
     options: { arch: 'minigpt-4', imageSize: 224, vitHeads: 16, qformerHeads: 12, prompt: 'vicuna0' },
-    pkg: 'models/minigpt4-vicuna0-7b-int8',
+    pkg: 'models/minigpt4-vicuna0-7b-int4',
     model: { max_new_tokens: 300, temperature: 1, prompt_template: '###Human: {} ###Assistant: ', end_sym: '###' },
   },
   'minigpt4_llama2_eval.yaml': {
     files: ['pretrained_minigpt4_llama2_7b.pth', 'eva_vit_g.pth'],
     folders: ['Llama-2-7b-chat-hf'],
     options: { arch: 'minigpt-4', imageSize: 224, vitHeads: 16, prompt: 'llama2' },
-    pkg: 'models/minigpt4-llama2-7b-int8',
+    pkg: 'models/minigpt4-llama2-7b-int4',
     model: { max_new_tokens: 300, temperature: 1, prompt_template: '[INST] {} [/INST] ' },
   },
 } as const;
@@ -69,7 +69,7 @@ describe('configs/', () => {
   });
 
   for (const [file, v] of Object.entries(VARIANTS)) {
-    it(`${file}: upstream's generation settings, low_resource -> int8 package, and the downloads by name`, async () => {
+    it(`${file}: upstream's generation settings, low_resource -> int4 package (block 128), and the downloads by name`, async () => {
       const cfg = await loadConfig(join(CONFIGS, file), {});
       expect(cfg.model).toMatchObject({ ...v.model, low_resource: true, num_beams: 1, top_p: 0.9, repetition_penalty: 1.05 });
       expect(cfg.packageDir).toBe(join(ROOT, v.pkg));
@@ -83,7 +83,7 @@ describe('configs/', () => {
 
       // pointed at them, it is the whole conversion
       const opts = await convertOptionsFromConfig(cfg, { weights: downloads });
-      expect(opts).toMatchObject({ ...v.options, dtype: 'int8', out: join(ROOT, v.pkg), ckpt: join(downloads, v.files[0]), llm: join(downloads, v.folders[0]) });
+      expect(opts).toMatchObject({ ...v.options, dtype: 'int4', blockSize: 128, out: join(ROOT, v.pkg), ckpt: join(downloads, v.files[0]), llm: join(downloads, v.folders[0]) });
       expect(opts.vit).toBe(join(downloads, 'eva_vit_g.pth'));
       expect(opts.qformer).toBe('qformerHeads' in v.options ? join(downloads, 'blip2_pretrained_flant5xxl.pth') : undefined);
       if (v.options.arch === 'minigpt-v2') expect(opts.prompt).toBeUndefined();

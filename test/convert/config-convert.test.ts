@@ -41,7 +41,7 @@ async function config(name: string, model: string): Promise<{ file: string; root
   return { file, root };
 }
 
-async function modelJson(dir: string): Promise<{ dtype: string; architecture: string; provenance: { options: Record<string, unknown> } }> {
+async function modelJson(dir: string): Promise<{ dtype: string; architecture: string; weights?: { quantization?: { bits: number; accuracyLevel?: number } }; provenance: { options: Record<string, unknown> } }> {
   return JSON.parse(await readFile(join(dir, 'model.json'), 'utf8'));
 }
 
@@ -159,6 +159,36 @@ vit_heads: 4`;
     const o = await minigpt(['convert', '--config', file, '--dtype', 'fp16', '--out', out, '--ckpt', 'test/fixtures/minigptv2-tiny/minigptv2_ckpt.pth']);
     expect(o.code, o.stderr).toBe(0);
     expect((await modelJson(out)).dtype).toBe('fp16');
+  });
+
+  it('low_resource_dtype: int4 builds an int4 low_resource_package; accuracy_level reaches every MatMulNBits node', async () => {
+    const model = `
+arch: minigpt_v2
+package: models/full
+low_resource: true
+low_resource_package: models/int4
+low_resource_dtype: int4
+accuracy_level: 1
+weights_dir: ${V2}
+vit_model: eva_vit.pth
+llama_model: llama
+ckpt: minigptv2_ckpt.pth
+image_size: 112
+vit_heads: 4`;
+    const { file, root } = await config('lowres4', model);
+    const r = await minigpt(['convert', '--config', file]);
+    expect(r.code, r.stderr).toBe(0);
+    const meta = await modelJson(join(root, 'models', 'int4'));
+    expect(meta.dtype).toBe('int4');
+    expect(meta.weights?.quantization).toMatchObject({ bits: 4, accuracyLevel: 1 });
+    // --accuracy-level wins over the config
+    const out = join(work, 'override-al');
+    const o = await minigpt(['convert', '--config', file, '--accuracy-level', '4', '--out', out]);
+    expect(o.code, o.stderr).toBe(0);
+    expect((await modelJson(out)).weights?.quantization?.accuracyLevel).toBe(4);
+    const bad = await minigpt(['convert', '--config', file, '--accuracy-level', '7', '--out', join(work, 'bad-al')]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/--accuracy-level must be a number in \[0, 4\]/);
   });
 });
 

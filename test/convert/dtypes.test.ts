@@ -12,6 +12,7 @@ import { convert, type ConvertOptions } from '../../src/convert/convert.js';
 import { DataType, GraphBuilder } from '../../src/convert/onnx/builder.js';
 import { halfToFloat } from '../../src/convert/readers/index.js';
 import {
+  DEFAULT_ACCURACY_LEVEL,
   dequantizeBlockwise,
   floatToHalf,
   quantizeBlockwise,
@@ -118,13 +119,14 @@ describe("the weight graphs on onnxruntime's CPU provider", () => {
       [172, 64, 64],
       [40, 24, 16],
     ] as const) {
-      it(`${dtype}: K=${K} N=${N}${dtype.startsWith('int') ? ` block ${blockSize}` : ''} runs and computes x W^T`, async () => {
+     for (const level of dtype.startsWith('int') ? ([0, 4] as const) : ([0] as const)) {
+      it(`${dtype}: K=${K} N=${N}${dtype.startsWith('int') ? ` block ${blockSize}, accuracy level ${level}` : ''} runs and computes x W^T`, async () => {
         const r = rng(K * N);
         const w = Float32Array.from({ length: N * K }, () => r() - 0.5);
         const x = Float32Array.from({ length: 2 * 3 * K }, () => r() * 2 - 1);
         const dir = await mkdtemp(join(work, 'op-'));
         const g = new GraphBuilder('t', join(dir, 'm.onnx.data'));
-        g.weights = { dtype, blockSize };
+        g.weights = { dtype, blockSize, accuracyLevel: level };
         const y = weightMatMul(g, g.input('x', 'float32', [2, 3, K]), 'lin', w, N, K);
         g.output(y, 'y', 'float32', [2, 3, N]);
         await g.save(join(dir, 'm.onnx'));
@@ -141,23 +143,40 @@ describe("the weight graphs on onnxruntime's CPU provider", () => {
             : w;
         const expected = new Float32Array(6 * N);
         let exactVsTrue = 0;
+        let worst = 0;
         for (let row = 0; row < 6; row++) {
+          // accuracy level 4 rounds each block of the activations to int8 (scale = block max / 127): a value
+          // moves by at most half a step, so the product by at most sum |w| * blockmax / 254
+          const amax = (k: number) => {
+            const b0 = k - (k % blockSize);
+            let m = 0;
+            for (let j = b0; j < Math.min(K, b0 + blockSize); j++) m = Math.max(m, Math.abs(x[row * K + j]));
+            return m;
+          };
           for (let n = 0; n < N; n++) {
             let acc = 0;
             let accTrue = 0;
+            let bound = 0;
             for (let k = 0; k < K; k++) {
               acc += x[row * K + k] * stored[n * K + k];
               accTrue += x[row * K + k] * w[n * K + k];
+              bound += (Math.abs(stored[n * K + k]) * amax(k)) / 254;
             }
             expected[row * N + n] = acc;
             exactVsTrue = Math.max(exactVsTrue, Math.abs(acc - accTrue));
+            const err = Math.abs(got[row * N + n] - acc);
+            if (level === 4) expect(err).toBeLessThanOrEqual(bound * 1.001 + 1e-4);
+            worst = Math.max(worst, err);
           }
         }
-        expect(maxAbsDiff(got, expected)).toBeLessThan(1e-4);
+        if (level === 0) expect(maxAbsDiff(got, expected)).toBeLessThan(1e-4);
+        // int8 compute is not float compute: it really rounds the activations
+        else expect(worst).toBeGreaterThan(1e-5);
         // and the stored weights are as close to the originals as the type allows
         const bound = { fp32: 1e-6, fp16: 0.02, int8: 0.1, int4: 1.5 }[dtype];
         expect(exactVsTrue).toBeLessThan(bound);
       });
+     }
     }
   }
 });
@@ -202,7 +221,7 @@ async function runPackage(dir: string, golden: string, prompts: string[], forced
       }
       const ctx = await spliceContext(segs, Array(segs.length - 1).fill(imageEmbeds), model.embedder);
       const greedyRun = async (feed: number[] | undefined) => {
-        const pre = await model.prefill(ctx);
+        const pre = await model.prefillAll(ctx);
         let state = pre.state;
         let logits = pre.logits;
         const ids: number[] = [];
@@ -348,7 +367,7 @@ for (const fx of FIXTURE_RUNS) {
         expect(meta.weights?.embeddings).toBe(dtype === 'fp32' ? 'float32' : 'float16');
         if (dtype === 'int8' || dtype === 'int4') {
           const bits = dtype === 'int8' ? 8 : 4;
-          expect(meta.weights?.quantization).toEqual({ op: 'com.microsoft.MatMulNBits', bits, blockSize: 32, symmetric: true, zeroPoint: 2 ** (bits - 1), scales: 'float32' });
+          expect(meta.weights?.quantization).toEqual({ op: 'com.microsoft.MatMulNBits', bits, blockSize: 32, symmetric: true, zeroPoint: 2 ** (bits - 1), scales: 'float32', accuracyLevel: 4 });
           expect(meta.provenance.options.blockSize).toBe(32);
         } else {
           expect(meta.weights?.quantization).toBeUndefined();
@@ -370,12 +389,17 @@ for (const fx of FIXTURE_RUNS) {
         const { nodes } = await ops(dtype, 'decoder.onnx');
         const nbits = nodes.filter((n) => n.opType === 'MatMulNBits');
         expect(nbits).toHaveLength(linears);
+        const level = (n: (typeof nodes)[number]) => Number(n.attribute!.find((a) => a.name === 'accuracy_level')?.i ?? 0);
         for (const n of nbits) {
           expect(n.domain).toBe('com.microsoft');
           expect(Number(n.attribute!.find((a) => a.name === 'bits')!.i)).toBe(dtype === 'int8' ? 8 : 4);
+          // the default accuracy level (int8 compute on the CPU), on every node
+          expect(level(n)).toBe(DEFAULT_ACCURACY_LEVEL);
         }
         // the vision graph too (ViT, Q-Former, llama_proj)
-        expect((await ops(dtype, 'vision.onnx')).nodes.some((n) => n.opType === 'MatMulNBits')).toBe(true);
+        const vision = (await ops(dtype, 'vision.onnx')).nodes.filter((n) => n.opType === 'MatMulNBits');
+        expect(vision.length).toBeGreaterThan(0);
+        for (const n of vision) expect(level(n)).toBe(DEFAULT_ACCURACY_LEVEL);
       }
       const fp16 = await ops('fp16', 'decoder.onnx');
       const halves = fp16.inits.filter((t) => t.dataType === DataType.FLOAT16);
@@ -394,10 +418,11 @@ for (const fx of FIXTURE_RUNS) {
       }
     });
 
-    it('int8: high greedy agreement, logits within 0.25 of fp32, under a third of the size', () => {
+    it('int8: 7 of 8 teacher-forced tokens at least, logits within 0.25 of fp32, under a third of the size', () => {
       for (const p of fx.prompts) {
         const r = row('int8', p);
-        expect(r.agreement).toBeGreaterThanOrEqual(STEPS - 1);
+        // free-running agreement is reported, not bounded: with int8 compute one near-tie of these random
+        // models flips (MiniGPT-v2 chat: the 5th token), and every later token follows from it
         expect(r.forcedTop1).toBeGreaterThanOrEqual(STEPS - 1);
         expect(r.logitsErr).toBeLessThan(0.25);
         expect(r.stepLogitsErr).toBeLessThan(0.25);
@@ -435,5 +460,45 @@ describe('--block-size', () => {
     await model.close();
     await expect(convert({ ...base, dtype: 'fp16', blockSize: 64, out: join(work, 'bad1') })).rejects.toThrow(/--block-size is for --dtype int8 \/ int4/);
     await expect(convert({ ...base, dtype: 'int4', blockSize: 48, out: join(work, 'bad2') })).rejects.toThrow(/power of two/);
+  });
+});
+
+describe('--accuracy-level', () => {
+  const levels = async (dir: string, file: string) => {
+    const m = onnxProto.onnx.ModelProto.decode(await readFile(join(dir, file)));
+    const nodes = m.graph!.node!.filter((n) => n.opType === 'MatMulNBits');
+    return new Set(nodes.map((n) => Number(n.attribute!.find((a) => a.name === 'accuracy_level')?.i ?? 0)));
+  };
+
+  it('is written on every MatMulNBits node and recorded in model.json; 0 leaves the attribute out', async () => {
+    const base = FIXTURE_RUNS[0].options;
+    for (const [dtype, level] of [['int8', 1], ['int4', 0]] as const) {
+      const out = join(work, `${dtype}-al${level}`);
+      const meta = await convert({ ...base, dtype, accuracyLevel: level, out });
+      expect(meta.weights?.quantization?.accuracyLevel).toBe(level);
+      expect(meta.provenance.options.accuracyLevel).toBe(level);
+      for (const file of ['decoder.onnx', 'vision.onnx']) expect([...(await levels(out, file))], file).toEqual([level]);
+      if (level === 0) {
+        const m = onnxProto.onnx.ModelProto.decode(await readFile(join(out, 'decoder.onnx')));
+        expect(m.graph!.node!.some((n) => n.attribute?.some((a) => a.name === 'accuracy_level'))).toBe(false);
+      }
+      // loading it on the CPU says that it is slow and how to fix it
+      const said: string[] = [];
+      const model = await MiniGPT.load(out, { provider: 'cpu', log: (l) => said.push(l) });
+      await model.close();
+      expect(said.join('\n')).toMatch(new RegExp(`${dtype} package with MatMulNBits accuracy level ${level} .*convert it again`));
+    }
+    const said: string[] = [];
+    const model = await MiniGPT.load(join(work, 'MiniGPT_v2-int4'), { provider: 'cpu', log: (l) => said.push(l) });
+    await model.close();
+    expect(said.join('\n')).not.toMatch(/accuracy level/);
+  });
+
+  it('is refused for fp32 / fp16 and outside 0-4', async () => {
+    const base = FIXTURE_RUNS[0].options;
+    await expect(convert({ ...base, dtype: 'fp16', accuracyLevel: 4, out: join(work, 'bad-al1') })).rejects.toThrow(/--accuracy-level is for --dtype int8 \/ int4/);
+    await expect(convert({ ...base, accuracyLevel: 4, out: join(work, 'bad-al2') })).rejects.toThrow(/--accuracy-level is for --dtype int8 \/ int4/);
+    await expect(convert({ ...base, dtype: 'int4', accuracyLevel: 5, out: join(work, 'bad-al3') })).rejects.toThrow(/0 \(unset\), 1 \(fp32\)/);
+    await expect(convert({ ...base, dtype: 'int4', accuracyLevel: 2.5, out: join(work, 'bad-al4') })).rejects.toThrow(/accuracy level 2.5/);
   });
 });

@@ -103,7 +103,7 @@ interface Run {
 
 /** Prefill, then STEPS free-running greedy steps. */
 async function greedy(model: MiniGPT, decoder: LlamaDecoder, embeds: Float32Array): Promise<Run> {
-  const pre = await decoder.forward(embeds, null);
+  const pre = await decoder.forward(embeds, null, undefined, 'all');
   const V = model.meta.llm.vocabSize;
   let state = pre.state;
   let logits: Float32Array = pre.logits.slice(pre.logits.length - V);
@@ -152,7 +152,7 @@ async function reused(decoder: LlamaDecoder, embeds: Float32Array, hidden: numbe
   const prefix = first.state.prefix(cut - 4);
   first.state.dispose();
   try {
-    const rest = await decoder.forward(embeds.subarray((cut - 4) * hidden), prefix);
+    const rest = await decoder.forward(embeds.subarray((cut - 4) * hidden), prefix, undefined, 'all');
     rest.state.dispose();
     return rest.logits;
   } finally {
@@ -175,8 +175,11 @@ for (const fx of FIXTURE_RUNS) {
       const contexts = new Map<string, Float32Array>();
 
       beforeAll(async () => {
-        await convert({ ...fx.options, dtype, out: plainDir() });
-        await convert({ ...fx.options, dtype, out: fusedDir(), fused: true });
+        // int4 with float32 compute (accuracy level 1): the fused norms round differently in the last bits, and
+        // int8 compute would turn that into whole quantisation steps of the activations; this compares graphs
+        const level = dtype === 'int4' ? { accuracyLevel: 1 } : {};
+        await convert({ ...fx.options, dtype, ...level, out: plainDir() });
+        await convert({ ...fx.options, dtype, ...level, out: fusedDir(), fused: true });
         plain = await load(plainDir());
         fused = await load(fusedDir());
         const b = await goldenTensor(fx.source, 'pixel_values');
@@ -224,7 +227,9 @@ for (const fx of FIXTURE_RUNS) {
         expect(ops.get('SkipSimplifiedLayerNormalization')).toBe(2 * layers);
         expect(ops.get('RotaryEmbedding')).toBe(2 * layers);
         expect(ops.get('MultiHeadAttention')).toBe(layers);
-        for (const gone of ['Softmax', 'ReduceMean', 'Sqrt', 'Cos', 'Sin', 'Neg']) expect(ops.get(gone), gone).toBeUndefined();
+        for (const gone of ['Softmax', 'ReduceMean', 'Sqrt', 'Cos', 'Sin']) expect(ops.get(gone), gone).toBeUndefined();
+        // no rotate_half: the one Neg left turns logits_to_keep into the head's slice start
+        expect(ops.get('Neg')).toBe(1);
         if (dtype === 'int4') {
           expect(ops.get('MatMulNBits')).toBe(7 * layers + 1);
           expect(ops.get('MatMul')).toBeUndefined();

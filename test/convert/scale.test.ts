@@ -153,7 +153,7 @@ describe('random MiniGPT-v2 checkpoints in the published formats', () => {
       expect(std).toBeGreaterThan(1e-3);
       const prompt = `[INST] <Img><ImageHere></Img> [grounding] describe this image [/INST]`;
       const ctx = await m.context(prompt, [img.embeds]);
-      const pre = await m.prefill(ctx);
+      const pre = await m.prefillAll(ctx);
       expect(pre.logits.length).toBe(512);
       expect(pre.all.every(Number.isFinite)).toBe(true);
       pre.state.dispose();

@@ -29,7 +29,7 @@ describe('minigpt verify on quantised packages', () => {
     for (const dtype of ['fp16', 'int8', 'int4'] as const) {
       const r = reports[dtype];
       expect(r.dtype).toBe(dtype);
-      expect(r.bounds).toEqual({ tensor: DTYPE_BOUNDS[dtype].tensor, greedy_agreement: DTYPE_BOUNDS[dtype].greedyAgreement });
+      expect(r.bounds).toEqual({ tensor: DTYPE_BOUNDS[dtype].tensor, forced_top1: DTYPE_BOUNDS[dtype].forcedTop1 });
       for (const [n, s] of Object.entries(r.stages)) if (n !== 'preprocess') expect(s.tolerance, n).toBe(DTYPE_BOUNDS[dtype].tensor);
       expect(r.ok, `${dtype}: ${JSON.stringify(r.stages)}`).toBe(true);
     }
@@ -39,14 +39,22 @@ describe('minigpt verify on quantised packages', () => {
     const r = reports.fp16;
     expect(maxErr(r)).toBeGreaterThan(DTYPE_BOUNDS.fp32.tensor);
     expect(maxErr(r)).toBeLessThan(DTYPE_BOUNDS.fp16.tensor);
-    for (const p of Object.values(r.prompts)) expect(p.greedy_agreement).toBe(1);
+    for (const p of Object.values(r.prompts)) {
+      expect(p.greedy_agreement).toBe(1);
+      expect(p.forced_top1).toBe(1);
+    }
   });
 
-  it('int8 keeps at least 7 of 8 greedy tokens; int4 reports its agreement', () => {
-    for (const p of Object.values(reports.int8.prompts)) expect(p.greedy_agreement).toBeGreaterThanOrEqual(7 / 8);
+  it('int8 picks the reference token at 7 of 8 teacher-forced steps at least; int4 reports its agreement', () => {
+    for (const p of Object.values(reports.int8.prompts)) {
+      // (free-running, one flipped near-tie changes what follows: greedy_agreement is reported, not bounded)
+      expect(p.forced_top1).toBeGreaterThanOrEqual(7 / 8);
+    }
     for (const p of Object.values(reports.int4.prompts)) {
-      expect(p.greedy_agreement).toBeGreaterThanOrEqual(0);
-      expect(p.greedy_agreement).toBeLessThanOrEqual(1);
+      for (const share of [p.greedy_agreement, p.forced_top1]) {
+        expect(share).toBeGreaterThanOrEqual(0);
+        expect(share).toBeLessThanOrEqual(1);
+      }
       expect(p.greedy_ids).toHaveLength(p.expected_greedy_ids.length);
     }
     expect(maxErr(reports.int4)).toBeGreaterThan(maxErr(reports.int8));

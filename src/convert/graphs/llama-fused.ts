@@ -24,7 +24,7 @@
 // (Llama-2 7B, Vicuna 7B / 13B) all have kvHeads == heads. A grouped-query model is refused with --fused.
 import type { GraphBuilder } from '../onnx/builder.js';
 import { linear, silu, splitHeads } from './blocks.js';
-import { allowedAttention, projection, rotaryInvFreq, type DecoderGraphSpec, type LlamaShape } from './llama.js';
+import { allowedAttention, lmHead, projection, rotaryInvFreq, type DecoderGraphSpec, type LlamaShape } from './llama.js';
 
 const MS = { domain: 'com.microsoft' } as const;
 /** HF fills masked scores with finfo(float32).min; as a bias it is added to them instead, with the same softmax. */
@@ -108,7 +108,7 @@ async function skipNorm(g: GraphBuilder, delta: string, residual: string, weight
   return [normed, sum];
 }
 
-/** Same contract as buildDecoderGraph: `inputs_embeds, attention_mask, position_ids, past_key_values.*` -> `logits, present.*, present_new.*`. */
+/** Same contract as buildDecoderGraph: `inputs_embeds, attention_mask, position_ids, past_key_values.*, logits_to_keep` -> `logits, present.*, present_new.*`. */
 export async function buildFusedDecoderGraph(g: GraphBuilder, spec: DecoderGraphSpec): Promise<void> {
   const { shape } = spec;
   const why = fusedUnsupported(shape);
@@ -147,7 +147,5 @@ export async function buildFusedDecoderGraph(g: GraphBuilder, spec: DecoderGraph
     const nextNorm = i + 1 < shape.layers ? `model.layers.${i + 1}.input_layernorm` : 'model.norm';
     [h, residual] = await skipNorm(g, mlp, residual, `${nextNorm}.weight`, spec, nextNorm);
   }
-  const headKey = shape.tieWordEmbeddings || !spec.llm.has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
-  const logits = linear(g, h, 'lm_head', { weight: await spec.llm.readFloat32(headKey), outFeatures: shape.vocabSize, inFeatures: shape.hidden });
-  g.output(logits, 'logits', 'float32', ['batch', 'sequence_length', shape.vocabSize]);
+  await lmHead(g, h, spec);
 }

@@ -5,7 +5,7 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import onnxProto from 'onnx-proto';
-import type { WeightFormat } from '../quantize.js';
+import { FP32_WEIGHTS, type WeightFormat } from '../quantize.js';
 
 const { onnx } = onnxProto;
 export type TensorProto = onnxProto.onnx.ITensorProto;
@@ -115,7 +115,7 @@ export class GraphBuilder {
   private counter = 0;
   private usesMicrosoftDomain = false;
   /** How Linear weights are stored (`minigpt convert --dtype`; see src/convert/quantize.ts). */
-  weights: WeightFormat = { dtype: 'fp32', blockSize: 32 };
+  weights: WeightFormat = FP32_WEIGHTS;
 
   /** `dataPath` is where large weights go (`<model>.onnx.data`, next to the model file). */
   constructor(readonly name: string, dataPath: string) {
