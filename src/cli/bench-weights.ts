@@ -11,6 +11,7 @@ import { loadPackage } from '../inference/package.js';
 import { conversationPrompt } from '../inference/prompt.js';
 import { generate } from '../inference/generation/index.js';
 import { WEIGHT_DTYPES, type WeightDType } from '../convert/quantize.js';
+import { fmt, roundAll } from './bench-format.js';
 
 /** A row of the table: a weight type, for int8 / int4 optionally with its block size ("int4-b128"). */
 export interface WeightVariant {
@@ -257,4 +258,48 @@ export async function benchThread(
   } finally {
     await model.close();
   }
+}
+
+export function parseDtypes(v: string | undefined): WeightVariant[] {
+  if (v === 'none') return [];
+  const list = v === undefined ? BENCH_VARIANTS : v.split(',').map((x) => x.trim()).filter(Boolean);
+  const parse = (name: string) => {
+    try {
+      return parseVariant(name);
+    } catch (e) {
+      throw new Error(`--dtypes: ${(e as Error).message}`);
+    }
+  };
+  // fp32 is every ratio's baseline
+  return [...new Set(['fp32', ...list])].map(parse);
+}
+
+/** The weight-type table: one row per package, each figure with its ratio to fp32's. */
+export function weightsMarkdown(results: readonly WeightsResult[], ratios: ReturnType<typeof weightRatios>, layers: { llm: number; vit: number }): string[] {
+  const x = (v: number) => (Number.isFinite(v) ? ` (${fmt(v, 'x')})` : '');
+  return [
+    `Weight types of the 7B-layer-shaped package (${layers.llm} Llama-2-7B layers with the 32000-token head, ${layers.vit} EVA ViT-g blocks at 448 px; the same random checkpoints converted to each; ${WEIGHTS_ROUNDS} child processes each, the variants interleaved; in each, ${WEIGHTS_PROFILE.reps} runs after ${WEIGHTS_PROFILE.warmup} warm-up, ${WEIGHTS_PROFILE.decodeTokens} greedy tokens a run; each figure the median of the processes' medians, peak RSS the largest). In brackets: the ratio to fp32 (decode: speed-up; the others: time or size over fp32's).`,
+    '',
+    '| weights | block, accuracy level | package size | vision | prefill | decode step | decode speed-up | peak RSS |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...results.map((r, i) => {
+      const q = ratios[i];
+      return `| ${r.variant ?? r.dtype} | ${r.block_size ? `${r.block_size}, ${r.accuracy_level}` : '-'} | ${fmt(r.bytes / 2 ** 20, ' MiB')}${x(q.size_ratio)} | ${fmt(r.vision_ms, ' ms')}${x(q.vision_ratio)} | ${fmt(r.prefill_ms, ' ms')}${x(q.prefill_ratio)} (${r.prompt_tokens} tokens) | ${fmt(r.decode_step_ms, ' ms')} | **${fmt(q.decode_speedup, 'x')}** | ${fmt(r.peak_rss_mb, ' MB')}${x(q.rss_ratio)} |`;
+    }),
+  ];
+}
+
+/** `minigpt bench --thread`: the package as a bot user meets it, as a table. */
+export function threadMarkdown(r: ThreadResult): string {
+  return [
+    `\`${r.package}\`: ${r.dtype}, ${r.layers} decoder layers, ${r.vision_layers} ViT blocks; loaded in ${fmt(r.load_ms / 1000, ' s')}.`,
+    '',
+    '| new image: time to first token | vision | prefill | decode | follow-up: time to first token | peak RSS |',
+    '| --- | --- | --- | --- | --- | --- |',
+    `| ${fmt(r.ttft_new_image_ms / 1000, ' s')} | ${fmt(r.vision_ms / 1000, ' s')} | ${fmt(r.prefill_ms / 1000, ' s')} (${r.prompt_tokens} tokens) | ${fmt(r.decode_tok_s)} tok/s | ${fmt(r.followup_ttft_ms / 1000, ' s')} (${r.followup_prefilled_tokens} of ${r.followup_prompt_tokens} tokens prefilled; KV cache budget ${r.kv_cache_mb} MB) | ${fmt(r.peak_rss_mb / 1024, ' GiB')} |`,
+    '',
+    '```json',
+    JSON.stringify(roundAll(r)),
+    '```',
+  ].join('\n');
 }

@@ -20,18 +20,21 @@ import { promptSegmentIds } from '../inference/context.js';
 import { ConversationManager } from '../conversation/manager.js';
 import { imageData, renderScene } from '../demo-data/index.js';
 import { Option, type Command } from 'commander';
+import { fmt, round, roundAll } from './bench-format.js';
 import {
   BENCH_VARIANTS,
   benchThread,
   benchWeights,
   isCurrentPackage,
   medianResult,
+  parseDtypes,
   parseVariant,
+  threadMarkdown,
   variantDir,
   WEIGHTS_PROFILE,
   WEIGHTS_ROUNDS,
   weightRatios,
-  type ThreadResult,
+  weightsMarkdown,
   type WeightsResult,
   type WeightVariant,
 } from './bench-weights.js';
@@ -582,20 +585,6 @@ async function weightTable(dir: string, variants: readonly WeightVariant[], thre
   };
 }
 
-export function parseDtypes(v: string | undefined): WeightVariant[] {
-  if (v === 'none') return [];
-  const list = v === undefined ? BENCH_VARIANTS : v.split(',').map((x) => x.trim()).filter(Boolean);
-  const parse = (name: string) => {
-    try {
-      return parseVariant(name);
-    } catch (e) {
-      throw new Error(`--dtypes: ${(e as Error).message}`);
-    }
-  };
-  // fp32 is every ratio's baseline
-  return [...new Set(['fp32', ...list])].map(parse);
-}
-
 const TOP_KEYS = [
   'ttft_ms',
   'decode_tok_s',
@@ -681,27 +670,6 @@ process right before or after it:
 
 `;
 
-function round(x: number): number {
-  if (!Number.isFinite(x)) return x;
-  const a = Math.abs(x);
-  const d = a >= 100 ? 1 : a >= 1 ? 3 : 4;
-  return Math.round(x * 10 ** d) / 10 ** d;
-}
-
-function roundAll<T>(v: T): T {
-  if (typeof v === 'number') return round(v) as T;
-  if (Array.isArray(v)) return v.map(roundAll) as T;
-  if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, roundAll(x)])) as T;
-  return v;
-}
-
-function fmt(x: number | undefined, unit = ''): string {
-  if (x === undefined || !Number.isFinite(x)) return '-';
-  const a = Math.abs(x);
-  const s = a >= 100 ? x.toFixed(0) : a >= 10 ? x.toFixed(1) : a >= 1 ? x.toFixed(2) : x.toFixed(3);
-  return `${s}${unit}`;
-}
-
 function markdown(report: Record<string, unknown>, results: PackageResult[]): string {
   const m = report.machine as ReturnType<typeof machine>;
   const lines: string[] = [];
@@ -746,42 +714,12 @@ function markdown(report: Record<string, unknown>, results: PackageResult[]): st
     else lines.push(`- ${k} on \`${v.package}\`${v.history_tokens ? ` (${v.history_tokens}-token prompt)` : ''}: ${v.value} (target ${k.endsWith('speedup') ? '>=' : '<='} ${v.target}): ${v.met ? 'met' : 'NOT met'}`);
   }
   const w = report.weights as { results: WeightsResult[]; ratios: ReturnType<typeof weightRatios> } | undefined;
-  if (w) lines.push('', ...weightsMarkdown(w.results, w.ratios));
+  if (w) lines.push('', ...weightsMarkdown(w.results, w.ratios, LARGE_LAYERS));
   lines.push('');
   lines.push('```json');
   lines.push(JSON.stringify(report));
   lines.push('```');
   return `${lines.join('\n')}\n`;
-}
-
-/** The weight-type table: one row per package, each figure with its ratio to fp32's. */
-export function weightsMarkdown(results: readonly WeightsResult[], ratios: ReturnType<typeof weightRatios>): string[] {
-  const x = (v: number) => (Number.isFinite(v) ? ` (${fmt(v, 'x')})` : '');
-  return [
-    `Weight types of the 7B-layer-shaped package (${LARGE_LAYERS.llm} Llama-2-7B layers with the 32000-token head, ${LARGE_LAYERS.vit} EVA ViT-g blocks at 448 px; the same random checkpoints converted to each; ${WEIGHTS_ROUNDS} child processes each, the variants interleaved; in each, ${WEIGHTS_PROFILE.reps} runs after ${WEIGHTS_PROFILE.warmup} warm-up, ${WEIGHTS_PROFILE.decodeTokens} greedy tokens a run; each figure the median of the processes' medians, peak RSS the largest). In brackets: the ratio to fp32 (decode: speed-up; the others: time or size over fp32's).`,
-    '',
-    '| weights | block, accuracy level | package size | vision | prefill | decode step | decode speed-up | peak RSS |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- |',
-    ...results.map((r, i) => {
-      const q = ratios[i];
-      return `| ${r.variant ?? r.dtype} | ${r.block_size ? `${r.block_size}, ${r.accuracy_level}` : '-'} | ${fmt(r.bytes / 2 ** 20, ' MiB')}${x(q.size_ratio)} | ${fmt(r.vision_ms, ' ms')}${x(q.vision_ratio)} | ${fmt(r.prefill_ms, ' ms')}${x(q.prefill_ratio)} (${r.prompt_tokens} tokens) | ${fmt(r.decode_step_ms, ' ms')} | **${fmt(q.decode_speedup, 'x')}** | ${fmt(r.peak_rss_mb, ' MB')}${x(q.rss_ratio)} |`;
-    }),
-  ];
-}
-
-/** `minigpt bench --thread`: the package as a bot user meets it, as a table. */
-export function threadMarkdown(r: ThreadResult): string {
-  return [
-    `\`${r.package}\`: ${r.dtype}, ${r.layers} decoder layers, ${r.vision_layers} ViT blocks; loaded in ${fmt(r.load_ms / 1000, ' s')}.`,
-    '',
-    '| new image: time to first token | vision | prefill | decode | follow-up: time to first token | peak RSS |',
-    '| --- | --- | --- | --- | --- | --- |',
-    `| ${fmt(r.ttft_new_image_ms / 1000, ' s')} | ${fmt(r.vision_ms / 1000, ' s')} | ${fmt(r.prefill_ms / 1000, ' s')} (${r.prompt_tokens} tokens) | ${fmt(r.decode_tok_s)} tok/s | ${fmt(r.followup_ttft_ms / 1000, ' s')} (${r.followup_prefilled_tokens} of ${r.followup_prompt_tokens} tokens prefilled; KV cache budget ${r.kv_cache_mb} MB) | ${fmt(r.peak_rss_mb / 1024, ' GB')} |`,
-    '',
-    '```json',
-    JSON.stringify(roundAll(r)),
-    '```',
-  ].join('\n');
 }
 
 /** `minigpt bench`: see the top of this file and docs/benchmarks.md. */

@@ -4,8 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseDtypes, stat, weightsMarkdown } from '../../src/cli/bench.js';
-import { medianResult, weightRatios, type WeightsResult } from '../../src/cli/bench-weights.js';
+import { stat } from '../../src/cli/bench.js';
+import { medianResult, parseDtypes, weightRatios, weightsMarkdown, type WeightsResult } from '../../src/cli/bench-weights.js';
 import { minigpt } from '../helpers/cli.js';
 import { convertTinyV2 } from '../helpers/tiny-package.js';
 
@@ -74,7 +74,7 @@ describe('minigpt bench', () => {
       expect(ratios[0]).toMatchObject({ variant: 'fp32', decode_speedup: 1, prefill_ratio: 1, size_ratio: 1 });
       expect(ratios[1].decode_speedup).toBeCloseTo(results[0].decode_step_ms / results[1].decode_step_ms, 10);
       expect(ratios[1].size_ratio).toBeCloseTo(results[1].bytes / results[0].bytes, 10);
-      const md = weightsMarkdown(results, ratios);
+      const md = weightsMarkdown(results, ratios, { llm: 4, vit: 4 });
       expect(md.filter((l) => l.startsWith('| int4 | 32, 4 |'))).toHaveLength(1);
       expect(md.filter((l) => l.startsWith('| fp32 | - |'))).toHaveLength(1);
     } finally {
