@@ -131,22 +131,18 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
     throw new ConvertError('--lora-r / --lora-alpha are for --arch minigpt-v2 (MiniGPT-4 has no LoRA)');
   }
   const bits = quantBits(dtype);
-  if (opts.blockSize !== undefined) {
-    if (!bits) throw new ConvertError(`--block-size is for --dtype int8 / int4, not ${dtype}`);
+  // the quantisation options: only for int8 / int4, each checked by its own rule
+  const quantFlag = (flag: string, value: number | undefined, check: (v: number) => void) => {
+    if (value === undefined) return;
+    if (!bits) throw new ConvertError(`${flag} is for --dtype int8 / int4, not ${dtype}`);
     try {
-      checkBlockSize(opts.blockSize);
+      check(value);
     } catch (e) {
-      throw new ConvertError(`--block-size ${(e as Error).message}`);
+      throw new ConvertError(`${flag} ${(e as Error).message}`);
     }
-  }
-  if (opts.accuracyLevel !== undefined) {
-    if (!bits) throw new ConvertError(`--accuracy-level is for --dtype int8 / int4, not ${dtype}`);
-    try {
-      checkAccuracyLevel(opts.accuracyLevel);
-    } catch (e) {
-      throw new ConvertError(`--accuracy-level ${(e as Error).message}`);
-    }
-  }
+  };
+  quantFlag('--block-size', opts.blockSize, checkBlockSize);
+  quantFlag('--accuracy-level', opts.accuracyLevel, checkAccuracyLevel);
   const accuracyLevel = (opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL) as AccuracyLevel;
   const weights: WeightFormat = { dtype, blockSize: opts.blockSize ?? DEFAULT_BLOCK_SIZE, accuracyLevel };
   const quantOptions: Record<string, number> = bits ? { blockSize: weights.blockSize, accuracyLevel } : {};

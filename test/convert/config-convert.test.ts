@@ -41,6 +41,22 @@ async function config(name: string, model: string): Promise<{ file: string; root
   return { file, root };
 }
 
+/** A MiniGPT-v2 model section with low_resource on, for the tiny golden files, plus `extra` lines. */
+function lowResource(extra: string): string {
+  return [
+    'arch: minigpt_v2',
+    'package: models/full',
+    'low_resource: true',
+    extra,
+    `weights_dir: ${V2}`,
+    'vit_model: eva_vit.pth',
+    'llama_model: llama',
+    'ckpt: minigptv2_ckpt.pth',
+    'image_size: 112',
+    'vit_heads: 4',
+  ].join('\n');
+}
+
 async function modelJson(dir: string): Promise<{ dtype: string; architecture: string; weights?: { quantization?: { bits: number; accuracyLevel?: number } }; provenance: { options: Record<string, unknown> } }> {
   return JSON.parse(await readFile(join(dir, 'model.json'), 'utf8'));
 }
@@ -134,20 +150,7 @@ vit_heads: 4`,
   });
 
   it('low_resource: true builds low_resource_package with int8 weights; flags win over the config', async () => {
-    const model = `
-arch: minigpt_v2
-package: models/full
-low_resource: true
-low_resource_package: models/int8
-dtype: fp16
-block_size: 16
-weights_dir: ${V2}
-vit_model: eva_vit.pth
-llama_model: llama
-ckpt: minigptv2_ckpt.pth
-image_size: 112
-vit_heads: 4`;
-    const { file, root } = await config('lowres', model);
+    const { file, root } = await config('lowres', lowResource('low_resource_package: models/int8\ndtype: fp16\nblock_size: 16'));
     const r = await minigpt(['convert', '--config', file]);
     expect(r.code, r.stderr).toBe(0);
     const meta = await modelJson(join(root, 'models', 'int8'));
@@ -161,21 +164,8 @@ vit_heads: 4`;
     expect((await modelJson(out)).dtype).toBe('fp16');
   });
 
-  it('low_resource_dtype: int4 builds an int4 low_resource_package; accuracy_level reaches every MatMulNBits node', async () => {
-    const model = `
-arch: minigpt_v2
-package: models/full
-low_resource: true
-low_resource_package: models/int4
-low_resource_dtype: int4
-accuracy_level: 1
-weights_dir: ${V2}
-vit_model: eva_vit.pth
-llama_model: llama
-ckpt: minigptv2_ckpt.pth
-image_size: 112
-vit_heads: 4`;
-    const { file, root } = await config('lowres4', model);
+  it("low_resource_dtype: int4 builds an int4 low_resource_package with the config's accuracy_level; --accuracy-level wins", async () => {
+    const { file, root } = await config('lowres4', lowResource('low_resource_package: models/int4\nlow_resource_dtype: int4\naccuracy_level: 1'));
     const r = await minigpt(['convert', '--config', file]);
     expect(r.code, r.stderr).toBe(0);
     const meta = await modelJson(join(root, 'models', 'int4'));
