@@ -11,7 +11,7 @@ import { loadPackage } from '../inference/package.js';
 import { conversationPrompt } from '../inference/prompt.js';
 import { generate } from '../inference/generation/index.js';
 import { WEIGHT_DTYPES, type WeightDType } from '../convert/quantize.js';
-import { fmt, roundAll } from './bench-format.js';
+import { fmt, GREEDY, roundAll, stat as stats } from './bench-common.js';
 
 /** A row of the table: a weight type, for int8 / int4 optionally with its block size ("int4-b128"). */
 export interface WeightVariant {
@@ -64,11 +64,7 @@ export interface WeightsResult {
 
 const PROMPT = '[grounding] describe this image in detail';
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
+const median = (xs: readonly number[]) => stats(xs).median;
 
 /** Vision, prefill and decoding of one package, in this process. */
 export async function benchWeights(dir: string, image: Uint8Array, threads: number, profile: WeightsProfile, log: (s: string) => void): Promise<WeightsResult> {
@@ -78,7 +74,6 @@ export async function benchWeights(dir: string, image: Uint8Array, threads: numb
   try {
     const { meta } = model;
     const say = (s: string) => log(`[bench ${meta.dtype} ${dir}] ${s}`);
-    const greedy = { temperature: 0, repetitionPenalty: 1, stopIds: [], stopStrings: [] };
     const vision: number[] = [];
     const prefill: number[] = [];
     const steps: number[] = [];
@@ -93,7 +88,7 @@ export async function benchWeights(dir: string, image: Uint8Array, threads: numb
       const prefillMs = performance.now() - p0;
       const runs0 = model.decoder.stats.runs;
       const d0 = performance.now();
-      const opts = model.generationOptions({ ...greedy, maxNewTokens: profile.decodeTokens });
+      const opts = model.generationOptions({ ...GREEDY, maxNewTokens: profile.decodeTokens });
       for await (const ev of generate(model.engine, { state: first.state, logits: first.logits }, textDecoder, opts)) void ev;
       const stepMs = (performance.now() - d0) / Math.max(1, model.decoder.stats.runs - runs0);
       if (i < profile.warmup) continue;
@@ -209,7 +204,7 @@ export async function benchThread(
   const rows: { first: Record<string, number>; follow: Record<string, number>; steps: number; stepMs: number }[] = [];
   try {
     for (let round = 0; round < o.rounds; round++) {
-      const defaults = { temperature: 0, repetitionPenalty: 1, stopIds: [], stopStrings: [], maxNewTokens: o.tokens };
+      const defaults = { ...GREEDY, maxNewTokens: o.tokens };
       const m = new ConversationManager({ model, defaults, annotate: false, kvCacheBytes: o.kvCacheMb * 2 ** 20 });
       try {
         const key = { platform: 'cli' as const, workspace: 'bench', channel: 'c', thread: `t${round}` };

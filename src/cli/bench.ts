@@ -12,15 +12,14 @@ import os from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MiniGPT } from '../inference/model.js';
-import { loadPackage } from '../inference/package.js';
 import { conversationPrompt, type Turn } from '../inference/prompt.js';
-import { generate, type GenerationOptions } from '../inference/generation/index.js';
+import { generate } from '../inference/generation/index.js';
 import { CachedContext } from '../inference/kv-reuse.js';
 import { promptSegmentIds } from '../inference/context.js';
 import { ConversationManager } from '../conversation/manager.js';
 import { imageData, renderScene } from '../demo-data/index.js';
 import { Option, type Command } from 'commander';
-import { fmt, round, roundAll } from './bench-format.js';
+import { fmt, GREEDY, round, roundAll, stat, type Stat } from './bench-common.js';
 import {
   BENCH_VARIANTS,
   benchThread,
@@ -69,22 +68,6 @@ export const PROFILES: Record<'quick' | 'full' | 'large', Profile> = {
   large: { warmup: 1, reps: 3, decodeTokens: 24, kvOffTokens: 2, history: 500, prevAnswer: 24, batchTokens: 24, batchReps: 2, coldBatch: false },
 };
 
-export interface Stat {
-  median: number;
-  p95: number;
-  n: number;
-}
-
-export function stat(xs: readonly number[]): Stat {
-  if (xs.length === 0) return { median: NaN, p95: NaN, n: 0 };
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  const median = s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-  // nearest rank
-  const p95 = s[Math.min(s.length - 1, Math.ceil(0.95 * s.length) - 1)];
-  return { median, p95, n: s.length };
-}
-
 /** What one package measured (medians in the flat keys, distributions in `stats`). */
 export interface PackageResult {
   package: string;
@@ -131,7 +114,6 @@ export interface PackageResult {
   stats: Record<string, Stat>;
 }
 
-const GREEDY: Partial<GenerationOptions> = { temperature: 0, repetitionPenalty: 1, stopIds: [], stopStrings: [] };
 const QUESTIONS = [
   '[grounding] describe this image in detail',
   '[refer] where is the red square',
@@ -556,9 +538,8 @@ async function runChild<T>(dir: string, args: string[]): Promise<T> {
   return JSON.parse(out.trim().split('\n').at(-1)!) as T;
 }
 
-/** The weight-type table: the 7B-layer-shaped package in each of `dtypes`, ratios against fp32 (bench-weights.ts). */
+/** The weight-type table: the 7B-layer-shaped package (converted) in each of `variants`, ratios against fp32 (bench-weights.ts). */
 async function weightTable(dir: string, variants: readonly WeightVariant[], threads: number, log: (s: string) => void) {
-  await ensureLargePackage(dir, log, variants);
   // Rounds over all variants, interleaved, so that a slow minute of this shared machine falls on every
   // variant alike rather than on one; each figure is the median over the rounds.
   const runs: WeightsResult[][] = variants.map(() => []);
@@ -608,7 +589,8 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
   results.push(await child(resolve(o.model), o.quick ? 'quick' : 'full', threads));
   let weights: Awaited<ReturnType<typeof weightTable>> | undefined;
   if (o.large !== false && !o.quick) {
-    await ensureLargePackage(o.large, o.log);
+    // fp32 and every weight type at once: the random checkpoints are written once for all of them
+    await ensureLargePackage(o.large, o.log, o.dtypes.length > 0 ? o.dtypes : undefined);
     results.push(await child(o.large, 'large', threads));
     if (o.dtypes.length > 0) weights = await weightTable(o.large, o.dtypes, threads, o.log);
   }

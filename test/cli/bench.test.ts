@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { stat } from '../../src/cli/bench.js';
+import { stat } from '../../src/cli/bench-common.js';
 import { medianResult, parseDtypes, weightRatios, weightsMarkdown, type WeightsResult } from '../../src/cli/bench-weights.js';
 import { minigpt } from '../helpers/cli.js';
 import { convertTinyV2 } from '../helpers/tiny-package.js';
