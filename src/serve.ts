@@ -7,7 +7,8 @@ import { MiniGPT, type LoadOptions } from './inference/model.js';
 import { parseProviderChoice } from './inference/providers.js';
 import type { GenerationOptions } from './inference/generation/index.js';
 import { ConversationManager, createStore } from './conversation/index.js';
-import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
+import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
+import { DEFAULT_API_HOST, startApiServer } from '../adapters/api/server.js';
 
 /** A started adapter. */
 export interface RunningAdapter {
@@ -71,6 +72,8 @@ export interface RunningBot {
   adapters: RunningAdapter[];
   /** the web demo's address when it was started */
   webUrl?: string;
+  /** the OpenAI-compatible API's base URL (`.../v1`) when API_PORT is set */
+  apiUrl?: string;
   /** resolves with the first adapter failure that cannot recover (`RunningAdapter.fatal`, its name in front); else never */
   fatal: Promise<Error>;
   /** stops the adapters, then the manager (finishing the running answer, flushing the store), then the model */
@@ -133,14 +136,32 @@ async function checkPackage(dir: string): Promise<void> {
 
 function webSettings(env: NodeJS.ProcessEnv) {
   const host = env.WEB_HOST?.trim() || DEFAULT_WEB_HOST;
-  let port = DEFAULT_WEB_PORT;
-  if (env.WEB_PORT?.trim()) {
-    port = Number(env.WEB_PORT);
-    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ServeError(`WEB_PORT=${env.WEB_PORT}: expected a port number (0-65535)`);
-  }
+  const port = env.WEB_PORT?.trim() ? portSetting('WEB_PORT', env.WEB_PORT) : DEFAULT_WEB_PORT;
   const allowRemote = /^(1|true|yes)$/i.test(env.WEB_ALLOW_REMOTE?.trim() ?? '');
   const allowedHosts = (env.WEB_ALLOWED_HOSTS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
   return { host, port, allowRemote, allowedHosts };
+}
+
+function portSetting(name: string, value: string): number {
+  const port = Number(value);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ServeError(`${name}=${value}: expected a port number (0-65535)`);
+  return port;
+}
+
+const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+
+/** The OpenAI-compatible API's settings (API_PORT, API_HOST, MINIGPT_API_KEYS, ...); undefined when API_PORT is unset. */
+function apiSettings(env: NodeJS.ProcessEnv) {
+  if (!env.API_PORT?.trim()) return undefined;
+  const port = portSetting('API_PORT', env.API_PORT.trim());
+  const host = env.API_HOST?.trim() || DEFAULT_API_HOST;
+  const keys = list(env.MINIGPT_API_KEYS);
+  if (keys.length === 0 && !isLoopbackHost(host)) {
+    throw new ServeError(
+      `API_HOST=${host} without MINIGPT_API_KEYS: the API would answer anyone who reaches ${host}. Set MINIGPT_API_KEYS=<key>[,<key>...] (clients send it as their API key), or leave API_HOST unset (127.0.0.1).`,
+    );
+  }
+  return { port, host, keys, imageHosts: list(env.API_IMAGE_HOSTS), modelId: env.API_MODEL_ID?.trim() || undefined };
 }
 
 /** Loads everything and starts the adapters. */
@@ -150,6 +171,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
   const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
   // Settings errors before the slow part.
   const web = webSettings(env);
+  const api = apiSettings(env);
   await checkPackage(config.packageDir);
   const store = await createStore(config.runtime.store_url);
   let model: MiniGPT | undefined;
@@ -214,6 +236,23 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       log(`minigpt: web demo on ${server.url} (model ${info.path}, ${model.provider})`);
     }
 
+    let apiUrl: string | undefined;
+    if (api) {
+      const created = Math.floor((await stat(join(config.packageDir, 'model.json'))).mtimeMs / 1000);
+      const server = await startApiServer({
+        manager,
+        host: api.host,
+        port: api.port,
+        keys: api.keys,
+        imageHosts: api.imageHosts,
+        model: { id: api.modelId ?? basename(config.packageDir), created, architecture: model.meta.architecture, provider: model.provider, dtype: model.meta.dtype },
+        log,
+      });
+      apiUrl = server.url;
+      adapters.push({ name: 'api', url: server.url, close: () => server.close() });
+      log(`minigpt: OpenAI-compatible API on ${server.url} (model id "${api.modelId ?? basename(config.packageDir)}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'})`);
+    }
+
     let closing: Promise<void> | undefined;
     const mgr = manager;
     const mdl = model;
@@ -226,6 +265,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       adapters,
       fatal,
       ...(webUrl ? { webUrl } : {}),
+      ...(apiUrl ? { apiUrl } : {}),
       close() {
         closing ??= (async () => {
           await Promise.allSettled(adapters.map((a) => a.close()));

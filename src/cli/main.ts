@@ -36,7 +36,7 @@ export function buildProgram(): Command {
 
   program
     .command('serve')
-    .description('start the chat adapters whose credentials are set; with none, the local web demo (WEB_HOST:WEB_PORT, default 127.0.0.1:7860)')
+    .description('start the chat adapters whose credentials are set; with none, the local web demo (WEB_HOST:WEB_PORT, default 127.0.0.1:7860); with API_PORT, the OpenAI-compatible API too (docs/api.md)')
     .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
     .action(async (o) => {
       // Deployment settings and secrets come from the environment, .env included (the real environment wins).

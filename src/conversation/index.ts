@@ -8,6 +8,7 @@ export type {
   ConversationState,
   ErrorCode,
   ImageRef,
+  PriorTurn,
   RequestGeneration,
   StoredTurn,
   TaskTag,

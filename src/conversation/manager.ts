@@ -19,6 +19,7 @@ import type {
   ConversationRequest,
   ConversationState,
   ErrorCode,
+  PriorTurn,
   RequestGeneration,
   StoredTurn,
 } from './types.js';
@@ -71,7 +72,7 @@ interface Job {
   work?: () => Promise<void>;
   cleanup?: () => void;
   /** the KV cache of the answered turn, to be extended to the next prompt's prefix, then kept */
-  keep?: { context: CachedContext; prefix: string; images: Float32Array[]; keys: string[] };
+  keep?: { id: string; context: CachedContext; prefix: string; images: Float32Array[]; keys: string[] };
 }
 
 interface EncodedImage {
@@ -89,7 +90,9 @@ class Failure extends Error {
   }
 }
 
-const PLATFORMS = new Set(['discord', 'slack', 'web', 'cli']);
+const PLATFORMS = new Set(['discord', 'slack', 'web', 'cli', 'api']);
+/** Most extra stop strings a request may add. */
+const MAX_STOP_STRINGS = 8;
 
 /** Upstream Chat.answer's settings minus its stop conditions (the package's apply). */
 const { stopIds: _stopIds, stopStrings: _stopStrings, ...CHAT_DEFAULTS } = UPSTREAM_CHAT_OPTIONS;
@@ -299,16 +302,20 @@ export class ConversationManager {
     job.keep = undefined;
     try {
       const context = await this.model.extendContext(keep.context, keep.prefix, keep.images, keep.keys, job.controller.signal);
-      this.contexts.put(job.convId, context);
+      this.contexts.put(keep.id, context);
     } catch (err) {
       this.log(`conversation ${job.convId}: KV cache not kept (${(err as Error).message})`);
     }
   }
 
   /** The start of the next turn's prompt after `turns` (up to the next user text). */
-  private nextPromptPrefix(turns: readonly StoredTurn[]): string {
+  private nextPromptPrefix(turns: readonly PriorTurn[], image: boolean): string {
     const mark = '\u0000';
-    const next = conversationPrompt(this.model.meta.prompt, [...turns.map((t) => ({ user: t.user, assistant: neutralizeMarkers(t.assistant, this.markers) })), { user: mark }]);
+    const next = conversationPrompt(
+      this.model.meta.prompt,
+      [...turns.map((t) => ({ user: t.user, assistant: neutralizeMarkers(t.assistant, this.markers) })), { user: mark }],
+      { image },
+    );
     return next.slice(0, next.lastIndexOf(mark)).trimEnd();
   }
 
@@ -334,11 +341,13 @@ export class ConversationManager {
     }
     const turn = userTurn(text, req.task, { tasks: this.tasks, markers: this.markers });
 
-    // The image: a new one resets the conversation; otherwise the stored one.
-    const prev = await this.repo.getConversation(job.convId);
-    let image: { hash: string; width: number; height: number; bytes: number; data?: Uint8Array };
-    let encoded: EncodedImage;
-    let history: StoredTurn[];
+    // The image: a new one resets the conversation; otherwise the stored one. A stateless request brings its
+    // history (and image, if any) itself.
+    const stateless = req.history !== undefined;
+    const prev = stateless ? undefined : await this.repo.getConversation(job.convId);
+    let image: { hash: string; width: number; height: number; bytes: number; data?: Uint8Array } | undefined;
+    let encoded: EncodedImage | undefined;
+    let history: readonly PriorTurn[];
     let cached = false;
     let visionMs = 0;
     let preprocessMs = 0;
@@ -351,7 +360,9 @@ export class ConversationManager {
       const hash = sha256Hex(data);
       ({ encoded, cached, visionMs, preprocessMs } = await this.encode(hash, data));
       image = { hash, width: encoded.width, height: encoded.height, bytes: data.byteLength, data };
-      history = [];
+      history = stateless ? this.priorTurns(req.history!) : [];
+    } else if (stateless) {
+      history = this.priorTurns(req.history!);
     } else if (prev) {
       image = { ...prev.image };
       let hit = this.images.get(prev.image.hash);
@@ -369,21 +380,25 @@ export class ConversationManager {
       throw new Failure('no_image', MESSAGES.noImage);
     }
     signal.throwIfAborted();
+    const images = encoded ? [encoded.embeds] : [];
+    const imageKeys = image ? [image.hash] : [];
 
     // The prompt, trimmed to the budget from the oldest turn; the image stays with the first kept turn.
     const gen = this.generationOptions(req.generation);
-    const { prompt, promptTokens, dropped } = this.fit(history, turn.prompt, gen.maxNewTokens);
+    const { prompt, promptTokens, dropped } = this.fit(history, turn.prompt, gen.maxNewTokens, image !== undefined);
     const kept = history.slice(dropped);
 
-    // Generation, from the KV cache of the conversation's last turn where the prompts agree.
+    // Generation, from the KV cache of the conversation's last turn where the prompts agree (a stateless
+    // request's: the cache kept by the request whose messages this one extends).
+    const contextId = stateless ? statelessContextId(image?.hash, history) : job.convId;
     let answer: { text: string; finishReason: string } | undefined;
     let firstText = 0;
     let modelTimings: Timings | undefined;
     let context: CachedContext | undefined;
     try {
-      const reuse = this.contexts.budget > 0 ? this.contexts.take(job.convId) : undefined;
+      const reuse = this.contexts.budget > 0 ? this.contexts.take(contextId) : undefined;
       const keep = this.contexts.budget > 0 ? (c: CachedContext) => (context = c) : undefined;
-      for await (const ev of this.model.answer(prompt, [encoded.embeds], gen, signal, { imageKeys: [image.hash], reuse, keep })) {
+      for await (const ev of this.model.answer(prompt, images, gen, signal, { imageKeys, reuse, keep })) {
         if (ev.type === 'text') {
           if (!firstText) firstText = performance.now();
           emit({ type: 'text', text: ev.text });
@@ -410,33 +425,52 @@ export class ConversationManager {
       finishReason: answer.finishReason,
       ...(req.requestId !== undefined ? { requestId: req.requestId } : {}),
     };
-    const imageRef = { hash: image.hash, width: image.width, height: image.height, bytes: image.bytes };
-    const fresh = req.image !== undefined;
-    if (fresh) await this.repo.attachImage({ ...imageRef, data: image.data! }, job.convId);
-    const state: ConversationState = {
-      v: 1,
-      key: job.key,
-      image: imageRef,
-      turns: [...kept, stored],
-      droppedTurns: (fresh ? 0 : (prev?.droppedTurns ?? 0)) + dropped,
-      createdAt: fresh || !prev ? now : prev.createdAt,
-      updatedAt: now,
-    };
-    try {
-      await this.repo.putConversation(job.convId, state);
-    } catch (err) {
-      (context as CachedContext | undefined)?.dispose();
-      throw err;
+    let turns: PriorTurn[];
+    if (stateless) {
+      turns = [...kept, stored];
+    } else {
+      // Only the thread path gets here, and it always has an image.
+      const img = image!;
+      const imageRef = { hash: img.hash, width: img.width, height: img.height, bytes: img.bytes };
+      const fresh = req.image !== undefined;
+      if (fresh) await this.repo.attachImage({ ...imageRef, data: img.data! }, job.convId);
+      const state: ConversationState = {
+        v: 1,
+        key: job.key,
+        image: imageRef,
+        turns: [...(kept as StoredTurn[]), stored],
+        droppedTurns: (fresh ? 0 : (prev?.droppedTurns ?? 0)) + dropped,
+        createdAt: fresh || !prev ? now : prev.createdAt,
+        updatedAt: now,
+      };
+      try {
+        await this.repo.putConversation(job.convId, state);
+      } catch (err) {
+        (context as CachedContext | undefined)?.dispose();
+        throw err;
+      }
+      if (fresh && prev && prev.image.hash !== img.hash) await this.repo.detachImage(prev.image.hash, job.convId);
+      turns = state.turns;
     }
-    // The cache matches the stored conversation now: kept for its next turn (see keepContext).
-    if (context) job.keep = { context, prefix: this.nextPromptPrefix(state.turns), images: [encoded.embeds], keys: [image.hash] };
-    if (fresh && prev && prev.image.hash !== image.hash) await this.repo.detachImage(prev.image.hash, job.convId);
+    // The cache matches the conversation as stored (as the client will send it back) now: kept for its next
+    // turn (see keepContext).
+    if (context) {
+      const id = stateless ? statelessContextId(image?.hash, [...history, stored]) : job.convId;
+      job.keep = { id, context, prefix: this.nextPromptPrefix(turns, image !== undefined), images, keys: imageKeys };
+    }
 
     // Entities, the annotated image, timings.
     const { entities } = parseGrounding(answer.text);
-    emit({ type: 'final', text: answer.text, entities, finishReason: answer.finishReason });
+    emit({
+      type: 'final',
+      text: answer.text,
+      entities,
+      finishReason: answer.finishReason,
+      task: turn.task,
+      ...(image ? { image: { width: image.width, height: image.height } } : {}),
+    });
     const drawn = this.entitiesToDraw(turn, entities, answer.text);
-    if (drawn.length > 0 && this.annotate !== false) {
+    if (image && drawn.length > 0 && this.annotate !== false && req.annotate !== false) {
       try {
         const bytes = image.data ?? (await this.repo.getImage(image.hash))?.data;
         if (bytes) {
@@ -494,10 +528,22 @@ export class ConversationManager {
   }
 
   /** Prompt tokens of a conversation (text tokens + the image's embedding rows), as the model counts them. */
-  private countTokens(prompt: string): number {
+  private countTokens(prompt: string, image: boolean): number {
     const { imageToken } = this.model.meta.prompt;
-    const segments = promptSegmentIds(prompt, imageToken, 1, this.model.tokenizer);
-    return segments.reduce((n, s) => n + s.length, 0) + this.model.meta.vision.imageTokens;
+    const segments = promptSegmentIds(prompt, imageToken, image ? 1 : 0, this.model.tokenizer);
+    return segments.reduce((n, s) => n + s.length, 0) + (image ? this.model.meta.vision.imageTokens : 0);
+  }
+
+  /**
+   * A stateless request's earlier exchanges as they go into the prompt: each user text through the same rule
+   * as a new one (markers neutralised, task tag applied), so that the prompt is the one its own request had.
+   */
+  private priorTurns(history: readonly PriorTurn[]): PriorTurn[] {
+    if (!Array.isArray(history)) throw new Error('history must be an array of {user, assistant} turns');
+    return history.map((t) => {
+      if (typeof t?.user !== 'string' || typeof t?.assistant !== 'string') throw new Error('history must be an array of {user, assistant} turns');
+      return { user: userTurn(t.user, undefined, { tasks: this.tasks, markers: this.markers }).prompt, assistant: t.assistant.trim() };
+    });
   }
 
   /**
@@ -505,7 +551,7 @@ export class ConversationManager {
    * window minus room for the answer (maxNewTokens, at most a quarter of the window)). Oldest turns go
    * first; the image is always in the first kept turn. Too long even alone -> too_long.
    */
-  private fit(history: readonly StoredTurn[], user: string, maxNewTokens: number): { prompt: string; promptTokens: number; dropped: number } {
+  private fit(history: readonly PriorTurn[], user: string, maxNewTokens: number, image: boolean): { prompt: string; promptTokens: number; dropped: number } {
     const window = this.model.meta.llm.maxPositions;
     const reserve = Math.max(1, Math.min(maxNewTokens, Math.floor(window / 4)));
     const limit = Math.min(this.maxContextLen, window - reserve);
@@ -513,8 +559,8 @@ export class ConversationManager {
     const turns: Turn[] = [...history.map((t) => ({ user: t.user, assistant: neutralizeMarkers(t.assistant, this.markers) })), { user }];
     let dropped = 0;
     for (;;) {
-      const prompt = conversationPrompt(spec, turns.slice(dropped));
-      const tokens = this.countTokens(prompt);
+      const prompt = conversationPrompt(spec, turns.slice(dropped), { image });
+      const tokens = this.countTokens(prompt, image);
       if (tokens <= limit) return { prompt, promptTokens: tokens, dropped };
       if (dropped === turns.length - 1) {
         throw new Failure(
@@ -537,6 +583,8 @@ export class ConversationManager {
       if (finite(g.numBeams) && g.numBeams >= 1) out.numBeams = Math.min(Math.floor(g.numBeams), 8);
       if (finite(g.repetitionPenalty) && g.repetitionPenalty > 0) out.repetitionPenalty = Math.min(g.repetitionPenalty, 10);
       if (finite(g.seed)) out.seed = Math.floor(g.seed);
+      const stop = Array.isArray(g.stop) ? g.stop.filter((x): x is string => typeof x === 'string' && x.length > 0).slice(0, MAX_STOP_STRINGS) : [];
+      if (stop.length > 0) out.stopStrings = [...(out.stopStrings ?? this.model.meta.prompt.stopStrings), ...stop];
     }
     return { ...out, maxNewTokens: out.maxNewTokens ?? 300 };
   }
@@ -556,6 +604,11 @@ export class ConversationManager {
     }
     return drawn;
   }
+}
+
+/** Where a stateless conversation's KV cache is kept: by its image and its exchanges, as the client sends them. */
+function statelessContextId(imageHash: string | undefined, turns: readonly PriorTurn[]): string {
+  return `stateless:${sha256Hex(new TextEncoder().encode(JSON.stringify([imageHash ?? null, turns.map((t) => [t.user, t.assistant.trim()])])))}`;
 }
 
 function checkKey(key: ConversationKey | undefined): ConversationKey {

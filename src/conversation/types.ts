@@ -4,7 +4,7 @@ import type { Entity } from '../grounding/parse.js';
 
 /** One conversation: platform + workspace/guild + channel + thread (a Discord thread, a Slack `thread_ts`, a web tab). */
 export interface ConversationKey {
-  platform: 'discord' | 'slack' | 'web' | 'cli';
+  platform: 'discord' | 'slack' | 'web' | 'cli' | 'api';
   workspace: string;
   channel: string;
   thread: string;
@@ -21,6 +21,14 @@ export interface RequestGeneration {
   numBeams?: number;
   repetitionPenalty?: number;
   seed?: number;
+  /** more stop strings (beside the model's own): the answer ends before the first one written */
+  stop?: readonly string[];
+}
+
+/** An earlier exchange of a stateless request, as the client sends it back. */
+export interface PriorTurn {
+  user: string;
+  assistant: string;
 }
 
 export interface ConversationRequest {
@@ -30,6 +38,15 @@ export interface ConversationRequest {
   text: string;
   /** encoded image bytes (JPEG, PNG, ...); any attached image starts the conversation afresh */
   image?: Uint8Array;
+  /**
+   * A stateless request (the OpenAI-style API): these exchanges, oldest first, are the conversation before
+   * `text`; `image` (optional here: without one the language model answers alone) belongs to the first of
+   * them. The store is neither read nor written; the KV cache is looked up and kept by the conversation's
+   * content, so a request that extends an earlier one's messages prefills only what is new.
+   */
+  history?: readonly PriorTurn[];
+  /** false: no `image` event (the annotated image is not drawn); default true */
+  annotate?: boolean;
   /** overrides a task tag written in the text */
   task?: TaskTag | 'chat';
   generation?: RequestGeneration;
@@ -51,7 +68,16 @@ export type AnswerEvent =
   /** a streamed piece of the answer; the pieces concatenated are `final.text` */
   | { type: 'text'; text: string }
   /** the raw answer (box syntax included) and its grounded entities (offsets index `text`) */
-  | { type: 'final'; text: string; entities: Entity[]; finishReason: string }
+  | {
+      type: 'final';
+      text: string;
+      entities: Entity[];
+      finishReason: string;
+      /** the task the answer was given under (a typed tag, or the request's `task`) */
+      task?: TaskTag | 'chat';
+      /** the conversation's image in pixels after EXIF orientation (absent for a text-only answer) */
+      image?: { width: number; height: number };
+    }
   /** the image with the answer's boxes drawn (or, for `[identify]`, the user's box) */
   | { type: 'image'; data: Buffer; mime: string }
   | { type: 'timings'; timings: Record<string, number> }

@@ -1,0 +1,140 @@
+// One chat completion through the conversation manager, and the OpenAI response objects made from it:
+// `chat.completion` for a plain request, `chat.completion.chunk`s for a streamed one. The `minigpt` field is
+// this server's extension: the task, the boxes in pixels, the annotated image when asked, timings.
+import type { AnswerEvent, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import { gridToPixels, type Entity } from '../../src/grounding/parse.js';
+import { ApiError, managerError } from './errors.js';
+
+/** What the API needs from the conversation manager. */
+export interface ApiConversationManager {
+  handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
+}
+
+export interface Answer {
+  text: string;
+  finishReason: 'stop' | 'length';
+  entities: Entity[];
+  task: TaskTag | 'chat';
+  image?: { width: number; height: number };
+  annotated?: { data: Buffer; mime: string };
+  timings: Record<string, number>;
+}
+
+/**
+ * Runs the request; `onText` gets each streamed piece (awaited, so a slow client holds the next piece
+ * back, not the model). Error events become ApiErrors.
+ */
+export async function runCompletion(manager: ApiConversationManager, request: ConversationRequest, onText?: (text: string) => void | Promise<void>): Promise<Answer> {
+  let final: Extract<AnswerEvent, { type: 'final' }> | undefined;
+  let annotated: Answer['annotated'];
+  let timings: Record<string, number> = {};
+  for await (const ev of manager.handle(request)) {
+    if (ev.type === 'text') await onText?.(ev.text);
+    else if (ev.type === 'final') final = ev;
+    else if (ev.type === 'image') annotated = { data: ev.data, mime: ev.mime };
+    else if (ev.type === 'timings') timings = ev.timings;
+    else if (ev.type === 'error') throw managerError(ev.code, ev.message);
+  }
+  if (!final) throw new ApiError(500, 'server_error', 'internal_error', 'the answer ended without a result');
+  return {
+    text: final.text,
+    finishReason: final.finishReason === 'length' ? 'length' : 'stop',
+    entities: final.entities,
+    task: final.task ?? 'chat',
+    ...(final.image ? { image: final.image } : {}),
+    ...(annotated ? { annotated } : {}),
+    timings,
+  };
+}
+
+/** A box of the answer in pixels of the request's image (after EXIF orientation), with the model's grid box. */
+export interface ApiBox {
+  phrase: string | null;
+  left: number;
+  top: number;
+  width: number;
+  height: number;
+  /** the box as the model wrote it, on its 0..100 grid: [x1, y1, x2, y2] */
+  grid: [number, number, number, number];
+}
+
+export interface MinigptExtension {
+  task: TaskTag | 'chat';
+  image: { width: number; height: number } | null;
+  boxes: ApiBox[];
+  /** `data:image/png;base64,...`, when the request asked for it (`minigpt.annotated_image`) and there are boxes */
+  annotated_image?: string;
+  timings: { queue_ms: number; vision_ms: number; prefill_ms: number; first_token_ms: number; total_ms: number; image_cached: boolean };
+}
+
+export function extension(a: Answer): MinigptExtension {
+  const boxes: ApiBox[] = [];
+  if (a.image) {
+    for (const e of a.entities) {
+      for (const b of e.boxes) boxes.push({ phrase: e.phrase, ...gridToPixels(b, a.image.width, a.image.height), grid: [b.x1, b.y1, b.x2, b.y2] });
+    }
+  }
+  const ms = (k: string) => Math.round((a.timings[k] ?? 0) * 10) / 10;
+  return {
+    task: a.task,
+    image: a.image ?? null,
+    boxes,
+    ...(a.annotated ? { annotated_image: `data:${a.annotated.mime};base64,${a.annotated.data.toString('base64')}` } : {}),
+    timings: {
+      queue_ms: ms('queueMs'),
+      vision_ms: ms('visionMs'),
+      prefill_ms: ms('prefillMs'),
+      first_token_ms: ms('firstTokenMs'),
+      total_ms: ms('totalMs'),
+      image_cached: a.timings.imageCached === 1,
+    },
+  };
+}
+
+/** Token counts: the prompt counts the image's embedding rows; cached_tokens were reused from an earlier request. */
+export function usage(a: Answer) {
+  const prompt = a.timings.promptTokens ?? 0;
+  const completion = a.timings.newTokens ?? 0;
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+    prompt_tokens_details: { cached_tokens: a.timings.reusedTokens ?? 0 },
+  };
+}
+
+export interface CompletionIds {
+  id: string;
+  created: number;
+  model: string;
+}
+
+export function completionObject(ids: CompletionIds, a: Answer) {
+  return {
+    id: ids.id,
+    object: 'chat.completion' as const,
+    created: ids.created,
+    model: ids.model,
+    choices: [{ index: 0, message: { role: 'assistant' as const, content: a.text, refusal: null }, logprobs: null, finish_reason: a.finishReason }],
+    usage: usage(a),
+    system_fingerprint: null,
+    minigpt: extension(a),
+  };
+}
+
+export function chunkObject(ids: CompletionIds, delta: { role?: 'assistant'; content?: string }, finishReason: 'stop' | 'length' | null = null, extra: object = {}) {
+  return {
+    id: ids.id,
+    object: 'chat.completion.chunk' as const,
+    created: ids.created,
+    model: ids.model,
+    system_fingerprint: null,
+    choices: [{ index: 0, delta, logprobs: null, finish_reason: finishReason }],
+    ...extra,
+  };
+}
+
+/** The last chunk with `stream_options.include_usage`: no choices, the usage. */
+export function usageChunk(ids: CompletionIds, a: Answer) {
+  return { id: ids.id, object: 'chat.completion.chunk' as const, created: ids.created, model: ids.model, system_fingerprint: null, choices: [], usage: usage(a) };
+}

@@ -1,0 +1,44 @@
+// Errors in the shape OpenAI's API answers with (`{"error": {"message", "type", "param", "code"}}`), so that
+// the official SDKs raise their usual exception classes (BadRequestError, AuthenticationError, ...).
+import type { ErrorCode } from '../../src/conversation/index.js';
+
+export type ApiErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'server_error';
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly type: ApiErrorType,
+    readonly code: string,
+    message: string,
+    readonly param: string | null = null,
+    /** extra response headers, e.g. Retry-After */
+    readonly headers: Readonly<Record<string, string>> = {},
+  ) {
+    super(message);
+  }
+
+  toJSON(): { error: { message: string; type: ApiErrorType; param: string | null; code: string } } {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+export const badRequest = (message: string, param: string | null = null, code = 'invalid_request'): ApiError =>
+  new ApiError(400, 'invalid_request_error', code, message, param);
+
+/** The conversation manager's error events as HTTP errors. */
+export function managerError(code: ErrorCode, message: string): ApiError {
+  switch (code) {
+    case 'busy':
+      return new ApiError(503, 'server_error', 'server_busy', message, null, { 'retry-after': '2' });
+    case 'no_image':
+      return new ApiError(400, 'invalid_request_error', 'no_image', message, 'messages');
+    case 'bad_image':
+      return new ApiError(400, 'invalid_request_error', 'invalid_image', message, 'messages');
+    case 'too_long':
+      return new ApiError(400, 'invalid_request_error', 'context_length_exceeded', message, 'messages');
+    case 'cancelled':
+      return new ApiError(503, 'server_error', 'cancelled', message, null, { 'retry-after': '2' });
+    default:
+      return new ApiError(500, 'server_error', 'internal_error', message);
+  }
+}

@@ -1,0 +1,307 @@
+// The OpenAI-compatible API (issue 23): the chat completions endpoint that local model servers speak, so
+// that the official SDKs, chat front ends and other bots can use MiniGPT. A translator like the other
+// adapters: OpenAI requests in, the conversation manager's answer events out as OpenAI responses.
+//
+//   GET  /v1/models               the served package
+//   GET  /v1/models/<id>          one model
+//   POST /v1/chat/completions     application/json; `stream: true` answers with server-sent events
+//
+// Auth: `Authorization: Bearer <key>` against MINIGPT_API_KEYS. Without keys the server listens on loopback
+// only and answers only to loopback Host names (a web page cannot reach it through DNS rebinding); POST
+// bodies must be JSON, which a cross-site page cannot send without a CORS preflight that is never granted.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import type { ConversationRequest } from '../../src/conversation/index.js';
+import { isLoopbackHost } from '../web/server.js';
+import { ApiError, badRequest } from './errors.js';
+import { parseChatRequest } from './request.js';
+import { imageBytes } from './images.js';
+import { chunkObject, completionObject, extension, runCompletion, usageChunk, type ApiConversationManager, type CompletionIds } from './completion.js';
+
+export interface ApiModelInfo {
+  /** the id clients send as `model` */
+  id: string;
+  /** unix seconds (e.g. when the package was converted) */
+  created: number;
+  architecture: 'minigpt-v2' | 'minigpt-4';
+  /** execution provider and weight type, shown in /v1/models */
+  provider?: string;
+  dtype?: string;
+}
+
+export interface ApiServerOptions {
+  manager: ApiConversationManager;
+  model: ApiModelInfo;
+  /** default 127.0.0.1; a non-loopback address needs `keys` */
+  host?: string;
+  /** default 8000; 0 picks a free port */
+  port?: number;
+  /** bearer keys; empty: no authentication (loopback only) */
+  keys?: readonly string[];
+  /** hosts `image_url` may be fetched from (see imageHostAllowed); default none: data URLs only */
+  imageHosts?: readonly string[];
+  /** largest image in bytes (default 20 MiB) */
+  maxImageBytes?: number;
+  log?: (line: string) => void;
+}
+
+export interface ApiServer {
+  /** http://host:port/v1 (the SDKs' baseURL) */
+  url: string;
+  host: string;
+  port: number;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_API_HOST = '127.0.0.1';
+export const DEFAULT_API_PORT = 8000;
+const DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024;
+const HEARTBEAT_MS = 15_000;
+/** discard at most this much of a refused upload before dropping the connection */
+const MAX_DRAIN_BYTES = 256 * 1024 * 1024;
+
+const HEADERS: Readonly<Record<string, string>> = { 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' };
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
+/** Starts the API; resolves once it listens. */
+export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer> {
+  const host = opts.host ?? DEFAULT_API_HOST;
+  const keys = (opts.keys ?? []).map((k) => k.trim()).filter(Boolean);
+  if (keys.length === 0 && !isLoopbackHost(host)) {
+    throw new Error(`refusing to serve the API on ${host} without authentication: set MINIGPT_API_KEYS (comma-separated keys), or listen on 127.0.0.1`);
+  }
+  const keyDigests = keys.map(digest);
+  const log = opts.log ?? (() => {});
+  const maxImageBytes = opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES;
+  // A base64 data URL is 4/3 of the image; room for a second (earlier) image and the text.
+  const maxBody = Math.ceil((maxImageBytes * 4) / 3) * 2 + 1024 * 1024;
+  const active = new Set<AbortController>();
+  let loopbackNames = new Set<string>();
+
+  const server: Server = createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      // Refused before its body was read: read and drop the rest (bounded), so that the client sees the answer.
+      if (!req.complete && req.listenerCount('data') === 0) {
+        res.setHeader('connection', 'close');
+        let drained = 0;
+        req.on('data', (chunk: Buffer) => {
+          drained += chunk.length;
+          if (drained > MAX_DRAIN_BYTES) req.destroy();
+        });
+        req.on('error', () => {});
+      }
+      const e = err instanceof ApiError ? err : new ApiError(500, 'server_error', 'internal_error', 'internal error');
+      if (!(err instanceof ApiError) || e.status >= 500) log(`api: ${req.method} ${req.url}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      sendError(res, e);
+    });
+  });
+  server.requestTimeout = 120_000;
+  server.headersTimeout = 30_000;
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const keyIndex = authorize(req);
+    const path = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '');
+    if (path === '/v1/models') {
+      if (req.method !== 'GET') throw methodNotAllowed('GET');
+      return sendJson(res, 200, { object: 'list', data: [modelObject()] });
+    }
+    if (path.startsWith('/v1/models/')) {
+      if (req.method !== 'GET') throw methodNotAllowed('GET');
+      if (decodeURIComponent(path.slice('/v1/models/'.length)) !== opts.model.id) throw unknownModel(path.slice('/v1/models/'.length));
+      return sendJson(res, 200, modelObject());
+    }
+    if (path === '/v1/chat/completions') {
+      if (req.method !== 'POST') throw methodNotAllowed('POST');
+      return chat(req, res, keyIndex);
+    }
+    throw new ApiError(404, 'not_found_error', 'unknown_url', `Unknown request URL: ${req.method} ${path.slice(0, 200)}. This server has /v1/models and /v1/chat/completions.`);
+  }
+
+  /** The index of the key used (-1 without keys); throws 401/421. */
+  function authorize(req: IncomingMessage): number {
+    if (keyDigests.length === 0) {
+      const h = (req.headers.host ?? '').toLowerCase();
+      if (!loopbackNames.has(h)) throw new ApiError(421, 'invalid_request_error', 'bad_host', `this server does not answer for host "${h.slice(0, 100)}"`);
+      return -1;
+    }
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+    if (m) {
+      const d = digest(m[1]);
+      const i = keyDigests.findIndex((k) => timingSafeEqual(k, d));
+      if (i >= 0) return i;
+    }
+    throw new ApiError(
+      401,
+      'invalid_request_error',
+      'invalid_api_key',
+      m ? 'Incorrect API key provided.' : 'You did not provide an API key: send it as "Authorization: Bearer <key>".',
+      null,
+      { 'www-authenticate': 'Bearer' },
+    );
+  }
+
+  function modelObject() {
+    const m = opts.model;
+    return { id: m.id, object: 'model', created: m.created, owned_by: 'minigpt-bot', minigpt: { architecture: m.architecture, provider: m.provider ?? null, dtype: m.dtype ?? null } };
+  }
+
+  function unknownModel(id: string): ApiError {
+    return new ApiError(404, 'invalid_request_error', 'model_not_found', `The model "${id.slice(0, 100)}" does not exist: this server serves "${opts.model.id}".`, 'model');
+  }
+
+  async function chat(req: IncomingMessage, res: ServerResponse, keyIndex: number): Promise<void> {
+    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+    if (type !== 'application/json') throw new ApiError(415, 'invalid_request_error', 'unsupported_media_type', 'the request body must be JSON (Content-Type: application/json)');
+    const raw = await readBody(req, maxBody);
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString('utf8'));
+    } catch {
+      throw badRequest('We could not parse the JSON body of your request.', null, 'invalid_json');
+    }
+    const parsed = parseChatRequest(body);
+    if (parsed.model !== opts.model.id) throw unknownModel(parsed.model);
+
+    const controller = new AbortController();
+    active.add(controller);
+    res.on('close', () => {
+      if (!res.writableFinished) controller.abort();
+      active.delete(controller);
+    });
+    try {
+      const image = parsed.image ? await imageBytes(parsed.image, { allowedHosts: opts.imageHosts ?? [], maxBytes: maxImageBytes, signal: controller.signal }) : undefined;
+      const requestId = randomBytes(12).toString('hex');
+      const ids: CompletionIds = { id: `chatcmpl-${requestId}`, created: Math.floor(Date.now() / 1000), model: opts.model.id };
+      const request: ConversationRequest = {
+        // Every request is its own conversation: the messages carry the history; the key only schedules it.
+        key: { platform: 'api', workspace: keyIndex >= 0 ? `key${keyIndex + 1}` : 'local', channel: 'v1', thread: requestId },
+        user: parsed.user ?? 'api',
+        text: parsed.text,
+        history: parsed.history,
+        generation: parsed.generation,
+        annotate: parsed.annotatedImage,
+        signal: controller.signal,
+        requestId,
+      };
+      if (image) request.image = image;
+      if (parsed.stream) await streamed(res, ids, request, parsed.includeUsage, controller.signal);
+      else sendJson(res, 200, completionObject(ids, await runCompletion(opts.manager, request)));
+    } finally {
+      active.delete(controller);
+    }
+  }
+
+  /**
+   * Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. The status line waits for the
+   * first piece of the answer, so that a refusal (busy, bad image, too long) is still an HTTP error; an error
+   * after that is an `error` event, which the SDKs raise.
+   */
+  async function streamed(res: ServerResponse, ids: CompletionIds, request: ConversationRequest, includeUsage: boolean, signal: AbortSignal): Promise<void> {
+    let heartbeat: NodeJS.Timeout | undefined;
+    const send = (data: string): Promise<void> | void => {
+      if (res.writableEnded || res.destroyed) return;
+      if (!res.write(`data: ${data}\n\n`)) return new Promise<void>((done) => res.once('drain', done).once('close', done));
+    };
+    const open = () => {
+      if (res.headersSent) return;
+      res.writeHead(200, { ...HEADERS, 'content-type': 'text/event-stream; charset=utf-8', 'x-accel-buffering': 'no' });
+      heartbeat = setInterval(() => {
+        if (!res.writableEnded && !res.destroyed) res.write(': keep-alive\n\n');
+      }, HEARTBEAT_MS);
+      void send(JSON.stringify(chunkObject(ids, { role: 'assistant', content: '' })));
+    };
+    try {
+      const answer = await runCompletion(opts.manager, request, (text) => {
+        open();
+        return send(JSON.stringify(chunkObject(ids, { content: text })));
+      });
+      open();
+      await send(JSON.stringify(chunkObject(ids, {}, answer.finishReason, { minigpt: extension(answer) })));
+      if (includeUsage) await send(JSON.stringify(usageChunk(ids, answer)));
+      await send('[DONE]');
+      res.end();
+    } catch (err) {
+      if (!res.headersSent) throw err;
+      if (!signal.aborted) {
+        const e = err instanceof ApiError ? err : new ApiError(500, 'server_error', 'internal_error', 'Something went wrong while answering; please try again.');
+        if (!(err instanceof ApiError)) log(`api: answer failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+        await send(JSON.stringify(e.toJSON()));
+      }
+      res.end();
+    } finally {
+      clearInterval(heartbeat);
+    }
+  }
+
+  await new Promise<void>((resolveListen, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? DEFAULT_API_PORT, host, () => {
+      server.off('error', reject);
+      resolveListen();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  loopbackNames = new Set(['localhost', '127.0.0.1', '[::1]'].map((n) => `${n}:${port}`));
+  const shownHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+
+  let closing: Promise<void> | null = null;
+  return {
+    url: `http://${shownHost}:${port}/v1`,
+    host,
+    port,
+    close() {
+      closing ??= (async () => {
+        const closed = new Promise<void>((done) => server.close(() => done()));
+        for (const c of active) c.abort();
+        const deadline = performance.now() + 2000;
+        while (active.size > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+        server.closeAllConnections();
+        await closed;
+      })();
+      return closing;
+    },
+  };
+}
+
+function methodNotAllowed(allow: string): ApiError {
+  return new ApiError(405, 'invalid_request_error', 'method_not_allowed', `method not allowed (use ${allow})`, null, { allow });
+}
+
+/** A request body of at most `limit` bytes (413 beyond it; the rest is not read: the connection closes). */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = Number(req.headers['content-length']);
+  const refusal = () =>
+    new ApiError(413, 'invalid_request_error', 'request_too_large', `The request is too large: at most ${Math.round(limit / (1024 * 1024))} MB are accepted (images included).`, null, {
+      connection: 'close',
+    });
+  if (Number.isFinite(declared) && declared > limit) return Promise.reject(refusal());
+  return new Promise<Buffer>((resolveBody, reject) => {
+    const chunks: Buffer[] = [];
+    let total = 0;
+    req.on('data', (chunk: Buffer) => {
+      total += chunk.length;
+      if (total > limit) {
+        req.removeAllListeners('data');
+        reject(refusal());
+      } else chunks.push(chunk);
+    });
+    req.on('end', () => resolveBody(Buffer.concat(chunks, total)));
+    req.on('error', reject);
+  });
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, headers: Readonly<Record<string, string>> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { ...HEADERS, ...headers, 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(text)) });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, err: ApiError): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  sendJson(res, err.status, err.toJSON(), err.headers);
+}

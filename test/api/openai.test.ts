@@ -1,0 +1,362 @@
+// The OpenAI-compatible API driven by the official `openai` SDK: the embedded demo model (models/demo) behind the
+// real conversation manager, greedy answers compared with the same questions asked through a chat thread and
+// through the model directly, streaming, grounding boxes, KV-cache reuse across stateless requests, errors, auth.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import sharp from 'sharp';
+import { MiniGPT } from '../../src/inference/model.js';
+import { conversationPrompt } from '../../src/inference/prompt.js';
+import { promptSegmentIds } from '../../src/inference/context.js';
+import { ConversationManager, type AnswerEvent, type ConversationRequest } from '../../src/conversation/index.js';
+import { gridToPixels, parseGrounding } from '../../src/grounding/parse.js';
+import { renderExamples, type Example } from '../../adapters/web/examples.js';
+import { startApiServer, type ApiServer } from '../../adapters/api/server.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const DEMO = join(ROOT, 'models', 'demo');
+const GREEDY = { temperature: 0 } as const;
+
+let model: MiniGPT;
+let manager: ConversationManager;
+let server: ApiServer;
+let client: OpenAI;
+let refer: Example;
+let vqa: Example;
+let png: Buffer;
+let vqaPng: Buffer;
+let caption: Example;
+let captionPng: Buffer;
+let dataUrl: string;
+
+beforeAll(async () => {
+  model = await MiniGPT.load(DEMO, { provider: 'cpu' });
+  manager = new ConversationManager({ model, defaults: { maxNewTokens: 40 }, kvCacheBytes: 64 * 1024 * 1024 });
+  server = await startApiServer({ manager, port: 0, model: { id: 'minigpt-demo', created: 1_700_000_000, architecture: 'minigpt-v2' } });
+  client = new OpenAI({ baseURL: server.url, apiKey: 'not-checked-on-loopback', maxRetries: 0 });
+  const examples = await renderExamples();
+  refer = examples.list.find((e) => e.task === 'refer')!;
+  vqa = examples.list.find((e) => e.task === 'vqa')!;
+  png = examples.png(refer.id)!;
+  vqaPng = examples.png(vqa.id)!;
+  caption = examples.list.find((e) => e.task === 'caption')!;
+  captionPng = examples.png(caption.id)!;
+  dataUrl = `data:image/png;base64,${png.toString('base64')}`;
+}, 120_000);
+
+afterAll(async () => {
+  await server?.close();
+  await manager?.close();
+  await model?.close();
+});
+
+type Part = OpenAI.Chat.Completions.ChatCompletionContentPart;
+const withImage = (text: string, url = dataUrl): Part[] => [
+  { type: 'text', text },
+  { type: 'image_url', image_url: { url } },
+];
+
+/** The same question through a chat thread of the conversation manager (what Discord, Slack and the web demo use). */
+async function threadAnswers(turns: { text: string; image?: Uint8Array }[]): Promise<{ text: string; timings: Record<string, number> }[]> {
+  const key = { platform: 'cli' as const, workspace: 'test', channel: 'api', thread: `t${Math.random()}` };
+  const out: { text: string; timings: Record<string, number> }[] = [];
+  for (const t of turns) {
+    const req: ConversationRequest = { key, user: 'test', text: t.text, generation: { ...GREEDY } };
+    if (t.image) req.image = t.image;
+    let text = '';
+    let timings: Record<string, number> = {};
+    for await (const ev of manager.handle(req) as AsyncIterable<AnswerEvent>) {
+      if (ev.type === 'error') throw new Error(ev.message);
+      if (ev.type === 'final') text = ev.text;
+      if (ev.type === 'timings') timings = ev.timings;
+    }
+    out.push({ text, timings });
+  }
+  return out;
+}
+
+type Extension = {
+  task: string;
+  image: { width: number; height: number } | null;
+  boxes: { phrase: string | null; left: number; top: number; width: number; height: number; grid: number[] }[];
+  annotated_image?: string;
+  timings: Record<string, number | boolean>;
+};
+const ext = (o: object) => (o as { minigpt: Extension }).minigpt;
+
+async function expectApiError(p: Promise<unknown>, status: number, code: string, param?: string): Promise<InstanceType<typeof OpenAI.APIError>> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(OpenAI.APIError);
+  const e = err as InstanceType<typeof OpenAI.APIError>;
+  expect(e.status).toBe(status);
+  expect(e.code).toBe(code);
+  if (param !== undefined) expect(e.param).toBe(param);
+  expect(e.message.length).toBeGreaterThan(10);
+  return e;
+}
+
+describe('OpenAI API: models', () => {
+  it('lists and retrieves the served package; an unknown id is a 404', async () => {
+    const page = await client.models.list();
+    expect(page.data.map((m) => [m.id, m.object, m.owned_by, m.created])).toEqual([['minigpt-demo', 'model', 'minigpt-bot', 1_700_000_000]]);
+    expect((await client.models.retrieve('minigpt-demo')).id).toBe('minigpt-demo');
+    const err = await expectApiError(client.models.retrieve('gpt-4o'), 404, 'model_not_found');
+    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+  });
+});
+
+describe('OpenAI API: chat completions', () => {
+  it('answers a text-only chat with the language model alone, as the model does for the same prompt', async () => {
+    const r = await client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'system', content: 'ignored' }, { role: 'user', content: 'what is the red shape?' }], ...GREEDY, max_tokens: 12 });
+    expect(r.object).toBe('chat.completion');
+    expect(r.id).toMatch(/^chatcmpl-[0-9a-f]{24}$/);
+    expect(r.model).toBe('minigpt-demo');
+    expect(r.choices).toHaveLength(1);
+    const prompt = conversationPrompt(model.meta.prompt, [{ user: 'what is the red shape?' }], { image: false });
+    expect(prompt).not.toContain(model.meta.prompt.imageToken);
+    let direct = '';
+    let steps = 0;
+    for await (const ev of model.answer(prompt, [], { ...GREEDY, maxNewTokens: 12 })) {
+      if (ev.type === 'done') [direct, steps] = [ev.text, ev.tokenIds.length];
+    }
+    expect(r.choices[0].message).toMatchObject({ role: 'assistant', content: direct });
+    const promptTokens = promptSegmentIds(prompt, model.meta.prompt.imageToken, 0, model.tokenizer)[0].length;
+    expect(r.usage).toMatchObject({ prompt_tokens: promptTokens, completion_tokens: steps, total_tokens: promptTokens + steps });
+    expect(['stop', 'length']).toContain(r.choices[0].finish_reason);
+    expect(ext(r).image).toBeNull();
+    expect(ext(r).boxes).toEqual([]);
+  });
+
+  it('answers an image question sent as a data URL exactly as a chat thread does', async () => {
+    const r = await client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(vqa.prompt, `data:image/png;base64,${vqaPng.toString('base64')}`) }], ...GREEDY });
+    const [thread] = await threadAnswers([{ text: vqa.prompt, image: vqaPng }]);
+    expect(r.choices[0].message.content).toBe(thread.text);
+    expect(r.choices[0].message.content!.length).toBeGreaterThan(0);
+    expect(r.usage!.prompt_tokens).toBe(thread.timings.promptTokens);
+    expect(r.usage!.completion_tokens).toBe(thread.timings.newTokens);
+    expect(ext(r).task).toBe('vqa');
+    expect(ext(r).image).toEqual({ width: vqa.width, height: vqa.height });
+  });
+
+  it('streams chunks that concatenate to the non-streamed answer, then finish_reason, usage and [DONE]', async () => {
+    const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [{ role: 'user', content: withImage(refer.prompt) }];
+    const whole = await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY });
+    const stream = await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, stream: true, stream_options: { include_usage: true } });
+    const chunks: OpenAI.Chat.ChatCompletionChunk[] = [];
+    for await (const c of stream) chunks.push(c);
+    expect(chunks.every((c) => c.object === 'chat.completion.chunk' && c.id === chunks[0].id)).toBe(true);
+    expect(chunks[0].choices[0].delta.role).toBe('assistant');
+    const pieces = chunks.flatMap((c) => c.choices.map((ch) => ch.delta.content ?? ''));
+    expect(pieces.filter(Boolean).length).toBeGreaterThan(2);
+    expect(pieces.join('')).toBe(whole.choices[0].message.content);
+    const finishing = chunks.filter((c) => c.choices[0]?.finish_reason);
+    expect(finishing).toHaveLength(1);
+    expect(finishing[0].choices[0].finish_reason).toBe(whole.choices[0].finish_reason);
+    expect(ext(finishing[0]).boxes).toEqual(ext(whole).boxes);
+    const last = chunks[chunks.length - 1];
+    expect(last.choices).toEqual([]);
+    expect(last.usage).toMatchObject({ prompt_tokens: whole.usage!.prompt_tokens, completion_tokens: whole.usage!.completion_tokens });
+  });
+
+  it('returns a grounding answer with its boxes in pixels and, when asked, the annotated image', async () => {
+    const r = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: withImage(refer.prompt) }],
+      ...GREEDY,
+      // @ts-expect-error the server's extension field
+      minigpt: { annotated_image: true },
+    });
+    const text = r.choices[0].message.content!;
+    const { entities } = parseGrounding(text);
+    const grid = entities.flatMap((e) => e.boxes);
+    expect(grid.length).toBeGreaterThan(0); // the demo model answers [refer] with a box
+    const e = ext(r);
+    expect(e.task).toBe('refer');
+    expect(e.boxes).toEqual(grid.map((b, i) => ({ phrase: entities.flatMap((en) => en.boxes.map(() => en.phrase))[i], ...gridToPixels(b, refer.width, refer.height), grid: [b.x1, b.y1, b.x2, b.y2] })));
+    const m = /^data:image\/(png|jpeg);base64,(.+)$/.exec(e.annotated_image ?? '');
+    expect(m).not.toBeNull();
+    const drawn = Buffer.from(m![2], 'base64');
+    const meta = await sharp(drawn).metadata();
+    expect([meta.width, meta.height]).toEqual([refer.width, refer.height]);
+    // the box's outline is drawn over the scene: its top edge's pixels changed
+    const box = e.boxes[0];
+    const row = async (img: Buffer) => (await sharp(img).removeAlpha().extract({ left: box.left, top: box.top, width: box.width, height: 1 }).raw().toBuffer());
+    expect((await row(drawn)).equals(await row(png))).toBe(false);
+    // and only when asked
+    const plain = await client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(refer.prompt) }], ...GREEDY });
+    expect(ext(plain).annotated_image).toBeUndefined();
+    expect(ext(plain).boxes).toEqual(e.boxes);
+  });
+
+  it('continues a conversation from its messages, reusing the KV cache of the request it extends', async () => {
+    const q1 = vqa.prompt;
+    const q2 = '[refer] where is it?';
+    const img = `data:image/png;base64,${vqaPng.toString('base64')}`;
+    const first = await client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(q1, img) }], ...GREEDY });
+    const a1 = first.choices[0].message.content!;
+    const follow: OpenAI.Chat.ChatCompletionMessageParam[] = [
+      { role: 'user', content: withImage(q1, img) },
+      { role: 'assistant', content: a1 },
+      { role: 'user', content: q2 },
+    ];
+    const second = await client.chat.completions.create({ model: 'minigpt-demo', messages: follow, ...GREEDY });
+    // the same answer as a thread's follow-up
+    const thread = await threadAnswers([{ text: q1, image: vqaPng }, { text: q2 }]);
+    expect(thread[0].text).toBe(a1);
+    expect(second.choices[0].message.content).toBe(thread[1].text);
+    expect(second.usage!.prompt_tokens).toBe(thread[1].timings.promptTokens);
+    // everything up to the new question came from the first request's cache
+    const cached = second.usage!.prompt_tokens_details!.cached_tokens!;
+    expect(cached).toBeGreaterThan(first.usage!.prompt_tokens);
+    expect(cached).toBe(thread[1].timings.reusedTokens);
+    expect(ext(second).timings.image_cached).toBe(true);
+    // a client that edits the history gets an answer to what it sent, from a shorter reused prefix (the image)
+    const edited = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [follow[0], { role: 'assistant', content: 'something else entirely' }, follow[2]],
+      ...GREEDY,
+    });
+    expect(edited.usage!.prompt_tokens_details!.cached_tokens!).toBeLessThan(first.usage!.prompt_tokens);
+    expect(edited.usage!.prompt_tokens).not.toBe(second.usage!.prompt_tokens);
+  });
+
+  it('honours stop, max_tokens and seed', async () => {
+    const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [{ role: 'user', content: withImage(caption.prompt, `data:image/png;base64,${captionPng.toString('base64')}`) }];
+    const full = (await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, max_tokens: 30 })).choices[0].message.content!;
+    expect(full.length).toBeGreaterThan(10);
+    const half = Math.floor(full.length / 2);
+    const stop = full.slice(half, half + 3);
+    const cut = await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, max_tokens: 30, stop: [stop] });
+    expect(cut.choices[0].message.content).toBe(full.slice(0, full.indexOf(stop)));
+    expect(cut.choices[0].finish_reason).toBe('stop');
+    const short = await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, max_completion_tokens: 2 });
+    expect(short.usage!.completion_tokens).toBe(2);
+    expect(short.choices[0].finish_reason).toBe('length');
+    const sampled = () => client.chat.completions.create({ model: 'minigpt-demo', messages, temperature: 1.5, top_p: 1, seed: 7, max_tokens: 20 });
+    expect((await sampled()).choices[0].message.content).toBe((await sampled()).choices[0].message.content);
+  });
+
+  it('fetches an http image only from an allowed host', async () => {
+    const images: Server = createServer((req, res) => {
+      if (req.url === '/scene.png') res.writeHead(200, { 'content-type': 'image/png' }).end(vqaPng);
+      else res.writeHead(302, { location: 'http://localhost:1/elsewhere.png' }).end();
+    });
+    await new Promise<void>((r) => images.listen(0, '127.0.0.1', r));
+    const host = `127.0.0.1:${(images.address() as AddressInfo).port}`;
+    const allowing = await startApiServer({ manager, port: 0, imageHosts: [host], model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    try {
+      const c = new OpenAI({ baseURL: allowing.url, apiKey: 'x', maxRetries: 0 });
+      const r = await c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(vqa.prompt, `http://${host}/scene.png`) }], ...GREEDY });
+      const [thread] = await threadAnswers([{ text: vqa.prompt, image: vqaPng }]);
+      expect(r.choices[0].message.content).toBe(thread.text);
+      await expectApiError(c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage('hi', `http://${host}/redirect.png`) }] }), 400, 'image_url_not_allowed');
+      // the default server fetches nothing
+      await expectApiError(client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage('hi', `http://${host}/scene.png`) }] }), 400, 'image_url_not_allowed');
+    } finally {
+      await allowing.close();
+      await new Promise((r) => images.close(r));
+    }
+  });
+});
+
+describe('OpenAI API: errors', () => {
+  const ask = (body: Record<string, unknown>, c = client) =>
+    c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage('what is this?') }], ...body } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming);
+
+  it('refuses an unreadable image, an unknown model and bad parameters in OpenAI\'s error shape', async () => {
+    const notImage = `data:image/png;base64,${Buffer.from('this is not a picture').toString('base64')}`;
+    const e = await expectApiError(ask({ messages: [{ role: 'user', content: withImage('hi', notImage) }] }), 400, 'invalid_image');
+    expect(e).toBeInstanceOf(OpenAI.BadRequestError);
+    await expectApiError(ask({ messages: [{ role: 'user', content: withImage('hi', 'data:image/png;base64,@@@') }] }), 400, 'invalid_image');
+    await expectApiError(ask({ model: 'gpt-4o' }), 404, 'model_not_found', 'model');
+    await expectApiError(ask({ n: 2 }), 400, 'unsupported_value', 'n');
+    await expectApiError(ask({ temperature: 3 }), 400, 'invalid_request', 'temperature');
+    await expectApiError(ask({ max_tokens: 0 }), 400, 'invalid_request', 'max_tokens');
+    await expectApiError(ask({ stop: ['a', 'b', 'c', 'd', 'e'] }), 400, 'invalid_request', 'stop');
+    await expectApiError(ask({ presence_penalty: 1 }), 400, 'unsupported_parameter', 'presence_penalty');
+    await expectApiError(ask({ tools: [{ type: 'function', function: { name: 'f' } }] }), 400, 'unsupported_parameter', 'tools');
+    await expectApiError(ask({ messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'hello' }] }), 400, 'invalid_request', 'messages');
+    await expectApiError(ask({ messages: [] }), 400, 'invalid_request', 'messages');
+    await expectApiError(ask({ messages: [{ role: 'user', content: [{ type: 'input_audio', input_audio: { data: '', format: 'wav' } }] }] }), 400, 'invalid_request', 'messages[0].content[0].type');
+    await expectApiError(ask({ messages: [{ role: 'user', content: [...withImage('two'), { type: 'image_url', image_url: { url: dataUrl } }] }] }), 400, 'too_many_images');
+  });
+
+  it('refuses a prompt longer than the model\'s window', async () => {
+    const long = Array.from({ length: 3000 }, (_, i) => `w${i}`).join(' ');
+    await expectApiError(ask({ messages: [{ role: 'user', content: withImage(long) }] }), 400, 'context_length_exceeded', 'messages');
+  });
+
+  it('refuses an image over the limit with 413, and a request body over the limit too', async () => {
+    const small = await startApiServer({ manager, port: 0, maxImageBytes: 4096, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    try {
+      const c = new OpenAI({ baseURL: small.url, apiKey: 'x', maxRetries: 0 });
+      expect(png.length).toBeGreaterThan(4096);
+      const e = await expectApiError(ask({}, c), 413, 'image_too_large');
+      expect(e.message).toContain(`(${(png.length / 1024).toFixed(1)} KB): the limit is 4.0 KB`);
+      const huge = `data:image/png;base64,${Buffer.alloc(2 * 1024 * 1024).toString('base64')}`;
+      await expectApiError(ask({ messages: [{ role: 'user', content: withImage('hi', huge) }] }, c), 413, 'request_too_large');
+    } finally {
+      await small.close();
+    }
+  });
+
+  it('answers "busy" at once with 503 and Retry-After when the queue is full', async () => {
+    const tight = new ConversationManager({ model, maxQueue: 0, defaults: { maxNewTokens: 40 } });
+    const busy = await startApiServer({ manager: tight, port: 0, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    try {
+      const c = new OpenAI({ baseURL: busy.url, apiKey: 'x', maxRetries: 0 });
+      const stream = await c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(refer.prompt) }], ...GREEDY, stream: true });
+      const it = stream[Symbol.asyncIterator]();
+      await it.next(); // the first answer is running
+      const e = await expectApiError(ask({}, c), 503, 'server_busy');
+      expect(e.headers?.get('retry-after')).toBe('2');
+      let rest = '';
+      for (let r = await it.next(); !r.done; r = await it.next()) rest += r.value.choices[0]?.delta.content ?? '';
+      expect(rest.length).toBeGreaterThan(0); // the running one was not disturbed
+    } finally {
+      await busy.close();
+      await tight.close();
+    }
+  });
+
+  it('needs a key from MINIGPT_API_KEYS when keys are set', async () => {
+    const guarded = await startApiServer({ manager, port: 0, keys: ['key-one', 'key-two'], model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    try {
+      const as = (apiKey: string) => new OpenAI({ baseURL: guarded.url, apiKey, maxRetries: 0 });
+      const e = await expectApiError(as('wrong').models.list(), 401, 'invalid_api_key');
+      expect(e).toBeInstanceOf(OpenAI.AuthenticationError);
+      await expectApiError(ask({}, as('key-one-x')), 401, 'invalid_api_key');
+      expect((await as('key-two').models.list()).data[0].id).toBe('minigpt-demo');
+      const r = await ask({ ...GREEDY, max_tokens: 4 }, as('key-one'));
+      expect(r.choices[0].message.content!.length).toBeGreaterThan(0);
+      // no Authorization header at all
+      const raw = await fetch(`${guarded.url}/models`);
+      expect(raw.status).toBe(401);
+      expect(((await raw.json()) as { error: { code: string } }).error.code).toBe('invalid_api_key');
+    } finally {
+      await guarded.close();
+    }
+  });
+
+  it('without keys: loopback only, loopback Host names only, JSON bodies only', async () => {
+    await expect(startApiServer({ manager, host: '0.0.0.0', port: 0, model: { id: 'm', created: 1, architecture: 'minigpt-v2' } })).rejects.toThrow(/MINIGPT_API_KEYS/);
+    const { request } = await import('node:http');
+    const status = (headers: Record<string, string>, method = 'GET', path = '/v1/models', body?: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = request({ host: '127.0.0.1', port: server.port, path, method, headers }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    expect(await status({ host: `127.0.0.1:${server.port}` })).toBe(200);
+    expect(await status({ host: `evil.example:${server.port}` })).toBe(421); // DNS rebinding
+    expect(await status({ host: `localhost:${server.port}`, 'content-type': 'text/plain' }, 'POST', '/v1/chat/completions', '{}')).toBe(415);
+  });
+});
