@@ -109,7 +109,14 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     }
     if (path.startsWith('/v1/models/')) {
       if (req.method !== 'GET') throw methodNotAllowed('GET');
-      if (decodeURIComponent(path.slice('/v1/models/'.length)) !== opts.model.id) throw unknownModel(path.slice('/v1/models/'.length));
+      const id = path.slice('/v1/models/'.length);
+      let decoded: string | undefined;
+      try {
+        decoded = decodeURIComponent(id);
+      } catch {
+        // malformed escapes: no such model
+      }
+      if (decoded !== opts.model.id) throw unknownModel(decoded ?? id);
       return sendJson(res, 200, modelObject());
     }
     if (path === '/v1/chat/completions') {

@@ -5,6 +5,7 @@
 //   share of each decoding step spent outside session.run (JavaScript).
 // Each package runs in a child process of its own (peak RSS is that process's); progress goes to stderr,
 // the table (or, with --json, one JSON object) to stdout.
+import { apiMarkdown, benchApi } from './bench-api.js';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -719,11 +720,17 @@ export function registerBenchCommand(program: Command, log: (line: string) => vo
     .option('--dtypes <list>', `weight types of the 7B-layer-shaped package to compare (comma-separated, int8 / int4 with -b<block size>, or "none"; default ${BENCH_VARIANTS.join(',')})`)
     .addOption(new Option('--child <dir>').hideHelp())
     .option('--thread <dir>', 'only this package, as a bot user meets it: a thread with a new image, then a follow-up (TTFT, decode tok/s, peak RSS; for a full-size package)')
-    .option('--rounds <n>', 'with --thread: threads to run, the first a warm-up (default 2)', (v) => Number.parseInt(v, 10))
-    .option('--kv-cache-mb <n>', "with --thread: the conversation manager's KV cache budget, as runtime.kv_cache_mb (default 256)", (v) => Number.parseInt(v, 10))
+    .option('--api <dir>', 'only this package, behind the OpenAI-compatible API: time to first token of a new image, and of a follow-up with and without the kept KV cache')
+    .option('--rounds <n>', 'with --thread / --api: rounds to run, the first a warm-up (default 2 / 4)', (v) => Number.parseInt(v, 10))
+    .option('--kv-cache-mb <n>', "with --thread / --api: the conversation manager's KV cache budget, as runtime.kv_cache_mb (default 256)", (v) => Number.parseInt(v, 10))
     .addOption(new Option('--child-weights <dir>').hideHelp())
     .addOption(new Option('--profile <name>').choices(Object.keys(PROFILES)).hideHelp())
     .action(async (o) => {
+      if (o.api) {
+        const r = await benchApi(resolve(o.api), await readFile(IMAGE), o.threads ?? os.availableParallelism(), { rounds: o.rounds ?? 4, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 }, log);
+        process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${apiMarkdown(r)}\n`);
+        return;
+      }
       if (o.thread) {
         const r = await benchThread(resolve(o.thread), await readFile(IMAGE), o.threads ?? os.availableParallelism(), { rounds: o.rounds ?? 2, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 }, log);
         process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${threadMarkdown(r)}\n`);

@@ -324,6 +324,45 @@ describe('OpenAI API: errors', () => {
     }
   });
 
+  it('cancels the answer of a client that goes away, freeing its place at once', async () => {
+    const tight = new ConversationManager({ model, maxQueue: 0, defaults: { maxNewTokens: 200, stopStrings: [], stopIds: [] } });
+    // how each answer ended, as the manager reported it
+    const ends: string[] = [];
+    const spy = {
+      async *handle(req: ConversationRequest): AsyncIterable<AnswerEvent> {
+        for await (const ev of tight.handle(req)) {
+          if (ev.type === 'error' || ev.type === 'final') ends.push(ev.type === 'error' ? ev.code : 'final');
+          yield ev;
+        }
+      },
+    };
+    const one = await startApiServer({ manager: spy, port: 0, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    try {
+      const c = new OpenAI({ baseURL: one.url, apiKey: 'x', maxRetries: 0 });
+      const stream = await c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(refer.prompt) }], ...GREEDY, stream: true });
+      const it = stream[Symbol.asyncIterator]();
+      await it.next();
+      await expectApiError(ask({}, c), 503, 'server_busy'); // it is running
+      stream.controller.abort();
+      // the server sees the connection close and cancels the answer: the next request runs
+      let r: OpenAI.Chat.ChatCompletion | undefined;
+      for (let i = 0; i < 100 && !r; i++) {
+        r = await ask({ ...GREEDY, max_tokens: 4 }, c).catch((e: unknown) => {
+          if ((e as { status?: number }).status !== 503) throw e;
+          return undefined;
+        });
+        if (!r) await new Promise((res) => setTimeout(res, 20));
+      }
+      expect(r?.choices[0].message.content).toBeTruthy();
+      expect(r!.usage!.completion_tokens).toBeLessThanOrEqual(4);
+      // the first answer was stopped, not run to its end; then the new one ran
+      expect(ends.filter((e) => e !== 'busy')).toEqual(['cancelled', 'final']);
+    } finally {
+      await one.close();
+      await tight.close();
+    }
+  });
+
   it('needs a key from MINIGPT_API_KEYS when keys are set', async () => {
     const guarded = await startApiServer({ manager, port: 0, keys: ['key-one', 'key-two'], model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
     try {

@@ -5,6 +5,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stat } from '../../src/cli/bench-common.js';
+import type { ApiBenchResult } from '../../src/cli/bench-api.js';
 import { medianResult, parseDtypes, weightRatios, weightsMarkdown, type WeightsResult } from '../../src/cli/bench-weights.js';
 import { minigpt } from '../helpers/cli.js';
 import { convertTinyV2 } from '../helpers/tiny-package.js';
@@ -42,6 +43,21 @@ describe('minigpt bench', () => {
     } finally {
       await rm(work, { recursive: true, force: true });
     }
+  });
+
+  it('--api: a conversation through the OpenAI-compatible API, the follow-up with and without the kept KV cache', async () => {
+    const r = await minigpt(['bench', '--api', 'models/demo', '--rounds', '2', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ApiBenchResult;
+    expect(j.rounds).toBe(1); // the first is a warm-up
+    expect(j.identical).toBe(true);
+    // the follow-up's prompt is the first's, its 32-token answer and the new question; all but the question cached
+    expect(j.followup_prompt_tokens).toBeGreaterThan(j.first_prompt_tokens + 32);
+    expect(j.followup_cached_tokens).toBeGreaterThan(j.first_prompt_tokens + 31);
+    expect(j.followup_cached_tokens).toBeLessThan(j.followup_prompt_tokens);
+    for (const k of ['first_ttft_ms', 'followup_ttft_ms', 'followup_ttft_nocache_ms'] as const) expect(j[k], k).toBeGreaterThan(0);
+    expect(j.followup_ratio).toBeCloseTo(j.followup_ttft_ms / j.followup_ttft_nocache_ms, 3);
+    expect(r.stderr).toMatch(/\[bench api fp32 .*models\/demo\] round 2\/2/);
   });
 
   it('reports medians and nearest-rank p95', () => {
