@@ -6,7 +6,9 @@ import { DEFAULT_CONFIG, loadConfig, type BotConfig } from './config.js';
 import { MiniGPT, type LoadOptions } from './inference/model.js';
 import { parseProviderChoice } from './inference/providers.js';
 import type { GenerationOptions } from './inference/generation/index.js';
+import type Keyv from 'keyv';
 import { ConversationManager, createStore } from './conversation/index.js';
+import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from './conversation/index.js';
 import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
 import { DEFAULT_API_HOST, startApiServer } from '../adapters/api/server.js';
 
@@ -20,13 +22,106 @@ export interface RunningAdapter {
   fatal?: Promise<Error>;
 }
 
+/**
+ * The conversation manager as adapters use it: a local ConversationManager, or, for a front end of several
+ * processes, src/cluster's RemoteConversations.
+ */
+export interface ConversationPort {
+  handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
+  reset(key: ConversationKey): Promise<void>;
+  history(key: ConversationKey): Promise<ConversationState | null>;
+  /** the conversation store (STORE_URL): adapters keep their own marks there (Slack's handled events) */
+  readonly store: Keyv;
+}
+
 /** What an adapter gets to start with. */
 export interface AdapterContext {
-  manager: ConversationManager;
-  model: MiniGPT;
+  manager: ConversationPort;
   config: BotConfig;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
+}
+
+/** The served model as the web page and the API show it. */
+export interface ServedModel {
+  name: string;
+  architecture: 'minigpt-v2' | 'minigpt-4';
+  provider?: string;
+  dtype?: string;
+  /** unix seconds: when the package was written */
+  created: number;
+}
+
+export type WebSettings = ReturnType<typeof webSettings>;
+export type ApiSettings = NonNullable<ReturnType<typeof apiSettings>>;
+
+/**
+ * Starts the platform adapters whose credentials are set, the web demo when there is none, and the API when
+ * API_PORT is set; pushes each onto `started` as it starts (so that a failure can close those).
+ */
+export async function startAdapters(
+  o: {
+    manager: ConversationPort;
+    model: ServedModel;
+    config: BotConfig;
+    env: NodeJS.ProcessEnv;
+    log: (line: string) => void;
+    web: WebSettings;
+    api: ApiSettings | undefined;
+    specs: readonly PlatformAdapterSpec[];
+  },
+  started: RunningAdapter[],
+): Promise<{ webUrl?: string; apiUrl?: string }> {
+  const { manager, config, env, log, web, api } = o;
+  const ctx: AdapterContext = { manager, config, env, log };
+  for (const spec of o.specs) {
+    const set = spec.credentials.filter((c) => env[c]?.trim());
+    if (set.length === 0) continue;
+    if (!spec.start) {
+      log(`minigpt: ${set.join(', ')} is set, but this build has no ${spec.name} adapter yet; ignoring it`);
+      continue;
+    }
+    started.push(await spec.start(ctx));
+    log(`minigpt: ${spec.name} adapter started`);
+  }
+
+  let webUrl: string | undefined;
+  if (started.length === 0) {
+    const m = config.model;
+    const info: WebModelInfo = { name: o.model.name, path: shownPath(config.packageDir), architecture: o.model.architecture };
+    if (isDemoPackage(config.packageDir)) info.notice = demoNotice(await readDemoRecord(config.packageDir));
+    const server = await startWebServer({
+      manager,
+      host: web.host,
+      port: web.port,
+      allowRemote: web.allowRemote,
+      allowedHosts: web.allowedHosts,
+      model: info,
+      defaults: { temperature: m.temperature, numBeams: m.num_beams, maxNewTokens: m.max_new_tokens },
+      log,
+    });
+    webUrl = server.url;
+    started.push({ name: 'web', url: server.url, close: () => server.close() });
+    log(`minigpt: web demo on ${server.url} (model ${info.path}${o.model.provider ? `, ${o.model.provider}` : ''})`);
+  }
+
+  let apiUrl: string | undefined;
+  if (api) {
+    const id = api.modelId ?? basename(config.packageDir);
+    const server = await startApiServer({
+      manager,
+      host: api.host,
+      port: api.port,
+      keys: api.keys,
+      imageHosts: api.imageHosts,
+      model: { id, created: o.model.created, architecture: o.model.architecture, ...(o.model.provider ? { provider: o.model.provider } : {}), ...(o.model.dtype ? { dtype: o.model.dtype } : {}) },
+      log,
+    });
+    apiUrl = server.url;
+    started.push({ name: 'api', url: server.url, close: () => server.close() });
+    log(`minigpt: OpenAI-compatible API on ${server.url} (model id "${id}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'})`);
+  }
+  return { ...(webUrl ? { webUrl } : {}), ...(apiUrl ? { apiUrl } : {}) };
 }
 
 /**
@@ -122,7 +217,7 @@ function shownPath(dir: string): string {
   return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel : dir;
 }
 
-async function checkPackage(dir: string): Promise<void> {
+export async function checkPackage(dir: string): Promise<void> {
   const file = join(dir, 'model.json');
   try {
     await stat(file);
@@ -134,7 +229,7 @@ async function checkPackage(dir: string): Promise<void> {
   }
 }
 
-function webSettings(env: NodeJS.ProcessEnv) {
+export function webSettings(env: NodeJS.ProcessEnv) {
   const host = env.WEB_HOST?.trim() || DEFAULT_WEB_HOST;
   const port = env.WEB_PORT?.trim() ? portSetting('WEB_PORT', env.WEB_PORT) : DEFAULT_WEB_PORT;
   const allowRemote = /^(1|true|yes)$/i.test(env.WEB_ALLOW_REMOTE?.trim() ?? '');
@@ -151,7 +246,7 @@ function portSetting(name: string, value: string): number {
 const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
 
 /** The OpenAI-compatible API's settings (API_PORT, API_HOST, MINIGPT_API_KEYS, ...); undefined when API_PORT is unset. */
-function apiSettings(env: NodeJS.ProcessEnv) {
+export function apiSettings(env: NodeJS.ProcessEnv) {
   if (!env.API_PORT?.trim()) return undefined;
   const port = portSetting('API_PORT', env.API_PORT.trim());
   const host = env.API_HOST?.trim() || DEFAULT_API_HOST;
@@ -162,6 +257,19 @@ function apiSettings(env: NodeJS.ProcessEnv) {
     );
   }
   return { port, host, keys, imageHosts: list(env.API_IMAGE_HOSTS), modelId: env.API_MODEL_ID?.trim() || undefined };
+}
+
+/** The config's generation settings, as the conversation manager's defaults. */
+export function managerDefaults(config: BotConfig): Partial<GenerationOptions> {
+  const m = config.model;
+  return {
+    maxNewTokens: m.max_new_tokens,
+    numBeams: m.num_beams,
+    temperature: m.temperature,
+    topP: m.top_p,
+    repetitionPenalty: m.repetition_penalty,
+    ...(m.end_sym ? { stopStrings: [m.end_sym] } : {}),
+  };
 }
 
 /** Loads everything and starts the adapters. */
@@ -185,73 +293,19 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       log,
       ...opts.load,
     });
-    const m = config.model;
-    const defaults: Partial<GenerationOptions> = {
-      maxNewTokens: m.max_new_tokens,
-      numBeams: m.num_beams,
-      temperature: m.temperature,
-      topP: m.top_p,
-      repetitionPenalty: m.repetition_penalty,
-      ...(m.end_sym ? { stopStrings: [m.end_sym] } : {}),
-    };
     manager = new ConversationManager({
       model,
       store,
       maxQueue: config.runtime.queue_size,
-      maxContextLen: m.max_context_len,
-      defaults,
+      maxContextLen: config.model.max_context_len,
+      defaults: managerDefaults(config),
       log,
       maxBatch: config.runtime.max_batch,
       kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
     });
-    const ctx: AdapterContext = { manager, model, config, env, log };
-
-    for (const spec of opts.adapters ?? PLATFORM_ADAPTERS) {
-      const set = spec.credentials.filter((c) => env[c]?.trim());
-      if (set.length === 0) continue;
-      if (!spec.start) {
-        log(`minigpt: ${set.join(', ')} is set, but this build has no ${spec.name} adapter yet; ignoring it`);
-        continue;
-      }
-      adapters.push(await spec.start(ctx));
-      log(`minigpt: ${spec.name} adapter started`);
-    }
-
-    let webUrl: string | undefined;
-    if (adapters.length === 0) {
-      const info: WebModelInfo = { name: model.meta.name, path: shownPath(config.packageDir), architecture: model.meta.architecture };
-      if (isDemoPackage(config.packageDir)) info.notice = demoNotice(await readDemoRecord(config.packageDir));
-      const server = await startWebServer({
-        manager,
-        host: web.host,
-        port: web.port,
-        allowRemote: web.allowRemote,
-        allowedHosts: web.allowedHosts,
-        model: info,
-        defaults: { temperature: m.temperature, numBeams: m.num_beams, maxNewTokens: m.max_new_tokens },
-        log,
-      });
-      webUrl = server.url;
-      adapters.push({ name: 'web', url: server.url, close: () => server.close() });
-      log(`minigpt: web demo on ${server.url} (model ${info.path}, ${model.provider})`);
-    }
-
-    let apiUrl: string | undefined;
-    if (api) {
-      const created = Math.floor((await stat(join(config.packageDir, 'model.json'))).mtimeMs / 1000);
-      const server = await startApiServer({
-        manager,
-        host: api.host,
-        port: api.port,
-        keys: api.keys,
-        imageHosts: api.imageHosts,
-        model: { id: api.modelId ?? basename(config.packageDir), created, architecture: model.meta.architecture, provider: model.provider, dtype: model.meta.dtype },
-        log,
-      });
-      apiUrl = server.url;
-      adapters.push({ name: 'api', url: server.url, close: () => server.close() });
-      log(`minigpt: OpenAI-compatible API on ${server.url} (model id "${api.modelId ?? basename(config.packageDir)}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'})`);
-    }
+    const created = Math.floor((await stat(join(config.packageDir, 'model.json'))).mtimeMs / 1000);
+    const info: ServedModel = { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider, dtype: model.meta.dtype, created };
+    const { webUrl, apiUrl } = await startAdapters({ manager, model: info, config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS }, adapters);
 
     let closing: Promise<void> | undefined;
     const mgr = manager;
@@ -290,8 +344,11 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
  * refusing the token after a reconnect) closes everything too, then rejects with its reason (exit 1): a
  * supervisor restarts the bot or shows the reason, instead of a bot that runs but answers no one.
  */
-export async function serveUntilSignal(opts: ServeOptions = {}): Promise<void> {
-  const bot = await serve(opts);
+export async function serveUntilSignal(
+  opts: ServeOptions = {},
+  start: (opts: ServeOptions) => Promise<{ fatal: Promise<Error>; close(): Promise<void> }> = serve,
+): Promise<void> {
+  const bot = await start(opts);
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   let on: ((s: NodeJS.Signals) => void) | undefined;
   const stop = await Promise.race([

@@ -30,6 +30,10 @@ export async function runCompletion(manager: ApiConversationManager, request: Co
   let timings: Record<string, number> = {};
   for await (const ev of manager.handle(request)) {
     if (ev.type === 'text') await onText?.(ev.text);
+    else if (ev.type === 'restart' && onText) {
+      // Streamed text cannot be taken back: the client asks again (a plain request just gets the final text).
+      throw new ApiError(503, 'server_error', 'answer_interrupted', 'The answer was interrupted (its worker stopped) and came out differently on another one; please send the request again.');
+    }
     else if (ev.type === 'final') final = ev;
     else if (ev.type === 'image') annotated = { data: ev.data, mime: ev.mime };
     else if (ev.type === 'timings') timings = ev.timings;

@@ -36,6 +36,8 @@ export function managerError(code: ErrorCode, message: string): ApiError {
       return new ApiError(400, 'invalid_request_error', 'invalid_image', message, 'messages');
     case 'too_long':
       return new ApiError(400, 'invalid_request_error', 'context_length_exceeded', message, 'messages');
+    case 'unavailable':
+      return new ApiError(503, 'server_error', 'store_unavailable', message, null, { 'retry-after': '5' });
     case 'cancelled':
       return new ApiError(503, 'server_error', 'cancelled', message, null, { 'retry-after': '2' });
     default:

@@ -124,6 +124,10 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
     for await (const ev of events) {
       if (ev.type === 'queued') {
         if (ev.position > 0) show(`${head}${notice(`Waiting in line (${ev.position} ahead of you)…`)}`);
+      } else if (ev.type === 'restart') {
+        // another worker answers again: what was streamed so far is replaced
+        raw = '';
+        show(`${head}${notice('Answering again…')}`);
       } else if (ev.type === 'text') {
         raw += ev.text;
         if (answerMarkdown(raw).trim()) show(preview(raw, head));

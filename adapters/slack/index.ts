@@ -575,6 +575,11 @@ class SlackBot {
             text += ev.text;
             reply.streaming(text);
             break;
+          case 'restart':
+            // another worker answers again: what was streamed so far is replaced
+            text = '';
+            reply.status('_Answering again…_');
+            break;
           case 'final':
             await reply.final(ev.text);
             break;

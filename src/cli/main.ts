@@ -38,12 +38,15 @@ export function buildProgram(): Command {
     .command('serve')
     .description('start the chat adapters whose credentials are set; with none, the local web demo (WEB_HOST:WEB_PORT, default 127.0.0.1:7860); with API_PORT, the OpenAI-compatible API too (docs/api.md)')
     .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
+    .option('--role <role>', 'all: one process (default; MINIGPT_ROLE); frontend: the adapters, no model; worker: the model, jobs from REDIS_URL (docs/scaling.md)')
     .action(async (o) => {
       // Deployment settings and secrets come from the environment, .env included (the real environment wins).
       const dotenv = await import('dotenv');
       dotenv.config({ quiet: true });
       const { serveUntilSignal } = await import('../serve.js');
-      await serveUntilSignal({ config: o.config, log });
+      const { parseRole, serveFrontend, serveWorker } = await import('../cluster/serve.js');
+      const role = parseRole(o.role ?? process.env.MINIGPT_ROLE);
+      await serveUntilSignal({ config: o.config, log }, role === 'frontend' ? serveFrontend : role === 'worker' ? serveWorker : undefined);
       // Closed cleanly; do not let a straggling handle keep the process alive.
       setTimeout(() => process.exit(0), 3000).unref();
     });

@@ -8,7 +8,7 @@ import { UPSTREAM_CHAT_OPTIONS, type GenerationOptions } from '../inference/gene
 import { ImageInputError } from '../image/preprocess.js';
 import { annotateImage, type AnnotateOptions } from '../image/annotate.js';
 import { parseGrounding, parseUserBox, type Entity } from '../grounding/parse.js';
-import { ConversationStore, STORE_NAMESPACE, conversationId, sha256Hex } from './store.js';
+import { ConversationStore, STORE_NAMESPACE, StoreUnavailableError, conversationId, sha256Hex } from './store.js';
 import { EventChannel, FairScheduler } from './scheduler.js';
 import { markersFor, neutralizeMarkers, userTurn } from './text.js';
 import { formatBytes } from '../util/bytes.js';
@@ -102,6 +102,7 @@ const MESSAGES = {
   imageGone: 'The image of this conversation is no longer stored: please send it again.',
   cancelled: 'The request was cancelled.',
   shuttingDown: 'The bot is shutting down; please try again in a moment.',
+  storeDown: 'Conversation history is temporarily unavailable, so this was not answered; please try again in a moment.',
 };
 
 function finite(v: unknown): v is number {
@@ -322,6 +323,10 @@ export class ConversationManager {
   private errorEvent(job: Job, err: unknown): AnswerEvent {
     if (err instanceof Failure) return { type: 'error', code: err.code, message: err.message };
     if (err instanceof ImageInputError) return { type: 'error', code: 'bad_image', message: err.message };
+    if (err instanceof StoreUnavailableError) {
+      this.log(`conversation ${job.convId} request ${job.requestId}: ${err.message}`);
+      return { type: 'error', code: 'unavailable', message: MESSAGES.storeDown };
+    }
     if (job.controller.signal.aborted) return { type: 'error', code: 'cancelled', message: MESSAGES.cancelled };
     const e = err as Error;
     this.log(`conversation ${job.convId} request ${job.requestId} failed: ${e?.stack ?? String(err)}`);

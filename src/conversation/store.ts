@@ -14,7 +14,7 @@ export class StoreUrlError extends Error {}
 
 /**
  * Opens the conversation store named by `STORE_URL`: unset or empty (or `memory://`) = in memory,
- * `sqlite://path` = a SQLite file (`sqlite:///abs/path` or `sqlite://relative/path`; its folder is
+ * `redis://host:port[/db]` = Redis (see openRedisStore), `sqlite://path` = a SQLite file (`sqlite:///abs/path` or `sqlite://relative/path`; its folder is
  * created). Store failures throw (keyv `throwOnErrors`) rather than silently losing history; the file is
  * opened here so that a bad path fails at startup.
  */
@@ -23,8 +23,11 @@ export async function createStore(url: string | undefined): Promise<Keyv> {
   if (u === '' || u === 'memory' || u === 'memory://') {
     return new Keyv({ namespace: STORE_NAMESPACE, throwOnErrors: true });
   }
+  if (/^rediss?:\/\//.test(u)) return openRedisStore(u);
   if (!u.startsWith('sqlite://')) {
-    throw new StoreUrlError(`STORE_URL "${u}" is not supported: use sqlite://path/to/file.sqlite, or leave it unset to keep conversations in memory`);
+    throw new StoreUrlError(
+      `STORE_URL "${u}" is not supported: use sqlite://path/to/file.sqlite, redis://host:port (or rediss:// for TLS), or leave it unset to keep conversations in memory`,
+    );
   }
   const path = u.slice('sqlite://'.length);
   if (path === '') throw new StoreUrlError('STORE_URL sqlite:// needs a file path, e.g. sqlite://data/conversations.sqlite');
@@ -41,6 +44,40 @@ export async function createStore(url: string | undefined): Promise<Keyv> {
   } catch (err) {
     await kv.disconnect().catch(() => {});
     throw new StoreUrlError(`cannot open the conversation store ${u}: ${(err as Error).message}`, { cause: err });
+  }
+  return kv;
+}
+
+/** The URL with its password (if any) hidden, for messages. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.href;
+  } catch {
+    return url.replace(/\/\/[^@/]*@/, '//***@');
+  }
+}
+
+/**
+ * A Redis store (`@keyv/redis`), shared by every process that names the same Redis: what lets several front
+ * ends and workers serve one set of conversations. Commands fail at once while Redis is unreachable (no
+ * offline queue: a user gets an error to retry instead of a silent wait); the client reconnects by itself.
+ */
+async function openRedisStore(url: string): Promise<Keyv> {
+  const { default: KeyvRedis } = await import('@keyv/redis');
+  const adapter = new KeyvRedis(
+    { url, disableOfflineQueue: true, socket: { connectTimeout: 5000, reconnectStrategy: (attempts: number) => Math.min(100 * 2 ** attempts, 2000) } },
+    { namespace: STORE_NAMESPACE, throwOnConnectError: true, throwOnErrors: true, connectionTimeout: 5000 },
+  );
+  // Failures reach the caller as rejected operations; this keeps them from also being unhandled 'error' events.
+  adapter.on('error', () => {});
+  const kv = new Keyv({ store: adapter, namespace: STORE_NAMESPACE, useKeyPrefix: false, throwOnErrors: true });
+  try {
+    await kv.get('__probe__');
+  } catch (err) {
+    await kv.disconnect().catch(() => {});
+    throw new StoreUrlError(`cannot reach the conversation store ${redactUrl(url)}: ${(err as Error).message}`, { cause: err });
   }
   return kv;
 }
@@ -79,10 +116,26 @@ class Mutex {
   }
 }
 
+/** The store failed (e.g. Redis unreachable): nothing was lost, the request can be tried again. */
+export class StoreUnavailableError extends Error {}
+
 export class ConversationStore {
   private readonly refs = new Mutex();
+  readonly kv: Keyv;
 
-  constructor(readonly kv: Keyv) {}
+  constructor(kv: Keyv) {
+    // Every operation's failure is a StoreUnavailableError, so that the manager can tell it from a bug.
+    this.kv = new Proxy(kv, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof v !== 'function' || !['get', 'set', 'delete', 'has'].includes(prop as string)) return v;
+        return (...args: unknown[]) =>
+          (v as (...a: unknown[]) => Promise<unknown>).apply(target, args).catch((err: unknown) => {
+            throw new StoreUnavailableError(`the conversation store failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+          });
+      },
+    });
+  }
 
   async getConversation(id: string): Promise<ConversationState | undefined> {
     const s = (await this.kv.get(`conv:${id}`)) as ConversationState | undefined;

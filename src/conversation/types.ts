@@ -55,11 +55,13 @@ export interface ConversationRequest {
   requestId?: string;
 }
 
-export type ErrorCode = 'busy' | 'no_image' | 'bad_image' | 'too_long' | 'cancelled' | 'internal';
+/** `unavailable`: the conversation store (e.g. Redis) cannot be reached; the request can be sent again later */
+export type ErrorCode = 'busy' | 'no_image' | 'bad_image' | 'too_long' | 'cancelled' | 'unavailable' | 'internal';
 
 /**
  * The answer stream of one request, in this order: `queued`, `started`, `text`*, `final`, `image`?,
- * `timings`; or, at any point, one `error` that ends the stream (`busy` comes alone).
+ * `timings`; or, at any point, one `error` that ends the stream (`busy` comes alone). `restart` may come
+ * between the `text` events (see there).
  */
 export type AnswerEvent =
   /** position: requests that will run before this one (0: it starts now) */
@@ -67,6 +69,12 @@ export type AnswerEvent =
   | { type: 'started' }
   /** a streamed piece of the answer; the pieces concatenated are `final.text` */
   | { type: 'text'; text: string }
+  /**
+   * the text streamed so far is void: the answer is being given again (its worker died and another one took
+   * it over, with a different result); the `text` events that follow make the whole answer. Only from a
+   * front end of several processes (src/cluster), never from a local ConversationManager.
+   */
+  | { type: 'restart' }
   /** the raw answer (box syntax included) and its grounded entities (offsets index `text`) */
   | {
       type: 'final';

@@ -1,0 +1,223 @@
+// `minigpt serve --role frontend`: the adapters' conversation manager when the model runs elsewhere. Each
+// request becomes a BullMQ job (numbered in its conversation, so that workers keep the arrival order), its
+// answer events come back on the job's Redis stream; history and per-thread state are read from the shared
+// Redis store. Adapters see the same AnswerEvent streams as from a local ConversationManager.
+import { randomBytes } from 'node:crypto';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import type Keyv from 'keyv';
+import { conversationId } from '../conversation/store.js';
+import { ConversationStore } from '../conversation/store.js';
+import { EventChannel } from '../conversation/scheduler.js';
+import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
+import { QUEUE_NAME, decodeEvent, encodeRequest, keys, HEARTBEAT_TTL_MS, type JobData, type WorkerInfo } from './protocol.js';
+
+export interface RemoteConversationsOptions {
+  redisUrl: string;
+  /** the shared store (STORE_URL, else REDIS_URL) */
+  store: Keyv;
+  /** jobs that may wait in the queue; one more is answered `busy` at once (runtime.queue_size, default 16) */
+  maxQueue?: number;
+  /** a job that shows no sign of progress (no event, no worker) for this long fails with an error (default 10 min) */
+  stallTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+const UNAVAILABLE = 'The bot cannot reach its job queue right now; please try again in a moment.';
+const NO_WORKER = 'No model worker is running right now; please try again in a moment.';
+
+export class RemoteConversations {
+  readonly store: Keyv;
+  private readonly repo: ConversationStore;
+  private readonly queue: Queue<JobData>;
+  private readonly redis: Redis;
+  private readonly maxQueue: number;
+  private readonly stallTimeoutMs: number;
+  private readonly log: (line: string) => void;
+  private readonly readers = new Set<Redis>();
+  private closing = false;
+
+  constructor(private readonly opts: RemoteConversationsOptions) {
+    this.store = opts.store;
+    this.repo = new ConversationStore(opts.store);
+    this.maxQueue = Math.max(0, opts.maxQueue ?? 16);
+    this.stallTimeoutMs = opts.stallTimeoutMs ?? 600_000;
+    this.log = opts.log ?? (() => {});
+    // A command waits for at most one reconnection attempt, then fails: the user gets "try again", not a hang.
+    this.redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 5000 });
+    this.redis.on('error', () => {});
+    this.queue = new Queue<JobData>(QUEUE_NAME, { connection: { url: opts.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never });
+    this.queue.on('error', () => {});
+  }
+
+  /** Answers one request as a stream of AnswerEvents (see ConversationManager.handle); never throws. */
+  handle(req: ConversationRequest): AsyncIterable<AnswerEvent> {
+    const channel = new EventChannel<AnswerEvent>();
+    const controller = new AbortController();
+    const onAbort = () => controller.abort();
+    req.signal?.addEventListener('abort', onAbort, { once: true });
+    channel.onReturn = () => controller.abort();
+    void this.run(req, channel, controller.signal).finally(() => {
+      req.signal?.removeEventListener('abort', onAbort);
+      channel.close();
+    });
+    return channel;
+  }
+
+  /** Forgets a conversation, after its earlier requests (a job like them, so the order holds). */
+  async reset(key: ConversationKey): Promise<void> {
+    const convId = conversationId(key);
+    const seq = await this.redis.incr(keys.seq(convId));
+    const jobId = `x${randomBytes(12).toString('hex')}`;
+    await this.queue.add('reset', { kind: 'reset', convId, seq, key }, { jobId, attempts: 3 });
+    for await (const ev of this.events(jobId, new AbortController().signal)) {
+      if (ev.type === 'error') throw new Error(ev.message);
+    }
+  }
+
+  /** The stored conversation, read from the shared store. */
+  async history(key: ConversationKey): Promise<ConversationState | null> {
+    return (await this.repo.getConversation(conversationId(key))) ?? null;
+  }
+
+  /** Workers whose heartbeat is current. */
+  async workers(): Promise<WorkerInfo[]> {
+    return listWorkers(this.redis);
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const r of this.readers) r.disconnect();
+    await this.queue.close().catch(() => {});
+    this.redis.disconnect();
+    await this.store.disconnect().catch(() => {});
+  }
+
+  private async run(req: ConversationRequest, channel: EventChannel<AnswerEvent>, signal: AbortSignal): Promise<void> {
+    const fail = (code: Extract<AnswerEvent, { type: 'error' }>['code'], message: string) => channel.push({ type: 'error', code, message });
+    if (this.closing) return fail('busy', 'The bot is shutting down; please try again in a moment.');
+    const convId = conversationId(req.key);
+    const requestId = req.requestId ?? randomBytes(8).toString('hex');
+    let jobId: string;
+    let position: number;
+    try {
+      const counts = await this.queue.getJobCounts('wait', 'delayed', 'prioritized', 'active');
+      const waiting = (counts.wait ?? 0) + (counts.delayed ?? 0) + (counts.prioritized ?? 0);
+      if (waiting >= this.maxQueue) {
+        this.log(`frontend: busy, ${waiting} requests waiting; refused a request for ${convId}`);
+        return fail('busy', `The bot is busy (${waiting} requests waiting): please try again in a moment.`);
+      }
+      if ((await listWorkers(this.redis)).length === 0) return fail('unavailable', NO_WORKER);
+      const seq = await this.redis.incr(keys.seq(convId));
+      jobId = `j${randomBytes(12).toString('hex')}`;
+      // A seed for every request: a retry on another worker samples the same answer.
+      const generation = { seed: Math.floor(Math.random() * 2 ** 31), ...req.generation };
+      await this.queue.add('answer', { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) }, { jobId, attempts: 2 });
+      position = waiting + (counts.active ?? 0);
+    } catch (err) {
+      this.log(`frontend: cannot queue a request for ${convId}: ${(err as Error).message}`);
+      return fail('unavailable', UNAVAILABLE);
+    }
+    channel.push({ type: 'queued', position });
+    const onAbort = () => {
+      // The worker stops it if it runs; a waiting one is dropped when a worker takes it.
+      void this.redis.multi().set(`${keys.events(jobId)}:cancelled`, '1', 'EX', 600).publish(keys.cancel, jobId).exec().catch(() => {});
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      // What a retry on another worker repeats is not passed on again (a seeded answer repeats itself); an answer
+      // that comes out different replaces the text so far.
+      let sent = '';
+      let replay: string | null = null;
+      for await (const ev of this.events(jobId, signal)) {
+        if (ev.type === 'restart') {
+          replay = '';
+          continue;
+        }
+        if (ev.type === 'started' && replay !== null) continue;
+        if (ev.type === 'text') {
+          if (replay !== null) {
+            replay += ev.text;
+            if (sent.startsWith(replay)) continue;
+            if (replay.startsWith(sent)) {
+              channel.push({ type: 'text', text: replay.slice(sent.length) });
+              sent = replay;
+              replay = null;
+              continue;
+            }
+            channel.push({ type: 'restart' });
+            channel.push({ type: 'text', text: replay });
+            sent = replay;
+            replay = null;
+            continue;
+          }
+          sent += ev.text;
+        }
+        if (ev.type === 'final' && replay !== null && replay !== sent) {
+          // the retry's whole answer is shorter than what was shown: show it instead
+          channel.push({ type: 'restart' });
+          if (ev.text) channel.push({ type: 'text', text: ev.text });
+          replay = null;
+        }
+        channel.push(ev);
+      }
+    } catch (err) {
+      if (signal.aborted) return fail('cancelled', 'The request was cancelled.');
+      this.log(`frontend: job ${jobId}: ${(err as Error).message}`);
+      return fail('unavailable', UNAVAILABLE);
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** The job's events until `end` (its own connection: XREAD blocks it). */
+  private async *events(jobId: string, signal: AbortSignal): AsyncGenerator<Exclude<ReturnType<typeof decodeEvent>, { type: 'end' }>> {
+    const reader = this.redis.duplicate({ maxRetriesPerRequest: 1 });
+    reader.on('error', () => {});
+    this.readers.add(reader);
+    const stream = keys.events(jobId);
+    let last = '0';
+    let quietSince = Date.now();
+    try {
+      for (;;) {
+        if (this.closing) throw new Error('closing');
+        const res = (await reader.xread('COUNT', 100, 'BLOCK', 1000, 'STREAMS', stream, last)) as [string, [string, string[]][]][] | null;
+        if (!res) {
+          // Nothing for a while: a job nobody runs (no worker alive) or that failed for good ends here.
+          if (Date.now() - quietSince > this.stallTimeoutMs) throw new Error('no progress');
+          const job = await this.queue.getJob(jobId);
+          const state = job ? await job.getState() : 'unknown';
+          if (state === 'failed' || state === 'unknown') throw new Error(`the job is ${state}`);
+          if (state === 'waiting' && (await listWorkers(this.redis)).length === 0 && Date.now() - quietSince > HEARTBEAT_TTL_MS) throw new Error('no worker');
+          continue;
+        }
+        quietSince = Date.now();
+        for (const [, entries] of res) {
+          for (const [id, fields] of entries) {
+            last = id;
+            const ev = decodeEvent(fields[1]);
+            if (ev.type === 'end') return;
+            yield ev;
+            if (signal.aborted && ev.type === 'error') return;
+          }
+        }
+      }
+    } finally {
+      this.readers.delete(reader);
+      reader.disconnect();
+    }
+  }
+}
+
+export async function listWorkers(redis: Redis): Promise<WorkerInfo[]> {
+  const found: string[] = [];
+  let cursor = '0';
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', keys.workers, 'COUNT', 100);
+    cursor = next;
+    found.push(...batch);
+  } while (cursor !== '0');
+  if (found.length === 0) return [];
+  const values = await redis.mget(found);
+  return values.flatMap((v) => (v ? [JSON.parse(v) as WorkerInfo] : []));
+}

@@ -1,0 +1,100 @@
+// What front ends and workers exchange through Redis (docs/scaling.md): the BullMQ job of one request, the
+// answer events streamed back on a Redis stream per job, the per-conversation order, worker heartbeats.
+//
+//   bull:minigpt-answers:*           the BullMQ queue (jobs wait, run, are retried when their worker dies)
+//   minigpt:ev:<job id>              the job's answer events (XADD by the worker, XREAD by the front end)
+//   minigpt:seq:<conversation>       requests numbered as they arrive (INCR by the front end)
+//   minigpt:done:<conversation>      the number of the last one finished (a job runs after its predecessor)
+//   minigpt:cancel                   pub/sub: ids of jobs whose asker went away
+//   minigpt:worker:<id>              a worker's heartbeat (JSON, expires when it stops beating)
+import type { AnswerEvent, ConversationKey, ConversationRequest, RequestGeneration, PriorTurn, TaskTag } from '../conversation/index.js';
+
+export const QUEUE_NAME = 'minigpt-answers';
+export const PREFIX = 'minigpt:';
+export const keys = {
+  events: (jobId: string) => `${PREFIX}ev:${jobId}`,
+  seq: (convId: string) => `${PREFIX}seq:${convId}`,
+  done: (convId: string) => `${PREFIX}done:${convId}`,
+  cancel: `${PREFIX}cancel`,
+  worker: (id: string) => `${PREFIX}worker:${id}`,
+  workers: `${PREFIX}worker:*`,
+} as const;
+
+/** Event streams are deleted this long after their last write (a front end that went away leaves them behind). */
+export const EVENTS_TTL_S = 600;
+/** A worker's heartbeat is renewed this often and expires after HEARTBEAT_TTL_MS without one. */
+export const HEARTBEAT_MS = 2000;
+export const HEARTBEAT_TTL_MS = 6000;
+
+/** A request as it travels in a job: the image as base64, no signal. */
+export interface RequestData {
+  key: ConversationKey;
+  user: string;
+  text: string;
+  image?: string;
+  history?: PriorTurn[];
+  task?: TaskTag | 'chat';
+  generation?: RequestGeneration;
+  annotate?: boolean;
+  requestId: string;
+}
+
+export type JobData =
+  | { kind: 'answer'; convId: string; seq: number; request: RequestData }
+  | { kind: 'reset'; convId: string; seq: number; key: ConversationKey };
+
+/**
+ * What a job's stream carries: the manager's answer events, plus `restart` (a retry on another worker begins:
+ * the text so far is void) and `end` (the stream is complete).
+ */
+export type WireEvent = AnswerEvent | { type: 'restart' } | { type: 'end' };
+
+export function encodeRequest(req: ConversationRequest, requestId: string): RequestData {
+  return {
+    key: req.key,
+    user: req.user,
+    text: req.text,
+    ...(req.image ? { image: Buffer.from(req.image.buffer, req.image.byteOffset, req.image.byteLength).toString('base64') } : {}),
+    ...(req.history ? { history: req.history.map((t) => ({ user: t.user, assistant: t.assistant })) } : {}),
+    ...(req.task ? { task: req.task } : {}),
+    ...(req.generation ? { generation: { ...req.generation, ...(req.generation.stop ? { stop: [...req.generation.stop] } : {}) } } : {}),
+    ...(req.annotate !== undefined ? { annotate: req.annotate } : {}),
+    requestId,
+  };
+}
+
+export function decodeRequest(d: RequestData, signal: AbortSignal): ConversationRequest {
+  const req: ConversationRequest = { key: d.key, user: d.user, text: d.text, requestId: d.requestId, signal };
+  if (d.image !== undefined) req.image = new Uint8Array(Buffer.from(d.image, 'base64'));
+  if (d.history) req.history = d.history;
+  if (d.task) req.task = d.task;
+  if (d.generation) req.generation = d.generation;
+  if (d.annotate !== undefined) req.annotate = d.annotate;
+  return req;
+}
+
+/** A stream entry's single field. */
+export function encodeEvent(ev: WireEvent): string {
+  return JSON.stringify(ev.type === 'image' ? { type: 'image', mime: ev.mime, data: ev.data.toString('base64') } : ev);
+}
+
+export function decodeEvent(s: string): WireEvent {
+  const ev = JSON.parse(s) as WireEvent | { type: 'image'; mime: string; data: string };
+  if (ev.type === 'image' && typeof ev.data === 'string') return { type: 'image', mime: ev.mime, data: Buffer.from(ev.data, 'base64') };
+  return ev as WireEvent;
+}
+
+/** What a worker says about itself in its heartbeat. */
+export interface WorkerInfo {
+  id: string;
+  host: string;
+  pid: number;
+  model: string;
+  architecture: string;
+  provider: string;
+  startedAt: string;
+  /** jobs running now */
+  running: number;
+  /** jobs finished since start */
+  finished: number;
+}

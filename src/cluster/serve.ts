@@ -1,0 +1,170 @@
+// `minigpt serve --role frontend|worker` (docs/scaling.md): front ends run the adapters and load no model; workers
+// load the model and take jobs; any number of each, on machines that reach the same Redis (REDIS_URL), which also
+// holds the conversations (STORE_URL, default REDIS_URL). `--role all` (the default) is src/serve.ts's single
+// process, which needs no Redis.
+import { readFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { loadConfig, DEFAULT_CONFIG, type BotConfig } from '../config.js';
+import { MiniGPT } from '../inference/model.js';
+import { parseProviderChoice } from '../inference/providers.js';
+import { ConversationManager, createStore } from '../conversation/index.js';
+import { redactUrl } from '../conversation/store.js';
+import { apiSettings, checkPackage, PLATFORM_ADAPTERS, ServeError, startAdapters, webSettings, type RunningAdapter, type ServeOptions, type ServedModel } from '../serve.js';
+import { managerDefaults } from '../serve.js';
+import { RemoteConversations } from './frontend.js';
+import { startClusterWorker, type ClusterWorker } from './worker.js';
+
+export const ROLES = ['all', 'frontend', 'worker'] as const;
+export type Role = (typeof ROLES)[number];
+
+export function parseRole(v: string | undefined): Role {
+  const r = (v ?? 'all').trim() || 'all';
+  if (!(ROLES as readonly string[]).includes(r)) throw new ServeError(`unknown role "${r}": use ${ROLES.join(', ')}`);
+  return r as Role;
+}
+
+/** REDIS_URL, and the store URL: STORE_URL when it names Redis, else REDIS_URL. */
+function redisSettings(role: Role, env: NodeJS.ProcessEnv, config: BotConfig): { redisUrl: string; storeUrl: string } {
+  const redisUrl = env.REDIS_URL?.trim();
+  if (!redisUrl) throw new ServeError(`--role ${role} needs REDIS_URL (e.g. redis://127.0.0.1:6379): front ends and workers meet there`);
+  if (!/^rediss?:\/\//.test(redisUrl)) throw new ServeError(`REDIS_URL=${redactUrl(redisUrl)}: expected redis://host:port (or rediss:// for TLS)`);
+  const store = config.runtime.store_url?.trim();
+  if (store && !/^rediss?:\/\//.test(store)) {
+    throw new ServeError(`--role ${role}: STORE_URL=${store} is local to one machine; front ends and workers share conversations in Redis (leave STORE_URL unset to use REDIS_URL, or set a redis:// URL)`);
+  }
+  return { redisUrl, storeUrl: store || redisUrl };
+}
+
+/** What the page and the API show about the model, without loading it: model.json when it is here, else the config. */
+async function servedModel(config: BotConfig): Promise<ServedModel> {
+  try {
+    const meta = JSON.parse(await readFile(join(config.packageDir, 'model.json'), 'utf8')) as { name?: string; architecture?: string; dtype?: string };
+    return {
+      name: meta.name ?? basename(config.packageDir),
+      architecture: meta.architecture === 'minigpt-4' ? 'minigpt-4' : 'minigpt-v2',
+      ...(meta.dtype ? { dtype: meta.dtype } : {}),
+      created: Math.floor(Date.now() / 1000),
+    };
+  } catch {
+    return { name: basename(config.packageDir), architecture: config.model.arch === 'minigpt4' ? 'minigpt-4' : 'minigpt-v2', created: Math.floor(Date.now() / 1000) };
+  }
+}
+
+export interface RunningFrontend {
+  manager: RemoteConversations;
+  adapters: RunningAdapter[];
+  webUrl?: string;
+  apiUrl?: string;
+  fatal: Promise<Error>;
+  close(): Promise<void>;
+}
+
+/** A front end: the adapters on RemoteConversations. */
+export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFrontend> {
+  const env = opts.env ?? process.env;
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
+  const web = webSettings(env);
+  const api = apiSettings(env);
+  const { redisUrl, storeUrl } = redisSettings('frontend', env, config);
+  const store = await createStore(storeUrl);
+  const manager = new RemoteConversations({ redisUrl, store, maxQueue: config.runtime.queue_size, log });
+  const adapters: RunningAdapter[] = [];
+  try {
+    const { webUrl, apiUrl } = await startAdapters({ manager, model: await servedModel(config), config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS }, adapters);
+    log(`minigpt: front end on ${redactUrl(redisUrl)} (${adapters.map((a) => a.name).join(', ')})`);
+    const fatal = Promise.race(adapters.flatMap((a) => (a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [])));
+    let closing: Promise<void> | undefined;
+    return {
+      manager,
+      adapters,
+      fatal,
+      ...(webUrl ? { webUrl } : {}),
+      ...(apiUrl ? { apiUrl } : {}),
+      close() {
+        closing ??= (async () => {
+          await Promise.allSettled(adapters.map((a) => a.close()));
+          await manager.close();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await Promise.allSettled(adapters.map((a) => a.close()));
+    await manager.close();
+    throw err;
+  }
+}
+
+export interface RunningWorker {
+  model: MiniGPT;
+  manager: ConversationManager;
+  worker: ClusterWorker;
+  fatal: Promise<Error>;
+  /** finishes the running jobs, then closes the manager and the model */
+  close(): Promise<void>;
+}
+
+/** A worker: the model, a local manager, jobs from the queue. */
+export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorker> {
+  const env = opts.env ?? process.env;
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
+  const { redisUrl, storeUrl } = redisSettings('worker', env, config);
+  const lockMs = env.MINIGPT_WORKER_LOCK_MS ? Number(env.MINIGPT_WORKER_LOCK_MS) : undefined;
+  if (lockMs !== undefined && !(Number.isInteger(lockMs) && lockMs >= 500)) throw new ServeError(`MINIGPT_WORKER_LOCK_MS=${env.MINIGPT_WORKER_LOCK_MS}: expected milliseconds (at least 500)`);
+  await checkPackage(config.packageDir);
+  const store = await createStore(storeUrl);
+  let model: MiniGPT | undefined;
+  let manager: ConversationManager | undefined;
+  try {
+    model = await MiniGPT.load(config.packageDir, {
+      provider: parseProviderChoice(config.runtime.execution_provider),
+      threads: config.runtime.threads || undefined,
+      maxBatch: config.runtime.max_batch,
+      log,
+      ...opts.load,
+    });
+    manager = new ConversationManager({
+      model,
+      store,
+      // the front ends refuse what the queue cannot take; here every job taken is answered
+      maxQueue: 1024,
+      maxContextLen: config.model.max_context_len,
+      defaults: managerDefaults(config),
+      log,
+      maxBatch: config.runtime.max_batch,
+      kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
+    });
+    const worker = await startClusterWorker({
+      redisUrl,
+      manager,
+      model: { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider },
+      concurrency: config.runtime.max_batch + 1,
+      ...(lockMs ? { lockMs } : {}),
+      log,
+    });
+    const mgr = manager;
+    const mdl = model;
+    let closing: Promise<void> | undefined;
+    return {
+      model: mdl,
+      manager: mgr,
+      worker,
+      fatal: new Promise<Error>(() => {}),
+      close() {
+        closing ??= (async () => {
+          await worker.close();
+          await mgr.close();
+          await mdl.close();
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    if (manager) await manager.close().catch(() => {});
+    else await store.disconnect().catch(() => {});
+    await model?.close().catch(() => {});
+    throw err;
+  }
+}

@@ -1,0 +1,156 @@
+// `minigpt serve --role worker`: takes answer jobs from the BullMQ queue and runs them on this process's model
+// through its own conversation manager (which batches whatever this worker holds), streaming the events back
+// on the job's Redis stream. A job whose worker dies (its lock lapses) is run again by another; a conversation's
+// jobs run in the order they arrived, whichever front end and worker they meet.
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { Worker, DelayedError, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { ConversationManager } from '../conversation/index.js';
+import { parseGrounding } from '../grounding/parse.js';
+import { QUEUE_NAME, EVENTS_TTL_S, HEARTBEAT_MS, HEARTBEAT_TTL_MS, decodeRequest, encodeEvent, keys, type JobData, type WireEvent, type WorkerInfo } from './protocol.js';
+
+export interface ClusterWorkerOptions {
+  redisUrl: string;
+  manager: ConversationManager;
+  /** shown in heartbeats (`minigpt status`) */
+  model: { name: string; architecture: string; provider: string };
+  /** jobs taken at once (default: the manager's batch size + 1, so that the next one is ready) */
+  concurrency?: number;
+  /**
+   * How long a job's lock lasts without renewal (renewed every half of it while the worker lives): how soon a
+   * dead worker's job runs elsewhere (default 10 s).
+   */
+  lockMs?: number;
+  /** a job waits at most this long for its conversation's earlier request before it runs anyway (default 120 s) */
+  orderTimeoutMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface ClusterWorker {
+  id: string;
+  /** finishes the running jobs (new ones stay in the queue for other workers), then stops */
+  close(): Promise<void>;
+}
+
+/** Sets done:<conv> to seq unless it is already further. */
+const ADVANCE = `local v = tonumber(redis.call('GET', KEYS[1]) or '0')
+if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`;
+
+/** Conversation order counters outlive their conversations' last request by this much. */
+const ORDER_TTL_MS = 7 * 24 * 3600 * 1000;
+
+export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<ClusterWorker> {
+  const id = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  const log = opts.log ?? (() => {});
+  const lockMs = opts.lockMs ?? 10_000;
+  const orderTimeoutMs = opts.orderTimeoutMs ?? 120_000;
+  const redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 2, lazyConnect: false });
+  redis.on('error', () => {}); // reconnects on its own; commands fail meanwhile
+  const sub = redis.duplicate();
+  sub.on('error', () => {});
+  const running = new Map<string, AbortController>();
+  let finished = 0;
+  const startedAt = new Date().toISOString();
+
+  await sub.subscribe(keys.cancel);
+  sub.on('message', (_channel: string, jobId: string) => running.get(jobId)?.abort());
+
+  const beat = async () => {
+    const info: WorkerInfo = { id, host: hostname(), pid: process.pid, model: opts.model.name, architecture: opts.model.architecture, provider: opts.model.provider, startedAt, running: running.size, finished };
+    await redis.set(keys.worker(id), JSON.stringify(info), 'PX', HEARTBEAT_TTL_MS).catch(() => {});
+  };
+  await beat();
+  const heartbeat = setInterval(() => void beat(), HEARTBEAT_MS);
+
+  const emit = async (jobId: string, ev: WireEvent) => {
+    const stream = keys.events(jobId);
+    await redis.multi().xadd(stream, '*', 'e', encodeEvent(ev)).expire(stream, EVENTS_TTL_S).exec();
+  };
+
+  async function runJob(job: Job<JobData>, token?: string): Promise<void> {
+    const data = job.data;
+    const jobId = job.id!;
+    // A conversation's requests in arrival order: wait (off the worker's slots) for the one before.
+    const done = Number((await redis.get(keys.done(data.convId))) ?? 0);
+    if (done < data.seq - 1 && Date.now() - job.timestamp < orderTimeoutMs) {
+      await job.moveToDelayed(Date.now() + 50, token);
+      throw new DelayedError();
+    }
+    const controller = new AbortController();
+    running.set(jobId, controller);
+    try {
+      if (await redis.get(`${keys.events(jobId)}:cancelled`)) {
+        await emit(jobId, { type: 'error', code: 'cancelled', message: 'The request was cancelled.' });
+        return;
+      }
+      // Run before by a worker that died: whatever it streamed is void.
+      if ((await redis.xlen(keys.events(jobId))) > 0) {
+        log(`worker ${id}: job ${jobId} (${data.convId}) run again after its worker stopped`);
+        await emit(jobId, { type: 'restart' });
+      }
+      if (data.kind === 'reset') {
+        try {
+          await opts.manager.reset(data.key);
+        } catch (err) {
+          await emit(jobId, { type: 'error', code: 'unavailable', message: `The conversation could not be reset: ${(err as Error).message}` });
+        }
+        return;
+      }
+      const req = decodeRequest(data.request, controller.signal);
+      // Answered and stored by a worker that died before it could say so: the stored answer, not a second turn.
+      if (!req.history) {
+        const last = (await opts.manager.history(req.key))?.turns.at(-1);
+        if (last && last.requestId === req.requestId) {
+          await emit(jobId, { type: 'started' });
+          await emit(jobId, { type: 'text', text: last.assistant });
+          await emit(jobId, { type: 'final', text: last.assistant, entities: parseGrounding(last.assistant).entities, finishReason: last.finishReason, task: last.task });
+          return;
+        }
+      }
+      for await (const ev of opts.manager.handle(req)) {
+        if (ev.type === 'queued') continue; // the front end tells the queue position
+        await emit(jobId, ev);
+      }
+    } finally {
+      running.delete(jobId);
+      finished++;
+      try {
+        await emit(jobId, { type: 'end' });
+      } finally {
+        await redis.eval(ADVANCE, 1, keys.done(data.convId), String(data.seq), String(ORDER_TTL_MS)).catch(() => {});
+      }
+    }
+  }
+
+  const worker = new Worker<JobData>(QUEUE_NAME, runJob, {
+    connection: { url: opts.redisUrl, maxRetriesPerRequest: null } as never,
+    concurrency: opts.concurrency ?? 2,
+    lockDuration: lockMs,
+    stalledInterval: Math.max(500, Math.floor(lockMs / 2)),
+    maxStalledCount: 3,
+    removeOnComplete: { count: 1000 },
+    removeOnFail: { count: 1000 },
+  });
+  worker.on('error', (err) => log(`worker ${id}: ${err.message}`));
+  worker.on('failed', (job, err) => log(`worker ${id}: job ${job?.id} failed: ${err.message}`));
+  await worker.waitUntilReady();
+  log(`minigpt: worker ${id} takes jobs from ${QUEUE_NAME} (concurrency ${opts.concurrency ?? 2}, lock ${lockMs} ms)`);
+
+  let closing: Promise<void> | undefined;
+  return {
+    id,
+    close() {
+      closing ??= (async () => {
+        await worker.close(); // waits for the running jobs
+        clearInterval(heartbeat);
+        await redis.del(keys.worker(id)).catch(() => {});
+        sub.disconnect();
+        redis.disconnect();
+      })();
+      return closing;
+    },
+  };
+}

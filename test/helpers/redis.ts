@@ -1,0 +1,110 @@
+// A real redis-server (Debian's `redis-server` package; `bash .ci/run` installs it) for a test: its own
+// temp folder, a free loopback port, append-only file on request; stopped, killed or restarted by the test.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface TestRedis {
+  /** redis://127.0.0.1:<port> */
+  url: string;
+  port: number;
+  dir: string;
+  /** SHUTDOWN (with AOF: everything written is on disk) */
+  stop(): Promise<void>;
+  /** SIGKILL: what the append-only file has survives, nothing else */
+  kill(): Promise<void>;
+  /** starts it again on the same port and folder (after stop or kill) */
+  start(): Promise<void>;
+  /** stops it and removes its folder */
+  cleanup(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess, log: () => string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`redis-server exited with ${child.exitCode}: ${log()}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const sock = connect(port, '127.0.0.1');
+      sock.once('connect', () => {
+        // A PING answered means it is loading no more.
+        sock.write('PING\r\n');
+      });
+      sock.once('data', (d) => {
+        sock.destroy();
+        resolve(d.toString().startsWith('+PONG'));
+      });
+      sock.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`redis-server did not answer on port ${port}: ${log()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export async function startRedis(opts: { aof?: boolean } = {}): Promise<TestRedis> {
+  const dir = await mkdtemp(join(tmpdir(), 'minigpt-redis-'));
+  const port = await freePort();
+  let child: ChildProcess | undefined;
+  let output = '';
+  const args = [
+    '--port', String(port),
+    '--bind', '127.0.0.1',
+    '--dir', dir,
+    '--save', '',
+    '--appendonly', opts.aof ? 'yes' : 'no',
+    '--appendfsync', 'always',
+    '--daemonize', 'no',
+    '--loglevel', 'warning',
+  ];
+  const start = async () => {
+    output = '';
+    const c = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    c.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    c.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+    await new Promise<void>((resolve, reject) => {
+      c.once('spawn', resolve);
+      c.once('error', (err) => reject(new Error(`cannot start redis-server (Debian package redis-server; bash .ci/run installs it): ${err.message}`)));
+    });
+    child = c;
+    await waitForPort(port, c, () => output);
+  };
+  const exited = (c: ChildProcess) => (c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => c.once('exit', () => r())));
+  const stop = async () => {
+    const c = child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    c.kill('SIGTERM'); // redis-server shuts down cleanly on SIGTERM (AOF flushed)
+    await exited(c);
+  };
+  const kill = async () => {
+    const c = child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    c.kill('SIGKILL');
+    await exited(c);
+  };
+  await start();
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    dir,
+    stop,
+    kill,
+    start,
+    async cleanup() {
+      await stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
