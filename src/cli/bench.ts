@@ -6,6 +6,7 @@
 // Each package runs in a child process of its own (peak RSS is that process's); progress goes to stderr,
 // the table (or, with --json, one JSON object) to stdout.
 import { apiMarkdown, benchApi } from './bench-api.js';
+import { benchCluster, clusterMarkdown } from './bench-cluster.js';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -720,12 +721,18 @@ export function registerBenchCommand(program: Command, log: (line: string) => vo
     .option('--dtypes <list>', `weight types of the 7B-layer-shaped package to compare (comma-separated, int8 / int4 with -b<block size>, or "none"; default ${BENCH_VARIANTS.join(',')})`)
     .addOption(new Option('--child <dir>').hideHelp())
     .option('--thread <dir>', 'only this package, as a bot user meets it: a thread with a new image, then a follow-up (TTFT, decode tok/s, peak RSS; for a full-size package)')
+    .option('--cluster <dir>', 'only this package, served by 1 then 2 worker processes behind a front end on Redis (REDIS_URL, else a redis-server started here): 16 conversations at once, aggregate tok/s, p50 / p95 latency')
     .option('--api <dir>', 'only this package, behind the OpenAI-compatible API: time to first token of a new image, and of a follow-up with and without the kept KV cache')
     .option('--rounds <n>', 'with --thread / --api: rounds to run, the first a warm-up (default 2 / 4)', (v) => Number.parseInt(v, 10))
     .option('--kv-cache-mb <n>', "with --thread / --api: the conversation manager's KV cache budget, as runtime.kv_cache_mb (default 256)", (v) => Number.parseInt(v, 10))
     .addOption(new Option('--child-weights <dir>').hideHelp())
     .addOption(new Option('--profile <name>').choices(Object.keys(PROFILES)).hideHelp())
     .action(async (o) => {
+      if (o.cluster) {
+        const r = await benchCluster(resolve(o.cluster), { workers: [1, 2], conversations: 16, maxNewTokens: 32, maxBatch: 4 }, log);
+        process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${clusterMarkdown(r)}\n`);
+        return;
+      }
       if (o.api) {
         const r = await benchApi(resolve(o.api), await readFile(IMAGE), o.threads ?? os.availableParallelism(), { rounds: o.rounds ?? 4, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 }, log);
         process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${apiMarkdown(r)}\n`);

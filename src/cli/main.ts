@@ -52,6 +52,20 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('status')
+    .description('front ends and workers on REDIS_URL: workers alive, their model, queue depth, jobs in flight (docs/scaling.md)')
+    .option('--json', 'print one JSON object')
+    .action(async (o) => {
+      const dotenv = await import('dotenv');
+      dotenv.config({ quiet: true });
+      const url = process.env.REDIS_URL?.trim();
+      if (!url) throw new Error('REDIS_URL is not set: status reports on the front ends and workers that meet in that Redis');
+      const { clusterStatus, statusText } = await import('../cluster/status.js');
+      const s = await clusterStatus(url);
+      process.stdout.write(o.json ? `${JSON.stringify(s)}\n` : `${statusText(s)}\n`);
+    });
+
+  program
     .command('register-commands')
     .description('register the Discord commands (/describe, "Describe image") globally, or for DISCORD_GUILD_ID (env: DISCORD_TOKEN, DISCORD_APP_ID, DISCORD_API_URL)')
     .option('--guild <id>', 'register for this guild only (default: DISCORD_GUILD_ID)')

@@ -10,7 +10,7 @@ import { conversationId } from '../conversation/store.js';
 import { ConversationStore } from '../conversation/store.js';
 import { EventChannel } from '../conversation/scheduler.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
-import { QUEUE_NAME, decodeEvent, encodeRequest, keys, HEARTBEAT_TTL_MS, type JobData, type WorkerInfo } from './protocol.js';
+import { QUEUE_NAME, decodeEvent, encodeRequest, keys, HEARTBEAT_TTL_MS, workerQueueName, type JobData, type WorkerInfo } from './protocol.js';
 
 export interface RemoteConversationsOptions {
   redisUrl: string;
@@ -35,6 +35,8 @@ export class RemoteConversations {
   private readonly stallTimeoutMs: number;
   private readonly log: (line: string) => void;
   private readonly readers = new Set<Redis>();
+  /** workers' own queues, by worker id */
+  private readonly workerQueues = new Map<string, Queue<JobData>>();
   private closing = false;
 
   constructor(private readonly opts: RemoteConversationsOptions) {
@@ -48,6 +50,17 @@ export class RemoteConversations {
     this.redis.on('error', () => {});
     this.queue = new Queue<JobData>(QUEUE_NAME, { connection: { url: opts.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never });
     this.queue.on('error', () => {});
+  }
+
+  private queueOf(workerId: string | null): Queue<JobData> {
+    if (workerId === null) return this.queue;
+    let q = this.workerQueues.get(workerId);
+    if (!q) {
+      q = new Queue<JobData>(workerQueueName(workerId), { connection: { url: this.opts.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never });
+      q.on('error', () => {});
+      this.workerQueues.set(workerId, q);
+    }
+    return q;
   }
 
   /** Answers one request as a stream of AnswerEvents (see ConversationManager.handle); never throws. */
@@ -70,7 +83,7 @@ export class RemoteConversations {
     const seq = await this.redis.incr(keys.seq(convId));
     const jobId = `x${randomBytes(12).toString('hex')}`;
     await this.queue.add('reset', { kind: 'reset', convId, seq, key }, { jobId, attempts: 3 });
-    for await (const ev of this.events(jobId, new AbortController().signal)) {
+    for await (const ev of this.events(jobId, this.queue, new AbortController().signal)) {
       if (ev.type === 'error') throw new Error(ev.message);
     }
   }
@@ -88,7 +101,7 @@ export class RemoteConversations {
   async close(): Promise<void> {
     this.closing = true;
     for (const r of this.readers) r.disconnect();
-    await this.queue.close().catch(() => {});
+    await Promise.all([this.queue, ...this.workerQueues.values()].map((q) => q.close().catch(() => {})));
     this.redis.disconnect();
     await this.store.disconnect().catch(() => {});
   }
@@ -100,20 +113,26 @@ export class RemoteConversations {
     const requestId = req.requestId ?? randomBytes(8).toString('hex');
     let jobId: string;
     let position: number;
+    let queue: Queue<JobData>;
     try {
-      const counts = await this.queue.getJobCounts('wait', 'delayed', 'prioritized', 'active');
-      const waiting = (counts.wait ?? 0) + (counts.delayed ?? 0) + (counts.prioritized ?? 0);
+      const workers = await listWorkers(this.redis);
+      if (workers.length === 0) return fail('unavailable', NO_WORKER);
+      const all = await Promise.all([this.queue, ...workers.map((w) => this.queueOf(w.id))].map((q) => q.getJobCounts('wait', 'delayed', 'prioritized', 'active')));
+      const waiting = all.reduce((n, c) => n + (c.wait ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), 0);
+      const active = all.reduce((n, c) => n + (c.active ?? 0), 0);
       if (waiting >= this.maxQueue) {
         this.log(`frontend: busy, ${waiting} requests waiting; refused a request for ${convId}`);
         return fail('busy', `The bot is busy (${waiting} requests waiting): please try again in a moment.`);
       }
-      if ((await listWorkers(this.redis)).length === 0) return fail('unavailable', NO_WORKER);
+      // A follow-up goes to the worker that holds its conversation's KV cache while that worker is alive.
+      const holder = req.history ? null : await this.redis.get(keys.affinity(convId));
+      queue = this.queueOf(holder && workers.some((w) => w.id === holder) ? holder : null);
       const seq = await this.redis.incr(keys.seq(convId));
       jobId = `j${randomBytes(12).toString('hex')}`;
       // A seed for every request: a retry on another worker samples the same answer.
       const generation = { seed: Math.floor(Math.random() * 2 ** 31), ...req.generation };
-      await this.queue.add('answer', { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) }, { jobId, attempts: 2 });
-      position = waiting + (counts.active ?? 0);
+      await queue.add('answer', { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) }, { jobId, attempts: 2 });
+      position = waiting + active;
     } catch (err) {
       this.log(`frontend: cannot queue a request for ${convId}: ${(err as Error).message}`);
       return fail('unavailable', UNAVAILABLE);
@@ -129,7 +148,7 @@ export class RemoteConversations {
       // that comes out different replaces the text so far.
       let sent = '';
       let replay: string | null = null;
-      for await (const ev of this.events(jobId, signal)) {
+      for await (const ev of this.events(jobId, queue, signal)) {
         if (ev.type === 'restart') {
           replay = '';
           continue;
@@ -171,7 +190,7 @@ export class RemoteConversations {
   }
 
   /** The job's events until `end` (its own connection: XREAD blocks it). */
-  private async *events(jobId: string, signal: AbortSignal): AsyncGenerator<Exclude<ReturnType<typeof decodeEvent>, { type: 'end' }>> {
+  private async *events(jobId: string, queue: Queue<JobData>, signal: AbortSignal): AsyncGenerator<Exclude<ReturnType<typeof decodeEvent>, { type: 'end' }>> {
     const reader = this.redis.duplicate({ maxRetriesPerRequest: 1 });
     reader.on('error', () => {});
     this.readers.add(reader);
@@ -185,7 +204,8 @@ export class RemoteConversations {
         if (!res) {
           // Nothing for a while: a job nobody runs (no worker alive) or that failed for good ends here.
           if (Date.now() - quietSince > this.stallTimeoutMs) throw new Error('no progress');
-          const job = await this.queue.getJob(jobId);
+          // (a job of a worker's own queue may have been adopted, but it stays in that queue)
+          const job = await queue.getJob(jobId);
           const state = job ? await job.getState() : 'unknown';
           if (state === 'failed' || state === 'unknown') throw new Error(`the job is ${state}`);
           if (state === 'waiting' && (await listWorkers(this.redis)).length === 0 && Date.now() - quietSince > HEARTBEAT_TTL_MS) throw new Error('no worker');

@@ -7,9 +7,14 @@
 //   minigpt:done:<conversation>      the number of the last one finished (a job runs after its predecessor)
 //   minigpt:cancel                   pub/sub: ids of jobs whose asker went away
 //   minigpt:worker:<id>              a worker's heartbeat (JSON, expires when it stops beating)
+//   bull:minigpt-answers@<id>:*      a worker's own queue: follow-ups of conversations whose KV cache it holds
+//   minigpt:affinity:<conversation>  which worker that is
+//   minigpt:workers                  ids of workers with a queue of their own (a dead one's is adopted by another)
 import type { AnswerEvent, ConversationKey, ConversationRequest, RequestGeneration, PriorTurn, TaskTag } from '../conversation/index.js';
 
 export const QUEUE_NAME = 'minigpt-answers';
+/** A worker's own queue: follow-ups of the conversations whose KV cache it holds. */
+export const workerQueueName = (workerId: string) => `${QUEUE_NAME}@${workerId}`;
 export const PREFIX = 'minigpt:';
 export const keys = {
   events: (jobId: string) => `${PREFIX}ev:${jobId}`,
@@ -18,6 +23,10 @@ export const keys = {
   cancel: `${PREFIX}cancel`,
   worker: (id: string) => `${PREFIX}worker:${id}`,
   workers: `${PREFIX}worker:*`,
+  /** ids of workers that have their own queue (removed when one stops cleanly; a dead one's queue is adopted) */
+  known: `${PREFIX}workers`,
+  /** the worker that holds a conversation's KV cache */
+  affinity: (convId: string) => `${PREFIX}affinity:${convId}`,
 } as const;
 
 /** Event streams are deleted this long after their last write (a front end that went away leaves them behind). */
@@ -25,6 +34,8 @@ export const EVENTS_TTL_S = 600;
 /** A worker's heartbeat is renewed this often and expires after HEARTBEAT_TTL_MS without one. */
 export const HEARTBEAT_MS = 2000;
 export const HEARTBEAT_TTL_MS = 6000;
+/** A conversation goes back to its worker's queue for this long after its last answer. */
+export const AFFINITY_TTL_MS = 30 * 60 * 1000;
 
 /** A request as it travels in a job: the image as base64, no signal. */
 export interface RequestData {

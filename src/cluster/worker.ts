@@ -4,11 +4,24 @@
 // jobs run in the order they arrived, whichever front end and worker they meet.
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { Worker, DelayedError, type Job } from 'bullmq';
+import { Queue, Worker, DelayedError, type Job, type WorkerOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { ConversationManager } from '../conversation/index.js';
 import { parseGrounding } from '../grounding/parse.js';
-import { QUEUE_NAME, EVENTS_TTL_S, HEARTBEAT_MS, HEARTBEAT_TTL_MS, decodeRequest, encodeEvent, keys, type JobData, type WireEvent, type WorkerInfo } from './protocol.js';
+import {
+  AFFINITY_TTL_MS,
+  EVENTS_TTL_S,
+  HEARTBEAT_MS,
+  HEARTBEAT_TTL_MS,
+  QUEUE_NAME,
+  decodeRequest,
+  encodeEvent,
+  keys,
+  workerQueueName,
+  type JobData,
+  type WireEvent,
+  type WorkerInfo,
+} from './protocol.js';
 
 export interface ClusterWorkerOptions {
   redisUrl: string;
@@ -93,6 +106,7 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
       }
       if (data.kind === 'reset') {
         try {
+          await redis.del(keys.affinity(data.convId));
           await opts.manager.reset(data.key);
         } catch (err) {
           await emit(jobId, { type: 'error', code: 'unavailable', message: `The conversation could not be reset: ${(err as Error).message}` });
@@ -110,10 +124,14 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
           return;
         }
       }
+      let answered = false;
       for await (const ev of opts.manager.handle(req)) {
         if (ev.type === 'queued') continue; // the front end tells the queue position
+        if (ev.type === 'final') answered = true;
         await emit(jobId, ev);
       }
+      // This worker holds the conversation's KV cache now: its follow-ups come to this worker's own queue.
+      if (answered && !req.history) await redis.set(keys.affinity(data.convId), id, 'PX', AFFINITY_TTL_MS).catch(() => {});
     } finally {
       running.delete(jobId);
       finished++;
@@ -125,7 +143,7 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
     }
   }
 
-  const worker = new Worker<JobData>(QUEUE_NAME, runJob, {
+  const workerOptions: WorkerOptions = {
     connection: { url: opts.redisUrl, maxRetriesPerRequest: null } as never,
     concurrency: opts.concurrency ?? 2,
     lockDuration: lockMs,
@@ -133,18 +151,70 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
     maxStalledCount: 3,
     removeOnComplete: { count: 1000 },
     removeOnFail: { count: 1000 },
-  });
-  worker.on('error', (err) => log(`worker ${id}: ${err.message}`));
-  worker.on('failed', (job, err) => log(`worker ${id}: job ${job?.id} failed: ${err.message}`));
-  await worker.waitUntilReady();
-  log(`minigpt: worker ${id} takes jobs from ${QUEUE_NAME} (concurrency ${opts.concurrency ?? 2}, lock ${lockMs} ms)`);
+  };
+  const consume = (queue: string) => {
+    const w = new Worker<JobData>(queue, runJob, workerOptions);
+    w.on('error', (err) => log(`worker ${id} (${queue}): ${err.message}`));
+    w.on('failed', (job, err) => log(`worker ${id}: job ${job?.id} failed: ${err.message}`));
+    return w;
+  };
+  // The shared queue, and this worker's own (follow-ups of the conversations whose KV cache it holds).
+  const consumers = [consume(QUEUE_NAME), consume(workerQueueName(id))];
+  await Promise.all(consumers.map((w) => w.waitUntilReady()));
+  await redis.sadd(keys.known, id);
+  log(`minigpt: worker ${id} takes jobs from ${QUEUE_NAME} and ${workerQueueName(id)} (concurrency ${workerOptions.concurrency}, lock ${lockMs} ms)`);
+
+  // A worker that died leaves its own queue behind (jobs waiting, or running when it died): a live one takes it
+  // over until it is empty. Its running jobs come back once their locks lapse (BullMQ's stalled check).
+  const adopted = new Map<string, Worker<JobData>>();
+  const adopt = async () => {
+    const ids = await redis.smembers(keys.known);
+    for (const other of ids) {
+      if (other === id || adopted.has(other) || (await redis.exists(keys.worker(other)))) continue;
+      const name = workerQueueName(other);
+      const queue = new Queue(name, { connection: { url: opts.redisUrl, maxRetriesPerRequest: 1 } as never });
+      try {
+        const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized');
+        const left = Object.values(counts).reduce((a, b) => a + b, 0);
+        if (left === 0) {
+          await redis.srem(keys.known, other);
+          continue;
+        }
+        log(`worker ${id}: worker ${other} stopped with ${left} job(s) in its queue; taking them over`);
+        adopted.set(other, consume(name));
+      } finally {
+        await queue.close();
+      }
+    }
+    // Queues taken over and now empty are let go.
+    for (const [other, w] of adopted) {
+      const queue = new Queue(workerQueueName(other), { connection: { url: opts.redisUrl, maxRetriesPerRequest: 1 } as never });
+      try {
+        const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized');
+        if (Object.values(counts).every((n) => n === 0)) {
+          adopted.delete(other);
+          await w.close();
+          await redis.srem(keys.known, other);
+        }
+      } finally {
+        await queue.close();
+      }
+    }
+  };
+  let adopting: Promise<void> = Promise.resolve();
+  const adoption = setInterval(() => {
+    adopting = adopting.then(adopt).catch((err: unknown) => log(`worker ${id}: adopting queues: ${(err as Error).message}`));
+  }, HEARTBEAT_MS);
 
   let closing: Promise<void> | undefined;
   return {
     id,
     close() {
       closing ??= (async () => {
-        await worker.close(); // waits for the running jobs
+        clearInterval(adoption);
+        await adopting;
+        // Waits for the running jobs. Jobs still waiting in this worker's own queue are left to be adopted.
+        await Promise.all([...consumers, ...adopted.values()].map((w) => w.close()));
         clearInterval(heartbeat);
         await redis.del(keys.worker(id)).catch(() => {});
         sub.disconnect();

@@ -16,6 +16,8 @@ import { ConversationStore } from '../../src/conversation/store.js';
 import { buildTinyPackage, postChat, readEvents, testPng, type WebEvent } from '../web/helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { startServe, type ServeProcess } from '../helpers/serve-process.js';
+import { minigpt } from '../helpers/cli.js';
+import type { ClusterStatus } from '../../src/cluster/status.js';
 
 let work: string;
 let config: string;
@@ -173,6 +175,105 @@ describe('serve --role frontend / worker', () => {
     expect((await repo.getConversation(conversationId(key(convs[1]))))?.turns).toHaveLength(2);
     await store.disconnect();
   }, 180_000);
+});
+
+describe('KV-cache affinity', () => {
+  it('sends follow-ups to the worker that holds the conversation\'s cache; when it dies, another answers the same', async () => {
+    // the demo package: short answers, so that the whole conversation stays within its window (nothing dropped)
+    const demoConfig = join(work, 'demo.yaml');
+    await writeFile(
+      demoConfig,
+      ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`, '  temperature: 0', 'runtime:', '  execution_provider: cpu', '  threads: 1', '  max_batch: 2', ''].join('\n'),
+    );
+    const cfg = await loadConfig(demoConfig, {});
+    const model = await MiniGPT.load(cfg.packageDir, { provider: 'cpu', threads: 1 });
+    const local = new ConversationManager({ model, defaults: managerDefaults(cfg) });
+    const image = await testPng(180, 140);
+    const turns = ['[grounding] describe this image in detail', 'what colour is the square?', '[refer] the red square', 'what is the background?', 'what shape is it?'];
+    const expected: string[] = [];
+    for (const [i, text] of turns.entries()) {
+      for await (const ev of local.handle({ key: { platform: 'cli', workspace: 'w', channel: 'c', thread: 'aff' }, user: 'u', text, ...(i === 0 ? { image } : {}) })) {
+        if (ev.type === 'final') expected.push(ev.text);
+      }
+    }
+    await local.close();
+    await model.close();
+
+    const workers = [serve('worker', { MINIGPT_CONFIG: demoConfig }), serve('worker', { MINIGPT_CONFIG: demoConfig })];
+    const front = serve('frontend', { MINIGPT_CONFIG: demoConfig });
+    await Promise.all(workers.map((w) => w.waitFor(/worker \S+ takes jobs/)));
+    const webUrl = (await front.waitFor(/web demo on (http:\S+)/))[1];
+    const conversation = `affinity-${Date.now()}`;
+    const ask = async (text: string, img?: Buffer) => {
+      const evs = await readEvents(await postChat(webUrl, { conversation, text, ...(img ? { image: img } : {}) }));
+      expect(evs.filter((e) => e.type === 'error'), JSON.stringify(evs)).toEqual([]);
+      const final = (evs.find((e) => e.type === 'final') as unknown as { text: string }).text;
+      const timings = (evs.find((e) => e.type === 'timings') as unknown as { timings: Record<string, number> }).timings;
+      return { final, timings };
+    };
+    const first = await ask(turns[0], image);
+    expect(first.final).toBe(expected[0]);
+    for (let i = 1; i <= 3; i++) {
+      const r = await ask(turns[i]);
+      expect(r.final).toBe(expected[i]);
+      // the whole earlier conversation came from this worker's kept KV cache
+      expect(r.timings.reusedTokens, `follow-up ${i}`).toBeGreaterThan(0);
+      expect(r.timings.promptTokens - r.timings.reusedTokens).toBeLessThan(20);
+    }
+    // minigpt status: both workers, their model, nothing waiting
+    const status = await minigpt(['status', '--json'], { REDIS_URL: redis.url });
+    expect(status.code, status.stderr).toBe(0);
+    const st = JSON.parse(status.stdout) as ClusterStatus;
+    expect(st.workers.map((w) => [w.model, w.architecture, w.provider])).toEqual([[model.meta.name, 'minigpt-v2', 'cpu'], [model.meta.name, 'minigpt-v2', 'cpu']]);
+    expect(st.workers.map((w) => w.pid).sort()).toEqual(workers.map((w) => w.child.pid).sort());
+    expect(st.total).toEqual({ waiting: 0, running: 0, failed: 0 });
+    // the worker holding the cache dies: the next follow-up is answered by the other one, in full, the same
+    const { Redis } = await import('ioredis');
+    const redisClient = new Redis(redis.url);
+    const holder = await redisClient.get(`minigpt:affinity:${conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })}`);
+    await redisClient.quit();
+    expect(holder).toBeTruthy();
+    const victim = workers.find((w) => w.child.pid !== undefined && holder!.includes(`-${w.child.pid}-`))!;
+    expect(victim).toBeDefined();
+    victim.kill('SIGKILL');
+    await victim.exited;
+    const last = await ask(turns[4]);
+    expect(last.final).toBe(expected[4]);
+    expect(last.timings.reusedTokens).toBe(0);
+  }, 120_000);
+});
+
+describe('Redis down and back', () => {
+  it('front ends answer "unavailable" while Redis is down, without crashing; after a restart (AOF) the thread goes on', async () => {
+    const worker = serve('worker');
+    const front = serve('frontend');
+    await worker.waitFor(/worker \S+ takes jobs/);
+    const webUrl = (await front.waitFor(/web demo on (http:\S+)/))[1];
+    const conversation = `redis-restart-${Date.now()}`;
+    const image = await testPng(150, 150);
+    const first = await readEvents(await postChat(webUrl, { conversation, text: 'describe this image', image }));
+    expect(first.filter((e) => e.type === 'final')).toHaveLength(1);
+
+    await redis.stop();
+    const down = await readEvents(await postChat(webUrl, { conversation, text: 'are you there?' }));
+    const err = down.find((e) => e.type === 'error') as unknown as { code: string; message: string };
+    expect(err.code).toBe('unavailable');
+    expect(err.message).toMatch(/try again/);
+    expect(front.child.exitCode).toBeNull();
+
+    await redis.start();
+    let after: WebEvent[] = [];
+    for (let i = 0; i < 60; i++) {
+      after = await readEvents(await postChat(webUrl, { conversation, text: 'are you there?' }));
+      if (!after.some((e) => e.type === 'error')) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(after.filter((e) => e.type === 'error')).toEqual([]);
+    const timings = (after.find((e) => e.type === 'timings') as unknown as { timings: Record<string, number> }).timings;
+    expect(timings.historyTurns).toBe(1); // the first turn survived the restart
+    expect(worker.child.exitCode).toBeNull();
+    expect(front.child.exitCode).toBeNull();
+  }, 120_000);
 });
 
 export type { AnswerEvent };

@@ -1,0 +1,58 @@
+// `minigpt status`: what the front ends and workers on REDIS_URL are doing: workers alive (model, provider,
+// jobs running and finished), the queue's depth, jobs in flight.
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { listWorkers } from './frontend.js';
+import { QUEUE_NAME, workerQueueName, type WorkerInfo } from './protocol.js';
+
+export interface QueueCounts {
+  waiting: number;
+  running: number;
+  failed: number;
+}
+
+export interface ClusterStatus {
+  workers: (WorkerInfo & { queue: QueueCounts })[];
+  /** the shared queue */
+  queue: QueueCounts;
+  /** all queues together */
+  total: QueueCounts;
+}
+
+async function counts(redisUrl: string, name: string): Promise<QueueCounts> {
+  const q = new Queue(name, { connection: { url: redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never });
+  try {
+    const c = await q.getJobCounts('wait', 'delayed', 'prioritized', 'active', 'failed');
+    return { waiting: (c.wait ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), running: c.active ?? 0, failed: c.failed ?? 0 };
+  } finally {
+    await q.close();
+  }
+}
+
+export async function clusterStatus(redisUrl: string): Promise<ClusterStatus> {
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 5000, lazyConnect: true });
+  redis.on('error', () => {});
+  try {
+    await redis.connect();
+    const workers = await listWorkers(redis);
+    const queue = await counts(redisUrl, QUEUE_NAME);
+    const withQueues = await Promise.all(workers.map(async (w) => ({ ...w, queue: await counts(redisUrl, workerQueueName(w.id)) })));
+    const total = withQueues.reduce(
+      (t, w) => ({ waiting: t.waiting + w.queue.waiting, running: t.running + w.queue.running, failed: t.failed + w.queue.failed }),
+      { ...queue },
+    );
+    return { workers: withQueues.sort((a, b) => a.id.localeCompare(b.id)), queue, total };
+  } finally {
+    redis.disconnect();
+  }
+}
+
+export function statusText(s: ClusterStatus): string {
+  const lines = [
+    `${s.workers.length} worker(s) alive; ${s.total.waiting} request(s) waiting, ${s.total.running} running` + (s.total.failed ? `, ${s.total.failed} failed (kept for inspection)` : ''),
+  ];
+  for (const w of s.workers) {
+    lines.push(`  ${w.id}  ${w.model} (${w.architecture}, ${w.provider})  running ${w.running}, finished ${w.finished}, own queue ${w.queue.waiting} waiting  since ${w.startedAt}`);
+  }
+  return lines.join('\n');
+}
