@@ -7,6 +7,7 @@ import { MiniGPT, type LoadOptions } from './inference/model.js';
 import { parseProviderChoice } from './inference/providers.js';
 import type { GenerationOptions } from './inference/generation/index.js';
 import type Keyv from 'keyv';
+import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
 import { ConversationManager, createStore } from './conversation/index.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from './conversation/index.js';
 import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
@@ -37,6 +38,8 @@ export interface ConversationPort {
 /** What an adapter gets to start with. */
 export interface AdapterContext {
   manager: ConversationPort;
+  /** where per-user limits count (front ends on Redis share them); default: in the adapter's process */
+  rateLimiter?: RateLimiterFactory;
   config: BotConfig;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
@@ -69,11 +72,12 @@ export async function startAdapters(
     web: WebSettings;
     api: ApiSettings | undefined;
     specs: readonly PlatformAdapterSpec[];
+    rateLimiter?: RateLimiterFactory;
   },
   started: RunningAdapter[],
 ): Promise<{ webUrl?: string; apiUrl?: string }> {
   const { manager, config, env, log, web, api } = o;
-  const ctx: AdapterContext = { manager, config, env, log };
+  const ctx: AdapterContext = { manager, config, env, log, ...(o.rateLimiter ? { rateLimiter: o.rateLimiter } : {}) };
   for (const spec of o.specs) {
     const set = spec.credentials.filter((c) => env[c]?.trim());
     if (set.length === 0) continue;
@@ -81,8 +85,9 @@ export async function startAdapters(
       log(`minigpt: ${set.join(', ')} is set, but this build has no ${spec.name} adapter yet; ignoring it`);
       continue;
     }
-    started.push(await spec.start(ctx));
-    log(`minigpt: ${spec.name} adapter started`);
+    const adapter = await spec.start(ctx);
+    started.push(adapter);
+    log(`minigpt: ${spec.name} adapter started${adapter.url ? ` on ${adapter.url}` : ''}`);
   }
 
   let webUrl: string | undefined;

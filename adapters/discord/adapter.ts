@@ -29,7 +29,7 @@ import { LruMap } from '../../src/util/lru.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 import { notice, threadName } from './format.js';
 import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
-import { redact, UserRateLimiter } from './limits.js';
+import { redact, UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
 import { ArrivalOrder, type Turn } from '../shared/arrival-order.js';
 import { isPermissionError, relayAnswer, type Payload, type RelayResult, type ReplyTarget } from './relay.js';
 
@@ -55,6 +55,8 @@ export interface DiscordAdapterOptions {
   allowDMs?: boolean;
   /** requests per user and window (default 6 per 60 s); false: no limit */
   rateLimit?: { max: number; windowMs: number } | false;
+  /** where the limit's counts live (default: this process, UserRateLimiter) */
+  rateLimiter?: RateLimiterFactory;
   /** least time between two writes to one answer message (default 1500 ms: Discord allows 5 edits per 5 s) */
   editIntervalMs?: number;
   /** largest image downloaded (default 20 MiB) */
@@ -176,7 +178,7 @@ class Adapter implements DiscordAdapter {
   private readonly manager: DiscordConversations;
   private readonly log: (line: string) => void;
   private readonly policy: DownloadPolicy;
-  private readonly rate: UserRateLimiter | null;
+  private readonly rate: RateLimiter | null;
   private readonly editIntervalMs: number;
   private readonly allowedGuilds: ReadonlySet<string>;
   private readonly allowedChannels: ReadonlySet<string>;
@@ -204,7 +206,7 @@ class Adapter implements DiscordAdapter {
       log(`discord: a request in ${k} waited too long for the one before it; answering it now`),
     );
     const rl = opts.rateLimit === undefined ? DEFAULT_RATE_LIMIT : opts.rateLimit;
-    this.rate = rl ? new UserRateLimiter(rl.max, rl.windowMs) : null;
+    this.rate = rl ? (opts.rateLimiter?.('discord', rl.max, rl.windowMs) ?? new UserRateLimiter(rl.max, rl.windowMs)) : null;
     this.editIntervalMs = opts.editIntervalMs ?? DEFAULT_EDIT_INTERVAL_MS;
     this.allowedGuilds = new Set(opts.allowedGuilds ?? []);
     this.allowedChannels = new Set(opts.allowedChannels ?? []);
@@ -268,10 +270,10 @@ class Adapter implements DiscordAdapter {
    * anyway) every time.
    */
   private async withinRate(user: string, tell: (text: string) => Promise<unknown>, privately = false): Promise<boolean> {
-    const r = this.rate?.take(user) ?? { ok: true as const };
+    const r = (await this.rate?.take(user)) ?? { ok: true as const };
     if (r.ok) return true;
     this.log(`discord: user ${user} is over the rate limit`);
-    if (privately || this.rate!.shouldWarn(user)) await tell(rateLimitMessage(r.retryAfterMs)).catch(() => {});
+    if (privately || (await this.rate!.shouldWarn(user))) await tell(rateLimitMessage(r.retryAfterMs)).catch(() => {});
     return false;
   }
 

@@ -1,5 +1,6 @@
 // The Discord adapter's entry points: `startDiscordAdapter(options)` and, for `minigpt serve`,
 // `startDiscordFromEnv({ manager, env, log })`, which reads the DISCORD_* variables (DESIGN.md section 4).
+import type { RateLimiterFactory } from './limits.js';
 import { startDiscordAdapter, type DiscordAdapter, type DiscordAdapterOptions, type DiscordConversations } from './adapter.js';
 
 export { startDiscordAdapter, stripBotMention, describeError, fatalDiscordError, DEFAULT_EDIT_INTERVAL_MS, DEFAULT_RATE_LIMIT } from './adapter.js';
@@ -82,7 +83,8 @@ export async function startDiscordFromEnv(ctx: {
   manager: DiscordConversations;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
+  rateLimiter?: RateLimiterFactory;
 }): Promise<{ name: string; close(): Promise<void>; fatal: Promise<Error>; adapter: DiscordAdapter }> {
-  const adapter = await startDiscordAdapter({ ...discordOptionsFromEnv(ctx.env), manager: ctx.manager, log: ctx.log });
+  const adapter = await startDiscordAdapter({ ...discordOptionsFromEnv(ctx.env), manager: ctx.manager, log: ctx.log, ...(ctx.rateLimiter ? { rateLimiter: ctx.rateLimiter } : {}) });
   return { name: 'discord', adapter, fatal: adapter.fatal, close: () => adapter.close() };
 }

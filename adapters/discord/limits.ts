@@ -1,7 +1,10 @@
 // Per-user rate limit and log redaction for the Discord adapter.
+import type { RateDecision, RateLimiter } from '../shared/rate-limit.js';
+
+export type { RateDecision, RateLimiter, RateLimiterFactory } from '../shared/rate-limit.js';
 
 /** A sliding-window limit: at most `max` requests per user in any `windowMs`. */
-export class UserRateLimiter {
+export class UserRateLimiter implements RateLimiter {
   private readonly hits = new Map<string, number[]>();
   private readonly warned = new Map<string, number>();
 
@@ -12,7 +15,7 @@ export class UserRateLimiter {
   ) {}
 
   /** Counts a request; `ok: false` (not counted) with the wait when the user is over the limit. */
-  take(user: string): { ok: true } | { ok: false; retryAfterMs: number } {
+  take(user: string): RateDecision {
     if (this.max <= 0) return { ok: true };
     const t = this.now();
     const list = (this.hits.get(user) ?? []).filter((x) => x > t - this.windowMs);

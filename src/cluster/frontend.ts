@@ -10,6 +10,7 @@ import { conversationId } from '../conversation/store.js';
 import { ConversationStore } from '../conversation/store.js';
 import { EventChannel } from '../conversation/scheduler.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
+import { RedisRateLimiter } from './rate-limit.js';
 import { QUEUE_NAME, decodeEvent, encodeRequest, keys, HEARTBEAT_TTL_MS, workerQueueName, type JobData, type WorkerInfo } from './protocol.js';
 
 export interface RemoteConversationsOptions {
@@ -91,6 +92,11 @@ export class RemoteConversations {
   /** The stored conversation, read from the shared store. */
   async history(key: ConversationKey): Promise<ConversationState | null> {
     return (await this.repo.getConversation(conversationId(key))) ?? null;
+  }
+
+  /** A per-user limit shared by every front end (counted in Redis). */
+  rateLimiter(scope: string, max: number, windowMs: number): RedisRateLimiter {
+    return new RedisRateLimiter(this.redis, scope, max, windowMs, this.log);
   }
 
   /** Workers whose heartbeat is current. */

@@ -71,7 +71,11 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
   const manager = new RemoteConversations({ redisUrl, store, maxQueue: config.runtime.queue_size, log });
   const adapters: RunningAdapter[] = [];
   try {
-    const { webUrl, apiUrl } = await startAdapters({ manager, model: await servedModel(config), config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS }, adapters);
+    const rateLimiter = (scope: string, max: number, windowMs: number) => manager.rateLimiter(scope, max, windowMs);
+    const { webUrl, apiUrl } = await startAdapters(
+      { manager, model: await servedModel(config), config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS, rateLimiter },
+      adapters,
+    );
     log(`minigpt: front end on ${redactUrl(redisUrl)} (${adapters.map((a) => a.name).join(', ')})`);
     const fatal = Promise.race(adapters.flatMap((a) => (a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [])));
     let closing: Promise<void> | undefined;

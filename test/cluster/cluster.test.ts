@@ -3,7 +3,7 @@
 // SIGKILL mid-answer has its jobs run again on the other, and every request still gets exactly one final answer,
 // identical (greedy) to the single-process answer, with nothing doubled in the history; a worker stopped with
 // SIGTERM finishes its answer first; a restarted front end continues a thread from Redis.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +17,9 @@ import { buildTinyPackage, postChat, readEvents, testPng, type WebEvent } from '
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { startServe, type ServeProcess } from '../helpers/serve-process.js';
 import { minigpt } from '../helpers/cli.js';
+import { FakeSlack } from '../slack/fake-slack.js';
+import { squarePng, textReplies, waitForAnswers } from '../slack/helpers.js';
+import { answerMrkdwn } from '../../adapters/slack/format.js';
 import type { ClusterStatus } from '../../src/cluster/status.js';
 
 let work: string;
@@ -36,6 +39,17 @@ beforeAll(async () => {
   redis = await startRedis({ aof: true });
   env = { MINIGPT_CONFIG: config, REDIS_URL: redis.url, MINIGPT_WORKER_LOCK_MS: '1500', WEB_PORT: '0', API_PORT: '0', DISCORD_TOKEN: '', SLACK_BOT_TOKEN: '' };
 }, 120_000);
+
+// Each test has its own processes and an empty Redis: a worker left from one test must not take another's jobs.
+afterEach(async () => {
+  for (const p of procs) p.kill('SIGKILL');
+  await Promise.all(procs.map((p) => p.exited));
+  procs.length = 0;
+  const { Redis } = await import('ioredis');
+  const c = new Redis(redis.url);
+  await c.flushall();
+  c.disconnect();
+});
 
 afterAll(async () => {
   for (const p of procs) p.kill('SIGKILL');
@@ -240,6 +254,56 @@ describe('KV-cache affinity', () => {
     const last = await ask(turns[4]);
     expect(last.final).toBe(expected[4]);
     expect(last.timings.reusedTokens).toBe(0);
+  }, 120_000);
+});
+
+describe('Slack on two front ends', () => {
+  it('answers a mention through one front end; Slack\'s retry to the other is not answered again; the thread goes on there', async () => {
+    const fake = await FakeSlack.start();
+    try {
+      const demoConfig = join(work, 'demo-slack.yaml');
+      await writeFile(
+        demoConfig,
+        ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`, '  temperature: 0', 'runtime:', '  execution_provider: cpu', '  threads: 1', ''].join('\n'),
+      );
+      const image = await squarePng();
+      const cfg = await loadConfig(demoConfig, {});
+      const model = await MiniGPT.load(cfg.packageDir, { provider: 'cpu', threads: 1 });
+      const local = new ConversationManager({ model, defaults: managerDefaults(cfg) });
+      const expected: string[] = [];
+      for (const [i, text] of ['[grounding] describe this image in detail', 'what colour is the square?'].entries()) {
+        for await (const ev of local.handle({ key: { platform: 'cli', workspace: 'w', channel: 'c', thread: 'slack' }, user: 'u', text, ...(i === 0 ? { image } : {}) })) {
+          if (ev.type === 'final') expected.push(ev.text);
+        }
+      }
+      await local.close();
+      await model.close();
+
+      const slackEnv = { MINIGPT_CONFIG: demoConfig, SLACK_BOT_TOKEN: fake.botToken, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl };
+      const worker = serve('worker', { MINIGPT_CONFIG: demoConfig });
+      const fronts = [serve('frontend', slackEnv), serve('frontend', slackEnv)];
+      await worker.waitFor(/worker \S+ takes jobs/);
+      const urls = await Promise.all(fronts.map(async (f) => (await f.waitFor(/slack adapter started on (http:\S+)/))[1].replace('localhost', '127.0.0.1')));
+
+      fake.appUrl = urls[0];
+      const file = fake.addFile({ name: 'square.png', data: image, mimetype: 'image/png' });
+      const msg = fake.addMessage('CCLUSTER', { text: `<@${fake.botUserId}> [grounding] describe this image in detail`, files: [file] });
+      const sent = await fake.sendEvent(fake.messageEvent(msg, 'app_mention'));
+      expect(sent.status).toBe(200);
+      await waitForAnswers(fake, 'CCLUSTER', msg.ts, 1);
+      // Slack did not see the ack in time and retries the same event, this time to the other front end
+      fake.appUrl = urls[1];
+      const retried = await fake.sendEvent(fake.messageEvent(msg, 'app_mention'), { retryNum: 1, eventId: sent.eventId });
+      expect(retried.status).toBe(200);
+      // a follow-up in the thread, to the other front end: answered with the image and the first turn
+      await fake.reply('CCLUSTER', msg.ts, { text: 'what colour is the square?' });
+      await waitForAnswers(fake, 'CCLUSTER', msg.ts, 2);
+      await new Promise((r) => setTimeout(r, 500));
+      // the retry was not answered a second time; both answers are the single-process ones
+      expect(textReplies(fake, 'CCLUSTER', msg.ts).map((m) => m.text)).toEqual(expected.map((t) => answerMrkdwn(t)));
+    } finally {
+      await fake.close();
+    }
   }, 120_000);
 });
 
