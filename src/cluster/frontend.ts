@@ -11,7 +11,7 @@ import { ConversationStore } from '../conversation/store.js';
 import { EventChannel } from '../conversation/scheduler.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
 import { RedisRateLimiter } from './rate-limit.js';
-import { QUEUE_NAME, decodeEvent, encodeRequest, keys, HEARTBEAT_TTL_MS, workerQueueName, type JobData, type WorkerInfo } from './protocol.js';
+import { QUEUE_NAME, decodeEvent, encodeRequest, keys, HEARTBEAT_TTL_MS, PENDING_TTL_MS, workerQueueName, type JobData, type WorkerInfo } from './protocol.js';
 
 export interface RemoteConversationsOptions {
   redisUrl: string;
@@ -117,16 +117,22 @@ export class RemoteConversations {
     if (this.closing) return fail('busy', 'The bot is shutting down; please try again in a moment.');
     const convId = conversationId(req.key);
     const requestId = req.requestId ?? randomBytes(8).toString('hex');
-    let jobId: string;
+    const jobId = `j${randomBytes(12).toString('hex')}`;
     let position: number;
     let queue: Queue<JobData>;
+    let counted = false;
     try {
       const workers = await listWorkers(this.redis);
       if (workers.length === 0) return fail('unavailable', NO_WORKER);
-      const all = await Promise.all([this.queue, ...workers.map((w) => this.queueOf(w.id))].map((q) => q.getJobCounts('wait', 'delayed', 'prioritized', 'active')));
-      const waiting = all.reduce((n, c) => n + (c.wait ?? 0) + (c.delayed ?? 0) + (c.prioritized ?? 0), 0);
-      const active = all.reduce((n, c) => n + (c.active ?? 0), 0);
+      // Counted and checked in one step, so that requests arriving together at several front ends cannot all
+      // pass the check before any of them is counted.
+      const now = Date.now();
+      const res = await this.redis.multi().zremrangebyscore(keys.pending, '-inf', now - PENDING_TTL_MS).zadd(keys.pending, now, jobId).zcard(keys.pending).exec();
+      counted = true;
+      const waiting = Number(res?.[2]?.[1] ?? 0) - 1;
       if (waiting >= this.maxQueue) {
+        await this.redis.zrem(keys.pending, jobId);
+        counted = false;
         this.log(`frontend: busy, ${waiting} requests waiting; refused a request for ${convId}`);
         return fail('busy', `The bot is busy (${waiting} requests waiting): please try again in a moment.`);
       }
@@ -134,12 +140,12 @@ export class RemoteConversations {
       const holder = req.history ? null : await this.redis.get(keys.affinity(convId));
       queue = this.queueOf(holder && workers.some((w) => w.id === holder) ? holder : null);
       const seq = await this.redis.incr(keys.seq(convId));
-      jobId = `j${randomBytes(12).toString('hex')}`;
       // A seed for every request: a retry on another worker samples the same answer.
       const generation = { seed: Math.floor(Math.random() * 2 ** 31), ...req.generation };
       await queue.add('answer', { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) }, { jobId, attempts: 2 });
-      position = waiting + active;
+      position = waiting;
     } catch (err) {
+      if (counted) await this.redis.zrem(keys.pending, jobId).catch(() => {});
       this.log(`frontend: cannot queue a request for ${convId}: ${(err as Error).message}`);
       return fail('unavailable', UNAVAILABLE);
     }

@@ -6,6 +6,7 @@
 //   minigpt:seq:<conversation>       requests numbered as they arrive (INCR by the front end)
 //   minigpt:done:<conversation>      the number of the last one finished (a job runs after its predecessor)
 //   minigpt:cancel                   pub/sub: ids of jobs whose asker went away
+//   minigpt:pending                  answer jobs queued and not yet run (the queue depth that back-pressure counts)
 //   minigpt:worker:<id>              a worker's heartbeat (JSON, expires when it stops beating)
 //   bull:minigpt-answers@<id>:*      a worker's own queue: follow-ups of conversations whose KV cache it holds
 //   minigpt:affinity:<conversation>  which worker that is
@@ -25,6 +26,8 @@ export const keys = {
   workers: `${PREFIX}worker:*`,
   /** ids of workers that have their own queue (removed when one stops cleanly; a dead one's queue is adopted) */
   known: `${PREFIX}workers`,
+  /** ids of answer jobs not yet taken up by a worker, scored by when they were queued (back-pressure) */
+  pending: `${PREFIX}pending`,
   /** the worker that holds a conversation's KV cache */
   affinity: (convId: string) => `${PREFIX}affinity:${convId}`,
 } as const;
@@ -34,6 +37,8 @@ export const EVENTS_TTL_S = 600;
 /** A worker's heartbeat is renewed this often and expires after HEARTBEAT_TTL_MS without one. */
 export const HEARTBEAT_MS = 2000;
 export const HEARTBEAT_TTL_MS = 6000;
+/** A pending entry older than this is a front end's leftover (it died between counting and queueing): not counted. */
+export const PENDING_TTL_MS = 15 * 60 * 1000;
 /** A conversation goes back to its worker's queue for this long after its last answer. */
 export const AFFINITY_TTL_MS = 30 * 60 * 1000;
 

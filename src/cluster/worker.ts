@@ -92,6 +92,8 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
       await job.moveToDelayed(Date.now() + 50, token);
       throw new DelayedError();
     }
+    // Taken up: no longer counted as waiting by the front ends' back-pressure.
+    await redis.zrem(keys.pending, jobId).catch(() => {});
     const controller = new AbortController();
     running.set(jobId, controller);
     try {

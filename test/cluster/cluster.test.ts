@@ -4,7 +4,7 @@
 // identical (greedy) to the single-process answer, with nothing doubled in the history; a worker stopped with
 // SIGTERM finishes its answer first; a restarted front end continues a thread from Redis.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
@@ -304,6 +304,75 @@ describe('Slack on two front ends', () => {
     } finally {
       await fake.close();
     }
+  }, 120_000);
+});
+
+describe('order and back-pressure', () => {
+  it('answers a thread\'s follow-ups in the order they were sent, also when two front ends receive them', async () => {
+    // the demo package: short answers, nothing dropped from the history
+    const demoConfig = join(work, 'demo-order.yaml');
+    await writeFile(demoConfig, ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`, '  temperature: 0', 'runtime:', '  execution_provider: cpu', '  threads: 1', ''].join('\n'));
+    const workers = [serve('worker', { MINIGPT_CONFIG: demoConfig }), serve('worker', { MINIGPT_CONFIG: demoConfig })];
+    const fronts = [serve('frontend', { MINIGPT_CONFIG: demoConfig }), serve('frontend', { MINIGPT_CONFIG: demoConfig })];
+    await Promise.all(workers.map((w) => w.waitFor(/worker \S+ takes jobs/)));
+    const urls = await Promise.all(fronts.map(async (f) => (await f.waitFor(/web demo on (http:\S+)/))[1]));
+    const conversation = `order-${Date.now()}`;
+    const first = await readEvents(await postChat(urls[0], { conversation, text: 'describe this image', image: await testPng(140, 140) }));
+    expect(first.filter((e) => e.type === 'final')).toHaveLength(1);
+    // No KV-cache affinity here: A and B go to the shared queue, where either worker may take either.
+    const { Redis } = await import('ioredis');
+    const rc = new Redis(redis.url);
+    await rc.del(`minigpt:affinity:${conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })}`);
+    rc.disconnect();
+    // Six follow-ups, alternating between the front ends, each sent once the one before is queued (numbered):
+    // both workers are free, but each must wait for the one before it.
+    const questions = ['[grounding] describe this image in detail', 'question A', '[detection] squares', 'question B', '[caption] briefly describe this image', 'question C'];
+    const pending: Promise<string>[] = [];
+    for (const [i, text] of questions.entries()) {
+      const res = await postChat(urls[i % 2], { conversation, text });
+      const reader = res.body!.getReader();
+      const { value } = await reader.read(); // the first event (queued) is out: the request is numbered
+      expect(Buffer.from(value!).toString()).toContain('"queued"');
+      pending.push(
+        (async () => {
+          let rest = Buffer.from(value!).toString();
+          for (let r = await reader.read(); !r.done; r = await reader.read()) rest += Buffer.from(r.value).toString();
+          return rest;
+        })(),
+      );
+    }
+    const streams = await Promise.all(pending);
+    const history = streams.map((t) => Number(/"historyTurns":(\d+)/.exec(t)?.[1]));
+    expect(history).toEqual([1, 2, 3, 4, 5, 6]); // each saw every turn before it
+    const store = await createStore(redis.url);
+    const turns = (await new ConversationStore(store).getConversation(conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })))!.turns;
+    await store.disconnect();
+    expect(turns.map((t) => t.user)).toEqual(['describe this image', ...questions]);
+  }, 120_000);
+
+  it('refuses at once with "busy" when more requests wait than runtime.queue_size', async () => {
+    const small = join(work, 'small-queue.yaml');
+    await writeFile(small, (await readFile(config, 'utf8')).replace('queue_size: 32', 'queue_size: 2').replace('max_batch: 2', 'max_batch: 1'));
+    const worker = serve('worker', { MINIGPT_CONFIG: small });
+    const front = serve('frontend', { MINIGPT_CONFIG: small });
+    await worker.waitFor(/worker \S+ takes jobs/);
+    const url = (await front.waitFor(/web demo on (http:\S+)/))[1];
+    const png = await testPng(120, 120);
+    // the worker takes 2 (max_batch 1, plus the next one ready); 2 may wait; the rest are refused
+    const t0 = performance.now();
+    const all = await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        postChat(url, { conversation: `busy-${i}-${Date.now()}`, text: 'describe this image', image: png }).then(async (r) => ({ evs: await readEvents(r), at: performance.now() - t0 })),
+      ),
+    );
+    const busy = all.filter((x) => x.evs.some((e) => e.type === 'error' && e.code === 'busy'));
+    const answered = all.filter((x) => x.evs.some((e) => e.type === 'final'));
+    expect(busy.length).toBeGreaterThan(0);
+    expect(answered.length).toBeGreaterThanOrEqual(2);
+    expect(busy.length + answered.length).toBe(8);
+    // refused at once: before the first answer came back
+    expect(Math.max(...busy.map((x) => x.at))).toBeLessThan(Math.min(...answered.map((x) => x.at)));
+    expect((busy[0].evs.find((e) => e.type === 'error') as unknown as { message: string }).message).toMatch(/busy.*try again/);
   }, 120_000);
 });
 
