@@ -98,6 +98,35 @@ describe('streaming', () => {
     expect(botMessagesIn(msg.id)[0].content).toBe(text);
   });
 
+  it('a restart (another worker answers again) replaces the text shown so far: one message, the new answer', async () => {
+    const old = 'The first worker had written this much before it died';
+    const fresh = 'A different answer from the worker that took over.';
+    await start(async function* () {
+      yield { type: 'queued', position: 0 };
+      yield { type: 'started' };
+      for (const word of old.split(' ')) {
+        await sleep(30);
+        yield { type: 'text', text: `${word} ` };
+      }
+      yield { type: 'restart' };
+      for (const word of fresh.split(' ')) {
+        await sleep(30);
+        yield { type: 'text', text: `${word} ` };
+      }
+      yield { type: 'final', text: fresh, entities: [], finishReason: 'stop' };
+      yield { type: 'timings', timings: {} };
+    }, { editIntervalMs: 100 });
+    const before = w.fake.calls.length;
+    const msg = mention(w.general, 'tell me');
+    await answered(logs, msg.id);
+    const writes = w.fake.calls.slice(before).filter((c) => c.path.startsWith(`/channels/${msg.id}/messages`) && c.method !== 'GET');
+    // the old text was on screen, then replaced (not appended to) in the same message
+    expect(writes.some((c) => String(c.body.content ?? '').startsWith('The first worker'))).toBe(true);
+    expect(botMessagesIn(msg.id)).toHaveLength(1);
+    expect(botMessagesIn(msg.id)[0].content).toBe(fresh);
+    expect(writes.every((c) => !String(c.body.content ?? '').includes('died A different'))).toBe(true);
+  });
+
   it('splits answers over 2000 characters cleanly, bold kept, the image on the last message', async () => {
     const para = (i: number) => `Paragraph ${i}: <p>a red square</p> {<10><10><50><50>} sits next to <p>a very long and winding phrase that goes on</p> {<1><2><3><4>} and more words follow here. `.repeat(3);
     const text = Array.from({ length: 12 }, (_, i) => para(i)).join('\n\n');

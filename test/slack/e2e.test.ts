@@ -399,6 +399,42 @@ describe('slack: /describe and the message shortcut', () => {
 });
 
 describe('slack: more adapters on their own fakes', () => {
+  it('a restart (another worker answers again) replaces the streamed text in the same reply', async () => {
+    const f2 = await FakeSlack.start();
+    others.push(f2);
+    const old = 'the first worker had written this much';
+    const fresh = 'a different answer from the worker that took over';
+    const scripted: SlackConversationManager = {
+      store: manager.store,
+      history: async () => null,
+      async *handle() {
+        yield { type: 'queued', position: 0 };
+        yield { type: 'started' };
+        for (const w of old.split(' ')) {
+          await sleep(25);
+          yield { type: 'text', text: `${w} ` };
+        }
+        yield { type: 'restart' };
+        for (const w of fresh.split(' ')) {
+          await sleep(25);
+          yield { type: 'text', text: `${w} ` };
+        }
+        yield { type: 'final', text: fresh, entities: [], finishReason: 'stop' };
+        yield { type: 'timings', timings: {} };
+      },
+    };
+    const a2 = await startSlack(f2, scripted, { log: (l) => logs.push(l), updateIntervalMs: 20 });
+    others.push(a2);
+    const file = f2.addFile({ name: 'square.png', data: png, mimetype: 'image/png' });
+    const { msg } = await f2.mention('CR', { files: [file] });
+    await waitForText(f2, 'CR', msg.ts, /^a different answer from the worker that took over$/);
+    const replies = textReplies(f2, 'CR', msg.ts);
+    expect(replies).toHaveLength(1);
+    expect(replies[0].text).toBe(fresh);
+    expect(replies[0].versions.some((v) => v.startsWith('the first worker'))).toBe(true); // it was shown, then replaced
+    expect(replies[0].versions.every((v) => !v.includes('much a different'))).toBe(true); // never appended to
+  });
+
   it('splits a long answer into several messages within the limit', async () => {
     const f2 = await FakeSlack.start();
     others.push(f2);
