@@ -27,6 +27,7 @@ let config: string;
 let redis: TestRedis;
 let env: NodeJS.ProcessEnv;
 const procs: ServeProcess[] = [];
+const closers: (() => Promise<void>)[] = [];
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-cluster-'));
@@ -42,6 +43,7 @@ beforeAll(async () => {
 
 // Each test has its own processes and an empty Redis: a worker left from one test must not take another's jobs.
 afterEach(async () => {
+  for (const c of closers.splice(0)) await c().catch(() => {});
   for (const p of procs) p.kill('SIGKILL');
   await Promise.all(procs.map((p) => p.exited));
   procs.length = 0;
@@ -75,7 +77,7 @@ function shown(events: readonly { type: string; text?: unknown }[]): string {
 }
 
 describe('serve --role frontend / worker', () => {
-  it('answers through 2 front ends and 2 workers; a worker killed mid-answer loses nothing; SIGTERM finishes first; a front end restarts', async () => {
+  it('answers through 3 front ends (web, API, Slack) and 2 workers; a worker killed mid-answer loses nothing; SIGTERM finishes first; a front end restarts', async () => {
     // single-process answers to compare with (greedy, the same package and settings)
     const cfg = await loadConfig(config, {});
     const model = await MiniGPT.load(cfg.packageDir, { provider: 'cpu', threads: 1 });
@@ -95,17 +97,27 @@ describe('serve --role frontend / worker', () => {
     expect(new Set(expected).size).toBe(3);
     expect(expected.every((t) => t.length > 40)).toBe(true); // long enough to be cut in the middle
 
+    const fake = await FakeSlack.start();
+    closers.push(() => fake.close());
     const w1 = serve('worker');
     const w2 = serve('worker');
     const webFront = serve('frontend');
     const apiFront = serve('frontend');
+    const slackFront = serve('frontend', { SLACK_BOT_TOKEN: fake.botToken, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl });
     await Promise.all([w1, w2].map((w) => w.waitFor(/worker \S+ takes jobs/)));
     const webUrl = (await webFront.waitFor(/web demo on (http:\S+)/))[1];
     const apiUrl = (await apiFront.waitFor(/OpenAI-compatible API on (http:\S+)/))[1];
+    fake.appUrl = (await slackFront.waitFor(/slack adapter started on (http:\S+)/))[1].replace('localhost', '127.0.0.1');
     await apiFront.waitFor(/front end on redis:/);
     const client = new OpenAI({ baseURL: apiUrl, apiKey: 'local', maxRetries: 0 });
 
-    // 6 concurrent conversations: 3 threads on the web demo, 3 API requests (streamed)
+    // 8 concurrent conversations: 3 threads on the web demo, 3 API requests (streamed), 2 Slack threads
+    const slackThreads = await Promise.all(
+      [0, 1].map(async (i) => {
+        const file = fake.addFile({ name: `scene${i}.png`, data: images[i], mimetype: 'image/png' });
+        return (await fake.mention(`CK${i}`, { text: `<@${fake.botUserId}> ${questions[i]}`, files: [file] }, { alsoMessage: false })).msg;
+      }),
+    );
     const convs = [0, 1, 2].map((i) => `conversation-${i}-${Date.now()}`);
     const web = convs.map((c, i) => postChat(webUrl, { conversation: c, text: questions[i], image: images[i] }).then(readEvents));
     let firstChunk!: () => void;
@@ -144,6 +156,13 @@ describe('serve --role frontend / worker', () => {
       expect(evs.filter((e) => e.type === 'final')).toHaveLength(1);
       expect(shown(evs)).toBe(expected[i]);
     });
+    // Slack: one reply per thread, the single-process answer (streamed edits of one message)
+    for (const [i, msg] of slackThreads.entries()) {
+      const want = answerMrkdwn(expected[i]);
+      await fake.waitFor(() => textReplies(fake, `CK${i}`, msg.ts).find((m) => m.text === want), 30_000, `the answer in CK${i}`);
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    for (const [i, msg] of slackThreads.entries()) expect(textReplies(fake, `CK${i}`, msg.ts).map((m) => m.text)).toEqual([answerMrkdwn(expected[i])]);
     // the killed worker's jobs were run again by the other one
     expect(w2.lines.some((l) => /run again after its worker stopped/.test(l))).toBe(true);
     // nothing doubled: one turn per thread, in the shared store
