@@ -1,0 +1,105 @@
+#!/usr/bin/env node
+// Our side of scripts/gpu-compare.sh: one package on one execution provider, measured the way
+// scripts/gpu-compare-baseline.py measures PyTorch (medians of --reps runs, greedy, no stop words):
+//   vision_ms      the image encoder (448 px for MiniGPT-v2)
+//   ttft_ms        image bytes in -> first token (vision + prefill of image rows and text + one step)
+//   decode_tok_s   batch 1: the N - 1 steps after the prefill, per second
+//   batch8_tok_s   8 answers at once (the engine batches their steps): all their steps after the last prefill
+//   gpu_mem_mb     peak device memory of this process (nvidia-smi), or null; rss_mb otherwise
+// Prints one JSON object.
+//   node scripts/gpu-compare-ours.mjs --model DIR --provider webgpu [--new-tokens 32] [--batch 8] [--reps 3]
+import { execFileSync } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
+const args = process.argv.slice(2);
+const opt = (flag, d) => {
+  const i = args.indexOf(flag);
+  return i >= 0 ? args[i + 1] : d;
+};
+const model = opt('--model');
+const provider = opt('--provider', 'cpu');
+const newTokens = Number(opt('--new-tokens', '32'));
+const batch = Number(opt('--batch', '8'));
+const reps = Number(opt('--reps', '3'));
+if (!model) throw new Error('--model DIR is required');
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+let peakGpuMb = null;
+function sampleGpu() {
+  try {
+    const out = execFileSync('nvidia-smi', ['--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    for (const line of out.trim().split('\n')) {
+      const [pid, mb] = line.split(',').map((s) => s.trim());
+      if (Number(pid) === process.pid) peakGpuMb = Math.max(peakGpuMb ?? 0, Number(mb));
+    }
+  } catch {
+    // no nvidia-smi: CPU run
+  }
+}
+
+const { MiniGPT } = await import(join(ROOT, 'dist/src/inference/model.js'));
+const { conversationPrompt } = await import(join(ROOT, 'dist/src/inference/prompt.js'));
+const m = await MiniGPT.load(model, { provider, maxBatch: batch });
+const sampler = setInterval(sampleGpu, 250);
+try {
+  const image = await readFile(join(ROOT, 'test/fixtures/minigptv2-tiny/input.png'));
+  // about 44 text tokens around the image, as the baseline's prompt
+  const prompt = conversationPrompt(m.meta.prompt, [{ user: '[grounding] describe this image in detail, naming every object you can see, its colour, its size and where it is in the picture' }]);
+  const greedy = { temperature: 0, stopIds: [], stopStrings: [], repetitionPenalty: 1 };
+  const run = async (embeds, n) => {
+    let t = null;
+    for await (const ev of m.answer(prompt, [embeds], { ...greedy, maxNewTokens: n })) if (ev.type === 'timings') t = ev.timings;
+    return t;
+  };
+  const warm = await m.encodeImage(image);
+  await run(warm.embeds, 2);
+
+  const vision = [];
+  const ttft = [];
+  let promptTokens = 0;
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    const img = await m.encodeImage(image);
+    vision.push(img.visionMs);
+    const t = await run(img.embeds, 1);
+    ttft.push(performance.now() - t0);
+    promptTokens = t.promptTokens;
+  }
+  // Decoding, from the answers' own timings: the steps after the prefill. With k answers at once, the decoding
+  // phase runs from the last prefill's end (prefills take the engine one at a time) to the last answer's end.
+  const decode = async (k) => {
+    const t0 = performance.now();
+    const timings = await Promise.all(Array.from({ length: k }, () => run(warm.embeds, newTokens)));
+    const end = performance.now() - t0;
+    const lastPrefill = Math.max(...timings.map((t) => t.prefillMs));
+    const steps = timings.reduce((n, t) => n + Math.max(0, t.newTokens - 1), 0);
+    return steps / ((end - lastPrefill) / 1000);
+  };
+  const single = [];
+  const batched = [];
+  for (let i = 0; i < reps; i++) {
+    single.push(await decode(1));
+    batched.push(await decode(batch));
+  }
+  sampleGpu();
+  const out = {
+    provider: m.provider,
+    dtype: m.meta.dtype,
+    graph: m.meta.graph ?? 'plain',
+    vision_ms: Math.round(median(vision) * 100) / 100,
+    ttft_ms: Math.round(median(ttft) * 100) / 100,
+    prompt_tokens: promptTokens,
+    decode_tok_s: Math.round(median(single) * 100) / 100,
+    batch8_tok_s: Math.round(median(batched) * 100) / 100,
+    gpu_mem_mb: peakGpuMb,
+    rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
+  };
+  process.stdout.write(`${JSON.stringify(out)}\n`);
+} finally {
+  clearInterval(sampler);
+  await m.close();
+}

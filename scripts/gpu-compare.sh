@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Issue 21: our packages against the PyTorch baseline on the same GPU, the same Llama-2-7B / EVA ViT-g shape.
+# Runs from the repository root on a machine with an NVIDIA GPU and neither Node.js nor internet, with
+# .devbundle/ (scripts/gpu-bundle.sh) and .gl/ beside it, like scripts/gpu-check.sh:
+#   bash scripts/gpu-compare.sh [LLM_LAYERS (default 8)] [VIT_DEPTH (default 8)]
+# GPU_COMPARE_TOY=1: the same steps at toy size on the CPU (the tiny preset, CPU providers, the baseline in fp32 on
+# the CPU, plain PyTorch where transformers is missing), for tests; Node.js from PATH.
+#
+# Steps: random checkpoints at the shape (scripts/random-checkpoint.mjs) -> our packages in fp32, fp16, int4 and
+# fp16 --fused (GPU_COMPARE_CONFIGS="fp32 fp16 int8 int4 fp16-fused ..." to choose) -> the baseline (scripts/gpu-compare-baseline.py: transformers LlamaForCausalLM fp16 eager, or plain
+# PyTorch; EVA ViT + llama_proj) -> each package on the provider (scripts/gpu-compare-ours.mjs), each in its own
+# process. The raw log goes to stderr and $OUT; the last line of stdout is one JSON object:
+#   {"device", "layers", "vit_depth", "toy", "baseline": {...}, "ours": {"<config>": {...}}, "best", "decode_ratio"}
+set -uo pipefail
+root=$(pwd)
+toy=${GPU_COMPARE_TOY:-0}
+work=${MINIGPT_GPU_WORK:-/tmp/minigpt-gpu-compare}
+out=${OUT:-$work/out}
+mkdir -p "$work" "$out"
+log() { echo "== $*" >&2; }
+
+if [ "$toy" = 1 ]; then
+  preset=tiny; layers=${1:-2}; vit_depth=${2:-2}; provider=cpu; device=cpu; dtype=fp32; reps=3; new_tokens=24
+  convert_extra=(--vit-heads 16 --lora-r 8 --lora-alpha 16)
+else
+  preset=llama2-7b; layers=${1:-8}; vit_depth=${2:-8}; provider=${GPU_COMPARE_PROVIDER:-webgpu}; device=cuda; dtype=fp16; reps=3; new_tokens=32
+  convert_extra=()
+  if [ -d .devbundle ]; then
+    xz -dc .devbundle/node.xz > "$work/node" && chmod +x "$work/node"
+    export PATH="$work:$PATH"
+    [ -d node_modules ] || tar -xJf .devbundle/node_modules.tar.xz -C "$root"
+    [ -d dist ] || tar -xJf .devbundle/dist.tar.xz -C "$root"
+  fi
+  # Dawn (the WebGPU provider) needs a Vulkan loader; NVIDIA's ICD comes with the driver (GPU machine only).
+  if command -v nvidia-smi >/dev/null && ! ldconfig -p | grep -q 'libvulkan.so.1' && [ -d .gl ]; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+  fi
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  [ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
+fi
+node --version >&2 || { echo "node not found" >&2; exit 1; }
+python=${PYTHON:-python3}
+[ -x /usr/bin/python3 ] && "$python" -c 'import torch' 2>/dev/null || python=/usr/bin/python3
+
+gpu_name=cpu
+if [ "$device" = cuda ]; then
+  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" >&2
+fi
+date -u +%FT%TZ > "$out/date.txt"
+
+log "random checkpoints: preset $preset, $layers LLM layers, $vit_depth ViT blocks"
+t0=$(date +%s)
+node scripts/random-checkpoint.mjs --preset "$preset" --llm-layers "$layers" --vit-depth "$vit_depth" --out "$work/ckpt" >&2 || exit 1
+read -r -a configs <<< "${GPU_COMPARE_CONFIGS:-fp32 fp16 int4 fp16-fused}"
+for c in "${configs[@]}"; do
+  d=${c%-fused}
+  fused=(); [ "$c" != "$d" ] && fused=(--fused)
+  node bin/minigpt.js convert --arch minigpt-v2 --vit "$work/ckpt/eva_vit_g.pth" --llm "$work/ckpt/llama" --ckpt "$work/ckpt/minigptv2_checkpoint.pth" \
+    "${convert_extra[@]}" --dtype "$d" "${fused[@]}" --out "$work/pkg-$c" >&2 2> "$out/convert-$c.log" || { echo "convert $c failed: $(tail -3 "$out/convert-$c.log")" >&2; }
+done
+log "checkpoints + conversions: $(( $(date +%s) - t0 )) s"
+
+log "baseline (PyTorch $dtype on $device)"
+"$python" scripts/gpu-compare-baseline.py --preset "$preset" --layers "$layers" --vit-depth "$vit_depth" --device "$device" --dtype "$dtype" \
+  --new-tokens "$new_tokens" --reps "$reps" > "$out/baseline.json" 2> "$out/baseline.err" || echo "baseline failed: $(tail -3 "$out/baseline.err")" >&2
+cat "$out/baseline.json" >&2
+
+for c in "${configs[@]}"; do
+  log "ours: $c on $provider"
+  [ -d "$work/pkg-$c" ] || continue
+  node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" --reps "$reps" > "$out/ours-$c.json" 2> "$out/ours-$c.err" \
+    || echo "ours $c failed: $(tail -3 "$out/ours-$c.err")" >&2
+  cat "$out/ours-$c.json" >&2
+done
+
+node -e '
+const fs = require("fs");
+const [out, device, layers, vit, toy, ...configs] = process.argv.slice(1);
+const read = (f) => { try { return JSON.parse(fs.readFileSync(f, "utf8").trim().split("\n").pop()); } catch { return null; } };
+const baseline = read(`${out}/baseline.json`);
+const ours = {};
+for (const c of configs) { const r = read(`${out}/ours-${c}.json`); if (r) ours[c] = r; }
+const best = Object.entries(ours).sort((a, b) => b[1].decode_tok_s - a[1].decode_tok_s)[0];
+const result = { device, layers: Number(layers), vit_depth: Number(vit), toy: toy === "1", baseline, ours,
+  best: best ? best[0] : null,
+  decode_ratio: best && baseline ? Math.round((best[1].decode_tok_s / baseline.decode_tok_s) * 1000) / 1000 : null };
+fs.writeFileSync(`${out}/result.json`, JSON.stringify(result, null, 2));
+console.log(JSON.stringify(result));
+' "$out" "$gpu_name" "$layers" "$vit_depth" "$toy" "${configs[@]}"

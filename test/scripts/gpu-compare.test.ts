@@ -1,0 +1,67 @@
+// scripts/gpu-compare.sh (issue 21) at toy size on the CPU (GPU_COMPARE_TOY=1): the steps the GPU run takes, with the
+// interface the GPU run keeps: the last line of stdout is one JSON object with the baseline, every configuration of
+// ours, the best one and the decode ratio. Needs Debian's python3-torch (bash .ci/run installs it).
+import { describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ROOT } from '../helpers/cli.js';
+
+interface Measured {
+  vision_ms: number;
+  ttft_ms: number;
+  prompt_tokens: number;
+  decode_tok_s: number;
+  batch8_tok_s: number;
+}
+
+describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
+  it('runs every step at toy size and prints the comparison as one JSON line', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'minigpt-gpu-compare-'));
+    try {
+      const t0 = performance.now();
+      const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+        const c = spawn('bash', ['scripts/gpu-compare.sh'], { cwd: ROOT, env: { ...process.env, GPU_COMPARE_TOY: '1', MINIGPT_GPU_WORK: work } });
+        let stdout = '';
+        let stderr = '';
+        c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+        c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        c.on('error', reject);
+        c.on('close', (code) => resolve({ code, stdout, stderr }));
+      });
+      expect(r.code, r.stderr).toBe(0);
+      expect(performance.now() - t0).toBeLessThan(240_000); // the issue's bound for the toy run
+      const last = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as {
+        device: string;
+        layers: number;
+        vit_depth: number;
+        toy: boolean;
+        baseline: Measured & { impl: string; dtype: string };
+        ours: Record<string, Measured & { provider: string; dtype: string; graph: string }>;
+        best: string;
+        decode_ratio: number;
+      };
+      expect(last).toMatchObject({ device: 'cpu', layers: 2, vit_depth: 2, toy: true });
+      expect(['torch', 'transformers']).toContain(last.baseline.impl);
+      expect(Object.keys(last.ours)).toEqual(['fp32', 'fp16', 'int4', 'fp16-fused']);
+      for (const [config, m] of Object.entries({ baseline: last.baseline, ...last.ours })) {
+        for (const k of ['vision_ms', 'ttft_ms', 'decode_tok_s', 'batch8_tok_s'] as const) expect(m[k], `${config} ${k}`).toBeGreaterThan(0);
+        // the same prompt on both sides: the image's 256 rows and about 45 text tokens
+        expect(Math.abs(m.prompt_tokens - 300), config).toBeLessThanOrEqual(8);
+      }
+      for (const [config, m] of Object.entries(last.ours)) {
+        expect(m.provider).toBe('cpu');
+        expect(m.dtype).toBe(config.replace('-fused', ''));
+        expect(m.graph).toBe(config.endsWith('-fused') ? 'fused' : 'plain');
+      }
+      const best = Object.entries(last.ours).sort((a, b) => b[1].decode_tok_s - a[1].decode_tok_s)[0];
+      expect(last.best).toBe(best[0]);
+      expect(last.decode_ratio).toBeCloseTo(best[1].decode_tok_s / last.baseline.decode_tok_s, 2);
+      // the raw log and the result are kept beside it
+      expect(JSON.parse(await readFile(join(work, 'out', 'result.json'), 'utf8'))).toEqual(last);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }, 300_000);
+});
