@@ -109,6 +109,7 @@ export function buildProgram(): Command {
     .option('--accuracy-level <n>', "int8/int4: MatMulNBits accuracy_level, the smallest compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8; default 4, the CPU's fastest: docs/quantisation.md)", num('--accuracy-level', 0, 4))
     .option('--fused', "decoder with onnxruntime's fused kernels: RMSNorm, rotary, MultiHeadAttention with the KV cache (docs/quantisation.md)")
     .option('--out <dir>', 'output package folder (required without --config; default: the config\'s package)')
+    .option('--name <name>', "the package's name in model.json (default: the output folder's name)")
     .action(async (o) => {
       const flags: ConvertFlags = {
         arch: o.arch as Arch | undefined,
@@ -137,7 +138,7 @@ export function buildProgram(): Command {
         if (missing.length > 0) throw new Error(`convert needs ${missing.join(', ')}, or --config FILE (configs/*.yaml)`);
         opts = { ...flags, arch: flags.arch!, vit: flags.vit!, llm: flags.llm!, ckpt: flags.ckpt!, out: flags.out! };
       }
-      await convert({ ...opts, ...(o.fused ? { fused: true } : {}), log });
+      await convert({ ...opts, ...(o.fused ? { fused: true } : {}), ...(o.name ? { name: String(o.name) } : {}), log });
     });
 
   program

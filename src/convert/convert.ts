@@ -42,6 +42,8 @@ export interface ConvertOptions {
   /** the decoder with onnxruntime's fused kernels (src/convert/graphs/llama-fused.ts); model.json `graph: "fused"` */
   fused?: boolean;
   out: string;
+  /** model.json `name`, shown by the web page and `minigpt status` (default: the output folder's name) */
+  name?: string;
   log?: (line: string) => void;
 }
 
@@ -233,7 +235,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
     const meta: ModelJson = {
       format: PACKAGE_FORMAT,
       formatVersion: PACKAGE_FORMAT_VERSION,
-      name: basename(opts.out),
+      name: opts.name?.trim() || basename(opts.out),
       architecture: opts.arch,
       dtype,
       weights: describeWeights(weights),

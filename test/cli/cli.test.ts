@@ -31,6 +31,16 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
+describe('minigpt convert --name', () => {
+  it('names the package in model.json; without it, the package is named after its folder', async () => {
+    expect(JSON.parse(await readFile(join(pkg, 'model.json'), 'utf8')).name).toBe('pkg');
+    const named = join(work, 'tmp-folder-xyz');
+    const r = await minigpt([...convertArgs(named), '--name', 'minigpt-v2-tiny']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(await readFile(join(named, 'model.json'), 'utf8')).name).toBe('minigpt-v2-tiny');
+  });
+});
+
 describe('minigpt verify', () => {
   it('prints per-stage errors and the greedy ids for every prompt, exit 0 within tolerance', async () => {
     const r = await minigpt(['verify', '--model', pkg, '--golden', GOLDEN]);

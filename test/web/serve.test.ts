@@ -57,7 +57,8 @@ describe('serve()', () => {
     const demoConfig = await writeConfig(join(work, 'configs', 'demo.yaml'), join(ROOT, 'models/demo'));
     const bot = await serve({ env: { MINIGPT_CONFIG: demoConfig, WEB_PORT: '0' }, log: () => {} });
     try {
-      const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as { model: { notice?: string } };
+      const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as { model: { name: string; notice?: string } };
+      expect(info.model.name).toBe('minigpt-v2-demo'); // not the temp folder publish.mjs converted it in
       expect(info.model.notice).toContain('trained from scratch on synthetic scenes');
       expect(info.model.notice).toContain(`boxes the object asked for ${Math.round(record.heldout.eval.refer.accuracy * 100)}% of the time`);
       expect(info.model.notice).toContain(`answers ${Math.round(record.heldout.eval.vqa.accuracy * 100)}% of questions`);

@@ -19,6 +19,8 @@ import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { arg } from './args.mjs';
 
+/** model.json's name for the published demo package */
+const DEMO_NAME = 'minigpt-v2-demo';
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..', '..', '..');
 const { loadPackage, packageFiles } = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'inference', 'package.js')).href);
 const CLI = join(ROOT, 'bin', 'minigpt.js');
@@ -124,7 +126,8 @@ async function main() {
   try {
     const convertArgs = ['--arch', 'minigpt-v2', '--vit', join(run, 'eva_vit.pth'), '--llm', join(run, 'llama'), '--ckpt', join(run, 'minigptv2_ckpt.pth'),
       '--vit-heads', String(args.vit_heads), '--image-size', String(args.image_size), '--lora-alpha', String(args.lora_alpha)];
-    minigpt(['convert', ...convertArgs, '--out', tmp]);
+    // converted in a temp folder: the package is named for where it is published, not after that folder
+    minigpt(['convert', ...convertArgs, '--name', DEMO_NAME, '--out', tmp]);
     files = ['model.json', ...packageFiles((await loadPackage(tmp)).meta)];
     await mkdir(out, { recursive: true });
     for (const f of files) await rename(join(tmp, f), join(out, f));
@@ -166,7 +169,7 @@ async function main() {
     about: 'How models/demo was made: train.py (models/demo/train) on synthetic scenes, saved in the published formats, converted by minigpt convert. Written by models/demo/train/publish.mjs.',
     data: dataNote,
     ...description,
-    convert: `minigpt convert --arch minigpt-v2 --vit eva_vit.pth --llm llama --ckpt minigptv2_ckpt.pth --vit-heads ${args.vit_heads} --image-size ${args.image_size} --lora-alpha ${args.lora_alpha}`,
+    convert: `minigpt convert --arch minigpt-v2 --vit eva_vit.pth --llm llama --ckpt minigptv2_ckpt.pth --vit-heads ${args.vit_heads} --image-size ${args.image_size} --lora-alpha ${args.lora_alpha} --name ${DEMO_NAME}`,
     published,
     package: pkg,
     heldout: { seed: manifest.seed, images: manifest.count, shapes, split: basename(heldout), eval: evals },
