@@ -2,7 +2,9 @@
 // load the model and take jobs; any number of each, on machines that reach the same Redis (REDIS_URL), which also
 // holds the conversations (STORE_URL, default REDIS_URL). `--role all` (the default) is src/serve.ts's single
 // process, which needs no Redis.
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { Redis } from 'ioredis';
 import { basename, join } from 'node:path';
 import { loadConfig, DEFAULT_CONFIG, type BotConfig } from '../config.js';
 import { MiniGPT } from '../inference/model.js';
@@ -13,6 +15,7 @@ import { apiSettings, checkPackage, PLATFORM_ADAPTERS, ServeError, startAdapters
 import { managerDefaults } from '../serve.js';
 import { RemoteConversations } from './frontend.js';
 import { startClusterWorker, type ClusterWorker } from './worker.js';
+import { RedisImageCache } from './embedding-cache.js';
 
 export const ROLES = ['all', 'frontend', 'worker'] as const;
 export type Role = (typeof ROLES)[number];
@@ -121,6 +124,7 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
   const store = await createStore(storeUrl);
   let model: MiniGPT | undefined;
   let manager: ConversationManager | undefined;
+  let cacheClient: Redis | undefined;
   try {
     model = await MiniGPT.load(config.packageDir, {
       provider: parseProviderChoice(config.runtime.execution_provider),
@@ -129,9 +133,14 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
       log,
       ...opts.load,
     });
+    // image embeddings shared by the workers of one package (model.json's digest names it)
+    const digest = createHash('sha256').update(await readFile(join(config.packageDir, 'model.json'))).digest('hex').slice(0, 16);
+    cacheClient = new Redis(redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 5000 });
+    cacheClient.on('error', () => {});
     manager = new ConversationManager({
       model,
       store,
+      sharedImages: new RedisImageCache(cacheClient, digest),
       // the front ends refuse what the queue cannot take; here every job taken is answered
       maxQueue: 1024,
       maxContextLen: config.model.max_context_len,
@@ -150,6 +159,7 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
     });
     const mgr = manager;
     const mdl = model;
+    const cache = cacheClient;
     let closing: Promise<void> | undefined;
     return {
       model: mdl,
@@ -161,6 +171,7 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
           await worker.close();
           await mgr.close();
           await mdl.close();
+          cache.disconnect();
         })();
         return closing;
       },
@@ -169,6 +180,7 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
     if (manager) await manager.close().catch(() => {});
     else await store.disconnect().catch(() => {});
     await model?.close().catch(() => {});
+    cacheClient?.disconnect();
     throw err;
   }
 }

@@ -40,6 +40,11 @@ export interface ConversationManagerOptions {
   log?: (line: string) => void;
   /** encoded images kept in memory by hash, so follow-ups skip the vision encoder (default 8) */
   imageCacheSize?: number;
+  /**
+   * A second-level cache of image embeddings shared with other processes (workers on Redis,
+   * src/cluster/embedding-cache.ts): looked up before the vision encoder runs, filled after it ran.
+   */
+  sharedImages?: SharedImageCache;
   /** largest accepted image file (default 20 MiB) */
   maxImageBytes?: number;
   /** longest accepted message (default 4000 characters) */
@@ -75,10 +80,16 @@ interface Job {
   keep?: { id: string; context: CachedContext; prefix: string; images: Float32Array[]; keys: string[] };
 }
 
-interface EncodedImage {
+export interface EncodedImage {
   embeds: Float32Array;
   width: number;
   height: number;
+}
+
+/** Image embeddings by the image's content hash, shared between processes; failures are misses, never errors. */
+export interface SharedImageCache {
+  get(hash: string): Promise<EncodedImage | undefined>;
+  set(hash: string, image: EncodedImage): Promise<void>;
 }
 
 class Failure extends Error {
@@ -119,6 +130,7 @@ export class ConversationManager {
   private readonly defaults: Partial<GenerationOptions>;
   private readonly log: (line: string) => void;
   private readonly images: LruMap<string, EncodedImage>;
+  private readonly sharedImages: SharedImageCache | undefined;
   /** images being encoded, so that concurrent requests with the same new image share one encoding */
   private readonly encoding = new Map<string, Promise<EncodedImage>>();
   private readonly contexts: KvCacheLru<string>;
@@ -140,6 +152,7 @@ export class ConversationManager {
     this.defaults = opts.defaults ?? {};
     this.log = opts.log ?? (() => {});
     this.images = new LruMap(Math.max(0, Math.floor(opts.imageCacheSize ?? 8)));
+    this.sharedImages = opts.sharedImages;
     this.maxImageBytes = opts.maxImageBytes ?? 20 * 1024 * 1024;
     this.maxTextChars = opts.maxTextChars ?? 4000;
     this.annotate = opts.annotate ?? {};
@@ -377,7 +390,7 @@ export class ConversationManager {
         const stored = await this.repo.getImage(prev.image.hash);
         if (!stored) throw new Failure('no_image', MESSAGES.imageGone);
         image.data = stored.data;
-        ({ encoded: hit, visionMs, preprocessMs } = await this.encode(prev.image.hash, stored.data));
+        ({ encoded: hit, cached, visionMs, preprocessMs } = await this.encode(prev.image.hash, stored.data));
       }
       encoded = hit;
       history = prev.turns;
@@ -518,6 +531,11 @@ export class ConversationManager {
     if (hit) return { encoded: hit, cached: true, visionMs: 0, preprocessMs: 0 };
     const pending = this.encoding.get(hash);
     if (pending) return { encoded: await pending, cached: true, visionMs: 0, preprocessMs: 0 };
+    const fromShared = this.sharedImages ? await this.sharedImages.get(hash).catch(() => undefined) : undefined;
+    if (fromShared && fromShared.embeds.length === this.model.meta.vision.imageTokens * this.model.meta.llm.hidden) {
+      this.images.set(hash, fromShared);
+      return { encoded: fromShared, cached: true, visionMs: 0, preprocessMs: 0 };
+    }
     const work = this.model.encodeImage(data);
     const shared = work.then((r) => ({ embeds: r.embeds, width: r.width, height: r.height }));
     this.encoding.set(hash, shared);
@@ -526,6 +544,7 @@ export class ConversationManager {
       const r = await work;
       const encoded = await shared;
       this.images.set(hash, encoded);
+      if (this.sharedImages) void this.sharedImages.set(hash, encoded).catch(() => {});
       return { encoded, cached: false, visionMs: r.visionMs, preprocessMs: r.preprocessMs };
     } finally {
       this.encoding.delete(hash);

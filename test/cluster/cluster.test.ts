@@ -273,6 +273,9 @@ describe('KV-cache affinity', () => {
     const last = await ask(turns[4]);
     expect(last.final).toBe(expected[4]);
     expect(last.timings.reusedTokens).toBe(0);
+    // the image's embeddings came from the workers' shared cache in Redis: this worker never ran the encoder on it
+    expect(last.timings.imageCached).toBe(1);
+    expect(last.timings.visionMs).toBe(0);
   }, 120_000);
 });
 

@@ -7,6 +7,8 @@ import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, createStore, StoreUrlError, type AnswerEvent, type ConversationKey } from '../../src/conversation/index.js';
 import { renderExamples } from '../../adapters/web/examples.js';
 import { startRedis, freePort, type TestRedis } from '../helpers/redis.js';
+import { Redis } from 'ioredis';
+import { RedisImageCache } from '../../src/cluster/embedding-cache.js';
 
 const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 let model: MiniGPT;
@@ -102,6 +104,31 @@ describe('STORE_URL=redis://', () => {
       expect((await m.history(key))?.turns).toHaveLength(2); // the failed request stored nothing
     } finally {
       await m.close();
+    }
+  });
+
+  it('shares image embeddings between managers (workers) through Redis: the second skips the encoder, same answer', async () => {
+    const clients = [new Redis(redis.url), new Redis(redis.url)];
+    const managers = clients.map((c) => new ConversationManager({ model, store: undefined, kvCacheBytes: 0, sharedImages: new RedisImageCache(c, `test-${Date.now()}`) }));
+    try {
+      const key = (t: string): ConversationKey => ({ platform: 'cli', workspace: 'w', channel: 'c', thread: t });
+      const first = await ask(managers[0], key('a'), prompt, png);
+      const second = await ask(managers[1], key('b'), prompt, png);
+      const t1 = (first.find((e) => e.type === 'timings') as { timings: Record<string, number> }).timings;
+      const t2 = (second.find((e) => e.type === 'timings') as { timings: Record<string, number> }).timings;
+      expect(t1.imageCached).toBe(0);
+      expect(t1.visionMs).toBeGreaterThan(0);
+      expect(t2.imageCached).toBe(1);
+      expect(t2.visionMs).toBe(0);
+      expect(finalText(second)).toBe(finalText(first)); // the same embeddings, bit for bit
+      // another package (another key) does not see them
+      const other = new ConversationManager({ model, kvCacheBytes: 0, sharedImages: new RedisImageCache(clients[0], 'another-package') });
+      const t3 = ((await ask(other, key('c'), prompt, png)).find((e) => e.type === 'timings') as { timings: Record<string, number> }).timings;
+      expect(t3.imageCached).toBe(0);
+      await other.close();
+    } finally {
+      for (const m of managers) await m.close();
+      for (const c of clients) c.disconnect();
     }
   });
 
