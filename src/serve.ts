@@ -53,6 +53,8 @@ export interface ServedModel {
   dtype?: string;
   /** unix seconds: when the package was written */
   created: number;
+  /** the test hook forces every answer (MINIGPT_TEST_FORCED_ANSWER): the page and the API say so */
+  forcedAnswer?: boolean;
 }
 
 export type WebSettings = ReturnType<typeof webSettings>;
@@ -95,6 +97,7 @@ export async function startAdapters(
     const m = config.model;
     const info: WebModelInfo = { name: o.model.name, path: shownPath(config.packageDir), architecture: o.model.architecture };
     if (isDemoPackage(config.packageDir)) info.notice = demoNotice(await readDemoRecord(config.packageDir));
+    if (o.model.forcedAnswer) info.notice = `${info.notice ? `${info.notice} ` : ''}${FORCED_NOTICE}`;
     const server = await startWebServer({
       manager,
       host: web.host,
@@ -119,7 +122,14 @@ export async function startAdapters(
       port: api.port,
       keys: api.keys,
       imageHosts: api.imageHosts,
-      model: { id, created: o.model.created, architecture: o.model.architecture, ...(o.model.provider ? { provider: o.model.provider } : {}), ...(o.model.dtype ? { dtype: o.model.dtype } : {}) },
+      model: {
+        id,
+        created: o.model.created,
+        architecture: o.model.architecture,
+        ...(o.model.provider ? { provider: o.model.provider } : {}),
+        ...(o.model.dtype ? { dtype: o.model.dtype } : {}),
+        ...(o.model.forcedAnswer ? { forcedAnswer: true } : {}),
+      },
       log,
     });
     apiUrl = server.url;
@@ -181,6 +191,8 @@ export interface RunningBot {
 }
 
 export class ServeError extends Error {}
+
+const FORCED_NOTICE = 'Every answer here is forced by the test hook MINIGPT_TEST_FORCED_ANSWER: these are not the model\'s answers.';
 
 /** What the web page needs from models/demo/PROVENANCE.json (models/demo/train/publish.mjs writes it). */
 export interface DemoRecord {
@@ -309,7 +321,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
     });
     const created = Math.floor((await stat(join(config.packageDir, 'model.json'))).mtimeMs / 1000);
-    const info: ServedModel = { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider, dtype: model.meta.dtype, created };
+    const info: ServedModel = { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider, dtype: model.meta.dtype, created, forcedAnswer: model.forcedAnswer };
     const { webUrl, apiUrl } = await startAdapters({ manager, model: info, config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS }, adapters);
 
     let closing: Promise<void> | undefined;

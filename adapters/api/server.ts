@@ -28,6 +28,8 @@ export interface ApiModelInfo {
   /** execution provider and weight type, shown in /v1/models */
   provider?: string;
   dtype?: string;
+  /** the test hook forces every answer (MINIGPT_TEST_FORCED_ANSWER): /v1/models says so */
+  forcedAnswer?: boolean;
 }
 
 export interface ApiServerOptions {
@@ -151,7 +153,13 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
 
   function modelObject() {
     const m = opts.model;
-    return { id: m.id, object: 'model', created: m.created, owned_by: 'minigpt-bot', minigpt: { architecture: m.architecture, provider: m.provider ?? null, dtype: m.dtype ?? null } };
+    return {
+      id: m.id,
+      object: 'model',
+      created: m.created,
+      owned_by: 'minigpt-bot',
+      minigpt: { architecture: m.architecture, provider: m.provider ?? null, dtype: m.dtype ?? null, ...(m.forcedAnswer ? { forced_answer: true } : {}) },
+    };
   }
 
   function unknownModel(id: string): ApiError {

@@ -35,6 +35,8 @@ export interface AskResult {
   prompt: string;
   image: { width: number; height: number };
   provider: string;
+  /** present (true) when the test hook forced the answer (MINIGPT_TEST_FORCED_ANSWER) */
+  forced_answer?: true;
   timings: {
     load_ms: number;
     preprocess_ms: number;
@@ -108,6 +110,7 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
       prompt,
       image: { width: img.width, height: img.height },
       provider: model.provider,
+      ...(model.forcedAnswer ? { forced_answer: true as const } : {}),
       timings: timings!,
     };
     if (req.json) req.write(`${JSON.stringify(result, null, 2)}\n`);

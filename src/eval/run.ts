@@ -60,6 +60,8 @@ export interface EvalReport {
   data: string;
   max_new_tokens: number;
   seconds: number;
+  /** present (true) when the test hook forced the answers (MINIGPT_TEST_FORCED_ANSWER): the accuracy is not the model's */
+  forced_answer?: true;
   /** accuracy per question type (vqa) */
   by_type?: Record<string, { n: number; accuracy: number }>;
   /** caption, where the data names each image's background (demo-data): the share of captions naming it with
@@ -257,6 +259,7 @@ export async function runEval(opts: EvalOptions): Promise<EvalReport> {
       data: file,
       max_new_tokens: maxNewTokens,
       seconds: (performance.now() - t0) / 1000,
+      ...(model.forcedAnswer ? { forced_answer: true as const } : {}),
       ...(backgrounds.length ? { background: { n: backgrounds.length, accuracy: mean(backgrounds.map((b) => (b.named ? 1 : 0))), kind_accuracy: mean(backgrounds.map((b) => (b.kind ? 1 : 0))) } } : {}),
       ...(task === 'vqa' ? { by_type: Object.fromEntries(Object.entries(types).map(([k, v]) => [k, { n: v.length, accuracy: mean(v) }])) } : {}),
       details,

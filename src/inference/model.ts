@@ -116,6 +116,14 @@ export class MiniGPT {
     readonly engine: DecodeBatcher,
   ) {}
 
+  /**
+   * The test hook (LoadOptions.forcedAnswer, env MINIGPT_TEST_FORCED_ANSWER) forces every answer: reports say so
+   * (`forced_answer: true`), so that no number made with it passes for the model's.
+   */
+  get forcedAnswer(): boolean {
+    return this.forcedTokens !== undefined;
+  }
+
   get meta(): ModelJson {
     return this.pkg.meta;
   }

@@ -66,6 +66,8 @@ export interface VerifyReport {
   stages: Record<string, StageError>;
   prompts: Record<string, PromptReport>;
   ok: boolean;
+  /** present (true) when the test hook forced the answers (MINIGPT_TEST_FORCED_ANSWER) */
+  forced_answer?: true;
 }
 
 class Golden {
@@ -266,7 +268,7 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
       }
       if (Object.keys(prompts).length === 0) throw new Error(`${goldenDir} has no prompt for this package (${variant || 'default'} variant)`);
       const ok = Object.values(stages).every((s) => s.ok) && Object.values(prompts).every((p) => p.ok);
-      return { dtype, bounds: { tensor: bounds.tensor, forced_top1: bounds.forcedTop1 }, stages, prompts, ok };
+      return { dtype, bounds: { tensor: bounds.tensor, forced_top1: bounds.forcedTop1 }, stages, prompts, ok, ...(model.forcedAnswer ? { forced_answer: true as const } : {}) };
     }
     throw new Error(`${goldenDir} has no pixel_values tensor to feed the vision encoder`);
   } finally {

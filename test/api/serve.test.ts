@@ -65,6 +65,25 @@ describe('serve() with API_PORT', () => {
     await expect(serve({ env: { MINIGPT_CONFIG: missing, API_PORT: 'eighty' }, log: () => {} })).rejects.toThrow(/API_PORT=eighty/);
   });
 
+  it('says on the page and in /v1/models when the test hook forces the answers', async () => {
+    const bot = await serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0' }, load: { forcedAnswer: 'forced text' }, log: () => {} });
+    try {
+      const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as { model: { notice?: string } };
+      expect(info.model.notice).toContain('forced by the test hook MINIGPT_TEST_FORCED_ANSWER');
+      const models = (await (await fetch(`${bot.apiUrl}/models`)).json()) as { data: { minigpt: { forced_answer?: boolean } }[] };
+      expect(models.data[0].minigpt.forced_answer).toBe(true);
+    } finally {
+      await bot.close();
+    }
+    const plain = await serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0' }, log: () => {} });
+    try {
+      const models = (await (await fetch(`${plain.apiUrl}/models`)).json()) as { data: { minigpt: { forced_answer?: boolean } }[] };
+      expect(models.data[0].minigpt.forced_answer).toBeUndefined();
+    } finally {
+      await plain.close();
+    }
+  });
+
   it('takes the model id from API_MODEL_ID and requires the keys it is given', async () => {
     const bot = await serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0', API_MODEL_ID: 'minigpt-v2-demo', MINIGPT_API_KEYS: 'k-1, k-2' }, log: () => {} });
     try {

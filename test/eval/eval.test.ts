@@ -44,6 +44,7 @@ describe('minigpt eval --task refer', () => {
   it('a correct box scores 1.0', async () => {
     const r = await evalFile('refer', 'refer-right.json', [referEntry(0, boxOf(0)), referEntry(1, boxOf(1)), referEntry(2, boxOf(2))], FORCED_BOX);
     expect(r).toMatchObject({ task: 'refer', n: 3, accuracy: 1 });
+    expect(r.forced_answer).toBe(true); // the report says the answers were the test hook's
     for (const d of r.details) expect(d.iou as number).toBeCloseTo(1, 9);
     expect(r.details[0]).toMatchObject({ answer: FORCED_BOX, format_ok: true, correct: true });
   });
@@ -116,6 +117,7 @@ describe('minigpt eval --task vqa / identify / caption', () => {
       expect(one.accuracy).toBeGreaterThanOrEqual(0);
       const three = await runEval({ model: DEMO, data, task, provider: 'cpu', progress: null, limit: 5, batch: 3 });
       expect(three.details.map((d) => d.answer)).toEqual(one.details.map((d) => d.answer));
+      expect(one.forced_answer).toBeUndefined(); // the model's own answers
     }
   });
 
@@ -148,7 +150,7 @@ describe('the minigpt binary', () => {
     const r = await minigpt(['eval', '--model', DEMO, '--data', out, '--task', 'vqa', '--json', '--batch', '2', '--provider', 'cpu'], { MINIGPT_TEST_FORCED_ANSWER: forced });
     expect(r.code, r.stderr).toBe(0);
     const report = JSON.parse(r.stdout);
-    expect(report).toMatchObject({ task: 'vqa', n: 6 });
+    expect(report).toMatchObject({ task: 'vqa', n: 6, forced_answer: true }); // the env hook, said in the report
     const expected = vqa.map((x) => (x.answers.includes(forced) ? 1 : 0) as number).reduce((a, b) => a + b, 0) / 6;
     expect(report.accuracy).toBeCloseTo(expected, 12);
     expect(report.details).toHaveLength(6);
