@@ -1,4 +1,4 @@
-// YAML configuration (DESIGN.md section 4): model fields named like upstream's eval configs, plus runtime
+// YAML configuration (README, "Use the real MiniGPT weights"; .env.example): model fields named like upstream's eval configs, plus runtime
 // fields. Secrets and deployment settings come only from the environment.
 import { readFile, stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
@@ -148,7 +148,7 @@ export type ConvertFlags = Partial<Omit<ConvertOptions, 'log' | 'fused'>> & {
 const CONFIG_ARCH: Record<NonNullable<BotConfig['model']['arch']>, Arch> = { minigpt_v2: 'minigpt-v2', minigpt4: 'minigpt-4' };
 
 /**
- * The conversion a config describes (DESIGN.md section 4): `minigpt convert --config F` builds the package
+ * The conversion a config describes (README, "Use the real MiniGPT weights"; .env.example): `minigpt convert --config F` builds the package
  * that `serve` with F loads (`low_resource_package` when `low_resource: true`, with `low_resource_dtype`
  * weights: int8 as upstream's 8-bit mode by default; else `package` with `dtype`), from the downloads that the config names. Relative
  * input names are looked up in `--weights DIR`, else `model.weights_dir` (relative to the repository root,

@@ -1,4 +1,4 @@
-// `minigpt serve` / `npm start` (DESIGN.md section 3): loads the config and the model package once, then
+// `minigpt serve` / `npm start` (docs/architecture.md, "Layers"): loads the config and the model package once, then
 // starts every chat adapter whose credentials are in the environment; with none, the local web demo.
 import { readFile, stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, isAbsolute } from 'node:path';

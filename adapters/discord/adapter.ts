@@ -1,4 +1,4 @@
-// The Discord adapter (issue 4, DESIGN.md sections 4-5): translates discord.js v14 events into
+// The Discord adapter (issue 4, docs/architecture.md): translates discord.js v14 events into
 // ConversationRequests and answer events back into Discord messages. Conversations, history, images and
 // scheduling are the conversation manager's; this file only decides which conversation a Discord event
 // belongs to, where the answer goes, and how it looks.

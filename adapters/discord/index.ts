@@ -1,5 +1,5 @@
 // The Discord adapter's entry points: `startDiscordAdapter(options)` and, for `minigpt serve`,
-// `startDiscordFromEnv({ manager, env, log })`, which reads the DISCORD_* variables (DESIGN.md section 4).
+// `startDiscordFromEnv({ manager, env, log })`, which reads the DISCORD_* variables (.env.example).
 import type { RateLimiterFactory } from './limits.js';
 import { startDiscordAdapter, type DiscordAdapter, type DiscordAdapterOptions, type DiscordConversations } from './adapter.js';
 

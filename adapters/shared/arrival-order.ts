@@ -1,4 +1,4 @@
-// Per-conversation arrival order for the adapters (DESIGN.md section 5: "per conversation, requests run one
+// Per-conversation arrival order for the adapters (docs/architecture.md, "The path of one request": "per conversation, requests run one
 // at a time in order"). The manager queues requests in the order `handle()` is called, but an adapter does
 // slow things before that call (posting a status message, looking up the thread, downloading the image): a
 // text-only follow-up would overtake the message before it whose image is still downloading. Each event takes

@@ -1,4 +1,4 @@
-// The Slack adapter (DESIGN.md sections 4-5): @slack/bolt events in, ConversationRequest out; AnswerEvents in,
+// The Slack adapter (docs/architecture.md): @slack/bolt events in, ConversationRequest out; AnswerEvents in,
 // Slack messages out. It translates and nothing more: conversations, images and history are the manager's.
 //
 //   app_mention (+ files)      -> a request keyed by the mention's thread; the answer goes into that thread
@@ -813,7 +813,7 @@ function ignorable(ev: MessageLike, botUserId: string): boolean {
   return !ev.user;
 }
 
-/** How `minigpt serve` starts the adapter from the environment (DESIGN.md section 4). */
+/** How `minigpt serve` starts the adapter from the environment (.env.example). */
 export function slackOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<SlackAdapterOptions, 'manager' | 'log' | 'store'> {
   const botToken = env.SLACK_BOT_TOKEN?.trim() ?? '';
   let port: number | undefined;

@@ -1,4 +1,4 @@
-// `minigpt` command line (DESIGN.md section 3).
+// `minigpt` command line (README, "Command line").
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { convert, type Arch, type ConvertOptions, type WeightDType } from '../convert/convert.js';

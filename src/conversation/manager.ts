@@ -1,4 +1,4 @@
-// The conversation manager: platform-neutral requests in, answer event streams out (DESIGN.md section 5).
+// The conversation manager: platform-neutral requests in, answer event streams out (docs/architecture.md, "The path of one request").
 import Keyv from 'keyv';
 import type { MiniGPT, Timings } from '../inference/model.js';
 import { KvCacheLru, type CachedContext, type KvCacheStats } from '../inference/kv-reuse.js';

@@ -1,5 +1,5 @@
 // The platform-neutral surface of the conversation manager: what adapters (Discord, Slack, web, CLI) hand
-// it and what they get back (DESIGN.md section 5).
+// it and what they get back (docs/architecture.md, "The conversation port").
 import type { Entity } from '../grounding/parse.js';
 
 /** One conversation: platform + workspace/guild + channel + thread (a Discord thread, a Slack `thread_ts`, a web tab). */

@@ -1,4 +1,4 @@
-// Published MiniGPT checkpoints -> model package (DESIGN.md section 2). Each graph is built in turn,
+// Published MiniGPT checkpoints -> model package (docs/architecture.md, "Where each behaviour lives"; models/README.md). Each graph is built in turn,
 // its weights streamed to external data as they are read, so memory holds one tensor at a time.
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -49,7 +49,7 @@ export interface ConvertOptions {
 
 export class ConvertError extends Error {}
 
-/** Defaults for what the published files do not record (DESIGN.md section 3). */
+/** Defaults for what the published files do not record (README, "Command line"). */
 const DEFAULTS = { vitHeads: 16, imageSize: { 'minigpt-v2': 448, 'minigpt-4': 224 }, loraAlpha: 16, loraR: 64, qformerHeads: 12 } as const;
 
 /** MiniGPT-4 comes with the BLIP-2 Q-Former (Vicuna v0) or without it (Llama-2, `has_qformer: False`). */

@@ -1,4 +1,4 @@
-// The model package: the contract between `minigpt convert` and the runtime (DESIGN.md section 2).
+// The model package: the contract between `minigpt convert` and the runtime (models/README.md).
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';

@@ -1,4 +1,4 @@
-// Execution provider choice (DESIGN.md section 6): cuda | webgpu | cpu, or auto = the first of those
+// Execution provider choice (README, "GPU"): cuda | webgpu | cpu, or auto = the first of those
 // that initialises, said in one log line.
 import * as ort from 'onnxruntime-node';
 import { existsSync } from 'node:fs';

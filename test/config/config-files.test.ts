@@ -1,5 +1,5 @@
 // The committed configs: each parses, and each published variant's config names the upstream downloads and
-// the settings that `minigpt convert --config` uses (DESIGN.md section 4; issue 6).
+// the settings that `minigpt convert --config` uses (README, "Use the real MiniGPT weights"; issue 6).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -1,4 +1,4 @@
-// A refused platform token (issue 9: faults; DESIGN.md section 3: `minigpt serve`): the real `bin/minigpt.js
+// A refused platform token (issue 9: faults; README: `minigpt serve`): the real `bin/minigpt.js
 // serve` process against the fake Discord / fake Slack on loopback. A token the platform refuses, at start or
 // later (Discord closing the gateway with 4004 after a reconnect), ends the process within seconds with a
 // non-zero exit code and one clear line that names the variable, never the token; it never runs on silently.
