@@ -59,6 +59,8 @@ export interface DiscordAdapterOptions {
   rateLimiter?: RateLimiterFactory;
   /** least time between two writes to one answer message (default 1500 ms: Discord allows 5 edits per 5 s) */
   editIntervalMs?: number;
+  /** the answer's first text waits this long for more before it is shown (default 600 ms; see RelayOptions) */
+  firstTextWaitMs?: number;
   /** largest image downloaded (default 20 MiB) */
   maxImageBytes?: number;
   /** image download timeout (default 15 s) */
@@ -180,6 +182,7 @@ class Adapter implements DiscordAdapter {
   private readonly policy: DownloadPolicy;
   private readonly rate: RateLimiter | null;
   private readonly editIntervalMs: number;
+  private readonly firstTextWaitMs: number | undefined;
   private readonly allowedGuilds: ReadonlySet<string>;
   private readonly allowedChannels: ReadonlySet<string>;
   private readonly allowDMs: boolean;
@@ -208,6 +211,7 @@ class Adapter implements DiscordAdapter {
     const rl = opts.rateLimit === undefined ? DEFAULT_RATE_LIMIT : opts.rateLimit;
     this.rate = rl ? (opts.rateLimiter?.('discord', rl.max, rl.windowMs) ?? new UserRateLimiter(rl.max, rl.windowMs)) : null;
     this.editIntervalMs = opts.editIntervalMs ?? DEFAULT_EDIT_INTERVAL_MS;
+    this.firstTextWaitMs = opts.firstTextWaitMs;
     this.allowedGuilds = new Set(opts.allowedGuilds ?? []);
     this.allowedChannels = new Set(opts.allowedChannels ?? []);
     this.allowDMs = opts.allowDMs ?? true;
@@ -319,7 +323,7 @@ class Adapter implements DiscordAdapter {
       const events = this.whileOpen(this.manager.handle({ ...req, signal: controller.signal }));
       // The request has its place in the manager's queue: the conversation's next request may go on.
       turn.release();
-      const r = await relayAnswer(events, route.target, { editIntervalMs: this.editIntervalMs, notice: route.notice, log: this.log, label });
+      const r = await relayAnswer(events, route.target, { editIntervalMs: this.editIntervalMs, firstTextWaitMs: this.firstTextWaitMs, notice: route.notice, log: this.log, label });
       this.log(
         `discord: ${label}: ${r.ok ? `answered (${r.chars} chars${r.attached ? ', annotated image' : ''})` : `error ${r.error?.code}`} ` +
           `in ${Date.now() - started} ms`,

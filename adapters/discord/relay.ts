@@ -1,6 +1,7 @@
-// Answer events -> Discord messages: the reply appears with the first text and is edited as text arrives
-// (at most one edit per `editIntervalMs`, never two requests at once), then replaced by the final Markdown,
-// split over several messages past 2000 characters, with the annotated image attached to the last.
+// Answer events -> Discord messages: the reply appears once the first text has had a moment to grow
+// (`firstTextWaitMs`), is edited as text arrives (at most one edit per `editIntervalMs`, never two requests at
+// once; a trailing " …" says it is still being written), then replaced by the final Markdown as soon as the
+// answer ends, split over several messages past 2000 characters, with the annotated image attached to the last.
 import { DiscordAPIError, type AttachmentPayload } from 'discord.js';
 import type { AnswerEvent } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, notice, splitMessage } from './format.js';
@@ -22,6 +23,11 @@ export interface ReplyTarget {
 
 export interface RelayOptions {
   editIntervalMs: number;
+  /**
+   * The answer's first text waits this long for more before it is shown (default 600 ms), so that a short answer
+   * appears whole instead of its first word alone.
+   */
+  firstTextWaitMs?: number;
   /** a line shown above the answer (e.g. why it is not in a thread) */
   notice?: string;
   log: (line: string) => void;
@@ -42,7 +48,6 @@ const ATTACH_REFUSED = 'I couldn\'t attach the image with the boxes here: I need
 const ATTACH_TOO_LARGE = 'The image with the boxes was too large to upload here.';
 const ATTACH_FAILED = 'I couldn\'t upload the image with the boxes (Discord\'s upload failed).';
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 function apiCode(err: unknown): number | string | undefined {
   return err instanceof DiscordAPIError ? err.code : undefined;
@@ -54,10 +59,10 @@ export function isPermissionError(err: unknown): boolean {
   return c === 50013 || c === 50001;
 }
 
-/** The streamed text shown while the answer grows: one message's worth, cut with an ellipsis. */
+/** The streamed text shown while the answer grows: one message's worth, with " …" (still being written). */
 function preview(raw: string, head: string): string {
-  const md = head + answerMarkdown(raw);
-  if (md.length <= DISCORD_MESSAGE_LIMIT) return md;
+  const md = head + answerMarkdown(raw).trimEnd();
+  if (md.length + 2 <= DISCORD_MESSAGE_LIMIT) return `${md} …`;
   return `${splitMessage(md, DISCORD_MESSAGE_LIMIT - 2)[0]} …`;
 }
 
@@ -78,6 +83,10 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   let shown = '';
   let wanted = '';
   let stopped = false;
+  /** when the first text arrived (0: none yet), and whether any text has been written since */
+  let firstTextAt = 0;
+  let textWritten = false;
+  const firstWait = o.firstTextWaitMs ?? 600;
 
   // "typing…" until the first message exists
   let typingTimer: NodeJS.Timeout | undefined;
@@ -92,6 +101,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
 
   const write = (content: string): Promise<void> => {
     lastWrite = Date.now();
+    if (firstTextAt) textWritten = true;
     stopTyping();
     const p = target.first({ content }).then(
       () => {
@@ -108,7 +118,8 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   };
   const schedule = () => {
     if (timer || inFlight || stopped) return;
-    const wait = Math.max(0, lastWrite + o.editIntervalMs - Date.now());
+    let wait = Math.max(0, lastWrite + o.editIntervalMs - Date.now());
+    if (firstTextAt && !textWritten) wait = Math.max(wait, firstTextAt + firstWait - Date.now());
     timer = setTimeout(() => {
       timer = undefined;
       if (!stopped && wanted !== shown) void write(wanted);
@@ -129,6 +140,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
         raw = '';
         show(`${head}${notice('Answering again…')}`);
       } else if (ev.type === 'text') {
+        if (!firstTextAt) firstTextAt = Date.now();
         raw += ev.text;
         if (answerMarkdown(raw).trim()) show(preview(raw, head));
       } else if (ev.type === 'final') {
@@ -147,9 +159,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
     await inFlight;
   }
 
-  // The final write keeps the same pace as the edits before it.
-  if (created) await sleep(Math.max(0, lastWrite + o.editIntervalMs - Date.now()));
-
+  // The final write goes out as soon as the answer ends (discord.js queues it behind Discord's rate limits).
   if (error || !final) {
     const message = error?.message ?? 'The answer ended unexpectedly; please try again.';
     await target.first({ content: `${head}⚠️ ${message}` });

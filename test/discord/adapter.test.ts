@@ -90,12 +90,44 @@ describe('streaming', () => {
     // 30 pieces over ~1.2 s: a handful of writes, not one per piece.
     expect(writes.length).toBeGreaterThanOrEqual(3);
     expect(writes.length).toBeLessThanOrEqual(12);
-    // (measured where the fake receives them: a little network jitter allowed)
-    for (let i = 1; i < writes.length; i++) expect(writes[i].at - writes[i - 1].at).toBeGreaterThanOrEqual(250);
-    // Each write shows more of the answer than the one before.
-    for (let i = 1; i < writes.length; i++) expect(writes[i].body.content.length).toBeGreaterThanOrEqual(writes[i - 1].body.content.length);
+    // (measured where the fake receives them: a little network jitter allowed); the last write, the final text,
+    // goes out as soon as the answer ends
+    for (let i = 1; i < writes.length - 1; i++) expect(writes[i].at - writes[i - 1].at).toBeGreaterThanOrEqual(250);
+    // Each streamed write shows more of the answer than the one before, marked as still being written.
+    for (let i = 1; i < writes.length - 1; i++) expect(writes[i].body.content.length).toBeGreaterThanOrEqual(writes[i - 1].body.content.length);
+    for (const c of writes.slice(0, -1)) expect(c.body.content.endsWith(' …')).toBe(true);
+    expect(writes.at(-1)!.body.content).toBe(text);
     expect(botMessagesIn(msg.id)).toHaveLength(1);
     expect(botMessagesIn(msg.id)[0].content).toBe(text);
+  });
+
+  it('a short answer appears whole in one write, as soon as it ends (no first word alone, no wait for the edit interval)', async () => {
+    const text = 'A red square on a grey background.';
+    await start(streamed(text, { pieces: 4, delayMs: 40 }), { editIntervalMs: 1500, firstTextWaitMs: 600 });
+    const before = w.fake.calls.length;
+    const t0 = Date.now();
+    const msg = mention(w.general, 'what is this?');
+    await answered(logs, msg.id);
+    const writes = w.fake.calls.slice(before).filter((c) => c.path.startsWith(`/channels/${msg.id}/messages`) && c.method !== 'GET');
+    expect(writes.map((c) => [c.method, c.body.content])).toEqual([['POST', text]]);
+    // 4 pieces 40 ms apart end in ~160 ms: written then, not after the 600 ms wait or the 1.5 s edit interval
+    expect(writes[0].at - t0).toBeLessThan(1400);
+    expect(botMessagesIn(msg.id).map((m) => m.content)).toEqual([text]);
+  });
+
+  it('a longer answer is shown after the first wait, marked as still being written, then final at once', async () => {
+    const text = 'The quick brown fox jumps over the lazy dog. '.repeat(3).trim();
+    await start(streamed(text, { pieces: 12, delayMs: 100 }), { editIntervalMs: 5000, firstTextWaitMs: 300 });
+    const before = w.fake.calls.length;
+    const msg = mention(w.general, 'tell me');
+    await answered(logs, msg.id);
+    const writes = w.fake.calls.slice(before).filter((c) => c.path.startsWith(`/channels/${msg.id}/messages`) && c.method !== 'GET');
+    // the first text waited ~300 ms for more (not its first word alone), the final replaced it without waiting 5 s
+    expect(writes).toHaveLength(2);
+    expect(writes[0].body.content.endsWith(' …')).toBe(true);
+    expect(writes[0].body.content.split(' ').length).toBeGreaterThan(3);
+    expect(writes[1].body.content).toBe(text);
+    expect(writes[1].at - writes[0].at).toBeLessThan(4000);
   });
 
   it('a restart (another worker answers again) replaces the text shown so far: one message, the new answer', async () => {
@@ -115,7 +147,7 @@ describe('streaming', () => {
       }
       yield { type: 'final', text: fresh, entities: [], finishReason: 'stop' };
       yield { type: 'timings', timings: {} };
-    }, { editIntervalMs: 100 });
+    }, { editIntervalMs: 100, firstTextWaitMs: 0 });
     const before = w.fake.calls.length;
     const msg = mention(w.general, 'tell me');
     await answered(logs, msg.id);

@@ -102,6 +102,8 @@ export async function startAdapter(
     apiUrl: fake.apiUrl,
     log: (l) => logs.push(l),
     editIntervalMs: 150,
+    // the tests watch streaming at test speed; the wait before the first text has its own test
+    firstTextWaitMs: 0,
     rateLimit: false,
     ...extra,
   });
