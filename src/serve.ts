@@ -83,10 +83,6 @@ export async function startAdapters(
   for (const spec of o.specs) {
     const set = spec.credentials.filter((c) => env[c]?.trim());
     if (set.length === 0) continue;
-    if (!spec.start) {
-      log(`minigpt: ${set.join(', ')} is set, but this build has no ${spec.name} adapter yet; ignoring it`);
-      continue;
-    }
     const adapter = await spec.start(ctx);
     started.push(adapter);
     log(`minigpt: ${spec.name} adapter started${adapter.url ? ` on ${adapter.url}` : ''}`);
@@ -140,15 +136,13 @@ export async function startAdapters(
 }
 
 /**
- * A chat platform adapter: enabled when any of `credentials` is set in the environment.
- *
- * Extension point: the Discord and Slack adapters add their `start` here (e.g.
- * `start: (ctx) => import('../adapters/discord/index.js').then((m) => m.startDiscord(ctx))`).
+ * A chat platform adapter: enabled when any of `credentials` is set in the environment (docs/architecture.md,
+ * "Adding a chat platform"). Loaded on demand, so that a bot without Slack never loads Bolt.
  */
 export interface PlatformAdapterSpec {
   name: string;
   credentials: readonly string[];
-  start?: (ctx: AdapterContext) => Promise<RunningAdapter>;
+  start: (ctx: AdapterContext) => Promise<RunningAdapter>;
 }
 
 export const PLATFORM_ADAPTERS: PlatformAdapterSpec[] = [

@@ -67,18 +67,20 @@ describe('serve()', () => {
     }
   });
 
-  it('starts platform adapters whose credentials are set instead of the web demo; warns about ones it lacks', async () => {
+  it('starts the platform adapters whose credentials are set instead of the web demo, and only those', async () => {
     const logs: string[] = [];
     let closed = false;
+    let slackStarted = false;
     const adapters: PlatformAdapterSpec[] = [
       { name: 'discord', credentials: ['DISCORD_TOKEN'], start: async () => ({ name: 'discord', close: async () => void (closed = true) }) },
-      { name: 'slack', credentials: ['SLACK_BOT_TOKEN'] },
+      { name: 'slack', credentials: ['SLACK_BOT_TOKEN'], start: async () => ((slackStarted = true), { name: 'slack', close: async () => {} }) },
     ];
-    const bot = await serve({ env: { MINIGPT_CONFIG: config, DISCORD_TOKEN: 'x', SLACK_BOT_TOKEN: 'y' }, adapters, log: (l) => logs.push(l) });
+    const bot = await serve({ env: { MINIGPT_CONFIG: config, DISCORD_TOKEN: 'x', SLACK_BOT_TOKEN: '  ' }, adapters, log: (l) => logs.push(l) });
     try {
       expect(bot.adapters.map((a) => a.name)).toEqual(['discord']);
+      expect(slackStarted).toBe(false); // its variable is blank
       expect(bot.webUrl).toBeUndefined();
-      expect(logs.join('\n')).toMatch(/SLACK_BOT_TOKEN is set, but this build has no slack adapter yet/);
+      expect(logs.join('\n')).toMatch(/minigpt: discord adapter started/);
     } finally {
       await bot.close();
     }

@@ -1,2 +1,0 @@
-export * from './parse.js';
-export * from './tasks.js';
