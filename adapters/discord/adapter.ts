@@ -30,7 +30,7 @@ import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 import { notice, threadName } from './format.js';
 import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
 import { redact, UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
-import { ArrivalOrder, type Turn } from '../shared/arrival-order.js';
+import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { isPermissionError, relayAnswer, type Payload, type RelayResult, type ReplyTarget } from './relay.js';
 
 /** What the adapter needs from the conversation manager. */
@@ -312,7 +312,7 @@ class Adapter implements DiscordAdapter {
    * Hands the request to the manager once the conversation's earlier requests have been (`turn`: its place in
    * the order the gateway delivered them), then relays the answer.
    */
-  private async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: Turn): Promise<RelayResult> {
+  private async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult> {
     await turn.ready();
     const controller = new AbortController();
     this.controllers.add(controller);
@@ -367,7 +367,7 @@ class Adapter implements DiscordAdapter {
     }
   }
 
-  private async message(msg: Message, turn: Turn): Promise<void> {
+  private async message(msg: Message, turn: ArrivalTurn): Promise<void> {
     const ch = msg.channel;
     const dm = ch.isDMBased();
     const thread = ch.isThread() ? ch : null;
@@ -385,7 +385,7 @@ class Adapter implements DiscordAdapter {
     }
   }
 
-  private async answerMessage(msg: Message, ch: SendableChannels, ctx: { dm: boolean; thread: ThreadChannel | null; label: string; turn: Turn }): Promise<void> {
+  private async answerMessage(msg: Message, ch: SendableChannels, ctx: { dm: boolean; thread: ThreadChannel | null; label: string; turn: ArrivalTurn }): Promise<void> {
     const text = stripBotMention(msg.content, this.botId);
     const answerKey = !ctx.dm && !ctx.thread && msg.reference?.messageId ? this.replyKeys.get(msg.reference.messageId) : undefined;
     const found = answerKey ? findImage(msg, this.policy) : await this.imageOf(msg);
@@ -482,7 +482,7 @@ class Adapter implements DiscordAdapter {
   private async describeIn(
     i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
     input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-    turn: Turn,
+    turn: ArrivalTurn,
   ): Promise<void> {
     const channel = i.channel;
     const thread = channel?.isThread() ? channel : null;
@@ -505,7 +505,7 @@ class Adapter implements DiscordAdapter {
   private async answerInteraction(
     i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
     input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-    ctx: { thread: ThreadChannel | null; label: string; turn: Turn },
+    ctx: { thread: ThreadChannel | null; label: string; turn: ArrivalTurn },
   ): Promise<void> {
     const dm = !i.guildId;
     let image: Uint8Array | undefined;

@@ -9,14 +9,14 @@
 // `maxWaitMs` for the ones before it: a stuck predecessor (its download has its own timeout; this is the
 // backstop) delays the conversation, never blocks it. A conversation with no turn pending holds no memory.
 
-export interface Turn {
+export interface ArrivalTurn {
   /** Resolves when every earlier turn of the conversation has been released, or after `maxWaitMs`. */
   ready(): Promise<void>;
   /** Lets the next turn of the conversation go on (idempotent). */
   release(): void;
 }
 
-const NO_TURN: Turn = { ready: () => Promise.resolve(), release: () => {} };
+const NO_TURN: ArrivalTurn = { ready: () => Promise.resolve(), release: () => {} };
 
 export class ArrivalOrder {
   /** conversation -> the promise that the last turn taken for it is released */
@@ -37,7 +37,7 @@ export class ArrivalOrder {
   }
 
   /** Takes the next turn of conversation `key` (call it synchronously when the event arrives); no key: no order. */
-  take(key: string | undefined): Turn {
+  take(key: string | undefined): ArrivalTurn {
     if (key === undefined) return NO_TURN;
     const before = this.tails.get(key);
     let pass!: () => void;

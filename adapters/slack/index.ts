@@ -33,7 +33,7 @@ import {
   type SlackFile,
 } from './files.js';
 import { SeenSet } from './dedupe.js';
-import { ArrivalOrder, type Turn } from '../shared/arrival-order.js';
+import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { ThreadReply, describeError, slackErrorCode } from './reply.js';
 
 type WebClient = webApi.WebClient;
@@ -135,7 +135,7 @@ interface Ask {
   requestId: string;
   what: string;
   /** the conversation's turn (arrival order): released once the request is handed to the manager */
-  turn?: Turn;
+  turn?: ArrivalTurn;
 }
 
 /** Where a listener finds the arrival-order turn the middleware took for its event. */
@@ -350,7 +350,7 @@ class SlackBot {
         await next();
       } finally {
         // Not taken by a listener (a duplicate, or no listener for it): the thread's next request goes on.
-        (context[TURN] as Turn | undefined)?.release();
+        (context[TURN] as ArrivalTurn | undefined)?.release();
       }
     });
 
@@ -399,7 +399,7 @@ class SlackBot {
    * work starts once the requests delivered before it in its thread have gone to the manager, and the turn is
    * released when the work has handed its request on (or ends without one).
    */
-  private spawn(what: string, work: () => Promise<void>, turn?: Turn): void {
+  private spawn(what: string, work: () => Promise<void>, turn?: ArrivalTurn): void {
     if (this.closing) {
       turn?.release();
       return;
@@ -422,7 +422,7 @@ class SlackBot {
     return { platform: 'slack', workspace: team, channel, thread };
   }
 
-  private async onMention(ev: MessageLike, team: string, client: WebClient, turn?: Turn): Promise<void> {
+  private async onMention(ev: MessageLike, team: string, client: WebClient, turn?: ArrivalTurn): Promise<void> {
     if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
     if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
     const thread = ev.thread_ts ?? ev.ts;
@@ -431,7 +431,7 @@ class SlackBot {
     await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, files, 'mention', turn);
   }
 
-  private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: Turn): Promise<void> {
+  private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: ArrivalTurn): Promise<void> {
     if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
     // Only replies in a thread; a message mentioning the bot is the app_mention handler's.
     if (!ev.thread_ts || ev.thread_ts === ev.ts) return;
@@ -450,7 +450,7 @@ class SlackBot {
     thread: string,
     files: ReturnType<typeof eventFiles>,
     kind: 'mention' | 'follow-up',
-    turn: Turn | undefined,
+    turn: ArrivalTurn | undefined,
   ): Promise<void> {
     return this.ask(client, {
       team,
@@ -731,7 +731,7 @@ class SlackBot {
   }
 
   /** The "Describe image" message shortcut: the message's image, answered in its thread. */
-  private async onShortcut(s: ShortcutPayload, client: WebClient, respond: (text: string) => Promise<void>, turn?: Turn): Promise<void> {
+  private async onShortcut(s: ShortcutPayload, client: WebClient, respond: (text: string) => Promise<void>, turn?: ArrivalTurn): Promise<void> {
     const channel = s.channel?.id;
     const user = s.user?.id ?? 'unknown';
     const team = s.team?.id ?? s.user?.team_id ?? '';
@@ -793,8 +793,8 @@ interface ShortcutPayload {
 }
 
 /** Takes the arrival-order turn the middleware left in the context for this event's listener. */
-function takeTurn(context: Record<string, unknown>): Turn | undefined {
-  const turn = context[TURN] as Turn | undefined;
+function takeTurn(context: Record<string, unknown>): ArrivalTurn | undefined {
+  const turn = context[TURN] as ArrivalTurn | undefined;
   delete context[TURN];
   return turn;
 }

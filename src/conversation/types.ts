@@ -1,6 +1,7 @@
 // The platform-neutral surface of the conversation manager: what adapters (Discord, Slack, web, CLI) hand
 // it and what they get back (docs/architecture.md, "The conversation port").
 import type { Entity } from '../grounding/parse.js';
+import type { Task } from '../grounding/tasks.js';
 
 /** One conversation: platform + workspace/guild + channel + thread (a Discord thread, a Slack `thread_ts`, a web tab). */
 export interface ConversationKey {
@@ -10,8 +11,8 @@ export interface ConversationKey {
   thread: string;
 }
 
-/** MiniGPT-v2 task tags (`[grounding]` ...); `'chat'` is free chat without a tag. */
-export type TaskTag = 'grounding' | 'refer' | 'detection' | 'identify' | 'vqa' | 'caption';
+/** MiniGPT-v2 task tags (`[grounding]` ...; src/grounding/tasks.ts owns the list); `'chat'` is free chat without a tag. */
+export type TaskTag = Task;
 
 /** Generation settings a user may choose (sanitised and clamped by the manager, never an error). */
 export interface RequestGeneration {

@@ -247,7 +247,7 @@ export function identifyAnswers(o: SceneObject): string[] {
 
 export type TaskName = 'caption' | 'grounding' | 'refer' | 'detection' | 'identify' | 'vqa' | 'multi';
 
-export interface Turn {
+export interface SampleTurn {
   user: string;
   assistant: string;
 }
@@ -259,7 +259,7 @@ export interface TrainSample {
   width: number;
   height: number;
   task: TaskName;
-  turns: Turn[];
+  turns: SampleTurn[];
   /** index in the scene's objects of the one object that the last answer is about (refer, identify, the VQA
    * questions about one object, follow-ups); absent when it is about the scene or several objects. Training
    * only (train.py's attention and name targets); no prompt mentions it. */
@@ -290,19 +290,19 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
   const base = { image, width: scene.width, height: scene.height };
   let k = 0;
   const objs = scene.objects;
-  const push = (task: TaskName, turns: Turn[], about?: SceneObject) =>
+  const push = (task: TaskName, turns: SampleTurn[], about?: SceneObject) =>
     out.push({ id: `${stem}:${task}:${k++}`, ...base, task, turns, ...(about ? { about: objs.indexOf(about) } : {}) });
   if (objs.length === 0) return out;
 
   push('caption', [{ user: form(rng, PROMPT_FORMS.caption), assistant: caption(scene) }]);
   push('grounding', [{ user: form(rng, PROMPT_FORMS.grounding), assistant: groundedCaption(scene) }]);
-  const referTurn = (o: SceneObject): Turn | null => {
+  const referTurn = (o: SceneObject): SampleTurn | null => {
     const ex = expressions(o, scene);
     if (!ex.length) return null;
     const e = rng.pick(ex).text;
     return { user: form(rng, PROMPT_FORMS.refer, rng.chance(0.8) ? `the ${e}` : e), assistant: boxText(o, scene) };
   };
-  const identifyTurn = (o: SceneObject): Turn => ({ user: form(rng, PROMPT_FORMS.identify, boxText(o, scene)), assistant: name(o) });
+  const identifyTurn = (o: SceneObject): SampleTurn => ({ user: form(rng, PROMPT_FORMS.identify, boxText(o, scene)), assistant: name(o) });
   for (const o of objs) {
     const r = referTurn(o);
     if (r) push('refer', [r], o);
@@ -318,8 +318,8 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
   // Multi-turn: a refer / identify turn, then follow-ups about the same object ("it"), then another task.
   const o = rng.pick(objs);
   const first = rng.chance(0.5) ? referTurn(o) ?? identifyTurn(o) : identifyTurn(o);
-  const turns: Turn[] = [first];
-  const followUps: Turn[] = [
+  const turns: SampleTurn[] = [first];
+  const followUps: SampleTurn[] = [
     { user: form(rng, PROMPT_FORMS.vqa, 'what color is it?'), assistant: o.colour },
     { user: form(rng, PROMPT_FORMS.vqa, 'what shape is it?'), assistant: o.shape },
   ];

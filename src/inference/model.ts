@@ -57,7 +57,7 @@ export interface Timings {
   prefillTokens: number;
 }
 
-export type AnswerEvent = GenerationEvent | { type: 'timings'; timings: Timings };
+export type ModelEvent = GenerationEvent | { type: 'timings'; timings: Timings };
 
 export class VisionEncoder {
   constructor(private readonly session: ort.InferenceSession, private readonly meta: ModelJson) {}
@@ -208,7 +208,7 @@ export class MiniGPT {
     opts: Partial<GenerationOptions>,
     signal?: AbortSignal,
     context: AnswerContextOptions = {},
-  ): AsyncGenerator<AnswerEvent> {
+  ): AsyncGenerator<ModelEvent> {
     const t0 = performance.now();
     let reuse = context.reuse;
     try {

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MiniGPT, type AnswerEvent, type Timings } from '../../src/inference/model.js';
+import { MiniGPT, type ModelEvent, type Timings } from '../../src/inference/model.js';
 import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { generate, type GenerationOptions } from '../../src/inference/generation/index.js';
 import { BufferPool, type KvCache } from '../../src/inference/decoder.js';
@@ -57,7 +57,7 @@ interface Answered {
   text: string;
   finishReason: string;
   timings: Timings;
-  events: AnswerEvent[];
+  events: ModelEvent[];
 }
 
 async function answer(
@@ -68,7 +68,7 @@ async function answer(
   signal?: AbortSignal,
   onText?: (n: number) => void,
 ): Promise<Answered> {
-  const events: AnswerEvent[] = [];
+  const events: ModelEvent[] = [];
   let texts = 0;
   for await (const ev of model.answer(text, images, opts, signal, more)) {
     events.push(ev);

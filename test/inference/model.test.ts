@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MiniGPT, type AnswerEvent } from '../../src/inference/model.js';
+import { MiniGPT, type ModelEvent } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
 import type { KvCache } from '../../src/inference/decoder.js';
 import type { GenerationOptions } from '../../src/inference/generation/index.js';
@@ -36,7 +36,7 @@ afterAll(async () => {
 });
 
 async function collect(opts: Partial<GenerationOptions>, signal?: AbortSignal, onText?: (n: number) => void) {
-  const events: AnswerEvent[] = [];
+  const events: ModelEvent[] = [];
   for await (const ev of model.answer(prompt, [image], opts, signal)) {
     events.push(ev);
     if (ev.type === 'text') onText?.(events.filter((e) => e.type === 'text').length);

@@ -5,7 +5,7 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { basename } from 'node:path';
 import onnxProto from 'onnx-proto';
-import { FP32_WEIGHTS, type WeightFormat } from '../quantize.js';
+import { FP32_WEIGHTS, type WeightFormat } from '../weight-format.js';
 
 const { onnx } = onnxProto;
 export type TensorProto = onnxProto.onnx.ITensorProto;
