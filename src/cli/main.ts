@@ -73,7 +73,7 @@ export function buildProgram(): Command {
     .action(async (o) => {
       const dotenv = await import('dotenv');
       dotenv.config({ quiet: true });
-      const { registerCommandsFromEnv } = await import('./register-commands.js');
+      const { registerCommandsFromEnv } = await import('../../adapters/discord/register-commands.js');
       await registerCommandsFromEnv(process.env, { guild: o.guild, global: Boolean(o.global) }, log);
     });
 

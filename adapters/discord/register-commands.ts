@@ -2,9 +2,9 @@
 // message context menu) to Discord, globally or for one guild (DISCORD_GUILD_ID: instant, for testing;
 // global commands can take a while to appear).
 import { REST, Routes } from 'discord.js';
-import { commandDefinitions } from '../../adapters/discord/commands.js';
-import { apiUrlFromEnv, DiscordConfigError } from '../../adapters/discord/index.js';
-import { redact } from '../../adapters/discord/limits.js';
+import { commandDefinitions } from './commands.js';
+import { apiUrlFromEnv, DiscordConfigError } from './index.js';
+import { redact } from './limits.js';
 
 export interface RegisterOptions {
   token: string;
