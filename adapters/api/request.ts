@@ -4,6 +4,7 @@
 // never silently ignored, except what is harmless to leave out (system messages, penalties of 0, ...).
 import type { PriorTurn, RequestGeneration } from '../../src/conversation/index.js';
 import { badRequest } from './errors.js';
+import { LIMITS } from '../../src/conversation/limits.js';
 
 /** Where the image of the conversation comes from. */
 export type ImageSource = { kind: 'data'; mime: string; base64: string } | { kind: 'url'; url: string };
@@ -69,7 +70,7 @@ export function parseChatRequest(body: unknown): ChatRequest {
   const ext = body.minigpt;
   if (present(ext) && !isObject(ext)) throw badRequest('minigpt must be an object', 'minigpt');
   const extension = isObject(ext) ? ext : {};
-  const beams = integerParam(extension, 'num_beams', 1, 8, 'minigpt.num_beams');
+  const beams = integerParam(extension, 'num_beams', 1, LIMITS.beams, 'minigpt.num_beams');
   if (beams !== undefined) generation.numBeams = beams;
   const penalty = numberParam(extension, 'repetition_penalty', 0.01, 10, 'minigpt.repetition_penalty');
   if (penalty !== undefined) generation.repetitionPenalty = penalty;

@@ -18,6 +18,7 @@ import { ApiError, badRequest } from './errors.js';
 import { parseChatRequest } from './request.js';
 import { imageBytes } from './images.js';
 import { chunkObject, completionObject, extension, runCompletion, usageChunk, type ApiConversationManager, type CompletionIds } from './completion.js';
+import { LIMITS } from '../../src/conversation/limits.js';
 
 export interface ApiModelInfo {
   /** the id clients send as `model` */
@@ -58,7 +59,7 @@ export interface ApiServer {
 
 export const DEFAULT_API_HOST = '127.0.0.1';
 export const DEFAULT_API_PORT = 8000;
-const DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024;
+const DEFAULT_MAX_IMAGE_BYTES = LIMITS.imageBytes;
 const HEARTBEAT_MS = 15_000;
 /** discard at most this much of a refused upload before dropping the connection */
 const MAX_DRAIN_BYTES = 256 * 1024 * 1024;

@@ -5,11 +5,12 @@ import type { Attachment, Embed } from 'discord.js';
 import { DownloadFailure, plainUrl, safeDownload } from '../shared/download.js';
 import { formatBytes } from '../../src/util/bytes.js';
 import { shownName } from './format.js';
+import { LIMITS } from '../../src/conversation/limits.js';
 
 /** Discord's CDN hosts: attachments and Discord's media proxy. */
 export const DISCORD_CDN_HOSTS: readonly string[] = ['cdn.discordapp.com', 'media.discordapp.net'];
 
-export const DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024;
+export const DEFAULT_MAX_IMAGE_BYTES = LIMITS.imageBytes;
 export const DEFAULT_DOWNLOAD_TIMEOUT_MS = 15_000;
 const MAX_REDIRECTS = 3;
 

@@ -35,6 +35,7 @@ import {
 import { SeenSet } from './dedupe.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { ThreadReply, describeError, slackErrorCode } from './reply.js';
+import { LIMITS } from '../../src/conversation/limits.js';
 
 type WebClient = webApi.WebClient;
 type BoltApp = InstanceType<typeof App>;
@@ -309,7 +310,7 @@ class SlackBot {
     this.events = new SeenSet(store, 'slack:event:', ttl, this.log);
     this.messages = new SeenSet(store, 'slack:message:', ttl, this.log);
     this.threads = new SeenSet(store, 'slack:thread:', 90 * DAY, this.log);
-    this.maxFileBytes = opts.maxFileBytes ?? 20 * 1024 * 1024;
+    this.maxFileBytes = opts.maxFileBytes ?? LIMITS.imageBytes;
     this.downloadTimeoutMs = opts.downloadTimeoutMs ?? 30_000;
     this.updateIntervalMs = opts.updateIntervalMs ?? 1200;
     this.maxMessageChars = Math.max(20, opts.maxMessageChars ?? DEFAULT_MAX_MESSAGE_CHARS);

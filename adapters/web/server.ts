@@ -24,6 +24,7 @@ import type { AnswerEvent, ConversationKey, ConversationRequest, TaskTag } from 
 import { parseTask, taskPrompt, TASK_BUTTON_PROMPTS, TASK_HINTS, TASKS } from '../../src/grounding/tasks.js';
 import { answerSegments } from './render.js';
 import { EXAMPLE_SEED, renderExamples, type ExampleSet } from './examples.js';
+import { LIMITS } from '../../src/conversation/limits.js';
 
 /** What the server needs from the conversation manager. */
 export interface WebConversationManager {
@@ -72,12 +73,12 @@ export interface WebServer {
 
 export const DEFAULT_WEB_HOST = '127.0.0.1';
 export const DEFAULT_WEB_PORT = 7860;
-export const DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024;
+export const DEFAULT_MAX_UPLOAD_BYTES = LIMITS.imageBytes;
 /** room for the form fields around the image */
 const FORM_OVERHEAD_BYTES = 64 * 1024;
 const MAX_JSON_BYTES = 16 * 1024;
 const MAX_TEXT_CHARS = 8000;
-const MAX_BEAMS = 8;
+const MAX_BEAMS = LIMITS.beams;
 /** discard at most this much of an oversized upload before dropping the connection */
 const MAX_DRAIN_BYTES = 256 * 1024 * 1024;
 const HEARTBEAT_MS = 15_000;

@@ -23,6 +23,7 @@ import type {
   RequestGeneration,
   StoredTurn,
 } from './types.js';
+import { LIMITS } from './limits.js';
 
 export interface ConversationManagerOptions {
   model: MiniGPT;
@@ -153,7 +154,7 @@ export class ConversationManager {
     this.log = opts.log ?? (() => {});
     this.images = new LruMap(Math.max(0, Math.floor(opts.imageCacheSize ?? 8)));
     this.sharedImages = opts.sharedImages;
-    this.maxImageBytes = opts.maxImageBytes ?? 20 * 1024 * 1024;
+    this.maxImageBytes = opts.maxImageBytes ?? LIMITS.imageBytes;
     this.maxTextChars = opts.maxTextChars ?? 4000;
     this.annotate = opts.annotate ?? {};
     this.markers = markersFor(this.model.meta.prompt);
@@ -604,7 +605,7 @@ export class ConversationManager {
       if (finite(g.temperature) && g.temperature >= 0) out.temperature = Math.min(g.temperature, 10);
       if (finite(g.maxNewTokens) && g.maxNewTokens >= 1) out.maxNewTokens = Math.min(Math.floor(g.maxNewTokens), window);
       if (finite(g.topP) && g.topP > 0) out.topP = Math.min(g.topP, 1);
-      if (finite(g.numBeams) && g.numBeams >= 1) out.numBeams = Math.min(Math.floor(g.numBeams), 8);
+      if (finite(g.numBeams) && g.numBeams >= 1) out.numBeams = Math.min(Math.floor(g.numBeams), LIMITS.beams);
       if (finite(g.repetitionPenalty) && g.repetitionPenalty > 0) out.repetitionPenalty = Math.min(g.repetitionPenalty, 10);
       if (finite(g.seed)) out.seed = Math.floor(g.seed);
       const stop = Array.isArray(g.stop) ? g.stop.filter((x): x is string => typeof x === 'string' && x.length > 0).slice(0, MAX_STOP_STRINGS) : [];

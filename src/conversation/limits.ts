@@ -1,0 +1,8 @@
+// The limits every entry point applies the same way (the adapters check them early, with their own words; the
+// conversation manager checks them again, whoever calls it).
+export const LIMITS = {
+  /** largest image file accepted, in bytes */
+  imageBytes: 20 * 1024 * 1024,
+  /** most beams a request may ask for (upstream's demo offers 1-10; 8 keeps a batch within memory) */
+  beams: 8,
+} as const;
