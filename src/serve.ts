@@ -270,6 +270,11 @@ export function apiSettings(env: NodeJS.ProcessEnv) {
   return { port, host, keys, imageHosts: list(env.API_IMAGE_HOSTS), modelId: env.API_MODEL_ID?.trim() || undefined };
 }
 
+/** The first adapter failure that cannot recover (`RunningAdapter.fatal`), its adapter's name in front; else never. */
+export function firstFatal(adapters: readonly RunningAdapter[]): Promise<Error> {
+  return Promise.race(adapters.flatMap((a) => (a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [])));
+}
+
 /** The config's generation settings, as the conversation manager's defaults. */
 export function managerDefaults(config: BotConfig): Partial<GenerationOptions> {
   const m = config.model;
@@ -321,9 +326,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     let closing: Promise<void> | undefined;
     const mgr = manager;
     const mdl = model;
-    const fatal = Promise.race(
-      adapters.flatMap((a) => (a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [])),
-    );
+    const fatal = firstFatal(adapters);
     return {
       model: mdl,
       manager: mgr,

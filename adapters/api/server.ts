@@ -19,6 +19,7 @@ import { parseChatRequest } from './request.js';
 import { imageBytes } from './images.js';
 import { chunkObject, completionObject, extension, runCompletion, usageChunk, type ApiConversationManager, type CompletionIds } from './completion.js';
 import { LIMITS } from '../../src/conversation/limits.js';
+import { closeServer, urlHost } from '../shared/http-server.js';
 
 export interface ApiModelInfo {
   /** the id clients send as `model` */
@@ -260,22 +261,14 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   });
   const port = (server.address() as AddressInfo).port;
   loopbackNames = new Set(['localhost', '127.0.0.1', '[::1]'].map((n) => `${n}:${port}`));
-  const shownHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
 
   let closing: Promise<void> | null = null;
   return {
-    url: `http://${shownHost}:${port}/v1`,
+    url: `http://${urlHost(host)}:${port}/v1`,
     host,
     port,
     close() {
-      closing ??= (async () => {
-        const closed = new Promise<void>((done) => server.close(() => done()));
-        for (const c of active) c.abort();
-        const deadline = performance.now() + 2000;
-        while (active.size > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-        server.closeAllConnections();
-        await closed;
-      })();
+      closing ??= closeServer(server, active);
       return closing;
     },
   };

@@ -25,6 +25,7 @@ import { parseTask, taskPrompt, TASK_BUTTON_PROMPTS, TASK_HINTS, TASKS } from '.
 import { answerSegments } from './render.js';
 import { EXAMPLE_SEED, renderExamples, type ExampleSet } from './examples.js';
 import { LIMITS } from '../../src/conversation/limits.js';
+import { closeServer, urlHost } from '../shared/http-server.js';
 
 /** What the server needs from the conversation manager. */
 export interface WebConversationManager {
@@ -404,7 +405,7 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
   });
   port = (server.address() as AddressInfo).port;
   allowed = allowedHosts(host, port, opts.allowedHosts ?? []);
-  const url = `http://${formatHost(host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host)}:${port}/`;
+  const url = `http://${urlHost(host)}:${port}/`;
 
   let closing: Promise<void> | null = null;
   return {
@@ -412,16 +413,7 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
     host,
     port,
     close() {
-      closing ??= (async () => {
-        const closed = new Promise<void>((done) => server.close(() => done()));
-        // Streams end once their answers see the abort; give them a moment to say so, then drop every
-        // connection (idle keep-alive ones included).
-        for (const c of active) c.abort();
-        const deadline = performance.now() + 2000;
-        while (active.size > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-        server.closeAllConnections();
-        await closed;
-      })();
+      closing ??= closeServer(server, active);
       return closing;
     },
   };

@@ -5,11 +5,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { fmt, roundAll, stat } from './bench-common.js';
+import { freePort } from '../util/net.js';
 
 export interface ClusterRow {
   workers: number;
@@ -33,16 +33,6 @@ export interface ClusterBenchResult {
 /** bin/minigpt.js, from the source tree (src/cli) or the build (dist/src/cli). */
 const BIN = [join(import.meta.dirname, '..', '..', 'bin', 'minigpt.js'), join(import.meta.dirname, '..', '..', '..', 'bin', 'minigpt.js')].find((f) => existsSync(f))!;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** A child process and the first stderr line matching `re`. */
 function child(cmd: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp): Promise<{ proc: ChildProcess; match: RegExpExecArray }> {

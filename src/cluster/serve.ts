@@ -11,8 +11,7 @@ import { MiniGPT } from '../inference/model.js';
 import { parseProviderChoice } from '../inference/providers.js';
 import { ConversationManager, createStore } from '../conversation/index.js';
 import { redactUrl } from '../conversation/store.js';
-import { apiSettings, checkPackage, PLATFORM_ADAPTERS, ServeError, startAdapters, webSettings, type RunningAdapter, type ServeOptions, type ServedModel } from '../serve.js';
-import { managerDefaults } from '../serve.js';
+import { apiSettings, checkPackage, firstFatal, managerDefaults, PLATFORM_ADAPTERS, ServeError, startAdapters, webSettings, type RunningAdapter, type ServeOptions, type ServedModel } from '../serve.js';
 import { RemoteConversations } from './frontend.js';
 import { startClusterWorker, type ClusterWorker } from './worker.js';
 import { RedisImageCache } from './embedding-cache.js';
@@ -80,7 +79,7 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
       adapters,
     );
     log(`minigpt: front end on ${redactUrl(redisUrl)} (${adapters.map((a) => a.name).join(', ')})`);
-    const fatal = Promise.race(adapters.flatMap((a) => (a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [])));
+    const fatal = firstFatal(adapters);
     let closing: Promise<void> | undefined;
     return {
       manager,
