@@ -96,16 +96,16 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
     await redis.zrem(keys.pending, jobId).catch(() => {});
     const controller = new AbortController();
     running.set(jobId, controller);
+    void beat(); // `minigpt status` shows the job in flight now, not at the next heartbeat
     try {
       if (await redis.get(`${keys.events(jobId)}:cancelled`)) {
         await emit(jobId, { type: 'error', code: 'cancelled', message: 'The request was cancelled.' });
         return;
       }
-      // Run before by a worker that died: whatever it streamed is void.
-      if ((await redis.xlen(keys.events(jobId))) > 0) {
-        log(`worker ${id}: job ${jobId} (${data.convId}) run again after its worker stopped`);
-        await emit(jobId, { type: 'restart' });
-      }
+      // Run before by a worker that died (BullMQ counts the stall; or it had streamed): whatever it streamed is void.
+      const streamed = (await redis.xlen(keys.events(jobId))) > 0;
+      if (streamed || job.stalledCounter > 0) log(`worker ${id}: job ${jobId} (${data.convId}) run again after its worker stopped`);
+      if (streamed) await emit(jobId, { type: 'restart' });
       if (data.kind === 'reset') {
         try {
           await redis.del(keys.affinity(data.convId));
@@ -137,6 +137,7 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
     } finally {
       running.delete(jobId);
       finished++;
+      void beat();
       try {
         await emit(jobId, { type: 'end' });
       } finally {

@@ -21,6 +21,7 @@ import { FakeSlack } from '../slack/fake-slack.js';
 import { squarePng, textReplies, waitForAnswers } from '../slack/helpers.js';
 import { answerMrkdwn } from '../../adapters/slack/format.js';
 import type { ClusterStatus } from '../../src/cluster/status.js';
+import { keys } from '../../src/cluster/protocol.js';
 
 let work: string;
 let config: string;
@@ -104,7 +105,7 @@ describe('serve --role frontend / worker', () => {
     const webFront = serve('frontend');
     const apiFront = serve('frontend');
     const slackFront = serve('frontend', { SLACK_BOT_TOKEN: fake.botToken, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl });
-    await Promise.all([w1, w2].map((w) => w.waitFor(/worker \S+ takes jobs/)));
+    const [w1Id] = await Promise.all([w1, w2].map(async (w) => (await w.waitFor(/worker (\S+) takes jobs/))[1]));
     const webUrl = (await webFront.waitFor(/web demo on (http:\S+)/))[1];
     const apiUrl = (await apiFront.waitFor(/OpenAI-compatible API on (http:\S+)/))[1];
     fake.appUrl = (await slackFront.waitFor(/slack adapter started on (http:\S+)/))[1].replace('localhost', '127.0.0.1');
@@ -140,6 +141,13 @@ describe('serve --role frontend / worker', () => {
       return evs;
     });
     await chunked;
+    // Killed while it holds a job (its heartbeat is written as each job starts and ends), so that it dies mid-answer.
+    const { Redis } = await import('ioredis');
+    const watch = new Redis(redis.url);
+    const holds = async () => (JSON.parse((await watch.get(keys.worker(w1Id))) ?? '{}') as { running?: number }).running ?? 0;
+    const deadline = Date.now() + 30_000;
+    while ((await holds()) === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    watch.disconnect();
     w1.kill('SIGKILL');
     const webEvents = await Promise.all(web);
     const apiEvents = await Promise.all(api);
