@@ -108,6 +108,7 @@ export function buildProgram(): Command {
     .option('--block-size <n>', 'int8/int4: quantisation block along the input features (power of two >= 16, default 32)', int('--block-size'))
     .option('--accuracy-level <n>', "int8/int4: MatMulNBits accuracy_level, the smallest compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8; default 4, the CPU's fastest: docs/quantisation.md)", num('--accuracy-level', 0, 4))
     .option('--fused', "decoder with onnxruntime's fused kernels: RMSNorm, rotary, MultiHeadAttention with the KV cache (docs/quantisation.md)")
+    .addOption(new Option('--compute <type>', 'decoder compute type: fp16 = float16 activations and KV cache, for GPU providers (needs --dtype fp16, int8 or int4; default fp32)').choices(['fp32', 'fp16']))
     .option('--out <dir>', 'output package folder (required without --config; default: the config\'s package)')
     .option('--name <name>', "the package's name in model.json (default: the output folder's name)")
     .action(async (o) => {
@@ -138,7 +139,7 @@ export function buildProgram(): Command {
         if (missing.length > 0) throw new Error(`convert needs ${missing.join(', ')}, or --config FILE (configs/*.yaml)`);
         opts = { ...flags, arch: flags.arch!, vit: flags.vit!, llm: flags.llm!, ckpt: flags.ckpt!, out: flags.out! };
       }
-      await convert({ ...opts, ...(o.fused ? { fused: true } : {}), ...(o.name ? { name: String(o.name) } : {}), log });
+      await convert({ ...opts, ...(o.fused ? { fused: true } : {}), ...(o.compute ? { compute: o.compute as 'fp32' | 'fp16' } : {}), ...(o.name ? { name: String(o.name) } : {}), log });
     });
 
   program

@@ -41,6 +41,11 @@ export interface ConvertOptions {
   accuracyLevel?: number;
   /** the decoder with onnxruntime's fused kernels (src/convert/graphs/llama-fused.ts); model.json `graph: "fused"` */
   fused?: boolean;
+  /**
+   * the decoder's compute type (src/convert/graphs/precision.ts): fp16 = float16 activations and KV cache for
+   * GPU providers (needs --dtype fp16, int8 or int4); default fp32. model.json `compute`.
+   */
+  compute?: 'fp32' | 'fp16';
   out: string;
   /** model.json `name`, shown by the web page and `minigpt status` (default: the output folder's name) */
   name?: string;
@@ -170,6 +175,10 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
     throw new ConvertError((e as Error).message);
   }
   const graphKind = opts.fused ? ('fused' as const) : ('plain' as const);
+  const compute = opts.compute === 'fp16' ? ('float16' as const) : ('float32' as const);
+  if (compute === 'float16' && dtype === 'fp32') {
+    throw new ConvertError('--compute fp16 needs float16 or quantised weights: add --dtype fp16 (or int8 / int4)');
+  }
   if (opts.fused) {
     const why = fusedUnsupported(shape);
     if (why) throw new ConvertError(why);
@@ -190,7 +199,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
     const { vitShape } = plan;
 
     await mkdir(opts.out, { recursive: true });
-    log(`converting ${opts.arch}${plan.label} (${dtype}${opts.fused ? ', fused decoder' : ''}) -> ${opts.out}`);
+    log(`converting ${opts.arch}${plan.label} (${dtype}${opts.fused ? ', fused decoder' : ''}${compute === 'float16' ? ', fp16 compute' : ''}) -> ${opts.out}`);
 
     const visionG = new GraphBuilder('minigpt_vision', join(opts.out, 'vision.onnx.data'));
     visionG.weights = weights;
@@ -204,6 +213,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
 
     const decoderG = new GraphBuilder('minigpt_decoder', join(opts.out, 'decoder.onnx.data'));
     decoderG.weights = weights;
+    decoderG.compute = compute;
     const decoderSpec = plan.lora ? { llm, shape, lora: plan.lora } : { llm, shape };
     await (opts.fused ? buildFusedDecoderGraph : buildDecoderGraph)(decoderG, decoderSpec);
     const decoder = await saveGraph(decoderG, opts.out, 'decoder.onnx', log);
@@ -240,6 +250,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
       dtype,
       weights: describeWeights(weights),
       graph: graphKind,
+      compute,
       vision: {
         imageSize,
         mean: CLIP_MEAN,
@@ -271,7 +282,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
         converter: CONVERTER_VERSION,
         createdAt: new Date().toISOString(),
         sources,
-        options: { ...plan.options, ...quantOptions, ...(opts.fused ? { fused: true } : {}) },
+        options: { ...plan.options, ...quantOptions, ...(opts.fused ? { fused: true } : {}), ...(compute === 'float16' ? { compute: 'fp16' } : {}) },
       },
     };
     await writeFile(join(opts.out, 'model.json'), `${JSON.stringify(meta, null, 2)}\n`);

@@ -183,16 +183,22 @@ export function weightMatMul(g: GraphBuilder, x: string, name: string, weight: F
   if (bits) {
     const q = quantizeBlockwise(weight, outFeatures, inFeatures, bits, blockSize);
     const b = g.weight(`${name}.weight_q${bits}`, [outFeatures, q.nBlocks, q.blobSize], q.packed, DataType.UINT8);
-    const s = g.weight(`${name}.weight_scales`, [outFeatures, q.nBlocks], q.scales);
+    // MatMulNBits takes its scales in the activations' type
+    const s =
+      g.compute === 'float16'
+        ? g.weight(`${name}.weight_scales`, [outFeatures, q.nBlocks], toFloat16(q.scales), DataType.FLOAT16)
+        : g.weight(`${name}.weight_scales`, [outFeatures, q.nBlocks], q.scales);
     const attrs = { K: inFeatures, N: outFeatures, bits, block_size: blockSize, ...(accuracyLevel ? { accuracy_level: accuracyLevel } : {}) };
     return g.op('MatMulNBits', [x, b, s], attrs, { domain: 'com.microsoft', name: `${name}.matmul` });
   }
   const wt = transpose2d(weight, outFeatures, inFeatures);
   if (dtype === 'fp16') {
     const half = g.weight(`${name}.weight_fp16`, [inFeatures, outFeatures], toFloat16(wt), DataType.FLOAT16);
+    if (g.compute === 'float16') return g.op('MatMul', [x, half], {}, { name: `${name}.matmul` });
     const w32 = g.op('Cast', [half], { to: DataType.FLOAT }, { name: `${name}.weight_cast` });
     return g.op('MatMul', [x, w32], {}, { name: `${name}.matmul` });
   }
+  if (g.compute === 'float16') throw new Error('float16 compute needs float16 or quantised weights (--dtype fp16, int8 or int4)');
   return g.op('MatMul', [x, g.weight(`${name}.weight`, [inFeatures, outFeatures], wt)], {}, { name: `${name}.matmul` });
 }
 

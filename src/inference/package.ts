@@ -50,7 +50,8 @@ export const modelJsonSchema = z.object({
   dtype: z.enum(['fp32', 'fp16', 'int8', 'int4']),
   /**
    * How the weights are stored (src/convert/quantize.ts); absent in packages from before --dtype, which are
-   * all float32. Graph inputs and outputs are float32 whatever the dtype.
+   * all float32. Graph inputs and outputs are float32 whatever the dtype, except the KV cache of a decoder
+   * computing in float16 (`compute` below).
    */
   weights: z
     .object({
@@ -80,6 +81,12 @@ export const modelJsonSchema = z.object({
    * runtime runs either the same way; absent in packages from before --fused (plain).
    */
   graph: z.enum(['plain', 'fused']).default('plain'),
+  /**
+   * The decoder's compute type (`minigpt convert --compute`): 'float16' computes in float16 with norms and
+   * softmax in float32, and its KV cache inputs and outputs are float16 (src/convert/graphs/precision.ts);
+   * absent in packages from before it (float32).
+   */
+  compute: z.enum(['float32', 'float16']).default('float32'),
   vision: z.object({
     imageSize: size(4096),
     mean: z.tuple([z.number(), z.number(), z.number()]),

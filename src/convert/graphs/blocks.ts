@@ -1,6 +1,7 @@
 // Building blocks shared by the vision and language graphs: one small function per emitted block.
 import type { GraphBuilder } from '../onnx/builder.js';
 import { weightMatMul } from '../quantize.js';
+import { computeWeight, toCompute, toFloat32 } from './precision.js';
 
 export { transpose2d } from '../quantize.js';
 
@@ -16,7 +17,7 @@ export interface LinearWeights {
 export function linear(g: GraphBuilder, x: string, name: string, w: LinearWeights): string {
   const y = weightMatMul(g, x, name, w.weight, w.outFeatures, w.inFeatures);
   if (!w.bias) return y;
-  const b = g.weight(`${name}.bias`, [w.outFeatures], w.bias);
+  const b = computeWeight(g, `${name}.bias`, [w.outFeatures], w.bias);
   return g.op('Add', [y, b], {}, { name: `${name}.bias_add` });
 }
 
@@ -26,14 +27,22 @@ export function layerNorm(g: GraphBuilder, x: string, name: string, weight: Floa
   return g.op('LayerNormalization', [x, s, b], { axis: -1, epsilon: { float: eps } }, { name });
 }
 
-/** Llama RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 as HF does. */
+/**
+ * Llama RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, normalised in fp32 as HF does; in float16 compute the
+ * normalised x is cast back before the weight multiply (HF's `weight * hidden_states.to(input_dtype)`).
+ */
 export function rmsNorm(g: GraphBuilder, x: string, name: string, weight: Float32Array, eps: number): string {
+  const normed = toCompute(g, rmsNormalize(g, toFloat32(g, x, `${name}.to_fp32`), name, eps), `${name}.to_fp16`);
+  return g.op('Mul', [normed, computeWeight(g, `${name}.weight`, [weight.length], weight)], {}, { name: `${name}.weight_mul` });
+}
+
+/** x * rsqrt(mean(x^2) + eps), in float32. */
+function rmsNormalize(g: GraphBuilder, x: string, name: string, eps: number): string {
   const sq = g.op('Mul', [x, x], {}, { name: `${name}.sq` });
   const mean = g.op('ReduceMean', [sq], { axes: [-1], keepdims: 1 }, { name: `${name}.mean` });
   const var_eps = g.op('Add', [mean, g.scalar(eps, `${name}.eps`)], {}, { name: `${name}.add_eps` });
   const inv = g.op('Reciprocal', [g.op('Sqrt', [var_eps], {}, { name: `${name}.sqrt` })], {}, { name: `${name}.rsqrt` });
-  const normed = g.op('Mul', [x, inv], {}, { name: `${name}.scale` });
-  return g.op('Mul', [normed, g.weight(`${name}.weight`, [weight.length], weight)], {}, { name: `${name}.weight_mul` });
+  return g.op('Mul', [x, inv], {}, { name: `${name}.scale` });
 }
 
 /** Exact (erf) GELU, as torch nn.GELU() computes it. */

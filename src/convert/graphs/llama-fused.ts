@@ -25,10 +25,9 @@
 import type { GraphBuilder } from '../onnx/builder.js';
 import { linear, silu, splitHeads } from './blocks.js';
 import { allowedAttention, lmHead, projection, rotaryInvFreq, type DecoderGraphSpec, type LlamaShape } from './llama.js';
+import { computeIO, computeMin, computeScalar, computeWeight, toCompute } from './precision.js';
 
 const MS = { domain: 'com.microsoft' } as const;
-/** HF fills masked scores with finfo(float32).min; as a bias it is added to them instead, with the same softmax. */
-const FP32_MIN = -3.4028234663852886e38;
 
 /** cos / sin of every position [maxPositions, headDim / 2], rounded as the plain graph's fp32 ops round them. */
 export function rotaryCaches(invFreq: Float32Array, maxPositions: number): { cos: Float32Array; sin: Float32Array } {
@@ -70,8 +69,9 @@ async function fusedAttention(g: GraphBuilder, h: string, i: number, ctx: FusedC
   const v = linear(g, h, `${p}.v_proj`, await projection(spec, i, 'v_proj', 'self_attn'));
 
   const pastDims = ['batch', shape.kvHeads, 'past_sequence_length', shape.headDim];
-  const pastK = g.input(`past_key_values.${i}.key`, 'float32', pastDims);
-  const pastV = g.input(`past_key_values.${i}.value`, 'float32', pastDims);
+  const kv = computeIO(g);
+  const pastK = g.input(`past_key_values.${i}.key`, kv, pastDims);
+  const pastV = g.input(`past_key_values.${i}.value`, kv, pastDims);
   const [attn, presentK, presentV] = g.opMulti(
     'MultiHeadAttention',
     [q, k, v, '', '', ctx.bias, pastK, pastV],
@@ -79,12 +79,12 @@ async function fusedAttention(g: GraphBuilder, h: string, i: number, ctx: FusedC
     { ...MS, count: 3, name: `${p}.mha` },
   );
   const presentDims = ['batch', shape.kvHeads, 'total_sequence_length', shape.headDim];
-  g.output(presentK, `present.${i}.key`, 'float32', presentDims);
-  g.output(presentV, `present.${i}.value`, 'float32', presentDims);
+  g.output(presentK, `present.${i}.key`, kv, presentDims);
+  g.output(presentV, `present.${i}.value`, kv, presentDims);
   // the new positions alone, [B, kvHeads, S, hd], for the runtime's 'append' KV mode (see llama.ts)
   const newDims = ['batch', shape.kvHeads, 'sequence_length', shape.headDim];
-  g.output(splitHeads(g, k, shape.kvHeads, shape.headDim, `${p}.k_new`), `present_new.${i}.key`, 'float32', newDims);
-  g.output(splitHeads(g, v, shape.kvHeads, shape.headDim, `${p}.v_new`), `present_new.${i}.value`, 'float32', newDims);
+  g.output(splitHeads(g, k, shape.kvHeads, shape.headDim, `${p}.k_new`), `present_new.${i}.key`, kv, newDims);
+  g.output(splitHeads(g, v, shape.kvHeads, shape.headDim, `${p}.v_new`), `present_new.${i}.value`, kv, newDims);
   return linear(g, attn, `${p}.o_proj`, await projection(spec, i, 'o_proj', 'self_attn'));
 }
 
@@ -98,7 +98,7 @@ async function fusedMlp(g: GraphBuilder, h: string, i: number, spec: DecoderGrap
 /** residual + delta, then RMSNorm with `weightKey`: returns [normed, residual + delta]. */
 async function skipNorm(g: GraphBuilder, delta: string, residual: string, weightKey: string, spec: DecoderGraphSpec, name: string): Promise<[string, string]> {
   const w = await spec.llm.readFloat32(weightKey);
-  const gamma = g.weight(weightKey, [w.length], w);
+  const gamma = computeWeight(g, weightKey, [w.length], w);
   const [normed, , , sum] = g.opMulti(
     'SkipSimplifiedLayerNormalization',
     [delta, residual, gamma],
@@ -113,27 +113,29 @@ export async function buildFusedDecoderGraph(g: GraphBuilder, spec: DecoderGraph
   const { shape } = spec;
   const why = fusedUnsupported(shape);
   if (why) throw new Error(why);
-  const embeds = g.input('inputs_embeds', 'float32', ['batch', 'sequence_length', shape.hidden]);
+  const embedsIn = g.input('inputs_embeds', 'float32', ['batch', 'sequence_length', shape.hidden]);
+  const embeds = toCompute(g, embedsIn, 'inputs_embeds.cast');
   const mask = g.input('attention_mask', 'int64', ['batch', 'total_sequence_length']);
   const positions = g.input('position_ids', 'int64', ['batch', 'sequence_length']);
 
   const invFreq = await rotaryInvFreq(spec);
   // The plain graph's mask logic (causal by key index <= past + query index, and attention_mask), as a bias.
   const allowed = allowedAttention(g, embeds, mask);
-  const bias = g.op('Where', [allowed, g.scalar(0, 'bias_zero'), g.scalar(FP32_MIN, 'fp32_min')], {}, { name: 'attention_bias' });
+  // HF fills masked scores with finfo(dtype).min; as a bias it is added to them instead, with the same softmax.
+  const bias = g.op('Where', [allowed, computeScalar(g, 0, 'bias_zero'), computeScalar(g, computeMin(g), 'fp32_min')], {}, { name: 'attention_bias' });
   const { cos, sin } = rotaryCaches(invFreq, shape.maxPositions);
   const half = invFreq.length;
   const ctx: FusedContext = {
     positions,
-    cosCache: g.weight('rotary_emb.cos_cache', [shape.maxPositions, half], cos),
-    sinCache: g.weight('rotary_emb.sin_cache', [shape.maxPositions, half], sin),
+    cosCache: computeWeight(g, 'rotary_emb.cos_cache', [shape.maxPositions, half], cos),
+    sinCache: computeWeight(g, 'rotary_emb.sin_cache', [shape.maxPositions, half], sin),
     bias,
   };
 
   const w0 = await spec.llm.readFloat32('model.layers.0.input_layernorm.weight');
   let h = g.op(
     'SimplifiedLayerNormalization',
-    [embeds, g.weight('model.layers.0.input_layernorm.weight', [w0.length], w0)],
+    [embeds, computeWeight(g, 'model.layers.0.input_layernorm.weight', [w0.length], w0)],
     { axis: -1, epsilon: { float: shape.rmsNormEps }, stash_type: 1 },
     { name: 'model.layers.0.input_layernorm' },
   );

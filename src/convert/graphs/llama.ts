@@ -5,6 +5,7 @@ import type { TensorSource } from '../readers/index.js';
 import type { GraphBuilder } from '../onnx/builder.js';
 import { linear, mergeHeads, rmsNorm, silu, splitHeads, type LinearWeights } from './blocks.js';
 import { embeddingLookup } from '../quantize.js';
+import { computeIO, toCompute, toFloat32 } from './precision.js';
 
 export interface LlamaShape {
   layers: number;
@@ -111,8 +112,9 @@ function attentionContext(g: GraphBuilder, embeds: string, mask: string, positio
   const pos = g.op('Unsqueeze', [g.op('Cast', [positions], { to: 1 }, { name: 'positions_f' }), g.constInt64([-1])], {}, { name: 'positions_col' });
   const freqs = g.op('Mul', [pos, invFreqName], {}, { name: 'rotary_freqs' });
   const emb = g.op('Concat', [freqs, freqs], { axis: -1 }, { name: 'rotary_emb' });
-  const cos = g.op('Unsqueeze', [g.op('Cos', [emb]), g.constInt64([1])], {}, { name: 'rotary_cos' });
-  const sin = g.op('Unsqueeze', [g.op('Sin', [emb]), g.constInt64([1])], {}, { name: 'rotary_sin' });
+  // computed in fp32, then in the compute type (HF: `cos.to(dtype=x.dtype)`)
+  const cos = toCompute(g, g.op('Unsqueeze', [g.op('Cos', [emb]), g.constInt64([1])], {}, { name: 'rotary_cos' }), 'rotary_cos.cast');
+  const sin = toCompute(g, g.op('Unsqueeze', [g.op('Sin', [emb]), g.constInt64([1])], {}, { name: 'rotary_sin' }), 'rotary_sin.cast');
   // every layer's cache has the same length: layer 0's input gives it
   const cacheLen = g.op('Gather', [g.op('Shape', ['cache_key_values.0.key']), g.constInt64([2])], { axis: 0 }, { name: 'cache_len' });
   const total = g.op('Gather', [g.op('Shape', [mask]), g.constInt64([1])], { axis: 0 }, { name: 'keys_len' });
@@ -176,26 +178,28 @@ async function selfAttention(g: GraphBuilder, x: string, i: number, ctx: LayerCo
   // A runtime that keeps `present` feeds the past as before and a one-position cache masked out (no
   // zero-sized MatMul).
   const kvDims = (len: string) => ['batch', shape.kvHeads, len, shape.headDim];
-  const cacheK = g.input(`cache_key_values.${i}.key`, 'float32', kvDims('cache_sequence_length'));
-  const cacheV = g.input(`cache_key_values.${i}.value`, 'float32', kvDims('cache_sequence_length'));
-  const pastK = g.input(`past_key_values.${i}.key`, 'float32', kvDims('past_sequence_length'));
-  const pastV = g.input(`past_key_values.${i}.value`, 'float32', kvDims('past_sequence_length'));
+  const kv = computeIO(g);
+  const cacheK = g.input(`cache_key_values.${i}.key`, kv, kvDims('cache_sequence_length'));
+  const cacheV = g.input(`cache_key_values.${i}.value`, kv, kvDims('cache_sequence_length'));
+  const pastK = g.input(`past_key_values.${i}.key`, kv, kvDims('past_sequence_length'));
+  const pastV = g.input(`past_key_values.${i}.value`, kv, kvDims('past_sequence_length'));
   const keys = g.op('Concat', [pastK, kRot], { axis: 2 }, { name: `${p}.cat_k` });
   const values = g.op('Concat', [pastV, v], { axis: 2 }, { name: `${p}.cat_v` });
-  g.output(keys, `present.${i}.key`, 'float32', kvDims('present_sequence_length'));
-  g.output(values, `present.${i}.value`, 'float32', kvDims('present_sequence_length'));
+  g.output(keys, `present.${i}.key`, kv, kvDims('present_sequence_length'));
+  g.output(values, `present.${i}.value`, kv, kvDims('present_sequence_length'));
   // The new positions alone: what a runtime keeping the cache appends (equal to `present` when the past is empty).
-  g.output(kRot, `present_new.${i}.key`, 'float32', kvDims('sequence_length'));
-  g.output(v, `present_new.${i}.value`, 'float32', kvDims('sequence_length'));
+  g.output(kRot, `present_new.${i}.key`, kv, kvDims('sequence_length'));
+  g.output(v, `present_new.${i}.value`, kv, kvDims('sequence_length'));
 
   // softmax(q k^T / sqrt(d)) v over the keys [cache | past | new], with the scores of the two parts
   // computed apart and joined (small: [B, heads, S, T]), and the context summed from the two parts.
   const scoresOf = (k: string, name: string) => g.op('MatMul', [qRot, g.op('Transpose', [repeatKv(g, k, shape, `${name}.rep`)], { perm: [0, 1, 3, 2] })], {}, { name });
   const raw = g.op('Concat', [scoresOf(cacheK, `${p}.scores_cache`), scoresOf(keys, `${p}.scores_present`)], { axis: -1 }, { name: `${p}.scores` });
-  const scores = g.op('Div', [raw, g.scalar(Math.sqrt(shape.headDim))], {}, { name: `${p}.scale` });
+  // scaled, masked and normalised in fp32 (HF: softmax(..., dtype=torch.float32)), used in the compute type
+  const scores = g.op('Div', [toFloat32(g, raw, `${p}.scores_fp32`), g.scalar(Math.sqrt(shape.headDim))], {}, { name: `${p}.scale` });
   // HF fills masked scores with finfo(float32).min rather than -inf.
   const masked = g.op('Where', [ctx.allowed, scores, g.scalar(-3.4028234663852886e38, 'fp32_min')], {}, { name: `${p}.mask` });
-  const probs = g.op('Softmax', [masked], { axis: -1 }, { name: `${p}.softmax` });
+  const probs = toCompute(g, g.op('Softmax', [masked], { axis: -1 }, { name: `${p}.softmax` }), `${p}.probs_cast`);
   const [pCache, pPresent] = g.opMulti('Split', [probs, ctx.cacheSplit], { axis: -1 }, { count: 2, name: `${p}.probs_split` });
   const context = g.op(
     'Add',
@@ -249,7 +253,7 @@ export async function buildDecoderGraph(g: GraphBuilder, spec: DecoderGraphSpec)
   const positions = g.input('position_ids', 'int64', ['batch', 'sequence_length']);
   const ctx = attentionContext(g, embeds, mask, positions, await rotaryInvFreq(spec));
 
-  let x = embeds;
+  let x = toCompute(g, embeds, 'inputs_embeds.cast');
   for (let i = 0; i < shape.layers; i++) x = await decoderLayer(g, x, i, ctx, spec);
   const normed = rmsNorm(g, x, 'model.norm', await spec.llm.readFloat32('model.norm.weight'), shape.rmsNormEps);
   await lmHead(g, normed, spec);
@@ -267,7 +271,7 @@ export async function lmHead(g: GraphBuilder, h: string, spec: DecoderGraphSpec)
   const kept = g.op('Slice', [h, start, g.constInt64([Number.MAX_SAFE_INTEGER], [1], 'logits_to_keep.end'), g.constInt64([1], [1], 'logits_to_keep.axis')], {}, { name: 'logits_to_keep.slice' });
   const headKey = shape.tieWordEmbeddings || !spec.llm.has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
   const logits = linear(g, kept, 'lm_head', { weight: await spec.llm.readFloat32(headKey), outFeatures: shape.vocabSize, inFeatures: shape.hidden });
-  g.output(logits, 'logits', 'float32', ['batch', 'logits_length', shape.vocabSize]);
+  g.output(toFloat32(g, logits, 'logits.cast'), 'logits', 'float32', ['batch', 'logits_length', shape.vocabSize]);
 }
 
 /** `input_ids [B,S]` -> `inputs_embeds [B,S,hidden]` (the Llama input embedding table). */

@@ -95,6 +95,8 @@ function valueInfo(name: string, elemType: DataTypeId, dims: Dim[]): ValueInfoPr
   };
 }
 
+export type ComputeType = 'float32' | 'float16';
+
 export interface GraphIO {
   name: string;
   dtype: 'float32' | 'int64' | 'float16';
@@ -116,6 +118,11 @@ export class GraphBuilder {
   private usesMicrosoftDomain = false;
   /** How Linear weights are stored (`minigpt convert --dtype`; see src/convert/quantize.ts). */
   weights: WeightFormat = FP32_WEIGHTS;
+  /**
+   * The type the decoder computes in (`minigpt convert --compute`; src/convert/graphs/precision.ts): float16
+   * activations and KV cache for GPU providers, with norms and softmax in float32. Other graphs ignore it.
+   */
+  compute: ComputeType = 'float32';
 
   /** `dataPath` is where large weights go (`<model>.onnx.data`, next to the model file). */
   constructor(readonly name: string, dataPath: string) {
