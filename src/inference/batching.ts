@@ -1,7 +1,8 @@
 // Continuous batching: every conversation decoding at the same time submits its next step here, and the
 // steps go to the decoder together, as ONE batched session run (LlamaDecoder.step). Conversations join and
 // leave between steps; other model work (prefills, the vision encoder) runs alone, between two steps.
-import { ContextLengthError, type KvCache, type LlamaDecoder } from './decoder.js';
+import { ContextLengthError, type LlamaDecoder } from './decoder.js';
+import type { KvCache } from './kv-cache.js';
 import type { StepModel } from './generation/types.js';
 
 interface PendingStep {

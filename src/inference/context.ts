@@ -1,7 +1,7 @@
 // Prompt assembly as upstream get_context_emb: split on the image token, BOS only on the first segment,
 // image embeddings spliced between the segments' token embeddings.
 import type { TextTokenizer } from './tokenizer.js';
-import type { TokenEmbedder } from './decoder.js';
+import type { TokenEmbedder } from './embedder.js';
 
 export interface ContextEmbeds {
   /** [length, hidden] */

@@ -1,6 +1,6 @@
 // Reusing the KV cache of a conversation's previous turn: what each row of a context is (a text token, or
 // a row of an identified image), the longest common prefix of two contexts, and an LRU of caches by bytes.
-import type { KvCache } from './decoder.js';
+import type { KvCache } from './kv-cache.js';
 
 /**
  * The rows of a context in order: segments[0], images[0], segments[1], ..., segments[n] (text segments

@@ -3,7 +3,9 @@
 import * as ort from 'onnxruntime-node';
 import { loadPackage, type ModelJson, type ModelPackage } from './package.js';
 import { SessionFactory, type ProviderChoice, type ProviderName } from './providers.js';
-import { LlamaDecoder, TokenEmbedder, type KvCache } from './decoder.js';
+import { LlamaDecoder } from './decoder.js';
+import { TokenEmbedder } from './embedder.js';
+import type { KvCache } from './kv-cache.js';
 import { buildContext, embedRows, promptSegmentIds, PromptError, type ContextEmbeds } from './context.js';
 import { DecodeBatcher } from './batching.js';
 import { CachedContext, commonPrefixRows, layoutLength, type ContextLayout } from './kv-reuse.js';

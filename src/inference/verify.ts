@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { MiniGPT, type LoadOptions } from './model.js';
 import { spliceContext } from './context.js';
 import { argmax } from './generation/index.js';
-import type { KvCache } from './decoder.js';
+import type { KvCache } from './kv-cache.js';
 import { preprocessImage } from '../image/preprocess.js';
 
 export const TOLERANCES = {

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { MiniGPT, type ModelEvent, type Timings } from '../../src/inference/model.js';
 import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { generate, type GenerationOptions } from '../../src/inference/generation/index.js';
-import { BufferPool, type KvCache } from '../../src/inference/decoder.js';
+import { BufferPool } from '../../src/inference/kv-blocks.js';
+import type { KvCache } from '../../src/inference/kv-cache.js';
 import { CachedContext, KvCacheLru, commonPrefixRows } from '../../src/inference/kv-reuse.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');

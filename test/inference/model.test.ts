@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MiniGPT, type ModelEvent } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
-import type { KvCache } from '../../src/inference/decoder.js';
+import type { KvCache } from '../../src/inference/kv-cache.js';
 import type { GenerationOptions } from '../../src/inference/generation/index.js';
 import { convertTinyV2, GOLDEN_V2 as GOLDEN } from '../helpers/tiny-package.js';
 
