@@ -90,6 +90,7 @@ try {
     provider: m.provider,
     dtype: m.meta.dtype,
     graph: m.meta.graph ?? 'plain',
+    compute: m.meta.compute ?? 'float32',
     vision_ms: Math.round(median(vision) * 100) / 100,
     ttft_ms: Math.round(median(ttft) * 100) / 100,
     prompt_tokens: promptTokens,

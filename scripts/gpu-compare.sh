@@ -6,8 +6,10 @@
 # GPU_COMPARE_TOY=1: the same steps at toy size on the CPU (the tiny preset, CPU providers, the baseline in fp32 on
 # the CPU, plain PyTorch where transformers is missing), for tests; Node.js from PATH.
 #
-# Steps: random checkpoints at the shape (scripts/random-checkpoint.mjs) -> our packages in fp32, fp16, int4 and
-# fp16 --fused (GPU_COMPARE_CONFIGS="fp32 fp16 int8 int4 fp16-fused ..." to choose) -> the baseline (scripts/gpu-compare-baseline.py: transformers LlamaForCausalLM fp16 eager, or plain
+# Steps: random checkpoints at the shape (scripts/random-checkpoint.mjs) -> our packages, each named
+# <weights>[-c16][-fused]: weights fp32 / fp16 / int8 / int4, -c16 = --compute fp16 (float16 activations and KV
+# cache), -fused = --fused; by default fp32, fp16-c16, fp16-c16-fused, int4 and int4-c16 (GPU_COMPARE_CONFIGS="..."
+# to choose) -> the baseline (scripts/gpu-compare-baseline.py: transformers LlamaForCausalLM fp16 eager, or plain
 # PyTorch; EVA ViT + llama_proj) -> each package on the provider (scripts/gpu-compare-ours.mjs), each in its own
 # process. The raw log goes to stderr and $OUT; the last line of stdout is one JSON object:
 #   {"device", "layers", "vit_depth", "toy", "baseline": {...}, "ours": {"<config>": {...}}, "best", "decode_ratio"}
@@ -53,12 +55,14 @@ date -u +%FT%TZ > "$out/date.txt"
 log "random checkpoints: preset $preset, $layers LLM layers, $vit_depth ViT blocks"
 t0=$(date +%s)
 node scripts/random-checkpoint.mjs --preset "$preset" --llm-layers "$layers" --vit-depth "$vit_depth" --out "$work/ckpt" >&2 || exit 1
-read -r -a configs <<< "${GPU_COMPARE_CONFIGS:-fp32 fp16 int4 fp16-fused}"
+read -r -a configs <<< "${GPU_COMPARE_CONFIGS:-fp32 fp16-c16 fp16-c16-fused int4 int4-c16}"
 for c in "${configs[@]}"; do
-  d=${c%-fused}
-  fused=(); [ "$c" != "$d" ] && fused=(--fused)
+  d=${c%%-*}
+  flags=()
+  [[ "$c" == *-fused ]] && flags+=(--fused)
+  [[ "$c" == *-c16* ]] && flags+=(--compute fp16)
   node bin/minigpt.js convert --arch minigpt-v2 --vit "$work/ckpt/eva_vit_g.pth" --llm "$work/ckpt/llama" --ckpt "$work/ckpt/minigptv2_checkpoint.pth" \
-    "${convert_extra[@]}" --dtype "$d" "${fused[@]}" --out "$work/pkg-$c" >&2 2> "$out/convert-$c.log" || { echo "convert $c failed: $(tail -3 "$out/convert-$c.log")" >&2; }
+    "${convert_extra[@]}" --dtype "$d" "${flags[@]}" --out "$work/pkg-$c" >&2 2> "$out/convert-$c.log" || { echo "convert $c failed: $(tail -3 "$out/convert-$c.log")" >&2; }
 done
 log "checkpoints + conversions: $(( $(date +%s) - t0 )) s"
 

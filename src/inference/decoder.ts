@@ -5,7 +5,7 @@ import type { ModelJson } from './package.js';
 import type { StepModel } from './generation/types.js';
 import type { TokenEmbedder } from './embedder.js';
 import { KvCache } from './kv-cache.js';
-import { AppendBlock, BufferPool, copyRow, growCapacity, PresentBlock, type BlockInputs } from './kv-blocks.js';
+import { AppendBlock, BufferPool, copyRow, growCapacity, kvTensor, kvType, PresentBlock, type BlockInputs, type KvArray, type KvType } from './kv-blocks.js';
 import { copyInto, placeRows } from './step-batch.js';
 
 type LlmShape = ModelJson['llm'];
@@ -76,6 +76,8 @@ export class LlamaDecoder implements StepModel<KvCache> {
   private readonly batchRows: number;
   private readonly pool: BufferPool;
   private readonly prefillChunk: number;
+  /** the KV cache's element type: the graph's (float16 for a decoder converted with --compute fp16) */
+  private readonly kv: KvType;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -100,7 +102,9 @@ export class LlamaDecoder implements StepModel<KvCache> {
     this.mode = opts.mode === 'present' || !hasNew ? 'present' : 'append';
     this.ones = new BigInt64Array(shape.maxPositions).fill(1n);
     this.batchRows = Math.max(1, Math.floor(opts.batchRows ?? 8));
-    this.pool = new BufferPool(opts.poolBytes ?? 512 * 1024 * 1024);
+    const past0 = session.inputMetadata?.find((m) => m.name === this.pastNames[0]);
+    this.kv = kvType(past0?.isTensor ? past0.type : 'float32');
+    this.pool = new BufferPool(opts.poolBytes ?? 512 * 1024 * 1024, this.kv);
     this.prefillChunk = Math.max(1, Math.floor(opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK));
   }
 
@@ -120,7 +124,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
   emptyCache(): KvCache {
     const { kvHeads, headDim } = this.shape;
     const tensors: Record<string, ort.Tensor> = {};
-    for (const n of this.pastNames) tensors[n] = new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim]);
+    for (const n of this.pastNames) tensors[n] = kvTensor(this.kv, this.kv.alloc(0), [1, kvHeads, 0, headDim]);
     return new KvCache(tensors, 0);
   }
 
@@ -241,7 +245,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
           position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: n }, (_, i) => BigInt(at + i)), [1, n]),
         };
         const out = await this.run(feeds, this.fetches);
-        for (let i = 0; i < this.pastNames.length; i++) block.write(this.pastNames[i], out[this.newNames[i]].data as Float32Array, 0, n, row, at);
+        for (let i = 0; i < this.pastNames.length; i++) block.write(this.pastNames[i], out[this.newNames[i]].data as KvArray, 0, n, row, at);
         block.written[row] = at + n;
         if (signal?.aborted) signal.throwIfAborted();
         logits = out.logits.data as Float32Array;
@@ -264,7 +268,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
     if (!f) {
       const { kvHeads, headDim } = this.shape;
       const dims = [rows, kvHeads, positions, headDim];
-      f = Object.fromEntries(names.map((n) => [n, new ort.Tensor('float32', new Float32Array(rows * kvHeads * positions * headDim), dims)]));
+      f = Object.fromEntries(names.map((n) => [n, kvTensor(this.kv, this.kv.alloc(rows * kvHeads * positions * headDim), dims)]));
       this.zeroFeeds.set(key, f);
     }
     return f;
@@ -326,7 +330,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
         this.stats.runMs += performance.now() - t0;
       }
       for (let i = 0; i < this.pastNames.length; i++) {
-        const data = out[this.newNames[i]].data as Float32Array;
+        const data = out[this.newNames[i]].data as KvArray;
         const name = this.pastNames[i];
         for (let b = 0; b < B; b++) block.write(name, data, slots[b], 1, slots[b], states[b].length);
       }
@@ -390,12 +394,12 @@ export class LlamaDecoder implements StepModel<KvCache> {
       past = {};
       for (const name of this.pastNames) {
         const { kvHeads, headDim } = this.shape;
-        const dst = new Float32Array(B * kvHeads * T * headDim);
+        const dst = this.kv.alloc(B * kvHeads * T * headDim);
         states.forEach((s, b) => {
           const src = s.storage as PresentBlock;
-          copyRow(src.feeds[name].data as Float32Array, src.total, s.row, src.total - s.length, dst, T, b, pads[b], s.length, kvHeads, headDim);
+          copyRow(src.feeds[name].data as KvArray, src.total, s.row, src.total - s.length, dst, T, b, pads[b], s.length, kvHeads, headDim);
         });
-        past[name] = new ort.Tensor('float32', dst, [B, kvHeads, T, headDim]);
+        past[name] = kvTensor(this.kv, dst, [B, kvHeads, T, headDim]);
       }
     }
     // rows: [the masked cache position (when the graph has a cache input)] [left padding] [past] [new]

@@ -3,6 +3,33 @@
 // step's row placement (step-batch.ts) reach into a block; the rest of the bot sees immutable states.
 import * as ort from 'onnxruntime-node';
 
+/** KV values as the session takes them: float32, or float16 (a decoder computing in float16) as raw bits. */
+export type KvArray = Float32Array | Uint16Array;
+
+/** The element type of a decoder's KV cache (its graph's `past_key_values.*` type). */
+export interface KvType {
+  readonly tensor: 'float32' | 'float16';
+  readonly bytes: number;
+  alloc(n: number): KvArray;
+  /** the whole of `buffer` as this type */
+  wrap(buffer: ArrayBufferLike): KvArray;
+}
+
+export const KV_FLOAT32: KvType = { tensor: 'float32', bytes: 4, alloc: (n) => new Float32Array(n), wrap: (b) => new Float32Array(b) };
+// The runtime only moves KV values (copies rows, feeds them back): float16 needs no arithmetic in JS.
+export const KV_FLOAT16: KvType = { tensor: 'float16', bytes: 2, alloc: (n) => new Uint16Array(n), wrap: (b) => new Uint16Array(b) };
+
+export function kvType(tensorType: string): KvType {
+  if (tensorType === 'float16') return KV_FLOAT16;
+  if (tensorType === 'float32') return KV_FLOAT32;
+  throw new Error(`a KV cache of ${tensorType} values is not supported (float32 or float16)`);
+}
+
+/** A KV tensor of `type` over `data` (no copy). */
+export function kvTensor(type: KvType, data: KvArray, dims: readonly number[]): ort.Tensor {
+  return type.tensor === 'float16' ? new ort.Tensor('float16', data as Uint16Array, dims) : new ort.Tensor('float32', data as Float32Array, dims);
+}
+
 /** Storage shared by the KvCache views over its rows; freed when the last view is disposed. */
 export abstract class KvBlock {
   private refs = 0;
@@ -52,27 +79,30 @@ export interface StepInputs {
  * time. Reused buffers hold stale (finite) cache values where nothing was written yet: always masked out.
  */
 export class BufferPool {
-  private readonly free: Float32Array[] = [];
+  private readonly free: KvArray[] = [];
   private bytes = 0;
 
-  constructor(readonly budget: number) {}
+  constructor(
+    readonly budget: number,
+    readonly type: KvType = KV_FLOAT32,
+  ) {}
 
-  /** A buffer of `n` floats: a view on the smallest pooled one that fits (up to twice as large), or new. */
-  take(n: number): Float32Array {
+  /** A buffer of `n` values: a view on the smallest pooled one that fits (up to twice as large), or new. */
+  take(n: number): KvArray {
     let best = -1;
     for (let i = 0; i < this.free.length; i++) {
       const len = this.free[i].length;
       if (len >= n && len <= 2 * n && (best < 0 || len < this.free[best].length)) best = i;
     }
-    if (best < 0) return new Float32Array(n);
+    if (best < 0) return this.type.alloc(n);
     const [buf] = this.free.splice(best, 1);
     this.bytes -= buf.byteLength;
     return buf.subarray(0, n);
   }
 
   /** Takes back a buffer from take() (its whole allocation); the oldest go beyond the budget. */
-  give(view: Float32Array): void {
-    const buf = new Float32Array(view.buffer);
+  give(view: KvArray): void {
+    const buf = this.type.wrap(view.buffer);
     if (buf.byteLength > this.budget) return;
     this.free.push(buf);
     this.bytes += buf.byteLength;
@@ -108,7 +138,7 @@ export class PresentBlock extends KvBlock {
 
   get allocated(): number {
     let n = 0;
-    for (const t of Object.values(this.tensors ?? {})) n += t.size * 4;
+    for (const t of Object.values(this.tensors ?? {})) n += t.size * (t.type === 'float16' ? 2 : 4);
     return n;
   }
 
@@ -126,7 +156,7 @@ export class PresentBlock extends KvBlock {
  * the batch is copied into a free row (one no live state uses), the others stay where they are.
  */
 export class AppendBlock extends KvBlock {
-  private data: Record<string, Float32Array> | null;
+  private data: Record<string, KvArray> | null;
   private readonly views = new Map<number, Record<string, ort.Tensor>>();
   readonly written: Int32Array;
   /** live states per row */
@@ -141,15 +171,17 @@ export class AppendBlock extends KvBlock {
     readonly kvHeads: number,
     readonly headDim: number,
     readonly pool?: BufferPool,
+    readonly type: KvType = pool?.type ?? KV_FLOAT32,
   ) {
     super(rows);
+    if (pool && pool.type !== type) throw new Error(`a ${type.tensor} KV block cannot take buffers from a ${pool.type.tensor} pool`);
     const size = rows * kvHeads * capacity * headDim;
-    this.data = Object.fromEntries(names.map((n) => [n, pool ? pool.take(size) : new Float32Array(size)]));
+    this.data = Object.fromEntries(names.map((n) => [n, pool ? pool.take(size) : type.alloc(size)]));
     this.written = new Int32Array(rows);
     this.rowRefs = new Int32Array(rows);
   }
 
-  get buffers(): Record<string, Float32Array> {
+  get buffers(): Record<string, KvArray> {
     if (!this.data) throw new Error('KV cache used after it was disposed');
     return this.data;
   }
@@ -160,7 +192,7 @@ export class AppendBlock extends KvBlock {
     let f = this.views.get(k);
     if (!f) {
       const size = k * this.kvHeads * this.capacity * this.headDim;
-      f = Object.fromEntries(this.names.map((n) => [n, new ort.Tensor('float32', data[n].subarray(0, size), [k, this.kvHeads, this.capacity, this.headDim])]));
+      f = Object.fromEntries(this.names.map((n) => [n, kvTensor(this.type, data[n].subarray(0, size), [k, this.kvHeads, this.capacity, this.headDim])]));
       this.views.set(k, f);
     }
     return f;
@@ -171,7 +203,7 @@ export class AppendBlock extends KvBlock {
   }
 
   get allocated(): number {
-    return this.names.length * this.rows * this.kvHeads * this.capacity * this.headDim * 4;
+    return this.names.length * this.rows * this.kvHeads * this.capacity * this.headDim * this.type.bytes;
   }
 
   /** feeds() over rows [0, k) under the graph input names `as` gives, with its extra inputs */
@@ -188,7 +220,7 @@ export class AppendBlock extends KvBlock {
   }
 
   /** Writes `n` new positions of `src` ([rows, kvHeads, n, hd], row srcRow) at position `at` of `row`. */
-  write(name: string, src: Float32Array, srcRow: number, n: number, row: number, at: number): void {
+  write(name: string, src: KvArray, srcRow: number, n: number, row: number, at: number): void {
     const dst = this.buffers[name];
     const { kvHeads, headDim, capacity } = this;
     const len = n * headDim;
@@ -257,11 +289,11 @@ export function growCapacity(need: number, limit: number): number {
 
 /** Copies `n` positions of one row between [rows, kvHeads, T, hd] buffers (positions counted after the pads). */
 export function copyRow(
-  src: Float32Array,
+  src: KvArray,
   srcTotal: number,
   srcRow: number,
   srcPad: number,
-  dst: Float32Array,
+  dst: KvArray,
   dstTotal: number,
   dstRow: number,
   dstPad: number,

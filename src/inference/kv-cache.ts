@@ -2,7 +2,7 @@
 // rows of one batch (see LlamaDecoder.step): they share the batch's storage, freed with the last of them.
 import * as ort from 'onnxruntime-node';
 import type { DecodeState } from './generation/types.js';
-import { AppendBlock, copyRow, growCapacity, KvBlock, PresentBlock } from './kv-blocks.js';
+import { AppendBlock, copyRow, growCapacity, KvBlock, kvTensor, kvType, PresentBlock, type KvArray } from './kv-blocks.js';
 
 export class KvCache implements DecodeState {
   private block: KvBlock | null;
@@ -65,7 +65,7 @@ export class KvCache implements DecodeState {
     const b = this.live();
     if (b instanceof AppendBlock) {
       if (b.rows === 1) return new KvCache(b, n, 0);
-      const out = new AppendBlock(b.names, 1, growCapacity(n, b.capacity), b.kvHeads, b.headDim, b.pool);
+      const out = new AppendBlock(b.names, 1, growCapacity(n, b.capacity), b.kvHeads, b.headDim, b.pool, b.type);
       out.copyRowFrom(b, this.row, n, 0);
       return new KvCache(out, n, 0);
     }
@@ -74,9 +74,10 @@ export class KvCache implements DecodeState {
     const out: Record<string, ort.Tensor> = {};
     for (const [name, t] of Object.entries(p.feeds)) {
       const [, kvHeads, , headDim] = t.dims as number[];
-      const dst = new Float32Array(kvHeads * n * headDim);
-      copyRow(t.data as Float32Array, p.total, this.row, p.total - this.length, dst, n, 0, 0, n, kvHeads, headDim);
-      out[name] = new ort.Tensor('float32', dst, [1, kvHeads, n, headDim]);
+      const type = kvType(t.type);
+      const dst = type.alloc(kvHeads * n * headDim);
+      copyRow(t.data as KvArray, p.total, this.row, p.total - this.length, dst, n, 0, 0, n, kvHeads, headDim);
+      out[name] = kvTensor(type, dst, [1, kvHeads, n, headDim]);
     }
     return new KvCache(out, n);
   }
@@ -85,7 +86,7 @@ export class KvCache implements DecodeState {
   clone(): KvCache {
     const b = this.live();
     if (b instanceof AppendBlock) {
-      const out = new AppendBlock(b.names, 1, growCapacity(this.length, Math.max(b.capacity, this.length)), b.kvHeads, b.headDim, b.pool);
+      const out = new AppendBlock(b.names, 1, growCapacity(this.length, Math.max(b.capacity, this.length)), b.kvHeads, b.headDim, b.pool, b.type);
       out.copyRowFrom(b, this.row, this.length, 0);
       return new KvCache(out, this.length, 0);
     }
@@ -93,7 +94,7 @@ export class KvCache implements DecodeState {
     if (p.storage !== b) return p;
     p.dispose();
     const out: Record<string, ort.Tensor> = {};
-    for (const [name, t] of Object.entries((b as PresentBlock).feeds)) out[name] = new ort.Tensor('float32', (t.data as Float32Array).slice(), t.dims);
+    for (const [name, t] of Object.entries((b as PresentBlock).feeds)) out[name] = kvTensor(kvType(t.type), (t.data as KvArray).slice(), t.dims);
     return new KvCache(out, this.length);
   }
 

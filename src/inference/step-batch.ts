@@ -1,7 +1,7 @@
 // Which rows of which block a batched 'append' step runs on. One session run feeds rows [0, k) of one
 // block, so the states of a step must be rows of the same block, and every row below the highest one used
 // is fed too: placing the rows trades a copy now against rows fed at every step after it.
-import { AppendBlock } from './kv-blocks.js';
+import { AppendBlock, type KvArray } from './kv-blocks.js';
 import type { KvCache } from './kv-cache.js';
 
 /** State b of a step runs on row `slots[b]` of `block`, whose rows [0, k) are fed. */
@@ -88,7 +88,7 @@ export function copyInto(block: AppendBlock, row: number, s: KvCache): void {
   }
   const p = s.prefix();
   try {
-    for (const name of block.names) block.write(name, p.feeds()[name].data as Float32Array, 0, s.length, row, 0);
+    for (const name of block.names) block.write(name, p.feeds()[name].data as KvArray, 0, s.length, row, 0);
     block.written[row] = s.length;
   } finally {
     p.dispose();

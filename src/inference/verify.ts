@@ -62,6 +62,8 @@ export interface PromptReport {
 export interface VerifyReport {
   /** the package's weight type, which chooses the bounds (DTYPE_BOUNDS) */
   dtype: WeightType;
+  /** the decoder's compute type (model.json `compute`): float16 is held to its weight type's bounds too */
+  compute: 'float32' | 'float16';
   bounds: { tensor: number; forced_top1: number };
   stages: Record<string, StageError>;
   prompts: Record<string, PromptReport>;
@@ -268,7 +270,7 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
       }
       if (Object.keys(prompts).length === 0) throw new Error(`${goldenDir} has no prompt for this package (${variant || 'default'} variant)`);
       const ok = Object.values(stages).every((s) => s.ok) && Object.values(prompts).every((p) => p.ok);
-      return { dtype, bounds: { tensor: bounds.tensor, forced_top1: bounds.forcedTop1 }, stages, prompts, ok, ...(model.forcedAnswer ? { forced_answer: true as const } : {}) };
+      return { dtype, compute: model.meta.compute, bounds: { tensor: bounds.tensor, forced_top1: bounds.forcedTop1 }, stages, prompts, ok, ...(model.forcedAnswer ? { forced_answer: true as const } : {}) };
     }
     throw new Error(`${goldenDir} has no pixel_values tensor to feed the vision encoder`);
   } finally {

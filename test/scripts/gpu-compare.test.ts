@@ -38,13 +38,13 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         vit_depth: number;
         toy: boolean;
         baseline: Measured & { impl: string; dtype: string };
-        ours: Record<string, Measured & { provider: string; dtype: string; graph: string }>;
+        ours: Record<string, Measured & { provider: string; dtype: string; graph: string; compute: string }>;
         best: string;
         decode_ratio: number;
       };
       expect(last).toMatchObject({ device: 'cpu', layers: 2, vit_depth: 2, toy: true });
       expect(['torch', 'transformers']).toContain(last.baseline.impl);
-      expect(Object.keys(last.ours)).toEqual(['fp32', 'fp16', 'int4', 'fp16-fused']);
+      expect(Object.keys(last.ours)).toEqual(['fp32', 'fp16-c16', 'fp16-c16-fused', 'int4', 'int4-c16']);
       for (const [config, m] of Object.entries({ baseline: last.baseline, ...last.ours })) {
         for (const k of ['vision_ms', 'ttft_ms', 'decode_tok_s', 'batch8_tok_s'] as const) expect(m[k], `${config} ${k}`).toBeGreaterThan(0);
         // the same prompt on both sides: the image's 256 rows and about 45 text tokens
@@ -52,8 +52,9 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
       }
       for (const [config, m] of Object.entries(last.ours)) {
         expect(m.provider).toBe('cpu');
-        expect(m.dtype).toBe(config.replace('-fused', ''));
+        expect(m.dtype).toBe(config.split('-')[0]);
         expect(m.graph).toBe(config.endsWith('-fused') ? 'fused' : 'plain');
+        expect(m.compute).toBe(config.includes('-c16') ? 'float16' : 'float32');
       }
       const best = Object.entries(last.ours).sort((a, b) => b[1].decode_tok_s - a[1].decode_tok_s)[0];
       expect(last.best).toBe(best[0]);
