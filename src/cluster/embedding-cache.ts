@@ -4,7 +4,7 @@
 // float32 rows with the image's size, keyed by the image's content hash and the package (embeddings of one model
 // mean nothing to another), kept for an hour after their last write.
 import type { Redis } from 'ioredis';
-import type { EncodedImage, SharedImageCache } from '../conversation/manager.js';
+import type { EncodedImage, SharedImageCache } from '../conversation/image-input.js';
 import { PREFIX } from './protocol.js';
 
 const TTL_S = 3600;

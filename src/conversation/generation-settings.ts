@@ -1,0 +1,37 @@
+// A request's generation settings as the model gets them: upstream Chat.answer's settings, then the
+// configured defaults, then what the user asked for, sanitised and clamped (never an error: users type these).
+import type { MiniGPT } from '../inference/model.js';
+import { UPSTREAM_CHAT_OPTIONS, type GenerationOptions } from '../inference/generation/index.js';
+import { LIMITS } from './limits.js';
+import type { RequestGeneration } from './types.js';
+
+/** Most extra stop strings a request may add. */
+const MAX_STOP_STRINGS = 8;
+
+/** Upstream Chat.answer's settings minus its stop conditions (the package's apply). */
+const { stopIds: _stopIds, stopStrings: _stopStrings, ...CHAT_DEFAULTS } = UPSTREAM_CHAT_OPTIONS;
+
+function finite(v: unknown): v is number {
+  return typeof v === 'number' && Number.isFinite(v);
+}
+
+/** Defaults (upstream Chat.answer, then `defaults`), then the request's settings, sanitised and clamped. */
+export function generationOptions(
+  g: RequestGeneration | undefined,
+  defaults: Partial<GenerationOptions>,
+  model: Pick<MiniGPT, 'meta'>,
+): GenerationOptions {
+  const out: Partial<GenerationOptions> = { ...CHAT_DEFAULTS, ...defaults };
+  const window = model.meta.llm.maxPositions;
+  if (g) {
+    if (finite(g.temperature) && g.temperature >= 0) out.temperature = Math.min(g.temperature, 10);
+    if (finite(g.maxNewTokens) && g.maxNewTokens >= 1) out.maxNewTokens = Math.min(Math.floor(g.maxNewTokens), window);
+    if (finite(g.topP) && g.topP > 0) out.topP = Math.min(g.topP, 1);
+    if (finite(g.numBeams) && g.numBeams >= 1) out.numBeams = Math.min(Math.floor(g.numBeams), LIMITS.beams);
+    if (finite(g.repetitionPenalty) && g.repetitionPenalty > 0) out.repetitionPenalty = Math.min(g.repetitionPenalty, 10);
+    if (finite(g.seed)) out.seed = Math.floor(g.seed);
+    const stop = Array.isArray(g.stop) ? g.stop.filter((x): x is string => typeof x === 'string' && x.length > 0).slice(0, MAX_STOP_STRINGS) : [];
+    if (stop.length > 0) out.stopStrings = [...(out.stopStrings ?? model.meta.prompt.stopStrings), ...stop];
+  }
+  return { ...out, maxNewTokens: out.maxNewTokens ?? 300 };
+}

@@ -1,0 +1,65 @@
+// A finished turn as the client is told (the `final` event) and as the store keeps it (the turn, and a
+// thread's conversation after it).
+import { parseGrounding } from '../grounding/parse.js';
+import type { TurnImage } from './image-input.js';
+import type { UserTurn } from './text.js';
+import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState, PriorTurn, StoredTurn } from './types.js';
+
+export type FinalEvent = Extract<AnswerEvent, { type: 'final' }>;
+
+/** The model's answer: raw text (box syntax included) and why it ended. */
+export interface Answer {
+  text: string;
+  finishReason: string;
+}
+
+export function finalEvent(turn: UserTurn, answer: Answer, image: TurnImage | undefined): FinalEvent {
+  const { entities } = parseGrounding(answer.text);
+  return {
+    type: 'final',
+    text: answer.text,
+    entities,
+    finishReason: answer.finishReason,
+    task: turn.task,
+    ...(image ? { image: { width: image.width, height: image.height } } : {}),
+  };
+}
+
+export function storedTurn(req: ConversationRequest, turn: UserTurn, answer: Answer): StoredTurn {
+  return {
+    user: turn.prompt,
+    assistant: answer.text.trim(),
+    task: turn.task,
+    // Cluster jobs and JavaScript callers are not held to the request's types; the store is.
+    by: typeof req.user === 'string' ? req.user : String(req.user),
+    at: new Date().toISOString(),
+    finishReason: answer.finishReason,
+    ...(req.requestId !== undefined ? { requestId: req.requestId } : {}),
+  };
+}
+
+/**
+ * A thread's conversation after `stored`. `fresh`: the turn brought a new image, which starts the conversation
+ * afresh (its dropped-turn count included); `kept`: the earlier turns that fitted the budget, `dropped` the rest.
+ */
+export function threadState(opts: {
+  key: ConversationKey;
+  prev: ConversationState | undefined;
+  image: TurnImage;
+  fresh: boolean;
+  kept: readonly PriorTurn[];
+  dropped: number;
+  stored: StoredTurn;
+}): ConversationState {
+  const { prev, image, fresh, stored } = opts;
+  return {
+    v: 1,
+    key: opts.key,
+    image: { hash: image.hash, width: image.width, height: image.height, bytes: image.bytes },
+    // A thread's earlier turns are its stored ones.
+    turns: [...(opts.kept as StoredTurn[]), stored],
+    droppedTurns: (fresh ? 0 : (prev?.droppedTurns ?? 0)) + opts.dropped,
+    createdAt: fresh || !prev ? stored.at : prev.createdAt,
+    updatedAt: stored.at,
+  };
+}
