@@ -16,7 +16,8 @@ import { randomTensorBytes, type RandomTensor } from '../../src/convert/random-c
 import { randomTokenizerJson } from '../../src/convert/random-checkpoints/tokenizer.js';
 import { floatToHalf as floatToHalfBits } from '../../src/convert/quantize.js';
 import { CheckpointError, halfToFloat, openCheckpoint, openHfWeights, openTorchCheckpoint, type TensorSource } from '../../src/convert/readers/index.js';
-import { unpickle, PyGlobal, PyDict } from '../../src/convert/readers/pickle.js';
+import { unpickle } from '../../src/convert/readers/pickle.js';
+import { PyGlobal, PyDict } from '../../src/convert/readers/pickle-values.js';
 import {
   Pickler,
   planShards,
