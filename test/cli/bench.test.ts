@@ -4,9 +4,9 @@ import { describe, expect, it } from 'vitest';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { stat } from '../../src/cli/bench-common.js';
-import type { ApiBenchResult } from '../../src/cli/bench-api.js';
-import { medianResult, parseDtypes, weightRatios, weightsMarkdown, type WeightsResult } from '../../src/cli/bench-weights.js';
+import { stat } from '../../src/cli/bench/common.js';
+import type { ApiBenchResult } from '../../src/cli/bench/api.js';
+import { medianResult, parseDtypes, weightRatios, weightsMarkdown, type WeightsResult } from '../../src/cli/bench/weights.js';
 import { minigpt } from '../helpers/cli.js';
 import { convertTinyV2 } from '../helpers/tiny-package.js';
 

@@ -12,7 +12,8 @@ import {
   unwrapPrefix,
   type TensorSource,
 } from '../../src/convert/readers/index.js';
-import { PyDict, unpickle } from '../../src/convert/readers/pickle.js';
+import { unpickle } from '../../src/convert/readers/pickle.js';
+import { PyDict } from '../../src/convert/readers/pickle-values.js';
 import { crc32 } from '../../src/convert/readers/zip.js';
 import {
   PickleWriter,

@@ -8,20 +8,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { convert } from '../../src/convert/convert.js';
-import {
-  ckptTensors,
-  floatToHalfBits,
-  llamaTensors,
-  randomShape,
-  randomTensorBytes,
-  randomTokenizerJson,
-  vitTensors,
-  writeRandomMiniGPTv2,
-  type RandomCheckpointResult,
-  type RandomTensor,
-} from '../../src/convert/random-checkpoints.js';
+import { randomShape, writeRandomMiniGPTv2, type RandomCheckpointResult } from '../../src/convert/random-checkpoints.js';
+import { vitTensors } from '../../src/convert/random-checkpoints/eva-vit.js';
+import { llamaTensors } from '../../src/convert/random-checkpoints/llama.js';
+import { ckptTensors } from '../../src/convert/random-checkpoints/minigptv2.js';
+import { randomTensorBytes, type RandomTensor } from '../../src/convert/random-checkpoints/tensors.js';
+import { randomTokenizerJson } from '../../src/convert/random-checkpoints/tokenizer.js';
+import { floatToHalf as floatToHalfBits } from '../../src/convert/quantize.js';
 import { CheckpointError, halfToFloat, openCheckpoint, openHfWeights, openTorchCheckpoint, type TensorSource } from '../../src/convert/readers/index.js';
-import { unpickle, PyGlobal, PyDict } from '../../src/convert/readers/pickle.js';
+import { unpickle } from '../../src/convert/readers/pickle.js';
+import { PyGlobal, PyDict } from '../../src/convert/readers/pickle-values.js';
 import {
   Pickler,
   planShards,

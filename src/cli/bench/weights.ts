@@ -6,12 +6,12 @@
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MiniGPT } from '../inference/model.js';
-import { loadPackage } from '../inference/package.js';
-import { conversationPrompt } from '../inference/prompt.js';
-import { generate } from '../inference/generation/index.js';
-import { WEIGHT_DTYPES, type WeightDType } from '../convert/quantize.js';
-import { fmt, GREEDY, roundAll, stat as stats } from './bench-common.js';
+import { MiniGPT } from '../../inference/model.js';
+import { loadPackage } from '../../inference/package.js';
+import { conversationPrompt } from '../../inference/prompt.js';
+import { generate } from '../../inference/generation/index.js';
+import { WEIGHT_DTYPES, type WeightDType } from '../../convert/quantize.js';
+import { fmt, GREEDY, roundAll, stat as stats } from './common.js';
 
 /** A row of the table: a weight type, for int8 / int4 optionally with its block size ("int4-b128"). */
 export interface WeightVariant {
@@ -144,8 +144,17 @@ export function medianResult(runs: readonly WeightsResult[]): WeightsResult {
   };
 }
 
-/** Ratios against fp32 (of the same run): what the table and the targets read. */
-export function weightRatios(results: readonly WeightsResult[]) {
+/** A row's ratios against fp32 (of the same run): what the table and the targets read. */
+export interface WeightRatio {
+  variant: string;
+  decode_speedup: number;
+  prefill_ratio: number;
+  vision_ratio: number;
+  rss_ratio: number;
+  size_ratio: number;
+}
+
+export function weightRatios(results: readonly WeightsResult[]): WeightRatio[] {
   const base = results.find((r) => r.dtype === 'fp32');
   return results.map((r) => ({
     variant: r.variant ?? r.dtype,
@@ -194,7 +203,7 @@ export async function benchThread(
   o: { rounds: number; tokens: number; kvCacheMb: number },
   log: (s: string) => void,
 ): Promise<ThreadResult> {
-  const { ConversationManager } = await import('../conversation/manager.js');
+  const { ConversationManager } = await import('../../conversation/manager.js');
   const t0 = performance.now();
   const model = await MiniGPT.load(dir, { provider: 'cpu', threads, log });
   const loadMs = performance.now() - t0;
@@ -270,7 +279,7 @@ export function parseDtypes(v: string | undefined): WeightVariant[] {
 }
 
 /** The weight-type table: one row per package, each figure with its ratio to fp32's. */
-export function weightsMarkdown(results: readonly WeightsResult[], ratios: ReturnType<typeof weightRatios>, layers: { llm: number; vit: number }): string[] {
+export function weightsMarkdown(results: readonly WeightsResult[], ratios: readonly WeightRatio[], layers: { llm: number; vit: number }): string[] {
   const x = (v: number) => (Number.isFinite(v) ? ` (${fmt(v, 'x')})` : '');
   return [
     `Weight types of the 7B-layer-shaped package (${layers.llm} Llama-2-7B layers with the 32000-token head, ${layers.vit} EVA ViT-g blocks at 448 px; the same random checkpoints converted to each; ${WEIGHTS_ROUNDS} child processes each, the variants interleaved; in each, ${WEIGHTS_PROFILE.reps} runs after ${WEIGHTS_PROFILE.warmup} warm-up, ${WEIGHTS_PROFILE.decodeTokens} greedy tokens a run; each figure the median of the processes' medians, peak RSS the largest). In brackets: the ratio to fp32 (decode: speed-up; the others: time or size over fp32's).`,

@@ -4,10 +4,10 @@
 // same process, one keeping KV caches (runtime.kv_cache_mb) and one not (the baseline: a full prefill of
 // image + history), alternating which goes first; every figure is a median over the measured rounds.
 import sharp from 'sharp';
-import { MiniGPT } from '../inference/model.js';
-import { ConversationManager } from '../conversation/manager.js';
-import { startApiServer } from '../../adapters/api/server.js';
-import { fmt, GREEDY, roundAll, stat } from './bench-common.js';
+import { MiniGPT } from '../../inference/model.js';
+import { ConversationManager } from '../../conversation/manager.js';
+import { startApiServer } from '../../../adapters/api/server.js';
+import { fmt, GREEDY, roundAll, stat } from './common.js';
 
 export interface ApiBenchResult {
   package: string;

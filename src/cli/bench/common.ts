@@ -1,6 +1,6 @@
-// What `minigpt bench`'s scenarios (src/cli/bench.ts) and its weight-type and thread measurements
-// (src/cli/bench-weights.ts) share: the greedy options every measured answer uses, medians, number formatting.
-import type { GenerationOptions } from '../inference/generation/index.js';
+// What `minigpt bench`'s scenarios (src/cli/bench/scenarios/) and its weight-type and thread measurements
+// (src/cli/bench/weights.ts) share: the greedy options every measured answer uses, medians, number formatting.
+import type { GenerationOptions } from '../../inference/generation/index.js';
 
 /** Greedy, no penalty, no stop words: every run of a package gives the same tokens, as many as asked for. */
 export const GREEDY: Partial<GenerationOptions> = { temperature: 0, repetitionPenalty: 1, stopIds: [], stopStrings: [] };

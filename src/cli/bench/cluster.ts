@@ -8,8 +8,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { fmt, roundAll, stat } from './bench-common.js';
-import { freePort } from '../util/net.js';
+import { fmt, roundAll, stat } from './common.js';
+import { freePort } from '../../util/net.js';
 
 export interface ClusterRow {
   workers: number;
@@ -30,8 +30,8 @@ export interface ClusterBenchResult {
   rows: ClusterRow[];
 }
 
-/** bin/minigpt.js, from the source tree (src/cli) or the build (dist/src/cli). */
-const BIN = [join(import.meta.dirname, '..', '..', 'bin', 'minigpt.js'), join(import.meta.dirname, '..', '..', '..', 'bin', 'minigpt.js')].find((f) => existsSync(f))!;
+/** bin/minigpt.js, from the source tree (src/cli/bench) or the build (dist/src/cli/bench). */
+const BIN = [join(import.meta.dirname, '..', '..', '..', 'bin', 'minigpt.js'), join(import.meta.dirname, '..', '..', '..', '..', 'bin', 'minigpt.js')].find((f) => existsSync(f))!;
 
 
 /** A child process and the first stderr line matching `re`. */
