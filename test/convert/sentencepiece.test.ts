@@ -1,156 +1,76 @@
 // SentencePiece tokenizer.model -> tokenizer.json, checked against Debian's sentencepiece tools: small models
-// are trained with spm_train on a generated corpus, and spm_encode / spm_decode must agree with our converted
+// trained with spm_train on a generated corpus, and spm_encode / spm_decode must agree with our converted
 // tokenizer on a few thousand varied strings (whitespace runs, leading/trailing spaces, tabs, Unicode
 // incl. CJK and emoji, digits, characters outside the vocabulary that need byte fallback).
-// .ci/run installs the tools (apt-get install sentencepiece); nothing here is skipped without them.
+// The models and the tools' outputs are committed (test/fixtures/sentencepiece, made by
+// scripts/make-spm-fixtures.ts with Debian's sentencepiece 0.1.97), so this needs none of the tools; where
+// spm_encode is on PATH, the last test also asks it live.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { bpeMerges, convertSentencePieceFile, PieceType, readSentencePieceModel, SentencePieceError } from '../../src/convert/sentencepiece.js';
 import { createTokenizer, loadTokenizer, type TextTokenizer } from '../../src/inference/tokenizer.js';
-import { rng } from '../helpers/rng.js';
 import { convertTinyV2 } from '../helpers/tiny-package.js';
+import { CONFIGS, SPM_TRAIN_COMMON, STRINGS, spmInputs, type SpmFixture } from './sentencepiece-inputs.js';
 
 const V2 = join(import.meta.dirname, '../fixtures/minigptv2-tiny');
-const STRINGS = 3000;
-
-const r = rng(20240611);
-const pick = <T>(a: readonly T[]): T => a[Math.floor(r() * a.length)];
-const SYLLABLES = ['th', 'e', 'an', 'in', 'er', 'on', 're', 'at', 'st', 'en', 'ou', 'ing', 'ch', 'qu', 'ly', 'a', 'o', 'i', 'u', 's', 't', 'k', 'm', 'p', 'l'];
-const UNICODE = ['café', 'naïve', 'Zürich', 'façade', 'Ελλάδα', 'москва', '日本語', 'テキスト', '中文字符', '한국어', 'עברית', 'العربية', 'हिन्दी', '😀', '👍🏽', '🇫🇷', '∑∫', '©®', 'ß', 'ﬁ'];
-/** never in the training corpus: byte fallback (or NFKC) territory */
-const RARE = ['\u{1F9EC}', 'ŋ', 'Ω', 'e\u0301', '𝔘', '\u00A0', '€', 'ā', '繁', '\u3000', '\u200B', '½'];
-const PUNCT = [',', '.', '!', '?', "'", '...', '—', '#', '$', '%', '<', '>', '[', ']'];
-const GAPS = [' ', ' ', ' ', ' ', '', '  ', '   ', '\t', ' \t ', '      '];
-
-function word(): string {
-  let w = '';
-  for (let i = 1 + Math.floor(r() * 3); i > 0; i--) w += pick(SYLLABLES);
-  return r() < 0.1 ? w[0].toUpperCase() + w.slice(1) : w;
-}
-
-function corpusLine(): string {
-  const parts: string[] = [];
-  for (let i = 3 + Math.floor(r() * 12); i > 0; i--) {
-    const x = r();
-    parts.push(x < 0.75 ? word() : x < 0.85 ? String(Math.floor(r() * 10000)) : x < 0.95 ? pick(UNICODE) : pick([',', '.', '!', '?', '(', ')', '-', ':', '"']));
-  }
-  return (r() < 0.1 ? '    ' : '') + parts.join(' ');
-}
-
-function testString(): string {
-  const parts: string[] = [];
-  for (let i = 1 + Math.floor(r() * 10); i > 0; i--) {
-    const x = r();
-    parts.push(x < 0.5 ? word() : x < 0.62 ? String(Math.floor(r() * 1e6)) : x < 0.75 ? pick(UNICODE) : x < 0.85 ? pick(RARE) : pick(PUNCT));
-    parts.push(pick(GAPS));
-  }
-  let s = parts.join('');
-  const lead = r();
-  if (lead < 0.15) s = ` ${s}`;
-  else if (lead < 0.25) s = `   ${s}`;
-  if (r() < 0.2) s = s.replace(/\s+$/, '');
-  return s;
-}
-
-/** Hand-picked edge cases first, then generated strings; no newlines (spm_encode reads one string per line). */
-const EDGE = [
-  'Hello world',
-  ' Hello world',
-  'Hello world ',
-  '   leading and trailing   ',
-  'a  b   c    d',
-  '\tTabbed\ttext\t',
-  '2024-06-11 12:34:56.789',
-  '1234567890',
-  '日本語のテキストです。',
-  '中文 混合 English 和 数字 42',
-  '👍🏽👍🏽 🇫🇷 \u{1F9EC}',
-  'ŋΩ€ā 繁 𝔘',
-  'e\u0301 versus é',
-  '###Human: <Img> describe </Img>###Assistant:',
-  '[INST] What is this? [/INST]',
-  '\u2581already escaped\u2581',
-  'x',
-  ' ',
-  '  ',
-];
-
-interface SpmConfig {
-  name: string;
-  args: string[];
-  /** exact agreement expected (the Unigram lattice ties are broken in float32 by SentencePiece, float64 here) */
-  minAgreement: number;
-}
-
-const CONFIGS: SpmConfig[] = [
-  {
-    // how Llama's tokenizer.model (Vicuna v0, Llama-2) was trained
-    name: 'llama',
-    args: [
-      '--model_type=bpe',
-      '--vocab_size=800',
-      '--byte_fallback=true',
-      '--normalization_rule_name=identity',
-      '--remove_extra_whitespaces=false',
-      '--add_dummy_prefix=true',
-      '--split_digits=true',
-      '--allow_whitespace_only_pieces=true',
-      '--character_coverage=0.9999',
-    ],
-    minAgreement: 1,
-  },
-  { name: 'bpe-squeeze-whitespace', args: ['--model_type=bpe', '--vocab_size=600', '--byte_fallback=true', '--normalization_rule_name=identity'], minAgreement: 1 },
-  { name: 'bpe-nmt-nfkc', args: ['--model_type=bpe', '--vocab_size=600', '--byte_fallback=true'], minAgreement: 1 },
-  {
-    name: 'bpe-no-dummy-prefix',
-    args: ['--model_type=bpe', '--vocab_size=500', '--byte_fallback=true', '--normalization_rule_name=identity', '--remove_extra_whitespaces=false', '--add_dummy_prefix=false'],
-    minAgreement: 1,
-  },
-  { name: 'unigram', args: ['--model_type=unigram', '--vocab_size=600', '--normalization_rule_name=identity', '--remove_extra_whitespaces=false'], minAgreement: 0.99 },
-];
+const FIXTURES = join(import.meta.dirname, '../fixtures/sentencepiece');
+const REGENERATE = 'regenerate it: npx vite-node scripts/make-spm-fixtures.ts (needs apt-get install -y sentencepiece)';
 
 let work: string;
-const strings = [...EDGE, ...Array.from({ length: STRINGS - EDGE.length }, testString)];
+const { strings, corpus } = spmInputs();
+const fixture = JSON.parse(gunzipSync(await readFile(join(FIXTURES, 'expected.json.gz'))).toString('utf8')) as SpmFixture;
+const sha256 = (s: string | Uint8Array) => createHash('sha256').update(s).digest('hex');
 
-function spm(tool: string, args: string[], input?: string): string {
+const modelPath = (name: string) => join(FIXTURES, `${name}.model`);
+
+/** spm_encode --output_format=id of the strings, as recorded in the fixture */
+function spmEncode(name: string): number[][] {
+  return fixture.models[name].encode.map((l) => (l ? l.split(' ').map(Number) : []));
+}
+
+/** spm_decode --input_format=id of the recorded ids (the recorded texts where not the string itself; '' for no ids) */
+function spmDecode(name: string): string[] {
+  const m = fixture.models[name];
+  return strings.map((s, i) => (m.encode[i] ? (m.decode_differs[String(i)] ?? s) : ''));
+}
+
+/** Debian's tool, if it is on PATH */
+function liveTool(tool: string, args: string[], input?: string): string | undefined {
   try {
     return execFileSync(tool, args, { input, maxBuffer: 1 << 28, stdio: ['pipe', 'pipe', 'pipe'] }).toString('utf8');
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { stderr?: Buffer };
-    if (err.code === 'ENOENT') throw new Error(`${tool} not found: install Debian's sentencepiece tools (apt-get install -y sentencepiece; .ci/run does)`);
+    if (err.code === 'ENOENT') return undefined;
     throw new Error(`${tool} ${args.join(' ')} failed: ${err.stderr?.toString() ?? err.message}`);
   }
 }
 
-const modelPath = (name: string) => join(work, `${name}.model`);
-
-function spmEncode(name: string, texts: readonly string[]): number[][] {
-  const out = spm('spm_encode', [`--model=${modelPath(name)}`, '--output_format=id'], `${texts.join('\n')}\n`).split('\n');
-  return texts.map((_, i) => (out[i].trim() ? out[i].trim().split(' ').map(Number) : []));
-}
-
-function spmDecode(name: string, ids: readonly number[][]): string[] {
-  // an empty line is not a valid id list for spm_decode: decode the non-empty ones
-  const rows = ids.map((x, i) => ({ x, i })).filter((v) => v.x.length > 0);
-  const out = spm('spm_decode', [`--model=${modelPath(name)}`, '--input_format=id'], `${rows.map((v) => v.x.join(' ')).join('\n')}\n`).split('\n');
-  const result = ids.map(() => '');
-  rows.forEach((v, k) => (result[v.i] = out[k]));
-  return result;
-}
-
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-spm-'));
-  await writeFile(join(work, 'corpus.txt'), `${Array.from({ length: 6000 }, corpusLine).join('\n')}\n`);
-  for (const c of CONFIGS) {
-    spm('spm_train', [`--input=${join(work, 'corpus.txt')}`, `--model_prefix=${join(work, c.name)}`, '--minloglevel=2', '--num_threads=1', '--seed_sentencepiece_size=20000', ...c.args]);
-  }
-}, 300_000);
+});
 
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
+});
+
+describe('the committed fixture (test/fixtures/sentencepiece)', () => {
+  it('was made from these strings, this corpus and these spm_train options', async () => {
+    expect(fixture.strings, REGENERATE).toBe(STRINGS);
+    expect(fixture.strings_sha256, `the test strings changed: ${REGENERATE}`).toBe(sha256(JSON.stringify(strings)));
+    expect(fixture.corpus_sha256, `the training corpus changed: ${REGENERATE}`).toBe(sha256(`${corpus.join('\n')}\n`));
+    expect(Object.keys(fixture.models)).toEqual(CONFIGS.map((c) => c.name));
+    for (const c of CONFIGS) {
+      const m = fixture.models[c.name];
+      expect(m.spm_train, `${c.name}: the spm_train options changed: ${REGENERATE}`).toEqual([...SPM_TRAIN_COMMON, ...c.args]);
+      expect(sha256(await readFile(modelPath(c.name))), `${c.name}.model is not the one the outputs were recorded with`).toBe(m.model_sha256);
+      expect(m.encode).toHaveLength(STRINGS);
+    }
+  });
 });
 
 describe('reading tokenizer.model', () => {
@@ -175,12 +95,9 @@ describe('reading tokenizer.model', () => {
     expect(readSentencePieceModel(await readFile(modelPath('unigram'))).trainer.modelType).toBe('unigram');
   });
 
-  it('has the pieces and scores spm_export_vocab lists', async () => {
+  it('has the pieces and scores spm_export_vocab lists (recorded)', async () => {
     const m = readSentencePieceModel(await readFile(modelPath('llama')));
-    const listed = spm('spm_export_vocab', [`--model=${modelPath('llama')}`])
-      .split('\n')
-      .filter(Boolean)
-      .map((l) => l.split('\t'));
+    const listed = fixture.llama_vocab;
     expect(m.pieces.map((p) => p.piece)).toEqual(listed.map((l) => l[0]));
     m.pieces.forEach((p, i) => expect(p.score).toBeCloseTo(Number(listed[i][1]), 4));
   });
@@ -212,7 +129,7 @@ for (const c of CONFIGS) {
 
     beforeAll(async () => {
       tok = createTokenizer(await convertSentencePieceFile(modelPath(c.name)));
-      expected = spmEncode(c.name, strings);
+      expected = spmEncode(c.name);
       strings.forEach((s, i) => {
         // Known difference: a text SentencePiece normalises to nothing (only squeezed-away whitespace) gives
         // no pieces; tokenizer.json's Prepend normaliser still yields the dummy "▁" (Hugging Face's does too).
@@ -235,7 +152,7 @@ for (const c of CONFIGS) {
     });
 
     it('decodes the ids as spm_decode does', () => {
-      const spmText = spmDecode(c.name, expected);
+      const spmText = spmDecode(c.name);
       const bad: string[] = [];
       // <unk> (only without byte fallback) is written " ⁇ " by spm_decode and "<unk>" by tokenizer.json decoders
       const unkId = tok.tokenToId('<unk>');
@@ -265,7 +182,7 @@ for (const c of CONFIGS) {
         const digits = tok.encode('1234567890', { addBos: false });
         expect(digits.length).toBeGreaterThanOrEqual(10);
         // with the BOS, as upstream's LlamaTokenizer encodes a prompt
-        expect(tok.encode('Hello world', { addBos: true })).toEqual([1, ...spmEncode('llama', ['Hello world'])[0]]);
+        expect(tok.encode('Hello world', { addBos: true })).toEqual([1, ...expected[strings.indexOf('Hello world')]]);
         expect(tok.bosId).toBe(1);
         expect(tok.eosId).toBe(2);
       });
@@ -285,7 +202,7 @@ describe('minigpt convert with a tokenizer.model-only language model folder (Vic
     expect(meta.provenance.sources.find((s) => s.role === 'tokenizer')?.path).toBe('tokenizer.model');
     const tok = await loadTokenizer(join(out, 'tokenizer.json'), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
     const sample = strings.slice(0, 200);
-    const ids = spmEncode('llama', sample);
+    const ids = spmEncode('llama');
     sample.forEach((s, i) => expect(tok.encode(s, { addBos: false }), JSON.stringify(s)).toEqual(ids[i]));
     // a literal <s> in a prompt is the BOS token (upstream's Llama-2 chat template relies on it)
     expect(tok.encode('<s>[INST]', { addBos: false })[0]).toBe(1);
@@ -295,4 +212,28 @@ describe('minigpt convert with a tokenizer.model-only language model folder (Vic
       /neither tokenizer.json nor a SentencePiece tokenizer.model/,
     );
   });
+});
+
+// Optional: where Debian's spm_encode is installed, our tokenizer against the tool itself (not the recording).
+const liveVersion = liveTool('spm_encode', ['--version'])?.trim();
+
+describe.runIf(liveVersion !== undefined)(`live: spm_encode on PATH (${liveVersion ?? 'not installed: the recorded outputs above are the check'})`, () => {
+  for (const c of CONFIGS) {
+    it(`${c.name}: our ids are spm_encode's`, async () => {
+      const tok = createTokenizer(await convertSentencePieceFile(modelPath(c.name)));
+      const out = (liveTool('spm_encode', [`--model=${modelPath(c.name)}`, '--output_format=id'], `${strings.join('\n')}\n`) ?? '').split('\n');
+      let compared = 0;
+      const bad: string[] = [];
+      strings.forEach((s, i) => {
+        const live = out[i].trim() ? out[i].trim().split(' ').map(Number) : [];
+        if (live.length === 0 && s.length > 0) return; // normalised to nothing (see above)
+        compared++;
+        const ours = tok.encode(s, { addBos: false });
+        if (ours.join(' ') !== live.join(' ')) bad.push(`${JSON.stringify(s)}\n    spm  ${live.join(' ')}\n    ours ${ours.join(' ')}`);
+      });
+      expect(compared).toBeGreaterThan(STRINGS - 20);
+      if (c.minAgreement === 1) expect(bad.slice(0, 5)).toEqual([]);
+      else expect(1 - bad.length / compared, bad.slice(0, 3).join('\n')).toBeGreaterThanOrEqual(c.minAgreement);
+    });
+  }
 });

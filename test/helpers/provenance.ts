@@ -32,6 +32,18 @@ export interface Provenance extends TrainRecord {
   /** shapes: the generator's shape set (`demo-data --shapes`); records written before it existed are classic */
   heldout: { seed: number; images: number; shapes?: string; eval: Record<(typeof TASKS)[number], { n: number; accuracy: number }> };
   check: { images: number; threads: number } & Record<(typeof TASKS)[number], CheckRecord>;
+  /** the final test split: evaluated once, after selection, on the published package; chose nothing */
+  test?: {
+    seed: number;
+    images: number;
+    shapes: string;
+    evaluated_once: boolean;
+    after_selection: boolean;
+    package_sha256: Record<string, string>;
+    /** the seeds it is not: training, validation, selection, the web examples, train.py's own */
+    seeds_not_this: Record<string, number[] | string>;
+    eval: Record<(typeof TASKS)[number], { n: number; accuracy: number }>;
+  };
 }
 
 interface Publish {

@@ -1,4 +1,4 @@
-// A real redis-server (Debian's `redis-server` package; `bash .ci/run` installs it) for a test: its own
+// A real redis-server (Debian's `redis-server` package; `npm test` installs it first: scripts/test-tools.sh) for a test: its own
 // temp folder, a free loopback port, append-only file on request; stopped, killed or restarted by the test.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -69,7 +69,7 @@ export async function startRedis(opts: { aof?: boolean } = {}): Promise<TestRedi
     c.stderr!.on('data', (d: Buffer) => (output += d.toString()));
     await new Promise<void>((resolve, reject) => {
       c.once('spawn', resolve);
-      c.once('error', (err) => reject(new Error(`cannot start redis-server (Debian package redis-server; bash .ci/run installs it): ${err.message}`)));
+      c.once('error', (err) => reject(new Error(`cannot start redis-server (Debian package redis-server; npm test installs it first: scripts/test-tools.sh): ${err.message}`)));
     });
     child = c;
     await waitForPort(port, c, () => output);

@@ -14,7 +14,8 @@ import { loadTokenizer } from '../../src/inference/tokenizer.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
 import { DEFAULT_SHAPE_SET } from '../../src/demo-data/scene.js';
-import { TASKS, expectRecordedFiles, expectRecordedScores, type TrainRecord } from '../helpers/provenance.js';
+import { TASKS, expectRecordedFiles, expectRecordedScores, type Provenance, type TrainRecord } from '../helpers/provenance.js';
+import { EXAMPLE_SEED } from '../../adapters/web/examples.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const DEMO = join(ROOT, 'models', 'demo');
@@ -47,6 +48,39 @@ describe('models/demo', () => {
     expect(bytes).toBeLessThanOrEqual(30 * 1024 * 1024); // the issue's size limit
     await expectRecordedScores(DEMO, record, work);
   }, 300_000);
+
+  it('reports a final test split, evaluated once after selection, whose seed no training or selection used', async () => {
+    const record = JSON.parse(await readFile(join(DEMO, 'PROVENANCE.json'), 'utf8')) as Provenance;
+    const test = record.test;
+    expect(test, 'PROVENANCE.json has no final test split (test)').toBeDefined();
+    // the same scene count, shape set and tasks as the selection split, on exactly the committed package
+    expect(test).toMatchObject({ evaluated_once: true, after_selection: true, images: record.heldout.images, shapes: record.heldout.shapes });
+    expect(test!.package_sha256, 'the package changed after its test split was evaluated').toEqual(
+      Object.fromEntries(Object.entries(record.package).map(([f, r]) => [f, r.sha256])),
+    );
+    for (const t of TASKS) expect(test!.eval[t].n, t).toBeGreaterThan(250);
+
+    // every seed recorded as used: the training data of the whole chain of runs (PROVENANCE.json's data lines),
+    // the selection (held-out) seeds, train.py's seeds, the recipe's and gpu.sh's demo-data seeds (but for the
+    // recipe's section on this split), the web demo's examples
+    const used = new Set<number>([EXAMPLE_SEED]);
+    type Run = TrainRecord & { data?: string; heldout?: { seed?: number }; package?: { heldout?: { seed?: number } } };
+    for (let run: Run | undefined = record; run; run = run.started_from as Run | undefined) {
+      for (const m of (run.data ?? '').matchAll(/seeds? (\d+)(?:-(\d+))?/g)) for (let k = Number(m[1]); k <= Number(m[2] ?? m[1]); k++) used.add(k);
+      for (const seed of [run.heldout?.seed, run.package?.heldout?.seed, run.train_args.seed]) if (typeof seed === 'number') used.add(seed);
+    }
+    const recipe = (await readFile(join(DEMO, 'train', 'README.md'), 'utf8')).replace(/^## The final test split[\s\S]*?(?=^## )/m, '');
+    const gpu = await readFile(join(DEMO, 'train', 'gpu.sh'), 'utf8');
+    for (const m of `${recipe}\n${gpu}`.matchAll(/--seed (\d+)|seeds? (\d+)(?:-(\d+))?/g)) {
+      const [a, b] = m[1] ? [m[1], m[1]] : [m[2], m[3] ?? m[2]];
+      for (let k = Number(a); k <= Number(b); k++) used.add(k);
+    }
+    expect([0, 1, 8, 16, 999, 1000, 4242].every((s) => used.has(s)), 'the lists were read').toBe(true);
+    const listed = new Set(Object.values(test!.seeds_not_this).flatMap((v) => (Array.isArray(v) ? v : [])));
+    expect([...used].filter((s) => !listed.has(s)), 'seeds used but not in test.seeds_not_this').toEqual([]);
+    expect(used.has(test!.seed)).toBe(false);
+    expect(listed.has(test!.seed)).toBe(false);
+  });
 
   it('has a 512-piece tokenizer that round-trips ASCII text and box syntax exactly', async () => {
     const tok = await loadTokenizer(join(DEMO, 'tokenizer.json'), { bosId: 1, eosId: 2 });

@@ -1,6 +1,6 @@
 // scripts/gpu-compare.sh (issue 21) at toy size on the CPU (GPU_COMPARE_TOY=1): the steps the GPU run takes, with the
 // interface the GPU run keeps: the last line of stdout is one JSON object with the baseline, every configuration of
-// ours, the best one and the decode ratio. Needs Debian's python3-torch (bash .ci/run installs it).
+// ours, the best one and the decode ratio. Needs Debian's python3-torch (npm test installs it first: scripts/test-tools.sh).
 import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';

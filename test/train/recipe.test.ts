@@ -1,5 +1,5 @@
 // The training recipe of the demo model (models/demo/train, issue 7) as a smoke test: a tiny split, three
-// training steps in PyTorch (Debian's python3-torch, which .ci/run installs), the published files converted
+// training steps in PyTorch (Debian's python3-torch, which npm test installs first: scripts/test-tools.sh), the published files converted
 // by `minigpt convert`, the ONNX package checked against PyTorch on the same inputs, an eval run; the run
 // published with its PROVENANCE.json (publish.mjs) and checked against it; and two runs with the same seed
 // writing identical files.

@@ -17,8 +17,8 @@ import { buildTinyPackage, testPng } from './helpers.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
-// Never skipped: without Chromium this test fails and says how to install it (.ci/run does).
-if (!existsSync(CHROMIUM)) throw new Error(`the web demo browser test needs ${CHROMIUM}: apt-get install -y chromium`);
+// Never skipped: without Chromium this test fails and says how to install it (npm test does first: scripts/test-tools.sh).
+if (!existsSync(CHROMIUM)) throw new Error(`the web demo browser test needs ${CHROMIUM}: apt-get install -y chromium (npm test does first: scripts/test-tools.sh)`);
 
 let work: string;
 let model: MiniGPT;
