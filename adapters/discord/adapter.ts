@@ -8,35 +8,37 @@
 //   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
 //                                           on it for follow-ups
 import {
-  Client,
   Events,
-  GatewayIntentBits,
   MessageFlags,
-  Partials,
   Routes,
   ThreadAutoArchiveDuration,
   type Attachment,
   type ChatInputCommandInteraction,
+  type Client,
   type Interaction,
   type Message,
   type MessageContextMenuCommandInteraction,
   type SendableChannels,
   type ThreadChannel,
 } from 'discord.js';
-import type { AnswerEvent, ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
 import { isTask } from '../../src/grounding/tasks.js';
 import { LruMap } from '../../src/util/lru.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 import { notice, threadName } from './format.js';
+import { HELP_DESCRIBE_NO_IMAGE, HELP_NO_IMAGE, INTERNAL, NO_THREAD_AFTER_DESCRIBE, NO_THREAD_NOTICE, NOT_ENABLED, rateLimitMessage, stripBotMention } from './replies.js';
 import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
-import { redact, UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
+import { UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
-import { isPermissionError, relayAnswer, type Payload, type RelayResult, type ReplyTarget } from './relay.js';
+import { restartNotice } from '../shared/answer-events.js';
+import { describeError } from '../shared/errors.js';
+import type { ConversationPort } from '../shared/port.js';
+import { TaskSet } from '../shared/tasks.js';
+import { isPermissionError, relayAnswer, type RelayResult } from './relay.js';
+import { channelTarget, interactionTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
-export interface DiscordConversations {
-  handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
-}
+export type DiscordConversations = Pick<ConversationPort, 'handle'>;
 
 export interface DiscordAdapterOptions {
   manager: DiscordConversations;
@@ -83,99 +85,13 @@ export interface DiscordAdapter {
   readonly fatal: Promise<Error>;
 }
 
-/** Gateway close codes after which discord.js gives up (no reconnect): authentication failed, invalid shard,
- * sharding required, invalid API version, invalid intents, disallowed intents. */
-const FATAL_CLOSE_CODES = new Set([4004, 4010, 4011, 4012, 4013, 4014]);
-const TOKEN_HELP = 'check the bot token (Discord Developer Portal > your application > Bot > Reset Token)';
-const INTENTS_HELP = 'enable the Message Content intent (Discord Developer Portal > your application > Bot > Privileged Gateway Intents)';
-
-/**
- * A login or gateway failure that no retry can fix, as one sentence for whoever runs the bot (no token in
- * it); undefined for other errors. `closeCode`: the gateway's close code, when that is what is known.
- */
-export function fatalDiscordError(err: unknown, closeCode?: number): string | undefined {
-  const e = (err ?? {}) as { code?: unknown; status?: unknown; message?: unknown };
-  const message = typeof e.message === 'string' ? e.message : '';
-  if (e.code === 'TokenInvalid' || e.status === 401) return `Discord refused DISCORD_TOKEN (HTTP 401 Unauthorized): ${TOKEN_HELP}`;
-  if (closeCode === 4004 || /^Authentication failed/i.test(message)) return `Discord refused DISCORD_TOKEN (gateway close 4004: authentication failed): ${TOKEN_HELP}`;
-  if (closeCode === 4014 || /disallowed intents/i.test(message)) return `Discord refused the bot's gateway intents (close 4014: disallowed intents): ${INTENTS_HELP}`;
-  if (closeCode !== undefined && FATAL_CLOSE_CODES.has(closeCode)) return `Discord closed the bot's gateway connection for good (close ${closeCode}${message ? `: ${message}` : ''})`;
-  if (/^(Invalid shard|Sharding is required|Used an invalid API version|Used invalid intents)/.test(message)) return `Discord closed the bot's gateway connection for good (${message})`;
-  return undefined;
-}
-
 export const DEFAULT_RATE_LIMIT = { max: 6, windowMs: 60_000 };
 export const DEFAULT_EDIT_INTERVAL_MS = 1500;
 const CLOSE_GRACE_MS = 5_000;
 const KNOWN_REPLIES = 5_000;
 
-const HELP_NO_IMAGE =
-  'Attach an image (PNG, JPEG, WebP or GIF) to your message, or reply to a message that has one, and mention me with your question. ' +
-  'Start with a task tag such as `[grounding]`, `[refer]`, `[detection]`, `[identify]`, `[vqa]` or `[caption]` to pick a task.';
-const HELP_DESCRIBE_NO_IMAGE =
-  'Add an image with the `image` option, or use `/describe` inside a thread I started to ask about its image.';
-const NO_THREAD_NOTICE =
-  "I couldn't start a thread here (I need the Create Public Threads permission), so I'm answering in the channel: reply to my answer and mention me to follow up.";
-const NO_THREAD_AFTER_DESCRIBE = "I couldn't open a thread for follow-ups here (I need the Create Public Threads permission).";
-const NOT_ENABLED = "I'm not enabled in this server or channel.";
-const INTERNAL = 'Sorry, something went wrong on my side while handling that. Please try again.';
-const RESTARTING = 'The bot is restarting; please ask again in a moment.';
-
-function rateLimitMessage(ms: number): string {
-  const s = Math.max(1, Math.ceil(ms / 1000));
-  return `You're sending requests a bit fast: please wait ${s} second${s === 1 ? '' : 's'} before asking again.`;
-}
-
-/** Removes mentions of the bot (`<@id>`, `<@!id>`) from a message's text. */
-export function stripBotMention(content: string, botId: string): string {
-  return content.replace(new RegExp(`<@!?${botId}>`, 'g'), ' ').replace(/[ \t]{2,}/g, ' ').trim();
-}
-
-/** A channel or thread message as the answer's target; remembers the ids of what it posted. */
-function channelTarget(channel: SendableChannels, replyTo?: Message): ReplyTarget & { ids: string[] } {
-  let msg: Message | undefined;
-  const ids: string[] = [];
-  return {
-    ids,
-    async first(p: Payload) {
-      if (msg) {
-        await msg.edit(p);
-        return;
-      }
-      msg = replyTo ? await replyTo.reply(p) : await channel.send(p);
-      ids.push(msg.id);
-    },
-    async more(p: Payload) {
-      ids.push((await channel.send(p)).id);
-    },
-    async typing() {
-      await channel.sendTyping();
-    },
-  };
-}
-
-/** An interaction's original response (already deferred) as the answer's target. */
-function interactionTarget(i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction): ReplyTarget {
-  return {
-    async first(p: Payload) {
-      await i.editReply(p);
-    },
-    async more(p: Payload) {
-      await i.followUp(p);
-    },
-    async typing() {},
-  };
-}
-
-interface Route {
-  key: ConversationKey;
-  target: ReplyTarget & { ids?: string[] };
-  notice?: string;
-  /** answered in the channel itself, not in a thread or DM */
-  inChannel?: boolean;
-}
-
-class Adapter implements DiscordAdapter {
+/** The adapter's event handling on a connected client (connect.ts makes the client and waits for READY). */
+export class DiscordBot implements DiscordAdapter {
   readonly client: Client<true>;
   private readonly manager: DiscordConversations;
   private readonly log: (line: string) => void;
@@ -190,7 +106,7 @@ class Adapter implements DiscordAdapter {
   private readonly botThreads = new LruMap<string, true>(KNOWN_REPLIES);
   /** bot answers posted in a channel (no thread) -> their conversation, so replies to them follow up */
   private readonly replyKeys = new LruMap<string, ConversationKey>(KNOWN_REPLIES);
-  private readonly tasks = new Set<Promise<void>>();
+  private readonly tasks = new TaskSet((what, err) => this.log(`discord: ${what} handler failed: ${describeError(err)}`));
   private readonly controllers = new Set<AbortController>();
   /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
@@ -232,9 +148,7 @@ class Adapter implements DiscordAdapter {
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const c of this.controllers) c.abort();
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([Promise.allSettled([...this.tasks]), new Promise<void>((r) => (timer = setTimeout(r, CLOSE_GRACE_MS)))]);
-      clearTimeout(timer);
+      await this.tasks.settle(CLOSE_GRACE_MS);
       await this.client.destroy();
     })();
     return this.closing;
@@ -243,10 +157,7 @@ class Adapter implements DiscordAdapter {
   /** Runs one event's handler; whatever happens stays inside it (logged), the bot goes on. */
   private track(what: string, fn: () => Promise<void>): void {
     if (this.closing) return;
-    const p = fn()
-      .catch((err: unknown) => this.log(`discord: ${what} handler failed: ${describeError(err)}`))
-      .finally(() => this.tasks.delete(p));
-    this.tasks.add(p);
+    this.tasks.run(what, fn);
   }
 
   private allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean {
@@ -320,7 +231,7 @@ class Adapter implements DiscordAdapter {
     if (this.closing) controller.abort();
     const started = Date.now();
     try {
-      const events = this.whileOpen(this.manager.handle({ ...req, signal: controller.signal }));
+      const events = restartNotice(this.manager.handle({ ...req, signal: controller.signal }), () => this.closing !== undefined);
       // The request has its place in the manager's queue: the conversation's next request may go on.
       turn.release();
       const r = await relayAnswer(events, route.target, { editIntervalMs: this.editIntervalMs, firstTextWaitMs: this.firstTextWaitMs, notice: route.notice, log: this.log, label });
@@ -331,13 +242,6 @@ class Adapter implements DiscordAdapter {
       return r;
     } finally {
       this.controllers.delete(controller);
-    }
-  }
-
-  /** Answers cancelled because the bot is shutting down say so (not just "cancelled"). */
-  private async *whileOpen(events: AsyncIterable<AnswerEvent>): AsyncIterable<AnswerEvent> {
-    for await (const ev of events) {
-      yield ev.type === 'error' && ev.code === 'cancelled' && this.closing ? { ...ev, message: RESTARTING } : ev;
     }
   }
 
@@ -566,66 +470,3 @@ class Adapter implements DiscordAdapter {
   }
 }
 
-/** An error for the log: message, Discord's code and the request (redacted by the adapter's log). */
-export function describeError(err: unknown): string {
-  if (err && typeof err === 'object') {
-    const e = err as { message?: string; code?: unknown; status?: unknown; method?: unknown; url?: unknown; name?: string };
-    const parts = [e.message ?? String(err)];
-    if (e.code !== undefined) parts.push(`code ${String(e.code)}`);
-    if (e.status !== undefined) parts.push(`HTTP ${String(e.status)}`);
-    if (typeof e.method === 'string' && typeof e.url === 'string') parts.push(`${e.method.toUpperCase()} ${e.url}`);
-    return parts.join(', ');
-  }
-  return String(err);
-}
-
-/**
- * Connects to Discord and answers until `close()`. Resolves when the gateway says READY; rejects (and
- * disconnects) when login fails or READY does not come in time.
- */
-export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<DiscordAdapter> {
-  if (!opts.token?.trim()) throw new Error('Discord: no bot token (DISCORD_TOKEN)');
-  const token = opts.token.trim();
-  const sink = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const log = (line: string) => sink(redact(line, [token]));
-  const client = new Client({
-    intents: [GatewayIntentBits.Guilds, GatewayIntentBits.GuildMessages, GatewayIntentBits.MessageContent, GatewayIntentBits.DirectMessages],
-    // DM channels are not cached before their first message: without this their messages would be dropped.
-    partials: [Partials.Channel],
-    // Model output never pings anyone.
-    allowedMentions: { parse: [], repliedUser: false },
-    ...(opts.apiUrl ? { rest: { api: opts.apiUrl.replace(/\/+$/, '') } } : {}),
-  });
-  client.on(Events.Error, (err) => log(`discord: client error: ${describeError(err)}`));
-  // A fatal one (a refused token) is reported once, by the failed login or by `fatal`, not here as well.
-  client.on(Events.ShardError, (err) => {
-    if (!fatalDiscordError(err)) log(`discord: gateway error: ${describeError(err)}`);
-  });
-  client.on(Events.Warn, (w) => log(`discord: ${w}`));
-  const adapter = new Adapter(client as Client<true>, opts, log);
-  let connected = false;
-  client.on(Events.ShardDisconnect, (ev) => {
-    if (connected && FATAL_CLOSE_CODES.has(ev.code)) adapter.fail(redact(fatalDiscordError(undefined, ev.code)!, [token]));
-  });
-  const timeoutMs = opts.readyTimeoutMs ?? 30_000;
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
-    await Promise.race([
-      client.login(token).then(() => ready),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`Discord: no READY from the gateway within ${timeoutMs} ms`)), timeoutMs);
-      }),
-    ]);
-  } catch (err) {
-    await client.destroy();
-    throw new Error(redact(fatalDiscordError(err) ?? `Discord: could not connect: ${describeError(err)}`, [token]));
-  } finally {
-    clearTimeout(timer);
-  }
-  connected = true;
-  const app = client.application?.id;
-  if (opts.appId && app && opts.appId !== app) log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);
-  log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers)`);
-  return adapter;
-}
