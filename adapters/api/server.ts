@@ -18,7 +18,7 @@ import { parseChatRequest } from './request.js';
 import { imageBytes } from './images.js';
 import { chunkObject, completionObject, extension, runCompletion, usageChunk, type ApiConversationManager, type CompletionIds } from './completion.js';
 import { LIMITS } from '../../src/conversation/limits.js';
-import { closeServer, drainRefused, isLoopbackHost, listen, sseHeartbeat, urlHost } from '../shared/http-server.js';
+import { drainRefused, isLoopbackHost, listen, runningServer, sseHeartbeat, urlHost, type RunningHttpServer } from '../shared/http-server.js';
 
 export interface ApiModelInfo {
   /** the id clients send as `model` */
@@ -49,13 +49,8 @@ export interface ApiServerOptions {
   log?: (line: string) => void;
 }
 
-export interface ApiServer {
-  /** http://host:port/v1 (the SDKs' baseURL) */
-  url: string;
-  host: string;
-  port: number;
-  close(): Promise<void>;
-}
+/** `url`: http://host:port/v1 (the SDKs' baseURL) */
+export type ApiServer = RunningHttpServer;
 
 export const DEFAULT_API_HOST = '127.0.0.1';
 export const DEFAULT_API_PORT = 8000;
@@ -243,16 +238,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   const port = (server.address() as AddressInfo).port;
   loopbackNames = new Set(['localhost', '127.0.0.1', '[::1]'].map((n) => `${n}:${port}`));
 
-  let closing: Promise<void> | null = null;
-  return {
-    url: `http://${urlHost(host)}:${port}/v1`,
-    host,
-    port,
-    close() {
-      closing ??= closeServer(server, active);
-      return closing;
-    },
-  };
+  return runningServer(server, active, { url: `http://${urlHost(host)}:${port}/v1`, host, port });
 }
 
 function methodNotAllowed(allow: string): ApiError {

@@ -64,3 +64,25 @@ export function sseHeartbeat(res: ServerResponse, ms: number): () => void {
   }, ms);
   return () => clearInterval(timer);
 }
+
+/** A started HTTP adapter as its owner sees it. */
+export interface RunningHttpServer {
+  /** where clients reach it (the web demo's page, the API's base URL) */
+  url: string;
+  host: string;
+  port: number;
+  /** stops it (closeServer); the same promise however often it is called */
+  close(): Promise<void>;
+}
+
+/** The listening `server` as a RunningHttpServer whose close aborts the answers in `active`. */
+export function runningServer(server: Server, active: ReadonlySet<AbortController>, where: { url: string; host: string; port: number }): RunningHttpServer {
+  let closing: Promise<void> | null = null;
+  return {
+    ...where,
+    close() {
+      closing ??= closeServer(server, active);
+      return closing;
+    },
+  };
+}

@@ -9,7 +9,8 @@ import type { SeenSet } from './dedupe.js';
 import { fetchImage, type ImageFetchOptions } from './file-info.js';
 import { FileInputError, type SlackFile } from './files.js';
 import type { SlackConversationManager } from './options.js';
-import { describeError, slackErrorCode, ThreadReply } from './reply.js';
+import { describeSlackError, slackErrorCode } from './errors.js';
+import { ThreadReply } from './reply.js';
 
 type WebClient = webApi.WebClient;
 
@@ -68,7 +69,7 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
   try {
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
   } catch (err) {
-    ctx.log(`slack: ${a.what}: could not post the reply: ${describeError(err)}`);
+    ctx.log(`slack: ${a.what}: could not post the reply: ${describeSlackError(err)}`);
     return;
   }
   const thread = reply.thread!;
@@ -128,7 +129,7 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
       },
     });
   } catch (err) {
-    ctx.log(`slack: ${a.what} failed: ${describeError(err)}`);
+    ctx.log(`slack: ${a.what} failed: ${describeSlackError(err)}`);
     await reply.error('Something went wrong while answering; please try again.').catch(() => {});
   } finally {
     await reply.settle().catch(() => {});
@@ -141,12 +142,12 @@ async function uploadImage(ctx: AnswerContext, reply: ThreadReply, data: Buffer,
     await reply.upload(data, `minigpt-boxes.${ext}`, 'The answer\'s boxes drawn on the image');
   } catch (err) {
     const code = slackErrorCode(err);
-    ctx.log(`slack: ${what}: uploading the annotated image failed: ${describeError(err)}`);
+    ctx.log(`slack: ${what}: uploading the annotated image failed: ${describeSlackError(err)}`);
     const why = code === 'missing_scope' ? ' (the app needs the `files:write` scope)' : '';
     try {
       await reply.note(`_I could not attach the image with the boxes${why}._`);
     } catch (e) {
-      ctx.log(`slack: could not post a note: ${describeError(e)}`);
+      ctx.log(`slack: could not post a note: ${describeSlackError(e)}`);
     }
   }
 }

@@ -8,7 +8,7 @@ import { redactingLog } from '../shared/errors.js';
 import { SlackBot } from './bot.js';
 import { redact } from './format.js';
 import { DEFAULT_SLACK_PORT, normaliseApiUrl, SLACK_EVENTS_PATH, SlackConfigError, type SlackAdapter, type SlackAdapterOptions } from './options.js';
-import { describeError, slackErrorCode } from './reply.js';
+import { describeSlackError, slackErrorCode } from './errors.js';
 
 type BoltApp = InstanceType<typeof App>;
 
@@ -72,7 +72,7 @@ export async function startSlackAdapter(opts: SlackAdapterOptions): Promise<Slac
   try {
     auth = await probe.auth.test();
   } catch (err) {
-    throw new SlackConfigError(`Slack refused SLACK_BOT_TOKEN (auth.test: ${describeError(err)})`, { cause: err });
+    throw new SlackConfigError(`Slack refused SLACK_BOT_TOKEN (auth.test: ${describeSlackError(err)})`, { cause: err });
   }
   const botUserId = auth.user_id ?? '';
   const botId = auth.bot_id;

@@ -12,7 +12,7 @@ import { ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPaylo
 import { eventFiles, isImageFile, notAnImage, type SlackFile } from './files.js';
 import { DEFAULT_MAX_MESSAGE_CHARS, slackTextToPlain } from './format.js';
 import { DEFAULT_COMMAND, DEFAULT_SHORTCUT, type SlackAdapterOptions, type SlackConversationManager } from './options.js';
-import { describeError } from './reply.js';
+import { describeSlackError } from './errors.js';
 
 type WebClient = webApi.WebClient;
 type BoltApp = InstanceType<typeof App>;
@@ -44,7 +44,7 @@ export class SlackBot {
     this.manager = opts.manager;
     this.log = ids.log;
     this.botUserId = ids.botUserId;
-    this.tasks = new TaskSet((what, err) => this.log(`slack: ${what} failed: ${describeError(err)}`));
+    this.tasks = new TaskSet((what, err) => this.log(`slack: ${what} failed: ${describeSlackError(err)}`));
     const store = opts.store ?? opts.manager.store;
     const ttl = opts.dedupeTtlMs ?? DAY;
     this.events = new SeenSet(store, 'slack:event:', ttl, this.log);
@@ -115,7 +115,7 @@ export class SlackBot {
       this.spawn('message', () => this.onMessage(event as MessageLike, teamOf(body), client, turn), turn);
     });
 
-    app.command(this.opts.command ?? DEFAULT_COMMAND, async ({ command, ack, client, respond }) => {
+    app.command(this.ctx.command, async ({ command, ack, client, respond }) => {
       await ack();
       this.spawn('command', () =>
         onDescribe(
@@ -142,7 +142,7 @@ export class SlackBot {
     });
 
     app.error(async (err) => {
-      this.log(`slack: error while handling a request: ${describeError(err)}`);
+      this.log(`slack: error while handling a request: ${describeSlackError(err)}`);
     });
   }
 
@@ -223,7 +223,7 @@ export class SlackBot {
         if (img) return [img];
       }
     } catch (err) {
-      this.log(`slack: reading thread ${thread} in ${channel} failed: ${describeError(err)}`);
+      this.log(`slack: reading thread ${thread} in ${channel} failed: ${describeSlackError(err)}`);
     }
     return [];
   }
@@ -255,7 +255,7 @@ export class SlackBot {
 
   async close(): Promise<void> {
     this.closing ??= (async () => {
-      await this.app.stop().catch((err: unknown) => this.log(`slack: stopping the receiver: ${describeError(err)}`));
+      await this.app.stop().catch((err: unknown) => this.log(`slack: stopping the receiver: ${describeSlackError(err)}`));
       const limit = this.opts.closeTimeoutMs ?? 10_000;
       if (!(await this.tasks.settle(limit))) {
         this.abort.abort();

@@ -8,7 +8,7 @@ import type { MessageLike, ShortcutPayload } from './events.js';
 import { fileInfo } from './file-info.js';
 import { eventFiles, FileInputError, isImageFile, notAnImage, type SlackFile } from './files.js';
 import { escapeMrkdwn, parseDescribe } from './format.js';
-import { describeError, slackErrorCode } from './reply.js';
+import { describeSlackError, slackErrorCode } from './errors.js';
 
 type WebClient = webApi.WebClient;
 
@@ -52,7 +52,7 @@ export async function onDescribe(
       return;
     }
     const code = slackErrorCode(err);
-    ctx.log(`slack: /describe in ${c.channel}: reading the channel failed: ${describeError(err)}`);
+    ctx.log(`slack: /describe in ${c.channel}: reading the channel failed: ${describeSlackError(err)}`);
     if (code === 'not_in_channel' || code === 'channel_not_found') {
       await tell(`I cannot read this channel: invite me first (\`/invite @${ctx.botName}\`), then try again.`);
     } else if (code === 'missing_scope') {
@@ -128,7 +128,7 @@ async function ephemeral(ctx: DescribeContext, client: WebClient, channel: strin
   try {
     await client.chat.postEphemeral({ channel, user, text: escapeMrkdwn(text) });
   } catch (err) {
-    ctx.log(`slack: chat.postEphemeral in ${channel} failed: ${describeError(err)}`);
-    if (respond) await respond(text).catch((e: unknown) => ctx.log(`slack: response_url failed: ${describeError(e)}`));
+    ctx.log(`slack: chat.postEphemeral in ${channel} failed: ${describeSlackError(err)}`);
+    if (respond) await respond(text).catch((e: unknown) => ctx.log(`slack: response_url failed: ${describeSlackError(e)}`));
   }
 }

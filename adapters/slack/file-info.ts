@@ -3,7 +3,7 @@
 // told as a sentence for the user (FileInputError).
 import type { webApi } from '@slack/bolt';
 import { downloadSlackFile, fileLabel, FileInputError, isImageFile, notAnImage, SCOPE_MESSAGE, tooLarge, type SlackFile } from './files.js';
-import { slackErrorCode } from './reply.js';
+import { slackErrorCode } from './errors.js';
 
 type WebClient = webApi.WebClient;
 

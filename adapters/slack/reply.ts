@@ -2,6 +2,7 @@
 // throttled), more messages in the thread when the answer outgrows one, then the annotated image.
 import type { webApi } from '@slack/bolt';
 import { ThrottledMessage } from '../shared/throttled-message.js';
+import { describeSlackError } from './errors.js';
 import { answerChunks, escapeMrkdwn } from './format.js';
 
 type WebClient = webApi.WebClient;
@@ -143,7 +144,7 @@ export class ThreadReply {
           await client.chat.update({ channel, ts: have.ts, text });
           have.text = text;
         } catch (err) {
-          if (!this.failed) this.opts.log(`slack: chat.update failed in ${channel}: ${describeError(err)}`);
+          if (!this.failed) this.opts.log(`slack: chat.update failed in ${channel}: ${describeSlackError(err)}`);
           this.failed = true;
           throw err;
         }
@@ -161,17 +162,4 @@ export class ThreadReply {
       }
     }
   }
-}
-
-/** An error from the Web API as one line (the platform error code when there is one), without secrets. */
-export function describeError(err: unknown): string {
-  const e = err as { data?: { error?: string; needed?: string }; code?: string; message?: string };
-  if (e?.data?.error) return `${e.data.error}${e.data.needed ? ` (needed: ${e.data.needed})` : ''}`;
-  return e?.message ?? String(err);
-}
-
-/** The platform error code of a Web API error (`missing_scope`, `not_in_channel`, …). */
-export function slackErrorCode(err: unknown): string | undefined {
-  const e = err as { data?: { error?: string } };
-  return typeof e?.data?.error === 'string' ? e.data.error : undefined;
 }

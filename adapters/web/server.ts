@@ -18,7 +18,7 @@ import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { TASKS } from '../../src/grounding/tasks.js';
 import { LIMITS } from '../../src/conversation/limits.js';
-import { closeServer, drainRefused, isLoopbackHost, listen, urlHost } from '../shared/http-server.js';
+import { drainRefused, isLoopbackHost, listen, runningServer, urlHost, type RunningHttpServer } from '../shared/http-server.js';
 import type { ConversationPort } from '../shared/port.js';
 import { EXAMPLE_SEED, renderExamples, type ExampleSet } from './examples.js';
 import { allowedHosts, checkHost, checkOrigin, HttpError, methodNotAllowed, sendError, sendJson } from './guard.js';
@@ -60,13 +60,8 @@ export interface WebServerOptions {
   examples?: false | { seed?: number; count?: number };
 }
 
-export interface WebServer {
-  /** http://host:port/ */
-  url: string;
-  host: string;
-  port: number;
-  close(): Promise<void>;
-}
+/** `url`: http://host:port/ */
+export type WebServer = RunningHttpServer;
 
 export const DEFAULT_WEB_HOST = '127.0.0.1';
 export const DEFAULT_WEB_PORT = 7860;
@@ -166,16 +161,5 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
   await listen(server, opts.port ?? DEFAULT_WEB_PORT, host);
   const port = (server.address() as AddressInfo).port;
   allowed = allowedHosts(host, port, opts.allowedHosts ?? []);
-  const url = `http://${urlHost(host)}:${port}/`;
-
-  let closing: Promise<void> | null = null;
-  return {
-    url,
-    host,
-    port,
-    close() {
-      closing ??= closeServer(server, active);
-      return closing;
-    },
-  };
+  return runningServer(server, active, { url: `http://${urlHost(host)}:${port}/`, host, port });
 }
