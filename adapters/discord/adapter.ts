@@ -6,27 +6,12 @@
 //   @mention with an image in a channel -> a thread on that message, the answer streamed into it
 //   any message in a thread the bot started, or in a DM -> a follow-up (a new image replaces the image)
 //   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
-//                                           on it for follow-ups
-import {
-  Events,
-  MessageFlags,
-  Routes,
-  ThreadAutoArchiveDuration,
-  type Attachment,
-  type ChatInputCommandInteraction,
-  type Client,
-  type Interaction,
-  type Message,
-  type MessageContextMenuCommandInteraction,
-  type SendableChannels,
-  type ThreadChannel,
-} from 'discord.js';
-import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
-import { isTask } from '../../src/grounding/tasks.js';
+//                                           on it for follow-ups (interactions.ts)
+import { Events, ThreadAutoArchiveDuration, type Client, type Message, type SendableChannels, type ThreadChannel } from 'discord.js';
+import type { ConversationKey, ConversationRequest } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
-import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
-import { notice, threadName } from './format.js';
-import { HELP_DESCRIBE_NO_IMAGE, HELP_NO_IMAGE, INTERNAL, NO_THREAD_AFTER_DESCRIBE, NO_THREAD_NOTICE, NOT_ENABLED, rateLimitMessage, stripBotMention } from './replies.js';
+import { threadName } from './format.js';
+import { HELP_NO_IMAGE, INTERNAL, NO_THREAD_NOTICE, rateLimitMessage, stripBotMention } from './replies.js';
 import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
 import { UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
@@ -34,8 +19,9 @@ import { restartNotice } from '../shared/answer-events.js';
 import { describeError } from '../shared/errors.js';
 import type { ConversationPort } from '../shared/port.js';
 import { TaskSet } from '../shared/tasks.js';
-import { isPermissionError, relayAnswer, type RelayResult } from './relay.js';
-import { channelTarget, interactionTarget, type Route } from './targets.js';
+import { relayAnswer, type RelayResult } from './relay.js';
+import { onInteraction, type InteractionHost } from './interactions.js';
+import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
 export type DiscordConversations = Pick<ConversationPort, 'handle'>;
@@ -91,11 +77,11 @@ const CLOSE_GRACE_MS = 5_000;
 const KNOWN_REPLIES = 5_000;
 
 /** The adapter's event handling on a connected client (connect.ts makes the client and waits for READY). */
-export class DiscordBot implements DiscordAdapter {
+export class DiscordBot implements DiscordAdapter, InteractionHost {
   readonly client: Client<true>;
   private readonly manager: DiscordConversations;
-  private readonly log: (line: string) => void;
-  private readonly policy: DownloadPolicy;
+  readonly log: (line: string) => void;
+  readonly policy: DownloadPolicy;
   private readonly rate: RateLimiter | null;
   private readonly editIntervalMs: number;
   private readonly firstTextWaitMs: number | undefined;
@@ -132,7 +118,7 @@ export class DiscordBot implements DiscordAdapter {
     this.allowedChannels = new Set(opts.allowedChannels ?? []);
     this.allowDMs = opts.allowDMs ?? true;
     client.on(Events.MessageCreate, (m) => this.track('message', () => this.onMessage(m)));
-    client.on(Events.InteractionCreate, (i) => this.track('interaction', () => this.onInteraction(i)));
+    client.on(Events.InteractionCreate, (i) => this.track('interaction', () => onInteraction(this, i)));
   }
 
   get botId(): string {
@@ -160,7 +146,8 @@ export class DiscordBot implements DiscordAdapter {
     this.tasks.run(what, fn);
   }
 
-  private allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean {
+  /** Whether the bot answers here (allowed guilds and channels; a thread counts as its parent channel; DMs). */
+  allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean {
     if (!guildId) return this.allowDMs;
     if (this.allowedGuilds.size > 0 && !this.allowedGuilds.has(guildId)) return false;
     if (this.allowedChannels.size > 0) {
@@ -184,7 +171,7 @@ export class DiscordBot implements DiscordAdapter {
    * sent once per window (no spam); `privately` (an interaction's ephemeral reply, which must be answered
    * anyway) every time.
    */
-  private async withinRate(user: string, tell: (text: string) => Promise<unknown>, privately = false): Promise<boolean> {
+  async withinRate(user: string, tell: (text: string) => Promise<unknown>, privately = false): Promise<boolean> {
     const r = (await this.rate?.take(user)) ?? { ok: true as const };
     if (r.ok) return true;
     this.log(`discord: user ${user} is over the rate limit`);
@@ -206,7 +193,8 @@ export class DiscordBot implements DiscordAdapter {
     }
   }
 
-  private async download(source: ImageSource | undefined, rejected: string | undefined): Promise<Uint8Array | undefined> {
+  /** The image's bytes (none without a source); a refused or failed one throws ImageInputProblem, logged. */
+  async download(source: ImageSource | undefined, rejected: string | undefined): Promise<Uint8Array | undefined> {
     if (!source) {
       if (rejected) throw new ImageInputProblem('not_image', NOT_AN_IMAGE(rejected));
       return undefined;
@@ -223,7 +211,7 @@ export class DiscordBot implements DiscordAdapter {
    * Hands the request to the manager once the conversation's earlier requests have been (`turn`: its place in
    * the order the gateway delivered them), then relays the answer.
    */
-  private async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult> {
+  async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult> {
     await turn.ready();
     const controller = new AbortController();
     this.controllers.add(controller);
@@ -260,10 +248,20 @@ export class DiscordBot implements DiscordAdapter {
     return k ? `conversation ${k.channel}/${k.thread}` : undefined;
   }
 
+  /** The request's turn in its conversation: call it as the gateway delivers the event, before any await. */
+  takeTurn(channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null, channelId: string | null, dm: boolean, replyTo?: string | null): ArrivalTurn {
+    return this.order.take(this.orderKey(channel, channelId, dm, replyTo));
+  }
+
+  /** A thread the bot opened: its messages are follow-ups even before Discord describes its owner. */
+  rememberThread(id: string): void {
+    this.botThreads.set(id, true);
+  }
+
   private async onMessage(msg: Message): Promise<void> {
     if (msg.author.bot || msg.system || msg.webhookId) return;
     // Its turn in its conversation, taken as the gateway delivers it, before anything is awaited.
-    const turn = this.order.take(this.orderKey(msg.channel, msg.channelId, false, msg.reference?.messageId));
+    const turn = this.takeTurn(msg.channel, msg.channelId, false, msg.reference?.messageId);
     try {
       await this.message(msg, turn);
     } finally {
@@ -339,7 +337,7 @@ export class DiscordBot implements DiscordAdapter {
     const guild = msg.guildId ?? '@me';
     try {
       const thread = await msg.startThread({ name: threadName(text), autoArchiveDuration: ThreadAutoArchiveDuration.OneDay });
-      this.botThreads.set(thread.id, true);
+      this.rememberThread(thread.id);
       return { key: { platform: 'discord', workspace: guild, channel: ch.id, thread: thread.id }, target: channelTarget(thread) };
     } catch (err) {
       this.log(`discord: could not start a thread on message ${msg.id} in channel ${ch.id}: ${describeError(err)}; answering in the channel`);
@@ -349,123 +347,6 @@ export class DiscordBot implements DiscordAdapter {
         notice: NO_THREAD_NOTICE,
         inChannel: true,
       };
-    }
-  }
-
-  // ------------------------------------------------------------------------------------------------
-  // Interactions: /describe and "Describe image"
-  // ------------------------------------------------------------------------------------------------
-
-  private async onInteraction(i: Interaction): Promise<void> {
-    if (i.isChatInputCommand() && i.commandName === DESCRIBE_COMMAND) {
-      const task = i.options.getString('task');
-      await this.describe(i, {
-        attachment: i.options.getAttachment('image') ?? undefined,
-        prompt: i.options.getString('prompt') ?? '',
-        task: task && (task === 'chat' || isTask(task)) ? task : undefined,
-        temperature: i.options.getNumber('temperature') ?? undefined,
-      });
-    } else if (i.isMessageContextMenuCommand() && i.commandName === DESCRIBE_IMAGE_MENU) {
-      await this.describe(i, { target: i.targetMessage, prompt: '' });
-    }
-  }
-
-  private async describe(
-    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
-    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-  ): Promise<void> {
-    // Its turn in its conversation (a thread or DM), taken as the gateway delivers it.
-    const turn = this.order.take(this.orderKey(i.channel, i.channelId, !i.guildId));
-    try {
-      await this.describeIn(i, input, turn);
-    } finally {
-      turn.release();
-    }
-  }
-
-  private async describeIn(
-    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
-    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-    turn: ArrivalTurn,
-  ): Promise<void> {
-    const channel = i.channel;
-    const thread = channel?.isThread() ? channel : null;
-    if (!this.allowed(i.guildId, i.channelId, thread?.parentId)) {
-      await i.reply({ content: NOT_ENABLED, flags: MessageFlags.Ephemeral });
-      return;
-    }
-    if (!(await this.withinRate(i.user.id, (t) => i.reply({ content: t, flags: MessageFlags.Ephemeral }), true))) return;
-    // Acknowledge inside Discord's 3 s window before anything slow.
-    await i.deferReply();
-    const label = `${i.isChatInputCommand() ? '/' : ''}${i.commandName} ${i.id} (${i.guildId ? `guild ${i.guildId}, channel ${i.channelId}` : 'DM'})`;
-    try {
-      await this.answerInteraction(i, input, { thread, label, turn });
-    } catch (err) {
-      this.log(`discord: ${label} failed: ${describeError(err)}`);
-      await i.editReply({ content: `⚠️ ${INTERNAL}` }).catch(() => {});
-    }
-  }
-
-  private async answerInteraction(
-    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
-    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-    ctx: { thread: ThreadChannel | null; label: string; turn: ArrivalTurn },
-  ): Promise<void> {
-    const dm = !i.guildId;
-    let image: Uint8Array | undefined;
-    try {
-      if (input.attachment) {
-        const found = findImage({ attachments: [input.attachment], embeds: [], content: '' }, this.policy);
-        image = await this.download(found.source, found.rejected);
-      } else if (input.target) {
-        const found = findImage(input.target, this.policy);
-        if (!found.source && !found.rejected) {
-          await i.editReply({ content: '⚠️ That message has no image I can read (PNG, JPEG, WebP or GIF attachment, or a Discord image link).' });
-          return;
-        }
-        image = await this.download(found.source, found.rejected);
-      }
-    } catch (err) {
-      if (!(err instanceof ImageInputProblem)) throw err;
-      await i.editReply({ content: `⚠️ ${err.message}` });
-      return;
-    }
-    if (!image && !dm && !ctx.thread) {
-      await i.editReply({ content: HELP_DESCRIBE_NO_IMAGE });
-      return;
-    }
-
-    const guild = i.guildId ?? '@me';
-    const channelId = i.channelId!;
-    let key: ConversationKey;
-    let replyId: string | undefined;
-    if (dm) key = { platform: 'discord', workspace: '@me', channel: channelId, thread: channelId };
-    else if (ctx.thread) key = { platform: 'discord', workspace: guild, channel: ctx.thread.parentId ?? channelId, thread: ctx.thread.id };
-    else {
-      // A thread started from a message has the message's id: the reply's id is the future thread's.
-      replyId = (await i.fetchReply()).id;
-      key = { platform: 'discord', workspace: guild, channel: channelId, thread: replyId };
-    }
-    const text = input.prompt.trim();
-    const req: Omit<ConversationRequest, 'signal'> = {
-      key,
-      user: i.user.id,
-      text,
-      ...(image ? { image } : {}),
-      ...(input.task ? { task: input.task } : !text && image ? { task: 'caption' as const } : {}),
-      ...(input.temperature !== undefined ? { generation: { temperature: input.temperature } } : {}),
-      requestId: `discord-${i.id}`,
-    };
-    const r = await this.run(req, { key, target: interactionTarget(i) }, ctx.label, ctx.turn);
-    if (!r.ok || !replyId) return;
-    try {
-      await this.client.rest.post(Routes.threads(channelId, replyId), {
-        body: { name: threadName(text || (input.target ? 'Describe image' : '')), auto_archive_duration: ThreadAutoArchiveDuration.OneDay },
-      });
-      this.botThreads.set(replyId, true);
-    } catch (err) {
-      this.log(`discord: ${ctx.label}: could not open a thread on the reply: ${describeError(err)}`);
-      if (isPermissionError(err)) await i.followUp({ content: notice(NO_THREAD_AFTER_DESCRIBE) }).catch(() => {});
     }
   }
 }

@@ -52,9 +52,7 @@ export class ThrottledMessage<T> {
   async final(content: T): Promise<void> {
     await this.stop();
     this.wanted = undefined;
-    this.lastWrite = Date.now();
-    await this.o.write(content);
-    this.shown = content;
+    await this.put(content);
   }
 
   /** Stops the edits, writing what is wanted and not yet shown now (an answer that ends without a final word). */
