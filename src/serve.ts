@@ -6,10 +6,9 @@ import { DEFAULT_CONFIG, loadConfig, type BotConfig } from './config.js';
 import { MiniGPT, type LoadOptions } from './inference/model.js';
 import { parseProviderChoice } from './inference/providers.js';
 import type { GenerationOptions } from './inference/generation/index.js';
-import type Keyv from 'keyv';
 import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
 import { ConversationManager, createStore } from './conversation/index.js';
-import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from './conversation/index.js';
+import type { ConversationPort } from '../adapters/shared/port.js';
 import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
 import { DEFAULT_API_HOST, startApiServer } from '../adapters/api/server.js';
 
@@ -23,17 +22,9 @@ export interface RunningAdapter {
   fatal?: Promise<Error>;
 }
 
-/**
- * The conversation manager as adapters use it: a local ConversationManager, or, for a front end of several
- * processes, src/cluster's RemoteConversations.
- */
-export interface ConversationPort {
-  handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
-  reset(key: ConversationKey): Promise<void>;
-  history(key: ConversationKey): Promise<ConversationState | null>;
-  /** the conversation store (STORE_URL): adapters keep their own marks there (Slack's handled events) */
-  readonly store: Keyv;
-}
+// The conversation manager as adapters use it (a local ConversationManager, or src/cluster's
+// RemoteConversations): one port for every adapter, defined with them.
+export type { ConversationPort } from '../adapters/shared/port.js';
 
 /** What an adapter gets to start with. */
 export interface AdapterContext {

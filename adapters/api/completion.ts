@@ -1,14 +1,14 @@
 // One chat completion through the conversation manager, and the OpenAI response objects made from it:
 // `chat.completion` for a plain request, `chat.completion.chunk`s for a streamed one. The `minigpt` field is
 // this server's extension: the task, the boxes in pixels, the annotated image when asked, timings.
-import type { AnswerEvent, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import type { ConversationRequest, TaskTag } from '../../src/conversation/index.js';
 import { gridToPixels, type Entity } from '../../src/grounding/parse.js';
+import { onAnswerEvents, type AnswerEventOf } from '../shared/answer-events.js';
+import type { ConversationPort } from '../shared/port.js';
 import { ApiError, managerError } from './errors.js';
 
 /** What the API needs from the conversation manager. */
-export interface ApiConversationManager {
-  handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
-}
+export type ApiConversationManager = Pick<ConversationPort, 'handle'>;
 
 export interface Answer {
   text: string;
@@ -25,20 +25,28 @@ export interface Answer {
  * back, not the model). Error events become ApiErrors.
  */
 export async function runCompletion(manager: ApiConversationManager, request: ConversationRequest, onText?: (text: string) => void | Promise<void>): Promise<Answer> {
-  let final: Extract<AnswerEvent, { type: 'final' }> | undefined;
+  let final: AnswerEventOf<'final'> | undefined;
   let annotated: Answer['annotated'];
   let timings: Record<string, number> = {};
-  for await (const ev of manager.handle(request)) {
-    if (ev.type === 'text') await onText?.(ev.text);
-    else if (ev.type === 'restart' && onText) {
+  await onAnswerEvents(manager.handle(request), {
+    text: (ev) => onText?.(ev.text),
+    restart: () => {
       // Streamed text cannot be taken back: the client asks again (a plain request just gets the final text).
-      throw new ApiError(503, 'server_error', 'answer_interrupted', 'The answer was interrupted (its worker stopped) and came out differently on another one; please send the request again.');
-    }
-    else if (ev.type === 'final') final = ev;
-    else if (ev.type === 'image') annotated = { data: ev.data, mime: ev.mime };
-    else if (ev.type === 'timings') timings = ev.timings;
-    else if (ev.type === 'error') throw managerError(ev.code, ev.message);
-  }
+      if (onText) throw new ApiError(503, 'server_error', 'answer_interrupted', 'The answer was interrupted (its worker stopped) and came out differently on another one; please send the request again.');
+    },
+    final: (ev) => {
+      final = ev;
+    },
+    image: (ev) => {
+      annotated = { data: ev.data, mime: ev.mime };
+    },
+    timings: (ev) => {
+      timings = ev.timings;
+    },
+    error: (ev) => {
+      throw managerError(ev.code, ev.message);
+    },
+  });
   if (!final) throw new ApiError(500, 'server_error', 'internal_error', 'the answer ended without a result');
   return {
     text: final.text,

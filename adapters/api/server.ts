@@ -13,13 +13,12 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { ConversationRequest } from '../../src/conversation/index.js';
-import { isLoopbackHost } from '../web/server.js';
 import { ApiError, badRequest } from './errors.js';
 import { parseChatRequest } from './request.js';
 import { imageBytes } from './images.js';
 import { chunkObject, completionObject, extension, runCompletion, usageChunk, type ApiConversationManager, type CompletionIds } from './completion.js';
 import { LIMITS } from '../../src/conversation/limits.js';
-import { closeServer, urlHost } from '../shared/http-server.js';
+import { drainRefused, isLoopbackHost, listen, runningServer, sseHeartbeat, urlHost, type RunningHttpServer } from '../shared/http-server.js';
 
 export interface ApiModelInfo {
   /** the id clients send as `model` */
@@ -50,20 +49,13 @@ export interface ApiServerOptions {
   log?: (line: string) => void;
 }
 
-export interface ApiServer {
-  /** http://host:port/v1 (the SDKs' baseURL) */
-  url: string;
-  host: string;
-  port: number;
-  close(): Promise<void>;
-}
+/** `url`: http://host:port/v1 (the SDKs' baseURL) */
+export type ApiServer = RunningHttpServer;
 
 export const DEFAULT_API_HOST = '127.0.0.1';
 export const DEFAULT_API_PORT = 8000;
 const DEFAULT_MAX_IMAGE_BYTES = LIMITS.imageBytes;
 const HEARTBEAT_MS = 15_000;
-/** discard at most this much of a refused upload before dropping the connection */
-const MAX_DRAIN_BYTES = 256 * 1024 * 1024;
 
 const HEADERS: Readonly<Record<string, string>> = { 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' };
 
@@ -87,15 +79,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   const server: Server = createServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
       // Refused before its body was read: read and drop the rest (bounded), so that the client sees the answer.
-      if (!req.complete && req.listenerCount('data') === 0) {
-        res.setHeader('connection', 'close');
-        let drained = 0;
-        req.on('data', (chunk: Buffer) => {
-          drained += chunk.length;
-          if (drained > MAX_DRAIN_BYTES) req.destroy();
-        });
-        req.on('error', () => {});
-      }
+      if (!req.complete && req.listenerCount('data') === 0) drainRefused(req, res);
       const e = err instanceof ApiError ? err : new ApiError(500, 'server_error', 'internal_error', 'internal error');
       if (!(err instanceof ApiError) || e.status >= 500) log(`api: ${req.method} ${req.url}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       sendError(res, e);
@@ -216,7 +200,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
    * after that is an `error` event, which the SDKs raise.
    */
   async function streamed(res: ServerResponse, ids: CompletionIds, request: ConversationRequest, includeUsage: boolean, signal: AbortSignal): Promise<void> {
-    let heartbeat: NodeJS.Timeout | undefined;
+    let stopHeartbeat: (() => void) | undefined;
     const send = (data: string): Promise<void> | void => {
       if (res.writableEnded || res.destroyed) return;
       if (!res.write(`data: ${data}\n\n`)) return new Promise<void>((done) => res.once('drain', done).once('close', done));
@@ -224,9 +208,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     const open = () => {
       if (res.headersSent) return;
       res.writeHead(200, { ...HEADERS, 'content-type': 'text/event-stream; charset=utf-8', 'x-accel-buffering': 'no' });
-      heartbeat = setInterval(() => {
-        if (!res.writableEnded && !res.destroyed) res.write(': keep-alive\n\n');
-      }, HEARTBEAT_MS);
+      stopHeartbeat = sseHeartbeat(res, HEARTBEAT_MS);
       void send(JSON.stringify(chunkObject(ids, { role: 'assistant', content: '' })));
     };
     try {
@@ -248,30 +230,15 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       }
       res.end();
     } finally {
-      clearInterval(heartbeat);
+      stopHeartbeat?.();
     }
   }
 
-  await new Promise<void>((resolveListen, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? DEFAULT_API_PORT, host, () => {
-      server.off('error', reject);
-      resolveListen();
-    });
-  });
+  await listen(server, opts.port ?? DEFAULT_API_PORT, host);
   const port = (server.address() as AddressInfo).port;
   loopbackNames = new Set(['localhost', '127.0.0.1', '[::1]'].map((n) => `${n}:${port}`));
 
-  let closing: Promise<void> | null = null;
-  return {
-    url: `http://${urlHost(host)}:${port}/v1`,
-    host,
-    port,
-    close() {
-      closing ??= closeServer(server, active);
-      return closing;
-    },
-  };
+  return runningServer(server, active, { url: `http://${urlHost(host)}:${port}/v1`, host, port });
 }
 
 function methodNotAllowed(allow: string): ApiError {

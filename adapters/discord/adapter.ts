@@ -6,37 +6,25 @@
 //   @mention with an image in a channel -> a thread on that message, the answer streamed into it
 //   any message in a thread the bot started, or in a DM -> a follow-up (a new image replaces the image)
 //   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
-//                                           on it for follow-ups
-import {
-  Client,
-  Events,
-  GatewayIntentBits,
-  MessageFlags,
-  Partials,
-  Routes,
-  ThreadAutoArchiveDuration,
-  type Attachment,
-  type ChatInputCommandInteraction,
-  type Interaction,
-  type Message,
-  type MessageContextMenuCommandInteraction,
-  type SendableChannels,
-  type ThreadChannel,
-} from 'discord.js';
-import type { AnswerEvent, ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
-import { isTask } from '../../src/grounding/tasks.js';
+//                                           on it for follow-ups (interactions.ts)
+import { Events, ThreadAutoArchiveDuration, type Client, type Message, type SendableChannels, type ThreadChannel } from 'discord.js';
+import type { ConversationKey, ConversationRequest } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
-import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
-import { notice, threadName } from './format.js';
+import { threadName } from './format.js';
+import { HELP_NO_IMAGE, INTERNAL, NO_THREAD_NOTICE, rateLimitMessage, stripBotMention } from './replies.js';
 import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
-import { redact, UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
+import { UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
-import { isPermissionError, relayAnswer, type Payload, type RelayResult, type ReplyTarget } from './relay.js';
+import { restartNotice } from '../shared/answer-events.js';
+import { describeError } from '../shared/errors.js';
+import type { ConversationPort } from '../shared/port.js';
+import { TaskSet } from '../shared/tasks.js';
+import { relayAnswer, type RelayResult } from './relay.js';
+import { onInteraction, type InteractionHost } from './interactions.js';
+import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
-export interface DiscordConversations {
-  handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
-}
+export type DiscordConversations = Pick<ConversationPort, 'handle'>;
 
 export interface DiscordAdapterOptions {
   manager: DiscordConversations;
@@ -83,103 +71,17 @@ export interface DiscordAdapter {
   readonly fatal: Promise<Error>;
 }
 
-/** Gateway close codes after which discord.js gives up (no reconnect): authentication failed, invalid shard,
- * sharding required, invalid API version, invalid intents, disallowed intents. */
-const FATAL_CLOSE_CODES = new Set([4004, 4010, 4011, 4012, 4013, 4014]);
-const TOKEN_HELP = 'check the bot token (Discord Developer Portal > your application > Bot > Reset Token)';
-const INTENTS_HELP = 'enable the Message Content intent (Discord Developer Portal > your application > Bot > Privileged Gateway Intents)';
-
-/**
- * A login or gateway failure that no retry can fix, as one sentence for whoever runs the bot (no token in
- * it); undefined for other errors. `closeCode`: the gateway's close code, when that is what is known.
- */
-export function fatalDiscordError(err: unknown, closeCode?: number): string | undefined {
-  const e = (err ?? {}) as { code?: unknown; status?: unknown; message?: unknown };
-  const message = typeof e.message === 'string' ? e.message : '';
-  if (e.code === 'TokenInvalid' || e.status === 401) return `Discord refused DISCORD_TOKEN (HTTP 401 Unauthorized): ${TOKEN_HELP}`;
-  if (closeCode === 4004 || /^Authentication failed/i.test(message)) return `Discord refused DISCORD_TOKEN (gateway close 4004: authentication failed): ${TOKEN_HELP}`;
-  if (closeCode === 4014 || /disallowed intents/i.test(message)) return `Discord refused the bot's gateway intents (close 4014: disallowed intents): ${INTENTS_HELP}`;
-  if (closeCode !== undefined && FATAL_CLOSE_CODES.has(closeCode)) return `Discord closed the bot's gateway connection for good (close ${closeCode}${message ? `: ${message}` : ''})`;
-  if (/^(Invalid shard|Sharding is required|Used an invalid API version|Used invalid intents)/.test(message)) return `Discord closed the bot's gateway connection for good (${message})`;
-  return undefined;
-}
-
 export const DEFAULT_RATE_LIMIT = { max: 6, windowMs: 60_000 };
 export const DEFAULT_EDIT_INTERVAL_MS = 1500;
 const CLOSE_GRACE_MS = 5_000;
 const KNOWN_REPLIES = 5_000;
 
-const HELP_NO_IMAGE =
-  'Attach an image (PNG, JPEG, WebP or GIF) to your message, or reply to a message that has one, and mention me with your question. ' +
-  'Start with a task tag such as `[grounding]`, `[refer]`, `[detection]`, `[identify]`, `[vqa]` or `[caption]` to pick a task.';
-const HELP_DESCRIBE_NO_IMAGE =
-  'Add an image with the `image` option, or use `/describe` inside a thread I started to ask about its image.';
-const NO_THREAD_NOTICE =
-  "I couldn't start a thread here (I need the Create Public Threads permission), so I'm answering in the channel: reply to my answer and mention me to follow up.";
-const NO_THREAD_AFTER_DESCRIBE = "I couldn't open a thread for follow-ups here (I need the Create Public Threads permission).";
-const NOT_ENABLED = "I'm not enabled in this server or channel.";
-const INTERNAL = 'Sorry, something went wrong on my side while handling that. Please try again.';
-const RESTARTING = 'The bot is restarting; please ask again in a moment.';
-
-function rateLimitMessage(ms: number): string {
-  const s = Math.max(1, Math.ceil(ms / 1000));
-  return `You're sending requests a bit fast: please wait ${s} second${s === 1 ? '' : 's'} before asking again.`;
-}
-
-/** Removes mentions of the bot (`<@id>`, `<@!id>`) from a message's text. */
-export function stripBotMention(content: string, botId: string): string {
-  return content.replace(new RegExp(`<@!?${botId}>`, 'g'), ' ').replace(/[ \t]{2,}/g, ' ').trim();
-}
-
-/** A channel or thread message as the answer's target; remembers the ids of what it posted. */
-function channelTarget(channel: SendableChannels, replyTo?: Message): ReplyTarget & { ids: string[] } {
-  let msg: Message | undefined;
-  const ids: string[] = [];
-  return {
-    ids,
-    async first(p: Payload) {
-      if (msg) {
-        await msg.edit(p);
-        return;
-      }
-      msg = replyTo ? await replyTo.reply(p) : await channel.send(p);
-      ids.push(msg.id);
-    },
-    async more(p: Payload) {
-      ids.push((await channel.send(p)).id);
-    },
-    async typing() {
-      await channel.sendTyping();
-    },
-  };
-}
-
-/** An interaction's original response (already deferred) as the answer's target. */
-function interactionTarget(i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction): ReplyTarget {
-  return {
-    async first(p: Payload) {
-      await i.editReply(p);
-    },
-    async more(p: Payload) {
-      await i.followUp(p);
-    },
-    async typing() {},
-  };
-}
-
-interface Route {
-  key: ConversationKey;
-  target: ReplyTarget & { ids?: string[] };
-  notice?: string;
-  /** answered in the channel itself, not in a thread or DM */
-  inChannel?: boolean;
-}
-
-class Adapter implements DiscordAdapter {
+/** The adapter's event handling on a connected client (connect.ts makes the client and waits for READY). */
+export class DiscordBot implements DiscordAdapter, InteractionHost {
   readonly client: Client<true>;
   private readonly manager: DiscordConversations;
-  private readonly log: (line: string) => void;
-  private readonly policy: DownloadPolicy;
+  readonly log: (line: string) => void;
+  readonly policy: DownloadPolicy;
   private readonly rate: RateLimiter | null;
   private readonly editIntervalMs: number;
   private readonly firstTextWaitMs: number | undefined;
@@ -190,7 +92,7 @@ class Adapter implements DiscordAdapter {
   private readonly botThreads = new LruMap<string, true>(KNOWN_REPLIES);
   /** bot answers posted in a channel (no thread) -> their conversation, so replies to them follow up */
   private readonly replyKeys = new LruMap<string, ConversationKey>(KNOWN_REPLIES);
-  private readonly tasks = new Set<Promise<void>>();
+  private readonly tasks = new TaskSet((what, err) => this.log(`discord: ${what} handler failed: ${describeError(err)}`));
   private readonly controllers = new Set<AbortController>();
   /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
@@ -216,7 +118,7 @@ class Adapter implements DiscordAdapter {
     this.allowedChannels = new Set(opts.allowedChannels ?? []);
     this.allowDMs = opts.allowDMs ?? true;
     client.on(Events.MessageCreate, (m) => this.track('message', () => this.onMessage(m)));
-    client.on(Events.InteractionCreate, (i) => this.track('interaction', () => this.onInteraction(i)));
+    client.on(Events.InteractionCreate, (i) => this.track('interaction', () => onInteraction(this, i)));
   }
 
   get botId(): string {
@@ -232,9 +134,7 @@ class Adapter implements DiscordAdapter {
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const c of this.controllers) c.abort();
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([Promise.allSettled([...this.tasks]), new Promise<void>((r) => (timer = setTimeout(r, CLOSE_GRACE_MS)))]);
-      clearTimeout(timer);
+      await this.tasks.settle(CLOSE_GRACE_MS);
       await this.client.destroy();
     })();
     return this.closing;
@@ -243,13 +143,11 @@ class Adapter implements DiscordAdapter {
   /** Runs one event's handler; whatever happens stays inside it (logged), the bot goes on. */
   private track(what: string, fn: () => Promise<void>): void {
     if (this.closing) return;
-    const p = fn()
-      .catch((err: unknown) => this.log(`discord: ${what} handler failed: ${describeError(err)}`))
-      .finally(() => this.tasks.delete(p));
-    this.tasks.add(p);
+    this.tasks.run(what, fn);
   }
 
-  private allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean {
+  /** Whether the bot answers here (allowed guilds and channels; a thread counts as its parent channel; DMs). */
+  allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean {
     if (!guildId) return this.allowDMs;
     if (this.allowedGuilds.size > 0 && !this.allowedGuilds.has(guildId)) return false;
     if (this.allowedChannels.size > 0) {
@@ -273,7 +171,7 @@ class Adapter implements DiscordAdapter {
    * sent once per window (no spam); `privately` (an interaction's ephemeral reply, which must be answered
    * anyway) every time.
    */
-  private async withinRate(user: string, tell: (text: string) => Promise<unknown>, privately = false): Promise<boolean> {
+  async withinRate(user: string, tell: (text: string) => Promise<unknown>, privately = false): Promise<boolean> {
     const r = (await this.rate?.take(user)) ?? { ok: true as const };
     if (r.ok) return true;
     this.log(`discord: user ${user} is over the rate limit`);
@@ -295,7 +193,8 @@ class Adapter implements DiscordAdapter {
     }
   }
 
-  private async download(source: ImageSource | undefined, rejected: string | undefined): Promise<Uint8Array | undefined> {
+  /** The image's bytes (none without a source); a refused or failed one throws ImageInputProblem, logged. */
+  async download(source: ImageSource | undefined, rejected: string | undefined): Promise<Uint8Array | undefined> {
     if (!source) {
       if (rejected) throw new ImageInputProblem('not_image', NOT_AN_IMAGE(rejected));
       return undefined;
@@ -312,7 +211,7 @@ class Adapter implements DiscordAdapter {
    * Hands the request to the manager once the conversation's earlier requests have been (`turn`: its place in
    * the order the gateway delivered them), then relays the answer.
    */
-  private async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult> {
+  async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult> {
     await turn.ready();
     const controller = new AbortController();
     this.controllers.add(controller);
@@ -320,7 +219,7 @@ class Adapter implements DiscordAdapter {
     if (this.closing) controller.abort();
     const started = Date.now();
     try {
-      const events = this.whileOpen(this.manager.handle({ ...req, signal: controller.signal }));
+      const events = restartNotice(this.manager.handle({ ...req, signal: controller.signal }), () => this.closing !== undefined);
       // The request has its place in the manager's queue: the conversation's next request may go on.
       turn.release();
       const r = await relayAnswer(events, route.target, { editIntervalMs: this.editIntervalMs, firstTextWaitMs: this.firstTextWaitMs, notice: route.notice, log: this.log, label });
@@ -331,13 +230,6 @@ class Adapter implements DiscordAdapter {
       return r;
     } finally {
       this.controllers.delete(controller);
-    }
-  }
-
-  /** Answers cancelled because the bot is shutting down say so (not just "cancelled"). */
-  private async *whileOpen(events: AsyncIterable<AnswerEvent>): AsyncIterable<AnswerEvent> {
-    for await (const ev of events) {
-      yield ev.type === 'error' && ev.code === 'cancelled' && this.closing ? { ...ev, message: RESTARTING } : ev;
     }
   }
 
@@ -356,10 +248,20 @@ class Adapter implements DiscordAdapter {
     return k ? `conversation ${k.channel}/${k.thread}` : undefined;
   }
 
+  /** The request's turn in its conversation: call it as the gateway delivers the event, before any await. */
+  takeTurn(channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null, channelId: string | null, dm: boolean, replyTo?: string | null): ArrivalTurn {
+    return this.order.take(this.orderKey(channel, channelId, dm, replyTo));
+  }
+
+  /** A thread the bot opened: its messages are follow-ups even before Discord describes its owner. */
+  rememberThread(id: string): void {
+    this.botThreads.set(id, true);
+  }
+
   private async onMessage(msg: Message): Promise<void> {
     if (msg.author.bot || msg.system || msg.webhookId) return;
     // Its turn in its conversation, taken as the gateway delivers it, before anything is awaited.
-    const turn = this.order.take(this.orderKey(msg.channel, msg.channelId, false, msg.reference?.messageId));
+    const turn = this.takeTurn(msg.channel, msg.channelId, false, msg.reference?.messageId);
     try {
       await this.message(msg, turn);
     } finally {
@@ -435,7 +337,7 @@ class Adapter implements DiscordAdapter {
     const guild = msg.guildId ?? '@me';
     try {
       const thread = await msg.startThread({ name: threadName(text), autoArchiveDuration: ThreadAutoArchiveDuration.OneDay });
-      this.botThreads.set(thread.id, true);
+      this.rememberThread(thread.id);
       return { key: { platform: 'discord', workspace: guild, channel: ch.id, thread: thread.id }, target: channelTarget(thread) };
     } catch (err) {
       this.log(`discord: could not start a thread on message ${msg.id} in channel ${ch.id}: ${describeError(err)}; answering in the channel`);
@@ -447,185 +349,5 @@ class Adapter implements DiscordAdapter {
       };
     }
   }
-
-  // ------------------------------------------------------------------------------------------------
-  // Interactions: /describe and "Describe image"
-  // ------------------------------------------------------------------------------------------------
-
-  private async onInteraction(i: Interaction): Promise<void> {
-    if (i.isChatInputCommand() && i.commandName === DESCRIBE_COMMAND) {
-      const task = i.options.getString('task');
-      await this.describe(i, {
-        attachment: i.options.getAttachment('image') ?? undefined,
-        prompt: i.options.getString('prompt') ?? '',
-        task: task && (task === 'chat' || isTask(task)) ? task : undefined,
-        temperature: i.options.getNumber('temperature') ?? undefined,
-      });
-    } else if (i.isMessageContextMenuCommand() && i.commandName === DESCRIBE_IMAGE_MENU) {
-      await this.describe(i, { target: i.targetMessage, prompt: '' });
-    }
-  }
-
-  private async describe(
-    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
-    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-  ): Promise<void> {
-    // Its turn in its conversation (a thread or DM), taken as the gateway delivers it.
-    const turn = this.order.take(this.orderKey(i.channel, i.channelId, !i.guildId));
-    try {
-      await this.describeIn(i, input, turn);
-    } finally {
-      turn.release();
-    }
-  }
-
-  private async describeIn(
-    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
-    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-    turn: ArrivalTurn,
-  ): Promise<void> {
-    const channel = i.channel;
-    const thread = channel?.isThread() ? channel : null;
-    if (!this.allowed(i.guildId, i.channelId, thread?.parentId)) {
-      await i.reply({ content: NOT_ENABLED, flags: MessageFlags.Ephemeral });
-      return;
-    }
-    if (!(await this.withinRate(i.user.id, (t) => i.reply({ content: t, flags: MessageFlags.Ephemeral }), true))) return;
-    // Acknowledge inside Discord's 3 s window before anything slow.
-    await i.deferReply();
-    const label = `${i.isChatInputCommand() ? '/' : ''}${i.commandName} ${i.id} (${i.guildId ? `guild ${i.guildId}, channel ${i.channelId}` : 'DM'})`;
-    try {
-      await this.answerInteraction(i, input, { thread, label, turn });
-    } catch (err) {
-      this.log(`discord: ${label} failed: ${describeError(err)}`);
-      await i.editReply({ content: `⚠️ ${INTERNAL}` }).catch(() => {});
-    }
-  }
-
-  private async answerInteraction(
-    i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction,
-    input: { attachment?: Attachment; target?: Message; prompt: string; task?: TaskTag | 'chat'; temperature?: number },
-    ctx: { thread: ThreadChannel | null; label: string; turn: ArrivalTurn },
-  ): Promise<void> {
-    const dm = !i.guildId;
-    let image: Uint8Array | undefined;
-    try {
-      if (input.attachment) {
-        const found = findImage({ attachments: [input.attachment], embeds: [], content: '' }, this.policy);
-        image = await this.download(found.source, found.rejected);
-      } else if (input.target) {
-        const found = findImage(input.target, this.policy);
-        if (!found.source && !found.rejected) {
-          await i.editReply({ content: '⚠️ That message has no image I can read (PNG, JPEG, WebP or GIF attachment, or a Discord image link).' });
-          return;
-        }
-        image = await this.download(found.source, found.rejected);
-      }
-    } catch (err) {
-      if (!(err instanceof ImageInputProblem)) throw err;
-      await i.editReply({ content: `⚠️ ${err.message}` });
-      return;
-    }
-    if (!image && !dm && !ctx.thread) {
-      await i.editReply({ content: HELP_DESCRIBE_NO_IMAGE });
-      return;
-    }
-
-    const guild = i.guildId ?? '@me';
-    const channelId = i.channelId!;
-    let key: ConversationKey;
-    let replyId: string | undefined;
-    if (dm) key = { platform: 'discord', workspace: '@me', channel: channelId, thread: channelId };
-    else if (ctx.thread) key = { platform: 'discord', workspace: guild, channel: ctx.thread.parentId ?? channelId, thread: ctx.thread.id };
-    else {
-      // A thread started from a message has the message's id: the reply's id is the future thread's.
-      replyId = (await i.fetchReply()).id;
-      key = { platform: 'discord', workspace: guild, channel: channelId, thread: replyId };
-    }
-    const text = input.prompt.trim();
-    const req: Omit<ConversationRequest, 'signal'> = {
-      key,
-      user: i.user.id,
-      text,
-      ...(image ? { image } : {}),
-      ...(input.task ? { task: input.task } : !text && image ? { task: 'caption' as const } : {}),
-      ...(input.temperature !== undefined ? { generation: { temperature: input.temperature } } : {}),
-      requestId: `discord-${i.id}`,
-    };
-    const r = await this.run(req, { key, target: interactionTarget(i) }, ctx.label, ctx.turn);
-    if (!r.ok || !replyId) return;
-    try {
-      await this.client.rest.post(Routes.threads(channelId, replyId), {
-        body: { name: threadName(text || (input.target ? 'Describe image' : '')), auto_archive_duration: ThreadAutoArchiveDuration.OneDay },
-      });
-      this.botThreads.set(replyId, true);
-    } catch (err) {
-      this.log(`discord: ${ctx.label}: could not open a thread on the reply: ${describeError(err)}`);
-      if (isPermissionError(err)) await i.followUp({ content: notice(NO_THREAD_AFTER_DESCRIBE) }).catch(() => {});
-    }
-  }
 }
 
-/** An error for the log: message, Discord's code and the request (redacted by the adapter's log). */
-export function describeError(err: unknown): string {
-  if (err && typeof err === 'object') {
-    const e = err as { message?: string; code?: unknown; status?: unknown; method?: unknown; url?: unknown; name?: string };
-    const parts = [e.message ?? String(err)];
-    if (e.code !== undefined) parts.push(`code ${String(e.code)}`);
-    if (e.status !== undefined) parts.push(`HTTP ${String(e.status)}`);
-    if (typeof e.method === 'string' && typeof e.url === 'string') parts.push(`${e.method.toUpperCase()} ${e.url}`);
-    return parts.join(', ');
-  }
-  return String(err);
-}
-
-/**
- * Connects to Discord and answers until `close()`. Resolves when the gateway says READY; rejects (and
- * disconnects) when login fails or READY does not come in time.
- */
-export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<DiscordAdapter> {
-  if (!opts.token?.trim()) throw new Error('Discord: no bot token (DISCORD_TOKEN)');
-  const token = opts.token.trim();
-  const sink = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const log = (line: string) => sink(redact(line, [token]));
-  const client = new Client({
-    intents: [GatewayIntentBits.Guilds, GatewayIntentBits.GuildMessages, GatewayIntentBits.MessageContent, GatewayIntentBits.DirectMessages],
-    // DM channels are not cached before their first message: without this their messages would be dropped.
-    partials: [Partials.Channel],
-    // Model output never pings anyone.
-    allowedMentions: { parse: [], repliedUser: false },
-    ...(opts.apiUrl ? { rest: { api: opts.apiUrl.replace(/\/+$/, '') } } : {}),
-  });
-  client.on(Events.Error, (err) => log(`discord: client error: ${describeError(err)}`));
-  // A fatal one (a refused token) is reported once, by the failed login or by `fatal`, not here as well.
-  client.on(Events.ShardError, (err) => {
-    if (!fatalDiscordError(err)) log(`discord: gateway error: ${describeError(err)}`);
-  });
-  client.on(Events.Warn, (w) => log(`discord: ${w}`));
-  const adapter = new Adapter(client as Client<true>, opts, log);
-  let connected = false;
-  client.on(Events.ShardDisconnect, (ev) => {
-    if (connected && FATAL_CLOSE_CODES.has(ev.code)) adapter.fail(redact(fatalDiscordError(undefined, ev.code)!, [token]));
-  });
-  const timeoutMs = opts.readyTimeoutMs ?? 30_000;
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
-    await Promise.race([
-      client.login(token).then(() => ready),
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`Discord: no READY from the gateway within ${timeoutMs} ms`)), timeoutMs);
-      }),
-    ]);
-  } catch (err) {
-    await client.destroy();
-    throw new Error(redact(fatalDiscordError(err) ?? `Discord: could not connect: ${describeError(err)}`, [token]));
-  } finally {
-    clearTimeout(timer);
-  }
-  connected = true;
-  const app = client.application?.id;
-  if (opts.appId && app && opts.appId !== app) log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);
-  log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers)`);
-  return adapter;
-}

@@ -1,9 +1,13 @@
 // The Discord adapter's entry points: `startDiscordAdapter(options)` and, for `minigpt serve`,
 // `startDiscordFromEnv({ manager, env, log })`, which reads the DISCORD_* variables (.env.example).
 import type { RateLimiterFactory } from './limits.js';
-import { startDiscordAdapter, type DiscordAdapter, type DiscordAdapterOptions, type DiscordConversations } from './adapter.js';
+import type { DiscordAdapter, DiscordAdapterOptions, DiscordConversations } from './adapter.js';
+import { startDiscordAdapter } from './connect.js';
 
-export { startDiscordAdapter, stripBotMention, describeError, fatalDiscordError, DEFAULT_EDIT_INTERVAL_MS, DEFAULT_RATE_LIMIT } from './adapter.js';
+export { DEFAULT_EDIT_INTERVAL_MS, DEFAULT_RATE_LIMIT } from './adapter.js';
+export { startDiscordAdapter, fatalDiscordError } from './connect.js';
+export { stripBotMention } from './replies.js';
+export { describeError } from '../shared/errors.js';
 export type { DiscordAdapter, DiscordAdapterOptions, DiscordConversations } from './adapter.js';
 export { commandDefinitions, DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 export { answerMarkdown, splitMessage, threadName, DISCORD_MESSAGE_LIMIT } from './format.js';

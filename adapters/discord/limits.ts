@@ -1,4 +1,5 @@
 // Per-user rate limit and log redaction for the Discord adapter.
+import { hideSecrets } from '../shared/errors.js';
 import type { RateDecision, RateLimiter } from '../shared/rate-limit.js';
 
 export type { RateDecision, RateLimiter, RateLimiterFactory } from '../shared/rate-limit.js';
@@ -49,9 +50,7 @@ export class UserRateLimiter implements RateLimiter {
  * (Discord CDN links carry signatures in `ex`/`is`/`hm`).
  */
 export function redact(line: string, secrets: readonly string[] = []): string {
-  let s = line;
-  for (const t of secrets) if (t && t.length >= 8) s = s.split(t).join('[redacted]');
-  return s
+  return hideSecrets(line, secrets, 8)
     .replace(/(\/(?:webhooks|interactions)\/\d+\/)[^/\s?#"']+/g, '$1[token]')
     .replace(/(\bhttps?:\/\/[^\s?#"'<>]+)\?[^\s"'<>)]*/gi, '$1')
     .replace(/\b(Bot|Bearer)\s+[A-Za-z0-9._-]{20,}/g, '$1 [redacted]');

@@ -5,6 +5,8 @@
 import { DiscordAPIError, type AttachmentPayload } from 'discord.js';
 import type { AnswerEvent } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, notice, splitMessage } from './format.js';
+import { onAnswerEvents } from '../shared/answer-events.js';
+import { ThrottledMessage } from '../shared/throttled-message.js';
 
 export interface Payload {
   content: string;
@@ -48,7 +50,6 @@ const ATTACH_REFUSED = 'I couldn\'t attach the image with the boxes here: I need
 const ATTACH_TOO_LARGE = 'The image with the boxes was too large to upload here.';
 const ATTACH_FAILED = 'I couldn\'t upload the image with the boxes (Discord\'s upload failed).';
 
-
 function apiCode(err: unknown): number | string | undefined {
   return err instanceof DiscordAPIError ? err.code : undefined;
 }
@@ -76,13 +77,6 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   let final: { text: string } | undefined;
   let image: { data: Buffer; mime: string } | undefined;
   let error: { code: string; message: string } | undefined;
-  let created = false;
-  let lastWrite = 0;
-  let inFlight: Promise<void> | undefined;
-  let timer: NodeJS.Timeout | undefined;
-  let shown = '';
-  let wanted = '';
-  let stopped = false;
   /** when the first text arrived (0: none yet), and whether any text has been written since */
   let firstTextAt = 0;
   let textWritten = false;
@@ -99,64 +93,48 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   typingTimer = setInterval(() => void typing(), TYPING_REFRESH_MS);
   typingTimer.unref?.();
 
-  const write = (content: string): Promise<void> => {
-    lastWrite = Date.now();
-    if (firstTextAt) textWritten = true;
-    stopTyping();
-    const p = target.first({ content }).then(
-      () => {
-        created = true;
-        shown = content;
-      },
-      (err: unknown) => o.log(`discord: ${o.label}: could not update the reply: ${(err as Error).message}`),
-    );
-    inFlight = p.finally(() => {
-      inFlight = undefined;
-      if (!stopped && wanted !== shown) schedule();
-    });
-    return inFlight;
-  };
-  const schedule = () => {
-    if (timer || inFlight || stopped) return;
-    let wait = Math.max(0, lastWrite + o.editIntervalMs - Date.now());
-    if (firstTextAt && !textWritten) wait = Math.max(wait, firstTextAt + firstWait - Date.now());
-    timer = setTimeout(() => {
-      timer = undefined;
-      if (!stopped && wanted !== shown) void write(wanted);
-    }, wait);
-  };
+  const message = new ThrottledMessage<string>({
+    intervalMs: o.editIntervalMs,
+    write: (content) => {
+      if (firstTextAt) textWritten = true;
+      stopTyping();
+      return target.first({ content });
+    },
+    onError: (err) => o.log(`discord: ${o.label}: could not update the reply: ${(err as Error).message}`),
+    notBefore: () => (firstTextAt && !textWritten ? firstTextAt + firstWait : 0),
+  });
   const show = (content: string) => {
-    if (!content.trim() || content === wanted) return;
-    wanted = content;
-    schedule();
+    if (content.trim()) message.show(content);
   };
 
   try {
-    for await (const ev of events) {
-      if (ev.type === 'queued') {
+    await onAnswerEvents(events, {
+      queued: (ev) => {
         if (ev.position > 0) show(`${head}${notice(`Waiting in line (${ev.position} ahead of you)…`)}`);
-      } else if (ev.type === 'restart') {
+      },
+      restart: () => {
         // another worker answers again: what was streamed so far is replaced
         raw = '';
         show(`${head}${notice('Answering again…')}`);
-      } else if (ev.type === 'text') {
+      },
+      text: (ev) => {
         if (!firstTextAt) firstTextAt = Date.now();
         raw += ev.text;
         if (answerMarkdown(raw).trim()) show(preview(raw, head));
-      } else if (ev.type === 'final') {
+      },
+      final: (ev) => {
         final = { text: ev.text };
-      } else if (ev.type === 'image') {
+      },
+      image: (ev) => {
         image = { data: ev.data, mime: ev.mime };
-      } else if (ev.type === 'error') {
+      },
+      error: (ev) => {
         error = { code: ev.code, message: ev.message };
-      }
-    }
+      },
+    });
   } finally {
-    stopped = true;
     stopTyping();
-    if (timer) clearTimeout(timer);
-    timer = undefined;
-    await inFlight;
+    await message.stop();
   }
 
   // The final write goes out as soon as the answer ends (discord.js queues it behind Discord's rate limits).

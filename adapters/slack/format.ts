@@ -1,5 +1,6 @@
 // Text between Slack and the model: Slack's message markup in, mrkdwn out (grounded phrases in bold, box
 // syntax removed), split within Slack's message size.
+import { hideSecrets } from '../shared/errors.js';
 import { groundingMarkdown } from '../../src/grounding/parse.js';
 import { isTask } from '../../src/grounding/tasks.js';
 import type { TaskTag } from '../../src/conversation/index.js';
@@ -207,9 +208,7 @@ export function answerChunks(raw: string, opts: { max?: number; firstMax?: numbe
 
 /** Removes anything token-like from a log line (bot/app/user tokens, file URLs' `t=` parameters, signatures). */
 export function redact(line: string, secrets: readonly string[] = []): string {
-  let s = String(line);
-  for (const secret of secrets) if (secret && secret.length >= 6) s = s.split(secret).join('[redacted]');
-  return s
+  return hideSecrets(line, secrets, 6)
     .replace(/\bx(?:ox[a-z]|app)-[A-Za-z0-9-]+/g, 'xox?-[redacted]')
     .replace(/([?&](?:t|token|pub_secret)=)[^&\s"']+/gi, '$1[redacted]')
     .replace(/(Bearer\s+)[^\s"']+/gi, '$1[redacted]')

@@ -1,6 +1,8 @@
 // One answer as Slack messages: a first message posted at once, edited as text streams in (chat.update,
 // throttled), more messages in the thread when the answer outgrows one, then the annotated image.
 import type { webApi } from '@slack/bolt';
+import { ThrottledMessage } from '../shared/throttled-message.js';
+import { describeSlackError } from './errors.js';
 import { answerChunks, escapeMrkdwn } from './format.js';
 
 type WebClient = webApi.WebClient;
@@ -21,19 +23,26 @@ export interface ThreadReplyOptions {
 
 const STREAMING_MARK = ' …';
 
+const sameTexts = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((t, i) => t === b[i]);
+
 /**
- * The messages of one answer. Calls are serialised; `update` while streaming is coalesced so that at most
- * one edit per `intervalMs` goes out, the newest text winning.
+ * The messages of one answer. Calls are serialised; status and streamed text are coalesced so that at most
+ * one edit per `intervalMs` goes out, the newest text winning (ThrottledMessage).
  */
 export class ThreadReply {
   private readonly posted: Array<{ ts: string; text: string }> = [];
   private chain: Promise<void> = Promise.resolve();
-  private pending: string[] | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  private lastEdit = 0;
+  private readonly message: ThrottledMessage<string[]>;
   private failed = false;
 
-  constructor(private readonly opts: ThreadReplyOptions) {}
+  constructor(private readonly opts: ThreadReplyOptions) {
+    this.message = new ThrottledMessage<string[]>({
+      intervalMs: opts.intervalMs,
+      // The edits take their place among the other calls (upload, note) of the answer.
+      write: (texts) => this.enqueue(() => this.write(texts)),
+      same: sameTexts,
+    });
+  }
 
   /** Timestamp of the first message (the thread for a top-level reply), once posted. */
   get firstTs(): string | undefined {
@@ -47,9 +56,7 @@ export class ThreadReply {
 
   /** Posts the first message (status text such as "Looking at the image…"). */
   start(status: string): Promise<string> {
-    return this.enqueue(async () => {
-      await this.write([this.withHeader(status)]);
-    }).then(() => {
+    return this.message.put([this.withHeader(status)]).then(() => {
       if (!this.firstTs) throw new Error('the first message could not be posted');
       return this.firstTs;
     });
@@ -57,22 +64,22 @@ export class ThreadReply {
 
   /** Shows a status line (queued, …) while no answer text has arrived. */
   status(text: string): void {
-    this.schedule([this.withHeader(text)]);
+    this.message.show([this.withHeader(text)]);
   }
 
   /** Shows the answer so far (raw model text). */
   streaming(raw: string): void {
-    this.schedule(this.chunks(raw, true));
+    this.message.show(this.chunks(raw, true));
   }
 
   /** The final answer, written now (pending edits dropped). */
   async final(raw: string): Promise<void> {
-    await this.flushNow(this.chunks(raw, false));
+    await this.message.final(this.chunks(raw, false));
   }
 
   /** A sentence for the user instead of an answer (plain text, escaped here). */
   async error(message: string): Promise<void> {
-    await this.flushNow([this.withHeader(`:warning: ${escapeMrkdwn(message)}`)]);
+    await this.message.final([this.withHeader(`:warning: ${escapeMrkdwn(message)}`)]);
   }
 
   /** Uploads a file into the answer's thread. */
@@ -98,17 +105,9 @@ export class ThreadReply {
     await this.opts.client.chat.postMessage({ channel: this.opts.channel, thread_ts: thread, text, unfurl_links: false, unfurl_media: false });
   }
 
-  /** Waits for every write in flight. */
+  /** Writes what is still pending, then waits for every write in flight. */
   async settle(): Promise<void> {
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-    }
-    if (this.pending) {
-      const texts = this.pending;
-      this.pending = undefined;
-      await this.enqueue(() => this.write(texts));
-    }
+    await this.message.flush();
     await this.chain;
   }
 
@@ -123,27 +122,6 @@ export class ThreadReply {
     if (header) parts[0] = header + parts[0];
     if (streaming) parts[parts.length - 1] += STREAMING_MARK;
     return parts;
-  }
-
-  private schedule(texts: string[]): void {
-    this.pending = texts;
-    if (this.timer) return;
-    const wait = Math.max(0, this.lastEdit + this.opts.intervalMs - Date.now());
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      const next = this.pending;
-      this.pending = undefined;
-      if (next) void this.enqueue(() => this.write(next)).catch(() => {});
-    }, wait);
-  }
-
-  private async flushNow(texts: string[]): Promise<void> {
-    if (this.timer) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-    }
-    this.pending = undefined;
-    await this.enqueue(() => this.write(texts));
   }
 
   private enqueue(fn: () => Promise<void>): Promise<void> {
@@ -165,9 +143,8 @@ export class ThreadReply {
         try {
           await client.chat.update({ channel, ts: have.ts, text });
           have.text = text;
-          this.lastEdit = Date.now();
         } catch (err) {
-          if (!this.failed) this.opts.log(`slack: chat.update failed in ${channel}: ${describeError(err)}`);
+          if (!this.failed) this.opts.log(`slack: chat.update failed in ${channel}: ${describeSlackError(err)}`);
           this.failed = true;
           throw err;
         }
@@ -182,21 +159,7 @@ export class ThreadReply {
         });
         if (!res.ts) throw new Error('chat.postMessage returned no ts');
         this.posted.push({ ts: res.ts, text });
-        this.lastEdit = Date.now();
       }
     }
   }
-}
-
-/** An error from the Web API as one line (the platform error code when there is one), without secrets. */
-export function describeError(err: unknown): string {
-  const e = err as { data?: { error?: string; needed?: string }; code?: string; message?: string };
-  if (e?.data?.error) return `${e.data.error}${e.data.needed ? ` (needed: ${e.data.needed})` : ''}`;
-  return e?.message ?? String(err);
-}
-
-/** The platform error code of a Web API error (`missing_scope`, `not_in_channel`, …). */
-export function slackErrorCode(err: unknown): string | undefined {
-  const e = err as { data?: { error?: string } };
-  return typeof e?.data?.error === 'string' ? e.data.error : undefined;
 }

@@ -10,6 +10,7 @@ import { conversationId } from '../conversation/store.js';
 import { ConversationStore } from '../conversation/store.js';
 import { EventChannel } from '../conversation/scheduler.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
+import type { ConversationPort } from '../../adapters/shared/port.js';
 import { RedisRateLimiter } from './rate-limit.js';
 import { QUEUE_NAME, decodeEvent, encodeRequest, keys, HEARTBEAT_TTL_MS, PENDING_TTL_MS, workerQueueName, type JobData, type WorkerInfo } from './protocol.js';
 
@@ -27,7 +28,7 @@ export interface RemoteConversationsOptions {
 const UNAVAILABLE = 'The bot cannot reach its job queue right now; please try again in a moment.';
 const NO_WORKER = 'No model worker is running right now; please try again in a moment.';
 
-export class RemoteConversations {
+export class RemoteConversations implements ConversationPort {
   readonly store: Keyv;
   private readonly repo: ConversationStore;
   private readonly queue: Queue<JobData>;

@@ -1,0 +1,13 @@
+// The conversation port: what every adapter gets from the conversations, whether a local ConversationManager
+// or a front end's RemoteConversations (src/cluster/frontend.ts) answers (docs/architecture.md, "The
+// conversation port"). Each adapter names the part it uses (Pick), so a test's fake implements no more.
+import type Keyv from 'keyv';
+import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../../src/conversation/index.js';
+
+export interface ConversationPort {
+  handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
+  reset(key: ConversationKey): Promise<void>;
+  history(key: ConversationKey): Promise<ConversationState | null>;
+  /** the conversation store (STORE_URL): adapters keep their own marks there (Slack's handled events) */
+  readonly store: Keyv;
+}

@@ -1,0 +1,153 @@
+// One Slack request from the first message to the last: the reply is posted at once ("Looking at the
+// image…"), the image fetched, the request handed to the manager (the thread's next request may then go on),
+// and the answer events rendered into the thread (ThreadReply), the annotated image uploaded after the text.
+import type { webApi } from '@slack/bolt';
+import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import type { ArrivalTurn } from '../shared/arrival-order.js';
+import { onAnswerEvents, restartNotice } from '../shared/answer-events.js';
+import type { SeenSet } from './dedupe.js';
+import { fetchImage, type ImageFetchOptions } from './file-info.js';
+import { FileInputError, type SlackFile } from './files.js';
+import type { SlackConversationManager } from './options.js';
+import { describeSlackError, slackErrorCode } from './errors.js';
+import { ThreadReply } from './reply.js';
+
+type WebClient = webApi.WebClient;
+
+/** What answering needs from the adapter. */
+export interface AnswerContext {
+  readonly manager: Pick<SlackConversationManager, 'handle'>;
+  readonly log: (line: string) => void;
+  /** threads the bot answers in (a follow-up there needs no mention) */
+  readonly threads: SeenSet;
+  /** aborted when closing gives up waiting for the answers in flight */
+  readonly signal: AbortSignal;
+  closing(): boolean;
+  readonly updateIntervalMs: number;
+  readonly maxMessageChars: number;
+  readonly image: ImageFetchOptions;
+}
+
+/** One request as the adapter's handlers make it. */
+export interface Ask {
+  client: WebClient;
+  team: string;
+  channel: string;
+  /** undefined: the answer starts a new thread in the channel */
+  thread?: string;
+  user: string;
+  text: string;
+  task?: TaskTag;
+  /** the image's file (already known to be an image or to be checked) */
+  file?: SlackFile;
+  header?: string;
+  requestId: string;
+  what: string;
+  /** the conversation's turn (arrival order): released once the request is handed to the manager */
+  turn?: ArrivalTurn;
+}
+
+export function slackKey(team: string, channel: string, thread: string): ConversationKey {
+  return { platform: 'slack', workspace: team, channel, thread };
+}
+
+export function threadReply(ctx: AnswerContext, client: WebClient, channel: string, thread: string | undefined, header?: string): ThreadReply {
+  return new ThreadReply({
+    client,
+    channel,
+    threadTs: thread,
+    intervalMs: ctx.updateIntervalMs,
+    maxChars: ctx.maxMessageChars,
+    header,
+    log: ctx.log,
+  });
+}
+
+/** Posts the first message, fetches the image, streams the manager's answer into the thread. */
+export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
+  const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header);
+  try {
+    await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
+  } catch (err) {
+    ctx.log(`slack: ${a.what}: could not post the reply: ${describeSlackError(err)}`);
+    return;
+  }
+  const thread = reply.thread!;
+  await ctx.threads.mark(`${a.team}:${a.channel}:${thread}`);
+  const signal = ctx.signal;
+  try {
+    let image: Uint8Array | undefined;
+    if (a.file) {
+      try {
+        image = await fetchImage(a.client, a.file, ctx.image, signal);
+      } catch (err) {
+        if (err instanceof FileInputError) {
+          ctx.log(`slack: ${a.what}: file ${a.file.id} not used (${err.reason})`);
+          await reply.error(err.message);
+          return;
+        }
+        throw err;
+      }
+      ctx.log(`slack: ${a.what} by ${a.user}: image ${a.file.id} (${image.byteLength} bytes)`);
+    } else {
+      ctx.log(`slack: ${a.what} by ${a.user}: text only`);
+    }
+    const req: ConversationRequest = {
+      key: slackKey(a.team, a.channel, thread),
+      user: a.user,
+      text: a.text,
+      ...(image ? { image } : {}),
+      ...(a.task ? { task: a.task } : {}),
+      signal,
+      requestId: a.requestId,
+    };
+    let text = '';
+    const events = restartNotice(ctx.manager.handle(req), () => ctx.closing());
+    // The request has its place in the manager's queue: the thread's next request may go on.
+    a.turn?.release();
+    await onAnswerEvents(events, {
+      queued: (ev) => {
+        if (ev.position > 0) reply.status(`_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_`);
+      },
+      started: () => {
+        if (!text) reply.status('_Thinking…_');
+      },
+      text: (ev) => {
+        text += ev.text;
+        reply.streaming(text);
+      },
+      restart: () => {
+        // another worker answers again: what was streamed so far is replaced
+        text = '';
+        reply.status('_Answering again…_');
+      },
+      final: (ev) => reply.final(ev.text),
+      image: (ev) => uploadImage(ctx, reply, ev.data, ev.mime, a.what),
+      error: (ev) => {
+        ctx.log(`slack: ${a.what}: ${ev.code}${ev.code === 'internal' ? `: ${ev.message}` : ''}`);
+        return reply.error(ev.message);
+      },
+    });
+  } catch (err) {
+    ctx.log(`slack: ${a.what} failed: ${describeSlackError(err)}`);
+    await reply.error('Something went wrong while answering; please try again.').catch(() => {});
+  } finally {
+    await reply.settle().catch(() => {});
+  }
+}
+
+async function uploadImage(ctx: AnswerContext, reply: ThreadReply, data: Buffer, mime: string, what: string): Promise<void> {
+  const ext = mime === 'image/jpeg' ? 'jpg' : 'png';
+  try {
+    await reply.upload(data, `minigpt-boxes.${ext}`, 'The answer\'s boxes drawn on the image');
+  } catch (err) {
+    const code = slackErrorCode(err);
+    ctx.log(`slack: ${what}: uploading the annotated image failed: ${describeSlackError(err)}`);
+    const why = code === 'missing_scope' ? ' (the app needs the `files:write` scope)' : '';
+    try {
+      await reply.note(`_I could not attach the image with the boxes${why}._`);
+    } catch (e) {
+      ctx.log(`slack: could not post a note: ${describeSlackError(e)}`);
+    }
+  }
+}

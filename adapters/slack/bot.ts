@@ -1,0 +1,268 @@
+// The Slack adapter's event handling: Bolt's middleware (each event claimed once by its id, its arrival-order
+// turn taken before anything is awaited), the listeners (mentions, thread follow-ups, /describe, the
+// shortcut), each running as a tracked task, and closing (running answers finish, up to a limit).
+import type { App, webApi } from '@slack/bolt';
+import { LIMITS } from '../../src/conversation/limits.js';
+import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
+import { TaskSet } from '../shared/tasks.js';
+import { answer, slackKey, threadReply, type Ask } from './answer.js';
+import { SeenSet } from './dedupe.js';
+import { onDescribe, onShortcut, type DescribeContext } from './describe.js';
+import { ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
+import { eventFiles, isImageFile, notAnImage, type SlackFile } from './files.js';
+import { DEFAULT_MAX_MESSAGE_CHARS, slackTextToPlain } from './format.js';
+import { DEFAULT_COMMAND, DEFAULT_SHORTCUT, type SlackAdapterOptions, type SlackConversationManager } from './options.js';
+import { describeSlackError } from './errors.js';
+
+type WebClient = webApi.WebClient;
+type BoltApp = InstanceType<typeof App>;
+
+const DAY = 24 * 60 * 60 * 1000;
+
+/** The adapter's event handling on a started Bolt app (app.ts makes the app and checks the token). */
+export class SlackBot {
+  private readonly manager: SlackConversationManager;
+  private readonly events: SeenSet;
+  private readonly messages: SeenSet;
+  private readonly threads: SeenSet;
+  private readonly tasks: TaskSet;
+  private readonly abort = new AbortController();
+  private closing: Promise<void> | undefined;
+  private readonly log: (line: string) => void;
+  private readonly botUserId: string;
+  /** what answering and /describe need from the adapter */
+  private readonly ctx: DescribeContext;
+  /** per-thread arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
+  private readonly order: ArrivalOrder;
+  private nextId = 1;
+
+  constructor(
+    private readonly app: BoltApp,
+    private readonly opts: SlackAdapterOptions,
+    ids: { botToken: string; botUserId: string; botName: string; apiUrl: string | undefined; log: (line: string) => void },
+  ) {
+    this.manager = opts.manager;
+    this.log = ids.log;
+    this.botUserId = ids.botUserId;
+    this.tasks = new TaskSet((what, err) => this.log(`slack: ${what} failed: ${describeSlackError(err)}`));
+    const store = opts.store ?? opts.manager.store;
+    const ttl = opts.dedupeTtlMs ?? DAY;
+    this.events = new SeenSet(store, 'slack:event:', ttl, this.log);
+    this.messages = new SeenSet(store, 'slack:message:', ttl, this.log);
+    this.threads = new SeenSet(store, 'slack:thread:', 90 * DAY, this.log);
+    const downloadTimeoutMs = opts.downloadTimeoutMs ?? 30_000;
+    this.ctx = {
+      manager: this.manager,
+      log: this.log,
+      threads: this.threads,
+      signal: this.abort.signal,
+      closing: () => this.closing !== undefined,
+      updateIntervalMs: opts.updateIntervalMs ?? 1200,
+      maxMessageChars: Math.max(20, opts.maxMessageChars ?? DEFAULT_MAX_MESSAGE_CHARS),
+      image: { token: ids.botToken, maxBytes: opts.maxFileBytes ?? LIMITS.imageBytes, timeoutMs: downloadTimeoutMs, apiUrl: ids.apiUrl },
+      historyLimit: Math.min(1000, Math.max(1, opts.historyLimit ?? 100)),
+      botName: ids.botName,
+      command: opts.command ?? DEFAULT_COMMAND,
+      nextId: () => this.nextId++,
+    };
+    // A request waits for the one before it in its thread at most this long (that one's download has its own
+    // timeout; Web API calls before it are retried for a while).
+    this.order = new ArrivalOrder(downloadTimeoutMs + 60_000, (k) =>
+      this.log(`slack: a request in ${k} waited too long for the one before it in its thread; answering it now`),
+    );
+  }
+
+  /** Requests of one thread keep the order in which Slack delivered their events. */
+  private orderKey(team: string, channel: string, thread: string): string {
+    return `${team}:${channel}:${thread}`;
+  }
+
+  register(): void {
+    const app = this.app;
+
+    // De-duplication by event id, before any listener (events are acknowledged by Bolt before this runs).
+    app.use(async ({ body, context, next }) => {
+      const b = body as { type?: string; event_id?: string; event?: MessageLike };
+      // Only events that may become requests are remembered (not every message of every channel).
+      const candidate = b.event?.type === 'app_mention' || (b.event?.type === 'message' && !!b.event.thread_ts && !ignorable(b.event, this.botUserId));
+      // The event's turn in its thread is taken now, before anything is awaited: the order of delivery.
+      const ev = b.event;
+      const turn = candidate && ev?.channel && (ev.thread_ts ?? ev.ts) ? this.order.take(this.orderKey(teamOf(body), ev.channel, (ev.thread_ts ?? ev.ts)!)) : undefined;
+      if (turn) context[TURN] = turn;
+      try {
+        if (b.type === 'event_callback' && typeof b.event_id === 'string' && candidate) {
+          if (this.closing) return;
+          if (!(await this.events.claim(b.event_id))) {
+            const retry = context.retryNum !== undefined ? ` (retry ${context.retryNum}${context.retryReason ? `, ${context.retryReason}` : ''})` : '';
+            this.log(`slack: event ${b.event_id} (${b.event?.type ?? '?'}) already handled${retry}; ignored`);
+            return;
+          }
+        }
+        await next();
+      } finally {
+        // Not taken by a listener (a duplicate, or no listener for it): the thread's next request goes on.
+        (context[TURN] as ArrivalTurn | undefined)?.release();
+      }
+    });
+
+    app.event('app_mention', async ({ event, body, client, context }) => {
+      const turn = takeTurn(context);
+      this.spawn('app_mention', () => this.onMention(event as MessageLike, teamOf(body), client, turn), turn);
+    });
+
+    app.event('message', async ({ event, body, client, context }) => {
+      const turn = takeTurn(context);
+      this.spawn('message', () => this.onMessage(event as MessageLike, teamOf(body), client, turn), turn);
+    });
+
+    app.command(this.ctx.command, async ({ command, ack, client, respond }) => {
+      await ack();
+      this.spawn('command', () =>
+        onDescribe(
+          this.ctx,
+          { team: command.team_id, channel: command.channel_id, user: command.user_id, text: command.text ?? '' },
+          client,
+          (text) => respond({ response_type: 'ephemeral', text }).then(() => {}),
+        ),
+      );
+    });
+
+    app.shortcut({ callback_id: this.opts.shortcutCallbackId ?? DEFAULT_SHORTCUT, type: 'message_action' }, async ({ shortcut, ack, client, respond }) => {
+      // The answer goes into the message's thread: its turn there is taken on arrival, like a message's.
+      const s = shortcut as unknown as ShortcutPayload;
+      const thread = s.message?.thread_ts ?? s.message?.ts;
+      const turn = s.channel?.id && thread ? this.order.take(this.orderKey(s.team?.id ?? s.user?.team_id ?? '', s.channel.id, thread)) : undefined;
+      try {
+        await ack();
+      } catch (err) {
+        turn?.release();
+        throw err;
+      }
+      this.spawn('shortcut', () => onShortcut(this.ctx, s, client, (text) => respond({ response_type: 'ephemeral', text }).then(() => {}), turn), turn);
+    });
+
+    app.error(async (err) => {
+      this.log(`slack: error while handling a request: ${describeSlackError(err)}`);
+    });
+  }
+
+  /**
+   * Runs one event's work detached from Bolt's listener; a failure is logged, never thrown. With a `turn`, the
+   * work starts once the requests delivered before it in its thread have gone to the manager, and the turn is
+   * released when the work has handed its request on (or ends without one).
+   */
+  private spawn(what: string, work: () => Promise<void>, turn?: ArrivalTurn): void {
+    if (this.closing) {
+      turn?.release();
+      return;
+    }
+    this.tasks.run(what, async () => {
+      try {
+        await turn?.ready();
+        await work();
+      } finally {
+        turn?.release();
+      }
+    });
+  }
+
+  private async onMention(ev: MessageLike, team: string, client: WebClient, turn?: ArrivalTurn): Promise<void> {
+    if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
+    if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
+    const thread = ev.thread_ts ?? ev.ts;
+    let files = eventFiles(ev.files);
+    if (files.length === 0 && thread !== ev.ts) files = await this.imageFromThread(client, team, ev.channel, thread, ev.ts);
+    await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, files, 'mention', turn);
+  }
+
+  private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: ArrivalTurn): Promise<void> {
+    if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
+    // Only replies in a thread; a message mentioning the bot is the app_mention handler's.
+    if (!ev.thread_ts || ev.thread_ts === ev.ts) return;
+    if (this.botUserId && (ev.text ?? '').includes(`<@${this.botUserId}`)) return;
+    const thread = ev.thread_ts;
+    if (!(await this.isBotThread(team, ev.channel, thread))) return;
+    if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
+    await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, eventFiles(ev.files), 'follow-up', turn);
+  }
+
+  /** The request of a mention or a thread message (its text, its files) in `thread`. */
+  private askAbout(
+    client: WebClient,
+    ev: MessageLike & { channel: string; ts: string },
+    team: string,
+    thread: string,
+    files: ReturnType<typeof eventFiles>,
+    kind: 'mention' | 'follow-up',
+    turn: ArrivalTurn | undefined,
+  ): Promise<void> {
+    return this.ask(client, {
+      team,
+      channel: ev.channel,
+      thread,
+      user: ev.user ?? 'unknown',
+      text: slackTextToPlain(ev.text ?? '', this.botUserId),
+      files,
+      requestId: `slack:${ev.channel}:${ev.ts}`,
+      what: `${kind} in ${ev.channel} thread ${thread}`,
+      turn,
+    });
+  }
+
+  /**
+   * A mention without a file in a thread the bot has no conversation for: the newest image posted in the
+   * thread before it (e.g. the thread's first message), as the user means "this image".
+   */
+  private async imageFromThread(client: WebClient, team: string, channel: string, thread: string, before: string): Promise<SlackFile[]> {
+    try {
+      if ((await this.manager.history(slackKey(team, channel, thread))) !== null) return [];
+      const res = await client.conversations.replies({ channel, ts: thread, limit: 200 });
+      const msgs = ((res.messages ?? []) as MessageLike[]).filter((m) => m.ts && Number(m.ts) < Number(before) && !m.bot_id);
+      for (const m of msgs.reverse()) {
+        const img = eventFiles(m.files).find((f) => isImageFile(f));
+        if (img) return [img];
+      }
+    } catch (err) {
+      this.log(`slack: reading thread ${thread} in ${channel} failed: ${describeSlackError(err)}`);
+    }
+    return [];
+  }
+
+  private async isBotThread(team: string, channel: string, thread: string): Promise<boolean> {
+    if (await this.threads.has(`${team}:${channel}:${thread}`)) return true;
+    try {
+      return (await this.manager.history(slackKey(team, channel, thread))) !== null;
+    } catch {
+      return false;
+    }
+  }
+
+  /** A mention or follow-up: checks its files, then answers in the thread. */
+  private async ask(client: WebClient, a: Omit<Ask, 'file' | 'client'> & { files: SlackFile[]; thread: string }): Promise<void> {
+    let file: SlackFile | undefined;
+    if (a.files.length > 0) {
+      file = a.files.find((f) => isImageFile(f) || (!f.mimetype && !f.filetype));
+      if (!file) {
+        this.log(`slack: ${a.what}: ${a.files.length} file(s), none an image (${a.files.map((f) => f.filetype ?? f.mimetype ?? '?').join(', ')})`);
+        await this.threads.mark(`${a.team}:${a.channel}:${a.thread}`);
+        const reply = threadReply(this.ctx, client, a.channel, a.thread);
+        await reply.error(notAnImage(a.files[0]).message);
+        return;
+      }
+    }
+    await answer(this.ctx, { ...a, client, file });
+  }
+
+  async close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.app.stop().catch((err: unknown) => this.log(`slack: stopping the receiver: ${describeSlackError(err)}`));
+      const limit = this.opts.closeTimeoutMs ?? 10_000;
+      if (!(await this.tasks.settle(limit))) {
+        this.abort.abort();
+        await this.tasks.settle(2000);
+      }
+      this.log('slack: adapter stopped');
+    })();
+    return this.closing;
+  }
+}

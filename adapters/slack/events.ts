@@ -1,0 +1,50 @@
+// The shapes of the Slack payloads the adapter reads, and what it decides from them alone: which workspace an
+// event is from, which messages are not requests, and the arrival-order turn handed from Bolt's middleware
+// to the event's listener.
+import type { ArrivalTurn } from '../shared/arrival-order.js';
+
+export interface MessageLike {
+  type?: string;
+  subtype?: string;
+  user?: string;
+  bot_id?: string;
+  text?: string;
+  ts?: string;
+  thread_ts?: string;
+  channel?: string;
+  channel_type?: string;
+  files?: unknown;
+  edited?: unknown;
+}
+
+export interface ShortcutPayload {
+  callback_id?: string;
+  channel?: { id?: string };
+  user?: { id?: string; team_id?: string };
+  team?: { id?: string } | null;
+  message?: MessageLike;
+}
+
+/** Where a listener finds the arrival-order turn the middleware took for its event. */
+export const TURN = 'minigptTurn';
+
+/** Takes the arrival-order turn the middleware left in the context for this event's listener. */
+export function takeTurn(context: Record<string, unknown>): ArrivalTurn | undefined {
+  const turn = context[TURN] as ArrivalTurn | undefined;
+  delete context[TURN];
+  return turn;
+}
+
+export function teamOf(body: unknown): string {
+  const b = body as { team_id?: string; enterprise_id?: string; authorizations?: Array<{ team_id?: string }> };
+  return b.team_id ?? b.authorizations?.[0]?.team_id ?? b.enterprise_id ?? '';
+}
+
+/** Bots (this one included), edits, deletions and other system subtypes are not requests. */
+export function ignorable(ev: MessageLike, botUserId: string): boolean {
+  if (ev.bot_id) return true;
+  if (botUserId && ev.user === botUserId) return true;
+  if (ev.edited) return true;
+  if (ev.subtype !== undefined && ev.subtype !== 'file_share' && ev.subtype !== 'thread_broadcast') return true;
+  return !ev.user;
+}
