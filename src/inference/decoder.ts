@@ -156,7 +156,8 @@ export class LlamaDecoder implements StepModel<KvCache> {
    * 'present': left padding), and position_ids per row: the graph's causal mask compares key index with
    * past + query index, so each row's logits equal its own run's to float rounding
    * (test/inference/batching.test.ts). When the states are exactly the rows of the previous step, in order,
-   * nothing is copied; otherwise the rows are packed into new storage first.
+   * nothing is copied; otherwise rows are copied first ('append': into free rows of the batch's block where
+   * it has them, else into a new one, see placeRows; 'present': into new storage).
    */
   async step(states: readonly KvCache[], tokens: readonly number[], signal?: AbortSignal): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
     const B = states.length;
