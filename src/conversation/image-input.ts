@@ -4,8 +4,7 @@
 // request", step 3).
 import type { MiniGPT } from '../inference/model.js';
 import { ImageInputError } from '../image/preprocess.js';
-import type { ConversationStore } from './store.js';
-import { sha256Hex } from './store.js';
+import { sha256Hex, type ConversationStore } from './store.js';
 import { Failure } from './failure.js';
 import { formatBytes } from '../util/bytes.js';
 import { LruMap } from '../util/lru.js';

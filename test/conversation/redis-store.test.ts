@@ -109,7 +109,9 @@ describe('STORE_URL=redis://', () => {
 
   it('shares image embeddings between managers (workers) through Redis: the second skips the encoder, same answer', async () => {
     const clients = [new Redis(redis.url), new Redis(redis.url)];
-    const managers = clients.map((c) => new ConversationManager({ model, store: undefined, kvCacheBytes: 0, sharedImages: new RedisImageCache(c, `test-${Date.now()}`) }));
+    // One package name for both: Date.now() read per manager could differ, and then nothing is shared.
+    const pkg = `test-${Date.now()}`;
+    const managers = clients.map((c) => new ConversationManager({ model, store: undefined, kvCacheBytes: 0, sharedImages: new RedisImageCache(c, pkg) }));
     try {
       const key = (t: string): ConversationKey => ({ platform: 'cli', workspace: 'w', channel: 'c', thread: t });
       const first = await ask(managers[0], key('a'), prompt, png);
