@@ -115,6 +115,8 @@ describe('STORE_URL=redis://', () => {
     try {
       const key = (t: string): ConversationKey => ({ platform: 'cli', workspace: 'w', channel: 'c', thread: t });
       const first = await ask(managers[0], key('a'), prompt, png);
+      // The first manager stores the embeddings without holding up its answer: wait until they are in Redis.
+      for (let i = 0; i < 100 && (await clients[1].keys(`*emb:${pkg}:*`)).length === 0; i++) await new Promise((r) => setTimeout(r, 20));
       const second = await ask(managers[1], key('b'), prompt, png);
       const t1 = (first.find((e) => e.type === 'timings') as { timings: Record<string, number> }).timings;
       const t2 = (second.find((e) => e.type === 'timings') as { timings: Record<string, number> }).timings;
