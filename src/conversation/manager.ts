@@ -390,7 +390,7 @@ export class ConversationManager {
   /**
    * A thread's turn into the store: a new image first, then the conversation, then the image it replaced
    * released, so that a stored conversation never names a missing image. The turn's KV cache goes if the
-   * conversation cannot be written. Returns the turns as stored.
+   * image or the conversation cannot be written. Returns the turns as stored.
    */
   private async storeTurn(
     job: Job,
@@ -403,14 +403,19 @@ export class ConversationManager {
   ): Promise<StoredTurn[]> {
     const fresh = job.req!.image !== undefined;
     const state = threadState({ key: job.key, prev, image, fresh, kept, dropped, stored });
-    if (fresh) await this.repo.attachImage({ ...state.image, data: image.data! }, job.convId);
     try {
+      if (fresh) await this.repo.attachImage({ ...state.image, data: image.data! }, job.convId);
       await this.repo.putConversation(job.convId, state);
     } catch (err) {
       context?.dispose();
       throw err;
     }
-    if (fresh && prev && prev.image.hash !== image.hash) await this.repo.detachImage(prev.image.hash, job.convId);
+    if (fresh && prev && prev.image.hash !== image.hash) {
+      // The turn is stored: a replaced image left referenced costs storage, not the answer.
+      await this.repo.detachImage(prev.image.hash, job.convId).catch((err: unknown) => {
+        this.log(`conversation ${job.convId}: could not release the replaced image ${prev.image.hash}: ${(err as Error).message}`);
+      });
+    }
     return state.turns;
   }
 

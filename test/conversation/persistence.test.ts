@@ -4,6 +4,8 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Keyv from 'keyv';
+import sharp from 'sharp';
 import { ConversationManager, createStore, neutralizeMarkers, StoreUrlError } from '../../src/conversation/index.js';
 import type { MiniGPT } from '../../src/inference/model.js';
 import { collect, errorOf, finalOf, goldenImage, key, loadTinyModel, storeKeys, timingsOf, type TinyModel } from './helpers.js';
@@ -110,5 +112,48 @@ describe('conversation store on SQLite', () => {
     await mem2.set('k', { a: [1] });
     expect(await mem2.get('k')).toEqual({ a: [1] });
     await mem2.disconnect();
+  });
+
+  it('a store failing mid-turn: no image stored means no turn stored (an error, and the thread goes on after); a replaced image it cannot release costs storage, not the answer', async () => {
+    // a Keyv store whose writes of chosen keys fail while `failing` matches them
+    let failing: RegExp | null = null;
+    class FlakyMap<K, V> extends Map<K, V> {
+      override set(k: K, v: V): this {
+        if (failing?.test(String(k))) throw new Error('disk full');
+        return super.set(k, v);
+      }
+      override delete(k: K): boolean {
+        if (failing?.test(String(k))) throw new Error('disk full');
+        return super.delete(k);
+      }
+    }
+    const logs: string[] = [];
+    const m = new ConversationManager({ model, store: new Keyv({ store: new FlakyMap(), throwOnErrors: true }), defaults: { maxNewTokens: 6 }, log: (l) => logs.push(l) });
+    const k = { platform: 'discord' as const, workspace: 'g', channel: 'c', thread: 'flaky' };
+    try {
+      failing = /img:/;
+      const e1 = await collect(m.handle({ key: k, user: 'alice', text: 'what is this?', image }));
+      expect(errorOf(e1)).toBeDefined();
+      expect(e1.some((e) => e.type === 'final')).toBe(false);
+      expect(await m.history(k)).toBeNull();
+
+      failing = null;
+      const e2 = await collect(m.handle({ key: k, user: 'alice', text: 'what is this?', image }));
+      expect(errorOf(e2)).toBeUndefined();
+      expect((await m.history(k))?.turns).toHaveLength(1);
+
+      // a new image replaces the first: releasing the first fails, the answer and the turn stand
+      const other = await sharp(image).flip().png().toBuffer();
+      failing = new RegExp(`img(ref)?:${sha(image)}`);
+      const e3 = await collect(m.handle({ key: k, user: 'alice', text: 'and this one?', image: other }));
+      expect(errorOf(e3)).toBeUndefined();
+      expect(finalOf(e3).text.length).toBeGreaterThan(0);
+      const h = (await m.history(k))!;
+      expect(h.turns).toHaveLength(1);
+      expect(h.image.hash).toBe(sha(other));
+      expect(logs.some((l) => l.includes('could not release the replaced image') && l.includes('disk full'))).toBe(true);
+    } finally {
+      await m.close();
+    }
   });
 });
