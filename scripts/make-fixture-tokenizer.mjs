@@ -243,7 +243,7 @@ if (isMain) {
     }
   }
   mkdirSync(dirname(OUT), { recursive: true });
-  writeFileSync(OUT, JSON.stringify(tokenizer, null, 2) + '\n');
+  writeFileSync(OUT, `${JSON.stringify(tokenizer, null, 2)}\n`);
   const nPieces = Object.keys(tokenizer.model.vocab).length;
   console.log(`wrote ${OUT}: ${VOCAB_SIZE} ids, ${nPieces} pieces`);
   console.log(`${collisions.length} ids shared by several needed pieces (canonical <- aliases):`);

@@ -33,6 +33,7 @@ const sha256 = (s: string | Buffer) => createHash('sha256').update(s).digest('he
 
 function version(): string {
   try {
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format syntax
     return `sentencepiece ${execFileSync('dpkg-query', ['-W', '-f', '${Version}', 'sentencepiece']).toString().trim()} (Debian package)`;
   } catch {
     return tool('spm_train', ['--version']).trim();

@@ -1,5 +1,5 @@
 // `minigpt demo-data` and `minigpt eval` (issue 7): registered on the main program by main.ts.
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
 import { DEFAULT_SHAPE_SET, SHAPE_SET_NAMES } from '../demo-data/scene.js';
 

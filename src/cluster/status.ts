@@ -49,7 +49,7 @@ export async function clusterStatus(redisUrl: string): Promise<ClusterStatus> {
 
 export function statusText(s: ClusterStatus): string {
   const lines = [
-    `${s.workers.length} worker(s) alive; ${s.total.waiting} request(s) waiting, ${s.total.running} running` + (s.total.failed ? `, ${s.total.failed} failed (kept for inspection)` : ''),
+    `${s.workers.length} worker(s) alive; ${s.total.waiting} request(s) waiting, ${s.total.running} running${s.total.failed ? `, ${s.total.failed} failed (kept for inspection)` : ''}`,
   ];
   for (const w of s.workers) {
     lines.push(`  ${w.id}  ${w.model} (${w.architecture}, ${w.provider})  running ${w.running}, finished ${w.finished}, own queue ${w.queue.waiting} waiting  since ${w.startedAt}`);

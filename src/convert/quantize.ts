@@ -137,7 +137,7 @@ export function quantizeBlockwise(w: Float32Array, N: number, K: number, bits: 4
       for (let i = 0; i < blockSize; i++) {
         const k = k0 + i;
         const q = k < k1 && scale !== 0 ? Math.round(w[row + k] / scale) + mid : mid;
-        codes[i] = q < 0 ? 0 : q > maxCode ? maxCode : q;
+        codes[i] = q < 0 ? 0 : Math.min(q , maxCode);
       }
       const out = (n * nBlocks + b) * blobSize;
       if (bits === 8) packed.set(codes, out);

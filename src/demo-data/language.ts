@@ -1,7 +1,7 @@
 // Words for scenes: referring expressions that pick out exactly one object, captions, grounded captions,
 // VQA questions with their answers, and the MiniGPT-v2 task samples in the original prompt forms.
 import { EVAL_PROMPTS, TASK_BUTTON_PROMPTS } from '../grounding/tasks.js';
-import { Rng } from './rng.js';
+import type { Rng } from './rng.js';
 import { formatGridBox, gridBox, plural, SHAPES, COLOUR_NAMES, type ColourName, type Scene, type SceneObject, type ShapeName } from './scene.js';
 
 /** A noun phrase that refers to exactly one object of the scene ("red circle", "circle on the left"). */

@@ -4,7 +4,7 @@
 // their already-rotated vertices (rounded to 1/100 px, and the box is taken from the rounded vertices),
 // circles and ellipses as <circle>/<ellipse> with their analytic extents. Unrotated squares and rectangles
 // sit on whole pixels, so their boxes are whole-pixel boxes that the colour fills exactly.
-import { Rng } from './rng.js';
+import type { Rng } from './rng.js';
 
 export const COLOURS = {
   red: [220, 30, 35],

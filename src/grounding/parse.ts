@@ -141,7 +141,7 @@ function tokenize(text: string, grid: number): Tokens {
     if (end > textStart) tokens.push({ kind: 'text', start: textStart, end, value: text.slice(textStart, end) });
   };
 
-  scan: while (i < n) {
+  while (i < n) {
     const ch = text.charCodeAt(i);
     if (ch === 0x7b /* { */) {
       BOX_RE.lastIndex = i;
@@ -158,7 +158,7 @@ function tokenize(text: string, grid: number): Tokens {
         flushText(i);
         partial = true;
         textStart = i = n;
-        break scan;
+        break;
       }
       BAD_BOX_RE.lastIndex = i;
       const bad = BAD_BOX_RE.exec(text);
@@ -196,7 +196,7 @@ function tokenize(text: string, grid: number): Tokens {
           partial = true;
           partialPhrase = content;
           textStart = i = n;
-          break scan;
+          break;
         }
         // Stray `<p>` (no `</p>` before a newline / box / next phrase): drop the tag, keep the text.
         i = textStart = contentStart;
@@ -221,7 +221,7 @@ function tokenize(text: string, grid: number): Tokens {
         flushText(i);
         partial = true;
         textStart = i = n;
-        break scan;
+        break;
       }
     }
     i++;
@@ -246,7 +246,7 @@ function tidyPhrase(s: string): string {
 function toCoord(s: string, grid: number): number {
   const v = Number(s);
   if (!Number.isFinite(v)) return 0;
-  return v < 0 ? 0 : v > grid ? grid : v;
+  return v < 0 ? 0 : Math.min(v , grid);
 }
 
 function makeBox(a: string, b: string, c: string, d: string, grid: number): GridBox {
@@ -363,7 +363,7 @@ function tidySpaces(s: string): string {
       line
         .replace(/[ \t\u00a0]+/g, ' ')
         .replace(/ ([,.;:!?)\]}])/g, '$1')
-        .replace(/([(\[{]) /g, '$1')
+        .replace(/([([{]) /g, '$1')
         .trim(),
     )
     .join('\n')
@@ -383,7 +383,7 @@ export function gridToPixels(box: GridBox, width: number, height: number, gridSi
   const W = Math.floor(width);
   const H = Math.floor(height);
   const g = gridOf(gridSize);
-  const c = (v: number) => (Number.isNaN(v) || !(v > 0) ? 0 : v > g ? g : v);
+  const c = (v: number) => (Number.isNaN(v) || !(v > 0) ? 0 : Math.min(v , g));
   const ax = c(box.x1);
   const bx = c(box.x2);
   const ay = c(box.y1);
@@ -481,7 +481,7 @@ export function groundingMarkdown(text: string, opts: MarkdownOptions = {}): str
   const grid = gridOf(opts.gridSize);
   const bold = opts.bold ?? '**';
   const { tokens, partialPhrase } = tokenize(text, grid);
-  const esc = (s: string) => s.replace(/([\\`*_~|<>\[\]])/g, '\\$1');
+  const esc = (s: string) => s.replace(/([\\`*_~|<>[\]])/g, '\\$1');
   let out = '';
   for (const tok of tokens) {
     if (tok.kind === 'text') out += esc(tok.value);

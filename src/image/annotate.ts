@@ -68,7 +68,7 @@ const MAX_LABEL_CHARS = 60;
 const PIXEL_LIMIT = 'Image too large.';
 const FONT_FAMILY = 'DejaVu Sans, Liberation Sans, Arial, Helvetica, sans-serif';
 
-const hex = (c: readonly number[]) => '#' + c.map((v) => v.toString(16).padStart(2, '0')).join('');
+const hex = (c: readonly number[]) => `#${c.map((v) => v.toString(16).padStart(2, '0')).join('')}`;
 
 /** The colour (`#rrggbb`) of each entity: one per phrase, in order of first appearance. */
 export function entityColours(entities: Entity[]): string[] {
@@ -179,6 +179,7 @@ interface Rect {
 /** Escapes text for XML and drops characters XML 1.0 does not allow. */
 export function xmlEscape(s: string): string {
   return s
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: removing control characters is what this does
     .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/g, '')
     .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '')
     .replace(/&/g, '&amp;')
@@ -198,7 +199,7 @@ function textWidthEm(s: string): number {
     else if (ch === ' ') w += 0.33;
     else if (/[mwMW@%]/.test(ch)) w += 1.0;
     else if (/[A-Z]/.test(ch)) w += 0.74;
-    else if (/[frt()\[\]{}\-"]/.test(ch)) w += 0.45;
+    else if (/[frt()[\]{}\-"]/.test(ch)) w += 0.45;
     else w += 0.64;
   }
   return w;
@@ -260,9 +261,9 @@ export function buildOverlaySvg(entities: Entity[], width: number, height: numbe
       if (!phrase) continue;
 
       // Label: text truncated to fit the image width.
-      let text = phrase.length > MAX_LABEL_CHARS ? phrase.slice(0, MAX_LABEL_CHARS - 1) + '…' : phrase;
+      let text = phrase.length > MAX_LABEL_CHARS ? `${phrase.slice(0, MAX_LABEL_CHARS - 1)}…` : phrase;
       const maxTextW = width - 2 * pad;
-      while (text.length > 1 && textWidthEm(text) * fs > maxTextW) text = text.slice(0, -2) + '…';
+      while (text.length > 1 && textWidthEm(text) * fs > maxTextW) text = `${text.slice(0, -2)}…`;
       const labelW = Math.min(width, Math.ceil(textWidthEm(text) * fs) + 2 * pad);
       const h = Math.min(labelH, height);
       let x = pb.left;

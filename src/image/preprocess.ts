@@ -243,7 +243,7 @@ function precomputeCoeffs(inSize: number, outSize: number): Coeffs {
   const in0 = 0;
   const in1 = inSize;
   const scale = (in1 - in0) / outSize;
-  const filterscale = scale < 1.0 ? 1.0 : scale;
+  const filterscale = Math.max(scale , 1.0);
   const support = BICUBIC_SUPPORT * filterscale;
   const ksize = Math.ceil(support) * 2 + 1;
   const bounds = new Int32Array(outSize * 2);
@@ -276,7 +276,7 @@ function precomputeCoeffs(inSize: number, outSize: number): Coeffs {
 
 function clip8(ss: number): number {
   const v = Math.floor(ss / PRECISION_SCALE);
-  return v < 0 ? 0 : v > 255 ? 255 : v;
+  return v < 0 ? 0 : Math.min(v , 255);
 }
 
 /**

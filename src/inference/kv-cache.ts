@@ -1,6 +1,6 @@
 // A KV state is immutable: stepping returns a new one, so beams may share a prefix. Several states may be
 // rows of one batch (see LlamaDecoder.step): they share the batch's storage, freed with the last of them.
-import * as ort from 'onnxruntime-node';
+import type * as ort from 'onnxruntime-node';
 import type { DecodeState } from './generation/types.js';
 import { AppendBlock, copyRow, growCapacity, KvBlock, kvTensor, kvType, PresentBlock, type KvArray } from './kv-blocks.js';
 
@@ -108,7 +108,7 @@ export class KvCache implements DecodeState {
   }
 
   private live(): KvBlock {
-    if (!this.block || !this.block.live) throw new Error('KV cache used after it was disposed');
+    if (!this.block?.live) throw new Error('KV cache used after it was disposed');
     return this.block;
   }
 }

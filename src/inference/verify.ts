@@ -106,14 +106,14 @@ class Golden {
 
   async float32(name: string): Promise<Float32Array> {
     const t = this.tensors[name];
-    if (!t || t.dtype !== 'float32') throw new Error(`golden tensor ${name} is missing or not float32`);
+    if (t?.dtype !== 'float32') throw new Error(`golden tensor ${name} is missing or not float32`);
     const buf = await readFile(join(this.dir, t.file));
     return new Float32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
   }
 
   async ids(name: string): Promise<number[]> {
     const t = this.tensors[name];
-    if (!t || t.dtype !== 'int64') throw new Error(`golden tensor ${name} is missing or not int64`);
+    if (t?.dtype !== 'int64') throw new Error(`golden tensor ${name} is missing or not int64`);
     const buf = await readFile(join(this.dir, t.file));
     return Array.from(new BigInt64Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength)), Number);
   }
@@ -160,7 +160,6 @@ async function verifyPrompt(
   bounds: { tensor: number; forcedTop1: number },
 ): Promise<PromptReport> {
   const stages: Record<string, StageError> = { ...shared };
-  const V = model.meta.llm.vocabSize;
   const segIds = [await golden.ids(`${idsPrefix}seg0_ids`)];
   for (let s = 1; golden.has(`${idsPrefix}seg${s}_ids`); s++) segIds.push(await golden.ids(`${idsPrefix}seg${s}_ids`));
   const ctx = await spliceContext(segIds, Array(segIds.length - 1).fill(imageEmbeds), model.embedder);

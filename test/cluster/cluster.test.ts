@@ -11,7 +11,7 @@ import OpenAI from 'openai';
 import { MiniGPT } from '../../src/inference/model.js';
 import { loadConfig } from '../../src/config.js';
 import { managerDefaults } from '../../src/serve.js';
-import { ConversationManager, createStore, conversationId, type AnswerEvent, type ConversationKey } from '../../src/conversation/index.js';
+import { ConversationManager, createStore, conversationId, type ConversationKey } from '../../src/conversation/index.js';
 import { ConversationStore } from '../../src/conversation/store.js';
 import { buildTinyPackage, postChat, readEvents, testPng, type WebEvent } from '../web/helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -439,4 +439,3 @@ describe('Redis down and back', () => {
   }, 120_000);
 });
 
-export type { AnswerEvent };

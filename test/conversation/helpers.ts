@@ -58,7 +58,7 @@ export function types(events: AnswerEvent[]): string[] {
 
 export function finalOf(events: AnswerEvent[]): Extract<AnswerEvent, { type: 'final' }> {
   const f = events.find((e) => e.type === 'final');
-  if (!f || f.type !== 'final') throw new Error(`no final event in ${JSON.stringify(events)}`);
+  if (f?.type !== 'final') throw new Error(`no final event in ${JSON.stringify(events)}`);
   return f;
 }
 
@@ -69,7 +69,7 @@ export function errorOf(events: AnswerEvent[]): Extract<AnswerEvent, { type: 'er
 
 export function timingsOf(events: AnswerEvent[]): Record<string, number> {
   const t = events.find((e) => e.type === 'timings');
-  if (!t || t.type !== 'timings') throw new Error('no timings event');
+  if (t?.type !== 'timings') throw new Error('no timings event');
   return t.timings;
 }
 

@@ -86,7 +86,7 @@ describe('float16 and block-wise quantisation primitives', () => {
           }
           expect(scale).toBeCloseTo(Math.abs(extreme) / 2 ** (bits - 1), 6);
           const k0 = b * 32;
-          const at = w.subarray(n * K + k0, n * K + Math.min(K, k0 + 32)).findIndex((v) => v === extreme);
+          const at = w.subarray(n * K + k0, n * K + Math.min(K, k0 + 32)).indexOf(extreme);
           expect(d[n * K + k0 + at]).toBeCloseTo(extreme, 6);
         }
       }

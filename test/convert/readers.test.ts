@@ -13,7 +13,7 @@ import {
   type TensorSource,
 } from '../../src/convert/readers/index.js';
 import { unpickle } from '../../src/convert/readers/pickle.js';
-import { PyDict } from '../../src/convert/readers/pickle-values.js';
+import type { PyDict } from '../../src/convert/readers/pickle-values.js';
 import { crc32 } from '../../src/convert/readers/zip.js';
 import {
   PickleWriter,
@@ -242,7 +242,7 @@ describe('fixture files', () => {
       expect(s.files).toEqual([join(dir, 'pytorch_model.bin')]);
       expect(shapesOf(s)).toEqual(manifest.llama_keys);
     });
-    await expectCheckpointError(openHfWeights(tmp + '/does-not-exist'));
+    await expectCheckpointError(openHfWeights(`${tmp}/does-not-exist`));
     await expectCheckpointError(openHfWeights(FIX), /no Hugging Face weights/);
   });
 

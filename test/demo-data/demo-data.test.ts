@@ -221,7 +221,7 @@ describe('demo-data shape sets', () => {
   });
 
   it('a ring is a band around a hole of half its radius; a heart points down with a cleft at the top', async () => {
-    const at = (px: Uint8Array, width: number, x: number, y: number) => (Math.round(y) * width + Math.round(x)) * 3;
+    const at = (_px: Uint8Array, width: number, x: number, y: number) => (Math.round(y) * width + Math.round(x)) * 3;
     const ringBase = { index: 0, shape: 'ring', colour: 'blue', cx: 60.5, cy: 60.5, w: 48, h: 48, rotation: 0 } as const;
     const ring: SceneObject = { ...ringBase, ...shapeGeometry(ringBase) };
     const heartBase = { index: 1, shape: 'heart', colour: 'red', cx: 150.5, cy: 60.5, w: 60, h: 60, rotation: 0 } as const;

@@ -150,7 +150,7 @@ export class FakeDiscord {
   private port = 0;
 
   constructor(opts: { token?: string; botName?: string } = {}) {
-    this.token = opts.token ?? 'FAKE.bot-token.' + Math.random().toString(36).slice(2);
+    this.token = opts.token ?? `FAKE.bot-token.${Math.random().toString(36).slice(2)}`;
     this.appId = this.snowflake();
     this.bot = { id: this.appId, username: opts.botName ?? 'MiniGPT', discriminator: '0', global_name: null, avatar: null, bot: true };
     this.server = createServer((req, res) => {
@@ -581,7 +581,7 @@ export class FakeDiscord {
 
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', this.origin);
-    if (!url.pathname.startsWith(API_PREFIX + '/')) return this.cdn(url, req, res);
+    if (!url.pathname.startsWith(`${API_PREFIX}/`)) return this.cdn(url, req, res);
     const path = url.pathname
       .slice(API_PREFIX.length)
       .split('/')

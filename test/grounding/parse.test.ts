@@ -223,7 +223,7 @@ function validAnswer(R: Rng): { text: string; expected: Array<{ phrase: string |
   for (let s = 0; s < segments; s++) {
     const kind = R.next();
     // A bare box right after another group (only spaces between) would join that group.
-    if (R.next() < 0.6 || kind >= 0.75) text += words(R.int(1, 4)) + ' ';
+    if (R.next() < 0.6 || kind >= 0.75) text += `${words(R.int(1, 4))} `;
     const boxes = Array.from({ length: R.int(1, 3) }, rbox);
     const boxText = boxes.map(formatBox).join(R.pick(['<delim>', ' <delim> ']));
     if (kind < 0.75) {
@@ -239,7 +239,7 @@ function validAnswer(R: Rng): { text: string; expected: Array<{ phrase: string |
   return { text: text.trimEnd() + R.pick(['', '.']), expected };
 }
 
-const keyOf = (e: Entity) => `${e.start}|${e.phrase}|` + e.boxes.map(formatBox).join(',');
+const keyOf = (e: Entity) => `${e.start}|${e.phrase}|${e.boxes.map(formatBox).join(',')}`;
 
 describe('parseGrounding: truncations of valid answers (property)', () => {
   it('parses valid answers exactly, and prefixes never invent boxes', () => {

@@ -9,7 +9,7 @@ import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { generate, type GenerationOptions } from '../../src/inference/generation/index.js';
 import { BufferPool } from '../../src/inference/kv-blocks.js';
 import type { KvCache } from '../../src/inference/kv-cache.js';
-import { CachedContext, KvCacheLru, commonPrefixRows } from '../../src/inference/kv-reuse.js';
+import { type CachedContext, KvCacheLru, commonPrefixRows } from '../../src/inference/kv-reuse.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 let model: MiniGPT;

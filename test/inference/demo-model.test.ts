@@ -9,7 +9,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
-import { loadPackage } from '../../src/inference/package.js';
 import { loadTokenizer } from '../../src/inference/tokenizer.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';

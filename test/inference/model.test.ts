@@ -42,7 +42,7 @@ async function collect(opts: Partial<GenerationOptions>, signal?: AbortSignal, o
     if (ev.type === 'text') onText?.(events.filter((e) => e.type === 'text').length);
   }
   const done = events.find((e) => e.type === 'done');
-  if (!done || done.type !== 'done') throw new Error('no done event');
+  if (done?.type !== 'done') throw new Error('no done event');
   return { events, done, texts: events.flatMap((e) => (e.type === 'text' ? [e.text] : [])) };
 }
 

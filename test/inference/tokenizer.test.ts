@@ -219,7 +219,7 @@ describe('Llama-style tokenizer.json behaviour of the wrapper', () => {
       });
 
       it('encodes a literal <s> / </s> as the special token', () => {
-        const hello = variant === 'legacy' ? vocab['▁Hello'] : vocab['Hello']; // legacy adds ▁ after specials
+        const hello = variant === 'legacy' ? vocab['▁Hello'] : vocab.Hello; // legacy adds ▁ after specials
         expect(tok.encode('<s>Hello', { addBos: false })).toEqual([1, hello]);
         expect(tok.encode('<s>Hello', { addBos: true })).toEqual([1, 1, hello]);
         expect(tok.encode('Hello</s>', { addBos: false })).toEqual([vocab['▁Hello'], 2]);

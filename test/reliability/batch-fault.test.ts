@@ -53,7 +53,7 @@ afterAll(async () => {
  */
 function stepPositions(feeds: Record<string, { dims: readonly number[]; data: unknown }>): number[] | undefined {
   const x = feeds.inputs_embeds;
-  if (!x || x.dims[1] !== 1) return undefined; // a prefill
+  if (x?.dims[1] !== 1) return undefined; // a prefill
   const [rows, width] = feeds.attention_mask.dims;
   const mask = feeds.attention_mask.data as BigInt64Array;
   return Array.from({ length: rows }, (_, r) => {

@@ -8,7 +8,7 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deflateRawSync } from 'node:zlib';
-import { CheckpointError, DTYPE_ITEMSIZE, openCheckpoint } from '../../src/convert/readers/index.js';
+import { CheckpointError, DTYPE_ITEMSIZE, openCheckpoint, type TensorSource } from '../../src/convert/readers/index.js';
 import { crc32 } from '../../src/convert/readers/zip.js';
 import { loadPackage, ModelPackageError } from '../../src/inference/package.js';
 import { MiniGPT } from '../../src/inference/model.js';
@@ -68,7 +68,7 @@ interface Result {
 async function exercise(path: string, size: number, label: string): Promise<Result> {
   return measured(label, size, () => withTimeout(
     (async () => {
-      let src;
+      let src: TensorSource | undefined;
       try {
         src = await openCheckpoint(path);
       } catch (e) {
@@ -153,17 +153,6 @@ function mutateBytes(orig: Uint8Array, r: () => number, region?: [number, number
   }
 }
 
-function findCentral(b: Uint8Array, name: string): number {
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const enc = new TextEncoder().encode(name);
-  for (let p = b.byteLength - 22; p >= 0; p--) {
-    if (dv.getUint32(p, true) !== 0x02014b50) continue;
-    const n = dv.getUint16(p + 28, true);
-    if (n === enc.byteLength && b.subarray(p + 46, p + 46 + n).every((x, i) => x === enc[i])) return p;
-  }
-  return -1;
-}
-
 /** Where data.pkl's bytes are in a STORED torch archive (from its central directory entry and local header). */
 function pickleRegion(b: Uint8Array): { start: number; length: number; cd: number; local: number } {
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
@@ -180,7 +169,7 @@ function pickleRegion(b: Uint8Array): { start: number; length: number; cd: numbe
   return { start, length: dv.getUint32(cd + 24, true), cd, local };
 }
 
-async function fuzzFile(orig: Uint8Array, ext: string, cases: number, seed: number, mutate: (r: () => number) => { bytes: Uint8Array; how: string }): Promise<Result[]> {
+async function fuzzFile(ext: string, cases: number, seed: number, mutate: (r: () => number) => { bytes: Uint8Array; how: string }): Promise<Result[]> {
   const r = rng(seed);
   const out: Result[] = [];
   for (let i = 0; i < cases; i++) {
@@ -204,19 +193,19 @@ describe('.pth fuzzing', () => {
   });
 
   it('raw mutations anywhere in the archive', async () => {
-    const res = await fuzzFile(orig, 'pth', 200, 1, (r) => mutateBytes(orig, r));
+    const res = await fuzzFile('pth', 200, 1, (r) => mutateBytes(orig, r));
     expect(res.filter((x) => !x.ok).length).toBeGreaterThan(20);
   });
 
   it('mutations of the archive structure (central directory, end record)', async () => {
     const { cd } = pickleRegion(orig);
     const cdStart = Math.min(cd, orig.byteLength - 400);
-    await fuzzFile(orig, 'pth', 200, 2, (r) => mutateBytes(orig, r, [cdStart, orig.byteLength]));
+    await fuzzFile('pth', 200, 2, (r) => mutateBytes(orig, r, [cdStart, orig.byteLength]));
   });
 
   it('mutations inside data.pkl with its CRC kept valid, so the unpickler sees them', async () => {
     const reg = pickleRegion(orig);
-    const res = await fuzzFile(orig, 'pth', 400, 3, (r) => {
+    const res = await fuzzFile('pth', 400, 3, (r) => {
       const m = mutateBytes(orig, r, [reg.start, reg.start + reg.length]);
       if (m.bytes.byteLength !== orig.byteLength) return m; // truncations/insertions: the archive is simply broken
       const c = crc32(m.bytes.subarray(reg.start, reg.start + reg.length));
@@ -296,7 +285,7 @@ describe('.safetensors fuzzing', () => {
   });
 
   it('raw mutations, in the header and anywhere', async () => {
-    await fuzzFile(orig, 'safetensors', 150, 4, (r) => mutateBytes(orig, r, r() < 0.7 ? [0, 8 + headerLen] : undefined));
+    await fuzzFile('safetensors', 150, 4, (r) => mutateBytes(orig, r, r() < 0.7 ? [0, 8 + headerLen] : undefined));
   });
 
   it('header fields set to hostile values (sizes, offsets, types), with a consistent header length', async () => {
@@ -306,7 +295,7 @@ describe('.safetensors fuzzing', () => {
     ];
     const names = Object.keys(header).filter((k) => k !== '__metadata__');
     const data = orig.subarray(8 + headerLen);
-    await fuzzFile(orig, 'safetensors', 250, 5, (r) => {
+    await fuzzFile('safetensors', 250, 5, (r) => {
       const h = JSON.parse(JSON.stringify(header)) as Record<string, Record<string, unknown>>;
       const name = names[Math.floor(r() * names.length)];
       const field = ['dtype', 'shape', 'data_offsets', 'shape', 'data_offsets'][Math.floor(r() * 5)];

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConversationManager } from '../../src/conversation/index.js';
 import type { ApiMessage, FakeDiscord } from '../discord/fake-discord.js';
 import { answered, closeStack, startStack, testPng, type Stack, type World } from '../discord/helpers.js';
-import { expectNoSecrets, FORCED, FORCED_DISCORD, injectAnswerFault, injectSessionFault, until } from './helpers.js';
+import { expectNoSecrets, FORCED, FORCED_DISCORD, injectAnswerFault, injectSessionFault, } from './helpers.js';
 
 let stack: Stack;
 let w: World;

@@ -10,7 +10,7 @@ import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index
 import { startDiscordAdapter, type DiscordAdapter } from '../../adapters/discord/index.js';
 import { FakeSlack } from '../slack/fake-slack.js';
 import { squarePng, startSlack, textReplies } from '../slack/helpers.js';
-import { answered, startFake, testPng, type World } from '../discord/helpers.js';
+import { startFake, testPng, type World } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, until } from './helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -102,7 +102,7 @@ describe('Discord', () => {
     const cases = [
       { ...fake.addAttachment('gone.png', png, 'image/png'), url: `${fake.origin}/attachments/1/2/gone.png${sig}` },
       { ...fake.addAttachment('slow.png', png, 'image/png'), url: `${fake.origin}/slow${sig}` },
-      { ...fake.addAttachment('moved.png', png, 'image/png'), url: `${fake.origin}/redirect${sig}to=${encodeURIComponent('https://evil.example/x.png' + sig)}` },
+      { ...fake.addAttachment('moved.png', png, 'image/png'), url: `${fake.origin}/redirect${sig}to=${encodeURIComponent(`https://evil.example/x.png${sig}`)}` },
     ];
     const msgs = cases.map((att) => fake.postMessage(w.general, w.alice, 'look', { attachments: [att], mentionBot: true }));
     await until(() => msgs.every((m) => fake.messagesIn(w.general).some((x) => x.message_reference?.message_id === m.id)), 'the refusals', 20_000);

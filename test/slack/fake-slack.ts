@@ -631,7 +631,7 @@ export class FakeSlack {
         const done: FakeFile[] = [];
         for (const item of list) {
           const up = this.uploads.get(item.id);
-          if (!up || !up.data) return send({ ok: false, error: 'file_not_found' });
+          if (!up?.data) return send({ ok: false, error: 'file_not_found' });
           if (up.data.byteLength !== up.length) return send({ ok: false, error: 'file_upload_size_mismatch' });
           const png = up.data.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
           const file = this.addFile({ name: up.filename, data: up.data, mimetype: png ? 'image/png' : 'image/jpeg', user: this.botUserId });

@@ -22,7 +22,7 @@ interface ListedExample {
 }
 
 const unused: WebConversationManager = {
-  async *handle() {
+  handle() {
     throw new Error('the examples never reach the conversation manager');
   },
   async reset() {},

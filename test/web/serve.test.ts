@@ -73,7 +73,11 @@ describe('serve()', () => {
     let slackStarted = false;
     const adapters: PlatformAdapterSpec[] = [
       { name: 'discord', credentials: ['DISCORD_TOKEN'], start: async () => ({ name: 'discord', close: async () => void (closed = true) }) },
-      { name: 'slack', credentials: ['SLACK_BOT_TOKEN'], start: async () => ((slackStarted = true), { name: 'slack', close: async () => {} }) },
+      { name: 'slack', credentials: ['SLACK_BOT_TOKEN'], start: async () => {
+          slackStarted = true;
+          return { name: 'slack', close: async () => {} };
+        },
+      },
     ];
     const bot = await serve({ env: { MINIGPT_CONFIG: config, DISCORD_TOKEN: 'x', SLACK_BOT_TOKEN: '  ' }, adapters, log: (l) => logs.push(l) });
     try {

@@ -242,7 +242,7 @@ export async function rotaryInvFreq(spec: DecoderGraphSpec): Promise<Float32Arra
 /** fp32 at every step, as torch's `1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))`. */
 export function computeInvFreq(headDim: number, theta: number): Float32Array {
   const f = Math.fround;
-  return Float32Array.from({ length: headDim / 2 }, (_, j) => f(1 / f(Math.pow(theta, f((2 * j) / headDim)))));
+  return Float32Array.from({ length: headDim / 2 }, (_, j) => f(1 / f(theta ** f((2 * j) / headDim))));
 }
 
 /** `inputs_embeds, attention_mask, position_ids, cache_key_values.*, past_key_values.*, logits_to_keep` -> `logits, present.*, present_new.*`. */

@@ -1,7 +1,7 @@
 // EVA ViT-g (upstream eva_vit.py) -> ln_vision -> drop CLS -> concat 4 adjacent patches -> llama_proj,
 // as MiniGPT-v2's encode_img. One function per block; weights are read one tensor at a time.
 import type { TensorSource } from '../readers/index.js';
-import { GraphBuilder } from '../onnx/builder.js';
+import type { GraphBuilder } from '../onnx/builder.js';
 import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './blocks.js';
 import { interpolatePosEmbed } from './interpolate.js';
 import { storedWeight } from '../quantize.js';

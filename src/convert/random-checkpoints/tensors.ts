@@ -110,7 +110,7 @@ export function* randomTensorChunks(seed: number, t: RandomTensor, chunkElems = 
   const numel = t.shape.reduce((a, b) => a * b, 1);
   const init = t.init;
   if (init.kind === 'invFreq') {
-    const v = Array.from({ length: numel }, (_, j) => 1 / Math.pow(init.theta, (2 * j) / init.headDim));
+    const v = Array.from({ length: numel }, (_, j) => 1 / init.theta ** ((2 * j) / init.headDim));
     const data = t.dtype === 'F16' ? Uint16Array.from(v, floatToHalfBits) : Float32Array.from(v);
     yield { name: t.name, data };
     return;

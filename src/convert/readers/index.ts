@@ -4,6 +4,7 @@
  * with positioned reads; no file is ever loaded whole.
  */
 import { readdir, stat } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
 import { resolve } from 'node:path';
 import { CheckpointError } from './errors.js';
 import { RandomAccessFile } from './file.js';
@@ -26,7 +27,7 @@ export { openShardedIndex } from './hf.js';
  */
 export async function openCheckpoint(path: string): Promise<TensorSource> {
   const abs = resolve(path);
-  let st;
+  let st: Stats;
   try {
     st = await stat(abs);
   } catch (err) {
@@ -58,7 +59,7 @@ export async function openCheckpoint(path: string): Promise<TensorSource> {
  */
 export async function openHfWeights(dir: string): Promise<TensorSource> {
   const abs = resolve(dir);
-  let st;
+  let st: Stats;
   try {
     st = await stat(abs);
   } catch (err) {

@@ -44,7 +44,7 @@ export function isFloatDType(dtype: StorageDType): boolean {
 }
 
 export function isStorageDType(s: unknown): s is StorageDType {
-  return typeof s === 'string' && Object.prototype.hasOwnProperty.call(DTYPE_ITEMSIZE, s);
+  return typeof s === 'string' && Object.hasOwn(DTYPE_ITEMSIZE, s);
 }
 
 /** Product of a shape; throws when a dimension is not a non-negative safe integer or the product overflows. */

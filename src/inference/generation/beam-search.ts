@@ -63,7 +63,7 @@ export class BeamHypotheses {
       this.beams.push({ tokenIds, sumLogprobs, score, finished });
       if (this.beams.length > this.numBeams) {
         // python: sorted([(s, idx) ...]) -> delete the lowest score (lowest index among ties)
-        const order = this.beams.map((b, i) => i).sort((a, b) => cmp(this.beams[a].score, this.beams[b].score) || a - b);
+        const order = this.beams.map((_, i) => i).sort((a, b) => cmp(this.beams[a].score, this.beams[b].score) || a - b);
         const worst = order[0];
         this.worstScore = this.beams[order[1]].score;
         this.beams.splice(worst, 1);
