@@ -3,7 +3,9 @@
 import { main } from '../dist/src/cli/main.js';
 
 main(process.argv).then(
-  (code) => { process.exitCode = code; },
+  (code) => {
+    process.exitCode = code;
+  },
   (err) => {
     console.error(`minigpt: ${err instanceof Error ? err.message : String(err)}`);
     process.exitCode = 1;

@@ -32,7 +32,16 @@ const GB = 1e9;
 const GiB = 2 ** 30;
 
 function parseArgs(argv) {
-  const o = { llmLayers: 32, vitDepth: 39, dtype: 'fp16', work: join(tmpdir(), 'minigpt-bench'), keep: false, reuse: false, run: false, intervalMs: 200 };
+  const o = {
+    llmLayers: 32,
+    vitDepth: 39,
+    dtype: 'fp16',
+    work: join(tmpdir(), 'minigpt-bench'),
+    keep: false,
+    reuse: false,
+    run: false,
+    intervalMs: 200,
+  };
   const int = (name, v) => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < 1) throw new Error(`${name} needs a positive integer, got ${v}`);
@@ -45,18 +54,42 @@ function parseArgs(argv) {
       return argv[++i];
     };
     switch (a) {
-      case '--llm-layers': o.llmLayers = int(a, next()); break;
-      case '--vit-depth': o.vitDepth = int(a, next()); break;
-      case '--dtype': o.dtype = next(); break;
-      case '--convert-dtype': o.convertDtype = next(); break;
-      case '--work': o.work = next(); break;
-      case '--keep': o.keep = true; break;
-      case '--reuse-input': o.reuse = true; o.keep = true; break;
-      case '--run': o.run = true; break;
-      case '--report': o.report = next(); break;
-      case '--markdown': o.markdown = next(); break;
-      case '--interval-ms': o.intervalMs = int(a, next()); break;
-      default: throw new Error(`unknown option ${a}`);
+      case '--llm-layers':
+        o.llmLayers = int(a, next());
+        break;
+      case '--vit-depth':
+        o.vitDepth = int(a, next());
+        break;
+      case '--dtype':
+        o.dtype = next();
+        break;
+      case '--convert-dtype':
+        o.convertDtype = next();
+        break;
+      case '--work':
+        o.work = next();
+        break;
+      case '--keep':
+        o.keep = true;
+        break;
+      case '--reuse-input':
+        o.reuse = true;
+        o.keep = true;
+        break;
+      case '--run':
+        o.run = true;
+        break;
+      case '--report':
+        o.report = next();
+        break;
+      case '--markdown':
+        o.markdown = next();
+        break;
+      case '--interval-ms':
+        o.intervalMs = int(a, next());
+        break;
+      default:
+        throw new Error(`unknown option ${a}`);
     }
   }
   if (o.dtype !== 'fp16' && o.dtype !== 'fp32') throw new Error(`--dtype must be fp16 or fp32`);
@@ -158,7 +191,13 @@ async function measured(label, args, { intervalMs, env } = {}) {
     time = parseTimeV(readFileSync(timeOut, 'utf8'));
     await rm(timeOut, { force: true });
   }
-  if (code !== 0) throw new Error(`${label} failed (exit ${code}); last lines:\n${lines.slice(-10).map((l) => l.text).join('\n')}`);
+  if (code !== 0)
+    throw new Error(
+      `${label} failed (exit ${code}); last lines:\n${lines
+        .slice(-10)
+        .map((l) => l.text)
+        .join('\n')}`,
+    );
   return {
     seconds: Number(seconds.toFixed(2)),
     peakRssBytes: time?.maxRssBytes ?? hwm,
@@ -200,7 +239,13 @@ function phases(convertRun) {
     if (!line) continue;
     const inPhase = convertRun.samples.filter(([t]) => t >= start && t <= line.t).map(([, r]) => r);
     if (line.rss) inPhase.push(line.rss);
-    result.push({ name: m.name, fromSeconds: start, toSeconds: line.t, seconds: Number((line.t - start).toFixed(2)), peakRssBytes: inPhase.length ? Math.max(...inPhase) : undefined });
+    result.push({
+      name: m.name,
+      fromSeconds: start,
+      toSeconds: line.t,
+      seconds: Number((line.t - start).toFixed(2)),
+      peakRssBytes: inPhase.length ? Math.max(...inPhase) : undefined,
+    });
     start = line.t;
   }
   return result;
@@ -234,7 +279,11 @@ function markdown(r) {
   const rows = [];
   rows.push(`| step | wall time | CPU user + sys | peak RSS |`);
   rows.push(`| --- | ---: | ---: | ---: |`);
-  for (const [name, s] of [['write random checkpoint', r.write], ['minigpt convert', r.convert], ...(r.run ? [['load + vision + prefill', r.run]] : [])]) {
+  for (const [name, s] of [
+    ['write random checkpoint', r.write],
+    ['minigpt convert', r.convert],
+    ...(r.run ? [['load + vision + prefill', r.run]] : []),
+  ]) {
     if (!s) continue;
     const cpu = s.userSeconds !== undefined ? `${s.userSeconds.toFixed(0)} + ${s.systemSeconds.toFixed(0)} s` : '?';
     rows.push(`| ${name} | ${s.seconds.toFixed(1)} s | ${cpu} | ${fmtGiB(s.peakRssBytes)} |`);
@@ -242,7 +291,8 @@ function markdown(r) {
   rows.push('');
   rows.push(`| converter phase | time | peak RSS (polled) |`);
   rows.push(`| --- | ---: | ---: |`);
-  for (const p of r.convert.phases) rows.push(`| ${p.name} | ${p.seconds.toFixed(1)} s | ${p.peakRssBytes ? fmtGiB(p.peakRssBytes) : '?'} |`);
+  for (const p of r.convert.phases)
+    rows.push(`| ${p.name} | ${p.seconds.toFixed(1)} s | ${p.peakRssBytes ? fmtGiB(p.peakRssBytes) : '?'} |`);
   rows.push('');
   rows.push(`| input file | bytes | | output file | bytes |`);
   rows.push(`| --- | ---: | --- | --- | ---: |`);
@@ -250,7 +300,9 @@ function markdown(r) {
   for (let i = 0; i < n; i++) {
     const a = r.input.files[i];
     const b = r.output.files[i];
-    rows.push(`| ${a ? `\`${a.file}\`` : ''} | ${a ? fmtBytes(a.bytes) : ''} | | ${b ? `\`${b.file}\`` : ''} | ${b ? fmtBytes(b.bytes) : ''} |`);
+    rows.push(
+      `| ${a ? `\`${a.file}\`` : ''} | ${a ? fmtBytes(a.bytes) : ''} | | ${b ? `\`${b.file}\`` : ''} | ${b ? fmtBytes(b.bytes) : ''} |`,
+    );
   }
   rows.push(`| **total** | **${fmtBytes(r.input.totalBytes)}** | | **total** | **${fmtBytes(r.output.totalBytes)}** |`);
   return rows.join('\n');
@@ -263,7 +315,9 @@ async function main() {
   const rc = await import(pathToFileURL(dist).href);
   const shape = rc.randomShape('llama2-7b', { llmLayers: o.llmLayers, vitDepth: o.vitDepth });
   const tensors = rc.randomCheckpointTensors(shape, { dtype: o.dtype });
-  const params = Object.values(tensors).flat().reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+  const params = Object.values(tensors)
+    .flat()
+    .reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
   const inputEstimate = rc.estimateRandomCheckpointBytes(shape, { dtype: o.dtype });
   // fp32 package: every weight once (LoRA merged away), plus the embedding table twice (embed + lm_head are separate
   // tensors anyway) and the pos_embed interpolated from 257 to 1025 tokens
@@ -280,22 +334,47 @@ async function main() {
       `input ~${fmtBytes(inputEstimate)} (${o.dtype}), package ~${fmtBytes(outputEstimate)} (fp32); free in ${o.work}: ${fmtBytes(free)}`,
   );
   if (need > free) {
-    throw new Error(`not enough disk: need ~${fmtBytes(need)} in ${o.work}, ${fmtBytes(free)} free; use fewer --llm-layers / --vit-depth or another --work`);
+    throw new Error(
+      `not enough disk: need ~${fmtBytes(need)} in ${o.work}, ${fmtBytes(free)} free; use fewer --llm-layers / --vit-depth or another --work`,
+    );
   }
 
   const report = {
     date: new Date().toISOString(),
     machine: { ...machine(), work: o.work, freeDiskBytes: free },
-    config: { preset: 'llama2-7b', llmLayers: shape.llm.layers, vitDepth: shape.vit.depth, dtype: o.dtype, ckptDtype: 'fp32', seed: 0, parameters: params, convertDtype: o.convertDtype ?? 'default' },
+    config: {
+      preset: 'llama2-7b',
+      llmLayers: shape.llm.layers,
+      vitDepth: shape.vit.depth,
+      dtype: o.dtype,
+      ckptDtype: 'fp32',
+      seed: 0,
+      parameters: params,
+      convertDtype: o.convertDtype ?? 'default',
+    },
   };
   try {
     if (!reuse) {
       await rm(inputDir, { recursive: true, force: true });
       console.error('writing the random checkpoint ...');
-      report.write = await measured('write', [
-        join(ROOT, 'scripts', 'random-checkpoint.mjs'),
-        '--preset', 'llama2-7b', '--llm-layers', String(o.llmLayers), '--vit-depth', String(o.vitDepth), '--dtype', o.dtype, '--out', inputDir, '--json',
-      ], o);
+      report.write = await measured(
+        'write',
+        [
+          join(ROOT, 'scripts', 'random-checkpoint.mjs'),
+          '--preset',
+          'llama2-7b',
+          '--llm-layers',
+          String(o.llmLayers),
+          '--vit-depth',
+          String(o.vitDepth),
+          '--dtype',
+          o.dtype,
+          '--out',
+          inputDir,
+          '--json',
+        ],
+        o,
+      );
     }
     report.input = { files: await listFiles(inputDir) };
     report.input.totalBytes = report.input.files.reduce((a, f) => a + f.bytes, 0);
@@ -303,9 +382,18 @@ async function main() {
     await rm(pkgDir, { recursive: true, force: true });
     console.error('converting ...');
     const args = [
-      join(ROOT, 'bin', 'minigpt.js'), 'convert', '--arch', 'minigpt-v2',
-      '--vit', join(inputDir, 'eva_vit_g.pth'), '--llm', join(inputDir, 'llama'), '--ckpt', join(inputDir, 'minigptv2_checkpoint.pth'),
-      '--out', pkgDir,
+      join(ROOT, 'bin', 'minigpt.js'),
+      'convert',
+      '--arch',
+      'minigpt-v2',
+      '--vit',
+      join(inputDir, 'eva_vit_g.pth'),
+      '--llm',
+      join(inputDir, 'llama'),
+      '--ckpt',
+      join(inputDir, 'minigptv2_checkpoint.pth'),
+      '--out',
+      pkgDir,
       ...(o.convertDtype ? ['--dtype', o.convertDtype] : []),
     ];
     report.convert = await measured('convert', args, o);

@@ -26,7 +26,16 @@ export async function buildDemoModel(out, log) {
     for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) await copyFile(join(FIXTURE, 'llama', f), join(llm, f));
     await writeFile(join(llm, 'tokenizer.json'), `${JSON.stringify(demoTokenizerJson())}\n`);
     // Replace only the package files: models/demo/train (the training recipe) lives beside them.
-    for (const f of ['model.json', 'tokenizer.json', 'vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'decoder.onnx.data']) {
+    for (const f of [
+      'model.json',
+      'tokenizer.json',
+      'vision.onnx',
+      'vision.onnx.data',
+      'embed.onnx',
+      'embed.onnx.data',
+      'decoder.onnx',
+      'decoder.onnx.data',
+    ]) {
       await rm(join(out, f), { force: true });
     }
     await convert({
@@ -50,7 +59,8 @@ export async function buildDemoModel(out, log) {
 async function main() {
   const outArg = process.argv.indexOf('--out');
   const out = outArg > 0 ? process.argv[outArg + 1] : undefined;
-  if (!out) throw new Error('usage: node scripts/build-demo-model.mjs --out DIR (models/demo is the trained package: models/demo/train/README.md)');
+  if (!out)
+    throw new Error('usage: node scripts/build-demo-model.mjs --out DIR (models/demo is the trained package: models/demo/train/README.md)');
   await buildDemoModel(out, (l) => console.error(l));
 }
 

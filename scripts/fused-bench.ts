@@ -64,7 +64,8 @@ async function main(): Promise<void> {
     for (const dtype of ['fp32', 'int4'] as WeightDType[]) {
       const dirs = { plain: join(work, `${dtype}-plain`), fused: join(work, `${dtype}-fused`) };
       for (const [kind, out] of Object.entries(dirs)) {
-        if (!existsSync(join(out, 'model.json'))) await convert({ ...ckpt.convertArgs, vit: ckpt.vit, llm: ckpt.llm, ckpt: ckpt.ckpt, dtype, out, fused: kind === 'fused' });
+        if (!existsSync(join(out, 'model.json')))
+          await convert({ ...ckpt.convertArgs, vit: ckpt.vit, llm: ckpt.llm, ckpt: ckpt.ckpt, dtype, out, fused: kind === 'fused' });
       }
       const plain = await MiniGPT.load(dirs.plain, { provider: 'cpu' });
       const fused = await MiniGPT.load(dirs.fused, { provider: 'cpu' });

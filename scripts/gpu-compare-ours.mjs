@@ -31,7 +31,10 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 let peakGpuMb = null;
 function sampleGpu() {
   try {
-    const out = execFileSync('nvidia-smi', ['--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const out = execFileSync('nvidia-smi', ['--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
     for (const line of out.trim().split('\n')) {
       const [pid, mb] = line.split(',').map((s) => s.trim());
       if (Number(pid) === process.pid) peakGpuMb = Math.max(peakGpuMb ?? 0, Number(mb));
@@ -48,7 +51,11 @@ const sampler = setInterval(sampleGpu, 250);
 try {
   const image = await readFile(join(ROOT, 'test/fixtures/minigptv2-tiny/input.png'));
   // about 44 text tokens around the image, as the baseline's prompt
-  const prompt = conversationPrompt(m.meta.prompt, [{ user: '[grounding] describe this image in detail, naming every object you can see, its colour, its size and where it is in the picture' }]);
+  const prompt = conversationPrompt(m.meta.prompt, [
+    {
+      user: '[grounding] describe this image in detail, naming every object you can see, its colour, its size and where it is in the picture',
+    },
+  ]);
   const greedy = { temperature: 0, stopIds: [], stopStrings: [], repetitionPenalty: 1 };
   const run = async (embeds, n) => {
     let t = null;

@@ -110,7 +110,9 @@ standing sitting walking running holding wearing looking playing riding eating s
 see seen look looks like near
 The A An This That There It What Where How Is Are Describe Please I
 please give brief detailed answer question short sentence location bounding box identify refer detect caption
-`.split(/\s+/).filter(Boolean);
+`
+  .split(/\s+/)
+  .filter(Boolean);
 
 function pseudoWords() {
   const cons = 'bdfgklmnprstvz';
@@ -141,12 +143,7 @@ export function buildFixtureTokenizer(manifest) {
   }
   const digits = Array.from({ length: 101 }, (_, i) => String(i));
   // Priority classes (lower = preferred canonical piece).
-  const classes = [
-    [...golden, ...MARKUP, ...TASK_TAGS],
-    PUNCTUATION,
-    WORDS,
-    digits,
-  ];
+  const classes = [[...golden, ...MARKUP, ...TASK_TAGS], PUNCTUATION, WORDS, digits];
   const specials = new Set(['<unk>', '<s>', '</s>']);
   /** id -> pieces in priority order */
   const slots = new Map();
@@ -169,7 +166,12 @@ export function buildFixtureTokenizer(manifest) {
   for (const [id, pieces] of slots) {
     const nonInt = pieces.filter((p) => !isIntegerLike(p));
     const canonical =
-      nonInt.length > 0 ? nonInt[0] : pieces.slice().sort((a, b) => Number(a) - Number(b)).at(-1);
+      nonInt.length > 0
+        ? nonInt[0]
+        : pieces
+            .slice()
+            .sort((a, b) => Number(a) - Number(b))
+            .at(-1);
     const aliases = pieces.filter((p) => p !== canonical);
     vocabEntries.set(id, [...aliases, canonical]);
     if (pieces.length > 1) collisions.push({ id, canonical, aliases });

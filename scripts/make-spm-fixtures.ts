@@ -48,7 +48,8 @@ async function main(): Promise<void> {
     await writeFile(join(work, 'corpus.txt'), corpusText);
     await mkdir(OUT, { recursive: true });
     const fixture: SpmFixture = {
-      about: 'What Debian\'s sentencepiece tools give for test/convert/sentencepiece.test.ts (its inputs: test/convert/sentencepiece-inputs.ts). Written by scripts/make-spm-fixtures.ts.',
+      about:
+        "What Debian's sentencepiece tools give for test/convert/sentencepiece.test.ts (its inputs: test/convert/sentencepiece-inputs.ts). Written by scripts/make-spm-fixtures.ts.",
       made_with: version(),
       strings: strings.length,
       strings_sha256: sha256(JSON.stringify(strings)),
@@ -61,7 +62,10 @@ async function main(): Promise<void> {
       const prefix = join(work, c.name);
       tool('spm_train', [`--input=${join(work, 'corpus.txt')}`, `--model_prefix=${prefix}`, ...spmTrain]);
       const model = `${prefix}.model`;
-      const encode = tool('spm_encode', [`--model=${model}`, '--output_format=id'], `${strings.join('\n')}\n`).split('\n').slice(0, strings.length).map((l) => l.trim());
+      const encode = tool('spm_encode', [`--model=${model}`, '--output_format=id'], `${strings.join('\n')}\n`)
+        .split('\n')
+        .slice(0, strings.length)
+        .map((l) => l.trim());
       if (encode.length !== strings.length) throw new Error(`spm_encode gave ${encode.length} lines for ${strings.length} strings`);
       // an empty line is not a valid id list for spm_decode: decode the non-empty ones
       const rows = encode.map((ids, i) => ({ ids, i })).filter((v) => v.ids.length > 0);

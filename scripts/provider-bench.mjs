@@ -22,7 +22,9 @@ async function runOne(modelDir, provider, imagePath, newTokens) {
   const model = await MiniGPT.load(modelDir, { provider });
   const loadMs = performance.now() - t0;
   const image = await readFile(imagePath);
-  const prompt = conversationPrompt(model.meta.prompt, [{ user: '[grounding] describe this image in detail, naming every object you can see and where it is' }]);
+  const prompt = conversationPrompt(model.meta.prompt, [
+    { user: '[grounding] describe this image in detail, naming every object you can see and where it is' },
+  ]);
   const runs = [];
   let kvLocation = 'unknown';
   const origForward = model.decoder.forward.bind(model.decoder);
@@ -60,7 +62,9 @@ async function runOne(modelDir, provider, imagePath, newTokens) {
 
 function gpuMemoryMiB(pid) {
   try {
-    const rows = execFileSync('nvidia-smi', ['--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'], { encoding: 'utf8' });
+    const rows = execFileSync('nvidia-smi', ['--query-compute-apps=pid,used_memory', '--format=csv,noheader,nounits'], {
+      encoding: 'utf8',
+    });
     for (const line of rows.trim().split('\n')) {
       const [p, mem] = line.split(',').map((s) => s.trim());
       if (Number(p) === pid) return Number(mem);
@@ -79,7 +83,9 @@ async function parent() {
   const results = [];
   for (const model of models) {
     for (const provider of providers) {
-      const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', model, provider, image, String(newTokens)], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', model, provider, image, String(newTokens)], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let out = '';
       let err = '';
       let peak = 0;
@@ -106,7 +112,10 @@ async function parent() {
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of results) {
     if (r.error) console.log(`| ${r.model} | ${r.provider} | failed: ${r.error} |`);
-    else console.log(`| ${r.model} | ${r.provider} | ${r.prompt_tokens} | ${fmt(r.vision_ms)} | ${fmt(r.prefill_ms)} | ${fmt(r.ttft_ms)} | ${fmt(r.decode_tok_s)} | ${r.gpu_memory_mib} | ${r.kv_cache_location} |`);
+    else
+      console.log(
+        `| ${r.model} | ${r.provider} | ${r.prompt_tokens} | ${fmt(r.vision_ms)} | ${fmt(r.prefill_ms)} | ${fmt(r.ttft_ms)} | ${fmt(r.decode_tok_s)} | ${r.gpu_memory_mib} | ${r.kv_cache_location} |`,
+      );
   }
   const json = one('--json');
   if (json) await writeFile(json, `${JSON.stringify(results, null, 2)}\n`);

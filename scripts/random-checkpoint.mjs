@@ -19,7 +19,8 @@ function parseArgs(argv) {
   const o = { preset: 'llama2-7b', dtype: 'fp16', ckptDtype: 'fp32', seed: 0 };
   const int = (k, v) => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < (k === 'seed' ? 0 : 1)) throw new Error(`--${k} needs a ${k === 'seed' ? 'non-negative' : 'positive'} integer, got ${v}`);
+    if (!Number.isInteger(n) || n < (k === 'seed' ? 0 : 1))
+      throw new Error(`--${k} needs a ${k === 'seed' ? 'non-negative' : 'positive'} integer, got ${v}`);
     return n;
   };
   for (let i = 2; i < argv.length; i++) {
@@ -29,22 +30,48 @@ function parseArgs(argv) {
       return argv[++i];
     };
     switch (a) {
-      case '--preset': o.preset = next(); break;
-      case '--llm-layers': o.llmLayers = int('llm-layers', next()); break;
-      case '--vit-depth': o.vitDepth = int('vit-depth', next()); break;
-      case '--dtype': o.dtype = next(); break;
-      case '--ckpt-dtype': o.ckptDtype = next(); break;
-      case '--shards': o.shards = int('shards', next()); break;
-      case '--seed': o.seed = int('seed', next()); break;
-      case '--out': o.out = next(); break;
-      case '--zip64': o.zip64 = 'always'; break;
-      case '--json': o.json = true; break;
+      case '--preset':
+        o.preset = next();
+        break;
+      case '--llm-layers':
+        o.llmLayers = int('llm-layers', next());
+        break;
+      case '--vit-depth':
+        o.vitDepth = int('vit-depth', next());
+        break;
+      case '--dtype':
+        o.dtype = next();
+        break;
+      case '--ckpt-dtype':
+        o.ckptDtype = next();
+        break;
+      case '--shards':
+        o.shards = int('shards', next());
+        break;
+      case '--seed':
+        o.seed = int('seed', next());
+        break;
+      case '--out':
+        o.out = next();
+        break;
+      case '--zip64':
+        o.zip64 = 'always';
+        break;
+      case '--json':
+        o.json = true;
+        break;
       case '-h':
-      case '--help': o.help = true; break;
-      default: throw new Error(`unknown option ${a}`);
+      case '--help':
+        o.help = true;
+        break;
+      default:
+        throw new Error(`unknown option ${a}`);
     }
   }
-  for (const [k, v] of [['--dtype', o.dtype], ['--ckpt-dtype', o.ckptDtype]]) {
+  for (const [k, v] of [
+    ['--dtype', o.dtype],
+    ['--ckpt-dtype', o.ckptDtype],
+  ]) {
     if (v !== 'fp16' && v !== 'fp32') throw new Error(`${k} must be fp16 or fp32, got ${v}`);
   }
   if (!o.help && !o.out) throw new Error('--out DIR is required');
@@ -55,7 +82,14 @@ async function main() {
   const o = parseArgs(process.argv);
   if (o.help) {
     const text = (await import('node:fs')).readFileSync(fileURLToPath(import.meta.url), 'utf8');
-    process.stdout.write(`${text.split('\n').slice(1).filter((l) => l.startsWith('//')).map((l) => l.slice(3)).join('\n')}\n`);
+    process.stdout.write(
+      `${text
+        .split('\n')
+        .slice(1)
+        .filter((l) => l.startsWith('//'))
+        .map((l) => l.slice(3))
+        .join('\n')}\n`,
+    );
     return;
   }
   const rc = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'convert', 'random-checkpoints.js')).href);
@@ -73,7 +107,9 @@ async function main() {
   const a = r.convertArgs;
   const command = `minigpt convert --arch ${a.arch} --vit ${r.vit} --llm ${r.llm} --ckpt ${r.ckpt} --vit-heads ${a.vitHeads} --image-size ${a.imageSize} --lora-r ${a.loraR} --lora-alpha ${a.loraAlpha} --out OUT`;
   if (o.json) {
-    process.stdout.write(`${JSON.stringify({ shape, seed: r.seed, files: r.files, bytes: r.bytes, seconds, convertArgs: a, command }, null, 2)}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ shape, seed: r.seed, files: r.files, bytes: r.bytes, seconds, convertArgs: a, command }, null, 2)}\n`,
+    );
     return;
   }
   for (const f of r.files) console.log(`${String(f.bytes).padStart(14)}  ${f.path}`);

@@ -54,6 +54,12 @@ const text = [
 process.stdout.write(`${text}\n`);
 const out = arg('write', '');
 if (out) await writeFile(out, `${text}\n`);
-const ok = rep.missing.length === 0 && rep.extra.length === 0 && rep.misrouted.length === 0 && rep.reordered === 0 && rep.errors === 0 && rep.exitCode === 0;
+const ok =
+  rep.missing.length === 0 &&
+  rep.extra.length === 0 &&
+  rep.misrouted.length === 0 &&
+  rep.reordered === 0 &&
+  rep.errors === 0 &&
+  rep.exitCode === 0;
 if (!ok) process.stderr.write(`soak: FAILED\n${rep.botStderrTail}\n`);
 process.exit(ok ? 0 : 1);

@@ -63,12 +63,14 @@ const modelSection = z
   .superRefine((m, ctx) => {
     const bad = (path: string, message: string) => ctx.addIssue({ code: 'custom', path: [path], message });
     if (m.arch === 'minigpt_v2') {
-      if (m.model_type !== undefined && m.model_type !== 'pretrain') bad('model_type', `${m.model_type} is a MiniGPT-4 model_type; arch minigpt_v2 has model_type pretrain`);
+      if (m.model_type !== undefined && m.model_type !== 'pretrain')
+        bad('model_type', `${m.model_type} is a MiniGPT-4 model_type; arch minigpt_v2 has model_type pretrain`);
       for (const k of ['q_former_model', 'has_qformer', 'qformer_heads'] as const) {
         if (m[k] !== undefined) bad(k, `is for arch minigpt4 (MiniGPT-v2 has no Q-Former)`);
       }
     } else if (m.arch === 'minigpt4') {
-      if (m.model_type === 'pretrain') bad('model_type', 'pretrain is MiniGPT-v2\'s model_type; arch minigpt4 has pretrain_vicuna0 or pretrain_llama2');
+      if (m.model_type === 'pretrain')
+        bad('model_type', "pretrain is MiniGPT-v2's model_type; arch minigpt4 has pretrain_vicuna0 or pretrain_llama2");
       for (const k of ['lora_r', 'lora_alpha'] as const) {
         if (m[k] !== undefined) bad(k, 'is for arch minigpt_v2 (MiniGPT-4 has no LoRA)');
       }
@@ -154,7 +156,11 @@ const CONFIG_ARCH: Record<NonNullable<BotConfig['model']['arch']>, Arch> = { min
  * input names are looked up in `--weights DIR`, else `model.weights_dir` (relative to the repository root,
  * default `weights`). Every input is checked to exist before anything is read.
  */
-export async function convertOptionsFromConfig(cfg: BotConfig, flags: ConvertFlags = {}, cwd = process.cwd()): Promise<Omit<ConvertOptions, 'log'>> {
+export async function convertOptionsFromConfig(
+  cfg: BotConfig,
+  flags: ConvertFlags = {},
+  cwd = process.cwd(),
+): Promise<Omit<ConvertOptions, 'log'>> {
   const m = cfg.model;
   const where = `config ${cfg.path}`;
   const arch = flags.arch ?? (m.arch ? CONFIG_ARCH[m.arch] : undefined);
@@ -170,7 +176,13 @@ export async function convertOptionsFromConfig(cfg: BotConfig, flags: ConvertFla
     kind: 'file' | 'folder';
   }
   const unset: string[] = [];
-  const input = (field: string, flag: string, kind: Input['kind'], flagValue: string | undefined, configValue: string | undefined): Input | undefined => {
+  const input = (
+    field: string,
+    flag: string,
+    kind: Input['kind'],
+    flagValue: string | undefined,
+    configValue: string | undefined,
+  ): Input | undefined => {
     if (flagValue !== undefined) return { field, flag, kind, path: resolve(cwd, flagValue), fromFlag: true };
     if (configValue !== undefined) return { field, flag, kind, path: resolve(weightsDir, configValue), fromFlag: false };
     unset.push(`model.${field} (or ${flag})`);
@@ -199,7 +211,8 @@ export async function convertOptionsFromConfig(cfg: BotConfig, flags: ConvertFla
     const name = i.fromFlag ? i.flag : `model.${i.field}`;
     try {
       const st = await stat(i.path);
-      if (i.kind === 'folder' && !st.isDirectory()) problems.push(`${name}: ${i.path} is not a folder (expected the Hugging Face model folder)`);
+      if (i.kind === 'folder' && !st.isDirectory())
+        problems.push(`${name}: ${i.path} is not a folder (expected the Hugging Face model folder)`);
       if (i.kind === 'file' && !st.isFile()) problems.push(`${name}: ${i.path} is not a file`);
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;

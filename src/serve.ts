@@ -121,7 +121,9 @@ export async function startAdapters(
     });
     apiUrl = server.url;
     started.push({ name: 'api', url: server.url, close: () => server.close() });
-    log(`minigpt: OpenAI-compatible API on ${server.url} (model id "${id}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'})`);
+    log(
+      `minigpt: OpenAI-compatible API on ${server.url} (model id "${id}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'})`,
+    );
   }
   return { ...(webUrl ? { webUrl } : {}), ...(apiUrl ? { apiUrl } : {}) };
 }
@@ -177,7 +179,7 @@ export interface RunningBot {
 
 export class ServeError extends Error {}
 
-const FORCED_NOTICE = 'Every answer here is forced by the test hook MINIGPT_TEST_FORCED_ANSWER: these are not the model\'s answers.';
+const FORCED_NOTICE = "Every answer here is forced by the test hook MINIGPT_TEST_FORCED_ANSWER: these are not the model's answers.";
 
 /** What the web page needs from models/demo/PROVENANCE.json (models/demo/train/publish.mjs writes it). */
 export interface DemoRecord {
@@ -193,7 +195,7 @@ const pct = (v: number | undefined) => (typeof v === 'number' ? `${Math.round(v 
 export function demoNotice(record: DemoRecord | null): string {
   const base =
     'This is the embedded demo package: a small model of the MiniGPT-v2 architecture trained from scratch on synthetic ' +
-    'scenes of coloured shapes (models/demo/train), not MiniGPT-v2\'s weights; it knows nothing else.';
+    "scenes of coloured shapes (models/demo/train), not MiniGPT-v2's weights; it knows nothing else.";
   const e = record?.heldout?.eval;
   if (!e) return base;
   return (
@@ -235,7 +237,10 @@ export function webSettings(env: NodeJS.ProcessEnv) {
   const host = env.WEB_HOST?.trim() || DEFAULT_WEB_HOST;
   const port = env.WEB_PORT?.trim() ? portSetting('WEB_PORT', env.WEB_PORT) : DEFAULT_WEB_PORT;
   const allowRemote = /^(1|true|yes)$/i.test(env.WEB_ALLOW_REMOTE?.trim() ?? '');
-  const allowedHosts = (env.WEB_ALLOWED_HOSTS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const allowedHosts = (env.WEB_ALLOWED_HOSTS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   return { host, port, allowRemote, allowedHosts };
 }
 
@@ -245,7 +250,11 @@ function portSetting(name: string, value: string): number {
   return port;
 }
 
-const list = (v: string | undefined) => (v ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+const list = (v: string | undefined) =>
+  (v ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
 
 /** The OpenAI-compatible API's settings (API_PORT, API_HOST, MINIGPT_API_KEYS, ...); undefined when API_PORT is unset. */
 export function apiSettings(env: NodeJS.ProcessEnv) {
@@ -263,7 +272,11 @@ export function apiSettings(env: NodeJS.ProcessEnv) {
 
 /** The first adapter failure that cannot recover (`RunningAdapter.fatal`), its adapter's name in front; else never. */
 export function firstFatal(adapters: readonly RunningAdapter[]): Promise<Error> {
-  return Promise.race(adapters.flatMap((a) => (a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [])));
+  return Promise.race(
+    adapters.flatMap((a) =>
+      a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [],
+    ),
+  );
 }
 
 /** The config's generation settings, as the conversation manager's defaults. */
@@ -311,8 +324,18 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
     });
     const created = Math.floor((await stat(join(config.packageDir, 'model.json'))).mtimeMs / 1000);
-    const info: ServedModel = { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider, dtype: model.meta.dtype, created, forcedAnswer: model.forcedAnswer };
-    const { webUrl, apiUrl } = await startAdapters({ manager, model: info, config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS }, adapters);
+    const info: ServedModel = {
+      name: model.meta.name,
+      architecture: model.meta.architecture,
+      provider: model.provider,
+      dtype: model.meta.dtype,
+      created,
+      forcedAnswer: model.forcedAnswer,
+    };
+    const { webUrl, apiUrl } = await startAdapters(
+      { manager, model: info, config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS },
+      adapters,
+    );
 
     let closing: Promise<void> | undefined;
     const mgr = manager;

@@ -24,7 +24,11 @@ export interface Answer {
  * Runs the request; `onText` gets each streamed piece (awaited, so a slow client holds the next piece
  * back, not the model). Error events become ApiErrors.
  */
-export async function runCompletion(manager: ApiConversationManager, request: ConversationRequest, onText?: (text: string) => void | Promise<void>): Promise<Answer> {
+export async function runCompletion(
+  manager: ApiConversationManager,
+  request: ConversationRequest,
+  onText?: (text: string) => void | Promise<void>,
+): Promise<Answer> {
   let final: AnswerEventOf<'final'> | undefined;
   let annotated: Answer['annotated'];
   let timings: Record<string, number> = {};
@@ -32,7 +36,13 @@ export async function runCompletion(manager: ApiConversationManager, request: Co
     text: (ev) => onText?.(ev.text),
     restart: () => {
       // Streamed text cannot be taken back: the client asks again (a plain request just gets the final text).
-      if (onText) throw new ApiError(503, 'server_error', 'answer_interrupted', 'The answer was interrupted (its worker stopped) and came out differently on another one; please send the request again.');
+      if (onText)
+        throw new ApiError(
+          503,
+          'server_error',
+          'answer_interrupted',
+          'The answer was interrupted (its worker stopped) and came out differently on another one; please send the request again.',
+        );
     },
     final: (ev) => {
       final = ev;
@@ -83,7 +93,8 @@ export function extension(a: Answer): MinigptExtension {
   const boxes: ApiBox[] = [];
   if (a.image) {
     for (const e of a.entities) {
-      for (const b of e.boxes) boxes.push({ phrase: e.phrase, ...gridToPixels(b, a.image.width, a.image.height), grid: [b.x1, b.y1, b.x2, b.y2] });
+      for (const b of e.boxes)
+        boxes.push({ phrase: e.phrase, ...gridToPixels(b, a.image.width, a.image.height), grid: [b.x1, b.y1, b.x2, b.y2] });
     }
   }
   const ms = (k: string) => Math.round((a.timings[k] ?? 0) * 10) / 10;
@@ -127,14 +138,21 @@ export function completionObject(ids: CompletionIds, a: Answer) {
     object: 'chat.completion' as const,
     created: ids.created,
     model: ids.model,
-    choices: [{ index: 0, message: { role: 'assistant' as const, content: a.text, refusal: null }, logprobs: null, finish_reason: a.finishReason }],
+    choices: [
+      { index: 0, message: { role: 'assistant' as const, content: a.text, refusal: null }, logprobs: null, finish_reason: a.finishReason },
+    ],
     usage: usage(a),
     system_fingerprint: null,
     minigpt: extension(a),
   };
 }
 
-export function chunkObject(ids: CompletionIds, delta: { role?: 'assistant'; content?: string }, finishReason: 'stop' | 'length' | null = null, extra: object = {}) {
+export function chunkObject(
+  ids: CompletionIds,
+  delta: { role?: 'assistant'; content?: string },
+  finishReason: 'stop' | 'length' | null = null,
+  extra: object = {},
+) {
   return {
     id: ids.id,
     object: 'chat.completion.chunk' as const,
@@ -148,5 +166,13 @@ export function chunkObject(ids: CompletionIds, delta: { role?: 'assistant'; con
 
 /** The last chunk with `stream_options.include_usage`: no choices, the usage. */
 export function usageChunk(ids: CompletionIds, a: Answer) {
-  return { id: ids.id, object: 'chat.completion.chunk' as const, created: ids.created, model: ids.model, system_fingerprint: null, choices: [], usage: usage(a) };
+  return {
+    id: ids.id,
+    object: 'chat.completion.chunk' as const,
+    created: ids.created,
+    model: ids.model,
+    system_fingerprint: null,
+    choices: [],
+    usage: usage(a),
+  };
 }

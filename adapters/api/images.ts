@@ -17,7 +17,13 @@ export interface ImageFetchOptions {
 const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
 
 export const tooLarge = (size: number, max: number): ApiError =>
-  new ApiError(413, 'invalid_request_error', 'image_too_large', `The image is too large (${formatBytes(size)}): the limit is ${formatBytes(max)}.`, 'messages');
+  new ApiError(
+    413,
+    'invalid_request_error',
+    'image_too_large',
+    `The image is too large (${formatBytes(size)}): the limit is ${formatBytes(max)}.`,
+    'messages',
+  );
 
 /** Whether `url` is on the allow-list (exact host, host:port, or a `*.` suffix; http(s) only). */
 export function imageHostAllowed(url: string, allowed: readonly string[]): boolean {
@@ -36,7 +42,8 @@ export function imageHostAllowed(url: string, allowed: readonly string[]): boole
 export async function imageBytes(src: ImageSource, opts: ImageFetchOptions): Promise<Uint8Array> {
   if (src.kind === 'data') {
     const b64 = src.base64.replace(/\s+/g, '');
-    if (!BASE64_RE.test(b64) || b64.length % 4 === 1) throw badRequest('The image data URL is not valid base64.', 'messages', 'invalid_image');
+    if (!BASE64_RE.test(b64) || b64.length % 4 === 1)
+      throw badRequest('The image data URL is not valid base64.', 'messages', 'invalid_image');
     const size = Math.floor((b64.length * 3) / 4) - (b64.endsWith('==') ? 2 : b64.endsWith('=') ? 1 : 0);
     if (size > opts.maxBytes) throw tooLarge(size, opts.maxBytes);
     return new Uint8Array(Buffer.from(b64, 'base64'));
@@ -62,7 +69,11 @@ export async function imageBytes(src: ImageSource, opts: ImageFetchOptions): Pro
       case 'too_large':
         throw tooLarge(err.detail.size ?? opts.maxBytes + 1, opts.maxBytes);
       case 'host':
-        throw badRequest(`The image at ${shown} redirects to a host that is not allowed (API_IMAGE_HOSTS).`, 'messages', 'image_url_not_allowed');
+        throw badRequest(
+          `The image at ${shown} redirects to a host that is not allowed (API_IMAGE_HOSTS).`,
+          'messages',
+          'image_url_not_allowed',
+        );
       case 'http':
         throw badRequest(`Downloading the image from ${shown} failed (HTTP ${err.detail.status}).`, 'messages', 'image_download_failed');
       case 'timeout':

@@ -47,7 +47,8 @@ const present = (v: unknown) => v !== undefined && v !== null;
 export function parseChatRequest(body: unknown): ChatRequest {
   if (!isObject(body)) throw badRequest('The request body must be a JSON object.');
   const model = body.model;
-  if (typeof model !== 'string' || model.length === 0) throw badRequest('you must provide a model parameter', 'model', 'missing_required_parameter');
+  if (typeof model !== 'string' || model.length === 0)
+    throw badRequest('you must provide a model parameter', 'model', 'missing_required_parameter');
   refuseUnsupported(body);
 
   const messages = parseMessages(body.messages);
@@ -75,7 +76,8 @@ export function parseChatRequest(body: unknown): ChatRequest {
   const penalty = numberParam(extension, 'repetition_penalty', 0.01, 10, 'minigpt.repetition_penalty');
   if (penalty !== undefined) generation.repetitionPenalty = penalty;
   const annotated = extension.annotated_image;
-  if (present(annotated) && typeof annotated !== 'boolean') throw badRequest('minigpt.annotated_image must be a boolean', 'minigpt.annotated_image');
+  if (present(annotated) && typeof annotated !== 'boolean')
+    throw badRequest('minigpt.annotated_image must be a boolean', 'minigpt.annotated_image');
 
   const stream = body.stream;
   if (present(stream) && typeof stream !== 'boolean') throw badRequest('stream must be a boolean', 'stream');
@@ -100,29 +102,35 @@ export function parseChatRequest(body: unknown): ChatRequest {
 
 /** Parameters of the OpenAI API that this server does not implement: refused unless they ask for nothing. */
 function refuseUnsupported(body: Json): void {
-  if (present(body.n) && body.n !== 1) throw badRequest('n must be 1: this server returns one choice per request', 'n', 'unsupported_value');
+  if (present(body.n) && body.n !== 1)
+    throw badRequest('n must be 1: this server returns one choice per request', 'n', 'unsupported_value');
   for (const p of ['frequency_penalty', 'presence_penalty'] as const) {
     if (present(body[p]) && body[p] !== 0) {
       throw badRequest(`${p} is not supported (use minigpt.repetition_penalty, upstream MiniGPT's penalty)`, p, 'unsupported_parameter');
     }
   }
-  if (body.logprobs === true || present(body.top_logprobs)) throw badRequest('logprobs are not supported by this server', 'logprobs', 'unsupported_parameter');
-  if (isObject(body.logit_bias) && Object.keys(body.logit_bias).length > 0) throw badRequest('logit_bias is not supported by this server', 'logit_bias', 'unsupported_parameter');
+  if (body.logprobs === true || present(body.top_logprobs))
+    throw badRequest('logprobs are not supported by this server', 'logprobs', 'unsupported_parameter');
+  if (isObject(body.logit_bias) && Object.keys(body.logit_bias).length > 0)
+    throw badRequest('logit_bias is not supported by this server', 'logit_bias', 'unsupported_parameter');
   for (const p of ['tools', 'functions'] as const) {
-    if (Array.isArray(body[p]) && (body[p] as unknown[]).length > 0) throw badRequest(`${p} are not supported: MiniGPT has no tool calling`, p, 'unsupported_parameter');
+    if (Array.isArray(body[p]) && (body[p] as unknown[]).length > 0)
+      throw badRequest(`${p} are not supported: MiniGPT has no tool calling`, p, 'unsupported_parameter');
   }
   const format = body.response_format;
   if (present(format) && !(isObject(format) && format.type === 'text')) {
     throw badRequest('response_format: only {"type": "text"} is supported', 'response_format', 'unsupported_value');
   }
   const modalities = body.modalities;
-  if (Array.isArray(modalities) && modalities.some((m) => m !== 'text')) throw badRequest('only text output is supported', 'modalities', 'unsupported_value');
+  if (Array.isArray(modalities) && modalities.some((m) => m !== 'text'))
+    throw badRequest('only text output is supported', 'modalities', 'unsupported_value');
 }
 
 function numberParam(obj: Json, name: string, min: number, max: number, shown = name): number | undefined {
   const v = obj[name];
   if (!present(v)) return undefined;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw badRequest(`${shown} must be a number from ${min} to ${max}`, shown);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max)
+    throw badRequest(`${shown} must be a number from ${min} to ${max}`, shown);
   return v;
 }
 
@@ -130,7 +138,12 @@ function integerParam(obj: Json, name: string, min: number, max = Number.MAX_SAF
   const v = obj[name];
   if (!present(v)) return undefined;
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    throw badRequest(max === Number.MAX_SAFE_INTEGER ? `${shown} must be an integer of at least ${min}` : `${shown} must be an integer from ${min} to ${max}`, shown);
+    throw badRequest(
+      max === Number.MAX_SAFE_INTEGER
+        ? `${shown} must be an integer of at least ${min}`
+        : `${shown} must be an integer from ${min} to ${max}`,
+      shown,
+    );
   }
   return v;
 }
@@ -138,7 +151,8 @@ function integerParam(obj: Json, name: string, min: number, max = Number.MAX_SAF
 function stopParam(v: unknown): string[] {
   if (!present(v)) return [];
   const list = typeof v === 'string' ? [v] : v;
-  if (!Array.isArray(list) || list.some((s) => typeof s !== 'string')) throw badRequest('stop must be a string or an array of strings', 'stop');
+  if (!Array.isArray(list) || list.some((s) => typeof s !== 'string'))
+    throw badRequest('stop must be a string or an array of strings', 'stop');
   if (list.length > MAX_STOP) throw badRequest(`stop takes at most ${MAX_STOP} sequences`, 'stop');
   return (list as string[]).filter((s) => s.length > 0);
 }
@@ -153,8 +167,10 @@ function parseMessages(v: unknown): Message[] {
     const role = m.role;
     // MiniGPT's prompt templates carry their own system text; a client's system message has no place in them.
     if (role === 'system' || role === 'developer') return;
-    if (role === 'tool' || role === 'function') throw badRequest(`${param}: role "${role}" is not supported: MiniGPT has no tool calling`, `${param}.role`);
-    if (role !== 'user' && role !== 'assistant') throw badRequest(`${param}.role must be one of system, developer, user, assistant`, `${param}.role`);
+    if (role === 'tool' || role === 'function')
+      throw badRequest(`${param}: role "${role}" is not supported: MiniGPT has no tool calling`, `${param}.role`);
+    if (role !== 'user' && role !== 'assistant')
+      throw badRequest(`${param}.role must be one of system, developer, user, assistant`, `${param}.role`);
     if (role === 'assistant' && Array.isArray(m.tool_calls) && m.tool_calls.length > 0) {
       throw badRequest(`${param}: tool calls are not supported`, `${param}.tool_calls`);
     }
@@ -192,7 +208,8 @@ function parseContent(content: unknown, role: 'user' | 'assistant', param: strin
 }
 
 function checkLength(text: string, param: string): string {
-  if (text.length > MAX_MESSAGE_CHARS) throw badRequest(`${param} is too long (${text.length} characters; at most ${MAX_MESSAGE_CHARS})`, param, 'string_above_max_length');
+  if (text.length > MAX_MESSAGE_CHARS)
+    throw badRequest(`${param} is too long (${text.length} characters; at most ${MAX_MESSAGE_CHARS})`, param, 'string_above_max_length');
   return text;
 }
 
@@ -209,7 +226,8 @@ function imageSource(v: unknown, param: string): ImageSource {
     }
     return { kind: 'data', mime, base64: url.slice(m[0].length) };
   }
-  if (/^data:/i.test(url)) throw badRequest(`${param}.url: only base64 data URLs are supported (data:image/png;base64,...)`, `${param}.url`, 'invalid_image_url');
+  if (/^data:/i.test(url))
+    throw badRequest(`${param}.url: only base64 data URLs are supported (data:image/png;base64,...)`, `${param}.url`, 'invalid_image_url');
   if (/^https?:\/\//i.test(url)) return { kind: 'url', url };
   throw badRequest(`${param}.url must be a data: URL or an http(s) URL`, `${param}.url`, 'invalid_image_url');
 }
@@ -233,7 +251,7 @@ function conversationOf(messages: Message[]): { text: string; history: PriorTurn
     }
   }
   const final = merged[merged.length - 1];
-  if (!final || final.role !== 'user') throw badRequest('the last message must be a user message: it is the one answered', 'messages');
+  if (final?.role !== 'user') throw badRequest('the last message must be a user message: it is the one answered', 'messages');
   let start = 0;
   for (let i = merged.length - 1; i >= 0; i--) {
     if (merged[i].images.length > 0) {
@@ -243,7 +261,11 @@ function conversationOf(messages: Message[]): { text: string; history: PriorTurn
   }
   const first = merged[start];
   if (first.images.length > 1) {
-    throw badRequest('MiniGPT takes one image per conversation turn: send one image_url part (a new image starts the conversation afresh)', 'messages', 'too_many_images');
+    throw badRequest(
+      'MiniGPT takes one image per conversation turn: send one image_url part (a new image starts the conversation afresh)',
+      'messages',
+      'too_many_images',
+    );
   }
   if (!final.text.trim() && first.images.length === 0) throw badRequest('the last user message has no text', 'messages');
   const history: PriorTurn[] = [];

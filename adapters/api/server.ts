@@ -16,9 +16,25 @@ import type { ConversationRequest } from '../../src/conversation/index.js';
 import { ApiError, badRequest } from './errors.js';
 import { parseChatRequest } from './request.js';
 import { imageBytes } from './images.js';
-import { chunkObject, completionObject, extension, runCompletion, usageChunk, type ApiConversationManager, type CompletionIds } from './completion.js';
+import {
+  chunkObject,
+  completionObject,
+  extension,
+  runCompletion,
+  usageChunk,
+  type ApiConversationManager,
+  type CompletionIds,
+} from './completion.js';
 import { LIMITS } from '../../src/conversation/limits.js';
-import { drainRefused, isLoopbackHost, listen, runningServer, sseHeartbeat, urlHost, type RunningHttpServer } from '../shared/http-server.js';
+import {
+  drainRefused,
+  isLoopbackHost,
+  listen,
+  runningServer,
+  sseHeartbeat,
+  urlHost,
+  type RunningHttpServer,
+} from '../shared/http-server.js';
 
 export interface ApiModelInfo {
   /** the id clients send as `model` */
@@ -66,7 +82,9 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   const host = opts.host ?? DEFAULT_API_HOST;
   const keys = (opts.keys ?? []).map((k) => k.trim()).filter(Boolean);
   if (keys.length === 0 && !isLoopbackHost(host)) {
-    throw new Error(`refusing to serve the API on ${host} without authentication: set MINIGPT_API_KEYS (comma-separated keys), or listen on 127.0.0.1`);
+    throw new Error(
+      `refusing to serve the API on ${host} without authentication: set MINIGPT_API_KEYS (comma-separated keys), or listen on 127.0.0.1`,
+    );
   }
   const keyDigests = keys.map(digest);
   const log = opts.log ?? (() => {});
@@ -81,7 +99,8 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       // Refused before its body was read: read and drop the rest (bounded), so that the client sees the answer.
       if (!req.complete && req.listenerCount('data') === 0) drainRefused(req, res);
       const e = err instanceof ApiError ? err : new ApiError(500, 'server_error', 'internal_error', 'internal error');
-      if (!(err instanceof ApiError) || e.status >= 500) log(`api: ${req.method} ${req.url}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      if (!(err instanceof ApiError) || e.status >= 500)
+        log(`api: ${req.method} ${req.url}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       sendError(res, e);
     });
   });
@@ -111,14 +130,20 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       if (req.method !== 'POST') throw methodNotAllowed('POST');
       return chat(req, res, keyIndex);
     }
-    throw new ApiError(404, 'not_found_error', 'unknown_url', `Unknown request URL: ${req.method} ${path.slice(0, 200)}. This server has /v1/models and /v1/chat/completions.`);
+    throw new ApiError(
+      404,
+      'not_found_error',
+      'unknown_url',
+      `Unknown request URL: ${req.method} ${path.slice(0, 200)}. This server has /v1/models and /v1/chat/completions.`,
+    );
   }
 
   /** The index of the key used (-1 without keys); throws 401/421. */
   function authorize(req: IncomingMessage): number {
     if (keyDigests.length === 0) {
       const h = (req.headers.host ?? '').toLowerCase();
-      if (!loopbackNames.has(h)) throw new ApiError(421, 'invalid_request_error', 'bad_host', `this server does not answer for host "${h.slice(0, 100)}"`);
+      if (!loopbackNames.has(h))
+        throw new ApiError(421, 'invalid_request_error', 'bad_host', `this server does not answer for host "${h.slice(0, 100)}"`);
       return -1;
     }
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
@@ -144,17 +169,34 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       object: 'model',
       created: m.created,
       owned_by: 'minigpt-bot',
-      minigpt: { architecture: m.architecture, provider: m.provider ?? null, dtype: m.dtype ?? null, ...(m.forcedAnswer ? { forced_answer: true } : {}) },
+      minigpt: {
+        architecture: m.architecture,
+        provider: m.provider ?? null,
+        dtype: m.dtype ?? null,
+        ...(m.forcedAnswer ? { forced_answer: true } : {}),
+      },
     };
   }
 
   function unknownModel(id: string): ApiError {
-    return new ApiError(404, 'invalid_request_error', 'model_not_found', `The model "${id.slice(0, 100)}" does not exist: this server serves "${opts.model.id}".`, 'model');
+    return new ApiError(
+      404,
+      'invalid_request_error',
+      'model_not_found',
+      `The model "${id.slice(0, 100)}" does not exist: this server serves "${opts.model.id}".`,
+      'model',
+    );
   }
 
   async function chat(req: IncomingMessage, res: ServerResponse, keyIndex: number): Promise<void> {
     const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
-    if (type !== 'application/json') throw new ApiError(415, 'invalid_request_error', 'unsupported_media_type', 'the request body must be JSON (Content-Type: application/json)');
+    if (type !== 'application/json')
+      throw new ApiError(
+        415,
+        'invalid_request_error',
+        'unsupported_media_type',
+        'the request body must be JSON (Content-Type: application/json)',
+      );
     const raw = await readBody(req, maxBody);
     let body: unknown;
     try {
@@ -172,7 +214,9 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       active.delete(controller);
     });
     try {
-      const image = parsed.image ? await imageBytes(parsed.image, { allowedHosts: opts.imageHosts ?? [], maxBytes: maxImageBytes, signal: controller.signal }) : undefined;
+      const image = parsed.image
+        ? await imageBytes(parsed.image, { allowedHosts: opts.imageHosts ?? [], maxBytes: maxImageBytes, signal: controller.signal })
+        : undefined;
       const requestId = randomBytes(12).toString('hex');
       const ids: CompletionIds = { id: `chatcmpl-${requestId}`, created: Math.floor(Date.now() / 1000), model: opts.model.id };
       const request: ConversationRequest = {
@@ -199,7 +243,13 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
    * first piece of the answer, so that a refusal (busy, bad image, too long) is still an HTTP error; an error
    * after that is an `error` event, which the SDKs raise.
    */
-  async function streamed(res: ServerResponse, ids: CompletionIds, request: ConversationRequest, includeUsage: boolean, signal: AbortSignal): Promise<void> {
+  async function streamed(
+    res: ServerResponse,
+    ids: CompletionIds,
+    request: ConversationRequest,
+    includeUsage: boolean,
+    signal: AbortSignal,
+  ): Promise<void> {
     let stopHeartbeat: (() => void) | undefined;
     const send = (data: string): Promise<void> | void => {
       if (res.writableEnded || res.destroyed) return;
@@ -224,7 +274,10 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     } catch (err) {
       if (!res.headersSent) throw err;
       if (!signal.aborted) {
-        const e = err instanceof ApiError ? err : new ApiError(500, 'server_error', 'internal_error', 'Something went wrong while answering; please try again.');
+        const e =
+          err instanceof ApiError
+            ? err
+            : new ApiError(500, 'server_error', 'internal_error', 'Something went wrong while answering; please try again.');
         if (!(err instanceof ApiError)) log(`api: answer failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
         await send(JSON.stringify(e.toJSON()));
       }
@@ -249,9 +302,16 @@ function methodNotAllowed(allow: string): ApiError {
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   const refusal = () =>
-    new ApiError(413, 'invalid_request_error', 'request_too_large', `The request is too large: at most ${Math.round(limit / (1024 * 1024))} MB are accepted (images included).`, null, {
-      connection: 'close',
-    });
+    new ApiError(
+      413,
+      'invalid_request_error',
+      'request_too_large',
+      `The request is too large: at most ${Math.round(limit / (1024 * 1024))} MB are accepted (images included).`,
+      null,
+      {
+        connection: 'close',
+      },
+    );
   if (Number.isFinite(declared) && declared > limit) return Promise.reject(refusal());
   return new Promise<Buffer>((resolveBody, reject) => {
     const chunks: Buffer[] = [];
@@ -270,7 +330,12 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 
 function sendJson(res: ServerResponse, status: number, body: unknown, headers: Readonly<Record<string, string>> = {}): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { ...HEADERS, ...headers, 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(text)) });
+  res.writeHead(status, {
+    ...HEADERS,
+    ...headers,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(text)),
+  });
   res.end(text);
 }
 

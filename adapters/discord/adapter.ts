@@ -12,7 +12,16 @@ import type { ConversationKey, ConversationRequest } from '../../src/conversatio
 import { LruMap } from '../../src/util/lru.js';
 import { threadName } from './format.js';
 import { HELP_NO_IMAGE, INTERNAL, NO_THREAD_NOTICE, rateLimitMessage, stripBotMention } from './replies.js';
-import { downloadImage, downloadPolicy, findImage, ImageInputProblem, NOT_AN_IMAGE, urlForLog, type DownloadPolicy, type ImageSource } from './images.js';
+import {
+  downloadImage,
+  downloadPolicy,
+  findImage,
+  ImageInputProblem,
+  NOT_AN_IMAGE,
+  urlForLog,
+  type DownloadPolicy,
+  type ImageSource,
+} from './images.js';
 import { UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { restartNotice } from '../shared/answer-events.js';
@@ -222,7 +231,13 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       const events = restartNotice(this.manager.handle({ ...req, signal: controller.signal }), () => this.closing !== undefined);
       // The request has its place in the manager's queue: the conversation's next request may go on.
       turn.release();
-      const r = await relayAnswer(events, route.target, { editIntervalMs: this.editIntervalMs, firstTextWaitMs: this.firstTextWaitMs, notice: route.notice, log: this.log, label });
+      const r = await relayAnswer(events, route.target, {
+        editIntervalMs: this.editIntervalMs,
+        firstTextWaitMs: this.firstTextWaitMs,
+        notice: route.notice,
+        log: this.log,
+        label,
+      });
       this.log(
         `discord: ${label}: ${r.ok ? `answered (${r.chars} chars${r.attached ? ', annotated image' : ''})` : `error ${r.error?.code}`} ` +
           `in ${Date.now() - started} ms`,
@@ -242,14 +257,24 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
    * thread or DM channel, or the in-channel conversation of the bot answer it replies to. A mention that starts
    * a new thread has no earlier request to wait for.
    */
-  private orderKey(channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null, channelId: string | null, dm: boolean, replyTo?: string | null): string | undefined {
+  private orderKey(
+    channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null,
+    channelId: string | null,
+    dm: boolean,
+    replyTo?: string | null,
+  ): string | undefined {
     if (dm || channel?.isThread() || channel?.isDMBased()) return channelId ? `channel ${channelId}` : undefined;
     const k = replyTo ? this.replyKeys.get(replyTo) : undefined;
     return k ? `conversation ${k.channel}/${k.thread}` : undefined;
   }
 
   /** The request's turn in its conversation: call it as the gateway delivers the event, before any await. */
-  takeTurn(channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null, channelId: string | null, dm: boolean, replyTo?: string | null): ArrivalTurn {
+  takeTurn(
+    channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null,
+    channelId: string | null,
+    dm: boolean,
+    replyTo?: string | null,
+  ): ArrivalTurn {
     return this.order.take(this.orderKey(channel, channelId, dm, replyTo));
   }
 
@@ -287,7 +312,11 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     }
   }
 
-  private async answerMessage(msg: Message, ch: SendableChannels, ctx: { dm: boolean; thread: ThreadChannel | null; label: string; turn: ArrivalTurn }): Promise<void> {
+  private async answerMessage(
+    msg: Message,
+    ch: SendableChannels,
+    ctx: { dm: boolean; thread: ThreadChannel | null; label: string; turn: ArrivalTurn },
+  ): Promise<void> {
     const text = stripBotMention(msg.content, this.botId);
     const answerKey = !ctx.dm && !ctx.thread && msg.reference?.messageId ? this.replyKeys.get(msg.reference.messageId) : undefined;
     const found = answerKey ? findImage(msg, this.policy) : await this.imageOf(msg);
@@ -312,7 +341,10 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     if (ctx.dm) {
       route = { key: { platform: 'discord', workspace: '@me', channel: ch.id, thread: ch.id }, target: channelTarget(ch) };
     } else if (ctx.thread) {
-      route = { key: { platform: 'discord', workspace: guild, channel: ctx.thread.parentId ?? ch.id, thread: ctx.thread.id }, target: channelTarget(ch) };
+      route = {
+        key: { platform: 'discord', workspace: guild, channel: ctx.thread.parentId ?? ch.id, thread: ctx.thread.id },
+        target: channelTarget(ch),
+      };
     } else if (answerKey) {
       route = { key: answerKey, target: channelTarget(ch, msg), inChannel: true };
     } else {
@@ -340,7 +372,9 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       this.rememberThread(thread.id);
       return { key: { platform: 'discord', workspace: guild, channel: ch.id, thread: thread.id }, target: channelTarget(thread) };
     } catch (err) {
-      this.log(`discord: could not start a thread on message ${msg.id} in channel ${ch.id}: ${describeError(err)}; answering in the channel`);
+      this.log(
+        `discord: could not start a thread on message ${msg.id} in channel ${ch.id}: ${describeError(err)}; answering in the channel`,
+      );
       return {
         key: { platform: 'discord', workspace: guild, channel: ch.id, thread: `message:${msg.id}` },
         target: channelTarget(ch, msg),
@@ -350,4 +384,3 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     }
   }
 }
-

@@ -34,8 +34,19 @@ export function commandDefinitions(): RESTPostAPIApplicationCommandsJSONBody[] {
       contexts,
       integration_types,
       options: [
-        { type: ApplicationCommandOptionType.Attachment, name: 'image', description: 'The image (PNG, JPEG, WebP or GIF); in a bot thread, default: its image', required: false },
-        { type: ApplicationCommandOptionType.String, name: 'prompt', description: 'Your question or instruction', required: false, max_length: 1500 },
+        {
+          type: ApplicationCommandOptionType.Attachment,
+          name: 'image',
+          description: 'The image (PNG, JPEG, WebP or GIF); in a bot thread, default: its image',
+          required: false,
+        },
+        {
+          type: ApplicationCommandOptionType.String,
+          name: 'prompt',
+          description: 'Your question or instruction',
+          required: false,
+          max_length: 1500,
+        },
         {
           type: ApplicationCommandOptionType.String,
           name: 'task',
@@ -43,7 +54,14 @@ export function commandDefinitions(): RESTPostAPIApplicationCommandsJSONBody[] {
           required: false,
           choices: (['chat', ...TASKS] as const).map((t) => ({ name: TASK_LABELS[t], value: t })),
         },
-        { type: ApplicationCommandOptionType.Number, name: 'temperature', description: 'Sampling temperature; 0 = greedy', required: false, min_value: 0, max_value: 2 },
+        {
+          type: ApplicationCommandOptionType.Number,
+          name: 'temperature',
+          description: 'Sampling temperature; 0 = greedy',
+          required: false,
+          min_value: 0,
+          max_value: 2,
+        },
       ],
     },
     { type: ApplicationCommandType.Message, name: DESCRIBE_IMAGE_MENU, contexts, integration_types },

@@ -19,10 +19,14 @@ export function fatalDiscordError(err: unknown, closeCode?: number): string | un
   const e = (err ?? {}) as { code?: unknown; status?: unknown; message?: unknown };
   const message = typeof e.message === 'string' ? e.message : '';
   if (e.code === 'TokenInvalid' || e.status === 401) return `Discord refused DISCORD_TOKEN (HTTP 401 Unauthorized): ${TOKEN_HELP}`;
-  if (closeCode === 4004 || /^Authentication failed/i.test(message)) return `Discord refused DISCORD_TOKEN (gateway close 4004: authentication failed): ${TOKEN_HELP}`;
-  if (closeCode === 4014 || /disallowed intents/i.test(message)) return `Discord refused the bot's gateway intents (close 4014: disallowed intents): ${INTENTS_HELP}`;
-  if (closeCode !== undefined && FATAL_CLOSE_CODES.has(closeCode)) return `Discord closed the bot's gateway connection for good (close ${closeCode}${message ? `: ${message}` : ''})`;
-  if (/^(Invalid shard|Sharding is required|Used an invalid API version|Used invalid intents)/.test(message)) return `Discord closed the bot's gateway connection for good (${message})`;
+  if (closeCode === 4004 || /^Authentication failed/i.test(message))
+    return `Discord refused DISCORD_TOKEN (gateway close 4004: authentication failed): ${TOKEN_HELP}`;
+  if (closeCode === 4014 || /disallowed intents/i.test(message))
+    return `Discord refused the bot's gateway intents (close 4014: disallowed intents): ${INTENTS_HELP}`;
+  if (closeCode !== undefined && FATAL_CLOSE_CODES.has(closeCode))
+    return `Discord closed the bot's gateway connection for good (close ${closeCode}${message ? `: ${message}` : ''})`;
+  if (/^(Invalid shard|Sharding is required|Used an invalid API version|Used invalid intents)/.test(message))
+    return `Discord closed the bot's gateway connection for good (${message})`;
   return undefined;
 }
 
@@ -36,7 +40,12 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
   const sink = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const log = (line: string) => sink(redact(line, [token]));
   const client = new Client({
-    intents: [GatewayIntentBits.Guilds, GatewayIntentBits.GuildMessages, GatewayIntentBits.MessageContent, GatewayIntentBits.DirectMessages],
+    intents: [
+      GatewayIntentBits.Guilds,
+      GatewayIntentBits.GuildMessages,
+      GatewayIntentBits.MessageContent,
+      GatewayIntentBits.DirectMessages,
+    ],
     // DM channels are not cached before their first message: without this their messages would be dropped.
     partials: [Partials.Channel],
     // Model output never pings anyone.
@@ -72,7 +81,8 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
   }
   connected = true;
   const app = client.application?.id;
-  if (opts.appId && app && opts.appId !== app) log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);
+  if (opts.appId && app && opts.appId !== app)
+    log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);
   log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers)`);
   return adapter;
 }

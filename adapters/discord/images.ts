@@ -55,7 +55,12 @@ export function downloadPolicy(opts: { apiUrl?: string; maxBytes?: number; timeo
     hosts.add(u.host);
     if (u.protocol === 'http:') insecureHosts.add(u.host);
   }
-  return { hosts, insecureHosts, maxBytes: opts.maxBytes ?? DEFAULT_MAX_IMAGE_BYTES, timeoutMs: opts.timeoutMs ?? DEFAULT_DOWNLOAD_TIMEOUT_MS };
+  return {
+    hosts,
+    insecureHosts,
+    maxBytes: opts.maxBytes ?? DEFAULT_MAX_IMAGE_BYTES,
+    timeoutMs: opts.timeoutMs ?? DEFAULT_DOWNLOAD_TIMEOUT_MS,
+  };
 }
 
 /** Whether a URL may be fetched under the policy. */
@@ -122,20 +127,21 @@ export function findImage(msg: ImageCarrier, policy: DownloadPolicy): { source?:
   }
   for (const m of msg.content.matchAll(URL_RE)) {
     const url = m[0].replace(/[.,;:!?'"]+$/, '');
-    if (allowedUrl(url, policy)) return { source: { url, name: decodeURIComponent(new URL(url).pathname.split('/').pop() || 'image'), where: 'link' } };
+    if (allowedUrl(url, policy))
+      return { source: { url, name: decodeURIComponent(new URL(url).pathname.split('/').pop() || 'image'), where: 'link' } };
   }
   return rejected ? { rejected } : {};
 }
 
-export const NOT_AN_IMAGE = (name: string) =>
-  `I can only read images (PNG, JPEG, WebP or GIF), and ${shownName(name)} is not one.`;
+export const NOT_AN_IMAGE = (name: string) => `I can only read images (PNG, JPEG, WebP or GIF), and ${shownName(name)} is not one.`;
 
 /** PNG, JPEG, GIF or WebP by their magic bytes. */
 export function sniffImage(b: Uint8Array): 'png' | 'jpeg' | 'gif' | 'webp' | null {
   if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47) return 'png';
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
   if (b.length >= 6 && b[0] === 0x47 && b[1] === 0x49 && b[2] === 0x46 && b[3] === 0x38) return 'gif';
-  if (b.length >= 12 && String.fromCharCode(...b.subarray(0, 4)) === 'RIFF' && String.fromCharCode(...b.subarray(8, 12)) === 'WEBP') return 'webp';
+  if (b.length >= 12 && String.fromCharCode(...b.subarray(0, 4)) === 'RIFF' && String.fromCharCode(...b.subarray(8, 12)) === 'WEBP')
+    return 'webp';
   return null;
 }
 
@@ -158,9 +164,9 @@ export async function downloadImage(source: ImageSource, policy: DownloadPolicy,
     if (!(err instanceof DownloadFailure)) throw err;
     switch (err.kind) {
       case 'host':
-        throw new ImageInputProblem('host', 'I only download images from Discord itself (attachments, or links to Discord\'s CDN).');
+        throw new ImageInputProblem('host', "I only download images from Discord itself (attachments, or links to Discord's CDN).");
       case 'redirects':
-        throw new ImageInputProblem('download', 'I couldn\'t download the image (too many redirects).');
+        throw new ImageInputProblem('download', "I couldn't download the image (too many redirects).");
       case 'http':
         throw new ImageInputProblem('download', `I couldn't download the image (HTTP ${err.detail.status}); please upload it again.`);
       case 'too_large':
@@ -168,7 +174,7 @@ export async function downloadImage(source: ImageSource, policy: DownloadPolicy,
       case 'timeout':
         throw new ImageInputProblem('timeout', 'Downloading the image took too long; please try again.');
       case 'network':
-        throw new ImageInputProblem('download', 'I couldn\'t download the image; please upload it again.');
+        throw new ImageInputProblem('download', "I couldn't download the image; please upload it again.");
     }
   }
   if (!sniffImage(data)) throw new ImageInputProblem('not_image', NOT_AN_IMAGE(source.name));

@@ -89,6 +89,11 @@ export async function startDiscordFromEnv(ctx: {
   log: (line: string) => void;
   rateLimiter?: RateLimiterFactory;
 }): Promise<{ name: string; close(): Promise<void>; fatal: Promise<Error>; adapter: DiscordAdapter }> {
-  const adapter = await startDiscordAdapter({ ...discordOptionsFromEnv(ctx.env), manager: ctx.manager, log: ctx.log, ...(ctx.rateLimiter ? { rateLimiter: ctx.rateLimiter } : {}) });
+  const adapter = await startDiscordAdapter({
+    ...discordOptionsFromEnv(ctx.env),
+    manager: ctx.manager,
+    log: ctx.log,
+    ...(ctx.rateLimiter ? { rateLimiter: ctx.rateLimiter } : {}),
+  });
   return { name: 'discord', adapter, fatal: adapter.fatal, close: () => adapter.close() };
 }

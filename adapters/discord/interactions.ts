@@ -63,11 +63,7 @@ export async function onInteraction(bot: InteractionHost, i: Interaction): Promi
   }
 }
 
-async function describe(
-  bot: InteractionHost,
-  i: DescribeInteraction,
-  input: DescribeInput,
-): Promise<void> {
+async function describe(bot: InteractionHost, i: DescribeInteraction, input: DescribeInput): Promise<void> {
   // Its turn in its conversation (a thread or DM), taken as the gateway delivers it.
   const turn = bot.takeTurn(i.channel, i.channelId, !i.guildId);
   try {
@@ -77,12 +73,7 @@ async function describe(
   }
 }
 
-async function describeIn(
-  bot: InteractionHost,
-  i: DescribeInteraction,
-  input: DescribeInput,
-  turn: ArrivalTurn,
-): Promise<void> {
+async function describeIn(bot: InteractionHost, i: DescribeInteraction, input: DescribeInput, turn: ArrivalTurn): Promise<void> {
   const channel = i.channel;
   const thread = channel?.isThread() ? channel : null;
   if (!bot.allowed(i.guildId, i.channelId, thread?.parentId)) {
@@ -116,7 +107,9 @@ async function answerInteraction(
     } else if (input.target) {
       const found = findImage(input.target, bot.policy);
       if (!found.source && !found.rejected) {
-        await i.editReply({ content: '⚠️ That message has no image I can read (PNG, JPEG, WebP or GIF attachment, or a Discord image link).' });
+        await i.editReply({
+          content: '⚠️ That message has no image I can read (PNG, JPEG, WebP or GIF attachment, or a Discord image link).',
+        });
         return;
       }
       image = await bot.download(found.source, found.rejected);

@@ -37,12 +37,19 @@ export async function registerCommands(opts: RegisterOptions): Promise<RegisterR
 }
 
 /** The CLI action: options from the environment (DISCORD_TOKEN, DISCORD_APP_ID, DISCORD_GUILD_ID, DISCORD_API_URL). */
-export async function registerCommandsFromEnv(env: NodeJS.ProcessEnv, o: { guild?: string; global?: boolean }, log: (line: string) => void): Promise<RegisterResult> {
+export async function registerCommandsFromEnv(
+  env: NodeJS.ProcessEnv,
+  o: { guild?: string; global?: boolean },
+  log: (line: string) => void,
+): Promise<RegisterResult> {
   const token = env.DISCORD_TOKEN?.trim();
   if (!token) throw new DiscordConfigError('DISCORD_TOKEN is not set (the bot token from the Discord developer portal, Bot page)');
   const appId = env.DISCORD_APP_ID?.trim() || undefined;
   const guildId = o.global ? undefined : o.guild?.trim() || env.DISCORD_GUILD_ID?.trim() || undefined;
-  for (const [name, v] of [['DISCORD_APP_ID', appId], ['guild id', guildId]] as const) {
+  for (const [name, v] of [
+    ['DISCORD_APP_ID', appId],
+    ['guild id', guildId],
+  ] as const) {
     if (v && !/^\d{5,25}$/.test(v)) throw new DiscordConfigError(`${name} ${v}: not a Discord id (digits)`);
   }
   const apiUrl = apiUrlFromEnv(env);

@@ -46,9 +46,9 @@ export interface RelayResult {
 }
 
 const TYPING_REFRESH_MS = 8_000;
-const ATTACH_REFUSED = 'I couldn\'t attach the image with the boxes here: I need the **Attach Files** permission in this channel.';
+const ATTACH_REFUSED = "I couldn't attach the image with the boxes here: I need the **Attach Files** permission in this channel.";
 const ATTACH_TOO_LARGE = 'The image with the boxes was too large to upload here.';
-const ATTACH_FAILED = 'I couldn\'t upload the image with the boxes (Discord\'s upload failed).';
+const ATTACH_FAILED = "I couldn't upload the image with the boxes (Discord's upload failed).";
 
 function apiCode(err: unknown): number | string | undefined {
   return err instanceof DiscordAPIError ? err.code : undefined;
@@ -147,7 +147,11 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   const md = answerMarkdown(final.text);
   const pieces = splitMessage(head + (md.trim() ? md : '_(The model gave an empty answer.)_'));
   const file: AttachmentPayload | undefined = image
-    ? { attachment: image.data, name: image.mime === 'image/jpeg' ? 'answer-boxes.jpg' : 'answer-boxes.png', description: 'The image with the answer\'s boxes drawn' }
+    ? {
+        attachment: image.data,
+        name: image.mime === 'image/jpeg' ? 'answer-boxes.jpg' : 'answer-boxes.png',
+        description: "The image with the answer's boxes drawn",
+      }
     : undefined;
   let attached = false;
   for (let i = 0; i < pieces.length; i++) {

@@ -19,5 +19,8 @@ export function rateLimitMessage(ms: number): string {
 
 /** Removes mentions of the bot (`<@id>`, `<@!id>`) from a message's text. */
 export function stripBotMention(content: string, botId: string): string {
-  return content.replace(new RegExp(`<@!?${botId}>`, 'g'), ' ').replace(/[ \t]{2,}/g, ' ').trim();
+  return content
+    .replace(new RegExp(`<@!?${botId}>`, 'g'), ' ')
+    .replace(/[ \t]{2,}/g, ' ')
+    .trim();
 }

@@ -76,7 +76,11 @@ export interface RunningHttpServer {
 }
 
 /** The listening `server` as a RunningHttpServer whose close aborts the answers in `active`. */
-export function runningServer(server: Server, active: ReadonlySet<AbortController>, where: { url: string; host: string; port: number }): RunningHttpServer {
+export function runningServer(
+  server: Server,
+  active: ReadonlySet<AbortController>,
+  where: { url: string; host: string; port: number },
+): RunningHttpServer {
   let closing: Promise<void> | null = null;
   return {
     ...where,

@@ -51,7 +51,13 @@ export function slackKey(team: string, channel: string, thread: string): Convers
   return { platform: 'slack', workspace: team, channel, thread };
 }
 
-export function threadReply(ctx: AnswerContext, client: WebClient, channel: string, thread: string | undefined, header?: string): ThreadReply {
+export function threadReply(
+  ctx: AnswerContext,
+  client: WebClient,
+  channel: string,
+  thread: string | undefined,
+  header?: string,
+): ThreadReply {
   return new ThreadReply({
     client,
     channel,
@@ -139,7 +145,7 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
 async function uploadImage(ctx: AnswerContext, reply: ThreadReply, data: Buffer, mime: string, what: string): Promise<void> {
   const ext = mime === 'image/jpeg' ? 'jpg' : 'png';
   try {
-    await reply.upload(data, `minigpt-boxes.${ext}`, 'The answer\'s boxes drawn on the image');
+    await reply.upload(data, `minigpt-boxes.${ext}`, "The answer's boxes drawn on the image");
   } catch (err) {
     const code = slackErrorCode(err);
     ctx.log(`slack: ${what}: uploading the annotated image failed: ${describeSlackError(err)}`);

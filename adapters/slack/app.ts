@@ -7,7 +7,14 @@ import type { Server } from 'node:http';
 import { redactingLog } from '../shared/errors.js';
 import { SlackBot } from './bot.js';
 import { redact } from './format.js';
-import { DEFAULT_SLACK_PORT, normaliseApiUrl, SLACK_EVENTS_PATH, SlackConfigError, type SlackAdapter, type SlackAdapterOptions } from './options.js';
+import {
+  DEFAULT_SLACK_PORT,
+  normaliseApiUrl,
+  SLACK_EVENTS_PATH,
+  SlackConfigError,
+  type SlackAdapter,
+  type SlackAdapterOptions,
+} from './options.js';
 import { describeSlackError, slackErrorCode } from './errors.js';
 
 type BoltApp = InstanceType<typeof App>;

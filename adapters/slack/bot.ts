@@ -84,16 +84,21 @@ export class SlackBot {
     app.use(async ({ body, context, next }) => {
       const b = body as { type?: string; event_id?: string; event?: MessageLike };
       // Only events that may become requests are remembered (not every message of every channel).
-      const candidate = b.event?.type === 'app_mention' || (b.event?.type === 'message' && !!b.event.thread_ts && !ignorable(b.event, this.botUserId));
+      const candidate =
+        b.event?.type === 'app_mention' || (b.event?.type === 'message' && !!b.event.thread_ts && !ignorable(b.event, this.botUserId));
       // The event's turn in its thread is taken now, before anything is awaited: the order of delivery.
       const ev = b.event;
-      const turn = candidate && ev?.channel && (ev.thread_ts ?? ev.ts) ? this.order.take(this.orderKey(teamOf(body), ev.channel, (ev.thread_ts ?? ev.ts)!)) : undefined;
+      const turn =
+        candidate && ev?.channel && (ev.thread_ts ?? ev.ts)
+          ? this.order.take(this.orderKey(teamOf(body), ev.channel, (ev.thread_ts ?? ev.ts)!))
+          : undefined;
       if (turn) context[TURN] = turn;
       try {
         if (b.type === 'event_callback' && typeof b.event_id === 'string' && candidate) {
           if (this.closing) return;
           if (!(await this.events.claim(b.event_id))) {
-            const retry = context.retryNum !== undefined ? ` (retry ${context.retryNum}${context.retryReason ? `, ${context.retryReason}` : ''})` : '';
+            const retry =
+              context.retryNum !== undefined ? ` (retry ${context.retryNum}${context.retryReason ? `, ${context.retryReason}` : ''})` : '';
             this.log(`slack: event ${b.event_id} (${b.event?.type ?? '?'}) already handled${retry}; ignored`);
             return;
           }
@@ -127,19 +132,27 @@ export class SlackBot {
       );
     });
 
-    app.shortcut({ callback_id: this.opts.shortcutCallbackId ?? DEFAULT_SHORTCUT, type: 'message_action' }, async ({ shortcut, ack, client, respond }) => {
-      // The answer goes into the message's thread: its turn there is taken on arrival, like a message's.
-      const s = shortcut as unknown as ShortcutPayload;
-      const thread = s.message?.thread_ts ?? s.message?.ts;
-      const turn = s.channel?.id && thread ? this.order.take(this.orderKey(s.team?.id ?? s.user?.team_id ?? '', s.channel.id, thread)) : undefined;
-      try {
-        await ack();
-      } catch (err) {
-        turn?.release();
-        throw err;
-      }
-      this.spawn('shortcut', () => onShortcut(this.ctx, s, client, (text) => respond({ response_type: 'ephemeral', text }).then(() => {}), turn), turn);
-    });
+    app.shortcut(
+      { callback_id: this.opts.shortcutCallbackId ?? DEFAULT_SHORTCUT, type: 'message_action' },
+      async ({ shortcut, ack, client, respond }) => {
+        // The answer goes into the message's thread: its turn there is taken on arrival, like a message's.
+        const s = shortcut as unknown as ShortcutPayload;
+        const thread = s.message?.thread_ts ?? s.message?.ts;
+        const turn =
+          s.channel?.id && thread ? this.order.take(this.orderKey(s.team?.id ?? s.user?.team_id ?? '', s.channel.id, thread)) : undefined;
+        try {
+          await ack();
+        } catch (err) {
+          turn?.release();
+          throw err;
+        }
+        this.spawn(
+          'shortcut',
+          () => onShortcut(this.ctx, s, client, (text) => respond({ response_type: 'ephemeral', text }).then(() => {}), turn),
+          turn,
+        );
+      },
+    );
 
     app.error(async (err) => {
       this.log(`slack: error while handling a request: ${describeSlackError(err)}`);
@@ -243,7 +256,9 @@ export class SlackBot {
     if (a.files.length > 0) {
       file = a.files.find((f) => isImageFile(f) || (!f.mimetype && !f.filetype));
       if (!file) {
-        this.log(`slack: ${a.what}: ${a.files.length} file(s), none an image (${a.files.map((f) => f.filetype ?? f.mimetype ?? '?').join(', ')})`);
+        this.log(
+          `slack: ${a.what}: ${a.files.length} file(s), none an image (${a.files.map((f) => f.filetype ?? f.mimetype ?? '?').join(', ')})`,
+        );
         await this.threads.mark(`${a.team}:${a.channel}:${a.thread}`);
         const reply = threadReply(this.ctx, client, a.channel, a.thread);
         await reply.error(notAnImage(a.files[0]).message);

@@ -58,7 +58,7 @@ export async function onDescribe(
     } else if (code === 'missing_scope') {
       await tell('The app needs the `channels:history` scope (and `groups:history` for private channels) to find the newest image.');
     } else {
-      await tell('I could not read this channel\'s messages; please try again.');
+      await tell("I could not read this channel's messages; please try again.");
     }
     return;
   }
@@ -82,7 +82,11 @@ async function newestImage(ctx: DescribeContext, client: WebClient, channel: str
   let cursor: string | undefined;
   let seen = 0;
   while (seen < ctx.historyLimit) {
-    const res = await client.conversations.history({ channel, limit: Math.min(200, ctx.historyLimit - seen), ...(cursor ? { cursor } : {}) });
+    const res = await client.conversations.history({
+      channel,
+      limit: Math.min(200, ctx.historyLimit - seen),
+      ...(cursor ? { cursor } : {}),
+    });
     const msgs = (res.messages ?? []) as MessageLike[];
     for (const m of msgs) {
       const img = eventFiles(m.files).find((f) => isImageFile(f));
@@ -96,7 +100,13 @@ async function newestImage(ctx: DescribeContext, client: WebClient, channel: str
 }
 
 /** The "Describe image" message shortcut: the message's image, answered in its thread. */
-export async function onShortcut(ctx: DescribeContext, s: ShortcutPayload, client: WebClient, respond: (text: string) => Promise<void>, turn?: ArrivalTurn): Promise<void> {
+export async function onShortcut(
+  ctx: DescribeContext,
+  s: ShortcutPayload,
+  client: WebClient,
+  respond: (text: string) => Promise<void>,
+  turn?: ArrivalTurn,
+): Promise<void> {
   const channel = s.channel?.id;
   const user = s.user?.id ?? 'unknown';
   const team = s.team?.id ?? s.user?.team_id ?? '';
@@ -105,7 +115,14 @@ export async function onShortcut(ctx: DescribeContext, s: ShortcutPayload, clien
   const files = eventFiles(msg.files);
   const file = files.find((f) => isImageFile(f));
   if (!file) {
-    await ephemeral(ctx, client, channel, user, files.length > 0 ? notAnImage(files[0]).message : 'That message has no image to describe.', respond);
+    await ephemeral(
+      ctx,
+      client,
+      channel,
+      user,
+      files.length > 0 ? notAnImage(files[0]).message : 'That message has no image to describe.',
+      respond,
+    );
     return;
   }
   const thread = msg.thread_ts ?? msg.ts;
@@ -124,7 +141,14 @@ export async function onShortcut(ctx: DescribeContext, s: ShortcutPayload, clien
   });
 }
 
-async function ephemeral(ctx: DescribeContext, client: WebClient, channel: string, user: string, text: string, respond?: (text: string) => Promise<void>): Promise<void> {
+async function ephemeral(
+  ctx: DescribeContext,
+  client: WebClient,
+  channel: string,
+  user: string,
+  text: string,
+  respond?: (text: string) => Promise<void>,
+): Promise<void> {
   try {
     await client.chat.postEphemeral({ channel, user, text: escapeMrkdwn(text) });
   } catch (err) {

@@ -20,7 +20,8 @@ export interface ImageFetchOptions {
 export async function fetchImage(client: WebClient, file: SlackFile, o: ImageFetchOptions, signal: AbortSignal): Promise<Uint8Array> {
   let f = file;
   if (f.mode === 'tombstone') throw new FileInputError('not_found', 'That file has been deleted.');
-  if (f.mode === 'hidden_by_limit') throw new FileInputError('refused', 'That file is hidden by the workspace\'s plan limits, so I cannot read it.');
+  if (f.mode === 'hidden_by_limit')
+    throw new FileInputError('refused', "That file is hidden by the workspace's plan limits, so I cannot read it.");
   if (f.file_access === 'check_file_info' || !(f.url_private_download || f.url_private) || (!f.mimetype && !f.filetype)) {
     f = await fileInfo(client, f.id);
   }
@@ -48,8 +49,10 @@ export async function fileInfo(client: WebClient, id: string): Promise<SlackFile
   } catch (err) {
     if (err instanceof FileInputError) throw err;
     const code = slackErrorCode(err);
-    if (code === 'missing_scope' || code === 'no_permission' || code === 'not_allowed_token_type') throw new FileInputError('scope', SCOPE_MESSAGE, { cause: err });
-    if (code === 'file_not_found' || code === 'file_deleted') throw new FileInputError('not_found', 'That file no longer exists (or I cannot see it).', { cause: err });
+    if (code === 'missing_scope' || code === 'no_permission' || code === 'not_allowed_token_type')
+      throw new FileInputError('scope', SCOPE_MESSAGE, { cause: err });
+    if (code === 'file_not_found' || code === 'file_deleted')
+      throw new FileInputError('not_found', 'That file no longer exists (or I cannot see it).', { cause: err });
     throw new FileInputError('failed', 'Slack could not tell me about that file; please try again.', { cause: err });
   }
 }

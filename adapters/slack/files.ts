@@ -137,7 +137,11 @@ export async function downloadSlackFile(url: string, opts: DownloadOptions): Pro
       case 'too_large':
         throw tooLarge(label, err.detail.declared ? err.detail.size : undefined, opts.maxBytes);
       case 'timeout':
-        throw new FileInputError('timeout', `Downloading ${label} took too long (more than ${Math.round(opts.timeoutMs / 1000)} s); please try again.`, { cause: err.cause });
+        throw new FileInputError(
+          'timeout',
+          `Downloading ${label} took too long (more than ${Math.round(opts.timeoutMs / 1000)} s); please try again.`,
+          { cause: err.cause },
+        );
       case 'network':
         throw new FileInputError('failed', `Downloading ${label} failed; please try again.`, { cause: err.cause });
     }

@@ -41,7 +41,9 @@ export function slackTextToPlain(text: string, botUserId?: string): string {
     }
     return label || target;
   });
-  return unescapeSlack(out).replace(/[ \t]{2,}/g, ' ').trim();
+  return unescapeSlack(out)
+    .replace(/[ \t]{2,}/g, ' ')
+    .trim();
 }
 
 function splitOnce(s: string, sep: string): [string, string | undefined] {
@@ -69,7 +71,7 @@ export function parseDescribe(text: string): { task?: TaskTag; prompt: string; f
   }
   plain = plain.replace(/\s+/g, ' ').trim();
   const m = /^\[?([a-z]+)\]?(?=\s|$)/i.exec(plain);
-  if (m && isTask(m[1].toLowerCase()) && (m[0].startsWith('[') === m[0].endsWith(']'))) {
+  if (m && isTask(m[1].toLowerCase()) && m[0].startsWith('[') === m[0].endsWith(']')) {
     return { task: m[1].toLowerCase() as TaskTag, prompt: plain.slice(m[0].length).trim(), fileIds };
   }
   return { prompt: plain, fileIds };

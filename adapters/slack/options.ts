@@ -70,7 +70,8 @@ export function normaliseApiUrl(url: string | undefined): string | undefined {
   } catch {
     throw new SlackConfigError(`SLACK_API_URL=${u}: not a URL (expected e.g. https://slack.com/api/)`);
   }
-  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') throw new SlackConfigError(`SLACK_API_URL=${u}: expected an http(s) URL`);
+  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:')
+    throw new SlackConfigError(`SLACK_API_URL=${u}: expected an http(s) URL`);
   return u.endsWith('/') ? u : `${u}/`;
 }
 
@@ -80,7 +81,8 @@ export function slackOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<SlackAdapterOp
   let port: number | undefined;
   if (env.SLACK_PORT?.trim()) {
     port = Number(env.SLACK_PORT);
-    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new SlackConfigError(`SLACK_PORT=${env.SLACK_PORT}: expected a port number (0-65535)`);
+    if (!Number.isInteger(port) || port < 0 || port > 65535)
+      throw new SlackConfigError(`SLACK_PORT=${env.SLACK_PORT}: expected a port number (0-65535)`);
   }
   return {
     botToken,

@@ -102,7 +102,13 @@ export class ThreadReply {
     await this.chain;
     const thread = this.thread;
     if (!thread) throw new Error('no thread to post into');
-    await this.opts.client.chat.postMessage({ channel: this.opts.channel, thread_ts: thread, text, unfurl_links: false, unfurl_media: false });
+    await this.opts.client.chat.postMessage({
+      channel: this.opts.channel,
+      thread_ts: thread,
+      text,
+      unfurl_links: false,
+      unfurl_media: false,
+    });
   }
 
   /** Writes what is still pending, then waits for every write in flight. */

@@ -66,7 +66,7 @@ export function checkOrigin(req: IncomingMessage): void {
     throw new HttpError(403, 'cross_origin', 'cross-origin requests are refused');
   }
   if (typeof origin !== 'string' || origin !== `http://${(req.headers.host ?? '').toLowerCase()}`) {
-    throw new HttpError(403, 'cross_origin', 'cross-origin requests are refused (the Origin header must be this page\'s)');
+    throw new HttpError(403, 'cross_origin', "cross-origin requests are refused (the Origin header must be this page's)");
   }
 }
 
@@ -121,7 +121,11 @@ export function readBody(req: IncomingMessage, res: ServerResponse, limit: numbe
 
 export function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { ...COMMON_HEADERS, 'content-type': 'application/json; charset=utf-8', 'content-length': String(Buffer.byteLength(text)) });
+  res.writeHead(status, {
+    ...COMMON_HEADERS,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(text)),
+  });
   res.end(text);
 }
 

@@ -141,9 +141,11 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
   }
   const key = conversationKey(form.get('conversation'));
   const rawText = stringField(form, 'text');
-  if (rawText.length > MAX_TEXT_CHARS) throw new HttpError(400, 'too_long', `the message is too long (at most ${MAX_TEXT_CHARS} characters)`);
+  if (rawText.length > MAX_TEXT_CHARS)
+    throw new HttpError(400, 'too_long', `the message is too long (at most ${MAX_TEXT_CHARS} characters)`);
   const selected = stringField(form, 'task') || 'chat';
-  if (selected !== 'chat' && !ctx.tasks.includes(selected)) throw new HttpError(400, 'bad_request', `unknown task "${selected.slice(0, 40)}"`);
+  if (selected !== 'chat' && !ctx.tasks.includes(selected))
+    throw new HttpError(400, 'bad_request', `unknown task "${selected.slice(0, 40)}"`);
   // A tag typed in the message wins over the selector; the prompt is the canonical one for the task.
   let task: TaskTag | 'chat' = 'chat';
   let text = rawText.trim();
@@ -196,7 +198,7 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
   } catch (err) {
     outcome = 'internal';
     if (!controller.signal.aborted) {
-      ctx.log(`web: answer failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
+      ctx.log(`web: answer failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       send({ type: 'error', code: 'internal', message: 'Something went wrong while answering; please try again.' });
     }
   } finally {
@@ -206,7 +208,10 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
     send({ type: 'end' });
     res.end();
     // The manager logs every answer; this adds what only the web side knows.
-    if (outcome !== 'ok') ctx.log(`web: chat ${key.thread.slice(0, 8)} ${task}${image ? ' +image' : ''} -> ${outcome} after ${Math.round(performance.now() - t0)} ms`);
+    if (outcome !== 'ok')
+      ctx.log(
+        `web: chat ${key.thread.slice(0, 8)} ${task}${image ? ' +image' : ''} -> ${outcome} after ${Math.round(performance.now() - t0)} ms`,
+      );
   }
 }
 

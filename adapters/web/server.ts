@@ -125,7 +125,7 @@ export async function startWebServer(opts: WebServerOptions): Promise<WebServer>
         sendError(res, err);
         return;
       }
-      log(`web: ${req.method} ${req.url}: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
+      log(`web: ${req.method} ${req.url}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
       sendError(res, new HttpError(500, 'internal', 'internal error'));
     });
   });

@@ -30,13 +30,29 @@ export function registerBenchCommand(program: Command, log: (line: string) => vo
     .option('--json', 'print one JSON object instead of the table')
     .option('--threads <n>', 'intra-op threads (default: the number of cores)', (v) => Number.parseInt(v, 10))
     .option('--report <file>', 'also write the table and the JSON to this markdown file')
-    .option('--dtypes <list>', `weight types of the 7B-layer-shaped package to compare (comma-separated, int8 / int4 with -b<block size>, or "none"; default ${BENCH_VARIANTS.join(',')})`)
+    .option(
+      '--dtypes <list>',
+      `weight types of the 7B-layer-shaped package to compare (comma-separated, int8 / int4 with -b<block size>, or "none"; default ${BENCH_VARIANTS.join(',')})`,
+    )
     .addOption(new Option('--child <dir>').hideHelp())
-    .option('--thread <dir>', 'only this package, as a bot user meets it: a thread with a new image, then a follow-up (TTFT, decode tok/s, peak RSS; for a full-size package)')
-    .option('--cluster <dir>', 'only this package, served by 1 then 2 worker processes behind a front end on Redis (REDIS_URL, else a redis-server started here): 16 conversations at once, aggregate tok/s, p50 / p95 latency')
-    .option('--api <dir>', 'only this package, behind the OpenAI-compatible API: time to first token of a new image, and of a follow-up with and without the kept KV cache')
+    .option(
+      '--thread <dir>',
+      'only this package, as a bot user meets it: a thread with a new image, then a follow-up (TTFT, decode tok/s, peak RSS; for a full-size package)',
+    )
+    .option(
+      '--cluster <dir>',
+      'only this package, served by 1 then 2 worker processes behind a front end on Redis (REDIS_URL, else a redis-server started here): 16 conversations at once, aggregate tok/s, p50 / p95 latency',
+    )
+    .option(
+      '--api <dir>',
+      'only this package, behind the OpenAI-compatible API: time to first token of a new image, and of a follow-up with and without the kept KV cache',
+    )
     .option('--rounds <n>', 'with --thread / --api: rounds to run, the first a warm-up (default 2 / 4)', (v) => Number.parseInt(v, 10))
-    .option('--kv-cache-mb <n>', "with --thread / --api: the conversation manager's KV cache budget, as runtime.kv_cache_mb (default 256)", (v) => Number.parseInt(v, 10))
+    .option(
+      '--kv-cache-mb <n>',
+      "with --thread / --api: the conversation manager's KV cache budget, as runtime.kv_cache_mb (default 256)",
+      (v) => Number.parseInt(v, 10),
+    )
     .addOption(new Option('--child-weights <dir>').hideHelp())
     .addOption(new Option('--profile <name>').choices(Object.keys(PROFILES)).hideHelp())
     .action(async (o) => {
@@ -46,17 +62,35 @@ export function registerBenchCommand(program: Command, log: (line: string) => vo
         return;
       }
       if (o.api) {
-        const r = await benchApi(resolve(o.api), await readFile(IMAGE), o.threads ?? os.availableParallelism(), { rounds: o.rounds ?? 4, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 }, log);
+        const r = await benchApi(
+          resolve(o.api),
+          await readFile(IMAGE),
+          o.threads ?? os.availableParallelism(),
+          { rounds: o.rounds ?? 4, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 },
+          log,
+        );
         process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${apiMarkdown(r)}\n`);
         return;
       }
       if (o.thread) {
-        const r = await benchThread(resolve(o.thread), await readFile(IMAGE), o.threads ?? os.availableParallelism(), { rounds: o.rounds ?? 2, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 }, log);
+        const r = await benchThread(
+          resolve(o.thread),
+          await readFile(IMAGE),
+          o.threads ?? os.availableParallelism(),
+          { rounds: o.rounds ?? 2, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 },
+          log,
+        );
         process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${threadMarkdown(r)}\n`);
         return;
       }
       if (o.childWeights) {
-        const r = await benchWeights(resolve(o.childWeights), await readFile(IMAGE), o.threads ?? os.availableParallelism(), WEIGHTS_PROFILE, log);
+        const r = await benchWeights(
+          resolve(o.childWeights),
+          await readFile(IMAGE),
+          o.threads ?? os.availableParallelism(),
+          WEIGHTS_PROFILE,
+          log,
+        );
         process.stdout.write(`${JSON.stringify(r)}\n`);
         return;
       }

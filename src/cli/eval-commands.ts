@@ -6,7 +6,8 @@ import { DEFAULT_SHAPE_SET, SHAPE_SET_NAMES } from '../demo-data/scene.js';
 function integer(name: string, min: number) {
   return (v: string): number => {
     const n = Number(v);
-    if (!/^\s*\d+\s*$/.test(v) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+    if (!/^\s*\d+\s*$/.test(v) || !Number.isSafeInteger(n) || n < min)
+      throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
     return n;
   };
 }
@@ -25,7 +26,9 @@ function pair(name: string) {
 export function registerEvalCommands(program: Command, log: (line: string) => void): void {
   program
     .command('demo-data')
-    .description('write a synthetic split: images, refer.json / vqa.json / identify.json / caption.json (eval) and train.jsonl (all six tasks)')
+    .description(
+      'write a synthetic split: images, refer.json / vqa.json / identify.json / caption.json (eval) and train.jsonl (all six tasks)',
+    )
     .requiredOption('--seed <n>', 'seed (a split is determined by it)', integer('--seed', 0))
     .requiredOption('--count <n>', 'number of images', integer('--count', 1))
     .requiredOption('--out <dir>', 'output folder')
@@ -33,7 +36,10 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
     .option('--objects <range>', 'objects per image, N or MIN-MAX (default 1-5)', pair('--objects'))
     .option('--size <range>', 'longest image side in px, N or MIN-MAX (default 192-448)', pair('--size'))
     .addOption(
-      new Option('--shapes <set>', 'shape set: aspect-safe (the committed demo model\'s) or classic (ellipse and rectangle instead of ring and heart: the stretch to a square input can make them look like a circle and a square)')
+      new Option(
+        '--shapes <set>',
+        "shape set: aspect-safe (the committed demo model's) or classic (ellipse and rectangle instead of ring and heart: the stretch to a square input can make them look like a circle and a square)",
+      )
         .choices(SHAPE_SET_NAMES)
         .default(DEFAULT_SHAPE_SET),
     )
@@ -45,7 +51,9 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
       const s = await writeDemoData(o.out, { seed: o.seed, count: o.count, format: o.format, scene }, log);
       log(
         `demo-data: ${s.images} images, refer ${s.refer}, vqa ${s.vqa}, identify ${s.identify}, caption ${s.caption}, train ${s.train} samples ` +
-          `(${Object.entries(s.trainByTask).map(([k, v]) => `${k} ${v}`).join(', ')}) in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${o.out}`,
+          `(${Object.entries(s.trainByTask)
+            .map(([k, v]) => `${k} ${v}`)
+            .join(', ')}) in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${o.out}`,
       );
     });
 
@@ -62,7 +70,9 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
     .option('--max-new-tokens <n>', 'answer length limit (default 20 as the benchmark config; caption 60)', integer('--max-new-tokens', 1))
     .option('--res <n>', 'refer: grid size of the answer boxes (eval_ref.py --res, default 100)', integer('--res', 1))
     .option('--threads <n>', 'intra-op threads', integer('--threads', 1))
-    .addOption(new Option('--provider <name>', 'execution provider (default: EXECUTION_PROVIDER, then auto)').choices([...PROVIDER_CHOICES]))
+    .addOption(
+      new Option('--provider <name>', 'execution provider (default: EXECUTION_PROVIDER, then auto)').choices([...PROVIDER_CHOICES]),
+    )
     .action(async (o) => {
       const { runEval } = await import('../eval/run.js');
       const report = await runEval({
@@ -81,10 +91,13 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
       if (o.json) {
         process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
       } else {
-        const lines = [`${report.task}: ${(report.accuracy * 100).toFixed(2)}% on ${report.n} items (${report.metric}) in ${report.seconds.toFixed(1)} s`];
+        const lines = [
+          `${report.task}: ${(report.accuracy * 100).toFixed(2)}% on ${report.n} items (${report.metric}) in ${report.seconds.toFixed(1)} s`,
+        ];
         for (const [t, v] of Object.entries(report.by_type ?? {})) lines.push(`  ${t}: ${(v.accuracy * 100).toFixed(2)}% (${v.n})`);
         const bg = report.background;
-        if (bg) lines.push(`  background named: ${(bg.accuracy * 100).toFixed(2)}% (its kind: ${(bg.kind_accuracy * 100).toFixed(2)}%; ${bg.n})`);
+        if (bg)
+          lines.push(`  background named: ${(bg.accuracy * 100).toFixed(2)}% (its kind: ${(bg.kind_accuracy * 100).toFixed(2)}%; ${bg.n})`);
         process.stdout.write(`${lines.join('\n')}\n`);
       }
     });

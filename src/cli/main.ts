@@ -29,16 +29,18 @@ function num(name: string, min: number, max: number) {
 const log = (line: string) => process.stderr.write(`${line}\n`);
 
 export function buildProgram(): Command {
-  const program = new Command('minigpt')
-    .description('MiniGPT-v2 / MiniGPT-4 on onnxruntime-node')
-    .showHelpAfterError()
-    .exitOverride();
+  const program = new Command('minigpt').description('MiniGPT-v2 / MiniGPT-4 on onnxruntime-node').showHelpAfterError().exitOverride();
 
   program
     .command('serve')
-    .description('start the chat adapters whose credentials are set; with none, the local web demo (WEB_HOST:WEB_PORT, default 127.0.0.1:7860); with API_PORT, the OpenAI-compatible API too (docs/api.md)')
+    .description(
+      'start the chat adapters whose credentials are set; with none, the local web demo (WEB_HOST:WEB_PORT, default 127.0.0.1:7860); with API_PORT, the OpenAI-compatible API too (docs/api.md)',
+    )
     .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
-    .option('--role <role>', 'all: one process (default; MINIGPT_ROLE); frontend: the adapters, no model; worker: the model, jobs from REDIS_URL (docs/scaling.md)')
+    .option(
+      '--role <role>',
+      'all: one process (default; MINIGPT_ROLE); frontend: the adapters, no model; worker: the model, jobs from REDIS_URL (docs/scaling.md)',
+    )
     .action(async (o) => {
       // Deployment settings and secrets come from the environment, .env included (the real environment wins).
       const dotenv = await import('dotenv');
@@ -67,7 +69,9 @@ export function buildProgram(): Command {
 
   program
     .command('register-commands')
-    .description('register the Discord commands (/describe, "Describe image") globally, or for DISCORD_GUILD_ID (env: DISCORD_TOKEN, DISCORD_APP_ID, DISCORD_API_URL)')
+    .description(
+      'register the Discord commands (/describe, "Describe image") globally, or for DISCORD_GUILD_ID (env: DISCORD_TOKEN, DISCORD_APP_ID, DISCORD_API_URL)',
+    )
     .option('--guild <id>', 'register for this guild only (default: DISCORD_GUILD_ID)')
     .option('--global', 'register globally even when DISCORD_GUILD_ID is set')
     .action(async (o) => {
@@ -79,8 +83,13 @@ export function buildProgram(): Command {
 
   program
     .command('convert')
-    .description('published checkpoints -> model package (--config: the inputs, package and settings a configs/*.yaml names; flags override it)')
-    .option('--config <file>', 'YAML config whose model section names the downloads, the package and the settings (e.g. configs/minigpt4_eval.yaml)')
+    .description(
+      'published checkpoints -> model package (--config: the inputs, package and settings a configs/*.yaml names; flags override it)',
+    )
+    .option(
+      '--config <file>',
+      'YAML config whose model section names the downloads, the package and the settings (e.g. configs/minigpt4_eval.yaml)',
+    )
     .option('--weights <dir>', 'with --config: the folder holding the downloads it names (default: its model.weights_dir, else weights/)')
     .addOption(new Option('--arch <arch>', 'model architecture (required without --config)').choices(['minigpt-v2', 'minigpt-4']))
     .option('--vit <file>', 'EVA ViT state dict (eva_vit_g.pth)')
@@ -91,25 +100,40 @@ export function buildProgram(): Command {
     .option('--vit-heads <n>', 'ViT attention heads (default 16)', int('--vit-heads'))
     .option('--qformer-heads <n>', 'Q-Former attention heads (MiniGPT-4, default 12)', int('--qformer-heads'))
     .addOption(
-      new Option('--prompt <style>', 'MiniGPT-4 prompt style (default: llama2 for a Llama-2 language model or the variant without Q-Former, else vicuna0)').choices([
-        ...MINIGPT4_PROMPT_STYLES,
-      ]),
+      new Option(
+        '--prompt <style>',
+        'MiniGPT-4 prompt style (default: llama2 for a Llama-2 language model or the variant without Q-Former, else vicuna0)',
+      ).choices([...MINIGPT4_PROMPT_STYLES]),
     )
     .option('--lora-r <n>', 'LoRA rank (default: read from the checkpoint tensors)', int('--lora-r'))
     .option('--lora-alpha <n>', 'LoRA alpha (default 16)', int('--lora-alpha'))
     .addOption(
-      new Option('--dtype <type>', 'weight type (docs/quantisation.md; default fp32, with --config int8 for low_resource: true, else its dtype)').choices([
-        'fp32',
-        'fp16',
-        'int8',
-        'int4',
-      ]),
+      new Option(
+        '--dtype <type>',
+        'weight type (docs/quantisation.md; default fp32, with --config int8 for low_resource: true, else its dtype)',
+      ).choices(['fp32', 'fp16', 'int8', 'int4']),
     )
-    .option('--block-size <n>', 'int8/int4: quantisation block along the input features (power of two >= 16, default 32)', int('--block-size'))
-    .option('--accuracy-level <n>', "int8/int4: MatMulNBits accuracy_level, the smallest compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8; default 4, the CPU's fastest: docs/quantisation.md)", num('--accuracy-level', 0, 4))
-    .option('--fused', "decoder with onnxruntime's fused kernels: RMSNorm, rotary, MultiHeadAttention with the KV cache (docs/quantisation.md)")
-    .addOption(new Option('--compute <type>', 'decoder compute type: fp16 = float16 activations and KV cache, for GPU providers (needs --dtype fp16, int8 or int4; default fp32)').choices(['fp32', 'fp16']))
-    .option('--out <dir>', 'output package folder (required without --config; default: the config\'s package)')
+    .option(
+      '--block-size <n>',
+      'int8/int4: quantisation block along the input features (power of two >= 16, default 32)',
+      int('--block-size'),
+    )
+    .option(
+      '--accuracy-level <n>',
+      "int8/int4: MatMulNBits accuracy_level, the smallest compute type (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8; default 4, the CPU's fastest: docs/quantisation.md)",
+      num('--accuracy-level', 0, 4),
+    )
+    .option(
+      '--fused',
+      "decoder with onnxruntime's fused kernels: RMSNorm, rotary, MultiHeadAttention with the KV cache (docs/quantisation.md)",
+    )
+    .addOption(
+      new Option(
+        '--compute <type>',
+        'decoder compute type: fp16 = float16 activations and KV cache, for GPU providers (needs --dtype fp16, int8 or int4; default fp32)',
+      ).choices(['fp32', 'fp16']),
+    )
+    .option('--out <dir>', "output package folder (required without --config; default: the config's package)")
     .option('--name <name>', "the package's name in model.json (default: the output folder's name)")
     .action(async (o) => {
       const flags: ConvertFlags = {
@@ -139,7 +163,13 @@ export function buildProgram(): Command {
         if (missing.length > 0) throw new Error(`convert needs ${missing.join(', ')}, or --config FILE (configs/*.yaml)`);
         opts = { ...flags, arch: flags.arch!, vit: flags.vit!, llm: flags.llm!, ckpt: flags.ckpt!, out: flags.out! };
       }
-      await convert({ ...opts, ...(o.fused ? { fused: true } : {}), ...(o.compute ? { compute: o.compute as 'fp32' | 'fp16' } : {}), ...(o.name ? { name: String(o.name) } : {}), log });
+      await convert({
+        ...opts,
+        ...(o.fused ? { fused: true } : {}),
+        ...(o.compute ? { compute: o.compute as 'fp32' | 'fp16' } : {}),
+        ...(o.name ? { name: String(o.name) } : {}),
+        log,
+      });
     });
 
   program
@@ -158,10 +188,10 @@ export function buildProgram(): Command {
     .command('ask')
     .description('answer one prompt about an image, streamed to the terminal')
     .requiredOption('--image <file>', 'image file (PNG, JPEG, WebP, GIF, ...)')
-    .option('--model <dir>', 'model package (default: the config\'s package)')
+    .option('--model <dir>', "model package (default: the config's package)")
     .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
     .option('--json', 'print one JSON object (text, entities with pixel boxes, token ids, timings) instead of streaming')
-    .option('--annotate <out>', 'write the image with the answer\'s boxes drawn (PNG; JPEG for .jpg)')
+    .option('--annotate <out>', "write the image with the answer's boxes drawn (PNG; JPEG for .jpg)")
     .option('--max-new-tokens <n>', 'longest answer in tokens (default 300)', int('--max-new-tokens'))
     .option('--temperature <t>', 'sampling temperature; 0 = greedy (default 0.6)', num('--temperature', 0, 10))
     .option('--top-p <p>', 'nucleus sampling mass (default 0.9)', num('--top-p', 0, 1))
@@ -169,7 +199,9 @@ export function buildProgram(): Command {
     .option('--repetition-penalty <r>', 'HF repetition penalty (default 1.05)', num('--repetition-penalty', 0.01, 10))
     .option('--num-beams <n>', 'beam search width (default 1 = none)', int('--num-beams'))
     .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10))
-    .addOption(new Option('--provider <name>', 'execution provider (default: EXECUTION_PROVIDER, then the config)').choices([...PROVIDER_CHOICES]))
+    .addOption(
+      new Option('--provider <name>', 'execution provider (default: EXECUTION_PROVIDER, then the config)').choices([...PROVIDER_CHOICES]),
+    )
     .argument('<prompt>', 'the question or task, e.g. "[grounding] describe this image"')
     .action(async (prompt: string, o) => {
       let image: Buffer;

@@ -12,7 +12,17 @@ import { EventChannel } from '../conversation/scheduler.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
 import type { ConversationPort } from '../../adapters/shared/port.js';
 import { RedisRateLimiter } from './rate-limit.js';
-import { QUEUE_NAME, decodeEvent, encodeRequest, keys, HEARTBEAT_TTL_MS, PENDING_TTL_MS, workerQueueName, type JobData, type WorkerInfo } from './protocol.js';
+import {
+  QUEUE_NAME,
+  decodeEvent,
+  encodeRequest,
+  keys,
+  HEARTBEAT_TTL_MS,
+  PENDING_TTL_MS,
+  workerQueueName,
+  type JobData,
+  type WorkerInfo,
+} from './protocol.js';
 
 export interface RemoteConversationsOptions {
   redisUrl: string;
@@ -50,7 +60,9 @@ export class RemoteConversations implements ConversationPort {
     // A command waits for at most one reconnection attempt, then fails: the user gets "try again", not a hang.
     this.redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 5000 });
     this.redis.on('error', () => {});
-    this.queue = new Queue<JobData>(QUEUE_NAME, { connection: { url: opts.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never });
+    this.queue = new Queue<JobData>(QUEUE_NAME, {
+      connection: { url: opts.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never,
+    });
     this.queue.on('error', () => {});
   }
 
@@ -58,7 +70,9 @@ export class RemoteConversations implements ConversationPort {
     if (workerId === null) return this.queue;
     let q = this.workerQueues.get(workerId);
     if (!q) {
-      q = new Queue<JobData>(workerQueueName(workerId), { connection: { url: this.opts.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never });
+      q = new Queue<JobData>(workerQueueName(workerId), {
+        connection: { url: this.opts.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never,
+      });
       q.on('error', () => {});
       this.workerQueues.set(workerId, q);
     }
@@ -128,7 +142,12 @@ export class RemoteConversations implements ConversationPort {
       // Counted and checked in one step, so that requests arriving together at several front ends cannot all
       // pass the check before any of them is counted.
       const now = Date.now();
-      const res = await this.redis.multi().zremrangebyscore(keys.pending, '-inf', now - PENDING_TTL_MS).zadd(keys.pending, now, jobId).zcard(keys.pending).exec();
+      const res = await this.redis
+        .multi()
+        .zremrangebyscore(keys.pending, '-inf', now - PENDING_TTL_MS)
+        .zadd(keys.pending, now, jobId)
+        .zcard(keys.pending)
+        .exec();
       counted = true;
       const waiting = Number(res?.[2]?.[1] ?? 0) - 1;
       if (waiting >= this.maxQueue) {
@@ -143,7 +162,11 @@ export class RemoteConversations implements ConversationPort {
       const seq = await this.redis.incr(keys.seq(convId));
       // A seed for every request: a retry on another worker samples the same answer.
       const generation = { seed: Math.floor(Math.random() * 2 ** 31), ...req.generation };
-      await queue.add('answer', { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) }, { jobId, attempts: 2 });
+      await queue.add(
+        'answer',
+        { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) },
+        { jobId, attempts: 2 },
+      );
       position = waiting;
     } catch (err) {
       if (counted) await this.redis.zrem(keys.pending, jobId).catch(() => {});
@@ -153,7 +176,12 @@ export class RemoteConversations implements ConversationPort {
     channel.push({ type: 'queued', position });
     const onAbort = () => {
       // The worker stops it if it runs; a waiting one is dropped when a worker takes it.
-      void this.redis.multi().set(`${keys.events(jobId)}:cancelled`, '1', 'EX', 600).publish(keys.cancel, jobId).exec().catch(() => {});
+      void this.redis
+        .multi()
+        .set(`${keys.events(jobId)}:cancelled`, '1', 'EX', 600)
+        .publish(keys.cancel, jobId)
+        .exec()
+        .catch(() => {});
     };
     signal.addEventListener('abort', onAbort, { once: true });
     try {
@@ -203,7 +231,11 @@ export class RemoteConversations implements ConversationPort {
   }
 
   /** The job's events until `end` (its own connection: XREAD blocks it). */
-  private async *events(jobId: string, queue: Queue<JobData>, signal: AbortSignal): AsyncGenerator<Exclude<ReturnType<typeof decodeEvent>, { type: 'end' }>> {
+  private async *events(
+    jobId: string,
+    queue: Queue<JobData>,
+    signal: AbortSignal,
+  ): AsyncGenerator<Exclude<ReturnType<typeof decodeEvent>, { type: 'end' }>> {
     const reader = this.redis.duplicate({ maxRetriesPerRequest: 1 });
     reader.on('error', () => {});
     this.readers.add(reader);
@@ -221,7 +253,8 @@ export class RemoteConversations implements ConversationPort {
           const job = await queue.getJob(jobId);
           const state = job ? await job.getState() : 'unknown';
           if (state === 'failed' || state === 'unknown') throw new Error(`the job is ${state}`);
-          if (state === 'waiting' && (await listWorkers(this.redis)).length === 0 && Date.now() - quietSince > HEARTBEAT_TTL_MS) throw new Error('no worker');
+          if (state === 'waiting' && (await listWorkers(this.redis)).length === 0 && Date.now() - quietSince > HEARTBEAT_TTL_MS)
+            throw new Error('no worker');
           continue;
         }
         quietSince = Date.now();

@@ -11,7 +11,19 @@ import { MiniGPT } from '../inference/model.js';
 import { parseProviderChoice } from '../inference/providers.js';
 import { ConversationManager, createStore } from '../conversation/index.js';
 import { redactUrl } from '../conversation/store.js';
-import { apiSettings, checkPackage, firstFatal, managerDefaults, PLATFORM_ADAPTERS, ServeError, startAdapters, webSettings, type RunningAdapter, type ServeOptions, type ServedModel } from '../serve.js';
+import {
+  apiSettings,
+  checkPackage,
+  firstFatal,
+  managerDefaults,
+  PLATFORM_ADAPTERS,
+  ServeError,
+  startAdapters,
+  webSettings,
+  type RunningAdapter,
+  type ServeOptions,
+  type ServedModel,
+} from '../serve.js';
 import { RemoteConversations } from './frontend.js';
 import { startClusterWorker, type ClusterWorker } from './worker.js';
 import { RedisImageCache } from './embedding-cache.js';
@@ -29,10 +41,13 @@ export function parseRole(v: string | undefined): Role {
 function redisSettings(role: Role, env: NodeJS.ProcessEnv, config: BotConfig): { redisUrl: string; storeUrl: string } {
   const redisUrl = env.REDIS_URL?.trim();
   if (!redisUrl) throw new ServeError(`--role ${role} needs REDIS_URL (e.g. redis://127.0.0.1:6379): front ends and workers meet there`);
-  if (!/^rediss?:\/\//.test(redisUrl)) throw new ServeError(`REDIS_URL=${redactUrl(redisUrl)}: expected redis://host:port (or rediss:// for TLS)`);
+  if (!/^rediss?:\/\//.test(redisUrl))
+    throw new ServeError(`REDIS_URL=${redactUrl(redisUrl)}: expected redis://host:port (or rediss:// for TLS)`);
   const store = config.runtime.store_url?.trim();
   if (store && !/^rediss?:\/\//.test(store)) {
-    throw new ServeError(`--role ${role}: STORE_URL=${store} is local to one machine; front ends and workers share conversations in Redis (leave STORE_URL unset to use REDIS_URL, or set a redis:// URL)`);
+    throw new ServeError(
+      `--role ${role}: STORE_URL=${store} is local to one machine; front ends and workers share conversations in Redis (leave STORE_URL unset to use REDIS_URL, or set a redis:// URL)`,
+    );
   }
   return { redisUrl, storeUrl: store || redisUrl };
 }
@@ -40,7 +55,11 @@ function redisSettings(role: Role, env: NodeJS.ProcessEnv, config: BotConfig): {
 /** What the page and the API show about the model, without loading it: model.json when it is here, else the config. */
 async function servedModel(config: BotConfig): Promise<ServedModel> {
   try {
-    const meta = JSON.parse(await readFile(join(config.packageDir, 'model.json'), 'utf8')) as { name?: string; architecture?: string; dtype?: string };
+    const meta = JSON.parse(await readFile(join(config.packageDir, 'model.json'), 'utf8')) as {
+      name?: string;
+      architecture?: string;
+      dtype?: string;
+    };
     return {
       name: meta.name ?? basename(config.packageDir),
       architecture: meta.architecture === 'minigpt-4' ? 'minigpt-4' : 'minigpt-v2',
@@ -48,7 +67,11 @@ async function servedModel(config: BotConfig): Promise<ServedModel> {
       created: Math.floor(Date.now() / 1000),
     };
   } catch {
-    return { name: basename(config.packageDir), architecture: config.model.arch === 'minigpt4' ? 'minigpt-4' : 'minigpt-v2', created: Math.floor(Date.now() / 1000) };
+    return {
+      name: basename(config.packageDir),
+      architecture: config.model.arch === 'minigpt4' ? 'minigpt-4' : 'minigpt-v2',
+      created: Math.floor(Date.now() / 1000),
+    };
   }
 }
 
@@ -118,7 +141,8 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
   const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
   const { redisUrl, storeUrl } = redisSettings('worker', env, config);
   const lockMs = env.MINIGPT_WORKER_LOCK_MS ? Number(env.MINIGPT_WORKER_LOCK_MS) : undefined;
-  if (lockMs !== undefined && !(Number.isInteger(lockMs) && lockMs >= 500)) throw new ServeError(`MINIGPT_WORKER_LOCK_MS=${env.MINIGPT_WORKER_LOCK_MS}: expected milliseconds (at least 500)`);
+  if (lockMs !== undefined && !(Number.isInteger(lockMs) && lockMs >= 500))
+    throw new ServeError(`MINIGPT_WORKER_LOCK_MS=${env.MINIGPT_WORKER_LOCK_MS}: expected milliseconds (at least 500)`);
   await checkPackage(config.packageDir);
   const store = await createStore(storeUrl);
   let model: MiniGPT | undefined;
@@ -133,7 +157,10 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
       ...opts.load,
     });
     // image embeddings shared by the workers of one package (model.json's digest names it)
-    const digest = createHash('sha256').update(await readFile(join(config.packageDir, 'model.json'))).digest('hex').slice(0, 16);
+    const digest = createHash('sha256')
+      .update(await readFile(join(config.packageDir, 'model.json')))
+      .digest('hex')
+      .slice(0, 16);
     cacheClient = new Redis(redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 5000 });
     cacheClient.on('error', () => {});
     manager = new ConversationManager({

@@ -52,7 +52,9 @@ export function statusText(s: ClusterStatus): string {
     `${s.workers.length} worker(s) alive; ${s.total.waiting} request(s) waiting, ${s.total.running} running${s.total.failed ? `, ${s.total.failed} failed (kept for inspection)` : ''}`,
   ];
   for (const w of s.workers) {
-    lines.push(`  ${w.id}  ${w.model} (${w.architecture}, ${w.provider})  running ${w.running}, finished ${w.finished}, own queue ${w.queue.waiting} waiting  since ${w.startedAt}`);
+    lines.push(
+      `  ${w.id}  ${w.model} (${w.architecture}, ${w.provider})  running ${w.running}, finished ${w.finished}, own queue ${w.queue.waiting} waiting  since ${w.startedAt}`,
+    );
   }
   return lines.join('\n');
 }

@@ -72,7 +72,17 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
   sub.on('message', (_channel: string, jobId: string) => running.get(jobId)?.abort());
 
   const beat = async () => {
-    const info: WorkerInfo = { id, host: hostname(), pid: process.pid, model: opts.model.name, architecture: opts.model.architecture, provider: opts.model.provider, startedAt, running: running.size, finished };
+    const info: WorkerInfo = {
+      id,
+      host: hostname(),
+      pid: process.pid,
+      model: opts.model.name,
+      architecture: opts.model.architecture,
+      provider: opts.model.provider,
+      startedAt,
+      running: running.size,
+      finished,
+    };
     await redis.set(keys.worker(id), JSON.stringify(info), 'PX', HEARTBEAT_TTL_MS).catch(() => {});
   };
   await beat();
@@ -111,7 +121,11 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
           await redis.del(keys.affinity(data.convId));
           await opts.manager.reset(data.key);
         } catch (err) {
-          await emit(jobId, { type: 'error', code: 'unavailable', message: `The conversation could not be reset: ${(err as Error).message}` });
+          await emit(jobId, {
+            type: 'error',
+            code: 'unavailable',
+            message: `The conversation could not be reset: ${(err as Error).message}`,
+          });
         }
         return;
       }
@@ -122,7 +136,13 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
         if (last && last.requestId === req.requestId) {
           await emit(jobId, { type: 'started' });
           await emit(jobId, { type: 'text', text: last.assistant });
-          await emit(jobId, { type: 'final', text: last.assistant, entities: parseGrounding(last.assistant).entities, finishReason: last.finishReason, task: last.task });
+          await emit(jobId, {
+            type: 'final',
+            text: last.assistant,
+            entities: parseGrounding(last.assistant).entities,
+            finishReason: last.finishReason,
+            task: last.task,
+          });
           return;
         }
       }
@@ -165,7 +185,9 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
   const consumers = [consume(QUEUE_NAME), consume(workerQueueName(id))];
   await Promise.all(consumers.map((w) => w.waitUntilReady()));
   await redis.sadd(keys.known, id);
-  log(`minigpt: worker ${id} takes jobs from ${QUEUE_NAME} and ${workerQueueName(id)} (concurrency ${workerOptions.concurrency}, lock ${lockMs} ms)`);
+  log(
+    `minigpt: worker ${id} takes jobs from ${QUEUE_NAME} and ${workerQueueName(id)} (concurrency ${workerOptions.concurrency}, lock ${lockMs} ms)`,
+  );
 
   // A worker that died leaves its own queue behind (jobs waiting, or running when it died): a live one takes it
   // over until it is empty. Its running jobs come back once their locks lapse (BullMQ's stalled check).

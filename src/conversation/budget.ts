@@ -45,7 +45,8 @@ export class PromptBudget {
   priorTurns(history: readonly PriorTurn[]): PriorTurn[] {
     if (!Array.isArray(history)) throw new Error('history must be an array of {user, assistant} turns');
     return history.map((t) => {
-      if (typeof t?.user !== 'string' || typeof t?.assistant !== 'string') throw new Error('history must be an array of {user, assistant} turns');
+      if (typeof t?.user !== 'string' || typeof t?.assistant !== 'string')
+        throw new Error('history must be an array of {user, assistant} turns');
       return { user: userTurn(t.user, undefined, { tasks: this.tasks, markers: this.markers }).prompt, assistant: t.assistant.trim() };
     });
   }

@@ -41,7 +41,11 @@ export async function generate(model: Pick<MiniGPT, 'answer'>, run: GenerateRun)
   let timings: Timings | undefined;
   try {
     const keep = run.keep ? (c: CachedContext) => (held.context = c) : undefined;
-    for await (const ev of model.answer(run.prompt, run.images.embeds, run.gen, run.signal, { imageKeys: run.images.keys, reuse: run.reuse, keep })) {
+    for await (const ev of model.answer(run.prompt, run.images.embeds, run.gen, run.signal, {
+      imageKeys: run.images.keys,
+      reuse: run.reuse,
+      keep,
+    })) {
       if (ev.type === 'text') {
         if (!firstText) firstText = performance.now();
         run.onText(ev.text);

@@ -30,7 +30,9 @@ export function generationOptions(
     if (finite(g.numBeams) && g.numBeams >= 1) out.numBeams = Math.min(Math.floor(g.numBeams), LIMITS.beams);
     if (finite(g.repetitionPenalty) && g.repetitionPenalty > 0) out.repetitionPenalty = Math.min(g.repetitionPenalty, 10);
     if (finite(g.seed)) out.seed = Math.floor(g.seed);
-    const stop = Array.isArray(g.stop) ? g.stop.filter((x): x is string => typeof x === 'string' && x.length > 0).slice(0, MAX_STOP_STRINGS) : [];
+    const stop = Array.isArray(g.stop)
+      ? g.stop.filter((x): x is string => typeof x === 'string' && x.length > 0).slice(0, MAX_STOP_STRINGS)
+      : [];
     if (stop.length > 0) out.stopStrings = [...(out.stopStrings ?? model.meta.prompt.stopStrings), ...stop];
   }
   return { ...out, maxNewTokens: out.maxNewTokens ?? 300 };

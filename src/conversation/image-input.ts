@@ -50,7 +50,8 @@ export interface ImageInputOptions {
 }
 
 const MESSAGES = {
-  noImage: 'There is no image in this conversation yet: attach an image to your message, then ask about it (follow-ups in the same thread keep it).',
+  noImage:
+    'There is no image in this conversation yet: attach an image to your message, then ask about it (follow-ups in the same thread keep it).',
   imageGone: 'The image of this conversation is no longer stored: please send it again.',
 };
 
@@ -76,7 +77,11 @@ export class ImageInput {
    * stored one. Undefined only for a stateless request without an image (the language model answers alone);
    * a thread without any image is `no_image`.
    */
-  async resolve(attached: Uint8Array | undefined, prev: ConversationState | undefined, stateless: boolean): Promise<ResolvedImage | undefined> {
+  async resolve(
+    attached: Uint8Array | undefined,
+    prev: ConversationState | undefined,
+    stateless: boolean,
+  ): Promise<ResolvedImage | undefined> {
     if (attached !== undefined) return this.fresh(attached);
     if (stateless) return undefined;
     if (prev) return this.stored(prev.image);
@@ -87,7 +92,9 @@ export class ImageInput {
     // The manager is a public API: JavaScript callers are not held to the request's types.
     if (!(data instanceof Uint8Array)) throw new ImageInputError('Not an image: expected binary image data.');
     if (data.byteLength > this.maxBytes) {
-      throw new ImageInputError(`Image too large: the file has ${formatBytes(data.byteLength)}; the limit is ${formatBytes(this.maxBytes)}.`);
+      throw new ImageInputError(
+        `Image too large: the file has ${formatBytes(data.byteLength)}; the limit is ${formatBytes(this.maxBytes)}.`,
+      );
     }
     const hash = sha256Hex(data);
     const encoding = await this.encode(hash, data);

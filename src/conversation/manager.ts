@@ -21,15 +21,7 @@ import { finalEvent, storedTurn, threadState, type FinalEvent } from './turn.js'
 import { turnSummary, turnTimings, type TurnCosts } from './report.js';
 import { CANCELLED, Failure } from './failure.js';
 import { generate, type ModelImages } from './generate.js';
-import type {
-  AnswerEvent,
-  ConversationKey,
-  ConversationRequest,
-  ConversationState,
-  ErrorCode,
-  PriorTurn,
-  StoredTurn,
-} from './types.js';
+import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState, ErrorCode, PriorTurn, StoredTurn } from './types.js';
 import { LIMITS } from './limits.js';
 
 /** The option types' own parts, for callers that import this module alone. */
@@ -235,9 +227,10 @@ export class ConversationManager {
         controller: new AbortController(),
         enqueuedAt: performance.now(),
         state: 'waiting',
-        work: () => work(convId).then(resolve, (err: unknown) => {
-          reject(err as Error);
-        }),
+        work: () =>
+          work(convId).then(resolve, (err: unknown) => {
+            reject(err as Error);
+          }),
       };
       this.scheduler.add(job);
       this.scheduler.pump();
@@ -311,7 +304,11 @@ export class ConversationManager {
     if (job.controller.signal.aborted) return { type: 'error', code: 'cancelled', message: MESSAGES.cancelled };
     const e = err as Error;
     this.log(`conversation ${job.convId} request ${job.requestId} failed: ${e?.stack ?? String(err)}`);
-    return { type: 'error', code: 'internal', message: `Something went wrong while answering (${e?.message ?? String(err)}); please try again.` };
+    return {
+      type: 'error',
+      code: 'internal',
+      message: `Something went wrong while answering (${e?.message ?? String(err)}); please try again.`,
+    };
   }
 
   /**

@@ -87,7 +87,11 @@ export class FairScheduler<J extends ScheduledJob> {
   position(job: J): number {
     const free = this.concurrency - this.modelRunning;
     const queues = new Map<string, J[]>();
-    for (const [c, q] of this.queues) queues.set(c, q.filter((j) => !j.control));
+    for (const [c, q] of this.queues)
+      queues.set(
+        c,
+        q.filter((j) => !j.control),
+      );
     // An active conversation rejoins the round at the end once its job is done.
     let ahead = 0;
     const order = [...this.ready, ...[...this.active].filter((c) => this.queues.has(c) && !this.ready.includes(c))];

@@ -67,7 +67,11 @@ export function redactUrl(url: string): string {
 async function openRedisStore(url: string): Promise<Keyv> {
   const { default: KeyvRedis } = await import('@keyv/redis');
   const adapter = new KeyvRedis(
-    { url, disableOfflineQueue: true, socket: { connectTimeout: 5000, reconnectStrategy: (attempts: number) => Math.min(100 * 2 ** attempts, 2000) } },
+    {
+      url,
+      disableOfflineQueue: true,
+      socket: { connectTimeout: 5000, reconnectStrategy: (attempts: number) => Math.min(100 * 2 ** attempts, 2000) },
+    },
     { namespace: STORE_NAMESPACE, throwOnConnectError: true, throwOnErrors: true, connectionTimeout: 5000 },
   );
   // Failures reach the caller as rejected operations; this keeps them from also being unhandled 'error' events.
@@ -87,7 +91,9 @@ export function conversationId(key: ConversationKey): string {
   const parts = [key.workspace, key.channel, key.thread].map((p) => encodeURIComponent(p));
   const id = `${key.platform}:${parts.join(':')}`;
   if (id.length <= 180) return id;
-  return `${key.platform}:h:${createHash('sha256').update(JSON.stringify([key.workspace, key.channel, key.thread])).digest('hex')}`;
+  return `${key.platform}:h:${createHash('sha256')
+    .update(JSON.stringify([key.workspace, key.channel, key.thread]))
+    .digest('hex')}`;
 }
 
 export function sha256Hex(bytes: Uint8Array): string {

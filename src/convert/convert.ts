@@ -12,7 +12,17 @@ import { buildDecoderGraph, buildEmbedGraph, llamaShapeFromConfig, loraKeys, typ
 import { openCheckpoint, openHfWeights, unwrapPrefix, type TensorSource } from './readers/index.js';
 import { PACKAGE_FORMAT, PACKAGE_FORMAT_VERSION, type GraphSpec, type ModelJson } from '../inference/package.js';
 import { convertSentencePieceFile } from './sentencepiece.js';
-import { checkAccuracyLevel, checkBlockSize, DEFAULT_ACCURACY_LEVEL, DEFAULT_BLOCK_SIZE, describeWeights, quantBits, type AccuracyLevel, type WeightDType, type WeightFormat } from './quantize.js';
+import {
+  checkAccuracyLevel,
+  checkBlockSize,
+  DEFAULT_ACCURACY_LEVEL,
+  DEFAULT_BLOCK_SIZE,
+  describeWeights,
+  quantBits,
+  type AccuracyLevel,
+  type WeightDType,
+  type WeightFormat,
+} from './quantize.js';
 import { CLIP_MEAN, CLIP_STD, MINIGPT4_PROMPTS, MINIGPT_V2_PROMPT, type Minigpt4PromptStyle } from '../inference/presets.js';
 
 export const CONVERTER_VERSION = 'minigpt-bot convert 1';
@@ -106,9 +116,13 @@ async function readJson(path: string, what: string): Promise<Record<string, unkn
 /** The LoRA rank is in the tensors' shapes; a given --lora-r must agree with it. */
 function resolveLoraR(ckpt: TensorSource, requested: number | undefined): number {
   const keys = loraKeys(ckpt, 0, 'q_proj');
-  if (!keys) throw new ConvertError('the MiniGPT-v2 checkpoint has no LoRA tensors (llama_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight)');
+  if (!keys)
+    throw new ConvertError(
+      'the MiniGPT-v2 checkpoint has no LoRA tensors (llama_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight)',
+    );
   const r = ckpt.info(keys.a).shape[0];
-  if (requested !== undefined && requested !== r) throw new ConvertError(`--lora-r ${requested} disagrees with the checkpoint, whose LoRA tensors have rank ${r}`);
+  if (requested !== undefined && requested !== r)
+    throw new ConvertError(`--lora-r ${requested} disagrees with the checkpoint, whose LoRA tensors have rank ${r}`);
   return r;
 }
 
@@ -123,7 +137,8 @@ async function saveGraph(g: GraphBuilder, out: string, file: string, log: (l: st
 }
 
 function tokenizerIds(cfg: Record<string, unknown>, gen: Record<string, unknown> | null) {
-  const pick = (k: string, d: number) => (typeof gen?.[k] === 'number' ? (gen[k] as number) : typeof cfg[k] === 'number' ? (cfg[k] as number) : d);
+  const pick = (k: string, d: number) =>
+    typeof gen?.[k] === 'number' ? (gen[k] as number) : typeof cfg[k] === 'number' ? (cfg[k] as number) : d;
   return { bosId: pick('bos_token_id', 1), eosId: pick('eos_token_id', 2), padId: pick('pad_token_id', 0) };
 }
 
@@ -199,7 +214,9 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
     const { vitShape } = plan;
 
     await mkdir(opts.out, { recursive: true });
-    log(`converting ${opts.arch}${plan.label} (${dtype}${opts.fused ? ', fused decoder' : ''}${compute === 'float16' ? ', fp16 compute' : ''}) -> ${opts.out}`);
+    log(
+      `converting ${opts.arch}${plan.label} (${dtype}${opts.fused ? ', fused decoder' : ''}${compute === 'float16' ? ', fp16 compute' : ''}) -> ${opts.out}`,
+    );
 
     const visionG = new GraphBuilder('minigpt_vision', join(opts.out, 'vision.onnx.data'));
     visionG.weights = weights;
@@ -282,7 +299,12 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
         converter: CONVERTER_VERSION,
         createdAt: new Date().toISOString(),
         sources,
-        options: { ...plan.options, ...quantOptions, ...(opts.fused ? { fused: true } : {}), ...(compute === 'float16' ? { compute: 'fp16' } : {}) },
+        options: {
+          ...plan.options,
+          ...quantOptions,
+          ...(opts.fused ? { fused: true } : {}),
+          ...(compute === 'float16' ? { compute: 'fp16' } : {}),
+        },
       },
     };
     await writeFile(join(opts.out, 'model.json'), `${JSON.stringify(meta, null, 2)}\n`);
@@ -350,7 +372,14 @@ function planMinigpt4(
   ckpt: TensorSource,
   vit: TensorSource,
   qformerRaw: TensorSource | null,
-  o: ConvertOptions & { imageSize: number; vitHeads: number; hidden: number; dtype: WeightDType; llmConfig: Record<string, unknown>; log: (l: string) => void },
+  o: ConvertOptions & {
+    imageSize: number;
+    vitHeads: number;
+    hidden: number;
+    dtype: WeightDType;
+    llmConfig: Record<string, unknown>;
+    log: (l: string) => void;
+  },
 ): ConversionPlan {
   const vitShape = vitShapeOrThrow(vit, o.vitHeads, o.imageSize);
   const projIn = ckpt.info('llama_proj.weight').shape[1];
@@ -370,7 +399,8 @@ function planMinigpt4(
     variant = 'qformer';
   } else if (projIn === 4 * vitShape.width) {
     variant = 'noqformer';
-    if (qshape) o.log(`llama_proj takes 4 x the ViT width (${projIn}): MiniGPT-4 without Q-Former (has_qformer: False); ${o.qformer} is not used`);
+    if (qshape)
+      o.log(`llama_proj takes 4 x the ViT width (${projIn}): MiniGPT-4 without Q-Former (has_qformer: False); ${o.qformer} is not used`);
   } else if (!qshape) {
     throw new ConvertError(
       `${o.ckpt}: llama_proj takes ${projIn} inputs, not 4 x the ViT width ${vitShape.width}: MiniGPT-4 with the Q-Former needs --qformer (the BLIP-2 checkpoint, blip2_pretrained_flant5xxl.pth)`,
@@ -399,17 +429,33 @@ function planMinigpt4(
 
   const src = qformer as TensorSource;
   const qs = qshape as QformerShape;
-  if (qs.hidden % qs.heads !== 0) throw new ConvertError(`Q-Former hidden size ${qs.hidden} is not divisible by --qformer-heads ${qs.heads}`);
-  if (!src.has('ln_vision.weight')) throw new ConvertError(`${o.qformer} has no ln_vision.weight (MiniGPT-4 loads ln_vision from the BLIP-2 checkpoint)`);
+  if (qs.hidden % qs.heads !== 0)
+    throw new ConvertError(`Q-Former hidden size ${qs.hidden} is not divisible by --qformer-heads ${qs.heads}`);
+  if (!src.has('ln_vision.weight'))
+    throw new ConvertError(`${o.qformer} has no ln_vision.weight (MiniGPT-4 loads ln_vision from the BLIP-2 checkpoint)`);
   const lnWidth = src.info('ln_vision.weight').shape[0];
-  if (lnWidth !== vitShape.width) throw new ConvertError(`${o.qformer}: ln_vision is ${lnWidth} wide but the ViT width is ${vitShape.width}`);
+  if (lnWidth !== vitShape.width)
+    throw new ConvertError(`${o.qformer}: ln_vision is ${lnWidth} wide but the ViT width is ${vitShape.width}`);
   return {
     label: ` with Q-Former (${qs.layers} layers, ${qs.queryTokens} query tokens)`,
     vitShape,
     imageTokens: qs.queryTokens,
     buildVision: async (g) => {
-      const lnVision = { weight: await src.readFloat32('ln_vision.weight'), bias: await src.readFloat32('ln_vision.bias'), eps: LN_VISION_EPS };
-      await buildQformerVisionGraph(g, { vit, shape: vitShape, lnVision, qformer: src, qshape: qs, ckpt, hidden: o.hidden, stageOutputs: true });
+      const lnVision = {
+        weight: await src.readFloat32('ln_vision.weight'),
+        bias: await src.readFloat32('ln_vision.bias'),
+        eps: LN_VISION_EPS,
+      };
+      await buildQformerVisionGraph(g, {
+        vit,
+        shape: vitShape,
+        lnVision,
+        qformer: src,
+        qshape: qs,
+        ckpt,
+        hidden: o.hidden,
+        stageOutputs: true,
+      });
     },
     qformer: {
       queryTokens: qs.queryTokens,

@@ -137,7 +137,7 @@ export function quantizeBlockwise(w: Float32Array, N: number, K: number, bits: 4
       for (let i = 0; i < blockSize; i++) {
         const k = k0 + i;
         const q = k < k1 && scale !== 0 ? Math.round(w[row + k] / scale) + mid : mid;
-        codes[i] = q < 0 ? 0 : Math.min(q , maxCode);
+        codes[i] = q < 0 ? 0 : Math.min(q, maxCode);
       }
       const out = (n * nBlocks + b) * blobSize;
       if (bits === 8) packed.set(codes, out);
@@ -177,7 +177,14 @@ export function transpose2d(w: Float32Array, rows: number, cols: number): Float3
  * x [..., in] times a torch Linear weight [out, in] (no bias), stored as `g.weights` says. The fp32 graph is
  * exactly the reference one (initializer `<name>.weight` [in, out], one MatMul).
  */
-export function weightMatMul(g: GraphBuilder, x: string, name: string, weight: Float32Array, outFeatures: number, inFeatures: number): string {
+export function weightMatMul(
+  g: GraphBuilder,
+  x: string,
+  name: string,
+  weight: Float32Array,
+  outFeatures: number,
+  inFeatures: number,
+): string {
   const { dtype, blockSize, accuracyLevel } = g.weights;
   const bits = quantBits(dtype);
   if (bits) {
@@ -188,7 +195,13 @@ export function weightMatMul(g: GraphBuilder, x: string, name: string, weight: F
       g.compute === 'float16'
         ? g.weight(`${name}.weight_scales`, [outFeatures, q.nBlocks], toFloat16(q.scales), DataType.FLOAT16)
         : g.weight(`${name}.weight_scales`, [outFeatures, q.nBlocks], q.scales);
-    const attrs = { K: inFeatures, N: outFeatures, bits, block_size: blockSize, ...(accuracyLevel ? { accuracy_level: accuracyLevel } : {}) };
+    const attrs = {
+      K: inFeatures,
+      N: outFeatures,
+      bits,
+      block_size: blockSize,
+      ...(accuracyLevel ? { accuracy_level: accuracyLevel } : {}),
+    };
     return g.op('MatMulNBits', [x, b, s], attrs, { domain: 'com.microsoft', name: `${name}.matmul` });
   }
   const wt = transpose2d(weight, outFeatures, inFeatures);
@@ -210,7 +223,14 @@ export function storedWeight(g: GraphBuilder, name: string, dims: number[], data
 }
 
 /** Rows of an embedding table [rows, width] gathered by `ids`; float16 table (cast after the Gather) unless fp32. */
-export function embeddingLookup(g: GraphBuilder, name: string, table: Float32Array, dims: [number, number], ids: string, nodeName: string): string {
+export function embeddingLookup(
+  g: GraphBuilder,
+  name: string,
+  table: Float32Array,
+  dims: [number, number],
+  ids: string,
+  nodeName: string,
+): string {
   if (g.weights.dtype === 'fp32') return g.op('Gather', [g.weight(name, dims, table), ids], { axis: 0 }, { name: nodeName });
   const half = g.weight(`${name}_fp16`, dims, toFloat16(table), DataType.FLOAT16);
   const rows = g.op('Gather', [half, ids], { axis: 0 }, { name: `${nodeName}.fp16` });

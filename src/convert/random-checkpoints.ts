@@ -91,7 +91,10 @@ export interface RandomCheckpointResult {
 }
 
 /** All tensors of a random checkpoint of `shape` (no file written). */
-export function randomCheckpointTensors(shape: MiniGPTv2RandomShape, o: Pick<RandomCheckpointOptions, 'dtype' | 'ckptDtype' | 'invFreq'> = {}): RandomCheckpointTensors {
+export function randomCheckpointTensors(
+  shape: MiniGPTv2RandomShape,
+  o: Pick<RandomCheckpointOptions, 'dtype' | 'ckptDtype' | 'invFreq'> = {},
+): RandomCheckpointTensors {
   const dtype = o.dtype ?? 'fp16';
   return {
     vit: vitTensors(shape.vit, dtype),
@@ -101,7 +104,10 @@ export function randomCheckpointTensors(shape: MiniGPTv2RandomShape, o: Pick<Ran
 }
 
 /** Input bytes a random checkpoint of `shape` will take (data plus headers, roughly for the zips). */
-export function estimateRandomCheckpointBytes(shape: MiniGPTv2RandomShape, o: Pick<RandomCheckpointOptions, 'dtype' | 'ckptDtype' | 'invFreq' | 'shards' | 'maxShardBytes'> = {}): number {
+export function estimateRandomCheckpointBytes(
+  shape: MiniGPTv2RandomShape,
+  o: Pick<RandomCheckpointOptions, 'dtype' | 'ckptDtype' | 'invFreq' | 'shards' | 'maxShardBytes'> = {},
+): number {
   const t = randomCheckpointTensors(shape, o);
   const zip = (ts: RandomTensor[]) => ts.reduce((a, s) => a + tensorByteLength(s) + 200 + s.name.length * 2, 4096);
   const shards = planShards(t.llm, { shards: o.shards, maxShardBytes: o.maxShardBytes });
@@ -112,7 +118,11 @@ export function estimateRandomCheckpointBytes(shape: MiniGPTv2RandomShape, o: Pi
  * Writes `eva_vit_g.pth`, `llama/` (config.json, generation_config.json, sharded model safetensors with its index,
  * tokenizer.json) and `minigptv2_checkpoint.pth` into `dir`.
  */
-export async function writeRandomMiniGPTv2(dir: string, shape: MiniGPTv2RandomShape, opts: RandomCheckpointOptions = {}): Promise<RandomCheckpointResult> {
+export async function writeRandomMiniGPTv2(
+  dir: string,
+  shape: MiniGPTv2RandomShape,
+  opts: RandomCheckpointOptions = {},
+): Promise<RandomCheckpointResult> {
   const seed = opts.seed ?? 0;
   const dtype = opts.dtype ?? 'fp16';
   const log = opts.log ?? (() => {});
@@ -139,7 +149,8 @@ export async function writeRandomMiniGPTv2(dir: string, shape: MiniGPTv2RandomSh
     maxShardBytes: opts.maxShardBytes,
     metadata: { format: 'pt' },
   });
-  for (const f of ['config.json', 'generation_config.json', 'tokenizer.json']) files.push({ path: join(llmDir, f), bytes: (await stat(join(llmDir, f))).size });
+  for (const f of ['config.json', 'generation_config.json', 'tokenizer.json'])
+    files.push({ path: join(llmDir, f), bytes: (await stat(join(llmDir, f))).size });
   for (const f of sharded.files) files.push({ path: f.path, bytes: f.bytes });
   files.push({ path: sharded.indexPath, bytes: (await stat(sharded.indexPath)).size });
 
@@ -160,6 +171,12 @@ export async function writeRandomMiniGPTv2(dir: string, shape: MiniGPTv2RandomSh
     files,
     bytes: files.reduce((a, f) => a + f.bytes, 0),
     tensors,
-    convertArgs: { arch: 'minigpt-v2', vitHeads: shape.vit.heads, imageSize: shape.imageSize, loraR: shape.lora.r, loraAlpha: shape.lora.alpha },
+    convertArgs: {
+      arch: 'minigpt-v2',
+      vitHeads: shape.vit.heads,
+      imageSize: shape.imageSize,
+      loraR: shape.lora.r,
+      loraAlpha: shape.lora.alpha,
+    },
   };
 }

@@ -65,7 +65,10 @@ class ProtoReader {
   private pos = 0;
   private readonly view: DataView;
 
-  constructor(private readonly buf: Uint8Array, private readonly what: string) {
+  constructor(
+    private readonly buf: Uint8Array,
+    private readonly what: string,
+  ) {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
@@ -312,8 +315,10 @@ function postProcessor(m: SentencePieceModel): Record<string, unknown> | null {
 /** The Hugging Face tokenizer.json equivalent to a SentencePiece model (BPE or Unigram). */
 export function sentencePieceToTokenizerJson(m: SentencePieceModel): Record<string, unknown> {
   const { trainer } = m;
-  if (trainer.treatWhitespaceAsSuffix) throw new SentencePieceError('tokenizer.model uses treat_whitespace_as_suffix, which tokenizer.json cannot express');
-  if (trainer.unkId < 0 || trainer.unkId >= m.pieces.length) throw new SentencePieceError(`tokenizer.model: unk_id ${trainer.unkId} is not a piece`);
+  if (trainer.treatWhitespaceAsSuffix)
+    throw new SentencePieceError('tokenizer.model uses treat_whitespace_as_suffix, which tokenizer.json cannot express');
+  if (trainer.unkId < 0 || trainer.unkId >= m.pieces.length)
+    throw new SentencePieceError(`tokenizer.model: unk_id ${trainer.unkId} is not a piece`);
   const unk = m.pieces[trainer.unkId].piece;
   let model: Record<string, unknown>;
   if (trainer.modelType === 'bpe') {
@@ -336,7 +341,9 @@ export function sentencePieceToTokenizerJson(m: SentencePieceModel): Record<stri
   } else if (trainer.modelType === 'unigram') {
     model = { type: 'Unigram', unk_id: trainer.unkId, vocab: m.pieces.map((p) => [p.piece, p.score]), byte_fallback: trainer.byteFallback };
   } else {
-    throw new SentencePieceError(`tokenizer.model is a SentencePiece ${trainer.modelType.toUpperCase()} model; only BPE and Unigram models convert`);
+    throw new SentencePieceError(
+      `tokenizer.model is a SentencePiece ${trainer.modelType.toUpperCase()} model; only BPE and Unigram models convert`,
+    );
   }
   return {
     version: '1.0',

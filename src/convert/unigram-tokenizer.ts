@@ -6,7 +6,25 @@
 export const SPECIAL_PIECES: readonly string[] = ['<unk>', '<s>', '</s>'];
 
 /** MiniGPT-v2's prompt and answer syntax, one piece each. */
-const TAGS = ['[INST]', '[/INST]', '<Img>', '</Img>', '<ImageHere>', '<p>', '</p>', '<delim>', '[grounding]', '[refer]', '[detection]', '[identify]', '[vqa]', '[caption]', '{<', '>}', '><'];
+const TAGS = [
+  '[INST]',
+  '[/INST]',
+  '<Img>',
+  '</Img>',
+  '<ImageHere>',
+  '<p>',
+  '</p>',
+  '<delim>',
+  '[grounding]',
+  '[refer]',
+  '[detection]',
+  '[identify]',
+  '[vqa]',
+  '[caption]',
+  '{<',
+  '>}',
+  '><',
+];
 
 /** A piece table being filled: the special pieces first; `add` skips a piece already there and any past `size`. */
 export interface PieceTable {
@@ -44,13 +62,27 @@ export function addMiniGptPieces(t: PieceTable, words: readonly string[]): void 
 
 /** tokenizer.json for a Unigram model of these pieces (the special pieces first), normalised and decoded like Llama's. */
 export function unigramTokenizerJson(pieces: [string, number][], byteFallback: boolean): Record<string, unknown> {
-  const special = SPECIAL_PIECES.map((content, id) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }));
+  const special = SPECIAL_PIECES.map((content, id) => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  }));
   return {
     version: '1.0',
     truncation: null,
     padding: null,
     added_tokens: special,
-    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '▁' }, { type: 'Replace', pattern: { String: ' ' }, content: '▁' }] },
+    normalizer: {
+      type: 'Sequence',
+      normalizers: [
+        { type: 'Prepend', prepend: '▁' },
+        { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
+      ],
+    },
     pre_tokenizer: null,
     post_processor: {
       type: 'TemplateProcessing',
@@ -60,7 +92,12 @@ export function unigramTokenizerJson(pieces: [string, number][], byteFallback: b
     },
     decoder: {
       type: 'Sequence',
-      decoders: [{ type: 'Replace', pattern: { String: '▁' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }],
+      decoders: [
+        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
+        { type: 'ByteFallback' },
+        { type: 'Fuse' },
+        { type: 'Strip', content: ' ', start: 1, stop: 0 },
+      ],
     },
     model: { type: 'Unigram', unk_id: 0, vocab: pieces, byte_fallback: byteFallback },
   };

@@ -16,7 +16,17 @@ import { join } from 'node:path';
 import { Rng } from './rng.js';
 import { DEFAULT_SHAPE_SET, sampleScene, sceneShapes, type Scene, type SceneOptions } from './scene.js';
 import { renderScene, type ImageFormat } from './render.js';
-import { answerList, backgroundName, caption, expressions, identifyAnswers, name, trainSamples, vqaQuestions, type TrainSample } from './language.js';
+import {
+  answerList,
+  backgroundName,
+  caption,
+  expressions,
+  identifyAnswers,
+  name,
+  trainSamples,
+  vqaQuestions,
+  type TrainSample,
+} from './language.js';
 
 export { Rng } from './rng.js';
 export * from './scene.js';
@@ -111,14 +121,30 @@ export function imageData(opts: DemoDataOptions, index: number): ImageData {
   const identify: IdentifyEntry[] = [];
   for (const o of scene.objects) {
     const ex = rng.shuffle(expressions(o, scene)).slice(0, opts.sentsPerObject ?? 2);
-    for (const e of ex) refer.push({ img_id: `${stem}_${o.index}`, sents: rng.chance(0.8) ? `the ${e.text}` : e.text, bbox: o.bbox, width, height, image });
-    identify.push({ img_id: `${stem}_${o.index}`, image, bbox: o.bbox, width, height, answers: identifyAnswers(o), colour: o.colour, shape: o.shape });
+    for (const e of ex)
+      refer.push({ img_id: `${stem}_${o.index}`, sents: rng.chance(0.8) ? `the ${e.text}` : e.text, bbox: o.bbox, width, height, image });
+    identify.push({
+      img_id: `${stem}_${o.index}`,
+      image,
+      bbox: o.bbox,
+      width,
+      height,
+      answers: identifyAnswers(o),
+      colour: o.colour,
+      shape: o.shape,
+    });
   }
   const vqa = rng
     .shuffle(vqaQuestions(scene, rng, shapes))
     .slice(0, opts.vqaPerImage ?? 3)
     .map((q) => ({ image, question: q.question, answers: answerList(q.answer), question_type: q.questionType, answer_type: q.answerType }));
-  const cap: CaptionEntry = { image_id: stem, image, caption: caption(scene), objects: [...new Set(scene.objects.map(name))], background: backgroundName(scene) };
+  const cap: CaptionEntry = {
+    image_id: stem,
+    image,
+    caption: caption(scene),
+    objects: [...new Set(scene.objects.map(name))],
+    background: backgroundName(scene),
+  };
   return { stem, image, scene, refer, vqa, identify, caption: cap, train };
 }
 
@@ -171,7 +197,16 @@ export async function writeDemoData(out: string, opts: DemoDataOptions, log?: (l
   await writeFile(join(out, 'caption.json'), jsonArray(captions));
   await writeFile(join(out, 'scenes.json'), jsonArray(scenes));
   await writeFile(join(out, 'train.jsonl'), train.length ? `${train.join('\n')}\n` : '');
-  const summary: DemoDataSummary = { out, images: opts.count, refer: refer.length, vqa: vqa.length, identify: identify.length, caption: captions.length, train: train.length, trainByTask };
+  const summary: DemoDataSummary = {
+    out,
+    images: opts.count,
+    refer: refer.length,
+    vqa: vqa.length,
+    identify: identify.length,
+    caption: captions.length,
+    train: train.length,
+    trainByTask,
+  };
   const manifest = {
     generator: 'minigpt demo-data',
     version: DEMO_DATA_VERSION,
@@ -182,7 +217,14 @@ export async function writeDemoData(out: string, opts: DemoDataOptions, log?: (l
     scene: { ...opts.scene, shapes: opts.scene?.shapes ?? DEFAULT_SHAPE_SET },
     vqaPerImage: opts.vqaPerImage ?? 3,
     sentsPerObject: opts.sentsPerObject ?? 2,
-    entries: { refer: refer.length, vqa: vqa.length, identify: identify.length, caption: captions.length, train: train.length, trainByTask },
+    entries: {
+      refer: refer.length,
+      vqa: vqa.length,
+      identify: identify.length,
+      caption: captions.length,
+      train: train.length,
+      trainByTask,
+    },
   };
   await writeFile(join(out, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
   return summary;

@@ -2,7 +2,17 @@
 // VQA questions with their answers, and the MiniGPT-v2 task samples in the original prompt forms.
 import { EVAL_PROMPTS, TASK_BUTTON_PROMPTS } from '../grounding/tasks.js';
 import type { Rng } from './rng.js';
-import { formatGridBox, gridBox, plural, SHAPES, COLOUR_NAMES, type ColourName, type Scene, type SceneObject, type ShapeName } from './scene.js';
+import {
+  formatGridBox,
+  gridBox,
+  plural,
+  SHAPES,
+  COLOUR_NAMES,
+  type ColourName,
+  type Scene,
+  type SceneObject,
+  type ShapeName,
+} from './scene.js';
 
 /** A noun phrase that refers to exactly one object of the scene ("red circle", "circle on the left"). */
 export interface Expression {
@@ -174,17 +184,38 @@ export function vqaQuestions(scene: Scene, rng: Rng, shapes: readonly ShapeName[
   const objs = scene.objects;
   const qs: VqaQuestion[] = [];
   const n = objs.length;
-  qs.push({ question: rng.pick(['how many objects are there?', 'how many shapes are in the image?', 'how many objects are in this image?']), answer: String(n), questionType: 'count', answerType: 'number' });
+  qs.push({
+    question: rng.pick(['how many objects are there?', 'how many shapes are in the image?', 'how many objects are in this image?']),
+    answer: String(n),
+    questionType: 'count',
+    answerType: 'number',
+  });
   const shape = rng.chance(0.75) && n > 0 ? rng.pick(objs).shape : rng.pick(shapes);
-  qs.push({ question: `how many ${plural(shape)} are there?`, answer: String(objs.filter((o) => o.shape === shape).length), questionType: 'count', answerType: 'number' });
+  qs.push({
+    question: `how many ${plural(shape)} are there?`,
+    answer: String(objs.filter((o) => o.shape === shape).length),
+    questionType: 'count',
+    answerType: 'number',
+  });
   const colour = rng.chance(0.75) && n > 0 ? rng.pick(objs).colour : rng.pick(COLOUR_NAMES);
-  qs.push({ question: `how many ${colour} objects are there?`, answer: String(objs.filter((o) => o.colour === colour).length), questionType: 'count', answerType: 'number' });
+  qs.push({
+    question: `how many ${colour} objects are there?`,
+    answer: String(objs.filter((o) => o.colour === colour).length),
+    questionType: 'count',
+    answerType: 'number',
+  });
   for (const o of objs) {
     const ex = expressions(o, scene);
     const noColour = ex.filter((e) => !e.mentionsColour);
     if (noColour.length) {
       const e = rng.pick(noColour);
-      qs.push({ question: rng.pick([`what color is the ${e.text}?`, `what is the color of the ${e.text}?`]), answer: o.colour, questionType: 'colour', answerType: 'other', about: o });
+      qs.push({
+        question: rng.pick([`what color is the ${e.text}?`, `what is the color of the ${e.text}?`]),
+        answer: o.colour,
+        questionType: 'colour',
+        answerType: 'other',
+        about: o,
+      });
     }
     const noShape = ex.filter((e) => !e.mentionsShape);
     if (noShape.length) {
@@ -194,19 +225,36 @@ export function vqaQuestions(scene: Scene, rng: Rng, shapes: readonly ShapeName[
     const side = sideOf(o, scene);
     if (side && ex.length) {
       const e = rng.pick(ex);
-      qs.push({ question: `which side of the image is the ${e.text} on?`, answer: side, questionType: 'side', answerType: 'other', about: o });
+      qs.push({
+        question: `which side of the image is the ${e.text} on?`,
+        answer: side,
+        questionType: 'side',
+        answerType: 'other',
+        about: o,
+      });
     }
   }
   // existence, balanced yes / no
   if (n > 0 && rng.chance(0.5)) {
     const o = rng.pick(objs);
-    qs.push({ question: rng.pick([`is there ${withArticle(name(o))}?`, `is there ${withArticle(name(o))} in the image?`]), answer: 'yes', questionType: 'exist', answerType: 'yes/no', about: o });
+    qs.push({
+      question: rng.pick([`is there ${withArticle(name(o))}?`, `is there ${withArticle(name(o))} in the image?`]),
+      answer: 'yes',
+      questionType: 'exist',
+      answerType: 'yes/no',
+      about: o,
+    });
   } else {
     for (let k = 0; k < 20; k++) {
       const c = rng.pick(COLOUR_NAMES);
       const s = rng.pick(shapes);
       if (objs.some((o) => o.colour === c && o.shape === s)) continue;
-      qs.push({ question: rng.pick([`is there ${withArticle(`${c} ${s}`)}?`, `is there ${withArticle(`${c} ${s}`)} in the image?`]), answer: 'no', questionType: 'exist', answerType: 'yes/no' });
+      qs.push({
+        question: rng.pick([`is there ${withArticle(`${c} ${s}`)}?`, `is there ${withArticle(`${c} ${s}`)} in the image?`]),
+        answer: 'no',
+        questionType: 'exist',
+        answerType: 'yes/no',
+      });
       break;
     }
   }
@@ -220,12 +268,32 @@ export function vqaQuestions(scene: Scene, rng: Rng, shapes: readonly ShapeName[
     const dy = a.o.cy - b.o.cy;
     const relations: VqaQuestion[] = [];
     if (Math.abs(dx) >= 0.1 * scene.width) {
-      relations.push({ question: `is the ${ta} to the left of the ${tb}?`, answer: dx < 0 ? 'yes' : 'no', questionType: 'relation', answerType: 'yes/no' });
-      relations.push({ question: `is the ${ta} on the right of the ${tb}?`, answer: dx > 0 ? 'yes' : 'no', questionType: 'relation', answerType: 'yes/no' });
+      relations.push({
+        question: `is the ${ta} to the left of the ${tb}?`,
+        answer: dx < 0 ? 'yes' : 'no',
+        questionType: 'relation',
+        answerType: 'yes/no',
+      });
+      relations.push({
+        question: `is the ${ta} on the right of the ${tb}?`,
+        answer: dx > 0 ? 'yes' : 'no',
+        questionType: 'relation',
+        answerType: 'yes/no',
+      });
     }
     if (Math.abs(dy) >= 0.1 * scene.height) {
-      relations.push({ question: `is the ${ta} above the ${tb}?`, answer: dy < 0 ? 'yes' : 'no', questionType: 'relation', answerType: 'yes/no' });
-      relations.push({ question: `is the ${ta} below the ${tb}?`, answer: dy > 0 ? 'yes' : 'no', questionType: 'relation', answerType: 'yes/no' });
+      relations.push({
+        question: `is the ${ta} above the ${tb}?`,
+        answer: dy < 0 ? 'yes' : 'no',
+        questionType: 'relation',
+        answerType: 'yes/no',
+      });
+      relations.push({
+        question: `is the ${ta} below the ${tb}?`,
+        answer: dy > 0 ? 'yes' : 'no',
+        questionType: 'relation',
+        answerType: 'yes/no',
+      });
     }
     if (relations.length) qs.push(rng.pick(relations));
   }
@@ -317,7 +385,7 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
 
   // Multi-turn: a refer / identify turn, then follow-ups about the same object ("it"), then another task.
   const o = rng.pick(objs);
-  const first = rng.chance(0.5) ? referTurn(o) ?? identifyTurn(o) : identifyTurn(o);
+  const first = rng.chance(0.5) ? (referTurn(o) ?? identifyTurn(o)) : identifyTurn(o);
   const turns: SampleTurn[] = [first];
   const followUps: SampleTurn[] = [
     { user: form(rng, PROMPT_FORMS.vqa, 'what color is it?'), assistant: o.colour },
@@ -327,7 +395,9 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
   if (side) followUps.push({ user: form(rng, PROMPT_FORMS.vqa, 'which side of the image is it on?'), assistant: side });
   turns.push(rng.pick(followUps));
   // (the random draws in the order they have always been made: a seed's samples stay what they were)
-  const thirds = qs.slice(4, 6).map((q) => ({ turn: { user: form(rng, PROMPT_FORMS.vqa, q.question), assistant: q.answer }, about: q.about }));
+  const thirds = qs
+    .slice(4, 6)
+    .map((q) => ({ turn: { user: form(rng, PROMPT_FORMS.vqa, q.question), assistant: q.answer }, about: q.about }));
   const other = rng.pick(objs);
   thirds.push({ turn: identifyTurn(other), about: other });
   const third = rng.pick(thirds);
@@ -336,4 +406,3 @@ export function trainSamples(scene: Scene, rng: Rng, image: string, stem: string
   push('multi', turns, withThird ? third.about : o);
   return out;
 }
-

@@ -107,7 +107,9 @@ export function sceneSvg(scene: Scene): string {
       parts.push(`<circle cx="${num(o.cx)}" cy="${num(o.cy)}" r="${num(o.w / 2)}" fill="${fill}"/>`);
     } else if (o.shape === 'ring') {
       // outer radius w/2 (the box), inner radius w/4: a stroke of width w/4 centred on radius 3w/8
-      parts.push(`<circle cx="${num(o.cx)}" cy="${num(o.cy)}" r="${num((3 * o.w) / 8)}" fill="none" stroke="${fill}" stroke-width="${num(o.w / 4)}"/>`);
+      parts.push(
+        `<circle cx="${num(o.cx)}" cy="${num(o.cy)}" r="${num((3 * o.w) / 8)}" fill="none" stroke="${fill}" stroke-width="${num(o.w / 4)}"/>`,
+      );
     } else {
       const rot = o.rotation ? ` transform="rotate(${o.rotation} ${num(o.cx)} ${num(o.cy)})"` : '';
       parts.push(`<ellipse cx="${num(o.cx)}" cy="${num(o.cy)}" rx="${num(o.w / 2)}" ry="${num(o.h / 2)}"${rot} fill="${fill}"/>`);

@@ -254,7 +254,14 @@ function sampleBackground(rng: Rng): Background {
   };
 }
 
-function sampleObject(rng: Rng, index: number, W: number, H: number, colour: ColourName, shapes: readonly ShapeName[]): Omit<SceneObject, 'points' | 'bbox'> {
+function sampleObject(
+  rng: Rng,
+  index: number,
+  W: number,
+  H: number,
+  colour: ColourName,
+  shapes: readonly ShapeName[],
+): Omit<SceneObject, 'points' | 'bbox'> {
   const shape = rng.pick(shapes);
   const m = Math.min(W, H);
   const s = m * rng.range(0.14, 0.42);
@@ -269,7 +276,17 @@ function sampleObject(rng: Rng, index: number, W: number, H: number, colour: Col
   } else if (shape === 'triangle') {
     h = s * 0.9;
   }
-  const rotatable: Partial<Record<ShapeName, number>> = { square: 30, rectangle: 60, triangle: 40, star: 36, hexagon: 30, diamond: 25, cross: 40, ellipse: 60, heart: 30 };
+  const rotatable: Partial<Record<ShapeName, number>> = {
+    square: 30,
+    rectangle: 60,
+    triangle: 40,
+    star: 36,
+    hexagon: 30,
+    diamond: 25,
+    cross: 40,
+    ellipse: 60,
+    heart: 30,
+  };
   const maxRot = rotatable[shape] ?? 0;
   const rotation = maxRot > 0 && rng.chance(0.5) ? Math.round(rng.range(-maxRot, maxRot)) : 0;
   let cx = rng.range(0, W);

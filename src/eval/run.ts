@@ -17,7 +17,15 @@ import { conversationPrompt } from '../inference/prompt.js';
 import type { ProviderChoice } from '../inference/providers.js';
 import { EVAL_PROMPTS, TASK_BUTTON_PROMPTS } from '../grounding/tasks.js';
 import { formatBox, parseGrounding } from '../grounding/parse.js';
-import { captionBackground, captionRecall, identifyCorrect, scoreRefer, vqaAccuracy, cleanVqaAnswer, normalizeVqaAnswer } from './metrics.js';
+import {
+  captionBackground,
+  captionRecall,
+  identifyCorrect,
+  scoreRefer,
+  vqaAccuracy,
+  cleanVqaAnswer,
+  normalizeVqaAnswer,
+} from './metrics.js';
 import { Progress, type ProgressStream } from './progress.js';
 
 export const EVAL_TASKS = ['refer', 'vqa', 'identify', 'caption'] as const;
@@ -104,7 +112,10 @@ function toItems(task: EvalTask, entries: unknown[], file: string, imagesDir: st
       case 'refer': {
         const imgId = field<string>(raw, 'img_id', isStr, 'a string', where);
         const sent = raw.sents;
-        const sents = Array.isArray(sent) && sent.length > 0 && isStr(sent[0]) ? (sent[0] as string) : field<string>(raw, 'sents', isStr, 'a string', where);
+        const sents =
+          Array.isArray(sent) && sent.length > 0 && isStr(sent[0])
+            ? (sent[0] as string)
+            : field<string>(raw, 'sents', isStr, 'a string', where);
         field(raw, 'bbox', isBox, '[x, y, w, h]', where);
         field(raw, 'width', isNum, 'a number', where);
         field(raw, 'height', isNum, 'a number', where);
@@ -113,9 +124,22 @@ function toItems(task: EvalTask, entries: unknown[], file: string, imagesDir: st
       }
       case 'vqa': {
         const question = field<string>(raw, 'question', isStr, 'a string', where);
-        field(raw, 'answers', (v) => Array.isArray(v) && v.length > 0 && v.every((a) => isStr(a) || (typeof a === 'object' && a !== null && isStr((a as { answer?: unknown }).answer))), 'a list of answers', where);
+        field(
+          raw,
+          'answers',
+          (v) =>
+            Array.isArray(v) &&
+            v.length > 0 &&
+            v.every((a) => isStr(a) || (typeof a === 'object' && a !== null && isStr((a as { answer?: unknown }).answer))),
+          'a list of answers',
+          where,
+        );
         const answers = (raw.answers as unknown[]).map((a) => (typeof a === 'string' ? a : (a as { answer: string }).answer));
-        return { image: img(field<string>(raw, 'image', isStr, 'a string', where)), prompt: VQA_EVAL_PROMPT(question), raw: { ...raw, answers } };
+        return {
+          image: img(field<string>(raw, 'image', isStr, 'a string', where)),
+          prompt: VQA_EVAL_PROMPT(question),
+          raw: { ...raw, answers },
+        };
       }
       case 'identify': {
         const bbox = field<number[]>(raw, 'bbox', isBox, '[x, y, w, h]', where);
@@ -166,7 +190,12 @@ export async function runEval(opts: EvalOptions): Promise<EvalReport> {
   const { file, items: all } = await loadEvalData(opts.data, task, opts.images);
   const items = opts.limit !== undefined ? all.slice(0, opts.limit) : all;
   const maxNewTokens = opts.maxNewTokens ?? DEFAULT_MAX_NEW_TOKENS[task];
-  const model = await MiniGPT.load(opts.model, { provider: opts.provider ?? 'cpu', threads: opts.threads, log: opts.log, forcedAnswer: opts.forcedAnswer });
+  const model = await MiniGPT.load(opts.model, {
+    provider: opts.provider ?? 'cpu',
+    threads: opts.threads,
+    log: opts.log,
+    forcedAnswer: opts.forcedAnswer,
+  });
   try {
     const cache = new Map<string, Promise<{ embeds: Float32Array; width: number; height: number }>>();
     const encode = (path: string) => {
@@ -187,7 +216,13 @@ export async function runEval(opts: EvalOptions): Promise<EvalReport> {
       const img = await encode(item.image);
       const prompt = conversationPrompt(model.meta.prompt, [{ user: item.prompt }]);
       let text = '';
-      for await (const ev of model.answer(prompt, [img.embeds], { maxNewTokens, minNewTokens: 1, doSample: false, repetitionPenalty: 1, numBeams: 1 })) {
+      for await (const ev of model.answer(prompt, [img.embeds], {
+        maxNewTokens,
+        minNewTokens: 1,
+        doSample: false,
+        repetitionPenalty: 1,
+        numBeams: 1,
+      })) {
         if (ev.type === 'done') text = ev.text;
       }
       return upstreamAnswer(text);
@@ -212,12 +247,29 @@ export async function runEval(opts: EvalOptions): Promise<EvalReport> {
             score = s.correct ? 1 : 0;
             // What our own parser (the one the bot uses) reads, for answers eval_ref.py's strict format rejects.
             const parsed = s.formatOk ? undefined : parseGrounding(answer).entities.flatMap((e) => e.boxes)[0];
-            detail = { img_id: r.img_id, sents: r.sents, answer, format_ok: s.formatOk, pred_box: s.pred, gt_box: s.gt, iou: s.iou, correct: s.correct, ...(parsed ? { parsed_box: parsed } : {}) };
+            detail = {
+              img_id: r.img_id,
+              sents: r.sents,
+              answer,
+              format_ok: s.formatOk,
+              pred_box: s.pred,
+              gt_box: s.gt,
+              iou: s.iou,
+              correct: s.correct,
+              ...(parsed ? { parsed_box: parsed } : {}),
+            };
             break;
           }
           case 'vqa': {
             score = vqaAccuracy(answer, r.answers as string[]);
-            detail = { question_id: r.question_id, question: r.question, answer: cleanVqaAnswer(answer), normalized: normalizeVqaAnswer(cleanVqaAnswer(answer)), answers: [...new Set(r.answers as string[])], accuracy: score };
+            detail = {
+              question_id: r.question_id,
+              question: r.question,
+              answer: cleanVqaAnswer(answer),
+              normalized: normalizeVqaAnswer(cleanVqaAnswer(answer)),
+              answers: [...new Set(r.answers as string[])],
+              accuracy: score,
+            };
             const t = typeof r.question_type === 'string' ? r.question_type : 'all';
             (types[t] ??= []).push(score);
             break;
@@ -260,8 +312,18 @@ export async function runEval(opts: EvalOptions): Promise<EvalReport> {
       max_new_tokens: maxNewTokens,
       seconds: (performance.now() - t0) / 1000,
       ...(model.forcedAnswer ? { forced_answer: true as const } : {}),
-      ...(backgrounds.length ? { background: { n: backgrounds.length, accuracy: mean(backgrounds.map((b) => (b.named ? 1 : 0))), kind_accuracy: mean(backgrounds.map((b) => (b.kind ? 1 : 0))) } } : {}),
-      ...(task === 'vqa' ? { by_type: Object.fromEntries(Object.entries(types).map(([k, v]) => [k, { n: v.length, accuracy: mean(v) }])) } : {}),
+      ...(backgrounds.length
+        ? {
+            background: {
+              n: backgrounds.length,
+              accuracy: mean(backgrounds.map((b) => (b.named ? 1 : 0))),
+              kind_accuracy: mean(backgrounds.map((b) => (b.kind ? 1 : 0))),
+            },
+          }
+        : {}),
+      ...(task === 'vqa'
+        ? { by_type: Object.fromEntries(Object.entries(types).map(([k, v]) => [k, { n: v.length, accuracy: mean(v) }])) }
+        : {}),
       details,
     };
     return report;

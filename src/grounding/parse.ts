@@ -246,7 +246,7 @@ function tidyPhrase(s: string): string {
 function toCoord(s: string, grid: number): number {
   const v = Number(s);
   if (!Number.isFinite(v)) return 0;
-  return v < 0 ? 0 : Math.min(v , grid);
+  return v < 0 ? 0 : Math.min(v, grid);
 }
 
 function makeBox(a: string, b: string, c: string, d: string, grid: number): GridBox {
@@ -322,7 +322,8 @@ export function parseGrounding(text: string, opts: ParseOptions = {}): ParsedGro
       }
       case 'delim':
         if (group === null) break; // stray delimiter
-        if (afterDelim) closeGroup(); // `<delim><delim>`: stop
+        if (afterDelim)
+          closeGroup(); // `<delim><delim>`: stop
         else afterDelim = true;
         break;
       case 'text': {
@@ -383,7 +384,7 @@ export function gridToPixels(box: GridBox, width: number, height: number, gridSi
   const W = Math.floor(width);
   const H = Math.floor(height);
   const g = gridOf(gridSize);
-  const c = (v: number) => (Number.isNaN(v) || !(v > 0) ? 0 : Math.min(v , g));
+  const c = (v: number) => (Number.isNaN(v) || !(v > 0) ? 0 : Math.min(v, g));
   const ax = c(box.x1);
   const bx = c(box.x2);
   const ay = c(box.y1);

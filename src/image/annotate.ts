@@ -89,11 +89,7 @@ export function labelFontSize(width: number, height: number): number {
  * Returns the image (EXIF orientation applied, scaled down to `maxSide`) with the entities' boxes
  * and labels drawn. Throws `ImageInputError` for bytes that are not a usable image.
  */
-export async function annotateImage(
-  image: Uint8Array,
-  entities: Entity[],
-  opts: AnnotateOptions = {},
-): Promise<AnnotatedImage> {
+export async function annotateImage(image: Uint8Array, entities: Entity[], opts: AnnotateOptions = {}): Promise<AnnotatedImage> {
   if (!(image instanceof Uint8Array)) throw new ImageInputError('Not an image: expected binary image data.');
   if (image.byteLength === 0) throw new ImageInputError('Not an image: the file is empty.');
   const maxSide = opts.maxSide ?? DEFAULT_MAX_SIDE;
@@ -109,9 +105,7 @@ export async function annotateImage(
   }
   const { format: inFormat, width: rawW, height: rawH } = imageHeader(meta);
   if (rawW * rawH > maxPixels) {
-    throw new ImageInputError(
-      `Image too large: ${rawW}x${rawH} exceeds the limit of ${(maxPixels / 1e6).toFixed(1)} megapixels.`,
-    );
+    throw new ImageInputError(`Image too large: ${rawW}x${rawH} exceeds the limit of ${(maxPixels / 1e6).toFixed(1)} megapixels.`);
   }
   const swap = (meta.orientation ?? 1) >= 5;
   const srcW = swap ? rawH : rawW;
@@ -136,9 +130,7 @@ export async function annotateImage(
     throw sharpInputError(err, PIXEL_LIMIT);
   }
 
-  const useJpeg =
-    format === 'jpeg' ||
-    (format === 'auto' && (inFormat === 'jpeg' || width * height > JPEG_PIXELS_THRESHOLD));
+  const useJpeg = format === 'jpeg' || (format === 'auto' && (inFormat === 'jpeg' || width * height > JPEG_PIXELS_THRESHOLD));
 
   // Pass 2: overlay.
   const svg = buildOverlaySvg(entities, width, height, opts.gridSize);
@@ -154,10 +146,7 @@ export async function annotateImage(
   let out = sharp(composed, { raw: { width, height, channels: 4 } });
   let data: Buffer;
   if (useJpeg) {
-    data = await out
-      .flatten({ background: '#ffffff' })
-      .jpeg({ quality: JPEG_QUALITY, chromaSubsampling: '4:4:4' })
-      .toBuffer();
+    data = await out.flatten({ background: '#ffffff' }).jpeg({ quality: JPEG_QUALITY, chromaSubsampling: '4:4:4' }).toBuffer();
   } else {
     if (!meta.hasAlpha) out = out.removeAlpha();
     data = await out.png().toBuffer();
@@ -178,15 +167,17 @@ interface Rect {
 
 /** Escapes text for XML and drops characters XML 1.0 does not allow. */
 export function xmlEscape(s: string): string {
-  return s
-    // biome-ignore lint/suspicious/noControlCharactersInRegex: removing control characters is what this does
-    .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/g, '')
-    .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '')
-    .replace(/&/g, '&amp;')
-    .replace(/</g, '&lt;')
-    .replace(/>/g, '&gt;')
-    .replace(/"/g, '&quot;')
-    .replace(/'/g, '&apos;');
+  return (
+    s
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: removing control characters is what this does
+      .replace(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/g, '')
+      .replace(/[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g, '')
+      .replace(/&/g, '&amp;')
+      .replace(/</g, '&lt;')
+      .replace(/>/g, '&gt;')
+      .replace(/"/g, '&quot;')
+      .replace(/'/g, '&apos;')
+  );
 }
 
 /** A generous estimate of the rendered width of `s` in a sans-serif font (em units). */
@@ -194,7 +185,8 @@ function textWidthEm(s: string): number {
   let w = 0;
   for (const ch of s) {
     const cp = ch.codePointAt(0)!;
-    if (cp >= 0x2e80) w += 1.0; // CJK and other wide scripts
+    if (cp >= 0x2e80)
+      w += 1.0; // CJK and other wide scripts
     else if (/[ilIj.,:;'|!`]/.test(ch)) w += 0.34;
     else if (ch === ' ') w += 0.33;
     else if (/[mwMW@%]/.test(ch)) w += 1.0;

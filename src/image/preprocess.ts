@@ -59,10 +59,7 @@ export interface RawImage {
   channels: number;
 }
 
-export async function preprocessImage(
-  input: Buffer | Uint8Array,
-  opts: PreprocessOptions,
-): Promise<PreprocessedImage> {
+export async function preprocessImage(input: Buffer | Uint8Array, opts: PreprocessOptions): Promise<PreprocessedImage> {
   const { size, mean, std } = opts;
   if (!Number.isInteger(size) || size <= 0) {
     throw new RangeError(`preprocessImage: size must be a positive integer, got ${size}`);
@@ -83,10 +80,7 @@ export async function preprocessImage(
  * Decodes an encoded image into 8-bit sRGB RGB (3 channels, HWC), applying EXIF orientation and
  * dropping any alpha channel without compositing (like PIL `convert('RGB')`).
  */
-export async function decodeImageRgb(
-  input: Buffer | Uint8Array,
-  opts: { maxInputPixels?: number } = {},
-): Promise<RawImage> {
+export async function decodeImageRgb(input: Buffer | Uint8Array, opts: { maxInputPixels?: number } = {}): Promise<RawImage> {
   if (!(input instanceof Uint8Array)) {
     throw new ImageInputError('Not an image: expected binary image data.');
   }
@@ -165,19 +159,28 @@ export function sniffImageFormat(b: Uint8Array): 'jpeg' | 'png' | 'gif' | 'webp'
   if (b.length >= 8 && b[0] === 0x89 && ascii(1, 8) === 'PNG\r\n\x1a\n') return 'png';
   if (b.length >= 6 && (ascii(0, 6) === 'GIF87a' || ascii(0, 6) === 'GIF89a')) return 'gif';
   if (b.length >= 12 && ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'webp';
-  if (b.length >= 4 && (ascii(0, 4) === 'II*\0' || ascii(0, 4) === 'MM\0*' || ascii(0, 4) === 'II+\0' || ascii(0, 4) === 'MM\0+')) return 'tiff';
+  if (b.length >= 4 && (ascii(0, 4) === 'II*\0' || ascii(0, 4) === 'MM\0*' || ascii(0, 4) === 'II+\0' || ascii(0, 4) === 'MM\0+'))
+    return 'tiff';
   if (b.length >= 12 && ascii(4, 8) === 'ftyp' && HEIF_BRANDS.has(ascii(8, 12))) return 'heif';
   // Text that starts like XML or SVG (after a BOM and white space).
-  const head = new TextDecoder('utf-8', { fatal: false }).decode(b.subarray(0, 512)).replace(/^\uFEFF/, '').trimStart().toLowerCase();
-  if (head.startsWith('<?xml') || head.startsWith('<svg') || head.startsWith('<!doctype svg') || (head.startsWith('<') && head.includes('<svg'))) return 'svg';
+  const head = new TextDecoder('utf-8', { fatal: false })
+    .decode(b.subarray(0, 512))
+    .replace(/^\uFEFF/, '')
+    .trimStart()
+    .toLowerCase();
+  if (
+    head.startsWith('<?xml') ||
+    head.startsWith('<svg') ||
+    head.startsWith('<!doctype svg') ||
+    (head.startsWith('<') && head.includes('<svg'))
+  )
+    return 'svg';
   return null;
 }
 
 function tooLarge(w: number, h: number, maxPixels: number): ImageInputError {
   const mp = (n: number) => (n / 1e6).toFixed(n < 1e7 ? 1 : 0);
-  return new ImageInputError(
-    `Image too large: ${w}x${h} (${mp(w * h)} megapixels) exceeds the limit of ${mp(maxPixels)} megapixels.`,
-  );
+  return new ImageInputError(`Image too large: ${w}x${h} (${mp(w * h)} megapixels) exceeds the limit of ${mp(maxPixels)} megapixels.`);
 }
 
 const pixelLimitMessage = (maxPixels: number) => `Image too large: it exceeds the limit of ${(maxPixels / 1e6).toFixed(1)} megapixels.`;
@@ -204,10 +207,9 @@ export function sharpInputError(err: unknown, pixelLimit: string): ImageInputErr
   if (err instanceof ImageInputError) return err;
   const msg = err instanceof Error ? err.message : String(err);
   if (/unsupported image format|not in a known format|is not a known file format/i.test(msg)) {
-    return new ImageInputError(
-      'Not an image, or an unsupported image format: please send a JPEG, PNG, WebP, GIF, TIFF or AVIF image.',
-      { cause: err },
-    );
+    return new ImageInputError('Not an image, or an unsupported image format: please send a JPEG, PNG, WebP, GIF, TIFF or AVIF image.', {
+      cause: err,
+    });
   }
   if (/pixel limit/i.test(msg)) return new ImageInputError(pixelLimit, { cause: err });
   return new ImageInputError('The image could not be decoded (corrupt or truncated file).', { cause: err });
@@ -243,7 +245,7 @@ function precomputeCoeffs(inSize: number, outSize: number): Coeffs {
   const in0 = 0;
   const in1 = inSize;
   const scale = (in1 - in0) / outSize;
-  const filterscale = Math.max(scale , 1.0);
+  const filterscale = Math.max(scale, 1.0);
   const support = BICUBIC_SUPPORT * filterscale;
   const ksize = Math.ceil(support) * 2 + 1;
   const bounds = new Int32Array(outSize * 2);
@@ -276,7 +278,7 @@ function precomputeCoeffs(inSize: number, outSize: number): Coeffs {
 
 function clip8(ss: number): number {
   const v = Math.floor(ss / PRECISION_SCALE);
-  return v < 0 ? 0 : Math.min(v , 255);
+  return v < 0 ? 0 : Math.min(v, 255);
 }
 
 /**

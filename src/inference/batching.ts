@@ -100,7 +100,11 @@ export class DecodeBatcher implements StepModel<KvCache> {
     });
   }
 
-  step(states: readonly KvCache[], tokens: readonly number[], signal?: AbortSignal): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
+  step(
+    states: readonly KvCache[],
+    tokens: readonly number[],
+    signal?: AbortSignal,
+  ): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
     if (states.length !== tokens.length) return Promise.reject(new Error(`step: ${states.length} states but ${tokens.length} tokens`));
     if (signal?.aborted) return Promise.reject(signal.reason);
     // Nothing else wants the model: no queue, no batch to wait for.
@@ -122,7 +126,11 @@ export class DecodeBatcher implements StepModel<KvCache> {
     });
   }
 
-  private async alone(states: readonly KvCache[], tokens: readonly number[], signal?: AbortSignal): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
+  private async alone(
+    states: readonly KvCache[],
+    tokens: readonly number[],
+    signal?: AbortSignal,
+  ): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
     this.busy = true;
     try {
       const t0 = performance.now();

@@ -23,7 +23,11 @@ export function promptSegmentIds(prompt: string, imageToken: string, images: num
 }
 
 /** Embeds token segments and splices the images ([tokens, hidden] each) between them. */
-export async function spliceContext(segmentIds: number[][], images: readonly Float32Array[], embedder: TokenEmbedder): Promise<ContextEmbeds> {
+export async function spliceContext(
+  segmentIds: number[][],
+  images: readonly Float32Array[],
+  embedder: TokenEmbedder,
+): Promise<ContextEmbeds> {
   const { hidden } = embedder;
   const parts: Float32Array[] = [];
   for (let i = 0; i < segmentIds.length; i++) {
@@ -48,7 +52,12 @@ export async function spliceContext(segmentIds: number[][], images: readonly Flo
  * not computed): token rows from the embedding graph, image rows copied. Bit-identical to the same rows of
  * the whole context, since a token's embedding does not depend on its neighbours.
  */
-export async function embedRows(segmentIds: number[][], images: readonly Float32Array[], embedder: TokenEmbedder, from = 0): Promise<Float32Array> {
+export async function embedRows(
+  segmentIds: number[][],
+  images: readonly Float32Array[],
+  embedder: TokenEmbedder,
+  from = 0,
+): Promise<Float32Array> {
   const { hidden } = embedder;
   const parts: Float32Array[] = [];
   let at = 0;

@@ -5,7 +5,18 @@ import type { ModelJson } from './package.js';
 import type { StepModel } from './generation/types.js';
 import type { TokenEmbedder } from './embedder.js';
 import { KvCache } from './kv-cache.js';
-import { AppendBlock, BufferPool, copyRow, growCapacity, kvTensor, kvType, PresentBlock, type BlockInputs, type KvArray, type KvType } from './kv-blocks.js';
+import {
+  AppendBlock,
+  BufferPool,
+  copyRow,
+  growCapacity,
+  kvTensor,
+  kvType,
+  PresentBlock,
+  type BlockInputs,
+  type KvArray,
+  type KvType,
+} from './kv-blocks.js';
 import { copyInto, placeRows } from './step-batch.js';
 
 type LlmShape = ModelJson['llm'];
@@ -135,11 +146,14 @@ export class LlamaDecoder implements StepModel<KvCache> {
   async forward(embeds: Float32Array, past: KvCache | null, signal?: AbortSignal, keep: KeepLogits = 'last'): Promise<ForwardResult> {
     const { hidden, maxPositions } = this.shape;
     const seqLen = embeds.length / hidden;
-    if (!Number.isInteger(seqLen) || seqLen === 0) throw new Error(`inputs_embeds of ${embeds.length} values is not a whole number of ${hidden}-wide rows`);
+    if (!Number.isInteger(seqLen) || seqLen === 0)
+      throw new Error(`inputs_embeds of ${embeds.length} values is not a whole number of ${hidden}-wide rows`);
     const total = (past?.length ?? 0) + seqLen;
     if (total > maxPositions) throw new ContextLengthError(total, maxPositions);
     signal?.throwIfAborted();
-    const r = await (this.mode === 'append' ? this.forwardAppend(embeds, seqLen, past, keep, signal) : this.forwardPresent(embeds, seqLen, past, keep, signal));
+    const r = await (this.mode === 'append'
+      ? this.forwardAppend(embeds, seqLen, past, keep, signal)
+      : this.forwardPresent(embeds, seqLen, past, keep, signal));
     const V = this.vocabSize;
     if (keep === 'last' && r.logits.length > V) r.logits = r.logits.subarray(r.logits.length - V);
     return r;
@@ -159,7 +173,11 @@ export class LlamaDecoder implements StepModel<KvCache> {
    * nothing is copied; otherwise rows are copied first ('append': into free rows of the batch's block where
    * it has them, else into a new one, see placeRows; 'present': into new storage).
    */
-  async step(states: readonly KvCache[], tokens: readonly number[], signal?: AbortSignal): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
+  async step(
+    states: readonly KvCache[],
+    tokens: readonly number[],
+    signal?: AbortSignal,
+  ): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
     const B = states.length;
     if (tokens.length !== B) throw new Error(`step: ${B} states but ${tokens.length} tokens`);
     if (B === 0) return { states: [], logits: [] };
@@ -203,7 +221,13 @@ export class LlamaDecoder implements StepModel<KvCache> {
   private readonly newBlock = (rows: number, need: number): AppendBlock =>
     new AppendBlock(this.pastNames, rows, growCapacity(need, this.shape.maxPositions), this.shape.kvHeads, this.shape.headDim, this.pool);
 
-  private async forwardAppend(embeds: Float32Array, seqLen: number, past: KvCache | null, keep: KeepLogits, signal?: AbortSignal): Promise<ForwardResult> {
+  private async forwardAppend(
+    embeds: Float32Array,
+    seqLen: number,
+    past: KvCache | null,
+    keep: KeepLogits,
+    signal?: AbortSignal,
+  ): Promise<ForwardResult> {
     const { hidden } = this.shape;
     const L = past?.length ?? 0;
     const total = L + seqLen;
@@ -243,10 +267,15 @@ export class LlamaDecoder implements StepModel<KvCache> {
           ...this.keepFeed(keep),
           inputs_embeds: new ort.Tensor('float32', n === seqLen ? embeds : embeds.slice(s * hidden, (s + n) * hidden), [1, n, hidden]),
           attention_mask: new ort.Tensor('int64', mask, [1, cap + n]),
-          position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: n }, (_, i) => BigInt(at + i)), [1, n]),
+          position_ids: new ort.Tensor(
+            'int64',
+            BigInt64Array.from({ length: n }, (_, i) => BigInt(at + i)),
+            [1, n],
+          ),
         };
         const out = await this.run(feeds, this.fetches);
-        for (let i = 0; i < this.pastNames.length; i++) block.write(this.pastNames[i], out[this.newNames[i]].data as KvArray, 0, n, row, at);
+        for (let i = 0; i < this.pastNames.length; i++)
+          block.write(this.pastNames[i], out[this.newNames[i]].data as KvArray, 0, n, row, at);
         block.written[row] = at + n;
         if (signal?.aborted) signal.throwIfAborted();
         logits = out.logits.data as Float32Array;
@@ -280,7 +309,10 @@ export class LlamaDecoder implements StepModel<KvCache> {
     return this.cacheNames ? this.zeroKv(this.cacheNames, 1, rows) : {};
   }
 
-  private async stepAppend(embeds: readonly Float32Array[], states: readonly KvCache[]): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
+  private async stepAppend(
+    embeds: readonly Float32Array[],
+    states: readonly KvCache[],
+  ): Promise<{ states: KvCache[]; logits: Float32Array[] }> {
     const B = states.length;
     const { hidden, vocabSize: V } = this.shape;
     const { block, slots, k, copied } = placeRows(states, this.batchRows, this.newBlock);
@@ -350,7 +382,13 @@ export class LlamaDecoder implements StepModel<KvCache> {
 
   // ----------------------------------------------------------------------------------- 'present' mode
 
-  private async forwardPresent(embeds: Float32Array, seqLen: number, past: KvCache | null, keep: KeepLogits, signal?: AbortSignal): Promise<ForwardResult> {
+  private async forwardPresent(
+    embeds: Float32Array,
+    seqLen: number,
+    past: KvCache | null,
+    keep: KeepLogits,
+    signal?: AbortSignal,
+  ): Promise<ForwardResult> {
     const { hidden } = this.shape;
     // A row of a batch is copied out first: the graph takes one unpadded row here.
     const cache = past === null ? this.emptyCache() : past.standalone ? past : past.prefix();
@@ -365,7 +403,11 @@ export class LlamaDecoder implements StepModel<KvCache> {
         ...this.keepFeed(keep),
         inputs_embeds: new ort.Tensor('float32', embeds, [1, seqLen, hidden]),
         attention_mask: new ort.Tensor('int64', mask, [1, total + lead]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(cache.length + i)), [1, seqLen]),
+        position_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(cache.length + i)),
+          [1, seqLen],
+        ),
       };
       const out = await this.run(feeds);
       const state = new KvCache(this.present(out), total);
@@ -414,7 +456,11 @@ export class LlamaDecoder implements StepModel<KvCache> {
       ...this.keepFeed('last'),
       inputs_embeds: new ort.Tensor('float32', embeds, [B, 1, hidden]),
       attention_mask: new ort.Tensor('int64', mask, [B, W]),
-      position_ids: new ort.Tensor('int64', BigInt64Array.from(states, (s) => BigInt(s.length)), [B, 1]),
+      position_ids: new ort.Tensor(
+        'int64',
+        BigInt64Array.from(states, (s) => BigInt(s.length)),
+        [B, 1],
+      ),
     };
     let out: ort.InferenceSession.OnnxValueMapType;
     try {
@@ -454,7 +500,10 @@ function splitRows(data: Float32Array, width: number): Float32Array[] {
 }
 
 export class ContextLengthError extends Error {
-  constructor(readonly needed: number, readonly limit: number) {
+  constructor(
+    readonly needed: number,
+    readonly limit: number,
+  ) {
     super(`the conversation needs ${needed} positions but the model handles at most ${limit}`);
   }
 }

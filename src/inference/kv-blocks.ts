@@ -27,7 +27,9 @@ export function kvType(tensorType: string): KvType {
 
 /** A KV tensor of `type` over `data` (no copy). */
 export function kvTensor(type: KvType, data: KvArray, dims: readonly number[]): ort.Tensor {
-  return type.tensor === 'float16' ? new ort.Tensor('float16', data as Uint16Array, dims) : new ort.Tensor('float32', data as Float32Array, dims);
+  return type.tensor === 'float16'
+    ? new ort.Tensor('float16', data as Uint16Array, dims)
+    : new ort.Tensor('float32', data as Float32Array, dims);
 }
 
 /** Storage shared by the KvCache views over its rows; freed when the last view is disposed. */
@@ -192,7 +194,9 @@ export class AppendBlock extends KvBlock {
     let f = this.views.get(k);
     if (!f) {
       const size = k * this.kvHeads * this.capacity * this.headDim;
-      f = Object.fromEntries(this.names.map((n) => [n, kvTensor(this.type, data[n].subarray(0, size), [k, this.kvHeads, this.capacity, this.headDim])]));
+      f = Object.fromEntries(
+        this.names.map((n) => [n, kvTensor(this.type, data[n].subarray(0, size), [k, this.kvHeads, this.capacity, this.headDim])]),
+      );
       this.views.set(k, f);
     }
     return f;

@@ -17,7 +17,8 @@ export class KvCache implements DecodeState {
    */
   constructor(tensors: Record<string, ort.Tensor> | KvBlock, length: number, row = 0) {
     const block = tensors instanceof KvBlock ? tensors : new PresentBlock(tensors, 1, length);
-    if (row >= block.rows || (block instanceof PresentBlock && length > block.total)) throw new Error(`KV row ${row} of length ${length} does not fit its storage`);
+    if (row >= block.rows || (block instanceof PresentBlock && length > block.total))
+      throw new Error(`KV row ${row} of length ${length} does not fit its storage`);
     block.retain();
     if (block instanceof AppendBlock) block.rowRefs[row]++;
     this.block = block;
@@ -61,7 +62,8 @@ export class KvCache implements DecodeState {
    * otherwise a copy (with room to grow). The caller owns (disposes) the result; this state stays valid.
    */
   prefix(n = this.length): KvCache {
-    if (!Number.isInteger(n) || n < 0 || n > this.length) throw new RangeError(`cannot take ${n} positions of a KV cache of ${this.length}`);
+    if (!Number.isInteger(n) || n < 0 || n > this.length)
+      throw new RangeError(`cannot take ${n} positions of a KV cache of ${this.length}`);
     const b = this.live();
     if (b instanceof AppendBlock) {
       if (b.rows === 1) return new KvCache(b, n, 0);
@@ -86,7 +88,15 @@ export class KvCache implements DecodeState {
   clone(): KvCache {
     const b = this.live();
     if (b instanceof AppendBlock) {
-      const out = new AppendBlock(b.names, 1, growCapacity(this.length, Math.max(b.capacity, this.length)), b.kvHeads, b.headDim, b.pool, b.type);
+      const out = new AppendBlock(
+        b.names,
+        1,
+        growCapacity(this.length, Math.max(b.capacity, this.length)),
+        b.kvHeads,
+        b.headDim,
+        b.pool,
+        b.type,
+      );
       out.copyRowFrom(b, this.row, this.length, 0);
       return new KvCache(out, this.length, 0);
     }
@@ -94,7 +104,8 @@ export class KvCache implements DecodeState {
     if (p.storage !== b) return p;
     p.dispose();
     const out: Record<string, ort.Tensor> = {};
-    for (const [name, t] of Object.entries((b as PresentBlock).feeds)) out[name] = kvTensor(kvType(t.type), (t.data as KvArray).slice(), t.dims);
+    for (const [name, t] of Object.entries((b as PresentBlock).feeds))
+      out[name] = kvTensor(kvType(t.type), (t.data as KvArray).slice(), t.dims);
     return new KvCache(out, this.length);
   }
 

@@ -131,6 +131,13 @@ export class KvCacheLru<K = string> {
   }
 
   get stats(): KvCacheStats {
-    return { entries: this.map.size, bytes: this.used, budget: this.budget, hits: this.hits, misses: this.misses, evictions: this.evictions };
+    return {
+      entries: this.map.size,
+      bytes: this.used,
+      budget: this.budget,
+      hits: this.hits,
+      misses: this.misses,
+      evictions: this.evictions,
+    };
   }
 }

@@ -62,7 +62,10 @@ export interface Timings {
 export type ModelEvent = GenerationEvent | { type: 'timings'; timings: Timings };
 
 export class VisionEncoder {
-  constructor(private readonly session: ort.InferenceSession, private readonly meta: ModelJson) {}
+  constructor(
+    private readonly session: ort.InferenceSession,
+    private readonly meta: ModelJson,
+  ) {}
 
   /** pixel_values [1,3,S,S] -> image embeddings [imageTokens, hidden] */
   async encode(pixelValues: Float32Array): Promise<Float32Array> {
@@ -141,7 +144,11 @@ export class MiniGPT {
     const tokenizer = await loadTokenizer(pkg.path(meta.tokenizer), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
     const embedder = new TokenEmbedder(embedSession, meta.llm.hidden);
     // WebGPU hands present.* back as device buffers: the cache then stays on the GPU ('present' mode).
-    const decoder = new LlamaDecoder(decoderSession, embedder, meta.llm, { mode: factory.provider === 'webgpu' ? 'present' : undefined, batchRows: opts.maxBatch, prefillChunk: opts.prefillChunk });
+    const decoder = new LlamaDecoder(decoderSession, embedder, meta.llm, {
+      mode: factory.provider === 'webgpu' ? 'present' : undefined,
+      batchRows: opts.maxBatch,
+      prefillChunk: opts.prefillChunk,
+    });
     const slow = slowQuantisation(meta, factory.provider ?? 'cpu');
     if (slow) opts.log?.(slow);
     const forcedAnswer = opts.forcedAnswer ?? process.env.MINIGPT_TEST_FORCED_ANSWER;
@@ -160,7 +167,9 @@ export class MiniGPT {
   }
 
   /** Image bytes (any format sharp reads) -> image embeddings. */
-  async encodeImage(image: Uint8Array): Promise<{ embeds: Float32Array; width: number; height: number; preprocessMs: number; visionMs: number }> {
+  async encodeImage(
+    image: Uint8Array,
+  ): Promise<{ embeds: Float32Array; width: number; height: number; preprocessMs: number; visionMs: number }> {
     const t0 = performance.now();
     const { vision } = this.meta;
     const pre = await preprocessImage(image, { size: vision.imageSize, mean: vision.mean, std: vision.std });
@@ -219,7 +228,10 @@ export class MiniGPT {
       images.forEach((img, i) => {
         if (img.length % hidden !== 0) throw new PromptError(`image ${i} embeddings are not ${hidden}-wide rows`);
       });
-      const layout: ContextLayout = { segments: segmentIds, images: images.map((img, i) => ({ key: context.imageKeys?.[i], rows: img.length / hidden })) };
+      const layout: ContextLayout = {
+        segments: segmentIds,
+        images: images.map((img, i) => ({ key: context.imageKeys?.[i], rows: img.length / hidden })),
+      };
       const length = layoutLength(layout);
       const maxNew = opts.maxNewTokens ?? 300;
       const limit = this.meta.llm.maxPositions;
@@ -309,13 +321,22 @@ export class MiniGPT {
    * prefix are prefilled now, so that a follow-up prefills only its own new tokens. Takes over `cached`
    * (freed, or reused as the result; null: everything is prefilled); the caller owns the returned context.
    */
-  async extendContext(cached: CachedContext | null, prompt: string, images: readonly Float32Array[], imageKeys: readonly (string | undefined)[], signal?: AbortSignal): Promise<CachedContext> {
+  async extendContext(
+    cached: CachedContext | null,
+    prompt: string,
+    images: readonly Float32Array[],
+    imageKeys: readonly (string | undefined)[],
+    signal?: AbortSignal,
+  ): Promise<CachedContext> {
     let owned: CachedContext | undefined = cached ?? undefined;
     let past: KvCache | null = null;
     try {
       const { hidden, maxPositions } = this.meta.llm;
       const segmentIds = promptSegmentIds(prompt, this.meta.prompt.imageToken, images.length, this.tokenizer);
-      const layout: ContextLayout = { segments: segmentIds, images: images.map((img, i) => ({ key: imageKeys[i], rows: img.length / hidden })) };
+      const layout: ContextLayout = {
+        segments: segmentIds,
+        images: images.map((img, i) => ({ key: imageKeys[i], rows: img.length / hidden })),
+      };
       const length = layoutLength(layout);
       if (length > maxPositions) throw new Error(`the context is ${length} tokens long; this model handles at most ${maxPositions}`);
       const n = cached ? Math.min(commonPrefixRows(cached.layout, layout), length) : 0;

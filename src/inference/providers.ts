@@ -58,7 +58,12 @@ export interface OpenedSession {
  *   length changes at every step; planning it is wasted work.
  * - intra-op spinning left on (default): on or off made no measurable difference (55 vs 52 ms a step).
  */
-function sessionOptions(provider: ProviderName, threads: number | undefined, keepOnDevice: readonly string[], arena = true): ort.InferenceSession.SessionOptions {
+function sessionOptions(
+  provider: ProviderName,
+  threads: number | undefined,
+  keepOnDevice: readonly string[],
+  arena = true,
+): ort.InferenceSession.SessionOptions {
   const opts: ort.InferenceSession.SessionOptions = {
     executionProviders: [provider],
     graphOptimizationLevel: 'all',
@@ -112,7 +117,12 @@ export function providerUnavailableReason(provider: ProviderName): string | null
  * Opens a session on the requested provider. With `auto`, tries cuda, webgpu, cpu in turn and keeps the
  * first that initialises. `keepOnDevice` names outputs that should stay in device memory when possible.
  */
-export async function openSession(path: string, opts: SessionFactoryOptions, keepOnDevice: readonly string[] = [], arena = true): Promise<OpenedSession> {
+export async function openSession(
+  path: string,
+  opts: SessionFactoryOptions,
+  keepOnDevice: readonly string[] = [],
+  arena = true,
+): Promise<OpenedSession> {
   const order = opts.provider === 'auto' ? AUTO_ORDER : [opts.provider];
   const failures: string[] = [];
   const skipped: string[] = [];
@@ -151,7 +161,8 @@ export class SessionFactory {
     const opened = await openSession(path, { ...this.opts, provider }, keepOnDevice, opts.arena ?? true);
     if (!this.chosen) {
       this.chosen = opened.provider;
-      const how = this.opts.provider === 'auto' ? `auto${opened.skipped.length ? `; skipped ${opened.skipped.join('; ')}` : ''}` : 'requested';
+      const how =
+        this.opts.provider === 'auto' ? `auto${opened.skipped.length ? `; skipped ${opened.skipped.join('; ')}` : ''}` : 'requested';
       this.opts.log?.(`execution provider: ${opened.provider} (${how})`);
     }
     return opened.session;

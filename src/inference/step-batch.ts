@@ -38,7 +38,11 @@ export interface RowPlacement {
  * states to move, or no room for 41 positions (the longest state and its new one), all three would have
  * been copied into a new block, on rows 0, 1, 2.
  */
-export function placeRows(states: readonly KvCache[], batchRows: number, newBlock: (rows: number, need: number) => AppendBlock): RowPlacement {
+export function placeRows(
+  states: readonly KvCache[],
+  batchRows: number,
+  newBlock: (rows: number, need: number) => AppendBlock,
+): RowPlacement {
   const B = states.length;
   // The steady state of a batch: row b of the same block is state b, at the end of its row.
   const first0 = states[0].storage;

@@ -67,18 +67,14 @@ async function readOptionalJson(path: string): Promise<Json | undefined> {
   return isObject(v) ? v : undefined;
 }
 
-export async function loadTokenizer(
-  tokenizerJsonPath: string,
-  opts: LoadTokenizerOptions = {},
-): Promise<TextTokenizer> {
+export async function loadTokenizer(tokenizerJsonPath: string, opts: LoadTokenizerOptions = {}): Promise<TextTokenizer> {
   let tokenizerJson: unknown;
   try {
     tokenizerJson = await readJson(tokenizerJsonPath);
   } catch (err) {
     throw new Error(`cannot read tokenizer ${tokenizerJsonPath}: ${(err as Error).message}`, { cause: err });
   }
-  const rawConfig =
-    (await readOptionalJson(join(dirname(tokenizerJsonPath), 'tokenizer_config.json'))) ?? {};
+  const rawConfig = (await readOptionalJson(join(dirname(tokenizerJsonPath), 'tokenizer_config.json'))) ?? {};
   return createTokenizer(tokenizerJson, rawConfig, opts, tokenizerJsonPath);
 }
 
@@ -129,11 +125,7 @@ export function createTokenizer(
     if (typeof piece === 'string') vocabSize = Math.max(vocabSize, id + 1);
   }
 
-  const resolveId = (
-    what: string,
-    explicit: number | undefined,
-    candidates: (string | undefined)[],
-  ): number => {
+  const resolveId = (what: string, explicit: number | undefined, candidates: (string | undefined)[]): number => {
     if (explicit !== undefined) {
       if (!Number.isInteger(explicit) || explicit < 0 || explicit >= vocabSize) {
         throw new RangeError(`${source}: ${what} id ${explicit} out of range [0, ${vocabSize})`);
@@ -153,11 +145,7 @@ export function createTokenizer(
   const specialTokens = new Set(Array.isArray(specials) ? specials.filter((x): x is string => typeof x === 'string') : []);
   const incrementalKind = Array.isArray(specials) ? incrementalKindOf(tokenizerJson.decoder) : null;
 
-  const bosId = resolveId('BOS', opts.bosId, [
-    tokenString(config.bos_token),
-    templateFirstSpecial(json.post_processor),
-    '<s>',
-  ]);
+  const bosId = resolveId('BOS', opts.bosId, [tokenString(config.bos_token), templateFirstSpecial(json.post_processor), '<s>']);
   const eosId = resolveId('EOS', opts.eosId, [tokenString(config.eos_token), '</s>']);
 
   return {
@@ -172,9 +160,7 @@ export function createTokenizer(
       for (let i = 0; i < enc.ids.length; i++) {
         const id = enc.ids[i];
         if (typeof id !== 'number' || !Number.isInteger(id)) {
-          throw new Error(
-            `${source}: piece ${JSON.stringify(enc.tokens[i])} is not in the vocabulary and there is no unk token`,
-          );
+          throw new Error(`${source}: piece ${JSON.stringify(enc.tokens[i])} is not in the vocabulary and there is no unk token`);
         }
         ids.push(id);
       }
@@ -217,7 +203,11 @@ function incrementalKindOf(decoder: unknown): 'join' | 'llama' | null {
 }
 
 /** Mirrors tokenizers.js' decode (special tokens filtered by piece, then the decoder) one id at a time. */
-function incrementalDecoder(kind: 'join' | 'llama', piece: (id: number) => string | undefined, skip: ReadonlySet<string>): { push(id: number): string } {
+function incrementalDecoder(
+  kind: 'join' | 'llama',
+  piece: (id: number) => string | undefined,
+  skip: ReadonlySet<string>,
+): { push(id: number): string } {
   let raw = '';
   let pieces = 0;
   let bytes: number[] = [];

@@ -73,7 +73,10 @@ export interface VerifyReport {
 }
 
 class Golden {
-  private constructor(readonly dir: string, private readonly tensors: Record<string, GoldenTensor>) {}
+  private constructor(
+    readonly dir: string,
+    private readonly tensors: Record<string, GoldenTensor>,
+  ) {}
 
   static async open(dir: string): Promise<Golden> {
     let manifest: { tensors?: Record<string, GoldenTensor> };
@@ -245,7 +248,9 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
       }
       const variant = goldenVariant(model.meta, (n) => golden.has(n));
       // Intermediate stages the vision graph exposes and the folder has references for (this variant's only).
-      const stageNames = variant ? [] : model.vision.stageNames.filter((n) => (VISION_STAGES as readonly string[]).includes(n) && golden.has(n));
+      const stageNames = variant
+        ? []
+        : model.vision.stageNames.filter((n) => (VISION_STAGES as readonly string[]).includes(n) && golden.has(n));
       // The ViT is fed the golden pixel_values so its error is measured on its own.
       let embeds: Float32Array;
       if (stageNames.length > 0) {
@@ -267,9 +272,18 @@ export async function verifyPackage(modelDir: string, goldenDir: string, opts: L
         const segPrefix = golden.has(`${prefix}seg0_ids`) ? prefix : idsPrefix;
         prompts[prefix.replace(/_$/, '')] = await verifyPrompt(model, golden, segPrefix, prefix, embeds, stages, bounds);
       }
-      if (Object.keys(prompts).length === 0) throw new Error(`${goldenDir} has no prompt for this package (${variant || 'default'} variant)`);
+      if (Object.keys(prompts).length === 0)
+        throw new Error(`${goldenDir} has no prompt for this package (${variant || 'default'} variant)`);
       const ok = Object.values(stages).every((s) => s.ok) && Object.values(prompts).every((p) => p.ok);
-      return { dtype, compute: model.meta.compute, bounds: { tensor: bounds.tensor, forced_top1: bounds.forcedTop1 }, stages, prompts, ok, ...(model.forcedAnswer ? { forced_answer: true as const } : {}) };
+      return {
+        dtype,
+        compute: model.meta.compute,
+        bounds: { tensor: bounds.tensor, forced_top1: bounds.forcedTop1 },
+        stages,
+        prompts,
+        ok,
+        ...(model.forcedAnswer ? { forced_answer: true as const } : {}),
+      };
     }
     throw new Error(`${goldenDir} has no pixel_values tensor to feed the vision encoder`);
   } finally {

@@ -118,13 +118,16 @@ describe('TaskSet', () => {
 describe('answer events', () => {
   it('runs the handler of each type in order and ignores the types without one', async () => {
     const seen: string[] = [];
-    await onAnswerEvents(stream({ type: 'queued', position: 2 }, { type: 'started' }, { type: 'text', text: 'Hi' }, { type: 'timings', timings: {} }), {
-      queued: (ev) => void seen.push(`queued ${ev.position}`),
-      text: async (ev) => {
-        await new Promise((r) => setTimeout(r, 5));
-        seen.push(`text ${ev.text}`);
+    await onAnswerEvents(
+      stream({ type: 'queued', position: 2 }, { type: 'started' }, { type: 'text', text: 'Hi' }, { type: 'timings', timings: {} }),
+      {
+        queued: (ev) => void seen.push(`queued ${ev.position}`),
+        text: async (ev) => {
+          await new Promise((r) => setTimeout(r, 5));
+          seen.push(`text ${ev.text}`);
+        },
       },
-    });
+    );
     expect(seen).toEqual(['queued 2', 'text Hi']);
   });
 
@@ -141,7 +144,12 @@ describe('answer events', () => {
 
 describe('errors', () => {
   it('describes an error with what its client attached, and hides secrets long enough to be secrets', () => {
-    const err = Object.assign(new Error('Missing Access'), { code: 50001, status: 403, method: 'post', url: 'https://discord.com/api/v10/x' });
+    const err = Object.assign(new Error('Missing Access'), {
+      code: 50001,
+      status: 403,
+      method: 'post',
+      url: 'https://discord.com/api/v10/x',
+    });
     expect(describeError(err)).toBe('Missing Access, code 50001, HTTP 403, POST https://discord.com/api/v10/x');
     expect(describeError('plain')).toBe('plain');
     expect(hideSecrets('token abcdefgh and abc', ['abcdefgh', 'abc'], 6)).toBe('token [redacted] and abc');

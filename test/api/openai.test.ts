@@ -86,7 +86,12 @@ type Extension = {
 };
 const ext = (o: object) => (o as { minigpt: Extension }).minigpt;
 
-async function expectApiError(p: Promise<unknown>, status: number, code: string, param?: string): Promise<InstanceType<typeof OpenAI.APIError>> {
+async function expectApiError(
+  p: Promise<unknown>,
+  status: number,
+  code: string,
+  param?: string,
+): Promise<InstanceType<typeof OpenAI.APIError>> {
   const err = await p.then(
     () => undefined,
     (e: unknown) => e,
@@ -103,7 +108,9 @@ async function expectApiError(p: Promise<unknown>, status: number, code: string,
 describe('OpenAI API: models', () => {
   it('lists and retrieves the served package; an unknown id is a 404', async () => {
     const page = await client.models.list();
-    expect(page.data.map((m) => [m.id, m.object, m.owned_by, m.created])).toEqual([['minigpt-demo', 'model', 'minigpt-bot', 1_700_000_000]]);
+    expect(page.data.map((m) => [m.id, m.object, m.owned_by, m.created])).toEqual([
+      ['minigpt-demo', 'model', 'minigpt-bot', 1_700_000_000],
+    ]);
     expect((await client.models.retrieve('minigpt-demo')).id).toBe('minigpt-demo');
     const err = await expectApiError(client.models.retrieve('gpt-4o'), 404, 'model_not_found');
     expect(err).toBeInstanceOf(OpenAI.NotFoundError);
@@ -112,7 +119,15 @@ describe('OpenAI API: models', () => {
 
 describe('OpenAI API: chat completions', () => {
   it('answers a text-only chat with the language model alone, as the model does for the same prompt', async () => {
-    const r = await client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'system', content: 'ignored' }, { role: 'user', content: 'what is the red shape?' }], ...GREEDY, max_tokens: 12 });
+    const r = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [
+        { role: 'system', content: 'ignored' },
+        { role: 'user', content: 'what is the red shape?' },
+      ],
+      ...GREEDY,
+      max_tokens: 12,
+    });
     expect(r.object).toBe('chat.completion');
     expect(r.id).toMatch(/^chatcmpl-[0-9a-f]{24}$/);
     expect(r.model).toBe('minigpt-demo');
@@ -133,7 +148,11 @@ describe('OpenAI API: chat completions', () => {
   });
 
   it('answers an image question sent as a data URL exactly as a chat thread does', async () => {
-    const r = await client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(vqa.prompt, `data:image/png;base64,${vqaPng.toString('base64')}`) }], ...GREEDY });
+    const r = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: withImage(vqa.prompt, `data:image/png;base64,${vqaPng.toString('base64')}`) }],
+      ...GREEDY,
+    });
     const [thread] = await threadAnswers([{ text: vqa.prompt, image: vqaPng }]);
     expect(r.choices[0].message.content).toBe(thread.text);
     expect(r.choices[0].message.content!.length).toBeGreaterThan(0);
@@ -146,7 +165,13 @@ describe('OpenAI API: chat completions', () => {
   it('streams chunks that concatenate to the non-streamed answer, then finish_reason, usage and [DONE]', async () => {
     const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [{ role: 'user', content: withImage(refer.prompt) }];
     const whole = await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY });
-    const stream = await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, stream: true, stream_options: { include_usage: true } });
+    const stream = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages,
+      ...GREEDY,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     const chunks: OpenAI.Chat.ChatCompletionChunk[] = [];
     for await (const c of stream) chunks.push(c);
     expect(chunks.every((c) => c.object === 'chat.completion.chunk' && c.id === chunks[0].id)).toBe(true);
@@ -177,7 +202,13 @@ describe('OpenAI API: chat completions', () => {
     expect(grid.length).toBeGreaterThan(0); // the demo model answers [refer] with a box
     const e = ext(r);
     expect(e.task).toBe('refer');
-    expect(e.boxes).toEqual(grid.map((b, i) => ({ phrase: entities.flatMap((en) => en.boxes.map(() => en.phrase))[i], ...gridToPixels(b, refer.width, refer.height), grid: [b.x1, b.y1, b.x2, b.y2] })));
+    expect(e.boxes).toEqual(
+      grid.map((b, i) => ({
+        phrase: entities.flatMap((en) => en.boxes.map(() => en.phrase))[i],
+        ...gridToPixels(b, refer.width, refer.height),
+        grid: [b.x1, b.y1, b.x2, b.y2],
+      })),
+    );
     const m = /^data:image\/(png|jpeg);base64,(.+)$/.exec(e.annotated_image ?? '');
     expect(m).not.toBeNull();
     const drawn = Buffer.from(m![2], 'base64');
@@ -185,10 +216,15 @@ describe('OpenAI API: chat completions', () => {
     expect([meta.width, meta.height]).toEqual([refer.width, refer.height]);
     // the box's outline is drawn over the scene: its top edge's pixels changed
     const box = e.boxes[0];
-    const row = async (img: Buffer) => (await sharp(img).removeAlpha().extract({ left: box.left, top: box.top, width: box.width, height: 1 }).raw().toBuffer());
+    const row = async (img: Buffer) =>
+      await sharp(img).removeAlpha().extract({ left: box.left, top: box.top, width: box.width, height: 1 }).raw().toBuffer();
     expect((await row(drawn)).equals(await row(png))).toBe(false);
     // and only when asked
-    const plain = await client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(refer.prompt) }], ...GREEDY });
+    const plain = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: withImage(refer.prompt) }],
+      ...GREEDY,
+    });
     expect(ext(plain).annotated_image).toBeUndefined();
     expect(ext(plain).boxes).toEqual(e.boxes);
   });
@@ -197,7 +233,11 @@ describe('OpenAI API: chat completions', () => {
     const q1 = vqa.prompt;
     const q2 = '[refer] where is it?';
     const img = `data:image/png;base64,${vqaPng.toString('base64')}`;
-    const first = await client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(q1, img) }], ...GREEDY });
+    const first = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: withImage(q1, img) }],
+      ...GREEDY,
+    });
     const a1 = first.choices[0].message.content!;
     const follow: OpenAI.Chat.ChatCompletionMessageParam[] = [
       { role: 'user', content: withImage(q1, img) },
@@ -226,8 +266,11 @@ describe('OpenAI API: chat completions', () => {
   });
 
   it('honours stop, max_tokens and seed', async () => {
-    const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [{ role: 'user', content: withImage(caption.prompt, `data:image/png;base64,${captionPng.toString('base64')}`) }];
-    const full = (await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, max_tokens: 30 })).choices[0].message.content!;
+    const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [
+      { role: 'user', content: withImage(caption.prompt, `data:image/png;base64,${captionPng.toString('base64')}`) },
+    ];
+    const full = (await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, max_tokens: 30 })).choices[0].message
+      .content!;
     expect(full.length).toBeGreaterThan(10);
     const half = Math.floor(full.length / 2);
     const stop = full.slice(half, half + 3);
@@ -237,7 +280,8 @@ describe('OpenAI API: chat completions', () => {
     const short = await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, max_completion_tokens: 2 });
     expect(short.usage!.completion_tokens).toBe(2);
     expect(short.choices[0].finish_reason).toBe('length');
-    const sampled = () => client.chat.completions.create({ model: 'minigpt-demo', messages, temperature: 1.5, top_p: 1, seed: 7, max_tokens: 20 });
+    const sampled = () =>
+      client.chat.completions.create({ model: 'minigpt-demo', messages, temperature: 1.5, top_p: 1, seed: 7, max_tokens: 20 });
     expect((await sampled()).choices[0].message.content).toBe((await sampled()).choices[0].message.content);
   });
 
@@ -248,15 +292,38 @@ describe('OpenAI API: chat completions', () => {
     });
     await new Promise<void>((r) => images.listen(0, '127.0.0.1', r));
     const host = `127.0.0.1:${(images.address() as AddressInfo).port}`;
-    const allowing = await startApiServer({ manager, port: 0, imageHosts: [host], model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    const allowing = await startApiServer({
+      manager,
+      port: 0,
+      imageHosts: [host],
+      model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' },
+    });
     try {
       const c = new OpenAI({ baseURL: allowing.url, apiKey: 'x', maxRetries: 0 });
-      const r = await c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(vqa.prompt, `http://${host}/scene.png`) }], ...GREEDY });
+      const r = await c.chat.completions.create({
+        model: 'minigpt-demo',
+        messages: [{ role: 'user', content: withImage(vqa.prompt, `http://${host}/scene.png`) }],
+        ...GREEDY,
+      });
       const [thread] = await threadAnswers([{ text: vqa.prompt, image: vqaPng }]);
       expect(r.choices[0].message.content).toBe(thread.text);
-      await expectApiError(c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage('hi', `http://${host}/redirect.png`) }] }), 400, 'image_url_not_allowed');
+      await expectApiError(
+        c.chat.completions.create({
+          model: 'minigpt-demo',
+          messages: [{ role: 'user', content: withImage('hi', `http://${host}/redirect.png`) }],
+        }),
+        400,
+        'image_url_not_allowed',
+      );
       // the default server fetches nothing
-      await expectApiError(client.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage('hi', `http://${host}/scene.png`) }] }), 400, 'image_url_not_allowed');
+      await expectApiError(
+        client.chat.completions.create({
+          model: 'minigpt-demo',
+          messages: [{ role: 'user', content: withImage('hi', `http://${host}/scene.png`) }],
+        }),
+        400,
+        'image_url_not_allowed',
+      );
     } finally {
       await allowing.close();
       await new Promise((r) => images.close(r));
@@ -266,13 +333,21 @@ describe('OpenAI API: chat completions', () => {
 
 describe('OpenAI API: errors', () => {
   const ask = (body: Record<string, unknown>, c = client) =>
-    c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage('what is this?') }], ...body } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming);
+    c.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: withImage('what is this?') }],
+      ...body,
+    } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming);
 
-  it('refuses an unreadable image, an unknown model and bad parameters in OpenAI\'s error shape', async () => {
+  it("refuses an unreadable image, an unknown model and bad parameters in OpenAI's error shape", async () => {
     const notImage = `data:image/png;base64,${Buffer.from('this is not a picture').toString('base64')}`;
     const e = await expectApiError(ask({ messages: [{ role: 'user', content: withImage('hi', notImage) }] }), 400, 'invalid_image');
     expect(e).toBeInstanceOf(OpenAI.BadRequestError);
-    await expectApiError(ask({ messages: [{ role: 'user', content: withImage('hi', 'data:image/png;base64,@@@') }] }), 400, 'invalid_image');
+    await expectApiError(
+      ask({ messages: [{ role: 'user', content: withImage('hi', 'data:image/png;base64,@@@') }] }),
+      400,
+      'invalid_image',
+    );
     await expectApiError(ask({ model: 'gpt-4o' }), 404, 'model_not_found', 'model');
     await expectApiError(ask({ n: 2 }), 400, 'unsupported_value', 'n');
     await expectApiError(ask({ temperature: 3 }), 400, 'invalid_request', 'temperature');
@@ -280,19 +355,43 @@ describe('OpenAI API: errors', () => {
     await expectApiError(ask({ stop: ['a', 'b', 'c', 'd', 'e'] }), 400, 'invalid_request', 'stop');
     await expectApiError(ask({ presence_penalty: 1 }), 400, 'unsupported_parameter', 'presence_penalty');
     await expectApiError(ask({ tools: [{ type: 'function', function: { name: 'f' } }] }), 400, 'unsupported_parameter', 'tools');
-    await expectApiError(ask({ messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'hello' }] }), 400, 'invalid_request', 'messages');
+    await expectApiError(
+      ask({
+        messages: [
+          { role: 'user', content: 'hi' },
+          { role: 'assistant', content: 'hello' },
+        ],
+      }),
+      400,
+      'invalid_request',
+      'messages',
+    );
     await expectApiError(ask({ messages: [] }), 400, 'invalid_request', 'messages');
-    await expectApiError(ask({ messages: [{ role: 'user', content: [{ type: 'input_audio', input_audio: { data: '', format: 'wav' } }] }] }), 400, 'invalid_request', 'messages[0].content[0].type');
-    await expectApiError(ask({ messages: [{ role: 'user', content: [...withImage('two'), { type: 'image_url', image_url: { url: dataUrl } }] }] }), 400, 'too_many_images');
+    await expectApiError(
+      ask({ messages: [{ role: 'user', content: [{ type: 'input_audio', input_audio: { data: '', format: 'wav' } }] }] }),
+      400,
+      'invalid_request',
+      'messages[0].content[0].type',
+    );
+    await expectApiError(
+      ask({ messages: [{ role: 'user', content: [...withImage('two'), { type: 'image_url', image_url: { url: dataUrl } }] }] }),
+      400,
+      'too_many_images',
+    );
   });
 
-  it('refuses a prompt longer than the model\'s window', async () => {
+  it("refuses a prompt longer than the model's window", async () => {
     const long = Array.from({ length: 3000 }, (_, i) => `w${i}`).join(' ');
     await expectApiError(ask({ messages: [{ role: 'user', content: withImage(long) }] }), 400, 'context_length_exceeded', 'messages');
   });
 
   it('refuses an image over the limit with 413, and a request body over the limit too', async () => {
-    const small = await startApiServer({ manager, port: 0, maxImageBytes: 4096, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    const small = await startApiServer({
+      manager,
+      port: 0,
+      maxImageBytes: 4096,
+      model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' },
+    });
     try {
       const c = new OpenAI({ baseURL: small.url, apiKey: 'x', maxRetries: 0 });
       expect(png.length).toBeGreaterThan(4096);
@@ -310,7 +409,12 @@ describe('OpenAI API: errors', () => {
     const busy = await startApiServer({ manager: tight, port: 0, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
     try {
       const c = new OpenAI({ baseURL: busy.url, apiKey: 'x', maxRetries: 0 });
-      const stream = await c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(refer.prompt) }], ...GREEDY, stream: true });
+      const stream = await c.chat.completions.create({
+        model: 'minigpt-demo',
+        messages: [{ role: 'user', content: withImage(refer.prompt) }],
+        ...GREEDY,
+        stream: true,
+      });
       const it = stream[Symbol.asyncIterator]();
       await it.next(); // the first answer is running
       const e = await expectApiError(ask({}, c), 503, 'server_busy');
@@ -339,7 +443,12 @@ describe('OpenAI API: errors', () => {
     const one = await startApiServer({ manager: spy, port: 0, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
     try {
       const c = new OpenAI({ baseURL: one.url, apiKey: 'x', maxRetries: 0 });
-      const stream = await c.chat.completions.create({ model: 'minigpt-demo', messages: [{ role: 'user', content: withImage(refer.prompt) }], ...GREEDY, stream: true });
+      const stream = await c.chat.completions.create({
+        model: 'minigpt-demo',
+        messages: [{ role: 'user', content: withImage(refer.prompt) }],
+        ...GREEDY,
+        stream: true,
+      });
       const it = stream[Symbol.asyncIterator]();
       await it.next();
       await expectApiError(ask({}, c), 503, 'server_busy'); // it is running
@@ -364,7 +473,12 @@ describe('OpenAI API: errors', () => {
   });
 
   it('needs a key from MINIGPT_API_KEYS when keys are set', async () => {
-    const guarded = await startApiServer({ manager, port: 0, keys: ['key-one', 'key-two'], model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    const guarded = await startApiServer({
+      manager,
+      port: 0,
+      keys: ['key-one', 'key-two'],
+      model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' },
+    });
     try {
       const as = (apiKey: string) => new OpenAI({ baseURL: guarded.url, apiKey, maxRetries: 0 });
       const e = await expectApiError(as('wrong').models.list(), 401, 'invalid_api_key');
@@ -383,7 +497,9 @@ describe('OpenAI API: errors', () => {
   });
 
   it('without keys: loopback only, loopback Host names only, JSON bodies only', async () => {
-    await expect(startApiServer({ manager, host: '0.0.0.0', port: 0, model: { id: 'm', created: 1, architecture: 'minigpt-v2' } })).rejects.toThrow(/MINIGPT_API_KEYS/);
+    await expect(
+      startApiServer({ manager, host: '0.0.0.0', port: 0, model: { id: 'm', created: 1, architecture: 'minigpt-v2' } }),
+    ).rejects.toThrow(/MINIGPT_API_KEYS/);
     const { request } = await import('node:http');
     const status = (headers: Record<string, string>, method = 'GET', path = '/v1/models', body?: string) =>
       new Promise<number>((resolve, reject) => {
@@ -396,6 +512,8 @@ describe('OpenAI API: errors', () => {
       });
     expect(await status({ host: `127.0.0.1:${server.port}` })).toBe(200);
     expect(await status({ host: `evil.example:${server.port}` })).toBe(421); // DNS rebinding
-    expect(await status({ host: `localhost:${server.port}`, 'content-type': 'text/plain' }, 'POST', '/v1/chat/completions', '{}')).toBe(415);
+    expect(await status({ host: `localhost:${server.port}`, 'content-type': 'text/plain' }, 'POST', '/v1/chat/completions', '{}')).toBe(
+      415,
+    );
   });
 });

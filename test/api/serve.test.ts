@@ -18,7 +18,16 @@ beforeAll(async () => {
   config = join(work, 'demo.yaml');
   await writeFile(
     config,
-    ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(ROOT, 'models', 'demo'))}`, '  max_new_tokens: 24', '  temperature: 0', 'runtime:', '  execution_provider: cpu', ''].join('\n'),
+    [
+      'model:',
+      '  arch: minigpt_v2',
+      `  package: ${JSON.stringify(join(ROOT, 'models', 'demo'))}`,
+      '  max_new_tokens: 24',
+      '  temperature: 0',
+      'runtime:',
+      '  execution_provider: cpu',
+      '',
+    ].join('\n'),
   );
 });
 
@@ -42,7 +51,15 @@ describe('serve() with API_PORT', () => {
       const png = ex.png(e.id)!;
       const r = await client.chat.completions.create({
         model: 'demo',
-        messages: [{ role: 'user', content: [{ type: 'text', text: e.prompt }, { type: 'image_url', image_url: { url: `data:image/png;base64,${png.toString('base64')}` } }] }],
+        messages: [
+          {
+            role: 'user',
+            content: [
+              { type: 'text', text: e.prompt },
+              { type: 'image_url', image_url: { url: `data:image/png;base64,${png.toString('base64')}` } },
+            ],
+          },
+        ],
       });
       const web = await readEvents(await postChat(bot.webUrl!, { conversation: randomConversation(), text: e.prompt, image: png }));
       const final = web.find((ev) => ev.type === 'final') as { text: string } | undefined;
@@ -57,7 +74,10 @@ describe('serve() with API_PORT', () => {
   it('refuses a non-loopback API_HOST without MINIGPT_API_KEYS, and a bad API_PORT, before looking for the model', async () => {
     // a config whose package does not exist: the settings error must come first
     const missing = join(work, 'missing.yaml');
-    await writeFile(missing, ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(work, 'no-such-package'))}`, ''].join('\n'));
+    await writeFile(
+      missing,
+      ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(work, 'no-such-package'))}`, ''].join('\n'),
+    );
     await expect(serve({ env: { MINIGPT_CONFIG: missing }, log: () => {} })).rejects.toThrow(/model package not found/);
     const refused = serve({ env: { MINIGPT_CONFIG: missing, API_PORT: '0', API_HOST: '0.0.0.0' }, log: () => {} });
     await expect(refused).rejects.toThrow(ServeError);
@@ -66,7 +86,11 @@ describe('serve() with API_PORT', () => {
   });
 
   it('says on the page and in /v1/models when the test hook forces the answers', async () => {
-    const bot = await serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0' }, load: { forcedAnswer: 'forced text' }, log: () => {} });
+    const bot = await serve({
+      env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0' },
+      load: { forcedAnswer: 'forced text' },
+      log: () => {},
+    });
     try {
       const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as { model: { notice?: string } };
       expect(info.model.notice).toContain('forced by the test hook MINIGPT_TEST_FORCED_ANSWER');
@@ -85,7 +109,10 @@ describe('serve() with API_PORT', () => {
   });
 
   it('takes the model id from API_MODEL_ID and requires the keys it is given', async () => {
-    const bot = await serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0', API_MODEL_ID: 'minigpt-v2-demo', MINIGPT_API_KEYS: 'k-1, k-2' }, log: () => {} });
+    const bot = await serve({
+      env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0', API_MODEL_ID: 'minigpt-v2-demo', MINIGPT_API_KEYS: 'k-1, k-2' },
+      log: () => {},
+    });
     try {
       const as = (key: string) => new OpenAI({ baseURL: bot.apiUrl, apiKey: key, maxRetries: 0 });
       expect((await as('k-2').models.list()).data[0].id).toBe('minigpt-v2-demo');

@@ -33,7 +33,13 @@ describe('minigpt ask --annotate', () => {
   it('draws a [refer] answer box at the right pixels of an EXIF-rotated JPEG', async () => {
     // stored 120x80, orientation 6 (rotate 90 deg clockwise): displayed 80 wide, 120 high
     const jpeg = join(work, 'rotated.jpg');
-    await writeFile(jpeg, await sharp({ create: { width: 120, height: 80, channels: 3, background: { r: 128, g: 128, b: 128 } } }).jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toBuffer());
+    await writeFile(
+      jpeg,
+      await sharp({ create: { width: 120, height: 80, channels: 3, background: { r: 128, g: 128, b: 128 } } })
+        .jpeg({ quality: 95 })
+        .withMetadata({ orientation: 6 })
+        .toBuffer(),
+    );
     const out = join(work, 'out.png');
     const r = await ask(['--image', jpeg, '--annotate', out, '--json', '[refer] the target'], '<p>the target</p>{<25><25><75><50>}');
     expect(r.code, r.stderr).toBe(0);

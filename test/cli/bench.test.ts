@@ -22,7 +22,17 @@ describe('minigpt bench', () => {
       const lines = r.stdout.trim().split('\n');
       expect(lines).toHaveLength(1);
       const j = JSON.parse(lines[0]) as Record<string, unknown>;
-      for (const k of ['ttft_ms', 'decode_tok_s', 'vision_ms', 'peak_rss_mb', 'kv_cache_speedup', 'followup_ttft_ratio', 'batch8_speedup', 'js_overhead_share', 'grounding_answer_ms']) {
+      for (const k of [
+        'ttft_ms',
+        'decode_tok_s',
+        'vision_ms',
+        'peak_rss_mb',
+        'kv_cache_speedup',
+        'followup_ttft_ratio',
+        'batch8_speedup',
+        'js_overhead_share',
+        'grounding_answer_ms',
+      ]) {
         expect(typeof j[k], k).toBe('number');
         expect(Number.isFinite(j[k]), k).toBe(true);
       }
@@ -79,7 +89,8 @@ describe('minigpt bench', () => {
         expect(j.dtype).toBe(dtype);
         expect(j.accuracy_level).toBe(dtype === 'int4' ? 4 : null);
         expect(j.block_size).toBe(dtype === 'int4' ? 32 : null);
-        for (const k of ['load_ms', 'vision_ms', 'prefill_ms', 'decode_step_ms', 'peak_rss_mb'] as const) expect(j[k], k).toBeGreaterThan(0);
+        for (const k of ['load_ms', 'vision_ms', 'prefill_ms', 'decode_step_ms', 'peak_rss_mb'] as const)
+          expect(j[k], k).toBeGreaterThan(0);
         expect(j.prompt_tokens).toBeGreaterThan(20); // the image's tokens and the prompt's
         if (results[0]) expect(j.prompt_tokens).toBe(results[0].prompt_tokens);
         results.push(j);
@@ -102,7 +113,10 @@ describe('minigpt bench', () => {
     const names = (v: string | undefined) => parseDtypes(v).map((x) => x.name);
     expect(names(undefined)).toEqual(['fp32', 'fp16', 'int8', 'int4', 'int4-b128']);
     expect(names('int4,int8')).toEqual(['fp32', 'int4', 'int8']);
-    expect(parseDtypes('int4-b64')).toEqual([{ name: 'fp32', dtype: 'fp32' }, { name: 'int4-b64', dtype: 'int4', blockSize: 64 }]);
+    expect(parseDtypes('int4-b64')).toEqual([
+      { name: 'fp32', dtype: 'fp32' },
+      { name: 'int4-b64', dtype: 'int4', blockSize: 64 },
+    ]);
     expect(parseDtypes('none')).toEqual([]);
     expect(() => parseDtypes('int3')).toThrow(/int3 is not a weight type/);
     expect(() => parseDtypes('fp16-b64')).toThrow(/a block size is for int8 \/ int4/);
@@ -110,7 +124,17 @@ describe('minigpt bench', () => {
 
   it('a variant measured in several processes: the median of each time, the largest peak RSS', () => {
     const run = (decode: number, prefill: number, rss: number): WeightsResult => ({
-      package: 'p', dtype: 'int4', block_size: 32, accuracy_level: 4, bytes: 1, load_ms: 1, vision_ms: 2, prefill_ms: prefill, prompt_tokens: 9, decode_step_ms: decode, peak_rss_mb: rss,
+      package: 'p',
+      dtype: 'int4',
+      block_size: 32,
+      accuracy_level: 4,
+      bytes: 1,
+      load_ms: 1,
+      vision_ms: 2,
+      prefill_ms: prefill,
+      prompt_tokens: 9,
+      decode_step_ms: decode,
+      peak_rss_mb: rss,
     });
     const m = medianResult([run(30, 900, 1000), run(10, 1100, 1200), run(20, 1000, 1100)]);
     expect(m).toMatchObject({ decode_step_ms: 20, prefill_ms: 1000, peak_rss_mb: 1200, runs: 3, vision_ms: 2 });

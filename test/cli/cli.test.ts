@@ -16,8 +16,23 @@ async function goldenIds(file: string): Promise<number[]> {
 let work: string;
 let pkg: string;
 const convertArgs = (out: string, vit = join(GOLDEN, 'eva_vit.pth')) => [
-  'convert', '--arch', 'minigpt-v2', '--vit', vit, '--llm', join(GOLDEN, 'llama'),
-  '--ckpt', join(GOLDEN, 'minigptv2_ckpt.pth'), '--vit-heads', '4', '--image-size', '112', '--lora-r', '8', '--out', out,
+  'convert',
+  '--arch',
+  'minigpt-v2',
+  '--vit',
+  vit,
+  '--llm',
+  join(GOLDEN, 'llama'),
+  '--ckpt',
+  join(GOLDEN, 'minigptv2_ckpt.pth'),
+  '--vit-heads',
+  '4',
+  '--image-size',
+  '112',
+  '--lora-r',
+  '8',
+  '--out',
+  out,
 ];
 
 beforeAll(async () => {
@@ -75,7 +90,19 @@ describe('minigpt verify', () => {
 
 describe('minigpt ask', () => {
   it('streams the answer; greedy over the demo chat template reproduces the upstream greedy tokens', async () => {
-    const args = ['ask', '--model', pkg, '--image', join(GOLDEN, 'input.png'), '--temperature', '0', '--repetition-penalty', '1', '--max-new-tokens', '8'];
+    const args = [
+      'ask',
+      '--model',
+      pkg,
+      '--image',
+      join(GOLDEN, 'input.png'),
+      '--temperature',
+      '0',
+      '--repetition-penalty',
+      '1',
+      '--max-new-tokens',
+      '8',
+    ];
     const json = await minigpt([...args, '--json', '[grounding] describe this image']);
     expect(json.code, json.stderr).toBe(0);
     const result = JSON.parse(json.stdout);
@@ -115,7 +142,13 @@ describe('minigpt ask', () => {
 
 describe('minigpt convert', () => {
   it('refuses a .pth whose pickle calls os.system, and writes no package', async () => {
-    const pkl = concat([hex('8002'), new TextEncoder().encode('cos\nsystem\n'), hex('5804000000'), new TextEncoder().encode('echo'), hex('85522e')]);
+    const pkl = concat([
+      hex('8002'),
+      new TextEncoder().encode('cos\nsystem\n'),
+      hex('5804000000'),
+      new TextEncoder().encode('echo'),
+      hex('85522e'),
+    ]);
     const evil = join(work, 'evil.pth');
     await writeFile(evil, buildTorchZip('archive', pkl, {}));
     const out = join(work, 'evil-pkg');

@@ -36,10 +36,30 @@ beforeAll(async () => {
   config = join(work, 'tiny.yaml');
   await writeFile(
     config,
-    ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(pkg)}`, '  max_new_tokens: 120', '  temperature: 0', 'runtime:', '  execution_provider: cpu', '  threads: 1', '  max_batch: 2', '  queue_size: 32', ''].join('\n'),
+    [
+      'model:',
+      '  arch: minigpt_v2',
+      `  package: ${JSON.stringify(pkg)}`,
+      '  max_new_tokens: 120',
+      '  temperature: 0',
+      'runtime:',
+      '  execution_provider: cpu',
+      '  threads: 1',
+      '  max_batch: 2',
+      '  queue_size: 32',
+      '',
+    ].join('\n'),
   );
   redis = await startRedis({ aof: true });
-  env = { MINIGPT_CONFIG: config, REDIS_URL: redis.url, MINIGPT_WORKER_LOCK_MS: '1500', WEB_PORT: '0', API_PORT: '0', DISCORD_TOKEN: '', SLACK_BOT_TOKEN: '' };
+  env = {
+    MINIGPT_CONFIG: config,
+    REDIS_URL: redis.url,
+    MINIGPT_WORKER_LOCK_MS: '1500',
+    WEB_PORT: '0',
+    API_PORT: '0',
+    DISCORD_TOKEN: '',
+    SLACK_BOT_TOKEN: '',
+  };
 }, 120_000);
 
 // Each test has its own processes and an empty Redis: a worker left from one test must not take another's jobs.
@@ -88,7 +108,12 @@ describe('serve --role frontend / worker', () => {
     const expected: string[] = [];
     for (let i = 0; i < 3; i++) {
       let final = '';
-      for await (const ev of local.handle({ key: { platform: 'cli', workspace: 'w', channel: 'c', thread: `t${i}` }, user: 'u', text: questions[i], image: images[i] })) {
+      for await (const ev of local.handle({
+        key: { platform: 'cli', workspace: 'w', channel: 'c', thread: `t${i}` },
+        user: 'u',
+        text: questions[i],
+        image: images[i],
+      })) {
         if (ev.type === 'final') final = ev.text;
       }
       expected.push(final);
@@ -104,7 +129,12 @@ describe('serve --role frontend / worker', () => {
     const w2 = serve('worker');
     const webFront = serve('frontend');
     const apiFront = serve('frontend');
-    const slackFront = serve('frontend', { SLACK_BOT_TOKEN: fake.botToken, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl });
+    const slackFront = serve('frontend', {
+      SLACK_BOT_TOKEN: fake.botToken,
+      SLACK_SIGNING_SECRET: fake.signingSecret,
+      SLACK_PORT: '0',
+      SLACK_API_URL: fake.apiUrl,
+    });
     const [w1Id] = await Promise.all([w1, w2].map(async (w) => (await w.waitFor(/worker (\S+) takes jobs/))[1]));
     const webUrl = (await webFront.waitFor(/web demo on (http:\S+)/))[1];
     const apiUrl = (await apiFront.waitFor(/OpenAI-compatible API on (http:\S+)/))[1];
@@ -126,7 +156,15 @@ describe('serve --role frontend / worker', () => {
     const api = [0, 1, 2].map(async (i) => {
       const stream = await client.chat.completions.create({
         model: 'pkg',
-        messages: [{ role: 'user', content: [{ type: 'text', text: questions[i] }, { type: 'image_url', image_url: { url: `data:image/png;base64,${images[i].toString('base64')}` } }] }],
+        messages: [
+          {
+            role: 'user',
+            content: [
+              { type: 'text', text: questions[i] },
+              { type: 'image_url', image_url: { url: `data:image/png;base64,${images[i].toString('base64')}` } },
+            ],
+          },
+        ],
         stream: true,
       });
       const evs: { type: string; text?: string }[] = [];
@@ -154,7 +192,10 @@ describe('serve --role frontend / worker', () => {
     expect((await w1.exited).signal).toBe('SIGKILL');
 
     webEvents.forEach((evs: WebEvent[], i) => {
-      expect(evs.filter((e) => e.type === 'error'), JSON.stringify(evs)).toEqual([]);
+      expect(
+        evs.filter((e) => e.type === 'error'),
+        JSON.stringify(evs),
+      ).toEqual([]);
       const finals = evs.filter((e) => e.type === 'final') as unknown as { text: string }[];
       expect(finals).toHaveLength(1);
       expect(finals[0].text).toBe(expected[i]);
@@ -170,7 +211,8 @@ describe('serve --role frontend / worker', () => {
       await fake.waitFor(() => textReplies(fake, `CK${i}`, msg.ts).find((m) => m.text === want), 30_000, `the answer in CK${i}`);
     }
     await new Promise((r) => setTimeout(r, 300));
-    for (const [i, msg] of slackThreads.entries()) expect(textReplies(fake, `CK${i}`, msg.ts).map((m) => m.text)).toEqual([answerMrkdwn(expected[i])]);
+    for (const [i, msg] of slackThreads.entries())
+      expect(textReplies(fake, `CK${i}`, msg.ts).map((m) => m.text)).toEqual([answerMrkdwn(expected[i])]);
     // the killed worker's jobs were run again by the other one
     expect(w2.lines.some((l) => /run again after its worker stopped/.test(l))).toBe(true);
     // nothing doubled: one turn per thread, in the shared store
@@ -219,21 +261,42 @@ describe('serve --role frontend / worker', () => {
 });
 
 describe('KV-cache affinity', () => {
-  it('sends follow-ups to the worker that holds the conversation\'s cache; when it dies, another answers the same', async () => {
+  it("sends follow-ups to the worker that holds the conversation's cache; when it dies, another answers the same", async () => {
     // the demo package: short answers, so that the whole conversation stays within its window (nothing dropped)
     const demoConfig = join(work, 'demo.yaml');
     await writeFile(
       demoConfig,
-      ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`, '  temperature: 0', 'runtime:', '  execution_provider: cpu', '  threads: 1', '  max_batch: 2', ''].join('\n'),
+      [
+        'model:',
+        '  arch: minigpt_v2',
+        `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`,
+        '  temperature: 0',
+        'runtime:',
+        '  execution_provider: cpu',
+        '  threads: 1',
+        '  max_batch: 2',
+        '',
+      ].join('\n'),
     );
     const cfg = await loadConfig(demoConfig, {});
     const model = await MiniGPT.load(cfg.packageDir, { provider: 'cpu', threads: 1 });
     const local = new ConversationManager({ model, defaults: managerDefaults(cfg) });
     const image = await testPng(180, 140);
-    const turns = ['[grounding] describe this image in detail', 'what colour is the square?', '[refer] the red square', 'what is the background?', 'what shape is it?'];
+    const turns = [
+      '[grounding] describe this image in detail',
+      'what colour is the square?',
+      '[refer] the red square',
+      'what is the background?',
+      'what shape is it?',
+    ];
     const expected: string[] = [];
     for (const [i, text] of turns.entries()) {
-      for await (const ev of local.handle({ key: { platform: 'cli', workspace: 'w', channel: 'c', thread: 'aff' }, user: 'u', text, ...(i === 0 ? { image } : {}) })) {
+      for await (const ev of local.handle({
+        key: { platform: 'cli', workspace: 'w', channel: 'c', thread: 'aff' },
+        user: 'u',
+        text,
+        ...(i === 0 ? { image } : {}),
+      })) {
         if (ev.type === 'final') expected.push(ev.text);
       }
     }
@@ -247,7 +310,10 @@ describe('KV-cache affinity', () => {
     const conversation = `affinity-${Date.now()}`;
     const ask = async (text: string, img?: Buffer) => {
       const evs = await readEvents(await postChat(webUrl, { conversation, text, ...(img ? { image: img } : {}) }));
-      expect(evs.filter((e) => e.type === 'error'), JSON.stringify(evs)).toEqual([]);
+      expect(
+        evs.filter((e) => e.type === 'error'),
+        JSON.stringify(evs),
+      ).toEqual([]);
       const final = (evs.find((e) => e.type === 'final') as unknown as { text: string }).text;
       const timings = (evs.find((e) => e.type === 'timings') as unknown as { timings: Record<string, number> }).timings;
       return { final, timings };
@@ -265,13 +331,18 @@ describe('KV-cache affinity', () => {
     const status = await minigpt(['status', '--json'], { REDIS_URL: redis.url });
     expect(status.code, status.stderr).toBe(0);
     const st = JSON.parse(status.stdout) as ClusterStatus;
-    expect(st.workers.map((w) => [w.model, w.architecture, w.provider])).toEqual([[model.meta.name, 'minigpt-v2', 'cpu'], [model.meta.name, 'minigpt-v2', 'cpu']]);
+    expect(st.workers.map((w) => [w.model, w.architecture, w.provider])).toEqual([
+      [model.meta.name, 'minigpt-v2', 'cpu'],
+      [model.meta.name, 'minigpt-v2', 'cpu'],
+    ]);
     expect(st.workers.map((w) => w.pid).sort()).toEqual(workers.map((w) => w.child.pid).sort());
     expect(st.total).toEqual({ waiting: 0, running: 0, failed: 0 });
     // the worker holding the cache dies: the next follow-up is answered by the other one, in full, the same
     const { Redis } = await import('ioredis');
     const redisClient = new Redis(redis.url);
-    const holder = await redisClient.get(`minigpt:affinity:${conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })}`);
+    const holder = await redisClient.get(
+      `minigpt:affinity:${conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })}`,
+    );
     await redisClient.quit();
     expect(holder).toBeTruthy();
     const victim = workers.find((w) => w.child.pid !== undefined && holder!.includes(`-${w.child.pid}-`))!;
@@ -288,13 +359,22 @@ describe('KV-cache affinity', () => {
 });
 
 describe('Slack on two front ends', () => {
-  it('answers a mention through one front end; Slack\'s retry to the other is not answered again; the thread goes on there', async () => {
+  it("answers a mention through one front end; Slack's retry to the other is not answered again; the thread goes on there", async () => {
     const fake = await FakeSlack.start();
     try {
       const demoConfig = join(work, 'demo-slack.yaml');
       await writeFile(
         demoConfig,
-        ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`, '  temperature: 0', 'runtime:', '  execution_provider: cpu', '  threads: 1', ''].join('\n'),
+        [
+          'model:',
+          '  arch: minigpt_v2',
+          `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`,
+          '  temperature: 0',
+          'runtime:',
+          '  execution_provider: cpu',
+          '  threads: 1',
+          '',
+        ].join('\n'),
       );
       const image = await squarePng();
       const cfg = await loadConfig(demoConfig, {});
@@ -302,18 +382,31 @@ describe('Slack on two front ends', () => {
       const local = new ConversationManager({ model, defaults: managerDefaults(cfg) });
       const expected: string[] = [];
       for (const [i, text] of ['[grounding] describe this image in detail', 'what colour is the square?'].entries()) {
-        for await (const ev of local.handle({ key: { platform: 'cli', workspace: 'w', channel: 'c', thread: 'slack' }, user: 'u', text, ...(i === 0 ? { image } : {}) })) {
+        for await (const ev of local.handle({
+          key: { platform: 'cli', workspace: 'w', channel: 'c', thread: 'slack' },
+          user: 'u',
+          text,
+          ...(i === 0 ? { image } : {}),
+        })) {
           if (ev.type === 'final') expected.push(ev.text);
         }
       }
       await local.close();
       await model.close();
 
-      const slackEnv = { MINIGPT_CONFIG: demoConfig, SLACK_BOT_TOKEN: fake.botToken, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl };
+      const slackEnv = {
+        MINIGPT_CONFIG: demoConfig,
+        SLACK_BOT_TOKEN: fake.botToken,
+        SLACK_SIGNING_SECRET: fake.signingSecret,
+        SLACK_PORT: '0',
+        SLACK_API_URL: fake.apiUrl,
+      };
       const worker = serve('worker', { MINIGPT_CONFIG: demoConfig });
       const fronts = [serve('frontend', slackEnv), serve('frontend', slackEnv)];
       await worker.waitFor(/worker \S+ takes jobs/);
-      const urls = await Promise.all(fronts.map(async (f) => (await f.waitFor(/slack adapter started on (http:\S+)/))[1].replace('localhost', '127.0.0.1')));
+      const urls = await Promise.all(
+        fronts.map(async (f) => (await f.waitFor(/slack adapter started on (http:\S+)/))[1].replace('localhost', '127.0.0.1')),
+      );
 
       fake.appUrl = urls[0];
       const file = fake.addFile({ name: 'square.png', data: image, mimetype: 'image/png' });
@@ -338,10 +431,22 @@ describe('Slack on two front ends', () => {
 });
 
 describe('order and back-pressure', () => {
-  it('answers a thread\'s follow-ups in the order they were sent, also when two front ends receive them', async () => {
+  it("answers a thread's follow-ups in the order they were sent, also when two front ends receive them", async () => {
     // the demo package: short answers, nothing dropped from the history
     const demoConfig = join(work, 'demo-order.yaml');
-    await writeFile(demoConfig, ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`, '  temperature: 0', 'runtime:', '  execution_provider: cpu', '  threads: 1', ''].join('\n'));
+    await writeFile(
+      demoConfig,
+      [
+        'model:',
+        '  arch: minigpt_v2',
+        `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`,
+        '  temperature: 0',
+        'runtime:',
+        '  execution_provider: cpu',
+        '  threads: 1',
+        '',
+      ].join('\n'),
+    );
     const workers = [serve('worker', { MINIGPT_CONFIG: demoConfig }), serve('worker', { MINIGPT_CONFIG: demoConfig })];
     const fronts = [serve('frontend', { MINIGPT_CONFIG: demoConfig }), serve('frontend', { MINIGPT_CONFIG: demoConfig })];
     await Promise.all(workers.map((w) => w.waitFor(/worker \S+ takes jobs/)));
@@ -356,7 +461,14 @@ describe('order and back-pressure', () => {
     rc.disconnect();
     // Six follow-ups, alternating between the front ends, each sent once the one before is queued (numbered):
     // both workers are free, but each must wait for the one before it.
-    const questions = ['[grounding] describe this image in detail', 'question A', '[detection] squares', 'question B', '[caption] briefly describe this image', 'question C'];
+    const questions = [
+      '[grounding] describe this image in detail',
+      'question A',
+      '[detection] squares',
+      'question B',
+      '[caption] briefly describe this image',
+      'question C',
+    ];
     const pending: Promise<string>[] = [];
     for (const [i, text] of questions.entries()) {
       const res = await postChat(urls[i % 2], { conversation, text });
@@ -375,14 +487,19 @@ describe('order and back-pressure', () => {
     const history = streams.map((t) => Number(/"historyTurns":(\d+)/.exec(t)?.[1]));
     expect(history).toEqual([1, 2, 3, 4, 5, 6]); // each saw every turn before it
     const store = await createStore(redis.url);
-    const turns = (await new ConversationStore(store).getConversation(conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })))!.turns;
+    const turns = (await new ConversationStore(store).getConversation(
+      conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation }),
+    ))!.turns;
     await store.disconnect();
     expect(turns.map((t) => t.user)).toEqual(['describe this image', ...questions]);
   }, 120_000);
 
   it('refuses at once with "busy" when more requests wait than runtime.queue_size', async () => {
     const small = join(work, 'small-queue.yaml');
-    await writeFile(small, (await readFile(config, 'utf8')).replace('queue_size: 32', 'queue_size: 2').replace('max_batch: 2', 'max_batch: 1'));
+    await writeFile(
+      small,
+      (await readFile(config, 'utf8')).replace('queue_size: 32', 'queue_size: 2').replace('max_batch: 2', 'max_batch: 1'),
+    );
     const worker = serve('worker', { MINIGPT_CONFIG: small });
     const front = serve('frontend', { MINIGPT_CONFIG: small });
     await worker.waitFor(/worker \S+ takes jobs/);
@@ -392,7 +509,10 @@ describe('order and back-pressure', () => {
     const t0 = performance.now();
     const all = await Promise.all(
       Array.from({ length: 8 }, (_, i) =>
-        postChat(url, { conversation: `busy-${i}-${Date.now()}`, text: 'describe this image', image: png }).then(async (r) => ({ evs: await readEvents(r), at: performance.now() - t0 })),
+        postChat(url, { conversation: `busy-${i}-${Date.now()}`, text: 'describe this image', image: png }).then(async (r) => ({
+          evs: await readEvents(r),
+          at: performance.now() - t0,
+        })),
       ),
     );
     const busy = all.filter((x) => x.evs.some((e) => e.type === 'error' && e.code === 'busy'));
@@ -438,4 +558,3 @@ describe('Redis down and back', () => {
     expect(front.child.exitCode).toBeNull();
   }, 120_000);
 });
-

@@ -24,7 +24,7 @@ afterAll(async () => {
 });
 
 describe('RedisRateLimiter', () => {
-  it('counts a user\'s requests across front ends in a sliding window', async () => {
+  it("counts a user's requests across front ends in a sliding window", async () => {
     const a = new RedisRateLimiter(client(), 'discord', 3, 400);
     const b = new RedisRateLimiter(client(), 'discord', 3, 400);
     expect(await a.take('u1')).toEqual({ ok: true });

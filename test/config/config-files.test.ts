@@ -83,13 +83,23 @@ describe('configs/', () => {
 
       // pointed at them, it is the whole conversion
       const opts = await convertOptionsFromConfig(cfg, { weights: downloads });
-      expect(opts).toMatchObject({ ...v.options, dtype: 'int4', blockSize: 128, out: join(ROOT, v.pkg), ckpt: join(downloads, v.files[0]), llm: join(downloads, v.folders[0]) });
+      expect(opts).toMatchObject({
+        ...v.options,
+        dtype: 'int4',
+        blockSize: 128,
+        out: join(ROOT, v.pkg),
+        ckpt: join(downloads, v.files[0]),
+        llm: join(downloads, v.folders[0]),
+      });
       expect(opts.vit).toBe(join(downloads, 'eva_vit_g.pth'));
       expect(opts.qformer).toBe('qformerHeads' in v.options ? join(downloads, 'blip2_pretrained_flant5xxl.pth') : undefined);
       if (v.options.arch === 'minigpt-v2') expect(opts.prompt).toBeUndefined();
 
       // low_resource: false builds `package` with the config's dtype (fp16, upstream's 16-bit mode)
-      const full = await convertOptionsFromConfig({ ...cfg, model: { ...cfg.model, low_resource: false }, packageDir: join(ROOT, cfg.model.package) }, { weights: downloads });
+      const full = await convertOptionsFromConfig(
+        { ...cfg, model: { ...cfg.model, low_resource: false }, packageDir: join(ROOT, cfg.model.package) },
+        { weights: downloads },
+      );
       expect(full.dtype).toBe('fp16');
     });
   }

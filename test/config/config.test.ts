@@ -36,7 +36,9 @@ describe('loadConfig', () => {
     const cfg = await loadConfig(p, { EXECUTION_PROVIDER: 'WebGPU', STORE_URL: 'sqlite://threads.db' });
     expect(cfg.runtime.execution_provider).toBe('webgpu');
     expect(cfg.runtime.store_url).toBe('sqlite://threads.db');
-    await expect(loadConfig(p, { EXECUTION_PROVIDER: 'tpu' })).rejects.toThrow(/EXECUTION_PROVIDER=tpu: expected one of auto, cuda, webgpu, cpu/);
+    await expect(loadConfig(p, { EXECUTION_PROVIDER: 'tpu' })).rejects.toThrow(
+      /EXECUTION_PROVIDER=tpu: expected one of auto, cuda, webgpu, cpu/,
+    );
   });
 
   it('selects the quantised package with low_resource', async () => {
@@ -47,8 +49,12 @@ describe('loadConfig', () => {
   it('names the file and the field for bad configs', async () => {
     await expect(loadConfig(join(dir, 'configs/missing.yaml'), {})).rejects.toThrow(/cannot read config .*missing\.yaml: ENOENT/);
     await expect(loadConfig(await write('bad.yaml', 'model: [unclosed'), {})).rejects.toThrow(/is not valid YAML/);
-    await expect(loadConfig(await write('typo.yaml', 'model:\n  package: m\n  temprature: 0.2\n'), {})).rejects.toThrow(/model: Unrecognized key.*temprature/);
+    await expect(loadConfig(await write('typo.yaml', 'model:\n  package: m\n  temprature: 0.2\n'), {})).rejects.toThrow(
+      /model: Unrecognized key.*temprature/,
+    );
     await expect(loadConfig(await write('range.yaml', 'model:\n  package: m\n  top_p: 2\n'), {})).rejects.toThrow(/model\.top_p/);
-    await expect(loadConfig(await write('tpl.yaml', 'model:\n  package: m\n  prompt_template: "[INST] [/INST]"\n'), {})).rejects.toThrow(/prompt_template/);
+    await expect(loadConfig(await write('tpl.yaml', 'model:\n  package: m\n  prompt_template: "[INST] [/INST]"\n'), {})).rejects.toThrow(
+      /prompt_template/,
+    );
   });
 });

@@ -364,7 +364,10 @@ describe('conversation manager: one conversation', () => {
     if (img?.type !== 'image') throw new Error('unreachable');
     const meta = await sharp(img.data).metadata();
     expect([meta.width, meta.height]).toEqual([120, 90]);
-    expect((await m.history(key('identify')))!.turns[0]).toMatchObject({ task: 'identify', user: '[identify] what is this {<4><50><30><65>}' });
+    expect((await m.history(key('identify')))!.turns[0]).toMatchObject({
+      task: 'identify',
+      user: '[identify] what is this {<4><50><30><65>}',
+    });
     // no image events when annotation is off
     const off = manager({ annotate: false });
     const ev2 = await collect(off.handle({ key: key('identify'), user: 'u', text: '[identify] {<4><50><30><65>}', image }));

@@ -128,7 +128,12 @@ describe('conversation store on SQLite', () => {
       }
     }
     const logs: string[] = [];
-    const m = new ConversationManager({ model, store: new Keyv({ store: new FlakyMap(), throwOnErrors: true }), defaults: { maxNewTokens: 6 }, log: (l) => logs.push(l) });
+    const m = new ConversationManager({
+      model,
+      store: new Keyv({ store: new FlakyMap(), throwOnErrors: true }),
+      defaults: { maxNewTokens: 6 },
+      log: (l) => logs.push(l),
+    });
     const k = { platform: 'discord' as const, workspace: 'g', channel: 'c', thread: 'flaky' };
     try {
       failing = /img:/;

@@ -31,7 +31,8 @@ afterAll(async () => {
 
 async function ask(m: ConversationManager, key: ConversationKey, text: string, image?: Uint8Array): Promise<AnswerEvent[]> {
   const evs: AnswerEvent[] = [];
-  for await (const ev of m.handle({ key, user: 'u', text, generation: { temperature: 0, maxNewTokens: 24 }, ...(image ? { image } : {}) })) evs.push(ev);
+  for await (const ev of m.handle({ key, user: 'u', text, generation: { temperature: 0, maxNewTokens: 24 }, ...(image ? { image } : {}) }))
+    evs.push(ev);
   return evs;
 }
 const finalText = (evs: AnswerEvent[]) => (evs.find((e) => e.type === 'final') as { text: string } | undefined)?.text;
@@ -111,7 +112,9 @@ describe('STORE_URL=redis://', () => {
     const clients = [new Redis(redis.url), new Redis(redis.url)];
     // One package name for both: Date.now() read per manager could differ, and then nothing is shared.
     const pkg = `test-${Date.now()}`;
-    const managers = clients.map((c) => new ConversationManager({ model, store: undefined, kvCacheBytes: 0, sharedImages: new RedisImageCache(c, pkg) }));
+    const managers = clients.map(
+      (c) => new ConversationManager({ model, store: undefined, kvCacheBytes: 0, sharedImages: new RedisImageCache(c, pkg) }),
+    );
     try {
       const key = (t: string): ConversationKey => ({ platform: 'cli', workspace: 'w', channel: 'c', thread: t });
       const first = await ask(managers[0], key('a'), prompt, png);
@@ -127,7 +130,8 @@ describe('STORE_URL=redis://', () => {
       expect(finalText(second)).toBe(finalText(first)); // the same embeddings, bit for bit
       // another package (another key) does not see them
       const other = new ConversationManager({ model, kvCacheBytes: 0, sharedImages: new RedisImageCache(clients[0], 'another-package') });
-      const t3 = ((await ask(other, key('c'), prompt, png)).find((e) => e.type === 'timings') as { timings: Record<string, number> }).timings;
+      const t3 = ((await ask(other, key('c'), prompt, png)).find((e) => e.type === 'timings') as { timings: Record<string, number> })
+        .timings;
       expect(t3.imageCached).toBe(0);
       await other.close();
     } finally {

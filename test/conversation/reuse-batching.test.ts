@@ -27,20 +27,33 @@ afterEach(() => {
 
 // fixed-length answers (the trained demo often stops after a word or two): the cache sizes and batch shapes below count on them
 const GREEDY = { temperature: 0, repetitionPenalty: 1, maxNewTokens: 12, minNewTokens: 12 };
-const QUESTIONS = ['[grounding] describe this image', 'where is the red square', '[vqa] how many shapes', 'what colour is it', 'and the circle'];
+const QUESTIONS = [
+  '[grounding] describe this image',
+  'where is the red square',
+  '[vqa] how many shapes',
+  'what colour is it',
+  'and the circle',
+];
 
 function manager(opts: Partial<ConversationManagerOptions> = {}): ConversationManager {
   return new ConversationManager({ model, defaults: GREEDY, annotate: false, maxQueue: 64, ...opts });
 }
 
 /** Runs `turns` turns in each of `threads` conversations, all conversations at once; final texts by thread. */
-async function threads(m: ConversationManager, names: string[], turns: number, img = image): Promise<{ texts: string[][]; timings: Record<string, number>[][] }> {
+async function threads(
+  m: ConversationManager,
+  names: string[],
+  turns: number,
+  img = image,
+): Promise<{ texts: string[][]; timings: Record<string, number>[][] }> {
   const texts = names.map(() => [] as string[]);
   const timings = names.map(() => [] as Record<string, number>[]);
   await Promise.all(
     names.map(async (name, c) => {
       for (let t = 0; t < turns; t++) {
-        const events = await collect(m.handle({ key: key(name), user: 'u', text: QUESTIONS[(c + t) % QUESTIONS.length], ...(t === 0 ? { image: img } : {}) }));
+        const events = await collect(
+          m.handle({ key: key(name), user: 'u', text: QUESTIONS[(c + t) % QUESTIONS.length], ...(t === 0 ? { image: img } : {}) }),
+        );
         expect(errorOf(events)).toBeUndefined();
         texts[c].push(finalOf(events).text);
         timings[c].push(timingsOf(events));
@@ -80,7 +93,9 @@ describe('conversation manager: KV cache reuse across turns', () => {
       // e1 stays recently used; e2 and e3 push each other out
       for (const c of [0, 1, 0, 2, 0, 1, 0, 2, 1]) {
         const t = turn[c]++;
-        const events = await collect(m.handle({ key: key(names[c]), user: 'u', text: QUESTIONS[(c + t) % QUESTIONS.length], ...(t === 0 ? { image } : {}) }));
+        const events = await collect(
+          m.handle({ key: key(names[c]), user: 'u', text: QUESTIONS[(c + t) % QUESTIONS.length], ...(t === 0 ? { image } : {}) }),
+        );
         texts.push(finalOf(events).text);
         reused.push(timingsOf(events).reusedTokens);
       }
@@ -132,7 +147,13 @@ describe('conversation manager: batched decoding across conversations', () => {
       names.map(async (name, c) => {
         const events: AnswerEvent[] = [];
         let texts = 0;
-        for await (const ev of m.handle({ key: key(name), user: 'u', text: QUESTIONS[c % QUESTIONS.length], image, ...(c === 1 ? { signal: ctl.signal } : {}) })) {
+        for await (const ev of m.handle({
+          key: key(name),
+          user: 'u',
+          text: QUESTIONS[c % QUESTIONS.length],
+          image,
+          ...(c === 1 ? { signal: ctl.signal } : {}),
+        })) {
           events.push(ev);
           if (ev.type === 'text' && c === 1 && ++texts === 3) ctl.abort();
         }

@@ -106,7 +106,9 @@ describe('convert --compute fp16', () => {
     expect(nbits.length).toBeGreaterThan(0);
     for (const n of nbits) expect(q.initializers.get(n.input![2]), n.name!).toBe(onnxProto.onnx.TensorProto.DataType.FLOAT16);
     const f = await decoderNodes(dirs.get('fp16-compute-fused')!);
-    for (const n of f.nodes.filter((x) => ['SimplifiedLayerNormalization', 'SkipSimplifiedLayerNormalization', 'RotaryEmbedding'].includes(x.opType!))) {
+    for (const n of f.nodes.filter((x) =>
+      ['SimplifiedLayerNormalization', 'SkipSimplifiedLayerNormalization', 'RotaryEmbedding'].includes(x.opType!),
+    )) {
       const weights = n.input!.filter((i) => f.initializers.has(i));
       expect(weights.length, n.name!).toBeGreaterThan(0);
       for (const w of weights) expect(f.initializers.get(w), `${n.name} ${w}`).toBe(onnxProto.onnx.TensorProto.DataType.FLOAT16);
@@ -122,7 +124,8 @@ describe('convert --compute fp16', () => {
 describe('float16 compute through the runtime (CPU provider)', () => {
   it('minigpt verify holds it to the fp16 bounds, plain and fused, with every greedy token kept; the logits are its own', async () => {
     const reports = new Map<string, Awaited<ReturnType<typeof verifyPackage>>>();
-    for (const name of ['fp16-compute', 'fp16-compute-fused', 'fp16-weights']) reports.set(name, await verifyPackage(dirs.get(name)!, GOLDEN_V2, { provider: 'cpu', threads: 1 }));
+    for (const name of ['fp16-compute', 'fp16-compute-fused', 'fp16-weights'])
+      reports.set(name, await verifyPackage(dirs.get(name)!, GOLDEN_V2, { provider: 'cpu', threads: 1 }));
     const logitsErr = (name: string) => Math.max(...Object.values(reports.get(name)!.prompts).map((p) => p.stages.logits.max_abs_err));
     for (const name of ['fp16-compute', 'fp16-compute-fused']) {
       const r = reports.get(name)!;
@@ -143,7 +146,10 @@ describe('float16 compute through the runtime (CPU provider)', () => {
   it('keeps the KV cache in float16 (half the bytes), and steps rows of different lengths together as each alone, in both KV modes', async () => {
     const half = await MiniGPT.load(dirs.get('fp16-compute')!, { provider: 'cpu', threads: 1 });
     const full = await MiniGPT.load(dirs.get('fp16-weights')!, { provider: 'cpu', threads: 1 });
-    const session = await ort.InferenceSession.create(join(dirs.get('fp16-compute')!, 'decoder.onnx'), { executionProviders: ['cpu'], intraOpNumThreads: 1 });
+    const session = await ort.InferenceSession.create(join(dirs.get('fp16-compute')!, 'decoder.onnx'), {
+      executionProviders: ['cpu'],
+      intraOpNumThreads: 1,
+    });
     try {
       const { hidden, vocabSize: V } = half.meta.llm;
       const rows = 24;

@@ -57,7 +57,12 @@ function lowResource(extra: string): string {
   ].join('\n');
 }
 
-async function modelJson(dir: string): Promise<{ dtype: string; architecture: string; weights?: { quantization?: { bits: number; accuracyLevel?: number } }; provenance: { options: Record<string, unknown> } }> {
+async function modelJson(dir: string): Promise<{
+  dtype: string;
+  architecture: string;
+  weights?: { quantization?: { bits: number; accuracyLevel?: number } };
+  provenance: { options: Record<string, unknown> };
+}> {
   return JSON.parse(await readFile(join(dir, 'model.json'), 'utf8'));
 }
 
@@ -123,7 +128,14 @@ qformer_heads: 4`,
     expect(r.code, r.stderr).toBe(0);
     const pkg = join(root, 'models', 'v4-tiny');
     const meta = await modelJson(pkg);
-    expect(meta.provenance.options).toMatchObject({ arch: 'minigpt-4', variant: 'qformer', prompt: 'vicuna0', qformerHeads: 4, vitHeads: 4, imageSize: 56 });
+    expect(meta.provenance.options).toMatchObject({
+      arch: 'minigpt-4',
+      variant: 'qformer',
+      prompt: 'vicuna0',
+      qformerHeads: 4,
+      vitHeads: 4,
+      imageSize: 56,
+    });
     expect(Object.keys(await verifyOk(pkg, V4)).sort()).toEqual(['chat_vicuna0', 'llama2', 'vicuna0']);
   });
 
@@ -159,13 +171,26 @@ vit_heads: 4`,
 
     // --dtype, --out and --ckpt (relative to the working directory) override the config
     const out = join(work, 'override');
-    const o = await minigpt(['convert', '--config', file, '--dtype', 'fp16', '--out', out, '--ckpt', 'test/fixtures/minigptv2-tiny/minigptv2_ckpt.pth']);
+    const o = await minigpt([
+      'convert',
+      '--config',
+      file,
+      '--dtype',
+      'fp16',
+      '--out',
+      out,
+      '--ckpt',
+      'test/fixtures/minigptv2-tiny/minigptv2_ckpt.pth',
+    ]);
     expect(o.code, o.stderr).toBe(0);
     expect((await modelJson(out)).dtype).toBe('fp16');
   });
 
   it("low_resource_dtype: int4 builds an int4 low_resource_package with the config's accuracy_level; --accuracy-level wins", async () => {
-    const { file, root } = await config('lowres4', lowResource('low_resource_package: models/int4\nlow_resource_dtype: int4\naccuracy_level: 1'));
+    const { file, root } = await config(
+      'lowres4',
+      lowResource('low_resource_package: models/int4\nlow_resource_dtype: int4\naccuracy_level: 1'),
+    );
     const r = await minigpt(['convert', '--config', file]);
     expect(r.code, r.stderr).toBe(0);
     const meta = await modelJson(join(root, 'models', 'int4'));
@@ -204,12 +229,18 @@ describe('minigpt convert --config with a bad config', () => {
   });
 
   it('a file where a folder belongs, a missing field, no arch, a MiniGPT-4 field on MiniGPT-v2', async () => {
-    const notDir = await config('notdir', `arch: minigpt_v2\npackage: models/x\nweights_dir: ${V2}\nvit_model: eva_vit.pth\nllama_model: eva_vit.pth\nckpt: minigptv2_ckpt.pth\n`);
+    const notDir = await config(
+      'notdir',
+      `arch: minigpt_v2\npackage: models/x\nweights_dir: ${V2}\nvit_model: eva_vit.pth\nllama_model: eva_vit.pth\nckpt: minigptv2_ckpt.pth\n`,
+    );
     let r = await minigpt(['convert', '--config', notDir.file]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/model\.llama_model: .*eva_vit\.pth is not a folder/);
 
-    const noQformer = await config('noqf', `arch: minigpt4\npackage: models/x\nweights_dir: ${V4}\nvit_model: eva_vit.pth\nllama_model: llama\nckpt: minigpt4_ckpt.pth\n`);
+    const noQformer = await config(
+      'noqf',
+      `arch: minigpt4\npackage: models/x\nweights_dir: ${V4}\nvit_model: eva_vit.pth\nllama_model: llama\nckpt: minigpt4_ckpt.pth\n`,
+    );
     r = await minigpt(['convert', '--config', noQformer.file]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/convert needs model\.q_former_model \(or --qformer\).*blip2_pretrained_flant5xxl\.pth.*has_qformer: false/);

@@ -119,64 +119,67 @@ describe("the weight graphs on onnxruntime's CPU provider", () => {
       [172, 64, 64],
       [40, 24, 16],
     ] as const) {
-     for (const level of dtype.startsWith('int') ? ([0, 4] as const) : ([0] as const)) {
-      it(`${dtype}: K=${K} N=${N}${dtype.startsWith('int') ? ` block ${blockSize}, accuracy level ${level}` : ''} runs and computes x W^T`, async () => {
-        const r = rng(K * N);
-        const w = Float32Array.from({ length: N * K }, () => r() - 0.5);
-        const x = Float32Array.from({ length: 2 * 3 * K }, () => r() * 2 - 1);
-        const dir = await mkdtemp(join(work, 'op-'));
-        const g = new GraphBuilder('t', join(dir, 'm.onnx.data'));
-        g.weights = { dtype, blockSize, accuracyLevel: level };
-        const y = weightMatMul(g, g.input('x', 'float32', [2, 3, K]), 'lin', w, N, K);
-        g.output(y, 'y', 'float32', [2, 3, N]);
-        await g.save(join(dir, 'm.onnx'));
-        const session = await ort.InferenceSession.create(join(dir, 'm.onnx'), { executionProviders: ['cpu'], graphOptimizationLevel: 'all' });
-        const out = await session.run({ x: new ort.Tensor('float32', x, [2, 3, K]) });
-        await session.release();
-        const got = out.y.data as Float32Array;
+      for (const level of dtype.startsWith('int') ? ([0, 4] as const) : ([0] as const)) {
+        it(`${dtype}: K=${K} N=${N}${dtype.startsWith('int') ? ` block ${blockSize}, accuracy level ${level}` : ''} runs and computes x W^T`, async () => {
+          const r = rng(K * N);
+          const w = Float32Array.from({ length: N * K }, () => r() - 0.5);
+          const x = Float32Array.from({ length: 2 * 3 * K }, () => r() * 2 - 1);
+          const dir = await mkdtemp(join(work, 'op-'));
+          const g = new GraphBuilder('t', join(dir, 'm.onnx.data'));
+          g.weights = { dtype, blockSize, accuracyLevel: level };
+          const y = weightMatMul(g, g.input('x', 'float32', [2, 3, K]), 'lin', w, N, K);
+          g.output(y, 'y', 'float32', [2, 3, N]);
+          await g.save(join(dir, 'm.onnx'));
+          const session = await ort.InferenceSession.create(join(dir, 'm.onnx'), {
+            executionProviders: ['cpu'],
+            graphOptimizationLevel: 'all',
+          });
+          const out = await session.run({ x: new ort.Tensor('float32', x, [2, 3, K]) });
+          await session.release();
+          const got = out.y.data as Float32Array;
 
-        const bits = dtype === 'int4' ? 4 : dtype === 'int8' ? 8 : null;
-        const stored = bits
-          ? dequantizeBlockwise(quantizeBlockwise(w, N, K, bits, blockSize), N, K, bits, blockSize)
-          : dtype === 'fp16'
-            ? Float32Array.from(toFloat16(w), halfToFloat)
-            : w;
-        const expected = new Float32Array(6 * N);
-        let exactVsTrue = 0;
-        let worst = 0;
-        for (let row = 0; row < 6; row++) {
-          // accuracy level 4 rounds each block of the activations to int8 (scale = block max / 127): a value
-          // moves by at most half a step, so the product by at most sum |w| * blockmax / 254
-          const amax = (k: number) => {
-            const b0 = k - (k % blockSize);
-            let m = 0;
-            for (let j = b0; j < Math.min(K, b0 + blockSize); j++) m = Math.max(m, Math.abs(x[row * K + j]));
-            return m;
-          };
-          for (let n = 0; n < N; n++) {
-            let acc = 0;
-            let accTrue = 0;
-            let bound = 0;
-            for (let k = 0; k < K; k++) {
-              acc += x[row * K + k] * stored[n * K + k];
-              accTrue += x[row * K + k] * w[n * K + k];
-              bound += (Math.abs(stored[n * K + k]) * amax(k)) / 254;
+          const bits = dtype === 'int4' ? 4 : dtype === 'int8' ? 8 : null;
+          const stored = bits
+            ? dequantizeBlockwise(quantizeBlockwise(w, N, K, bits, blockSize), N, K, bits, blockSize)
+            : dtype === 'fp16'
+              ? Float32Array.from(toFloat16(w), halfToFloat)
+              : w;
+          const expected = new Float32Array(6 * N);
+          let exactVsTrue = 0;
+          let worst = 0;
+          for (let row = 0; row < 6; row++) {
+            // accuracy level 4 rounds each block of the activations to int8 (scale = block max / 127): a value
+            // moves by at most half a step, so the product by at most sum |w| * blockmax / 254
+            const amax = (k: number) => {
+              const b0 = k - (k % blockSize);
+              let m = 0;
+              for (let j = b0; j < Math.min(K, b0 + blockSize); j++) m = Math.max(m, Math.abs(x[row * K + j]));
+              return m;
+            };
+            for (let n = 0; n < N; n++) {
+              let acc = 0;
+              let accTrue = 0;
+              let bound = 0;
+              for (let k = 0; k < K; k++) {
+                acc += x[row * K + k] * stored[n * K + k];
+                accTrue += x[row * K + k] * w[n * K + k];
+                bound += (Math.abs(stored[n * K + k]) * amax(k)) / 254;
+              }
+              expected[row * N + n] = acc;
+              exactVsTrue = Math.max(exactVsTrue, Math.abs(acc - accTrue));
+              const err = Math.abs(got[row * N + n] - acc);
+              if (level === 4) expect(err).toBeLessThanOrEqual(bound * 1.001 + 1e-4);
+              worst = Math.max(worst, err);
             }
-            expected[row * N + n] = acc;
-            exactVsTrue = Math.max(exactVsTrue, Math.abs(acc - accTrue));
-            const err = Math.abs(got[row * N + n] - acc);
-            if (level === 4) expect(err).toBeLessThanOrEqual(bound * 1.001 + 1e-4);
-            worst = Math.max(worst, err);
           }
-        }
-        if (level === 0) expect(maxAbsDiff(got, expected)).toBeLessThan(1e-4);
-        // int8 compute is not float compute: it really rounds the activations
-        else expect(worst).toBeGreaterThan(1e-5);
-        // and the stored weights are as close to the originals as the type allows
-        const bound = { fp32: 1e-6, fp16: 0.02, int8: 0.1, int4: 1.5 }[dtype];
-        expect(exactVsTrue).toBeLessThan(bound);
-      });
-     }
+          if (level === 0) expect(maxAbsDiff(got, expected)).toBeLessThan(1e-4);
+          // int8 compute is not float compute: it really rounds the activations
+          else expect(worst).toBeGreaterThan(1e-5);
+          // and the stored weights are as close to the originals as the type allows
+          const bound = { fp32: 1e-6, fp16: 0.02, int8: 0.1, int4: 1.5 }[dtype];
+          expect(exactVsTrue).toBeLessThan(bound);
+        });
+      }
     }
   }
 });
@@ -279,7 +282,16 @@ const FIXTURE_RUNS: {
     golden: V2,
     prompts: ['prompt', 'chat'],
     greedyNames: { prompt: 'greedy_ids', chat: 'chat_greedy_ids' },
-    options: { arch: 'minigpt-v2', vit: join(V2, 'eva_vit.pth'), llm: join(V2, 'llama'), ckpt: join(V2, 'minigptv2_ckpt.pth'), vitHeads: 4, imageSize: 112, loraR: 8, loraAlpha: 16 },
+    options: {
+      arch: 'minigpt-v2',
+      vit: join(V2, 'eva_vit.pth'),
+      llm: join(V2, 'llama'),
+      ckpt: join(V2, 'minigptv2_ckpt.pth'),
+      vitHeads: 4,
+      imageSize: 112,
+      loraR: 8,
+      loraAlpha: 16,
+    },
   },
   {
     model: 'MiniGPT-4 (Q-Former)',
@@ -334,7 +346,7 @@ for (const fx of FIXTURE_RUNS) {
         for (const p of fx.prompts) {
           const a = run.prompts[p];
           const r = ref.prompts[p];
-        const V = r.forcedLogits.length / STEPS;
+          const V = r.forcedLogits.length / STEPS;
           rows.push({
             model: fx.model,
             dtype,
@@ -367,13 +379,22 @@ for (const fx of FIXTURE_RUNS) {
         expect(meta.weights?.embeddings).toBe(dtype === 'fp32' ? 'float32' : 'float16');
         if (dtype === 'int8' || dtype === 'int4') {
           const bits = dtype === 'int8' ? 8 : 4;
-          expect(meta.weights?.quantization).toEqual({ op: 'com.microsoft.MatMulNBits', bits, blockSize: 32, symmetric: true, zeroPoint: 2 ** (bits - 1), scales: 'float32', accuracyLevel: 4 });
+          expect(meta.weights?.quantization).toEqual({
+            op: 'com.microsoft.MatMulNBits',
+            bits,
+            blockSize: 32,
+            symmetric: true,
+            zeroPoint: 2 ** (bits - 1),
+            scales: 'float32',
+            accuracyLevel: 4,
+          });
           expect(meta.provenance.options.blockSize).toBe(32);
         } else {
           expect(meta.weights?.quantization).toBeUndefined();
         }
         // the runtime contract does not change: float32 graph inputs and outputs
-        for (const gspec of Object.values(meta.graphs)) for (const io of [...gspec.inputs, ...gspec.outputs]) expect(io.dtype).not.toBe('float16');
+        for (const gspec of Object.values(meta.graphs))
+          for (const io of [...gspec.inputs, ...gspec.outputs]) expect(io.dtype).not.toBe('float16');
       }
     });
 
@@ -454,11 +475,15 @@ describe('--block-size', () => {
     expect(meta.weights?.quantization?.blockSize).toBe(64);
     expect(meta.provenance.options.blockSize).toBe(64);
     const m = onnxProto.onnx.ModelProto.decode(await readFile(join(out, 'decoder.onnx')));
-    const sizes = new Set(m.graph!.node!.filter((n) => n.opType === 'MatMulNBits').map((n) => Number(n.attribute!.find((a) => a.name === 'block_size')!.i)));
+    const sizes = new Set(
+      m.graph!.node!.filter((n) => n.opType === 'MatMulNBits').map((n) => Number(n.attribute!.find((a) => a.name === 'block_size')!.i)),
+    );
     expect([...sizes]).toEqual([64]);
     const model = await MiniGPT.load(out, { provider: 'cpu' });
     await model.close();
-    await expect(convert({ ...base, dtype: 'fp16', blockSize: 64, out: join(work, 'bad1') })).rejects.toThrow(/--block-size is for --dtype int8 \/ int4/);
+    await expect(convert({ ...base, dtype: 'fp16', blockSize: 64, out: join(work, 'bad1') })).rejects.toThrow(
+      /--block-size is for --dtype int8 \/ int4/,
+    );
     await expect(convert({ ...base, dtype: 'int4', blockSize: 48, out: join(work, 'bad2') })).rejects.toThrow(/power of two/);
   });
 });
@@ -472,7 +497,10 @@ describe('--accuracy-level', () => {
 
   it('is written on every MatMulNBits node and recorded in model.json; 0 leaves the attribute out', async () => {
     const base = FIXTURE_RUNS[0].options;
-    for (const [dtype, level] of [['int8', 1], ['int4', 0]] as const) {
+    for (const [dtype, level] of [
+      ['int8', 1],
+      ['int4', 0],
+    ] as const) {
       const out = join(work, `${dtype}-al${level}`);
       const meta = await convert({ ...base, dtype, accuracyLevel: level, out });
       expect(meta.weights?.quantization?.accuracyLevel).toBe(level);
@@ -496,9 +524,15 @@ describe('--accuracy-level', () => {
 
   it('is refused for fp32 / fp16 and outside 0-4', async () => {
     const base = FIXTURE_RUNS[0].options;
-    await expect(convert({ ...base, dtype: 'fp16', accuracyLevel: 4, out: join(work, 'bad-al1') })).rejects.toThrow(/--accuracy-level is for --dtype int8 \/ int4/);
-    await expect(convert({ ...base, accuracyLevel: 4, out: join(work, 'bad-al2') })).rejects.toThrow(/--accuracy-level is for --dtype int8 \/ int4/);
-    await expect(convert({ ...base, dtype: 'int4', accuracyLevel: 5, out: join(work, 'bad-al3') })).rejects.toThrow(/0 \(unset\), 1 \(fp32\)/);
+    await expect(convert({ ...base, dtype: 'fp16', accuracyLevel: 4, out: join(work, 'bad-al1') })).rejects.toThrow(
+      /--accuracy-level is for --dtype int8 \/ int4/,
+    );
+    await expect(convert({ ...base, accuracyLevel: 4, out: join(work, 'bad-al2') })).rejects.toThrow(
+      /--accuracy-level is for --dtype int8 \/ int4/,
+    );
+    await expect(convert({ ...base, dtype: 'int4', accuracyLevel: 5, out: join(work, 'bad-al3') })).rejects.toThrow(
+      /0 \(unset\), 1 \(fp32\)/,
+    );
     await expect(convert({ ...base, dtype: 'int4', accuracyLevel: 2.5, out: join(work, 'bad-al4') })).rejects.toThrow(/accuracy level 2.5/);
   });
 });

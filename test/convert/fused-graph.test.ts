@@ -26,7 +26,8 @@ import { goldenIds, goldenTensor, maxAbsDiff } from '../helpers/golden.js';
 const ROOT = join(import.meta.dirname, '..', '..');
 const FIXTURES = join(ROOT, 'test/fixtures');
 /** the golden folders themselves when this checkout sits beside them, else their copies under test/fixtures */
-const golden = (name: string) => (existsSync(join(ROOT, '../shared/golden', name, 'manifest.json')) ? join(ROOT, '../shared/golden', name) : join(FIXTURES, name));
+const golden = (name: string) =>
+  existsSync(join(ROOT, '../shared/golden', name, 'manifest.json')) ? join(ROOT, '../shared/golden', name) : join(FIXTURES, name);
 const V2 = join(FIXTURES, 'minigptv2-tiny');
 const M4 = join(FIXTURES, 'minigpt4-tiny');
 const TOL = 1e-4;
@@ -74,7 +75,9 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
-  console.log(`fused vs plain decoder, max abs logits difference:\n${[...worst].map(([k, v]) => `  ${k}: ${v.toExponential(2)}`).join('\n')}`);
+  console.log(
+    `fused vs plain decoder, max abs logits difference:\n${[...worst].map(([k, v]) => `  ${k}: ${v.toExponential(2)}`).join('\n')}`,
+  );
 });
 
 /** A loaded package, with a decoder of its own in 'present' KV mode beside the model's ('append'). */
@@ -86,7 +89,11 @@ interface Loaded {
 
 async function load(dir: string): Promise<Loaded> {
   const model = await MiniGPT.load(dir, { provider: 'cpu', threads: 1 });
-  const presentSession = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), { executionProviders: ['cpu'], graphOptimizationLevel: 'all', intraOpNumThreads: 1 });
+  const presentSession = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), {
+    executionProviders: ['cpu'],
+    graphOptimizationLevel: 'all',
+    intraOpNumThreads: 1,
+  });
   const present = new LlamaDecoder(presentSession, model.embedder, model.meta.llm, { mode: 'present' });
   return { model, present, presentSession };
 }
@@ -162,8 +169,22 @@ async function reused(decoder: LlamaDecoder, embeds: Float32Array, hidden: numbe
 }
 
 const FIXTURE_RUNS = [
-  { name: 'MiniGPT-v2', golden: golden('minigptv2-tiny'), source: V2, prompts: ['prompt', 'chat'], options: V2_OPTIONS, dtypes: ['fp32', 'int4'] as const },
-  { name: 'MiniGPT-4 (Q-Former)', golden: golden('minigpt4-tiny'), source: M4, prompts: ['vicuna0', 'llama2'], options: M4_OPTIONS, dtypes: ['fp32'] as const },
+  {
+    name: 'MiniGPT-v2',
+    golden: golden('minigptv2-tiny'),
+    source: V2,
+    prompts: ['prompt', 'chat'],
+    options: V2_OPTIONS,
+    dtypes: ['fp32', 'int4'] as const,
+  },
+  {
+    name: 'MiniGPT-4 (Q-Former)',
+    golden: golden('minigpt4-tiny'),
+    source: M4,
+    prompts: ['vicuna0', 'llama2'],
+    options: M4_OPTIONS,
+    dtypes: ['fp32'] as const,
+  },
 ];
 
 for (const fx of FIXTURE_RUNS) {
@@ -218,7 +239,8 @@ for (const fx of FIXTURE_RUNS) {
         const names = (ios: { name: string }[]) => ios.map((io) => io.name);
         expect(names(f.meta.graphs.decoder.outputs)).toEqual(names(p.meta.graphs.decoder.outputs));
         // the vision and embedding graphs are the same files
-        for (const g of ['vision.onnx', 'embed.onnx']) expect(Buffer.compare(await readFile(join(plainDir(), g)), await readFile(join(fusedDir(), g)))).toBe(0);
+        for (const g of ['vision.onnx', 'embed.onnx'])
+          expect(Buffer.compare(await readFile(join(plainDir(), g)), await readFile(join(fusedDir(), g)))).toBe(0);
       });
 
       it("is made of onnxruntime's fused kernels", async () => {
@@ -255,7 +277,11 @@ for (const fx of FIXTURE_RUNS) {
             const b = await greedy(fused!.model, dec(fused!), contexts.get(p)!);
             expect(record(`${fx.name} ${dtype} prefill`, maxAbsDiff(b.prefill, a.prefill)), `${p} prefill`).toBeLessThan(TOL);
             expect(b.ids, p).toEqual(a.ids);
-            for (let t = 0; t < STEPS; t++) expect(record(`${fx.name} ${dtype} decode steps`, maxAbsDiff(b.stepLogits[t], a.stepLogits[t])), `${p} step ${t}`).toBeLessThan(TOL);
+            for (let t = 0; t < STEPS; t++)
+              expect(
+                record(`${fx.name} ${dtype} decode steps`, maxAbsDiff(b.stepLogits[t], a.stepLogits[t])),
+                `${p} step ${t}`,
+              ).toBeLessThan(TOL);
           }
         });
 
@@ -265,14 +291,21 @@ for (const fx of FIXTURE_RUNS) {
           const ctx = contexts.get(fx.prompts[0])!;
           const a = await batched(dec(plain!), ctx, hidden, 4);
           const b = await batched(dec(fused!), ctx, hidden, 4);
-          for (let t = 0; t < a.length; t++) for (let r = 0; r < a[t].length; r++) expect(record(`${fx.name} ${dtype} batched steps`, maxAbsDiff(b[t][r], a[t][r])), `step ${t} row ${r}`).toBeLessThan(TOL);
+          for (let t = 0; t < a.length; t++)
+            for (let r = 0; r < a[t].length; r++)
+              expect(record(`${fx.name} ${dtype} batched steps`, maxAbsDiff(b[t][r], a[t][r])), `step ${t} row ${r}`).toBeLessThan(TOL);
         });
 
         it(`a multi-token run after a reused prefix of the KV cache (${mode} mode) matches the plain graph's`, async () => {
           const dec = (l: Loaded) => (mode === 'append' ? l.model.decoder : l.present);
           const { hidden } = plain!.model.meta.llm;
           const ctx = contexts.get(fx.prompts[0])!;
-          expect(record(`${fx.name} ${dtype} after a reused prefix`, maxAbsDiff(await reused(dec(fused!), ctx, hidden), await reused(dec(plain!), ctx, hidden)))).toBeLessThan(TOL);
+          expect(
+            record(
+              `${fx.name} ${dtype} after a reused prefix`,
+              maxAbsDiff(await reused(dec(fused!), ctx, hidden), await reused(dec(plain!), ctx, hidden)),
+            ),
+          ).toBeLessThan(TOL);
         });
       }
 
@@ -319,7 +352,26 @@ describe('the fused graph pieces', () => {
   it('minigpt convert --fused writes a fused package', async () => {
     const out = join(work, 'cli-fused');
     const o = V2_OPTIONS;
-    const args = ['convert', '--arch', o.arch, '--vit', o.vit, '--llm', o.llm, '--ckpt', o.ckpt, '--vit-heads', '4', '--image-size', '112', '--dtype', 'int4', '--fused', '--out', out];
+    const args = [
+      'convert',
+      '--arch',
+      o.arch,
+      '--vit',
+      o.vit,
+      '--llm',
+      o.llm,
+      '--ckpt',
+      o.ckpt,
+      '--vit-heads',
+      '4',
+      '--image-size',
+      '112',
+      '--dtype',
+      'int4',
+      '--fused',
+      '--out',
+      out,
+    ];
     const stderr = process.stderr.write;
     process.stderr.write = (() => true) as typeof process.stderr.write;
     try {
@@ -339,6 +391,8 @@ describe('the fused graph pieces', () => {
     for (const f of await readdir(V2_OPTIONS.llm)) if (f !== 'config.json') await symlink(join(V2_OPTIONS.llm, f), join(llm, f));
     const cfg = JSON.parse(await readFile(join(V2_OPTIONS.llm, 'config.json'), 'utf8')) as Record<string, unknown>;
     await writeFile(join(llm, 'config.json'), JSON.stringify({ ...cfg, num_key_value_heads: 2 }));
-    await expect(convert({ ...V2_OPTIONS, llm, out: join(work, 'gqa'), fused: true })).rejects.toThrow(/as many key\/value heads as query heads/);
+    await expect(convert({ ...V2_OPTIONS, llm, out: join(work, 'gqa'), fused: true })).rejects.toThrow(
+      /as many key\/value heads as query heads/,
+    );
   });
 });

@@ -37,7 +37,16 @@ describe('minigpt-v2 tiny package against the PyTorch golden tensors', () => {
     const pkg = await loadPackage(pkgDir);
     expect(pkg.meta.architecture).toBe('minigpt-v2');
     expect(pkg.meta.vision).toMatchObject({ imageSize: 112, imageTokens: 16, width: 32, layers: 2, heads: 4, patchSize: 14 });
-    expect(pkg.meta.llm).toMatchObject({ layers: 2, heads: 4, headDim: 16, hidden: 64, vocabSize: 512, bosId: 1, eosId: 2, rmsNormEps: 1e-6 });
+    expect(pkg.meta.llm).toMatchObject({
+      layers: 2,
+      heads: 4,
+      headDim: 16,
+      hidden: 64,
+      vocabSize: 512,
+      bosId: 1,
+      eosId: 2,
+      rmsNormEps: 1e-6,
+    });
     const roles = pkg.meta.provenance.sources.map((s) => s.role);
     expect(roles).toEqual(expect.arrayContaining(['vit', 'checkpoint', 'llm-weights', 'tokenizer']));
     for (const s of pkg.meta.provenance.sources) expect(s.sha256).toMatch(/^[0-9a-f]{64}$/);

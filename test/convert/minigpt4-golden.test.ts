@@ -78,11 +78,27 @@ describe('minigpt-4 tiny package with the Q-Former against the PyTorch golden te
     expect(pkg.meta.architecture).toBe('minigpt-4');
     expect(pkg.meta.vision).toMatchObject({ imageSize: 56, imageTokens: 4, width: 32, layers: 2, heads: 4, patchSize: 14 });
     expect(pkg.meta.vision.qformer).toEqual({ queryTokens: 4, hidden: 32, layers: 2, heads: 4, intermediate: 64, crossAttentionFreq: 2 });
-    expect(pkg.meta.llm).toMatchObject({ layers: 2, heads: 4, headDim: 16, hidden: 64, vocabSize: 512, bosId: 1, eosId: 2, rmsNormEps: 1e-6 });
+    expect(pkg.meta.llm).toMatchObject({
+      layers: 2,
+      heads: 4,
+      headDim: 16,
+      hidden: 64,
+      vocabSize: 512,
+      bosId: 1,
+      eosId: 2,
+      rmsNormEps: 1e-6,
+    });
     expect(pkg.meta.provenance.sources.map((s) => s.role)).toEqual(
       expect.arrayContaining(['vit', 'qformer', 'checkpoint', 'llm-config', 'llm-weights', 'tokenizer']),
     );
-    expect(pkg.meta.provenance.options).toMatchObject({ arch: 'minigpt-4', variant: 'qformer', qformerHeads: 4, vitHeads: 4, imageSize: 56, prompt: 'vicuna0' });
+    expect(pkg.meta.provenance.options).toMatchObject({
+      arch: 'minigpt-4',
+      variant: 'qformer',
+      qformerHeads: 4,
+      vitHeads: 4,
+      imageSize: 56,
+      prompt: 'vicuna0',
+    });
     // the config is not Llama-2's, so the prompt defaults to Vicuna v0
     expect(pkg.meta.prompt).toMatchObject({ ...MINIGPT4_PROMPTS.vicuna0, stopIds: [2] });
     expect(pkg.meta.graphs.vision.outputs.map((o) => o.name)).toEqual(['image_embeds', 'ln_vision_output', 'query_output']);
@@ -149,7 +165,11 @@ describe('minigpt-4 tiny package without Q-Former (Llama-2 variant, has_qformer:
 
   it('converts without --qformer too', async () => {
     const out = join(work, 'noqformer-plain');
-    const meta = await tinyConvert(out, { qformer: undefined, qformerHeads: undefined, ckpt: join(GOLDEN, 'minigpt4_llama2_noqformer_ckpt.pth') });
+    const meta = await tinyConvert(out, {
+      qformer: undefined,
+      qformerHeads: undefined,
+      ckpt: join(GOLDEN, 'minigpt4_llama2_noqformer_ckpt.pth'),
+    });
     expect(meta.provenance.options).toMatchObject({ variant: 'noqformer' });
   });
 });
@@ -160,7 +180,9 @@ describe('minigpt-4 prompts and tokenizer', () => {
     expect(MINIGPT4_PROMPTS.vicuna0.template.replace('{}', user)).toBe(manifest.prompts.vicuna0.prompt);
     expect(MINIGPT4_PROMPTS.llama2.template.replace('{}', user)).toBe(manifest.prompts.llama2.prompt);
     // the chat variant: upstream Chat with CONV_VISION_Vicuna0
-    expect(conversationPrompt({ ...MINIGPT4_PROMPTS.vicuna0, stopIds: [2] }, [{ user: 'What is this?' }])).toBe(manifest.prompts.chat_vicuna0.prompt);
+    expect(conversationPrompt({ ...MINIGPT4_PROMPTS.vicuna0, stopIds: [2] }, [{ user: 'What is this?' }])).toBe(
+      manifest.prompts.chat_vicuna0.prompt,
+    );
     // CONV_VISION_LLama2 (upstream's literal <s> after the system text)
     expect(conversationPrompt({ ...MINIGPT4_PROMPTS.llama2, stopIds: [2] }, [{ user: 'What is this?' }])).toBe(
       `${MINIGPT4_PROMPTS.llama2.system}<s>[INST] <Img><ImageHere></Img> What is this? [/INST] `,

@@ -90,9 +90,19 @@ export function buildZip(entries: ZipInput[], opts: { zip64?: boolean; align?: n
     }
     const extra = align > 1 ? concat([le(2, 0x4246), le(2, pad), new Uint8Array(pad)]) : new Uint8Array(0);
     const local = concat([
-      le(4, 0x04034b50), le(2, opts.zip64 ? 45 : 20), le(2, 0), le(2, method), le(2, 0), le(2, 0x21),
-      le(4, crc), le(4, payload.byteLength), le(4, e.data.byteLength), le(2, name.byteLength), le(2, extra.byteLength),
-      name, extra,
+      le(4, 0x04034b50),
+      le(2, opts.zip64 ? 45 : 20),
+      le(2, 0),
+      le(2, method),
+      le(2, 0),
+      le(2, 0x21),
+      le(4, crc),
+      le(4, payload.byteLength),
+      le(4, e.data.byteLength),
+      le(2, name.byteLength),
+      le(2, extra.byteLength),
+      name,
+      extra,
     ]);
     const z64extra = opts.zip64
       ? concat([le(2, 1), le(2, 24), le(8, e.data.byteLength), le(8, payload.byteLength), le(8, off)])
@@ -100,10 +110,25 @@ export function buildZip(entries: ZipInput[], opts: { zip64?: boolean; align?: n
     const big = 0xffffffff;
     central.push(
       concat([
-        le(4, 0x02014b50), le(2, 0x031e), le(2, opts.zip64 ? 45 : 20), le(2, 0), le(2, method), le(2, 0), le(2, 0x21),
-        le(4, crc), le(4, opts.zip64 ? big : payload.byteLength), le(4, opts.zip64 ? big : e.data.byteLength),
-        le(2, name.byteLength), le(2, z64extra.byteLength), le(2, 0), le(2, 0), le(2, 0), le(4, 0),
-        le(4, opts.zip64 ? big : off), name, z64extra,
+        le(4, 0x02014b50),
+        le(2, 0x031e),
+        le(2, opts.zip64 ? 45 : 20),
+        le(2, 0),
+        le(2, method),
+        le(2, 0),
+        le(2, 0x21),
+        le(4, crc),
+        le(4, opts.zip64 ? big : payload.byteLength),
+        le(4, opts.zip64 ? big : e.data.byteLength),
+        le(2, name.byteLength),
+        le(2, z64extra.byteLength),
+        le(2, 0),
+        le(2, 0),
+        le(2, 0),
+        le(4, 0),
+        le(4, opts.zip64 ? big : off),
+        name,
+        z64extra,
       ]),
     );
     parts.push(local, payload);
@@ -116,19 +141,31 @@ export function buildZip(entries: ZipInput[], opts: { zip64?: boolean; align?: n
     const z64Offset = cdOffset + cd.byteLength;
     tail.push(
       concat([
-        le(4, 0x06064b50), le(8, 44), le(2, 45), le(2, 45), le(4, 0), le(4, 0),
-        le(8, entries.length), le(8, entries.length), le(8, cd.byteLength), le(8, cdOffset),
+        le(4, 0x06064b50),
+        le(8, 44),
+        le(2, 45),
+        le(2, 45),
+        le(4, 0),
+        le(4, 0),
+        le(8, entries.length),
+        le(8, entries.length),
+        le(8, cd.byteLength),
+        le(8, cdOffset),
       ]),
       concat([le(4, 0x07064b50), le(4, 0), le(8, z64Offset), le(4, 1)]),
-      concat([
-        le(4, 0x06054b50), le(2, 0), le(2, 0), le(2, 0xffff), le(2, 0xffff), le(4, 0xffffffff), le(4, 0xffffffff), le(2, 0),
-      ]),
+      concat([le(4, 0x06054b50), le(2, 0), le(2, 0), le(2, 0xffff), le(2, 0xffff), le(4, 0xffffffff), le(4, 0xffffffff), le(2, 0)]),
     );
   } else {
     tail.push(
       concat([
-        le(4, 0x06054b50), le(2, 0), le(2, 0), le(2, entries.length), le(2, entries.length), le(4, cd.byteLength),
-        le(4, cdOffset), le(2, 0),
+        le(4, 0x06054b50),
+        le(2, 0),
+        le(2, 0),
+        le(2, entries.length),
+        le(2, entries.length),
+        le(4, cd.byteLength),
+        le(4, cdOffset),
+        le(2, 0),
       ]),
     );
   }

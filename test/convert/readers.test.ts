@@ -15,16 +15,7 @@ import {
 import { unpickle } from '../../src/convert/readers/pickle.js';
 import type { PyDict } from '../../src/convert/readers/pickle-values.js';
 import { crc32 } from '../../src/convert/readers/zip.js';
-import {
-  PickleWriter,
-  buildSafetensors,
-  buildTorchZip,
-  buildZip,
-  bytesOf,
-  concat,
-  hex,
-  rawSafetensors,
-} from './readers-helpers.js';
+import { PickleWriter, buildSafetensors, buildTorchZip, buildZip, bytesOf, concat, hex, rawSafetensors } from './readers-helpers.js';
 import { rng } from '../helpers/rng.js';
 
 const FIX = fileURLToPath(new URL('../fixtures/minigptv2-tiny/', import.meta.url));
@@ -225,9 +216,7 @@ describe('fixture files', () => {
   it('openCheckpoint sniffs the format; openHfWeights prefers safetensors', async () => {
     await withSource(openCheckpoint(fx('eva_vit.pth')), async (s) => expect(s.has('cls_token')).toBe(true));
     await withSource(openCheckpoint(fx('llama/pytorch_model.bin')), async (s) => expect(s.list()).toHaveLength(23));
-    await withSource(openCheckpoint(fx('llama_fp16/model.safetensors')), async (s) =>
-      expect(s.info('lm_head.weight').dtype).toBe('F16'),
-    );
+    await withSource(openCheckpoint(fx('llama_fp16/model.safetensors')), async (s) => expect(s.info('lm_head.weight').dtype).toBe('F16'));
     await withSource(openHfWeights(fx('llama')), async (s) => {
       expect(s.files).toEqual([fx('llama/model.safetensors')]);
       expect(s.list()).toHaveLength(23);
@@ -264,10 +253,7 @@ describe('fixture files', () => {
         }
         await writeFile(join(dir, fname), buildSafetensors(tensors, { format: 'pt' }));
       }
-      await writeFile(
-        join(dir, 'model.safetensors.index.json'),
-        JSON.stringify({ metadata: { total_size: 0 }, weight_map: weightMap }),
-      );
+      await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: 0 }, weight_map: weightMap }));
       for (const open of [() => openHfWeights(dir), () => openCheckpoint(join(dir, 'model.safetensors.index.json'))]) {
         await withSource(open(), async (s) => {
           expect(s.files).toHaveLength(3);
@@ -297,9 +283,7 @@ describe('fixture files', () => {
       );
       await withSource(openHfWeights(bdir), async (s) => {
         expect(shapesOf(s)).toEqual(manifest.llama_keys);
-        expect(Buffer.from(await s.readRaw('lm_head.weight')).equals(Buffer.from(await full.readRaw('lm_head.weight')))).toBe(
-          true,
-        );
+        expect(Buffer.from(await s.readRaw('lm_head.weight')).equals(Buffer.from(await full.readRaw('lm_head.weight')))).toBe(true);
       });
     } finally {
       await full.close();
@@ -359,31 +343,19 @@ describe('crafted safetensors', () => {
       ['huge header length', rawSafetensors({}, new Uint8Array(0), 1n << 63n), /exceeds the file size/],
       ['not json', rawSafetensors('{"a": [', new Uint8Array(16)), /not valid UTF-8 JSON/],
       ['json array', rawSafetensors('[1, 2]', new Uint8Array(16)), /not a JSON object/],
-      [
-        'shape vs offsets',
-        rawSafetensors({ a: { dtype: 'F32', shape: [5], data_offsets: [0, 16] } }, new Uint8Array(16)),
-        /needs 20/,
-      ],
+      ['shape vs offsets', rawSafetensors({ a: { dtype: 'F32', shape: [5], data_offsets: [0, 16] } }, new Uint8Array(16)), /needs 20/],
       [
         'offsets past end',
         rawSafetensors({ a: { dtype: 'F32', shape: [8], data_offsets: [0, 32] } }, new Uint8Array(16)),
         /exceed the data section/,
       ],
-      [
-        'reversed offsets',
-        rawSafetensors({ a: { dtype: 'F32', shape: [0], data_offsets: [8, 4] } }, new Uint8Array(16)),
-        /end before/,
-      ],
+      ['reversed offsets', rawSafetensors({ a: { dtype: 'F32', shape: [0], data_offsets: [8, 4] } }, new Uint8Array(16)), /end before/],
       [
         'bad dtype',
         rawSafetensors({ a: { dtype: 'Q4', shape: [4], data_offsets: [0, 16] } }, new Uint8Array(16)),
         /unsupported safetensors dtype/,
       ],
-      [
-        'bad shape',
-        rawSafetensors({ a: { dtype: 'F32', shape: [-4], data_offsets: [0, 16] } }, new Uint8Array(16)),
-        /invalid dimension/,
-      ],
+      ['bad shape', rawSafetensors({ a: { dtype: 'F32', shape: [-4], data_offsets: [0, 16] } }, new Uint8Array(16)), /invalid dimension/],
       [
         'overflowing shape',
         rawSafetensors({ a: { dtype: 'F32', shape: [2 ** 40, 2 ** 40], data_offsets: [0, 16] } }, new Uint8Array(16)),
@@ -494,10 +466,7 @@ describe('crafted torch checkpoints', () => {
     w.str('l').tensor('LongStorage', '1', 6, 0, [3, 2], [1, 3]);
     w.str('h').tensor('HalfStorage', '2', 24, 0, [4, 3, 2], [1, 8, 4]);
     w.setItems().stop();
-    const p = await writeTmp(
-      'strided.pth',
-      buildTorchZip('archive', w.bytes(), { '0': bytesOf(d), '1': bytesOf(l), '2': bytesOf(h) }),
-    );
+    const p = await writeTmp('strided.pth', buildTorchZip('archive', w.bytes(), { '0': bytesOf(d), '1': bytesOf(l), '2': bytesOf(h) }));
     await withSource(openTorchCheckpoint(p), async (s) => {
       const expD: number[] = [];
       const expH: number[] = [];
@@ -545,9 +514,18 @@ describe('crafted torch checkpoints', () => {
 
   it('refuses pickles that reference os.system (GLOBAL) before anything else happens', async () => {
     // \x80\x02 c os\nsystem\n X "echo" \x85 R .
-    const pkl = concat([hex('8002'), new TextEncoder().encode('cos\nsystem\n'), hex('5804000000'), new TextEncoder().encode('echo'), hex('85522e')]);
+    const pkl = concat([
+      hex('8002'),
+      new TextEncoder().encode('cos\nsystem\n'),
+      hex('5804000000'),
+      new TextEncoder().encode('echo'),
+      hex('85522e'),
+    ]);
     const p = await writeTmp('evil-os-system.pth', buildTorchZip('archive', pkl, {}));
-    const err = await expectCheckpointError(openTorchCheckpoint(p), /refusing to load .*evil-os-system\.pth: pickle references global 'os\.system'/);
+    const err = await expectCheckpointError(
+      openTorchCheckpoint(p),
+      /refusing to load .*evil-os-system\.pth: pickle references global 'os\.system'/,
+    );
     expect(err.message).toMatch(/checkpoints may only contain tensors, dicts, lists, tuples and numbers/);
     await expectCheckpointError(openCheckpoint(p), /'os\.system'/);
   });
@@ -578,17 +556,21 @@ describe('crafted torch checkpoints', () => {
     await expectCheckpointError(openTorchCheckpoint(r), /'os\.system'/);
     // the pickle machine is also safe when used directly
     expect(() =>
-      unpickle(evalPkl, {
-        findGlobal: (m, n) => {
-          throw new CheckpointError(`no ${m}.${n}`);
+      unpickle(
+        evalPkl,
+        {
+          findGlobal: (m, n) => {
+            throw new CheckpointError(`no ${m}.${n}`);
+          },
+          reduce: () => {
+            throw new Error('must not be reached');
+          },
+          newObj: () => null,
+          build: () => undefined,
+          persistentLoad: () => null,
         },
-        reduce: () => {
-          throw new Error('must not be reached');
-        },
-        newObj: () => null,
-        build: () => undefined,
-        persistentLoad: () => null,
-      }, 'direct'),
+        'direct',
+      ),
     ).toThrow(/no builtins\.eval/);
   });
 
@@ -646,7 +628,15 @@ describe('crafted torch checkpoints', () => {
     const laughs = new PickleWriter().proto(2);
     laughs.tensor('FloatStorage', '0', 12, 0, [12], [1]).raw(0x71, 0, 0x30);
     for (let i = 0; i < 40; i++) {
-      laughs.emptyDict().mark().shortStr('a').raw(0x68, i).shortStr('b').raw(0x68, i).setItems().raw(0x71, i + 1, 0x30);
+      laughs
+        .emptyDict()
+        .mark()
+        .shortStr('a')
+        .raw(0x68, i)
+        .shortStr('b')
+        .raw(0x68, i)
+        .setItems()
+        .raw(0x71, i + 1, 0x30);
     }
     laughs.raw(0x68, 40).stop();
     const q = await writeTmp('laughs.pth', buildTorchZip('archive', laughs.bytes(), craftedStorages()));
@@ -673,9 +663,7 @@ describe('crafted torch checkpoints', () => {
     for (let i = 0; i < 150; i++) {
       const b = crafted.slice();
       const inPickle = i % 3 !== 2;
-      const pos = inPickle
-        ? dataStart + Math.floor(rand() * pklLen)
-        : b.byteLength - 1 - Math.floor(rand() * Math.min(400, b.byteLength));
+      const pos = inPickle ? dataStart + Math.floor(rand() * pklLen) : b.byteLength - 1 - Math.floor(rand() * Math.min(400, b.byteLength));
       b[pos] = Math.floor(rand() * 256);
       if (inPickle) {
         // keep the CRC valid so the unpickler itself sees the corruption

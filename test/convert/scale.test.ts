@@ -15,7 +15,14 @@ import { ckptTensors } from '../../src/convert/random-checkpoints/minigptv2.js';
 import { randomTensorBytes, type RandomTensor } from '../../src/convert/random-checkpoints/tensors.js';
 import { randomTokenizerJson } from '../../src/convert/random-checkpoints/tokenizer.js';
 import { floatToHalf as floatToHalfBits } from '../../src/convert/quantize.js';
-import { CheckpointError, halfToFloat, openCheckpoint, openHfWeights, openTorchCheckpoint, type TensorSource } from '../../src/convert/readers/index.js';
+import {
+  CheckpointError,
+  halfToFloat,
+  openCheckpoint,
+  openHfWeights,
+  openTorchCheckpoint,
+  type TensorSource,
+} from '../../src/convert/readers/index.js';
 import { unpickle } from '../../src/convert/readers/pickle.js';
 import { PyGlobal, PyDict } from '../../src/convert/readers/pickle-values.js';
 import {
@@ -73,7 +80,14 @@ describe('random MiniGPT-v2 checkpoints in the published formats', () => {
     expect(index.weight_map['model.embed_tokens.weight']).toBe('model-00001-of-00003.safetensors');
     expect(index.weight_map['lm_head.weight']).toBe('model-00003-of-00003.safetensors');
     const cfg = JSON.parse(await readFile(join(ck.llm, 'config.json'), 'utf8'));
-    expect(cfg).toMatchObject({ hidden_size: 256, num_hidden_layers: 2, num_attention_heads: 4, vocab_size: 512, rms_norm_eps: 1e-5, torch_dtype: 'float16' });
+    expect(cfg).toMatchObject({
+      hidden_size: 256,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      vocab_size: 512,
+      rms_norm_eps: 1e-5,
+      torch_dtype: 'float16',
+    });
     for (const f of ck.files) expect((await stat(f.path)).size).toBe(f.bytes);
   });
 
@@ -141,7 +155,9 @@ describe('random MiniGPT-v2 checkpoints in the published formats', () => {
     ]);
     const m = await MiniGPT.load(out, { provider: 'cpu', threads: 2 });
     try {
-      const png = await sharp({ create: { width: 96, height: 64, channels: 3, background: { r: 200, g: 40, b: 90 } } }).png().toBuffer();
+      const png = await sharp({ create: { width: 96, height: 64, channels: 3, background: { r: 200, g: 40, b: 90 } } })
+        .png()
+        .toBuffer();
       const img = await m.encodeImage(png);
       expect(img.embeds.length).toBe(256 * 256);
       expect(img.embeds.every(Number.isFinite)).toBe(true);
@@ -187,7 +203,11 @@ describe('streaming writers', () => {
     for (const wrap of [undefined, 'model']) {
       it(`torch.save zip (zip64 ${zip64}${wrap ? `, {'${wrap}': ...}` : ''}) opens with the reader`, async () => {
         const path = join(work, `w-${zip64}-${wrap ?? 'flat'}.pth`);
-        const size = await writeTorchCheckpoint(path, specs, chunks(), { zip64, wrap, extras: wrap ? { epoch: 3, note: 'x', lr: 0.5, big: 2 ** 40 } : undefined });
+        const size = await writeTorchCheckpoint(path, specs, chunks(), {
+          zip64,
+          wrap,
+          extras: wrap ? { epoch: 3, note: 'x', lr: 0.5, big: 2 ** 40 } : undefined,
+        });
         const bytes = await readFile(path);
         expect(bytes.byteLength).toBe(size);
         const eocd = bytes.subarray(bytes.byteLength - 22);
@@ -251,7 +271,11 @@ describe('streaming writers', () => {
 
     const dir = await mkdtemp(join(work, 'sharded-'));
     const r = await writeShardedSafetensors(dir, specs, chunks(4), { shards: 3 });
-    expect(r.files.map((f) => f.path.slice(dir.length + 1))).toEqual(['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors', 'model-00003-of-00003.safetensors']);
+    expect(r.files.map((f) => f.path.slice(dir.length + 1))).toEqual([
+      'model-00001-of-00003.safetensors',
+      'model-00002-of-00003.safetensors',
+      'model-00003-of-00003.safetensors',
+    ]);
     const src = await openHfWeights(dir);
     for (const t of tensors) expect(Array.from(await src.readFloat32(t.spec.name))).toEqual(Array.from(t.data));
     await src.close();
@@ -287,7 +311,26 @@ describe('streaming writers', () => {
   });
 
   it('pickles ints of every width, floats, strings and None as Python does', () => {
-    const values = [0, 255, 256, 65535, 65536, -1, -(2 ** 31), 2 ** 31 - 1, 2 ** 31, 2 ** 40, -(2 ** 40), 2 ** 53 - 1, 1.5, -0.25, 'é', null, true, false];
+    const values = [
+      0,
+      255,
+      256,
+      65535,
+      65536,
+      -1,
+      -(2 ** 31),
+      2 ** 31 - 1,
+      2 ** 31,
+      2 ** 40,
+      -(2 ** 40),
+      2 ** 53 - 1,
+      1.5,
+      -0.25,
+      'é',
+      null,
+      true,
+      false,
+    ];
     const p = new Pickler();
     p.op(0x5d).mark(); // EMPTY_LIST, MARK
     for (const v of values) p.scalar(v);
@@ -316,7 +359,9 @@ describe('random tokenizer', () => {
       const ids = tok.encode('[INST] <Img><ImageHere></Img> [grounding] describe this image {<12><34><56><78>} [/INST]', { addBos: true });
       expect(ids[0]).toBe(1);
       expect(ids.every((i) => i > 0 && i < vocab)).toBe(true);
-      expect(tok.decode(ids.slice(1), { skipSpecialTokens: true })).toBe('[INST] <Img><ImageHere></Img> [grounding] describe this image {<12><34><56><78>} [/INST]');
+      expect(tok.decode(ids.slice(1), { skipSpecialTokens: true })).toBe(
+        '[INST] <Img><ImageHere></Img> [grounding] describe this image {<12><34><56><78>} [/INST]',
+      );
       if (vocab >= 1024) expect(v[3][0]).toBe('<0x00>');
     }
   });

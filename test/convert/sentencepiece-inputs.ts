@@ -7,8 +7,55 @@ import { rng } from '../helpers/rng.js';
 export const STRINGS = 3000;
 const CORPUS_LINES = 6000;
 
-const SYLLABLES = ['th', 'e', 'an', 'in', 'er', 'on', 're', 'at', 'st', 'en', 'ou', 'ing', 'ch', 'qu', 'ly', 'a', 'o', 'i', 'u', 's', 't', 'k', 'm', 'p', 'l'];
-const UNICODE = ['café', 'naïve', 'Zürich', 'façade', 'Ελλάδα', 'москва', '日本語', 'テキスト', '中文字符', '한국어', 'עברית', 'العربية', 'हिन्दी', '😀', '👍🏽', '🇫🇷', '∑∫', '©®', 'ß', 'ﬁ'];
+const SYLLABLES = [
+  'th',
+  'e',
+  'an',
+  'in',
+  'er',
+  'on',
+  're',
+  'at',
+  'st',
+  'en',
+  'ou',
+  'ing',
+  'ch',
+  'qu',
+  'ly',
+  'a',
+  'o',
+  'i',
+  'u',
+  's',
+  't',
+  'k',
+  'm',
+  'p',
+  'l',
+];
+const UNICODE = [
+  'café',
+  'naïve',
+  'Zürich',
+  'façade',
+  'Ελλάδα',
+  'москва',
+  '日本語',
+  'テキスト',
+  '中文字符',
+  '한국어',
+  'עברית',
+  'العربية',
+  'हिन्दी',
+  '😀',
+  '👍🏽',
+  '🇫🇷',
+  '∑∫',
+  '©®',
+  'ß',
+  'ﬁ',
+];
 /** never in the training corpus: byte fallback (or NFKC) territory */
 const RARE = ['\u{1F9EC}', 'ŋ', 'Ω', 'e\u0301', '𝔘', '\u00A0', '€', 'ā', '繁', '\u3000', '\u200B', '½'];
 const PUNCT = [',', '.', '!', '?', "'", '...', '—', '#', '$', '%', '<', '>', '[', ']'];
@@ -64,14 +111,29 @@ export const CONFIGS: SpmConfig[] = [
     ],
     minAgreement: 1,
   },
-  { name: 'bpe-squeeze-whitespace', args: ['--model_type=bpe', '--vocab_size=600', '--byte_fallback=true', '--normalization_rule_name=identity'], minAgreement: 1 },
+  {
+    name: 'bpe-squeeze-whitespace',
+    args: ['--model_type=bpe', '--vocab_size=600', '--byte_fallback=true', '--normalization_rule_name=identity'],
+    minAgreement: 1,
+  },
   { name: 'bpe-nmt-nfkc', args: ['--model_type=bpe', '--vocab_size=600', '--byte_fallback=true'], minAgreement: 1 },
   {
     name: 'bpe-no-dummy-prefix',
-    args: ['--model_type=bpe', '--vocab_size=500', '--byte_fallback=true', '--normalization_rule_name=identity', '--remove_extra_whitespaces=false', '--add_dummy_prefix=false'],
+    args: [
+      '--model_type=bpe',
+      '--vocab_size=500',
+      '--byte_fallback=true',
+      '--normalization_rule_name=identity',
+      '--remove_extra_whitespaces=false',
+      '--add_dummy_prefix=false',
+    ],
     minAgreement: 1,
   },
-  { name: 'unigram', args: ['--model_type=unigram', '--vocab_size=600', '--normalization_rule_name=identity', '--remove_extra_whitespaces=false'], minAgreement: 0.99 },
+  {
+    name: 'unigram',
+    args: ['--model_type=unigram', '--vocab_size=600', '--normalization_rule_name=identity', '--remove_extra_whitespaces=false'],
+    minAgreement: 0.99,
+  },
 ];
 
 /** The test strings and the training corpus, from one seeded stream (strings first, then the corpus). */
@@ -89,7 +151,15 @@ export function spmInputs(): { strings: string[]; corpus: string[] } {
     const parts: string[] = [];
     for (let i = 3 + Math.floor(r() * 12); i > 0; i--) {
       const x = r();
-      parts.push(x < 0.75 ? word() : x < 0.85 ? String(Math.floor(r() * 10000)) : x < 0.95 ? pick(UNICODE) : pick([',', '.', '!', '?', '(', ')', '-', ':', '"']));
+      parts.push(
+        x < 0.75
+          ? word()
+          : x < 0.85
+            ? String(Math.floor(r() * 10000))
+            : x < 0.95
+              ? pick(UNICODE)
+              : pick([',', '.', '!', '?', '(', ')', '-', ':', '"']),
+      );
     }
     return (r() < 0.1 ? '    ' : '') + parts.join(' ');
   }
@@ -98,7 +168,9 @@ export function spmInputs(): { strings: string[]; corpus: string[] } {
     const parts: string[] = [];
     for (let i = 1 + Math.floor(r() * 10); i > 0; i--) {
       const x = r();
-      parts.push(x < 0.5 ? word() : x < 0.62 ? String(Math.floor(r() * 1e6)) : x < 0.75 ? pick(UNICODE) : x < 0.85 ? pick(RARE) : pick(PUNCT));
+      parts.push(
+        x < 0.5 ? word() : x < 0.62 ? String(Math.floor(r() * 1e6)) : x < 0.75 ? pick(UNICODE) : x < 0.85 ? pick(RARE) : pick(PUNCT),
+      );
       parts.push(pick(GAPS));
     }
     let s = parts.join('');

@@ -12,7 +12,13 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { bpeMerges, convertSentencePieceFile, PieceType, readSentencePieceModel, SentencePieceError } from '../../src/convert/sentencepiece.js';
+import {
+  bpeMerges,
+  convertSentencePieceFile,
+  PieceType,
+  readSentencePieceModel,
+  SentencePieceError,
+} from '../../src/convert/sentencepiece.js';
 import { createTokenizer, loadTokenizer, type TextTokenizer } from '../../src/inference/tokenizer.js';
 import { convertTinyV2 } from '../helpers/tiny-package.js';
 import { CONFIGS, SPM_TRAIN_COMMON, STRINGS, spmInputs, type SpmFixture } from './sentencepiece-inputs.js';
@@ -67,7 +73,9 @@ describe('the committed fixture (test/fixtures/sentencepiece)', () => {
     for (const c of CONFIGS) {
       const m = fixture.models[c.name];
       expect(m.spm_train, `${c.name}: the spm_train options changed: ${REGENERATE}`).toEqual([...SPM_TRAIN_COMMON, ...c.args]);
-      expect(sha256(await readFile(modelPath(c.name))), `${c.name}.model is not the one the outputs were recorded with`).toBe(m.model_sha256);
+      expect(sha256(await readFile(modelPath(c.name))), `${c.name}.model is not the one the outputs were recorded with`).toBe(
+        m.model_sha256,
+      );
       expect(m.encode).toHaveLength(STRINGS);
     }
   });
@@ -76,7 +84,16 @@ describe('the committed fixture (test/fixtures/sentencepiece)', () => {
 describe('reading tokenizer.model', () => {
   it('reads the pieces, the trainer and the normaliser spec as spm_train wrote them', async () => {
     const m = readSentencePieceModel(await readFile(modelPath('llama')));
-    expect(m.trainer).toMatchObject({ modelType: 'bpe', vocabSize: 800, byteFallback: true, unkId: 0, bosId: 1, eosId: 2, padId: -1, splitDigits: true });
+    expect(m.trainer).toMatchObject({
+      modelType: 'bpe',
+      vocabSize: 800,
+      byteFallback: true,
+      unkId: 0,
+      bosId: 1,
+      eosId: 2,
+      padId: -1,
+      splitDigits: true,
+    });
     expect(m.trainer).toMatchObject({ unkPiece: '<unk>', bosPiece: '<s>', eosPiece: '</s>' });
     expect(m.normalizer).toMatchObject({ name: 'identity', addDummyPrefix: true, removeExtraWhitespaces: false, escapeWhitespaces: true });
     expect(m.normalizer.precompiledCharsmap.length).toBe(0);
@@ -87,7 +104,9 @@ describe('reading tokenizer.model', () => {
       ['</s>', PieceType.CONTROL],
     ]);
     const bytes = m.pieces.filter((p) => p.type === PieceType.BYTE);
-    expect(bytes.map((p) => p.piece)).toEqual(Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`));
+    expect(bytes.map((p) => p.piece)).toEqual(
+      Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`),
+    );
 
     const nfkc = readSentencePieceModel(await readFile(modelPath('bpe-nmt-nfkc')));
     expect(nfkc.normalizer).toMatchObject({ name: 'nmt_nfkc', removeExtraWhitespaces: true });
@@ -103,8 +122,25 @@ describe('reading tokenizer.model', () => {
   });
 
   it('rebuilds the merges from the scores: only NORMAL pieces, best-scoring merged piece first', () => {
-    const P = (piece: string, score: number, type: (typeof PieceType)[keyof typeof PieceType] = PieceType.NORMAL) => ({ piece, score, type });
-    const merges = bpeMerges([P('<unk>', 0, PieceType.UNKNOWN), P('<s>', 0, PieceType.CONTROL), P('ab', -1), P('abc', -2), P('bc', -3), P('a', -4), P('b', -5), P('c', -6), P('<', -7), P('s>', -8), P('s', -9), P('>', -10)]);
+    const P = (piece: string, score: number, type: (typeof PieceType)[keyof typeof PieceType] = PieceType.NORMAL) => ({
+      piece,
+      score,
+      type,
+    });
+    const merges = bpeMerges([
+      P('<unk>', 0, PieceType.UNKNOWN),
+      P('<s>', 0, PieceType.CONTROL),
+      P('ab', -1),
+      P('abc', -2),
+      P('bc', -3),
+      P('a', -4),
+      P('b', -5),
+      P('c', -6),
+      P('<', -7),
+      P('s>', -8),
+      P('s', -9),
+      P('>', -10),
+    ]);
     expect(merges).toEqual([
       ['a', 'b'],
       ['ab', 'c'],
@@ -142,11 +178,14 @@ for (const c of CONFIGS) {
       const bad: string[] = [];
       for (const i of compared) {
         const ours = tok.encode(strings[i], { addBos: false });
-        if (ours.join(' ') !== expected[i].join(' ')) bad.push(`${JSON.stringify(strings[i])}\n    spm  ${expected[i].join(' ')}\n    ours ${ours.join(' ')}`);
+        if (ours.join(' ') !== expected[i].join(' '))
+          bad.push(`${JSON.stringify(strings[i])}\n    spm  ${expected[i].join(' ')}\n    ours ${ours.join(' ')}`);
       }
       expect(compared.length).toBeGreaterThan(STRINGS - 20);
       const agreement = 1 - bad.length / compared.length;
-      console.log(`${c.name}: ${compared.length - bad.length}/${compared.length} strings encode to spm_encode's ids (${strings.length - compared.length} normalised to nothing, not compared)`);
+      console.log(
+        `${c.name}: ${compared.length - bad.length}/${compared.length} strings encode to spm_encode's ids (${strings.length - compared.length} normalised to nothing, not compared)`,
+      );
       if (c.minAgreement === 1) expect(bad.slice(0, 5)).toEqual([]);
       else expect(agreement, bad.slice(0, 3).join('\n')).toBeGreaterThanOrEqual(c.minAgreement);
     });
@@ -208,32 +247,35 @@ describe('minigpt convert with a tokenizer.model-only language model folder (Vic
     expect(tok.encode('<s>[INST]', { addBos: false })[0]).toBe(1);
 
     await rm(join(llm, 'tokenizer.model'));
-    await expect(convertTinyV2(join(work, 'pkg2'), { llm })).rejects.toThrow(
-      /neither tokenizer.json nor a SentencePiece tokenizer.model/,
-    );
+    await expect(convertTinyV2(join(work, 'pkg2'), { llm })).rejects.toThrow(/neither tokenizer.json nor a SentencePiece tokenizer.model/);
   });
 });
 
 // Optional: where Debian's spm_encode is installed, our tokenizer against the tool itself (not the recording).
 const liveVersion = liveTool('spm_encode', ['--version'])?.trim();
 
-describe.runIf(liveVersion !== undefined)(`live: spm_encode on PATH (${liveVersion ?? 'not installed: the recorded outputs above are the check'})`, () => {
-  for (const c of CONFIGS) {
-    it(`${c.name}: our ids are spm_encode's`, async () => {
-      const tok = createTokenizer(await convertSentencePieceFile(modelPath(c.name)));
-      const out = (liveTool('spm_encode', [`--model=${modelPath(c.name)}`, '--output_format=id'], `${strings.join('\n')}\n`) ?? '').split('\n');
-      let compared = 0;
-      const bad: string[] = [];
-      strings.forEach((s, i) => {
-        const live = out[i].trim() ? out[i].trim().split(' ').map(Number) : [];
-        if (live.length === 0 && s.length > 0) return; // normalised to nothing (see above)
-        compared++;
-        const ours = tok.encode(s, { addBos: false });
-        if (ours.join(' ') !== live.join(' ')) bad.push(`${JSON.stringify(s)}\n    spm  ${live.join(' ')}\n    ours ${ours.join(' ')}`);
+describe.runIf(liveVersion !== undefined)(
+  `live: spm_encode on PATH (${liveVersion ?? 'not installed: the recorded outputs above are the check'})`,
+  () => {
+    for (const c of CONFIGS) {
+      it(`${c.name}: our ids are spm_encode's`, async () => {
+        const tok = createTokenizer(await convertSentencePieceFile(modelPath(c.name)));
+        const out = (liveTool('spm_encode', [`--model=${modelPath(c.name)}`, '--output_format=id'], `${strings.join('\n')}\n`) ?? '').split(
+          '\n',
+        );
+        let compared = 0;
+        const bad: string[] = [];
+        strings.forEach((s, i) => {
+          const live = out[i].trim() ? out[i].trim().split(' ').map(Number) : [];
+          if (live.length === 0 && s.length > 0) return; // normalised to nothing (see above)
+          compared++;
+          const ours = tok.encode(s, { addBos: false });
+          if (ours.join(' ') !== live.join(' ')) bad.push(`${JSON.stringify(s)}\n    spm  ${live.join(' ')}\n    ours ${ours.join(' ')}`);
+        });
+        expect(compared).toBeGreaterThan(STRINGS - 20);
+        if (c.minAgreement === 1) expect(bad.slice(0, 5)).toEqual([]);
+        else expect(1 - bad.length / compared, bad.slice(0, 3).join('\n')).toBeGreaterThanOrEqual(c.minAgreement);
       });
-      expect(compared).toBeGreaterThan(STRINGS - 20);
-      if (c.minAgreement === 1) expect(bad.slice(0, 5)).toEqual([]);
-      else expect(1 - bad.length / compared, bad.slice(0, 3).join('\n')).toBeGreaterThanOrEqual(c.minAgreement);
-    });
-  }
-});
+    }
+  },
+);

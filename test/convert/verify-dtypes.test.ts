@@ -22,10 +22,17 @@ afterAll(async () => {
 });
 
 /** largest error of the model's stages (preprocessing, measured as a mean against PIL, left out) */
-const maxErr = (r: VerifyReport) => Math.max(...Object.values(r.prompts).flatMap((p) => Object.entries(p.stages).filter(([n]) => n !== 'preprocess').map(([, s]) => s.max_abs_err)));
+const maxErr = (r: VerifyReport) =>
+  Math.max(
+    ...Object.values(r.prompts).flatMap((p) =>
+      Object.entries(p.stages)
+        .filter(([n]) => n !== 'preprocess')
+        .map(([, s]) => s.max_abs_err),
+    ),
+  );
 
 describe('minigpt verify on quantised packages', () => {
-  it('reports the weight type and checks it against that type\'s bounds', () => {
+  it("reports the weight type and checks it against that type's bounds", () => {
     for (const dtype of ['fp16', 'int8', 'int4'] as const) {
       const r = reports[dtype];
       expect(r.dtype).toBe(dtype);
@@ -60,7 +67,7 @@ describe('minigpt verify on quantised packages', () => {
     expect(maxErr(reports.int4)).toBeGreaterThan(maxErr(reports.int8));
   });
 
-  it('the same fp16 weights labelled fp32 fail: the bound follows the package\'s declared type', async () => {
+  it("the same fp16 weights labelled fp32 fail: the bound follows the package's declared type", async () => {
     const meta = JSON.parse(await readFile(join(work, 'fp16', 'model.json'), 'utf8')) as { dtype: string };
     meta.dtype = 'fp32';
     await writeFile(join(work, 'fp16', 'model.json'), JSON.stringify(meta));

@@ -39,7 +39,10 @@ async function digest(dir: string): Promise<Record<string, string>> {
     for (const e of await readdir(join(dir, sub), { withFileTypes: true })) {
       const rel = sub ? `${sub}/${e.name}` : e.name;
       if (e.isDirectory()) await walk(rel);
-      else out[rel] = createHash('sha256').update(await readFile(join(dir, rel))).digest('hex');
+      else
+        out[rel] = createHash('sha256')
+          .update(await readFile(join(dir, rel)))
+          .digest('hex');
     }
   };
   await walk('');
@@ -47,7 +50,8 @@ async function digest(dir: string): Promise<Record<string, string>> {
 }
 
 /** max over channels of |a - b| */
-const diff = (px: Uint8Array, i: number, c: readonly number[]) => Math.max(Math.abs(px[i] - c[0]), Math.abs(px[i + 1] - c[1]), Math.abs(px[i + 2] - c[2]));
+const diff = (px: Uint8Array, i: number, c: readonly number[]) =>
+  Math.max(Math.abs(px[i] - c[0]), Math.abs(px[i + 1] - c[1]), Math.abs(px[i + 2] - c[2]));
 
 function plainScene(width: number, height: number, objects: SceneObject[]): Scene {
   const tone = [232, 222, 200] as const;
@@ -64,7 +68,16 @@ describe('demo-data determinism', () => {
     await writeDemoData(c, { seed: 12, count: 6 });
     const da = await digest(a);
     expect(Object.keys(da).sort()).toEqual(
-      ['caption.json', 'identify.json', 'manifest.json', 'refer.json', 'scenes.json', 'train.jsonl', 'vqa.json', ...Array.from({ length: 6 }, (_, i) => `images/s11_00000${i}.png`)].sort(),
+      [
+        'caption.json',
+        'identify.json',
+        'manifest.json',
+        'refer.json',
+        'scenes.json',
+        'train.jsonl',
+        'vqa.json',
+        ...Array.from({ length: 6 }, (_, i) => `images/s11_00000${i}.png`),
+      ].sort(),
     );
     expect(await digest(b)).toEqual(da);
     const dc = await digest(c);
@@ -89,15 +102,28 @@ describe('demo-data determinism', () => {
     expect(new Set(scenes.map((s) => s.objects.length))).toEqual(new Set([1, 2, 3, 4, 5]));
     expect(objs.filter((o) => o.rotation !== 0).length).toBeGreaterThan(objs.length / 5);
     // some boxes overlap (occlusion), never by much
-    const overlapping = scenes.filter((s) => s.objects.some((o, i) => s.objects.slice(i + 1).some((p) => o.bbox[0] < p.bbox[0] + p.bbox[2] && p.bbox[0] < o.bbox[0] + o.bbox[2] && o.bbox[1] < p.bbox[1] + p.bbox[3] && p.bbox[1] < o.bbox[1] + o.bbox[3])));
+    const overlapping = scenes.filter((s) =>
+      s.objects.some((o, i) =>
+        s.objects
+          .slice(i + 1)
+          .some(
+            (p) =>
+              o.bbox[0] < p.bbox[0] + p.bbox[2] &&
+              p.bbox[0] < o.bbox[0] + o.bbox[2] &&
+              o.bbox[1] < p.bbox[1] + p.bbox[3] &&
+              p.bbox[1] < o.bbox[1] + o.bbox[3],
+          ),
+      ),
+    );
     expect(overlapping.length).toBeGreaterThan(5);
     // every box lies inside its image
-    for (const s of scenes) for (const o of s.objects) {
-      expect(o.bbox[0]).toBeGreaterThanOrEqual(0);
-      expect(o.bbox[1]).toBeGreaterThanOrEqual(0);
-      expect(o.bbox[0] + o.bbox[2]).toBeLessThanOrEqual(s.width);
-      expect(o.bbox[1] + o.bbox[3]).toBeLessThanOrEqual(s.height);
-    }
+    for (const s of scenes)
+      for (const o of s.objects) {
+        expect(o.bbox[0]).toBeGreaterThanOrEqual(0);
+        expect(o.bbox[1]).toBeGreaterThanOrEqual(0);
+        expect(o.bbox[0] + o.bbox[2]).toBeLessThanOrEqual(s.width);
+        expect(o.bbox[1] + o.bbox[3]).toBeLessThanOrEqual(s.height);
+      }
   });
 });
 
@@ -108,7 +134,16 @@ describe('demo-data boxes match the rendered pixels', () => {
       const shape = k % 2 ? 'square' : 'rectangle';
       const w = rng.int(6, 60);
       const h = shape === 'square' ? w : rng.int(6, 60);
-      const base = { index: 0, shape, colour: 'blue', cx: rng.int(40, 80) + w / 2, cy: rng.int(40, 80) + h / 2, w, h, rotation: 0 } as const;
+      const base = {
+        index: 0,
+        shape,
+        colour: 'blue',
+        cx: rng.int(40, 80) + w / 2,
+        cy: rng.int(40, 80) + h / 2,
+        w,
+        h,
+        rotation: 0,
+      } as const;
       const o: SceneObject = { ...base, ...shapeGeometry(base) };
       const scene = plainScene(160, 150, [o]);
       const px = await renderSceneRaw(scene);
@@ -119,7 +154,8 @@ describe('demo-data boxes match the rendered pixels', () => {
         for (let x = 0; x < scene.width; x++) {
           const inside = x >= bx && x < bx + bw && y >= by && y < by + bh;
           const i = (y * scene.width + x) * 3;
-          if (diff(px, i, inside ? COLOURS.blue : scene.background.tones[0]) > 1) wrong.push(`(${x},${y}) ${inside ? 'inside' : 'outside'}`);
+          if (diff(px, i, inside ? COLOURS.blue : scene.background.tones[0]) > 1)
+            wrong.push(`(${x},${y}) ${inside ? 'inside' : 'outside'}`);
         }
       }
       expect(wrong, `${shape} ${w}x${h} box [${o.bbox}]`).toEqual([]);
@@ -131,7 +167,16 @@ describe('demo-data boxes match the rendered pixels', () => {
     for (const shape of ALL_SHAPES) {
       for (const rotation of [0, rng.int(-40, -5), rng.int(5, 40)]) {
         const s = rng.range(30, 70);
-        const base = { index: 0, shape, colour: 'red', cx: rng.range(70, 90), cy: rng.range(70, 90), w: s, h: shape === 'ellipse' || shape === 'rectangle' ? s * 0.6 : s, rotation } as const;
+        const base = {
+          index: 0,
+          shape,
+          colour: 'red',
+          cx: rng.range(70, 90),
+          cy: rng.range(70, 90),
+          w: s,
+          h: shape === 'ellipse' || shape === 'rectangle' ? s * 0.6 : s,
+          rotation,
+        } as const;
         const o: SceneObject = { ...base, ...shapeGeometry(base) };
         const scene = plainScene(170, 160, [o]);
         const px = await renderSceneRaw(scene);
@@ -172,12 +217,23 @@ describe('demo-data boxes match the rendered pixels', () => {
       for (const o of scene.objects) {
         const col = COLOURS[o.colour];
         const same = scene.objects.filter((p) => p.colour === o.colour);
-        const inSame = (x: number, y: number) => same.some((p) => x >= Math.floor(p.bbox[0]) && x < Math.ceil(p.bbox[0] + p.bbox[2]) && y >= Math.floor(p.bbox[1]) && y < Math.ceil(p.bbox[1] + p.bbox[3]));
+        const inSame = (x: number, y: number) =>
+          same.some(
+            (p) =>
+              x >= Math.floor(p.bbox[0]) &&
+              x < Math.ceil(p.bbox[0] + p.bbox[2]) &&
+              y >= Math.floor(p.bbox[1]) &&
+              y < Math.ceil(p.bbox[1] + p.bbox[3]),
+          );
         let inside = 0;
         for (let y = 0; y < scene.height; y++) {
           for (let x = 0; x < scene.width; x++) {
             if (diff(px, (y * scene.width + x) * 3, col) > 2) continue;
-            const inOwn = x >= Math.floor(o.bbox[0]) && x < Math.ceil(o.bbox[0] + o.bbox[2]) && y >= Math.floor(o.bbox[1]) && y < Math.ceil(o.bbox[1] + o.bbox[3]);
+            const inOwn =
+              x >= Math.floor(o.bbox[0]) &&
+              x < Math.ceil(o.bbox[0] + o.bbox[2]) &&
+              y >= Math.floor(o.bbox[1]) &&
+              y < Math.ceil(o.bbox[1] + o.bbox[3]);
             if (inOwn) inside++;
             else expect(inSame(x, y), `image ${i}: ${o.colour} pixel at (${x},${y}) outside every ${o.colour} box`).toBe(true);
           }
@@ -185,7 +241,14 @@ describe('demo-data boxes match the rendered pixels', () => {
         // objects drawn later may cover part of it, never most of it
         expect(inside, `image ${i}: ${o.colour} ${o.shape}`).toBeGreaterThan(0.3 * o.w * o.h * (o.shape === 'star' ? 0.35 : 0.5));
         // unrotated squares / rectangles not covered by a later object are exactly filled
-        const covered = scene.objects.some((p) => p.index > o.index && p.bbox[0] < o.bbox[0] + o.bbox[2] && o.bbox[0] < p.bbox[0] + p.bbox[2] && p.bbox[1] < o.bbox[1] + o.bbox[3] && o.bbox[1] < p.bbox[1] + p.bbox[3]);
+        const covered = scene.objects.some(
+          (p) =>
+            p.index > o.index &&
+            p.bbox[0] < o.bbox[0] + o.bbox[2] &&
+            o.bbox[0] < p.bbox[0] + p.bbox[2] &&
+            p.bbox[1] < o.bbox[1] + o.bbox[3] &&
+            o.bbox[1] < p.bbox[1] + p.bbox[3],
+        );
         if ((o.shape === 'square' || o.shape === 'rectangle') && o.rotation === 0 && !covered) {
           expect(inside, `image ${i}: ${o.colour} ${o.shape} fills its box`).toBe(o.bbox[2] * o.bbox[3]);
           checked++;
@@ -208,14 +271,22 @@ describe('demo-data shape sets', () => {
     let absent = 0;
     for (let i = 0; i < 80; i++) {
       const d = imageData({ seed: 4, count: 80, scene: { shapes: 'aspect-safe' } }, i);
-      const texts = [...d.vqa.map((q) => q.question), ...d.train.flatMap((t) => t.turns.flatMap((u) => [u.user, u.assistant])), ...d.refer.map((r) => r.sents)];
+      const texts = [
+        ...d.vqa.map((q) => q.question),
+        ...d.train.flatMap((t) => t.turns.flatMap((u) => [u.user, u.assistant])),
+        ...d.refer.map((r) => r.sents),
+      ];
       for (const t of texts) {
         const w = words(t);
         expect(w.has('ellipse') || w.has('ellipses') || w.has('rectangle') || w.has('rectangles'), t).toBe(false);
       }
       // questions about shapes that are not in the image name shapes of the set (rings, hearts too)
       const drawn = new Set(d.scene.objects.map((o) => o.shape));
-      absent += texts.filter((t) => /^(is there|how many)/.test(t) && (['ring', 'heart'] as const).some((s) => !drawn.has(s) && (words(t).has(s) || words(t).has(`${s}s`)))).length;
+      absent += texts.filter(
+        (t) =>
+          /^(is there|how many)/.test(t) &&
+          (['ring', 'heart'] as const).some((s) => !drawn.has(s) && (words(t).has(s) || words(t).has(`${s}s`))),
+      ).length;
     }
     expect(absent).toBeGreaterThan(0);
   });
@@ -232,8 +303,21 @@ describe('demo-data shape sets', () => {
     const isBg = (x: number, y: number) => diff(px, at(px, scene.width, x, y), bg) <= 2;
     const isCol = (x: number, y: number, c: readonly number[]) => diff(px, at(px, scene.width, x, y), c) <= 2;
     expect(ring.bbox).toEqual([36.5, 36.5, 48, 48]);
-    for (const [dx, dy] of [[0, 0], [5, 0], [0, -5], [-7, 3]]) expect(isBg(ring.cx + dx, ring.cy + dy), `ring hole at ${dx},${dy}`).toBe(true);
-    for (const [dx, dy] of [[18, 0], [-18, 0], [0, 18], [0, -18], [12.7, 12.7]]) expect(isCol(ring.cx + dx, ring.cy + dy, COLOURS.blue), `ring band at ${dx},${dy}`).toBe(true);
+    for (const [dx, dy] of [
+      [0, 0],
+      [5, 0],
+      [0, -5],
+      [-7, 3],
+    ])
+      expect(isBg(ring.cx + dx, ring.cy + dy), `ring hole at ${dx},${dy}`).toBe(true);
+    for (const [dx, dy] of [
+      [18, 0],
+      [-18, 0],
+      [0, 18],
+      [0, -18],
+      [12.7, 12.7],
+    ])
+      expect(isCol(ring.cx + dx, ring.cy + dy, COLOURS.blue), `ring band at ${dx},${dy}`).toBe(true);
     const [hx, hy, hw, hh] = heart.bbox;
     expect([hw, hh]).toEqual([60, 60]);
     // the cleft: background between the two lobes near the top, colour in each lobe
@@ -255,12 +339,17 @@ describe('demo-data tasks', () => {
   beforeAll(async () => {
     dir = join(work, 'tasks');
     await writeDemoData(dir, { seed: 4, count: 20 });
-    samples = (await readFile(join(dir, 'train.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as TrainSample);
+    samples = (await readFile(join(dir, 'train.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as TrainSample);
   });
 
   it('has samples of all six MiniGPT-v2 tasks in their original prompt forms, and multi-turn follow-ups', () => {
     const byTask = (t: string) => samples.filter((s) => s.task === t);
-    expect(new Set(samples.map((s) => s.task))).toEqual(new Set(['caption', 'grounding', 'refer', 'detection', 'identify', 'vqa', 'multi']));
+    expect(new Set(samples.map((s) => s.task))).toEqual(
+      new Set(['caption', 'grounding', 'refer', 'detection', 'identify', 'vqa', 'multi']),
+    );
     const firsts = samples.map((s) => s.turns[0].user);
     // the demo buttons' and eval scripts' forms all occur
     expect(firsts).toContain(TASK_BUTTON_PROMPTS.grounding);
@@ -273,7 +362,8 @@ describe('demo-data tasks', () => {
       for (const s of byTask(t)) expect(s.turns[0].user.startsWith(`[${t}]`), s.turns[0].user).toBe(true);
     }
     for (const s of byTask('refer')) expect(s.turns[0].assistant).toMatch(/^\{<\d+><\d+><\d+><\d+>\}$/);
-    for (const s of byTask('grounding')) expect(parseGrounding(s.turns[0].assistant).entities.every((e) => e.phrase && e.boxes.length === 1)).toBe(true);
+    for (const s of byTask('grounding'))
+      expect(parseGrounding(s.turns[0].assistant).entities.every((e) => e.phrase && e.boxes.length === 1)).toBe(true);
     const det = byTask('detection').map((s) => s.turns[0].assistant);
     expect(det.every((a) => /^<p>[a-z ]+<\/p> \{<\d+><\d+><\d+><\d+>\}(<delim>\{<\d+><\d+><\d+><\d+>\})*$/.test(a))).toBe(true);
     expect(det.some((a) => a.includes('<delim>'))).toBe(true);
@@ -284,10 +374,21 @@ describe('demo-data tasks', () => {
     expect(multi.every((s) => s.turns.length >= 2)).toBe(true);
     expect(multi.some((s) => s.turns[1].user.endsWith('what color is it?') || s.turns[1].user.endsWith('what shape is it?'))).toBe(true);
     // every upstream refer / identify / grounding form is used somewhere in a larger split
-    const many = Array.from({ length: 120 }, (_, i) => imageData({ seed: 4, count: 120 }, i).train).flat().map((s) => s.turns[0].user);
-    for (const f of [...PROMPT_FORMS.refer, ...PROMPT_FORMS.identify, ...PROMPT_FORMS.grounding, ...PROMPT_FORMS.caption, ...PROMPT_FORMS.vqa]) {
+    const many = Array.from({ length: 120 }, (_, i) => imageData({ seed: 4, count: 120 }, i).train)
+      .flat()
+      .map((s) => s.turns[0].user);
+    for (const f of [
+      ...PROMPT_FORMS.refer,
+      ...PROMPT_FORMS.identify,
+      ...PROMPT_FORMS.grounding,
+      ...PROMPT_FORMS.caption,
+      ...PROMPT_FORMS.vqa,
+    ]) {
       const [pre, post] = f.split('{}');
-      expect(many.some((u) => u.startsWith(pre) && u.endsWith(post ?? '')), f).toBe(true);
+      expect(
+        many.some((u) => u.startsWith(pre) && u.endsWith(post ?? '')),
+        f,
+      ).toBe(true);
     }
   });
 
@@ -327,11 +428,13 @@ describe('demo-data tasks', () => {
       const boxText = `{${box.map((v) => `<${v}>`).join('')}}`;
       let kind: string;
       if (last.user.startsWith('[refer]')) [kind] = ['refer', expect(last.assistant).toBe(boxText)];
-      else if (last.user.startsWith('[identify]')) [kind] = ['identify', expect(last.user).toContain(boxText), expect(last.assistant).toBe(`${o.colour} ${o.shape}`)];
+      else if (last.user.startsWith('[identify]'))
+        [kind] = ['identify', expect(last.user).toContain(boxText), expect(last.assistant).toBe(`${o.colour} ${o.shape}`)];
       else if (/what color|the color of/.test(q)) [kind] = ['colour', expect(last.assistant).toBe(o.colour)];
       else if (/^what shape/.test(q)) [kind] = ['shape', expect(last.assistant).toBe(o.shape)];
       else if (/^is there/.test(q)) [kind] = ['exist', expect(last.assistant).toBe('yes'), expect(q).toContain(`${o.colour} ${o.shape}`)];
-      else if (/^which side/.test(q)) [kind] = ['side', expect(last.assistant).toBe((o.bbox[0] + o.bbox[2] / 2) < scene.width / 2 ? 'left' : 'right')];
+      else if (/^which side/.test(q))
+        [kind] = ['side', expect(last.assistant).toBe(o.bbox[0] + o.bbox[2] / 2 < scene.width / 2 ? 'left' : 'right')];
       else throw new Error(`unexpected question about one object: ${last.user}`);
       seen.add(`${s.task}:${kind}`);
     }
@@ -372,13 +475,26 @@ describe('demo-data tasks', () => {
   });
 
   it('referring expressions pick out exactly one object', () => {
-    const mk = (index: number, shape: SceneObject['shape'], colour: SceneObject['colour'], cx: number, cy: number, s: number): SceneObject => {
+    const mk = (
+      index: number,
+      shape: SceneObject['shape'],
+      colour: SceneObject['colour'],
+      cx: number,
+      cy: number,
+      s: number,
+    ): SceneObject => {
       const base = { index, shape, colour, cx, cy, w: s, h: s, rotation: 0 };
       return { ...base, ...shapeGeometry(base) };
     };
-    const scene = plainScene(400, 300, [mk(0, 'circle', 'red', 50, 150, 40), mk(1, 'circle', 'blue', 200, 60, 80), mk(2, 'square', 'red', 340, 240, 40)]);
+    const scene = plainScene(400, 300, [
+      mk(0, 'circle', 'red', 50, 150, 40),
+      mk(1, 'circle', 'blue', 200, 60, 80),
+      mk(2, 'square', 'red', 340, 240, 40),
+    ]);
     const texts = scene.objects.map((o) => expressions(o, scene).map((e) => e.text));
-    expect(texts[0]).toEqual(expect.arrayContaining(['red circle', 'circle on the left', 'leftmost circle', 'leftmost object', 'smallest circle']));
+    expect(texts[0]).toEqual(
+      expect.arrayContaining(['red circle', 'circle on the left', 'leftmost circle', 'leftmost object', 'smallest circle']),
+    );
     expect(texts[0]).not.toContain('circle');
     expect(texts[0]).not.toContain('red object');
     expect(texts[1]).toEqual(expect.arrayContaining(['blue circle', 'blue object', 'largest circle', 'largest object', 'top object']));

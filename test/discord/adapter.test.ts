@@ -43,7 +43,12 @@ const connections = new Set<string>();
 const realConnect = net.Socket.prototype.connect;
 function recordConnect(this: net.Socket, ...args: unknown[]): net.Socket {
   const a = Array.isArray(args[0]) ? args[0][0] : args[0];
-  const host = typeof a === 'object' && a !== null ? ((a as { host?: string; path?: string }).host ?? (a as { path?: string }).path ?? 'localhost') : typeof a === 'number' ? String(args[1] ?? 'localhost') : String(a);
+  const host =
+    typeof a === 'object' && a !== null
+      ? ((a as { host?: string; path?: string }).host ?? (a as { path?: string }).path ?? 'localhost')
+      : typeof a === 'number'
+        ? String(args[1] ?? 'localhost')
+        : String(a);
   connections.add(host);
   return (realConnect as (...x: unknown[]) => net.Socket).apply(this, args);
 }
@@ -76,7 +81,10 @@ async function start(script: Script, extra: Partial<DiscordAdapterOptions> = {})
 const botMessagesIn = (channelId: string): ApiMessage[] => w.fake.messagesIn(channelId).filter((m) => m.author.id === w.fake.bot.id);
 const repliesTo = (channelId: string, id: string) => botMessagesIn(channelId).filter((m) => m.message_reference?.message_id === id);
 const mention = (channel: string, text: string, withImage = true, user = w.alice) =>
-  w.fake.postMessage(channel, user, text, { mentionBot: true, attachments: withImage ? [w.fake.addAttachment('p.png', png, 'image/png')] : [] });
+  w.fake.postMessage(channel, user, text, {
+    mentionBot: true,
+    attachments: withImage ? [w.fake.addAttachment('p.png', png, 'image/png')] : [],
+  });
 
 describe('streaming', () => {
   it('throttles edits: never two writes to the reply closer than editIntervalMs, the last one the final text', async () => {
@@ -94,7 +102,8 @@ describe('streaming', () => {
     // goes out as soon as the answer ends
     for (let i = 1; i < writes.length - 1; i++) expect(writes[i].at - writes[i - 1].at).toBeGreaterThanOrEqual(250);
     // Each streamed write shows more of the answer than the one before, marked as still being written.
-    for (let i = 1; i < writes.length - 1; i++) expect(writes[i].body.content.length).toBeGreaterThanOrEqual(writes[i - 1].body.content.length);
+    for (let i = 1; i < writes.length - 1; i++)
+      expect(writes[i].body.content.length).toBeGreaterThanOrEqual(writes[i - 1].body.content.length);
     for (const c of writes.slice(0, -1)) expect(c.body.content.endsWith(' …')).toBe(true);
     expect(writes.at(-1)!.body.content).toBe(text);
     expect(botMessagesIn(msg.id)).toHaveLength(1);
@@ -133,21 +142,24 @@ describe('streaming', () => {
   it('a restart (another worker answers again) replaces the text shown so far: one message, the new answer', async () => {
     const old = 'The first worker had written this much before it died';
     const fresh = 'A different answer from the worker that took over.';
-    await start(async function* () {
-      yield { type: 'queued', position: 0 };
-      yield { type: 'started' };
-      for (const word of old.split(' ')) {
-        await sleep(30);
-        yield { type: 'text', text: `${word} ` };
-      }
-      yield { type: 'restart' };
-      for (const word of fresh.split(' ')) {
-        await sleep(30);
-        yield { type: 'text', text: `${word} ` };
-      }
-      yield { type: 'final', text: fresh, entities: [], finishReason: 'stop' };
-      yield { type: 'timings', timings: {} };
-    }, { editIntervalMs: 100, firstTextWaitMs: 0 });
+    await start(
+      async function* () {
+        yield { type: 'queued', position: 0 };
+        yield { type: 'started' };
+        for (const word of old.split(' ')) {
+          await sleep(30);
+          yield { type: 'text', text: `${word} ` };
+        }
+        yield { type: 'restart' };
+        for (const word of fresh.split(' ')) {
+          await sleep(30);
+          yield { type: 'text', text: `${word} ` };
+        }
+        yield { type: 'final', text: fresh, entities: [], finishReason: 'stop' };
+        yield { type: 'timings', timings: {} };
+      },
+      { editIntervalMs: 100, firstTextWaitMs: 0 },
+    );
     const before = w.fake.calls.length;
     const msg = mention(w.general, 'tell me');
     await answered(logs, msg.id);
@@ -160,7 +172,10 @@ describe('streaming', () => {
   });
 
   it('splits answers over 2000 characters cleanly, bold kept, the image on the last message', async () => {
-    const para = (i: number) => `Paragraph ${i}: <p>a red square</p> {<10><10><50><50>} sits next to <p>a very long and winding phrase that goes on</p> {<1><2><3><4>} and more words follow here. `.repeat(3);
+    const para = (i: number) =>
+      `Paragraph ${i}: <p>a red square</p> {<10><10><50><50>} sits next to <p>a very long and winding phrase that goes on</p> {<1><2><3><4>} and more words follow here. `.repeat(
+        3,
+      );
     const text = Array.from({ length: 12 }, (_, i) => para(i)).join('\n\n');
     const md = answerMarkdown(text);
     expect(md.length).toBeGreaterThan(2 * DISCORD_MESSAGE_LIMIT);
@@ -175,7 +190,12 @@ describe('streaming', () => {
       expect((m.content.match(/\*\*/g) ?? []).length % 2).toBe(0);
     }
     // Nothing lost or added but whitespace at the cuts.
-    expect(msgs.map((m) => m.content).join('').replace(/\s+/g, '')).toBe(md.replace(/\s+/g, ''));
+    expect(
+      msgs
+        .map((m) => m.content)
+        .join('')
+        .replace(/\s+/g, ''),
+    ).toBe(md.replace(/\s+/g, ''));
     // Cut at paragraph breaks: no piece starts or ends in the middle of a word.
     for (const m of msgs.slice(0, -1)) expect(m.content).toMatch(/[.!?]$/);
     expect(msgs.map((m) => m.attachments.length)).toEqual([...msgs.slice(1).map(() => 0), 1]);
@@ -186,7 +206,8 @@ describe('streaming', () => {
   });
 
   it("escapes the model's Markdown, bolds grounded phrases, and never pings", async () => {
-    const text = '# Heading\n-# small\n*stars* _under_ `code` ~~strike~~ ||spoiler|| [link](https://example.com) <@123> @everyone <p>the cat</p> {<1><2><3><4>}';
+    const text =
+      '# Heading\n-# small\n*stars* _under_ `code` ~~strike~~ ||spoiler|| [link](https://example.com) <@123> @everyone <p>the cat</p> {<1><2><3><4>}';
     await start(streamed(text));
     const msg = mention(w.general, 'markdown');
     await answered(logs, msg.id);
@@ -225,7 +246,9 @@ describe('commands', () => {
     await start(streamed('ok'));
     const att = w.fake.addAttachment('c.png', png, 'image/png');
     const { id } = w.fake.interact(w.general, w.bob, {
-      id: '1', name: 'describe', type: 1,
+      id: '1',
+      name: 'describe',
+      type: 1,
       options: [
         { name: 'image', type: 11, value: att.id },
         { name: 'prompt', type: 3, value: '  where is it?  ' },
@@ -236,12 +259,23 @@ describe('commands', () => {
     });
     await answered(logs, id);
     const req = manager.requests.at(-1)!;
-    expect(req).toMatchObject({ user: w.bob.id, text: 'where is it?', task: 'refer', generation: { temperature: 0.3 }, requestId: `discord-${id}` });
+    expect(req).toMatchObject({
+      user: w.bob.id,
+      text: 'where is it?',
+      task: 'refer',
+      generation: { temperature: 0.3 },
+      requestId: `discord-${id}`,
+    });
     expect(Buffer.from(req.image!)).toEqual(png);
     expect(req.key).toMatchObject({ platform: 'discord', workspace: w.guildId, channel: w.general });
     const { id: id2 } = w.fake.interact(w.general, w.bob, {
-      id: '1', name: 'describe', type: 1,
-      options: [{ name: 'image', type: 11, value: att.id }, { name: 'task', type: 3, value: 'hack' }],
+      id: '1',
+      name: 'describe',
+      type: 1,
+      options: [
+        { name: 'image', type: 11, value: att.id },
+        { name: 'task', type: 3, value: 'hack' },
+      ],
       resolved: { attachments: { [att.id]: att } },
     });
     await answered(logs, id2);
@@ -276,7 +310,10 @@ describe('where images come from', () => {
       ['noext', png, ''],
     ];
     for (const [name, data, type] of variants) {
-      const m = w.fake.postMessage(w.general, w.alice, `file ${name}`, { mentionBot: true, attachments: [w.fake.addAttachment(name, data, type || undefined)] });
+      const m = w.fake.postMessage(w.general, w.alice, `file ${name}`, {
+        mentionBot: true,
+        attachments: [w.fake.addAttachment(name, data, type || undefined)],
+      });
       if (type) {
         await answered(logs, m.id);
         expect(Buffer.from(seen().image!)).toEqual(data);
@@ -288,7 +325,10 @@ describe('where images come from', () => {
     }
     // An image embed and a link on the (fake) CDN host.
     const embedUrl = w.fake.addCdnFile('/attachments/9/9/embedded.png', png, 'image/png');
-    const e = w.fake.postMessage(w.general, w.alice, 'embed', { mentionBot: true, embeds: [{ type: 'image', url: embedUrl, thumbnail: { url: embedUrl, proxy_url: embedUrl, width: 64, height: 48 } }] });
+    const e = w.fake.postMessage(w.general, w.alice, 'embed', {
+      mentionBot: true,
+      embeds: [{ type: 'image', url: embedUrl, thumbnail: { url: embedUrl, proxy_url: embedUrl, width: 64, height: 48 } }],
+    });
     await answered(logs, e.id);
     expect(Buffer.from(seen().image!)).toEqual(png);
     const linkUrl = w.fake.addCdnFile('/attachments/9/9/linked.png', png, 'image/png');
@@ -309,16 +349,26 @@ describe('where images come from', () => {
     expect(repliesTo(w.general, x.id)[0].content).toMatch(/^Attach an image/);
     expect(manager.requests.length).toBe(n);
     // A CDN URL that redirects elsewhere is not followed.
-    const red = w.fake.postMessage(w.general, w.alice, `redirected ${w.fake.origin}/redirect?to=${encodeURIComponent(`${otherUrl}/cat.png`)}`, { mentionBot: true });
+    const red = w.fake.postMessage(
+      w.general,
+      w.alice,
+      `redirected ${w.fake.origin}/redirect?to=${encodeURIComponent(`${otherUrl}/cat.png`)}`,
+      { mentionBot: true },
+    );
     await until(() => repliesTo(w.general, red.id).length === 1, 'the refusal');
-    expect(repliesTo(w.general, red.id)[0].content).toBe("⚠️ I only download images from Discord itself (attachments, or links to Discord's CDN).");
+    expect(repliesTo(w.general, red.id)[0].content).toBe(
+      "⚠️ I only download images from Discord itself (attachments, or links to Discord's CDN).",
+    );
     expect(otherHits).toBe(0);
     expect(manager.requests.length).toBe(n);
   });
 
-  it('refuses images over the size cap (by Discord\'s size, then while downloading) and slow downloads', async () => {
+  it("refuses images over the size cap (by Discord's size, then while downloading) and slow downloads", async () => {
     await start(streamed('ok'), { maxImageBytes: 1000, downloadTimeoutMs: 300 });
-    const big = w.fake.postMessage(w.general, w.alice, 'big', { mentionBot: true, attachments: [w.fake.addAttachment('big.png', Buffer.concat([png, Buffer.alloc(2000)]), 'image/png')] });
+    const big = w.fake.postMessage(w.general, w.alice, 'big', {
+      mentionBot: true,
+      attachments: [w.fake.addAttachment('big.png', Buffer.concat([png, Buffer.alloc(2000)]), 'image/png')],
+    });
     await until(() => repliesTo(w.general, big.id).length === 1, 'the refusal');
     expect(repliesTo(w.general, big.id)[0].content).toMatch(/^⚠️ That image is too large \(\d+\.\d KB\); the limit is 1000 bytes\.$/);
     // Discord said it was small; the CDN sends more.
@@ -361,7 +411,12 @@ describe('who may use it', () => {
     // processed in order: a later event that is answered (a DM is not, so use an interaction's refusal)
     const { token: t2 } = w.fake.interact(w.general, w.alice, { id: '1', name: 'describe', type: 1, options: [] });
     await until(() => w.fake.interaction(t2)?.callback !== undefined, 'the refusal');
-    expect(w.fake.calls.slice(n).filter((c) => c.method !== 'GET' && !c.path.includes(t2)).map((c) => c.path)).toEqual([]);
+    expect(
+      w.fake.calls
+        .slice(n)
+        .filter((c) => c.method !== 'GET' && !c.path.includes(t2))
+        .map((c) => c.path),
+    ).toEqual([]);
     expect([g.id, d.id].every((id) => !logs.some((l) => l.includes(id)))).toBe(true);
   });
 
@@ -373,13 +428,20 @@ describe('who may use it', () => {
     await answered(logs, b.id);
     const c = mention(w.general, 'three');
     await until(() => repliesTo(w.general, c.id).length === 1, 'the polite reply');
-    expect(repliesTo(w.general, c.id)[0].content).toMatch(/^You're sending requests a bit fast: please wait \d+ seconds? before asking again\.$/);
+    expect(repliesTo(w.general, c.id)[0].content).toMatch(
+      /^You're sending requests a bit fast: please wait \d+ seconds? before asking again\.$/,
+    );
     // Over the limit again: no second reply in the channel in the same window; a command gets a private note.
     const d = mention(w.general, 'four');
     const bob = mention(w.general, 'bob is fine', true, w.bob);
     await answered(logs, bob.id);
     expect(repliesTo(w.general, d.id)).toHaveLength(0);
-    const { token } = w.fake.interact(w.general, w.alice, { id: '1', name: 'describe', type: 1, options: [{ name: 'prompt', type: 3, value: 'five' }] });
+    const { token } = w.fake.interact(w.general, w.alice, {
+      id: '1',
+      name: 'describe',
+      type: 1,
+      options: [{ name: 'prompt', type: 3, value: 'five' }],
+    });
     await until(() => w.fake.interaction(token)?.callback !== undefined, 'the private note');
     const cb = w.fake.calls.find((c) => c.path.includes(`/${token}/callback`))!;
     expect(cb.body).toMatchObject({ type: 4, data: { flags: 64 } });
@@ -408,8 +470,18 @@ describe('robustness', () => {
     // An interaction Discord does not know (expired): the callback fails; the error is logged without its token.
     const token = 'aW50ZXJhY3Rpb246c2VjcmV0LXRva2VuLXZhbHVl';
     w.fake.dispatch('INTERACTION_CREATE', {
-      id: w.fake.snowflake(), application_id: w.fake.appId, type: 2, token, version: 1, app_permissions: '0', locale: 'en-US', entitlements: [],
-      authorizing_integration_owners: {}, channel: w.fake.channel(w.general), channel_id: w.general, guild_id: w.guildId,
+      id: w.fake.snowflake(),
+      application_id: w.fake.appId,
+      type: 2,
+      token,
+      version: 1,
+      app_permissions: '0',
+      locale: 'en-US',
+      entitlements: [],
+      authorizing_integration_owners: {},
+      channel: w.fake.channel(w.general),
+      channel_id: w.general,
+      guild_id: w.guildId,
       member: { user: w.alice, roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0, permissions: '0' },
       data: { id: '1', name: 'describe', type: 1, options: [] },
     });
@@ -445,9 +517,9 @@ describe('robustness', () => {
   });
 
   it('fails to start with a clear error (no token in it) when the token is refused', async () => {
-    await expect(startAdapter(w.fake, new ScriptedManager(streamed('x')), logs, { token: 'WRONG.token.value-1234567890', readyTimeoutMs: 10_000 })).rejects.toThrow(
-      /^Discord refused DISCORD_TOKEN \(HTTP 401 Unauthorized\): check the bot token (?!.*WRONG\.token)/,
-    );
+    await expect(
+      startAdapter(w.fake, new ScriptedManager(streamed('x')), logs, { token: 'WRONG.token.value-1234567890', readyTimeoutMs: 10_000 }),
+    ).rejects.toThrow(/^Discord refused DISCORD_TOKEN \(HTTP 401 Unauthorized\): check the bot token (?!.*WRONG\.token)/);
   });
 
   it('connected to nothing but the fake Discord on 127.0.0.1 (REST, gateway, CDN) in all of the above', () => {

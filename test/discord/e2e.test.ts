@@ -151,7 +151,10 @@ describe('an @mention with an image in a channel', () => {
     fake.postMessage(threadId, { ...fake.user('otherbot'), bot: true }, 'I am another bot');
     // A marker message that is answered proves the two above were processed (events are handled in order).
     const marker = fake.postMessage(w.general, w.alice, 'hello', { mentionBot: true });
-    await until(() => fake.messagesIn(w.general).some((m) => m.author.id === fake.bot.id && m.message_reference?.message_id === marker.id), 'the help reply');
+    await until(
+      () => fake.messagesIn(w.general).some((m) => m.author.id === fake.bot.id && m.message_reference?.message_id === marker.id),
+      'the help reply',
+    );
     const calls = fake.calls.slice(before);
     expect(calls.filter((c) => c.method !== 'GET').map((c) => `${c.method} ${c.path}`)).toEqual([`POST /channels/${w.general}/messages`]);
     const help = botMessagesIn(w.general).at(-1)!;
@@ -162,10 +165,17 @@ describe('an @mention with an image in a channel', () => {
 describe('image formats', () => {
   it('reads the first frame of an animated GIF, and JPEG and WebP images', async () => {
     const first = await testPng(200, 150);
-    const second = await sharp({ create: { width: 200, height: 150, channels: 3, background: '#2222dd' } }).png().toBuffer();
-    const gif = await sharp([first, second], { join: { animated: true } }).gif().toBuffer();
+    const second = await sharp({ create: { width: 200, height: 150, channels: 3, background: '#2222dd' } })
+      .png()
+      .toBuffer();
+    const gif = await sharp([first, second], { join: { animated: true } })
+      .gif()
+      .toBuffer();
     expect((await sharp(gif).metadata()).pages).toBe(2);
-    const m = fake.postMessage(w.general, w.alice, 'animated', { attachments: [fake.addAttachment('anim.gif', gif, 'image/gif')], mentionBot: true });
+    const m = fake.postMessage(w.general, w.alice, 'animated', {
+      attachments: [fake.addAttachment('anim.gif', gif, 'image/gif')],
+      mentionBot: true,
+    });
     await answered(logs, m.id);
     const upload = fake.calls.filter((c) => c.path.startsWith(`/channels/${m.id}/messages`) && c.files.length > 0);
     expect(upload).toHaveLength(1);
@@ -174,7 +184,10 @@ describe('image formats', () => {
       ['p.jpg', await sharp(first).jpeg({ quality: 95 }).toBuffer(), 'image/jpeg'],
       ['p.webp', await sharp(first).webp({ lossless: true }).toBuffer(), 'image/png'],
     ] as const) {
-      const msg = fake.postMessage(w.general, w.alice, name, { attachments: [fake.addAttachment(name, data, name.endsWith('jpg') ? 'image/jpeg' : 'image/webp')], mentionBot: true });
+      const msg = fake.postMessage(w.general, w.alice, name, {
+        attachments: [fake.addAttachment(name, data, name.endsWith('jpg') ? 'image/jpeg' : 'image/webp')],
+        mentionBot: true,
+      });
       expect(await answered(logs, msg.id)).toMatch(/annotated image/);
       const up = fake.calls.filter((c) => c.path.startsWith(`/channels/${msg.id}/messages`) && c.files.length > 0)[0];
       expect(up.files[0].contentType).toBe(mime);
@@ -189,7 +202,11 @@ describe('a bad attachment', () => {
     const before = fake.calls.length;
     const txt = fake.addAttachment('notes.txt', Buffer.from('hello, not an image'), 'text/plain; charset=utf-8');
     const bad = fake.postMessage(w.general, w.bob, 'what is this?', { attachments: [txt], mentionBot: true });
-    await until(() => botMessagesIn(w.general).some((m) => m.message_reference?.message_id === bad.id), `the error reply ${logs.join("\n")}`, 5000);
+    await until(
+      () => botMessagesIn(w.general).some((m) => m.message_reference?.message_id === bad.id),
+      `the error reply ${logs.join('\n')}`,
+      5000,
+    );
     const reply = botMessagesIn(w.general).find((m) => m.message_reference?.message_id === bad.id)!;
     expect(reply.content).toBe('⚠️ I can only read images (PNG, JPEG, WebP or GIF), and `notes.txt` is not one.');
 
@@ -200,7 +217,10 @@ describe('a bad attachment', () => {
     expect(botMessagesIn(w.general).find((m) => m.message_reference?.message_id === bad2.id)!.content).toMatch(/`photo\.png` is not one/);
 
     // A download that fails (the attachment is gone from the CDN).
-    const gone = { ...fake.addAttachment('gone.png', Buffer.alloc(10), 'image/png'), url: `${fake.origin}/attachments/0/0/gone.png?ex=1&hm=ff` };
+    const gone = {
+      ...fake.addAttachment('gone.png', Buffer.alloc(10), 'image/png'),
+      url: `${fake.origin}/attachments/0/0/gone.png?ex=1&hm=ff`,
+    };
     const bad3 = fake.postMessage(w.general, w.bob, 'and this one?', { attachments: [gone], mentionBot: true });
     await until(() => botMessagesIn(w.general).some((m) => m.message_reference?.message_id === bad3.id), 'the third error reply');
     expect(botMessagesIn(w.general).find((m) => m.message_reference?.message_id === bad3.id)!.content).toBe(
@@ -210,13 +230,19 @@ describe('a bad attachment', () => {
 
     // A PNG signature on broken data: the model cannot read it; the answer in the thread says so.
     const broken = Buffer.concat([(await testPng()).subarray(0, 60), Buffer.alloc(40, 7)]);
-    const bad4 = fake.postMessage(w.general, w.bob, 'broken', { attachments: [fake.addAttachment('broken.png', broken, 'image/png')], mentionBot: true });
+    const bad4 = fake.postMessage(w.general, w.bob, 'broken', {
+      attachments: [fake.addAttachment('broken.png', broken, 'image/png')],
+      mentionBot: true,
+    });
     const line = await answered(logs, bad4.id);
     expect(line).toMatch(/error bad_image/);
     expect(botMessagesIn(bad4.id)[0].content).toMatch(/^⚠️ .*(corrupt|decode|image)/i);
 
     // Still alive: a good request is answered.
-    const ok = fake.postMessage(w.general, w.bob, 'this one works', { attachments: [fake.addAttachment('ok.png', await testPng(), 'image/png')], mentionBot: true });
+    const ok = fake.postMessage(w.general, w.bob, 'this one works', {
+      attachments: [fake.addAttachment('ok.png', await testPng(), 'image/png')],
+      mentionBot: true,
+    });
     expect(await answered(logs, ok.id)).toMatch(/answered/);
     // The logs never show a token or an attachment signature.
     const all = logs.join('\n');
@@ -230,8 +256,14 @@ describe('two users at once', () => {
     const pa = await testPng(200, 150);
     const pb = await testPng(120, 90);
     const before = fake.calls.length;
-    const a = fake.postMessage(w.general, w.alice, 'alice asks', { attachments: [fake.addAttachment('a.png', pa, 'image/png')], mentionBot: true });
-    const b = fake.postMessage(w.other, w.bob, 'bob asks', { attachments: [fake.addAttachment('b.png', pb, 'image/png')], mentionBot: true });
+    const a = fake.postMessage(w.general, w.alice, 'alice asks', {
+      attachments: [fake.addAttachment('a.png', pa, 'image/png')],
+      mentionBot: true,
+    });
+    const b = fake.postMessage(w.other, w.bob, 'bob asks', {
+      attachments: [fake.addAttachment('b.png', pb, 'image/png')],
+      mentionBot: true,
+    });
     await Promise.all([answered(logs, a.id), answered(logs, b.id)]);
     const calls = fake.calls.slice(before);
     const ua = uploadsTo(calls, new RegExp(`^/channels/${a.id}/messages`));
@@ -310,34 +342,58 @@ describe('/describe', () => {
     // A follow-up message in that thread keeps the image.
     const follow = fake.postMessage(original.id, w.alice, 'thanks, anything else?');
     await answered(logs, follow.id);
-    expect((await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: original.id }))?.turns).toHaveLength(2);
+    expect(
+      (await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: original.id }))?.turns,
+    ).toHaveLength(2);
 
     // /describe without an image inside that bot thread uses the thread's image; no new thread.
     const before2 = fake.calls.length;
-    const again = fake.interact(original.id, w.alice, { id: '1', name: 'describe', type: 1, options: [{ name: 'prompt', type: 3, value: 'one more' }] });
+    const again = fake.interact(original.id, w.alice, {
+      id: '1',
+      name: 'describe',
+      type: 1,
+      options: [{ name: 'prompt', type: 3, value: 'one more' }],
+    });
     await answered(logs, again.id);
     const calls2 = fake.calls.slice(before2);
     expect(calls2.filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
     const edit2 = calls2.filter((c) => c.method === 'PATCH' && c.path.includes(again.token)).at(-1)!;
     expect(edit2.body.content).toBe(FINAL);
     await expectBoxDrawn(edit2.files[0].data, 200, 150, SQUARE);
-    expect((await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: original.id }))?.turns).toHaveLength(3);
+    expect(
+      (await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: original.id }))?.turns,
+    ).toHaveLength(3);
   });
 
   it('without an image outside a bot thread explains how to use it', async () => {
-    const { id, token } = fake.interact(w.general, w.bob, { id: '1', name: 'describe', type: 1, options: [{ name: 'prompt', type: 3, value: 'hi' }] });
+    const { id, token } = fake.interact(w.general, w.bob, {
+      id: '1',
+      name: 'describe',
+      type: 1,
+      options: [{ name: 'prompt', type: 3, value: 'hi' }],
+    });
     await until(() => fake.original(token)?.content !== undefined && fake.original(token)!.content !== '', 'the edited reply');
     expect(fake.interaction(token)?.callback?.type).toBe(5);
     expect(fake.original(token)!.content).toMatch(/Add an image with the `image` option/);
-    expect(fake.calls.filter((c) => c.path.includes(`/${id}/`) || c.path.endsWith(`/messages/${fake.original(token)!.id}/threads`))).toHaveLength(1);
+    expect(
+      fake.calls.filter((c) => c.path.includes(`/${id}/`) || c.path.endsWith(`/messages/${fake.original(token)!.id}/threads`)),
+    ).toHaveLength(1);
   });
 });
 
 describe('"Describe image" on a message', () => {
-  it('describes the message\'s image (caption task) and opens a thread on the answer', async () => {
+  it("describes the message's image (caption task) and opens a thread on the answer", async () => {
     const png = await testPng(200, 150);
-    const target = fake.postMessage(w.other, w.bob, 'look at my picture', { attachments: [fake.addAttachment('pic.png', png, 'image/png')] });
-    const { id, token } = fake.interact(w.other, w.alice, { id: '2', name: 'Describe image', type: 3, target_id: target.id, resolved: { messages: { [target.id]: target } } });
+    const target = fake.postMessage(w.other, w.bob, 'look at my picture', {
+      attachments: [fake.addAttachment('pic.png', png, 'image/png')],
+    });
+    const { id, token } = fake.interact(w.other, w.alice, {
+      id: '2',
+      name: 'Describe image',
+      type: 3,
+      target_id: target.id,
+      resolved: { messages: { [target.id]: target } },
+    });
     await answered(logs, id);
     const original = fake.original(token)!;
     expect(original.content).toBe(FINAL);
@@ -363,7 +419,12 @@ describe('direct messages', () => {
     expect(state?.turns.map((t) => t.user)).toEqual(['hello there', 'tell me more']);
     // /describe in the DM without an image asks about the DM's image; no thread in a DM.
     const before = fake.calls.length;
-    const { id, token } = fake.interact(dm, w.alice, { id: '1', name: 'describe', type: 1, options: [{ name: 'prompt', type: 3, value: 'and now?' }] });
+    const { id, token } = fake.interact(dm, w.alice, {
+      id: '1',
+      name: 'describe',
+      type: 1,
+      options: [{ name: 'prompt', type: 3, value: 'and now?' }],
+    });
     await answered(logs, id);
     expect(fake.original(token)?.content).toBe(FINAL);
     expect(fake.calls.slice(before).filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
@@ -376,7 +437,10 @@ describe('missing permissions', () => {
   it('without Create Public Threads: answers in the channel, says why, and replies to the answer follow up', async () => {
     fake.denyThreads.add(w.other);
     try {
-      const msg = fake.postMessage(w.other, w.alice, 'no threads here', { attachments: [fake.addAttachment('p.png', await testPng(), 'image/png')], mentionBot: true });
+      const msg = fake.postMessage(w.other, w.alice, 'no threads here', {
+        attachments: [fake.addAttachment('p.png', await testPng(), 'image/png')],
+        mentionBot: true,
+      });
       await answered(logs, msg.id);
       const reply = botMessagesIn(w.other).find((m) => m.message_reference?.message_id === msg.id)!;
       expect(reply.content).toMatch(/^-# I couldn't start a thread here \(I need the Create Public Threads permission\)/);
@@ -392,13 +456,18 @@ describe('missing permissions', () => {
   });
 
   it('without Attach Files: the answer goes without the image and says why', async () => {
-    const msg = fake.postMessage(w.general, w.alice, 'attach?', { attachments: [fake.addAttachment('p.png', await testPng(), 'image/png')], mentionBot: true });
+    const msg = fake.postMessage(w.general, w.alice, 'attach?', {
+      attachments: [fake.addAttachment('p.png', await testPng(), 'image/png')],
+      mentionBot: true,
+    });
     fake.denyAttachments.add(msg.id); // the thread will have the message's id
     try {
       const line = await answered(logs, msg.id);
       expect(line).toMatch(/answered \(\d+ chars\)/);
       const reply = botMessagesIn(msg.id)[0];
-      expect(reply.content).toBe(`${FINAL}\n-# I couldn't attach the image with the boxes here: I need the **Attach Files** permission in this channel.`);
+      expect(reply.content).toBe(
+        `${FINAL}\n-# I couldn't attach the image with the boxes here: I need the **Attach Files** permission in this channel.`,
+      );
       expect(reply.attachments).toHaveLength(0);
     } finally {
       fake.denyAttachments.delete(msg.id);

@@ -245,7 +245,17 @@ export class FakeDiscord {
       default_message_notifications: 0,
       explicit_content_filter: 0,
       roles: [
-        { id: guildId, name: '@everyone', permissions: PERMISSIONS.ALL, position: 0, color: 0, hoist: false, managed: false, mentionable: false, flags: 0 },
+        {
+          id: guildId,
+          name: '@everyone',
+          permissions: PERMISSIONS.ALL,
+          position: 0,
+          color: 0,
+          hoist: false,
+          managed: false,
+          mentionable: false,
+          flags: 0,
+        },
       ],
       emojis: [],
       stickers: [],
@@ -450,7 +460,17 @@ export class FakeDiscord {
       attachments: extra.attachments ?? [],
       embeds: extra.embeds ?? [],
       mentions,
-      ...(extra.replyTo ? { message_reference: { type: 0, message_id: extra.replyTo, channel_id: channelId, ...(ch.guild_id ? { guild_id: ch.guild_id } : {}) }, type: 19 } : {}),
+      ...(extra.replyTo
+        ? {
+            message_reference: {
+              type: 0,
+              message_id: extra.replyTo,
+              channel_id: channelId,
+              ...(ch.guild_id ? { guild_id: ch.guild_id } : {}),
+            },
+            type: 19,
+          }
+        : {}),
     });
     const payload: ApiMessage = { ...msg };
     if (extra.replyTo) payload.referenced_message = this.messages.get(channelId)?.get(extra.replyTo) ?? null;
@@ -461,11 +481,7 @@ export class FakeDiscord {
   }
 
   /** A user runs a command; returns the interaction's id and token. */
-  interact(
-    channelId: string,
-    user: ApiUser,
-    data: Record<string, any>,
-  ): { id: string; token: string } {
+  interact(channelId: string, user: ApiUser, data: Record<string, any>): { id: string; token: string } {
     const ch = this.channels.get(channelId);
     if (!ch) throw new Error(`no channel ${channelId}`);
     const id = this.snowflake();
@@ -491,7 +507,15 @@ export class FakeDiscord {
     if (guildId) {
       payload.guild_id = guildId;
       payload.guild_locale = 'en-US';
-      payload.member = { user, roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0, permissions: PERMISSIONS.ALL };
+      payload.member = {
+        user,
+        roles: [],
+        joined_at: new Date().toISOString(),
+        deaf: false,
+        mute: false,
+        flags: 0,
+        permissions: PERMISSIONS.ALL,
+      };
     } else {
       payload.user = user;
     }
@@ -535,7 +559,9 @@ export class FakeDiscord {
       const timer = setTimeout(() => {
         const i = this.waiters.indexOf(w);
         if (i >= 0) this.waiters.splice(i, 1);
-        reject(new Error(`fake Discord: timed out waiting for ${what}; calls: ${this.calls.map((c) => `${c.method} ${c.path}`).join(', ')}`));
+        reject(
+          new Error(`fake Discord: timed out waiting for ${what}; calls: ${this.calls.map((c) => `${c.method} ${c.path}`).join(', ')}`),
+        );
       }, timeoutMs);
       this.waiters.push(w);
     });
@@ -618,7 +644,9 @@ export class FakeDiscord {
       if (fault) {
         this.faulted.push(call);
         const text = JSON.stringify(fault.body ?? { message: `fake fault ${fault.status}`, code: 0 });
-        res.writeHead(fault.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...fault.headers }).end(text);
+        res
+          .writeHead(fault.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...fault.headers })
+          .end(text);
         return;
       }
       await this.handle(call, res);
@@ -644,7 +672,8 @@ export class FakeDiscord {
       });
     }
     if (method === 'GET' && path === '/users/@me') return this.json(res, 200, this.bot);
-    if (method === 'GET' && path === '/applications/@me') return this.json(res, 200, { id: this.appId, name: this.bot.username, bot: this.bot, flags: 0 });
+    if (method === 'GET' && path === '/applications/@me')
+      return this.json(res, 200, { id: this.appId, name: this.bot.username, bot: this.bot, flags: 0 });
 
     // Application commands (bulk overwrite)
     if (seg[0] === 'applications' && method === 'PUT' && seg[1] === this.appId) {
@@ -680,8 +709,10 @@ export class FakeDiscord {
         }
         if (seg[4] === 'threads' && method === 'POST') {
           if (this.denyThreads.has(ch.id)) return forbidden();
-          if (ch.type !== 0 && ch.type !== 5) return this.json(res, 400, { message: 'Cannot execute action on this channel type', code: 50024 });
-          if (this.channels.has(msg.id)) return this.json(res, 400, { message: 'A thread has already been created for this message', code: 160004 });
+          if (ch.type !== 0 && ch.type !== 5)
+            return this.json(res, 400, { message: 'Cannot execute action on this channel type', code: 50024 });
+          if (this.channels.has(msg.id))
+            return this.json(res, 400, { message: 'A thread has already been created for this message', code: 160004 });
           const thread: ApiChannel = {
             id: msg.id,
             type: 11,
@@ -722,7 +753,16 @@ export class FakeDiscord {
       if (body?.type === 5 || body?.type === 4) {
         const content = body?.type === 4 ? (body.data?.content ?? '') : '';
         const flags = (body.data?.flags ?? 0) | (body.type === 5 ? 128 : 0);
-        i.original = this.storeMessage(ch, this.bot, content, { flags, interaction_metadata: { id: i.id, type: 2, user: i.user, authorizing_integration_owners: i.guildId ? { '0': i.guildId } : { '1': i.user.id } }, webhook_id: this.appId });
+        i.original = this.storeMessage(ch, this.bot, content, {
+          flags,
+          interaction_metadata: {
+            id: i.id,
+            type: 2,
+            user: i.user,
+            authorizing_integration_owners: i.guildId ? { '0': i.guildId } : { '1': i.user.id },
+          },
+          webhook_id: this.appId,
+        });
         if (!(flags & 64)) this.dispatch('MESSAGE_CREATE', i.original);
       }
       return this.json(res, 204, null);
@@ -745,7 +785,11 @@ export class FakeDiscord {
       }
       if (seg.length === 3 && method === 'POST') {
         if (call.files.length > 0 && this.denyAttachments.has(ch.id)) return forbidden();
-        const msg = this.storeMessage(ch, this.bot, body?.content ?? '', { ...this.messageExtras(body, call.files), webhook_id: this.appId, flags: body?.flags ?? 0 });
+        const msg = this.storeMessage(ch, this.bot, body?.content ?? '', {
+          ...this.messageExtras(body, call.files),
+          webhook_id: this.appId,
+          flags: body?.flags ?? 0,
+        });
         if (!((body?.flags ?? 0) & 64)) this.dispatch('MESSAGE_CREATE', msg);
         return this.json(res, 200, msg);
       }
@@ -794,7 +838,9 @@ export class FakeDiscord {
     if (body && 'content' in body) msg.content = body.content ?? '';
     if (body && 'embeds' in body) msg.embeds = body.embeds ?? [];
     if (files.length > 0 || (body && 'attachments' in body)) {
-      const kept = (body?.attachments ?? []).map((a: { id: string }) => (msg.attachments as ApiAttachment[]).find((x) => x.id === a.id)).filter(Boolean);
+      const kept = (body?.attachments ?? [])
+        .map((a: { id: string }) => (msg.attachments as ApiAttachment[]).find((x) => x.id === a.id))
+        .filter(Boolean);
       msg.attachments = [...kept, ...this.uploaded(files)];
     }
     msg.edited_timestamp = new Date().toISOString();

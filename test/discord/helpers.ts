@@ -5,7 +5,12 @@ import sharp from 'sharp';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import type { GenerationOptions } from '../../src/inference/generation/index.js';
-import { startDiscordAdapter, type DiscordAdapter, type DiscordAdapterOptions, type DiscordConversations } from '../../adapters/discord/index.js';
+import {
+  startDiscordAdapter,
+  type DiscordAdapter,
+  type DiscordAdapterOptions,
+  type DiscordConversations,
+} from '../../adapters/discord/index.js';
 import { FakeDiscord, type ApiUser } from './fake-discord.js';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -13,7 +18,9 @@ export const DEMO = join(ROOT, 'models', 'demo');
 
 /** A PNG: a grey background with a red square (a fifth in from the top left, half the size). */
 export async function testPng(width = 200, height = 150, background = '#888888'): Promise<Buffer> {
-  const square = await sharp({ create: { width: Math.round(width / 2), height: Math.round(height / 2), channels: 3, background: '#dd2222' } })
+  const square = await sharp({
+    create: { width: Math.round(width / 2), height: Math.round(height / 2), channels: 3, background: '#dd2222' },
+  })
     .png()
     .toBuffer();
   return sharp({ create: { width, height, channels: 3, background } })

@@ -50,11 +50,23 @@ describe('minigpt register-commands', () => {
       ['task', 3],
       ['temperature', 10],
     ]);
-    expect(describeCmd.options[2].choices.map((c: { value: string }) => c.value)).toEqual(['chat', 'grounding', 'refer', 'detection', 'identify', 'vqa', 'caption']);
+    expect(describeCmd.options[2].choices.map((c: { value: string }) => c.value)).toEqual([
+      'chat',
+      'grounding',
+      'refer',
+      'detection',
+      'identify',
+      'vqa',
+      'caption',
+    ]);
     expect(w.fake.commands.get('global')!.find((c) => c.name === 'Describe image')).toMatchObject({ type: 3 });
 
     // Guild scope; the application id asked from Discord when DISCORD_APP_ID is not set.
-    const r = await runCli(['register-commands'], { DISCORD_TOKEN: w.fake.token, DISCORD_API_URL: w.fake.apiUrl, DISCORD_GUILD_ID: w.guildId });
+    const r = await runCli(['register-commands'], {
+      DISCORD_TOKEN: w.fake.token,
+      DISCORD_API_URL: w.fake.apiUrl,
+      DISCORD_GUILD_ID: w.guildId,
+    });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain(`in guild ${w.guildId}`);
     expect(w.fake.calls.some((c) => c.method === 'GET' && c.path === '/applications/@me')).toBe(true);
@@ -66,7 +78,11 @@ describe('minigpt register-commands', () => {
     const none = await runCli(['register-commands'], { DISCORD_API_URL: w.fake.apiUrl });
     expect(none.code).toBe(1);
     expect(none.stderr).toMatch(/DISCORD_TOKEN is not set/);
-    const bad = await runCli(['register-commands'], { DISCORD_TOKEN: 'NOT.the-token.0123456789abcdef', DISCORD_APP_ID: w.fake.appId, DISCORD_API_URL: w.fake.apiUrl });
+    const bad = await runCli(['register-commands'], {
+      DISCORD_TOKEN: 'NOT.the-token.0123456789abcdef',
+      DISCORD_APP_ID: w.fake.appId,
+      DISCORD_API_URL: w.fake.apiUrl,
+    });
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/registering the Discord commands failed: .*401/);
     expect(bad.stderr).not.toContain('NOT.the-token.0123456789abcdef');

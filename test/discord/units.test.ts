@@ -25,7 +25,11 @@ describe('splitMessage', () => {
     expect(pieces.every((p) => p.length <= 100)).toBe(true);
     expect(pieces.join(' ')).toBe(words);
     const sentences = 'One sentence here. '.repeat(20).trim();
-    expect(splitMessage(sentences, 100).slice(0, -1).every((p) => p.endsWith('.'))).toBe(true);
+    expect(
+      splitMessage(sentences, 100)
+        .slice(0, -1)
+        .every((p) => p.endsWith('.')),
+    ).toBe(true);
   });
 
   it('cuts unbreakable text hard, but never inside an escape or a surrogate pair', () => {
@@ -69,13 +73,13 @@ describe('threadName and mentions', () => {
     expect(long.endsWith('word…')).toBe(true);
   });
 
-  it('strips only the bot\'s own mentions', () => {
+  it("strips only the bot's own mentions", () => {
     expect(stripBotMention('<@42> hi <@!42> <@7>', '42')).toBe('hi <@7>');
   });
 });
 
 describe('download policy', () => {
-  it('allows Discord\'s CDN over https, and the configured API host with its own scheme', () => {
+  it("allows Discord's CDN over https, and the configured API host with its own scheme", () => {
     const p = downloadPolicy();
     expect(allowedUrl('https://cdn.discordapp.com/attachments/1/2/a.png?ex=1', p)).toBe(true);
     expect(allowedUrl('https://media.discordapp.net/attachments/1/2/a.png', p)).toBe(true);
@@ -123,7 +127,8 @@ describe('UserRateLimiter', () => {
 describe('redact', () => {
   it('removes the token, interaction tokens in paths and URL queries', () => {
     const token = 'MTIzNDU2Nzg5.abcdef.ghijklmnopqrstuvwxyz';
-    const line = `failed PATCH https://discord.com/api/v10/webhooks/123/aW50ZXJhY3Rpb246MTIz/messages/@original with ${token}; ` +
+    const line =
+      `failed PATCH https://discord.com/api/v10/webhooks/123/aW50ZXJhY3Rpb246MTIz/messages/@original with ${token}; ` +
       `image https://cdn.discordapp.com/attachments/1/2/a.png?ex=65&is=64&hm=abcdef& Authorization: Bot ${token}`;
     const out = redact(line, [token]);
     expect(out).not.toContain(token);

@@ -26,7 +26,13 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function evalFile(task: EvalOptions['task'], name: string, entries: unknown[], forcedAnswer: string, extra: Partial<EvalOptions> = {}) {
+async function evalFile(
+  task: EvalOptions['task'],
+  name: string,
+  entries: unknown[],
+  forcedAnswer: string,
+  extra: Partial<EvalOptions> = {},
+) {
   const file = join(data, name);
   await writeFile(file, JSON.stringify(entries));
   return runEval({ model: DEMO, data: file, task, provider: 'cpu', forcedAnswer, progress: null, ...extra });
@@ -37,12 +43,24 @@ const boxOf = (k: number, dx = 0) => {
   const { width: W, height: H } = sizes[k];
   return [(0.2 + dx) * W, 0.3 * H, 0.4 * W, 0.3 * H];
 };
-const referEntry = (k: number, bbox: number[], sents = 'the red circle') => ({ img_id: `e${k}`, sents, bbox, width: sizes[k].width, height: sizes[k].height, image: sizes[k].image });
+const referEntry = (k: number, bbox: number[], sents = 'the red circle') => ({
+  img_id: `e${k}`,
+  sents,
+  bbox,
+  width: sizes[k].width,
+  height: sizes[k].height,
+  image: sizes[k].image,
+});
 const FORCED_BOX = '{<20><30><60><60>}';
 
 describe('minigpt eval --task refer', () => {
   it('a correct box scores 1.0', async () => {
-    const r = await evalFile('refer', 'refer-right.json', [referEntry(0, boxOf(0)), referEntry(1, boxOf(1)), referEntry(2, boxOf(2))], FORCED_BOX);
+    const r = await evalFile(
+      'refer',
+      'refer-right.json',
+      [referEntry(0, boxOf(0)), referEntry(1, boxOf(1)), referEntry(2, boxOf(2))],
+      FORCED_BOX,
+    );
     expect(r).toMatchObject({ task: 'refer', n: 3, accuracy: 1 });
     expect(r.forced_answer).toBe(true); // the report says the answers were the test hook's
     for (const d of r.details) expect(d.iou as number).toBeCloseTo(1, 9);
@@ -76,10 +94,22 @@ describe('minigpt eval --task refer', () => {
 });
 
 describe('minigpt eval --task vqa / identify / caption', () => {
-  const q = (k: number, answers: string[], type = 'count') => ({ question_id: k, image: sizes[k % 3].image, question: 'how many circles are there?', answers, question_type: type, answer_type: 'number' });
+  const q = (k: number, answers: string[], type = 'count') => ({
+    question_id: k,
+    image: sizes[k % 3].image,
+    question: 'how many circles are there?',
+    answers,
+    question_type: type,
+    answer_type: 'number',
+  });
 
   it('vqa: min(matches/3, 1) after normalisation, averaged; per question type', async () => {
-    const r = await evalFile('vqa', 'vqa-t.json', [q(0, Array(10).fill('2')), q(1, ['2', '2', ...Array(8).fill('3')]), q(2, Array(10).fill('3'), 'other')], 'Two.');
+    const r = await evalFile(
+      'vqa',
+      'vqa-t.json',
+      [q(0, Array(10).fill('2')), q(1, ['2', '2', ...Array(8).fill('3')]), q(2, Array(10).fill('3'), 'other')],
+      'Two.',
+    );
     expect(r.n).toBe(3);
     expect(r.accuracy).toBeCloseTo(5 / 9, 12);
     expect(r.details.map((d) => d.accuracy)).toEqual([1, 2 / 3, 0]);
@@ -91,8 +121,20 @@ describe('minigpt eval --task vqa / identify / caption', () => {
   });
 
   it('identify: the answer names the object; the prompt holds the box on the 0..100 grid', async () => {
-    const e = (k: number, answers: string[]) => ({ img_id: `i${k}`, image: sizes[k].image, bbox: boxOf(k), width: sizes[k].width, height: sizes[k].height, answers });
-    const r = await evalFile('identify', 'identify-t.json', [e(0, ['red circle']), e(1, ['blue square']), e(2, ['gray circle', 'red circle'])], 'a red circle.');
+    const e = (k: number, answers: string[]) => ({
+      img_id: `i${k}`,
+      image: sizes[k].image,
+      bbox: boxOf(k),
+      width: sizes[k].width,
+      height: sizes[k].height,
+      answers,
+    });
+    const r = await evalFile(
+      'identify',
+      'identify-t.json',
+      [e(0, ['red circle']), e(1, ['blue square']), e(2, ['gray circle', 'red circle'])],
+      'a red circle.',
+    );
     expect(r.accuracy).toBeCloseTo(2 / 3, 12);
     expect(r.details.map((d) => d.correct)).toEqual([true, false, true]);
     expect(r.details[0].prompt).toBe('[identify] what is this {<20><30><60><60>}');
@@ -100,12 +142,22 @@ describe('minigpt eval --task vqa / identify / caption', () => {
 
   it('caption: recall of the object names', async () => {
     const c = (k: number, objects: string[]) => ({ image_id: `c${k}`, image: sizes[k].image, caption: '', objects });
-    const r = await evalFile('caption', 'caption-t.json', [c(0, ['red circle', 'gray square', 'green star']), c(1, ['red circle'])], 'a red circle and a grey square on a light plain background');
+    const r = await evalFile(
+      'caption',
+      'caption-t.json',
+      [c(0, ['red circle', 'gray square', 'green star']), c(1, ['red circle'])],
+      'a red circle and a grey square on a light plain background',
+    );
     expect(r.accuracy).toBeCloseTo((2 / 3 + 1) / 2, 12);
     expect(r).not.toHaveProperty('background'); // the data does not name the backgrounds
     // demo-data's caption.json names each background: the report scores the caption's
     const b = (k: number, background: string) => ({ ...c(k, ['red circle']), background });
-    const rb = await evalFile('caption', 'caption-b.json', [b(0, 'light plain'), b(1, 'dark plain'), b(1, 'light noisy')], 'a red circle and a grey square on a light plain background');
+    const rb = await evalFile(
+      'caption',
+      'caption-b.json',
+      [b(0, 'light plain'), b(1, 'dark plain'), b(1, 'light noisy')],
+      'a red circle and a grey square on a light plain background',
+    );
     expect(rb.background).toEqual({ n: 3, accuracy: 1 / 3, kind_accuracy: 2 / 3 });
     expect(rb.details.map((d) => d.background_named)).toEqual([true, false, false]);
   });
@@ -122,9 +174,13 @@ describe('minigpt eval --task vqa / identify / caption', () => {
   });
 
   it('reports a missing file or a malformed entry clearly', async () => {
-    await expect(runEval({ model: DEMO, data: join(work, 'nope'), task: 'refer', progress: null })).rejects.toThrow(/no such file or folder/);
+    await expect(runEval({ model: DEMO, data: join(work, 'nope'), task: 'refer', progress: null })).rejects.toThrow(
+      /no such file or folder/,
+    );
     await writeFile(join(work, 'bad.json'), JSON.stringify([{ img_id: 'x', sents: 'a', bbox: [1, 2, 3], width: 10, height: 10 }]));
-    await expect(runEval({ model: DEMO, data: join(work, 'bad.json'), task: 'refer', progress: null })).rejects.toThrow(/entry 0: "bbox" must be \[x, y, w, h\]/);
+    await expect(runEval({ model: DEMO, data: join(work, 'bad.json'), task: 'refer', progress: null })).rejects.toThrow(
+      /entry 0: "bbox" must be \[x, y, w, h\]/,
+    );
   });
 });
 
@@ -134,7 +190,8 @@ describe('the minigpt binary', () => {
     const d = await minigpt(['demo-data', '--seed', '9', '--count', '2', '--out', out]);
     expect(d.code, d.stderr).toBe(0);
     expect(d.stderr).toMatch(/demo-data: 2 images, refer \d+, vqa 6, identify \d+, caption 2, train \d+ samples/);
-    for (const f of ['refer.json', 'vqa.json', 'identify.json', 'caption.json', 'train.jsonl', 'images/s9_000001.png']) expect((await stat(join(out, f))).size).toBeGreaterThan(0);
+    for (const f of ['refer.json', 'vqa.json', 'identify.json', 'caption.json', 'train.jsonl', 'images/s9_000001.png'])
+      expect((await stat(join(out, f))).size).toBeGreaterThan(0);
 
     // the shape set is always recorded (the default, aspect-safe, here)
     expect(JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8'))).toMatchObject({ scene: { shapes: 'aspect-safe' } });
@@ -147,7 +204,9 @@ describe('the minigpt binary', () => {
 
     const vqa = JSON.parse(await readFile(join(out, 'vqa.json'), 'utf8')) as { answers: string[] }[];
     const forced = vqa[0].answers[0];
-    const r = await minigpt(['eval', '--model', DEMO, '--data', out, '--task', 'vqa', '--json', '--batch', '2', '--provider', 'cpu'], { MINIGPT_TEST_FORCED_ANSWER: forced });
+    const r = await minigpt(['eval', '--model', DEMO, '--data', out, '--task', 'vqa', '--json', '--batch', '2', '--provider', 'cpu'], {
+      MINIGPT_TEST_FORCED_ANSWER: forced,
+    });
     expect(r.code, r.stderr).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report).toMatchObject({ task: 'vqa', n: 6, forced_answer: true }); // the env hook, said in the report
@@ -156,7 +215,19 @@ describe('the minigpt binary', () => {
     expect(report.details).toHaveLength(6);
     expect(r.stderr).toMatch(/eval vqa 100% 6\/6/);
 
-    const text = await minigpt(['eval', '--model', DEMO, '--data', join(out, 'refer.json'), '--task', 'refer', '--limit', '2', '--provider', 'cpu']);
+    const text = await minigpt([
+      'eval',
+      '--model',
+      DEMO,
+      '--data',
+      join(out, 'refer.json'),
+      '--task',
+      'refer',
+      '--limit',
+      '2',
+      '--provider',
+      'cpu',
+    ]);
     expect(text.code, text.stderr).toBe(0);
     expect(text.stdout).toMatch(/^refer: \d+\.\d\d% on 2 items \(Acc@0\.5/);
 

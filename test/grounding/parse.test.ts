@@ -54,9 +54,7 @@ describe('parseGrounding: MiniGPT-v2 syntax', () => {
     const r = parseGrounding(text);
     expect(r.partial).toBe(false);
     expect(r.plainText).toBe('a red car');
-    expect(r.entities).toEqual([
-      { phrase: 'a red car', boxes: [box(10, 20, 30, 40), box(50, 20, 70, 40)], start: 0, end: text.length },
-    ]);
+    expect(r.entities).toEqual([{ phrase: 'a red car', boxes: [box(10, 20, 30, 40), box(50, 20, 70, 40)], start: 0, end: text.length }]);
   });
 
   it('parses a grounded description and tidies the plain text', () => {
@@ -172,7 +170,34 @@ describe('parseGrounding: never throws', () => {
     expect(parseGrounding(42 as unknown as string).plainText).toBe('42');
   });
 
-  const PIECES = ['{', '}', '<', '>', '<p>', '</p>', '<delim>', '{<', '><', '>}', 'p', '/', ' ', '\n', '.', '-', '+', 'a', 'Z', '1', '23', '100', '999', '\u0000', '😀', 'é'];
+  const PIECES = [
+    '{',
+    '}',
+    '<',
+    '>',
+    '<p>',
+    '</p>',
+    '<delim>',
+    '{<',
+    '><',
+    '>}',
+    'p',
+    '/',
+    ' ',
+    '\n',
+    '.',
+    '-',
+    '+',
+    'a',
+    'Z',
+    '1',
+    '23',
+    '100',
+    '999',
+    '\u0000',
+    '😀',
+    'é',
+  ];
   it('on random strings (property)', () => {
     const R = rng(1234);
     for (let n = 0; n < 3000; n++) {
@@ -191,7 +216,8 @@ describe('parseGrounding: never throws', () => {
       let s = '';
       for (const part of text.split(/(?=[<{])/)) {
         s += part;
-        if (R.next() < 0.3) s += R.pick(['{<1><2>', '<p>', '</p>', '}', '{', '<delim>', '<<', '{<5><5><5><5><5>}', 'x\ny', '{<NaN><1><2><3>}']);
+        if (R.next() < 0.3)
+          s += R.pick(['{<1><2>', '<p>', '</p>', '}', '{', '<delim>', '<<', '{<5><5><5><5><5>}', 'x\ny', '{<NaN><1><2><3>}']);
       }
       const r = checkInvariants(s);
       for (const e of r.entities) for (const b of e.boxes) expect(gridToPixels(b, 37, 11).width).toBeGreaterThan(0);

@@ -1,12 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import {
-  EVAL_PROMPTS,
-  TASK_BUTTON_PROMPTS,
-  TASKS,
-  isTask,
-  parseTask,
-  taskPrompt,
-} from '../../src/grounding/tasks.js';
+import { EVAL_PROMPTS, TASK_BUTTON_PROMPTS, TASKS, isTask, parseTask, taskPrompt } from '../../src/grounding/tasks.js';
 
 describe('parseTask', () => {
   it.each([
@@ -14,7 +7,11 @@ describe('parseTask', () => {
     ['[refer] the world cup', 'refer', 'the world cup'],
     ['[detection] sofas', 'detection', 'sofas'],
     ['[identify] what is this {<4><50><30><65>}', 'identify', 'what is this {<4><50><30><65>}'],
-    ['[vqa] where should I hide in this room when playing hide and seek', 'vqa', 'where should I hide in this room when playing hide and seek'],
+    [
+      '[vqa] where should I hide in this room when playing hide and seek',
+      'vqa',
+      'where should I hide in this room when playing hide and seek',
+    ],
     ['[caption] briefly describe this image', 'caption', 'briefly describe this image'],
     ['  [REFER]   the cat  ', 'refer', 'the cat'],
     ['[vqa]', 'vqa', ''],
@@ -66,9 +63,7 @@ describe('taskPrompt (upstream demo_v2.py task buttons)', () => {
   });
 
   it('identify', () => {
-    expect(taskPrompt('identify', '', { box: { x1: 4, y1: 50, x2: 30, y2: 65 } })).toBe(
-      '[identify] what is this {<4><50><30><65>}',
-    );
+    expect(taskPrompt('identify', '', { box: { x1: 4, y1: 50, x2: 30, y2: 65 } })).toBe('[identify] what is this {<4><50><30><65>}');
     expect(taskPrompt('identify', 'what is this {<4><50><30><65>}')).toBe('[identify] what is this {<4><50><30><65>}');
     expect(taskPrompt('identify', '{<4><50><30><65>}')).toBe('[identify] what is this {<4><50><30><65>}');
     expect(taskPrompt('identify', '[identify] describe this object in {<1><2><3><4>}')).toBe(

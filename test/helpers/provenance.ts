@@ -70,7 +70,12 @@ export async function expectRecordedFiles(dir: string): Promise<Provenance> {
     expect(s.sha256, s.role).toBe(record.published[published[s.role]].sha256);
     expect(s.bytes, s.role).toBe(record.published[published[s.role]].bytes);
   }
-  expect(pkg.meta.provenance.options).toMatchObject({ arch: 'minigpt-v2', imageSize: record.train_args.image_size, vitHeads: record.train_args.vit_heads, loraAlpha: record.train_args.lora_alpha });
+  expect(pkg.meta.provenance.options).toMatchObject({
+    arch: 'minigpt-v2',
+    imageSize: record.train_args.image_size,
+    vitHeads: record.train_args.vit_heads,
+    loraAlpha: record.train_args.lora_alpha,
+  });
   expect(pkg.meta.llm).toMatchObject({ layers: record.train_args.layers, hidden: record.train_args.hidden });
   return record;
 }
@@ -83,18 +88,51 @@ export async function expectRecordedFiles(dir: string): Promise<Provenance> {
 export async function expectRecordedScores(dir: string, record: Provenance, work: string): Promise<void> {
   const { itemScore } = await publish();
   const split = join(work, 'provenance-check');
-  execFileSync(process.execPath, [CLI, 'demo-data', '--seed', String(record.heldout.seed), '--count', String(record.check.images), '--shapes', record.heldout.shapes ?? 'classic', '--out', split], {
-    cwd: ROOT,
-    stdio: 'pipe',
-  });
+  execFileSync(
+    process.execPath,
+    [
+      CLI,
+      'demo-data',
+      '--seed',
+      String(record.heldout.seed),
+      '--count',
+      String(record.check.images),
+      '--shapes',
+      record.heldout.shapes ?? 'classic',
+      '--out',
+      split,
+    ],
+    {
+      cwd: ROOT,
+      stdio: 'pipe',
+    },
+  );
   for (const task of TASKS) {
     const want = record.check[task];
-    const out = execFileSync(process.execPath, [CLI, 'eval', '--model', dir, '--data', split, '--task', task, '--threads', String(record.check.threads), '--provider', 'cpu', '--json'], {
-      cwd: ROOT,
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-      maxBuffer: 1 << 26,
-    });
+    const out = execFileSync(
+      process.execPath,
+      [
+        CLI,
+        'eval',
+        '--model',
+        dir,
+        '--data',
+        split,
+        '--task',
+        task,
+        '--threads',
+        String(record.check.threads),
+        '--provider',
+        'cpu',
+        '--json',
+      ],
+      {
+        cwd: ROOT,
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+        maxBuffer: 1 << 26,
+      },
+    );
     const r = JSON.parse(out) as { n: number; accuracy: number; details: unknown[] };
     expect(r.n, task).toBe(want.n);
     expect(want.scores, task).toHaveLength(want.n);

@@ -24,7 +24,6 @@ export interface TestRedis {
   cleanup(): Promise<void>;
 }
 
-
 async function waitForPort(port: number, child: ChildProcess, log: () => string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -53,14 +52,22 @@ export async function startRedis(opts: { aof?: boolean } = {}): Promise<TestRedi
   let child: ChildProcess | undefined;
   let output = '';
   const args = [
-    '--port', String(port),
-    '--bind', '127.0.0.1',
-    '--dir', dir,
-    '--save', '',
-    '--appendonly', opts.aof ? 'yes' : 'no',
-    '--appendfsync', 'always',
-    '--daemonize', 'no',
-    '--loglevel', 'warning',
+    '--port',
+    String(port),
+    '--bind',
+    '127.0.0.1',
+    '--dir',
+    dir,
+    '--save',
+    '',
+    '--appendonly',
+    opts.aof ? 'yes' : 'no',
+    '--appendfsync',
+    'always',
+    '--daemonize',
+    'no',
+    '--loglevel',
+    'warning',
   ];
   const start = async () => {
     output = '';
@@ -69,12 +76,19 @@ export async function startRedis(opts: { aof?: boolean } = {}): Promise<TestRedi
     c.stderr!.on('data', (d: Buffer) => (output += d.toString()));
     await new Promise<void>((resolve, reject) => {
       c.once('spawn', resolve);
-      c.once('error', (err) => reject(new Error(`cannot start redis-server (Debian package redis-server; npm test installs it first: scripts/test-tools.sh): ${err.message}`)));
+      c.once('error', (err) =>
+        reject(
+          new Error(
+            `cannot start redis-server (Debian package redis-server; npm test installs it first: scripts/test-tools.sh): ${err.message}`,
+          ),
+        ),
+      );
     });
     child = c;
     await waitForPort(port, c, () => output);
   };
-  const exited = (c: ChildProcess) => (c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => c.once('exit', () => r())));
+  const exited = (c: ChildProcess) =>
+    c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => c.once('exit', () => r()));
   const stop = async () => {
     const c = child;
     if (!c || c.exitCode !== null || c.signalCode !== null) return;

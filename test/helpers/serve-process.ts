@@ -15,7 +15,11 @@ export interface ServeProcess {
 }
 
 export function startServe(args: string[], env: NodeJS.ProcessEnv): ServeProcess {
-  const child = spawn(process.execPath, [BIN, 'serve', ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, 'serve', ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const lines: string[] = [];
   const waiters: { re: RegExp; resolve: (m: RegExpExecArray) => void }[] = [];
   let buf = '';
@@ -36,7 +40,9 @@ export function startServe(args: string[], env: NodeJS.ProcessEnv): ServeProcess
   };
   child.stderr!.setEncoding('utf8').on('data', onData);
   child.stdout!.setEncoding('utf8').on('data', onData);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
+  );
   return {
     child,
     lines,
@@ -48,7 +54,10 @@ export function startServe(args: string[], env: NodeJS.ProcessEnv): ServeProcess
         if (m) return Promise.resolve(m);
       }
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no line matching ${re} within ${timeoutMs} ms; the process said:\n${lines.join('\n')}`)), timeoutMs);
+        const timer = setTimeout(
+          () => reject(new Error(`no line matching ${re} within ${timeoutMs} ms; the process said:\n${lines.join('\n')}`)),
+          timeoutMs,
+        );
         const w = {
           re,
           resolve: (m: RegExpExecArray) => {

@@ -143,8 +143,7 @@ describe('annotateImage', () => {
     const SW = 120;
     const SH = 80;
     const raw = Buffer.alloc(SW * SH * 3);
-    for (let y = 0; y < SH; y++)
-      for (let x = 0; x < SW; x++) raw.set(x < SW / 2 ? [0, 0, 255] : [255, 255, 0], (y * SW + x) * 3);
+    for (let y = 0; y < SH; y++) for (let x = 0; x < SW; x++) raw.set(x < SW / 2 ? [0, 0, 255] : [255, 255, 0], (y * SW + x) * 3);
     const jpeg = await sharp(raw, { raw: { width: SW, height: SH, channels: 3 } })
       .jpeg({ quality: 95 })
       .withMetadata({ orientation: 6 })

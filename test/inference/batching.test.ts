@@ -46,7 +46,10 @@ async function plain(text: string, images: Float32Array[], opts: Partial<Generat
   const ctx = await model.context(text, images);
   const pre = await model.prefill(ctx);
   const decoder = { decode: (ids: readonly number[]) => model.tokenizer.decode(ids, { skipSpecialTokens: true }) };
-  const genOpts = model.generationOptions({ ...opts, maxNewTokens: Math.min(opts.maxNewTokens ?? 300, model.meta.llm.maxPositions - ctx.length) });
+  const genOpts = model.generationOptions({
+    ...opts,
+    maxNewTokens: Math.min(opts.maxNewTokens ?? 300, model.meta.llm.maxPositions - ctx.length),
+  });
   for await (const ev of generate(model.decoder, { state: pre.state, logits: pre.logits }, decoder, genOpts)) {
     if (ev.type === 'done') return ev.tokenIds;
   }
@@ -90,7 +93,9 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 
 describe('LlamaDecoder.step with a batch', () => {
   it('gives each left-padded row the logits of its unpadded run (within 1e-5), packed or fed as is', async () => {
-    const ctxs = await Promise.all([QUESTIONS[0], 'hi', QUESTIONS[4]].map((q, i) => model.context(prompt([{ user: q }]), [i === 1 ? other : image])));
+    const ctxs = await Promise.all(
+      [QUESTIONS[0], 'hi', QUESTIONS[4]].map((q, i) => model.context(prompt([{ user: q }]), [i === 1 ? other : image])),
+    );
     const lengths = ctxs.map((c) => c.length);
     expect(new Set(lengths).size).toBe(3); // really ragged
     const pres = await Promise.all(ctxs.map((c) => model.prefill(c)));
@@ -148,7 +153,7 @@ describe('LlamaDecoder.step with a batch', () => {
     }
   });
 
-  it('frees a batch\'s storage only when its last row is disposed', async () => {
+  it("frees a batch's storage only when its last row is disposed", async () => {
     const ctx = await model.context(prompt([{ user: 'hi' }]), [image]);
     const pre = await model.prefill(ctx);
     const r = await model.decoder.step([pre.state, pre.state], [4, 5]);
@@ -210,25 +215,30 @@ describe('continuous batching through the engine', () => {
     expect(model.decoder.stats.stepRows - rowsBefore).toBeGreaterThan(model.decoder.stats.steps - stepsBefore);
   });
 
-  it('cancelling one conversation mid-answer leaves the others\' answers unchanged', async () => {
+  it("cancelling one conversation mid-answer leaves the others' answers unchanged", async () => {
     const texts = QUESTIONS.slice(0, 4).map((q) => prompt([{ user: q }]));
     const opts = { ...GREEDY, maxNewTokens: 30 };
     const expected: number[][] = [];
     for (const t of texts) expected.push(await plain(t, [image], opts));
     const ctl = new AbortController();
-    const results = await Promise.all(texts.map((t, i) => answer(t, [image], opts, {}, i === 1 ? ctl.signal : undefined, (n) => i === 1 && n === 3 && ctl.abort())));
+    const results = await Promise.all(
+      texts.map((t, i) => answer(t, [image], opts, {}, i === 1 ? ctl.signal : undefined, (n) => i === 1 && n === 3 && ctl.abort())),
+    );
     expect(results[1].finishReason).toBe('aborted');
     expect(results[1].ids.length).toBeLessThan(10);
     for (const i of [0, 2, 3]) expect(results[i].ids).toEqual(expected[i]);
   });
 
-  it('a conversation at the model\'s length limit fails alone', async () => {
+  it("a conversation at the model's length limit fails alone", async () => {
     const long = prompt([{ user: 'red '.repeat(200) }]);
     const ctx = await model.context(long, [image]);
     expect(ctx.length).toBeLessThan(model.meta.llm.maxPositions);
     const short = prompt([{ user: QUESTIONS[0] }]);
     const expected = await plain(short, [image], { ...GREEDY, maxNewTokens: 20 });
-    const [a, b] = await Promise.all([answer(long, [image], { ...GREEDY, maxNewTokens: 300 }), answer(short, [image], { ...GREEDY, maxNewTokens: 20 })]);
+    const [a, b] = await Promise.all([
+      answer(long, [image], { ...GREEDY, maxNewTokens: 300 }),
+      answer(short, [image], { ...GREEDY, maxNewTokens: 20 }),
+    ]);
     expect(a.ids.length).toBe(model.meta.llm.maxPositions - ctx.length);
     expect(a.finishReason).toBe('length');
     expect(b.ids).toEqual(expected);
@@ -296,14 +306,68 @@ describe('KV cache reuse across turns', () => {
   });
 
   it('matches rows per segment and image identity', () => {
-    const a = { segments: [[1, 5, 6], [7, 8, 9]], images: [{ key: 'x', rows: 4 }] };
+    const a = {
+      segments: [
+        [1, 5, 6],
+        [7, 8, 9],
+      ],
+      images: [{ key: 'x', rows: 4 }],
+    };
     expect(commonPrefixRows(a, a)).toBe(10);
-    expect(commonPrefixRows(a, { segments: [[1, 5, 6], [7, 8, 9, 10]], images: [{ key: 'x', rows: 4 }] })).toBe(10);
-    expect(commonPrefixRows(a, { segments: [[1, 5, 6], [7, 2]], images: [{ key: 'x', rows: 4 }] })).toBe(8);
-    expect(commonPrefixRows(a, { segments: [[1, 5, 6], [7, 8, 9]], images: [{ key: 'y', rows: 4 }] })).toBe(3);
-    expect(commonPrefixRows(a, { segments: [[1, 5], [7, 8, 9]], images: [{ key: 'x', rows: 4 }] })).toBe(2);
-    expect(commonPrefixRows(a, { segments: [[1, 5, 6, 3], [7, 8, 9]], images: [{ key: 'x', rows: 4 }] })).toBe(3);
-    expect(commonPrefixRows(a, { segments: [[1, 5, 6], [7, 8, 9]], images: [{ key: undefined, rows: 4 }] })).toBe(3);
+    expect(
+      commonPrefixRows(a, {
+        segments: [
+          [1, 5, 6],
+          [7, 8, 9, 10],
+        ],
+        images: [{ key: 'x', rows: 4 }],
+      }),
+    ).toBe(10);
+    expect(
+      commonPrefixRows(a, {
+        segments: [
+          [1, 5, 6],
+          [7, 2],
+        ],
+        images: [{ key: 'x', rows: 4 }],
+      }),
+    ).toBe(8);
+    expect(
+      commonPrefixRows(a, {
+        segments: [
+          [1, 5, 6],
+          [7, 8, 9],
+        ],
+        images: [{ key: 'y', rows: 4 }],
+      }),
+    ).toBe(3);
+    expect(
+      commonPrefixRows(a, {
+        segments: [
+          [1, 5],
+          [7, 8, 9],
+        ],
+        images: [{ key: 'x', rows: 4 }],
+      }),
+    ).toBe(2);
+    expect(
+      commonPrefixRows(a, {
+        segments: [
+          [1, 5, 6, 3],
+          [7, 8, 9],
+        ],
+        images: [{ key: 'x', rows: 4 }],
+      }),
+    ).toBe(3);
+    expect(
+      commonPrefixRows(a, {
+        segments: [
+          [1, 5, 6],
+          [7, 8, 9],
+        ],
+        images: [{ key: undefined, rows: 4 }],
+      }),
+    ).toBe(3);
     expect(commonPrefixRows(a, { segments: [[2]], images: [] })).toBe(0);
   });
 
@@ -345,7 +409,14 @@ describe('KV cache reuse across turns', () => {
   it('frees the kept cache when the consumer leaves early, and keeps nothing for a cancelled answer', async () => {
     let kept: CachedContext | undefined;
     const ctl = new AbortController();
-    const r = await answer(prompt([{ user: QUESTIONS[0] }]), [image], { ...GREEDY, maxNewTokens: 40 }, { keep: (c) => (kept = c) }, ctl.signal, (n) => n === 2 && ctl.abort());
+    const r = await answer(
+      prompt([{ user: QUESTIONS[0] }]),
+      [image],
+      { ...GREEDY, maxNewTokens: 40 },
+      { keep: (c) => (kept = c) },
+      ctl.signal,
+      (n) => n === 2 && ctl.abort(),
+    );
     expect(r.finishReason).toBe('aborted');
     expect(kept).toBeUndefined();
   });

@@ -53,7 +53,12 @@ describe('models/demo', () => {
     const test = record.test;
     expect(test, 'PROVENANCE.json has no final test split (test)').toBeDefined();
     // the same scene count, shape set and tasks as the selection split, on exactly the committed package
-    expect(test).toMatchObject({ evaluated_once: true, after_selection: true, images: record.heldout.images, shapes: record.heldout.shapes });
+    expect(test).toMatchObject({
+      evaluated_once: true,
+      after_selection: true,
+      images: record.heldout.images,
+      shapes: record.heldout.shapes,
+    });
     expect(test!.package_sha256, 'the package changed after its test split was evaluated').toEqual(
       Object.fromEntries(Object.entries(record.package).map(([f, r]) => [f, r.sha256])),
     );
@@ -65,7 +70,8 @@ describe('models/demo', () => {
     const used = new Set<number>([EXAMPLE_SEED]);
     type Run = TrainRecord & { data?: string; heldout?: { seed?: number }; package?: { heldout?: { seed?: number } } };
     for (let run: Run | undefined = record; run; run = run.started_from as Run | undefined) {
-      for (const m of (run.data ?? '').matchAll(/seeds? (\d+)(?:-(\d+))?/g)) for (let k = Number(m[1]); k <= Number(m[2] ?? m[1]); k++) used.add(k);
+      for (const m of (run.data ?? '').matchAll(/seeds? (\d+)(?:-(\d+))?/g))
+        for (let k = Number(m[1]); k <= Number(m[2] ?? m[1]); k++) used.add(k);
       for (const seed of [run.heldout?.seed, run.package?.heldout?.seed, run.train_args.seed]) if (typeof seed === 'number') used.add(seed);
     }
     const recipe = (await readFile(join(DEMO, 'train', 'README.md'), 'utf8')).replace(/^## The final test split[\s\S]*?(?=^## )/m, '');
@@ -74,9 +80,15 @@ describe('models/demo', () => {
       const [a, b] = m[1] ? [m[1], m[1]] : [m[2], m[3] ?? m[2]];
       for (let k = Number(a); k <= Number(b); k++) used.add(k);
     }
-    expect([0, 1, 8, 16, 999, 1000, 4242].every((s) => used.has(s)), 'the lists were read').toBe(true);
+    expect(
+      [0, 1, 8, 16, 999, 1000, 4242].every((s) => used.has(s)),
+      'the lists were read',
+    ).toBe(true);
     const listed = new Set(Object.values(test!.seeds_not_this).flatMap((v) => (Array.isArray(v) ? v : [])));
-    expect([...used].filter((s) => !listed.has(s)), 'seeds used but not in test.seeds_not_this').toEqual([]);
+    expect(
+      [...used].filter((s) => !listed.has(s)),
+      'seeds used but not in test.seeds_not_this',
+    ).toEqual([]);
     expect(used.has(test!.seed)).toBe(false);
     expect(listed.has(test!.seed)).toBe(false);
   });
@@ -84,7 +96,11 @@ describe('models/demo', () => {
   it('has a 512-piece tokenizer that round-trips ASCII text and box syntax exactly', async () => {
     const tok = await loadTokenizer(join(DEMO, 'tokenizer.json'), { bosId: 1, eosId: 2 });
     expect(tok.vocabSize).toBe(512);
-    for (const text of ['<p>a red square</p> {<10><20><30><40>}<delim>{<0><0><100><100>}', '[refer] give me the location of the blue circle', 'Hello, World! 42 ~`|\\']) {
+    for (const text of [
+      '<p>a red square</p> {<10><20><30><40>}<delim>{<0><0><100><100>}',
+      '[refer] give me the location of the blue circle',
+      'Hello, World! 42 ~`|\\',
+    ]) {
       const ids = tok.encode(text, { addBos: false });
       expect(ids.every((i) => i > 2 && i < 512)).toBe(true);
       expect(tok.decode(ids)).toBe(text);
@@ -100,7 +116,9 @@ describe('models/demo', () => {
       const pieces: string[] = [];
       let final = '';
       let reason = '';
-      for await (const ev of model.answer(conversationPrompt(model.meta.prompt, [{ user: '[refer] red square' }]), [embeds], { temperature: 0 })) {
+      for await (const ev of model.answer(conversationPrompt(model.meta.prompt, [{ user: '[refer] red square' }]), [embeds], {
+        temperature: 0,
+      })) {
         if (ev.type === 'text') pieces.push(ev.text);
         if (ev.type === 'done') [final, reason] = [ev.text, ev.finishReason];
       }
@@ -115,7 +133,9 @@ describe('models/demo', () => {
 
   it("writes README's annotated example: its commands, run as written, give the answer README shows and an annotated PNG", async () => {
     const readme = await readFile(join(ROOT, 'README.md'), 'utf8');
-    const block = /npx minigpt demo-data (--seed \d+ --count \d+) --out scenes\nnpx minigpt ask (.*) \\\n\s+"([^"]+)"\n# (.*)\n/.exec(readme);
+    const block = /npx minigpt demo-data (--seed \d+ --count \d+) --out scenes\nnpx minigpt ask (.*) \\\n\s+"([^"]+)"\n# (.*)\n/.exec(
+      readme,
+    );
     expect(block, 'the example block in README.md').not.toBeNull();
     const [, dataArgs, askArgs, prompt, shown] = block!;
     const run = promisify(execFile);

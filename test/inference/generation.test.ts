@@ -14,7 +14,18 @@ import {
 // Toy world: 12 tokens, a byte-fallback decoder (TextDecoder => U+FFFD for incomplete UTF-8), a step model whose
 // logits are a function of the generated prefix, and exact bookkeeping of every state it creates.
 // ---------------------------------------------------------------------------------------------------------------
-const A = 0, B = 1, EOS = 2, SP = 3, HASH = 4, C3 = 5, A9 = 6, F0 = 7, x9F = 8, x98 = 9, x80 = 10, C = 11;
+const A = 0,
+  B = 1,
+  EOS = 2,
+  SP = 3,
+  HASH = 4,
+  C3 = 5,
+  A9 = 6,
+  F0 = 7,
+  x9F = 8,
+  x98 = 9,
+  x80 = 10,
+  C = 11;
 const V = 12;
 const TOKEN_BYTES: number[][] = [
   [0x61], // a
@@ -197,7 +208,8 @@ describe('repetition penalty (HF, over generated ids only)', () => {
       const last = p.length ? p[p.length - 1] : -1;
       if (last === -1) Object.assign(l, { [A]: 2.0, [B]: 1.5 });
       else if (last === A) Object.assign(l, { [A]: 2.0, [B]: 1.9, [C]: 1.0 });
-      else if (last === B) Object.assign(l, { [B]: 2.4, [C]: 2.1 }); // b penalised: 2.4/1.2 = 2.0 < 2.1
+      else if (last === B)
+        Object.assign(l, { [B]: 2.4, [C]: 2.1 }); // b penalised: 2.4/1.2 = 2.0 < 2.1
       else l[EOS] = 9;
       return l;
     };
@@ -381,7 +393,11 @@ describe('beam search (HF BeamSearchScorer semantics)', () => {
   it('finds a sequence with a higher total log-prob than greedy', async () => {
     // greedy: a (0.5) then the flat continuation (0.3): 0.15; beam: b (0.4) then c (0.9): 0.36
     const f = (p: readonly number[]) =>
-      p.length === 0 ? fromProbs({ [A]: 0.5, [B]: 0.4 }) : p[0] === A ? fromProbs({ [C]: 0.3, [SP]: 0.29, [HASH]: 0.29 }) : fromProbs({ [C]: 0.9 });
+      p.length === 0
+        ? fromProbs({ [A]: 0.5, [B]: 0.4 })
+        : p[0] === A
+          ? fromProbs({ [C]: 0.3, [SP]: 0.29, [HASH]: 0.29 })
+          : fromProbs({ [C]: 0.9 });
     const logp = (ids: number[]) => ids.reduce((s, t, i) => s + Math.log(softmax(f(ids.slice(0, i)))[t]), 0);
     const g = new ToyModel(f);
     const gr = await run(generate(g, g.start(), decoder, { maxNewTokens: 2 }));

@@ -26,16 +26,28 @@ afterAll(async () => {
 describe('logits_to_keep', () => {
   it('is a decoder input; the graph returns the last n positions, or all for 0', async () => {
     const { meta } = await loadPackage(dir);
-    expect(meta.graphs.decoder.inputs.find((io) => io.name === 'logits_to_keep')).toEqual({ name: 'logits_to_keep', dtype: 'int64', dims: [1] });
+    expect(meta.graphs.decoder.inputs.find((io) => io.name === 'logits_to_keep')).toEqual({
+      name: 'logits_to_keep',
+      dtype: 'int64',
+      dims: [1],
+    });
     const { hidden, vocabSize: V, layers, kvHeads, headDim } = meta.llm;
     const session = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), { executionProviders: ['cpu'] });
     try {
       const S = 9;
       const r = rng(7);
       const feeds: Record<string, ort.Tensor> = {
-        inputs_embeds: new ort.Tensor('float32', Float32Array.from({ length: S * hidden }, () => r() - 0.5), [1, S, hidden]),
+        inputs_embeds: new ort.Tensor(
+          'float32',
+          Float32Array.from({ length: S * hidden }, () => r() - 0.5),
+          [1, S, hidden],
+        ),
         attention_mask: new ort.Tensor('int64', new BigInt64Array(S + 1).fill(1n).fill(0n, 0, 1), [1, S + 1]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from({ length: S }, (_, i) => BigInt(i)), [1, S]),
+        position_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from({ length: S }, (_, i) => BigInt(i)),
+          [1, S],
+        ),
       };
       for (let i = 0; i < layers; i++) {
         for (const kv of ['key', 'value']) {
@@ -43,7 +55,8 @@ describe('logits_to_keep', () => {
           feeds[`cache_key_values.${i}.${kv}`] = new ort.Tensor('float32', new Float32Array(kvHeads * headDim), [1, kvHeads, 1, headDim]);
         }
       }
-      const run = async (n: number) => (await session.run({ ...feeds, logits_to_keep: new ort.Tensor('int64', BigInt64Array.of(BigInt(n)), [1]) })).logits;
+      const run = async (n: number) =>
+        (await session.run({ ...feeds, logits_to_keep: new ort.Tensor('int64', BigInt64Array.of(BigInt(n)), [1]) })).logits;
       const all = await run(0);
       expect(all.dims).toEqual([1, S, V]);
       for (const n of [1, 3]) {
@@ -59,7 +72,7 @@ describe('logits_to_keep', () => {
     }
   });
 
-  it('a prefill returns the last position\'s logits, equal to the last row of all of them', async () => {
+  it("a prefill returns the last position's logits, equal to the last row of all of them", async () => {
     const model = await MiniGPT.load(dir, { provider: 'cpu', threads: 1 });
     try {
       const V = model.meta.llm.vocabSize;

@@ -139,12 +139,43 @@ describe('fixture tokenizer (test/fixtures/minigptv2-tiny/llama/tokenizer.json)'
 function tinyLlamaTokenizerJson(variant: 'legacy' | 'metaspace') {
   const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
   for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = 3 + b;
-  const pieces = ['▁', 'H', 'e', 'l', 'o', 'w', 'r', 'd', '[', ']', 'I', 'N', 'S', 'T', 'll', 'He', 'Hell', 'Hello',
-    '▁Hello', 'or', 'ld', 'wor', 'world', '▁world', '▁['];
+  const pieces = [
+    '▁',
+    'H',
+    'e',
+    'l',
+    'o',
+    'w',
+    'r',
+    'd',
+    '[',
+    ']',
+    'I',
+    'N',
+    'S',
+    'T',
+    'll',
+    'He',
+    'Hell',
+    'Hello',
+    '▁Hello',
+    'or',
+    'ld',
+    'wor',
+    'world',
+    '▁world',
+    '▁[',
+  ];
   for (const p of pieces) vocab[p] = Object.keys(vocab).length;
   const merges = ['l l', 'H e', 'He ll', 'Hell o', '▁ Hello', 'o r', 'l d', 'w or', 'wor ld', '▁ world', '▁ ['];
   const added = (id: number, content: string) => ({
-    id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true,
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
   });
   const base = {
     version: '1.0',
@@ -172,8 +203,15 @@ function tinyLlamaTokenizerJson(variant: 'legacy' | 'metaspace') {
       ],
     },
     model: {
-      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: true, byte_fallback: true, vocab, merges,
+      type: 'BPE',
+      dropout: null,
+      unk_token: '<unk>',
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      vocab,
+      merges,
     },
   };
   const json =
@@ -231,7 +269,13 @@ describe('Llama-style tokenizer.json behaviour of the wrapper', () => {
       it('falls back to bytes for unknown characters and decodes them as UTF-8', () => {
         // '€' = E2 82 AC, 'é' = C3 A9
         expect(tok.encode('Hello €é', { addBos: false })).toEqual([
-          vocab['▁Hello'], vocab['▁'], byte(0xe2), byte(0x82), byte(0xac), byte(0xc3), byte(0xa9),
+          vocab['▁Hello'],
+          vocab['▁'],
+          byte(0xe2),
+          byte(0x82),
+          byte(0xac),
+          byte(0xc3),
+          byte(0xa9),
         ]);
         expect(tok.decode([byte(0xe2), byte(0x82), byte(0xac)])).toBe('€');
         expect(tok.decode([vocab['▁Hello'], vocab['▁'], byte(0xe2), byte(0x82), byte(0xac)])).toBe('Hello €');

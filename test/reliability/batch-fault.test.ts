@@ -75,12 +75,16 @@ describe('a failing batched decoding step', () => {
   beforeAll(async () => {
     // The reference: each conversation served alone (no batching, no fault).
     const one = new ConversationManager({ model, defaults: GREEDY, annotate: false, maxQueue: 64, maxBatch: 1 });
-    alone = await answerAll(one, names.map((n) => `${n}-alone`), texts);
+    alone = await answerAll(
+      one,
+      names.map((n) => `${n}-alone`),
+      texts,
+    );
     await one.close();
     for (const events of alone) expect(errorOf(events)).toBeUndefined();
   });
 
-  it('a fault in ONE conversation\'s row fails that conversation only; the others answer as when served alone', async () => {
+  it("a fault in ONE conversation's row fails that conversation only; the others answer as when served alone", async () => {
     const prompt = alone.map((events) => timingsOf(events).promptTokens);
     // Conversation 2's rows fail from its third decoding step on, batched or alone (a row that breaks the run).
     const from = prompt[2] + 2;
@@ -97,7 +101,10 @@ describe('a failing batched decoding step', () => {
       fault = undefined;
     }
     // It did fail inside a batch (with other conversations' rows), and then on its own.
-    expect(failed.some((rows) => rows > 1), `failed runs' rows: ${failed.join(', ')}`).toBe(true);
+    expect(
+      failed.some((rows) => rows > 1),
+      `failed runs' rows: ${failed.join(', ')}`,
+    ).toBe(true);
     expect(failed.at(-1)).toBe(1);
     expect(model.engine.stats.isolated - before.isolated).toBeGreaterThanOrEqual(1);
     expect(model.engine.stats.maxRows).toBeGreaterThanOrEqual(3);
@@ -130,7 +137,11 @@ describe('a failing batched decoding step', () => {
     const m = new ConversationManager({ model, defaults: GREEDY, annotate: false, maxQueue: 64, maxBatch: 4 });
     let together: AnswerEvent[][];
     try {
-      together = await answerAll(m, names.map((n) => `${n}-t`), texts);
+      together = await answerAll(
+        m,
+        names.map((n) => `${n}-t`),
+        texts,
+      );
     } finally {
       fault = undefined;
     }

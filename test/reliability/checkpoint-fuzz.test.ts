@@ -50,9 +50,12 @@ async function measured<T>(label: string, size: number, fn: () => Promise<T>): P
 
 function withTimeout<T>(p: Promise<T>, what: string): Promise<T> {
   let timer: NodeJS.Timeout;
-  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`HANG: ${what} took over ${CASE_TIMEOUT_MS} ms`)), CASE_TIMEOUT_MS)))]).finally(() =>
-    clearTimeout(timer),
-  );
+  return Promise.race([
+    p,
+    new Promise<never>(
+      (_, reject) => (timer = setTimeout(() => reject(new Error(`HANG: ${what} took over ${CASE_TIMEOUT_MS} ms`)), CASE_TIMEOUT_MS)),
+    ),
+  ]).finally(() => clearTimeout(timer));
 }
 
 interface Result {
@@ -66,39 +69,41 @@ interface Result {
  * file; nothing read may be larger than the file.
  */
 async function exercise(path: string, size: number, label: string): Promise<Result> {
-  return measured(label, size, () => withTimeout(
-    (async () => {
-      let src: TensorSource | undefined;
-      try {
-        src = await openCheckpoint(path);
-      } catch (e) {
-        expect(e, `${label}: ${String(e)}`).toBeInstanceOf(CheckpointError);
-        expect((e as Error).message, label).toContain(path);
-        expect((e as Error).message.length, label).toBeLessThan(2000);
-        return { ok: false, error: e as Error, tensors: 0 };
-      }
-      let tensors = 0;
-      let error: Error | undefined;
-      try {
-        for (const t of src.list()) {
-          const numel = t.shape.reduce((a, b) => a * b, 1);
-          expect(numel * DTYPE_ITEMSIZE[t.dtype], `${label}: tensor ${t.name} claims more bytes than the file`).toBeLessThanOrEqual(size);
-          try {
-            const raw = await src.readRaw(t.name);
-            expect(raw.byteLength, label).toBeLessThanOrEqual(size);
-            tensors++;
-          } catch (e) {
-            expect(e, `${label}: reading ${t.name}: ${String(e)}`).toBeInstanceOf(CheckpointError);
-            error = e as Error;
-          }
+  return measured(label, size, () =>
+    withTimeout(
+      (async () => {
+        let src: TensorSource | undefined;
+        try {
+          src = await openCheckpoint(path);
+        } catch (e) {
+          expect(e, `${label}: ${String(e)}`).toBeInstanceOf(CheckpointError);
+          expect((e as Error).message, label).toContain(path);
+          expect((e as Error).message.length, label).toBeLessThan(2000);
+          return { ok: false, error: e as Error, tensors: 0 };
         }
-      } finally {
-        await src.close();
-      }
-      return { ok: !error, error, tensors };
-    })(),
-    label,
-  ));
+        let tensors = 0;
+        let error: Error | undefined;
+        try {
+          for (const t of src.list()) {
+            const numel = t.shape.reduce((a, b) => a * b, 1);
+            expect(numel * DTYPE_ITEMSIZE[t.dtype], `${label}: tensor ${t.name} claims more bytes than the file`).toBeLessThanOrEqual(size);
+            try {
+              const raw = await src.readRaw(t.name);
+              expect(raw.byteLength, label).toBeLessThanOrEqual(size);
+              tensors++;
+            } catch (e) {
+              expect(e, `${label}: reading ${t.name}: ${String(e)}`).toBeInstanceOf(CheckpointError);
+              error = e as Error;
+            }
+          }
+        } finally {
+          await src.close();
+        }
+        return { ok: !error, error, tensors };
+      })(),
+      label,
+    ),
+  );
 }
 
 function mutateBytes(orig: Uint8Array, r: () => number, region?: [number, number]): { bytes: Uint8Array; how: string } {
@@ -128,7 +133,7 @@ function mutateBytes(orig: Uint8Array, r: () => number, region?: [number, number
       // a 32/64-bit field set to a huge value
       const p = Math.min(at(), b.length - 8);
       const dv = new DataView(b.buffer);
-      if (p >= 0) (r() < 0.5 ? dv.setUint32(p, 0xffffffff, true) : dv.setBigUint64(p, 0x7fffffffffffffffn, true));
+      if (p >= 0) r() < 0.5 ? dv.setUint32(p, 0xffffffff, true) : dv.setBigUint64(p, 0x7fffffffffffffffn, true);
       return { bytes: b, how: `huge integer at ${p}` };
     }
     case 4: {
@@ -169,7 +174,12 @@ function pickleRegion(b: Uint8Array): { start: number; length: number; cd: numbe
   return { start, length: dv.getUint32(cd + 24, true), cd, local };
 }
 
-async function fuzzFile(ext: string, cases: number, seed: number, mutate: (r: () => number) => { bytes: Uint8Array; how: string }): Promise<Result[]> {
+async function fuzzFile(
+  ext: string,
+  cases: number,
+  seed: number,
+  mutate: (r: () => number) => { bytes: Uint8Array; how: string },
+): Promise<Result[]> {
   const r = rng(seed);
   const out: Result[] = [];
   for (let i = 0; i < cases; i++) {
@@ -224,7 +234,15 @@ describe('.pth fuzzing', () => {
       ['os.system', (w) => w.global('os', 'system').mark().str(`touch ${marker}`).raw(0x74, 0x52)],
       ['posix.system', (w) => w.global('posix', 'system').mark().str(`touch ${marker}`).raw(0x74, 0x52)],
       ['subprocess.Popen', (w) => w.stackGlobal('subprocess', 'Popen').mark().mark().str('touch').str(marker).raw(0x6c).raw(0x74, 0x52)],
-      ['builtins.exec', (w) => w.stackGlobal('builtins', 'exec').mark().str(`open(${JSON.stringify(marker)}, 'w')`).raw(0x74, 0x52)],
+      [
+        'builtins.exec',
+        (w) =>
+          w
+            .stackGlobal('builtins', 'exec')
+            .mark()
+            .str(`open(${JSON.stringify(marker)}, 'w')`)
+            .raw(0x74, 0x52),
+      ],
       ['builtins.eval', (w) => w.global('builtins', 'eval').mark().str('1+1').raw(0x74, 0x52)],
       ['__builtin__.__import__', (w) => w.global('__builtin__', '__import__').mark().str('os').raw(0x74, 0x52)],
       ['numpy reconstruct', (w) => w.global('numpy.core.multiarray', '_reconstruct').mark().raw(0x74, 0x52)],
@@ -258,11 +276,17 @@ describe('.pth fuzzing', () => {
 
     // data.pkl compressed: a pickle padded with 64 MB of zeros inside a BINBYTES, deflated to ~64 KB
     const pad = new Uint8Array(64 << 20);
-    const head = new PickleWriter().proto(2).raw(0x42, ...[0, 0, 0, 4]).bytes(); // BINBYTES of 64 MiB
+    const head = new PickleWriter()
+      .proto(2)
+      .raw(0x42, ...[0, 0, 0, 4])
+      .bytes(); // BINBYTES of 64 MiB
     const bomb = new Uint8Array(head.byteLength + pad.byteLength + 1);
     bomb.set(head);
     bomb[bomb.length - 1] = 0x2e;
-    const zipped = buildZip([{ name: 'archive/data.pkl', data: bomb, deflate: true }, { name: 'archive/version', data: new TextEncoder().encode('3\n') }]);
+    const zipped = buildZip([
+      { name: 'archive/data.pkl', data: bomb, deflate: true },
+      { name: 'archive/version', data: new TextEncoder().encode('3\n') },
+    ]);
     expect(zipped.byteLength).toBeLessThan(200_000);
     const q = join(tmp, 'zipbomb.pth');
     await writeFile(q, zipped);
@@ -290,8 +314,28 @@ describe('.safetensors fuzzing', () => {
 
   it('header fields set to hostile values (sizes, offsets, types), with a consistent header length', async () => {
     const hostile: unknown[] = [
-      -1, 0, 1, 2 ** 31, 2 ** 32, 2 ** 53, 2 ** 53 + 2, 1e300, -1e300, 0.5, '12', null, true, [], {}, [1e9, 1e9], [0, 2 ** 62],
-      [[1]], 'F32', 'F8_E4M3', 'U64', 'object',
+      -1,
+      0,
+      1,
+      2 ** 31,
+      2 ** 32,
+      2 ** 53,
+      2 ** 53 + 2,
+      1e300,
+      -1e300,
+      0.5,
+      '12',
+      null,
+      true,
+      [],
+      {},
+      [1e9, 1e9],
+      [0, 2 ** 62],
+      [[1]],
+      'F32',
+      'F8_E4M3',
+      'U64',
+      'object',
     ];
     const names = Object.keys(header).filter((k) => k !== '__metadata__');
     const data = orig.subarray(8 + headerLen);
@@ -341,24 +385,34 @@ describe('model.json fuzzing', () => {
     await mkdir(pkgDir);
     metaText = await readFile(join(DEMO, 'model.json'), 'utf8');
     meta = JSON.parse(metaText) as Record<string, unknown>;
-    for (const f of ['decoder.onnx', 'decoder.onnx.data', 'embed.onnx', 'embed.onnx.data', 'vision.onnx', 'vision.onnx.data', 'tokenizer.json']) {
+    for (const f of [
+      'decoder.onnx',
+      'decoder.onnx.data',
+      'embed.onnx',
+      'embed.onnx.data',
+      'vision.onnx',
+      'vision.onnx.data',
+      'tokenizer.json',
+    ]) {
       await copyFile(join(DEMO, f), join(pkgDir, f));
     }
   });
 
   async function tryMeta(text: string, label: string): Promise<'loaded' | 'refused'> {
     await writeFile(join(pkgDir, 'model.json'), text);
-    return measured(label, text.length, () => withTimeout(
-      loadPackage(pkgDir).then(
-        () => 'loaded' as const,
-        (e: unknown) => {
-          expect(e, `${label}: ${String(e)}`).toBeInstanceOf(ModelPackageError);
-          expect((e as Error).message, label).toContain(pkgDir);
-          return 'refused' as const;
-        },
+    return measured(label, text.length, () =>
+      withTimeout(
+        loadPackage(pkgDir).then(
+          () => 'loaded' as const,
+          (e: unknown) => {
+            expect(e, `${label}: ${String(e)}`).toBeInstanceOf(ModelPackageError);
+            expect((e as Error).message, label).toContain(pkgDir);
+            return 'refused' as const;
+          },
+        ),
+        label,
       ),
-      label,
-    ));
+    );
   }
 
   /** Every leaf path of the JSON tree. */
@@ -370,7 +424,24 @@ describe('model.json fuzzing', () => {
   }
 
   it('every field set to hostile values: refused with the field named, or still a sane package', async () => {
-    const hostile: unknown[] = [-1, 0, 1e9, 2 ** 53, 1e308, 0.5, '', '../../../../etc/passwd', '/etc/passwd', 'C:\\x', 'a\u0000b', null, true, [], {}, 'x'.repeat(5000)];
+    const hostile: unknown[] = [
+      -1,
+      0,
+      1e9,
+      2 ** 53,
+      1e308,
+      0.5,
+      '',
+      '../../../../etc/passwd',
+      '/etc/passwd',
+      'C:\\x',
+      'a\u0000b',
+      null,
+      true,
+      [],
+      {},
+      'x'.repeat(5000),
+    ];
     const all = paths(meta).filter((p) => p.length > 0);
     const r = rng(6);
     let refused = 0;
@@ -391,7 +462,11 @@ describe('model.json fuzzing', () => {
     expect(refused).toBeGreaterThan(200);
     // What passes validation is within the bounds the loader allocates by.
     for (const text of loaded) {
-      const m = JSON.parse(text) as { llm: { layers: number; vocabSize: number }; tokenizer: string; graphs: Record<string, { file: string }> };
+      const m = JSON.parse(text) as {
+        llm: { layers: number; vocabSize: number };
+        tokenizer: string;
+        graphs: Record<string, { file: string }>;
+      };
       expect(m.llm.layers).toBeLessThanOrEqual(1024);
       expect(m.llm.vocabSize).toBeLessThanOrEqual(1 << 22);
       for (const f of [m.tokenizer, ...Object.values(m.graphs).map((g) => g.file)]) expect(f).not.toMatch(/\.\.|^\//);

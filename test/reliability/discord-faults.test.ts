@@ -33,7 +33,10 @@ function mention(channel: string, text: string): ApiMessage {
 async function expectAnsweredOnce(msgs: readonly ApiMessage[], threadOf: (m: ApiMessage) => string = (m) => m.id): Promise<void> {
   for (const m of msgs) await answered(logs, m.id, 60_000);
   for (const m of msgs) {
-    expect(logs.filter((l) => l.includes(` ${m.id} (`) && /: (answered|error) /.test(l)), `outcomes of ${m.id}`).toHaveLength(1);
+    expect(
+      logs.filter((l) => l.includes(` ${m.id} (`) && /: (answered|error) /.test(l)),
+      `outcomes of ${m.id}`,
+    ).toHaveLength(1);
     expect(outcome(logs, m.id)).toMatch(/answered/);
   }
   // Replies are counted in each thread (after a short settle, so that a late duplicate would show).
@@ -42,8 +45,14 @@ async function expectAnsweredOnce(msgs: readonly ApiMessage[], threadOf: (m: Api
   for (const m of msgs) byThread.set(threadOf(m), [...(byThread.get(threadOf(m)) ?? []), m]);
   for (const [thread, asked] of byThread) {
     const replies = botMessagesIn(thread);
-    expect(replies.map((r) => r.content), `replies in thread ${thread}`).toEqual(asked.map(() => FORCED_DISCORD));
-    expect(replies.every((r) => r.attachments.length === 1), `every reply in ${thread} has the annotated image`).toBe(true);
+    expect(
+      replies.map((r) => r.content),
+      `replies in thread ${thread}`,
+    ).toEqual(asked.map(() => FORCED_DISCORD));
+    expect(
+      replies.every((r) => r.attachments.length === 1),
+      `every reply in ${thread} has the annotated image`,
+    ).toBe(true);
   }
 }
 
@@ -102,7 +111,13 @@ describe('Discord REST faults', () => {
       limited.push(call);
       return {
         status: 429,
-        headers: { 'retry-after': '0.4', 'x-ratelimit-limit': '5', 'x-ratelimit-remaining': '0', 'x-ratelimit-reset-after': '0.4', 'x-ratelimit-scope': 'user' },
+        headers: {
+          'retry-after': '0.4',
+          'x-ratelimit-limit': '5',
+          'x-ratelimit-remaining': '0',
+          'x-ratelimit-reset-after': '0.4',
+          'x-ratelimit-scope': 'user',
+        },
         body: { message: 'You are being rate limited.', retry_after: 0.4, global: false },
       };
     };
@@ -127,7 +142,11 @@ describe('Discord REST faults', () => {
     fake.restFault = (call) => {
       if (fired >= 1 || call.method !== 'POST' || !/^\/channels\/\d+\/messages$/.test(call.path)) return undefined;
       fired++;
-      return { status: 429, headers: { 'retry-after': '0.5', 'x-ratelimit-global': 'true', 'x-ratelimit-scope': 'global' }, body: { message: 'You are being rate limited.', retry_after: 0.5, global: true } };
+      return {
+        status: 429,
+        headers: { 'retry-after': '0.5', 'x-ratelimit-global': 'true', 'x-ratelimit-scope': 'global' },
+        body: { message: 'You are being rate limited.', retry_after: 0.5, global: true },
+      };
     };
     try {
       const msgs = Array.from({ length: 3 }, (_, i) => mention(w.general, `global limit #${i}`));
@@ -169,7 +188,9 @@ describe('Discord REST faults', () => {
       expect(await answered(logs, m.id, 60_000)).toMatch(/answered \(\d+ chars\)/);
       await new Promise((r) => setTimeout(r, 300));
       const replies = botMessagesIn(m.id);
-      expect(replies.map((r) => r.content)).toEqual([`${FORCED_DISCORD}\n-# I couldn't upload the image with the boxes (Discord's upload failed).`]);
+      expect(replies.map((r) => r.content)).toEqual([
+        `${FORCED_DISCORD}\n-# I couldn't upload the image with the boxes (Discord's upload failed).`,
+      ]);
       expect(replies[0].attachments).toHaveLength(0);
       expect(fake.faulted.filter((c) => c.path.startsWith(`/channels/${m.id}/`)).length).toBe(4); // discord.js: 1 + 3 retries
     } finally {

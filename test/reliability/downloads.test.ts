@@ -19,10 +19,15 @@ interface Host {
 }
 
 async function host(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<Host> {
-  const h: Host = { server: createServer((req, res) => {
-    h.hits.push({ url: req.url ?? '', auth: req.headers.authorization });
-    handler(req, res);
-  }), origin: '', hits: [], connections: 0 };
+  const h: Host = {
+    server: createServer((req, res) => {
+      h.hits.push({ url: req.url ?? '', auth: req.headers.authorization });
+      handler(req, res);
+    }),
+    origin: '',
+    hits: [],
+    connections: 0,
+  };
   h.server.on('connection', () => h.connections++);
   await new Promise<void>((r) => h.server.listen(0, '127.0.0.1', r));
   h.origin = `http://127.0.0.1:${(h.server.address() as AddressInfo).port}`;
@@ -91,10 +96,14 @@ describe('Discord downloads', () => {
   const policy = () => downloadPolicy({ apiUrl: `${platform.origin}/api`, maxBytes: 256 * 1024, timeoutMs: 1000 });
   const src = (url: string) => ({ url, name: 'x.png', where: 'attachment' as const });
 
-  it('allows only Discord\'s CDN over https on its own port, and the configured host exactly', () => {
+  it("allows only Discord's CDN over https on its own port, and the configured host exactly", () => {
     const p = policy();
     const port = new URL(platform.origin).port;
-    for (const ok of ['https://cdn.discordapp.com/attachments/1/2/a.png?ex=1', 'https://media.discordapp.net/attachments/1/2/a.png', `${platform.origin}/image.png`]) {
+    for (const ok of [
+      'https://cdn.discordapp.com/attachments/1/2/a.png?ex=1',
+      'https://media.discordapp.net/attachments/1/2/a.png',
+      `${platform.origin}/image.png`,
+    ]) {
       expect(allowedUrl(ok, p), ok).toBe(true);
     }
     for (const bad of [
@@ -127,7 +136,13 @@ describe('Discord downloads', () => {
   });
 
   it('refuses redirects to other hosts and to private or loopback addresses; those never see a request', async () => {
-    for (const to of [`${trap.origin}/image.png`, 'http://169.254.169.254/latest/', 'http://10.1.2.3/x.png', 'https://evil.example/x.png', 'http://localhost:1/x.png']) {
+    for (const to of [
+      `${trap.origin}/image.png`,
+      'http://169.254.169.254/latest/',
+      'http://10.1.2.3/x.png',
+      'https://evil.example/x.png',
+      'http://localhost:1/x.png',
+    ]) {
       const err = await downloadImage(src(`${platform.origin}/redirect?to=${encodeURIComponent(to)}`), policy()).catch((e: unknown) => e);
       expect(err, to).toBeInstanceOf(ImageInputProblem);
       expect((err as ImageInputProblem).kind).toBe('host');
@@ -142,7 +157,9 @@ describe('Discord downloads', () => {
     const t0 = performance.now();
     await expect(downloadImage(src(`${platform.origin}/big-declared`), policy())).rejects.toMatchObject({ kind: 'too_large' });
     await expect(downloadImage(src(`${platform.origin}/big-chunked`), policy())).rejects.toMatchObject({ kind: 'too_large' });
-    await expect(downloadImage({ ...src(`${platform.origin}/image.png`), size: 10 * 1024 * 1024 }, policy())).rejects.toMatchObject({ kind: 'too_large' });
+    await expect(downloadImage({ ...src(`${platform.origin}/image.png`), size: 10 * 1024 * 1024 }, policy())).rejects.toMatchObject({
+      kind: 'too_large',
+    });
     expect(performance.now() - t0).toBeLessThan(3000);
     const t1 = performance.now();
     const slow = await downloadImage(src(`${platform.origin}/trickle`), policy()).catch((e: unknown) => e);
@@ -155,9 +172,13 @@ describe('Discord downloads', () => {
 describe('Slack downloads', () => {
   const opts = () => ({ token: TOKEN, maxBytes: 256 * 1024, timeoutMs: 1000, apiUrl: `${platform.origin}/api/` });
 
-  it('allows only Slack\'s file hosts over https, and the configured API origin exactly', () => {
+  it("allows only Slack's file hosts over https, and the configured API origin exactly", () => {
     const api = `${platform.origin}/api/`;
-    for (const ok of ['https://files.slack.com/files-pri/T1-F1/a.png', 'https://files-edu.slack.com/files-pri/T1-F1/a.png', `${platform.origin}/files-pri/T1-F1/a.png`]) {
+    for (const ok of [
+      'https://files.slack.com/files-pri/T1-F1/a.png',
+      'https://files-edu.slack.com/files-pri/T1-F1/a.png',
+      `${platform.origin}/files-pri/T1-F1/a.png`,
+    ]) {
       expect(isAllowedFileUrl(ok, api), ok).toBe(true);
     }
     for (const bad of [

@@ -20,7 +20,11 @@ const scope = new AsyncLocalStorage<AnswerScope>();
  * `model.answer`'s generator, so concurrent (batched) answers are told apart. The per-answer step entry is
  * `model.engine.step` when the model batches decoding, else `model.decoder.step`. Returns a restore function.
  */
-export function injectAnswerFault(model: MiniGPT, when: (prompt: string, step: number) => boolean, message = 'injected ONNX Runtime failure'): { restore(): void; thrown: () => number } {
+export function injectAnswerFault(
+  model: MiniGPT,
+  when: (prompt: string, step: number) => boolean,
+  message = 'injected ONNX Runtime failure',
+): { restore(): void; thrown: () => number } {
   const m = model as unknown as Record<string, any>;
   const originalAnswer = m.answer as (...args: unknown[]) => AsyncGenerator<unknown>;
   m.answer = function (this: unknown, prompt: string, ...rest: unknown[]) {
@@ -62,7 +66,10 @@ export function injectAnswerFault(model: MiniGPT, when: (prompt: string, step: n
  * Makes the decoder's ONNX session itself throw on its next `times` runs once armed: whatever is being run
  * then (one answer's step, or a batched step of several) fails, as a real session failure would.
  */
-export function injectSessionFault(model: MiniGPT, message = 'injected session.run failure'): { arm(times?: number, skip?: number): void; restore(): void; thrown: () => number } {
+export function injectSessionFault(
+  model: MiniGPT,
+  message = 'injected session.run failure',
+): { arm(times?: number, skip?: number): void; restore(): void; thrown: () => number } {
   const session = (model.decoder as unknown as { session: { run: (...args: unknown[]) => Promise<unknown> } }).session;
   const original = session.run;
   let armed = 0;

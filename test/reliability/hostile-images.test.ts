@@ -77,7 +77,13 @@ async function ask(image: Uint8Array, text = 'what is this?'): Promise<Outcome> 
   const t0 = performance.now();
   const events: AnswerEvent[] = [];
   try {
-    for await (const ev of manager.handle({ key: { platform: 'web', workspace: 'w', channel: 'c', thread: `hostile${n++}` }, user: 'u', text, image })) events.push(ev);
+    for await (const ev of manager.handle({
+      key: { platform: 'web', workspace: 'w', channel: 'c', thread: `hostile${n++}` },
+      user: 'u',
+      text,
+      image,
+    }))
+      events.push(ev);
   } finally {
     clearInterval(timer);
   }
@@ -192,7 +198,11 @@ describe('not images at all', () => {
       await expect(preprocessImage(svg, { size: 32, mean: [0, 0, 0], std: [1, 1, 1] }), name).rejects.toThrow(/svg/i);
     }
     // Even handed to the image library directly (a path the bot never takes), librsvg resolves nothing remote.
-    for (const svg of Object.values(svgsReferencing(trapBase))) await sharp(svg).png().toBuffer().catch(() => undefined);
+    for (const svg of Object.values(svgsReferencing(trapBase)))
+      await sharp(svg)
+        .png()
+        .toBuffer()
+        .catch(() => undefined);
     await new Promise((r) => setTimeout(r, 200));
     expect(trapHits).toEqual([]);
   });
@@ -209,7 +219,14 @@ describe('through the adapters', () => {
     slack = await FakeSlack.start();
     slackAdapter = await startSlack(slack, manager, { log: (l) => logs.push(l), updateIntervalMs: 20 });
     w = await startFake();
-    discord = await startDiscordAdapter({ manager, token: w.fake.token, apiUrl: w.fake.apiUrl, log: (l) => logs.push(l), editIntervalMs: 50, rateLimit: false });
+    discord = await startDiscordAdapter({
+      manager,
+      token: w.fake.token,
+      apiUrl: w.fake.apiUrl,
+      log: (l) => logs.push(l),
+      editIntervalMs: 50,
+      rateLimit: false,
+    });
   });
 
   afterAll(async () => {
@@ -237,7 +254,11 @@ describe('through the adapters', () => {
     for (let i = 0; i < cases.length; i++) {
       const m = asked[i];
       const re = cases[i][3];
-      await slack.waitFor(() => textReplies(slack, 'CH', m.ts).some((r) => re.test(r.text) || /red square/.test(r.text)), 30_000, `the reply to ${cases[i][0]}`);
+      await slack.waitFor(
+        () => textReplies(slack, 'CH', m.ts).some((r) => re.test(r.text) || /red square/.test(r.text)),
+        30_000,
+        `the reply to ${cases[i][0]}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 300));
     for (let i = 0; i < cases.length; i++) {
@@ -258,9 +279,16 @@ describe('through the adapters', () => {
       ['anim.gif', await animatedGif(50), 'image/png', /red square/],
     ];
     for (const [name, data, type, re] of cases) {
-      const msg = fake.postMessage(w.general, w.alice, 'what is it?', { attachments: [fake.addAttachment(name, data, type)], mentionBot: true });
+      const msg = fake.postMessage(w.general, w.alice, 'what is it?', {
+        attachments: [fake.addAttachment(name, data, type)],
+        mentionBot: true,
+      });
       await fake.waitFor(
-        () => [...fake.messagesIn(w.general), ...fake.messagesIn(msg.id)].some((m) => m.author.id === fake.bot.id && (m.message_reference?.message_id === msg.id || m.channel_id === msg.id) && re.test(m.content)),
+        () =>
+          [...fake.messagesIn(w.general), ...fake.messagesIn(msg.id)].some(
+            (m) =>
+              m.author.id === fake.bot.id && (m.message_reference?.message_id === msg.id || m.channel_id === msg.id) && re.test(m.content),
+          ),
         30_000,
         `the reply to ${name}`,
       );

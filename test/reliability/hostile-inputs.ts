@@ -47,7 +47,12 @@ export async function pngOfZeros(w: number, h: number, depth: 1 | 8 = 8): Promis
   }
   def.end();
   await done;
-  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), pngChunk('IHDR', ihdr), pngChunk('IDAT', Buffer.concat(out)), pngChunk('IEND', Buffer.alloc(0))]);
+  return Buffer.concat([
+    Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]),
+    pngChunk('IHDR', ihdr),
+    pngChunk('IDAT', Buffer.concat(out)),
+    pngChunk('IEND', Buffer.alloc(0)),
+  ]);
 }
 
 /** A PNG whose header claims `w`x`h` 1-bit pixels (hundreds of megapixels in some tens of kilobytes). */
@@ -57,7 +62,11 @@ export function pngBomb(w: number, h: number): Promise<Buffer> {
 
 /** A JPEG whose frame header (SOF) claims `w`x`h`; the scan data is that of a tiny image. */
 export async function jpegBomb(w: number, h: number): Promise<Buffer> {
-  const jpg = Buffer.from(await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } }).jpeg().toBuffer());
+  const jpg = Buffer.from(
+    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })
+      .jpeg()
+      .toBuffer(),
+  );
   for (let i = 2; i < jpg.length - 9; ) {
     if (jpg[i] !== 0xff) break;
     const marker = jpg[i + 1];
@@ -74,7 +83,11 @@ export async function jpegBomb(w: number, h: number): Promise<Buffer> {
 
 /** A lossless WebP whose VP8L header claims `w`x`h` (at most 16383 each, the format's limit). */
 export async function webpBomb(w: number, h: number): Promise<Buffer> {
-  const webp = Buffer.from(await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } }).webp({ lossless: true }).toBuffer());
+  const webp = Buffer.from(
+    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })
+      .webp({ lossless: true })
+      .toBuffer(),
+  );
   const at = webp.indexOf('VP8L');
   if (at < 0) throw new Error('no VP8L chunk');
   const p = at + 8; // chunk data: 0x2f signature, then 14 bits width-1, 14 bits height-1, alpha, version
@@ -86,7 +99,11 @@ export async function webpBomb(w: number, h: number): Promise<Buffer> {
 
 /** A GIF whose logical screen claims `w`x`h` around a tiny frame. */
 export async function gifBomb(w: number, h: number): Promise<Buffer> {
-  const gif = Buffer.from(await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } }).gif().toBuffer());
+  const gif = Buffer.from(
+    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })
+      .gif()
+      .toBuffer(),
+  );
   gif.writeUInt16LE(w, 6);
   gif.writeUInt16LE(h, 8);
   // and the first frame's image descriptor too
@@ -100,7 +117,11 @@ export async function gifBomb(w: number, h: number): Promise<Buffer> {
 
 /** A TIFF whose IFD claims `w`x`h`. */
 export async function tiffBomb(w: number, h: number): Promise<Buffer> {
-  const tif = Buffer.from(await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } }).tiff().toBuffer());
+  const tif = Buffer.from(
+    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })
+      .tiff()
+      .toBuffer(),
+  );
   const le = tif.toString('latin1', 0, 2) === 'II';
   const u16 = (o: number) => (le ? tif.readUInt16LE(o) : tif.readUInt16BE(o));
   const u32 = (o: number) => (le ? tif.readUInt32LE(o) : tif.readUInt32BE(o));
@@ -120,24 +141,42 @@ export async function tiffBomb(w: number, h: number): Promise<Buffer> {
 
 /** An animated GIF with `frames` frames of `w`x`h` (the first red, the others blue). */
 export async function animatedGif(frames: number, w = 64, h = 48): Promise<Buffer> {
-  const red = await sharp({ create: { width: w, height: h, channels: 3, background: '#dd2222' } }).png().toBuffer();
-  const blue = await sharp({ create: { width: w, height: h, channels: 3, background: '#2222dd' } }).png().toBuffer();
-  return sharp([red, ...Array.from({ length: frames - 1 }, () => blue)], { join: { animated: true } }).gif().toBuffer();
+  const red = await sharp({ create: { width: w, height: h, channels: 3, background: '#dd2222' } })
+    .png()
+    .toBuffer();
+  const blue = await sharp({ create: { width: w, height: h, channels: 3, background: '#2222dd' } })
+    .png()
+    .toBuffer();
+  return sharp([red, ...Array.from({ length: frames - 1 }, () => blue)], { join: { animated: true } })
+    .gif()
+    .toBuffer();
 }
 
 export async function animatedWebp(frames: number, w = 64, h = 48): Promise<Buffer> {
-  const red = await sharp({ create: { width: w, height: h, channels: 3, background: '#dd2222' } }).png().toBuffer();
-  const blue = await sharp({ create: { width: w, height: h, channels: 3, background: '#2222dd' } }).png().toBuffer();
-  return sharp([red, ...Array.from({ length: frames - 1 }, () => blue)], { join: { animated: true } }).webp().toBuffer();
+  const red = await sharp({ create: { width: w, height: h, channels: 3, background: '#dd2222' } })
+    .png()
+    .toBuffer();
+  const blue = await sharp({ create: { width: w, height: h, channels: 3, background: '#2222dd' } })
+    .png()
+    .toBuffer();
+  return sharp([red, ...Array.from({ length: frames - 1 }, () => blue)], { join: { animated: true } })
+    .webp()
+    .toBuffer();
 }
 
 export async function cmykJpeg(w = 64, h = 48): Promise<Buffer> {
-  return sharp({ create: { width: w, height: h, channels: 3, background: { r: 200, g: 100, b: 50 } } }).toColourspace('cmyk').jpeg().toBuffer();
+  return sharp({ create: { width: w, height: h, channels: 3, background: { r: 200, g: 100, b: 50 } } })
+    .toColourspace('cmyk')
+    .jpeg()
+    .toBuffer();
 }
 
 export async function png16(w = 64, h = 48): Promise<Buffer> {
   const raw = new Uint16Array(w * h * 3).fill(40000);
-  return sharp(Buffer.from(raw.buffer), { raw: { width: w, height: h, channels: 3 } }).toColourspace('rgb16').png().toBuffer();
+  return sharp(Buffer.from(raw.buffer), { raw: { width: w, height: h, channels: 3 } })
+    .toColourspace('rgb16')
+    .png()
+    .toBuffer();
 }
 
 /** Sample images of each accepted format (for truncation and corruption). */
@@ -167,7 +206,9 @@ export function corrupt(b: Buffer, seed: number, n = 16, from = 16): Buffer {
 /** SVGs that would make a renderer fetch from `base` (a loopback listener that must see no request). */
 export function svgsReferencing(base: string): Record<string, Buffer> {
   const svg = (body: string, pre = '') =>
-    Buffer.from(`${pre}<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="64" height="48">${body}</svg>`);
+    Buffer.from(
+      `${pre}<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="64" height="48">${body}</svg>`,
+    );
   return {
     image: svg(`<image href="${base}/image.png" width="64" height="48"/>`),
     xlinkImage: svg(`<image xlink:href="${base}/xlink.png" width="64" height="48"/>`),
@@ -176,6 +217,10 @@ export function svgsReferencing(base: string): Record<string, Buffer> {
     entity: svg('<text>&ext;</text>', `<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY ext SYSTEM "${base}/entity.txt">]>`),
     xinclude: svg(`<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="${base}/xinclude.xml" parse="text"/>`),
     feImage: svg(`<filter id="f"><feImage href="${base}/feimage.png"/></filter><rect width="10" height="10" filter="url(#f)"/>`),
-    bomSpace: Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('  \n'), svg(`<image href="${base}/bom.png" width="9" height="9"/>`)]),
+    bomSpace: Buffer.concat([
+      Buffer.from([0xef, 0xbb, 0xbf]),
+      Buffer.from('  \n'),
+      svg(`<image href="${base}/bom.png" width="9" height="9"/>`),
+    ]),
   };
 }

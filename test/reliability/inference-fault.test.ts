@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ConversationManager } from '../../src/conversation/index.js';
 import type { ApiMessage, FakeDiscord } from '../discord/fake-discord.js';
 import { answered, closeStack, startStack, testPng, type Stack, type World } from '../discord/helpers.js';
-import { expectNoSecrets, FORCED, FORCED_DISCORD, injectAnswerFault, injectSessionFault, } from './helpers.js';
+import { expectNoSecrets, FORCED, FORCED_DISCORD, injectAnswerFault, injectSessionFault } from './helpers.js';
 
 let stack: Stack;
 let w: World;
@@ -66,7 +66,11 @@ describe('the decoder throws mid-answer', () => {
     // The next request in that thread (with its image again) works.
     const again = fake.postMessage(a.id, w.alice, 'try again, nicely', { attachments: [fake.addAttachment('p.png', png, 'image/png')] });
     expect(await answered(logs, again.id)).toMatch(/answered/);
-    expect(botMessagesIn(a.id).map((m) => m.content).at(-1)).toBe(FORCED_DISCORD);
+    expect(
+      botMessagesIn(a.id)
+        .map((m) => m.content)
+        .at(-1),
+    ).toBe(FORCED_DISCORD);
     expect((await manager.history(key(a)))?.turns.map((t) => t.user)).toEqual(['try again, nicely']);
   });
 

@@ -17,7 +17,7 @@ const ROOT = join(import.meta.dirname, '..', '..');
 const SLOW_MS = 1200;
 const DOWNLOAD_TIMEOUT_MS = 4000;
 
-describe('ArrivalOrder (the adapters\' per-conversation turns)', () => {
+describe("ArrivalOrder (the adapters' per-conversation turns)", () => {
   it('hands on in the order taken, also past a turn released early, and forgets a conversation once done', async () => {
     const order = new ArrivalOrder(10_000);
     const seen: string[] = [];
@@ -69,7 +69,10 @@ describe('discord: follow-ups in one thread reach the manager in the order they 
   const logs: string[] = [];
 
   beforeAll(async () => {
-    stack = await startStack(FORCED, logs, { adapter: { editIntervalMs: 50, downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS }, defaults: { maxNewTokens: 40 } });
+    stack = await startStack(FORCED, logs, {
+      adapter: { editIntervalMs: 50, downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS },
+      defaults: { maxNewTokens: 40 },
+    });
     ({ w, fake, manager } = stack);
   });
   afterAll(() => closeStack(stack));
@@ -81,7 +84,10 @@ describe('discord: follow-ups in one thread reach the manager in the order they 
 
   async function thread(text: string): Promise<string> {
     const png = await testPng(64, 48);
-    const m = fake.postMessage(w.general, w.alice, text, { attachments: [fake.addAttachment('p.png', png, 'image/png')], mentionBot: true });
+    const m = fake.postMessage(w.general, w.alice, text, {
+      attachments: [fake.addAttachment('p.png', png, 'image/png')],
+      mentionBot: true,
+    });
     expect(await answered(logs, m.id)).toMatch(/answered/);
     return m.id;
   }
@@ -97,7 +103,11 @@ describe('discord: follow-ups in one thread reach the manager in the order they 
     const order = [doneAt(a.id), doneAt(b.id), doneAt(c.id)];
     expect(order).toEqual([...order].sort((x, y) => x - y));
     // The new image reset the conversation, then the two text turns followed it.
-    expect((await manager.history(key(t)))?.turns.map((x) => x.user)).toEqual(['first, with a new image', 'second, text only', 'third, text only']);
+    expect((await manager.history(key(t)))?.turns.map((x) => x.user)).toEqual([
+      'first, with a new image',
+      'second, text only',
+      'third, text only',
+    ]);
     expect(botMessagesIn(t).map((m) => m.content)).toEqual([FORCED_DISCORD, FORCED_DISCORD, FORCED_DISCORD, FORCED_DISCORD]);
   });
 
@@ -109,7 +119,11 @@ describe('discord: follow-ups in one thread reach the manager in the order they 
     const b = fake.postMessage(t, w.alice, 'and this is text');
     expect(await answered(logs, b.id, 20_000)).toMatch(/answered/);
     expect(doneAt(a.id)).toBe(-1); // refused before the manager: a reply, not an answer
-    expect(botMessagesIn(t).map((m) => m.content)).toEqual([FORCED_DISCORD, '⚠️ Downloading the image took too long; please try again.', FORCED_DISCORD]);
+    expect(botMessagesIn(t).map((m) => m.content)).toEqual([
+      FORCED_DISCORD,
+      '⚠️ Downloading the image took too long; please try again.',
+      FORCED_DISCORD,
+    ]);
     expect((await manager.history(key(t)))?.turns.map((x) => x.user)).toEqual(['another thread', 'and this is text']);
   });
 });
@@ -138,7 +152,10 @@ describe('slack: follow-ups in one thread reach the manager in the order they we
 
   it('a slow image download first, two text-only follow-ups right after it: answered and stored in send order', async () => {
     const png = await squarePng(96, 72);
-    const { msg } = await fake.mention('CORDER', { text: `<@${fake.botUserId}> start here`, files: [fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' })] });
+    const { msg } = await fake.mention('CORDER', {
+      text: `<@${fake.botUserId}> start here`,
+      files: [fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' })],
+    });
     await waitForAnswers(fake, 'CORDER', msg.ts, 1);
     const slow = fake.addFile({ name: 'slow.png', data: await squarePng(80, 60), mimetype: 'image/png' });
     fake.fileDelays.set(slow.id, SLOW_MS);
@@ -148,7 +165,11 @@ describe('slack: follow-ups in one thread reach the manager in the order they we
     await fake.reply('CORDER', msg.ts, { user: 'U0ALICE', text: 'third, text only' });
     await waitForAnswers(fake, 'CORDER', msg.ts, 4);
     await until(() => textReplies(fake, 'CORDER', msg.ts).every((m) => /^\*red square\*/.test(m.text)), 'the answers to settle');
-    expect((await manager.history(key('CORDER', msg.ts)))?.turns.map((x) => x.user)).toEqual(['first, with a new image', 'second, text only', 'third, text only']);
+    expect((await manager.history(key('CORDER', msg.ts)))?.turns.map((x) => x.user)).toEqual([
+      'first, with a new image',
+      'second, text only',
+      'third, text only',
+    ]);
     // The replies stand in the thread in the order of the messages they answer (the slow one's says it looks at its image).
     const replies = textReplies(fake, 'CORDER', msg.ts);
     expect(replies.map((m) => m.versions[0])).toEqual(['_Looking at the image…_', '_Looking at the image…_', '_Thinking…_', '_Thinking…_']);
@@ -158,14 +179,20 @@ describe('slack: follow-ups in one thread reach the manager in the order they we
 
   it('a download that never finishes holds the thread only until its timeout; the next follow-up is then answered', async () => {
     const png = await squarePng(96, 72);
-    const { msg } = await fake.mention('CSTUCK', { text: `<@${fake.botUserId}> another thread`, files: [fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' })] });
+    const { msg } = await fake.mention('CSTUCK', {
+      text: `<@${fake.botUserId}> another thread`,
+      files: [fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' })],
+    });
     await waitForAnswers(fake, 'CSTUCK', msg.ts, 1);
     const stuck = fake.addFile({ name: 'stuck.png', data: png, mimetype: 'image/png' });
     fake.fileDelays.set(stuck.id, 60_000);
     await fake.reply('CSTUCK', msg.ts, { user: 'U0ALICE', text: 'this image never arrives', files: [stuck] });
     await fake.reply('CSTUCK', msg.ts, { user: 'U0ALICE', text: 'and this is text' });
     await waitForAnswers(fake, 'CSTUCK', msg.ts, 2);
-    await until(() => textReplies(fake, 'CSTUCK', msg.ts).filter((m) => /^\*red square\*/.test(m.text)).length === 2, 'the second answer to settle');
+    await until(
+      () => textReplies(fake, 'CSTUCK', msg.ts).filter((m) => /^\*red square\*/.test(m.text)).length === 2,
+      'the second answer to settle',
+    );
     const replies = textReplies(fake, 'CSTUCK', msg.ts).map((m) => m.text);
     expect(replies).toHaveLength(3);
     expect(replies[1]).toMatch(/^:warning: Downloading .* took too long/);

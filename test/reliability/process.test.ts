@@ -142,7 +142,10 @@ describe('SIGTERM', () => {
           const m = msgs[i];
           const state = await repo.getConversation(conversationId(keyOf(m.channel_id, m.id)));
           if (outcomes[i] === 'answered') {
-            expect(state?.turns.map((t) => t.user), m.content).toEqual([m.content.replace(/^<@\d+> /, '')]);
+            expect(
+              state?.turns.map((t) => t.user),
+              m.content,
+            ).toEqual([m.content.replace(/^<@\d+> /, '')]);
             expect(await repo.getImage(state!.image.hash)).toBeDefined();
           } else {
             expect(state, m.content).toBeUndefined();
@@ -247,7 +250,11 @@ describe('SIGKILL', () => {
     try {
       await started(bot2);
       const follow = threads.map((t) => fake.postMessage(t.id, w.alice, `${t.id} after restart`));
-      await until(() => follow.every((f) => botMessagesIn(f.channel_id).some((m) => isAnswer(m.content) && BigInt(m.id) > BigInt(f.id))), 'the answers after the restart', 90_000);
+      await until(
+        () => follow.every((f) => botMessagesIn(f.channel_id).some((m) => isAnswer(m.content) && BigInt(m.id) > BigInt(f.id))),
+        'the answers after the restart',
+        90_000,
+      );
       bot2.child.kill('SIGTERM');
       expect((await bot2.exited).code, bot2.stderr()).toBe(0);
     } finally {

@@ -17,7 +17,17 @@ interface Proc {
   exited: Promise<{ code: number | null | 'timeout'; ms: number }>;
 }
 
-const PLATFORM_VARS = ['DISCORD_TOKEN', 'DISCORD_APP_ID', 'DISCORD_API_URL', 'SLACK_BOT_TOKEN', 'SLACK_SIGNING_SECRET', 'SLACK_APP_TOKEN', 'SLACK_API_URL', 'SLACK_PORT', 'STORE_URL'];
+const PLATFORM_VARS = [
+  'DISCORD_TOKEN',
+  'DISCORD_APP_ID',
+  'DISCORD_API_URL',
+  'SLACK_BOT_TOKEN',
+  'SLACK_SIGNING_SECRET',
+  'SLACK_APP_TOKEN',
+  'SLACK_API_URL',
+  'SLACK_PORT',
+  'STORE_URL',
+];
 
 /** `minigpt serve` with the demo package on the CPU and `env`; killed after `limitMs`. */
 function serve(env: Record<string, string>, limitMs: number): Proc {
@@ -74,7 +84,9 @@ describe('minigpt serve with a Discord token that Discord refuses', () => {
       const { code, ms } = await p.exited;
       expect(code, p.stderr()).toBe(1);
       expect(ms).toBeLessThan(15_000);
-      expect(problemLines(p.stderr())).toEqual([expect.stringMatching(/^minigpt: Discord refused DISCORD_TOKEN \(gateway close 4004: authentication failed\): check the bot token/)]);
+      expect(problemLines(p.stderr())).toEqual([
+        expect.stringMatching(/^minigpt: Discord refused DISCORD_TOKEN \(gateway close 4004: authentication failed\): check the bot token/),
+      ]);
       expect(p.stderr()).not.toContain(fake.token);
     } finally {
       fake.refuseIdentify = false;
@@ -95,7 +107,9 @@ describe('minigpt serve with a Discord token that Discord refuses', () => {
       expect(Date.now() - at).toBeLessThan(15_000);
       expect(fake.gatewayStats.identifies).toBeGreaterThanOrEqual(2);
       expect(problemLines(p.stderr())).toEqual([
-        expect.stringMatching(/^minigpt: discord adapter stopped: Discord refused DISCORD_TOKEN \(gateway close 4004: authentication failed\): check the bot token/),
+        expect.stringMatching(
+          /^minigpt: discord adapter stopped: Discord refused DISCORD_TOKEN \(gateway close 4004: authentication failed\): check the bot token/,
+        ),
       ]);
       expect(p.stderr()).not.toContain(fake.token);
     } finally {
@@ -114,7 +128,10 @@ describe('minigpt serve with a Slack token that Slack refuses', () => {
 
   it('SLACK_BOT_TOKEN refused by auth.test (invalid_auth): exits 1 within seconds, one clear line, no token', async () => {
     const bad = 'xoxb-1111-2222-notthetokennotthetoken';
-    const p = serve({ SLACK_BOT_TOKEN: bad, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl }, 30_000);
+    const p = serve(
+      { SLACK_BOT_TOKEN: bad, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl },
+      30_000,
+    );
     const { code, ms } = await p.exited;
     expect(code, p.stderr()).toBe(1);
     expect(ms).toBeLessThan(15_000);

@@ -50,28 +50,55 @@ describe('Slack', () => {
     fake.files.delete(gone.id);
     const a = await fake.mention('CSEC', { text: `<@${fake.botUserId}> one`, files: [gone] });
     fake.scopes.delete('files:read');
-    const b = await fake.mention('CSEC', { text: `<@${fake.botUserId}> two`, files: [fake.addFile({ name: 'x.png', data: png, mimetype: 'image/png' })] });
-    await fake.waitFor(() => textReplies(fake, 'CSEC', a.msg.ts).length > 0 && textReplies(fake, 'CSEC', b.msg.ts).some((r) => /:warning:/.test(r.text)), 20_000, 'the refusals');
+    const b = await fake.mention('CSEC', {
+      text: `<@${fake.botUserId}> two`,
+      files: [fake.addFile({ name: 'x.png', data: png, mimetype: 'image/png' })],
+    });
+    await fake.waitFor(
+      () => textReplies(fake, 'CSEC', a.msg.ts).length > 0 && textReplies(fake, 'CSEC', b.msg.ts).some((r) => /:warning:/.test(r.text)),
+      20_000,
+      'the refusals',
+    );
     fake.scopes.add('files:read');
     fake.uploadFault = () => 500;
     let updates = 0;
     fake.apiFault = (method) => (method === 'chat.update' && updates++ < 1 ? { status: 503, body: '<html>unavailable</html>' } : undefined);
-    const c = await fake.mention('CSEC', { text: `<@${fake.botUserId}> three`, files: [fake.addFile({ name: 'y.png', data: png, mimetype: 'image/png' })] });
+    const c = await fake.mention('CSEC', {
+      text: `<@${fake.botUserId}> three`,
+      files: [fake.addFile({ name: 'y.png', data: png, mimetype: 'image/png' })],
+    });
     await fake.waitFor(() => textReplies(fake, 'CSEC', c.msg.ts).some((r) => /could not attach/.test(r.text)), 30_000, 'the upload note');
     fake.uploadFault = undefined;
     fake.apiFault = undefined;
     // A bad signature, an old timestamp.
     await fake.sendEvent({ type: 'app_mention', text: 'x', channel: 'CSEC', user: 'U1', ts: '1.1' }, { secret: 'wrong-secret-0123456789' });
     // A refused bot token and a refused app token at start.
-    const bad = await startSlackAdapter({ manager, botToken: 'xoxb-1111-2222-refusedrefusedrefused', signingSecret: fake.signingSecret, port: 0, host: '127.0.0.1', apiUrl: fake.apiUrl, log: (l) => logs.push(l) }).catch((e: unknown) => e);
+    const bad = await startSlackAdapter({
+      manager,
+      botToken: 'xoxb-1111-2222-refusedrefusedrefused',
+      signingSecret: fake.signingSecret,
+      port: 0,
+      host: '127.0.0.1',
+      apiUrl: fake.apiUrl,
+      log: (l) => logs.push(l),
+    }).catch((e: unknown) => e);
     logs.push(String((bad as Error).message));
-    const badApp = await startSlackAdapter({ manager, botToken: fake.botToken, appToken: 'xapp-1-A0X-1-refusedrefusedrefused', apiUrl: fake.apiUrl, log: (l) => logs.push(l) }).catch((e: unknown) => e);
+    const badApp = await startSlackAdapter({
+      manager,
+      botToken: fake.botToken,
+      appToken: 'xapp-1-A0X-1-refusedrefusedrefused',
+      apiUrl: fake.apiUrl,
+      log: (l) => logs.push(l),
+    }).catch((e: unknown) => e);
     if (badApp instanceof Error) logs.push(badApp.message);
     else await (badApp as SlackAdapter).close();
 
     const replies = fake.messages.filter((m) => m.bot_id === fake.botId).map((m) => m.text);
     expect(logs.length).toBeGreaterThan(5);
-    for (const [what, texts] of [['logs', logs], ['replies', replies]] as const) {
+    for (const [what, texts] of [
+      ['logs', logs],
+      ['replies', replies],
+    ] as const) {
       expectNoSecrets(texts, [fake.botToken, fake.appToken, fake.signingSecret, 'refusedrefusedrefused', 'wrong-secret-0123456789'], what);
       const all = texts.join('\n');
       expect(all, `${what}: a private file URL`).not.toContain('/files-pri/');
@@ -87,7 +114,15 @@ describe('Discord', () => {
 
   beforeAll(async () => {
     w = await startFake();
-    adapter = await startDiscordAdapter({ manager, token: w.fake.token, apiUrl: w.fake.apiUrl, log: (l) => logs.push(l), editIntervalMs: 30, rateLimit: false, downloadTimeoutMs: 800 });
+    adapter = await startDiscordAdapter({
+      manager,
+      token: w.fake.token,
+      apiUrl: w.fake.apiUrl,
+      log: (l) => logs.push(l),
+      editIntervalMs: 30,
+      rateLimit: false,
+      downloadTimeoutMs: 800,
+    });
   });
 
   afterAll(async () => {
@@ -102,33 +137,65 @@ describe('Discord', () => {
     const cases = [
       { ...fake.addAttachment('gone.png', png, 'image/png'), url: `${fake.origin}/attachments/1/2/gone.png${sig}` },
       { ...fake.addAttachment('slow.png', png, 'image/png'), url: `${fake.origin}/slow${sig}` },
-      { ...fake.addAttachment('moved.png', png, 'image/png'), url: `${fake.origin}/redirect${sig}to=${encodeURIComponent(`https://evil.example/x.png${sig}`)}` },
+      {
+        ...fake.addAttachment('moved.png', png, 'image/png'),
+        url: `${fake.origin}/redirect${sig}to=${encodeURIComponent(`https://evil.example/x.png${sig}`)}`,
+      },
     ];
     const msgs = cases.map((att) => fake.postMessage(w.general, w.alice, 'look', { attachments: [att], mentionBot: true }));
-    await until(() => msgs.every((m) => fake.messagesIn(w.general).some((x) => x.message_reference?.message_id === m.id)), 'the refusals', 20_000);
+    await until(
+      () => msgs.every((m) => fake.messagesIn(w.general).some((x) => x.message_reference?.message_id === m.id)),
+      'the refusals',
+      20_000,
+    );
     // An interaction whose token Discord no longer knows, and a REST failure mid-answer.
     const token = 'aW50ZXJhY3Rpb246c2VjcmV0LXRva2VuLXZhbHVlLTEyMzQ1Njc4OTA';
     fake.dispatch('INTERACTION_CREATE', {
-      id: fake.snowflake(), application_id: fake.appId, type: 2, token, version: 1, app_permissions: '0', locale: 'en-US', entitlements: [],
-      authorizing_integration_owners: {}, channel: fake.channel(w.general), channel_id: w.general, guild_id: w.guildId,
+      id: fake.snowflake(),
+      application_id: fake.appId,
+      type: 2,
+      token,
+      version: 1,
+      app_permissions: '0',
+      locale: 'en-US',
+      entitlements: [],
+      authorizing_integration_owners: {},
+      channel: fake.channel(w.general),
+      channel_id: w.general,
+      guild_id: w.guildId,
       member: { user: w.alice, roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0, permissions: '0' },
       data: { id: '1', name: 'describe', type: 1, options: [] },
     });
     await until(() => logs.some((l) => /Unknown interaction/.test(l)), 'the interaction failure');
     // A REST error whose body echoes the token (a 401 would make discord.js drop its token for good).
-    fake.restFault = (call) => (call.method === 'PATCH' ? { status: 400, body: { message: `Invalid Form Body (Authorization: Bot ${fake.token})`, code: 50035 } } : undefined);
-    const m = fake.postMessage(w.general, w.alice, 'patch fails', { attachments: [fake.addAttachment('p.png', png, 'image/png')], mentionBot: true });
+    fake.restFault = (call) =>
+      call.method === 'PATCH'
+        ? { status: 400, body: { message: `Invalid Form Body (Authorization: Bot ${fake.token})`, code: 50035 } }
+        : undefined;
+    const m = fake.postMessage(w.general, w.alice, 'patch fails', {
+      attachments: [fake.addAttachment('p.png', png, 'image/png')],
+      mentionBot: true,
+    });
     await until(() => logs.some((l) => l.includes(` ${m.id} (`) && /(answered|error|failed)/.test(l)), 'the end of that answer');
     fake.restFault = undefined;
     // A refused token at start.
-    const bad = await startDiscordAdapter({ manager, token: 'REFUSED.discord-token.0123456789abcdef', apiUrl: fake.apiUrl, log: (l) => logs.push(l), readyTimeoutMs: 5000 }).catch((e: unknown) => e);
+    const bad = await startDiscordAdapter({
+      manager,
+      token: 'REFUSED.discord-token.0123456789abcdef',
+      apiUrl: fake.apiUrl,
+      log: (l) => logs.push(l),
+      readyTimeoutMs: 5000,
+    }).catch((e: unknown) => e);
     logs.push(String((bad as Error).message));
 
     const replies = [...fake.messagesIn(w.general), ...msgs.flatMap((x) => fake.messagesIn(x.id)), ...fake.messagesIn(m.id)]
       .filter((x) => x.author.id === fake.bot.id)
       .map((x) => x.content);
     expect(logs.length).toBeGreaterThan(5);
-    for (const [what, texts] of [['logs', logs], ['replies', replies]] as const) {
+    for (const [what, texts] of [
+      ['logs', logs],
+      ['replies', replies],
+    ] as const) {
       expectNoSecrets(texts, [fake.token, token, 'REFUSED.discord-token.0123456789abcdef', '0123456789abcdef0123456789abcdef'], what);
     }
   });

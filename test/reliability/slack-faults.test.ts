@@ -54,11 +54,18 @@ function mention(channel: string, text: string): Promise<{ msg: FakeMessage }> {
 /** One final answer (text + annotated image) in each message's thread, and nothing more after a settle. */
 async function expectAnsweredOnce(msgs: readonly FakeMessage[]): Promise<void> {
   for (const m of msgs) {
-    await fake.waitFor(() => fileReplies(fake, m.channel, m.ts).length >= 1 && textReplies(fake, m.channel, m.ts).some((r) => r.text === FINAL), 60_000, `the answer in thread ${m.ts}`);
+    await fake.waitFor(
+      () => fileReplies(fake, m.channel, m.ts).length >= 1 && textReplies(fake, m.channel, m.ts).some((r) => r.text === FINAL),
+      60_000,
+      `the answer in thread ${m.ts}`,
+    );
   }
   await new Promise((r) => setTimeout(r, 500));
   for (const m of msgs) {
-    expect(textReplies(fake, m.channel, m.ts).map((r) => r.text), `text replies in ${m.ts}`).toEqual([FINAL]);
+    expect(
+      textReplies(fake, m.channel, m.ts).map((r) => r.text),
+      `text replies in ${m.ts}`,
+    ).toEqual([FINAL]);
     expect(fileReplies(fake, m.channel, m.ts), `image replies in ${m.ts}`).toHaveLength(1);
   }
 }
@@ -121,7 +128,8 @@ describe('Slack Web API faults', () => {
       uploads.set(id, n);
       return n === 1 ? 503 : undefined;
     };
-    fake.apiFault = (method) => (method === 'files.completeUploadExternal' && completes++ === 0 ? { status: 500, body: 'oops' } : undefined);
+    fake.apiFault = (method) =>
+      method === 'files.completeUploadExternal' && completes++ === 0 ? { status: 500, body: 'oops' } : undefined;
     try {
       const msgs = await Promise.all(['CU1', 'CU2'].map((c) => mention(c, 'upload fails once')));
       await expectAnsweredOnce(msgs.map((x) => x.msg));

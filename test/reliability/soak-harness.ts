@@ -168,7 +168,10 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   // ---- the platforms
   const discord = await new FakeDiscord().start();
   const nChannels = o.channels ?? 4;
-  const { guildId, channelIds } = discord.addGuild('Soak', Array.from({ length: nChannels }, (_, i) => `soak-${i}`));
+  const { guildId, channelIds } = discord.addGuild(
+    'Soak',
+    Array.from({ length: nChannels }, (_, i) => `soak-${i}`),
+  );
   const dUsers: ApiUser[] = Array.from({ length: o.users ?? 40 }, (_, i) => discord.user(`user${i}`));
   const slack = await FakeSlack.start();
   const sChannels = Array.from({ length: nChannels }, (_, i) => `CSOAK${i}`);
@@ -176,7 +179,12 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
   const dPng = await testPng(96, 72);
   const sPng = await squarePng(96, 72);
   // Slack's /describe finds the newest image of the channel: give every channel one.
-  for (const c of sChannels) slack.addMessage(c, { user: sUsers[0], text: 'an image', files: [slack.addFile({ name: 'seed.png', data: sPng, mimetype: 'image/png' })] });
+  for (const c of sChannels)
+    slack.addMessage(c, {
+      user: sUsers[0],
+      text: 'an image',
+      files: [slack.addFile({ name: 'seed.png', data: sPng, mimetype: 'image/png' })],
+    });
 
   // ---- the bot
   const config = join(work, 'bot.yaml');
@@ -338,8 +346,18 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         if (roll < 0.28) {
           const ch = pick(channelIds);
           s.text = `d${id} what is here?`;
-          const msg: ApiMessage = discord.postMessage(ch, pick(dUsers), s.text, { attachments: [discord.addAttachment(`d${id}.png`, dPng, 'image/png')], mentionBot: true });
-          const p: Place = { label: `discord thread ${msg.id}`, sent: [s], settleTimes: [], replies: () => botIn(msg.id).map((m) => discordOutcome(m.content)), key: { platform: 'discord', workspace: guildId, channel: ch, thread: msg.id }, discordThread: msg.id };
+          const msg: ApiMessage = discord.postMessage(ch, pick(dUsers), s.text, {
+            attachments: [discord.addAttachment(`d${id}.png`, dPng, 'image/png')],
+            mentionBot: true,
+          });
+          const p: Place = {
+            label: `discord thread ${msg.id}`,
+            sent: [s],
+            settleTimes: [],
+            replies: () => botIn(msg.id).map((m) => discordOutcome(m.content)),
+            key: { platform: 'discord', workspace: guildId, channel: ch, thread: msg.id },
+            discordThread: msg.id,
+          };
           places.push(p);
           dThreads.push(p);
         } else if (roll < 0.5) {
@@ -364,10 +382,15 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
             ],
             resolved: { attachments: { [att.id]: att } },
           });
-          places.push({ label: `discord /describe ${s.text} in ${ch}`, sent: [s], settleTimes: [], replies: () => {
-            const orig = discord.original(token);
-            return orig ? [discordOutcome(orig.content)] : [];
-          } });
+          places.push({
+            label: `discord /describe ${s.text} in ${ch}`,
+            sent: [s],
+            settleTimes: [],
+            replies: () => {
+              const orig = discord.original(token);
+              return orig ? [discordOutcome(orig.content)] : [];
+            },
+          });
         } else if (roll < 0.78) {
           const ch = pick(sChannels);
           const file: FakeFile = slack.addFile({ name: `s${id}.png`, data: sPng, mimetype: 'image/png' });
@@ -376,13 +399,15 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
           const p: Place = { label: `slack thread ${ch}/?`, sent: [s], settleTimes: [], replies: () => [] };
           places.push(p);
           sends.push(
-            slack.mention(ch, { user: pick(sUsers), text: `<@${slack.botUserId}> ${s.text}`, files: [file] }).then(({ msg }: { msg: FakeMessage }) => {
-              p.label = `slack thread ${ch}/${msg.ts}`;
-              p.slack = { channel: ch, ts: msg.ts };
-              p.key = { platform: 'slack', workspace: slack.teamId, channel: ch, thread: msg.ts };
-              p.replies = () => (slackIdx.replies.get(`${ch}/${msg.ts}`) ?? []).map((m) => slackOutcome(m.text));
-              sThreads.push(p);
-            }),
+            slack
+              .mention(ch, { user: pick(sUsers), text: `<@${slack.botUserId}> ${s.text}`, files: [file] })
+              .then(({ msg }: { msg: FakeMessage }) => {
+                p.label = `slack thread ${ch}/${msg.ts}`;
+                p.slack = { channel: ch, ts: msg.ts };
+                p.key = { platform: 'slack', workspace: slack.teamId, channel: ch, thread: msg.ts };
+                p.replies = () => (slackIdx.replies.get(`${ch}/${msg.ts}`) ?? []).map((m) => slackOutcome(m.text));
+                sThreads.push(p);
+              }),
           );
         } else if (roll < 0.93) {
           if (sOpen.length === 0) continue;
@@ -394,17 +419,24 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
           // so that send order is delivery order; events of different threads still go at once.
           const thread = `${p.slack!.channel}/${p.slack!.ts}`;
           const user = pick(sUsers);
-          const send = (slackThreadSends.get(thread) ?? Promise.resolve()).then(() => slack.reply(p.slack!.channel, p.slack!.ts, { user, text: s.text }));
+          const send = (slackThreadSends.get(thread) ?? Promise.resolve()).then(() =>
+            slack.reply(p.slack!.channel, p.slack!.ts, { user, text: s.text }),
+          );
           slackThreadSends.set(thread, send);
           sends.push(send);
         } else {
           const ch = pick(sChannels);
           s.kind = 'slack-command';
           s.text = `s${id} cmd`;
-          places.push({ label: `slack /describe ${s.text} in ${ch}`, sent: [s], settleTimes: [], replies: () => {
-            const root = (slackIdx.roots.get(ch) ?? []).find((m) => m.text.includes(`: ${s.text}\n`));
-            return root ? [slackOutcome(root.text)] : [];
-          } });
+          places.push({
+            label: `slack /describe ${s.text} in ${ch}`,
+            sent: [s],
+            settleTimes: [],
+            replies: () => {
+              const root = (slackIdx.roots.get(ch) ?? []).find((m) => m.text.includes(`: ${s.text}\n`));
+              return root ? [slackOutcome(root.text)] : [];
+            },
+          });
           sends.push(slack.sendCommand({ channel: ch, user: pick(sUsers), text: s.text }));
         }
         sent.push(s);
@@ -413,7 +445,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         if (n >= nextReport) {
           sampleMem();
           const m = mem.at(-1);
-          log(`soak: ${n}/${o.events} sent, ${settled} settled, bot RSS ${m ? m.rssMb.toFixed(0) : '?'} MB, heap ${m ? m.heapMb.toFixed(0) : '?'} MB`);
+          log(
+            `soak: ${n}/${o.events} sent, ${settled} settled, bot RSS ${m ? m.rssMb.toFixed(0) : '?'} MB, heap ${m ? m.heapMb.toFixed(0) : '?'} MB`,
+          );
           nextReport += Math.max(1, Math.floor(o.events / 10));
         }
       }
@@ -449,7 +483,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       answered += done.filter((x) => x === 'answer').length;
       busy += done.filter((x) => x === 'busy').length;
       errors += done.filter((x) => x === 'error').length;
-      if (done.length < p.sent.length) missing.push(`${p.label}: ${done.length} settled replies for ${p.sent.length} requests (${replies.length} replies in all)`);
+      if (done.length < p.sent.length)
+        missing.push(`${p.label}: ${done.length} settled replies for ${p.sent.length} requests (${replies.length} replies in all)`);
       if (replies.length > p.sent.length) extra.push(`${p.label}: ${replies.length} replies for ${p.sent.length} requests`);
     }
     // Nothing where no request was made: Discord channels hold only /describe responses (mentions are answered
@@ -461,7 +496,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     const sRoots = sChannels.reduce((a, ch) => a + (slackIdx.roots.get(ch)?.length ?? 0), 0);
     if (sRoots !== sCmds) extra.push(`slack channels: ${sRoots} top-level bot messages for ${sCmds} commands`);
     const knownSlack = new Set(sThreads.map((t) => `${t.slack!.channel}/${t.slack!.ts}`));
-    const strays = [...slackIdx.replies.keys()].filter((k) => !knownSlack.has(k) && !(slackIdx.roots.get(k.split('/')[0]) ?? []).some((m) => `${m.channel}/${m.ts}` === k));
+    const strays = [...slackIdx.replies.keys()].filter(
+      (k) => !knownSlack.has(k) && !(slackIdx.roots.get(k.split('/')[0]) ?? []).some((m) => `${m.channel}/${m.ts}` === k),
+    );
     if (strays.length) extra.push(`slack: replies in threads with no request: ${strays.join(', ')}`);
 
     // Stop the bot (SIGTERM: it must flush the store and exit 0), then check every stored conversation: it holds
@@ -480,7 +517,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
         const texts = p.sent.map((x) => x.text);
         const foreign = users.filter((u) => !texts.includes(u));
         if ((state?.droppedTurns ?? 0) + users.length !== n || foreign.length > 0) {
-          misrouted.push(`${p.label}: ${n} answers, stored ${JSON.stringify(users)} (+${state?.droppedTurns ?? 0} dropped) of sent ${JSON.stringify(texts)}`);
+          misrouted.push(
+            `${p.label}: ${n} answers, stored ${JSON.stringify(users)} (+${state?.droppedTurns ?? 0} dropped) of sent ${JSON.stringify(texts)}`,
+          );
         }
         const order = users.map((u) => texts.indexOf(u));
         if (order.some((x, i) => i > 0 && x < order[i - 1])) reordered++;
@@ -537,7 +576,9 @@ export function formatReport(rep: SoakReport, title = 'Soak run'): string {
   const lines = [
     `### ${title}`,
     '',
-    `- events: ${rep.events} (${Object.entries(rep.byKind).map(([k, v]) => `${k} ${v}`).join(', ')})`,
+    `- events: ${rep.events} (${Object.entries(rep.byKind)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')})`,
     `- outcomes: ${rep.answered} answered, ${rep.busy} busy, ${rep.errors} other errors; missing ${rep.missing.length}, extra/wrong-thread ${rep.extra.length}, misrouted in the store ${rep.misrouted.length}; threads answered out of send order: ${rep.reordered}`,
     `- wall time ${(rep.wallMs / 1000).toFixed(1)} s (sending ${(rep.sendMs / 1000).toFixed(1)} s); bot exit code after SIGTERM: ${rep.exitCode}`,
     `- latency, event to settled reply (ms, p50 / p90 / p99 / max): ${p(rep.latency)}; Discord ${p(rep.latencyByPlatform.discord)}; Slack ${p(rep.latencyByPlatform.slack)}`,
@@ -551,8 +592,15 @@ export function formatReport(rep: SoakReport, title = 'Soak run'): string {
   ];
   const step = Math.max(1, Math.ceil(rep.mem.length / 16));
   const rows = rep.mem.filter((_, i) => i % step === 0 || i === rep.mem.length - 1);
-  for (const m of rows) lines.push(`| ${(m.at / 1000).toFixed(0)} | ${m.settled} | ${m.rssMb.toFixed(0)} | ${m.heapMb.toFixed(0)} | ${m.externalMb.toFixed(0)} |`);
-  for (const [label, list] of [['missing', rep.missing], ['extra', rep.extra], ['misrouted', rep.misrouted]] as const) {
+  for (const m of rows)
+    lines.push(
+      `| ${(m.at / 1000).toFixed(0)} | ${m.settled} | ${m.rssMb.toFixed(0)} | ${m.heapMb.toFixed(0)} | ${m.externalMb.toFixed(0)} |`,
+    );
+  for (const [label, list] of [
+    ['missing', rep.missing],
+    ['extra', rep.extra],
+    ['misrouted', rep.misrouted],
+  ] as const) {
     if (list.length) lines.push('', `${label} (first 10):`, ...list.slice(0, 10).map((l) => `- ${l}`));
   }
   return lines.join('\n');

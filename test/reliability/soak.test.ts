@@ -8,7 +8,15 @@ describe('soak (short profile)', () => {
   // docs/reliability.md), and its growth alone came within a few MB of the bound below (105-157 MB in CI), so the
   // bound measured the cache, not a leak. With the small cap the same run grows ~77 MB (warm-up: buffers, caches).
   it('every event gets exactly one answer or one busy reply, in its own thread; memory stays bounded', async () => {
-    const rep = await runSoak({ events: 200, burst: [10, 40], pauseMs: [200, 800], timeLimitMs: 150_000, queueSize: 16, seed: 1, runtime: ['kv_cache_mb: 32'] });
+    const rep = await runSoak({
+      events: 200,
+      burst: [10, 40],
+      pauseMs: [200, 800],
+      timeLimitMs: 150_000,
+      queueSize: 16,
+      seed: 1,
+      runtime: ['kv_cache_mb: 32'],
+    });
     const text = formatReport(rep, 'CI soak (200 events)');
     console.log(text);
     expect(rep.missing, text).toEqual([]);

@@ -22,7 +22,10 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
     try {
       const t0 = performance.now();
       const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-        const c = spawn('bash', ['scripts/gpu-compare.sh'], { cwd: ROOT, env: { ...process.env, GPU_COMPARE_TOY: '1', MINIGPT_GPU_WORK: work } });
+        const c = spawn('bash', ['scripts/gpu-compare.sh'], {
+          cwd: ROOT,
+          env: { ...process.env, GPU_COMPARE_TOY: '1', MINIGPT_GPU_WORK: work },
+        });
         let stdout = '';
         let stderr = '';
         c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -46,7 +49,8 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
       expect(['torch', 'transformers']).toContain(last.baseline.impl);
       expect(Object.keys(last.ours)).toEqual(['fp32', 'fp16-c16', 'fp16-c16-fused', 'int4', 'int4-c16']);
       for (const [config, m] of Object.entries({ baseline: last.baseline, ...last.ours })) {
-        for (const k of ['vision_ms', 'ttft_ms', 'decode_tok_s', 'batch8_tok_s'] as const) expect(m[k], `${config} ${k}`).toBeGreaterThan(0);
+        for (const k of ['vision_ms', 'ttft_ms', 'decode_tok_s', 'batch8_tok_s'] as const)
+          expect(m[k], `${config} ${k}`).toBeGreaterThan(0);
         // the same prompt on both sides: the image's 256 rows and about 45 text tokens
         expect(Math.abs(m.prompt_tokens - 300), config).toBeLessThanOrEqual(8);
       }

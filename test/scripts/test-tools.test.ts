@@ -65,7 +65,11 @@ async function setup(f: Fake): Promise<void> {
     'dpkg-query',
     `echo "dpkg-query $*" >> "${log}"\npkg=\${@: -1}\nif [ -e "${state}/$pkg" ]; then printf 'install ok installed'; else echo "dpkg-query: no packages found matching $pkg" >&2; exit 1; fi`,
   );
-  if (f.sudo) await stub('sudo', `echo "sudo $*" >> "${log}"\n${f.sudo === 'ok' ? '[ "$1" = -n ] && shift\nexec "$@"' : 'echo "sudo: a password is required" >&2; exit 1'}`);
+  if (f.sudo)
+    await stub(
+      'sudo',
+      `echo "sudo $*" >> "${log}"\n${f.sudo === 'ok' ? '[ "$1" = -n ] && shift\nexec "$@"' : 'echo "sudo: a password is required" >&2; exit 1'}`,
+    );
   // true and env: real ones (sudo -n true, env DEBIAN_FRONTEND=... apt-get)
   for (const t of ['true', 'env']) {
     const real = ['/usr/bin', '/bin'].map((d) => join(d, t)).find((p) => existsSync(p))!;
@@ -146,13 +150,19 @@ describe('scripts/test-tools.sh', () => {
     await setup({ present: ['redis-server', 'chromium', 'python3-torch'], uid: 0 });
     let r = run();
     expect(r.code, r.stderr).toBe(0);
-    expect(r.calls).toEqual(['apt-get update DEBIAN_FRONTEND=noninteractive', 'apt-get install -y libopenblas0-pthread DEBIAN_FRONTEND=noninteractive']);
+    expect(r.calls).toEqual([
+      'apt-get update DEBIAN_FRONTEND=noninteractive',
+      'apt-get install -y libopenblas0-pthread DEBIAN_FRONTEND=noninteractive',
+    ]);
 
     await rm(join(state, 'python3-torch'));
     await writeFile(log, '');
     r = run();
     expect(r.code, r.stderr).toBe(0);
-    expect(r.calls).toEqual(['apt-get update DEBIAN_FRONTEND=noninteractive', 'apt-get install -y python3-torch DEBIAN_FRONTEND=noninteractive']);
+    expect(r.calls).toEqual([
+      'apt-get update DEBIAN_FRONTEND=noninteractive',
+      'apt-get install -y python3-torch DEBIAN_FRONTEND=noninteractive',
+    ]);
   });
 
   it('not root: through sudo -n (never a password prompt)', async () => {
@@ -192,7 +202,10 @@ describe('scripts/test-tools.sh', () => {
     await setup({ present: ['redis-server', 'python3-torch', 'libopenblas0-pthread'], uid: 0, aptInstallsNot: ['chromium'] });
     const r = run();
     expect(r.code).toBe(1);
-    expect(r.calls).toEqual(['apt-get update DEBIAN_FRONTEND=noninteractive', 'apt-get install -y chromium DEBIAN_FRONTEND=noninteractive']);
+    expect(r.calls).toEqual([
+      'apt-get update DEBIAN_FRONTEND=noninteractive',
+      'apt-get install -y chromium DEBIAN_FRONTEND=noninteractive',
+    ]);
     expect(r.stderr).toContain('still missing after apt-get install: chromium');
     expect(r.stderr).toContain('  apt-get update && apt-get install -y chromium\n');
   });

@@ -70,7 +70,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (process.env.SLACK_TEST_LOG_FILE) (await import("node:fs")).writeFileSync(process.env.SLACK_TEST_LOG_FILE, logs.join("\n"));
+  if (process.env.SLACK_TEST_LOG_FILE) (await import('node:fs')).writeFileSync(process.env.SLACK_TEST_LOG_FILE, logs.join('\n'));
   await adapter?.close();
   for (const o of others.reverse()) await o.close().catch(() => {});
   await fake?.close();
@@ -150,9 +150,24 @@ describe('slack: mentions', () => {
       channel: 'C2',
       hidden: true,
       ts: fake.nextTs(),
-      message: { type: 'message', user: 'U0ALICE', text: 'edited text', ts: msg.ts, thread_ts: msg.ts, edited: { user: 'U0ALICE', ts: '1' } },
+      message: {
+        type: 'message',
+        user: 'U0ALICE',
+        text: 'edited text',
+        ts: msg.ts,
+        thread_ts: msg.ts,
+        edited: { user: 'U0ALICE', ts: '1' },
+      },
     });
-    await fake.sendEvent({ type: 'message', subtype: 'message_deleted', channel: 'C2', hidden: true, ts: fake.nextTs(), deleted_ts: msg.ts, thread_ts: msg.ts });
+    await fake.sendEvent({
+      type: 'message',
+      subtype: 'message_deleted',
+      channel: 'C2',
+      hidden: true,
+      ts: fake.nextTs(),
+      deleted_ts: msg.ts,
+      thread_ts: msg.ts,
+    });
     const top = fake.addMessage('C2', { text: 'just chatting' });
     await fake.sendEvent(fake.messageEvent(top));
 
@@ -229,7 +244,12 @@ describe('slack: mentions', () => {
 
 describe('slack: bad input gets a clear reply', () => {
   it('a file that is not an image', async () => {
-    const pdf = fake.addFile({ name: 'report.pdf', data: Buffer.from('%PDF-1.4 not an image'), mimetype: 'application/pdf', filetype: 'pdf' });
+    const pdf = fake.addFile({
+      name: 'report.pdf',
+      data: Buffer.from('%PDF-1.4 not an image'),
+      mimetype: 'application/pdf',
+      filetype: 'pdf',
+    });
     const { msg } = await fake.mention('C6', { text: `<@${fake.botUserId}> what is this?`, files: [pdf] });
     const reply = await waitForText(fake, 'C6', msg.ts, /not an image/);
     expect(reply.thread_ts).toBe(msg.ts);
@@ -272,7 +292,7 @@ describe('slack: bad input gets a clear reply', () => {
     expect(r3.text).toBe(':warning: The image chunked.png is too large (the limit is 256.0 KB).');
   });
 
-  it('a file stored outside Slack is not downloaded (the token goes to Slack\'s file hosts only)', async () => {
+  it("a file stored outside Slack is not downloaded (the token goes to Slack's file hosts only)", async () => {
     const f = fake.addFile({ name: 'elsewhere.png', data: png, mimetype: 'image/png', url: 'https://files.example.com/elsewhere.png' });
     const before = fake.requests.length;
     const { msg } = await fake.mention('C8', { files: [f] });
@@ -292,7 +312,10 @@ describe('slack: bad input gets a clear reply', () => {
       // Only the id in the event: files.info says missing_scope.
       const g = fake.addFile({ name: 'square.png', data: png, mimetype: 'image/png' });
       const msg2 = fake.addMessage('C9', { text: `<@${fake.botUserId}>` });
-      await fake.sendEvent({ ...fake.messageEvent(msg2, 'app_mention'), files: [{ id: g.id, mode: 'file_access', file_access: 'check_file_info' }] });
+      await fake.sendEvent({
+        ...fake.messageEvent(msg2, 'app_mention'),
+        files: [{ id: g.id, mode: 'file_access', file_access: 'check_file_info' }],
+      });
       await waitForText(fake, 'C9', msg2.ts, /files:read/);
     } finally {
       fake.scopes.add('files:read');
@@ -302,7 +325,10 @@ describe('slack: bad input gets a clear reply', () => {
   it('a file given by id only is looked up with files.info and answered', async () => {
     const g = fake.addFile({ name: 'square.png', data: png, mimetype: 'image/png' });
     const msg = fake.addMessage('C9b', { text: `<@${fake.botUserId}>` });
-    await fake.sendEvent({ ...fake.messageEvent(msg, 'app_mention'), files: [{ id: g.id, mode: 'file_access', file_access: 'check_file_info' }] });
+    await fake.sendEvent({
+      ...fake.messageEvent(msg, 'app_mention'),
+      files: [{ id: g.id, mode: 'file_access', file_access: 'check_file_info' }],
+    });
     await waitForAnswers(fake, 'C9b', msg.ts, 1);
     expect(fake.callsOf('files.info').some((c) => c.args.file === g.id)).toBe(true);
   });
@@ -314,7 +340,11 @@ describe('slack: bad input gets a clear reply', () => {
     // Junk the app cannot use.
     await fake.sendEvent({ type: 'app_mention', channel: 'C10', user: 'U0ALICE', ts: fake.nextTs(), files: 'nonsense', text: 42 });
     await fake.sendEvent({ type: 'app_mention' });
-    await fake.waitFor(() => logs.some((l) => /mention in C10 thread [\d.]+: could not post the reply: channel_not_found/.test(l)), 5000, 'the failure log');
+    await fake.waitFor(
+      () => logs.some((l) => /mention in C10 thread [\d.]+: could not post the reply: channel_not_found/.test(l)),
+      5000,
+      'the failure log',
+    );
     const g = fake.addFile({ name: 'square.png', data: png, mimetype: 'image/png' });
     const { msg } = await fake.mention('C10b', { files: [g] });
     await waitForAnswers(fake, 'C10b', msg.ts, 1);
@@ -322,7 +352,7 @@ describe('slack: bad input gets a clear reply', () => {
 });
 
 describe('slack: /describe and the message shortcut', () => {
-  it('/describe acks at once and answers about the channel\'s newest image in a new thread', async () => {
+  it("/describe acks at once and answers about the channel's newest image in a new thread", async () => {
     const old = fake.addFile({ name: 'old-blue.png', data: blue, mimetype: 'image/png' });
     fake.addMessage('C4', { text: 'an old picture', files: [old] });
     const recent = fake.addFile({ name: 'square.png', data: png, mimetype: 'image/png' });
@@ -457,7 +487,8 @@ describe('slack: more adapters on their own fakes', () => {
     try {
       const f3 = await FakeSlack.start();
       others.push(f3);
-      const start = (store: Awaited<ReturnType<typeof createStore>>) => startSlack(f3, manager, { store, log: (l) => logs.push(l), updateIntervalMs: 10 });
+      const start = (store: Awaited<ReturnType<typeof createStore>>) =>
+        startSlack(f3, manager, { store, log: (l) => logs.push(l), updateIntervalMs: 10 });
       const url = `sqlite://${join(dir, 'bot.sqlite')}`;
       const s1 = await createStore(url);
       const a1 = await start(s1);
@@ -514,7 +545,15 @@ describe('slack: more adapters on their own fakes', () => {
 
   it('refuses to start with a bad token or without a signing secret / app token', async () => {
     await expect(
-      startSlackAdapter({ manager, botToken: 'xoxb-wrong-token', signingSecret: fake.signingSecret, port: 0, host: '127.0.0.1', apiUrl: fake.apiUrl, log: (l) => logs.push(l) }),
+      startSlackAdapter({
+        manager,
+        botToken: 'xoxb-wrong-token',
+        signingSecret: fake.signingSecret,
+        port: 0,
+        host: '127.0.0.1',
+        apiUrl: fake.apiUrl,
+        log: (l) => logs.push(l),
+      }),
     ).rejects.toThrow(/Slack refused SLACK_BOT_TOKEN \(auth\.test: invalid_auth\)/);
     await expect(startSlackAdapter({ manager, botToken: fake.botToken, apiUrl: fake.apiUrl })).rejects.toThrow(
       /neither SLACK_SIGNING_SECRET .* nor SLACK_APP_TOKEN/,

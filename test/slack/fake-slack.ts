@@ -98,7 +98,9 @@ export class FakeSlack {
    * Fault injection for the Web API: called for every API call (after it is recorded); an answer it returns
    * is sent instead (e.g. 429 with retry-after, 503), and the call has no effect.
    */
-  apiFault: ((method: string, args: Record<string, unknown>) => { status: number; headers?: Record<string, string>; body?: string } | undefined) | undefined;
+  apiFault:
+    | ((method: string, args: Record<string, unknown>) => { status: number; headers?: Record<string, string>; body?: string } | undefined)
+    | undefined;
   /** Fault injection for the upload URLs (files.getUploadURLExternal's): an HTTP status to answer instead of storing. */
   uploadFault: ((fileId: string) => number | undefined) | undefined;
   /** calls and uploads answered by a fault hook */
@@ -185,7 +187,16 @@ export class FakeSlack {
   }
 
   /** A file in the workspace, hosted by the fake's file host unless `url` says otherwise. */
-  addFile(f: { name: string; data: Buffer; mimetype: string; filetype?: string; size?: number; url?: string; user?: string; chunked?: boolean }): FakeFile {
+  addFile(f: {
+    name: string;
+    data: Buffer;
+    mimetype: string;
+    filetype?: string;
+    size?: number;
+    url?: string;
+    user?: string;
+    chunked?: boolean;
+  }): FakeFile {
     const id = `F0${String(++this.fileSeq).padStart(8, '0')}`;
     const filetype = f.filetype ?? f.name.split('.').pop() ?? 'binary';
     const url = f.url ?? `${this.url}/files-pri/${this.teamId}-${id}/${encodeURIComponent(f.name)}`;
@@ -215,7 +226,10 @@ export class FakeSlack {
   }
 
   /** Stores a user's message (what conversations.history shows) without sending an event. */
-  addMessage(channel: string, m: { user?: string; text?: string; files?: FakeFile[]; thread_ts?: string; bot_id?: string; subtype?: string }): FakeMessage {
+  addMessage(
+    channel: string,
+    m: { user?: string; text?: string; files?: FakeFile[]; thread_ts?: string; bot_id?: string; subtype?: string },
+  ): FakeMessage {
     const msg: FakeMessage = {
       channel,
       ts: this.nextTs(),
@@ -266,7 +280,12 @@ export class FakeSlack {
   }
 
   /** A user's message in a thread (no mention): stored and sent as a message event. */
-  async reply(channel: string, thread: string, m: { user?: string; text?: string; files?: FakeFile[]; bot_id?: string; subtype?: string }, opts: SendOptions = {}): Promise<{ msg: FakeMessage; status: number }> {
+  async reply(
+    channel: string,
+    thread: string,
+    m: { user?: string; text?: string; files?: FakeFile[]; bot_id?: string; subtype?: string },
+    opts: SendOptions = {},
+  ): Promise<{ msg: FakeMessage; status: number }> {
     const msg = this.addMessage(channel, { ...m, thread_ts: thread });
     const res = await this.sendEvent(this.messageEvent(msg, 'message'), opts);
     return { msg, status: res.status };
@@ -280,7 +299,12 @@ export class FakeSlack {
     return `v0=${createHmac('sha256', secret).update(`v0:${timestamp}:${body}`).digest('hex')}`;
   }
 
-  private async post(body: string, contentType: string, opts: SendOptions, extraHeaders: Record<string, string> = {}): Promise<{ status: number; text: string }> {
+  private async post(
+    body: string,
+    contentType: string,
+    opts: SendOptions,
+    extraHeaders: Record<string, string> = {},
+  ): Promise<{ status: number; text: string }> {
     if (!this.appUrl) throw new Error('FakeSlack.appUrl is not set');
     const timestamp = opts.timestamp ?? Math.floor(Date.now() / 1000);
     const res = await fetch(this.appUrl, {
@@ -289,7 +313,9 @@ export class FakeSlack {
         'content-type': contentType,
         'x-slack-request-timestamp': String(timestamp),
         'x-slack-signature': this.sign(body, timestamp, opts.secret),
-        ...(opts.retryNum !== undefined ? { 'x-slack-retry-num': String(opts.retryNum), 'x-slack-retry-reason': opts.retryReason ?? 'http_timeout' } : {}),
+        ...(opts.retryNum !== undefined
+          ? { 'x-slack-retry-num': String(opts.retryNum), 'x-slack-retry-reason': opts.retryReason ?? 'http_timeout' }
+          : {}),
         ...extraHeaders,
       },
       body,
@@ -321,7 +347,10 @@ export class FakeSlack {
   }
 
   /** A slash command as Slack posts it (form-encoded). Returns the HTTP status, body and how long the ack took. */
-  async sendCommand(c: { text: string; channel: string; user?: string; command?: string }, opts: SendOptions = {}): Promise<{ status: number; text: string; ms: number }> {
+  async sendCommand(
+    c: { text: string; channel: string; user?: string; command?: string },
+    opts: SendOptions = {},
+  ): Promise<{ status: number; text: string; ms: number }> {
     const form = new URLSearchParams({
       token: 'legacy-verification-token',
       team_id: this.teamId,
@@ -342,7 +371,10 @@ export class FakeSlack {
   }
 
   /** A message shortcut on `msg` as Slack posts it (form-encoded `payload`). */
-  async sendShortcut(msg: FakeMessage, opts: SendOptions & { user?: string; callbackId?: string } = {}): Promise<{ status: number; text: string }> {
+  async sendShortcut(
+    msg: FakeMessage,
+    opts: SendOptions & { user?: string; callbackId?: string } = {},
+  ): Promise<{ status: number; text: string }> {
     const payload = {
       type: 'message_action',
       token: 'legacy-verification-token',
@@ -370,7 +402,16 @@ export class FakeSlack {
     if (!ws) throw new Error('no Socket Mode connection');
     const envelopeId = randomBytes(8).toString('hex');
     this.socketStats.envelopes++;
-    ws.send(JSON.stringify({ envelope_id: envelopeId, payload, type, accepts_response_payload: false, retry_attempt: retryAttempt, retry_reason: retryReason ?? '' }));
+    ws.send(
+      JSON.stringify({
+        envelope_id: envelopeId,
+        payload,
+        type,
+        accepts_response_payload: false,
+        retry_attempt: retryAttempt,
+        retry_reason: retryReason ?? '',
+      }),
+    );
     try {
       await this.waitFor(() => this.socketAcks.has(envelopeId), this.socketAckTimeoutMs, `the ack of envelope ${envelopeId}`);
     } catch (err) {
@@ -539,12 +580,22 @@ export class FakeSlack {
     }
     if (!token) return send({ ok: false, error: 'not_authed' });
     if (token !== this.botToken) return send({ ok: false, error: 'invalid_auth' });
-    const need = (scope: string) => (this.scopes.has(scope) ? null : { ok: false, error: 'missing_scope', needed: scope, provided: [...this.scopes].join(',') });
+    const need = (scope: string) =>
+      this.scopes.has(scope) ? null : { ok: false, error: 'missing_scope', needed: scope, provided: [...this.scopes].join(',') };
     const str = (k: string) => (typeof args[k] === 'string' ? (args[k] as string) : undefined);
 
     switch (method) {
       case 'auth.test':
-        return send({ ok: true, url: `${this.url}/`, team: 'Fake', user: this.botName, team_id: this.teamId, user_id: this.botUserId, bot_id: this.botId, is_enterprise_install: false });
+        return send({
+          ok: true,
+          url: `${this.url}/`,
+          team: 'Fake',
+          user: this.botName,
+          team_id: this.teamId,
+          user_id: this.botUserId,
+          bot_id: this.botId,
+          is_enterprise_install: false,
+        });
       case 'chat.postMessage': {
         const channel = str('channel');
         if (!channel || this.brokenChannels.has(channel)) return send({ ok: false, error: 'channel_not_found' });
@@ -553,7 +604,12 @@ export class FakeSlack {
         if (text.length > 40_000) return send({ ok: false, error: 'msg_too_long' });
         const msg = this.addMessage(channel, { user: this.botUserId, bot_id: this.botId, text, thread_ts: str('thread_ts') });
         this.echoEvent({ ...this.messageEvent(msg), bot_profile: { id: this.botId, name: this.botName } });
-        return send({ ok: true, channel, ts: msg.ts, message: { type: 'message', text, user: this.botUserId, bot_id: this.botId, ts: msg.ts, thread_ts: msg.thread_ts } });
+        return send({
+          ok: true,
+          channel,
+          ts: msg.ts,
+          message: { type: 'message', text, user: this.botUserId, bot_id: this.botId, ts: msg.ts, thread_ts: msg.thread_ts },
+        });
       }
       case 'chat.update': {
         const msg = this.messages.find((m) => m.channel === str('channel') && m.ts === str('ts'));
@@ -569,7 +625,14 @@ export class FakeSlack {
           channel: msg.channel,
           hidden: true,
           ts: this.nextTs(),
-          message: { type: 'message', user: this.botUserId, bot_id: this.botId, text, ts: msg.ts, edited: { user: this.botUserId, ts: msg.ts } },
+          message: {
+            type: 'message',
+            user: this.botUserId,
+            bot_id: this.botId,
+            text,
+            ts: msg.ts,
+            edited: { user: this.botUserId, ts: msg.ts },
+          },
           previous_message: { type: 'message', text: msg.versions[msg.versions.length - 2] ?? '', ts: msg.ts },
         });
         return send({ ok: true, channel: msg.channel, ts: msg.ts, text });
@@ -640,7 +703,13 @@ export class FakeSlack {
         }
         const channel = str('channel_id');
         if (channel) {
-          const msg = this.addMessage(channel, { user: this.botUserId, bot_id: this.botId, text: str('initial_comment') ?? '', files: done, thread_ts: str('thread_ts') });
+          const msg = this.addMessage(channel, {
+            user: this.botUserId,
+            bot_id: this.botId,
+            text: str('initial_comment') ?? '',
+            files: done,
+            thread_ts: str('thread_ts'),
+          });
           this.echoEvent(this.messageEvent(msg));
         }
         return send({ ok: true, files: done.map((f) => ({ id: f.id, title: f.title })) });

@@ -19,7 +19,9 @@ import { normaliseApiUrl, slackOptionsFromEnv } from '../../adapters/slack/index
 describe('slack text in', () => {
   it('removes the bot mention, keeps other mentions, links and channels readable, unescapes', () => {
     expect(slackTextToPlain('<@U0BOT> what is <@U123|bob> holding?', 'U0BOT')).toBe('what is @bob holding?');
-    expect(slackTextToPlain('<@U0BOT>   [identify] {&lt;10&gt;&lt;20&gt;&lt;30&gt;&lt;40&gt;} &amp; more', 'U0BOT')).toBe('[identify] {<10><20><30><40>} & more');
+    expect(slackTextToPlain('<@U0BOT>   [identify] {&lt;10&gt;&lt;20&gt;&lt;30&gt;&lt;40&gt;} &amp; more', 'U0BOT')).toBe(
+      '[identify] {<10><20><30><40>} & more',
+    );
     expect(slackTextToPlain('see <https://example.com|the site> in <#C1|general> <!here>', 'U0BOT')).toBe('see the site in #general @here');
     expect(slackTextToPlain('<https://example.com>')).toBe('https://example.com');
     expect(slackTextToPlain(42 as unknown as string)).toBe('');
@@ -110,13 +112,23 @@ describe('files', () => {
 
 describe('settings and logs', () => {
   it('reads the environment', () => {
-    expect(slackOptionsFromEnv({ SLACK_BOT_TOKEN: 'xoxb-1', SLACK_SIGNING_SECRET: 's', SLACK_PORT: '3100', SLACK_API_URL: 'http://127.0.0.1:1/api' })).toEqual({
+    expect(
+      slackOptionsFromEnv({
+        SLACK_BOT_TOKEN: 'xoxb-1',
+        SLACK_SIGNING_SECRET: 's',
+        SLACK_PORT: '3100',
+        SLACK_API_URL: 'http://127.0.0.1:1/api',
+      }),
+    ).toEqual({
       botToken: 'xoxb-1',
       signingSecret: 's',
       port: 3100,
       apiUrl: 'http://127.0.0.1:1/api',
     });
-    expect(slackOptionsFromEnv({ SLACK_BOT_TOKEN: 'xoxb-1', SLACK_APP_TOKEN: 'xapp-1' })).toEqual({ botToken: 'xoxb-1', appToken: 'xapp-1' });
+    expect(slackOptionsFromEnv({ SLACK_BOT_TOKEN: 'xoxb-1', SLACK_APP_TOKEN: 'xapp-1' })).toEqual({
+      botToken: 'xoxb-1',
+      appToken: 'xapp-1',
+    });
     expect(() => slackOptionsFromEnv({ SLACK_BOT_TOKEN: 'x', SLACK_PORT: 'http' })).toThrow(/SLACK_PORT=http/);
     expect(normaliseApiUrl('http://127.0.0.1:1/api')).toBe('http://127.0.0.1:1/api/');
     expect(normaliseApiUrl('')).toBeUndefined();
@@ -148,7 +160,10 @@ describe('seen marks', () => {
   });
 
   it('keeps working when the store fails', async () => {
-    const broken = { get: () => Promise.reject(new Error('disk gone')), set: () => Promise.reject(new Error('disk gone')) } as unknown as Keyv;
+    const broken = {
+      get: () => Promise.reject(new Error('disk gone')),
+      set: () => Promise.reject(new Error('disk gone')),
+    } as unknown as Keyv;
     const lines: string[] = [];
     const s = new SeenSet(broken, 'slack:event:', 60_000, (l) => lines.push(l));
     expect(await s.claim('Ev1')).toBe(true);

@@ -1,7 +1,12 @@
 // Shared by the Slack tests: images, pixels, and the bot's messages in the fake.
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
-import { startSlackAdapter, type SlackAdapter, type SlackAdapterOptions, type SlackConversationManager } from '../../adapters/slack/index.js';
+import {
+  startSlackAdapter,
+  type SlackAdapter,
+  type SlackAdapterOptions,
+  type SlackConversationManager,
+} from '../../adapters/slack/index.js';
 import type { FakeMessage, FakeSlack } from './fake-slack.js';
 
 /** The answer every test model gives: one grounded phrase with one box (20..70 % of each side). */
@@ -9,7 +14,11 @@ export const FORCED = '<p>green square</p> {<20><20><70><70>} on a grey backgrou
 export const FORCED_BOX = { x1: 20, y1: 20, x2: 70, y2: 70 };
 
 /** The real Slack adapter over HTTP against `fake` on loopback (the fake sends its events to it); `extra` over that. */
-export async function startSlack(fake: FakeSlack, manager: SlackConversationManager, extra: Partial<SlackAdapterOptions> = {}): Promise<SlackAdapter> {
+export async function startSlack(
+  fake: FakeSlack,
+  manager: SlackConversationManager,
+  extra: Partial<SlackAdapterOptions> = {},
+): Promise<SlackAdapter> {
   const adapter = await startSlackAdapter({
     manager,
     botToken: fake.botToken,
@@ -28,7 +37,9 @@ export async function startSlack(fake: FakeSlack, manager: SlackConversationMana
 export async function squarePng(width = 200, height = 150): Promise<Buffer> {
   const w = Math.round(width * 0.5);
   const h = Math.round(height * 0.5);
-  const square = await sharp({ create: { width: w, height: h, channels: 3, background: '#2a7f3a' } }).png().toBuffer();
+  const square = await sharp({ create: { width: w, height: h, channels: 3, background: '#2a7f3a' } })
+    .png()
+    .toBuffer();
   return sharp({ create: { width, height, channels: 3, background: '#808080' } })
     .composite([{ input: square, left: Math.round(width * 0.2), top: Math.round(height * 0.2) }])
     .png()
@@ -37,7 +48,9 @@ export async function squarePng(width = 200, height = 150): Promise<Buffer> {
 
 /** A plain PNG of one colour. */
 export function solidPng(width: number, height: number, hex: string): Promise<Buffer> {
-  return sharp({ create: { width, height, channels: 3, background: hex } }).png().toBuffer();
+  return sharp({ create: { width, height, channels: 3, background: hex } })
+    .png()
+    .toBuffer();
 }
 
 /** Noise, so that the PNG does not compress (for size-limit tests). */
@@ -48,7 +61,9 @@ export function noisePng(width: number, height: number): Promise<Buffer> {
     x = (x * 1103515245 + 12345) & 0x7fffffff;
     raw[i] = x >> 16;
   }
-  return sharp(raw, { raw: { width, height, channels: 3 } }).png({ compressionLevel: 0 }).toBuffer();
+  return sharp(raw, { raw: { width, height, channels: 3 } })
+    .png({ compressionLevel: 0 })
+    .toBuffer();
 }
 
 export function sha256(b: Uint8Array): string {
@@ -85,15 +100,23 @@ export function fileReplies(fake: FakeSlack, channel: string, thread?: string): 
 
 /** Waits until the bot has posted `n` annotated images in the thread (each full answer ends with one). */
 export function waitForAnswers(fake: FakeSlack, channel: string, thread: string | undefined, n: number): Promise<FakeMessage[]> {
-  return fake.waitFor(() => {
-    const f = fileReplies(fake, channel, thread);
-    return f.length >= n ? f : undefined;
-  }, 20_000, `${n} answer(s) in ${channel}${thread ? ` thread ${thread}` : ''}`);
+  return fake.waitFor(
+    () => {
+      const f = fileReplies(fake, channel, thread);
+      return f.length >= n ? f : undefined;
+    },
+    20_000,
+    `${n} answer(s) in ${channel}${thread ? ` thread ${thread}` : ''}`,
+  );
 }
 
 /** Waits until one of the bot's text messages in the thread matches. */
 export function waitForText(fake: FakeSlack, channel: string, thread: string | undefined, re: RegExp): Promise<FakeMessage> {
-  return fake.waitFor(() => textReplies(fake, channel, thread).find((m) => re.test(m.text)), 20_000, `a reply matching ${re} in ${channel}`);
+  return fake.waitFor(
+    () => textReplies(fake, channel, thread).find((m) => re.test(m.text)),
+    20_000,
+    `a reply matching ${re} in ${channel}`,
+  );
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -54,7 +54,12 @@ describe('serve() with SLACK_* set', () => {
 
   it('fails to start with a clear message when neither a signing secret nor an app token is set', async () => {
     const err = await serve({
-      env: { MINIGPT_CONFIG: join(ROOT, 'configs', 'demo.yaml'), EXECUTION_PROVIDER: 'cpu', SLACK_BOT_TOKEN: fake.botToken, SLACK_API_URL: fake.apiUrl },
+      env: {
+        MINIGPT_CONFIG: join(ROOT, 'configs', 'demo.yaml'),
+        EXECUTION_PROVIDER: 'cpu',
+        SLACK_BOT_TOKEN: fake.botToken,
+        SLACK_API_URL: fake.apiUrl,
+      },
       log: () => {},
     }).catch((e: unknown) => e);
     expect(String(err)).toMatch(/SLACK_BOT_TOKEN is set but neither SLACK_SIGNING_SECRET .* nor SLACK_APP_TOKEN/);

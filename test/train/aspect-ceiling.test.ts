@@ -20,12 +20,20 @@ interface Ceiling {
 
 async function split(name: string, seed: number, count: number, shapes: string) {
   const out = join(work, name);
-  await run(process.execPath, [join(ROOT, 'bin/minigpt.js'), 'demo-data', '--seed', String(seed), '--count', String(count), '--shapes', shapes, '--out', out], { cwd: ROOT });
+  await run(
+    process.execPath,
+    [join(ROOT, 'bin/minigpt.js'), 'demo-data', '--seed', String(seed), '--count', String(count), '--shapes', shapes, '--out', out],
+    { cwd: ROOT },
+  );
   return out;
 }
 
 async function ceiling(reference: string, heldout: string): Promise<Ceiling> {
-  const { stdout } = await run(PY, [SCRIPT, '--scenes', join(reference, 'scenes.json'), '--heldout', heldout, '--sigma', '0.5,2', '--draws', '10'], { cwd: ROOT });
+  const { stdout } = await run(
+    PY,
+    [SCRIPT, '--scenes', join(reference, 'scenes.json'), '--heldout', heldout, '--sigma', '0.5,2', '--draws', '10'],
+    { cwd: ROOT },
+  );
   return JSON.parse(stdout) as Ceiling;
 }
 
@@ -59,7 +67,9 @@ describe('aspect_ceiling.py', () => {
     expect(safe.sigma['2.0'].identify_ceiling).toBe(1);
 
     // a reference from another shape set would answer the wrong question
-    const mixed = await run(PY, [SCRIPT, '--scenes', join(ref, 'scenes.json'), '--heldout', heldSafe], { cwd: ROOT }).catch((e: { stderr: string }) => e);
+    const mixed = await run(PY, [SCRIPT, '--scenes', join(ref, 'scenes.json'), '--heldout', heldSafe], { cwd: ROOT }).catch(
+      (e: { stderr: string }) => e,
+    );
     expect(mixed).toMatchObject({ stderr: expect.stringContaining('different shape sets (aspect-safe, classic)') });
   }, 120_000);
 });

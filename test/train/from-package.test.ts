@@ -13,15 +13,44 @@ const PY = process.env.PYTHON ?? '/usr/bin/python3';
 const DEMO = join(ROOT, 'models/demo');
 const SCRIPT = join(ROOT, 'models/demo/train/from_package.py');
 const TRAIN = join(ROOT, 'models/demo/train/train.py');
-const PACKAGE_FILES = ['vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'decoder.onnx.data', 'tokenizer.json'];
+const PACKAGE_FILES = [
+  'vision.onnx',
+  'vision.onnx.data',
+  'embed.onnx',
+  'embed.onnx.data',
+  'decoder.onnx',
+  'decoder.onnx.data',
+  'tokenizer.json',
+];
 let work: string;
 
 const minigpt = (...args: string[]) => run(process.execPath, [join(ROOT, 'bin/minigpt.js'), ...args], { cwd: ROOT });
-const failure = (p: Promise<unknown>) => p.then(() => ({ stderr: '' }), (e: { stderr: string }) => e);
+const failure = (p: Promise<unknown>) =>
+  p.then(
+    () => ({ stderr: '' }),
+    (e: { stderr: string }) => e,
+  );
 
 async function convert(dir: string, out: string) {
-  await minigpt('convert', '--arch', 'minigpt-v2', '--vit', join(dir, 'eva_vit.pth'), '--llm', join(dir, 'llama'), '--ckpt', join(dir, 'minigptv2_ckpt.pth'),
-    '--vit-heads', '4', '--image-size', '112', '--lora-alpha', '16', '--out', out);
+  await minigpt(
+    'convert',
+    '--arch',
+    'minigpt-v2',
+    '--vit',
+    join(dir, 'eva_vit.pth'),
+    '--llm',
+    join(dir, 'llama'),
+    '--ckpt',
+    join(dir, 'minigptv2_ckpt.pth'),
+    '--vit-heads',
+    '4',
+    '--image-size',
+    '112',
+    '--lora-alpha',
+    '16',
+    '--out',
+    out,
+  );
 }
 
 async function expectSamePackage(dir: string) {
@@ -31,13 +60,24 @@ async function expectSamePackage(dir: string) {
 async function prepared(name: string, shapes: string) {
   const split = join(work, name);
   await minigpt('demo-data', '--seed', '77', '--count', '6', '--shapes', shapes, '--out', split);
-  await run(process.execPath, [join(ROOT, 'models/demo/train/prepare.mjs'), '--data', split, '--out', join(split, 'prep'), '--image-size', '112'], { cwd: ROOT });
+  await run(
+    process.execPath,
+    [join(ROOT, 'models/demo/train/prepare.mjs'), '--data', split, '--out', join(split, 'prep'), '--image-size', '112'],
+    { cwd: ROOT },
+  );
   return join(split, 'prep');
 }
 
-interface LogLine { step?: number; loss?: number }
+interface LogLine {
+  step?: number;
+  loss?: number;
+}
 const firstLoss = async (dir: string) =>
-  ((await readFile(join(dir, 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as LogLine).find((r) => r.step === 1))!.loss!;
+  (await readFile(join(dir, 'train_log.jsonl'), 'utf8'))
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as LogLine)
+    .find((r) => r.step === 1)!.loss!;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-from-package-'));
@@ -54,9 +94,28 @@ describe('from_package.py', () => {
     expect(await readFile(join(work, 'fp', 'PROVENANCE.json'), 'utf8')).toBe(await readFile(join(DEMO, 'PROVENANCE.json'), 'utf8'));
   }, 120_000);
 
-  it('its state.pt starts train.py (--init-from): the committed model\'s loss, not a fresh one\'s; at lr 0 the package is unchanged', async () => {
+  it("its state.pt starts train.py (--init-from): the committed model's loss, not a fresh one's; at lr 0 the package is unchanged", async () => {
     const prep = await prepared('safe', 'aspect-safe'); // the committed model's shape set
-    const common = ['--data', prep, '--steps', '1', '--batch-images', '4', '--per-image', '4', '--warmup', '1', '--lr', '0', '--log-every', '1', '--aux-weight', '1', '--threads', '1'];
+    const common = [
+      '--data',
+      prep,
+      '--steps',
+      '1',
+      '--batch-images',
+      '4',
+      '--per-image',
+      '4',
+      '--warmup',
+      '1',
+      '--lr',
+      '0',
+      '--log-every',
+      '1',
+      '--aux-weight',
+      '1',
+      '--threads',
+      '1',
+    ];
     await run(PY, [TRAIN, ...common, '--out', join(work, 'ft'), '--init-from', join(work, 'fp', 'state.pt')], { cwd: ROOT });
     await run(PY, [TRAIN, ...common, '--out', join(work, 'fresh')], { cwd: ROOT });
     const [tuned, fresh] = [await firstLoss(join(work, 'ft')), await firstLoss(join(work, 'fresh'))];
@@ -72,7 +131,11 @@ describe('from_package.py', () => {
     const committed = JSON.parse(await readFile(join(DEMO, 'PROVENANCE.json'), 'utf8')) as Record<string, unknown>;
     const described = await describeRun(join(work, 'ft'));
     expect(described.train_args).toMatchObject({ lr: 0, steps: 1 });
-    expect(described.started_from).toMatchObject({ package: { files: committed.package, heldout: committed.heldout }, train_args: committed.train_args, training: committed.training });
+    expect(described.started_from).toMatchObject({
+      package: { files: committed.package, heldout: committed.heldout },
+      train_args: committed.train_args,
+      training: committed.training,
+    });
   }, 300_000);
 
   it('--init-from: heads trained on other object classes start afresh; a stage 1 replaces the vision only when asked for', async () => {
@@ -80,13 +143,39 @@ describe('from_package.py', () => {
     const safe = join(work, 'safe', 'prep');
     const common = ['--steps', '1', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--threads', '1'];
     await run(PY, [TRAIN, ...common, '--data', classic, '--out', join(work, 'c1')], { cwd: ROOT });
-    const other = await run(PY, [TRAIN, ...common, '--data', safe, '--out', join(work, 's1'), '--init-from', join(work, 'c1', 'state.pt')], { cwd: ROOT });
+    const other = await run(
+      PY,
+      [TRAIN, ...common, '--data', safe, '--out', join(work, 's1'), '--init-from', join(work, 'c1', 'state.pt')],
+      { cwd: ROOT },
+    );
     expect(other.stderr).toContain('aux / name heads start afresh: the earlier run had other object classes');
-    const same = await run(PY, [TRAIN, ...common, '--data', classic, '--out', join(work, 'c2'), '--init-from', join(work, 'c1', 'state.pt')], { cwd: ROOT });
+    const same = await run(
+      PY,
+      [TRAIN, ...common, '--data', classic, '--out', join(work, 'c2'), '--init-from', join(work, 'c1', 'state.pt')],
+      { cwd: ROOT },
+    );
     expect(same.stderr).not.toContain('start afresh');
     expect(same.stderr).not.toContain('stage 1');
     // stage 1 on the loaded vision (--vit-only with --init-from): its own vision_stage1.pt
-    const st1 = await run(PY, [TRAIN, ...common, '--data', safe, '--out', join(work, 'v1'), '--init-from', join(work, 'fp', 'state.pt'), '--vit-only', '--vit-steps', '2', '--vit-batch', '2'], { cwd: ROOT });
+    const st1 = await run(
+      PY,
+      [
+        TRAIN,
+        ...common,
+        '--data',
+        safe,
+        '--out',
+        join(work, 'v1'),
+        '--init-from',
+        join(work, 'fp', 'state.pt'),
+        '--vit-only',
+        '--vit-steps',
+        '2',
+        '--vit-batch',
+        '2',
+      ],
+      { cwd: ROOT },
+    );
     expect(st1.stderr).toMatch(/weights from .*state\.pt[\s\S]*stage 1 saved/);
   }, 300_000);
 
@@ -97,12 +186,17 @@ describe('from_package.py', () => {
     await mkdir(int8);
     const meta = JSON.parse(await readFile(join(DEMO, 'model.json'), 'utf8')) as Record<string, unknown>;
     await writeFile(join(int8, 'model.json'), JSON.stringify({ ...meta, dtype: 'int8' }));
-    expect((await failure(run(PY, [SCRIPT, '--model', int8, '--out', join(work, 'x2')]))).stderr).toContain('reads fp32 minigpt-v2 packages only');
+    expect((await failure(run(PY, [SCRIPT, '--model', int8, '--out', join(work, 'x2')]))).stderr).toContain(
+      'reads fp32 minigpt-v2 packages only',
+    );
     // a package whose weights are not all there
     const partial = join(work, 'partial');
     await mkdir(partial);
-    for (const f of ['model.json', 'vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'tokenizer.json']) await copyFile(join(DEMO, f), join(partial, f));
+    for (const f of ['model.json', 'vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'tokenizer.json'])
+      await copyFile(join(DEMO, f), join(partial, f));
     await writeFile(join(partial, 'decoder.onnx.data'), Buffer.alloc(16));
-    expect((await failure(run(PY, [SCRIPT, '--model', partial, '--out', join(work, 'x3')]))).stderr).toMatch(/decoder\.onnx: initializer \S+ has \d+ bytes/);
+    expect((await failure(run(PY, [SCRIPT, '--model', partial, '--out', join(work, 'x3')]))).stderr).toMatch(
+      /decoder\.onnx: initializer \S+ has \d+ bytes/,
+    );
   }, 120_000);
 });

@@ -28,8 +28,17 @@ async function gpuSh(out: string, runs: string, extra: Record<string, string> = 
   const file = join(work, `${out}.txt`);
   await writeFile(file, runs);
   const env = {
-    ...process.env, PYTHON: PY, DEVICE: 'cpu', VIT_MINUTES: '0.05', VIT_BATCH: '8',
-    WORK: join(work, 'w'), EVAL_ITEMS: '4', VAL_IMAGES: '8', HELDOUT_IMAGES: '4', RUNS: file, ...extra,
+    ...process.env,
+    PYTHON: PY,
+    DEVICE: 'cpu',
+    VIT_MINUTES: '0.05',
+    VIT_BATCH: '8',
+    WORK: join(work, 'w'),
+    EVAL_ITEMS: '4',
+    VAL_IMAGES: '8',
+    HELDOUT_IMAGES: '4',
+    RUNS: file,
+    ...extra,
   };
   return run('bash', [SCRIPT, join(work, out), '0.02', '1', '4'], { cwd: ROOT, env, maxBuffer: 1 << 26 });
 }
@@ -49,16 +58,32 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     // the metadata comes back small: no weights, no state files, no stage-1 file (the device tool returns at
     // most 16 MiB a file: a stage-1 file in it once lost the whole archive)
     const meta = await tarList(join(work, 'out1', 'meta.tar.xz'));
-    expect(meta).toEqual(expect.arrayContaining(['./a1/train_args.json', './a1/train_log.jsonl', './a1/eval-refer.json', './a1/llama/tokenizer.json', './sweep.json']));
+    expect(meta).toEqual(
+      expect.arrayContaining([
+        './a1/train_args.json',
+        './a1/train_log.jsonl',
+        './a1/eval-refer.json',
+        './a1/llama/tokenizer.json',
+        './sweep.json',
+      ]),
+    );
     expect(meta.filter((f) => /\.(pt|pth|bin)$/.test(f))).toEqual([]);
     // stage 1 ran once for the image size (STAGE1=shared, the default) and the run loaded it
     expect(first.stdout).toMatch(/stage 1 at 112 px: vit step \d+\/\d+/);
     expect(first.stdout).toMatch(/stage 1 at 112 px: stage 1 held-out: colour \d\.\d{3} shape/);
     expect((await stat(join(work, 'w', 'runs', 'stage1-112', 'vision_stage1.pt'))).size).toBeGreaterThan(100_000);
-    expect(JSON.parse(await readFile(join(work, 'w', 'runs', 'stage1-112', 'train_args.json'), 'utf8'))).toMatchObject({ vit_only: true, vit_augment: true });
-    expect(await readFile(join(work, 'w', 'runs', 'a1.log'), 'utf8')).toContain(`stage 1 loaded from ${join(work, 'w', 'runs', 'stage1-112', 'vision_stage1.pt')}`);
+    expect(JSON.parse(await readFile(join(work, 'w', 'runs', 'stage1-112', 'train_args.json'), 'utf8'))).toMatchObject({
+      vit_only: true,
+      vit_augment: true,
+    });
+    expect(await readFile(join(work, 'w', 'runs', 'a1.log'), 'utf8')).toContain(
+      `stage 1 loaded from ${join(work, 'w', 'runs', 'stage1-112', 'vision_stage1.pt')}`,
+    );
     expect(meta).toEqual(expect.arrayContaining(['./stage1-112/train_log.jsonl']));
-    const sweep = JSON.parse(await readFile(join(work, 'w', 'runs', 'sweep.json'), 'utf8')) as { scores: Record<string, { refer: number | null }>; returned: string[] };
+    const sweep = JSON.parse(await readFile(join(work, 'w', 'runs', 'sweep.json'), 'utf8')) as {
+      scores: Record<string, { refer: number | null }>;
+      returned: string[];
+    };
     expect(Object.keys(sweep.scores)).toEqual(['a1']);
     expect(sweep.returned).toEqual(['a1']);
     expect(typeof sweep.scores.a1?.refer).toBe('number');
@@ -71,7 +96,10 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     expect(args).toMatchObject({ lr: 1e-3, init_from: join(work, 'w', 'runs', 'a1.state.pt') });
     // publish.mjs follows the continuation back to the run it started from
     const { describeRun } = (await import(join(ROOT, 'models/demo/train/publish.mjs'))) as {
-      describeRun: (run: string) => Promise<{ train_args: Record<string, unknown>; started_from?: { train_args: Record<string, unknown>; training: { stage1: unknown } } }>;
+      describeRun: (run: string) => Promise<{
+        train_args: Record<string, unknown>;
+        started_from?: { train_args: Record<string, unknown>; training: { stage1: unknown } };
+      }>;
     };
     const described = await describeRun(join(work, 'w', 'runs', 'c1'));
     expect(described.train_args).toMatchObject({ lr: 1e-3 });
@@ -90,8 +118,20 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     expect(otherSet).toMatchObject({ code: 2, stderr: expect.stringContaining('holds splits of shape set aspect-safe, not classic') });
 
     // --vit-only is stage 1 and nothing else: without a stage 1 to run it is refused
-    const refused = await run(PY, [join(ROOT, 'models/demo/train/train.py'), '--data', join(work, 'w', 'shard1', 'prep112'), '--out', join(work, 'v0'), '--aux-weight', '1', '--vit-only'], { cwd: ROOT })
-      .catch((e: { stderr: string }) => e);
+    const refused = await run(
+      PY,
+      [
+        join(ROOT, 'models/demo/train/train.py'),
+        '--data',
+        join(work, 'w', 'shard1', 'prep112'),
+        '--out',
+        join(work, 'v0'),
+        '--aux-weight',
+        '1',
+        '--vit-only',
+      ],
+      { cwd: ROOT },
+    ).catch((e: { stderr: string }) => e);
     expect(refused.stderr).toMatch(/--vit-only needs --vit-steps or --vit-fit-minutes/);
   }, 600_000);
 
@@ -111,7 +151,9 @@ describe('models/demo/train/gpu.sh (DEVICE=cpu, toy size)', () => {
     expect(log).toContain(`weights from ${join(work, 'w5', 'runs', 'package.state.pt')}`);
     expect(log).toMatch(/^vit step 2\/2 /m);
     expect((await stat(join(work, 'out5', 'f1', 'eva_vit.pth'))).size).toBeGreaterThan(100_000);
-    expect(await tarList(join(work, 'out5', 'meta.tar.xz'))).toEqual(expect.arrayContaining(['./package/PROVENANCE.json', './package/train_args.json', './f1/train_args.json']));
+    expect(await tarList(join(work, 'out5', 'meta.tar.xz'))).toEqual(
+      expect.arrayContaining(['./package/PROVENANCE.json', './package/train_args.json', './f1/train_args.json']),
+    );
     const sweep = JSON.parse(await readFile(join(work, 'w5', 'runs', 'sweep.json'), 'utf8')) as { returned: string[] };
     expect(sweep.returned).toEqual(['f1']);
     // publish.mjs records where the fine-tune started: the committed package and how it was made

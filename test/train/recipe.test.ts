@@ -48,7 +48,13 @@ async function expectSamePublished(dir: string, reference: string) {
 
 interface CheckReport {
   ok: boolean;
-  samples: Array<{ image_embeds_max_abs_err: number; first_logits_max_abs_err: number; greedy_ids: number[]; expected_ids: number[]; ok: boolean }>;
+  samples: Array<{
+    image_embeds_max_abs_err: number;
+    first_logits_max_abs_err: number;
+    greedy_ids: number[];
+    expected_ids: number[];
+    ok: boolean;
+  }>;
 }
 
 describe('models/demo/train', () => {
@@ -69,21 +75,44 @@ describe('models/demo/train', () => {
     }
     // stage 1 (the ViT alone on the auxiliary task) ran first and saved its state; the auxiliary head then kept
     // training with the language model (its loss is logged) and is not part of the published ViT file
-    const log = (await readFile(join(work, 'smoke', 'run', 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const log = (await readFile(join(work, 'smoke', 'run', 'train_log.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     const stage1 = log.filter((r) => typeof r.vit_step === 'number');
     expect(stage1.map((r) => r.vit_step)).toEqual([1, 2]);
     for (const r of stage1) for (const k of ['aux_loss', 'colour_acc', 'shape_acc']) expect(Number.isFinite(r[k]), k).toBe(true);
     expect(log.filter((r) => typeof r.step === 'number' && typeof r.aux_loss === 'number')).toHaveLength(3);
-    const { stdout: stage1Keys } = await run(PY, ['-c', `import torch; s = torch.load('${join(work, 'smoke', 'run', 'vision_stage1.pt')}'); print(sorted(s))`]);
+    const { stdout: stage1Keys } = await run(PY, [
+      '-c',
+      `import torch; s = torch.load('${join(work, 'smoke', 'run', 'vision_stage1.pt')}'); print(sorted(s))`,
+    ]);
     expect(stage1Keys.trim()).toBe("['aux_head', 'visual_encoder']");
-    const { stdout: keys } = await run(PY, ['-c', `import torch; print('\\n'.join(torch.load('${join(work, 'smoke', 'run', 'eva_vit.pth')}').keys()))`]);
+    const { stdout: keys } = await run(PY, [
+      '-c',
+      `import torch; print('\\n'.join(torch.load('${join(work, 'smoke', 'run', 'eva_vit.pth')}').keys()))`,
+    ]);
     expect(keys).toMatch(/^patch_embed\.proj\.weight$/m);
     expect(keys).not.toMatch(/aux/);
   }, 300_000);
 
-  it('probe_vision.py: linear probes of the colour and shape of each object on the vision of a run\'s published files', async () => {
+  it("probe_vision.py: linear probes of the colour and shape of each object on the vision of a run's published files", async () => {
     const prepared = join(work, 'smoke', 'prepared');
-    const { stdout } = await run(PY, [join(ROOT, 'models/demo/train/probe_vision.py'), '--run', join(work, 'smoke', 'run'), '--train', prepared, '--val', prepared, '--threads', '1'], { cwd: ROOT });
+    const { stdout } = await run(
+      PY,
+      [
+        join(ROOT, 'models/demo/train/probe_vision.py'),
+        '--run',
+        join(work, 'smoke', 'run'),
+        '--train',
+        prepared,
+        '--val',
+        prepared,
+        '--threads',
+        '1',
+      ],
+      { cwd: ROOT },
+    );
     const r = JSON.parse(stdout) as Record<string, number | Record<string, number>>;
     const objects = (JSON.parse(await readFile(join(prepared, 'objects.json'), 'utf8')) as unknown[][]).flat().length;
     // every object whose box holds a patch centre (the smallest may hold none on the 8 x 8 grid)
@@ -102,13 +131,33 @@ describe('models/demo/train', () => {
   it('publish.mjs records the run: package files, the published files they came from, re-computable held-out scores', async () => {
     const heldout = join(work, 'heldout');
     // an aspect-safe split: the record names the shape set and the check scenes are drawn from it again
-    await run(process.execPath, [join(ROOT, 'bin/minigpt.js'), 'demo-data', '--seed', '1000', '--count', '2', '--shapes', 'aspect-safe', '--out', heldout], { cwd: ROOT });
+    await run(
+      process.execPath,
+      [join(ROOT, 'bin/minigpt.js'), 'demo-data', '--seed', '1000', '--count', '2', '--shapes', 'aspect-safe', '--out', heldout],
+      { cwd: ROOT },
+    );
     const pkg = join(work, 'published');
     await mkdir(pkg);
-    await run(process.execPath, [join(ROOT, 'models/demo/train/publish.mjs'), '--run', join(work, 'smoke', 'run'), '--heldout', heldout, '--out', pkg, '--check-images', '3', '--data', 'smoke split'], {
-      cwd: ROOT,
-      maxBuffer: 64 << 20,
-    });
+    await run(
+      process.execPath,
+      [
+        join(ROOT, 'models/demo/train/publish.mjs'),
+        '--run',
+        join(work, 'smoke', 'run'),
+        '--heldout',
+        heldout,
+        '--out',
+        pkg,
+        '--check-images',
+        '3',
+        '--data',
+        'smoke split',
+      ],
+      {
+        cwd: ROOT,
+        maxBuffer: 64 << 20,
+      },
+    );
     const record = await expectRecordedFiles(pkg);
     expect(record.heldout).toMatchObject({ seed: 1000, images: 2, shapes: 'aspect-safe' });
     for (const t of TASKS) expect(record.heldout.eval[t].n, t).toBeGreaterThan(0);
@@ -125,7 +174,32 @@ describe('models/demo/train', () => {
 
   it('is deterministic on the CPU: the same seed writes the same published files', async () => {
     const prepared = join(work, 'smoke', 'prepared');
-    const args = (out: string) => [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', out, '--steps', '2', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--pos-init-scale', '4', '--vit-steps', '2', '--vit-batch', '2', '--threads', '1'];
+    const args = (out: string) => [
+      join(ROOT, 'models/demo/train/train.py'),
+      '--data',
+      prepared,
+      '--out',
+      out,
+      '--steps',
+      '2',
+      '--batch-images',
+      '2',
+      '--per-image',
+      '2',
+      '--warmup',
+      '1',
+      '--aux-weight',
+      '1',
+      '--coord-init',
+      '--pos-init-scale',
+      '4',
+      '--vit-steps',
+      '2',
+      '--vit-batch',
+      '2',
+      '--threads',
+      '1',
+    ];
     await run(PY, args(join(work, 'r1')), { cwd: ROOT });
     await run(PY, args(join(work, 'r2')), { cwd: ROOT });
     await expectSamePublished(join(work, 'r2'), join(work, 'r1'));
@@ -143,13 +217,44 @@ describe('models/demo/train', () => {
     ].join('\n');
     const { stdout } = await run(PY, ['-c', probe], { cwd: ROOT });
     const caps = JSON.parse(stdout) as number[][];
-    expect(caps.slice(0, 2).flat().every((c) => c === 1)).toBe(true);
-    expect(caps.slice(2, 4).flat().every((c) => c <= 2)).toBe(true);
+    expect(
+      caps
+        .slice(0, 2)
+        .flat()
+        .every((c) => c === 1),
+    ).toBe(true);
+    expect(
+      caps
+        .slice(2, 4)
+        .flat()
+        .every((c) => c <= 2),
+    ).toBe(true);
     expect(caps.slice(2, 4).flat()).toContain(2);
     expect(caps.slice(4).flat()).toContain(3);
 
     const prepared = join(work, 'smoke', 'prepared');
-    const args = (out: string, ...more: string[]) => [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', out, '--steps', '3', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--object-curriculum', '1', '--threads', '1', ...more];
+    const args = (out: string, ...more: string[]) => [
+      join(ROOT, 'models/demo/train/train.py'),
+      '--data',
+      prepared,
+      '--out',
+      out,
+      '--steps',
+      '3',
+      '--batch-images',
+      '2',
+      '--per-image',
+      '2',
+      '--warmup',
+      '1',
+      '--aux-weight',
+      '1',
+      '--object-curriculum',
+      '1',
+      '--threads',
+      '1',
+      ...more,
+    ];
     await run(PY, args(join(work, 'c1')), { cwd: ROOT });
     await run(PY, args(join(work, 'c2'), '--stop-at', '1'), { cwd: ROOT });
     await run(PY, args(join(work, 'c2'), '--resume'), { cwd: ROOT });
@@ -223,15 +328,38 @@ describe('models/demo/train', () => {
       geometry: number[][];
       heads: number[][];
       bad: string | null;
-      rows: Array<{ task: string; marked: number[]; answer: number[]; keys: number[]; iou: number | null; obj: number[] | null; named_at: number[]; named: string[]; name: string | null }>;
+      rows: Array<{
+        task: string;
+        marked: number[];
+        answer: number[];
+        keys: number[];
+        iou: number | null;
+        obj: number[] | null;
+        named_at: number[];
+        named: string[];
+        name: string | null;
+      }>;
       zero: [number, number];
       uniform: [number, number];
       flat: [number, number];
       sure: [number, number];
-      about: Array<{ task: string; has: boolean; marked: number[]; answer: number[]; keys: number[]; want: number[]; named: string[]; name: string[] }>;
+      about: Array<{
+        task: string;
+        has: boolean;
+        marked: number[];
+        answer: number[];
+        keys: number[];
+        want: number[];
+        named: string[];
+        name: string[];
+      }>;
     };
     expect(out.geometry).toEqual([[0, 2, 4, 6], [4]]);
-    expect(out.heads).toEqual([[1, 0], [1, 1], [2, 3]]);
+    expect(out.heads).toEqual([
+      [1, 0],
+      [1, 1],
+      [2, 3],
+    ]);
     expect(out.bad).toMatch(/"4:0".*4 layers of 4 heads/);
     const supervised = out.rows.filter((r) => r.task === 'refer' || r.task === 'identify');
     expect(supervised.length).toBeGreaterThan(10);
@@ -241,10 +369,12 @@ describe('models/demo/train', () => {
       // every marked token overlaps that object (tokens are 4 patches of 1/8 wide, 1/8 high), and the token under its centre is marked
       const [x1, y1, x2, y2] = r.obj!;
       for (const t of r.keys) {
-        const row = Math.floor(t / 2), left = (t % 2) * 0.5;
+        const row = Math.floor(t / 2),
+          left = (t % 2) * 0.5;
         expect(left < x2 && left + 0.5 > x1 && row / 8 < y2 && (row + 1) / 8 > y1).toBe(true);
       }
-      const cx = (x1 + x2) / 2, cy = (y1 + y2) / 2;
+      const cx = (x1 + x2) / 2,
+        cy = (y1 + y2) / 2;
       expect(r.keys).toContain(Math.min(7, Math.floor(cy * 8)) * 2 + (cx >= 0.5 ? 1 : 0));
       // --name-sup: the same positions are told that object's colour and shape
       expect(r.named_at).toEqual(r.answer);
@@ -270,39 +400,100 @@ describe('models/demo/train', () => {
     expect(out.uniform[0]).toBeCloseTo(-Math.log(2 / 5), 5);
 
     // a run with it logs the attention loss; the published files are the usual ones
-    const args = [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', join(work, 'a1'), '--steps', '2', '--batch-images', '4', '--per-image', '4', '--warmup', '1', '--log-every', '1', '--attn-sup', '1', '--threads', '1'];
+    const args = [
+      join(ROOT, 'models/demo/train/train.py'),
+      '--data',
+      prepared,
+      '--out',
+      join(work, 'a1'),
+      '--steps',
+      '2',
+      '--batch-images',
+      '4',
+      '--per-image',
+      '4',
+      '--warmup',
+      '1',
+      '--log-every',
+      '1',
+      '--attn-sup',
+      '1',
+      '--threads',
+      '1',
+    ];
     await run(PY, args, { cwd: ROOT });
-    const log = (await readFile(join(work, 'a1', 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const log = (await readFile(join(work, 'a1', 'train_log.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     for (const rec of log) expect(rec.attn_loss).toBeGreaterThan(0);
-    const keys = async (dir: string) => (await run(PY, ['-c', `import torch; print(sorted(torch.load('${join(dir, 'llama', 'pytorch_model.bin')}')))`])).stdout;
+    const keys = async (dir: string) =>
+      (await run(PY, ['-c', `import torch; print(sorted(torch.load('${join(dir, 'llama', 'pytorch_model.bin')}')))`])).stdout;
     expect(await keys(join(work, 'a1'))).toBe(await keys(join(work, 'r1')));
     // --name-sup alone (the heads of --attn-sup-layers, without their attention loss): its loss is logged, the
     // name heads stay out of the published files, and they are saved for --resume
     await run(PY, [...withoutOpt(withOpt(args, '--out', join(work, 'a2')), '--attn-sup'), '--name-sup', '1'], { cwd: ROOT });
-    const log2 = (await readFile(join(work, 'a2', 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const log2 = (await readFile(join(work, 'a2', 'train_log.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, number>);
     for (const rec of log2) {
       expect(rec.name_loss).toBeGreaterThan(0);
       expect(rec).not.toHaveProperty('attn_loss');
     }
     expect(await keys(join(work, 'a2'))).toBe(await keys(join(work, 'r1')));
-    const { stdout: saved } = await run(PY, ['-c', `import torch; print(sorted(k for k in torch.load('${join(work, 'a2', 'state.pt')}')['model'] if k.startswith('name_head')))`]);
+    const { stdout: saved } = await run(PY, [
+      '-c',
+      `import torch; print(sorted(k for k in torch.load('${join(work, 'a2', 'state.pt')}')['model'] if k.startswith('name_head')))`,
+    ]);
     expect(saved.trim()).toBe("['name_head.1_0.bias', 'name_head.1_0.weight', 'name_head.2_0.bias', 'name_head.2_0.weight']");
   }, 300_000);
 
-  it('--init-from starts from an earlier run\'s weights (a new schedule: at lr 0 the published files are unchanged)', async () => {
+  it("--init-from starts from an earlier run's weights (a new schedule: at lr 0 the published files are unchanged)", async () => {
     const prepared = join(work, 'smoke', 'prepared');
-    const args = [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', join(work, 'i1'), '--steps', '1', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--coord-init', '--pos-init-scale', '4', '--lr', '0', '--threads', '1', '--init-from', join(work, 'r1', 'state.pt')];
+    const args = [
+      join(ROOT, 'models/demo/train/train.py'),
+      '--data',
+      prepared,
+      '--out',
+      join(work, 'i1'),
+      '--steps',
+      '1',
+      '--batch-images',
+      '2',
+      '--per-image',
+      '2',
+      '--warmup',
+      '1',
+      '--aux-weight',
+      '1',
+      '--coord-init',
+      '--pos-init-scale',
+      '4',
+      '--lr',
+      '0',
+      '--threads',
+      '1',
+      '--init-from',
+      join(work, 'r1', 'state.pt'),
+    ];
     await run(PY, args, { cwd: ROOT });
     await expectSamePublished(join(work, 'i1'), join(work, 'r1'));
     // a name head the earlier run did not have starts afresh; the rest is loaded as before
     await run(PY, [...withOpt(args, '--out', join(work, 'i2')), '--name-sup', '1'], { cwd: ROOT });
     await expectSamePublished(join(work, 'i2'), join(work, 'r1'));
-    const { stderr } = await run(PY, withOpt(args, '--init-from', join(work, 'missing.pt')), { cwd: ROOT }).catch((e: { stderr: string }) => e);
+    const { stderr } = await run(PY, withOpt(args, '--init-from', join(work, 'missing.pt')), { cwd: ROOT }).catch(
+      (e: { stderr: string }) => e,
+    );
     expect(stderr).toMatch(/--init-from .*missing\.pt: no such file/);
 
     // publish.mjs records the runs it came from, back to the first
     const { describeRun } = (await import(join(ROOT, 'models/demo/train/publish.mjs'))) as {
-      describeRun: (run: string) => Promise<{ train_args: Record<string, unknown>; training: { last: { step: number } }; started_from?: { train_args: Record<string, unknown>; started_from?: unknown } }>;
+      describeRun: (run: string) => Promise<{
+        train_args: Record<string, unknown>;
+        training: { last: { step: number } };
+        started_from?: { train_args: Record<string, unknown>; started_from?: unknown };
+      }>;
     };
     const described = await describeRun(join(work, 'i1'));
     expect(described.train_args).toMatchObject({ lr: 0, steps: 1 });
@@ -317,17 +508,48 @@ describe('models/demo/train', () => {
     expect(stdout).toContain('agree 8 of 8, 8 different images');
     const prepared = join(work, 'smoke', 'prepared');
     const stage1 = (out: string, ...extra: string[]) =>
-      run(PY, [join(ROOT, 'models/demo/train/train.py'), '--data', prepared, '--out', join(work, out), '--aux-weight', '1', '--pos-init-scale', '4',
-        '--vit-only', '--vit-steps', '2', '--vit-batch', '4', '--log-every', '1', '--threads', '1', ...extra], { cwd: ROOT });
+      run(
+        PY,
+        [
+          join(ROOT, 'models/demo/train/train.py'),
+          '--data',
+          prepared,
+          '--out',
+          join(work, out),
+          '--aux-weight',
+          '1',
+          '--pos-init-scale',
+          '4',
+          '--vit-only',
+          '--vit-steps',
+          '2',
+          '--vit-batch',
+          '4',
+          '--log-every',
+          '1',
+          '--threads',
+          '1',
+          ...extra,
+        ],
+        { cwd: ROOT },
+      );
     const plain = await stage1('v0');
     const augmented = await stage1('v1', '--vit-augment', '--val', prepared);
     expect(augmented.stderr).toContain(`stage 1 saved: ${join(work, 'v1', 'vision_stage1.pt')}`);
     // with --val, the auxiliary head is also scored on held-out images (what stage 1 learnt, not what it memorised)
     expect(augmented.stderr).toMatch(/stage 1 held-out: colour \d\.\d{3} shape \d\.\d{3} box err \d+\.\d\d bins/);
     await expect(readFile(join(work, 'v1', 'eva_vit.pth'))).rejects.toThrow(); // nothing of stage 2
-    const records = async (out: string) => (await readFile(join(work, out, 'train_log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, number>);
+    const records = async (out: string) =>
+      (await readFile(join(work, out, 'train_log.jsonl'), 'utf8'))
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, number>);
     const losses = async (out: string) => (await records(out)).filter((r) => 'vit_step' in r).map((r) => r.aux_loss);
-    expect((await records('v1')).at(-1)).toMatchObject({ vit_val_step: 2, val_colour_acc: expect.any(Number), val_shape_acc: expect.any(Number) });
+    expect((await records('v1')).at(-1)).toMatchObject({
+      vit_val_step: 2,
+      val_colour_acc: expect.any(Number),
+      val_shape_acc: expect.any(Number),
+    });
     const [p, a] = [await losses('v0'), await losses('v1')];
     expect(p).toHaveLength(2);
     expect(a).toHaveLength(2);
@@ -337,12 +559,17 @@ describe('models/demo/train', () => {
 
   it('publish.mjs finds the run a GPU sweep run started from (runs/NAME.state.pt beside runs/NAME/, paths of another machine)', async () => {
     const { describeRun } = (await import(join(ROOT, 'models/demo/train/publish.mjs'))) as {
-      describeRun: (run: string) => Promise<{ train_args: Record<string, unknown>; started_from?: { train_args: Record<string, unknown> } }>;
+      describeRun: (
+        run: string,
+      ) => Promise<{ train_args: Record<string, unknown>; started_from?: { train_args: Record<string, unknown> } }>;
     };
     const sweep = join(work, 'sweep');
     const log = await readFile(join(work, 'r1', 'train_log.jsonl'), 'utf8');
     const args = JSON.parse(await readFile(join(work, 'r1', 'train_args.json'), 'utf8')) as Record<string, unknown>;
-    for (const [name, extra] of [['b112', { batch_images: 256 }], ['c112', { lr: 1.5e-3, init_from: '/tmp/demo-train/runs/b112.state.pt' }]] as const) {
+    for (const [name, extra] of [
+      ['b112', { batch_images: 256 }],
+      ['c112', { lr: 1.5e-3, init_from: '/tmp/demo-train/runs/b112.state.pt' }],
+    ] as const) {
       await mkdir(join(sweep, name), { recursive: true });
       await writeFile(join(sweep, name, 'train_args.json'), JSON.stringify({ ...args, ...extra }));
       await writeFile(join(sweep, name, 'train_log.jsonl'), log);
@@ -352,6 +579,8 @@ describe('models/demo/train', () => {
     expect(described.started_from?.train_args).toMatchObject({ batch_images: 256 });
     // a state file whose run is nowhere to be found is an error, not a record without its origin
     await writeFile(join(sweep, 'c112', 'train_args.json'), JSON.stringify({ ...args, init_from: '/tmp/demo-train/runs/x9.state.pt' }));
-    await expect(describeRun(join(sweep, 'c112'))).rejects.toThrow(/started from \/tmp\/demo-train\/runs\/x9\.state\.pt: no train_args\.json/);
+    await expect(describeRun(join(sweep, 'c112'))).rejects.toThrow(
+      /started from \/tmp\/demo-train\/runs\/x9\.state\.pt: no train_args\.json/,
+    );
   });
 });

@@ -18,7 +18,8 @@ import { buildTinyPackage, testPng } from './helpers.js';
 const CHROMIUM = '/usr/bin/chromium';
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
 // Never skipped: without Chromium this test fails and says how to install it (npm test does first: scripts/test-tools.sh).
-if (!existsSync(CHROMIUM)) throw new Error(`the web demo browser test needs ${CHROMIUM}: apt-get install -y chromium (npm test does first: scripts/test-tools.sh)`);
+if (!existsSync(CHROMIUM))
+  throw new Error(`the web demo browser test needs ${CHROMIUM}: apt-get install -y chromium (npm test does first: scripts/test-tools.sh)`);
 
 let work: string;
 let model: MiniGPT;
@@ -34,14 +35,31 @@ describe('web demo in headless Chromium', () => {
     const pkg = await buildTinyPackage(work);
     model = await MiniGPT.load(pkg, { provider: 'cpu', forcedAnswer: FORCED });
     manager = new ConversationManager({ model, defaults: { maxNewTokens: 64 } });
-    server = await startWebServer({ manager, port: 0, model: { name: model.meta.name, path: 'models/demo', notice: demoNotice({ heldout: { eval: { refer: { accuracy: 0.25 }, identify: { accuracy: 0.5 }, vqa: { accuracy: 0.75 } } } }) } });
+    server = await startWebServer({
+      manager,
+      port: 0,
+      model: {
+        name: model.meta.name,
+        path: 'models/demo',
+        notice: demoNotice({ heldout: { eval: { refer: { accuracy: 0.25 }, identify: { accuracy: 0.5 }, vqa: { accuracy: 0.75 } } } }),
+      },
+    });
     pngPath = join(work, 'shapes.png');
     await writeFile(pngPath, await testPng(240, 180));
     notImagePath = join(work, 'notes.png');
     await writeFile(notImagePath, 'these are notes, not a picture\n');
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
   });
 
@@ -133,7 +151,13 @@ describe('web demo in headless Chromium', () => {
     const m = /^what is this \{<(\d+)><(\d+)><(\d+)><(\d+)>\}$/.exec(prompt);
     expect(m, prompt).not.toBeNull();
     const [x1, y1, x2, y2] = m!.slice(1).map(Number);
-    for (const [got, want] of [[x1, 25], [y1, 10], [x2, 75], [y2, 90]]) expect(Math.abs(got - want)).toBeLessThanOrEqual(1);
+    for (const [got, want] of [
+      [x1, 25],
+      [y1, 10],
+      [x2, 75],
+      [y2, 90],
+    ])
+      expect(Math.abs(got - want)).toBeLessThanOrEqual(1);
     const third = await sendAndWait(page, prompt, 3);
     expect(await third.locator('.error').count()).toBe(0);
     expect(await third.locator('img.annotated').count()).toBe(1);
@@ -149,7 +173,14 @@ describe('web demo in headless Chromium', () => {
 
   it('offers example scenes: a click loads the scene like an upload and fills in its suggested prompt', async () => {
     const { page, problems } = await openTab();
-    const listed = (await (await fetch(new URL('/examples', server.url))).json()) as { id: string; task: string; prompt: string; width: number; height: number; alt: string }[];
+    const listed = (await (await fetch(new URL('/examples', server.url))).json()) as {
+      id: string;
+      task: string;
+      prompt: string;
+      width: number;
+      height: number;
+      alt: string;
+    }[];
     expect(listed.map((e) => e.task)).toEqual(['grounding', 'refer', 'detection', 'identify', 'vqa', 'caption']);
     const buttons = page.locator('#exampleList button');
     await expect.poll(() => buttons.count()).toBe(listed.length);
@@ -232,7 +263,10 @@ describe('web demo in headless Chromium', () => {
           const bytes = Uint8Array.from(g.atob(b64), (c: string) => c.charCodeAt(0));
           const dt = new g.DataTransfer();
           dt.items.add(new g.File([bytes], `${kind}.png`, { type: 'image/png' }));
-          const ev = kind === 'drop' ? new g.DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }) : new g.ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true });
+          const ev =
+            kind === 'drop'
+              ? new g.DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true })
+              : new g.ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true });
           g.document.body.dispatchEvent(ev);
         },
         [pngBase64, how] as const,

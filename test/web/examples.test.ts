@@ -137,14 +137,20 @@ describe('web demo: example scenes', () => {
         }
         case 'detection': {
           const query = /^\[detection\] ([a-z]+)$/.exec(e.prompt)?.[1];
-          expect(scene.objects.some((o) => plural(o.shape) === query), e.prompt).toBe(true);
+          expect(
+            scene.objects.some((o) => plural(o.shape) === query),
+            e.prompt,
+          ).toBe(true);
           break;
         }
         case 'identify': {
           const m = /^\[identify\] what is this \{<(\d+)><(\d+)><(\d+)><(\d+)>\}$/.exec(e.prompt);
           expect(m, e.prompt).not.toBeNull();
           const box = m!.slice(1).map(Number);
-          expect(scene.objects.some((o) => gridBox(o.bbox, scene.width, scene.height).join() === box.join()), e.prompt).toBe(true);
+          expect(
+            scene.objects.some((o) => gridBox(o.bbox, scene.width, scene.height).join() === box.join()),
+            e.prompt,
+          ).toBe(true);
           break;
         }
         case 'vqa': {
@@ -166,7 +172,14 @@ describe('web demo: example scenes', () => {
     expect(head.headers['content-type']).toBe('image/png');
     expect(Number(head.headers['content-length'])).toBe((await png(first, e.id)).length);
     expect(head.body).toBe('');
-    for (const path of ['/examples/s4242_999999.png', `/examples/${e.id}.jpg`, `/examples/${e.id}`, '/examples/..%2Findex.html', '/examples/../index.html.png', '/examples/']) {
+    for (const path of [
+      '/examples/s4242_999999.png',
+      `/examples/${e.id}.jpg`,
+      `/examples/${e.id}`,
+      '/examples/..%2Findex.html',
+      '/examples/../index.html.png',
+      '/examples/',
+    ]) {
       expect((await rawRequest(first.url, { path })).status, path).toBe(404);
     }
     const post = await rawRequest(first.url, { method: 'POST', path: '/examples', headers: { origin: new URL(first.url).origin } });

@@ -16,7 +16,11 @@ export async function buildTinyPackage(work: string): Promise<string> {
 
 /** A PNG: a grey background with a red square. */
 export async function testPng(width = 200, height = 150): Promise<Buffer> {
-  const square = await sharp({ create: { width: Math.round(width / 2), height: Math.round(height / 2), channels: 3, background: '#dd2222' } }).png().toBuffer();
+  const square = await sharp({
+    create: { width: Math.round(width / 2), height: Math.round(height / 2), channels: 3, background: '#dd2222' },
+  })
+    .png()
+    .toBuffer();
   return sharp({ create: { width, height, channels: 3, background: '#888888' } })
     .composite([{ input: square, left: Math.round(width / 5), top: Math.round(height / 5) }])
     .png()
@@ -65,7 +69,12 @@ export function chatForm(f: ChatFields): FormData {
 /** POST /api/chat as the page does it (same Origin). */
 export function postChat(base: string, f: ChatFields, init: RequestInit = {}): Promise<Response> {
   const url = new URL('/api/chat', base);
-  return fetch(url, { method: 'POST', body: chatForm(f), ...init, headers: { origin: url.origin, ...(init.headers as Record<string, string> | undefined) } });
+  return fetch(url, {
+    method: 'POST',
+    body: chatForm(f),
+    ...init,
+    headers: { origin: url.origin, ...(init.headers as Record<string, string> | undefined) },
+  });
 }
 
 /** A raw HTTP request (exact path and Host header, which fetch would normalise or refuse). */

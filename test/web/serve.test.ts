@@ -15,7 +15,16 @@ let config: string;
 async function writeConfig(path: string, packagePath: string): Promise<string> {
   await writeFile(
     path,
-    ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(packagePath)}`, '  max_new_tokens: 16', 'runtime:', '  execution_provider: cpu', '  queue_size: 4', ''].join('\n'),
+    [
+      'model:',
+      '  arch: minigpt_v2',
+      `  package: ${JSON.stringify(packagePath)}`,
+      '  max_new_tokens: 16',
+      'runtime:',
+      '  execution_provider: cpu',
+      '  queue_size: 4',
+      '',
+    ].join('\n'),
   );
   return path;
 }
@@ -39,11 +48,16 @@ describe('serve()', () => {
       expect(bot.adapters.map((a) => a.name)).toEqual(['web']);
       expect(bot.webUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
       expect(logs.filter((l) => l.includes(bot.webUrl!))).toHaveLength(1);
-      const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as { model: { name: string; notice?: string }; defaults: { maxNewTokens: number } };
+      const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as {
+        model: { name: string; notice?: string };
+        defaults: { maxNewTokens: number };
+      };
       expect(info.model.name).toBe(bot.model.meta.name);
       expect(info.model.notice).toBeUndefined(); // not models/demo
       expect(info.defaults.maxNewTokens).toBe(16);
-      const evs = await readEvents(await postChat(bot.webUrl!, { conversation: randomConversation(), text: 'hello', image: await testPng() }));
+      const evs = await readEvents(
+        await postChat(bot.webUrl!, { conversation: randomConversation(), text: 'hello', image: await testPng() }),
+      );
       expect(evs.filter((e) => e.type === 'error')).toEqual([]);
       expect(evs.some((e) => e.type === 'final')).toBe(true);
     } finally {
@@ -53,14 +67,18 @@ describe('serve()', () => {
   });
 
   it('shows the embedded demo package with the scores PROVENANCE.json records', async () => {
-    const record = JSON.parse(await readFile(join(ROOT, 'models/demo/PROVENANCE.json'), 'utf8')) as { heldout: { eval: Record<string, { accuracy: number }> } };
+    const record = JSON.parse(await readFile(join(ROOT, 'models/demo/PROVENANCE.json'), 'utf8')) as {
+      heldout: { eval: Record<string, { accuracy: number }> };
+    };
     const demoConfig = await writeConfig(join(work, 'configs', 'demo.yaml'), join(ROOT, 'models/demo'));
     const bot = await serve({ env: { MINIGPT_CONFIG: demoConfig, WEB_PORT: '0' }, log: () => {} });
     try {
       const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as { model: { name: string; notice?: string } };
       expect(info.model.name).toBe('minigpt-v2-demo'); // not the temp folder publish.mjs converted it in
       expect(info.model.notice).toContain('trained from scratch on synthetic scenes');
-      expect(info.model.notice).toContain(`boxes the object asked for ${Math.round(record.heldout.eval.refer.accuracy * 100)}% of the time`);
+      expect(info.model.notice).toContain(
+        `boxes the object asked for ${Math.round(record.heldout.eval.refer.accuracy * 100)}% of the time`,
+      );
       expect(info.model.notice).toContain(`answers ${Math.round(record.heldout.eval.vqa.accuracy * 100)}% of questions`);
     } finally {
       await bot.close();
@@ -72,14 +90,25 @@ describe('serve()', () => {
     let closed = false;
     let slackStarted = false;
     const adapters: PlatformAdapterSpec[] = [
-      { name: 'discord', credentials: ['DISCORD_TOKEN'], start: async () => ({ name: 'discord', close: async () => void (closed = true) }) },
-      { name: 'slack', credentials: ['SLACK_BOT_TOKEN'], start: async () => {
+      {
+        name: 'discord',
+        credentials: ['DISCORD_TOKEN'],
+        start: async () => ({ name: 'discord', close: async () => void (closed = true) }),
+      },
+      {
+        name: 'slack',
+        credentials: ['SLACK_BOT_TOKEN'],
+        start: async () => {
           slackStarted = true;
           return { name: 'slack', close: async () => {} };
         },
       },
     ];
-    const bot = await serve({ env: { MINIGPT_CONFIG: config, DISCORD_TOKEN: 'x', SLACK_BOT_TOKEN: '  ' }, adapters, log: (l) => logs.push(l) });
+    const bot = await serve({
+      env: { MINIGPT_CONFIG: config, DISCORD_TOKEN: 'x', SLACK_BOT_TOKEN: '  ' },
+      adapters,
+      log: (l) => logs.push(l),
+    });
     try {
       expect(bot.adapters.map((a) => a.name)).toEqual(['discord']);
       expect(slackStarted).toBe(false); // its variable is blank
@@ -107,7 +136,9 @@ describe('serve()', () => {
 
   it('rejects a bad WEB_PORT and a remote WEB_HOST without WEB_ALLOW_REMOTE', async () => {
     await expect(serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: 'eighty' }, log: () => {} })).rejects.toThrow(/WEB_PORT/);
-    await expect(serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', WEB_HOST: '0.0.0.0' }, log: () => {} })).rejects.toThrow(/WEB_ALLOW_REMOTE/);
+    await expect(serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', WEB_HOST: '0.0.0.0' }, log: () => {} })).rejects.toThrow(
+      /WEB_ALLOW_REMOTE/,
+    );
   });
 });
 

@@ -154,7 +154,14 @@ describe('web demo: answers', () => {
 describe('web demo: errors', () => {
   it('answers non-image bytes with a bad_image error event, and the next request works', async () => {
     const conversation = randomConversation();
-    const evs = await readEvents(await postChat(server.url, { conversation, text: 'what is this?', image: Buffer.from('just some text, not a picture'), imageType: 'text/plain' }));
+    const evs = await readEvents(
+      await postChat(server.url, {
+        conversation,
+        text: 'what is this?',
+        image: Buffer.from('just some text, not a picture'),
+        imageType: 'text/plain',
+      }),
+    );
     const errors = ofType(evs, 'error');
     expect(errors).toHaveLength(1);
     expect(errors[0].code).toBe('bad_image');
@@ -200,11 +207,19 @@ describe('web demo: errors', () => {
     expect(evil.status).toBe(403);
     expect(((await evil.json()) as any).error.code).toBe('cross_origin');
     // refused before its (large) body is read: still a clean 403, not a reset connection
-    const evilBig = await postChat(server.url, { conversation, text: 'hi', image: Buffer.alloc(3_000_000, 1) }, { headers: { origin: 'http://evil.example' } });
+    const evilBig = await postChat(
+      server.url,
+      { conversation, text: 'hi', image: Buffer.alloc(3_000_000, 1) },
+      { headers: { origin: 'http://evil.example' } },
+    );
     expect(evilBig.status).toBe(403);
     const site = await postChat(server.url, { conversation, text: 'hi', image: png }, { headers: { 'sec-fetch-site': 'cross-site' } });
     expect(site.status).toBe(403);
-    const reset = await fetch(new URL('/api/reset', server.url), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ conversation }) });
+    const reset = await fetch(new URL('/api/reset', server.url), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ conversation }),
+    });
     expect(reset.status).toBe(403);
     // nothing reached the manager
     expect(await manager.history({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })).toBeNull();
@@ -225,7 +240,11 @@ describe('web demo: errors', () => {
 
   it('checks content types and methods', async () => {
     const origin = new URL(server.url).origin;
-    const json = await fetch(new URL('/api/chat', server.url), { method: 'POST', headers: { 'content-type': 'application/json', origin }, body: '{}' });
+    const json = await fetch(new URL('/api/chat', server.url), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', origin },
+      body: '{}',
+    });
     expect(json.status).toBe(415);
     const form = await fetch(new URL('/api/reset', server.url), { method: 'POST', headers: { origin }, body: new FormData() });
     expect(form.status).toBe(415);

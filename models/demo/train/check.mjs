@@ -45,7 +45,9 @@ async function main() {
       const raw = Buffer.alloc(S * S * 3);
       await fh.read(raw, 0, raw.length, e.image * raw.length);
       // already at the input size: the runtime's resize is then the identity, as in training
-      const png = await sharp(raw, { raw: { width: S, height: S, channels: 3 } }).png().toBuffer();
+      const png = await sharp(raw, { raw: { width: S, height: S, channels: 3 } })
+        .png()
+        .toBuffer();
       const { embeds } = await model.encodeImage(png);
       const ctx = await spliceContext(e.segments, [embeds], model.embedder);
       let { state, logits } = await model.prefill(ctx);
@@ -61,7 +63,13 @@ async function main() {
         logits = r.logits[0];
       }
       state.dispose();
-      const r = { sample: e.sample, image_embeds_max_abs_err: maxAbs(embeds, e.image_embeds), first_logits_max_abs_err: firstErr, greedy_ids: ids, expected_ids: e.greedy_ids };
+      const r = {
+        sample: e.sample,
+        image_embeds_max_abs_err: maxAbs(embeds, e.image_embeds),
+        first_logits_max_abs_err: firstErr,
+        greedy_ids: ids,
+        expected_ids: e.greedy_ids,
+      };
       r.ok = r.image_embeds_max_abs_err <= tol && firstErr <= tol && ids.join() === e.greedy_ids.join();
       ok &&= r.ok;
       report.push(r);

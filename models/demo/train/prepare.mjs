@@ -56,7 +56,8 @@ async function main() {
     const prompt = conversationPrompt(spec, [...s.turns.slice(0, -1), { user: last.user }]);
     const [pre, post] = promptSegmentIds(prompt, spec.imageToken, 1, tok);
     const target = [...tok.encode(last.assistant, { addBos: false }), 2];
-    if (tok.decode(target.slice(0, -1)) !== last.assistant) throw new Error(`the tokenizer does not round-trip ${JSON.stringify(last.assistant)}`);
+    if (tok.decode(target.slice(0, -1)) !== last.assistant)
+      throw new Error(`the tokenizer does not round-trip ${JSON.stringify(last.assistant)}`);
     unk += [...pre, ...post, ...target].filter((t) => t === 0).length;
     samples.push(JSON.stringify({ i, pre, post, target, ...(s.about === undefined ? {} : { about: s.about }) }));
     maxLen = Math.max(maxLen, pre.length + post.length + target.length);
@@ -85,13 +86,23 @@ async function main() {
     return sc.objects.map((o) => ({
       colour: o.colour,
       shape: o.shape,
-      box: [o.bbox[0] / sc.width, o.bbox[1] / sc.height, (o.bbox[0] + o.bbox[2]) / sc.width, (o.bbox[1] + o.bbox[3]) / sc.height].map((v) => Math.round(Math.min(1, Math.max(0, v)) * 1e4) / 1e4),
+      box: [o.bbox[0] / sc.width, o.bbox[1] / sc.height, (o.bbox[0] + o.bbox[2]) / sc.width, (o.bbox[1] + o.bbox[3]) / sc.height].map(
+        (v) => Math.round(Math.min(1, Math.max(0, v)) * 1e4) / 1e4,
+      ),
     }));
   });
   await writeFile(join(out, 'objects.json'), `${JSON.stringify(objects)}\n`);
   await writeFile(join(out, 'tokenizer.json'), `${JSON.stringify(tokJson)}\n`);
   const manifest = JSON.parse(await readFile(join(data, 'manifest.json'), 'utf8').catch(() => '{}'));
-  const meta = { imageSize: size, images: images.length, samples: samples.length, maxTextTokens: maxLen, vocabSize: tok.vocabSize, unkTokens: unk, source: { data, seed: manifest.seed, count: manifest.count } };
+  const meta = {
+    imageSize: size,
+    images: images.length,
+    samples: samples.length,
+    maxTextTokens: maxLen,
+    vocabSize: tok.vocabSize,
+    unkTokens: unk,
+    source: { data, seed: manifest.seed, count: manifest.count },
+  };
   await writeFile(join(out, 'meta.json'), `${JSON.stringify(meta, null, 2)}\n`);
   console.error(`prepare: ${images.length} images, ${samples.length} samples, longest text ${maxLen} tokens -> ${out}`);
 }

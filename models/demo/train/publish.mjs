@@ -27,8 +27,12 @@ const CLI = join(ROOT, 'bin', 'minigpt.js');
 const TASKS = ['refer', 'identify', 'vqa', 'caption'];
 export const CHECK_IMAGES = 24;
 
-const sha256 = async (p) => createHash('sha256').update(await readFile(p)).digest('hex');
-const minigpt = (args) => execFileSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'inherit'] });
+const sha256 = async (p) =>
+  createHash('sha256')
+    .update(await readFile(p))
+    .digest('hex');
+const minigpt = (args) =>
+  execFileSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', maxBuffer: 1 << 28, stdio: ['ignore', 'pipe', 'inherit'] });
 
 /** One item's score in an eval report: right / wrong (refer, identify), VQA accuracy, caption recall. */
 export function itemScore(d) {
@@ -48,7 +52,11 @@ export function wallSeconds(steps) {
   return total + last;
 }
 
-const readLog = async (run) => (await readFile(join(run, 'train_log.jsonl'), 'utf8')).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+const readLog = async (run) =>
+  (await readFile(join(run, 'train_log.jsonl'), 'utf8'))
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l));
 
 /**
  * A run's arguments (without its local paths) and losses; for a run that started from an earlier one's weights
@@ -66,7 +74,9 @@ export async function describeRun(run) {
   const vit = stage1Log.filter((r) => typeof r.vit_step === 'number');
   const vals = log.filter((r) => typeof r.val_loss === 'number');
   const description = {
-    train_args: Object.fromEntries(Object.entries(args).filter(([k]) => !['data', 'out', 'state', 'val', 'vit_from', 'init_from'].includes(k))),
+    train_args: Object.fromEntries(
+      Object.entries(args).filter(([k]) => !['data', 'out', 'state', 'val', 'vit_from', 'init_from'].includes(k)),
+    ),
     training: {
       stage1: vit.length ? vit[vit.length - 1] : null,
       last: steps.length ? steps[steps.length - 1] : null,
@@ -87,9 +97,11 @@ export async function describeRun(run) {
  * made, from the PROVENANCE.json it copied, and the sha256 of its files.
  */
 async function describePackage(dir) {
-  const prov = JSON.parse(await readFile(join(dir, 'PROVENANCE.json'), 'utf8').catch(() => {
-    throw new Error(`${dir}: from_package.py's folder has no PROVENANCE.json (the package it read had none)`);
-  }));
+  const prov = JSON.parse(
+    await readFile(join(dir, 'PROVENANCE.json'), 'utf8').catch(() => {
+      throw new Error(`${dir}: from_package.py's folder has no PROVENANCE.json (the package it read had none)`);
+    }),
+  );
   const { data, train_args, training, started_from, package: files, heldout } = prov;
   return { package: { files, heldout }, data, train_args, training, ...(started_from ? { started_from } : {}) };
 }
@@ -104,7 +116,13 @@ export async function runFolder(run, file) {
   const m = basename(file).match(/^(.+)\.state\.pt$/);
   const there = m ? join(dirname(file), m[1]) : dirname(file);
   for (const dir of [there, join(dirname(run), basename(there))]) {
-    if (await stat(join(dir, 'train_args.json')).then(() => true, () => false)) return dir;
+    if (
+      await stat(join(dir, 'train_args.json')).then(
+        () => true,
+        () => false,
+      )
+    )
+      return dir;
   }
   return null;
 }
@@ -124,8 +142,22 @@ async function main() {
   const tmp = await mkdtemp(join(tmpdir(), 'minigpt-publish-'));
   let files;
   try {
-    const convertArgs = ['--arch', 'minigpt-v2', '--vit', join(run, 'eva_vit.pth'), '--llm', join(run, 'llama'), '--ckpt', join(run, 'minigptv2_ckpt.pth'),
-      '--vit-heads', String(args.vit_heads), '--image-size', String(args.image_size), '--lora-alpha', String(args.lora_alpha)];
+    const convertArgs = [
+      '--arch',
+      'minigpt-v2',
+      '--vit',
+      join(run, 'eva_vit.pth'),
+      '--llm',
+      join(run, 'llama'),
+      '--ckpt',
+      join(run, 'minigptv2_ckpt.pth'),
+      '--vit-heads',
+      String(args.vit_heads),
+      '--image-size',
+      String(args.image_size),
+      '--lora-alpha',
+      String(args.lora_alpha),
+    ];
     // converted in a temp folder: the package is named for where it is published, not after that folder
     minigpt(['convert', ...convertArgs, '--name', DEMO_NAME, '--out', tmp]);
     files = ['model.json', ...packageFiles((await loadPackage(tmp)).meta)];
@@ -138,8 +170,16 @@ async function main() {
   const evals = {};
   for (const task of TASKS) {
     console.error(`publish: eval ${task} on ${heldout}`);
-    const r = JSON.parse(minigpt(['eval', '--model', out, '--data', heldout, '--task', task, '--batch', '8', '--provider', 'cpu', '--json']));
-    evals[task] = { n: r.n, accuracy: r.accuracy, metric: r.metric, ...(r.by_type ? { by_type: r.by_type } : {}), ...(r.background ? { background: r.background } : {}) };
+    const r = JSON.parse(
+      minigpt(['eval', '--model', out, '--data', heldout, '--task', task, '--batch', '8', '--provider', 'cpu', '--json']),
+    );
+    evals[task] = {
+      n: r.n,
+      accuracy: r.accuracy,
+      metric: r.metric,
+      ...(r.by_type ? { by_type: r.by_type } : {}),
+      ...(r.background ? { background: r.background } : {}),
+    };
   }
   const manifest = JSON.parse(await readFile(join(heldout, 'manifest.json'), 'utf8'));
   // the generator's shape set of the held-out split (demo-data --shapes): the check scenes are drawn from it too
@@ -153,7 +193,9 @@ async function main() {
   try {
     minigpt(['demo-data', '--seed', String(manifest.seed), '--count', String(checkImages), '--shapes', shapes, '--out', checkDir]);
     for (const task of TASKS) {
-      const r = JSON.parse(minigpt(['eval', '--model', out, '--data', checkDir, '--task', task, '--threads', '1', '--provider', 'cpu', '--json']));
+      const r = JSON.parse(
+        minigpt(['eval', '--model', out, '--data', checkDir, '--task', task, '--threads', '1', '--provider', 'cpu', '--json']),
+      );
       check[task] = { n: r.n, accuracy: r.accuracy, scores: r.details.map(itemScore) };
     }
   } finally {
@@ -161,12 +203,14 @@ async function main() {
   }
 
   const published = {};
-  for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/config.json', 'llama/pytorch_model.bin', 'llama/tokenizer.json']) published[f] = await fileRecord(join(run, f));
+  for (const f of ['eva_vit.pth', 'minigptv2_ckpt.pth', 'llama/config.json', 'llama/pytorch_model.bin', 'llama/tokenizer.json'])
+    published[f] = await fileRecord(join(run, f));
   const pkg = {};
   for (const f of files) pkg[f] = await fileRecord(join(out, f));
 
   const record = {
-    about: 'How models/demo was made: train.py (models/demo/train) on synthetic scenes, saved in the published formats, converted by minigpt convert. Written by models/demo/train/publish.mjs.',
+    about:
+      'How models/demo was made: train.py (models/demo/train) on synthetic scenes, saved in the published formats, converted by minigpt convert. Written by models/demo/train/publish.mjs.',
     data: dataNote,
     ...description,
     convert: `minigpt convert --arch minigpt-v2 --vit eva_vit.pth --llm llama --ckpt minigptv2_ckpt.pth --vit-heads ${args.vit_heads} --image-size ${args.image_size} --lora-alpha ${args.lora_alpha} --name ${DEMO_NAME}`,

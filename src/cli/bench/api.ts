@@ -59,7 +59,11 @@ async function streamed(url: string, body: object): Promise<Streamed> {
       const frame = buf.slice(0, at);
       buf = buf.slice(at + 2);
       if (!frame.startsWith('data: ') || frame === 'data: [DONE]') continue;
-      const chunk = JSON.parse(frame.slice(6)) as { choices: { delta: { content?: string } }[]; usage?: Streamed['usage']; error?: { message: string } };
+      const chunk = JSON.parse(frame.slice(6)) as {
+        choices: { delta: { content?: string } }[];
+        usage?: Streamed['usage'];
+        error?: { message: string };
+      };
       if (chunk.error) throw new Error(chunk.error.message);
       const piece = chunk.choices[0]?.delta.content ?? '';
       if (piece && !ttftMs) ttftMs = performance.now() - t0;
@@ -73,8 +77,13 @@ async function streamed(url: string, body: object): Promise<Streamed> {
 
 /** The bench image with its corner pixel changed: a new image (content hash) for each round. */
 async function variant(image: Uint8Array, round: number): Promise<string> {
-  const dot = await sharp({ create: { width: 1, height: 1, channels: 3, background: { r: round % 256, g: (round >> 8) % 256, b: 7 } } }).png().toBuffer();
-  const png = await sharp(image).composite([{ input: dot, left: 0, top: 0 }]).png().toBuffer();
+  const dot = await sharp({ create: { width: 1, height: 1, channels: 3, background: { r: round % 256, g: (round >> 8) % 256, b: 7 } } })
+    .png()
+    .toBuffer();
+  const png = await sharp(image)
+    .composite([{ input: dot, left: 0, top: 0 }])
+    .png()
+    .toBuffer();
   return `data:image/png;base64,${png.toString('base64')}`;
 }
 
@@ -89,15 +98,27 @@ export async function benchApi(
   const say = (s: string) => log(`[bench api ${model.meta.dtype} ${dir}] ${s}`);
   // no stop words: a random-weight package answers as long as a real one
   const defaults = { ...GREEDY, maxNewTokens: o.tokens };
-  const managers = [o.kvCacheMb * 2 ** 20, 0].map((kvCacheBytes) => new ConversationManager({ model, defaults, annotate: false, kvCacheBytes }));
-  const servers = await Promise.all(managers.map((manager) => startApiServer({ manager, port: 0, model: { id: 'bench', created: 0, architecture: model.meta.architecture } })));
+  const managers = [o.kvCacheMb * 2 ** 20, 0].map(
+    (kvCacheBytes) => new ConversationManager({ model, defaults, annotate: false, kvCacheBytes }),
+  );
+  const servers = await Promise.all(
+    managers.map((manager) =>
+      startApiServer({ manager, port: 0, model: { id: 'bench', created: 0, architecture: model.meta.architecture } }),
+    ),
+  );
   const rows: { first: Streamed; follow: Streamed[] }[] = [];
   let identical = true;
   try {
     for (let round = 0; round < o.rounds; round++) {
       say(`round ${round + 1}/${o.rounds}${round === 0 ? ' (warm-up)' : ''}`);
       const url = await variant(image, round);
-      const question = { role: 'user', content: [{ type: 'text', text: FIRST }, { type: 'image_url', image_url: { url } }] };
+      const question = {
+        role: 'user',
+        content: [
+          { type: 'text', text: FIRST },
+          { type: 'image_url', image_url: { url } },
+        ],
+      };
       // both servers see the first request (so both have the image's embeddings), in alternating order
       const order = round % 2 === 0 ? [0, 1] : [1, 0];
       const firsts: Streamed[] = [];
@@ -108,7 +129,9 @@ export async function benchApi(
         follow[i] = await streamed(servers[i].url, { model: 'bench', messages });
       }
       identical &&= firsts[0].text === firsts[1].text && follow[0].text === follow[1].text;
-      say(`  first ${Math.round(firsts[0].ttftMs)} ms, follow-up ${Math.round(follow[0].ttftMs)} ms cached / ${Math.round(follow[1].ttftMs)} ms without cache`);
+      say(
+        `  first ${Math.round(firsts[0].ttftMs)} ms, follow-up ${Math.round(follow[0].ttftMs)} ms cached / ${Math.round(follow[1].ttftMs)} ms without cache`,
+      );
       rows.push({ first: firsts[order[0]], follow });
     }
   } finally {

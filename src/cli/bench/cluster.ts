@@ -31,11 +31,18 @@ export interface ClusterBenchResult {
 }
 
 /** bin/minigpt.js, from the source tree (src/cli/bench) or the build (dist/src/cli/bench). */
-const BIN = [join(import.meta.dirname, '..', '..', '..', 'bin', 'minigpt.js'), join(import.meta.dirname, '..', '..', '..', '..', 'bin', 'minigpt.js')].find((f) => existsSync(f))!;
-
+const BIN = [
+  join(import.meta.dirname, '..', '..', '..', 'bin', 'minigpt.js'),
+  join(import.meta.dirname, '..', '..', '..', '..', 'bin', 'minigpt.js'),
+].find((f) => existsSync(f))!;
 
 /** A child process and the first stderr line matching `re`. */
-function child(cmd: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp): Promise<{ proc: ChildProcess; match: RegExpExecArray }> {
+function child(
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  ready: RegExp,
+): Promise<{ proc: ChildProcess; match: RegExpExecArray }> {
   const proc = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   return new Promise((resolve, reject) => {
     let out = '';
@@ -70,7 +77,9 @@ async function images(n: number): Promise<string[]> {
   const out: string[] = [];
   for (let i = 0; i < n; i++) {
     const colour = { r: (i * 53) % 256, g: (i * 97 + 80) % 256, b: (i * 151 + 40) % 256 };
-    const square = await sharp({ create: { width: 40 + i * 3, height: 40 + i * 2, channels: 3, background: colour } }).png().toBuffer();
+    const square = await sharp({ create: { width: 40 + i * 3, height: 40 + i * 2, channels: 3, background: colour } })
+      .png()
+      .toBuffer();
     const png = await sharp({ create: { width: 224, height: 224, channels: 3, background: { r: 200, g: 200, b: 200 } } })
       .composite([{ input: square, left: (i * 37) % 150, top: (i * 23) % 150 }])
       .png()
@@ -89,10 +98,22 @@ async function ask(apiUrl: string, image: string, maxTokens: number): Promise<{ 
       model: 'bench',
       temperature: 0,
       max_tokens: maxTokens,
-      messages: [{ role: 'user', content: [{ type: 'text', text: '[grounding] describe this image in detail' }, { type: 'image_url', image_url: { url: image } }] }],
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: '[grounding] describe this image in detail' },
+            { type: 'image_url', image_url: { url: image } },
+          ],
+        },
+      ],
     }),
   });
-  const body = (await res.json()) as { choices?: { message: { content: string } }[]; usage?: { completion_tokens: number }; error?: { message: string } };
+  const body = (await res.json()) as {
+    choices?: { message: { content: string } }[];
+    usage?: { completion_tokens: number };
+    error?: { message: string };
+  };
   if (!res.ok || !body.choices) throw new Error(`API answered ${res.status}: ${body.error?.message}`);
   return { ms: performance.now() - t0, tokens: body.usage!.completion_tokens, text: body.choices[0].message.content };
 }
@@ -108,16 +129,42 @@ export async function benchCluster(
     let redisUrl = process.env.REDIS_URL?.trim();
     if (!redisUrl) {
       const port = await freePort();
-      const r = await child('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', work, '--save', '', '--appendonly', 'no'], {}, /Ready to accept connections/);
+      const r = await child(
+        'redis-server',
+        ['--port', String(port), '--bind', '127.0.0.1', '--dir', work, '--save', '', '--appendonly', 'no'],
+        {},
+        /Ready to accept connections/,
+      );
       procs.push(r.proc);
       redisUrl = `redis://127.0.0.1:${port}`;
     }
     const config = join(work, 'bench.yaml');
     await writeFile(
       config,
-      ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(dir)}`, '  temperature: 0', `  max_new_tokens: ${o.maxNewTokens}`, 'runtime:', '  execution_provider: cpu', '  threads: 1', `  max_batch: ${o.maxBatch}`, `  queue_size: ${o.conversations * 2}`, ''].join('\n'),
+      [
+        'model:',
+        '  arch: minigpt_v2',
+        `  package: ${JSON.stringify(dir)}`,
+        '  temperature: 0',
+        `  max_new_tokens: ${o.maxNewTokens}`,
+        'runtime:',
+        '  execution_provider: cpu',
+        '  threads: 1',
+        `  max_batch: ${o.maxBatch}`,
+        `  queue_size: ${o.conversations * 2}`,
+        '',
+      ].join('\n'),
     );
-    const env = { MINIGPT_CONFIG: config, REDIS_URL: redisUrl, API_PORT: '0', API_MODEL_ID: 'bench', WEB_PORT: '0', DISCORD_TOKEN: '', SLACK_BOT_TOKEN: '', STORE_URL: '' };
+    const env = {
+      MINIGPT_CONFIG: config,
+      REDIS_URL: redisUrl,
+      API_PORT: '0',
+      API_MODEL_ID: 'bench',
+      WEB_PORT: '0',
+      DISCORD_TOKEN: '',
+      SLACK_BOT_TOKEN: '',
+      STORE_URL: '',
+    };
     const front = await child(process.execPath, [BIN, 'serve', '--role', 'frontend'], env, /OpenAI-compatible API on (http:\S+)/);
     procs.push(front.proc);
     const apiUrl = front.match[1];
@@ -167,7 +214,10 @@ export function clusterMarkdown(r: ClusterBenchResult): string {
     '',
     '| workers | wall time | tokens | aggregate tok/s | latency p50 | latency p95 | answers as with 1 worker |',
     '| --- | --- | --- | --- | --- | --- | --- |',
-    ...r.rows.map((x) => `| ${x.workers} | ${fmt(x.wall_ms / 1000, ' s')} | ${x.tokens} | **${fmt(x.aggregate_tok_s)}** | ${fmt(x.latency_p50_ms, ' ms')} | ${fmt(x.latency_p95_ms, ' ms')} | ${x.identical_to_first_row ? 'yes' : 'NO'} |`),
+    ...r.rows.map(
+      (x) =>
+        `| ${x.workers} | ${fmt(x.wall_ms / 1000, ' s')} | ${x.tokens} | **${fmt(x.aggregate_tok_s)}** | ${fmt(x.latency_p50_ms, ' ms')} | ${fmt(x.latency_p95_ms, ' ms')} | ${x.identical_to_first_row ? 'yes' : 'NO'} |`,
+    ),
     '',
     '```json',
     JSON.stringify(roundAll(r)),

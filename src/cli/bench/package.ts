@@ -62,22 +62,39 @@ export interface PackageResult {
 
 /** How a package is named in the report: relative to the repository, else with ~ for the home folder. */
 function packageName(dir: string): string {
-  return !relative(ROOT, dir).startsWith('..') ? relative(ROOT, dir) : dir.startsWith(os.homedir()) ? `~${dir.slice(os.homedir().length)}` : dir;
+  return !relative(ROOT, dir).startsWith('..')
+    ? relative(ROOT, dir)
+    : dir.startsWith(os.homedir())
+      ? `~${dir.slice(os.homedir().length)}`
+      : dir;
 }
 
 /** Runs every measurement on one package, in this process. */
-export async function benchPackage(dir: string, profileName: ProfileName, threads: number, log: (s: string) => void): Promise<PackageResult> {
+export async function benchPackage(
+  dir: string,
+  profileName: ProfileName,
+  threads: number,
+  log: (s: string) => void,
+): Promise<PackageResult> {
   const p = PROFILES[profileName];
   const name = packageName(dir);
   const say = (s: string) => log(`[bench ${name}] ${s}`);
   const [model, loadMs] = await timed(() => MiniGPT.load(dir, { provider: 'cpu', threads, maxBatch: 8 }));
   try {
     const spec = model.meta.prompt;
-    const b: BenchContext = { model, profile: p, say, ask: (turns: Turn[]) => conversationPrompt(spec, turns), bytes: await readFile(IMAGE) };
+    const b: BenchContext = {
+      model,
+      profile: p,
+      say,
+      ask: (turns: Turn[]) => conversationPrompt(spec, turns),
+      bytes: await readFile(IMAGE),
+    };
     // `stats` keeps the order in which the medians were taken: the report's JSON has always listed them so
     const stats: Record<string, Stat> = {};
     const keep = (key: string, xs: number[]) => (stats[key] = stat(xs)).median;
-    say(`loaded in ${(loadMs / 1000).toFixed(1)} s (${model.meta.llm.layers} layers of hidden ${model.meta.llm.hidden}, vocab ${model.meta.llm.vocabSize}, ${threads} threads)`);
+    say(
+      `loaded in ${(loadMs / 1000).toFixed(1)} s (${model.meta.llm.layers} layers of hidden ${model.meta.llm.hidden}, vocab ${model.meta.llm.vocabSize}, ${threads} threads)`,
+    );
 
     const first = await newImageAnswer(b);
     const image = first.image;

@@ -9,7 +9,12 @@ import { fileURLToPath } from 'node:url';
 export const ROOT: string = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
 /** The image of every scenario but the grounding answer (which renders a demo scene). */
 export const IMAGE: string = join(ROOT, 'test', 'fixtures', 'minigptv2-tiny', 'input.png');
-export const DEFAULT_LARGE_DIR: string = join(process.env.XDG_CACHE_HOME ?? join(os.homedir(), '.cache'), 'minigpt', 'bench', 'llama2-7b-2l');
+export const DEFAULT_LARGE_DIR: string = join(
+  process.env.XDG_CACHE_HOME ?? join(os.homedir(), '.cache'),
+  'minigpt',
+  'bench',
+  'llama2-7b-2l',
+);
 /** Llama-2-7B / EVA ViT-g shapes at these depths (src/convert/random-checkpoints.ts) */
 export const LARGE_LAYERS: { llm: number; vit: number } = { llm: 2, vit: 2 };
 
@@ -37,9 +42,39 @@ export interface Profile {
 export type ProfileName = 'quick' | 'full' | 'large';
 
 export const PROFILES: Record<ProfileName, Profile> = {
-  quick: { warmup: 1, reps: 5, decodeTokens: 48, kvOffTokens: 12, history: 200, prevAnswer: 16, batchTokens: 32, batchReps: 2, coldBatch: false },
-  full: { warmup: 2, reps: 15, decodeTokens: 128, kvOffTokens: 32, history: 200, prevAnswer: 32, batchTokens: 64, batchReps: 5, coldBatch: true },
-  large: { warmup: 1, reps: 3, decodeTokens: 24, kvOffTokens: 4, history: 500, prevAnswer: 24, batchTokens: 24, batchReps: 2, coldBatch: false },
+  quick: {
+    warmup: 1,
+    reps: 5,
+    decodeTokens: 48,
+    kvOffTokens: 12,
+    history: 200,
+    prevAnswer: 16,
+    batchTokens: 32,
+    batchReps: 2,
+    coldBatch: false,
+  },
+  full: {
+    warmup: 2,
+    reps: 15,
+    decodeTokens: 128,
+    kvOffTokens: 32,
+    history: 200,
+    prevAnswer: 32,
+    batchTokens: 64,
+    batchReps: 5,
+    coldBatch: true,
+  },
+  large: {
+    warmup: 1,
+    reps: 3,
+    decodeTokens: 24,
+    kvOffTokens: 4,
+    history: 500,
+    prevAnswer: 24,
+    batchTokens: 24,
+    batchReps: 2,
+    coldBatch: false,
+  },
 };
 
 /**

@@ -61,8 +61,12 @@ process right before or after it:
 export function markdown(report: Record<string, unknown>, results: PackageResult[]): string {
   const m = report.machine as Machine;
   const lines: string[] = [];
-  lines.push(`Machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gb} GB, ${m.platform}, Node ${m.node}; load average at the end ${m.load_average.join(' / ')}.`);
-  lines.push(`Profile: ${report.profile}; ${report.seconds} s in all. Times are medians (p95) after warm-up; each ratio's two sides ran in the same process.`);
+  lines.push(
+    `Machine: ${m.cpu}, ${m.cores} cores, ${m.memory_gb} GB, ${m.platform}, Node ${m.node}; load average at the end ${m.load_average.join(' / ')}.`,
+  );
+  lines.push(
+    `Profile: ${report.profile}; ${report.seconds} s in all. Times are medians (p95) after warm-up; each ratio's two sides ran in the same process.`,
+  );
   if (results.length > 1) {
     lines.push('');
     lines.push(
@@ -77,7 +81,8 @@ export function markdown(report: Record<string, unknown>, results: PackageResult
   lines.push(`| ${head.join(' | ')} |`);
   lines.push(`| ${head.map(() => '---').join(' | ')} |`);
   const row = (label: string, f: (r: PackageResult) => string) => lines.push(`| ${label} | ${results.map(f).join(' | ')} |`);
-  const dist = (r: PackageResult, k: string, unit = ' ms') => (r.stats[k] ? `${fmt(r.stats[k].median, unit)} (${fmt(r.stats[k].p95, unit)})` : '-');
+  const dist = (r: PackageResult, k: string, unit = ' ms') =>
+    r.stats[k] ? `${fmt(r.stats[k].median, unit)} (${fmt(r.stats[k].p95, unit)})` : '-';
   row('model', (r) => `${r.shape.llm}; vision ${r.shape.vision}; ${r.shape.dtype}`);
   row('threads', (r) => String(r.threads));
   row('load', (r) => fmt(r.load_ms, ' ms'));
@@ -88,18 +93,47 @@ export function markdown(report: Record<string, unknown>, results: PackageResult
   row('decode', (r) => `${fmt(r.decode_tok_s)} tok/s; ${dist(r, 'decode_step_ms')} per step`);
   row('end-to-end answer', (r) => `${dist(r, 'e2e_ms')} (${r.answer_tokens} tokens)`);
   row('peak RSS', (r) => fmt(r.peak_rss_mb, ' MB'));
-  row('**KV cache** on / off (per token)', (r) => `**${fmt(r.kv_cache_speedup, 'x')}** faster: ${dist(r, 'decode_step_ms')} vs ${dist(r, 'kv_off_step_ms')}; same tokens: ${r.kv_cache_identical}`);
-  row('**follow-up** TTFT with / without the last turn\'s cache', (r) => `**${fmt(r.followup_ttft_ratio)}**: ${dist(r, 'followup_ttft_ms')} vs ${dist(r, 'full_prefill_ttft_ms')}; ${r.followup_history_tokens}-token prompt, ${r.followup_prefill_tokens} prefilled; cache brought up to date after the previous answer in ${fmt(r.followup_extend_ms, ' ms')}; same tokens: ${r.followup_identical}`);
-  row('**8 conversations** batched / one after another', (r) => `**${fmt(r.batch8_speedup, 'x')}** faster: ${dist(r, 'batch8_batched_ms')} vs ${dist(r, 'batch8_sequential_ms')} (follow-ups, ${r.batch8_tokens} tokens each; ${fmt(r.batch8_mean_rows)} rows per step); same tokens: ${r.batch8_identical}${r.batch8_cold_speedup ? `; first turns (8 full prefills): ${fmt(r.batch8_cold_speedup, 'x')}` : ''}`);
-  row('**image cache** hit / miss (TTFT of a first turn)', (r) => `**${fmt(r.image_cache_ttft_ratio)}**: ${dist(r, 'image_cache_hit_ttft_ms')} vs ${dist(r, 'image_cache_miss_ttft_ms')}`);
-  row('**grounding answer** about a demo scene (image bytes to last token)', (r) => `**${dist(r, 'grounding_answer_ms')}** (${r.grounding_answer_tokens} tokens${r.grounding_answer_tokens ? `: \`${r.grounding_answer_text.replace(/`/g, "'").replace(/\|/g, '\\|').slice(0, 160)}\`` : ''})`);
-  row('**JavaScript** share of a decoding step', (r) => `**${fmt(r.js_overhead_share * 100, '%')}** (${fmt(r.js_overhead_us_per_step, ' µs')} of ${fmt(r.decode_step_ms * 1000, ' µs')})`);
+  row(
+    '**KV cache** on / off (per token)',
+    (r) =>
+      `**${fmt(r.kv_cache_speedup, 'x')}** faster: ${dist(r, 'decode_step_ms')} vs ${dist(r, 'kv_off_step_ms')}; same tokens: ${r.kv_cache_identical}`,
+  );
+  row(
+    "**follow-up** TTFT with / without the last turn's cache",
+    (r) =>
+      `**${fmt(r.followup_ttft_ratio)}**: ${dist(r, 'followup_ttft_ms')} vs ${dist(r, 'full_prefill_ttft_ms')}; ${r.followup_history_tokens}-token prompt, ${r.followup_prefill_tokens} prefilled; cache brought up to date after the previous answer in ${fmt(r.followup_extend_ms, ' ms')}; same tokens: ${r.followup_identical}`,
+  );
+  row(
+    '**8 conversations** batched / one after another',
+    (r) =>
+      `**${fmt(r.batch8_speedup, 'x')}** faster: ${dist(r, 'batch8_batched_ms')} vs ${dist(r, 'batch8_sequential_ms')} (follow-ups, ${r.batch8_tokens} tokens each; ${fmt(r.batch8_mean_rows)} rows per step); same tokens: ${r.batch8_identical}${r.batch8_cold_speedup ? `; first turns (8 full prefills): ${fmt(r.batch8_cold_speedup, 'x')}` : ''}`,
+  );
+  row(
+    '**image cache** hit / miss (TTFT of a first turn)',
+    (r) => `**${fmt(r.image_cache_ttft_ratio)}**: ${dist(r, 'image_cache_hit_ttft_ms')} vs ${dist(r, 'image_cache_miss_ttft_ms')}`,
+  );
+  row(
+    '**grounding answer** about a demo scene (image bytes to last token)',
+    (r) =>
+      `**${dist(r, 'grounding_answer_ms')}** (${r.grounding_answer_tokens} tokens${r.grounding_answer_tokens ? `: \`${r.grounding_answer_text.replace(/`/g, "'").replace(/\|/g, '\\|').slice(0, 160)}\`` : ''})`,
+  );
+  row(
+    '**JavaScript** share of a decoding step',
+    (r) =>
+      `**${fmt(r.js_overhead_share * 100, '%')}** (${fmt(r.js_overhead_us_per_step, ' µs')} of ${fmt(r.decode_step_ms * 1000, ' µs')})`,
+  );
   lines.push('');
-  const t = report.targets as Record<string, { package: string; value: number; target: number; met: boolean; history_tokens?: number } | boolean>;
+  const t = report.targets as Record<
+    string,
+    { package: string; value: number; target: number; met: boolean; history_tokens?: number } | boolean
+  >;
   lines.push('Targets:');
   for (const [k, v] of Object.entries(t)) {
     if (typeof v === 'boolean') lines.push(`- ${k}: ${v ? 'yes' : 'NO'}`);
-    else lines.push(`- ${k} on \`${v.package}\`${v.history_tokens ? ` (${v.history_tokens}-token prompt)` : ''}: ${v.value} (target ${boundText(k)} ${v.target}): ${v.met ? 'met' : 'NOT met'}`);
+    else
+      lines.push(
+        `- ${k} on \`${v.package}\`${v.history_tokens ? ` (${v.history_tokens}-token prompt)` : ''}: ${v.value} (target ${boundText(k)} ${v.target}): ${v.met ? 'met' : 'NOT met'}`,
+      );
   }
   const w = report.weights as { results: WeightsResult[]; ratios: WeightRatio[] } | undefined;
   if (w) lines.push('', ...weightsMarkdown(w.results, w.ratios, LARGE_LAYERS));

@@ -52,7 +52,11 @@ function held(value: number, t: Pick<Target, 'target' | 'held'>): HeldFigure {
  * Writes the 7B-layer-shaped random package in each of `variants` (random checkpoints in the published
  * formats, written once and converted to each; fp32 in `dir`, the others beside it: variantDir).
  */
-export async function ensureLargePackage(dir: string, log: (s: string) => void, variants: readonly WeightVariant[] = [parseVariant('fp32')]): Promise<void> {
+export async function ensureLargePackage(
+  dir: string,
+  log: (s: string) => void,
+  variants: readonly WeightVariant[] = [parseVariant('fp32')],
+): Promise<void> {
   const missing: WeightVariant[] = [];
   for (const v of variants) {
     const out = variantDir(dir, v);
@@ -67,14 +71,25 @@ export async function ensureLargePackage(dir: string, log: (s: string) => void, 
   const { randomShape, writeRandomMiniGPTv2 } = await import('../../convert/random-checkpoints.js');
   const { convert } = await import('../../convert/convert.js');
   const src = `${dir}-checkpoints`;
-  log(`[bench] writing random Llama-2-7B / EVA ViT-g checkpoints (${LARGE_LAYERS.llm} LLM layers, ${LARGE_LAYERS.vit} ViT blocks) to ${src}`);
+  log(
+    `[bench] writing random Llama-2-7B / EVA ViT-g checkpoints (${LARGE_LAYERS.llm} LLM layers, ${LARGE_LAYERS.vit} ViT blocks) to ${src}`,
+  );
   await mkdir(dirname(dir), { recursive: true });
   const shape = randomShape('llama2-7b', { llmLayers: LARGE_LAYERS.llm, vitDepth: LARGE_LAYERS.vit });
   try {
     const r = await writeRandomMiniGPTv2(src, shape, { seed: 0, log });
     for (const v of missing) {
       log(`[bench] converting to ${variantDir(dir, v)} (${v.name})`);
-      await convert({ ...r.convertArgs, vit: r.vit, llm: r.llm, ckpt: r.ckpt, dtype: v.dtype, blockSize: v.blockSize, out: variantDir(dir, v), log });
+      await convert({
+        ...r.convertArgs,
+        vit: r.vit,
+        llm: r.llm,
+        ckpt: r.ckpt,
+        dtype: v.dtype,
+        blockSize: v.blockSize,
+        out: variantDir(dir, v),
+        log,
+      });
     }
   } finally {
     await rm(src, { recursive: true, force: true });
@@ -104,14 +119,21 @@ interface WeightTable {
 }
 
 /** The weight-type table: the 7B-layer-shaped package (converted) in each of `variants`, ratios against fp32 (weights.ts). */
-async function weightTable(dir: string, variants: readonly WeightVariant[], threads: number, log: (s: string) => void): Promise<WeightTable> {
+async function weightTable(
+  dir: string,
+  variants: readonly WeightVariant[],
+  threads: number,
+  log: (s: string) => void,
+): Promise<WeightTable> {
   // Rounds over all variants, interleaved, so that a slow minute of this shared machine falls on every
   // variant alike rather than on one; each figure is the median over the rounds.
   const runs: WeightsResult[][] = variants.map(() => []);
   for (let round = 0; round < WEIGHTS_ROUNDS; round++) {
     for (const [i, v] of variants.entries()) {
       log(`[bench] weight types, round ${round + 1}/${WEIGHTS_ROUNDS}: ${v.name}`);
-      runs[i].push(await runChild<WeightsResult>(variantDir(dir, v), ['--child-weights', variantDir(dir, v), '--threads', String(threads)]));
+      runs[i].push(
+        await runChild<WeightsResult>(variantDir(dir, v), ['--child-weights', variantDir(dir, v), '--threads', String(threads)]),
+      );
     }
   }
   const results = runs.map((rs, i) => ({ ...medianResult(rs), variant: variants[i].name }));
@@ -130,17 +152,28 @@ async function weightTable(dir: string, variants: readonly WeightVariant[], thre
   return {
     results: results.map(roundAll),
     ratios: ratios.map(roundAll),
-    targets: { int4_decode_speedup: check('int4_decode_speedup'), int8_decode_speedup: check('int8_decode_speedup'), quantised_prefill_ratio: check('quantised_prefill_ratio') },
+    targets: {
+      int4_decode_speedup: check('int4_decode_speedup'),
+      int8_decode_speedup: check('int8_decode_speedup'),
+      quantised_prefill_ratio: check('quantised_prefill_ratio'),
+    },
   };
 }
 
 /** The package scenarios' targets (profiles.ts: TARGETS), each on the package the table names. */
-function packageTargets(primary: PackageResult, widest: PackageResult): Record<string, { package: string; history_tokens?: number } & HeldFigure> {
+function packageTargets(
+  primary: PackageResult,
+  widest: PackageResult,
+): Record<string, { package: string; history_tokens?: number } & HeldFigure> {
   const out: Record<string, { package: string; history_tokens?: number } & HeldFigure> = {};
   for (const k of Object.keys(TARGETS) as (keyof typeof TARGETS)[]) {
     const r = TARGETS[k].on === 'widest' ? widest : primary;
     // a follow-up's ratio depends on its prompt's length: the report says which
-    out[k] = { package: r.package, ...(k === 'followup_ttft_ratio' ? { history_tokens: r.followup_history_tokens } : {}), ...held(r[k], TARGETS[k]) };
+    out[k] = {
+      package: r.package,
+      ...(k === 'followup_ttft_ratio' ? { history_tokens: r.followup_history_tokens } : {}),
+      ...held(r[k], TARGETS[k]),
+    };
   }
   return out;
 }
@@ -184,12 +217,20 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     targets: {
       ...packageTargets(primary, large ?? primary),
       identical_greedy_tokens: results.every((r) => r.kv_cache_identical && r.followup_identical && r.batch8_identical),
-      ...(weights ? Object.fromEntries(Object.entries(weights.targets).filter(([, v]) => v).map(([k, v]) => [k, { package: 'weight types', ...v }])) : {}),
+      ...(weights
+        ? Object.fromEntries(
+            Object.entries(weights.targets)
+              .filter(([, v]) => v)
+              .map(([k, v]) => [k, { package: 'weight types', ...v }]),
+          )
+        : {}),
     },
     ...(weights ? { weights: { results: weights.results, ratios: weights.ratios } } : {}),
     packages: Object.fromEntries(results.map((r, i) => [i === 0 ? 'primary' : 'large', roundAll(r)])),
   };
-  if (large) (report.packages as Record<string, unknown>).large_description = `random Llama-2-7B-shaped package, ${LARGE_LAYERS.llm} LLM layers and ${LARGE_LAYERS.vit} EVA ViT-g blocks (src/convert/random-checkpoints.ts, fp32): per-layer cost at real width`;
+  if (large)
+    (report.packages as Record<string, unknown>).large_description =
+      `random Llama-2-7B-shaped package, ${LARGE_LAYERS.llm} LLM layers and ${LARGE_LAYERS.vit} EVA ViT-g blocks (src/convert/random-checkpoints.ts, fp32): per-layer cost at real width`;
   const md = markdown(report, results);
   if (o.report) await writeReport(o.report, md);
   o.write(o.json ? `${JSON.stringify(report)}\n` : md);

@@ -25,7 +25,8 @@ export const BENCH_VARIANTS: readonly string[] = ['fp32', 'fp16', 'int8', 'int4'
 
 export function parseVariant(name: string): WeightVariant {
   const m = /^(fp32|fp16|int8|int4)(?:-b(\d+))?$/.exec(name);
-  if (!m || !WEIGHT_DTYPES.includes(m[1] as WeightDType)) throw new Error(`${name} is not a weight type (${WEIGHT_DTYPES.join(', ')}, int8 / int4 with -b<block size>, e.g. int4-b128)`);
+  if (!m || !WEIGHT_DTYPES.includes(m[1] as WeightDType))
+    throw new Error(`${name} is not a weight type (${WEIGHT_DTYPES.join(', ')}, int8 / int4 with -b<block size>, e.g. int4-b128)`);
   const dtype = m[1] as WeightDType;
   if (m[2] && !dtype.startsWith('int')) throw new Error(`${name}: a block size is for int8 / int4`);
   return { name, dtype, ...(m[2] ? { blockSize: Number(m[2]) } : {}) };
@@ -67,7 +68,13 @@ const PROMPT = '[grounding] describe this image in detail';
 const median = (xs: readonly number[]) => stats(xs).median;
 
 /** Vision, prefill and decoding of one package, in this process. */
-export async function benchWeights(dir: string, image: Uint8Array, threads: number, profile: WeightsProfile, log: (s: string) => void): Promise<WeightsResult> {
+export async function benchWeights(
+  dir: string,
+  image: Uint8Array,
+  threads: number,
+  profile: WeightsProfile,
+  log: (s: string) => void,
+): Promise<WeightsResult> {
   const t0 = performance.now();
   const model = await MiniGPT.load(dir, { provider: 'cpu', threads });
   const loadMs = performance.now() - t0;
@@ -225,7 +232,9 @@ export async function benchThread(
             if (ev.type === 'error') throw new Error(ev.message);
           }
           if (!timings) throw new Error('no timings from the conversation manager');
-          say(`  ${Math.round(timings.totalMs)} ms; RSS ${Math.round(process.memoryUsage().rss / 2 ** 20)} MB, peak ${Math.round(process.resourceUsage().maxRSS / 1024)} MB`);
+          say(
+            `  ${Math.round(timings.totalMs)} ms; RSS ${Math.round(process.memoryUsage().rss / 2 ** 20)} MB, peak ${Math.round(process.resourceUsage().maxRSS / 1024)} MB`,
+          );
           return { timings, runs: model.decoder.stats.runs - runs0 };
         };
         say(`round ${round + 1}/${o.rounds}${round === 0 ? ' (warm-up)' : ''}: a new image`);
@@ -266,7 +275,13 @@ export async function benchThread(
 
 export function parseDtypes(v: string | undefined): WeightVariant[] {
   if (v === 'none') return [];
-  const list = v === undefined ? BENCH_VARIANTS : v.split(',').map((x) => x.trim()).filter(Boolean);
+  const list =
+    v === undefined
+      ? BENCH_VARIANTS
+      : v
+          .split(',')
+          .map((x) => x.trim())
+          .filter(Boolean);
   const parse = (name: string) => {
     try {
       return parseVariant(name);
@@ -279,7 +294,11 @@ export function parseDtypes(v: string | undefined): WeightVariant[] {
 }
 
 /** The weight-type table: one row per package, each figure with its ratio to fp32's. */
-export function weightsMarkdown(results: readonly WeightsResult[], ratios: readonly WeightRatio[], layers: { llm: number; vit: number }): string[] {
+export function weightsMarkdown(
+  results: readonly WeightsResult[],
+  ratios: readonly WeightRatio[],
+  layers: { llm: number; vit: number },
+): string[] {
   const x = (v: number) => (Number.isFinite(v) ? ` (${fmt(v, 'x')})` : '');
   return [
     `Weight types of the 7B-layer-shaped package (${layers.llm} Llama-2-7B layers with the 32000-token head, ${layers.vit} EVA ViT-g blocks at 448 px; the same random checkpoints converted to each; ${WEIGHTS_ROUNDS} child processes each, the variants interleaved; in each, ${WEIGHTS_PROFILE.reps} runs after ${WEIGHTS_PROFILE.warmup} warm-up, ${WEIGHTS_PROFILE.decodeTokens} greedy tokens a run; each figure the median of the processes' medians, peak RSS the largest). In brackets: the ratio to fp32 (decode: speed-up; the others: time or size over fp32's).`,

@@ -63,7 +63,8 @@ interface FusedContext {
 async function fusedAttention(g: GraphBuilder, h: string, i: number, ctx: FusedContext, spec: DecoderGraphSpec): Promise<string> {
   const { shape } = spec;
   const p = `model.layers.${i}.self_attn`;
-  const rope = (x: string, name: string) => g.op('RotaryEmbedding', [x, ctx.positions, ctx.cosCache, ctx.sinCache], { interleaved: 0 }, { ...MS, name });
+  const rope = (x: string, name: string) =>
+    g.op('RotaryEmbedding', [x, ctx.positions, ctx.cosCache, ctx.sinCache], { interleaved: 0 }, { ...MS, name });
   const q = rope(linear(g, h, `${p}.q_proj`, await projection(spec, i, 'q_proj', 'self_attn')), `${p}.q_rot`);
   const k = rope(linear(g, h, `${p}.k_proj`, await projection(spec, i, 'k_proj', 'self_attn')), `${p}.k_rot`);
   const v = linear(g, h, `${p}.v_proj`, await projection(spec, i, 'v_proj', 'self_attn'));
@@ -96,7 +97,14 @@ async function fusedMlp(g: GraphBuilder, h: string, i: number, spec: DecoderGrap
 }
 
 /** residual + delta, then RMSNorm with `weightKey`: returns [normed, residual + delta]. */
-async function skipNorm(g: GraphBuilder, delta: string, residual: string, weightKey: string, spec: DecoderGraphSpec, name: string): Promise<[string, string]> {
+async function skipNorm(
+  g: GraphBuilder,
+  delta: string,
+  residual: string,
+  weightKey: string,
+  spec: DecoderGraphSpec,
+  name: string,
+): Promise<[string, string]> {
   const w = await spec.llm.readFloat32(weightKey);
   const gamma = computeWeight(g, weightKey, [w.length], w);
   const [normed, , , sum] = g.opMulti(
@@ -122,7 +130,12 @@ export async function buildFusedDecoderGraph(g: GraphBuilder, spec: DecoderGraph
   // The plain graph's mask logic (causal by key index <= past + query index, and attention_mask), as a bias.
   const allowed = allowedAttention(g, embeds, mask);
   // HF fills masked scores with finfo(dtype).min; as a bias it is added to them instead, with the same softmax.
-  const bias = g.op('Where', [allowed, computeScalar(g, 0, 'bias_zero'), computeScalar(g, computeMin(g), 'fp32_min')], {}, { name: 'attention_bias' });
+  const bias = g.op(
+    'Where',
+    [allowed, computeScalar(g, 0, 'bias_zero'), computeScalar(g, computeMin(g), 'fp32_min')],
+    {},
+    { name: 'attention_bias' },
+  );
   const { cos, sin } = rotaryCaches(invFreq, shape.maxPositions);
   const half = invFreq.length;
   const ctx: FusedContext = {

@@ -68,7 +68,9 @@ export function loraKeys(source: TensorSource, layer: number, proj: string): { a
 /** W[out,in] += (alpha / r) * B[out,r] @ A[r,in], in place. */
 export function mergeLora(w: Float32Array, out: number, inF: number, a: Float32Array, b: Float32Array, r: number, scaling: number): void {
   if (a.length !== r * inF || b.length !== out * r) {
-    throw new Error(`LoRA shapes do not match r=${r}: A has ${a.length} values (expected ${r}x${inF}), B has ${b.length} (expected ${out}x${r})`);
+    throw new Error(
+      `LoRA shapes do not match r=${r}: A has ${a.length} values (expected ${r}x${inF}), B has ${b.length} (expected ${out}x${r})`,
+    );
   }
   const row = new Float64Array(inF);
   for (let o = 0; o < out; o++) {
@@ -109,7 +111,12 @@ function attentionContext(g: GraphBuilder, embeds: string, mask: string, positio
   const allowed = allowedAttention(g, embeds, mask);
 
   const invFreqName = g.weight('rotary_emb.inv_freq', [invFreq.length], invFreq);
-  const pos = g.op('Unsqueeze', [g.op('Cast', [positions], { to: 1 }, { name: 'positions_f' }), g.constInt64([-1])], {}, { name: 'positions_col' });
+  const pos = g.op(
+    'Unsqueeze',
+    [g.op('Cast', [positions], { to: 1 }, { name: 'positions_f' }), g.constInt64([-1])],
+    {},
+    { name: 'positions_col' },
+  );
   const freqs = g.op('Mul', [pos, invFreqName], {}, { name: 'rotary_freqs' });
   const emb = g.op('Concat', [freqs, freqs], { axis: -1 }, { name: 'rotary_emb' });
   // computed in fp32, then in the compute type (HF: `cos.to(dtype=x.dtype)`)
@@ -131,7 +138,12 @@ export function allowedAttention(g: GraphBuilder, embeds: string, mask: string):
   const total = g.op('Gather', [g.op('Shape', [mask]), g.constInt64([1], [], 'idx1')], { axis: 0 }, { name: 'total_len' });
   const past = g.op('Sub', [total, seqLen], {}, { name: 'past_len' });
   const one = g.constInt64([1], [], 'one');
-  const qPos = g.op('Unsqueeze', [g.op('Range', [past, total, one], {}, { name: 'query_index' }), g.constInt64([1])], {}, { name: 'query_index_col' });
+  const qPos = g.op(
+    'Unsqueeze',
+    [g.op('Range', [past, total, one], {}, { name: 'query_index' }), g.constInt64([1])],
+    {},
+    { name: 'query_index_col' },
+  );
   const kPos = g.op('Range', [g.constInt64([0], [], 'zero'), total, one], {}, { name: 'key_index' });
   const causal = g.op('LessOrEqual', [kPos, qPos], {}, { name: 'causal' });
   const padOk = g.op('Unsqueeze', [g.op('Cast', [mask], { to: 9 }, { name: 'mask_bool' }), g.constInt64([1, 2])], {}, { name: 'mask_4d' });
@@ -149,7 +161,12 @@ function rotary(g: GraphBuilder, x: string, cos: string, sin: string, headDim: n
 function repeatKv(g: GraphBuilder, x: string, shape: LlamaShape, name: string): string {
   const rep = shape.heads / shape.kvHeads;
   if (rep === 1) return x;
-  const expanded = g.op('Expand', [g.op('Unsqueeze', [x, g.constInt64([2])]), g.constInt64([1, 1, rep, 1, 1])], {}, { name: `${name}.expand` });
+  const expanded = g.op(
+    'Expand',
+    [g.op('Unsqueeze', [x, g.constInt64([2])]), g.constInt64([1, 1, rep, 1, 1])],
+    {},
+    { name: `${name}.expand` },
+  );
   return g.op('Reshape', [expanded, g.constInt64([0, shape.heads, -1, shape.headDim])], {}, { name: `${name}.reshape` });
 }
 
@@ -164,9 +181,27 @@ interface LayerContext {
 async function selfAttention(g: GraphBuilder, x: string, i: number, ctx: LayerContext, spec: DecoderGraphSpec): Promise<string> {
   const { shape } = spec;
   const p = `model.layers.${i}.self_attn`;
-  const q = splitHeads(g, linear(g, x, `${p}.q_proj`, await projection(spec, i, 'q_proj', 'self_attn')), shape.heads, shape.headDim, `${p}.q`);
-  const k = splitHeads(g, linear(g, x, `${p}.k_proj`, await projection(spec, i, 'k_proj', 'self_attn')), shape.kvHeads, shape.headDim, `${p}.k`);
-  const v = splitHeads(g, linear(g, x, `${p}.v_proj`, await projection(spec, i, 'v_proj', 'self_attn')), shape.kvHeads, shape.headDim, `${p}.v`);
+  const q = splitHeads(
+    g,
+    linear(g, x, `${p}.q_proj`, await projection(spec, i, 'q_proj', 'self_attn')),
+    shape.heads,
+    shape.headDim,
+    `${p}.q`,
+  );
+  const k = splitHeads(
+    g,
+    linear(g, x, `${p}.k_proj`, await projection(spec, i, 'k_proj', 'self_attn')),
+    shape.kvHeads,
+    shape.headDim,
+    `${p}.k`,
+  );
+  const v = splitHeads(
+    g,
+    linear(g, x, `${p}.v_proj`, await projection(spec, i, 'v_proj', 'self_attn')),
+    shape.kvHeads,
+    shape.headDim,
+    `${p}.v`,
+  );
   const qRot = rotary(g, q, ctx.cos, ctx.sin, shape.headDim, `${p}.q_rot`);
   const kRot = rotary(g, k, ctx.cos, ctx.sin, shape.headDim, `${p}.k_rot`);
 
@@ -193,8 +228,14 @@ async function selfAttention(g: GraphBuilder, x: string, i: number, ctx: LayerCo
 
   // softmax(q k^T / sqrt(d)) v over the keys [cache | past | new], with the scores of the two parts
   // computed apart and joined (small: [B, heads, S, T]), and the context summed from the two parts.
-  const scoresOf = (k: string, name: string) => g.op('MatMul', [qRot, g.op('Transpose', [repeatKv(g, k, shape, `${name}.rep`)], { perm: [0, 1, 3, 2] })], {}, { name });
-  const raw = g.op('Concat', [scoresOf(cacheK, `${p}.scores_cache`), scoresOf(keys, `${p}.scores_present`)], { axis: -1 }, { name: `${p}.scores` });
+  const scoresOf = (k: string, name: string) =>
+    g.op('MatMul', [qRot, g.op('Transpose', [repeatKv(g, k, shape, `${name}.rep`)], { perm: [0, 1, 3, 2] })], {}, { name });
+  const raw = g.op(
+    'Concat',
+    [scoresOf(cacheK, `${p}.scores_cache`), scoresOf(keys, `${p}.scores_present`)],
+    { axis: -1 },
+    { name: `${p}.scores` },
+  );
   // scaled, masked and normalised in fp32 (HF: softmax(..., dtype=torch.float32)), used in the compute type
   const scores = g.op('Div', [toFloat32(g, raw, `${p}.scores_fp32`), g.scalar(Math.sqrt(shape.headDim))], {}, { name: `${p}.scale` });
   // HF fills masked scores with finfo(float32).min rather than -inf.
@@ -268,9 +309,18 @@ export async function lmHead(g: GraphBuilder, h: string, spec: DecoderGraphSpec)
   const { shape } = spec;
   const keep = g.input('logits_to_keep', 'int64', [1]);
   const start = g.op('Neg', [keep], {}, { name: 'logits_to_keep.start' });
-  const kept = g.op('Slice', [h, start, g.constInt64([Number.MAX_SAFE_INTEGER], [1], 'logits_to_keep.end'), g.constInt64([1], [1], 'logits_to_keep.axis')], {}, { name: 'logits_to_keep.slice' });
+  const kept = g.op(
+    'Slice',
+    [h, start, g.constInt64([Number.MAX_SAFE_INTEGER], [1], 'logits_to_keep.end'), g.constInt64([1], [1], 'logits_to_keep.axis')],
+    {},
+    { name: 'logits_to_keep.slice' },
+  );
   const headKey = shape.tieWordEmbeddings || !spec.llm.has('lm_head.weight') ? 'model.embed_tokens.weight' : 'lm_head.weight';
-  const logits = linear(g, kept, 'lm_head', { weight: await spec.llm.readFloat32(headKey), outFeatures: shape.vocabSize, inFeatures: shape.hidden });
+  const logits = linear(g, kept, 'lm_head', {
+    weight: await spec.llm.readFloat32(headKey),
+    outFeatures: shape.vocabSize,
+    inFeatures: shape.hidden,
+  });
   g.output(toFloat32(g, logits, 'logits.cast'), 'logits', 'float32', ['batch', 'logits_length', shape.vocabSize]);
 }
 

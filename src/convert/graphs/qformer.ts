@@ -107,7 +107,11 @@ async function bertAttention(g: GraphBuilder, x: string, kv: string, p: string, 
 /** The query feed-forward: intermediate_query (Linear + exact GELU), output_query LayerNorm(dense(h) + x). */
 async function queryFeedForward(g: GraphBuilder, x: string, p: string, spec: QformerVisionSpec): Promise<string> {
   const { qformer, qshape } = spec;
-  const h = gelu(g, linear(g, x, `${p}.intermediate_query.dense`, await linearFrom(qformer, `${p}.intermediate_query.dense`)), `${p}.intermediate_query.act`);
+  const h = gelu(
+    g,
+    linear(g, x, `${p}.intermediate_query.dense`, await linearFrom(qformer, `${p}.intermediate_query.dense`)),
+    `${p}.intermediate_query.act`,
+  );
   const dense = linear(g, h, `${p}.output_query.dense`, await linearFrom(qformer, `${p}.output_query.dense`));
   const res = g.op('Add', [dense, x], {}, { name: `${p}.output_query.residual` });
   return layerNormFrom(g, res, qformer, `${p}.output_query.LayerNorm`, qshape.eps);
@@ -124,7 +128,8 @@ async function bertLayer(g: GraphBuilder, x: string, image: string, i: number, s
 /** Builds `pixel_values [B,3,S,S]` -> `image_embeds [B, queryTokens, hidden]` into `g`. */
 export async function buildQformerVisionGraph(g: GraphBuilder, spec: QformerVisionSpec): Promise<void> {
   const { shape, qshape } = spec;
-  if (qshape.hidden % qshape.heads !== 0) throw new Error(`Q-Former hidden size ${qshape.hidden} is not divisible by --qformer-heads ${qshape.heads}`);
+  if (qshape.hidden % qshape.heads !== 0)
+    throw new Error(`Q-Former hidden size ${qshape.hidden} is not divisible by --qformer-heads ${qshape.heads}`);
   const S = shape.imageSize;
   const tokens = (S / shape.patchSize) ** 2 + 1;
   if (qshape.encoderWidth !== shape.width) {
@@ -137,8 +142,10 @@ export async function buildQformerVisionGraph(g: GraphBuilder, spec: QformerVisi
   for (let i = 0; i < qshape.layers; i++) x = await bertLayer(g, x, image, i, spec);
 
   const proj = await linearFrom(spec.ckpt, 'llama_proj');
-  if (proj.inFeatures !== qshape.hidden) throw new Error(`llama_proj expects ${proj.inFeatures} inputs but the Q-Former hidden size is ${qshape.hidden}`);
-  if (proj.outFeatures !== spec.hidden) throw new Error(`llama_proj outputs ${proj.outFeatures}, the language model's hidden size is ${spec.hidden}`);
+  if (proj.inFeatures !== qshape.hidden)
+    throw new Error(`llama_proj expects ${proj.inFeatures} inputs but the Q-Former hidden size is ${qshape.hidden}`);
+  if (proj.outFeatures !== spec.hidden)
+    throw new Error(`llama_proj outputs ${proj.outFeatures}, the language model's hidden size is ${spec.hidden}`);
   const embeds = linear(g, x, 'llama_proj', proj);
   g.output(embeds, 'image_embeds', 'float32', ['batch', qshape.queryTokens, spec.hidden]);
   if (spec.stageOutputs) {

@@ -66,9 +66,19 @@ export async function linearFrom(src: TensorSource, prefix: string, bias = true)
 async function patchEmbed(g: GraphBuilder, x: string, spec: VitSpec): Promise<string> {
   const { vit, shape } = spec;
   const grid = shape.imageSize / shape.patchSize;
-  const w = storedWeight(g, 'patch_embed.proj.weight', vit.info('patch_embed.proj.weight').shape, await vit.readFloat32('patch_embed.proj.weight'));
+  const w = storedWeight(
+    g,
+    'patch_embed.proj.weight',
+    vit.info('patch_embed.proj.weight').shape,
+    await vit.readFloat32('patch_embed.proj.weight'),
+  );
   const b = g.weight('patch_embed.proj.bias', [shape.width], await vit.readFloat32('patch_embed.proj.bias'));
-  const conv = g.op('Conv', [x, w, b], { kernel_shape: [shape.patchSize, shape.patchSize], strides: [shape.patchSize, shape.patchSize] }, { name: 'patch_embed.proj' });
+  const conv = g.op(
+    'Conv',
+    [x, w, b],
+    { kernel_shape: [shape.patchSize, shape.patchSize], strides: [shape.patchSize, shape.patchSize] },
+    { name: 'patch_embed.proj' },
+  );
   const flat = g.op('Reshape', [conv, g.constInt64([0, shape.width, grid * grid])], {}, { name: 'patch_embed.flatten' });
   const tokens = g.op('Transpose', [flat], { perm: [0, 2, 1] }, { name: 'patch_embed.transpose' });
 
@@ -141,12 +151,20 @@ export async function buildVisionGraph(g: GraphBuilder, spec: VisionGraphSpec): 
   const pixels = g.input('pixel_values', 'float32', ['batch', 3, S, S]);
   const ln = await vitFeatures(g, pixels, spec);
   const noCls = g.op('Slice', [ln, g.constInt64([1]), g.constInt64([1 + patches]), g.constInt64([1])], {}, { name: 'drop_cls' });
-  const grouped = g.op('Reshape', [noCls, g.constInt64([0, patches / spec.concat, spec.concat * shape.width])], {}, { name: 'concat_adjacent' });
+  const grouped = g.op(
+    'Reshape',
+    [noCls, g.constInt64([0, patches / spec.concat, spec.concat * shape.width])],
+    {},
+    { name: 'concat_adjacent' },
+  );
   const proj = await linearFrom(spec.ckpt, 'llama_proj');
   if (proj.inFeatures !== spec.concat * shape.width) {
-    throw new Error(`llama_proj expects ${proj.inFeatures} inputs but ${spec.concat} x ViT width ${shape.width} = ${spec.concat * shape.width}`);
+    throw new Error(
+      `llama_proj expects ${proj.inFeatures} inputs but ${spec.concat} x ViT width ${shape.width} = ${spec.concat * shape.width}`,
+    );
   }
-  if (proj.outFeatures !== spec.hidden) throw new Error(`llama_proj outputs ${proj.outFeatures}, the language model's hidden size is ${spec.hidden}`);
+  if (proj.outFeatures !== spec.hidden)
+    throw new Error(`llama_proj outputs ${proj.outFeatures}, the language model's hidden size is ${spec.hidden}`);
   const embeds = linear(g, grouped, 'llama_proj', proj);
   g.output(embeds, 'image_embeds', 'float32', ['batch', patches / spec.concat, spec.hidden]);
 }

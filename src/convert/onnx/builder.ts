@@ -125,7 +125,10 @@ export class GraphBuilder {
   compute: ComputeType = 'float32';
 
   /** `dataPath` is where large weights go (`<model>.onnx.data`, next to the model file). */
-  constructor(readonly name: string, dataPath: string) {
+  constructor(
+    readonly name: string,
+    dataPath: string,
+  ) {
     this.data = new ExternalDataWriter(dataPath);
   }
 
@@ -154,7 +157,12 @@ export class GraphBuilder {
    * Adds one node. Returns its first output's name; `opts.outputs` names the outputs explicitly, or
    * `opts.count` asks for several fresh ones (read them back with `opMulti`).
    */
-  op(type: string, inputs: string[], attrs: Record<string, AttrValue> = {}, opts: { outputs?: string[]; domain?: string; name?: string } = {}): string {
+  op(
+    type: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue> = {},
+    opts: { outputs?: string[]; domain?: string; name?: string } = {},
+  ): string {
     return this.opMulti(type, inputs, attrs, { ...opts, count: opts.outputs?.length ?? 1 })[0];
   }
 
@@ -179,7 +187,12 @@ export class GraphBuilder {
   }
 
   /** A weight tensor; large ones are appended to the external data file right away. */
-  weight(name: string, dims: number[], data: Float32Array | Uint16Array | Uint8Array | Int8Array, dtype: DataTypeId = DataType.FLOAT): string {
+  weight(
+    name: string,
+    dims: number[],
+    data: Float32Array | Uint16Array | Uint8Array | Int8Array,
+    dtype: DataTypeId = DataType.FLOAT,
+  ): string {
     const unique = this.usedNames.has(name) ? this.fresh(name) : name;
     this.usedNames.add(unique);
     const raw = bytesOf(data);

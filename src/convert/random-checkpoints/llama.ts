@@ -36,7 +36,8 @@ export function llamaTensors(l: LlamaRandomShape, dtype: RandomDType, o: { invFr
       t(`${p}.self_attn.v_proj.weight`, [kvOut, H]),
       t(`${p}.self_attn.o_proj.weight`, [H, H]),
     );
-    if (o.invFreq ?? true) out.push(t(`${p}.self_attn.rotary_emb.inv_freq`, [headDim / 2], { kind: 'invFreq', headDim, theta: l.ropeTheta }));
+    if (o.invFreq ?? true)
+      out.push(t(`${p}.self_attn.rotary_emb.inv_freq`, [headDim / 2], { kind: 'invFreq', headDim, theta: l.ropeTheta }));
     out.push(
       t(`${p}.mlp.gate_proj.weight`, [l.intermediate, H]),
       t(`${p}.mlp.down_proj.weight`, [H, l.intermediate]),
@@ -48,7 +49,6 @@ export function llamaTensors(l: LlamaRandomShape, dtype: RandomDType, o: { invFr
   out.push(t('model.norm.weight', [H], NORM_INIT), t('lm_head.weight', [l.vocab, H]));
   return out;
 }
-
 
 /** Hugging Face config.json of a Llama-2 model of this shape. */
 export function llamaConfigJson(l: LlamaRandomShape, dtype: RandomDType): Record<string, unknown> {

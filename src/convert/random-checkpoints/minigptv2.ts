@@ -22,7 +22,13 @@ export function ckptTensors(s: MiniGPTv2RandomShape, dtype: RandomDType): Random
   const headDim = H / s.llm.heads;
   const kvOut = (s.llm.kvHeads ?? s.llm.heads) * headDim;
   const r = s.lora.r;
-  const t = (name: string, shape: number[], init: RandomInit = WEIGHT_INIT): RandomTensor => ({ name, dtype: d, shape, file: 'ckpt', init });
+  const t = (name: string, shape: number[], init: RandomInit = WEIGHT_INIT): RandomTensor => ({
+    name,
+    dtype: d,
+    shape,
+    file: 'ckpt',
+    init,
+  });
   const out: RandomTensor[] = [];
   for (let i = 0; i < s.llm.layers; i++) {
     const p = `llama_model.base_model.model.model.layers.${i}.self_attn`;

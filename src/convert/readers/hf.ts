@@ -8,10 +8,7 @@ import { MergedSource } from './views.js';
  * Opens a sharded checkpoint from its `*.index.json` (`{"weight_map": {name: shard file}}`), shards relative to the
  * index. Every name of the weight map must be in its shard; the merged source lists the shards' tensors, shard by shard.
  */
-export async function openShardedIndex(
-  indexPath: string,
-  openShard: (path: string) => Promise<TensorSource>,
-): Promise<TensorSource> {
+export async function openShardedIndex(indexPath: string, openShard: (path: string) => Promise<TensorSource>): Promise<TensorSource> {
   const abs = resolve(indexPath);
   let index: unknown;
   try {

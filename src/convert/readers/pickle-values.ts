@@ -47,7 +47,11 @@ export function pyRepr(v: unknown, depth = 0): string {
   if (v instanceof PyGlobal) return v.qualifiedName;
   if (depth > 2) return '...';
   if (Array.isArray(v)) {
-    const inner = v.slice(0, 8).map((x) => pyRepr(x, depth + 1)).join(', ') + (v.length > 8 ? ', ...' : '');
+    const inner =
+      v
+        .slice(0, 8)
+        .map((x) => pyRepr(x, depth + 1))
+        .join(', ') + (v.length > 8 ? ', ...' : '');
     return isTuple(v) ? `(${inner}${v.length === 1 ? ',' : ''})` : `[${inner}]`;
   }
   if (v instanceof PyDict) return `{${v.map.size} items}`;

@@ -1,14 +1,6 @@
 import { CheckpointError } from './errors.js';
 import { RandomAccessFile } from './file.js';
-import {
-  DTYPE_ITEMSIZE,
-  bytesToFloat32,
-  describeKeys,
-  isStorageDType,
-  numelOf,
-  type TensorInfo,
-  type TensorSource,
-} from './types.js';
+import { DTYPE_ITEMSIZE, bytesToFloat32, describeKeys, isStorageDType, numelOf, type TensorInfo, type TensorSource } from './types.js';
 
 /** The safetensors reference implementation refuses headers above 100 MB. */
 const MAX_HEADER_BYTES = 100_000_000;

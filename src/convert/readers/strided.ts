@@ -20,12 +20,7 @@ function wordView(b: Uint8Array, word: number): WordArray {
  * Gathers a strided view into contiguous C order. `src` holds the storage elements starting at the view's
  * storage offset (must own an aligned buffer); strides are in elements.
  */
-export function gatherStrided(
-  src: Uint8Array,
-  shape: readonly number[],
-  stride: readonly number[],
-  itemsize: number,
-): Uint8Array {
+export function gatherStrided(src: Uint8Array, shape: readonly number[], stride: readonly number[], itemsize: number): Uint8Array {
   const numel = shape.reduce((a, b) => a * b, 1);
   const out = new Uint8Array(numel * itemsize);
   if (numel === 0) return out;

@@ -147,6 +147,9 @@ export function bytesToFloat32(bytes: Uint8Array, dtype: StorageDType, what: str
 /** Formats a short list of available names for "not found" errors. */
 export function describeKeys(names: readonly string[], max = 5): string {
   if (names.length === 0) return 'it holds no tensors';
-  const head = names.slice(0, max).map((n) => `'${n}'`).join(', ');
+  const head = names
+    .slice(0, max)
+    .map((n) => `'${n}'`)
+    .join(', ');
   return `it holds ${names.length} tensor${names.length === 1 ? '' : 's'}, e.g. ${head}${names.length > max ? ', ...' : ''}`;
 }

@@ -197,9 +197,7 @@ export class ZipArchive {
       throw new CheckpointError(`${this.file.path}: cannot inflate ${what}: ${(err as Error).message}`, { cause: err });
     }
     if (out.byteLength !== entry.uncompressedSize) {
-      throw new CheckpointError(
-        `${this.file.path}: ${what} inflated to ${out.byteLength} bytes, expected ${entry.uncompressedSize}`,
-      );
+      throw new CheckpointError(`${this.file.path}: ${what} inflated to ${out.byteLength} bytes, expected ${entry.uncompressedSize}`);
     }
     return out.slice();
   }

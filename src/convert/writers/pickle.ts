@@ -63,7 +63,8 @@ export class Pickler {
 
   private put(): number {
     const id = this.nextMemo++;
-    if (id < 256) this.op(0x71, id); // BINPUT
+    if (id < 256)
+      this.op(0x71, id); // BINPUT
     else this.op(0x72).u32(id); // LONG_BINPUT
     return id;
   }
@@ -219,4 +220,3 @@ export function stateDictPickle(
   }
   return p.stop();
 }
-

@@ -87,9 +87,7 @@ const enc = new TextEncoder();
 export class ZipWriter {
   private readonly central: CentralRecord[] = [];
   private readonly names = new Set<string>();
-  private current:
-    | { rec: CentralRecord; crcAt: number; written: number; crc: number; zip64: boolean }
-    | undefined;
+  private current: { rec: CentralRecord; crcAt: number; written: number; crc: number; zip64: boolean } | undefined;
   private finished = false;
   private readonly align: number;
   private readonly forceZip64: boolean;
@@ -100,7 +98,8 @@ export class ZipWriter {
     opts: ZipWriterOptions = {},
   ) {
     this.align = opts.align ?? 64;
-    if (!Number.isInteger(this.align) || this.align < 1 || this.align > 4096) throw new CheckpointError(`invalid zip alignment ${this.align}`);
+    if (!Number.isInteger(this.align) || this.align < 1 || this.align > 4096)
+      throw new CheckpointError(`invalid zip alignment ${this.align}`);
     this.forceZip64 = opts.zip64 === 'always';
   }
 
@@ -123,7 +122,12 @@ export class ZipWriter {
     if (this.align > 1) pad = (this.align - ((offset + fixed + 4) % this.align)) % this.align;
     const extraLen = z64Len + (this.align > 1 ? 4 + pad : 0);
     const h = new LE(30 + nameBytes.byteLength + extraLen);
-    h.u32(SIG_LOCAL).u16(zip64 ? VERSION_ZIP64 : VERSION_PLAIN).u16(0).u16(0).u16(DOS_TIME).u16(DOS_DATE);
+    h.u32(SIG_LOCAL)
+      .u16(zip64 ? VERSION_ZIP64 : VERSION_PLAIN)
+      .u16(0)
+      .u16(0)
+      .u16(DOS_TIME)
+      .u16(DOS_DATE);
     const crcAt = offset + h.length;
     h.u32(0); // CRC-32, patched by end()
     if (zip64) h.u32(U32_MAX).u32(U32_MAX);
@@ -139,7 +143,9 @@ export class ZipWriter {
     const c = this.current;
     if (!c) throw new CheckpointError(`${this.out.path}: zip data outside an entry`);
     if (c.written + bytes.byteLength > c.rec.size) {
-      throw new CheckpointError(`${this.out.path}: zip entry '${new TextDecoder().decode(c.rec.name)}' gets more than its ${c.rec.size} bytes`);
+      throw new CheckpointError(
+        `${this.out.path}: zip entry '${new TextDecoder().decode(c.rec.name)}' gets more than its ${c.rec.size} bytes`,
+      );
     }
     c.crc = crc32(bytes, c.crc);
     c.written += bytes.byteLength;
@@ -181,9 +187,23 @@ export class ZipWriter {
       const extraLen = z64Fields ? 4 + 8 * z64Fields : 0;
       if (z64Fields) this.usedZip64 = true;
       const e = new LE(46 + r.name.byteLength + extraLen);
-      e.u32(SIG_CENTRAL).u16(VERSION_MADE_BY).u16(z64Fields ? VERSION_ZIP64 : VERSION_PLAIN).u16(0).u16(0).u16(DOS_TIME).u16(DOS_DATE);
-      e.u32(r.crc).u32(bigSize ? U32_MAX : r.size).u32(bigSize ? U32_MAX : r.size);
-      e.u16(r.name.byteLength).u16(extraLen).u16(0).u16(0).u16(0).u32(0).u32(bigOffset ? U32_MAX : r.offset);
+      e.u32(SIG_CENTRAL)
+        .u16(VERSION_MADE_BY)
+        .u16(z64Fields ? VERSION_ZIP64 : VERSION_PLAIN)
+        .u16(0)
+        .u16(0)
+        .u16(DOS_TIME)
+        .u16(DOS_DATE);
+      e.u32(r.crc)
+        .u32(bigSize ? U32_MAX : r.size)
+        .u32(bigSize ? U32_MAX : r.size);
+      e.u16(r.name.byteLength)
+        .u16(extraLen)
+        .u16(0)
+        .u16(0)
+        .u16(0)
+        .u32(0)
+        .u32(bigOffset ? U32_MAX : r.offset);
       e.raw(r.name);
       if (z64Fields) {
         e.u16(0x0001).u16(8 * z64Fields);
@@ -207,7 +227,10 @@ export class ZipWriter {
     const eocd = new LE(22);
     eocd.u32(SIG_EOCD).u16(0).u16(0);
     eocd.u16(needZip64 ? U16_MAX : count).u16(needZip64 ? U16_MAX : count);
-    eocd.u32(needZip64 ? U32_MAX : cdSize).u32(needZip64 ? U32_MAX : cdOffset).u16(0);
+    eocd
+      .u32(needZip64 ? U32_MAX : cdSize)
+      .u32(needZip64 ? U32_MAX : cdOffset)
+      .u16(0);
     await this.out.write(eocd.bytes);
   }
 }

@@ -23,7 +23,16 @@
  * the best remaining warped scores.
  */
 import { createRng } from './rng.js';
-import { applyRepetitionPenalty, applyTemperature, logSoftmax, maskTokens, softmax, sampleFrom, topKFilter, topPFilter } from './processors.js';
+import {
+  applyRepetitionPenalty,
+  applyTemperature,
+  logSoftmax,
+  maskTokens,
+  softmax,
+  sampleFrom,
+  topKFilter,
+  topPFilter,
+} from './processors.js';
 import { resolveGenerationOptions, type ResolvedGenerationOptions } from './options.js';
 import { StatePool, runStep } from './state-pool.js';
 import { findFirstStop } from './text-stream.js';
@@ -236,7 +245,13 @@ export async function runBeamSearch<S extends DecodeState>(
     }
 
     // --- advance the selected beams (batched; parents may repeat)
-    const res = await runStep(model, next.map((c) => beams[c.beam].state), next.map((c) => c.token), pool, signal);
+    const res = await runStep(
+      model,
+      next.map((c) => beams[c.beam].state),
+      next.map((c) => c.token),
+      pool,
+      signal,
+    );
     if (!res) return aborted();
     pool.releaseAllExcept(new Set(res.states));
     beams = next.map((c, i) => ({ state: res.states[i], ids: nextIds[i], score: c.score }));

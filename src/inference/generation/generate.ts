@@ -7,15 +7,7 @@ import { applyRepetitionPenalty, applyTemperature, argmax, maskTokens, sampleFro
 import { createRng } from './rng.js';
 import { StatePool, runStep } from './state-pool.js';
 import { IncrementalTextStream } from './text-stream.js';
-import type {
-  DecodeState,
-  GenerationEvent,
-  GenerationOptions,
-  GenerationStart,
-  Rng,
-  StepModel,
-  TokenDecoder,
-} from './types.js';
+import type { DecodeState, GenerationEvent, GenerationOptions, GenerationStart, Rng, StepModel, TokenDecoder } from './types.js';
 
 /**
  * Chooses the next token from raw logits with HF order: repetition penalty (over `generated`), min-new-tokens

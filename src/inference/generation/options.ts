@@ -51,11 +51,7 @@ function checkInt(name: string, v: number, min: number): number {
 
 /** Applies the defaults and validates (throws RangeError on invalid values, like HF's warper constructors). */
 export function resolveGenerationOptions(opts: GenerationOptions): ResolvedGenerationOptions {
-  const maxNewTokens = checkInt(
-    'maxNewTokens',
-    (opts.maxNewTokens as number | undefined) ?? DEFAULT_MAX_NEW_TOKENS,
-    0,
-  );
+  const maxNewTokens = checkInt('maxNewTokens', (opts.maxNewTokens as number | undefined) ?? DEFAULT_MAX_NEW_TOKENS, 0);
   const minNewTokens = checkInt('minNewTokens', opts.minNewTokens ?? 0, 0);
   const temperature = opts.temperature ?? 1;
   if (!(temperature >= 0) || !Number.isFinite(temperature)) {

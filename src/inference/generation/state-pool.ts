@@ -78,9 +78,7 @@ export async function runStep<S extends DecodeState>(
   for (const s of res.states ?? []) if (s) pool.add(s);
   if (signal?.aborted) return null;
   if (!res.states || !res.logits || res.states.length !== states.length || res.logits.length !== states.length) {
-    throw new Error(
-      `StepModel.step returned ${res.states?.length} states / ${res.logits?.length} logits for a batch of ${states.length}`,
-    );
+    throw new Error(`StepModel.step returned ${res.states?.length} states / ${res.logits?.length} logits for a batch of ${states.length}`);
   }
   return res;
 }

@@ -19,11 +19,7 @@ export interface StepModel<S extends DecodeState = DecodeState> {
    * Append one token to each state (batched; states may repeat); returns next-token logits (length vocabSize each)
    * and new states (one per input, in the same order).
    */
-  step(
-    states: readonly S[],
-    tokens: readonly number[],
-    signal?: AbortSignal,
-  ): Promise<{ states: S[]; logits: Float32Array[] }>;
+  step(states: readonly S[], tokens: readonly number[], signal?: AbortSignal): Promise<{ states: S[]; logits: Float32Array[] }>;
 }
 
 export interface TokenDecoder {
@@ -83,8 +79,7 @@ export type FinishReason = 'stop' | 'length' | 'aborted';
 
 export type GenerationEvent =
   /** a streamed piece; concatenation of pieces == final text */
-  | { type: 'text'; text: string }
-  | { type: 'done'; text: string; tokenIds: number[]; finishReason: FinishReason; steps: number };
+  { type: 'text'; text: string } | { type: 'done'; text: string; tokenIds: number[]; finishReason: FinishReason; steps: number };
 
 /** What generate() needs after the prefill: the state holding the prompt and the logits of its last position. */
 export interface GenerationStart<S extends DecodeState = DecodeState> {

@@ -25,7 +25,8 @@ export async function newImageAnswer(b: BenchContext): Promise<NewImageSamples> 
     const img = await model.encodeImage(b.bytes);
     out.image = img.embeds;
     let t: { prefillMs: number; firstTokenMs: number; totalMs: number; promptTokens: number } | undefined;
-    for await (const ev of model.answer(b.ask([{ user: QUESTIONS[0] }]), [img.embeds], { ...GREEDY, maxNewTokens: 8 })) if (ev.type === 'timings') t = ev.timings;
+    for await (const ev of model.answer(b.ask([{ user: QUESTIONS[0] }]), [img.embeds], { ...GREEDY, maxNewTokens: 8 }))
+      if (ev.type === 'timings') t = ev.timings;
     if (i < p.warmup || !t) continue;
     out.preprocessMs.push(img.preprocessMs);
     out.visionMs.push(img.visionMs);
@@ -68,7 +69,8 @@ export async function decodeWithCache(b: BenchContext, ctx0: ContextEmbeds): Pro
     let ids: number[] = [];
     let pieces = 0;
     for await (const ev of generate(model.engine, { state: first.state, logits: first.logits }, textDecoder, opts)) {
-      if (ev.type === 'text') pieces += ev.text.length; // consumed as a stream would be
+      if (ev.type === 'text')
+        pieces += ev.text.length; // consumed as a stream would be
       else ids = ev.tokenIds;
     }
     const wall = performance.now() - t0;

@@ -6,10 +6,17 @@ import { GREEDY } from '../common.js';
 import { clone, FILLER, prefixOf, QUESTIONS, timed, type BenchContext } from './context.js';
 
 /** One greedy answer of `tokens` tokens, from `reuse` (a conversation's own cache) when given. */
-async function answerIds(b: BenchContext, image: Float32Array, prompt: string, reuse: CachedContext | undefined, tokens: number): Promise<number[]> {
+async function answerIds(
+  b: BenchContext,
+  image: Float32Array,
+  prompt: string,
+  reuse: CachedContext | undefined,
+  tokens: number,
+): Promise<number[]> {
   let ids: number[] = [];
   const more = reuse ? { imageKeys: ['img'], reuse } : {};
-  for await (const ev of b.model.answer(prompt, [image], { ...GREEDY, maxNewTokens: tokens }, undefined, more)) if (ev.type === 'done') ids = ev.tokenIds;
+  for await (const ev of b.model.answer(prompt, [image], { ...GREEDY, maxNewTokens: tokens }, undefined, more))
+    if (ev.type === 'done') ids = ev.tokenIds;
   return ids;
 }
 

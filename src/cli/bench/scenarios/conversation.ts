@@ -45,18 +45,33 @@ export async function followUp(b: BenchContext, image: Float32Array): Promise<Fo
   // the previous turn, answered from that cache and kept, then extended to the next prompt's start
   let prevKept: CachedContext | undefined;
   let prevText = '';
-  for await (const ev of model.answer(ask([...history, { user: QUESTIONS[1] }]), [image], { ...GREEDY, maxNewTokens: p.prevAnswer }, undefined, {
-    imageKeys: ['img'],
-    reuse: base,
-    keep: (c) => (prevKept = c),
-  })) {
+  for await (const ev of model.answer(
+    ask([...history, { user: QUESTIONS[1] }]),
+    [image],
+    { ...GREEDY, maxNewTokens: p.prevAnswer },
+    undefined,
+    {
+      imageKeys: ['img'],
+      reuse: base,
+      keep: (c) => (prevKept = c),
+    },
+  )) {
     if (ev.type === 'done') prevText = ev.text.trim();
   }
   const turns: Turn[] = [...history, { user: QUESTIONS[1], assistant: prevText }];
   const [extended, extendMs] = await timed(() => model.extendContext(prevKept!, prefixOf(b, turns), [image], ['img']));
   base = extended;
   const followPrompt = ask([...turns, { user: QUESTIONS[2] }]);
-  const out: FollowUpSamples = { withCacheMs: [], fullPrefillMs: [], promptTokens: 0, prefillTokens: 0, extendMs, withCacheIds: [], fullPrefillIds: [], base };
+  const out: FollowUpSamples = {
+    withCacheMs: [],
+    fullPrefillMs: [],
+    promptTokens: 0,
+    prefillTokens: 0,
+    extendMs,
+    withCacheIds: [],
+    fullPrefillIds: [],
+    base,
+  };
   for (let i = 0; i < p.warmup + p.reps; i++) {
     for (const reuse of [true, false]) {
       let t: { firstTokenMs: number; promptTokens: number; prefillTokens: number } | undefined;
@@ -97,7 +112,12 @@ export async function imageCache(b: BenchContext): Promise<ImageCacheSamples> {
     for (const thread of ['a', 'b']) {
       const t0 = performance.now();
       let first = 0;
-      for await (const ev of m.handle({ key: { platform: 'cli', workspace: 'bench', channel: 'c', thread }, user: 'bench', text: QUESTIONS[3], image: b.bytes })) {
+      for await (const ev of m.handle({
+        key: { platform: 'cli', workspace: 'bench', channel: 'c', thread },
+        user: 'bench',
+        text: QUESTIONS[3],
+        image: b.bytes,
+      })) {
         if ((ev.type === 'text' || ev.type === 'final') && !first) first = performance.now() - t0;
       }
       if (i >= p.warmup) (thread === 'a' ? out.missMs : out.hitMs).push(first);
