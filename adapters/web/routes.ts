@@ -4,9 +4,9 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { extname, resolve, sep } from 'node:path';
-import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import { selectorTask, type ConversationKey, type ConversationRequest, type TaskTag } from '../../src/conversation/index.js';
 import { LIMITS } from '../../src/conversation/limits.js';
-import { parseTask, taskPrompt, TASK_BUTTON_PROMPTS, TASK_HINTS } from '../../src/grounding/tasks.js';
+import { taskPrompt, TASK_BUTTON_PROMPTS, TASK_HINTS } from '../../src/grounding/tasks.js';
 import { sseHeartbeat } from '../shared/http-server.js';
 import type { ConversationPort } from '../shared/port.js';
 import type { ExampleSet } from './examples.js';
@@ -146,12 +146,12 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
   const selected = stringField(form, 'task') || 'chat';
   if (selected !== 'chat' && !ctx.tasks.includes(selected))
     throw new HttpError(400, 'bad_request', `unknown task "${selected.slice(0, 40)}"`);
-  // A tag typed in the message wins over the selector; the prompt is the canonical one for the task.
+  // (the conversation layer's rule: a tag typed in the message wins over the selector); the prompt is the
+  // canonical one for the task
   let task: TaskTag | 'chat' = 'chat';
   let text = rawText.trim();
   if (ctx.tasks.length > 0) {
-    const typed = parseTask(rawText).task;
-    task = (typed !== 'chat' ? typed : selected) as TaskTag | 'chat';
+    task = selectorTask(rawText, selected as TaskTag | 'chat');
     text = taskPrompt(task, rawText);
   }
   const generation: NonNullable<ConversationRequest['generation']> = {};

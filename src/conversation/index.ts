@@ -1,7 +1,7 @@
 export { ConversationManager, type ConversationManagerOptions } from './manager.js';
 export type { EncodedImage, SharedImageCache } from './image-input.js';
 export { createStore, conversationId, STORE_NAMESPACE, StoreUrlError } from './store.js';
-export { DEFAULT_PROMPT, TEMPLATE_MARKERS, neutralizeMarkers } from './text.js';
+export { DEFAULT_PROMPT, TEMPLATE_MARKERS, neutralizeMarkers, selectorTask } from './text.js';
 export { LIMITS } from './limits.js';
 export type {
   AnswerEvent,

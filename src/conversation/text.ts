@@ -63,6 +63,16 @@ export interface UserTurn {
 }
 
 /**
+ * The task of a message sent with a task selector that always has a value (the web page's): a tag typed at the
+ * start of the message wins, the selector applies to untagged text. (A request's own `task` overrides a typed
+ * tag: see userTurn.)
+ */
+export function selectorTask(text: string, selected: TaskTag | 'chat'): TaskTag | 'chat' {
+  const typed = parseTask(text).task;
+  return typed !== 'chat' ? typed : selected;
+}
+
+/**
  * The user turn for a request. MiniGPT-v2: `task` (when given) or a leading `[tag]` in the text selects the
  * task, and the canonical prompt is built as the upstream demo's task buttons do. Other architectures have
  * no task tags: the text goes in as written. Empty text becomes DEFAULT_PROMPT.

@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { createHash } from 'node:crypto';
 import sharp from 'sharp';
 import Keyv from 'keyv';
-import { ConversationManager, createStore, neutralizeMarkers, type AnswerEvent } from '../../src/conversation/index.js';
+import { ConversationManager, createStore, neutralizeMarkers, selectorTask, type AnswerEvent } from '../../src/conversation/index.js';
 import type { MiniGPT } from '../../src/inference/model.js';
 import {
   collect,
@@ -55,6 +55,17 @@ function spies() {
     imageCounts: () => answer.mock.calls.map((c) => c[1].length),
   };
 }
+
+describe('selectorTask: a task selector beside a typed tag', () => {
+  it('a tag typed at the start wins (any case); the selector applies to untagged text; an unknown tag is text', () => {
+    expect(selectorTask('[refer] the red square', 'caption')).toBe('refer');
+    expect(selectorTask('  [GROUNDING] describe', 'chat')).toBe('grounding');
+    expect(selectorTask('the red square', 'refer')).toBe('refer');
+    expect(selectorTask('', 'caption')).toBe('caption');
+    expect(selectorTask('[nonsense] hi', 'vqa')).toBe('vqa');
+    expect(selectorTask('where is [refer] here', 'chat')).toBe('chat');
+  });
+});
 
 describe('conversation manager: one conversation', () => {
   it('streams queued, started, text deltas, final and timings, and stores the turn with the image hash', async () => {
