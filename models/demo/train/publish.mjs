@@ -11,6 +11,9 @@
 //
 // --heldout is a `minigpt demo-data` split of a seed never used in training (the recipe uses 1000);
 // --data records the training split (e.g. "seeds 1-2 x 4000 images") in words.
+// PROVENANCE.json's `test` (the final test split) is not written here, on purpose: it is evaluated once, by
+// hand, on a seed no run or choice has used, after a package is chosen (README.md, "The final test split").
+// A republished package has none until then, and test/inference/demo-model.test.ts fails until it has.
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
