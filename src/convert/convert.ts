@@ -220,6 +220,7 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
 
     const visionG = new GraphBuilder('minigpt_vision', join(opts.out, 'vision.onnx.data'));
     visionG.weights = weights;
+    visionG.compute = compute;
     await plan.buildVision(visionG);
     const vision = await saveGraph(visionG, opts.out, 'vision.onnx', log);
 

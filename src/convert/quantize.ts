@@ -219,6 +219,7 @@ export function weightMatMul(
 export function storedWeight(g: GraphBuilder, name: string, dims: number[], data: Float32Array): string {
   if (g.weights.dtype === 'fp32') return g.weight(name, dims, data);
   const half = g.weight(`${name}_fp16`, dims, toFloat16(data), DataType.FLOAT16);
+  if (g.compute === 'float16') return half;
   return g.op('Cast', [half], { to: DataType.FLOAT }, { name: `${name}.cast` });
 }
 

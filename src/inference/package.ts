@@ -82,9 +82,9 @@ export const modelJsonSchema = z.object({
    */
   graph: z.enum(['plain', 'fused']).default('plain'),
   /**
-   * The decoder's compute type (`minigpt convert --compute`): 'float16' computes in float16 with norms and
-   * softmax in float32, and its KV cache inputs and outputs are float16 (src/convert/graphs/precision.ts);
-   * absent in packages from before it (float32).
+   * The compute type of the decoder and the ViT trunk (`minigpt convert --compute`): 'float16' computes in
+   * float16 with norms and softmax in float32, and the decoder's KV cache inputs and outputs are float16
+   * (src/convert/graphs/precision.ts); absent in packages from before it (float32).
    */
   compute: z.enum(['float32', 'float16']).default('float32'),
   vision: z.object({

@@ -8,7 +8,7 @@ import onnxProto from 'onnx-proto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConvertError, type ConvertOptions } from '../../src/convert/convert.js';
+import { convert, ConvertError, type ConvertOptions } from '../../src/convert/convert.js';
 import * as ort from 'onnxruntime-node';
 import { loadPackage } from '../../src/inference/package.js';
 import { MiniGPT } from '../../src/inference/model.js';
@@ -43,8 +43,13 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function decoderNodes(dir: string): Promise<{ nodes: Node[]; producer: Map<string, Node>; initializers: Map<string, number> }> {
-  const m = onnxProto.onnx.ModelProto.decode(await readFile(join(dir, 'decoder.onnx')));
+const M4 = join(import.meta.dirname, '..', 'fixtures', 'minigpt4-tiny');
+
+async function decoderNodes(
+  dir: string,
+  file = 'decoder.onnx',
+): Promise<{ nodes: Node[]; producer: Map<string, Node>; initializers: Map<string, number> }> {
+  const m = onnxProto.onnx.ModelProto.decode(await readFile(join(dir, file)));
   const nodes = m.graph!.node!;
   const producer = new Map<string, Node>();
   for (const n of nodes) for (const o of n.output!) producer.set(o, n);
@@ -114,6 +119,43 @@ describe('convert --compute fp16', () => {
       for (const w of weights) expect(f.initializers.get(w), `${n.name} ${w}`).toBe(onnxProto.onnx.TensorProto.DataType.FLOAT16);
     }
   });
+
+  it('runs the ViT trunk in float16 (LayerNorm statistics and softmax in float32) and what follows ln_vision in float32', async () => {
+    const { nodes, producer, initializers } = await decoderNodes(dirs.get('fp16-compute')!, 'vision.onnx');
+    const HALF = onnxProto.onnx.TensorProto.DataType.FLOAT16;
+    const conv = nodes.find((n) => n.opType === 'Conv')!;
+    expect(castTo(producer.get(conv.input![0]))).toBe(HALF);
+    expect(initializers.get(conv.input![1])).toBe(HALF);
+    for (const ln of nodes.filter((n) => n.opType === 'LayerNormalization')) {
+      expect(initializers.get(ln.input![1]), ln.name!).toBe(HALF);
+      expect(ln.attribute!.find((a) => a.name === 'stash_type')).toBeUndefined(); // default 1: float32 statistics
+    }
+    for (const sm of nodes.filter((n) => n.opType === 'Softmax')) expect(castTo(producer.get(sm.input![0])), sm.name!).toBe(FLOAT);
+    // llama_proj: float32 activations, its float16 weight cast to float32 as in a float32-compute package
+    const proj = nodes.find((n) => n.name!.startsWith('llama_proj.matmul'))!;
+    expect(castTo(producer.get(proj.input![1]))).toBe(FLOAT);
+  });
+
+  it('MiniGPT-4 with the Q-Former: the ViT in float16, the Q-Former in float32; minigpt verify passes the fp16 bounds', async () => {
+    const out = join(work, 'm4-fp16-compute');
+    await convert({
+      arch: 'minigpt-4',
+      vit: join(M4, 'eva_vit.pth'),
+      qformer: join(M4, 'blip2_qformer.pth'),
+      llm: join(M4, 'llama'),
+      ckpt: join(M4, 'minigpt4_ckpt.pth'),
+      vitHeads: 4,
+      qformerHeads: 4,
+      imageSize: 56,
+      dtype: 'fp16',
+      compute: 'fp16',
+      out,
+    });
+    const r = await verifyPackage(out, M4, { provider: 'cpu', threads: 1 });
+    expect(r.compute).toBe('float16');
+    expect(r.ok, JSON.stringify(r.prompts)).toBe(true);
+    for (const p of Object.values(r.prompts)) expect(p.forced_top1).toBe(1);
+  }, 120_000);
 
   it('refuses float16 compute over float32 weights, with what to add', async () => {
     await expect(convertTinyV2(join(work, 'refused'), { compute: 'fp16' })).rejects.toThrow(ConvertError);

@@ -1,7 +1,7 @@
 // Building blocks shared by the vision and language graphs: one small function per emitted block.
 import type { GraphBuilder } from '../onnx/builder.js';
 import { weightMatMul } from '../quantize.js';
-import { computeWeight, toCompute, toFloat32 } from './precision.js';
+import { computeScalar, computeWeight, toCompute, toFloat32 } from './precision.js';
 
 export { transpose2d } from '../quantize.js';
 
@@ -22,8 +22,9 @@ export function linear(g: GraphBuilder, x: string, name: string, w: LinearWeight
 }
 
 export function layerNorm(g: GraphBuilder, x: string, name: string, weight: Float32Array, bias: Float32Array, eps: number): string {
-  const s = g.weight(`${name}.weight`, [weight.length], weight);
-  const b = g.weight(`${name}.bias`, [bias.length], bias);
+  const s = computeWeight(g, `${name}.weight`, [weight.length], weight);
+  const b = computeWeight(g, `${name}.bias`, [bias.length], bias);
+  // (statistics in float32 whatever x's type: stash_type's default)
   return g.op('LayerNormalization', [x, s, b], { axis: -1, epsilon: { float: eps } }, { name });
 }
 
@@ -47,10 +48,10 @@ function rmsNormalize(g: GraphBuilder, x: string, name: string, eps: number): st
 
 /** Exact (erf) GELU, as torch nn.GELU() computes it. */
 export function gelu(g: GraphBuilder, x: string, name: string): string {
-  const scaled = g.op('Mul', [x, g.scalar(Math.SQRT1_2, `${name}.rsqrt2`)], {}, { name: `${name}.div_sqrt2` });
+  const scaled = g.op('Mul', [x, computeScalar(g, Math.SQRT1_2, `${name}.rsqrt2`)], {}, { name: `${name}.div_sqrt2` });
   const erf = g.op('Erf', [scaled], {}, { name: `${name}.erf` });
-  const onePlus = g.op('Add', [erf, g.scalar(1, `${name}.one`)], {}, { name: `${name}.one_plus` });
-  const half = g.op('Mul', [x, g.scalar(0.5, `${name}.half`)], {}, { name: `${name}.half_x` });
+  const onePlus = g.op('Add', [erf, computeScalar(g, 1, `${name}.one`)], {}, { name: `${name}.one_plus` });
+  const half = g.op('Mul', [x, computeScalar(g, 0.5, `${name}.half`)], {}, { name: `${name}.half_x` });
   return g.op('Mul', [half, onePlus], {}, { name });
 }
 

@@ -1,14 +1,31 @@
-// The decoder's compute type (`minigpt convert --compute fp16`). In float16 the graph does what transformers'
+// The compute type of the decoder and the ViT trunk (`minigpt convert --compute fp16`). In float16 the decoder
+// does what transformers'
 // LlamaForCausalLM does in torch.float16: Linears, rotary, the residual stream and the KV cache in float16;
 // RMSNorm's mean of squares in float32 (then back to float16 before the weight multiply, as HF's
 // `hidden_states.to(input_dtype)`); attention scores scaled, masked and softmaxed in float32, the
 // probabilities back to float16 for the product with the values. The graph's border stays float32 where the
 // runtime computes on it (inputs_embeds, spliced from the vision and embedding graphs; logits, sampled in JS);
-// only the KV cache, which the runtime just moves, crosses the border in float16.
+// only the KV cache, which the runtime just moves, crosses the border in float16. The EVA ViT runs in float16
+// as upstream MiniGPT runs it (`vit_precision: fp16`), with LayerNorm statistics and the attention softmax in
+// float32; ln_vision's output goes on in float32 (the 4-concat and llama_proj, or the Q-Former).
 import { DataType, type DataTypeId, type GraphBuilder, type GraphIO } from '../onnx/builder.js';
 import { toFloat16 } from '../quantize.js';
 
 const HALF = (g: GraphBuilder) => g.compute === 'float16';
+
+/**
+ * Builds `build`'s part of the graph in `type` (the builder's compute type restored after): the vision graph
+ * computes its ViT trunk in the compute type and what follows ln_vision in float32.
+ */
+export async function withCompute<T>(g: GraphBuilder, type: GraphBuilder['compute'], build: () => Promise<T>): Promise<T> {
+  const was = g.compute;
+  g.compute = type;
+  try {
+    return await build();
+  } finally {
+    g.compute = was;
+  }
+}
 
 /** The ONNX type id of the compute type. */
 export function computeTypeId(g: GraphBuilder): DataTypeId {

@@ -6,6 +6,7 @@
 import type { TensorSource } from '../readers/index.js';
 import type { GraphBuilder } from '../onnx/builder.js';
 import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './blocks.js';
+import { withCompute } from './precision.js';
 import { linearFrom, vitFeatures, type VitSpec } from './vision.js';
 
 /** BERT prefix of the Q-Former tensors inside the BLIP-2 state dict (`model.` wrapper already stripped). */
@@ -137,7 +138,12 @@ export async function buildQformerVisionGraph(g: GraphBuilder, spec: QformerVisi
   }
   const pixels = g.input('pixel_values', 'float32', ['batch', 3, S, S]);
   const image = await vitFeatures(g, pixels, spec);
+  // the Q-Former and llama_proj in float32 whatever the ViT's compute type (as upstream runs them)
+  await withCompute(g, 'float32', () => queryTransformer(g, pixels, image, tokens, spec));
+}
 
+async function queryTransformer(g: GraphBuilder, pixels: string, image: string, tokens: number, spec: QformerVisionSpec): Promise<void> {
+  const { shape, qshape } = spec;
   let x = await queryEmbeddings(g, pixels, spec);
   for (let i = 0; i < qshape.layers; i++) x = await bertLayer(g, x, image, i, spec);
 

@@ -5,6 +5,7 @@ import type { GraphBuilder } from '../onnx/builder.js';
 import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './blocks.js';
 import { interpolatePosEmbed } from './interpolate.js';
 import { storedWeight } from '../quantize.js';
+import { computeScalar, computeWeight, toCompute, toFloat32, withCompute } from './precision.js';
 
 export interface VitShape {
   width: number;
@@ -72,7 +73,7 @@ async function patchEmbed(g: GraphBuilder, x: string, spec: VitSpec): Promise<st
     vit.info('patch_embed.proj.weight').shape,
     await vit.readFloat32('patch_embed.proj.weight'),
   );
-  const b = g.weight('patch_embed.proj.bias', [shape.width], await vit.readFloat32('patch_embed.proj.bias'));
+  const b = computeWeight(g, 'patch_embed.proj.bias', [shape.width], await vit.readFloat32('patch_embed.proj.bias'));
   const conv = g.op(
     'Conv',
     [x, w, b],
@@ -82,14 +83,14 @@ async function patchEmbed(g: GraphBuilder, x: string, spec: VitSpec): Promise<st
   const flat = g.op('Reshape', [conv, g.constInt64([0, shape.width, grid * grid])], {}, { name: 'patch_embed.flatten' });
   const tokens = g.op('Transpose', [flat], { perm: [0, 2, 1] }, { name: 'patch_embed.transpose' });
 
-  const cls = g.weight('cls_token', [1, 1, shape.width], await vit.readFloat32('cls_token'));
+  const cls = computeWeight(g, 'cls_token', [1, 1, shape.width], await vit.readFloat32('cls_token'));
   const batch = g.op('Slice', [g.op('Shape', [x]), g.constInt64([0]), g.constInt64([1])], {}, { name: 'batch_dim' });
   const clsShape = g.op('Concat', [batch, g.constInt64([1, shape.width])], { axis: 0 }, { name: 'cls_shape' });
   const clsTokens = g.op('Expand', [cls, clsShape], {}, { name: 'cls_expand' });
   const withCls = g.op('Concat', [clsTokens, tokens], { axis: 1 }, { name: 'cat_cls' });
 
   const pos = interpolatePosEmbed(await vit.readFloat32('pos_embed'), shape.width, 1, grid);
-  const posName = g.weight('pos_embed', [1, 1 + grid * grid, shape.width], pos);
+  const posName = computeWeight(g, 'pos_embed', [1, 1 + grid * grid, shape.width], pos);
   return g.op('Add', [withCls, posName], {}, { name: 'add_pos_embed' });
 }
 
@@ -106,11 +107,21 @@ async function attention(g: GraphBuilder, x: string, p: string, spec: VitSpec): 
   bias.set(vBias, 2 * D);
   const qkv = linear(g, x, `${p}.qkv`, { ...qkvW, bias });
   const [q, k, v] = g.opMulti('Split', [qkv, g.constInt64([D, D, D])], { axis: -1 }, { count: 3, name: `${p}.split` });
-  const qh = g.op('Mul', [splitHeads(g, q, shape.heads, hd, `${p}.q`), g.scalar(hd ** -0.5)], {}, { name: `${p}.q_scale` });
+  const qh = g.op(
+    'Mul',
+    [splitHeads(g, q, shape.heads, hd, `${p}.q`), computeScalar(g, hd ** -0.5, `${p}.q_scale_factor`)],
+    {},
+    { name: `${p}.q_scale` },
+  );
   const kh = splitHeads(g, k, shape.heads, hd, `${p}.k`);
   const vh = splitHeads(g, v, shape.heads, hd, `${p}.v`);
   const scores = g.op('MatMul', [qh, g.op('Transpose', [kh], { perm: [0, 1, 3, 2] })], {}, { name: `${p}.scores` });
-  const probs = g.op('Softmax', [scores], { axis: -1 }, { name: `${p}.softmax` });
+  // (normalised in float32 whatever the compute type)
+  const probs = toCompute(
+    g,
+    g.op('Softmax', [toFloat32(g, scores, `${p}.scores_fp32`)], { axis: -1 }, { name: `${p}.softmax` }),
+    `${p}.probs_cast`,
+  );
   const ctx = mergeHeads(g, g.op('MatMul', [probs, vh], {}, { name: `${p}.context` }), D, `${p}.merge`);
   return linear(g, ctx, `${p}.proj`, await linearFrom(vit, `${p}.proj`));
 }
@@ -126,18 +137,22 @@ async function block(g: GraphBuilder, x: string, i: number, spec: VitSpec): Prom
   const p = `blocks.${i}`;
   const eps = 1e-6;
   const scaled = async (y: string, gamma: string) =>
-    vit.has(gamma) ? g.op('Mul', [y, g.weight(gamma, [spec.shape.width], await vit.readFloat32(gamma))]) : y;
+    vit.has(gamma) ? g.op('Mul', [y, computeWeight(g, gamma, [spec.shape.width], await vit.readFloat32(gamma))]) : y;
   const n1 = layerNorm(g, x, `${p}.norm1`, await vit.readFloat32(`${p}.norm1.weight`), await vit.readFloat32(`${p}.norm1.bias`), eps);
   const x1 = g.op('Add', [x, await scaled(await attention(g, n1, `${p}.attn`, spec), `${p}.gamma_1`)], {}, { name: `${p}.residual1` });
   const n2 = layerNorm(g, x1, `${p}.norm2`, await vit.readFloat32(`${p}.norm2.weight`), await vit.readFloat32(`${p}.norm2.bias`), eps);
   return g.op('Add', [x1, await scaled(await mlp(g, n2, `${p}.mlp`, vit), `${p}.gamma_2`)], {}, { name: `${p}.residual2` });
 }
 
-/** `pixel_values [B,3,S,S]` -> EVA ViT -> ln_vision: `[B, 1+N, width]`, CLS token kept. */
+/**
+ * `pixel_values [B,3,S,S]` -> EVA ViT -> ln_vision: `[B, 1+N, width]` float32, CLS token kept; computed in the
+ * builder's compute type.
+ */
 export async function vitFeatures(g: GraphBuilder, pixels: string, spec: VitSpec): Promise<string> {
-  let x = await patchEmbed(g, pixels, spec);
+  let x = await patchEmbed(g, toCompute(g, pixels, 'pixel_values.cast'), spec);
   for (let i = 0; i < spec.shape.depth; i++) x = await block(g, x, i, spec);
-  return layerNorm(g, x, 'ln_vision', spec.lnVision.weight, spec.lnVision.bias, spec.lnVision.eps);
+  const ln = layerNorm(g, x, 'ln_vision', spec.lnVision.weight, spec.lnVision.bias, spec.lnVision.eps);
+  return toFloat32(g, ln, 'ln_vision.to_fp32');
 }
 
 /** Builds `pixel_values [B,3,S,S]` -> `image_embeds [B, N/concat, hidden]` into `g`. */
@@ -150,6 +165,13 @@ export async function buildVisionGraph(g: GraphBuilder, spec: VisionGraphSpec): 
 
   const pixels = g.input('pixel_values', 'float32', ['batch', 3, S, S]);
   const ln = await vitFeatures(g, pixels, spec);
+  await withCompute(g, 'float32', () => projectPatches(g, ln, spec));
+}
+
+/** ln_vision's patch tokens, `concat` adjacent ones side by side, through llama_proj: `image_embeds`. */
+async function projectPatches(g: GraphBuilder, ln: string, spec: VisionGraphSpec): Promise<void> {
+  const { shape } = spec;
+  const patches = (shape.imageSize / shape.patchSize) ** 2;
   const noCls = g.op('Slice', [ln, g.constInt64([1]), g.constInt64([1 + patches]), g.constInt64([1])], {}, { name: 'drop_cls' });
   const grouped = g.op(
     'Reshape',
