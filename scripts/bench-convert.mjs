@@ -26,6 +26,7 @@ import { mkdir, readdir, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { cpus, totalmem, tmpdir, platform, release } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { eachArg, intArg, shapeArg } from './args.mjs';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
 const GB = 1e9;
@@ -42,27 +43,9 @@ function parseArgs(argv) {
     run: false,
     intervalMs: 200,
   };
-  const int = (name, v) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`${name} needs a positive integer, got ${v}`);
-    return n;
-  };
-  for (let i = 2; i < argv.length; i++) {
-    const a = argv[i];
-    const next = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
-      return argv[++i];
-    };
+  eachArg(argv, (a, next) => {
+    if (shapeArg(o, a, next)) return;
     switch (a) {
-      case '--llm-layers':
-        o.llmLayers = int(a, next());
-        break;
-      case '--vit-depth':
-        o.vitDepth = int(a, next());
-        break;
-      case '--dtype':
-        o.dtype = next();
-        break;
       case '--convert-dtype':
         o.convertDtype = next();
         break;
@@ -86,12 +69,12 @@ function parseArgs(argv) {
         o.markdown = next();
         break;
       case '--interval-ms':
-        o.intervalMs = int(a, next());
+        o.intervalMs = intArg(a, next());
         break;
       default:
         throw new Error(`unknown option ${a}`);
     }
-  }
+  });
   if (o.dtype !== 'fp16' && o.dtype !== 'fp32') throw new Error(`--dtype must be fp16 or fp32`);
   return o;
 }

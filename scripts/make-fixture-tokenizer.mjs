@@ -38,15 +38,17 @@
  * (`prompt_segments` + `chat_prompt_segments` for minigptv2-tiny, every `prompts.*.segments` for
  * minigpt4-tiny); everything else is identical.
  *
- * Usage: node scripts/make-fixture-tokenizer.mjs [--fixture DIR] [output-path]
+ * Usage: npm run build && node scripts/make-fixture-tokenizer.mjs [--fixture DIR] [output-path]
  *   --fixture  fixture folder with manifest.json (default test/fixtures/minigptv2-tiny; e.g.
  *              test/fixtures/minigpt4-tiny); output defaults to DIR/llama/tokenizer.json
  */
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+// the tokenizer.json parts Llama's layout shares (npm run build first, as the other scripts need)
+const { bosTemplate, llamaTokenizerHead } = await import(pathToFileURL(join(ROOT, 'dist', 'src', 'convert', 'tokenizer-json.js')).href);
 
 function parseArgs(argv) {
   const args = [...argv];
@@ -193,20 +195,8 @@ export function buildFixtureTokenizer(manifest) {
   const vocab = { '<unk>': 0, '<s>': 1, '</s>': 2 };
   for (let id = 3; id < VOCAB_SIZE; id++) for (const p of vocabEntries.get(id)) vocab[p] = id;
 
-  const added = (id, content) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  });
   const tokenizer = {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: [added(0, '<unk>'), added(1, '<s>'), added(2, '</s>')],
+    ...llamaTokenizerHead(),
     normalizer: null,
     pre_tokenizer: {
       type: 'Split',
@@ -214,17 +204,7 @@ export function buildFixtureTokenizer(manifest) {
       behavior: 'Removed',
       invert: true,
     },
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [
-        { SpecialToken: { id: '<s>', type_id: 0 } },
-        { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: '<s>', type_id: 1 } },
-        { Sequence: { id: 'B', type_id: 1 } },
-      ],
-      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
-    },
+    post_processor: bosTemplate(true),
     decoder: null,
     model: { type: 'WordLevel', vocab, unk_token: '<unk>' },
   };

@@ -12,44 +12,26 @@
 // the result as JSON). Prints the `minigpt convert` command that converts it.
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { eachArg, intArg, shapeArg } from './args.mjs';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
 
 function parseArgs(argv) {
   const o = { preset: 'llama2-7b', dtype: 'fp16', ckptDtype: 'fp32', seed: 0 };
-  const int = (k, v) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < (k === 'seed' ? 0 : 1))
-      throw new Error(`--${k} needs a ${k === 'seed' ? 'non-negative' : 'positive'} integer, got ${v}`);
-    return n;
-  };
-  for (let i = 2; i < argv.length; i++) {
-    const a = argv[i];
-    const next = () => {
-      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
-      return argv[++i];
-    };
+  eachArg(argv, (a, next) => {
+    if (shapeArg(o, a, next)) return;
     switch (a) {
       case '--preset':
         o.preset = next();
-        break;
-      case '--llm-layers':
-        o.llmLayers = int('llm-layers', next());
-        break;
-      case '--vit-depth':
-        o.vitDepth = int('vit-depth', next());
-        break;
-      case '--dtype':
-        o.dtype = next();
         break;
       case '--ckpt-dtype':
         o.ckptDtype = next();
         break;
       case '--shards':
-        o.shards = int('shards', next());
+        o.shards = intArg(a, next());
         break;
       case '--seed':
-        o.seed = int('seed', next());
+        o.seed = intArg(a, next(), 0);
         break;
       case '--out':
         o.out = next();
@@ -67,7 +49,7 @@ function parseArgs(argv) {
       default:
         throw new Error(`unknown option ${a}`);
     }
-  }
+  });
   for (const [k, v] of [
     ['--dtype', o.dtype],
     ['--ckpt-dtype', o.ckptDtype],

@@ -7,7 +7,7 @@ import { MiniGPT, type LoadOptions } from './inference/model.js';
 import { parseProviderChoice } from './inference/providers.js';
 import type { GenerationOptions } from './inference/generation/index.js';
 import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
-import { ConversationManager, createStore } from './conversation/index.js';
+import { ConversationManager, createStore, type ConversationManagerOptions } from './conversation/index.js';
 import type { ConversationPort } from '../adapters/shared/port.js';
 import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
 import { DEFAULT_API_HOST, startApiServer } from '../adapters/api/server.js';
@@ -163,9 +163,8 @@ export interface ServeOptions {
   adapters?: readonly PlatformAdapterSpec[];
 }
 
-export interface RunningBot {
-  model: MiniGPT;
-  manager: ConversationManager;
+/** What a running bot (or a front end) shows of its started adapters. */
+export interface AdaptersRunning {
   adapters: RunningAdapter[];
   /** the web demo's address when it was started */
   webUrl?: string;
@@ -173,6 +172,13 @@ export interface RunningBot {
   apiUrl?: string;
   /** resolves with the first adapter failure that cannot recover (`RunningAdapter.fatal`, its name in front); else never */
   fatal: Promise<Error>;
+  /** stops the adapters, then the rest */
+  close(): Promise<void>;
+}
+
+export interface RunningBot extends AdaptersRunning {
+  model: MiniGPT;
+  manager: ConversationManager;
   /** stops the adapters, then the manager (finishing the running answer, flushing the store), then the model */
   close(): Promise<void>;
 }
@@ -298,11 +304,84 @@ export function managerDefaults(config: BotConfig): Partial<GenerationOptions> {
   };
 }
 
+/** The manager's settings from the config, the same for one process and for a cluster's workers. */
+export function managerSettings(
+  config: BotConfig,
+  log: (line: string) => void,
+): Pick<ConversationManagerOptions, 'maxContextLen' | 'defaults' | 'log' | 'maxBatch' | 'kvCacheBytes'> {
+  return {
+    maxContextLen: config.model.max_context_len,
+    defaults: managerDefaults(config),
+    log,
+    maxBatch: config.runtime.max_batch,
+    kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
+  };
+}
+
+const stderrLog = (line: string): void => {
+  process.stderr.write(`${line}\n`);
+};
+
+/** What every role reads first: the environment, the log and the config (ServeOptions' defaults applied). */
+export async function serveSetup(opts: ServeOptions): Promise<{ env: NodeJS.ProcessEnv; log: (line: string) => void; config: BotConfig }> {
+  const env = opts.env ?? process.env;
+  const log = opts.log ?? stderrLog;
+  const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
+  return { env, log, config };
+}
+
+/** The package's model, run as the config's runtime section says; `load`: the caller's extra options. */
+export function loadServedModel(config: BotConfig, log: (line: string) => void, load?: Partial<LoadOptions>): Promise<MiniGPT> {
+  return MiniGPT.load(config.packageDir, {
+    provider: parseProviderChoice(config.runtime.execution_provider),
+    threads: config.runtime.threads || undefined,
+    maxBatch: config.runtime.max_batch,
+    log,
+    ...load,
+  });
+}
+
+/**
+ * `close` run once: every later call gets the first call's promise, so that a signal and a fatal adapter closing
+ * at the same time close each thing once.
+ */
+export function closeOnce(close: () => Promise<void>): () => Promise<void> {
+  let closing: Promise<void> | undefined;
+  return () => {
+    closing ??= close();
+    return closing;
+  };
+}
+
+/** Closes the adapters; one that fails to close does not keep the others open. */
+export async function closeAdapters(adapters: readonly RunningAdapter[]): Promise<void> {
+  await Promise.allSettled(adapters.map((a) => a.close()));
+}
+
+/**
+ * The started adapters with their addresses (startAdapters' result) and the first failure that cannot recover;
+ * `close` stops them first, so that no new request comes in, then runs `closeRest`.
+ */
+export function adaptersRunning(
+  adapters: RunningAdapter[],
+  urls: { webUrl?: string; apiUrl?: string },
+  closeRest: () => Promise<void>,
+): AdaptersRunning {
+  return {
+    adapters,
+    fatal: firstFatal(adapters),
+    ...(urls.webUrl ? { webUrl: urls.webUrl } : {}),
+    ...(urls.apiUrl ? { apiUrl: urls.apiUrl } : {}),
+    close: closeOnce(async () => {
+      await closeAdapters(adapters);
+      await closeRest();
+    }),
+  };
+}
+
 /** Loads everything and starts the adapters. */
 export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
-  const env = opts.env ?? process.env;
-  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
+  const { env, log, config } = await serveSetup(opts);
   // Settings errors before the slow part.
   const web = webSettings(env);
   const api = apiSettings(env);
@@ -312,23 +391,8 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
   let manager: ConversationManager | undefined;
   const adapters: RunningAdapter[] = [];
   try {
-    model = await MiniGPT.load(config.packageDir, {
-      provider: parseProviderChoice(config.runtime.execution_provider),
-      threads: config.runtime.threads || undefined,
-      maxBatch: config.runtime.max_batch,
-      log,
-      ...opts.load,
-    });
-    manager = new ConversationManager({
-      model,
-      store,
-      maxQueue: config.runtime.queue_size,
-      maxContextLen: config.model.max_context_len,
-      defaults: managerDefaults(config),
-      log,
-      maxBatch: config.runtime.max_batch,
-      kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
-    });
+    model = await loadServedModel(config, log, opts.load);
+    manager = new ConversationManager({ model, store, maxQueue: config.runtime.queue_size, ...managerSettings(config, log) });
     const created = Math.floor((await stat(join(config.packageDir, 'model.json'))).mtimeMs / 1000);
     const info: ServedModel = {
       name: model.meta.name,
@@ -338,33 +402,23 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       created,
       forcedAnswer: model.forcedAnswer,
     };
-    const { webUrl, apiUrl } = await startAdapters(
+    const urls = await startAdapters(
       { manager, model: info, config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS },
       adapters,
     );
 
-    let closing: Promise<void> | undefined;
     const mgr = manager;
     const mdl = model;
-    const fatal = firstFatal(adapters);
     return {
       model: mdl,
       manager: mgr,
-      adapters,
-      fatal,
-      ...(webUrl ? { webUrl } : {}),
-      ...(apiUrl ? { apiUrl } : {}),
-      close() {
-        closing ??= (async () => {
-          await Promise.allSettled(adapters.map((a) => a.close()));
-          await mgr.close();
-          await mdl.close();
-        })();
-        return closing;
-      },
+      ...adaptersRunning(adapters, urls, async () => {
+        await mgr.close();
+        await mdl.close();
+      }),
     };
   } catch (err) {
-    await Promise.allSettled(adapters.map((a) => a.close()));
+    await closeAdapters(adapters);
     if (manager) await manager.close().catch(() => {});
     else await store.disconnect().catch(() => {});
     await model?.close().catch(() => {});
@@ -383,7 +437,7 @@ export async function serveUntilSignal(
   start: (opts: ServeOptions) => Promise<{ fatal: Promise<Error>; close(): Promise<void> }> = serve,
 ): Promise<void> {
   const bot = await start(opts);
-  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const log = opts.log ?? stderrLog;
   let on: ((s: NodeJS.Signals) => void) | undefined;
   const stop = await Promise.race([
     new Promise<NodeJS.Signals>((resolve) => {

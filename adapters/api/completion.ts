@@ -147,6 +147,17 @@ export function completionObject(ids: CompletionIds, a: Answer) {
   };
 }
 
+/** What every chunk of a stream starts with. */
+function chunkHead(ids: CompletionIds) {
+  return {
+    id: ids.id,
+    object: 'chat.completion.chunk' as const,
+    created: ids.created,
+    model: ids.model,
+    system_fingerprint: null,
+  };
+}
+
 export function chunkObject(
   ids: CompletionIds,
   delta: { role?: 'assistant'; content?: string },
@@ -154,11 +165,7 @@ export function chunkObject(
   extra: object = {},
 ) {
   return {
-    id: ids.id,
-    object: 'chat.completion.chunk' as const,
-    created: ids.created,
-    model: ids.model,
-    system_fingerprint: null,
+    ...chunkHead(ids),
     choices: [{ index: 0, delta, logprobs: null, finish_reason: finishReason }],
     ...extra,
   };
@@ -167,11 +174,7 @@ export function chunkObject(
 /** The last chunk with `stream_options.include_usage`: no choices, the usage. */
 export function usageChunk(ids: CompletionIds, a: Answer) {
   return {
-    id: ids.id,
-    object: 'chat.completion.chunk' as const,
-    created: ids.created,
-    model: ids.model,
-    system_fingerprint: null,
+    ...chunkHead(ids),
     choices: [],
     usage: usage(a),
   };

@@ -11,7 +11,7 @@ import { Events, ThreadAutoArchiveDuration, type Client, type Message, type Send
 import type { ConversationKey, ConversationRequest } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
 import { threadName } from './format.js';
-import { HELP_NO_IMAGE, INTERNAL, NO_THREAD_NOTICE, rateLimitMessage, stripBotMention } from './replies.js';
+import { apologiseOnFailure, HELP_NO_IMAGE, NO_THREAD_NOTICE, rateLimitMessage, stripBotMention } from './replies.js';
 import {
   downloadImage,
   downloadPolicy,
@@ -304,12 +304,12 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     if (!this.allowed(msg.guildId, ch.id, thread?.parentId)) return;
     if (!ch.isSendable()) return;
     const label = `message ${msg.id} (${dm ? 'DM' : `guild ${msg.guildId}, channel ${ch.id}`})`;
-    try {
-      await this.answerMessage(msg, ch, { dm, thread, label, turn });
-    } catch (err) {
-      this.log(`discord: ${label} failed: ${describeError(err)}`);
-      await msg.reply({ content: `⚠️ ${INTERNAL}` }).catch(() => {});
-    }
+    await apologiseOnFailure(
+      this.log,
+      label,
+      () => this.answerMessage(msg, ch, { dm, thread, label, turn }),
+      (content) => msg.reply({ content }),
+    );
   }
 
   private async answerMessage(

@@ -21,7 +21,7 @@ import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 import { notice, threadName } from './format.js';
 import { findImage, ImageInputProblem, type DownloadPolicy, type ImageSource } from './images.js';
 import { isPermissionError, type RelayResult } from './relay.js';
-import { HELP_DESCRIBE_NO_IMAGE, INTERNAL, NO_THREAD_AFTER_DESCRIBE, NOT_ENABLED } from './replies.js';
+import { apologiseOnFailure, HELP_DESCRIBE_NO_IMAGE, NO_THREAD_AFTER_DESCRIBE, NOT_ENABLED } from './replies.js';
 import { interactionTarget, type Route } from './targets.js';
 
 /** What the interactions need from the adapter (DiscordBot). */
@@ -84,12 +84,12 @@ async function describeIn(bot: InteractionHost, i: DescribeInteraction, input: D
   // Acknowledge inside Discord's 3 s window before anything slow.
   await i.deferReply();
   const label = `${i.isChatInputCommand() ? '/' : ''}${i.commandName} ${i.id} (${i.guildId ? `guild ${i.guildId}, channel ${i.channelId}` : 'DM'})`;
-  try {
-    await answerInteraction(bot, i, input, { thread, label, turn });
-  } catch (err) {
-    bot.log(`discord: ${label} failed: ${describeError(err)}`);
-    await i.editReply({ content: `⚠️ ${INTERNAL}` }).catch(() => {});
-  }
+  await apologiseOnFailure(
+    (line) => bot.log(line),
+    label,
+    () => answerInteraction(bot, i, input, { thread, label, turn }),
+    (content) => i.editReply({ content }),
+  );
 }
 
 async function answerInteraction(

@@ -1,5 +1,6 @@
 // What the Discord adapter says besides answers (help, refusals, limits), and the mention it strips from a
 // question, kept apart from the event handling so that the wording is read and changed in one place.
+import { describeError } from '../shared/errors.js';
 
 export const HELP_NO_IMAGE =
   'Attach an image (PNG, JPEG, WebP or GIF) to your message, or reply to a message that has one, and mention me with your question. ' +
@@ -11,6 +12,24 @@ export const NO_THREAD_NOTICE =
 export const NO_THREAD_AFTER_DESCRIBE = "I couldn't open a thread for follow-ups here (I need the Create Public Threads permission).";
 export const NOT_ENABLED = "I'm not enabled in this server or channel.";
 export const INTERNAL = 'Sorry, something went wrong on my side while handling that. Please try again.';
+
+/**
+ * Handles one request; a failure that nothing in it caught is logged and the user told INTERNAL (`tell`: the reply
+ * the request still allows), so that nobody waits for an answer that will not come.
+ */
+export async function apologiseOnFailure(
+  log: (line: string) => void,
+  label: string,
+  handle: () => Promise<void>,
+  tell: (content: string) => Promise<unknown>,
+): Promise<void> {
+  try {
+    await handle();
+  } catch (err) {
+    log(`discord: ${label} failed: ${describeError(err)}`);
+    await tell(`⚠️ ${INTERNAL}`).catch(() => {});
+  }
+}
 
 export function rateLimitMessage(ms: number): string {
   const s = Math.max(1, Math.ceil(ms / 1000));

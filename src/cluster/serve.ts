@@ -6,20 +6,24 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { Redis } from 'ioredis';
 import { basename, join } from 'node:path';
-import { loadConfig, DEFAULT_CONFIG, type BotConfig } from '../config.js';
-import { MiniGPT } from '../inference/model.js';
-import { parseProviderChoice } from '../inference/providers.js';
+import type { BotConfig } from '../config.js';
+import type { MiniGPT } from '../inference/model.js';
 import { ConversationManager, createStore } from '../conversation/index.js';
 import { redactUrl } from '../conversation/store.js';
 import {
   apiSettings,
   checkPackage,
-  firstFatal,
-  managerDefaults,
+  adaptersRunning,
+  closeAdapters,
+  closeOnce,
+  loadServedModel,
+  managerSettings,
   PLATFORM_ADAPTERS,
   ServeError,
+  serveSetup,
   startAdapters,
   webSettings,
+  type AdaptersRunning,
   type RunningAdapter,
   type ServeOptions,
   type ServedModel,
@@ -75,20 +79,13 @@ async function servedModel(config: BotConfig): Promise<ServedModel> {
   }
 }
 
-export interface RunningFrontend {
+export interface RunningFrontend extends AdaptersRunning {
   manager: RemoteConversations;
-  adapters: RunningAdapter[];
-  webUrl?: string;
-  apiUrl?: string;
-  fatal: Promise<Error>;
-  close(): Promise<void>;
 }
 
 /** A front end: the adapters on RemoteConversations. */
 export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFrontend> {
-  const env = opts.env ?? process.env;
-  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
+  const { env, log, config } = await serveSetup(opts);
   const web = webSettings(env);
   const api = apiSettings(env);
   const { redisUrl, storeUrl } = redisSettings('frontend', env, config);
@@ -97,29 +94,14 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
   const adapters: RunningAdapter[] = [];
   try {
     const rateLimiter = (scope: string, max: number, windowMs: number) => manager.rateLimiter(scope, max, windowMs);
-    const { webUrl, apiUrl } = await startAdapters(
+    const urls = await startAdapters(
       { manager, model: await servedModel(config), config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS, rateLimiter },
       adapters,
     );
     log(`minigpt: front end on ${redactUrl(redisUrl)} (${adapters.map((a) => a.name).join(', ')})`);
-    const fatal = firstFatal(adapters);
-    let closing: Promise<void> | undefined;
-    return {
-      manager,
-      adapters,
-      fatal,
-      ...(webUrl ? { webUrl } : {}),
-      ...(apiUrl ? { apiUrl } : {}),
-      close() {
-        closing ??= (async () => {
-          await Promise.allSettled(adapters.map((a) => a.close()));
-          await manager.close();
-        })();
-        return closing;
-      },
-    };
+    return { manager, ...adaptersRunning(adapters, urls, () => manager.close()) };
   } catch (err) {
-    await Promise.allSettled(adapters.map((a) => a.close()));
+    await closeAdapters(adapters);
     await manager.close();
     throw err;
   }
@@ -136,9 +118,7 @@ export interface RunningWorker {
 
 /** A worker: the model, a local manager, jobs from the queue. */
 export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorker> {
-  const env = opts.env ?? process.env;
-  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const config = await loadConfig(opts.config ?? env.MINIGPT_CONFIG ?? DEFAULT_CONFIG, env);
+  const { env, log, config } = await serveSetup(opts);
   const { redisUrl, storeUrl } = redisSettings('worker', env, config);
   const lockMs = env.MINIGPT_WORKER_LOCK_MS ? Number(env.MINIGPT_WORKER_LOCK_MS) : undefined;
   if (lockMs !== undefined && !(Number.isInteger(lockMs) && lockMs >= 500))
@@ -149,13 +129,7 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
   let manager: ConversationManager | undefined;
   let cacheClient: Redis | undefined;
   try {
-    model = await MiniGPT.load(config.packageDir, {
-      provider: parseProviderChoice(config.runtime.execution_provider),
-      threads: config.runtime.threads || undefined,
-      maxBatch: config.runtime.max_batch,
-      log,
-      ...opts.load,
-    });
+    model = await loadServedModel(config, log, opts.load);
     // image embeddings shared by the workers of one package (model.json's digest names it)
     const digest = createHash('sha256')
       .update(await readFile(join(config.packageDir, 'model.json')))
@@ -169,11 +143,7 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
       sharedImages: new RedisImageCache(cacheClient, digest),
       // the front ends refuse what the queue cannot take; here every job taken is answered
       maxQueue: 1024,
-      maxContextLen: config.model.max_context_len,
-      defaults: managerDefaults(config),
-      log,
-      maxBatch: config.runtime.max_batch,
-      kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
+      ...managerSettings(config, log),
     });
     const worker = await startClusterWorker({
       redisUrl,
@@ -186,21 +156,17 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
     const mgr = manager;
     const mdl = model;
     const cache = cacheClient;
-    let closing: Promise<void> | undefined;
     return {
       model: mdl,
       manager: mgr,
       worker,
       fatal: new Promise<Error>(() => {}),
-      close() {
-        closing ??= (async () => {
-          await worker.close();
-          await mgr.close();
-          await mdl.close();
-          cache.disconnect();
-        })();
-        return closing;
-      },
+      close: closeOnce(async () => {
+        await worker.close();
+        await mgr.close();
+        await mdl.close();
+        cache.disconnect();
+      }),
     };
   } catch (err) {
     if (manager) await manager.close().catch(() => {});

@@ -342,6 +342,25 @@ function defaultLnVision(width: number): LnVision {
   return { weight: new Float32Array(width).fill(1), bias: new Float32Array(width), eps: LN_VISION_EPS };
 }
 
+/**
+ * The vision of the models without Q-Former (MiniGPT-v2, MiniGPT-4 with `has_qformer: False`): ln_vision at its
+ * default init, 4 adjacent patches concatenated into one image token.
+ */
+function concatVision(
+  vit: TensorSource,
+  ckpt: TensorSource,
+  vitShape: VitShape,
+  o: { imageSize: number; hidden: number },
+): Pick<ConversionPlan, 'vitShape' | 'imageTokens' | 'buildVision'> {
+  const concat = 4;
+  return {
+    vitShape,
+    imageTokens: (o.imageSize / vitShape.patchSize) ** 2 / concat,
+    buildVision: (g) =>
+      buildVisionGraph(g, { vit, ckpt, shape: vitShape, lnVision: defaultLnVision(vitShape.width), concat, hidden: o.hidden }),
+  };
+}
+
 function planMinigptV2(
   ckpt: TensorSource,
   vit: TensorSource,
@@ -349,13 +368,9 @@ function planMinigptV2(
 ): ConversionPlan {
   const loraR = resolveLoraR(ckpt, o.loraR);
   const vitShape = inferVitShape(vit, o.vitHeads, o.imageSize);
-  const concat = 4;
   return {
     label: '',
-    vitShape,
-    imageTokens: (o.imageSize / vitShape.patchSize) ** 2 / concat,
-    buildVision: (g) =>
-      buildVisionGraph(g, { vit, ckpt, shape: vitShape, lnVision: defaultLnVision(vitShape.width), concat, hidden: o.hidden }),
+    ...concatVision(vit, ckpt, vitShape, o),
     lora: { source: ckpt, r: loraR, alpha: o.loraAlpha },
     prompt: MINIGPT_V2_PROMPT,
     extraSources: [],
@@ -415,13 +430,9 @@ function planMinigpt4(
   const common = { arch: 'minigpt-4', imageSize: o.imageSize, vitHeads: o.vitHeads, variant, prompt: promptStyle };
 
   if (variant === 'noqformer') {
-    const concat = 4;
     return {
       label: ' without Q-Former',
-      vitShape,
-      imageTokens: (o.imageSize / vitShape.patchSize) ** 2 / concat,
-      buildVision: (g) =>
-        buildVisionGraph(g, { vit, ckpt, shape: vitShape, lnVision: defaultLnVision(vitShape.width), concat, hidden: o.hidden }),
+      ...concatVision(vit, ckpt, vitShape, o),
       prompt: MINIGPT4_PROMPTS[promptStyle],
       extraSources: [],
       options: { ...common, dtype: o.dtype },

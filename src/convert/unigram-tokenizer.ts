@@ -2,8 +2,9 @@
 // tokenizer: the demo model's 512 pieces (models/demo, models/demo/train, scripts/build-demo-model.mjs) and the random checkpoints'
 // tokenizer of any vocabulary size (random-checkpoints.ts). `<unk>` 0, `<s>` 1, `</s>` 2, then the pieces.
 
-/** `<unk>`, `<s>` (BOS), `</s>` (EOS): ids 0, 1, 2. */
-export const SPECIAL_PIECES: readonly string[] = ['<unk>', '<s>', '</s>'];
+import { bosTemplate, llamaDecoder, llamaNormalizer, llamaTokenizerHead, SPECIAL_PIECES } from './tokenizer-json.js';
+
+export { SPECIAL_PIECES } from './tokenizer-json.js';
 
 /** MiniGPT-v2's prompt and answer syntax, one piece each. */
 const TAGS = [
@@ -62,43 +63,13 @@ export function addMiniGptPieces(t: PieceTable, words: readonly string[]): void 
 
 /** tokenizer.json for a Unigram model of these pieces (the special pieces first), normalised and decoded like Llama's. */
 export function unigramTokenizerJson(pieces: [string, number][], byteFallback: boolean): Record<string, unknown> {
-  const special = SPECIAL_PIECES.map((content, id) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  }));
   return {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: special,
-    normalizer: {
-      type: 'Sequence',
-      normalizers: [
-        { type: 'Prepend', prepend: '▁' },
-        { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
-      ],
-    },
+    ...llamaTokenizerHead(),
+    normalizer: llamaNormalizer(),
     pre_tokenizer: null,
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }],
-      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
-    },
-    decoder: {
-      type: 'Sequence',
-      decoders: [
-        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
-        { type: 'ByteFallback' },
-        { type: 'Fuse' },
-        { type: 'Strip', content: ' ', start: 1, stop: 0 },
-      ],
-    },
+    // without a second `<s>` in a pair, as the committed packages' tokenizer.json files have it
+    post_processor: bosTemplate(false),
+    decoder: llamaDecoder(),
     model: { type: 'Unigram', unk_id: 0, vocab: pieces, byte_fallback: byteFallback },
   };
 }

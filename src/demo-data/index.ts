@@ -197,9 +197,8 @@ export async function writeDemoData(out: string, opts: DemoDataOptions, log?: (l
   await writeFile(join(out, 'caption.json'), jsonArray(captions));
   await writeFile(join(out, 'scenes.json'), jsonArray(scenes));
   await writeFile(join(out, 'train.jsonl'), train.length ? `${train.join('\n')}\n` : '');
-  const summary: DemoDataSummary = {
-    out,
-    images: opts.count,
+  // the summary and the manifest count the same entries
+  const entries = {
     refer: refer.length,
     vqa: vqa.length,
     identify: identify.length,
@@ -207,6 +206,7 @@ export async function writeDemoData(out: string, opts: DemoDataOptions, log?: (l
     train: train.length,
     trainByTask,
   };
+  const summary: DemoDataSummary = { out, images: opts.count, ...entries };
   const manifest = {
     generator: 'minigpt demo-data',
     version: DEMO_DATA_VERSION,
@@ -217,14 +217,7 @@ export async function writeDemoData(out: string, opts: DemoDataOptions, log?: (l
     scene: { ...opts.scene, shapes: opts.scene?.shapes ?? DEFAULT_SHAPE_SET },
     vqaPerImage: opts.vqaPerImage ?? 3,
     sentsPerObject: opts.sentsPerObject ?? 2,
-    entries: {
-      refer: refer.length,
-      vqa: vqa.length,
-      identify: identify.length,
-      caption: captions.length,
-      train: train.length,
-      trainByTask,
-    },
+    entries,
   };
   await writeFile(join(out, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
   return summary;

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTokenizer, loadTokenizer, type TextTokenizer } from '../../src/inference/tokenizer.js';
+import { bosTemplate, byteFallbackBpe, llamaDecoder, llamaNormalizer, llamaTokenizerHead } from '../../src/convert/tokenizer-json.js';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures/minigptv2-tiny/', import.meta.url));
 const TOKENIZER_JSON = join(FIXTURES, 'llama/tokenizer.json');
@@ -168,64 +169,18 @@ function tinyLlamaTokenizerJson(variant: 'legacy' | 'metaspace') {
   ];
   for (const p of pieces) vocab[p] = Object.keys(vocab).length;
   const merges = ['l l', 'H e', 'He ll', 'Hell o', '▁ Hello', 'o r', 'l d', 'w or', 'wor ld', '▁ world', '▁ ['];
-  const added = (id: number, content: string) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  });
   const base = {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: [added(0, '<unk>'), added(1, '<s>'), added(2, '</s>')],
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [
-        { SpecialToken: { id: '<s>', type_id: 0 } },
-        { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: '<s>', type_id: 1 } },
-        { Sequence: { id: 'B', type_id: 1 } },
-      ],
-      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
-    },
-    decoder: {
-      type: 'Sequence',
-      decoders: [
-        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
-        { type: 'ByteFallback' },
-        { type: 'Fuse' },
-        { type: 'Strip', content: ' ', start: 1, stop: 0 },
-      ],
-    },
-    model: {
-      type: 'BPE',
-      dropout: null,
-      unk_token: '<unk>',
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: true,
-      byte_fallback: true,
-      vocab,
-      merges,
-    },
+    ...llamaTokenizerHead(),
+    post_processor: bosTemplate(true),
+    decoder: llamaDecoder(),
+    model: byteFallbackBpe(vocab, merges),
   };
   const json =
     variant === 'legacy'
       ? {
           ...base,
           // Llama-2 style (transformers "legacy" conversion): prepend ▁ + spaces -> ▁ in the normalizer.
-          normalizer: {
-            type: 'Sequence',
-            normalizers: [
-              { type: 'Prepend', prepend: '▁' },
-              { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
-            ],
-          },
+          normalizer: llamaNormalizer(),
           pre_tokenizer: null,
         }
       : {

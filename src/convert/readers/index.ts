@@ -21,18 +21,22 @@ export { openTorchCheckpoint, type TorchCheckpointSource } from './torch.js';
 export { unwrapPrefix, MergedSource } from './views.js';
 export { openShardedIndex } from './hf.js';
 
+/** The file or folder's stat, or a CheckpointError that names `what` and the reason (ENOENT, EACCES, ...). */
+async function statOrThrow(abs: string, what: string): Promise<Stats> {
+  try {
+    return await stat(abs);
+  } catch (err) {
+    throw new CheckpointError(`cannot open ${what} ${abs}: ${(err as NodeJS.ErrnoException).code ?? err}`, { cause: err });
+  }
+}
+
 /**
  * Opens any supported checkpoint, sniffing the format: a zip signature means a torch.save archive, otherwise a
  * safetensors header is expected. A `*.index.json` opens a sharded checkpoint, a folder is opened with openHfWeights.
  */
 export async function openCheckpoint(path: string): Promise<TensorSource> {
   const abs = resolve(path);
-  let st: Stats;
-  try {
-    st = await stat(abs);
-  } catch (err) {
-    throw new CheckpointError(`cannot open checkpoint ${abs}: ${(err as NodeJS.ErrnoException).code ?? err}`, { cause: err });
-  }
+  const st = await statOrThrow(abs, 'checkpoint');
   if (st.isDirectory()) return openHfWeights(abs);
   if (abs.endsWith('.index.json')) {
     return openShardedIndex(abs, (p) => openCheckpoint(p));
@@ -59,12 +63,7 @@ export async function openCheckpoint(path: string): Promise<TensorSource> {
  */
 export async function openHfWeights(dir: string): Promise<TensorSource> {
   const abs = resolve(dir);
-  let st: Stats;
-  try {
-    st = await stat(abs);
-  } catch (err) {
-    throw new CheckpointError(`cannot open model folder ${abs}: ${(err as NodeJS.ErrnoException).code ?? err}`, { cause: err });
-  }
+  const st = await statOrThrow(abs, 'model folder');
   if (st.isFile()) return openCheckpoint(abs);
   const file = await findHfWeightFile(abs);
   if (!file) {
