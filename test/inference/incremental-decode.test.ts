@@ -3,61 +3,15 @@ import { describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { createTokenizer, loadTokenizer, type TextTokenizer } from '../../src/inference/tokenizer.js';
 import { createRng } from '../../src/inference/generation/index.js';
+import { bpeTokenizerJson, byteFallbackVocab, LEGACY_NORMALIZER, LLAMA_DECODER } from './llama-tokenizer.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 
 /** A Llama-style BPE tokenizer.json with byte fallback (as test/inference/tokenizer.test.ts builds). */
-function byteFallbackTokenizer(decoder: unknown = undefined) {
-  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
-  for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = 3 + b;
+function byteFallbackTokenizer(decoder: unknown = LLAMA_DECODER) {
+  const vocab = byteFallbackVocab();
   for (const p of ['▁', 'H', 'e', 'l', 'o', '▁Hello', '▁world', '▁[', ']', 'a', '▁a', '.', ',']) vocab[p] = Object.keys(vocab).length;
-  const added = (id: number, content: string) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  });
-  return {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: [added(0, '<unk>'), added(1, '<s>'), added(2, '</s>')],
-    normalizer: {
-      type: 'Sequence',
-      normalizers: [
-        { type: 'Prepend', prepend: '▁' },
-        { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
-      ],
-    },
-    pre_tokenizer: null,
-    post_processor: null,
-    decoder:
-      decoder === undefined
-        ? {
-            type: 'Sequence',
-            decoders: [
-              { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
-              { type: 'ByteFallback' },
-              { type: 'Fuse' },
-              { type: 'Strip', content: ' ', start: 1, stop: 0 },
-            ],
-          }
-        : decoder,
-    model: {
-      type: 'BPE',
-      dropout: null,
-      unk_token: '<unk>',
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: true,
-      byte_fallback: true,
-      vocab,
-      merges: [],
-    },
-  };
+  return bpeTokenizerJson(vocab, [], { normalizer: LEGACY_NORMALIZER, pre_tokenizer: null, post_processor: null, decoder });
 }
 
 function check(tok: TextTokenizer, seed: number, pick: (r: () => number) => number) {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTokenizer, loadTokenizer, type TextTokenizer } from '../../src/inference/tokenizer.js';
+import { bpeTokenizerJson, byteFallbackVocab, LEGACY_NORMALIZER, LLAMA_DECODER } from './llama-tokenizer.js';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures/minigptv2-tiny/', import.meta.url));
 const TOKENIZER_JSON = join(FIXTURES, 'llama/tokenizer.json');
@@ -137,8 +138,7 @@ describe('fixture tokenizer (test/fixtures/minigptv2-tiny/llama/tokenizer.json)'
 
 // --- a tiny Llama-style BPE tokenizer (byte fallback, ▁ metaspace, <s>/</s> added tokens) ---------
 function tinyLlamaTokenizerJson(variant: 'legacy' | 'metaspace') {
-  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
-  for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = 3 + b;
+  const vocab = byteFallbackVocab();
   const pieces = [
     '▁',
     'H',
@@ -168,71 +168,30 @@ function tinyLlamaTokenizerJson(variant: 'legacy' | 'metaspace') {
   ];
   for (const p of pieces) vocab[p] = Object.keys(vocab).length;
   const merges = ['l l', 'H e', 'He ll', 'Hell o', '▁ Hello', 'o r', 'l d', 'w or', 'wor ld', '▁ world', '▁ ['];
-  const added = (id: number, content: string) => ({
-    id,
-    content,
-    single_word: false,
-    lstrip: false,
-    rstrip: false,
-    normalized: false,
-    special: true,
-  });
-  const base = {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: [added(0, '<unk>'), added(1, '<s>'), added(2, '</s>')],
-    post_processor: {
-      type: 'TemplateProcessing',
-      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [
-        { SpecialToken: { id: '<s>', type_id: 0 } },
-        { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: '<s>', type_id: 1 } },
-        { Sequence: { id: 'B', type_id: 1 } },
-      ],
-      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
-    },
-    decoder: {
-      type: 'Sequence',
-      decoders: [
-        { type: 'Replace', pattern: { String: '▁' }, content: ' ' },
-        { type: 'ByteFallback' },
-        { type: 'Fuse' },
-        { type: 'Strip', content: ' ', start: 1, stop: 0 },
-      ],
-    },
-    model: {
-      type: 'BPE',
-      dropout: null,
-      unk_token: '<unk>',
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: true,
-      byte_fallback: true,
-      vocab,
-      merges,
-    },
+  const postProcessor = {
+    type: 'TemplateProcessing',
+    single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+    pair: [
+      { SpecialToken: { id: '<s>', type_id: 0 } },
+      { Sequence: { id: 'A', type_id: 0 } },
+      { SpecialToken: { id: '<s>', type_id: 1 } },
+      { Sequence: { id: 'B', type_id: 1 } },
+    ],
+    special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
   };
-  const json =
+  const json = bpeTokenizerJson(
+    vocab,
+    merges,
     variant === 'legacy'
-      ? {
-          ...base,
-          // Llama-2 style (transformers "legacy" conversion): prepend ▁ + spaces -> ▁ in the normalizer.
-          normalizer: {
-            type: 'Sequence',
-            normalizers: [
-              { type: 'Prepend', prepend: '▁' },
-              { type: 'Replace', pattern: { String: ' ' }, content: '▁' },
-            ],
-          },
-          pre_tokenizer: null,
-        }
+      ? // Llama-2 style (transformers "legacy" conversion): prepend ▁ + spaces -> ▁ in the normalizer.
+        { normalizer: LEGACY_NORMALIZER, pre_tokenizer: null, post_processor: postProcessor, decoder: LLAMA_DECODER }
       : {
-          ...base,
           normalizer: null,
           pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'first', split: false },
-        };
+          post_processor: postProcessor,
+          decoder: LLAMA_DECODER,
+        },
+  );
   return { json, vocab };
 }
 
