@@ -338,6 +338,18 @@ describe('OpenAI API: errors', () => {
       messages: [{ role: 'user', content: withImage('what is this?') }],
       ...body,
     } as OpenAI.Chat.ChatCompletionCreateParamsNonStreaming);
+  /** A streamed greedy answer to the refer prompt through `c`, once its first chunk is in (it is running). */
+  const runningStream = async (c: OpenAI) => {
+    const stream = await c.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: withImage(refer.prompt) }],
+      ...GREEDY,
+      stream: true,
+    });
+    const it = stream[Symbol.asyncIterator]();
+    await it.next();
+    return { stream, it };
+  };
 
   it("refuses an unreadable image, an unknown model and bad parameters in OpenAI's error shape", async () => {
     const notImage = `data:image/png;base64,${Buffer.from('this is not a picture').toString('base64')}`;
@@ -409,14 +421,7 @@ describe('OpenAI API: errors', () => {
     const busy = await startApiServer({ manager: tight, port: 0, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
     try {
       const c = new OpenAI({ baseURL: busy.url, apiKey: 'x', maxRetries: 0 });
-      const stream = await c.chat.completions.create({
-        model: 'minigpt-demo',
-        messages: [{ role: 'user', content: withImage(refer.prompt) }],
-        ...GREEDY,
-        stream: true,
-      });
-      const it = stream[Symbol.asyncIterator]();
-      await it.next(); // the first answer is running
+      const { it } = await runningStream(c); // the first answer is running
       const e = await expectApiError(ask({}, c), 503, 'server_busy');
       expect(e.headers?.get('retry-after')).toBe('2');
       let rest = '';
@@ -443,14 +448,7 @@ describe('OpenAI API: errors', () => {
     const one = await startApiServer({ manager: spy, port: 0, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
     try {
       const c = new OpenAI({ baseURL: one.url, apiKey: 'x', maxRetries: 0 });
-      const stream = await c.chat.completions.create({
-        model: 'minigpt-demo',
-        messages: [{ role: 'user', content: withImage(refer.prompt) }],
-        ...GREEDY,
-        stream: true,
-      });
-      const it = stream[Symbol.asyncIterator]();
-      await it.next();
+      const { stream } = await runningStream(c);
       await expectApiError(ask({}, c), 503, 'server_busy'); // it is running
       stream.controller.abort();
       // the server sees the connection close and cancels the answer: the next request runs

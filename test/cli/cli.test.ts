@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildTorchZip, concat, hex } from '../convert/readers-helpers.js';
+import { buildTorchZip, osSystemPickle } from '../convert/readers-helpers.js';
 import { minigpt, ROOT } from '../helpers/cli.js';
 
 const GOLDEN = join(ROOT, 'test', 'fixtures', 'minigptv2-tiny');
@@ -142,13 +142,7 @@ describe('minigpt ask', () => {
 
 describe('minigpt convert', () => {
   it('refuses a .pth whose pickle calls os.system, and writes no package', async () => {
-    const pkl = concat([
-      hex('8002'),
-      new TextEncoder().encode('cos\nsystem\n'),
-      hex('5804000000'),
-      new TextEncoder().encode('echo'),
-      hex('85522e'),
-    ]);
+    const pkl = osSystemPickle();
     const evil = join(work, 'evil.pth');
     await writeFile(evil, buildTorchZip('archive', pkl, {}));
     const out = join(work, 'evil-pkg');

@@ -11,7 +11,7 @@ import OpenAI from 'openai';
 import { MiniGPT } from '../../src/inference/model.js';
 import { loadConfig } from '../../src/config.js';
 import { managerDefaults } from '../../src/serve.js';
-import { ConversationManager, createStore, conversationId, type ConversationKey } from '../../src/conversation/index.js';
+import { ConversationManager, createStore, conversationId } from '../../src/conversation/index.js';
 import { ConversationStore } from '../../src/conversation/store.js';
 import { buildTinyPackage, postChat, readEvents, testPng, type WebEvent } from '../web/helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -95,6 +95,56 @@ function shown(events: readonly { type: string; text?: unknown }[]): string {
     if (ev.type === 'text') text += String(ev.text);
   }
   return text;
+}
+
+/** The answer's timings event (web demo events). */
+function timingsOf(events: readonly WebEvent[]): Record<string, number> {
+  return (events.find((e) => e.type === 'timings') as unknown as { timings: Record<string, number> }).timings;
+}
+
+/** The id of web demo conversation `conversation` in the shared store. */
+const webConversationId = (conversation: string) =>
+  conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation });
+
+/** Writes `<work>/<name>`, a config of the demo package (short greedy answers: nothing dropped from the history), with `runtime` lines added. */
+async function writeDemoConfig(name: string, runtime: string[] = []): Promise<string> {
+  const file = join(work, name);
+  await writeFile(
+    file,
+    [
+      'model:',
+      '  arch: minigpt_v2',
+      `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`,
+      '  temperature: 0',
+      'runtime:',
+      '  execution_provider: cpu',
+      '  threads: 1',
+      ...runtime.map((l) => `  ${l}`),
+      '',
+    ].join('\n'),
+  );
+  return file;
+}
+
+/** The single-process answers of config `file` to one thread's `turns`, the first with `image`; and the package's name. */
+async function singleProcessAnswers(file: string, thread: string, turns: string[], image: Buffer) {
+  const cfg = await loadConfig(file, {});
+  const model = await MiniGPT.load(cfg.packageDir, { provider: 'cpu', threads: 1 });
+  const local = new ConversationManager({ model, defaults: managerDefaults(cfg) });
+  const answers: string[] = [];
+  for (const [i, text] of turns.entries()) {
+    for await (const ev of local.handle({
+      key: { platform: 'cli', workspace: 'w', channel: 'c', thread },
+      user: 'u',
+      text,
+      ...(i === 0 ? { image } : {}),
+    })) {
+      if (ev.type === 'final') answers.push(ev.text);
+    }
+  }
+  await local.close();
+  await model.close();
+  return { answers, modelName: model.meta.name };
 }
 
 describe('serve --role frontend / worker', () => {
@@ -218,8 +268,7 @@ describe('serve --role frontend / worker', () => {
     // nothing doubled: one turn per thread, in the shared store
     const store = await createStore(redis.url);
     const repo = new ConversationStore(store);
-    const key = (c: string): ConversationKey => ({ platform: 'web', workspace: 'local', channel: 'web', thread: c });
-    for (const c of convs) expect((await repo.getConversation(conversationId(key(c))))?.turns).toHaveLength(1);
+    for (const c of convs) expect((await repo.getConversation(webConversationId(c)))?.turns).toHaveLength(1);
 
     // SIGTERM while answering: the answer is finished, then the worker exits cleanly
     const res = await postChat(webUrl, { conversation: convs[0], text: 'and what else?' });
@@ -242,7 +291,7 @@ describe('serve --role frontend / worker', () => {
     expect(evs.filter((e) => e.type === 'error')).toEqual([]);
     expect(evs.filter((e) => e.type === 'final')).toHaveLength(1);
     expect((await w2.exited).code).toBe(0);
-    expect((await repo.getConversation(conversationId(key(convs[0]))))?.turns).toHaveLength(2);
+    expect((await repo.getConversation(webConversationId(convs[0])))?.turns).toHaveLength(2);
 
     // a front end restarted: the thread goes on from Redis, image and history kept
     webFront.kill('SIGTERM');
@@ -253,9 +302,8 @@ describe('serve --role frontend / worker', () => {
     const webUrl2 = (await webFront2.waitFor(/web demo on (http:\S+)/))[1];
     const after = await readEvents(await postChat(webUrl2, { conversation: convs[1], text: 'and now?' }));
     expect(after.filter((e) => e.type === 'error')).toEqual([]);
-    const timings = (after.find((e) => e.type === 'timings') as unknown as { timings: Record<string, number> }).timings;
-    expect(timings.historyTurns).toBe(1);
-    expect((await repo.getConversation(conversationId(key(convs[1]))))?.turns).toHaveLength(2);
+    expect(timingsOf(after).historyTurns).toBe(1);
+    expect((await repo.getConversation(webConversationId(convs[1])))?.turns).toHaveLength(2);
     await store.disconnect();
   }, 180_000);
 });
@@ -263,24 +311,7 @@ describe('serve --role frontend / worker', () => {
 describe('KV-cache affinity', () => {
   it("sends follow-ups to the worker that holds the conversation's cache; when it dies, another answers the same", async () => {
     // the demo package: short answers, so that the whole conversation stays within its window (nothing dropped)
-    const demoConfig = join(work, 'demo.yaml');
-    await writeFile(
-      demoConfig,
-      [
-        'model:',
-        '  arch: minigpt_v2',
-        `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`,
-        '  temperature: 0',
-        'runtime:',
-        '  execution_provider: cpu',
-        '  threads: 1',
-        '  max_batch: 2',
-        '',
-      ].join('\n'),
-    );
-    const cfg = await loadConfig(demoConfig, {});
-    const model = await MiniGPT.load(cfg.packageDir, { provider: 'cpu', threads: 1 });
-    const local = new ConversationManager({ model, defaults: managerDefaults(cfg) });
+    const demoConfig = await writeDemoConfig('demo.yaml', ['max_batch: 2']);
     const image = await testPng(180, 140);
     const turns = [
       '[grounding] describe this image in detail',
@@ -289,19 +320,7 @@ describe('KV-cache affinity', () => {
       'what is the background?',
       'what shape is it?',
     ];
-    const expected: string[] = [];
-    for (const [i, text] of turns.entries()) {
-      for await (const ev of local.handle({
-        key: { platform: 'cli', workspace: 'w', channel: 'c', thread: 'aff' },
-        user: 'u',
-        text,
-        ...(i === 0 ? { image } : {}),
-      })) {
-        if (ev.type === 'final') expected.push(ev.text);
-      }
-    }
-    await local.close();
-    await model.close();
+    const { answers: expected, modelName } = await singleProcessAnswers(demoConfig, 'aff', turns, image);
 
     const workers = [serve('worker', { MINIGPT_CONFIG: demoConfig }), serve('worker', { MINIGPT_CONFIG: demoConfig })];
     const front = serve('frontend', { MINIGPT_CONFIG: demoConfig });
@@ -315,8 +334,7 @@ describe('KV-cache affinity', () => {
         JSON.stringify(evs),
       ).toEqual([]);
       const final = (evs.find((e) => e.type === 'final') as unknown as { text: string }).text;
-      const timings = (evs.find((e) => e.type === 'timings') as unknown as { timings: Record<string, number> }).timings;
-      return { final, timings };
+      return { final, timings: timingsOf(evs) };
     };
     const first = await ask(turns[0], image);
     expect(first.final).toBe(expected[0]);
@@ -332,17 +350,15 @@ describe('KV-cache affinity', () => {
     expect(status.code, status.stderr).toBe(0);
     const st = JSON.parse(status.stdout) as ClusterStatus;
     expect(st.workers.map((w) => [w.model, w.architecture, w.provider])).toEqual([
-      [model.meta.name, 'minigpt-v2', 'cpu'],
-      [model.meta.name, 'minigpt-v2', 'cpu'],
+      [modelName, 'minigpt-v2', 'cpu'],
+      [modelName, 'minigpt-v2', 'cpu'],
     ]);
     expect(st.workers.map((w) => w.pid).sort()).toEqual(workers.map((w) => w.child.pid).sort());
     expect(st.total).toEqual({ waiting: 0, running: 0, failed: 0 });
     // the worker holding the cache dies: the next follow-up is answered by the other one, in full, the same
     const { Redis } = await import('ioredis');
     const redisClient = new Redis(redis.url);
-    const holder = await redisClient.get(
-      `minigpt:affinity:${conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })}`,
-    );
+    const holder = await redisClient.get(`minigpt:affinity:${webConversationId(conversation)}`);
     await redisClient.quit();
     expect(holder).toBeTruthy();
     const victim = workers.find((w) => w.child.pid !== undefined && holder!.includes(`-${w.child.pid}-`))!;
@@ -362,37 +378,14 @@ describe('Slack on two front ends', () => {
   it("answers a mention through one front end; Slack's retry to the other is not answered again; the thread goes on there", async () => {
     const fake = await FakeSlack.start();
     try {
-      const demoConfig = join(work, 'demo-slack.yaml');
-      await writeFile(
-        demoConfig,
-        [
-          'model:',
-          '  arch: minigpt_v2',
-          `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`,
-          '  temperature: 0',
-          'runtime:',
-          '  execution_provider: cpu',
-          '  threads: 1',
-          '',
-        ].join('\n'),
-      );
+      const demoConfig = await writeDemoConfig('demo-slack.yaml');
       const image = await squarePng();
-      const cfg = await loadConfig(demoConfig, {});
-      const model = await MiniGPT.load(cfg.packageDir, { provider: 'cpu', threads: 1 });
-      const local = new ConversationManager({ model, defaults: managerDefaults(cfg) });
-      const expected: string[] = [];
-      for (const [i, text] of ['[grounding] describe this image in detail', 'what colour is the square?'].entries()) {
-        for await (const ev of local.handle({
-          key: { platform: 'cli', workspace: 'w', channel: 'c', thread: 'slack' },
-          user: 'u',
-          text,
-          ...(i === 0 ? { image } : {}),
-        })) {
-          if (ev.type === 'final') expected.push(ev.text);
-        }
-      }
-      await local.close();
-      await model.close();
+      const { answers: expected } = await singleProcessAnswers(
+        demoConfig,
+        'slack',
+        ['[grounding] describe this image in detail', 'what colour is the square?'],
+        image,
+      );
 
       const slackEnv = {
         MINIGPT_CONFIG: demoConfig,
@@ -433,20 +426,7 @@ describe('Slack on two front ends', () => {
 describe('order and back-pressure', () => {
   it("answers a thread's follow-ups in the order they were sent, also when two front ends receive them", async () => {
     // the demo package: short answers, nothing dropped from the history
-    const demoConfig = join(work, 'demo-order.yaml');
-    await writeFile(
-      demoConfig,
-      [
-        'model:',
-        '  arch: minigpt_v2',
-        `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`,
-        '  temperature: 0',
-        'runtime:',
-        '  execution_provider: cpu',
-        '  threads: 1',
-        '',
-      ].join('\n'),
-    );
+    const demoConfig = await writeDemoConfig('demo-order.yaml');
     const workers = [serve('worker', { MINIGPT_CONFIG: demoConfig }), serve('worker', { MINIGPT_CONFIG: demoConfig })];
     const fronts = [serve('frontend', { MINIGPT_CONFIG: demoConfig }), serve('frontend', { MINIGPT_CONFIG: demoConfig })];
     await Promise.all(workers.map((w) => w.waitFor(/worker \S+ takes jobs/)));
@@ -457,7 +437,7 @@ describe('order and back-pressure', () => {
     // No KV-cache affinity here: A and B go to the shared queue, where either worker may take either.
     const { Redis } = await import('ioredis');
     const rc = new Redis(redis.url);
-    await rc.del(`minigpt:affinity:${conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation })}`);
+    await rc.del(`minigpt:affinity:${webConversationId(conversation)}`);
     rc.disconnect();
     // Six follow-ups, alternating between the front ends, each sent once the one before is queued (numbered):
     // both workers are free, but each must wait for the one before it.
@@ -487,9 +467,7 @@ describe('order and back-pressure', () => {
     const history = streams.map((t) => Number(/"historyTurns":(\d+)/.exec(t)?.[1]));
     expect(history).toEqual([1, 2, 3, 4, 5, 6]); // each saw every turn before it
     const store = await createStore(redis.url);
-    const turns = (await new ConversationStore(store).getConversation(
-      conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation }),
-    ))!.turns;
+    const turns = (await new ConversationStore(store).getConversation(webConversationId(conversation)))!.turns;
     await store.disconnect();
     expect(turns.map((t) => t.user)).toEqual(['describe this image', ...questions]);
   }, 120_000);
@@ -552,8 +530,7 @@ describe('Redis down and back', () => {
       await new Promise((r) => setTimeout(r, 250));
     }
     expect(after.filter((e) => e.type === 'error')).toEqual([]);
-    const timings = (after.find((e) => e.type === 'timings') as unknown as { timings: Record<string, number> }).timings;
-    expect(timings.historyTurns).toBe(1); // the first turn survived the restart
+    expect(timingsOf(after).historyTurns).toBe(1); // the first turn survived the restart
     expect(worker.child.exitCode).toBeNull();
     expect(front.child.exitCode).toBeNull();
   }, 120_000);

@@ -26,10 +26,9 @@ import { spliceContext } from '../../src/inference/context.js';
 import { argmax } from '../../src/inference/generation/index.js';
 import { rng } from '../helpers/rng.js';
 import { goldenIds, goldenTensor, maxAbsDiff } from '../helpers/golden.js';
+import { greedySteps } from '../helpers/greedy.js';
+import { GOLDEN_M4, GOLDEN_V2, TINY_M4_OPTIONS, TINY_V2_OPTIONS } from '../helpers/tiny-package.js';
 
-const FIXTURES = join(import.meta.dirname, '../fixtures');
-const V2 = join(FIXTURES, 'minigptv2-tiny');
-const M4 = join(FIXTURES, 'minigpt4-tiny');
 const DTYPES: WeightDType[] = ['fp32', 'fp16', 'int8', 'int4'];
 const STEPS = 8;
 
@@ -225,24 +224,10 @@ async function runPackage(dir: string, golden: string, prompts: string[], forced
       const ctx = await spliceContext(segs, Array(segs.length - 1).fill(imageEmbeds), model.embedder);
       const greedyRun = async (feed: number[] | undefined) => {
         const pre = await model.prefillAll(ctx);
-        let state = pre.state;
-        let logits = pre.logits;
-        const ids: number[] = [];
-        const stepLogits = new Float32Array(STEPS * V);
-        try {
-          for (let t = 0; t < STEPS; t++) {
-            stepLogits.set(logits, t * V);
-            ids.push(argmax(logits));
-            if (t === STEPS - 1) break;
-            const next = await model.decoder.step([state], [feed ? feed[t] : ids[t]]);
-            state.dispose();
-            state = next.states[0];
-            logits = next.logits[0];
-          }
-        } finally {
-          state.dispose();
-        }
-        return { all: pre.all, ids, stepLogits };
+        const { ids, stepLogits } = await greedySteps(model.decoder, pre.state, pre.logits, STEPS, feed);
+        const flat = new Float32Array(STEPS * V);
+        stepLogits.forEach((l, t) => flat.set(l, t * V));
+        return { all: pre.all, ids, stepLogits: flat };
       };
       const free = await greedyRun(undefined);
       const ref = forced?.[p] ?? free.ids;
@@ -279,35 +264,17 @@ const FIXTURE_RUNS: {
 }[] = [
   {
     model: 'MiniGPT-v2',
-    golden: V2,
+    golden: GOLDEN_V2,
     prompts: ['prompt', 'chat'],
     greedyNames: { prompt: 'greedy_ids', chat: 'chat_greedy_ids' },
-    options: {
-      arch: 'minigpt-v2',
-      vit: join(V2, 'eva_vit.pth'),
-      llm: join(V2, 'llama'),
-      ckpt: join(V2, 'minigptv2_ckpt.pth'),
-      vitHeads: 4,
-      imageSize: 112,
-      loraR: 8,
-      loraAlpha: 16,
-    },
+    options: TINY_V2_OPTIONS,
   },
   {
     model: 'MiniGPT-4 (Q-Former)',
-    golden: M4,
+    golden: GOLDEN_M4,
     prompts: ['vicuna0', 'llama2'],
     greedyNames: { vicuna0: 'vicuna0_greedy_ids', llama2: 'llama2_greedy_ids' },
-    options: {
-      arch: 'minigpt-4',
-      vit: join(M4, 'eva_vit.pth'),
-      qformer: join(M4, 'blip2_qformer.pth'),
-      llm: join(M4, 'llama'),
-      ckpt: join(M4, 'minigpt4_ckpt.pth'),
-      vitHeads: 4,
-      qformerHeads: 4,
-      imageSize: 56,
-    },
+    options: TINY_M4_OPTIONS,
   },
 ];
 

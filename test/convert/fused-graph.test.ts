@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { convert, type ConvertOptions } from '../../src/convert/convert.js';
+import { convert } from '../../src/convert/convert.js';
 import { rotaryCaches } from '../../src/convert/graphs/llama-fused.js';
 import { computeInvFreq } from '../../src/convert/graphs/llama.js';
 import { MiniGPT } from '../../src/inference/model.js';
@@ -18,41 +18,19 @@ import { loadPackage, modelJsonSchema } from '../../src/inference/package.js';
 import { LlamaDecoder, type KvMode } from '../../src/inference/decoder.js';
 import type { KvCache } from '../../src/inference/kv-cache.js';
 import { spliceContext } from '../../src/inference/context.js';
-import { argmax } from '../../src/inference/generation/index.js';
 import { verifyPackage } from '../../src/inference/verify.js';
 import { buildProgram } from '../../src/cli/main.js';
 import { goldenIds, goldenTensor, maxAbsDiff } from '../helpers/golden.js';
+import { greedySteps } from '../helpers/greedy.js';
+import { GOLDEN_M4, GOLDEN_V2, TINY_M4_OPTIONS, TINY_V2_OPTIONS } from '../helpers/tiny-package.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const FIXTURES = join(ROOT, 'test/fixtures');
 /** the golden folders themselves when this checkout sits beside them, else their copies under test/fixtures */
 const golden = (name: string) =>
   existsSync(join(ROOT, '../shared/golden', name, 'manifest.json')) ? join(ROOT, '../shared/golden', name) : join(FIXTURES, name);
-const V2 = join(FIXTURES, 'minigptv2-tiny');
-const M4 = join(FIXTURES, 'minigpt4-tiny');
 const TOL = 1e-4;
 const STEPS = 8;
-
-const V2_OPTIONS: Omit<ConvertOptions, 'out'> = {
-  arch: 'minigpt-v2',
-  vit: join(V2, 'eva_vit.pth'),
-  llm: join(V2, 'llama'),
-  ckpt: join(V2, 'minigptv2_ckpt.pth'),
-  vitHeads: 4,
-  imageSize: 112,
-  loraR: 8,
-  loraAlpha: 16,
-};
-const M4_OPTIONS: Omit<ConvertOptions, 'out'> = {
-  arch: 'minigpt-4',
-  vit: join(M4, 'eva_vit.pth'),
-  qformer: join(M4, 'blip2_qformer.pth'),
-  llm: join(M4, 'llama'),
-  ckpt: join(M4, 'minigpt4_ckpt.pth'),
-  vitHeads: 4,
-  qformerHeads: 4,
-  imageSize: 56,
-};
 
 async function decoderOps(dir: string): Promise<Map<string, number>> {
   const m = onnxProto.onnx.ModelProto.decode(await readFile(join(dir, 'decoder.onnx')));
@@ -113,22 +91,7 @@ interface Run {
 async function greedy(model: MiniGPT, decoder: LlamaDecoder, embeds: Float32Array): Promise<Run> {
   const pre = await decoder.forward(embeds, null, undefined, 'all');
   const V = model.meta.llm.vocabSize;
-  let state = pre.state;
-  let logits: Float32Array = pre.logits.slice(pre.logits.length - V);
-  const ids: number[] = [];
-  const stepLogits: Float32Array[] = [];
-  try {
-    for (let t = 0; t < STEPS; t++) {
-      stepLogits.push(logits.slice());
-      ids.push(argmax(logits));
-      const next = await decoder.step([state], [ids[t]]);
-      state.dispose();
-      state = next.states[0];
-      logits = next.logits[0];
-    }
-  } finally {
-    state.dispose();
-  }
+  const { ids, stepLogits } = await greedySteps(decoder, pre.state, pre.logits.slice(pre.logits.length - V), STEPS);
   return { prefill: pre.logits, ids, stepLogits };
 }
 
@@ -172,17 +135,17 @@ const FIXTURE_RUNS = [
   {
     name: 'MiniGPT-v2',
     golden: golden('minigptv2-tiny'),
-    source: V2,
+    source: GOLDEN_V2,
     prompts: ['prompt', 'chat'],
-    options: V2_OPTIONS,
+    options: TINY_V2_OPTIONS,
     dtypes: ['fp32', 'int4'] as const,
   },
   {
     name: 'MiniGPT-4 (Q-Former)',
     golden: golden('minigpt4-tiny'),
-    source: M4,
+    source: GOLDEN_M4,
     prompts: ['vicuna0', 'llama2'],
-    options: M4_OPTIONS,
+    options: TINY_M4_OPTIONS,
     dtypes: ['fp32'] as const,
   },
 ];
@@ -340,7 +303,7 @@ describe('the fused graph pieces', () => {
 
   it('a model.json from before --fused reads as the plain graph', async () => {
     const dir = join(work, 'old');
-    await convert({ ...V2_OPTIONS, out: dir });
+    await convert({ ...TINY_V2_OPTIONS, out: dir });
     const meta = JSON.parse(await readFile(join(dir, 'model.json'), 'utf8')) as Record<string, unknown>;
     delete meta.graph;
     expect(modelJsonSchema.parse(meta).graph).toBe('plain');
@@ -351,7 +314,7 @@ describe('the fused graph pieces', () => {
 
   it('minigpt convert --fused writes a fused package', async () => {
     const out = join(work, 'cli-fused');
-    const o = V2_OPTIONS;
+    const o = TINY_V2_OPTIONS;
     const args = [
       'convert',
       '--arch',
@@ -388,10 +351,10 @@ describe('the fused graph pieces', () => {
   it('refuses --fused for a grouped-query model (MultiHeadAttention needs kvHeads == heads)', async () => {
     const llm = join(work, 'gqa-llama');
     await mkdir(llm, { recursive: true });
-    for (const f of await readdir(V2_OPTIONS.llm)) if (f !== 'config.json') await symlink(join(V2_OPTIONS.llm, f), join(llm, f));
-    const cfg = JSON.parse(await readFile(join(V2_OPTIONS.llm, 'config.json'), 'utf8')) as Record<string, unknown>;
+    for (const f of await readdir(TINY_V2_OPTIONS.llm)) if (f !== 'config.json') await symlink(join(TINY_V2_OPTIONS.llm, f), join(llm, f));
+    const cfg = JSON.parse(await readFile(join(TINY_V2_OPTIONS.llm, 'config.json'), 'utf8')) as Record<string, unknown>;
     await writeFile(join(llm, 'config.json'), JSON.stringify({ ...cfg, num_key_value_heads: 2 }));
-    await expect(convert({ ...V2_OPTIONS, llm, out: join(work, 'gqa'), fused: true })).rejects.toThrow(
+    await expect(convert({ ...TINY_V2_OPTIONS, llm, out: join(work, 'gqa'), fused: true })).rejects.toThrow(
       /as many key\/value heads as query heads/,
     );
   });

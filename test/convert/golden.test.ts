@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { verifyPackage, type VerifyReport } from '../../src/inference/verify.js';
 import { loadPackage } from '../../src/inference/package.js';
-import { convertTinyV2, GOLDEN_V2 as GOLDEN } from '../helpers/tiny-package.js';
+import { convertTinyV2, GOLDEN_V2 as GOLDEN, TINY_LLM_META } from '../helpers/tiny-package.js';
 
 let work: string;
 let pkgDir: string;
@@ -37,16 +37,7 @@ describe('minigpt-v2 tiny package against the PyTorch golden tensors', () => {
     const pkg = await loadPackage(pkgDir);
     expect(pkg.meta.architecture).toBe('minigpt-v2');
     expect(pkg.meta.vision).toMatchObject({ imageSize: 112, imageTokens: 16, width: 32, layers: 2, heads: 4, patchSize: 14 });
-    expect(pkg.meta.llm).toMatchObject({
-      layers: 2,
-      heads: 4,
-      headDim: 16,
-      hidden: 64,
-      vocabSize: 512,
-      bosId: 1,
-      eosId: 2,
-      rmsNormEps: 1e-6,
-    });
+    expect(pkg.meta.llm).toMatchObject(TINY_LLM_META);
     const roles = pkg.meta.provenance.sources.map((s) => s.role);
     expect(roles).toEqual(expect.arrayContaining(['vit', 'checkpoint', 'llm-weights', 'tokenizer']));
     for (const s of pkg.meta.provenance.sources) expect(s.sha256).toMatch(/^[0-9a-f]{64}$/);

@@ -20,8 +20,8 @@ import { conversationPrompt } from '../../src/inference/prompt.js';
 import { promptSegmentIds } from '../../src/inference/context.js';
 import { loadTokenizer } from '../../src/inference/tokenizer.js';
 import { minigpt, ROOT } from '../helpers/cli.js';
+import { GOLDEN_M4 as GOLDEN, TINY_LLM_META, TINY_M4_OPTIONS } from '../helpers/tiny-package.js';
 
-const GOLDEN = join(ROOT, 'test/fixtures/minigpt4-tiny');
 const V2_TOKENIZER = join(ROOT, 'test/fixtures/minigptv2-tiny/llama/tokenizer.json');
 const TOL = 1e-4;
 
@@ -34,19 +34,8 @@ interface Manifest {
   prompts: Record<string, { prompt: string; segments: Segment[]; greedy_ids: number[]; sequence_length: number }>;
 }
 
-const TINY = { vitHeads: 4, qformerHeads: 4, imageSize: 56 } as const;
-
 function tinyConvert(out: string, extra: Partial<ConvertOptions> = {}) {
-  return convert({
-    arch: 'minigpt-4',
-    vit: join(GOLDEN, 'eva_vit.pth'),
-    qformer: join(GOLDEN, 'blip2_qformer.pth'),
-    llm: join(GOLDEN, 'llama'),
-    ckpt: join(GOLDEN, 'minigpt4_ckpt.pth'),
-    ...TINY,
-    out,
-    ...extra,
-  });
+  return convert({ ...TINY_M4_OPTIONS, out, ...extra });
 }
 
 let work: string;
@@ -78,16 +67,7 @@ describe('minigpt-4 tiny package with the Q-Former against the PyTorch golden te
     expect(pkg.meta.architecture).toBe('minigpt-4');
     expect(pkg.meta.vision).toMatchObject({ imageSize: 56, imageTokens: 4, width: 32, layers: 2, heads: 4, patchSize: 14 });
     expect(pkg.meta.vision.qformer).toEqual({ queryTokens: 4, hidden: 32, layers: 2, heads: 4, intermediate: 64, crossAttentionFreq: 2 });
-    expect(pkg.meta.llm).toMatchObject({
-      layers: 2,
-      heads: 4,
-      headDim: 16,
-      hidden: 64,
-      vocabSize: 512,
-      bosId: 1,
-      eosId: 2,
-      rmsNormEps: 1e-6,
-    });
+    expect(pkg.meta.llm).toMatchObject(TINY_LLM_META);
     expect(pkg.meta.provenance.sources.map((s) => s.role)).toEqual(
       expect.arrayContaining(['vit', 'qformer', 'checkpoint', 'llm-config', 'llm-weights', 'tokenizer']),
     );

@@ -266,3 +266,14 @@ export class PickleWriter {
 export function hex(s: string): Uint8Array {
   return Uint8Array.from(s.match(/../g)!.map((h) => parseInt(h, 16)));
 }
+
+/** A pickle that calls os.system("echo"): \x80\x02 c os\nsystem\n X "echo" \x85 R . */
+export function osSystemPickle(): Uint8Array {
+  return concat([
+    hex('8002'),
+    new TextEncoder().encode('cos\nsystem\n'),
+    hex('5804000000'),
+    new TextEncoder().encode('echo'),
+    hex('85522e'),
+  ]);
+}

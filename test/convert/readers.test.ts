@@ -15,7 +15,17 @@ import {
 import { unpickle } from '../../src/convert/readers/pickle.js';
 import type { PyDict } from '../../src/convert/readers/pickle-values.js';
 import { crc32 } from '../../src/convert/readers/zip.js';
-import { PickleWriter, buildSafetensors, buildTorchZip, buildZip, bytesOf, concat, hex, rawSafetensors } from './readers-helpers.js';
+import {
+  PickleWriter,
+  buildSafetensors,
+  buildTorchZip,
+  buildZip,
+  bytesOf,
+  concat,
+  hex,
+  osSystemPickle,
+  rawSafetensors,
+} from './readers-helpers.js';
 import { rng } from '../helpers/rng.js';
 
 const FIX = fileURLToPath(new URL('../fixtures/minigptv2-tiny/', import.meta.url));
@@ -513,14 +523,7 @@ describe('crafted torch checkpoints', () => {
   });
 
   it('refuses pickles that reference os.system (GLOBAL) before anything else happens', async () => {
-    // \x80\x02 c os\nsystem\n X "echo" \x85 R .
-    const pkl = concat([
-      hex('8002'),
-      new TextEncoder().encode('cos\nsystem\n'),
-      hex('5804000000'),
-      new TextEncoder().encode('echo'),
-      hex('85522e'),
-    ]);
+    const pkl = osSystemPickle();
     const p = await writeTmp('evil-os-system.pth', buildTorchZip('archive', pkl, {}));
     const err = await expectCheckpointError(
       openTorchCheckpoint(p),

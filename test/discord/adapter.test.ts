@@ -8,7 +8,17 @@ import net, { type AddressInfo } from 'node:net';
 import type { AnswerEvent, ConversationRequest } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, type DiscordAdapter, type DiscordAdapterOptions } from '../../adapters/discord/index.js';
 import type { ApiMessage } from './fake-discord.js';
-import { answered, sleep, startAdapter, startFake, testPng, until, type World } from './helpers.js';
+import {
+  answered,
+  describeCommand,
+  dispatchUnknownInteraction,
+  sleep,
+  startAdapter,
+  startFake,
+  testPng,
+  until,
+  type World,
+} from './helpers.js';
 
 type Script = (req: ConversationRequest) => AsyncIterable<AnswerEvent>;
 
@@ -245,18 +255,11 @@ describe('commands', () => {
   it('/describe passes prompt, task, temperature and image to the manager; bad option values are dropped', async () => {
     await start(streamed('ok'));
     const att = w.fake.addAttachment('c.png', png, 'image/png');
-    const { id } = w.fake.interact(w.general, w.bob, {
-      id: '1',
-      name: 'describe',
-      type: 1,
-      options: [
-        { name: 'image', type: 11, value: att.id },
-        { name: 'prompt', type: 3, value: '  where is it?  ' },
-        { name: 'task', type: 3, value: 'refer' },
-        { name: 'temperature', type: 10, value: 0.3 },
-      ],
-      resolved: { attachments: { [att.id]: att } },
-    });
+    const { id } = w.fake.interact(
+      w.general,
+      w.bob,
+      describeCommand({ image: att, prompt: '  where is it?  ', task: 'refer', temperature: 0.3 }),
+    );
     await answered(logs, id);
     const req = manager.requests.at(-1)!;
     expect(req).toMatchObject({
@@ -268,16 +271,7 @@ describe('commands', () => {
     });
     expect(Buffer.from(req.image!)).toEqual(png);
     expect(req.key).toMatchObject({ platform: 'discord', workspace: w.guildId, channel: w.general });
-    const { id: id2 } = w.fake.interact(w.general, w.bob, {
-      id: '1',
-      name: 'describe',
-      type: 1,
-      options: [
-        { name: 'image', type: 11, value: att.id },
-        { name: 'task', type: 3, value: 'hack' },
-      ],
-      resolved: { attachments: { [att.id]: att } },
-    });
+    const { id: id2 } = w.fake.interact(w.general, w.bob, describeCommand({ image: att, task: 'hack' }));
     await answered(logs, id2);
     // no text and no valid task: a caption
     expect(manager.requests.at(-1)).toMatchObject({ text: '', task: 'caption' });
@@ -436,12 +430,7 @@ describe('who may use it', () => {
     const bob = mention(w.general, 'bob is fine', true, w.bob);
     await answered(logs, bob.id);
     expect(repliesTo(w.general, d.id)).toHaveLength(0);
-    const { token } = w.fake.interact(w.general, w.alice, {
-      id: '1',
-      name: 'describe',
-      type: 1,
-      options: [{ name: 'prompt', type: 3, value: 'five' }],
-    });
+    const { token } = w.fake.interact(w.general, w.alice, describeCommand({ prompt: 'five' }));
     await until(() => w.fake.interaction(token)?.callback !== undefined, 'the private note');
     const cb = w.fake.calls.find((c) => c.path.includes(`/${token}/callback`))!;
     expect(cb.body).toMatchObject({ type: 4, data: { flags: 64 } });
@@ -469,22 +458,7 @@ describe('robustness', () => {
     await until(() => logs.some((l) => l.includes(y.id) && l.includes('stream broke')), 'the failure log');
     // An interaction Discord does not know (expired): the callback fails; the error is logged without its token.
     const token = 'aW50ZXJhY3Rpb246c2VjcmV0LXRva2VuLXZhbHVl';
-    w.fake.dispatch('INTERACTION_CREATE', {
-      id: w.fake.snowflake(),
-      application_id: w.fake.appId,
-      type: 2,
-      token,
-      version: 1,
-      app_permissions: '0',
-      locale: 'en-US',
-      entitlements: [],
-      authorizing_integration_owners: {},
-      channel: w.fake.channel(w.general),
-      channel_id: w.general,
-      guild_id: w.guildId,
-      member: { user: w.alice, roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0, permissions: '0' },
-      data: { id: '1', name: 'describe', type: 1, options: [] },
-    });
+    dispatchUnknownInteraction(w, token);
     await until(() => logs.some((l) => l.includes('Unknown interaction')), 'the callback failure');
     // Still answering.
     const ok = mention(w.general, 'still there?');

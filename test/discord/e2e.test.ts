@@ -7,7 +7,7 @@ import type { ConversationManager } from '../../src/conversation/index.js';
 import { gridToPixels } from '../../src/grounding/parse.js';
 import { ANNOTATION_PALETTE, boxLineWidth } from '../../src/image/annotate.js';
 import type { ApiMessage, FakeDiscord, RestCall } from './fake-discord.js';
-import { answered, closeStack, pixel, startStack, testPng, until, type Stack, type World } from './helpers.js';
+import { answered, closeStack, describeCommand, pixel, startStack, testPng, until, type Stack, type World } from './helpers.js';
 
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
 const FINAL = '**red square** on a grey background';
@@ -301,18 +301,11 @@ describe('/describe', () => {
     const att = fake.addAttachment('cmd.png', png, 'image/png', { width: 200, height: 150 });
     const before = fake.calls.length;
     const sentAt = Date.now();
-    const { id, token } = fake.interact(w.general, w.alice, {
-      id: '1',
-      name: 'describe',
-      type: 1,
-      options: [
-        { name: 'image', type: 11, value: att.id },
-        { name: 'prompt', type: 3, value: 'where is the red square?' },
-        { name: 'task', type: 3, value: 'grounding' },
-        { name: 'temperature', type: 10, value: 0 },
-      ],
-      resolved: { attachments: { [att.id]: att } },
-    });
+    const { id, token } = fake.interact(
+      w.general,
+      w.alice,
+      describeCommand({ image: att, prompt: 'where is the red square?', task: 'grounding', temperature: 0 }),
+    );
     await answered(logs, id);
     await until(() => fake.calls.some((c) => c.path.endsWith('/threads') && c.at >= sentAt), 'the thread on the reply');
     const calls = fake.calls.slice(before);
@@ -348,12 +341,7 @@ describe('/describe', () => {
 
     // /describe without an image inside that bot thread uses the thread's image; no new thread.
     const before2 = fake.calls.length;
-    const again = fake.interact(original.id, w.alice, {
-      id: '1',
-      name: 'describe',
-      type: 1,
-      options: [{ name: 'prompt', type: 3, value: 'one more' }],
-    });
+    const again = fake.interact(original.id, w.alice, describeCommand({ prompt: 'one more' }));
     await answered(logs, again.id);
     const calls2 = fake.calls.slice(before2);
     expect(calls2.filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
@@ -366,12 +354,7 @@ describe('/describe', () => {
   });
 
   it('without an image outside a bot thread explains how to use it', async () => {
-    const { id, token } = fake.interact(w.general, w.bob, {
-      id: '1',
-      name: 'describe',
-      type: 1,
-      options: [{ name: 'prompt', type: 3, value: 'hi' }],
-    });
+    const { id, token } = fake.interact(w.general, w.bob, describeCommand({ prompt: 'hi' }));
     await until(() => fake.original(token)?.content !== undefined && fake.original(token)!.content !== '', 'the edited reply');
     expect(fake.interaction(token)?.callback?.type).toBe(5);
     expect(fake.original(token)!.content).toMatch(/Add an image with the `image` option/);
@@ -419,12 +402,7 @@ describe('direct messages', () => {
     expect(state?.turns.map((t) => t.user)).toEqual(['hello there', 'tell me more']);
     // /describe in the DM without an image asks about the DM's image; no thread in a DM.
     const before = fake.calls.length;
-    const { id, token } = fake.interact(dm, w.alice, {
-      id: '1',
-      name: 'describe',
-      type: 1,
-      options: [{ name: 'prompt', type: 3, value: 'and now?' }],
-    });
+    const { id, token } = fake.interact(dm, w.alice, describeCommand({ prompt: 'and now?' }));
     await answered(logs, id);
     expect(fake.original(token)?.content).toBe(FINAL);
     expect(fake.calls.slice(before).filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);

@@ -11,7 +11,7 @@ import {
   type DiscordAdapterOptions,
   type DiscordConversations,
 } from '../../adapters/discord/index.js';
-import { FakeDiscord, type ApiUser } from './fake-discord.js';
+import { FakeDiscord, type ApiAttachment, type ApiUser } from './fake-discord.js';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
 export const DEMO = join(ROOT, 'models', 'demo');
@@ -136,4 +136,40 @@ export function outcome(logs: readonly string[], id: string): string | undefined
 export async function answered(logs: readonly string[], id: string, timeoutMs = 30_000): Promise<string> {
   await until(() => outcome(logs, id) !== undefined, `the answer to ${id}; log:\n${logs.join('\n')}`, timeoutMs);
   return outcome(logs, id)!;
+}
+
+/** The data of a /describe slash command with the options given (in Discord's order); an image is also resolved. */
+export function describeCommand(opts: { image?: ApiAttachment; prompt?: string; task?: string; temperature?: number }) {
+  const options: { name: string; type: number; value: string | number }[] = [];
+  if (opts.image) options.push({ name: 'image', type: 11, value: opts.image.id });
+  if (opts.prompt !== undefined) options.push({ name: 'prompt', type: 3, value: opts.prompt });
+  if (opts.task !== undefined) options.push({ name: 'task', type: 3, value: opts.task });
+  if (opts.temperature !== undefined) options.push({ name: 'temperature', type: 10, value: opts.temperature });
+  return {
+    id: '1',
+    name: 'describe',
+    type: 1,
+    options,
+    ...(opts.image ? { resolved: { attachments: { [opts.image.id]: opts.image } } } : {}),
+  };
+}
+
+/** Dispatches a /describe from alice in #general whose `token` Discord does not know (an expired interaction). */
+export function dispatchUnknownInteraction(w: World, token: string): void {
+  w.fake.dispatch('INTERACTION_CREATE', {
+    id: w.fake.snowflake(),
+    application_id: w.fake.appId,
+    type: 2,
+    token,
+    version: 1,
+    app_permissions: '0',
+    locale: 'en-US',
+    entitlements: [],
+    authorizing_integration_owners: {},
+    channel: w.fake.channel(w.general),
+    channel_id: w.general,
+    guild_id: w.guildId,
+    member: { user: w.alice, roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0, permissions: '0' },
+    data: { id: '1', name: 'describe', type: 1, options: [] },
+  });
 }

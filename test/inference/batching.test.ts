@@ -314,60 +314,14 @@ describe('KV cache reuse across turns', () => {
       images: [{ key: 'x', rows: 4 }],
     };
     expect(commonPrefixRows(a, a)).toBe(10);
-    expect(
-      commonPrefixRows(a, {
-        segments: [
-          [1, 5, 6],
-          [7, 8, 9, 10],
-        ],
-        images: [{ key: 'x', rows: 4 }],
-      }),
-    ).toBe(10);
-    expect(
-      commonPrefixRows(a, {
-        segments: [
-          [1, 5, 6],
-          [7, 2],
-        ],
-        images: [{ key: 'x', rows: 4 }],
-      }),
-    ).toBe(8);
-    expect(
-      commonPrefixRows(a, {
-        segments: [
-          [1, 5, 6],
-          [7, 8, 9],
-        ],
-        images: [{ key: 'y', rows: 4 }],
-      }),
-    ).toBe(3);
-    expect(
-      commonPrefixRows(a, {
-        segments: [
-          [1, 5],
-          [7, 8, 9],
-        ],
-        images: [{ key: 'x', rows: 4 }],
-      }),
-    ).toBe(2);
-    expect(
-      commonPrefixRows(a, {
-        segments: [
-          [1, 5, 6, 3],
-          [7, 8, 9],
-        ],
-        images: [{ key: 'x', rows: 4 }],
-      }),
-    ).toBe(3);
-    expect(
-      commonPrefixRows(a, {
-        segments: [
-          [1, 5, 6],
-          [7, 8, 9],
-        ],
-        images: [{ key: undefined, rows: 4 }],
-      }),
-    ).toBe(3);
+    // commonPrefixRows of `a` and a context of `segments` around one 4-row image `key`
+    const against = (key: string | undefined, ...segments: number[][]) => commonPrefixRows(a, { segments, images: [{ key, rows: 4 }] });
+    expect(against('x', [1, 5, 6], [7, 8, 9, 10])).toBe(10);
+    expect(against('x', [1, 5, 6], [7, 2])).toBe(8);
+    expect(against('y', [1, 5, 6], [7, 8, 9])).toBe(3);
+    expect(against('x', [1, 5], [7, 8, 9])).toBe(2);
+    expect(against('x', [1, 5, 6, 3], [7, 8, 9])).toBe(3);
+    expect(against(undefined, [1, 5, 6], [7, 8, 9])).toBe(3);
     expect(commonPrefixRows(a, { segments: [[2]], images: [] })).toBe(0);
   });
 

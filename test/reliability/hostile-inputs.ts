@@ -139,29 +139,25 @@ export async function tiffBomb(w: number, h: number): Promise<Buffer> {
   return tif;
 }
 
-/** An animated GIF with `frames` frames of `w`x`h` (the first red, the others blue). */
-export async function animatedGif(frames: number, w = 64, h = 48): Promise<Buffer> {
+/** `frames` frames of `w`x`h` (the first red, the others blue), joined into one animated image. */
+async function animatedFrames(frames: number, w: number, h: number): Promise<sharp.Sharp> {
   const red = await sharp({ create: { width: w, height: h, channels: 3, background: '#dd2222' } })
     .png()
     .toBuffer();
   const blue = await sharp({ create: { width: w, height: h, channels: 3, background: '#2222dd' } })
     .png()
     .toBuffer();
-  return sharp([red, ...Array.from({ length: frames - 1 }, () => blue)], { join: { animated: true } })
-    .gif()
-    .toBuffer();
+  return sharp([red, ...Array.from({ length: frames - 1 }, () => blue)], { join: { animated: true } });
 }
 
+/** An animated GIF with `frames` frames of `w`x`h` (the first red, the others blue). */
+export async function animatedGif(frames: number, w = 64, h = 48): Promise<Buffer> {
+  return (await animatedFrames(frames, w, h)).gif().toBuffer();
+}
+
+/** An animated WebP with `frames` frames of `w`x`h` (the first red, the others blue). */
 export async function animatedWebp(frames: number, w = 64, h = 48): Promise<Buffer> {
-  const red = await sharp({ create: { width: w, height: h, channels: 3, background: '#dd2222' } })
-    .png()
-    .toBuffer();
-  const blue = await sharp({ create: { width: w, height: h, channels: 3, background: '#2222dd' } })
-    .png()
-    .toBuffer();
-  return sharp([red, ...Array.from({ length: frames - 1 }, () => blue)], { join: { animated: true } })
-    .webp()
-    .toBuffer();
+  return (await animatedFrames(frames, w, h)).webp().toBuffer();
 }
 
 export async function cmykJpeg(w = 64, h = 48): Promise<Buffer> {

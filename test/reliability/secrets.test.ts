@@ -10,7 +10,7 @@ import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index
 import { startDiscordAdapter, type DiscordAdapter } from '../../adapters/discord/index.js';
 import { FakeSlack } from '../slack/fake-slack.js';
 import { squarePng, startSlack, textReplies } from '../slack/helpers.js';
-import { startFake, testPng, type World } from '../discord/helpers.js';
+import { dispatchUnknownInteraction, startFake, testPng, type World } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, until } from './helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -150,22 +150,7 @@ describe('Discord', () => {
     );
     // An interaction whose token Discord no longer knows, and a REST failure mid-answer.
     const token = 'aW50ZXJhY3Rpb246c2VjcmV0LXRva2VuLXZhbHVlLTEyMzQ1Njc4OTA';
-    fake.dispatch('INTERACTION_CREATE', {
-      id: fake.snowflake(),
-      application_id: fake.appId,
-      type: 2,
-      token,
-      version: 1,
-      app_permissions: '0',
-      locale: 'en-US',
-      entitlements: [],
-      authorizing_integration_owners: {},
-      channel: fake.channel(w.general),
-      channel_id: w.general,
-      guild_id: w.guildId,
-      member: { user: w.alice, roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0, permissions: '0' },
-      data: { id: '1', name: 'describe', type: 1, options: [] },
-    });
+    dispatchUnknownInteraction(w, token);
     await until(() => logs.some((l) => /Unknown interaction/.test(l)), 'the interaction failure');
     // A REST error whose body echoes the token (a 401 would make discord.js drop its token for good).
     fake.restFault = (call) =>

@@ -6,13 +6,13 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { trainLog, trainPy } from './helpers.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
 const PY = process.env.PYTHON ?? '/usr/bin/python3';
 const DEMO = join(ROOT, 'models/demo');
 const SCRIPT = join(ROOT, 'models/demo/train/from_package.py');
-const TRAIN = join(ROOT, 'models/demo/train/train.py');
 const PACKAGE_FILES = [
   'vision.onnx',
   'vision.onnx.data',
@@ -68,16 +68,7 @@ async function prepared(name: string, shapes: string) {
   return join(split, 'prep');
 }
 
-interface LogLine {
-  step?: number;
-  loss?: number;
-}
-const firstLoss = async (dir: string) =>
-  (await readFile(join(dir, 'train_log.jsonl'), 'utf8'))
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as LogLine)
-    .find((r) => r.step === 1)!.loss!;
+const firstLoss = async (dir: string) => (await trainLog(dir)).find((r) => r.step === 1)!.loss;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-from-package-'));
@@ -96,28 +87,19 @@ describe('from_package.py', () => {
 
   it("its state.pt starts train.py (--init-from): the committed model's loss, not a fresh one's; at lr 0 the package is unchanged", async () => {
     const prep = await prepared('safe', 'aspect-safe'); // the committed model's shape set
-    const common = [
-      '--data',
-      prep,
-      '--steps',
-      '1',
-      '--batch-images',
-      '4',
-      '--per-image',
-      '4',
-      '--warmup',
-      '1',
-      '--lr',
-      '0',
-      '--log-every',
-      '1',
-      '--aux-weight',
-      '1',
-      '--threads',
-      '1',
-    ];
-    await run(PY, [TRAIN, ...common, '--out', join(work, 'ft'), '--init-from', join(work, 'fp', 'state.pt')], { cwd: ROOT });
-    await run(PY, [TRAIN, ...common, '--out', join(work, 'fresh')], { cwd: ROOT });
+    const common = {
+      data: prep,
+      steps: 1,
+      'batch-images': 4,
+      'per-image': 4,
+      warmup: 1,
+      lr: 0,
+      'log-every': 1,
+      'aux-weight': 1,
+      threads: 1,
+    };
+    await run(PY, trainPy({ ...common, out: join(work, 'ft'), 'init-from': join(work, 'fp', 'state.pt') }), { cwd: ROOT });
+    await run(PY, trainPy({ ...common, out: join(work, 'fresh') }), { cwd: ROOT });
     const [tuned, fresh] = [await firstLoss(join(work, 'ft')), await firstLoss(join(work, 'fresh'))];
     expect(tuned).toBeLessThan(1);
     expect(fresh).toBeGreaterThan(5); // ~ln 512: a random model
@@ -141,39 +123,26 @@ describe('from_package.py', () => {
   it('--init-from: heads trained on other object classes start afresh; a stage 1 replaces the vision only when asked for', async () => {
     const classic = await prepared('classic', 'classic');
     const safe = join(work, 'safe', 'prep');
-    const common = ['--steps', '1', '--batch-images', '2', '--per-image', '2', '--warmup', '1', '--aux-weight', '1', '--threads', '1'];
-    await run(PY, [TRAIN, ...common, '--data', classic, '--out', join(work, 'c1')], { cwd: ROOT });
-    const other = await run(
-      PY,
-      [TRAIN, ...common, '--data', safe, '--out', join(work, 's1'), '--init-from', join(work, 'c1', 'state.pt')],
-      { cwd: ROOT },
-    );
+    const common = { steps: 1, 'batch-images': 2, 'per-image': 2, warmup: 1, 'aux-weight': 1, threads: 1 };
+    const c1State = join(work, 'c1', 'state.pt');
+    await run(PY, trainPy({ ...common, data: classic, out: join(work, 'c1') }), { cwd: ROOT });
+    const other = await run(PY, trainPy({ ...common, data: safe, out: join(work, 's1'), 'init-from': c1State }), { cwd: ROOT });
     expect(other.stderr).toContain('aux / name heads start afresh: the earlier run had other object classes');
-    const same = await run(
-      PY,
-      [TRAIN, ...common, '--data', classic, '--out', join(work, 'c2'), '--init-from', join(work, 'c1', 'state.pt')],
-      { cwd: ROOT },
-    );
+    const same = await run(PY, trainPy({ ...common, data: classic, out: join(work, 'c2'), 'init-from': c1State }), { cwd: ROOT });
     expect(same.stderr).not.toContain('start afresh');
     expect(same.stderr).not.toContain('stage 1');
     // stage 1 on the loaded vision (--vit-only with --init-from): its own vision_stage1.pt
     const st1 = await run(
       PY,
-      [
-        TRAIN,
+      trainPy({
         ...common,
-        '--data',
-        safe,
-        '--out',
-        join(work, 'v1'),
-        '--init-from',
-        join(work, 'fp', 'state.pt'),
-        '--vit-only',
-        '--vit-steps',
-        '2',
-        '--vit-batch',
-        '2',
-      ],
+        data: safe,
+        out: join(work, 'v1'),
+        'init-from': join(work, 'fp', 'state.pt'),
+        'vit-only': true,
+        'vit-steps': 2,
+        'vit-batch': 2,
+      }),
       { cwd: ROOT },
     );
     expect(st1.stderr).toMatch(/weights from .*state\.pt[\s\S]*stage 1 saved/);

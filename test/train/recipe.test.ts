@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { sha256Hex } from '../../src/conversation/store.js';
 import { TASKS, expectRecordedFiles, expectRecordedScores } from '../helpers/provenance.js';
+import { trainLog, trainPy } from './helpers.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -25,6 +26,16 @@ afterAll(async () => {
 });
 
 const sha256 = async (p: string) => sha256Hex(await readFile(p));
+
+/** The batches and model options of run r1 (the determinism test's), which the run started from its weights shares. */
+const R1_BATCHES_AND_MODEL = {
+  'batch-images': 2,
+  'per-image': 2,
+  warmup: 1,
+  'aux-weight': 1,
+  'coord-init': true,
+  'pos-init-scale': 4,
+} as const;
 
 /** A train.py command line with option `flag` set to `value` (replaced where it is, else added). */
 function withOpt(args: readonly string[], flag: string, value: string): string[] {
@@ -75,10 +86,7 @@ describe('models/demo/train', () => {
     }
     // stage 1 (the ViT alone on the auxiliary task) ran first and saved its state; the auxiliary head then kept
     // training with the language model (its loss is logged) and is not part of the published ViT file
-    const log = (await readFile(join(work, 'smoke', 'run', 'train_log.jsonl'), 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, number>);
+    const log = await trainLog(join(work, 'smoke', 'run'));
     const stage1 = log.filter((r) => typeof r.vit_step === 'number');
     expect(stage1.map((r) => r.vit_step)).toEqual([1, 2]);
     for (const r of stage1) for (const k of ['aux_loss', 'colour_acc', 'shape_acc']) expect(Number.isFinite(r[k]), k).toBe(true);
@@ -174,32 +182,16 @@ describe('models/demo/train', () => {
 
   it('is deterministic on the CPU: the same seed writes the same published files', async () => {
     const prepared = join(work, 'smoke', 'prepared');
-    const args = (out: string) => [
-      join(ROOT, 'models/demo/train/train.py'),
-      '--data',
-      prepared,
-      '--out',
-      out,
-      '--steps',
-      '2',
-      '--batch-images',
-      '2',
-      '--per-image',
-      '2',
-      '--warmup',
-      '1',
-      '--aux-weight',
-      '1',
-      '--coord-init',
-      '--pos-init-scale',
-      '4',
-      '--vit-steps',
-      '2',
-      '--vit-batch',
-      '2',
-      '--threads',
-      '1',
-    ];
+    const args = (out: string) =>
+      trainPy({
+        data: prepared,
+        out,
+        steps: 2,
+        ...R1_BATCHES_AND_MODEL,
+        'vit-steps': 2,
+        'vit-batch': 2,
+        threads: 1,
+      });
     await run(PY, args(join(work, 'r1')), { cwd: ROOT });
     await run(PY, args(join(work, 'r2')), { cwd: ROOT });
     await expectSamePublished(join(work, 'r2'), join(work, 'r1'));
@@ -234,25 +226,17 @@ describe('models/demo/train', () => {
 
     const prepared = join(work, 'smoke', 'prepared');
     const args = (out: string, ...more: string[]) => [
-      join(ROOT, 'models/demo/train/train.py'),
-      '--data',
-      prepared,
-      '--out',
-      out,
-      '--steps',
-      '3',
-      '--batch-images',
-      '2',
-      '--per-image',
-      '2',
-      '--warmup',
-      '1',
-      '--aux-weight',
-      '1',
-      '--object-curriculum',
-      '1',
-      '--threads',
-      '1',
+      ...trainPy({
+        data: prepared,
+        out,
+        steps: 3,
+        'batch-images': 2,
+        'per-image': 2,
+        warmup: 1,
+        'aux-weight': 1,
+        'object-curriculum': 1,
+        threads: 1,
+      }),
       ...more,
     ];
     await run(PY, args(join(work, 'c1')), { cwd: ROOT });
@@ -400,32 +384,19 @@ describe('models/demo/train', () => {
     expect(out.uniform[0]).toBeCloseTo(-Math.log(2 / 5), 5);
 
     // a run with it logs the attention loss; the published files are the usual ones
-    const args = [
-      join(ROOT, 'models/demo/train/train.py'),
-      '--data',
-      prepared,
-      '--out',
-      join(work, 'a1'),
-      '--steps',
-      '2',
-      '--batch-images',
-      '4',
-      '--per-image',
-      '4',
-      '--warmup',
-      '1',
-      '--log-every',
-      '1',
-      '--attn-sup',
-      '1',
-      '--threads',
-      '1',
-    ];
+    const args = trainPy({
+      data: prepared,
+      out: join(work, 'a1'),
+      steps: 2,
+      'batch-images': 4,
+      'per-image': 4,
+      warmup: 1,
+      'log-every': 1,
+      'attn-sup': 1,
+      threads: 1,
+    });
     await run(PY, args, { cwd: ROOT });
-    const log = (await readFile(join(work, 'a1', 'train_log.jsonl'), 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, number>);
+    const log = await trainLog(join(work, 'a1'));
     for (const rec of log) expect(rec.attn_loss).toBeGreaterThan(0);
     const keys = async (dir: string) =>
       (await run(PY, ['-c', `import torch; print(sorted(torch.load('${join(dir, 'llama', 'pytorch_model.bin')}')))`])).stdout;
@@ -433,10 +404,7 @@ describe('models/demo/train', () => {
     // --name-sup alone (the heads of --attn-sup-layers, without their attention loss): its loss is logged, the
     // name heads stay out of the published files, and they are saved for --resume
     await run(PY, [...withoutOpt(withOpt(args, '--out', join(work, 'a2')), '--attn-sup'), '--name-sup', '1'], { cwd: ROOT });
-    const log2 = (await readFile(join(work, 'a2', 'train_log.jsonl'), 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, number>);
+    const log2 = await trainLog(join(work, 'a2'));
     for (const rec of log2) {
       expect(rec.name_loss).toBeGreaterThan(0);
       expect(rec).not.toHaveProperty('attn_loss');
@@ -451,32 +419,15 @@ describe('models/demo/train', () => {
 
   it("--init-from starts from an earlier run's weights (a new schedule: at lr 0 the published files are unchanged)", async () => {
     const prepared = join(work, 'smoke', 'prepared');
-    const args = [
-      join(ROOT, 'models/demo/train/train.py'),
-      '--data',
-      prepared,
-      '--out',
-      join(work, 'i1'),
-      '--steps',
-      '1',
-      '--batch-images',
-      '2',
-      '--per-image',
-      '2',
-      '--warmup',
-      '1',
-      '--aux-weight',
-      '1',
-      '--coord-init',
-      '--pos-init-scale',
-      '4',
-      '--lr',
-      '0',
-      '--threads',
-      '1',
-      '--init-from',
-      join(work, 'r1', 'state.pt'),
-    ];
+    const args = trainPy({
+      data: prepared,
+      out: join(work, 'i1'),
+      steps: 1,
+      ...R1_BATCHES_AND_MODEL,
+      lr: 0,
+      threads: 1,
+      'init-from': join(work, 'r1', 'state.pt'),
+    });
     await run(PY, args, { cwd: ROOT });
     await expectSamePublished(join(work, 'i1'), join(work, 'r1'));
     // a name head the earlier run did not have starts afresh; the rest is loaded as before
@@ -511,24 +462,17 @@ describe('models/demo/train', () => {
       run(
         PY,
         [
-          join(ROOT, 'models/demo/train/train.py'),
-          '--data',
-          prepared,
-          '--out',
-          join(work, out),
-          '--aux-weight',
-          '1',
-          '--pos-init-scale',
-          '4',
-          '--vit-only',
-          '--vit-steps',
-          '2',
-          '--vit-batch',
-          '4',
-          '--log-every',
-          '1',
-          '--threads',
-          '1',
+          ...trainPy({
+            data: prepared,
+            out: join(work, out),
+            'aux-weight': 1,
+            'pos-init-scale': 4,
+            'vit-only': true,
+            'vit-steps': 2,
+            'vit-batch': 4,
+            'log-every': 1,
+            threads: 1,
+          }),
           ...extra,
         ],
         { cwd: ROOT },
@@ -539,11 +483,7 @@ describe('models/demo/train', () => {
     // with --val, the auxiliary head is also scored on held-out images (what stage 1 learnt, not what it memorised)
     expect(augmented.stderr).toMatch(/stage 1 held-out: colour \d\.\d{3} shape \d\.\d{3} box err \d+\.\d\d bins/);
     await expect(readFile(join(work, 'v1', 'eva_vit.pth'))).rejects.toThrow(); // nothing of stage 2
-    const records = async (out: string) =>
-      (await readFile(join(work, out, 'train_log.jsonl'), 'utf8'))
-        .trim()
-        .split('\n')
-        .map((l) => JSON.parse(l) as Record<string, number>);
+    const records = (out: string) => trainLog(join(work, out));
     const losses = async (out: string) => (await records(out)).filter((r) => 'vit_step' in r).map((r) => r.aux_loss);
     expect((await records('v1')).at(-1)).toMatchObject({
       vit_val_step: 2,

@@ -9,11 +9,11 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { MiniGPT } from '../../src/inference/model.js';
-import { ConversationManager } from '../../src/conversation/index.js';
+import type { MiniGPT } from '../../src/inference/model.js';
+import type { ConversationManager } from '../../src/conversation/index.js';
 import { demoNotice } from '../../src/serve.js';
-import { startWebServer, type WebServer } from '../../adapters/web/server.js';
-import { buildTinyPackage, testPng } from './helpers.js';
+import type { WebServer } from '../../adapters/web/server.js';
+import { startTinyWeb, testPng, type ListedExample } from './helpers.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
@@ -32,18 +32,12 @@ let notImagePath: string;
 describe('web demo in headless Chromium', () => {
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), 'minigpt-browser-'));
-    const pkg = await buildTinyPackage(work);
-    model = await MiniGPT.load(pkg, { provider: 'cpu', forcedAnswer: FORCED });
-    manager = new ConversationManager({ model, defaults: { maxNewTokens: 64 } });
-    server = await startWebServer({
-      manager,
-      port: 0,
+    ({ model, manager, server } = await startTinyWeb(work, FORCED, {
       model: {
-        name: model.meta.name,
         path: 'models/demo',
         notice: demoNotice({ heldout: { eval: { refer: { accuracy: 0.25 }, identify: { accuracy: 0.5 }, vqa: { accuracy: 0.75 } } } }),
       },
-    });
+    }));
     pngPath = join(work, 'shapes.png');
     await writeFile(pngPath, await testPng(240, 180));
     notImagePath = join(work, 'notes.png');
@@ -173,14 +167,7 @@ describe('web demo in headless Chromium', () => {
 
   it('offers example scenes: a click loads the scene like an upload and fills in its suggested prompt', async () => {
     const { page, problems } = await openTab();
-    const listed = (await (await fetch(new URL('/examples', server.url))).json()) as {
-      id: string;
-      task: string;
-      prompt: string;
-      width: number;
-      height: number;
-      alt: string;
-    }[];
+    const listed = (await (await fetch(new URL('/examples', server.url))).json()) as ListedExample[];
     expect(listed.map((e) => e.task)).toEqual(['grounding', 'refer', 'detection', 'identify', 'vqa', 'caption']);
     const buttons = page.locator('#exampleList button');
     await expect.poll(() => buttons.count()).toBe(listed.length);

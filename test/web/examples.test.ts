@@ -10,16 +10,7 @@ import { join } from 'node:path';
 import { EXAMPLE_SEED, EXAMPLE_TASKS } from '../../adapters/web/examples.js';
 import { startWebServer, type WebConversationManager, type WebServer } from '../../adapters/web/server.js';
 import { expressions, gridBox, imageData, plural, renderScene, type Scene } from '../../src/demo-data/index.js';
-import { rawRequest, ROOT } from './helpers.js';
-
-interface ListedExample {
-  id: string;
-  task: string;
-  prompt: string;
-  width: number;
-  height: number;
-  alt: string;
-}
+import { rawRequest, ROOT, type ListedExample } from './helpers.js';
 
 const unused: WebConversationManager = {
   handle() {

@@ -4,6 +4,9 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import sharp from 'sharp';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager } from '../../src/conversation/index.js';
+import { startWebServer, type WebModelInfo, type WebServer, type WebServerOptions } from '../../adapters/web/server.js';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
 
@@ -12,6 +15,27 @@ export async function buildTinyPackage(work: string): Promise<string> {
   const script = pathToFileURL(join(ROOT, 'scripts', 'build-demo-model.mjs')).href;
   const { buildDemoModel } = (await import(script)) as { buildDemoModel(out: string): Promise<string> };
   return buildDemoModel(join(work, 'pkg'));
+}
+
+/**
+ * The web demo on a free port over the tiny package built in `work`, its answers forced to `forcedAnswer` (a manager
+ * of 64 new tokens at the most); `opts` are the server's other options, its model info named after the package.
+ */
+export async function startTinyWeb(
+  work: string,
+  forcedAnswer: string,
+  opts: Omit<WebServerOptions, 'manager' | 'port' | 'model'> & { model: Omit<WebModelInfo, 'name'> },
+): Promise<{ model: MiniGPT; manager: ConversationManager; server: WebServer }> {
+  const model = await MiniGPT.load(await buildTinyPackage(work), { provider: 'cpu', forcedAnswer });
+  const manager = new ConversationManager({ model, defaults: { maxNewTokens: 64 } });
+  try {
+    const server = await startWebServer({ ...opts, manager, port: 0, model: { name: model.meta.name, ...opts.model } });
+    return { model, manager, server };
+  } catch (e) {
+    await manager.close();
+    await model.close();
+    throw e;
+  }
 }
 
 /** A PNG: a grey background with a red square. */
@@ -28,6 +52,16 @@ export async function testPng(width = 200, height = 150): Promise<Buffer> {
 }
 
 export type WebEvent = { type: string; [k: string]: unknown };
+
+/** What GET /examples lists of each example scene. */
+export interface ListedExample {
+  id: string;
+  task: string;
+  prompt: string;
+  width: number;
+  height: number;
+  alt: string;
+}
 
 /** Reads a text/event-stream response to its end. */
 export async function readEvents(res: Response): Promise<WebEvent[]> {

@@ -5,12 +5,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { MiniGPT } from '../../src/inference/model.js';
-import { ConversationManager } from '../../src/conversation/index.js';
+import type { MiniGPT } from '../../src/inference/model.js';
+import type { ConversationManager } from '../../src/conversation/index.js';
 import type { AnswerEvent, ConversationRequest } from '../../src/conversation/index.js';
 import { startWebServer, type WebConversationManager, type WebServer } from '../../adapters/web/server.js';
 import { answerSegments } from '../../adapters/web/render.js';
-import { buildTinyPackage, postChat, randomConversation, rawRequest, readEvents, testPng, type WebEvent } from './helpers.js';
+import { postChat, randomConversation, rawRequest, readEvents, startTinyWeb, testPng, type WebEvent } from './helpers.js';
 
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
 const LIMIT = 256 * 1024;
@@ -24,16 +24,11 @@ const logs: string[] = [];
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-web-'));
-  const pkg = await buildTinyPackage(work);
-  model = await MiniGPT.load(pkg, { provider: 'cpu', forcedAnswer: FORCED });
-  manager = new ConversationManager({ model, defaults: { maxNewTokens: 64 } });
-  server = await startWebServer({
-    manager,
-    port: 0,
+  ({ model, manager, server } = await startTinyWeb(work, FORCED, {
     maxUploadBytes: LIMIT,
-    model: { name: model.meta.name, path: 'models/demo', notice: 'random weights' },
+    model: { path: 'models/demo', notice: 'random weights' },
     log: (l) => logs.push(l),
-  });
+  }));
   png = await testPng();
 });
 
