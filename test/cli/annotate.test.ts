@@ -1,12 +1,12 @@
 // `minigpt ask --annotate` with a known answer fed through the generator (MINIGPT_TEST_FORCED_ANSWER):
 // the box lands on the right pixels of the displayed (EXIF-oriented) image.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { describe, expect, it } from 'vitest';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { ANNOTATION_PALETTE } from '../../src/image/annotate.js';
 import { minigpt, ROOT } from '../helpers/cli.js';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 let work: string;
 
@@ -22,12 +22,7 @@ async function pixel(file: string, x: number, y: number): Promise<number[]> {
 
 const near = (a: number[], b: readonly number[], tol: number) => a.every((v, i) => Math.abs(v - b[i]) <= tol);
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-annotate-'));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-annotate-', (dir) => (work = dir));
 
 describe('minigpt ask --annotate', () => {
   it('draws a [refer] answer box at the right pixels of an EXIF-rotated JPEG', async () => {

@@ -1,11 +1,11 @@
 // `minigpt convert --config F`: a config's model section names the downloads, the package and the settings,
 // flags override it; the package it builds from the tiny golden checkpoints passes `minigpt verify`; bad
 // configs fail with a clear message and exit code 1. Real binary, real files, no mocks.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const BIN = join(ROOT, 'bin', 'minigpt.js');
@@ -74,12 +74,7 @@ async function verifyOk(pkg: string, golden: string): Promise<Record<string, unk
   return report.prompts;
 }
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-config-convert-'));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-config-convert-', (dir) => (work = dir));
 
 describe('minigpt convert --config on the golden tiny checkpoints', () => {
   it('MiniGPT-v2: absolute input paths, the package path from the config, then verify accepts it', async () => {

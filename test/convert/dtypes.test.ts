@@ -2,11 +2,10 @@
 // onnxruntime's CPU provider, and the tiny golden models converted with every type and compared with their
 // fp32 package: greedy-token agreement, logits error and package size. The table printed here is the one in
 // docs/quantisation.md.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
-import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp, readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { convert, type ConvertOptions } from '../../src/convert/convert.js';
 import { DataType, GraphBuilder } from '../../src/convert/onnx/builder.js';
@@ -28,6 +27,7 @@ import { rng } from '../helpers/rng.js';
 import { goldenIds, goldenTensor, maxAbsDiff } from '../helpers/golden.js';
 import { greedySteps } from '../helpers/greedy.js';
 import { GOLDEN_M4, GOLDEN_V2, TINY_M4_OPTIONS, TINY_V2_OPTIONS } from '../helpers/tiny-package.js';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const DTYPES: WeightDType[] = ['fp32', 'fp16', 'int8', 'int4'];
 const STEPS = 8;
@@ -40,13 +40,7 @@ function meanAbsDiff(a: Float32Array, b: Float32Array): number {
 
 let work: string;
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-dtypes-'));
-});
-
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-dtypes-', (dir) => (work = dir));
 
 describe('float16 and block-wise quantisation primitives', () => {
   it('floatToHalf inverts halfToFloat for every float16 bit pattern and rounds to nearest even', () => {

@@ -5,11 +5,10 @@
 // The models and the tools' outputs are committed (test/fixtures/sentencepiece, made by
 // scripts/make-spm-fixtures.ts with Debian's sentencepiece 0.1.97), so this needs none of the tools; where
 // spm_encode is on PATH, the last test also asks it live.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import {
@@ -22,6 +21,7 @@ import {
 import { createTokenizer, loadTokenizer, type TextTokenizer } from '../../src/inference/tokenizer.js';
 import { convertTinyV2 } from '../helpers/tiny-package.js';
 import { CONFIGS, SPM_TRAIN_COMMON, STRINGS, spmInputs, type SpmFixture } from './sentencepiece-inputs.js';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const V2 = join(import.meta.dirname, '../fixtures/minigptv2-tiny');
 const FIXTURES = join(import.meta.dirname, '../fixtures/sentencepiece');
@@ -56,13 +56,7 @@ function liveTool(tool: string, args: string[], input?: string): string | undefi
   }
 }
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-spm-'));
-});
-
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-spm-', (dir) => (work = dir));
 
 describe('the committed fixture (test/fixtures/sentencepiece)', () => {
   it('was made from these strings, this corpus and these spm_train options', async () => {

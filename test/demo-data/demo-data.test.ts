@@ -1,8 +1,7 @@
 // The synthetic data generator: deterministic from the seed, boxes that match the pixels, all six tasks.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   ALL_SHAPES,
@@ -24,14 +23,10 @@ import {
 import { PROMPT_FORMS } from '../../src/demo-data/language.js';
 import { parseGrounding, parseUserBox } from '../../src/grounding/parse.js';
 import { TASK_BUTTON_PROMPTS, EVAL_PROMPTS } from '../../src/grounding/tasks.js';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 let work: string;
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-demo-data-'));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-demo-data-', (dir) => (work = dir));
 
 async function digest(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};

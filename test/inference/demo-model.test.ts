@@ -2,10 +2,9 @@
 // saved in the published formats) and converted by `minigpt convert` (publish.mjs). The committed files must be
 // the ones its PROVENANCE.json records, converted from the recorded published files, and still score the recorded
 // held-out items.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
@@ -15,17 +14,13 @@ import { conversationPrompt } from '../../src/inference/prompt.js';
 import { DEFAULT_SHAPE_SET } from '../../src/demo-data/scene.js';
 import { TASKS, expectRecordedFiles, expectRecordedScores, type Provenance, type TrainRecord } from '../helpers/provenance.js';
 import { EXAMPLE_SEED } from '../../adapters/web/examples.js';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const DEMO = join(ROOT, 'models', 'demo');
 let work: string;
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-demo-'));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-demo-', (dir) => (work = dir));
 
 describe('models/demo', () => {
   it('is the package PROVENANCE.json records, and scores the recorded held-out items again', async () => {

@@ -1,11 +1,10 @@
 // models/demo/train/aspect_ceiling.py (issue 7): how often the stretch of an image to the model's square input
 // makes an ellipse / rectangle indistinguishable from a circle / square, on splits of the real generator.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -37,12 +36,7 @@ async function ceiling(reference: string, heldout: string): Promise<Ceiling> {
   return JSON.parse(stdout) as Ceiling;
 }
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-aspect-'));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-aspect-', (dir) => (work = dir));
 
 describe('aspect_ceiling.py', () => {
   it('classic shapes: some ellipses and rectangles look like stretched circles and squares, more so the coarser the measurement; aspect-safe: none', async () => {

@@ -3,12 +3,12 @@
 // shards, trains one run, converts and evaluates it and returns its files, and a second call on the same WORK
 // that continues it (`--init-from @NAME`, gpu-continue.txt), as the committed model's recipe does; a third with
 // each run's own stage 1 (STAGE1=per-run), as that recipe's first call had.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -16,12 +16,7 @@ const SCRIPT = join(ROOT, 'models/demo/train/gpu.sh');
 const PY = process.env.PYTHON ?? '/usr/bin/python3';
 let work: string;
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-gpush-'));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-gpush-', (dir) => (work = dir));
 
 /** One gpu.sh call on the CPU: RUNS holds `runs`, 1 shard of 4 images, 0.02 min of training per run, held-out splits of 8 and 4 images. */
 async function gpuSh(out: string, runs: string, extra: Record<string, string> = {}) {

@@ -3,27 +3,22 @@
 // by `minigpt convert`, the ONNX package checked against PyTorch on the same inputs, an eval run; the run
 // published with its PROVENANCE.json (publish.mjs) and checked against it; and two runs with the same seed
 // writing identical files.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { sha256Hex } from '../../src/conversation/store.js';
 import { TASKS, expectRecordedFiles, expectRecordedScores } from '../helpers/provenance.js';
 import { trainLog, trainPy } from './helpers.js';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..', '..');
 const PY = process.env.PYTHON ?? '/usr/bin/python3';
 let work: string;
 
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-train-'));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
+tempDirPerFile('minigpt-train-', (dir) => (work = dir));
 
 const sha256 = async (p: string) => sha256Hex(await readFile(p));
 

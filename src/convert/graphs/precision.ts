@@ -52,9 +52,9 @@ export function computeWeight(g: GraphBuilder, name: string, dims: number[], dat
   return HALF(g) ? g.weight(name, dims, toFloat16(data), DataType.FLOAT16) : g.weight(name, dims, data);
 }
 
-/** A scalar constant in the compute type. */
+/** A scalar constant in the compute type (in float32 exactly g.scalar's, so float32 graphs keep their bytes). */
 export function computeScalar(g: GraphBuilder, value: number, hint: string): string {
-  return computeWeight(g, hint, [], Float32Array.of(value));
+  return HALF(g) ? g.weight(hint, [], toFloat16(Float32Array.of(value)), DataType.FLOAT16) : g.scalar(value, hint);
 }
 
 /** The most negative finite value of the compute type: what HF fills masked attention scores with (torch.finfo(dtype).min). */

@@ -109,7 +109,7 @@ async function attention(g: GraphBuilder, x: string, p: string, spec: VitSpec): 
   const [q, k, v] = g.opMulti('Split', [qkv, g.constInt64([D, D, D])], { axis: -1 }, { count: 3, name: `${p}.split` });
   const qh = g.op(
     'Mul',
-    [splitHeads(g, q, shape.heads, hd, `${p}.q`), computeScalar(g, hd ** -0.5, `${p}.q_scale_factor`)],
+    [splitHeads(g, q, shape.heads, hd, `${p}.q`), computeScalar(g, hd ** -0.5, 'scalar')],
     {},
     { name: `${p}.q_scale` },
   );
