@@ -79,7 +79,22 @@ for c in "${configs[@]}"; do
   cat "$out/ours-$c.json" >&2
 done
 
-node -e '
+# minigpt verify on the same provider: the tiny golden MiniGPT-v2 (reference tensors of the original PyTorch code,
+# test/fixtures/minigptv2-tiny) converted per weight / compute type (GPU_COMPARE_VERIFY, same naming as above).
+golden=test/fixtures/minigptv2-tiny
+read -r -a verify_configs <<< "${GPU_COMPARE_VERIFY:-fp32 fp16 fp16-c16}"
+for c in "${verify_configs[@]}"; do
+  d=${c%%-*}
+  flags=()
+  [[ "$c" == *-c16* ]] && flags+=(--compute fp16)
+  log "verify: $c on $provider"
+  node bin/minigpt.js convert --arch minigpt-v2 --vit "$golden/eva_vit.pth" --llm "$golden/llama" --ckpt "$golden/minigptv2_ckpt.pth" \
+    --vit-heads 4 --image-size 112 --lora-r 8 --lora-alpha 16 --dtype "$d" "${flags[@]}" --out "$work/golden-$c" > "$out/verify-convert-$c.log" 2>&1 \
+    && node bin/minigpt.js verify --model "$work/golden-$c" --golden "$golden" --provider "$provider" > "$out/verify-$c.json" 2> "$out/verify-$c.err"
+  echo "verify $c: exit $?" >&2
+done
+
+VERIFY_CONFIGS="${verify_configs[*]}" node -e '
 const fs = require("fs");
 const [out, device, layers, vit, toy, ...configs] = process.argv.slice(1);
 const read = (f) => { try { return JSON.parse(fs.readFileSync(f, "utf8").trim().split("\n").pop()); } catch { return null; } };
@@ -87,7 +102,20 @@ const baseline = read(`${out}/baseline.json`);
 const ours = {};
 for (const c of configs) { const r = read(`${out}/ours-${c}.json`); if (r) ours[c] = r; }
 const best = Object.entries(ours).sort((a, b) => b[1].decode_tok_s - a[1].decode_tok_s)[0];
-const result = { device, layers: Number(layers), vit_depth: Number(vit), toy: toy === "1", baseline, ours,
+const verify = {};
+for (const c of (process.env.VERIFY_CONFIGS || "").split(" ").filter(Boolean)) {
+  try {
+    const r = JSON.parse(fs.readFileSync(`${out}/verify-${c}.json`, "utf8"));
+    const errs = Object.values(r.prompts).flatMap((p) => Object.entries(p.stages).filter(([n]) => n !== "preprocess").map(([, s]) => s.max_abs_err));
+    verify[c] = { ok: r.ok, dtype: r.dtype, compute: r.compute, bound: r.bounds.tensor, max_abs_err: Math.max(...errs),
+      greedy_agreement: Math.min(...Object.values(r.prompts).map((p) => p.greedy_agreement)) };
+  } catch {
+    let why = "";
+    try { why = fs.readFileSync(`${out}/verify-${c}.err`, "utf8").trim().split("\n").slice(-2).join(" "); } catch {}
+    verify[c] = { ok: false, error: why || "no report" };
+  }
+}
+const result = { device, layers: Number(layers), vit_depth: Number(vit), toy: toy === "1", baseline, ours, verify,
   best: best ? best[0] : null,
   decode_ratio: best && baseline ? Math.round((best[1].decode_tok_s / baseline.decode_tok_s) * 1000) / 1000 : null };
 fs.writeFileSync(`${out}/result.json`, JSON.stringify(result, null, 2));

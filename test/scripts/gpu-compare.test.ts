@@ -44,6 +44,7 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         ours: Record<string, Measured & { provider: string; dtype: string; graph: string; compute: string }>;
         best: string;
         decode_ratio: number;
+        verify: Record<string, { ok: boolean; dtype: string; compute: string; bound: number; max_abs_err: number; greedy_agreement: number }>;
       };
       expect(last).toMatchObject({ device: 'cpu', layers: 2, vit_depth: 2, toy: true });
       expect(['torch', 'transformers']).toContain(last.baseline.impl);
@@ -59,6 +60,15 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         expect(m.dtype).toBe(config.split('-')[0]);
         expect(m.graph).toBe(config.endsWith('-fused') ? 'fused' : 'plain');
         expect(m.compute).toBe(config.includes('-c16') ? 'float16' : 'float32');
+      }
+      // minigpt verify on the same provider against the original's reference tensors, per weight / compute type
+      expect(Object.keys(last.verify)).toEqual(['fp32', 'fp16', 'fp16-c16']);
+      for (const [config, v] of Object.entries(last.verify)) {
+        expect(v.ok, `${config}: ${JSON.stringify(v)}`).toBe(true);
+        expect(v.dtype).toBe(config.split('-')[0]);
+        expect(v.compute).toBe(config.endsWith('-c16') ? 'float16' : 'float32');
+        expect(v.max_abs_err).toBeLessThan(v.bound);
+        expect(v.greedy_agreement).toBe(1);
       }
       const best = Object.entries(last.ours).sort((a, b) => b[1].decode_tok_s - a[1].decode_tok_s)[0];
       expect(last.best).toBe(best[0]);
