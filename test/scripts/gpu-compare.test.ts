@@ -44,7 +44,10 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         ours: Record<string, Measured & { provider: string; dtype: string; graph: string; compute: string }>;
         best: string;
         decode_ratio: number;
-        verify: Record<string, { ok: boolean; dtype: string; compute: string; bound: number; max_abs_err: number; greedy_agreement: number }>;
+        verify: Record<
+          string,
+          { ok: boolean; dtype: string; compute: string; bound: number; max_abs_err: number; greedy_agreement: number }
+        >;
       };
       expect(last).toMatchObject({ device: 'cpu', layers: 2, vit_depth: 2, toy: true });
       expect(['torch', 'transformers']).toContain(last.baseline.impl);
