@@ -17,7 +17,7 @@ import { AppendBlock } from '../../src/inference/kv-blocks.js';
 import type { KvCache } from '../../src/inference/kv-cache.js';
 import { argmax } from '../../src/inference/generation/index.js';
 import { DTYPE_BOUNDS, verifyPackage } from '../../src/inference/verify.js';
-import { convertTinyV2, GOLDEN_V2 } from '../helpers/tiny-package.js';
+import { convertTinyV2, GOLDEN_M4, GOLDEN_V2, TINY_M4_OPTIONS } from '../helpers/tiny-package.js';
 import { maxAbsDiff } from '../helpers/golden.js';
 
 type Node = onnxProto.onnx.INodeProto;
@@ -42,8 +42,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
-
-const M4 = join(import.meta.dirname, '..', 'fixtures', 'minigpt4-tiny');
 
 async function decoderNodes(
   dir: string,
@@ -138,20 +136,8 @@ describe('convert --compute fp16', () => {
 
   it('MiniGPT-4 with the Q-Former: the ViT in float16, the Q-Former in float32; minigpt verify passes the fp16 bounds', async () => {
     const out = join(work, 'm4-fp16-compute');
-    await convert({
-      arch: 'minigpt-4',
-      vit: join(M4, 'eva_vit.pth'),
-      qformer: join(M4, 'blip2_qformer.pth'),
-      llm: join(M4, 'llama'),
-      ckpt: join(M4, 'minigpt4_ckpt.pth'),
-      vitHeads: 4,
-      qformerHeads: 4,
-      imageSize: 56,
-      dtype: 'fp16',
-      compute: 'fp16',
-      out,
-    });
-    const r = await verifyPackage(out, M4, { provider: 'cpu', threads: 1 });
+    await convert({ ...TINY_M4_OPTIONS, dtype: 'fp16', compute: 'fp16', out });
+    const r = await verifyPackage(out, GOLDEN_M4, { provider: 'cpu', threads: 1 });
     expect(r.compute).toBe('float16');
     expect(r.ok, JSON.stringify(r.prompts)).toBe(true);
     for (const p of Object.values(r.prompts)) expect(p.forced_top1).toBe(1);
