@@ -14,11 +14,11 @@ import { loadPackage } from '../../src/inference/package.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import { LlamaDecoder } from '../../src/inference/decoder.js';
 import { AppendBlock } from '../../src/inference/kv-blocks.js';
-import type { KvCache } from '../../src/inference/kv-cache.js';
 import { argmax } from '../../src/inference/generation/index.js';
 import { DTYPE_BOUNDS, verifyPackage } from '../../src/inference/verify.js';
 import { convertTinyV2, GOLDEN_M4, GOLDEN_V2, TINY_M4_OPTIONS } from '../helpers/tiny-package.js';
 import { maxAbsDiff } from '../helpers/golden.js';
+import { conversationSteps } from '../helpers/greedy.js';
 
 type Node = onnxProto.onnx.INodeProto;
 const FLOAT = 1;
@@ -195,34 +195,17 @@ describe('float16 compute through the runtime (CPU provider)', () => {
         b.state.dispose();
 
         // three conversations (prefixes of the embeddings) stepped alone, then together
-        const lengths = [rows, rows - 7, rows - 3];
-        const tokens = (t: number) => [5 + t, 11 + t, 17 + 2 * t];
-        const alone: Float32Array[][] = [];
-        for (const [i, n] of lengths.entries()) {
-          let state = (await decoder.forward(embeds.subarray(0, n * hidden), null)).state;
-          const out: Float32Array[] = [];
-          for (let t = 0; t < 4; t++) {
-            const r = await decoder.step([state], [tokens(t)[i]]);
-            state.dispose();
-            state = r.states[0];
-            out.push(r.logits[0].slice());
-          }
-          state.dispose();
-          alone.push(out);
-        }
-        let states: KvCache[] = [];
-        for (const n of lengths) states.push((await decoder.forward(embeds.subarray(0, n * hidden), null)).state);
-        for (let t = 0; t < 4; t++) {
-          const r = await decoder.step(states, tokens(t));
-          for (const s of states) s.dispose();
-          states = r.states;
-          r.logits.forEach((l, i) => {
+        const alone = await conversationSteps(decoder, embeds, hidden, 4, true);
+        const together = await conversationSteps(decoder, embeds, hidden, 4);
+        expect(together.flat()).toHaveLength(12);
+        expect(alone.flat()).toHaveLength(12);
+        together.forEach((row, t) =>
+          row.forEach((l, i) => {
             expect(l.length).toBe(V);
-            expect(maxAbsDiff(l, alone[i][t]), `${decoder.mode} row ${i} step ${t}`).toBeLessThan(1e-4);
-            expect(argmax(l)).toBe(argmax(alone[i][t]));
-          });
-        }
-        for (const s of states) s.dispose();
+            expect(maxAbsDiff(l, alone[t][i]), `${decoder.mode} row ${i} step ${t}`).toBeLessThan(1e-4);
+            expect(argmax(l)).toBe(argmax(alone[t][i]));
+          }),
+        );
       }
     } finally {
       await half.close();

@@ -16,12 +16,11 @@ import { computeInvFreq } from '../../src/convert/graphs/llama.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import { loadPackage, modelJsonSchema } from '../../src/inference/package.js';
 import { LlamaDecoder, type KvMode } from '../../src/inference/decoder.js';
-import type { KvCache } from '../../src/inference/kv-cache.js';
 import { spliceContext } from '../../src/inference/context.js';
 import { verifyPackage } from '../../src/inference/verify.js';
 import { buildProgram } from '../../src/cli/main.js';
 import { goldenIds, goldenTensor, maxAbsDiff } from '../helpers/golden.js';
-import { greedySteps } from '../helpers/greedy.js';
+import { greedySteps, conversationSteps } from '../helpers/greedy.js';
 import { GOLDEN_M4, GOLDEN_V2, TINY_M4_OPTIONS, TINY_V2_OPTIONS } from '../helpers/tiny-package.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -93,26 +92,6 @@ async function greedy(model: MiniGPT, decoder: LlamaDecoder, embeds: Float32Arra
   const V = model.meta.llm.vocabSize;
   const { ids, stepLogits } = await greedySteps(decoder, pre.state, pre.logits.slice(pre.logits.length - V), STEPS);
   return { prefill: pre.logits, ids, stepLogits };
-}
-
-/** Three conversations of different lengths (prefixes of the prompt) stepped together, `steps` times. */
-async function batched(decoder: LlamaDecoder, embeds: Float32Array, hidden: number, steps: number): Promise<Float32Array[][]> {
-  const rows = embeds.length / hidden;
-  const lengths = [rows, rows - 7, rows - 3];
-  let states: KvCache[] = [];
-  const out: Float32Array[][] = [];
-  try {
-    for (const n of lengths) states.push((await decoder.forward(embeds.subarray(0, n * hidden), null)).state);
-    for (let t = 0; t < steps; t++) {
-      const r = await decoder.step(states, [5 + t, 11 + t, 17 + 2 * t]);
-      for (const s of states) s.dispose();
-      states = r.states;
-      out.push(r.logits.map((l) => l.slice()));
-    }
-  } finally {
-    for (const s of states) s.dispose();
-  }
-  return out;
 }
 
 /** A prefix of the prompt prefilled, a reused view of part of it, then the rest as one multi-token run. */
@@ -252,8 +231,8 @@ for (const fx of FIXTURE_RUNS) {
           const dec = (l: Loaded) => (mode === 'append' ? l.model.decoder : l.present);
           const { hidden } = plain!.model.meta.llm;
           const ctx = contexts.get(fx.prompts[0])!;
-          const a = await batched(dec(plain!), ctx, hidden, 4);
-          const b = await batched(dec(fused!), ctx, hidden, 4);
+          const a = await conversationSteps(dec(plain!), ctx, hidden, 4);
+          const b = await conversationSteps(dec(fused!), ctx, hidden, 4);
           for (let t = 0; t < a.length; t++)
             for (let r = 0; r < a[t].length; r++)
               expect(record(`${fx.name} ${dtype} batched steps`, maxAbsDiff(b[t][r], a[t][r])), `step ${t} row ${r}`).toBeLessThan(TOL);

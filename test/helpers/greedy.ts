@@ -32,3 +32,44 @@ export async function greedySteps(
   }
   return { ids, stepLogits };
 }
+
+/** The conversations of conversationSteps: prefixes of the prompt, and the token each feeds at step t. */
+const PREFIX_CUTS = [0, 7, 3];
+const stepTokens = (t: number) => [5 + t, 11 + t, 17 + 2 * t];
+
+/**
+ * Three conversations of different lengths (`embeds` [rows, hidden], and it 7 and 3 rows shorter) prefilled,
+ * then `steps` decoding steps of fixed tokens: together, in batched steps, or (`alone`) each by itself. The
+ * logits as [step][conversation]; every state is disposed.
+ */
+export async function conversationSteps(
+  decoder: LlamaDecoder,
+  embeds: Float32Array,
+  hidden: number,
+  steps: number,
+  alone = false,
+): Promise<Float32Array[][]> {
+  const rows = embeds.length / hidden;
+  const prefill = async (cut: number) => (await decoder.forward(embeds.subarray(0, (rows - cut) * hidden), null)).state;
+  const out: Float32Array[][] = Array.from({ length: steps }, () => []);
+  const run = async (states: KvCache[], column: (tokens: number[]) => number[], at: number) => {
+    try {
+      for (let t = 0; t < steps; t++) {
+        const r = await decoder.step(states, column(stepTokens(t)));
+        for (const s of states) s.dispose();
+        states = r.states;
+        r.logits.forEach((l, i) => (out[t][at + i] = l.slice()));
+      }
+    } finally {
+      for (const s of states) s.dispose();
+    }
+  };
+  if (alone) {
+    for (const [i, cut] of PREFIX_CUTS.entries()) await run([await prefill(cut)], (tokens) => [tokens[i]], i);
+  } else {
+    const states: KvCache[] = [];
+    for (const cut of PREFIX_CUTS) states.push(await prefill(cut));
+    await run(states, (tokens) => tokens, 0);
+  }
+  return out;
+}
