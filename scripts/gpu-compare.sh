@@ -4,7 +4,8 @@
 # .devbundle/ (scripts/gpu-bundle.sh) and .gl/ beside it, like scripts/gpu-check.sh:
 #   bash scripts/gpu-compare.sh [LLM_LAYERS (default 8)] [VIT_DEPTH (default 8)]
 # GPU_COMPARE_TOY=1: the same steps at toy size on the CPU (the tiny preset, CPU providers, the baseline in fp32 on
-# the CPU, plain PyTorch where transformers is missing), for tests; Node.js from PATH.
+# the CPU, plain PyTorch where transformers is missing), for tests; Node.js from PATH. GPU_COMPARE_PROVIDER=webgpu
+# with it runs ours on WebGPU through Mesa's software Vulkan driver (about 6 min on 2 cores; docs/gpu.md).
 #
 # Steps: random checkpoints at the shape (scripts/random-checkpoint.mjs) -> our packages, each named
 # <weights>[-c16][-fused]: weights fp32 / fp16 / int8 / int4, -c16 = --compute fp16 (float16 activations and KV
@@ -22,7 +23,7 @@ mkdir -p "$work" "$out"
 log() { echo "== $*" >&2; }
 
 if [ "$toy" = 1 ]; then
-  preset=tiny; layers=${1:-2}; vit_depth=${2:-2}; provider=cpu; device=cpu; dtype=fp32; reps=3; new_tokens=24
+  preset=tiny; layers=${1:-2}; vit_depth=${2:-2}; provider=${GPU_COMPARE_PROVIDER:-cpu}; device=cpu; dtype=fp32; reps=3; new_tokens=24
   convert_extra=(--vit-heads 16 --lora-r 8 --lora-alpha 16)
 else
   preset=llama2-7b; layers=${1:-8}; vit_depth=${2:-8}; provider=${GPU_COMPARE_PROVIDER:-webgpu}; device=cuda; dtype=fp16; reps=3; new_tokens=32

@@ -12,12 +12,14 @@ import {
   growCapacity,
   kvTensor,
   kvType,
+  onDevice,
   PresentBlock,
   type BlockInputs,
   type KvArray,
   type KvType,
 } from './kv-blocks.js';
 import { copyInto, placeRows } from './step-batch.js';
+import type { DeviceKvCopier } from './kv-device.js';
 
 type LlmShape = ModelJson['llm'];
 
@@ -60,6 +62,12 @@ export interface DecoderOptions {
   poolBytes?: number;
   /** 'append' mode: the most positions one run of a prefill takes; longer prompts run in chunks (default 128) */
   prefillChunk?: number;
+  /**
+   * 'present' mode with the session's `present.*` and `present_new.*` outputs kept in device memory (WebGPU):
+   * copies rows of such caches on the device. Node's binding then wants every output fetched at every run;
+   * the present_new ones are freed unread.
+   */
+  deviceKv?: DeviceKvCopier;
 }
 
 export const DEFAULT_PREFILL_CHUNK = 128;
@@ -78,6 +86,9 @@ export class LlamaDecoder implements StepModel<KvCache> {
   /** zero-filled KV feeds made once per (names, positions, rows): see zeroKv */
   private readonly zeroFeeds = new Map<string, Record<string, ort.Tensor>>();
   private readonly fetches: string[];
+  /** 'present' mode's runs: the logits and the whole present (undefined: every output, see deviceKv) */
+  private readonly presentFetches: string[] | undefined;
+  private readonly deviceKv: DeviceKvCopier | undefined;
   /**
    * The `logits_to_keep` feeds (1: the last position, 0: all) when the graph has that input; packages converted
    * before it compute every position's logits, and the last is cut out here.
@@ -117,6 +128,9 @@ export class LlamaDecoder implements StepModel<KvCache> {
     this.kv = kvType(past0?.isTensor ? past0.type : 'float32');
     this.pool = new BufferPool(opts.poolBytes ?? 512 * 1024 * 1024, this.kv);
     this.prefillChunk = Math.max(1, Math.floor(opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK));
+    this.deviceKv = opts.deviceKv;
+    const presentNames = Array.from({ length: shape.layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat();
+    this.presentFetches = this.deviceKv ? undefined : ['logits', ...presentNames];
   }
 
   /**
@@ -125,6 +139,35 @@ export class LlamaDecoder implements StepModel<KvCache> {
    */
   get kvInput(): 'cache' | 'past' {
     return this.mode === 'append' && this.cacheNames ? 'cache' : 'past';
+  }
+
+  /**
+   * KvCache.prefix() for any state of this decoder: a cache in device memory (WebGPU's 'present' mode) is
+   * copied on the device. The caller owns the result; `state` stays valid.
+   */
+  async prefix(state: KvCache, n = state.length): Promise<KvCache> {
+    const b = state.storage;
+    if (!(b instanceof PresentBlock) || !onDevice(b.feeds) || (n === state.length && state.standalone)) return state.prefix(n);
+    return this.copyOnDevice(state, b, n);
+  }
+
+  /** KvCache.clone() for any state of this decoder (see prefix). */
+  async clone(state: KvCache): Promise<KvCache> {
+    const b = state.storage;
+    if (!(b instanceof PresentBlock) || !onDevice(b.feeds)) return state.clone();
+    return this.copyOnDevice(state, b, state.length);
+  }
+
+  /** The first `n` positions of `state` (a row of `b`, in device memory) copied into storage of their own. */
+  private async copyOnDevice(state: KvCache, b: PresentBlock, n: number): Promise<KvCache> {
+    if (n === 0) return this.emptyCache();
+    if (!this.deviceKv) throw new Error('a KV cache in device memory needs its decoder to copy it (DecoderOptions.deviceKv)');
+    return new KvCache(await this.deviceKv.gather([{ tensors: b.feeds, row: state.row, from: b.total - state.length, n }], n), n);
+  }
+
+  /** Frees what the decoder made itself (the device copier's graphs); its session belongs to the caller. */
+  async close(): Promise<void> {
+    await this.deviceKv?.close();
   }
 
   /** The most positions (prompt + answer) one sequence may have. */
@@ -391,7 +434,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
   ): Promise<ForwardResult> {
     const { hidden } = this.shape;
     // A row of a batch is copied out first: the graph takes one unpadded row here.
-    const cache = past === null ? this.emptyCache() : past.standalone ? past : past.prefix();
+    const cache = past === null ? this.emptyCache() : past.standalone ? past : await this.prefix(past);
     const own = cache !== past;
     const total = cache.length + seqLen;
     try {
@@ -409,7 +452,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
           [1, seqLen],
         ),
       };
-      const out = await this.run(feeds);
+      const out = await this.run(feeds, this.presentFetches);
       const state = new KvCache(this.present(out), total);
       if (signal?.aborted) {
         state.dispose();
@@ -432,6 +475,15 @@ export class LlamaDecoder implements StepModel<KvCache> {
     let past: Record<string, ort.Tensor>;
     if (same) {
       past = block.feeds;
+    } else if (this.deviceKv && states.some((s) => onDevice((s.storage as PresentBlock).feeds))) {
+      this.stats.repacks++;
+      past = await this.deviceKv.gather(
+        states.map((s) => {
+          const src = s.storage as PresentBlock;
+          return { tensors: src.feeds, row: s.row, from: src.total - s.length, n: s.length };
+        }),
+        T,
+      );
     } else {
       this.stats.repacks++;
       past = {};
@@ -464,7 +516,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
     };
     let out: ort.InferenceSession.OnnxValueMapType;
     try {
-      out = await this.run(feeds);
+      out = await this.run(feeds, this.presentFetches);
     } finally {
       if (!same) for (const t of Object.values(past)) t.dispose();
     }
@@ -474,7 +526,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
     return { states: nextStates, logits: nextStates.map((_, b) => all.subarray(b * V, (b + 1) * V)) };
   }
 
-  private async run(feeds: Record<string, ort.Tensor>, fetches?: string[]): Promise<ort.InferenceSession.OnnxValueMapType> {
+  private async run(feeds: Record<string, ort.Tensor>, fetches: string[] | undefined): Promise<ort.InferenceSession.OnnxValueMapType> {
     const t0 = performance.now();
     try {
       return await (fetches ? this.session.run(feeds, fetches) : this.session.run(feeds));
@@ -484,12 +536,14 @@ export class LlamaDecoder implements StepModel<KvCache> {
     }
   }
 
+  /** A 'present' mode run's cache; the present_new outputs fetched with it (device memory) are freed. */
   private present(out: ort.InferenceSession.OnnxValueMapType): Record<string, ort.Tensor> {
     const present: Record<string, ort.Tensor> = {};
     for (let i = 0; i < this.shape.layers; i++) {
       present[`past_key_values.${i}.key`] = out[`present.${i}.key`];
       present[`past_key_values.${i}.value`] = out[`present.${i}.value`];
     }
+    for (const name of this.newNames) out[name]?.dispose();
     return present;
   }
 }

@@ -32,6 +32,12 @@ export function kvTensor(type: KvType, data: KvArray, dims: readonly number[]): 
     : new ort.Tensor('float32', data as Float32Array, dims);
 }
 
+/** True when any of the tensors is in device memory (JavaScript cannot read it; see kv-device.ts). */
+export function onDevice(tensors: Record<string, ort.Tensor>): boolean {
+  for (const t of Object.values(tensors)) if (t.location !== 'cpu') return true;
+  return false;
+}
+
 /** Storage shared by the KvCache views over its rows; freed when the last view is disposed. */
 export abstract class KvBlock {
   private refs = 0;

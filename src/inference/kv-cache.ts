@@ -2,7 +2,9 @@
 // rows of one batch (see LlamaDecoder.step): they share the batch's storage, freed with the last of them.
 import type * as ort from 'onnxruntime-node';
 import type { DecodeState } from './generation/types.js';
-import { AppendBlock, copyRow, growCapacity, KvBlock, kvTensor, kvType, PresentBlock, type KvArray } from './kv-blocks.js';
+import { AppendBlock, copyRow, growCapacity, KvBlock, kvTensor, kvType, onDevice, PresentBlock, type KvArray } from './kv-blocks.js';
+
+const DEVICE_COPY = 'a KV cache in device memory is copied by its decoder (LlamaDecoder.prefix / clone)';
 
 export class KvCache implements DecodeState {
   private block: KvBlock | null;
@@ -73,6 +75,7 @@ export class KvCache implements DecodeState {
     }
     const p = b as PresentBlock;
     if (n === this.length && this.standalone) return new KvCache(p, n, 0);
+    if (onDevice(p.feeds)) throw new Error(DEVICE_COPY);
     const out: Record<string, ort.Tensor> = {};
     for (const [name, t] of Object.entries(p.feeds)) {
       const [, kvHeads, , headDim] = t.dims as number[];
@@ -103,6 +106,7 @@ export class KvCache implements DecodeState {
     const p = this.prefix();
     if (p.storage !== b) return p;
     p.dispose();
+    if (onDevice((b as PresentBlock).feeds)) throw new Error(DEVICE_COPY);
     const out: Record<string, ort.Tensor> = {};
     for (const [name, t] of Object.entries((b as PresentBlock).feeds))
       out[name] = kvTensor(kvType(t.type), (t.data as KvArray).slice(), t.dims);

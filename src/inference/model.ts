@@ -3,6 +3,7 @@
 import * as ort from 'onnxruntime-node';
 import { loadPackage, type ModelJson, type ModelPackage } from './package.js';
 import { SessionFactory, type ProviderChoice, type ProviderName } from './providers.js';
+import { DeviceKvCopier } from './kv-device.js';
 import { LlamaDecoder } from './decoder.js';
 import { TokenEmbedder } from './embedder.js';
 import type { KvCache } from './kv-cache.js';
@@ -137,15 +138,25 @@ export class MiniGPT {
     const pkg = await loadPackage(dir);
     const { meta } = pkg;
     const factory = new SessionFactory({ provider: opts.provider ?? 'auto', threads: opts.threads, log: opts.log });
-    const presentNames = Array.from({ length: meta.llm.layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat();
-    const decoderSession = await factory.open(pkg.path(meta.graphs.decoder.file), presentNames);
+    // On WebGPU the KV cache stays in GPU memory: the whole present, and the new positions too (never read:
+    // fetched to the CPU they would cost a read-back per layer and step).
+    const layers = Array.from({ length: meta.llm.layers }, (_, i) => i);
+    const outputs = new Set(meta.graphs.decoder.outputs.map((o) => o.name));
+    const kvOutputs = layers
+      .flatMap((i) => [`present.${i}.key`, `present.${i}.value`, `present_new.${i}.key`, `present_new.${i}.value`])
+      .filter((n) => outputs.has(n));
+    const decoderSession = await factory.open(pkg.path(meta.graphs.decoder.file), kvOutputs);
     const visionSession = await factory.open(pkg.path(meta.graphs.vision.file), [], { arena: false });
     const embedSession = await factory.open(pkg.path(meta.graphs.embed.file));
     const tokenizer = await loadTokenizer(pkg.path(meta.tokenizer), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
     const embedder = new TokenEmbedder(embedSession, meta.llm.hidden);
-    // WebGPU hands present.* back as device buffers: the cache then stays on the GPU ('present' mode).
+    // WebGPU hands present.* back as device buffers: the cache then stays on the GPU ('present' mode), and
+    // its rows are copied there too.
+    const onGpu = factory.provider === 'webgpu';
+    const pastNames = layers.flatMap((i) => [`past_key_values.${i}.key`, `past_key_values.${i}.value`]);
     const decoder = new LlamaDecoder(decoderSession, embedder, meta.llm, {
-      mode: factory.provider === 'webgpu' ? 'present' : undefined,
+      mode: onGpu ? 'present' : undefined,
+      deviceKv: onGpu ? new DeviceKvCopier(pastNames, (graph, outputs) => factory.open(graph, outputs)) : undefined,
       batchRows: opts.maxBatch,
       prefillChunk: opts.prefillChunk,
     });
@@ -243,7 +254,7 @@ export class MiniGPT {
       let past: KvCache | null = null;
       if (reuse) {
         const n = Math.min(commonPrefixRows(reuse.layout, layout), length - 1);
-        if (n > 0) past = reuse.kv.prefix(n);
+        if (n > 0) past = await this.decoder.prefix(reuse.kv, n);
         reuse.dispose();
         reuse = undefined;
       }
@@ -284,8 +295,12 @@ export class MiniGPT {
         if (kept) {
           if (context.keep && doneIds) {
             // A row of a decoding batch is copied out, so that the batch's storage can go.
-            const kv = kept.prefix();
-            kept.dispose();
+            let kv: KvCache;
+            try {
+              kv = await this.decoder.prefix(kept);
+            } finally {
+              kept.dispose();
+            }
             const fed = doneIds.slice(0, kv.length - length);
             const segments = [...segmentIds.slice(0, -1), [...segmentIds[segmentIds.length - 1], ...fed]];
             context.keep(new CachedContext(kv, { segments, images: layout.images }));
@@ -344,7 +359,7 @@ export class MiniGPT {
         owned = undefined;
         return cached;
       }
-      past = cached && n > 0 ? cached.kv.prefix(n) : null;
+      past = cached && n > 0 ? await this.decoder.prefix(cached.kv, n) : null;
       owned?.dispose();
       owned = undefined;
       if (n === length) {
@@ -362,6 +377,7 @@ export class MiniGPT {
   }
 
   async close(): Promise<void> {
+    await this.decoder.close();
     await Promise.all(this.sessions.map((s) => s.release()));
   }
 }

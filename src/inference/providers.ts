@@ -1,7 +1,7 @@
 // Execution provider choice (README, "GPU"): cuda | webgpu | cpu, or auto = the first of those
 // that initialises, said in one log line.
 import * as ort from 'onnxruntime-node';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -108,9 +108,24 @@ export function providerUnavailableReason(provider: ProviderName): string | null
       '/lib/x86_64-linux-gnu',
       '/usr/local/lib',
     ];
-    return dirs.some((d) => existsSync(join(d, 'libvulkan.so.1'))) ? null : 'no Vulkan loader (libvulkan.so.1)';
+    if (!dirs.some((d) => existsSync(join(d, 'libvulkan.so.1')))) return 'no Vulkan loader (libvulkan.so.1)';
+    // Without a GPU, Vulkan may still answer through Mesa's software driver (lavapipe, on many desktops):
+    // WebGPU there runs on the CPU, far slower than the CPU provider. `auto` takes WebGPU only where a GPU's
+    // device node exists; `--provider webgpu` still opens it anywhere.
+    return gpuDeviceNode() ? null : 'no GPU device (/dev/nvidia0, /dev/dri/renderD*)';
   }
   return null;
+}
+
+/** A GPU's device node: NVIDIA's, or a DRM render node (AMD, Intel and other Mesa drivers). */
+function gpuDeviceNode(): string | null {
+  if (existsSync('/dev/nvidia0')) return '/dev/nvidia0';
+  try {
+    const render = readdirSync('/dev/dri').find((f) => f.startsWith('renderD'));
+    return render ? `/dev/dri/${render}` : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -118,7 +133,7 @@ export function providerUnavailableReason(provider: ProviderName): string | null
  * first that initialises. `keepOnDevice` names outputs that should stay in device memory when possible.
  */
 export async function openSession(
-  path: string,
+  path: string | Uint8Array,
   opts: SessionFactoryOptions,
   keepOnDevice: readonly string[] = [],
   arena = true,
@@ -133,13 +148,17 @@ export async function openSession(
       continue;
     }
     try {
-      const session = await ort.InferenceSession.create(path, sessionOptions(provider, opts.threads, keepOnDevice, arena));
+      const options = sessionOptions(provider, opts.threads, keepOnDevice, arena);
+      const session = await (typeof path === 'string'
+        ? ort.InferenceSession.create(path, options)
+        : ort.InferenceSession.create(path, options));
       return { session, provider, skipped: [...skipped, ...failures] };
     } catch (err) {
       failures.push(`${provider}: ${provider === 'cuda' ? cudaHint(err) : err instanceof Error ? err.message : String(err)}`);
     }
   }
-  throw new ProviderError(`cannot open ${path} with execution provider ${opts.provider}:\n  ${failures.join('\n  ')}`);
+  const what = typeof path === 'string' ? path : 'a runtime graph';
+  throw new ProviderError(`cannot open ${what} with execution provider ${opts.provider}:\n  ${failures.join('\n  ')}`);
 }
 
 /**
@@ -156,7 +175,12 @@ export class SessionFactory {
   }
 
   /** `arena: false`: no CPU memory arena for this graph (see sessionOptions) */
-  async open(path: string, keepOnDevice: readonly string[] = [], opts: { arena?: boolean } = {}): Promise<ort.InferenceSession> {
+  /** `path`: a graph file, or a graph's bytes (the runtime's own small graphs) */
+  async open(
+    path: string | Uint8Array,
+    keepOnDevice: readonly string[] = [],
+    opts: { arena?: boolean } = {},
+  ): Promise<ort.InferenceSession> {
     const provider = this.chosen ?? this.opts.provider;
     const opened = await openSession(path, { ...this.opts, provider }, keepOnDevice, opts.arena ?? true);
     if (!this.chosen) {

@@ -178,7 +178,7 @@ async function verifyPrompt(
   const expected = expectedName ? await golden.ids(expectedName) : [];
   const steps = expected.length || 8;
   // free-running greedy decoding, then the same steps fed the reference's tokens
-  const free = await greedySteps(model, pre.state.clone(), pre.logits, steps, (_, id) => id);
+  const free = await greedySteps(model, await model.decoder.clone(pre.state), pre.logits, steps, (_, id) => id);
   const forced = await greedySteps(model, pre.state, pre.logits, steps, (t, id) => expected[t] ?? id);
   const stepName = golden.promptTensor(prefix, 'greedy_step_logits');
   if (stepName) stages.greedy_step_logits = compare(forced.stepLogits, await golden.float32(stepName), bounds.tensor);

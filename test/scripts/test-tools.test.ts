@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { ROOT } from '../helpers/cli.js';
 
 const SCRIPT = join(ROOT, 'scripts/test-tools.sh');
-const ALL = ['redis-server', 'chromium', 'python3-torch', 'libopenblas0-pthread'];
+const ALL = ['redis-server', 'chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'];
 const BASH = existsSync('/bin/bash') ? '/bin/bash' : '/usr/bin/bash';
 
 let work: string;
@@ -28,6 +28,8 @@ interface Fake {
   aptGet?: boolean;
   /** the stub apt-get install exits 0 without installing these */
   aptInstallsNot?: string[];
+  /** the Debian release's codename (os-release); default trixie */
+  codename?: string;
 }
 
 async function stub(name: string, body: string): Promise<void> {
@@ -56,22 +58,32 @@ async function setup(f: Fake): Promise<void> {
     await writeFile(join(state, 'chromium'), '#!/bin/sh\n');
     await chmod(join(state, 'chromium'), 0o755);
   }
-  for (const p of ['python3-torch', 'libopenblas0-pthread']) if (present.includes(p)) await writeFile(join(state, p), '');
+  for (const p of ['python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'])
+    if (present.includes(p)) await writeFile(join(state, p), '');
+  await writeFile(join(state, 'os-release'), `ID=debian\nVERSION_CODENAME=${f.codename ?? 'trixie'}\n`);
+  await mkdir(join(state, 'sources.list.d'));
   // the tests' python: `import torch` works once python3-torch is "installed"
   await writeFile(join(state, 'python3'), `#!${BASH}\n[ -e "${state}/python3-torch" ]\n`);
   await chmod(join(state, 'python3'), 0o755);
   await stub('id', `echo "id $*" >> "${log}"\n[ "$1" = -u ] && echo ${f.uid ?? 0}`);
   await stub(
     'dpkg-query',
-    `echo "dpkg-query $*" >> "${log}"\npkg=\${@: -1}\nif [ -e "${state}/$pkg" ]; then printf 'install ok installed'; else echo "dpkg-query: no packages found matching $pkg" >&2; exit 1; fi`,
+    [
+      `echo "dpkg-query $*" >> "${log}"`,
+      'pkg=${@: -1}',
+      `[ -e "${state}/$pkg" ] || { echo "dpkg-query: no packages found matching $pkg" >&2; exit 1; }`,
+      // (mesa-vulkan-drivers is checked by version: an installed one is new enough)
+      `if [ "$3" = '\${Version}' ]; then printf '25.0.7-2'; else printf 'install ok installed'; fi`,
+    ].join('\n'),
   );
+  await stub('dpkg', `echo "dpkg $*" >> "${log}"\n[ "$1" = --compare-versions ] && [ "\${2%%.*}" -ge "$4" ]`);
   if (f.sudo)
     await stub(
       'sudo',
       `echo "sudo $*" >> "${log}"\n${f.sudo === 'ok' ? '[ "$1" = -n ] && shift\nexec "$@"' : 'echo "sudo: a password is required" >&2; exit 1'}`,
     );
   // true and env: real ones (sudo -n true, env DEBIAN_FRONTEND=... apt-get)
-  for (const t of ['true', 'env']) {
+  for (const t of ['true', 'env', 'tee']) {
     const real = ['/usr/bin', '/bin'].map((d) => join(d, t)).find((p) => existsSync(p))!;
     symlinkSync(real, join(bin, t));
   }
@@ -98,12 +110,19 @@ async function setup(f: Fake): Promise<void> {
 function run(): { code: number | null; stderr: string; calls: string[] } {
   const r = spawnSync(BASH, [SCRIPT], {
     cwd: ROOT,
-    env: { PATH: bin, PYTHON: join(state, 'python3'), TEST_TOOLS_CHROMIUM: join(state, 'chromium'), HOME: work },
+    env: {
+      PATH: bin,
+      PYTHON: join(state, 'python3'),
+      TEST_TOOLS_CHROMIUM: join(state, 'chromium'),
+      TEST_TOOLS_OS_RELEASE: join(state, 'os-release'),
+      TEST_TOOLS_APT_SOURCES: join(state, 'sources.list.d'),
+      HOME: work,
+    },
     encoding: 'utf8',
     timeout: 30_000,
   });
   const calls = existsSync(log) ? readLog() : [];
-  return { code: r.status, stderr: r.stderr, calls: calls.filter((c) => !c.startsWith('dpkg-query') && !c.startsWith('id ')) };
+  return { code: r.status, stderr: r.stderr, calls: calls.filter((c) => !/^(dpkg-query|dpkg|id) /.test(c)) };
 }
 
 function readLog(): string[] {
@@ -138,16 +157,16 @@ describe('scripts/test-tools.sh', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.calls).toEqual([
       'apt-get update DEBIAN_FRONTEND=noninteractive',
-      'apt-get install -y redis-server chromium python3-torch libopenblas0-pthread DEBIAN_FRONTEND=noninteractive',
+      'apt-get install -y redis-server chromium python3-torch libopenblas0-pthread mesa-vulkan-drivers DEBIAN_FRONTEND=noninteractive',
     ]);
-    expect(r.stderr).toContain('installed redis-server chromium python3-torch libopenblas0-pthread');
+    expect(r.stderr).toContain('installed redis-server chromium python3-torch libopenblas0-pthread mesa-vulkan-drivers');
     // the tools are there now: a second run installs nothing
     await writeFile(log, '');
     expect(run()).toMatchObject({ code: 0, calls: [] });
   });
 
   it('installs only what is missing (OpenBLAS without torch, torch without OpenBLAS)', async () => {
-    await setup({ present: ['redis-server', 'chromium', 'python3-torch'], uid: 0 });
+    await setup({ present: ['redis-server', 'chromium', 'python3-torch', 'mesa-vulkan-drivers'], uid: 0 });
     let r = run();
     expect(r.code, r.stderr).toBe(0);
     expect(r.calls).toEqual([
@@ -165,8 +184,31 @@ describe('scripts/test-tools.sh', () => {
     ]);
   });
 
+  for (const uid of [0, 1000]) {
+    it(`Debian 12 (${uid ? 'through sudo' : 'as root'}): Mesa from bookworm-backports, the source added once, the rest as usual`, async () => {
+      await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread'], uid, sudo: 'ok', codename: 'bookworm' });
+      const r = run();
+      expect(r.code, r.stderr).toBe(0);
+      const sudo = uid ? 'sudo -n env DEBIAN_FRONTEND=noninteractive ' : '';
+      expect(r.calls.filter((c) => c.startsWith('apt-get') || c.startsWith('sudo -n env'))).toEqual([
+        ...(uid ? [`${sudo}apt-get update`] : []),
+        'apt-get update DEBIAN_FRONTEND=noninteractive',
+        ...(uid ? [`${sudo}apt-get install -y redis-server`] : []),
+        'apt-get install -y redis-server DEBIAN_FRONTEND=noninteractive',
+        ...(uid ? [`${sudo}apt-get install -y -t bookworm-backports mesa-vulkan-drivers`] : []),
+        'apt-get install -y -t bookworm-backports mesa-vulkan-drivers DEBIAN_FRONTEND=noninteractive',
+      ]);
+      if (uid) expect(r.calls).toContain(`sudo -n tee ${join(state, 'sources.list.d', 'debian-backports.sources')}`);
+      expect(readFileSync(join(state, 'sources.list.d', 'debian-backports.sources'), 'utf8')).toContain('Suites: bookworm-backports\n');
+      expect(r.stderr).toContain('adding bookworm-backports');
+      // installed now: nothing more to do
+      await writeFile(log, '');
+      expect(run()).toMatchObject({ code: 0, calls: [] });
+    });
+  }
+
   it('not root: through sudo -n (never a password prompt)', async () => {
-    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread'], uid: 1000, sudo: 'ok' });
+    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'], uid: 1000, sudo: 'ok' });
     const r = run();
     expect(r.code, r.stderr).toBe(0);
     expect(r.calls).toEqual([
@@ -180,7 +222,7 @@ describe('scripts/test-tools.sh', () => {
 
   for (const sudo of ['refuses', undefined] as const) {
     it(`not root and ${sudo ? 'sudo -n refused' : 'no sudo'}: says exactly what to install and exits 1, apt-get untouched`, async () => {
-      await setup({ present: ['redis-server', 'python3-torch'], uid: 1000, sudo });
+      await setup({ present: ['redis-server', 'python3-torch', 'mesa-vulkan-drivers'], uid: 1000, sudo });
       const r = run();
       expect(r.code).toBe(1);
       expect(r.calls).toEqual(sudo ? ['sudo -n true'] : []);
@@ -190,7 +232,7 @@ describe('scripts/test-tools.sh', () => {
   }
 
   it('no apt-get (not Debian): says what to install and exits 1', async () => {
-    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread'], uid: 0, aptGet: false });
+    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'], uid: 0, aptGet: false });
     const r = run();
     expect(r.code).toBe(1);
     expect(r.calls).toEqual([]);
@@ -199,7 +241,11 @@ describe('scripts/test-tools.sh', () => {
   });
 
   it('fails when apt-get install leaves a tool missing, naming it', async () => {
-    await setup({ present: ['redis-server', 'python3-torch', 'libopenblas0-pthread'], uid: 0, aptInstallsNot: ['chromium'] });
+    await setup({
+      present: ['redis-server', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'],
+      uid: 0,
+      aptInstallsNot: ['chromium'],
+    });
     const r = run();
     expect(r.code).toBe(1);
     expect(r.calls).toEqual([
@@ -211,7 +257,7 @@ describe('scripts/test-tools.sh', () => {
   });
 
   it('fails when apt-get fails', async () => {
-    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread'], uid: 0 });
+    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'], uid: 0 });
     await writeFile(join(bin, 'apt-get'), `#!${BASH}\necho "apt-get $*" >> "${log}"\necho "E: Could not get lock" >&2\nexit 100\n`);
     const r = run();
     expect(r.code).toBe(1);

@@ -113,7 +113,7 @@ export class GraphBuilder {
   readonly inputSpecs: GraphIO[] = [];
   readonly outputSpecs: GraphIO[] = [];
   private readonly usedNames = new Set<string>();
-  private readonly data: ExternalDataWriter;
+  private readonly data: ExternalDataWriter | null;
   private counter = 0;
   private usesMicrosoftDomain = false;
   /** How Linear weights are stored (`minigpt convert --dtype`; see src/convert/quantize.ts). */
@@ -124,12 +124,15 @@ export class GraphBuilder {
    */
   compute: ComputeType = 'float32';
 
-  /** `dataPath` is where large weights go (`<model>.onnx.data`, next to the model file). */
+  /**
+   * `dataPath` is where large weights go (`<model>.onnx.data`, next to the model file); without one, the graph
+   * is for memory only (encode(): the runtime's own small graphs) and every weight stays inline.
+   */
   constructor(
     readonly name: string,
-    dataPath: string,
+    dataPath?: string,
   ) {
-    this.data = new ExternalDataWriter(dataPath);
+    this.data = dataPath ? new ExternalDataWriter(dataPath) : null;
   }
 
   input(name: string, dtype: GraphIO['dtype'], dims: Dim[]): string {
@@ -197,7 +200,7 @@ export class GraphBuilder {
     this.usedNames.add(unique);
     const raw = bytesOf(data);
     const tensor: TensorProto = { name: unique, dims, dataType: dtype };
-    if (raw.byteLength < INLINE_LIMIT_BYTES) {
+    if (raw.byteLength < INLINE_LIMIT_BYTES || !this.data) {
       tensor.rawData = new Uint8Array(raw); // copy: the caller may reuse its buffer
     } else {
       const { offset, length } = this.data.append(raw);
@@ -229,7 +232,14 @@ export class GraphBuilder {
 
   /** Writes `<dir>/<file>` (the graph) and closes the data file; returns external data bytes. */
   async save(modelPath: string, docString = ''): Promise<{ dataBytes: number; modelBytes: number }> {
-    this.data.close();
+    this.data?.close();
+    const bytes = this.encode(docString);
+    await writeFile(modelPath, bytes);
+    return { dataBytes: this.data?.bytesWritten ?? 0, modelBytes: bytes.byteLength };
+  }
+
+  /** The model's bytes (weights in the data file, if any, are referenced by name). */
+  encode(docString = ''): Uint8Array {
     const opsetImport = [{ domain: '', version: OPSET }];
     if (this.usesMicrosoftDomain) opsetImport.push({ domain: 'com.microsoft', version: 1 });
     const model = onnx.ModelProto.create({
@@ -246,8 +256,6 @@ export class GraphBuilder {
         output: this.outputs,
       },
     });
-    const bytes = onnx.ModelProto.encode(model).finish();
-    await writeFile(modelPath, bytes);
-    return { dataBytes: this.data.bytesWritten, modelBytes: bytes.byteLength };
+    return onnx.ModelProto.encode(model).finish();
   }
 }

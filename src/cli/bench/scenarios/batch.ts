@@ -40,7 +40,7 @@ export async function batch8FollowUps(b: BenchContext, image: Float32Array): Pro
   const out: Batch8Samples = { sequentialMs: [], batchedMs: [], sequentialIds: [], batchedIds: [], meanRows: 0 };
   for (let i = 0; i < p.warmup + p.batchReps; i++) {
     say(`8 conversations x ${batchTokens} tokens ${i + 1}/${p.warmup + p.batchReps}: one after another`);
-    const own1 = prompts8.map(() => clone(cache8));
+    const own1 = await Promise.all(prompts8.map(() => clone(model, cache8)));
     const [a, ms1] = await timed(async () => {
       const seq: number[][] = [];
       for (const [j, pr] of prompts8.entries()) seq.push(await answerIds(b, image, pr, own1[j], batchTokens));
@@ -48,7 +48,7 @@ export async function batch8FollowUps(b: BenchContext, image: Float32Array): Pro
     });
     say(`8 conversations x ${batchTokens} tokens ${i + 1}/${p.warmup + p.batchReps}: batched`);
     const s0 = { ...model.engine.stats };
-    const own2 = prompts8.map(() => clone(cache8));
+    const own2 = await Promise.all(prompts8.map(() => clone(model, cache8)));
     const [bat, ms2] = await timed(() => Promise.all(prompts8.map((pr, j) => answerIds(b, image, pr, own2[j], batchTokens))));
     if (i < p.warmup) continue;
     out.sequentialMs.push(ms1);

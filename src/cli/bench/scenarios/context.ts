@@ -37,8 +37,8 @@ export async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
 }
 
 /** A conversation's own cache (the manager's are never shared), copied before the clock starts. */
-export function clone(c: CachedContext): CachedContext {
-  return new CachedContext(c.kv.clone(), c.layout);
+export async function clone(model: MiniGPT, c: CachedContext): Promise<CachedContext> {
+  return new CachedContext(await model.decoder.clone(c.kv), c.layout);
 }
 
 /** The prompt of `turns` up to where the next user message would start: what a kept cache is brought up to. */

@@ -76,7 +76,7 @@ export async function followUp(b: BenchContext, image: Float32Array): Promise<Fo
     for (const reuse of [true, false]) {
       let t: { firstTokenMs: number; promptTokens: number; prefillTokens: number } | undefined;
       let ids: number[] = [];
-      const more = reuse ? { imageKeys: ['img'], reuse: clone(base) } : {};
+      const more = reuse ? { imageKeys: ['img'], reuse: await clone(model, base) } : {};
       await new Promise((r) => setImmediate(r));
       for await (const ev of model.answer(followPrompt, [image], { ...GREEDY, maxNewTokens: 4 }, undefined, more)) {
         if (ev.type === 'timings') t = ev.timings;

@@ -1,0 +1,200 @@
+// The WebGPU path, run on this machine's CPU through Mesa's software Vulkan driver (lavapipe: the same WebGPU
+// kernels a GPU runs, in software; scripts/test-tools.sh installs it). On WebGPU the KV cache stays in device
+// memory ('present' mode), where JavaScript cannot read it: re-packing a batch, a conversation's kept prefix
+// and copies run as a graph on the device (src/inference/kv-device.ts). Each must give the CPU's results.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as ort from 'onnxruntime-node';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MiniGPT } from '../../src/inference/model.js';
+import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
+import type { CachedContext } from '../../src/inference/kv-reuse.js';
+import type { KvCache } from '../../src/inference/kv-cache.js';
+import { PresentBlock } from '../../src/inference/kv-blocks.js';
+import { DeviceKvCopier } from '../../src/inference/kv-device.js';
+import { DTYPE_BOUNDS, verifyPackage } from '../../src/inference/verify.js';
+import { argmax } from '../../src/inference/generation/index.js';
+import { maxAbsDiff } from '../helpers/golden.js';
+import { convertTinyV2, GOLDEN_V2 } from '../helpers/tiny-package.js';
+
+let work: string;
+let cpu: MiniGPT;
+let gpu: MiniGPT;
+let image: Float32Array;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'minigpt-webgpu-'));
+  await convertTinyV2(join(work, 'fp32'));
+  cpu = await MiniGPT.load(join(work, 'fp32'), { provider: 'cpu', threads: 1 });
+  gpu = await MiniGPT.load(join(work, 'fp32'), { provider: 'webgpu' });
+  image = (await cpu.encodeImage(await readFile(join(GOLDEN_V2, 'input.png')))).embeds;
+}, 180_000);
+
+afterAll(async () => {
+  await cpu?.close();
+  await gpu?.close();
+  await rm(work, { recursive: true, force: true });
+});
+
+const QUESTIONS = ['[grounding] describe this image', '[refer] the red square', 'what is it'];
+const prompt = (q: string) => conversationPrompt(cpu.meta.prompt, [{ user: q }]);
+const inDeviceMemory = (s: KvCache) => Object.values((s.storage as PresentBlock).feeds).every((t) => t.location === 'gpu-buffer');
+const TOL = DTYPE_BOUNDS.fp32.tensor;
+
+describe('WebGPU (software Vulkan)', () => {
+  it('opens the package on WebGPU with the KV cache in device memory', async () => {
+    expect(gpu.provider).toBe('webgpu');
+    expect(gpu.decoder.mode).toBe('present');
+    const pre = await gpu.prefill(await gpu.context(prompt(QUESTIONS[0]), [image]));
+    try {
+      expect(pre.state.storage).toBeInstanceOf(PresentBlock);
+      expect(inDeviceMemory(pre.state)).toBe(true);
+    } finally {
+      pre.state.dispose();
+    }
+  });
+
+  it('batched steps, a conversation leaving the batch, prefixes and copies of batch rows: the CPU logits', async () => {
+    const run = async (model: MiniGPT) => {
+      const d = model.decoder;
+      const logits: Float32Array[] = [];
+      const live = new Set<KvCache>();
+      const keep = (s: KvCache) => (live.add(s), s);
+      try {
+        let states = await Promise.all(
+          QUESTIONS.map(async (q) => keep((await d.forward((await model.context(prompt(q), [image])).embeds, null)).state)),
+        );
+        // three conversations of different lengths, together: rows re-packed (left-padded) into one batch
+        for (let t = 0; t < 3; t++) {
+          const r = await d.step(states, [5 + t, 9 + t, 13 + t]);
+          logits.push(...r.logits.map((l) => l.slice()));
+          states = r.states.map(keep);
+        }
+        // one leaves: the other two re-packed
+        let two = (await d.step([states[2], states[0]], [4, 6])).states.map(keep);
+        const r2 = await d.step(two, [7, 8]);
+        logits.push(...r2.logits.map((l) => l.slice()));
+        two = r2.states.map(keep);
+        // a prefix of a batch row (the context a conversation keeps), and a copy, each stepped on its own
+        const prefix = keep(await d.prefix(two[1], two[1].length - 2));
+        const copy = keep(await d.clone(two[0]));
+        for (const [s, token] of [
+          [prefix, 11],
+          [copy, 12],
+        ] as const) {
+          if (model === gpu) expect(inDeviceMemory(s)).toBe(true);
+          logits.push((await d.step([s], [token])).logits[0].slice());
+        }
+        return { logits, repacks: d.stats.repacks };
+      } finally {
+        for (const s of live) s.dispose();
+      }
+    };
+    const want = await run(cpu);
+    const repacks = gpu.decoder.stats.repacks;
+    const got = await run(gpu);
+    expect(got.repacks - repacks).toBeGreaterThanOrEqual(2);
+    expect(got.logits).toHaveLength(want.logits.length);
+    got.logits.forEach((l, i) => {
+      expect(maxAbsDiff(l, want.logits[i]), `logits ${i}`).toBeLessThan(TOL);
+      expect(argmax(l), `argmax ${i}`).toBe(argmax(want.logits[i]));
+    });
+  });
+
+  it('concurrent answers (one batch) and the contexts they keep for follow-ups: the CPU answers', async () => {
+    /** greedy answer ids, and the context the answer keeps (its KV cache, copied out of the batch) */
+    const answer = async (model: MiniGPT, turns: Turn[], reuse?: CachedContext) => {
+      let ids: number[] = [];
+      let kept: CachedContext | undefined;
+      const keep = (c: CachedContext) => {
+        kept = c;
+      };
+      const prompt = conversationPrompt(model.meta.prompt, turns);
+      for await (const ev of model.answer(prompt, [image], { temperature: 0, maxNewTokens: 8 }, undefined, {
+        imageKeys: ['img'],
+        reuse,
+        keep,
+      })) {
+        if (ev.type === 'done') ids = ev.tokenIds;
+      }
+      return { ids, kept };
+    };
+    const conversations = async (model: MiniGPT) => {
+      const rows = model.engine.stats.rows;
+      const steps = model.engine.stats.steps;
+      const first = await Promise.all(QUESTIONS.map((q) => answer(model, [{ user: q }])));
+      const follow = await Promise.all(
+        first.map((f, i) => {
+          const said = model.tokenizer.decode(f.ids, { skipSpecialTokens: true });
+          return answer(model, [{ user: QUESTIONS[i], assistant: said }, { user: 'and what colour is it' }], f.kept);
+        }),
+      );
+      for (const f of follow) f.kept?.dispose();
+      const meanRows = (model.engine.stats.rows - rows) / (model.engine.stats.steps - steps);
+      return { first: first.map((f) => f.ids), follow: follow.map((f) => f.ids), meanRows };
+    };
+    const want = await conversations(cpu);
+    const got = await conversations(gpu);
+    expect(got.meanRows).toBeGreaterThan(1.5);
+    expect(got.first).toEqual(want.first);
+    expect(got.follow).toEqual(want.follow);
+  });
+
+  it('minigpt verify passes on WebGPU for fp32 and fp16 packages of the golden MiniGPT-v2', async () => {
+    for (const dtype of ['fp32', 'fp16'] as const) {
+      const dir = join(work, `golden-${dtype}`);
+      await convertTinyV2(dir, { dtype });
+      const r = await verifyPackage(dir, GOLDEN_V2, { provider: 'webgpu' });
+      expect(r.ok, `${dtype}: ${JSON.stringify(r).slice(0, 400)}`).toBe(true);
+    }
+  }, 240_000);
+});
+
+describe('DeviceKvCopier', () => {
+  it("gathers rows of several storages into one left-padded batch, as 'present' mode lays them out", async () => {
+    const names = ['a', 'b'];
+    const [H, D] = [2, 3];
+    // two storages: 2 rows x 5 positions, 1 row x 4 positions; values = their own coordinates
+    const storage = (id: number, rows: number, total: number) =>
+      Object.fromEntries(
+        names.map((n, i) => [
+          n,
+          new ort.Tensor(
+            'float32',
+            Float32Array.from({ length: rows * H * total * D }, (_, x) => id * 1000 + i * 100 + x),
+            [rows, H, total, D],
+          ),
+        ]),
+      );
+    const s1 = storage(1, 2, 5);
+    const s2 = storage(2, 1, 4);
+    const copier = new DeviceKvCopier(names, (graph) => ort.InferenceSession.create(graph, { executionProviders: ['cpu'] }));
+    try {
+      const rows = [
+        { tensors: s1, row: 1, from: 2, n: 3 },
+        { tensors: s2, row: 0, from: 1, n: 3 },
+        { tensors: s1, row: 0, from: 4, n: 1 },
+      ];
+      const T = 4;
+      const out = await copier.gather(rows, T);
+      for (const n of names) {
+        expect(out[n].dims).toEqual([3, H, T, D]);
+        const want = new Float32Array(3 * H * T * D);
+        rows.forEach((r, j) => {
+          const src = r.tensors[n];
+          const total = src.dims[2];
+          for (let h = 0; h < H; h++)
+            for (let p = 0; p < r.n; p++)
+              for (let e = 0; e < D; e++)
+                want[((j * H + h) * T + (T - r.n + p)) * D + e] = (src.data as Float32Array)[
+                  ((r.row * H + h) * total + r.from + p) * D + e
+                ];
+        });
+        expect(Array.from(out[n].data as Float32Array)).toEqual(Array.from(want));
+      }
+    } finally {
+      await copier.close();
+    }
+  });
+});
