@@ -2,6 +2,7 @@
 // ConversationManager -> the demo model package), test images and small waiting helpers.
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { afterAll, beforeAll } from 'vitest';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import type { GenerationOptions } from '../../src/inference/generation/index.js';
@@ -94,6 +95,27 @@ export async function closeStack(s: Partial<Stack> | undefined): Promise<void> {
   await s?.manager?.close();
   await s?.model?.close();
   await s?.fake?.close();
+}
+
+/** A stack that the tests of a file (or describe block) share, and the adapter's log lines. */
+export interface SharedStack extends Stack {
+  readonly logs: string[];
+}
+
+/**
+ * Starts a stack (startStack's) before the tests of the file or describe block it is called in, and closes it after
+ * them. Its fields are there from beforeAll on (read them in tests and hooks, not while the file is collected);
+ * `logs` is there at once.
+ */
+export function useStack(forcedAnswer: string, opts: StackOptions = {}): SharedStack {
+  const logs: string[] = [];
+  // Filled in by beforeAll: a test that runs at all runs after it, so it never sees the fields unset.
+  const shared = { logs } as SharedStack;
+  beforeAll(async () => {
+    Object.assign(shared, await startStack(forcedAnswer, logs, opts));
+  });
+  afterAll(() => closeStack(shared));
+  return shared;
 }
 
 export async function startAdapter(

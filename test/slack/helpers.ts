@@ -1,13 +1,21 @@
-// Shared by the Slack tests: images, pixels, and the bot's messages in the fake.
+// Shared by the Slack tests: the whole stack (fake Slack <- real Bolt adapter -> real ConversationManager -> the demo
+// model package), images, pixels, and the bot's messages in the fake.
 import { createHash } from 'node:crypto';
+import { join } from 'node:path';
 import sharp from 'sharp';
+import { afterAll, beforeAll } from 'vitest';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager } from '../../src/conversation/index.js';
+import type { GenerationOptions } from '../../src/inference/generation/index.js';
 import {
   startSlackAdapter,
   type SlackAdapter,
   type SlackAdapterOptions,
   type SlackConversationManager,
 } from '../../adapters/slack/index.js';
-import type { FakeMessage, FakeSlack } from './fake-slack.js';
+import { FakeSlack, type FakeMessage } from './fake-slack.js';
+
+const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 
 /** The answer every test model gives: one grounded phrase with one box (20..70 % of each side). */
 export const FORCED = '<p>green square</p> {<20><20><70><70>} on a grey background';
@@ -31,6 +39,49 @@ export async function startSlack(
   });
   fake.appUrl = adapter.url;
   return adapter;
+}
+
+export interface SlackStack {
+  model: MiniGPT;
+  manager: ConversationManager;
+  fake: FakeSlack;
+  adapter: SlackAdapter;
+  /** the adapter's log lines */
+  readonly logs: string[];
+}
+
+export interface SlackStackOptions {
+  /** the manager's generation defaults */
+  defaults?: Partial<GenerationOptions>;
+  /** the model's inference threads (onnxruntime's own choice where not given) */
+  threads?: number;
+  /** starts the adapter against the fake, logging with `log`; startSlack's HTTP mode with only `log` where not given */
+  adapter?(fake: FakeSlack, manager: ConversationManager, log: (line: string) => void): Promise<SlackAdapter>;
+}
+
+/**
+ * The demo model with its answer forced to `forcedAnswer`, a manager, the fake Slack and the adapter, started before
+ * the tests of the file or describe block it is called in and closed after them. Its fields are there from
+ * beforeAll on (read them in tests and hooks, not while the file is collected); `logs` is there at once.
+ */
+export function useSlackStack(forcedAnswer: string, opts: SlackStackOptions = {}): SlackStack {
+  const logs: string[] = [];
+  // Filled in by beforeAll: a test that runs at all runs after it, so it never sees the fields unset.
+  const s = { logs } as SlackStack;
+  const log = (line: string) => logs.push(line);
+  beforeAll(async () => {
+    s.model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: opts.threads, forcedAnswer });
+    s.manager = new ConversationManager({ model: s.model, defaults: opts.defaults });
+    s.fake = await FakeSlack.start();
+    s.adapter = await (opts.adapter ?? ((fake, manager) => startSlack(fake, manager, { log })))(s.fake, s.manager, log);
+  });
+  afterAll(async () => {
+    await s.adapter?.close();
+    await s.fake?.close();
+    await s.manager?.close();
+    await s.model?.close();
+  });
+  return s;
 }
 
 /** A grey PNG with a dark green square where the forced answer's box is. */
