@@ -118,6 +118,43 @@ export function useStack(forcedAnswer: string, opts: StackOptions = {}): SharedS
   return shared;
 }
 
+/** The fake Discord and an adapter on it that the tests of a file (or describe block) share, and its log lines. */
+export interface SharedAdapter {
+  w: World;
+  adapter: DiscordAdapter;
+  readonly logs: string[];
+}
+
+/**
+ * The fake Discord and the adapter over `manager()` (read when the adapter starts, so a manager that the file's own
+ * beforeAll makes will do), with `options` alone over the connection (not startAdapter's test defaults), started
+ * before the tests of the file or describe block it is called in and closed after them. Its log lines go to `logs`.
+ */
+export function useDiscordAdapter(
+  manager: () => DiscordConversations,
+  options: Partial<DiscordAdapterOptions>,
+  logs: string[] = [],
+): SharedAdapter {
+  // Filled in by beforeAll: a test that runs at all runs after it, so it never sees the fields unset.
+  const shared = { logs } as SharedAdapter;
+  beforeAll(async () => {
+    shared.w = await startFake();
+    const { fake } = shared.w;
+    shared.adapter = await startDiscordAdapter({
+      manager: manager(),
+      token: fake.token,
+      apiUrl: fake.apiUrl,
+      log: (l) => logs.push(l),
+      ...options,
+    });
+  });
+  afterAll(async () => {
+    await shared.adapter?.close();
+    await shared.w?.fake.close();
+  });
+  return shared;
+}
+
 export async function startAdapter(
   fake: FakeDiscord,
   manager: DiscordConversations,

@@ -12,10 +12,9 @@ import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, type AnswerEvent } from '../../src/conversation/index.js';
 import { preprocessImage } from '../../src/image/preprocess.js';
 import type { SlackAdapter } from '../../adapters/slack/index.js';
-import { startDiscordAdapter, type DiscordAdapter } from '../../adapters/discord/index.js';
 import { FakeSlack } from '../slack/fake-slack.js';
 import { startSlack, textReplies } from '../slack/helpers.js';
-import { startFake, answered, type World } from '../discord/helpers.js';
+import { answered, useDiscordAdapter } from '../discord/helpers.js';
 import {
   animatedGif,
   animatedWebp,
@@ -211,30 +210,19 @@ describe('not images at all', () => {
 describe('through the adapters', () => {
   let slack: FakeSlack;
   let slackAdapter: SlackAdapter;
-  let w: World;
-  let discord: DiscordAdapter;
   const logs: string[] = [];
 
   beforeAll(async () => {
     slack = await FakeSlack.start();
     slackAdapter = await startSlack(slack, manager, { log: (l) => logs.push(l), updateIntervalMs: 20 });
-    w = await startFake();
-    discord = await startDiscordAdapter({
-      manager,
-      token: w.fake.token,
-      apiUrl: w.fake.apiUrl,
-      log: (l) => logs.push(l),
-      editIntervalMs: 50,
-      rateLimit: false,
-    });
   });
 
   afterAll(async () => {
     await slackAdapter?.close();
     await slack?.close();
-    await discord?.close();
-    await w?.fake.close();
   });
+
+  const discord = useDiscordAdapter(() => manager, { editIntervalMs: 50, rateLimit: false }, logs);
 
   it('Slack (the file type is what Slack says): each file gets one clear reply in its thread', async () => {
     const cases: Array<[string, Buffer, string, RegExp]> = [
@@ -270,6 +258,7 @@ describe('through the adapters', () => {
   });
 
   it('Discord (bytes sniffed before anything else): wrong types and empty files are refused at once', async () => {
+    const { w } = discord;
     const { fake } = w;
     const cases: Array<[string, Buffer, string, RegExp]> = [
       ['empty.png', Buffer.alloc(0), 'image/png', /is not one/],

@@ -7,10 +7,10 @@ import { join } from 'node:path';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index.js';
-import { startDiscordAdapter, type DiscordAdapter } from '../../adapters/discord/index.js';
+import { startDiscordAdapter } from '../../adapters/discord/index.js';
 import { FakeSlack } from '../slack/fake-slack.js';
 import { squarePng, startSlack, textReplies } from '../slack/helpers.js';
-import { dispatchUnknownInteraction, startFake, testPng, type World } from '../discord/helpers.js';
+import { dispatchUnknownInteraction, testPng, useDiscordAdapter } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, until } from './helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -108,29 +108,11 @@ describe('Slack', () => {
 });
 
 describe('Discord', () => {
-  let w: World;
-  let adapter: DiscordAdapter;
-  const logs: string[] = [];
-
-  beforeAll(async () => {
-    w = await startFake();
-    adapter = await startDiscordAdapter({
-      manager,
-      token: w.fake.token,
-      apiUrl: w.fake.apiUrl,
-      log: (l) => logs.push(l),
-      editIntervalMs: 30,
-      rateLimit: false,
-      downloadTimeoutMs: 800,
-    });
-  });
-
-  afterAll(async () => {
-    await adapter?.close();
-    await w?.fake.close();
-  });
+  const discord = useDiscordAdapter(() => manager, { editIntervalMs: 30, rateLimit: false, downloadTimeoutMs: 800 });
+  const { logs } = discord;
 
   it('failing downloads of signed URLs, expired interactions, REST errors and refused tokens leak nothing', async () => {
+    const { w } = discord;
     const { fake } = w;
     const png = await testPng(64, 48);
     const sig = '?ex=65f00000&is=65e00000&hm=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef&';
