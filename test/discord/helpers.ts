@@ -2,7 +2,6 @@
 // ConversationManager -> the demo model package), test images and small waiting helpers.
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll } from 'vitest';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import type { GenerationOptions } from '../../src/inference/generation/index.js';
@@ -13,6 +12,7 @@ import {
   type DiscordConversations,
 } from '../../adapters/discord/index.js';
 import { FakeDiscord, type ApiAttachment, type ApiUser } from './fake-discord.js';
+import { useShared, type WithLogs } from '../helpers/shared.js';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
 export const DEMO = join(ROOT, 'models', 'demo');
@@ -97,62 +97,46 @@ export async function closeStack(s: Partial<Stack> | undefined): Promise<void> {
   await s?.fake?.close();
 }
 
-/** A stack that the tests of a file (or describe block) share, and the adapter's log lines. */
-export interface SharedStack extends Stack {
-  readonly logs: string[];
-}
+/** A stack that the tests of a file (or describe block) share. */
+export type SharedStack = WithLogs<Stack>;
 
-/**
- * Starts a stack (startStack's) before the tests of the file or describe block it is called in, and closes it after
- * them. Its fields are there from beforeAll on (read them in tests and hooks, not while the file is collected);
- * `logs` is there at once.
- */
+/** startStack's stack, started before the tests of the file or describe block it is called in and closed after them. */
 export function useStack(forcedAnswer: string, opts: StackOptions = {}): SharedStack {
   const logs: string[] = [];
-  // Filled in by beforeAll: a test that runs at all runs after it, so it never sees the fields unset.
-  const shared = { logs } as SharedStack;
-  beforeAll(async () => {
-    Object.assign(shared, await startStack(forcedAnswer, logs, opts));
-  });
-  afterAll(() => closeStack(shared));
-  return shared;
+  const start = async (s: Partial<SharedStack>) => {
+    Object.assign(s, await startStack(forcedAnswer, logs, opts));
+  };
+  return useShared<SharedStack>(start, closeStack, { logs });
 }
 
-/** The fake Discord and an adapter on it that the tests of a file (or describe block) share, and its log lines. */
-export interface SharedAdapter {
-  w: World;
-  adapter: DiscordAdapter;
-  readonly logs: string[];
-}
+/** The fake Discord and an adapter on it that the tests of a file (or describe block) share. */
+export type SharedAdapter = WithLogs<{ w: World; adapter: DiscordAdapter }>;
 
 /**
  * The fake Discord and the adapter over `manager()` (read when the adapter starts, so a manager that the file's own
  * beforeAll makes will do), with `options` alone over the connection (not startAdapter's test defaults), started
- * before the tests of the file or describe block it is called in and closed after them. Its log lines go to `logs`.
+ * before the tests of the file or describe block it is called in and closed after them.
  */
-export function useDiscordAdapter(
-  manager: () => DiscordConversations,
-  options: Partial<DiscordAdapterOptions>,
-  logs: string[] = [],
-): SharedAdapter {
-  // Filled in by beforeAll: a test that runs at all runs after it, so it never sees the fields unset.
-  const shared = { logs } as SharedAdapter;
-  beforeAll(async () => {
-    shared.w = await startFake();
-    const { fake } = shared.w;
-    shared.adapter = await startDiscordAdapter({
-      manager: manager(),
-      token: fake.token,
-      apiUrl: fake.apiUrl,
-      log: (l) => logs.push(l),
-      ...options,
-    });
-  });
-  afterAll(async () => {
-    await shared.adapter?.close();
-    await shared.w?.fake.close();
-  });
-  return shared;
+export function useDiscordAdapter(manager: () => DiscordConversations, options: Partial<DiscordAdapterOptions>): SharedAdapter {
+  const logs: string[] = [];
+  return useShared<SharedAdapter>(
+    async (s) => {
+      s.w = await startFake();
+      const { fake } = s.w;
+      s.adapter = await startDiscordAdapter({
+        manager: manager(),
+        token: fake.token,
+        apiUrl: fake.apiUrl,
+        log: (l) => logs.push(l),
+        ...options,
+      });
+    },
+    async (s) => {
+      await s.adapter?.close();
+      await s.w?.fake.close();
+    },
+    { logs },
+  );
 }
 
 export async function startAdapter(

@@ -8,8 +8,7 @@ import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index.js';
 import { startDiscordAdapter } from '../../adapters/discord/index.js';
-import { FakeSlack } from '../slack/fake-slack.js';
-import { squarePng, startSlack, textReplies } from '../slack/helpers.js';
+import { squarePng, textReplies, useSlackAdapter } from '../slack/helpers.js';
 import { dispatchUnknownInteraction, testPng, useDiscordAdapter } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, until } from './helpers.js';
 
@@ -29,21 +28,11 @@ afterAll(async () => {
 });
 
 describe('Slack', () => {
-  let fake: FakeSlack;
-  let adapter: SlackAdapter;
-  const logs: string[] = [];
-
-  beforeAll(async () => {
-    fake = await FakeSlack.start();
-    adapter = await startSlack(fake, manager, { log: (l) => logs.push(l), updateIntervalMs: 20, downloadTimeoutMs: 1000 });
-  });
-
-  afterAll(async () => {
-    await adapter?.close();
-    await fake?.close();
-  });
+  const slack = useSlackAdapter(() => manager, { updateIntervalMs: 20, downloadTimeoutMs: 1000 });
+  const { logs } = slack;
 
   it('failing downloads, uploads, API calls and refused tokens leak nothing', async () => {
+    const { fake } = slack;
     const png = await squarePng(64, 48);
     // A file Slack cannot serve (404), one behind a sign-in page (no files:read), and a good one whose upload fails.
     const gone = fake.addFile({ name: 'gone.png', data: png, mimetype: 'image/png' });

@@ -3,7 +3,6 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll } from 'vitest';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import type { GenerationOptions } from '../../src/inference/generation/index.js';
@@ -14,6 +13,7 @@ import {
   type SlackConversationManager,
 } from '../../adapters/slack/index.js';
 import { FakeSlack, type FakeMessage } from './fake-slack.js';
+import { useShared, type WithLogs } from '../helpers/shared.js';
 
 const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 
@@ -41,14 +41,35 @@ export async function startSlack(
   return adapter;
 }
 
-export interface SlackStack {
-  model: MiniGPT;
-  manager: ConversationManager;
-  fake: FakeSlack;
-  adapter: SlackAdapter;
-  /** the adapter's log lines */
-  readonly logs: string[];
+/** The fake Slack and an adapter on it that the tests of a file (or describe block) share. */
+export type SharedSlackAdapter = WithLogs<{ fake: FakeSlack; adapter: SlackAdapter }>;
+
+/**
+ * The fake Slack and startSlack's adapter over `manager()` (read when the adapter starts, so a manager that the
+ * file's own beforeAll makes will do) with `options`, started before the tests of the file or describe block it is
+ * called in and closed after them.
+ */
+export function useSlackAdapter(manager: () => SlackConversationManager, options: Partial<SlackAdapterOptions>): SharedSlackAdapter {
+  const logs: string[] = [];
+  return useShared<SharedSlackAdapter>(
+    async (s) => {
+      s.fake = await FakeSlack.start();
+      s.adapter = await startSlack(s.fake, manager(), { log: (l) => logs.push(l), ...options });
+    },
+    closeSlack,
+    { logs },
+  );
 }
+
+/** Closes what a Slack stack has started: the adapter, the fake Slack, then the manager and the model if any. */
+async function closeSlack(s: Partial<SlackStack>): Promise<void> {
+  await s.adapter?.close();
+  await s.fake?.close();
+  await s.manager?.close();
+  await s.model?.close();
+}
+
+export type SlackStack = WithLogs<{ model: MiniGPT; manager: ConversationManager; fake: FakeSlack; adapter: SlackAdapter }>;
 
 export interface SlackStackOptions {
   /** the manager's generation defaults */
@@ -61,27 +82,23 @@ export interface SlackStackOptions {
 
 /**
  * The demo model with its answer forced to `forcedAnswer`, a manager, the fake Slack and the adapter, started before
- * the tests of the file or describe block it is called in and closed after them. Its fields are there from
- * beforeAll on (read them in tests and hooks, not while the file is collected); `logs` is there at once.
+ * the tests of the file or describe block it is called in and closed after them (see useShared for when its
+ * fields are there).
  */
 export function useSlackStack(forcedAnswer: string, opts: SlackStackOptions = {}): SlackStack {
   const logs: string[] = [];
-  // Filled in by beforeAll: a test that runs at all runs after it, so it never sees the fields unset.
-  const s = { logs } as SlackStack;
   const log = (line: string) => logs.push(line);
-  beforeAll(async () => {
-    s.model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: opts.threads, forcedAnswer });
-    s.manager = new ConversationManager({ model: s.model, defaults: opts.defaults });
-    s.fake = await FakeSlack.start();
-    s.adapter = await (opts.adapter ?? ((fake, manager) => startSlack(fake, manager, { log })))(s.fake, s.manager, log);
-  });
-  afterAll(async () => {
-    await s.adapter?.close();
-    await s.fake?.close();
-    await s.manager?.close();
-    await s.model?.close();
-  });
-  return s;
+  const start = opts.adapter ?? ((fake, manager) => startSlack(fake, manager, { log }));
+  return useShared<SlackStack>(
+    async (s) => {
+      s.model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: opts.threads, forcedAnswer });
+      s.manager = new ConversationManager({ model: s.model, defaults: opts.defaults });
+      s.fake = await FakeSlack.start();
+      s.adapter = await start(s.fake, s.manager, log);
+    },
+    closeSlack,
+    { logs },
+  );
 }
 
 /** A grey PNG with a dark green square where the forced answer's box is. */
