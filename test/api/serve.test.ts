@@ -8,6 +8,7 @@ import OpenAI from 'openai';
 import { serve, ServeError } from '../../src/serve.js';
 import { renderExamples } from '../../adapters/web/examples.js';
 import { postChat, randomConversation, readEvents } from '../web/helpers.js';
+import { writeBotConfig } from '../helpers/bot-config.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 let work: string;
@@ -15,20 +16,9 @@ let config: string;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-api-serve-'));
-  config = join(work, 'demo.yaml');
-  await writeFile(
-    config,
-    [
-      'model:',
-      '  arch: minigpt_v2',
-      `  package: ${JSON.stringify(join(ROOT, 'models', 'demo'))}`,
-      '  max_new_tokens: 24',
-      '  temperature: 0',
-      'runtime:',
-      '  execution_provider: cpu',
-      '',
-    ].join('\n'),
-  );
+  config = await writeBotConfig(join(work, 'demo.yaml'), {
+    model: { package: join(ROOT, 'models', 'demo'), max_new_tokens: 24, temperature: 0 },
+  });
 });
 
 afterAll(async () => {

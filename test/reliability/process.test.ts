@@ -6,7 +6,7 @@
 //     completed turn is intact, the SQLite file passes its integrity check, and the conversations go on.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createStore, conversationId } from '../../src/conversation/index.js';
@@ -14,6 +14,7 @@ import { ConversationStore } from '../../src/conversation/store.js';
 import type { ApiMessage, FakeDiscord } from '../discord/fake-discord.js';
 import { startFake, testPng, type World } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, FORCED_DISCORD, until } from './helpers.js';
+import { writeBotConfig } from '../helpers/bot-config.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const RESTARTING = '⚠️ The bot is restarting; please ask again in a moment.';
@@ -28,22 +29,10 @@ let png: Buffer;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-process-'));
-  config = join(work, 'bot.yaml');
-  await writeFile(
-    config,
-    [
-      'model:',
-      '  arch: minigpt_v2',
-      `  package: ${JSON.stringify(join(ROOT, 'models', 'demo'))}`,
-      '  max_new_tokens: 120',
-      '  temperature: 0',
-      'runtime:',
-      '  execution_provider: cpu',
-      '  threads: 1',
-      '  queue_size: 64',
-      '',
-    ].join('\n'),
-  );
+  config = await writeBotConfig(join(work, 'bot.yaml'), {
+    model: { package: join(ROOT, 'models', 'demo'), max_new_tokens: 120, temperature: 0 },
+    runtime: { threads: 1, queue_size: 64 },
+  });
   w = await startFake();
   fake = w.fake;
   png = await testPng(64, 48);
