@@ -52,6 +52,18 @@ export async function startFake(): Promise<World> {
   return { fake, guildId, general: channelIds[0], other: channelIds[1], alice: fake.user('alice'), bob: fake.user('bob') };
 }
 
+/** The fake Discord (startFake's world), started before the tests of the file or describe block it is called in. */
+export function useFakeDiscord(): World {
+  return useShared<World>(
+    async (s) => {
+      Object.assign(s, await startFake());
+    },
+    async (s) => {
+      await s.fake?.close();
+    },
+  );
+}
+
 export interface Stack {
   w: World;
   fake: FakeDiscord;
