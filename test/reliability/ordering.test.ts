@@ -122,52 +122,52 @@ describe('slack: follow-ups in one thread reach the manager in the order they we
 
   const key = (channel: string, thread: string) => ({ platform: 'slack' as const, workspace: s.fake.teamId, channel, thread });
 
+  /** A thread begun in `channel` by a mention with `png`, once its answer is in; its root's ts. */
+  async function thread(channel: string, text: string, png: Buffer): Promise<string> {
+    const file = s.fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' });
+    const { msg } = await s.fake.mention(channel, { text: `<@${s.fake.botUserId}> ${text}`, files: [file] });
+    await waitForAnswers(s.fake, channel, msg.ts, 1);
+    return msg.ts;
+  }
+
   it('a slow image download first, two text-only follow-ups right after it: answered and stored in send order', async () => {
     const png = await squarePng(96, 72);
-    const { msg } = await s.fake.mention('CORDER', {
-      text: `<@${s.fake.botUserId}> start here`,
-      files: [s.fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' })],
-    });
-    await waitForAnswers(s.fake, 'CORDER', msg.ts, 1);
+    const ts = await thread('CORDER', 'start here', png);
     const slow = s.fake.addFile({ name: 'slow.png', data: await squarePng(80, 60), mimetype: 'image/png' });
     s.fake.fileDelays.set(slow.id, SLOW_MS);
     // Each event is delivered (acknowledged) before the next is sent, as one user typing fast would.
-    await s.fake.reply('CORDER', msg.ts, { user: 'U0ALICE', text: 'first, with a new image', files: [slow] });
-    await s.fake.reply('CORDER', msg.ts, { user: 'U0BOB', text: 'second, text only' });
-    await s.fake.reply('CORDER', msg.ts, { user: 'U0ALICE', text: 'third, text only' });
-    await waitForAnswers(s.fake, 'CORDER', msg.ts, 4);
-    await until(() => textReplies(s.fake, 'CORDER', msg.ts).every((m) => /^\*red square\*/.test(m.text)), 'the answers to settle');
-    expect((await s.manager.history(key('CORDER', msg.ts)))?.turns.map((x) => x.user)).toEqual([
+    await s.fake.reply('CORDER', ts, { user: 'U0ALICE', text: 'first, with a new image', files: [slow] });
+    await s.fake.reply('CORDER', ts, { user: 'U0BOB', text: 'second, text only' });
+    await s.fake.reply('CORDER', ts, { user: 'U0ALICE', text: 'third, text only' });
+    await waitForAnswers(s.fake, 'CORDER', ts, 4);
+    await until(() => textReplies(s.fake, 'CORDER', ts).every((m) => /^\*red square\*/.test(m.text)), 'the answers to settle');
+    expect((await s.manager.history(key('CORDER', ts)))?.turns.map((x) => x.user)).toEqual([
       'first, with a new image',
       'second, text only',
       'third, text only',
     ]);
     // The replies stand in the thread in the order of the messages they answer (the slow one's says it looks at its image).
-    const replies = textReplies(s.fake, 'CORDER', msg.ts);
+    const replies = textReplies(s.fake, 'CORDER', ts);
     expect(replies.map((m) => m.versions[0])).toEqual(['_Looking at the image…_', '_Looking at the image…_', '_Thinking…_', '_Thinking…_']);
     await sleep(100);
-    expect(textReplies(s.fake, 'CORDER', msg.ts)).toHaveLength(4);
+    expect(textReplies(s.fake, 'CORDER', ts)).toHaveLength(4);
   });
 
   it('a download that never finishes holds the thread only until its timeout; the next follow-up is then answered', async () => {
     const png = await squarePng(96, 72);
-    const { msg } = await s.fake.mention('CSTUCK', {
-      text: `<@${s.fake.botUserId}> another thread`,
-      files: [s.fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' })],
-    });
-    await waitForAnswers(s.fake, 'CSTUCK', msg.ts, 1);
+    const ts = await thread('CSTUCK', 'another thread', png);
     const stuck = s.fake.addFile({ name: 'stuck.png', data: png, mimetype: 'image/png' });
     s.fake.fileDelays.set(stuck.id, 60_000);
-    await s.fake.reply('CSTUCK', msg.ts, { user: 'U0ALICE', text: 'this image never arrives', files: [stuck] });
-    await s.fake.reply('CSTUCK', msg.ts, { user: 'U0ALICE', text: 'and this is text' });
-    await waitForAnswers(s.fake, 'CSTUCK', msg.ts, 2);
+    await s.fake.reply('CSTUCK', ts, { user: 'U0ALICE', text: 'this image never arrives', files: [stuck] });
+    await s.fake.reply('CSTUCK', ts, { user: 'U0ALICE', text: 'and this is text' });
+    await waitForAnswers(s.fake, 'CSTUCK', ts, 2);
     await until(
-      () => textReplies(s.fake, 'CSTUCK', msg.ts).filter((m) => /^\*red square\*/.test(m.text)).length === 2,
+      () => textReplies(s.fake, 'CSTUCK', ts).filter((m) => /^\*red square\*/.test(m.text)).length === 2,
       'the second answer to settle',
     );
-    const replies = textReplies(s.fake, 'CSTUCK', msg.ts).map((m) => m.text);
+    const replies = textReplies(s.fake, 'CSTUCK', ts).map((m) => m.text);
     expect(replies).toHaveLength(3);
     expect(replies[1]).toMatch(/^:warning: Downloading .* took too long/);
-    expect((await s.manager.history(key('CSTUCK', msg.ts)))?.turns.map((x) => x.user)).toEqual(['another thread', 'and this is text']);
+    expect((await s.manager.history(key('CSTUCK', ts)))?.turns.map((x) => x.user)).toEqual(['another thread', 'and this is text']);
   });
 });
