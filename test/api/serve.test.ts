@@ -1,44 +1,23 @@
 // `minigpt serve` with API_PORT: the OpenAI-compatible API beside the web demo (which is unchanged), its
 // settings checked before the model loads, and closed with the bot.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { describe, expect, it } from 'vitest';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { serve, ServeError } from '../../src/serve.js';
 import { renderExamples } from '../../adapters/web/examples.js';
 import { postChat, randomConversation, readEvents } from '../web/helpers.js';
+import { useBotConfig } from '../helpers/bot-config.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
-let work: string;
-let config: string;
-
-beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-api-serve-'));
-  config = join(work, 'demo.yaml');
-  await writeFile(
-    config,
-    [
-      'model:',
-      '  arch: minigpt_v2',
-      `  package: ${JSON.stringify(join(ROOT, 'models', 'demo'))}`,
-      '  max_new_tokens: 24',
-      '  temperature: 0',
-      'runtime:',
-      '  execution_provider: cpu',
-      '',
-    ].join('\n'),
-  );
-});
-
-afterAll(async () => {
-  if (work) await rm(work, { recursive: true, force: true });
+const files = useBotConfig('minigpt-api-serve-', 'demo.yaml', {
+  model: { package: join(ROOT, 'models', 'demo'), max_new_tokens: 24, temperature: 0 },
 });
 
 describe('serve() with API_PORT', () => {
   it('starts the API beside the web demo; both answer the same question the same way', async () => {
     const logs: string[] = [];
-    const bot = await serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0' }, log: (l) => logs.push(l) });
+    const bot = await serve({ env: { MINIGPT_CONFIG: files.config, WEB_PORT: '0', API_PORT: '0' }, log: (l) => logs.push(l) });
     try {
       expect(bot.adapters.map((a) => a.name)).toEqual(['web', 'api']);
       expect(bot.apiUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/v1$/);
@@ -73,10 +52,10 @@ describe('serve() with API_PORT', () => {
 
   it('refuses a non-loopback API_HOST without MINIGPT_API_KEYS, and a bad API_PORT, before looking for the model', async () => {
     // a config whose package does not exist: the settings error must come first
-    const missing = join(work, 'missing.yaml');
+    const missing = join(files.work, 'missing.yaml');
     await writeFile(
       missing,
-      ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(work, 'no-such-package'))}`, ''].join('\n'),
+      ['model:', '  arch: minigpt_v2', `  package: ${JSON.stringify(join(files.work, 'no-such-package'))}`, ''].join('\n'),
     );
     await expect(serve({ env: { MINIGPT_CONFIG: missing }, log: () => {} })).rejects.toThrow(/model package not found/);
     const refused = serve({ env: { MINIGPT_CONFIG: missing, API_PORT: '0', API_HOST: '0.0.0.0' }, log: () => {} });
@@ -87,7 +66,7 @@ describe('serve() with API_PORT', () => {
 
   it('says on the page and in /v1/models when the test hook forces the answers', async () => {
     const bot = await serve({
-      env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0' },
+      env: { MINIGPT_CONFIG: files.config, WEB_PORT: '0', API_PORT: '0' },
       load: { forcedAnswer: 'forced text' },
       log: () => {},
     });
@@ -99,7 +78,7 @@ describe('serve() with API_PORT', () => {
     } finally {
       await bot.close();
     }
-    const plain = await serve({ env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0' }, log: () => {} });
+    const plain = await serve({ env: { MINIGPT_CONFIG: files.config, WEB_PORT: '0', API_PORT: '0' }, log: () => {} });
     try {
       const models = (await (await fetch(`${plain.apiUrl}/models`)).json()) as { data: { minigpt: { forced_answer?: boolean } }[] };
       expect(models.data[0].minigpt.forced_answer).toBeUndefined();
@@ -110,7 +89,7 @@ describe('serve() with API_PORT', () => {
 
   it('takes the model id from API_MODEL_ID and requires the keys it is given', async () => {
     const bot = await serve({
-      env: { MINIGPT_CONFIG: config, WEB_PORT: '0', API_PORT: '0', API_MODEL_ID: 'minigpt-v2-demo', MINIGPT_API_KEYS: 'k-1, k-2' },
+      env: { MINIGPT_CONFIG: files.config, WEB_PORT: '0', API_PORT: '0', API_MODEL_ID: 'minigpt-v2-demo', MINIGPT_API_KEYS: 'k-1, k-2' },
       log: () => {},
     });
     try {

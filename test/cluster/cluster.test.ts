@@ -17,6 +17,7 @@ import { buildTinyPackage, postChat, readEvents, testPng, type WebEvent } from '
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { startServe, type ServeProcess } from '../helpers/serve-process.js';
 import { minigpt } from '../helpers/cli.js';
+import { writeBotConfig, type TestBotConfig } from '../helpers/bot-config.js';
 import { FakeSlack } from '../slack/fake-slack.js';
 import { squarePng, textReplies, waitForAnswers } from '../slack/helpers.js';
 import { answerMrkdwn } from '../../adapters/slack/format.js';
@@ -33,23 +34,10 @@ const closers: (() => Promise<void>)[] = [];
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-cluster-'));
   const pkg = await buildTinyPackage(work); // random weights: long answers, so that a worker dies mid-answer
-  config = join(work, 'tiny.yaml');
-  await writeFile(
-    config,
-    [
-      'model:',
-      '  arch: minigpt_v2',
-      `  package: ${JSON.stringify(pkg)}`,
-      '  max_new_tokens: 120',
-      '  temperature: 0',
-      'runtime:',
-      '  execution_provider: cpu',
-      '  threads: 1',
-      '  max_batch: 2',
-      '  queue_size: 32',
-      '',
-    ].join('\n'),
-  );
+  config = await writeBotConfig(join(work, 'tiny.yaml'), {
+    model: { package: pkg, max_new_tokens: 120, temperature: 0 },
+    runtime: { threads: 1, max_batch: 2, queue_size: 32 },
+  });
   redis = await startRedis({ aof: true });
   env = {
     MINIGPT_CONFIG: config,
@@ -106,24 +94,12 @@ function timingsOf(events: readonly WebEvent[]): Record<string, number> {
 const webConversationId = (conversation: string) =>
   conversationId({ platform: 'web', workspace: 'local', channel: 'web', thread: conversation });
 
-/** Writes `<work>/<name>`, a config of the demo package (short greedy answers: nothing dropped from the history), with `runtime` lines added. */
-async function writeDemoConfig(name: string, runtime: string[] = []): Promise<string> {
-  const file = join(work, name);
-  await writeFile(
-    file,
-    [
-      'model:',
-      '  arch: minigpt_v2',
-      `  package: ${JSON.stringify(join(import.meta.dirname, '..', '..', 'models', 'demo'))}`,
-      '  temperature: 0',
-      'runtime:',
-      '  execution_provider: cpu',
-      '  threads: 1',
-      ...runtime.map((l) => `  ${l}`),
-      '',
-    ].join('\n'),
-  );
-  return file;
+/** Writes `<work>/<name>`, a config of the demo package (short greedy answers: nothing dropped from the history), with `runtime` settings added. */
+function writeDemoConfig(name: string, runtime: TestBotConfig['runtime'] = {}): Promise<string> {
+  return writeBotConfig(join(work, name), {
+    model: { package: join(import.meta.dirname, '..', '..', 'models', 'demo'), temperature: 0 },
+    runtime: { threads: 1, ...runtime },
+  });
 }
 
 /** The single-process answers of config `file` to one thread's `turns`, the first with `image`; and the package's name. */
@@ -311,7 +287,7 @@ describe('serve --role frontend / worker', () => {
 describe('KV-cache affinity', () => {
   it("sends follow-ups to the worker that holds the conversation's cache; when it dies, another answers the same", async () => {
     // the demo package: short answers, so that the whole conversation stays within its window (nothing dropped)
-    const demoConfig = await writeDemoConfig('demo.yaml', ['max_batch: 2']);
+    const demoConfig = await writeDemoConfig('demo.yaml', { max_batch: 2 });
     const image = await testPng(180, 140);
     const turns = [
       '[grounding] describe this image in detail',

@@ -1,13 +1,12 @@
 // The Discord adapter end to end: the real discord.js client against the fake Discord (REST, gateway, CDN on
 // loopback), the real ConversationManager and the demo model package, whose answer is forced (through the
 // real decoder and streaming) to a grounded answer with one box.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import sharp from 'sharp';
-import type { ConversationManager } from '../../src/conversation/index.js';
 import { gridToPixels } from '../../src/grounding/parse.js';
 import { ANNOTATION_PALETTE, boxLineWidth } from '../../src/image/annotate.js';
-import type { ApiMessage, FakeDiscord, RestCall } from './fake-discord.js';
-import { answered, closeStack, describeCommand, pixel, startStack, testPng, until, type Stack, type World } from './helpers.js';
+import type { ApiMessage, RestCall } from './fake-discord.js';
+import { answered, describeCommand, pixel, testPng, until, useStack } from './helpers.js';
 
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
 const FINAL = '**red square** on a grey background';
@@ -16,20 +15,10 @@ const RED = ANNOTATION_PALETTE[0];
 const GREY: [number, number, number] = [0x88, 0x88, 0x88];
 const SQUARE: [number, number, number] = [0xdd, 0x22, 0x22];
 
-let stack: Stack;
-let w: World;
-let fake: FakeDiscord;
-let manager: ConversationManager;
-const logs: string[] = [];
+const s = useStack(FORCED);
+const { logs } = s;
 
-beforeAll(async () => {
-  stack = await startStack(FORCED, logs);
-  ({ w, fake, manager } = stack);
-});
-
-afterAll(() => closeStack(stack));
-
-const botMessagesIn = (channelId: string): ApiMessage[] => fake.messagesIn(channelId).filter((m) => m.author.id === fake.bot.id);
+const botMessagesIn = (channelId: string): ApiMessage[] => s.fake.messagesIn(channelId).filter((m) => m.author.id === s.fake.bot.id);
 const uploadsTo = (calls: RestCall[], pathRe: RegExp) => calls.filter((c) => pathRe.test(c.path) && c.files.length > 0);
 const near = (a: readonly number[], b: readonly number[]) => a.every((v, i) => Math.abs(v - b[i]) <= 3);
 
@@ -60,28 +49,28 @@ describe('an @mention with an image in a channel', () => {
 
   it('starts a thread on the message, types, streams the reply and attaches the PNG with the box at the right pixels', async () => {
     const png = await testPng(200, 150);
-    const att = fake.addAttachment('photo.png', png, 'image/png', { width: 200, height: 150 });
-    before = fake.calls.length;
-    userMsg = fake.postMessage(w.general, w.alice, '  what is in   this picture? ', { attachments: [att], mentionBot: true });
+    const att = s.fake.addAttachment('photo.png', png, 'image/png', { width: 200, height: 150 });
+    before = s.fake.calls.length;
+    userMsg = s.fake.postMessage(s.w.general, s.w.alice, '  what is in   this picture? ', { attachments: [att], mentionBot: true });
     const line = await answered(logs, userMsg.id);
     expect(line).toMatch(/answered \(\d+ chars, annotated image\)/);
-    const calls = fake.calls.slice(before);
+    const calls = s.fake.calls.slice(before);
 
     // The image came from the CDN.
-    expect(fake.cdnHits.some((h) => att.url.includes(h.path))).toBe(true);
+    expect(s.fake.cdnHits.some((h) => att.url.includes(h.path))).toBe(true);
     // A thread on the user's message, named after the prompt (mention removed, spaces tidied).
-    const threadCalls = calls.filter((c) => c.method === 'POST' && c.path === `/channels/${w.general}/messages/${userMsg.id}/threads`);
+    const threadCalls = calls.filter((c) => c.method === 'POST' && c.path === `/channels/${s.w.general}/messages/${userMsg.id}/threads`);
     expect(threadCalls).toHaveLength(1);
     expect(threadCalls[0].body.name).toBe('what is in this picture?');
     threadId = userMsg.id;
-    expect(fake.channel(threadId)).toMatchObject({ type: 11, parent_id: w.general, owner_id: fake.bot.id });
+    expect(s.fake.channel(threadId)).toMatchObject({ type: 11, parent_id: s.w.general, owner_id: s.fake.bot.id });
     // Typing in the thread before the answer.
     const typing = calls.findIndex((c) => c.path === `/channels/${threadId}/typing`);
     const firstPost = calls.findIndex((c) => c.method === 'POST' && c.path === `/channels/${threadId}/messages`);
     expect(typing).toBeGreaterThanOrEqual(0);
     expect(firstPost).toBeGreaterThan(typing);
     // Nothing was posted in the channel itself.
-    expect(calls.filter((c) => c.method === 'POST' && c.path === `/channels/${w.general}/messages`)).toHaveLength(0);
+    expect(calls.filter((c) => c.method === 'POST' && c.path === `/channels/${s.w.general}/messages`)).toHaveLength(0);
 
     // One reply in the thread, created once and edited to the final text; nobody can be pinged.
     const replies = botMessagesIn(threadId);
@@ -105,39 +94,39 @@ describe('an @mention with an image in a channel', () => {
     await expectBoxDrawn(uploads[0].files[0].data, 200, 150, SQUARE);
 
     // The conversation is the thread's.
-    const state = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: threadId });
+    const state = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: threadId });
     expect(state?.turns).toHaveLength(1);
-    expect(state?.turns[0]).toMatchObject({ by: w.alice.id, task: 'chat', user: 'what is in this picture?' });
+    expect(state?.turns[0]).toMatchObject({ by: s.w.alice.id, task: 'chat', user: 'what is in this picture?' });
     expect(state?.image).toMatchObject({ width: 200, height: 150 });
   });
 
   it('answers every message in its thread as a follow-up (no mention) with the image and history kept', async () => {
-    before = fake.calls.length;
-    const follow = fake.postMessage(threadId, w.alice, 'and what colour is the background?');
+    before = s.fake.calls.length;
+    const follow = s.fake.postMessage(threadId, s.w.alice, 'and what colour is the background?');
     await answered(logs, follow.id);
-    const calls = fake.calls.slice(before);
+    const calls = s.fake.calls.slice(before);
     expect(calls.filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
-    expect(fake.cdnHits.filter((h) => h.at >= calls[0].at)).toHaveLength(0); // nothing downloaded
+    expect(s.fake.cdnHits.filter((h) => h.at >= calls[0].at)).toHaveLength(0); // nothing downloaded
     const replies = botMessagesIn(threadId);
     expect(replies).toHaveLength(2);
     expect(replies[1].content).toBe(FINAL);
     const uploads = uploadsTo(calls, new RegExp(`^/channels/${threadId}/messages`));
     expect(uploads).toHaveLength(1);
     await expectBoxDrawn(uploads[0].files[0].data, 200, 150, SQUARE); // drawn on the thread's image
-    const state = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: threadId });
+    const state = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: threadId });
     expect(state?.turns.map((t) => t.user)).toEqual(['what is in this picture?', 'and what colour is the background?']);
   });
 
   it('replaces the image when a new one is posted in the thread; an image alone asks for a caption', async () => {
     const png = await testPng(160, 120, '#888888');
-    const att = fake.addAttachment('second.webp.png', png, 'image/png');
-    before = fake.calls.length;
-    const msg = fake.postMessage(threadId, w.alice, '', { attachments: [att] });
+    const att = s.fake.addAttachment('second.webp.png', png, 'image/png');
+    before = s.fake.calls.length;
+    const msg = s.fake.postMessage(threadId, s.w.alice, '', { attachments: [att] });
     await answered(logs, msg.id);
-    const uploads = uploadsTo(fake.calls.slice(before), new RegExp(`^/channels/${threadId}/messages`));
+    const uploads = uploadsTo(s.fake.calls.slice(before), new RegExp(`^/channels/${threadId}/messages`));
     expect(uploads).toHaveLength(1);
     await expectBoxDrawn(uploads[0].files[0].data, 160, 120, SQUARE);
-    const state = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: threadId });
+    const state = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: threadId });
     expect(state?.image).toMatchObject({ width: 160, height: 120 });
     expect(state?.turns).toHaveLength(1);
     expect(state?.turns[0].task).toBe('caption');
@@ -145,19 +134,19 @@ describe('an @mention with an image in a channel', () => {
   });
 
   it('ignores messages in channels that do not mention it, and other bots', async () => {
-    before = fake.calls.length;
+    before = s.fake.calls.length;
     const png = await testPng();
-    fake.postMessage(w.general, w.alice, 'just chatting', { attachments: [fake.addAttachment('a.png', png, 'image/png')] });
-    fake.postMessage(threadId, { ...fake.user('otherbot'), bot: true }, 'I am another bot');
+    s.fake.postMessage(s.w.general, s.w.alice, 'just chatting', { attachments: [s.fake.addAttachment('a.png', png, 'image/png')] });
+    s.fake.postMessage(threadId, { ...s.fake.user('otherbot'), bot: true }, 'I am another bot');
     // A marker message that is answered proves the two above were processed (events are handled in order).
-    const marker = fake.postMessage(w.general, w.alice, 'hello', { mentionBot: true });
+    const marker = s.fake.postMessage(s.w.general, s.w.alice, 'hello', { mentionBot: true });
     await until(
-      () => fake.messagesIn(w.general).some((m) => m.author.id === fake.bot.id && m.message_reference?.message_id === marker.id),
+      () => s.fake.messagesIn(s.w.general).some((m) => m.author.id === s.fake.bot.id && m.message_reference?.message_id === marker.id),
       'the help reply',
     );
-    const calls = fake.calls.slice(before);
-    expect(calls.filter((c) => c.method !== 'GET').map((c) => `${c.method} ${c.path}`)).toEqual([`POST /channels/${w.general}/messages`]);
-    const help = botMessagesIn(w.general).at(-1)!;
+    const calls = s.fake.calls.slice(before);
+    expect(calls.filter((c) => c.method !== 'GET').map((c) => `${c.method} ${c.path}`)).toEqual([`POST /channels/${s.w.general}/messages`]);
+    const help = botMessagesIn(s.w.general).at(-1)!;
     expect(help.content).toMatch(/Attach an image/);
   });
 });
@@ -172,24 +161,24 @@ describe('image formats', () => {
       .gif()
       .toBuffer();
     expect((await sharp(gif).metadata()).pages).toBe(2);
-    const m = fake.postMessage(w.general, w.alice, 'animated', {
-      attachments: [fake.addAttachment('anim.gif', gif, 'image/gif')],
+    const m = s.fake.postMessage(s.w.general, s.w.alice, 'animated', {
+      attachments: [s.fake.addAttachment('anim.gif', gif, 'image/gif')],
       mentionBot: true,
     });
     await answered(logs, m.id);
-    const upload = fake.calls.filter((c) => c.path.startsWith(`/channels/${m.id}/messages`) && c.files.length > 0);
+    const upload = s.fake.calls.filter((c) => c.path.startsWith(`/channels/${m.id}/messages`) && c.files.length > 0);
     expect(upload).toHaveLength(1);
     await expectBoxDrawn(upload[0].files[0].data, 200, 150, SQUARE); // the first frame, not the blue one
     for (const [name, data, mime] of [
       ['p.jpg', await sharp(first).jpeg({ quality: 95 }).toBuffer(), 'image/jpeg'],
       ['p.webp', await sharp(first).webp({ lossless: true }).toBuffer(), 'image/png'],
     ] as const) {
-      const msg = fake.postMessage(w.general, w.alice, name, {
-        attachments: [fake.addAttachment(name, data, name.endsWith('jpg') ? 'image/jpeg' : 'image/webp')],
+      const msg = s.fake.postMessage(s.w.general, s.w.alice, name, {
+        attachments: [s.fake.addAttachment(name, data, name.endsWith('jpg') ? 'image/jpeg' : 'image/webp')],
         mentionBot: true,
       });
       expect(await answered(logs, msg.id)).toMatch(/annotated image/);
-      const up = fake.calls.filter((c) => c.path.startsWith(`/channels/${msg.id}/messages`) && c.files.length > 0)[0];
+      const up = s.fake.calls.filter((c) => c.path.startsWith(`/channels/${msg.id}/messages`) && c.files.length > 0)[0];
       expect(up.files[0].contentType).toBe(mime);
       const meta = await sharp(up.files[0].data).metadata();
       expect([meta.width, meta.height]).toEqual([200, 150]);
@@ -199,39 +188,39 @@ describe('image formats', () => {
 
 describe('a bad attachment', () => {
   it('gets a short clear reply, no thread, and the bot goes on answering', async () => {
-    const before = fake.calls.length;
-    const txt = fake.addAttachment('notes.txt', Buffer.from('hello, not an image'), 'text/plain; charset=utf-8');
-    const bad = fake.postMessage(w.general, w.bob, 'what is this?', { attachments: [txt], mentionBot: true });
+    const before = s.fake.calls.length;
+    const txt = s.fake.addAttachment('notes.txt', Buffer.from('hello, not an image'), 'text/plain; charset=utf-8');
+    const bad = s.fake.postMessage(s.w.general, s.w.bob, 'what is this?', { attachments: [txt], mentionBot: true });
     await until(
-      () => botMessagesIn(w.general).some((m) => m.message_reference?.message_id === bad.id),
+      () => botMessagesIn(s.w.general).some((m) => m.message_reference?.message_id === bad.id),
       `the error reply ${logs.join('\n')}`,
       5000,
     );
-    const reply = botMessagesIn(w.general).find((m) => m.message_reference?.message_id === bad.id)!;
+    const reply = botMessagesIn(s.w.general).find((m) => m.message_reference?.message_id === bad.id)!;
     expect(reply.content).toBe('⚠️ I can only read images (PNG, JPEG, WebP or GIF), and `notes.txt` is not one.');
 
     // Claims to be a PNG but is not one: refused after download, before any thread.
-    const fakePng = fake.addAttachment('photo.png', Buffer.from('GIF? no: plain text'), 'image/png');
-    const bad2 = fake.postMessage(w.general, w.bob, 'and this?', { attachments: [fakePng], mentionBot: true });
-    await until(() => botMessagesIn(w.general).some((m) => m.message_reference?.message_id === bad2.id), 'the second error reply');
-    expect(botMessagesIn(w.general).find((m) => m.message_reference?.message_id === bad2.id)!.content).toMatch(/`photo\.png` is not one/);
+    const fakePng = s.fake.addAttachment('photo.png', Buffer.from('GIF? no: plain text'), 'image/png');
+    const bad2 = s.fake.postMessage(s.w.general, s.w.bob, 'and this?', { attachments: [fakePng], mentionBot: true });
+    await until(() => botMessagesIn(s.w.general).some((m) => m.message_reference?.message_id === bad2.id), 'the second error reply');
+    expect(botMessagesIn(s.w.general).find((m) => m.message_reference?.message_id === bad2.id)!.content).toMatch(/`photo\.png` is not one/);
 
     // A download that fails (the attachment is gone from the CDN).
     const gone = {
-      ...fake.addAttachment('gone.png', Buffer.alloc(10), 'image/png'),
-      url: `${fake.origin}/attachments/0/0/gone.png?ex=1&hm=ff`,
+      ...s.fake.addAttachment('gone.png', Buffer.alloc(10), 'image/png'),
+      url: `${s.fake.origin}/attachments/0/0/gone.png?ex=1&hm=ff`,
     };
-    const bad3 = fake.postMessage(w.general, w.bob, 'and this one?', { attachments: [gone], mentionBot: true });
-    await until(() => botMessagesIn(w.general).some((m) => m.message_reference?.message_id === bad3.id), 'the third error reply');
-    expect(botMessagesIn(w.general).find((m) => m.message_reference?.message_id === bad3.id)!.content).toBe(
+    const bad3 = s.fake.postMessage(s.w.general, s.w.bob, 'and this one?', { attachments: [gone], mentionBot: true });
+    await until(() => botMessagesIn(s.w.general).some((m) => m.message_reference?.message_id === bad3.id), 'the third error reply');
+    expect(botMessagesIn(s.w.general).find((m) => m.message_reference?.message_id === bad3.id)!.content).toBe(
       "⚠️ I couldn't download the image (HTTP 404); please upload it again.",
     );
-    expect(fake.calls.slice(before).filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
+    expect(s.fake.calls.slice(before).filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
 
     // A PNG signature on broken data: the model cannot read it; the answer in the thread says so.
     const broken = Buffer.concat([(await testPng()).subarray(0, 60), Buffer.alloc(40, 7)]);
-    const bad4 = fake.postMessage(w.general, w.bob, 'broken', {
-      attachments: [fake.addAttachment('broken.png', broken, 'image/png')],
+    const bad4 = s.fake.postMessage(s.w.general, s.w.bob, 'broken', {
+      attachments: [s.fake.addAttachment('broken.png', broken, 'image/png')],
       mentionBot: true,
     });
     const line = await answered(logs, bad4.id);
@@ -239,14 +228,14 @@ describe('a bad attachment', () => {
     expect(botMessagesIn(bad4.id)[0].content).toMatch(/^⚠️ .*(corrupt|decode|image)/i);
 
     // Still alive: a good request is answered.
-    const ok = fake.postMessage(w.general, w.bob, 'this one works', {
-      attachments: [fake.addAttachment('ok.png', await testPng(), 'image/png')],
+    const ok = s.fake.postMessage(s.w.general, s.w.bob, 'this one works', {
+      attachments: [s.fake.addAttachment('ok.png', await testPng(), 'image/png')],
       mentionBot: true,
     });
     expect(await answered(logs, ok.id)).toMatch(/answered/);
     // The logs never show a token or an attachment signature.
     const all = logs.join('\n');
-    expect(all).not.toContain(fake.token);
+    expect(all).not.toContain(s.fake.token);
     expect(all).not.toMatch(/hm=|ex=/);
   });
 });
@@ -255,17 +244,17 @@ describe('two users at once', () => {
   it('answer in parallel threads without cross-talk', async () => {
     const pa = await testPng(200, 150);
     const pb = await testPng(120, 90);
-    const before = fake.calls.length;
-    const a = fake.postMessage(w.general, w.alice, 'alice asks', {
-      attachments: [fake.addAttachment('a.png', pa, 'image/png')],
+    const before = s.fake.calls.length;
+    const a = s.fake.postMessage(s.w.general, s.w.alice, 'alice asks', {
+      attachments: [s.fake.addAttachment('a.png', pa, 'image/png')],
       mentionBot: true,
     });
-    const b = fake.postMessage(w.other, w.bob, 'bob asks', {
-      attachments: [fake.addAttachment('b.png', pb, 'image/png')],
+    const b = s.fake.postMessage(s.w.other, s.w.bob, 'bob asks', {
+      attachments: [s.fake.addAttachment('b.png', pb, 'image/png')],
       mentionBot: true,
     });
     await Promise.all([answered(logs, a.id), answered(logs, b.id)]);
-    const calls = fake.calls.slice(before);
+    const calls = s.fake.calls.slice(before);
     const ua = uploadsTo(calls, new RegExp(`^/channels/${a.id}/messages`));
     const ub = uploadsTo(calls, new RegExp(`^/channels/${b.id}/messages`));
     expect(ua).toHaveLength(1);
@@ -275,21 +264,21 @@ describe('two users at once', () => {
     // Each thread holds exactly one bot reply; each conversation only its own user's turn.
     expect(botMessagesIn(a.id)).toHaveLength(1);
     expect(botMessagesIn(b.id)).toHaveLength(1);
-    const sa = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: a.id });
-    const sb = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.other, thread: b.id });
-    expect(sa?.turns.map((t) => [t.by, t.user])).toEqual([[w.alice.id, 'alice asks']]);
-    expect(sb?.turns.map((t) => [t.by, t.user])).toEqual([[w.bob.id, 'bob asks']]);
+    const sa = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: a.id });
+    const sb = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.other, thread: b.id });
+    expect(sa?.turns.map((t) => [t.by, t.user])).toEqual([[s.w.alice.id, 'alice asks']]);
+    expect(sb?.turns.map((t) => [t.by, t.user])).toEqual([[s.w.bob.id, 'bob asks']]);
     expect(sa?.image.width).toBe(200);
     expect(sb?.image.width).toBe(120);
 
     // Follow-ups at the same time, each in its own thread.
-    const fa = fake.postMessage(a.id, w.alice, 'alice again');
-    const fb = fake.postMessage(b.id, w.bob, 'bob again');
+    const fa = s.fake.postMessage(a.id, s.w.alice, 'alice again');
+    const fb = s.fake.postMessage(b.id, s.w.bob, 'bob again');
     await Promise.all([answered(logs, fa.id), answered(logs, fb.id)]);
     expect(botMessagesIn(a.id)).toHaveLength(2);
     expect(botMessagesIn(b.id)).toHaveLength(2);
-    const sa2 = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: a.id });
-    const sb2 = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.other, thread: b.id });
+    const sa2 = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: a.id });
+    const sb2 = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.other, thread: b.id });
     expect(sa2?.turns.map((t) => t.user)).toEqual(['alice asks', 'alice again']);
     expect(sb2?.turns.map((t) => t.user)).toEqual(['bob asks', 'bob again']);
   });
@@ -298,68 +287,68 @@ describe('two users at once', () => {
 describe('/describe', () => {
   it('defers within 3 s, edits the original response with the answer and the image, and opens a thread on it', async () => {
     const png = await testPng(200, 150);
-    const att = fake.addAttachment('cmd.png', png, 'image/png', { width: 200, height: 150 });
-    const before = fake.calls.length;
+    const att = s.fake.addAttachment('cmd.png', png, 'image/png', { width: 200, height: 150 });
+    const before = s.fake.calls.length;
     const sentAt = Date.now();
-    const { id, token } = fake.interact(
-      w.general,
-      w.alice,
+    const { id, token } = s.fake.interact(
+      s.w.general,
+      s.w.alice,
       describeCommand({ image: att, prompt: 'where is the red square?', task: 'grounding', temperature: 0 }),
     );
     await answered(logs, id);
-    await until(() => fake.calls.some((c) => c.path.endsWith('/threads') && c.at >= sentAt), 'the thread on the reply');
-    const calls = fake.calls.slice(before);
+    await until(() => s.fake.calls.some((c) => c.path.endsWith('/threads') && c.at >= sentAt), 'the thread on the reply');
+    const calls = s.fake.calls.slice(before);
 
     const cb = calls.find((c) => c.path === `/interactions/${id}/${token}/callback`)!;
     expect(cb.body).toMatchObject({ type: 5 });
     expect(cb.at - sentAt).toBeLessThan(3000);
     // The callback came before the image was downloaded.
-    expect(fake.cdnHits.find((h) => att.url.includes(h.path))!.at).toBeGreaterThanOrEqual(cb.at);
+    expect(s.fake.cdnHits.find((h) => att.url.includes(h.path))!.at).toBeGreaterThanOrEqual(cb.at);
 
-    const edits = calls.filter((c) => c.method === 'PATCH' && c.path === `/webhooks/${fake.appId}/${token}/messages/@original`);
+    const edits = calls.filter((c) => c.method === 'PATCH' && c.path === `/webhooks/${s.fake.appId}/${token}/messages/@original`);
     expect(edits.length).toBeGreaterThanOrEqual(1);
     const last = edits.at(-1)!;
     expect(last.body.content).toBe(FINAL);
     expect(last.files).toHaveLength(1);
     await expectBoxDrawn(last.files[0].data, 200, 150, SQUARE);
-    const original = fake.original(token)!;
+    const original = s.fake.original(token)!;
     expect(original.content).toBe(FINAL);
 
-    const thread = calls.find((c) => c.path === `/channels/${w.general}/messages/${original.id}/threads`);
+    const thread = calls.find((c) => c.path === `/channels/${s.w.general}/messages/${original.id}/threads`);
     expect(thread?.body.name).toBe('where is the red square?');
-    const state = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: original.id });
+    const state = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: original.id });
     expect(state?.turns).toHaveLength(1);
-    expect(state?.turns[0]).toMatchObject({ task: 'grounding', by: w.alice.id });
+    expect(state?.turns[0]).toMatchObject({ task: 'grounding', by: s.w.alice.id });
     expect(state?.turns[0].user).toBe('[grounding] where is the red square?');
 
     // A follow-up message in that thread keeps the image.
-    const follow = fake.postMessage(original.id, w.alice, 'thanks, anything else?');
+    const follow = s.fake.postMessage(original.id, s.w.alice, 'thanks, anything else?');
     await answered(logs, follow.id);
     expect(
-      (await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: original.id }))?.turns,
+      (await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: original.id }))?.turns,
     ).toHaveLength(2);
 
     // /describe without an image inside that bot thread uses the thread's image; no new thread.
-    const before2 = fake.calls.length;
-    const again = fake.interact(original.id, w.alice, describeCommand({ prompt: 'one more' }));
+    const before2 = s.fake.calls.length;
+    const again = s.fake.interact(original.id, s.w.alice, describeCommand({ prompt: 'one more' }));
     await answered(logs, again.id);
-    const calls2 = fake.calls.slice(before2);
+    const calls2 = s.fake.calls.slice(before2);
     expect(calls2.filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
     const edit2 = calls2.filter((c) => c.method === 'PATCH' && c.path.includes(again.token)).at(-1)!;
     expect(edit2.body.content).toBe(FINAL);
     await expectBoxDrawn(edit2.files[0].data, 200, 150, SQUARE);
     expect(
-      (await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.general, thread: original.id }))?.turns,
+      (await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: original.id }))?.turns,
     ).toHaveLength(3);
   });
 
   it('without an image outside a bot thread explains how to use it', async () => {
-    const { id, token } = fake.interact(w.general, w.bob, describeCommand({ prompt: 'hi' }));
-    await until(() => fake.original(token)?.content !== undefined && fake.original(token)!.content !== '', 'the edited reply');
-    expect(fake.interaction(token)?.callback?.type).toBe(5);
-    expect(fake.original(token)!.content).toMatch(/Add an image with the `image` option/);
+    const { id, token } = s.fake.interact(s.w.general, s.w.bob, describeCommand({ prompt: 'hi' }));
+    await until(() => s.fake.original(token)?.content !== undefined && s.fake.original(token)!.content !== '', 'the edited reply');
+    expect(s.fake.interaction(token)?.callback?.type).toBe(5);
+    expect(s.fake.original(token)!.content).toMatch(/Add an image with the `image` option/);
     expect(
-      fake.calls.filter((c) => c.path.includes(`/${id}/`) || c.path.endsWith(`/messages/${fake.original(token)!.id}/threads`)),
+      s.fake.calls.filter((c) => c.path.includes(`/${id}/`) || c.path.endsWith(`/messages/${s.fake.original(token)!.id}/threads`)),
     ).toHaveLength(1);
   });
 });
@@ -367,10 +356,10 @@ describe('/describe', () => {
 describe('"Describe image" on a message', () => {
   it("describes the message's image (caption task) and opens a thread on the answer", async () => {
     const png = await testPng(200, 150);
-    const target = fake.postMessage(w.other, w.bob, 'look at my picture', {
-      attachments: [fake.addAttachment('pic.png', png, 'image/png')],
+    const target = s.fake.postMessage(s.w.other, s.w.bob, 'look at my picture', {
+      attachments: [s.fake.addAttachment('pic.png', png, 'image/png')],
     });
-    const { id, token } = fake.interact(w.other, w.alice, {
+    const { id, token } = s.fake.interact(s.w.other, s.w.alice, {
       id: '2',
       name: 'Describe image',
       type: 3,
@@ -378,67 +367,72 @@ describe('"Describe image" on a message', () => {
       resolved: { messages: { [target.id]: target } },
     });
     await answered(logs, id);
-    const original = fake.original(token)!;
+    const original = s.fake.original(token)!;
     expect(original.content).toBe(FINAL);
     expect(original.attachments).toHaveLength(1);
-    await until(() => fake.channel(original.id)?.type === 11, 'the thread');
-    const state = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.other, thread: original.id });
+    await until(() => s.fake.channel(original.id)?.type === 11, 'the thread');
+    const state = await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.other, thread: original.id });
     expect(state?.turns[0].task).toBe('caption');
   });
 });
 
 describe('direct messages', () => {
   it('work like a thread: no mention needed, the image is kept for follow-ups', async () => {
-    const dm = fake.addDm(w.alice);
+    const dm = s.fake.addDm(s.w.alice);
     const png = await testPng(200, 150);
-    const first = fake.postMessage(dm, w.alice, 'hello there', { attachments: [fake.addAttachment('dm.png', png, 'image/png')] });
+    const first = s.fake.postMessage(dm, s.w.alice, 'hello there', { attachments: [s.fake.addAttachment('dm.png', png, 'image/png')] });
     await answered(logs, first.id);
-    const follow = fake.postMessage(dm, w.alice, 'tell me more');
+    const follow = s.fake.postMessage(dm, s.w.alice, 'tell me more');
     await answered(logs, follow.id);
     const replies = botMessagesIn(dm);
     expect(replies.map((m) => m.content)).toEqual([FINAL, FINAL]);
     expect(replies.every((m) => m.attachments.length === 1)).toBe(true);
-    const state = await manager.history({ platform: 'discord', workspace: '@me', channel: dm, thread: dm });
+    const state = await s.manager.history({ platform: 'discord', workspace: '@me', channel: dm, thread: dm });
     expect(state?.turns.map((t) => t.user)).toEqual(['hello there', 'tell me more']);
     // /describe in the DM without an image asks about the DM's image; no thread in a DM.
-    const before = fake.calls.length;
-    const { id, token } = fake.interact(dm, w.alice, describeCommand({ prompt: 'and now?' }));
+    const before = s.fake.calls.length;
+    const { id, token } = s.fake.interact(dm, s.w.alice, describeCommand({ prompt: 'and now?' }));
     await answered(logs, id);
-    expect(fake.original(token)?.content).toBe(FINAL);
-    expect(fake.calls.slice(before).filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
-    const after = await manager.history({ platform: 'discord', workspace: '@me', channel: dm, thread: dm });
+    expect(s.fake.original(token)?.content).toBe(FINAL);
+    expect(s.fake.calls.slice(before).filter((c) => c.path.endsWith('/threads'))).toHaveLength(0);
+    const after = await s.manager.history({ platform: 'discord', workspace: '@me', channel: dm, thread: dm });
     expect(after?.turns.map((t) => t.user)).toEqual(['hello there', 'tell me more', 'and now?']);
   });
 });
 
 describe('missing permissions', () => {
   it('without Create Public Threads: answers in the channel, says why, and replies to the answer follow up', async () => {
-    fake.denyThreads.add(w.other);
+    s.fake.denyThreads.add(s.w.other);
     try {
-      const msg = fake.postMessage(w.other, w.alice, 'no threads here', {
-        attachments: [fake.addAttachment('p.png', await testPng(), 'image/png')],
+      const msg = s.fake.postMessage(s.w.other, s.w.alice, 'no threads here', {
+        attachments: [s.fake.addAttachment('p.png', await testPng(), 'image/png')],
         mentionBot: true,
       });
       await answered(logs, msg.id);
-      const reply = botMessagesIn(w.other).find((m) => m.message_reference?.message_id === msg.id)!;
+      const reply = botMessagesIn(s.w.other).find((m) => m.message_reference?.message_id === msg.id)!;
       expect(reply.content).toMatch(/^-# I couldn't start a thread here \(I need the Create Public Threads permission\)/);
       expect(reply.content.endsWith(FINAL)).toBe(true);
       expect(reply.attachments).toHaveLength(1);
-      const follow = fake.postMessage(w.other, w.alice, 'more please', { mentionBot: true, replyTo: reply.id });
+      const follow = s.fake.postMessage(s.w.other, s.w.alice, 'more please', { mentionBot: true, replyTo: reply.id });
       await answered(logs, follow.id);
-      const state = await manager.history({ platform: 'discord', workspace: w.guildId, channel: w.other, thread: `message:${msg.id}` });
+      const state = await s.manager.history({
+        platform: 'discord',
+        workspace: s.w.guildId,
+        channel: s.w.other,
+        thread: `message:${msg.id}`,
+      });
       expect(state?.turns.map((t) => t.user)).toEqual(['no threads here', 'more please']);
     } finally {
-      fake.denyThreads.delete(w.other);
+      s.fake.denyThreads.delete(s.w.other);
     }
   });
 
   it('without Attach Files: the answer goes without the image and says why', async () => {
-    const msg = fake.postMessage(w.general, w.alice, 'attach?', {
-      attachments: [fake.addAttachment('p.png', await testPng(), 'image/png')],
+    const msg = s.fake.postMessage(s.w.general, s.w.alice, 'attach?', {
+      attachments: [s.fake.addAttachment('p.png', await testPng(), 'image/png')],
       mentionBot: true,
     });
-    fake.denyAttachments.add(msg.id); // the thread will have the message's id
+    s.fake.denyAttachments.add(msg.id); // the thread will have the message's id
     try {
       const line = await answered(logs, msg.id);
       expect(line).toMatch(/answered \(\d+ chars\)/);
@@ -448,7 +442,7 @@ describe('missing permissions', () => {
       );
       expect(reply.attachments).toHaveLength(0);
     } finally {
-      fake.denyAttachments.delete(msg.id);
+      s.fake.denyAttachments.delete(msg.id);
     }
   });
 });

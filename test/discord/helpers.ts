@@ -12,6 +12,7 @@ import {
   type DiscordConversations,
 } from '../../adapters/discord/index.js';
 import { FakeDiscord, type ApiAttachment, type ApiUser } from './fake-discord.js';
+import { useShared, type WithLogs } from '../helpers/shared.js';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
 export const DEMO = join(ROOT, 'models', 'demo');
@@ -49,6 +50,18 @@ export async function startFake(): Promise<World> {
   const fake = await new FakeDiscord().start();
   const { guildId, channelIds } = fake.addGuild('Test server', ['general', 'other']);
   return { fake, guildId, general: channelIds[0], other: channelIds[1], alice: fake.user('alice'), bob: fake.user('bob') };
+}
+
+/** The fake Discord (startFake's world), started before the tests of the file or describe block it is called in. */
+export function useFakeDiscord(): World {
+  return useShared<World>(
+    async (s) => {
+      Object.assign(s, await startFake());
+    },
+    async (s) => {
+      await s.fake?.close();
+    },
+  );
 }
 
 export interface Stack {
@@ -94,6 +107,48 @@ export async function closeStack(s: Partial<Stack> | undefined): Promise<void> {
   await s?.manager?.close();
   await s?.model?.close();
   await s?.fake?.close();
+}
+
+/** A stack that the tests of a file (or describe block) share. */
+export type SharedStack = WithLogs<Stack>;
+
+/** startStack's stack, started before the tests of the file or describe block it is called in and closed after them. */
+export function useStack(forcedAnswer: string, opts: StackOptions = {}): SharedStack {
+  const logs: string[] = [];
+  const start = async (s: Partial<SharedStack>) => {
+    Object.assign(s, await startStack(forcedAnswer, logs, opts));
+  };
+  return useShared<SharedStack>(start, closeStack, { logs });
+}
+
+/** The fake Discord and an adapter on it that the tests of a file (or describe block) share. */
+export type SharedAdapter = WithLogs<{ w: World; adapter: DiscordAdapter }>;
+
+/**
+ * The fake Discord and the adapter over `manager()` (read when the adapter starts, so a manager that the file's own
+ * beforeAll makes will do), with `options` alone over the connection (not startAdapter's test defaults), started
+ * before the tests of the file or describe block it is called in and closed after them.
+ */
+export function useDiscordAdapter(manager: () => DiscordConversations, options: Partial<DiscordAdapterOptions>): SharedAdapter {
+  const logs: string[] = [];
+  return useShared<SharedAdapter>(
+    async (s) => {
+      s.w = await startFake();
+      const { fake } = s.w;
+      s.adapter = await startDiscordAdapter({
+        manager: manager(),
+        token: fake.token,
+        apiUrl: fake.apiUrl,
+        log: (l) => logs.push(l),
+        ...options,
+      });
+    },
+    async (s) => {
+      await s.adapter?.close();
+      await s.w?.fake.close();
+    },
+    { logs },
+  );
 }
 
 export async function startAdapter(

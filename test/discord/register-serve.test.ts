@@ -1,19 +1,12 @@
 // `minigpt register-commands` against the fake Discord, and `minigpt serve` starting the Discord adapter
 // when DISCORD_TOKEN is set (with the demo model, the answer forced to one with a box).
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { main } from '../../src/cli/main.js';
 import { serve } from '../../src/serve.js';
 import { commandDefinitions } from '../../adapters/discord/index.js';
-import { answered, startFake, testPng, type World } from './helpers.js';
+import { answered, testPng, useFakeDiscord } from './helpers.js';
 
-let w: World;
-
-beforeAll(async () => {
-  w = await startFake();
-});
-afterAll(async () => {
-  await w?.fake.close();
-});
+const w = useFakeDiscord();
 
 async function runCli(args: string[], env: Record<string, string | undefined>): Promise<{ code: number; stderr: string }> {
   const saved = { ...process.env };

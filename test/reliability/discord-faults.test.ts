@@ -2,31 +2,23 @@
 // a new IDENTIFY, REST 429s with retry-after, and 5xx answers to uploads. The whole stack is real (discord.js
 // against the fake Discord, the conversation manager, the demo model); every request must get exactly one
 // answer, in its own thread, late perhaps but neither lost nor doubled.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { ConversationManager } from '../../src/conversation/index.js';
-import type { ApiMessage, FakeDiscord, RestCall } from '../discord/fake-discord.js';
-import { answered, closeStack, outcome, startStack, testPng, type Stack, type World } from '../discord/helpers.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { ApiMessage, RestCall } from '../discord/fake-discord.js';
+import { answered, outcome, testPng, useStack } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, FORCED_DISCORD, until } from './helpers.js';
 
-let stack: Stack;
-let w: World;
-let fake: FakeDiscord;
-let manager: ConversationManager;
+const s = useStack(FORCED, { adapter: { editIntervalMs: 50 } });
+const { logs } = s;
 let png: Buffer;
-const logs: string[] = [];
 
 beforeAll(async () => {
-  stack = await startStack(FORCED, logs, { adapter: { editIntervalMs: 50 } });
-  ({ w, fake, manager } = stack);
   png = await testPng(64, 48);
 });
 
-afterAll(() => closeStack(stack));
-
-const botMessagesIn = (channelId: string): ApiMessage[] => fake.messagesIn(channelId).filter((m) => m.author.id === fake.bot.id);
+const botMessagesIn = (channelId: string): ApiMessage[] => s.fake.messagesIn(channelId).filter((m) => m.author.id === s.fake.bot.id);
 
 function mention(channel: string, text: string): ApiMessage {
-  return fake.postMessage(channel, w.alice, text, { attachments: [fake.addAttachment('p.png', png, 'image/png')], mentionBot: true });
+  return s.fake.postMessage(channel, s.w.alice, text, { attachments: [s.fake.addAttachment('p.png', png, 'image/png')], mentionBot: true });
 }
 
 /** Exactly one answer per request: one outcome line each, one bot message in each thread, the final text. */
@@ -59,38 +51,43 @@ async function expectAnsweredOnce(msgs: readonly ApiMessage[], threadOf: (m: Api
 describe('Discord gateway drops', () => {
   for (const code of [4000, 4009, 'reconnect'] as const) {
     it(`close ${code} (resumable): answers in flight are delivered, events sent during the gap are replayed once`, async () => {
-      const resumedBefore = fake.gatewayStats.resumed;
-      const identifiesBefore = fake.gatewayStats.identifies;
-      const first = Array.from({ length: 5 }, (_, i) => mention(i % 2 ? w.general : w.other, `before drop ${code} #${i}`));
+      const resumedBefore = s.fake.gatewayStats.resumed;
+      const identifiesBefore = s.fake.gatewayStats.identifies;
+      const first = Array.from({ length: 5 }, (_, i) => mention(i % 2 ? s.w.general : s.w.other, `before drop ${code} #${i}`));
       // Drop once the first answer is being written.
       await until(() => first.some((m) => botMessagesIn(m.id).length > 0), 'the first reply');
-      fake.dropGateway(code);
-      expect(fake.connected).toBe(false);
+      s.fake.dropGateway(code);
+      expect(s.fake.connected).toBe(false);
       // Users go on talking while the bot is away: Discord keeps these for the resumed session.
-      const during = Array.from({ length: 3 }, (_, i) => mention(w.general, `during drop ${code} #${i}`));
-      await until(() => fake.connected, 'the resumed gateway session');
-      expect(fake.gatewayStats.resumed).toBe(resumedBefore + 1);
-      expect(fake.gatewayStats.identifies).toBe(identifiesBefore); // resumed, not identified anew
-      const after = [mention(w.other, `after drop ${code}`)];
+      const during = Array.from({ length: 3 }, (_, i) => mention(s.w.general, `during drop ${code} #${i}`));
+      await until(() => s.fake.connected, 'the resumed gateway session');
+      expect(s.fake.gatewayStats.resumed).toBe(resumedBefore + 1);
+      expect(s.fake.gatewayStats.identifies).toBe(identifiesBefore); // resumed, not identified anew
+      const after = [mention(s.w.other, `after drop ${code}`)];
       await expectAnsweredOnce([...first, ...during, ...after]);
     });
   }
 
   for (const code of [4007, 1000] as const) {
     it(`close ${code} (new IDENTIFY): answers in flight are delivered once, and new events are answered`, async () => {
-      const identifiesBefore = fake.gatewayStats.identifies;
-      const first = Array.from({ length: 5 }, (_, i) => mention(i % 2 ? w.general : w.other, `before drop ${code} #${i}`));
+      const identifiesBefore = s.fake.gatewayStats.identifies;
+      const first = Array.from({ length: 5 }, (_, i) => mention(i % 2 ? s.w.general : s.w.other, `before drop ${code} #${i}`));
       await until(() => first.some((m) => botMessagesIn(m.id).length > 0), 'the first reply');
-      fake.dropGateway(code);
-      await until(() => fake.connected, 'a new gateway session', 30_000);
-      expect(fake.gatewayStats.identifies).toBe(identifiesBefore + 1);
-      const after = Array.from({ length: 3 }, (_, i) => mention(w.general, `after drop ${code} #${i}`));
+      s.fake.dropGateway(code);
+      await until(() => s.fake.connected, 'a new gateway session', 30_000);
+      expect(s.fake.gatewayStats.identifies).toBe(identifiesBefore + 1);
+      const after = Array.from({ length: 3 }, (_, i) => mention(s.w.general, `after drop ${code} #${i}`));
       await expectAnsweredOnce([...first, ...after]);
       // A follow-up in a thread started before the drop still continues its conversation.
-      const follow = fake.postMessage(first[0].id, w.alice, `follow-up after ${code}`);
+      const follow = s.fake.postMessage(first[0].id, s.w.alice, `follow-up after ${code}`);
       await answered(logs, follow.id);
       expect(botMessagesIn(first[0].id).map((m) => m.content)).toEqual([FORCED_DISCORD, FORCED_DISCORD]);
-      const state = await manager.history({ platform: 'discord', workspace: w.guildId, channel: first[0].channel_id, thread: first[0].id });
+      const state = await s.manager.history({
+        platform: 'discord',
+        workspace: s.w.guildId,
+        channel: first[0].channel_id,
+        thread: first[0].id,
+      });
       expect(state?.turns.map((t) => t.user)).toEqual([`before drop ${code} #0`, `follow-up after ${code}`]);
     });
   }
@@ -100,7 +97,7 @@ describe('Discord REST faults', () => {
   it('429 with retry-after on message posts and edits: answers arrive after the wait, once each', async () => {
     const hits = new Map<string, number>();
     const limited: RestCall[] = [];
-    fake.restFault = (call) => {
+    s.fake.restFault = (call) => {
       // The first write of every thread, and the first edit, are rate limited.
       const m = /^\/channels\/(\d+)\/messages(?:\/\d+)?$/.exec(call.path);
       if (!m || (call.method !== 'POST' && call.method !== 'PATCH')) return undefined;
@@ -123,23 +120,23 @@ describe('Discord REST faults', () => {
     };
     try {
       const t0 = Date.now();
-      const msgs = Array.from({ length: 4 }, (_, i) => mention(i % 2 ? w.general : w.other, `rate limited #${i}`));
+      const msgs = Array.from({ length: 4 }, (_, i) => mention(i % 2 ? s.w.general : s.w.other, `rate limited #${i}`));
       await expectAnsweredOnce(msgs);
       expect(limited.length).toBeGreaterThanOrEqual(4);
       // Each thread's first post was refused once and made again after the wait.
       for (const m of msgs) {
-        const posts = fake.calls.filter((c) => c.method === 'POST' && c.path === `/channels/${m.id}/messages` && c.at >= t0);
+        const posts = s.fake.calls.filter((c) => c.method === 'POST' && c.path === `/channels/${m.id}/messages` && c.at >= t0);
         expect(posts.length, `posts to ${m.id}`).toBe(2);
         expect(posts[1].at - posts[0].at).toBeGreaterThanOrEqual(350);
       }
     } finally {
-      fake.restFault = undefined;
+      s.fake.restFault = undefined;
     }
   });
 
   it('a global 429 holds every request for retry-after, then all answers arrive once', async () => {
     let fired = 0;
-    fake.restFault = (call) => {
+    s.fake.restFault = (call) => {
       if (fired >= 1 || call.method !== 'POST' || !/^\/channels\/\d+\/messages$/.test(call.path)) return undefined;
       fired++;
       return {
@@ -149,17 +146,17 @@ describe('Discord REST faults', () => {
       };
     };
     try {
-      const msgs = Array.from({ length: 3 }, (_, i) => mention(w.general, `global limit #${i}`));
+      const msgs = Array.from({ length: 3 }, (_, i) => mention(s.w.general, `global limit #${i}`));
       await expectAnsweredOnce(msgs);
       expect(fired).toBe(1);
     } finally {
-      fake.restFault = undefined;
+      s.fake.restFault = undefined;
     }
   });
 
   it('5xx on the upload of the annotated image: retried, delivered once with its image', async () => {
     const failures = new Map<string, number>();
-    fake.restFault = (call) => {
+    s.fake.restFault = (call) => {
       if (call.files.length === 0) return undefined;
       const thread = /^\/channels\/(\d+)\//.exec(call.path)?.[1] ?? call.path;
       const n = failures.get(thread) ?? 0;
@@ -169,22 +166,22 @@ describe('Discord REST faults', () => {
       return { status: n === 0 ? 502 : 503, body: { message: 'Bad Gateway', code: 0 } };
     };
     try {
-      const msgs = Array.from({ length: 3 }, (_, i) => mention(w.other, `upload fails #${i}`));
+      const msgs = Array.from({ length: 3 }, (_, i) => mention(s.w.other, `upload fails #${i}`));
       await expectAnsweredOnce(msgs);
       expect([...failures.values()].reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(4);
       for (const m of msgs) {
-        const uploads = fake.calls.filter((c) => c.path.startsWith(`/channels/${m.id}/messages`) && c.files.length > 0);
+        const uploads = s.fake.calls.filter((c) => c.path.startsWith(`/channels/${m.id}/messages`) && c.files.length > 0);
         expect(uploads.length).toBe((failures.get(m.id) ?? 0) + 1);
       }
     } finally {
-      fake.restFault = undefined;
+      s.fake.restFault = undefined;
     }
   });
 
   it('an upload that keeps failing: the answer is delivered without the image, saying so', async () => {
-    fake.restFault = (call) => (call.files.length > 0 ? { status: 500, body: { message: 'Internal Server Error', code: 0 } } : undefined);
+    s.fake.restFault = (call) => (call.files.length > 0 ? { status: 500, body: { message: 'Internal Server Error', code: 0 } } : undefined);
     try {
-      const m = mention(w.general, 'upload always fails');
+      const m = mention(s.w.general, 'upload always fails');
       expect(await answered(logs, m.id, 60_000)).toMatch(/answered \(\d+ chars\)/);
       await new Promise((r) => setTimeout(r, 300));
       const replies = botMessagesIn(m.id);
@@ -192,13 +189,13 @@ describe('Discord REST faults', () => {
         `${FORCED_DISCORD}\n-# I couldn't upload the image with the boxes (Discord's upload failed).`,
       ]);
       expect(replies[0].attachments).toHaveLength(0);
-      expect(fake.faulted.filter((c) => c.path.startsWith(`/channels/${m.id}/`)).length).toBe(4); // discord.js: 1 + 3 retries
+      expect(s.fake.faulted.filter((c) => c.path.startsWith(`/channels/${m.id}/`)).length).toBe(4); // discord.js: 1 + 3 retries
     } finally {
-      fake.restFault = undefined;
+      s.fake.restFault = undefined;
     }
   });
 
   it('logs no token and no signed attachment URL through all of this', () => {
-    expectNoSecrets(logs, [fake.token]);
+    expectNoSecrets(logs, [s.fake.token]);
   });
 });

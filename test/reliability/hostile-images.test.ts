@@ -11,11 +11,8 @@ import sharp from 'sharp';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, type AnswerEvent } from '../../src/conversation/index.js';
 import { preprocessImage } from '../../src/image/preprocess.js';
-import type { SlackAdapter } from '../../adapters/slack/index.js';
-import { startDiscordAdapter, type DiscordAdapter } from '../../adapters/discord/index.js';
-import { FakeSlack } from '../slack/fake-slack.js';
-import { startSlack, textReplies } from '../slack/helpers.js';
-import { startFake, answered, type World } from '../discord/helpers.js';
+import { textReplies, useSlackAdapter } from '../slack/helpers.js';
+import { answered, useDiscordAdapter } from '../discord/helpers.js';
 import {
   animatedGif,
   animatedWebp,
@@ -209,34 +206,11 @@ describe('not images at all', () => {
 });
 
 describe('through the adapters', () => {
-  let slack: FakeSlack;
-  let slackAdapter: SlackAdapter;
-  let w: World;
-  let discord: DiscordAdapter;
-  const logs: string[] = [];
-
-  beforeAll(async () => {
-    slack = await FakeSlack.start();
-    slackAdapter = await startSlack(slack, manager, { log: (l) => logs.push(l), updateIntervalMs: 20 });
-    w = await startFake();
-    discord = await startDiscordAdapter({
-      manager,
-      token: w.fake.token,
-      apiUrl: w.fake.apiUrl,
-      log: (l) => logs.push(l),
-      editIntervalMs: 50,
-      rateLimit: false,
-    });
-  });
-
-  afterAll(async () => {
-    await slackAdapter?.close();
-    await slack?.close();
-    await discord?.close();
-    await w?.fake.close();
-  });
+  const slack = useSlackAdapter(() => manager, { updateIntervalMs: 20 });
+  const discord = useDiscordAdapter(() => manager, { editIntervalMs: 50, rateLimit: false });
 
   it('Slack (the file type is what Slack says): each file gets one clear reply in its thread', async () => {
+    const { fake } = slack;
     const cases: Array<[string, Buffer, string, RegExp]> = [
       ['empty.png', Buffer.alloc(0), 'image/png', /empty/i],
       ['bomb.png', await pngBomb(20000, 20000), 'image/png', /too large/i],
@@ -248,21 +222,21 @@ describe('through the adapters', () => {
     ];
     const asked = [];
     for (const [name, data, mimetype] of cases) {
-      const file = slack.addFile({ name, data, mimetype });
-      asked.push((await slack.mention('CH', { text: `<@${slack.botUserId}> what is it?`, files: [file] })).msg);
+      const file = fake.addFile({ name, data, mimetype });
+      asked.push((await fake.mention('CH', { text: `<@${fake.botUserId}> what is it?`, files: [file] })).msg);
     }
     for (let i = 0; i < cases.length; i++) {
       const m = asked[i];
       const re = cases[i][3];
-      await slack.waitFor(
-        () => textReplies(slack, 'CH', m.ts).some((r) => re.test(r.text) || /red square/.test(r.text)),
+      await fake.waitFor(
+        () => textReplies(fake, 'CH', m.ts).some((r) => re.test(r.text) || /red square/.test(r.text)),
         30_000,
         `the reply to ${cases[i][0]}`,
       );
     }
     await new Promise((r) => setTimeout(r, 300));
     for (let i = 0; i < cases.length; i++) {
-      const replies = textReplies(slack, 'CH', asked[i].ts);
+      const replies = textReplies(fake, 'CH', asked[i].ts);
       expect(replies, cases[i][0]).toHaveLength(1);
       if (!/square/.test(String(cases[i][3]))) expect(replies[0].text, cases[i][0]).toMatch(/^:warning: /);
     }
@@ -270,6 +244,7 @@ describe('through the adapters', () => {
   });
 
   it('Discord (bytes sniffed before anything else): wrong types and empty files are refused at once', async () => {
+    const { w } = discord;
     const { fake } = w;
     const cases: Array<[string, Buffer, string, RegExp]> = [
       ['empty.png', Buffer.alloc(0), 'image/png', /is not one/],
@@ -292,9 +267,9 @@ describe('through the adapters', () => {
         30_000,
         `the reply to ${name}`,
       );
-      if (name === 'anim.gif' || name === 'bomb.webp') await answered(logs, msg.id);
+      if (name === 'anim.gif' || name === 'bomb.webp') await answered(discord.logs, msg.id);
     }
     expect(trapHits).toEqual([]);
-    expectNoSecrets(logs, [w.fake.token, slack.botToken, slack.signingSecret]);
+    expectNoSecrets([...slack.logs, ...discord.logs], [w.fake.token, slack.fake.botToken, slack.fake.signingSecret]);
   });
 });

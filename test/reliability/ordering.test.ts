@@ -1,19 +1,13 @@
 // One request at a time per conversation, in arrival order (issue 3), through the adapters: a follow-up whose
 // image is slow to download must not be overtaken by the text-only follow-ups sent right after it in the same
 // thread. Real discord.js / Bolt against the fake platforms, the real manager and the demo package (forced answer).
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { join } from 'node:path';
-import { MiniGPT } from '../../src/inference/model.js';
-import { ConversationManager } from '../../src/conversation/index.js';
-import type { SlackAdapter } from '../../adapters/slack/index.js';
+import { describe, expect, it } from 'vitest';
 import { ArrivalOrder } from '../../adapters/shared/arrival-order.js';
-import type { ApiMessage, FakeDiscord } from '../discord/fake-discord.js';
-import { answered, closeStack, startStack, testPng, type Stack, type World } from '../discord/helpers.js';
-import { FakeSlack } from '../slack/fake-slack.js';
-import { squarePng, startSlack, textReplies, waitForAnswers } from '../slack/helpers.js';
+import type { ApiMessage } from '../discord/fake-discord.js';
+import { answered, testPng, useStack } from '../discord/helpers.js';
+import { squarePng, startSlack, textReplies, useSlackStack, waitForAnswers } from '../slack/helpers.js';
 import { FORCED, FORCED_DISCORD, sleep, until } from './helpers.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 const SLOW_MS = 1200;
 const DOWNLOAD_TIMEOUT_MS = 4000;
 
@@ -62,30 +56,21 @@ describe("ArrivalOrder (the adapters' per-conversation turns)", () => {
 });
 
 describe('discord: follow-ups in one thread reach the manager in the order they were sent', () => {
-  let stack: Stack;
-  let w: World;
-  let fake: FakeDiscord;
-  let manager: ConversationManager;
-  const logs: string[] = [];
-
-  beforeAll(async () => {
-    stack = await startStack(FORCED, logs, {
-      adapter: { editIntervalMs: 50, downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS },
-      defaults: { maxNewTokens: 40 },
-    });
-    ({ w, fake, manager } = stack);
+  const s = useStack(FORCED, {
+    adapter: { editIntervalMs: 50, downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS },
+    defaults: { maxNewTokens: 40 },
   });
-  afterAll(() => closeStack(stack));
+  const { logs } = s;
 
-  const key = (threadId: string) => ({ platform: 'discord' as const, workspace: w.guildId, channel: w.general, thread: threadId });
-  const botMessagesIn = (channelId: string): ApiMessage[] => fake.messagesIn(channelId).filter((m) => m.author.id === fake.bot.id);
+  const key = (threadId: string) => ({ platform: 'discord' as const, workspace: s.w.guildId, channel: s.w.general, thread: threadId });
+  const botMessagesIn = (channelId: string): ApiMessage[] => s.fake.messagesIn(channelId).filter((m) => m.author.id === s.fake.bot.id);
   /** the index of request `id`'s outcome line in the adapter's log (the order the answers were finished) */
   const doneAt = (id: string) => logs.findIndex((l) => l.includes(` ${id} (`) && /: (answered|error) /.test(l));
 
   async function thread(text: string): Promise<string> {
     const png = await testPng(64, 48);
-    const m = fake.postMessage(w.general, w.alice, text, {
-      attachments: [fake.addAttachment('p.png', png, 'image/png')],
+    const m = s.fake.postMessage(s.w.general, s.w.alice, text, {
+      attachments: [s.fake.addAttachment('p.png', png, 'image/png')],
       mentionBot: true,
     });
     expect(await answered(logs, m.id)).toMatch(/answered/);
@@ -94,16 +79,16 @@ describe('discord: follow-ups in one thread reach the manager in the order they 
 
   it('a slow image download first, two text-only follow-ups right after it: answered and stored in send order', async () => {
     const t = await thread('start here');
-    const slow = fake.addAttachment('slow.png', await testPng(80, 60, '#777777'), 'image/png');
-    fake.delayFile(slow, SLOW_MS);
-    const a = fake.postMessage(t, w.alice, 'first, with a new image', { attachments: [slow] });
-    const b = fake.postMessage(t, w.bob, 'second, text only');
-    const c = fake.postMessage(t, w.alice, 'third, text only');
+    const slow = s.fake.addAttachment('slow.png', await testPng(80, 60, '#777777'), 'image/png');
+    s.fake.delayFile(slow, SLOW_MS);
+    const a = s.fake.postMessage(t, s.w.alice, 'first, with a new image', { attachments: [slow] });
+    const b = s.fake.postMessage(t, s.w.bob, 'second, text only');
+    const c = s.fake.postMessage(t, s.w.alice, 'third, text only');
     for (const m of [a, b, c]) expect(await answered(logs, m.id)).toMatch(/answered/);
     const order = [doneAt(a.id), doneAt(b.id), doneAt(c.id)];
     expect(order).toEqual([...order].sort((x, y) => x - y));
     // The new image reset the conversation, then the two text turns followed it.
-    expect((await manager.history(key(t)))?.turns.map((x) => x.user)).toEqual([
+    expect((await s.manager.history(key(t)))?.turns.map((x) => x.user)).toEqual([
       'first, with a new image',
       'second, text only',
       'third, text only',
@@ -113,10 +98,10 @@ describe('discord: follow-ups in one thread reach the manager in the order they 
 
   it('a download that never finishes holds the thread only until its timeout; the next follow-up is then answered', async () => {
     const t = await thread('another thread');
-    const stuck = fake.addAttachment('stuck.png', await testPng(), 'image/png');
-    fake.delayFile(stuck, 60_000);
-    const a = fake.postMessage(t, w.alice, 'this image never arrives', { attachments: [stuck] });
-    const b = fake.postMessage(t, w.alice, 'and this is text');
+    const stuck = s.fake.addAttachment('stuck.png', await testPng(), 'image/png');
+    s.fake.delayFile(stuck, 60_000);
+    const a = s.fake.postMessage(t, s.w.alice, 'this image never arrives', { attachments: [stuck] });
+    const b = s.fake.postMessage(t, s.w.alice, 'and this is text');
     expect(await answered(logs, b.id, 20_000)).toMatch(/answered/);
     expect(doneAt(a.id)).toBe(-1); // refused before the manager: a reply, not an answer
     expect(botMessagesIn(t).map((m) => m.content)).toEqual([
@@ -124,78 +109,65 @@ describe('discord: follow-ups in one thread reach the manager in the order they 
       '⚠️ Downloading the image took too long; please try again.',
       FORCED_DISCORD,
     ]);
-    expect((await manager.history(key(t)))?.turns.map((x) => x.user)).toEqual(['another thread', 'and this is text']);
+    expect((await s.manager.history(key(t)))?.turns.map((x) => x.user)).toEqual(['another thread', 'and this is text']);
   });
 });
 
 describe('slack: follow-ups in one thread reach the manager in the order they were sent', () => {
-  let model: MiniGPT;
-  let manager: ConversationManager;
-  let fake: FakeSlack;
-  let adapter: SlackAdapter;
-  const logs: string[] = [];
-
-  beforeAll(async () => {
-    model = await MiniGPT.load(join(ROOT, 'models', 'demo'), { provider: 'cpu', threads: 1, forcedAnswer: FORCED });
-    manager = new ConversationManager({ model, defaults: { maxNewTokens: 40, temperature: 0 } });
-    fake = await FakeSlack.start();
-    adapter = await startSlack(fake, manager, { log: (l) => logs.push(l), updateIntervalMs: 30, downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS });
-  });
-  afterAll(async () => {
-    await adapter?.close();
-    await fake?.close();
-    await manager?.close();
-    await model?.close();
+  const s = useSlackStack(FORCED, {
+    threads: 1,
+    defaults: { maxNewTokens: 40, temperature: 0 },
+    adapter: (fake, manager, log) => startSlack(fake, manager, { log, updateIntervalMs: 30, downloadTimeoutMs: DOWNLOAD_TIMEOUT_MS }),
   });
 
-  const key = (channel: string, thread: string) => ({ platform: 'slack' as const, workspace: fake.teamId, channel, thread });
+  const key = (channel: string, thread: string) => ({ platform: 'slack' as const, workspace: s.fake.teamId, channel, thread });
+
+  /** A thread begun in `channel` by a mention with `png`, once its answer is in; its root's ts. */
+  async function thread(channel: string, text: string, png: Buffer): Promise<string> {
+    const file = s.fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' });
+    const { msg } = await s.fake.mention(channel, { text: `<@${s.fake.botUserId}> ${text}`, files: [file] });
+    await waitForAnswers(s.fake, channel, msg.ts, 1);
+    return msg.ts;
+  }
 
   it('a slow image download first, two text-only follow-ups right after it: answered and stored in send order', async () => {
     const png = await squarePng(96, 72);
-    const { msg } = await fake.mention('CORDER', {
-      text: `<@${fake.botUserId}> start here`,
-      files: [fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' })],
-    });
-    await waitForAnswers(fake, 'CORDER', msg.ts, 1);
-    const slow = fake.addFile({ name: 'slow.png', data: await squarePng(80, 60), mimetype: 'image/png' });
-    fake.fileDelays.set(slow.id, SLOW_MS);
+    const ts = await thread('CORDER', 'start here', png);
+    const slow = s.fake.addFile({ name: 'slow.png', data: await squarePng(80, 60), mimetype: 'image/png' });
+    s.fake.fileDelays.set(slow.id, SLOW_MS);
     // Each event is delivered (acknowledged) before the next is sent, as one user typing fast would.
-    await fake.reply('CORDER', msg.ts, { user: 'U0ALICE', text: 'first, with a new image', files: [slow] });
-    await fake.reply('CORDER', msg.ts, { user: 'U0BOB', text: 'second, text only' });
-    await fake.reply('CORDER', msg.ts, { user: 'U0ALICE', text: 'third, text only' });
-    await waitForAnswers(fake, 'CORDER', msg.ts, 4);
-    await until(() => textReplies(fake, 'CORDER', msg.ts).every((m) => /^\*red square\*/.test(m.text)), 'the answers to settle');
-    expect((await manager.history(key('CORDER', msg.ts)))?.turns.map((x) => x.user)).toEqual([
+    await s.fake.reply('CORDER', ts, { user: 'U0ALICE', text: 'first, with a new image', files: [slow] });
+    await s.fake.reply('CORDER', ts, { user: 'U0BOB', text: 'second, text only' });
+    await s.fake.reply('CORDER', ts, { user: 'U0ALICE', text: 'third, text only' });
+    await waitForAnswers(s.fake, 'CORDER', ts, 4);
+    await until(() => textReplies(s.fake, 'CORDER', ts).every((m) => /^\*red square\*/.test(m.text)), 'the answers to settle');
+    expect((await s.manager.history(key('CORDER', ts)))?.turns.map((x) => x.user)).toEqual([
       'first, with a new image',
       'second, text only',
       'third, text only',
     ]);
     // The replies stand in the thread in the order of the messages they answer (the slow one's says it looks at its image).
-    const replies = textReplies(fake, 'CORDER', msg.ts);
+    const replies = textReplies(s.fake, 'CORDER', ts);
     expect(replies.map((m) => m.versions[0])).toEqual(['_Looking at the image…_', '_Looking at the image…_', '_Thinking…_', '_Thinking…_']);
     await sleep(100);
-    expect(textReplies(fake, 'CORDER', msg.ts)).toHaveLength(4);
+    expect(textReplies(s.fake, 'CORDER', ts)).toHaveLength(4);
   });
 
   it('a download that never finishes holds the thread only until its timeout; the next follow-up is then answered', async () => {
     const png = await squarePng(96, 72);
-    const { msg } = await fake.mention('CSTUCK', {
-      text: `<@${fake.botUserId}> another thread`,
-      files: [fake.addFile({ name: 'a.png', data: png, mimetype: 'image/png' })],
-    });
-    await waitForAnswers(fake, 'CSTUCK', msg.ts, 1);
-    const stuck = fake.addFile({ name: 'stuck.png', data: png, mimetype: 'image/png' });
-    fake.fileDelays.set(stuck.id, 60_000);
-    await fake.reply('CSTUCK', msg.ts, { user: 'U0ALICE', text: 'this image never arrives', files: [stuck] });
-    await fake.reply('CSTUCK', msg.ts, { user: 'U0ALICE', text: 'and this is text' });
-    await waitForAnswers(fake, 'CSTUCK', msg.ts, 2);
+    const ts = await thread('CSTUCK', 'another thread', png);
+    const stuck = s.fake.addFile({ name: 'stuck.png', data: png, mimetype: 'image/png' });
+    s.fake.fileDelays.set(stuck.id, 60_000);
+    await s.fake.reply('CSTUCK', ts, { user: 'U0ALICE', text: 'this image never arrives', files: [stuck] });
+    await s.fake.reply('CSTUCK', ts, { user: 'U0ALICE', text: 'and this is text' });
+    await waitForAnswers(s.fake, 'CSTUCK', ts, 2);
     await until(
-      () => textReplies(fake, 'CSTUCK', msg.ts).filter((m) => /^\*red square\*/.test(m.text)).length === 2,
+      () => textReplies(s.fake, 'CSTUCK', ts).filter((m) => /^\*red square\*/.test(m.text)).length === 2,
       'the second answer to settle',
     );
-    const replies = textReplies(fake, 'CSTUCK', msg.ts).map((m) => m.text);
+    const replies = textReplies(s.fake, 'CSTUCK', ts).map((m) => m.text);
     expect(replies).toHaveLength(3);
     expect(replies[1]).toMatch(/^:warning: Downloading .* took too long/);
-    expect((await manager.history(key('CSTUCK', msg.ts)))?.turns.map((x) => x.user)).toEqual(['another thread', 'and this is text']);
+    expect((await s.manager.history(key('CSTUCK', ts)))?.turns.map((x) => x.user)).toEqual(['another thread', 'and this is text']);
   });
 });

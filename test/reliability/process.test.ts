@@ -4,54 +4,30 @@
 //     is restarting" message, the store holds every answered turn, and the process exits 0 within a bound;
 //   - SIGKILL while answers are streaming: after a restart every conversation's history up to its last
 //     completed turn is intact, the SQLite file passes its integrity check, and the conversations go on.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createStore, conversationId } from '../../src/conversation/index.js';
 import { ConversationStore } from '../../src/conversation/store.js';
-import type { ApiMessage, FakeDiscord } from '../discord/fake-discord.js';
-import { startFake, testPng, type World } from '../discord/helpers.js';
+import type { ApiMessage } from '../discord/fake-discord.js';
+import { testPng, useFakeDiscord } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, FORCED_DISCORD, until } from './helpers.js';
+import { useBotConfig } from '../helpers/bot-config.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const RESTARTING = '⚠️ The bot is restarting; please ask again in a moment.';
 /** long enough that answers are still streaming when the signal comes */
 const LONG_FORCED = `${FORCED}, ${'and more grey background '.repeat(12).trim()}`;
 
-let work: string;
-let config: string;
-let w: World;
-let fake: FakeDiscord;
+const files = useBotConfig('minigpt-process-', 'bot.yaml', {
+  model: { package: join(ROOT, 'models', 'demo'), max_new_tokens: 120, temperature: 0 },
+  runtime: { threads: 1, queue_size: 64 },
+});
+const w = useFakeDiscord();
 let png: Buffer;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-process-'));
-  config = join(work, 'bot.yaml');
-  await writeFile(
-    config,
-    [
-      'model:',
-      '  arch: minigpt_v2',
-      `  package: ${JSON.stringify(join(ROOT, 'models', 'demo'))}`,
-      '  max_new_tokens: 120',
-      '  temperature: 0',
-      'runtime:',
-      '  execution_provider: cpu',
-      '  threads: 1',
-      '  queue_size: 64',
-      '',
-    ].join('\n'),
-  );
-  w = await startFake();
-  fake = w.fake;
   png = await testPng(64, 48);
-});
-
-afterAll(async () => {
-  await fake?.close();
-  if (work) await rm(work, { recursive: true, force: true });
 });
 
 interface Bot {
@@ -62,15 +38,15 @@ interface Bot {
 
 function startBot(storeUrl: string): Bot {
   const child = spawn(process.execPath, [join(ROOT, 'bin', 'minigpt.js'), 'serve'], {
-    cwd: work,
+    cwd: files.work,
     env: {
       PATH: process.env.PATH,
       HOME: process.env.HOME,
-      MINIGPT_CONFIG: config,
+      MINIGPT_CONFIG: files.config,
       EXECUTION_PROVIDER: 'cpu',
       STORE_URL: storeUrl,
-      DISCORD_TOKEN: fake.token,
-      DISCORD_API_URL: fake.apiUrl,
+      DISCORD_TOKEN: w.fake.token,
+      DISCORD_API_URL: w.fake.apiUrl,
       DISCORD_RATE_LIMIT: '0',
       MINIGPT_TEST_FORCED_ANSWER: LONG_FORCED,
     },
@@ -88,15 +64,15 @@ function startBot(storeUrl: string): Bot {
 async function started(bot: Bot): Promise<void> {
   await until(() => /discord adapter started/.test(bot.stderr()) || bot.child.exitCode !== null, 'the bot to start', 60_000);
   expect(bot.child.exitCode, bot.stderr()).toBeNull();
-  await until(() => fake.connected, 'the gateway session');
+  await until(() => w.fake.connected, 'the gateway session');
 }
 
-const botMessagesIn = (channel: string): ApiMessage[] => fake.messagesIn(channel).filter((m) => m.author.id === fake.bot.id);
+const botMessagesIn = (channel: string): ApiMessage[] => w.fake.messagesIn(channel).filter((m) => m.author.id === w.fake.bot.id);
 const finalOf = (thread: string) => botMessagesIn(thread).map((m) => m.content);
 const keyOf = (channel: string, thread: string) => ({ platform: 'discord' as const, workspace: w.guildId, channel, thread });
 
 function mention(channel: string, text: string): ApiMessage {
-  return fake.postMessage(channel, w.alice, text, { attachments: [fake.addAttachment('p.png', png, 'image/png')], mentionBot: true });
+  return w.fake.postMessage(channel, w.alice, text, { attachments: [w.fake.addAttachment('p.png', png, 'image/png')], mentionBot: true });
 }
 
 /** Whether the reply to a user message in `thread` has settled on the answer or the restart notice. */
@@ -107,7 +83,7 @@ const settled = (content: string) => isAnswer(content) || content === RESTARTING
 
 describe('SIGTERM', () => {
   it('stops accepting, finishes or cancels every answer with a message, flushes the store and exits 0', async () => {
-    const store = `sqlite://${join(work, 'term.sqlite')}`;
+    const store = `sqlite://${join(files.work, 'term.sqlite')}`;
     const bot = startBot(store);
     try {
       await started(bot);
@@ -154,7 +130,7 @@ describe('SIGTERM', () => {
       } finally {
         await kv.disconnect();
       }
-      expectNoSecrets([bot.stderr()], [fake.token]);
+      expectNoSecrets([bot.stderr()], [w.fake.token]);
     } finally {
       if (bot.child.exitCode === null) bot.child.kill('SIGKILL');
     }
@@ -163,7 +139,7 @@ describe('SIGTERM', () => {
 
 describe('SIGKILL', () => {
   it('after a kill -9 during answers and a restart, histories are intact up to the last completed turn', async () => {
-    const file = join(work, 'kill.sqlite');
+    const file = join(files.work, 'kill.sqlite');
     const store = `sqlite://${file}`;
     const threads: ApiMessage[] = [];
     /** what was sent in each thread, in order */
@@ -179,7 +155,7 @@ describe('SIGKILL', () => {
       await until(() => threads.every((t) => finalOf(t.id).some(isAnswer)), 'the first turns', 90_000);
       // Round 1: a follow-up everywhere, all answered.
       for (const t of threads) {
-        fake.postMessage(t.id, w.alice, `${t.id} turn 1`);
+        w.fake.postMessage(t.id, w.alice, `${t.id} turn 1`);
         sent.get(t.id)!.push(`${t.id} turn 1`);
       }
       await until(() => threads.every((t) => finalOf(t.id).filter(isAnswer).length === 2), 'round 1', 90_000);
@@ -188,16 +164,16 @@ describe('SIGKILL', () => {
       const completed = (t: ApiMessage) => finalOf(t.id).filter(isAnswer).length;
       const [first, second] = [threads.slice(0, 4), threads.slice(4)];
       const followUp = (t: ApiMessage) => {
-        fake.postMessage(t.id, w.alice, `${t.id} turn 2`);
+        w.fake.postMessage(t.id, w.alice, `${t.id} turn 2`);
         sent.get(t.id)!.push(`${t.id} turn 2`);
       };
       first.forEach(followUp);
       await until(() => first.some((t) => completed(t) === 3), 'some of round 2', 90_000);
-      const mark = fake.calls.length;
+      const mark = w.fake.calls.length;
       second.forEach(followUp);
       // the bot has taken up a follow-up of the second half (typing in its thread) and not answered it yet
       await until(
-        () => second.some((t) => completed(t) < 3 && fake.calls.slice(mark).some((c) => c.path === `/channels/${t.id}/typing`)),
+        () => second.some((t) => completed(t) < 3 && w.fake.calls.slice(mark).some((c) => c.path === `/channels/${t.id}/typing`)),
         'a round-2 answer in progress',
         90_000,
       );
@@ -249,7 +225,7 @@ describe('SIGKILL', () => {
     const bot2 = startBot(store);
     try {
       await started(bot2);
-      const follow = threads.map((t) => fake.postMessage(t.id, w.alice, `${t.id} after restart`));
+      const follow = threads.map((t) => w.fake.postMessage(t.id, w.alice, `${t.id} after restart`));
       await until(
         () => follow.every((f) => botMessagesIn(f.channel_id).some((m) => isAnswer(m.content) && BigInt(m.id) > BigInt(f.id))),
         'the answers after the restart',

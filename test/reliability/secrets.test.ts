@@ -7,10 +7,9 @@ import { join } from 'node:path';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import { startSlackAdapter, type SlackAdapter } from '../../adapters/slack/index.js';
-import { startDiscordAdapter, type DiscordAdapter } from '../../adapters/discord/index.js';
-import { FakeSlack } from '../slack/fake-slack.js';
-import { squarePng, startSlack, textReplies } from '../slack/helpers.js';
-import { dispatchUnknownInteraction, startFake, testPng, type World } from '../discord/helpers.js';
+import { startDiscordAdapter } from '../../adapters/discord/index.js';
+import { squarePng, textReplies, useSlackAdapter } from '../slack/helpers.js';
+import { dispatchUnknownInteraction, testPng, useDiscordAdapter } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, until } from './helpers.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -29,21 +28,11 @@ afterAll(async () => {
 });
 
 describe('Slack', () => {
-  let fake: FakeSlack;
-  let adapter: SlackAdapter;
-  const logs: string[] = [];
-
-  beforeAll(async () => {
-    fake = await FakeSlack.start();
-    adapter = await startSlack(fake, manager, { log: (l) => logs.push(l), updateIntervalMs: 20, downloadTimeoutMs: 1000 });
-  });
-
-  afterAll(async () => {
-    await adapter?.close();
-    await fake?.close();
-  });
+  const slack = useSlackAdapter(() => manager, { updateIntervalMs: 20, downloadTimeoutMs: 1000 });
+  const { logs } = slack;
 
   it('failing downloads, uploads, API calls and refused tokens leak nothing', async () => {
+    const { fake } = slack;
     const png = await squarePng(64, 48);
     // A file Slack cannot serve (404), one behind a sign-in page (no files:read), and a good one whose upload fails.
     const gone = fake.addFile({ name: 'gone.png', data: png, mimetype: 'image/png' });
@@ -108,29 +97,11 @@ describe('Slack', () => {
 });
 
 describe('Discord', () => {
-  let w: World;
-  let adapter: DiscordAdapter;
-  const logs: string[] = [];
-
-  beforeAll(async () => {
-    w = await startFake();
-    adapter = await startDiscordAdapter({
-      manager,
-      token: w.fake.token,
-      apiUrl: w.fake.apiUrl,
-      log: (l) => logs.push(l),
-      editIntervalMs: 30,
-      rateLimit: false,
-      downloadTimeoutMs: 800,
-    });
-  });
-
-  afterAll(async () => {
-    await adapter?.close();
-    await w?.fake.close();
-  });
+  const discord = useDiscordAdapter(() => manager, { editIntervalMs: 30, rateLimit: false, downloadTimeoutMs: 800 });
+  const { logs } = discord;
 
   it('failing downloads of signed URLs, expired interactions, REST errors and refused tokens leak nothing', async () => {
+    const { w } = discord;
     const { fake } = w;
     const png = await testPng(64, 48);
     const sig = '?ex=65f00000&is=65e00000&hm=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef&';

@@ -7,7 +7,7 @@
 // Used by `npm run soak` (scripts/soak.ts, the long profile) and by test/reliability/soak.test.ts (a short
 // profile in CI).
 import { fork, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createStore, conversationId } from '../../src/conversation/index.js';
@@ -17,6 +17,8 @@ import { testPng } from '../discord/helpers.js';
 import { FakeSlack, type FakeFile, type FakeMessage } from '../slack/fake-slack.js';
 import { squarePng } from '../slack/helpers.js';
 import { rng } from '../helpers/rng.js';
+import { writeBotConfig } from '../helpers/bot-config.js';
+import { parse } from 'yaml';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 
@@ -187,23 +189,11 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     });
 
   // ---- the bot
-  const config = join(work, 'bot.yaml');
-  await writeFile(
-    config,
-    [
-      'model:',
-      '  arch: minigpt_v2',
-      `  package: ${JSON.stringify(join(ROOT, 'models', 'demo'))}`,
-      '  max_new_tokens: 64',
-      '  temperature: 0',
-      'runtime:',
-      '  execution_provider: cpu',
-      '  threads: 1',
-      `  queue_size: ${o.queueSize}`,
-      ...(o.runtime ?? []).map((l) => `  ${l}`),
-      '',
-    ].join('\n'),
-  );
+  const config = await writeBotConfig(join(work, 'bot.yaml'), {
+    model: { package: join(ROOT, 'models', 'demo'), max_new_tokens: 64, temperature: 0 },
+    // o.runtime is YAML lines of that section
+    runtime: { threads: 1, queue_size: o.queueSize, ...parse((o.runtime ?? []).join('\n')) },
+  });
   const storeFile = join(work, 'soak.sqlite');
   const child: ChildProcess = fork(join(ROOT, 'scripts', 'soak-bot.mjs'), [], {
     cwd: work,

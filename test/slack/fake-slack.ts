@@ -138,8 +138,7 @@ export class FakeSlack {
   private async listen(): Promise<void> {
     this.server = createServer((req, res) => {
       this.route(req, res).catch((err: unknown) => {
-        res.writeHead(500, { 'content-type': 'text/plain' });
-        res.end(String((err as Error)?.stack ?? err));
+        sendText(res, 500, String((err as Error)?.stack ?? err));
       });
     });
     this.wss = new WebSocketServer({ noServer: true });
@@ -478,12 +477,10 @@ export class FakeSlack {
       // response_url: accepted, recorded as an ephemeral message
       const j = JSON.parse(body.toString('utf8') || '{}') as { text?: string };
       this.ephemerals.push({ channel: url.pathname.slice(10), user: '(response_url)', text: j.text ?? '' });
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      res.end('ok');
+      sendText(res, 200, 'ok');
       return;
     }
-    res.writeHead(404, { 'content-type': 'text/plain' });
-    res.end('not found');
+    sendText(res, 404, 'not found');
   }
 
   private fileHost(url: URL, req: IncomingMessage, res: ServerResponse): void {
@@ -498,8 +495,7 @@ export class FakeSlack {
       return;
     }
     if (!file) {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('file not found');
+      sendText(res, 404, 'file not found');
       return;
     }
     const delay = this.fileDelays.get(file.id);
@@ -524,13 +520,11 @@ export class FakeSlack {
     const failWith = up ? this.uploadFault?.(fileId) : undefined;
     if (failWith) {
       this.faulted.push(`upload ${fileId}`);
-      res.writeHead(failWith, { 'content-type': 'text/plain' });
-      res.end('fake upload fault');
+      sendText(res, failWith, 'fake upload fault');
       return;
     }
     if (!up) {
-      res.writeHead(404, { 'content-type': 'text/plain' });
-      res.end('unknown upload');
+      sendText(res, 404, 'unknown upload');
       return;
     }
     const type = String(req.headers['content-type'] ?? '');
@@ -539,15 +533,13 @@ export class FakeSlack {
       const form = await new Request('http://x/', { method: 'POST', headers: { 'content-type': type }, body }).formData();
       const part = [...form.values()].find((v) => typeof v !== 'string') as unknown as Blob | undefined;
       if (!part) {
-        res.writeHead(400, { 'content-type': 'text/plain' });
-        res.end('no file part');
+        sendText(res, 400, 'no file part');
         return;
       }
       data = Buffer.from(await part.arrayBuffer());
     }
     up.data = data;
-    res.writeHead(200, { 'content-type': 'text/plain' });
-    res.end(`OK - ${data.byteLength}`);
+    sendText(res, 200, `OK - ${data.byteLength}`);
   }
 
   private async api(method: string, req: IncomingMessage, raw: Buffer, res: ServerResponse): Promise<void> {
@@ -748,4 +740,10 @@ function readBody(req: IncomingMessage): Promise<Buffer> {
     req.on('end', () => resolve(Buffer.concat(chunks)));
     req.on('error', reject);
   });
+}
+
+/** A plain-text answer, as Slack's file host and upload URLs give. */
+function sendText(res: ServerResponse, status: number, text: string): void {
+  res.writeHead(status, { 'content-type': 'text/plain' });
+  res.end(text);
 }

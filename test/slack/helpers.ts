@@ -1,13 +1,21 @@
-// Shared by the Slack tests: images, pixels, and the bot's messages in the fake.
+// Shared by the Slack tests: the whole stack (fake Slack <- real Bolt adapter -> real ConversationManager -> the demo
+// model package), images, pixels, and the bot's messages in the fake.
 import { createHash } from 'node:crypto';
+import { join } from 'node:path';
 import sharp from 'sharp';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager } from '../../src/conversation/index.js';
+import type { GenerationOptions } from '../../src/inference/generation/index.js';
 import {
   startSlackAdapter,
   type SlackAdapter,
   type SlackAdapterOptions,
   type SlackConversationManager,
 } from '../../adapters/slack/index.js';
-import type { FakeMessage, FakeSlack } from './fake-slack.js';
+import { FakeSlack, type FakeMessage } from './fake-slack.js';
+import { useShared, type WithLogs } from '../helpers/shared.js';
+
+const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 
 /** The answer every test model gives: one grounded phrase with one box (20..70 % of each side). */
 export const FORCED = '<p>green square</p> {<20><20><70><70>} on a grey background';
@@ -31,6 +39,66 @@ export async function startSlack(
   });
   fake.appUrl = adapter.url;
   return adapter;
+}
+
+/** The fake Slack and an adapter on it that the tests of a file (or describe block) share. */
+export type SharedSlackAdapter = WithLogs<{ fake: FakeSlack; adapter: SlackAdapter }>;
+
+/**
+ * The fake Slack and startSlack's adapter over `manager()` (read when the adapter starts, so a manager that the
+ * file's own beforeAll makes will do) with `options`, started before the tests of the file or describe block it is
+ * called in and closed after them.
+ */
+export function useSlackAdapter(manager: () => SlackConversationManager, options: Partial<SlackAdapterOptions>): SharedSlackAdapter {
+  const logs: string[] = [];
+  return useShared<SharedSlackAdapter>(
+    async (s) => {
+      s.fake = await FakeSlack.start();
+      s.adapter = await startSlack(s.fake, manager(), { log: (l) => logs.push(l), ...options });
+    },
+    closeSlack,
+    { logs },
+  );
+}
+
+/** Closes what a Slack stack has started: the adapter, the fake Slack, then the manager and the model if any. */
+async function closeSlack(s: Partial<SlackStack>): Promise<void> {
+  await s.adapter?.close();
+  await s.fake?.close();
+  await s.manager?.close();
+  await s.model?.close();
+}
+
+export type SlackStack = WithLogs<{ model: MiniGPT; manager: ConversationManager; fake: FakeSlack; adapter: SlackAdapter }>;
+
+export interface SlackStackOptions {
+  /** the manager's generation defaults */
+  defaults?: Partial<GenerationOptions>;
+  /** the model's inference threads (onnxruntime's own choice where not given) */
+  threads?: number;
+  /** starts the adapter against the fake, logging with `log`; startSlack's HTTP mode with only `log` where not given */
+  adapter?(fake: FakeSlack, manager: ConversationManager, log: (line: string) => void): Promise<SlackAdapter>;
+}
+
+/**
+ * The demo model with its answer forced to `forcedAnswer`, a manager, the fake Slack and the adapter, started before
+ * the tests of the file or describe block it is called in and closed after them (see useShared for when its
+ * fields are there).
+ */
+export function useSlackStack(forcedAnswer: string, opts: SlackStackOptions = {}): SlackStack {
+  const logs: string[] = [];
+  const log = (line: string) => logs.push(line);
+  const start = opts.adapter ?? ((fake, manager) => startSlack(fake, manager, { log }));
+  return useShared<SlackStack>(
+    async (s) => {
+      s.model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: opts.threads, forcedAnswer });
+      s.manager = new ConversationManager({ model: s.model, defaults: opts.defaults });
+      s.fake = await FakeSlack.start();
+      s.adapter = await start(s.fake, s.manager, log);
+    },
+    closeSlack,
+    { logs },
+  );
 }
 
 /** A grey PNG with a dark green square where the forced answer's box is. */

@@ -2,32 +2,19 @@
 // credentials are set; a clear message when the package is missing; SIGTERM closes everything, exit 0.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serve, ServeError, type PlatformAdapterSpec } from '../../src/serve.js';
 import { buildTinyPackage, postChat, randomConversation, readEvents, ROOT, testPng } from './helpers.js';
+import { writeBotConfig } from '../helpers/bot-config.js';
 
 let work: string;
 let pkg: string;
 let config: string;
 
-async function writeConfig(path: string, packagePath: string): Promise<string> {
-  await writeFile(
-    path,
-    [
-      'model:',
-      '  arch: minigpt_v2',
-      `  package: ${JSON.stringify(packagePath)}`,
-      '  max_new_tokens: 16',
-      'runtime:',
-      '  execution_provider: cpu',
-      '  queue_size: 4',
-      '',
-    ].join('\n'),
-  );
-  return path;
-}
+const writeConfig = (path: string, packagePath: string) =>
+  writeBotConfig(path, { model: { package: packagePath, max_new_tokens: 16 }, runtime: { queue_size: 4 } });
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'minigpt-serve-'));

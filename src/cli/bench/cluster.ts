@@ -8,6 +8,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { stringify } from 'yaml';
+import type { BotConfig } from '../../config.js';
 import { fmt, roundAll, stat } from './common.js';
 import { freePort } from '../../util/net.js';
 
@@ -139,22 +141,11 @@ export async function benchCluster(
       redisUrl = `redis://127.0.0.1:${port}`;
     }
     const config = join(work, 'bench.yaml');
-    await writeFile(
-      config,
-      [
-        'model:',
-        '  arch: minigpt_v2',
-        `  package: ${JSON.stringify(dir)}`,
-        '  temperature: 0',
-        `  max_new_tokens: ${o.maxNewTokens}`,
-        'runtime:',
-        '  execution_provider: cpu',
-        '  threads: 1',
-        `  max_batch: ${o.maxBatch}`,
-        `  queue_size: ${o.conversations * 2}`,
-        '',
-      ].join('\n'),
-    );
+    const settings = {
+      model: { arch: 'minigpt_v2', package: dir, temperature: 0, max_new_tokens: o.maxNewTokens },
+      runtime: { execution_provider: 'cpu', threads: 1, max_batch: o.maxBatch, queue_size: o.conversations * 2 },
+    } satisfies { model: Partial<BotConfig['model']>; runtime: Partial<BotConfig['runtime']> };
+    await writeFile(config, stringify(settings));
     const env = {
       MINIGPT_CONFIG: config,
       REDIS_URL: redisUrl,
