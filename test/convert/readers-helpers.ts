@@ -4,18 +4,13 @@
  */
 import { deflateRawSync } from 'node:zlib';
 import { crc32 } from '../../src/convert/readers/zip.js';
+import { concatArrays } from '../../src/util/typed-arrays.js';
 import type { StorageDType } from '../../src/convert/readers/index.js';
 
 const enc = new TextEncoder();
 
 export function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.byteLength, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.byteLength;
-  }
-  return out;
+  return concatArrays(Uint8Array, parts);
 }
 
 export function bytesOf(view: ArrayBufferView): Uint8Array {
