@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { deflateRawSync } from 'node:zlib';
 import { CheckpointError, DTYPE_ITEMSIZE, openCheckpoint, type TensorSource } from '../../src/convert/readers/index.js';
 import { crc32 } from '../../src/convert/readers/zip.js';
-import { loadPackage, ModelPackageError } from '../../src/inference/package.js';
+import { loadPackage, ModelPackageError, packageFiles } from '../../src/inference/package.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import { buildSafetensors, buildTorchZip, buildZip, PickleWriter } from '../convert/readers-helpers.js';
 import { rng } from '../helpers/rng.js';
@@ -385,17 +385,7 @@ describe('model.json fuzzing', () => {
     await mkdir(pkgDir);
     metaText = await readFile(join(DEMO, 'model.json'), 'utf8');
     meta = JSON.parse(metaText) as Record<string, unknown>;
-    for (const f of [
-      'decoder.onnx',
-      'decoder.onnx.data',
-      'embed.onnx',
-      'embed.onnx.data',
-      'vision.onnx',
-      'vision.onnx.data',
-      'tokenizer.json',
-    ]) {
-      await copyFile(join(DEMO, f), join(pkgDir, f));
-    }
+    for (const f of packageFiles((await loadPackage(DEMO)).meta)) await copyFile(join(DEMO, f), join(pkgDir, f));
   });
 
   async function tryMeta(text: string, label: string): Promise<'loaded' | 'refused'> {
