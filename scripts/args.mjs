@@ -1,6 +1,6 @@
 // Command-line reading the scripts here share (bench-convert.mjs, random-checkpoint.mjs): flags one at a time,
-// a flag's value taken on request, so that each script keeps its own switch of flags and defaults; and the flags
-// both take for the random checkpoint's shape.
+// a flag's value taken on request, so that each script keeps its own switch of flags and defaults; the flags that
+// only set a field, as a table; and the flags both take for the random checkpoint's shape.
 
 /**
  * Calls `on(flag, next)` for each argument from argv[2] on; `next()` takes the argument after the flag as its
@@ -14,6 +14,17 @@ export function eachArg(argv, on) {
       return argv[++i];
     });
   }
+}
+
+/**
+ * The flags that set one field of `o`: `values` names the field each takes its value into, `switches` the field
+ * each sets to true. False for any other flag.
+ */
+export function fieldArg(o, flag, next, { values = {}, switches = {} }) {
+  if (Object.hasOwn(values, flag)) o[values[flag]] = next();
+  else if (Object.hasOwn(switches, flag)) o[switches[flag]] = true;
+  else return false;
+  return true;
 }
 
 /**

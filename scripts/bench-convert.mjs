@@ -26,7 +26,7 @@ import { mkdir, readdir, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { cpus, totalmem, tmpdir, platform, release } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { eachArg, intArg, shapeArg } from './args.mjs';
+import { eachArg, fieldArg, intArg, shapeArg } from './args.mjs';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
 const GB = 1e9;
@@ -43,30 +43,16 @@ function parseArgs(argv) {
     run: false,
     intervalMs: 200,
   };
+  const fields = {
+    values: { '--convert-dtype': 'convertDtype', '--work': 'work', '--report': 'report', '--markdown': 'markdown' },
+    switches: { '--keep': 'keep', '--run': 'run' },
+  };
   eachArg(argv, (a, next) => {
-    if (shapeArg(o, a, next)) return;
+    if (shapeArg(o, a, next) || fieldArg(o, a, next, fields)) return;
     switch (a) {
-      case '--convert-dtype':
-        o.convertDtype = next();
-        break;
-      case '--work':
-        o.work = next();
-        break;
-      case '--keep':
-        o.keep = true;
-        break;
       case '--reuse-input':
         o.reuse = true;
         o.keep = true;
-        break;
-      case '--run':
-        o.run = true;
-        break;
-      case '--report':
-        o.report = next();
-        break;
-      case '--markdown':
-        o.markdown = next();
         break;
       case '--interval-ms':
         o.intervalMs = intArg(a, next());

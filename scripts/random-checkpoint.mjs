@@ -12,39 +12,27 @@
 // the result as JSON). Prints the `minigpt convert` command that converts it.
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { eachArg, intArg, shapeArg } from './args.mjs';
+import { eachArg, fieldArg, intArg, shapeArg } from './args.mjs';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..');
 
 function parseArgs(argv) {
   const o = { preset: 'llama2-7b', dtype: 'fp16', ckptDtype: 'fp32', seed: 0 };
+  const fields = {
+    values: { '--preset': 'preset', '--ckpt-dtype': 'ckptDtype', '--out': 'out' },
+    switches: { '--json': 'json', '-h': 'help', '--help': 'help' },
+  };
   eachArg(argv, (a, next) => {
-    if (shapeArg(o, a, next)) return;
+    if (shapeArg(o, a, next) || fieldArg(o, a, next, fields)) return;
     switch (a) {
-      case '--preset':
-        o.preset = next();
-        break;
-      case '--ckpt-dtype':
-        o.ckptDtype = next();
-        break;
       case '--shards':
         o.shards = intArg(a, next());
         break;
       case '--seed':
         o.seed = intArg(a, next(), 0);
         break;
-      case '--out':
-        o.out = next();
-        break;
       case '--zip64':
         o.zip64 = 'always';
-        break;
-      case '--json':
-        o.json = true;
-        break;
-      case '-h':
-      case '--help':
-        o.help = true;
         break;
       default:
         throw new Error(`unknown option ${a}`);

@@ -12,11 +12,29 @@ import { join, resolve } from 'node:path';
 import { Option, type Command } from 'commander';
 import { apiMarkdown, benchApi } from './bench/api.js';
 import { benchCluster, clusterMarkdown } from './bench/cluster.js';
-import { roundAll } from './bench/common.js';
+import { type ConversationBench, roundAll } from './bench/common.js';
 import { benchPackage } from './bench/package.js';
 import { DEFAULT_LARGE_DIR, IMAGE, PROFILES, ROOT } from './bench/profiles.js';
 import { runBench } from './bench/run.js';
 import { BENCH_VARIANTS, benchThread, benchWeights, parseDtypes, threadMarkdown, WEIGHTS_PROFILE } from './bench/weights.js';
+
+/** The table, or with --json the result rounded, on stdout. */
+function printResult<R>(r: R, json: boolean, markdown: (r: R) => string): void {
+  process.stdout.write(json ? `${JSON.stringify(roundAll(r))}\n` : `${markdown(r)}\n`);
+}
+
+/** `--api DIR` / `--thread DIR`: the bench image in conversations of 32-token answers, as the flags set them. */
+async function conversationBench<R>(
+  bench: ConversationBench<R>,
+  dir: string,
+  o: { threads?: number; rounds?: number; defaultRounds: number; kvCacheMb?: number; json?: boolean },
+  markdown: (r: R) => string,
+  log: (line: string) => void,
+): Promise<void> {
+  const rounds = { rounds: o.rounds ?? o.defaultRounds, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 };
+  const r = await bench(resolve(dir), await readFile(IMAGE), o.threads ?? os.availableParallelism(), rounds, log);
+  printResult(r, Boolean(o.json), markdown);
+}
 
 /** `minigpt bench`: see the top of this file and docs/benchmarks.md. */
 export function registerBenchCommand(program: Command, log: (line: string) => void): void {
@@ -58,31 +76,11 @@ export function registerBenchCommand(program: Command, log: (line: string) => vo
     .action(async (o) => {
       if (o.cluster) {
         const r = await benchCluster(resolve(o.cluster), { workers: [1, 2], conversations: 16, maxNewTokens: 32, maxBatch: 4 }, log);
-        process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${clusterMarkdown(r)}\n`);
+        printResult(r, Boolean(o.json), clusterMarkdown);
         return;
       }
-      if (o.api) {
-        const r = await benchApi(
-          resolve(o.api),
-          await readFile(IMAGE),
-          o.threads ?? os.availableParallelism(),
-          { rounds: o.rounds ?? 4, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 },
-          log,
-        );
-        process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${apiMarkdown(r)}\n`);
-        return;
-      }
-      if (o.thread) {
-        const r = await benchThread(
-          resolve(o.thread),
-          await readFile(IMAGE),
-          o.threads ?? os.availableParallelism(),
-          { rounds: o.rounds ?? 2, tokens: 32, kvCacheMb: o.kvCacheMb ?? 256 },
-          log,
-        );
-        process.stdout.write(o.json ? `${JSON.stringify(roundAll(r))}\n` : `${threadMarkdown(r)}\n`);
-        return;
-      }
+      if (o.api) return conversationBench(benchApi, o.api, { ...o, defaultRounds: 4 }, apiMarkdown, log);
+      if (o.thread) return conversationBench(benchThread, o.thread, { ...o, defaultRounds: 2 }, threadMarkdown, log);
       if (o.childWeights) {
         const r = await benchWeights(
           resolve(o.childWeights),

@@ -1,6 +1,7 @@
 // `minigpt demo-data` and `minigpt eval` (issue 7): registered on the main program by main.ts.
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
+import { parseProviderChoice } from '../inference/providers.js';
+import { providerOption } from './options.js';
 import { DEFAULT_SHAPE_SET, SHAPE_SET_NAMES } from '../demo-data/scene.js';
 
 function integer(name: string, min: number) {
@@ -70,9 +71,7 @@ export function registerEvalCommands(program: Command, log: (line: string) => vo
     .option('--max-new-tokens <n>', 'answer length limit (default 20 as the benchmark config; caption 60)', integer('--max-new-tokens', 1))
     .option('--res <n>', 'refer: grid size of the answer boxes (eval_ref.py --res, default 100)', integer('--res', 1))
     .option('--threads <n>', 'intra-op threads', integer('--threads', 1))
-    .addOption(
-      new Option('--provider <name>', 'execution provider (default: EXECUTION_PROVIDER, then auto)').choices([...PROVIDER_CHOICES]),
-    )
+    .addOption(providerOption('EXECUTION_PROVIDER, then auto'))
     .action(async (o) => {
       const { runEval } = await import('../eval/run.js');
       const report = await runEval({

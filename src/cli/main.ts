@@ -4,7 +4,8 @@ import { readFile } from 'node:fs/promises';
 import { convert, type Arch, type ConvertOptions, type WeightDType } from '../convert/convert.js';
 import { verifyPackage } from '../inference/verify.js';
 import { MINIGPT4_PROMPT_STYLES, type Minigpt4PromptStyle } from '../inference/presets.js';
-import { parseProviderChoice, PROVIDER_CHOICES } from '../inference/providers.js';
+import { parseProviderChoice } from '../inference/providers.js';
+import { providerOption } from './options.js';
 import { runAsk } from './ask.js';
 import { registerEvalCommands } from './eval-commands.js';
 import { registerBenchCommand } from './bench.js';
@@ -177,7 +178,7 @@ export function buildProgram(): Command {
     .description('run a package on a golden folder and report per-stage errors (exit 1 over tolerance)')
     .requiredOption('--model <dir>', 'model package')
     .requiredOption('--golden <dir>', 'golden folder (manifest.json + tensors)')
-    .addOption(new Option('--provider <name>', 'execution provider').choices([...PROVIDER_CHOICES]).default('cpu'))
+    .addOption(providerOption().default('cpu'))
     .action(async (o) => {
       const report = await verifyPackage(o.model, o.golden, { provider: parseProviderChoice(o.provider), log });
       process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
@@ -199,9 +200,7 @@ export function buildProgram(): Command {
     .option('--repetition-penalty <r>', 'HF repetition penalty (default 1.05)', num('--repetition-penalty', 0.01, 10))
     .option('--num-beams <n>', 'beam search width (default 1 = none)', int('--num-beams'))
     .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10))
-    .addOption(
-      new Option('--provider <name>', 'execution provider (default: EXECUTION_PROVIDER, then the config)').choices([...PROVIDER_CHOICES]),
-    )
+    .addOption(providerOption('EXECUTION_PROVIDER, then the config'))
     .argument('<prompt>', 'the question or task, e.g. "[grounding] describe this image"')
     .action(async (prompt: string, o) => {
       let image: Buffer;

@@ -81,21 +81,17 @@ function distinguishers(o: SceneObject, group: readonly SceneObject[], scene: Sc
   const others = group.filter((g) => g !== o);
   const gapX = 0.12 * scene.width;
   const gapY = 0.12 * scene.height;
-  if (others.every((g) => g.cx - o.cx >= gapX)) {
-    pre.push('leftmost', 'left');
-    post.push('on the left');
-  }
-  if (others.every((g) => o.cx - g.cx >= gapX)) {
-    pre.push('rightmost', 'right');
-    post.push('on the right');
-  }
-  if (others.every((g) => g.cy - o.cy >= gapY)) {
-    pre.push('top', 'upper');
-    post.push('at the top');
-  }
-  if (others.every((g) => o.cy - g.cy >= gapY)) {
-    pre.push('bottom', 'lower');
-    post.push('at the bottom');
+  // the sides on which `o` stands apart from every other object of the group, in the order their words are output
+  const sides: [apart: (g: SceneObject) => boolean, adjectives: string[], phrase: string][] = [
+    [(g) => g.cx - o.cx >= gapX, ['leftmost', 'left'], 'on the left'],
+    [(g) => o.cx - g.cx >= gapX, ['rightmost', 'right'], 'on the right'],
+    [(g) => g.cy - o.cy >= gapY, ['top', 'upper'], 'at the top'],
+    [(g) => o.cy - g.cy >= gapY, ['bottom', 'lower'], 'at the bottom'],
+  ];
+  for (const [apart, adjectives, phrase] of sides) {
+    if (!others.every(apart)) continue;
+    pre.push(...adjectives);
+    post.push(phrase);
   }
   if (others.every((g) => area(o) >= 1.6 * area(g))) pre.push('largest', 'biggest');
   if (others.every((g) => area(g) >= 1.6 * area(o))) pre.push('smallest');

@@ -2,6 +2,7 @@
 // image embeddings spliced between the segments' token embeddings.
 import type { TextTokenizer } from './tokenizer.js';
 import type { TokenEmbedder } from './embedder.js';
+import { concatArrays } from '../util/typed-arrays.js';
 
 export interface ContextEmbeds {
   /** [length, hidden] */
@@ -37,14 +38,8 @@ export async function spliceContext(
       parts.push(images[i]);
     }
   }
-  const total = parts.reduce((n, p) => n + p.length, 0);
-  const embeds = new Float32Array(total);
-  let at = 0;
-  for (const p of parts) {
-    embeds.set(p, at);
-    at += p.length;
-  }
-  return { embeds, length: total / hidden, segmentIds };
+  const embeds = concatArrays(Float32Array, parts);
+  return { embeds, length: embeds.length / hidden, segmentIds };
 }
 
 /**
@@ -72,13 +67,7 @@ export async function embedRows(
       at += rows;
     }
   }
-  const embeds = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let k = 0;
-  for (const p of parts) {
-    embeds.set(p, k);
-    k += p.length;
-  }
-  return embeds;
+  return concatArrays(Float32Array, parts);
 }
 
 export async function buildContext(

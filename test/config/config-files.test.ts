@@ -12,6 +12,12 @@ const CONFIGS = join(ROOT, 'configs');
 let empty: string;
 let downloads: string;
 
+/** The Vicuna v0 variants (13B and 7B): the same conversion settings and generation, other downloads. */
+const VICUNA0 = {
+  options: { arch: 'minigpt-4', imageSize: 224, vitHeads: 16, qformerHeads: 12, prompt: 'vicuna0' },
+  model: { max_new_tokens: 300, temperature: 1, prompt_template: '###Human: {} ###Assistant: ', end_sym: '###' },
+} as const;
+
 /** What each published variant's config must name, as upstream's README / code / eval configs do. */
 const VARIANTS = {
   'minigptv2_eval.yaml': {
@@ -24,16 +30,14 @@ const VARIANTS = {
   'minigpt4_eval.yaml': {
     files: ['pretrained_minigpt4.pth', 'eva_vit_g.pth', 'blip2_pretrained_flant5xxl.pth'],
     folders: ['vicuna'],
-    options: { arch: 'minigpt-4', imageSize: 224, vitHeads: 16, qformerHeads: 12, prompt: 'vicuna0' },
     pkg: 'models/minigpt4-vicuna0-13b-int4',
-    model: { max_new_tokens: 300, temperature: 1, prompt_template: '###Human: {} ###Assistant: ', end_sym: '###' },
+    ...VICUNA0,
   },
   'minigpt4_eval_7b.yaml': {
     files: ['prerained_minigpt4_7b.pth', 'eva_vit_g.pth', 'blip2_pretrained_flant5xxl.pth'],
     folders: ['vicuna-7b'],
-    options: { arch: 'minigpt-4', imageSize: 224, vitHeads: 16, qformerHeads: 12, prompt: 'vicuna0' },
     pkg: 'models/minigpt4-vicuna0-7b-int4',
-    model: { max_new_tokens: 300, temperature: 1, prompt_template: '###Human: {} ###Assistant: ', end_sym: '###' },
+    ...VICUNA0,
   },
   'minigpt4_llama2_eval.yaml': {
     files: ['pretrained_minigpt4_llama2_7b.pth', 'eva_vit_g.pth'],

@@ -4,6 +4,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
+import { afterAll, beforeAll } from 'vitest';
 import type Keyv from 'keyv';
 import { MiniGPT } from '../../src/inference/model.js';
 import type { AnswerEvent, ConversationKey } from '../../src/conversation/index.js';
@@ -28,6 +29,21 @@ export async function loadTinyModel(): Promise<TinyModel> {
       await rm(work, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * The committed demo package (trained weights), loaded before the tests of one file on one thread and closed after
+ * them; `use` gets the model.
+ */
+export function demoModelPerFile(use: (model: MiniGPT) => void): void {
+  let model: MiniGPT | undefined;
+  beforeAll(async () => {
+    model = await MiniGPT.load(join(import.meta.dirname, '..', '..', 'models', 'demo'), { provider: 'cpu', threads: 1 });
+    use(model);
+  });
+  afterAll(async () => {
+    await model?.close();
+  });
 }
 
 /** The golden test image (120x90 PNG). */

@@ -1,24 +1,18 @@
 // The conversation manager with KV-cache reuse across turns and batched decoding across conversations, on
 // the committed demo package: the same answers as without either, less work.
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { join } from 'node:path';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ConversationManager, type AnswerEvent, type ConversationManagerOptions } from '../../src/conversation/index.js';
-import { MiniGPT } from '../../src/inference/model.js';
-import { collect, errorOf, finalOf, goldenImage, key, solidPng, timingsOf } from './helpers.js';
+import type { MiniGPT } from '../../src/inference/model.js';
+import { collect, demoModelPerFile, errorOf, finalOf, goldenImage, key, solidPng, timingsOf } from './helpers.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 let model: MiniGPT;
 let image: Buffer;
 let image2: Buffer;
 
+demoModelPerFile((m) => (model = m));
 beforeAll(async () => {
-  model = await MiniGPT.load(join(ROOT, 'models', 'demo'), { provider: 'cpu', threads: 1 });
   image = await goldenImage();
   image2 = await solidPng(64, 48, [200, 30, 30]);
-});
-
-afterAll(async () => {
-  await model?.close();
 });
 
 afterEach(() => {

@@ -1,11 +1,11 @@
 // The inference core's acceptance test: convert the tiny MiniGPT-v2 checkpoints (original formats) and
 // check the package against tensors computed by the original PyTorch code.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { copyFile, mkdir, readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { verifyPackage, type VerifyReport } from '../../src/inference/verify.js';
 import { loadPackage } from '../../src/inference/package.js';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 import { convertTinyV2, GOLDEN_V2 as GOLDEN, TINY_LLM_META } from '../helpers/tiny-package.js';
 
 let work: string;
@@ -21,15 +21,11 @@ async function llmFolder(name: string, from: string, files: string[]): Promise<s
   return dir;
 }
 
+tempDirPerFile('minigpt-golden-', (dir) => (work = dir));
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'minigpt-golden-'));
   pkgDir = join(work, 'pkg');
   await convertTinyV2(pkgDir);
   report = await verifyPackage(pkgDir, GOLDEN, { provider: 'cpu' });
-});
-
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
 });
 
 describe('minigpt-v2 tiny package against the PyTorch golden tensors', () => {

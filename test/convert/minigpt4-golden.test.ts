@@ -7,9 +7,8 @@
 // (llama/pytorch_model.bin, input_rgb, resized_rgb, vit_output, qformer_embeddings_output,
 // qformer_layer_outputs), plus llama/tokenizer.json from
 // `node scripts/make-fixture-tokenizer.mjs --fixture test/fixtures/minigpt4-tiny`.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { convert, defaultPromptStyle, type ConvertOptions } from '../../src/convert/convert.js';
@@ -20,6 +19,7 @@ import { conversationPrompt } from '../../src/inference/prompt.js';
 import { promptSegmentIds } from '../../src/inference/context.js';
 import { loadTokenizer } from '../../src/inference/tokenizer.js';
 import { minigpt, ROOT } from '../helpers/cli.js';
+import { tempDirPerFile } from '../helpers/temp-dir.js';
 import { GOLDEN_M4 as GOLDEN, TINY_LLM_META, TINY_M4_OPTIONS } from '../helpers/tiny-package.js';
 
 const V2_TOKENIZER = join(ROOT, 'test/fixtures/minigptv2-tiny/llama/tokenizer.json');
@@ -45,9 +45,9 @@ let nPkg: string;
 let qReport: VerifyReport;
 let nReport: VerifyReport;
 
+tempDirPerFile('minigpt4-golden-', (dir) => (work = dir));
 beforeAll(async () => {
   manifest = JSON.parse(await readFile(join(GOLDEN, 'manifest.json'), 'utf8')) as Manifest;
-  work = await mkdtemp(join(tmpdir(), 'minigpt4-golden-'));
   qPkg = join(work, 'qformer');
   nPkg = join(work, 'noqformer');
   await tinyConvert(qPkg);
@@ -55,10 +55,6 @@ beforeAll(async () => {
   await tinyConvert(nPkg, { ckpt: join(GOLDEN, 'minigpt4_llama2_noqformer_ckpt.pth'), qformerHeads: undefined });
   qReport = await verifyPackage(qPkg, GOLDEN, { provider: 'cpu' });
   nReport = await verifyPackage(nPkg, GOLDEN, { provider: 'cpu' });
-});
-
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
 });
 
 describe('minigpt-4 tiny package with the Q-Former against the PyTorch golden tensors', () => {

@@ -4,18 +4,13 @@
  */
 import { deflateRawSync } from 'node:zlib';
 import { crc32 } from '../../src/convert/readers/zip.js';
+import { concatArrays } from '../../src/util/typed-arrays.js';
 import type { StorageDType } from '../../src/convert/readers/index.js';
 
 const enc = new TextEncoder();
 
 export function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((a, p) => a + p.byteLength, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.byteLength;
-  }
-  return out;
+  return concatArrays(Uint8Array, parts);
 }
 
 export function bytesOf(view: ArrayBufferView): Uint8Array {
@@ -89,14 +84,11 @@ export function buildZip(entries: ZipInput[], opts: { zip64?: boolean; align?: n
       pad = (align - ((off + headerLen + 4) % align)) % align;
     }
     const extra = align > 1 ? concat([le(2, 0x4246), le(2, pad), new Uint8Array(pad)]) : new Uint8Array(0);
+    // what the local and the central header both say: version needed, flags, method, time, date, CRC
+    const described = [le(2, opts.zip64 ? 45 : 20), le(2, 0), le(2, method), le(2, 0), le(2, 0x21), le(4, crc)];
     const local = concat([
       le(4, 0x04034b50),
-      le(2, opts.zip64 ? 45 : 20),
-      le(2, 0),
-      le(2, method),
-      le(2, 0),
-      le(2, 0x21),
-      le(4, crc),
+      ...described,
       le(4, payload.byteLength),
       le(4, e.data.byteLength),
       le(2, name.byteLength),
@@ -112,12 +104,7 @@ export function buildZip(entries: ZipInput[], opts: { zip64?: boolean; align?: n
       concat([
         le(4, 0x02014b50),
         le(2, 0x031e),
-        le(2, opts.zip64 ? 45 : 20),
-        le(2, 0),
-        le(2, method),
-        le(2, 0),
-        le(2, 0x21),
-        le(4, crc),
+        ...described,
         le(4, opts.zip64 ? big : payload.byteLength),
         le(4, opts.zip64 ? big : e.data.byteLength),
         le(2, name.byteLength),
@@ -137,6 +124,8 @@ export function buildZip(entries: ZipInput[], opts: { zip64?: boolean; align?: n
   const cd = concat(central);
   const cdOffset = off;
   const tail: Uint8Array[] = [cd];
+  const eocd = (count: number, size: number, offset: number) =>
+    concat([le(4, 0x06054b50), le(2, 0), le(2, 0), le(2, count), le(2, count), le(4, size), le(4, offset), le(2, 0)]);
   if (opts.zip64) {
     const z64Offset = cdOffset + cd.byteLength;
     tail.push(
@@ -153,21 +142,11 @@ export function buildZip(entries: ZipInput[], opts: { zip64?: boolean; align?: n
         le(8, cdOffset),
       ]),
       concat([le(4, 0x07064b50), le(4, 0), le(8, z64Offset), le(4, 1)]),
-      concat([le(4, 0x06054b50), le(2, 0), le(2, 0), le(2, 0xffff), le(2, 0xffff), le(4, 0xffffffff), le(4, 0xffffffff), le(2, 0)]),
+      // the classic record's fields all saturated: the ZIP64 one holds the real values
+      eocd(0xffff, 0xffffffff, 0xffffffff),
     );
   } else {
-    tail.push(
-      concat([
-        le(4, 0x06054b50),
-        le(2, 0),
-        le(2, 0),
-        le(2, entries.length),
-        le(2, entries.length),
-        le(4, cd.byteLength),
-        le(4, cdOffset),
-        le(2, 0),
-      ]),
-    );
+    tail.push(eocd(entries.length, cd.byteLength, cdOffset));
   }
   return concat([...parts, ...tail]);
 }

@@ -48,11 +48,20 @@ afterAll(async () => {
 });
 
 async function withSource<T>(p: Promise<TensorSource>, fn: (s: TensorSource) => Promise<T>): Promise<T> {
-  const s = await p;
+  return withSources([p], ([s]) => fn(s));
+}
+
+/** Runs `fn` on the sources `ps` open to, each closed afterwards (in order) whatever happens. */
+async function withSources<S extends readonly TensorSource[], T>(
+  ps: { readonly [K in keyof S]: Promise<S[K]> },
+  fn: (sources: S) => Promise<T>,
+): Promise<T> {
+  const opened: TensorSource[] = [];
   try {
-    return await fn(s);
+    for (const p of ps) opened.push(await p);
+    return await fn(opened as unknown as S);
   } finally {
-    await s.close();
+    for (const s of opened) await s.close();
   }
 }
 
@@ -139,60 +148,58 @@ describe('fixture files', () => {
   });
 
   it('llama safetensors and pytorch_model.bin list the manifest keys and agree bit for bit', async () => {
-    const st = await openSafetensors(fx('llama/model.safetensors'));
-    const pt = await openTorchCheckpoint(fx('llama/pytorch_model.bin'));
-    try {
-      expect(st.metadata).toEqual({ format: 'pt' });
-      expect(shapesOf(st)).toEqual(manifest.llama_keys);
-      expect(shapesOf(pt)).toEqual(manifest.llama_keys);
-      expect(st.list().map((t) => t.name)).toEqual(Object.keys(manifest.llama_keys).sort());
-      expect(pt.list().map((t) => t.name)).toEqual(Object.keys(manifest.llama_keys));
-      for (const t of st.list()) {
-        expect(t.dtype).toBe('F32');
-        expect(pt.info(t.name)).toEqual(t);
-        const a = await st.readRaw(t.name);
-        const b = await pt.readRaw(t.name);
-        expect(a.byteLength).toBe(t.shape.reduce((x, y) => x * y, 1) * 4);
-        expect(Buffer.from(a).equals(Buffer.from(b)), t.name).toBe(true);
-        const fa = await st.readFloat32(t.name);
-        expect(Buffer.from(bytesOf(fa)).equals(Buffer.from(a)), t.name).toBe(true);
-      }
-    } finally {
-      await st.close();
-      await pt.close();
-    }
+    await withSources(
+      [openSafetensors(fx('llama/model.safetensors')), openTorchCheckpoint(fx('llama/pytorch_model.bin'))],
+      async ([st, pt]) => {
+        expect(st.metadata).toEqual({ format: 'pt' });
+        expect(shapesOf(st)).toEqual(manifest.llama_keys);
+        expect(shapesOf(pt)).toEqual(manifest.llama_keys);
+        expect(st.list().map((t) => t.name)).toEqual(Object.keys(manifest.llama_keys).sort());
+        expect(pt.list().map((t) => t.name)).toEqual(Object.keys(manifest.llama_keys));
+        for (const t of st.list()) {
+          expect(t.dtype).toBe('F32');
+          expect(pt.info(t.name)).toEqual(t);
+          const a = await st.readRaw(t.name);
+          const b = await pt.readRaw(t.name);
+          expect(a.byteLength).toBe(t.shape.reduce((x, y) => x * y, 1) * 4);
+          expect(Buffer.from(a).equals(Buffer.from(b)), t.name).toBe(true);
+          const fa = await st.readFloat32(t.name);
+          expect(Buffer.from(bytesOf(fa)).equals(Buffer.from(a)), t.name).toBe(true);
+        }
+      },
+    );
   });
 
   it('llama_fp16 (F16) equals the fp32 weights within fp16 rounding', async () => {
-    const h = await openSafetensors(fx('llama_fp16/model.safetensors'));
-    const f = await openSafetensors(fx('llama/model.safetensors'));
-    try {
-      expect(h.list().map((t) => t.name)).toEqual(f.list().map((t) => t.name));
-      for (const t of h.list()) {
-        expect(t.dtype).toBe('F16');
-        expect(t.shape).toEqual(f.info(t.name).shape);
-        expect((await h.readRaw(t.name)).byteLength).toBe(t.shape.reduce((x, y) => x * y, 1) * 2);
-        const a = await h.readFloat32(t.name);
-        const b = await f.readFloat32(t.name);
-        expect(a.length).toBe(b.length);
-        let worst = 0;
-        for (let i = 0; i < a.length; i++) {
-          const tol = Math.abs(b[i]) * 2 ** -11 + 2 ** -25; // half an ulp (normal / subnormal)
-          worst = Math.max(worst, Math.abs(a[i] - b[i]) / tol);
+    await withSources(
+      [openSafetensors(fx('llama_fp16/model.safetensors')), openSafetensors(fx('llama/model.safetensors'))],
+      async ([h, f]) => {
+        expect(h.list().map((t) => t.name)).toEqual(f.list().map((t) => t.name));
+        for (const t of h.list()) {
+          expect(t.dtype).toBe('F16');
+          expect(t.shape).toEqual(f.info(t.name).shape);
+          expect((await h.readRaw(t.name)).byteLength).toBe(t.shape.reduce((x, y) => x * y, 1) * 2);
+          const a = await h.readFloat32(t.name);
+          const b = await f.readFloat32(t.name);
+          expect(a.length).toBe(b.length);
+          let worst = 0;
+          for (let i = 0; i < a.length; i++) {
+            const tol = Math.abs(b[i]) * 2 ** -11 + 2 ** -25; // half an ulp (normal / subnormal)
+            worst = Math.max(worst, Math.abs(a[i] - b[i]) / tol);
+          }
+          expect(worst, t.name).toBeLessThanOrEqual(1);
         }
-        expect(worst, t.name).toBeLessThanOrEqual(1);
-      }
-    } finally {
-      await h.close();
-      await f.close();
-    }
+      },
+    );
   });
 
   it('lora_merged_qv.safetensors = W + (alpha/r) B@A from the checkpoint (cross-format check)', async () => {
-    const merged = await openSafetensors(fx('lora_merged_qv.safetensors'));
-    const base = await openCheckpoint(fx('llama/pytorch_model.bin'));
-    const ckpt = unwrapPrefix(await openCheckpoint(fx('minigptv2_ckpt.pth')), 'model.');
-    try {
+    const sources = [
+      openSafetensors(fx('lora_merged_qv.safetensors')),
+      openCheckpoint(fx('llama/pytorch_model.bin')),
+      openCheckpoint(fx('minigptv2_ckpt.pth')).then((s) => unwrapPrefix(s, 'model.')),
+    ] as const;
+    await withSources(sources, async ([merged, base, ckpt]) => {
       expect(merged.list().map((t) => t.name)).toEqual([
         'model.layers.0.self_attn.q_proj.weight',
         'model.layers.0.self_attn.v_proj.weight',
@@ -216,11 +223,7 @@ describe('fixture files', () => {
         }
         expect(maxDiff, t.name).toBeLessThan(1e-5);
       }
-    } finally {
-      await merged.close();
-      await base.close();
-      await ckpt.close();
-    }
+    });
   });
 
   it('openCheckpoint sniffs the format; openHfWeights prefers safetensors', async () => {

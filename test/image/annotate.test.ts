@@ -4,6 +4,7 @@ import { gridToPixels, parseGrounding, type Entity, type GridBox } from '../../s
 import {
   ANNOTATION_PALETTE,
   annotateImage,
+  type AnnotateOptions,
   boxLineWidth,
   buildOverlaySvg,
   entityColours,
@@ -20,6 +21,12 @@ const GREEN = ANNOTATION_PALETTE[1];
 async function plainImage(width: number, height: number, colour: RGB, format: 'png' | 'jpeg' = 'png') {
   const img = sharp({ create: { width, height, channels: 3, background: { r: colour[0], g: colour[1], b: colour[2] } } });
   return format === 'png' ? img.png().toBuffer() : img.jpeg({ quality: 95 }).toBuffer();
+}
+
+/** `entities` drawn on a plain grey `width` x `height` PNG: the result, and its pixels. */
+async function annotatedGrey(width: number, height: number, entities: Entity[], opts?: AnnotateOptions) {
+  const out = await annotateImage(await plainImage(width, height, GREY), entities, opts);
+  return { out, p: await pixels(out.data) };
 }
 
 interface Pixels {
@@ -64,12 +71,10 @@ describe('annotateImage', () => {
   it('draws the box edges in the phrase colour and leaves the rest unchanged', async () => {
     const W = 400;
     const H = 200;
-    const input = await plainImage(W, H, GREY);
     const b = gbox(10, 30, 60, 90);
-    const out = await annotateImage(input, [entity('a cat', b)]);
+    const { out, p } = await annotatedGrey(W, H, [entity('a cat', b)]);
     expect(out.mime).toBe('image/png');
     expect([out.width, out.height]).toEqual([W, H]);
-    const p = await pixels(out.data);
     expect([p.width, p.height]).toEqual([W, H]);
 
     const pb = gridToPixels(b, W, H);
@@ -118,14 +123,12 @@ describe('annotateImage', () => {
   it('gives two phrases different colours and all boxes of a phrase the same colour', async () => {
     const W = 300;
     const H = 300;
-    const input = await plainImage(W, H, GREY);
     const { entities } = parseGrounding(
       '<p>a dog</p> {<10><40><30><60>}<delim>{<40><40><60><60>} and <p>a ball</p> {<70><70><90><90>} and <p>A  dog</p>{<70><10><90><30>}',
     );
     expect(entities).toHaveLength(3);
     expect(entityColours(entities)).toEqual(['#e6194b', '#3cb44b', '#e6194b']);
-    const out = await annotateImage(input, entities);
-    const p = await pixels(out.data);
+    const { p } = await annotatedGrey(W, H, entities);
     const left = (b: GridBox) => {
       const pb = gridToPixels(b, W, H);
       return p.at(pb.left, pb.top + (pb.height >> 1));
@@ -182,11 +185,9 @@ describe('annotateImage', () => {
   });
 
   it('scales down to maxSide and draws at the scaled grid positions', async () => {
-    const input = await plainImage(800, 400, GREY);
     const b = gbox(25, 25, 75, 75);
-    const out = await annotateImage(input, [entity(null, b)], { maxSide: 200 });
+    const { out, p } = await annotatedGrey(800, 400, [entity(null, b)], { maxSide: 200 });
     expect([out.width, out.height]).toEqual([200, 100]);
-    const p = await pixels(out.data);
     expect([p.width, p.height]).toEqual([200, 100]);
     const pb = gridToPixels(b, 200, 100);
     expect(pb).toEqual({ left: 50, top: 25, width: 100, height: 50 });
@@ -206,10 +207,8 @@ describe('annotateImage', () => {
   it('puts the label inside the box when the box touches the top edge', async () => {
     const W = 300;
     const H = 200;
-    const input = await plainImage(W, H, GREY);
     const b = gbox(20, 0, 80, 80);
-    const out = await annotateImage(input, [entity('sky', b)]);
-    const p = await pixels(out.data);
+    const { p } = await annotatedGrey(W, H, [entity('sky', b)]);
     const pb = gridToPixels(b, W, H);
     const t = boxLineWidth(W, H);
     const fs = labelFontSize(W, H);

@@ -1,43 +1,26 @@
 // Batched decoding (left-padded KV rows in one session run, continuous batching across answers) and reuse
 // of a conversation's KV cache across turns, on the committed demo package: every path gives the same
 // greedy tokens as plain, one-at-a-time generation.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { MiniGPT, type ModelEvent, type Timings } from '../../src/inference/model.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { MiniGPT, ModelEvent, Timings } from '../../src/inference/model.js';
 import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { generate, type GenerationOptions } from '../../src/inference/generation/index.js';
 import { BufferPool } from '../../src/inference/kv-blocks.js';
 import type { KvCache } from '../../src/inference/kv-cache.js';
 import { type CachedContext, KvCacheLru, commonPrefixRows } from '../../src/inference/kv-reuse.js';
+import { GREEDY } from '../../src/cli/bench/common.js';
+import { QUESTIONS } from '../../src/cli/bench/scenarios/context.js';
+import { demoModelPerFile, goldenImage } from '../conversation/helpers.js';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 let model: MiniGPT;
 let image: Float32Array;
 let other: Float32Array;
 
+demoModelPerFile((m) => (model = m));
 beforeAll(async () => {
-  model = await MiniGPT.load(join(ROOT, 'models', 'demo'), { provider: 'cpu', threads: 1 });
-  image = (await model.encodeImage(await readFile(join(ROOT, 'test/fixtures/minigptv2-tiny/input.png')))).embeds;
+  image = (await model.encodeImage(await goldenImage())).embeds;
   other = image.map((x, i) => x * 0.5 + Math.sin(i));
 });
-
-afterAll(async () => {
-  await model?.close();
-});
-
-const QUESTIONS = [
-  '[grounding] describe this image',
-  '[refer] the red square',
-  '[detection] circle',
-  'what colour is the star',
-  '[vqa] how many shapes are there',
-  '[caption] give a short description',
-  '[identify] {<10><20><30><40>}',
-  'where is the blue triangle',
-];
-
-const GREEDY: Partial<GenerationOptions> = { temperature: 0, repetitionPenalty: 1, stopIds: [], stopStrings: [] };
 
 const prompt = (turns: Turn[]) => conversationPrompt(model.meta.prompt, turns);
 

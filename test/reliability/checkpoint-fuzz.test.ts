@@ -7,12 +7,11 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { deflateRawSync } from 'node:zlib';
 import { CheckpointError, DTYPE_ITEMSIZE, openCheckpoint, type TensorSource } from '../../src/convert/readers/index.js';
 import { crc32 } from '../../src/convert/readers/zip.js';
-import { loadPackage, ModelPackageError } from '../../src/inference/package.js';
+import { loadPackage, ModelPackageError, packageFiles } from '../../src/inference/package.js';
 import { MiniGPT } from '../../src/inference/model.js';
-import { buildSafetensors, buildTorchZip, buildZip, PickleWriter } from '../convert/readers-helpers.js';
+import { buildTorchZip, buildZip, PickleWriter, rawSafetensors } from '../convert/readers-helpers.js';
 import { rng } from '../helpers/rng.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -174,6 +173,13 @@ function pickleRegion(b: Uint8Array): { start: number; length: number; cd: numbe
   return { start, length: dv.getUint32(cd + 24, true), cd, local };
 }
 
+/** `bytes` written to `name` in the temporary folder, then exercised as a checkpoint file. */
+async function exerciseBytes(name: string, bytes: Uint8Array, label: string): Promise<Result> {
+  const p = join(tmp, name);
+  await writeFile(p, bytes);
+  return exercise(p, bytes.byteLength, label);
+}
+
 async function fuzzFile(
   ext: string,
   cases: number,
@@ -184,10 +190,9 @@ async function fuzzFile(
   const out: Result[] = [];
   for (let i = 0; i < cases; i++) {
     const { bytes, how } = mutate(r);
-    const p = join(tmp, `fuzz-${seed}-${i}.${ext}`);
-    await writeFile(p, bytes);
-    out.push(await exercise(p, bytes.byteLength, `seed ${seed} case ${i} (${how})`));
-    await rm(p);
+    const name = `fuzz-${seed}-${i}.${ext}`;
+    out.push(await exerciseBytes(name, bytes, `seed ${seed} case ${i} (${how})`));
+    await rm(join(tmp, name));
   }
   return out;
 }
@@ -254,10 +259,7 @@ describe('.pth fuzzing', () => {
     ];
     for (const [label, build] of evil) {
       const pkl = build(new PickleWriter().proto(2)).stop().bytes();
-      const p = join(tmp, `evil-${label.replace(/\W/g, '_')}.pth`);
-      const bytes = buildTorchZip('archive', pkl, {});
-      await writeFile(p, bytes);
-      const r = await exercise(p, bytes.byteLength, label);
+      const r = await exerciseBytes(`evil-${label.replace(/\W/g, '_')}.pth`, buildTorchZip('archive', pkl, {}), label);
       expect(r.ok, label).toBe(false);
       expect(r.error!.message, label).toMatch(/refusing to load|not supported|EXT opcodes/);
     }
@@ -268,10 +270,7 @@ describe('.pth fuzzing', () => {
     const w = new PickleWriter().proto(2).orderedDict().mark();
     w.str('big').tensor('FloatStorage', '0', 1, 0, [1 << 20, 1 << 20], [0, 0]);
     const pkl = w.setItems().stop().bytes();
-    const p = join(tmp, 'expanded.pth');
-    const bytes = buildTorchZip('archive', pkl, { '0': new Uint8Array(4) });
-    await writeFile(p, bytes);
-    const r = await exercise(p, bytes.byteLength, 'expanded view');
+    const r = await exerciseBytes('expanded.pth', buildTorchZip('archive', pkl, { '0': new Uint8Array(4) }), 'expanded view');
     expect(r.error?.message).toMatch(/tensor 'big' .*more than the whole file.*stride 0/);
 
     // data.pkl compressed: a pickle padded with 64 MB of zeros inside a BINBYTES, deflated to ~64 KB
@@ -288,11 +287,8 @@ describe('.pth fuzzing', () => {
       { name: 'archive/version', data: new TextEncoder().encode('3\n') },
     ]);
     expect(zipped.byteLength).toBeLessThan(200_000);
-    const q = join(tmp, 'zipbomb.pth');
-    await writeFile(q, zipped);
-    const z = await exercise(q, zipped.byteLength, 'zip bomb');
+    const z = await exerciseBytes('zipbomb.pth', zipped, 'zip bomb');
     expect(z.error?.message).toMatch(/more than the whole archive|zip bomb/);
-    void deflateRawSync;
   });
 });
 
@@ -363,16 +359,9 @@ describe('.safetensors fuzzing', () => {
   });
 
   it('a header that claims a huge tensor over a few bytes is refused without allocating it', async () => {
-    const bytes = buildSafetensors([{ name: 'w', dtype: 'F32', shape: [1], data: new Uint8Array(4) }]);
     const json = JSON.stringify({ w: { dtype: 'F32', shape: [1 << 20, 1 << 20], data_offsets: [0, 4] } }).padEnd(40, ' ');
-    const len = new Uint8Array(8);
-    new DataView(len.buffer).setBigUint64(0, BigInt(json.length), true);
-    const evil = new Uint8Array([...len, ...new TextEncoder().encode(json), 0, 0, 0, 0]);
-    const p = join(tmp, 'huge.safetensors');
-    await writeFile(p, evil);
-    const r = await exercise(p, evil.byteLength, 'huge claim');
+    const r = await exerciseBytes('huge.safetensors', rawSafetensors(json, new Uint8Array(4)), 'huge claim');
     expect(r.error?.message).toMatch(/span 4 bytes but F32\[1048576, 1048576\] needs/);
-    void bytes;
   });
 });
 
@@ -385,17 +374,7 @@ describe('model.json fuzzing', () => {
     await mkdir(pkgDir);
     metaText = await readFile(join(DEMO, 'model.json'), 'utf8');
     meta = JSON.parse(metaText) as Record<string, unknown>;
-    for (const f of [
-      'decoder.onnx',
-      'decoder.onnx.data',
-      'embed.onnx',
-      'embed.onnx.data',
-      'vision.onnx',
-      'vision.onnx.data',
-      'tokenizer.json',
-    ]) {
-      await copyFile(join(DEMO, f), join(pkgDir, f));
-    }
+    for (const f of packageFiles((await loadPackage(DEMO)).meta)) await copyFile(join(DEMO, f), join(pkgDir, f));
   });
 
   async function tryMeta(text: string, label: string): Promise<'loaded' | 'refused'> {

@@ -3,16 +3,7 @@
 // reference the network. Built from small real images with sharp, then patched byte by byte.
 import zlib from 'node:zlib';
 import sharp from 'sharp';
-
-function crc32(buf: Uint8Array): number {
-  let crc = 0xffffffff;
-  for (let n = 0; n < buf.length; n++) {
-    let c = (crc ^ buf[n]) & 0xff;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    crc = (crc >>> 8) ^ c;
-  }
-  return (crc ^ 0xffffffff) >>> 0;
-}
+import { crc32 } from '../../src/convert/readers/zip.js';
 
 function pngChunk(type: string, data: Buffer): Buffer {
   const len = Buffer.alloc(4);
@@ -60,13 +51,14 @@ export function pngBomb(w: number, h: number): Promise<Buffer> {
   return pngOfZeros(w, h, 1);
 }
 
+/** The small real image each bomb below patches, encoded by `encode` (sharp's format call). */
+async function greySquare(encode: (image: sharp.Sharp) => sharp.Sharp): Promise<Buffer> {
+  return Buffer.from(await encode(sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })).toBuffer());
+}
+
 /** A JPEG whose frame header (SOF) claims `w`x`h`; the scan data is that of a tiny image. */
 export async function jpegBomb(w: number, h: number): Promise<Buffer> {
-  const jpg = Buffer.from(
-    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })
-      .jpeg()
-      .toBuffer(),
-  );
+  const jpg = await greySquare((image) => image.jpeg());
   for (let i = 2; i < jpg.length - 9; ) {
     if (jpg[i] !== 0xff) break;
     const marker = jpg[i + 1];
@@ -83,11 +75,7 @@ export async function jpegBomb(w: number, h: number): Promise<Buffer> {
 
 /** A lossless WebP whose VP8L header claims `w`x`h` (at most 16383 each, the format's limit). */
 export async function webpBomb(w: number, h: number): Promise<Buffer> {
-  const webp = Buffer.from(
-    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })
-      .webp({ lossless: true })
-      .toBuffer(),
-  );
+  const webp = await greySquare((image) => image.webp({ lossless: true }));
   const at = webp.indexOf('VP8L');
   if (at < 0) throw new Error('no VP8L chunk');
   const p = at + 8; // chunk data: 0x2f signature, then 14 bits width-1, 14 bits height-1, alpha, version
@@ -99,11 +87,7 @@ export async function webpBomb(w: number, h: number): Promise<Buffer> {
 
 /** A GIF whose logical screen claims `w`x`h` around a tiny frame. */
 export async function gifBomb(w: number, h: number): Promise<Buffer> {
-  const gif = Buffer.from(
-    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })
-      .gif()
-      .toBuffer(),
-  );
+  const gif = await greySquare((image) => image.gif());
   gif.writeUInt16LE(w, 6);
   gif.writeUInt16LE(h, 8);
   // and the first frame's image descriptor too
@@ -117,11 +101,7 @@ export async function gifBomb(w: number, h: number): Promise<Buffer> {
 
 /** A TIFF whose IFD claims `w`x`h`. */
 export async function tiffBomb(w: number, h: number): Promise<Buffer> {
-  const tif = Buffer.from(
-    await sharp({ create: { width: 16, height: 16, channels: 3, background: '#808080' } })
-      .tiff()
-      .toBuffer(),
-  );
+  const tif = await greySquare((image) => image.tiff());
   const le = tif.toString('latin1', 0, 2) === 'II';
   const u16 = (o: number) => (le ? tif.readUInt16LE(o) : tif.readUInt16BE(o));
   const u32 = (o: number) => (le ? tif.readUInt32LE(o) : tif.readUInt32BE(o));

@@ -6,6 +6,7 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { loadPackage, packageFiles } from '../../src/inference/package.js';
 import { trainLog, trainPy } from './helpers.js';
 
 const run = promisify(execFile);
@@ -13,15 +14,8 @@ const ROOT = join(import.meta.dirname, '..', '..');
 const PY = process.env.PYTHON ?? '/usr/bin/python3';
 const DEMO = join(ROOT, 'models/demo');
 const SCRIPT = join(ROOT, 'models/demo/train/from_package.py');
-const PACKAGE_FILES = [
-  'vision.onnx',
-  'vision.onnx.data',
-  'embed.onnx',
-  'embed.onnx.data',
-  'decoder.onnx',
-  'decoder.onnx.data',
-  'tokenizer.json',
-];
+// model.json aside (its name and provenance say where a package was written)
+const PACKAGE_FILES = packageFiles((await loadPackage(DEMO)).meta);
 let work: string;
 
 const minigpt = (...args: string[]) => run(process.execPath, [join(ROOT, 'bin/minigpt.js'), ...args], { cwd: ROOT });
@@ -161,7 +155,7 @@ describe('from_package.py', () => {
     // a package whose weights are not all there
     const partial = join(work, 'partial');
     await mkdir(partial);
-    for (const f of ['model.json', 'vision.onnx', 'vision.onnx.data', 'embed.onnx', 'embed.onnx.data', 'decoder.onnx', 'tokenizer.json'])
+    for (const f of ['model.json', ...PACKAGE_FILES.filter((f) => f !== 'decoder.onnx.data')])
       await copyFile(join(DEMO, f), join(partial, f));
     await writeFile(join(partial, 'decoder.onnx.data'), Buffer.alloc(16));
     expect((await failure(run(PY, [SCRIPT, '--model', partial, '--out', join(work, 'x3')]))).stderr).toMatch(

@@ -2,13 +2,19 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-const TRAIN_PY = join(import.meta.dirname, '..', '..', 'models/demo/train/train.py');
+const TRAIN_DIR = join(import.meta.dirname, '..', '..', 'models/demo/train');
+const TRAIN_PY = join(TRAIN_DIR, 'train.py');
 
 /** A train.py command line: the script, then each of `opts` in order as `--name value` (`true`: the flag alone). */
 export function trainPy(opts: Record<string, string | number | true>): string[] {
   const args = [TRAIN_PY];
   for (const [name, value] of Object.entries(opts)) args.push(`--${name}`, ...(value === true ? [] : [String(value)]));
   return args;
+}
+
+/** `python -c` arguments that run `lines` with the recipe's modules importable (`import train`). */
+export function trainProbe(lines: string[]): string[] {
+  return ['-c', ['import sys', `sys.path.insert(0, ${JSON.stringify(TRAIN_DIR)})`, ...lines].join('\n')];
 }
 
 /** The records of run `dir`'s train_log.jsonl, one a line. */

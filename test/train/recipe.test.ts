@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { sha256Hex } from '../../src/conversation/store.js';
 import { TASKS, expectRecordedFiles, expectRecordedScores } from '../helpers/provenance.js';
-import { trainLog, trainPy } from './helpers.js';
+import { trainLog, trainProbe, trainPy } from './helpers.js';
 import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const run = promisify(execFile);
@@ -194,15 +194,13 @@ describe('models/demo/train', () => {
 
   it('--object-curriculum: one-object scenes first, then up to two, ...; a stopped and resumed run replays the same order', async () => {
     // the sampler alone: 8 scenes of 1, 2 or 3 objects, the cap rising every 2 steps
-    const probe = [
-      'import json, random, sys',
-      `sys.path.insert(0, ${JSON.stringify(join(ROOT, 'models/demo/train'))})`,
-      'import train',
+    const probe = trainProbe([
+      'import json, random, train',
       'counts = [1, 2, 3, 1, 2, 3, 1, 2]',
       'o = train.ImageOrder(8, random.Random(0), counts, 2)',
       'print(json.dumps([[counts[i] for i in o.take(s, 3)] for s in range(6)]))',
-    ].join('\n');
-    const { stdout } = await run(PY, ['-c', probe], { cwd: ROOT });
+    ]);
+    const { stdout } = await run(PY, probe, { cwd: ROOT });
     const caps = JSON.parse(stdout) as number[][];
     expect(
       caps
@@ -241,9 +239,8 @@ describe('models/demo/train', () => {
   }, 300_000);
   it('--attn-sup / --name-sup: the answer positions of [refer] / [identify] samples (--sup-about: every sample about one object) target the image tokens, the colour and the shape of that object', async () => {
     const prepared = join(work, 'smoke', 'prepared');
-    const probe = [
-      'import json, random, sys, types',
-      `sys.path.insert(0, ${JSON.stringify(join(ROOT, 'models/demo/train'))})`,
+    const probe = trainProbe([
+      'import json, random, types',
       'import numpy as np, torch, train',
       // the 4-concat groups patches (r, 4h..4h+3): on an 8 x 8 grid the top-left quarter is tokens 0, 2, 4, 6
       'geometry = [train.box_tokens([0, 0, 0.5, 0.5], 8), train.box_tokens([0.3, 0.3, 0.31, 0.31], 8)]',
@@ -301,8 +298,8 @@ describe('models/demo/train', () => {
       'sure = train.name_loss_sum(model, N)',
       'print(json.dumps({"geometry": geometry, "heads": heads, "bad": bad, "rows": rows, "zero": [float(zero[0]), zero[1]], "uniform": [float(uniform[0]), uniform[1]],',
       '                  "flat": [float(flat[0]), flat[1]], "sure": [float(sure[0]), sure[1]], "about": about}))',
-    ].join('\n');
-    const { stdout } = await run(PY, ['-c', probe], { cwd: ROOT, maxBuffer: 64 << 20 });
+    ]);
+    const { stdout } = await run(PY, probe, { cwd: ROOT, maxBuffer: 64 << 20 });
     const out = JSON.parse(stdout) as {
       geometry: number[][];
       heads: number[][];

@@ -7,7 +7,7 @@ import sharp from 'sharp';
 import { MiniGPT } from '../../inference/model.js';
 import { ConversationManager } from '../../conversation/manager.js';
 import { startApiServer } from '../../../adapters/api/server.js';
-import { fmt, GREEDY, roundAll, stat } from './common.js';
+import { type ConversationBench, fmt, GREEDY, roundAll, stat } from './common.js';
 
 export interface ApiBenchResult {
   package: string;
@@ -87,13 +87,7 @@ async function variant(image: Uint8Array, round: number): Promise<string> {
   return `data:image/png;base64,${png.toString('base64')}`;
 }
 
-export async function benchApi(
-  dir: string,
-  image: Uint8Array,
-  threads: number,
-  o: { rounds: number; tokens: number; kvCacheMb: number },
-  log: (s: string) => void,
-): Promise<ApiBenchResult> {
+export const benchApi: ConversationBench<ApiBenchResult> = async (dir, image, threads, o, log) => {
   const model = await MiniGPT.load(dir, { provider: 'cpu', threads, log });
   const say = (s: string) => log(`[bench api ${model.meta.dtype} ${dir}] ${s}`);
   // no stop words: a random-weight package answers as long as a real one
@@ -159,7 +153,7 @@ export async function benchApi(
     followup_cached_tokens: last.follow[0].usage.prompt_tokens_details.cached_tokens,
     identical,
   };
-}
+};
 
 export function apiMarkdown(r: ApiBenchResult): string {
   return [

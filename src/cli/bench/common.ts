@@ -5,6 +5,22 @@ import type { GenerationOptions } from '../../inference/generation/index.js';
 /** Greedy, no penalty, no stop words: every run of a package gives the same tokens, as many as asked for. */
 export const GREEDY: Partial<GenerationOptions> = { temperature: 0, repetitionPenalty: 1, stopIds: [], stopStrings: [] };
 
+/** `--thread` / `--api`: `rounds` conversations (the first a warm-up), `tokens` per answer, the manager's KV cache budget. */
+export interface ConversationRounds {
+  rounds: number;
+  tokens: number;
+  kvCacheMb: number;
+}
+
+/** One package measured as a client meets it, a conversation at a time (`minigpt bench --thread` and `--api`). */
+export type ConversationBench<R> = (
+  dir: string,
+  image: Uint8Array,
+  threads: number,
+  o: ConversationRounds,
+  log: (s: string) => void,
+) => Promise<R>;
+
 export interface Stat {
   median: number;
   p95: number;

@@ -11,7 +11,7 @@ import { loadPackage } from '../../inference/package.js';
 import { conversationPrompt } from '../../inference/prompt.js';
 import { generate } from '../../inference/generation/index.js';
 import { WEIGHT_DTYPES, type WeightDType } from '../../convert/quantize.js';
-import { fmt, GREEDY, roundAll, stat as stats } from './common.js';
+import { type ConversationBench, fmt, GREEDY, roundAll, stat as stats } from './common.js';
 
 /** A row of the table: a weight type, for int8 / int4 optionally with its block size ("int4-b128"). */
 export interface WeightVariant {
@@ -203,13 +203,7 @@ const FOLLOW_UP = 'what colour is the star';
  * follow-up in the same thread. `rounds` threads, each with a fresh manager (no image cache across rounds);
  * the first round warms up.
  */
-export async function benchThread(
-  dir: string,
-  image: Uint8Array,
-  threads: number,
-  o: { rounds: number; tokens: number; kvCacheMb: number },
-  log: (s: string) => void,
-): Promise<ThreadResult> {
+export const benchThread: ConversationBench<ThreadResult> = async (dir, image, threads, o, log) => {
   const { ConversationManager } = await import('../../conversation/manager.js');
   const t0 = performance.now();
   const model = await MiniGPT.load(dir, { provider: 'cpu', threads, log });
@@ -271,7 +265,7 @@ export async function benchThread(
   } finally {
     await model.close();
   }
-}
+};
 
 export function parseDtypes(v: string | undefined): WeightVariant[] {
   if (v === 'none') return [];

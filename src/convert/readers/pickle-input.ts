@@ -39,49 +39,40 @@ export class PickleInput {
   }
 
   u16(): number {
-    this.need(2, 'opcode argument');
-    const v = this.dv.getUint16(this.pos, true);
-    this.pos += 2;
-    return v;
+    return this.take(2, 'opcode argument', (at) => this.dv.getUint16(at, true));
   }
 
   u32(): number {
-    this.need(4, 'opcode argument');
-    const v = this.dv.getUint32(this.pos, true);
-    this.pos += 4;
-    return v;
+    return this.take(4, 'opcode argument', (at) => this.dv.getUint32(at, true));
   }
 
   i32(): number {
-    this.need(4, 'opcode argument');
-    const v = this.dv.getInt32(this.pos, true);
-    this.pos += 4;
-    return v;
+    return this.take(4, 'opcode argument', (at) => this.dv.getInt32(at, true));
   }
 
   /** An 8-byte length: no length can exceed the pickle itself, which also keeps it a safe integer. */
   u64(): number {
-    this.need(8, 'opcode argument');
-    const v = this.dv.getBigUint64(this.pos, true);
-    this.pos += 8;
+    const v = this.take(8, 'opcode argument', (at) => this.dv.getBigUint64(at, true));
     if (v > BigInt(this.n)) this.fail(`length ${v} exceeds the pickle size`);
     return Number(v);
   }
 
   /** BINFLOAT's argument: a big-endian double, unlike every other binary argument. */
   binFloat(): number {
-    this.need(8, 'BINFLOAT');
-    const v = this.dv.getFloat64(this.pos, false);
-    this.pos += 8;
-    return v;
+    return this.take(8, 'BINFLOAT', (at) => this.dv.getFloat64(at, false));
   }
 
   /** `k` bytes, a view into the pickle (copy before keeping). */
   bytes(k: number, what: string): Uint8Array {
-    this.need(k, what);
-    const b = this.data.subarray(this.pos, this.pos + k);
-    this.pos += k;
-    return b;
+    return this.take(k, what, (at) => this.data.subarray(at, at + k));
+  }
+
+  /** `size` bytes read by `read` from the current position, which then moves past them. */
+  private take<T>(size: number, what: string, read: (at: number) => T): T {
+    this.need(size, what);
+    const v = read(this.pos);
+    this.pos += size;
+    return v;
   }
 
   /** A text argument up to its newline (protocol 0 opcodes, GLOBAL). */

@@ -11,6 +11,19 @@
 import { MAX_LONG_BYTES, parseQuoted, PickleInput, unescapeRawUnicode } from './pickle-input.js';
 import { isList, isTuple, PyDict, tuple, type PyTuple } from './pickle-values.js';
 
+/** The opcodes whose argument is a length then that many bytes: their names (for errors) and the length's width. */
+const COUNTED: ReadonlyMap<number, readonly [name: string, length: 'u8' | 'u32' | 'u64']> = new Map([
+  [0x8a, ['LONG1', 'u8']],
+  [0x58, ['BINUNICODE', 'u32']],
+  [0x8c, ['SHORT_BINUNICODE', 'u8']],
+  [0x8d, ['BINUNICODE8', 'u64']],
+  [0x55, ['SHORT_BINSTRING', 'u8']],
+  [0x42, ['BINBYTES', 'u32']],
+  [0x43, ['SHORT_BINBYTES', 'u8']],
+  [0x8e, ['BINBYTES8', 'u64']],
+  [0x96, ['BYTEARRAY8', 'u64']],
+]);
+
 export interface UnpickleHooks {
   /** Returns an inert marker for allowed globals; must throw CheckpointError for anything else. */
   findGlobal(module: string, name: string): unknown;
@@ -68,6 +81,18 @@ export function unpickle(data: Uint8Array, hooks: UnpickleHooks, where: string):
   const dictKey = (k: unknown): unknown => {
     if (k instanceof PyDict || isList(k) || k instanceof Set) fail('unhashable dict key');
     return k;
+  };
+  /** The bytes of a COUNTED opcode's argument (a view into the pickle: copy before keeping). */
+  const counted = (op: number): Uint8Array => {
+    const [name, length] = COUNTED.get(op)!;
+    return inp.bytes(inp[length](), name);
+  };
+  /** What REDUCE and NEWOBJ(_EX) call (a callable or a class) and its argument tuple, popped. */
+  const popCall = (opName: string, at: number): [unknown, PyTuple] => {
+    const args = pop();
+    const callee = pop();
+    if (!isTuple(args)) fail(`${opName} arguments are not a tuple`, at);
+    return [callee, args as PyTuple];
   };
   const checkString = (v: unknown, what: string): string => {
     if (typeof v !== 'string') fail(`${what} must be a string`);
@@ -131,12 +156,9 @@ export function unpickle(data: Uint8Array, hooks: UnpickleHooks, where: string):
       case 0x4d: // BININT2
         stack.push(inp.u16());
         break;
-      case 0x8a: {
-        // LONG1
-        const k = inp.u8();
-        stack.push(inp.long(inp.bytes(k, 'LONG1')));
+      case 0x8a: // LONG1
+        stack.push(inp.long(counted(op)));
         break;
-      }
       case 0x8b: {
         // LONG4
         const k = inp.i32();
@@ -165,24 +187,11 @@ export function unpickle(data: Uint8Array, hooks: UnpickleHooks, where: string):
       }
 
       // ---- strings / bytes
-      case 0x58: {
-        // BINUNICODE
-        const k = inp.u32();
-        stack.push(utf8.decode(inp.bytes(k, 'BINUNICODE')));
+      case 0x58: // BINUNICODE
+      case 0x8c: // SHORT_BINUNICODE
+      case 0x8d: // BINUNICODE8
+        stack.push(utf8.decode(counted(op)));
         break;
-      }
-      case 0x8c: {
-        // SHORT_BINUNICODE
-        const k = inp.u8();
-        stack.push(utf8.decode(inp.bytes(k, 'SHORT_BINUNICODE')));
-        break;
-      }
-      case 0x8d: {
-        // BINUNICODE8
-        const k = inp.u64();
-        stack.push(utf8.decode(inp.bytes(k, 'BINUNICODE8')));
-        break;
-      }
       case 0x56: // UNICODE (raw-unicode-escape text line)
         stack.push(unescapeRawUnicode(inp.line('UNICODE')));
         break;
@@ -193,39 +202,18 @@ export function unpickle(data: Uint8Array, hooks: UnpickleHooks, where: string):
         stack.push(latin1.decode(inp.bytes(k, 'BINSTRING')));
         break;
       }
-      case 0x55: {
-        // SHORT_BINSTRING
-        const k = inp.u8();
-        stack.push(latin1.decode(inp.bytes(k, 'SHORT_BINSTRING')));
+      case 0x55: // SHORT_BINSTRING
+        stack.push(latin1.decode(counted(op)));
         break;
-      }
       case 0x53: // STRING (quoted text)
         stack.push(parseQuoted(inp.line('STRING'), fail));
         break;
-      case 0x42: {
-        // BINBYTES
-        const k = inp.u32();
-        stack.push(inp.bytes(k, 'BINBYTES').slice());
+      case 0x42: // BINBYTES
+      case 0x43: // SHORT_BINBYTES
+      case 0x8e: // BINBYTES8
+      case 0x96: // BYTEARRAY8
+        stack.push(counted(op).slice());
         break;
-      }
-      case 0x43: {
-        // SHORT_BINBYTES
-        const k = inp.u8();
-        stack.push(inp.bytes(k, 'SHORT_BINBYTES').slice());
-        break;
-      }
-      case 0x8e: {
-        // BINBYTES8
-        const k = inp.u64();
-        stack.push(inp.bytes(k, 'BINBYTES8').slice());
-        break;
-      }
-      case 0x96: {
-        // BYTEARRAY8
-        const k = inp.u64();
-        stack.push(inp.bytes(k, 'BYTEARRAY8').slice());
-        break;
-      }
 
       // ---- containers
       case 0x7d: // EMPTY_DICT
@@ -378,30 +366,18 @@ export function unpickle(data: Uint8Array, hooks: UnpickleHooks, where: string):
       case 0x6f: // OBJ
         fail('OBJ opcode is not supported', at);
         break;
-      case 0x52: {
-        // REDUCE
-        const args = pop();
-        const fn = pop();
-        if (!isTuple(args)) fail('REDUCE arguments are not a tuple', at);
-        stack.push(hooks.reduce(fn, args as PyTuple));
+      case 0x52: // REDUCE
+        stack.push(hooks.reduce(...popCall('REDUCE', at)));
         break;
-      }
-      case 0x81: {
-        // NEWOBJ
-        const args = pop();
-        const cls = pop();
-        if (!isTuple(args)) fail('NEWOBJ arguments are not a tuple', at);
-        stack.push(hooks.newObj(cls, args as PyTuple));
+      case 0x81: // NEWOBJ
+        stack.push(hooks.newObj(...popCall('NEWOBJ', at)));
         break;
-      }
       case 0x92: {
         // NEWOBJ_EX
         const kwargs = pop();
-        const args = pop();
-        const cls = pop();
-        if (!isTuple(args)) fail('NEWOBJ_EX arguments are not a tuple', at);
+        const [cls, args] = popCall('NEWOBJ_EX', at);
         if (!(kwargs instanceof PyDict) || kwargs.map.size !== 0) fail('NEWOBJ_EX with keyword arguments is not supported', at);
-        stack.push(hooks.newObj(cls, args as PyTuple));
+        stack.push(hooks.newObj(cls, args));
         break;
       }
       case 0x62: {
