@@ -8,11 +8,9 @@ import { KvCache } from './kv-cache.js';
 import {
   AppendBlock,
   BufferPool,
-  copyRow,
   growCapacity,
   kvTensor,
   kvType,
-  onDevice,
   PresentBlock,
   type BlockInputs,
   type KvArray,
@@ -20,57 +18,20 @@ import {
 } from './kv-blocks.js';
 import { copyInto, placeRows } from './step-batch.js';
 import type { DeviceKvCopier } from './kv-device.js';
+import { ownRows, packRows, type PresentLayout } from './present-rows.js';
+import {
+  ContextLengthError,
+  DEFAULT_PREFILL_CHUNK,
+  type DecoderOptions,
+  type DecoderStats,
+  type ForwardResult,
+  type KeepLogits,
+  type KvMode,
+} from './decoder-types.js';
+
+export { ContextLengthError, type DecoderOptions, type ForwardResult, type KeepLogits, type KvMode } from './decoder-types.js';
 
 type LlmShape = ModelJson['llm'];
-
-/**
- * How the decoder keeps its KV cache:
- * - 'append': in buffers of its own, [rows, kvHeads, capacity, headDim], into which the new positions of each
- *   run (the graph's `present_new.*` outputs) are written. The whole buffer is fed as `past_key_values.*`
- *   with the attention mask hiding each row's unused tail, so a step copies nothing but its new positions.
- * - 'present': the graph's `present.*` outputs as they are (past + new, every step). Used for packages
- *   converted before `present_new` existed, and where outputs stay on the device (WebGPU).
- */
-export type KvMode = 'append' | 'present';
-
-/** Which positions' logits a forward run returns: the last one (all generation needs) or every new one. */
-export type KeepLogits = 'last' | 'all';
-
-export interface ForwardResult {
-  /** logits of the last new position [vocab], or of every new position [seqLen, vocab] (KeepLogits) */
-  logits: Float32Array;
-  state: KvCache;
-}
-
-export interface DecoderStats {
-  /** decoder session runs and the time spent in them (ms, wall clock around session.run) */
-  runs: number;
-  runMs: number;
-  /** batched steps (more than one row) and the rows they decoded */
-  steps: number;
-  stepRows: number;
-  /** runs whose past had to be copied first (a batch's membership changed, a shared prefix, growth) */
-  repacks: number;
-}
-
-export interface DecoderOptions {
-  /** see KvMode; default 'append' when the graph has `present_new` outputs */
-  mode?: KvMode;
-  /** rows a batch's KV storage is made for, so that conversations join without re-packing (default 8) */
-  batchRows?: number;
-  /** memory of freed KV storage kept for reuse (default 512 MiB) */
-  poolBytes?: number;
-  /** 'append' mode: the most positions one run of a prefill takes; longer prompts run in chunks (default 128) */
-  prefillChunk?: number;
-  /**
-   * 'present' mode with the session's `present.*` and `present_new.*` outputs kept in device memory (WebGPU):
-   * copies rows of such caches on the device. Node's binding then wants every output fetched at every run;
-   * the present_new ones are freed unread.
-   */
-  deviceKv?: DeviceKvCopier;
-}
-
-export const DEFAULT_PREFILL_CHUNK = 128;
 
 export class LlamaDecoder implements StepModel<KvCache> {
   readonly vocabSize: number;
@@ -89,6 +50,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
   /** 'present' mode's runs: the logits and the whole present (undefined: every output, see deviceKv) */
   private readonly presentFetches: string[] | undefined;
   private readonly deviceKv: DeviceKvCopier | undefined;
+  private readonly presentLayout: PresentLayout;
   /**
    * The `logits_to_keep` feeds (1: the last position, 0: all) when the graph has that input; packages converted
    * before it compute every position's logits, and the last is cut out here.
@@ -129,6 +91,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
     this.pool = new BufferPool(opts.poolBytes ?? 512 * 1024 * 1024, this.kv);
     this.prefillChunk = Math.max(1, Math.floor(opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK));
     this.deviceKv = opts.deviceKv;
+    this.presentLayout = { names: this.pastNames, kvHeads: shape.kvHeads, headDim: shape.headDim, type: this.kv, device: opts.deviceKv };
     const presentNames = Array.from({ length: shape.layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat();
     this.presentFetches = this.deviceKv ? undefined : ['logits', ...presentNames];
   }
@@ -146,23 +109,12 @@ export class LlamaDecoder implements StepModel<KvCache> {
    * copied on the device. The caller owns the result; `state` stays valid.
    */
   async prefix(state: KvCache, n = state.length): Promise<KvCache> {
-    const b = state.storage;
-    if (!(b instanceof PresentBlock) || !onDevice(b.feeds) || (n === state.length && state.standalone)) return state.prefix(n);
-    return this.copyOnDevice(state, b, n);
+    return ownRows(state, n, this.presentLayout, false, () => this.emptyCache());
   }
 
   /** KvCache.clone() for any state of this decoder (see prefix). */
   async clone(state: KvCache): Promise<KvCache> {
-    const b = state.storage;
-    if (!(b instanceof PresentBlock) || !onDevice(b.feeds)) return state.clone();
-    return this.copyOnDevice(state, b, state.length);
-  }
-
-  /** The first `n` positions of `state` (a row of `b`, in device memory) copied into storage of their own. */
-  private async copyOnDevice(state: KvCache, b: PresentBlock, n: number): Promise<KvCache> {
-    if (n === 0) return this.emptyCache();
-    if (!this.deviceKv) throw new Error('a KV cache in device memory needs its decoder to copy it (DecoderOptions.deviceKv)');
-    return new KvCache(await this.deviceKv.gather([{ tensors: b.feeds, row: state.row, from: b.total - state.length, n }], n), n);
+    return ownRows(state, state.length, this.presentLayout, true, () => this.emptyCache());
   }
 
   /** Frees what the decoder made itself (the device copier's graphs); its session belongs to the caller. */
@@ -475,27 +427,9 @@ export class LlamaDecoder implements StepModel<KvCache> {
     let past: Record<string, ort.Tensor>;
     if (same) {
       past = block.feeds;
-    } else if (this.deviceKv && states.some((s) => onDevice((s.storage as PresentBlock).feeds))) {
-      this.stats.repacks++;
-      past = await this.deviceKv.gather(
-        states.map((s) => {
-          const src = s.storage as PresentBlock;
-          return { tensors: src.feeds, row: s.row, from: src.total - s.length, n: s.length };
-        }),
-        T,
-      );
     } else {
       this.stats.repacks++;
-      past = {};
-      for (const name of this.pastNames) {
-        const { kvHeads, headDim } = this.shape;
-        const dst = this.kv.alloc(B * kvHeads * T * headDim);
-        states.forEach((s, b) => {
-          const src = s.storage as PresentBlock;
-          copyRow(src.feeds[name].data as KvArray, src.total, s.row, src.total - s.length, dst, T, b, pads[b], s.length, kvHeads, headDim);
-        });
-        past[name] = kvTensor(this.kv, dst, [B, kvHeads, T, headDim]);
-      }
+      past = await packRows(states, T, this.presentLayout);
     }
     // rows: [the masked cache position (when the graph has a cache input)] [left padding] [past] [new]
     const lead = this.cacheNames ? 1 : 0;
@@ -551,13 +485,4 @@ export class LlamaDecoder implements StepModel<KvCache> {
 /** [n * width] -> n views of `width` values */
 function splitRows(data: Float32Array, width: number): Float32Array[] {
   return Array.from({ length: data.length / width }, (_, i) => data.subarray(i * width, (i + 1) * width));
-}
-
-export class ContextLengthError extends Error {
-  constructor(
-    readonly needed: number,
-    readonly limit: number,
-  ) {
-    super(`the conversation needs ${needed} positions but the model handles at most ${limit}`);
-  }
 }

@@ -60,7 +60,10 @@ describe('WebGPU (software Vulkan)', () => {
       const d = model.decoder;
       const logits: Float32Array[] = [];
       const live = new Set<KvCache>();
-      const keep = (s: KvCache) => (live.add(s), s);
+      const keep = (s: KvCache) => {
+        live.add(s);
+        return s;
+      };
       try {
         let states = await Promise.all(
           QUESTIONS.map(async (q) => keep((await d.forward((await model.context(prompt(q), [image])).embeds, null)).state)),

@@ -70,6 +70,7 @@ async function setup(f: Fake): Promise<void> {
     'dpkg-query',
     [
       `echo "dpkg-query $*" >> "${log}"`,
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: a line of bash, not a template
       'pkg=${@: -1}',
       `[ -e "${state}/$pkg" ] || { echo "dpkg-query: no packages found matching $pkg" >&2; exit 1; }`,
       // (mesa-vulkan-drivers is checked by version: an installed one is new enough)
