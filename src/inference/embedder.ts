@@ -1,19 +1,24 @@
 // Token id -> embedding row, through the package's embedding graph: apart from the decoder because the
 // prompt assembly (context.ts) embeds text segments with it too, between the image's rows.
 import * as ort from 'onnxruntime-node';
+import type { ProviderName } from './providers.js';
 
 export class TokenEmbedder {
   /** token id -> its embedding row, for decoding steps (one token per row, the same few ids again and again) */
   private readonly rows = new Map<number, Float32Array>();
   private readonly maxRows: number;
 
+  /** where the embedding graph runs (for reports; MiniGPT.load puts it on the CPU) */
+  readonly provider: ProviderName;
+
   /** `cacheBytes`: memory for remembered rows of single tokens (default 32 MiB; 0 disables) */
   constructor(
     private readonly session: ort.InferenceSession,
     readonly hidden: number,
-    cacheBytes = 32 * 1024 * 1024,
+    opts: { cacheBytes?: number; provider?: ProviderName } = {},
   ) {
-    this.maxRows = Math.floor(cacheBytes / (hidden * 4));
+    this.maxRows = Math.floor((opts.cacheBytes ?? 32 * 1024 * 1024) / (hidden * 4));
+    this.provider = opts.provider ?? 'cpu';
   }
 
   /** ids -> [ids.length, hidden] */

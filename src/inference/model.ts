@@ -147,9 +147,12 @@ export class MiniGPT {
       .filter((n) => outputs.has(n));
     const decoderSession = await factory.open(pkg.path(meta.graphs.decoder.file), kvOutputs);
     const visionSession = await factory.open(pkg.path(meta.graphs.vision.file), [], { arena: false });
-    const embedSession = await factory.open(pkg.path(meta.graphs.embed.file));
+    // The token embedding is a table lookup, on the CPU whatever the provider: on a GPU every lookup (each new
+    // token of a decoding step) would be a session run ending in a read-back, to be uploaded again with the
+    // decoder's inputs; and the table (0.5 GB at 7B in fp32) stays out of GPU memory.
+    const embedSession = await factory.open(pkg.path(meta.graphs.embed.file), [], { host: true });
     const tokenizer = await loadTokenizer(pkg.path(meta.tokenizer), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
-    const embedder = new TokenEmbedder(embedSession, meta.llm.hidden);
+    const embedder = new TokenEmbedder(embedSession, meta.llm.hidden, { provider: factory.providerOf(embedSession) });
     // WebGPU hands present.* back as device buffers: the cache then stays on the GPU ('present' mode), and
     // its rows are copied there too.
     const onGpu = factory.provider === 'webgpu';

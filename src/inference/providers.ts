@@ -167,6 +167,7 @@ export async function openSession(
  */
 export class SessionFactory {
   private chosen: ProviderName | null = null;
+  private readonly placed = new WeakMap<ort.InferenceSession, ProviderName>();
 
   constructor(private readonly opts: SessionFactoryOptions) {}
 
@@ -174,15 +175,27 @@ export class SessionFactory {
     return this.chosen;
   }
 
-  /** `arena: false`: no CPU memory arena for this graph (see sessionOptions) */
-  /** `path`: a graph file, or a graph's bytes (the runtime's own small graphs) */
+  /** The provider a session of this factory runs on. */
+  providerOf(session: ort.InferenceSession): ProviderName {
+    const p = this.placed.get(session);
+    if (!p) throw new Error('providerOf: a session this factory did not open');
+    return p;
+  }
+
+  /**
+   * `path`: a graph file, or a graph's bytes (the runtime's own small graphs). `arena: false`: no CPU memory
+   * arena for this graph (see sessionOptions). `host`: on the CPU provider whatever the package's provider is
+   * (it does not choose the package's provider).
+   */
   async open(
     path: string | Uint8Array,
     keepOnDevice: readonly string[] = [],
-    opts: { arena?: boolean } = {},
+    opts: { arena?: boolean; host?: boolean } = {},
   ): Promise<ort.InferenceSession> {
-    const provider = this.chosen ?? this.opts.provider;
-    const opened = await openSession(path, { ...this.opts, provider }, keepOnDevice, opts.arena ?? true);
+    const provider = opts.host ? 'cpu' : (this.chosen ?? this.opts.provider);
+    const opened = await openSession(path, { ...this.opts, provider }, opts.host ? [] : keepOnDevice, opts.arena ?? true);
+    this.placed.set(opened.session, opened.provider);
+    if (opts.host) return opened.session;
     if (!this.chosen) {
       this.chosen = opened.provider;
       const how =

@@ -46,6 +46,8 @@ describe('WebGPU (software Vulkan)', () => {
   it('opens the package on WebGPU with the KV cache in device memory', async () => {
     expect(gpu.provider).toBe('webgpu');
     expect(gpu.decoder.mode).toBe('present');
+    // the token embedding (a table lookup) on the CPU: no device round trip per new token
+    expect(gpu.embedder.provider).toBe('cpu');
     const pre = await gpu.prefill(await gpu.context(prompt(QUESTIONS[0]), [image]));
     try {
       expect(pre.state.storage).toBeInstanceOf(PresentBlock);
