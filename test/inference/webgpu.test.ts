@@ -4,7 +4,7 @@
 // and copies run as a graph on the device (src/inference/kv-device.ts). Each must give the CPU's results.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as ort from 'onnxruntime-node';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MiniGPT } from '../../src/inference/model.js';
@@ -154,6 +154,86 @@ describe('WebGPU (software Vulkan)', () => {
       expect(r.ok, `${dtype}: ${JSON.stringify(r).slice(0, 400)}`).toBe(true);
     }
   }, 240_000);
+});
+
+/** The kernels one decoding-shaped run of `dir`'s decoder launched on WebGPU, and the ops left to the CPU. */
+async function placement(dir: string): Promise<{ gpu: Record<string, number>; cpu: Record<string, number> }> {
+  const prefix = join(work, `profile-${Date.now()}`);
+  const session = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), {
+    executionProviders: ['webgpu'],
+    enableProfiling: true,
+    profileFilePrefix: prefix,
+  });
+  try {
+    const { hidden, layers, kvHeads, headDim } = cpu.meta.llm;
+    const past = 5;
+    const cache = session.inputNames.includes('cache_key_values.0.key');
+    const feeds: Record<string, ort.Tensor> = {
+      inputs_embeds: new ort.Tensor('float32', new Float32Array(hidden).fill(0.1), [1, 1, hidden]),
+      attention_mask: new ort.Tensor('int64', new BigInt64Array(past + 1 + (cache ? 1 : 0)).fill(1n), [1, past + 1 + (cache ? 1 : 0)]),
+      position_ids: new ort.Tensor('int64', BigInt64Array.of(BigInt(past)), [1, 1]),
+      logits_to_keep: new ort.Tensor('int64', BigInt64Array.of(1n), [1]),
+    };
+    for (let i = 0; i < layers; i++)
+      for (const kv of ['key', 'value']) {
+        feeds[`past_key_values.${i}.${kv}`] = new ort.Tensor('float32', new Float32Array(kvHeads * past * headDim), [
+          1,
+          kvHeads,
+          past,
+          headDim,
+        ]);
+        if (cache)
+          feeds[`cache_key_values.${i}.${kv}`] = new ort.Tensor('float32', new Float32Array(kvHeads * headDim), [1, kvHeads, 1, headDim]);
+      }
+    await session.run(feeds);
+    session.endProfiling();
+  } finally {
+    await session.release();
+  }
+  const file = (await readdir(work)).find((f) => join(work, f).startsWith(prefix));
+  const events = JSON.parse(await readFile(join(work, file!), 'utf8')) as {
+    cat: string;
+    name: string;
+    args: { provider?: string; op_name?: string };
+  }[];
+  const out = { gpu: {} as Record<string, number>, cpu: {} as Record<string, number> };
+  for (const e of events) {
+    if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time') || !e.args.op_name) continue;
+    const side = e.args.provider === 'WebGpuExecutionProvider' ? out.gpu : out.cpu;
+    side[e.args.op_name] = (side[e.args.op_name] ?? 0) + 1;
+  }
+  return out;
+}
+
+describe('WebGPU placement', () => {
+  // What may run on the CPU inside a WebGPU session: the attention mask's and positions' bookkeeping (small int64
+  // tensors from the inputs), uploaded once per run. Anything heavier there would cross PCIe at every layer.
+  const BOOKKEEPING = new Set(['Shape', 'Gather', 'Range', 'Sub', 'Unsqueeze', 'LessOrEqual', 'Concat', 'Cast', 'Neg']);
+
+  it('the plain, fused and int4 decoders leave only mask bookkeeping to the CPU: Linears, attention, norms, rotary on WebGPU', async () => {
+    const counts: Record<string, number> = {};
+    for (const [name, opts] of [
+      ['fp32', {}],
+      ['fp32-fused', { fused: true }],
+      ['int4-fused', { fused: true, dtype: 'int4' as const }],
+    ] as const) {
+      const dir = name === 'fp32' ? join(work, 'fp32') : join(work, name);
+      if (name !== 'fp32') await convertTinyV2(dir, opts);
+      const { gpu: onGpu, cpu: onCpu } = await placement(dir);
+      expect(
+        Object.keys(onCpu).filter((op) => !BOOKKEEPING.has(op)),
+        name,
+      ).toEqual([]);
+      const heavy = name.endsWith('fused')
+        ? [name === 'int4-fused' ? 'MatMulNBits' : 'MatMul', 'MultiHeadAttention', 'RotaryEmbedding', 'SkipSimplifiedLayerNormalization']
+        : ['MatMul', 'Softmax', 'ReduceMean', 'Sin', 'Cos'];
+      for (const op of heavy) expect(onGpu[op], `${name}: ${op}`).toBeGreaterThan(0);
+      counts[name] = Object.values(onGpu).reduce((a, b) => a + b, 0);
+    }
+    // the fused kernels: fewer than half the plain graph's launches a step (dispatches are the fixed cost of a step)
+    expect(counts['fp32-fused']).toBeLessThan(counts.fp32 / 2);
+    console.log(`WebGPU kernels per decoding step (${cpu.meta.llm.layers} layers): ${JSON.stringify(counts)}`);
+  }, 120_000);
 });
 
 describe('DeviceKvCopier', () => {
