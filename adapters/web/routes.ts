@@ -22,7 +22,7 @@ export interface WebRoutesContext {
   maxUpload: number;
   /** the task tags the page offers (none for MiniGPT-4) */
   tasks: readonly string[];
-  /** the folder with index.html */
+  /** the folder with index.html and its stylesheet and scripts */
   dir: string;
   /** the answers in flight (closing aborts them) */
   active: Set<AbortController>;
@@ -98,6 +98,9 @@ export async function serveStatic(ctx: WebRoutesContext, req: IncomingMessage, r
   }
   const headers: Record<string, string> = { ...COMMON_HEADERS, 'content-type': type };
   if (type.startsWith('text/html')) {
+    // The stylesheet and the scripts are files (app.css, app.js and its imports), yet the policy allows them by
+    // this response's nonce on their tags rather than by 'self': a tag injected into the page, even one naming
+    // a same-origin file, loads nothing. Module imports inherit the nonce.
     const nonce = randomBytes(16).toString('base64');
     body = Buffer.from(body.toString('utf8').replaceAll('__CSP_NONCE__', nonce), 'utf8');
     headers['content-security-policy'] = [

@@ -1,7 +1,8 @@
 // The local web demo (issue 3): a plain node:http server that serves one static page and streams answers
 // from the conversation manager as server-sent events over a POST response.
 //
-//   GET  /                 the page (adapters/web/public/index.html; inline CSS/JS, a CSP nonce per response)
+//   GET  /                 the page (adapters/web/public/index.html; a CSP nonce per response on its tags)
+//   GET  /app.css, /app.js the page's stylesheet and script modules (app.js imports app-common.js, app-image.js)
 //   GET  /api/info         model name, demo notice, limits and generation defaults (JSON)
 //   POST /api/chat         multipart/form-data: conversation, text, task, temperature, numBeams, [image]
 //                          -> text/event-stream, one `data: {json}` per answer event

@@ -165,6 +165,36 @@ describe('web demo in headless Chromium', () => {
     await page.close();
   });
 
+  it('loads its stylesheet and script modules by the CSP nonce, and blocks scripts and styles injected without it', async () => {
+    const { page, problems } = await openTab();
+    // app.css applied (the grid layout, [hidden] elements not shown) and the modules ran (the footer, the task list)
+    expect(await page.locator('main').evaluate((m: any) => (globalThis as any).getComputedStyle(m).display)).toBe('grid');
+    expect(await page.locator('#stage').evaluate((s: any) => (globalThis as any).getComputedStyle(s).display)).toBe('none');
+    expect(await page.locator('#task option').count()).toBeGreaterThan(1);
+    const result = await page.evaluate(async () => {
+      const g = globalThis as any;
+      const d = g.document;
+      const violations: string[] = [];
+      d.addEventListener('securitypolicyviolation', (e: any) => violations.push(e.effectiveDirective));
+      const inline = d.createElement('script');
+      inline.textContent = 'globalThis.injectedInline = 1';
+      d.body.appendChild(inline);
+      // a same-origin file, but without the nonce: 'self' is not in the policy
+      const file = d.createElement('script');
+      file.type = 'module';
+      file.src = '/app-common.js?injected';
+      d.body.appendChild(file);
+      const style = d.createElement('style');
+      style.textContent = 'main { display: block !important; }';
+      d.head.appendChild(style);
+      await new Promise((r) => setTimeout(r, 500));
+      return { violations: violations.sort(), inline: g.injectedInline, display: g.getComputedStyle(d.querySelector('main')).display };
+    });
+    expect(result).toEqual({ violations: ['script-src-elem', 'script-src-elem', 'style-src-elem'], inline: undefined, display: 'grid' });
+    expect(problems.filter((p) => !/Content Security Policy/.test(p))).toEqual([]);
+    await page.close();
+  });
+
   it('offers example scenes: a click loads the scene like an upload and fills in its suggested prompt', async () => {
     const { page, problems } = await openTab();
     const listed = (await (await fetch(new URL('/examples', server.url))).json()) as ListedExample[];

@@ -42,25 +42,64 @@ afterAll(async () => {
 const ofType = (evs: WebEvent[], t: string) => evs.filter((e) => e.type === t);
 
 describe('web demo: page and info', () => {
-  it('listens on loopback and serves the page with a per-response CSP nonce', async () => {
+  it('listens on loopback and serves the page with a per-response CSP nonce on its stylesheet and script', async () => {
     expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
     const res = await fetch(server.url);
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toBe('text/html; charset=utf-8');
     expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+    expect(res.headers.get('cache-control')).toBe('no-store');
     const csp = res.headers.get('content-security-policy') ?? '';
     const nonce = /script-src 'nonce-([^']+)'/.exec(csp)?.[1];
     expect(nonce).toBeTruthy();
-    expect(csp).toContain("default-src 'none'");
-    expect(csp).toContain("frame-ancestors 'none'");
+    const directives = new Map(csp.split(/;\s*/).map((d) => [d.split(' ')[0], d.split(' ').slice(1)] as const));
+    // only the nonce: no 'unsafe-inline', and not 'self' either (an injected tag naming a same-origin file loads nothing)
+    expect(directives.get('script-src')).toEqual([`'nonce-${nonce}'`]);
+    expect(directives.get('style-src')).toEqual([`'nonce-${nonce}'`]);
+    expect(directives.get('default-src')).toEqual(["'none'"]);
+    expect(directives.get('frame-ancestors')).toEqual(["'none'"]);
     const html = await res.text();
     expect(html).not.toContain('__CSP_NONCE__');
-    expect(html).toContain(`<script nonce="${nonce}">`);
-    // everything inline or local: no external URLs
+    expect(html).toContain(`<link rel="stylesheet" href="/app.css" nonce="${nonce}">`);
+    expect(html).toContain(`<script type="module" src="/app.js" nonce="${nonce}"></script>`);
+    // no inline script or style left: every <script> has a src and is empty, no <style> element, no style attributes
+    expect(html.match(/<script\b[^>]*>/g)).toEqual([`<script type="module" src="/app.js" nonce="${nonce}">`]);
+    expect(html).toMatch(/<script\b[^>]*><\/script>/);
+    expect(html).not.toMatch(/<style\b|\sstyle=|\son[a-z]+=/i);
+    // everything local: no external URLs
     expect(html).not.toMatch(/\b(src|href)=["']?https?:/i);
-    expect(html).not.toContain('innerHTML');
     const again = await fetch(new URL('/index.html', server.url));
     expect(again.headers.get('content-security-policy')).not.toBe(csp);
+  });
+
+  it('serves the stylesheet and the script modules (and their imports) as files with their types', async () => {
+    const get = async (path: string, type: string) => {
+      const res = await fetch(new URL(path, server.url));
+      expect(res.status, path).toBe(200);
+      expect(res.headers.get('content-type'), path).toBe(type);
+      expect(res.headers.get('x-content-type-options'), path).toBe('nosniff');
+      expect(res.headers.get('cache-control'), path).toBe('no-store');
+      return res.text();
+    };
+    const css = await get('/app.css', 'text/css; charset=utf-8');
+    expect(css).toContain('--accent');
+    const seen = new Set<string>();
+    const pending = ['/app.js'];
+    while (pending.length > 0) {
+      const path = pending.pop()!;
+      if (seen.has(path)) continue;
+      seen.add(path);
+      const js = await get(path, 'text/javascript; charset=utf-8');
+      expect(js, path).not.toContain('__CSP_NONCE__');
+      // model text goes in with textContent only; nothing is loaded from elsewhere
+      expect(js, path).not.toMatch(/innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function/);
+      expect(js, path).not.toMatch(/https?:\/\//);
+      for (const m of js.matchAll(/^import\b[^'"]*['"]\.\/([A-Za-z0-9_-]+\.js)['"]/gm)) pending.push(`/${m[1]}`);
+    }
+    expect([...seen].sort()).toEqual(['/app-common.js', '/app-image.js', '/app.js']);
+    const head = await fetch(new URL('/app.js', server.url), { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-type')).toBe('text/javascript; charset=utf-8');
   });
 
   it('describes the model, the limits and the tasks', async () => {

@@ -1,0 +1,270 @@
+// The web demo page's entry (index.html loads it as a module with the response's CSP nonce, which its imports
+// inherit): the model's info, sending a message and streaming the answer, and reset.
+import { addError, conversation, el, els, scrollLog, setStatus, state, systemError, updateHint } from './app-common.js';
+import { clearBox, fillIdentifyText, loadExamples, markExample } from './app-image.js';
+
+// ---- info and footer -------------------------------------------------------------------------------------
+const TASK_LABELS = { chat: 'Chat (no tag)' };
+async function loadInfo() {
+  try {
+    const res = await fetch('/api/info', { headers: { accept: 'application/json' } });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const info = await res.json();
+    state.info = info;
+    els.task.textContent = '';
+    for (const t of info.tasks) {
+      const o = el('option', null, TASK_LABELS[t] || `[${t}]`);
+      o.value = t;
+      els.task.appendChild(o);
+    }
+    els.temperature.value = String(info.defaults.temperature);
+    els.beams.value = String(info.defaults.numBeams);
+    els.beams.max = String(info.maxBeams);
+    updateHint();
+    els.footer.textContent = '';
+    const m = info.model;
+    if (m) {
+      els.footer.appendChild(el('span', null, `Model: ${m.name}${m.path ? ` (${m.path})` : ''}. `));
+      if (m.notice) els.footer.appendChild(el('span', 'notice', m.notice));
+    } else {
+      els.footer.textContent = 'Model: unknown.';
+    }
+  } catch (err) {
+    els.footer.textContent = `Could not reach the server: ${err?.message ? err.message : String(err)}`;
+  }
+}
+els.task.addEventListener('change', () => {
+  updateHint();
+  if (els.task.value === 'identify' && state.box) fillIdentifyText();
+});
+
+// ---- sending and streaming ---------------------------------------------------------------------------------
+function userMessage(task, text, image) {
+  const li = el('li', 'msg user');
+  li.dataset.role = 'user';
+  if (task !== 'chat') li.appendChild(el('span', 'tag', `[${task}] `));
+  li.appendChild(document.createTextNode(text));
+  if (image) {
+    const img = el('img', 'thumb');
+    img.alt = 'uploaded image';
+    img.src = URL.createObjectURL(image);
+    li.appendChild(img);
+  }
+  els.log.appendChild(li);
+}
+
+const SPACE_BEFORE = /^[^\s,.;:!?)\]}]/;
+function renderFinal(body, ev) {
+  body.textContent = '';
+  const segs = Array.isArray(ev.segments) ? ev.segments : [{ text: ev.text }];
+  segs.forEach((s, i) => {
+    if (i > 0 && SPACE_BEFORE.test(s.text)) body.appendChild(document.createTextNode(' '));
+    if (s.colour) {
+      const span = el('span', 'phrase', s.text);
+      if (/^#[0-9a-f]{6}$/i.test(s.colour)) span.style.borderBottomColor = s.colour;
+      body.appendChild(span);
+    } else {
+      body.appendChild(document.createTextNode(s.text));
+    }
+  });
+}
+
+async function send() {
+  if (state.controller) return;
+  const task = els.task.value || 'chat';
+  const text = els.text.value.trim();
+  const image = state.pendingImage;
+  if (!text && !image && task === 'chat') {
+    els.text.focus();
+    return;
+  }
+  const form = new FormData();
+  form.append('conversation', conversation);
+  form.append('text', text);
+  form.append('task', task);
+  form.append('temperature', els.temperature.value);
+  form.append('numBeams', els.beams.value);
+  if (image) form.append('image', image, image.name || 'image');
+  userMessage(task, text, image);
+
+  const li = el('li', 'msg bot');
+  li.dataset.role = 'assistant';
+  li.dataset.state = 'streaming';
+  const body = el('div', 'body');
+  li.appendChild(body);
+  els.log.appendChild(li);
+  scrollLog();
+
+  const controller = new AbortController();
+  state.controller = controller;
+  els.send.disabled = true;
+  els.stop.disabled = false;
+  setStatus(image ? 'Uploading…' : 'Sending…');
+  let errorCode = null;
+  let sawFinal = false;
+  try {
+    const res = await fetch('/api/chat', { method: 'POST', body: form, signal: controller.signal });
+    if (!res.ok) {
+      let message = `HTTP ${res.status}`;
+      try {
+        const j = await res.json();
+        if (j?.error?.message) message = j.error.message;
+        errorCode = j?.error ? j.error.code : null;
+      } catch (_) {
+        /* not JSON */
+      }
+      li.dataset.error = errorCode || String(res.status);
+      addError(li, message);
+      return;
+    }
+    if (image) {
+      state.pendingImage = null;
+      state.hasImage = true;
+      els.imageInfo.textContent = 'Image sent; follow-up questions use it.';
+    }
+    els.text.value = '';
+    if (state.box) clearBox();
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const frame = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const data = frame
+          .split('\n')
+          .filter((l) => l.startsWith('data:'))
+          .map((l) => l.slice(5).trimStart())
+          .join('\n');
+        if (!data) continue;
+        let ev;
+        try {
+          ev = JSON.parse(data);
+        } catch (_) {
+          continue;
+        }
+        onEvent(ev);
+      }
+    }
+  } catch (err) {
+    if (controller.signal.aborted) {
+      li.appendChild(el('div', 'meta', '(stopped)'));
+    } else addError(li, `Connection failed: ${err?.message ? err.message : String(err)}`);
+  } finally {
+    li.dataset.state = 'done';
+    state.controller = null;
+    els.send.disabled = false;
+    els.stop.disabled = true;
+    setStatus('');
+    scrollLog();
+  }
+
+  function onEvent(ev) {
+    switch (ev.type) {
+      case 'queued':
+        setStatus(`Queued (position ${ev.position})…`);
+        break;
+      case 'started':
+        setStatus('Thinking…');
+        break;
+      case 'restart':
+        body.textContent = '';
+        setStatus('Answering again…');
+        break;
+      case 'text':
+        if (!sawFinal) {
+          body.appendChild(document.createTextNode(ev.text));
+          li.dataset.chunks = String(Number(li.dataset.chunks || 0) + 1);
+          scrollLog();
+        }
+        break;
+      case 'final': {
+        sawFinal = true;
+        renderFinal(body, ev);
+        if (ev.text) {
+          const d = el('details', 'raw');
+          d.appendChild(el('summary', null, 'raw answer'));
+          d.appendChild(el('pre', null, ev.text));
+          li.appendChild(d);
+        }
+        break;
+      }
+      case 'image': {
+        if (typeof ev.data !== 'string' || !/^image\/(png|jpeg|webp)$/.test(ev.mime)) break;
+        const img = el('img', 'annotated');
+        img.alt = "the image with the answer's boxes drawn";
+        img.src = `data:${ev.mime};base64,${ev.data}`;
+        li.appendChild(img);
+        scrollLog();
+        break;
+      }
+      case 'timings': {
+        const t = ev.timings || {};
+        const parts = [];
+        if (t.firstTokenMs !== undefined) parts.push(`first token ${Math.round(t.firstTokenMs)} ms`);
+        if (t.totalMs !== undefined) parts.push(`total ${Math.round(t.totalMs)} ms`);
+        if (t.newTokens !== undefined) parts.push(`${t.newTokens} tokens`);
+        if (parts.length) li.appendChild(el('div', 'meta', parts.join(' · ')));
+        break;
+      }
+      case 'error':
+        errorCode = ev.code;
+        li.dataset.error = ev.code;
+        if (ev.code === 'bad_image' && image) {
+          state.hasImage = false;
+          els.imageInfo.textContent = 'That file was refused; choose another image.';
+        }
+        if (ev.code === 'no_image') state.hasImage = false;
+        addError(li, ev.message || ev.code);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+els.form.addEventListener('submit', (e) => {
+  e.preventDefault();
+  send();
+});
+els.text.addEventListener('keydown', (e) => {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    send();
+  }
+});
+els.stop.addEventListener('click', () => {
+  if (state.controller) state.controller.abort();
+});
+
+els.reset.addEventListener('click', async () => {
+  if (state.controller) state.controller.abort();
+  try {
+    const res = await fetch('/api/reset', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ conversation }),
+    });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+  } catch (err) {
+    systemError(`Reset failed: ${err?.message ? err.message : String(err)}`);
+    return;
+  }
+  els.log.textContent = '';
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = null;
+  state.pendingImage = null;
+  state.hasImage = false;
+  clearBox();
+  els.preview.removeAttribute('src');
+  els.stage.hidden = true;
+  els.text.value = '';
+  els.imageInfo.textContent = 'No image yet.';
+  markExample(null);
+  setStatus('New conversation.');
+});
+
+loadInfo().then(loadExamples);
