@@ -126,7 +126,7 @@ export function buildProgram(): Command {
     )
     .option(
       '--fused',
-      "decoder with onnxruntime's fused kernels: RMSNorm, rotary, MultiHeadAttention with the KV cache (docs/quantisation.md)",
+      "onnxruntime's fused kernels: the decoder's RMSNorm, rotary, MultiHeadAttention with the KV cache; the ViT's attention (docs/quantisation.md)",
     )
     .addOption(
       new Option(

@@ -49,7 +49,10 @@ export interface ConvertOptions {
   blockSize?: number;
   /** MatMulNBits accuracy_level for int8 / int4 (default DEFAULT_ACCURACY_LEVEL: int8 compute on the CPU) */
   accuracyLevel?: number;
-  /** the decoder with onnxruntime's fused kernels (src/convert/graphs/llama-fused.ts); model.json `graph: "fused"` */
+  /**
+   * onnxruntime's fused kernels: the decoder (src/convert/graphs/llama-fused.ts) and the ViT's attention
+   * (MultiHeadAttention); model.json `graph: "fused"`
+   */
   fused?: boolean;
   /**
    * the decoder's compute type (src/convert/graphs/precision.ts): fp16 = float16 activations and KV cache for
@@ -215,12 +218,13 @@ export async function convert(opts: ConvertOptions): Promise<ModelJson> {
 
     await mkdir(opts.out, { recursive: true });
     log(
-      `converting ${opts.arch}${plan.label} (${dtype}${opts.fused ? ', fused decoder' : ''}${compute === 'float16' ? ', fp16 compute' : ''}) -> ${opts.out}`,
+      `converting ${opts.arch}${plan.label} (${dtype}${opts.fused ? ', fused kernels' : ''}${compute === 'float16' ? ', fp16 compute' : ''}) -> ${opts.out}`,
     );
 
     const visionG = new GraphBuilder('minigpt_vision', join(opts.out, 'vision.onnx.data'));
     visionG.weights = weights;
     visionG.compute = compute;
+    visionG.fused = opts.fused === true;
     await plan.buildVision(visionG);
     const vision = await saveGraph(visionG, opts.out, 'vision.onnx', log);
 

@@ -75,10 +75,11 @@ export const modelJsonSchema = z.object({
     })
     .optional(),
   /**
-   * How the decoder graph is written (`minigpt convert --fused`): 'plain' ONNX ops, or 'fused' onnxruntime
-   * kernels (SimplifiedLayerNormalization, com.microsoft SkipSimplifiedLayerNormalization, RotaryEmbedding,
-   * MultiHeadAttention; src/convert/graphs/llama-fused.ts). Both have the same inputs and outputs, so the
-   * runtime runs either the same way; absent in packages from before --fused (plain).
+   * How the graphs are written (`minigpt convert --fused`): 'plain' ONNX ops, or 'fused' onnxruntime kernels
+   * (the decoder: SimplifiedLayerNormalization, com.microsoft SkipSimplifiedLayerNormalization, RotaryEmbedding,
+   * MultiHeadAttention, src/convert/graphs/llama-fused.ts; the ViT's attention: MultiHeadAttention). Both have
+   * the same inputs and outputs, so the runtime runs either the same way; absent in packages from before
+   * --fused (plain).
    */
   graph: z.enum(['plain', 'fused']).default('plain'),
   /**

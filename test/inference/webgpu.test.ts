@@ -156,15 +156,27 @@ describe('WebGPU (software Vulkan)', () => {
   }, 240_000);
 });
 
-/** The kernels one decoding-shaped run of `dir`'s decoder launched on WebGPU, and the ops left to the CPU. */
-async function placement(dir: string): Promise<{ gpu: Record<string, number>; cpu: Record<string, number> }> {
+/**
+ * The kernels one run of `dir`'s decoder (a decoding step) or vision graph (one image) launched on WebGPU, and
+ * the ops left to the CPU.
+ */
+async function placement(
+  dir: string,
+  graph: 'decoder' | 'vision' = 'decoder',
+): Promise<{ gpu: Record<string, number>; cpu: Record<string, number> }> {
   const prefix = join(work, `profile-${Date.now()}`);
-  const session = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), {
+  const session = await ort.InferenceSession.create(join(dir, `${graph}.onnx`), {
     executionProviders: ['webgpu'],
     enableProfiling: true,
     profileFilePrefix: prefix,
   });
   try {
+    if (graph === 'vision') {
+      const S = cpu.meta.vision.imageSize;
+      await session.run({ pixel_values: new ort.Tensor('float32', new Float32Array(3 * S * S).fill(0.1), [1, 3, S, S]) });
+      session.endProfiling();
+      return await kernels(prefix);
+    }
     const { hidden, layers, kvHeads, headDim } = cpu.meta.llm;
     const past = 5;
     const cache = session.inputNames.includes('cache_key_values.0.key');
@@ -187,9 +199,14 @@ async function placement(dir: string): Promise<{ gpu: Record<string, number>; cp
       }
     await session.run(feeds);
     session.endProfiling();
+    return await kernels(prefix);
   } finally {
     await session.release();
   }
+}
+
+/** Kernel launches per provider and op in the profile written under `prefix`. */
+async function kernels(prefix: string): Promise<{ gpu: Record<string, number>; cpu: Record<string, number> }> {
   const file = (await readdir(work)).find((f) => join(work, f).startsWith(prefix));
   const events = JSON.parse(await readFile(join(work, file!), 'utf8')) as {
     cat: string;
@@ -208,9 +225,9 @@ async function placement(dir: string): Promise<{ gpu: Record<string, number>; cp
 describe('WebGPU placement', () => {
   // What may run on the CPU inside a WebGPU session: the attention mask's and positions' bookkeeping (small int64
   // tensors from the inputs), uploaded once per run. Anything heavier there would cross PCIe at every layer.
-  const BOOKKEEPING = new Set(['Shape', 'Gather', 'Range', 'Sub', 'Unsqueeze', 'LessOrEqual', 'Concat', 'Cast', 'Neg']);
+  const BOOKKEEPING = new Set(['Shape', 'Gather', 'Range', 'Sub', 'Unsqueeze', 'LessOrEqual', 'Concat', 'Cast', 'Neg', 'Slice']);
 
-  it('the plain, fused and int4 decoders leave only mask bookkeeping to the CPU: Linears, attention, norms, rotary on WebGPU', async () => {
+  it('the plain, fused and int4 decoders and the vision graphs leave only bookkeeping to the CPU; fused ones launch fewer kernels', async () => {
     const counts: Record<string, number> = {};
     for (const [name, opts] of [
       ['fp32', {}],
@@ -233,6 +250,21 @@ describe('WebGPU placement', () => {
     // the fused kernels: fewer than half the plain graph's launches a step (dispatches are the fixed cost of a step)
     expect(counts['fp32-fused']).toBeLessThan(counts.fp32 / 2);
     console.log(`WebGPU kernels per decoding step (${cpu.meta.llm.layers} layers): ${JSON.stringify(counts)}`);
+
+    // the vision graph of one image: the ViT's blocks fused, 7 launches a block fewer, nothing heavy on the CPU
+    const vision: Record<string, number> = {};
+    for (const name of ['fp32', 'fp32-fused']) {
+      const { gpu: onGpu, cpu: onCpu } = await placement(join(work, name), 'vision');
+      expect(
+        Object.keys(onCpu).filter((op) => !BOOKKEEPING.has(op)),
+        name,
+      ).toEqual([]);
+      vision[name] = Object.values(onGpu).reduce((a, b) => a + b, 0);
+      if (name === 'fp32-fused') for (const op of ['SkipLayerNormalization', 'BiasGelu']) expect(onGpu[op], op).toBeGreaterThan(0);
+    }
+    // (SkipLayerNormalization: 2 Adds + LayerNorm -> 1 kernel, twice a block; BiasGelu: 6 -> 1)
+    expect(vision.fp32 - vision['fp32-fused']).toBeGreaterThanOrEqual(7 * cpu.meta.vision.layers);
+    console.log(`WebGPU kernels per image (${cpu.meta.vision.layers} ViT blocks): ${JSON.stringify(vision)}`);
   }, 120_000);
 });
 

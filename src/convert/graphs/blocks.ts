@@ -1,5 +1,6 @@
 // Building blocks shared by the vision and language graphs: one small function per emitted block.
 import type { GraphBuilder } from '../onnx/builder.js';
+import type { TensorSource } from '../readers/index.js';
 import { weightMatMul } from '../quantize.js';
 import { computeScalar, computeWeight, toCompute, toFloat32 } from './precision.js';
 
@@ -69,4 +70,15 @@ export function splitHeads(g: GraphBuilder, x: string, heads: number, headDim: n
 export function mergeHeads(g: GraphBuilder, x: string, width: number, name: string): string {
   const t = g.op('Transpose', [x], { perm: [0, 2, 1, 3] }, { name: `${name}.transpose` });
   return g.op('Reshape', [t, g.constInt64([0, 0, width], [3], `${name}.shape`)], {}, { name: `${name}.reshape` });
+}
+
+/** A Linear's weights (and bias) as a checkpoint stores them under `prefix`. */
+export async function linearFrom(src: TensorSource, prefix: string, bias = true): Promise<LinearWeights> {
+  const info = src.info(`${prefix}.weight`);
+  return {
+    weight: await src.readFloat32(`${prefix}.weight`),
+    bias: bias ? await src.readFloat32(`${prefix}.bias`) : undefined,
+    outFeatures: info.shape[0],
+    inFeatures: info.shape[1],
+  };
 }

@@ -7,7 +7,8 @@ import type { TensorSource } from '../readers/index.js';
 import type { GraphBuilder } from '../onnx/builder.js';
 import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './blocks.js';
 import { withCompute } from './precision.js';
-import { linearFrom, vitFeatures, type VitSpec } from './vision.js';
+import { linearFrom } from './blocks.js';
+import { vitFeatures, type VitSpec } from './vision.js';
 
 /** BERT prefix of the Q-Former tensors inside the BLIP-2 state dict (`model.` wrapper already stripped). */
 export const QFORMER_PREFIX = 'Qformer.bert';

@@ -1,8 +1,10 @@
 // EVA ViT-g (upstream eva_vit.py) -> ln_vision -> drop CLS -> concat 4 adjacent patches -> llama_proj,
-// as MiniGPT-v2's encode_img. One function per block; weights are read one tensor at a time.
+// as MiniGPT-v2's encode_img. One function per block; weights are read one tensor at a time. With --fused the
+// blocks are vision-fused.ts's (onnxruntime's fused kernels).
 import type { TensorSource } from '../readers/index.js';
 import type { GraphBuilder } from '../onnx/builder.js';
-import { gelu, layerNorm, linear, mergeHeads, splitHeads } from './blocks.js';
+import { gelu, layerNorm, linear, linearFrom, mergeHeads, splitHeads } from './blocks.js';
+import { fusedVitTrunk } from './vision-fused.js';
 import { interpolatePosEmbed } from './interpolate.js';
 import { storedWeight } from '../quantize.js';
 import { computeScalar, computeWeight, toCompute, toFloat32, withCompute } from './precision.js';
@@ -53,16 +55,6 @@ export function inferVitShape(vit: TensorSource, heads: number, imageSize: numbe
   return { width, depth, heads, patchSize, mlpHidden, imageSize, nativeGrid };
 }
 
-export async function linearFrom(src: TensorSource, prefix: string, bias = true) {
-  const info = src.info(`${prefix}.weight`);
-  return {
-    weight: await src.readFloat32(`${prefix}.weight`),
-    bias: bias ? await src.readFloat32(`${prefix}.bias`) : undefined,
-    outFeatures: info.shape[0],
-    inFeatures: info.shape[1],
-  };
-}
-
 /** Conv 14x14/14 -> flatten -> prepend CLS -> + pos_embed (interpolated to the target grid). */
 async function patchEmbed(g: GraphBuilder, x: string, spec: VitSpec): Promise<string> {
   const { vit, shape } = spec;
@@ -94,8 +86,11 @@ async function patchEmbed(g: GraphBuilder, x: string, spec: VitSpec): Promise<st
   return g.op('Add', [withCls, posName], {}, { name: 'add_pos_embed' });
 }
 
-/** EVA attention: one qkv Linear with bias (q_bias, 0, v_bias); q scaled by hd^-0.5 before q k^T. */
-async function attention(g: GraphBuilder, x: string, p: string, spec: VitSpec): Promise<string> {
+/**
+ * EVA attention up to its output projection: one qkv Linear with bias (q_bias, 0, v_bias); q scaled by hd^-0.5
+ * before q k^T; the heads merged again [B, S, width].
+ */
+async function attentionContext(g: GraphBuilder, x: string, p: string, spec: VitSpec): Promise<string> {
   const { vit, shape } = spec;
   const D = shape.width;
   const hd = D / shape.heads;
@@ -122,8 +117,11 @@ async function attention(g: GraphBuilder, x: string, p: string, spec: VitSpec): 
     g.op('Softmax', [toFloat32(g, scores, `${p}.scores_fp32`)], { axis: -1 }, { name: `${p}.softmax` }),
     `${p}.probs_cast`,
   );
-  const ctx = mergeHeads(g, g.op('MatMul', [probs, vh], {}, { name: `${p}.context` }), D, `${p}.merge`);
-  return linear(g, ctx, `${p}.proj`, await linearFrom(vit, `${p}.proj`));
+  return mergeHeads(g, g.op('MatMul', [probs, vh], {}, { name: `${p}.context` }), D, `${p}.merge`);
+}
+
+async function attention(g: GraphBuilder, x: string, p: string, spec: VitSpec): Promise<string> {
+  return linear(g, await attentionContext(g, x, p, spec), `${p}.proj`, await linearFrom(spec.vit, `${p}.proj`));
 }
 
 async function mlp(g: GraphBuilder, x: string, p: string, vit: TensorSource): Promise<string> {
@@ -150,6 +148,10 @@ async function block(g: GraphBuilder, x: string, i: number, spec: VitSpec): Prom
  */
 export async function vitFeatures(g: GraphBuilder, pixels: string, spec: VitSpec): Promise<string> {
   let x = await patchEmbed(g, toCompute(g, pixels, 'pixel_values.cast'), spec);
+  if (g.fused) {
+    const trunk = await fusedVitTrunk(g, x, spec, (h, p) => attentionContext(g, h, p, spec));
+    return toFloat32(g, trunk, 'ln_vision.to_fp32');
+  }
   for (let i = 0; i < spec.shape.depth; i++) x = await block(g, x, i, spec);
   const ln = layerNorm(g, x, 'ln_vision', spec.lnVision.weight, spec.lnVision.bias, spec.lnVision.eps);
   return toFloat32(g, ln, 'ln_vision.to_fp32');

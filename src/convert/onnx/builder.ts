@@ -123,6 +123,11 @@ export class GraphBuilder {
    * activations and KV cache for GPU providers, with norms and softmax in float32. Other graphs ignore it.
    */
   compute: ComputeType = 'float32';
+  /**
+   * Whether to use onnxruntime's fused kernels where a graph has a form with them (`minigpt convert --fused`):
+   * the decoder (src/convert/graphs/llama-fused.ts) and the ViT's attention (MultiHeadAttention).
+   */
+  fused = false;
 
   /**
    * `dataPath` is where large weights go (`<model>.onnx.data`, next to the model file); without one, the graph
