@@ -6,10 +6,12 @@
 //   decode_tok_s   batch 1: the N - 1 steps after the prefill, per second
 //   batch8_tok_s   8 answers at once (the engine batches their steps): all their steps after the last prefill
 //   gpu_mem_mb     peak device memory of this process (nvidia-smi), or null; rss_mb otherwise
+// With --dump PREFIX it also writes the image embeddings and the prompt's last-position logits as raw float32
+// (PREFIX.image.f32, PREFIX.logits.f32), for gpu-compare.sh to hold each configuration against fp32's.
 // Prints one JSON object.
-//   node scripts/gpu-compare-ours.mjs --model DIR --provider webgpu [--new-tokens 32] [--batch 8] [--reps 3]
+//   node scripts/gpu-compare-ours.mjs --model DIR --provider webgpu [--new-tokens 32] [--batch 8] [--reps 3] [--dump PREFIX]
 import { execFileSync } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -24,6 +26,7 @@ const provider = opt('--provider', 'cpu');
 const newTokens = Number(opt('--new-tokens', '32'));
 const batch = Number(opt('--batch', '8'));
 const reps = Number(opt('--reps', '3'));
+const dump = opt('--dump');
 if (!model) throw new Error('--model DIR is required');
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -64,6 +67,13 @@ try {
   };
   const warm = await m.encodeImage(image);
   await run(warm.embeds, 2);
+  if (dump) {
+    const pre = await m.prefill(await m.context(prompt, [warm.embeds]));
+    pre.state.dispose();
+    const bytes = (a) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+    await writeFile(`${dump}.image.f32`, bytes(warm.embeds));
+    await writeFile(`${dump}.logits.f32`, bytes(pre.logits));
+  }
 
   const vision = [];
   const ttft = [];

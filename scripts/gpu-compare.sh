@@ -12,7 +12,9 @@
 # cache), -fused = --fused; by default fp32, fp16-c16, fp16-c16-fused, int4 and int4-c16 (GPU_COMPARE_CONFIGS="..."
 # to choose) -> the baseline (scripts/gpu-compare-baseline.py: transformers LlamaForCausalLM fp16 eager, or plain
 # PyTorch; EVA ViT + llama_proj) -> each package on the provider (scripts/gpu-compare-ours.mjs), each in its own
-# process. The raw log goes to stderr and $OUT; the last line of stdout is one JSON object:
+# process, each also dumping its image embeddings and prompt logits, held against fp32's in the JSON (`vs_fp32`:
+# accuracy at the full shape, on the provider). The raw log goes to stderr and $OUT; the last line of stdout is
+# one JSON object:
 #   {"device", "layers", "vit_depth", "toy", "baseline": {...}, "ours": {"<config>": {...}}, "best", "decode_ratio"}
 set -uo pipefail
 root=$(pwd)
@@ -75,7 +77,8 @@ cat "$out/baseline.json" >&2
 for c in "${configs[@]}"; do
   log "ours: $c on $provider"
   [ -d "$work/pkg-$c" ] || continue
-  node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" --reps "$reps" > "$out/ours-$c.json" 2> "$out/ours-$c.err" \
+  node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" --reps "$reps" \
+    --dump "$out/dump-$c" > "$out/ours-$c.json" 2> "$out/ours-$c.err" \
     || echo "ours $c failed: $(tail -3 "$out/ours-$c.err")" >&2
   cat "$out/ours-$c.json" >&2
 done
@@ -102,6 +105,17 @@ const read = (f) => { try { return JSON.parse(fs.readFileSync(f, "utf8").trim().
 const baseline = read(`${out}/baseline.json`);
 const ours = {};
 for (const c of configs) { const r = read(`${out}/ours-${c}.json`); if (r) ours[c] = r; }
+// Accuracy at the full shape on the provider: each configuration against fp32 (same random checkpoint, plain graph).
+const f32 = (f) => { try { const b = fs.readFileSync(f); return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4); } catch { return null; } };
+const maxAbs = (a, b) => { let m = 0; for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i])); return m; };
+const argmax = (a) => { let k = 0; for (let i = 1; i < a.length; i++) if (a[i] > a[k]) k = i; return k; };
+const ref = { image: f32(`${out}/dump-fp32.image.f32`), logits: f32(`${out}/dump-fp32.logits.f32`) };
+for (const c of Object.keys(ours)) {
+  const image = f32(`${out}/dump-${c}.image.f32`);
+  const logits = f32(`${out}/dump-${c}.logits.f32`);
+  if (!ref.image || !ref.logits || !image || !logits || image.length !== ref.image.length || logits.length !== ref.logits.length) continue;
+  ours[c].vs_fp32 = { image_embeds_max_abs: maxAbs(image, ref.image), logits_max_abs: maxAbs(logits, ref.logits), same_top1: argmax(logits) === argmax(ref.logits) };
+}
 const best = Object.entries(ours).sort((a, b) => b[1].decode_tok_s - a[1].decode_tok_s)[0];
 const verify = {};
 for (const c of (process.env.VERIFY_CONFIGS || "").split(" ").filter(Boolean)) {

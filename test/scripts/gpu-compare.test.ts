@@ -41,7 +41,16 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         vit_depth: number;
         toy: boolean;
         baseline: Measured & { impl: string; dtype: string };
-        ours: Record<string, Measured & { provider: string; dtype: string; graph: string; compute: string }>;
+        ours: Record<
+          string,
+          Measured & {
+            provider: string;
+            dtype: string;
+            graph: string;
+            compute: string;
+            vs_fp32?: { image_embeds_max_abs: number; logits_max_abs: number; same_top1: boolean };
+          }
+        >;
         best: string;
         decode_ratio: number;
         verify: Record<
@@ -58,6 +67,15 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         // the same prompt on both sides: the image's 256 rows and about 45 text tokens
         expect(Math.abs(m.prompt_tokens - 300), config).toBeLessThanOrEqual(8);
       }
+      // every configuration's image embeddings and prompt logits against fp32's, at the run's shape
+      expect(last.ours.fp32.vs_fp32).toEqual({ image_embeds_max_abs: 0, logits_max_abs: 0, same_top1: true });
+      for (const [config, m] of Object.entries(last.ours)) {
+        expect(m.vs_fp32, config).toBeDefined();
+        expect(m.vs_fp32!.image_embeds_max_abs, config).toBeLessThan(config.startsWith('int4') ? 1 : 0.05);
+        expect(Number.isFinite(m.vs_fp32!.logits_max_abs), config).toBe(true);
+      }
+      // float16 weights and compute move the fp32 results, but not by nothing
+      expect(last.ours['fp16-c16'].vs_fp32!.image_embeds_max_abs).toBeGreaterThan(0);
       for (const [config, m] of Object.entries(last.ours)) {
         expect(m.provider).toBe('cpu');
         expect(m.dtype).toBe(config.split('-')[0]);
