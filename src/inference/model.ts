@@ -13,6 +13,9 @@ import { CachedContext, commonPrefixRows, layoutLength, type ContextLayout } fro
 import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
 import { generate, type GenerationEvent, type GenerationOptions } from './generation/index.js';
 import { preprocessImage } from '../image/preprocess.js';
+import { withoutOutputs } from './graph-prune.js';
+import { readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
 
 export interface LoadOptions {
   provider?: ProviderChoice;
@@ -108,6 +111,19 @@ export function slowQuantisation(meta: ModelJson, provider: ProviderName): strin
   );
 }
 
+/**
+ * On WebGPU the KV cache stays in GPU memory ('present' mode), which never reads the decoder's `present_new.*`:
+ * the graph is opened without them and the nodes only they needed (pruned in memory; graph-prune.ts), so a
+ * step neither computes nor allocates them. Elsewhere the package's graph as it is ('append' mode uses them).
+ */
+async function openDecoder(pkg: ModelPackage, factory: SessionFactory, layers: readonly number[]): Promise<ort.InferenceSession> {
+  const file = pkg.path(pkg.meta.graphs.decoder.file);
+  const present = layers.flatMap((i) => [`present.${i}.key`, `present.${i}.value`]);
+  if (factory.provider !== 'webgpu') return factory.open(file, present);
+  const { model } = withoutOutputs(await readFile(file), (name) => name.startsWith('present_new.'));
+  return factory.open(model, present, { dataDir: dirname(file) });
+}
+
 export class MiniGPT {
   private constructor(
     readonly pkg: ModelPackage,
@@ -138,15 +154,10 @@ export class MiniGPT {
     const pkg = await loadPackage(dir);
     const { meta } = pkg;
     const factory = new SessionFactory({ provider: opts.provider ?? 'auto', threads: opts.threads, log: opts.log });
-    // On WebGPU the KV cache stays in GPU memory: the whole present, and the new positions too (never read:
-    // fetched to the CPU they would cost a read-back per layer and step).
-    const layers = Array.from({ length: meta.llm.layers }, (_, i) => i);
-    const outputs = new Set(meta.graphs.decoder.outputs.map((o) => o.name));
-    const kvOutputs = layers
-      .flatMap((i) => [`present.${i}.key`, `present.${i}.value`, `present_new.${i}.key`, `present_new.${i}.value`])
-      .filter((n) => outputs.has(n));
-    const decoderSession = await factory.open(pkg.path(meta.graphs.decoder.file), kvOutputs);
+    // The vision graph first: it settles the provider, which decides how the decoder is opened.
     const visionSession = await factory.open(pkg.path(meta.graphs.vision.file), [], { arena: false });
+    const layers = Array.from({ length: meta.llm.layers }, (_, i) => i);
+    const decoderSession = await openDecoder(pkg, factory, layers);
     // The token embedding is a table lookup, on the CPU whatever the provider: on a GPU every lookup (each new
     // token of a decoding step) would be a session run ending in a read-back, to be uploaded again with the
     // decoder's inputs; and the table (0.5 GB at 7B in fp32) stays out of GPU memory.

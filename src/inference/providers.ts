@@ -63,11 +63,14 @@ function sessionOptions(
   threads: number | undefined,
   keepOnDevice: readonly string[],
   arena = true,
+  dataDir?: string,
 ): ort.InferenceSession.SessionOptions {
   const opts: ort.InferenceSession.SessionOptions = {
     executionProviders: [provider],
     graphOptimizationLevel: 'all',
   };
+  // A graph opened from bytes finds its external weights here (onnxruntime refuses paths outside it otherwise)
+  if (dataDir) opts.extra = { session: { model_external_initializers_file_folder_path: dataDir } };
   if (provider === 'cpu') {
     opts.intraOpNumThreads = threads || availableParallelism();
     opts.interOpNumThreads = 1;
@@ -137,6 +140,7 @@ export async function openSession(
   opts: SessionFactoryOptions,
   keepOnDevice: readonly string[] = [],
   arena = true,
+  dataDir?: string,
 ): Promise<OpenedSession> {
   const order = opts.provider === 'auto' ? AUTO_ORDER : [opts.provider];
   const failures: string[] = [];
@@ -148,7 +152,7 @@ export async function openSession(
       continue;
     }
     try {
-      const options = sessionOptions(provider, opts.threads, keepOnDevice, arena);
+      const options = sessionOptions(provider, opts.threads, keepOnDevice, arena, dataDir);
       const session = await (typeof path === 'string'
         ? ort.InferenceSession.create(path, options)
         : ort.InferenceSession.create(path, options));
@@ -185,15 +189,15 @@ export class SessionFactory {
   /**
    * `path`: a graph file, or a graph's bytes (the runtime's own small graphs). `arena: false`: no CPU memory
    * arena for this graph (see sessionOptions). `host`: on the CPU provider whatever the package's provider is
-   * (it does not choose the package's provider).
+   * (it does not choose the package's provider). `dataDir`: where a graph given as bytes has its external data.
    */
   async open(
     path: string | Uint8Array,
     keepOnDevice: readonly string[] = [],
-    opts: { arena?: boolean; host?: boolean } = {},
+    opts: { arena?: boolean; host?: boolean; dataDir?: string } = {},
   ): Promise<ort.InferenceSession> {
     const provider = opts.host ? 'cpu' : (this.chosen ?? this.opts.provider);
-    const opened = await openSession(path, { ...this.opts, provider }, opts.host ? [] : keepOnDevice, opts.arena ?? true);
+    const opened = await openSession(path, { ...this.opts, provider }, opts.host ? [] : keepOnDevice, opts.arena ?? true, opts.dataDir);
     this.placed.set(opened.session, opened.provider);
     if (opts.host) return opened.session;
     if (!this.chosen) {
