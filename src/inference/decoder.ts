@@ -17,7 +17,6 @@ import {
   type KvType,
 } from './kv-blocks.js';
 import { copyInto, placeRows } from './step-batch.js';
-import type { DeviceKvCopier } from './kv-device.js';
 import { ownRows, packRows, type PresentLayout } from './present-rows.js';
 import {
   ContextLengthError,
@@ -47,9 +46,8 @@ export class LlamaDecoder implements StepModel<KvCache> {
   /** zero-filled KV feeds made once per (names, positions, rows): see zeroKv */
   private readonly zeroFeeds = new Map<string, Record<string, ort.Tensor>>();
   private readonly fetches: string[];
-  /** 'present' mode's runs: the logits and the whole present (undefined: every output, see deviceKv) */
+  /** 'present' mode's runs: the logits and the whole present (undefined: every output, see DecoderOptions.deviceKv) */
   private readonly presentFetches: string[] | undefined;
-  private readonly deviceKv: DeviceKvCopier | undefined;
   private readonly presentLayout: PresentLayout;
   /**
    * The `logits_to_keep` feeds (1: the last position, 0: all) when the graph has that input; packages converted
@@ -90,10 +88,9 @@ export class LlamaDecoder implements StepModel<KvCache> {
     this.kv = kvType(past0?.isTensor ? past0.type : 'float32');
     this.pool = new BufferPool(opts.poolBytes ?? 512 * 1024 * 1024, this.kv);
     this.prefillChunk = Math.max(1, Math.floor(opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK));
-    this.deviceKv = opts.deviceKv;
     this.presentLayout = { names: this.pastNames, kvHeads: shape.kvHeads, headDim: shape.headDim, type: this.kv, device: opts.deviceKv };
     const presentNames = Array.from({ length: shape.layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat();
-    this.presentFetches = this.deviceKv ? undefined : ['logits', ...presentNames];
+    this.presentFetches = opts.deviceKv ? undefined : ['logits', ...presentNames];
   }
 
   /**
@@ -119,7 +116,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
 
   /** Frees what the decoder made itself (the device copier's graphs); its session belongs to the caller. */
   async close(): Promise<void> {
-    await this.deviceKv?.close();
+    await this.presentLayout.device?.close();
   }
 
   /** The most positions (prompt + answer) one sequence may have. */

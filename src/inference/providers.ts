@@ -153,6 +153,7 @@ export async function openSession(
     }
     try {
       const options = sessionOptions(provider, opts.threads, keepOnDevice, arena, dataDir);
+      // (two overloads of create: a file path, or the graph's bytes)
       const session = await (typeof path === 'string'
         ? ort.InferenceSession.create(path, options)
         : ort.InferenceSession.create(path, options));
