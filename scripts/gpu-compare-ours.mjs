@@ -6,6 +6,7 @@
 //   decode_tok_s   batch 1: the N - 1 steps after the prefill, per second
 //   batch8_tok_s   8 answers at once (the engine batches their steps): all their steps after the last prefill
 //   gpu_mem_mb     peak device memory of this process (nvidia-smi), or null; rss_mb otherwise
+//   attention_check  fused packages off the CPU: the load-time MultiHeadAttention check (null otherwise)
 // With --dump PREFIX it also writes the image embeddings and the prompt's last-position logits as raw float32
 // (PREFIX.image.f32, PREFIX.logits.f32), for gpu-compare.sh to hold each configuration against fp32's.
 // Prints one JSON object.
@@ -114,6 +115,13 @@ try {
     decode_tok_s: Math.round(median(single) * 100) / 100,
     batch8_tok_s: Math.round(median(batched) * 100) / 100,
     gpu_mem_mb: peakGpuMb,
+    // fused packages off the CPU: MultiHeadAttention checked at load (src/inference/attention-check.ts); a
+    // max_run_positions below the prompt's length means its prefill ran in that many positions at a time
+    attention_check: m.attentionCheck && {
+      max_run_positions: m.attentionCheck.maxRunPositions,
+      exact: m.attentionCheck.exact,
+      probes: m.attentionCheck.probes.map((p) => [p.positions, p.past, Number(p.error.toExponential(2))]),
+    },
     rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
   };
   process.stdout.write(`${JSON.stringify(out)}\n`);

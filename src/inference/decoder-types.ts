@@ -43,6 +43,11 @@ export interface DecoderOptions {
   /** 'append' mode: the most positions one run of a prefill takes; longer prompts run in chunks (default 128) */
   prefillChunk?: number;
   /**
+   * The most new positions any run may take, in either mode and whatever logits are kept: where the provider's
+   * attention kernel is inexact on longer runs (attention-check.ts). Default: no limit.
+   */
+  maxRunPositions?: number;
+  /**
    * 'present' mode with the session's `present.*` and `present_new.*` outputs kept in device memory (WebGPU):
    * copies rows of such caches on the device. Node's binding then wants every output fetched at every run;
    * the present_new ones are freed unread.

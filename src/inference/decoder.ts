@@ -17,6 +17,7 @@ import {
   type KvType,
 } from './kv-blocks.js';
 import { copyInto, placeRows } from './step-batch.js';
+import { concatArrays } from '../util/typed-arrays.js';
 import { ownRows, packRows, type PresentLayout } from './present-rows.js';
 import {
   ContextLengthError,
@@ -58,6 +59,8 @@ export class LlamaDecoder implements StepModel<KvCache> {
   private readonly batchRows: number;
   private readonly pool: BufferPool;
   private readonly prefillChunk: number;
+  /** DecoderOptions.maxRunPositions (Infinity: no limit) */
+  private readonly maxRun: number;
   /** the KV cache's element type: the graph's (float16 for a decoder converted with --compute fp16) */
   private readonly kv: KvType;
 
@@ -88,6 +91,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
     this.kv = kvType(past0?.isTensor ? past0.type : 'float32');
     this.pool = new BufferPool(opts.poolBytes ?? 512 * 1024 * 1024, this.kv);
     this.prefillChunk = Math.max(1, Math.floor(opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK));
+    this.maxRun = opts.maxRunPositions === undefined ? Number.POSITIVE_INFINITY : Math.max(1, Math.floor(opts.maxRunPositions));
     this.presentLayout = { names: this.pastNames, kvHeads: shape.kvHeads, headDim: shape.headDim, type: this.kv, device: opts.deviceKv };
     const presentNames = Array.from({ length: shape.layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat();
     this.presentFetches = opts.deviceKv ? undefined : ['logits', ...presentNames];
@@ -117,6 +121,11 @@ export class LlamaDecoder implements StepModel<KvCache> {
   /** Frees what the decoder made itself (the device copier's graphs); its session belongs to the caller. */
   async close(): Promise<void> {
     await this.presentLayout.device?.close();
+  }
+
+  /** The most new positions one run takes (DecoderOptions.maxRunPositions; Infinity: no limit). */
+  get maxRunPositions(): number {
+    return this.maxRun;
   }
 
   /** The most positions (prompt + answer) one sequence may have. */
@@ -242,9 +251,10 @@ export class LlamaDecoder implements StepModel<KvCache> {
       // A long prompt runs in chunks into the storage made for all of it (only the last chunk's logits are
       // kept): a run's outputs (the new keys and values of every layer) and activations grow with its length,
       // and at the full 7B shape a 273-token prefill in one run raised the process's RSS by 1.35 GB, in runs
-      // of 128 by 0.94 GB, in no more time (docs/quantisation.md, "Memory").
-      const chunk = keep === 'last' ? this.prefillChunk : seqLen;
-      let logits: Float32Array = new Float32Array(0);
+      // of 128 by 0.94 GB, in no more time (docs/quantisation.md, "Memory"). Runs are never longer than
+      // maxRun, whose chunks each keep their logits when every position's are asked for.
+      const chunk = Math.min(keep === 'last' ? this.prefillChunk : seqLen, this.maxRun);
+      const kept: Float32Array[] = [];
       for (let s = 0; s < seqLen; s += chunk) {
         const n = Math.min(chunk, seqLen - s);
         const at = L + s;
@@ -270,9 +280,10 @@ export class LlamaDecoder implements StepModel<KvCache> {
           block.write(this.pastNames[i], out[this.newNames[i]].data as KvArray, 0, n, row, at);
         block.written[row] = at + n;
         if (signal?.aborted) signal.throwIfAborted();
-        logits = out.logits.data as Float32Array;
+        if (keep === 'last') kept.length = 0;
+        kept.push(out.logits.data as Float32Array);
       }
-      return { logits, state };
+      return { logits: kept.length === 1 ? kept[0] : concatArrays(Float32Array, kept), state };
     } catch (err) {
       state.dispose();
       throw err;
@@ -383,34 +394,47 @@ export class LlamaDecoder implements StepModel<KvCache> {
   ): Promise<ForwardResult> {
     const { hidden } = this.shape;
     // A row of a batch is copied out first: the graph takes one unpadded row here.
-    const cache = past === null ? this.emptyCache() : past.standalone ? past : await this.prefix(past);
-    const own = cache !== past;
-    const total = cache.length + seqLen;
+    let cache = past === null ? this.emptyCache() : past.standalone ? past : await this.prefix(past);
+    // Runs of at most maxRun positions, each after the previous one's present (freed once used).
+    const kept: Float32Array[] = [];
+    let done = false;
     try {
-      const lead = this.cacheNames ? 1 : 0; // the masked cache position (see maskedCache)
-      const mask = lead ? new BigInt64Array(total + 1).fill(1n, 1) : this.ones.subarray(0, total);
-      const feeds: Record<string, ort.Tensor> = {
-        ...this.maskedCache(1),
-        ...cache.feeds(),
-        ...this.keepFeed(keep),
-        inputs_embeds: new ort.Tensor('float32', embeds, [1, seqLen, hidden]),
-        attention_mask: new ort.Tensor('int64', mask, [1, total + lead]),
-        position_ids: new ort.Tensor(
-          'int64',
-          BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(cache.length + i)),
-          [1, seqLen],
-        ),
-      };
-      const out = await this.run(feeds, this.presentFetches);
-      const state = new KvCache(this.present(out), total);
-      if (signal?.aborted) {
-        state.dispose();
-        signal.throwIfAborted();
+      for (let s = 0; s < seqLen; s += this.maxRun) {
+        const n = Math.min(this.maxRun, seqLen - s);
+        const r = await this.presentRun(n === seqLen ? embeds : embeds.subarray(s * hidden, (s + n) * hidden), n, cache, keep);
+        if (cache !== past) cache.dispose();
+        cache = r.state;
+        if (keep === 'last') kept.length = 0;
+        kept.push(r.logits);
+        signal?.throwIfAborted();
       }
-      return { logits: out.logits.data as Float32Array, state };
+      done = true;
+      return { logits: kept.length === 1 ? kept[0] : concatArrays(Float32Array, kept), state: cache };
     } finally {
-      if (own) cache.dispose();
+      if (!done && cache !== past) cache.dispose();
     }
+  }
+
+  /** One 'present' mode run of `seqLen` positions after `cache` (which stays valid). */
+  private async presentRun(embeds: Float32Array, seqLen: number, cache: KvCache, keep: KeepLogits): Promise<ForwardResult> {
+    const { hidden } = this.shape;
+    const total = cache.length + seqLen;
+    const lead = this.cacheNames ? 1 : 0; // the masked cache position (see maskedCache)
+    const mask = lead ? new BigInt64Array(total + 1).fill(1n, 1) : this.ones.subarray(0, total);
+    const feeds: Record<string, ort.Tensor> = {
+      ...this.maskedCache(1),
+      ...cache.feeds(),
+      ...this.keepFeed(keep),
+      inputs_embeds: new ort.Tensor('float32', embeds, [1, seqLen, hidden]),
+      attention_mask: new ort.Tensor('int64', mask, [1, total + lead]),
+      position_ids: new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: seqLen }, (_, i) => BigInt(cache.length + i)),
+        [1, seqLen],
+      ),
+    };
+    const out = await this.run(feeds, this.presentFetches);
+    return { logits: out.logits.data as Float32Array, state: new KvCache(this.present(out), total) };
   }
 
   private async stepPresent(embeds: Float32Array, states: readonly KvCache[]): Promise<{ states: KvCache[]; logits: Float32Array[] }> {

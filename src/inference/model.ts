@@ -14,6 +14,7 @@ import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
 import { generate, type GenerationEvent, type GenerationOptions } from './generation/index.js';
 import { preprocessImage } from '../image/preprocess.js';
 import { withoutOutputs } from './graph-prune.js';
+import { attentionGraph, checkAttention, describeAttentionCheck, type AttentionCheck } from './attention-check.js';
 import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
@@ -30,6 +31,11 @@ export interface LoadOptions {
   maxBatch?: number;
   /** the most prompt positions one prefill run takes on the CPU (default 128; DecoderOptions.prefillChunk) */
   prefillChunk?: number;
+  /**
+   * The most new positions one decoder run may take (DecoderOptions.maxRunPositions). Default: for a fused
+   * package on a GPU provider, what fusedAttentionCheck measures; otherwise no limit.
+   */
+  maxRunPositions?: number;
 }
 
 /** How answer() may reuse and keep the KV cache of a conversation's turns. */
@@ -124,6 +130,24 @@ async function openDecoder(pkg: ModelPackage, factory: SessionFactory, layers: r
   return factory.open(model, present, { dataDir: dirname(file) });
 }
 
+/**
+ * A fused decoder's MultiHeadAttention checked on the provider it will run on (attention-check.ts): the CPU
+ * provider's kernel is the reference, and plain graphs have no such kernel, so only fused packages elsewhere.
+ */
+async function fusedAttentionCheck(meta: ModelJson, factory: SessionFactory, log?: (line: string) => void): Promise<AttentionCheck | null> {
+  const provider = factory.provider;
+  if (meta.graph !== 'fused' || provider === null || provider === 'cpu') return null;
+  const shape = { heads: meta.llm.heads, headDim: meta.llm.headDim };
+  const session = await factory.open(attentionGraph(shape), [], { arena: false });
+  try {
+    const check = await checkAttention(session, shape);
+    log?.(describeAttentionCheck(check, provider));
+    return check;
+  } finally {
+    await session.release();
+  }
+}
+
 export class MiniGPT {
   private constructor(
     readonly pkg: ModelPackage,
@@ -134,6 +158,8 @@ export class MiniGPT {
     readonly tokenizer: TextTokenizer,
     private readonly sessions: ort.InferenceSession[],
     private readonly forcedTokens: number[] | undefined,
+    /** what fusedAttentionCheck measured at load (null: not run: a plain package, the CPU provider, or overridden) */
+    readonly attentionCheck: AttentionCheck | null,
     /** all model work of answer() and encodeImage() goes through it: decoding steps of concurrent answers are batched */
     readonly engine: DecodeBatcher,
   ) {}
@@ -167,12 +193,14 @@ export class MiniGPT {
     // WebGPU hands present.* back as device buffers: the cache then stays on the GPU ('present' mode), and
     // its rows are copied there too.
     const onGpu = factory.provider === 'webgpu';
+    const attention = opts.maxRunPositions === undefined ? await fusedAttentionCheck(meta, factory, opts.log) : null;
     const pastNames = layers.flatMap((i) => [`past_key_values.${i}.key`, `past_key_values.${i}.value`]);
     const decoder = new LlamaDecoder(decoderSession, embedder, meta.llm, {
       mode: onGpu ? 'present' : undefined,
       deviceKv: onGpu ? new DeviceKvCopier(pastNames, (graph, outputs) => factory.open(graph, outputs)) : undefined,
       batchRows: opts.maxBatch,
       prefillChunk: opts.prefillChunk,
+      maxRunPositions: opts.maxRunPositions ?? attention?.maxRunPositions ?? undefined,
     });
     const slow = slowQuantisation(meta, factory.provider ?? 'cpu');
     if (slow) opts.log?.(slow);
@@ -187,6 +215,7 @@ export class MiniGPT {
       tokenizer,
       [decoderSession, visionSession, embedSession],
       forcedAnswer ? tokenizer.encode(forcedAnswer, { addBos: false }) : undefined,
+      attention,
       new DecodeBatcher(decoder, { maxBatch: opts.maxBatch }),
     );
   }

@@ -17,6 +17,7 @@ import { withoutOutputs } from '../../src/inference/graph-prune.js';
 import { DTYPE_BOUNDS, verifyPackage } from '../../src/inference/verify.js';
 import { argmax } from '../../src/inference/generation/index.js';
 import { maxAbsDiff } from '../helpers/golden.js';
+import { greedySteps } from '../helpers/greedy.js';
 import { convertTinyV2, GOLDEN_V2 } from '../helpers/tiny-package.js';
 
 let work: string;
@@ -146,6 +147,43 @@ describe('WebGPU (software Vulkan)', () => {
     expect(got.first).toEqual(want.first);
     expect(got.follow).toEqual(want.follow);
   });
+
+  it("a fused package: its MultiHeadAttention checked at load, a long prompt's logits and the steps after it the CPU's", async () => {
+    const dir = join(work, 'fused-attention');
+    await convertTinyV2(dir, { fused: true });
+    const logs: string[] = [];
+    const onGpu = await MiniGPT.load(dir, { provider: 'webgpu', log: (l) => logs.push(l) });
+    const onCpu = await MiniGPT.load(dir, { provider: 'cpu', threads: 1 });
+    try {
+      const check = onGpu.attentionCheck;
+      expect(check).not.toBeNull();
+      if (!check) return;
+      expect(check.exact).toBe(true);
+      // what the decoder runs at most at once was measured within the bound (longer runs were what failed it)
+      const limit = check.maxRunPositions ?? Number.POSITIVE_INFINITY;
+      expect(onGpu.decoder.maxRunPositions).toBe(limit);
+      for (const p of check.probes) if (p.positions <= limit) expect(p.error, JSON.stringify(p)).toBeLessThanOrEqual(check.tolerance);
+      expect(logs.filter((l) => l.includes('MultiHeadAttention'))).toHaveLength(1);
+      console.log(`${logs.find((l) => l.includes('MultiHeadAttention'))}\n  probes: ${JSON.stringify(check.probes)}`);
+      // a prompt longer than WebGPU's flash-attention threshold (32 query positions), on both providers
+      const q = 'describe every object in this picture, its colour, its size and where it is, one by one';
+      const ctx = await onCpu.context(conversationPrompt(onCpu.meta.prompt, [{ user: q }]), [image]);
+      expect(ctx.length).toBeGreaterThan(40);
+      const V = onCpu.meta.llm.vocabSize;
+      const [a, b] = [
+        await onCpu.decoder.forward(ctx.embeds, null, undefined, 'all'),
+        await onGpu.decoder.forward(ctx.embeds, null, undefined, 'all'),
+      ];
+      expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(TOL);
+      const sa = await greedySteps(onCpu.decoder, a.state, a.logits.slice(a.logits.length - V), 3);
+      const sb = await greedySteps(onGpu.decoder, b.state, b.logits.slice(b.logits.length - V), 3);
+      expect(sb.ids).toEqual(sa.ids);
+      for (let t = 0; t < 3; t++) expect(maxAbsDiff(sa.stepLogits[t], sb.stepLogits[t])).toBeLessThan(TOL);
+    } finally {
+      await onGpu.close();
+      await onCpu.close();
+    }
+  }, 180_000);
 
   it('minigpt verify passes on WebGPU for fp32 and fp16 packages of the golden MiniGPT-v2', async () => {
     for (const dtype of ['fp32', 'fp16'] as const) {

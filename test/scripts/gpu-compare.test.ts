@@ -49,6 +49,7 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
             graph: string;
             compute: string;
             vs_fp32?: { image_embeds_max_abs: number; logits_max_abs: number; same_top1: boolean };
+            attention_check: { max_run_positions: number | null; exact: boolean; probes: [number, number, number][] } | null;
           }
         >;
         best: string;
@@ -81,6 +82,8 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         expect(m.dtype).toBe(config.split('-')[0]);
         expect(m.graph).toBe(config.endsWith('-fused') ? 'fused' : 'plain');
         expect(m.compute).toBe(config.includes('-c16') ? 'float16' : 'float32');
+        // the fused attention is checked off the CPU provider only (its kernel is the reference)
+        expect(m.attention_check, config).toBeNull();
       }
       // minigpt verify on the same provider against the original's reference tensors, per weight / compute type
       expect(Object.keys(last.verify)).toEqual(['fp32', 'fp16', 'fp16-c16']);
