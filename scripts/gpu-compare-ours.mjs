@@ -109,6 +109,7 @@ try {
     dtype: m.meta.dtype,
     graph: m.meta.graph ?? 'plain',
     compute: m.meta.compute ?? 'float32',
+    webgpu_validation: m.provider === 'webgpu' ? (process.env.MINIGPT_WEBGPU_VALIDATION ?? 'basic (default)') : null,
     vision_ms: Math.round(median(vision) * 100) / 100,
     ttft_ms: Math.round(median(ttft) * 100) / 100,
     prompt_tokens: promptTokens,

@@ -10,7 +10,7 @@
 # Steps: random checkpoints at the shape (scripts/random-checkpoint.mjs) -> our packages, each named
 # <weights>[-c16][-fused]: weights fp32 / fp16 / int8 / int4, -c16 = --compute fp16 (float16 activations and KV
 # cache), -fused = --fused; by default fp32, fp16-c16, fp16-c16-fused, int4 and int4-fused (GPU_COMPARE_CONFIGS="..."
-# to choose) -> the baseline (scripts/gpu-compare-baseline.py: transformers LlamaForCausalLM fp16 eager, or plain
+# to choose; on WebGPU also int4-fused+novalidation, GPU_COMPARE_NO_VALIDATION="..." to choose, "" for none) -> the baseline (scripts/gpu-compare-baseline.py: transformers LlamaForCausalLM fp16 eager, or plain
 # PyTorch; EVA ViT + llama_proj) -> each package on the provider (scripts/gpu-compare-ours.mjs), each in its own
 # process, each also dumping its image embeddings and prompt logits, held against fp32's in the JSON (`vs_fp32`:
 # accuracy at the full shape, on the provider). The raw log goes to stderr and $OUT; the last line of stdout is
@@ -83,6 +83,23 @@ for c in "${configs[@]}"; do
   cat "$out/ours-$c.json" >&2
 done
 
+# On WebGPU, the best-placed configurations again with the provider's validation disabled (MINIGPT_WEBGPU_VALIDATION;
+# what onnxruntime-genai runs WebGPU with): what its checks cost per step, as "<config>+novalidation".
+extra=()
+if [ "$provider" = webgpu ]; then
+  read -r -a novalidation <<< "${GPU_COMPARE_NO_VALIDATION-int4-fused}"
+  for c in "${novalidation[@]}"; do
+    [ -d "$work/pkg-$c" ] || continue
+    n="$c+novalidation"
+    log "ours: $n on $provider"
+    MINIGPT_WEBGPU_VALIDATION=disabled node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" \
+      --reps "$reps" --dump "$out/dump-$n" > "$out/ours-$n.json" 2> "$out/ours-$n.err" \
+      || echo "ours $n failed: $(tail -3 "$out/ours-$n.err")" >&2
+    cat "$out/ours-$n.json" >&2
+    extra+=("$n")
+  done
+fi
+
 # minigpt verify on the same provider: the tiny golden MiniGPT-v2 (reference tensors of the original PyTorch code,
 # test/fixtures/minigptv2-tiny) converted per weight / compute type (GPU_COMPARE_VERIFY, same naming as above).
 golden=test/fixtures/minigptv2-tiny
@@ -135,4 +152,4 @@ const result = { device, layers: Number(layers), vit_depth: Number(vit), toy: to
   decode_ratio: best && baseline ? Math.round((best[1].decode_tok_s / baseline.decode_tok_s) * 1000) / 1000 : null };
 fs.writeFileSync(`${out}/result.json`, JSON.stringify(result, null, 2));
 console.log(JSON.stringify(result));
-' "$out" "$gpu_name" "$layers" "$vit_depth" "$toy" "${configs[@]}"
+' "$out" "$gpu_name" "$layers" "$vit_depth" "$toy" "${configs[@]}" "${extra[@]}"

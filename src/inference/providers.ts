@@ -24,7 +24,26 @@ export interface SessionFactoryOptions {
   provider: ProviderChoice;
   /** intra-op threads for the CPU provider (0 or absent: the machine's cores) */
   threads?: number;
+  /** the WebGPU provider's validationMode (default: env MINIGPT_WEBGPU_VALIDATION, else onnxruntime's, 'basic') */
+  webgpuValidation?: WebGpuValidation;
   log?: (line: string) => void;
+}
+
+/**
+ * How much the WebGPU provider checks its GPU work: 'full' / 'basic' (onnxruntime's default) / 'wgpuOnly'
+ * (Dawn's API validation only) / 'disabled' (none: what onnxruntime-genai's WebGPU configurations use). The
+ * checks cost CPU time per kernel launch, the fixed cost of a decoding step on a GPU; what they are worth there
+ * is for scripts/gpu-compare.sh to measure (docs/gpu.md). On lavapipe, which runs the kernels on the CPU too,
+ * the tiny demo decoder's step is the same with any of them (52.7 / 54.3 / 51.6 ms: basic / disabled / wgpuOnly).
+ */
+export type WebGpuValidation = 'full' | 'basic' | 'wgpuOnly' | 'disabled';
+const WEBGPU_VALIDATION: readonly WebGpuValidation[] = ['full', 'basic', 'wgpuOnly', 'disabled'];
+
+export function parseWebGpuValidation(value: string | undefined): WebGpuValidation | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  const v = WEBGPU_VALIDATION.find((m) => m.toLowerCase() === value.trim().toLowerCase());
+  if (!v) throw new ProviderError(`MINIGPT_WEBGPU_VALIDATION=${value}: expected one of ${WEBGPU_VALIDATION.join(', ')}`);
+  return v;
 }
 
 export interface OpenedSession {
@@ -60,15 +79,20 @@ export interface OpenedSession {
  */
 function sessionOptions(
   provider: ProviderName,
-  threads: number | undefined,
+  factory: SessionFactoryOptions,
   keepOnDevice: readonly string[],
   arena = true,
   dataDir?: string,
 ): ort.InferenceSession.SessionOptions {
+  const validation = provider === 'webgpu' ? factory.webgpuValidation : undefined;
   const opts: ort.InferenceSession.SessionOptions = {
-    executionProviders: [provider],
+    // (the Node binding hands an execution provider's other keys to the provider as its options)
+    executionProviders: [
+      validation ? ({ name: 'webgpu', validationMode: validation } as ort.InferenceSession.ExecutionProviderConfig) : provider,
+    ],
     graphOptimizationLevel: 'all',
   };
+  const threads = factory.threads;
   // A graph opened from bytes finds its external weights here (onnxruntime refuses paths outside it otherwise)
   if (dataDir) opts.extra = { session: { model_external_initializers_file_folder_path: dataDir } };
   if (provider === 'cpu') {
@@ -152,7 +176,7 @@ export async function openSession(
       continue;
     }
     try {
-      const options = sessionOptions(provider, opts.threads, keepOnDevice, arena, dataDir);
+      const options = sessionOptions(provider, opts, keepOnDevice, arena, dataDir);
       // (two overloads of create: a file path, or the graph's bytes)
       const session = await (typeof path === 'string'
         ? ort.InferenceSession.create(path, options)
@@ -174,7 +198,11 @@ export class SessionFactory {
   private chosen: ProviderName | null = null;
   private readonly placed = new WeakMap<ort.InferenceSession, ProviderName>();
 
-  constructor(private readonly opts: SessionFactoryOptions) {}
+  private readonly opts: SessionFactoryOptions;
+
+  constructor(opts: SessionFactoryOptions) {
+    this.opts = { ...opts, webgpuValidation: opts.webgpuValidation ?? parseWebGpuValidation(process.env.MINIGPT_WEBGPU_VALIDATION) };
+  }
 
   get provider(): ProviderName | null {
     return this.chosen;
@@ -205,7 +233,8 @@ export class SessionFactory {
       this.chosen = opened.provider;
       const how =
         this.opts.provider === 'auto' ? `auto${opened.skipped.length ? `; skipped ${opened.skipped.join('; ')}` : ''}` : 'requested';
-      this.opts.log?.(`execution provider: ${opened.provider} (${how})`);
+      const validation = opened.provider === 'webgpu' && this.opts.webgpuValidation ? `; validationMode ${this.opts.webgpuValidation}` : '';
+      this.opts.log?.(`execution provider: ${opened.provider} (${how}${validation})`);
     }
     return opened.session;
   }

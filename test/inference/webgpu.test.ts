@@ -14,6 +14,8 @@ import type { KvCache } from '../../src/inference/kv-cache.js';
 import { PresentBlock } from '../../src/inference/kv-blocks.js';
 import { DeviceKvCopier } from '../../src/inference/kv-device.js';
 import { withoutOutputs } from '../../src/inference/graph-prune.js';
+import { attentionGraph } from '../../src/inference/attention-check.js';
+import { parseWebGpuValidation } from '../../src/inference/providers.js';
 import { DTYPE_BOUNDS, verifyPackage } from '../../src/inference/verify.js';
 import { argmax } from '../../src/inference/generation/index.js';
 import { maxAbsDiff } from '../helpers/golden.js';
@@ -317,6 +319,46 @@ describe('WebGPU placement', () => {
     expect(vision.fp32 - vision['fp32-fused']).toBeGreaterThanOrEqual(7 * cpu.meta.vision.layers);
     console.log(`WebGPU kernels per image (${cpu.meta.vision.layers} ViT blocks): ${JSON.stringify(vision)}`);
   }, 120_000);
+});
+
+describe("the WebGPU provider's validationMode (MINIGPT_WEBGPU_VALIDATION)", () => {
+  it('is parsed with a clear error, and the Node binding hands it to the provider', async () => {
+    expect(parseWebGpuValidation(undefined)).toBeUndefined();
+    expect(parseWebGpuValidation(' ')).toBeUndefined();
+    expect(parseWebGpuValidation('Disabled')).toBe('disabled');
+    expect(parseWebGpuValidation('wgpuonly')).toBe('wgpuOnly');
+    expect(() => parseWebGpuValidation('none')).toThrow(/MINIGPT_WEBGPU_VALIDATION=none: expected one of full, basic, wgpuOnly, disabled/);
+    // the provider reads the key (an invalid value is refused by onnxruntime itself, not ignored)
+    const graph = attentionGraph({ heads: 2, headDim: 8 });
+    await expect(
+      ort.InferenceSession.create(graph, {
+        executionProviders: [{ name: 'webgpu', validationMode: 'bogus' } as ort.InferenceSession.ExecutionProviderConfig],
+      }),
+    ).rejects.toThrow(/Invalid validation mode: bogus/);
+  });
+
+  it('a package opened with validation disabled says so and gives the same logits', async () => {
+    const before = process.env.MINIGPT_WEBGPU_VALIDATION;
+    process.env.MINIGPT_WEBGPU_VALIDATION = 'disabled';
+    const logs: string[] = [];
+    let m: MiniGPT | undefined;
+    try {
+      m = await MiniGPT.load(join(work, 'fp32'), { provider: 'webgpu', log: (l) => logs.push(l) });
+    } finally {
+      if (before === undefined) delete process.env.MINIGPT_WEBGPU_VALIDATION;
+      else process.env.MINIGPT_WEBGPU_VALIDATION = before;
+    }
+    try {
+      expect(logs).toContain('execution provider: webgpu (requested; validationMode disabled)');
+      const ctx = await cpu.context(prompt(QUESTIONS[1]), [image]);
+      const [a, b] = [await cpu.prefill(ctx), await m.prefill(ctx)];
+      expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(TOL);
+      a.state.dispose();
+      b.state.dispose();
+    } finally {
+      await m.close();
+    }
+  });
 });
 
 describe('DeviceKvCopier', () => {
