@@ -9,6 +9,8 @@
 import type * as ort from 'onnxruntime-node';
 import { Tensor } from 'onnxruntime-node';
 import { GraphBuilder } from '../convert/onnx/builder.js';
+import { toFloat16 } from '../convert/quantize.js';
+import { halfToFloat } from '../convert/readers/types.js';
 
 /** One run of the check: query positions, past positions before them, largest difference from the reference. */
 export interface AttentionProbe {
@@ -29,39 +31,43 @@ export interface AttentionCheck {
 export interface AttentionShape {
   heads: number;
   headDim: number;
+  /** the decoder's compute type (model.json `compute`): its attention runs in it (default float32) */
+  dtype?: 'float32' | 'float16';
 }
 
 /**
- * Largest difference allowed, for inputs of magnitude ~1 in float32: exact kernels differ by ~1e-7 (summation
- * order); the lavapipe flash kernel by 1e-3 to 7e-2.
+ * Largest difference allowed, by compute type, for inputs of magnitude ~1. Exact float32 kernels differ by ~1e-7
+ * (summation order); float16 ones by up to ~2.4e-4 on the CPU and ~8.5e-4 on WebGPU (lavapipe, accumulating in
+ * float16). The lavapipe flash kernel is off by 1e-2 to 5e-2 in either type.
  */
-export const ATTENTION_TOLERANCE = 1e-4;
+export const ATTENTION_TOLERANCE = { float32: 1e-4, float16: 4e-3 } as const;
 
 /** Past positions before the query in the probes that have one (so that the kernel concatenates a past). */
 const PAST = 40;
 /** Lengths tried when the long runs fail, longest first; 31 is the longest below WebGPU's flash path. */
 const FALLBACKS = [31, 16, 8, 4, 2, 1];
-/** float32's lowest value: what the fused decoder's attention_bias holds at masked positions (llama-fused.ts) */
-const MASKED = -3.4028234663852886e38;
+/** the type's lowest value: what the fused decoder's attention_bias holds at masked positions (llama-fused.ts) */
+const MASKED = { float32: -3.4028234663852886e38, float16: -65504 } as const;
 
 /** One MultiHeadAttention node as the fused decoder uses it: causal bias, past key/value in, present out. */
 export function attentionGraph(shape: AttentionShape): Uint8Array {
   const { heads, headDim } = shape;
+  const dtype = shape.dtype ?? 'float32';
   const hidden = heads * headDim;
   const g = new GraphBuilder('attention_check');
-  const q = g.input('query', 'float32', [1, 'sequence_length', hidden]);
-  const k = g.input('key', 'float32', [1, 'sequence_length', hidden]);
-  const v = g.input('value', 'float32', [1, 'sequence_length', hidden]);
-  const bias = g.input('attention_bias', 'float32', [1, 1, 'sequence_length', 'total_sequence_length']);
-  const pastK = g.input('past_key', 'float32', [1, heads, 'past_sequence_length', headDim]);
-  const pastV = g.input('past_value', 'float32', [1, heads, 'past_sequence_length', headDim]);
+  const q = g.input('query', dtype, [1, 'sequence_length', hidden]);
+  const k = g.input('key', dtype, [1, 'sequence_length', hidden]);
+  const v = g.input('value', dtype, [1, 'sequence_length', hidden]);
+  const bias = g.input('attention_bias', dtype, [1, 1, 'sequence_length', 'total_sequence_length']);
+  const pastK = g.input('past_key', dtype, [1, heads, 'past_sequence_length', headDim]);
+  const pastV = g.input('past_value', dtype, [1, heads, 'past_sequence_length', headDim]);
   const [out] = g.opMulti(
     'MultiHeadAttention',
     [q, k, v, '', '', bias, pastK, pastV],
     { num_heads: heads, scale: { float: 1 / Math.sqrt(headDim) } },
     { domain: 'com.microsoft', count: 3, name: 'mha' },
   );
-  g.output(out, 'output', 'float32', [1, 'sequence_length', hidden]);
+  g.output(out, 'output', dtype, [1, 'sequence_length', hidden]);
   return g.encode();
 }
 
@@ -126,29 +132,35 @@ export function referenceAttention(x: ProbeInputs, shape: AttentionShape): Float
 
 async function probe(session: ort.InferenceSession, shape: AttentionShape, S: number, P: number): Promise<AttentionProbe> {
   const { heads, headDim } = shape;
+  const dtype = shape.dtype ?? 'float32';
   const hidden = heads * headDim;
+  // (float16 inputs are rounded first, and the reference computed from the rounded values)
+  const values = (n: number, seed: number) => (dtype === 'float16' ? rounded16(inputs(n, seed)) : inputs(n, seed));
   const x: ProbeInputs = {
     S,
     P,
-    q: inputs(S * hidden, 1 + S * 7919 + P),
-    k: inputs(S * hidden, 2 + S * 7919 + P),
-    v: inputs(S * hidden, 3 + S * 7919 + P),
-    pastK: inputs(heads * P * headDim, 4 + S * 7919 + P),
-    pastV: inputs(heads * P * headDim, 5 + S * 7919 + P),
+    q: values(S * hidden, 1 + S * 7919 + P),
+    k: values(S * hidden, 2 + S * 7919 + P),
+    v: values(S * hidden, 3 + S * 7919 + P),
+    pastK: values(heads * P * headDim, 4 + S * 7919 + P),
+    pastV: values(heads * P * headDim, 5 + S * 7919 + P),
   };
   const T = P + S;
   const bias = new Float32Array(S * T);
-  for (let i = 0; i < S; i++) bias.fill(MASKED, i * T + P + i + 1, (i + 1) * T);
+  for (let i = 0; i < S; i++) bias.fill(MASKED[dtype], i * T + P + i + 1, (i + 1) * T);
+  const tensor = (data: Float32Array, dims: number[]) =>
+    dtype === 'float16' ? new Tensor('float16', toFloat16(data), dims) : new Tensor('float32', data, dims);
   const feeds = {
-    query: new Tensor('float32', x.q, [1, S, hidden]),
-    key: new Tensor('float32', x.k, [1, S, hidden]),
-    value: new Tensor('float32', x.v, [1, S, hidden]),
-    attention_bias: new Tensor('float32', bias, [1, 1, S, T]),
-    past_key: new Tensor('float32', x.pastK, [1, heads, P, headDim]),
-    past_value: new Tensor('float32', x.pastV, [1, heads, P, headDim]),
+    query: tensor(x.q, [1, S, hidden]),
+    key: tensor(x.k, [1, S, hidden]),
+    value: tensor(x.v, [1, S, hidden]),
+    attention_bias: tensor(bias, [1, 1, S, T]),
+    past_key: tensor(x.pastK, [1, heads, P, headDim]),
+    past_value: tensor(x.pastV, [1, heads, P, headDim]),
   };
   const out = await session.run(feeds, ['output']);
-  const got = out.output.data as Float32Array;
+  const data = out.output.data as Float32Array | Uint16Array;
+  const got = data instanceof Uint16Array ? Float32Array.from(data, halfToFloat) : data;
   const want = referenceAttention(x, shape);
   let error = 0;
   for (let i = 0; i < want.length; i++) {
@@ -159,6 +171,10 @@ async function probe(session: ort.InferenceSession, shape: AttentionShape, S: nu
   return { positions: S, past: P, error };
 }
 
+function rounded16(data: Float32Array): Float32Array {
+  return Float32Array.from(toFloat16(data), halfToFloat);
+}
+
 /**
  * Runs attentionGraph's `session` (opened on the provider to check) on runs of 64 positions and of 32 after a
  * past; if either is off, on shorter runs (FALLBACKS) until one length is within `tolerance` with and without a
@@ -167,7 +183,7 @@ async function probe(session: ort.InferenceSession, shape: AttentionShape, S: nu
 export async function checkAttention(
   session: ort.InferenceSession,
   shape: AttentionShape,
-  tolerance = ATTENTION_TOLERANCE,
+  tolerance: number = ATTENTION_TOLERANCE[shape.dtype ?? 'float32'],
 ): Promise<AttentionCheck> {
   const probes: AttentionProbe[] = [];
   const within = async (runs: [number, number][]) => {

@@ -137,7 +137,7 @@ async function openDecoder(pkg: ModelPackage, factory: SessionFactory, layers: r
 async function fusedAttentionCheck(meta: ModelJson, factory: SessionFactory, log?: (line: string) => void): Promise<AttentionCheck | null> {
   const provider = factory.provider;
   if (meta.graph !== 'fused' || provider === null || provider === 'cpu') return null;
-  const shape = { heads: meta.llm.heads, headDim: meta.llm.headDim };
+  const shape = { heads: meta.llm.heads, headDim: meta.llm.headDim, dtype: meta.compute ?? 'float32' };
   const session = await factory.open(attentionGraph(shape), [], { arena: false });
   try {
     const check = await checkAttention(session, shape);

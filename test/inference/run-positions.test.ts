@@ -130,7 +130,8 @@ describe('the fused attention check (attention-check.ts)', () => {
         [64, 0],
         [32, 40],
       ]);
-      for (const p of cpu.probes) expect(p.error).toBeLessThan(ATTENTION_TOLERANCE / 100);
+      for (const p of cpu.probes) expect(p.error).toBeLessThan(ATTENTION_TOLERANCE.float32 / 100);
+      expect(cpu.tolerance).toBe(ATTENTION_TOLERANCE.float32);
       expect(describeAttentionCheck(cpu, 'cpu')).toMatch(/exact on this adapter/);
       // a bound below float32 rounding: no length meets it, down to single positions
       const strict = await checkAttention(s, shape, 1e-12);
@@ -138,6 +139,23 @@ describe('the fused attention check (attention-check.ts)', () => {
       expect(strict.maxRunPositions).toBe(1);
       expect(strict.probes.map((p) => p.positions)).toEqual([64, 32, 31, 31, 16, 16, 8, 8, 4, 4, 2, 2, 1, 1]);
       expect(describeAttentionCheck(strict, 'cpu')).toMatch(/even single positions are off/);
+    } finally {
+      await s.release();
+    }
+  });
+
+  it('in float16 (packages converted with --compute fp16): inputs rounded, the bound float16 rounding allows', async () => {
+    const half = { ...shape, dtype: 'float16' as const };
+    const s = await ort.InferenceSession.create(attentionGraph(half), { executionProviders: ['cpu'], intraOpNumThreads: 1 });
+    try {
+      const check = await checkAttention(s, half);
+      expect(check.tolerance).toBe(ATTENTION_TOLERANCE.float16);
+      expect(check.maxRunPositions).toBeNull();
+      // float16 outputs: off by their rounding (~1e-4), not by float32's ~1e-7, and well within the bound
+      for (const p of check.probes) {
+        expect(p.error).toBeGreaterThan(1e-6);
+        expect(p.error).toBeLessThan(ATTENTION_TOLERANCE.float16 / 4);
+      }
     } finally {
       await s.release();
     }

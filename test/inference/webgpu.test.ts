@@ -14,7 +14,7 @@ import type { KvCache } from '../../src/inference/kv-cache.js';
 import { PresentBlock } from '../../src/inference/kv-blocks.js';
 import { DeviceKvCopier } from '../../src/inference/kv-device.js';
 import { withoutOutputs } from '../../src/inference/graph-prune.js';
-import { attentionGraph } from '../../src/inference/attention-check.js';
+import { attentionGraph, checkAttention } from '../../src/inference/attention-check.js';
 import { parseWebGpuValidation } from '../../src/inference/providers.js';
 import { DTYPE_BOUNDS, verifyPackage } from '../../src/inference/verify.js';
 import { argmax } from '../../src/inference/generation/index.js';
@@ -186,6 +186,20 @@ describe('WebGPU (software Vulkan)', () => {
       await onCpu.close();
     }
   }, 180_000);
+
+  it('the attention check in float16 on WebGPU: the runs it allows are within the float16 bound', async () => {
+    const shape = { heads: 4, headDim: 16, dtype: 'float16' as const };
+    const s = await ort.InferenceSession.create(attentionGraph(shape), { executionProviders: ['webgpu'] });
+    try {
+      const check = await checkAttention(s, shape);
+      expect(check.exact).toBe(true);
+      const limit = check.maxRunPositions ?? Number.POSITIVE_INFINITY;
+      for (const p of check.probes) if (p.positions <= limit) expect(p.error, JSON.stringify(p)).toBeLessThanOrEqual(check.tolerance);
+      console.log(`float16 attention check on WebGPU: ${JSON.stringify(check)}`);
+    } finally {
+      await s.release();
+    }
+  });
 
   it('minigpt verify passes on WebGPU for fp32 and fp16 packages of the golden MiniGPT-v2', async () => {
     for (const dtype of ['fp32', 'fp16'] as const) {
