@@ -15,8 +15,15 @@
 # process, each also dumping its image embeddings and prompt logits, held against fp32's in the JSON (`vs_fp32`:
 # accuracy at the full shape, on the provider). The raw log goes to stderr and $OUT; the last line of stdout is
 # one JSON object:
-#   {"device", "layers", "vit_depth", "toy", "baseline": {...}, "ours": {"<config>": {...}}, "best", "decode_ratio"}
+#   {"device", "layers", "vit_depth", "toy", "baseline": {...}, "ours": {"<config>": {...}}, "best", "decode_ratio",
+#    "skipped": [...], "elapsed_s"}
+# Time: the device machine gives one command 600 s, so the conversions run in parallel (GPU_COMPARE_JOBS, default
+# the cores less one; each is one core's work: 86 s for an 8-layer package on this project's 2-core machine), and
+# every later step runs under the time left before GPU_COMPARE_LIMIT_S (default 540 s from the start; a step with
+# under 20 s left is skipped, and named in "skipped"), so the JSON line is printed whatever was not reached. The order
+# puts first what the issue's "done when" needs: verify, the baseline, then ours (fp32 first: the others' vs_fp32).
 set -uo pipefail
+start=$(date +%s)
 root=$(pwd)
 toy=${GPU_COMPARE_TOY:-0}
 work=${MINIGPT_GPU_WORK:-/tmp/minigpt-gpu-compare}
@@ -59,25 +66,64 @@ log "random checkpoints: preset $preset, $layers LLM layers, $vit_depth ViT bloc
 t0=$(date +%s)
 node scripts/random-checkpoint.mjs --preset "$preset" --llm-layers "$layers" --vit-depth "$vit_depth" --out "$work/ckpt" >&2 || exit 1
 read -r -a configs <<< "${GPU_COMPARE_CONFIGS:-fp32 fp16-c16 fp16-c16-fused int4 int4-fused}"
-for c in "${configs[@]}"; do
-  d=${c%%-*}
-  flags=()
+convert_one() {
+  local c=$1 d=${1%%-*} flags=()
   [[ "$c" == *-fused ]] && flags+=(--fused)
   [[ "$c" == *-c16* ]] && flags+=(--compute fp16)
+  local s0=$(date +%s)
   node bin/minigpt.js convert --arch minigpt-v2 --vit "$work/ckpt/eva_vit_g.pth" --llm "$work/ckpt/llama" --ckpt "$work/ckpt/minigptv2_checkpoint.pth" \
-    "${convert_extra[@]}" --dtype "$d" "${flags[@]}" --out "$work/pkg-$c" >&2 2> "$out/convert-$c.log" || { echo "convert $c failed: $(tail -3 "$out/convert-$c.log")" >&2; }
+    "${convert_extra[@]}" --dtype "$d" "${flags[@]}" --out "$work/pkg-$c" > "$out/convert-$c.log" 2>&1 \
+    && echo "converted $c in $(( $(date +%s) - s0 )) s" >&2 \
+    || { echo "convert $c failed: $(tail -3 "$out/convert-$c.log")" >&2; rm -rf "$work/pkg-$c"; }
+}
+jobs_max=${GPU_COMPARE_JOBS:-$(( $(nproc) > 2 ? $(nproc) - 1 : 1 ))}
+for c in "${configs[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n; done
+  convert_one "$c" &
 done
-log "checkpoints + conversions: $(( $(date +%s) - t0 )) s"
+wait
+log "checkpoints + conversions: $(( $(date +%s) - t0 )) s ($jobs_max at a time)"
 
+# Every later step runs under the time left (see the header); `step SECONDS_NEEDED NAME` says whether to start it.
+limit=${GPU_COMPARE_LIMIT_S:-540}
+skipped=()
+left() { echo $(( limit - ($(date +%s) - start) )); }
+step() {
+  if [ "$(left)" -lt "${1:-20}" ]; then
+    log "skipped $2: $(left) s left of GPU_COMPARE_LIMIT_S=$limit"
+    skipped+=("$2")
+    return 1
+  fi
+}
+
+# minigpt verify on the same provider: the tiny golden MiniGPT-v2 (reference tensors of the original PyTorch code,
+# test/fixtures/minigptv2-tiny) converted per weight / compute type (GPU_COMPARE_VERIFY, same naming as above).
+golden=test/fixtures/minigptv2-tiny
+read -r -a verify_configs <<< "${GPU_COMPARE_VERIFY:-fp32 fp16 fp16-c16}"
+for c in "${verify_configs[@]}"; do
+  d=${c%%-*}
+  flags=()
+  [[ "$c" == *-c16* ]] && flags+=(--compute fp16)
+  step 20 "verify:$c" || continue
+  log "verify: $c on $provider"
+  node bin/minigpt.js convert --arch minigpt-v2 --vit "$golden/eva_vit.pth" --llm "$golden/llama" --ckpt "$golden/minigptv2_ckpt.pth" \
+    --vit-heads 4 --image-size 112 --lora-r 8 --lora-alpha 16 --dtype "$d" "${flags[@]}" --out "$work/golden-$c" > "$out/verify-convert-$c.log" 2>&1 \
+    && timeout "$(left)" node bin/minigpt.js verify --model "$work/golden-$c" --golden "$golden" --provider "$provider" > "$out/verify-$c.json" 2> "$out/verify-$c.err"
+  echo "verify $c: exit $?" >&2
+done
+
+if step 30 baseline; then
 log "baseline (PyTorch $dtype on $device)"
-"$python" scripts/gpu-compare-baseline.py --preset "$preset" --layers "$layers" --vit-depth "$vit_depth" --device "$device" --dtype "$dtype" \
+timeout "$(left)" "$python" scripts/gpu-compare-baseline.py --preset "$preset" --layers "$layers" --vit-depth "$vit_depth" --device "$device" --dtype "$dtype" \
   --new-tokens "$new_tokens" --reps "$reps" > "$out/baseline.json" 2> "$out/baseline.err" || echo "baseline failed: $(tail -3 "$out/baseline.err")" >&2
 cat "$out/baseline.json" >&2
+fi
 
 for c in "${configs[@]}"; do
-  log "ours: $c on $provider"
   [ -d "$work/pkg-$c" ] || continue
-  node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" --reps "$reps" \
+  step 30 "ours:$c" || continue
+  log "ours: $c on $provider"
+  timeout "$(left)" node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" --reps "$reps" \
     --dump "$out/dump-$c" > "$out/ours-$c.json" 2> "$out/ours-$c.err" \
     || echo "ours $c failed: $(tail -3 "$out/ours-$c.err")" >&2
   cat "$out/ours-$c.json" >&2
@@ -91,8 +137,9 @@ if [ "$provider" = webgpu ]; then
   for c in "${novalidation[@]}"; do
     [ -d "$work/pkg-$c" ] || continue
     n="$c+novalidation"
+    step 30 "ours:$n" || continue
     log "ours: $n on $provider"
-    MINIGPT_WEBGPU_VALIDATION=disabled node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" \
+    MINIGPT_WEBGPU_VALIDATION=disabled timeout "$(left)" node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" \
       --reps "$reps" --dump "$out/dump-$n" > "$out/ours-$n.json" 2> "$out/ours-$n.err" \
       || echo "ours $n failed: $(tail -3 "$out/ours-$n.err")" >&2
     cat "$out/ours-$n.json" >&2
@@ -100,22 +147,7 @@ if [ "$provider" = webgpu ]; then
   done
 fi
 
-# minigpt verify on the same provider: the tiny golden MiniGPT-v2 (reference tensors of the original PyTorch code,
-# test/fixtures/minigptv2-tiny) converted per weight / compute type (GPU_COMPARE_VERIFY, same naming as above).
-golden=test/fixtures/minigptv2-tiny
-read -r -a verify_configs <<< "${GPU_COMPARE_VERIFY:-fp32 fp16 fp16-c16}"
-for c in "${verify_configs[@]}"; do
-  d=${c%%-*}
-  flags=()
-  [[ "$c" == *-c16* ]] && flags+=(--compute fp16)
-  log "verify: $c on $provider"
-  node bin/minigpt.js convert --arch minigpt-v2 --vit "$golden/eva_vit.pth" --llm "$golden/llama" --ckpt "$golden/minigptv2_ckpt.pth" \
-    --vit-heads 4 --image-size 112 --lora-r 8 --lora-alpha 16 --dtype "$d" "${flags[@]}" --out "$work/golden-$c" > "$out/verify-convert-$c.log" 2>&1 \
-    && node bin/minigpt.js verify --model "$work/golden-$c" --golden "$golden" --provider "$provider" > "$out/verify-$c.json" 2> "$out/verify-$c.err"
-  echo "verify $c: exit $?" >&2
-done
-
-VERIFY_CONFIGS="${verify_configs[*]}" node -e '
+SKIPPED="${skipped[*]}" ELAPSED_S=$(( $(date +%s) - start )) VERIFY_CONFIGS="${verify_configs[*]}" node -e '
 const fs = require("fs");
 const [out, device, layers, vit, toy, ...configs] = process.argv.slice(1);
 const read = (f) => { try { return JSON.parse(fs.readFileSync(f, "utf8").trim().split("\n").pop()); } catch { return null; } };
@@ -149,7 +181,8 @@ for (const c of (process.env.VERIFY_CONFIGS || "").split(" ").filter(Boolean)) {
 }
 const result = { device, layers: Number(layers), vit_depth: Number(vit), toy: toy === "1", baseline, ours, verify,
   best: best ? best[0] : null,
-  decode_ratio: best && baseline ? Math.round((best[1].decode_tok_s / baseline.decode_tok_s) * 1000) / 1000 : null };
+  decode_ratio: best && baseline ? Math.round((best[1].decode_tok_s / baseline.decode_tok_s) * 1000) / 1000 : null,
+  skipped: (process.env.SKIPPED || "").split(" ").filter(Boolean), elapsed_s: Number(process.env.ELAPSED_S) };
 fs.writeFileSync(`${out}/result.json`, JSON.stringify(result, null, 2));
 console.log(JSON.stringify(result));
 ' "$out" "$gpu_name" "$layers" "$vit_depth" "$toy" "${configs[@]}" "${extra[@]}"

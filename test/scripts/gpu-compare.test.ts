@@ -21,18 +21,7 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
     const work = await mkdtemp(join(tmpdir(), 'minigpt-gpu-compare-'));
     try {
       const t0 = performance.now();
-      const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-        const c = spawn('bash', ['scripts/gpu-compare.sh'], {
-          cwd: ROOT,
-          env: { ...process.env, GPU_COMPARE_TOY: '1', MINIGPT_GPU_WORK: work },
-        });
-        let stdout = '';
-        let stderr = '';
-        c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-        c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-        c.on('error', reject);
-        c.on('close', (code) => resolve({ code, stdout, stderr }));
-      });
+      const r = await runCompare({ GPU_COMPARE_TOY: '1', MINIGPT_GPU_WORK: work });
       expect(r.code, r.stderr).toBe(0);
       expect(performance.now() - t0).toBeLessThan(240_000); // the bound for the toy run
       const last = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as {
@@ -54,6 +43,8 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         >;
         best: string;
         decode_ratio: number;
+        skipped: string[];
+        elapsed_s: number;
         verify: Record<
           string,
           { ok: boolean; dtype: string; compute: string; bound: number; max_abs_err: number; greedy_agreement: number }
@@ -97,10 +88,54 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
       const best = Object.entries(last.ours).sort((a, b) => b[1].decode_tok_s - a[1].decode_tok_s)[0];
       expect(last.best).toBe(best[0]);
       expect(last.decode_ratio).toBeCloseTo(best[1].decode_tok_s / last.baseline.decode_tok_s, 2);
+      // nothing was left out for time
+      expect(last.skipped).toEqual([]);
+      expect(last.elapsed_s).toBeGreaterThan(0);
       // the raw log and the result are kept beside it
       expect(JSON.parse(await readFile(join(work, 'out', 'result.json'), 'utf8'))).toEqual(last);
     } finally {
       await rm(work, { recursive: true, force: true });
     }
   }, 300_000);
+
+  it('past GPU_COMPARE_LIMIT_S, the steps not started are skipped, named, and the JSON line still printed', async () => {
+    const work = await mkdtemp(join(tmpdir(), 'minigpt-gpu-compare-limit-'));
+    try {
+      // (the checkpoint and the conversions always run; a limit of 1 s leaves no time for anything after them)
+      const r = await runCompare({
+        GPU_COMPARE_TOY: '1',
+        MINIGPT_GPU_WORK: work,
+        GPU_COMPARE_LIMIT_S: '1',
+        GPU_COMPARE_CONFIGS: 'fp32 int4',
+      });
+      expect(r.code, r.stderr).toBe(0);
+      const last = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as {
+        skipped: string[];
+        ours: object;
+        baseline: unknown;
+        verify: object;
+      };
+      expect(last.skipped).toEqual(['verify:fp32', 'verify:fp16', 'verify:fp16-c16', 'baseline', 'ours:fp32', 'ours:int4']);
+      expect(last.ours).toEqual({});
+      expect(last.baseline).toBeNull();
+      expect(r.stderr).toMatch(/skipped ours:int4: -?\d+ s left of GPU_COMPARE_LIMIT_S=1/);
+      // both packages were converted (in parallel where the machine has the cores)
+      expect(r.stderr).toMatch(/converted fp32 in \d+ s/);
+      expect(r.stderr).toMatch(/converted int4 in \d+ s/);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
+
+function runCompare(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const c = spawn('bash', ['scripts/gpu-compare.sh'], { cwd: ROOT, env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    c.on('error', reject);
+    c.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
