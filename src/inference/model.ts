@@ -138,13 +138,18 @@ async function fusedAttentionCheck(meta: ModelJson, factory: SessionFactory, log
   const provider = factory.provider;
   if (meta.graph !== 'fused' || provider === null || provider === 'cpu') return null;
   const shape = { heads: meta.llm.heads, headDim: meta.llm.headDim, dtype: meta.compute ?? 'float32' };
-  const session = await factory.open(attentionGraph(shape), [], { arena: false });
+  // (a check that cannot run leaves the decoder as it is: its own sessions say what is wrong, if anything)
+  let session: ort.InferenceSession | undefined;
   try {
+    session = await factory.open(attentionGraph(shape), [], { arena: false });
     const check = await checkAttention(session, shape);
     log?.(describeAttentionCheck(check, provider));
     return check;
+  } catch (err) {
+    log?.(`${provider}: MultiHeadAttention could not be checked (${err instanceof Error ? err.message.split('\n')[0] : String(err)}); prompts run whole`);
+    return null;
   } finally {
-    await session.release();
+    await session?.release();
   }
 }
 
