@@ -146,7 +146,9 @@ async function fusedAttentionCheck(meta: ModelJson, factory: SessionFactory, log
     log?.(describeAttentionCheck(check, provider));
     return check;
   } catch (err) {
-    log?.(`${provider}: MultiHeadAttention could not be checked (${err instanceof Error ? err.message.split('\n')[0] : String(err)}); prompts run whole`);
+    log?.(
+      `${provider}: MultiHeadAttention could not be checked (${err instanceof Error ? err.message.split('\n')[0] : String(err)}); prompts run whole`,
+    );
     return null;
   } finally {
     await session?.release();
