@@ -8,7 +8,8 @@
 // (DecoderOptions.maxRunPositions).
 import type * as ort from 'onnxruntime-node';
 import { Tensor } from 'onnxruntime-node';
-import { GraphBuilder } from '../convert/onnx/builder.js';
+import { type ComputeType, GraphBuilder } from '../convert/onnx/builder.js';
+import { lowestFinite } from '../convert/graphs/precision.js';
 import { toFloat16 } from '../convert/quantize.js';
 import { halfToFloat } from '../convert/readers/types.js';
 
@@ -32,7 +33,7 @@ export interface AttentionShape {
   heads: number;
   headDim: number;
   /** the decoder's compute type (model.json `compute`): its attention runs in it (default float32) */
-  dtype?: 'float32' | 'float16';
+  dtype?: ComputeType;
 }
 
 /**
@@ -46,8 +47,6 @@ export const ATTENTION_TOLERANCE = { float32: 1e-4, float16: 4e-3 } as const;
 const PAST = 40;
 /** Lengths tried when the long runs fail, longest first; 31 is the longest below WebGPU's flash path. */
 const FALLBACKS = [31, 16, 8, 4, 2, 1];
-/** the type's lowest value: what the fused decoder's attention_bias holds at masked positions (llama-fused.ts) */
-const MASKED = { float32: -3.4028234663852886e38, float16: -65504 } as const;
 
 /** One MultiHeadAttention node as the fused decoder uses it: causal bias, past key/value in, present out. */
 export function attentionGraph(shape: AttentionShape): Uint8Array {
@@ -147,7 +146,8 @@ async function probe(session: ort.InferenceSession, shape: AttentionShape, S: nu
   };
   const T = P + S;
   const bias = new Float32Array(S * T);
-  for (let i = 0; i < S; i++) bias.fill(MASKED[dtype], i * T + P + i + 1, (i + 1) * T);
+  // masked positions hold what the fused decoder's attention_bias holds there (llama-fused.ts: computeMin)
+  for (let i = 0; i < S; i++) bias.fill(lowestFinite(dtype), i * T + P + i + 1, (i + 1) * T);
   const tensor = (data: Float32Array, dims: number[]) =>
     dtype === 'float16' ? new Tensor('float16', toFloat16(data), dims) : new Tensor('float32', data, dims);
   const feeds = {

@@ -283,7 +283,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
         if (keep === 'last') kept.length = 0;
         kept.push(out.logits.data as Float32Array);
       }
-      return { logits: kept.length === 1 ? kept[0] : concatArrays(Float32Array, kept), state };
+      return { logits: joinRuns(kept), state };
     } catch (err) {
       state.dispose();
       throw err;
@@ -409,7 +409,7 @@ export class LlamaDecoder implements StepModel<KvCache> {
         signal?.throwIfAborted();
       }
       done = true;
-      return { logits: kept.length === 1 ? kept[0] : concatArrays(Float32Array, kept), state: cache };
+      return { logits: joinRuns(kept), state: cache };
     } finally {
       if (!done && cache !== past) cache.dispose();
     }
@@ -501,6 +501,11 @@ export class LlamaDecoder implements StepModel<KvCache> {
     for (const name of this.newNames) out[name]?.dispose();
     return present;
   }
+}
+
+/** The logits of a forward's runs end to end (one run's as they are). */
+function joinRuns(parts: Float32Array[]): Float32Array {
+  return parts.length === 1 ? parts[0] : concatArrays(Float32Array, parts);
 }
 
 /** [n * width] -> n views of `width` values */

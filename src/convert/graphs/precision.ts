@@ -8,7 +8,7 @@
 // only the KV cache, which the runtime just moves, crosses the border in float16. The EVA ViT runs in float16
 // as upstream MiniGPT runs it (`vit_precision: fp16`), with LayerNorm statistics and the attention softmax in
 // float32; ln_vision's output goes on in float32 (the 4-concat and llama_proj, or the Q-Former).
-import { DataType, type DataTypeId, type GraphBuilder, type GraphIO } from '../onnx/builder.js';
+import { type ComputeType, DataType, type DataTypeId, type GraphBuilder, type GraphIO } from '../onnx/builder.js';
 import { toFloat16 } from '../quantize.js';
 
 const HALF = (g: GraphBuilder) => g.compute === 'float16';
@@ -57,7 +57,12 @@ export function computeScalar(g: GraphBuilder, value: number, hint: string): str
   return HALF(g) ? g.weight(hint, [], toFloat16(Float32Array.of(value)), DataType.FLOAT16) : g.scalar(value, hint);
 }
 
-/** The most negative finite value of the compute type: what HF fills masked attention scores with (torch.finfo(dtype).min). */
+/** The most negative finite value of `type`: what HF fills masked attention scores with (torch.finfo(dtype).min). */
+export function lowestFinite(type: ComputeType): number {
+  return type === 'float16' ? -65504 : -3.4028234663852886e38;
+}
+
+/** lowestFinite of the graph's compute type. */
 export function computeMin(g: GraphBuilder): number {
-  return HALF(g) ? -65504 : -3.4028234663852886e38;
+  return lowestFinite(g.compute);
 }
