@@ -95,6 +95,9 @@ describe('DecoderOptions.maxRunPositions', () => {
     const done = chunked.forward(embeds, null, ac.signal);
     ac.abort();
     await expect(done).rejects.toThrow(/abort/i);
+    // the run under way when it came finished; none of the other ceil(rows / 4) - 1 started
+    expect(chunked.stats.runs).toBe(1);
+    expect(embeds.length / model.meta.llm.hidden).toBeGreaterThan(8);
   });
 });
 
