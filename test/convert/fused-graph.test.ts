@@ -197,11 +197,13 @@ for (const fx of FIXTURE_RUNS) {
         for (const gone of ['Softmax', 'ReduceMean', 'Sqrt', 'Cos', 'Sin']) expect(ops.get(gone), gone).toBeUndefined();
         // no rotate_half: the one Neg left turns logits_to_keep into the head's slice start
         expect(ops.get('Neg')).toBe(1);
+        // q, k and v projected by one Linear over their stacked weights, then split: 5 Linears a layer, not 7
+        expect(ops.get('Split')).toBe(layers);
         if (dtype === 'int4') {
-          expect(ops.get('MatMulNBits')).toBe(7 * layers + 1);
+          expect(ops.get('MatMulNBits')).toBe(5 * layers + 1);
           expect(ops.get('MatMul')).toBeUndefined();
         } else {
-          expect(ops.get('MatMul')).toBe(7 * layers + 1);
+          expect(ops.get('MatMul')).toBe(5 * layers + 1);
         }
         const plainOps = await decoderOps(plainDir());
         const count = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);

@@ -14,6 +14,7 @@ import type { KvCache } from '../../src/inference/kv-cache.js';
 import { PresentBlock } from '../../src/inference/kv-blocks.js';
 import { DeviceKvCopier } from '../../src/inference/kv-device.js';
 import { withoutOutputs } from '../../src/inference/graph-prune.js';
+import { GraphBuilder } from '../../src/convert/onnx/builder.js';
 import { attentionGraph, checkAttention } from '../../src/inference/attention-check.js';
 import { parseWebGpuValidation } from '../../src/inference/providers.js';
 import { DTYPE_BOUNDS, verifyPackage } from '../../src/inference/verify.js';
@@ -371,6 +372,45 @@ describe("the WebGPU provider's validationMode (MINIGPT_WEBGPU_VALIDATION)", () 
       b.state.dispose();
     } finally {
       await m.close();
+    }
+  });
+});
+
+describe("what Node's binding allows on WebGPU", () => {
+  // Why the KV cache is not one fixed-capacity GPU buffer written in place (GroupQueryAttention's shared
+  // past/present) and why there is no graph capture: both need a run to write into GPU buffers given to it.
+  // If a later onnxruntime-node writes into them, this fails, and docs/gpu.md's "What Node's binding rules out"
+  // should be revisited.
+  it('a pre-allocated gpu-buffer output is not written (a new buffer is allocated); a CPU one is', async () => {
+    const g = new GraphBuilder('plus_one');
+    const x = g.input('x', 'float32', [4]);
+    g.output(g.op('Add', [x, g.constFloat([1, 1, 1, 1])]), 'y', 'float32', [4]);
+    const model = g.encode();
+    const id = new GraphBuilder('read');
+    id.output(id.op('Identity', [id.input('a', 'float32', [4])]), 'b', 'float32', [4]);
+    const onGpu = await ort.InferenceSession.create(model, {
+      executionProviders: ['webgpu'],
+      preferredOutputLocation: { y: 'gpu-buffer' },
+    });
+    const reader = await ort.InferenceSession.create(id.encode(), { executionProviders: ['webgpu'] });
+    const onCpu = await ort.InferenceSession.create(model, { executionProviders: ['cpu'] });
+    const input = (...v: number[]) => ({ x: new ort.Tensor('float32', Float32Array.from(v), [4]) });
+    const read = async (t: ort.Tensor) => Array.from((await reader.run({ a: t })).b.data as Float32Array);
+    try {
+      const first = (await onGpu.run(input(1, 2, 3, 4))).y;
+      expect(first.location).toBe('gpu-buffer');
+      const second = (await onGpu.run(input(10, 20, 30, 40), { y: first })).y;
+      expect(await read(second)).toEqual([11, 21, 31, 41]);
+      expect(await read(first)).toEqual([2, 3, 4, 5]);
+      second.dispose();
+      first.dispose();
+      const out = new ort.Tensor('float32', new Float32Array(4), [4]);
+      await onCpu.run(input(1, 2, 3, 4), { y: out });
+      expect(Array.from(out.data as Float32Array)).toEqual([2, 3, 4, 5]);
+    } finally {
+      await onGpu.release();
+      await reader.release();
+      await onCpu.release();
     }
   });
 });

@@ -13,11 +13,11 @@
 //   [B, 1, S, T] built from the same `attention_mask` and key/query indices as the plain graph. This keeps
 //   the runtime contract whole: any attention_mask (left padding of 'present' mode, the hidden tail of each
 //   row in 'append' mode's capacity buffers, rows of different lengths in one batch), position_ids per row,
-//   multi-token runs after a past (KV reuse). GroupQueryAttention was not used: it derives each row's key
-//   positions and causal window from seqlens_k (valid positions first, contiguous), so it can express
-//   neither left padding nor the masked capacity tail, and with a past it takes several new tokens only
-//   for batch 1; adopting it would mean a second KV layout in the runtime for a kernel that, in float32 on
-//   the CPU, does the same work.
+//   multi-token runs after a past (KV reuse). GroupQueryAttention was not used (measured on onnxruntime 1.30):
+//   with a past it takes several new tokens only for batch 1; on WebGPU it ignores position_ids when it
+//   applies the rotary itself, so left-padded rows get the wrong angles; and its fixed-capacity cache written in
+//   place needs pre-allocated GPU outputs, which Node's binding does not honour (docs/gpu.md).
+// - q_proj / k_proj / v_proj as one Linear over their stacked weights and a Split (qkvProjection).
 // - MatMulNBits for int8 / int4 Linears, as in every graph (src/convert/quantize.ts).
 //
 // MultiHeadAttention needs as many key/value heads as query heads; the published MiniGPT language models
@@ -53,6 +53,33 @@ export function fusedUnsupported(shape: LlamaShape): string | null {
   return null;
 }
 
+/**
+ * q_proj, k_proj and v_proj as one Linear over their weights stacked along the output ([q; k; v], torch layout)
+ * and a Split: two kernels a layer where three MatMuls (or MatMulNBits) were, the launches being a decoding
+ * step's fixed cost on a GPU. Each output row is quantised on its own (quantize.ts), so the stacked int8 / int4
+ * weights are the three projections' codes and scales, unchanged. (onnxruntime's own MatMulNBitsQkv fusion does
+ * not apply here: it matches only grouped-query shapes, where q's width differs from k's and v's.)
+ */
+async function qkvProjection(g: GraphBuilder, h: string, i: number, spec: DecoderGraphSpec): Promise<[string, string, string]> {
+  const p = `model.layers.${i}.self_attn`;
+  const parts = [];
+  for (const name of ['q_proj', 'k_proj', 'v_proj']) parts.push(await projection(spec, i, name, 'self_attn'));
+  const inFeatures = parts[0].inFeatures;
+  const widths = parts.map((w) => w.outFeatures);
+  const outFeatures = widths.reduce((a, b) => a + b, 0);
+  const weight = new Float32Array(outFeatures * inFeatures);
+  let at = 0;
+  for (const w of parts) {
+    if (w.inFeatures !== inFeatures || w.bias)
+      throw new Error(`${p}: q/k/v projections of different inputs or with a bias cannot be stacked`);
+    weight.set(w.weight, at);
+    at += w.weight.length;
+  }
+  const qkv = linear(g, h, `${p}.qkv_proj`, { weight, outFeatures, inFeatures });
+  const [q, k, v] = g.opMulti('Split', [qkv, g.constInt64(widths)], { axis: -1 }, { count: 3, name: `${p}.qkv_split` });
+  return [q, k, v];
+}
+
 interface FusedContext {
   positions: string;
   cosCache: string;
@@ -65,9 +92,10 @@ async function fusedAttention(g: GraphBuilder, h: string, i: number, ctx: FusedC
   const p = `model.layers.${i}.self_attn`;
   const rope = (x: string, name: string) =>
     g.op('RotaryEmbedding', [x, ctx.positions, ctx.cosCache, ctx.sinCache], { interleaved: 0 }, { ...MS, name });
-  const q = rope(linear(g, h, `${p}.q_proj`, await projection(spec, i, 'q_proj', 'self_attn')), `${p}.q_rot`);
-  const k = rope(linear(g, h, `${p}.k_proj`, await projection(spec, i, 'k_proj', 'self_attn')), `${p}.k_rot`);
-  const v = linear(g, h, `${p}.v_proj`, await projection(spec, i, 'v_proj', 'self_attn'));
+  const [qLin, kLin, vLin] = await qkvProjection(g, h, i, spec);
+  const q = rope(qLin, `${p}.q_rot`);
+  const k = rope(kLin, `${p}.k_rot`);
+  const v = vLin;
 
   const pastDims = ['batch', shape.kvHeads, 'past_sequence_length', shape.headDim];
   const kv = computeIO(g);
