@@ -1,10 +1,12 @@
 // A chat message that shows a growing answer: platforms limit how often one message may be edited (Discord
 // about 5 per 5 s, Slack about one per second), while the model streams text faster. Edits are coalesced:
 // at most one write per `intervalMs`, never two at once, the newest wanted content winning; the final content
-// is written as soon as the answer ends.
+// is written as soon as the answer ends. The interval runs from the end of a write (its reply received) to the
+// start of the next: the platform counts requests as they reach it, and a write that was slow to get there
+// (a busy event loop, the network) must not let the next one arrive less than an interval after it.
 
 export interface ThrottledMessageOptions<T> {
-  /** least time between the starts of two writes */
+  /** least time from the end of one write to the start of the next */
   intervalMs: number;
   /** puts `content` on the platform; a rejection leaves the shown content as it was (tried again later) */
   write(content: T): Promise<void>;
@@ -36,9 +38,12 @@ export class ThrottledMessage<T> {
   /** Writes `content` now (after the write in flight), counting toward the interval; throws what the write throws. */
   async put(content: T): Promise<void> {
     await this.inFlight;
-    this.lastWrite = Date.now();
-    await this.o.write(content);
-    this.shown = content;
+    try {
+      await this.o.write(content);
+      this.shown = content;
+    } finally {
+      this.lastWrite = Date.now();
+    }
   }
 
   /** Stops the edits (what is wanted and not yet written is not written); waits for the write in flight. */
@@ -88,7 +93,6 @@ export class ThrottledMessage<T> {
   }
 
   private writeNow(content: T): Promise<void> {
-    this.lastWrite = Date.now();
     const p = this.o.write(content).then(
       () => {
         this.shown = content;
@@ -96,6 +100,7 @@ export class ThrottledMessage<T> {
       (err: unknown) => this.o.onError?.(err),
     );
     this.inFlight = p.finally(() => {
+      this.lastWrite = Date.now();
       this.inFlight = undefined;
       const wanted = this.wanted;
       if (!this.stopped && wanted !== undefined && !this.isShown(wanted)) this.schedule();
