@@ -126,7 +126,7 @@ export function buildProgram(): Command {
     )
     .option(
       '--fused',
-      "onnxruntime's fused kernels: the decoder's RMSNorm, rotary, MultiHeadAttention with the KV cache; the ViT's attention (docs/quantisation.md)",
+      "onnxruntime's fused kernels: the decoder's RMSNorm, q/k/v as one Linear, rotary, MultiHeadAttention with the KV cache; the ViT's residual + LayerNorm and bias + GELU (docs/quantisation.md)",
     )
     .addOption(
       new Option(

@@ -50,8 +50,8 @@ export interface ConvertOptions {
   /** MatMulNBits accuracy_level for int8 / int4 (default DEFAULT_ACCURACY_LEVEL: int8 compute on the CPU) */
   accuracyLevel?: number;
   /**
-   * onnxruntime's fused kernels: the decoder (src/convert/graphs/llama-fused.ts) and the ViT's attention
-   * (MultiHeadAttention); model.json `graph: "fused"`
+   * onnxruntime's fused kernels: the decoder (src/convert/graphs/llama-fused.ts) and the ViT's blocks
+   * (src/convert/graphs/vision-fused.ts); model.json `graph: "fused"`
    */
   fused?: boolean;
   /**

@@ -77,7 +77,7 @@ export const modelJsonSchema = z.object({
   /**
    * How the graphs are written (`minigpt convert --fused`): 'plain' ONNX ops, or 'fused' onnxruntime kernels
    * (the decoder: SimplifiedLayerNormalization, com.microsoft SkipSimplifiedLayerNormalization, RotaryEmbedding,
-   * MultiHeadAttention, src/convert/graphs/llama-fused.ts; the ViT's attention: MultiHeadAttention). Both have
+   * MultiHeadAttention, src/convert/graphs/llama-fused.ts; the ViT's blocks: src/convert/graphs/vision-fused.ts). Both have
    * the same inputs and outputs, so the runtime runs either the same way; absent in packages from before
    * --fused (plain).
    */

@@ -1,6 +1,7 @@
 // `minigpt convert --fused`: the decoder written with onnxruntime's fused kernels (SimplifiedLayerNormalization,
-// SkipSimplifiedLayerNormalization, RotaryEmbedding, MultiHeadAttention with the KV cache; MatMulNBits for int4),
-// and the ViT's attention as MultiHeadAttention, must give the plain graphs' image embeddings and logits on the tiny golden models, through the same MiniGPT runtime: prefill,
+// SkipSimplifiedLayerNormalization, q/k/v as one Linear, RotaryEmbedding, MultiHeadAttention with the KV cache;
+// MatMulNBits for int4), and the ViT's residual + LayerNorm and bias + GELU fused, must give the plain graphs'
+// image embeddings and logits on the tiny golden models, through the same MiniGPT runtime: prefill,
 // decoding steps with the KV cache in both KV modes, batched steps over rows of different lengths, and a
 // multi-token run after a reused prefix. `minigpt verify` must pass on the fused packages.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';

@@ -125,7 +125,7 @@ export class GraphBuilder {
   compute: ComputeType = 'float32';
   /**
    * Whether to use onnxruntime's fused kernels where a graph has a form with them (`minigpt convert --fused`):
-   * the decoder (src/convert/graphs/llama-fused.ts) and the ViT's attention (MultiHeadAttention).
+   * the decoder (src/convert/graphs/llama-fused.ts) and the ViT's blocks (src/convert/graphs/vision-fused.ts).
    */
   fused = false;
 
