@@ -21,7 +21,9 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
     const work = await mkdtemp(join(tmpdir(), 'minigpt-gpu-compare-'));
     try {
       const t0 = performance.now();
-      const r = await runCompare({ GPU_COMPARE_TOY: '1', MINIGPT_GPU_WORK: work });
+      // one layer and one ViT block, half the tiny preset's depths, as the GPU run is shallower than Llama-2-7B:
+      // the JSON extrapolates to the preset's depths
+      const r = await runCompare({ GPU_COMPARE_TOY: '1', MINIGPT_GPU_WORK: work }, ['1', '1']);
       expect(r.code, r.stderr).toBe(0);
       expect(performance.now() - t0).toBeLessThan(240_000); // the bound for the toy run
       const last = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as {
@@ -43,6 +45,14 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         >;
         best: string;
         decode_ratio: number;
+        at_full_depth: {
+          layers: number;
+          vit_depth: number;
+          extrapolated: boolean;
+          baseline: Omit<Measured, 'prompt_tokens'>;
+          ours: Record<string, Omit<Measured, 'prompt_tokens'>>;
+        };
+        done_when: Record<'decode_2x_baseline' | 'ttft_under_150_ms' | 'batch8_4x_batch1' | 'verify_fp32_fp16', boolean | null>;
         skipped: string[];
         elapsed_s: number;
         verify: Record<
@@ -50,7 +60,7 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
           { ok: boolean; dtype: string; compute: string; bound: number; max_abs_err: number; greedy_agreement: number }
         >;
       };
-      expect(last).toMatchObject({ device: 'cpu', layers: 2, vit_depth: 2, toy: true });
+      expect(last).toMatchObject({ device: 'cpu', layers: 1, vit_depth: 1, toy: true });
       expect(['torch', 'transformers']).toContain(last.baseline.impl);
       expect(Object.keys(last.ours)).toEqual(['fp32', 'fp16-c16', 'fp16-c16-fused', 'int4', 'int4-fused']);
       for (const [config, m] of Object.entries({ baseline: last.baseline, ...last.ours })) {
@@ -88,6 +98,24 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
       const best = Object.entries(last.ours).sort((a, b) => b[1].decode_tok_s - a[1].decode_tok_s)[0];
       expect(last.best).toBe(best[0]);
       expect(last.decode_ratio).toBeCloseTo(best[1].decode_tok_s / last.baseline.decode_tok_s, 2);
+      // at the preset's depths (2 layers, 2 blocks: twice the run's), linear in depth: times x2, rates / 2
+      expect(last.at_full_depth).toMatchObject({ layers: 2, vit_depth: 2, extrapolated: true });
+      expect(Object.keys(last.at_full_depth.ours)).toEqual(Object.keys(last.ours));
+      for (const [config, m] of Object.entries({ baseline: last.baseline, ...last.ours })) {
+        const f = config === 'baseline' ? last.at_full_depth.baseline : last.at_full_depth.ours[config];
+        expect(f.vision_ms, config).toBeCloseTo(2 * m.vision_ms, 0);
+        expect(f.ttft_ms, config).toBeCloseTo(2 * m.vision_ms + 2 * (m.ttft_ms - m.vision_ms), 0);
+        expect(f.decode_tok_s, config).toBeCloseTo(m.decode_tok_s / 2, 0);
+        expect(f.batch8_tok_s, config).toBeCloseTo(m.batch8_tok_s / 2, 0);
+      }
+      // the targets, judged for the best configuration at those depths
+      const full = last.at_full_depth.ours[last.best];
+      expect(last.done_when).toEqual({
+        decode_2x_baseline: full.decode_tok_s >= 2 * last.at_full_depth.baseline.decode_tok_s,
+        ttft_under_150_ms: full.ttft_ms < 150,
+        batch8_4x_batch1: best[1].batch8_tok_s >= 4 * best[1].decode_tok_s,
+        verify_fp32_fp16: true,
+      });
       // nothing was left out for time
       expect(last.skipped).toEqual([]);
       expect(last.elapsed_s).toBeGreaterThan(0);
@@ -128,9 +156,9 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
   }, 120_000);
 });
 
-function runCompare(env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runCompare(env: Record<string, string>, args: string[] = []): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const c = spawn('bash', ['scripts/gpu-compare.sh'], { cwd: ROOT, env: { ...process.env, ...env } });
+    const c = spawn('bash', ['scripts/gpu-compare.sh', ...args], { cwd: ROOT, env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
