@@ -62,20 +62,20 @@ export function fusedUnsupported(shape: LlamaShape): string | null {
  */
 async function qkvProjection(g: GraphBuilder, h: string, i: number, spec: DecoderGraphSpec): Promise<[string, string, string]> {
   const p = `model.layers.${i}.self_attn`;
-  const parts = [];
-  for (const name of ['q_proj', 'k_proj', 'v_proj']) parts.push(await projection(spec, i, name, 'self_attn'));
-  const inFeatures = parts[0].inFeatures;
-  const widths = parts.map((w) => w.outFeatures);
-  const outFeatures = widths.reduce((a, b) => a + b, 0);
-  const weight = new Float32Array(outFeatures * inFeatures);
+  const names = ['q_proj', 'k_proj', 'v_proj'];
+  const shapes = names.map((n) => spec.llm.info(`${p}.${n}.weight`).shape);
+  const inFeatures = shapes[0][1];
+  if (shapes.some(([, inF]) => inF !== inFeatures)) throw new Error(`${p}: q/k/v projections of different input widths cannot be stacked`);
+  const widths = shapes.map(([out]) => out);
+  // one projection in memory at a time beside the stacked weight (LoRA merged into it by projection())
+  const weight = new Float32Array(widths.reduce((a, b) => a + b, 0) * inFeatures);
   let at = 0;
-  for (const w of parts) {
-    if (w.inFeatures !== inFeatures || w.bias)
-      throw new Error(`${p}: q/k/v projections of different inputs or with a bias cannot be stacked`);
+  for (const name of names) {
+    const w = await projection(spec, i, name, 'self_attn');
     weight.set(w.weight, at);
     at += w.weight.length;
   }
-  const qkv = linear(g, h, `${p}.qkv_proj`, { weight, outFeatures, inFeatures });
+  const qkv = linear(g, h, `${p}.qkv_proj`, { weight, outFeatures: weight.length / inFeatures, inFeatures });
   const [q, k, v] = g.opMulti('Split', [qkv, g.constInt64(widths)], { axis: -1 }, { count: 3, name: `${p}.qkv_split` });
   return [q, k, v];
 }
