@@ -9,7 +9,8 @@
 #
 # Steps: random checkpoints at the shape (scripts/random-checkpoint.mjs) -> our packages, each named
 # <weights>[-c16][-fused]: weights fp32 / fp16 / int8 / int4, -c16 = --compute fp16 (float16 activations and KV
-# cache), -fused = --fused; by default fp32, fp16-c16, fp16-c16-fused, int4 and int4-fused (GPU_COMPARE_CONFIGS="..."
+# cache), -fused = --fused; by default fp32, fp16-c16, fp16-c16-fused, int4, int4-fused and int4-c16-fused (the last is
+# what onnxruntime-genai emits for WebGPU: int4 weights, float16 activations; GPU_COMPARE_CONFIGS="..."
 # to choose; on WebGPU also int4-fused+novalidation, GPU_COMPARE_NO_VALIDATION="..." to choose, "" for none) -> the baseline (scripts/gpu-compare-baseline.py: transformers LlamaForCausalLM fp16 eager, or plain
 # PyTorch; EVA ViT + llama_proj) -> each package on the provider (scripts/gpu-compare-ours.mjs), each in its own
 # process, each also dumping its image embeddings and prompt logits, held against fp32's in the JSON (`vs_fp32`:
@@ -69,7 +70,7 @@ date -u +%FT%TZ > "$out/date.txt"
 log "random checkpoints: preset $preset, $layers LLM layers, $vit_depth ViT blocks"
 t0=$(date +%s)
 node scripts/random-checkpoint.mjs --preset "$preset" --llm-layers "$layers" --vit-depth "$vit_depth" --out "$work/ckpt" >&2 || exit 1
-read -r -a configs <<< "${GPU_COMPARE_CONFIGS:-fp32 fp16-c16 fp16-c16-fused int4 int4-fused}"
+read -r -a configs <<< "${GPU_COMPARE_CONFIGS:-fp32 fp16-c16 fp16-c16-fused int4 int4-fused int4-c16-fused}"
 convert_one() {
   local c=$1 d=${1%%-*} flags=()
   [[ "$c" == *-fused ]] && flags+=(--fused)

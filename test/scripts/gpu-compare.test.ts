@@ -62,7 +62,7 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
       };
       expect(last).toMatchObject({ device: 'cpu', layers: 1, vit_depth: 1, toy: true });
       expect(['torch', 'transformers']).toContain(last.baseline.impl);
-      expect(Object.keys(last.ours)).toEqual(['fp32', 'fp16-c16', 'fp16-c16-fused', 'int4', 'int4-fused']);
+      expect(Object.keys(last.ours)).toEqual(['fp32', 'fp16-c16', 'fp16-c16-fused', 'int4', 'int4-fused', 'int4-c16-fused']);
       for (const [config, m] of Object.entries({ baseline: last.baseline, ...last.ours })) {
         for (const k of ['vision_ms', 'ttft_ms', 'decode_tok_s', 'batch8_tok_s'] as const)
           expect(m[k], `${config} ${k}`).toBeGreaterThan(0);
