@@ -7,6 +7,7 @@ import { dirname, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import Keyv from 'keyv';
 import type { ConversationKey, ConversationState, ImageRef } from './types.js';
+import { type RedisStoreLock, StoreLockError, type StoreLockOptions, storeLockFor } from './store-lock.js';
 
 export const STORE_NAMESPACE = 'minigpt';
 
@@ -127,9 +128,12 @@ export class StoreUnavailableError extends Error {}
 
 export class ConversationStore {
   private readonly refs = new Mutex();
+  /** on Redis: the images' user lists are shared by every process, so their updates lock there too */
+  private readonly shared: RedisStoreLock | undefined;
   readonly kv: Keyv;
 
-  constructor(kv: Keyv) {
+  constructor(kv: Keyv, lock: StoreLockOptions = {}) {
+    this.shared = storeLockFor(kv, lock);
     // Every operation's failure is a StoreUnavailableError, so that the manager can tell it from a bug.
     this.kv = new Proxy(kv, {
       get(target, prop, receiver) {
@@ -163,9 +167,23 @@ export class ConversationStore {
     return { hash, width: r.width, height: r.height, bytes: r.bytes, data: new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) };
   }
 
+  /** `fn` alone with the image's user list: in this process, and on Redis across every process using it. */
+  private withRefs(hash: string, fn: () => Promise<void>): Promise<void> {
+    return this.refs.run(async () => {
+      if (!this.shared) return fn();
+      try {
+        await this.shared.run(`${STORE_NAMESPACE}:lock:imgref:${hash}`, fn);
+      } catch (err) {
+        // the lock could not be taken (Redis unreachable, or held too long elsewhere): nothing was written
+        if (err instanceof StoreLockError) throw new StoreUnavailableError(`the conversation store failed: ${err.message}`, { cause: err });
+        throw err;
+      }
+    });
+  }
+
   /** Records that conversation `convId` uses the image; writes the bytes only if no conversation had them. */
   async attachImage(image: StoredImage, convId: string): Promise<void> {
-    await this.refs.run(async () => {
+    await this.withRefs(image.hash, async () => {
       const users = ((await this.kv.get(`imgref:${image.hash}`)) as string[] | undefined) ?? [];
       if (!(await this.kv.has(`img:${image.hash}`))) {
         const record: StoredImageRecord = {
@@ -183,7 +201,7 @@ export class ConversationStore {
 
   /** Drops conversation `convId`'s use of the image; deletes the image when nobody uses it any more. */
   async detachImage(hash: string, convId: string): Promise<void> {
-    await this.refs.run(async () => {
+    await this.withRefs(hash, async () => {
       const users = ((await this.kv.get(`imgref:${hash}`)) as string[] | undefined) ?? [];
       const rest = users.filter((u) => u !== convId);
       if (rest.length > 0) {

@@ -1,0 +1,80 @@
+// A lock shared by every process that uses the same Redis store, for the store's read-modify-write sections (an
+// image's list of users, src/conversation/store.ts). Keyv has no compare-and-set, so without it two front ends
+// attaching or detaching the same image at once could each write back the list they read: a user dropped (the
+// image then deleted while a conversation still needs it) or kept for ever. The lock is Redis's single-instance
+// pattern: SET NX PX with a random token, released only by its holder (a script compares the token), expiring
+// by itself if the holder dies.
+import { randomUUID } from 'node:crypto';
+import type Keyv from 'keyv';
+
+/** The raw command interface of the Redis client behind @keyv/redis. */
+interface RawRedis {
+  sendCommand(args: string[]): Promise<unknown>;
+}
+
+export interface StoreLockOptions {
+  /** how long a holder keeps the lock at most (it expires by itself after a crash); default 10 s */
+  ttlMs?: number;
+  /** how long to wait for the lock before giving up with LockTimeoutError; default 5 s */
+  waitMs?: number;
+}
+
+/** The lock could not be taken: Redis failed, or (LockTimeoutError) the lock stayed taken. Nothing ran. */
+export class StoreLockError extends Error {}
+
+/** The lock stayed taken for the whole wait (another process is slow or died holding it). */
+export class LockTimeoutError extends StoreLockError {}
+
+const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+export class RedisStoreLock {
+  private readonly ttlMs: number;
+  private readonly waitMs: number;
+
+  constructor(
+    private readonly client: () => Promise<RawRedis>,
+    opts: StoreLockOptions = {},
+  ) {
+    this.ttlMs = opts.ttlMs ?? 10_000;
+    this.waitMs = opts.waitMs ?? 5_000;
+  }
+
+  /** Runs `fn` holding the lock at Redis key `key` (one holder at a time across every process on this Redis). */
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const token = randomUUID();
+    const redis = await this.acquire(key, token);
+    try {
+      return await fn();
+    } finally {
+      // (a failed release leaves the lock to expire; fn's own result or error is what the caller needs)
+      await redis.sendCommand(['EVAL', RELEASE, '1', key, token]).catch(() => {});
+    }
+  }
+
+  private async acquire(key: string, token: string): Promise<RawRedis> {
+    const deadline = Date.now() + this.waitMs;
+    try {
+      const redis = await this.client();
+      for (let pause = 2; ; pause = Math.min(pause * 2, 50)) {
+        if ((await redis.sendCommand(['SET', key, token, 'NX', 'PX', String(this.ttlMs)])) === 'OK') return redis;
+        if (Date.now() + pause > deadline) throw new LockTimeoutError(`the lock ${key} stayed taken for ${this.waitMs} ms`);
+        await new Promise((r) => setTimeout(r, pause));
+      }
+    } catch (err) {
+      if (err instanceof StoreLockError) throw err;
+      throw new StoreLockError(`cannot take the lock ${key}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+  }
+}
+
+/** The cross-process lock for a Keyv on Redis (@keyv/redis), or undefined for stores used by one process. */
+export function storeLockFor(kv: Keyv, opts: StoreLockOptions = {}): RedisStoreLock | undefined {
+  const adapter = kv.store as { getClient?: () => Promise<unknown> } | undefined;
+  if (typeof adapter?.getClient !== 'function') return undefined;
+  const getClient = adapter.getClient.bind(adapter);
+  return new RedisStoreLock(async () => {
+    const c = (await getClient()) as Partial<RawRedis>;
+    if (typeof c.sendCommand !== 'function') throw new Error('the Redis store has no client to lock with');
+    return c as RawRedis;
+  }, opts);
+}
