@@ -191,39 +191,39 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
 
   // A worker that died leaves its own queue behind (jobs waiting, or running when it died): a live one takes it
   // over until it is empty. Its running jobs come back once their locks lapse (BullMQ's stalled check).
-  const adopted = new Map<string, Worker<JobData>>();
+  // (each with the Queue its job counts are read through, opened once: not a new Redis connection every beat)
+  const adopted = new Map<string, { worker: Worker<JobData>; queue: Queue }>();
+  const openQueue = (name: string) => new Queue(name, { connection: { url: opts.redisUrl, maxRetriesPerRequest: 1 } as never });
+  const jobsIn = async (queue: Queue) =>
+    Object.values(await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized')).reduce((a, b) => a + b, 0);
   const adopt = async () => {
     const ids = await redis.smembers(keys.known);
     for (const other of ids) {
       if (other === id || adopted.has(other) || (await redis.exists(keys.worker(other)))) continue;
       const name = workerQueueName(other);
-      const queue = new Queue(name, { connection: { url: opts.redisUrl, maxRetriesPerRequest: 1 } as never });
+      const queue = openQueue(name);
+      let left: number;
       try {
-        const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized');
-        const left = Object.values(counts).reduce((a, b) => a + b, 0);
-        if (left === 0) {
-          await redis.srem(keys.known, other);
-          continue;
-        }
-        log(`worker ${id}: worker ${other} stopped with ${left} job(s) in its queue; taking them over`);
-        adopted.set(other, consume(name));
-      } finally {
+        left = await jobsIn(queue);
+      } catch (err) {
         await queue.close();
+        throw err;
       }
+      if (left === 0) {
+        await queue.close();
+        await redis.srem(keys.known, other);
+        continue;
+      }
+      log(`worker ${id}: worker ${other} stopped with ${left} job(s) in its queue; taking them over`);
+      adopted.set(other, { worker: consume(name), queue });
     }
     // Queues taken over and now empty are let go.
-    for (const [other, w] of adopted) {
-      const queue = new Queue(workerQueueName(other), { connection: { url: opts.redisUrl, maxRetriesPerRequest: 1 } as never });
-      try {
-        const counts = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized');
-        if (Object.values(counts).every((n) => n === 0)) {
-          adopted.delete(other);
-          await w.close();
-          await redis.srem(keys.known, other);
-        }
-      } finally {
-        await queue.close();
-      }
+    for (const [other, { worker, queue }] of adopted) {
+      if ((await jobsIn(queue)) > 0) continue;
+      adopted.delete(other);
+      await worker.close();
+      await queue.close();
+      await redis.srem(keys.known, other);
     }
   };
   let adopting: Promise<void> = Promise.resolve();
@@ -239,7 +239,8 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
         clearInterval(adoption);
         await adopting;
         // Waits for the running jobs. Jobs still waiting in this worker's own queue are left to be adopted.
-        await Promise.all([...consumers, ...adopted.values()].map((w) => w.close()));
+        await Promise.all([...consumers, ...[...adopted.values()].map((a) => a.worker)].map((w) => w.close()));
+        await Promise.all([...adopted.values()].map((a) => a.queue.close()));
         clearInterval(heartbeat);
         await redis.del(keys.worker(id)).catch(() => {});
         sub.disconnect();
