@@ -12,6 +12,7 @@ import { EventChannel } from '../conversation/scheduler.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
 import type { ConversationPort } from '../../adapters/shared/port.js';
 import { RedisRateLimiter } from './rate-limit.js';
+import { EventStreams } from './event-streams.js';
 import {
   QUEUE_NAME,
   decodeEvent,
@@ -46,7 +47,7 @@ export class RemoteConversations implements ConversationPort {
   private readonly maxQueue: number;
   private readonly stallTimeoutMs: number;
   private readonly log: (line: string) => void;
-  private readonly readers = new Set<Redis>();
+  private readonly streams: EventStreams;
   /** workers' own queues, by worker id */
   private readonly workerQueues = new Map<string, Queue<JobData>>();
   private closing = false;
@@ -60,6 +61,7 @@ export class RemoteConversations implements ConversationPort {
     // A command waits for at most one reconnection attempt, then fails: the user gets "try again", not a hang.
     this.redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 5000 });
     this.redis.on('error', () => {});
+    this.streams = new EventStreams(this.redis);
     this.queue = new Queue<JobData>(QUEUE_NAME, {
       connection: { url: opts.redisUrl, maxRetriesPerRequest: 1, connectTimeout: 5000 } as never,
     });
@@ -121,7 +123,7 @@ export class RemoteConversations implements ConversationPort {
 
   async close(): Promise<void> {
     this.closing = true;
-    for (const r of this.readers) r.disconnect();
+    this.streams.close();
     await Promise.all([this.queue, ...this.workerQueues.values()].map((q) => q.close().catch(() => {})));
     this.redis.disconnect();
     await this.store.disconnect().catch(() => {});
@@ -230,23 +232,19 @@ export class RemoteConversations implements ConversationPort {
     }
   }
 
-  /** The job's events until `end` (its own connection: XREAD blocks it). */
+  /** The job's events until `end` (read through the front end's one stream reader). */
   private async *events(
     jobId: string,
     queue: Queue<JobData>,
     signal: AbortSignal,
   ): AsyncGenerator<Exclude<ReturnType<typeof decodeEvent>, { type: 'end' }>> {
-    const reader = this.redis.duplicate({ maxRetriesPerRequest: 1 });
-    reader.on('error', () => {});
-    this.readers.add(reader);
-    const stream = keys.events(jobId);
-    let last = '0';
+    const reader = this.streams.open(keys.events(jobId));
     let quietSince = Date.now();
     try {
       for (;;) {
         if (this.closing) throw new Error('closing');
-        const res = (await reader.xread('COUNT', 100, 'BLOCK', 1000, 'STREAMS', stream, last)) as [string, [string, string[]][]][] | null;
-        if (!res) {
+        const entries = await reader.next(1000);
+        if (entries.length === 0) {
           // Nothing for a while: a job nobody runs (no worker alive) or that failed for good ends here.
           if (Date.now() - quietSince > this.stallTimeoutMs) throw new Error('no progress');
           // (a job of a worker's own queue may have been adopted, but it stays in that queue)
@@ -258,19 +256,15 @@ export class RemoteConversations implements ConversationPort {
           continue;
         }
         quietSince = Date.now();
-        for (const [, entries] of res) {
-          for (const [id, fields] of entries) {
-            last = id;
-            const ev = decodeEvent(fields[1]);
-            if (ev.type === 'end') return;
-            yield ev;
-            if (signal.aborted && ev.type === 'error') return;
-          }
+        for (const [, fields] of entries) {
+          const ev = decodeEvent(fields[1]);
+          if (ev.type === 'end') return;
+          yield ev;
+          if (signal.aborted && ev.type === 'error') return;
         }
       }
     } finally {
-      this.readers.delete(reader);
-      reader.disconnect();
+      reader.close();
     }
   }
 }

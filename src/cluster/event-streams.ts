@@ -1,0 +1,124 @@
+// The answer events of every job a front end waits on, read through one blocking Redis connection: XREAD takes
+// many streams at once, so a front end holds one reader however many answers are in flight, instead of opening
+// (and closing) a connection per request. A stream added while XREAD blocks on the others interrupts it
+// (CLIENT UNBLOCK) so that the new one's events are not held back; if the interruption misses, they wait at most
+// one block (nothing is lost: the stream keeps them).
+import type { Redis } from 'ioredis';
+
+type Entry = [id: string, fields: string[]];
+
+/** One stream's entries, in order, as the shared reader receives them. */
+export interface StreamReader {
+  /** the entries that arrived since the last call, waiting up to `waitMs` for some; [] if none came */
+  next(waitMs: number): Promise<Entry[]>;
+  /** stops reading this stream */
+  close(): void;
+}
+
+interface Sub {
+  last: string;
+  buffer: Entry[];
+  error?: Error;
+  wake?: () => void;
+}
+
+export class EventStreams {
+  private readonly subs = new Map<string, Sub>();
+  private reader: Redis | undefined;
+  private readerId: number | undefined;
+  private loop: Promise<void> | undefined;
+  private blocked = false;
+  private closed = false;
+
+  /** `redis`: the front end's connection, duplicated for the reader and used to interrupt it */
+  constructor(
+    private readonly redis: Redis,
+    private readonly blockMs = 1000,
+  ) {}
+
+  /** Reads `stream` from its start. One reader per stream at a time. */
+  open(stream: string): StreamReader {
+    if (this.closed) throw new Error('closing');
+    if (this.subs.has(stream)) throw new Error(`${stream} is already being read`);
+    const sub: Sub = { last: '0', buffer: [] };
+    this.subs.set(stream, sub);
+    if (!this.loop) this.loop = this.run().finally(() => (this.loop = undefined));
+    else if (this.blocked && this.readerId !== undefined) void this.redis.call('CLIENT', 'UNBLOCK', String(this.readerId)).catch(() => {});
+    return {
+      next: async (waitMs) => {
+        if (sub.buffer.length === 0 && !sub.error) {
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(done, waitMs);
+            function done() {
+              clearTimeout(timer);
+              sub.wake = undefined;
+              resolve();
+            }
+            sub.wake = done;
+          });
+        }
+        if (sub.buffer.length > 0) return sub.buffer.splice(0);
+        if (sub.error) throw sub.error;
+        return [];
+      },
+      close: () => {
+        if (this.subs.get(stream) === sub) this.subs.delete(stream);
+      },
+    };
+  }
+
+  /** Stops the reader; every open stream's next() fails. */
+  close(): void {
+    this.closed = true;
+    this.fail(new Error('closing'));
+  }
+
+  private async run(): Promise<void> {
+    while (this.subs.size > 0 && !this.closed) {
+      try {
+        const reader = await this.connect();
+        const names = [...this.subs.keys()];
+        const ids = names.map((n) => this.subs.get(n)!.last);
+        this.blocked = true;
+        const res = (await reader.xread('COUNT', 100, 'BLOCK', this.blockMs, 'STREAMS', ...names, ...ids)) as [string, Entry[]][] | null;
+        this.blocked = false;
+        for (const [name, entries] of res ?? []) {
+          const sub = this.subs.get(name);
+          if (!sub || entries.length === 0) continue;
+          sub.last = entries[entries.length - 1][0];
+          sub.buffer.push(...entries);
+          sub.wake?.();
+        }
+      } catch (err) {
+        this.blocked = false;
+        // Redis unreachable (or closing): every answer waiting on it is told; the next request reconnects.
+        this.fail(err instanceof Error ? err : new Error(String(err)));
+      }
+    }
+  }
+
+  private async connect(): Promise<Redis> {
+    if (this.reader) return this.reader;
+    const reader = this.redis.duplicate({ maxRetriesPerRequest: 1 });
+    reader.on('error', () => {});
+    try {
+      this.readerId = Number(await reader.call('CLIENT', 'ID'));
+    } catch (err) {
+      reader.disconnect();
+      throw err;
+    }
+    this.reader = reader;
+    return reader;
+  }
+
+  private fail(err: Error): void {
+    for (const sub of this.subs.values()) {
+      sub.error = err;
+      sub.wake?.();
+    }
+    this.subs.clear();
+    this.reader?.disconnect();
+    this.reader = undefined;
+    this.readerId = undefined;
+  }
+}
