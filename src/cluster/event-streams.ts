@@ -104,8 +104,13 @@ export class EventStreams {
     try {
       this.readerId = Number(await reader.call('CLIENT', 'ID'));
     } catch (err) {
-      reader.disconnect();
-      throw err;
+      // A Redis that refuses CLIENT (some hosted ones restrict it) still reads: new streams then wait for the
+      // current block to end. A connection that failed is the caller's error.
+      if (reader.status !== 'ready') {
+        reader.disconnect();
+        throw err;
+      }
+      this.readerId = undefined;
     }
     this.reader = reader;
     return reader;

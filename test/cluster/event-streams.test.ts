@@ -34,6 +34,33 @@ async function readAll(r: { next(ms: number): Promise<[string, string[]][]> }): 
   }
 }
 
+describe('EventStreams on a Redis that refuses CLIENT (as some hosted ones do)', () => {
+  it('still reads every stream; a new one waits for the current block at most', async () => {
+    const restricted = await startRedis({ args: ['--rename-command', 'CLIENT', ''] });
+    const main = new Redis(restricted.url);
+    const w = new Redis(restricted.url);
+    const streams = new EventStreams(main, 500);
+    try {
+      await expect(w.call('CLIENT', 'ID')).rejects.toThrow(/unknown command/i);
+      const a = streams.open('test:r:a');
+      const waitingA = a.next(5000);
+      await new Promise((r) => setTimeout(r, 100));
+      const b = streams.open('test:r:b');
+      await w.xadd('test:r:b', '*', 'e', 'b1');
+      const t0 = Date.now();
+      expect((await b.next(3000)).map(([, f]) => f[1])).toEqual(['b1']);
+      expect(Date.now() - t0).toBeLessThan(1500);
+      await w.xadd('test:r:a', '*', 'e', 'a1');
+      expect((await waitingA).map(([, f]) => f[1])).toEqual(['a1']);
+    } finally {
+      streams.close();
+      main.disconnect();
+      w.disconnect();
+      await restricted.cleanup();
+    }
+  }, 30_000);
+});
+
 describe('EventStreams', () => {
   it('reads 20 streams through one connection, each its own entries in order', async () => {
     const main = new Redis(redis.url);

@@ -46,7 +46,8 @@ async function waitForPort(port: number, child: ChildProcess, log: () => string,
   }
 }
 
-export async function startRedis(opts: { aof?: boolean } = {}): Promise<TestRedis> {
+/** `args`: more redis-server arguments (e.g. `--rename-command CLIENT ""` to play a host that refuses CLIENT) */
+export async function startRedis(opts: { aof?: boolean; args?: string[] } = {}): Promise<TestRedis> {
   const dir = await mkdtemp(join(tmpdir(), 'minigpt-redis-'));
   const port = await freePort();
   let child: ChildProcess | undefined;
@@ -68,6 +69,7 @@ export async function startRedis(opts: { aof?: boolean } = {}): Promise<TestRedi
     'no',
     '--loglevel',
     'warning',
+    ...(opts.args ?? []),
   ];
   const start = async () => {
     output = '';
