@@ -46,6 +46,9 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
       GatewayIntentBits.MessageContent,
       GatewayIntentBits.DirectMessages,
     ],
+    // As many shards as Discord recommends (GET /gateway/bot): one for most bots; a bot in over 2500 guilds must
+    // shard, or Discord closes its connection (4011).
+    shards: 'auto',
     // DM channels are not cached before their first message: without this their messages would be dropped.
     partials: [Partials.Channel],
     // Model output never pings anyone.

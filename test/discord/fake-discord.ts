@@ -74,6 +74,8 @@ interface Session {
  */
 interface GatewaySession {
   id: string;
+  /** [shard id, shard count] from its IDENTIFY */
+  shard: [number, number];
   seq: number;
   events: Array<{ s: number; t: string; d: unknown }>;
   socket?: Session;
@@ -123,6 +125,12 @@ export class FakeDiscord {
   readonly fileDelays = new Map<string, number>();
   /** when true, the gateway refuses every IDENTIFY with close code 4004 (a token Discord no longer accepts) */
   refuseIdentify = false;
+  /**
+   * The shard count Discord requires (and recommends in `GET /gateway/bot`), as for a bot in over 2500 guilds:
+   * an IDENTIFY with fewer is closed with 4011 (sharding required); each shard gets the guilds whose
+   * `(guild_id >> 22) % count` is its id, and their events; DMs go to shard 0.
+   */
+  shards = 1;
   /** registered application commands by scope (`global` or a guild id) */
   readonly commands = new Map<string, any[]>();
   /**
@@ -348,23 +356,29 @@ export class FakeDiscord {
           ws.close(4004, 'Authentication failed.');
           return;
         }
+        const shard: [number, number] = Array.isArray(p.d?.shard) ? [Number(p.d.shard[0]), Number(p.d.shard[1])] : [0, 1];
+        if (shard[1] < this.shards) {
+          ws.close(4011, 'Sharding required.');
+          return;
+        }
         session.identified = true;
         session.intents = p.d.intents;
-        const gw: GatewaySession = { id: Math.random().toString(36).slice(2), seq: 0, events: [], socket: session, resumable: true };
+        const gw: GatewaySession = { id: Math.random().toString(36).slice(2), shard, seq: 0, events: [], socket: session, resumable: true };
         this.gwSessions.set(gw.id, gw);
         session.gw = gw;
         this.send(session, 'READY', {
           v: 10,
           user: { ...this.bot, verified: true, mfa_enabled: false, flags: 0 },
-          guilds: [...this.guilds.keys()].map((id) => ({ id, unavailable: true })),
+          guilds: [...this.guilds.keys()].filter((id) => this.onShard(id, shard)).map((id) => ({ id, unavailable: true })),
           session_id: gw.id,
           resume_gateway_url: this.gatewayUrl,
-          shard: [0, 1],
+          shard,
           application: { id: this.appId, flags: 0 },
           private_channels: [],
           relationships: [],
         });
         for (const g of this.guilds.values()) {
+          if (!this.onShard(g.id, shard)) continue;
           const guildChannels = [...this.channels.values()].filter((c) => c.guild_id === g.id);
           this.send(session, 'GUILD_CREATE', {
             ...g,
@@ -418,7 +432,26 @@ export class FakeDiscord {
    * dropped get it when they RESUME (as Discord does).
    */
   dispatch(t: string, d: unknown): void {
-    for (const gw of this.gwSessions.values()) if (gw.resumable) this.record(gw, t, d);
+    const e = d as { guild_id?: string; id?: string } | null;
+    const guild = e?.guild_id ?? (t.startsWith('GUILD_') ? e?.id : undefined);
+    for (const gw of this.gwSessions.values()) {
+      if (!gw.resumable) continue;
+      if (guild ? !this.onShard(guild, gw.shard) : gw.shard[0] !== 0) continue;
+      this.record(gw, t, d);
+    }
+  }
+
+  /** Whether a guild's events go to `shard` (Discord's rule: (guild_id >> 22) % count). */
+  private onShard(guildId: string, [id, count]: [number, number]): boolean {
+    return Number((BigInt(guildId) >> 22n) % BigInt(count)) === id;
+  }
+
+  /** The shard ids of the identified gateway sessions with a socket. */
+  get connectedShards(): number[] {
+    return [...this.sessions]
+      .filter((s) => s.identified && s.gw?.socket === s)
+      .map((s) => s.gw!.shard[0])
+      .sort((a, b) => a - b);
   }
 
   /**
@@ -667,8 +700,9 @@ export class FakeDiscord {
     if (method === 'GET' && (path === '/gateway/bot' || path === '/gateway')) {
       return this.json(res, 200, {
         url: this.gatewayUrl,
-        shards: 1,
-        session_start_limit: { total: 1000, remaining: 999, reset_after: 14_400_000, max_concurrency: 1 },
+        shards: this.shards,
+        // (large bots get a concurrency of 16: their shards identify at once, not 5 s apart)
+        session_start_limit: { total: 1000, remaining: 999, reset_after: 14_400_000, max_concurrency: this.shards > 1 ? 16 : 1 },
       });
     }
     if (method === 'GET' && path === '/users/@me') return this.json(res, 200, this.bot);
