@@ -13,9 +13,16 @@ interface RawRedis {
 }
 
 export interface StoreLockOptions {
-  /** how long a holder keeps the lock at most (it expires by itself after a crash); default 10 s */
+  /**
+   * How long a holder keeps the lock at most: it expires by itself if the holder dies holding it. Holds are
+   * one list read and write (and an image's bytes written once), far shorter. Default 5 s.
+   */
   ttlMs?: number;
-  /** how long to wait for the lock before giving up with LockTimeoutError; default 5 s */
+  /**
+   * How long to wait for the lock before giving up with LockTimeoutError. Longer than the TTL, so that a lock
+   * left by a process that died (a worker killed mid-answer) delays the next writer, never fails it. Default 3x
+   * the TTL.
+   */
   waitMs?: number;
 }
 
@@ -24,6 +31,9 @@ export class StoreLockError extends Error {}
 
 /** The lock stayed taken for the whole wait (another process is slow or died holding it). */
 export class LockTimeoutError extends StoreLockError {}
+
+/** How long a lock lives without its holder (StoreLockOptions.ttlMs's default). */
+export const DEFAULT_LOCK_TTL_MS = 5_000;
 
 const RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
@@ -35,8 +45,8 @@ export class RedisStoreLock {
     private readonly client: () => Promise<RawRedis>,
     opts: StoreLockOptions = {},
   ) {
-    this.ttlMs = opts.ttlMs ?? 10_000;
-    this.waitMs = opts.waitMs ?? 5_000;
+    this.ttlMs = opts.ttlMs ?? DEFAULT_LOCK_TTL_MS;
+    this.waitMs = opts.waitMs ?? 3 * this.ttlMs;
   }
 
   /** Runs `fn` holding the lock at Redis key `key` (one holder at a time across every process on this Redis). */

@@ -113,12 +113,16 @@ export interface StoredImage extends ImageRef {
   data: Uint8Array;
 }
 
-/** Serialises async critical sections. */
-class Mutex {
-  private tail: Promise<unknown> = Promise.resolve();
-  run<T>(fn: () => Promise<T>): Promise<T> {
-    const result = this.tail.then(fn);
-    this.tail = result.catch(() => {});
+/** Serialises async critical sections of the same name (others run meanwhile). */
+class KeyedMutex {
+  private readonly tails = new Map<string, Promise<unknown>>();
+  run<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const result = (this.tails.get(name) ?? Promise.resolve()).then(fn);
+    const tail = result.catch(() => {});
+    this.tails.set(name, tail);
+    void tail.then(() => {
+      if (this.tails.get(name) === tail) this.tails.delete(name);
+    });
     return result;
   }
 }
@@ -127,7 +131,7 @@ class Mutex {
 export class StoreUnavailableError extends Error {}
 
 export class ConversationStore {
-  private readonly refs = new Mutex();
+  private readonly refs = new KeyedMutex();
   /** on Redis: the images' user lists are shared by every process, so their updates lock there too */
   private readonly shared: RedisStoreLock | undefined;
   readonly kv: Keyv;
@@ -169,7 +173,7 @@ export class ConversationStore {
 
   /** `fn` alone with the image's user list: in this process, and on Redis across every process using it. */
   private withRefs(hash: string, fn: () => Promise<void>): Promise<void> {
-    return this.refs.run(async () => {
+    return this.refs.run(hash, async () => {
       if (!this.shared) return fn();
       try {
         await this.shared.run(`${STORE_NAMESPACE}:lock:imgref:${hash}`, fn);

@@ -13,7 +13,7 @@ import {
   StoreUnavailableError,
   type StoredImage,
 } from '../../src/conversation/store.js';
-import { RedisStoreLock, storeLockFor } from '../../src/conversation/store-lock.js';
+import { DEFAULT_LOCK_TTL_MS, RedisStoreLock, storeLockFor } from '../../src/conversation/store-lock.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
 let redis: TestRedis;
@@ -83,6 +83,23 @@ describe("an image's users on a Redis store shared by two processes", () => {
       await kv.disconnect();
     }
   });
+
+  it('a lock left by a process that died holding it: the next writer waits for it to expire, then goes through', async () => {
+    const kv = await createStore(redis.url);
+    const store = new ConversationStore(kv);
+    const img = image(3);
+    try {
+      // as a worker killed while storing an answer leaves it: taken, never released, expiring on its own
+      await raw.set(`${STORE_NAMESPACE}:lock:imgref:${img.hash}`, 'dead-process', 'PX', DEFAULT_LOCK_TTL_MS);
+      const t0 = Date.now();
+      await store.attachImage(img, 'web:w:c:t');
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(DEFAULT_LOCK_TTL_MS - 200);
+      expect(await kv.get(`imgref:${img.hash}`)).toEqual(['web:w:c:t']);
+      expect((await store.getImage(img.hash))?.data).toEqual(img.data);
+    } finally {
+      await kv.disconnect();
+    }
+  }, 20_000);
 
   it('a holder whose lock expired does not release the next holder’s', async () => {
     const kv = await createStore(redis.url);
