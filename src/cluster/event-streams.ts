@@ -26,7 +26,8 @@ export class EventStreams {
   private readonly subs = new Map<string, Sub>();
   private reader: Redis | undefined;
   private readerId: number | undefined;
-  private loop: Promise<void> | undefined;
+  /** whether run() is reading (set and cleared synchronously with its loop's start and end) */
+  private running = false;
   private blocked = false;
   private closed = false;
 
@@ -42,7 +43,7 @@ export class EventStreams {
     if (this.subs.has(stream)) throw new Error(`${stream} is already being read`);
     const sub: Sub = { last: '0', buffer: [] };
     this.subs.set(stream, sub);
-    if (!this.loop) this.loop = this.run().finally(() => (this.loop = undefined));
+    if (!this.running) void this.run();
     else if (this.blocked && this.readerId !== undefined) void this.redis.call('CLIENT', 'UNBLOCK', String(this.readerId)).catch(() => {});
     return {
       next: async (waitMs) => {
@@ -74,7 +75,13 @@ export class EventStreams {
   }
 
   private async run(): Promise<void> {
-    while (this.subs.size > 0 && !this.closed) {
+    this.running = true;
+    for (;;) {
+      // (checked and cleared in one turn, with no await between: a stream opened after this starts a new run)
+      if (this.subs.size === 0 || this.closed) {
+        this.running = false;
+        return;
+      }
       try {
         const reader = await this.connect();
         const names = [...this.subs.keys()];

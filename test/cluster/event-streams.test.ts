@@ -108,6 +108,30 @@ describe('EventStreams', () => {
     }
   });
 
+  it('a stream opened after every other was closed (the reader idle) is read, over the same connection', async () => {
+    const main = new Redis(redis.url);
+    await main.ping();
+    const streams = new EventStreams(main, 200);
+    try {
+      const a = streams.open('test:idle:a');
+      await writer.xadd('test:idle:a', '*', 'e', 'a1');
+      expect((await a.next(2000)).map(([, f]) => f[1])).toEqual(['a1']);
+      a.close();
+      await new Promise((r) => setTimeout(r, 500)); // its block ended, nothing left to read: the loop stops
+      const before = await connections();
+      for (let i = 0; i < 3; i++) {
+        const b = streams.open(`test:idle:b${i}`);
+        await writer.xadd(`test:idle:b${i}`, '*', 'e', `b${i}`);
+        expect((await b.next(2000)).map(([, f]) => f[1])).toEqual([`b${i}`]);
+        b.close();
+      }
+      expect(await connections()).toBe(before);
+    } finally {
+      streams.close();
+      main.disconnect();
+    }
+  });
+
   it('Redis going away fails the waiting readers; once it is back, a new stream reads again; close fails them', async () => {
     const main = new Redis(redis.url, { maxRetriesPerRequest: 1 });
     main.on('error', () => {});
