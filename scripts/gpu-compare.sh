@@ -61,7 +61,10 @@ python=${PYTHON:-python3}
 [ -x /usr/bin/python3 ] && "$python" -c 'import torch' 2>/dev/null || python=/usr/bin/python3
 
 gpu_name=cpu
-if [ "$device" = cuda ]; then
+if [ "$device" = cuda ] && ! command -v nvidia-smi >/dev/null; then
+  log "no nvidia-smi: no NVIDIA GPU here (the baseline needs CUDA; ours runs on $provider)"
+  gpu_name="none (no nvidia-smi)"
+elif [ "$device" = cuda ]; then
   gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt" >&2
 fi
