@@ -127,15 +127,20 @@ timeout "$(left)" "$python" scripts/gpu-compare-baseline.py --preset "$preset" -
 cat "$out/baseline.json" >&2
 fi
 
-for c in "${configs[@]}"; do
-  [ -d "$work/pkg-$c" ] || continue
-  step 30 "ours:$c" || continue
-  log "ours: $c on $provider"
-  timeout "$(left)" node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" --reps "$reps" \
-    --dump "$out/dump-$c" > "$out/ours-$c.json" 2> "$out/ours-$c.err" \
-    || echo "ours $c failed: $(tail -3 "$out/ours-$c.err")" >&2
-  cat "$out/ours-$c.json" >&2
-done
+# `measure NAME CONFIG`: the package of CONFIG on the provider, in its own process, under the time left, as NAME
+# (its JSON in $out/ours-NAME.json); fails only when it was not started (no package, or no time left).
+measure() {
+  local name=$1 pkg=$work/pkg-$2
+  [ -d "$pkg" ] || return 1
+  step 30 "ours:$name" || return 1
+  log "ours: $name on $provider"
+  timeout "$(left)" node scripts/gpu-compare-ours.mjs --model "$pkg" --provider "$provider" --new-tokens "$new_tokens" --reps "$reps" \
+    --dump "$out/dump-$name" > "$out/ours-$name.json" 2> "$out/ours-$name.err" \
+    || echo "ours $name failed: $(tail -3 "$out/ours-$name.err")" >&2
+  cat "$out/ours-$name.json" >&2
+}
+
+for c in "${configs[@]}"; do measure "$c" "$c" || true; done
 
 # On WebGPU, the best-placed configurations again with the provider's validation disabled (MINIGPT_WEBGPU_VALIDATION;
 # what onnxruntime-genai runs WebGPU with): what its checks cost per step, as "<config>+novalidation".
@@ -143,15 +148,7 @@ extra=()
 if [ "$provider" = webgpu ]; then
   read -r -a novalidation <<< "${GPU_COMPARE_NO_VALIDATION-int4-fused}"
   for c in "${novalidation[@]}"; do
-    [ -d "$work/pkg-$c" ] || continue
-    n="$c+novalidation"
-    step 30 "ours:$n" || continue
-    log "ours: $n on $provider"
-    MINIGPT_WEBGPU_VALIDATION=disabled timeout "$(left)" node scripts/gpu-compare-ours.mjs --model "$work/pkg-$c" --provider "$provider" --new-tokens "$new_tokens" \
-      --reps "$reps" --dump "$out/dump-$n" > "$out/ours-$n.json" 2> "$out/ours-$n.err" \
-      || echo "ours $n failed: $(tail -3 "$out/ours-$n.err")" >&2
-    cat "$out/ours-$n.json" >&2
-    extra+=("$n")
+    MINIGPT_WEBGPU_VALIDATION=disabled measure "$c+novalidation" "$c" && extra+=("$c+novalidation")
   done
 fi
 
