@@ -130,6 +130,11 @@ class KeyedMutex {
 /** The store failed (e.g. Redis unreachable): nothing was lost, the request can be tried again. */
 export class StoreUnavailableError extends Error {}
 
+/** `err` (a failed store operation or lock) as the StoreUnavailableError the manager tells from a bug. */
+function unavailable(err: unknown): StoreUnavailableError {
+  return new StoreUnavailableError(`the conversation store failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+}
+
 export class ConversationStore {
   private readonly refs = new KeyedMutex();
   /** on Redis: the images' user lists are shared by every process, so their updates lock there too */
@@ -145,7 +150,7 @@ export class ConversationStore {
         if (typeof v !== 'function' || !['get', 'set', 'delete', 'has'].includes(prop as string)) return v;
         return (...args: unknown[]) =>
           (v as (...a: unknown[]) => Promise<unknown>).apply(target, args).catch((err: unknown) => {
-            throw new StoreUnavailableError(`the conversation store failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+            throw unavailable(err);
           });
       },
     });
@@ -179,7 +184,7 @@ export class ConversationStore {
         await this.shared.run(`${STORE_NAMESPACE}:lock:imgref:${hash}`, fn);
       } catch (err) {
         // the lock could not be taken (Redis unreachable, or held too long elsewhere): nothing was written
-        if (err instanceof StoreLockError) throw new StoreUnavailableError(`the conversation store failed: ${err.message}`, { cause: err });
+        if (err instanceof StoreLockError) throw unavailable(err);
         throw err;
       }
     });
