@@ -19,7 +19,7 @@ import {
   workerQueueName,
 } from '../../src/cluster/protocol.js';
 import { renderExamples } from '../../adapters/web/examples.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { connectionsReceived, startRedis, type TestRedis } from '../helpers/redis.js';
 
 const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 let model: MiniGPT;
@@ -95,7 +95,7 @@ describe("a dead worker's own queue", () => {
       orderTimeoutMs: 5 * HEARTBEAT_MS,
       log: (l) => lines.push(l),
     });
-    const connections = async () => Number(/total_connections_received:(\d+)/.exec(await raw.info('stats'))![1]);
+    const connections = () => connectionsReceived(raw);
     try {
       const first = await eventsOf(jobIds[0], 60_000);
       expect(

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { EventStreams } from '../../src/cluster/event-streams.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { connectionsReceived, startRedis, type TestRedis } from '../helpers/redis.js';
 
 let redis: TestRedis;
 let writer: Redis;
@@ -21,7 +21,7 @@ afterAll(async () => {
   await redis?.cleanup();
 });
 
-const connections = async () => Number(/total_connections_received:(\d+)/.exec(await writer.info('stats'))![1]);
+const connections = () => connectionsReceived(writer);
 
 /** Every entry's value until the one that says `end`. */
 async function readAll(r: { next(ms: number): Promise<[string, string[]][]> }): Promise<string[]> {

@@ -9,6 +9,13 @@ import { freePort } from '../../src/util/net.js';
 
 export { freePort };
 
+/** How many connections the server has accepted since it started (INFO stats), read through `client`. */
+export async function connectionsReceived(client: { info(section: string): Promise<string> }): Promise<number> {
+  const m = /total_connections_received:(\d+)/.exec(await client.info('stats'));
+  if (!m) throw new Error('INFO stats has no total_connections_received');
+  return Number(m[1]);
+}
+
 export interface TestRedis {
   /** redis://127.0.0.1:<port> */
   url: string;
