@@ -9,8 +9,11 @@
 //   attention_check  fused packages off the CPU: the load-time MultiHeadAttention check (null otherwise)
 // With --dump PREFIX it also writes the image embeddings and the prompt's last-position logits as raw float32
 // (PREFIX.image.f32, PREFIX.logits.f32), for gpu-compare.sh to hold each configuration against fp32's.
+// With --profile DIR it measures nothing: it runs the same work once (an image, an answer, --batch answers at once)
+// with onnxruntime's profiling on, its traces in DIR, and reports where the time went instead (src/inference/profile.ts:
+// per graph and kind of run, wall / CPU kernel / GPU time a run and the costliest ops; the text on stderr).
 // Prints one JSON object.
-//   node scripts/gpu-compare-ours.mjs --model DIR --provider webgpu [--new-tokens 32] [--batch 8] [--reps 3] [--dump PREFIX]
+//   node scripts/gpu-compare-ours.mjs --model DIR --provider webgpu [--new-tokens 32] [--batch 8] [--reps 3] [--dump PREFIX] [--profile DIR]
 import { execFileSync } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -28,6 +31,7 @@ const newTokens = Number(opt('--new-tokens', '32'));
 const batch = Number(opt('--batch', '8'));
 const reps = Number(opt('--reps', '3'));
 const dump = opt('--dump');
+const profileDir = opt('--profile');
 if (!model) throw new Error('--model DIR is required');
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -50,8 +54,16 @@ function sampleGpu() {
 
 const { MiniGPT } = await import(join(ROOT, 'dist/src/inference/model.js'));
 const { conversationPrompt } = await import(join(ROOT, 'dist/src/inference/prompt.js'));
-const m = await MiniGPT.load(model, { provider, maxBatch: batch });
+const m = await MiniGPT.load(model, { provider, maxBatch: batch, profileDir });
 const sampler = setInterval(sampleGpu, 250);
+const describe = () => ({
+  provider: m.provider,
+  dtype: m.meta.dtype,
+  graph: m.meta.graph ?? 'plain',
+  compute: m.meta.compute ?? 'float32',
+});
+let report;
+const validation = () => (m.provider === 'webgpu' ? (process.env.MINIGPT_WEBGPU_VALIDATION ?? 'basic (default)') : null);
 try {
   const image = await readFile(join(ROOT, 'test/fixtures/minigptv2-tiny/input.png'));
   // about 44 text tokens around the image, as the baseline's prompt
@@ -76,6 +88,28 @@ try {
     await writeFile(`${dump}.logits.f32`, bytes(pre.logits));
   }
 
+  if (profileDir) {
+    // (the traces are written when the sessions are released: summed after the finally below)
+    await m.encodeImage(image);
+    await run(warm.embeds, newTokens);
+    await Promise.all(Array.from({ length: batch }, () => run(warm.embeds, newTokens)));
+  } else {
+    report = await measure(run, warm, image);
+  }
+} finally {
+  clearInterval(sampler);
+  await m.close();
+}
+if (profileDir) {
+  const { summariseProfiles, formatProfile } = await import(join(ROOT, 'dist/src/inference/profile.js'));
+  const summary = await summariseProfiles(profileDir, { top: 6 });
+  process.stderr.write(`${formatProfile(summary)}\n`);
+  report = { ...describe(), webgpu_validation: validation(), classes: summary.classes, unmatched_programs: summary.unmatched_programs };
+}
+process.stdout.write(`${JSON.stringify(report)}\n`);
+
+/** The figures of the header, medians of --reps. */
+async function measure(run, warm, image) {
   const vision = [];
   const ttft = [];
   let promptTokens = 0;
@@ -105,11 +139,8 @@ try {
   }
   sampleGpu();
   const out = {
-    provider: m.provider,
-    dtype: m.meta.dtype,
-    graph: m.meta.graph ?? 'plain',
-    compute: m.meta.compute ?? 'float32',
-    webgpu_validation: m.provider === 'webgpu' ? (process.env.MINIGPT_WEBGPU_VALIDATION ?? 'basic (default)') : null,
+    ...describe(),
+    webgpu_validation: validation(),
     vision_ms: Math.round(median(vision) * 100) / 100,
     ttft_ms: Math.round(median(ttft) * 100) / 100,
     prompt_tokens: promptTokens,
@@ -125,8 +156,5 @@ try {
     },
     rss_mb: Math.round(process.resourceUsage().maxRSS / 1024),
   };
-  process.stdout.write(`${JSON.stringify(out)}\n`);
-} finally {
-  clearInterval(sampler);
-  await m.close();
+  return out;
 }

@@ -152,7 +152,33 @@ if [ "$provider" = webgpu ]; then
   done
 fi
 
-SKIPPED="${skipped[*]}" ELAPSED_S=$(( $(date +%s) - start )) VERIFY_CONFIGS="${verify_configs[*]}" \
+# Where the time goes in the fastest configuration (by decode speed; GPU_COMPARE_PROFILE="<config>" to choose, "" for
+# none): the same work once more with onnxruntime's profiling on (gpu-compare-ours.mjs --profile), per graph and kind
+# of run: wall, CPU kernel and GPU time a run and the costliest programs. Last, as profiling slows the run it watches.
+profile=${GPU_COMPARE_PROFILE-best}
+if [ "$profile" = best ]; then
+  profile=$(node -e '
+    const fs = require("fs");
+    const [out, ...names] = process.argv.slice(1);
+    let best = null;
+    for (const c of names) {
+      try { const r = JSON.parse(fs.readFileSync(`${out}/ours-${c}.json`, "utf8")); if (!best || r.decode_tok_s > best[1]) best = [c, r.decode_tok_s]; } catch {}
+    }
+    console.log(best ? best[0] : "");
+  ' "$out" "${configs[@]}" "${extra[@]}")
+fi
+if [ -n "$profile" ] && step 40 "profile:$profile"; then
+  log "profile: $profile on $provider"
+  rm -rf "$work/profile"
+  validation=${MINIGPT_WEBGPU_VALIDATION:-}
+  [[ "$profile" == *+novalidation ]] && validation=disabled
+  MINIGPT_WEBGPU_VALIDATION=$validation timeout "$(left)" node scripts/gpu-compare-ours.mjs --model "$work/pkg-${profile%+novalidation}" \
+    --provider "$provider" --new-tokens "$new_tokens" --profile "$work/profile" > "$out/profile.json" 2> "$out/profile.txt" \
+    || { echo "profile $profile failed: $(tail -3 "$out/profile.txt")" >&2; rm -f "$out/profile.json"; }
+  cat "$out/profile.txt" >&2
+fi
+
+SKIPPED="${skipped[*]}" PROFILED="$profile" ELAPSED_S=$(( $(date +%s) - start )) VERIFY_CONFIGS="${verify_configs[*]}" \
 FULL_LAYERS=$full_layers FULL_VIT_DEPTH=$full_vit_depth node -e '
 const fs = require("fs");
 const [out, device, layers, vit, toy, ...configs] = process.argv.slice(1);
@@ -210,6 +236,7 @@ const result = { device, layers: Number(layers), vit_depth: Number(vit), toy: to
   decode_ratio: best && baseline ? Math.round((best[1].decode_tok_s / baseline.decode_tok_s) * 1000) / 1000 : null,
   at_full_depth: { layers: full.layers, vit_depth: full.vit_depth, extrapolated: L !== 1 || V !== 1, baseline: fullBaseline, ours: fullOurs },
   done_when,
+  profile: (() => { const p = read(`${out}/profile.json`); return p && { config: process.env.PROFILED, ...p }; })(),
   skipped: (process.env.SKIPPED || "").split(" ").filter(Boolean), elapsed_s: Number(process.env.ELAPSED_S) };
 fs.writeFileSync(`${out}/result.json`, JSON.stringify(result, null, 2));
 console.log(JSON.stringify(result));

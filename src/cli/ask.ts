@@ -7,6 +7,7 @@ import type { GenerationOptions } from '../inference/generation/index.js';
 import { entitiesToPixels, parseGrounding, parseUserBox, type Entity } from '../grounding/parse.js';
 import { parseTask } from '../grounding/tasks.js';
 import { annotateImage } from '../image/annotate.js';
+import { formatProfile, summariseProfiles, type ProfileSummary } from '../inference/profile.js';
 
 export interface AskRequest {
   modelDir: string;
@@ -17,6 +18,8 @@ export interface AskRequest {
   annotate?: string;
   provider: ProviderChoice;
   threads?: number;
+  /** write onnxruntime's profiles here and report where the time went (profile.ts) */
+  profileDir?: string;
   generation: Partial<GenerationOptions>;
   signal?: AbortSignal;
   log: (line: string) => void;
@@ -37,6 +40,8 @@ export interface AskResult {
   provider: string;
   /** present (true) when the test hook forced the answer (MINIGPT_TEST_FORCED_ANSWER) */
   forced_answer?: true;
+  /** with --profile: each graph's runs, per kind of run (profile.ts; times are of the profiled run) */
+  profile?: ProfileSummary;
   timings: {
     load_ms: number;
     preprocess_ms: number;
@@ -53,8 +58,15 @@ export interface AskResult {
 
 export async function runAsk(req: AskRequest): Promise<AskResult> {
   const t0 = performance.now();
-  const model = await MiniGPT.load(req.modelDir, { provider: req.provider, threads: req.threads, log: req.log });
+  const profileSince = Date.now();
+  const model = await MiniGPT.load(req.modelDir, {
+    provider: req.provider,
+    threads: req.threads,
+    profileDir: req.profileDir,
+    log: req.log,
+  });
   const loadMs = performance.now() - t0;
+  let result: AskResult;
   try {
     const img = await model.encodeImage(req.image);
     const prompt = conversationPrompt(model.meta.prompt, [{ user: req.prompt }]);
@@ -100,7 +112,7 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
         req.log(`annotated image written to ${req.annotate} (${out.width}x${out.height})`);
       }
     }
-    const result: AskResult = {
+    result = {
       text,
       token_ids: tokenIds,
       finish_reason: finish,
@@ -113,12 +125,17 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
       ...(model.forcedAnswer ? { forced_answer: true as const } : {}),
       timings: timings!,
     };
-    if (req.json) req.write(`${JSON.stringify(result, null, 2)}\n`);
-    else req.write('\n');
-    return result;
   } finally {
+    // (the profiles are written as the sessions are released)
     await model.close();
   }
+  if (req.profileDir) {
+    result.profile = await summariseProfiles(req.profileDir, { since: profileSince });
+    req.log(`where the time went (onnxruntime's profiles in ${req.profileDir}):\n${formatProfile(result.profile)}`);
+  }
+  if (req.json) req.write(`${JSON.stringify(result, null, 2)}\n`);
+  else req.write('\n');
+  return result;
 }
 
 /** The answer's grounded phrases; for `[identify]`, the user's box labelled with the answer, as the upstream demo draws it. */

@@ -201,6 +201,10 @@ export function buildProgram(): Command {
     .option('--num-beams <n>', 'beam search width (default 1 = none)', int('--num-beams'))
     .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10))
     .addOption(providerOption('EXECUTION_PROVIDER, then the config'))
+    .option(
+      '--profile <dir>',
+      "write onnxruntime's profile of each graph to <dir> and report where the time went, per graph and kind of run",
+    )
     .argument('<prompt>', 'the question or task, e.g. "[grounding] describe this image"')
     .action(async (prompt: string, o) => {
       let image: Buffer;
@@ -225,6 +229,7 @@ export function buildProgram(): Command {
           annotate: o.annotate,
           provider: parseProviderChoice(o.provider ?? process.env.EXECUTION_PROVIDER ?? cfg?.runtime.execution_provider),
           threads: cfg?.runtime.threads,
+          profileDir: o.profile,
           generation: {
             maxNewTokens: o.maxNewTokens ?? m?.max_new_tokens ?? 300,
             temperature,

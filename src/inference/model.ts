@@ -36,6 +36,8 @@ export interface LoadOptions {
    * package on a GPU provider, what fusedAttentionCheck measures; otherwise no limit.
    */
   maxRunPositions?: number;
+  /** write onnxruntime's profile of each session to this folder when the model is closed (profile.ts) */
+  profileDir?: string;
 }
 
 /** How answer() may reuse and keep the KV cache of a conversation's turns. */
@@ -125,9 +127,9 @@ export function slowQuantisation(meta: ModelJson, provider: ProviderName): strin
 async function openDecoder(pkg: ModelPackage, factory: SessionFactory, layers: readonly number[]): Promise<ort.InferenceSession> {
   const file = pkg.path(pkg.meta.graphs.decoder.file);
   const present = layers.flatMap((i) => [`present.${i}.key`, `present.${i}.value`]);
-  if (factory.provider !== 'webgpu') return factory.open(file, present);
+  if (factory.provider !== 'webgpu') return factory.open(file, present, { name: 'decoder' });
   const { model } = withoutOutputs(await readFile(file), (name) => name.startsWith('present_new.'));
-  return factory.open(model, present, { dataDir: dirname(file) });
+  return factory.open(model, present, { dataDir: dirname(file), name: 'decoder' });
 }
 
 /**
@@ -141,7 +143,7 @@ async function fusedAttentionCheck(meta: ModelJson, factory: SessionFactory, log
   // (a check that cannot run leaves the decoder as it is: its own sessions say what is wrong, if anything)
   let session: ort.InferenceSession | undefined;
   try {
-    session = await factory.open(attentionGraph(shape), [], { arena: false });
+    session = await factory.open(attentionGraph(shape), [], { arena: false, name: 'attention-check' });
     const check = await checkAttention(session, shape);
     log?.(describeAttentionCheck(check, provider));
     return check;
@@ -186,15 +188,20 @@ export class MiniGPT {
   static async load(dir: string, opts: LoadOptions = {}): Promise<MiniGPT> {
     const pkg = await loadPackage(dir);
     const { meta } = pkg;
-    const factory = new SessionFactory({ provider: opts.provider ?? 'auto', threads: opts.threads, log: opts.log });
+    const factory = new SessionFactory({
+      provider: opts.provider ?? 'auto',
+      threads: opts.threads,
+      profileDir: opts.profileDir,
+      log: opts.log,
+    });
     // The vision graph first: it settles the provider, which decides how the decoder is opened.
-    const visionSession = await factory.open(pkg.path(meta.graphs.vision.file), [], { arena: false });
+    const visionSession = await factory.open(pkg.path(meta.graphs.vision.file), [], { arena: false, name: 'vision' });
     const layers = Array.from({ length: meta.llm.layers }, (_, i) => i);
     const decoderSession = await openDecoder(pkg, factory, layers);
     // The token embedding is a table lookup, on the CPU whatever the provider: on a GPU every lookup (each new
     // token of a decoding step) would be a session run ending in a read-back, to be uploaded again with the
     // decoder's inputs; and the table (0.5 GB at 7B in fp32) stays out of GPU memory.
-    const embedSession = await factory.open(pkg.path(meta.graphs.embed.file), [], { host: true });
+    const embedSession = await factory.open(pkg.path(meta.graphs.embed.file), [], { host: true, name: 'embed' });
     const tokenizer = await loadTokenizer(pkg.path(meta.tokenizer), { bosId: meta.llm.bosId, eosId: meta.llm.eosId });
     const embedder = new TokenEmbedder(embedSession, meta.llm.hidden, { provider: factory.providerOf(embedSession) });
     // WebGPU hands present.* back as device buffers: the cache then stays on the GPU ('present' mode), and
@@ -204,7 +211,7 @@ export class MiniGPT {
     const pastNames = layers.flatMap((i) => [`past_key_values.${i}.key`, `past_key_values.${i}.value`]);
     const decoder = new LlamaDecoder(decoderSession, embedder, meta.llm, {
       mode: onGpu ? 'present' : undefined,
-      deviceKv: onGpu ? new DeviceKvCopier(pastNames, (graph, outputs) => factory.open(graph, outputs)) : undefined,
+      deviceKv: onGpu ? new DeviceKvCopier(pastNames, (graph, outputs) => factory.open(graph, outputs, { name: 'kv-gather' })) : undefined,
       batchRows: opts.maxBatch,
       prefillChunk: opts.prefillChunk,
       maxRunPositions: opts.maxRunPositions ?? attention?.maxRunPositions ?? undefined,

@@ -1,10 +1,11 @@
 // Execution provider choice (README, "GPU"): cuda | webgpu | cpu, or auto = the first of those
 // that initialises, said in one log line.
 import * as ort from 'onnxruntime-node';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
+import { profilePrefix } from './profile.js';
 
 export type ProviderName = 'cuda' | 'webgpu' | 'cpu';
 export type ProviderChoice = ProviderName | 'auto';
@@ -26,6 +27,12 @@ export interface SessionFactoryOptions {
   threads?: number;
   /** the WebGPU provider's validationMode (default: env MINIGPT_WEBGPU_VALIDATION, else onnxruntime's, 'basic') */
   webgpuValidation?: WebGpuValidation;
+  /**
+   * Write onnxruntime's profile of every session here (one JSON trace each, when it is released; profile.ts reads
+   * them). Profiling costs time per node: the figures of a profiled run are for finding where time goes, not for
+   * quoting.
+   */
+  profileDir?: string;
   log?: (line: string) => void;
 }
 
@@ -83,6 +90,7 @@ function sessionOptions(
   keepOnDevice: readonly string[],
   arena = true,
   dataDir?: string,
+  profilePrefix?: string,
 ): ort.InferenceSession.SessionOptions {
   const validation = provider === 'webgpu' ? factory.webgpuValidation : undefined;
   const opts: ort.InferenceSession.SessionOptions = {
@@ -95,6 +103,10 @@ function sessionOptions(
   const threads = factory.threads;
   // A graph opened from bytes finds its external weights here (onnxruntime refuses paths outside it otherwise)
   if (dataDir) opts.extra = { session: { model_external_initializers_file_folder_path: dataDir } };
+  if (profilePrefix) {
+    opts.enableProfiling = true;
+    opts.profileFilePrefix = profilePrefix;
+  }
   if (provider === 'cpu') {
     opts.intraOpNumThreads = threads || availableParallelism();
     opts.interOpNumThreads = 1;
@@ -165,6 +177,7 @@ export async function openSession(
   keepOnDevice: readonly string[] = [],
   arena = true,
   dataDir?: string,
+  profilePrefix?: string,
 ): Promise<OpenedSession> {
   const order = opts.provider === 'auto' ? AUTO_ORDER : [opts.provider];
   const failures: string[] = [];
@@ -176,7 +189,7 @@ export async function openSession(
       continue;
     }
     try {
-      const options = sessionOptions(provider, opts, keepOnDevice, arena, dataDir);
+      const options = sessionOptions(provider, opts, keepOnDevice, arena, dataDir, profilePrefix);
       // (two overloads of create: a file path, or the graph's bytes)
       const session = await (typeof path === 'string'
         ? ort.InferenceSession.create(path, options)
@@ -197,11 +210,15 @@ export async function openSession(
 export class SessionFactory {
   private chosen: ProviderName | null = null;
   private readonly placed = new WeakMap<ort.InferenceSession, ProviderName>();
+  /** sessions opened (numbers the profile traces) */
+  private opened = 0;
 
   private readonly opts: SessionFactoryOptions;
 
   constructor(opts: SessionFactoryOptions) {
     this.opts = { ...opts, webgpuValidation: opts.webgpuValidation ?? parseWebGpuValidation(process.env.MINIGPT_WEBGPU_VALIDATION) };
+    // (onnxruntime writes no trace, and says nothing, where the folder does not exist)
+    if (opts.profileDir) mkdirSync(opts.profileDir, { recursive: true });
   }
 
   get provider(): ProviderName | null {
@@ -219,14 +236,24 @@ export class SessionFactory {
    * `path`: a graph file, or a graph's bytes (the runtime's own small graphs). `arena: false`: no CPU memory
    * arena for this graph (see sessionOptions). `host`: on the CPU provider whatever the package's provider is
    * (it does not choose the package's provider). `dataDir`: where a graph given as bytes has its external data.
+   * `name`: what the graph is called in profiles (default: its file's name, without `.onnx`).
    */
   async open(
     path: string | Uint8Array,
     keepOnDevice: readonly string[] = [],
-    opts: { arena?: boolean; host?: boolean; dataDir?: string } = {},
+    opts: { arena?: boolean; host?: boolean; dataDir?: string; name?: string } = {},
   ): Promise<ort.InferenceSession> {
     const provider = opts.host ? 'cpu' : (this.chosen ?? this.opts.provider);
-    const opened = await openSession(path, { ...this.opts, provider }, opts.host ? [] : keepOnDevice, opts.arena ?? true, opts.dataDir);
+    const name = opts.name ?? (typeof path === 'string' ? basename(path, '.onnx') : 'graph');
+    const prefix = this.opts.profileDir ? profilePrefix(this.opts.profileDir, name, this.opened++) : undefined;
+    const opened = await openSession(
+      path,
+      { ...this.opts, provider },
+      opts.host ? [] : keepOnDevice,
+      opts.arena ?? true,
+      opts.dataDir,
+      prefix,
+    );
     this.placed.set(opened.session, opened.provider);
     if (opts.host) return opened.session;
     if (!this.chosen) {

@@ -125,6 +125,25 @@ describe('minigpt ask', () => {
     expect(streamed.stderr).toMatch(/execution provider: cpu/);
   });
 
+  it('--profile: writes onnxruntime traces into a new folder and reports the image, the prefill and the steps', async () => {
+    const dir = join(work, 'profile', 'ask');
+    const args = ['ask', '--model', pkg, '--image', join(GOLDEN, 'input.png'), '--temperature', '0', '--max-new-tokens', '5'];
+    const run = await minigpt([...args, '--profile', dir, '--json', '[grounding] describe this image']);
+    expect(run.code, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout);
+    const rows = (graph: string, n: number | null) =>
+      result.profile.classes.find((c: { graph: string; rows: number | null }) => c.graph === graph && c.rows === n);
+    expect(rows('vision', 65)?.runs).toBe(1);
+    expect(rows('decoder', result.timings.prompt_tokens)?.runs).toBe(1);
+    expect(rows('decoder', 1)?.runs).toBe(result.timings.new_tokens - 1);
+    expect(result.profile.files).toHaveLength(3);
+    expect(run.stderr).toMatch(/where the time went \(onnxruntime's profiles in .*ask\):\n/);
+    expect(run.stderr).toMatch(/^decoder, 1 row: 4 runs; a run: wall /m);
+    // a second run into the same folder reports its own runs only
+    const again = await minigpt([...args, '--profile', dir, '--json', '[grounding] describe this image']);
+    expect(JSON.parse(again.stdout).profile.files).toHaveLength(3);
+  });
+
   it('says clearly what is wrong with a missing model, a non-image or a bad flag', async () => {
     const noModel = await minigpt(['ask', '--model', join(work, 'nope'), '--image', join(GOLDEN, 'input.png'), 'hi']);
     expect(noModel.code).toBe(1);

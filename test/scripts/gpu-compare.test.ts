@@ -53,6 +53,11 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
           ours: Record<string, Omit<Measured, 'prompt_tokens'>>;
         };
         done_when: Record<'decode_2x_baseline' | 'ttft_under_150_ms' | 'batch8_4x_batch1' | 'verify_fp32_fp16', boolean | null>;
+        profile: {
+          config: string;
+          provider: string;
+          classes: { graph: string; rows: number | null; runs: number; wall_ms: number; kernel_ms: number; top: { op: string }[] }[];
+        };
         skipped: string[];
         elapsed_s: number;
         verify: Record<
@@ -116,6 +121,19 @@ describe('scripts/gpu-compare.sh GPU_COMPARE_TOY=1', () => {
         batch8_4x_batch1: best[1].batch8_tok_s >= 4 * best[1].decode_tok_s,
         verify_fp32_fp16: true,
       });
+      // where the best configuration's time goes, from onnxruntime's profiles of the same work run once more
+      expect(last.profile).toMatchObject({ config: last.best, provider: 'cpu' });
+      const kind = (graph: string, rows: number | null) => last.profile.classes.find((c) => c.graph === graph && c.rows === rows);
+      expect(kind('vision', 1025)?.top.length).toBeGreaterThan(0); // 448 px: 32 x 32 patches and the class token
+      // the prompts' prefills (a warm-up, one answer, eight answers; in chunks of 128 positions on the CPU): every
+      // prompt position once in each, and nothing else runs more than 8 rows
+      const prefilled = last.profile.classes.filter((c) => c.graph === 'decoder' && c.rows! > 8).reduce((n, c) => n + c.rows! * c.runs, 0);
+      expect(prefilled).toBe(10 * last.ours[last.best].prompt_tokens);
+      expect(kind('decoder', 1)?.runs).toBeGreaterThanOrEqual(24 - 1);
+      expect(kind('decoder', 8)?.runs).toBeGreaterThan(0); // the eight answers decoding together
+      for (const c of last.profile.classes) expect(c.wall_ms, `${c.graph} ${c.rows}`).toBeGreaterThanOrEqual(c.kernel_ms);
+      expect(r.stderr).toMatch(/^== profile: \S+ on cpu$/m);
+      expect(await readFile(join(work, 'out', 'profile.txt'), 'utf8')).toMatch(/^vision, 1025 rows: \d+ runs; a run: wall /m);
       // nothing was left out for time
       expect(last.skipped).toEqual([]);
       expect(last.elapsed_s).toBeGreaterThan(0);
