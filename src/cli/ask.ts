@@ -98,6 +98,8 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
         };
       }
     }
+    // (the streamed answer's line ends before anything else is logged: the profile report below)
+    if (!req.json) req.write('\n');
     const grounding = parseGrounding(text);
     const entities = answerEntities(req.prompt, grounding.entities, grounding.plainText);
     let annotated: string | undefined;
@@ -134,7 +136,6 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
     req.log(`where the time went (onnxruntime's profiles in ${req.profileDir}):\n${formatProfile(result.profile)}`);
   }
   if (req.json) req.write(`${JSON.stringify(result, null, 2)}\n`);
-  else req.write('\n');
   return result;
 }
 
