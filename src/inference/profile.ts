@@ -28,7 +28,7 @@ interface TraceEvent {
 const KERNEL_TIME = '_kernel_time';
 
 export interface OpTime {
-  /** op type, with the GPU program after a colon where it has another name (e.g. `MatMulNBits:MatMulNBitsDP4A`) */
+  /** op type, with the GPU program after a colon where it has another name (e.g. `MatMulNBits:DP4AMatMulNBits`) */
   op: string;
   /** milliseconds a run */
   ms: number;
