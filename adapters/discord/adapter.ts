@@ -64,6 +64,11 @@ export interface DiscordAdapterOptions {
   downloadTimeoutMs?: number;
   /** how long to wait for the gateway's READY (default 30 s) */
   readyTimeoutMs?: number;
+  /**
+   * The shards this process connects, of `count` in all (DISCORD_SHARDS, DISCORD_SHARD_COUNT): to spread a large
+   * bot's shards over several front ends. Absent: every shard, as many as Discord recommends.
+   */
+  shards?: { ids: readonly number[]; count: number };
 }
 
 export interface DiscordAdapter {

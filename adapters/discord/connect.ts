@@ -47,8 +47,9 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
       GatewayIntentBits.DirectMessages,
     ],
     // As many shards as Discord recommends (GET /gateway/bot): one for most bots; a bot in over 2500 guilds must
-    // shard, or Discord closes its connection (4011).
-    shards: 'auto',
+    // shard, or Discord closes its connection (4011). Or the ones given of a given count, the rest on other
+    // front ends.
+    ...(opts.shards ? { shards: [...opts.shards.ids], shardCount: opts.shards.count } : { shards: 'auto' as const }),
     // DM channels are not cached before their first message: without this their messages would be dropped.
     partials: [Partials.Channel],
     // Model output never pings anyone.
@@ -86,6 +87,9 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
   const app = client.application?.id;
   if (opts.appId && app && opts.appId !== app)
     log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);
-  log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers)`);
+  const shards = opts.shards ? `, shards ${opts.shards.ids.join(',')} of ${opts.shards.count}` : '';
+  log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers${shards})`);
+  if (opts.shards && !opts.shards.ids.includes(0) && opts.allowDMs !== false)
+    log('discord: direct messages come to shard 0 only: the front end connecting shard 0 answers them, not this one');
   return adapter;
 }

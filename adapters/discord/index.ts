@@ -33,6 +33,40 @@ function flag(name: string, value: string | undefined, dflt: boolean): boolean {
   throw new DiscordConfigError(`${name}=${value}: expected true or false`);
 }
 
+/** Discord's limit on a bot's shard count is far below this; it bounds what a typo can ask for. */
+const MAX_SHARDS = 65_536;
+
+/**
+ * `DISCORD_SHARDS` (ids and ranges: `0,1,4-7`) and `DISCORD_SHARD_COUNT`, both or neither, checked: this front
+ * end's shards of the bot's count. Undefined when neither is set.
+ */
+export function shardsFromEnv(env: NodeJS.ProcessEnv): { ids: number[]; count: number } | undefined {
+  const list = env.DISCORD_SHARDS?.trim();
+  const countRaw = env.DISCORD_SHARD_COUNT?.trim();
+  if (!list && !countRaw) return undefined;
+  if (!list || !countRaw)
+    throw new DiscordConfigError(
+      'DISCORD_SHARDS and DISCORD_SHARD_COUNT go together: the shards this front end connects (e.g. 0-3) of how many in all (e.g. 8)',
+    );
+  if (!/^\d+$/.test(countRaw) || Number(countRaw) < 1 || Number(countRaw) > MAX_SHARDS)
+    throw new DiscordConfigError(`DISCORD_SHARD_COUNT=${countRaw}: expected a whole number of shards, 1 or more`);
+  const count = Number(countRaw);
+  const ids = new Set<number>();
+  for (const part of list.split(/[\s,]+/).filter(Boolean)) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new DiscordConfigError(`DISCORD_SHARDS=${list}: "${part}" is not a shard id or a range (e.g. 0,1,4-7)`);
+    const from = Number(m[1]);
+    const to = Number(m[2] ?? m[1]);
+    if (to < from) throw new DiscordConfigError(`DISCORD_SHARDS=${list}: the range ${part} runs backwards`);
+    if (to >= count)
+      throw new DiscordConfigError(
+        `DISCORD_SHARDS=${list}: shard ${to} does not exist with DISCORD_SHARD_COUNT=${count} (ids 0 to ${count - 1})`,
+      );
+    for (let id = from; id <= to; id++) ids.add(id);
+  }
+  return { ids: [...ids].sort((a, b) => a - b), count };
+}
+
 /** `DISCORD_API_URL`, checked: an http(s) URL without query. */
 export function apiUrlFromEnv(env: NodeJS.ProcessEnv): string | undefined {
   const raw = env.DISCORD_API_URL?.trim();
@@ -52,7 +86,8 @@ export function apiUrlFromEnv(env: NodeJS.ProcessEnv): string | undefined {
  * Adapter options from the environment:
  *   DISCORD_TOKEN (required), DISCORD_APP_ID, DISCORD_API_URL,
  *   DISCORD_ALLOWED_GUILDS, DISCORD_ALLOWED_CHANNELS (comma-separated ids; unset: everywhere),
- *   DISCORD_ALLOW_DMS (default true), DISCORD_RATE_LIMIT (`N/SECONDS` per user, default 6/60; `0`: none).
+ *   DISCORD_ALLOW_DMS (default true), DISCORD_RATE_LIMIT (`N/SECONDS` per user, default 6/60; `0`: none),
+ *   DISCORD_SHARDS with DISCORD_SHARD_COUNT (this front end's shards; unset: all, as Discord recommends).
  */
 export function discordOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<DiscordAdapterOptions, 'manager' | 'log'> {
   const token = env.DISCORD_TOKEN?.trim();
@@ -68,6 +103,7 @@ export function discordOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<DiscordAdapt
   const appId = env.DISCORD_APP_ID?.trim();
   if (appId && !/^\d{5,25}$/.test(appId)) throw new DiscordConfigError(`DISCORD_APP_ID=${appId}: not a Discord id (digits)`);
   const apiUrl = apiUrlFromEnv(env);
+  const shards = shardsFromEnv(env);
   return {
     token,
     ...(appId ? { appId } : {}),
@@ -76,6 +112,7 @@ export function discordOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<DiscordAdapt
     allowedChannels: ids('DISCORD_ALLOWED_CHANNELS', env.DISCORD_ALLOWED_CHANNELS),
     allowDMs: flag('DISCORD_ALLOW_DMS', env.DISCORD_ALLOW_DMS, true),
     ...(rateLimit !== undefined ? { rateLimit } : {}),
+    ...(shards ? { shards } : {}),
   };
 }
 

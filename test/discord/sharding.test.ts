@@ -76,4 +76,49 @@ describe('Discord with several shards', () => {
       expect(posts, where).toHaveLength(1);
     }
   }, 60_000);
+
+  it('shards spread over front ends (DISCORD_SHARDS of DISCORD_SHARD_COUNT): each answers its own guilds, shard 0 the DMs', async () => {
+    // (the adapter holding every shard would answer too)
+    await adapter?.close();
+    adapter = undefined;
+    const logsOf: string[][] = [[], []];
+    const fronts: DiscordAdapter[] = [];
+    try {
+      for (const id of [0, 1]) fronts.push(await startAdapter(fake, manager, logsOf[id]!, { shards: { ids: [id], count: SHARDS } }));
+      expect(fake.connectedShards).toEqual([0, 1]);
+      expect(logsOf[1]!.join('\n')).toMatch(/connected as .*, shards 1 of 2\)/);
+      expect(logsOf[1]!.join('\n')).toMatch(/direct messages come to shard 0 only/);
+      expect(logsOf[0]!.join('\n')).not.toMatch(/direct messages come to shard 0 only/);
+      const png = await testPng(200, 150);
+      const bob = fake.user('bob');
+      const asked: string[] = [];
+      for (const [shard, channel] of channelOn.entries()) {
+        const msg = fake.postMessage(channel, bob, `and this? (front end ${shard})`, {
+          attachments: [fake.addAttachment(`f${shard}.png`, png, 'image/png', { width: 200, height: 150 })],
+          mentionBot: true,
+        });
+        expect(await answered(logsOf[shard]!, msg.id), `shard ${shard}`).toMatch(/answered/);
+        expect(logsOf[1 - shard]!.join('\n'), `shard ${shard}`).not.toContain(msg.id);
+        asked.push(msg.id);
+      }
+      const dm = fake.addDm(bob);
+      const first = fake.postMessage(dm, bob, 'hello', { attachments: [fake.addAttachment('dm2.png', png, 'image/png')] });
+      expect(await answered(logsOf[0]!, first.id)).toMatch(/answered/);
+      expect(logsOf[1]!.join('\n')).not.toContain(first.id);
+      asked.push(dm);
+      for (const where of asked) {
+        // (a count: the calls carry the image bytes, too big for a failure's diff)
+        const posts = fake.calls.filter((c) => c.method === 'POST' && c.path === `/channels/${where}/messages`).length;
+        expect(posts, where).toBe(1);
+      }
+    } finally {
+      await Promise.all(fronts.map((f) => f.close()));
+    }
+  }, 60_000);
+
+  it('a shard count below the one Discord requires is refused at start, in one sentence', async () => {
+    await expect(startAdapter(fake, manager, [], { shards: { ids: [0], count: 1 }, readyTimeoutMs: 10_000 })).rejects.toThrow(
+      /^Discord closed the bot's gateway connection for good \((close 4011|Sharding is required)/,
+    );
+  });
 });

@@ -171,4 +171,18 @@ describe('discordOptionsFromEnv', () => {
     expect(() => discordOptionsFromEnv({ DISCORD_TOKEN: 't', DISCORD_RATE_LIMIT: 'lots' })).toThrow(/DISCORD_RATE_LIMIT/);
     expect(() => discordOptionsFromEnv({ DISCORD_TOKEN: 't', DISCORD_ALLOW_DMS: 'maybe' })).toThrow(/DISCORD_ALLOW_DMS/);
   });
+
+  it("reads this front end's shards: ids and ranges of a count, both or neither", () => {
+    const env = (shards?: string, count?: string) => ({ DISCORD_TOKEN: 't', DISCORD_SHARDS: shards, DISCORD_SHARD_COUNT: count });
+    expect(discordOptionsFromEnv(env('4-6, 0,1 5', '8')).shards).toEqual({ ids: [0, 1, 4, 5, 6], count: 8 });
+    expect(discordOptionsFromEnv(env('0', '1')).shards).toEqual({ ids: [0], count: 1 });
+    expect(discordOptionsFromEnv(env(' ', '')).shards).toBeUndefined();
+    expect(() => discordOptionsFromEnv(env('0-3'))).toThrow(/DISCORD_SHARDS and DISCORD_SHARD_COUNT go together/);
+    expect(() => discordOptionsFromEnv(env(undefined, '4'))).toThrow(/DISCORD_SHARDS and DISCORD_SHARD_COUNT go together/);
+    expect(() => discordOptionsFromEnv(env('0', 'four'))).toThrow(/DISCORD_SHARD_COUNT=four: expected a whole number/);
+    expect(() => discordOptionsFromEnv(env('0', '0'))).toThrow(/DISCORD_SHARD_COUNT=0/);
+    expect(() => discordOptionsFromEnv(env('2-4', '4'))).toThrow(/shard 4 does not exist with DISCORD_SHARD_COUNT=4 \(ids 0 to 3\)/);
+    expect(() => discordOptionsFromEnv(env('3-1', '4'))).toThrow(/the range 3-1 runs backwards/);
+    expect(() => discordOptionsFromEnv(env('first', '4'))).toThrow(/"first" is not a shard id or a range/);
+  });
 });
