@@ -88,13 +88,22 @@ const runtimeSection = z
     max_batch: z.number().int().positive().max(64).default(8),
     /** memory for the KV caches of conversations' last turns (follow-ups prefill only their new tokens); 0 = off */
     kv_cache_mb: z.number().min(0).default(256),
+    /** run an image and answers once at start (src/inference/warm-up.ts); auto = on GPU providers */
+    warm_up: z.union([z.literal('auto'), z.boolean()]).default('auto'),
   })
   .strict();
 
 const configSchema = z
   .object({
     model: modelSection,
-    runtime: runtimeSection.default({ execution_provider: 'auto', threads: 0, queue_size: 32, max_batch: 8, kv_cache_mb: 256 }),
+    runtime: runtimeSection.default({
+      execution_provider: 'auto',
+      threads: 0,
+      queue_size: 32,
+      max_batch: 8,
+      kv_cache_mb: 256,
+      warm_up: 'auto',
+    }),
   })
   .strict();
 

@@ -5,6 +5,7 @@ import { basename, dirname, join, relative, isAbsolute } from 'node:path';
 import { DEFAULT_CONFIG, loadConfig, type BotConfig } from './config.js';
 import { MiniGPT, type LoadOptions } from './inference/model.js';
 import { parseProviderChoice } from './inference/providers.js';
+import { shouldWarmUp, warmUp } from './inference/warm-up.js';
 import type { GenerationOptions } from './inference/generation/index.js';
 import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
 import { ConversationManager, createStore, type ConversationManagerOptions } from './conversation/index.js';
@@ -330,15 +331,29 @@ export async function serveSetup(opts: ServeOptions): Promise<{ env: NodeJS.Proc
   return { env, log, config };
 }
 
-/** The package's model, run as the config's runtime section says; `load`: the caller's extra options. */
-export function loadServedModel(config: BotConfig, log: (line: string) => void, load?: Partial<LoadOptions>): Promise<MiniGPT> {
-  return MiniGPT.load(config.packageDir, {
+/**
+ * The package's model, run as the config's runtime section says (warmed up where `warm_up` says: before the
+ * adapters or the worker take requests); `load`: the caller's extra options.
+ */
+export async function loadServedModel(config: BotConfig, log: (line: string) => void, load?: Partial<LoadOptions>): Promise<MiniGPT> {
+  const model = await MiniGPT.load(config.packageDir, {
     provider: parseProviderChoice(config.runtime.execution_provider),
     threads: config.runtime.threads || undefined,
     maxBatch: config.runtime.max_batch,
     log,
     ...load,
   });
+  if (shouldWarmUp(config.runtime.warm_up, model.provider)) {
+    try {
+      const t = await warmUp(model);
+      const batch = t.batchMs === null ? '' : `, ${model.engine.maxBatch} at once ${Math.round(t.batchMs)} ms`;
+      log(`warmed up on ${model.provider}: an image ${Math.round(t.visionMs)} ms, an answer ${Math.round(t.answerMs)} ms${batch}`);
+    } catch (err) {
+      await model.close();
+      throw err;
+    }
+  }
+  return model;
 }
 
 /**

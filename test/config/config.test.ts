@@ -27,6 +27,7 @@ describe('loadConfig', () => {
     expect(demo.packageDir).toBe(join(ROOT, 'models/demo'));
     expect(demo.model).toMatchObject({ max_new_tokens: 300, num_beams: 1, temperature: 0.6, repetition_penalty: 1.05 });
     expect(demo.runtime.execution_provider).toBe('auto');
+    expect(demo.runtime.warm_up).toBe('auto');
     const v2 = await loadConfig(join(ROOT, 'configs/minigptv2_eval.yaml'), {});
     expect(v2.model).toMatchObject({ prompt_template: '[INST] {} [/INST]', end_sym: '</s>', max_new_tokens: 500 });
   });
@@ -53,6 +54,13 @@ describe('loadConfig', () => {
       /model: Unrecognized key.*temprature/,
     );
     await expect(loadConfig(await write('range.yaml', 'model:\n  package: m\n  top_p: 2\n'), {})).rejects.toThrow(/model\.top_p/);
+    await expect(loadConfig(await write('warm.yaml', 'model:\n  package: m\nruntime:\n  warm_up: sometimes\n'), {})).rejects.toThrow(
+      /runtime\.warm_up/,
+    );
+    expect((await loadConfig(await write('warm2.yaml', 'model:\n  package: m\nruntime:\n  warm_up: true\n'), {})).runtime.warm_up).toBe(
+      true,
+    );
+    expect((await loadConfig(await write('warm3.yaml', 'model:\n  package: m\n'), {})).runtime.warm_up).toBe('auto');
     await expect(loadConfig(await write('tpl.yaml', 'model:\n  package: m\n  prompt_template: "[INST] [/INST]"\n'), {})).rejects.toThrow(
       /prompt_template/,
     );

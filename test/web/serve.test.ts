@@ -53,6 +53,31 @@ describe('serve()', () => {
     await expect(fetch(bot.webUrl!)).rejects.toThrow();
   });
 
+  it('warms the model up before the adapters start where runtime.warm_up says (auto: not on the CPU)', async () => {
+    const warm = await writeBotConfig(join(work, 'configs', 'warm.yaml'), {
+      model: { package: pkg, max_new_tokens: 16 },
+      runtime: { queue_size: 4, warm_up: true, max_batch: 2 },
+    });
+    for (const [cfg, warmed] of [
+      [warm, true],
+      [config, false],
+    ] as const) {
+      const logs: string[] = [];
+      const bot = await serve({ env: { MINIGPT_CONFIG: cfg, WEB_PORT: '0' }, log: (l) => logs.push(l) });
+      try {
+        const at = logs.findIndex((l) => /^warmed up on cpu: an image \d+ ms, an answer \d+ ms, 2 at once \d+ ms$/.test(l));
+        expect(at >= 0, logs.join('\n')).toBe(warmed);
+        if (warmed) {
+          expect(at).toBeLessThan(logs.findIndex((l) => l.includes(bot.webUrl!)));
+          // its two answers decoded together, before any request
+          expect(bot.model.engine.stats.maxRows).toBe(2);
+        }
+      } finally {
+        await bot.close();
+      }
+    }
+  });
+
   it("shows the embedded demo package with the final test split's scores PROVENANCE.json records (not the selection split's)", async () => {
     const record = JSON.parse(await readFile(join(ROOT, 'models/demo/PROVENANCE.json'), 'utf8')) as {
       heldout: { eval: Record<string, { accuracy: number }> };
