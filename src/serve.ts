@@ -340,8 +340,17 @@ export async function loadServedModel(config: BotConfig, log: (line: string) => 
     provider: parseProviderChoice(config.runtime.execution_provider),
     threads: config.runtime.threads || undefined,
     maxBatch: config.runtime.max_batch,
+    // (a server runs long: no token's first lookup should wait for the disk, as after a reboot)
+    readEmbeddingsThrough: true,
     log,
     ...load,
+  });
+  const t0 = performance.now();
+  void model.tableRead.then((bytes) => {
+    if (bytes > 0)
+      log(
+        `embedding table in the page cache: ${(bytes / 2 ** 20).toFixed(1)} MiB read in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+      );
   });
   if (shouldWarmUp(config.runtime.warm_up, model.provider)) {
     try {

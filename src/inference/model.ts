@@ -16,6 +16,7 @@ import { preprocessImage } from '../image/preprocess.js';
 import { withoutOutputs } from './graph-prune.js';
 import { attentionGraph, checkAttention, describeAttentionCheck, type AttentionCheck } from './attention-check.js';
 import { readFile } from 'node:fs/promises';
+import { readThrough } from './read-through.js';
 import { dirname } from 'node:path';
 
 export interface LoadOptions {
@@ -38,6 +39,11 @@ export interface LoadOptions {
   maxRunPositions?: number;
   /** write onnxruntime's profile of each session to this folder when the model is closed (profile.ts) */
   profileDir?: string;
+  /**
+   * Read the token embedding table's file into the OS page cache in the background after loading (read-through.ts;
+   * MiniGPT.tableRead), so that no token's first lookup waits for the disk. For long-running servers.
+   */
+  readEmbeddingsThrough?: boolean;
 }
 
 /** How answer() may reuse and keep the KV cache of a conversation's turns. */
@@ -171,7 +177,18 @@ export class MiniGPT {
     readonly attentionCheck: AttentionCheck | null,
     /** all model work of answer() and encodeImage() goes through it: decoding steps of concurrent answers are batched */
     readonly engine: DecodeBatcher,
-  ) {}
+    tableFiles: readonly string[],
+  ) {
+    // (a failure loses only the head start: the session has opened the same files)
+    this.tableRead = tableFiles.length ? readThrough(tableFiles, this.closing.signal).catch(() => 0) : Promise.resolve(0);
+  }
+
+  private readonly closing = new AbortController();
+  /**
+   * The background read of the embedding table's files (LoadOptions.readEmbeddingsThrough): the bytes read; 0 when
+   * not asked for or failed, fewer when the model was closed first.
+   */
+  readonly tableRead: Promise<number>;
 
   /**
    * The test hook (LoadOptions.forcedAnswer, env MINIGPT_TEST_FORCED_ANSWER) forces every answer: reports say so
@@ -231,6 +248,7 @@ export class MiniGPT {
       forcedAnswer ? tokenizer.encode(forcedAnswer, { addBos: false }) : undefined,
       attention,
       new DecodeBatcher(decoder, { maxBatch: opts.maxBatch }),
+      opts.readEmbeddingsThrough ? pkg.meta.graphs.embed.data.map((f) => pkg.path(f)) : [],
     );
   }
 
@@ -434,6 +452,8 @@ export class MiniGPT {
   }
 
   async close(): Promise<void> {
+    this.closing.abort();
+    await this.tableRead;
     await this.decoder.close();
     await Promise.all(this.sessions.map((s) => s.release()));
   }

@@ -2,7 +2,7 @@
 // credentials are set; a clear message when the package is missing; SIGTERM closes everything, exit 0.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serve, ServeError, type PlatformAdapterSpec } from '../../src/serve.js';
@@ -35,6 +35,9 @@ describe('serve()', () => {
       expect(bot.adapters.map((a) => a.name)).toEqual(['web']);
       expect(bot.webUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
       expect(logs.filter((l) => l.includes(bot.webUrl!))).toHaveLength(1);
+      // a server reads the embedding table's file into the page cache in the background, and says so
+      expect(await bot.model.tableRead).toBe((await stat(join(pkg, 'embed.onnx.data'))).size);
+      expect(logs.filter((l) => /^embedding table in the page cache: [\d.]+ MiB read in [\d.]+ s$/.test(l))).toHaveLength(1);
       const info = (await (await fetch(new URL('/api/info', bot.webUrl))).json()) as {
         model: { name: string; notice?: string };
         defaults: { maxNewTokens: number };
