@@ -100,10 +100,11 @@ interface Run {
   cpuOps: Map<string, { us: number; count: number }>;
 }
 
-function add(m: Map<string, { us: number; count: number }>, key: string, us: number): void {
+/** Adds `us` microseconds of `count` kernels to `key`'s total. */
+function add(m: Map<string, { us: number; count: number }>, key: string, us: number, count = 1): void {
   const o = m.get(key) ?? { us: 0, count: 0 };
   o.us += us;
-  o.count += 1;
+  o.count += count;
   m.set(key, o);
 }
 
@@ -203,14 +204,7 @@ export async function summariseProfiles(dir: string, opts: { since?: number; top
     const mean = (f: (r: Run) => number) => measured.reduce((s, r) => s + f(r), 0) / n / 1000;
     const onGpu = measured.some((r) => r.ops.size > 0);
     const ops = new Map<string, { us: number; count: number }>();
-    for (const r of measured) {
-      for (const [k, o] of onGpu ? r.ops : r.cpuOps) {
-        const t = ops.get(k) ?? { us: 0, count: 0 };
-        t.us += o.us;
-        t.count += o.count;
-        ops.set(k, t);
-      }
-    }
+    for (const r of measured) for (const [k, o] of onGpu ? r.ops : r.cpuOps) add(ops, k, o.us, o.count);
     const top = [...ops.entries()]
       .sort((a, b) => b[1].us - a[1].us)
       .slice(0, topN)
