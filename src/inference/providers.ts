@@ -84,14 +84,8 @@ export interface OpenedSession {
  *   length changes at every step; planning it is wasted work.
  * - intra-op spinning left on (default): on or off made no measurable difference (55 vs 52 ms a step).
  */
-function sessionOptions(
-  provider: ProviderName,
-  factory: SessionFactoryOptions,
-  keepOnDevice: readonly string[],
-  arena = true,
-  dataDir?: string,
-  profilePrefix?: string,
-): ort.InferenceSession.SessionOptions {
+function sessionOptions(provider: ProviderName, factory: SessionFactoryOptions, graph: GraphSettings): ort.InferenceSession.SessionOptions {
+  const { keepOnDevice = [], arena = true, dataDir, profilePrefix } = graph;
   const validation = provider === 'webgpu' ? factory.webgpuValidation : undefined;
   const opts: ort.InferenceSession.SessionOptions = {
     // (the Node binding hands an execution provider's other keys to the provider as its options)
@@ -167,17 +161,26 @@ function gpuDeviceNode(): string | null {
   }
 }
 
+/** What one graph's session needs besides the factory's settings. */
+export interface GraphSettings {
+  /** outputs that should stay in device memory when possible */
+  keepOnDevice?: readonly string[];
+  /** a CPU memory arena (default true; see sessionOptions) */
+  arena?: boolean;
+  /** where a graph given as bytes has its external data */
+  dataDir?: string;
+  /** onnxruntime's profile of the session goes to this file prefix (profile.ts) */
+  profilePrefix?: string;
+}
+
 /**
  * Opens a session on the requested provider. With `auto`, tries cuda, webgpu, cpu in turn and keeps the
- * first that initialises. `keepOnDevice` names outputs that should stay in device memory when possible.
+ * first that initialises.
  */
 export async function openSession(
   path: string | Uint8Array,
   opts: SessionFactoryOptions,
-  keepOnDevice: readonly string[] = [],
-  arena = true,
-  dataDir?: string,
-  profilePrefix?: string,
+  graph: GraphSettings = {},
 ): Promise<OpenedSession> {
   const order = opts.provider === 'auto' ? AUTO_ORDER : [opts.provider];
   const failures: string[] = [];
@@ -189,7 +192,7 @@ export async function openSession(
       continue;
     }
     try {
-      const options = sessionOptions(provider, opts, keepOnDevice, arena, dataDir, profilePrefix);
+      const options = sessionOptions(provider, opts, graph);
       // (two overloads of create: a file path, or the graph's bytes)
       const session = await (typeof path === 'string'
         ? ort.InferenceSession.create(path, options)
@@ -245,14 +248,15 @@ export class SessionFactory {
   ): Promise<ort.InferenceSession> {
     const provider = opts.host ? 'cpu' : (this.chosen ?? this.opts.provider);
     const name = opts.name ?? (typeof path === 'string' ? basename(path, '.onnx') : 'graph');
-    const prefix = this.opts.profileDir ? profilePrefix(this.opts.profileDir, name, this.opened++) : undefined;
     const opened = await openSession(
       path,
       { ...this.opts, provider },
-      opts.host ? [] : keepOnDevice,
-      opts.arena ?? true,
-      opts.dataDir,
-      prefix,
+      {
+        keepOnDevice: opts.host ? [] : keepOnDevice,
+        arena: opts.arena,
+        dataDir: opts.dataDir,
+        profilePrefix: this.opts.profileDir ? profilePrefix(this.opts.profileDir, name, this.opened++) : undefined,
+      },
     );
     this.placed.set(opened.session, opened.provider);
     if (opts.host) return opened.session;
