@@ -56,14 +56,15 @@ const { MiniGPT } = await import(join(ROOT, 'dist/src/inference/model.js'));
 const { conversationPrompt } = await import(join(ROOT, 'dist/src/inference/prompt.js'));
 const m = await MiniGPT.load(model, { provider, maxBatch: batch, profileDir });
 const sampler = setInterval(sampleGpu, 250);
+// what was run, at the head of either report
 const describe = () => ({
   provider: m.provider,
   dtype: m.meta.dtype,
   graph: m.meta.graph ?? 'plain',
   compute: m.meta.compute ?? 'float32',
+  webgpu_validation: m.provider === 'webgpu' ? (process.env.MINIGPT_WEBGPU_VALIDATION ?? 'basic (default)') : null,
 });
 let report;
-const validation = () => (m.provider === 'webgpu' ? (process.env.MINIGPT_WEBGPU_VALIDATION ?? 'basic (default)') : null);
 try {
   const image = await readFile(join(ROOT, 'test/fixtures/minigptv2-tiny/input.png'));
   // about 44 text tokens around the image, as the baseline's prompt
@@ -104,7 +105,7 @@ if (profileDir) {
   const { summariseProfiles, formatProfile } = await import(join(ROOT, 'dist/src/inference/profile.js'));
   const summary = await summariseProfiles(profileDir, { top: 6 });
   process.stderr.write(`${formatProfile(summary)}\n`);
-  report = { ...describe(), webgpu_validation: validation(), classes: summary.classes, unmatched_programs: summary.unmatched_programs };
+  report = { ...describe(), classes: summary.classes, unmatched_programs: summary.unmatched_programs };
 }
 process.stdout.write(`${JSON.stringify(report)}\n`);
 
@@ -140,7 +141,6 @@ async function measure(run, warm, image) {
   sampleGpu();
   const out = {
     ...describe(),
-    webgpu_validation: validation(),
     vision_ms: Math.round(median(vision) * 100) / 100,
     ttft_ms: Math.round(median(ttft) * 100) / 100,
     prompt_tokens: promptTokens,

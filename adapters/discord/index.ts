@@ -49,7 +49,7 @@ export function shardsFromEnv(env: NodeJS.ProcessEnv): { ids: number[]; count: n
       'DISCORD_SHARDS and DISCORD_SHARD_COUNT go together: the shards this front end connects (e.g. 0-3) of how many in all (e.g. 8)',
     );
   if (!/^\d+$/.test(countRaw) || Number(countRaw) < 1 || Number(countRaw) > MAX_SHARDS)
-    throw new DiscordConfigError(`DISCORD_SHARD_COUNT=${countRaw}: expected a whole number of shards, 1 or more`);
+    throw new DiscordConfigError(`DISCORD_SHARD_COUNT=${countRaw}: expected a whole number of shards, 1 to ${MAX_SHARDS}`);
   const count = Number(countRaw);
   const ids = new Set<number>();
   for (const part of list.split(/[\s,]+/).filter(Boolean)) {
