@@ -96,14 +96,8 @@ const runtimeSection = z
 const configSchema = z
   .object({
     model: modelSection,
-    runtime: runtimeSection.default({
-      execution_provider: 'auto',
-      threads: 0,
-      queue_size: 32,
-      max_batch: 8,
-      kv_cache_mb: 256,
-      warm_up: 'auto',
-    }),
+    // (prefault: a config without a runtime section gets each field's own default, not a second copy of them)
+    runtime: runtimeSection.prefault({}),
   })
   .strict();
 
