@@ -8,6 +8,7 @@ import { parseProviderChoice } from './inference/providers.js';
 import { shouldWarmUp, warmUp } from './inference/warm-up.js';
 import type { GenerationOptions } from './inference/generation/index.js';
 import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
+import type { ShardLeases } from '../adapters/shared/shard-lease.js';
 import { ConversationManager, createStore, type ConversationManagerOptions } from './conversation/index.js';
 import type { ConversationPort } from '../adapters/shared/port.js';
 import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
@@ -32,6 +33,8 @@ export interface AdapterContext {
   manager: ConversationPort;
   /** where per-user limits count (front ends on Redis share them); default: in the adapter's process */
   rateLimiter?: RateLimiterFactory;
+  /** where front ends hold their gateway shards (Discord), so that two never connect the same; default: nowhere */
+  shardLeases?: ShardLeases;
   config: BotConfig;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
@@ -67,11 +70,19 @@ export async function startAdapters(
     api: ApiSettings | undefined;
     specs: readonly PlatformAdapterSpec[];
     rateLimiter?: RateLimiterFactory;
+    shardLeases?: ShardLeases;
   },
   started: RunningAdapter[],
 ): Promise<{ webUrl?: string; apiUrl?: string }> {
   const { manager, config, env, log, web, api } = o;
-  const ctx: AdapterContext = { manager, config, env, log, ...(o.rateLimiter ? { rateLimiter: o.rateLimiter } : {}) };
+  const ctx: AdapterContext = {
+    manager,
+    config,
+    env,
+    log,
+    ...(o.rateLimiter ? { rateLimiter: o.rateLimiter } : {}),
+    ...(o.shardLeases ? { shardLeases: o.shardLeases } : {}),
+  };
   for (const spec of o.specs) {
     const set = spec.credentials.filter((c) => env[c]?.trim());
     if (set.length === 0) continue;

@@ -27,6 +27,7 @@ import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { restartNotice } from '../shared/answer-events.js';
 import { describeError } from '../shared/errors.js';
 import type { ConversationPort } from '../shared/port.js';
+import type { ShardLeases } from '../shared/shard-lease.js';
 import { TaskSet } from '../shared/tasks.js';
 import { relayAnswer, type RelayResult } from './relay.js';
 import { onInteraction, type InteractionHost } from './interactions.js';
@@ -69,6 +70,12 @@ export interface DiscordAdapterOptions {
    * bot's shards over several front ends. Absent: every shard, as many as Discord recommends.
    */
   shards?: { ids: readonly number[]; count: number };
+  /**
+   * Where front ends hold their shards (src/cluster/shard-lease.ts, in Redis): given, the adapter claims its
+   * shards (`shards`, else every one Discord recommends) before connecting and refuses to start if another front
+   * end connects any of them; absent (one process), nothing is claimed.
+   */
+  shardLeases?: ShardLeases;
 }
 
 export interface DiscordAdapter {
@@ -111,6 +118,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
   private closing: Promise<void> | undefined;
+  /** run after the client is destroyed (e.g. giving up the shards' hold) */
+  private readonly afterClose: (() => Promise<void>)[] = [];
   private failWith: (err: Error) => void = () => {};
   readonly fatal = new Promise<Error>((resolve) => (this.failWith = resolve));
 
@@ -145,11 +154,17 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     this.failWith(new Error(reason));
   }
 
+  /** `fn` runs when the adapter has closed, after the client disconnected */
+  onClosed(fn: () => Promise<void>): void {
+    this.afterClose.push(fn);
+  }
+
   close(): Promise<void> {
     this.closing ??= (async () => {
       for (const c of this.controllers) c.abort();
       await this.tasks.settle(CLOSE_GRACE_MS);
       await this.client.destroy();
+      for (const fn of this.afterClose) await fn();
     })();
     return this.closing;
   }

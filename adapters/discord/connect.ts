@@ -1,6 +1,8 @@
 // Connecting the Discord adapter: the discord.js client (intents, partials, no pings), the wait for READY, and
 // the login and gateway failures that no retry can fix, told as one sentence without the token.
-import { Client, Events, GatewayIntentBits, Partials } from 'discord.js';
+import { createHash } from 'node:crypto';
+import { Client, Events, GatewayIntentBits, Partials, REST, Routes } from 'discord.js';
+import { ShardsTakenError, type ShardLease } from '../shared/shard-lease.js';
 import { describeError } from '../shared/errors.js';
 import { DiscordBot, type DiscordAdapter, type DiscordAdapterOptions } from './adapter.js';
 import { redact } from './limits.js';
@@ -30,6 +32,53 @@ export function fatalDiscordError(err: unknown, closeCode?: number): string | un
   return undefined;
 }
 
+/** The shards Discord recommends for the bot (GET /gateway/bot), all of them: what discord.js's `'auto'` connects. */
+async function recommendedShards(token: string, apiUrl: string | undefined): Promise<{ ids: number[]; count: number }> {
+  const rest = new REST(apiUrl ? { api: apiUrl.replace(/\/+$/, '') } : {}).setToken(token);
+  try {
+    const { shards } = (await rest.get(Routes.gatewayBot())) as { shards?: unknown };
+    const count = typeof shards === 'number' && Number.isInteger(shards) && shards >= 1 ? shards : 1;
+    return { ids: Array.from({ length: count }, (_, i) => i), count };
+  } finally {
+    rest.clearHashSweeper();
+    rest.clearHandlerSweeper();
+  }
+}
+
+/**
+ * With `opts.shardLeases` (front ends on Redis): holds this front end's shards before it connects them (the
+ * recommended ones when DISCORD_SHARDS is unset, as discord.js's 'auto' would connect), so that a second front end
+ * connecting any of them is refused instead of answering every message a second time.
+ */
+async function holdShards(
+  opts: DiscordAdapterOptions,
+  token: string,
+): Promise<{ shards: { ids: readonly number[]; count: number } | undefined; lease: ShardLease | undefined }> {
+  if (!opts.shardLeases) return { shards: opts.shards, lease: undefined };
+  let shards = opts.shards;
+  try {
+    shards ??= await recommendedShards(token, opts.apiUrl);
+  } catch (err) {
+    throw new Error(redact(fatalDiscordError(err) ?? `Discord: could not ask for the bot's shard count: ${describeError(err)}`, [token]));
+  }
+  const bot = createHash('sha256').update(token).digest('hex').slice(0, 16);
+  try {
+    return { shards, lease: await opts.shardLeases.claim({ bot, ids: shards.ids, count: shards.count }) };
+  } catch (err) {
+    if (!(err instanceof ShardsTakenError) || opts.shards) throw err;
+    // DISCORD_SHARDS unset: this front end connects every shard, so the advice differs.
+    const { kind, shard, count, holder } = err.why;
+    const every = shards.count === 1 ? "the bot's only shard" : `all ${shards.count} of the bot's shards`;
+    const advice = `DISCORD_SHARDS is unset, so this front end connects ${every}: run Discord on one front end, or split the bot's shards between front ends with DISCORD_SHARDS and DISCORD_SHARD_COUNT`;
+    throw new ShardsTakenError(
+      kind === 'count'
+        ? `another front end splits this Discord bot into ${count} shards (${holder}), this one into the ${shards.count} Discord recommends; ${advice}`
+        : `Discord shard ${shard} of ${count} is connected by another front end (${holder}): each shard must be connected by one front end only, or both answer every message; ${advice}`,
+      err.why,
+    );
+  }
+}
+
 /**
  * Connects to Discord and answers until `close()`. Resolves when the gateway says READY; rejects (and
  * disconnects) when login fails or READY does not come in time.
@@ -39,6 +88,7 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
   const token = opts.token.trim();
   const sink = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const log = (line: string) => sink(redact(line, [token]));
+  const { shards, lease } = await holdShards(opts, token);
   const client = new Client({
     intents: [
       GatewayIntentBits.Guilds,
@@ -49,7 +99,7 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
     // As many shards as Discord recommends (GET /gateway/bot): one for most bots; a bot in over 2500 guilds must
     // shard, or Discord closes its connection (4011). Or the ones given of a given count, the rest on other
     // front ends.
-    ...(opts.shards ? { shards: [...opts.shards.ids], shardCount: opts.shards.count } : { shards: 'auto' as const }),
+    ...(shards ? { shards: [...shards.ids], shardCount: shards.count } : { shards: 'auto' as const }),
     // DM channels are not cached before their first message: without this their messages would be dropped.
     partials: [Partials.Channel],
     // Model output never pings anyone.
@@ -79,17 +129,29 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
     ]);
   } catch (err) {
     await client.destroy();
+    await lease?.release();
     throw new Error(redact(fatalDiscordError(err) ?? `Discord: could not connect: ${describeError(err)}`, [token]));
   } finally {
     clearTimeout(timer);
   }
   connected = true;
+  if (lease) {
+    const hold = lease;
+    adapter.onClosed(() => hold.release());
+    // Disconnected at once, not when the owner gets to it: meanwhile both front ends would answer.
+    void hold.lost.then((reason) => {
+      log(`discord: ${reason}`);
+      adapter.fail(reason);
+      void adapter.close();
+    });
+  }
   const app = client.application?.id;
   if (opts.appId && app && opts.appId !== app)
     log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);
-  const shards = opts.shards ? `, shards ${opts.shards.ids.join(',')} of ${opts.shards.count}` : '';
-  log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers${shards})`);
-  if (opts.shards && !opts.shards.ids.includes(0) && opts.allowDMs !== false)
+  const which = shards && (opts.shards || shards.count > 1) ? `, shards ${shards.ids.join(',')} of ${shards.count}` : '';
+  const held = lease ? ', held in Redis' : '';
+  log(`discord: connected as ${client.user?.tag ?? '?'} (id ${client.user?.id}, ${client.guilds.cache.size} servers${which}${held})`);
+  if (shards && !shards.ids.includes(0) && opts.allowDMs !== false)
     log('discord: direct messages come to shard 0 only: the front end connecting shard 0 answers them, not this one');
   return adapter;
 }

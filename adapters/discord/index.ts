@@ -1,6 +1,7 @@
 // The Discord adapter's entry points: `startDiscordAdapter(options)` and, for `minigpt serve`,
 // `startDiscordFromEnv({ manager, env, log })`, which reads the DISCORD_* variables (.env.example).
 import type { RateLimiterFactory } from './limits.js';
+import type { ShardLeases } from '../shared/shard-lease.js';
 import type { DiscordAdapter, DiscordAdapterOptions, DiscordConversations } from './adapter.js';
 import { startDiscordAdapter } from './connect.js';
 
@@ -13,6 +14,7 @@ export { commandDefinitions, DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './com
 export { answerMarkdown, splitMessage, threadName, DISCORD_MESSAGE_LIMIT } from './format.js';
 export { DISCORD_CDN_HOSTS, downloadImage, downloadPolicy, allowedUrl, findImage, sniffImage, ImageInputProblem } from './images.js';
 export { redact, UserRateLimiter } from './limits.js';
+export { ShardsTakenError, type ShardClaim, type ShardLease, type ShardLeases } from '../shared/shard-lease.js';
 
 export class DiscordConfigError extends Error {}
 
@@ -125,12 +127,14 @@ export async function startDiscordFromEnv(ctx: {
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
   rateLimiter?: RateLimiterFactory;
+  shardLeases?: ShardLeases;
 }): Promise<{ name: string; close(): Promise<void>; fatal: Promise<Error>; adapter: DiscordAdapter }> {
   const adapter = await startDiscordAdapter({
     ...discordOptionsFromEnv(ctx.env),
     manager: ctx.manager,
     log: ctx.log,
     ...(ctx.rateLimiter ? { rateLimiter: ctx.rateLimiter } : {}),
+    ...(ctx.shardLeases ? { shardLeases: ctx.shardLeases } : {}),
   });
   return { name: 'discord', adapter, fatal: adapter.fatal, close: () => adapter.close() };
 }

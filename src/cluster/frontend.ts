@@ -12,6 +12,7 @@ import { EventChannel } from '../conversation/scheduler.js';
 import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
 import type { ConversationPort } from '../../adapters/shared/port.js';
 import { RedisRateLimiter } from './rate-limit.js';
+import { RedisShardLeases, type RedisShardLeasesOptions } from './shard-lease.js';
 import { EventStreams } from './event-streams.js';
 import {
   QUEUE_NAME,
@@ -114,6 +115,11 @@ export class RemoteConversations implements ConversationPort {
   /** A per-user limit shared by every front end (counted in Redis). */
   rateLimiter(scope: string, max: number, windowMs: number): RedisRateLimiter {
     return new RedisRateLimiter(this.redis, scope, max, windowMs, this.log);
+  }
+
+  /** where this front end holds its Discord shards, so that no other connects them too */
+  shardLeases(opts: Omit<RedisShardLeasesOptions, 'log'> = {}): RedisShardLeases {
+    return new RedisShardLeases(this.redis, { ...opts, log: this.log });
   }
 
   /** Workers whose heartbeat is current. */

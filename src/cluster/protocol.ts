@@ -11,6 +11,7 @@
 //   bull:minigpt-answers@<id>:*      a worker's own queue: follow-ups of conversations whose KV cache it holds
 //   minigpt:affinity:<conversation>  which worker that is
 //   minigpt:workers                  ids of workers with a queue of their own (a dead one's is adopted by another)
+//   minigpt:discord-shards:<bot>     which front end holds which Discord shard (hash: shard id -> hold; shard-lease.ts)
 import type { AnswerEvent, ConversationKey, ConversationRequest, RequestGeneration, PriorTurn, TaskTag } from '../conversation/index.js';
 
 export const QUEUE_NAME = 'minigpt-answers';
@@ -30,6 +31,8 @@ export const keys = {
   pending: `${PREFIX}pending`,
   /** the worker that holds a conversation's KV cache */
   affinity: (convId: string) => `${PREFIX}affinity:${convId}`,
+  /** the Discord shards of one bot (a digest of its token) held by front ends */
+  discordShards: (bot: string) => `${PREFIX}discord-shards:${bot}`,
 } as const;
 
 /** Event streams are deleted this long after their last write (a front end that went away leaves them behind). */

@@ -79,6 +79,15 @@ async function servedModel(config: BotConfig): Promise<ServedModel> {
   }
 }
 
+/** MINIGPT_SHARD_HOLD_MS: how long a front end's hold on its Discord shards lasts unless renewed (default 15 s). */
+function shardHold(env: NodeJS.ProcessEnv): { ttlMs?: number } {
+  const raw = env.MINIGPT_SHARD_HOLD_MS?.trim();
+  if (!raw) return {};
+  const ms = Number(raw);
+  if (!(Number.isInteger(ms) && ms >= 300)) throw new ServeError(`MINIGPT_SHARD_HOLD_MS=${raw}: expected milliseconds (at least 300)`);
+  return { ttlMs: ms };
+}
+
 export interface RunningFrontend extends AdaptersRunning {
   manager: RemoteConversations;
 }
@@ -88,14 +97,27 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
   const { env, log, config } = await serveSetup(opts);
   const web = webSettings(env);
   const api = apiSettings(env);
+  const hold = shardHold(env);
   const { redisUrl, storeUrl } = redisSettings('frontend', env, config);
   const store = await createStore(storeUrl);
   const manager = new RemoteConversations({ redisUrl, store, maxQueue: config.runtime.queue_size, log });
   const adapters: RunningAdapter[] = [];
   try {
     const rateLimiter = (scope: string, max: number, windowMs: number) => manager.rateLimiter(scope, max, windowMs);
+    const shardLeases = manager.shardLeases(hold);
     const urls = await startAdapters(
-      { manager, model: await servedModel(config), config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS, rateLimiter },
+      {
+        manager,
+        model: await servedModel(config),
+        config,
+        env,
+        log,
+        web,
+        api,
+        specs: opts.adapters ?? PLATFORM_ADAPTERS,
+        rateLimiter,
+        shardLeases,
+      },
       adapters,
     );
     log(`minigpt: front end on ${redactUrl(redisUrl)} (${adapters.map((a) => a.name).join(', ')})`);

@@ -3,6 +3,7 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { listWorkers } from './frontend.js';
+import { listShardHolders, type ShardHolder } from './shard-lease.js';
 import { QUEUE_NAME, workerQueueName, type WorkerInfo } from './protocol.js';
 
 export interface QueueCounts {
@@ -17,6 +18,8 @@ export interface ClusterStatus {
   queue: QueueCounts;
   /** all queues together */
   total: QueueCounts;
+  /** the Discord shards front ends hold, one entry per front end and bot (a digest of its token) */
+  discord: (ShardHolder & { bot: string; count: number })[];
 }
 
 async function counts(redisUrl: string, name: string): Promise<QueueCounts> {
@@ -35,13 +38,17 @@ export async function clusterStatus(redisUrl: string): Promise<ClusterStatus> {
   try {
     await redis.connect();
     const workers = await listWorkers(redis);
+    const discord = new Map<string, ShardHolder & { bot: string; count: number }>();
+    // one entry per holder: its hold of each shard names all of its shards
+    for (const h of await listShardHolders(redis))
+      discord.set(JSON.stringify([h.bot, h.holder]), { bot: h.bot, count: h.count, ...h.holder });
     const queue = await counts(redisUrl, QUEUE_NAME);
     const withQueues = await Promise.all(workers.map(async (w) => ({ ...w, queue: await counts(redisUrl, workerQueueName(w.id)) })));
     const total = withQueues.reduce(
       (t, w) => ({ waiting: t.waiting + w.queue.waiting, running: t.running + w.queue.running, failed: t.failed + w.queue.failed }),
       { ...queue },
     );
-    return { workers: withQueues.sort((a, b) => a.id.localeCompare(b.id)), queue, total };
+    return { workers: withQueues.sort((a, b) => a.id.localeCompare(b.id)), queue, total, discord: [...discord.values()] };
   } finally {
     redis.disconnect();
   }
@@ -56,5 +63,9 @@ export function statusText(s: ClusterStatus): string {
       `  ${w.id}  ${w.model} (${w.architecture}, ${w.provider})  running ${w.running}, finished ${w.finished}, own queue ${w.queue.waiting} waiting  since ${w.startedAt}`,
     );
   }
+  for (const d of s.discord)
+    lines.push(
+      `  discord bot ${d.bot}: shards ${d.shards} of ${d.count} connected by the front end on ${d.host} (pid ${d.pid}) since ${d.since}`,
+    );
   return lines.join('\n');
 }

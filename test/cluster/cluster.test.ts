@@ -19,6 +19,8 @@ import { startServe, type ServeProcess } from '../helpers/serve-process.js';
 import { minigpt } from '../helpers/cli.js';
 import { writeBotConfig, type TestBotConfig } from '../helpers/bot-config.js';
 import { FakeSlack } from '../slack/fake-slack.js';
+import { FakeDiscord } from '../discord/fake-discord.js';
+import { until } from '../discord/helpers.js';
 import { squarePng, textReplies, waitForAnswers } from '../slack/helpers.js';
 import { answerMrkdwn } from '../../adapters/slack/format.js';
 import type { ClusterStatus } from '../../src/cluster/status.js';
@@ -393,6 +395,51 @@ describe('Slack on two front ends', () => {
       await new Promise((r) => setTimeout(r, 500));
       // the retry was not answered a second time; both answers are the single-process ones
       expect(textReplies(fake, 'CCLUSTER', msg.ts).map((m) => m.text)).toEqual(expected.map((t) => answerMrkdwn(t)));
+    } finally {
+      await fake.close();
+    }
+  }, 120_000);
+});
+
+describe('Discord on two front ends', () => {
+  it('a second front end of the same bot and shard stops at start naming the first; after the first dies, a new one connects', async () => {
+    const fake = await new FakeDiscord().start();
+    try {
+      const discordEnv = {
+        MINIGPT_CONFIG: await writeDemoConfig('demo-discord.yaml'),
+        DISCORD_TOKEN: fake.token,
+        DISCORD_API_URL: fake.apiUrl,
+        MINIGPT_SHARD_HOLD_MS: '1000',
+      };
+      const first = serve('frontend', discordEnv);
+      await first.waitFor(/discord: connected as .*, held in Redis\)/);
+      const status = await minigpt(['status', '--json'], { REDIS_URL: redis.url });
+      const st = JSON.parse(status.stdout) as ClusterStatus;
+      expect(st.discord.map((d) => [d.shards, d.count, d.pid])).toEqual([['0', 1, first.child.pid]]);
+      expect((await minigpt(['status'], { REDIS_URL: redis.url })).stdout).toMatch(
+        new RegExp(`discord bot [0-9a-f]{16}: shards 0 of 1 connected by the front end on .* \\(pid ${first.child.pid}\\) since `),
+      );
+
+      const second = serve('frontend', discordEnv);
+      const { code } = await second.exited;
+      expect(code).toBe(1);
+      expect(second.lines.join('\n')).toMatch(
+        new RegExp(
+          `Discord shard 0 of 1 is connected by another front end \\(host .*, pid ${first.child.pid}, shards 0 of 1, since .*\\): each shard must be connected by one front end only, or both answer every message; DISCORD_SHARDS is unset, so this front end connects the bot's only shard: run Discord on one front end, or split the bot's shards between front ends with DISCORD_SHARDS and DISCORD_SHARD_COUNT$`,
+          'm',
+        ),
+      );
+      expect(second.lines.join('\n')).not.toContain(fake.token);
+      expect(first.child.exitCode).toBeNull();
+      expect(fake.connectedShards).toEqual([0]);
+
+      // the first dies without releasing its hold: a new front end connects once the hold lapsed (within a second;
+      // whether it had to wait depends on how fast it started: test/cluster/shard-lease.test.ts times the wait)
+      first.kill('SIGKILL');
+      await first.exited;
+      const third = serve('frontend', discordEnv);
+      await third.waitFor(/discord: connected as .*, held in Redis\)/, 30_000);
+      await until(() => fake.connectedShards.length === 1, 'one connection of shard 0');
     } finally {
       await fake.close();
     }

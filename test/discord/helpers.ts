@@ -171,6 +171,23 @@ export async function startAdapter(
   });
 }
 
+/**
+ * The message a start that must fail fails with. One that succeeds is closed and fails the test with one line:
+ * `expect(start).rejects` would print the adapter it resolved to, a whole discord.js client (cached guilds,
+ * image bytes), which took vitest's worker past its heap instead of reporting the failure.
+ */
+export async function startError(start: Promise<DiscordAdapter>): Promise<string> {
+  const outcome = await start.then(
+    async (adapter) => {
+      await adapter.close();
+      return undefined;
+    },
+    (err: unknown) => (err instanceof Error ? err.message : String(err)),
+  );
+  if (outcome === undefined) throw new Error('the adapter started, though this start had to fail');
+  return outcome;
+}
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Polls `cond` every 20 ms until it holds; rejects with `what` after `timeoutMs`. */

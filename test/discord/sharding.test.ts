@@ -7,8 +7,11 @@ import WebSocket from 'ws';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import type { DiscordAdapter } from '../../adapters/discord/index.js';
+import { Redis } from 'ioredis';
+import { RedisShardLeases } from '../../src/cluster/shard-lease.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { FakeDiscord } from './fake-discord.js';
-import { answered, DEMO, sleep, startAdapter, testPng } from './helpers.js';
+import { answered, DEMO, sleep, startAdapter, startError, testPng, until } from './helpers.js';
 
 const FINAL = 'A red square on a grey background.';
 const SHARDS = 2;
@@ -117,8 +120,129 @@ describe('Discord with several shards', () => {
   }, 60_000);
 
   it('a shard count below the one Discord requires is refused at start, in one sentence', async () => {
-    await expect(startAdapter(fake, manager, [], { shards: { ids: [0], count: 1 }, readyTimeoutMs: 10_000 })).rejects.toThrow(
+    expect(await startError(startAdapter(fake, manager, [], { shards: { ids: [0], count: 1 }, readyTimeoutMs: 10_000 }))).toMatch(
       /^Discord closed the bot's gateway connection for good \((close 4011|Sharding is required)/,
     );
   });
+});
+
+describe('front ends on Redis hold their shards: a shard connected twice is refused', () => {
+  let redis: TestRedis;
+  const clients: Redis[] = [];
+  const connection = () => {
+    const c = new Redis(redis.url, { maxRetriesPerRequest: 1 });
+    c.on('error', () => {});
+    clients.push(c);
+    return c;
+  };
+  const identifies = () => fake.gatewayIn.filter((p) => p.op === 2).length;
+
+  beforeAll(async () => {
+    await adapter?.close();
+    adapter = undefined;
+    redis = await startRedis();
+  });
+  afterAll(async () => {
+    for (const c of clients) c.disconnect();
+    await redis?.cleanup();
+  });
+
+  it('a second front end with every shard (DISCORD_SHARDS unset) does not connect; the first answers each message once', async () => {
+    const logsA: string[] = [];
+    const logsB: string[] = [];
+    const a = await startAdapter(fake, manager, logsA, { shardLeases: new RedisShardLeases(connection(), { ttlMs: 1000 }) });
+    try {
+      expect(fake.connectedShards).toEqual([0, 1]);
+      expect(logsA.join('\n')).toMatch(/connected as .*, shards 0,1 of 2, held in Redis\)/);
+      const before = identifies();
+      const err = await startError(
+        startAdapter(fake, manager, logsB, { shardLeases: new RedisShardLeases(connection(), { ttlMs: 1000, retryMs: 100 }) }),
+      );
+      expect(err).toMatch(
+        /^Discord shard [01] of 2 is connected by another front end \(host .*, shards 0-1 of 2, since .*\): each shard must be connected by one front end only, or both answer every message; DISCORD_SHARDS is unset, so this front end connects all 2 of the bot's shards: run Discord on one front end, or split the bot's shards between front ends with DISCORD_SHARDS and DISCORD_SHARD_COUNT$/,
+      );
+      expect(err).not.toContain(fake.token);
+      // it never identified: Discord never sent it an event
+      expect(identifies()).toBe(before);
+      expect(fake.connectedShards).toEqual([0, 1]);
+      const carol = fake.user('carol');
+      const msg = fake.postMessage(channelOn[1]!, carol, 'held?', {
+        attachments: [fake.addAttachment('h.png', await testPng(200, 150), 'image/png', { width: 200, height: 150 })],
+        mentionBot: true,
+      });
+      expect(await answered(logsA, msg.id)).toMatch(/answered/);
+      expect(fake.calls.filter((c) => c.method === 'POST' && c.path === `/channels/${msg.id}/messages`).length).toBe(1);
+    } finally {
+      await a.close();
+    }
+    // closed: its shards are given up at once, and another front end connects them without waiting
+    const started = Date.now();
+    const b = await startAdapter(fake, manager, logsB, { shardLeases: new RedisShardLeases(connection(), { ttlMs: 60_000 }) });
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect(logsB.join('\n')).not.toMatch(/waiting up to/);
+    await b.close();
+  }, 60_000);
+
+  it('front ends with their own shards of one count both connect; a third with an overlapping one is refused', async () => {
+    const fronts: DiscordAdapter[] = [];
+    try {
+      for (const id of [0, 1])
+        fronts.push(
+          await startAdapter(fake, manager, [], {
+            shards: { ids: [id], count: SHARDS },
+            shardLeases: new RedisShardLeases(connection(), { ttlMs: 1000 }),
+          }),
+        );
+      expect(fake.connectedShards).toEqual([0, 1]);
+      expect(
+        await startError(
+          startAdapter(fake, manager, [], {
+            shards: { ids: [1], count: SHARDS },
+            shardLeases: new RedisShardLeases(connection(), { ttlMs: 1000, retryMs: 100 }),
+          }),
+        ),
+      ).toMatch(
+        /^Discord shard 1 of 2 is connected by another front end \(host .*, shards 1 of 2,.*give this one other shards \(DISCORD_SHARDS\)$/,
+      );
+      expect(fake.connectedShards).toEqual([0, 1]);
+    } finally {
+      await Promise.all(fronts.map((f) => f.close()));
+    }
+  }, 60_000);
+
+  it('a front end whose shard another took while it could not reach Redis disconnects and says why (fatal)', async () => {
+    const logsA: string[] = [];
+    const conn = connection();
+    const a = await startAdapter(fake, manager, logsA, {
+      shards: { ids: [1], count: SHARDS },
+      shardLeases: new RedisShardLeases(conn, { ttlMs: 500 }),
+    });
+    let b: DiscordAdapter | undefined;
+    try {
+      conn.disconnect(); // A cannot renew; its hold lapses
+      b = await startAdapter(fake, manager, [], {
+        shards: { ids: [1], count: SHARDS },
+        shardLeases: new RedisShardLeases(connection(), { ttlMs: 500, waitMs: 3000, retryMs: 100 }),
+      });
+      await conn.connect();
+      const reason = await Promise.race([a.fatal, sleep(5000).then(() => undefined)]);
+      expect(reason?.message).toMatch(
+        /^another front end \(host .*, shards 1 of 2, .*\) took Discord shard 1 while this one could not renew its hold in Redis: disconnecting from Discord, or both would answer$/,
+      );
+      expect(logsA.join('\n')).toContain('took Discord shard 1');
+      // A disconnected on its own: one connection of shard 1 remains, B's
+      await until(() => fake.connectedShards.filter((s) => s === 1).length === 1, 'A disconnected', 10_000);
+      const msg = fake.postMessage(channelOn[1]!, fake.user('dave'), 'who answers?', {
+        attachments: [fake.addAttachment('w.png', await testPng(200, 150), 'image/png', { width: 200, height: 150 })],
+        mentionBot: true,
+      });
+      await until(() => fake.calls.some((c) => c.method === 'POST' && c.path === `/channels/${msg.id}/messages`), 'an answer', 30_000);
+      await sleep(500);
+      expect(fake.calls.filter((c) => c.method === 'POST' && c.path === `/channels/${msg.id}/messages`).length).toBe(1);
+      expect(logsA.join('\n')).not.toContain(msg.id);
+    } finally {
+      await a.close();
+      await b?.close();
+    }
+  }, 60_000);
 });
