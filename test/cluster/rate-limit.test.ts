@@ -2,24 +2,16 @@
 // connections stand for two processes): the window slides, the warning is given once per window, and a Redis
 // that is down lets requests through instead of refusing everyone.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
 import { RedisRateLimiter } from '../../src/cluster/rate-limit.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
 let redis: TestRedis;
-const clients: Redis[] = [];
-const client = () => {
-  const c = new Redis(redis.url, { maxRetriesPerRequest: 1 });
-  c.on('error', () => {});
-  clients.push(c);
-  return c;
-};
+const client = () => redis.client();
 
 beforeAll(async () => {
   redis = await startRedis();
 });
 afterAll(async () => {
-  for (const c of clients) c.disconnect();
   await redis?.cleanup();
 });
 

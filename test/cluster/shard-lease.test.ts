@@ -9,13 +9,7 @@ import { listShardHolders, RedisShardLeases, shardRanges } from '../../src/clust
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 
 let redis: TestRedis;
-const clients: Redis[] = [];
-const client = () => {
-  const c = new Redis(redis.url, { maxRetriesPerRequest: 1 });
-  c.on('error', () => {});
-  clients.push(c);
-  return c;
-};
+const client = () => redis.client();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let n = 0;
 /** a bot of its own for each test */
@@ -25,7 +19,6 @@ beforeAll(async () => {
   redis = await startRedis();
 });
 afterAll(async () => {
-  for (const c of clients) c.disconnect();
   await redis?.cleanup();
 });
 
@@ -154,13 +147,13 @@ describe('RedisShardLeases', () => {
   it('says so when Redis cannot be reached at all', async () => {
     const dead = new Redis(`redis://127.0.0.1:${redis.port}`, { maxRetriesPerRequest: 0, lazyConnect: true, retryStrategy: () => null });
     dead.on('error', () => {});
-    clients.push(dead);
     await redis.stop();
     try {
       const err = await new RedisShardLeases(dead).claim({ bot: newBot(), ids: [0], count: 1 }).catch((e: unknown) => e);
       expect(err).not.toBeInstanceOf(ShardsTakenError);
       expect((err as Error).message).toMatch(/^could not hold the Discord shards in Redis \(REDIS_URL\): /);
     } finally {
+      dead.disconnect();
       await redis.start();
     }
   });

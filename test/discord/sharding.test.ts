@@ -7,7 +7,6 @@ import WebSocket from 'ws';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import type { DiscordAdapter } from '../../adapters/discord/index.js';
-import { Redis } from 'ioredis';
 import { RedisShardLeases } from '../../src/cluster/shard-lease.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { FakeDiscord } from './fake-discord.js';
@@ -128,13 +127,7 @@ describe('Discord with several shards', () => {
 
 describe('front ends on Redis hold their shards: a shard connected twice is refused', () => {
   let redis: TestRedis;
-  const clients: Redis[] = [];
-  const connection = () => {
-    const c = new Redis(redis.url, { maxRetriesPerRequest: 1 });
-    c.on('error', () => {});
-    clients.push(c);
-    return c;
-  };
+  const connection = () => redis.client();
   const identifies = () => fake.gatewayIn.filter((p) => p.op === 2).length;
 
   beforeAll(async () => {
@@ -143,7 +136,6 @@ describe('front ends on Redis hold their shards: a shard connected twice is refu
     redis = await startRedis();
   });
   afterAll(async () => {
-    for (const c of clients) c.disconnect();
     await redis?.cleanup();
   });
 

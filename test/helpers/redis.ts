@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
 import { freePort } from '../../src/util/net.js';
 
 export { freePort };
@@ -27,7 +28,12 @@ export interface TestRedis {
   kill(): Promise<void>;
   /** starts it again on the same port and folder (after stop or kill) */
   start(): Promise<void>;
-  /** stops it and removes its folder */
+  /**
+   * A client of its own (standing for another process), failing a command at once while the server is down
+   * (maxRetriesPerRequest 1) and reconnecting by itself; disconnected by cleanup().
+   */
+  client(): Redis;
+  /** disconnects the clients, stops the server and removes its folder */
   cleanup(): Promise<void>;
 }
 
@@ -111,14 +117,23 @@ export async function startRedis(opts: { aof?: boolean; args?: string[] } = {}):
     await exited(c);
   };
   await start();
+  const url = `redis://127.0.0.1:${port}`;
+  const clients: Redis[] = [];
   return {
-    url: `redis://127.0.0.1:${port}`,
+    url,
     port,
     dir,
     stop,
     kill,
     start,
+    client() {
+      const c = new Redis(url, { maxRetriesPerRequest: 1 });
+      c.on('error', () => {});
+      clients.push(c);
+      return c;
+    },
     async cleanup() {
+      for (const c of clients.splice(0)) c.disconnect();
       await stop();
       await rm(dir, { recursive: true, force: true });
     },
