@@ -3,9 +3,11 @@
 // a thread opened on that response for follow-ups.
 import {
   MessageFlags,
+  PermissionFlagsBits,
   Routes,
   ThreadAutoArchiveDuration,
   type Attachment,
+  type ButtonInteraction,
   type ChatInputCommandInteraction,
   type Client,
   type Interaction,
@@ -37,7 +39,17 @@ export interface InteractionHost {
   run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult>;
   /** a thread the bot opened: messages there are follow-ups */
   rememberThread(id: string): void;
+  /** a Stop button pressed (DiscordBot.stop) */
+  stop(customId: string, user: string, moderator: boolean): StopOutcome;
 }
+
+/** What pressing a Stop button did: the answer stopped; the presser may not stop it; it had already ended. */
+export type StopOutcome = 'stopped' | 'not_allowed' | 'finished';
+
+/** The custom ids of the Stop buttons on running answers start with this. */
+export const STOP_PREFIX = 'minigpt-stop:';
+const NOT_YOURS = 'Only the person who asked, or a moderator (Manage Messages), can stop this answer.';
+const FINISHED = 'This answer has already finished.';
 
 type DescribeInteraction = ChatInputCommandInteraction | MessageContextMenuCommandInteraction;
 
@@ -50,6 +62,10 @@ interface DescribeInput {
 }
 
 export async function onInteraction(bot: InteractionHost, i: Interaction): Promise<void> {
+  if (i.isButton() && i.customId.startsWith(STOP_PREFIX)) {
+    await onStop(bot, i);
+    return;
+  }
   if (i.isChatInputCommand() && i.commandName === DESCRIBE_COMMAND) {
     const task = i.options.getString('task');
     await describe(bot, i, {
@@ -61,6 +77,15 @@ export async function onInteraction(bot: InteractionHost, i: Interaction): Promi
   } else if (i.isMessageContextMenuCommand() && i.commandName === DESCRIBE_IMAGE_MENU) {
     await describe(bot, i, { target: i.targetMessage, prompt: '' });
   }
+}
+
+/** The Stop button: acknowledged without a message of its own (the answer's message says it stopped), or a private no. */
+async function onStop(bot: InteractionHost, i: ButtonInteraction): Promise<void> {
+  // In a DM the asker is the only other person there.
+  const moderator = i.memberPermissions?.has(PermissionFlagsBits.ManageMessages) ?? false;
+  const outcome = bot.stop(i.customId, i.user.id, moderator);
+  if (outcome === 'stopped') await i.deferUpdate();
+  else await i.reply({ content: outcome === 'finished' ? FINISHED : NOT_YOURS, flags: MessageFlags.Ephemeral });
 }
 
 async function describe(bot: InteractionHost, i: DescribeInteraction, input: DescribeInput): Promise<void> {

@@ -2,7 +2,9 @@
 // (`firstTextWaitMs`), is edited as text arrives (at most one edit per `editIntervalMs`, never two requests at
 // once; a trailing " …" says it is still being written), then replaced by the final Markdown as soon as the
 // answer ends, split over several messages past 2000 characters, with the annotated image attached to the last.
-import { DiscordAPIError, type AttachmentPayload } from 'discord.js';
+// While it is written the message carries a Stop button (`RelayOptions.stop`); a stopped answer keeps what was
+// written, with a line saying who stopped it.
+import { ActionRowBuilder, ButtonBuilder, ButtonStyle, DiscordAPIError, type AttachmentPayload } from 'discord.js';
 import type { AnswerEvent } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, notice, splitMessage } from './format.js';
 import { onAnswerEvents } from '../shared/answer-events.js';
@@ -11,6 +13,15 @@ import { ThrottledMessage } from '../shared/throttled-message.js';
 export interface Payload {
   content: string;
   files?: AttachmentPayload[];
+  /** the message's buttons (the Stop button while the answer is written; none once it ended) */
+  components?: ActionRowBuilder<ButtonBuilder>[];
+}
+
+/** The Stop button of a running answer; its custom id names the answer (the adapter's stop list). */
+export function stopButton(customId: string): ActionRowBuilder<ButtonBuilder> {
+  return new ActionRowBuilder<ButtonBuilder>().addComponents(
+    new ButtonBuilder().setCustomId(customId).setLabel('Stop').setStyle(ButtonStyle.Secondary),
+  );
 }
 
 /** Where an answer goes: a channel or thread message, or an interaction's original response. */
@@ -35,6 +46,11 @@ export interface RelayOptions {
   log: (line: string) => void;
   /** for log lines */
   label: string;
+  /**
+   * A Stop button on the message while the answer is written (removed when it ends), and who pressed it (a user
+   * id; undefined until someone did): the answer's `cancelled` error then shows the text so far, stopped.
+   */
+  stop?: { button: ActionRowBuilder<ButtonBuilder>; stoppedBy(): string | undefined };
 }
 
 export interface RelayResult {
@@ -65,6 +81,16 @@ function preview(raw: string, head: string): string {
   const md = head + answerMarkdown(raw).trimEnd();
   if (md.length + 2 <= DISCORD_MESSAGE_LIMIT) return `${md} …`;
   return `${splitMessage(md, DISCORD_MESSAGE_LIMIT - 2)[0]} …`;
+}
+
+/** A stopped answer: the text written so far (as much as one message holds) and who stopped it. */
+function stopped(raw: string, head: string, user: string): string {
+  const line = notice(`Stopped by <@${user}>. A stopped answer is not kept in the conversation.`);
+  const md = answerMarkdown(raw).trim();
+  if (!md) return `${head}${line}`;
+  const room = DISCORD_MESSAGE_LIMIT - head.length - line.length - 3;
+  const text = md.length <= room ? md : `${splitMessage(md, room)[0]} …`;
+  return `${head}${text}\n${line}`;
 }
 
 /**
@@ -98,7 +124,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
     write: (content) => {
       if (firstTextAt) textWritten = true;
       stopTyping();
-      return target.first({ content });
+      return target.first({ content, ...(o.stop ? { components: [o.stop.button] } : {}) });
     },
     onError: (err) => o.log(`discord: ${o.label}: could not update the reply: ${(err as Error).message}`),
     notBefore: () => (firstTextAt && !textWritten ? firstTextAt + firstWait : 0),
@@ -137,10 +163,17 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
     await message.stop();
   }
 
-  // The final write goes out as soon as the answer ends (discord.js queues it behind Discord's rate limits).
+  // The final write goes out as soon as the answer ends (discord.js queues it behind Discord's rate limits); it
+  // takes the Stop button away.
+  const noButtons = o.stop ? { components: [] } : {};
+  const stopper = o.stop?.stoppedBy();
+  if (error?.code === 'cancelled' && stopper) {
+    await target.first({ content: stopped(raw, head, stopper), ...noButtons });
+    return { ok: false, error, attached: false, chars: 0 };
+  }
   if (error || !final) {
     const message = error?.message ?? 'The answer ended unexpectedly; please try again.';
-    await target.first({ content: `${head}⚠️ ${message}` });
+    await target.first({ content: `${head}⚠️ ${message}`, ...noButtons });
     return { ok: false, error: error ?? { code: 'internal', message }, attached: false, chars: 0 };
   }
 
@@ -156,7 +189,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   let attached = false;
   for (let i = 0; i < pieces.length; i++) {
     const last = i === pieces.length - 1;
-    const send = (p: Payload) => (i === 0 ? target.first(p) : target.more(p));
+    const send = (p: Payload) => (i === 0 ? target.first({ ...p, ...noButtons }) : target.more(p));
     if (!last || !file) {
       await send({ content: pieces[i] });
       continue;

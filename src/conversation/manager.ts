@@ -322,7 +322,6 @@ export class ConversationManager {
     const prev = stateless ? undefined : await this.repo.getConversation(job.convId);
     const input = await this.images.resolve(req.image, prev, stateless);
     const history = this.earlierTurns(req, prev);
-    job.controller.signal.throwIfAborted();
     const images: ModelImages = { embeds: input ? [input.encoded.embeds] : [], keys: input ? [input.image.hash] : [] };
 
     const gen = generationOptions(req.generation, this.defaults, this.model);
@@ -333,15 +332,28 @@ export class ConversationManager {
     // whose messages this one extends).
     const contextId = stateless ? statelessContextId(input?.image.hash, history) : job.convId;
     const caching = this.contexts.budget > 0;
-    const generated = await generate(this.model, {
-      prompt: fitted.prompt,
-      images,
-      gen,
-      signal: job.controller.signal,
-      reuse: caching ? this.contexts.take(contextId) : undefined,
-      keep: caching,
-      onText: (text) => job.channel.push({ type: 'text', text }),
-    });
+    let generated: Awaited<ReturnType<typeof generate>>;
+    try {
+      job.controller.signal.throwIfAborted();
+      generated = await generate(this.model, {
+        prompt: fitted.prompt,
+        images,
+        gen,
+        signal: job.controller.signal,
+        reuse: caching ? this.contexts.take(contextId) : undefined,
+        keep: caching,
+        onText: (text) => job.channel.push({ type: 'text', text }),
+      });
+    } catch (err) {
+      // Stopped (by the user, or a closing bot) after a new image was read: the thread keeps the image without
+      // this turn, so that the next message can ask about it without sending it again.
+      if (job.controller.signal.aborted && !stateless && req.image !== undefined && input) {
+        await this.storeTurn(job, prev, input.image, [], undefined, 0, undefined).catch((e: unknown) => {
+          this.log(`conversation ${job.convId}: could not keep the image of a stopped answer: ${(e as Error).message}`);
+        });
+      }
+      throw err;
+    }
 
     const stored = storedTurn(req, turn, generated);
     // A thread always has an image here (resolve refused one without).
@@ -385,8 +397,8 @@ export class ConversationManager {
   }
 
   /**
-   * A thread's turn into the store: a new image first, then the conversation, then the image it replaced
-   * released, so that a stored conversation never names a missing image. The turn's KV cache goes if the
+   * A thread's turn into the store (none: a new image alone, its answer stopped): a new image first, then the
+   * conversation, then the image it replaced released, so that a stored conversation never names a missing image. The turn's KV cache goes if the
    * image or the conversation cannot be written. Returns the turns as stored.
    */
   private async storeTurn(
@@ -394,7 +406,7 @@ export class ConversationManager {
     prev: ConversationState | undefined,
     image: TurnImage,
     kept: readonly PriorTurn[],
-    stored: StoredTurn,
+    stored: StoredTurn | undefined,
     dropped: number,
     context: CachedContext | undefined,
   ): Promise<StoredTurn[]> {

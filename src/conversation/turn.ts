@@ -49,17 +49,19 @@ export function threadState(opts: {
   fresh: boolean;
   kept: readonly PriorTurn[];
   dropped: number;
-  stored: StoredTurn;
+  /** the new turn; undefined: none (a new image whose answer was stopped) */
+  stored: StoredTurn | undefined;
 }): ConversationState {
   const { prev, image, fresh, stored } = opts;
+  const at = stored?.at ?? new Date().toISOString();
   return {
     v: 1,
     key: opts.key,
     image: { hash: image.hash, width: image.width, height: image.height, bytes: image.bytes },
     // A thread's earlier turns are its stored ones.
-    turns: [...(opts.kept as StoredTurn[]), stored],
+    turns: [...(opts.kept as StoredTurn[]), ...(stored ? [stored] : [])],
     droppedTurns: (fresh ? 0 : (prev?.droppedTurns ?? 0)) + opts.dropped,
-    createdAt: fresh || !prev ? stored.at : prev.createdAt,
-    updatedAt: stored.at,
+    createdAt: fresh || !prev ? at : prev.createdAt,
+    updatedAt: at,
   };
 }

@@ -2,7 +2,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ConversationManager, type AnswerEvent } from '../../src/conversation/index.js';
 import type { MiniGPT } from '../../src/inference/model.js';
-import { collect, errorOf, finalOf, goldenImage, key, loadTinyModel, types, type TinyModel } from './helpers.js';
+import { collect, errorOf, finalOf, goldenImage, key, loadTinyModel, solidPng, types, type TinyModel } from './helpers.js';
 
 let tiny: TinyModel;
 let model: MiniGPT;
@@ -122,6 +122,51 @@ describe('conversation manager: scheduling', () => {
     await m.close();
   });
 
+  it('a stopped answer about a new image keeps the image in the thread (not the turn): the next message asks about it', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 60, minNewTokens: 60, temperature: 0 } });
+    const k = key('stop-first');
+    const ctl = new AbortController();
+    const events: AnswerEvent[] = [];
+    for await (const ev of m.handle({ key: k, user: 'u', text: 'stopped first turn', image, signal: ctl.signal })) {
+      events.push(ev);
+      if (ev.type === 'text') ctl.abort();
+    }
+    expect(events.at(-1)).toMatchObject({ type: 'error', code: 'cancelled' });
+    const kept = await m.history(k);
+    expect(kept?.turns).toEqual([]);
+    expect(kept?.image.hash).toMatch(/^[0-9a-f]{64}$/);
+    // the follow-up has the image (without it: no_image) and is answered as a first turn about it would be
+    const spy = vi.spyOn(model, 'answer');
+    const follow = await collect(m.handle({ key: k, user: 'u', text: 'and now?' }));
+    expect(errorOf(follow)).toBeUndefined();
+    const prompt = spy.mock.calls[0]![0] as string;
+    expect(prompt).toMatch(/\[INST\] <Img><ImageHere><\/Img> and now\? \[\/INST\]$/);
+    expect(prompt.split('[INST]')).toHaveLength(2); // one user turn: the stopped one is not in it
+    const freshManager = new ConversationManager({ model, defaults: { maxNewTokens: 60, minNewTokens: 60, temperature: 0 } });
+    const fresh = await collect(freshManager.handle({ key: key('fresh'), user: 'u', text: 'and now?', image }));
+    await freshManager.close();
+    expect(finalOf(follow)?.text).toBe(finalOf(fresh)?.text);
+    expect((await m.history(k))!.turns.map((t) => t.user)).toEqual(['and now?']);
+
+    // a new image in a thread, its answer stopped: the thread moves to the new image, its earlier turns go
+    const other = await solidPng(64, 48, [200, 30, 30]);
+    const ctl2 = new AbortController();
+    for await (const ev of m.handle({ key: k, user: 'u', text: 'a new picture', image: other, signal: ctl2.signal })) {
+      if (ev.type === 'text') ctl2.abort();
+    }
+    const moved = await m.history(k);
+    expect(moved?.turns).toEqual([]);
+    expect(moved?.image.hash).not.toBe(kept?.image.hash);
+    // a stopped follow-up (no new image) leaves the thread as it was
+    await collect(m.handle({ key: k, user: 'u', text: 'one' }));
+    const ctl3 = new AbortController();
+    for await (const ev of m.handle({ key: k, user: 'u', text: 'two', signal: ctl3.signal })) {
+      if (ev.type === 'text') ctl3.abort();
+    }
+    expect((await m.history(k))!.turns.map((t) => t.user)).toEqual(['one']);
+    await m.close();
+  });
+
   it('leaving the stream early (break) cancels the request', async () => {
     const m = new ConversationManager({ model, defaults: { maxNewTokens: 60, minNewTokens: 60 } });
     const answer = vi.spyOn(model, 'answer');
@@ -132,7 +177,8 @@ describe('conversation manager: scheduling', () => {
     }
     const ev2 = await collect(m.handle({ key: key('other'), user: 'u', text: 'other', image }));
     expect(errorOf(ev2)).toBeUndefined();
-    expect(await m.history(k)).toBeNull();
+    // (the image it brought stays with the thread, not the turn: see the test above)
+    expect((await m.history(k))?.turns).toEqual([]);
     expect(askedOrder(answer)).toEqual(['first', 'other']);
     await m.close();
   });

@@ -515,6 +515,31 @@ export class FakeDiscord {
 
   /** A user runs a command; returns the interaction's id and token. */
   interact(channelId: string, user: ApiUser, data: Record<string, any>): { id: string; token: string } {
+    return this.sendInteraction(channelId, user, { type: 2, data });
+  }
+
+  /**
+   * A user presses a button (`customId`) of message `messageId`; returns the interaction's id and token.
+   * `permissions`: the member's in the channel (default all; `'0'`: none, e.g. not a moderator).
+   */
+  press(
+    channelId: string,
+    messageId: string,
+    customId: string,
+    user: ApiUser,
+    permissions = PERMISSIONS.ALL,
+  ): { id: string; token: string } {
+    const message = this.messages.get(channelId)?.get(messageId);
+    if (!message) throw new Error(`no message ${messageId} in ${channelId}`);
+    return this.sendInteraction(channelId, user, { type: 3, data: { custom_id: customId, component_type: 2 }, message }, permissions);
+  }
+
+  private sendInteraction(
+    channelId: string,
+    user: ApiUser,
+    kind: { type: number; data: Record<string, any>; message?: ApiMessage },
+    permissions = PERMISSIONS.ALL,
+  ): { id: string; token: string } {
     const ch = this.channels.get(channelId);
     if (!ch) throw new Error(`no channel ${channelId}`);
     const id = this.snowflake();
@@ -524,8 +549,9 @@ export class FakeDiscord {
     const payload: Record<string, any> = {
       id,
       application_id: this.appId,
-      type: 2,
-      data,
+      type: kind.type,
+      data: kind.data,
+      ...(kind.message ? { message: kind.message } : {}),
       channel_id: channelId,
       channel: { ...ch },
       token,
@@ -547,7 +573,7 @@ export class FakeDiscord {
         deaf: false,
         mute: false,
         flags: 0,
-        permissions: PERMISSIONS.ALL,
+        permissions,
       };
     } else {
       payload.user = user;
@@ -833,7 +859,7 @@ export class FakeDiscord {
   }
 
   private messageExtras(body: any, files: UploadedFile[]): Record<string, any> {
-    return { attachments: this.uploaded(files), embeds: body?.embeds ?? [] };
+    return { attachments: this.uploaded(files), embeds: body?.embeds ?? [], components: body?.components ?? [] };
   }
 
   private uploaded(files: UploadedFile[]): ApiAttachment[] {
@@ -871,6 +897,7 @@ export class FakeDiscord {
   private editMessage(msg: ApiMessage, body: any, files: UploadedFile[]): void {
     if (body && 'content' in body) msg.content = body.content ?? '';
     if (body && 'embeds' in body) msg.embeds = body.embeds ?? [];
+    if (body && 'components' in body) msg.components = body.components ?? [];
     if (files.length > 0 || (body && 'attachments' in body)) {
       const kept = (body?.attachments ?? [])
         .map((a: { id: string }) => (msg.attachments as ApiAttachment[]).find((x) => x.id === a.id))

@@ -201,7 +201,7 @@ export async function until(cond: () => boolean, what: string, timeoutMs = 30_00
 
 /** The adapter's log line saying how the request `id` (message or interaction id) ended. */
 export function outcome(logs: readonly string[], id: string): string | undefined {
-  return logs.find((l) => l.includes(` ${id} (`) && /: (answered|error) /.test(l));
+  return logs.find((l) => l.includes(` ${id} (`) && /: (answered|error|stopped by) /.test(l));
 }
 
 /** Waits until the adapter has finished answering request `id`; returns its log line. */
