@@ -7,7 +7,6 @@
 //   any message in a thread the bot started, or in a DM -> a follow-up (a new image replaces the image)
 //   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
 //                                           on it for follow-ups (interactions.ts)
-import { randomUUID } from 'node:crypto';
 import { Events, ThreadAutoArchiveDuration, type Client, type Message, type SendableChannels, type ThreadChannel } from 'discord.js';
 import type { ConversationKey, ConversationRequest } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
@@ -31,7 +30,8 @@ import type { ConversationPort } from '../shared/port.js';
 import type { ShardLeases } from '../shared/shard-lease.js';
 import { TaskSet } from '../shared/tasks.js';
 import { relayAnswer, stopButton, type RelayResult } from './relay.js';
-import { onInteraction, STOP_PREFIX, type InteractionHost, type StopOutcome } from './interactions.js';
+import { onInteraction, STOP_PREFIX, type InteractionHost } from './interactions.js';
+import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
@@ -93,13 +93,6 @@ export interface DiscordAdapter {
   readonly fatal: Promise<Error>;
 }
 
-/** A running answer's Stop button: who asked, and who pressed it. */
-interface StoppableAnswer {
-  controller: AbortController;
-  user: string;
-  stoppedBy?: string;
-}
-
 export const DEFAULT_RATE_LIMIT = { max: 6, windowMs: 60_000 };
 export const DEFAULT_EDIT_INTERVAL_MS = 1500;
 const CLOSE_GRACE_MS = 5_000;
@@ -123,8 +116,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   private readonly replyKeys = new LruMap<string, ConversationKey>(KNOWN_REPLIES);
   private readonly tasks = new TaskSet((what, err) => this.log(`discord: ${what} handler failed: ${describeError(err)}`));
   private readonly controllers = new Set<AbortController>();
-  /** running answers by their Stop button's custom id */
-  private readonly stoppable = new Map<string, StoppableAnswer>();
+  /** the Stop buttons of the answers being written */
+  private readonly stops = new StopButtons();
   /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
   private closing: Promise<void> | undefined;
@@ -257,11 +250,10 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     // A request that reaches this point while the adapter closes is answered at once with the restart notice.
     if (this.closing) controller.abort();
     const started = Date.now();
-    const stopId = `${STOP_PREFIX}${randomUUID()}`;
-    const answer: StoppableAnswer = { controller, user: req.user };
-    this.stoppable.set(stopId, answer);
+    const stop = this.stops.open(req.user);
+    const signal = AbortSignal.any([controller.signal, stop.signal]);
     try {
-      const events = restartNotice(this.manager.handle({ ...req, signal: controller.signal }), () => this.closing !== undefined);
+      const events = restartNotice(this.manager.handle({ ...req, signal }), () => this.closing !== undefined);
       // The request has its place in the manager's queue: the conversation's next request may go on.
       turn.release();
       const r = await relayAnswer(events, route.target, {
@@ -270,18 +262,19 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
         notice: route.notice,
         log: this.log,
         label,
-        stop: { button: stopButton(stopId), stoppedBy: () => answer.stoppedBy },
+        stop: { button: stopButton(`${STOP_PREFIX}${stop.id}`), stoppedBy: stop.stoppedBy },
       });
+      const stopper = stop.stoppedBy();
       const outcome = r.ok
         ? `answered (${r.chars} chars${r.attached ? ', annotated image' : ''})`
-        : answer.stoppedBy && r.error?.code === 'cancelled'
-          ? `stopped by user ${answer.stoppedBy}`
+        : stopper && r.error?.code === 'cancelled'
+          ? `stopped by user ${stopper}`
           : `error ${r.error?.code}`;
       this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
       return r;
     } finally {
       this.controllers.delete(controller);
-      this.stoppable.delete(stopId);
+      stop.close();
     }
   }
 
@@ -291,12 +284,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
    * is `finished`.
    */
   stop(customId: string, user: string, moderator: boolean): StopOutcome {
-    const answer = this.stoppable.get(customId);
-    if (!answer) return 'finished';
-    if (answer.user !== user && !moderator) return 'not_allowed';
-    answer.stoppedBy ??= user;
-    answer.controller.abort();
-    return 'stopped';
+    return customId.startsWith(STOP_PREFIX) ? this.stops.press(customId.slice(STOP_PREFIX.length), user, moderator) : 'finished';
   }
 
   // ------------------------------------------------------------------------------------------------

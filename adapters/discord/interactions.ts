@@ -19,6 +19,7 @@ import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/co
 import { isTask } from '../../src/grounding/tasks.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import { describeError } from '../shared/errors.js';
+import type { StopOutcome } from '../shared/stop-buttons.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
 import { notice, threadName } from './format.js';
 import { findImage, ImageInputProblem, type DownloadPolicy, type ImageSource } from './images.js';
@@ -42,9 +43,6 @@ export interface InteractionHost {
   /** a Stop button pressed (DiscordBot.stop) */
   stop(customId: string, user: string, moderator: boolean): StopOutcome;
 }
-
-/** What pressing a Stop button did: the answer stopped; the presser may not stop it; it had already ended. */
-export type StopOutcome = 'stopped' | 'not_allowed' | 'finished';
 
 /** The custom ids of the Stop buttons on running answers start with this. */
 export const STOP_PREFIX = 'minigpt-stop:';

@@ -5,6 +5,7 @@ import type { webApi } from '@slack/bolt';
 import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import { onAnswerEvents, restartNotice } from '../shared/answer-events.js';
+import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
 import type { SeenSet } from './dedupe.js';
 import { fetchImage, type ImageFetchOptions } from './file-info.js';
 import { FileInputError, type SlackFile } from './files.js';
@@ -26,7 +27,12 @@ export interface AnswerContext {
   readonly updateIntervalMs: number;
   readonly maxMessageChars: number;
   readonly image: ImageFetchOptions;
+  /** the Stop buttons of the answers being written */
+  readonly stops: StopButtons;
 }
+
+/** The action id of the Stop button on an answer being written (its value names the answer). */
+export const STOP_ACTION = 'minigpt_stop';
 
 /** One request as the adapter's handlers make it. */
 export interface Ask {
@@ -57,6 +63,7 @@ export function threadReply(
   channel: string,
   thread: string | undefined,
   header?: string,
+  stop?: StopHandle,
 ): ThreadReply {
   return new ThreadReply({
     client,
@@ -66,12 +73,22 @@ export function threadReply(
     maxChars: ctx.maxMessageChars,
     header,
     log: ctx.log,
+    ...(stop ? { stop: { actionId: STOP_ACTION, value: stop.id } } : {}),
   });
 }
 
 /** Posts the first message, fetches the image, streams the manager's answer into the thread. */
 export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
-  const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header);
+  const stop = ctx.stops.open(a.user);
+  try {
+    await answerWith(ctx, a, stop);
+  } finally {
+    stop.close();
+  }
+}
+
+async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise<void> {
+  const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop);
   try {
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
   } catch (err) {
@@ -80,13 +97,23 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
   }
   const thread = reply.thread!;
   await ctx.threads.mark(`${a.team}:${a.channel}:${thread}`);
-  const signal = ctx.signal;
+  // aborted by a closing adapter, or by the Stop button
+  const signal = AbortSignal.any([ctx.signal, stop.signal]);
+  let text = '';
+  const stopped = () => {
+    ctx.log(`slack: ${a.what}: stopped by ${stop.stoppedBy()}`);
+    return reply.stopped(text, stop.stoppedBy()!);
+  };
   try {
     let image: Uint8Array | undefined;
     if (a.file) {
       try {
         image = await fetchImage(a.client, a.file, ctx.image, signal);
       } catch (err) {
+        if (err instanceof FileInputError && stop.stoppedBy()) {
+          await stopped();
+          return;
+        }
         if (err instanceof FileInputError) {
           ctx.log(`slack: ${a.what}: file ${a.file.id} not used (${err.reason})`);
           await reply.error(err.message);
@@ -107,7 +134,6 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
       signal,
       requestId: a.requestId,
     };
-    let text = '';
     const events = restartNotice(ctx.manager.handle(req), () => ctx.closing());
     // The request has its place in the manager's queue: the thread's next request may go on.
     a.turn?.release();
@@ -130,13 +156,18 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
       final: (ev) => reply.final(ev.text),
       image: (ev) => uploadImage(ctx, reply, ev.data, ev.mime, a.what),
       error: (ev) => {
+        if (ev.code === 'cancelled' && stop.stoppedBy()) return stopped();
         ctx.log(`slack: ${a.what}: ${ev.code}${ev.code === 'internal' ? `: ${ev.message}` : ''}`);
         return reply.error(ev.message);
       },
     });
   } catch (err) {
-    ctx.log(`slack: ${a.what} failed: ${describeSlackError(err)}`);
-    await reply.error('Something went wrong while answering; please try again.').catch(() => {});
+    // (stopped while the image was being fetched: the fetch was aborted)
+    if (stop.stoppedBy()) await stopped().catch(() => {});
+    else {
+      ctx.log(`slack: ${a.what} failed: ${describeSlackError(err)}`);
+      await reply.error('Something went wrong while answering; please try again.').catch(() => {});
+    }
   } finally {
     await reply.settle().catch(() => {});
   }

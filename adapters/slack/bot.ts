@@ -4,8 +4,9 @@
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
+import { StopButtons } from '../shared/stop-buttons.js';
 import { TaskSet } from '../shared/tasks.js';
-import { answer, slackKey, threadReply, type Ask } from './answer.js';
+import { answer, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
 import { SeenSet } from './dedupe.js';
 import { onDescribe, onShortcut, type DescribeContext } from './describe.js';
 import { ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
@@ -64,6 +65,7 @@ export class SlackBot {
       botName: ids.botName,
       command: opts.command ?? DEFAULT_COMMAND,
       nextId: () => this.nextId++,
+      stops: new StopButtons(),
     };
     // A request waits for the one before it in its thread at most this long (that one's download has its own
     // timeout; Web API calls before it are retried for a while).
@@ -153,6 +155,19 @@ export class SlackBot {
         );
       },
     );
+
+    // The Stop button of an answer being written: only the person who asked may stop it (Slack has no per-channel
+    // moderator permission to go by); others, and a button of an answer that ended, get a private reply.
+    app.action(STOP_ACTION, async ({ ack, body, respond }) => {
+      await ack();
+      const b = body as { user?: { id?: string }; actions?: { value?: string }[] };
+      const outcome = this.ctx.stops.press(b.actions?.[0]?.value ?? '', b.user?.id ?? '', false);
+      if (outcome === 'stopped') return;
+      const text = outcome === 'finished' ? 'This answer has already finished.' : 'Only the person who asked can stop this answer.';
+      await respond({ response_type: 'ephemeral', replace_original: false, text }).catch((err: unknown) => {
+        this.log(`slack: could not answer a Stop button: ${describeSlackError(err)}`);
+      });
+    });
 
     app.error(async (err) => {
       this.log(`slack: error while handling a request: ${describeSlackError(err)}`);

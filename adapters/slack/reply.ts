@@ -1,5 +1,7 @@
 // One answer as Slack messages: a first message posted at once, edited as text streams in (chat.update,
-// throttled), more messages in the thread when the answer outgrows one, then the annotated image.
+// throttled), more messages in the thread when the answer outgrows one, then the annotated image. While the
+// answer is written the first message can carry a Stop button (Block Kit: the text in section blocks, the button
+// in an actions block); the final write takes the blocks away, leaving the plain text.
 import type { webApi } from '@slack/bolt';
 import { ThrottledMessage } from '../shared/throttled-message.js';
 import { describeSlackError } from './errors.js';
@@ -19,6 +21,26 @@ export interface ThreadReplyOptions {
   /** mrkdwn put before the answer in the first message (e.g. who asked what) */
   header?: string;
   log: (line: string) => void;
+  /** a Stop button on the first message until the answer ends: its action id, and its value (names the answer) */
+  stop?: { actionId: string; value: string };
+}
+
+/** Slack's limit on a section block's text. */
+const SECTION_MAX = 3000;
+
+/** `text` as section blocks of at most SECTION_MAX characters each, cut at a line break or space where there is one. */
+export function sectionBlocks(text: string): { type: 'section'; text: { type: 'mrkdwn'; text: string } }[] {
+  const out: string[] = [];
+  let rest = text;
+  while (rest.length > SECTION_MAX) {
+    const window = rest.slice(0, SECTION_MAX);
+    const cut = Math.max(window.lastIndexOf('\n'), window.lastIndexOf(' '));
+    const at = cut > SECTION_MAX / 2 ? cut : SECTION_MAX;
+    out.push(rest.slice(0, at));
+    rest = rest.slice(at).replace(/^[ \n]/, '');
+  }
+  if (rest) out.push(rest);
+  return out.map((t) => ({ type: 'section', text: { type: 'mrkdwn', text: t } }));
 }
 
 const STREAMING_MARK = ' …';
@@ -30,10 +52,13 @@ const sameTexts = (a: readonly string[], b: readonly string[]) => a.length === b
  * one edit per `intervalMs` goes out, the newest text winning (ThrottledMessage).
  */
 export class ThreadReply {
-  private readonly posted: Array<{ ts: string; text: string }> = [];
+  /** the messages posted: their text, and whether they carry the Stop button */
+  private readonly posted: Array<{ ts: string; text: string; button: boolean }> = [];
   private chain: Promise<void> = Promise.resolve();
   private readonly message: ThrottledMessage<string[]>;
   private failed = false;
+  /** the answer ended (final, error or stopped): no more Stop button */
+  private ended = false;
 
   constructor(private readonly opts: ThreadReplyOptions) {
     this.message = new ThrottledMessage<string[]>({
@@ -74,12 +99,25 @@ export class ThreadReply {
 
   /** The final answer, written now (pending edits dropped). */
   async final(raw: string): Promise<void> {
+    this.ended = true;
     await this.message.final(this.chunks(raw, false));
   }
 
   /** A sentence for the user instead of an answer (plain text, escaped here). */
   async error(message: string): Promise<void> {
+    this.ended = true;
     await this.message.final([this.withHeader(`:warning: ${escapeMrkdwn(message)}`)]);
+  }
+
+  /** The answer stopped by `user`: the text so far, marked unfinished, and a line saying who stopped it. */
+  async stopped(raw: string, user: string): Promise<void> {
+    this.ended = true;
+    const line = `_Stopped by <@${user}>. A stopped answer is not kept in the conversation._`;
+    const parts = raw.trim() ? this.chunks(raw, true) : this.opts.header ? [this.opts.header] : [];
+    const last = parts.at(-1);
+    if (last !== undefined && last.length + 1 + line.length <= this.opts.maxChars) parts[parts.length - 1] = `${last}\n${line}`;
+    else parts.push(line);
+    await this.message.final(parts);
   }
 
   /** Uploads a file into the answer's thread. */
@@ -117,6 +155,20 @@ export class ThreadReply {
     await this.chain;
   }
 
+  /** The message's text as blocks, with the Stop button under it. */
+  private withStop(text: string) {
+    const stop = this.opts.stop!;
+    return [
+      ...sectionBlocks(text),
+      {
+        type: 'actions' as const,
+        elements: [
+          { type: 'button' as const, text: { type: 'plain_text' as const, text: 'Stop' }, action_id: stop.actionId, value: stop.value },
+        ],
+      },
+    ];
+  }
+
   private withHeader(text: string): string {
     return this.opts.header ? `${this.opts.header}\n${text}` : text;
   }
@@ -144,11 +196,15 @@ export class ThreadReply {
     for (let i = 0; i < want.length; i++) {
       const text = want[i];
       const have = this.posted[i];
+      // The Stop button: on the first message while the answer is written, taken away when it ends.
+      const button = i === 0 && !!this.opts.stop && !this.ended;
+      const blocks = button ? { blocks: this.withStop(text) } : have?.button ? { blocks: [] } : {};
       if (have) {
-        if (have.text === text) continue;
+        if (have.text === text && have.button === button) continue;
         try {
-          await client.chat.update({ channel, ts: have.ts, text });
+          await client.chat.update({ channel, ts: have.ts, text, ...blocks });
           have.text = text;
+          have.button = button;
         } catch (err) {
           if (!this.failed) this.opts.log(`slack: chat.update failed in ${channel}: ${describeSlackError(err)}`);
           this.failed = true;
@@ -159,12 +215,13 @@ export class ThreadReply {
         const res = await client.chat.postMessage({
           channel,
           text,
+          ...(button ? blocks : {}),
           ...(thread ? { thread_ts: thread } : {}),
           unfurl_links: false,
           unfurl_media: false,
         });
         if (!res.ts) throw new Error('chat.postMessage returned no ts');
-        this.posted.push({ ts: res.ts, text });
+        this.posted.push({ ts: res.ts, text, button });
       }
     }
   }

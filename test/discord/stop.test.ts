@@ -3,7 +3,7 @@
 // to press). The asker or a moderator stops it: generation ends, the message keeps the text so far and says who
 // stopped it, the button goes; anyone else is told no, privately; a finished answer's button says so.
 import { afterAll, describe, expect, it } from 'vitest';
-import type { MiniGPT } from '../../src/inference/model.js';
+import { slowSteps, type SlowSteps } from '../helpers/slow-steps.js';
 import { PERMISSIONS, type ApiMessage } from './fake-discord.js';
 import { answered, describeCommand, sleep, testPng, until, useStack } from './helpers.js';
 
@@ -11,26 +11,12 @@ const WORDS = Array.from({ length: 40 }, (_, i) => `word${i}`);
 const FORCED = WORDS.join(' ');
 const STEP_DELAY_MS = 25;
 
-/** Every decoding step of the model waits STEP_DELAY_MS first (a model this small answers too fast to stop). */
-function slowSteps(model: MiniGPT): { steps: () => number; restore(): void } {
-  const m = model as unknown as Record<string, any>;
-  const target = (m.engine && typeof m.engine.step === 'function' ? m.engine : m.decoder) as Record<string, any>;
-  const original = target.step as (...args: unknown[]) => Promise<unknown>;
-  let steps = 0;
-  target.step = async function (this: unknown, ...args: unknown[]) {
-    steps++;
-    await sleep(STEP_DELAY_MS);
-    return original.apply(this, args);
-  };
-  return { steps: () => steps, restore: () => (target.step = original) };
-}
-
-let slow: ReturnType<typeof slowSteps>;
+let slow: SlowSteps;
 const s = useStack(FORCED, {
   adapter: { editIntervalMs: 100 },
   defaults: { maxNewTokens: 400 },
   prepare: (model) => {
-    slow = slowSteps(model);
+    slow = slowSteps(model, STEP_DELAY_MS);
   },
 });
 const { logs } = s;

@@ -21,6 +21,7 @@ import {
   solidPng,
   squarePng,
   startSlack,
+  startSlackSocket,
   textReplies,
   waitForAnswers,
   waitForText,
@@ -524,14 +525,7 @@ describe('slack: more adapters on their own fakes', () => {
     const f4 = await FakeSlack.start();
     others.push(f4);
     f4.transport = 'socket';
-    const a4 = await startSlackAdapter({
-      manager,
-      botToken: f4.botToken,
-      appToken: f4.appToken,
-      apiUrl: f4.apiUrl,
-      log: (l) => logs.push(l),
-      updateIntervalMs: 10,
-    });
+    const a4 = await startSlackSocket(f4, manager, { log: (l) => logs.push(l), updateIntervalMs: 10 });
     others.push(a4);
     expect(a4.mode).toBe('socket');
     expect(a4.url).toBeUndefined();

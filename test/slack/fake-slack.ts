@@ -41,6 +41,8 @@ export interface FakeMessage {
   subtype?: string;
   /** texts this message had, oldest first (chat.update history) */
   versions: string[];
+  /** its Block Kit blocks (as the app last sent them; none when it sent none, or an empty list to clear them) */
+  blocks?: Record<string, any>[];
 }
 
 export interface ApiCall {
@@ -392,6 +394,37 @@ export class FakeSlack {
     return this.post(new URLSearchParams({ payload: JSON.stringify(payload) }).toString(), 'application/x-www-form-urlencoded', opts);
   }
 
+  /**
+   * A user presses a button of a message as Slack sends it (`block_actions`: form-encoded `payload` over HTTP, an
+   * `interactive` envelope in Socket Mode). The button is looked up in the message's blocks by its action id.
+   */
+  async pressButton(msg: FakeMessage, actionId: string, user = 'U0ALICE'): Promise<{ status: number; text: string }> {
+    const button = (msg.blocks ?? [])
+      .flatMap((b) => (b.type === 'actions' ? (b.elements as Record<string, any>[]) : []))
+      .find((e) => e.action_id === actionId);
+    if (!button) throw new Error(`message ${msg.ts} has no button ${actionId}`);
+    const payload = {
+      type: 'block_actions',
+      token: 'legacy-verification-token',
+      api_app_id: 'A0FAKE',
+      team: { id: this.teamId, domain: 'fake' },
+      user: { id: user, username: user.toLowerCase(), name: user.toLowerCase(), team_id: this.teamId },
+      channel: { id: msg.channel, name: msg.channel.toLowerCase() },
+      container: { type: 'message', message_ts: msg.ts, channel_id: msg.channel, is_ephemeral: false },
+      message: { type: 'message', ...this.messageEvent(msg, 'message'), blocks: msg.blocks },
+      trigger_id: `trigger-${Date.now()}`,
+      response_url: `${this.url}/response/${msg.channel}`,
+      actions: [
+        { type: 'button', action_id: actionId, block_id: 'b', value: button.value, text: button.text, action_ts: `${Date.now() / 1000}` },
+      ],
+    };
+    if (this.transport === 'socket') {
+      await this.sendEnvelope('interactive', payload, 0);
+      return { status: 200, text: '' };
+    }
+    return this.post(new URLSearchParams({ payload: JSON.stringify(payload) }).toString(), 'application/x-www-form-urlencoded', {});
+  }
+
   private async sendEnvelope(type: string, payload: unknown, retryAttempt: number, retryReason?: string): Promise<void> {
     if (!this.socket) {
       // Between two connections (a reconnect): Slack holds the envelope until the app is back.
@@ -575,6 +608,13 @@ export class FakeSlack {
     const need = (scope: string) =>
       this.scopes.has(scope) ? null : { ok: false, error: 'missing_scope', needed: scope, provided: [...this.scopes].join(',') };
     const str = (k: string) => (typeof args[k] === 'string' ? (args[k] as string) : undefined);
+    // the Web API client sends nested values JSON-encoded in its form
+    const blocks = (): Record<string, any>[] | undefined =>
+      args.blocks === undefined
+        ? undefined
+        : typeof args.blocks === 'string'
+          ? JSON.parse(args.blocks)
+          : (args.blocks as Record<string, any>[]);
 
     switch (method) {
       case 'auth.test':
@@ -595,6 +635,8 @@ export class FakeSlack {
         if (!text.trim()) return send({ ok: false, error: 'no_text' });
         if (text.length > 40_000) return send({ ok: false, error: 'msg_too_long' });
         const msg = this.addMessage(channel, { user: this.botUserId, bot_id: this.botId, text, thread_ts: str('thread_ts') });
+        const b = blocks();
+        if (b) msg.blocks = b;
         this.echoEvent({ ...this.messageEvent(msg), bot_profile: { id: this.botId, name: this.botName } });
         return send({
           ok: true,
@@ -611,6 +653,8 @@ export class FakeSlack {
         if (!text.trim()) return send({ ok: false, error: 'no_text' });
         msg.text = text;
         msg.versions.push(text);
+        const b = blocks();
+        if (b) msg.blocks = b;
         this.echoEvent({
           type: 'message',
           subtype: 'message_changed',

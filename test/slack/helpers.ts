@@ -41,6 +41,15 @@ export async function startSlack(
   return adapter;
 }
 
+/** The real Slack adapter in Socket Mode against `fake` (set `fake.transport = 'socket'` first); `extra` over that. */
+export function startSlackSocket(
+  fake: FakeSlack,
+  manager: SlackConversationManager,
+  extra: Partial<SlackAdapterOptions> = {},
+): Promise<SlackAdapter> {
+  return startSlackAdapter({ manager, botToken: fake.botToken, appToken: fake.appToken, apiUrl: fake.apiUrl, log: () => {}, ...extra });
+}
+
 /** The fake Slack and an adapter on it that the tests of a file (or describe block) share. */
 export type SharedSlackAdapter = WithLogs<{ fake: FakeSlack; adapter: SlackAdapter }>;
 

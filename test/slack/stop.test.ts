@@ -1,0 +1,125 @@
+// The Stop button on a Slack answer being written: the real Bolt app (HTTP mode, then Socket Mode) on the fake
+// Slack, the real ConversationManager and the demo model (forced to a long answer, its decoding steps slowed so
+// that there is time to press). The asker stops it: generation ends, the reply keeps the text so far and says who
+// stopped it, the button (Block Kit) goes; anyone else, and a button of a finished answer, get a private reply.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager } from '../../src/conversation/index.js';
+import type { SlackAdapter } from '../../adapters/slack/index.js';
+import { slowSteps, type SlowSteps } from '../helpers/slow-steps.js';
+import { FakeSlack, type FakeMessage } from './fake-slack.js';
+import { sleep, squarePng, startSlack, startSlackSocket, textReplies } from './helpers.js';
+
+const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
+const FORCED = Array.from({ length: 40 }, (_, i) => `word${i}`).join(' ');
+const STOP = 'minigpt_stop';
+
+let model: MiniGPT;
+let manager: ConversationManager;
+let slow: SlowSteps;
+let fake: FakeSlack;
+let adapter: SlackAdapter;
+const logs: string[] = [];
+
+beforeAll(async () => {
+  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: FORCED });
+  slow = slowSteps(model, 25);
+  manager = new ConversationManager({ model, defaults: { maxNewTokens: 400, temperature: 0 } });
+  fake = await FakeSlack.start();
+  adapter = await startSlack(fake, manager, { log: (l) => logs.push(l), updateIntervalMs: 100 });
+});
+
+afterAll(async () => {
+  await adapter?.close();
+  await fake?.close();
+  await manager?.close();
+  slow?.restore();
+  await model?.close();
+});
+
+const buttonsOf = (m: FakeMessage | undefined) =>
+  (m?.blocks ?? []).flatMap((b) => (b.type === 'actions' ? (b.elements as { action_id: string; text: { text: string } }[]) : []));
+
+/** The reply in the thread, once it shows streamed text and its Stop button. */
+async function streaming(f: FakeSlack, channel: string, thread: string): Promise<FakeMessage> {
+  return f.waitFor(
+    () => textReplies(f, channel, thread).find((m) => /word3 .* …$/.test(m.text) && buttonsOf(m).length === 1),
+    20_000,
+    'an answer being written, with its Stop button',
+  );
+}
+
+async function mention(f: FakeSlack, channel: string): Promise<FakeMessage> {
+  const file = f.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+  const { msg } = await f.mention(channel, { text: `<@${f.botUserId}> describe this at length`, files: [file] });
+  return msg;
+}
+
+describe('slack: the Stop button', () => {
+  it('is on the reply while it is written; someone else is told no; the asker stops it, the text so far kept', async () => {
+    const ask = await mention(fake, 'C1');
+    const reply = await streaming(fake, 'C1', ask.ts);
+    // (the fake replaces a message's blocks on each update: this copy keeps the button, for a late press)
+    const withButton = { ...reply };
+    expect(buttonsOf(reply)[0]).toMatchObject({ type: 'button', action_id: STOP, text: { type: 'plain_text', text: 'Stop' } });
+    // the text is in the blocks too (what Slack shows when a message has blocks)
+    expect(reply.blocks![0]).toMatchObject({ type: 'section', text: { type: 'mrkdwn' } });
+
+    // bob: a private no, the answer goes on
+    const ephemerals = fake.ephemerals.length;
+    expect((await fake.pressButton(reply, STOP, 'U0BOB')).status).toBe(200);
+    await fake.waitFor(() => fake.ephemerals.length > ephemerals || undefined, 5000, "the reply to bob's press");
+    expect(fake.ephemerals.at(-1)!.text).toBe('Only the person who asked can stop this answer.');
+    const before = slow.steps();
+    await sleep(300);
+    expect(slow.steps()).toBeGreaterThan(before);
+
+    // alice, who asked: stopped
+    expect((await fake.pressButton(reply, STOP, 'U0ALICE')).status).toBe(200);
+    const stopped = await fake.waitFor(() => (/Stopped by/.test(reply.text) ? reply : undefined), 10_000, 'the stopped reply');
+    const at = slow.steps();
+    await sleep(400);
+    expect(slow.steps()).toBe(at); // generation ended
+    const [text, line] = stopped.text.split('\n');
+    expect(line).toBe('_Stopped by <@U0ALICE>. A stopped answer is not kept in the conversation._');
+    expect(text).toMatch(/ …$/);
+    const words = text!.replace(/ …$/, '');
+    expect(FORCED.startsWith(words)).toBe(true);
+    expect(words.split(' ').length).toBeLessThan(40);
+    expect(stopped.blocks).toEqual([]); // the button is gone
+    expect(logs.some((l) => /: stopped by U0ALICE$/.test(l))).toBe(true);
+    // pressed again: already finished
+    const n = fake.ephemerals.length;
+    await fake.pressButton(withButton, STOP, 'U0ALICE');
+    await fake.waitFor(() => fake.ephemerals.length > n || undefined, 5000, 'the reply to a late press');
+    expect(fake.ephemerals.at(-1)!.text).toBe('This answer has already finished.');
+
+    // the thread kept its image: a follow-up is answered in full
+    await fake.reply('C1', ask.ts, { text: 'and in short?' });
+    const full = await fake.waitFor(
+      () => textReplies(fake, 'C1', ask.ts).find((m) => m !== reply && m.text === FORCED && (m.blocks ?? []).length === 0),
+      20_000,
+      'the follow-up answered in full',
+    );
+    expect(full.text).toBe(FORCED);
+  }, 60_000);
+
+  it('Socket Mode: the press comes over the socket and stops the answer', async () => {
+    const f = await FakeSlack.start();
+    f.transport = 'socket';
+    const a = await startSlackSocket(f, manager, { updateIntervalMs: 100 });
+    try {
+      expect(a.mode).toBe('socket');
+      await f.waitFor(() => f.socketConnected, 5000, 'the socket');
+      const ask = await mention(f, 'C2');
+      const reply = await streaming(f, 'C2', ask.ts);
+      await f.pressButton(reply, STOP, 'U0ALICE');
+      await f.waitFor(() => (/Stopped by <@U0ALICE>/.test(reply.text) ? true : undefined), 10_000, 'the stopped reply');
+      expect(reply.blocks).toEqual([]);
+    } finally {
+      await a.close();
+      await f.close();
+    }
+  }, 60_000);
+});
