@@ -13,6 +13,7 @@ import {
   splitPieces,
 } from '../../adapters/slack/format.js';
 import { isAllowedFileUrl, isImageFile, isSlackFileHost } from '../../adapters/slack/files.js';
+import { sectionBlocks } from '../../adapters/slack/reply.js';
 import { SeenSet } from '../../adapters/slack/dedupe.js';
 import { normaliseApiUrl, slackOptionsFromEnv } from '../../adapters/slack/index.js';
 
@@ -169,5 +170,26 @@ describe('seen marks', () => {
     expect(await s.claim('Ev1')).toBe(true);
     expect(await s.claim('Ev1')).toBe(false);
     expect(lines.join('\n')).toContain('disk gone');
+  });
+});
+
+describe('sectionBlocks (the text of a message with a Stop button)', () => {
+  it('keeps a short text in one section block', () => {
+    expect(sectionBlocks('*a* b')).toEqual([{ type: 'section', text: { type: 'mrkdwn', text: '*a* b' } }]);
+  });
+
+  it("cuts a text over Slack's 3000 characters a section at spaces or line breaks, losing nothing but the cut space", () => {
+    const words = Array.from({ length: 1500 }, (_, i) => `w${i}`);
+    const text = `${words.slice(0, 700).join(' ')}\n${words.slice(700).join(' ')}`;
+    const blocks = sectionBlocks(text);
+    expect(blocks.length).toBeGreaterThan(2);
+    for (const b of blocks) expect(b.text.text.length).toBeLessThanOrEqual(3000);
+    // every word once, in order, none split
+    expect(blocks.flatMap((b) => b.text.text.split(/[ \n]/))).toEqual(words);
+  });
+
+  it('cuts a text without spaces at the limit', () => {
+    const blocks = sectionBlocks('x'.repeat(7000));
+    expect(blocks.map((b) => b.text.text.length)).toEqual([3000, 3000, 1000]);
   });
 });
