@@ -90,6 +90,8 @@ const runtimeSection = z
     kv_cache_mb: z.number().min(0).default(256),
     /** run an image and answers once at start (src/inference/warm-up.ts); auto = on GPU providers */
     warm_up: z.union([z.literal('auto'), z.boolean()]).default('auto'),
+    /** conversations (and their images) are forgotten this many days after their last turn; 0 = kept until reset */
+    conversation_ttl_days: z.number().min(0).default(30),
   })
   .strict();
 
@@ -108,8 +110,8 @@ export class ConfigError extends Error {}
 export const DEFAULT_CONFIG = 'configs/demo.yaml';
 
 /**
- * Reads and validates a config. `EXECUTION_PROVIDER` and `STORE_URL` from the environment win over the
- * file, as deployment settings do.
+ * Reads and validates a config. `EXECUTION_PROVIDER`, `STORE_URL` and `CONVERSATION_TTL_DAYS` from the
+ * environment win over the file, as deployment settings do.
  */
 export async function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): Promise<BotConfig> {
   let text: string;
@@ -138,6 +140,14 @@ export async function loadConfig(path: string, env: NodeJS.ProcessEnv = process.
     cfg.runtime.execution_provider = ep as ProviderChoice;
   }
   if (env.STORE_URL) cfg.runtime.store_url = env.STORE_URL;
+  if (env.CONVERSATION_TTL_DAYS?.trim()) {
+    const days = Number(env.CONVERSATION_TTL_DAYS.trim());
+    if (!(Number.isFinite(days) && days >= 0))
+      throw new ConfigError(
+        `CONVERSATION_TTL_DAYS=${env.CONVERSATION_TTL_DAYS}: expected a number of days (0: keep conversations until reset)`,
+      );
+    cfg.runtime.conversation_ttl_days = days;
+  }
   // Package paths are relative to the repository root, i.e. the folder above configs/.
   const root = resolve(dirname(path), '..');
   const pkg = cfg.model.low_resource && cfg.model.low_resource_package ? cfg.model.low_resource_package : cfg.model.package;

@@ -320,13 +320,14 @@ export function managerDefaults(config: BotConfig): Partial<GenerationOptions> {
 export function managerSettings(
   config: BotConfig,
   log: (line: string) => void,
-): Pick<ConversationManagerOptions, 'maxContextLen' | 'defaults' | 'log' | 'maxBatch' | 'kvCacheBytes'> {
+): Pick<ConversationManagerOptions, 'maxContextLen' | 'defaults' | 'log' | 'maxBatch' | 'kvCacheBytes' | 'conversationTtlMs'> {
   return {
     maxContextLen: config.model.max_context_len,
     defaults: managerDefaults(config),
     log,
     maxBatch: config.runtime.max_batch,
     kvCacheBytes: config.runtime.kv_cache_mb * 1024 * 1024,
+    conversationTtlMs: config.runtime.conversation_ttl_days * 24 * 3600_000,
   };
 }
 

@@ -64,6 +64,13 @@ export interface ConversationManagerOptions {
    * one at a time). The model's engine batches at most its own maxBatch rows per step.
    */
   maxBatch?: number;
+  /**
+   * Forget a conversation this long after its last turn, its image with it (ms; runtime.conversation_ttl_days;
+   * ConversationStoreOptions.ttlMs says how long images stay). Absent or 0: keep it until it is reset.
+   */
+  conversationTtlMs?: number;
+  /** how often a store that does not expire entries by itself (SQLite, memory) is swept of expired ones (default 6 h) */
+  sweepIntervalMs?: number;
 }
 
 interface Job {
@@ -108,12 +115,16 @@ export class ConversationManager {
   private readonly tasks: boolean;
   private closing: Promise<void> | undefined;
   private nextId = 1;
+  private sweeper: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
 
   constructor(opts: ConversationManagerOptions) {
     this.model = opts.model;
     // A Keyv instance without its own store keeps entries in a Map (createStore(undefined) does the same).
     this.store = opts.store ?? new Keyv({ namespace: STORE_NAMESPACE, throwOnErrors: true });
-    this.repo = new ConversationStore(this.store);
+    this.repo = new ConversationStore(this.store, { ttlMs: opts.conversationTtlMs });
+    if (opts.conversationTtlMs && opts.conversationTtlMs > 0 && !this.repo.expiresByItself)
+      this.startSweeping(opts.sweepIntervalMs ?? 6 * 3600_000);
     this.maxQueue = Math.max(0, Math.floor(opts.maxQueue ?? 16));
     this.defaults = opts.defaults ?? {};
     this.log = opts.log ?? (() => {});
@@ -203,12 +214,29 @@ export class ConversationManager {
    * Stops taking requests, cancels the waiting ones, lets the running one finish (and be stored), then
    * closes the store, which flushes it.
    */
+  /** Sweeps expired conversations and images out of the store now and every `intervalMs` (see sweepExpired). */
+  private startSweeping(intervalMs: number): void {
+    const sweep = () => {
+      if (this.sweeping || this.closing) return;
+      this.sweeping = this.repo
+        .sweepExpired()
+        .then((left) => this.log(`conversation store: expired conversations swept out (${left ?? '?'} entries left)`))
+        .catch((err: unknown) => this.log(`conversation store: sweeping expired conversations failed: ${(err as Error).message}`))
+        .finally(() => (this.sweeping = undefined));
+    };
+    sweep();
+    this.sweeper = setInterval(sweep, intervalMs);
+    this.sweeper.unref();
+  }
+
   close(): Promise<void> {
     this.closing ??= (async () => {
+      clearInterval(this.sweeper);
       for (const job of this.scheduler.waitingJobs()) {
         if (!job.control) this.cancel(job, MESSAGES.shuttingDown);
       }
       await this.scheduler.idle();
+      await this.sweeping;
       this.contexts.clear();
       await this.store.disconnect();
     })();
@@ -413,7 +441,10 @@ export class ConversationManager {
     const fresh = job.req!.image !== undefined;
     const state = threadState({ key: job.key, prev, image, fresh, kept, dropped, stored });
     try {
-      if (fresh) await this.repo.attachImage({ ...state.image, data: image.data! }, job.convId);
+      if (fresh) {
+        const until = await this.repo.attachImage({ ...state.image, data: image.data! }, job.convId);
+        if (until !== undefined) state.image.until = until;
+      }
       await this.repo.putConversation(job.convId, state);
     } catch (err) {
       context?.dispose();

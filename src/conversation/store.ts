@@ -135,14 +135,29 @@ function unavailable(err: unknown): StoreUnavailableError {
   return new StoreUnavailableError(`the conversation store failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }
 
+export interface ConversationStoreOptions extends StoreLockOptions {
+  /**
+   * Forget a conversation this long after its last turn (ms; runtime.conversation_ttl_days); absent or 0: keep
+   * it until it is reset. Its image is kept as long as a conversation using it, and at most twice this long after
+   * the last one's last turn: an image's hold is renewed (its bytes written again) only when it runs short, not
+   * at every turn.
+   */
+  ttlMs?: number;
+}
+
 export class ConversationStore {
   private readonly refs = new KeyedMutex();
   /** on Redis: the images' user lists are shared by every process, so their updates lock there too */
   private readonly shared: RedisStoreLock | undefined;
   readonly kv: Keyv;
+  private readonly ttlMs: number | undefined;
+  /** Redis: entries expire on their own (no sweeping needed) */
+  readonly expiresByItself: boolean;
 
-  constructor(kv: Keyv, lock: StoreLockOptions = {}) {
-    this.shared = storeLockFor(kv, lock);
+  constructor(kv: Keyv, opts: ConversationStoreOptions = {}) {
+    this.ttlMs = opts.ttlMs && opts.ttlMs > 0 ? opts.ttlMs : undefined;
+    this.shared = storeLockFor(kv, opts);
+    this.expiresByItself = this.shared !== undefined;
     // Every operation's failure is a StoreUnavailableError, so that the manager can tell it from a bug.
     this.kv = new Proxy(kv, {
       get(target, prop, receiver) {
@@ -161,8 +176,54 @@ export class ConversationStore {
     return s && s.v === 1 && s.image && Array.isArray(s.turns) ? s : undefined;
   }
 
+  /**
+   * Writes the conversation (to be forgotten ttlMs after this, with a retention time). Its image's hold is renewed
+   * first when it would end less than ttlMs from now, so that the image outlives the conversation.
+   */
   async putConversation(id: string, state: ConversationState): Promise<void> {
-    await this.kv.set(`conv:${id}`, state);
+    let put = state;
+    if (this.ttlMs) {
+      const now = Date.now();
+      if (state.image.until === undefined || state.image.until - now < this.ttlMs) {
+        const until = await this.holdImage(state.image.hash, now);
+        if (until !== undefined) put = { ...state, image: { ...state.image, until } };
+      }
+    }
+    await this.kv.set(`conv:${id}`, put, this.ttlMs);
+  }
+
+  /** How long an image is held from `now`: twice the retention time (see ConversationStoreOptions.ttlMs). */
+  private imageHold(now: number): { ttl: number; until: number } | undefined {
+    return this.ttlMs ? { ttl: 2 * this.ttlMs, until: now + 2 * this.ttlMs } : undefined;
+  }
+
+  /** Renews the hold on a stored image and its user list; the new end, or undefined if the image is gone. */
+  private async holdImage(hash: string, now: number): Promise<number | undefined> {
+    const hold = this.imageHold(now)!;
+    let held = false;
+    await this.withRefs(hash, async () => {
+      const record = await this.kv.get(`img:${hash}`);
+      if (record === undefined) return;
+      await this.kv.set(`img:${hash}`, record, hold.ttl);
+      const users = await this.kv.get(`imgref:${hash}`);
+      if (users !== undefined) await this.kv.set(`imgref:${hash}`, users, hold.ttl);
+      held = true;
+    });
+    return held ? hold.until : undefined;
+  }
+
+  /**
+   * Deletes what has outlived its retention time from a store that does not expire entries by itself (SQLite, the
+   * in-memory store: keyv drops an expired entry only when it is read); Redis expires them on its own. Returns the
+   * number of entries left, or undefined for a store that cannot be walked.
+   */
+  async sweepExpired(): Promise<number | undefined> {
+    const kv = this.kv as Keyv & { iterator?: (namespace?: string) => AsyncGenerator<[string, unknown]> };
+    if (typeof kv.iterator !== 'function') return undefined;
+    let left = 0;
+    // keyv's iterator deletes each expired entry it reads, and yields the others
+    for await (const entry of kv.iterator(kv.namespace)) if (entry) left++;
+    return left;
   }
 
   async deleteConversation(id: string): Promise<boolean> {
@@ -190,8 +251,13 @@ export class ConversationStore {
     });
   }
 
-  /** Records that conversation `convId` uses the image; writes the bytes only if no conversation had them. */
-  async attachImage(image: StoredImage, convId: string): Promise<void> {
+  /**
+   * Records that conversation `convId` uses the image; writes the bytes only if no conversation had them. Returns
+   * until when the image is held (with a retention time, when it wrote the bytes), for the conversation's ImageRef.
+   */
+  async attachImage(image: StoredImage, convId: string): Promise<number | undefined> {
+    const hold = this.imageHold(Date.now());
+    let until: number | undefined;
     await this.withRefs(image.hash, async () => {
       const users = ((await this.kv.get(`imgref:${image.hash}`)) as string[] | undefined) ?? [];
       if (!(await this.kv.has(`img:${image.hash}`))) {
@@ -202,10 +268,14 @@ export class ConversationStore {
           height: image.height,
           bytes: image.data.byteLength,
         };
-        await this.kv.set(`img:${image.hash}`, record);
+        await this.kv.set(`img:${image.hash}`, record, hold?.ttl);
+        until = hold?.until;
       }
-      if (!users.includes(convId)) await this.kv.set(`imgref:${image.hash}`, [...users, convId]);
+      if (!users.includes(convId) || until !== undefined) {
+        await this.kv.set(`imgref:${image.hash}`, users.includes(convId) ? users : [...users, convId], hold?.ttl);
+      }
     });
+    return until;
   }
 
   /** Drops conversation `convId`'s use of the image; deletes the image when nobody uses it any more. */

@@ -57,7 +57,14 @@ export function threadState(opts: {
   return {
     v: 1,
     key: opts.key,
-    image: { hash: image.hash, width: image.width, height: image.height, bytes: image.bytes },
+    image: {
+      hash: image.hash,
+      width: image.width,
+      height: image.height,
+      bytes: image.bytes,
+      // the same image: its hold goes on (ConversationStore renews it when it runs short)
+      ...(prev?.image.hash === image.hash && prev.image.until !== undefined ? { until: prev.image.until } : {}),
+    },
     // A thread's earlier turns are its stored ones.
     turns: [...(opts.kept as StoredTurn[]), ...(stored ? [stored] : [])],
     droppedTurns: (fresh ? 0 : (prev?.droppedTurns ?? 0)) + opts.dropped,

@@ -115,6 +115,11 @@ export interface ImageRef {
   width: number;
   height: number;
   bytes: number;
+  /**
+   * With a retention time (ConversationStore's ttlMs): until when (ms since the epoch) the stored image is kept at
+   * least; its hold is renewed by the conversation's turns before it runs short.
+   */
+  until?: number;
 }
 
 /** What the store holds for one conversation (`history()` returns it). */

@@ -61,6 +61,22 @@ describe('loadConfig', () => {
       true,
     );
     expect((await loadConfig(await write('warm3.yaml', 'model:\n  package: m\n'), {})).runtime.warm_up).toBe('auto');
+    // retention: 30 days unless set; CONVERSATION_TTL_DAYS wins; nonsense refused
+    expect((await loadConfig(await write('ttl.yaml', 'model:\n  package: m\n'), {})).runtime.conversation_ttl_days).toBe(30);
+    expect(
+      (await loadConfig(await write('ttl2.yaml', 'model:\n  package: m\nruntime:\n  conversation_ttl_days: 0\n'), {})).runtime
+        .conversation_ttl_days,
+    ).toBe(0);
+    expect(
+      (await loadConfig(await write('ttl3.yaml', 'model:\n  package: m\n'), { CONVERSATION_TTL_DAYS: '7.5' })).runtime
+        .conversation_ttl_days,
+    ).toBe(7.5);
+    await expect(loadConfig(await write('ttl4.yaml', 'model:\n  package: m\nruntime:\n  conversation_ttl_days: -1\n'), {})).rejects.toThrow(
+      /runtime\.conversation_ttl_days/,
+    );
+    await expect(loadConfig(await write('ttl5.yaml', 'model:\n  package: m\n'), { CONVERSATION_TTL_DAYS: 'forever' })).rejects.toThrow(
+      /^CONVERSATION_TTL_DAYS=forever: expected a number of days/,
+    );
     await expect(loadConfig(await write('tpl.yaml', 'model:\n  package: m\n  prompt_template: "[INST] [/INST]"\n'), {})).rejects.toThrow(
       /prompt_template/,
     );
