@@ -47,6 +47,8 @@ export interface ImageInputOptions {
   shared: SharedImageCache | undefined;
   /** largest accepted image file, in bytes */
   maxBytes: number;
+  /** conversations are forgotten this long after their last turn (ms): said when a thread has no image */
+  retentionMs?: number;
 }
 
 const MESSAGES = {
@@ -55,12 +57,25 @@ const MESSAGES = {
   imageGone: 'The image of this conversation is no longer stored: please send it again.',
 };
 
+/** `ms` in words for a user: 30 days, 12 hours, 0.4 seconds. */
+function duration(ms: number): string {
+  const units: [string, number][] = [
+    ['day', 86_400_000],
+    ['hour', 3_600_000],
+    ['minute', 60_000],
+  ];
+  const [unit, size] = units.find(([, size]) => ms >= size) ?? ['second', 1000];
+  const n = Math.round((ms / size) * 10) / 10;
+  return `${n} ${unit}${n === 1 ? '' : 's'}`;
+}
+
 export class ImageInput {
   private readonly model: Pick<MiniGPT, 'encodeImage' | 'meta'>;
   private readonly repo: Pick<ConversationStore, 'getImage'>;
   private readonly lru: LruMap<string, EncodedImage>;
   private readonly shared: SharedImageCache | undefined;
   private readonly maxBytes: number;
+  private readonly noImage: string;
   /** images being encoded, so that concurrent requests with the same new image share one encoding */
   private readonly encoding = new Map<string, Promise<EncodedImage>>();
 
@@ -70,6 +85,10 @@ export class ImageInput {
     this.lru = new LruMap(Math.max(0, Math.floor(opts.cacheSize)));
     this.shared = opts.shared;
     this.maxBytes = opts.maxBytes;
+    // A thread that had an image before its conversation was forgotten looks like one that never had one.
+    this.noImage = opts.retentionMs
+      ? `There is no image in this conversation (none was sent yet, or it was forgotten: conversations are kept ${duration(opts.retentionMs)} after their last message): attach an image to your message, then ask about it (follow-ups in the same thread keep it).`
+      : MESSAGES.noImage;
   }
 
   /**
@@ -85,7 +104,7 @@ export class ImageInput {
     if (attached !== undefined) return this.fresh(attached);
     if (stateless) return undefined;
     if (prev) return this.stored(prev.image);
-    throw new Failure('no_image', MESSAGES.noImage);
+    throw new Failure('no_image', this.noImage);
   }
 
   private async fresh(data: unknown): Promise<ResolvedImage> {

@@ -138,6 +138,7 @@ export class ConversationManager {
       cacheSize: opts.imageCacheSize ?? 8,
       shared: opts.sharedImages,
       maxBytes: opts.maxImageBytes ?? LIMITS.imageBytes,
+      ...(opts.conversationTtlMs ? { retentionMs: opts.conversationTtlMs } : {}),
     });
     this.budget = new PromptBudget({ model: this.model, maxContextLen: opts.maxContextLen, tasks: this.tasks, markers: this.markers });
     this.contexts = new KvCacheLru(Math.max(0, opts.kvCacheBytes ?? 256 * 1024 * 1024));

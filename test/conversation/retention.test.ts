@@ -58,6 +58,13 @@ describe('conversation retention', () => {
     await sleep(ttl + 100);
     expect(await m.history(k)).toBeNull();
     expect(await repo.getImage(hash)).toBeDefined();
+    // a message in the forgotten thread is told why there is no image
+    expect(errorOf(await collect(m.handle({ key: k, user: 'u', text: 'and now?' })))).toEqual({
+      type: 'error',
+      code: 'no_image',
+      message:
+        'There is no image in this conversation (none was sent yet, or it was forgotten: conversations are kept 0.4 seconds after their last message): attach an image to your message, then ask about it (follow-ups in the same thread keep it).',
+    });
     await sleep(ttl);
     expect(await repo.getImage(hash)).toBeUndefined();
     await m.close();
