@@ -35,7 +35,7 @@ import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
-export type DiscordConversations = Pick<ConversationPort, 'handle'>;
+export type DiscordConversations = Pick<ConversationPort, 'handle' | 'reset' | 'history'>;
 
 export interface DiscordAdapterOptions {
   manager: DiscordConversations;
@@ -188,7 +188,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     return true;
   }
 
-  private async isBotThread(thread: ThreadChannel): Promise<boolean> {
+  /** A thread the bot started (its answers' threads): messages there are follow-ups. */
+  async isBotThread(thread: ThreadChannel): Promise<boolean> {
     if (this.botThreads.has(thread.id)) return true;
     if (thread.ownerId) return thread.ownerId === this.botId;
     try {
@@ -285,6 +286,18 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
    */
   stop(customId: string, user: string, moderator: boolean): StopOutcome {
     return customId.startsWith(STOP_PREFIX) ? this.stops.press(customId.slice(STOP_PREFIX.length), user, moderator) : 'finished';
+  }
+  /**
+   * `/forget` by `user` (`moderator`: may manage messages): the conversation's image and history deleted, if the
+   * user took part in it or may moderate; 'empty' when there was nothing stored.
+   */
+  async forget(key: ConversationKey, user: string, moderator: boolean): Promise<'forgotten' | 'not_allowed' | 'empty'> {
+    const state = await this.manager.history(key);
+    if (!state) return 'empty';
+    if (!moderator && state.turns.length > 0 && !state.turns.some((t) => t.by === user)) return 'not_allowed';
+    await this.manager.reset(key);
+    this.log(`discord: conversation ${key.channel}/${key.thread} forgotten at the request of user ${user}`);
+    return 'forgotten';
   }
 
   // ------------------------------------------------------------------------------------------------

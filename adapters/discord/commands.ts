@@ -1,4 +1,5 @@
-// The application commands the bot answers: `/describe` and the "Describe image" message context menu.
+// The application commands the bot answers: `/describe`, the "Describe image" message context menu, and `/forget`
+// (a thread's image and history deleted).
 // `minigpt register-commands` sends these definitions to Discord.
 import {
   ApplicationCommandOptionType,
@@ -10,6 +11,7 @@ import {
 import { TASKS } from '../../src/grounding/tasks.js';
 
 export const DESCRIBE_COMMAND = 'describe';
+export const FORGET_COMMAND = 'forget';
 export const DESCRIBE_IMAGE_MENU = 'Describe image';
 
 const TASK_LABELS: Record<(typeof TASKS)[number] | 'chat', string> = {
@@ -65,5 +67,12 @@ export function commandDefinitions(): RESTPostAPIApplicationCommandsJSONBody[] {
       ],
     },
     { type: ApplicationCommandType.Message, name: DESCRIBE_IMAGE_MENU, contexts, integration_types },
+    {
+      type: ApplicationCommandType.ChatInput,
+      name: FORGET_COMMAND,
+      description: "Delete this thread's image and history from the bot (in a thread it started, or in a DM)",
+      contexts,
+      integration_types,
+    },
   ];
 }

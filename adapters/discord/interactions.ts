@@ -20,7 +20,7 @@ import { isTask } from '../../src/grounding/tasks.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import { describeError } from '../shared/errors.js';
 import type { StopOutcome } from '../shared/stop-buttons.js';
-import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU } from './commands.js';
+import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU, FORGET_COMMAND } from './commands.js';
 import { notice, threadName } from './format.js';
 import { findImage, ImageInputProblem, type DownloadPolicy, type ImageSource } from './images.js';
 import { isPermissionError, type RelayResult } from './relay.js';
@@ -42,12 +42,20 @@ export interface InteractionHost {
   rememberThread(id: string): void;
   /** a Stop button pressed (DiscordBot.stop) */
   stop(customId: string, user: string, moderator: boolean): StopOutcome;
+  /** a thread the bot started */
+  isBotThread(thread: ThreadChannel): Promise<boolean>;
+  /** `/forget` (DiscordBot.forget) */
+  forget(key: ConversationKey, user: string, moderator: boolean): Promise<'forgotten' | 'not_allowed' | 'empty'>;
 }
 
 /** The custom ids of the Stop buttons on running answers start with this. */
 export const STOP_PREFIX = 'minigpt-stop:';
 const NOT_YOURS = 'Only the person who asked, or a moderator (Manage Messages), can stop this answer.';
 const FINISHED = 'This answer has already finished.';
+const FORGET_WHERE = 'Use /forget inside a thread I started (or in a DM with me): it deletes that conversation.';
+const FORGOTTEN = "Forgotten: this conversation's image and history are deleted. Send an image to start again.";
+const NOTHING_STORED = 'I have nothing stored for this conversation.';
+const NOT_YOURS_TO_FORGET = 'Only someone who took part in this conversation, or a moderator (Manage Messages), can make me forget it.';
 
 type DescribeInteraction = ChatInputCommandInteraction | MessageContextMenuCommandInteraction;
 
@@ -74,6 +82,41 @@ export async function onInteraction(bot: InteractionHost, i: Interaction): Promi
     });
   } else if (i.isMessageContextMenuCommand() && i.commandName === DESCRIBE_IMAGE_MENU) {
     await describe(bot, i, { target: i.targetMessage, prompt: '' });
+  } else if (i.isChatInputCommand() && i.commandName === FORGET_COMMAND) {
+    await forget(bot, i);
+  }
+}
+
+/**
+ * `/forget`: the conversation of the bot thread or DM it is used in is deleted (image and history), after the
+ * requests sent there before it; the answer is private.
+ */
+async function forget(bot: InteractionHost, i: ChatInputCommandInteraction): Promise<void> {
+  const channel = i.channel;
+  let key: ConversationKey | undefined;
+  if (!i.guildId && i.channelId) key = { platform: 'discord', workspace: '@me', channel: i.channelId, thread: i.channelId };
+  else if (i.guildId && channel?.isThread() && (await bot.isBotThread(channel)))
+    key = { platform: 'discord', workspace: i.guildId, channel: channel.parentId ?? channel.id, thread: channel.id };
+  if (!key) {
+    await i.reply({ content: FORGET_WHERE, flags: MessageFlags.Ephemeral });
+    return;
+  }
+  const turn = bot.takeTurn(channel, i.channelId, !i.guildId);
+  try {
+    await i.deferReply({ flags: MessageFlags.Ephemeral });
+    await turn.ready();
+    const moderator = i.memberPermissions?.has(PermissionFlagsBits.ManageMessages) ?? false;
+    let outcome: Awaited<ReturnType<InteractionHost['forget']>>;
+    try {
+      outcome = await bot.forget(key, i.user.id, moderator);
+    } catch (err) {
+      bot.log(`discord: /forget ${i.id}: ${describeError(err)}`);
+      await i.editReply({ content: "⚠️ I couldn't reach my conversation store; nothing was deleted. Please try again in a moment." });
+      return;
+    }
+    await i.editReply({ content: outcome === 'forgotten' ? FORGOTTEN : outcome === 'empty' ? NOTHING_STORED : NOT_YOURS_TO_FORGET });
+  } finally {
+    turn.release();
   }
 }
 

@@ -29,6 +29,11 @@ class ScriptedManager {
     this.requests.push(req);
     return this.script(req);
   }
+  // (no stored conversations: /forget is tested end to end with the real manager)
+  async reset(): Promise<void> {}
+  async history(): Promise<null> {
+    return null;
+  }
 }
 
 /** An answer streamed in `pieces` pieces, `delayMs` apart, with an optional annotated image. */

@@ -446,3 +446,45 @@ describe('missing permissions', () => {
     }
   });
 });
+
+describe('/forget', () => {
+  const forget = { id: '1', name: 'forget', type: 1 };
+  /** runs /forget in `channel` as `user`; the private reply's text */
+  async function runForget(channel: string, user = s.w.alice, permissions?: string): Promise<string> {
+    const { token } = s.fake.interact(channel, user, forget, permissions);
+    await until(() => (s.fake.original(token)?.content ?? '') !== '', 'the reply to /forget');
+    const reply = s.fake.original(token)!;
+    expect(reply.flags! & 64).toBe(64); // only the user sees it
+    return reply.content;
+  }
+
+  it("deletes a bot thread's image and history for someone who took part (not for others); elsewhere says where it works", async () => {
+    const msg = s.fake.postMessage(s.w.general, s.w.alice, 'remember this', {
+      attachments: [s.fake.addAttachment('f.png', await testPng(123, 77), 'image/png')], // (an image no other test sends)
+      mentionBot: true,
+    });
+    await answered(logs, msg.id);
+    const key = { platform: 'discord' as const, workspace: s.w.guildId, channel: s.w.general, thread: msg.id };
+    const hash = (await s.manager.history(key))!.image.hash;
+    expect(await s.manager.store.get(`img:${hash}`)).toBeDefined();
+
+    // bob did not take part and is no moderator: refused, nothing deleted
+    expect(await runForget(msg.id, s.w.bob, '0')).toBe(
+      'Only someone who took part in this conversation, or a moderator (Manage Messages), can make me forget it.',
+    );
+    expect(await s.manager.history(key)).not.toBeNull();
+    // outside a bot thread: where it works
+    expect(await runForget(s.w.general)).toBe('Use /forget inside a thread I started (or in a DM with me): it deletes that conversation.');
+
+    // alice, who asked: image and history gone from the store
+    expect(await runForget(msg.id, s.w.alice, '0')).toBe(
+      "Forgotten: this conversation's image and history are deleted. Send an image to start again.",
+    );
+    expect(await s.manager.history(key)).toBeNull();
+    expect(await s.manager.store.get(`img:${hash}`)).toBeUndefined();
+    expect(await runForget(msg.id)).toBe('I have nothing stored for this conversation.');
+    // a follow-up in the thread now has no image
+    const follow = s.fake.postMessage(msg.id, s.w.alice, 'and now?');
+    expect(await answered(logs, follow.id)).toMatch(/error no_image/);
+  });
+});

@@ -513,9 +513,9 @@ export class FakeDiscord {
     return msg;
   }
 
-  /** A user runs a command; returns the interaction's id and token. */
-  interact(channelId: string, user: ApiUser, data: Record<string, any>): { id: string; token: string } {
-    return this.sendInteraction(channelId, user, { type: 2, data });
+  /** A user runs a command (`permissions`: the member's, default all); returns the interaction's id and token. */
+  interact(channelId: string, user: ApiUser, data: Record<string, any>, permissions = PERMISSIONS.ALL): { id: string; token: string } {
+    return this.sendInteraction(channelId, user, { type: 2, data }, permissions);
   }
 
   /**

@@ -27,11 +27,11 @@ async function runCli(args: string[], env: Record<string, string | undefined>): 
 }
 
 describe('minigpt register-commands', () => {
-  it('registers /describe and "Describe image" globally, or for DISCORD_GUILD_ID', async () => {
+  it('registers /describe, "Describe image" and /forget globally, or for DISCORD_GUILD_ID', async () => {
     const env = { DISCORD_TOKEN: w.fake.token, DISCORD_APP_ID: w.fake.appId, DISCORD_API_URL: w.fake.apiUrl };
     const g = await runCli(['register-commands'], env);
     expect(g.code, g.stderr).toBe(0);
-    expect(g.stderr).toContain(`registered /describe, "Describe image" for application ${w.fake.appId} globally`);
+    expect(g.stderr).toContain(`registered /describe, "Describe image", /forget for application ${w.fake.appId} globally`);
     const put = w.fake.calls.filter((c) => c.method === 'PUT' && c.path === `/applications/${w.fake.appId}/commands`);
     expect(put).toHaveLength(1);
     expect(put[0].authorized).toBe(true);
@@ -63,7 +63,7 @@ describe('minigpt register-commands', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain(`in guild ${w.guildId}`);
     expect(w.fake.calls.some((c) => c.method === 'GET' && c.path === '/applications/@me')).toBe(true);
-    expect(w.fake.commands.get(w.guildId)?.map((c) => c.name)).toEqual(['describe', 'Describe image']);
+    expect(w.fake.commands.get(w.guildId)?.map((c) => c.name)).toEqual(['describe', 'Describe image', 'forget']);
     expect(g.stderr + r.stderr).not.toContain(w.fake.token);
   });
 
