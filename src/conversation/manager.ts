@@ -221,7 +221,7 @@ export class ConversationManager {
       if (this.sweeping || this.closing) return;
       this.sweeping = this.repo
         .sweepExpired()
-        .then((left) => this.log(`conversation store: expired conversations swept out (${left ?? '?'} entries left)`))
+        .then((left) => this.log(`conversation store: expired conversations swept out (about ${left ?? '?'} entries left)`))
         .catch((err: unknown) => this.log(`conversation store: sweeping expired conversations failed: ${(err as Error).message}`))
         .finally(() => (this.sweeping = undefined));
     };

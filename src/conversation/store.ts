@@ -214,15 +214,27 @@ export class ConversationStore {
 
   /**
    * Deletes what has outlived its retention time from a store that does not expire entries by itself (SQLite, the
-   * in-memory store: keyv drops an expired entry only when it is read); Redis expires them on its own. Returns the
-   * number of entries left, or undefined for a store that cannot be walked.
+   * in-memory store: keyv drops an expired entry only when it is read); Redis expires them on its own. A conversation
+   * written before a retention time was set has no expiry of its own: it goes (with its use of its image) once its
+   * last turn is older than the retention time. Returns how many live entries it walked past (a store's size, give
+   * or take what it deleted), or undefined for a store that cannot be walked.
    */
   async sweepExpired(): Promise<number | undefined> {
     const kv = this.kv as Keyv & { iterator?: (namespace?: string) => AsyncGenerator<[string, unknown]> };
     if (typeof kv.iterator !== 'function') return undefined;
+    const old: { id: string; image: string }[] = [];
     let left = 0;
     // keyv's iterator deletes each expired entry it reads, and yields the others
-    for await (const entry of kv.iterator(kv.namespace)) if (entry) left++;
+    for await (const [key, value] of kv.iterator(kv.namespace)) {
+      const state = value as Partial<ConversationState> | undefined;
+      if (this.ttlMs && key.startsWith('conv:') && state?.image?.hash && Date.parse(state.updatedAt ?? '') + this.ttlMs < Date.now())
+        old.push({ id: key.slice('conv:'.length), image: state.image.hash });
+      else left++;
+    }
+    for (const c of old) {
+      await this.deleteConversation(c.id);
+      await this.detachImage(c.image, c.id);
+    }
     return left;
   }
 

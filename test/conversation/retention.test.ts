@@ -26,6 +26,13 @@ afterAll(async () => {
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until(cond: () => Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
 const manager = (store: Keyv | undefined, ttlMs: number | undefined, sweepIntervalMs?: number) =>
   new ConversationManager({
     model: tiny.model,
@@ -117,6 +124,24 @@ describe('conversation retention', () => {
     } finally {
       await raw.disconnect();
       await m.close();
+    }
+  });
+
+  it('forgets conversations stored before a retention time was set (no expiry of their own) once older than it', async () => {
+    const url = `sqlite://${join(dir, 'legacy.sqlite')}`;
+    const before = manager(await createStore(url), 0);
+    await collect(before.handle({ key: key('legacy'), user: 'u', text: 'hi', image }));
+    await before.close();
+    await sleep(300);
+    // the bot restarted with a retention time of 250 ms: its first sweep deletes the old conversation and its image
+    const after = manager(await createStore(url), 250, 100_000);
+    const raw = await createStore(url);
+    try {
+      await until(async () => (await sqliteKeys(raw)).length === 0, 'the legacy rows swept');
+      expect(await after.history(key('legacy'))).toBeNull();
+    } finally {
+      await raw.disconnect();
+      await after.close();
     }
   });
 
