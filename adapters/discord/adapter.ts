@@ -280,13 +280,14 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   }
 
   /**
-   * A Stop button pressed by `user` (`moderator`: may manage messages in the channel): the asker or a moderator
-   * stops the answer; anyone else is told no; an answer that already ended (or ran in a process since restarted)
-   * is `finished`.
+   * Stop button `id` (its custom id after STOP_PREFIX) pressed by `user` (`moderator`: may manage messages in the
+   * channel): the asker or a moderator stops the answer; anyone else is told no; an answer that already ended (or
+   * ran in a process since restarted) is `finished`.
    */
-  stop(customId: string, user: string, moderator: boolean): StopOutcome {
-    return customId.startsWith(STOP_PREFIX) ? this.stops.press(customId.slice(STOP_PREFIX.length), user, moderator) : 'finished';
+  stop(id: string, user: string, moderator: boolean): StopOutcome {
+    return this.stops.press(id, user, moderator);
   }
+
   /**
    * `/forget` by `user` (`moderator`: may manage messages): the conversation's image and history deleted, if the
    * user took part in it or may moderate; 'empty' when there was nothing stored.

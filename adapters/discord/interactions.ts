@@ -40,8 +40,8 @@ export interface InteractionHost {
   run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult>;
   /** a thread the bot opened: messages there are follow-ups */
   rememberThread(id: string): void;
-  /** a Stop button pressed (DiscordBot.stop) */
-  stop(customId: string, user: string, moderator: boolean): StopOutcome;
+  /** a Stop button pressed (DiscordBot.stop): `id` is its custom id after STOP_PREFIX */
+  stop(id: string, user: string, moderator: boolean): StopOutcome;
   /** a thread the bot started */
   isBotThread(thread: ThreadChannel): Promise<boolean>;
   /** `/forget` (DiscordBot.forget) */
@@ -124,7 +124,7 @@ async function forget(bot: InteractionHost, i: ChatInputCommandInteraction): Pro
 async function onStop(bot: InteractionHost, i: ButtonInteraction): Promise<void> {
   // In a DM the asker is the only other person there.
   const moderator = i.memberPermissions?.has(PermissionFlagsBits.ManageMessages) ?? false;
-  const outcome = bot.stop(i.customId, i.user.id, moderator);
+  const outcome = bot.stop(i.customId.slice(STOP_PREFIX.length), i.user.id, moderator);
   if (outcome === 'stopped') await i.deferUpdate();
   else await i.reply({ content: outcome === 'finished' ? FINISHED : NOT_YOURS, flags: MessageFlags.Ephemeral });
 }

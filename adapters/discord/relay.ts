@@ -8,6 +8,7 @@ import { ActionRowBuilder, ButtonBuilder, ButtonStyle, DiscordAPIError, type Att
 import type { AnswerEvent } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, notice, splitMessage } from './format.js';
 import { onAnswerEvents } from '../shared/answer-events.js';
+import { stoppedLine } from '../shared/stop-buttons.js';
 import { ThrottledMessage } from '../shared/throttled-message.js';
 
 export interface Payload {
@@ -85,7 +86,7 @@ function preview(raw: string, head: string): string {
 
 /** A stopped answer: the text written so far (as much as one message holds) and who stopped it. */
 function stopped(raw: string, head: string, user: string): string {
-  const line = notice(`Stopped by <@${user}>. A stopped answer is not kept in the conversation.`);
+  const line = notice(stoppedLine(user));
   const md = answerMarkdown(raw).trim();
   if (!md) return `${head}${line}`;
   const room = DISCORD_MESSAGE_LIMIT - head.length - line.length - 3;

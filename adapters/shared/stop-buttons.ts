@@ -16,6 +16,11 @@ export interface StopHandle {
   close(): void;
 }
 
+/** The line under a stopped answer (Discord and Slack both write a user mention as `<@id>`). */
+export function stoppedLine(user: string): string {
+  return `Stopped by <@${user}>. A stopped answer is not kept in the conversation.`;
+}
+
 interface Running {
   controller: AbortController;
   user: string;

@@ -110,11 +110,8 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       try {
         image = await fetchImage(a.client, a.file, ctx.image, signal);
       } catch (err) {
-        if (err instanceof FileInputError && stop.stoppedBy()) {
-          await stopped();
-          return;
-        }
-        if (err instanceof FileInputError) {
+        // (stopped meanwhile: the fetch was aborted, whatever it says; the outer catch says stopped)
+        if (err instanceof FileInputError && !stop.stoppedBy()) {
           ctx.log(`slack: ${a.what}: file ${a.file.id} not used (${err.reason})`);
           await reply.error(err.message);
           return;
@@ -162,7 +159,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       },
     });
   } catch (err) {
-    // (stopped while the image was being fetched: the fetch was aborted)
+    // (stopped while the image was being fetched)
     if (stop.stoppedBy()) await stopped().catch(() => {});
     else {
       ctx.log(`slack: ${a.what} failed: ${describeSlackError(err)}`);

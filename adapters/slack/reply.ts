@@ -3,6 +3,7 @@
 // answer is written the first message can carry a Stop button (Block Kit: the text in section blocks, the button
 // in an actions block); the final write takes the blocks away, leaving the plain text.
 import type { webApi } from '@slack/bolt';
+import { stoppedLine } from '../shared/stop-buttons.js';
 import { ThrottledMessage } from '../shared/throttled-message.js';
 import { describeSlackError } from './errors.js';
 import { answerChunks, escapeMrkdwn } from './format.js';
@@ -112,7 +113,7 @@ export class ThreadReply {
   /** The answer stopped by `user`: the text so far, marked unfinished, and a line saying who stopped it. */
   async stopped(raw: string, user: string): Promise<void> {
     this.ended = true;
-    const line = `_Stopped by <@${user}>. A stopped answer is not kept in the conversation._`;
+    const line = `_${stoppedLine(user)}_`;
     const parts = raw.trim() ? this.chunks(raw, true) : this.opts.header ? [this.opts.header] : [];
     const last = parts.at(-1);
     if (last !== undefined && last.length + 1 + line.length <= this.opts.maxChars) parts[parts.length - 1] = `${last}\n${line}`;

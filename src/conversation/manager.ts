@@ -211,10 +211,6 @@ export class ConversationManager {
     return (await this.repo.getConversation(conversationId(checkKey(key)))) ?? null;
   }
 
-  /**
-   * Stops taking requests, cancels the waiting ones, lets the running one finish (and be stored), then
-   * closes the store, which flushes it.
-   */
   /** Sweeps expired conversations and images out of the store now and every `intervalMs` (see sweepExpired). */
   private startSweeping(intervalMs: number): void {
     const sweep = () => {
@@ -230,6 +226,10 @@ export class ConversationManager {
     this.sweeper.unref();
   }
 
+  /**
+   * Stops taking requests, cancels the waiting ones, lets the running one finish (and be stored), then
+   * closes the store, which flushes it.
+   */
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearInterval(this.sweeper);
@@ -427,8 +427,8 @@ export class ConversationManager {
 
   /**
    * A thread's turn into the store (none: a new image alone, its answer stopped): a new image first, then the
-   * conversation, then the image it replaced released, so that a stored conversation never names a missing image. The turn's KV cache goes if the
-   * image or the conversation cannot be written. Returns the turns as stored.
+   * conversation, then the image it replaced released, so that a stored conversation never names a missing image.
+   * The turn's KV cache goes if the image or the conversation cannot be written. Returns the turns as stored.
    */
   private async storeTurn(
     job: Job,

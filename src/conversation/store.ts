@@ -283,9 +283,9 @@ export class ConversationStore {
         await this.kv.set(`img:${image.hash}`, record, hold?.ttl);
         until = hold?.until;
       }
-      if (!users.includes(convId) || until !== undefined) {
-        await this.kv.set(`imgref:${image.hash}`, users.includes(convId) ? users : [...users, convId], hold?.ttl);
-      }
+      const next = users.includes(convId) ? users : [...users, convId];
+      // (a user list whose image was written anew gets the image's hold)
+      if (next !== users || until !== undefined) await this.kv.set(`imgref:${image.hash}`, next, hold?.ttl);
     });
     return until;
   }
