@@ -79,13 +79,13 @@ async function servedModel(config: BotConfig): Promise<ServedModel> {
   }
 }
 
-/** MINIGPT_SHARD_HOLD_MS: how long a front end's hold on its Discord shards lasts unless renewed (default 15 s). */
-function shardHold(env: NodeJS.ProcessEnv): { ttlMs?: number } {
-  const raw = env.MINIGPT_SHARD_HOLD_MS?.trim();
-  if (!raw) return {};
+/** A setting in milliseconds from the environment (`name`), at least `min`; undefined when unset or blank. */
+function msFromEnv(env: NodeJS.ProcessEnv, name: string, min: number): number | undefined {
+  const raw = env[name]?.trim();
+  if (!raw) return undefined;
   const ms = Number(raw);
-  if (!(Number.isInteger(ms) && ms >= 300)) throw new ServeError(`MINIGPT_SHARD_HOLD_MS=${raw}: expected milliseconds (at least 300)`);
-  return { ttlMs: ms };
+  if (!(Number.isInteger(ms) && ms >= min)) throw new ServeError(`${name}=${raw}: expected milliseconds (at least ${min})`);
+  return ms;
 }
 
 export interface RunningFrontend extends AdaptersRunning {
@@ -97,14 +97,15 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
   const { env, log, config } = await serveSetup(opts);
   const web = webSettings(env);
   const api = apiSettings(env);
-  const hold = shardHold(env);
+  // how long a front end's hold on its Discord shards lasts unless renewed (default 15 s)
+  const holdMs = msFromEnv(env, 'MINIGPT_SHARD_HOLD_MS', 300);
   const { redisUrl, storeUrl } = redisSettings('frontend', env, config);
   const store = await createStore(storeUrl);
   const manager = new RemoteConversations({ redisUrl, store, maxQueue: config.runtime.queue_size, log });
   const adapters: RunningAdapter[] = [];
   try {
     const rateLimiter = (scope: string, max: number, windowMs: number) => manager.rateLimiter(scope, max, windowMs);
-    const shardLeases = manager.shardLeases(hold);
+    const shardLeases = manager.shardLeases(holdMs ? { ttlMs: holdMs } : {});
     const urls = await startAdapters(
       {
         manager,
@@ -142,9 +143,7 @@ export interface RunningWorker {
 export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorker> {
   const { env, log, config } = await serveSetup(opts);
   const { redisUrl, storeUrl } = redisSettings('worker', env, config);
-  const lockMs = env.MINIGPT_WORKER_LOCK_MS ? Number(env.MINIGPT_WORKER_LOCK_MS) : undefined;
-  if (lockMs !== undefined && !(Number.isInteger(lockMs) && lockMs >= 500))
-    throw new ServeError(`MINIGPT_WORKER_LOCK_MS=${env.MINIGPT_WORKER_LOCK_MS}: expected milliseconds (at least 500)`);
+  const lockMs = msFromEnv(env, 'MINIGPT_WORKER_LOCK_MS', 500);
   await checkPackage(config.packageDir);
   const store = await createStore(storeUrl);
   let model: MiniGPT | undefined;
