@@ -1,0 +1,105 @@
+// The Stop button across Redis: the asker presses Stop on a Slack answer that a worker is writing; the front end's
+// cancel reaches the worker (pub/sub) and its generation ends, the thread keeps the image (stored by the worker)
+// and a follow-up, queued like any other, is answered in full. A real redis-server on a free loopback port, the
+// real cluster worker and front end (RemoteConversations) in this process, the real Bolt app on the fake Slack,
+// the demo model forced to a long answer with its decoding steps slowed so that there is time to press.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager, createStore } from '../../src/conversation/index.js';
+import { RemoteConversations } from '../../src/cluster/frontend.js';
+import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
+import type { SlackAdapter } from '../../adapters/slack/index.js';
+import { slackKey } from '../../adapters/slack/answer.js';
+import { slowSteps, type SlowSteps } from '../helpers/slow-steps.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { FakeSlack, type FakeMessage } from '../slack/fake-slack.js';
+import { sleep, squarePng, startSlack, textReplies } from '../slack/helpers.js';
+
+const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
+const FORCED = Array.from({ length: 40 }, (_, i) => `word${i}`).join(' ');
+
+let redis: TestRedis;
+let model: MiniGPT;
+let slow: SlowSteps;
+let manager: ConversationManager;
+let worker: ClusterWorker;
+let frontend: RemoteConversations;
+let fake: FakeSlack;
+let adapter: SlackAdapter;
+
+beforeAll(async () => {
+  redis = await startRedis();
+  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: FORCED });
+  slow = slowSteps(model, 25);
+  manager = new ConversationManager({
+    model,
+    store: await createStore(redis.url),
+    defaults: { maxNewTokens: 400, temperature: 0 },
+  });
+  worker = await startClusterWorker({
+    redisUrl: redis.url,
+    manager,
+    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
+    lockMs: 2000,
+  });
+  frontend = new RemoteConversations({ redisUrl: redis.url, store: await createStore(redis.url) });
+  fake = await FakeSlack.start();
+  adapter = await startSlack(fake, frontend, { updateIntervalMs: 100 });
+}, 60_000);
+
+afterAll(async () => {
+  await adapter?.close();
+  await fake?.close();
+  await frontend?.close();
+  await worker?.close();
+  await manager?.close();
+  slow?.restore();
+  await model?.close();
+  await redis?.cleanup();
+});
+
+const hasButton = (m: FakeMessage) => (m.blocks ?? []).some((b) => b.type === 'actions');
+
+describe('the Stop button on a front end', () => {
+  it("stops the worker's generation; the thread keeps its image for the next question", async () => {
+    const file = fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+    const { msg: ask } = await fake.mention('C1', { text: `<@${fake.botUserId}> describe this at length`, files: [file] });
+    const reply = await fake.waitFor(
+      () => textReplies(fake, 'C1', ask.ts).find((m) => /word3 .* …$/.test(m.text) && hasButton(m)),
+      30_000,
+      'an answer being written by the worker, with its Stop button',
+    );
+
+    await fake.pressButton(reply, 'minigpt_stop', 'U0ALICE');
+    await fake.waitFor(() => (/Stopped by <@U0ALICE>/.test(reply.text) ? true : undefined), 10_000, 'the stopped reply');
+    // the worker's model stops stepping (the cancel went through Redis to it), well before 40 words
+    let at = -1;
+    for (let i = 0; i < 20 && slow.steps() !== at; i++) {
+      at = slow.steps();
+      await sleep(300);
+    }
+    expect(slow.steps()).toBe(at);
+    const stoppedAt = slow.steps();
+    expect(stoppedAt).toBeLessThan(40);
+    const words = reply.text.split('\n')[0]!.replace(/ …$/, '');
+    expect(FORCED.startsWith(words)).toBe(true);
+
+    // the worker stored the image, and no turn, in the shared store
+    const key = slackKey(fake.teamId, 'C1', ask.ts);
+    const state = await frontend.history(key);
+    expect(state?.image).toBeDefined();
+    expect(state?.turns).toEqual([]);
+
+    // a follow-up is queued to a worker like any other and answered in full, from the stored image
+    await fake.reply('C1', ask.ts, { text: 'and in short?' });
+    const full = await fake.waitFor(
+      () => textReplies(fake, 'C1', ask.ts).find((m) => m !== reply && m.text === FORCED && !hasButton(m)),
+      30_000,
+      'the follow-up answered in full',
+    );
+    expect(full.text).toBe(FORCED);
+    expect(slow.steps() - stoppedAt).toBeGreaterThanOrEqual(40);
+    expect((await frontend.history(key))?.turns.map((t) => t.user)).toEqual(['and in short?']);
+  }, 90_000);
+});
