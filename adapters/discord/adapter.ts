@@ -8,7 +8,7 @@
 //   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
 //                                           on it for follow-ups (interactions.ts)
 import { Events, ThreadAutoArchiveDuration, type Client, type Message, type SendableChannels, type ThreadChannel } from 'discord.js';
-import type { ConversationKey, ConversationRequest } from '../../src/conversation/index.js';
+import type { ConversationKey, ConversationRequest, ResetOutcome } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
 import { threadName } from './format.js';
 import { apologiseOnFailure, HELP_NO_IMAGE, NO_THREAD_NOTICE, rateLimitMessage, stripBotMention } from './replies.js';
@@ -26,6 +26,7 @@ import { UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './li
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { restartNotice } from '../shared/answer-events.js';
 import { describeError } from '../shared/errors.js';
+import { forgetConversation } from '../shared/forget.js';
 import type { ConversationPort } from '../shared/port.js';
 import type { ShardLeases } from '../shared/shard-lease.js';
 import { TaskSet } from '../shared/tasks.js';
@@ -292,13 +293,10 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
    * `/forget` by `user` (`moderator`: may manage messages): the conversation's image and history deleted, if the
    * user took part in it or may moderate; 'empty' when there was nothing stored.
    */
-  async forget(key: ConversationKey, user: string, moderator: boolean): Promise<'forgotten' | 'not_allowed' | 'empty'> {
-    const state = await this.manager.history(key);
-    if (!state) return 'empty';
-    if (!moderator && state.turns.length > 0 && !state.turns.some((t) => t.by === user)) return 'not_allowed';
-    await this.manager.reset(key);
-    this.log(`discord: conversation ${key.channel}/${key.thread} forgotten at the request of user ${user}`);
-    return 'forgotten';
+  async forget(key: ConversationKey, user: string, moderator: boolean): Promise<ResetOutcome> {
+    const outcome = await forgetConversation(this.manager, key, user, moderator);
+    if (outcome === 'forgotten') this.log(`discord: conversation ${key.channel}/${key.thread} forgotten at the request of user ${user}`);
+    return outcome;
   }
 
   // ------------------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ import {
   type MessageContextMenuCommandInteraction,
   type ThreadChannel,
 } from 'discord.js';
-import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import type { ConversationKey, ConversationRequest, ResetOutcome, TaskTag } from '../../src/conversation/index.js';
 import { isTask } from '../../src/grounding/tasks.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import { describeError } from '../shared/errors.js';
+import { FORGET_FAILED, FORGOTTEN, NOTHING_STORED } from '../shared/forget.js';
 import type { StopOutcome } from '../shared/stop-buttons.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU, FORGET_COMMAND } from './commands.js';
 import { notice, threadName } from './format.js';
@@ -45,7 +46,7 @@ export interface InteractionHost {
   /** a thread the bot started */
   isBotThread(thread: ThreadChannel): Promise<boolean>;
   /** `/forget` (DiscordBot.forget) */
-  forget(key: ConversationKey, user: string, moderator: boolean): Promise<'forgotten' | 'not_allowed' | 'empty'>;
+  forget(key: ConversationKey, user: string, moderator: boolean): Promise<ResetOutcome>;
 }
 
 /** The custom ids of the Stop buttons on running answers start with this. */
@@ -53,8 +54,6 @@ export const STOP_PREFIX = 'minigpt-stop:';
 const NOT_YOURS = 'Only the person who asked, or a moderator (Manage Messages), can stop this answer.';
 const FINISHED = 'This answer has already finished.';
 const FORGET_WHERE = 'Use /forget inside a thread I started (or in a DM with me): it deletes that conversation.';
-const FORGOTTEN = "Forgotten: this conversation's image and history are deleted. Send an image to start again.";
-const NOTHING_STORED = 'I have nothing stored for this conversation.';
 const NOT_YOURS_TO_FORGET = 'Only someone who took part in this conversation, or a moderator (Manage Messages), can make me forget it.';
 
 type DescribeInteraction = ChatInputCommandInteraction | MessageContextMenuCommandInteraction;
@@ -106,12 +105,12 @@ async function forget(bot: InteractionHost, i: ChatInputCommandInteraction): Pro
     await i.deferReply({ flags: MessageFlags.Ephemeral });
     await turn.ready();
     const moderator = i.memberPermissions?.has(PermissionFlagsBits.ManageMessages) ?? false;
-    let outcome: Awaited<ReturnType<InteractionHost['forget']>>;
+    let outcome: ResetOutcome;
     try {
       outcome = await bot.forget(key, i.user.id, moderator);
     } catch (err) {
       bot.log(`discord: /forget ${i.id}: ${describeError(err)}`);
-      await i.editReply({ content: "⚠️ I couldn't reach my conversation store; nothing was deleted. Please try again in a moment." });
+      await i.editReply({ content: FORGET_FAILED });
       return;
     }
     await i.editReply({ content: outcome === 'forgotten' ? FORGOTTEN : outcome === 'empty' ? NOTHING_STORED : NOT_YOURS_TO_FORGET });

@@ -2,11 +2,19 @@
 // or a front end's RemoteConversations (src/cluster/frontend.ts) answers (docs/architecture.md, "The
 // conversation port"). Each adapter names the part it uses (Pick), so a test's fake implements no more.
 import type Keyv from 'keyv';
-import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../../src/conversation/index.js';
+import type {
+  AnswerEvent,
+  ConversationKey,
+  ConversationRequest,
+  ConversationState,
+  ResetOptions,
+  ResetOutcome,
+} from '../../src/conversation/index.js';
 
 export interface ConversationPort {
   handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
-  reset(key: ConversationKey): Promise<void>;
+  /** forgets the conversation after its earlier requests (with `by`: only if that user took part in it) */
+  reset(key: ConversationKey, opts?: ResetOptions): Promise<ResetOutcome>;
   history(key: ConversationKey): Promise<ConversationState | null>;
   /** the conversation store (STORE_URL): adapters keep their own marks there (Slack's handled events) */
   readonly store: Keyv;

@@ -8,11 +8,19 @@ import { StopButtons } from '../shared/stop-buttons.js';
 import { TaskSet } from '../shared/tasks.js';
 import { answer, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
 import { SeenSet } from './dedupe.js';
+import { WorkspaceAdmins } from './admins.js';
 import { onDescribe, onShortcut, type DescribeContext } from './describe.js';
+import { onForget } from './forget.js';
 import { ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
 import { eventFiles, isImageFile, notAnImage, type SlackFile } from './files.js';
 import { DEFAULT_MAX_MESSAGE_CHARS, slackTextToPlain } from './format.js';
-import { DEFAULT_COMMAND, DEFAULT_SHORTCUT, type SlackAdapterOptions, type SlackConversationManager } from './options.js';
+import {
+  DEFAULT_COMMAND,
+  DEFAULT_FORGET_SHORTCUT,
+  DEFAULT_SHORTCUT,
+  type SlackAdapterOptions,
+  type SlackConversationManager,
+} from './options.js';
 import { describeSlackError } from './errors.js';
 
 type WebClient = webApi.WebClient;
@@ -35,6 +43,8 @@ export class SlackBot {
   private readonly ctx: DescribeContext;
   /** per-thread arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
+  /** workspace admins may stop and forget others' answers */
+  private readonly admins: WorkspaceAdmins;
   private nextId = 1;
 
   constructor(
@@ -45,6 +55,7 @@ export class SlackBot {
     this.manager = opts.manager;
     this.log = ids.log;
     this.botUserId = ids.botUserId;
+    this.admins = new WorkspaceAdmins(this.log);
     this.tasks = new TaskSet((what, err) => this.log(`slack: ${what} failed: ${describeSlackError(err)}`));
     const store = opts.store ?? opts.manager.store;
     const ttl = opts.dedupeTtlMs ?? DAY;
@@ -134,10 +145,13 @@ export class SlackBot {
       );
     });
 
-    app.shortcut(
-      { callback_id: this.opts.shortcutCallbackId ?? DEFAULT_SHORTCUT, type: 'message_action' },
-      async ({ shortcut, ack, client, respond }) => {
-        // The answer goes into the message's thread: its turn there is taken on arrival, like a message's.
+    const messageShortcut = (
+      callbackId: string,
+      what: string,
+      work: (s: ShortcutPayload, client: WebClient, respond: (text: string) => Promise<void>, turn?: ArrivalTurn) => Promise<void>,
+    ) =>
+      app.shortcut({ callback_id: callbackId, type: 'message_action' }, async ({ shortcut, ack, client, respond }) => {
+        // It acts on the message's thread: its turn there is taken on arrival, like a message's.
         const s = shortcut as unknown as ShortcutPayload;
         const thread = s.message?.thread_ts ?? s.message?.ts;
         const turn =
@@ -148,22 +162,32 @@ export class SlackBot {
           turn?.release();
           throw err;
         }
-        this.spawn(
-          'shortcut',
-          () => onShortcut(this.ctx, s, client, (text) => respond({ response_type: 'ephemeral', text }).then(() => {}), turn),
-          turn,
-        );
-      },
+        const tell = (text: string) => respond({ response_type: 'ephemeral', text }).then(() => {});
+        this.spawn(what, () => work(s, client, tell, turn), turn);
+      });
+    messageShortcut(this.opts.shortcutCallbackId ?? DEFAULT_SHORTCUT, 'shortcut', (s, client, tell, turn) =>
+      onShortcut(this.ctx, s, client, tell, turn),
+    );
+    // The thread is forgotten after the requests sent there before it (its turn is held until then).
+    messageShortcut(this.opts.forgetShortcutCallbackId ?? DEFAULT_FORGET_SHORTCUT, 'forget', (s, client, tell) =>
+      onForget({ manager: this.manager, admins: this.admins, log: this.log }, s, client, tell),
     );
 
-    // The Stop button of an answer being written: only the person who asked may stop it (Slack has no per-channel
-    // moderator permission to go by); others, and a button of an answer that ended, get a private reply.
-    app.action(STOP_ACTION, async ({ ack, body, respond }) => {
+    // The Stop button of an answer being written: the person who asked, or a workspace admin (Slack has no
+    // per-channel moderator permission to go by), may stop it; others, and a button of an answer that ended, get a
+    // private reply.
+    app.action(STOP_ACTION, async ({ ack, body, respond, client }) => {
       await ack();
       const b = body as { user?: { id?: string }; actions?: { value?: string }[] };
-      const outcome = this.ctx.stops.press(b.actions?.[0]?.value ?? '', b.user?.id ?? '', false);
+      const id = b.actions?.[0]?.value ?? '';
+      const user = b.user?.id ?? '';
+      let outcome = this.ctx.stops.press(id, user, false);
+      if (outcome === 'not_allowed' && user && (await this.admins.isAdmin(client, user))) outcome = this.ctx.stops.press(id, user, true);
       if (outcome === 'stopped') return;
-      const text = outcome === 'finished' ? 'This answer has already finished.' : 'Only the person who asked can stop this answer.';
+      const text =
+        outcome === 'finished'
+          ? 'This answer has already finished.'
+          : 'Only the person who asked, or a workspace admin, can stop this answer.';
       await respond({ response_type: 'ephemeral', replace_original: false, text }).catch((err: unknown) => {
         this.log(`slack: could not answer a Stop button: ${describeSlackError(err)}`);
       });

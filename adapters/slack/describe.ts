@@ -141,16 +141,18 @@ export async function onShortcut(
   });
 }
 
-async function ephemeral(
-  ctx: DescribeContext,
+/** `text` shown to `user` alone (in `thread` if given); by the command's or shortcut's response URL if that fails. */
+export async function ephemeral(
+  ctx: Pick<DescribeContext, 'log'>,
   client: WebClient,
   channel: string,
   user: string,
   text: string,
   respond?: (text: string) => Promise<void>,
+  thread?: string,
 ): Promise<void> {
   try {
-    await client.chat.postEphemeral({ channel, user, text: escapeMrkdwn(text) });
+    await client.chat.postEphemeral({ channel, user, text: escapeMrkdwn(text), ...(thread ? { thread_ts: thread } : {}) });
   } catch (err) {
     ctx.log(`slack: chat.postEphemeral in ${channel} failed: ${describeSlackError(err)}`);
     if (respond) await respond(text).catch((e: unknown) => ctx.log(`slack: response_url failed: ${describeSlackError(e)}`));

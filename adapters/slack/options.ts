@@ -3,8 +3,11 @@
 import type { ConversationPort } from '../shared/port.js';
 import type Keyv from 'keyv';
 
-/** What the adapter needs from the conversation manager (its store: where the "seen" marks live unless given `store`). */
-export type SlackConversationManager = Pick<ConversationPort, 'handle' | 'history'> & Partial<Pick<ConversationPort, 'store'>>;
+/**
+ * What the adapter needs from the conversation manager (reset: "Forget this conversation"; its store: where the
+ * "seen" marks live unless given `store`).
+ */
+export type SlackConversationManager = Pick<ConversationPort, 'handle' | 'history' | 'reset'> & Partial<Pick<ConversationPort, 'store'>>;
 
 export interface SlackAdapterOptions {
   manager: SlackConversationManager;
@@ -33,8 +36,10 @@ export interface SlackAdapterOptions {
   maxMessageChars?: number;
   /** the slash command (default /describe) */
   command?: string;
-  /** the message shortcut's callback id (default describe_image) */
+  /** the "Describe image" message shortcut's callback id (default describe_image) */
   shortcutCallbackId?: string;
+  /** the "Forget this conversation" message shortcut's callback id (default forget_conversation) */
+  forgetShortcutCallbackId?: string;
   /** messages of the channel searched for /describe's image (default 100) */
   historyLimit?: number;
   /** how long event ids are remembered (default 24 h) */
@@ -57,6 +62,7 @@ export const SLACK_EVENTS_PATH = '/slack/events';
 export const DEFAULT_SLACK_PORT = 3000;
 export const DEFAULT_COMMAND = '/describe';
 export const DEFAULT_SHORTCUT = 'describe_image';
+export const DEFAULT_FORGET_SHORTCUT = 'forget_conversation';
 
 export class SlackConfigError extends Error {}
 

@@ -9,7 +9,15 @@ import type Keyv from 'keyv';
 import { conversationId } from '../conversation/store.js';
 import { ConversationStore } from '../conversation/store.js';
 import { EventChannel } from '../conversation/scheduler.js';
-import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState } from '../conversation/index.js';
+import { KeyedMutex } from '../util/keyed-mutex.js';
+import type {
+  AnswerEvent,
+  ConversationKey,
+  ConversationRequest,
+  ConversationState,
+  ResetOptions,
+  ResetOutcome,
+} from '../conversation/index.js';
 import type { ConversationPort } from '../../adapters/shared/port.js';
 import { RedisRateLimiter } from './rate-limit.js';
 import { RedisShardLeases, type RedisShardLeasesOptions } from './shard-lease.js';
@@ -51,6 +59,12 @@ export class RemoteConversations implements ConversationPort {
   private readonly streams: EventStreams;
   /** workers' own queues, by worker id */
   private readonly workerQueues = new Map<string, Queue<JobData>>();
+  /**
+   * A conversation's requests and resets are queued one at a time in this process, in the order of the calls, so
+   * that their numbers (seq) follow that order whatever each awaits before taking its number (the adapters hand
+   * requests over in arrival order; a forget right after a question must not overtake it).
+   */
+  private readonly enqueueing = new KeyedMutex();
   private closing = false;
 
   constructor(private readonly opts: RemoteConversationsOptions) {
@@ -96,15 +110,25 @@ export class RemoteConversations implements ConversationPort {
     return channel;
   }
 
-  /** Forgets a conversation, after its earlier requests (a job like them, so the order holds). */
-  async reset(key: ConversationKey): Promise<void> {
+  /**
+   * Forgets a conversation (with `by`: only if that user took part in it), after its earlier requests (a job like
+   * them, so the order holds).
+   */
+  async reset(key: ConversationKey, opts: ResetOptions = {}): Promise<ResetOutcome> {
     const convId = conversationId(key);
-    const seq = await this.redis.incr(keys.seq(convId));
     const jobId = `x${randomBytes(12).toString('hex')}`;
-    await this.queue.add('reset', { kind: 'reset', convId, seq, key }, { jobId, attempts: 3 });
+    const by = opts.by !== undefined ? { by: opts.by } : {};
+    await this.enqueueing.run(convId, async () => {
+      const seq = await this.redis.incr(keys.seq(convId));
+      await this.queue.add('reset', { kind: 'reset', convId, seq, key, ...by }, { jobId, attempts: 3 });
+    });
+    // (a worker of an earlier version resets without saying what it did: it deleted whatever was there)
+    let outcome: ResetOutcome = 'forgotten';
     for await (const ev of this.events(jobId, this.queue, new AbortController().signal)) {
       if (ev.type === 'error') throw new Error(ev.message);
+      if (ev.type === 'reset') outcome = ev.outcome;
     }
+    return outcome;
   }
 
   /** The stored conversation, read from the shared store. */
@@ -141,46 +165,10 @@ export class RemoteConversations implements ConversationPort {
     const convId = conversationId(req.key);
     const requestId = req.requestId ?? randomBytes(8).toString('hex');
     const jobId = `j${randomBytes(12).toString('hex')}`;
-    let position: number;
-    let queue: Queue<JobData>;
-    let counted = false;
-    try {
-      const workers = await listWorkers(this.redis);
-      if (workers.length === 0) return fail('unavailable', NO_WORKER);
-      // Counted and checked in one step, so that requests arriving together at several front ends cannot all
-      // pass the check before any of them is counted.
-      const now = Date.now();
-      const res = await this.redis
-        .multi()
-        .zremrangebyscore(keys.pending, '-inf', now - PENDING_TTL_MS)
-        .zadd(keys.pending, now, jobId)
-        .zcard(keys.pending)
-        .exec();
-      counted = true;
-      const waiting = Number(res?.[2]?.[1] ?? 0) - 1;
-      if (waiting >= this.maxQueue) {
-        await this.redis.zrem(keys.pending, jobId);
-        counted = false;
-        this.log(`frontend: busy, ${waiting} requests waiting; refused a request for ${convId}`);
-        return fail('busy', `The bot is busy (${waiting} requests waiting): please try again in a moment.`);
-      }
-      // A follow-up goes to the worker that holds its conversation's KV cache while that worker is alive.
-      const holder = req.history ? null : await this.redis.get(keys.affinity(convId));
-      queue = this.queueOf(holder && workers.some((w) => w.id === holder) ? holder : null);
-      const seq = await this.redis.incr(keys.seq(convId));
-      // A seed for every request: a retry on another worker samples the same answer.
-      const generation = { seed: Math.floor(Math.random() * 2 ** 31), ...req.generation };
-      await queue.add(
-        'answer',
-        { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) },
-        { jobId, attempts: 2 },
-      );
-      position = waiting;
-    } catch (err) {
-      if (counted) await this.redis.zrem(keys.pending, jobId).catch(() => {});
-      this.log(`frontend: cannot queue a request for ${convId}: ${(err as Error).message}`);
-      return fail('unavailable', UNAVAILABLE);
-    }
+    // (taken now, before this method's first await: the order of the calls)
+    const queued = await this.enqueueing.run(convId, () => this.enqueue(req, convId, jobId, requestId));
+    if ('code' in queued) return fail(queued.code, queued.message);
+    const { queue, position } = queued;
     channel.push({ type: 'queued', position });
     const onAbort = () => {
       // The worker stops it if it runs; a waiting one is dropped when a worker takes it.
@@ -198,6 +186,7 @@ export class RemoteConversations implements ConversationPort {
       let sent = '';
       let replay: string | null = null;
       for await (const ev of this.events(jobId, queue, signal)) {
+        if (ev.type === 'reset') continue; // (a reset job's; an answer's stream has none)
         if (ev.type === 'restart') {
           replay = '';
           continue;
@@ -235,6 +224,56 @@ export class RemoteConversations implements ConversationPort {
       return fail('unavailable', UNAVAILABLE);
     } finally {
       signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * Queues one request's job (numbered in its conversation), or says why not: no worker, the queue full, Redis
+   * unreachable.
+   */
+  private async enqueue(
+    req: ConversationRequest,
+    convId: string,
+    jobId: string,
+    requestId: string,
+  ): Promise<{ queue: Queue<JobData>; position: number } | { code: 'busy' | 'unavailable'; message: string }> {
+    let counted = false;
+    try {
+      const workers = await listWorkers(this.redis);
+      if (workers.length === 0) return { code: 'unavailable', message: NO_WORKER };
+      // Counted and checked in one step, so that requests arriving together at several front ends cannot all
+      // pass the check before any of them is counted.
+      const now = Date.now();
+      const res = await this.redis
+        .multi()
+        .zremrangebyscore(keys.pending, '-inf', now - PENDING_TTL_MS)
+        .zadd(keys.pending, now, jobId)
+        .zcard(keys.pending)
+        .exec();
+      counted = true;
+      const waiting = Number(res?.[2]?.[1] ?? 0) - 1;
+      if (waiting >= this.maxQueue) {
+        await this.redis.zrem(keys.pending, jobId);
+        counted = false;
+        this.log(`frontend: busy, ${waiting} requests waiting; refused a request for ${convId}`);
+        return { code: 'busy', message: `The bot is busy (${waiting} requests waiting): please try again in a moment.` };
+      }
+      // A follow-up goes to the worker that holds its conversation's KV cache while that worker is alive.
+      const holder = req.history ? null : await this.redis.get(keys.affinity(convId));
+      const queue = this.queueOf(holder && workers.some((w) => w.id === holder) ? holder : null);
+      const seq = await this.redis.incr(keys.seq(convId));
+      // A seed for every request: a retry on another worker samples the same answer.
+      const generation = { seed: Math.floor(Math.random() * 2 ** 31), ...req.generation };
+      await queue.add(
+        'answer',
+        { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) },
+        { jobId, attempts: 2 },
+      );
+      return { queue, position: waiting };
+    } catch (err) {
+      if (counted) await this.redis.zrem(keys.pending, jobId).catch(() => {});
+      this.log(`frontend: cannot queue a request for ${convId}: ${(err as Error).message}`);
+      return { code: 'unavailable', message: UNAVAILABLE };
     }
   }
 

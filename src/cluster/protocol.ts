@@ -12,7 +12,15 @@
 //   minigpt:affinity:<conversation>  which worker that is
 //   minigpt:workers                  ids of workers with a queue of their own (a dead one's is adopted by another)
 //   minigpt:discord-shards:<bot>     which front end holds which Discord shard (hash: shard id -> hold; shard-lease.ts)
-import type { AnswerEvent, ConversationKey, ConversationRequest, RequestGeneration, PriorTurn, TaskTag } from '../conversation/index.js';
+import type {
+  AnswerEvent,
+  ConversationKey,
+  ConversationRequest,
+  RequestGeneration,
+  PriorTurn,
+  ResetOutcome,
+  TaskTag,
+} from '../conversation/index.js';
 
 export const QUEUE_NAME = 'minigpt-answers';
 /** A worker's own queue: follow-ups of the conversations whose KV cache it holds. */
@@ -60,13 +68,13 @@ export interface RequestData {
 
 export type JobData =
   | { kind: 'answer'; convId: string; seq: number; request: RequestData }
-  | { kind: 'reset'; convId: string; seq: number; key: ConversationKey };
+  | { kind: 'reset'; convId: string; seq: number; key: ConversationKey; by?: string };
 
 /**
  * What a job's stream carries: the manager's answer events, plus `restart` (a retry on another worker begins:
- * the text so far is void) and `end` (the stream is complete).
+ * the text so far is void), `reset` (what a reset job did) and `end` (the stream is complete).
  */
-export type WireEvent = AnswerEvent | { type: 'restart' } | { type: 'end' };
+export type WireEvent = AnswerEvent | { type: 'restart' } | { type: 'reset'; outcome: ResetOutcome } | { type: 'end' };
 
 export function encodeRequest(req: ConversationRequest, requestId: string): RequestData {
   return {

@@ -118,8 +118,9 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
       if (streamed) await emit(jobId, { type: 'restart' });
       if (data.kind === 'reset') {
         try {
-          await redis.del(keys.affinity(data.convId));
-          await opts.manager.reset(data.key);
+          const outcome = await opts.manager.reset(data.key, data.by !== undefined ? { by: data.by } : {});
+          if (outcome !== 'not_allowed') await redis.del(keys.affinity(data.convId));
+          await emit(jobId, { type: 'reset', outcome });
         } catch (err) {
           await emit(jobId, {
             type: 'error',

@@ -12,6 +12,8 @@ export type {
   ImageRef,
   PriorTurn,
   RequestGeneration,
+  ResetOptions,
+  ResetOutcome,
   StoredTurn,
   TaskTag,
 } from './types.js';

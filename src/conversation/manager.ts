@@ -21,7 +21,17 @@ import { finalEvent, storedTurn, threadState, type FinalEvent } from './turn.js'
 import { turnSummary, turnTimings, type TurnCosts } from './report.js';
 import { CANCELLED, Failure } from './failure.js';
 import { generate, type ModelImages } from './generate.js';
-import type { AnswerEvent, ConversationKey, ConversationRequest, ConversationState, ErrorCode, PriorTurn, StoredTurn } from './types.js';
+import type {
+  AnswerEvent,
+  ConversationKey,
+  ConversationRequest,
+  ConversationState,
+  ErrorCode,
+  PriorTurn,
+  ResetOptions,
+  ResetOutcome,
+  StoredTurn,
+} from './types.js';
 import { LIMITS } from './limits.js';
 
 /** The option types' own parts, for callers that import this module alone. */
@@ -191,13 +201,19 @@ export class ConversationManager {
     return channel;
   }
 
-  /** Forgets a conversation (after its earlier requests, in order); its image goes when no other uses it. */
-  reset(key: ConversationKey): Promise<void> {
+  /**
+   * Forgets a conversation (after its earlier requests, in order; with `by`, only if that user took part in it);
+   * its image goes when no other uses it.
+   */
+  reset(key: ConversationKey, opts: ResetOptions = {}): Promise<ResetOutcome> {
     return this.control(key, async (convId) => {
       const state = await this.repo.getConversation(convId);
+      if (state && !tookPart(state, opts.by)) return 'not_allowed';
       await this.repo.deleteConversation(convId);
       this.contexts.delete(convId);
-      if (state) await this.repo.detachImage(state.image.hash, convId);
+      if (!state) return 'empty';
+      await this.repo.detachImage(state.image.hash, convId);
+      return 'forgotten';
     });
   }
 
@@ -244,9 +260,9 @@ export class ConversationManager {
     return this.closing;
   }
 
-  private control(key: ConversationKey, work: (convId: string) => Promise<void>): Promise<void> {
+  private control<T>(key: ConversationKey, work: (convId: string) => Promise<T>): Promise<T> {
     const convId = conversationId(checkKey(key));
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<T>((resolve, reject) => {
       const job: Job = {
         convId,
         control: true,
@@ -257,7 +273,7 @@ export class ConversationManager {
         enqueuedAt: performance.now(),
         state: 'waiting',
         work: () =>
-          work(convId).then(resolve, (err: unknown) => {
+          work(convId).then(resolve as (v: T) => void, (err: unknown) => {
             reject(err as Error);
           }),
       };
@@ -486,6 +502,11 @@ export class ConversationManager {
 /** Where a stateless conversation's KV cache is kept: by its image and its exchanges, as the client sends them. */
 function statelessContextId(imageHash: string | undefined, turns: readonly PriorTurn[]): string {
   return `stateless:${sha256Hex(new TextEncoder().encode(JSON.stringify([imageHash ?? null, turns.map((t) => [t.user, t.assistant.trim()])])))}`;
+}
+
+/** Whether `user` took part in the conversation (no `user`: anyone; a conversation without turns: anyone's). */
+function tookPart(state: ConversationState, user: string | undefined): boolean {
+  return user === undefined || state.turns.length === 0 || state.turns.some((t) => t.by === user);
 }
 
 function checkKey(key: ConversationKey | undefined): ConversationKey {

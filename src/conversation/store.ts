@@ -8,6 +8,7 @@ import { createHash } from 'node:crypto';
 import Keyv from 'keyv';
 import type { ConversationKey, ConversationState, ImageRef } from './types.js';
 import { type RedisStoreLock, StoreLockError, type StoreLockOptions, storeLockFor } from './store-lock.js';
+import { KeyedMutex } from '../util/keyed-mutex.js';
 
 export const STORE_NAMESPACE = 'minigpt';
 
@@ -111,20 +112,6 @@ interface StoredImageRecord {
 
 export interface StoredImage extends ImageRef {
   data: Uint8Array;
-}
-
-/** Serialises async critical sections of the same name (others run meanwhile). */
-class KeyedMutex {
-  private readonly tails = new Map<string, Promise<unknown>>();
-  run<T>(name: string, fn: () => Promise<T>): Promise<T> {
-    const result = (this.tails.get(name) ?? Promise.resolve()).then(fn);
-    const tail = result.catch(() => {});
-    this.tails.set(name, tail);
-    void tail.then(() => {
-      if (this.tails.get(name) === tail) this.tails.delete(name);
-    });
-    return result;
-  }
 }
 
 /** The store failed (e.g. Redis unreachable): nothing was lost, the request can be tried again. */

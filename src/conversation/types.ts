@@ -56,6 +56,17 @@ export interface ConversationRequest {
   requestId?: string;
 }
 
+/**
+ * Options of a reset. `by`: only if this user took part in the conversation (a stored turn of theirs, or no turn
+ * yet, only an image), decided in the conversation's order, after its earlier requests are stored.
+ */
+export interface ResetOptions {
+  by?: string;
+}
+
+/** What a reset did: deleted the conversation; `by` had no part in it (nothing deleted); nothing was stored. */
+export type ResetOutcome = 'forgotten' | 'not_allowed' | 'empty';
+
 /** `unavailable`: the conversation store (e.g. Redis) cannot be reached; the request can be sent again later */
 export type ErrorCode = 'busy' | 'no_image' | 'bad_image' | 'too_long' | 'cancelled' | 'unavailable' | 'internal';
 

@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type Server } from 'node:http';
 import net, { type AddressInfo } from 'node:net';
-import type { AnswerEvent, ConversationRequest } from '../../src/conversation/index.js';
+import type { AnswerEvent, ConversationRequest, ResetOutcome } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, type DiscordAdapter, type DiscordAdapterOptions } from '../../adapters/discord/index.js';
 import type { ApiMessage } from './fake-discord.js';
 import {
@@ -30,7 +30,9 @@ class ScriptedManager {
     return this.script(req);
   }
   // (no stored conversations: /forget is tested end to end with the real manager)
-  async reset(): Promise<void> {}
+  async reset(): Promise<ResetOutcome> {
+    return 'forgotten';
+  }
   async history(): Promise<null> {
     return null;
   }

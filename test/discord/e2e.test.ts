@@ -487,4 +487,20 @@ describe('/forget', () => {
     const follow = s.fake.postMessage(msg.id, s.w.alice, 'and now?');
     expect(await answered(logs, follow.id)).toMatch(/error no_image/);
   });
+
+  it('is done after the requests sent before it (a follow-up sent just before is answered, then forgotten); a moderator may', async () => {
+    const msg = s.fake.postMessage(s.w.general, s.w.alice, 'remember this too', {
+      attachments: [s.fake.addAttachment('g.png', await testPng(91, 67), 'image/png')],
+      mentionBot: true,
+    });
+    await answered(logs, msg.id);
+    const key = { platform: 'discord' as const, workspace: s.w.guildId, channel: s.w.general, thread: msg.id };
+    const follow = s.fake.postMessage(msg.id, s.w.alice, 'and the colours?');
+    // bob may manage messages (1 << 13)
+    expect(await runForget(msg.id, s.w.bob, String(1 << 13))).toBe(
+      "Forgotten: this conversation's image and history are deleted. Send an image to start again.",
+    );
+    expect(await answered(logs, follow.id)).not.toMatch(/error/);
+    expect(await s.manager.history(key)).toBeNull();
+  });
 });

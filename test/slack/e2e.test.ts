@@ -52,6 +52,7 @@ function paced(inner: ConversationManager, ms: number): SlackConversationManager
   return {
     store: inner.store,
     history: (key) => inner.history(key),
+    reset: (key) => inner.reset(key),
     async *handle(req) {
       for await (const ev of inner.handle(req)) {
         if (ev.type === 'text') await sleep(ms);
@@ -438,6 +439,7 @@ describe('slack: more adapters on their own fakes', () => {
     const scripted: SlackConversationManager = {
       store: manager.store,
       history: async () => null,
+      reset: async () => 'forgotten' as const,
       async *handle() {
         yield { type: 'queued', position: 0 };
         yield { type: 'started' };

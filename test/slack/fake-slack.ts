@@ -1,7 +1,7 @@
 // A fake Slack for the adapter's end-to-end tests, on 127.0.0.1 only:
 //   - the Web API (`/api/<method>`): auth.test, chat.postMessage, chat.update, chat.postEphemeral,
 //     conversations.history, conversations.replies, files.info, files.getUploadURLExternal,
-//     files.completeUploadExternal, apps.connections.open; tokens checked like Slack (Bearer header or `token`);
+//     files.completeUploadExternal, users.info, apps.connections.open; tokens checked like Slack (Bearer header or `token`);
 //   - the upload URLs that files.getUploadURLExternal hands out (`/upload/<file id>`);
 //   - a private file host (`/files-pri/<team>-<file id>/<name>`) that needs the bot token: without it (or
 //     without the `files:read` scope) it answers with an HTML sign-in page, as Slack does;
@@ -61,7 +61,16 @@ export interface SendOptions {
   timestamp?: number;
 }
 
-const ALL_SCOPES = ['app_mentions:read', 'channels:history', 'groups:history', 'chat:write', 'commands', 'files:read', 'files:write'];
+const ALL_SCOPES = [
+  'app_mentions:read',
+  'channels:history',
+  'groups:history',
+  'chat:write',
+  'commands',
+  'files:read',
+  'files:write',
+  'users:read',
+];
 
 export class FakeSlack {
   readonly botToken = `xoxb-1111-2222-${randomBytes(12).toString('hex')}`;
@@ -79,7 +88,9 @@ export class FakeSlack {
   echo = true;
 
   readonly messages: FakeMessage[] = [];
-  readonly ephemerals: Array<{ channel: string; user: string; text: string }> = [];
+  readonly ephemerals: Array<{ channel: string; user: string; text: string; thread?: string }> = [];
+  /** users that users.info says are workspace admins */
+  readonly admins = new Set<string>();
   readonly calls: ApiCall[] = [];
   readonly files = new Map<string, FakeFile>();
   readonly downloads: Array<{ fileId: string; authorized: boolean }> = [];
@@ -371,7 +382,7 @@ export class FakeSlack {
     return { ...res, ms: performance.now() - t0 };
   }
 
-  /** A message shortcut on `msg` as Slack posts it (form-encoded `payload`). */
+  /** A message shortcut on `msg` as Slack posts it (form-encoded `payload`; an `interactive` envelope in Socket Mode). */
   async sendShortcut(
     msg: FakeMessage,
     opts: SendOptions & { user?: string; callbackId?: string } = {},
@@ -391,6 +402,10 @@ export class FakeSlack {
       message_ts: msg.ts,
       message: { type: 'message', ...this.messageEvent(msg, 'message') },
     };
+    if (this.transport === 'socket') {
+      await this.sendEnvelope('interactive', payload, 0);
+      return { status: 200, text: '' };
+    }
     return this.post(new URLSearchParams({ payload: JSON.stringify(payload) }).toString(), 'application/x-www-form-urlencoded', opts);
   }
 
@@ -676,7 +691,8 @@ export class FakeSlack {
       case 'chat.postEphemeral': {
         const channel = str('channel');
         if (!channel || this.brokenChannels.has(channel)) return send({ ok: false, error: 'channel_not_found' });
-        this.ephemerals.push({ channel, user: str('user') ?? '', text: str('text') ?? '' });
+        const thread = str('thread_ts');
+        this.ephemerals.push({ channel, user: str('user') ?? '', text: str('text') ?? '', ...(thread ? { thread } : {}) });
         return send({ ok: true, message_ts: this.nextTs() });
       }
       case 'conversations.history': {
@@ -749,6 +765,17 @@ export class FakeSlack {
           this.echoEvent(this.messageEvent(msg));
         }
         return send({ ok: true, files: done.map((f) => ({ id: f.id, title: f.title })) });
+      }
+      case 'users.info': {
+        const missing = need('users:read');
+        if (missing) return send(missing);
+        const id = str('user');
+        if (!id) return send({ ok: false, error: 'user_not_found' });
+        const admin = this.admins.has(id);
+        return send({
+          ok: true,
+          user: { id, team_id: this.teamId, name: id.toLowerCase(), is_admin: admin, is_owner: false, is_bot: false },
+        });
       }
       default:
         return send({ ok: false, error: 'unknown_method' });

@@ -70,7 +70,7 @@ describe('slack: the Stop button', () => {
     const ephemerals = fake.ephemerals.length;
     expect((await fake.pressButton(reply, STOP, 'U0BOB')).status).toBe(200);
     await fake.waitFor(() => fake.ephemerals.length > ephemerals || undefined, 5000, "the reply to bob's press");
-    expect(fake.ephemerals.at(-1)!.text).toBe('Only the person who asked can stop this answer.');
+    expect(fake.ephemerals.at(-1)!.text).toBe('Only the person who asked, or a workspace admin, can stop this answer.');
     const before = slow.steps();
     await sleep(300);
     expect(slow.steps()).toBeGreaterThan(before);
@@ -103,6 +103,16 @@ describe('slack: the Stop button', () => {
       'the follow-up answered in full',
     );
     expect(full.text).toBe(FORCED);
+  }, 60_000);
+
+  it("a workspace admin (users.info) may stop anyone's answer", async () => {
+    const ask = await mention(fake, 'C3');
+    const reply = await streaming(fake, 'C3', ask.ts);
+    fake.admins.add('U0ADMIN');
+    await fake.pressButton(reply, STOP, 'U0ADMIN');
+    await fake.waitFor(() => (/Stopped by <@U0ADMIN>/.test(reply.text) ? true : undefined), 10_000, 'the stopped reply');
+    expect(reply.blocks).toEqual([]);
+    expect(fake.callsOf('users.info').map((c) => c.args.user)).toEqual(['U0BOB', 'U0ADMIN']);
   }, 60_000);
 
   it('Socket Mode: the press comes over the socket and stops the answer', async () => {

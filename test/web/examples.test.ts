@@ -16,7 +16,9 @@ const unused: WebConversationManager = {
   handle() {
     throw new Error('the examples never reach the conversation manager');
   },
-  async reset() {},
+  async reset() {
+    return 'forgotten' as const;
+  },
 };
 
 let first: WebServer;

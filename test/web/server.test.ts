@@ -328,7 +328,9 @@ describe('web demo: with a stub manager', () => {
         await new Promise<void>((resolve) => req.signal!.addEventListener('abort', () => resolve(), { once: true }));
         aborted = true;
       },
-      async reset() {},
+      async reset() {
+        return 'forgotten' as const;
+      },
     };
     const s = await startWebServer({ manager: stub, port: 0 });
     try {
@@ -355,7 +357,9 @@ describe('web demo: with a stub manager', () => {
         seen.push(req);
         yield { type: 'final', text: 'ok', entities: [], finishReason: 'stop' };
       },
-      async reset() {},
+      async reset() {
+        return 'forgotten' as const;
+      },
     };
     const s = await startWebServer({ manager: stub, port: 0, model: { name: 'v1', architecture: 'minigpt-4' } });
     try {

@@ -1,6 +1,7 @@
-// The Stop button across Redis: the asker presses Stop on a Slack answer that a worker is writing; the front end's
-// cancel reaches the worker (pub/sub) and its generation ends, the thread keeps the image (stored by the worker)
-// and a follow-up, queued like any other, is answered in full. A real redis-server on a free loopback port, the
+// Slack's Stop button and "Forget this conversation" across Redis. Stop: the asker presses Stop on an answer that a
+// worker is writing; the front end's cancel reaches the worker (pub/sub) and its generation ends, the thread keeps
+// the image (stored by the worker) and a follow-up, queued like any other, is answered in full. Forget: a reset
+// job that the worker decides in the conversation's order (who took part), its outcome sent back. A real redis-server on a free loopback port, the
 // real cluster worker and front end (RemoteConversations) in this process, the real Bolt app on the fake Slack,
 // the demo model forced to a long answer with its decoding steps slowed so that there is time to press.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -61,7 +62,14 @@ afterAll(async () => {
 
 const hasButton = (m: FakeMessage) => (m.blocks ?? []).some((b) => b.type === 'actions');
 
-describe('the Stop button on a front end', () => {
+/** `user` forgets the thread of `msg` with the message shortcut; the private reply they get. */
+async function forget(msg: FakeMessage, user: string): Promise<string> {
+  const n = fake.ephemerals.length;
+  await fake.sendShortcut(msg, { user, callbackId: 'forget_conversation' });
+  return (await fake.waitFor(() => fake.ephemerals.slice(n).find((e) => e.user === user), 30_000, `the reply to ${user}'s forget`)).text;
+}
+
+describe('Slack on a front end', () => {
   it("stops the worker's generation; the thread keeps its image for the next question", async () => {
     const file = fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
     const { msg: ask } = await fake.mention('C1', { text: `<@${fake.botUserId}> describe this at length`, files: [file] });
@@ -102,4 +110,21 @@ describe('the Stop button on a front end', () => {
     expect(slow.steps() - stoppedAt).toBeGreaterThanOrEqual(40);
     expect((await frontend.history(key))?.turns.map((t) => t.user)).toEqual(['and in short?']);
   }, 90_000);
+
+  it('"Forget this conversation": the worker decides who took part, after the requests sent before it', async () => {
+    slow.restore();
+    const file = fake.addFile({ name: 'square.png', data: await squarePng(100, 80), mimetype: 'image/png' });
+    const { msg: ask } = await fake.mention('C2', { text: `<@${fake.botUserId}> what is it?`, files: [file] });
+    // bob, sent while the answer is written (queued after it): refused, as the stored turn is alice's
+    expect(await forget(ask, 'U0BOB')).toBe(
+      'Only someone who took part in this conversation, or a workspace admin, can make me forget it.',
+    );
+    const key = slackKey(fake.teamId, 'C2', ask.ts);
+    expect((await frontend.history(key))?.turns).toHaveLength(1);
+    expect(await forget(ask, 'U0ALICE')).toBe(
+      "Forgotten: this conversation's image and history are deleted. Send an image to start again.",
+    );
+    expect(await frontend.history(key)).toBeNull();
+    expect(await forget(ask, 'U0ALICE')).toBe('I have nothing stored for this conversation.');
+  }, 60_000);
 });

@@ -1,0 +1,26 @@
+// "Forget this conversation" (Discord's /forget, Slack's message shortcut): the conversation's image and history
+// deleted at once, for someone who took part in it or may moderate; the replies both platforms give.
+import type { ConversationKey, ResetOutcome } from '../../src/conversation/index.js';
+import type { ConversationPort } from './port.js';
+
+export const FORGOTTEN = "Forgotten: this conversation's image and history are deleted. Send an image to start again.";
+export const NOTHING_STORED = 'I have nothing stored for this conversation.';
+export const FORGET_FAILED = "⚠️ I couldn't reach my conversation store; nothing was deleted. Please try again in a moment.";
+
+/**
+ * Deletes `key`'s conversation if `user` took part in it (a stored turn of theirs; a conversation without turns
+ * yet, only an image, is anyone's to forget) or may moderate: `moderator` (a function is asked only when the user
+ * took no part: on Slack it is an API call). Decided in the conversation's order, so that requests sent before it
+ * are stored, then forgotten. Store errors are thrown: nothing was deleted.
+ */
+export async function forgetConversation(
+  port: Pick<ConversationPort, 'reset'>,
+  key: ConversationKey,
+  user: string,
+  moderator: boolean | (() => Promise<boolean>),
+): Promise<ResetOutcome> {
+  if (moderator === true) return port.reset(key);
+  const outcome = await port.reset(key, { by: user });
+  if (outcome !== 'not_allowed' || moderator === false || !(await moderator())) return outcome;
+  return port.reset(key);
+}
