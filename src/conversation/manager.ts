@@ -133,8 +133,10 @@ export class ConversationManager {
     // A Keyv instance without its own store keeps entries in a Map (createStore(undefined) does the same).
     this.store = opts.store ?? new Keyv({ namespace: STORE_NAMESPACE, throwOnErrors: true });
     this.repo = new ConversationStore(this.store, { ttlMs: opts.conversationTtlMs });
-    if (opts.conversationTtlMs && opts.conversationTtlMs > 0 && !this.repo.expiresByItself)
-      this.startSweeping(opts.sweepIntervalMs ?? 6 * 3600_000);
+    if (opts.conversationTtlMs && opts.conversationTtlMs > 0) {
+      if (this.repo.expiresByItself) this.expireUnlimited();
+      else this.startSweeping(opts.sweepIntervalMs ?? 6 * 3600_000);
+    }
     this.maxQueue = Math.max(0, Math.floor(opts.maxQueue ?? 16));
     this.defaults = opts.defaults ?? {};
     this.log = opts.log ?? (() => {});
@@ -225,6 +227,20 @@ export class ConversationManager {
   /** The stored conversation (image reference and turns, oldest first), or null. */
   async history(key: ConversationKey): Promise<ConversationState | null> {
     return (await this.repo.getConversation(conversationId(checkKey(key)))) ?? null;
+  }
+
+  /** Gives what a Redis store holds without an expiry one, once, in the background (see expireUnlimited). */
+  private expireUnlimited(): void {
+    this.sweeping = this.repo
+      .expireUnlimited()
+      .then((n) => {
+        if (n && n.kept + n.forgotten + n.images > 0)
+          this.log(
+            `conversation store: retention applied to what was stored before it: ${n.forgotten} conversations older than it forgotten, ${n.kept} kept until their time, ${n.images} images given an expiry`,
+          );
+      })
+      .catch((err: unknown) => this.log(`conversation store: giving old conversations an expiry failed: ${(err as Error).message}`))
+      .finally(() => (this.sweeping = undefined));
   }
 
   /** Sweeps expired conversations and images out of the store now and every `intervalMs` (see sweepExpired). */

@@ -8,8 +8,23 @@ import { randomUUID } from 'node:crypto';
 import type Keyv from 'keyv';
 
 /** The raw command interface of the Redis client behind @keyv/redis. */
-interface RawRedis {
+export interface RawRedis {
   sendCommand(args: string[]): Promise<unknown>;
+}
+
+/** The Redis client behind a Keyv on @keyv/redis and its keys' prefix; undefined for other stores. */
+export function redisOf(kv: Keyv): { client: () => Promise<RawRedis>; prefix: string } | undefined {
+  const adapter = kv.store as { getClient?: () => Promise<unknown>; namespace?: string; keyPrefixSeparator?: string } | undefined;
+  if (typeof adapter?.getClient !== 'function') return undefined;
+  const getClient = adapter.getClient.bind(adapter);
+  return {
+    client: async () => {
+      const c = (await getClient()) as Partial<RawRedis>;
+      if (typeof c.sendCommand !== 'function') throw new Error('the Redis store has no client to send commands with');
+      return c as RawRedis;
+    },
+    prefix: adapter.namespace ? `${adapter.namespace}${adapter.keyPrefixSeparator ?? '::'}` : '',
+  };
 }
 
 export interface StoreLockOptions {
@@ -79,12 +94,6 @@ export class RedisStoreLock {
 
 /** The cross-process lock for a Keyv on Redis (@keyv/redis), or undefined for stores used by one process. */
 export function storeLockFor(kv: Keyv, opts: StoreLockOptions = {}): RedisStoreLock | undefined {
-  const adapter = kv.store as { getClient?: () => Promise<unknown> } | undefined;
-  if (typeof adapter?.getClient !== 'function') return undefined;
-  const getClient = adapter.getClient.bind(adapter);
-  return new RedisStoreLock(async () => {
-    const c = (await getClient()) as Partial<RawRedis>;
-    if (typeof c.sendCommand !== 'function') throw new Error('the Redis store has no client to lock with');
-    return c as RawRedis;
-  }, opts);
+  const redis = redisOf(kv);
+  return redis && new RedisStoreLock(redis.client, opts);
 }

@@ -7,7 +7,7 @@ import { dirname, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import Keyv from 'keyv';
 import type { ConversationKey, ConversationState, ImageRef } from './types.js';
-import { type RedisStoreLock, StoreLockError, type StoreLockOptions, storeLockFor } from './store-lock.js';
+import { type RawRedis, redisOf, type RedisStoreLock, StoreLockError, type StoreLockOptions, storeLockFor } from './store-lock.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
 
 export const STORE_NAMESPACE = 'minigpt';
@@ -122,7 +122,7 @@ function unavailable(err: unknown): StoreUnavailableError {
   return new StoreUnavailableError(`the conversation store failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
 }
 
-export interface ConversationStoreOptions extends StoreLockOptions {
+export interface ConversationStoreOptions {
   /**
    * Forget a conversation this long after its last turn (ms; runtime.conversation_ttl_days); absent or 0: keep
    * it until it is reset. Its image is kept as long as a conversation using it, and at most twice this long after
@@ -130,6 +130,8 @@ export interface ConversationStoreOptions extends StoreLockOptions {
    * at every turn.
    */
   ttlMs?: number;
+  /** on Redis, the lock of an image's user list (its own TTL and wait, not the retention time above) */
+  lock?: StoreLockOptions;
 }
 
 export class ConversationStore {
@@ -140,10 +142,13 @@ export class ConversationStore {
   private readonly ttlMs: number | undefined;
   /** Redis: entries expire on their own (no sweeping needed) */
   readonly expiresByItself: boolean;
+  /** the Redis behind the store, if it is one */
+  private readonly redis: ReturnType<typeof redisOf>;
 
   constructor(kv: Keyv, opts: ConversationStoreOptions = {}) {
     this.ttlMs = opts.ttlMs && opts.ttlMs > 0 ? opts.ttlMs : undefined;
-    this.shared = storeLockFor(kv, opts);
+    this.redis = redisOf(kv);
+    this.shared = storeLockFor(kv, opts.lock);
     this.expiresByItself = this.shared !== undefined;
     // Every operation's failure is a StoreUnavailableError, so that the manager can tell it from a bug.
     this.kv = new Proxy(kv, {
@@ -225,6 +230,42 @@ export class ConversationStore {
     return left;
   }
 
+  /**
+   * On Redis, which expires entries by itself but is never swept: what was written before a retention time was
+   * set has no expiry of its own and would be kept for ever. Each such conversation gets one, counted from its last
+   * turn; one already older than the retention time is forgotten now, with its use of its image; images and their
+   * user lists without an expiry get the image hold from now (twice the retention time, so no conversation
+   * outlives its image). Keys written meanwhile with an expiry are left alone. Undefined for other stores or
+   * without a retention time.
+   */
+  async expireUnlimited(): Promise<{ kept: number; forgotten: number; images: number } | undefined> {
+    if (!this.redis || !this.ttlMs) return undefined;
+    const redis = await this.redis.client();
+    const prefix = this.redis.prefix;
+    const ttlMs = this.ttlMs;
+    const done = { kept: 0, forgotten: 0, images: 0 };
+    for await (const key of keysWithoutExpiry(redis, `${prefix}conv:*`)) {
+      const id = key.slice(`${prefix}conv:`.length);
+      const state = await this.getConversation(id);
+      if (!state) continue; // not a conversation: not ours to judge
+      const last = Date.parse(state.updatedAt);
+      const left = (Number.isFinite(last) ? last : Date.now()) + ttlMs - Date.now();
+      if (left > 0) {
+        if ((await redis.sendCommand(['EVAL', EXPIRE_IF_NONE, '1', key, String(Math.ceil(left))])) === 1) done.kept++;
+      } else if ((await redis.sendCommand(['EVAL', DELETE_IF_NO_EXPIRY, '1', key])) === 1) {
+        done.forgotten++;
+        await this.detachImage(state.image.hash, id);
+      }
+    }
+    const hold = String(2 * ttlMs);
+    for (const pattern of ['img:*', 'imgref:*']) {
+      for await (const key of keysWithoutExpiry(redis, `${prefix}${pattern}`)) {
+        if ((await redis.sendCommand(['EVAL', EXPIRE_IF_NONE, '1', key, hold])) === 1 && pattern === 'img:*') done.images++;
+      }
+    }
+    return done;
+  }
+
   async deleteConversation(id: string): Promise<boolean> {
     return this.kv.delete(`conv:${id}`);
   }
@@ -290,4 +331,20 @@ export class ConversationStore {
       }
     });
   }
+}
+
+/** Sets an expiry (ms) on a key that has none: a key written meanwhile with its own is left alone. */
+const EXPIRE_IF_NONE = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
+/** Deletes a key that still has no expiry (one that a new turn rewrote meanwhile has one, and stays). */
+const DELETE_IF_NO_EXPIRY = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('DEL', KEYS[1]) end return 0";
+
+/** The keys matching `pattern` that have no expiry, walked with SCAN (Redis serves others meanwhile). */
+async function* keysWithoutExpiry(redis: RawRedis, pattern: string): AsyncGenerator<string> {
+  let cursor = '0';
+  do {
+    const [next, keys] = (await redis.sendCommand(['SCAN', cursor, 'MATCH', pattern, 'COUNT', '500'])) as [string, string[]];
+    const ttls = await Promise.all(keys.map((k) => redis.sendCommand(['PTTL', k])));
+    for (const [i, key] of keys.entries()) if (Number(ttls[i]) === -1) yield key;
+    cursor = next;
+  } while (cursor !== '0');
 }

@@ -1,7 +1,9 @@
 // Retention (runtime.conversation_ttl_days): a conversation is forgotten its retention time after its last turn,
 // its image at most twice that after the last turn of the last conversation using it; a conversation that goes on
 // keeps its image however long it lasts; a SQLite file is swept of expired rows on disk (keyv would drop them only
-// when read); no retention time keeps everything. The real tiny model, real keyv stores (memory, SQLite).
+// when read); no retention time keeps everything; a Redis store's conversations written before retention was set get
+// an expiry from their last turn (or go, when older). The real tiny model, real keyv stores (memory, SQLite, a real
+// redis-server on a free loopback port).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -9,7 +11,9 @@ import { join } from 'node:path';
 import type Keyv from 'keyv';
 import { ConversationManager, createStore } from '../../src/conversation/index.js';
 import { ConversationStore, conversationId } from '../../src/conversation/store.js';
+import sharp from 'sharp';
 import { collect, errorOf, goldenImage, key, loadTinyModel, type TinyModel } from './helpers.js';
+import { startRedis } from '../helpers/redis.js';
 
 let tiny: TinyModel;
 let image: Buffer;
@@ -33,9 +37,10 @@ async function until(cond: () => Promise<boolean>, what: string, timeoutMs = 500
     await sleep(50);
   }
 }
-const manager = (store: Keyv | undefined, ttlMs: number | undefined, sweepIntervalMs?: number) =>
+const manager = (store: Keyv | undefined, ttlMs: number | undefined, sweepIntervalMs?: number, log?: (line: string) => void) =>
   new ConversationManager({
     model: tiny.model,
+    ...(log ? { log } : {}),
     ...(store ? { store } : {}),
     defaults: { maxNewTokens: 4, temperature: 0 },
     ...(ttlMs !== undefined ? { conversationTtlMs: ttlMs } : {}),
@@ -142,6 +147,64 @@ describe('conversation retention', () => {
     } finally {
       await raw.disconnect();
       await after.close();
+    }
+  });
+
+  it('Redis: conversations stored before a retention time was set get an expiry from their last turn, or go', async () => {
+    const redis = await startRedis();
+    const DAY = 24 * 3600_000;
+    const raw = await createStore(redis.url);
+    const client = await (raw.store as { getClient(): Promise<{ sendCommand(a: string[]): Promise<unknown> }> }).getClient();
+    const pttl = async (k: string) => Number(await client.sendCommand(['PTTL', `minigpt::${k}`]));
+    try {
+      // stored by a bot without retention: one conversation last used 3 days ago (its own image), one 2 hours ago
+      const before = manager(await createStore(redis.url), 0);
+      const other = await sharp({ create: { width: 40, height: 30, channels: 3, background: '#a03020' } })
+        .png()
+        .toBuffer();
+      expect(errorOf(await collect(before.handle({ key: key('old'), user: 'u', text: 'hi', image: other })))).toBeUndefined();
+      await collect(before.handle({ key: key('recent'), user: 'u', text: 'hi', image }));
+      await before.close();
+      const repo = new ConversationStore(raw);
+      const aged = async (name: string, ms: number) => {
+        const state = (await repo.getConversation(conversationId(key(name))))!;
+        await raw.set(`conv:${conversationId(key(name))}`, { ...state, updatedAt: new Date(Date.now() - ms).toISOString() });
+        return state.image.hash;
+      };
+      const oldImage = await aged('old', 3 * DAY);
+      const recentImage = await aged('recent', 2 * 3600_000);
+      await raw.set('conv:unrelated-with-its-own-expiry', { v: 0 }, 60_000);
+      expect(await pttl(`conv:${conversationId(key('recent'))}`)).toBe(-1);
+      expect(await pttl(`img:${recentImage}`)).toBe(-1);
+
+      // restarted with a retention time of 1 day
+      const logs: string[] = [];
+      const after = manager(await createStore(redis.url), DAY, undefined, (l) => logs.push(l));
+      await until(async () => logs.some((l) => l.includes('retention applied')), 'the expiry pass');
+      expect(logs).toContain(
+        'conversation store: retention applied to what was stored before it: 1 conversations older than it forgotten, 1 kept until their time, 1 images given an expiry',
+      );
+      expect(await after.history(key('old'))).toBeNull();
+      expect(await raw.get(`img:${oldImage}`)).toBeUndefined();
+      const left = await pttl(`conv:${conversationId(key('recent'))}`);
+      expect(left).toBeGreaterThan(DAY - 2 * 3600_000 - 60_000);
+      expect(left).toBeLessThanOrEqual(DAY - 2 * 3600_000);
+      expect(await pttl(`img:${recentImage}`)).toBeGreaterThan(2 * DAY - 60_000);
+      expect(await pttl(`imgref:${recentImage}`)).toBeGreaterThan(2 * DAY - 60_000);
+      // a key that had its own expiry keeps it
+      expect(await pttl('conv:unrelated-with-its-own-expiry')).toBeLessThanOrEqual(60_000);
+      expect((await after.history(key('recent')))?.turns).toHaveLength(1);
+      await after.close();
+
+      // started again: nothing left without an expiry, nothing said
+      const logs2: string[] = [];
+      const again = manager(await createStore(redis.url), DAY, undefined, (l) => logs2.push(l));
+      await sleep(300);
+      await again.close();
+      expect(logs2.filter((l) => l.includes('retention applied'))).toEqual([]);
+    } finally {
+      await raw.disconnect();
+      await redis.cleanup();
     }
   });
 

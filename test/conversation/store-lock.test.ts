@@ -66,7 +66,7 @@ describe("an image's users on a Redis store shared by two processes", () => {
 
   it('a lock held elsewhere past the wait: "unavailable", nothing written; free again, the attach goes through', async () => {
     const kv = await createStore(redis.url);
-    const store = new ConversationStore(kv, { waitMs: 300 });
+    const store = new ConversationStore(kv, { lock: { waitMs: 300 } });
     const img = image(2);
     const lockKey = `${STORE_NAMESPACE}:lock:imgref:${img.hash}`;
     try {
@@ -127,6 +127,28 @@ describe("an image's users on a Redis store shared by two processes", () => {
       expect(order).toEqual(['slow in', 'next in', 'slow out', 'next out']);
       expect(await raw.exists(key)).toBe(0);
     } finally {
+      await kv.disconnect();
+    }
+  });
+
+  it("the lock lives its own TTL whatever the retention time (a dead holder's lock is not kept for days; 0 works)", async () => {
+    // (the retention time once reached the lock as its TTL: 30 days kept a dead holder's lock that long, 0 was refused)
+    const monitor = await raw.monitor();
+    const sets: string[][] = [];
+    monitor.on('monitor', (_time: string, args: string[]) => {
+      if (args[0]?.toLowerCase() === 'set' && String(args[1]).includes(':lock:')) sets.push(args);
+    });
+    const kv = await createStore(redis.url);
+    try {
+      for (const [i, ttlMs] of [0, 30 * 24 * 3600_000].entries()) {
+        const store = new ConversationStore(kv, { ttlMs });
+        await store.attachImage(image(10 + i), `slack:T:C:${i}`);
+      }
+      await sleep(100);
+      expect(sets).toHaveLength(2);
+      for (const args of sets) expect(args.slice(3).map((a) => String(a).toUpperCase())).toEqual(['NX', 'PX', String(DEFAULT_LOCK_TTL_MS)]);
+    } finally {
+      monitor.disconnect();
       await kv.disconnect();
     }
   });
