@@ -109,6 +109,8 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
     void beat(); // `minigpt status` shows the job in flight now, not at the next heartbeat
     try {
       if (await redis.get(`${keys.events(jobId)}:cancelled`)) {
+        // stopped while it waited in the queue: its new image is kept in the thread all the same
+        if (data.kind === 'answer') await opts.manager.keepImage(decodeRequest(data.request, controller.signal));
         await emit(jobId, { type: 'error', code: 'cancelled', message: 'The request was cancelled.' });
         return;
       }

@@ -3,7 +3,7 @@
 // Concurrent requests with the same new image share one encoding (docs/architecture.md, "The path of one
 // request", step 3).
 import type { MiniGPT } from '../inference/model.js';
-import { ImageInputError } from '../image/preprocess.js';
+import { decodeImageRgb, ImageInputError } from '../image/preprocess.js';
 import { sha256Hex, type ConversationStore } from './store.js';
 import { Failure } from './failure.js';
 import { formatBytes } from '../util/bytes.js';
@@ -107,7 +107,25 @@ export class ImageInput {
     throw new Failure('no_image', this.noImage);
   }
 
-  private async fresh(data: unknown): Promise<ResolvedImage> {
+  private async fresh(attached: unknown): Promise<ResolvedImage> {
+    const data = this.checkBytes(attached);
+    const hash = sha256Hex(data);
+    const encoding = await this.encode(hash, data);
+    return { ...encoding, image: { hash, width: encoding.encoded.width, height: encoding.encoded.height, bytes: data.byteLength, data } };
+  }
+
+  /**
+   * An attached image checked and measured (decoded, after EXIF orientation) without the vision encoder: what a
+   * conversation stores of it. ImageInputError if it is not an image the model would take.
+   */
+  async check(data: unknown): Promise<TurnImage> {
+    const bytes = this.checkBytes(data);
+    const { width, height } = await decodeImageRgb(bytes);
+    return { hash: sha256Hex(bytes), width, height, bytes: bytes.byteLength, data: bytes };
+  }
+
+  /** An attached image's bytes, of an accepted size. */
+  private checkBytes(data: unknown): Uint8Array {
     // The manager is a public API: JavaScript callers are not held to the request's types.
     if (!(data instanceof Uint8Array)) throw new ImageInputError('Not an image: expected binary image data.');
     if (data.byteLength > this.maxBytes) {
@@ -115,9 +133,7 @@ export class ImageInput {
         `Image too large: the file has ${formatBytes(data.byteLength)}; the limit is ${formatBytes(this.maxBytes)}.`,
       );
     }
-    const hash = sha256Hex(data);
-    const encoding = await this.encode(hash, data);
-    return { ...encoding, image: { hash, width: encoding.encoded.width, height: encoding.encoded.height, bytes: data.byteLength, data } };
+    return data;
   }
 
   private async stored(ref: ImageRef): Promise<ResolvedImage> {

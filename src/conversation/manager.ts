@@ -300,9 +300,54 @@ export class ConversationManager {
 
   private cancel(job: Job, message = MESSAGES.cancelled): void {
     if (job.state === 'waiting') {
-      if (this.scheduler.remove(job)) this.finish(job, { type: 'error', code: 'cancelled', message });
+      const keep = this.keepImageJob(job);
+      if (keep ? this.scheduler.replace(job, keep) : this.scheduler.remove(job))
+        this.finish(job, { type: 'error', code: 'cancelled', message });
     } else if (job.state === 'running') {
       job.controller.abort();
+    }
+  }
+
+  /**
+   * For a thread's request with a new image, cancelled while it waited (Stop pressed then, the bot closing): a
+   * control job that stores the image without a turn, in the request's place in the conversation's order (see
+   * keepImage). Undefined for a request without a new image.
+   */
+  private keepImageJob(job: Job): Job | undefined {
+    const req = job.req;
+    if (job.control || !req || req.image === undefined || req.history !== undefined) return undefined;
+    return {
+      convId: job.convId,
+      control: true,
+      key: job.key,
+      requestId: job.requestId,
+      channel: new EventChannel<AnswerEvent>(),
+      controller: new AbortController(),
+      enqueuedAt: job.enqueuedAt,
+      state: 'waiting',
+      work: () => this.storeImageOf(job.convId, job.key, req),
+    };
+  }
+
+  /**
+   * Stores a thread's request's new image in its conversation without answering (a request cancelled before it
+   * was answered: on a worker, one stopped while it waited in the cluster's queue), after the conversation's
+   * earlier requests, as for a request stopped while answering: the next message can ask about the image without
+   * sending it again. Nothing for a request without a new image.
+   */
+  async keepImage(req: ConversationRequest): Promise<void> {
+    if (req.image === undefined || req.history !== undefined) return;
+    const key = checkKey(req.key);
+    await this.control(key, (convId) => this.storeImageOf(convId, key, req));
+  }
+
+  private async storeImageOf(convId: string, key: ConversationKey, req: ConversationRequest): Promise<void> {
+    try {
+      const image = await this.images.check(req.image);
+      await this.storeTurn({ convId, key, req }, await this.repo.getConversation(convId), image, [], undefined, 0, undefined);
+    } catch (err) {
+      // (a bad image is simply not kept: its request was cancelled, nobody waits for an answer about it)
+      this.log(`conversation ${convId}: the image of a request cancelled before its answer was not kept: ${(err as Error).message}`);
     }
   }
 
@@ -463,7 +508,7 @@ export class ConversationManager {
    * The turn's KV cache goes if the image or the conversation cannot be written. Returns the turns as stored.
    */
   private async storeTurn(
-    job: Job,
+    job: Pick<Job, 'convId' | 'key' | 'req'>,
     prev: ConversationState | undefined,
     image: TurnImage,
     kept: readonly PriorTurn[],

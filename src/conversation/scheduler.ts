@@ -61,6 +61,21 @@ export class FairScheduler<J extends ScheduledJob> {
     if (q.length === 1 && !this.active.has(job.convId)) this.ready.push(job.convId);
   }
 
+  /**
+   * Puts `by` (of the same conversation) in the place of a waiting job, its turn in the conversation's order kept;
+   * false if `old` is not waiting.
+   */
+  replace(old: J, by: J): boolean {
+    const q = this.queues.get(old.convId);
+    const i = q ? q.indexOf(old) : -1;
+    if (!q || i < 0 || by.convId !== old.convId) return false;
+    q[i] = by;
+    if (!old.control) this.waitingModelJobs--;
+    if (!by.control) this.waitingModelJobs++;
+    this.pump();
+    return true;
+  }
+
   /** Removes a waiting job (cancelled before it started); false if it is not waiting. */
   remove(job: J): boolean {
     const q = this.queues.get(job.convId);

@@ -43,6 +43,8 @@ beforeAll(async () => {
     manager,
     model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
     lockMs: 2000,
+    // one job at a time, so that a second one waits in the cluster's queue
+    concurrency: 1,
   });
   frontend = new RemoteConversations({ redisUrl: redis.url, store: await createStore(redis.url) });
   fake = await FakeSlack.start();
@@ -109,6 +111,34 @@ describe('Slack on a front end', () => {
     expect(full.text).toBe(FORCED);
     expect(slow.steps() - stoppedAt).toBeGreaterThanOrEqual(40);
     expect((await frontend.history(key))?.turns.map((t) => t.user)).toEqual(['and in short?']);
+  }, 90_000);
+
+  it('an answer stopped while it waited in the queue: the worker keeps its image in the thread; the follow-up is answered', async () => {
+    const busy = fake.addFile({ name: 'busy.png', data: await squarePng(64, 64), mimetype: 'image/png' });
+    const { msg: first } = await fake.mention('C3', { text: `<@${fake.botUserId}> keep the worker busy`, files: [busy] });
+    await fake.waitFor(() => textReplies(fake, 'C3', first.ts).find((m) => /word3 /.test(m.text)), 30_000, 'the busy answer being written');
+    const file = fake.addFile({ name: 'square.png', data: await squarePng(90, 60), mimetype: 'image/png' });
+    const { msg: ask } = await fake.mention('C4', { text: `<@${fake.botUserId}> and this one?`, files: [file] });
+    const waiting = await fake.waitFor(
+      () => textReplies(fake, 'C4', ask.ts).find((m) => /Looking at the image/.test(m.text) && hasButton(m)),
+      30_000,
+      'the second answer waiting in the queue, with its Stop button',
+    );
+    await sleep(200); // (its job is in the queue by then)
+    await fake.pressButton(waiting, 'minigpt_stop', 'U0ALICE');
+    await fake.waitFor(() => (/Stopped by <@U0ALICE>/.test(waiting.text) ? true : undefined), 30_000, 'the stopped reply');
+    const key = slackKey(fake.teamId, 'C4', ask.ts);
+    const state = await frontend.history(key);
+    expect(state?.turns).toEqual([]);
+    expect(state?.image).toMatchObject({ width: 90, height: 60 });
+    // it never ran on the model: nothing of an answer was written
+    expect(waiting.text).not.toContain('word0');
+    await fake.reply('C4', ask.ts, { text: 'and in short?' });
+    await fake.waitFor(
+      () => textReplies(fake, 'C4', ask.ts).find((m) => m !== waiting && m.text === FORCED && !hasButton(m)),
+      30_000,
+      'the follow-up answered in full',
+    );
   }, 90_000);
 
   it('"Forget this conversation": the worker decides who took part, after the requests sent before it', async () => {

@@ -95,7 +95,42 @@ describe('conversation manager: scheduling', () => {
     expect(errorOf(e3)).toBeUndefined();
     expect(askedOrder(answer)).toEqual(['first', 'third']);
     expect(encode).toHaveBeenCalledTimes(1); // same image: the second encoding came from the cache
-    expect(await m.history(key('c2'))).toBeNull();
+    // its new image is kept in its thread (without a turn, and without running the vision encoder for it)
+    const kept = await m.history(key('c2'));
+    expect(kept?.turns).toEqual([]);
+    expect(kept?.image.hash).toBe((await m.history(key('c1')))?.image.hash);
+    await m.close();
+  });
+
+  it('a request with a new image stopped while it waited keeps the image in its place in the thread: a follow-up sent after it asks about it', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 30, minNewTokens: 30, temperature: 0 } });
+    const encode = vi.spyOn(model, 'encodeImage');
+    const k = key('wait-stop');
+    const other = await solidPng(80, 40, [30, 160, 60]);
+    const first = m.handle({ key: k, user: 'u', text: 'first', image });
+    const ctl = new AbortController();
+    const stopped = m.handle({ key: k, user: 'u', text: 'a new picture', image: other, signal: ctl.signal });
+    const after = m.handle({ key: k, user: 'u', text: 'what about this one?' });
+    ctl.abort();
+    const [e1, e2, e3] = await Promise.all([first, stopped, after].map(collect));
+    expect(e2).toEqual([
+      { type: 'queued', position: 1 },
+      { type: 'error', code: 'cancelled', message: expect.any(String) },
+    ]);
+    expect(finalOf(e1)?.image).toEqual({ width: 120, height: 90 });
+    // the follow-up was answered about the stopped request's image, as a first turn about it
+    expect(finalOf(e3)?.image).toEqual({ width: 80, height: 40 });
+    const state = await m.history(k);
+    expect(state?.image).toMatchObject({ width: 80, height: 40, bytes: other.byteLength });
+    expect(state?.turns.map((t) => t.user)).toEqual(['what about this one?']);
+    expect(encode).toHaveBeenCalledTimes(2); // the stopped request's image once, for the follow-up
+    // a stopped request whose file is not an image keeps nothing (and says nothing to anyone)
+    const ctl2 = new AbortController();
+    const busy = m.handle({ key: k, user: 'u', text: 'busy' });
+    const bad = m.handle({ key: k, user: 'u', text: 'bad', image: Buffer.from('not an image'), signal: ctl2.signal });
+    ctl2.abort();
+    await Promise.all([busy, bad].map(collect));
+    expect((await m.history(k))?.image.width).toBe(80);
     await m.close();
   });
 
