@@ -39,8 +39,10 @@ export interface Ask {
   client: WebClient;
   team: string;
   channel: string;
-  /** undefined: the answer starts a new thread in the channel */
+  /** undefined: the answer starts a new thread in the channel (in a direct message: it goes into the DM itself) */
   thread?: string;
+  /** a direct message (or a thread of one): the conversation is the whole DM's, as with Discord's DMs */
+  dm?: boolean;
   user: string;
   text: string;
   task?: TaskTag;
@@ -57,6 +59,16 @@ export function slackKey(team: string, channel: string, thread: string): Convers
   return { platform: 'slack', workspace: team, channel, thread };
 }
 
+/** The conversation of a direct message channel (all of it, threads included). */
+export function dmKey(team: string, channel: string): ConversationKey {
+  return slackKey(team, channel, channel);
+}
+
+/** Whether a channel id is a direct message's (Slack's ids say so: D…). */
+export function isDirectMessage(channel: string): boolean {
+  return channel.startsWith('D');
+}
+
 export function threadReply(
   ctx: AnswerContext,
   client: WebClient,
@@ -64,11 +76,13 @@ export function threadReply(
   thread: string | undefined,
   header?: string,
   stop?: StopHandle,
+  inline = false,
 ): ThreadReply {
   return new ThreadReply({
     client,
     channel,
     threadTs: thread,
+    inline,
     intervalMs: ctx.updateIntervalMs,
     maxChars: ctx.maxMessageChars,
     header,
@@ -88,15 +102,16 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
 }
 
 async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise<void> {
-  const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop);
+  const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop, a.dm === true);
   try {
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
   } catch (err) {
     ctx.log(`slack: ${a.what}: could not post the reply: ${describeSlackError(err)}`);
     return;
   }
-  const thread = reply.thread!;
-  await ctx.threads.mark(`${a.team}:${a.channel}:${thread}`);
+  // a direct message is one conversation, threads included; elsewhere a thread is, and the bot answers in it
+  const key = a.dm ? dmKey(a.team, a.channel) : slackKey(a.team, a.channel, reply.thread!);
+  if (!a.dm) await ctx.threads.mark(`${a.team}:${a.channel}:${key.thread}`);
   // aborted by a closing adapter, or by the Stop button
   const signal = AbortSignal.any([ctx.signal, stop.signal]);
   let text = '';
@@ -123,7 +138,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       ctx.log(`slack: ${a.what} by ${a.user}: text only`);
     }
     const req: ConversationRequest = {
-      key: slackKey(a.team, a.channel, thread),
+      key,
       user: a.user,
       text: a.text,
       ...(image ? { image } : {}),

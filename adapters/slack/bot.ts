@@ -1,12 +1,13 @@
 // The Slack adapter's event handling: Bolt's middleware (each event claimed once by its id, its arrival-order
-// turn taken before anything is awaited), the listeners (mentions, thread follow-ups, /describe, the
-// shortcut), each running as a tracked task, and closing (running answers finish, up to a limit).
+// turn taken before anything is awaited), the listeners (mentions, thread follow-ups, direct messages, /describe,
+// the shortcuts, the Stop button), each running as a tracked task, and closing (running answers finish, up to a
+// limit).
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { StopButtons } from '../shared/stop-buttons.js';
 import { TaskSet } from '../shared/tasks.js';
-import { answer, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
+import { answer, isDirectMessage, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
 import { SeenSet } from './dedupe.js';
 import { WorkspaceAdmins } from './admins.js';
 import { onDescribe, onShortcut, type DescribeContext } from './describe.js';
@@ -85,9 +86,9 @@ export class SlackBot {
     );
   }
 
-  /** Requests of one thread keep the order in which Slack delivered their events. */
+  /** Requests of one conversation (a thread; a whole DM) keep the order in which Slack delivered their events. */
   private orderKey(team: string, channel: string, thread: string): string {
-    return `${team}:${channel}:${thread}`;
+    return `${team}:${channel}:${isDirectMessage(channel) ? channel : thread}`;
   }
 
   register(): void {
@@ -98,7 +99,8 @@ export class SlackBot {
       const b = body as { type?: string; event_id?: string; event?: MessageLike };
       // Only events that may become requests are remembered (not every message of every channel).
       const candidate =
-        b.event?.type === 'app_mention' || (b.event?.type === 'message' && !!b.event.thread_ts && !ignorable(b.event, this.botUserId));
+        b.event?.type === 'app_mention' ||
+        (b.event?.type === 'message' && (!!b.event.thread_ts || b.event.channel_type === 'im') && !ignorable(b.event, this.botUserId));
       // The event's turn in its thread is taken now, before anything is awaited: the order of delivery.
       const ev = b.event;
       const turn =
@@ -229,6 +231,7 @@ export class SlackBot {
 
   private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: ArrivalTurn): Promise<void> {
     if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
+    if (ev.channel_type === 'im') return this.onDirectMessage(ev as MessageLike & { channel: string; ts: string }, team, client, turn);
     // Only replies in a thread; a message mentioning the bot is the app_mention handler's.
     if (!ev.thread_ts || ev.thread_ts === ev.ts) return;
     if (this.botUserId && (ev.text ?? '').includes(`<@${this.botUserId}`)) return;
@@ -236,6 +239,27 @@ export class SlackBot {
     if (!(await this.isBotThread(team, ev.channel, thread))) return;
     if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
     await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, eventFiles(ev.files), 'follow-up', turn);
+  }
+
+  /**
+   * A message to the bot in a direct message (Slack sends no app_mention there): every one is a request, all of
+   * one conversation, as on Discord. A top-level message is answered in the DM itself, one in a thread there.
+   */
+  private async onDirectMessage(ev: MessageLike & { channel: string; ts: string }, team: string, client: WebClient, turn?: ArrivalTurn) {
+    if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
+    const inThread = !!ev.thread_ts && ev.thread_ts !== ev.ts;
+    await this.ask(client, {
+      team,
+      channel: ev.channel,
+      ...(inThread ? { thread: ev.thread_ts } : {}),
+      dm: true,
+      user: ev.user ?? 'unknown',
+      text: slackTextToPlain(ev.text ?? '', this.botUserId),
+      files: eventFiles(ev.files),
+      requestId: `slack:${ev.channel}:${ev.ts}`,
+      what: `direct message in ${ev.channel}`,
+      turn,
+    });
   }
 
   /** The request of a mention or a thread message (its text, its files) in `thread`. */
@@ -290,7 +314,7 @@ export class SlackBot {
   }
 
   /** A mention or follow-up: checks its files, then answers in the thread. */
-  private async ask(client: WebClient, a: Omit<Ask, 'file' | 'client'> & { files: SlackFile[]; thread: string }): Promise<void> {
+  private async ask(client: WebClient, a: Omit<Ask, 'file' | 'client'> & { files: SlackFile[] }): Promise<void> {
     let file: SlackFile | undefined;
     if (a.files.length > 0) {
       file = a.files.find((f) => isImageFile(f) || (!f.mimetype && !f.filetype));
@@ -298,8 +322,8 @@ export class SlackBot {
         this.log(
           `slack: ${a.what}: ${a.files.length} file(s), none an image (${a.files.map((f) => f.filetype ?? f.mimetype ?? '?').join(', ')})`,
         );
-        await this.threads.mark(`${a.team}:${a.channel}:${a.thread}`);
-        const reply = threadReply(this.ctx, client, a.channel, a.thread);
+        if (!a.dm) await this.threads.mark(`${a.team}:${a.channel}:${a.thread}`);
+        const reply = threadReply(this.ctx, client, a.channel, a.thread, undefined, undefined, a.dm === true);
         await reply.error(notAnImage(a.files[0]).message);
         return;
       }

@@ -3,7 +3,7 @@
 // message's image, answered in its thread). Problems are told to the user alone (ephemeral).
 import type { webApi } from '@slack/bolt';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
-import { answer, type AnswerContext } from './answer.js';
+import { answer, isDirectMessage, type AnswerContext } from './answer.js';
 import type { MessageLike, ShortcutPayload } from './events.js';
 import { fileInfo } from './file-info.js';
 import { eventFiles, FileInputError, isImageFile, notAnImage, type SlackFile } from './files.js';
@@ -56,7 +56,9 @@ export async function onDescribe(
     if (code === 'not_in_channel' || code === 'channel_not_found') {
       await tell(`I cannot read this channel: invite me first (\`/invite @${ctx.botName}\`), then try again.`);
     } else if (code === 'missing_scope') {
-      await tell('The app needs the `channels:history` scope (and `groups:history` for private channels) to find the newest image.');
+      await tell(
+        'The app needs the `channels:history` scope (`groups:history` for private channels, `im:history` for direct messages) to find the newest image.',
+      );
     } else {
       await tell("I could not read this channel's messages; please try again.");
     }
@@ -71,6 +73,8 @@ export async function onDescribe(
     user: c.user,
     text: prompt,
     ...(task ? { task } : {}),
+    // in a direct message, the answer goes into the DM's one conversation
+    ...(isDirectMessage(c.channel) ? { dm: true } : {}),
     file,
     header,
     requestId: `slack:${c.channel}:cmd${ctx.nextId()}`,
@@ -131,6 +135,7 @@ export async function onShortcut(
     team,
     channel,
     thread,
+    ...(isDirectMessage(channel) ? { dm: true } : {}),
     user,
     text: '',
     file,

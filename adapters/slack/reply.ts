@@ -13,8 +13,10 @@ type WebClient = webApi.WebClient;
 export interface ThreadReplyOptions {
   client: WebClient;
   channel: string;
-  /** the thread to answer in; undefined: the first message starts a new thread in the channel */
+  /** the thread to answer in; undefined: the first message starts a new thread in the channel (see `inline`) */
   threadTs?: string;
+  /** without threadTs: every message of the answer goes into the channel itself (a direct message's answer) */
+  inline?: boolean;
   /** least time between two edits of the messages (Slack allows about one per second per channel) */
   intervalMs: number;
   /** most mrkdwn characters per message */
@@ -75,9 +77,9 @@ export class ThreadReply {
     return this.posted[0]?.ts;
   }
 
-  /** The thread the answer lives in. */
+  /** The thread the answer lives in (none for an answer written into the channel itself). */
   get thread(): string | undefined {
-    return this.opts.threadTs ?? this.firstTs;
+    return this.opts.threadTs ?? (this.opts.inline ? undefined : this.firstTs);
   }
 
   /** Posts the first message (status text such as "Looking at the image…"). */
@@ -121,29 +123,23 @@ export class ThreadReply {
     await this.message.final(parts);
   }
 
-  /** Uploads a file into the answer's thread. */
+  /** Uploads a file into the answer's thread (or next to it). */
   async upload(data: Buffer, filename: string, title: string): Promise<void> {
     await this.chain;
-    const thread = this.thread;
-    if (!thread) throw new Error('no thread to upload into');
-    await this.opts.client.filesUploadV2({
-      channel_id: this.opts.channel,
-      thread_ts: thread,
-      file: data,
-      filename,
-      title,
-      alt_text: title,
-    });
+    const thread = this.placed();
+    const file = { file: data, filename, title, alt_text: title };
+    await this.opts.client.filesUploadV2(
+      thread ? { channel_id: this.opts.channel, thread_ts: thread, ...file } : { channel_id: this.opts.channel, ...file },
+    );
   }
 
-  /** Posts one more message into the answer's thread (after the answer). */
+  /** Posts one more message into the answer's thread (or after it), after the answer. */
   async note(text: string): Promise<void> {
     await this.chain;
-    const thread = this.thread;
-    if (!thread) throw new Error('no thread to post into');
+    const thread = this.placed();
     await this.opts.client.chat.postMessage({
       channel: this.opts.channel,
-      thread_ts: thread,
+      ...(thread ? { thread_ts: thread } : {}),
       text,
       unfurl_links: false,
       unfurl_media: false,
@@ -154,6 +150,13 @@ export class ThreadReply {
   async settle(): Promise<void> {
     await this.message.flush();
     await this.chain;
+  }
+
+  /** Where what follows the first message goes: its thread; undefined for an answer in the channel itself. */
+  private placed(): string | undefined {
+    const thread = this.thread;
+    if (!thread && !this.opts.inline) throw new Error('no thread to post into');
+    return thread;
   }
 
   /** The message's text as blocks, with the Stop button under it. */
@@ -212,7 +215,7 @@ export class ThreadReply {
           throw err;
         }
       } else {
-        const thread = this.opts.threadTs ?? this.posted[0]?.ts;
+        const thread = this.thread;
         const res = await client.chat.postMessage({
           channel,
           text,

@@ -70,7 +70,13 @@ const ALL_SCOPES = [
   'files:read',
   'files:write',
   'users:read',
+  'im:history',
 ];
+
+/** What Slack's events call a channel, from its id: D… a direct message, G… private, C… public. */
+function channelType(channel: string): 'im' | 'group' | 'channel' {
+  return channel.startsWith('D') ? 'im' : channel.startsWith('G') ? 'group' : 'channel';
+}
 
 export class FakeSlack {
   readonly botToken = `xoxb-1111-2222-${randomBytes(12).toString('hex')}`;
@@ -262,7 +268,7 @@ export class FakeSlack {
       type,
       ...(type === 'message' && m.subtype ? { subtype: m.subtype } : {}),
       channel: m.channel,
-      ...(type === 'message' ? { channel_type: 'channel' } : {}),
+      ...(type === 'message' ? { channel_type: channelType(m.channel) } : {}),
       user: m.user,
       ...(m.bot_id ? { bot_id: m.bot_id } : {}),
       text: m.text,
@@ -289,6 +295,17 @@ export class FakeSlack {
     if (opts.alsoMessage !== false) sends.push(this.sendEvent(this.messageEvent(msg, 'message')));
     const res = await Promise.all(sends);
     return { msg, statuses: res.map((r) => r.status) };
+  }
+
+  /** A user's top-level message (no mention; e.g. in a direct message with the bot): stored and sent as a message event. */
+  async say(
+    channel: string,
+    m: { user?: string; text?: string; files?: FakeFile[] },
+    opts: SendOptions = {},
+  ): Promise<{ msg: FakeMessage; status: number }> {
+    const msg = this.addMessage(channel, m);
+    const res = await this.sendEvent(this.messageEvent(msg, 'message'), opts);
+    return { msg, status: res.status };
   }
 
   /** A user's message in a thread (no mention): stored and sent as a message event. */
@@ -697,7 +714,7 @@ export class FakeSlack {
       }
       case 'conversations.history': {
         const channel = str('channel') ?? '';
-        const missing = need(channel.startsWith('G') ? 'groups:history' : 'channels:history');
+        const missing = need({ im: 'im:history', group: 'groups:history', channel: 'channels:history' }[channelType(channel)]);
         if (missing) return send(missing);
         if (this.foreignChannels.has(channel)) return send({ ok: false, error: 'not_in_channel' });
         const limit = Number(str('limit') ?? 100) || 100;
