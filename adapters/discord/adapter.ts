@@ -11,7 +11,8 @@ import { Events, ThreadAutoArchiveDuration, type Client, type Message, type Send
 import type { ConversationKey, ConversationRequest, ResetOutcome } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
 import { threadName } from './format.js';
-import { apologiseOnFailure, HELP_NO_IMAGE, NO_THREAD_NOTICE, rateLimitMessage, stripBotMention } from './replies.js';
+import { apologiseOnFailure, HELP_NO_IMAGE, NO_THREAD_NOTICE, stripBotMention } from './replies.js';
+import { DEFAULT_RATE_LIMIT, rateLimitMessage, type RateLimitSetting } from '../shared/rate-limit.js';
 import {
   downloadImage,
   downloadPolicy,
@@ -54,7 +55,7 @@ export interface DiscordAdapterOptions {
   /** answer direct messages (default true) */
   allowDMs?: boolean;
   /** requests per user and window (default 6 per 60 s); false: no limit */
-  rateLimit?: { max: number; windowMs: number } | false;
+  rateLimit?: RateLimitSetting;
   /** where the limit's counts live (default: this process, UserRateLimiter) */
   rateLimiter?: RateLimiterFactory;
   /** least time between two writes to one answer message (default 1500 ms: Discord allows 5 edits per 5 s) */
@@ -94,7 +95,7 @@ export interface DiscordAdapter {
   readonly fatal: Promise<Error>;
 }
 
-export const DEFAULT_RATE_LIMIT = { max: 6, windowMs: 60_000 };
+export { DEFAULT_RATE_LIMIT };
 export const DEFAULT_EDIT_INTERVAL_MS = 1500;
 const CLOSE_GRACE_MS = 5_000;
 const KNOWN_REPLIES = 5_000;

@@ -1,6 +1,6 @@
 // The Discord adapter's entry points: `startDiscordAdapter(options)` and, for `minigpt serve`,
 // `startDiscordFromEnv({ manager, env, log })`, which reads the DISCORD_* variables (.env.example).
-import type { RateLimiterFactory } from './limits.js';
+import { rateLimitFromEnv, type RateLimiterFactory } from '../shared/rate-limit.js';
 import type { ShardLeases } from '../shared/shard-lease.js';
 import type { DiscordAdapter, DiscordAdapterOptions, DiscordConversations } from './adapter.js';
 import { startDiscordAdapter } from './connect.js';
@@ -94,14 +94,7 @@ export function apiUrlFromEnv(env: NodeJS.ProcessEnv): string | undefined {
 export function discordOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<DiscordAdapterOptions, 'manager' | 'log'> {
   const token = env.DISCORD_TOKEN?.trim();
   if (!token) throw new DiscordConfigError('DISCORD_TOKEN is not set');
-  let rateLimit: DiscordAdapterOptions['rateLimit'];
-  const rl = env.DISCORD_RATE_LIMIT?.trim();
-  if (rl) {
-    const m = /^(\d+)(?:\s*\/\s*(\d+))?$/.exec(rl);
-    if (!m) throw new DiscordConfigError(`DISCORD_RATE_LIMIT=${rl}: expected N/SECONDS, e.g. 6/60 (0: no limit)`);
-    const max = Number(m[1]);
-    rateLimit = max === 0 ? false : { max, windowMs: Number(m[2] ?? 60) * 1000 };
-  }
+  const rateLimit = rateLimitFromEnv('DISCORD_RATE_LIMIT', env.DISCORD_RATE_LIMIT, (m) => new DiscordConfigError(m));
   const appId = env.DISCORD_APP_ID?.trim();
   if (appId && !/^\d{5,25}$/.test(appId)) throw new DiscordConfigError(`DISCORD_APP_ID=${appId}: not a Discord id (digits)`);
   const apiUrl = apiUrlFromEnv(env);

@@ -31,11 +31,6 @@ export async function apologiseOnFailure(
   }
 }
 
-export function rateLimitMessage(ms: number): string {
-  const s = Math.max(1, Math.ceil(ms / 1000));
-  return `You're sending requests a bit fast: please wait ${s} second${s === 1 ? '' : 's'} before asking again.`;
-}
-
 /** Removes mentions of the bot (`<@id>`, `<@!id>`) from a message's text. */
 export function stripBotMention(content: string, botId: string): string {
   return content

@@ -5,12 +5,13 @@
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
+import { DEFAULT_RATE_LIMIT, rateLimitMessage, UserRateLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
 import { TaskSet } from '../shared/tasks.js';
 import { answer, isDirectMessage, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
 import { SeenSet } from './dedupe.js';
 import { WorkspaceAdmins } from './admins.js';
-import { onDescribe, onShortcut, type DescribeContext } from './describe.js';
+import { ephemeral, onDescribe, onShortcut, type DescribeContext } from './describe.js';
 import { onForget } from './forget.js';
 import { ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
 import { eventFiles, isImageFile, notAnImage, type SlackFile } from './files.js';
@@ -46,6 +47,8 @@ export class SlackBot {
   private readonly order: ArrivalOrder;
   /** workspace admins may stop and forget others' answers */
   private readonly admins: WorkspaceAdmins;
+  /** requests per user (null: no limit) */
+  private readonly rate: RateLimiter | null;
   private nextId = 1;
 
   constructor(
@@ -57,6 +60,8 @@ export class SlackBot {
     this.log = ids.log;
     this.botUserId = ids.botUserId;
     this.admins = new WorkspaceAdmins(this.log);
+    const rl = opts.rateLimit ?? DEFAULT_RATE_LIMIT;
+    this.rate = rl ? (opts.rateLimiter?.('slack', rl.max, rl.windowMs) ?? new UserRateLimiter(rl.max, rl.windowMs)) : null;
     this.tasks = new TaskSet((what, err) => this.log(`slack: ${what} failed: ${describeSlackError(err)}`));
     const store = opts.store ?? opts.manager.store;
     const ttl = opts.dedupeTtlMs ?? DAY;
@@ -137,14 +142,16 @@ export class SlackBot {
 
     app.command(this.ctx.command, async ({ command, ack, client, respond }) => {
       await ack();
-      this.spawn('command', () =>
-        onDescribe(
+      const tell = (text: string) => respond({ response_type: 'ephemeral', text }).then(() => {});
+      this.spawn('command', async () => {
+        if (!(await this.withinRate(command.team_id, command.user_id, tell, true))) return;
+        await onDescribe(
           this.ctx,
           { team: command.team_id, channel: command.channel_id, user: command.user_id, text: command.text ?? '' },
           client,
-          (text) => respond({ response_type: 'ephemeral', text }).then(() => {}),
-        ),
-      );
+          tell,
+        );
+      });
     });
 
     const messageShortcut = (
@@ -167,9 +174,10 @@ export class SlackBot {
         const tell = (text: string) => respond({ response_type: 'ephemeral', text }).then(() => {});
         this.spawn(what, () => work(s, client, tell, turn), turn);
       });
-    messageShortcut(this.opts.shortcutCallbackId ?? DEFAULT_SHORTCUT, 'shortcut', (s, client, tell, turn) =>
-      onShortcut(this.ctx, s, client, tell, turn),
-    );
+    messageShortcut(this.opts.shortcutCallbackId ?? DEFAULT_SHORTCUT, 'shortcut', async (s, client, tell, turn) => {
+      if (await this.withinRate(s.team?.id ?? s.user?.team_id ?? '', s.user?.id ?? '', tell, true))
+        await onShortcut(this.ctx, s, client, tell, turn);
+    });
     // The thread is forgotten after the requests sent there before it (its turn is held until then).
     messageShortcut(this.opts.forgetShortcutCallbackId ?? DEFAULT_FORGET_SHORTCUT, 'forget', (s, client, tell) =>
       onForget({ manager: this.manager, admins: this.admins, log: this.log }, s, client, tell),
@@ -315,6 +323,8 @@ export class SlackBot {
 
   /** A mention or follow-up: checks its files, then answers in the thread. */
   private async ask(client: WebClient, a: Omit<Ask, 'file' | 'client'> & { files: SlackFile[] }): Promise<void> {
+    const tell = (text: string) => ephemeral(this.ctx, client, a.channel, a.user, text, undefined, a.thread);
+    if (!(await this.withinRate(a.team, a.user, tell))) return;
     let file: SlackFile | undefined;
     if (a.files.length > 0) {
       file = a.files.find((f) => isImageFile(f) || (!f.mimetype && !f.filetype));
@@ -329,6 +339,21 @@ export class SlackBot {
       }
     }
     await answer(this.ctx, { ...a, client, file });
+  }
+
+  /**
+   * Counts a request against the user's limit; over it, tells them privately and returns false: once per window
+   * for messages (no spam), every time for a command or shortcut (`privately`: they expect a reply).
+   */
+  private async withinRate(team: string, user: string, tell: (text: string) => Promise<void>, privately = false): Promise<boolean> {
+    if (!this.rate) return true;
+    // (user ids are a workspace's)
+    const who = `${team}:${user}`;
+    const r = await this.rate.take(who);
+    if (r.ok) return true;
+    this.log(`slack: user ${user} is over the rate limit`);
+    if (privately || (await this.rate.shouldWarn(who))) await tell(rateLimitMessage(r.retryAfterMs)).catch(() => {});
+    return false;
   }
 
   async close(): Promise<void> {

@@ -15,6 +15,7 @@
 // files.ts and file-info.ts (images), format.ts (mrkdwn), dedupe.ts ("seen" marks).
 import { startSlackAdapter } from './app.js';
 import { slackOptionsFromEnv, type SlackConversationManager } from './options.js';
+import type { RateLimiterFactory } from '../shared/rate-limit.js';
 
 export { startSlackAdapter } from './app.js';
 export {
@@ -37,7 +38,13 @@ export async function startSlack(ctx: {
   manager: SlackConversationManager;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
+  rateLimiter?: RateLimiterFactory;
 }): Promise<{ name: string; url?: string; close(): Promise<void> }> {
-  const adapter = await startSlackAdapter({ ...slackOptionsFromEnv(ctx.env), manager: ctx.manager, log: ctx.log });
+  const adapter = await startSlackAdapter({
+    ...slackOptionsFromEnv(ctx.env),
+    manager: ctx.manager,
+    log: ctx.log,
+    ...(ctx.rateLimiter ? { rateLimiter: ctx.rateLimiter } : {}),
+  });
   return { name: 'slack', ...(adapter.url ? { url: adapter.url } : {}), close: () => adapter.close() };
 }

@@ -1,6 +1,7 @@
 // The Slack adapter's settings: its options, what it gives back, the SLACK_* environment (.env.example), and
 // the one error a misconfiguration raises (its message names the variable to fix).
 import type { ConversationPort } from '../shared/port.js';
+import { rateLimitFromEnv, type RateLimiterFactory, type RateLimitSetting } from '../shared/rate-limit.js';
 import type Keyv from 'keyv';
 
 /**
@@ -46,6 +47,10 @@ export interface SlackAdapterOptions {
   dedupeTtlMs?: number;
   /** how long close() lets running answers finish before cancelling them (default 10 s) */
   closeTimeoutMs?: number;
+  /** SLACK_RATE_LIMIT: requests per user (default 6 a minute; false: none) */
+  rateLimit?: RateLimitSetting;
+  /** where the limit's counts live (default: this process; front ends on Redis share them) */
+  rateLimiter?: RateLimiterFactory;
 }
 
 export interface SlackAdapter {
@@ -90,8 +95,10 @@ export function slackOptionsFromEnv(env: NodeJS.ProcessEnv): Omit<SlackAdapterOp
     if (!Number.isInteger(port) || port < 0 || port > 65535)
       throw new SlackConfigError(`SLACK_PORT=${env.SLACK_PORT}: expected a port number (0-65535)`);
   }
+  const rateLimit = rateLimitFromEnv('SLACK_RATE_LIMIT', env.SLACK_RATE_LIMIT, (m) => new SlackConfigError(m));
   return {
     botToken,
+    ...(rateLimit !== undefined ? { rateLimit } : {}),
     ...(env.SLACK_SIGNING_SECRET?.trim() ? { signingSecret: env.SLACK_SIGNING_SECRET.trim() } : {}),
     ...(env.SLACK_APP_TOKEN?.trim() ? { appToken: env.SLACK_APP_TOKEN.trim() } : {}),
     ...(port !== undefined ? { port } : {}),

@@ -24,6 +24,7 @@ const s = useSlackStack(FORCED, {
       apiUrl: fake.apiUrl,
       log,
       updateIntervalMs: 30,
+      rateLimit: false,
     });
     await fake.waitFor(() => fake.socketConnected, 5000, 'the socket');
     return adapter;

@@ -210,6 +210,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       DISCORD_API_URL: discord.apiUrl,
       // Every event must be answered: the per-user limit would silence a user's extra requests.
       DISCORD_RATE_LIMIT: '0',
+      SLACK_RATE_LIMIT: '0',
       SLACK_BOT_TOKEN: slack.botToken,
       SLACK_SIGNING_SECRET: slack.signingSecret,
       SLACK_PORT: '0',

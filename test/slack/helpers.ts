@@ -35,6 +35,8 @@ export async function startSlack(
     host: '127.0.0.1',
     apiUrl: fake.apiUrl,
     log: () => {},
+    // (the tests ask far more often than a user may; test/slack/rate-limit.test.ts tests the limit)
+    rateLimit: false,
     ...extra,
   });
   fake.appUrl = adapter.url;
@@ -47,7 +49,15 @@ export function startSlackSocket(
   manager: SlackConversationManager,
   extra: Partial<SlackAdapterOptions> = {},
 ): Promise<SlackAdapter> {
-  return startSlackAdapter({ manager, botToken: fake.botToken, appToken: fake.appToken, apiUrl: fake.apiUrl, log: () => {}, ...extra });
+  return startSlackAdapter({
+    manager,
+    botToken: fake.botToken,
+    appToken: fake.appToken,
+    apiUrl: fake.apiUrl,
+    log: () => {},
+    rateLimit: false,
+    ...extra,
+  });
 }
 
 /** The fake Slack and an adapter on it that the tests of a file (or describe block) share. */
