@@ -11,6 +11,8 @@ import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
 import type { ShardLeases } from '../adapters/shared/shard-lease.js';
 import { ConversationManager, createStore, type ConversationManagerOptions } from './conversation/index.js';
 import type { ConversationPort } from '../adapters/shared/port.js';
+import { BotMetrics } from './observe/metrics.js';
+import { startMetricsServer, type MetricsServer, type MetricsSettings } from './observe/server.js';
 import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
 import { DEFAULT_API_HOST, startApiServer } from '../adapters/api/server.js';
 
@@ -182,6 +184,8 @@ export interface AdaptersRunning {
   webUrl?: string;
   /** the OpenAI-compatible API's base URL (`.../v1`) when API_PORT is set */
   apiUrl?: string;
+  /** the metrics endpoint (`.../metrics`, `/healthz`, `/readyz`) when METRICS_PORT is set */
+  metricsUrl?: string;
   /** resolves with the first adapter failure that cannot recover (`RunningAdapter.fatal`, its name in front); else never */
   fatal: Promise<Error>;
   /** stops the adapters, then the rest */
@@ -279,6 +283,28 @@ const list = (v: string | undefined) =>
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
+
+/** The operator's endpoint (METRICS_PORT, METRICS_HOST: metrics and probes); undefined when METRICS_PORT is unset. */
+export function metricsSettings(env: NodeJS.ProcessEnv): MetricsSettings | undefined {
+  if (!env.METRICS_PORT?.trim()) return undefined;
+  return { port: portSetting('METRICS_PORT', env.METRICS_PORT.trim()), host: env.METRICS_HOST?.trim() || '127.0.0.1' };
+}
+
+/**
+ * The metrics endpoint, when METRICS_PORT is set: started before the adapters (a port in use stops the start
+ * before anything connects to a platform), its address logged.
+ */
+export async function startObserving(
+  settings: MetricsSettings | undefined,
+  metrics: BotMetrics | undefined,
+  problems: () => Promise<string[]>,
+  log: (line: string) => void,
+): Promise<MetricsServer | undefined> {
+  if (!settings || !metrics) return undefined;
+  const server = await startMetricsServer(settings, metrics, problems);
+  log(`minigpt: metrics on ${server.url}/metrics (probes: /healthz, /readyz)`);
+  return server;
+}
 
 /** The OpenAI-compatible API's settings (API_PORT, API_HOST, MINIGPT_API_KEYS, ...); undefined when API_PORT is unset. */
 export function apiSettings(env: NodeJS.ProcessEnv) {
@@ -421,14 +447,21 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
   // Settings errors before the slow part.
   const web = webSettings(env);
   const api = apiSettings(env);
+  const observe = metricsSettings(env);
   await checkPackage(config.packageDir);
   const store = await createStore(config.runtime.store_url);
   let model: MiniGPT | undefined;
   let manager: ConversationManager | undefined;
+  let metricsServer: MetricsServer | undefined;
   const adapters: RunningAdapter[] = [];
   try {
     model = await loadServedModel(config, log, opts.load);
-    manager = new ConversationManager({ model, store, maxQueue: config.runtime.queue_size, ...managerSettings(config, log) });
+    const mgr = new ConversationManager({ model, store, maxQueue: config.runtime.queue_size, ...managerSettings(config, log) });
+    manager = mgr;
+    const metrics = observe && new BotMetrics('all', { model: model.meta.name, provider: model.provider });
+    metrics?.gauge('minigpt_queue_waiting', 'Requests waiting for the model', () => mgr.waiting);
+    let closing = false;
+    metricsServer = await startObserving(observe, metrics, async () => (closing ? ['shutting down'] : []), log);
     const created = Math.floor((await stat(join(config.packageDir, 'model.json'))).mtimeMs / 1000);
     const info: ServedModel = {
       name: model.meta.name,
@@ -439,22 +472,31 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       forcedAnswer: model.forcedAnswer,
     };
     const urls = await startAdapters(
-      { manager, model: info, config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS },
+      { manager: metrics ? metrics.meter(mgr) : mgr, model: info, config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS },
       adapters,
     );
 
-    const mgr = manager;
     const mdl = model;
+    const observed = metricsServer;
+    const running = adaptersRunning(adapters, urls, async () => {
+      await mgr.close();
+      await mdl.close();
+    });
     return {
       model: mdl,
       manager: mgr,
-      ...adaptersRunning(adapters, urls, async () => {
-        await mgr.close();
-        await mdl.close();
+      ...running,
+      ...(observed ? { metricsUrl: observed.url } : {}),
+      // not ready from the first moment of closing, the probes answered until everything else is closed
+      close: closeOnce(async () => {
+        closing = true;
+        await running.close();
+        await observed?.close();
       }),
     };
   } catch (err) {
     await closeAdapters(adapters);
+    await metricsServer?.close();
     if (manager) await manager.close().catch(() => {});
     else await store.disconnect().catch(() => {});
     await model?.close().catch(() => {});

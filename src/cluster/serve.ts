@@ -13,6 +13,8 @@ import { redactUrl } from '../conversation/store.js';
 import {
   apiSettings,
   checkPackage,
+  metricsSettings,
+  startObserving,
   adaptersRunning,
   closeAdapters,
   closeOnce,
@@ -29,6 +31,8 @@ import {
   type ServedModel,
 } from '../serve.js';
 import { RemoteConversations } from './frontend.js';
+import { BotMetrics } from '../observe/metrics.js';
+import type { MetricsServer } from '../observe/server.js';
 import { startClusterWorker, type ClusterWorker } from './worker.js';
 import { RedisImageCache } from './embedding-cache.js';
 
@@ -100,15 +104,21 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
   // how long a front end's hold on its Discord shards lasts unless renewed (default 15 s)
   const holdMs = msFromEnv(env, 'MINIGPT_SHARD_HOLD_MS', 300);
   const { redisUrl, storeUrl } = redisSettings('frontend', env, config);
+  const observe = metricsSettings(env);
   const store = await createStore(storeUrl);
   const manager = new RemoteConversations({ redisUrl, store, maxQueue: config.runtime.queue_size, log });
   const adapters: RunningAdapter[] = [];
+  let metricsServer: MetricsServer | undefined;
   try {
+    const metrics = observe && new BotMetrics('frontend');
+    metrics?.gauge('minigpt_workers', 'Model workers whose heartbeat is current', async () => (await manager.workers()).length);
+    let closing = false;
+    metricsServer = await startObserving(observe, metrics, () => frontendProblems(manager, closing), log);
     const rateLimiter = (scope: string, max: number, windowMs: number) => manager.rateLimiter(scope, max, windowMs);
     const shardLeases = manager.shardLeases(holdMs ? { ttlMs: holdMs } : {});
     const urls = await startAdapters(
       {
-        manager,
+        manager: metrics ? metrics.meter(manager) : manager,
         model: await servedModel(config),
         config,
         env,
@@ -122,11 +132,33 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
       adapters,
     );
     log(`minigpt: front end on ${redactUrl(redisUrl)} (${adapters.map((a) => a.name).join(', ')})`);
-    return { manager, ...adaptersRunning(adapters, urls, () => manager.close()) };
+    const running = adaptersRunning(adapters, urls, () => manager.close());
+    const observed = metricsServer;
+    return {
+      manager,
+      ...running,
+      ...(observed ? { metricsUrl: observed.url } : {}),
+      close: closeOnce(async () => {
+        closing = true;
+        await running.close();
+        await observed?.close();
+      }),
+    };
   } catch (err) {
     await closeAdapters(adapters);
+    await metricsServer?.close();
     await manager.close();
     throw err;
+  }
+}
+
+/** What keeps a front end from answering: shutting down, Redis out of reach, no live worker. */
+async function frontendProblems(manager: RemoteConversations, closing: boolean): Promise<string[]> {
+  if (closing) return ['shutting down'];
+  try {
+    return (await manager.workers()).length > 0 ? [] : ['no model worker is running'];
+  } catch (err) {
+    return [`Redis cannot be reached: ${(err as Error).message}`];
   }
 }
 
@@ -134,6 +166,8 @@ export interface RunningWorker {
   model: MiniGPT;
   manager: ConversationManager;
   worker: ClusterWorker;
+  /** the metrics endpoint when METRICS_PORT is set */
+  metricsUrl?: string;
   fatal: Promise<Error>;
   /** finishes the running jobs, then closes the manager and the model */
   close(): Promise<void>;
@@ -144,11 +178,14 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
   const { env, log, config } = await serveSetup(opts);
   const { redisUrl, storeUrl } = redisSettings('worker', env, config);
   const lockMs = msFromEnv(env, 'MINIGPT_WORKER_LOCK_MS', 500);
+  const observe = metricsSettings(env);
   await checkPackage(config.packageDir);
   const store = await createStore(storeUrl);
   let model: MiniGPT | undefined;
   let manager: ConversationManager | undefined;
   let cacheClient: Redis | undefined;
+  let worker: ClusterWorker | undefined;
+  let metricsServer: MetricsServer | undefined;
   try {
     model = await loadServedModel(config, log, opts.load);
     // image embeddings shared by the workers of one package (model.json's digest names it)
@@ -166,30 +203,43 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
       maxQueue: 1024,
       ...managerSettings(config, log),
     });
-    const worker = await startClusterWorker({
+    const mgr = manager;
+    const metrics = observe && new BotMetrics('worker', { model: model.meta.name, provider: model.provider });
+    if (metrics) {
+      metrics.gauge('minigpt_queue_waiting', 'Requests waiting for the model', () => mgr.waiting);
+      metrics.gauge('minigpt_worker_jobs_running', 'Jobs this worker runs now', () => worker?.stats().running ?? 0);
+      metrics.gauge('minigpt_worker_jobs_finished', 'Jobs this worker has answered since it started', () => worker?.stats().finished ?? 0);
+    }
+    metricsServer = await startObserving(observe, metrics, async () => (worker ? worker.problems() : ['starting']), log);
+    const started = await startClusterWorker({
       redisUrl,
-      manager,
+      manager: metrics ? { ...metrics.meter(mgr), keepImage: (req) => mgr.keepImage(req) } : mgr,
       model: { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider },
       concurrency: config.runtime.max_batch + 1,
       ...(lockMs ? { lockMs } : {}),
       log,
     });
-    const mgr = manager;
+    worker = started;
     const mdl = model;
     const cache = cacheClient;
+    const observed = metricsServer;
     return {
       model: mdl,
       manager: mgr,
-      worker,
+      worker: started,
+      ...(observed ? { metricsUrl: observed.url } : {}),
       fatal: new Promise<Error>(() => {}),
       close: closeOnce(async () => {
-        await worker.close();
+        // (the probes say "shutting down" from here: the worker's problems())
+        await started.close();
         await mgr.close();
         await mdl.close();
         cache.disconnect();
+        await observed?.close();
       }),
     };
   } catch (err) {
+    await metricsServer?.close();
     if (manager) await manager.close().catch(() => {});
     else await store.disconnect().catch(() => {});
     await model?.close().catch(() => {});

@@ -25,7 +25,8 @@ import {
 
 export interface ClusterWorkerOptions {
   redisUrl: string;
-  manager: ConversationManager;
+  /** the local conversations (a ConversationManager; or one whose requests are counted: BotMetrics.meter) */
+  manager: Pick<ConversationManager, 'handle' | 'history' | 'reset' | 'keepImage'>;
   /** shown in heartbeats (`minigpt status`) */
   model: { name: string; architecture: string; provider: string };
   /** jobs taken at once (default: the manager's batch size + 1, so that the next one is ready) */
@@ -42,6 +43,10 @@ export interface ClusterWorkerOptions {
 
 export interface ClusterWorker {
   id: string;
+  /** jobs running now, and answered since the start */
+  stats(): { running: number; finished: number };
+  /** what keeps this worker from taking jobs now (closing, Redis out of reach); none: ready */
+  problems(): Promise<string[]>;
   /** finishes the running jobs (new ones stay in the queue for other workers), then stops */
   close(): Promise<void>;
 }
@@ -237,6 +242,16 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
   let closing: Promise<void> | undefined;
   return {
     id,
+    stats: () => ({ running: running.size, finished }),
+    async problems() {
+      if (closing) return ['shutting down'];
+      try {
+        await redis.ping();
+        return [];
+      } catch (err) {
+        return [`Redis cannot be reached: ${(err as Error).message}`];
+      }
+    },
     close() {
       closing ??= (async () => {
         clearInterval(adoption);

@@ -219,6 +219,11 @@ export class ConversationManager {
     });
   }
 
+  /** Requests waiting for the model (not yet started). */
+  get waiting(): number {
+    return this.scheduler.waiting;
+  }
+
   /** The KV caches kept for follow-ups: entries, bytes, hits, misses, evictions. */
   get contextCacheStats(): KvCacheStats {
     return this.contexts.stats;

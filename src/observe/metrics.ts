@@ -1,0 +1,155 @@
+// What an operator watches: Prometheus metrics of the requests the adapters hand to the conversations (counted at
+// the conversation port, so that one process and a front end on Redis report the same things), the process's own
+// (CPU, memory, event-loop lag: prom-client's defaults), and whatever the role adds at scrape time (a worker's jobs,
+// a front end's live workers). One registry per process, made here: nothing global.
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { ConversationPort } from '../../adapters/shared/port.js';
+import type { AnswerEvent, ConversationRequest } from '../conversation/index.js';
+
+/** Seconds, from a fast cached follow-up on a GPU to a 7B answer on a 2-core CPU. */
+const SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300];
+
+export class BotMetrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'platform' | 'outcome'>;
+  private readonly inFlight: Gauge<'platform'>;
+  private readonly firstText: Histogram<'platform'>;
+  private readonly answer: Histogram<'platform'>;
+  private readonly queueWait: Histogram;
+  private readonly vision: Histogram;
+  private readonly promptTokens: Counter;
+  private readonly newTokens: Counter;
+  private readonly decodeSeconds: Counter;
+  private readonly resets: Counter<'platform' | 'outcome'>;
+
+  /** `role`: what this process is (all, frontend, worker), as a label of minigpt_info */
+  constructor(role: string, info: Record<string, string> = {}) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    new Gauge({
+      name: 'minigpt_info',
+      help: 'What this process serves (always 1; the labels say it)',
+      labelNames: ['role', ...Object.keys(info)],
+      registers,
+    }).set({ role, ...info }, 1);
+    this.requests = new Counter({
+      name: 'minigpt_requests_total',
+      help: 'Requests handed to the conversations, by platform and outcome (answered, or the error code: busy, cancelled, no_image, ...)',
+      labelNames: ['platform', 'outcome'],
+      registers,
+    });
+    this.inFlight = new Gauge({
+      name: 'minigpt_requests_in_flight',
+      help: 'Requests waiting or being answered',
+      labelNames: ['platform'],
+      registers,
+    });
+    this.firstText = new Histogram({
+      name: 'minigpt_time_to_first_text_seconds',
+      help: 'From a request handed over to the first text of its answer (queue, image, prefill)',
+      labelNames: ['platform'],
+      buckets: SECONDS,
+      registers,
+    });
+    this.answer = new Histogram({
+      name: 'minigpt_answer_seconds',
+      help: 'From a request handed over to its complete answer',
+      labelNames: ['platform'],
+      buckets: SECONDS,
+      registers,
+    });
+    this.queueWait = new Histogram({
+      name: 'minigpt_queue_wait_seconds',
+      help: 'Time an answered request waited for the model',
+      buckets: SECONDS,
+      registers,
+    });
+    this.vision = new Histogram({
+      name: 'minigpt_vision_encoder_seconds',
+      help: 'Vision encoder runs of answered requests (new images that were not cached)',
+      buckets: SECONDS,
+      registers,
+    });
+    this.promptTokens = new Counter({ name: 'minigpt_prompt_tokens_total', help: 'Prompt tokens of answered requests', registers });
+    this.newTokens = new Counter({ name: 'minigpt_generated_tokens_total', help: 'Tokens generated for answered requests', registers });
+    this.decodeSeconds = new Counter({
+      name: 'minigpt_decode_seconds_total',
+      help: 'Time spent decoding answered requests (generated tokens / this: decode speed)',
+      registers,
+    });
+    this.resets = new Counter({
+      name: 'minigpt_resets_total',
+      help: "Conversations reset at a user's request (forget; the web page's new conversation), by outcome: forgotten, empty, not_allowed, failed",
+      labelNames: ['platform', 'outcome'],
+      registers,
+    });
+  }
+
+  /** A gauge whose value is read at each scrape (a worker's running jobs, a front end's live workers). */
+  gauge(name: string, help: string, read: () => number | Promise<number>): void {
+    new Gauge({
+      name,
+      help,
+      registers: [this.registry],
+      async collect() {
+        this.set(await read());
+      },
+    });
+  }
+
+  /** The port with every request and reset it sees counted; what goes through is unchanged. */
+  meter(port: ConversationPort): ConversationPort {
+    return {
+      store: port.store,
+      handle: (req) => this.observe(req, port.handle(req)),
+      history: (key) => port.history(key),
+      reset: async (key, opts) => {
+        try {
+          const outcome = await port.reset(key, opts);
+          this.resets.inc({ platform: key.platform, outcome });
+          return outcome;
+        } catch (err) {
+          this.resets.inc({ platform: key.platform, outcome: 'failed' });
+          throw err;
+        }
+      },
+    };
+  }
+
+  private async *observe(req: ConversationRequest, events: AsyncIterable<AnswerEvent>): AsyncIterable<AnswerEvent> {
+    const platform = req.key?.platform ?? 'unknown';
+    const started = performance.now();
+    const seconds = () => (performance.now() - started) / 1000;
+    let outcome = 'unfinished';
+    let texted = false;
+    this.inFlight.inc({ platform });
+    try {
+      for await (const ev of events) {
+        if (ev.type === 'text' && !texted) {
+          texted = true;
+          this.firstText.observe({ platform }, seconds());
+        } else if (ev.type === 'final') {
+          outcome = 'answered';
+          this.answer.observe({ platform }, seconds());
+        } else if (ev.type === 'timings') {
+          this.turnCosts(ev.timings);
+        } else if (ev.type === 'error') {
+          outcome = ev.code;
+        }
+        yield ev;
+      }
+    } finally {
+      // (a stream left early, `break`: the adapter gave up on it)
+      this.inFlight.dec({ platform });
+      this.requests.inc({ platform, outcome: outcome === 'unfinished' ? 'cancelled' : outcome });
+    }
+  }
+
+  private turnCosts(t: Record<string, number>): void {
+    if (t.queueMs !== undefined) this.queueWait.observe(t.queueMs / 1000);
+    if (!t.imageCached && t.visionMs > 0) this.vision.observe(t.visionMs / 1000);
+    if (t.promptTokens > 0) this.promptTokens.inc(t.promptTokens);
+    if (t.newTokens > 0) this.newTokens.inc(t.newTokens);
+    if (t.decodeMs > 0) this.decodeSeconds.inc(t.decodeMs / 1000);
+  }
+}
