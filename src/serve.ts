@@ -284,10 +284,21 @@ const list = (v: string | undefined) =>
     .map((s) => s.trim())
     .filter(Boolean);
 
-/** The operator's endpoint (METRICS_PORT, METRICS_HOST: metrics and probes); undefined when METRICS_PORT is unset. */
+/**
+ * The operator's endpoint (METRICS_PORT, METRICS_HOST, METRICS_KEY: metrics and probes); undefined when METRICS_PORT
+ * is unset. Beyond loopback the metrics need a key, as the API does.
+ */
 export function metricsSettings(env: NodeJS.ProcessEnv): MetricsSettings | undefined {
   if (!env.METRICS_PORT?.trim()) return undefined;
-  return { port: portSetting('METRICS_PORT', env.METRICS_PORT.trim()), host: env.METRICS_HOST?.trim() || '127.0.0.1' };
+  const port = portSetting('METRICS_PORT', env.METRICS_PORT.trim());
+  const host = env.METRICS_HOST?.trim() || '127.0.0.1';
+  const key = env.METRICS_KEY?.trim();
+  if (!key && !isLoopbackHost(host)) {
+    throw new ServeError(
+      `METRICS_HOST=${host} without METRICS_KEY: the metrics would be open to anyone who reaches ${host}. Set METRICS_KEY=<key> (Prometheus sends it as a bearer token: \`authorization: { credentials: <key> }\`), or leave METRICS_HOST unset (127.0.0.1).`,
+    );
+  }
+  return { port, host, ...(key ? { key } : {}) };
 }
 
 /**

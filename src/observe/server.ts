@@ -1,6 +1,7 @@
 // The operator's HTTP endpoint (METRICS_PORT): Prometheus metrics, and the probes a supervisor (Docker, Kubernetes,
 // systemd) asks: /healthz (the process serves), /readyz (it can answer now, or what stops it). Its own port, so that
 // it exists whatever adapters run (a Discord-only bot has no HTTP server of its own) and is never the users'.
+import { timingSafeEqual } from 'node:crypto';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { listen, urlHost } from '../../adapters/shared/http-server.js';
@@ -10,6 +11,15 @@ export interface MetricsSettings {
   port: number;
   /** default 127.0.0.1: metrics tell how busy the bot is and what it runs, not for everyone */
   host: string;
+  /** /metrics needs `Authorization: Bearer <key>` (the probes stay open: they say only ok or not) */
+  key?: string;
+}
+
+/** The authorization header against the expected one, in constant time. */
+function sameKey(got: string | undefined, want: string): boolean {
+  const a = Buffer.from(got ?? '');
+  const b = Buffer.from(want);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 export interface MetricsServer {
@@ -36,7 +46,13 @@ export async function startMetricsServer(
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') return json(res, 405, { error: 'only GET' });
     void (async () => {
-      if (path === '/metrics') return send(res, 200, metrics.registry.contentType, await metrics.registry.metrics());
+      if (path === '/metrics') {
+        if (settings.key && !sameKey(req.headers.authorization, `Bearer ${settings.key}`)) {
+          res.setHeader('www-authenticate', 'Bearer');
+          return json(res, 401, { error: 'the metrics need the key (METRICS_KEY) as a bearer token' });
+        }
+        return send(res, 200, metrics.registry.contentType, await metrics.registry.metrics());
+      }
       if (path === '/healthz') return json(res, 200, { status: 'ok' });
       if (path === '/readyz') {
         const found = await problems().catch((err: unknown) => [`the readiness check failed: ${(err as Error).message}`]);

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { serve, ServeError } from '../../src/serve.js';
+import { metricsSettings, serve, ServeError } from '../../src/serve.js';
 import { serveFrontend, serveWorker } from '../../src/cluster/serve.js';
 import { BotMetrics } from '../../src/observe/metrics.js';
 import { startMetricsServer } from '../../src/observe/server.js';
@@ -34,8 +34,8 @@ afterAll(async () => {
 });
 
 /** Samples of the exposition format: `name{labels}` -> value. */
-async function scrape(base: string): Promise<Map<string, number>> {
-  const res = await fetch(`${base}/metrics`);
+async function scrape(base: string, key?: string): Promise<Map<string, number>> {
+  const res = await fetch(`${base}/metrics`, key ? { headers: { authorization: `Bearer ${key}` } } : {});
   expect(res.status).toBe(200);
   expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
   const out = new Map<string, number>();
@@ -121,6 +121,26 @@ describe('METRICS_PORT', () => {
       expect(logs.filter((l) => l.includes('adapter started') || l.includes('web demo'))).toEqual([]);
     } finally {
       taken.close();
+    }
+  });
+
+  it('beyond loopback the metrics need METRICS_KEY, sent as a bearer token; the probes stay open', async () => {
+    expect(() => metricsSettings({ METRICS_PORT: '0', METRICS_HOST: '0.0.0.0' })).toThrow(
+      /^METRICS_HOST=0\.0\.0\.0 without METRICS_KEY: the metrics would be open to anyone who reaches 0\.0\.0\.0\./,
+    );
+    const settings = metricsSettings({ METRICS_PORT: '0', METRICS_HOST: '0.0.0.0', METRICS_KEY: 'sesame' })!;
+    expect(settings).toEqual({ port: 0, host: '0.0.0.0', key: 'sesame' });
+    const server = await startMetricsServer({ ...settings, host: '127.0.0.1' }, new BotMetrics('all'), async () => []);
+    try {
+      for (const authorization of [undefined, 'Bearer wrong', 'Bearer sesame2', 'sesame']) {
+        const res = await fetch(`${server.url}/metrics`, authorization ? { headers: { authorization } } : {});
+        expect(res.status).toBe(401);
+        expect(res.headers.get('www-authenticate')).toBe('Bearer');
+      }
+      expect((await scrape(server.url, 'sesame')).get('minigpt_info{role="all"}')).toBe(1);
+      expect(await probe(server.url, '/readyz')).toEqual({ status: 200, body: { ready: true } });
+    } finally {
+      await server.close();
     }
   });
 
