@@ -69,6 +69,24 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('forget')
+    .description(
+      'delete every stored conversation of a user (each they took part in) or of a workspace, with the images no other conversation uses (env: STORE_URL, else REDIS_URL)',
+    )
+    .option('--user <platform:workspace:user>', "a user's conversations, e.g. slack:T0123ABCD:U0456EFGH, discord:*:123456789012345678")
+    .option('--workspace <platform:workspace>', "a workspace's conversations, e.g. slack:T0123ABCD")
+    .option('--store <url>', 'the conversation store (default STORE_URL, else REDIS_URL)')
+    .option('--dry-run', 'count them, delete nothing')
+    .action(async (o) => {
+      const dotenv = await import('dotenv');
+      dotenv.config({ quiet: true });
+      const { runForget } = await import('./forget.js');
+      await runForget({ user: o.user, workspace: o.workspace, store: o.store, dryRun: Boolean(o.dryRun) }, process.env, (l) =>
+        process.stdout.write(`${l}\n`),
+      );
+    });
+
+  program
     .command('register-commands')
     .description(
       'register the Discord commands (/describe, "Describe image") globally, or for DISCORD_GUILD_ID (env: DISCORD_TOKEN, DISCORD_APP_ID, DISCORD_API_URL)',

@@ -266,6 +266,40 @@ export class ConversationStore {
     return done;
   }
 
+  /**
+   * Forgets every stored conversation that `match` picks (its image goes with its last user), walking the whole
+   * store: Redis with SCAN, SQLite and the memory store with keyv's iterator. `dryRun`: counts only. Returns how
+   * many it picked. Undefined for a store that cannot be walked.
+   */
+  async forgetWhere(match: (state: ConversationState) => boolean, opts: { dryRun?: boolean } = {}): Promise<number | undefined> {
+    // conversation id -> its image (a Map: SCAN may return a key twice)
+    const picked = new Map<string, string>();
+    const consider = (id: string, value: unknown) => {
+      const state = value as Partial<ConversationState> | undefined;
+      if (state?.v === 1 && state.key && state.image?.hash && Array.isArray(state.turns) && match(state as ConversationState))
+        picked.set(id, state.image.hash);
+    };
+    if (this.redis) {
+      const redis = await this.redis.client();
+      const prefix = `${this.redis.prefix}conv:`;
+      for await (const key of scanKeys(redis, `${prefix}*`)) {
+        const id = key.slice(prefix.length);
+        consider(id, await this.getConversation(id));
+      }
+    } else {
+      const kv = this.kv as Keyv & { iterator?: (namespace?: string) => AsyncGenerator<[string, unknown]> };
+      if (typeof kv.iterator !== 'function') return undefined;
+      for await (const [key, value] of kv.iterator(kv.namespace)) if (key.startsWith('conv:')) consider(key.slice('conv:'.length), value);
+    }
+    if (!opts.dryRun) {
+      for (const [id, image] of picked) {
+        await this.deleteConversation(id);
+        await this.detachImage(image, id);
+      }
+    }
+    return picked.size;
+  }
+
   async deleteConversation(id: string): Promise<boolean> {
     return this.kv.delete(`conv:${id}`);
   }
@@ -338,13 +372,25 @@ const EXPIRE_IF_NONE = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.c
 /** Deletes a key that still has no expiry (one that a new turn rewrote meanwhile has one, and stays). */
 const DELETE_IF_NO_EXPIRY = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('DEL', KEYS[1]) end return 0";
 
-/** The keys matching `pattern` that have no expiry, walked with SCAN (Redis serves others meanwhile). */
-async function* keysWithoutExpiry(redis: RawRedis, pattern: string): AsyncGenerator<string> {
+/** The keys matching `pattern`, a batch at a time, walked with SCAN (Redis serves others meanwhile). */
+async function* scanBatches(redis: RawRedis, pattern: string): AsyncGenerator<string[]> {
   let cursor = '0';
   do {
     const [next, keys] = (await redis.sendCommand(['SCAN', cursor, 'MATCH', pattern, 'COUNT', '500'])) as [string, string[]];
-    const ttls = await Promise.all(keys.map((k) => redis.sendCommand(['PTTL', k])));
-    for (const [i, key] of keys.entries()) if (Number(ttls[i]) === -1) yield key;
+    if (keys.length > 0) yield keys;
     cursor = next;
   } while (cursor !== '0');
+}
+
+/** The keys matching `pattern` (SCAN: a key may come twice, SCAN's own rule). */
+async function* scanKeys(redis: RawRedis, pattern: string): AsyncGenerator<string> {
+  for await (const keys of scanBatches(redis, pattern)) yield* keys;
+}
+
+/** The keys matching `pattern` that have no expiry. */
+async function* keysWithoutExpiry(redis: RawRedis, pattern: string): AsyncGenerator<string> {
+  for await (const keys of scanBatches(redis, pattern)) {
+    const ttls = await Promise.all(keys.map((k) => redis.sendCommand(['PTTL', k])));
+    for (const [i, key] of keys.entries()) if (Number(ttls[i]) === -1) yield key;
+  }
 }
