@@ -203,6 +203,20 @@ export class SlackBot {
       });
     });
 
+    // The app was removed from the workspace: what the bot kept of its conversations goes now, not after the
+    // retention time (Slack asks apps to delete a workspace's data when they are uninstalled).
+    app.event('app_uninstalled', async ({ body }) => {
+      const team = teamOf(body);
+      this.spawn('app_uninstalled', async () => {
+        const n = await this.manager.forgetWorkspace('slack', team);
+        this.log(
+          n === undefined
+            ? `slack: the app was uninstalled from workspace ${team}; its conversations cannot be listed in this store and go after the retention time`
+            : `slack: the app was uninstalled from workspace ${team}: ${n} conversation${n === 1 ? '' : 's'} forgotten`,
+        );
+      });
+    });
+
     app.error(async (err) => {
       this.log(`slack: error while handling a request: ${describeSlackError(err)}`);
     });

@@ -5,10 +5,11 @@ import { rateLimitFromEnv, type RateLimiterFactory, type RateLimitSetting } from
 import type Keyv from 'keyv';
 
 /**
- * What the adapter needs from the conversation manager (reset: "Forget this conversation"; its store: where the
- * "seen" marks live unless given `store`).
+ * What the adapter needs from the conversation manager (reset: "Forget this conversation"; forgetWorkspace: the app
+ * uninstalled; its store: where the "seen" marks live unless given `store`).
  */
-export type SlackConversationManager = Pick<ConversationPort, 'handle' | 'history' | 'reset'> & Partial<Pick<ConversationPort, 'store'>>;
+export type SlackConversationManager = Pick<ConversationPort, 'handle' | 'history' | 'reset' | 'forgetWorkspace'> &
+  Partial<Pick<ConversationPort, 'store'>>;
 
 export interface SlackAdapterOptions {
   manager: SlackConversationManager;

@@ -131,6 +131,14 @@ export class RemoteConversations implements ConversationPort {
     return outcome;
   }
 
+  /**
+   * Forgets every conversation of a platform's workspace in the shared store (the workers' KV caches of them are
+   * of no use without it: a follow-up there has no image).
+   */
+  forgetWorkspace(platform: ConversationKey['platform'], workspace: string): Promise<number | undefined> {
+    return this.repo.forgetWhere((s) => s.key.platform === platform && s.key.workspace === workspace);
+  }
+
   /** The stored conversation, read from the shared store. */
   async history(key: ConversationKey): Promise<ConversationState | null> {
     return (await this.repo.getConversation(conversationId(key))) ?? null;

@@ -229,6 +229,21 @@ export class ConversationManager {
     return this.contexts.stats;
   }
 
+  /**
+   * Forgets every stored conversation of a platform's workspace (the app was removed there), with the images no other
+   * conversation uses, and their KV caches. How many; undefined for a store that cannot be walked.
+   */
+  async forgetWorkspace(platform: ConversationKey['platform'], workspace: string): Promise<number | undefined> {
+    const gone: string[] = [];
+    const n = await this.repo.forgetWhere((s) => {
+      const hit = s.key.platform === platform && s.key.workspace === workspace;
+      if (hit) gone.push(conversationId(s.key));
+      return hit;
+    });
+    for (const id of gone) this.contexts.delete(id);
+    return n;
+  }
+
   /** The stored conversation (image reference and turns, oldest first), or null. */
   async history(key: ConversationKey): Promise<ConversationState | null> {
     return (await this.repo.getConversation(conversationId(checkKey(key)))) ?? null;

@@ -53,6 +53,7 @@ function paced(inner: ConversationManager, ms: number): SlackConversationManager
     store: inner.store,
     history: (key) => inner.history(key),
     reset: (key) => inner.reset(key),
+    forgetWorkspace: (platform, workspace) => inner.forgetWorkspace(platform, workspace),
     async *handle(req) {
       for await (const ev of inner.handle(req)) {
         if (ev.type === 'text') await sleep(ms);
@@ -440,6 +441,7 @@ describe('slack: more adapters on their own fakes', () => {
       store: manager.store,
       history: async () => null,
       reset: async () => 'forgotten' as const,
+      forgetWorkspace: async () => 0,
       async *handle() {
         yield { type: 'queued', position: 0 };
         yield { type: 'started' };

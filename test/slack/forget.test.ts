@@ -2,7 +2,7 @@
 // Slack, the real ConversationManager and the demo model. Someone who took part (or a workspace admin, per
 // users.info) deletes the thread's image and history; anyone else is told no, privately, in the thread; it waits
 // for the requests sent in the thread before it; without the users:read scope admins are refused and the log says
-// which scope is missing.
+// which scope is missing. And app_uninstalled: the workspace's conversations all go.
 import { describe, expect, it } from 'vitest';
 import { slackKey as keyOf } from '../../adapters/slack/answer.js';
 import type { FakeMessage } from './fake-slack.js';
@@ -70,6 +70,23 @@ describe('slack: "Forget this conversation"', () => {
     expect((await forget(msg, 'U0ALICE')).text).toBe(FORGOTTEN);
     await waitForAnswers(s.fake, 'F3', msg.ts, 1);
     expect(await s.manager.history(slackKey('F3', msg.ts))).toBeNull();
+  });
+
+  it("app_uninstalled: the workspace's conversations are forgotten at once, another workspace's stay", async () => {
+    // (the earlier tests' threads here are forgotten already)
+    const ask = await asked('F5');
+    const ask2 = await asked('F5');
+    const other = keyOf('T0OTHER', 'C1', '1');
+    const events = s.manager.handle({ key: other, user: 'U0X', text: 'hi', image: await squarePng() });
+    for await (const _ of events);
+    expect(await s.manager.history(other)).not.toBeNull();
+    expect((await s.fake.sendEvent({ type: 'app_uninstalled' })).status).toBe(200);
+    await s.fake.waitFor(() => s.logs.find((l) => l.startsWith('slack: the app was uninstalled')), 10_000, 'the log line');
+    const line = s.logs.find((l) => l.startsWith('slack: the app was uninstalled'))!;
+    expect(line).toBe('slack: the app was uninstalled from workspace T0FAKE: 2 conversations forgotten');
+    expect(await s.manager.history(slackKey('F5', ask.ts))).toBeNull();
+    expect(await s.manager.history(slackKey('F5', ask2.ts))).toBeNull();
+    expect(await s.manager.history(other)).not.toBeNull();
   });
 
   it('without the users:read scope an admin is refused and the log says what to add, once', async () => {
