@@ -452,6 +452,22 @@ export function adaptersRunning(
   };
 }
 
+/**
+ * The running adapters with the metrics endpoint, if any: closing marks the process not ready first (`closing`),
+ * then closes the adapters and the rest, the endpoint last, so that the probes answer until everything is closed.
+ */
+export function withObserving(running: AdaptersRunning, server: MetricsServer | undefined, closing: () => void): AdaptersRunning {
+  return {
+    ...running,
+    ...(server ? { metricsUrl: server.url } : {}),
+    close: closeOnce(async () => {
+      closing();
+      await running.close();
+      await server?.close();
+    }),
+  };
+}
+
 /** Loads everything and starts the adapters. */
 export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
   const { env, log, config } = await serveSetup(opts);
@@ -488,23 +504,11 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     );
 
     const mdl = model;
-    const observed = metricsServer;
     const running = adaptersRunning(adapters, urls, async () => {
       await mgr.close();
       await mdl.close();
     });
-    return {
-      model: mdl,
-      manager: mgr,
-      ...running,
-      ...(observed ? { metricsUrl: observed.url } : {}),
-      // not ready from the first moment of closing, the probes answered until everything else is closed
-      close: closeOnce(async () => {
-        closing = true;
-        await running.close();
-        await observed?.close();
-      }),
-    };
+    return { model: mdl, manager: mgr, ...withObserving(running, metricsServer, () => (closing = true)) };
   } catch (err) {
     await closeAdapters(adapters);
     await metricsServer?.close();

@@ -15,6 +15,7 @@ import {
   checkPackage,
   metricsSettings,
   startObserving,
+  withObserving,
   adaptersRunning,
   closeAdapters,
   closeOnce,
@@ -132,17 +133,13 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
       adapters,
     );
     log(`minigpt: front end on ${redactUrl(redisUrl)} (${adapters.map((a) => a.name).join(', ')})`);
-    const running = adaptersRunning(adapters, urls, () => manager.close());
-    const observed = metricsServer;
     return {
       manager,
-      ...running,
-      ...(observed ? { metricsUrl: observed.url } : {}),
-      close: closeOnce(async () => {
-        closing = true;
-        await running.close();
-        await observed?.close();
-      }),
+      ...withObserving(
+        adaptersRunning(adapters, urls, () => manager.close()),
+        metricsServer,
+        () => (closing = true),
+      ),
     };
   } catch (err) {
     await closeAdapters(adapters);
