@@ -499,7 +499,17 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       forcedAnswer: model.forcedAnswer,
     };
     const urls = await startAdapters(
-      { manager: metrics ? metrics.meter(mgr) : mgr, model: info, config, env, log, web, api, specs: opts.adapters ?? PLATFORM_ADAPTERS },
+      {
+        manager: metrics ? metrics.meter(mgr) : mgr,
+        model: info,
+        config,
+        env,
+        log,
+        web,
+        api,
+        specs: opts.adapters ?? PLATFORM_ADAPTERS,
+        ...(metrics ? { rateLimiter: metrics.meterLimits() } : {}),
+      },
       adapters,
     );
 

@@ -127,7 +127,7 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
         web,
         api,
         specs: opts.adapters ?? PLATFORM_ADAPTERS,
-        rateLimiter,
+        rateLimiter: metrics ? metrics.meterLimits(rateLimiter) : rateLimiter,
         shardLeases,
       },
       adapters,

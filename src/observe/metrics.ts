@@ -4,6 +4,7 @@
 // a front end's live workers). One registry per process, made here: nothing global.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ConversationPort } from '../../adapters/shared/port.js';
+import { UserRateLimiter, type RateLimiter, type RateLimiterFactory } from '../../adapters/shared/rate-limit.js';
 import type { AnswerEvent, ConversationRequest } from '../conversation/index.js';
 
 /** Seconds, from a fast cached follow-up on a GPU to a 7B answer on a 2-core CPU. */
@@ -21,6 +22,7 @@ export class BotMetrics {
   private readonly newTokens: Counter;
   private readonly decodeSeconds: Counter;
   private readonly resets: Counter<'platform' | 'outcome'>;
+  private readonly limited: Counter<'platform'>;
 
   /** `role`: what this process is (all, frontend, worker), as a label of minigpt_info */
   constructor(role: string, info: Record<string, string> = {}) {
@@ -77,12 +79,36 @@ export class BotMetrics {
       help: 'Time spent decoding answered requests (generated tokens / this: decode speed)',
       registers,
     });
+    this.limited = new Counter({
+      name: 'minigpt_rate_limited_total',
+      help: "Requests refused by a user's rate limit (DISCORD_RATE_LIMIT, SLACK_RATE_LIMIT), by adapter",
+      labelNames: ['platform'],
+      registers,
+    });
     this.resets = new Counter({
       name: 'minigpt_resets_total',
       help: "Conversations reset at a user's request (forget; the web page's new conversation), by outcome: forgotten, empty, not_allowed, failed",
       labelNames: ['platform', 'outcome'],
       registers,
     });
+  }
+
+  /**
+   * The adapters' per-user limits (`inner`, else each counted in this process) with the requests they refused
+   * counted, by adapter.
+   */
+  meterLimits(inner?: RateLimiterFactory): RateLimiterFactory {
+    return (scope, max, windowMs) => {
+      const limiter: RateLimiter = inner?.(scope, max, windowMs) ?? new UserRateLimiter(max, windowMs);
+      return {
+        take: async (user) => {
+          const r = await limiter.take(user);
+          if (!r.ok) this.limited.inc({ platform: scope });
+          return r;
+        },
+        shouldWarn: (user) => limiter.shouldWarn(user),
+      };
+    };
   }
 
   /** A gauge whose value is read at each scrape (a worker's running jobs, a front end's live workers). */

@@ -15,6 +15,8 @@ import { startMetricsServer } from '../../src/observe/server.js';
 import { buildTinyPackage, postChat, randomConversation, readEvents, testPng } from '../web/helpers.js';
 import { writeBotConfig } from '../helpers/bot-config.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { FakeSlack } from '../slack/fake-slack.js';
+import { textReplies } from '../slack/helpers.js';
 
 let work: string;
 let config: string;
@@ -104,6 +106,35 @@ describe('METRICS_PORT', () => {
       await bot.close();
     }
     await expect(fetch(`${bot.metricsUrl}/healthz`)).rejects.toThrow();
+  });
+
+  it("requests refused by a user's rate limit are counted by adapter (Slack, on the fake Slack)", async () => {
+    const fake = await FakeSlack.start();
+    const bot = await serve({
+      env: {
+        MINIGPT_CONFIG: config,
+        SLACK_BOT_TOKEN: fake.botToken,
+        SLACK_SIGNING_SECRET: fake.signingSecret,
+        SLACK_PORT: '0',
+        SLACK_API_URL: fake.apiUrl,
+        SLACK_RATE_LIMIT: '1/60',
+        METRICS_PORT: '0',
+      },
+      log: () => {},
+    });
+    try {
+      fake.appUrl = bot.adapters[0]!.url!.replace('localhost', '127.0.0.1');
+      const first = await fake.mention('CM1', { files: [fake.addFile({ name: 'a.png', data: await testPng(), mimetype: 'image/png' })] });
+      await fake.waitFor(() => textReplies(fake, 'CM1', first.msg.ts).find((m) => !/…/.test(m.text)), 20_000, 'the first answer');
+      await fake.mention('CM2', { files: [fake.addFile({ name: 'b.png', data: await testPng(), mimetype: 'image/png' })] });
+      await fake.waitFor(() => fake.ephemerals.find((e) => e.channel === 'CM2'), 10_000, 'the rate-limit notice');
+      const m = await scrape(bot.metricsUrl!);
+      expect(m.get('minigpt_rate_limited_total{platform="slack"}')).toBe(1);
+      expect(m.get('minigpt_requests_total{platform="slack",outcome="answered"}')).toBe(1);
+    } finally {
+      await bot.close();
+      await fake.close();
+    }
   });
 
   it('a bad METRICS_PORT, or one in use, stops the start before any adapter listens', async () => {
