@@ -3,8 +3,12 @@
 //
 //   app_mention (+ files)      -> a request keyed by the mention's thread; the answer goes into that thread
 //   message in a bot thread    -> a follow-up (no mention needed); a new image replaces the conversation's
+//   message in a DM            -> a request in the DM's one conversation, answered in the DM (or the thread)
 //   /describe [task] prompt    -> the channel's newest image (or a linked file); the answer starts a thread
 //   "Describe image" shortcut  -> the message's image; the answer goes into the message's thread
+//   "Forget this conversation" -> the thread's (the DM's) conversation deleted, for a participant or an admin
+//   Stop button                -> the answer being written stops (the asker, or a workspace admin)
+//   app_uninstalled            -> the workspace's conversations forgotten
 //
 // HTTP mode (Bolt's HTTPReceiver on `/slack/events`, signatures verified) when a signing secret is given,
 // Socket Mode when an app token is given. Every event is acknowledged at once and claimed by its event id
@@ -12,7 +16,8 @@
 //
 // The files: options.ts (settings, SLACK_* environment), app.ts (Bolt's App, the token check), bot.ts (the
 // event handlers), answer.ts and reply.ts (one answer as messages), describe.ts (/describe and the shortcut),
-// files.ts and file-info.ts (images), format.ts (mrkdwn), dedupe.ts ("seen" marks).
+// forget.ts (the forget shortcut), admins.ts (workspace admins), files.ts and file-info.ts (images), format.ts
+// (mrkdwn), dedupe.ts ("seen" marks).
 import { startSlackAdapter } from './app.js';
 import { slackOptionsFromEnv, type SlackConversationManager } from './options.js';
 import type { RateLimiterFactory } from '../shared/rate-limit.js';
