@@ -73,16 +73,20 @@ export async function startAdapters(
     specs: readonly PlatformAdapterSpec[];
     rateLimiter?: RateLimiterFactory;
     shardLeases?: ShardLeases;
+    /** METRICS_PORT's: every adapter's requests and refused requests counted (BotMetrics.meter, meterLimits) */
+    metrics?: BotMetrics;
   },
   started: RunningAdapter[],
 ): Promise<{ webUrl?: string; apiUrl?: string }> {
-  const { manager, config, env, log, web, api } = o;
+  const { config, env, log, web, api, metrics } = o;
+  const manager = metrics ? metrics.meter(o.manager) : o.manager;
+  const rateLimiter = metrics ? metrics.meterLimits(o.rateLimiter) : o.rateLimiter;
   const ctx: AdapterContext = {
     manager,
     config,
     env,
     log,
-    ...(o.rateLimiter ? { rateLimiter: o.rateLimiter } : {}),
+    ...(rateLimiter ? { rateLimiter } : {}),
     ...(o.shardLeases ? { shardLeases: o.shardLeases } : {}),
   };
   for (const spec of o.specs) {
@@ -500,7 +504,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     };
     const urls = await startAdapters(
       {
-        manager: metrics ? metrics.meter(mgr) : mgr,
+        manager: mgr,
         model: info,
         config,
         env,
@@ -508,7 +512,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
         web,
         api,
         specs: opts.adapters ?? PLATFORM_ADAPTERS,
-        ...(metrics ? { rateLimiter: metrics.meterLimits() } : {}),
+        ...(metrics ? { metrics } : {}),
       },
       adapters,
     );

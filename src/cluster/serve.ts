@@ -119,7 +119,7 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
     const shardLeases = manager.shardLeases(holdMs ? { ttlMs: holdMs } : {});
     const urls = await startAdapters(
       {
-        manager: metrics ? metrics.meter(manager) : manager,
+        manager,
         model: await servedModel(config),
         config,
         env,
@@ -127,8 +127,9 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
         web,
         api,
         specs: opts.adapters ?? PLATFORM_ADAPTERS,
-        rateLimiter: metrics ? metrics.meterLimits(rateLimiter) : rateLimiter,
+        rateLimiter,
         shardLeases,
+        ...(metrics ? { metrics } : {}),
       },
       adapters,
     );
