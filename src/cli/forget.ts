@@ -60,7 +60,7 @@ export async function runForget(
   const url = storeUrlFor(o.store, env);
   const kv = await createStore(url);
   try {
-    const n = await new ConversationStore(kv).forgetWhere((state) => matches(sel, state), { dryRun: o.dryRun });
+    const n = (await new ConversationStore(kv).forgetWhere((state) => matches(sel, state), { dryRun: o.dryRun }))?.length;
     if (n === undefined) throw new ForgetUsageError(`the store ${redactUrl(url)} cannot be walked`);
     const whose = o.user !== undefined ? `user ${o.user}` : `workspace ${o.workspace}`;
     const plural = n === 1 ? '' : 's';

@@ -135,8 +135,8 @@ export class RemoteConversations implements ConversationPort {
    * Forgets every conversation of a platform's workspace in the shared store (the workers' KV caches of them are
    * of no use without it: a follow-up there has no image).
    */
-  forgetWorkspace(platform: ConversationKey['platform'], workspace: string): Promise<number | undefined> {
-    return this.repo.forgetWhere((s) => s.key.platform === platform && s.key.workspace === workspace);
+  async forgetWorkspace(platform: ConversationKey['platform'], workspace: string): Promise<number | undefined> {
+    return (await this.repo.forgetWhere((s) => s.key.platform === platform && s.key.workspace === workspace))?.length;
   }
 
   /** The stored conversation, read from the shared store. */

@@ -234,14 +234,9 @@ export class ConversationManager {
    * conversation uses, and their KV caches. How many; undefined for a store that cannot be walked.
    */
   async forgetWorkspace(platform: ConversationKey['platform'], workspace: string): Promise<number | undefined> {
-    const gone: string[] = [];
-    const n = await this.repo.forgetWhere((s) => {
-      const hit = s.key.platform === platform && s.key.workspace === workspace;
-      if (hit) gone.push(conversationId(s.key));
-      return hit;
-    });
-    for (const id of gone) this.contexts.delete(id);
-    return n;
+    const gone = await this.repo.forgetWhere((s) => s.key.platform === platform && s.key.workspace === workspace);
+    for (const id of gone ?? []) this.contexts.delete(id);
+    return gone?.length;
   }
 
   /** The stored conversation (image reference and turns, oldest first), or null. */

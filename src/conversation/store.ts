@@ -164,8 +164,19 @@ export class ConversationStore {
   }
 
   async getConversation(id: string): Promise<ConversationState | undefined> {
-    const s = (await this.kv.get(`conv:${id}`)) as ConversationState | undefined;
-    return s && s.v === 1 && s.image && Array.isArray(s.turns) ? s : undefined;
+    return asConversation(await this.kv.get(`conv:${id}`));
+  }
+
+  /** Every entry of a store that can be walked (SQLite, memory: keyv's iterator, which drops expired ones); else undefined. */
+  private entries(): AsyncGenerator<[string, unknown]> | undefined {
+    const kv = this.kv as Keyv & { iterator?: (namespace?: string) => AsyncGenerator<[string, unknown]> };
+    return typeof kv.iterator === 'function' ? kv.iterator(kv.namespace) : undefined;
+  }
+
+  /** Deletes a conversation and drops its use of its image (the image goes with its last user). */
+  private async forget(id: string, image: string): Promise<void> {
+    await this.deleteConversation(id);
+    await this.detachImage(image, id);
   }
 
   /**
@@ -212,21 +223,18 @@ export class ConversationStore {
    * or take what it deleted), or undefined for a store that cannot be walked.
    */
   async sweepExpired(): Promise<number | undefined> {
-    const kv = this.kv as Keyv & { iterator?: (namespace?: string) => AsyncGenerator<[string, unknown]> };
-    if (typeof kv.iterator !== 'function') return undefined;
+    const entries = this.entries();
+    if (!entries) return undefined;
     const old: { id: string; image: string }[] = [];
     let left = 0;
     // keyv's iterator deletes each expired entry it reads, and yields the others
-    for await (const [key, value] of kv.iterator(kv.namespace)) {
+    for await (const [key, value] of entries) {
       const state = value as Partial<ConversationState> | undefined;
       if (this.ttlMs && key.startsWith('conv:') && state?.image?.hash && Date.parse(state.updatedAt ?? '') + this.ttlMs < Date.now())
         old.push({ id: key.slice('conv:'.length), image: state.image.hash });
       else left++;
     }
-    for (const c of old) {
-      await this.deleteConversation(c.id);
-      await this.detachImage(c.image, c.id);
-    }
+    for (const c of old) await this.forget(c.id, c.image);
     return left;
   }
 
@@ -268,36 +276,30 @@ export class ConversationStore {
 
   /**
    * Forgets every stored conversation that `match` picks (its image goes with its last user), walking the whole
-   * store: Redis with SCAN, SQLite and the memory store with keyv's iterator. `dryRun`: counts only. Returns how
-   * many it picked. Undefined for a store that cannot be walked.
+   * store: Redis with SCAN, SQLite and the memory store with keyv's iterator. `dryRun`: picks only. Returns the ids
+   * of the conversations it picked; undefined for a store that cannot be walked.
    */
-  async forgetWhere(match: (state: ConversationState) => boolean, opts: { dryRun?: boolean } = {}): Promise<number | undefined> {
+  async forgetWhere(match: (state: ConversationState) => boolean, opts: { dryRun?: boolean } = {}): Promise<string[] | undefined> {
     // conversation id -> its image (a Map: SCAN may return a key twice)
     const picked = new Map<string, string>();
     const consider = (id: string, value: unknown) => {
-      const state = value as Partial<ConversationState> | undefined;
-      if (state?.v === 1 && state.key && state.image?.hash && Array.isArray(state.turns) && match(state as ConversationState))
-        picked.set(id, state.image.hash);
+      const state = asConversation(value);
+      if (state?.key && state.image.hash && match(state)) picked.set(id, state.image.hash);
     };
     if (this.redis) {
       const redis = await this.redis.client();
       const prefix = `${this.redis.prefix}conv:`;
       for await (const key of scanKeys(redis, `${prefix}*`)) {
         const id = key.slice(prefix.length);
-        consider(id, await this.getConversation(id));
+        consider(id, await this.kv.get(`conv:${id}`));
       }
     } else {
-      const kv = this.kv as Keyv & { iterator?: (namespace?: string) => AsyncGenerator<[string, unknown]> };
-      if (typeof kv.iterator !== 'function') return undefined;
-      for await (const [key, value] of kv.iterator(kv.namespace)) if (key.startsWith('conv:')) consider(key.slice('conv:'.length), value);
+      const entries = this.entries();
+      if (!entries) return undefined;
+      for await (const [key, value] of entries) if (key.startsWith('conv:')) consider(key.slice('conv:'.length), value);
     }
-    if (!opts.dryRun) {
-      for (const [id, image] of picked) {
-        await this.deleteConversation(id);
-        await this.detachImage(image, id);
-      }
-    }
-    return picked.size;
+    if (!opts.dryRun) for (const [id, image] of picked) await this.forget(id, image);
+    return [...picked.keys()];
   }
 
   async deleteConversation(id: string): Promise<boolean> {
@@ -365,6 +367,12 @@ export class ConversationStore {
       }
     });
   }
+}
+
+/** A stored value as a conversation, if it is one (this version's). */
+function asConversation(value: unknown): ConversationState | undefined {
+  const s = value as ConversationState | undefined;
+  return s && s.v === 1 && s.image && Array.isArray(s.turns) ? s : undefined;
 }
 
 /** Sets an expiry (ms) on a key that has none: a key written meanwhile with its own is left alone. */
