@@ -19,7 +19,7 @@ import type { ConversationKey, ConversationRequest, ResetOutcome, TaskTag } from
 import { isTask } from '../../src/grounding/tasks.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import { describeError } from '../shared/errors.js';
-import { FORGET_FAILED, FORGOTTEN, NOTHING_STORED } from '../shared/forget.js';
+import { FORGET_FAILED, forgetReply } from '../shared/forget.js';
 import type { StopOutcome } from '../shared/stop-buttons.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU, FORGET_COMMAND } from './commands.js';
 import { notice, threadName } from './format.js';
@@ -113,7 +113,7 @@ async function forget(bot: InteractionHost, i: ChatInputCommandInteraction): Pro
       await i.editReply({ content: FORGET_FAILED });
       return;
     }
-    await i.editReply({ content: outcome === 'forgotten' ? FORGOTTEN : outcome === 'empty' ? NOTHING_STORED : NOT_YOURS_TO_FORGET });
+    await i.editReply({ content: forgetReply(outcome, NOT_YOURS_TO_FORGET) });
   } finally {
     turn.release();
   }

@@ -3,8 +3,8 @@
 import type { ConversationKey, ResetOutcome } from '../../src/conversation/index.js';
 import type { ConversationPort } from './port.js';
 
-export const FORGOTTEN = "Forgotten: this conversation's image and history are deleted. Send an image to start again.";
-export const NOTHING_STORED = 'I have nothing stored for this conversation.';
+const FORGOTTEN = "Forgotten: this conversation's image and history are deleted. Send an image to start again.";
+const NOTHING_STORED = 'I have nothing stored for this conversation.';
 export const FORGET_FAILED = "⚠️ I couldn't reach my conversation store; nothing was deleted. Please try again in a moment.";
 
 /**
@@ -23,4 +23,9 @@ export async function forgetConversation(
   const outcome = await port.reset(key, { by: user });
   if (outcome !== 'not_allowed' || moderator === false || !(await moderator())) return outcome;
   return port.reset(key);
+}
+
+/** What the user is told of a forget's outcome (`notAllowed`: the platform's sentence, naming who may). */
+export function forgetReply(outcome: ResetOutcome, notAllowed: string): string {
+  return outcome === 'forgotten' ? FORGOTTEN : outcome === 'empty' ? NOTHING_STORED : notAllowed;
 }

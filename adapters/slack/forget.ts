@@ -2,7 +2,7 @@
 // message with it): that conversation's image and history are deleted at once (after the requests sent there before it), for someone who took part
 // in it or a workspace admin. The reply is for the user alone (ephemeral, in the thread).
 import type { webApi } from '@slack/bolt';
-import { FORGET_FAILED, FORGOTTEN, NOTHING_STORED, forgetConversation } from '../shared/forget.js';
+import { FORGET_FAILED, forgetConversation, forgetReply } from '../shared/forget.js';
 import type { WorkspaceAdmins } from './admins.js';
 import { dmKey, isDirectMessage, slackKey } from './answer.js';
 import { ephemeral } from './describe.js';
@@ -32,7 +32,7 @@ export async function onForget(
   try {
     const outcome = await forgetConversation(ctx.manager, key, user, () => ctx.admins.isAdmin(client, user));
     if (outcome === 'forgotten') ctx.log(`slack: conversation ${channel}/${key.thread} forgotten at the request of user ${user}`);
-    text = outcome === 'forgotten' ? FORGOTTEN : outcome === 'empty' ? NOTHING_STORED : NOT_YOURS_TO_FORGET;
+    text = forgetReply(outcome, NOT_YOURS_TO_FORGET);
   } catch (err) {
     ctx.log(`slack: forgetting ${channel}/${key.thread}: ${describeSlackError(err)}`);
     text = FORGET_FAILED;

@@ -244,29 +244,36 @@ export class ConversationManager {
     return (await this.repo.getConversation(conversationId(checkKey(key)))) ?? null;
   }
 
+  /**
+   * One pass of store maintenance in the background (close() waits for it): the line it returns is logged, as is
+   * its failure (`what` failed).
+   */
+  private maintain(what: string, pass: () => Promise<string | undefined>): void {
+    this.sweeping = pass()
+      .then((line) => {
+        if (line) this.log(`conversation store: ${line}`);
+      })
+      .catch((err: unknown) => this.log(`conversation store: ${what} failed: ${(err as Error).message}`))
+      .finally(() => (this.sweeping = undefined));
+  }
+
   /** Gives what a Redis store holds without an expiry one, once, in the background (see expireUnlimited). */
   private expireUnlimited(): void {
-    this.sweeping = this.repo
-      .expireUnlimited()
-      .then((n) => {
-        if (n && n.kept + n.forgotten + n.images > 0)
-          this.log(
-            `conversation store: retention applied to what was stored before it: ${n.forgotten} conversations older than it forgotten, ${n.kept} kept until their time, ${n.images} images given an expiry`,
-          );
-      })
-      .catch((err: unknown) => this.log(`conversation store: giving old conversations an expiry failed: ${(err as Error).message}`))
-      .finally(() => (this.sweeping = undefined));
+    this.maintain('giving old conversations an expiry', async () => {
+      const n = await this.repo.expireUnlimited();
+      if (!n || n.kept + n.forgotten + n.images === 0) return undefined;
+      return `retention applied to what was stored before it: ${n.forgotten} conversations older than it forgotten, ${n.kept} kept until their time, ${n.images} images given an expiry`;
+    });
   }
 
   /** Sweeps expired conversations and images out of the store now and every `intervalMs` (see sweepExpired). */
   private startSweeping(intervalMs: number): void {
     const sweep = () => {
       if (this.sweeping || this.closing) return;
-      this.sweeping = this.repo
-        .sweepExpired()
-        .then((left) => this.log(`conversation store: expired conversations swept out (about ${left ?? '?'} entries left)`))
-        .catch((err: unknown) => this.log(`conversation store: sweeping expired conversations failed: ${(err as Error).message}`))
-        .finally(() => (this.sweeping = undefined));
+      this.maintain(
+        'sweeping expired conversations',
+        async () => `expired conversations swept out (about ${(await this.repo.sweepExpired()) ?? '?'} entries left)`,
+      );
     };
     sweep();
     this.sweeper = setInterval(sweep, intervalMs);
