@@ -12,7 +12,7 @@ import type { ConversationKey, ConversationRequest, ResetOutcome } from '../../s
 import { LruMap } from '../../src/util/lru.js';
 import { threadName } from './format.js';
 import { apologiseOnFailure, HELP_NO_IMAGE, NO_THREAD_NOTICE, stripBotMention } from './replies.js';
-import { DEFAULT_RATE_LIMIT, rateLimitMessage, type RateLimitSetting } from '../shared/rate-limit.js';
+import { admit, DEFAULT_RATE_LIMIT, userLimiter, type RateLimitSetting } from '../shared/rate-limit.js';
 import {
   downloadImage,
   downloadPolicy,
@@ -23,7 +23,7 @@ import {
   type DownloadPolicy,
   type ImageSource,
 } from './images.js';
-import { UserRateLimiter, type RateLimiter, type RateLimiterFactory } from './limits.js';
+import type { RateLimiter, RateLimiterFactory } from './limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { restartNotice } from '../shared/answer-events.js';
 import { describeError } from '../shared/errors.js';
@@ -138,8 +138,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     this.order = new ArrivalOrder(this.policy.timeoutMs + 30_000, (k) =>
       log(`discord: a request in ${k} waited too long for the one before it; answering it now`),
     );
-    const rl = opts.rateLimit === undefined ? DEFAULT_RATE_LIMIT : opts.rateLimit;
-    this.rate = rl ? (opts.rateLimiter?.('discord', rl.max, rl.windowMs) ?? new UserRateLimiter(rl.max, rl.windowMs)) : null;
+    this.rate = userLimiter('discord', opts.rateLimit, opts.rateLimiter);
     this.editIntervalMs = opts.editIntervalMs ?? DEFAULT_EDIT_INTERVAL_MS;
     this.firstTextWaitMs = opts.firstTextWaitMs;
     this.allowedGuilds = new Set(opts.allowedGuilds ?? []);
@@ -207,10 +206,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
    * anyway) every time.
    */
   async withinRate(user: string, tell: (text: string) => Promise<unknown>, privately = false): Promise<boolean> {
-    const r = (await this.rate?.take(user)) ?? { ok: true as const };
-    if (r.ok) return true;
+    if (await admit(this.rate, user, tell, privately)) return true;
     this.log(`discord: user ${user} is over the rate limit`);
-    if (privately || (await this.rate!.shouldWarn(user))) await tell(rateLimitMessage(r.retryAfterMs)).catch(() => {});
     return false;
   }
 

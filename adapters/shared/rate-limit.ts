@@ -33,6 +33,33 @@ export function rateLimitFromEnv(name: string, value: string | undefined, fail: 
   return max === 0 ? false : { max, windowMs: Number(m[2] ?? 60) * 1000 };
 }
 
+/**
+ * An adapter's limiter for `setting` (undefined: DEFAULT_RATE_LIMIT; false: none), counted where `factory` says
+ * (front ends on Redis: in Redis), else in this process.
+ */
+export function userLimiter(scope: string, setting: RateLimitSetting | undefined, factory?: RateLimiterFactory): RateLimiter | null {
+  const rl = setting === undefined ? DEFAULT_RATE_LIMIT : setting;
+  return rl ? (factory?.(scope, rl.max, rl.windowMs) ?? new UserRateLimiter(rl.max, rl.windowMs)) : null;
+}
+
+/**
+ * Counts a request of `who` against `limiter` (null: no limit); over it, tells them (once per window so that the
+ * bot does not spam a channel; every time when `privately`: a command's or button's private reply, which the user
+ * waits for) and returns false.
+ */
+export async function admit(
+  limiter: RateLimiter | null,
+  who: string,
+  tell: (text: string) => Promise<unknown>,
+  privately: boolean,
+): Promise<boolean> {
+  if (!limiter) return true;
+  const r = await limiter.take(who);
+  if (r.ok) return true;
+  if (privately || (await limiter.shouldWarn(who))) await tell(rateLimitMessage(r.retryAfterMs)).catch(() => {});
+  return false;
+}
+
 /** What a user over the limit is told. */
 export function rateLimitMessage(ms: number): string {
   const s = Math.max(1, Math.ceil(ms / 1000));

@@ -5,7 +5,7 @@
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
-import { DEFAULT_RATE_LIMIT, rateLimitMessage, UserRateLimiter, type RateLimiter } from '../shared/rate-limit.js';
+import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
 import { TaskSet } from '../shared/tasks.js';
 import { answer, isDirectMessage, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
@@ -60,8 +60,7 @@ export class SlackBot {
     this.log = ids.log;
     this.botUserId = ids.botUserId;
     this.admins = new WorkspaceAdmins(this.log);
-    const rl = opts.rateLimit ?? DEFAULT_RATE_LIMIT;
-    this.rate = rl ? (opts.rateLimiter?.('slack', rl.max, rl.windowMs) ?? new UserRateLimiter(rl.max, rl.windowMs)) : null;
+    this.rate = userLimiter('slack', opts.rateLimit, opts.rateLimiter);
     this.tasks = new TaskSet((what, err) => this.log(`slack: ${what} failed: ${describeSlackError(err)}`));
     const store = opts.store ?? opts.manager.store;
     const ttl = opts.dedupeTtlMs ?? DAY;
@@ -360,13 +359,9 @@ export class SlackBot {
    * for messages (no spam), every time for a command or shortcut (`privately`: they expect a reply).
    */
   private async withinRate(team: string, user: string, tell: (text: string) => Promise<void>, privately = false): Promise<boolean> {
-    if (!this.rate) return true;
     // (user ids are a workspace's)
-    const who = `${team}:${user}`;
-    const r = await this.rate.take(who);
-    if (r.ok) return true;
+    if (await admit(this.rate, `${team}:${user}`, tell, privately)) return true;
     this.log(`slack: user ${user} is over the rate limit`);
-    if (privately || (await this.rate.shouldWarn(who))) await tell(rateLimitMessage(r.retryAfterMs)).catch(() => {});
     return false;
   }
 
