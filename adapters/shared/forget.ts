@@ -8,8 +8,8 @@ const NOTHING_STORED = 'I have nothing stored for this conversation.';
 export const FORGET_FAILED = "⚠️ I couldn't reach my conversation store; nothing was deleted. Please try again in a moment.";
 
 /**
- * Deletes `key`'s conversation if `user` took part in it (a stored turn of theirs; a conversation without turns
- * yet, only an image, is anyone's to forget) or may moderate: `moderator` (a function is asked only when the user
+ * Deletes `key`'s conversation if `user` took part in it (a stored turn of theirs, or they sent its image; one
+ * stored without either by an earlier version is anyone's to forget) or may moderate: `moderator` (a function is asked only when the user
  * took no part: on Slack it is an API call). Decided in the conversation's order, so that requests sent before it
  * are stored, then forgotten. Store errors are thrown: nothing was deleted.
  */

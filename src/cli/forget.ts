@@ -3,6 +3,7 @@
 // workspace that removed the app. Works on the store a running bot uses (SQLite file, Redis).
 import { ConversationStore, createStore, redactUrl } from '../conversation/store.js';
 import type { ConversationState } from '../conversation/index.js';
+import { isParticipant } from '../conversation/turn.js';
 
 export class ForgetUsageError extends Error {}
 
@@ -32,11 +33,11 @@ export function parseSelector(kind: 'user' | 'workspace', value: string): Forget
   return { platform, workspace, ...(user !== undefined ? { user } : {}) };
 }
 
-/** Whether a stored conversation is the selector's: of its workspace, and (a user's) with a turn of that user. */
+/** Whether a stored conversation is the selector's: of its workspace, and (a user's) with a turn or the image of that user. */
 export function matches(sel: ForgetSelector, state: ConversationState): boolean {
   if (state.key.platform !== sel.platform) return false;
   if (sel.workspace !== '*' && state.key.workspace !== sel.workspace) return false;
-  return sel.user === undefined || state.turns.some((t) => t.by === sel.user);
+  return sel.user === undefined || isParticipant(state, sel.user);
 }
 
 /** The store to work on: `--store`, else STORE_URL, else REDIS_URL (front ends and workers keep it there). */

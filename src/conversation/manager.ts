@@ -17,7 +17,7 @@ import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } 
 import { PromptBudget } from './budget.js';
 import { generationOptions } from './generation-settings.js';
 import { entitiesToDraw } from './annotation.js';
-import { finalEvent, storedTurn, threadState, type FinalEvent } from './turn.js';
+import { finalEvent, isParticipant, storedTurn, threadState, type FinalEvent } from './turn.js';
 import { turnSummary, turnTimings, type TurnCosts } from './report.js';
 import { CANCELLED, Failure } from './failure.js';
 import { generate, type ModelImages } from './generate.js';
@@ -539,7 +539,7 @@ export class ConversationManager {
     context: CachedContext | undefined,
   ): Promise<StoredTurn[]> {
     const fresh = job.req!.image !== undefined;
-    const state = threadState({ key: job.key, prev, image, fresh, kept, dropped, stored });
+    const state = threadState({ key: job.key, prev, image, fresh, by: job.req!.user, kept, dropped, stored });
     try {
       if (fresh) {
         const until = await this.repo.attachImage({ ...state.image, data: image.data! }, job.convId);
@@ -587,9 +587,13 @@ function statelessContextId(imageHash: string | undefined, turns: readonly Prior
   return `stateless:${sha256Hex(new TextEncoder().encode(JSON.stringify([imageHash ?? null, turns.map((t) => [t.user, t.assistant.trim()])])))}`;
 }
 
-/** Whether `user` took part in the conversation (no `user`: anyone; a conversation without turns: anyone's). */
+/**
+ * Whether `user` took part in the conversation: a turn of theirs, or they sent its image (no `user`: anyone; a
+ * conversation stored without turns or sender: anyone's).
+ */
 function tookPart(state: ConversationState, user: string | undefined): boolean {
-  return user === undefined || state.turns.length === 0 || state.turns.some((t) => t.by === user);
+  if (user === undefined || isParticipant(state, user)) return true;
+  return state.turns.length === 0 && state.image.by === undefined;
 }
 
 function checkKey(key: ConversationKey | undefined): ConversationKey {

@@ -47,6 +47,8 @@ export function threadState(opts: {
   prev: ConversationState | undefined;
   image: TurnImage;
   fresh: boolean;
+  /** who sent the request (recorded as the image's sender when it brought the image) */
+  by: string;
   kept: readonly PriorTurn[];
   dropped: number;
   /** the new turn; undefined: none (a new image whose answer was stopped) */
@@ -62,6 +64,7 @@ export function threadState(opts: {
       width: image.width,
       height: image.height,
       bytes: image.bytes,
+      ...(fresh ? { by: opts.by } : prev?.image.by !== undefined ? { by: prev.image.by } : {}),
       // the same image: its hold goes on (ConversationStore renews it when it runs short)
       ...(prev?.image.hash === image.hash && prev.image.until !== undefined ? { until: prev.image.until } : {}),
     },
@@ -71,4 +74,9 @@ export function threadState(opts: {
     createdAt: fresh || !prev ? at : prev.createdAt,
     updatedAt: at,
   };
+}
+
+/** Whether `user` has a part in the stored conversation: a turn of theirs, or they sent its image. */
+export function isParticipant(state: ConversationState, user: string): boolean {
+  return state.image.by === user || state.turns.some((t) => t.by === user);
 }

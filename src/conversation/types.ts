@@ -57,8 +57,8 @@ export interface ConversationRequest {
 }
 
 /**
- * Options of a reset. `by`: only if this user took part in the conversation (a stored turn of theirs, or no turn
- * yet, only an image), decided in the conversation's order, after its earlier requests are stored.
+ * Options of a reset. `by`: only if this user took part in the conversation (a stored turn of theirs, or they sent
+ * its image; one stored without either, by an earlier version: anyone), decided in the conversation's order, after its earlier requests are stored.
  */
 export interface ResetOptions {
   by?: string;
@@ -126,6 +126,12 @@ export interface ImageRef {
   width: number;
   height: number;
   bytes: number;
+  /**
+   * Who sent it (ConversationRequest.user of the message that brought it): a conversation whose image was kept
+   * without an answer (its request stopped) has no turn that says whose it is. Absent in conversations stored
+   * before it was recorded.
+   */
+  by?: string;
   /**
    * With a retention time (ConversationStore's ttlMs): until when (ms since the epoch) the stored image is kept at
    * least; its hold is renewed by the conversation's turns before it runs short.

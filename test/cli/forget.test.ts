@@ -16,6 +16,7 @@ let dir: string;
 let red: Buffer;
 let blue: Buffer;
 let green: Buffer;
+let yellow: Buffer;
 
 beforeAll(async () => {
   tiny = await loadTinyModel();
@@ -23,6 +24,7 @@ beforeAll(async () => {
   red = await goldenImage();
   blue = await solidPng(40, 30, [20, 40, 200]);
   green = await solidPng(30, 40, [20, 200, 40]);
+  yellow = await solidPng(32, 32, [220, 220, 30]);
 }, 60_000);
 
 afterAll(async () => {
@@ -33,13 +35,17 @@ afterAll(async () => {
 const slack = (team: string, channel: string, thread: string): ConversationKey => ({ platform: 'slack', workspace: team, channel, thread });
 const discord = (guild: string, channel: string): ConversationKey => ({ platform: 'discord', workspace: guild, channel, thread: channel });
 
-/** Turns stored through the real manager, then the store closed (flushed) for the CLI to open. */
-async function stored(store: Keyv, turns: { key: ConversationKey; user: string; image?: Buffer }[]): Promise<void> {
+/**
+ * Turns stored through the real manager (`stopped`: a request stopped before its answer, its image kept without a
+ * turn), then the store closed (flushed) for the CLI to open.
+ */
+async function stored(store: Keyv, turns: { key: ConversationKey; user: string; image?: Buffer; stopped?: true }[]): Promise<void> {
   const m = new ConversationManager({ model: tiny.model, store, defaults: { maxNewTokens: 3, temperature: 0 } });
-  for (const t of turns)
-    expect(
-      errorOf(await collect(m.handle({ key: t.key, user: t.user, text: 'hi', ...(t.image ? { image: t.image } : {}) }))),
-    ).toBeUndefined();
+  for (const t of turns) {
+    const req = { key: t.key, user: t.user, text: 'hi', ...(t.image ? { image: t.image } : {}) };
+    if (t.stopped) await m.keepImage(req);
+    else expect(errorOf(await collect(m.handle(req)))).toBeUndefined();
+  }
   await m.close();
 }
 
@@ -62,6 +68,7 @@ describe('minigpt forget', () => {
     const D = slack('T2', 'C1', 'd');
     const E = discord('111', '222');
     const F = discord('@me', '333');
+    const G = slack('T1', 'C3', 'g');
     await stored(await createStore(url), [
       { key: A, user: 'U0ALICE', image: red },
       { key: B, user: 'U0BOB', image: blue },
@@ -70,18 +77,19 @@ describe('minigpt forget', () => {
       { key: D, user: 'U0ALICE', image: green }, // another workspace
       { key: E, user: '999', image: blue },
       { key: F, user: '999', image: green },
+      { key: G, user: 'U0ALICE', image: yellow, stopped: true }, // her image, kept without an answer
     ]);
-    const all = [A, B, C, D, E, F];
+    const all = [A, B, C, D, E, F, G];
 
     const dry = await minigpt(['forget', '--user', 'slack:T1:U0ALICE', '--store', url, '--dry-run']);
     expect(dry.code).toBe(0);
-    expect(dry.stdout.trim()).toBe(`would forget 2 conversations of user slack:T1:U0ALICE in ${url} (--dry-run: nothing deleted)`);
-    expect(await stillThere(url, all)).toEqual([true, true, true, true, true, true]);
+    expect(dry.stdout.trim()).toBe(`would forget 3 conversations of user slack:T1:U0ALICE in ${url} (--dry-run: nothing deleted)`);
+    expect(await stillThere(url, all)).toEqual([true, true, true, true, true, true, true]);
 
     const run = await minigpt(['forget', '--user', 'slack:T1:U0ALICE', '--store', url]);
     expect(run.code).toBe(0);
-    expect(run.stdout.trim()).toBe(`forgot 2 conversations of user slack:T1:U0ALICE in ${url}, with the images no other conversation uses`);
-    expect(await stillThere(url, all)).toEqual([false, false, true, true, true, true]);
+    expect(run.stdout.trim()).toBe(`forgot 3 conversations of user slack:T1:U0ALICE in ${url}, with the images no other conversation uses`);
+    expect(await stillThere(url, all)).toEqual([false, false, true, true, true, true, false]);
     const raw = await createStore(url);
     const imageKeys = async () => {
       const out: string[] = [];
@@ -89,7 +97,8 @@ describe('minigpt forget', () => {
         if (k.startsWith('img:')) out.push(k);
       return out.length;
     };
-    // red stays (bob's other thread uses it), blue stays (the Discord one), green twice: none of the three went
+    // red stays (bob's other thread uses it), blue stays (the Discord one), green twice: none of the three went;
+    // yellow, hers alone, did
     expect(await imageKeys()).toBe(3);
 
     // a Discord user's conversations in every server and their DMs (STORE_URL from the environment)
@@ -97,7 +106,7 @@ describe('minigpt forget', () => {
     expect(everywhere.stdout).toMatch(/^forgot 2 conversations of user discord:\*:999 in /);
     const workspace = await minigpt(['forget', '--workspace', 'slack:T2', '--store', url]);
     expect(workspace.stdout).toMatch(/^forgot 1 conversation of workspace slack:T2 in /);
-    expect(await stillThere(url, all)).toEqual([false, false, true, false, false, false]);
+    expect(await stillThere(url, all)).toEqual([false, false, true, false, false, false, false]);
     // only red is left, for bob's thread C
     expect(await imageKeys()).toBe(1);
     await raw.disconnect();

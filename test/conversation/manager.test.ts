@@ -94,7 +94,7 @@ describe('conversation manager: one conversation', () => {
 
     const h = await m.history(key('first'));
     expect(h).not.toBeNull();
-    expect(h!.image).toEqual({ hash: sha(image), width: 120, height: 90, bytes: image.length });
+    expect(h!.image).toEqual({ hash: sha(image), width: 120, height: 90, bytes: image.length, by: 'alice' });
     expect(h!.turns).toHaveLength(1);
     expect(h!.turns[0]).toMatchObject({ user: 'what is in this picture?', assistant: final.text.trim(), task: 'chat', by: 'alice' });
     await m.close();
@@ -190,6 +190,25 @@ describe('conversation manager: one conversation', () => {
     expect(await m.history(k)).toBeNull();
     const ev = await collect(m.handle({ key: k, user: 'u', text: 'still there?' }));
     expect(errorOf(ev)?.code).toBe('no_image');
+    await m.close();
+  });
+
+  it("reset({ by }) lets the image's sender forget a conversation kept without an answer, and only them", async () => {
+    const m = manager();
+    const k = key('kept');
+    // a request stopped before its answer: its image is kept, no turn says whose it is
+    await m.keepImage({ key: k, user: 'alice', text: 'what is this?', image });
+    const kept = await m.history(k);
+    expect(kept?.turns).toEqual([]);
+    expect(kept?.image.by).toBe('alice');
+    expect(await m.reset(k, { by: 'mallory' })).toBe('not_allowed');
+    expect(await m.history(k)).not.toBeNull();
+
+    // a turn by someone else in the thread: both took part, the image stays alice's
+    await collect(m.handle({ key: k, user: 'bob', text: 'and now?' }));
+    expect((await m.history(k))?.image.by).toBe('alice');
+    expect(await m.reset(k, { by: 'alice' })).toBe('forgotten');
+    expect(await m.history(k)).toBeNull();
     await m.close();
   });
 
