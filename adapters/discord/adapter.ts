@@ -7,7 +7,16 @@
 //   any message in a thread the bot started, or in a DM -> a follow-up (a new image replaces the image)
 //   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
 //                                           on it for follow-ups (interactions.ts)
-import { Events, ThreadAutoArchiveDuration, type Client, type Message, type SendableChannels, type ThreadChannel } from 'discord.js';
+//   the bot removed from a server        -> the server's conversations forgotten
+import {
+  Events,
+  ThreadAutoArchiveDuration,
+  type Client,
+  type Guild,
+  type Message,
+  type SendableChannels,
+  type ThreadChannel,
+} from 'discord.js';
 import type { ConversationKey, ConversationRequest, ResetOutcome } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
 import { threadName } from './format.js';
@@ -37,7 +46,7 @@ import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
-export type DiscordConversations = Pick<ConversationPort, 'handle' | 'reset' | 'history'>;
+export type DiscordConversations = Pick<ConversationPort, 'handle' | 'reset' | 'history' | 'forgetWorkspace'>;
 
 export interface DiscordAdapterOptions {
   manager: DiscordConversations;
@@ -146,6 +155,9 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     this.allowDMs = opts.allowDMs ?? true;
     client.on(Events.MessageCreate, (m) => this.track('message', () => this.onMessage(m)));
     client.on(Events.InteractionCreate, (i) => this.track('interaction', () => onInteraction(this, i)));
+    // discord.js emits GuildDelete only when the bot was removed (kicked, left, the server deleted); a server's
+    // outage comes as GuildUnavailable, and its conversations stay.
+    client.on(Events.GuildDelete, (g) => this.track('guild removal', () => this.onRemoved(g)));
   }
 
   get botId(): string {
@@ -177,6 +189,21 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   private track(what: string, fn: () => Promise<void>): void {
     if (this.closing) return;
     this.tasks.run(what, fn);
+  }
+
+  /**
+   * The bot was removed from a server: what it kept of the server's conversations goes now, not after the retention
+   * time (as on Slack when the app is uninstalled; Discord's developer policy asks for a server's data to be
+   * deleted when the bot leaves it).
+   */
+  private async onRemoved(guild: Guild): Promise<void> {
+    const n = await this.manager.forgetWorkspace('discord', guild.id);
+    const server = `${guild.name ? `${guild.name} ` : ''}(${guild.id})`;
+    this.log(
+      n === undefined
+        ? `discord: removed from server ${server}; its conversations cannot be listed in this store and go after the retention time`
+        : `discord: removed from server ${server}: ${n} conversation${n === 1 ? '' : 's'} forgotten`,
+    );
   }
 
   /** Whether the bot answers here (allowed guilds and channels; a thread counts as its parent channel; DMs). */

@@ -36,6 +36,9 @@ class ScriptedManager {
   async history(): Promise<null> {
     return null;
   }
+  async forgetWorkspace(): Promise<number> {
+    return 0;
+  }
 }
 
 /** An answer streamed in `pieces` pieces, `delayMs` apart, with an optional annotated image. */

@@ -504,3 +504,42 @@ describe('/forget', () => {
     expect(await s.manager.history(key)).toBeNull();
   });
 });
+
+describe('the bot removed from a server', () => {
+  const keyOf = (guild: string, channel: string, thread: string) => ({ platform: 'discord' as const, workspace: guild, channel, thread });
+  const removal = (guildId: string) => logs.find((l) => l.startsWith('discord: removed from server') && l.includes(`(${guildId})`));
+
+  it("forgets that server's conversations at once; not on an outage, not another server's", async () => {
+    const other = s.fake.joinGuild('second', ['chat']);
+    const chat = other.channelIds[0];
+    const there = s.fake.postMessage(chat, s.w.alice, 'in the second server', {
+      attachments: [s.fake.addAttachment('h.png', await testPng(83, 61), 'image/png')],
+      mentionBot: true,
+    });
+    expect(await answered(logs, there.id)).not.toMatch(/error/);
+    const thereKey = keyOf(other.guildId, chat, there.id);
+    const hash = (await s.manager.history(thereKey))!.image.hash;
+    const home = s.fake.postMessage(s.w.general, s.w.alice, 'in the first server', {
+      attachments: [s.fake.addAttachment('i.png', await testPng(71, 53), 'image/png')],
+      mentionBot: true,
+    });
+    expect(await answered(logs, home.id)).not.toMatch(/error/);
+    const homeKey = keyOf(s.w.guildId, s.w.general, home.id);
+
+    // an outage (GUILD_DELETE with unavailable: true) and the server back: the thread goes on with its image
+    s.fake.removeGuild(other.guildId, { outage: true });
+    s.fake.available(other.guildId);
+    const follow = s.fake.postMessage(there.id, s.w.alice, 'still there?');
+    expect(await answered(logs, follow.id)).not.toMatch(/error/);
+    expect(removal(other.guildId)).toBeUndefined();
+    expect(await s.manager.history(thereKey)).not.toBeNull();
+
+    // removed: its conversation and image go; the first server's stay
+    s.fake.removeGuild(other.guildId);
+    await until(() => removal(other.guildId) !== undefined, 'the removal to be handled');
+    expect(removal(other.guildId)).toBe(`discord: removed from server second (${other.guildId}): 1 conversation forgotten`);
+    expect(await s.manager.history(thereKey)).toBeNull();
+    expect(await s.manager.store.get(`img:${hash}`)).toBeUndefined();
+    expect(await s.manager.history(homeKey)).not.toBeNull();
+  });
+});

@@ -288,6 +288,39 @@ export class FakeDiscord {
     return { guildId, channelIds: channels.map((c) => c.id) };
   }
 
+  /** The bot is added to a new server while connected: the server as `addGuild` makes it, announced by GUILD_CREATE. */
+  joinGuild(name: string, channelNames: string[]): { guildId: string; channelIds: string[] } {
+    const made = this.addGuild(name, channelNames);
+    this.dispatch('GUILD_CREATE', this.guildCreate(made.guildId));
+    return made;
+  }
+
+  /**
+   * GUILD_DELETE for a server: `outage`, it became unavailable (Discord sends `unavailable: true`; it comes back
+   * with `available()`); else the bot was removed from it (kicked, or the server deleted), and it is gone here too.
+   */
+  removeGuild(guildId: string, opts: { outage?: boolean } = {}): void {
+    this.dispatch('GUILD_DELETE', opts.outage ? { id: guildId, unavailable: true } : { id: guildId });
+    if (opts.outage) return;
+    this.guilds.delete(guildId);
+    for (const [id, c] of this.channels) if (c.guild_id === guildId) this.channels.delete(id);
+  }
+
+  /** A server back after an outage: GUILD_CREATE again. */
+  available(guildId: string): void {
+    this.dispatch('GUILD_CREATE', this.guildCreate(guildId));
+  }
+
+  /** A GUILD_CREATE payload: the server with its channels and threads. */
+  private guildCreate(guildId: string): Record<string, unknown> {
+    const guildChannels = [...this.channels.values()].filter((c) => c.guild_id === guildId);
+    return {
+      ...this.guilds.get(guildId),
+      channels: guildChannels.filter((c) => c.type !== 11),
+      threads: guildChannels.filter((c) => c.type === 11),
+    };
+  }
+
   /** A DM channel between the bot and `user`. */
   addDm(user: ApiUser): string {
     const c: ApiChannel = { id: this.snowflake(), type: 1, recipients: [user], last_message_id: null };
@@ -377,15 +410,7 @@ export class FakeDiscord {
           private_channels: [],
           relationships: [],
         });
-        for (const g of this.guilds.values()) {
-          if (!this.onShard(g.id, shard)) continue;
-          const guildChannels = [...this.channels.values()].filter((c) => c.guild_id === g.id);
-          this.send(session, 'GUILD_CREATE', {
-            ...g,
-            channels: guildChannels.filter((c) => c.type !== 11),
-            threads: guildChannels.filter((c) => c.type === 11),
-          });
-        }
+        for (const g of this.guilds.values()) if (this.onShard(g.id, shard)) this.send(session, 'GUILD_CREATE', this.guildCreate(g.id));
         this.notify();
       } else if (p.op === 6) {
         // RESUME: replay what the session missed, then RESUMED; an unknown or closed session must identify anew.
