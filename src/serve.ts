@@ -9,6 +9,7 @@ import { shouldWarmUp, warmUp } from './inference/warm-up.js';
 import type { GenerationOptions } from './inference/generation/index.js';
 import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
 import type { ShardLeases } from '../adapters/shared/shard-lease.js';
+import type { SharedArrivalOrder } from '../adapters/shared/arrival-order.js';
 import { ConversationManager, createStore, type ConversationManagerOptions } from './conversation/index.js';
 import type { ConversationPort } from '../adapters/shared/port.js';
 import { BotMetrics } from './observe/metrics.js';
@@ -37,6 +38,8 @@ export interface AdapterContext {
   rateLimiter?: RateLimiterFactory;
   /** where front ends hold their gateway shards (Discord), so that two never connect the same; default: nowhere */
   shardLeases?: ShardLeases;
+  /** where front ends keep the order of a conversation's events between them (Slack); default: each its own */
+  arrivalOrder?: SharedArrivalOrder;
   config: BotConfig;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
@@ -73,6 +76,7 @@ export async function startAdapters(
     specs: readonly PlatformAdapterSpec[];
     rateLimiter?: RateLimiterFactory;
     shardLeases?: ShardLeases;
+    arrivalOrder?: SharedArrivalOrder;
     /** METRICS_PORT's: every adapter's requests and refused requests counted (BotMetrics.meter, meterLimits) */
     metrics?: BotMetrics;
   },
@@ -88,6 +92,7 @@ export async function startAdapters(
     log,
     ...(rateLimiter ? { rateLimiter } : {}),
     ...(o.shardLeases ? { shardLeases: o.shardLeases } : {}),
+    ...(o.arrivalOrder ? { arrivalOrder: o.arrivalOrder } : {}),
   };
   for (const spec of o.specs) {
     const set = spec.credentials.filter((c) => env[c]?.trim());

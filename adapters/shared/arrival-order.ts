@@ -8,6 +8,10 @@
 // A turn is released whatever happens (the adapters release in `finally`), and no turn waits longer than
 // `maxWaitMs` for the ones before it: a stuck predecessor (its download has its own timeout; this is the
 // backstop) delays the conversation, never blocks it. A conversation with no turn pending holds no memory.
+//
+// Front ends that share conversations (src/cluster) also keep the order between them: given a SharedArrivalOrder
+// (Redis), a turn taken with the platform's own place of the event (Slack's message ts) also waits for the turns
+// of other front ends whose events came before it on the platform, until their requests are numbered.
 
 export interface ArrivalTurn {
   /** Resolves when every earlier turn of the conversation has been released, or after `maxWaitMs`. */
@@ -17,6 +21,19 @@ export interface ArrivalTurn {
 }
 
 const NO_TURN: ArrivalTurn = { ready: () => Promise.resolve(), release: () => {} };
+
+/**
+ * The order of a conversation's events across processes (src/cluster/arrival-order.ts keeps it in Redis). A turn
+ * taken there is ready once no other process holds a turn of the conversation at an earlier `place`; it is
+ * released when its request has its number in the conversation (or turned out not to be a request).
+ */
+export interface SharedArrivalOrder {
+  /**
+   * `place`: where the platform put the event in the conversation, a decimal number (Slack's ts); `maxWaitMs`: the
+   * longest this turn waits for earlier ones, and others wait for it
+   */
+  take(key: string, place: string, maxWaitMs: number): ArrivalTurn;
+}
 
 export class ArrivalOrder {
   /** conversation -> the promise that the last turn taken for it is released */
@@ -29,6 +46,8 @@ export class ArrivalOrder {
   constructor(
     private readonly maxWaitMs: number,
     private readonly onLate: (key: string) => void = () => {},
+    /** where other processes' turns of the same conversations are (front ends on Redis); absent: this process only */
+    private readonly shared?: SharedArrivalOrder,
   ) {}
 
   /** Conversations with turns pending (for tests and statistics). */
@@ -36,9 +55,29 @@ export class ArrivalOrder {
     return this.tails.size;
   }
 
-  /** Takes the next turn of conversation `key` (call it synchronously when the event arrives); no key: no order. */
-  take(key: string | undefined): ArrivalTurn {
+  /**
+   * Takes the next turn of conversation `key` (call it synchronously when the event arrives); no key: no order.
+   * With `place` (the platform's place of the event) and a shared order, the turn also waits for earlier events of
+   * the conversation that other processes received.
+   */
+  take(key: string | undefined, place?: string): ArrivalTurn {
     if (key === undefined) return NO_TURN;
+    const local = this.takeLocal(key);
+    if (!this.shared || place === undefined) return local;
+    const other = this.shared.take(key, place, this.maxWaitMs);
+    return {
+      ready: async () => {
+        await local.ready();
+        await other.ready();
+      },
+      release: () => {
+        local.release();
+        other.release();
+      },
+    };
+  }
+
+  private takeLocal(key: string): ArrivalTurn {
     const before = this.tails.get(key);
     let pass!: () => void;
     // The next turn goes on once this one is released AND the ones before it were (or it stopped waiting for
@@ -74,5 +113,21 @@ export class ArrivalOrder {
         });
       },
     };
+  }
+}
+
+/**
+ * `events` (a request's answer events), releasing `turn` at the first of them or at their end: by then the request has
+ * its place in the conversation's queue (a front end numbers it before its first event; a local manager at once), so
+ * the conversation's next request may go on.
+ */
+export async function* releasedAtFirst<T>(events: AsyncIterable<T>, turn: ArrivalTurn | undefined): AsyncGenerator<T> {
+  try {
+    for await (const ev of events) {
+      turn?.release();
+      yield ev;
+    }
+  } finally {
+    turn?.release();
   }
 }

@@ -3,7 +3,7 @@
 // and the answer events rendered into the thread (ThreadReply), the annotated image uploaded after the text.
 import type { webApi } from '@slack/bolt';
 import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
-import type { ArrivalTurn } from '../shared/arrival-order.js';
+import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
 import { onAnswerEvents, restartNotice } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
 import type { SeenSet } from './dedupe.js';
@@ -51,7 +51,7 @@ export interface Ask {
   header?: string;
   requestId: string;
   what: string;
-  /** the conversation's turn (arrival order): released once the request is handed to the manager */
+  /** the conversation's turn (arrival order): released once the request has its place in the queue (its first event) */
   turn?: ArrivalTurn;
 }
 
@@ -146,9 +146,8 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       signal,
       requestId: a.requestId,
     };
-    const events = restartNotice(ctx.manager.handle(req), () => ctx.closing());
-    // The request has its place in the manager's queue: the thread's next request may go on.
-    a.turn?.release();
+    // Once the request has its place in the conversation's queue (its first event), the thread's next request may go on.
+    const events = restartNotice(releasedAtFirst(ctx.manager.handle(req), a.turn), () => ctx.closing());
     await onAnswerEvents(events, {
       queued: (ev) => {
         if (ev.position > 0) reply.status(`_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_`);

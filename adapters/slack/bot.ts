@@ -85,14 +85,19 @@ export class SlackBot {
     };
     // A request waits for the one before it in its thread at most this long (that one's download has its own
     // timeout; Web API calls before it are retried for a while).
-    this.order = new ArrivalOrder(downloadTimeoutMs + 60_000, (k) =>
-      this.log(`slack: a request in ${k} waited too long for the one before it in its thread; answering it now`),
+    this.order = new ArrivalOrder(
+      downloadTimeoutMs + 60_000,
+      (k) => this.log(`slack: a request in ${k} waited too long for the one before it in its thread; answering it now`),
+      opts.arrivalOrder,
     );
   }
 
-  /** Requests of one conversation (a thread; a whole DM) keep the order in which Slack delivered their events. */
+  /**
+   * Requests of one conversation (a thread; a whole DM) keep the order in which Slack delivered their events (and,
+   * between front ends, the order of their ts).
+   */
   private orderKey(team: string, channel: string, thread: string): string {
-    return `${team}:${channel}:${isDirectMessage(channel) ? channel : thread}`;
+    return `slack:${team}:${channel}:${isDirectMessage(channel) ? channel : thread}`;
   }
 
   register(): void {
@@ -109,7 +114,7 @@ export class SlackBot {
       const ev = b.event;
       const turn =
         candidate && ev?.channel && (ev.thread_ts ?? ev.ts)
-          ? this.order.take(this.orderKey(teamOf(body), ev.channel, (ev.thread_ts ?? ev.ts)!))
+          ? this.order.take(this.orderKey(teamOf(body), ev.channel, (ev.thread_ts ?? ev.ts)!), ev.ts)
           : undefined;
       if (turn) context[TURN] = turn;
       try {
@@ -163,7 +168,9 @@ export class SlackBot {
         const s = shortcut as unknown as ShortcutPayload;
         const thread = s.message?.thread_ts ?? s.message?.ts;
         const turn =
-          s.channel?.id && thread ? this.order.take(this.orderKey(s.team?.id ?? s.user?.team_id ?? '', s.channel.id, thread)) : undefined;
+          s.channel?.id && thread
+            ? this.order.take(this.orderKey(s.team?.id ?? s.user?.team_id ?? '', s.channel.id, thread), s.action_ts)
+            : undefined;
         try {
           await ack();
         } catch (err) {

@@ -19,6 +19,8 @@ export interface MessageLike {
 
 export interface ShortcutPayload {
   callback_id?: string;
+  /** when the shortcut was used (a Slack ts) */
+  action_ts?: string;
   channel?: { id?: string };
   user?: { id?: string; team_id?: string };
   team?: { id?: string } | null;

@@ -21,6 +21,7 @@
 import { startSlackAdapter } from './app.js';
 import { slackOptionsFromEnv, type SlackConversationManager } from './options.js';
 import type { RateLimiterFactory } from '../shared/rate-limit.js';
+import type { SharedArrivalOrder } from '../shared/arrival-order.js';
 
 export { startSlackAdapter } from './app.js';
 export {
@@ -44,12 +45,14 @@ export async function startSlack(ctx: {
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
   rateLimiter?: RateLimiterFactory;
+  arrivalOrder?: SharedArrivalOrder;
 }): Promise<{ name: string; url?: string; close(): Promise<void> }> {
   const adapter = await startSlackAdapter({
     ...slackOptionsFromEnv(ctx.env),
     manager: ctx.manager,
     log: ctx.log,
     ...(ctx.rateLimiter ? { rateLimiter: ctx.rateLimiter } : {}),
+    ...(ctx.arrivalOrder ? { arrivalOrder: ctx.arrivalOrder } : {}),
   });
   return { name: 'slack', ...(adapter.url ? { url: adapter.url } : {}), close: () => adapter.close() };
 }

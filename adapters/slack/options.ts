@@ -2,6 +2,7 @@
 // the one error a misconfiguration raises (its message names the variable to fix).
 import type { ConversationPort } from '../shared/port.js';
 import { rateLimitFromEnv, type RateLimiterFactory, type RateLimitSetting } from '../shared/rate-limit.js';
+import type { SharedArrivalOrder } from '../shared/arrival-order.js';
 import type Keyv from 'keyv';
 
 /**
@@ -52,6 +53,8 @@ export interface SlackAdapterOptions {
   rateLimit?: RateLimitSetting;
   /** where the limit's counts live (default: this process; front ends on Redis share them) */
   rateLimiter?: RateLimiterFactory;
+  /** where front ends on Redis keep the order of a thread's messages between them (default: this process only) */
+  arrivalOrder?: SharedArrivalOrder;
 }
 
 export interface SlackAdapter {

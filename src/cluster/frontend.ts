@@ -10,6 +10,7 @@ import { conversationId } from '../conversation/store.js';
 import { ConversationStore } from '../conversation/store.js';
 import { EventChannel } from '../conversation/scheduler.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
+import { RedisArrivalOrder } from './arrival-order.js';
 import type {
   AnswerEvent,
   ConversationKey,
@@ -65,6 +66,8 @@ export class RemoteConversations implements ConversationPort {
    * requests over in arrival order; a forget right after a question must not overtake it).
    */
   private readonly enqueueing = new KeyedMutex();
+  /** this front end, among others on the same Redis */
+  private readonly owner = randomBytes(8).toString('hex');
   private closing = false;
 
   constructor(private readonly opts: RemoteConversationsOptions) {
@@ -147,6 +150,11 @@ export class RemoteConversations implements ConversationPort {
   /** A per-user limit shared by every front end (counted in Redis). */
   rateLimiter(scope: string, max: number, windowMs: number): RedisRateLimiter {
     return new RedisRateLimiter(this.redis, scope, max, windowMs, this.log);
+  }
+
+  /** where front ends keep the order of a conversation's events between them (Slack's threads) */
+  arrivalOrder(): RedisArrivalOrder {
+    return new RedisArrivalOrder(this.redis, { owner: this.owner, log: this.log });
   }
 
   /** where this front end holds its Discord shards, so that no other connects them too */

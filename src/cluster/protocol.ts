@@ -39,6 +39,8 @@ export const keys = {
   pending: `${PREFIX}pending`,
   /** the worker that holds a conversation's KV cache */
   affinity: (convId: string) => `${PREFIX}affinity:${convId}`,
+  /** the turns of a conversation's events that front ends received and have not numbered yet, scored by their place (arrival-order.ts) */
+  arrivals: (key: string) => `${PREFIX}arrivals:${key}`,
   /** the Discord shards of one bot (a digest of its token) held by front ends */
   discordShards: (bot: string) => `${PREFIX}discord-shards:${bot}`,
 } as const;

@@ -129,6 +129,7 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
         specs: opts.adapters ?? PLATFORM_ADAPTERS,
         rateLimiter,
         shardLeases,
+        arrivalOrder: manager.arrivalOrder(),
         ...(metrics ? { metrics } : {}),
       },
       adapters,

@@ -2,7 +2,7 @@
 // image is slow to download must not be overtaken by the text-only follow-ups sent right after it in the same
 // thread. Real discord.js / Bolt against the fake platforms, the real manager and the demo package (forced answer).
 import { describe, expect, it } from 'vitest';
-import { ArrivalOrder } from '../../adapters/shared/arrival-order.js';
+import { ArrivalOrder, releasedAtFirst } from '../../adapters/shared/arrival-order.js';
 import type { ApiMessage } from '../discord/fake-discord.js';
 import { answered, testPng, useStack } from '../discord/helpers.js';
 import { squarePng, startSlack, textReplies, useSlackStack, waitForAnswers } from '../slack/helpers.js';
@@ -52,6 +52,35 @@ describe("ArrivalOrder (the adapters' per-conversation turns)", () => {
     await third.ready();
     expect(Date.now() - t1).toBeLessThan(150);
     third.release();
+  });
+
+  it("releasedAtFirst: the next turn goes on at the request's first event (a front end has numbered it then), or its end", async () => {
+    const order = new ArrivalOrder(10_000);
+    const mine = order.take('t');
+    const next = order.take('t');
+    await mine.ready();
+    let goOn = false;
+    void next.ready().then(() => (goOn = true));
+    async function* numberedLate() {
+      await sleep(150); // a front end checking workers and taking the request's number
+      yield 'queued';
+      yield 'started';
+    }
+    const events = releasedAtFirst(numberedLate(), mine)[Symbol.asyncIterator]();
+    const first = events.next();
+    await sleep(100);
+    expect(goOn).toBe(false);
+    expect((await first).value).toBe('queued');
+    await sleep(0);
+    expect(goOn).toBe(true);
+    next.release();
+    // a stream that ends without an event releases too
+    const last = order.take('u');
+    const after = order.take('u');
+    await last.ready();
+    for await (const _ of releasedAtFirst((async function* () {})(), last));
+    await after.ready();
+    after.release();
   });
 });
 

@@ -1,0 +1,86 @@
+// A Slack thread's messages reaching two front ends: a user sends a new image in a bot thread and, right after, a
+// question about it; Slack delivers the first to one front end (whose download of the image is slow) and the second
+// to another. The question is answered after the image is in the conversation, as in one process. A real
+// redis-server on a free loopback port, the real cluster worker and two front ends as `serve --role frontend` starts
+// them (each a Bolt app over HTTP on RemoteConversations) in this process, the fake Slack sending each event to one
+// of them, the demo model.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager, createStore } from '../../src/conversation/index.js';
+import { serveFrontend, type RunningFrontend } from '../../src/cluster/serve.js';
+import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
+import { slackKey } from '../../adapters/slack/answer.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { FakeSlack } from '../slack/fake-slack.js';
+import { squarePng, textReplies } from '../slack/helpers.js';
+
+const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
+const FORCED = 'a square on a plain background';
+
+let redis: TestRedis;
+let model: MiniGPT;
+let manager: ConversationManager;
+let worker: ClusterWorker;
+const frontEnds: RunningFrontend[] = [];
+let fake: FakeSlack;
+
+beforeAll(async () => {
+  redis = await startRedis();
+  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: FORCED });
+  manager = new ConversationManager({ model, store: await createStore(redis.url), defaults: { maxNewTokens: 40, temperature: 0 } });
+  worker = await startClusterWorker({
+    redisUrl: redis.url,
+    manager,
+    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
+    lockMs: 2000,
+  });
+  fake = await FakeSlack.start();
+  const env = {
+    REDIS_URL: redis.url,
+    SLACK_BOT_TOKEN: fake.botToken,
+    SLACK_SIGNING_SECRET: fake.signingSecret,
+    SLACK_PORT: '0',
+    SLACK_API_URL: fake.apiUrl,
+    DISCORD_TOKEN: '',
+  };
+  for (let i = 0; i < 2; i++) frontEnds.push(await serveFrontend({ env, log: () => {} }));
+}, 60_000);
+
+afterAll(async () => {
+  for (const fe of frontEnds) await fe.close();
+  await fake?.close();
+  await worker?.close();
+  await manager?.close();
+  await model?.close();
+  await redis?.cleanup();
+});
+
+/** Sends what `send` sends to front end `i` (the fake posts each event to the app at its appUrl). */
+function to<T>(i: number, send: () => Promise<T>): Promise<T> {
+  fake.appUrl = frontEnds[i]!.adapters.find((a) => a.name === 'slack')!.url!.replace('localhost', '127.0.0.1');
+  return send();
+}
+
+describe('Slack on two front ends', () => {
+  it("answers a thread's messages in the order they were sent when they reach different front ends", async () => {
+    const first = fake.addFile({ name: 'first.png', data: await squarePng(80, 60), mimetype: 'image/png' });
+    const { msg: ask } = await to(0, () => fake.mention('C1', { text: 'what is this?', files: [first] }));
+    await fake.waitFor(() => textReplies(fake, 'C1', ask.ts).find((m) => m.text === FORCED), 30_000, 'the first answer');
+    const key = slackKey(fake.teamId, 'C1', ask.ts);
+    const before = (await frontEnds[0]!.manager.history(key))!.image.hash;
+
+    // a new image, whose download takes a while, to the first front end; right after, a question to the second
+    const second = fake.addFile({ name: 'second.png', data: await squarePng(64, 96), mimetype: 'image/png' });
+    fake.fileDelays.set(second.id, 1500);
+    await to(0, () => fake.reply('C1', ask.ts, { text: 'here is another one', files: [second] }));
+    await to(1, () => fake.reply('C1', ask.ts, { text: 'and what colour is it?' }));
+
+    await fake.waitFor(() => textReplies(fake, 'C1', ask.ts).filter((m) => m.text === FORCED).length === 3, 30_000, 'both answered');
+    // (a new image starts the conversation's history anew: asked before it, the question would be its first turn's)
+    const state = (await frontEnds[1]!.manager.history(key))!;
+    expect(state.turns.map((t) => t.user)).toEqual(['here is another one', 'and what colour is it?']);
+    expect(state.image.hash).not.toBe(before);
+    expect(state.image).toMatchObject({ width: 64, height: 96 });
+  }, 90_000);
+});
