@@ -8,10 +8,12 @@
 //   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
 //                                           on it for follow-ups (interactions.ts)
 //   the bot removed from a server        -> the server's conversations forgotten
+//   a bot thread or a channel deleted    -> its conversations forgotten
 import {
   Events,
   ThreadAutoArchiveDuration,
   type Client,
+  type AnyThreadChannel,
   type Guild,
   type Message,
   type SendableChannels,
@@ -158,6 +160,10 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     // discord.js emits GuildDelete only when the bot was removed (kicked, left, the server deleted); a server's
     // outage comes as GuildUnavailable, and its conversations stay.
     client.on(Events.GuildDelete, (g) => this.track('guild removal', () => this.onRemoved(g)));
+    client.on(Events.ThreadDelete, (t) => this.track('thread deletion', () => this.onThreadDeleted(t)));
+    client.on(Events.ChannelDelete, (c) => {
+      if ('guildId' in c) this.track('channel deletion', () => this.onChannelDeleted(c.guildId, c.id));
+    });
   }
 
   get botId(): string {
@@ -204,6 +210,22 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
         ? `discord: removed from server ${server}; its conversations cannot be listed in this store and go after the retention time`
         : `discord: removed from server ${server}: ${n} conversation${n === 1 ? '' : 's'} forgotten`,
     );
+  }
+
+  /**
+   * A thread the bot started was deleted: its conversation goes with it (whoever deleted it could see and remove the
+   * whole exchange). discord.js reports threads it has in its cache: those active since the bot connected.
+   */
+  private async onThreadDeleted(thread: AnyThreadChannel): Promise<void> {
+    if (!thread.parentId || !(this.botThreads.has(thread.id) || thread.ownerId === this.botId)) return;
+    const key: ConversationKey = { platform: 'discord', workspace: thread.guildId, channel: thread.parentId, thread: thread.id };
+    if ((await this.manager.reset(key)) === 'forgotten') this.log(`discord: thread ${thread.id} was deleted: its conversation forgotten`);
+  }
+
+  /** A channel was deleted: the conversations of its threads (and answers given in it) go with it. */
+  private async onChannelDeleted(guildId: string, channelId: string): Promise<void> {
+    const n = await this.manager.forgetWorkspace('discord', guildId, channelId);
+    if (n) this.log(`discord: channel ${channelId} was deleted: ${n} conversation${n === 1 ? '' : 's'} forgotten`);
   }
 
   /** Whether the bot answers here (allowed guilds and channels; a thread counts as its parent channel; DMs). */

@@ -16,8 +16,11 @@ export interface ConversationPort {
   /** forgets the conversation after its earlier requests (with `by`: only if that user took part in it) */
   reset(key: ConversationKey, opts?: ResetOptions): Promise<ResetOutcome>;
   history(key: ConversationKey): Promise<ConversationState | null>;
-  /** forgets every conversation of a platform's workspace (the app was removed there); how many, if the store can be walked */
-  forgetWorkspace(platform: ConversationKey['platform'], workspace: string): Promise<number | undefined>;
+  /**
+   * forgets every conversation of a platform's workspace (the app was removed there) or, with `channel`, of one of its
+   * channels (deleted); how many, if the store can be walked
+   */
+  forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined>;
   /** the conversation store (STORE_URL): adapters keep their own marks there (Slack's handled events) */
   readonly store: Keyv;
 }

@@ -6,8 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import type Keyv from 'keyv';
-import { conversationId } from '../conversation/store.js';
-import { ConversationStore } from '../conversation/store.js';
+import { ConversationStore, conversationId, inPlace } from '../conversation/store.js';
 import { EventChannel } from '../conversation/scheduler.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
 import { RedisArrivalOrder } from './arrival-order.js';
@@ -135,11 +134,11 @@ export class RemoteConversations implements ConversationPort {
   }
 
   /**
-   * Forgets every conversation of a platform's workspace in the shared store (the workers' KV caches of them are
-   * of no use without it: a follow-up there has no image).
+   * Forgets every conversation of a platform's workspace (or, with `channel`, of one of its channels) in the shared
+   * store (the workers' KV caches of them are of no use without it: a follow-up there has no image).
    */
-  async forgetWorkspace(platform: ConversationKey['platform'], workspace: string): Promise<number | undefined> {
-    return (await this.repo.forgetWhere((s) => s.key.platform === platform && s.key.workspace === workspace))?.length;
+  async forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined> {
+    return (await this.repo.forgetWhere(inPlace(platform, workspace, channel)))?.length;
   }
 
   /** The stored conversation, read from the shared store. */

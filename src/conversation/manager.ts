@@ -10,7 +10,7 @@ import { KvCacheLru, type CachedContext, type KvCacheStats } from '../inference/
 import type { GenerationOptions } from '../inference/generation/index.js';
 import { ImageInputError } from '../image/preprocess.js';
 import { annotateImage, type AnnotateOptions } from '../image/annotate.js';
-import { ConversationStore, STORE_NAMESPACE, StoreUnavailableError, conversationId, sha256Hex } from './store.js';
+import { ConversationStore, STORE_NAMESPACE, StoreUnavailableError, conversationId, inPlace, sha256Hex } from './store.js';
 import { EventChannel, FairScheduler } from './scheduler.js';
 import { markersFor, userTurn, type UserTurn } from './text.js';
 import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } from './image-input.js';
@@ -230,11 +230,12 @@ export class ConversationManager {
   }
 
   /**
-   * Forgets every stored conversation of a platform's workspace (the app was removed there), with the images no other
-   * conversation uses, and their KV caches. How many; undefined for a store that cannot be walked.
+   * Forgets every stored conversation of a platform's workspace (the app was removed there) or, with `channel`, of one
+   * of its channels (the channel was deleted), with the images no other conversation uses, and their KV caches. How
+   * many; undefined for a store that cannot be walked.
    */
-  async forgetWorkspace(platform: ConversationKey['platform'], workspace: string): Promise<number | undefined> {
-    const gone = await this.repo.forgetWhere((s) => s.key.platform === platform && s.key.workspace === workspace);
+  async forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined> {
+    const gone = await this.repo.forgetWhere(inPlace(platform, workspace, channel));
     for (const id of gone ?? []) this.contexts.delete(id);
     return gone?.length;
   }

@@ -402,3 +402,8 @@ async function* keysWithoutExpiry(redis: RawRedis, pattern: string): AsyncGenera
     for (const [i, key] of keys.entries()) if (Number(ttls[i]) === -1) yield key;
   }
 }
+
+/** Picks the conversations of a platform's workspace (with `channel`: of that channel, its threads included). */
+export function inPlace(platform: ConversationKey['platform'], workspace: string, channel?: string): (state: ConversationState) => boolean {
+  return (s) => s.key.platform === platform && s.key.workspace === workspace && (channel === undefined || s.key.channel === channel);
+}

@@ -129,7 +129,7 @@ export class BotMetrics {
       store: port.store,
       handle: (req) => this.observe(req, port.handle(req)),
       history: (key) => port.history(key),
-      forgetWorkspace: (platform, workspace) => port.forgetWorkspace(platform, workspace),
+      forgetWorkspace: (platform, workspace, channel) => port.forgetWorkspace(platform, workspace, channel),
       reset: async (key, opts) => {
         try {
           const outcome = await port.reset(key, opts);

@@ -543,3 +543,40 @@ describe('the bot removed from a server', () => {
     expect(await s.manager.history(homeKey)).not.toBeNull();
   });
 });
+
+describe('a bot thread or a channel deleted', () => {
+  const keyOf = (guild: string, channel: string, thread: string) => ({ platform: 'discord' as const, workspace: guild, channel, thread });
+  let width = 150; // (each conversation an image of its own)
+  async function conversation(channel: string, name: string, guild = s.w.guildId) {
+    const msg = s.fake.postMessage(channel, s.w.alice, `about ${name}`, {
+      attachments: [s.fake.addAttachment(`${name}.png`, await testPng(width++, 45), 'image/png')],
+      mentionBot: true,
+    });
+    expect(await answered(logs, msg.id)).not.toMatch(/error/);
+    const key = keyOf(guild, channel, msg.id);
+    return { thread: msg.id, key, hash: (await s.manager.history(key))!.image.hash };
+  }
+
+  it('a deleted bot thread takes its conversation and image with it', async () => {
+    const c = await conversation(s.w.general, 'gone');
+    const other = await conversation(s.w.general, 'kept');
+    s.fake.deleteChannel(c.thread);
+    await until(() => logs.includes(`discord: thread ${c.thread} was deleted: its conversation forgotten`), 'the deletion to be handled');
+    expect(await s.manager.history(c.key)).toBeNull();
+    expect(await s.manager.store.get(`img:${c.hash}`)).toBeUndefined();
+    expect(await s.manager.history(other.key)).not.toBeNull();
+  });
+
+  it("a deleted channel takes the conversations of its threads; the server's other channels keep theirs", async () => {
+    const server = s.fake.joinGuild('third', ['deleted', 'kept']);
+    const [deleted, kept] = server.channelIds as [string, string];
+    const a = await conversation(deleted, 'first', server.guildId);
+    const b = await conversation(deleted, 'second', server.guildId);
+    const c = await conversation(kept, 'third', server.guildId);
+    s.fake.deleteChannel(deleted);
+    await until(() => logs.includes(`discord: channel ${deleted} was deleted: 2 conversations forgotten`), 'the deletion to be handled');
+    expect(await s.manager.history(a.key)).toBeNull();
+    expect(await s.manager.history(b.key)).toBeNull();
+    expect(await s.manager.history(c.key)).not.toBeNull();
+  });
+});

@@ -306,6 +306,19 @@ export class FakeDiscord {
     for (const [id, c] of this.channels) if (c.guild_id === guildId) this.channels.delete(id);
   }
 
+  /** A channel or thread deleted (by a user): THREAD_DELETE for a thread, else CHANNEL_DELETE (with its threads gone too). */
+  deleteChannel(id: string): void {
+    const c = this.channels.get(id);
+    if (!c) throw new Error(`no channel ${id}`);
+    this.channels.delete(id);
+    if (c.type === 11) {
+      this.dispatch('THREAD_DELETE', { id, guild_id: c.guild_id, parent_id: c.parent_id, type: c.type });
+      return;
+    }
+    for (const [tid, t] of this.channels) if (t.parent_id === id) this.channels.delete(tid);
+    this.dispatch('CHANNEL_DELETE', c);
+  }
+
   /** A server back after an outage: GUILD_CREATE again. */
   available(guildId: string): void {
     this.dispatch('GUILD_CREATE', this.guildCreate(guildId));

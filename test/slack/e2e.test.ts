@@ -53,7 +53,7 @@ function paced(inner: ConversationManager, ms: number): SlackConversationManager
     store: inner.store,
     history: (key) => inner.history(key),
     reset: (key) => inner.reset(key),
-    forgetWorkspace: (platform, workspace) => inner.forgetWorkspace(platform, workspace),
+    forgetWorkspace: (platform, workspace, channel) => inner.forgetWorkspace(platform, workspace, channel),
     async *handle(req) {
       for await (const ev of inner.handle(req)) {
         if (ev.type === 'text') await sleep(ms);
