@@ -29,10 +29,13 @@ import {
   keys,
   HEARTBEAT_TTL_MS,
   PENDING_TTL_MS,
+  PROTOCOL,
+  protocolOf,
   workerQueueName,
   type JobData,
   type WorkerInfo,
 } from './protocol.js';
+import { tookPart } from '../conversation/turn.js';
 
 export interface RemoteConversationsOptions {
   redisUrl: string;
@@ -65,6 +68,8 @@ export class RemoteConversations implements ConversationPort {
    * requests over in arrival order; a forget right after a question must not overtake it).
    */
   private readonly enqueueing = new KeyedMutex();
+  /** workers of an earlier protocol already logged */
+  private readonly warnedOlder = new Set<string>();
   /** this front end, among others on the same Redis */
   private readonly owner = randomBytes(8).toString('hex');
   private closing = false;
@@ -118,6 +123,12 @@ export class RemoteConversations implements ConversationPort {
    */
   async reset(key: ConversationKey, opts: ResetOptions = {}): Promise<ResetOutcome> {
     const convId = conversationId(key);
+    if (opts.by !== undefined && this.olderWorkers(await listWorkers(this.redis)) > 0) {
+      // A worker of an earlier version would forget whatever `by` says: decided here too, from the store as it is
+      // (not after the requests queued before it).
+      const state = await this.repo.getConversation(convId);
+      if (state && !tookPart(state, opts.by)) return 'not_allowed';
+    }
     const jobId = `x${randomBytes(12).toString('hex')}`;
     const by = opts.by !== undefined ? { by: opts.by } : {};
     await this.enqueueing.run(convId, async () => {
@@ -139,6 +150,19 @@ export class RemoteConversations implements ConversationPort {
    */
   async forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined> {
     return (await this.repo.forgetWhere(inPlace(platform, workspace, channel)))?.length;
+  }
+
+  /** How many of `workers` are of an earlier protocol than this front end's; each is logged once. */
+  private olderWorkers(workers: readonly WorkerInfo[]): number {
+    const older = workers.filter((w) => protocolOf(w) < PROTOCOL);
+    for (const w of older) {
+      if (this.warnedOlder.has(w.id)) continue;
+      this.warnedOlder.add(w.id);
+      this.log(
+        `frontend: worker ${w.id} (${w.host}, pid ${w.pid}) is of an earlier version (protocol ${protocolOf(w)}, this front end's ${PROTOCOL}): upgrade workers with or before front ends; until then this front end decides who may forget a conversation from the store as it is`,
+      );
+    }
+    return older.length;
   }
 
   /** The stored conversation, read from the shared store. */
@@ -256,6 +280,7 @@ export class RemoteConversations implements ConversationPort {
     try {
       const workers = await listWorkers(this.redis);
       if (workers.length === 0) return { code: 'unavailable', message: NO_WORKER };
+      this.olderWorkers(workers);
       // Counted and checked in one step, so that requests arriving together at several front ends cannot all
       // pass the check before any of them is counted.
       const now = Date.now();

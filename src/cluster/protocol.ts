@@ -23,6 +23,12 @@ import type {
 } from '../conversation/index.js';
 
 export const QUEUE_NAME = 'minigpt-answers';
+/**
+ * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 2, a reset job decides its
+ * `by` (whether that user took part) and says what it did (a `reset` event); 1 (no `protocol` in the heartbeat,
+ * workers before 2026-12-06): it forgets whatever `by` says and says nothing.
+ */
+export const PROTOCOL = 2;
 /** A worker's own queue: follow-ups of the conversations whose KV cache it holds. */
 export const workerQueueName = (workerId: string) => `${QUEUE_NAME}@${workerId}`;
 export const PREFIX = 'minigpt:';
@@ -126,4 +132,11 @@ export interface WorkerInfo {
   running: number;
   /** jobs finished since start */
   finished: number;
+  /** PROTOCOL of the worker (absent: 1) */
+  protocol?: number;
+}
+
+/** A worker's protocol (a heartbeat without one is from before protocols were numbered: 1). */
+export function protocolOf(w: WorkerInfo): number {
+  return typeof w.protocol === 'number' ? w.protocol : 1;
 }

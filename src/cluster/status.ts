@@ -4,7 +4,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { listWorkers } from './frontend.js';
 import { listShardHolders, type ShardHolder } from './shard-lease.js';
-import { QUEUE_NAME, workerQueueName, type WorkerInfo } from './protocol.js';
+import { PROTOCOL, QUEUE_NAME, protocolOf, workerQueueName, type WorkerInfo } from './protocol.js';
 
 export interface QueueCounts {
   waiting: number;
@@ -60,7 +60,7 @@ export function statusText(s: ClusterStatus): string {
   ];
   for (const w of s.workers) {
     lines.push(
-      `  ${w.id}  ${w.model} (${w.architecture}, ${w.provider})  running ${w.running}, finished ${w.finished}, own queue ${w.queue.waiting} waiting  since ${w.startedAt}`,
+      `  ${w.id}  ${w.model} (${w.architecture}, ${w.provider})  running ${w.running}, finished ${w.finished}, own queue ${w.queue.waiting} waiting  since ${w.startedAt}${protocolOf(w) < PROTOCOL ? `  (an earlier version: protocol ${protocolOf(w)}, upgrade it)` : ''}`,
     );
   }
   for (const d of s.discord)

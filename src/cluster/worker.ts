@@ -13,6 +13,7 @@ import {
   EVENTS_TTL_S,
   HEARTBEAT_MS,
   HEARTBEAT_TTL_MS,
+  PROTOCOL,
   QUEUE_NAME,
   decodeRequest,
   encodeEvent,
@@ -87,6 +88,7 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
       startedAt,
       running: running.size,
       finished,
+      protocol: PROTOCOL,
     };
     await redis.set(keys.worker(id), JSON.stringify(info), 'PX', HEARTBEAT_TTL_MS).catch(() => {});
   };

@@ -17,7 +17,7 @@ import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } 
 import { PromptBudget } from './budget.js';
 import { generationOptions } from './generation-settings.js';
 import { entitiesToDraw } from './annotation.js';
-import { finalEvent, isParticipant, storedTurn, threadState, type FinalEvent } from './turn.js';
+import { finalEvent, storedTurn, threadState, tookPart, type FinalEvent } from './turn.js';
 import { turnSummary, turnTimings, type TurnCosts } from './report.js';
 import { CANCELLED, Failure } from './failure.js';
 import { generate, type ModelImages } from './generate.js';
@@ -586,15 +586,6 @@ export class ConversationManager {
 /** Where a stateless conversation's KV cache is kept: by its image and its exchanges, as the client sends them. */
 function statelessContextId(imageHash: string | undefined, turns: readonly PriorTurn[]): string {
   return `stateless:${sha256Hex(new TextEncoder().encode(JSON.stringify([imageHash ?? null, turns.map((t) => [t.user, t.assistant.trim()])])))}`;
-}
-
-/**
- * Whether `user` took part in the conversation: a turn of theirs, or they sent its image (no `user`: anyone; a
- * conversation stored without turns or sender: anyone's).
- */
-function tookPart(state: ConversationState, user: string | undefined): boolean {
-  if (user === undefined || isParticipant(state, user)) return true;
-  return state.turns.length === 0 && state.image.by === undefined;
 }
 
 function checkKey(key: ConversationKey | undefined): ConversationKey {

@@ -80,3 +80,12 @@ export function threadState(opts: {
 export function isParticipant(state: ConversationState, user: string): boolean {
   return state.image.by === user || state.turns.some((t) => t.by === user);
 }
+
+/**
+ * Whether `user` took part in the conversation: a turn of theirs, or they sent its image (no `user`: anyone; a
+ * conversation stored without turns or sender: anyone's).
+ */
+export function tookPart(state: ConversationState, user: string | undefined): boolean {
+  if (user === undefined || isParticipant(state, user)) return true;
+  return state.turns.length === 0 && state.image.by === undefined;
+}
