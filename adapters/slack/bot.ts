@@ -223,6 +223,19 @@ export class SlackBot {
       });
     });
 
+    // A channel was deleted (optional events: channel_deleted, group_deleted): its threads' conversations go with it.
+    for (const type of ['channel_deleted', 'group_deleted'] as const) {
+      app.event(type, async ({ event, body }) => {
+        const team = teamOf(body);
+        const channel = (event as { channel?: unknown }).channel;
+        if (typeof channel !== 'string') return;
+        this.spawn(type, async () => {
+          const n = await this.manager.forgetWorkspace('slack', team, channel);
+          if (n) this.log(`slack: channel ${channel} was deleted: ${n} conversation${n === 1 ? '' : 's'} forgotten`);
+        });
+      });
+    }
+
     app.error(async (err) => {
       this.log(`slack: error while handling a request: ${describeSlackError(err)}`);
     });

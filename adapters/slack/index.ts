@@ -9,6 +9,7 @@
 //   "Forget this conversation" -> the thread's (the DM's) conversation deleted, for a participant or an admin
 //   Stop button                -> the answer being written stops (the asker, or a workspace admin)
 //   app_uninstalled            -> the workspace's conversations forgotten
+//   channel_deleted, group_deleted -> the channel's conversations forgotten
 //
 // HTTP mode (Bolt's HTTPReceiver on `/slack/events`, signatures verified) when a signing secret is given,
 // Socket Mode when an app token is given. Every event is acknowledged at once and claimed by its event id

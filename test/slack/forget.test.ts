@@ -2,7 +2,8 @@
 // Slack, the real ConversationManager and the demo model. Someone who took part (or a workspace admin, per
 // users.info) deletes the thread's image and history; anyone else is told no, privately, in the thread; it waits
 // for the requests sent in the thread before it; without the users:read scope admins are refused and the log says
-// which scope is missing. And app_uninstalled: the workspace's conversations all go.
+// which scope is missing. And app_uninstalled: the workspace's conversations all go; channel_deleted and
+// group_deleted: the channel's.
 import { describe, expect, it } from 'vitest';
 import { slackKey as keyOf } from '../../adapters/slack/answer.js';
 import type { FakeMessage } from './fake-slack.js';
@@ -103,5 +104,20 @@ describe('slack: "Forget this conversation"', () => {
     expect(s.logs.filter((l) => l.includes('users:read'))).toEqual([
       "slack: the app lacks the users:read scope, so workspace admins cannot stop or forget others' answers (add the scope and reinstall the app)",
     ]);
+  });
+
+  it("channel_deleted, group_deleted: the deleted channel's conversations are forgotten, other channels' stay", async () => {
+    const [a, b] = [await asked('C61'), await asked('C61')];
+    const kept = await asked('C62');
+    const secret = await asked('G63');
+    expect((await s.fake.sendEvent({ type: 'channel_deleted', channel: 'C61' })).status).toBe(200);
+    await s.fake.waitFor(() => s.logs.includes('slack: channel C61 was deleted: 2 conversations forgotten'), 10_000, 'the log line');
+    expect(await s.manager.history(slackKey('C61', a.ts))).toBeNull();
+    expect(await s.manager.history(slackKey('C61', b.ts))).toBeNull();
+    expect(await s.manager.history(slackKey('C62', kept.ts))).not.toBeNull();
+    expect((await s.fake.sendEvent({ type: 'group_deleted', channel: 'G63' })).status).toBe(200);
+    await s.fake.waitFor(() => s.logs.includes('slack: channel G63 was deleted: 1 conversation forgotten'), 10_000, 'the log line');
+    expect(await s.manager.history(slackKey('G63', secret.ts))).toBeNull();
+    expect(await s.manager.history(slackKey('C62', kept.ts))).not.toBeNull();
   });
 });
