@@ -1,7 +1,8 @@
 // `minigpt forget`: an operator deletes from the conversation store every conversation of one user (each in which
 // they took part) or of a whole workspace, with the images nobody else uses: a user's request to be forgotten, a
 // workspace that removed the app. Works on the store a running bot uses (SQLite file, Redis).
-import { ConversationStore, createStore, redactUrl } from '../conversation/store.js';
+import { ConversationStore, createStore, redactUrl, type Forgotten } from '../conversation/store.js';
+import { keys } from '../cluster/protocol.js';
 import type { ConversationState } from '../conversation/index.js';
 import { isParticipant } from '../conversation/turn.js';
 
@@ -61,8 +62,10 @@ export async function runForget(
   const url = storeUrlFor(o.store, env);
   const kv = await createStore(url);
   try {
-    const n = (await new ConversationStore(kv).forgetWhere((state) => matches(sel, state), { dryRun: o.dryRun }))?.length;
-    if (n === undefined) throw new ForgetUsageError(`the store ${redactUrl(url)} cannot be walked`);
+    const gone = await new ConversationStore(kv).forgetWhere((state) => matches(sel, state), { dryRun: o.dryRun });
+    if (gone === undefined) throw new ForgetUsageError(`the store ${redactUrl(url)} cannot be walked`);
+    if (!o.dryRun && gone.conversations.length > 0) await tellWorkers(url, gone);
+    const n = gone.conversations.length;
     const whose = o.user !== undefined ? `user ${o.user}` : `workspace ${o.workspace}`;
     const plural = n === 1 ? '' : 's';
     out(
@@ -73,5 +76,24 @@ export async function runForget(
     return n;
   } finally {
     await kv.disconnect();
+  }
+}
+
+/**
+ * Workers on the store's Redis drop what they derived from the forgotten conversations (KV caches, image embeddings;
+ * src/cluster/worker.ts). A SQLite store's bot keeps its caches in its memory, where nothing can reach them: they are
+ * of no use without the stored conversation (a follow-up there has no image) and go as new ones push them out.
+ */
+async function tellWorkers(url: string, gone: Forgotten): Promise<void> {
+  if (!/^rediss?:/.test(url)) return;
+  const { Redis } = await import('ioredis');
+  const redis = new Redis(url, { maxRetriesPerRequest: 1, connectTimeout: 5000, lazyConnect: true });
+  redis.on('error', () => {});
+  try {
+    await redis.publish(keys.forgotten, JSON.stringify(gone));
+  } catch {
+    // (the store's deletion is done; a worker's caches then go as new ones push them out)
+  } finally {
+    redis.disconnect();
   }
 }

@@ -37,4 +37,8 @@ export class RedisImageCache implements SharedImageCache {
     const body = Buffer.from(image.embeds.buffer, image.embeds.byteOffset, image.embeds.byteLength);
     await this.redis.set(this.key(hash), Buffer.concat([head, body]), 'EX', TTL_S);
   }
+
+  async delete(hash: string): Promise<void> {
+    await this.redis.del(this.key(hash));
+  }
 }

@@ -149,7 +149,10 @@ export class RemoteConversations implements ConversationPort {
    * store (the workers' KV caches of them are of no use without it: a follow-up there has no image).
    */
   async forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined> {
-    return (await this.repo.forgetWhere(inPlace(platform, workspace, channel)))?.length;
+    const gone = await this.repo.forgetWhere(inPlace(platform, workspace, channel));
+    // the workers drop what they derived from them (KV caches, image embeddings)
+    if (gone) await this.redis.publish(keys.forgotten, JSON.stringify(gone)).catch(() => {});
+    return gone?.conversations.length;
   }
 
   /** How many of `workers` are of an earlier protocol than this front end's; each is logged once. */

@@ -37,6 +37,8 @@ export const keys = {
   seq: (convId: string) => `${PREFIX}seq:${convId}`,
   done: (convId: string) => `${PREFIX}done:${convId}`,
   cancel: `${PREFIX}cancel`,
+  /** pub/sub: what a forget deleted (conversation ids, image hashes; JSON), so that every worker drops its caches of it */
+  forgotten: `${PREFIX}forgotten`,
   worker: (id: string) => `${PREFIX}worker:${id}`,
   workers: `${PREFIX}worker:*`,
   /** ids of workers that have their own queue (removed when one stops cleanly; a dead one's queue is adopted) */

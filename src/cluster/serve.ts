@@ -212,7 +212,14 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
     metricsServer = await startObserving(observe, metrics, async () => (worker ? worker.problems() : ['starting']), log);
     const started = await startClusterWorker({
       redisUrl,
-      manager: metrics ? { ...metrics.meter(mgr), keepImage: (req) => mgr.keepImage(req) } : mgr,
+      manager: metrics
+        ? {
+            ...metrics.meter(mgr),
+            keepImage: (req) => mgr.keepImage(req),
+            dropCaches: (f) => mgr.dropCaches(f),
+            onForgotten: (fn) => mgr.onForgotten(fn),
+          }
+        : mgr,
       model: { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider },
       concurrency: config.runtime.max_batch + 1,
       ...(lockMs ? { lockMs } : {}),

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { Queue, Worker, DelayedError, type Job, type WorkerOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { ConversationManager } from '../conversation/index.js';
+import type { Forgotten } from '../conversation/store.js';
 import { parseGrounding } from '../grounding/parse.js';
 import {
   AFFINITY_TTL_MS,
@@ -27,7 +28,7 @@ import {
 export interface ClusterWorkerOptions {
   redisUrl: string;
   /** the local conversations (a ConversationManager; or one whose requests are counted: BotMetrics.meter) */
-  manager: Pick<ConversationManager, 'handle' | 'history' | 'reset' | 'keepImage'>;
+  manager: Pick<ConversationManager, 'handle' | 'history' | 'reset' | 'keepImage' | 'dropCaches' | 'onForgotten'>;
   /** shown in heartbeats (`minigpt status`) */
   model: { name: string; architecture: string; provider: string };
   /** jobs taken at once (default: the manager's batch size + 1, so that the next one is ready) */
@@ -74,8 +75,23 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
   let finished = 0;
   const startedAt = new Date().toISOString();
 
-  await sub.subscribe(keys.cancel);
-  sub.on('message', (_channel: string, jobId: string) => running.get(jobId)?.abort());
+  await sub.subscribe(keys.cancel, keys.forgotten);
+  sub.on('message', (channel: string, message: string) => {
+    if (channel === keys.cancel) running.get(message)?.abort();
+    else if (channel === keys.forgotten) void dropForgotten(message);
+  });
+  // What this worker forgets (a reset job), every worker drops from its caches (another may hold the KV cache);
+  // so does what a front end or `minigpt forget` deleted from the store.
+  opts.manager.onForgotten((f) => void redis.publish(keys.forgotten, JSON.stringify(f)).catch(() => {}));
+  const dropForgotten = async (message: string) => {
+    try {
+      const f = JSON.parse(message) as Partial<Forgotten>;
+      const strings = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+      await opts.manager.dropCaches({ conversations: strings(f.conversations), images: strings(f.images) });
+    } catch (err) {
+      log(`worker ${id}: could not drop the caches of forgotten conversations: ${(err as Error).message}`);
+    }
+  };
 
   const beat = async () => {
     const info: WorkerInfo = {

@@ -20,6 +20,8 @@ export interface EncodedImage {
 export interface SharedImageCache {
   get(hash: string): Promise<EncodedImage | undefined>;
   set(hash: string, image: EncodedImage): Promise<void>;
+  /** the image was deleted from the store: its embeddings go too */
+  delete(hash: string): Promise<void>;
 }
 
 /** The embeddings and what they cost (`cached`: no vision encoder run for this request). */
@@ -89,6 +91,15 @@ export class ImageInput {
     this.noImage = opts.retentionMs
       ? `There is no image in this conversation (none was sent yet, or it was forgotten: conversations are kept ${duration(opts.retentionMs)} after their last message): attach an image to your message, then ask about it (follow-ups in the same thread keep it).`
       : MESSAGES.noImage;
+  }
+
+  /**
+   * Drops the embeddings of an image deleted from the store (in memory, and with `shared` in the shared cache): what
+   * was derived from it goes with it.
+   */
+  async forget(hash: string, shared: boolean): Promise<void> {
+    this.lru.delete(hash);
+    if (shared && this.shared) await this.shared.delete(hash);
   }
 
   /**

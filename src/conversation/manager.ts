@@ -10,7 +10,7 @@ import { KvCacheLru, type CachedContext, type KvCacheStats } from '../inference/
 import type { GenerationOptions } from '../inference/generation/index.js';
 import { ImageInputError } from '../image/preprocess.js';
 import { annotateImage, type AnnotateOptions } from '../image/annotate.js';
-import { ConversationStore, STORE_NAMESPACE, StoreUnavailableError, conversationId, inPlace, sha256Hex } from './store.js';
+import { ConversationStore, STORE_NAMESPACE, StoreUnavailableError, conversationId, inPlace, sha256Hex, type Forgotten } from './store.js';
 import { EventChannel, FairScheduler } from './scheduler.js';
 import { markersFor, userTurn, type UserTurn } from './text.js';
 import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } from './image-input.js';
@@ -119,6 +119,7 @@ export class ConversationManager {
   private readonly images: ImageInput;
   private readonly budget: PromptBudget;
   private readonly contexts: KvCacheLru<string>;
+  private readonly forgottenListeners: ((f: Forgotten) => void)[] = [];
   private readonly maxTextChars: number;
   private readonly annotate: AnnotateOptions | false;
   private readonly markers: string[];
@@ -214,9 +215,34 @@ export class ConversationManager {
       await this.repo.deleteConversation(convId);
       this.contexts.delete(convId);
       if (!state) return 'empty';
-      await this.repo.detachImage(state.image.hash, convId);
+      const imageGone = await this.repo.detachImage(state.image.hash, convId);
+      await this.forgotten({ conversations: [convId], images: imageGone ? [state.image.hash] : [] });
       return 'forgotten';
     });
+  }
+
+  /**
+   * Drops what this process derived from forgotten conversations and images: their KV caches, the images' embeddings
+   * (in memory, and in the shared cache). For a cluster worker told of a forget elsewhere (it may hold them).
+   */
+  async dropCaches(f: Forgotten): Promise<void> {
+    for (const id of f.conversations) this.contexts.delete(id);
+    for (const hash of f.images) await this.images.forget(hash, true);
+  }
+
+  /** `fn` is told what this manager forgot (a reset, forgetWorkspace), after it dropped its own caches of it. */
+  onForgotten(fn: (f: Forgotten) => void): void {
+    this.forgottenListeners.push(fn);
+  }
+
+  private async forgotten(f: Forgotten): Promise<void> {
+    try {
+      await this.dropCaches(f);
+    } catch (err) {
+      // (the store's deletion is done; a shared cache out of reach keeps embeddings until their expiry)
+      this.log(`conversation: could not drop the caches of forgotten conversations: ${(err as Error).message}`);
+    }
+    for (const fn of this.forgottenListeners) fn(f);
   }
 
   /** Requests waiting for the model (not yet started). */
@@ -236,8 +262,8 @@ export class ConversationManager {
    */
   async forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined> {
     const gone = await this.repo.forgetWhere(inPlace(platform, workspace, channel));
-    for (const id of gone ?? []) this.contexts.delete(id);
-    return gone?.length;
+    if (gone) await this.forgotten(gone);
+    return gone?.conversations.length;
   }
 
   /** The stored conversation (image reference and turns, oldest first), or null. */

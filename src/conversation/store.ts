@@ -173,10 +173,10 @@ export class ConversationStore {
     return typeof kv.iterator === 'function' ? kv.iterator(kv.namespace) : undefined;
   }
 
-  /** Deletes a conversation and drops its use of its image (the image goes with its last user). */
-  private async forget(id: string, image: string): Promise<void> {
+  /** Deletes a conversation and drops its use of its image (the image goes with its last user: then true). */
+  private async forget(id: string, image: string): Promise<boolean> {
     await this.deleteConversation(id);
-    await this.detachImage(image, id);
+    return this.detachImage(image, id);
   }
 
   /**
@@ -277,9 +277,9 @@ export class ConversationStore {
   /**
    * Forgets every stored conversation that `match` picks (its image goes with its last user), walking the whole
    * store: Redis with SCAN, SQLite and the memory store with keyv's iterator. `dryRun`: picks only. Returns the ids
-   * of the conversations it picked; undefined for a store that cannot be walked.
+   * of the conversations it picked and of the images that went with them; undefined for a store that cannot be walked.
    */
-  async forgetWhere(match: (state: ConversationState) => boolean, opts: { dryRun?: boolean } = {}): Promise<string[] | undefined> {
+  async forgetWhere(match: (state: ConversationState) => boolean, opts: { dryRun?: boolean } = {}): Promise<Forgotten | undefined> {
     // conversation id -> its image (a Map: SCAN may return a key twice)
     const picked = new Map<string, string>();
     const consider = (id: string, value: unknown) => {
@@ -298,8 +298,9 @@ export class ConversationStore {
       if (!entries) return undefined;
       for await (const [key, value] of entries) if (key.startsWith('conv:')) consider(key.slice('conv:'.length), value);
     }
-    if (!opts.dryRun) for (const [id, image] of picked) await this.forget(id, image);
-    return [...picked.keys()];
+    const images: string[] = [];
+    if (!opts.dryRun) for (const [id, image] of picked) if (await this.forget(id, image)) images.push(image);
+    return { conversations: [...picked.keys()], images };
   }
 
   async deleteConversation(id: string): Promise<boolean> {
@@ -355,7 +356,8 @@ export class ConversationStore {
   }
 
   /** Drops conversation `convId`'s use of the image; deletes the image when nobody uses it any more. */
-  async detachImage(hash: string, convId: string): Promise<void> {
+  async detachImage(hash: string, convId: string): Promise<boolean> {
+    let deleted = false;
     await this.withRefs(hash, async () => {
       const users = ((await this.kv.get(`imgref:${hash}`)) as string[] | undefined) ?? [];
       const rest = users.filter((u) => u !== convId);
@@ -364,8 +366,10 @@ export class ConversationStore {
       } else {
         await this.kv.delete(`imgref:${hash}`);
         await this.kv.delete(`img:${hash}`);
+        deleted = true;
       }
     });
+    return deleted;
   }
 }
 
@@ -406,4 +410,10 @@ async function* keysWithoutExpiry(redis: RawRedis, pattern: string): AsyncGenera
 /** Picks the conversations of a platform's workspace (with `channel`: of that channel, its threads included). */
 export function inPlace(platform: ConversationKey['platform'], workspace: string, channel?: string): (state: ConversationState) => boolean {
   return (s) => s.key.platform === platform && s.key.workspace === workspace && (channel === undefined || s.key.channel === channel);
+}
+
+/** What a forget deleted: conversation ids, and the hashes of the images that went with their last conversation. */
+export interface Forgotten {
+  conversations: string[];
+  images: string[];
 }

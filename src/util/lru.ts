@@ -15,6 +15,10 @@ export class LruMap<K, V> {
   has(k: K): boolean {
     return this.map.has(k);
   }
+  /** removes `k`; whether it was there */
+  delete(k: K): boolean {
+    return this.map.delete(k);
+  }
   /** stores nothing when the capacity is 0 */
   set(k: K, v: V): void {
     if (this.capacity <= 0) return;

@@ -193,6 +193,39 @@ describe('conversation manager: one conversation', () => {
     await m.close();
   });
 
+  it('reset() drops what was derived from a deleted image (its embeddings), not from one another conversation still uses', async () => {
+    const shared = new Map<string, unknown>();
+    const deleted: string[] = [];
+    const m = manager({
+      sharedImages: {
+        get: async (h) => shared.get(h) as never,
+        set: async (h, e) => void shared.set(h, e),
+        delete: async (h) => {
+          deleted.push(h);
+          shared.delete(h);
+        },
+      },
+    });
+    const told: unknown[] = [];
+    m.onForgotten((f) => told.push(f));
+    const cachedFor = async (name: string, img: Buffer) =>
+      timingsOf(await collect(m.handle({ key: key(name), user: 'u', text: 'what is it?', image: img }))).imageCached;
+    expect(await cachedFor('drop-a', image2)).toBe(0);
+    expect(await cachedFor('drop-b', image2)).toBe(1); // the same image elsewhere: no vision encoder
+    // a still uses it: its embeddings stay
+    expect(await m.reset(key('drop-b'))).toBe('forgotten');
+    expect(told).toEqual([{ conversations: ['web:local:c1:drop-b'], images: [] }]);
+    expect(await cachedFor('drop-c', image2)).toBe(1);
+    // its last conversations forgotten, the image is deleted and its embeddings with it, here and in the shared cache
+    expect(await m.reset(key('drop-a'))).toBe('forgotten');
+    expect(await m.reset(key('drop-c'))).toBe('forgotten');
+    expect(told.at(-1)).toEqual({ conversations: ['web:local:c1:drop-c'], images: [sha(image2)] });
+    expect(deleted).toEqual([sha(image2)]);
+    expect(shared.size).toBe(0);
+    expect(await cachedFor('drop-d', image2)).toBe(0);
+    await m.close();
+  });
+
   it("reset({ by }) lets the image's sender forget a conversation kept without an answer, and only them", async () => {
     const m = manager();
     const k = key('kept');

@@ -1,0 +1,97 @@
+// A forget across Redis takes what the workers derived from the conversations with it: a front end's forgetWorkspace
+// (the app removed, a channel deleted), a reset job and `minigpt forget` reach every worker (pub/sub), which drops
+// the KV caches it keeps for follow-ups and the embeddings of the images that were deleted, in its memory and in the
+// shared embedding cache. A real redis-server on a free loopback port, the real cluster worker and front end in this
+// process, the demo model.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager, createStore, type ConversationKey } from '../../src/conversation/index.js';
+import { RemoteConversations } from '../../src/cluster/frontend.js';
+import { RedisImageCache } from '../../src/cluster/embedding-cache.js';
+import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
+import { runForget } from '../../src/cli/forget.js';
+import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { squarePng } from '../slack/helpers.js';
+
+const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
+
+let redis: TestRedis;
+let client: Redis;
+let model: MiniGPT;
+let manager: ConversationManager;
+let worker: ClusterWorker;
+let frontend: RemoteConversations;
+
+beforeAll(async () => {
+  redis = await startRedis();
+  client = new Redis(redis.url);
+  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: 'a square' });
+  manager = new ConversationManager({
+    model,
+    store: await createStore(redis.url),
+    sharedImages: new RedisImageCache(client, 'demo'),
+    defaults: { maxNewTokens: 8, temperature: 0 },
+  });
+  worker = await startClusterWorker({
+    redisUrl: redis.url,
+    manager,
+    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
+    lockMs: 2000,
+  });
+  frontend = new RemoteConversations({ redisUrl: redis.url, store: await createStore(redis.url) });
+}, 60_000);
+
+afterAll(async () => {
+  await frontend?.close();
+  await worker?.close();
+  await manager?.close();
+  await model?.close();
+  client?.disconnect();
+  await redis?.cleanup();
+});
+
+const slack = (team: string, thread: string): ConversationKey => ({ platform: 'slack', workspace: team, channel: 'C1', thread });
+
+/** Asks through the front end about `image` (a new conversation); the worker then holds its KV cache. */
+async function asked(key: ConversationKey, image: Buffer): Promise<void> {
+  for await (const ev of frontend.handle({ key, user: 'U1', text: 'what is this?', image }))
+    if (ev.type === 'error') throw new Error(ev.message);
+}
+
+async function until(cond: () => Promise<boolean> | boolean, what: string): Promise<void> {
+  for (const end = Date.now() + 10_000; !(await cond()); ) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+const embeddingKeys = () => client.keys('minigpt:emb:*');
+
+describe('a forget on a cluster', () => {
+  it("a front end's forgetWorkspace: the worker drops the KV caches and the deleted images' embeddings", async () => {
+    await asked(slack('T1', '1'), await squarePng(50, 40));
+    await asked(slack('T1', '2'), await squarePng(52, 40));
+    expect(manager.contextCacheStats.entries).toBe(2);
+    expect(await embeddingKeys()).toHaveLength(2);
+    expect(await frontend.forgetWorkspace('slack', 'T1')).toBe(2);
+    await until(() => manager.contextCacheStats.entries === 0, 'the KV caches dropped');
+    await until(async () => (await embeddingKeys()).length === 0, 'the embeddings deleted');
+  });
+
+  it('a reset job and `minigpt forget` too', async () => {
+    const key = slack('T2', '1');
+    await asked(key, await squarePng(54, 40));
+    expect(await frontend.reset(key, { by: 'U1' })).toBe('forgotten');
+    expect(manager.contextCacheStats.entries).toBe(0);
+    expect(await embeddingKeys()).toHaveLength(0);
+
+    await asked(slack('T3', '1'), await squarePng(56, 40));
+    expect(manager.contextCacheStats.entries).toBe(1);
+    const out: string[] = [];
+    expect(await runForget({ workspace: 'slack:T3', store: redis.url }, {}, (l) => out.push(l))).toBe(1);
+    await until(() => manager.contextCacheStats.entries === 0, 'the KV cache dropped');
+    await until(async () => (await embeddingKeys()).length === 0, 'the embeddings deleted');
+  });
+});
