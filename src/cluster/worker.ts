@@ -201,8 +201,26 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
     removeOnComplete: { count: 1000 },
     removeOnFail: { count: 1000 },
   };
+  // A job done with (answered, or failed for good) stays in BullMQ's completed or failed list (the last 1000, for
+  // `minigpt status` and inspection), but without the user's image and words: those are kept by the conversation
+  // store, under its retention time and forget, not by the queue's history. (A job run again after its worker died
+  // past this point finds its answer stored by request id.)
+  const spend = async (job: Job<JobData>) => {
+    if (job.data.kind !== 'answer') return;
+    const { key, user, requestId } = job.data.request;
+    await job.updateData({ ...job.data, request: { key, user, text: '', requestId } }).catch(() => {});
+  };
+  const processJob = async (job: Job<JobData>, token?: string) => {
+    try {
+      await runJob(job, token);
+    } catch (err) {
+      if (!(err instanceof DelayedError) && job.attemptsMade + 1 >= (job.opts.attempts ?? 1)) await spend(job);
+      throw err;
+    }
+    await spend(job);
+  };
   const consume = (queue: string) => {
-    const w = new Worker<JobData>(queue, runJob, workerOptions);
+    const w = new Worker<JobData>(queue, processJob, workerOptions);
     w.on('error', (err) => log(`worker ${id} (${queue}): ${err.message}`));
     w.on('failed', (job, err) => log(`worker ${id}: job ${job?.id} failed: ${err.message}`));
     return w;

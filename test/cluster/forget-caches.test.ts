@@ -1,16 +1,19 @@
 // A forget across Redis takes what the workers derived from the conversations with it: a front end's forgetWorkspace
 // (the app removed, a channel deleted), a reset job and `minigpt forget` reach every worker (pub/sub), which drops
 // the KV caches it keeps for follow-ups and the embeddings of the images that were deleted, in its memory and in the
-// shared embedding cache. A real redis-server on a free loopback port, the real cluster worker and front end in this
-// process, the demo model.
+// shared embedding cache. And the queue's history of jobs done with keeps no image and no words of the user (they
+// would outlive a forget and the retention time). A real redis-server on a free loopback port, the real cluster
+// worker and front end in this process, the demo model.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { Queue } from 'bullmq';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, createStore, type ConversationKey } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import { RedisImageCache } from '../../src/cluster/embedding-cache.js';
 import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
+import { QUEUE_NAME, type JobData } from '../../src/cluster/protocol.js';
 import { runForget } from '../../src/cli/forget.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
@@ -93,5 +96,28 @@ describe('a forget on a cluster', () => {
     expect(await runForget({ workspace: 'slack:T3', store: redis.url }, {}, (l) => out.push(l))).toBe(1);
     await until(() => manager.contextCacheStats.entries === 0, 'the KV cache dropped');
     await until(async () => (await embeddingKeys()).length === 0, 'the embeddings deleted');
+  });
+
+  it("the queue's list of finished jobs keeps no image and no words of the user", async () => {
+    const png = await squarePng(58, 40);
+    await asked(slack('T4', '1'), png);
+    const queue = new Queue<JobData>(QUEUE_NAME, { connection: { url: redis.url } as never });
+    try {
+      const done = (await queue.getCompleted()).filter((j) => j.data.kind === 'answer' && j.data.request.key.workspace === 'T4');
+      expect(done).toHaveLength(1);
+      const data = done[0]!.data as Extract<JobData, { kind: 'answer' }>;
+      expect(data.request).toEqual({ key: slack('T4', '1'), user: 'U1', text: '', requestId: expect.any(String) });
+      // nor anywhere else in Redis but the conversation store's image
+      const holders: string[] = [];
+      const b64 = png.toString('base64').slice(0, 64);
+      for (const k of await client.keys('*')) {
+        const type = await client.type(k);
+        const text = type === 'string' ? await client.get(k) : type === 'hash' ? JSON.stringify(await client.hgetall(k)) : '';
+        if (text?.includes(b64)) holders.push(k);
+      }
+      expect(holders).toEqual([expect.stringMatching(/img:/)]);
+    } finally {
+      await queue.close();
+    }
   });
 });
