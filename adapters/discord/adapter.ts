@@ -38,7 +38,7 @@ import type { RateLimiter, RateLimiterFactory } from './limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { restartNotice } from '../shared/answer-events.js';
 import { describeError } from '../shared/errors.js';
-import { forgetConversation } from '../shared/forget.js';
+import { forgetConversation, forgottenCount } from '../shared/forget.js';
 import type { ConversationPort } from '../shared/port.js';
 import type { ShardLeases } from '../shared/shard-lease.js';
 import { TaskSet } from '../shared/tasks.js';
@@ -204,12 +204,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
    */
   private async onRemoved(guild: Guild): Promise<void> {
     const n = await this.manager.forgetWorkspace('discord', guild.id);
-    const server = `${guild.name ? `${guild.name} ` : ''}(${guild.id})`;
-    this.log(
-      n === undefined
-        ? `discord: removed from server ${server}; its conversations cannot be listed in this store and go after the retention time`
-        : `discord: removed from server ${server}: ${n} conversation${n === 1 ? '' : 's'} forgotten`,
-    );
+    this.log(`discord: removed from server ${guild.name ? `${guild.name} ` : ''}(${guild.id})${forgottenCount(n)}`);
   }
 
   /**
@@ -225,7 +220,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   /** A channel was deleted: the conversations of its threads (and answers given in it) go with it. */
   private async onChannelDeleted(guildId: string, channelId: string): Promise<void> {
     const n = await this.manager.forgetWorkspace('discord', guildId, channelId);
-    if (n) this.log(`discord: channel ${channelId} was deleted: ${n} conversation${n === 1 ? '' : 's'} forgotten`);
+    if (n !== 0) this.log(`discord: channel ${channelId} was deleted${forgottenCount(n)}`);
   }
 
   /** Whether the bot answers here (allowed guilds and channels; a thread counts as its parent channel; DMs). */

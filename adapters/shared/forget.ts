@@ -29,3 +29,13 @@ export async function forgetConversation(
 export function forgetReply(outcome: ResetOutcome, notAllowed: string): string {
   return outcome === 'forgotten' ? FORGOTTEN : outcome === 'empty' ? NOTHING_STORED : notAllowed;
 }
+
+/**
+ * How a log line about forgetting a workspace's or channel's conversations ends: ": 2 conversations forgotten", or
+ * (a store that cannot be walked) that they go after the retention time.
+ */
+export function forgottenCount(n: number | undefined): string {
+  return n === undefined
+    ? '; its conversations cannot be listed in this store and go after the retention time'
+    : `: ${n} conversation${n === 1 ? '' : 's'} forgotten`;
+}

@@ -5,6 +5,7 @@
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
+import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
 import { TaskSet } from '../shared/tasks.js';
@@ -215,11 +216,7 @@ export class SlackBot {
       const team = teamOf(body);
       this.spawn('app_uninstalled', async () => {
         const n = await this.manager.forgetWorkspace('slack', team);
-        this.log(
-          n === undefined
-            ? `slack: the app was uninstalled from workspace ${team}; its conversations cannot be listed in this store and go after the retention time`
-            : `slack: the app was uninstalled from workspace ${team}: ${n} conversation${n === 1 ? '' : 's'} forgotten`,
-        );
+        this.log(`slack: the app was uninstalled from workspace ${team}${forgottenCount(n)}`);
       });
     });
 
@@ -231,7 +228,7 @@ export class SlackBot {
         if (typeof channel !== 'string') return;
         this.spawn(type, async () => {
           const n = await this.manager.forgetWorkspace('slack', team, channel);
-          if (n) this.log(`slack: channel ${channel} was deleted: ${n} conversation${n === 1 ? '' : 's'} forgotten`);
+          if (n !== 0) this.log(`slack: channel ${channel} was deleted${forgottenCount(n)}`);
         });
       });
     }
