@@ -28,6 +28,7 @@ import {
   encodeRequest,
   keys,
   HEARTBEAT_TTL_MS,
+  ORDER_TTL_MS,
   PENDING_TTL_MS,
   PROTOCOL,
   protocolOf,
@@ -47,6 +48,12 @@ export interface RemoteConversationsOptions {
   stallTimeoutMs?: number;
   log?: (line: string) => void;
 }
+
+/** INCR with an expiry; a new count (1) clears the count of done requests of an expired one. */
+const NEXT_SEQ = `local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('DEL', KEYS[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return n`;
 
 const UNAVAILABLE = 'The bot cannot reach its job queue right now; please try again in a moment.';
 const NO_WORKER = 'No model worker is running right now; please try again in a moment.';
@@ -132,7 +139,7 @@ export class RemoteConversations implements ConversationPort {
     const jobId = `x${randomBytes(12).toString('hex')}`;
     const by = opts.by !== undefined ? { by: opts.by } : {};
     await this.enqueueing.run(convId, async () => {
-      const seq = await this.redis.incr(keys.seq(convId));
+      const seq = await this.nextSeq(convId);
       await this.queue.add('reset', { kind: 'reset', convId, seq, key, ...by }, { jobId, attempts: 3 });
     });
     // (a worker of an earlier version resets without saying what it did: it deleted whatever was there)
@@ -153,6 +160,14 @@ export class RemoteConversations implements ConversationPort {
     // the workers drop what they derived from them (KV caches, image embeddings)
     if (gone) await this.redis.publish(keys.forgotten, JSON.stringify(gone)).catch(() => {});
     return gone?.conversations.length;
+  }
+
+  /**
+   * The next number in a conversation's order. The counters expire ORDER_TTL_MS after the conversation's last request
+   * (they were kept for ever); a count that starts again at 1 starts the workers' count of done requests again too.
+   */
+  private async nextSeq(convId: string): Promise<number> {
+    return Number(await this.redis.eval(NEXT_SEQ, 2, keys.seq(convId), keys.done(convId), String(ORDER_TTL_MS)));
   }
 
   /** How many of `workers` are of an earlier protocol than this front end's; each is logged once. */
@@ -304,7 +319,7 @@ export class RemoteConversations implements ConversationPort {
       // A follow-up goes to the worker that holds its conversation's KV cache while that worker is alive.
       const holder = req.history ? null : await this.redis.get(keys.affinity(convId));
       const queue = this.queueOf(holder && workers.some((w) => w.id === holder) ? holder : null);
-      const seq = await this.redis.incr(keys.seq(convId));
+      const seq = await this.nextSeq(convId);
       // A seed for every request: a retry on another worker samples the same answer.
       const generation = { seed: Math.floor(Math.random() * 2 ** 31), ...req.generation };
       await queue.add(

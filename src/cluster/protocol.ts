@@ -60,6 +60,8 @@ export const HEARTBEAT_MS = 2000;
 export const HEARTBEAT_TTL_MS = 6000;
 /** A pending entry older than this is a front end's leftover (it died between counting and queueing): not counted. */
 export const PENDING_TTL_MS = 15 * 60 * 1000;
+/** A conversation's order counters (keys.seq, keys.done) outlive its last request by this much. */
+export const ORDER_TTL_MS = 7 * 24 * 3600 * 1000;
 /** A conversation goes back to its worker's queue for this long after its last answer. */
 export const AFFINITY_TTL_MS = 30 * 60 * 1000;
 

@@ -14,6 +14,7 @@ import {
   EVENTS_TTL_S,
   HEARTBEAT_MS,
   HEARTBEAT_TTL_MS,
+  ORDER_TTL_MS,
   PROTOCOL,
   QUEUE_NAME,
   decodeRequest,
@@ -58,9 +59,6 @@ const ADVANCE = `local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1`;
-
-/** Conversation order counters outlive their conversations' last request by this much. */
-const ORDER_TTL_MS = 7 * 24 * 3600 * 1000;
 
 export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<ClusterWorker> {
   const id = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;

@@ -1,8 +1,9 @@
 // A forget across Redis takes what the workers derived from the conversations with it: a front end's forgetWorkspace
 // (the app removed, a channel deleted), a reset job and `minigpt forget` reach every worker (pub/sub), which drops
 // the KV caches it keeps for follow-ups and the embeddings of the images that were deleted, in its memory and in the
-// shared embedding cache. And the queue's history of jobs done with keeps no image and no words of the user (they
-// would outlive a forget and the retention time). A real redis-server on a free loopback port, the real cluster
+// shared embedding cache. And what stays in Redis after a request (docs/data.md): the queue's history of jobs done
+// with keeps no image and no words of the user (they would outlive a forget and the retention time), and a
+// conversation's order counters expire. A real redis-server on a free loopback port, the real cluster
 // worker and front end in this process, the demo model.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
@@ -13,7 +14,7 @@ import { ConversationManager, createStore, type ConversationKey } from '../../sr
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import { RedisImageCache } from '../../src/cluster/embedding-cache.js';
 import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
-import { QUEUE_NAME, type JobData } from '../../src/cluster/protocol.js';
+import { ORDER_TTL_MS, QUEUE_NAME, type JobData } from '../../src/cluster/protocol.js';
 import { runForget } from '../../src/cli/forget.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
@@ -72,7 +73,7 @@ async function until(cond: () => Promise<boolean> | boolean, what: string): Prom
 
 const embeddingKeys = () => client.keys('minigpt:emb:*');
 
-describe('a forget on a cluster', () => {
+describe('what a cluster keeps in Redis, and what a forget takes', () => {
   it("a front end's forgetWorkspace: the worker drops the KV caches and the deleted images' embeddings", async () => {
     await asked(slack('T1', '1'), await squarePng(50, 40));
     await asked(slack('T1', '2'), await squarePng(52, 40));
@@ -119,5 +120,21 @@ describe('a forget on a cluster', () => {
     } finally {
       await queue.close();
     }
+  });
+
+  it("a conversation's order counters expire after its last request; a count started again starts the done count again", async () => {
+    const key = slack('T5', '1');
+    const [seq, done] = ['minigpt:seq:slack:T5:C1:1', 'minigpt:done:slack:T5:C1:1'];
+    await asked(key, await squarePng(60, 40));
+    for (const k of [seq, done]) {
+      const ttl = await client.pttl(k);
+      expect(ttl).toBeGreaterThan(ORDER_TTL_MS - 60_000);
+      expect(ttl).toBeLessThanOrEqual(ORDER_TTL_MS);
+    }
+    // the number expired (a week without a request) while an old count of done requests stayed
+    await client.del(seq);
+    await client.set(done, '5');
+    for await (const ev of frontend.handle({ key, user: 'U1', text: 'and now?' })) if (ev.type === 'error') throw new Error(ev.message);
+    expect([await client.get(seq), await client.get(done)]).toEqual(['1', '1']);
   });
 });
