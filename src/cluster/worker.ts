@@ -54,10 +54,14 @@ export interface ClusterWorker {
   close(): Promise<void>;
 }
 
-/** Sets done:<conv> to seq unless it is already further. */
+/**
+ * Sets done:<conv> to seq unless it is already further; both counters live on ORDER_TTL_MS from now (seq too: a
+ * front end of an earlier version increments it without renewing its expiry).
+ */
 const ADVANCE = `local v = tonumber(redis.call('GET', KEYS[1]) or '0')
 if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1`;
 
 export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<ClusterWorker> {
@@ -185,7 +189,7 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
       try {
         await emit(jobId, { type: 'end' });
       } finally {
-        await redis.eval(ADVANCE, 1, keys.done(data.convId), String(data.seq), String(ORDER_TTL_MS)).catch(() => {});
+        await redis.eval(ADVANCE, 2, keys.done(data.convId), keys.seq(data.convId), String(data.seq), String(ORDER_TTL_MS)).catch(() => {});
       }
     }
   }
@@ -274,6 +278,11 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
   }, HEARTBEAT_MS);
 
   let closing: Promise<void> | undefined;
+  void expireOrderCounters(redis).then(
+    (n) => n > 0 && log(`worker ${id}: ${n} conversation order counter${n === 1 ? '' : 's'} of an earlier version given an expiry`),
+    // (a worker closed meanwhile: its connection went; the next start does the rest)
+    (err: unknown) => closing || log(`worker ${id}: could not give the old order counters an expiry: ${(err as Error).message}`),
+  );
   return {
     id,
     stats: () => ({ running: running.size, finished }),
@@ -301,4 +310,24 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
       return closing;
     },
   };
+}
+
+/** Sets an expiry (ms) on a key that has none. */
+const EXPIRE_IF_NONE = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
+
+/**
+ * Conversation order numbers written by front ends before they had an expiry (minigpt:seq:*, kept for ever) get
+ * ORDER_TTL_MS from now, in the background at a worker's start (a key a front end has renewed since is left alone).
+ * How many.
+ */
+async function expireOrderCounters(redis: Redis): Promise<number> {
+  let n = 0;
+  for await (const batch of redis.scanStream({ match: keys.seq('*'), count: 500 })) {
+    const found = batch as string[];
+    if (found.length === 0) continue;
+    const pipe = redis.pipeline();
+    for (const key of found) pipe.eval(EXPIRE_IF_NONE, 1, key, String(ORDER_TTL_MS));
+    for (const [err, set] of (await pipe.exec()) ?? []) if (!err && set === 1) n++;
+  }
+  return n;
 }

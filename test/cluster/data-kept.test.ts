@@ -20,6 +20,7 @@ import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
 
 const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
+const OLD_COUNTER = 'minigpt:seq:slack:T0OLD:C1:1';
 
 let redis: TestRedis;
 let client: Redis;
@@ -38,6 +39,8 @@ beforeAll(async () => {
     sharedImages: new RedisImageCache(client, 'demo'),
     defaults: { maxNewTokens: 8, temperature: 0 },
   });
+  // an order counter left by a front end of an earlier version, without an expiry
+  await client.set(OLD_COUNTER, '4');
   worker = await startClusterWorker({
     redisUrl: redis.url,
     manager,
@@ -136,5 +139,9 @@ describe('what a cluster keeps in Redis, and what a forget takes', () => {
     await client.set(done, '5');
     for await (const ev of frontend.handle({ key, user: 'U1', text: 'and now?' })) if (ev.type === 'error') throw new Error(ev.message);
     expect([await client.get(seq), await client.get(done)]).toEqual(['1', '1']);
+    // a counter without an expiry (an earlier version's) got one when the worker started
+    const ttl = await client.pttl(OLD_COUNTER);
+    expect(ttl).toBeGreaterThan(ORDER_TTL_MS - 60_000);
+    expect(await client.get(OLD_COUNTER)).toBe('4');
   });
 });
