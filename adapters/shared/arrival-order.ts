@@ -20,7 +20,8 @@ export interface ArrivalTurn {
   release(): void;
 }
 
-const NO_TURN: ArrivalTurn = { ready: () => Promise.resolve(), release: () => {} };
+/** A turn that waits for nothing and holds nothing back (an event with no order to keep). */
+export const NO_TURN: ArrivalTurn = { ready: () => Promise.resolve(), release: () => {} };
 
 /**
  * The order of a conversation's events across processes (src/cluster/arrival-order.ts keeps it in Redis). A turn

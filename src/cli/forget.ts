@@ -2,7 +2,7 @@
 // they took part) or of a whole workspace, with the images nobody else uses: a user's request to be forgotten, a
 // workspace that removed the app. Works on the store a running bot uses (SQLite file, Redis).
 import { ConversationStore, createStore, redactUrl, type Forgotten } from '../conversation/store.js';
-import { keys } from '../cluster/protocol.js';
+import { publishForgotten } from '../cluster/protocol.js';
 import type { ConversationState } from '../conversation/index.js';
 import { isParticipant } from '../conversation/turn.js';
 
@@ -90,9 +90,7 @@ async function tellWorkers(url: string, gone: Forgotten): Promise<void> {
   const redis = new Redis(url, { maxRetriesPerRequest: 1, connectTimeout: 5000, lazyConnect: true });
   redis.on('error', () => {});
   try {
-    await redis.publish(keys.forgotten, JSON.stringify(gone));
-  } catch {
-    // (the store's deletion is done; a worker's caches then go as new ones push them out)
+    await publishForgotten(redis, gone);
   } finally {
     redis.disconnect();
   }

@@ -15,7 +15,7 @@
 // delivering the first message of two much later than the second).
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { ArrivalTurn, SharedArrivalOrder } from '../../adapters/shared/arrival-order.js';
+import { NO_TURN, type ArrivalTurn, type SharedArrivalOrder } from '../../adapters/shared/arrival-order.js';
 import { keys } from './protocol.js';
 
 /** How often a waiting turn looks again (only turns with an earlier event of another front end wait at all). */
@@ -38,7 +38,7 @@ export class RedisArrivalOrder implements SharedArrivalOrder {
   ) {}
 
   take(key: string, place: string, maxWaitMs: number): ArrivalTurn {
-    if (!PLACE.test(place)) return { ready: () => Promise.resolve(), release: () => {} };
+    if (!PLACE.test(place)) return NO_TURN;
     const set = keys.arrivals(key);
     const registeredAt = Date.now();
     // (a member says whose it is and until when it is waited for)

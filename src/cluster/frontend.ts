@@ -31,6 +31,7 @@ import {
   ORDER_TTL_MS,
   PENDING_TTL_MS,
   PROTOCOL,
+  publishForgotten,
   protocolOf,
   workerQueueName,
   type JobData,
@@ -158,7 +159,7 @@ export class RemoteConversations implements ConversationPort {
   async forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined> {
     const gone = await this.repo.forgetWhere(inPlace(platform, workspace, channel));
     // the workers drop what they derived from them (KV caches, image embeddings)
-    if (gone) await this.redis.publish(keys.forgotten, JSON.stringify(gone)).catch(() => {});
+    if (gone) await publishForgotten(this.redis, gone);
     return gone?.conversations.length;
   }
 

@@ -21,6 +21,8 @@ import type {
   ResetOutcome,
   TaskTag,
 } from '../conversation/index.js';
+import type { Forgotten } from '../conversation/store.js';
+import type { Redis } from 'ioredis';
 
 export const QUEUE_NAME = 'minigpt-answers';
 /**
@@ -121,6 +123,21 @@ export function decodeEvent(s: string): WireEvent {
   const ev = JSON.parse(s) as WireEvent | { type: 'image'; mime: string; data: string };
   if (ev.type === 'image' && typeof ev.data === 'string') return { type: 'image', mime: ev.mime, data: Buffer.from(ev.data, 'base64') };
   return ev as WireEvent;
+}
+
+/**
+ * Tells every worker what a forget deleted (keys.forgotten), so that each drops its caches of it; a lost message
+ * costs only memory until the caches push those entries out.
+ */
+export async function publishForgotten(redis: Redis, f: Forgotten): Promise<void> {
+  await redis.publish(keys.forgotten, JSON.stringify(f)).catch(() => {});
+}
+
+/** A keys.forgotten message (from any process: only its lists of strings are taken). */
+export function decodeForgotten(s: string): Forgotten {
+  const f = JSON.parse(s) as Partial<Record<keyof Forgotten, unknown>>;
+  const strings = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+  return { conversations: strings(f.conversations), images: strings(f.images) };
 }
 
 /** What a worker says about itself in its heartbeat. */

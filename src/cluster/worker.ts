@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { Queue, Worker, DelayedError, type Job, type WorkerOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { ConversationManager } from '../conversation/index.js';
-import type { Forgotten } from '../conversation/store.js';
+import { EXPIRE_IF_NONE } from '../conversation/store.js';
 import { parseGrounding } from '../grounding/parse.js';
 import {
   AFFINITY_TTL_MS,
@@ -16,6 +16,8 @@ import {
   HEARTBEAT_TTL_MS,
   ORDER_TTL_MS,
   PROTOCOL,
+  decodeForgotten,
+  publishForgotten,
   QUEUE_NAME,
   decodeRequest,
   encodeEvent,
@@ -84,12 +86,10 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
   });
   // What this worker forgets (a reset job), every worker drops from its caches (another may hold the KV cache);
   // so does what a front end or `minigpt forget` deleted from the store.
-  opts.manager.onForgotten((f) => void redis.publish(keys.forgotten, JSON.stringify(f)).catch(() => {}));
+  opts.manager.onForgotten((f) => void publishForgotten(redis, f));
   const dropForgotten = async (message: string) => {
     try {
-      const f = JSON.parse(message) as Partial<Forgotten>;
-      const strings = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
-      await opts.manager.dropCaches({ conversations: strings(f.conversations), images: strings(f.images) });
+      await opts.manager.dropCaches(decodeForgotten(message));
     } catch (err) {
       log(`worker ${id}: could not drop the caches of forgotten conversations: ${(err as Error).message}`);
     }
@@ -311,9 +311,6 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
     },
   };
 }
-
-/** Sets an expiry (ms) on a key that has none. */
-const EXPIRE_IF_NONE = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
 
 /**
  * Conversation order numbers written by front ends before they had an expiry (minigpt:seq:*, kept for ever) get

@@ -380,7 +380,7 @@ function asConversation(value: unknown): ConversationState | undefined {
 }
 
 /** Sets an expiry (ms) on a key that has none: a key written meanwhile with its own is left alone. */
-const EXPIRE_IF_NONE = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
+export const EXPIRE_IF_NONE = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return 0";
 /** Deletes a key that still has no expiry (one that a new turn rewrote meanwhile has one, and stays). */
 const DELETE_IF_NO_EXPIRY = "if redis.call('PTTL', KEYS[1]) == -1 then return redis.call('DEL', KEYS[1]) end return 0";
 
