@@ -38,6 +38,10 @@ export function managerError(code: ErrorCode, message: string): ApiError {
       return new ApiError(400, 'invalid_request_error', 'context_length_exceeded', message, 'messages');
     case 'unavailable':
       return new ApiError(503, 'server_error', 'store_unavailable', message, null, { 'retry-after': '5' });
+    case 'stale':
+      return new ApiError(409, 'invalid_request_error', 'conflict', message, null);
+    case 'not_allowed':
+      return new ApiError(403, 'invalid_request_error', 'not_allowed', message, null);
     case 'cancelled':
       return new ApiError(503, 'server_error', 'cancelled', message, null, { 'retry-after': '2' });
     default:

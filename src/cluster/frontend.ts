@@ -31,6 +31,8 @@ import {
   ORDER_TTL_MS,
   PENDING_TTL_MS,
   PROTOCOL,
+  PROTOCOL_REGENERATE,
+  PROTOCOL_RESET_BY,
   publishForgotten,
   protocolOf,
   workerQueueName,
@@ -58,6 +60,8 @@ return n`;
 
 const UNAVAILABLE = 'The bot cannot reach its job queue right now; please try again in a moment.';
 const NO_WORKER = 'No model worker is running right now; please try again in a moment.';
+const REGENERATE_NEEDS_UPGRADE =
+  'Regenerating an answer is not possible while this bot is being upgraded (a worker of an earlier version is running); please ask again instead, or try later.';
 
 export class RemoteConversations implements ConversationPort {
   readonly store: Keyv;
@@ -131,7 +135,7 @@ export class RemoteConversations implements ConversationPort {
    */
   async reset(key: ConversationKey, opts: ResetOptions = {}): Promise<ResetOutcome> {
     const convId = conversationId(key);
-    if (opts.by !== undefined && this.olderWorkers(await listWorkers(this.redis)) > 0) {
+    if (opts.by !== undefined && this.olderWorkers(await listWorkers(this.redis)).some((w) => protocolOf(w) < PROTOCOL_RESET_BY)) {
       // A worker of an earlier version would forget whatever `by` says: decided here too, from the store as it is
       // (not after the requests queued before it).
       const state = await this.repo.getConversation(convId);
@@ -171,17 +175,17 @@ export class RemoteConversations implements ConversationPort {
     return Number(await this.redis.eval(NEXT_SEQ, 2, keys.seq(convId), keys.done(convId), String(ORDER_TTL_MS)));
   }
 
-  /** How many of `workers` are of an earlier protocol than this front end's; each is logged once. */
-  private olderWorkers(workers: readonly WorkerInfo[]): number {
+  /** Those of `workers` of an earlier protocol than this front end's; each is logged once. */
+  private olderWorkers(workers: readonly WorkerInfo[]): WorkerInfo[] {
     const older = workers.filter((w) => protocolOf(w) < PROTOCOL);
     for (const w of older) {
       if (this.warnedOlder.has(w.id)) continue;
       this.warnedOlder.add(w.id);
       this.log(
-        `frontend: worker ${w.id} (${w.host}, pid ${w.pid}) is of an earlier version (protocol ${protocolOf(w)}, this front end's ${PROTOCOL}): upgrade workers with or before front ends; until then this front end decides who may forget a conversation from the store as it is`,
+        `frontend: worker ${w.id} (${w.host}, pid ${w.pid}) is of an earlier version (protocol ${protocolOf(w)}, this front end's ${PROTOCOL}): upgrade workers with or before front ends; until then what it cannot do is done without it (who may forget a conversation decided from the store as it is) or refused (regenerate)`,
       );
     }
-    return older.length;
+    return older;
   }
 
   /** The stored conversation, read from the shared store. */
@@ -299,7 +303,11 @@ export class RemoteConversations implements ConversationPort {
     try {
       const workers = await listWorkers(this.redis);
       if (workers.length === 0) return { code: 'unavailable', message: NO_WORKER };
-      this.olderWorkers(workers);
+      const older = this.olderWorkers(workers);
+      // An earlier worker would take a regenerate request for an empty question.
+      if (req.regenerate !== undefined && older.some((w) => protocolOf(w) < PROTOCOL_REGENERATE)) {
+        return { code: 'unavailable', message: REGENERATE_NEEDS_UPGRADE };
+      }
       // Counted and checked in one step, so that requests arriving together at several front ends cannot all
       // pass the check before any of them is counted.
       const now = Date.now();

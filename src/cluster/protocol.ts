@@ -26,11 +26,16 @@ import type { Redis } from 'ioredis';
 
 export const QUEUE_NAME = 'minigpt-answers';
 /**
- * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 2, a reset job decides its
- * `by` (whether that user took part) and says what it did (a `reset` event); 1 (no `protocol` in the heartbeat,
- * workers before 2026-12-06): it forgets whatever `by` says and says nothing.
+ * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 3, a request's `regenerate`
+ * (the conversation's last turn answered again); 2, a reset job decides its `by` (whether that user took part) and
+ * says what it did (a `reset` event); 1 (no `protocol` in the heartbeat, workers before 2026-12-06): it forgets
+ * whatever `by` says and says nothing.
  */
-export const PROTOCOL = 2;
+export const PROTOCOL = 3;
+/** The first protocol whose workers decide a reset's `by` themselves. */
+export const PROTOCOL_RESET_BY = 2;
+/** The first protocol whose workers know `regenerate` (an earlier one would answer an empty question). */
+export const PROTOCOL_REGENERATE = 3;
 /** A worker's own queue: follow-ups of the conversations whose KV cache it holds. */
 export const workerQueueName = (workerId: string) => `${QUEUE_NAME}@${workerId}`;
 export const PREFIX = 'minigpt:';
@@ -78,6 +83,7 @@ export interface RequestData {
   generation?: RequestGeneration;
   annotate?: boolean;
   requestId: string;
+  regenerate?: string;
 }
 
 export type JobData =
@@ -101,6 +107,7 @@ export function encodeRequest(req: ConversationRequest, requestId: string): Requ
     ...(req.generation ? { generation: { ...req.generation, ...(req.generation.stop ? { stop: [...req.generation.stop] } : {}) } } : {}),
     ...(req.annotate !== undefined ? { annotate: req.annotate } : {}),
     requestId,
+    ...(req.regenerate !== undefined ? { regenerate: req.regenerate } : {}),
   };
 }
 
@@ -111,6 +118,7 @@ export function decodeRequest(d: RequestData, signal: AbortSignal): Conversation
   if (d.task) req.task = d.task;
   if (d.generation) req.generation = d.generation;
   if (d.annotate !== undefined) req.annotate = d.annotate;
+  if (d.regenerate !== undefined) req.regenerate = d.regenerate;
   return req;
 }
 

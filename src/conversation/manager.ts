@@ -17,7 +17,7 @@ import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } 
 import { PromptBudget } from './budget.js';
 import { generationOptions } from './generation-settings.js';
 import { entitiesToDraw } from './annotation.js';
-import { finalEvent, storedTurn, threadState, tookPart, type FinalEvent } from './turn.js';
+import { finalEvent, regeneration, storedTurn, threadState, tookPart, type FinalEvent, type Regeneration } from './turn.js';
 import { turnSummary, turnTimings, type TurnCosts } from './report.js';
 import { CANCELLED, Failure } from './failure.js';
 import { generate, type ModelImages } from './generate.js';
@@ -178,6 +178,9 @@ export class ConversationManager {
     }
     if (this.closing) return fail('busy', MESSAGES.shuttingDown);
     if (req.signal?.aborted) return fail('cancelled', MESSAGES.cancelled);
+    if (req.regenerate !== undefined && req.history !== undefined) {
+      return fail('internal', 'A stateless request cannot regenerate a stored answer: send the messages to answer instead.');
+    }
     const convId = conversationId(key);
     if (this.scheduler.waiting >= this.maxQueue && !this.scheduler.wouldStartNow(convId)) {
       this.log(`conversation: busy, ${this.scheduler.waiting} requests waiting; refused a request for ${convId}`);
@@ -187,7 +190,8 @@ export class ConversationManager {
       convId,
       control: false,
       key,
-      req,
+      // A regenerate request asks the stored turn again: an image sent with it is not the conversation's.
+      req: req.regenerate !== undefined && req.image !== undefined ? { ...req, image: undefined } : req,
       requestId: req.requestId ?? `r${this.nextId++}`,
       channel,
       controller: new AbortController(),
@@ -472,11 +476,13 @@ export class ConversationManager {
    */
   private async answer(job: Job, started: number): Promise<void> {
     const req = job.req!;
-    const turn = this.userTurnOf(req);
     const stateless = req.history !== undefined;
     const prev = stateless ? undefined : await this.repo.getConversation(job.convId);
+    // Regenerate: the last turn asked again after the turns before it; its answer replaces the stored one.
+    const again = req.regenerate !== undefined ? regenerationOf(req, prev) : undefined;
+    const turn = again?.turn ?? this.userTurnOf(req);
     const input = await this.images.resolve(req.image, prev, stateless);
-    const history = this.earlierTurns(req, prev);
+    const history = again?.earlier ?? this.earlierTurns(req, prev);
     const images: ModelImages = { embeds: input ? [input.encoded.embeds] : [], keys: input ? [input.image.hash] : [] };
 
     const gen = generationOptions(req.generation, this.defaults, this.model);
@@ -607,6 +613,13 @@ export class ConversationManager {
     job.channel.push({ type: 'timings', timings });
     this.log(`conversation ${job.convId} request ${job.requestId}: ${turnSummary(turn.task, timings)}`);
   }
+}
+
+/** A regenerate request's question, if its user may have it answered again (else `stale` / `not_allowed`). */
+function regenerationOf(req: ConversationRequest, prev: ConversationState | undefined): Regeneration {
+  const r = regeneration(prev, String(req.regenerate), typeof req.user === 'string' ? req.user : String(req.user));
+  if ('code' in r) throw new Failure(r.code, r.message);
+  return r;
 }
 
 /** Where a stateless conversation's KV cache is kept: by its image and its exchanges, as the client sends them. */

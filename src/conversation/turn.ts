@@ -89,3 +89,34 @@ export function tookPart(state: ConversationState, user: string | undefined): bo
   if (user === undefined || isParticipant(state, user)) return true;
   return state.turns.length === 0 && state.image.by === undefined;
 }
+
+/** Why an answer cannot be regenerated, as the user is told. */
+export const REGENERATE_REFUSED = {
+  gone: 'There is nothing to regenerate: this conversation was forgotten or has expired.',
+  notLast: 'Only the latest answer in a conversation can be regenerated.',
+  notYours: 'Only the person who asked can regenerate this answer.',
+} as const;
+
+/** A regenerate request's question: the stored turn asked again, after the turns before it. */
+export interface Regeneration {
+  turn: UserTurn;
+  /** the turns before it, as stored */
+  earlier: StoredTurn[];
+}
+
+/**
+ * Whether `user` may have the turn stored as `requestId` answered again: it must be the conversation's last turn
+ * (an earlier one's answer was followed up) and theirs. Adapters ask before showing a refusal privately; the
+ * manager decides.
+ */
+export function regeneration(
+  state: ConversationState | null | undefined,
+  requestId: string,
+  user: string,
+): Regeneration | { code: 'stale' | 'not_allowed'; message: string } {
+  const last = state?.turns.at(-1);
+  if (!state || !last) return { code: 'stale', message: REGENERATE_REFUSED.gone };
+  if (last.requestId !== requestId) return { code: 'stale', message: REGENERATE_REFUSED.notLast };
+  if (last.by !== user) return { code: 'not_allowed', message: REGENERATE_REFUSED.notYours };
+  return { turn: { task: last.task, prompt: last.user }, earlier: state.turns.slice(0, -1) };
+}

@@ -54,6 +54,14 @@ export interface ConversationRequest {
   /** aborting cancels the request, queued or running, and frees its slot */
   signal?: AbortSignal;
   requestId?: string;
+  /**
+   * Answer the conversation's last turn again (a Regenerate button): the `requestId` of that turn as stored. It must
+   * still be the conversation's last turn, asked by `user` (else `stale` / `not_allowed`, and nothing changes). The
+   * stored turn's text and task are asked again with this request's generation settings (`text`, `task` and `image`
+   * are not used); the new answer replaces the old one in the store, under this request's `requestId`. Not with
+   * `history` (a stateless request's client resends what it wants answered).
+   */
+  regenerate?: string;
 }
 
 /**
@@ -67,8 +75,12 @@ export interface ResetOptions {
 /** What a reset did: deleted the conversation; `by` had no part in it (nothing deleted); nothing was stored. */
 export type ResetOutcome = 'forgotten' | 'not_allowed' | 'empty';
 
-/** `unavailable`: the conversation store (e.g. Redis) cannot be reached; the request can be sent again later */
-export type ErrorCode = 'busy' | 'no_image' | 'bad_image' | 'too_long' | 'cancelled' | 'unavailable' | 'internal';
+/**
+ * `unavailable`: the conversation store (e.g. Redis) cannot be reached; the request can be sent again later.
+ * `stale`: a regenerate request's turn is no longer the conversation's last (or the conversation is gone);
+ * `not_allowed`: the user may not do this (regenerate someone else's answer).
+ */
+export type ErrorCode = 'busy' | 'no_image' | 'bad_image' | 'too_long' | 'cancelled' | 'unavailable' | 'stale' | 'not_allowed' | 'internal';
 
 /**
  * The answer stream of one request, in this order: `queued`, `started`, `text`*, `final`, `image`?,

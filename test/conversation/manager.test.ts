@@ -455,3 +455,86 @@ describe('conversation manager: one conversation', () => {
     await m.close();
   });
 });
+
+describe('conversation manager: regenerate (the last answer asked again)', () => {
+  it("answers the stored last turn again, after the turns before it, and replaces that turn's answer", async () => {
+    const m = manager();
+    const s = spies();
+    const k = key('regen');
+    const gen = { temperature: 1, seed: 7 };
+    const e1 = await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'q1', generation: gen }));
+    const a1 = neutralizeMarkers(finalOf(e1).text);
+    const e2 = await collect(m.handle({ key: k, user: 'u', text: '[grounding] the colours', requestId: 'q2', generation: gen }));
+    const before = (await m.history(k))!;
+
+    // Asked again with the same settings: the same prompt and the same answer (the question is the stored turn's; the
+    // text, task and image sent with the request are not used).
+    const e3 = await collect(
+      m.handle({ key: k, user: 'u', text: 'ignored', task: 'vqa', image: image2, regenerate: 'q2', requestId: 'q3', generation: gen }),
+    );
+    expect(errorOf(e3)).toBeUndefined();
+    const prompts = s.prompts();
+    expect(prompts[2]).toBe(prompts[1]);
+    expect(prompts[2]).toBe(`<s>[INST] ${IMG} what is this? [/INST]${a1}<s>[INST] [grounding] the colours [/INST]`);
+    expect(finalOf(e3).text).toBe(finalOf(e2).text);
+    expect(finalOf(e3).task).toBe('grounding');
+    expect(s.encode).toHaveBeenCalledTimes(1);
+    // the prompt up to the answer came from the conversation's KV cache
+    expect(timingsOf(e3).reusedTokens).toBeGreaterThan(timingsOf(e3).promptTokens - 3);
+    let h = (await m.history(k))!;
+    expect(h.image).toEqual(before.image);
+    expect(h.turns.map((t) => [t.user, t.requestId])).toEqual([
+      ['what is this?', 'q1'],
+      ['[grounding] the colours', 'q3'],
+    ]);
+    expect(h.turns[0]).toEqual(before.turns[0]);
+
+    // With other settings, another answer; again the last turn replaced, the conversation goes on from it.
+    const e4 = await collect(
+      m.handle({ key: k, user: 'u', text: '', regenerate: 'q3', requestId: 'q4', generation: { temperature: 1, seed: 99 } }),
+    );
+    expect(errorOf(e4)).toBeUndefined();
+    h = (await m.history(k))!;
+    expect(h.turns.map((t) => t.requestId)).toEqual(['q1', 'q4']);
+    expect(h.turns[1].assistant).toBe(finalOf(e4).text.trim());
+    const e5 = await collect(m.handle({ key: k, user: 'v', text: 'and then?', requestId: 'q5' }));
+    expect(s.prompts().at(-1)).toBe(
+      `<s>[INST] ${IMG} what is this? [/INST]${a1}<s>[INST] [grounding] the colours [/INST]${neutralizeMarkers(finalOf(e4).text)}<s>[INST] and then? [/INST]`,
+    );
+    expect(errorOf(e5)).toBeUndefined();
+    await m.close();
+  });
+
+  it("refuses an answer that is not the last (stale), not the asker's (not_allowed), or forgotten; nothing changes", async () => {
+    const m = manager();
+    const s = spies();
+    const k = key('regen-refused');
+    await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'q1' }));
+    await collect(m.handle({ key: k, user: 'u', text: 'more?', requestId: 'q2' }));
+    const before = await m.history(k);
+    const runs = s.answer.mock.calls.length;
+
+    expect(errorOf(await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 'q1', requestId: 'x1' })))).toEqual({
+      type: 'error',
+      code: 'stale',
+      message: 'Only the latest answer in a conversation can be regenerated.',
+    });
+    expect(errorOf(await collect(m.handle({ key: k, user: 'v', text: '', regenerate: 'q2', requestId: 'x2' })))).toEqual({
+      type: 'error',
+      code: 'not_allowed',
+      message: 'Only the person who asked can regenerate this answer.',
+    });
+    const stateless = await collect(m.handle({ key: k, user: 'u', text: 'x', history: [], regenerate: 'q2' }));
+    expect(errorOf(stateless)?.code).toBe('internal');
+    expect(s.answer.mock.calls.length).toBe(runs);
+    expect(await m.history(k)).toEqual(before);
+
+    await m.reset(k);
+    expect(errorOf(await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 'q2', requestId: 'x3' })))).toMatchObject({
+      code: 'stale',
+      message: expect.stringMatching(/forgotten or has expired/),
+    });
+    expect(await m.history(k)).toBeNull();
+    await m.close();
+  });
+});
