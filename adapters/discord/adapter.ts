@@ -19,7 +19,7 @@ import {
   type SendableChannels,
   type ThreadChannel,
 } from 'discord.js';
-import type { ConversationKey, ConversationRequest, ResetOutcome } from '../../src/conversation/index.js';
+import type { ConversationKey, ConversationRequest, ConversationState, ResetOutcome } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
 import { threadName } from './format.js';
 import { apologiseOnFailure, HELP_NO_IMAGE, NO_THREAD_NOTICE, stripBotMention } from './replies.js';
@@ -42,8 +42,8 @@ import { forgetConversation, forgottenCount } from '../shared/forget.js';
 import type { ConversationPort } from '../shared/port.js';
 import type { ShardLeases } from '../shared/shard-lease.js';
 import { TaskSet } from '../shared/tasks.js';
-import { relayAnswer, stopButton, type RelayResult } from './relay.js';
-import { onInteraction, STOP_PREFIX, type InteractionHost } from './interactions.js';
+import { regenerateButton, relayAnswer, stopButton, type RelayResult } from './relay.js';
+import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } from './interactions.js';
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { channelTarget, type Route } from './targets.js';
 
@@ -307,6 +307,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
         log: this.log,
         label,
         stop: { button: stopButton(`${STOP_PREFIX}${stop.id}`), stoppedBy: stop.stoppedBy },
+        ...(req.requestId ? { regenerate: regenerateButton(`${REGENERATE_PREFIX}${req.requestId}`) } : {}),
       });
       const stopper = stop.stoppedBy();
       const outcome = r.ok
@@ -315,11 +316,23 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
           ? `stopped by user ${stopper}`
           : `error ${r.error?.code}`;
       this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
+      // Answers in a channel (no thread): a reply to one of them continues the conversation.
+      if (route.inChannel) for (const id of route.target.ids ?? []) this.replyKeys.set(id, route.key);
       return r;
     } finally {
       this.controllers.delete(controller);
       stop.close();
     }
+  }
+
+  /** The conversation of a bot answer posted in a channel (no thread), while this process remembers it. */
+  replyKey(messageId: string): ConversationKey | undefined {
+    return this.replyKeys.get(messageId);
+  }
+
+  /** The stored conversation (to check a Regenerate button before answering). */
+  history(key: ConversationKey): Promise<ConversationState | null> {
+    return this.manager.history(key);
   }
 
   /**
@@ -453,8 +466,6 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       requestId: `discord-${msg.id}`,
     };
     await this.run(req, route, ctx.label, ctx.turn);
-    // Answers in a channel (no thread): a reply to one of them continues the conversation.
-    if (route.inChannel) for (const id of route.target.ids ?? []) this.replyKeys.set(id, route.key);
   }
 
   /** A thread on the user's message; without the permission, a reply in the channel that says why. */

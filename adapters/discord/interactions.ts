@@ -1,6 +1,7 @@
 // Discord's interactions: /describe (an attached image, or the thread's image) and the "Describe image"
 // message command. Each is acknowledged (deferred) within Discord's 3 s, its original response streamed, and
-// a thread opened on that response for follow-ups.
+// a thread opened on that response for follow-ups. The buttons on answers: Stop (while one is written) and
+// Regenerate (the conversation's last answer given again, as a new message after it); /forget.
 import {
   MessageFlags,
   PermissionFlagsBits,
@@ -13,9 +14,17 @@ import {
   type Interaction,
   type Message,
   type MessageContextMenuCommandInteraction,
+  type SendableChannels,
   type ThreadChannel,
 } from 'discord.js';
-import type { ConversationKey, ConversationRequest, ResetOutcome, TaskTag } from '../../src/conversation/index.js';
+import {
+  regeneration,
+  type ConversationKey,
+  type ConversationRequest,
+  type ConversationState,
+  type ResetOutcome,
+  type TaskTag,
+} from '../../src/conversation/index.js';
 import { isTask } from '../../src/grounding/tasks.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import { describeError } from '../shared/errors.js';
@@ -24,17 +33,26 @@ import type { StopOutcome } from '../shared/stop-buttons.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU, FORGET_COMMAND } from './commands.js';
 import { notice, threadName } from './format.js';
 import { findImage, ImageInputProblem, type DownloadPolicy, type ImageSource } from './images.js';
-import { isPermissionError, type RelayResult } from './relay.js';
+import { isPermissionError, regenerateButton, type RelayResult } from './relay.js';
+import { DISCORD_MESSAGE_LIMIT } from './format.js';
 import { apologiseOnFailure, HELP_DESCRIBE_NO_IMAGE, NO_THREAD_AFTER_DESCRIBE, NOT_ENABLED } from './replies.js';
-import { interactionTarget, type Route } from './targets.js';
+import { channelTarget, interactionTarget, type Route } from './targets.js';
 
 /** What the interactions need from the adapter (DiscordBot). */
 export interface InteractionHost {
   readonly client: Client<true>;
   readonly policy: DownloadPolicy;
   log(line: string): void;
-  /** the request's turn in its conversation (arrival order), taken before anything is awaited */
-  takeTurn(channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null, channelId: string | null, dm: boolean): ArrivalTurn;
+  /**
+   * the request's turn in its conversation (arrival order), taken before anything is awaited; `replyTo`: the bot answer
+   * in a channel (no thread) it continues
+   */
+  takeTurn(
+    channel: { id: string; isThread(): boolean; isDMBased(): boolean } | null,
+    channelId: string | null,
+    dm: boolean,
+    replyTo?: string | null,
+  ): ArrivalTurn;
   allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean;
   withinRate(user: string, tell: (text: string) => Promise<unknown>, privately?: boolean): Promise<boolean>;
   download(source: ImageSource | undefined, rejected: string | undefined): Promise<Uint8Array | undefined>;
@@ -47,10 +65,18 @@ export interface InteractionHost {
   isBotThread(thread: ThreadChannel): Promise<boolean>;
   /** `/forget` (DiscordBot.forget) */
   forget(key: ConversationKey, user: string, moderator: boolean): Promise<ResetOutcome>;
+  /** the conversation of a bot answer posted in a channel (no thread), if this process remembers it */
+  replyKey(messageId: string): ConversationKey | undefined;
+  /** the stored conversation */
+  history(key: ConversationKey): Promise<ConversationState | null>;
 }
 
 /** The custom ids of the Stop buttons on running answers start with this. */
 export const STOP_PREFIX = 'minigpt-stop:';
+/** The custom ids of the Regenerate buttons on answers start with this; the rest is the answer's request id. */
+export const REGENERATE_PREFIX = 'minigpt-regen:';
+const REGENERATED = 'Regenerated: this answer replaces the one above in the conversation.';
+const REPLACED = 'Replaced by a regenerated answer below.';
 const NOT_YOURS = 'Only the person who asked, or a moderator (Manage Messages), can stop this answer.';
 const FINISHED = 'This answer has already finished.';
 const FORGET_WHERE = 'Use /forget inside a thread I started (or in a DM with me): it deletes that conversation.';
@@ -69,6 +95,10 @@ interface DescribeInput {
 export async function onInteraction(bot: InteractionHost, i: Interaction): Promise<void> {
   if (i.isButton() && i.customId.startsWith(STOP_PREFIX)) {
     await onStop(bot, i);
+    return;
+  }
+  if (i.isButton() && i.customId.startsWith(REGENERATE_PREFIX)) {
+    await onRegenerate(bot, i);
     return;
   }
   if (i.isChatInputCommand() && i.commandName === DESCRIBE_COMMAND) {
@@ -126,6 +156,93 @@ async function onStop(bot: InteractionHost, i: ButtonInteraction): Promise<void>
   const outcome = bot.stop(i.customId.slice(STOP_PREFIX.length), i.user.id, moderator);
   if (outcome === 'stopped') await i.deferUpdate();
   else await i.reply({ content: outcome === 'finished' ? FINISHED : NOT_YOURS, flags: MessageFlags.Ephemeral });
+}
+
+/**
+ * The Regenerate button of an answer: the asker gets a new answer to the same question, posted after it, which
+ * replaces it in the conversation (the old one says so and loses its button). Only the conversation's last answer can
+ * be regenerated; anyone else, or an older answer, is told why privately (an older answer's button is removed).
+ */
+async function onRegenerate(bot: InteractionHost, i: ButtonInteraction): Promise<void> {
+  // Its turn in its conversation (a thread, a DM, or an answer in a channel), taken as the gateway delivers it.
+  const turn = bot.takeTurn(i.channel, i.channelId, !i.guildId, i.message.id);
+  try {
+    const label = `regenerate ${i.id} (${i.guildId ? `guild ${i.guildId}, channel ${i.channelId}` : 'DM'})`;
+    await apologiseOnFailure(
+      (line) => bot.log(line),
+      label,
+      () => regenerate(bot, i, label, turn),
+      (content) => i.followUp({ content, flags: MessageFlags.Ephemeral }),
+    );
+  } finally {
+    turn.release();
+  }
+}
+
+async function regenerate(bot: InteractionHost, i: ButtonInteraction, label: string, turn: ArrivalTurn): Promise<void> {
+  const requestId = i.customId.slice(REGENERATE_PREFIX.length);
+  const channel = i.channel;
+  const thread = channel?.isThread() ? channel : null;
+  if (!bot.allowed(i.guildId, i.channelId, thread?.parentId) || !channel?.isSendable()) {
+    await i.reply({ content: NOT_ENABLED, flags: MessageFlags.Ephemeral });
+    return;
+  }
+  const route = await regenerateRoute(bot, i, channel);
+  const verdict = regeneration(await bot.history(route.key), requestId, i.user.id);
+  if ('code' in verdict) {
+    if (verdict.code === 'stale') await i.update({ components: [] });
+    const tell = { content: verdict.message, flags: MessageFlags.Ephemeral } as const;
+    await (verdict.code === 'stale' ? i.followUp(tell) : i.reply(tell));
+    return;
+  }
+  if (!(await bot.withinRate(i.user.id, (t) => i.reply({ content: t, flags: MessageFlags.Ephemeral }), true))) return;
+  // Acknowledged by taking the button away: this answer is being replaced.
+  await i.update({ components: [] });
+  const req: Omit<ConversationRequest, 'signal'> = {
+    key: route.key,
+    user: i.user.id,
+    text: '',
+    regenerate: requestId,
+    requestId: `discord-${i.id}`,
+  };
+  const r = await bot.run(req, route, label, turn);
+  const old = i.message.content;
+  if (r.ok) {
+    const line = notice(REPLACED);
+    if (old.length + line.length + 1 <= DISCORD_MESSAGE_LIMIT)
+      await i.editReply({
+        content: `${old}
+${line}`,
+      });
+  } else if (r.error?.code !== 'stale' && r.error?.code !== 'not_allowed') {
+    // not answered (stopped, busy, an error): the old answer stands, and can be regenerated again
+    await i.editReply({ components: [regenerateButton(i.customId)] });
+  }
+}
+
+/**
+ * Where a Regenerate button's conversation is and where its new answer goes: after the old answer, in its DM, bot
+ * thread or channel; for an answer in a channel with a thread on it (a /describe), in that thread.
+ */
+async function regenerateRoute(bot: InteractionHost, i: ButtonInteraction, channel: SendableChannels): Promise<Route> {
+  const head = { notice: REGENERATED };
+  if (!i.guildId) {
+    return {
+      key: { platform: 'discord', workspace: '@me', channel: i.channelId, thread: i.channelId },
+      target: channelTarget(channel, i.message),
+      ...head,
+    };
+  }
+  if (channel.isThread()) {
+    const key: ConversationKey = { platform: 'discord', workspace: i.guildId, channel: channel.parentId ?? channel.id, thread: channel.id };
+    return { key, target: channelTarget(channel, i.message), ...head };
+  }
+  const known = bot.replyKey(i.message.id);
+  if (known) return { key: known, target: channelTarget(channel, i.message), inChannel: true, ...head };
+  // A /describe answer in a channel: its conversation is the thread opened on it (the thread has the message's id).
+  const key: ConversationKey = { platform: 'discord', workspace: i.guildId, channel: i.channelId, thread: i.message.id };
+  const onIt = await bot.client.channels.fetch(i.message.id).catch(() => null);
+  return { key, target: onIt?.isThread() && onIt.isSendable() ? channelTarget(onIt) : channelTarget(channel, i.message), ...head };
 }
 
 async function describe(bot: InteractionHost, i: DescribeInteraction, input: DescribeInput): Promise<void> {

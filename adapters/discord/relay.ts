@@ -3,7 +3,8 @@
 // once; a trailing " …" says it is still being written), then replaced by the final Markdown as soon as the
 // answer ends, split over several messages past 2000 characters, with the annotated image attached to the last.
 // While it is written the message carries a Stop button (`RelayOptions.stop`); a stopped answer keeps what was
-// written, with a line saying who stopped it.
+// written, with a line saying who stopped it. An answer given in full carries a Regenerate button on its last
+// message (`RelayOptions.regenerate`).
 import { ActionRowBuilder, ButtonBuilder, ButtonStyle, DiscordAPIError, type AttachmentPayload } from 'discord.js';
 import type { AnswerEvent } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, notice, splitMessage } from './format.js';
@@ -14,7 +15,7 @@ import { ThrottledMessage } from '../shared/throttled-message.js';
 export interface Payload {
   content: string;
   files?: AttachmentPayload[];
-  /** the message's buttons (the Stop button while the answer is written; none once it ended) */
+  /** the message's buttons (the Stop button while the answer is written; Regenerate, or none, once it ended) */
   components?: ActionRowBuilder<ButtonBuilder>[];
 }
 
@@ -22,6 +23,13 @@ export interface Payload {
 export function stopButton(customId: string): ActionRowBuilder<ButtonBuilder> {
   return new ActionRowBuilder<ButtonBuilder>().addComponents(
     new ButtonBuilder().setCustomId(customId).setLabel('Stop').setStyle(ButtonStyle.Secondary),
+  );
+}
+
+/** The Regenerate button of an answer given in full; its custom id names the answer's request. */
+export function regenerateButton(customId: string): ActionRowBuilder<ButtonBuilder> {
+  return new ActionRowBuilder<ButtonBuilder>().addComponents(
+    new ButtonBuilder().setCustomId(customId).setLabel('Regenerate').setStyle(ButtonStyle.Secondary),
   );
 }
 
@@ -52,6 +60,8 @@ export interface RelayOptions {
    * id; undefined until someone did): the answer's `cancelled` error then shows the text so far, stopped.
    */
   stop?: { button: ActionRowBuilder<ButtonBuilder>; stoppedBy(): string | undefined };
+  /** a button for the last message of an answer given in full (Regenerate) */
+  regenerate?: ActionRowBuilder<ButtonBuilder>;
 }
 
 export interface RelayResult {
@@ -190,7 +200,8 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   let attached = false;
   for (let i = 0; i < pieces.length; i++) {
     const last = i === pieces.length - 1;
-    const send = (p: Payload) => (i === 0 ? target.first({ ...p, ...noButtons }) : target.more(p));
+    const buttons = last && o.regenerate ? { components: [o.regenerate] } : i === 0 ? noButtons : {};
+    const send = (p: Payload) => (i === 0 ? target.first({ ...p, ...buttons }) : target.more({ ...p, ...buttons }));
     if (!last || !file) {
       await send({ content: pieces[i] });
       continue;

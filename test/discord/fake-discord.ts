@@ -97,6 +97,8 @@ interface Interaction {
   guildId?: string;
   user: ApiUser;
   original?: ApiMessage;
+  /** a component interaction's message (the button's): its original message once it is answered by 6 or 7 */
+  message?: ApiMessage;
   callback?: { type: number; at: number };
 }
 
@@ -583,7 +585,15 @@ export class FakeDiscord {
     const id = this.snowflake();
     const token = `aW50ZXJhY3Rpb246${id}_${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
     const guildId: string | undefined = ch.guild_id;
-    this.interactions.set(token, { id, token, applicationId: this.appId, channelId, guildId, user });
+    this.interactions.set(token, {
+      id,
+      token,
+      applicationId: this.appId,
+      channelId,
+      guildId,
+      user,
+      ...(kind.message ? { message: kind.message } : {}),
+    });
     const payload: Record<string, any> = {
       id,
       application_id: this.appId,
@@ -862,6 +872,14 @@ export class FakeDiscord {
           webhook_id: this.appId,
         });
         if (!(flags & 64)) this.dispatch('MESSAGE_CREATE', i.original);
+      }
+      // DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE (a component's): the original is the component's message, 7 edits it
+      if ((body?.type === 6 || body?.type === 7) && i.message) {
+        i.original = i.message;
+        if (body.type === 7) {
+          this.editMessage(i.message, body.data ?? {}, call.files);
+          this.dispatch('MESSAGE_UPDATE', i.message);
+        }
       }
       return this.json(res, 204, null);
     }
