@@ -33,6 +33,8 @@ export interface AnswerContext {
 
 /** The action id of the Stop button on an answer being written (its value names the answer). */
 export const STOP_ACTION = 'minigpt_stop';
+/** The action id of the Regenerate button on an answer given in full (its value is the answer's request id). */
+export const REGENERATE_ACTION = 'minigpt_regenerate';
 
 /** One request as the adapter's handlers make it. */
 export interface Ask {
@@ -50,6 +52,8 @@ export interface Ask {
   file?: SlackFile;
   header?: string;
   requestId: string;
+  /** the request id of the stored answer this one gives again (ConversationRequest.regenerate) */
+  regenerate?: string;
   what: string;
   /** the conversation's turn (arrival order): released once the request has its place in the queue (its first event) */
   turn?: ArrivalTurn;
@@ -77,6 +81,7 @@ export function threadReply(
   header?: string,
   stop?: StopHandle,
   inline = false,
+  requestId?: string,
 ): ThreadReply {
   return new ThreadReply({
     client,
@@ -88,27 +93,32 @@ export function threadReply(
     header,
     log: ctx.log,
     ...(stop ? { stop: { actionId: STOP_ACTION, value: stop.id } } : {}),
+    ...(requestId ? { regenerate: { actionId: REGENERATE_ACTION, value: requestId } } : {}),
   });
 }
 
-/** Posts the first message, fetches the image, streams the manager's answer into the thread. */
-export async function answer(ctx: AnswerContext, a: Ask): Promise<void> {
+/**
+ * Posts the first message, fetches the image, streams the manager's answer into the thread. Whether the answer was
+ * given in full.
+ */
+export async function answer(ctx: AnswerContext, a: Ask): Promise<boolean> {
   const stop = ctx.stops.open(a.user);
   try {
-    await answerWith(ctx, a, stop);
+    return await answerWith(ctx, a, stop);
   } finally {
     stop.close();
   }
 }
 
-async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise<void> {
-  const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop, a.dm === true);
+async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise<boolean> {
+  const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop, a.dm === true, a.requestId);
   try {
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
   } catch (err) {
     ctx.log(`slack: ${a.what}: could not post the reply: ${describeSlackError(err)}`);
-    return;
+    return false;
   }
+  let answered = false;
   // a direct message is one conversation, threads included; elsewhere a thread is, and the bot answers in it
   const key = a.dm ? dmKey(a.team, a.channel) : slackKey(a.team, a.channel, reply.thread!);
   if (!a.dm) await ctx.threads.mark(`${a.team}:${a.channel}:${key.thread}`);
@@ -129,7 +139,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
         if (err instanceof FileInputError && !stop.stoppedBy()) {
           ctx.log(`slack: ${a.what}: file ${a.file.id} not used (${err.reason})`);
           await reply.error(err.message);
-          return;
+          return false;
         }
         throw err;
       }
@@ -145,6 +155,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       ...(a.task ? { task: a.task } : {}),
       signal,
       requestId: a.requestId,
+      ...(a.regenerate !== undefined ? { regenerate: a.regenerate } : {}),
     };
     // Once the request has its place in the conversation's queue (its first event), the thread's next request may go on.
     const events = restartNotice(releasedAtFirst(ctx.manager.handle(req), a.turn), () => ctx.closing());
@@ -164,7 +175,10 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
         text = '';
         reply.status('_Answering again…_');
       },
-      final: (ev) => reply.final(ev.text),
+      final: (ev) => {
+        answered = true;
+        return reply.final(ev.text);
+      },
       image: (ev) => uploadImage(ctx, reply, ev.data, ev.mime, a.what),
       error: (ev) => {
         if (ev.code === 'cancelled' && stop.stoppedBy()) return stopped();
@@ -182,6 +196,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   } finally {
     await reply.settle().catch(() => {});
   }
+  return answered;
 }
 
 async function uploadImage(ctx: AnswerContext, reply: ThreadReply, data: Buffer, mime: string, what: string): Promise<void> {

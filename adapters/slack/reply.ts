@@ -1,7 +1,8 @@
 // One answer as Slack messages: a first message posted at once, edited as text streams in (chat.update,
 // throttled), more messages in the thread when the answer outgrows one, then the annotated image. While the
 // answer is written the first message can carry a Stop button (Block Kit: the text in section blocks, the button
-// in an actions block); the final write takes the blocks away, leaving the plain text.
+// in an actions block); the final write takes the blocks away, leaving the plain text, except on the last message
+// of an answer given in full, which carries a Regenerate button.
 import type { webApi } from '@slack/bolt';
 import { stoppedLine } from '../shared/stop-buttons.js';
 import { ThrottledMessage } from '../shared/throttled-message.js';
@@ -25,7 +26,32 @@ export interface ThreadReplyOptions {
   header?: string;
   log: (line: string) => void;
   /** a Stop button on the first message until the answer ends: its action id, and its value (names the answer) */
-  stop?: { actionId: string; value: string };
+  stop?: ButtonSpec;
+  /** a Regenerate button on the last message of an answer given in full (its value: the answer's request id) */
+  regenerate?: ButtonSpec;
+}
+
+/** A Block Kit button: its action id and value. */
+export interface ButtonSpec {
+  actionId: string;
+  value: string;
+}
+
+/** The labels of the buttons an answer's messages carry. */
+const LABELS = { stop: 'Stop', regenerate: 'Regenerate' } as const;
+type ButtonKind = keyof typeof LABELS;
+
+/** `text` as blocks with one button under it (Block Kit: section blocks, then an actions block). */
+export function withButton(text: string, label: string, button: ButtonSpec) {
+  return [
+    ...sectionBlocks(text),
+    {
+      type: 'actions' as const,
+      elements: [
+        { type: 'button' as const, text: { type: 'plain_text' as const, text: label }, action_id: button.actionId, value: button.value },
+      ],
+    },
+  ];
 }
 
 /** Slack's limit on a section block's text. */
@@ -55,13 +81,15 @@ const sameTexts = (a: readonly string[], b: readonly string[]) => a.length === b
  * one edit per `intervalMs` goes out, the newest text winning (ThrottledMessage).
  */
 export class ThreadReply {
-  /** the messages posted: their text, and whether they carry the Stop button */
-  private readonly posted: Array<{ ts: string; text: string; button: boolean }> = [];
+  /** the messages posted: their text, and the button they carry */
+  private readonly posted: Array<{ ts: string; text: string; button: ButtonKind | undefined }> = [];
   private chain: Promise<void> = Promise.resolve();
   private readonly message: ThrottledMessage<string[]>;
   private failed = false;
   /** the answer ended (final, error or stopped): no more Stop button */
   private ended = false;
+  /** the answer was given in full: its last message carries the Regenerate button */
+  private answered = false;
 
   constructor(private readonly opts: ThreadReplyOptions) {
     this.message = new ThrottledMessage<string[]>({
@@ -103,6 +131,7 @@ export class ThreadReply {
   /** The final answer, written now (pending edits dropped). */
   async final(raw: string): Promise<void> {
     this.ended = true;
+    this.answered = true;
     await this.message.final(this.chunks(raw, false));
   }
 
@@ -159,18 +188,14 @@ export class ThreadReply {
     return thread;
   }
 
-  /** The message's text as blocks, with the Stop button under it. */
-  private withStop(text: string) {
-    const stop = this.opts.stop!;
-    return [
-      ...sectionBlocks(text),
-      {
-        type: 'actions' as const,
-        elements: [
-          { type: 'button' as const, text: { type: 'plain_text' as const, text: 'Stop' }, action_id: stop.actionId, value: stop.value },
-        ],
-      },
-    ];
+  /**
+   * The button of message `i` of `count`: Stop on the first while the answer is written, Regenerate on the last of an
+   * answer given in full.
+   */
+  private buttonOf(i: number, count: number): ButtonKind | undefined {
+    if (i === 0 && this.opts.stop && !this.ended) return 'stop';
+    if (i === count - 1 && this.opts.regenerate && this.answered) return 'regenerate';
+    return undefined;
   }
 
   private withHeader(text: string): string {
@@ -200,9 +225,8 @@ export class ThreadReply {
     for (let i = 0; i < want.length; i++) {
       const text = want[i];
       const have = this.posted[i];
-      // The Stop button: on the first message while the answer is written, taken away when it ends.
-      const button = i === 0 && !!this.opts.stop && !this.ended;
-      const blocks = button ? { blocks: this.withStop(text) } : have?.button ? { blocks: [] } : {};
+      const button = this.buttonOf(i, want.length);
+      const blocks = button ? { blocks: withButton(text, LABELS[button], this.opts[button]!) } : have?.button ? { blocks: [] } : {};
       if (have) {
         if (have.text === text && have.button === button) continue;
         try {

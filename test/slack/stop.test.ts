@@ -98,7 +98,9 @@ describe('slack: the Stop button', () => {
     // the thread kept its image: a follow-up is answered in full
     await fake.reply('C1', ask.ts, { text: 'and in short?' });
     const full = await fake.waitFor(
-      () => textReplies(fake, 'C1', ask.ts).find((m) => m !== reply && m.text === FORCED && (m.blocks ?? []).length === 0),
+      // (no Stop button once it is written; the Regenerate button of an answer given in full: test/slack/regenerate.test.ts)
+      () =>
+        textReplies(fake, 'C1', ask.ts).find((m) => m !== reply && m.text === FORCED && !buttonsOf(m).some((b) => b.action_id === STOP)),
       20_000,
       'the follow-up answered in full',
     );
