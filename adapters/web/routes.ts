@@ -37,6 +37,7 @@ export interface WebRoutesContext {
 const FORM_OVERHEAD_BYTES = 64 * 1024;
 const MAX_JSON_BYTES = 16 * 1024;
 const MAX_TEXT_CHARS = 8000;
+const MAX_REQUEST_ID_CHARS = 64;
 const MAX_BEAMS = LIMITS.beams;
 const HEARTBEAT_MS = 15_000;
 const CONVERSATION_ID_RE = /^[A-Za-z0-9_-]{8,64}$/;
@@ -157,6 +158,9 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
     task = selectorTask(rawText, selected as TaskTag | 'chat');
     text = taskPrompt(task, rawText);
   }
+  // Regenerate: the latest answer (its request id, from its `final` event) given again; the question is the stored one.
+  const regenerate = stringField(form, 'regenerate');
+  if (regenerate.length > MAX_REQUEST_ID_CHARS) throw new HttpError(400, 'bad_request', 'malformed regenerate id');
   const generation: NonNullable<ConversationRequest['generation']> = {};
   const temperature = numberField(form, 'temperature', 0, 2);
   if (temperature !== undefined) generation.temperature = temperature;
@@ -168,7 +172,8 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
     if (file.size > ctx.maxUpload) throw tooLarge(file.size, ctx.maxUpload);
     image = new Uint8Array(await file.arrayBuffer());
   }
-  if (!text && !image) throw new HttpError(400, 'bad_request', 'type a message or add an image');
+  if (regenerate && image) throw new HttpError(400, 'bad_request', 'a regenerate request takes no image');
+  if (!text && !image && !regenerate) throw new HttpError(400, 'bad_request', 'type a message or add an image');
 
   const controller = new AbortController();
   ctx.active.add(controller);
@@ -189,10 +194,11 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
   try {
     const request: ConversationRequest = { key, user: 'web', text, task, generation, signal: controller.signal, requestId };
     if (image) request.image = image;
+    if (regenerate) request.regenerate = regenerate;
     for await (const ev of ctx.manager.handle(request)) {
       if (controller.signal.aborted) break;
       if (ev.type === 'image') send({ type: 'image', mime: ev.mime, data: Buffer.from(ev.data).toString('base64') });
-      else if (ev.type === 'final') send({ ...ev, segments: answerSegments(ev.text) });
+      else if (ev.type === 'final') send({ ...ev, segments: answerSegments(ev.text), requestId });
       else {
         if (ev.type === 'error') outcome = ev.code;
         send(ev);

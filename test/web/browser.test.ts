@@ -301,4 +301,47 @@ describe('web demo in headless Chromium', () => {
     await page.close();
     await other.page.close();
   });
+
+  it('regenerates the latest answer in its place (the stored answer replaced); an answer no longer stored stays, with why', async () => {
+    const { page, problems } = await openTab();
+    const id = await page.evaluate(() => (globalThis as any).sessionStorage.getItem('minigpt.conversation') as string | null);
+    const key = { platform: 'web' as const, workspace: 'local', channel: 'web', thread: id! };
+    await page.setInputFiles('#file', pngPath);
+    const first = await sendAndWait(page, '[grounding] describe this image', 1);
+    const firstId = await first.getAttribute('data-request-id');
+    expect(firstId).toMatch(/^[0-9a-f]{16}$/);
+    expect(await first.locator('button.regen').textContent()).toBe('Regenerate');
+
+    await first.locator('button.regen').click();
+    await expect.poll(() => first.getAttribute('data-regenerated')).toBe('1');
+    await first.and(page.locator('[data-state=done]')).waitFor();
+    expect(await answers(page).count()).toBe(1);
+    expect((await first.locator('.body').textContent())?.trim()).toBe('red square on a grey background');
+    expect(await first.locator('img.annotated').count()).toBe(1);
+    const againId = await first.getAttribute('data-request-id');
+    expect(againId).not.toBe(firstId);
+    let state = await manager.history(key);
+    expect(state!.turns.map((t) => t.requestId)).toEqual([againId]);
+
+    // a follow-up: the button moves to the new latest answer
+    const second = await sendAndWait(page, 'what colour is the square?', 2);
+    expect(await first.locator('button.regen').count()).toBe(0);
+    expect(await second.locator('button.regen').count()).toBe(1);
+    state = await manager.history(key);
+    expect(state!.turns).toHaveLength(2);
+
+    // forgotten meanwhile (elsewhere): the answer shown stays, without its button, and says why
+    await manager.reset(key);
+    await second.locator('button.regen').click();
+    await expect
+      .poll(() => second.locator('.meta').last().textContent())
+      .toBe('Not regenerated: There is nothing to regenerate: this conversation was forgotten or has expired.');
+    await second.and(page.locator('[data-state=done]')).waitFor();
+    expect((await second.locator('.body').textContent())?.trim()).toBe('red square on a grey background');
+    expect(await second.locator('button.regen').count()).toBe(0);
+    expect(await second.getAttribute('data-error')).toBeNull();
+
+    expect(problems).toEqual([]);
+    await page.close();
+  });
 });

@@ -87,6 +87,8 @@ export interface ChatFields {
   numBeams?: string;
   image?: Uint8Array;
   imageType?: string;
+  /** the request id of the latest answer, to give again */
+  regenerate?: string;
 }
 
 export function chatForm(f: ChatFields): FormData {
@@ -96,6 +98,7 @@ export function chatForm(f: ChatFields): FormData {
   if (f.task !== undefined) form.append('task', f.task);
   if (f.temperature !== undefined) form.append('temperature', f.temperature);
   if (f.numBeams !== undefined) form.append('numBeams', f.numBeams);
+  if (f.regenerate !== undefined) form.append('regenerate', f.regenerate);
   if (f.image) form.append('image', new Blob([f.image], { type: f.imageType ?? 'image/png' }), 'upload.png');
   return form;
 }

@@ -171,6 +171,23 @@ describe('web demo: answers', () => {
     expect(ofType(evs, 'error')).toEqual([expect.objectContaining({ code: 'no_image' })]);
   });
 
+  it('regenerates the latest answer by the request id its final event gave; refuses an image with it', async () => {
+    const conversation = randomConversation();
+    const first = ofType(await readEvents(await postChat(server.url, { conversation, text: 'hi', image: png })), 'final')[0] as any;
+    expect(first.requestId).toMatch(/^[0-9a-f]{16}$/);
+    const again = ofType(await readEvents(await postChat(server.url, { conversation, regenerate: first.requestId })), 'final')[0] as any;
+    expect(again.requestId).not.toBe(first.requestId);
+    const thread = { platform: 'web' as const, workspace: 'local', channel: 'web', thread: conversation };
+    expect((await manager.history(thread))!.turns.map((t) => t.requestId)).toEqual([again.requestId]);
+    // the first answer is no longer stored: refused in the stream, nothing changed
+    const stale = await readEvents(await postChat(server.url, { conversation, regenerate: first.requestId }));
+    expect(ofType(stale, 'error')).toEqual([expect.objectContaining({ code: 'stale' })]);
+    const withImage = await postChat(server.url, { conversation, regenerate: again.requestId, image: png });
+    expect(withImage.status).toBe(400);
+    expect(((await withImage.json()) as any).error.message).toBe('a regenerate request takes no image');
+    expect((await manager.history(thread))!.turns.map((t) => t.requestId)).toEqual([again.requestId]);
+  });
+
   it('passes temperature and beams on, validated', async () => {
     const conversation = randomConversation();
     const ok = await readEvents(await postChat(server.url, { conversation, text: 'hi', image: png, temperature: '0', numBeams: '2' }));

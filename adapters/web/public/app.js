@@ -1,5 +1,5 @@
 // The web demo page's entry (index.html loads it as a module with the response's CSP nonce, which its imports
-// inherit): the model's info, sending a message and streaming the answer, and reset.
+// inherit): the model's info, sending a message and streaming the answer, regenerating the latest answer, and reset.
 import { addError, conversation, el, els, scrollLog, setStatus, state, systemError, updateHint } from './app-common.js';
 import { clearBox, fillIdentifyText, loadExamples, markExample } from './app-image.js';
 
@@ -69,6 +69,39 @@ function renderFinal(body, ev) {
   });
 }
 
+/** The Regenerate button of the latest answer (one at most: an older answer cannot be regenerated). */
+function addRegenerateButton(li) {
+  dropRegenerateButtons();
+  const b = el('button', 'regen', 'Regenerate');
+  b.type = 'button';
+  b.title = 'Answer the same question again; the new answer replaces this one';
+  b.addEventListener('click', () => regenerate(li));
+  li.appendChild(b);
+}
+function dropRegenerateButtons() {
+  for (const b of els.log.querySelectorAll('button.regen')) b.remove();
+}
+
+/** An empty assistant message, being written. */
+function botMessage() {
+  const li = el('li', 'msg bot');
+  li.dataset.role = 'assistant';
+  li.dataset.state = 'streaming';
+  li.appendChild(el('div', 'body'));
+  els.log.appendChild(li);
+  scrollLog();
+  return li;
+}
+
+function formWith(fields) {
+  const form = new FormData();
+  form.append('conversation', conversation);
+  form.append('temperature', els.temperature.value);
+  form.append('numBeams', els.beams.value);
+  for (const [k, v] of Object.entries(fields)) form.append(k, v);
+  return form;
+}
+
 async function send() {
   if (state.controller) return;
   const task = els.task.value || 'chat';
@@ -78,29 +111,69 @@ async function send() {
     els.text.focus();
     return;
   }
-  const form = new FormData();
-  form.append('conversation', conversation);
-  form.append('text', text);
-  form.append('task', task);
-  form.append('temperature', els.temperature.value);
-  form.append('numBeams', els.beams.value);
+  const form = formWith({ text, task });
   if (image) form.append('image', image, image.name || 'image');
   userMessage(task, text, image);
+  dropRegenerateButtons();
+  const li = botMessage();
+  const r = await stream(form, li, {
+    image,
+    accepted: () => {
+      if (image) {
+        state.pendingImage = null;
+        state.hasImage = true;
+        els.imageInfo.textContent = 'Image sent; follow-up questions use it.';
+      }
+      els.text.value = '';
+      if (state.box) clearBox();
+    },
+  });
+  if (r.ok) addRegenerateButton(li);
+  li.dataset.state = 'done';
+}
 
-  const li = el('li', 'msg bot');
-  li.dataset.role = 'assistant';
+/**
+ * The latest answer given again, in its place: its question asked anew (the server replaces the stored answer). If no
+ * new answer comes (stopped, an error), the old one is shown again, with why.
+ */
+async function regenerate(li) {
+  if (state.controller || !li.dataset.requestId) return;
+  const old = Array.from(li.childNodes);
+  const oldData = { ...li.dataset };
+  dropRegenerateButtons();
+  li.textContent = '';
+  delete li.dataset.chunks;
   li.dataset.state = 'streaming';
-  const body = el('div', 'body');
-  li.appendChild(body);
-  els.log.appendChild(li);
-  scrollLog();
+  li.appendChild(el('div', 'body'));
+  const r = await stream(formWith({ regenerate: li.dataset.requestId }), li, {});
+  if (r.ok) {
+    li.dataset.regenerated = String(Number(oldData.regenerated || 0) + 1);
+    addRegenerateButton(li);
+  } else {
+    li.textContent = '';
+    for (const n of old) if (!(n instanceof HTMLButtonElement)) li.appendChild(n);
+    for (const k of Object.keys(li.dataset)) if (!(k in oldData)) delete li.dataset[k];
+    Object.assign(li.dataset, oldData);
+    if (r.code !== 'stale') addRegenerateButton(li);
+    li.appendChild(el('div', 'meta', `Not regenerated: ${r.message}`));
+  }
+  li.dataset.state = 'done';
+}
 
+/**
+ * Sends `form` to /api/chat and streams the answer into `li`. `opts.image`: the image sent with it;
+ * `opts.accepted()`: runs once the server took the request. Whether the answer was given in full, else why not.
+ */
+async function stream(form, li, opts) {
+  const body = li.querySelector('.body');
+  const image = opts.image;
   const controller = new AbortController();
   state.controller = controller;
   els.send.disabled = true;
   els.stop.disabled = false;
   setStatus(image ? 'Uploading…' : 'Sending…');
   let errorCode = null;
+  let errorMessage = '';
   let sawFinal = false;
   try {
     const res = await fetch('/api/chat', { method: 'POST', body: form, signal: controller.signal });
@@ -114,16 +187,11 @@ async function send() {
         /* not JSON */
       }
       li.dataset.error = errorCode || String(res.status);
+      errorMessage = message;
       addError(li, message);
-      return;
+      return { ok: false, code: errorCode, message };
     }
-    if (image) {
-      state.pendingImage = null;
-      state.hasImage = true;
-      els.imageInfo.textContent = 'Image sent; follow-up questions use it.';
-    }
-    els.text.value = '';
-    if (state.box) clearBox();
+    opts.accepted?.();
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buf = '';
     for (;;) {
@@ -152,15 +220,21 @@ async function send() {
   } catch (err) {
     if (controller.signal.aborted) {
       li.appendChild(el('div', 'meta', '(stopped)'));
-    } else addError(li, `Connection failed: ${err?.message ? err.message : String(err)}`);
+      errorCode = 'cancelled';
+      errorMessage = 'stopped';
+    } else {
+      errorMessage = `Connection failed: ${err?.message ? err.message : String(err)}`;
+      addError(li, errorMessage);
+    }
   } finally {
-    li.dataset.state = 'done';
     state.controller = null;
     els.send.disabled = false;
     els.stop.disabled = true;
     setStatus('');
     scrollLog();
   }
+  if (!sawFinal && !errorMessage) errorMessage = 'the answer ended early';
+  return sawFinal && !errorCode ? { ok: true } : { ok: false, code: errorCode, message: errorMessage };
 
   function onEvent(ev) {
     switch (ev.type) {
@@ -183,6 +257,7 @@ async function send() {
         break;
       case 'final': {
         sawFinal = true;
+        if (typeof ev.requestId === 'string') li.dataset.requestId = ev.requestId;
         renderFinal(body, ev);
         if (ev.text) {
           const d = el('details', 'raw');
@@ -212,13 +287,14 @@ async function send() {
       }
       case 'error':
         errorCode = ev.code;
+        errorMessage = ev.message || ev.code;
         li.dataset.error = ev.code;
         if (ev.code === 'bad_image' && image) {
           state.hasImage = false;
           els.imageInfo.textContent = 'That file was refused; choose another image.';
         }
         if (ev.code === 'no_image') state.hasImage = false;
-        addError(li, ev.message || ev.code);
+        addError(li, errorMessage);
         break;
       default:
         break;
