@@ -124,6 +124,20 @@ describe('the Regenerate button', () => {
     }
   }, 60_000);
 
+  it('in a DM: the new answer follows in the DM', async () => {
+    const dm = s.fake.addDm(s.w.alice);
+    const ask = s.fake.postMessage(dm, s.w.alice, 'hello', { attachments: [await image('dm.png')] });
+    expect(await answered(logs, ask.id)).toMatch(/: answered/);
+    const first = botMessagesIn(dm).at(-1)!;
+    const yes = await press(dm, first);
+    const id = s.fake.interaction(yes.token)!.id;
+    expect(await answered(logs, id)).toMatch(/^discord: regenerate \d+ \(DM\): answered/);
+    const second = botMessagesIn(dm).at(-1)!;
+    expect(second.message_reference?.message_id).toBe(first.id);
+    const state = await s.manager.history({ platform: 'discord', workspace: '@me', channel: dm, thread: dm });
+    expect(state!.turns.map((t) => t.requestId)).toEqual([`discord-${id}`]);
+  }, 60_000);
+
   it('not answered again (here: the model fails once): the old answer keeps its place and its button', async () => {
     const ask = s.fake.postMessage(s.w.general, s.w.alice, 'and this?', { attachments: [await image('g.png')], mentionBot: true });
     const thread = ask.id;
