@@ -135,17 +135,18 @@ export function decodeEvent(s: string): WireEvent {
 
 /**
  * Tells every worker what a forget deleted (keys.forgotten), so that each drops its caches of it; a lost message
- * costs only memory until the caches push those entries out.
+ * costs only memory until the caches push those entries out. `from`: the worker that forgot it (it has dropped its
+ * own caches already).
  */
-export async function publishForgotten(redis: Redis, f: Forgotten): Promise<void> {
-  await redis.publish(keys.forgotten, JSON.stringify(f)).catch(() => {});
+export async function publishForgotten(redis: Redis, f: Forgotten, from?: string): Promise<void> {
+  await redis.publish(keys.forgotten, JSON.stringify(from !== undefined ? { ...f, from } : f)).catch(() => {});
 }
 
-/** A keys.forgotten message (from any process: only its lists of strings are taken). */
-export function decodeForgotten(s: string): Forgotten {
-  const f = JSON.parse(s) as Partial<Record<keyof Forgotten, unknown>>;
+/** A keys.forgotten message (from any process: only its lists of strings are taken), and the worker that sent it. */
+export function decodeForgotten(s: string): Forgotten & { from?: string } {
+  const f = JSON.parse(s) as Partial<Record<keyof Forgotten | 'from', unknown>>;
   const strings = (v: unknown) => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
-  return { conversations: strings(f.conversations), images: strings(f.images) };
+  return { conversations: strings(f.conversations), images: strings(f.images), ...(typeof f.from === 'string' ? { from: f.from } : {}) };
 }
 
 /** What a worker says about itself in its heartbeat. */

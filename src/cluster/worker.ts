@@ -86,10 +86,13 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
   });
   // What this worker forgets (a reset job), every worker drops from its caches (another may hold the KV cache);
   // so does what a front end or `minigpt forget` deleted from the store.
-  opts.manager.onForgotten((f) => void publishForgotten(redis, f));
+  opts.manager.onForgotten((f) => void publishForgotten(redis, f, id));
   const dropForgotten = async (message: string) => {
     try {
-      await opts.manager.dropCaches(decodeForgotten(message));
+      const { from, ...forgotten } = decodeForgotten(message);
+      // (its own forget: dropped already)
+      if (from === id) return;
+      await opts.manager.dropCaches(forgotten);
     } catch (err) {
       log(`worker ${id}: could not drop the caches of forgotten conversations: ${(err as Error).message}`);
     }

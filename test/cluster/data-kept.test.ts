@@ -5,7 +5,7 @@
 // with keeps no image and no words of the user (they would outlive a forget and the retention time), and a
 // conversation's order counters expire. A real redis-server on a free loopback port, the real cluster
 // worker and front end in this process, the demo model.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { Queue } from 'bullmq';
@@ -87,9 +87,10 @@ describe('what a cluster keeps in Redis, and what a forget takes', () => {
     await until(async () => (await embeddingKeys()).length === 0, 'the embeddings deleted');
   });
 
-  it('a reset job and `minigpt forget` too', async () => {
+  it('a reset job and `minigpt forget` too (the worker that ran the reset does not drop its caches twice)', async () => {
     const key = slack('T2', '1');
     await asked(key, await squarePng(54, 40));
+    const drops = vi.spyOn(manager, 'dropCaches');
     expect(await frontend.reset(key, { by: 'U1' })).toBe('forgotten');
     expect(manager.contextCacheStats.entries).toBe(0);
     expect(await embeddingKeys()).toHaveLength(0);
@@ -100,6 +101,9 @@ describe('what a cluster keeps in Redis, and what a forget takes', () => {
     expect(await runForget({ workspace: 'slack:T3', store: redis.url }, {}, (l) => out.push(l))).toBe(1);
     await until(() => manager.contextCacheStats.entries === 0, 'the KV cache dropped');
     await until(async () => (await embeddingKeys()).length === 0, 'the embeddings deleted');
+    // the reset's own drop and the CLI's message (pub/sub keeps their order): not the worker's own message of its reset
+    expect(drops.mock.calls.map((c) => c[0].conversations)).toEqual([['slack:T2:C1:1'], ['slack:T3:C1:1']]);
+    drops.mockRestore();
   });
 
   it("the queue's list of finished jobs keeps no image and no words of the user", async () => {

@@ -65,6 +65,8 @@ describe('the Regenerate button', () => {
     expect(second.content).toBe(`-# Regenerated: this answer replaces the one above in the conversation.\n${FORCED}`);
     expect(second.message_reference?.message_id).toBe(first.id);
     expect(buttonOf(second).custom_id).toBe(`minigpt-regen:discord-${id}`);
+    // (marked after the new answer ended)
+    await until(() => s.fake.message(thread, first.id)!.content.endsWith('below.'), 'the old answer marked');
     const old = s.fake.message(thread, first.id)!;
     expect(old.components).toEqual([]);
     expect(old.content).toBe(`${FORCED}\n-# Replaced by a regenerated answer below.`);
