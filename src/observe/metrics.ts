@@ -22,6 +22,7 @@ export class BotMetrics {
   private readonly newTokens: Counter;
   private readonly decodeSeconds: Counter;
   private readonly resets: Counter<'platform' | 'outcome'>;
+  private readonly regenerations: Counter<'platform' | 'outcome'>;
   private readonly limited: Counter<'platform'>;
 
   /** `role`: what this process is (all, frontend, worker), as a label of minigpt_info */
@@ -83,6 +84,12 @@ export class BotMetrics {
       name: 'minigpt_rate_limited_total',
       help: "Requests refused by a user's rate limit (DISCORD_RATE_LIMIT, SLACK_RATE_LIMIT), by adapter",
       labelNames: ['platform'],
+      registers,
+    });
+    this.regenerations = new Counter({
+      name: 'minigpt_regenerations_total',
+      help: 'Answers users asked to be given again (Regenerate), by platform and outcome (answered, stale, not_allowed, ...): how often users rejected an answer',
+      labelNames: ['platform', 'outcome'],
       registers,
     });
     this.resets = new Counter({
@@ -168,7 +175,9 @@ export class BotMetrics {
     } finally {
       // (a stream left early, `break`: the adapter gave up on it)
       this.inFlight.dec({ platform });
-      this.requests.inc({ platform, outcome: outcome === 'unfinished' ? 'cancelled' : outcome });
+      const ended = { platform, outcome: outcome === 'unfinished' ? 'cancelled' : outcome };
+      this.requests.inc(ended);
+      if (req.regenerate !== undefined) this.regenerations.inc(ended);
     }
   }
 

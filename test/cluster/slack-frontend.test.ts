@@ -62,7 +62,9 @@ afterAll(async () => {
   await redis?.cleanup();
 });
 
-const hasButton = (m: FakeMessage) => (m.blocks ?? []).some((b) => b.type === 'actions');
+/** whether a message carries the Stop button (an answer given in full carries Regenerate instead) */
+const hasButton = (m: FakeMessage) =>
+  (m.blocks ?? []).some((b) => b.type === 'actions' && (b.elements as { action_id: string }[]).some((e) => e.action_id === 'minigpt_stop'));
 
 /** `user` forgets the thread of `msg` with the message shortcut; the private reply they get. */
 async function forget(msg: FakeMessage, user: string): Promise<string> {

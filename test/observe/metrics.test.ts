@@ -91,6 +91,17 @@ describe('METRICS_PORT', () => {
       expect(after.get('minigpt_prompt_tokens_total')).toBeGreaterThan(16); // the image's tokens and the text
       expect(after.get('minigpt_decode_seconds_total')).toBeGreaterThan(0);
 
+      // Regenerate: counted as a request and as a regeneration, by outcome
+      const conversation = randomConversation();
+      const events = await readEvents(await postChat(bot.webUrl!, { conversation, text: 'hi', image: await testPng() }));
+      const firstId = String(events.find((e) => e.type === 'final')?.requestId);
+      await readEvents(await postChat(bot.webUrl!, { conversation, regenerate: firstId }));
+      await readEvents(await postChat(bot.webUrl!, { conversation, regenerate: firstId }));
+      const regenerated = await scrape(base);
+      expect(regenerated.get('minigpt_regenerations_total{platform="web",outcome="answered"}')).toBe(1);
+      expect(regenerated.get('minigpt_regenerations_total{platform="web",outcome="stale"}')).toBe(1);
+      expect(regenerated.get('minigpt_requests_total{platform="web",outcome="answered"}')).toBe(3);
+
       // the web page's "new conversation"
       const res = await fetch(new URL('/api/reset', bot.webUrl), {
         method: 'POST',
