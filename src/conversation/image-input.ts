@@ -102,6 +102,11 @@ export class ImageInput {
     if (shared && this.shared) await this.shared.delete(hash);
   }
 
+  /** Drops the embeddings in memory not used since `cutoff` (ms since the epoch); how many. */
+  dropUnusedSince(cutoff: number): number {
+    return this.lru.dropUnusedSince(cutoff).length;
+  }
+
   /**
    * The image of this turn: an attached one (which starts the conversation afresh), else the conversation's
    * stored one. Undefined only for a stateless request without an image (the language model answers alone);

@@ -127,6 +127,7 @@ export class ConversationManager {
   private closing: Promise<void> | undefined;
   private nextId = 1;
   private sweeper: NodeJS.Timeout | undefined;
+  private idleDropper: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
 
   constructor(opts: ConversationManagerOptions) {
@@ -155,6 +156,7 @@ export class ConversationManager {
     });
     this.budget = new PromptBudget({ model: this.model, maxContextLen: opts.maxContextLen, tasks: this.tasks, markers: this.markers });
     this.contexts = new KvCacheLru(Math.max(0, opts.kvCacheBytes ?? 256 * 1024 * 1024));
+    if (opts.conversationTtlMs && opts.conversationTtlMs > 0) this.dropIdleCaches(opts.conversationTtlMs);
     this.scheduler = new FairScheduler<Job>((job) => this.run(job), opts.maxBatch ?? 1);
   }
 
@@ -297,6 +299,24 @@ export class ConversationManager {
     });
   }
 
+  /**
+   * What was derived from conversations past the retention time goes with them: a KV cache is kept at a turn's end and
+   * an image's embeddings are used at each turn about it, so one unused for `ttlMs` belongs to conversations the store
+   * has forgotten (or is about to). Checked every `ttlMs`, at most hourly.
+   */
+  private dropIdleCaches(ttlMs: number): void {
+    this.idleDropper = setInterval(
+      () => {
+        const cutoff = Date.now() - ttlMs;
+        const kv = this.contexts.dropUnusedSince(cutoff);
+        const images = this.images.dropUnusedSince(cutoff);
+        if (kv + images > 0) this.log(`conversation: dropped ${kv} KV caches and ${images} image embeddings unused for the retention time`);
+      },
+      Math.min(ttlMs, 3600_000),
+    );
+    this.idleDropper.unref();
+  }
+
   /** Sweeps expired conversations and images out of the store now and every `intervalMs` (see sweepExpired). */
   private startSweeping(intervalMs: number): void {
     const sweep = () => {
@@ -318,6 +338,7 @@ export class ConversationManager {
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearInterval(this.sweeper);
+      clearInterval(this.idleDropper);
       for (const job of this.scheduler.waitingJobs()) {
         if (!job.control) this.cancel(job, MESSAGES.shuttingDown);
       }

@@ -77,7 +77,8 @@ export interface KvCacheStats {
  * put()s the next one back. An entry larger than the whole budget is not kept.
  */
 export class KvCacheLru<K = string> {
-  private readonly map = new Map<K, CachedContext>();
+  /** oldest first: each cache with when it was put (ms since the epoch) */
+  private readonly map = new Map<K, { c: CachedContext; at: number }>();
   private used = 0;
   private hits = 0;
   private misses = 0;
@@ -86,15 +87,15 @@ export class KvCacheLru<K = string> {
   constructor(readonly budget: number) {}
 
   take(key: K): CachedContext | undefined {
-    const c = this.map.get(key);
-    if (!c) {
+    const e = this.map.get(key);
+    if (!e) {
       this.misses++;
       return undefined;
     }
     this.map.delete(key);
-    this.used -= c.bytes;
+    this.used -= e.c.bytes;
     this.hits++;
-    return c;
+    return e.c;
   }
 
   put(key: K, c: CachedContext): void {
@@ -105,27 +106,38 @@ export class KvCacheLru<K = string> {
       this.evictions++;
       return;
     }
-    this.map.set(key, c);
+    this.map.set(key, { c, at: Date.now() });
     this.used += bytes;
     while (this.used > this.budget) {
-      const [oldest, entry] = this.map.entries().next().value as [K, CachedContext];
+      const [oldest, entry] = this.map.entries().next().value as [K, { c: CachedContext }];
       this.map.delete(oldest);
-      this.used -= entry.bytes;
-      entry.dispose();
+      this.used -= entry.c.bytes;
+      entry.c.dispose();
       this.evictions++;
     }
   }
 
   delete(key: K): void {
-    const c = this.map.get(key);
-    if (!c) return;
+    const e = this.map.get(key);
+    if (!e) return;
     this.map.delete(key);
-    this.used -= c.bytes;
-    c.dispose();
+    this.used -= e.c.bytes;
+    e.c.dispose();
+  }
+
+  /** Drops (disposes) the caches put before `cutoff` (ms since the epoch) and not taken since; how many. */
+  dropUnusedSince(cutoff: number): number {
+    let n = 0;
+    for (const [key, e] of this.map) {
+      if (e.at >= cutoff) break;
+      this.delete(key);
+      n++;
+    }
+    return n;
   }
 
   clear(): void {
-    for (const c of this.map.values()) c.dispose();
+    for (const e of this.map.values()) e.c.dispose();
     this.map.clear();
     this.used = 0;
   }

@@ -12,7 +12,7 @@ import type Keyv from 'keyv';
 import { ConversationManager, createStore } from '../../src/conversation/index.js';
 import { ConversationStore, conversationId } from '../../src/conversation/store.js';
 import sharp from 'sharp';
-import { collect, errorOf, goldenImage, key, loadTinyModel, type TinyModel } from './helpers.js';
+import { collect, errorOf, goldenImage, key, loadTinyModel, timingsOf, type TinyModel } from './helpers.js';
 import { startRedis } from '../helpers/redis.js';
 
 let tiny: TinyModel;
@@ -206,6 +206,25 @@ describe('conversation retention', () => {
       await raw.disconnect();
       await redis.cleanup();
     }
+  });
+
+  it('drops what was derived from conversations past it: KV caches and image embeddings unused for the retention time', async () => {
+    const ttl = 300;
+    const logs: string[] = [];
+    const m = manager(undefined, ttl, undefined, (l) => logs.push(l));
+    await collect(m.handle({ key: key('derived-a'), user: 'u', text: 'what is this?', image }));
+    // the embeddings are cached: another conversation about the same image skips the vision encoder
+    const b = await collect(m.handle({ key: key('derived-b'), user: 'u', text: 'and this?', image }));
+    expect(timingsOf(b).imageCached).toBe(1);
+    // (kept just after each answer's stream ends)
+    await until(async () => m.contextCacheStats.entries === 2, 'the KV caches kept');
+
+    await until(async () => m.contextCacheStats.entries === 0, 'the KV caches dropped');
+    expect(logs).toContain('conversation: dropped 2 KV caches and 1 image embeddings unused for the retention time');
+    const c = await collect(m.handle({ key: key('derived-c'), user: 'u', text: 'again?', image }));
+    expect(errorOf(c)).toBeUndefined();
+    expect(timingsOf(c).imageCached).toBe(0);
+    await m.close();
   });
 
   it('without a retention time keeps conversations and images', async () => {
