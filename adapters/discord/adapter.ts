@@ -45,6 +45,7 @@ import { TaskSet } from '../shared/tasks.js';
 import { regenerateButton, relayAnswer, stopButton, type RelayResult } from './relay.js';
 import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } from './interactions.js';
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
+import { InFlight } from '../shared/in-flight.js';
 import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
@@ -131,6 +132,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   private readonly controllers = new Set<AbortController>();
   /** the Stop buttons of the answers being written */
   private readonly stops = new StopButtons();
+  /** the answers being regenerated */
+  readonly regenerating = new InFlight();
   /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
   private closing: Promise<void> | undefined;

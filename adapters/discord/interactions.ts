@@ -29,6 +29,7 @@ import { isTask } from '../../src/grounding/tasks.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import { describeError } from '../shared/errors.js';
 import { FORGET_FAILED, forgetReply } from '../shared/forget.js';
+import { ALREADY_REGENERATING, type InFlight } from '../shared/in-flight.js';
 import type { StopOutcome } from '../shared/stop-buttons.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU, FORGET_COMMAND } from './commands.js';
 import { notice, threadName } from './format.js';
@@ -69,6 +70,8 @@ export interface InteractionHost {
   replyKey(messageId: string): ConversationKey | undefined;
   /** the stored conversation */
   history(key: ConversationKey): Promise<ConversationState | null>;
+  /** the answers being regenerated (by request id) */
+  readonly regenerating: InFlight;
 }
 
 /** The custom ids of the Stop buttons on running answers start with this. */
@@ -164,6 +167,12 @@ async function onStop(bot: InteractionHost, i: ButtonInteraction): Promise<void>
  * be regenerated; anyone else, or an older answer, is told why privately (an older answer's button is removed).
  */
 async function onRegenerate(bot: InteractionHost, i: ButtonInteraction): Promise<void> {
+  // A second press while the first is answered (both would pass the check before either is stored): told at once.
+  const done = bot.regenerating.claim(i.customId);
+  if (!done) {
+    await i.reply({ content: ALREADY_REGENERATING, flags: MessageFlags.Ephemeral });
+    return;
+  }
   // Its turn in its conversation (a thread, a DM, or an answer in a channel), taken as the gateway delivers it.
   const turn = bot.takeTurn(i.channel, i.channelId, !i.guildId, i.message.id);
   try {
@@ -176,6 +185,7 @@ async function onRegenerate(bot: InteractionHost, i: ButtonInteraction): Promise
     );
   } finally {
     turn.release();
+    done();
   }
 }
 

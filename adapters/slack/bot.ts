@@ -8,6 +8,7 @@ import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
+import { ALREADY_REGENERATING, InFlight } from '../shared/in-flight.js';
 import { TaskSet } from '../shared/tasks.js';
 import { answer, isDirectMessage, REGENERATE_ACTION, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
 import { SeenSet } from './dedupe.js';
@@ -52,6 +53,8 @@ export class SlackBot {
   /** requests per user (null: no limit) */
   private readonly rate: RateLimiter | null;
   private nextId = 1;
+  /** the answers being regenerated (by request id) */
+  private readonly regenerating = new InFlight();
 
   constructor(
     private readonly app: BoltApp,
@@ -256,7 +259,14 @@ export class SlackBot {
         manager: this.manager,
         withinRate: (team: string, user: string, t: (text: string) => Promise<void>) => this.withinRate(team, user, t, true),
       };
-      this.spawn('regenerate', () => onRegenerate(host, p, client, tell, turn), turn);
+      // A second press while the first is answered (both would pass the check before either is stored): told at once.
+      const done = this.regenerating.claim(p.requestId);
+      if (!done) {
+        turn.release();
+        await tell(ALREADY_REGENERATING);
+        return;
+      }
+      this.spawn('regenerate', () => onRegenerate(host, p, client, tell, turn).finally(done), turn);
     });
 
     // The app was removed from the workspace: what the bot kept of its conversations goes now, not after the

@@ -126,6 +126,23 @@ describe('the Regenerate button', () => {
     }
   }, 60_000);
 
+  it('pressed twice at once: one new answer; the second press is told privately', async () => {
+    const ask = s.fake.postMessage(s.w.general, s.w.alice, 'twice?', { attachments: [await image('t.png')], mentionBot: true });
+    const thread = ask.id;
+    expect(await answered(logs, ask.id)).toMatch(/: answered/);
+    const first = botMessagesIn(thread).at(-1)!;
+    const before = ephemeralIn(thread).length;
+    const a = s.fake.press(thread, first.id, buttonOf(first).custom_id, s.w.alice, '0');
+    const b = s.fake.press(thread, first.id, buttonOf(first).custom_id, s.w.alice, '0');
+    await until(() => ephemeralIn(thread).length > before && ephemeralIn(thread)[before]!.content !== '', 'the private reply');
+    expect(ephemeralIn(thread)[before]!.content).toBe('This answer is being regenerated already.');
+    expect(s.fake.interaction(b.token)!.callback!.type).toBe(4);
+    expect(await answered(logs, s.fake.interaction(a.token)!.id)).toMatch(/: answered/);
+    expect(botMessagesIn(thread).filter((m) => m.content.startsWith('-# Regenerated'))).toHaveLength(1);
+    const state = await s.manager.history(key(s.w.general, thread));
+    expect(state!.turns.map((t) => t.requestId)).toEqual([`discord-${s.fake.interaction(a.token)!.id}`]);
+  }, 60_000);
+
   it('in a DM: the new answer follows in the DM', async () => {
     const dm = s.fake.addDm(s.w.alice);
     const ask = s.fake.postMessage(dm, s.w.alice, 'hello', { attachments: [await image('dm.png')] });

@@ -78,6 +78,20 @@ describe('slack: the Regenerate button', () => {
     expect((await s.manager.history(key))!.turns.map((t) => t.requestId)).toEqual([value, expect.stringMatching(/^slack:C1:/)]);
   }, 60_000);
 
+  it('pressed twice at once: one new answer; the second press is told privately', async () => {
+    const file = s.fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+    const { msg: ask } = await s.fake.mention('C3', { text: `<@${s.fake.botUserId}> twice?`, files: [file] });
+    const first = await answerWithButton('C3', ask.ts, FORCED);
+    const n = s.fake.ephemerals.length;
+    await Promise.all([press(first, 'U0ALICE'), press(first, 'U0ALICE')]);
+    await s.fake.waitFor(() => s.fake.ephemerals.length > n || undefined, 10_000, 'the private reply');
+    expect(s.fake.ephemerals.at(-1)!.text).toBe('This answer is being regenerated already.');
+    await answerWithButton('C3', ask.ts, `${HEADER}\n${FORCED}`);
+    await s.fake.waitFor(() => (first.text.endsWith('below._') ? true : undefined), 10_000, 'the old answer marked');
+    expect(textReplies(s.fake, 'C3', ask.ts).filter((m) => m.text.startsWith(HEADER))).toHaveLength(1);
+    expect((await s.manager.history(slackKey(s.fake.teamId, 'C3', ask.ts)))!.turns).toHaveLength(1);
+  }, 60_000);
+
   it('in a direct message: the new answer follows in the DM', async () => {
     const file = s.fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
     await s.fake.say('D7', { text: 'what is this?', files: [file] });
