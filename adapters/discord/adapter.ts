@@ -45,7 +45,7 @@ import { TaskSet } from '../shared/tasks.js';
 import { regenerateButton, relayAnswer, stopButton, type RelayResult } from './relay.js';
 import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } from './interactions.js';
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
-import { InFlight } from '../shared/in-flight.js';
+import { InFlight } from '../shared/regenerate.js';
 import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */

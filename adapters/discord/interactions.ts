@@ -29,13 +29,12 @@ import { isTask } from '../../src/grounding/tasks.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import { describeError } from '../shared/errors.js';
 import { FORGET_FAILED, forgetReply } from '../shared/forget.js';
-import { ALREADY_REGENERATING, type InFlight } from '../shared/in-flight.js';
+import { ALREADY_REGENERATING, REGENERATED_LINE, REPLACED_LINE, type InFlight } from '../shared/regenerate.js';
 import type { StopOutcome } from '../shared/stop-buttons.js';
 import { DESCRIBE_COMMAND, DESCRIBE_IMAGE_MENU, FORGET_COMMAND } from './commands.js';
-import { notice, threadName } from './format.js';
+import { DISCORD_MESSAGE_LIMIT, notice, threadName } from './format.js';
 import { findImage, ImageInputProblem, type DownloadPolicy, type ImageSource } from './images.js';
 import { isPermissionError, regenerateButton, type RelayResult } from './relay.js';
-import { DISCORD_MESSAGE_LIMIT } from './format.js';
 import { apologiseOnFailure, HELP_DESCRIBE_NO_IMAGE, NO_THREAD_AFTER_DESCRIBE, NOT_ENABLED } from './replies.js';
 import { channelTarget, interactionTarget, type Route } from './targets.js';
 
@@ -78,8 +77,6 @@ export interface InteractionHost {
 export const STOP_PREFIX = 'minigpt-stop:';
 /** The custom ids of the Regenerate buttons on answers start with this; the rest is the answer's request id. */
 export const REGENERATE_PREFIX = 'minigpt-regen:';
-const REGENERATED = 'Regenerated: this answer replaces the one above in the conversation.';
-const REPLACED = 'Replaced by a regenerated answer below.';
 const NOT_YOURS = 'Only the person who asked, or a moderator (Manage Messages), can stop this answer.';
 const FINISHED = 'This answer has already finished.';
 const FORGET_WHERE = 'Use /forget inside a thread I started (or in a DM with me): it deletes that conversation.';
@@ -218,7 +215,7 @@ async function regenerate(bot: InteractionHost, i: ButtonInteraction, label: str
   const r = await bot.run(req, route, label, turn);
   const old = i.message.content;
   if (r.ok) {
-    const line = notice(REPLACED);
+    const line = notice(REPLACED_LINE);
     if (old.length + line.length + 1 <= DISCORD_MESSAGE_LIMIT)
       await i.editReply({
         content: `${old}
@@ -235,7 +232,7 @@ ${line}`,
  * thread or channel; for an answer in a channel with a thread on it (a /describe), in that thread.
  */
 async function regenerateRoute(bot: InteractionHost, i: ButtonInteraction, channel: SendableChannels): Promise<Route> {
-  const head = { notice: REGENERATED };
+  const head = { notice: REGENERATED_LINE };
   if (!i.guildId) {
     return {
       key: { platform: 'discord', workspace: '@me', channel: i.channelId, thread: i.channelId },

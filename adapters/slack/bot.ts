@@ -8,14 +8,14 @@ import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
-import { ALREADY_REGENERATING, InFlight } from '../shared/in-flight.js';
+import { ALREADY_REGENERATING, InFlight } from '../shared/regenerate.js';
 import { TaskSet } from '../shared/tasks.js';
 import { answer, isDirectMessage, REGENERATE_ACTION, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
 import { SeenSet } from './dedupe.js';
 import { WorkspaceAdmins } from './admins.js';
 import { ephemeral, onDescribe, onShortcut, type DescribeContext } from './describe.js';
 import { onForget } from './forget.js';
-import { onRegenerate, regenerateThread, type RegeneratePress } from './regenerate.js';
+import { onRegenerate, regeneratePress, regenerateThread } from './regenerate.js';
 import { ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
 import { eventFiles, isImageFile, notAnImage, type SlackFile } from './files.js';
 import { DEFAULT_MAX_MESSAGE_CHARS, slackTextToPlain } from './format.js';
@@ -217,48 +217,19 @@ export class SlackBot {
     // The Regenerate button of an answer given in full: it acts on the answer's thread (its turn there is taken on
     // arrival, like a message's).
     app.action(REGENERATE_ACTION, async ({ ack, body, respond, client }) => {
-      const b = body as {
-        team?: { id?: string };
-        user?: { id?: string; team_id?: string };
-        channel?: { id?: string };
-        message?: { ts?: string; thread_ts?: string; text?: string };
-        actions?: { value?: string; action_ts?: string }[];
-      };
-      const channel = b.channel?.id;
-      const msg = b.message;
-      const action = b.actions?.[0];
-      if (!channel || !msg?.ts || !b.user?.id || !action?.value) {
-        await ack();
-        return;
-      }
-      const p: RegeneratePress = {
-        team: b.team?.id ?? b.user.team_id ?? teamOf(body),
-        channel,
-        user: b.user.id,
-        message: {
-          ts: msg.ts,
-          ...(msg.thread_ts ? { thread_ts: msg.thread_ts } : {}),
-          ...(msg.text !== undefined ? { text: msg.text } : {}),
-        },
-        requestId: action.value,
-        actionTs: action.action_ts ?? `${Date.now() / 1000}`,
-      };
-      const turn = this.order.take(this.orderKey(p.team, channel, regenerateThread(p)), p.actionTs);
+      const p = regeneratePress(body, teamOf(body));
+      const turn = p ? this.order.take(this.orderKey(p.team, p.channel, regenerateThread(p)), p.actionTs) : undefined;
       try {
         await ack();
       } catch (err) {
-        turn.release();
+        turn?.release();
         throw err;
       }
+      if (!p || !turn) return;
       const tell = (text: string) =>
         respond({ response_type: 'ephemeral', replace_original: false, text }).catch((err: unknown) => {
           this.log(`slack: could not answer a Regenerate button: ${describeSlackError(err)}`);
         });
-      const host = {
-        ctx: this.ctx,
-        manager: this.manager,
-        withinRate: (team: string, user: string, t: (text: string) => Promise<void>) => this.withinRate(team, user, t, true),
-      };
       // A second press while the first is answered (both would pass the check before either is stored): told at once.
       const done = this.regenerating.claim(p.requestId);
       if (!done) {
@@ -266,6 +237,11 @@ export class SlackBot {
         await tell(ALREADY_REGENERATING);
         return;
       }
+      const host = {
+        ctx: this.ctx,
+        manager: this.manager,
+        withinRate: (team: string, user: string, t: (text: string) => Promise<void>) => this.withinRate(team, user, t, true),
+      };
       this.spawn('regenerate', () => onRegenerate(host, p, client, tell, turn).finally(done), turn);
     });
 

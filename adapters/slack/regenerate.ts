@@ -5,6 +5,7 @@
 import type { webApi } from '@slack/bolt';
 import { regeneration } from '../../src/conversation/index.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
+import { REGENERATED_LINE, REPLACED_LINE } from '../shared/regenerate.js';
 import { answer, dmKey, isDirectMessage, REGENERATE_ACTION, slackKey, type AnswerContext } from './answer.js';
 import { describeSlackError } from './errors.js';
 import type { SlackConversationManager } from './options.js';
@@ -12,8 +13,8 @@ import { withButton } from './reply.js';
 
 type WebClient = webApi.WebClient;
 
-const REGENERATED = '_Regenerated: this answer replaces the one above in the conversation._';
-const REPLACED = '_Replaced by a regenerated answer below._';
+const REGENERATED = `_${REGENERATED_LINE}_`;
+const REPLACED = `_${REPLACED_LINE}_`;
 
 /** A press of the button, as Slack's block_actions payload gives it. */
 export interface RegeneratePress {
@@ -32,6 +33,28 @@ export interface RegenerateHost {
   readonly manager: Pick<SlackConversationManager, 'history'>;
   /** counts the request against the user's limit; over it, tells them and returns false */
   withinRate(team: string, user: string, tell: (text: string) => Promise<void>): Promise<boolean>;
+}
+
+/** The press in a block_actions payload (`team`: the workspace when the payload does not say), if it is complete. */
+export function regeneratePress(body: unknown, team: string): RegeneratePress | undefined {
+  const b = body as {
+    team?: { id?: string };
+    user?: { id?: string; team_id?: string };
+    channel?: { id?: string };
+    message?: { ts?: string; thread_ts?: string; text?: string };
+    actions?: { value?: string; action_ts?: string }[];
+  };
+  const msg = b.message;
+  const action = b.actions?.[0];
+  if (!b.channel?.id || !msg?.ts || !b.user?.id || !action?.value) return undefined;
+  return {
+    team: b.team?.id ?? b.user.team_id ?? team,
+    channel: b.channel.id,
+    user: b.user.id,
+    message: { ts: msg.ts, ...(msg.thread_ts ? { thread_ts: msg.thread_ts } : {}), ...(msg.text !== undefined ? { text: msg.text } : {}) },
+    requestId: action.value,
+    actionTs: action.action_ts ?? `${Date.now() / 1000}`,
+  };
 }
 
 /** The thread (a DM: the whole DM) whose conversation a press is about. */
