@@ -101,6 +101,8 @@ interface Job {
 }
 
 const PLATFORMS = new Set(['discord', 'slack', 'web', 'cli', 'api']);
+/** The temperature of a regenerated answer where the configured default is greedy. */
+export const REGENERATE_TEMPERATURE = 0.7;
 
 const MESSAGES = {
   cancelled: CANCELLED,
@@ -507,6 +509,13 @@ export class ConversationManager {
     const images: ModelImages = { embeds: input ? [input.encoded.embeds] : [], keys: input ? [input.image.hash] : [] };
 
     const gen = generationOptions(req.generation, this.defaults, this.model);
+    // A regenerated answer is sampled even where the configured default is greedy (it would come out the same);
+    // a temperature the request sets itself stands.
+    const greedy = gen.temperature === 0 || gen.doSample === false;
+    if (again && greedy && (gen.numBeams ?? 1) <= 1 && req.generation?.temperature === undefined) {
+      gen.temperature = gen.temperature ? gen.temperature : REGENERATE_TEMPERATURE;
+      gen.doSample = true;
+    }
     const fitted = this.budget.fit(history, turn.prompt, gen.maxNewTokens, input !== undefined);
     const kept = history.slice(fitted.dropped);
 

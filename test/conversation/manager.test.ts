@@ -5,6 +5,7 @@ import sharp from 'sharp';
 import Keyv from 'keyv';
 import { ConversationManager, createStore, neutralizeMarkers, selectorTask, type AnswerEvent } from '../../src/conversation/index.js';
 import type { MiniGPT } from '../../src/inference/model.js';
+import { REGENERATE_TEMPERATURE } from '../../src/conversation/manager.js';
 import {
   collect,
   errorOf,
@@ -502,6 +503,22 @@ describe('conversation manager: regenerate (the last answer asked again)', () =>
       `<s>[INST] ${IMG} what is this? [/INST]${a1}<s>[INST] [grounding] the colours [/INST]${neutralizeMarkers(finalOf(e4).text)}<s>[INST] and then? [/INST]`,
     );
     expect(errorOf(e5)).toBeUndefined();
+    await m.close();
+  });
+
+  it('samples a regenerated answer where the configured default is greedy, unless the request sets its temperature', async () => {
+    const m = manager({ defaults: { maxNewTokens: 6, temperature: 0 } });
+    const s = spies();
+    const k = key('regen-greedy');
+    await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'g1' }));
+    await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 'g1', requestId: 'g2' }));
+    await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 'g2', requestId: 'g3', generation: { temperature: 0 } }));
+    expect(s.answer.mock.calls.map((c) => [c[2].temperature, c[2].doSample])).toEqual([
+      [0, true],
+      [REGENERATE_TEMPERATURE, true],
+      [0, true],
+    ]);
+    expect((await m.history(k))!.turns.map((t) => t.requestId)).toEqual(['g3']);
     await m.close();
   });
 
