@@ -310,7 +310,10 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
         log: this.log,
         label,
         stop: { button: stopButton(`${STOP_PREFIX}${stop.id}`), stoppedBy: stop.stoppedBy },
-        ...(req.requestId ? { regenerate: regenerateButton(`${REGENERATE_PREFIX}${req.requestId}`) } : {}),
+        // (an answer in a channel, no thread, names its conversation: a reply's key is not kept over a restart)
+        ...(req.requestId
+          ? { regenerate: regenerateButton(`${REGENERATE_PREFIX}${req.requestId}${route.inChannel ? `|${route.key.thread}` : ''}`) }
+          : {}),
       });
       const stopper = stop.stoppedBy();
       const outcome = r.ok

@@ -187,14 +187,15 @@ async function onRegenerate(bot: InteractionHost, i: ButtonInteraction): Promise
 }
 
 async function regenerate(bot: InteractionHost, i: ButtonInteraction, label: string, turn: ArrivalTurn): Promise<void> {
-  const requestId = i.customId.slice(REGENERATE_PREFIX.length);
+  // `<request id>`, or `<request id>|<thread>` for an answer in a channel (no thread): its conversation's key
+  const [requestId = '', inChannel] = i.customId.slice(REGENERATE_PREFIX.length).split('|');
   const channel = i.channel;
   const thread = channel?.isThread() ? channel : null;
   if (!bot.allowed(i.guildId, i.channelId, thread?.parentId) || !channel?.isSendable()) {
     await i.reply({ content: NOT_ENABLED, flags: MessageFlags.Ephemeral });
     return;
   }
-  const route = await regenerateRoute(bot, i, channel);
+  const route = await regenerateRoute(bot, i, channel, inChannel);
   const verdict = regeneration(await bot.history(route.key), requestId, i.user.id);
   if ('code' in verdict) {
     if (verdict.code === 'stale') await i.update({ components: [] });
@@ -218,8 +219,7 @@ async function regenerate(bot: InteractionHost, i: ButtonInteraction, label: str
     const line = notice(REPLACED_LINE);
     if (old.length + line.length + 1 <= DISCORD_MESSAGE_LIMIT)
       await i.editReply({
-        content: `${old}
-${line}`,
+        content: `${old}\n${line}`,
       });
   } else if (r.error?.code !== 'stale' && r.error?.code !== 'not_allowed') {
     // not answered (stopped, busy, an error): the old answer stands, and can be regenerated again
@@ -231,7 +231,12 @@ ${line}`,
  * Where a Regenerate button's conversation is and where its new answer goes: after the old answer, in its DM, bot
  * thread or channel; for an answer in a channel with a thread on it (a /describe), in that thread.
  */
-async function regenerateRoute(bot: InteractionHost, i: ButtonInteraction, channel: SendableChannels): Promise<Route> {
+async function regenerateRoute(
+  bot: InteractionHost,
+  i: ButtonInteraction,
+  channel: SendableChannels,
+  inChannel: string | undefined,
+): Promise<Route> {
   const head = { notice: REGENERATED_LINE };
   if (!i.guildId) {
     return {
@@ -244,7 +249,10 @@ async function regenerateRoute(bot: InteractionHost, i: ButtonInteraction, chann
     const key: ConversationKey = { platform: 'discord', workspace: i.guildId, channel: channel.parentId ?? channel.id, thread: channel.id };
     return { key, target: channelTarget(channel, i.message), ...head };
   }
-  const known = bot.replyKey(i.message.id);
+  // An answer in the channel itself: its conversation is known from the button (also after a restart).
+  const known = inChannel
+    ? { platform: 'discord' as const, workspace: i.guildId, channel: i.channelId, thread: inChannel }
+    : bot.replyKey(i.message.id);
   if (known) return { key: known, target: channelTarget(channel, i.message), inChannel: true, ...head };
   // A /describe answer in a channel: its conversation is the thread opened on it (the thread has the message's id).
   const key: ConversationKey = { platform: 'discord', workspace: i.guildId, channel: i.channelId, thread: i.message.id };
