@@ -49,7 +49,7 @@ import { InFlight } from '../shared/regenerate.js';
 import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
-export type DiscordConversations = Pick<ConversationPort, 'handle' | 'reset' | 'history' | 'forgetWorkspace'>;
+export type DiscordConversations = Pick<ConversationPort, 'handle' | 'reset' | 'history' | 'forgetWorkspace' | 'store'>;
 
 export interface DiscordAdapterOptions {
   manager: DiscordConversations;
@@ -111,6 +111,9 @@ export { DEFAULT_RATE_LIMIT };
 export const DEFAULT_EDIT_INTERVAL_MS = 1500;
 const CLOSE_GRACE_MS = 5_000;
 const KNOWN_REPLIES = 5_000;
+/** The store's entries saying which conversation a bot answer in a channel belongs to (ids only) */
+const REPLY_PREFIX = 'discord:reply:';
+const REPLY_TTL_MS = 90 * 24 * 3600 * 1000;
 
 /** The adapter's event handling on a connected client (connect.ts makes the client and waits for READY). */
 export class DiscordBot implements DiscordAdapter, InteractionHost {
@@ -321,9 +324,9 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
         : stopper && r.error?.code === 'cancelled'
           ? `stopped by user ${stopper}`
           : `error ${r.error?.code}`;
-      this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
       // Answers in a channel (no thread): a reply to one of them continues the conversation.
-      if (route.inChannel) for (const id of route.target.ids ?? []) this.replyKeys.set(id, route.key);
+      if (route.inChannel) await this.rememberReplies(route.target.ids ?? [], route.key);
+      this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
       return r;
     } finally {
       this.controllers.delete(controller);
@@ -334,6 +337,36 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   /** The conversation of a bot answer posted in a channel (no thread), while this process remembers it. */
   replyKey(messageId: string): ConversationKey | undefined {
     return this.replyKeys.get(messageId);
+  }
+
+  /**
+   * Bot answers posted in a channel (no thread) belong to `key`: kept in memory and in the store (for a restart, and
+   * for the other front ends of a cluster; ids only).
+   */
+  private async rememberReplies(ids: readonly string[], key: ConversationKey): Promise<void> {
+    for (const id of ids) {
+      this.replyKeys.set(id, key);
+      await this.manager.store.set(`${REPLY_PREFIX}${id}`, key, REPLY_TTL_MS).catch((err: unknown) => {
+        this.log(`discord: could not store which conversation answer ${id} belongs to: ${describeError(err)}`);
+      });
+    }
+  }
+
+  /** The conversation of a bot answer posted in a channel (no thread): remembered, or stored; undefined for another message. */
+  private async replyKeyOf(messageId: string): Promise<ConversationKey | undefined> {
+    const known = this.replyKeys.get(messageId);
+    if (known) return known;
+    try {
+      const stored = (await this.manager.store.get(`${REPLY_PREFIX}${messageId}`)) as Partial<ConversationKey> | undefined;
+      if (stored?.platform !== 'discord' || ![stored.workspace, stored.channel, stored.thread].every((v) => typeof v === 'string'))
+        return undefined;
+      const key = stored as ConversationKey;
+      this.replyKeys.set(messageId, key);
+      return key;
+    } catch (err) {
+      this.log(`discord: could not read which conversation message ${messageId} belongs to: ${describeError(err)}`);
+      return undefined;
+    }
   }
 
   /** The stored conversation (to check a Regenerate button before answering). */
@@ -377,7 +410,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   ): string | undefined {
     if (dm || channel?.isThread() || channel?.isDMBased()) return channelId ? `channel ${channelId}` : undefined;
     const k = replyTo ? this.replyKeys.get(replyTo) : undefined;
-    return k ? `conversation ${k.channel}/${k.thread}` : undefined;
+    // (a reply to an answer this process does not remember, e.g. after a restart: ordered with the other replies to it)
+    return k ? `conversation ${k.channel}/${k.thread}` : replyTo ? `reply ${replyTo}` : undefined;
   }
 
   /** The request's turn in its conversation: call it as the gateway delivers the event, before any await. */
@@ -430,7 +464,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     ctx: { dm: boolean; thread: ThreadChannel | null; label: string; turn: ArrivalTurn },
   ): Promise<void> {
     const text = stripBotMention(msg.content, this.botId);
-    const answerKey = !ctx.dm && !ctx.thread && msg.reference?.messageId ? this.replyKeys.get(msg.reference.messageId) : undefined;
+    const answerKey = !ctx.dm && !ctx.thread && msg.reference?.messageId ? await this.replyKeyOf(msg.reference.messageId) : undefined;
     const found = answerKey ? findImage(msg, this.policy) : await this.imageOf(msg);
     const newConversation = !ctx.dm && !ctx.thread && !answerKey;
     if (!found.source && !found.rejected && (newConversation || !text)) {

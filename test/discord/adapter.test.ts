@@ -5,6 +5,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type Server } from 'node:http';
 import net, { type AddressInfo } from 'node:net';
+import Keyv from 'keyv';
 import type { AnswerEvent, ConversationRequest, ResetOutcome } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, type DiscordAdapter, type DiscordAdapterOptions } from '../../adapters/discord/index.js';
 import type { ApiMessage } from './fake-discord.js';
@@ -24,6 +25,8 @@ type Script = (req: ConversationRequest) => AsyncIterable<AnswerEvent>;
 
 class ScriptedManager {
   readonly requests: ConversationRequest[] = [];
+  /** where the adapter keeps its own marks (which conversation an answer in a channel belongs to) */
+  readonly store = new Keyv();
   constructor(public script: Script) {}
   handle(req: ConversationRequest): AsyncIterable<AnswerEvent> {
     this.requests.push(req);

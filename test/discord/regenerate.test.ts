@@ -121,7 +121,10 @@ describe('the Regenerate button', () => {
       expect(second.content).toContain(FORCED);
       const conv = key(s.w.other, `message:${ask.id}`);
       expect((await s.manager.history(conv))!.turns.map((t) => t.requestId)).toEqual([`discord-${id}`]);
-      // a reply to the new answer continues the same conversation
+      // a reply to the new answer continues the same conversation, also after another restart (the store says whose
+      // answer it is)
+      await s.adapter.close();
+      s.adapter = await startAdapter(s.fake, s.manager, logs);
       const follow = s.fake.postMessage(s.w.other, s.w.alice, 'more?', { replyTo: second.id, mentionBot: true });
       expect(await answered(logs, follow.id)).toMatch(/: answered/);
       expect((await s.manager.history(conv))!.turns.map((t) => t.requestId)).toEqual([`discord-${id}`, `discord-${follow.id}`]);
