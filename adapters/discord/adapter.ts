@@ -11,6 +11,7 @@
 //   a bot thread or a channel deleted    -> its conversations forgotten
 import {
   Events,
+  Routes,
   ThreadAutoArchiveDuration,
   type Client,
   type AnyThreadChannel,
@@ -19,7 +20,13 @@ import {
   type SendableChannels,
   type ThreadChannel,
 } from 'discord.js';
-import type { ConversationKey, ConversationRequest, ConversationState, ResetOutcome } from '../../src/conversation/index.js';
+import {
+  conversationId,
+  type ConversationKey,
+  type ConversationRequest,
+  type ConversationState,
+  type ResetOutcome,
+} from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
 import { threadName } from './format.js';
 import { apologiseOnFailure, HELP_NO_IMAGE, NO_THREAD_NOTICE, stripBotMention } from './replies.js';
@@ -42,7 +49,7 @@ import { forgetConversation, forgottenCount } from '../shared/forget.js';
 import type { ConversationPort } from '../shared/port.js';
 import type { ShardLeases } from '../shared/shard-lease.js';
 import { TaskSet } from '../shared/tasks.js';
-import { regenerateButton, relayAnswer, stopButton, type RelayResult } from './relay.js';
+import { regenerateButton, relayAnswer, stopButton, type RelayResult, type SentMessage } from './relay.js';
 import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } from './interactions.js';
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { InFlight } from '../shared/regenerate.js';
@@ -129,6 +136,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   private readonly allowDMs: boolean;
   /** threads this process started (besides ownerId, for threads Discord has not described yet) */
   private readonly botThreads = new LruMap<string, true>(KNOWN_REPLIES);
+  /** each conversation's latest answer, which carries the Regenerate button */
+  private readonly regenerateButtons = new LruMap<string, SentMessage>(KNOWN_REPLIES);
   /** bot answers posted in a channel (no thread) -> their conversation, so replies to them follow up */
   private readonly replyKeys = new LruMap<string, ConversationKey>(KNOWN_REPLIES);
   private readonly tasks = new TaskSet((what, err) => this.log(`discord: ${what} handler failed: ${describeError(err)}`));
@@ -326,11 +335,28 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
           : `error ${r.error?.code}`;
       // Answers in a channel (no thread): a reply to one of them continues the conversation.
       if (route.inChannel) await this.rememberReplies(route.target.ids ?? [], route.key);
+      // (a regenerated answer's predecessor lost its button when it was pressed)
+      if (r.regenerateOn) await this.moveRegenerateButton(conversationId(route.key), r.regenerateOn, req.regenerate === undefined);
       this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
       return r;
     } finally {
       this.controllers.delete(controller);
       stop.close();
+    }
+  }
+
+  /**
+   * Only a conversation's latest answer can be regenerated, so only it carries the button: the answer before it (as
+   * far as this process knows) loses it when `now` is given in full.
+   */
+  private async moveRegenerateButton(conv: string, now: SentMessage, takeOff: boolean): Promise<void> {
+    const before = this.regenerateButtons.get(conv);
+    this.regenerateButtons.set(conv, now);
+    if (!takeOff || !before || before.id === now.id) return;
+    try {
+      await this.client.rest.patch(Routes.channelMessage(before.channelId, before.id), { body: { components: [] } });
+    } catch (err) {
+      this.log(`discord: could not take the Regenerate button off answer ${before.id}: ${describeError(err)}`);
     }
   }
 

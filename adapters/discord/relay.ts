@@ -33,12 +33,18 @@ export function regenerateButton(customId: string): ActionRowBuilder<ButtonBuild
   );
 }
 
+/** A message the bot posted. */
+export interface SentMessage {
+  channelId: string;
+  id: string;
+}
+
 /** Where an answer goes: a channel or thread message, or an interaction's original response. */
 export interface ReplyTarget {
   /** creates the answer's first message, or edits it once it exists */
-  first(p: Payload): Promise<void>;
+  first(p: Payload): Promise<SentMessage>;
   /** posts one more message after the first (the rest of a long answer) */
-  more(p: Payload): Promise<void>;
+  more(p: Payload): Promise<SentMessage>;
   /** shows "typing…" (channels); no-op where Discord shows its own indicator (deferred interactions) */
   typing(): Promise<void>;
 }
@@ -70,6 +76,8 @@ export interface RelayResult {
   /** the answer had an annotated image and it was attached */
   attached: boolean;
   chars: number;
+  /** the message that carries the Regenerate button (an answer given in full) */
+  regenerateOn?: SentMessage;
 }
 
 const TYPING_REFRESH_MS = 8_000;
@@ -132,10 +140,10 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
 
   const message = new ThrottledMessage<string>({
     intervalMs: o.editIntervalMs,
-    write: (content) => {
+    write: async (content) => {
       if (firstTextAt) textWritten = true;
       stopTyping();
-      return target.first({ content, ...(o.stop ? { components: [o.stop.button] } : {}) });
+      await target.first({ content, ...(o.stop ? { components: [o.stop.button] } : {}) });
     },
     onError: (err) => o.log(`discord: ${o.label}: could not update the reply: ${(err as Error).message}`),
     notBefore: () => (firstTextAt && !textWritten ? firstTextAt + firstWait : 0),
@@ -198,10 +206,14 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
       }
     : undefined;
   let attached = false;
+  let regenerateOn: SentMessage | undefined;
   for (let i = 0; i < pieces.length; i++) {
     const last = i === pieces.length - 1;
     const buttons = last && o.regenerate ? { components: [o.regenerate] } : i === 0 ? noButtons : {};
-    const send = (p: Payload) => (i === 0 ? target.first({ ...p, ...buttons }) : target.more({ ...p, ...buttons }));
+    const send = async (p: Payload) => {
+      const sent = await (i === 0 ? target.first({ ...p, ...buttons }) : target.more({ ...p, ...buttons }));
+      if (last && o.regenerate) regenerateOn = sent;
+    };
     if (!last || !file) {
       await send({ content: pieces[i] });
       continue;
@@ -221,5 +233,5 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
       if (content === pieces[i]) await target.more({ content: why });
     }
   }
-  return { ok: true, attached, chars: md.length };
+  return { ok: true, attached, chars: md.length, ...(regenerateOn ? { regenerateOn } : {}) };
 }

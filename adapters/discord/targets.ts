@@ -2,7 +2,9 @@
 // in-channel answer continue its conversation), or an interaction's original response.
 import type { ChatInputCommandInteraction, Message, MessageContextMenuCommandInteraction, SendableChannels } from 'discord.js';
 import type { ConversationKey } from '../../src/conversation/index.js';
-import type { Payload, ReplyTarget } from './relay.js';
+import type { Payload, ReplyTarget, SentMessage } from './relay.js';
+
+const sent = (m: Message): SentMessage => ({ channelId: m.channelId, id: m.id });
 
 /** A channel or thread message as the answer's target; remembers the ids of what it posted. */
 export function channelTarget(channel: SendableChannels, replyTo?: Message): ReplyTarget & { ids: string[] } {
@@ -13,13 +15,16 @@ export function channelTarget(channel: SendableChannels, replyTo?: Message): Rep
     async first(p: Payload) {
       if (msg) {
         await msg.edit(p);
-        return;
+        return sent(msg);
       }
       msg = replyTo ? await replyTo.reply(p) : await channel.send(p);
       ids.push(msg.id);
+      return sent(msg);
     },
     async more(p: Payload) {
-      ids.push((await channel.send(p)).id);
+      const m = await channel.send(p);
+      ids.push(m.id);
+      return sent(m);
     },
     async typing() {
       await channel.sendTyping();
@@ -31,10 +36,10 @@ export function channelTarget(channel: SendableChannels, replyTo?: Message): Rep
 export function interactionTarget(i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction): ReplyTarget {
   return {
     async first(p: Payload) {
-      await i.editReply(p);
+      return sent(await i.editReply(p));
     },
     async more(p: Payload) {
-      await i.followUp(p);
+      return sent(await i.followUp(p));
     },
     async typing() {},
   };

@@ -2,7 +2,8 @@
 // image…"), the image fetched, the request handed to the manager (the thread's next request may then go on),
 // and the answer events rendered into the thread (ThreadReply), the annotated image uploaded after the text.
 import type { webApi } from '@slack/bolt';
-import type { ConversationKey, ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import { conversationId, type ConversationKey, type ConversationRequest, type TaskTag } from '../../src/conversation/index.js';
+import type { LruMap } from '../../src/util/lru.js';
 import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
 import { onAnswerEvents, restartNotice } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
@@ -29,6 +30,15 @@ export interface AnswerContext {
   readonly image: ImageFetchOptions;
   /** the Stop buttons of the answers being written */
   readonly stops: StopButtons;
+  /** each conversation's latest answer, whose last message carries the Regenerate button */
+  readonly regenerateButtons: LruMap<string, PostedMessage>;
+}
+
+/** A message the bot posted: where, and its text. */
+export interface PostedMessage {
+  channel: string;
+  ts: string;
+  text: string;
 }
 
 /** The action id of the Stop button on an answer being written (its value names the answer). */
@@ -196,7 +206,32 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   } finally {
     await reply.settle().catch(() => {});
   }
+  const on = reply.regenerateOn;
+  // (a regenerated answer's predecessor lost its button when it was pressed)
+  if (answered && on)
+    await moveRegenerateButton(ctx, a.client, conversationId(key), { channel: a.channel, ...on }, a.regenerate === undefined);
   return answered;
+}
+
+/**
+ * Only a conversation's latest answer can be regenerated, so only it carries the button: the answer before it (as far
+ * as this process knows) loses it when `now` is given in full.
+ */
+async function moveRegenerateButton(
+  ctx: AnswerContext,
+  client: WebClient,
+  conv: string,
+  now: PostedMessage,
+  takeOff: boolean,
+): Promise<void> {
+  const before = ctx.regenerateButtons.get(conv);
+  ctx.regenerateButtons.set(conv, now);
+  if (!takeOff || !before || (before.channel === now.channel && before.ts === now.ts)) return;
+  try {
+    await client.chat.update({ channel: before.channel, ts: before.ts, text: before.text, blocks: [] });
+  } catch (err) {
+    ctx.log(`slack: could not take the Regenerate button off an answer in ${before.channel}: ${describeSlackError(err)}`);
+  }
 }
 
 async function uploadImage(ctx: AnswerContext, reply: ThreadReply, data: Buffer, mime: string, what: string): Promise<void> {

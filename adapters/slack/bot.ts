@@ -4,6 +4,7 @@
 // limit).
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
+import { LruMap } from '../../src/util/lru.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
@@ -87,6 +88,7 @@ export class SlackBot {
       command: opts.command ?? DEFAULT_COMMAND,
       nextId: () => this.nextId++,
       stops: new StopButtons(),
+      regenerateButtons: new LruMap(5_000),
     };
     // A request waits for the one before it in its thread at most this long (that one's download has its own
     // timeout; Web API calls before it are retried for a while).

@@ -100,6 +100,12 @@ export class ThreadReply {
     });
   }
 
+  /** The message that carries the Regenerate button (an answer given in full): its ts and text. */
+  get regenerateOn(): { ts: string; text: string } | undefined {
+    const m = this.posted.find((p) => p.button === 'regenerate');
+    return m ? { ts: m.ts, text: m.text } : undefined;
+  }
+
   /** Timestamp of the first message (the thread for a top-level reply), once posted. */
   get firstTs(): string | undefined {
     return this.posted[0]?.ts;

@@ -73,10 +73,14 @@ describe('the Regenerate button', () => {
     const state = await s.manager.history(key(s.w.general, thread));
     expect(state!.turns.map((t) => [t.user, t.by, t.requestId])).toEqual([['what is this?', s.w.alice.id, `discord-${id}`]]);
 
-    // a follow-up: the regenerated answer is no longer the last; its button is taken away, with a private word why
+    // a follow-up: its answer carries the button now, the regenerated answer's is taken off
+    const shown = { ...second }; // (as a client that has not refreshed still shows it)
     const follow = s.fake.postMessage(thread, s.w.alice, 'and its colour?');
     expect(await answered(logs, follow.id)).toMatch(/: answered/);
-    const stale = await press(thread, s.fake.message(thread, second.id)!);
+    expect(buttonOf(botMessagesIn(thread).at(-1)).custom_id).toBe(`minigpt-regen:discord-${follow.id}`);
+    expect(s.fake.message(thread, second.id)!.components).toEqual([]);
+    // pressed all the same: no longer the last answer, told why privately
+    const stale = await press(thread, shown);
     expect(s.fake.interaction(stale.token)!.callback!.type).toBe(7);
     expect(await stale.told()).toBe('Only the latest answer in a conversation can be regenerated.');
     expect(s.fake.message(thread, second.id)!.components).toEqual([]);

@@ -70,11 +70,15 @@ describe('slack: the Regenerate button', () => {
     expect(first.blocks).toEqual([]);
     expect((await s.manager.history(key))!.turns.map((t) => [t.user, t.by, t.requestId])).toEqual([['what is this?', 'U0ALICE', value]]);
 
-    // a follow-up: the regenerated answer is no longer the last; pressed, it loses its button, with a private word why
+    // a follow-up: its answer carries the button now, the regenerated answer's is taken off
+    const shown = { ...second }; // (as a client that has not refreshed still shows it)
     await s.fake.reply('C1', ask.ts, { text: 'and the background?' });
-    await s.fake.waitFor(() => textReplies(s.fake, 'C1', ask.ts).some((m) => m.text === FORCED) || undefined, 20_000, 'the follow-up');
-    expect(await press(second, 'U0ALICE', true)).toBe('Only the latest answer in a conversation can be regenerated.');
-    await s.fake.waitFor(() => ((second.blocks ?? []).length === 0 ? true : undefined), 10_000, 'the stale button removed');
+    const third = await answerWithButton('C1', ask.ts, FORCED);
+    expect(buttonsOf(third)[0]!.value).toMatch(/^slack:C1:\d/);
+    await s.fake.waitFor(() => ((second.blocks ?? []).length === 0 ? true : undefined), 10_000, 'the button taken off');
+    expect(second.text).toBe(`${HEADER}\n${FORCED}`);
+    // pressed all the same: no longer the last answer, told why privately
+    expect(await press(shown, 'U0ALICE', true)).toBe('Only the latest answer in a conversation can be regenerated.');
     expect((await s.manager.history(key))!.turns.map((t) => t.requestId)).toEqual([value, expect.stringMatching(/^slack:C1:/)]);
   }, 60_000);
 
