@@ -114,7 +114,7 @@ async function send() {
   const form = formWith({ text, task });
   if (image) form.append('image', image, image.name || 'image');
   userMessage(task, text, image);
-  dropRegenerateButtons();
+  // (the latest answer keeps its button until this one is given: a refused message leaves it the latest)
   const li = botMessage();
   const r = await stream(form, li, {
     image,
