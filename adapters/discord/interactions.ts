@@ -217,13 +217,27 @@ async function regenerate(bot: InteractionHost, i: ButtonInteraction, label: str
   const old = i.message.content;
   if (r.ok) {
     const line = notice(REPLACED_LINE);
-    if (old.length + line.length + 1 <= DISCORD_MESSAGE_LIMIT)
-      await i.editReply({
-        content: `${old}\n${line}`,
-      });
+    if (old.length + line.length + 1 <= DISCORD_MESSAGE_LIMIT) await editPressed(bot, i, { content: `${old}\n${line}` });
   } else if (r.error?.code !== 'stale' && r.error?.code !== 'not_allowed') {
     // not answered (stopped, busy, an error): the old answer stands, and can be regenerated again
-    await i.editReply({ components: [regenerateButton(i.customId)] });
+    await editPressed(bot, i, { components: [regenerateButton(i.customId).toJSON()] });
+  }
+}
+
+/**
+ * Edits the answer whose button was pressed, once the new answer ended: through the channel (the press's token
+ * expires 15 minutes after it, and a slow answer behind a queue may take longer), else through the press (an
+ * interaction's response in a DM).
+ */
+async function editPressed(bot: InteractionHost, i: ButtonInteraction, body: { content?: string; components?: unknown[] }): Promise<void> {
+  try {
+    await bot.client.rest.patch(Routes.channelMessage(i.channelId, i.message.id), { body });
+  } catch (err) {
+    try {
+      await i.editReply(body as Parameters<ButtonInteraction['editReply']>[0]);
+    } catch {
+      bot.log(`discord: could not edit the answer ${i.message.id} a Regenerate press replaced: ${describeError(err)}`);
+    }
   }
 }
 
