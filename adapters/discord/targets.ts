@@ -1,6 +1,12 @@
 // Where a Discord answer goes: a channel or thread message (remembering what it posted, so that replies to an
 // in-channel answer continue its conversation), or an interaction's original response.
-import type { ChatInputCommandInteraction, Message, MessageContextMenuCommandInteraction, SendableChannels } from 'discord.js';
+import {
+  DiscordAPIError,
+  type ChatInputCommandInteraction,
+  type Message,
+  type MessageContextMenuCommandInteraction,
+  type SendableChannels,
+} from 'discord.js';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import type { Payload, ReplyTarget, SentMessage } from './relay.js';
 
@@ -32,14 +38,40 @@ export function channelTarget(channel: SendableChannels, replyTo?: Message): Rep
   };
 }
 
-/** An interaction's original response (already deferred) as the answer's target. */
+/** Discord refused an interaction's token: it expired (15 minutes after the interaction) or is unknown. */
+function tokenExpired(err: unknown): boolean {
+  return err instanceof DiscordAPIError && (err.code === 50027 || err.code === 10015 || err.status === 401);
+}
+
+/**
+ * An interaction's original response (already deferred) as the answer's target. Its token expires 15 minutes after
+ * the interaction, which a slow answer behind a queue may outlast: the response is then finished through its channel
+ * (edited there, the rest of a long answer sent there), as any of the bot's messages.
+ */
 export function interactionTarget(i: ChatInputCommandInteraction | MessageContextMenuCommandInteraction): ReplyTarget {
+  let original: SentMessage | undefined;
+  const channel = async () => {
+    const ch = await i.client.channels.fetch(original?.channelId ?? i.channelId);
+    if (!ch?.isSendable()) throw new Error(`channel ${i.channelId} cannot be written to`);
+    return ch;
+  };
   return {
     async first(p: Payload) {
-      return sent(await i.editReply(p));
+      try {
+        original = sent(await i.editReply(p));
+      } catch (err) {
+        if (!original || !tokenExpired(err)) throw err;
+        await (await channel()).messages.edit(original.id, p);
+      }
+      return original;
     },
     async more(p: Payload) {
-      return sent(await i.followUp(p));
+      try {
+        return sent(await i.followUp(p));
+      } catch (err) {
+        if (!tokenExpired(err)) throw err;
+        return sent(await (await channel()).send(p));
+      }
     },
     async typing() {},
   };

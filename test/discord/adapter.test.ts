@@ -266,6 +266,22 @@ describe('streaming', () => {
 });
 
 describe('commands', () => {
+  it("/describe outlasting its interaction's token (Discord's 15 minutes): the answer is finished through the channel", async () => {
+    // two messages' worth: the first written while the token is good, finished after it expired; the rest sent after
+    const text = Array.from({ length: 420 }, (_, k) => `word${k}`).join(' ');
+    await start(streamed(text, { pieces: 40, delayMs: 40 }), { editIntervalMs: 100 });
+    const att = w.fake.addAttachment('p.png', png, 'image/png');
+    const { id, token } = w.fake.interact(w.general, w.alice, describeCommand({ image: att, prompt: 'at length' }));
+    await until(() => w.fake.original(token)?.content.endsWith(' …') === true, 'the answer being written');
+    w.fake.expireInteraction(token);
+    expect(await answered(logs, id)).toMatch(/: answered/);
+    const original = w.fake.message(w.general, w.fake.original(token)!.id)!;
+    const rest = botMessagesIn(w.general).filter((m) => m.id > original.id);
+    expect(rest.length).toBeGreaterThanOrEqual(1);
+    expect([original, ...rest].map((m) => m.content).join(' ')).toBe(text);
+    expect(original.content.endsWith(' …')).toBe(false);
+  });
+
   it('/describe passes prompt, task, temperature and image to the manager; bad option values are dropped', async () => {
     await start(streamed('ok'));
     const att = w.fake.addAttachment('c.png', png, 'image/png');

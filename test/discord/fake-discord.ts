@@ -99,6 +99,8 @@ interface Interaction {
   original?: ApiMessage;
   /** a component interaction's message (the button's): its original message once it is answered by 6 or 7 */
   message?: ApiMessage;
+  /** its token has expired (Discord's 15 minutes): webhook calls with it are refused */
+  expired?: boolean;
   callback?: { type: number; at: number };
 }
 
@@ -630,6 +632,13 @@ export class FakeDiscord {
     return { id, token };
   }
 
+  /** Expires an interaction's token now, as Discord does 15 minutes after the interaction. */
+  expireInteraction(token: string): void {
+    const i = this.interactions.get(token);
+    if (!i) throw new Error(`no interaction ${token}`);
+    i.expired = true;
+  }
+
   /** The original response message of an interaction (after its deferral). */
   original(token: string): ApiMessage | undefined {
     const i = this.interactions.get(token);
@@ -886,6 +895,7 @@ export class FakeDiscord {
     if (seg[0] === 'webhooks' && seg[1] === this.appId && seg[2]) {
       const i = this.interactions.get(seg[2]);
       if (!i) return unknown('Webhook', 10015);
+      if (i.expired) return this.json(res, 401, { message: 'Invalid Webhook Token', code: 50027 });
       const ch = this.channels.get(i.channelId)!;
       if (seg[3] === 'messages' && seg[4] === '@original') {
         const msg = i.original ? this.messages.get(ch.id)?.get(i.original.id) : undefined;
