@@ -52,7 +52,7 @@ import { TaskSet } from '../shared/tasks.js';
 import { regenerateButton, relayAnswer, stopButton, type RelayResult, type SentMessage } from './relay.js';
 import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } from './interactions.js';
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
-import { InFlight } from '../shared/regenerate.js';
+import { InFlight, LatestAnswers } from '../shared/regenerate.js';
 import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
@@ -137,7 +137,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   /** threads this process started (besides ownerId, for threads Discord has not described yet) */
   private readonly botThreads = new LruMap<string, true>(KNOWN_REPLIES);
   /** each conversation's latest answer, which carries the Regenerate button */
-  private readonly regenerateButtons = new LruMap<string, SentMessage>(KNOWN_REPLIES);
+  private readonly latestAnswers = new LatestAnswers<SentMessage>(KNOWN_REPLIES, (a, b) => a.id === b.id);
   /** bot answers posted in a channel (no thread) -> their conversation, so replies to them follow up */
   private readonly replyKeys = new LruMap<string, ConversationKey>(KNOWN_REPLIES);
   private readonly tasks = new TaskSet((what, err) => this.log(`discord: ${what} handler failed: ${describeError(err)}`));
@@ -335,8 +335,9 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
           : `error ${r.error?.code}`;
       // Answers in a channel (no thread): a reply to one of them continues the conversation.
       if (route.inChannel) await this.rememberReplies(route.target.ids ?? [], route.key);
-      // (a regenerated answer's predecessor lost its button when it was pressed)
-      if (r.regenerateOn) await this.moveRegenerateButton(conversationId(route.key), r.regenerateOn, req.regenerate === undefined);
+      // Only the latest answer carries the Regenerate button (a regenerated answer's predecessor lost it when pressed).
+      const before = r.regenerateOn && this.latestAnswers.replace(conversationId(route.key), r.regenerateOn);
+      if (before && req.regenerate === undefined) await this.takeRegenerateButtonOff(before);
       this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
       return r;
     } finally {
@@ -345,14 +346,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     }
   }
 
-  /**
-   * Only a conversation's latest answer can be regenerated, so only it carries the button: the answer before it (as
-   * far as this process knows) loses it when `now` is given in full.
-   */
-  private async moveRegenerateButton(conv: string, now: SentMessage, takeOff: boolean): Promise<void> {
-    const before = this.regenerateButtons.get(conv);
-    this.regenerateButtons.set(conv, now);
-    if (!takeOff || !before || before.id === now.id) return;
+  /** The answer before a conversation's latest loses its Regenerate button. */
+  private async takeRegenerateButtonOff(before: SentMessage): Promise<void> {
     try {
       await this.client.rest.patch(Routes.channelMessage(before.channelId, before.id), { body: { components: [] } });
     } catch (err) {

@@ -1,6 +1,7 @@
 // What the Regenerate buttons of Discord and Slack share: the lines that mark a new answer and the one it replaced,
 // and the answers being regenerated in this process (a second press on one is told so at once, instead of queueing an
-// answer that could only be refused as stale).
+// answer that could only be refused as stale), and each conversation's latest answer (the one with the button).
+import { LruMap } from '../../src/util/lru.js';
 
 /** Above a regenerated answer. */
 export const REGENERATED_LINE = 'Regenerated: this answer replaces the one above in the conversation.';
@@ -18,5 +19,27 @@ export class InFlight {
     if (this.ids.has(id)) return undefined;
     this.ids.add(id);
     return () => this.ids.delete(id);
+  }
+}
+
+/**
+ * Each conversation's latest answer as far as this process knows (an LRU of `capacity` conversations): only it can be
+ * regenerated, so only it carries the button. `replace` records a new latest answer and returns the one before it,
+ * which should lose its button (undefined: none known, or the same message).
+ */
+export class LatestAnswers<M> {
+  private readonly latest: LruMap<string, M>;
+
+  constructor(
+    capacity: number,
+    private readonly same: (a: M, b: M) => boolean,
+  ) {
+    this.latest = new LruMap(capacity);
+  }
+
+  replace(conversation: string, now: M): M | undefined {
+    const before = this.latest.get(conversation);
+    this.latest.set(conversation, now);
+    return before !== undefined && !this.same(before, now) ? before : undefined;
   }
 }

@@ -3,7 +3,7 @@
 // and the answer events rendered into the thread (ThreadReply), the annotated image uploaded after the text.
 import type { webApi } from '@slack/bolt';
 import { conversationId, type ConversationKey, type ConversationRequest, type TaskTag } from '../../src/conversation/index.js';
-import type { LruMap } from '../../src/util/lru.js';
+import type { LatestAnswers } from '../shared/regenerate.js';
 import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
 import { onAnswerEvents, restartNotice } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
@@ -31,7 +31,7 @@ export interface AnswerContext {
   /** the Stop buttons of the answers being written */
   readonly stops: StopButtons;
   /** each conversation's latest answer, whose last message carries the Regenerate button */
-  readonly regenerateButtons: LruMap<string, PostedMessage>;
+  readonly latestAnswers: LatestAnswers<PostedMessage>;
 }
 
 /** A message the bot posted: where, and its text. */
@@ -206,27 +206,15 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   } finally {
     await reply.settle().catch(() => {});
   }
+  // Only the latest answer carries the Regenerate button (a regenerated answer's predecessor lost it when pressed).
   const on = reply.regenerateOn;
-  // (a regenerated answer's predecessor lost its button when it was pressed)
-  if (answered && on)
-    await moveRegenerateButton(ctx, a.client, conversationId(key), { channel: a.channel, ...on }, a.regenerate === undefined);
+  const before = answered && on ? ctx.latestAnswers.replace(conversationId(key), { channel: a.channel, ...on }) : undefined;
+  if (before && a.regenerate === undefined) await takeRegenerateButtonOff(ctx, a.client, before);
   return answered;
 }
 
-/**
- * Only a conversation's latest answer can be regenerated, so only it carries the button: the answer before it (as far
- * as this process knows) loses it when `now` is given in full.
- */
-async function moveRegenerateButton(
-  ctx: AnswerContext,
-  client: WebClient,
-  conv: string,
-  now: PostedMessage,
-  takeOff: boolean,
-): Promise<void> {
-  const before = ctx.regenerateButtons.get(conv);
-  ctx.regenerateButtons.set(conv, now);
-  if (!takeOff || !before || (before.channel === now.channel && before.ts === now.ts)) return;
+/** The answer before a conversation's latest loses its Regenerate button. */
+async function takeRegenerateButtonOff(ctx: AnswerContext, client: WebClient, before: PostedMessage): Promise<void> {
   try {
     await client.chat.update({ channel: before.channel, ts: before.ts, text: before.text, blocks: [] });
   } catch (err) {

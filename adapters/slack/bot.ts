@@ -4,14 +4,13 @@
 // limit).
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
-import { LruMap } from '../../src/util/lru.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
-import { ALREADY_REGENERATING, InFlight } from '../shared/regenerate.js';
+import { ALREADY_REGENERATING, InFlight, LatestAnswers } from '../shared/regenerate.js';
 import { TaskSet } from '../shared/tasks.js';
-import { answer, isDirectMessage, REGENERATE_ACTION, slackKey, STOP_ACTION, threadReply, type Ask } from './answer.js';
+import { answer, isDirectMessage, REGENERATE_ACTION, slackKey, STOP_ACTION, threadReply, type Ask, type PostedMessage } from './answer.js';
 import { SeenSet } from './dedupe.js';
 import { WorkspaceAdmins } from './admins.js';
 import { ephemeral, onDescribe, onShortcut, type DescribeContext } from './describe.js';
@@ -88,7 +87,7 @@ export class SlackBot {
       command: opts.command ?? DEFAULT_COMMAND,
       nextId: () => this.nextId++,
       stops: new StopButtons(),
-      regenerateButtons: new LruMap(5_000),
+      latestAnswers: new LatestAnswers<PostedMessage>(5_000, (a, b) => a.channel === b.channel && a.ts === b.ts),
     };
     // A request waits for the one before it in its thread at most this long (that one's download has its own
     // timeout; Web API calls before it are retried for a while).

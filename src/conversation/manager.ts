@@ -513,7 +513,7 @@ export class ConversationManager {
     // a temperature the request sets itself stands.
     const greedy = gen.temperature === 0 || gen.doSample === false;
     if (again && greedy && (gen.numBeams ?? 1) <= 1 && req.generation?.temperature === undefined) {
-      gen.temperature = gen.temperature ? gen.temperature : REGENERATE_TEMPERATURE;
+      gen.temperature ||= REGENERATE_TEMPERATURE;
       gen.doSample = true;
     }
     const fitted = this.budget.fit(history, turn.prompt, gen.maxNewTokens, input !== undefined);

@@ -10,7 +10,8 @@ import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, createStore, type ConversationKey } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import { clusterStatus, statusText } from '../../src/cluster/status.js';
-import { encodeEvent, HEARTBEAT_TTL_MS, keys, QUEUE_NAME, type JobData } from '../../src/cluster/protocol.js';
+import { encodeEvent, keys, QUEUE_NAME, type JobData } from '../../src/cluster/protocol.js';
+import { earlierWorkerBeat } from './helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
 
@@ -31,23 +32,7 @@ beforeAll(async () => {
   model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: 'a square' });
   manager = new ConversationManager({ model, store: await createStore(redis.url), defaults: { maxNewTokens: 8, temperature: 0 } });
   // the earlier worker: a heartbeat without `protocol`; a reset job forgets, whoever asked, then ends the stream
-  const beat = () =>
-    client.set(
-      keys.worker('old-1'),
-      JSON.stringify({
-        id: 'old-1',
-        host: 'h',
-        pid: 1,
-        model: 'demo',
-        architecture: 'minigpt_v2',
-        provider: 'cpu',
-        startedAt: '',
-        running: 0,
-        finished: 0,
-      }),
-      'PX',
-      HEARTBEAT_TTL_MS,
-    );
+  const beat = () => earlierWorkerBeat(client, 'old-1', 1);
   await beat();
   heartbeat = setInterval(() => void beat(), 1000);
   oldWorker = new Worker<JobData>(

@@ -15,7 +15,7 @@ import {
 } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
-import { HEARTBEAT_TTL_MS, keys } from '../../src/cluster/protocol.js';
+import { earlierWorkerBeat } from './helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
 
@@ -89,23 +89,7 @@ describe('regenerate through a front end', () => {
     expect((await frontend.history(key))!.turns.map((t) => t.requestId)).toEqual(['q1', 'q3']);
 
     // a worker of protocol 2 joins: the front end refuses before queueing, and says why
-    await client.set(
-      keys.worker('old-2'),
-      JSON.stringify({
-        id: 'old-2',
-        host: 'h',
-        pid: 2,
-        model: 'demo',
-        architecture: 'minigpt_v2',
-        provider: 'cpu',
-        startedAt: '',
-        running: 0,
-        finished: 0,
-        protocol: 2,
-      }),
-      'PX',
-      HEARTBEAT_TTL_MS,
-    );
+    await earlierWorkerBeat(client, 'old-2', 2, 2);
     const refused = await ask({ key, user: 'U1', text: '', regenerate: 'q3', requestId: 'q6' });
     expect(refused).toEqual([
       {
