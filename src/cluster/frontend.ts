@@ -31,6 +31,7 @@ import {
   ORDER_TTL_MS,
   PENDING_TTL_MS,
   PROTOCOL,
+  PROTOCOL_EDIT,
   PROTOCOL_REGENERATE,
   PROTOCOL_RESET_BY,
   publishForgotten,
@@ -60,6 +61,8 @@ return n`;
 
 const UNAVAILABLE = 'The bot cannot reach its job queue right now; please try again in a moment.';
 const NO_WORKER = 'No model worker is running right now; please try again in a moment.';
+const EDIT_NEEDS_UPGRADE =
+  'An edited question cannot be answered again while this bot is being upgraded (a worker of an earlier version is running); please ask it again as a new message, or edit it later.';
 const REGENERATE_NEEDS_UPGRADE =
   'Regenerating an answer is not possible while this bot is being upgraded (a worker of an earlier version is running); please ask again instead, or try later.';
 
@@ -182,7 +185,7 @@ export class RemoteConversations implements ConversationPort {
       if (this.warnedOlder.has(w.id)) continue;
       this.warnedOlder.add(w.id);
       this.log(
-        `frontend: worker ${w.id} (${w.host}, pid ${w.pid}) is of an earlier version (protocol ${protocolOf(w)}, this front end's ${PROTOCOL}): upgrade workers with or before front ends; until then what it cannot do is done without it (who may forget a conversation decided from the store as it is) or refused (regenerate)`,
+        `frontend: worker ${w.id} (${w.host}, pid ${w.pid}) is of an earlier version (protocol ${protocolOf(w)}, this front end's ${PROTOCOL}): upgrade workers with or before front ends; until then what it cannot do is done without it (who may forget a conversation decided from the store as it is) or refused (regenerate, edited questions)`,
       );
     }
     return older;
@@ -307,6 +310,10 @@ export class RemoteConversations implements ConversationPort {
       // An earlier worker would take a regenerate request for an empty question.
       if (req.regenerate !== undefined && older.some((w) => protocolOf(w) < PROTOCOL_REGENERATE)) {
         return { code: 'unavailable', message: REGENERATE_NEEDS_UPGRADE };
+      }
+      // ... and an edit request for a new question after the answered one.
+      if (req.edit !== undefined && older.some((w) => protocolOf(w) < PROTOCOL_EDIT)) {
+        return { code: 'unavailable', message: EDIT_NEEDS_UPGRADE };
       }
       // Counted and checked in one step, so that requests arriving together at several front ends cannot all
       // pass the check before any of them is counted.

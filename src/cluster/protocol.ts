@@ -26,16 +26,19 @@ import type { Redis } from 'ioredis';
 
 export const QUEUE_NAME = 'minigpt-answers';
 /**
- * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 3, a request's `regenerate`
+ * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 4, a request's `edit` (an
+ * edited question answered again); 3, a request's `regenerate`
  * (the conversation's last turn answered again); 2, a reset job decides its `by` (whether that user took part) and
  * says what it did (a `reset` event); 1 (no `protocol` in the heartbeat, workers before 2026-12-06): it forgets
  * whatever `by` says and says nothing.
  */
-export const PROTOCOL = 3;
+export const PROTOCOL = 4;
 /** The first protocol whose workers decide a reset's `by` themselves. */
 export const PROTOCOL_RESET_BY = 2;
 /** The first protocol whose workers know `regenerate` (an earlier one would answer an empty question). */
 export const PROTOCOL_REGENERATE = 3;
+/** The first protocol whose workers know `edit` (an earlier one would answer the edited text as a new question). */
+export const PROTOCOL_EDIT = 4;
 /** A worker's own queue: follow-ups of the conversations whose KV cache it holds. */
 export const workerQueueName = (workerId: string) => `${QUEUE_NAME}@${workerId}`;
 export const PREFIX = 'minigpt:';
@@ -84,6 +87,7 @@ export interface RequestData {
   annotate?: boolean;
   requestId: string;
   regenerate?: string;
+  edit?: string;
 }
 
 export type JobData =
@@ -108,6 +112,7 @@ export function encodeRequest(req: ConversationRequest, requestId: string): Requ
     ...(req.annotate !== undefined ? { annotate: req.annotate } : {}),
     requestId,
     ...(req.regenerate !== undefined ? { regenerate: req.regenerate } : {}),
+    ...(req.edit !== undefined ? { edit: req.edit } : {}),
   };
 }
 
@@ -119,6 +124,7 @@ export function decodeRequest(d: RequestData, signal: AbortSignal): Conversation
   if (d.generation) req.generation = d.generation;
   if (d.annotate !== undefined) req.annotate = d.annotate;
   if (d.regenerate !== undefined) req.regenerate = d.regenerate;
+  if (d.edit !== undefined) req.edit = d.edit;
   return req;
 }
 

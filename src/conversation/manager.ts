@@ -17,7 +17,7 @@ import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } 
 import { PromptBudget } from './budget.js';
 import { generationOptions } from './generation-settings.js';
 import { entitiesToDraw } from './annotation.js';
-import { finalEvent, regeneration, storedTurn, threadState, tookPart, type FinalEvent, type Regeneration } from './turn.js';
+import { edition, finalEvent, regeneration, storedTurn, threadState, tookPart, type FinalEvent, type Regeneration } from './turn.js';
 import { turnSummary, turnTimings, type TurnCosts } from './report.js';
 import { CANCELLED, Failure } from './failure.js';
 import { generate, type ModelImages } from './generate.js';
@@ -182,8 +182,11 @@ export class ConversationManager {
     }
     if (this.closing) return fail('busy', MESSAGES.shuttingDown);
     if (req.signal?.aborted) return fail('cancelled', MESSAGES.cancelled);
-    if (req.regenerate !== undefined && req.history !== undefined) {
+    if ((req.regenerate !== undefined || req.edit !== undefined) && req.history !== undefined) {
       return fail('internal', 'A stateless request cannot regenerate a stored answer: send the messages to answer instead.');
+    }
+    if (req.regenerate !== undefined && req.edit !== undefined) {
+      return fail('internal', 'A request regenerates an answer or answers an edited question, not both.');
     }
     const convId = conversationId(key);
     if (this.scheduler.waiting >= this.maxQueue && !this.scheduler.wouldStartNow(convId)) {
@@ -194,8 +197,8 @@ export class ConversationManager {
       convId,
       control: false,
       key,
-      // A regenerate request asks the stored turn again: an image sent with it is not the conversation's.
-      req: req.regenerate !== undefined && req.image !== undefined ? { ...req, image: undefined } : req,
+      // A regenerate or edit request asks the stored turn again: an image sent with it is not the conversation's.
+      req: (req.regenerate !== undefined || req.edit !== undefined) && req.image !== undefined ? { ...req, image: undefined } : req,
       requestId: req.requestId ?? `r${this.nextId++}`,
       channel,
       controller: new AbortController(),
@@ -501,8 +504,9 @@ export class ConversationManager {
     const req = job.req!;
     const stateless = req.history !== undefined;
     const prev = stateless ? undefined : await this.repo.getConversation(job.convId);
-    // Regenerate: the last turn asked again after the turns before it; its answer replaces the stored one.
-    const again = req.regenerate !== undefined ? regenerationOf(req, prev) : undefined;
+    // Regenerate, or an edited question: the last turn asked again after the turns before it; its answer replaces
+    // the stored one.
+    const again = req.regenerate !== undefined ? regenerationOf(req, prev) : req.edit !== undefined ? this.editionOf(req, prev) : undefined;
     const turn = again?.turn ?? this.userTurnOf(req);
     const input = await this.images.resolve(req.image, prev, stateless);
     const history = again?.earlier ?? this.earlierTurns(req, prev);
@@ -512,7 +516,7 @@ export class ConversationManager {
     // A regenerated answer is sampled even where the configured default is greedy (it would come out the same);
     // a temperature the request sets itself stands.
     const greedy = gen.temperature === 0 || gen.doSample === false;
-    if (again && greedy && (gen.numBeams ?? 1) <= 1 && req.generation?.temperature === undefined) {
+    if (req.regenerate !== undefined && greedy && (gen.numBeams ?? 1) <= 1 && req.generation?.temperature === undefined) {
       gen.temperature ||= REGENERATE_TEMPERATURE;
       gen.doSample = true;
     }
@@ -546,7 +550,7 @@ export class ConversationManager {
       throw err;
     }
 
-    const stored = storedTurn(req, turn, generated);
+    const stored = storedTurn(req, turn, generated, again?.askedAs);
     // A thread always has an image here (resolve refused one without).
     const turns: PriorTurn[] = stateless
       ? [...kept, stored]
@@ -579,6 +583,13 @@ export class ConversationManager {
       throw new Failure('too_long', `Your message is too long (${text.length} characters; the limit is ${this.maxTextChars}).`);
     }
     return userTurn(text, req.task, { tasks: this.tasks, markers: this.markers });
+  }
+
+  /** An edit request's question, if it is the edited last turn's (else `stale` / `not_allowed`). */
+  private editionOf(req: ConversationRequest, prev: ConversationState | undefined): Regeneration {
+    const r = edition(prev, String(req.edit), typeof req.user === 'string' ? req.user : String(req.user), this.userTurnOf(req));
+    if ('code' in r) throw new Failure(r.code, r.message);
+    return r;
   }
 
   /** The exchanges before this turn: a stateless request's own; a thread's stored ones, none after a new image. */

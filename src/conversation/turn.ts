@@ -25,7 +25,8 @@ export function finalEvent(turn: UserTurn, answer: Answer, image: TurnImage | un
   };
 }
 
-export function storedTurn(req: ConversationRequest, turn: UserTurn, answer: Answer): StoredTurn {
+/** `askedAs`: a turn answered again, the request id it was first asked under (see StoredTurn). */
+export function storedTurn(req: ConversationRequest, turn: UserTurn, answer: Answer, askedAs?: string): StoredTurn {
   return {
     user: turn.prompt,
     assistant: answer.text.trim(),
@@ -35,6 +36,7 @@ export function storedTurn(req: ConversationRequest, turn: UserTurn, answer: Ans
     at: new Date().toISOString(),
     finishReason: answer.finishReason,
     ...(req.requestId !== undefined ? { requestId: req.requestId } : {}),
+    ...(askedAs !== undefined && askedAs !== req.requestId ? { askedAs } : {}),
   };
 }
 
@@ -97,11 +99,19 @@ export const REGENERATE_REFUSED = {
   notYours: 'Only the person who asked can regenerate this answer.',
 } as const;
 
-/** A regenerate request's question: the stored turn asked again, after the turns before it. */
+/** Why an edited question is not answered again (adapters say nothing of it: an edit is not a request). */
+export const EDIT_REFUSED = {
+  notLast: 'Only the latest question in a conversation is answered again when edited.',
+  unchanged: 'The edited question is the same as the one answered.',
+} as const;
+
+/** A regenerate (or edit) request's question: the stored turn asked again, after the turns before it. */
 export interface Regeneration {
   turn: UserTurn;
   /** the turns before it, as stored */
   earlier: StoredTurn[];
+  /** the request id the turn was first asked under (kept by the turn that replaces it) */
+  askedAs: string | undefined;
 }
 
 /**
@@ -118,5 +128,24 @@ export function regeneration(
   if (!state || !last) return { code: 'stale', message: REGENERATE_REFUSED.gone };
   if (last.requestId !== requestId) return { code: 'stale', message: REGENERATE_REFUSED.notLast };
   if (last.by !== user) return { code: 'not_allowed', message: REGENERATE_REFUSED.notYours };
-  return { turn: { task: last.task, prompt: last.user }, earlier: state.turns.slice(0, -1) };
+  return { turn: { task: last.task, prompt: last.user }, earlier: state.turns.slice(0, -1), askedAs: last.askedAs ?? last.requestId };
+}
+
+/**
+ * Whether the edit of the message first asked as `askedAs` gets the conversation's last turn answered again with
+ * `turn` as its question: that message must have asked the last turn (answered again since or not), be `user`'s, and
+ * say something else than the stored question.
+ */
+export function edition(
+  state: ConversationState | null | undefined,
+  askedAs: string,
+  user: string,
+  turn: UserTurn,
+): Regeneration | { code: 'stale' | 'not_allowed'; message: string } {
+  const last = state?.turns.at(-1);
+  if (!state || !last) return { code: 'stale', message: REGENERATE_REFUSED.gone };
+  if ((last.askedAs ?? last.requestId) !== askedAs) return { code: 'stale', message: EDIT_REFUSED.notLast };
+  if (last.by !== user) return { code: 'not_allowed', message: REGENERATE_REFUSED.notYours };
+  if (last.user === turn.prompt && last.task === turn.task) return { code: 'stale', message: EDIT_REFUSED.unchanged };
+  return { turn, earlier: state.turns.slice(0, -1), askedAs };
 }

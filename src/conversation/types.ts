@@ -62,6 +62,15 @@ export interface ConversationRequest {
    * `history` (a stateless request's client resends what it wants answered).
    */
   regenerate?: string;
+  /**
+   * The user edited the message that asked the conversation's last turn: that turn is answered again with `text` (and
+   * `task`) as its question, after the turns before it, and the new turn replaces it in the store under this request's
+   * `requestId`. `edit` is the request id the message was first asked under (the turn's `requestId`, or its `askedAs`
+   * after a Regenerate or an earlier edit). Refused as for `regenerate` (`stale`: not the last turn's question any more,
+   * or the same question as stored; `not_allowed`: someone else's); `image` is not used. Not with `history` or
+   * `regenerate`.
+   */
+  edit?: string;
 }
 
 /**
@@ -128,6 +137,11 @@ export interface StoredTurn {
   at: string;
   finishReason: string;
   requestId?: string;
+  /**
+   * A turn answered again (Regenerate, an edited question) under a new `requestId`: the request id it was first asked
+   * under, by which an edit of the message that asked it still finds it.
+   */
+  askedAs?: string;
 }
 
 /** The conversation's image, stored once under its content hash. */

@@ -1,6 +1,7 @@
-// Regenerate across Redis: a front end queues a request for the conversation's last answer again, the worker
-// (protocol 3) answers the stored question and replaces the stored answer. While a worker of an earlier version is
-// alive the front end refuses it (that worker would answer an empty question). A real redis-server on a free
+// Regenerate and edited questions across Redis: a front end queues a request for the conversation's last answer
+// again, the worker answers the stored question (protocol 3), or the edited one (protocol 4), and replaces the stored
+// turn. While a worker of an earlier version is alive the front end refuses what it would get wrong (an empty
+// question; an edited question answered as a new one). A real redis-server on a free
 // loopback port, the real cluster worker and front end in this process, the demo model.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
@@ -15,6 +16,7 @@ import {
 } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
+import { keys } from '../../src/cluster/protocol.js';
 import { earlierWorkerBeat } from './helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
@@ -60,7 +62,7 @@ async function ask(req: ConversationRequest): Promise<AnswerEvent[]> {
 
 const finalText = (events: AnswerEvent[]) => events.flatMap((e) => (e.type === 'final' ? [e.text] : []))[0];
 
-describe('regenerate through a front end', () => {
+describe('regenerate and edited questions through a front end', () => {
   it('the worker answers the stored last question again and replaces its answer; refused while an earlier worker is alive', async () => {
     const key: ConversationKey = { platform: 'slack', workspace: 'T1', channel: 'C1', thread: '1700000000.000100' };
     await ask({ key, user: 'U1', text: 'what is this?', image: await squarePng(40, 30), requestId: 'q1' });
@@ -88,9 +90,30 @@ describe('regenerate through a front end', () => {
     });
     expect((await frontend.history(key))!.turns.map((t) => t.requestId)).toEqual(['q1', 'q3']);
 
+    // the question edited (found by the id it was first asked under, though regenerated since): answered again
+    const e7 = await ask({ key, user: 'U1', text: '[vqa] what shape is it?', edit: 'q2', requestId: 'q7' });
+    expect(e7.find((e) => e.type === 'error')).toBeUndefined();
+    h = (await frontend.history(key))!;
+    expect(h.turns.map((t) => [t.user, t.requestId, t.askedAs])).toEqual([
+      ['what is this?', 'q1', undefined],
+      ['[vqa] what shape is it?', 'q7', 'q2'],
+    ]);
+    expect(h.turns[1].assistant).toBe(finalText(e7)!.trim());
+
+    // a worker of protocol 3 joins: an edit is refused before queueing (it would be answered as a new question)
+    await earlierWorkerBeat(client, 'old-3', 3, 3);
+    expect(await ask({ key, user: 'U1', text: '[vqa] what size is it?', edit: 'q2', requestId: 'q8' })).toEqual([
+      {
+        type: 'error',
+        code: 'unavailable',
+        message: expect.stringMatching(/^An edited question cannot be answered again while this bot is being upgraded/),
+      },
+    ]);
+    await client.del(keys.worker('old-3'));
+
     // a worker of protocol 2 joins: the front end refuses before queueing, and says why
     await earlierWorkerBeat(client, 'old-2', 2, 2);
-    const refused = await ask({ key, user: 'U1', text: '', regenerate: 'q3', requestId: 'q6' });
+    const refused = await ask({ key, user: 'U1', text: '', regenerate: 'q7', requestId: 'q6' });
     expect(refused).toEqual([
       {
         type: 'error',
@@ -99,7 +122,7 @@ describe('regenerate through a front end', () => {
       },
     ]);
     h = (await frontend.history(key))!;
-    expect(h.turns.map((t) => t.requestId)).toEqual(['q1', 'q3']);
+    expect(h.turns.map((t) => t.requestId)).toEqual(['q1', 'q7']);
     expect(logs.filter((l) => l.includes('worker old-2 (h, pid 2) is of an earlier version (protocol 2'))).toHaveLength(1);
   }, 60_000);
 });

@@ -555,3 +555,72 @@ describe('conversation manager: regenerate (the last answer asked again)', () =>
     await m.close();
   });
 });
+
+describe('conversation manager: an edited question answered again', () => {
+  it('answers the last turn again with the edited question, after the turns before it, and replaces that turn', async () => {
+    const m = manager();
+    const s = spies();
+    const k = key('edit');
+    const e1 = await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'm1' }));
+    const a1 = neutralizeMarkers(finalOf(e1).text);
+    await collect(m.handle({ key: k, user: 'u', text: 'the colurs?', requestId: 'm2' }));
+    const before = (await m.history(k))!;
+
+    // The edited text is the question (an image sent with it is not used; the stored one stands), greedy as configured.
+    const e3 = await collect(
+      m.handle({ key: k, user: 'u', text: '[grounding] the colours', image: image2, edit: 'm2', requestId: 'm2-e1' }),
+    );
+    expect(errorOf(e3)).toBeUndefined();
+    expect(s.prompts()[2]).toBe(`<s>[INST] ${IMG} what is this? [/INST]${a1}<s>[INST] [grounding] the colours [/INST]`);
+    expect(finalOf(e3).task).toBe('grounding');
+    expect(s.encode).toHaveBeenCalledTimes(1);
+    expect(s.answer.mock.calls[2][2].temperature).toBe(s.answer.mock.calls[1][2].temperature);
+    let h = (await m.history(k))!;
+    expect(h.image).toEqual(before.image);
+    expect(h.turns.map((t) => [t.user, t.requestId, t.askedAs])).toEqual([
+      ['what is this?', 'm1', undefined],
+      ['[grounding] the colours', 'm2-e1', 'm2'],
+    ]);
+
+    // The same message edited again (and regenerated in between): still found by the id it was first asked under.
+    await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 'm2-e1', requestId: 'r1' }));
+    expect((await m.history(k))!.turns[1]).toMatchObject({ requestId: 'r1', askedAs: 'm2' });
+    const e5 = await collect(m.handle({ key: k, user: 'u', text: 'which colours?', edit: 'm2', requestId: 'm2-e2' }));
+    expect(errorOf(e5)).toBeUndefined();
+    h = (await m.history(k))!;
+    expect(h.turns.map((t) => [t.user, t.requestId, t.askedAs])).toEqual([
+      ['what is this?', 'm1', undefined],
+      ['which colours?', 'm2-e2', 'm2'],
+    ]);
+    expect(h.turns[1].assistant).toBe(finalOf(e5).text.trim());
+    await m.close();
+  });
+
+  it("refuses an edit of an earlier question, of someone else's, or one that changes nothing; nothing changes", async () => {
+    const m = manager();
+    const s = spies();
+    const k = key('edit-refused');
+    await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'm1' }));
+    await collect(m.handle({ key: k, user: 'u', text: 'more?', requestId: 'm2' }));
+    const before = await m.history(k);
+    const runs = s.answer.mock.calls.length;
+
+    expect(errorOf(await collect(m.handle({ key: k, user: 'u', text: 'what?', edit: 'm1', requestId: 'x1' })))).toEqual({
+      type: 'error',
+      code: 'stale',
+      message: 'Only the latest question in a conversation is answered again when edited.',
+    });
+    expect(errorOf(await collect(m.handle({ key: k, user: 'v', text: 'less?', edit: 'm2', requestId: 'x2' })))?.code).toBe('not_allowed');
+    expect(errorOf(await collect(m.handle({ key: k, user: 'u', text: 'more?', edit: 'm2', requestId: 'x3' })))).toMatchObject({
+      code: 'stale',
+      message: 'The edited question is the same as the one answered.',
+    });
+    const both = await collect(m.handle({ key: k, user: 'u', text: 'x', edit: 'm2', regenerate: 'm2' }));
+    expect(errorOf(both)?.code).toBe('internal');
+    const stateless = await collect(m.handle({ key: k, user: 'u', text: 'x', history: [], edit: 'm2' }));
+    expect(errorOf(stateless)?.code).toBe('internal');
+    expect(s.answer.mock.calls.length).toBe(runs);
+    expect(await m.history(k)).toEqual(before);
+    await m.close();
+  });
+});
