@@ -5,6 +5,7 @@
 //
 //   @mention with an image in a channel -> a thread on that message, the answer streamed into it
 //   any message in a thread the bot started, or in a DM -> a follow-up (a new image replaces the image)
+//   the latest question edited           -> answered again (edits.ts)
 //   /describe, "Describe image"          -> deferred at once, the original response streamed, then a thread
 //                                           on it for follow-ups (interactions.ts)
 //   the bot removed from a server        -> the server's conversations forgotten
@@ -28,7 +29,7 @@ import {
   type ResetOutcome,
 } from '../../src/conversation/index.js';
 import { LruMap } from '../../src/util/lru.js';
-import { threadName } from './format.js';
+import { DISCORD_MESSAGE_LIMIT, notice, threadName } from './format.js';
 import { apologiseOnFailure, HELP_NO_IMAGE, NO_THREAD_NOTICE, stripBotMention } from './replies.js';
 import { admit, DEFAULT_RATE_LIMIT, userLimiter, type RateLimitSetting } from '../shared/rate-limit.js';
 import {
@@ -43,7 +44,7 @@ import {
 } from './images.js';
 import type { RateLimiter, RateLimiterFactory } from './limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
-import { restartNotice } from '../shared/answer-events.js';
+import { restartNotice, unlessRefused } from '../shared/answer-events.js';
 import { describeError } from '../shared/errors.js';
 import { forgetConversation, forgottenCount } from '../shared/forget.js';
 import type { ConversationPort } from '../shared/port.js';
@@ -52,7 +53,8 @@ import { TaskSet } from '../shared/tasks.js';
 import { regenerateButton, relayAnswer, stopButton, type RelayResult, type SentMessage } from './relay.js';
 import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } from './interactions.js';
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
-import { InFlight, LatestAnswers } from '../shared/regenerate.js';
+import { EDIT_REPLACED_LINE, InFlight, LatestAnswers } from '../shared/regenerate.js';
+import { onEdited } from './edits.js';
 import { channelTarget, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
@@ -171,6 +173,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     this.allowedChannels = new Set(opts.allowedChannels ?? []);
     this.allowDMs = opts.allowDMs ?? true;
     client.on(Events.MessageCreate, (m) => this.track('message', () => this.onMessage(m)));
+    client.on(Events.MessageUpdate, (before, now) => this.track('message edit', () => onEdited(this, before, now)));
     client.on(Events.InteractionCreate, (i) => this.track('interaction', () => onInteraction(this, i)));
     // discord.js emits GuildDelete only when the bot was removed (kicked, left, the server deleted); a server's
     // outage comes as GuildUnavailable, and its conversations stay.
@@ -302,7 +305,13 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
    * Hands the request to the manager once the conversation's earlier requests have been (`turn`: its place in
    * the order the gateway delivered them), then relays the answer.
    */
-  async run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult> {
+  async run(
+    req: Omit<ConversationRequest, 'signal'>,
+    route: Route,
+    label: string,
+    turn: ArrivalTurn,
+    quiet?: readonly string[],
+  ): Promise<RelayResult> {
     await turn.ready();
     const controller = new AbortController();
     this.controllers.add(controller);
@@ -312,9 +321,17 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     const stop = this.stops.open(req.user);
     const signal = AbortSignal.any([controller.signal, stop.signal]);
     try {
-      const events = restartNotice(this.manager.handle({ ...req, signal }), () => this.closing !== undefined);
+      let events = restartNotice(this.manager.handle({ ...req, signal }), () => this.closing !== undefined);
       // The request has its place in the manager's queue: the conversation's next request may go on.
       turn.release();
+      if (quiet) {
+        const held = await unlessRefused(events, quiet);
+        if ('refused' in held) {
+          this.log(`discord: ${label}: not answered (${held.refused.code}: ${held.refused.message})`);
+          return { ok: false, error: { code: held.refused.code, message: held.refused.message }, attached: false, chars: 0 };
+        }
+        events = held.events;
+      }
       const r = await relayAnswer(events, route.target, {
         editIntervalMs: this.editIntervalMs,
         firstTextWaitMs: this.firstTextWaitMs,
@@ -335,9 +352,10 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
           : `error ${r.error?.code}`;
       // Answers in a channel (no thread): a reply to one of them continues the conversation.
       if (route.inChannel) await this.rememberReplies(route.target.ids ?? [], route.key);
-      // Only the latest answer carries the Regenerate button (a regenerated answer's predecessor lost it when pressed).
+      // Only the latest answer carries the Regenerate button (a regenerated answer's predecessor lost it when pressed);
+      // the answer to an edited question also says it was answered again.
       const before = r.regenerateOn && this.latestAnswers.replace(conversationId(route.key), r.regenerateOn);
-      if (before && req.regenerate === undefined) await this.takeRegenerateButtonOff(before);
+      if (before && req.regenerate === undefined) await this.retire(before, req.edit !== undefined ? EDIT_REPLACED_LINE : undefined);
       this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
       return r;
     } finally {
@@ -346,10 +364,16 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     }
   }
 
-  /** The answer before a conversation's latest loses its Regenerate button. */
-  private async takeRegenerateButtonOff(before: SentMessage): Promise<void> {
+  /** The answer before a conversation's latest loses its Regenerate button (and gets `line` under it). */
+  private async retire(before: SentMessage, line?: string): Promise<void> {
     try {
-      await this.client.rest.patch(Routes.channelMessage(before.channelId, before.id), { body: { components: [] } });
+      const body: { components: []; content?: string } = { components: [] };
+      if (line) {
+        const old = (await this.client.rest.get(Routes.channelMessage(before.channelId, before.id))) as { content?: string };
+        const add = `\n${notice(line)}`;
+        if (typeof old.content === 'string' && old.content.length + add.length <= DISCORD_MESSAGE_LIMIT) body.content = old.content + add;
+      }
+      await this.client.rest.patch(Routes.channelMessage(before.channelId, before.id), { body });
     } catch (err) {
       this.log(`discord: could not take the Regenerate button off answer ${before.id}: ${describeError(err)}`);
     }
@@ -374,7 +398,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   }
 
   /** The conversation of a bot answer posted in a channel (no thread): remembered, or stored; undefined for another message. */
-  private async replyKeyOf(messageId: string): Promise<ConversationKey | undefined> {
+  async replyKeyOf(messageId: string): Promise<ConversationKey | undefined> {
     const known = this.replyKeys.get(messageId);
     if (known) return known;
     try {

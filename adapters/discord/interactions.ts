@@ -56,7 +56,14 @@ export interface InteractionHost {
   allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean;
   withinRate(user: string, tell: (text: string) => Promise<unknown>, privately?: boolean): Promise<boolean>;
   download(source: ImageSource | undefined, rejected: string | undefined): Promise<Uint8Array | undefined>;
-  run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn): Promise<RelayResult>;
+  /** `quiet`: refusals (error codes) not shown to the user, only logged (an edited question: edits.ts) */
+  run(
+    req: Omit<ConversationRequest, 'signal'>,
+    route: Route,
+    label: string,
+    turn: ArrivalTurn,
+    quiet?: readonly string[],
+  ): Promise<RelayResult>;
   /** a thread the bot opened: messages there are follow-ups */
   rememberThread(id: string): void;
   /** a Stop button pressed (DiscordBot.stop): `id` is its custom id after STOP_PREFIX */

@@ -25,3 +25,35 @@ export async function* restartNotice(events: AsyncIterable<AnswerEvent>, closing
     yield ev.type === 'error' && ev.code === 'cancelled' && closing() ? { ...ev, message: RESTARTING } : ev;
   }
 }
+
+/**
+ * A request that may be refused without a word to the user (an edited message that asks nothing to answer again):
+ * reads the stream up to its first event after `queued` / `started`; an error with one of `codes` there is returned
+ * as `refused` (the stream has ended), else `events` gives the whole stream as it came. (What is held back meanwhile,
+ * a queue position, shows once the request is known to be answered.)
+ */
+export async function unlessRefused(
+  events: AsyncIterable<AnswerEvent>,
+  codes: readonly string[],
+): Promise<{ refused: AnswerEventOf<'error'> } | { events: AsyncIterable<AnswerEvent> }> {
+  const it = events[Symbol.asyncIterator]();
+  const held: AnswerEvent[] = [];
+  for (;;) {
+    const r = await it.next();
+    if (r.done) break;
+    held.push(r.value);
+    if (r.value.type === 'queued' || r.value.type === 'started') continue;
+    if (r.value.type === 'error' && codes.includes(r.value.code)) return { refused: r.value };
+    break;
+  }
+  return {
+    events: (async function* () {
+      try {
+        yield* held;
+        for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+      } finally {
+        await it.return?.();
+      }
+    })(),
+  };
+}

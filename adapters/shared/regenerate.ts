@@ -1,4 +1,5 @@
-// What the Regenerate buttons of Discord and Slack share: the lines that mark a new answer and the one it replaced,
+// What the Regenerate buttons (and edited questions) of Discord and Slack share: the lines that mark a new answer and
+// the one it replaced,
 // and the answers being regenerated in this process (a second press on one is told so at once, instead of queueing an
 // answer that could only be refused as stale), and each conversation's latest answer (the one with the button).
 import { LruMap } from '../../src/util/lru.js';
@@ -7,6 +8,10 @@ import { LruMap } from '../../src/util/lru.js';
 export const REGENERATED_LINE = 'Regenerated: this answer replaces the one above in the conversation.';
 /** Under the answer it replaced. */
 export const REPLACED_LINE = 'Replaced by a regenerated answer below.';
+/** Above the new answer to an edited question. */
+export const EDITED_LINE = 'The question was edited: this answer replaces the one before it in the conversation.';
+/** Under the answer to the question before it was edited. */
+export const EDIT_REPLACED_LINE = 'The question was edited: answered again below.';
 /** The reply to a press on an answer whose regeneration is under way. */
 export const ALREADY_REGENERATING = 'This answer is being regenerated already.';
 

@@ -555,6 +555,23 @@ export class FakeDiscord {
     return msg;
   }
 
+  /**
+   * The author edits message `messageId` (MESSAGE_UPDATE with the whole message, as Discord sends it for a content
+   * edit): `content` as typed (`mentionBot`: with the bot's mention in front, as postMessage writes it).
+   */
+  userEdits(channelId: string, messageId: string, content: string, extra: { mentionBot?: boolean } = {}): ApiMessage {
+    const ch = this.channels.get(channelId);
+    const msg = this.messages.get(channelId)?.get(messageId);
+    if (!ch || !msg) throw new Error(`no message ${messageId} in channel ${channelId}`);
+    msg.content = extra.mentionBot ? `<@${this.bot.id}> ${content}` : content;
+    msg.mentions = extra.mentionBot ? [this.bot] : [];
+    msg.edited_timestamp = new Date().toISOString();
+    const payload: ApiMessage = { ...msg };
+    if (ch.guild_id) payload.member = { roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0 };
+    this.dispatch('MESSAGE_UPDATE', payload);
+    return msg;
+  }
+
   /** A user runs a command (`permissions`: the member's, default all); returns the interaction's id and token. */
   interact(channelId: string, user: ApiUser, data: Record<string, any>, permissions = PERMISSIONS.ALL): { id: string; token: string } {
     return this.sendInteraction(channelId, user, { type: 2, data }, permissions);

@@ -1,0 +1,98 @@
+// Edited messages: a user who edits the message that asked their conversation's latest question gets it answered
+// again (ConversationRequest.edit), as a reply to the edited message, or in the thread opened on it; the old answer
+// says so and loses its Regenerate button (DiscordBot.run). An edit of anything else (an earlier question, someone
+// else's message, a link preview added by Discord, a message that asked nothing) is left alone, without a word:
+// the conversation manager decides in the conversation's order, after the question's own answer is stored, so that
+// an edit made while the answer is written still counts.
+import type { Message, PartialMessage, SendableChannels } from 'discord.js';
+import type { ConversationKey, ConversationRequest } from '../../src/conversation/index.js';
+import { EDITED_LINE } from '../shared/regenerate.js';
+import type { ArrivalTurn } from '../shared/arrival-order.js';
+import type { InteractionHost } from './interactions.js';
+import { apologiseOnFailure, stripBotMention } from './replies.js';
+import { channelTarget, type Route } from './targets.js';
+
+/** What an edit needs from the adapter (DiscordBot). */
+export interface EditHost extends Pick<InteractionHost, 'client' | 'log' | 'takeTurn' | 'allowed' | 'withinRate' | 'run' | 'isBotThread'> {
+  readonly botId: string;
+  /** the conversation of a bot answer posted in a channel (no thread), remembered or stored */
+  replyKeyOf(messageId: string): Promise<ConversationKey | undefined>;
+}
+
+/** Refusals of an edit request that the user is not told of (see the file's head). */
+const QUIET = ['stale', 'not_allowed'] as const;
+
+/** MESSAGE_UPDATE of a message in the client's cache (one sent since the bot connected). */
+export async function onEdited(host: EditHost, before: Message | PartialMessage, msg: Message | PartialMessage): Promise<void> {
+  if (msg.partial || before.partial || msg.author.bot || msg.system || msg.webhookId) return;
+  // A link preview, a pin, a thread opened on it: the same text, not an edit of the question.
+  if (before.content === msg.content) return;
+  // Its turn in its conversation, taken as the gateway delivers it (see DiscordBot.onMessage).
+  const turn = host.takeTurn(msg.channel, msg.channelId, false, msg.reference?.messageId);
+  try {
+    const label = `edit of message ${msg.id} (${msg.channel.isDMBased() ? 'DM' : `guild ${msg.guildId}, channel ${msg.channelId}`})`;
+    await apologiseOnFailure(
+      host.log,
+      label,
+      () => answerAgain(host, msg, label, turn),
+      (content) => msg.reply({ content }),
+    );
+  } finally {
+    turn.release();
+  }
+}
+
+async function answerAgain(host: EditHost, msg: Message, label: string, turn: ArrivalTurn): Promise<void> {
+  const ch = msg.channel;
+  if (!ch.isSendable()) return;
+  const route = await editRoute(host, msg, ch);
+  if (!route) return;
+  const text = stripBotMention(msg.content, host.botId);
+  if (!text) return;
+  if (!(await host.withinRate(msg.author.id, (t) => msg.reply({ content: t })))) return;
+  const req: Omit<ConversationRequest, 'signal'> = {
+    key: route.key,
+    user: msg.author.id,
+    text,
+    // the id the message was asked under (DiscordBot.answerMessage)
+    edit: `discord-${msg.id}`,
+    requestId: `discord-${msg.id}-e${msg.editedTimestamp ?? Date.now()}`,
+  };
+  await host.run(req, route, label, turn, QUIET);
+}
+
+/**
+ * The conversation the edited message asked in and where its new answer goes: as for a new message (DiscordBot.message),
+ * but a message that started a conversation is answered in the thread opened on it (or, where none could be, in the
+ * channel). Undefined: a message the bot would not have answered.
+ */
+async function editRoute(host: EditHost, msg: Message, ch: SendableChannels): Promise<Route | undefined> {
+  const guild = msg.guildId ?? '@me';
+  const head = { notice: EDITED_LINE };
+  if (ch.isDMBased()) {
+    if (!host.allowed(null, ch.id)) return undefined;
+    return { key: { platform: 'discord', workspace: '@me', channel: ch.id, thread: ch.id }, target: channelTarget(ch, msg), ...head };
+  }
+  if (ch.isThread()) {
+    if (!host.allowed(msg.guildId, ch.id, ch.parentId) || !(await host.isBotThread(ch))) return undefined;
+    return {
+      key: { platform: 'discord', workspace: guild, channel: ch.parentId ?? ch.id, thread: ch.id },
+      target: channelTarget(ch, msg),
+      ...head,
+    };
+  }
+  if (!msg.mentions.users.has(host.botId) || !host.allowed(msg.guildId, ch.id)) return undefined;
+  const answerKey = msg.reference?.messageId ? await host.replyKeyOf(msg.reference.messageId) : undefined;
+  if (answerKey) return { key: answerKey, target: channelTarget(ch, msg), inChannel: true, ...head };
+  // The message that started the conversation: a thread on it has its id.
+  const opened = await host.client.channels.fetch(msg.id).catch(() => null);
+  if (opened?.isThread() && opened.isSendable() && (await host.isBotThread(opened))) {
+    return { key: { platform: 'discord', workspace: guild, channel: ch.id, thread: opened.id }, target: channelTarget(opened), ...head };
+  }
+  return {
+    key: { platform: 'discord', workspace: guild, channel: ch.id, thread: `message:${msg.id}` },
+    target: channelTarget(ch, msg),
+    inChannel: true,
+    ...head,
+  };
+}
