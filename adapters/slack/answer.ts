@@ -2,10 +2,16 @@
 // image…"), the image fetched, the request handed to the manager (the thread's next request may then go on),
 // and the answer events rendered into the thread (ThreadReply), the annotated image uploaded after the text.
 import type { webApi } from '@slack/bolt';
-import { conversationId, type ConversationKey, type ConversationRequest, type TaskTag } from '../../src/conversation/index.js';
-import type { LatestAnswers } from '../shared/regenerate.js';
+import {
+  conversationId,
+  type AnswerEvent,
+  type ConversationKey,
+  type ConversationRequest,
+  type TaskTag,
+} from '../../src/conversation/index.js';
+import { EDIT_REPLACED_LINE, type LatestAnswers } from '../shared/regenerate.js';
 import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
-import { onAnswerEvents, restartNotice } from '../shared/answer-events.js';
+import { onAnswerEvents, restartNotice, unlessRefused } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
 import type { SeenSet } from './dedupe.js';
 import { fetchImage, type ImageFetchOptions } from './file-info.js';
@@ -64,6 +70,11 @@ export interface Ask {
   requestId: string;
   /** the request id of the stored answer this one gives again (ConversationRequest.regenerate) */
   regenerate?: string;
+  /**
+   * the request id the edited message was asked under (ConversationRequest.edit; `thread` given): nothing is posted,
+   * and nothing said, unless the manager takes it (see unlessRefused)
+   */
+  edit?: string;
   what: string;
   /** the conversation's turn (arrival order): released once the request has its place in the queue (its first event) */
   turn?: ArrivalTurn;
@@ -121,6 +132,20 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<boolean> {
 }
 
 async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise<boolean> {
+  // aborted by a closing adapter, or by the Stop button
+  const signal = AbortSignal.any([ctx.signal, stop.signal]);
+  // An edited question: refused without a word (not the latest question, the same text), or answered as any other.
+  let edited: AsyncIterable<AnswerEvent> | undefined;
+  if (a.edit !== undefined) {
+    const key = a.dm ? dmKey(a.team, a.channel) : slackKey(a.team, a.channel, a.thread ?? '');
+    const req: ConversationRequest = { key, user: a.user, text: a.text, signal, requestId: a.requestId, edit: a.edit };
+    const held = await unlessRefused(releasedAtFirst(ctx.manager.handle(req), a.turn), ['stale', 'not_allowed']);
+    if ('refused' in held) {
+      ctx.log(`slack: ${a.what}: not answered (${held.refused.code}: ${held.refused.message})`);
+      return false;
+    }
+    edited = held.events;
+  }
   const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop, a.dm === true, a.requestId);
   try {
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
@@ -132,8 +157,6 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   // a direct message is one conversation, threads included; elsewhere a thread is, and the bot answers in it
   const key = a.dm ? dmKey(a.team, a.channel) : slackKey(a.team, a.channel, reply.thread!);
   if (!a.dm) await ctx.threads.mark(`${a.team}:${a.channel}:${key.thread}`);
-  // aborted by a closing adapter, or by the Stop button
-  const signal = AbortSignal.any([ctx.signal, stop.signal]);
   let text = '';
   const stopped = () => {
     ctx.log(`slack: ${a.what}: stopped by ${stop.stoppedBy()}`);
@@ -168,7 +191,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       ...(a.regenerate !== undefined ? { regenerate: a.regenerate } : {}),
     };
     // Once the request has its place in the conversation's queue (its first event), the thread's next request may go on.
-    const events = restartNotice(releasedAtFirst(ctx.manager.handle(req), a.turn), () => ctx.closing());
+    const events = restartNotice(edited ?? releasedAtFirst(ctx.manager.handle(req), a.turn), () => ctx.closing());
     await onAnswerEvents(events, {
       queued: (ev) => {
         if (ev.position > 0) reply.status(`_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_`);
@@ -209,14 +232,15 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   // Only the latest answer carries the Regenerate button (a regenerated answer's predecessor lost it when pressed).
   const on = reply.regenerateOn;
   const before = answered && on ? ctx.latestAnswers.replace(conversationId(key), { channel: a.channel, ...on }) : undefined;
-  if (before && a.regenerate === undefined) await takeRegenerateButtonOff(ctx, a.client, before);
+  if (before && a.regenerate === undefined)
+    await retire(ctx, a.client, before, a.edit !== undefined ? `_${EDIT_REPLACED_LINE}_` : undefined);
   return answered;
 }
 
-/** The answer before a conversation's latest loses its Regenerate button. */
-async function takeRegenerateButtonOff(ctx: AnswerContext, client: WebClient, before: PostedMessage): Promise<void> {
+/** The answer before a conversation's latest loses its Regenerate button (and gets `line` under it). */
+async function retire(ctx: AnswerContext, client: WebClient, before: PostedMessage, line?: string): Promise<void> {
   try {
-    await client.chat.update({ channel: before.channel, ts: before.ts, text: before.text, blocks: [] });
+    await client.chat.update({ channel: before.channel, ts: before.ts, text: line ? `${before.text}\n${line}` : before.text, blocks: [] });
   } catch (err) {
     ctx.log(`slack: could not take the Regenerate button off an answer in ${before.channel}: ${describeSlackError(err)}`);
   }

@@ -1,6 +1,6 @@
 // The Slack adapter's event handling: Bolt's middleware (each event claimed once by its id, its arrival-order
-// turn taken before anything is awaited), the listeners (mentions, thread follow-ups, direct messages, /describe,
-// the shortcuts, the Stop and Regenerate buttons), each running as a tracked task, and closing (running answers finish, up to a
+// turn taken before anything is awaited), the listeners (mentions, thread follow-ups, direct messages, edited
+// questions, /describe, the shortcuts, the Stop and Regenerate buttons), each running as a tracked task, and closing (running answers finish, up to a
 // limit).
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
@@ -8,7 +8,7 @@ import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
-import { ALREADY_REGENERATING, InFlight, LatestAnswers } from '../shared/regenerate.js';
+import { ALREADY_REGENERATING, EDITED_LINE, InFlight, LatestAnswers } from '../shared/regenerate.js';
 import { TaskSet } from '../shared/tasks.js';
 import { answer, isDirectMessage, REGENERATE_ACTION, slackKey, STOP_ACTION, threadReply, type Ask, type PostedMessage } from './answer.js';
 import { SeenSet } from './dedupe.js';
@@ -16,7 +16,7 @@ import { WorkspaceAdmins } from './admins.js';
 import { ephemeral, onDescribe, onShortcut, type DescribeContext } from './describe.js';
 import { onForget } from './forget.js';
 import { onRegenerate, regeneratePress, regenerateThread } from './regenerate.js';
-import { ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
+import { editedMessage, ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
 import { eventFiles, isImageFile, notAnImage, type SlackFile } from './files.js';
 import { DEFAULT_MAX_MESSAGE_CHARS, slackTextToPlain } from './format.js';
 import {
@@ -112,15 +112,19 @@ export class SlackBot {
     // De-duplication by event id, before any listener (events are acknowledged by Bolt before this runs).
     app.use(async ({ body, context, next }) => {
       const b = body as { type?: string; event_id?: string; event?: MessageLike };
+      // An edited message takes its turn in its own thread, as of the edit.
+      const edited = b.event?.type === 'message' ? editedMessage(b.event, this.botUserId) : undefined;
       // Only events that may become requests are remembered (not every message of every channel).
       const candidate =
         b.event?.type === 'app_mention' ||
+        edited !== undefined ||
         (b.event?.type === 'message' && (!!b.event.thread_ts || b.event.channel_type === 'im') && !ignorable(b.event, this.botUserId));
       // The event's turn in its thread is taken now, before anything is awaited: the order of delivery.
-      const ev = b.event;
+      const ev = edited ?? b.event;
+      const at = edited ? (b.event?.event_ts ?? b.event?.ts) : ev?.ts;
       const turn =
         candidate && ev?.channel && (ev.thread_ts ?? ev.ts)
-          ? this.order.take(this.orderKey(teamOf(body), ev.channel, (ev.thread_ts ?? ev.ts)!), ev.ts)
+          ? this.order.take(this.orderKey(teamOf(body), ev.channel, (ev.thread_ts ?? ev.ts)!), at)
           : undefined;
       if (turn) context[TURN] = turn;
       try {
@@ -304,6 +308,8 @@ export class SlackBot {
   }
 
   private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: ArrivalTurn): Promise<void> {
+    const edited = editedMessage(ev, this.botUserId);
+    if (edited) return this.onEdited(edited, ev.event_ts ?? ev.ts ?? `${Date.now() / 1000}`, team, client, turn);
     if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
     if (ev.channel_type === 'im') return this.onDirectMessage(ev as MessageLike & { channel: string; ts: string }, team, client, turn);
     // Only replies in a thread; a message mentioning the bot is the app_mention handler's.
@@ -332,6 +338,45 @@ export class SlackBot {
       files: eventFiles(ev.files),
       requestId: `slack:${ev.channel}:${ev.ts}`,
       what: `direct message in ${ev.channel}`,
+      turn,
+    });
+  }
+
+  /**
+   * A person edited a message (`at`: when) in a DM or a thread the bot answers in: if it asked the conversation's latest
+   * question, that is answered again with the new text, in the thread (or DM), marked as such. Whether it did is the
+   * manager's to decide, in the thread's order (an edit made while the old text is answered counts after it); an edit
+   * of anything else is left alone without a word.
+   */
+  private async onEdited(
+    m: MessageLike & { channel: string; ts: string },
+    at: string,
+    team: string,
+    client: WebClient,
+    turn?: ArrivalTurn,
+  ) {
+    const dm = m.channel_type === 'im' || isDirectMessage(m.channel);
+    const thread = m.thread_ts ?? m.ts;
+    if (!dm && !(await this.isBotThread(team, m.channel, thread))) return;
+    const text = slackTextToPlain(m.text ?? '', this.botUserId);
+    const user = m.user ?? 'unknown';
+    if (!text) return;
+    const tell = (t: string) => ephemeral(this.ctx, client, m.channel, user, t, undefined, thread);
+    if (!(await this.withinRate(team, user, tell))) return;
+    await answer(this.ctx, {
+      client,
+      team,
+      channel: m.channel,
+      // (a top-level message of a DM is answered in the DM itself)
+      ...(!dm || m.thread_ts ? { thread } : {}),
+      ...(dm ? { dm: true } : {}),
+      user,
+      text,
+      // the id it was asked under (askAbout, onDirectMessage)
+      edit: `slack:${m.channel}:${m.ts}`,
+      header: `_${EDITED_LINE}_`,
+      requestId: `slack:${m.channel}:${m.ts}:e${at}`,
+      what: `edit of message ${m.ts} in ${m.channel}`,
       turn,
     });
   }

@@ -15,6 +15,10 @@ export interface MessageLike {
   channel_type?: string;
   files?: unknown;
   edited?: unknown;
+  /** a message_changed event: the message as it is now, and as it was */
+  message?: MessageLike;
+  previous_message?: MessageLike;
+  event_ts?: string;
 }
 
 export interface ShortcutPayload {
@@ -49,4 +53,16 @@ export function ignorable(ev: MessageLike, botUserId: string): boolean {
   if (ev.edited) return true;
   if (ev.subtype !== undefined && ev.subtype !== 'file_share' && ev.subtype !== 'thread_broadcast') return true;
   return !ev.user;
+}
+
+/**
+ * The message a person edited, from a message_changed event, when its text changed (Slack also sends the event when a
+ * link preview is added or a thread's reply count changes); with the event's channel. Undefined for anything else.
+ */
+export function editedMessage(ev: MessageLike, botUserId: string): (MessageLike & { channel: string; ts: string }) | undefined {
+  const m = ev.message;
+  if (ev.subtype !== 'message_changed' || !m || !ev.channel || !m.ts) return undefined;
+  if (ignorable({ ...m, edited: undefined }, botUserId)) return undefined;
+  if (ev.previous_message?.text === m.text) return undefined;
+  return { ...m, channel: ev.channel, ts: m.ts, ...(ev.channel_type ? { channel_type: ev.channel_type } : {}) };
 }

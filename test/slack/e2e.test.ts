@@ -139,12 +139,13 @@ describe('slack: mentions', () => {
     expect(state?.image.hash).toBe(sha256(png));
   });
 
-  it('follow-ups in the thread need no mention and keep the image; bots, edits and deletions are ignored; a new image replaces it', async () => {
+  it('follow-ups in the thread need no mention and keep the image; bots, link previews and deletions are ignored; a new image replaces it', async () => {
     const file = fake.addFile({ name: 'square.png', data: png, mimetype: 'image/png' });
     const { msg } = await fake.mention('C2', { text: `<@${fake.botUserId}> describe`, files: [file] });
     await waitForAnswers(fake, 'C2', msg.ts, 1);
 
-    // Not requests: another bot, an edit, a deletion, a top-level message without mention, a bot_message.
+    // Not requests: another bot, a change that leaves the text as it was (a link preview; edits: edits.test.ts), a
+    // deletion, a top-level message without mention, a bot_message.
     await fake.reply('C2', msg.ts, { user: 'U0OTHERBOT', bot_id: 'B0OTHER', text: 'I am a bot' });
     await fake.reply('C2', msg.ts, { user: 'U0ALICE', text: 'hello', subtype: 'bot_message', bot_id: 'B0OTHER' });
     await fake.sendEvent({
@@ -156,11 +157,12 @@ describe('slack: mentions', () => {
       message: {
         type: 'message',
         user: 'U0ALICE',
-        text: 'edited text',
+        text: msg.text,
         ts: msg.ts,
         thread_ts: msg.ts,
-        edited: { user: 'U0ALICE', ts: '1' },
+        attachments: [{ title: 'a preview', from_url: 'https://example.com/' }],
       },
+      previous_message: { type: 'message', user: 'U0ALICE', text: msg.text, ts: msg.ts, thread_ts: msg.ts },
     });
     await fake.sendEvent({
       type: 'message',

@@ -320,6 +320,35 @@ export class FakeSlack {
     return { msg, status: res.status };
   }
 
+  /**
+   * The author edits message `msg` to `text`: stored, and sent as Slack sends it to an app in the channel, a message
+   * event of subtype message_changed with the message as it is now and as it was (no app_mention: Slack sends none for
+   * an edit).
+   */
+  async edit(msg: FakeMessage, text: string, opts: SendOptions = {}): Promise<{ status: number }> {
+    const previous = this.messageEvent(msg, 'message');
+    msg.text = text;
+    msg.versions.push(text);
+    const ts = this.nextTs();
+    const { channel: _c, team: _t, event_ts: _e, channel_type: _ct, ...now } = this.messageEvent(msg, 'message');
+    const { channel: _c2, team: _t2, event_ts: _e2, channel_type: _ct2, ...before } = previous;
+    const res = await this.sendEvent(
+      {
+        type: 'message',
+        subtype: 'message_changed',
+        hidden: true,
+        channel: msg.channel,
+        channel_type: channelType(msg.channel),
+        ts,
+        event_ts: ts,
+        message: { ...now, edited: { user: msg.user, ts } },
+        previous_message: before,
+      },
+      opts,
+    );
+    return { status: res.status };
+  }
+
   // ----------------------------------------------------------------------------------------------
   // Sender: events, commands, shortcuts, signed like Slack
   // ----------------------------------------------------------------------------------------------
