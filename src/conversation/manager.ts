@@ -512,11 +512,14 @@ export class ConversationManager {
     const history = again?.earlier ?? this.earlierTurns(req, prev);
     const images: ModelImages = { embeds: input ? [input.encoded.embeds] : [], keys: input ? [input.image.hash] : [] };
 
-    const gen = generationOptions(req.generation, this.defaults, this.model);
-    // A regenerated answer is sampled even where the configured default is greedy (it would come out the same);
-    // a temperature the request sets itself stands.
+    // A regenerated answer is sampled at the temperature its question was asked at, where that request set one above
+    // 0; else even where the configured default is greedy (it would come out the same). A temperature the request sets
+    // itself stands.
+    const asked = req.regenerate !== undefined && req.generation?.temperature === undefined ? again?.temperature : undefined;
+    const generation = asked !== undefined && asked > 0 ? { ...req.generation, temperature: asked } : req.generation;
+    const gen = generationOptions(generation, this.defaults, this.model);
     const greedy = gen.temperature === 0 || gen.doSample === false;
-    if (req.regenerate !== undefined && greedy && (gen.numBeams ?? 1) <= 1 && req.generation?.temperature === undefined) {
+    if (req.regenerate !== undefined && greedy && (gen.numBeams ?? 1) <= 1 && generation?.temperature === undefined) {
       gen.temperature ||= REGENERATE_TEMPERATURE;
       gen.doSample = true;
     }
@@ -550,7 +553,7 @@ export class ConversationManager {
       throw err;
     }
 
-    const stored = storedTurn(req, turn, generated, again?.askedAs);
+    const stored = storedTurn(req, turn, generated, again);
     // A thread always has an image here (resolve refused one without).
     const turns: PriorTurn[] = stateless
       ? [...kept, stored]

@@ -25,8 +25,17 @@ export function finalEvent(turn: UserTurn, answer: Answer, image: TurnImage | un
   };
 }
 
-/** `askedAs`: a turn answered again, the request id it was first asked under (see StoredTurn). */
-export function storedTurn(req: ConversationRequest, turn: UserTurn, answer: Answer, askedAs?: string): StoredTurn {
+/**
+ * `again`: a turn answered again, the request id it was first asked under and, for a Regenerate, the temperature it
+ * was asked at (see StoredTurn).
+ */
+export function storedTurn(
+  req: ConversationRequest,
+  turn: UserTurn,
+  answer: Answer,
+  again?: { askedAs?: string; temperature?: number },
+): StoredTurn {
+  const temperature = req.generation?.temperature ?? (req.regenerate !== undefined ? again?.temperature : undefined);
   return {
     user: turn.prompt,
     assistant: answer.text.trim(),
@@ -36,7 +45,8 @@ export function storedTurn(req: ConversationRequest, turn: UserTurn, answer: Ans
     at: new Date().toISOString(),
     finishReason: answer.finishReason,
     ...(req.requestId !== undefined ? { requestId: req.requestId } : {}),
-    ...(askedAs !== undefined && askedAs !== req.requestId ? { askedAs } : {}),
+    ...(again?.askedAs !== undefined && again.askedAs !== req.requestId ? { askedAs: again.askedAs } : {}),
+    ...(typeof temperature === 'number' && Number.isFinite(temperature) ? { temperature } : {}),
   };
 }
 
@@ -112,6 +122,8 @@ export interface Regeneration {
   earlier: StoredTurn[];
   /** the request id the turn was first asked under (kept by the turn that replaces it) */
   askedAs: string | undefined;
+  /** the temperature it was asked at, where its request set one (StoredTurn.temperature) */
+  temperature?: number;
 }
 
 /**
@@ -128,7 +140,12 @@ export function regeneration(
   if (!state || !last) return { code: 'stale', message: REGENERATE_REFUSED.gone };
   if (last.requestId !== requestId) return { code: 'stale', message: REGENERATE_REFUSED.notLast };
   if (last.by !== user) return { code: 'not_allowed', message: REGENERATE_REFUSED.notYours };
-  return { turn: { task: last.task, prompt: last.user }, earlier: state.turns.slice(0, -1), askedAs: last.askedAs ?? last.requestId };
+  return {
+    turn: { task: last.task, prompt: last.user },
+    earlier: state.turns.slice(0, -1),
+    askedAs: last.askedAs ?? last.requestId,
+    ...(last.temperature !== undefined ? { temperature: last.temperature } : {}),
+  };
 }
 
 /**

@@ -142,6 +142,11 @@ export interface StoredTurn {
    * under, by which an edit of the message that asked it still finds it.
    */
   askedAs?: string;
+  /**
+   * The temperature the request that asked it set (a /describe option, the web page's setting), kept through its
+   * Regenerates: a Regenerate that sets none samples at it.
+   */
+  temperature?: number;
 }
 
 /** The conversation's image, stored once under its content hash. */

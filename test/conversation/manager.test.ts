@@ -522,6 +522,25 @@ describe('conversation manager: regenerate (the last answer asked again)', () =>
     await m.close();
   });
 
+  it('samples a regenerated answer at the temperature its question was asked at (a /describe option), through later Regenerates', async () => {
+    const m = manager({ defaults: { maxNewTokens: 6, temperature: 0 } });
+    const s = spies();
+    const k = key('regen-kept');
+    await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 't1', generation: { temperature: 1.3 } }));
+    await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 't1', requestId: 't2' }));
+    await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 't2', requestId: 't3' }));
+    await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 't3', requestId: 't4', generation: { temperature: 0.2 } }));
+    // asked at 0 (greedy on purpose): a Regenerate still samples
+    await collect(m.handle({ key: k, user: 'u', text: 'and this?', requestId: 't5', generation: { temperature: 0 } }));
+    await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 't5', requestId: 't6' }));
+    expect(s.answer.mock.calls.map((c) => c[2].temperature)).toEqual([1.3, 1.3, 1.3, 0.2, 0, REGENERATE_TEMPERATURE]);
+    expect((await m.history(k))!.turns.map((t) => [t.requestId, t.temperature])).toEqual([
+      ['t4', 0.2],
+      ['t6', 0],
+    ]);
+    await m.close();
+  });
+
   it("refuses an answer that is not the last (stale), not the asker's (not_allowed), or forgotten; nothing changes", async () => {
     const m = manager();
     const s = spies();
