@@ -161,6 +161,10 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
   // Regenerate: the latest answer (its request id, from its `final` event) given again; the question is the stored one.
   const regenerate = stringField(form, 'regenerate');
   if (regenerate.length > MAX_REQUEST_ID_CHARS) throw new HttpError(400, 'bad_request', 'malformed regenerate id');
+  // An edited question: the latest question (the request id it was first asked under) asked again with this text.
+  const edit = stringField(form, 'edit');
+  if (edit.length > MAX_REQUEST_ID_CHARS) throw new HttpError(400, 'bad_request', 'malformed edit id');
+  if (edit && regenerate) throw new HttpError(400, 'bad_request', 'a request regenerates an answer or edits a question, not both');
   const generation: NonNullable<ConversationRequest['generation']> = {};
   const temperature = numberField(form, 'temperature', 0, 2);
   if (temperature !== undefined) generation.temperature = temperature;
@@ -173,6 +177,8 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
     image = new Uint8Array(await file.arrayBuffer());
   }
   if (regenerate && image) throw new HttpError(400, 'bad_request', 'a regenerate request takes no image');
+  if (edit && image) throw new HttpError(400, 'bad_request', 'an edited question takes no image');
+  if (edit && !text) throw new HttpError(400, 'bad_request', 'type the edited question');
   if (!text && !image && !regenerate) throw new HttpError(400, 'bad_request', 'type a message or add an image');
 
   const controller = new AbortController();
@@ -195,6 +201,7 @@ export async function chat(ctx: WebRoutesContext, req: IncomingMessage, res: Ser
     const request: ConversationRequest = { key, user: 'web', text, task, generation, signal: controller.signal, requestId };
     if (image) request.image = image;
     if (regenerate) request.regenerate = regenerate;
+    if (edit) request.edit = edit;
     for await (const ev of ctx.manager.handle(request)) {
       if (controller.signal.aborted) break;
       if (ev.type === 'image') send({ type: 'image', mime: ev.mime, data: Buffer.from(ev.data).toString('base64') });

@@ -111,6 +111,7 @@ export const REGENERATE_REFUSED = {
 
 /** Why an edited question is not answered again (adapters say nothing of it: an edit is not a request). */
 export const EDIT_REFUSED = {
+  gone: 'This conversation was forgotten or has expired: there is no answer to give again.',
   notLast: 'Only the latest question in a conversation is answered again when edited.',
   unchanged: 'The edited question is the same as the one answered.',
 } as const;
@@ -160,7 +161,7 @@ export function edition(
   turn: UserTurn,
 ): Regeneration | { code: 'stale' | 'not_allowed'; message: string } {
   const last = state?.turns.at(-1);
-  if (!state || !last) return { code: 'stale', message: REGENERATE_REFUSED.gone };
+  if (!state || !last) return { code: 'stale', message: EDIT_REFUSED.gone };
   if ((last.askedAs ?? last.requestId) !== askedAs) return { code: 'stale', message: EDIT_REFUSED.notLast };
   if (last.by !== user) return { code: 'not_allowed', message: REGENERATE_REFUSED.notYours };
   if (last.user === turn.prompt && last.task === turn.task) return { code: 'stale', message: EDIT_REFUSED.unchanged };

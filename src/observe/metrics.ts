@@ -23,6 +23,7 @@ export class BotMetrics {
   private readonly decodeSeconds: Counter;
   private readonly resets: Counter<'platform' | 'outcome'>;
   private readonly regenerations: Counter<'platform' | 'outcome'>;
+  private readonly edits: Counter<'platform' | 'outcome'>;
   private readonly limited: Counter<'platform'>;
 
   /** `role`: what this process is (all, frontend, worker), as a label of minigpt_info */
@@ -89,6 +90,12 @@ export class BotMetrics {
     this.regenerations = new Counter({
       name: 'minigpt_regenerations_total',
       help: 'Answers users asked to be given again (Regenerate), by platform and outcome (answered, stale, not_allowed, ...): how often users rejected an answer',
+      labelNames: ['platform', 'outcome'],
+      registers,
+    });
+    this.edits = new Counter({
+      name: 'minigpt_edited_questions_total',
+      help: 'Questions users edited to have them answered again, by platform and outcome (answered; stale: not the latest question, or the same text; ...)',
       labelNames: ['platform', 'outcome'],
       registers,
     });
@@ -178,6 +185,7 @@ export class BotMetrics {
       const ended = { platform, outcome: outcome === 'unfinished' ? 'cancelled' : outcome };
       this.requests.inc(ended);
       if (req.regenerate !== undefined) this.regenerations.inc(ended);
+      if (req.edit !== undefined) this.edits.inc(ended);
     }
   }
 

@@ -102,6 +102,15 @@ describe('METRICS_PORT', () => {
       expect(regenerated.get('minigpt_regenerations_total{platform="web",outcome="stale"}')).toBe(1);
       expect(regenerated.get('minigpt_requests_total{platform="web",outcome="answered"}')).toBe(3);
 
+      // An edited question: counted as a request and as an edit, by outcome
+      await readEvents(await postChat(bot.webUrl!, { conversation, edit: firstId, text: 'and the colour?' }));
+      await readEvents(await postChat(bot.webUrl!, { conversation, edit: firstId, text: 'and the colour?' }));
+      const edited = await scrape(base);
+      expect(edited.get('minigpt_edited_questions_total{platform="web",outcome="answered"}')).toBe(1);
+      expect(edited.get('minigpt_edited_questions_total{platform="web",outcome="stale"}')).toBe(1);
+      expect(edited.get('minigpt_regenerations_total{platform="web",outcome="answered"}')).toBe(1);
+      expect(edited.get('minigpt_requests_total{platform="web",outcome="answered"}')).toBe(4);
+
       // the web page's "new conversation"
       const res = await fetch(new URL('/api/reset', bot.webUrl), {
         method: 'POST',

@@ -351,4 +351,61 @@ describe('web demo in headless Chromium', () => {
     expect(problems.filter((p) => !/Failed to load resource/.test(p))).toEqual([]);
     await page.close();
   });
+
+  it('edits the latest question in place: its answer given again (the stored turn replaced); cancelled, or no longer stored, it stays', async () => {
+    const { page, problems } = await openTab();
+    const id = await page.evaluate(() => (globalThis as any).sessionStorage.getItem('minigpt.conversation') as string | null);
+    const key = { platform: 'web' as const, workspace: 'local', channel: 'web', thread: id! };
+    const questions = page.locator('#log li[data-role=user]');
+    await page.setInputFiles('#file', pngPath);
+    await sendAndWait(page, '[grounding] describe this image', 1);
+    expect(await questions.nth(0).locator('button.edit').textContent()).toBe('Edit');
+    const second = await sendAndWait(page, 'what colour is the square?', 2);
+    const q = questions.nth(1);
+    expect(await questions.nth(0).locator('button.edit').count()).toBe(0);
+    const askedAs = await second.getAttribute('data-request-id');
+    // regenerated first: the question is still edited by the id it was asked under
+    await second.locator('button.regen').click();
+    await expect.poll(() => second.getAttribute('data-regenerated')).toBe('1');
+    await second.and(page.locator('[data-state=done]')).waitFor();
+
+    // cancelled: nothing sent, the question as it was
+    await q.locator('button.edit').click();
+    await q.locator('textarea.edit-text').fill('never sent');
+    await q.locator('textarea.edit-text').press('Escape');
+    expect(await q.locator('.text').textContent()).toBe('what colour is the square?');
+    expect(await q.locator('button.edit').count()).toBe(1);
+
+    await q.locator('button.edit').click();
+    expect(await q.locator('textarea.edit-text').inputValue()).toBe('what colour is the square?');
+    await q.locator('textarea.edit-text').fill('[grounding] the red square');
+    await q.locator('button.edit-save').click();
+    await expect.poll(() => second.getAttribute('data-edited')).toBe('1');
+    await second.and(page.locator('[data-state=done]')).waitFor();
+    expect(await answers(page).count()).toBe(2);
+    expect(await q.locator('.text').textContent()).toBe('[grounding] the red square');
+    expect(await second.locator('button.regen').count()).toBe(1);
+    expect(await q.locator('button.edit').count()).toBe(1);
+    const state = await manager.history(key);
+    expect(state!.turns.map((t) => [t.user, t.requestId, t.askedAs])).toEqual([
+      [state!.turns[0]!.user, state!.turns[0]!.requestId, undefined],
+      ['[grounding] the red square', await second.getAttribute('data-request-id'), askedAs],
+    ]);
+    expect((await second.locator('.body').textContent())?.trim()).not.toBe('');
+
+    // forgotten meanwhile (elsewhere): the question and its answer stay as they were, and say why
+    const shown = await second.locator('.body').textContent();
+    await manager.reset(key);
+    await q.locator('button.edit').click();
+    await q.locator('textarea.edit-text').fill('anything else?');
+    await q.locator('textarea.edit-text').press('Enter');
+    await expect
+      .poll(() => second.locator('.meta').last().textContent())
+      .toBe('Not answered again: This conversation was forgotten or has expired: there is no answer to give again.');
+    expect(await q.locator('.text').textContent()).toBe('[grounding] the red square');
+    expect(await second.locator('.body').textContent()).toBe(shown);
+    expect(await q.locator('button.edit').count()).toBe(0);
+    expect(problems).toEqual([]);
+    await page.close();
+  });
 });

@@ -89,6 +89,8 @@ export interface ChatFields {
   imageType?: string;
   /** the request id of the latest answer, to give again */
   regenerate?: string;
+  /** the request id the latest question was first asked under, to ask again with `text` */
+  edit?: string;
 }
 
 export function chatForm(f: ChatFields): FormData {
@@ -99,6 +101,7 @@ export function chatForm(f: ChatFields): FormData {
   if (f.temperature !== undefined) form.append('temperature', f.temperature);
   if (f.numBeams !== undefined) form.append('numBeams', f.numBeams);
   if (f.regenerate !== undefined) form.append('regenerate', f.regenerate);
+  if (f.edit !== undefined) form.append('edit', f.edit);
   if (f.image) form.append('image', new Blob([f.image], { type: f.imageType ?? 'image/png' }), 'upload.png');
   return form;
 }

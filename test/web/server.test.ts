@@ -188,6 +188,43 @@ describe('web demo: answers', () => {
     expect((await manager.history(thread))!.turns.map((t) => t.requestId)).toEqual([again.requestId]);
   });
 
+  it('answers an edited latest question again by the request id it was first asked under; refuses an image or no text with it', async () => {
+    const conversation = randomConversation();
+    const thread = { platform: 'web' as const, workspace: 'local', channel: 'web', thread: conversation };
+    const first = ofType(await readEvents(await postChat(server.url, { conversation, text: 'hi', image: png })), 'final')[0] as any;
+    const regenerated = ofType(
+      await readEvents(await postChat(server.url, { conversation, regenerate: first.requestId })),
+      'final',
+    )[0] as any;
+    // (regenerated since: still found by the id it was first asked under)
+    const edited = ofType(
+      await readEvents(await postChat(server.url, { conversation, edit: first.requestId, text: 'what is in the corner?', task: 'vqa' })),
+      'final',
+    )[0] as any;
+    expect(edited.task).toBe('vqa');
+    expect((await manager.history(thread))!.turns.map((t) => [t.user, t.requestId, t.askedAs])).toEqual([
+      ['[vqa] what is in the corner?', edited.requestId, first.requestId],
+    ]);
+    expect(regenerated.requestId).not.toBe(edited.requestId);
+    // the same text again: refused in the stream, nothing changed
+    const same = await readEvents(
+      await postChat(server.url, { conversation, edit: first.requestId, text: 'what is in the corner?', task: 'vqa' }),
+    );
+    expect(ofType(same, 'error')).toEqual([
+      expect.objectContaining({ code: 'stale', message: 'The edited question is the same as the one answered.' }),
+    ]);
+    for (const [fields, message] of [
+      [{ edit: first.requestId, text: 'x', image: png }, 'an edited question takes no image'],
+      [{ edit: first.requestId, text: '' }, 'type the edited question'],
+      [{ edit: first.requestId, regenerate: edited.requestId, text: 'x' }, 'a request regenerates an answer or edits a question, not both'],
+    ] as const) {
+      const res = await postChat(server.url, { conversation, ...fields });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as any).error.message).toBe(message);
+    }
+    expect((await manager.history(thread))!.turns.map((t) => t.requestId)).toEqual([edited.requestId]);
+  });
+
   it('passes temperature and beams on, validated', async () => {
     const conversation = randomConversation();
     const ok = await readEvents(await postChat(server.url, { conversation, text: 'hi', image: png, temperature: '0', numBeams: '2' }));

@@ -1,5 +1,6 @@
 // The web demo page's entry (index.html loads it as a module with the response's CSP nonce, which its imports
-// inherit): the model's info, sending a message and streaming the answer, regenerating the latest answer, and reset.
+// inherit): the model's info, sending a message and streaming the answer, regenerating the latest answer or editing
+// the latest question, and reset.
 import { addError, conversation, el, els, scrollLog, setStatus, state, systemError, updateHint } from './app-common.js';
 import { clearBox, fillIdentifyText, loadExamples, markExample } from './app-image.js';
 
@@ -42,8 +43,10 @@ els.task.addEventListener('change', () => {
 function userMessage(task, text, image) {
   const li = el('li', 'msg user');
   li.dataset.role = 'user';
+  li.dataset.task = task;
+  li.dataset.text = text;
   if (task !== 'chat') li.appendChild(el('span', 'tag', `[${task}] `));
-  li.appendChild(document.createTextNode(text));
+  li.appendChild(el('span', 'text', text));
   if (image) {
     const img = el('img', 'thumb');
     img.alt = 'uploaded image';
@@ -51,6 +54,7 @@ function userMessage(task, text, image) {
     li.appendChild(img);
   }
   els.log.appendChild(li);
+  return li;
 }
 
 const SPACE_BEFORE = /^[^\s,.;:!?)\]}]/;
@@ -69,17 +73,27 @@ function renderFinal(body, ev) {
   });
 }
 
-/** The Regenerate button of the latest answer (one at most: an older answer cannot be regenerated). */
-function addRegenerateButton(li) {
-  dropRegenerateButtons();
+/**
+ * `li` is the latest answer given in full: it gets the Regenerate button, and its question the Edit button (one of
+ * each at most: an older answer cannot be regenerated, an older question not edited).
+ */
+function markLatest(li) {
+  dropLatestButtons();
   const b = el('button', 'regen', 'Regenerate');
   b.type = 'button';
   b.title = 'Answer the same question again; the new answer replaces this one';
   b.addEventListener('click', () => regenerate(li));
   li.appendChild(b);
+  const q = li.previousElementSibling;
+  if (q?.dataset.role !== 'user' || !q.dataset.askedAs) return;
+  const e = el('button', 'edit', 'Edit');
+  e.type = 'button';
+  e.title = 'Change this question; its answer is given again';
+  e.addEventListener('click', () => openEditor(q, li));
+  q.appendChild(e);
 }
-function dropRegenerateButtons() {
-  for (const b of els.log.querySelectorAll('button.regen')) b.remove();
+function dropLatestButtons() {
+  for (const b of els.log.querySelectorAll('button.regen, button.edit')) b.remove();
 }
 
 /** An empty assistant message, being written. */
@@ -113,7 +127,7 @@ async function send() {
   }
   const form = formWith({ text, task });
   if (image) form.append('image', image, image.name || 'image');
-  userMessage(task, text, image);
+  const question = userMessage(task, text, image);
   // (the latest answer keeps its button until this one is given: a refused message leaves it the latest)
   const li = botMessage();
   const r = await stream(form, li, {
@@ -128,7 +142,11 @@ async function send() {
       if (state.box) clearBox();
     },
   });
-  if (r.ok) addRegenerateButton(li);
+  if (r.ok) {
+    // the id the question was asked under, by which it is edited (its answer's id changes when regenerated)
+    question.dataset.askedAs = li.dataset.requestId;
+    markLatest(li);
+  }
   li.dataset.state = 'done';
 }
 
@@ -138,26 +156,92 @@ async function send() {
  */
 async function regenerate(li) {
   if (state.controller || !li.dataset.requestId) return;
+  const r = await answerAgain(li, { regenerate: li.dataset.requestId });
+  if (r.ok) li.dataset.regenerated = String(Number(li.dataset.regenerated || 0) + 1);
+  else li.appendChild(el('div', 'meta', `Not regenerated: ${r.message}`));
+}
+
+/**
+ * The answer `li` given again in its place, from the fields of the request; if none comes (stopped, an error), the old
+ * one is shown again and keeps its buttons unless the server no longer has it (`stale`). Whether one came.
+ */
+async function answerAgain(li, fields) {
   const old = Array.from(li.childNodes);
   const oldData = { ...li.dataset };
-  dropRegenerateButtons();
+  dropLatestButtons();
   li.textContent = '';
   delete li.dataset.chunks;
   li.dataset.state = 'streaming';
   li.appendChild(el('div', 'body'));
-  const r = await stream(formWith({ regenerate: li.dataset.requestId }), li, {});
-  if (r.ok) {
-    li.dataset.regenerated = String(Number(oldData.regenerated || 0) + 1);
-    addRegenerateButton(li);
-  } else {
+  const r = await stream(formWith(fields), li, {});
+  if (!r.ok) {
     li.textContent = '';
     for (const n of old) if (!(n instanceof HTMLButtonElement)) li.appendChild(n);
     for (const k of Object.keys(li.dataset)) if (!(k in oldData)) delete li.dataset[k];
     Object.assign(li.dataset, oldData);
-    if (r.code !== 'stale') addRegenerateButton(li);
-    li.appendChild(el('div', 'meta', `Not regenerated: ${r.message}`));
   }
+  if (r.ok || r.code !== 'stale') markLatest(li);
   li.dataset.state = 'done';
+  return r;
+}
+
+/** The latest question `q` (answered by `li`) in an editor: saved with new text, it is answered again. */
+function openEditor(q, li) {
+  if (state.controller || q.querySelector('.editor')) return;
+  const shown = Array.from(q.childNodes).filter((n) => !(n instanceof HTMLButtonElement));
+  for (const b of q.querySelectorAll('button.edit')) b.remove();
+  for (const n of shown) if (!(n instanceof HTMLImageElement)) n.remove();
+  const editor = el('div', 'editor');
+  const area = el('textarea', 'edit-text');
+  area.value = q.dataset.text || '';
+  area.setAttribute('aria-label', 'edited question');
+  const save = el('button', 'edit-save', 'Answer again');
+  save.type = 'button';
+  const cancel = el('button', 'edit-cancel', 'Cancel');
+  cancel.type = 'button';
+  editor.append(area, save, cancel);
+  q.prepend(editor);
+  area.focus();
+  const close = (text) => {
+    editor.remove();
+    q.prepend(...questionNodes(q.dataset.task, text));
+  };
+  cancel.addEventListener('click', () => {
+    close(q.dataset.text);
+    markLatest(li);
+  });
+  const submit = async () => {
+    const text = area.value.trim();
+    if (!text || text === q.dataset.text || state.controller) {
+      if (!state.controller) cancel.click();
+      return;
+    }
+    const before = q.dataset.text;
+    close(text);
+    q.dataset.text = text;
+    const r = await answerAgain(li, { edit: q.dataset.askedAs, text, task: q.dataset.task });
+    if (r.ok) {
+      li.dataset.edited = String(Number(li.dataset.edited || 0) + 1);
+      return;
+    }
+    // not answered: the question as it was, with its answer
+    q.dataset.text = before;
+    for (const n of Array.from(q.childNodes)) if (!(n instanceof HTMLImageElement) && !(n instanceof HTMLButtonElement)) n.remove();
+    q.prepend(...questionNodes(q.dataset.task, before));
+    li.appendChild(el('div', 'meta', `Not answered again: ${r.message}`));
+  };
+  save.addEventListener('click', submit);
+  area.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      submit();
+    } else if (e.key === 'Escape') cancel.click();
+  });
+}
+
+/** A question's tag and text, as userMessage shows them. */
+function questionNodes(task, text) {
+  return [...(task !== 'chat' ? [el('span', 'tag', `[${task}] `)] : []), el('span', 'text', text)];
 }
 
 /**
