@@ -6,6 +6,8 @@
 #   python3-torch libopenblas0-pthread  test/train and test/scripts/gpu-compare.test.ts run PyTorch on the CPU
 #                                       (/usr/bin/python3, or $PYTHON as the tests use it; OpenBLAS because
 #                                       Debian's torch otherwise calls the reference BLAS, 20x slower)
+#   sentencepiece                       test/convert/sentencepiece.test.ts holds our tokenizers against Debian's
+#                                       spm_encode / spm_decode themselves (beside the recorded outputs)
 #   mesa-vulkan-drivers (>= 24)         test/inference/webgpu.test.ts runs the WebGPU provider on the CPU through
 #                                       Mesa's software Vulkan driver (lavapipe); Dawn needs Mesa 24 or later,
 #                                       which Debian 12 (bookworm) has in bookworm-backports: on bookworm that
@@ -37,6 +39,7 @@ missing_packages() {
   local blas
   blas=$(dpkg-query -W -f '${Status}' libopenblas0-pthread 2>/dev/null) || blas=
   [[ "$blas" == *" installed" ]] || m+=(libopenblas0-pthread)
+  command -v spm_encode >/dev/null 2>&1 || m+=(sentencepiece)
   mesa_new_enough || m+=(mesa-vulkan-drivers)
   echo "${m[*]}"
 }

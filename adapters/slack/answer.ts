@@ -132,8 +132,9 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<boolean> {
 }
 
 async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise<boolean> {
-  // aborted by a closing adapter, or by the Stop button
-  const signal = AbortSignal.any([ctx.signal, stop.signal]);
+  // aborted by a closing adapter, or by the Stop button (or here: an edit's answer that cannot be posted)
+  const abandon = new AbortController();
+  const signal = AbortSignal.any([ctx.signal, stop.signal, abandon.signal]);
   // An edited question: refused without a word (not the latest question, the same text), or answered as any other.
   let edited: AsyncIterable<AnswerEvent> | undefined;
   if (a.edit !== undefined) {
@@ -151,6 +152,8 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
   } catch (err) {
     ctx.log(`slack: ${a.what}: could not post the reply: ${describeSlackError(err)}`);
+    // (an edit's request is with the manager already: not answered where nobody sees it)
+    abandon.abort();
     return false;
   }
   let answered = false;

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { ROOT } from '../helpers/cli.js';
 
 const SCRIPT = join(ROOT, 'scripts/test-tools.sh');
-const ALL = ['redis-server', 'chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'];
+const ALL = ['redis-server', 'chromium', 'python3-torch', 'libopenblas0-pthread', 'sentencepiece', 'mesa-vulkan-drivers'];
 const BASH = existsSync('/bin/bash') ? '/bin/bash' : '/usr/bin/bash';
 
 let work: string;
@@ -44,6 +44,8 @@ function installs(pkg: string): string {
       return `printf '#!${BASH}\\n' > "${bin}/redis-server"; chmod_it "${bin}/redis-server"`;
     case 'chromium':
       return `printf '#!${BASH}\\n' > "${state}/chromium"; chmod_it "${state}/chromium"`;
+    case 'sentencepiece':
+      return `printf '#!${BASH}\\n' > "${bin}/spm_encode"; chmod_it "${bin}/spm_encode"`;
     default:
       return `: > "${state}/${pkg}"`;
   }
@@ -54,6 +56,7 @@ async function setup(f: Fake): Promise<void> {
   // chmod is the one real tool the stubs need (to make an installed redis-server / chromium executable)
   const chmodIt = `chmod_it() { "${process.execPath}" -e 'require("fs").chmodSync(process.argv[1], 0o755)' "$1"; }`;
   if (present.includes('redis-server')) await stub('redis-server', 'exit 0');
+  if (present.includes('sentencepiece')) await stub('spm_encode', 'exit 0');
   if (present.includes('chromium')) {
     await writeFile(join(state, 'chromium'), '#!/bin/sh\n');
     await chmod(join(state, 'chromium'), 0o755);
@@ -158,16 +161,16 @@ describe('scripts/test-tools.sh', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.calls).toEqual([
       'apt-get update DEBIAN_FRONTEND=noninteractive',
-      'apt-get install -y redis-server chromium python3-torch libopenblas0-pthread mesa-vulkan-drivers DEBIAN_FRONTEND=noninteractive',
+      'apt-get install -y redis-server chromium python3-torch libopenblas0-pthread sentencepiece mesa-vulkan-drivers DEBIAN_FRONTEND=noninteractive',
     ]);
-    expect(r.stderr).toContain('installed redis-server chromium python3-torch libopenblas0-pthread mesa-vulkan-drivers');
+    expect(r.stderr).toContain('installed redis-server chromium python3-torch libopenblas0-pthread sentencepiece mesa-vulkan-drivers');
     // the tools are there now: a second run installs nothing
     await writeFile(log, '');
     expect(run()).toMatchObject({ code: 0, calls: [] });
   });
 
   it('installs only what is missing (OpenBLAS without torch, torch without OpenBLAS)', async () => {
-    await setup({ present: ['redis-server', 'chromium', 'python3-torch', 'mesa-vulkan-drivers'], uid: 0 });
+    await setup({ present: ['redis-server', 'chromium', 'python3-torch', 'mesa-vulkan-drivers', 'sentencepiece'], uid: 0 });
     let r = run();
     expect(r.code, r.stderr).toBe(0);
     expect(r.calls).toEqual([
@@ -187,7 +190,12 @@ describe('scripts/test-tools.sh', () => {
 
   for (const uid of [0, 1000]) {
     it(`Debian 12 (${uid ? 'through sudo' : 'as root'}): Mesa from bookworm-backports, the source added once, the rest as usual`, async () => {
-      await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread'], uid, sudo: 'ok', codename: 'bookworm' });
+      await setup({
+        present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'sentencepiece'],
+        uid,
+        sudo: 'ok',
+        codename: 'bookworm',
+      });
       const r = run();
       expect(r.code, r.stderr).toBe(0);
       const sudo = uid ? 'sudo -n env DEBIAN_FRONTEND=noninteractive ' : '';
@@ -209,7 +217,11 @@ describe('scripts/test-tools.sh', () => {
   }
 
   it('not root: through sudo -n (never a password prompt)', async () => {
-    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'], uid: 1000, sudo: 'ok' });
+    await setup({
+      present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers', 'sentencepiece'],
+      uid: 1000,
+      sudo: 'ok',
+    });
     const r = run();
     expect(r.code, r.stderr).toBe(0);
     expect(r.calls).toEqual([
@@ -223,7 +235,7 @@ describe('scripts/test-tools.sh', () => {
 
   for (const sudo of ['refuses', undefined] as const) {
     it(`not root and ${sudo ? 'sudo -n refused' : 'no sudo'}: says exactly what to install and exits 1, apt-get untouched`, async () => {
-      await setup({ present: ['redis-server', 'python3-torch', 'mesa-vulkan-drivers'], uid: 1000, sudo });
+      await setup({ present: ['redis-server', 'python3-torch', 'mesa-vulkan-drivers', 'sentencepiece'], uid: 1000, sudo });
       const r = run();
       expect(r.code).toBe(1);
       expect(r.calls).toEqual(sudo ? ['sudo -n true'] : []);
@@ -233,7 +245,11 @@ describe('scripts/test-tools.sh', () => {
   }
 
   it('no apt-get (not Debian): says what to install and exits 1', async () => {
-    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'], uid: 0, aptGet: false });
+    await setup({
+      present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers', 'sentencepiece'],
+      uid: 0,
+      aptGet: false,
+    });
     const r = run();
     expect(r.code).toBe(1);
     expect(r.calls).toEqual([]);
@@ -243,7 +259,7 @@ describe('scripts/test-tools.sh', () => {
 
   it('fails when apt-get install leaves a tool missing, naming it', async () => {
     await setup({
-      present: ['redis-server', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'],
+      present: ['redis-server', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers', 'sentencepiece'],
       uid: 0,
       aptInstallsNot: ['chromium'],
     });
@@ -258,7 +274,7 @@ describe('scripts/test-tools.sh', () => {
   });
 
   it('fails when apt-get fails', async () => {
-    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers'], uid: 0 });
+    await setup({ present: ['chromium', 'python3-torch', 'libopenblas0-pthread', 'mesa-vulkan-drivers', 'sentencepiece'], uid: 0 });
     await writeFile(join(bin, 'apt-get'), `#!${BASH}\necho "apt-get $*" >> "${log}"\necho "E: Could not get lock" >&2\nexit 100\n`);
     const r = run();
     expect(r.code).toBe(1);
