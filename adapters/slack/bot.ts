@@ -260,6 +260,18 @@ export class SlackBot {
       });
     });
 
+    // The bot's token was revoked there (an admin removed the bot without uninstalling the app, or with it: then both
+    // events come, and the second finds nothing left): the bot can no longer answer there, and forgets the same way.
+    app.event('tokens_revoked', async ({ event, body }) => {
+      const team = teamOf(body);
+      const bots = (event as { tokens?: { bot?: unknown } }).tokens?.bot;
+      if (!Array.isArray(bots) || !this.botUserId || !bots.includes(this.botUserId)) return;
+      this.spawn('tokens_revoked', async () => {
+        const n = await this.manager.forgetWorkspace('slack', team);
+        this.log(`slack: the bot's token was revoked in workspace ${team}${forgottenCount(n)}`);
+      });
+    });
+
     // A channel was deleted (optional events: channel_deleted, group_deleted): its threads' conversations go with it.
     for (const type of ['channel_deleted', 'group_deleted'] as const) {
       app.event(type, async ({ event, body }) => {

@@ -8,7 +8,9 @@
 //   "Describe image" shortcut  -> the message's image; the answer goes into the message's thread
 //   "Forget this conversation" -> the thread's (the DM's) conversation deleted, for a participant or an admin
 //   Stop button                -> the answer being written stops (the asker, or a workspace admin)
-//   app_uninstalled            -> the workspace's conversations forgotten
+//   Regenerate button          -> the latest answer given again (the asker)
+//   the latest question edited -> answered again (message_changed)
+//   app_uninstalled, the bot's tokens_revoked -> the workspace's conversations forgotten
 //   channel_deleted, group_deleted -> the channel's conversations forgotten
 //
 // HTTP mode (Bolt's HTTPReceiver on `/slack/events`, signatures verified) when a signing secret is given,

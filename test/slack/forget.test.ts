@@ -90,6 +90,19 @@ describe('slack: "Forget this conversation"', () => {
     expect(await s.manager.history(other)).not.toBeNull();
   });
 
+  it("tokens_revoked of the bot's token: the workspace's conversations are forgotten; of a user's token alone, nothing", async () => {
+    const ask = await asked('F6');
+    expect((await s.fake.sendEvent({ type: 'tokens_revoked', tokens: { oauth: ['U0ALICE'] } })).status).toBe(200);
+    expect((await s.fake.sendEvent({ type: 'tokens_revoked', tokens: { bot: ['U0SOMEOTHERBOT'] } })).status).toBe(200);
+    expect(await s.manager.history(slackKey('F6', ask.ts))).not.toBeNull();
+    expect((await s.fake.sendEvent({ type: 'tokens_revoked', tokens: { oauth: [], bot: [s.fake.botUserId] } })).status).toBe(200);
+    await s.fake.waitFor(() => s.logs.find((l) => l.startsWith("slack: the bot's token was revoked")), 10_000, 'the log line');
+    expect(s.logs.filter((l) => l.startsWith("slack: the bot's token was revoked"))).toEqual([
+      "slack: the bot's token was revoked in workspace T0FAKE: 1 conversation forgotten",
+    ]);
+    expect(await s.manager.history(slackKey('F6', ask.ts))).toBeNull();
+  });
+
   it('without the users:read scope an admin is refused and the log says what to add, once', async () => {
     const ask = await asked('F4');
     s.fake.admins.add('U0ADMIN2');
