@@ -226,6 +226,22 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   }
 
   /**
+   * Forgets the conversations of servers the bot was removed from while it was offline (Discord sends no GUILD_DELETE
+   * for those; its developer policy asks for their data to go): those of servers on this process's `shards` that READY
+   * did not list (it lists every server of its shards, unavailable ones included). At start, after READY.
+   */
+  async forgetServersLeft(shards: { ids: readonly number[]; count: number }): Promise<void> {
+    const own = new Set(shards.ids);
+    const member = (id: string) => this.client.guilds.cache.has(id);
+    try {
+      const n = await this.manager.forgetWorkspace('discord', (ws) => leftWhileOffline(ws, own, shards.count, member));
+      if (n) this.log(`discord: removed from servers while offline${forgottenCount(n)}`);
+    } catch (err) {
+      this.log(`discord: could not look for servers the bot was removed from while offline: ${describeError(err)}`);
+    }
+  }
+
+  /**
    * A thread the bot started was deleted: its conversation goes with it (whoever deleted it could see and remove the
    * whole exchange). discord.js reports threads it has in its cache: those active since the bot connected.
    */
@@ -572,4 +588,14 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       };
     }
   }
+}
+
+/**
+ * Whether a stored conversation's workspace is a server the bot was removed from while offline: a server id (not DMs'
+ * '@me') on one of `own` shards (of `count`: Discord's rule, (id >> 22) % count) that the bot is not a `member` of.
+ */
+export function leftWhileOffline(workspace: string, own: ReadonlySet<number>, count: number, member: (id: string) => boolean): boolean {
+  if (!/^\d{1,20}$/.test(workspace) || !(count >= 1)) return false;
+  if (!own.has(Number((BigInt(workspace) >> 22n) % BigInt(count)))) return false;
+  return !member(workspace);
 }

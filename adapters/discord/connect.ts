@@ -145,6 +145,11 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
       void adapter.close();
     });
   }
+  // (with every shard Discord recommends: the ids and count it connected with)
+  const ids = shards?.ids ?? client.options.shards;
+  const count = shards?.count ?? client.options.shardCount;
+  if (Array.isArray(ids) && typeof count === 'number') await adapter.forgetServersLeft({ ids, count });
+  else log('discord: the shards are not known; servers the bot was removed from while offline go after the retention time');
   const app = client.application?.id;
   if (opts.appId && app && opts.appId !== app)
     log(`discord: DISCORD_APP_ID=${opts.appId} but the token belongs to application ${app}; using ${app}`);

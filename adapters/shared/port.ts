@@ -17,10 +17,14 @@ export interface ConversationPort {
   reset(key: ConversationKey, opts?: ResetOptions): Promise<ResetOutcome>;
   history(key: ConversationKey): Promise<ConversationState | null>;
   /**
-   * forgets every conversation of a platform's workspace (the app was removed there) or, with `channel`, of one of its
-   * channels (deleted); how many, if the store can be walked
+   * forgets every conversation of a platform's workspace (the app was removed there; or of each workspace the function
+   * picks) or, with `channel`, of one of its channels (deleted); how many, if the store can be walked
    */
-  forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined>;
+  forgetWorkspace(
+    platform: ConversationKey['platform'],
+    workspace: string | ((workspace: string) => boolean),
+    channel?: string,
+  ): Promise<number | undefined>;
   /** the conversation store (STORE_URL): adapters keep their own marks there (Slack's handled events) */
   readonly store: Keyv;
 }

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import type Keyv from 'keyv';
-import { ConversationStore, conversationId, inPlace } from '../conversation/store.js';
+import { ConversationStore, conversationId, inPlace, type Workspaces } from '../conversation/store.js';
 import { EventChannel } from '../conversation/scheduler.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
 import { RedisArrivalOrder } from './arrival-order.js';
@@ -163,7 +163,7 @@ export class RemoteConversations implements ConversationPort {
    * Forgets every conversation of a platform's workspace (or, with `channel`, of one of its channels) in the shared
    * store (the workers' KV caches of them are of no use without it: a follow-up there has no image).
    */
-  async forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined> {
+  async forgetWorkspace(platform: ConversationKey['platform'], workspace: Workspaces, channel?: string): Promise<number | undefined> {
     const gone = await this.repo.forgetWhere(inPlace(platform, workspace, channel));
     // the workers drop what they derived from them (KV caches, image embeddings)
     if (gone) await publishForgotten(this.redis, gone);

@@ -10,7 +10,16 @@ import { KvCacheLru, type CachedContext, type KvCacheStats } from '../inference/
 import type { GenerationOptions } from '../inference/generation/index.js';
 import { ImageInputError } from '../image/preprocess.js';
 import { annotateImage, type AnnotateOptions } from '../image/annotate.js';
-import { ConversationStore, STORE_NAMESPACE, StoreUnavailableError, conversationId, inPlace, sha256Hex, type Forgotten } from './store.js';
+import {
+  ConversationStore,
+  STORE_NAMESPACE,
+  StoreUnavailableError,
+  conversationId,
+  inPlace,
+  sha256Hex,
+  type Forgotten,
+  type Workspaces,
+} from './store.js';
 import { EventChannel, FairScheduler } from './scheduler.js';
 import { markersFor, userTurn, type UserTurn } from './text.js';
 import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } from './image-input.js';
@@ -267,11 +276,12 @@ export class ConversationManager {
   }
 
   /**
-   * Forgets every stored conversation of a platform's workspace (the app was removed there) or, with `channel`, of one
-   * of its channels (the channel was deleted), with the images no other conversation uses, and their KV caches. How
-   * many; undefined for a store that cannot be walked.
+   * Forgets every stored conversation of a platform's workspace (the app was removed there; or of each workspace the
+   * function picks: the servers a Discord bot was removed from while offline) or, with `channel`, of one of its
+   * channels (the channel was deleted), with the images no other conversation uses, and their KV caches. How many;
+   * undefined for a store that cannot be walked.
    */
-  async forgetWorkspace(platform: ConversationKey['platform'], workspace: string, channel?: string): Promise<number | undefined> {
+  async forgetWorkspace(platform: ConversationKey['platform'], workspace: Workspaces, channel?: string): Promise<number | undefined> {
     const gone = await this.repo.forgetWhere(inPlace(platform, workspace, channel));
     if (gone) await this.forgotten(gone);
     return gone?.conversations.length;

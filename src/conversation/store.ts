@@ -408,8 +408,16 @@ async function* keysWithoutExpiry(redis: RawRedis, pattern: string): AsyncGenera
 }
 
 /** Picks the conversations of a platform's workspace (with `channel`: of that channel, its threads included). */
-export function inPlace(platform: ConversationKey['platform'], workspace: string, channel?: string): (state: ConversationState) => boolean {
-  return (s) => s.key.platform === platform && s.key.workspace === workspace && (channel === undefined || s.key.channel === channel);
+/** Which workspaces a forget takes: one, or each that the function picks. */
+export type Workspaces = string | ((workspace: string) => boolean);
+
+export function inPlace(
+  platform: ConversationKey['platform'],
+  workspace: Workspaces,
+  channel?: string,
+): (state: ConversationState) => boolean {
+  const picked = typeof workspace === 'string' ? (w: string) => w === workspace : workspace;
+  return (s) => s.key.platform === platform && picked(s.key.workspace) && (channel === undefined || s.key.channel === channel);
 }
 
 /** What a forget deleted: conversation ids, and the hashes of the images that went with their last conversation. */

@@ -6,7 +6,7 @@ import sharp from 'sharp';
 import { gridToPixels } from '../../src/grounding/parse.js';
 import { ANNOTATION_PALETTE, boxLineWidth } from '../../src/image/annotate.js';
 import type { ApiMessage, RestCall } from './fake-discord.js';
-import { answered, describeCommand, pixel, testPng, until, useStack } from './helpers.js';
+import { answered, describeCommand, pixel, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
 const FINAL = '**red square** on a grey background';
@@ -541,6 +541,35 @@ describe('the bot removed from a server', () => {
     expect(await s.manager.history(thereKey)).toBeNull();
     expect(await s.manager.store.get(`img:${hash}`)).toBeUndefined();
     expect(await s.manager.history(homeKey)).not.toBeNull();
+  });
+
+  it("removed while the bot was offline: that server's conversations go at the next start; other servers' and DMs' stay", async () => {
+    const third = s.fake.joinGuild('third', ['talk']);
+    const talk = third.channelIds[0]!;
+    const ask = async (channel: string, name: string, mention = true) => {
+      const msg = s.fake.postMessage(channel, s.w.alice, `about ${name}`, {
+        attachments: [s.fake.addAttachment(`${name}.png`, await testPng(97, 41), 'image/png')],
+        mentionBot: mention,
+      });
+      expect(await answered(logs, msg.id)).not.toMatch(/error/);
+      return msg.id;
+    };
+    const thereKey = keyOf(third.guildId, talk, await ask(talk, 'there'));
+    const homeKey = keyOf(s.w.guildId, s.w.general, await ask(s.w.general, 'home'));
+    const dm = s.fake.addDm(s.w.alice);
+    await ask(dm, 'dm', false);
+    const dmKey = { platform: 'discord' as const, workspace: '@me', channel: dm, thread: dm };
+    expect(await s.manager.history(dmKey)).not.toBeNull();
+
+    await s.adapter.close();
+    s.fake.removeGuild(third.guildId); // (nobody connected to hear it)
+    s.adapter = await startAdapter(s.fake, s.manager, logs);
+    expect(logs.filter((l) => l.includes('while offline'))).toEqual([
+      'discord: removed from servers while offline: 1 conversation forgotten',
+    ]);
+    expect(await s.manager.history(thereKey)).toBeNull();
+    expect(await s.manager.history(homeKey)).not.toBeNull();
+    expect(await s.manager.history(dmKey)).not.toBeNull();
   });
 });
 

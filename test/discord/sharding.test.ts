@@ -86,7 +86,15 @@ describe('Discord with several shards', () => {
     const logsOf: string[][] = [[], []];
     const fronts: DiscordAdapter[] = [];
     try {
-      for (const id of [0, 1]) fronts.push(await startAdapter(fake, manager, logsOf[id]!, { shards: { ids: [id], count: SHARDS } }));
+      // a conversation of a server on shard 1 that the bot left while offline: forgotten by shard 1's front end only
+      const left = { platform: 'discord' as const, workspace: String(1234567n << 22n), channel: '1', thread: '1' };
+      for await (const _ of manager.handle({ key: left, user: 'u', text: 'hi', image: await testPng(64, 48) }));
+      fronts.push(await startAdapter(fake, manager, logsOf[0]!, { shards: { ids: [0], count: SHARDS } }));
+      expect(await manager.history(left)).not.toBeNull();
+      fronts.push(await startAdapter(fake, manager, logsOf[1]!, { shards: { ids: [1], count: SHARDS } }));
+      expect(await manager.history(left)).toBeNull();
+      expect(logsOf[1]).toContain('discord: removed from servers while offline: 1 conversation forgotten');
+      expect(logsOf[0]!.filter((l) => l.includes('while offline'))).toEqual([]);
       expect(fake.connectedShards).toEqual([0, 1]);
       expect(logsOf[1]!.join('\n')).toMatch(/connected as .*, shards 1 of 2\)/);
       expect(logsOf[1]!.join('\n')).toMatch(/direct messages come to shard 0 only/);

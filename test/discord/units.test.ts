@@ -13,6 +13,7 @@ import {
   threadName,
   UserRateLimiter,
 } from '../../adapters/discord/index.js';
+import { leftWhileOffline } from '../../adapters/discord/adapter.js';
 
 describe('splitMessage', () => {
   it('leaves short text alone and cuts long text at paragraph, line, sentence, then word breaks', () => {
@@ -184,5 +185,22 @@ describe('discordOptionsFromEnv', () => {
     expect(() => discordOptionsFromEnv(env('2-4', '4'))).toThrow(/shard 4 does not exist with DISCORD_SHARD_COUNT=4 \(ids 0 to 3\)/);
     expect(() => discordOptionsFromEnv(env('3-1', '4'))).toThrow(/the range 3-1 runs backwards/);
     expect(() => discordOptionsFromEnv(env('first', '4'))).toThrow(/"first" is not a shard id or a range/);
+  });
+});
+
+describe('leftWhileOffline', () => {
+  // a server id on shard 1 of 2 (Discord: (id >> 22) % count) and one on shard 0
+  const onShard1 = String((1234567n << 22n) | 12345n);
+  const onShard0 = String((1234568n << 22n) | 12345n);
+  it("is a server on one of this process's shards that the bot is not in; never DMs or another shard's server", () => {
+    const none = () => false;
+    expect(leftWhileOffline(onShard1, new Set([1]), 2, none)).toBe(true);
+    expect(leftWhileOffline(onShard1, new Set([1]), 2, (id) => id === onShard1)).toBe(false);
+    expect(leftWhileOffline(onShard0, new Set([1]), 2, none)).toBe(false);
+    expect(leftWhileOffline(onShard0, new Set([0, 1]), 2, none)).toBe(true);
+    expect(leftWhileOffline(onShard0, new Set([0]), 1, none)).toBe(true);
+    expect(leftWhileOffline('@me', new Set([0]), 1, none)).toBe(false);
+    expect(leftWhileOffline('not a server', new Set([0]), 1, none)).toBe(false);
+    expect(leftWhileOffline(onShard0, new Set([0]), 0, none)).toBe(false);
   });
 });
