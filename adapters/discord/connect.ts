@@ -100,8 +100,9 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
     // shard, or Discord closes its connection (4011). Or the ones given of a given count, the rest on other
     // front ends.
     ...(shards ? { shards: [...shards.ids], shardCount: shards.count } : { shards: 'auto' as const }),
-    // DM channels are not cached before their first message: without this their messages would be dropped.
-    partials: [Partials.Channel],
+    // DM channels are not cached before their first message: without this their messages would be dropped. A message
+    // not in the cache (sent before the bot connected) is edited all the same: its MESSAGE_UPDATE is kept (edits.ts).
+    partials: [Partials.Channel, Partials.Message],
     // Model output never pings anyone.
     allowedMentions: { parse: [], repliedUser: false },
     ...(opts.apiUrl ? { rest: { api: opts.apiUrl.replace(/\/+$/, '') } } : {}),

@@ -22,11 +22,14 @@ export interface EditHost extends Pick<InteractionHost, 'client' | 'log' | 'take
 /** Refusals of an edit request that the user is not told of (see the file's head). */
 const QUIET = ['stale', 'not_allowed'] as const;
 
-/** MESSAGE_UPDATE of a message in the client's cache (one sent since the bot connected). */
+/**
+ * MESSAGE_UPDATE: `before` is the message as the client had it (partial for one it had not seen, sent before it
+ * connected: then the manager tells an unchanged text from an edit), `msg` as Discord sends it now.
+ */
 export async function onEdited(host: EditHost, before: Message | PartialMessage, msg: Message | PartialMessage): Promise<void> {
-  if (msg.partial || before.partial || msg.author.bot || msg.system || msg.webhookId) return;
+  if (msg.partial || msg.author.bot || msg.system || msg.webhookId) return;
   // A link preview, a pin, a thread opened on it: the same text, not an edit of the question.
-  if (before.content === msg.content) return;
+  if (!before.partial && before.content === msg.content) return;
   // Its turn in its conversation, taken as the gateway delivers it (see DiscordBot.onMessage).
   const turn = host.takeTurn(msg.channel, msg.channelId, false, msg.reference?.messageId);
   try {

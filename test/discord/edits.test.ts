@@ -2,11 +2,12 @@
 // the real ConversationManager and the demo model (its answer forced). The asker edits the message that asked the
 // conversation's latest question: it is answered again (in the thread opened on it, or as a reply to it), the new
 // turn replaces the old one in the stored conversation, and the old answer says so and loses its Regenerate button.
-// An edit of an earlier question, or one that leaves the text as it was (a link preview), is left alone.
+// An edit of an earlier question, or one that leaves the text as it was (a link preview), is left alone; a message
+// sent before a restart is edited all the same.
 import { describe, expect, it } from 'vitest';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import type { ApiMessage } from './fake-discord.js';
-import { answered, testPng, until, useStack } from './helpers.js';
+import { answered, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = 'a red square on a grey background';
 const EDITED = '-# The question was edited: this answer replaces the one before it in the conversation.';
@@ -113,6 +114,18 @@ describe('an edited question', () => {
       expect(reply.message_reference?.message_id).toBe(q.id);
       expect(reply.content.startsWith(EDITED)).toBe(true);
       expect((await turnsOf(key(s.w.other, `message:${q.id}`))).map((t) => t[0])).toEqual(['what is it for?']);
+      // after a restart (the message not in the new client's cache): the edit is seen all the same
+      await s.adapter.close();
+      s.adapter = await startAdapter(s.fake, s.manager, logs);
+      s.fake.userEdits(s.w.other, q.id, 'what is it made of?', { mentionBot: true });
+      expect(await editHandled(q.id)).toMatch(/: answered/);
+      expect((await turnsOf(key(s.w.other, `message:${q.id}`))).map((t) => t[0])).toEqual(['what is it made of?']);
+      // ... and, after another restart, one that leaves the text as it was (a link preview) goes to the manager, which
+      // takes it for no edit (the client has no earlier text to compare)
+      await s.adapter.close();
+      s.adapter = await startAdapter(s.fake, s.manager, logs);
+      s.fake.userEdits(s.w.other, q.id, 'what is it made of?', { mentionBot: true });
+      expect(await editHandled(q.id)).toMatch(/: not answered \(stale: The edited question is the same as the one answered\.\)/);
     } finally {
       s.fake.denyThreads.delete(s.w.other);
     }
