@@ -114,6 +114,8 @@ export interface DiscordAdapter {
    * otherwise. `minigpt serve` then stops with that sentence and a non-zero exit code.
    */
   readonly fatal: Promise<Error>;
+  /** the start's look for servers the bot was removed from while offline, in the background (DiscordBot.sweep) */
+  readonly swept: Promise<void>;
 }
 
 export { DEFAULT_RATE_LIMIT };
@@ -155,6 +157,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   private readonly afterClose: (() => Promise<void>)[] = [];
   private failWith: (err: Error) => void = () => {};
   readonly fatal = new Promise<Error>((resolve) => (this.failWith = resolve));
+  swept: Promise<void> = Promise.resolve();
 
   constructor(client: Client<true>, opts: DiscordAdapterOptions, log: (line: string) => void) {
     this.client = client;
@@ -228,9 +231,15 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   /**
    * Forgets the conversations of servers the bot was removed from while it was offline (Discord sends no GUILD_DELETE
    * for those; its developer policy asks for their data to go): those of servers on this process's `shards` that READY
-   * did not list (it lists every server of its shards, unavailable ones included). At start, after READY.
+   * did not list (it lists every server of its shards, unavailable ones included). At start, after READY, in the
+   * background (`swept`): it walks the whole store, which the bot's answers need not wait for.
    */
-  async forgetServersLeft(shards: { ids: readonly number[]; count: number }): Promise<void> {
+  sweep(shards: { ids: readonly number[]; count: number }): void {
+    this.swept = this.forgetServersLeft(shards);
+    this.tasks.run('the look for servers left while offline', () => this.swept);
+  }
+
+  private async forgetServersLeft(shards: { ids: readonly number[]; count: number }): Promise<void> {
     const own = new Set(shards.ids);
     const member = (id: string) => this.client.guilds.cache.has(id);
     try {

@@ -149,7 +149,7 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
   // (with every shard Discord recommends: the ids and count it connected with)
   const ids = shards?.ids ?? client.options.shards;
   const count = shards?.count ?? client.options.shardCount;
-  if (Array.isArray(ids) && typeof count === 'number') await adapter.forgetServersLeft({ ids, count });
+  if (Array.isArray(ids) && typeof count === 'number') adapter.sweep({ ids, count });
   else log('discord: the shards are not known; servers the bot was removed from while offline go after the retention time');
   const app = client.application?.id;
   if (opts.appId && app && opts.appId !== app)

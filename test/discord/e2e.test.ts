@@ -564,6 +564,7 @@ describe('the bot removed from a server', () => {
     await s.adapter.close();
     s.fake.removeGuild(third.guildId); // (nobody connected to hear it)
     s.adapter = await startAdapter(s.fake, s.manager, logs);
+    await s.adapter.swept;
     expect(logs.filter((l) => l.includes('while offline'))).toEqual([
       'discord: removed from servers while offline: 1 conversation forgotten',
     ]);

@@ -90,8 +90,10 @@ describe('Discord with several shards', () => {
       const left = { platform: 'discord' as const, workspace: String(1234567n << 22n), channel: '1', thread: '1' };
       for await (const _ of manager.handle({ key: left, user: 'u', text: 'hi', image: await testPng(64, 48) }));
       fronts.push(await startAdapter(fake, manager, logsOf[0]!, { shards: { ids: [0], count: SHARDS } }));
+      await fronts[0]!.swept;
       expect(await manager.history(left)).not.toBeNull();
       fronts.push(await startAdapter(fake, manager, logsOf[1]!, { shards: { ids: [1], count: SHARDS } }));
+      await fronts[1]!.swept;
       expect(await manager.history(left)).toBeNull();
       expect(logsOf[1]).toContain('discord: removed from servers while offline: 1 conversation forgotten');
       expect(logsOf[0]!.filter((l) => l.includes('while offline'))).toEqual([]);
