@@ -53,7 +53,7 @@ import { TaskSet } from '../shared/tasks.js';
 import { regenerateButton, relayAnswer, stopButton, type RelayResult, type SentMessage } from './relay.js';
 import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } from './interactions.js';
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
-import { EDIT_REPLACED_LINE, InFlight, LatestAnswers } from '../shared/regenerate.js';
+import { Answering, EDIT_REPLACED_LINE, InFlight, LatestAnswers, type StoppedForEdit } from '../shared/regenerate.js';
 import { onEdited } from './edits.js';
 import { channelTarget, type Route } from './targets.js';
 
@@ -150,6 +150,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   private readonly stops = new StopButtons();
   /** the answers being regenerated */
   readonly regenerating = new InFlight();
+  /** the questions being answered (an edit of one stops it) */
+  private readonly answering = new Answering();
   /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
   private closing: Promise<void> | undefined;
@@ -345,6 +347,10 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     const started = Date.now();
     const stop = this.stops.open(req.user);
     const signal = AbortSignal.any([controller.signal, stop.signal]);
+    // (a Regenerate is not stopped by an edit: the edit comes after it in the conversation, and replaces its answer)
+    const asked = req.regenerate === undefined ? (req.edit ?? req.askedAs ?? req.requestId) : undefined;
+    const ended = asked ? this.answering.start(asked, stop.id, req.edit !== undefined) : undefined;
+    let answered = false;
     try {
       let events = restartNotice(this.manager.handle({ ...req, signal }), () => this.closing !== undefined);
       // The request has its place in the manager's queue: the conversation's next request may go on.
@@ -382,10 +388,12 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       const before = r.regenerateOn && this.latestAnswers.replace(conversationId(route.key), r.regenerateOn);
       if (before && req.regenerate === undefined) await this.retire(before, req.edit !== undefined ? EDIT_REPLACED_LINE : undefined);
       this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
+      answered = r.ok;
       return r;
     } finally {
       this.controllers.delete(controller);
       stop.close();
+      ended?.(answered);
     }
   }
 
@@ -402,6 +410,14 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     } catch (err) {
       this.log(`discord: could not take the Regenerate button off answer ${before.id}: ${describeError(err)}`);
     }
+  }
+
+  /**
+   * The answer to the message asked as `asked`, if one is being given here, stopped (as by its asker `user`, who edited
+   * the message) and waited for (edits.ts).
+   */
+  stopForEdit(asked: string, user: string): Promise<StoppedForEdit | undefined> {
+    return this.answering.stop(asked, (id) => this.stops.press(id, user, false));
   }
 
   /** The conversation of a bot answer posted in a channel (no thread), while this process remembers it. */

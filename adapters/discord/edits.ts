@@ -2,11 +2,12 @@
 // again (ConversationRequest.edit), as a reply to the edited message, or in the thread opened on it; the old answer
 // says so and loses its Regenerate button (DiscordBot.run). An edit of anything else (an earlier question, someone
 // else's message, a link preview added by Discord, a message that asked nothing) is left alone, without a word:
-// the conversation manager decides in the conversation's order, after the question's own answer is stored, so that
-// an edit made while the answer is written still counts.
+// the conversation manager decides in the conversation's order. A question still being answered when its message is
+// edited has its answer stopped first; stopped before it was stored, the edited text is asked as the message's
+// question.
 import type { Message, PartialMessage, SendableChannels } from 'discord.js';
 import type { ConversationKey, ConversationRequest } from '../../src/conversation/index.js';
-import { EDITED_LINE } from '../shared/regenerate.js';
+import { EDITED_LINE, editRequest, type StoppedForEdit } from '../shared/regenerate.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import type { InteractionHost } from './interactions.js';
 import { apologiseOnFailure, stripBotMention } from './replies.js';
@@ -15,6 +16,8 @@ import { channelTarget, type Route } from './targets.js';
 /** What an edit needs from the adapter (DiscordBot). */
 export interface EditHost extends Pick<InteractionHost, 'client' | 'log' | 'takeTurn' | 'allowed' | 'withinRate' | 'run' | 'isBotThread'> {
   readonly botId: string;
+  /** the answer to the message asked as `asked`, if one is being given, stopped and waited for (DiscordBot.stopForEdit) */
+  stopForEdit(asked: string, user: string): Promise<StoppedForEdit | undefined>;
   /** the conversation of a bot answer posted in a channel (no thread), remembered or stored */
   replyKeyOf(messageId: string): Promise<ConversationKey | undefined>;
 }
@@ -53,15 +56,17 @@ async function answerAgain(host: EditHost, msg: Message, label: string, turn: Ar
   const text = stripBotMention(msg.content, host.botId);
   if (!text) return;
   if (!(await host.withinRate(msg.author.id, (t) => msg.reply({ content: t })))) return;
+  // the id the message was asked under (DiscordBot.answerMessage); its answer, if still being given, is stopped first
+  const asked = `discord-${msg.id}`;
+  const again = editRequest(asked, await host.stopForEdit(asked, msg.author.id));
   const req: Omit<ConversationRequest, 'signal'> = {
     key: route.key,
     user: msg.author.id,
     text,
-    // the id the message was asked under (DiscordBot.answerMessage)
-    edit: `discord-${msg.id}`,
+    ...again,
     requestId: `discord-${msg.id}-e${msg.editedTimestamp ?? Date.now()}`,
   };
-  await host.run(req, route, label, turn, QUIET);
+  await host.run(req, route, label, turn, 'edit' in again ? QUIET : undefined);
 }
 
 /**

@@ -1,5 +1,5 @@
 // What the Regenerate buttons (and edited questions) of Discord and Slack share: the lines that mark a new answer and
-// the one it replaced,
+// the one it replaced, the questions being answered (an edit stops its question's answer),
 // and the answers being regenerated in this process (a second press on one is told so at once, instead of queueing an
 // answer that could only be refused as stale), and each conversation's latest answer (the one with the button).
 import { LruMap } from '../../src/util/lru.js';
@@ -47,4 +47,50 @@ export class LatestAnswers<M> {
     this.latest.set(conversation, now);
     return before !== undefined && !this.same(before, now) ? before : undefined;
   }
+}
+
+/** How a question stopped for its message's edit had ended. */
+export interface StoppedForEdit {
+  /** it was itself an edited question's answer (the message's earlier question is still stored) */
+  edit: boolean;
+  /** it was answered in full (and stored) before the stop took */
+  answered: boolean;
+}
+
+/**
+ * The questions being answered in this process, by the request id their message was asked under: an edit of the
+ * message stops its answer (why answer a question its asker has changed) before the edited one is asked.
+ */
+export class Answering {
+  private readonly now = new Map<string, { stopId: string; edit: boolean; done: Promise<boolean> }>();
+
+  /** Records the answer to `asked` (its Stop button `stopId`); call the returned function when it ended. */
+  start(asked: string, stopId: string, edit: boolean): (answered: boolean) => void {
+    let end!: (answered: boolean) => void;
+    const entry = { stopId, edit, done: new Promise<boolean>((resolve) => (end = resolve)) };
+    this.now.set(asked, entry);
+    return (answered) => {
+      if (this.now.get(asked) === entry) this.now.delete(asked);
+      end(answered);
+    };
+  }
+
+  /**
+   * Stops the answer to `asked`, if one is being given (`press`: its Stop button pressed by the message's author), and
+   * waits for it to end; undefined when none was.
+   */
+  async stop(asked: string, press: (stopId: string) => void): Promise<StoppedForEdit | undefined> {
+    const entry = this.now.get(asked);
+    if (!entry) return undefined;
+    press(entry.stopId);
+    return { edit: entry.edit, answered: await entry.done };
+  }
+}
+
+/**
+ * What an edit of the message first asked as `asked` sends, given what stopping its answer found: an edit of the stored
+ * question, or (its answer stopped before it was stored) the question asked anew under the message's id.
+ */
+export function editRequest(asked: string, stopped: StoppedForEdit | undefined): { edit: string } | { askedAs: string } {
+  return stopped && !stopped.edit && !stopped.answered ? { askedAs: asked } : { edit: asked };
 }

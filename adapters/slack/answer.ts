@@ -9,7 +9,7 @@ import {
   type ConversationRequest,
   type TaskTag,
 } from '../../src/conversation/index.js';
-import { EDIT_REPLACED_LINE, type LatestAnswers } from '../shared/regenerate.js';
+import { EDIT_REPLACED_LINE, type Answering, type LatestAnswers } from '../shared/regenerate.js';
 import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
 import { onAnswerEvents, restartNotice, unlessRefused } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
@@ -38,6 +38,8 @@ export interface AnswerContext {
   readonly stops: StopButtons;
   /** each conversation's latest answer, whose last message carries the Regenerate button */
   readonly latestAnswers: LatestAnswers<PostedMessage>;
+  /** the questions being answered (an edit of one stops it) */
+  readonly answering: Answering;
 }
 
 /** A message the bot posted: where, and its text. */
@@ -75,6 +77,8 @@ export interface Ask {
    * and nothing said, unless the manager takes it (see unlessRefused)
    */
   edit?: string;
+  /** ConversationRequest.askedAs: an edited message's question asked anew (its first answer stopped for the edit) */
+  askedAs?: string;
   what: string;
   /** the conversation's turn (arrival order): released once the request has its place in the queue (its first event) */
   turn?: ArrivalTurn;
@@ -124,10 +128,16 @@ export function threadReply(
  */
 export async function answer(ctx: AnswerContext, a: Ask): Promise<boolean> {
   const stop = ctx.stops.open(a.user);
+  // (a Regenerate is not stopped by an edit: the edit comes after it in the thread, and replaces its answer)
+  const asked = a.regenerate === undefined ? (a.edit ?? a.askedAs ?? a.requestId) : undefined;
+  const ended = asked ? ctx.answering.start(asked, stop.id, a.edit !== undefined) : undefined;
+  let answered = false;
   try {
-    return await answerWith(ctx, a, stop);
+    answered = await answerWith(ctx, a, stop);
+    return answered;
   } finally {
     stop.close();
+    ended?.(answered);
   }
 }
 
@@ -192,6 +202,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       signal,
       requestId: a.requestId,
       ...(a.regenerate !== undefined ? { regenerate: a.regenerate } : {}),
+      ...(a.askedAs !== undefined ? { askedAs: a.askedAs } : {}),
     };
     // Once the request has its place in the conversation's queue (its first event), the thread's next request may go on.
     const events = restartNotice(edited ?? releasedAtFirst(ctx.manager.handle(req), a.turn), () => ctx.closing());

@@ -8,7 +8,7 @@ import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
-import { ALREADY_REGENERATING, EDITED_LINE, InFlight, LatestAnswers } from '../shared/regenerate.js';
+import { ALREADY_REGENERATING, Answering, EDITED_LINE, editRequest, InFlight, LatestAnswers } from '../shared/regenerate.js';
 import { TaskSet } from '../shared/tasks.js';
 import { answer, isDirectMessage, REGENERATE_ACTION, slackKey, STOP_ACTION, threadReply, type Ask, type PostedMessage } from './answer.js';
 import { SeenSet } from './dedupe.js';
@@ -88,6 +88,7 @@ export class SlackBot {
       nextId: () => this.nextId++,
       stops: new StopButtons(),
       latestAnswers: new LatestAnswers<PostedMessage>(5_000, (a, b) => a.channel === b.channel && a.ts === b.ts),
+      answering: new Answering(),
     };
     // A request waits for the one before it in its thread at most this long (that one's download has its own
     // timeout; Web API calls before it are retried for a while).
@@ -357,8 +358,9 @@ export class SlackBot {
   /**
    * A person edited a message (`at`: when) in a DM or a thread the bot answers in: if it asked the conversation's latest
    * question, that is answered again with the new text, in the thread (or DM), marked as such. Whether it did is the
-   * manager's to decide, in the thread's order (an edit made while the old text is answered counts after it); an edit
-   * of anything else is left alone without a word.
+   * manager's to decide, in the thread's order; an edit of anything else is left alone without a word. A question still
+   * being answered when edited has its answer stopped first (stopped before it was stored: the edited text is asked as
+   * the message's question).
    */
   private async onEdited(
     m: MessageLike & { channel: string; ts: string },
@@ -375,6 +377,9 @@ export class SlackBot {
     if (!text) return;
     const tell = (t: string) => ephemeral(this.ctx, client, m.channel, user, t, undefined, thread);
     if (!(await this.withinRate(team, user, tell))) return;
+    // the id it was asked under (askAbout, onDirectMessage)
+    const asked = `slack:${m.channel}:${m.ts}`;
+    const stopped = await this.ctx.answering.stop(asked, (id) => this.ctx.stops.press(id, user, false));
     await answer(this.ctx, {
       client,
       team,
@@ -384,8 +389,7 @@ export class SlackBot {
       ...(dm ? { dm: true } : {}),
       user,
       text,
-      // the id it was asked under (askAbout, onDirectMessage)
-      edit: `slack:${m.channel}:${m.ts}`,
+      ...editRequest(asked, stopped),
       header: `_${EDITED_LINE}_`,
       requestId: `slack:${m.channel}:${m.ts}:e${at}`,
       what: `edit of message ${m.ts} in ${m.channel}`,

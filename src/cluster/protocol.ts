@@ -88,6 +88,7 @@ export interface RequestData {
   requestId: string;
   regenerate?: string;
   edit?: string;
+  askedAs?: string;
 }
 
 export type JobData =
@@ -113,6 +114,7 @@ export function encodeRequest(req: ConversationRequest, requestId: string): Requ
     requestId,
     ...(req.regenerate !== undefined ? { regenerate: req.regenerate } : {}),
     ...(req.edit !== undefined ? { edit: req.edit } : {}),
+    ...(req.askedAs !== undefined ? { askedAs: req.askedAs } : {}),
   };
 }
 
@@ -125,6 +127,7 @@ export function decodeRequest(d: RequestData, signal: AbortSignal): Conversation
   if (d.annotate !== undefined) req.annotate = d.annotate;
   if (d.regenerate !== undefined) req.regenerate = d.regenerate;
   if (d.edit !== undefined) req.edit = d.edit;
+  if (d.askedAs !== undefined) req.askedAs = d.askedAs;
   return req;
 }
 

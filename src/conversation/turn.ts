@@ -36,6 +36,7 @@ export function storedTurn(
   again?: { askedAs?: string; temperature?: number },
 ): StoredTurn {
   const temperature = req.generation?.temperature ?? (req.regenerate !== undefined ? again?.temperature : undefined);
+  const asked = again?.askedAs ?? (typeof req.askedAs === 'string' ? req.askedAs : undefined);
   return {
     user: turn.prompt,
     assistant: answer.text.trim(),
@@ -45,7 +46,7 @@ export function storedTurn(
     at: new Date().toISOString(),
     finishReason: answer.finishReason,
     ...(req.requestId !== undefined ? { requestId: req.requestId } : {}),
-    ...(again?.askedAs !== undefined && again.askedAs !== req.requestId ? { askedAs: again.askedAs } : {}),
+    ...(asked !== undefined && asked !== req.requestId ? { askedAs: asked } : {}),
     ...(typeof temperature === 'number' && Number.isFinite(temperature) ? { temperature } : {}),
   };
 }

@@ -71,6 +71,12 @@ export interface ConversationRequest {
    * `regenerate`.
    */
   edit?: string;
+  /**
+   * A question asked under another request id than the message's own (an edited message whose first answer was
+   * stopped for the edit, so never stored): that id, kept as the stored turn's `askedAs` so that a later edit of the
+   * message finds it.
+   */
+  askedAs?: string;
 }
 
 /**

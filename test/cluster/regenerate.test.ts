@@ -100,6 +100,14 @@ describe('regenerate and edited questions through a front end', () => {
     ]);
     expect(h.turns[1].assistant).toBe(finalText(e7)!.trim());
 
+    // a question asked under another id (its first answer stopped for an edit) keeps the message's id
+    await ask({ key, user: 'U1', text: 'and its colour?', requestId: 'q9-e1', askedAs: 'q9' });
+    expect((await frontend.history(key))!.turns.at(-1)).toMatchObject({ user: 'and its colour?', requestId: 'q9-e1', askedAs: 'q9' });
+    const e10 = await ask({ key, user: 'U1', text: 'and its size?', edit: 'q9', requestId: 'q9-e2' });
+    expect(e10.find((e) => e.type === 'error')).toBeUndefined();
+    h = (await frontend.history(key))!;
+    expect(h.turns.map((t) => t.requestId)).toEqual(['q1', 'q7', 'q9-e2']);
+
     // a worker of protocol 3 joins: an edit is refused before queueing (it would be answered as a new question)
     await earlierWorkerBeat(client, 'old-3', 3, 3);
     expect(await ask({ key, user: 'U1', text: '[vqa] what size is it?', edit: 'q2', requestId: 'q8' })).toEqual([
@@ -122,7 +130,7 @@ describe('regenerate and edited questions through a front end', () => {
       },
     ]);
     h = (await frontend.history(key))!;
-    expect(h.turns.map((t) => t.requestId)).toEqual(['q1', 'q7']);
+    expect(h.turns.map((t) => t.requestId)).toEqual(['q1', 'q7', 'q9-e2']);
     expect(logs.filter((l) => l.includes('worker old-2 (h, pid 2) is of an earlier version (protocol 2'))).toHaveLength(1);
   }, 60_000);
 });

@@ -615,6 +615,25 @@ describe('conversation manager: an edited question answered again', () => {
     await m.close();
   });
 
+  it('keeps the id a question was asked under when it comes under another (its first answer stopped for an edit)', async () => {
+    const m = manager();
+    const k = key('edit-asked-as');
+    await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'm1' }));
+    // m2's first answer was stopped (never stored); its edited text asked under m2-e1
+    await collect(m.handle({ key: k, user: 'u', text: 'what colour?', requestId: 'm2-e1', askedAs: 'm2' }));
+    expect((await m.history(k))!.turns.map((t) => [t.user, t.requestId, t.askedAs])).toEqual([
+      ['what is this?', 'm1', undefined],
+      ['what colour?', 'm2-e1', 'm2'],
+    ]);
+    // a later edit of m2 finds it
+    expect(errorOf(await collect(m.handle({ key: k, user: 'u', text: 'what shape?', edit: 'm2', requestId: 'm2-e2' })))).toBeUndefined();
+    expect((await m.history(k))!.turns.map((t) => [t.user, t.askedAs])).toEqual([
+      ['what is this?', undefined],
+      ['what shape?', 'm2'],
+    ]);
+    await m.close();
+  });
+
   it("refuses an edit of an earlier question, of someone else's, or one that changes nothing; nothing changes", async () => {
     const m = manager();
     const s = spies();

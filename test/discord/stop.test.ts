@@ -97,6 +97,41 @@ describe('the Stop button', () => {
     expect(state?.turns.map((t) => t.user)).toEqual(['and in short?']);
   }, 60_000);
 
+  it('an edit of the question while its answer is written stops that answer; the edited text is answered instead', async () => {
+    const key = (thread: string) => ({ platform: 'discord' as const, workspace: s.w.guildId, channel: s.w.general, thread });
+    const edited = (id: string) => logs.filter((l) => l.includes(`discord: edit of message ${id} (`) && / in \d+ ms$/.test(l));
+    // the first answer not yet stored: the edited text is asked as the message's question
+    const ask = await mention('describe this');
+    const msg = await streaming(ask.id);
+    s.fake.userEdits(s.w.general, ask.id, 'describe this briefly', { mentionBot: true });
+    expect(await answered(logs, ask.id)).toMatch(/: stopped by user \d+ in \d+ ms$/);
+    await until(() => edited(ask.id).length === 1, 'the edited question answered');
+    expect(edited(ask.id)[0]).toMatch(/: answered \(/);
+    expect(s.fake.message(ask.id, msg.id)!.content).toContain(`-# Stopped by <@${s.w.alice.id}>.`);
+    const again = botMessagesIn(ask.id).at(-1)!;
+    expect(again.content.startsWith('-# The question was edited: this answer replaces the one before it in the conversation.\n')).toBe(
+      true,
+    );
+    let turns = (await s.manager.history(key(ask.id)))!.turns;
+    expect(turns.map((t) => [t.user, t.askedAs])).toEqual([['describe this briefly', `discord-${ask.id}`]]);
+
+    // an edit while the answer to an edit is written: that one stopped, the stored question (answered since) replaced
+    s.fake.userEdits(s.w.general, ask.id, 'describe this in one word', { mentionBot: true });
+    await until(
+      () => botMessagesIn(ask.id).length > 2 && /word3 .* …$/.test(botMessagesIn(ask.id).at(-1)!.content),
+      'the second edit being answered',
+    );
+    s.fake.userEdits(s.w.general, ask.id, 'describe this in two words', { mentionBot: true });
+    await until(() => edited(ask.id).length === 3, 'both edits handled');
+    expect(
+      edited(ask.id)
+        .slice(1)
+        .map((l) => l.replace(/.*\): /, '').replace(/ in \d+ ms$/, '')),
+    ).toEqual([`stopped by user ${s.w.alice.id}`, expect.stringMatching(/^answered \(/)]);
+    turns = (await s.manager.history(key(ask.id)))!.turns;
+    expect(turns.map((t) => [t.user, t.askedAs])).toEqual([['describe this in two words', `discord-${ask.id}`]]);
+  }, 60_000);
+
   it("a moderator (Manage Messages) stops someone else's answer", async () => {
     const ask = await mention('and this one?');
     const msg = await streaming(ask.id);

@@ -107,6 +107,24 @@ describe('slack: the Stop button', () => {
     expect(full.text).toBe(FORCED);
   }, 60_000);
 
+  it('an edit of the question while its answer is written stops that answer; the edited text is answered instead', async () => {
+    const ask = await mention(fake, 'C4');
+    const reply = await streaming(fake, 'C4', ask.ts);
+    const header = '_The question was edited: this answer replaces the one before it in the conversation._';
+    await fake.edit(ask, `<@${fake.botUserId}> describe this briefly`);
+    await fake.waitFor(() => (/Stopped by <@U0ALICE>/.test(reply.text) ? true : undefined), 10_000, 'the first answer stopped');
+    const again = await fake.waitFor(
+      () => textReplies(fake, 'C4', ask.ts).find((m) => m.text === `${header}\n${FORCED}` && buttonsOf(m).length === 1),
+      20_000,
+      'the edited question answered in full',
+    );
+    expect(again.ts).not.toBe(reply.ts);
+    const key = { platform: 'slack' as const, workspace: fake.teamId, channel: 'C4', thread: ask.ts };
+    const turns = (await manager.history(key))!.turns;
+    expect(turns.map((t) => [t.user, t.askedAs])).toEqual([['describe this briefly', `slack:C4:${ask.ts}`]]);
+    expect(logs.filter((l) => l.includes(`edit of message ${ask.ts} in C4`) && l.includes('not answered'))).toEqual([]);
+  }, 60_000);
+
   it("a workspace admin (users.info) may stop anyone's answer", async () => {
     const ask = await mention(fake, 'C3');
     const reply = await streaming(fake, 'C3', ask.ts);
