@@ -12,6 +12,7 @@
 //   a bot thread or a channel deleted    -> its conversations forgotten
 import {
   Events,
+  GatewayDispatchEvents,
   Routes,
   ThreadAutoArchiveDuration,
   type Client,
@@ -179,6 +180,12 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     this.allowDMs = opts.allowDMs ?? true;
     client.on(Events.MessageCreate, (m) => this.track('message', () => this.onMessage(m)));
     client.on(Events.MessageUpdate, (before, now) => this.track('message edit', () => onEdited(this, before, now)));
+    // An edit in a DM the client has no channel for (no message there since it connected): discord.js drops it, the
+    // event not saying enough about the channel; it is fetched, with the message, and the edit handled all the same.
+    client.ws.on(GatewayDispatchEvents.MessageUpdate, (d: { id: string; channel_id: string; guild_id?: string }) => {
+      if (!d.guild_id && !client.channels.cache.has(d.channel_id))
+        this.track('message edit', () => this.uncachedDmEdit(d.channel_id, d.id));
+    });
     client.on(Events.InteractionCreate, (i) => this.track('interaction', () => onInteraction(this, i)));
     // discord.js emits GuildDelete only when the bot was removed (kicked, left, the server deleted); a server's
     // outage comes as GuildUnavailable, and its conversations stay.
@@ -395,6 +402,12 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       stop.close();
       ended?.(answered);
     }
+  }
+
+  private async uncachedDmEdit(channelId: string, messageId: string): Promise<void> {
+    const ch = await this.client.channels.fetch(channelId);
+    if (!ch?.isDMBased() || !ch.isTextBased()) return;
+    await onEdited(this, undefined, await ch.messages.fetch(messageId));
   }
 
   /** The answer before a conversation's latest loses its Regenerate button (and gets `line` under it). */

@@ -26,13 +26,13 @@ export interface EditHost extends Pick<InteractionHost, 'client' | 'log' | 'take
 const QUIET = ['stale', 'not_allowed'] as const;
 
 /**
- * MESSAGE_UPDATE: `before` is the message as the client had it (partial for one it had not seen, sent before it
- * connected: then the manager tells an unchanged text from an edit), `msg` as Discord sends it now.
+ * MESSAGE_UPDATE: `before` is the message as the client had it (partial, or undefined, for one it had not seen, sent
+ * before it connected: then the manager tells an unchanged text from an edit), `msg` as it is now.
  */
-export async function onEdited(host: EditHost, before: Message | PartialMessage, msg: Message | PartialMessage): Promise<void> {
+export async function onEdited(host: EditHost, before: Message | PartialMessage | undefined, msg: Message | PartialMessage): Promise<void> {
   if (msg.partial || msg.author.bot || msg.system || msg.webhookId) return;
   // A link preview, a pin, a thread opened on it: the same text, not an edit of the question.
-  if (!before.partial && before.content === msg.content) return;
+  if (before && !before.partial && before.content === msg.content) return;
   // Its turn in its conversation, taken as the gateway delivers it (see DiscordBot.onMessage).
   const turn = host.takeTurn(msg.channel, msg.channelId, false, msg.reference?.messageId);
   try {

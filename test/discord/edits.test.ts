@@ -103,6 +103,14 @@ describe('an edited question', () => {
     expect(again.message_reference?.message_id).toBe(ask.id);
     expect(again.content.startsWith(EDITED)).toBe(true);
     expect((await turnsOf(key(dm, dm, '@me'))).map((t) => t[0])).toEqual(['[grounding] what is this?']);
+    // after a restart, before any message in the DM (the new client has no channel for it): seen all the same, once
+    await s.adapter.close();
+    s.adapter = await startAdapter(s.fake, s.manager, logs);
+    const before = botMessagesIn(dm).length;
+    s.fake.userEdits(dm, ask.id, '[grounding] what is that?');
+    expect(await editHandled(ask.id)).toMatch(/: answered/);
+    expect((await turnsOf(key(dm, dm, '@me'))).map((t) => t[0])).toEqual(['[grounding] what is that?']);
+    expect(botMessagesIn(dm).length).toBe(before + 1);
 
     s.fake.denyThreads.add(s.w.other);
     try {
