@@ -56,7 +56,7 @@ import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } f
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { Answering, EDIT_REPLACED_LINE, InFlight, LatestAnswers, type StoppedForEdit } from '../shared/regenerate.js';
 import { onEdited } from './edits.js';
-import { channelTarget, type Route } from './targets.js';
+import { channelTarget, dmKey, type Route } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
 export type DiscordConversations = Pick<ConversationPort, 'handle' | 'reset' | 'history' | 'forgetWorkspace' | 'store'>;
@@ -354,9 +354,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     const started = Date.now();
     const stop = this.stops.open(req.user);
     const signal = AbortSignal.any([controller.signal, stop.signal]);
-    // (a Regenerate is not stopped by an edit: the edit comes after it in the conversation, and replaces its answer)
-    const asked = req.regenerate === undefined ? (req.edit ?? req.askedAs ?? req.requestId) : undefined;
-    const ended = asked ? this.answering.start(asked, stop.id, req.edit !== undefined) : undefined;
+    const ended = this.answering.start(req, stop.id);
     let answered = false;
     try {
       let events = restartNotice(this.manager.handle({ ...req, signal }), () => this.closing !== undefined);
@@ -584,7 +582,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     const guild = msg.guildId ?? '@me';
     let route: Route;
     if (ctx.dm) {
-      route = { key: { platform: 'discord', workspace: '@me', channel: ch.id, thread: ch.id }, target: channelTarget(ch) };
+      route = { key: dmKey(ch.id), target: channelTarget(ch) };
     } else if (ctx.thread) {
       route = {
         key: { platform: 'discord', workspace: guild, channel: ctx.thread.parentId ?? ch.id, thread: ctx.thread.id },

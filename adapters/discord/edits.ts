@@ -7,11 +7,11 @@
 // question.
 import type { Message, PartialMessage, SendableChannels } from 'discord.js';
 import type { ConversationKey, ConversationRequest } from '../../src/conversation/index.js';
-import { EDITED_LINE, editRequest, type StoppedForEdit } from '../shared/regenerate.js';
+import { EDIT_REFUSED_QUIETLY, EDITED_LINE, editRequest, type StoppedForEdit } from '../shared/regenerate.js';
 import type { ArrivalTurn } from '../shared/arrival-order.js';
 import type { InteractionHost } from './interactions.js';
 import { apologiseOnFailure, stripBotMention } from './replies.js';
-import { channelTarget, type Route } from './targets.js';
+import { channelTarget, dmKey, type Route } from './targets.js';
 
 /** What an edit needs from the adapter (DiscordBot). */
 export interface EditHost extends Pick<InteractionHost, 'client' | 'log' | 'takeTurn' | 'allowed' | 'withinRate' | 'run' | 'isBotThread'> {
@@ -21,9 +21,6 @@ export interface EditHost extends Pick<InteractionHost, 'client' | 'log' | 'take
   /** the conversation of a bot answer posted in a channel (no thread), remembered or stored */
   replyKeyOf(messageId: string): Promise<ConversationKey | undefined>;
 }
-
-/** Refusals of an edit request that the user is not told of (see the file's head). */
-const QUIET = ['stale', 'not_allowed'] as const;
 
 /**
  * MESSAGE_UPDATE: `before` is the message as the client had it (partial, or undefined, for one it had not seen, sent
@@ -66,7 +63,7 @@ async function answerAgain(host: EditHost, msg: Message, label: string, turn: Ar
     ...again,
     requestId: `discord-${msg.id}-e${msg.editedTimestamp ?? Date.now()}`,
   };
-  await host.run(req, route, label, turn, 'edit' in again ? QUIET : undefined);
+  await host.run(req, route, label, turn, 'edit' in again ? EDIT_REFUSED_QUIETLY : undefined);
 }
 
 /**
@@ -79,7 +76,7 @@ async function editRoute(host: EditHost, msg: Message, ch: SendableChannels): Pr
   const head = { notice: EDITED_LINE };
   if (ch.isDMBased()) {
     if (!host.allowed(null, ch.id)) return undefined;
-    return { key: { platform: 'discord', workspace: '@me', channel: ch.id, thread: ch.id }, target: channelTarget(ch, msg), ...head };
+    return { key: dmKey(ch.id), target: channelTarget(ch, msg), ...head };
   }
   if (ch.isThread()) {
     if (!host.allowed(msg.guildId, ch.id, ch.parentId) || !(await host.isBotThread(ch))) return undefined;

@@ -36,7 +36,7 @@ import { DISCORD_MESSAGE_LIMIT, notice, threadName } from './format.js';
 import { findImage, ImageInputProblem, type DownloadPolicy, type ImageSource } from './images.js';
 import { isPermissionError, regenerateButton, type RelayResult } from './relay.js';
 import { apologiseOnFailure, HELP_DESCRIBE_NO_IMAGE, NO_THREAD_AFTER_DESCRIBE, NOT_ENABLED } from './replies.js';
-import { channelTarget, interactionTarget, type Route } from './targets.js';
+import { channelTarget, dmKey, interactionTarget, type Route } from './targets.js';
 
 /** What the interactions need from the adapter (DiscordBot). */
 export interface InteractionHost {
@@ -130,7 +130,7 @@ export async function onInteraction(bot: InteractionHost, i: Interaction): Promi
 async function forget(bot: InteractionHost, i: ChatInputCommandInteraction): Promise<void> {
   const channel = i.channel;
   let key: ConversationKey | undefined;
-  if (!i.guildId && i.channelId) key = { platform: 'discord', workspace: '@me', channel: i.channelId, thread: i.channelId };
+  if (!i.guildId && i.channelId) key = dmKey(i.channelId);
   else if (i.guildId && channel?.isThread() && (await bot.isBotThread(channel)))
     key = { platform: 'discord', workspace: i.guildId, channel: channel.parentId ?? channel.id, thread: channel.id };
   if (!key) {
@@ -261,7 +261,7 @@ async function regenerateRoute(
   const head = { notice: REGENERATED_LINE };
   if (!i.guildId) {
     return {
-      key: { platform: 'discord', workspace: '@me', channel: i.channelId, thread: i.channelId },
+      key: dmKey(i.channelId),
       target: channelTarget(channel, i.message),
       ...head,
     };
@@ -346,7 +346,7 @@ async function answerInteraction(
   const channelId = i.channelId!;
   let key: ConversationKey;
   let replyId: string | undefined;
-  if (dm) key = { platform: 'discord', workspace: '@me', channel: channelId, thread: channelId };
+  if (dm) key = dmKey(channelId);
   else if (ctx.thread) key = { platform: 'discord', workspace: guild, channel: ctx.thread.parentId ?? channelId, thread: ctx.thread.id };
   else {
     // A thread started from a message has the message's id: the reply's id is the future thread's.

@@ -77,6 +77,11 @@ export function interactionTarget(i: ChatInputCommandInteraction | MessageContex
   };
 }
 
+/** A DM's conversation: the whole DM channel, in the workspace '@me'. */
+export function dmKey(channelId: string): ConversationKey {
+  return { platform: 'discord', workspace: '@me', channel: channelId, thread: channelId };
+}
+
 export interface Route {
   key: ConversationKey;
   target: ReplyTarget & { ids?: string[] };

@@ -49,6 +49,9 @@ export class LatestAnswers<M> {
   }
 }
 
+/** The refusals of an edit request that the user is not told of: an edit of anything but their latest question. */
+export const EDIT_REFUSED_QUIETLY = ['stale', 'not_allowed'] as const;
+
 /** How a question stopped for its message's edit had ended. */
 export interface StoppedForEdit {
   /** it was itself an edited question's answer (the message's earlier question is still stored) */
@@ -64,8 +67,17 @@ export interface StoppedForEdit {
 export class Answering {
   private readonly now = new Map<string, { stopId: string; edit: boolean; done: Promise<boolean> }>();
 
-  /** Records the answer to `asked` (its Stop button `stopId`); call the returned function when it ended. */
-  start(asked: string, stopId: string, edit: boolean): (answered: boolean) => void {
+  /**
+   * Records the answer to `req` (its Stop button `stopId`) under the id its message was asked under; call the returned
+   * function when it ended. None for a Regenerate: an edit comes after it in the conversation, and replaces its answer.
+   */
+  start(
+    req: { requestId?: string; regenerate?: string; edit?: string; askedAs?: string },
+    stopId: string,
+  ): ((answered: boolean) => void) | undefined {
+    const asked = req.regenerate === undefined ? (req.edit ?? req.askedAs ?? req.requestId) : undefined;
+    if (!asked) return undefined;
+    const edit = req.edit !== undefined;
     let end!: (answered: boolean) => void;
     const entry = { stopId, edit, done: new Promise<boolean>((resolve) => (end = resolve)) };
     this.now.set(asked, entry);

@@ -9,7 +9,7 @@ import {
   type ConversationRequest,
   type TaskTag,
 } from '../../src/conversation/index.js';
-import { EDIT_REPLACED_LINE, type Answering, type LatestAnswers } from '../shared/regenerate.js';
+import { EDIT_REFUSED_QUIETLY, EDIT_REPLACED_LINE, type Answering, type LatestAnswers } from '../shared/regenerate.js';
 import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
 import { onAnswerEvents, restartNotice, unlessRefused } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
@@ -128,9 +128,7 @@ export function threadReply(
  */
 export async function answer(ctx: AnswerContext, a: Ask): Promise<boolean> {
   const stop = ctx.stops.open(a.user);
-  // (a Regenerate is not stopped by an edit: the edit comes after it in the thread, and replaces its answer)
-  const asked = a.regenerate === undefined ? (a.edit ?? a.askedAs ?? a.requestId) : undefined;
-  const ended = asked ? ctx.answering.start(asked, stop.id, a.edit !== undefined) : undefined;
+  const ended = ctx.answering.start(a, stop.id);
   let answered = false;
   try {
     answered = await answerWith(ctx, a, stop);
@@ -148,9 +146,8 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   // An edited question: refused without a word (not the latest question, the same text), or answered as any other.
   let edited: AsyncIterable<AnswerEvent> | undefined;
   if (a.edit !== undefined) {
-    const key = a.dm ? dmKey(a.team, a.channel) : slackKey(a.team, a.channel, a.thread ?? '');
-    const req: ConversationRequest = { key, user: a.user, text: a.text, signal, requestId: a.requestId, edit: a.edit };
-    const held = await unlessRefused(releasedAtFirst(ctx.manager.handle(req), a.turn), ['stale', 'not_allowed']);
+    const req = requestOf(a, keyOf(a, a.thread), signal);
+    const held = await unlessRefused(releasedAtFirst(ctx.manager.handle(req), a.turn), EDIT_REFUSED_QUIETLY);
     if ('refused' in held) {
       ctx.log(`slack: ${a.what}: not answered (${held.refused.code}: ${held.refused.message})`);
       return false;
@@ -168,7 +165,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   }
   let answered = false;
   // a direct message is one conversation, threads included; elsewhere a thread is, and the bot answers in it
-  const key = a.dm ? dmKey(a.team, a.channel) : slackKey(a.team, a.channel, reply.thread!);
+  const key = keyOf(a, reply.thread);
   if (!a.dm) await ctx.threads.mark(`${a.team}:${a.channel}:${key.thread}`);
   let text = '';
   const stopped = () => {
@@ -193,19 +190,10 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
     } else {
       ctx.log(`slack: ${a.what} by ${a.user}: text only`);
     }
-    const req: ConversationRequest = {
-      key,
-      user: a.user,
-      text: a.text,
-      ...(image ? { image } : {}),
-      ...(a.task ? { task: a.task } : {}),
-      signal,
-      requestId: a.requestId,
-      ...(a.regenerate !== undefined ? { regenerate: a.regenerate } : {}),
-      ...(a.askedAs !== undefined ? { askedAs: a.askedAs } : {}),
-    };
     // Once the request has its place in the conversation's queue (its first event), the thread's next request may go on.
-    const events = restartNotice(edited ?? releasedAtFirst(ctx.manager.handle(req), a.turn), () => ctx.closing());
+    const events = restartNotice(edited ?? releasedAtFirst(ctx.manager.handle(requestOf(a, key, signal, image)), a.turn), () =>
+      ctx.closing(),
+    );
     await onAnswerEvents(events, {
       queued: (ev) => {
         if (ev.position > 0) reply.status(`_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_`);
@@ -249,6 +237,26 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   if (before && a.regenerate === undefined)
     await retire(ctx, a.client, before, a.edit !== undefined ? `_${EDIT_REPLACED_LINE}_` : undefined);
   return answered;
+}
+
+/** The conversation of an answer in `thread`: a direct message's is the whole DM's (threads included). */
+function keyOf(a: Ask, thread: string | undefined): ConversationKey {
+  return a.dm ? dmKey(a.team, a.channel) : slackKey(a.team, a.channel, thread ?? '');
+}
+
+function requestOf(a: Ask, key: ConversationKey, signal: AbortSignal, image?: Uint8Array): ConversationRequest {
+  return {
+    key,
+    user: a.user,
+    text: a.text,
+    ...(image ? { image } : {}),
+    ...(a.task ? { task: a.task } : {}),
+    signal,
+    requestId: a.requestId,
+    ...(a.regenerate !== undefined ? { regenerate: a.regenerate } : {}),
+    ...(a.edit !== undefined ? { edit: a.edit } : {}),
+    ...(a.askedAs !== undefined ? { askedAs: a.askedAs } : {}),
+  };
 }
 
 /** The answer before a conversation's latest loses its Regenerate button (and gets `line` under it). */

@@ -516,7 +516,7 @@ export class ConversationManager {
     const prev = stateless ? undefined : await this.repo.getConversation(job.convId);
     // Regenerate, or an edited question: the last turn asked again after the turns before it; its answer replaces
     // the stored one.
-    const again = req.regenerate !== undefined ? regenerationOf(req, prev) : req.edit !== undefined ? this.editionOf(req, prev) : undefined;
+    const again = this.askedAgain(req, prev);
     const turn = again?.turn ?? this.userTurnOf(req);
     const input = await this.images.resolve(req.image, prev, stateless);
     const history = again?.earlier ?? this.earlierTurns(req, prev);
@@ -598,9 +598,17 @@ export class ConversationManager {
     return userTurn(text, req.task, { tasks: this.tasks, markers: this.markers });
   }
 
-  /** An edit request's question, if it is the edited last turn's (else `stale` / `not_allowed`). */
-  private editionOf(req: ConversationRequest, prev: ConversationState | undefined): Regeneration {
-    const r = edition(prev, String(req.edit), typeof req.user === 'string' ? req.user : String(req.user), this.userTurnOf(req));
+  /**
+   * A regenerate or edit request's question, if its user may have the last turn answered again (else `stale` /
+   * `not_allowed`); undefined for any other request.
+   */
+  private askedAgain(req: ConversationRequest, prev: ConversationState | undefined): Regeneration | undefined {
+    if (req.regenerate === undefined && req.edit === undefined) return undefined;
+    const user = typeof req.user === 'string' ? req.user : String(req.user);
+    const r =
+      req.regenerate !== undefined
+        ? regeneration(prev, String(req.regenerate), user)
+        : edition(prev, String(req.edit), user, this.userTurnOf(req));
     if ('code' in r) throw new Failure(r.code, r.message);
     return r;
   }
@@ -667,13 +675,6 @@ export class ConversationManager {
     job.channel.push({ type: 'timings', timings });
     this.log(`conversation ${job.convId} request ${job.requestId}: ${turnSummary(turn.task, timings)}`);
   }
-}
-
-/** A regenerate request's question, if its user may have it answered again (else `stale` / `not_allowed`). */
-function regenerationOf(req: ConversationRequest, prev: ConversationState | undefined): Regeneration {
-  const r = regeneration(prev, String(req.regenerate), typeof req.user === 'string' ? req.user : String(req.user));
-  if ('code' in r) throw new Failure(r.code, r.message);
-  return r;
 }
 
 /** Where a stateless conversation's KV cache is kept: by its image and its exchanges, as the client sends them. */
