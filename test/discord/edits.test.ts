@@ -7,16 +7,14 @@
 import { describe, expect, it } from 'vitest';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import type { ApiMessage } from './fake-discord.js';
-import { answered, startAdapter, testPng, until, useStack } from './helpers.js';
+import { answered, firstButton, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = 'a red square on a grey background';
 const EDITED = '-# The question was edited: this answer replaces the one before it in the conversation.';
 const s = useStack(FORCED);
 const { logs } = s;
 
-const botMessagesIn = (channelId: string): ApiMessage[] =>
-  s.fake.messagesIn(channelId).filter((m) => m.author.id === s.fake.bot.id && !((m.flags ?? 0) & 64));
-const buttonOf = (m: ApiMessage | undefined) => (m?.components as any[] | undefined)?.[0]?.components?.[0];
+const botMessagesIn = (channelId: string): ApiMessage[] => publicBotMessages(s.fake, channelId);
 const key = (channel: string, thread: string, workspace = s.w.guildId): ConversationKey => ({
   platform: 'discord',
   workspace,
@@ -51,7 +49,7 @@ describe('an edited question', () => {
     const second = botMessagesIn(thread).at(-1)!;
     expect(second.id).not.toBe(first.id);
     expect(second.content).toBe(`${EDITED}\n${FORCED}`);
-    expect(buttonOf(second).custom_id).toMatch(new RegExp(`^minigpt-regen:discord-${ask.id}-e\\d+$`));
+    expect(firstButton(second).custom_id).toMatch(new RegExp(`^minigpt-regen:discord-${ask.id}-e\\d+$`));
     await until(() => s.fake.message(thread, first.id)!.content.endsWith('below.'), 'the old answer marked');
     expect(s.fake.message(thread, first.id)).toMatchObject({
       content: `${FORCED}\n-# The question was edited: answered again below.`,

@@ -11,7 +11,7 @@ import {
   type DiscordAdapterOptions,
   type DiscordConversations,
 } from '../../adapters/discord/index.js';
-import { FakeDiscord, type ApiAttachment, type ApiUser } from './fake-discord.js';
+import { FakeDiscord, type ApiAttachment, type ApiMessage, type ApiUser } from './fake-discord.js';
 import { useShared, type WithLogs } from '../helpers/shared.js';
 
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -244,4 +244,14 @@ export function dispatchUnknownInteraction(w: World, token: string): void {
     member: { user: w.alice, roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0, permissions: '0' },
     data: { id: '1', name: 'describe', type: 1, options: [] },
   });
+}
+
+/** The bot's messages in a channel that everyone sees (not the ephemeral replies to one user). */
+export function publicBotMessages(fake: FakeDiscord, channelId: string): ApiMessage[] {
+  return fake.messagesIn(channelId).filter((m) => m.author.id === fake.bot.id && !((m.flags ?? 0) & 64));
+}
+
+/** A message's first button (Stop while an answer is written, Regenerate once it was given in full). */
+export function firstButton(m: ApiMessage | undefined) {
+  return (m?.components as any[] | undefined)?.[0]?.components?.[0];
 }

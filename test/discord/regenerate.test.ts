@@ -7,16 +7,13 @@
 import { describe, expect, it, vi } from 'vitest';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import type { ApiMessage } from './fake-discord.js';
-import { answered, describeCommand, startAdapter, testPng, until, useStack } from './helpers.js';
+import { answered, describeCommand, firstButton, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = 'a red square on a grey background';
 const s = useStack(FORCED);
 const { logs } = s;
 
-/** the bot's messages in a channel that everyone sees (not the ephemeral replies to one user) */
-const botMessagesIn = (channelId: string): ApiMessage[] =>
-  s.fake.messagesIn(channelId).filter((m) => m.author.id === s.fake.bot.id && !((m.flags ?? 0) & 64));
-const buttonOf = (m: ApiMessage | undefined) => (m?.components as any[] | undefined)?.[0]?.components?.[0];
+const botMessagesIn = (channelId: string): ApiMessage[] => publicBotMessages(s.fake, channelId);
 const key = (channel: string, thread: string): ConversationKey => ({ platform: 'discord', workspace: s.w.guildId, channel, thread });
 
 async function image(name: string) {
@@ -31,7 +28,7 @@ const ephemeralIn = (channelId: string): ApiMessage[] => s.fake.messagesIn(chann
  */
 async function press(channelId: string, msg: ApiMessage, user = s.w.alice): Promise<{ token: string; told(): Promise<string> }> {
   const before = ephemeralIn(channelId).length;
-  const { token } = s.fake.press(channelId, msg.id, buttonOf(msg).custom_id, user, '0');
+  const { token } = s.fake.press(channelId, msg.id, firstButton(msg).custom_id, user, '0');
   await until(() => s.fake.interaction(token)?.callback !== undefined, 'the button acknowledged');
   const told = async () => {
     await until(() => ephemeralIn(channelId).length > before && ephemeralIn(channelId)[before]!.content !== '', 'the private reply');
@@ -47,13 +44,13 @@ describe('the Regenerate button', () => {
     expect(await answered(logs, ask.id)).toMatch(/: answered/);
     const first = botMessagesIn(thread).at(-1)!;
     expect(first.content).toBe(FORCED);
-    expect(buttonOf(first)).toMatchObject({ type: 2, label: 'Regenerate', style: 2, custom_id: `minigpt-regen:discord-${ask.id}` });
+    expect(firstButton(first)).toMatchObject({ type: 2, label: 'Regenerate', style: 2, custom_id: `minigpt-regen:discord-${ask.id}` });
 
     // bob did not ask: a private no, nothing changes
     const no = await press(thread, first, s.w.bob);
     expect(s.fake.interaction(no.token)!.callback!.type).toBe(4);
     expect(await no.told()).toBe('Only the person who asked can regenerate this answer.');
-    expect(buttonOf(s.fake.message(thread, first.id))).toBeDefined();
+    expect(firstButton(s.fake.message(thread, first.id))).toBeDefined();
 
     // alice: the button goes at once, a new answer is posted as a reply to the old one, which says it was replaced
     const yes = await press(thread, first);
@@ -64,7 +61,7 @@ describe('the Regenerate button', () => {
     expect(second.id).not.toBe(first.id);
     expect(second.content).toBe(`-# Regenerated: this answer replaces the one above in the conversation.\n${FORCED}`);
     expect(second.message_reference?.message_id).toBe(first.id);
-    expect(buttonOf(second).custom_id).toBe(`minigpt-regen:discord-${id}`);
+    expect(firstButton(second).custom_id).toBe(`minigpt-regen:discord-${id}`);
     // (marked after the new answer ended)
     await until(() => s.fake.message(thread, first.id)!.content.endsWith('below.'), 'the old answer marked');
     const old = s.fake.message(thread, first.id)!;
@@ -77,7 +74,7 @@ describe('the Regenerate button', () => {
     const shown = { ...second }; // (as a client that has not refreshed still shows it)
     const follow = s.fake.postMessage(thread, s.w.alice, 'and its colour?');
     expect(await answered(logs, follow.id)).toMatch(/: answered/);
-    expect(buttonOf(botMessagesIn(thread).at(-1)).custom_id).toBe(`minigpt-regen:discord-${follow.id}`);
+    expect(firstButton(botMessagesIn(thread).at(-1)).custom_id).toBe(`minigpt-regen:discord-${follow.id}`);
     expect(s.fake.message(thread, second.id)!.components).toEqual([]);
     // pressed all the same: no longer the last answer, told why privately
     const stale = await press(thread, shown);
@@ -96,7 +93,7 @@ describe('the Regenerate button', () => {
     expect(await answered(logs, cmdId)).toMatch(/: answered/);
     const reply = s.fake.original(cmd.token)!;
     await until(() => s.fake.channel(reply.id) !== undefined, 'the thread on the answer');
-    expect(buttonOf(reply).custom_id).toBe(`minigpt-regen:discord-${cmdId}`);
+    expect(firstButton(reply).custom_id).toBe(`minigpt-regen:discord-${cmdId}`);
 
     const yes = await press(s.w.general, reply);
     const id = s.fake.interaction(yes.token)!.id;
@@ -114,7 +111,7 @@ describe('the Regenerate button', () => {
       expect(await answered(logs, ask.id)).toMatch(/: answered/);
       const first = botMessagesIn(s.w.other).at(-1)!;
       // the button names the conversation: the adapter's memory of its answers in channels is not needed (a restart)
-      expect(buttonOf(first).custom_id).toBe(`minigpt-regen:discord-${ask.id}|message:${ask.id}`);
+      expect(firstButton(first).custom_id).toBe(`minigpt-regen:discord-${ask.id}|message:${ask.id}`);
       await s.adapter.close();
       s.adapter = await startAdapter(s.fake, s.manager, logs);
       const yes = await press(s.w.other, first);
@@ -143,8 +140,8 @@ describe('the Regenerate button', () => {
     expect(await answered(logs, ask.id)).toMatch(/: answered/);
     const first = botMessagesIn(thread).at(-1)!;
     const before = ephemeralIn(thread).length;
-    const a = s.fake.press(thread, first.id, buttonOf(first).custom_id, s.w.alice, '0');
-    const b = s.fake.press(thread, first.id, buttonOf(first).custom_id, s.w.alice, '0');
+    const a = s.fake.press(thread, first.id, firstButton(first).custom_id, s.w.alice, '0');
+    const b = s.fake.press(thread, first.id, firstButton(first).custom_id, s.w.alice, '0');
     await until(() => ephemeralIn(thread).length > before && ephemeralIn(thread)[before]!.content !== '', 'the private reply');
     expect(ephemeralIn(thread)[before]!.content).toBe('This answer is being regenerated already.');
     expect(s.fake.interaction(b.token)!.callback!.type).toBe(4);
@@ -183,8 +180,8 @@ describe('the Regenerate button', () => {
     expect(await answered(logs, id)).toMatch(/: error internal/);
     fails.mockRestore();
     expect(botMessagesIn(thread).at(-1)!.content).toMatch(/^-# Regenerated: .*\n⚠️ /);
-    await until(() => buttonOf(s.fake.message(thread, first.id)) !== undefined, 'the button given back');
-    expect(buttonOf(s.fake.message(thread, first.id)).custom_id).toBe(`minigpt-regen:discord-${ask.id}`);
+    await until(() => firstButton(s.fake.message(thread, first.id)) !== undefined, 'the button given back');
+    expect(firstButton(s.fake.message(thread, first.id)).custom_id).toBe(`minigpt-regen:discord-${ask.id}`);
     expect(s.fake.message(thread, first.id)!.content).toBe(FORCED);
     expect((await s.manager.history(key(s.w.general, thread)))!.turns.map((t) => t.requestId)).toEqual([`discord-${ask.id}`]);
   }, 60_000);

@@ -5,7 +5,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { slowSteps, type SlowSteps } from '../helpers/slow-steps.js';
 import { PERMISSIONS, type ApiMessage } from './fake-discord.js';
-import { answered, describeCommand, sleep, testPng, until, useStack } from './helpers.js';
+import { answered, describeCommand, firstButton, publicBotMessages, sleep, testPng, until, useStack } from './helpers.js';
 
 const WORDS = Array.from({ length: 40 }, (_, i) => `word${i}`);
 const FORCED = WORDS.join(' ');
@@ -22,10 +22,8 @@ const s = useStack(FORCED, {
 const { logs } = s;
 afterAll(() => slow?.restore());
 
-/** the bot's messages in a channel that everyone sees (not the ephemeral replies to one user) */
-const botMessagesIn = (channelId: string): ApiMessage[] =>
-  s.fake.messagesIn(channelId).filter((m) => m.author.id === s.fake.bot.id && !((m.flags ?? 0) & 64));
-const stopIdOf = (m: ApiMessage | undefined): string | undefined => (m?.components as any[] | undefined)?.[0]?.components?.[0]?.custom_id;
+const botMessagesIn = (channelId: string): ApiMessage[] => publicBotMessages(s.fake, channelId);
+const stopIdOf = (m: ApiMessage | undefined): string | undefined => firstButton(m)?.custom_id;
 
 /** Waits for the answer in `channelId` to be shown with its Stop button and some text; returns that message. */
 async function streaming(channelId: string): Promise<ApiMessage> {
