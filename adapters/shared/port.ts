@@ -7,6 +7,7 @@ import type {
   ConversationKey,
   ConversationRequest,
   ConversationState,
+  QuestionOutcome,
   ResetOptions,
   ResetOutcome,
 } from '../../src/conversation/index.js';
@@ -15,6 +16,11 @@ export interface ConversationPort {
   handle(req: ConversationRequest): AsyncIterable<AnswerEvent>;
   /** forgets the conversation after its earlier requests (with `by`: only if that user took part in it) */
   reset(key: ConversationKey, opts?: ResetOptions): Promise<ResetOutcome>;
+  /**
+   * forgets the question of a deleted message (asked as request id `asked`), after the conversation's earlier requests:
+   * its turn, or the whole conversation where that message brought the image
+   */
+  forgetQuestion(key: ConversationKey, asked: string): Promise<QuestionOutcome>;
   history(key: ConversationKey): Promise<ConversationState | null>;
   /**
    * forgets every conversation of a platform's workspace (the app was removed there; or of each workspace the function

@@ -16,6 +16,7 @@ import type {
   ConversationRequest,
   ConversationState,
   ResetOptions,
+  QuestionOutcome,
   ResetOutcome,
 } from '../conversation/index.js';
 import type { ConversationPort } from '../../adapters/shared/port.js';
@@ -32,6 +33,7 @@ import {
   PENDING_TTL_MS,
   PROTOCOL,
   PROTOCOL_EDIT,
+  PROTOCOL_FORGET_QUESTION,
   PROTOCOL_REGENERATE,
   PROTOCOL_RESET_BY,
   publishForgotten,
@@ -63,6 +65,8 @@ const UNAVAILABLE = 'The bot cannot reach its job queue right now; please try ag
 const NO_WORKER = 'No model worker is running right now; please try again in a moment.';
 const EDIT_NEEDS_UPGRADE =
   'An edited question cannot be answered again while this bot is being upgraded (a worker of an earlier version is running); please ask it again as a new message, or edit it later.';
+const FORGET_QUESTION_NEEDS_UPGRADE =
+  "a worker of an earlier version is running (it would forget the whole conversation): the deleted message's question is kept until the retention time, /forget or `minigpt forget`";
 const REGENERATE_NEEDS_UPGRADE =
   'Regenerating an answer is not possible while this bot is being upgraded (a worker of an earlier version is running); please ask again instead, or try later.';
 
@@ -144,14 +148,36 @@ export class RemoteConversations implements ConversationPort {
       const state = await this.repo.getConversation(convId);
       if (state && !tookPart(state, opts.by)) return 'not_allowed';
     }
+    // (a worker of an earlier version resets without saying what it did: it deleted whatever was there)
+    const outcome = await this.resetJob(key, opts.by !== undefined ? { by: opts.by } : {});
+    return outcome === 'not_allowed' || outcome === 'empty' ? outcome : 'forgotten';
+  }
+
+  /**
+   * Forgets the question of a deleted message (see ConversationManager.forgetQuestion), after the conversation's
+   * earlier requests. Throws while a worker of an earlier version runs: it would forget the whole conversation.
+   */
+  async forgetQuestion(key: ConversationKey, asked: string): Promise<QuestionOutcome> {
+    if (this.olderWorkers(await listWorkers(this.redis)).some((w) => protocolOf(w) < PROTOCOL_FORGET_QUESTION)) {
+      throw new Error(FORGET_QUESTION_NEEDS_UPGRADE);
+    }
+    const outcome = await this.resetJob(key, { question: asked });
+    if (outcome === 'conversation_forgotten' || outcome === 'question_forgotten' || outcome === 'not_asked') return outcome;
+    throw new Error(`a worker said it did ${String(outcome)} with a deleted message's question`);
+  }
+
+  /** A reset job (a job like the conversation's requests, so the order holds): what its worker said it did. */
+  private async resetJob(
+    key: ConversationKey,
+    extra: { by?: string; question?: string },
+  ): Promise<ResetOutcome | QuestionOutcome | undefined> {
+    const convId = conversationId(key);
     const jobId = `x${randomBytes(12).toString('hex')}`;
-    const by = opts.by !== undefined ? { by: opts.by } : {};
     await this.enqueueing.run(convId, async () => {
       const seq = await this.nextSeq(convId);
-      await this.queue.add('reset', { kind: 'reset', convId, seq, key, ...by }, { jobId, attempts: 3 });
+      await this.queue.add('reset', { kind: 'reset', convId, seq, key, ...extra }, { jobId, attempts: 3 });
     });
-    // (a worker of an earlier version resets without saying what it did: it deleted whatever was there)
-    let outcome: ResetOutcome = 'forgotten';
+    let outcome: ResetOutcome | QuestionOutcome | undefined;
     for await (const ev of this.events(jobId, this.queue, new AbortController().signal)) {
       if (ev.type === 'error') throw new Error(ev.message);
       if (ev.type === 'reset') outcome = ev.outcome;

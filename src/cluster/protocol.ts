@@ -18,6 +18,7 @@ import type {
   ConversationRequest,
   RequestGeneration,
   PriorTurn,
+  QuestionOutcome,
   ResetOutcome,
   TaskTag,
 } from '../conversation/index.js';
@@ -26,19 +27,22 @@ import type { Redis } from 'ioredis';
 
 export const QUEUE_NAME = 'minigpt-answers';
 /**
- * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 4, a request's `edit` (an
+ * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 5, a reset job's `question`
+ * (the question of a deleted message forgotten, not the whole conversation); 4, a request's `edit` (an
  * edited question answered again); 3, a request's `regenerate`
  * (the conversation's last turn answered again); 2, a reset job decides its `by` (whether that user took part) and
  * says what it did (a `reset` event); 1 (no `protocol` in the heartbeat, workers before 2026-12-06): it forgets
  * whatever `by` says and says nothing.
  */
-export const PROTOCOL = 4;
+export const PROTOCOL = 5;
 /** The first protocol whose workers decide a reset's `by` themselves. */
 export const PROTOCOL_RESET_BY = 2;
 /** The first protocol whose workers know `regenerate` (an earlier one would answer an empty question). */
 export const PROTOCOL_REGENERATE = 3;
 /** The first protocol whose workers know `edit` (an earlier one would answer the edited text as a new question). */
 export const PROTOCOL_EDIT = 4;
+/** The first protocol whose workers know a reset's `question` (an earlier one would forget the whole conversation). */
+export const PROTOCOL_FORGET_QUESTION = 5;
 /** A worker's own queue: follow-ups of the conversations whose KV cache it holds. */
 export const workerQueueName = (workerId: string) => `${QUEUE_NAME}@${workerId}`;
 export const PREFIX = 'minigpt:';
@@ -93,13 +97,14 @@ export interface RequestData {
 
 export type JobData =
   | { kind: 'answer'; convId: string; seq: number; request: RequestData }
-  | { kind: 'reset'; convId: string; seq: number; key: ConversationKey; by?: string };
+  /** `question`: only the question of the deleted message asked as this request id (ConversationManager.forgetQuestion) */
+  | { kind: 'reset'; convId: string; seq: number; key: ConversationKey; by?: string; question?: string };
 
 /**
  * What a job's stream carries: the manager's answer events, plus `restart` (a retry on another worker begins:
  * the text so far is void), `reset` (what a reset job did) and `end` (the stream is complete).
  */
-export type WireEvent = AnswerEvent | { type: 'restart' } | { type: 'reset'; outcome: ResetOutcome } | { type: 'end' };
+export type WireEvent = AnswerEvent | { type: 'restart' } | { type: 'reset'; outcome: ResetOutcome | QuestionOutcome } | { type: 'end' };
 
 export function encodeRequest(req: ConversationRequest, requestId: string): RequestData {
   return {

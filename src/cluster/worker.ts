@@ -31,7 +31,7 @@ import {
 export interface ClusterWorkerOptions {
   redisUrl: string;
   /** the local conversations (a ConversationManager; or one whose requests are counted: BotMetrics.meter) */
-  manager: Pick<ConversationManager, 'handle' | 'history' | 'reset' | 'keepImage' | 'dropCaches' | 'onForgotten'>;
+  manager: Pick<ConversationManager, 'handle' | 'history' | 'reset' | 'forgetQuestion' | 'keepImage' | 'dropCaches' | 'onForgotten'>;
   /** shown in heartbeats (`minigpt status`) */
   model: { name: string; architecture: string; provider: string };
   /** jobs taken at once (default: the manager's batch size + 1, so that the next one is ready) */
@@ -148,8 +148,12 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
       if (streamed) await emit(jobId, { type: 'restart' });
       if (data.kind === 'reset') {
         try {
-          const outcome = await opts.manager.reset(data.key, data.by !== undefined ? { by: data.by } : {});
-          if (outcome !== 'not_allowed') await redis.del(keys.affinity(data.convId));
+          const outcome =
+            data.question !== undefined
+              ? await opts.manager.forgetQuestion(data.key, data.question)
+              : await opts.manager.reset(data.key, data.by !== undefined ? { by: data.by } : {});
+          // (the KV cache that made a worker the conversation's home is gone)
+          if (outcome !== 'not_allowed' && outcome !== 'not_asked') await redis.del(keys.affinity(data.convId));
           await emit(jobId, { type: 'reset', outcome });
         } catch (err) {
           await emit(jobId, {

@@ -14,6 +14,7 @@ export type {
   PriorTurn,
   RequestGeneration,
   ResetOptions,
+  QuestionOutcome,
   ResetOutcome,
   StoredTurn,
   TaskTag,

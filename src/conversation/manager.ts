@@ -26,7 +26,17 @@ import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } 
 import { PromptBudget } from './budget.js';
 import { generationOptions } from './generation-settings.js';
 import { entitiesToDraw } from './annotation.js';
-import { edition, finalEvent, regeneration, storedTurn, threadState, tookPart, type FinalEvent, type Regeneration } from './turn.js';
+import {
+  edition,
+  finalEvent,
+  regeneration,
+  storedTurn,
+  threadState,
+  tookPart,
+  withoutQuestion,
+  type FinalEvent,
+  type Regeneration,
+} from './turn.js';
 import { turnSummary, turnTimings, type TurnCosts } from './report.js';
 import { CANCELLED, Failure } from './failure.js';
 import { generate, type ModelImages } from './generate.js';
@@ -38,6 +48,7 @@ import type {
   ErrorCode,
   PriorTurn,
   ResetOptions,
+  QuestionOutcome,
   ResetOutcome,
   StoredTurn,
 } from './types.js';
@@ -238,6 +249,31 @@ export class ConversationManager {
       const imageGone = await this.repo.detachImage(state.image.hash, convId);
       await this.forgotten({ conversations: [convId], images: imageGone ? [state.image.hash] : [] });
       return 'forgotten';
+    });
+  }
+
+  /**
+   * The message that asked a question was deleted (`asked`: the request id it was asked under): its turn is forgotten,
+   * or, when that message brought the conversation's image, the whole conversation (and the image, unless another
+   * conversation uses it); decided in the conversation's order, after its earlier requests are stored. Whoever
+   * deleted it (its author, a moderator): the message is gone, so is what the bot kept of it. The conversation's KV
+   * caches go too (they hold the question), here and, in a cluster, in every worker.
+   */
+  forgetQuestion(key: ConversationKey, asked: string): Promise<QuestionOutcome> {
+    return this.control(key, async (convId) => {
+      const state = await this.repo.getConversation(convId);
+      const left = state && withoutQuestion(state, String(asked));
+      if (!state || !left) return 'not_asked';
+      if (left === 'all') {
+        await this.repo.deleteConversation(convId);
+        this.contexts.delete(convId);
+        const imageGone = await this.repo.detachImage(state.image.hash, convId);
+        await this.forgotten({ conversations: [convId], images: imageGone ? [state.image.hash] : [] });
+        return 'conversation_forgotten';
+      }
+      await this.repo.putConversation(convId, left.state);
+      await this.forgotten({ conversations: [convId], images: [] });
+      return 'question_forgotten';
     });
   }
 
@@ -633,8 +669,10 @@ export class ConversationManager {
     dropped: number,
     context: CachedContext | undefined,
   ): Promise<StoredTurn[]> {
-    const fresh = job.req!.image !== undefined;
-    const state = threadState({ key: job.key, prev, image, fresh, by: job.req!.user, kept, dropped, stored });
+    const req = job.req!;
+    const fresh = req.image !== undefined;
+    const askedIn = req.askedAs ?? req.requestId;
+    const state = threadState({ key: job.key, prev, image, fresh, by: req.user, askedIn, kept, dropped, stored });
     try {
       if (fresh) {
         const until = await this.repo.attachImage({ ...state.image, data: image.data! }, job.convId);

@@ -62,6 +62,8 @@ export function threadState(opts: {
   fresh: boolean;
   /** who sent the request (recorded as the image's sender when it brought the image) */
   by: string;
+  /** the request id its message was asked under (recorded as the image's when it brought the image) */
+  askedIn: string | undefined;
   kept: readonly PriorTurn[];
   dropped: number;
   /** the new turn; undefined: none (a new image whose answer was stopped) */
@@ -78,6 +80,13 @@ export function threadState(opts: {
       height: image.height,
       bytes: image.bytes,
       ...(fresh ? { by: opts.by } : prev?.image.by !== undefined ? { by: prev.image.by } : {}),
+      ...(fresh
+        ? opts.askedIn !== undefined
+          ? { askedIn: opts.askedIn }
+          : {}
+        : prev?.image.askedIn !== undefined
+          ? { askedIn: prev.image.askedIn }
+          : {}),
       // the same image: its hold goes on (ConversationStore renews it when it runs short)
       ...(prev?.image.hash === image.hash && prev.image.until !== undefined ? { until: prev.image.until } : {}),
     },
@@ -87,6 +96,20 @@ export function threadState(opts: {
     createdAt: fresh || !prev ? at : prev.createdAt,
     updatedAt: at,
   };
+}
+
+/**
+ * The conversation once the question a deleted message asked (first asked as `asked`) is forgotten: nothing of it left
+ * when that message brought the conversation's image (what the turns were about); without that question's turn (an
+ * answered-again turn found by the id it was first asked under); undefined when no stored turn was asked by it.
+ */
+export function withoutQuestion(state: ConversationState, asked: string): { state: ConversationState } | 'all' | undefined {
+  const first = state.turns[0];
+  const imageMessage = state.image.askedIn ?? (state.droppedTurns === 0 && first ? (first.askedAs ?? first.requestId) : undefined);
+  if (imageMessage === asked) return 'all';
+  const turns = state.turns.filter((t) => (t.askedAs ?? t.requestId) !== asked);
+  if (turns.length === state.turns.length) return undefined;
+  return { state: { ...state, turns } };
 }
 
 /** Whether `user` has a part in the stored conversation: a turn of theirs, or they sent its image. */

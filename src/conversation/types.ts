@@ -91,6 +91,13 @@ export interface ResetOptions {
 export type ResetOutcome = 'forgotten' | 'not_allowed' | 'empty';
 
 /**
+ * What forgetting a deleted message's question did (ConversationManager.forgetQuestion): the message brought the
+ * conversation's image, so the whole conversation went (`conversation_forgotten`); its turn went, the others stay
+ * (`question_forgotten`); no stored turn was asked by it (`not_asked`: nothing changed).
+ */
+export type QuestionOutcome = 'conversation_forgotten' | 'question_forgotten' | 'not_asked';
+
+/**
  * `unavailable`: the conversation store (e.g. Redis) cannot be reached; the request can be sent again later.
  * `stale`: a regenerate request's turn is no longer the conversation's last (or the conversation is gone);
  * `not_allowed`: the user may not do this (regenerate someone else's answer).
@@ -163,6 +170,11 @@ export interface ImageRef {
   width: number;
   height: number;
   bytes: number;
+  /**
+   * The request id of the message that brought it (deleting that message forgets the conversation). Absent in
+   * conversations stored before it was recorded: there the first turn's, while none was dropped.
+   */
+  askedIn?: string;
   /**
    * Who sent it (ConversationRequest.user of the message that brought it): a conversation whose image was kept
    * without an answer (its request stopped) has no turn that says whose it is. Absent in conversations stored

@@ -22,6 +22,7 @@ export class BotMetrics {
   private readonly newTokens: Counter;
   private readonly decodeSeconds: Counter;
   private readonly resets: Counter<'platform' | 'outcome'>;
+  private readonly deletedQuestions: Counter<'platform' | 'outcome'>;
   private readonly regenerations: Counter<'platform' | 'outcome'>;
   private readonly edits: Counter<'platform' | 'outcome'>;
   private readonly limited: Counter<'platform'>;
@@ -99,6 +100,12 @@ export class BotMetrics {
       labelNames: ['platform', 'outcome'],
       registers,
     });
+    this.deletedQuestions = new Counter({
+      name: 'minigpt_deleted_questions_total',
+      help: 'Messages that asked a question deleted on the platform, by what was forgotten: conversation_forgotten (it brought the image), question_forgotten, not_asked (no stored turn), failed',
+      labelNames: ['platform', 'outcome'],
+      registers,
+    });
     this.resets = new Counter({
       name: 'minigpt_resets_total',
       help: "Conversations reset at a user's request (forget; the web page's new conversation), by outcome: forgotten, empty, not_allowed, failed",
@@ -144,6 +151,16 @@ export class BotMetrics {
       handle: (req) => this.observe(req, port.handle(req)),
       history: (key) => port.history(key),
       forgetWorkspace: (platform, workspace, channel) => port.forgetWorkspace(platform, workspace, channel),
+      forgetQuestion: async (key, asked) => {
+        try {
+          const outcome = await port.forgetQuestion(key, asked);
+          this.deletedQuestions.inc({ platform: key.platform, outcome });
+          return outcome;
+        } catch (err) {
+          this.deletedQuestions.inc({ platform: key.platform, outcome: 'failed' });
+          throw err;
+        }
+      },
       reset: async (key, opts) => {
         try {
           const outcome = await port.reset(key, opts);

@@ -1,7 +1,8 @@
 // Regenerate and edited questions across Redis: a front end queues a request for the conversation's last answer
 // again, the worker answers the stored question (protocol 3), or the edited one (protocol 4), and replaces the stored
 // turn. While a worker of an earlier version is alive the front end refuses what it would get wrong (an empty
-// question; an edited question answered as a new one). A real redis-server on a free
+// question; an edited question answered as a new one; a deleted message's question forgotten with the whole
+// conversation). A real redis-server on a free
 // loopback port, the real cluster worker and front end in this process, the demo model.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
@@ -132,5 +133,30 @@ describe('regenerate and edited questions through a front end', () => {
     h = (await frontend.history(key))!;
     expect(h.turns.map((t) => t.requestId)).toEqual(['q1', 'q7', 'q9-e2']);
     expect(logs.filter((l) => l.includes('worker old-2 (h, pid 2) is of an earlier version (protocol 2'))).toHaveLength(1);
+    await client.del(keys.worker('old-2'));
+  }, 60_000);
+
+  it("forgets a deleted message's question by the worker, after the requests before it; refused while an earlier worker is alive", async () => {
+    const key: ConversationKey = { platform: 'slack', workspace: 'T1', channel: 'C2', thread: '1700000000.000200' };
+    await ask({ key, user: 'U1', text: 'what is this?', image: await squarePng(40, 30), requestId: 'd1' });
+    await ask({ key, user: 'U2', text: 'a question to delete', requestId: 'd2' });
+    // asked, then deleted at once: the worker forgets it once it is stored
+    const asking = ask({ key, user: 'U1', text: 'and its colour?', requestId: 'd3' });
+    const forgetting = frontend.forgetQuestion(key, 'd3');
+    expect((await asking).find((e) => e.type === 'error')).toBeUndefined();
+    expect(await forgetting).toBe('question_forgotten');
+    expect(await frontend.forgetQuestion(key, 'd2')).toBe('question_forgotten');
+    expect((await frontend.history(key))!.turns.map((t) => t.requestId)).toEqual(['d1']);
+    expect(await frontend.forgetQuestion(key, 'd2')).toBe('not_asked');
+
+    // a worker of protocol 4 would forget the whole conversation: not asked to, the front end says why
+    await earlierWorkerBeat(client, 'old-4', 4, 4);
+    await expect(frontend.forgetQuestion(key, 'd1')).rejects.toThrow(/a worker of an earlier version is running/);
+    expect((await frontend.history(key))!.turns.map((t) => t.requestId)).toEqual(['d1']);
+    await client.del(keys.worker('old-4'));
+
+    // the message that brought the image: the conversation goes
+    expect(await frontend.forgetQuestion(key, 'd1')).toBe('conversation_forgotten');
+    expect(await frontend.history(key)).toBeNull();
   }, 60_000);
 });

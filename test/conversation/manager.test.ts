@@ -662,3 +662,103 @@ describe('conversation manager: an edited question answered again', () => {
     await m.close();
   });
 });
+
+describe('conversation manager: the question of a deleted message forgotten', () => {
+  it("forgets the deleted message's turn and its KV cache; the next question is asked without it", async () => {
+    const store = await createStore(undefined);
+    const m = manager({ store });
+    const s = spies();
+    const k = key('deleted-question');
+    const e1 = await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'm1' }));
+    await collect(m.handle({ key: k, user: 'v', text: 'the secret question', requestId: 'm2' }));
+    await collect(m.handle({ key: k, user: 'u', text: 'what colour?', requestId: 'm3' }));
+    const before = (await m.history(k))!;
+
+    expect(await m.forgetQuestion(k, 'm2')).toBe('question_forgotten');
+    const after = (await m.history(k))!;
+    expect(after.turns.map((t) => t.requestId)).toEqual(['m1', 'm3']);
+    expect(after.turns).toEqual([before.turns[0], before.turns[2]]);
+    expect(after.image).toEqual(before.image);
+    expect(JSON.stringify(await store.get('conv:web:local:c1:deleted-question'))).not.toContain('secret');
+    // the KV cache held the question: it goes (nothing reused), the next prompt is the stored conversation's
+    expect(m.contextCacheStats.entries).toBe(0);
+    const e4 = await collect(m.handle({ key: k, user: 'u', text: 'and now?', requestId: 'm4' }));
+    expect(timingsOf(e4).reusedTokens).toBe(0);
+    const a1 = neutralizeMarkers(finalOf(e1).text);
+    expect(s.prompts()[3]).toMatch(new RegExp(`^<s>\\[INST\\] ${IMG.replace(/[[\]]/g, '\\$&')} what is this\\? \\[/INST\\]`));
+    expect(s.prompts()[3]).toContain(a1);
+    expect(s.prompts()[3]).toContain('what colour?');
+    expect(s.prompts()[3]).not.toContain('secret');
+
+    // a message that asked nothing stored: nothing changes
+    const now = await m.history(k);
+    expect(await m.forgetQuestion(k, 'm2')).toBe('not_asked');
+    expect(await m.forgetQuestion(k, 'nothing')).toBe('not_asked');
+    expect(await m.forgetQuestion(key('never'), 'm1')).toBe('not_asked');
+    expect(await m.history(k)).toEqual(now);
+    await m.close();
+  });
+
+  it('forgets the whole conversation, image included, when the deleted message brought the image', async () => {
+    const store = await createStore(undefined);
+    const m = manager({ store, maxContextLen: 70 });
+    const k = key('deleted-image');
+    await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'm1' }));
+    expect((await m.history(k))!.image.askedIn).toBe('m1');
+    // turns dropped to fit the context: the image's message is still known
+    for (let i = 2; i < 8; i++)
+      await collect(m.handle({ key: k, user: 'u', text: `question number ${i} about the picture please`, requestId: `m${i}` }));
+    const kept = (await m.history(k))!;
+    expect(kept.droppedTurns).toBeGreaterThan(0);
+    expect(kept.turns.map((t) => t.requestId)).not.toContain('m1');
+
+    expect(await m.forgetQuestion(k, 'm1')).toBe('conversation_forgotten');
+    expect(await m.history(k)).toBeNull();
+    expect(await storeKeys(store)).toEqual([]);
+    expect(errorOf(await collect(m.handle({ key: k, user: 'u', text: 'and now?' })))?.code).toBe('no_image');
+    await m.close();
+  });
+
+  it('finds the question by the id its message was first asked under, and an image kept without an answer', async () => {
+    const m = manager();
+    const k = key('deleted-edited');
+    await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'm1' }));
+    await collect(m.handle({ key: k, user: 'u', text: 'colours?', requestId: 'm2' }));
+    await collect(m.handle({ key: k, user: 'u', text: 'which colours?', edit: 'm2', requestId: 'm2-e1' }));
+    await collect(m.handle({ key: k, user: 'u', text: '', regenerate: 'm2-e1', requestId: 'r1' }));
+    expect(await m.forgetQuestion(k, 'm2')).toBe('question_forgotten');
+    expect((await m.history(k))!.turns.map((t) => t.requestId)).toEqual(['m1']);
+
+    // an image whose answer was stopped (no turn): deleting its message forgets it
+    const k2 = key('deleted-kept');
+    await m.keepImage({ key: k2, user: 'u', text: 'what is this?', image: image2, requestId: 'k1' });
+    expect(await m.forgetQuestion(k2, 'k1')).toBe('conversation_forgotten');
+    expect(await m.history(k2)).toBeNull();
+
+    // a conversation stored before the image's message was recorded: its first turn's, while none was dropped
+    const store = await createStore(undefined);
+    const m2 = manager({ store });
+    const k3 = key('deleted-legacy');
+    await collect(m2.handle({ key: k3, user: 'u', text: 'what is this?', image, requestId: 'm1' }));
+    await collect(m2.handle({ key: k3, user: 'u', text: 'more?', requestId: 'm2' }));
+    const raw = (await store.get('conv:web:local:c1:deleted-legacy')) as { image: Record<string, unknown> };
+    delete raw.image.askedIn;
+    await store.set('conv:web:local:c1:deleted-legacy', raw);
+    expect(await m2.forgetQuestion(k3, 'm2')).toBe('question_forgotten');
+    expect(await m2.forgetQuestion(k3, 'm1')).toBe('conversation_forgotten');
+    await m.close();
+    await m2.close();
+  });
+
+  it("waits for the conversation's earlier requests: a question deleted while it is answered goes once stored", async () => {
+    const m = manager();
+    const k = key('deleted-running');
+    await collect(m.handle({ key: k, user: 'u', text: 'what is this?', image, requestId: 'm1' }));
+    const answering = collect(m.handle({ key: k, user: 'u', text: 'more?', requestId: 'm2' }));
+    const forgot = m.forgetQuestion(k, 'm2');
+    expect(errorOf(await answering)).toBeUndefined();
+    expect(await forgot).toBe('question_forgotten');
+    expect((await m.history(k))!.turns.map((t) => t.requestId)).toEqual(['m1']);
+    await m.close();
+  });
+});
