@@ -56,10 +56,12 @@ import { onInteraction, REGENERATE_PREFIX, STOP_PREFIX, type InteractionHost } f
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { Answering, EDIT_REPLACED_LINE, InFlight, LatestAnswers, type StoppedForEdit } from '../shared/regenerate.js';
 import { onEdited } from './edits.js';
-import { channelTarget, dmKey, type Route } from './targets.js';
+import { Deletions } from './deletions.js';
+import { AnswerRecords } from '../shared/deleted.js';
+import { channelTarget, dmKey, recordPosts, type Route, type RunOptions } from './targets.js';
 
 /** What the adapter needs from the conversation manager. */
-export type DiscordConversations = Pick<ConversationPort, 'handle' | 'reset' | 'history' | 'forgetWorkspace' | 'store'>;
+export type DiscordConversations = Pick<ConversationPort, 'handle' | 'reset' | 'forgetQuestion' | 'history' | 'forgetWorkspace' | 'store'>;
 
 export interface DiscordAdapterOptions {
   manager: DiscordConversations;
@@ -126,11 +128,13 @@ const KNOWN_REPLIES = 5_000;
 /** The store's entries saying which conversation a bot answer in a channel belongs to (ids only) */
 const REPLY_PREFIX = 'discord:reply:';
 const REPLY_TTL_MS = 90 * 24 * 3600 * 1000;
+/** The store's entries saying which conversation a message was asked in and which bot messages answered it (ids only) */
+const ANSWERS_PREFIX = 'discord:answers:';
 
 /** The adapter's event handling on a connected client (connect.ts makes the client and waits for READY). */
 export class DiscordBot implements DiscordAdapter, InteractionHost {
   readonly client: Client<true>;
-  private readonly manager: DiscordConversations;
+  readonly manager: DiscordConversations;
   readonly log: (line: string) => void;
   readonly policy: DownloadPolicy;
   private readonly rate: RateLimiter | null;
@@ -153,6 +157,9 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   readonly regenerating = new InFlight();
   /** the questions being answered (an edit of one stops it) */
   private readonly answering = new Answering();
+  /** each answered message's conversation and answers (a deletion of the message deletes them) */
+  readonly answers: AnswerRecords;
+  private readonly deletions: Deletions;
   /** per-conversation arrival order of requests, up to the manager (see adapters/shared/arrival-order.ts) */
   private readonly order: ArrivalOrder;
   private closing: Promise<void> | undefined;
@@ -186,6 +193,16 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       if (!d.guild_id && !client.channels.cache.has(d.channel_id))
         this.track('message edit', () => this.uncachedDmEdit(d.channel_id, d.id));
     });
+    this.answers = new AnswerRecords(opts.manager.store, ANSWERS_PREFIX, (line) => log(`discord: ${line}`));
+    this.deletions = new Deletions(this);
+    // A deleted message that asked a question: read from the gateway, as discord.js drops a deletion in a channel it
+    // has not cached (a DM's, after a restart).
+    client.ws.on(GatewayDispatchEvents.MessageDelete, (d: { id: string; channel_id: string; guild_id?: string }) =>
+      this.track('message deletion', () => this.deletions.onDeleted({ ids: [d.id], channelId: d.channel_id, guildId: d.guild_id })),
+    );
+    client.ws.on(GatewayDispatchEvents.MessageDeleteBulk, (d: { ids: string[]; channel_id: string; guild_id?: string }) =>
+      this.track('message deletion', () => this.deletions.onDeleted({ ids: d.ids, channelId: d.channel_id, guildId: d.guild_id })),
+    );
     client.on(Events.InteractionCreate, (i) => this.track('interaction', () => onInteraction(this, i)));
     // discord.js emits GuildDelete only when the bot was removed (kicked, left, the server deleted); a server's
     // outage comes as GuildUnavailable, and its conversations stay.
@@ -344,7 +361,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     route: Route,
     label: string,
     turn: ArrivalTurn,
-    quiet?: readonly string[],
+    opts: RunOptions = {},
   ): Promise<RelayResult> {
     await turn.ready();
     const controller = new AbortController();
@@ -356,19 +373,20 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     const signal = AbortSignal.any([controller.signal, stop.signal]);
     const ended = this.answering.start(req, stop.id);
     let answered = false;
+    const posted: SentMessage[] = [];
     try {
       let events = restartNotice(this.manager.handle({ ...req, signal }), () => this.closing !== undefined);
       // The request has its place in the manager's queue: the conversation's next request may go on.
       turn.release();
-      if (quiet) {
-        const held = await unlessRefused(events, quiet);
+      if (opts.quiet) {
+        const held = await unlessRefused(events, opts.quiet);
         if ('refused' in held) {
           this.log(`discord: ${label}: not answered (${held.refused.code}: ${held.refused.message})`);
           return { ok: false, error: { code: held.refused.code, message: held.refused.message }, attached: false, chars: 0 };
         }
         events = held.events;
       }
-      const r = await relayAnswer(events, route.target, {
+      const r = await relayAnswer(events, recordPosts(route.target, posted), {
         editIntervalMs: this.editIntervalMs,
         firstTextWaitMs: this.firstTextWaitMs,
         notice: route.notice,
@@ -398,6 +416,13 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     } finally {
       this.controllers.delete(controller);
       stop.close();
+      // (deleting the message deletes them: kept before the answer counts as ended, which a deletion waits for)
+      if (opts.asked)
+        await this.answers.add(
+          opts.asked,
+          route.key,
+          posted.map((m) => ({ channel: m.channelId, id: m.id })),
+        );
       ended?.(answered);
     }
   }
@@ -421,6 +446,11 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     } catch (err) {
       this.log(`discord: could not take the Regenerate button off answer ${before.id}: ${describeError(err)}`);
     }
+  }
+
+  /** The answer to the message asked as `asked`, if one is being given here, stopped (its message was deleted) and waited for. */
+  async stopForDeletion(asked: string): Promise<void> {
+    await this.answering.stop(asked, (id) => this.stops.cancel(id));
   }
 
   /**
@@ -602,7 +632,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       ...(!text && image ? { task: 'caption' as const } : {}),
       requestId: `discord-${msg.id}`,
     };
-    await this.run(req, route, ctx.label, ctx.turn);
+    await this.run(req, route, ctx.label, ctx.turn, { asked: req.requestId });
   }
 
   /** A thread on the user's message; without the permission, a reply in the channel that says why. */

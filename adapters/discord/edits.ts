@@ -63,7 +63,7 @@ async function answerAgain(host: EditHost, msg: Message, label: string, turn: Ar
     ...again,
     requestId: `discord-${msg.id}-e${msg.editedTimestamp ?? Date.now()}`,
   };
-  await host.run(req, route, label, turn, 'edit' in again ? EDIT_REFUSED_QUIETLY : undefined);
+  await host.run(req, route, label, turn, { asked, ...('edit' in again ? { quiet: EDIT_REFUSED_QUIETLY } : {}) });
 }
 
 /**

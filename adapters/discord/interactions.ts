@@ -36,7 +36,7 @@ import { DISCORD_MESSAGE_LIMIT, notice, threadName } from './format.js';
 import { findImage, ImageInputProblem, type DownloadPolicy, type ImageSource } from './images.js';
 import { isPermissionError, regenerateButton, type RelayResult } from './relay.js';
 import { apologiseOnFailure, HELP_DESCRIBE_NO_IMAGE, NO_THREAD_AFTER_DESCRIBE, NOT_ENABLED } from './replies.js';
-import { channelTarget, dmKey, interactionTarget, type Route } from './targets.js';
+import { channelTarget, dmKey, interactionTarget, type Route, type RunOptions } from './targets.js';
 
 /** What the interactions need from the adapter (DiscordBot). */
 export interface InteractionHost {
@@ -56,14 +56,8 @@ export interface InteractionHost {
   allowed(guildId: string | null, channelId: string | null, parentId?: string | null): boolean;
   withinRate(user: string, tell: (text: string) => Promise<unknown>, privately?: boolean): Promise<boolean>;
   download(source: ImageSource | undefined, rejected: string | undefined): Promise<Uint8Array | undefined>;
-  /** `quiet`: refusals (error codes) not shown to the user, only logged (an edited question: edits.ts) */
-  run(
-    req: Omit<ConversationRequest, 'signal'>,
-    route: Route,
-    label: string,
-    turn: ArrivalTurn,
-    quiet?: readonly string[],
-  ): Promise<RelayResult>;
+  /** relays the request's answer to `route` (RunOptions: refusals kept quiet, the message it answers) */
+  run(req: Omit<ConversationRequest, 'signal'>, route: Route, label: string, turn: ArrivalTurn, opts?: RunOptions): Promise<RelayResult>;
   /** a thread the bot opened: messages there are follow-ups */
   rememberThread(id: string): void;
   /** a Stop button pressed (DiscordBot.stop): `id` is its custom id after STOP_PREFIX */
@@ -220,7 +214,8 @@ async function regenerate(bot: InteractionHost, i: ButtonInteraction, label: str
     regenerate: requestId,
     requestId: `discord-${i.id}`,
   };
-  const r = await bot.run(req, route, label, turn);
+  // (the new answer answers the message that asked the turn, as the old one did)
+  const r = await bot.run(req, route, label, turn, verdict.askedAs !== undefined ? { asked: verdict.askedAs } : {});
   const old = i.message.content;
   if (r.ok) {
     const line = notice(REPLACED_LINE);

@@ -82,6 +82,23 @@ export function dmKey(channelId: string): ConversationKey {
   return { platform: 'discord', workspace: '@me', channel: channelId, thread: channelId };
 }
 
+/** `target`, noting in `into` each message it posts (once each, however often it is edited). */
+export function recordPosts<T extends ReplyTarget>(target: T, into: SentMessage[]): T {
+  const note = (m: SentMessage) => {
+    if (!into.some((k) => k.id === m.id)) into.push(m);
+    return m;
+  };
+  return { ...target, first: async (p: Payload) => note(await target.first(p)), more: async (p: Payload) => note(await target.more(p)) };
+}
+
+/** How DiscordBot.run relays one request. */
+export interface RunOptions {
+  /** the refusals said nothing of (an edit's: unlessRefused) */
+  quiet?: readonly string[];
+  /** the request id of the message this answers (its first): deleting that message deletes the answer */
+  asked?: string;
+}
+
 export interface Route {
   key: ConversationKey;
   target: ReplyTarget & { ids?: string[] };

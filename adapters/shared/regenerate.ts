@@ -75,7 +75,7 @@ export class Answering {
     req: { requestId?: string; regenerate?: string; edit?: string; askedAs?: string },
     stopId: string,
   ): ((answered: boolean) => void) | undefined {
-    const asked = req.regenerate === undefined ? (req.edit ?? req.askedAs ?? req.requestId) : undefined;
+    const asked = Answering.askedOf(req);
     if (!asked) return undefined;
     const edit = req.edit !== undefined;
     let end!: (answered: boolean) => void;
@@ -88,8 +88,16 @@ export class Answering {
   }
 
   /**
-   * Stops the answer to `asked`, if one is being given (`press`: its Stop button pressed by the message's author), and
-   * waits for it to end; undefined when none was.
+   * The id a request's message was first asked under (none for a Regenerate, which answers no message of its own):
+   * the one its answer is recorded under.
+   */
+  static askedOf(req: { requestId?: string; regenerate?: string; edit?: string; askedAs?: string }): string | undefined {
+    return req.regenerate === undefined ? (req.edit ?? req.askedAs ?? req.requestId) : undefined;
+  }
+
+  /**
+   * Stops the answer to `asked`, if one is being given (`press`: its Stop button pressed, as by the message's author,
+   * or cancelled), and waits for it to end; undefined when none was.
    */
   async stop(asked: string, press: (stopId: string) => void): Promise<StoppedForEdit | undefined> {
     const entry = this.now.get(asked);

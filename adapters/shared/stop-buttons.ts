@@ -43,6 +43,11 @@ export class StopButtons {
     };
   }
 
+  /** Stops the answer of button `id` without anyone pressing it (its question was deleted): no one is named. */
+  cancel(id: string): void {
+    this.running.get(id)?.controller.abort();
+  }
+
   /** Button `id` pressed by `user`; `moderator`: they may stop others' answers too. */
   press(id: string, user: string, moderator: boolean): StopOutcome {
     const entry = this.running.get(id);

@@ -3,7 +3,7 @@ export type { EncodedImage, SharedImageCache } from './image-input.js';
 export { createStore, conversationId, STORE_NAMESPACE, StoreUrlError } from './store.js';
 export { DEFAULT_PROMPT, TEMPLATE_MARKERS, neutralizeMarkers, selectorTask } from './text.js';
 export { LIMITS } from './limits.js';
-export { edition, EDIT_REFUSED, regeneration, REGENERATE_REFUSED, type Regeneration } from './turn.js';
+export { edition, EDIT_REFUSED, regeneration, REGENERATE_REFUSED, withoutQuestion, type Regeneration } from './turn.js';
 export type {
   AnswerEvent,
   ConversationKey,

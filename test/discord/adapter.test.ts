@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type Server } from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import Keyv from 'keyv';
-import type { AnswerEvent, ConversationRequest, ResetOutcome } from '../../src/conversation/index.js';
+import type { AnswerEvent, ConversationRequest, QuestionOutcome, ResetOutcome } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, type DiscordAdapter, type DiscordAdapterOptions } from '../../adapters/discord/index.js';
 import type { ApiMessage } from './fake-discord.js';
 import {
@@ -35,6 +35,9 @@ class ScriptedManager {
   // (no stored conversations: /forget is tested end to end with the real manager)
   async reset(): Promise<ResetOutcome> {
     return 'forgotten';
+  }
+  async forgetQuestion(): Promise<QuestionOutcome> {
+    return 'not_asked';
   }
   async history(): Promise<null> {
     return null;

@@ -572,6 +572,24 @@ export class FakeDiscord {
     return msg;
   }
 
+  /**
+   * Messages deleted by a user (their author or a moderator): MESSAGE_DELETE for one, MESSAGE_DELETE_BULK for several
+   * (a moderator's purge), with the ids only, as Discord sends them.
+   */
+  userDeletes(channelId: string, ...messageIds: string[]): void {
+    const ch = this.channels.get(channelId);
+    if (!ch) throw new Error(`no channel ${channelId}`);
+    for (const id of messageIds) if (!this.messages.get(channelId)?.has(id)) throw new Error(`no message ${id} in channel ${channelId}`);
+    this.removeMessages(ch, messageIds);
+  }
+
+  private removeMessages(ch: ApiChannel, ids: string[]): void {
+    for (const id of ids) this.messages.get(ch.id)?.delete(id);
+    const where = { channel_id: ch.id, ...(ch.guild_id ? { guild_id: ch.guild_id } : {}) };
+    if (ids.length === 1) this.dispatch('MESSAGE_DELETE', { id: ids[0], ...where });
+    else this.dispatch('MESSAGE_DELETE_BULK', { ids, ...where });
+  }
+
   /** A user runs a command (`permissions`: the member's, default all); returns the interaction's id and token. */
   interact(channelId: string, user: ApiUser, data: Record<string, any>, permissions = PERMISSIONS.ALL): { id: string; token: string } {
     return this.sendInteraction(channelId, user, { type: 2, data }, permissions);
@@ -835,6 +853,11 @@ export class FakeDiscord {
         const msg = seg[3] ? this.messages.get(ch.id)?.get(seg[3]) : undefined;
         if (!msg) return unknown('Message', 10008);
         if (seg.length === 4 && method === 'GET') return this.json(res, 200, msg);
+        if (seg.length === 4 && method === 'DELETE') {
+          if (msg.author.id !== this.bot.id) return forbidden();
+          this.removeMessages(ch, [msg.id]);
+          return this.json(res, 204, null);
+        }
         if (seg.length === 4 && method === 'PATCH') {
           if (call.files.length > 0 && this.denyAttachments.has(ch.id)) return forbidden();
           this.editMessage(msg, body, call.files);

@@ -130,6 +130,26 @@ describe('the Stop button', () => {
     expect(turns.map((t) => [t.user, t.askedAs])).toEqual([['describe this in two words', `discord-${ask.id}`]]);
   }, 60_000);
 
+  it('a question deleted while its answer is written: the answer stops, then goes, with what the bot kept of it', async () => {
+    const key = { platform: 'discord' as const, workspace: s.w.guildId, channel: s.w.general, thread: '' };
+    // the follow-up's answer being written when it is deleted: stopped, deleted, and the question never stored
+    const ask = await mention('describe this');
+    expect(await answered(logs, ask.id)).toMatch(/: answered/);
+    const follow = s.fake.postMessage(ask.id, s.w.alice, 'describe it again');
+    const msg = await streaming(ask.id);
+    const stepsBefore = slow.steps();
+    s.fake.userDeletes(ask.id, follow.id);
+    expect(await answered(logs, follow.id)).toMatch(/: error cancelled in \d+ ms$/);
+    await until(() => logs.some((l) => l.startsWith(`discord: deleted message ${follow.id} (`)), 'the deletion handled');
+    expect(logs.find((l) => l.startsWith(`discord: deleted message ${follow.id} (`))).toMatch(
+      /: not asked, 1 answer message\(s\) deleted$/,
+    );
+    expect(s.fake.message(ask.id, msg.id)).toBeUndefined();
+    await sleep(200);
+    expect(slow.steps() - stepsBefore).toBeLessThan(WORDS.length);
+    expect((await s.manager.history({ ...key, thread: ask.id }))!.turns.map((t) => t.user)).toEqual(['describe this']);
+  }, 60_000);
+
   it("a moderator (Manage Messages) stops someone else's answer", async () => {
     const ask = await mention('and this one?');
     const msg = await streaming(ask.id);

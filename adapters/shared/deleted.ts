@@ -1,0 +1,112 @@
+// Deleted questions (Discord, Slack): when the message that asked a question is deleted, by its author or a
+// moderator, what the bot kept of it goes (ConversationManager.forgetQuestion: its turn, or the whole conversation when
+// that message brought the image), and so do the bot's answers to it. To find those answers after a restart, or on
+// another front end, each answered message's conversation and answer messages are kept in the store (ids only).
+import type Keyv from 'keyv';
+import { withoutQuestion, type ConversationKey, type QuestionOutcome } from '../../src/conversation/index.js';
+import type { ConversationPort } from './port.js';
+
+/** Said where a conversation was, once the message that brought its image was deleted. */
+export const DELETED_IMAGE_LINE =
+  'The message with the image was deleted, so I have forgotten this conversation and its image. Send an image to start again.';
+
+/** How long what a message's answers were is kept (as the in-channel reply marks: a question is rarely deleted later). */
+const ANSWERS_TTL_MS = 90 * 24 * 3600 * 1000;
+/** At most this many answer messages kept for one message (its answers, Regenerates and edits included). */
+const MAX_POSTED = 50;
+
+/** A message the bot posted: its channel and id (a Discord snowflake; a Slack ts). */
+export interface Posted {
+  channel: string;
+  id: string;
+}
+
+interface AnswersEntry {
+  key: ConversationKey;
+  posted: Posted[];
+}
+
+/** Each answered message's conversation and the bot's messages answering it, in the store under `prefix` + asked id. */
+export class AnswerRecords {
+  constructor(
+    private readonly store: Keyv,
+    private readonly prefix: string,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  /** The message asked as `asked` (its request id) was answered in `key` by `posted` (added to what is kept). */
+  async add(asked: string, key: ConversationKey, posted: readonly Posted[]): Promise<void> {
+    if (posted.length === 0) return;
+    try {
+      const known = asEntry(await this.store.get(this.prefix + asked));
+      const all = [...(known?.posted ?? []), ...posted.filter((p) => !known?.posted.some((k) => k.id === p.id && k.channel === p.channel))];
+      await this.store.set(this.prefix + asked, { key, posted: all.slice(-MAX_POSTED) }, ANSWERS_TTL_MS);
+    } catch (err) {
+      this.log(`could not store which messages answered ${asked}: ${(err as Error).message}`);
+    }
+  }
+
+  /** What was kept for `asked`, removed from the store; undefined when nothing was. */
+  async take(asked: string): Promise<AnswersEntry | undefined> {
+    const entry = asEntry(await this.store.get(this.prefix + asked));
+    if (entry) await this.store.delete(this.prefix + asked);
+    return entry;
+  }
+}
+
+function asEntry(v: unknown): AnswersEntry | undefined {
+  const e = v as Partial<AnswersEntry> | undefined;
+  const key = e?.key as Partial<ConversationKey> | undefined;
+  if (!key || ![key.workspace, key.channel, key.thread].every((s) => typeof s === 'string') || !Array.isArray(e?.posted)) return undefined;
+  return { key: key as ConversationKey, posted: e.posted.filter((p) => typeof p?.channel === 'string' && typeof p?.id === 'string') };
+}
+
+/** What a platform does for a deleted question. */
+export interface DeletionHost {
+  readonly manager: Pick<ConversationPort, 'forgetQuestion' | 'history'>;
+  readonly records: AnswerRecords;
+  readonly log: (line: string) => void;
+  /** stops the answer to `asked` if this process is giving one, and waits for it to end */
+  stopAnswer(asked: string): Promise<void>;
+  /** deletes one of the bot's messages (one already gone is no failure) */
+  deleteMessage(p: Posted): Promise<void>;
+  /** says DELETED_IMAGE_LINE where the conversation was (where there is such a place) */
+  tellForgotten(key: ConversationKey): Promise<void>;
+}
+
+/**
+ * The message asked as `asked` was deleted: its answer (if being given here) is stopped, the conversation it asked in
+ * (kept with its answers; else the first of `candidates` that has its question stored) forgets it, and the bot's
+ * answers to it are deleted. The outcome; undefined when the bot kept nothing of that message.
+ */
+export async function questionDeleted(
+  host: DeletionHost,
+  asked: string,
+  candidates: () => Promise<readonly ConversationKey[]> | readonly ConversationKey[],
+  label: string,
+): Promise<QuestionOutcome | undefined> {
+  await host.stopAnswer(asked);
+  const record = await host.records.take(asked);
+  const key = record?.key ?? (await storedIn(host, asked, await candidates()));
+  if (!key) return undefined;
+  const outcome = await host.manager.forgetQuestion(key, asked);
+  for (const p of record?.posted ?? []) {
+    await host.deleteMessage(p).catch((err: unknown) => host.log(`${label}: could not delete answer ${p.id}: ${(err as Error).message}`));
+  }
+  if (outcome === 'conversation_forgotten') {
+    await host
+      .tellForgotten(key)
+      .catch((err: unknown) => host.log(`${label}: could not say the conversation was forgotten: ${(err as Error).message}`));
+  }
+  host.log(`${label}: ${outcome.replace('_', ' ')}${record ? `, ${record.posted.length} answer message(s) deleted` : ''}`);
+  return outcome;
+}
+
+/** The first of `keys` whose stored conversation has the question asked as `asked` (one store read each). */
+async function storedIn(host: DeletionHost, asked: string, keys: readonly ConversationKey[]): Promise<ConversationKey | undefined> {
+  for (const key of keys) {
+    const state = await host.manager.history(key);
+    if (state && withoutQuestion(state, asked) !== undefined) return key;
+  }
+  return undefined;
+}
