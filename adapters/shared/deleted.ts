@@ -2,7 +2,7 @@
 // moderator, what the bot kept of it goes (ConversationManager.forgetQuestion: its turn, or the whole conversation when
 // that message brought the image), and so do the bot's answers to it. To find those answers after a restart, or on
 // another front end, each answered message's conversation and answer messages are kept in the store (ids only).
-import type Keyv from 'keyv';
+import Keyv from 'keyv';
 import { withoutQuestion, type ConversationKey, type QuestionOutcome } from '../../src/conversation/index.js';
 import type { ConversationPort } from './port.js';
 
@@ -15,10 +15,11 @@ const ANSWERS_TTL_MS = 90 * 24 * 3600 * 1000;
 /** At most this many answer messages kept for one message (its answers, Regenerates and edits included). */
 const MAX_POSTED = 50;
 
-/** A message the bot posted: its channel and id (a Discord snowflake; a Slack ts). */
+/** A message the bot posted: its channel and id (a Discord snowflake; a Slack ts); or (`file`) a file it uploaded. */
 export interface Posted {
   channel: string;
   id: string;
+  file?: true;
 }
 
 interface AnswersEntry {
@@ -28,18 +29,23 @@ interface AnswersEntry {
 
 /** Each answered message's conversation and the bot's messages answering it, in the store under `prefix` + asked id. */
 export class AnswerRecords {
+  private readonly store: Keyv;
+
+  /** `store`: the conversation store (none: this process's memory) */
   constructor(
-    private readonly store: Keyv,
+    store: Keyv | undefined,
     private readonly prefix: string,
     private readonly log: (line: string) => void,
-  ) {}
+  ) {
+    this.store = store ?? new Keyv();
+  }
 
   /** The message asked as `asked` (its request id) was answered in `key` by `posted` (added to what is kept). */
   async add(asked: string, key: ConversationKey, posted: readonly Posted[]): Promise<void> {
     if (posted.length === 0) return;
     try {
       const known = asEntry(await this.store.get(this.prefix + asked));
-      const all = [...(known?.posted ?? []), ...posted.filter((p) => !known?.posted.some((k) => k.id === p.id && k.channel === p.channel))];
+      const all = [...(known?.posted ?? []), ...posted.filter((p) => !known?.posted.some((k) => k.id === p.id))];
       await this.store.set(this.prefix + asked, { key, posted: all.slice(-MAX_POSTED) }, ANSWERS_TTL_MS);
     } catch (err) {
       this.log(`could not store which messages answered ${asked}: ${(err as Error).message}`);
@@ -58,7 +64,11 @@ function asEntry(v: unknown): AnswersEntry | undefined {
   const e = v as Partial<AnswersEntry> | undefined;
   const key = e?.key as Partial<ConversationKey> | undefined;
   if (!key || ![key.workspace, key.channel, key.thread].every((s) => typeof s === 'string') || !Array.isArray(e?.posted)) return undefined;
-  return { key: key as ConversationKey, posted: e.posted.filter((p) => typeof p?.channel === 'string' && typeof p?.id === 'string') };
+  const posted = e.posted.filter((p) => typeof p?.channel === 'string' && typeof p?.id === 'string');
+  return {
+    key: key as ConversationKey,
+    posted: posted.map((p) => ({ channel: p.channel, id: p.id, ...(p.file === true ? { file: true } : {}) })),
+  };
 }
 
 /** What a platform does for a deleted question. */

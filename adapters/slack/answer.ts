@@ -19,6 +19,7 @@ import { FileInputError, type SlackFile } from './files.js';
 import type { SlackConversationManager } from './options.js';
 import { describeSlackError, slackErrorCode } from './errors.js';
 import { ThreadReply } from './reply.js';
+import type { AnswerRecords, Posted } from '../shared/deleted.js';
 
 type WebClient = webApi.WebClient;
 
@@ -40,6 +41,8 @@ export interface AnswerContext {
   readonly latestAnswers: LatestAnswers<PostedMessage>;
   /** the questions being answered (an edit of one stops it) */
   readonly answering: Answering;
+  /** each answered message's conversation and answers (a deletion of the message deletes them) */
+  readonly answers: AnswerRecords;
 }
 
 /** A message the bot posted: where, and its text. */
@@ -79,6 +82,8 @@ export interface Ask {
   edit?: string;
   /** ConversationRequest.askedAs: an edited message's question asked anew (its first answer stopped for the edit) */
   askedAs?: string;
+  /** the request id of the message this answers (its first): deleting that message deletes the answer */
+  asked?: string;
   what: string;
   /** the conversation's turn (arrival order): released once the request has its place in the queue (its first event) */
   turn?: ArrivalTurn;
@@ -155,6 +160,9 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
     edited = held.events;
   }
   const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop, a.dm === true, a.requestId);
+  // (what was posted answers the message: deleting it deletes them)
+  const keep = () =>
+    a.asked === undefined ? Promise.resolve() : ctx.answers.add(a.asked, keyOf(a, reply.thread), postedOf(a.channel, reply));
   try {
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
   } catch (err) {
@@ -182,6 +190,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
         if (err instanceof FileInputError && !stop.stoppedBy()) {
           ctx.log(`slack: ${a.what}: file ${a.file.id} not used (${err.reason})`);
           await reply.error(err.message);
+          await keep();
           return false;
         }
         throw err;
@@ -230,6 +239,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
     }
   } finally {
     await reply.settle().catch(() => {});
+    await keep();
   }
   // Only the latest answer carries the Regenerate button (a regenerated answer's predecessor lost it when pressed).
   const on = reply.regenerateOn;
@@ -237,6 +247,12 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   if (before && a.regenerate === undefined)
     await retire(ctx, a.client, before, a.edit !== undefined ? `_${EDIT_REPLACED_LINE}_` : undefined);
   return answered;
+}
+
+/** The messages and files of an answer, as kept for its question's deletion. */
+function postedOf(channel: string, reply: ThreadReply): Posted[] {
+  const { messages, files } = reply.postedMessages;
+  return [...messages.map((ts) => ({ channel, id: ts })), ...files.map((id) => ({ channel, id, file: true as const }))];
 }
 
 /** The conversation of an answer in `thread`: a direct message's is the whole DM's (threads included). */

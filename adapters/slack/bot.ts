@@ -10,13 +10,24 @@ import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons } from '../shared/stop-buttons.js';
 import { ALREADY_REGENERATING, Answering, EDITED_LINE, editRequest, InFlight, LatestAnswers } from '../shared/regenerate.js';
 import { TaskSet } from '../shared/tasks.js';
-import { answer, isDirectMessage, REGENERATE_ACTION, slackKey, STOP_ACTION, threadReply, type Ask, type PostedMessage } from './answer.js';
+import { AnswerRecords, DELETED_IMAGE_LINE, questionDeleted, type Posted } from '../shared/deleted.js';
+import {
+  answer,
+  dmKey,
+  isDirectMessage,
+  REGENERATE_ACTION,
+  slackKey,
+  STOP_ACTION,
+  threadReply,
+  type Ask,
+  type PostedMessage,
+} from './answer.js';
 import { SeenSet } from './dedupe.js';
 import { WorkspaceAdmins } from './admins.js';
 import { ephemeral, onDescribe, onShortcut, type DescribeContext } from './describe.js';
 import { onForget } from './forget.js';
 import { onRegenerate, regeneratePress, regenerateThread } from './regenerate.js';
-import { editedMessage, ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
+import { deletedMessage, editedMessage, ignorable, takeTurn, teamOf, TURN, type MessageLike, type ShortcutPayload } from './events.js';
 import { eventFiles, isImageFile, notAnImage, type SlackFile } from './files.js';
 import { DEFAULT_MAX_MESSAGE_CHARS, slackTextToPlain } from './format.js';
 import {
@@ -26,7 +37,7 @@ import {
   type SlackAdapterOptions,
   type SlackConversationManager,
 } from './options.js';
-import { describeSlackError } from './errors.js';
+import { describeSlackError, slackErrorCode } from './errors.js';
 
 type WebClient = webApi.WebClient;
 type BoltApp = InstanceType<typeof App>;
@@ -89,6 +100,7 @@ export class SlackBot {
       stops: new StopButtons(),
       latestAnswers: new LatestAnswers<PostedMessage>(5_000, (a, b) => a.channel === b.channel && a.ts === b.ts),
       answering: new Answering(),
+      answers: new AnswerRecords(store, 'slack:answers:', (line) => this.log(`slack: ${line}`)),
     };
     // A request waits for the one before it in its thread at most this long (that one's download has its own
     // timeout; Web API calls before it are retried for a while).
@@ -321,6 +333,8 @@ export class SlackBot {
   }
 
   private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: ArrivalTurn): Promise<void> {
+    const deleted = deletedMessage(ev, this.botUserId);
+    if (deleted) return this.onDeleted(deleted, team, client);
     const edited = editedMessage(ev, this.botUserId);
     if (edited) return this.onEdited(edited, ev.event_ts ?? ev.ts ?? `${Date.now() / 1000}`, team, client, turn);
     if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
@@ -350,6 +364,7 @@ export class SlackBot {
       text: slackTextToPlain(ev.text ?? '', this.botUserId),
       files: eventFiles(ev.files),
       requestId: `slack:${ev.channel}:${ev.ts}`,
+      asked: `slack:${ev.channel}:${ev.ts}`,
       what: `direct message in ${ev.channel}`,
       turn,
     });
@@ -390,11 +405,47 @@ export class SlackBot {
       user,
       text,
       ...editRequest(asked, stopped),
+      asked,
       header: `_${EDITED_LINE}_`,
       requestId: `slack:${m.channel}:${m.ts}:e${at}`,
       what: `edit of message ${m.ts} in ${m.channel}`,
       turn,
     });
+  }
+
+  /**
+   * A person's message deleted (by them or an admin) in a DM or a thread: if it asked a question, the bot forgets it
+   * (the whole conversation when it brought the image, said in the thread or DM) and deletes its answers to it; an
+   * answer being written to it is stopped first.
+   */
+  private async onDeleted(
+    d: { channel: string; ts: string; thread?: string; dm: boolean },
+    team: string,
+    client: WebClient,
+  ): Promise<void> {
+    const asked = `slack:${d.channel}:${d.ts}`;
+    const key = d.dm ? dmKey(team, d.channel) : slackKey(team, d.channel, d.thread ?? d.ts);
+    await questionDeleted(
+      {
+        manager: this.manager,
+        records: this.ctx.answers,
+        log: this.log,
+        stopAnswer: async (id) => {
+          await this.ctx.answering.stop(id, (stopId) => this.ctx.stops.cancel(stopId));
+        },
+        deleteMessage: (p) => deleteAnswer(client, p),
+        tellForgotten: async (k) => {
+          await client.chat.postMessage({
+            channel: k.channel,
+            ...(k.thread !== k.channel ? { thread_ts: k.thread } : {}),
+            text: `_${DELETED_IMAGE_LINE}_`,
+          });
+        },
+      },
+      asked,
+      () => [key],
+      `slack: deleted message ${d.ts} in ${d.channel}`,
+    );
   }
 
   /** The request of a mention or a thread message (its text, its files) in `thread`. */
@@ -415,6 +466,7 @@ export class SlackBot {
       text: slackTextToPlain(ev.text ?? '', this.botUserId),
       files,
       requestId: `slack:${ev.channel}:${ev.ts}`,
+      asked: `slack:${ev.channel}:${ev.ts}`,
       what: `${kind} in ${ev.channel} thread ${thread}`,
       turn,
     });
@@ -490,5 +542,16 @@ export class SlackBot {
       this.log('slack: adapter stopped');
     })();
     return this.closing;
+  }
+}
+
+/** One of the bot's answer messages (or uploaded files) deleted; one already gone is no failure. */
+async function deleteAnswer(client: WebClient, p: Posted): Promise<void> {
+  try {
+    if (p.file) await client.files.delete({ file: p.id });
+    else await client.chat.delete({ channel: p.channel, ts: p.id });
+  } catch (err) {
+    const code = slackErrorCode(err);
+    if (code !== 'message_not_found' && code !== 'file_not_found' && code !== 'file_deleted') throw err;
   }
 }

@@ -18,6 +18,8 @@ export interface MessageLike {
   /** a message_changed event: the message as it is now, and as it was */
   message?: MessageLike;
   previous_message?: MessageLike;
+  /** a message_deleted event: the ts of the message deleted */
+  deleted_ts?: string;
   event_ts?: string;
 }
 
@@ -65,4 +67,23 @@ export function editedMessage(ev: MessageLike, botUserId: string): (MessageLike 
   if (ignorable({ ...m, edited: undefined }, botUserId)) return undefined;
   if (ev.previous_message?.text === m.text) return undefined;
   return { ...m, channel: ev.channel, ts: m.ts, ...(ev.channel_type ? { channel_type: ev.channel_type } : {}) };
+}
+
+/**
+ * The message a person's deletion took (by them or an admin), with its channel: a message_deleted event, or the
+ * message_changed one that Slack sends instead for a thread's first message with replies (it leaves a tombstone).
+ * Undefined for anything else, and for the bot's own messages.
+ */
+export function deletedMessage(
+  ev: MessageLike,
+  botUserId: string,
+): { channel: string; ts: string; thread?: string; dm: boolean } | undefined {
+  const before = ev.previous_message;
+  if (!ev.channel || !before || before.bot_id || (botUserId && before.user === botUserId)) return undefined;
+  const tombstone = ev.subtype === 'message_changed' && ev.message?.subtype === 'tombstone';
+  if (ev.subtype !== 'message_deleted' && !tombstone) return undefined;
+  const ts = (tombstone ? ev.message?.ts : ev.deleted_ts) ?? before.ts;
+  if (!ts) return undefined;
+  const thread = before.thread_ts ?? ev.message?.thread_ts;
+  return { channel: ev.channel, ts, ...(thread ? { thread } : {}), dm: ev.channel_type === 'im' || ev.channel.startsWith('D') };
 }

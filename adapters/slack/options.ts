@@ -9,7 +9,7 @@ import type Keyv from 'keyv';
  * What the adapter needs from the conversation manager (reset: "Forget this conversation"; forgetWorkspace: the app
  * uninstalled; its store: where the "seen" marks live unless given `store`).
  */
-export type SlackConversationManager = Pick<ConversationPort, 'handle' | 'history' | 'reset' | 'forgetWorkspace'> &
+export type SlackConversationManager = Pick<ConversationPort, 'handle' | 'history' | 'reset' | 'forgetQuestion' | 'forgetWorkspace'> &
   Partial<Pick<ConversationPort, 'store'>>;
 
 export interface SlackAdapterOptions {

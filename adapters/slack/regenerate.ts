@@ -101,6 +101,8 @@ export async function onRegenerate(
     user: p.user,
     text: '',
     regenerate: p.requestId,
+    // (the new answer answers the message that asked the turn, as the old one did)
+    ...(verdict.askedAs !== undefined ? { asked: verdict.askedAs } : {}),
     header: REGENERATED,
     requestId: `slack:${p.channel}:rg${p.actionTs}`,
     what: `regenerate in ${p.channel} thread ${thread}`,

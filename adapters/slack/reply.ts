@@ -83,6 +83,8 @@ const sameTexts = (a: readonly string[], b: readonly string[]) => a.length === b
 export class ThreadReply {
   /** the messages posted: their text, and the button they carry */
   private readonly posted: Array<{ ts: string; text: string; button: ButtonKind | undefined }> = [];
+  /** the ids of the files uploaded (the annotated image) */
+  private readonly uploaded: string[] = [];
   private chain: Promise<void> = Promise.resolve();
   private readonly message: ThrottledMessage<string[]>;
   private failed = false;
@@ -104,6 +106,11 @@ export class ThreadReply {
   get regenerateOn(): { ts: string; text: string } | undefined {
     const m = this.posted.find((p) => p.button === 'regenerate');
     return m ? { ts: m.ts, text: m.text } : undefined;
+  }
+
+  /** Every message posted (their ts), and the files uploaded (their ids): what deleting the question deletes. */
+  get postedMessages(): { messages: string[]; files: string[] } {
+    return { messages: this.posted.map((p) => p.ts), files: [...this.uploaded] };
   }
 
   /** Timestamp of the first message (the thread for a top-level reply), once posted. */
@@ -163,9 +170,12 @@ export class ThreadReply {
     await this.chain;
     const thread = this.placed();
     const file = { file: data, filename, title, alt_text: title };
-    await this.opts.client.filesUploadV2(
+    const res = await this.opts.client.filesUploadV2(
       thread ? { channel_id: this.opts.channel, thread_ts: thread, ...file } : { channel_id: this.opts.channel, ...file },
     );
+    for (const done of (res as { files?: { files?: { id?: string }[] }[] }).files ?? []) {
+      for (const f of done.files ?? []) if (typeof f.id === 'string') this.uploaded.push(f.id);
+    }
   }
 
   /** Posts one more message into the answer's thread (or after it), after the answer. */

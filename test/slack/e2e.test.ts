@@ -53,6 +53,7 @@ function paced(inner: ConversationManager, ms: number): SlackConversationManager
     store: inner.store,
     history: (key) => inner.history(key),
     reset: (key) => inner.reset(key),
+    forgetQuestion: (key, asked) => inner.forgetQuestion(key, asked),
     forgetWorkspace: (platform, workspace, channel) => inner.forgetWorkspace(platform, workspace, channel),
     async *handle(req) {
       for await (const ev of inner.handle(req)) {
@@ -443,6 +444,7 @@ describe('slack: more adapters on their own fakes', () => {
       store: manager.store,
       history: async () => null,
       reset: async () => 'forgotten' as const,
+      forgetQuestion: async () => 'not_asked' as const,
       forgetWorkspace: async () => 0,
       async *handle() {
         yield { type: 'queued', position: 0 };

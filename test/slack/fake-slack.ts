@@ -349,6 +349,36 @@ export class FakeSlack {
     return { status: res.status };
   }
 
+  /**
+   * A person deletes a message (its author, or an admin): message_deleted, or, for a thread's first message with
+   * replies, message_changed turning it into a tombstone, as Slack does.
+   */
+  async userDeletes(msg: FakeMessage, opts: SendOptions = {}): Promise<{ status: number }> {
+    const { channel: _c, team: _t, event_ts: _e, channel_type: _ct, ...before } = this.messageEvent(msg, 'message');
+    const ts = this.nextTs();
+    const where = { type: 'message', hidden: true, channel: msg.channel, channel_type: channelType(msg.channel), ts, event_ts: ts };
+    const replies = this.messages.some((m) => m.thread_ts === msg.ts && m.ts !== msg.ts);
+    if (replies) {
+      Object.assign(msg, { text: 'This message was deleted.', subtype: 'tombstone', user: 'USLACKBOT', files: undefined });
+      const tomb = {
+        type: 'message',
+        subtype: 'tombstone',
+        hidden: true,
+        text: msg.text,
+        user: 'USLACKBOT',
+        ts: msg.ts,
+        thread_ts: msg.ts,
+      };
+      return {
+        status: (await this.sendEvent({ ...where, subtype: 'message_changed', message: tomb, previous_message: before }, opts)).status,
+      };
+    }
+    this.messages.splice(this.messages.indexOf(msg), 1);
+    return {
+      status: (await this.sendEvent({ ...where, subtype: 'message_deleted', deleted_ts: msg.ts, previous_message: before }, opts)).status,
+    };
+  }
+
   // ----------------------------------------------------------------------------------------------
   // Sender: events, commands, shortcuts, signed like Slack
   // ----------------------------------------------------------------------------------------------
@@ -733,6 +763,35 @@ export class FakeSlack {
           previous_message: { type: 'message', text: msg.versions[msg.versions.length - 2] ?? '', ts: msg.ts },
         });
         return send({ ok: true, channel: msg.channel, ts: msg.ts, text });
+      }
+      case 'chat.delete': {
+        const msg = this.messages.find((m) => m.channel === str('channel') && m.ts === str('ts'));
+        if (!msg) return send({ ok: false, error: 'message_not_found' });
+        if (msg.bot_id !== this.botId) return send({ ok: false, error: 'cant_delete_message' });
+        this.messages.splice(this.messages.indexOf(msg), 1);
+        const { channel: _c, team: _t, event_ts: _e, channel_type: _ct, ...before } = this.messageEvent(msg, 'message');
+        const ts = this.nextTs();
+        this.echoEvent({
+          type: 'message',
+          subtype: 'message_deleted',
+          hidden: true,
+          channel: msg.channel,
+          ts,
+          deleted_ts: msg.ts,
+          previous_message: before,
+        });
+        return send({ ok: true, channel: msg.channel, ts: msg.ts });
+      }
+      case 'files.delete': {
+        const missing = need('files:write');
+        if (missing) return send(missing);
+        const f = this.files.get(str('file') ?? '');
+        if (!f) return send({ ok: false, error: 'file_not_found' });
+        if (f.user !== this.botUserId) return send({ ok: false, error: 'cant_delete_file' });
+        this.files.delete(f.id);
+        // (the message that shared it goes with it)
+        for (const m of this.messages.filter((m) => m.files?.some((x) => x.id === f.id))) this.messages.splice(this.messages.indexOf(m), 1);
+        return send({ ok: true });
       }
       case 'chat.postEphemeral': {
         const channel = str('channel');

@@ -125,6 +125,25 @@ describe('slack: the Stop button', () => {
     expect(logs.filter((l) => l.includes(`edit of message ${ask.ts} in C4`) && l.includes('not answered'))).toEqual([]);
   }, 60_000);
 
+  it('a question deleted while its answer is written: the answer stops, then goes, with the conversation', async () => {
+    const ask = await mention(fake, 'C6');
+    const reply = await streaming(fake, 'C6', ask.ts);
+    const steps = slow.steps();
+    // (no replies in the thread but the bot's: a tombstone all the same, the thread has replies)
+    await fake.userDeletes(ask);
+    const line = await fake.waitFor(
+      () => logs.find((l) => l.startsWith(`slack: deleted message ${ask.ts} in C6: `)),
+      20_000,
+      'the deletion handled',
+    );
+    // stopped before it was stored: the image was kept with no turn, and goes as the message's
+    expect(line).toMatch(/: conversation forgotten, 1 answer message\(s\) deleted$/);
+    expect(fake.messages.includes(reply)).toBe(false);
+    await sleep(200);
+    expect(slow.steps() - steps).toBeLessThan(40);
+    expect(await manager.history({ platform: 'slack', workspace: fake.teamId, channel: 'C6', thread: ask.ts })).toBeNull();
+  }, 60_000);
+
   it("a workspace admin (users.info) may stop anyone's answer", async () => {
     const ask = await mention(fake, 'C3');
     const reply = await streaming(fake, 'C3', ask.ts);
