@@ -151,26 +151,8 @@ export class BotMetrics {
       handle: (req) => this.observe(req, port.handle(req)),
       history: (key) => port.history(key),
       forgetWorkspace: (platform, workspace, channel) => port.forgetWorkspace(platform, workspace, channel),
-      forgetQuestion: async (key, asked) => {
-        try {
-          const outcome = await port.forgetQuestion(key, asked);
-          this.deletedQuestions.inc({ platform: key.platform, outcome });
-          return outcome;
-        } catch (err) {
-          this.deletedQuestions.inc({ platform: key.platform, outcome: 'failed' });
-          throw err;
-        }
-      },
-      reset: async (key, opts) => {
-        try {
-          const outcome = await port.reset(key, opts);
-          this.resets.inc({ platform: key.platform, outcome });
-          return outcome;
-        } catch (err) {
-          this.resets.inc({ platform: key.platform, outcome: 'failed' });
-          throw err;
-        }
-      },
+      forgetQuestion: (key, asked) => outcomeCounted(this.deletedQuestions, key.platform, () => port.forgetQuestion(key, asked)),
+      reset: (key, opts) => outcomeCounted(this.resets, key.platform, () => port.reset(key, opts)),
     };
   }
 
@@ -212,5 +194,21 @@ export class BotMetrics {
     if (t.promptTokens > 0) this.promptTokens.inc(t.promptTokens);
     if (t.newTokens > 0) this.newTokens.inc(t.newTokens);
     if (t.decodeMs > 0) this.decodeSeconds.inc(t.decodeMs / 1000);
+  }
+}
+
+/** `fn`'s outcome counted on `counter` (`failed` when it throws). */
+async function outcomeCounted<T extends string>(
+  counter: Counter<'platform' | 'outcome'>,
+  platform: string,
+  fn: () => Promise<T>,
+): Promise<T> {
+  try {
+    const outcome = await fn();
+    counter.inc({ platform, outcome });
+    return outcome;
+  } catch (err) {
+    counter.inc({ platform, outcome: 'failed' });
+    throw err;
   }
 }

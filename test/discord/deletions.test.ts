@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import type { ApiMessage } from './fake-discord.js';
-import { answered, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
+import { answered, discordKey, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = 'a red square on a grey background';
 const FORGOTTEN =
@@ -15,12 +15,7 @@ const s = useStack(FORCED);
 const { logs } = s;
 
 const botMessagesIn = (channelId: string): ApiMessage[] => publicBotMessages(s.fake, channelId);
-const key = (channel: string, thread: string, workspace = s.w.guildId): ConversationKey => ({
-  platform: 'discord',
-  workspace,
-  channel,
-  thread,
-});
+const key = (channel: string, thread: string, workspace = s.w.guildId): ConversationKey => discordKey(workspace, channel, thread);
 const askedIn = async (k: ConversationKey) => (await s.manager.history(k))?.turns.map((t) => t.user);
 const imageKeys = async () => {
   const out: string[] = [];

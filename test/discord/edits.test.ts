@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import type { ApiMessage } from './fake-discord.js';
-import { answered, firstButton, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
+import { answered, discordKey, firstButton, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = 'a red square on a grey background';
 const EDITED = '-# The question was edited: this answer replaces the one before it in the conversation.';
@@ -15,12 +15,7 @@ const s = useStack(FORCED);
 const { logs } = s;
 
 const botMessagesIn = (channelId: string): ApiMessage[] => publicBotMessages(s.fake, channelId);
-const key = (channel: string, thread: string, workspace = s.w.guildId): ConversationKey => ({
-  platform: 'discord',
-  workspace,
-  channel,
-  thread,
-});
+const key = (channel: string, thread: string, workspace = s.w.guildId): ConversationKey => discordKey(workspace, channel, thread);
 const turnsOf = async (k: ConversationKey) => (await s.manager.history(k))!.turns.map((t) => [t.user, t.requestId, t.askedAs]);
 
 async function image(name: string) {

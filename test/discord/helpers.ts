@@ -1,5 +1,6 @@
 // Shared by the Discord tests: the whole stack (fake Discord <- real discord.js adapter -> real
 // ConversationManager -> the demo model package), test images and small waiting helpers.
+import type { ConversationKey } from '../../src/conversation/index.js';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { MiniGPT } from '../../src/inference/model.js';
@@ -13,6 +14,11 @@ import {
 } from '../../adapters/discord/index.js';
 import { FakeDiscord, type ApiAttachment, type ApiMessage, type ApiUser } from './fake-discord.js';
 import { useShared, type WithLogs } from '../helpers/shared.js';
+
+/** A Discord conversation's key (a server's, or '@me' for a DM). */
+export function discordKey(workspace: string, channel: string, thread: string): ConversationKey {
+  return { platform: 'discord', workspace, channel, thread };
+}
 
 export const ROOT = join(import.meta.dirname, '..', '..');
 export const DEMO = join(ROOT, 'models', 'demo');

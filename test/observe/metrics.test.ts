@@ -10,6 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { metricsSettings, serve, ServeError } from '../../src/serve.js';
 import { serveFrontend, serveWorker } from '../../src/cluster/serve.js';
+import Keyv from 'keyv';
+import type { QuestionOutcome } from '../../src/conversation/index.js';
 import { BotMetrics } from '../../src/observe/metrics.js';
 import { startMetricsServer } from '../../src/observe/server.js';
 import { buildTinyPackage, postChat, randomConversation, readEvents, testPng } from '../web/helpers.js';
@@ -190,6 +192,40 @@ describe('METRICS_PORT', () => {
       }
       expect((await scrape(server.url, 'sesame')).get('minigpt_info{role="all"}')).toBe(1);
       expect(await probe(server.url, '/readyz')).toEqual({ status: 200, body: { ready: true } });
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('deleted questions counted by what was forgotten; a store that fails counts as failed and still throws', async () => {
+    const metrics = new BotMetrics('all');
+    const outcomes: (QuestionOutcome | Error)[] = [
+      'question_forgotten',
+      'conversation_forgotten',
+      'question_forgotten',
+      new Error('store down'),
+    ];
+    const port = metrics.meter({
+      store: new Keyv(),
+      handle: () => (async function* () {})(),
+      history: async () => null,
+      reset: async () => 'empty',
+      forgetWorkspace: async () => 0,
+      forgetQuestion: async () => {
+        const next = outcomes.shift()!;
+        if (next instanceof Error) throw next;
+        return next;
+      },
+    });
+    const key = { platform: 'slack' as const, workspace: 'T1', channel: 'C1', thread: '1.2' };
+    for (let i = 0; i < 3; i++) await port.forgetQuestion(key, `q${i}`);
+    await expect(port.forgetQuestion(key, 'q3')).rejects.toThrow('store down');
+    const server = await startMetricsServer({ port: 0, host: '127.0.0.1' }, metrics, async () => []);
+    try {
+      const got = await scrape(server.url);
+      expect(got.get('minigpt_deleted_questions_total{platform="slack",outcome="question_forgotten"}')).toBe(2);
+      expect(got.get('minigpt_deleted_questions_total{platform="slack",outcome="conversation_forgotten"}')).toBe(1);
+      expect(got.get('minigpt_deleted_questions_total{platform="slack",outcome="failed"}')).toBe(1);
     } finally {
       await server.close();
     }
