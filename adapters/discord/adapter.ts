@@ -324,14 +324,17 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     return false;
   }
 
-  /** A message's image, else the image of the message it replies to (unless that one is the bot's). */
-  private async imageOf(msg: Message): Promise<{ source?: ImageSource; rejected?: string }> {
+  /**
+   * A message's image, else the image of the message it replies to (unless that one is the bot's: then `from` is that
+   * message's id).
+   */
+  private async imageOf(msg: Message): Promise<{ source?: ImageSource; rejected?: string; from?: string }> {
     const own = findImage(msg, this.policy);
     if (own.source || own.rejected || !msg.reference?.messageId) return own;
     try {
       const ref = await msg.fetchReference();
       if (ref.author.id === this.botId) return {};
-      return findImage(ref, this.policy);
+      return { ...findImage(ref, this.policy), from: ref.id };
     } catch (err) {
       this.log(`discord: could not fetch the replied-to message: ${describeError(err)}`);
       return {};
@@ -416,13 +419,10 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     } finally {
       this.controllers.delete(controller);
       stop.close();
-      // (deleting the message deletes them: kept before the answer counts as ended, which a deletion waits for)
-      if (opts.asked)
-        await this.answers.add(
-          opts.asked,
-          route.key,
-          posted.map((m) => ({ channel: m.channelId, id: m.id })),
-        );
+      // (deleting the message, or the one its image came from, deletes them: kept before the answer counts as ended,
+      // which a deletion waits for)
+      const kept = posted.map((m) => ({ channel: m.channelId, id: m.id }));
+      for (const asked of [opts.asked, req.imageFrom]) if (asked) await this.answers.add(asked, route.key, kept);
       ended?.(answered);
     }
   }
@@ -450,7 +450,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
 
   /** The answer to the message asked as `asked`, if one is being given here, stopped (its message was deleted) and waited for. */
   async stopForDeletion(asked: string): Promise<void> {
-    await this.answering.stop(asked, (id) => this.stops.cancel(id));
+    await this.answering.stopForDeletion(asked, (id) => this.stops.cancel(id));
   }
 
   /**
@@ -592,7 +592,9 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   ): Promise<void> {
     const text = stripBotMention(msg.content, this.botId);
     const answerKey = !ctx.dm && !ctx.thread && msg.reference?.messageId ? await this.replyKeyOf(msg.reference.messageId) : undefined;
-    const found = answerKey ? findImage(msg, this.policy) : await this.imageOf(msg);
+    const found: { source?: ImageSource; rejected?: string; from?: string } = answerKey
+      ? findImage(msg, this.policy)
+      : await this.imageOf(msg);
     const newConversation = !ctx.dm && !ctx.thread && !answerKey;
     if (!found.source && !found.rejected && (newConversation || !text)) {
       // Nothing to answer: a mention in a channel without an image (help), or an empty follow-up (a sticker).
@@ -630,6 +632,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       text,
       ...(image ? { image } : {}),
       ...(!text && image ? { task: 'caption' as const } : {}),
+      ...(image && found.from ? { imageFrom: `discord-${found.from}` } : {}),
       requestId: `discord-${msg.id}`,
     };
     await this.run(req, route, ctx.label, ctx.turn, { asked: req.requestId });

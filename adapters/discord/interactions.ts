@@ -356,6 +356,8 @@ async function answerInteraction(
     ...(image ? { image } : {}),
     ...(input.task ? { task: input.task } : !text && image ? { task: 'caption' as const } : {}),
     ...(input.temperature !== undefined ? { generation: { temperature: input.temperature } } : {}),
+    // (deleting the message described forgets the conversation, as its image's)
+    ...(image && input.target ? { imageFrom: `discord-${input.target.id}` } : {}),
     requestId: `discord-${i.id}`,
   };
   const r = await bot.run(req, { key, target: interactionTarget(i) }, ctx.label, ctx.turn);

@@ -52,11 +52,14 @@ export class AnswerRecords {
     }
   }
 
-  /** What was kept for `asked`, removed from the store; undefined when nothing was. */
-  async take(asked: string): Promise<AnswersEntry | undefined> {
-    const entry = asEntry(await this.store.get(this.prefix + asked));
-    if (entry) await this.store.delete(this.prefix + asked);
-    return entry;
+  /** What was kept for `asked`; undefined when nothing was. */
+  async get(asked: string): Promise<AnswersEntry | undefined> {
+    return asEntry(await this.store.get(this.prefix + asked));
+  }
+
+  /** Forgets what was kept for `asked` (its answers are deleted). */
+  async drop(asked: string): Promise<void> {
+    await this.store.delete(this.prefix + asked);
   }
 }
 
@@ -96,10 +99,12 @@ export async function questionDeleted(
   label: string,
 ): Promise<QuestionOutcome | undefined> {
   await host.stopAnswer(asked);
-  const record = await host.records.take(asked);
+  const record = await host.records.get(asked);
   const key = record?.key ?? (await storedIn(host, asked, await candidates()));
   if (!key) return undefined;
   const outcome = await host.manager.forgetQuestion(key, asked);
+  // (kept until the question is forgotten: a store that failed meanwhile loses nothing)
+  if (record) await host.records.drop(asked);
   for (const p of record?.posted ?? []) {
     await host.deleteMessage(p).catch((err: unknown) => host.log(`${label}: could not delete answer ${p.id}: ${(err as Error).message}`));
   }

@@ -62,27 +62,34 @@ export interface StoppedForEdit {
 
 /**
  * The questions being answered in this process, by the request id their message was asked under: an edit of the
- * message stops its answer (why answer a question its asker has changed) before the edited one is asked.
+ * message stops its answer (why answer a question its asker has changed) before the edited one is asked; so does its
+ * deletion, or the deletion of the message its image came from.
  */
 export class Answering {
-  private readonly now = new Map<string, { stopId: string; edit: boolean; done: Promise<boolean> }>();
+  private readonly now = new Map<string, Running>();
+  /** the same answers, by the request id of the message their image came from (ConversationRequest.imageFrom) */
+  private readonly byImage = new Map<string, Running>();
 
   /**
-   * Records the answer to `req` (its Stop button `stopId`) under the id its message was asked under; call the returned
-   * function when it ended. None for a Regenerate: an edit comes after it in the conversation, and replaces its answer.
+   * Records the answer to `req` (its Stop button `stopId`) under the id its message was asked under (none for a
+   * Regenerate: an edit comes after it in the conversation, and replaces its answer) and the id of the message its image
+   * came from; call the returned function when it ended.
    */
   start(
-    req: { requestId?: string; regenerate?: string; edit?: string; askedAs?: string },
+    req: { requestId?: string; regenerate?: string; edit?: string; askedAs?: string; imageFrom?: string },
     stopId: string,
   ): ((answered: boolean) => void) | undefined {
     const asked = Answering.askedOf(req);
-    if (!asked) return undefined;
-    const edit = req.edit !== undefined;
+    if (asked === undefined && req.imageFrom === undefined) return undefined;
     let end!: (answered: boolean) => void;
-    const entry = { stopId, edit, done: new Promise<boolean>((resolve) => (end = resolve)) };
-    this.now.set(asked, entry);
+    const entry: Running = { stopId, edit: req.edit !== undefined, done: new Promise<boolean>((resolve) => (end = resolve)) };
+    const held = [
+      ...(asked !== undefined ? [[this.now, asked] as const] : []),
+      ...(req.imageFrom !== undefined ? [[this.byImage, req.imageFrom] as const] : []),
+    ];
+    for (const [map, id] of held) map.set(id, entry);
     return (answered) => {
-      if (this.now.get(asked) === entry) this.now.delete(asked);
+      for (const [map, id] of held) if (map.get(id) === entry) map.delete(id);
       end(answered);
     };
   }
@@ -96,8 +103,8 @@ export class Answering {
   }
 
   /**
-   * Stops the answer to `asked`, if one is being given (`press`: its Stop button pressed, as by the message's author,
-   * or cancelled), and waits for it to end; undefined when none was.
+   * Stops the answer to `asked`, if one is being given (`press`: its Stop button pressed, as by the message's author),
+   * and waits for it to end; undefined when none was.
    */
   async stop(asked: string, press: (stopId: string) => void): Promise<StoppedForEdit | undefined> {
     const entry = this.now.get(asked);
@@ -105,6 +112,21 @@ export class Answering {
     press(entry.stopId);
     return { edit: entry.edit, answered: await entry.done };
   }
+
+  /**
+   * The message `id` was deleted: the answers to it, and those about its image, are stopped (`cancel`) and waited for.
+   */
+  async stopForDeletion(id: string, cancel: (stopId: string) => void): Promise<void> {
+    const entries = [this.now.get(id), this.byImage.get(id)].filter((e): e is Running => e !== undefined);
+    for (const e of entries) cancel(e.stopId);
+    await Promise.all(entries.map((e) => e.done));
+  }
+}
+
+interface Running {
+  stopId: string;
+  edit: boolean;
+  done: Promise<boolean>;
 }
 
 /**

@@ -84,6 +84,8 @@ export interface Ask {
   askedAs?: string;
   /** the request id of the message this answers (its first): deleting that message deletes the answer */
   asked?: string;
+  /** ConversationRequest.imageFrom: the request id of the message the image was posted in, when another's */
+  imageFrom?: string;
   what: string;
   /** the conversation's turn (arrival order): released once the request has its place in the queue (its first event) */
   turn?: ArrivalTurn;
@@ -161,8 +163,9 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   }
   const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop, a.dm === true, a.requestId);
   // (what was posted answers the message: deleting it deletes them)
-  const keep = () =>
-    a.asked === undefined ? Promise.resolve() : ctx.answers.add(a.asked, keyOf(a, reply.thread), postedOf(a.channel, reply));
+  const keep = async () => {
+    for (const asked of [a.asked, a.imageFrom]) if (asked) await ctx.answers.add(asked, keyOf(a, reply.thread), postedOf(a.channel, reply));
+  };
   try {
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');
   } catch (err) {
@@ -266,6 +269,7 @@ function requestOf(a: Ask, key: ConversationKey, signal: AbortSignal, image?: Ui
     user: a.user,
     text: a.text,
     ...(image ? { image } : {}),
+    ...(image && a.imageFrom !== undefined ? { imageFrom: a.imageFrom } : {}),
     ...(a.task ? { task: a.task } : {}),
     signal,
     requestId: a.requestId,

@@ -327,9 +327,9 @@ export class SlackBot {
     if (ignorable(ev, this.botUserId) || !ev.channel || !ev.ts) return;
     if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
     const thread = ev.thread_ts ?? ev.ts;
-    let files = eventFiles(ev.files);
-    if (files.length === 0 && thread !== ev.ts) files = await this.imageFromThread(client, team, ev.channel, thread, ev.ts);
-    await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, files, 'mention', turn);
+    let found: { files: SlackFile[]; from?: string } = { files: eventFiles(ev.files) };
+    if (found.files.length === 0 && thread !== ev.ts) found = await this.imageFromThread(client, team, ev.channel, thread, ev.ts);
+    await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, found, 'mention', turn);
   }
 
   private async onMessage(ev: MessageLike, team: string, client: WebClient, turn?: ArrivalTurn): Promise<void> {
@@ -345,7 +345,15 @@ export class SlackBot {
     const thread = ev.thread_ts;
     if (!(await this.isBotThread(team, ev.channel, thread))) return;
     if (!(await this.messages.claim(`${team}:${ev.channel}:${ev.ts}`))) return;
-    await this.askAbout(client, ev as MessageLike & { channel: string; ts: string }, team, thread, eventFiles(ev.files), 'follow-up', turn);
+    await this.askAbout(
+      client,
+      ev as MessageLike & { channel: string; ts: string },
+      team,
+      thread,
+      { files: eventFiles(ev.files) },
+      'follow-up',
+      turn,
+    );
   }
 
   /**
@@ -430,9 +438,7 @@ export class SlackBot {
         manager: this.manager,
         records: this.ctx.answers,
         log: this.log,
-        stopAnswer: async (id) => {
-          await this.ctx.answering.stop(id, (stopId) => this.ctx.stops.cancel(stopId));
-        },
+        stopAnswer: (id) => this.ctx.answering.stopForDeletion(id, (stopId) => this.ctx.stops.cancel(stopId)),
         deleteMessage: (p) => deleteAnswer(client, p),
         tellForgotten: async (k) => {
           await client.chat.postMessage({
@@ -454,7 +460,7 @@ export class SlackBot {
     ev: MessageLike & { channel: string; ts: string },
     team: string,
     thread: string,
-    files: ReturnType<typeof eventFiles>,
+    found: { files: SlackFile[]; from?: string },
     kind: 'mention' | 'follow-up',
     turn: ArrivalTurn | undefined,
   ): Promise<void> {
@@ -464,7 +470,8 @@ export class SlackBot {
       thread,
       user: ev.user ?? 'unknown',
       text: slackTextToPlain(ev.text ?? '', this.botUserId),
-      files,
+      files: found.files,
+      ...(found.from ? { imageFrom: `slack:${ev.channel}:${found.from}` } : {}),
       requestId: `slack:${ev.channel}:${ev.ts}`,
       asked: `slack:${ev.channel}:${ev.ts}`,
       what: `${kind} in ${ev.channel} thread ${thread}`,
@@ -476,19 +483,25 @@ export class SlackBot {
    * A mention without a file in a thread the bot has no conversation for: the newest image posted in the
    * thread before it (e.g. the thread's first message), as the user means "this image".
    */
-  private async imageFromThread(client: WebClient, team: string, channel: string, thread: string, before: string): Promise<SlackFile[]> {
+  private async imageFromThread(
+    client: WebClient,
+    team: string,
+    channel: string,
+    thread: string,
+    before: string,
+  ): Promise<{ files: SlackFile[]; from?: string }> {
     try {
-      if ((await this.manager.history(slackKey(team, channel, thread))) !== null) return [];
+      if ((await this.manager.history(slackKey(team, channel, thread))) !== null) return { files: [] };
       const res = await client.conversations.replies({ channel, ts: thread, limit: 200 });
       const msgs = ((res.messages ?? []) as MessageLike[]).filter((m) => m.ts && Number(m.ts) < Number(before) && !m.bot_id);
       for (const m of msgs.reverse()) {
         const img = eventFiles(m.files).find((f) => isImageFile(f));
-        if (img) return [img];
+        if (img) return { files: [img], from: m.ts! };
       }
     } catch (err) {
       this.log(`slack: reading thread ${thread} in ${channel} failed: ${describeSlackError(err)}`);
     }
-    return [];
+    return { files: [] };
   }
 
   private async isBotThread(team: string, channel: string, thread: string): Promise<boolean> {

@@ -33,12 +33,13 @@ export async function onDescribe(
   const tell = (text: string) => ephemeral(ctx, client, c.channel, c.user, text, respond);
   const { task, prompt, fileIds } = parseDescribe(c.text);
   let file: SlackFile | undefined;
+  let from: string | undefined;
   try {
     if (fileIds.length > 0) {
       file = await fileInfo(client, fileIds[0]);
       if (!isImageFile(file)) throw notAnImage(file);
     } else {
-      file = await newestImage(ctx, client, c.channel);
+      ({ file, from } = await newestImage(ctx, client, c.channel));
       if (!file) {
         await tell(
           `I found no image in the last ${ctx.historyLimit} messages of this channel. Post one first (or paste a link to an image file after ${ctx.command}) and try again.`,
@@ -76,13 +77,15 @@ export async function onDescribe(
     // in a direct message, the answer goes into the DM's one conversation
     ...(isDirectMessage(c.channel) ? { dm: true } : {}),
     file,
+    ...(from ? { imageFrom: `slack:${c.channel}:${from}` } : {}),
     header,
     requestId: `slack:${c.channel}:cmd${ctx.nextId()}`,
     what: `/describe in ${c.channel}`,
   });
 }
 
-async function newestImage(ctx: DescribeContext, client: WebClient, channel: string): Promise<SlackFile | undefined> {
+/** The channel's newest image and the ts of its message; none in the last `historyLimit` messages: `{}`. */
+async function newestImage(ctx: DescribeContext, client: WebClient, channel: string): Promise<{ file?: SlackFile; from?: string }> {
   let cursor: string | undefined;
   let seen = 0;
   while (seen < ctx.historyLimit) {
@@ -94,13 +97,13 @@ async function newestImage(ctx: DescribeContext, client: WebClient, channel: str
     const msgs = (res.messages ?? []) as MessageLike[];
     for (const m of msgs) {
       const img = eventFiles(m.files).find((f) => isImageFile(f));
-      if (img) return img;
+      if (img) return { file: img, ...(m.ts ? { from: m.ts } : {}) };
     }
     seen += msgs.length;
     cursor = res.response_metadata?.next_cursor || undefined;
     if (!res.has_more || !cursor || msgs.length === 0) break;
   }
-  return undefined;
+  return {};
 }
 
 /** The "Describe image" message shortcut: the message's image, answered in its thread. */
@@ -139,6 +142,8 @@ export async function onShortcut(
     user,
     text: '',
     file,
+    // (deleting the message described forgets the conversation, as its image's)
+    imageFrom: `slack:${channel}:${msg.ts}`,
     header: `<@${user}> asked me to describe this image:`,
     requestId: `slack:${channel}:sc${ctx.nextId()}`,
     what: `shortcut in ${channel} thread ${thread}`,

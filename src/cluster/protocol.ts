@@ -93,6 +93,7 @@ export interface RequestData {
   regenerate?: string;
   edit?: string;
   askedAs?: string;
+  imageFrom?: string;
 }
 
 export type JobData =
@@ -120,6 +121,7 @@ export function encodeRequest(req: ConversationRequest, requestId: string): Requ
     ...(req.regenerate !== undefined ? { regenerate: req.regenerate } : {}),
     ...(req.edit !== undefined ? { edit: req.edit } : {}),
     ...(req.askedAs !== undefined ? { askedAs: req.askedAs } : {}),
+    ...(req.imageFrom !== undefined ? { imageFrom: req.imageFrom } : {}),
   };
 }
 
@@ -133,6 +135,7 @@ export function decodeRequest(d: RequestData, signal: AbortSignal): Conversation
   if (d.regenerate !== undefined) req.regenerate = d.regenerate;
   if (d.edit !== undefined) req.edit = d.edit;
   if (d.askedAs !== undefined) req.askedAs = d.askedAs;
+  if (d.imageFrom !== undefined) req.imageFrom = d.imageFrom;
   return req;
 }
 

@@ -671,7 +671,7 @@ export class ConversationManager {
   ): Promise<StoredTurn[]> {
     const req = job.req!;
     const fresh = req.image !== undefined;
-    const askedIn = req.askedAs ?? req.requestId;
+    const askedIn = req.imageFrom ?? req.askedAs ?? req.requestId;
     const state = threadState({ key: job.key, prev, image, fresh, by: req.user, askedIn, kept, dropped, stored });
     try {
       if (fresh) {

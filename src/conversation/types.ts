@@ -77,6 +77,12 @@ export interface ConversationRequest {
    * message finds it.
    */
   askedAs?: string;
+  /**
+   * `image` came from another message than the one asking (the message replied to, one earlier in the thread, the
+   * message a "Describe image" command names): that message's request id, recorded as the image's (ImageRef.askedIn),
+   * so that deleting that message forgets the conversation.
+   */
+  imageFrom?: string;
 }
 
 /**
@@ -171,8 +177,9 @@ export interface ImageRef {
   height: number;
   bytes: number;
   /**
-   * The request id of the message that brought it (deleting that message forgets the conversation). Absent in
-   * conversations stored before it was recorded: there the first turn's, while none was dropped.
+   * The request id of the message that brought it (ConversationRequest.imageFrom, else the request's own: deleting that
+   * message forgets the conversation). Absent in conversations stored before it was recorded: there the first turn's,
+   * while none was dropped.
    */
   askedIn?: string;
   /**

@@ -158,5 +158,10 @@ describe('regenerate and edited questions through a front end', () => {
     // the message that brought the image: the conversation goes
     expect(await frontend.forgetQuestion(key, 'd1')).toBe('conversation_forgotten');
     expect(await frontend.history(key)).toBeNull();
+
+    // an image from another message: the job carries which (the image's message recorded as its)
+    await ask({ key, user: 'U1', text: 'what is this?', image: await squarePng(40, 30), imageFrom: 'i5', requestId: 'd5' });
+    expect((await frontend.history(key))!.image.askedIn).toBe('i5');
+    expect(await frontend.forgetQuestion(key, 'i5')).toBe('conversation_forgotten');
   }, 60_000);
 });

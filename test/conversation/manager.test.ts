@@ -735,6 +735,15 @@ describe('conversation manager: the question of a deleted message forgotten', ()
     expect(await m.forgetQuestion(k2, 'k1')).toBe('conversation_forgotten');
     expect(await m.history(k2)).toBeNull();
 
+    // an image from another message (the one replied to, a "Describe image" command's): that message is the image's
+    const k4 = key('deleted-image-from');
+    await collect(m.handle({ key: k4, user: 'u', text: 'what is this?', image, imageFrom: 'i1', requestId: 'q1' }));
+    expect((await m.history(k4))!.image.askedIn).toBe('i1');
+    expect(await m.forgetQuestion(k4, 'q1')).toBe('question_forgotten');
+    expect((await m.history(k4))!.turns).toEqual([]);
+    expect(await m.forgetQuestion(k4, 'i1')).toBe('conversation_forgotten');
+    expect(await m.history(k4)).toBeNull();
+
     // a conversation stored before the image's message was recorded: its first turn's, while none was dropped
     const store = await createStore(undefined);
     const m2 = manager({ store });

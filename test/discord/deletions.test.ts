@@ -133,4 +133,19 @@ describe('a deleted question', () => {
     // (its answers were not known: they stay; the thread is told)
     expect(botMessagesIn(thread).length).toBe(posts + 1);
   }, 60_000);
+
+  it('the image of the message a question replied to: deleting that message forgets the conversation', async () => {
+    const pic = s.fake.postMessage(s.w.general, s.w.bob, 'my picture', { attachments: [await image('b.png')] });
+    const ask = s.fake.postMessage(s.w.general, s.w.alice, 'what is this?', { mentionBot: true, replyTo: pic.id });
+    expect(await answered(logs, ask.id)).toMatch(/: answered/);
+    const conv = key(s.w.general, ask.id);
+    expect((await s.manager.history(conv))!.image.askedIn).toBe(`discord-${pic.id}`);
+    const answer = botMessagesIn(ask.id).at(-1)!;
+
+    s.fake.userDeletes(s.w.general, pic.id);
+    expect(await deletionHandled(pic.id)).toMatch(/: conversation forgotten, 1 answer message\(s\) deleted$/);
+    expect(await s.manager.history(conv)).toBeNull();
+    expect(s.fake.message(ask.id, answer.id)).toBeUndefined();
+    expect(botMessagesIn(ask.id).at(-1)!.content).toBe(FORGOTTEN);
+  }, 60_000);
 });

@@ -150,6 +150,23 @@ describe('the Stop button', () => {
     expect((await s.manager.history({ ...key, thread: ask.id }))!.turns.map((t) => t.user)).toEqual(['describe this']);
   }, 60_000);
 
+  it('the image deleted while an answer about it is written: the answer stops, then goes, with the conversation', async () => {
+    const pic = s.fake.postMessage(s.w.general, s.w.bob, 'my picture', {
+      attachments: [s.fake.addAttachment('p.png', await testPng(80, 60), 'image/png', { width: 80, height: 60 })],
+    });
+    const ask = s.fake.postMessage(s.w.general, s.w.alice, 'describe this', { mentionBot: true, replyTo: pic.id });
+    const msg = await streaming(ask.id);
+    s.fake.userDeletes(s.w.general, pic.id);
+    expect(await answered(logs, ask.id)).toMatch(/: error cancelled in \d+ ms$/);
+    await until(() => logs.some((l) => l.startsWith(`discord: deleted message ${pic.id} (`)), 'the deletion handled');
+    // stopped before it was stored: the image was kept with no turn, and goes as its message's
+    expect(logs.find((l) => l.startsWith(`discord: deleted message ${pic.id} (`))).toMatch(
+      /: conversation forgotten, 1 answer message\(s\) deleted$/,
+    );
+    expect(s.fake.message(ask.id, msg.id)).toBeUndefined();
+    expect(await s.manager.history({ platform: 'discord', workspace: s.w.guildId, channel: s.w.general, thread: ask.id })).toBeNull();
+  }, 60_000);
+
   it("a moderator (Manage Messages) stops someone else's answer", async () => {
     const ask = await mention('and this one?');
     const msg = await streaming(ask.id);

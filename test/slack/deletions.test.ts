@@ -77,4 +77,21 @@ describe('slack: a deleted question', () => {
     await s.fake.waitFor(() => textReplies(s.fake, 'D1').find((m) => m.text === FORGOTTEN), 10_000, 'the DM told');
     expect(botTs('D1').filter((ts) => before.includes(ts))).toEqual([]);
   }, 60_000);
+
+  it('the image posted before the mention that asked about it: deleting it forgets the conversation', async () => {
+    const file = s.fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+    const root = s.fake.addMessage('C3', { user: 'U0BOB', text: 'my picture', files: [file] });
+    await s.fake.sendEvent(s.fake.messageEvent(root));
+    const { msg } = await s.fake.mention('C3', { text: 'what is this?', thread_ts: root.ts });
+    await waitForAnswers(s.fake, 'C3', root.ts, 1);
+    const key = slackKey('C3', root.ts);
+    expect((await s.manager.history(key))!.image.askedIn).toBe(`slack:C3:${root.ts}`);
+    expect(msg.thread_ts).toBe(root.ts);
+
+    await s.fake.userDeletes(root);
+    expect(await deletionHandled('C3', root.ts)).toMatch(/: conversation forgotten, 2 answer message\(s\) deleted$/);
+    expect(await s.manager.history(key)).toBeNull();
+    await s.fake.waitFor(() => textReplies(s.fake, 'C3', root.ts).find((m) => m.text === FORGOTTEN), 10_000, 'the thread told');
+    expect(botTs('C3', root.ts)).toHaveLength(1);
+  }, 60_000);
 });
