@@ -94,4 +94,19 @@ describe('slack: a deleted question', () => {
     await s.fake.waitFor(() => textReplies(s.fake, 'C3', root.ts).find((m) => m.text === FORGOTTEN), 10_000, 'the thread told');
     expect(botTs('C3', root.ts)).toHaveLength(1);
   }, 60_000);
+
+  it('the message "Describe image" was used on: deleting it forgets the conversation and deletes the answer', async () => {
+    const file = s.fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+    const pic = s.fake.addMessage('C4', { user: 'U0BOB', text: 'look at this', files: [file] });
+    expect((await s.fake.sendShortcut(pic, { user: 'U0CAROL' })).status).toBe(200);
+    await waitForAnswers(s.fake, 'C4', pic.ts, 1);
+    const key = slackKey('C4', pic.ts);
+    expect((await s.manager.history(key))!.image.askedIn).toBe(`slack:C4:${pic.ts}`);
+
+    await s.fake.userDeletes(pic);
+    expect(await deletionHandled('C4', pic.ts)).toMatch(/: conversation forgotten, 2 answer message\(s\) deleted$/);
+    expect(await s.manager.history(key)).toBeNull();
+    await s.fake.waitFor(() => textReplies(s.fake, 'C4', pic.ts).find((m) => m.text === FORGOTTEN), 10_000, 'the thread told');
+    expect(botTs('C4', pic.ts)).toHaveLength(1);
+  }, 60_000);
 });
