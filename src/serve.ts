@@ -10,6 +10,7 @@ import type { GenerationOptions } from './inference/generation/index.js';
 import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
 import type { ShardLeases } from '../adapters/shared/shard-lease.js';
 import type { SharedArrivalOrder } from '../adapters/shared/arrival-order.js';
+import type { SharedStops } from '../adapters/shared/shared-stops.js';
 import { ConversationManager, createStore, type ConversationManagerOptions } from './conversation/index.js';
 import type { ConversationPort } from '../adapters/shared/port.js';
 import { BotMetrics } from './observe/metrics.js';
@@ -40,6 +41,8 @@ export interface AdapterContext {
   shardLeases?: ShardLeases;
   /** where front ends keep the order of a conversation's events between them (Slack); default: each its own */
   arrivalOrder?: SharedArrivalOrder;
+  /** how a front end stops an answer another one writes (Slack); default: only its own */
+  sharedStops?: SharedStops;
   config: BotConfig;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
@@ -77,6 +80,7 @@ export async function startAdapters(
     rateLimiter?: RateLimiterFactory;
     shardLeases?: ShardLeases;
     arrivalOrder?: SharedArrivalOrder;
+    sharedStops?: SharedStops;
     /** METRICS_PORT's: every adapter's requests and refused requests counted (BotMetrics.meter, meterLimits) */
     metrics?: BotMetrics;
   },
@@ -93,6 +97,7 @@ export async function startAdapters(
     ...(rateLimiter ? { rateLimiter } : {}),
     ...(o.shardLeases ? { shardLeases: o.shardLeases } : {}),
     ...(o.arrivalOrder ? { arrivalOrder: o.arrivalOrder } : {}),
+    ...(o.sharedStops ? { sharedStops: o.sharedStops } : {}),
   };
   for (const spec of o.specs) {
     const set = spec.credentials.filter((c) => env[c]?.trim());

@@ -9,7 +9,8 @@ import {
   type ConversationRequest,
   type TaskTag,
 } from '../../src/conversation/index.js';
-import { EDIT_REFUSED_QUIETLY, EDIT_REPLACED_LINE, type Answering, type LatestAnswers } from '../shared/regenerate.js';
+import { Answering, EDIT_REFUSED_QUIETLY, EDIT_REPLACED_LINE, type LatestAnswers } from '../shared/regenerate.js';
+import type { SharedStops } from '../shared/shared-stops.js';
 import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
 import { onAnswerEvents, restartNotice, unlessRefused } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
@@ -43,6 +44,8 @@ export interface AnswerContext {
   readonly answering: Answering;
   /** each answered message's conversation and answers (a deletion of the message deletes them) */
   readonly answers: AnswerRecords;
+  /** with several front ends: the answers this one writes, marked so that the others can have them stopped */
+  readonly shared?: SharedStops;
 }
 
 /** A message the bot posted: where, and its text. */
@@ -136,6 +139,12 @@ export function threadReply(
 export async function answer(ctx: AnswerContext, a: Ask): Promise<boolean> {
   const stop = ctx.stops.open(a.user);
   const ended = ctx.answering.start(a, stop.id);
+  const asked = Answering.askedOf(a);
+  const held = ctx.shared?.hold({
+    stop: stop.id,
+    ...(asked !== undefined ? { asked } : {}),
+    ...(a.imageFrom !== undefined ? { image: a.imageFrom } : {}),
+  });
   let answered = false;
   try {
     answered = await answerWith(ctx, a, stop);
@@ -143,6 +152,7 @@ export async function answer(ctx: AnswerContext, a: Ask): Promise<boolean> {
   } finally {
     stop.close();
     ended?.(answered);
+    await held?.();
   }
 }
 

@@ -100,6 +100,7 @@ export async function startSlackAdapter(opts: SlackAdapterOptions): Promise<Slac
   });
   const adapter = new SlackBot(app, opts, { botToken, botUserId, botName: auth.user ?? 'minigpt', apiUrl, log });
   adapter.register();
+  await adapter.serveStops();
 
   let url: string | undefined;
   let port: number | undefined;
@@ -117,6 +118,7 @@ export async function startSlackAdapter(opts: SlackAdapterOptions): Promise<Slac
     }
   } catch (err) {
     await app.stop().catch(() => {});
+    await opts.sharedStops?.close().catch(() => {});
     // A refused app token says which variable is wrong (Bolt's own error names neither).
     const code = mode === 'socket' ? slackErrorCode(err) : undefined;
     if (code && ['invalid_auth', 'not_authed', 'token_revoked', 'account_inactive', 'not_allowed_token_type'].includes(code)) {

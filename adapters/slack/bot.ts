@@ -7,7 +7,7 @@ import { LIMITS } from '../../src/conversation/limits.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
-import { StopButtons } from '../shared/stop-buttons.js';
+import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { ALREADY_REGENERATING, Answering, EDITED_LINE, editRequest, InFlight, LatestAnswers } from '../shared/regenerate.js';
 import { TaskSet } from '../shared/tasks.js';
 import { AnswerRecords, DELETED_IMAGE_LINE, questionDeleted, type Posted } from '../shared/deleted.js';
@@ -101,6 +101,7 @@ export class SlackBot {
       latestAnswers: new LatestAnswers<PostedMessage>(5_000, (a, b) => a.channel === b.channel && a.ts === b.ts),
       answering: new Answering(),
       answers: new AnswerRecords(store, 'slack:answers:', (line) => this.log(`slack: ${line}`)),
+      ...(opts.sharedStops ? { shared: opts.sharedStops } : {}),
     };
     // A request waits for the one before it in its thread at most this long (that one's download has its own
     // timeout; Web API calls before it are retried for a while).
@@ -220,8 +221,8 @@ export class SlackBot {
       const b = body as { user?: { id?: string }; actions?: { value?: string }[] };
       const id = b.actions?.[0]?.value ?? '';
       const user = b.user?.id ?? '';
-      let outcome = this.ctx.stops.press(id, user, false);
-      if (outcome === 'not_allowed' && user && (await this.admins.isAdmin(client, user))) outcome = this.ctx.stops.press(id, user, true);
+      let outcome = await this.pressStop(id, user, false);
+      if (outcome === 'not_allowed' && user && (await this.admins.isAdmin(client, user))) outcome = await this.pressStop(id, user, true);
       if (outcome === 'stopped') return;
       const text =
         outcome === 'finished'
@@ -402,7 +403,9 @@ export class SlackBot {
     if (!(await this.withinRate(team, user, tell))) return;
     // the id it was asked under (askAbout, onDirectMessage)
     const asked = `slack:${m.channel}:${m.ts}`;
-    const stopped = await this.ctx.answering.stop(asked, (id) => this.ctx.stops.press(id, user, false));
+    const stopped =
+      (await this.ctx.answering.stop(asked, (id) => this.ctx.stops.press(id, user, false))) ??
+      (await this.opts.sharedStops?.stopForEdit(asked, user));
     await answer(this.ctx, {
       client,
       team,
@@ -418,6 +421,21 @@ export class SlackBot {
       requestId: `slack:${m.channel}:${m.ts}:e${at}`,
       what: `edit of message ${m.ts} in ${m.channel}`,
       turn,
+    });
+  }
+
+  /** A Stop button pressed: the answer's, if this front end writes it; else on the front end that does (several). */
+  private async pressStop(id: string, user: string, moderator: boolean): Promise<StopOutcome> {
+    const here = this.ctx.stops.press(id, user, moderator);
+    return here === 'finished' && this.opts.sharedStops ? this.opts.sharedStops.press(id, user, moderator) : here;
+  }
+
+  /** Serves the other front ends' requests to stop the answers this one writes (several front ends on Redis). */
+  async serveStops(): Promise<void> {
+    await this.opts.sharedStops?.serve({
+      press: (id, user, moderator) => this.ctx.stops.press(id, user, moderator),
+      stopForEdit: (asked, user) => this.ctx.answering.stop(asked, (id) => this.ctx.stops.press(id, user, false)),
+      stopForDeletion: (asked) => this.ctx.answering.stopForDeletion(asked, (id) => this.ctx.stops.cancel(id)),
     });
   }
 
@@ -438,7 +456,10 @@ export class SlackBot {
         manager: this.manager,
         records: this.ctx.answers,
         log: this.log,
-        stopAnswer: (id) => this.ctx.answering.stopForDeletion(id, (stopId) => this.ctx.stops.cancel(stopId)),
+        stopAnswer: async (id) => {
+          await this.ctx.answering.stopForDeletion(id, (stopId) => this.ctx.stops.cancel(stopId));
+          await this.opts.sharedStops?.stopForDeletion(id);
+        },
         deleteMessage: (p) => deleteAnswer(client, p),
         tellForgotten: async (k) => {
           await client.chat.postMessage({
@@ -552,6 +573,7 @@ export class SlackBot {
         this.abort.abort();
         await this.tasks.settle(2000);
       }
+      await this.opts.sharedStops?.close();
       this.log('slack: adapter stopped');
     })();
     return this.closing;

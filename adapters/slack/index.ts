@@ -24,6 +24,7 @@
 import { startSlackAdapter } from './app.js';
 import { slackOptionsFromEnv, type SlackConversationManager } from './options.js';
 import type { RateLimiterFactory } from '../shared/rate-limit.js';
+import type { SharedStops } from '../shared/shared-stops.js';
 import type { SharedArrivalOrder } from '../shared/arrival-order.js';
 
 export { startSlackAdapter } from './app.js';
@@ -49,6 +50,7 @@ export async function startSlack(ctx: {
   log: (line: string) => void;
   rateLimiter?: RateLimiterFactory;
   arrivalOrder?: SharedArrivalOrder;
+  sharedStops?: SharedStops;
 }): Promise<{ name: string; url?: string; close(): Promise<void> }> {
   const adapter = await startSlackAdapter({
     ...slackOptionsFromEnv(ctx.env),
@@ -56,6 +58,7 @@ export async function startSlack(ctx: {
     log: ctx.log,
     ...(ctx.rateLimiter ? { rateLimiter: ctx.rateLimiter } : {}),
     ...(ctx.arrivalOrder ? { arrivalOrder: ctx.arrivalOrder } : {}),
+    ...(ctx.sharedStops ? { sharedStops: ctx.sharedStops } : {}),
   });
   return { name: 'slack', ...(adapter.url ? { url: adapter.url } : {}), close: () => adapter.close() };
 }

@@ -2,6 +2,7 @@
 // the one error a misconfiguration raises (its message names the variable to fix).
 import type { ConversationPort } from '../shared/port.js';
 import { rateLimitFromEnv, type RateLimiterFactory, type RateLimitSetting } from '../shared/rate-limit.js';
+import type { SharedStops } from '../shared/shared-stops.js';
 import type { SharedArrivalOrder } from '../shared/arrival-order.js';
 import type Keyv from 'keyv';
 
@@ -55,6 +56,8 @@ export interface SlackAdapterOptions {
   rateLimiter?: RateLimiterFactory;
   /** where front ends on Redis keep the order of a thread's messages between them (default: this process only) */
   arrivalOrder?: SharedArrivalOrder;
+  /** how front ends on Redis stop an answer another one writes (a Stop press, an edit, a deletion; default: none) */
+  sharedStops?: SharedStops;
 }
 
 export interface SlackAdapter {

@@ -10,6 +10,7 @@ import { ConversationStore, conversationId, inPlace, type Workspaces } from '../
 import { EventChannel } from '../conversation/scheduler.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
 import { RedisArrivalOrder } from './arrival-order.js';
+import { RedisStopRelay } from './stop-relay.js';
 import type {
   AnswerEvent,
   ConversationKey,
@@ -230,6 +231,11 @@ export class RemoteConversations implements ConversationPort {
   /** where front ends keep the order of a conversation's events between them (Slack's threads) */
   arrivalOrder(): RedisArrivalOrder {
     return new RedisArrivalOrder(this.redis, { owner: this.owner, log: this.log });
+  }
+
+  /** How the adapters of this front end stop answers another front end writes, and serve the others' requests. */
+  stopRelay(): RedisStopRelay {
+    return new RedisStopRelay(this.redis, { owner: this.owner, log: this.log });
   }
 
   /** where this front end holds its Discord shards, so that no other connects them too */

@@ -63,6 +63,10 @@ export const keys = {
   affinity: (convId: string) => `${PREFIX}affinity:${convId}`,
   /** the turns of a conversation's events that front ends received and have not numbered yet, scored by their place (arrival-order.ts) */
   arrivals: (key: string) => `${PREFIX}arrivals:${key}`,
+  /** which front end writes an answer: by its Stop button's id, by the id its message was asked under, by its image's (stop-relay.ts) */
+  held: (kind: 'stop' | 'asked' | 'image', id: string) => `${PREFIX}held:${kind}:${id}`,
+  /** a front end's requests from the others (stop an answer it writes), and its replies to theirs */
+  stops: (owner: string) => `${PREFIX}stops:${owner}`,
   /** the Discord shards of one bot (a digest of its token) held by front ends */
   discordShards: (bot: string) => `${PREFIX}discord-shards:${bot}`,
 } as const;

@@ -130,6 +130,7 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
         rateLimiter,
         shardLeases,
         arrivalOrder: manager.arrivalOrder(),
+        sharedStops: manager.stopRelay(),
         ...(metrics ? { metrics } : {}),
       },
       adapters,
