@@ -1,9 +1,17 @@
 // Deleted messages (MESSAGE_DELETE, MESSAGE_DELETE_BULK, read from the gateway itself: discord.js drops those of
 // channels it has not cached, a DM's after a restart): a deleted message that asked a question has what the bot kept
-// of it forgotten and the bot's answers to it deleted (adapters/shared/deleted.ts).
+// of it forgotten and the bot's answers to it deleted; one of the bot's answers deleted by a moderator takes its
+// exchange out of the conversation (adapters/shared/deleted.ts).
 import { DiscordAPIError, Routes, type Client } from 'discord.js';
 import type { ConversationKey } from '../../src/conversation/index.js';
-import { DELETED_IMAGE_LINE, questionDeleted, type AnswerRecords, type Posted } from '../shared/deleted.js';
+import {
+  answerDeleted,
+  DELETED_IMAGE_LINE,
+  questionDeleted,
+  type AnswerRecords,
+  type DeletionHost,
+  type Posted,
+} from '../shared/deleted.js';
 import type { ConversationPort } from '../shared/port.js';
 import { LruMap } from '../../src/util/lru.js';
 import { notice } from './format.js';
@@ -39,19 +47,17 @@ export class Deletions {
     for (const id of d.ids) {
       if (this.ownDeletes.get(id)) continue;
       const where = d.guildId ? `guild ${d.guildId}, channel ${d.channelId}` : `DM ${d.channelId}`;
-      await questionDeleted(
-        {
-          manager: this.host.manager,
-          records: this.host.answers,
-          log: this.host.log,
-          stopAnswer: (asked) => this.host.stopForDeletion(asked),
-          deleteMessage: (p) => this.deleteAnswer(p),
-          tellForgotten: (key) => this.tellForgotten(key),
-        },
-        `discord-${id}`,
-        () => this.candidates(d, id),
-        `discord: deleted message ${id} (${where})`,
-      );
+      const host: DeletionHost = {
+        manager: this.host.manager,
+        records: this.host.answers,
+        log: this.host.log,
+        stopAnswer: (asked) => this.host.stopForDeletion(asked),
+        deleteMessage: (p) => this.deleteAnswer(p),
+        tellForgotten: (key) => this.tellForgotten(key),
+      };
+      // (the gateway does not say whose message it was: a question's, else one of the bot's answers, deleted by a moderator)
+      const asked = await questionDeleted(host, `discord-${id}`, () => this.candidates(d, id), `discord: deleted message ${id} (${where})`);
+      if (asked === undefined) await answerDeleted(host, id, `discord: deleted answer ${id} (${where})`);
     }
   }
 

@@ -45,8 +45,10 @@ export class AnswerRecords {
     if (posted.length === 0) return;
     try {
       const known = asEntry(await this.store.get(this.prefix + asked));
-      const all = [...(known?.posted ?? []), ...posted.filter((p) => !known?.posted.some((k) => k.id === p.id))];
-      await this.store.set(this.prefix + asked, { key, posted: all.slice(-MAX_POSTED) }, ANSWERS_TTL_MS);
+      const fresh = posted.filter((p) => !known?.posted.some((k) => k.id === p.id));
+      await this.store.set(this.prefix + asked, { key, posted: [...(known?.posted ?? []), ...fresh].slice(-MAX_POSTED) }, ANSWERS_TTL_MS);
+      // and, for each message, which question it answers (a moderator may delete an answer)
+      for (const p of fresh) if (!p.file) await this.store.set(this.answerKey(p.id), asked, ANSWERS_TTL_MS);
     } catch (err) {
       this.log(`could not store which messages answered ${asked}: ${(err as Error).message}`);
     }
@@ -57,9 +59,20 @@ export class AnswerRecords {
     return asEntry(await this.store.get(this.prefix + asked));
   }
 
+  /** The question (its asked id) a bot message answers, if kept. */
+  async questionOf(answer: string): Promise<string | undefined> {
+    const asked = await this.store.get(this.answerKey(answer));
+    return typeof asked === 'string' ? asked : undefined;
+  }
+
   /** Forgets what was kept for `asked` (its answers are deleted). */
-  async drop(asked: string): Promise<void> {
+  async drop(asked: string, entry: AnswersEntry): Promise<void> {
+    for (const p of entry.posted) if (!p.file) await this.store.delete(this.answerKey(p.id));
     await this.store.delete(this.prefix + asked);
+  }
+
+  private answerKey(id: string): string {
+    return `${this.prefix}of:${id}`;
   }
 }
 
@@ -104,7 +117,7 @@ export async function questionDeleted(
   if (!key) return undefined;
   const outcome = await host.manager.forgetQuestion(key, asked);
   // (kept until the question is forgotten: a store that failed meanwhile loses nothing)
-  if (record) await host.records.drop(asked);
+  if (record) await host.records.drop(asked, record);
   for (const p of record?.posted ?? []) {
     await host.deleteMessage(p).catch((err: unknown) => host.log(`${label}: could not delete answer ${p.id}: ${(err as Error).message}`));
   }
@@ -114,6 +127,25 @@ export async function questionDeleted(
       .catch((err: unknown) => host.log(`${label}: could not say the conversation was forgotten: ${(err as Error).message}`));
   }
   host.log(`${label}: ${outcome.replace('_', ' ')}${record ? `, ${record.posted.length} answer message(s) deleted` : ''}`);
+  return outcome;
+}
+
+/**
+ * The bot's message `id` was deleted (by a moderator; or, on Slack, an admin): if it answered a question, that exchange
+ * is forgotten (the question's message stays, and so does the conversation, whatever brought its image) and the other
+ * messages answering that question are deleted too. The outcome; undefined when it answered nothing kept.
+ */
+export async function answerDeleted(host: DeletionHost, id: string, label: string): Promise<QuestionOutcome | undefined> {
+  const asked = await host.records.questionOf(id);
+  const record = asked !== undefined ? await host.records.get(asked) : undefined;
+  if (asked === undefined || !record) return undefined;
+  const outcome = await host.manager.forgetQuestion(record.key, asked, { turnOnly: true });
+  await host.records.drop(asked, record);
+  for (const p of record.posted) {
+    if (p.id === id) continue;
+    await host.deleteMessage(p).catch((err: unknown) => host.log(`${label}: could not delete answer ${p.id}: ${(err as Error).message}`));
+  }
+  host.log(`${label}: ${outcome.replace('_', ' ')}, ${record.posted.length - 1} other answer message(s) deleted`);
   return outcome;
 }
 

@@ -18,9 +18,10 @@ export interface ConversationPort {
   reset(key: ConversationKey, opts?: ResetOptions): Promise<ResetOutcome>;
   /**
    * forgets the question of a deleted message (asked as request id `asked`), after the conversation's earlier requests:
-   * its turn, or the whole conversation where that message brought the image
+   * its turn, or the whole conversation where that message brought the image (`turnOnly`: its answer was deleted, the
+   * turn alone)
    */
-  forgetQuestion(key: ConversationKey, asked: string): Promise<QuestionOutcome>;
+  forgetQuestion(key: ConversationKey, asked: string, opts?: { turnOnly?: boolean }): Promise<QuestionOutcome>;
   history(key: ConversationKey): Promise<ConversationState | null>;
   /**
    * forgets every conversation of a platform's workspace (the app was removed there; or of each workspace the function

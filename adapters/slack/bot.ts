@@ -10,7 +10,7 @@ import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
 import { StopButtons, type StopOutcome } from '../shared/stop-buttons.js';
 import { ALREADY_REGENERATING, Answering, EDITED_LINE, editRequest, InFlight, LatestAnswers } from '../shared/regenerate.js';
 import { TaskSet } from '../shared/tasks.js';
-import { AnswerRecords, DELETED_IMAGE_LINE, questionDeleted, type Posted } from '../shared/deleted.js';
+import { AnswerRecords, answerDeleted, DELETED_IMAGE_LINE, questionDeleted, type DeletionHost, type Posted } from '../shared/deleted.js';
 import {
   answer,
   dmKey,
@@ -445,34 +445,32 @@ export class SlackBot {
    * answer being written to it is stopped first.
    */
   private async onDeleted(
-    d: { channel: string; ts: string; thread?: string; dm: boolean },
+    d: { channel: string; ts: string; thread?: string; dm: boolean; bots: boolean },
     team: string,
     client: WebClient,
   ): Promise<void> {
     const asked = `slack:${d.channel}:${d.ts}`;
     const key = d.dm ? dmKey(team, d.channel) : slackKey(team, d.channel, d.thread ?? d.ts);
-    await questionDeleted(
-      {
-        manager: this.manager,
-        records: this.ctx.answers,
-        log: this.log,
-        stopAnswer: async (id) => {
-          await this.ctx.answering.stopForDeletion(id, (stopId) => this.ctx.stops.cancel(stopId));
-          await this.opts.sharedStops?.stopForDeletion(id);
-        },
-        deleteMessage: (p) => deleteAnswer(client, p),
-        tellForgotten: async (k) => {
-          await client.chat.postMessage({
-            channel: k.channel,
-            ...(k.thread !== k.channel ? { thread_ts: k.thread } : {}),
-            text: `_${DELETED_IMAGE_LINE}_`,
-          });
-        },
+    const host: DeletionHost = {
+      manager: this.manager,
+      records: this.ctx.answers,
+      log: this.log,
+      stopAnswer: async (id) => {
+        await this.ctx.answering.stopForDeletion(id, (stopId) => this.ctx.stops.cancel(stopId));
+        await this.opts.sharedStops?.stopForDeletion(id);
       },
-      asked,
-      () => [key],
-      `slack: deleted message ${d.ts} in ${d.channel}`,
-    );
+      deleteMessage: (p) => deleteAnswer(client, p),
+      tellForgotten: async (k) => {
+        await client.chat.postMessage({
+          channel: k.channel,
+          ...(k.thread !== k.channel ? { thread_ts: k.thread } : {}),
+          text: `_${DELETED_IMAGE_LINE}_`,
+        });
+      },
+    };
+    // One of this bot's answers (an admin deleted it; those it deleted itself are no longer kept): its exchange goes.
+    if (d.bots) await answerDeleted(host, d.ts, `slack: deleted answer ${d.ts} in ${d.channel}`);
+    else await questionDeleted(host, asked, () => [key], `slack: deleted message ${d.ts} in ${d.channel}`);
   }
 
   /** The request of a mention or a thread message (its text, its files) in `thread`. */

@@ -70,20 +70,26 @@ export function editedMessage(ev: MessageLike, botUserId: string): (MessageLike 
 }
 
 /**
- * The message a person's deletion took (by them or an admin), with its channel: a message_deleted event, or the
- * message_changed one that Slack sends instead for a thread's first message with replies (it leaves a tombstone).
- * Undefined for anything else, and for the bot's own messages.
+ * The message a deletion took (a person's, by them or an admin; or a bot's: `bots`, e.g. this one's answer deleted by
+ * an admin), with its channel: a message_deleted event, or the message_changed one that Slack sends instead for a
+ * thread's first message with replies (it leaves a tombstone). Undefined for anything else.
  */
 export function deletedMessage(
   ev: MessageLike,
   botUserId: string,
-): { channel: string; ts: string; thread?: string; dm: boolean } | undefined {
+): { channel: string; ts: string; thread?: string; dm: boolean; bots: boolean } | undefined {
   const before = ev.previous_message;
-  if (!ev.channel || !before || before.bot_id || (botUserId && before.user === botUserId)) return undefined;
+  if (!ev.channel || !before) return undefined;
   const tombstone = ev.subtype === 'message_changed' && ev.message?.subtype === 'tombstone';
   if (ev.subtype !== 'message_deleted' && !tombstone) return undefined;
   const ts = (tombstone ? ev.message?.ts : ev.deleted_ts) ?? before.ts;
   if (!ts) return undefined;
   const thread = before.thread_ts ?? ev.message?.thread_ts;
-  return { channel: ev.channel, ts, ...(thread ? { thread } : {}), dm: ev.channel_type === 'im' || ev.channel.startsWith('D') };
+  return {
+    channel: ev.channel,
+    ts,
+    ...(thread ? { thread } : {}),
+    dm: ev.channel_type === 'im' || ev.channel.startsWith('D'),
+    bots: !!before.bot_id || (!!botUserId && before.user === botUserId),
+  };
 }

@@ -158,11 +158,11 @@ export class RemoteConversations implements ConversationPort {
    * Forgets the question of a deleted message (see ConversationManager.forgetQuestion), after the conversation's
    * earlier requests. Throws while a worker of an earlier version runs: it would forget the whole conversation.
    */
-  async forgetQuestion(key: ConversationKey, asked: string): Promise<QuestionOutcome> {
+  async forgetQuestion(key: ConversationKey, asked: string, opts: { turnOnly?: boolean } = {}): Promise<QuestionOutcome> {
     if (this.olderWorkers(await listWorkers(this.redis)).some((w) => protocolOf(w) < PROTOCOL_FORGET_QUESTION)) {
       throw new Error(FORGET_QUESTION_NEEDS_UPGRADE);
     }
-    const outcome = await this.resetJob(key, { question: asked });
+    const outcome = await this.resetJob(key, { question: asked, ...(opts.turnOnly ? { turnOnly: true } : {}) });
     if (outcome === 'conversation_forgotten' || outcome === 'question_forgotten' || outcome === 'not_asked') return outcome;
     throw new Error(`a worker said it did ${String(outcome)} with a deleted message's question`);
   }
@@ -170,7 +170,7 @@ export class RemoteConversations implements ConversationPort {
   /** A reset job (a job like the conversation's requests, so the order holds): what its worker said it did. */
   private async resetJob(
     key: ConversationKey,
-    extra: { by?: string; question?: string },
+    extra: { by?: string; question?: string; turnOnly?: boolean },
   ): Promise<ResetOutcome | QuestionOutcome | undefined> {
     const convId = conversationId(key);
     const jobId = `x${randomBytes(12).toString('hex')}`;

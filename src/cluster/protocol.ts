@@ -102,8 +102,11 @@ export interface RequestData {
 
 export type JobData =
   | { kind: 'answer'; convId: string; seq: number; request: RequestData }
-  /** `question`: only the question of the deleted message asked as this request id (ConversationManager.forgetQuestion) */
-  | { kind: 'reset'; convId: string; seq: number; key: ConversationKey; by?: string; question?: string };
+  /**
+   * `question`: only the question of the deleted message asked as this request id (ConversationManager.forgetQuestion;
+   * `turnOnly`: its answer was deleted)
+   */
+  | { kind: 'reset'; convId: string; seq: number; key: ConversationKey; by?: string; question?: string; turnOnly?: boolean };
 
 /**
  * What a job's stream carries: the manager's answer events, plus `restart` (a retry on another worker begins:

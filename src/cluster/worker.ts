@@ -150,7 +150,7 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
         try {
           const outcome =
             data.question !== undefined
-              ? await opts.manager.forgetQuestion(data.key, data.question)
+              ? await opts.manager.forgetQuestion(data.key, data.question, data.turnOnly ? { turnOnly: true } : {})
               : await opts.manager.reset(data.key, data.by !== undefined ? { by: data.by } : {});
           // (the KV cache that made a worker the conversation's home is gone)
           if (outcome !== 'not_allowed' && outcome !== 'not_asked') await redis.del(keys.affinity(data.convId));

@@ -257,12 +257,13 @@ export class ConversationManager {
    * or, when that message brought the conversation's image, the whole conversation (and the image, unless another
    * conversation uses it); decided in the conversation's order, after its earlier requests are stored. Whoever
    * deleted it (its author, a moderator): the message is gone, so is what the bot kept of it. The conversation's KV
-   * caches go too (they hold the question), here and, in a cluster, in every worker.
+   * caches go too (they hold the question), here and, in a cluster, in every worker. `turnOnly`: the bot's answer to
+   * it was deleted (the message stays): that turn alone goes.
    */
-  forgetQuestion(key: ConversationKey, asked: string): Promise<QuestionOutcome> {
+  forgetQuestion(key: ConversationKey, asked: string, opts: { turnOnly?: boolean } = {}): Promise<QuestionOutcome> {
     return this.control(key, async (convId) => {
       const state = await this.repo.getConversation(convId);
-      const left = state && withoutQuestion(state, String(asked));
+      const left = state && withoutQuestion(state, String(asked), opts.turnOnly === true);
       if (!state || !left) return 'not_asked';
       if (left === 'all') {
         await this.repo.deleteConversation(convId);

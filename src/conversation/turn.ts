@@ -102,11 +102,16 @@ export function threadState(opts: {
  * The conversation once the question a deleted message asked (first asked as `asked`) is forgotten: nothing of it left
  * when that message brought the conversation's image (what the turns were about); without that question's turn (an
  * answered-again turn found by the id it was first asked under); undefined when no stored turn was asked by it.
+ * `turnOnly` (its answer was deleted, the message stays): the turn alone, whatever brought the image.
  */
-export function withoutQuestion(state: ConversationState, asked: string): { state: ConversationState } | 'all' | undefined {
+export function withoutQuestion(
+  state: ConversationState,
+  asked: string,
+  turnOnly = false,
+): { state: ConversationState } | 'all' | undefined {
   const first = state.turns[0];
   const imageMessage = state.image.askedIn ?? (state.droppedTurns === 0 && first ? (first.askedAs ?? first.requestId) : undefined);
-  if (imageMessage === asked) return 'all';
+  if (imageMessage === asked && !turnOnly) return 'all';
   const turns = state.turns.filter((t) => (t.askedAs ?? t.requestId) !== asked);
   if (turns.length === state.turns.length) return undefined;
   return { state: { ...state, turns } };

@@ -151,7 +151,8 @@ export class BotMetrics {
       handle: (req) => this.observe(req, port.handle(req)),
       history: (key) => port.history(key),
       forgetWorkspace: (platform, workspace, channel) => port.forgetWorkspace(platform, workspace, channel),
-      forgetQuestion: (key, asked) => outcomeCounted(this.deletedQuestions, key.platform, () => port.forgetQuestion(key, asked)),
+      forgetQuestion: (key, asked, opts) =>
+        outcomeCounted(this.deletedQuestions, key.platform, () => port.forgetQuestion(key, asked, opts)),
       reset: (key, opts) => outcomeCounted(this.resets, key.platform, () => port.reset(key, opts)),
     };
   }

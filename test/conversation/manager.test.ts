@@ -740,6 +740,10 @@ describe('conversation manager: the question of a deleted message forgotten', ()
     await collect(m.handle({ key: k4, user: 'u', text: 'what is this?', image, imageFrom: 'i1', requestId: 'q1' }));
     expect((await m.history(k4))!.image.askedIn).toBe('i1');
     expect(await m.forgetQuestion(k4, 'q1')).toBe('question_forgotten');
+    // (its answer deleted, the image's message still there: the turn alone, whatever brought the image)
+    await collect(m.handle({ key: k4, user: 'u', text: 'again?', requestId: 'q2' }));
+    expect(await m.forgetQuestion(k4, 'i1', { turnOnly: true })).toBe('not_asked');
+    expect(await m.forgetQuestion(k4, 'q2', { turnOnly: true })).toBe('question_forgotten');
     expect((await m.history(k4))!.turns).toEqual([]);
     expect(await m.forgetQuestion(k4, 'i1')).toBe('conversation_forgotten');
     expect(await m.history(k4)).toBeNull();

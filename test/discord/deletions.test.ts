@@ -148,4 +148,31 @@ describe('a deleted question', () => {
     expect(s.fake.message(ask.id, answer.id)).toBeUndefined();
     expect(botMessagesIn(ask.id).at(-1)!.content).toBe(FORGOTTEN);
   }, 60_000);
+
+  it("one of the bot's answers deleted by a moderator: its exchange leaves the conversation, the question stays", async () => {
+    const ask = s.fake.postMessage(s.w.general, s.w.alice, 'what is this?', { attachments: [await image('m.png')], mentionBot: true });
+    const thread = ask.id;
+    expect(await answered(logs, ask.id)).toMatch(/: answered/);
+    const q2 = s.fake.postMessage(thread, s.w.alice, 'say something rude');
+    expect(await answered(logs, q2.id)).toMatch(/: answered/);
+    const [a1, a2] = botMessagesIn(thread);
+    const conv = key(s.w.general, thread);
+
+    s.fake.userDeletes(thread, a2.id);
+    const line = () => logs.find((l) => l.startsWith(`discord: deleted answer ${a2.id} (`));
+    await until(() => line() !== undefined, 'the deletion handled');
+    expect(line()).toMatch(/: question forgotten, 0 other answer message\(s\) deleted$/);
+    expect(await askedIn(conv)).toEqual(['what is this?']);
+    expect(s.fake.message(thread, q2.id)).toBeDefined();
+
+    // the answer about the image: that exchange goes, the conversation and its image stay (its message is there)
+    s.fake.userDeletes(thread, a1.id);
+    await until(() => logs.some((l) => l.startsWith(`discord: deleted answer ${a1.id} (`)), 'the second deletion handled');
+    const h = (await s.manager.history(conv))!;
+    expect(h.turns).toEqual([]);
+    expect(h.image.askedIn).toBe(`discord-${ask.id}`);
+    const follow = s.fake.postMessage(thread, s.w.alice, 'and now?');
+    expect(await answered(logs, follow.id)).toMatch(/: answered/);
+    expect(await askedIn(conv)).toEqual(['and now?']);
+  }, 60_000);
 });

@@ -109,4 +109,27 @@ describe('slack: a deleted question', () => {
     await s.fake.waitFor(() => textReplies(s.fake, 'C4', pic.ts).find((m) => m.text === FORGOTTEN), 10_000, 'the thread told');
     expect(botTs('C4', pic.ts)).toHaveLength(1);
   }, 60_000);
+
+  it("one of the bot's answers deleted by an admin: its exchange leaves the conversation, with the answer's image", async () => {
+    const file = s.fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+    const { msg: ask } = await s.fake.mention('C5', { text: 'what is this?', files: [file] });
+    await waitForAnswers(s.fake, 'C5', ask.ts, 1);
+    const { msg: q2 } = await s.fake.reply('C5', ask.ts, { text: 'say something rude' });
+    await waitForAnswers(s.fake, 'C5', ask.ts, 2);
+    const key = slackKey('C5', ask.ts);
+    const [, a2] = textReplies(s.fake, 'C5', ask.ts);
+    const before = botTs('C5', ask.ts);
+
+    await s.fake.userDeletes(a2!);
+    const line = await s.fake.waitFor(
+      () => logs.find((l) => l.startsWith(`slack: deleted answer ${a2!.ts} in C5: `)),
+      20_000,
+      'the deletion handled',
+    );
+    expect(line).toMatch(/: question forgotten, 1 other answer message\(s\) deleted$/);
+    expect(await askedIn(key)).toEqual(['what is this?']);
+    expect(s.fake.messages.includes(q2)).toBe(true);
+    // the answer's annotated image went with it; the first answer stays
+    expect(botTs('C5', ask.ts)).toEqual(before.slice(0, 2));
+  }, 60_000);
 });
