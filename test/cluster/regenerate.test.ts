@@ -159,6 +159,11 @@ describe('regenerate and edited questions through a front end', () => {
     expect(await frontend.forgetQuestion(key, 'd1')).toBe('conversation_forgotten');
     expect(await frontend.history(key)).toBeNull();
 
+    // an answer deleted (turnOnly, carried by the job): the turn alone, though its message brought the image
+    await ask({ key, user: 'U1', text: 'what is this?', image: await squarePng(40, 30), requestId: 'd4' });
+    expect(await frontend.forgetQuestion(key, 'd4', { turnOnly: true })).toBe('question_forgotten');
+    expect((await frontend.history(key))!.turns).toEqual([]);
+
     // an image from another message: the job carries which (the image's message recorded as its)
     await ask({ key, user: 'U1', text: 'what is this?', image: await squarePng(40, 30), imageFrom: 'i5', requestId: 'd5' });
     expect((await frontend.history(key))!.image.askedIn).toBe('i5');
