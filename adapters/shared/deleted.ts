@@ -24,7 +24,8 @@ export interface Posted {
 
 interface AnswersEntry {
   key: ConversationKey;
-  posted: Posted[];
+  /** oldest first; `answer` numbers the answers (a Regenerate's or an edit's is another one) */
+  posted: (Posted & { answer: number })[];
 }
 
 /** Each answered message's conversation and the bot's messages answering it, in the store under `prefix` + asked id. */
@@ -45,7 +46,8 @@ export class AnswerRecords {
     if (posted.length === 0) return;
     try {
       const known = asEntry(await this.store.get(this.prefix + asked));
-      const fresh = posted.filter((p) => !known?.posted.some((k) => k.id === p.id));
+      const answer = Math.max(-1, ...(known?.posted ?? []).map((p) => p.answer)) + 1;
+      const fresh = posted.filter((p) => !known?.posted.some((k) => k.id === p.id)).map((p) => ({ ...p, answer }));
       await this.store.set(this.prefix + asked, { key, posted: [...(known?.posted ?? []), ...fresh].slice(-MAX_POSTED) }, ANSWERS_TTL_MS);
       // and, for each message, which question it answers (a moderator may delete an answer)
       for (const p of fresh) if (!p.file) await this.store.set(this.answerKey(p.id), asked, ANSWERS_TTL_MS);
@@ -65,10 +67,13 @@ export class AnswerRecords {
     return typeof asked === 'string' ? asked : undefined;
   }
 
-  /** Forgets what was kept for `asked` (its answers are deleted). */
-  async drop(asked: string, entry: AnswersEntry): Promise<void> {
-    for (const p of entry.posted) if (!p.file) await this.store.delete(this.answerKey(p.id));
-    await this.store.delete(this.prefix + asked);
+  /** Forgets what was kept for `asked` (its answers are deleted); with `answer`, of that answer only. */
+  async drop(asked: string, entry: AnswersEntry, answer?: number): Promise<void> {
+    const gone = entry.posted.filter((p) => answer === undefined || p.answer === answer);
+    for (const p of gone) if (!p.file) await this.store.delete(this.answerKey(p.id));
+    const left = entry.posted.filter((p) => !gone.includes(p));
+    if (left.length > 0) await this.store.set(this.prefix + asked, { key: entry.key, posted: left }, ANSWERS_TTL_MS);
+    else await this.store.delete(this.prefix + asked);
   }
 
   private answerKey(id: string): string {
@@ -83,7 +88,12 @@ function asEntry(v: unknown): AnswersEntry | undefined {
   const posted = e.posted.filter((p) => typeof p?.channel === 'string' && typeof p?.id === 'string');
   return {
     key: key as ConversationKey,
-    posted: posted.map((p) => ({ channel: p.channel, id: p.id, ...(p.file === true ? { file: true } : {}) })),
+    posted: posted.map((p) => ({
+      channel: p.channel,
+      id: p.id,
+      ...(p.file === true ? { file: true as const } : {}),
+      answer: typeof p.answer === 'number' ? p.answer : 0,
+    })),
   };
 }
 
@@ -131,21 +141,29 @@ export async function questionDeleted(
 }
 
 /**
- * The bot's message `id` was deleted (by a moderator; or, on Slack, an admin): if it answered a question, that exchange
- * is forgotten (the question's message stays, and so does the conversation, whatever brought its image) and the other
- * messages answering that question are deleted too. The outcome; undefined when it answered nothing kept.
+ * The bot's message `id` was deleted (by a moderator; or, on Slack, an admin): if it was part of a question's latest
+ * answer, that exchange is forgotten (the question's message stays, and so does the conversation, whatever brought its
+ * image) and the rest of that answer is deleted too; an earlier answer, replaced since (a Regenerate, an edit), is no
+ * longer in the conversation: nothing else changes. The outcome; undefined when it answered nothing kept.
  */
 export async function answerDeleted(host: DeletionHost, id: string, label: string): Promise<QuestionOutcome | undefined> {
   const asked = await host.records.questionOf(id);
   const record = asked !== undefined ? await host.records.get(asked) : undefined;
-  if (asked === undefined || !record) return undefined;
+  const answer = record?.posted.find((p) => p.id === id)?.answer;
+  if (asked === undefined || !record || answer === undefined) return undefined;
+  if (answer !== Math.max(...record.posted.map((p) => p.answer))) {
+    await host.records.drop(asked, record, answer);
+    host.log(`${label}: an earlier answer, replaced since: nothing forgotten`);
+    return 'not_asked';
+  }
   const outcome = await host.manager.forgetQuestion(record.key, asked, { turnOnly: true });
-  await host.records.drop(asked, record);
-  for (const p of record.posted) {
-    if (p.id === id) continue;
+  // (before the bot deletes the rest: its own deletions then find nothing kept)
+  await host.records.drop(asked, record, answer);
+  const rest = record.posted.filter((p) => p.answer === answer && p.id !== id);
+  for (const p of rest) {
     await host.deleteMessage(p).catch((err: unknown) => host.log(`${label}: could not delete answer ${p.id}: ${(err as Error).message}`));
   }
-  host.log(`${label}: ${outcome.replace('_', ' ')}, ${record.posted.length - 1} other answer message(s) deleted`);
+  host.log(`${label}: ${outcome.replace('_', ' ')}, ${rest.length} other answer message(s) deleted`);
   return outcome;
 }
 

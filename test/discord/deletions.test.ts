@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import type { ApiMessage } from './fake-discord.js';
-import { answered, discordKey, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
+import { answered, discordKey, firstButton, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = 'a red square on a grey background';
 const FORGOTTEN =
@@ -164,6 +164,24 @@ describe('a deleted question', () => {
     expect(line()).toMatch(/: question forgotten, 0 other answer message\(s\) deleted$/);
     expect(await askedIn(conv)).toEqual(['what is this?']);
     expect(s.fake.message(thread, q2.id)).toBeDefined();
+
+    // an answer replaced by a Regenerate, deleted: it is no longer in the conversation, nothing else changes
+    const q3 = s.fake.postMessage(thread, s.w.alice, 'what colour is it?');
+    expect(await answered(logs, q3.id)).toMatch(/: answered/);
+    const a3 = botMessagesIn(thread).at(-1)!;
+    const press = s.fake.press(thread, a3.id, firstButton(a3).custom_id, s.w.alice, '0');
+    await until(() => botMessagesIn(thread).length === 3 && s.fake.message(thread, a3.id)!.content.includes('Replaced'), 'regenerated');
+    expect(press).toBeDefined();
+    s.fake.userDeletes(thread, a3.id);
+    const old = () => logs.find((l) => l.startsWith(`discord: deleted answer ${a3.id} (`));
+    await until(() => old() !== undefined, 'the old answer handled');
+    expect(old()).toMatch(/: an earlier answer, replaced since: nothing forgotten$/);
+    expect(await askedIn(conv)).toEqual(['what is this?', 'what colour is it?']);
+    // the regenerated one, deleted: that exchange goes
+    const a4 = botMessagesIn(thread).at(-1)!;
+    s.fake.userDeletes(thread, a4.id);
+    await until(() => logs.some((l) => l.startsWith(`discord: deleted answer ${a4.id} (`)), 'the new answer handled');
+    expect(await askedIn(conv)).toEqual(['what is this?']);
 
     // the answer about the image: that exchange goes, the conversation and its image stay (its message is there)
     s.fake.userDeletes(thread, a1.id);
