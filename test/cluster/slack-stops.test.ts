@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, createStore } from '../../src/conversation/index.js';
-import { serveFrontend, type RunningFrontend } from '../../src/cluster/serve.js';
+import type { RunningFrontend } from '../../src/cluster/serve.js';
+import { slackFrontends, slackUrlOf } from './helpers.js';
 import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
 import { slackKey } from '../../adapters/slack/answer.js';
 import { slowSteps, type SlowSteps } from '../helpers/slow-steps.js';
@@ -42,16 +43,7 @@ beforeAll(async () => {
     lockMs: 2000,
   });
   fake = await FakeSlack.start();
-  const env = {
-    REDIS_URL: redis.url,
-    SLACK_BOT_TOKEN: fake.botToken,
-    SLACK_SIGNING_SECRET: fake.signingSecret,
-    SLACK_PORT: '0',
-    SLACK_API_URL: fake.apiUrl,
-    SLACK_RATE_LIMIT: '0',
-    DISCORD_TOKEN: '',
-  };
-  for (let i = 0; i < 2; i++) frontends.push(await serveFrontend({ env, log: (l) => logs.push(`fe${i} ${l}`) }));
+  frontends.push(...(await slackFrontends(2, redis.url, fake, (i, l) => logs.push(`fe${i} ${l}`), { SLACK_RATE_LIMIT: '0' })));
 }, 60_000);
 
 afterAll(async () => {
@@ -66,7 +58,7 @@ afterAll(async () => {
 
 /** Sends what `send` sends to front end `i`. */
 function to<T>(i: number, send: () => Promise<T>): Promise<T> {
-  fake.appUrl = frontends[i]!.adapters.find((a) => a.name === 'slack')!.url!.replace('localhost', '127.0.0.1');
+  fake.appUrl = slackUrlOf(frontends[i]!);
   return send();
 }
 

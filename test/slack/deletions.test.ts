@@ -5,6 +5,7 @@
 // message that brought the image takes the whole conversation with it, and the thread is told.
 import { describe, expect, it } from 'vitest';
 import { dmKey, slackKey as keyOf } from '../../adapters/slack/answer.js';
+import type { FakeMessage } from './fake-slack.js';
 import { squarePng, textReplies, useSlackStack, waitForAnswers } from './helpers.js';
 
 const FORCED = '<p>green square</p> {<20><20><70><70>} on a grey background';
@@ -23,6 +24,19 @@ function deletionHandled(channel: string, ts: string): Promise<string> {
     20_000,
     `the deletion of ${ts}`,
   );
+}
+
+/**
+ * Deletes `msg`, the first message of a thread whose conversation's image it brought (answered once): the conversation
+ * goes, with the answer (text and image); the thread is told, and that is all the bot has left there.
+ */
+async function imageMessageDeleted(msg: FakeMessage): Promise<void> {
+  const key = slackKey(msg.channel, msg.ts);
+  await s.fake.userDeletes(msg);
+  expect(await deletionHandled(msg.channel, msg.ts)).toMatch(/: conversation forgotten, 2 answer message\(s\) deleted$/);
+  expect(await s.manager.history(key)).toBeNull();
+  await s.fake.waitFor(() => textReplies(s.fake, msg.channel, msg.ts).find((m) => m.text === FORGOTTEN), 10_000, 'the thread told');
+  expect(botTs(msg.channel, msg.ts)).toHaveLength(1);
 }
 
 describe('slack: a deleted question', () => {
@@ -88,11 +102,7 @@ describe('slack: a deleted question', () => {
     expect((await s.manager.history(key))!.image.askedIn).toBe(`slack:C3:${root.ts}`);
     expect(msg.thread_ts).toBe(root.ts);
 
-    await s.fake.userDeletes(root);
-    expect(await deletionHandled('C3', root.ts)).toMatch(/: conversation forgotten, 2 answer message\(s\) deleted$/);
-    expect(await s.manager.history(key)).toBeNull();
-    await s.fake.waitFor(() => textReplies(s.fake, 'C3', root.ts).find((m) => m.text === FORGOTTEN), 10_000, 'the thread told');
-    expect(botTs('C3', root.ts)).toHaveLength(1);
+    await imageMessageDeleted(root);
   }, 60_000);
 
   it('the message "Describe image" was used on: deleting it forgets the conversation and deletes the answer', async () => {
@@ -103,11 +113,7 @@ describe('slack: a deleted question', () => {
     const key = slackKey('C4', pic.ts);
     expect((await s.manager.history(key))!.image.askedIn).toBe(`slack:C4:${pic.ts}`);
 
-    await s.fake.userDeletes(pic);
-    expect(await deletionHandled('C4', pic.ts)).toMatch(/: conversation forgotten, 2 answer message\(s\) deleted$/);
-    expect(await s.manager.history(key)).toBeNull();
-    await s.fake.waitFor(() => textReplies(s.fake, 'C4', pic.ts).find((m) => m.text === FORGOTTEN), 10_000, 'the thread told');
-    expect(botTs('C4', pic.ts)).toHaveLength(1);
+    await imageMessageDeleted(pic);
   }, 60_000);
 
   it("one of the bot's answers deleted by an admin: its exchange leaves the conversation, with the answer's image", async () => {
