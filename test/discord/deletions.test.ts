@@ -149,6 +149,29 @@ describe('a deleted question', () => {
     expect(botMessagesIn(ask.id).at(-1)!.content).toBe(FORGOTTEN);
   }, 60_000);
 
+  it('the message "Describe image" was used on: deleting it forgets the conversation and deletes the answer', async () => {
+    const target = s.fake.postMessage(s.w.general, s.w.bob, 'look at my picture', { attachments: [await image('t.png')] });
+    const { id, token } = s.fake.interact(s.w.general, s.w.alice, {
+      id: '2',
+      name: 'Describe image',
+      type: 3,
+      target_id: target.id,
+      resolved: { messages: { [target.id]: target } },
+    });
+    expect(await answered(logs, id)).toMatch(/: answered/);
+    const original = s.fake.original(token)!;
+    await until(() => s.fake.channel(original.id)?.type === 11, 'the thread on the answer');
+    const conv = key(s.w.general, original.id);
+    expect((await s.manager.history(conv))!.image.askedIn).toBe(`discord-${target.id}`);
+
+    s.fake.userDeletes(s.w.general, target.id);
+    expect(await deletionHandled(target.id)).toMatch(/: conversation forgotten, 1 answer message\(s\) deleted$/);
+    expect(await s.manager.history(conv)).toBeNull();
+    expect(s.fake.message(s.w.general, original.id)).toBeUndefined();
+    // (said in the thread opened on the answer)
+    expect(botMessagesIn(original.id).at(-1)!.content).toBe(FORGOTTEN);
+  }, 60_000);
+
   it("one of the bot's answers deleted by a moderator: its exchange leaves the conversation, the question stays", async () => {
     const ask = s.fake.postMessage(s.w.general, s.w.alice, 'what is this?', { attachments: [await image('m.png')], mentionBot: true });
     const thread = ask.id;
