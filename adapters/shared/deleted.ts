@@ -7,8 +7,7 @@ import { withoutQuestion, type ConversationKey, type QuestionOutcome } from '../
 import type { ConversationPort } from './port.js';
 
 /** Said where a conversation was, once the message that brought its image was deleted. */
-export const DELETED_IMAGE_LINE =
-  'The message with the image was deleted, so I have forgotten this conversation and its image. Send an image to start again.';
+export const DELETED_IMAGE_LINE = 'The image was deleted, so I have forgotten this conversation. Send an image to start again.';
 
 /** How long what a message's answers were is kept (as the in-channel reply marks: a question is rarely deleted later). */
 const ANSWERS_TTL_MS = 90 * 24 * 3600 * 1000;
@@ -61,6 +60,25 @@ export class AnswerRecords {
     return asEntry(await this.store.get(this.prefix + asked));
   }
 
+  /**
+   * The image of the message asked as `asked`, in conversation `key`, was read from file `file` (Slack): deleting the
+   * file forgets it as deleting the message would.
+   */
+  async imageFile(file: string, asked: string, key: ConversationKey): Promise<void> {
+    await this.store.set(this.fileKey(file), { asked, key }, ANSWERS_TTL_MS).catch((err: unknown) => {
+      this.log(`could not store which message file ${file} was posted in: ${(err as Error).message}`);
+    });
+  }
+
+  /** The message (its asked id) and conversation an image file was read for, if kept; the mark goes. */
+  async takeImageFile(file: string): Promise<{ asked: string; key: ConversationKey } | undefined> {
+    const v = (await this.store.get(this.fileKey(file))) as { asked?: unknown; key?: unknown } | undefined;
+    const entry = asEntry(v ? { key: v.key, posted: [] } : undefined);
+    if (!v || typeof v.asked !== 'string' || !entry) return undefined;
+    await this.store.delete(this.fileKey(file));
+    return { asked: v.asked, key: entry.key };
+  }
+
   /** The question (its asked id) a bot message answers, if kept. */
   async questionOf(answer: string): Promise<string | undefined> {
     const asked = await this.store.get(this.answerKey(answer));
@@ -78,6 +96,10 @@ export class AnswerRecords {
 
   private answerKey(id: string): string {
     return `${this.prefix}of:${id}`;
+  }
+
+  private fileKey(id: string): string {
+    return `${this.prefix}file:${id}`;
   }
 }
 

@@ -209,6 +209,9 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
         throw err;
       }
       ctx.log(`slack: ${a.what} by ${a.user}: image ${a.file.id} (${image.byteLength} bytes)`);
+      // (the file deleted, its image is forgotten as with its message)
+      const imageAsked = a.imageFrom ?? a.asked;
+      if (imageAsked !== undefined) await ctx.answers.imageFile(a.file.id, imageAsked, key);
     } else {
       ctx.log(`slack: ${a.what} by ${a.user}: text only`);
     }

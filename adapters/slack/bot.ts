@@ -286,6 +286,14 @@ export class SlackBot {
       });
     });
 
+    // A file deleted (its message kept; optional event file_deleted): an image the bot read from it is forgotten as if
+    // its message had been deleted.
+    app.event('file_deleted', async ({ event, body, client }) => {
+      const file = (event as { file_id?: unknown }).file_id;
+      if (typeof file !== 'string') return;
+      this.spawn('file_deleted', () => this.onFileDeleted(file, teamOf(body), client));
+    });
+
     // A channel was deleted (optional events: channel_deleted, group_deleted): its threads' conversations go with it.
     for (const type of ['channel_deleted', 'group_deleted'] as const) {
       app.event(type, async ({ event, body }) => {
@@ -451,7 +459,22 @@ export class SlackBot {
   ): Promise<void> {
     const asked = `slack:${d.channel}:${d.ts}`;
     const key = d.dm ? dmKey(team, d.channel) : slackKey(team, d.channel, d.thread ?? d.ts);
-    const host: DeletionHost = {
+    const host = this.deletionHost(client);
+    // One of this bot's answers (an admin deleted it; those it deleted itself are no longer kept): its exchange goes.
+    if (d.bots) await answerDeleted(host, d.ts, `slack: deleted answer ${d.ts} in ${d.channel}`);
+    else await questionDeleted(host, asked, () => [key], `slack: deleted message ${d.ts} in ${d.channel}`);
+  }
+
+  /** A file deleted: the image read from it goes as its message's would (the message's answers included). */
+  private async onFileDeleted(file: string, team: string, client: WebClient): Promise<void> {
+    const read = await this.ctx.answers.takeImageFile(file);
+    if (!read || read.key.workspace !== team) return;
+    await questionDeleted(this.deletionHost(client), read.asked, () => [read.key], `slack: deleted file ${file}`);
+  }
+
+  /** What a deletion does on Slack (adapters/shared/deleted.ts). */
+  private deletionHost(client: WebClient): DeletionHost {
+    return {
       manager: this.manager,
       records: this.ctx.answers,
       log: this.log,
@@ -468,9 +491,6 @@ export class SlackBot {
         });
       },
     };
-    // One of this bot's answers (an admin deleted it; those it deleted itself are no longer kept): its exchange goes.
-    if (d.bots) await answerDeleted(host, d.ts, `slack: deleted answer ${d.ts} in ${d.channel}`);
-    else await questionDeleted(host, asked, () => [key], `slack: deleted message ${d.ts} in ${d.channel}`);
   }
 
   /** The request of a mention or a thread message (its text, its files) in `thread`. */

@@ -12,6 +12,9 @@
 //   the latest question edited -> answered again (message_changed)
 //   app_uninstalled, the bot's tokens_revoked -> the workspace's conversations forgotten
 //   channel_deleted, group_deleted -> the channel's conversations forgotten
+//   a question's message deleted (message_deleted, a tombstone), or its image's file (file_deleted)
+//                              -> what the bot kept of it forgotten, its answers deleted; an answer deleted by an
+//                                 admin -> that exchange forgotten
 //
 // HTTP mode (Bolt's HTTPReceiver on `/slack/events`, signatures verified) when a signing secret is given,
 // Socket Mode when an app token is given. Every event is acknowledged at once and claimed by its event id

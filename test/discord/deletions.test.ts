@@ -9,8 +9,7 @@ import type { ApiMessage } from './fake-discord.js';
 import { answered, discordKey, firstButton, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = 'a red square on a grey background';
-const FORGOTTEN =
-  '-# The message with the image was deleted, so I have forgotten this conversation and its image. Send an image to start again.';
+const FORGOTTEN = '-# The image was deleted, so I have forgotten this conversation. Send an image to start again.';
 const s = useStack(FORCED);
 const { logs } = s;
 

@@ -9,8 +9,7 @@ import type { FakeMessage } from './fake-slack.js';
 import { squarePng, textReplies, useSlackStack, waitForAnswers } from './helpers.js';
 
 const FORCED = '<p>green square</p> {<20><20><70><70>} on a grey background';
-const FORGOTTEN =
-  '_The message with the image was deleted, so I have forgotten this conversation and its image. Send an image to start again._';
+const FORGOTTEN = '_The image was deleted, so I have forgotten this conversation. Send an image to start again._';
 const s = useSlackStack(FORCED);
 const { logs } = s;
 const slackKey = (channel: string, thread: string) => keyOf(s.fake.teamId, channel, thread);
@@ -137,5 +136,24 @@ describe('slack: a deleted question', () => {
     expect(s.fake.messages.includes(q2)).toBe(true);
     // the answer's annotated image went with it; the first answer stays
     expect(botTs('C5', ask.ts)).toEqual(before.slice(0, 2));
+  }, 60_000);
+
+  it('a file deleted from its message (the message stays): the image read from it is forgotten as with its message', async () => {
+    const file = s.fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+    const { msg: ask } = await s.fake.mention('C6', { text: 'what is this?', files: [file] });
+    await waitForAnswers(s.fake, 'C6', ask.ts, 1);
+    const key = slackKey('C6', ask.ts);
+    expect(await askedIn(key)).toEqual(['what is this?']);
+
+    await s.fake.userDeletesFile(file.id);
+    const line = await s.fake.waitFor(
+      () => logs.find((l) => l.startsWith(`slack: deleted file ${file.id}: `)),
+      20_000,
+      'the deletion handled',
+    );
+    expect(line).toMatch(/: conversation forgotten, 2 answer message\(s\) deleted$/);
+    expect(await s.manager.history(key)).toBeNull();
+    await s.fake.waitFor(() => textReplies(s.fake, 'C6', ask.ts).find((m) => m.text === FORGOTTEN), 10_000, 'the thread told');
+    expect(s.fake.messages.includes(ask)).toBe(true);
   }, 60_000);
 });

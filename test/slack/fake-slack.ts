@@ -379,6 +379,14 @@ export class FakeSlack {
     };
   }
 
+  /** A person deletes a file (its message stays, without it): file_deleted, as Slack sends it to subscribed apps. */
+  async userDeletesFile(id: string, opts: SendOptions = {}): Promise<{ status: number }> {
+    if (!this.files.delete(id)) throw new Error(`no file ${id}`);
+    for (const m of this.messages) if (m.files?.some((f) => f.id === id)) m.files = m.files.filter((f) => f.id !== id);
+    const ts = this.nextTs();
+    return { status: (await this.sendEvent({ type: 'file_deleted', file_id: id, event_ts: ts }, opts)).status };
+  }
+
   // ----------------------------------------------------------------------------------------------
   // Sender: events, commands, shortcuts, signed like Slack
   // ----------------------------------------------------------------------------------------------
