@@ -186,7 +186,12 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     this.allowedChannels = new Set(opts.allowedChannels ?? []);
     this.allowDMs = opts.allowDMs ?? true;
     client.on(Events.MessageCreate, (m) => this.track('message', () => this.onMessage(m)));
-    client.on(Events.MessageUpdate, (before, now) => this.track('message edit', () => onEdited(this, before, now)));
+    client.on(Events.MessageUpdate, (before, now) => {
+      // (an edit takes its turn in its conversation as the gateway delivers it: started first)
+      this.track('message edit', () => onEdited(this, before, now));
+      // an image attachment the bot read, removed from its message: as if the message had been deleted
+      if (!now.partial && !now.author.bot) this.track('attachment removal', () => this.deletions.imageRemoved(now));
+    });
     // An edit in a DM the client has no channel for (no message there since it connected): discord.js drops it, the
     // event not saying enough about the channel; it is fetched, with the message, and the edit handled all the same.
     client.ws.on(GatewayDispatchEvents.MessageUpdate, (d: { id: string; channel_id: string; guild_id?: string }) => {
@@ -635,6 +640,8 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       ...(image && found.from ? { imageFrom: `discord-${found.from}` } : {}),
       requestId: `discord-${msg.id}`,
     };
+    // (an attachment removed from its message later forgets its image as deleting that message would)
+    if (image && found.source?.id) await this.answers.imageFile(found.source.id, req.imageFrom ?? req.requestId!, route.key);
     await this.run(req, route, ctx.label, ctx.turn, { asked: req.requestId });
   }
 

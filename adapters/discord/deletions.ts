@@ -40,6 +40,8 @@ export interface Deleted {
 export class Deletions {
   /** the bot's own answers it deleted: their MESSAGE_DELETE asks nothing of the store */
   private readonly ownDeletes = new LruMap<string, true>(1_000);
+  /** messages whose removed image is being forgotten */
+  private readonly removing = new Set<string>();
 
   constructor(private readonly host: DeletionsHost) {}
 
@@ -47,18 +49,48 @@ export class Deletions {
     for (const id of d.ids) {
       if (this.ownDeletes.get(id)) continue;
       const where = d.guildId ? `guild ${d.guildId}, channel ${d.channelId}` : `DM ${d.channelId}`;
-      const host: DeletionHost = {
-        manager: this.host.manager,
-        records: this.host.answers,
-        log: this.host.log,
-        stopAnswer: (asked) => this.host.stopForDeletion(asked),
-        deleteMessage: (p) => this.deleteAnswer(p),
-        tellForgotten: (key) => this.tellForgotten(key),
-      };
+      const host = this.deletionHost();
       // (the gateway does not say whose message it was: a question's, else one of the bot's answers, deleted by a moderator)
       const asked = await questionDeleted(host, `discord-${id}`, () => this.candidates(d, id), `discord: deleted message ${id} (${where})`);
       if (asked === undefined) await answerDeleted(host, id, `discord: deleted answer ${id} (${where})`);
     }
+  }
+
+  /**
+   * The image attachment the bot read from `msg` is no longer on it (its author removed it in an edit): what the bot
+   * kept of it goes as if the message had been deleted.
+   */
+  async imageRemoved(msg: {
+    id: string;
+    channelId: string;
+    guildId: string | null;
+    attachments: { has(id: string): boolean };
+  }): Promise<void> {
+    const asked = `discord-${msg.id}`;
+    // (one removal at a time per message: Discord may send its update more than once)
+    if (this.removing.has(asked)) return;
+    this.removing.add(asked);
+    try {
+      const file = await this.host.answers.imageFileOf(asked);
+      if (file === undefined || msg.attachments.has(file)) return;
+      const read = await this.host.answers.takeImageFile(file);
+      if (!read) return;
+      const where = msg.guildId ? `guild ${msg.guildId}, channel ${msg.channelId}` : `DM ${msg.channelId}`;
+      await questionDeleted(this.deletionHost(), asked, () => [read.key], `discord: image removed from message ${msg.id} (${where})`);
+    } finally {
+      this.removing.delete(asked);
+    }
+  }
+
+  private deletionHost(): DeletionHost {
+    return {
+      manager: this.host.manager,
+      records: this.host.answers,
+      log: this.host.log,
+      stopAnswer: (asked) => this.host.stopForDeletion(asked),
+      deleteMessage: (p) => this.deleteAnswer(p),
+      tellForgotten: (key) => this.tellForgotten(key),
+    };
   }
 
   /**

@@ -35,6 +35,8 @@ export interface ImageSource {
   /** what Discord says the file has (attachments) */
   size?: number;
   where: 'attachment' | 'embed' | 'link';
+  /** the attachment's id (attachments) */
+  id?: string;
 }
 
 export interface DownloadPolicy {
@@ -119,7 +121,7 @@ export function findImage(msg: ImageCarrier, policy: DownloadPolicy): { source?:
       rejected ??= a.name ?? 'attachment';
       continue;
     }
-    return { source: { url: a.url, name: a.name ?? 'image', size: a.size, where: 'attachment' } };
+    return { source: { url: a.url, name: a.name ?? 'image', size: a.size, where: 'attachment', id: a.id } };
   }
   for (const e of msg.embeds) {
     const url = embedImage(e, policy);

@@ -65,9 +65,18 @@ export class AnswerRecords {
    * file forgets it as deleting the message would.
    */
   async imageFile(file: string, asked: string, key: ConversationKey): Promise<void> {
-    await this.store.set(this.fileKey(file), { asked, key }, ANSWERS_TTL_MS).catch((err: unknown) => {
+    try {
+      await this.store.set(this.fileKey(file), { asked, key }, ANSWERS_TTL_MS);
+      await this.store.set(`${this.prefix}image:${asked}`, file, ANSWERS_TTL_MS);
+    } catch (err) {
       this.log(`could not store which message file ${file} was posted in: ${(err as Error).message}`);
-    });
+    }
+  }
+
+  /** The file (a Discord attachment) the image of the message asked as `asked` was read from, if kept. */
+  async imageFileOf(asked: string): Promise<string | undefined> {
+    const file = await this.store.get(`${this.prefix}image:${asked}`);
+    return typeof file === 'string' ? file : undefined;
   }
 
   /** The message (its asked id) and conversation an image file was read for, if kept; the mark goes. */
@@ -76,6 +85,7 @@ export class AnswerRecords {
     const entry = asEntry(v ? { key: v.key, posted: [] } : undefined);
     if (!v || typeof v.asked !== 'string' || !entry) return undefined;
     await this.store.delete(this.fileKey(file));
+    await this.store.delete(`${this.prefix}image:${v.asked}`);
     return { asked: v.asked, key: entry.key };
   }
 

@@ -148,6 +148,24 @@ describe('a deleted question', () => {
     expect(botMessagesIn(ask.id).at(-1)!.content).toBe(FORGOTTEN);
   }, 60_000);
 
+  it('the image attachment removed from its message (the text kept): forgotten as if the message were deleted', async () => {
+    const ask = s.fake.postMessage(s.w.general, s.w.alice, 'what is this?', { attachments: [await image('r.png')], mentionBot: true });
+    expect(await answered(logs, ask.id)).toMatch(/: answered/);
+    const conv = key(s.w.general, ask.id);
+    const answer = botMessagesIn(ask.id).at(-1)!;
+    // an edit that keeps the image changes nothing here
+    s.fake.userEdits(s.w.general, ask.id, 'what is this?', { mentionBot: true });
+
+    s.fake.userEdits(s.w.general, ask.id, 'what is this?', { mentionBot: true, removeAttachments: true });
+    const line = () => logs.find((l) => l.startsWith(`discord: image removed from message ${ask.id} (`));
+    await until(() => line() !== undefined, 'the removal handled');
+    expect(line()).toMatch(/: conversation forgotten, 1 answer message\(s\) deleted$/);
+    expect(await s.manager.history(conv)).toBeNull();
+    expect(s.fake.message(ask.id, answer.id)).toBeUndefined();
+    expect(botMessagesIn(ask.id).at(-1)!.content).toBe(FORGOTTEN);
+    expect(logs.filter((l) => l.startsWith(`discord: image removed from message ${ask.id} (`))).toHaveLength(1);
+  }, 60_000);
+
   it('the message "Describe image" was used on: deleting it forgets the conversation and deletes the answer', async () => {
     const target = s.fake.postMessage(s.w.general, s.w.bob, 'look at my picture', { attachments: [await image('t.png')] });
     const { id, token } = s.fake.interact(s.w.general, s.w.alice, {

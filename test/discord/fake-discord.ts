@@ -559,12 +559,18 @@ export class FakeDiscord {
    * The author edits message `messageId` (MESSAGE_UPDATE with the whole message, as Discord sends it for a content
    * edit): `content` as typed (`mentionBot`: with the bot's mention in front, as postMessage writes it).
    */
-  userEdits(channelId: string, messageId: string, content: string, extra: { mentionBot?: boolean } = {}): ApiMessage {
+  userEdits(
+    channelId: string,
+    messageId: string,
+    content: string,
+    extra: { mentionBot?: boolean; removeAttachments?: boolean } = {},
+  ): ApiMessage {
     const ch = this.channels.get(channelId);
     const msg = this.messages.get(channelId)?.get(messageId);
     if (!ch || !msg) throw new Error(`no message ${messageId} in channel ${channelId}`);
     msg.content = extra.mentionBot ? `<@${this.bot.id}> ${content}` : content;
     msg.mentions = extra.mentionBot ? [this.bot] : [];
+    if (extra.removeAttachments) msg.attachments = [];
     msg.edited_timestamp = new Date().toISOString();
     const payload: ApiMessage = { ...msg };
     if (ch.guild_id) payload.member = { roles: [], joined_at: new Date().toISOString(), deaf: false, mute: false, flags: 0 };
