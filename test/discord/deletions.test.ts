@@ -6,7 +6,17 @@
 import { describe, expect, it } from 'vitest';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import type { ApiMessage } from './fake-discord.js';
-import { answered, discordKey, firstButton, publicBotMessages, startAdapter, testPng, until, useStack } from './helpers.js';
+import {
+  answered,
+  describeImageCommand,
+  discordKey,
+  firstButton,
+  publicBotMessages,
+  startAdapter,
+  testPng,
+  until,
+  useStack,
+} from './helpers.js';
 
 const FORCED = 'a red square on a grey background';
 const FORGOTTEN = '-# The image was deleted, so I have forgotten this conversation. Send an image to start again.';
@@ -168,13 +178,7 @@ describe('a deleted question', () => {
 
   it('the message "Describe image" was used on: deleting it forgets the conversation and deletes the answer', async () => {
     const target = s.fake.postMessage(s.w.general, s.w.bob, 'look at my picture', { attachments: [await image('t.png')] });
-    const { id, token } = s.fake.interact(s.w.general, s.w.alice, {
-      id: '2',
-      name: 'Describe image',
-      type: 3,
-      target_id: target.id,
-      resolved: { messages: { [target.id]: target } },
-    });
+    const { id, token } = s.fake.interact(s.w.general, s.w.alice, describeImageCommand(target));
     expect(await answered(logs, id)).toMatch(/: answered/);
     const original = s.fake.original(token)!;
     await until(() => s.fake.channel(original.id)?.type === 11, 'the thread on the answer');

@@ -6,7 +6,7 @@ import sharp from 'sharp';
 import { gridToPixels } from '../../src/grounding/parse.js';
 import { ANNOTATION_PALETTE, boxLineWidth } from '../../src/image/annotate.js';
 import type { ApiMessage, RestCall } from './fake-discord.js';
-import { answered, describeCommand, pixel, startAdapter, testPng, until, useStack } from './helpers.js';
+import { answered, describeCommand, describeImageCommand, pixel, startAdapter, testPng, until, useStack } from './helpers.js';
 
 const FORCED = '<p>red square</p> {<20><20><70><70>} on a grey background';
 const FINAL = '**red square** on a grey background';
@@ -359,13 +359,7 @@ describe('"Describe image" on a message', () => {
     const target = s.fake.postMessage(s.w.other, s.w.bob, 'look at my picture', {
       attachments: [s.fake.addAttachment('pic.png', png, 'image/png')],
     });
-    const { id, token } = s.fake.interact(s.w.other, s.w.alice, {
-      id: '2',
-      name: 'Describe image',
-      type: 3,
-      target_id: target.id,
-      resolved: { messages: { [target.id]: target } },
-    });
+    const { id, token } = s.fake.interact(s.w.other, s.w.alice, describeImageCommand(target));
     await answered(logs, id);
     const original = s.fake.original(token)!;
     expect(original.content).toBe(FINAL);

@@ -216,6 +216,11 @@ export async function answered(logs: readonly string[], id: string, timeoutMs = 
   return outcome(logs, id)!;
 }
 
+/** The data of the "Describe image" message command used on `target`. */
+export function describeImageCommand(target: ApiMessage) {
+  return { id: '2', name: 'Describe image', type: 3, target_id: target.id, resolved: { messages: { [target.id]: target } } };
+}
+
 /** The data of a /describe slash command with the options given (in Discord's order); an image is also resolved. */
 export function describeCommand(opts: { image?: ApiAttachment; prompt?: string; task?: string; temperature?: number }) {
   const options: { name: string; type: number; value: string | number }[] = [];
