@@ -37,11 +37,14 @@ import { findImage, ImageInputProblem, type DownloadPolicy, type ImageSource } f
 import { isPermissionError, regenerateButton, type RelayResult } from './relay.js';
 import { apologiseOnFailure, HELP_DESCRIBE_NO_IMAGE, NO_THREAD_AFTER_DESCRIBE, NOT_ENABLED } from './replies.js';
 import { channelTarget, dmKey, interactionTarget, type Route, type RunOptions } from './targets.js';
+import type { AnswerRecords } from '../shared/deleted.js';
 
 /** What the interactions need from the adapter (DiscordBot). */
 export interface InteractionHost {
   readonly client: Client<true>;
   readonly policy: DownloadPolicy;
+  /** each answered message's answers, and the message an image attachment was read from (deletions.ts) */
+  readonly answers: AnswerRecords;
   log(line: string): void;
   /**
    * the request's turn in its conversation (arrival order), taken before anything is awaited; `replyTo`: the bot answer
@@ -313,6 +316,8 @@ async function answerInteraction(
 ): Promise<void> {
   const dm = !i.guildId;
   let image: Uint8Array | undefined;
+  /** the target message's image attachment, when the image was read from one */
+  let attachment: string | undefined;
   try {
     if (input.attachment) {
       const found = findImage({ attachments: [input.attachment], embeds: [], content: '' }, bot.policy);
@@ -326,6 +331,7 @@ async function answerInteraction(
         return;
       }
       image = await bot.download(found.source, found.rejected);
+      attachment = found.source?.id;
     }
   } catch (err) {
     if (!(err instanceof ImageInputProblem)) throw err;
@@ -360,6 +366,8 @@ async function answerInteraction(
     ...(image && input.target ? { imageFrom: `discord-${input.target.id}` } : {}),
     requestId: `discord-${i.id}`,
   };
+  // (the attachment removed from the message later forgets its image as deleting that message would)
+  if (attachment && req.imageFrom) await bot.answers.imageFile(attachment, req.imageFrom, key);
   const r = await bot.run(req, { key, target: interactionTarget(i) }, ctx.label, ctx.turn);
   if (!r.ok || !replyId) return;
   try {

@@ -191,6 +191,18 @@ describe('a deleted question', () => {
     expect(s.fake.message(s.w.general, original.id)).toBeUndefined();
     // (said in the thread opened on the answer)
     expect(botMessagesIn(original.id).at(-1)!.content).toBe(FORGOTTEN);
+
+    // the same from an edit that removes the image attachment from the message described (its text kept)
+    const pic = s.fake.postMessage(s.w.general, s.w.bob, 'another picture', { attachments: [await image('u.png')] });
+    const again = s.fake.interact(s.w.general, s.w.alice, describeImageCommand(pic));
+    expect(await answered(logs, again.id)).toMatch(/: answered/);
+    const reply = s.fake.original(again.token)!;
+    await until(() => s.fake.channel(reply.id)?.type === 11, 'the second thread');
+    s.fake.userEdits(s.w.general, pic.id, 'another picture', { removeAttachments: true });
+    const line = () => logs.find((l) => l.startsWith(`discord: image removed from message ${pic.id} (`));
+    await until(() => line() !== undefined, 'the removal handled');
+    expect(line()).toMatch(/: conversation forgotten, 1 answer message\(s\) deleted$/);
+    expect(await s.manager.history(key(s.w.general, reply.id))).toBeNull();
   }, 60_000);
 
   it("one of the bot's answers deleted by a moderator: its exchange leaves the conversation, the question stays", async () => {
