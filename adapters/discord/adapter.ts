@@ -190,7 +190,9 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       // (an edit takes its turn in its conversation as the gateway delivers it: started first)
       this.track('message edit', () => onEdited(this, before, now));
       // an image attachment the bot read, removed from its message: as if the message had been deleted
-      if (!now.partial && !now.author.bot) this.track('attachment removal', () => this.deletions.imageRemoved(now));
+      // (an attachment can only go: with the message as it was known, unchanged attachments ask nothing of the store)
+      const same = before && !before.partial && before.attachments.size === now.attachments.size;
+      if (!now.partial && !now.author.bot && !same) this.track('attachment removal', () => this.deletions.imageRemoved(now));
     });
     // An edit in a DM the client has no channel for (no message there since it connected): discord.js drops it, the
     // event not saying enough about the channel; it is fetched, with the message, and the edit handled all the same.

@@ -160,9 +160,7 @@ export async function questionDeleted(
   const outcome = await host.manager.forgetQuestion(key, asked);
   // (kept until the question is forgotten: a store that failed meanwhile loses nothing)
   if (record) await host.records.drop(asked, record);
-  for (const p of record?.posted ?? []) {
-    await host.deleteMessage(p).catch((err: unknown) => host.log(`${label}: could not delete answer ${p.id}: ${(err as Error).message}`));
-  }
+  await deleteAll(host, record?.posted ?? [], label);
   if (outcome === 'conversation_forgotten') {
     await host
       .tellForgotten(key)
@@ -192,11 +190,16 @@ export async function answerDeleted(host: DeletionHost, id: string, label: strin
   // (before the bot deletes the rest: its own deletions then find nothing kept)
   await host.records.drop(asked, record, answer);
   const rest = record.posted.filter((p) => p.answer === answer && p.id !== id);
-  for (const p of rest) {
-    await host.deleteMessage(p).catch((err: unknown) => host.log(`${label}: could not delete answer ${p.id}: ${(err as Error).message}`));
-  }
+  await deleteAll(host, rest, label);
   host.log(`${label}: ${outcome.replace('_', ' ')}, ${rest.length} other answer message(s) deleted`);
   return outcome;
+}
+
+/** Deletes the bot's messages `posted`; one that cannot be is logged, the others still go. */
+async function deleteAll(host: DeletionHost, posted: readonly Posted[], label: string): Promise<void> {
+  for (const p of posted) {
+    await host.deleteMessage(p).catch((err: unknown) => host.log(`${label}: could not delete answer ${p.id}: ${(err as Error).message}`));
+  }
 }
 
 /** The first of `keys` whose stored conversation has the question asked as `asked` (one store read each). */
