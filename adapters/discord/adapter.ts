@@ -429,7 +429,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       // (deleting the message, or the one its image came from, deletes them: kept before the answer counts as ended,
       // which a deletion waits for)
       const kept = posted.map((m) => ({ channel: m.channelId, id: m.id }));
-      for (const asked of [opts.asked, req.imageFrom]) if (asked) await this.answers.add(asked, route.key, kept);
+      await this.answers.answered({ asked: opts.asked, imageFrom: req.imageFrom }, route.key, kept);
       ended?.(answered);
     }
   }

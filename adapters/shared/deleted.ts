@@ -4,6 +4,8 @@
 // another front end, each answered message's conversation and answer messages are kept in the store (ids only).
 import Keyv from 'keyv';
 import { withoutQuestion, type ConversationKey, type QuestionOutcome } from '../../src/conversation/index.js';
+import { STORE_NAMESPACE } from '../../src/conversation/store.js';
+import { StoreSections } from '../../src/conversation/store-lock.js';
 import type { ConversationPort } from './port.js';
 
 /** Said where a conversation was, once the message that brought its image was deleted. */
@@ -27,9 +29,14 @@ interface AnswersEntry {
   posted: (Posted & { answer: number })[];
 }
 
-/** Each answered message's conversation and the bot's messages answering it, in the store under `prefix` + asked id. */
+/**
+ * Each answered message's conversation and the bot's messages answering it, in the store under `prefix` + asked id.
+ * An entry is read and written back alone (on Redis, across processes: two front ends may write one message's
+ * answers at once, a Slack message's and its edit's).
+ */
 export class AnswerRecords {
   private readonly store: Keyv;
+  private readonly entries: StoreSections;
 
   /** `store`: the conversation store (none: this process's memory) */
   constructor(
@@ -38,18 +45,29 @@ export class AnswerRecords {
     private readonly log: (line: string) => void,
   ) {
     this.store = store ?? new Keyv();
+    this.entries = new StoreSections(this.store, `${STORE_NAMESPACE}:lock:${prefix}`);
+  }
+
+  /**
+   * An answer `posted` in conversation `key` to the message asked as `asked` (its request id): kept under that message,
+   * and under `imageFrom`, the message its image came from (deleting either forgets the answer).
+   */
+  async answered(to: { asked?: string; imageFrom?: string }, key: ConversationKey, posted: readonly Posted[]): Promise<void> {
+    for (const asked of new Set([to.asked, to.imageFrom])) if (asked) await this.add(asked, key, posted);
   }
 
   /** The message asked as `asked` (its request id) was answered in `key` by `posted` (added to what is kept). */
   async add(asked: string, key: ConversationKey, posted: readonly Posted[]): Promise<void> {
     if (posted.length === 0) return;
     try {
-      const known = asEntry(await this.store.get(this.prefix + asked));
-      const answer = Math.max(-1, ...(known?.posted ?? []).map((p) => p.answer)) + 1;
-      const fresh = posted.filter((p) => !known?.posted.some((k) => k.id === p.id)).map((p) => ({ ...p, answer }));
-      await this.store.set(this.prefix + asked, { key, posted: [...(known?.posted ?? []), ...fresh].slice(-MAX_POSTED) }, ANSWERS_TTL_MS);
-      // and, for each message, which question it answers (a moderator may delete an answer)
-      for (const p of fresh) if (!p.file) await this.store.set(this.answerKey(p.id), asked, ANSWERS_TTL_MS);
+      await this.entries.run(asked, async () => {
+        const known = asEntry(await this.store.get(this.prefix + asked));
+        const answer = Math.max(-1, ...(known?.posted ?? []).map((p) => p.answer)) + 1;
+        const fresh = posted.filter((p) => !known?.posted.some((k) => k.id === p.id)).map((p) => ({ ...p, answer }));
+        await this.store.set(this.prefix + asked, { key, posted: [...(known?.posted ?? []), ...fresh].slice(-MAX_POSTED) }, ANSWERS_TTL_MS);
+        // and, for each message, which question it answers (a moderator may delete an answer)
+        for (const p of fresh) if (!p.file) await this.store.set(this.answerKey(p.id), asked, ANSWERS_TTL_MS);
+      });
     } catch (err) {
       this.log(`could not store which messages answered ${asked}: ${(err as Error).message}`);
     }
@@ -79,14 +97,16 @@ export class AnswerRecords {
     return typeof file === 'string' ? file : undefined;
   }
 
-  /** The message (its asked id) and conversation an image file was read for, if kept; the mark goes. */
-  async takeImageFile(file: string): Promise<{ asked: string; key: ConversationKey } | undefined> {
-    const v = (await this.store.get(this.fileKey(file))) as { asked?: unknown; key?: unknown } | undefined;
-    const entry = asEntry(v ? { key: v.key, posted: [] } : undefined);
-    if (!v || typeof v.asked !== 'string' || !entry) return undefined;
-    await this.store.delete(this.fileKey(file));
-    await this.store.delete(`${this.prefix}image:${v.asked}`);
-    return { asked: v.asked, key: entry.key };
+  /** The message (its asked id) and conversation an image file was read for, if kept; the mark goes (one taker). */
+  takeImageFile(file: string): Promise<{ asked: string; key: ConversationKey } | undefined> {
+    return this.entries.run(this.fileKey(file), async () => {
+      const v = (await this.store.get(this.fileKey(file))) as { asked?: unknown; key?: unknown } | undefined;
+      const entry = asEntry(v ? { key: v.key, posted: [] } : undefined);
+      if (!v || typeof v.asked !== 'string' || !entry) return undefined;
+      await this.store.delete(this.fileKey(file));
+      await this.store.delete(`${this.prefix}image:${v.asked}`);
+      return { asked: v.asked, key: entry.key };
+    });
   }
 
   /** The question (its asked id) a bot message answers, if kept. */
@@ -95,13 +115,19 @@ export class AnswerRecords {
     return typeof asked === 'string' ? asked : undefined;
   }
 
-  /** Forgets what was kept for `asked` (its answers are deleted); with `answer`, of that answer only. */
-  async drop(asked: string, entry: AnswersEntry, answer?: number): Promise<void> {
-    const gone = entry.posted.filter((p) => answer === undefined || p.answer === answer);
-    for (const p of gone) if (!p.file) await this.store.delete(this.answerKey(p.id));
-    const left = entry.posted.filter((p) => !gone.includes(p));
-    if (left.length > 0) await this.store.set(this.prefix + asked, { key: entry.key, posted: left }, ANSWERS_TTL_MS);
-    else await this.store.delete(this.prefix + asked);
+  /**
+   * Forgets the answer messages `gone` kept for `asked` (they are deleted); what was added since they were read stays
+   * (another front end's answer to the same message).
+   */
+  async drop(asked: string, gone: readonly Posted[]): Promise<void> {
+    const ids = new Set(gone.map((p) => p.id));
+    await this.entries.run(asked, async () => {
+      for (const p of gone) if (!p.file) await this.store.delete(this.answerKey(p.id));
+      const entry = asEntry(await this.store.get(this.prefix + asked));
+      const left = entry?.posted.filter((p) => !ids.has(p.id)) ?? [];
+      if (entry && left.length > 0) await this.store.set(this.prefix + asked, { key: entry.key, posted: left }, ANSWERS_TTL_MS);
+      else await this.store.delete(this.prefix + asked);
+    });
   }
 
   private answerKey(id: string): string {
@@ -159,7 +185,7 @@ export async function questionDeleted(
   if (!key) return undefined;
   const outcome = await host.manager.forgetQuestion(key, asked);
   // (kept until the question is forgotten: a store that failed meanwhile loses nothing)
-  if (record) await host.records.drop(asked, record);
+  if (record) await host.records.drop(asked, record.posted);
   await deleteAll(host, record?.posted ?? [], label);
   if (outcome === 'conversation_forgotten') {
     await host
@@ -181,15 +207,16 @@ export async function answerDeleted(host: DeletionHost, id: string, label: strin
   const record = asked !== undefined ? await host.records.get(asked) : undefined;
   const answer = record?.posted.find((p) => p.id === id)?.answer;
   if (asked === undefined || !record || answer === undefined) return undefined;
+  const gone = record.posted.filter((p) => p.answer === answer);
   if (answer !== Math.max(...record.posted.map((p) => p.answer))) {
-    await host.records.drop(asked, record, answer);
+    await host.records.drop(asked, gone);
     host.log(`${label}: an earlier answer, replaced since: nothing forgotten`);
     return 'not_asked';
   }
   const outcome = await host.manager.forgetQuestion(record.key, asked, { turnOnly: true });
   // (before the bot deletes the rest: its own deletions then find nothing kept)
-  await host.records.drop(asked, record, answer);
-  const rest = record.posted.filter((p) => p.answer === answer && p.id !== id);
+  await host.records.drop(asked, gone);
+  const rest = gone.filter((p) => p.id !== id);
   await deleteAll(host, rest, label);
   host.log(`${label}: ${outcome.replace('_', ' ')}, ${rest.length} other answer message(s) deleted`);
   return outcome;

@@ -174,7 +174,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   const reply = threadReply(ctx, a.client, a.channel, a.thread, a.header, stop, a.dm === true, a.requestId);
   // (what was posted answers the message: deleting it deletes them)
   const keep = async () => {
-    for (const asked of [a.asked, a.imageFrom]) if (asked) await ctx.answers.add(asked, keyOf(a, reply.thread), postedOf(a.channel, reply));
+    await ctx.answers.answered(a, keyOf(a, reply.thread), postedOf(a.channel, reply));
   };
   try {
     await reply.start(a.file ? '_Looking at the image…_' : '_Thinking…_');

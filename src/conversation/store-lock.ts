@@ -6,6 +6,7 @@
 // by itself if the holder dies.
 import { randomUUID } from 'node:crypto';
 import type Keyv from 'keyv';
+import { KeyedMutex } from '../util/keyed-mutex.js';
 
 /** The raw command interface of the Redis client behind @keyv/redis. */
 export interface RawRedis {
@@ -96,4 +97,32 @@ export class RedisStoreLock {
 export function storeLockFor(kv: Keyv, opts: StoreLockOptions = {}): RedisStoreLock | undefined {
   const redis = redisOf(kv);
   return redis && new RedisStoreLock(redis.client, opts);
+}
+
+/**
+ * A store's read-modify-write sections by name: one at a time in this process, and on Redis (where other processes
+ * write the same entries) one at a time across every process using it, under the lock `lockPrefix` + name. A lock
+ * that cannot be taken is a StoreLockError and `fn` does not run.
+ */
+export class StoreSections {
+  private readonly local = new KeyedMutex();
+  private readonly shared: RedisStoreLock | undefined;
+
+  constructor(
+    kv: Keyv,
+    private readonly lockPrefix: string,
+    opts: StoreLockOptions = {},
+  ) {
+    this.shared = storeLockFor(kv, opts);
+  }
+
+  /** whether the sections lock across processes (the store is Redis) */
+  get crossProcess(): boolean {
+    return this.shared !== undefined;
+  }
+
+  run<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const shared = this.shared;
+    return this.local.run(name, () => (shared ? shared.run(this.lockPrefix + name, fn) : fn()));
+  }
 }

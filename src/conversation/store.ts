@@ -7,8 +7,7 @@ import { dirname, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import Keyv from 'keyv';
 import type { ConversationKey, ConversationState, ImageRef } from './types.js';
-import { type RawRedis, redisOf, type RedisStoreLock, StoreLockError, type StoreLockOptions, storeLockFor } from './store-lock.js';
-import { KeyedMutex } from '../util/keyed-mutex.js';
+import { type RawRedis, redisOf, StoreLockError, type StoreLockOptions, StoreSections } from './store-lock.js';
 
 export const STORE_NAMESPACE = 'minigpt';
 
@@ -135,9 +134,8 @@ export interface ConversationStoreOptions {
 }
 
 export class ConversationStore {
-  private readonly refs = new KeyedMutex();
-  /** on Redis: the images' user lists are shared by every process, so their updates lock there too */
-  private readonly shared: RedisStoreLock | undefined;
+  /** an image's user list is read and written back alone (on Redis every process shares the lists) */
+  private readonly refs: StoreSections;
   readonly kv: Keyv;
   private readonly ttlMs: number | undefined;
   /** Redis: entries expire on their own (no sweeping needed) */
@@ -148,8 +146,8 @@ export class ConversationStore {
   constructor(kv: Keyv, opts: ConversationStoreOptions = {}) {
     this.ttlMs = opts.ttlMs && opts.ttlMs > 0 ? opts.ttlMs : undefined;
     this.redis = redisOf(kv);
-    this.shared = storeLockFor(kv, opts.lock);
-    this.expiresByItself = this.shared !== undefined;
+    this.refs = new StoreSections(kv, `${STORE_NAMESPACE}:lock:imgref:`, opts.lock);
+    this.expiresByItself = this.refs.crossProcess;
     // Every operation's failure is a StoreUnavailableError, so that the manager can tell it from a bug.
     this.kv = new Proxy(kv, {
       get(target, prop, receiver) {
@@ -315,17 +313,14 @@ export class ConversationStore {
   }
 
   /** `fn` alone with the image's user list: in this process, and on Redis across every process using it. */
-  private withRefs(hash: string, fn: () => Promise<void>): Promise<void> {
-    return this.refs.run(hash, async () => {
-      if (!this.shared) return fn();
-      try {
-        await this.shared.run(`${STORE_NAMESPACE}:lock:imgref:${hash}`, fn);
-      } catch (err) {
-        // the lock could not be taken (Redis unreachable, or held too long elsewhere): nothing was written
-        if (err instanceof StoreLockError) throw unavailable(err);
-        throw err;
-      }
-    });
+  private async withRefs(hash: string, fn: () => Promise<void>): Promise<void> {
+    try {
+      await this.refs.run(hash, fn);
+    } catch (err) {
+      // the lock could not be taken (Redis unreachable, or held too long elsewhere): nothing was written
+      if (err instanceof StoreLockError) throw unavailable(err);
+      throw err;
+    }
   }
 
   /**
