@@ -146,7 +146,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   /** threads this process started (besides ownerId, for threads Discord has not described yet) */
   private readonly botThreads = new LruMap<string, true>(KNOWN_REPLIES);
   /** each conversation's latest answer, which carries the Regenerate button */
-  private readonly latestAnswers = new LatestAnswers<SentMessage>(KNOWN_REPLIES, (a, b) => a.id === b.id);
+  private readonly latestAnswers: LatestAnswers<SentMessage>;
   /** bot answers posted in a channel (no thread) -> their conversation, so replies to them follow up */
   private readonly replyKeys = new LruMap<string, ConversationKey>(KNOWN_REPLIES);
   private readonly tasks = new TaskSet((what, err) => this.log(`discord: ${what} handler failed: ${describeError(err)}`));
@@ -201,6 +201,13 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
         this.track('message edit', () => this.uncachedDmEdit(d.channel_id, d.id));
     });
     this.answers = new AnswerRecords(opts.manager.store, ANSWERS_PREFIX, (line) => log(`discord: ${line}`));
+    this.latestAnswers = new LatestAnswers(
+      opts.manager.store,
+      'discord:latest:',
+      sentMessage,
+      (a, b) => a.id === b.id,
+      (line) => log(`discord: ${line}`),
+    );
     this.deletions = new Deletions(this);
     // A deleted message that asked a question: read from the gateway, as discord.js drops a deletion in a channel it
     // has not cached (a DM's, after a restart).
@@ -418,7 +425,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       if (route.inChannel) await this.rememberReplies(route.target.ids ?? [], route.key);
       // Only the latest answer carries the Regenerate button (a regenerated answer's predecessor lost it when pressed);
       // the answer to an edited question also says it was answered again.
-      const before = r.regenerateOn && this.latestAnswers.replace(conversationId(route.key), r.regenerateOn);
+      const before = r.regenerateOn && (await this.latestAnswers.replace(conversationId(route.key), r.regenerateOn));
       if (before && req.regenerate === undefined) await this.retire(before, req.edit !== undefined ? EDIT_REPLACED_LINE : undefined);
       this.log(`discord: ${label}: ${outcome} in ${Date.now() - started} ms`);
       answered = r.ok;
@@ -676,4 +683,10 @@ export function leftWhileOffline(workspace: string, own: ReadonlySet<number>, co
   if (!/^\d{1,20}$/.test(workspace) || !(count >= 1)) return false;
   if (!own.has(Number((BigInt(workspace) >> 22n) % BigInt(count)))) return false;
   return !member(workspace);
+}
+
+/** A stored answer message (LatestAnswers), if it is one. */
+function sentMessage(v: unknown): SentMessage | undefined {
+  const m = v as Partial<SentMessage> | undefined;
+  return typeof m?.channelId === 'string' && typeof m.id === 'string' ? { channelId: m.channelId, id: m.id } : undefined;
 }

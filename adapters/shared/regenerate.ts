@@ -2,7 +2,9 @@
 // the one it replaced, the questions being answered (an edit stops its question's answer),
 // and the answers being regenerated in this process (a second press on one is told so at once, instead of queueing an
 // answer that could only be refused as stale), and each conversation's latest answer (the one with the button).
-import { LruMap } from '../../src/util/lru.js';
+import Keyv from 'keyv';
+import { STORE_NAMESPACE } from '../../src/conversation/store.js';
+import { StoreSections } from '../../src/conversation/store-lock.js';
 
 /** Above a regenerated answer. */
 export const REGENERATED_LINE = 'Regenerated: this answer replaces the one above in the conversation.';
@@ -27,25 +29,43 @@ export class InFlight {
   }
 }
 
+/** How long a conversation's latest answer is remembered (as the answers kept for deletions, adapters/shared/deleted.ts). */
+const LATEST_TTL_MS = 90 * 24 * 3600 * 1000;
+
 /**
- * Each conversation's latest answer as far as this process knows (an LRU of `capacity` conversations): only it can be
- * regenerated, so only it carries the button. `replace` records a new latest answer and returns the one before it,
- * which should lose its button (undefined: none known, or the same message).
+ * Each conversation's latest answer: only it can be regenerated, so only it carries the button. Kept in the store
+ * under `prefix` + conversation id (the message's ids only), so that after a restart, or with several front ends
+ * answering one conversation, the answer before a new one still loses its button. `replace` records a new latest
+ * answer and returns the one before it, which should lose its button (undefined: none known, or the same message).
  */
 export class LatestAnswers<M> {
-  private readonly latest: LruMap<string, M>;
+  private readonly store: Keyv;
+  private readonly sections: StoreSections;
 
+  /** `store`: the conversation store (none: this process's memory); `read`: a stored value as M, if it is one */
   constructor(
-    capacity: number,
+    store: Keyv | undefined,
+    private readonly prefix: string,
+    private readonly read: (v: unknown) => M | undefined,
     private readonly same: (a: M, b: M) => boolean,
+    private readonly log: (line: string) => void,
   ) {
-    this.latest = new LruMap(capacity);
+    this.store = store ?? new Keyv();
+    this.sections = new StoreSections(this.store, `${STORE_NAMESPACE}:lock:${prefix}`);
   }
 
-  replace(conversation: string, now: M): M | undefined {
-    const before = this.latest.get(conversation);
-    this.latest.set(conversation, now);
-    return before !== undefined && !this.same(before, now) ? before : undefined;
+  async replace(conversation: string, now: M): Promise<M | undefined> {
+    try {
+      return await this.sections.run(conversation, async () => {
+        const before = this.read(await this.store.get(this.prefix + conversation));
+        await this.store.set(this.prefix + conversation, now, LATEST_TTL_MS);
+        return before !== undefined && !this.same(before, now) ? before : undefined;
+      });
+    } catch (err) {
+      // (the answer before keeps its button: a press on it is refused as stale, and takes it away)
+      this.log(`could not store which answer is the latest in ${conversation}: ${(err as Error).message}`);
+      return undefined;
+    }
   }
 }
 

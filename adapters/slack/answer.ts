@@ -21,6 +21,7 @@ import type { SlackConversationManager } from './options.js';
 import { describeSlackError, slackErrorCode } from './errors.js';
 import { ThreadReply } from './reply.js';
 import type { AnswerRecords, Posted } from '../shared/deleted.js';
+import type { LruMap } from '../../src/util/lru.js';
 
 type WebClient = webApi.WebClient;
 
@@ -39,7 +40,9 @@ export interface AnswerContext {
   /** the Stop buttons of the answers being written */
   readonly stops: StopButtons;
   /** each conversation's latest answer, whose last message carries the Regenerate button */
-  readonly latestAnswers: LatestAnswers<PostedMessage>;
+  readonly latestAnswers: LatestAnswers<AnswerMessage>;
+  /** the text of answers this process posted (`channel:ts`), for taking a button off without reading it back */
+  readonly answerTexts: LruMap<string, string>;
   /** the questions being answered (an edit of one stops it) */
   readonly answering: Answering;
   /** each answered message's conversation and answers (a deletion of the message deletes them) */
@@ -48,11 +51,18 @@ export interface AnswerContext {
   readonly shared?: SharedStops;
 }
 
-/** A message the bot posted: where, and its text. */
-export interface PostedMessage {
+/** An answer's message that carries the Regenerate button: where (its thread, if in one). */
+export interface AnswerMessage {
   channel: string;
   ts: string;
-  text: string;
+  thread?: string;
+}
+
+/** A stored answer message (LatestAnswers), if it is one. */
+export function answerMessage(v: unknown): AnswerMessage | undefined {
+  const m = v as Partial<AnswerMessage> | undefined;
+  if (typeof m?.channel !== 'string' || typeof m.ts !== 'string') return undefined;
+  return { channel: m.channel, ts: m.ts, ...(typeof m.thread === 'string' ? { thread: m.thread } : {}) };
 }
 
 /** The action id of the Stop button on an answer being written (its value names the answer). */
@@ -259,7 +269,9 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   }
   // Only the latest answer carries the Regenerate button (a regenerated answer's predecessor lost it when pressed).
   const on = reply.regenerateOn;
-  const before = answered && on ? ctx.latestAnswers.replace(conversationId(key), { channel: a.channel, ...on }) : undefined;
+  if (on) ctx.answerTexts.set(`${a.channel}:${on.ts}`, on.text);
+  const now: AnswerMessage | undefined = on && { channel: a.channel, ts: on.ts, ...(reply.thread ? { thread: reply.thread } : {}) };
+  const before = answered && now ? await ctx.latestAnswers.replace(conversationId(key), now) : undefined;
   if (before && a.regenerate === undefined)
     await retire(ctx, a.client, before, a.edit !== undefined ? `_${EDIT_REPLACED_LINE}_` : undefined);
   return answered;
@@ -293,12 +305,22 @@ function requestOf(a: Ask, key: ConversationKey, signal: AbortSignal, image?: Ui
 }
 
 /** The answer before a conversation's latest loses its Regenerate button (and gets `line` under it). */
-async function retire(ctx: AnswerContext, client: WebClient, before: PostedMessage, line?: string): Promise<void> {
+async function retire(ctx: AnswerContext, client: WebClient, before: AnswerMessage, line?: string): Promise<void> {
   try {
-    await client.chat.update({ channel: before.channel, ts: before.ts, text: line ? `${before.text}\n${line}` : before.text, blocks: [] });
+    // (posted by another front end, or before a restart: its text is read back)
+    const text = ctx.answerTexts.get(`${before.channel}:${before.ts}`) ?? (await textOf(client, before));
+    await client.chat.update({ channel: before.channel, ts: before.ts, text: line ? `${text}\n${line}` : text, blocks: [] });
   } catch (err) {
     ctx.log(`slack: could not take the Regenerate button off an answer in ${before.channel}: ${describeSlackError(err)}`);
   }
+}
+
+/** The text of a message the bot posted, read from Slack (the thread's replies up to it). */
+async function textOf(client: WebClient, m: AnswerMessage): Promise<string> {
+  const res = await client.conversations.replies({ channel: m.channel, ts: m.thread ?? m.ts, oldest: m.ts, inclusive: true, limit: 2 });
+  const text = res.messages?.find((r) => r.ts === m.ts)?.text;
+  if (typeof text !== 'string') throw new Error(`answer ${m.ts} not found`);
+  return text;
 }
 
 async function uploadImage(ctx: AnswerContext, reply: ThreadReply, data: Buffer, mime: string, what: string): Promise<void> {

@@ -4,6 +4,7 @@
 // limit).
 import type { App, webApi } from '@slack/bolt';
 import { LIMITS } from '../../src/conversation/limits.js';
+import { LruMap } from '../../src/util/lru.js';
 import { ArrivalOrder, type ArrivalTurn } from '../shared/arrival-order.js';
 import { forgottenCount } from '../shared/forget.js';
 import { admit, userLimiter, type RateLimiter } from '../shared/rate-limit.js';
@@ -20,7 +21,7 @@ import {
   STOP_ACTION,
   threadReply,
   type Ask,
-  type PostedMessage,
+  answerMessage,
 } from './answer.js';
 import { SeenSet } from './dedupe.js';
 import { WorkspaceAdmins } from './admins.js';
@@ -98,7 +99,14 @@ export class SlackBot {
       command: opts.command ?? DEFAULT_COMMAND,
       nextId: () => this.nextId++,
       stops: new StopButtons(),
-      latestAnswers: new LatestAnswers<PostedMessage>(5_000, (a, b) => a.channel === b.channel && a.ts === b.ts),
+      latestAnswers: new LatestAnswers(
+        store,
+        'slack:latest:',
+        answerMessage,
+        (a, b) => a.channel === b.channel && a.ts === b.ts,
+        (line) => this.log(`slack: ${line}`),
+      ),
+      answerTexts: new LruMap(5_000),
       answering: new Answering(),
       answers: new AnswerRecords(store, 'slack:answers:', (line) => this.log(`slack: ${line}`)),
       ...(opts.sharedStops ? { shared: opts.sharedStops } : {}),

@@ -134,6 +134,24 @@ describe('the Regenerate button', () => {
     }
   }, 60_000);
 
+  it("after a restart, a follow-up's answer still takes the button off the answer before it", async () => {
+    const ask = s.fake.postMessage(s.w.general, s.w.alice, 'before the restart?', {
+      attachments: [await image('r.png')],
+      mentionBot: true,
+    });
+    const thread = ask.id;
+    expect(await answered(logs, ask.id)).toMatch(/: answered/);
+    const first = botMessagesIn(thread).at(-1)!;
+    expect(firstButton(first)).toBeDefined();
+    await s.adapter.close();
+    s.adapter = await startAdapter(s.fake, s.manager, logs);
+    const follow = s.fake.postMessage(thread, s.w.alice, 'and after it?');
+    expect(await answered(logs, follow.id)).toMatch(/: answered/);
+    expect(firstButton(botMessagesIn(thread).at(-1)).custom_id).toBe(`minigpt-regen:discord-${follow.id}`);
+    await until(() => s.fake.message(thread, first.id)!.components?.length === 0, 'the button taken off');
+    expect(s.fake.message(thread, first.id)!.content).toBe(FORCED);
+  }, 60_000);
+
   it('pressed twice at once: one new answer; the second press is told privately', async () => {
     const ask = s.fake.postMessage(s.w.general, s.w.alice, 'twice?', { attachments: [await image('t.png')], mentionBot: true });
     const thread = ask.id;

@@ -6,7 +6,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { dmKey, slackKey } from '../../adapters/slack/answer.js';
 import type { FakeMessage } from './fake-slack.js';
-import { squarePng, textReplies, useSlackStack } from './helpers.js';
+import { squarePng, startSlack, textReplies, useSlackStack } from './helpers.js';
 
 const FORCED = 'a green square on a grey background';
 const REGENERATE = 'minigpt_regenerate';
@@ -80,6 +80,22 @@ describe('slack: the Regenerate button', () => {
     // pressed all the same: no longer the last answer, told why privately
     expect(await press(shown, 'U0ALICE', true)).toBe('Only the latest answer in a conversation can be regenerated.');
     expect((await s.manager.history(key))!.turns.map((t) => t.requestId)).toEqual([value, expect.stringMatching(/^slack:C1:/)]);
+  }, 60_000);
+
+  it("after a restart, a follow-up's answer still takes the button off the answer before it (its text read back)", async () => {
+    const file = s.fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+    const { msg: ask } = await s.fake.mention('C4', { text: `<@${s.fake.botUserId}> before the restart?`, files: [file] });
+    const first = await answerWithButton('C4', ask.ts, FORCED);
+    await s.adapter.close();
+    s.adapter = await startSlack(s.fake, s.manager, { log: (l) => s.logs.push(l) });
+    await s.fake.reply('C4', ask.ts, { text: 'and after it?' });
+    await s.fake.waitFor(
+      () => textReplies(s.fake, 'C4', ask.ts).find((m) => m.ts !== first.ts && m.text === FORCED && buttonsOf(m).length === 1),
+      20_000,
+      'the follow-up answer with its button',
+    );
+    await s.fake.waitFor(() => ((first.blocks ?? []).length === 0 ? true : undefined), 10_000, 'the button taken off');
+    expect(first.text).toBe(FORCED);
   }, 60_000);
 
   it('pressed twice at once: one new answer; the second press is told privately', async () => {
