@@ -6,55 +6,41 @@
 // conversation's order counters expire. A real redis-server on a free loopback port, the real cluster
 // worker and front end in this process, the demo model.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { Queue } from 'bullmq';
-import { MiniGPT } from '../../src/inference/model.js';
-import { ConversationManager, createStore, type ConversationKey } from '../../src/conversation/index.js';
+import { type ConversationManager, createStore, type ConversationKey } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import { RedisImageCache } from '../../src/cluster/embedding-cache.js';
-import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
 import { ORDER_TTL_MS, QUEUE_NAME, type JobData } from '../../src/cluster/protocol.js';
 import { runForget } from '../../src/cli/forget.js';
+import { startDemoWorker, type DemoWorker } from './helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
 
-const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 const OLD_COUNTER = 'minigpt:seq:slack:T0OLD:C1:1';
 
 let redis: TestRedis;
 let client: Redis;
-let model: MiniGPT;
+let cluster: DemoWorker;
 let manager: ConversationManager;
-let worker: ClusterWorker;
 let frontend: RemoteConversations;
 
 beforeAll(async () => {
   redis = await startRedis();
   client = new Redis(redis.url);
-  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: 'a square' });
-  manager = new ConversationManager({
-    model,
-    store: await createStore(redis.url),
-    sharedImages: new RedisImageCache(client, 'demo'),
-    defaults: { maxNewTokens: 8, temperature: 0 },
-  });
   // an order counter left by a front end of an earlier version, without an expiry
   await client.set(OLD_COUNTER, '4');
-  worker = await startClusterWorker({
-    redisUrl: redis.url,
-    manager,
-    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
-    lockMs: 2000,
+  cluster = await startDemoWorker(redis.url, {
+    forcedAnswer: 'a square',
+    manager: { sharedImages: new RedisImageCache(client, 'demo'), defaults: { maxNewTokens: 8, temperature: 0 } },
   });
+  manager = cluster.manager;
   frontend = new RemoteConversations({ redisUrl: redis.url, store: await createStore(redis.url) });
 }, 60_000);
 
 afterAll(async () => {
   await frontend?.close();
-  await worker?.close();
-  await manager?.close();
-  await model?.close();
+  await cluster?.close();
   client?.disconnect();
   await redis?.cleanup();
 });

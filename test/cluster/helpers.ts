@@ -1,9 +1,68 @@
-// Shared by the cluster tests: a worker of an earlier version, emulated by its heartbeat alone; Slack front ends as
-// `serve --role frontend` starts them on the fake Slack.
+// Shared by the cluster tests: the demo model behind a cluster worker; a worker of an earlier version, emulated by its
+// heartbeat alone; Slack front ends as `serve --role frontend` starts them on the fake Slack.
+import { join } from 'node:path';
 import type { Redis } from 'ioredis';
+import { MiniGPT } from '../../src/inference/model.js';
+import { ConversationManager, createStore, type ConversationManagerOptions } from '../../src/conversation/index.js';
 import { HEARTBEAT_TTL_MS, keys } from '../../src/cluster/protocol.js';
 import { serveFrontend, type RunningFrontend } from '../../src/cluster/serve.js';
+import { startClusterWorker, type ClusterWorker, type ClusterWorkerOptions } from '../../src/cluster/worker.js';
+import { slowSteps, type SlowSteps } from '../helpers/slow-steps.js';
 import type { FakeSlack } from '../slack/fake-slack.js';
+
+const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
+
+/** The demo model, its conversation manager on the shared store and the cluster worker over them. */
+export interface DemoWorker {
+  readonly model: MiniGPT;
+  readonly manager: ConversationManager;
+  readonly worker: ClusterWorker;
+  /** the decoding steps, slowed by `stepMs` (when given) */
+  readonly slow?: SlowSteps;
+  close(): Promise<void>;
+}
+
+/**
+ * A cluster worker on Redis at `redisUrl` answering with the demo model (one thread; `forcedAnswer` if given, each
+ * decoding step first waiting `stepMs`), its manager on the Redis store with `manager` options (answers' defaults,
+ * shared image cache), and `worker` options over a short job lock.
+ */
+export async function startDemoWorker(
+  redisUrl: string,
+  opts: {
+    forcedAnswer?: string;
+    stepMs?: number;
+    manager: Pick<ConversationManagerOptions, 'defaults' | 'sharedImages'>;
+    worker?: Partial<ClusterWorkerOptions>;
+  },
+): Promise<DemoWorker> {
+  const model = await MiniGPT.load(DEMO, {
+    provider: 'cpu',
+    threads: 1,
+    ...(opts.forcedAnswer ? { forcedAnswer: opts.forcedAnswer } : {}),
+  });
+  const slow = opts.stepMs !== undefined ? slowSteps(model, opts.stepMs) : undefined;
+  const manager = new ConversationManager({ model, store: await createStore(redisUrl), ...opts.manager });
+  const worker = await startClusterWorker({
+    redisUrl,
+    manager,
+    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
+    lockMs: 2000,
+    ...opts.worker,
+  });
+  return {
+    model,
+    manager,
+    worker,
+    ...(slow ? { slow } : {}),
+    close: async () => {
+      await worker.close();
+      await manager.close();
+      slow?.restore();
+      await model.close();
+    },
+  };
+}
 
 /**
  * Writes the heartbeat of worker `id` (host `h`, the demo model) as an earlier version wrote it: `protocol` as given,

@@ -5,52 +5,30 @@
 // conversation). A real redis-server on a free
 // loopback port, the real cluster worker and front end in this process, the demo model.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { MiniGPT } from '../../src/inference/model.js';
-import {
-  ConversationManager,
-  createStore,
-  type AnswerEvent,
-  type ConversationKey,
-  type ConversationRequest,
-} from '../../src/conversation/index.js';
+import { createStore, type AnswerEvent, type ConversationKey, type ConversationRequest } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
-import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
 import { keys } from '../../src/cluster/protocol.js';
-import { earlierWorkerBeat } from './helpers.js';
+import { earlierWorkerBeat, startDemoWorker, type DemoWorker } from './helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
 
-const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
-
 let redis: TestRedis;
 let client: Redis;
-let model: MiniGPT;
-let manager: ConversationManager;
-let worker: ClusterWorker;
+let cluster: DemoWorker;
 let frontend: RemoteConversations;
 const logs: string[] = [];
 
 beforeAll(async () => {
   redis = await startRedis();
   client = new Redis(redis.url);
-  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1 });
-  manager = new ConversationManager({ model, store: await createStore(redis.url), defaults: { maxNewTokens: 12, temperature: 1 } });
-  worker = await startClusterWorker({
-    redisUrl: redis.url,
-    manager,
-    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
-    lockMs: 2000,
-  });
+  cluster = await startDemoWorker(redis.url, { manager: { defaults: { maxNewTokens: 12, temperature: 1 } } });
   frontend = new RemoteConversations({ redisUrl: redis.url, store: await createStore(redis.url), log: (l) => logs.push(l) });
 }, 60_000);
 
 afterAll(async () => {
   await frontend?.close();
-  await worker?.close();
-  await manager?.close();
-  await model?.close();
+  await cluster?.close();
   client?.disconnect();
   await redis?.cleanup();
 });

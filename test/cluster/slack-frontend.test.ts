@@ -5,47 +5,35 @@
 // real cluster worker and front end (RemoteConversations) in this process, the real Bolt app on the fake Slack,
 // the demo model forced to a long answer with its decoding steps slowed so that there is time to press.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { join } from 'node:path';
-import { MiniGPT } from '../../src/inference/model.js';
-import { ConversationManager, createStore } from '../../src/conversation/index.js';
+import { createStore } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
-import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
 import type { SlackAdapter } from '../../adapters/slack/index.js';
 import { slackKey } from '../../adapters/slack/answer.js';
-import { slowSteps, type SlowSteps } from '../helpers/slow-steps.js';
+import type { SlowSteps } from '../helpers/slow-steps.js';
+import { startDemoWorker, type DemoWorker } from './helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { FakeSlack, type FakeMessage } from '../slack/fake-slack.js';
 import { sleep, squarePng, startSlack, textReplies } from '../slack/helpers.js';
 
-const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 const FORCED = Array.from({ length: 40 }, (_, i) => `word${i}`).join(' ');
 
 let redis: TestRedis;
-let model: MiniGPT;
+let cluster: DemoWorker;
 let slow: SlowSteps;
-let manager: ConversationManager;
-let worker: ClusterWorker;
 let frontend: RemoteConversations;
 let fake: FakeSlack;
 let adapter: SlackAdapter;
 
 beforeAll(async () => {
   redis = await startRedis();
-  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: FORCED });
-  slow = slowSteps(model, 25);
-  manager = new ConversationManager({
-    model,
-    store: await createStore(redis.url),
-    defaults: { maxNewTokens: 400, temperature: 0 },
-  });
-  worker = await startClusterWorker({
-    redisUrl: redis.url,
-    manager,
-    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
-    lockMs: 2000,
+  cluster = await startDemoWorker(redis.url, {
+    forcedAnswer: FORCED,
+    stepMs: 25,
+    manager: { defaults: { maxNewTokens: 400, temperature: 0 } },
     // one job at a time, so that a second one waits in the cluster's queue
-    concurrency: 1,
+    worker: { concurrency: 1 },
   });
+  slow = cluster.slow!;
   frontend = new RemoteConversations({ redisUrl: redis.url, store: await createStore(redis.url) });
   fake = await FakeSlack.start();
   adapter = await startSlack(fake, frontend, { updateIntervalMs: 100 });
@@ -55,10 +43,7 @@ afterAll(async () => {
   await adapter?.close();
   await fake?.close();
   await frontend?.close();
-  await worker?.close();
-  await manager?.close();
-  slow?.restore();
-  await model?.close();
+  await cluster?.close();
   await redis?.cleanup();
 });
 

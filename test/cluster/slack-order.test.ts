@@ -5,37 +5,23 @@
 // them (each a Bolt app over HTTP on RemoteConversations) in this process, the fake Slack sending each event to one
 // of them, the demo model.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { join } from 'node:path';
-import { MiniGPT } from '../../src/inference/model.js';
-import { ConversationManager, createStore } from '../../src/conversation/index.js';
 import type { RunningFrontend } from '../../src/cluster/serve.js';
-import { slackFrontends, slackUrlOf } from './helpers.js';
-import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
+import { slackFrontends, slackUrlOf, startDemoWorker, type DemoWorker } from './helpers.js';
 import { slackKey } from '../../adapters/slack/answer.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { FakeSlack } from '../slack/fake-slack.js';
 import { squarePng, textReplies } from '../slack/helpers.js';
 
-const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 const FORCED = 'a square on a plain background';
 
 let redis: TestRedis;
-let model: MiniGPT;
-let manager: ConversationManager;
-let worker: ClusterWorker;
+let cluster: DemoWorker;
 const frontEnds: RunningFrontend[] = [];
 let fake: FakeSlack;
 
 beforeAll(async () => {
   redis = await startRedis();
-  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: FORCED });
-  manager = new ConversationManager({ model, store: await createStore(redis.url), defaults: { maxNewTokens: 40, temperature: 0 } });
-  worker = await startClusterWorker({
-    redisUrl: redis.url,
-    manager,
-    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
-    lockMs: 2000,
-  });
+  cluster = await startDemoWorker(redis.url, { forcedAnswer: FORCED, manager: { defaults: { maxNewTokens: 40, temperature: 0 } } });
   fake = await FakeSlack.start();
   frontEnds.push(...(await slackFrontends(2, redis.url, fake, () => {})));
 }, 60_000);
@@ -43,9 +29,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const fe of frontEnds) await fe.close();
   await fake?.close();
-  await worker?.close();
-  await manager?.close();
-  await model?.close();
+  await cluster?.close();
   await redis?.cleanup();
 });
 
@@ -75,5 +59,6 @@ describe('Slack on two front ends', () => {
     expect(state.turns.map((t) => t.user)).toEqual(['here is another one', 'and what colour is it?']);
     expect(state.image.hash).not.toBe(before);
     expect(state.image).toMatchObject({ width: 64, height: 96 });
+
   }, 90_000);
 });

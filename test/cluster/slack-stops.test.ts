@@ -6,42 +6,32 @@
 // them, as `serve --role frontend` starts them, the demo model forced to a long answer with its decoding steps slowed so
 // that there is time to act.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { join } from 'node:path';
-import { MiniGPT } from '../../src/inference/model.js';
-import { ConversationManager, createStore } from '../../src/conversation/index.js';
 import type { RunningFrontend } from '../../src/cluster/serve.js';
-import { slackFrontends, slackUrlOf } from './helpers.js';
-import { startClusterWorker, type ClusterWorker } from '../../src/cluster/worker.js';
+import { slackFrontends, slackUrlOf, startDemoWorker, type DemoWorker } from './helpers.js';
 import { slackKey } from '../../adapters/slack/answer.js';
-import { slowSteps, type SlowSteps } from '../helpers/slow-steps.js';
+import type { SlowSteps } from '../helpers/slow-steps.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { FakeSlack, type FakeMessage } from '../slack/fake-slack.js';
 import { squarePng, textReplies } from '../slack/helpers.js';
 
-const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 const FORCED = Array.from({ length: 40 }, (_, i) => `word${i}`).join(' ');
 
 let redis: TestRedis;
-let model: MiniGPT;
+let cluster: DemoWorker;
 let slow: SlowSteps;
-let manager: ConversationManager;
-let worker: ClusterWorker;
 const frontends: RunningFrontend[] = [];
 let fake: FakeSlack;
 const logs: string[] = [];
 
 beforeAll(async () => {
   redis = await startRedis();
-  model = await MiniGPT.load(DEMO, { provider: 'cpu', threads: 1, forcedAnswer: FORCED });
   // (the front ends update a reply at most every 1.2 s: 40 steps of 60 ms are written in several)
-  slow = slowSteps(model, 60);
-  manager = new ConversationManager({ model, store: await createStore(redis.url), defaults: { maxNewTokens: 400, temperature: 0 } });
-  worker = await startClusterWorker({
-    redisUrl: redis.url,
-    manager,
-    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
-    lockMs: 2000,
+  cluster = await startDemoWorker(redis.url, {
+    forcedAnswer: FORCED,
+    stepMs: 60,
+    manager: { defaults: { maxNewTokens: 400, temperature: 0 } },
   });
+  slow = cluster.slow!;
   fake = await FakeSlack.start();
   frontends.push(...(await slackFrontends(2, redis.url, fake, (i, l) => logs.push(`fe${i} ${l}`), { SLACK_RATE_LIMIT: '0' })));
 }, 60_000);
@@ -49,10 +39,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const f of frontends) await f.close();
   await fake?.close();
-  await worker?.close();
-  await manager?.close();
-  slow?.restore();
-  await model?.close();
+  await cluster?.close();
   await redis?.cleanup();
 });
 
