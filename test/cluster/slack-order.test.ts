@@ -60,5 +60,16 @@ describe('Slack on two front ends', () => {
     expect(state.image.hash).not.toBe(before);
     expect(state.image).toMatchObject({ width: 64, height: 96 });
 
+    // only the latest answer keeps its Regenerate button, though the answer before it was written by the other front end
+    const regenerable = () =>
+      textReplies(fake, 'C1', ask.ts).filter((m) =>
+        (m.blocks ?? []).some((b) => b.type === 'actions' && JSON.stringify(b.elements).includes('minigpt_regenerate')),
+      );
+    await fake.waitFor(() => (regenerable().length === 1 ? true : undefined), 10_000, 'one answer with the Regenerate button');
+    expect(regenerable()[0]!.ts).toBe(
+      textReplies(fake, 'C1', ask.ts)
+        .filter((m) => m.text === FORCED)
+        .at(-1)!.ts,
+    );
   }, 90_000);
 });
