@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { dmKey, slackKey } from '../../adapters/slack/answer.js';
 import type { FakeMessage } from './fake-slack.js';
 import { squarePng, textReplies, useSlackStack } from './helpers.js';
+import { slowSteps } from '../helpers/slow-steps.js';
 
 const FORCED = 'a green square on a grey background';
 const HEADER = '_The question was edited: this answer replaces the one before it in the conversation._';
@@ -86,6 +87,38 @@ describe('slack: an edited question', () => {
     expect(textReplies(s.fake, 'C1', ask.ts)).toHaveLength(count + 1);
     expect((await turnsOf(key)).map((t) => t[0])).toEqual(['what colour is this?', 'is it tiny?']);
     expect(s.fake.ephemerals.filter((e) => e.channel === 'C1')).toEqual([]);
+  }, 60_000);
+
+  it('whose answer cannot be posted (the channel refuses it): not answered where nobody sees it; the question stays as it was', async () => {
+    const file = s.fake.addFile({ name: 'square.png', data: await squarePng(120, 90), mimetype: 'image/png' });
+    const { msg: ask } = await s.fake.mention('C5', { text: `<@${s.fake.botUserId}> what is this?`, files: [file] });
+    await answerOf('C5', ask.ts, FORCED);
+    const key = slackKey(s.fake.teamId, 'C5', ask.ts);
+    const count = textReplies(s.fake, 'C5', ask.ts).length;
+    // (slowed, so that the edited question is still being answered when its reply fails)
+    const slow = slowSteps(s.model, 100);
+    s.fake.brokenChannels.add('C5');
+    try {
+      await s.fake.edit(ask, `<@${s.fake.botUserId}> what colour is this?`);
+      await s.fake.waitFor(
+        () => logs.find((l) => l.includes(`edit of message ${ask.ts} in `) && l.includes('could not post the reply')),
+        10_000,
+        'the failed reply',
+      );
+      const stepsAtFailure = slow.steps();
+      await new Promise((r) => setTimeout(r, 500));
+      // the manager's answer was cancelled, not written on for nobody: no more steps, nothing stored
+      expect(slow.steps()).toBe(stepsAtFailure);
+      expect(await turnsOf(key)).toEqual([['what is this?', `slack:C5:${ask.ts}`, undefined]]);
+    } finally {
+      s.fake.brokenChannels.delete('C5');
+      slow.restore();
+    }
+    expect(textReplies(s.fake, 'C5', ask.ts)).toHaveLength(count);
+    // edited again, where the reply can be posted: answered as usual
+    await s.fake.edit(ask, `<@${s.fake.botUserId}> what shape is this?`);
+    await answerOf('C5', ask.ts, `${HEADER}\n${FORCED}`);
+    expect((await turnsOf(key)).map((t) => t[0])).toEqual(['what shape is this?']);
   }, 60_000);
 
   it('in a direct message: answered again in the DM', async () => {
