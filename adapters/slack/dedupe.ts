@@ -2,19 +2,25 @@
 // and delivers a message with a mention twice (app_mention and message); each is answered once, also across
 // a restart when the store persists.
 import type Keyv from 'keyv';
+import { STORE_NAMESPACE } from '../../src/conversation/store.js';
+import { StoreSections } from '../../src/conversation/store-lock.js';
 
 const LOCAL_LIMIT = 20_000;
 
 export class SeenSet {
   /** claimed here: key -> expiry (ms since epoch) */
   private readonly local = new Map<string, number>();
+  /** a claim's read and write, alone (on Redis, across front ends: Slack may send a message's two events to two at once) */
+  private readonly claims: StoreSections | undefined;
 
   constructor(
     private readonly store: Keyv | undefined,
     private readonly prefix: string,
     private readonly ttlMs: number,
     private readonly log: (line: string) => void,
-  ) {}
+  ) {
+    this.claims = store && new StoreSections(store, `${STORE_NAMESPACE}:lock:${prefix}`);
+  }
 
   /**
    * True for the first claim of `id` (within the TTL, in this process or, through the store, any earlier
@@ -26,15 +32,19 @@ export class SeenSet {
     if (expiry !== undefined && expiry > now) return false;
     this.local.set(id, now + this.ttlMs);
     this.prune(now);
-    if (!this.store) return true;
+    const store = this.store;
+    if (!store || !this.claims) return true;
     const key = `${this.prefix}${id}`;
     try {
-      if ((await this.store.get(key)) !== undefined) return false;
-      await this.store.set(key, now, this.ttlMs);
+      return await this.claims.run(id, async () => {
+        if ((await store.get(key)) !== undefined) return false;
+        await store.set(key, now, this.ttlMs);
+        return true;
+      });
     } catch (err) {
       this.log(`slack: the store failed while marking ${this.prefix}${id} as seen: ${(err as Error).message}`);
+      return true;
     }
-    return true;
   }
 
   /** Marks without asking (e.g. a thread the bot answered in). */

@@ -1,12 +1,16 @@
-// What the bot keeps of each answered message (adapters/shared/deleted.ts, AnswerRecords): an entry is read and
-// written back alone, so answers kept at once for one message (two front ends on one Redis; a Slack message and its
-// edit) are all kept and numbered apart, a drop leaves what was added after its entry was read, and a deleted image
-// file is taken by one deletion only. In one process (memory store) and across two Redis connections (a real
-// redis-server on a free loopback port).
+// What the adapters keep in the conversation store that several front ends share (a real redis-server on a free
+// loopback port; two connections stand for two front ends), and in one process's memory store.
+// - The answers kept for each answered message (adapters/shared/deleted.ts, AnswerRecords): an entry is read and
+//   written back alone, so answers kept at once for one message (two front ends; a Slack message and its edit) are
+//   all kept and numbered apart, a drop leaves what was added after its entry was read, and a deleted image file is
+//   taken by one deletion only.
+// - Slack's seen-marks (adapters/slack/dedupe.ts): a message's two events (app_mention and message) reaching two front
+//   ends at once are claimed by one.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import Keyv from 'keyv';
 import { AnswerRecords, type Posted } from '../../adapters/shared/deleted.js';
+import { SeenSet } from '../../adapters/slack/dedupe.js';
 import { createStore, STORE_NAMESPACE } from '../../src/conversation/store.js';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -77,6 +81,24 @@ describe('AnswerRecords', () => {
       const taken = await Promise.all(fronts.map((f) => f.takeImageFile('F1')));
       expect(taken.filter((t) => t !== undefined)).toEqual([{ asked: 'slack-100.3', key }]);
       expect(await fronts[1].imageFileOf('slack-100.3')).toBeUndefined();
+    } finally {
+      for (const kv of kvs) await kv.disconnect();
+    }
+  }, 30_000);
+});
+
+describe("Slack's seen-marks (SeenSet)", () => {
+  it("a message's events reaching two front ends at once: one claims it", async () => {
+    const kvs = [await createStore(redis.url), await createStore(redis.url)];
+    const fronts = kvs.map((kv) => new SeenSet(kv, 'slack:message:', 60_000, noLog));
+    try {
+      for (let m = 0; m < 10; m++) {
+        const id = `T1:C1:1700000000.00010${m}`;
+        const claims = await Promise.all([fronts[0].claim(id), fronts[1].claim(id), fronts[1].claim(id)]);
+        expect(claims.filter(Boolean)).toHaveLength(1);
+        expect(await fronts[m % 2].has(id)).toBe(true);
+      }
+      expect(await raw.keys(`${STORE_NAMESPACE}:lock:*`)).toEqual([]);
     } finally {
       for (const kv of kvs) await kv.disconnect();
     }
