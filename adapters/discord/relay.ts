@@ -124,6 +124,8 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   let error: { code: string; message: string } | undefined;
   /** when the first text arrived (0: none yet), and whether any text has been written since */
   let firstTextAt = 0;
+  /** whether a place in the queue was shown */
+  let waited = false;
   let textWritten = false;
   const firstWait = o.firstTextWaitMs ?? 600;
 
@@ -154,8 +156,14 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
 
   try {
     await onAnswerEvents(events, {
+      // (a place told again as the queue moves; once shown, the line goes when the answer starts)
       queued: (ev) => {
-        if (ev.position > 0) show(`${head}${notice(`Waiting in line (${ev.position} ahead of you)…`)}`);
+        if (ev.position > 0 || waited)
+          show(`${head}${notice(ev.position > 0 ? `Waiting in line (${ev.position} ahead of you)…` : 'Next in line…')}`);
+        waited ||= ev.position > 0;
+      },
+      started: () => {
+        if (waited && !raw) show(`${head}${notice('Thinking…')}`);
       },
       restart: () => {
         // another worker answers again: what was streamed so far is replaced

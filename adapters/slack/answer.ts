@@ -199,6 +199,8 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   const key = keyOf(a, reply.thread);
   if (!a.dm) await ctx.threads.mark(`${a.team}:${a.channel}:${key.thread}`);
   let text = '';
+  /** whether a place in the queue was shown */
+  let waited = false;
   const stopped = () => {
     ctx.log(`slack: ${a.what}: stopped by ${stop.stoppedBy()}`);
     return reply.stopped(text, stop.stoppedBy()!);
@@ -230,8 +232,11 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       ctx.closing(),
     );
     await onAnswerEvents(events, {
+      // (a place told again as the queue moves)
       queued: (ev) => {
         if (ev.position > 0) reply.status(`_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_`);
+        else if (waited) reply.status('_Next in line…_');
+        waited ||= ev.position > 0;
       },
       started: () => {
         if (!text) reply.status('_Thinking…_');

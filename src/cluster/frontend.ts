@@ -53,6 +53,8 @@ export interface RemoteConversationsOptions {
   maxQueue?: number;
   /** a job that shows no sign of progress (no event, no worker) for this long fails with an error (default 10 min) */
   stallTimeoutMs?: number;
+  /** how often a request waiting in the queue checks its place there, told when it moves up (default 2 s) */
+  positionPollMs?: number;
   log?: (line: string) => void;
 }
 
@@ -78,6 +80,7 @@ export class RemoteConversations implements ConversationPort {
   private readonly redis: Redis;
   private readonly maxQueue: number;
   private readonly stallTimeoutMs: number;
+  private readonly positionPollMs: number;
   private readonly log: (line: string) => void;
   private readonly streams: EventStreams;
   /** workers' own queues, by worker id */
@@ -99,6 +102,7 @@ export class RemoteConversations implements ConversationPort {
     this.repo = new ConversationStore(opts.store);
     this.maxQueue = Math.max(0, opts.maxQueue ?? 16);
     this.stallTimeoutMs = opts.stallTimeoutMs ?? 600_000;
+    this.positionPollMs = opts.positionPollMs ?? 2000;
     this.log = opts.log ?? (() => {});
     // A command waits for at most one reconnection attempt, then fails: the user gets "try again", not a hang.
     this.redis = new Redis(opts.redisUrl, { maxRetriesPerRequest: 1, connectTimeout: 5000 });
@@ -267,6 +271,7 @@ export class RemoteConversations implements ConversationPort {
     if ('code' in queued) return fail(queued.code, queued.message);
     const { queue, position } = queued;
     channel.push({ type: 'queued', position });
+    const waiting = position > 0 ? this.tellPlace(jobId, position, channel) : undefined;
     const onAbort = () => {
       // The worker stops it if it runs; a waiting one is dropped when a worker takes it.
       void this.redis
@@ -283,6 +288,7 @@ export class RemoteConversations implements ConversationPort {
       let sent = '';
       let replay: string | null = null;
       for await (const ev of this.events(jobId, queue, signal)) {
+        waiting?.stop(); // (a worker has it)
         if (ev.type === 'reset') continue; // (a reset job's; an answer's stream has none)
         if (ev.type === 'restart') {
           replay = '';
@@ -320,8 +326,34 @@ export class RemoteConversations implements ConversationPort {
       this.log(`frontend: job ${jobId}: ${(err as Error).message}`);
       return fail('unavailable', UNAVAILABLE);
     } finally {
+      waiting?.stop();
       signal.removeEventListener('abort', onAbort);
     }
+  }
+
+  /**
+   * While job `jobId` waits for a worker (it is among the pending jobs), its place among them is read every
+   * positionPollMs and told when it moved up (`queued`), as the manager tells a request waiting in one process.
+   */
+  private tellPlace(jobId: string, told: number, channel: EventChannel<AnswerEvent>): { stop(): void } {
+    let stopped = false;
+    const timer = setInterval(() => {
+      void this.redis
+        .zrank(keys.pending, jobId)
+        .then((rank) => {
+          if (stopped || rank === null || rank >= told) return;
+          told = rank;
+          channel.push({ type: 'queued', position: rank });
+        })
+        .catch(() => {}); // (a place not told this time: the answer itself does not depend on it)
+    }, this.positionPollMs);
+    timer.unref?.();
+    return {
+      stop: () => {
+        stopped = true;
+        clearInterval(timer);
+      },
+    };
   }
 
   /**

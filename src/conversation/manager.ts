@@ -113,6 +113,8 @@ interface Job {
   readonly controller: AbortController;
   readonly enqueuedAt: number;
   state: 'waiting' | 'running' | 'done';
+  /** the place in the queue it was last told (a `queued` event) */
+  position?: number;
   /** control jobs: the work itself */
   work?: () => Promise<void>;
   cleanup?: () => void;
@@ -230,7 +232,8 @@ export class ConversationManager {
     job.cleanup = () => req.signal?.removeEventListener('abort', onAbort);
     channel.onReturn = () => this.cancel(job);
     this.scheduler.add(job);
-    channel.push({ type: 'queued', position: this.scheduler.position(job) });
+    job.position = this.scheduler.position(job);
+    channel.push({ type: 'queued', position: job.position });
     this.scheduler.pump();
     return channel;
   }
@@ -427,10 +430,25 @@ export class ConversationManager {
   private cancel(job: Job, message = MESSAGES.cancelled): void {
     if (job.state === 'waiting') {
       const keep = this.keepImageJob(job);
-      if (keep ? this.scheduler.replace(job, keep) : this.scheduler.remove(job))
+      if (keep ? this.scheduler.replace(job, keep) : this.scheduler.remove(job)) {
         this.finish(job, { type: 'error', code: 'cancelled', message });
+        this.tellPositions();
+      }
     } else if (job.state === 'running') {
       job.controller.abort();
+    }
+  }
+
+  /**
+   * A job started, or one waiting left: each waiting request that moved up in the queue is told its new place (a
+   * user waiting behind others sees the count go down). A place further back (round robin lets a newly arrived
+   * conversation in before a conversation's second request) is not told: it is caught up with again soon.
+   */
+  private tellPositions(): void {
+    for (const [job, position] of this.scheduler.positions()) {
+      if (job.state !== 'waiting' || job.control || (job.position !== undefined && position >= job.position)) continue;
+      job.position = position;
+      job.channel.push({ type: 'queued', position });
     }
   }
 
@@ -497,6 +515,7 @@ export class ConversationManager {
     }
     const started = performance.now();
     job.channel.push({ type: 'started' });
+    this.tellPositions();
     try {
       await this.answer(job, started);
       this.finish(job);

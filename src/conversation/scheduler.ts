@@ -100,6 +100,12 @@ export class FairScheduler<J extends ScheduledJob> {
 
   /** How many model jobs must finish before `job` starts if nothing else arrives (0: it starts now). */
   position(job: J): number {
+    const all = this.positions();
+    return all.get(job) ?? Math.max(0, all.size - (this.concurrency - this.modelRunning) + 1);
+  }
+
+  /** position() of every waiting model job, in one pass (the order they would start in). */
+  positions(): Map<J, number> {
     const free = this.concurrency - this.modelRunning;
     const queues = new Map<string, J[]>();
     for (const [c, q] of this.queues)
@@ -108,18 +114,16 @@ export class FairScheduler<J extends ScheduledJob> {
         q.filter((j) => !j.control),
       );
     // An active conversation rejoins the round at the end once its job is done.
-    let ahead = 0;
+    const out = new Map<J, number>();
     const order = [...this.ready, ...[...this.active].filter((c) => this.queues.has(c) && !this.ready.includes(c))];
     while (order.length > 0) {
       const c = order.shift()!;
       const q = queues.get(c);
       if (!q || q.length === 0) continue;
-      const j = q.shift()!;
-      if (j === job) return Math.max(0, ahead - free + 1);
-      ahead++;
+      out.set(q.shift()!, Math.max(0, out.size - free + 1));
       if (q.length > 0) order.push(c);
     }
-    return Math.max(0, ahead - free + 1);
+    return out;
   }
 
   /** Starts every job that can start now. */

@@ -5,7 +5,7 @@
 // real cluster worker and front end (RemoteConversations) in this process, the real Bolt app on the fake Slack,
 // the demo model forced to a long answer with its decoding steps slowed so that there is time to press.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createStore } from '../../src/conversation/index.js';
+import { createStore, type AnswerEvent } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import type { SlackAdapter } from '../../adapters/slack/index.js';
 import { slackKey } from '../../adapters/slack/answer.js';
@@ -34,7 +34,7 @@ beforeAll(async () => {
     worker: { concurrency: 1 },
   });
   slow = cluster.slow!;
-  frontend = new RemoteConversations({ redisUrl: redis.url, store: await createStore(redis.url) });
+  frontend = new RemoteConversations({ redisUrl: redis.url, store: await createStore(redis.url), positionPollMs: 50 });
   fake = await FakeSlack.start();
   adapter = await startSlack(fake, frontend, { updateIntervalMs: 100 });
 }, 60_000);
@@ -127,6 +127,38 @@ describe('Slack on a front end', () => {
       'the follow-up answered in full',
     );
   }, 90_000);
+
+  it('a request waiting for the worker is told its place in the queue as it moves up, until a worker takes it', async () => {
+    const image = await squarePng(60, 40);
+    const ask = (thread: string) =>
+      frontend.handle({
+        key: slackKey(fake.teamId, 'C9', thread),
+        user: 'U0ALICE',
+        text: 'what is it?',
+        image,
+        generation: { maxNewTokens: 24 },
+      });
+    const events = async (it: AsyncIterator<AnswerEvent>, first: AnswerEvent[] = []) => {
+      for (let r = await it.next(); !r.done; r = await it.next()) first.push(r.value);
+      return first;
+    };
+    // the first is taken by the worker (one job at a time), the second and third wait, in that order
+    const a = ask('1.1')[Symbol.asyncIterator]();
+    const seenA: AnswerEvent[] = [];
+    while (seenA.at(-1)?.type !== 'started') seenA.push((await a.next()).value as AnswerEvent);
+    const b = ask('1.2')[Symbol.asyncIterator]();
+    const seenB = [(await b.next()).value as AnswerEvent];
+    const c = ask('1.3')[Symbol.asyncIterator]();
+    const [doneA, doneB, doneC] = await Promise.all([events(a, seenA), events(b, seenB), events(c)]);
+    const places = (evs: AnswerEvent[]) => evs.flatMap((e) => (e.type === 'queued' ? [e.position] : []));
+    expect(places(doneA)).toEqual([0]);
+    expect(places(doneB)).toEqual([0]);
+    // told 1 (the second before it), then 0 once the worker took the second
+    expect(places(doneC)).toEqual([1, 0]);
+    expect(doneC.findIndex((e) => e.type === 'started')).toBeGreaterThan(doneC.findLastIndex((e) => e.type === 'queued'));
+    for (const evs of [doneA, doneB, doneC])
+      expect(evs.find((e) => e.type === 'final')).toMatchObject({ text: expect.stringMatching(/^word0 word1/) });
+  }, 60_000);
 
   it('"Forget this conversation": the worker decides who took part, after the requests sent before it', async () => {
     slow.restore();

@@ -59,6 +59,25 @@ describe('conversation manager: scheduling', () => {
     await m.close();
   });
 
+  it('tells a waiting request its new place as the queue moves: a request ahead starts, or is cancelled', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 4 }, maxQueue: 10 });
+    const ctl = new AbortController();
+    const streams = [
+      m.handle({ key: key('pA'), user: 'u', text: 'A', image }),
+      m.handle({ key: key('pB'), user: 'u', text: 'B', image, signal: ctl.signal }),
+      m.handle({ key: key('pC'), user: 'u', text: 'C', image }),
+      m.handle({ key: key('pD'), user: 'u', text: 'D', image }),
+    ];
+    ctl.abort();
+    const results = await Promise.all(streams.map(collect));
+    const places = results.map((ev) => ev.flatMap((e) => (e.type === 'queued' ? [e.position] : [])));
+    // B's cancellation moved C and D up; A's end let C start, which moved D up again
+    expect(places).toEqual([[0], [1], [2, 1], [3, 2, 1]]);
+    expect(types(results[3]).slice(0, 4)).toEqual(['queued', 'queued', 'queued', 'started']);
+    expect(errorOf(results[3])).toBeUndefined();
+    await m.close();
+  });
+
   it('answers busy at once, exactly once, when the queue is full, and loses none of the others', async () => {
     const m = new ConversationManager({ model, defaults: { maxNewTokens: 4 }, maxQueue: 2 });
     const streams = ['q1', 'q2', 'q3', 'q4'].map((t) => m.handle({ key: key(t), user: 'u', text: t, image }));

@@ -252,10 +252,15 @@ describe('streaming', () => {
         yield { type: 'error', code: 'busy', message: 'The bot is busy (3 requests waiting): please try again in a moment.' };
         return;
       }
-      yield { type: 'queued', position: 2 };
-      await sleep(50);
+      // told again as the queue moves (each long enough apart to be written: editIntervalMs is 150 ms)
+      for (const position of [2, 1, 0]) {
+        yield { type: 'queued', position };
+        await sleep(250);
+      }
       yield { type: 'started' };
-      yield* streamed('fine')(req);
+      await sleep(250);
+      yield { type: 'text', text: 'fine' };
+      yield { type: 'final', text: 'fine', entities: [], finishReason: 'stop' };
     });
     const b = mention(w.general, 'busy');
     expect(await answered(logs, b.id)).toMatch(/error busy/);
@@ -263,7 +268,13 @@ describe('streaming', () => {
     const q = mention(w.general, 'queue');
     await answered(logs, q.id);
     const writes = w.fake.calls.filter((c) => c.path.startsWith(`/channels/${q.id}/messages`) && c.method !== 'GET');
-    expect(writes[0].body.content).toBe('-# Waiting in line (2 ahead of you)…');
+    expect(writes.slice(0, 4).map((c) => c.body.content)).toEqual([
+      '-# Waiting in line (2 ahead of you)…',
+      '-# Waiting in line (1 ahead of you)…',
+      '-# Next in line…',
+      '-# Thinking…',
+    ]);
+    expect(botMessagesIn(q.id)).toHaveLength(1);
     expect(botMessagesIn(q.id)[0].content).toBe('fine');
   });
 });

@@ -1,0 +1,48 @@
+// A Slack request waiting behind others: the real Bolt app on the fake Slack, the real ConversationManager (one answer
+// at a time) and the demo model (its answer forced, its decoding steps slowed). The reply says how many requests are
+// ahead, counts down as the queue moves, says "Thinking…" when the model takes it, then gives the answer.
+import { describe, expect, it } from 'vitest';
+import { slowSteps } from '../helpers/slow-steps.js';
+import type { FakeMessage } from './fake-slack.js';
+import { squarePng, startSlack, textReplies, useSlackStack } from './helpers.js';
+
+const FORCED = 'a green square on a grey background';
+const s = useSlackStack(FORCED, {
+  defaults: { temperature: 0 },
+  // (updates written 50 ms apart at most, so that each place in the queue is seen)
+  adapter: (fake, manager, log) => startSlack(fake, manager, { log, updateIntervalMs: 50 }),
+});
+
+describe('slack: a request waiting in the queue', () => {
+  it('is told its place, counted down as the requests ahead start, then "Thinking…", then answered', async () => {
+    const slow = slowSteps(s.model, 40);
+    try {
+      const asks: FakeMessage[] = [];
+      for (const channel of ['C1', 'C2', 'C3']) {
+        const file = s.fake.addFile({ name: 'square.png', data: await squarePng(90, 60), mimetype: 'image/png' });
+        asks.push((await s.fake.mention(channel, { text: `<@${s.fake.botUserId}> what is this?`, files: [file] })).msg);
+      }
+      const replyIn = (channel: string, thread: string) => textReplies(s.fake, channel, thread)[0];
+      const last = await s.fake.waitFor(
+        () => {
+          const r = replyIn('C3', asks[2]!.ts);
+          return r?.text === FORCED ? r : undefined;
+        },
+        30_000,
+        'the third answer',
+      );
+      const statuses = last.versions.filter((v) => v.startsWith('_'));
+      expect(statuses).toEqual([
+        '_Looking at the image…_',
+        '_Waiting: 2 requests ahead of this one…_',
+        '_Waiting: 1 request ahead of this one…_',
+        '_Thinking…_',
+      ]);
+      for (const [i, channel] of ['C1', 'C2'].entries()) {
+        await s.fake.waitFor(() => (replyIn(channel, asks[i]!.ts)?.text === FORCED ? true : undefined), 30_000, `answer ${i + 1}`);
+      }
+    } finally {
+      slow.restore();
+    }
+  }, 60_000);
+});
