@@ -56,12 +56,13 @@ describe('slack: direct messages', () => {
 
   it('a file that is not an image is answered in the DM; a message without an image first says how to send one', async () => {
     await s.fake.say('D2', { text: 'hello' });
-    const first = await s.fake.waitFor(() => textReplies(s.fake, 'D2')[0], 20_000, 'the reply');
+    // (the reply is posted with a status line first, then says what is wrong)
+    const first = await s.fake.waitFor(() => textReplies(s.fake, 'D2').find((m) => !m.text.startsWith('_')), 20_000, 'the reply');
     expect(first.text).toMatch(/There is no image in this conversation/);
     expect(first.thread_ts).toBeUndefined();
     const doc = s.fake.addFile({ name: 'notes.txt', data: Buffer.from('hi'), mimetype: 'text/plain', filetype: 'text' });
     await s.fake.say('D2', { text: 'and this?', files: [doc] });
-    const second = await s.fake.waitFor(() => textReplies(s.fake, 'D2')[1], 20_000, 'the reply');
+    const second = await s.fake.waitFor(() => textReplies(s.fake, 'D2').filter((m) => !m.text.startsWith('_'))[1], 20_000, 'the reply');
     expect(second.text).toContain('is not an image');
     expect(second.thread_ts).toBeUndefined();
   });
