@@ -1,7 +1,7 @@
 // Connecting the Discord adapter: the discord.js client (intents, partials, no pings), the wait for READY, and
 // the login and gateway failures that no retry can fix, told as one sentence without the token.
 import { createHash } from 'node:crypto';
-import { Client, Events, GatewayIntentBits, Partials, REST, Routes } from 'discord.js';
+import { Client, Events, GatewayIntentBits, Partials, REST, RESTEvents, Routes } from 'discord.js';
 import { ShardsTakenError, type ShardLease } from '../shared/shard-lease.js';
 import { describeError } from '../shared/errors.js';
 import { DiscordBot, type DiscordAdapter, type DiscordAdapterOptions } from './adapter.js';
@@ -117,6 +117,13 @@ export async function startDiscordAdapter(opts: DiscordAdapterOptions): Promise<
   let connected = false;
   client.on(Events.ShardDisconnect, (ev) => {
     if (connected && FATAL_CLOSE_CODES.has(ev.code)) adapter.fail(redact(fatalDiscordError(undefined, ev.code)!, [token]));
+  });
+  // A token reset while the bot runs shows on REST first (the gateway stays up until its next IDENTIFY); discord.js then
+  // drops the token and fails every call: the bot stops and says why, instead of running on unable to answer.
+  // (Interaction webhooks are sent without it: their 401 is an expired interaction, not the token.)
+  client.rest.on(RESTEvents.Response, (request, response) => {
+    if (connected && response.status === 401 && request.data.auth !== false)
+      adapter.fail(`Discord refused DISCORD_TOKEN (HTTP 401 on ${request.method.toUpperCase()} ${request.route}): ${TOKEN_HELP}`);
   });
   const timeoutMs = opts.readyTimeoutMs ?? 30_000;
   let timer: NodeJS.Timeout | undefined;

@@ -15,7 +15,7 @@ import {
   type SlackAdapter,
   type SlackAdapterOptions,
 } from './options.js';
-import { describeSlackError, slackErrorCode } from './errors.js';
+import { describeSlackError, type RefusedToken, refusedTokenLine, slackErrorCode, watchTokens } from './errors.js';
 
 type BoltApp = InstanceType<typeof App>;
 
@@ -66,8 +66,11 @@ export async function startSlackAdapter(opts: SlackAdapterOptions): Promise<Slac
   const log = redactingLog(opts.log, (line) => redact(line, secrets));
   const apiUrl = normaliseApiUrl(opts.apiUrl);
   const logger = boltLogger(log, secrets);
+  // (a token refused later, while the bot runs, stops the adapter: `fatal`)
+  let refused: (r: RefusedToken) => void = () => {};
   const clientOptions: webApi.WebClientOptions = {
     ...(apiUrl ? { slackApiUrl: apiUrl } : {}),
+    adapter: watchTokens({ bot: botToken, ...(appToken ? { app: appToken } : {}) }, (r) => refused(r)),
     logger,
     retryConfig: { retries: 2, factor: 2, minTimeout: 500, maxTimeout: 4000 },
     timeout: 30_000,
@@ -99,6 +102,7 @@ export async function startSlackAdapter(opts: SlackAdapterOptions): Promise<Slac
       : { signingSecret, endpoints: SLACK_EVENTS_PATH }),
   });
   const adapter = new SlackBot(app, opts, { botToken, botUserId, botName: auth.user ?? 'minigpt', apiUrl, log });
+  refused = (r) => adapter.fail(refusedTokenLine(r));
   adapter.register();
   await adapter.serveStops();
 
@@ -132,6 +136,7 @@ export async function startSlackAdapter(opts: SlackAdapterOptions): Promise<Slac
     ...(url ? { url } : {}),
     ...(port !== undefined ? { port } : {}),
     botUserId,
+    fatal: adapter.fatal,
     close: () => adapter.close(),
   };
 }

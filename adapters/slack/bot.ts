@@ -67,6 +67,9 @@ export class SlackBot {
   private nextId = 1;
   /** the answers being regenerated (by request id) */
   private readonly regenerating = new InFlight();
+  private failWith: (err: Error) => void = () => {};
+  /** resolves when Slack stops accepting the bot for good (see fail) */
+  readonly fatal = new Promise<Error>((resolve) => (this.failWith = resolve));
 
   constructor(
     private readonly app: BoltApp,
@@ -289,8 +292,15 @@ export class SlackBot {
       const bots = (event as { tokens?: { bot?: unknown } }).tokens?.bot;
       if (!Array.isArray(bots) || !this.botUserId || !bots.includes(this.botUserId)) return;
       this.spawn('tokens_revoked', async () => {
-        const n = await this.manager.forgetWorkspace('slack', team);
-        this.log(`slack: the bot's token was revoked in workspace ${team}${forgottenCount(n)}`);
+        try {
+          const n = await this.manager.forgetWorkspace('slack', team);
+          this.log(`slack: the bot's token was revoked in workspace ${team}${forgottenCount(n)}`);
+        } finally {
+          // (the bot can answer nowhere with that token: run on, it would fail every event)
+          this.fail(
+            `Slack revoked SLACK_BOT_TOKEN (tokens_revoked in workspace ${team}): reinstall the app and set its new Bot User OAuth Token`,
+          );
+        }
       });
     });
 
@@ -589,6 +599,16 @@ export class SlackBot {
     if (await admit(this.rate, `${team}:${user}`, tell, privately)) return true;
     this.log(`slack: user ${user} is over the rate limit`);
     return false;
+  }
+
+  /**
+   * Slack no longer accepts the bot (its token refused or revoked): `fatal` resolves with why, once (the owner, e.g.
+   * `minigpt serve`, then says it and closes the adapter).
+   */
+  fail(reason: string): void {
+    if (this.closing) return;
+    this.failWith(new Error(reason));
+    this.failWith = () => {};
   }
 
   async close(): Promise<void> {

@@ -54,7 +54,7 @@ export async function startSlack(ctx: {
   rateLimiter?: RateLimiterFactory;
   arrivalOrder?: SharedArrivalOrder;
   sharedStops?: SharedStops;
-}): Promise<{ name: string; url?: string; close(): Promise<void> }> {
+}): Promise<{ name: string; url?: string; fatal: Promise<Error>; close(): Promise<void> }> {
   const adapter = await startSlackAdapter({
     ...slackOptionsFromEnv(ctx.env),
     manager: ctx.manager,
@@ -63,5 +63,5 @@ export async function startSlack(ctx: {
     ...(ctx.arrivalOrder ? { arrivalOrder: ctx.arrivalOrder } : {}),
     ...(ctx.sharedStops ? { sharedStops: ctx.sharedStops } : {}),
   });
-  return { name: 'slack', ...(adapter.url ? { url: adapter.url } : {}), close: () => adapter.close() };
+  return { name: 'slack', ...(adapter.url ? { url: adapter.url } : {}), fatal: adapter.fatal, close: () => adapter.close() };
 }

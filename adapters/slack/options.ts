@@ -67,6 +67,8 @@ export interface SlackAdapter {
   url?: string;
   port?: number;
   botUserId: string;
+  /** resolves when Slack stops accepting the bot (its token refused or revoked while it runs): why, in one line */
+  fatal: Promise<Error>;
   close(): Promise<void>;
 }
 

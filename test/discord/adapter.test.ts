@@ -294,6 +294,8 @@ describe('commands', () => {
     expect(rest.length).toBeGreaterThanOrEqual(1);
     expect([original, ...rest].map((m) => m.content).join(' ')).toBe(text);
     expect(original.content.endsWith(' …')).toBe(false);
+    // (the expired interaction's 401 is not the bot token refused: the adapter goes on)
+    expect(await Promise.race([adapter!.fatal.then((e) => e.message), sleep(50).then(() => 'running')])).toBe('running');
   });
 
   it('/describe passes prompt, task, temperature and image to the manager; bad option values are dropped', async () => {

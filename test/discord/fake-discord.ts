@@ -129,6 +129,8 @@ export class FakeDiscord {
   readonly fileDelays = new Map<string, number>();
   /** when true, the gateway refuses every IDENTIFY with close code 4004 (a token Discord no longer accepts) */
   refuseIdentify = false;
+  /** when true, REST refuses the bot token (401) while the gateway stays connected: a token reset while the bot runs */
+  restTokenRefused = false;
   /**
    * The shard count Discord requires (and recommends in `GET /gateway/bot`), as for a bot in over 2500 guilds:
    * an IDENTIFY with fewer is closed with 4011 (sharding required); each shard gets the guilds whose
@@ -792,7 +794,7 @@ export class FakeDiscord {
       query: Object.fromEntries(url.searchParams),
       body,
       files,
-      authorized: req.headers.authorization === `Bot ${this.token}`,
+      authorized: req.headers.authorization === `Bot ${this.token}` && !this.restTokenRefused,
       at: Date.now(),
     };
     this.calls.push(call);

@@ -117,6 +117,29 @@ describe('minigpt serve with a Discord token that Discord refuses', () => {
       p.child.kill('SIGKILL');
     }
   });
+
+  it('reset while the bot runs (HTTP 401 on a REST call, the gateway still up): exits 1 within seconds, one clear line', async () => {
+    const { channelIds } = fake.addGuild('Reset server', ['general']);
+    const alice = fake.user('alice');
+    const p = serve({ DISCORD_TOKEN: fake.token, DISCORD_API_URL: fake.apiUrl }, 60_000);
+    try {
+      await until(() => /discord: connected as/.test(p.stderr()) || p.child.exitCode !== null, 'the bot to connect', 30_000);
+      expect(p.child.exitCode, p.stderr()).toBeNull();
+      fake.restTokenRefused = true;
+      const at = Date.now();
+      fake.postMessage(channelIds[0]!, alice, 'what is this?', { mentionBot: true });
+      const { code } = await p.exited;
+      expect(code, p.stderr()).toBe(1);
+      expect(Date.now() - at).toBeLessThan(15_000);
+      expect(p.stderr().trim().split('\n').at(-1)).toMatch(
+        /^minigpt: discord adapter stopped: Discord refused DISCORD_TOKEN \(HTTP 401 on (POST|PATCH|GET) \/channels\/:id\/[a-z/:]+\): check the bot token/,
+      );
+      expect(p.stderr()).not.toContain(fake.token);
+    } finally {
+      fake.restTokenRefused = false;
+      p.child.kill('SIGKILL');
+    }
+  });
 });
 
 describe('minigpt serve with a Slack token that Slack refuses', () => {
@@ -149,5 +172,58 @@ describe('minigpt serve with a Slack token that Slack refuses', () => {
     expect(p.stderr().trim().split('\n').at(-1)).toBe('minigpt: Slack refused SLACK_APP_TOKEN (apps.connections.open: invalid_auth)');
     expect(p.stderr()).not.toContain(bad);
     expect(p.stderr()).not.toContain(fake.botToken);
+  });
+
+  /** `minigpt serve` on the fake Slack (HTTP mode), once it is taking events: the fake sends them to it. */
+  async function servingSlack(): Promise<Proc> {
+    const p = serve(
+      { SLACK_BOT_TOKEN: fake.botToken, SLACK_SIGNING_SECRET: fake.signingSecret, SLACK_PORT: '0', SLACK_API_URL: fake.apiUrl },
+      60_000,
+    );
+    await until(
+      () => /slack: HTTP mode, events on (\S+)/.test(p.stderr()) || p.child.exitCode !== null,
+      'the Slack adapter to start',
+      30_000,
+    );
+    expect(p.child.exitCode, p.stderr()).toBeNull();
+    fake.appUrl = /slack: HTTP mode, events on (\S+)/.exec(p.stderr())![1]!.replace('localhost', '127.0.0.1');
+    return p;
+  }
+
+  it('SLACK_BOT_TOKEN revoked while the bot runs (token_revoked on its next call): exits 1 within seconds, one clear line', async () => {
+    const p = await servingSlack();
+    try {
+      fake.botTokenRefusal = 'token_revoked';
+      const at = Date.now();
+      await fake.mention('C1', { text: 'what is this?' });
+      const { code } = await p.exited;
+      expect(code, p.stderr()).toBe(1);
+      expect(Date.now() - at).toBeLessThan(15_000);
+      expect(p.stderr().trim().split('\n').at(-1)).toMatch(
+        /^minigpt: slack adapter stopped: Slack refused SLACK_BOT_TOKEN \(token_revoked on chat\.postMessage\): the token was revoked, the app removed, or the workspace deactivated: reinstall the app/,
+      );
+      expect(p.stderr()).not.toContain(fake.botToken);
+      expect(p.stderr()).not.toContain(fake.signingSecret);
+    } finally {
+      fake.botTokenRefusal = undefined;
+      p.child.kill('SIGKILL');
+    }
+  });
+
+  it("the bot's token revoked (tokens_revoked event): the workspace is forgotten, then exits 1 with one clear line", async () => {
+    const p = await servingSlack();
+    try {
+      const at = Date.now();
+      expect((await fake.sendEvent({ type: 'tokens_revoked', tokens: { bot: [fake.botUserId] } })).status).toBe(200);
+      const { code } = await p.exited;
+      expect(code, p.stderr()).toBe(1);
+      expect(Date.now() - at).toBeLessThan(15_000);
+      expect(p.stderr()).toContain(`slack: the bot's token was revoked in workspace ${fake.teamId}`);
+      expect(p.stderr().trim().split('\n').at(-1)).toBe(
+        `minigpt: slack adapter stopped: Slack revoked SLACK_BOT_TOKEN (tokens_revoked in workspace ${fake.teamId}): reinstall the app and set its new Bot User OAuth Token`,
+      );
+    } finally {
+      p.child.kill('SIGKILL');
+    }
   });
 });

@@ -107,6 +107,8 @@ export class FakeSlack {
   readonly scopes = new Set(ALL_SCOPES);
   /** channels where chat.postMessage fails with channel_not_found */
   readonly brokenChannels = new Set<string>();
+  /** when set, every Web API call with the bot token fails with this error (`token_revoked`: revoked while the app runs) */
+  botTokenRefusal: string | undefined;
   /** channels the bot is not a member of (conversations.history: not_in_channel) */
   readonly foreignChannels = new Set<string>();
   /** every request the fake received (method + path), for "no request was made" checks */
@@ -704,6 +706,7 @@ export class FakeSlack {
     }
     if (!token) return send({ ok: false, error: 'not_authed' });
     if (token !== this.botToken) return send({ ok: false, error: 'invalid_auth' });
+    if (this.botTokenRefusal) return send({ ok: false, error: this.botTokenRefusal });
     const need = (scope: string) =>
       this.scopes.has(scope) ? null : { ok: false, error: 'missing_scope', needed: scope, provided: [...this.scopes].join(',') };
     const str = (k: string) => (typeof args[k] === 'string' ? (args[k] as string) : undefined);
