@@ -6,27 +6,15 @@
 //   taken by one deletion only.
 // - Slack's seen-marks (adapters/slack/dedupe.ts): a message's two events (app_mention and message) reaching two front
 //   ends at once are claimed by one.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
+import { describe, expect, it } from 'vitest';
 import Keyv from 'keyv';
 import { AnswerRecords, type Posted } from '../../adapters/shared/deleted.js';
 import { SeenSet } from '../../adapters/slack/dedupe.js';
 import { createStore, STORE_NAMESPACE } from '../../src/conversation/store.js';
 import type { ConversationKey } from '../../src/conversation/index.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { useRedis } from '../helpers/redis.js';
 
-let redis: TestRedis;
-let raw: Redis;
-
-beforeAll(async () => {
-  redis = await startRedis();
-  raw = new Redis(redis.url);
-}, 30_000);
-
-afterAll(async () => {
-  raw?.disconnect();
-  await redis?.cleanup();
-});
+const r = useRedis();
 
 const key: ConversationKey = { platform: 'slack', workspace: 'T1', channel: 'C1', thread: '100.1' };
 const posted = (i: number): Posted[] => [{ channel: 'C1', id: `200.${i}` }];
@@ -43,7 +31,7 @@ describe('AnswerRecords', () => {
   });
 
   it('two front ends on one Redis keeping answers for one message at once lose none; no lock is left', async () => {
-    const kvs = [await createStore(redis.url), await createStore(redis.url)];
+    const kvs = [await createStore(r.redis.url), await createStore(r.redis.url)];
     const fronts = kvs.map((kv) => new AnswerRecords(kv, 'slack:answers:', noLog));
     try {
       await Promise.all(Array.from({ length: 16 }, (_, i) => fronts[i % 2].add('slack-100.2', key, posted(i))));
@@ -51,7 +39,7 @@ describe('AnswerRecords', () => {
       expect(entry?.key).toEqual(key);
       expect(entry?.posted.map((p) => p.id).sort()).toEqual(Array.from({ length: 16 }, (_, i) => `200.${i}`).sort());
       expect(new Set(entry?.posted.map((p) => p.answer)).size).toBe(16);
-      expect(await raw.keys(`${STORE_NAMESPACE}:lock:*`)).toEqual([]);
+      expect(await r.raw.keys(`${STORE_NAMESPACE}:lock:*`)).toEqual([]);
     } finally {
       for (const kv of kvs) await kv.disconnect();
     }
@@ -74,7 +62,7 @@ describe('AnswerRecords', () => {
   });
 
   it('an image file deleted is taken by one of two front ends at once', async () => {
-    const kvs = [await createStore(redis.url), await createStore(redis.url)];
+    const kvs = [await createStore(r.redis.url), await createStore(r.redis.url)];
     const fronts = kvs.map((kv) => new AnswerRecords(kv, 'slack:answers:', noLog));
     try {
       await fronts[0].imageFile('F1', 'slack-100.3', key);
@@ -89,7 +77,7 @@ describe('AnswerRecords', () => {
 
 describe("Slack's seen-marks (SeenSet)", () => {
   it("a message's events reaching two front ends at once: one claims it", async () => {
-    const kvs = [await createStore(redis.url), await createStore(redis.url)];
+    const kvs = [await createStore(r.redis.url), await createStore(r.redis.url)];
     const fronts = kvs.map((kv) => new SeenSet(kv, 'slack:message:', 60_000, noLog));
     try {
       for (let m = 0; m < 10; m++) {
@@ -98,7 +86,7 @@ describe("Slack's seen-marks (SeenSet)", () => {
         expect(claims.filter(Boolean)).toHaveLength(1);
         expect(await fronts[m % 2].has(id)).toBe(true);
       }
-      expect(await raw.keys(`${STORE_NAMESPACE}:lock:*`)).toEqual([]);
+      expect(await r.raw.keys(`${STORE_NAMESPACE}:lock:*`)).toEqual([]);
     } finally {
       for (const kv of kvs) await kv.disconnect();
     }

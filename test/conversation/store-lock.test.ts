@@ -3,8 +3,7 @@
 // at once and lose no user; the image goes with its last user. A lock held elsewhere for too long gives the
 // store's "unavailable" error and writes nothing; a lock that expired under a slow holder is not released by it
 // over the next holder. A real redis-server on a free loopback port.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Redis } from 'ioredis';
+import { describe, expect, it } from 'vitest';
 import {
   ConversationStore,
   createStore,
@@ -14,20 +13,9 @@ import {
   type StoredImage,
 } from '../../src/conversation/store.js';
 import { DEFAULT_LOCK_TTL_MS, RedisStoreLock, storeLockFor } from '../../src/conversation/store-lock.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { useRedis } from '../helpers/redis.js';
 
-let redis: TestRedis;
-let raw: Redis;
-
-beforeAll(async () => {
-  redis = await startRedis();
-  raw = new Redis(redis.url);
-}, 30_000);
-
-afterAll(async () => {
-  raw?.disconnect();
-  await redis?.cleanup();
-});
+const r = useRedis();
 
 function image(seed: number): StoredImage {
   const data = Uint8Array.from({ length: 64 }, (_, i) => (i * 31 + seed) & 255);
@@ -38,7 +26,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe("an image's users on a Redis store shared by two processes", () => {
   it('concurrent attaches and detaches from two stores lose no user; the image goes with the last one', async () => {
-    const kvs = [await createStore(redis.url), await createStore(redis.url)];
+    const kvs = [await createStore(r.redis.url), await createStore(r.redis.url)];
     const stores = kvs.map((kv) => new ConversationStore(kv));
     const img = image(1);
     const users = async () => ((await kvs[0].get(`imgref:${img.hash}`)) as string[] | undefined) ?? [];
@@ -58,25 +46,25 @@ describe("an image's users on a Redis store shared by two processes", () => {
       await Promise.all(Array.from({ length: 12 }, (_, i) => stores[i % 2].detachImage(img.hash, conv(20 + i))));
       expect(await kvs[1].get(`imgref:${img.hash}`)).toBeUndefined();
       expect(await stores[0].getImage(img.hash)).toBeUndefined();
-      expect(await raw.keys(`${STORE_NAMESPACE}:lock:*`)).toEqual([]);
+      expect(await r.raw.keys(`${STORE_NAMESPACE}:lock:*`)).toEqual([]);
     } finally {
       for (const kv of kvs) await kv.disconnect();
     }
   }, 30_000);
 
   it('a lock held elsewhere past the wait: "unavailable", nothing written; free again, the attach goes through', async () => {
-    const kv = await createStore(redis.url);
+    const kv = await createStore(r.redis.url);
     const store = new ConversationStore(kv, { lock: { waitMs: 300 } });
     const img = image(2);
     const lockKey = `${STORE_NAMESPACE}:lock:imgref:${img.hash}`;
     try {
-      await raw.set(lockKey, 'another-process', 'PX', 60_000);
+      await r.raw.set(lockKey, 'another-process', 'PX', 60_000);
       const t0 = Date.now();
       await expect(store.attachImage(img, 'slack:T:C:1')).rejects.toThrow(StoreUnavailableError);
       expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
       expect(await kv.get(`imgref:${img.hash}`)).toBeUndefined();
       expect(await store.getImage(img.hash)).toBeUndefined();
-      await raw.del(lockKey);
+      await r.raw.del(lockKey);
       await store.attachImage(img, 'slack:T:C:1');
       expect(await kv.get(`imgref:${img.hash}`)).toEqual(['slack:T:C:1']);
     } finally {
@@ -85,12 +73,12 @@ describe("an image's users on a Redis store shared by two processes", () => {
   });
 
   it('a lock left by a process that died holding it: the next writer waits for it to expire, then goes through', async () => {
-    const kv = await createStore(redis.url);
+    const kv = await createStore(r.redis.url);
     const store = new ConversationStore(kv);
     const img = image(3);
     try {
       // as a worker killed while storing an answer leaves it: taken, never released, expiring on its own
-      await raw.set(`${STORE_NAMESPACE}:lock:imgref:${img.hash}`, 'dead-process', 'PX', DEFAULT_LOCK_TTL_MS);
+      await r.raw.set(`${STORE_NAMESPACE}:lock:imgref:${img.hash}`, 'dead-process', 'PX', DEFAULT_LOCK_TTL_MS);
       const t0 = Date.now();
       await store.attachImage(img, 'web:w:c:t');
       expect(Date.now() - t0).toBeGreaterThanOrEqual(DEFAULT_LOCK_TTL_MS - 200);
@@ -102,7 +90,7 @@ describe("an image's users on a Redis store shared by two processes", () => {
   }, 20_000);
 
   it('a holder whose lock expired does not release the next holder’s', async () => {
-    const kv = await createStore(redis.url);
+    const kv = await createStore(r.redis.url);
     // the slow holder's lock lives 100 ms; the next holder's 10 s
     const lock = storeLockFor(kv, { ttlMs: 100 })!;
     const nextLock = storeLockFor(kv, { ttlMs: 10_000 })!;
@@ -120,12 +108,12 @@ describe("an image's users on a Redis store shared by two processes", () => {
         order.push('next in');
         await sleep(400);
         // the slow holder has finished and released by now: the lock must still be this holder's
-        expect(await raw.exists(key)).toBe(1);
+        expect(await r.raw.exists(key)).toBe(1);
         order.push('next out');
       });
       await Promise.all([slow, next]);
       expect(order).toEqual(['slow in', 'next in', 'slow out', 'next out']);
-      expect(await raw.exists(key)).toBe(0);
+      expect(await r.raw.exists(key)).toBe(0);
     } finally {
       await kv.disconnect();
     }
@@ -133,12 +121,12 @@ describe("an image's users on a Redis store shared by two processes", () => {
 
   it("the lock lives its own TTL whatever the retention time (a dead holder's lock is not kept for days; 0 works)", async () => {
     // (the retention time once reached the lock as its TTL: 30 days kept a dead holder's lock that long, 0 was refused)
-    const monitor = await raw.monitor();
+    const monitor = await r.raw.monitor();
     const sets: string[][] = [];
     monitor.on('monitor', (_time: string, args: string[]) => {
       if (args[0]?.toLowerCase() === 'set' && String(args[1]).includes(':lock:')) sets.push(args);
     });
-    const kv = await createStore(redis.url);
+    const kv = await createStore(r.redis.url);
     try {
       for (const [i, ttlMs] of [0, 30 * 24 * 3600_000].entries()) {
         const store = new ConversationStore(kv, { ttlMs });

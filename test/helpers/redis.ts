@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { freePort } from '../../src/util/net.js';
+import { useShared } from './shared.js';
 
 export { freePort };
 
@@ -138,4 +139,18 @@ export async function startRedis(opts: { aof?: boolean; args?: string[] } = {}):
       await rm(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A redis-server (startRedis) and a client of it, started before the tests of the file or describe block it is called in. */
+export function useRedis(): { redis: TestRedis; raw: Redis } {
+  return useShared<{ redis: TestRedis; raw: Redis }>(
+    async (s) => {
+      s.redis = await startRedis();
+      s.raw = new Redis(s.redis.url);
+    },
+    async (s) => {
+      s.raw?.disconnect();
+      await s.redis?.cleanup();
+    },
+  );
 }
