@@ -86,6 +86,8 @@ export interface DiscordAdapterOptions {
   editIntervalMs?: number;
   /** the answer's first text waits this long for more before it is shown (default 600 ms; see RelayOptions) */
   firstTextWaitMs?: number;
+  /** least time between two places in the queue shown in a waiting reply (default 5 s) */
+  queueUpdateMs?: number;
   /** largest image downloaded (default 20 MiB) */
   maxImageBytes?: number;
   /** image download timeout (default 15 s) */
@@ -140,6 +142,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   private readonly rate: RateLimiter | null;
   private readonly editIntervalMs: number;
   private readonly firstTextWaitMs: number | undefined;
+  private readonly queueUpdateMs: number | undefined;
   private readonly allowedGuilds: ReadonlySet<string>;
   private readonly allowedChannels: ReadonlySet<string>;
   private readonly allowDMs: boolean;
@@ -182,6 +185,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     this.rate = userLimiter('discord', opts.rateLimit, opts.rateLimiter);
     this.editIntervalMs = opts.editIntervalMs ?? DEFAULT_EDIT_INTERVAL_MS;
     this.firstTextWaitMs = opts.firstTextWaitMs;
+    this.queueUpdateMs = opts.queueUpdateMs;
     this.allowedGuilds = new Set(opts.allowedGuilds ?? []);
     this.allowedChannels = new Set(opts.allowedChannels ?? []);
     this.allowDMs = opts.allowDMs ?? true;
@@ -406,6 +410,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
       const r = await relayAnswer(events, recordPosts(route.target, posted), {
         editIntervalMs: this.editIntervalMs,
         firstTextWaitMs: this.firstTextWaitMs,
+        ...(this.queueUpdateMs !== undefined ? { queueUpdateMs: this.queueUpdateMs } : {}),
         notice: route.notice,
         log: this.log,
         label,

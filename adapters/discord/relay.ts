@@ -8,7 +8,7 @@
 import { ActionRowBuilder, ButtonBuilder, ButtonStyle, DiscordAPIError, type AttachmentPayload } from 'discord.js';
 import type { AnswerEvent } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, notice, splitMessage } from './format.js';
-import { onAnswerEvents } from '../shared/answer-events.js';
+import { onAnswerEvents, QueuePlaces } from '../shared/answer-events.js';
 import { stoppedLine } from '../shared/stop-buttons.js';
 import { ThrottledMessage } from '../shared/throttled-message.js';
 
@@ -56,6 +56,8 @@ export interface RelayOptions {
    * appears whole instead of its first word alone.
    */
   firstTextWaitMs?: number;
+  /** least time between two places in the queue shown (default QUEUE_UPDATE_MS) */
+  queueUpdateMs?: number;
   /** a line shown above the answer (e.g. why it is not in a thread) */
   notice?: string;
   log: (line: string) => void;
@@ -124,8 +126,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   let error: { code: string; message: string } | undefined;
   /** when the first text arrived (0: none yet), and whether any text has been written since */
   let firstTextAt = 0;
-  /** whether a place in the queue was shown */
-  let waited = false;
+  const places = new QueuePlaces(o.queueUpdateMs);
   let textWritten = false;
   const firstWait = o.firstTextWaitMs ?? 600;
 
@@ -158,12 +159,11 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
     await onAnswerEvents(events, {
       // (a place told again as the queue moves; once shown, the line goes when the answer starts)
       queued: (ev) => {
-        if (ev.position > 0 || waited)
+        if (places.show(ev.position))
           show(`${head}${notice(ev.position > 0 ? `Waiting in line (${ev.position} ahead of you)…` : 'Next in line…')}`);
-        waited ||= ev.position > 0;
       },
       started: () => {
-        if (waited && !raw) show(`${head}${notice('Thinking…')}`);
+        if (places.waited && !raw) show(`${head}${notice('Thinking…')}`);
       },
       restart: () => {
         // another worker answers again: what was streamed so far is replaced

@@ -57,3 +57,30 @@ export async function unlessRefused(
     })(),
   };
 }
+
+/** How often a reply shows a new place in the queue at most (QueuePlaces), unless an adapter is told otherwise. */
+export const QUEUE_UPDATE_MS = 5000;
+
+/**
+ * Which places in the queue a reply shows (each one an edit of the reply; a long line moves often, and the platform's
+ * edit budget is shared with the answers being written): the first place above 0, then a lower one (0: next in line)
+ * at most every `everyMs`. `show(position)`: whether to show it now.
+ */
+export class QueuePlaces {
+  private shown: number | undefined;
+  private shownAt = 0;
+
+  constructor(private readonly everyMs = QUEUE_UPDATE_MS) {}
+
+  /** whether a place was shown (the line is taken down when the answer starts) */
+  get waited(): boolean {
+    return this.shown !== undefined;
+  }
+
+  show(position: number, now = Date.now()): boolean {
+    if (this.shown === undefined ? position <= 0 : position >= this.shown || now - this.shownAt < this.everyMs) return false;
+    this.shown = position;
+    this.shownAt = now;
+    return true;
+  }
+}

@@ -12,7 +12,7 @@ import {
 import { Answering, EDIT_REFUSED_QUIETLY, EDIT_REPLACED_LINE, type LatestAnswers } from '../shared/regenerate.js';
 import type { SharedStops } from '../shared/shared-stops.js';
 import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
-import { onAnswerEvents, restartNotice, unlessRefused } from '../shared/answer-events.js';
+import { onAnswerEvents, QueuePlaces, restartNotice, unlessRefused } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
 import type { SeenSet } from './dedupe.js';
 import { fetchImage, type ImageFetchOptions } from './file-info.js';
@@ -35,6 +35,8 @@ export interface AnswerContext {
   readonly signal: AbortSignal;
   closing(): boolean;
   readonly updateIntervalMs: number;
+  /** least time between two places in the queue shown in a waiting reply (default QUEUE_UPDATE_MS) */
+  readonly queueUpdateMs?: number;
   readonly maxMessageChars: number;
   readonly image: ImageFetchOptions;
   /** the Stop buttons of the answers being written */
@@ -199,8 +201,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   const key = keyOf(a, reply.thread);
   if (!a.dm) await ctx.threads.mark(`${a.team}:${a.channel}:${key.thread}`);
   let text = '';
-  /** whether a place in the queue was shown */
-  let waited = false;
+  const places = new QueuePlaces(ctx.queueUpdateMs);
   const stopped = () => {
     ctx.log(`slack: ${a.what}: stopped by ${stop.stoppedBy()}`);
     return reply.stopped(text, stop.stoppedBy()!);
@@ -234,9 +235,10 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
     await onAnswerEvents(events, {
       // (a place told again as the queue moves)
       queued: (ev) => {
-        if (ev.position > 0) reply.status(`_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_`);
-        else if (waited) reply.status('_Next in line…_');
-        waited ||= ev.position > 0;
+        if (!places.show(ev.position)) return;
+        reply.status(
+          ev.position > 0 ? `_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_` : '_Next in line…_',
+        );
       },
       started: () => {
         if (!text) reply.status('_Thinking…_');

@@ -36,6 +36,8 @@ export interface SlackAdapterOptions {
   downloadTimeoutMs?: number;
   /** least time between two edits of an answer (default 1200 ms; Slack allows about one a second) */
   updateIntervalMs?: number;
+  /** least time between two places in the queue shown in a waiting reply (default 5 s) */
+  queueUpdateMs?: number;
   /** most characters per message (default 3500); longer answers continue in more messages */
   maxMessageChars?: number;
   /** the slash command (default /describe) */

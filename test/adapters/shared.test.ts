@@ -3,7 +3,7 @@
 // a closing adapter, the answer-event switch and the restart notice, and secrets kept out of log lines.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { AnswerEvent } from '../../src/conversation/index.js';
-import { onAnswerEvents, restartNotice, RESTARTING } from '../../adapters/shared/answer-events.js';
+import { onAnswerEvents, QueuePlaces, restartNotice, RESTARTING } from '../../adapters/shared/answer-events.js';
 import { describeError, hideSecrets } from '../../adapters/shared/errors.js';
 import { TaskSet } from '../../adapters/shared/tasks.js';
 import { ThrottledMessage } from '../../adapters/shared/throttled-message.js';
@@ -155,5 +155,20 @@ describe('errors', () => {
     expect(describeError(err)).toBe('Missing Access, code 50001, HTTP 403, POST https://discord.com/api/v10/x');
     expect(describeError('plain')).toBe('plain');
     expect(hideSecrets('token abcdefgh and abc', ['abcdefgh', 'abc'], 6)).toBe('token [redacted] and abc');
+  });
+});
+
+describe('QueuePlaces (which places in the queue a waiting reply shows)', () => {
+  it('the first place above 0, then a lower one at most every everyMs; never a higher one', () => {
+    const places = new QueuePlaces(5000);
+    expect(places.show(0, 0)).toBe(false); // started at once: nothing to show
+    expect(places.waited).toBe(false);
+    expect(places.show(3, 1000)).toBe(true);
+    expect(places.waited).toBe(true);
+    expect(places.show(2, 2000)).toBe(false); // too soon after the last
+    expect(places.show(4, 7000)).toBe(false); // further back: not shown
+    expect(places.show(2, 7000)).toBe(true);
+    expect(places.show(2, 20_000)).toBe(false); // the same place
+    expect(places.show(0, 20_000)).toBe(true); // next in line
   });
 });

@@ -247,21 +247,24 @@ describe('streaming', () => {
   });
 
   it('shows the place in the queue, and answers "busy" and other errors clearly', async () => {
-    await start(async function* (req) {
-      if (req.text === 'busy') {
-        yield { type: 'error', code: 'busy', message: 'The bot is busy (3 requests waiting): please try again in a moment.' };
-        return;
-      }
-      // told again as the queue moves (each long enough apart to be written: editIntervalMs is 150 ms)
-      for (const position of [2, 1, 0]) {
-        yield { type: 'queued', position };
+    await start(
+      async function* (req) {
+        if (req.text === 'busy') {
+          yield { type: 'error', code: 'busy', message: 'The bot is busy (3 requests waiting): please try again in a moment.' };
+          return;
+        }
+        // told again as the queue moves (each long enough apart to be written: editIntervalMs is 150 ms)
+        for (const position of [2, 1, 0]) {
+          yield { type: 'queued', position };
+          await sleep(250);
+        }
+        yield { type: 'started' };
         await sleep(250);
-      }
-      yield { type: 'started' };
-      await sleep(250);
-      yield { type: 'text', text: 'fine' };
-      yield { type: 'final', text: 'fine', entities: [], finishReason: 'stop' };
-    });
+        yield { type: 'text', text: 'fine' };
+        yield { type: 'final', text: 'fine', entities: [], finishReason: 'stop' };
+      },
+      { queueUpdateMs: 100 },
+    );
     const b = mention(w.general, 'busy');
     expect(await answered(logs, b.id)).toMatch(/error busy/);
     expect(botMessagesIn(b.id)[0].content).toBe('⚠️ The bot is busy (3 requests waiting): please try again in a moment.');

@@ -9,8 +9,8 @@ import { squarePng, startSlack, textReplies, useSlackStack } from './helpers.js'
 const FORCED = 'a green square on a grey background';
 const s = useSlackStack(FORCED, {
   defaults: { temperature: 0 },
-  // (updates written 50 ms apart at most, so that each place in the queue is seen)
-  adapter: (fake, manager, log) => startSlack(fake, manager, { log, updateIntervalMs: 50 }),
+  // (every place in the queue shown, updates written 50 ms apart at most: each is seen)
+  adapter: (fake, manager, log) => startSlack(fake, manager, { log, updateIntervalMs: 50, queueUpdateMs: 0 }),
 });
 
 describe('slack: a request waiting in the queue', () => {
