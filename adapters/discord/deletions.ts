@@ -40,8 +40,6 @@ export interface Deleted {
 export class Deletions {
   /** the bot's own answers it deleted: their MESSAGE_DELETE asks nothing of the store */
   private readonly ownDeletes = new LruMap<string, true>(1_000);
-  /** messages whose removed image is being forgotten */
-  private readonly removing = new Set<string>();
 
   constructor(private readonly host: DeletionsHost) {}
 
@@ -67,19 +65,13 @@ export class Deletions {
     attachments: { has(id: string): boolean };
   }): Promise<void> {
     const asked = `discord-${msg.id}`;
-    // (one removal at a time per message: Discord may send its update more than once)
-    if (this.removing.has(asked)) return;
-    this.removing.add(asked);
-    try {
-      const file = await this.host.answers.imageFileOf(asked);
-      if (file === undefined || msg.attachments.has(file)) return;
-      const read = await this.host.answers.takeImageFile(file);
-      if (!read) return;
-      const where = msg.guildId ? `guild ${msg.guildId}, channel ${msg.channelId}` : `DM ${msg.channelId}`;
-      await questionDeleted(this.deletionHost(), asked, () => [read.key], `discord: image removed from message ${msg.id} (${where})`);
-    } finally {
-      this.removing.delete(asked);
-    }
+    const file = await this.host.answers.imageFileOf(asked);
+    if (file === undefined || msg.attachments.has(file)) return;
+    // (one taker: Discord may send the update more than once, and two front ends may each see one)
+    const read = await this.host.answers.takeImageFile(file);
+    if (!read) return;
+    const where = msg.guildId ? `guild ${msg.guildId}, channel ${msg.channelId}` : `DM ${msg.channelId}`;
+    await questionDeleted(this.deletionHost(), asked, () => [read.key], `discord: image removed from message ${msg.id} (${where})`);
   }
 
   private deletionHost(): DeletionHost {

@@ -79,8 +79,8 @@ export class AnswerRecords {
   }
 
   /**
-   * The image of the message asked as `asked`, in conversation `key`, was read from file `file` (Slack): deleting the
-   * file forgets it as deleting the message would.
+   * The image of the message asked as `asked`, in conversation `key`, was read from file `file` (a Slack file, a Discord
+   * attachment): deleting the file, or removing the attachment, forgets it as deleting the message would.
    */
   async imageFile(file: string, asked: string, key: ConversationKey): Promise<void> {
     try {

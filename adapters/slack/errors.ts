@@ -37,7 +37,7 @@ export function watchTokens(tokens: { bot: string; app?: string }, refused: (r: 
     const res = await http(config);
     const code = refusalCode(res);
     if (code) {
-      const auth = String(config.headers?.get?.('Authorization') ?? config.headers?.Authorization ?? '');
+      const auth = String(config.headers.get('Authorization') ?? '');
       const variable =
         auth === `Bearer ${tokens.bot}` ? 'SLACK_BOT_TOKEN' : tokens.app && auth === `Bearer ${tokens.app}` ? 'SLACK_APP_TOKEN' : undefined;
       const method = (config.url ?? '').split('/').pop()?.split('?')[0] ?? '';
