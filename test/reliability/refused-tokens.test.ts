@@ -93,11 +93,17 @@ describe('minigpt serve with a Discord token that Discord refuses', () => {
     }
   });
 
-  it('after a reconnect (the token was reset while the bot ran): exits 1 within seconds instead of running offline', async () => {
+  /** `minigpt serve` on the fake Discord, once it is connected. */
+  async function servingDiscord(): Promise<Proc> {
     const p = serve({ DISCORD_TOKEN: fake.token, DISCORD_API_URL: fake.apiUrl }, 60_000);
+    await until(() => /discord: connected as/.test(p.stderr()) || p.child.exitCode !== null, 'the bot to connect', 30_000);
+    expect(p.child.exitCode, p.stderr()).toBeNull();
+    return p;
+  }
+
+  it('after a reconnect (the token was reset while the bot ran): exits 1 within seconds instead of running offline', async () => {
+    const p = await servingDiscord();
     try {
-      await until(() => /discord: connected as/.test(p.stderr()) || p.child.exitCode !== null, 'the bot to connect', 30_000);
-      expect(p.child.exitCode, p.stderr()).toBeNull();
       // The session ends (4007: a new IDENTIFY is needed) and the new IDENTIFY is refused (4004).
       fake.refuseIdentify = true;
       const at = Date.now();
@@ -121,10 +127,8 @@ describe('minigpt serve with a Discord token that Discord refuses', () => {
   it('reset while the bot runs (HTTP 401 on a REST call, the gateway still up): exits 1 within seconds, one clear line', async () => {
     const { channelIds } = fake.addGuild('Reset server', ['general']);
     const alice = fake.user('alice');
-    const p = serve({ DISCORD_TOKEN: fake.token, DISCORD_API_URL: fake.apiUrl }, 60_000);
+    const p = await servingDiscord();
     try {
-      await until(() => /discord: connected as/.test(p.stderr()) || p.child.exitCode !== null, 'the bot to connect', 30_000);
-      expect(p.child.exitCode, p.stderr()).toBeNull();
       fake.restTokenRefused = true;
       const at = Date.now();
       fake.postMessage(channelIds[0]!, alice, 'what is this?', { mentionBot: true });
