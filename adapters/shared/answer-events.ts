@@ -28,9 +28,10 @@ export async function* restartNotice(events: AsyncIterable<AnswerEvent>, closing
 
 /**
  * A request that may be refused without a word to the user (an edited message that asks nothing to answer again):
- * reads the stream up to its first event after `queued` / `started`; an error with one of `codes` there is returned
- * as `refused` (the stream has ended), else `events` gives the whole stream as it came. (What is held back meanwhile,
- * a queue position, shows once the request is known to be answered.)
+ * reads the stream up to its first `queued` event that is `checked` (the manager found it answerable while it
+ * waits), or its first event after `started`; an error with one of `codes` there is returned as `refused` (the
+ * stream has ended), else `events` gives the stream from there on as it came, the places told before it was known to
+ * be answered left out (a later one, or the start, supersedes them).
  */
 export async function unlessRefused(
   events: AsyncIterable<AnswerEvent>,
@@ -41,9 +42,11 @@ export async function unlessRefused(
   for (;;) {
     const r = await it.next();
     if (r.done) break;
-    held.push(r.value);
-    if (r.value.type === 'queued' || r.value.type === 'started') continue;
-    if (r.value.type === 'error' && codes.includes(r.value.code)) return { refused: r.value };
+    const ev = r.value;
+    if (ev.type === 'queued' && !ev.checked) continue;
+    held.push(ev);
+    if (ev.type === 'started') continue;
+    if (ev.type === 'error' && codes.includes(ev.code)) return { refused: ev };
     break;
   }
   return {

@@ -115,6 +115,11 @@ interface Job {
   state: 'waiting' | 'running' | 'done';
   /** the place in the queue it was last told (a `queued` event) */
   position?: number;
+  /**
+   * A regenerate or edit request's check of its stored question ahead of its turn (checkAnswerable): due until
+   * nothing of its conversation is ahead of it; passed, its places are told as checked.
+   */
+  check?: 'due' | 'checking' | 'passed';
   /** control jobs: the work itself */
   work?: () => Promise<void>;
   cleanup?: () => void;
@@ -226,6 +231,7 @@ export class ConversationManager {
       controller: new AbortController(),
       enqueuedAt: performance.now(),
       state: 'waiting',
+      ...(req.regenerate !== undefined || req.edit !== undefined ? { check: 'due' as const } : {}),
     };
     const onAbort = () => this.cancel(job);
     req.signal?.addEventListener('abort', onAbort, { once: true });
@@ -235,6 +241,7 @@ export class ConversationManager {
     job.position = this.scheduler.position(job);
     channel.push({ type: 'queued', position: job.position });
     this.scheduler.pump();
+    this.checkNext(convId);
     return channel;
   }
 
@@ -433,6 +440,7 @@ export class ConversationManager {
       if (keep ? this.scheduler.replace(job, keep) : this.scheduler.remove(job)) {
         this.finish(job, { type: 'error', code: 'cancelled', message });
         this.tellPositions();
+        this.checkNext(job.convId);
       }
     } else if (job.state === 'running') {
       job.controller.abort();
@@ -448,7 +456,50 @@ export class ConversationManager {
     for (const [job, position] of this.scheduler.positions()) {
       if (job.state !== 'waiting' || job.control || (job.position !== undefined && position >= job.position)) continue;
       job.position = position;
-      job.channel.push({ type: 'queued', position });
+      job.channel.push({ type: 'queued', position, ...(job.check === 'passed' ? { checked: true as const } : {}) });
+    }
+  }
+
+  /**
+   * Checks the next waiting request of `convId` (checkAnswerable) when it is a regenerate or edit request not yet
+   * checked and nothing of its conversation runs (`after`: the job of it that ran has just ended).
+   */
+  private checkNext(convId: string, after = false): void {
+    const job = this.scheduler.nextOf(convId);
+    if (job?.check !== 'due' || (!after && this.scheduler.runs(convId))) return;
+    job.check = 'checking';
+    void this.checkAnswerable(job);
+  }
+
+  /**
+   * A waiting regenerate or edit request with nothing of its conversation ahead of it: its stored question is checked
+   * now rather than when its turn on the model comes (only what runs before it in its conversation changes it, and
+   * nothing does). Refused, it ends at once; else its place is told again, checked: an adapter that keeps quiet about
+   * such a request until it is known to be answered (an edit of an earlier question is refused without a word) shows
+   * its place in the line from then on. A store that cannot be read leaves it to be decided when it runs.
+   */
+  private async checkAnswerable(job: Job): Promise<void> {
+    let refused: Failure | undefined;
+    try {
+      this.askedAgain(job.req!, await this.repo.getConversation(job.convId));
+    } catch (err) {
+      if (!(err instanceof Failure)) {
+        this.log(`conversation ${job.convId} request ${job.requestId}: not checked before its turn: ${(err as Error).message}`);
+        return;
+      }
+      refused = err;
+    }
+    if (job.state !== 'waiting') return; // (started meanwhile, or cancelled: decided there)
+    if (!refused) {
+      job.check = 'passed';
+      job.position = this.scheduler.position(job);
+      job.channel.push({ type: 'queued', position: job.position, checked: true });
+      return;
+    }
+    if (this.scheduler.remove(job)) {
+      this.finish(job, { type: 'error', code: refused.code, message: refused.message });
+      this.tellPositions();
+      this.checkNext(job.convId);
     }
   }
 
@@ -510,6 +561,7 @@ export class ConversationManager {
         await job.work!();
       } finally {
         job.state = 'done';
+        this.checkNext(job.convId, true);
       }
       return;
     }
@@ -525,6 +577,7 @@ export class ConversationManager {
     } finally {
       job.keep?.context.dispose();
       job.keep = undefined;
+      this.checkNext(job.convId, true);
     }
   }
 

@@ -93,6 +93,16 @@ export class FairScheduler<J extends ScheduledJob> {
     return true;
   }
 
+  /** The first of `convId`'s waiting jobs (the next of that conversation to start). */
+  nextOf(convId: string): J | undefined {
+    return this.queues.get(convId)?.[0];
+  }
+
+  /** Whether a job of `convId` is running. */
+  runs(convId: string): boolean {
+    return this.active.has(convId);
+  }
+
   /** Waiting jobs, in no particular order. */
   waitingJobs(): J[] {
     return [...this.queues.values()].flat();

@@ -116,8 +116,13 @@ export type ErrorCode = 'busy' | 'no_image' | 'bad_image' | 'too_long' | 'cancel
  * between the `text` events (see there).
  */
 export type AnswerEvent =
-  /** position: requests that will run before this one (0: it starts now) */
-  | { type: 'queued'; position: number }
+  /**
+   * position: requests that will run before this one (0: it starts now). `checked`: a regenerate or edit request
+   * whose stored question was found to be one it may have answered again, once nothing of its conversation was
+   * ahead of it (its place told again, checked): it is answered unless the conversation changes otherwise before
+   * it starts. One refused then ends with its `error` before it starts.
+   */
+  | { type: 'queued'; position: number; checked?: true }
   | { type: 'started' }
   /** a streamed piece of the answer; the pieces concatenated are `final.text` */
   | { type: 'text'; text: string }

@@ -3,7 +3,7 @@
 // a closing adapter, the answer-event switch and the restart notice, and secrets kept out of log lines.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { AnswerEvent } from '../../src/conversation/index.js';
-import { onAnswerEvents, QueuePlaces, restartNotice, RESTARTING } from '../../adapters/shared/answer-events.js';
+import { onAnswerEvents, QueuePlaces, restartNotice, RESTARTING, unlessRefused } from '../../adapters/shared/answer-events.js';
 import { describeError, hideSecrets } from '../../adapters/shared/errors.js';
 import { TaskSet } from '../../adapters/shared/tasks.js';
 import { ThrottledMessage } from '../../adapters/shared/throttled-message.js';
@@ -131,6 +131,52 @@ describe('answer events', () => {
       },
     );
     expect(seen).toEqual(['queued 2', 'text Hi']);
+  });
+
+  it('unlessRefused: decided at the first checked place, else after the start; the places told before that left out', async () => {
+    const stale: AnswerEvent = { type: 'error', code: 'stale', message: 'not the latest' };
+    const all = async (it: AsyncIterable<AnswerEvent>) => {
+      const out: AnswerEvent[] = [];
+      for await (const ev of it) out.push(ev);
+      return out;
+    };
+    // refused while it waits (checked at enqueue), or when it starts
+    for (const events of [
+      [{ type: 'queued', position: 3 }, stale],
+      [{ type: 'queued', position: 3 }, { type: 'queued', position: 2 }, { type: 'started' }, stale],
+    ] as AnswerEvent[][]) {
+      expect(await unlessRefused(stream(...events), ['stale'])).toEqual({ refused: stale });
+    }
+    // answered: decided at the checked place, while the rest is still to come
+    let more!: () => void;
+    const gate = new Promise<void>((r) => (more = r));
+    const held = await unlessRefused(
+      (async function* (): AsyncIterable<AnswerEvent> {
+        yield { type: 'queued', position: 3 };
+        yield { type: 'queued', position: 3, checked: true };
+        await gate;
+        yield { type: 'queued', position: 1, checked: true };
+        yield { type: 'started' };
+        yield { type: 'text', text: 'hi' };
+      })(),
+      ['stale'],
+    );
+    if (!('events' in held)) throw new Error('refused');
+    more();
+    expect((await all(held.events)).map((e) => (e.type === 'queued' ? `queued ${e.position}` : e.type))).toEqual([
+      'queued 3',
+      'queued 1',
+      'started',
+      'text',
+    ]);
+    // never checked (a cluster's front end): decided by what follows the start; another error is the stream's own
+    const started = await unlessRefused(stream({ type: 'queued', position: 2 }, { type: 'started' }, { type: 'text', text: 'a' }), [
+      'stale',
+    ]);
+    expect('events' in started && (await all(started.events)).map((e) => e.type)).toEqual(['started', 'text']);
+    const busy: AnswerEvent = { type: 'error', code: 'busy', message: 'busy' };
+    const other = await unlessRefused(stream(busy), ['stale']);
+    expect('events' in other && (await all(other.events))).toEqual([busy]);
   });
 
   it('a cancellation while the adapter closes says the bot is restarting', async () => {

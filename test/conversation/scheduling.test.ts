@@ -121,6 +121,66 @@ describe('conversation manager: scheduling', () => {
     await m.close();
   });
 
+  it('a waiting edit or regenerate request is checked once nothing of its conversation is ahead: refused at once, or its place told as checked', async () => {
+    const m = new ConversationManager({ model, defaults: { maxNewTokens: 4 }, maxQueue: 10 });
+    const X = key('chk-x');
+    const E = key('chk-e');
+    const F = key('chk-f');
+    for (const [k, p] of [
+      [X, 'x'],
+      [E, 'e'],
+      [F, 'f'],
+    ] as const) {
+      await collect(m.handle({ key: k, user: 'u', text: `${p} one`, image, requestId: `${p}1` }));
+      if (k !== X) await collect(m.handle({ key: k, user: 'u', text: `${p} two`, requestId: `${p}2` }));
+    }
+    // X's second question holds the model until the test lets it go
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const original = model.answer.bind(model);
+    vi.spyOn(model, 'answer').mockImplementation(async function* (...args: Parameters<MiniGPT['answer']>) {
+      if (args[0].includes('blocker')) await gate;
+      yield* original(...args);
+    });
+    const seen: string[] = [];
+    const read = async (label: string, stream: AsyncIterable<AnswerEvent>) => {
+      const events: AnswerEvent[] = [];
+      for await (const ev of stream) {
+        events.push(ev);
+        seen.push(`${label} ${ev.type}${ev.type === 'queued' && ev.checked ? ' checked' : ''}`);
+      }
+      return events;
+    };
+    const blocker = read('x2', m.handle({ key: X, user: 'u', text: 'blocker', requestId: 'x2' }));
+    await vi.waitFor(() => expect(seen).toContain('x2 started'));
+    // nothing of E's or F's conversations ahead: decided now
+    const editE = read('e', m.handle({ key: E, user: 'u', text: 'e two, edited', edit: 'e2', requestId: 'e2-e1' }));
+    const editF = read('f', m.handle({ key: F, user: 'u', text: 'f one, edited', edit: 'f1', requestId: 'f1-e1' }));
+    // x1 is X's latest question until x2, running, is stored: decided after it
+    const editX = read('x', m.handle({ key: X, user: 'u', text: 'x one, edited', edit: 'x1', requestId: 'x1-e1' }));
+    await vi.waitFor(() => expect(seen).toEqual(expect.arrayContaining(['e queued checked', 'f error'])));
+    expect(seen).not.toContain('x2 final');
+    release();
+    const [eE, eF, eX] = await Promise.all([editE, editF, editX]);
+    expect(errorOf(await blocker)).toBeUndefined();
+    expect(eE.filter((e) => e.type === 'queued')).toEqual([
+      { type: 'queued', position: 1 },
+      { type: 'queued', position: 1, checked: true },
+    ]);
+    expect(errorOf(eE)).toBeUndefined();
+    expect((await m.history(E))!.turns.map((t) => t.user)).toEqual(['e one', 'e two, edited']);
+    expect(eF).toEqual([
+      { type: 'queued', position: 2 },
+      { type: 'error', code: 'stale', message: 'Only the latest question in a conversation is answered again when edited.' },
+    ]);
+    expect(errorOf(eX)?.code).toBe('stale');
+    expect(eX.some((e) => e.type === 'queued' && e.checked)).toBe(false);
+    expect(seen.indexOf('x error')).toBeGreaterThan(seen.indexOf('x2 final'));
+    expect((await m.history(X))!.turns.map((t) => t.user)).toEqual(['x one', 'blocker']);
+    expect((await m.history(F))!.turns.map((t) => t.user)).toEqual(['f one', 'f two']);
+    await m.close();
+  });
+
   it('a request with a new image stopped while it waited keeps the image in its place in the thread: a follow-up sent after it asks about it', async () => {
     const m = new ConversationManager({ model, defaults: { maxNewTokens: 30, minNewTokens: 30, temperature: 0 } });
     const encode = vi.spyOn(model, 'encodeImage');

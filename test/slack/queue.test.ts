@@ -45,4 +45,55 @@ describe('slack: a request waiting in the queue', () => {
       slow.restore();
     }
   }, 60_000);
+
+  it('an edited question is told its place too; an edit of an earlier question is refused, without a word, before its turn', async () => {
+    // two threads whose latest question is the follow-up
+    const asked: FakeMessage[] = [];
+    const follows: FakeMessage[] = [];
+    for (const channel of ['C4', 'C5']) {
+      const file = s.fake.addFile({ name: 'square.png', data: await squarePng(90, 60), mimetype: 'image/png' });
+      const { msg } = await s.fake.mention(channel, { text: `<@${s.fake.botUserId}> what is this?`, files: [file] });
+      await s.fake.waitFor(() => (textReplies(s.fake, channel, msg.ts)[0]?.text === FORCED ? true : undefined), 30_000, 'an answer');
+      const { msg: follow } = await s.fake.reply(channel, msg.ts, { text: 'is it big?' });
+      await s.fake.waitFor(() => (textReplies(s.fake, channel, msg.ts)[1]?.text === FORCED ? true : undefined), 30_000, 'a follow-up');
+      asked.push(msg);
+      follows.push(follow);
+    }
+    const slow = slowSteps(s.model, 100);
+    try {
+      // two requests ahead (one answered, one waiting)
+      const ahead: FakeMessage[] = [];
+      for (const channel of ['C6', 'C7']) {
+        const file = s.fake.addFile({ name: 'square.png', data: await squarePng(90, 60), mimetype: 'image/png' });
+        ahead.push((await s.fake.mention(channel, { text: `<@${s.fake.botUserId}> what is this?`, files: [file] })).msg);
+      }
+      const lastAhead = () => textReplies(s.fake, 'C7', ahead[1]!.ts)[0];
+      await s.fake.waitFor(() => (lastAhead()?.versions.some((v) => v.includes('Waiting')) ? true : undefined), 30_000, 'C7 waiting');
+      await s.fake.edit(follows[0]!, 'is it small?');
+      await s.fake.edit(asked[1]!, `<@${s.fake.botUserId}> what shape is this?`);
+      const edited = () => textReplies(s.fake, 'C4', asked[0]!.ts)[2];
+      await s.fake.waitFor(
+        () => (edited()?.versions.some((v) => v.includes('Waiting: 2 requests ahead')) ? true : undefined),
+        30_000,
+        'the place',
+      );
+      await s.fake.waitFor(
+        () => s.logs.find((l) => l.includes(`edit of message ${asked[1]!.ts} in `) && l.includes('not answered (stale: ')),
+        30_000,
+        'the refusal',
+      );
+      // both before the answers ahead were given
+      expect(lastAhead()!.text).not.toBe(FORCED);
+      const answer = await s.fake.waitFor(() => (edited()?.text.endsWith(FORCED) ? edited() : undefined), 30_000, 'the edit answered');
+      expect(answer.versions.filter((v) => v.includes('_Waiting') || v.includes('_Thinking'))).toEqual(
+        expect.arrayContaining([
+          expect.stringContaining('_Waiting: 1 request ahead of this one…_'),
+          expect.stringContaining('_Thinking…_'),
+        ]),
+      );
+      expect(textReplies(s.fake, 'C5', asked[1]!.ts)).toHaveLength(2);
+    } finally {
+      slow.restore();
+    }
+  }, 90_000);
 });
