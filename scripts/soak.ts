@@ -15,6 +15,14 @@ import { writeFile } from 'node:fs/promises';
 import { cpus, totalmem } from 'node:os';
 import { formatReport, runSoak } from '../test/reliability/soak-harness.js';
 
+if (process.argv.includes('--help') || process.argv.includes('-h')) {
+  process.stdout.write(
+    'npm run soak [-- --events N --burst MIN-MAX --pause MIN-MAX --queue N --minutes M --seed S --write FILE --runtime LINES --env K=V]\n' +
+      'The real bot against the fake Discord and Slack, N events (default 3000) in bursts; see the top of scripts/soak.ts.\n',
+  );
+  process.exit(0);
+}
+
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1] : dflt;

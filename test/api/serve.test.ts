@@ -7,7 +7,7 @@ import OpenAI from 'openai';
 import { serve, ServeError } from '../../src/serve.js';
 import { renderExamples } from '../../adapters/web/examples.js';
 import { postChat, randomConversation, readEvents } from '../web/helpers.js';
-import { useBotConfig } from '../helpers/bot-config.js';
+import { useBotConfig } from '../helpers/shared.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const files = useBotConfig('minigpt-api-serve-', 'demo.yaml', {

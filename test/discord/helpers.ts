@@ -15,6 +15,8 @@ import {
 import { FakeDiscord, type ApiAttachment, type ApiMessage, type ApiUser } from './fake-discord.js';
 import { useShared, type WithLogs } from '../helpers/shared.js';
 
+export { testPng } from '../helpers/images.js';
+
 /** A Discord conversation's key (a server's, or '@me' for a DM). */
 export function discordKey(workspace: string, channel: string, thread: string): ConversationKey {
   return { platform: 'discord', workspace, channel, thread };
@@ -22,19 +24,6 @@ export function discordKey(workspace: string, channel: string, thread: string): 
 
 export const ROOT = join(import.meta.dirname, '..', '..');
 export const DEMO = join(ROOT, 'models', 'demo');
-
-/** A PNG: a grey background with a red square (a fifth in from the top left, half the size). */
-export async function testPng(width = 200, height = 150, background = '#888888'): Promise<Buffer> {
-  const square = await sharp({
-    create: { width: Math.round(width / 2), height: Math.round(height / 2), channels: 3, background: '#dd2222' },
-  })
-    .png()
-    .toBuffer();
-  return sharp({ create: { width, height, channels: 3, background } })
-    .composite([{ input: square, left: Math.round(width / 5), top: Math.round(height / 5) }])
-    .png()
-    .toBuffer();
-}
 
 /** The RGB of one pixel of an encoded image. */
 export async function pixel(image: Buffer, x: number, y: number): Promise<[number, number, number]> {

@@ -1,5 +1,9 @@
 // One hook for what the tests of a file (or describe block) share and start once: a stack, a fake platform, a server.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
+import { type TestBotConfig, writeBotConfig } from './bot-config.js';
 
 /** What such a hook hands the tests when it starts an adapter: the parts, and the adapter's log lines. */
 export type WithLogs<T> = T & { readonly logs: string[] };
@@ -19,4 +23,27 @@ export function useShared<T extends object>(
   beforeAll(() => start(shared));
   afterAll(() => close(shared));
   return shared as T;
+}
+
+/** A temporary folder that the tests of a file share, and the bot config written in it. */
+export interface ConfigFiles {
+  work: string;
+  /** the config file's path */
+  config: string;
+}
+
+/**
+ * Makes a temporary folder (`prefix` and a random tail) before the tests of the file or describe block it is called
+ * in, writes `config` in it as `name`, and removes the folder after them.
+ */
+export function useBotConfig(prefix: string, name: string, config: TestBotConfig): ConfigFiles {
+  return useShared<ConfigFiles>(
+    async (s) => {
+      s.work = await mkdtemp(join(tmpdir(), prefix));
+      s.config = await writeBotConfig(join(s.work, name), config);
+    },
+    async (s) => {
+      if (s.work) await rm(s.work, { recursive: true, force: true });
+    },
+  );
 }

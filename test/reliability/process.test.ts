@@ -12,7 +12,7 @@ import { ConversationStore } from '../../src/conversation/store.js';
 import type { ApiMessage } from '../discord/fake-discord.js';
 import { testPng, useFakeDiscord } from '../discord/helpers.js';
 import { expectNoSecrets, FORCED, FORCED_DISCORD, until } from './helpers.js';
-import { useBotConfig } from '../helpers/bot-config.js';
+import { useBotConfig } from '../helpers/shared.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const RESTARTING = '⚠️ The bot is restarting; please ask again in a moment.';

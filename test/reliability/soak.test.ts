@@ -1,5 +1,8 @@
 // The soak's short CI profile (issue 9; the long one is `npm run soak`, figures in docs/reliability.md): a
 // couple of hundred events in bursts against the real bot process, Discord and Slack at once.
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { formatReport, runSoak } from './soak-harness.js';
 
@@ -32,4 +35,13 @@ describe('soak (short profile)', () => {
     // Bounded memory over a short run (the long profile measures the trend).
     expect(rep.rssEndMb - rep.rssAfterWarmupMb, text).toBeLessThan(150);
   }, 180_000);
+
+  it('the long profile runs outside vitest (`npm run soak`): its module graph loads without it', async () => {
+    // (a test helper importing vitest's hooks into the harness once broke `npm run soak` while this file passed)
+    const root = join(import.meta.dirname, '..', '..');
+    const { stdout } = await promisify(execFile)(join(root, 'node_modules', '.bin', 'vite-node'), ['scripts/soak.ts', '--help'], {
+      cwd: root,
+    });
+    expect(stdout).toMatch(/^npm run soak \[-- --events N/);
+  }, 60_000);
 });

@@ -15,6 +15,8 @@ import {
 import { FakeSlack, type FakeMessage } from './fake-slack.js';
 import { useShared, type WithLogs } from '../helpers/shared.js';
 
+export { squarePng } from '../helpers/images.js';
+
 const DEMO = join(import.meta.dirname, '..', '..', 'models', 'demo');
 
 /** The answer every test model gives: one grounded phrase with one box (20..70 % of each side). */
@@ -118,19 +120,6 @@ export function useSlackStack(forcedAnswer: string, opts: SlackStackOptions = {}
     closeSlack,
     { logs },
   );
-}
-
-/** A grey PNG with a dark green square where the forced answer's box is. */
-export async function squarePng(width = 200, height = 150): Promise<Buffer> {
-  const w = Math.round(width * 0.5);
-  const h = Math.round(height * 0.5);
-  const square = await sharp({ create: { width: w, height: h, channels: 3, background: '#2a7f3a' } })
-    .png()
-    .toBuffer();
-  return sharp({ create: { width, height, channels: 3, background: '#808080' } })
-    .composite([{ input: square, left: Math.round(width * 0.2), top: Math.round(height * 0.2) }])
-    .png()
-    .toBuffer();
 }
 
 /** A plain PNG of one colour. */
