@@ -88,6 +88,8 @@ export interface DiscordAdapterOptions {
   firstTextWaitMs?: number;
   /** least time between two places in the queue shown in a waiting reply (default 5 s) */
   queueUpdateMs?: number;
+  /** a request waiting in line shows its place once it has waited this long (default 1 s; see RelayOptions) */
+  placeAfterMs?: number;
   /** largest image downloaded (default 20 MiB) */
   maxImageBytes?: number;
   /** image download timeout (default 15 s) */
@@ -143,6 +145,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   private readonly editIntervalMs: number;
   private readonly firstTextWaitMs: number | undefined;
   private readonly queueUpdateMs: number | undefined;
+  private readonly placeAfterMs: number | undefined;
   private readonly allowedGuilds: ReadonlySet<string>;
   private readonly allowedChannels: ReadonlySet<string>;
   private readonly allowDMs: boolean;
@@ -186,6 +189,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
     this.editIntervalMs = opts.editIntervalMs ?? DEFAULT_EDIT_INTERVAL_MS;
     this.firstTextWaitMs = opts.firstTextWaitMs;
     this.queueUpdateMs = opts.queueUpdateMs;
+    this.placeAfterMs = opts.placeAfterMs;
     this.allowedGuilds = new Set(opts.allowedGuilds ?? []);
     this.allowedChannels = new Set(opts.allowedChannels ?? []);
     this.allowDMs = opts.allowDMs ?? true;
@@ -411,6 +415,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
         editIntervalMs: this.editIntervalMs,
         firstTextWaitMs: this.firstTextWaitMs,
         ...(this.queueUpdateMs !== undefined ? { queueUpdateMs: this.queueUpdateMs } : {}),
+        ...(this.placeAfterMs !== undefined ? { placeAfterMs: this.placeAfterMs } : {}),
         notice: route.notice,
         log: this.log,
         label,

@@ -1,4 +1,5 @@
-// Answer events -> Discord messages: the reply appears once the first text has had a moment to grow
+// Answer events -> Discord messages: "typing…" while the answer starts, or, for a request waiting in line for
+// more than a moment (`placeAfterMs`), its place; the reply appears once the first text has had a moment to grow
 // (`firstTextWaitMs`), is edited as text arrives (at most one edit per `editIntervalMs`, never two requests at
 // once; a trailing " …" says it is still being written), then replaced by the final Markdown as soon as the
 // answer ends, split over several messages past 2000 characters, with the annotated image attached to the last.
@@ -58,6 +59,12 @@ export interface RelayOptions {
   firstTextWaitMs?: number;
   /** least time between two places in the queue shown (default QUEUE_UPDATE_MS) */
   queueUpdateMs?: number;
+  /**
+   * A request waiting in line shows its place once it has waited this long (default PLACE_AFTER_MS), and no typing
+   * indicator: a shorter wait costs no message of its own. (Discord's REST budget, 50 requests a second for the
+   * whole bot, is what a busy bot runs out of first: each call saved is an answer sooner.)
+   */
+  placeAfterMs?: number;
   /** a line shown above the answer (e.g. why it is not in a thread) */
   notice?: string;
   log: (line: string) => void;
@@ -83,6 +90,8 @@ export interface RelayResult {
 }
 
 const TYPING_REFRESH_MS = 8_000;
+/** RelayOptions.placeAfterMs's default */
+export const PLACE_AFTER_MS = 1000;
 const ATTACH_REFUSED = "I couldn't attach the image with the boxes here: I need the **Attach Files** permission in this channel.";
 const ATTACH_TOO_LARGE = 'The image with the boxes was too large to upload here.';
 const ATTACH_FAILED = "I couldn't upload the image with the boxes (Discord's upload failed).";
@@ -124,46 +133,72 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   let final: { text: string } | undefined;
   let image: { data: Buffer; mime: string } | undefined;
   let error: { code: string; message: string } | undefined;
-  /** when the first text arrived (0: none yet), and whether any text has been written since */
-  let firstTextAt = 0;
+  /**
+   * The next write waits firstWait from here for what follows (0: it need not): from the answer's first text, so
+   * that a short answer appears whole; or from its start after a place in line, so that "Thinking…" is not shown
+   * when the text follows at once. Settled once a write went out after it.
+   */
+  let settleFrom = 0;
+  let settled = false;
   const places = new QueuePlaces(o.queueUpdateMs);
-  let textWritten = false;
   const firstWait = o.firstTextWaitMs ?? 600;
+  let written = false;
 
-  // "typing…" until the first message exists
+  // "typing…" from the answer's start until its first message exists (a request waiting in line shows its place
+  // instead, once it has waited placeAfterMs: see there)
   let typingTimer: NodeJS.Timeout | undefined;
   const stopTyping = () => {
     if (typingTimer) clearInterval(typingTimer);
     typingTimer = undefined;
   };
   const typing = () => target.typing().catch((err: unknown) => o.log(`discord: ${o.label}: typing failed: ${(err as Error).message}`));
-  void typing();
-  typingTimer = setInterval(() => void typing(), TYPING_REFRESH_MS);
-  typingTimer.unref?.();
+  const startTyping = () => {
+    if (typingTimer || written) return;
+    void typing();
+    typingTimer = setInterval(() => void typing(), TYPING_REFRESH_MS);
+    typingTimer.unref?.();
+  };
 
   const message = new ThrottledMessage<string>({
     intervalMs: o.editIntervalMs,
     write: async (content) => {
-      if (firstTextAt) textWritten = true;
+      written = true;
+      if (settleFrom) settled = true;
       stopTyping();
       await target.first({ content, ...(o.stop ? { components: [o.stop.button] } : {}) });
     },
     onError: (err) => o.log(`discord: ${o.label}: could not update the reply: ${(err as Error).message}`),
-    notBefore: () => (firstTextAt && !textWritten ? firstTextAt + firstWait : 0),
+    notBefore: () => (settleFrom && !settled ? settleFrom + firstWait : 0),
   });
   const show = (content: string) => {
     if (content.trim()) message.show(content);
+  };
+  const showPlace = (position: number) => {
+    if (places.show(position)) show(`${head}${notice(position > 0 ? `Waiting in line (${position} ahead of you)…` : 'Next in line…')}`);
+  };
+  // the place in line until it is first shown (placeAfterMs after the first one above 0), then as it moves
+  let waiting: { position: number; timer: NodeJS.Timeout } | undefined;
+  const stopWaiting = () => {
+    if (waiting) clearTimeout(waiting.timer);
   };
 
   try {
     await onAnswerEvents(events, {
       // (a place told again as the queue moves; once shown, the line goes when the answer starts)
       queued: (ev) => {
-        if (places.show(ev.position))
-          show(`${head}${notice(ev.position > 0 ? `Waiting in line (${ev.position} ahead of you)…` : 'Next in line…')}`);
+        if (places.waited) return showPlace(ev.position);
+        if (waiting) waiting.position = ev.position;
+        else if (ev.position > 0) {
+          const w = { position: ev.position, timer: setTimeout(() => showPlace(w.position), o.placeAfterMs ?? PLACE_AFTER_MS) };
+          waiting = w;
+        }
       },
       started: () => {
-        if (places.waited && !raw) show(`${head}${notice('Thinking…')}`);
+        stopWaiting();
+        if (!places.waited) return startTyping();
+        if (raw) return;
+        settleFrom = Date.now();
+        show(`${head}${notice('Thinking…')}`);
       },
       restart: () => {
         // another worker answers again: what was streamed so far is replaced
@@ -171,7 +206,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
         show(`${head}${notice('Answering again…')}`);
       },
       text: (ev) => {
-        if (!firstTextAt) firstTextAt = Date.now();
+        if (!settleFrom) settleFrom = Date.now();
         raw += ev.text;
         if (answerMarkdown(raw).trim()) show(preview(raw, head));
       },
@@ -186,6 +221,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
       },
     });
   } finally {
+    stopWaiting();
     stopTyping();
     await message.stop();
   }

@@ -263,7 +263,7 @@ describe('streaming', () => {
         yield { type: 'text', text: 'fine' };
         yield { type: 'final', text: 'fine', entities: [], finishReason: 'stop' };
       },
-      { queueUpdateMs: 100 },
+      { queueUpdateMs: 100, placeAfterMs: 0, firstTextWaitMs: 50 },
     );
     const b = mention(w.general, 'busy');
     expect(await answered(logs, b.id)).toMatch(/error busy/);
@@ -279,6 +279,40 @@ describe('streaming', () => {
     ]);
     expect(botMessagesIn(q.id)).toHaveLength(1);
     expect(botMessagesIn(q.id)[0].content).toBe('fine');
+    // (waiting in line shows the place, not "typing…")
+    expect(w.fake.calls.filter((c) => c.path === `/channels/${q.id}/typing`)).toEqual([]);
+  });
+
+  it('a wait in line of a moment costs no message of its own; a longer one shows the place, then the answer, in two writes', async () => {
+    const waits: Record<string, number> = { short: 300, long: 1500 };
+    await start(
+      async function* (req) {
+        yield { type: 'queued', position: 3 };
+        await sleep(waits[req.text]! / 2);
+        yield { type: 'queued', position: 1 };
+        await sleep(waits[req.text]! / 2);
+        yield { type: 'started' };
+        await sleep(100);
+        yield { type: 'text', text: 'the answer' };
+        yield { type: 'final', text: 'the answer', entities: [], finishReason: 'stop' };
+      },
+      { firstTextWaitMs: 600 },
+    );
+    const callsIn = (id: string) => w.fake.calls.filter((c) => c.path.startsWith(`/channels/${id}/`) && c.method !== 'GET');
+    const short = mention(w.general, 'short');
+    await answered(logs, short.id);
+    // "typing…" once the answer starts, then the answer in one message
+    expect(callsIn(short.id).map((c) => [c.method, c.path.split('/')[3], c.body?.content])).toEqual([
+      ['POST', 'typing', undefined],
+      ['POST', 'messages', 'the answer'],
+    ]);
+    const long = mention(w.general, 'long');
+    await answered(logs, long.id);
+    // its place after a second (the place it had then), no typing; "Thinking…" not shown, the text following at once
+    expect(callsIn(long.id).map((c) => [c.method, c.path.split('/')[3], c.body?.content])).toEqual([
+      ['POST', 'messages', '-# Waiting in line (1 ahead of you)…'],
+      ['PATCH', 'messages', 'the answer'],
+    ]);
   });
 });
 
