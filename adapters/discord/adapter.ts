@@ -160,7 +160,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
   /** the Stop buttons of the answers being written */
   private readonly stops = new StopButtons();
   /** the answers being regenerated */
-  readonly regenerating = new InFlight();
+  readonly regenerating: InFlight;
   /** the questions being answered (an edit of one stops it) */
   private readonly answering = new Answering();
   /** each answered message's conversation and answers (a deletion of the message deletes them) */
@@ -209,6 +209,7 @@ export class DiscordBot implements DiscordAdapter, InteractionHost {
         this.track('message edit', () => this.uncachedDmEdit(d.channel_id, d.id));
     });
     this.answers = new AnswerRecords(opts.manager.store, ANSWERS_PREFIX, (line) => log(`discord: ${line}`));
+    this.regenerating = new InFlight(opts.manager.store, 'discord:regenerating:', (line) => log(`discord: ${line}`));
     this.latestAnswers = new LatestAnswers(
       opts.manager.store,
       'discord:latest:',

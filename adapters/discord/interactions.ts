@@ -169,7 +169,7 @@ async function onStop(bot: InteractionHost, i: ButtonInteraction): Promise<void>
  */
 async function onRegenerate(bot: InteractionHost, i: ButtonInteraction): Promise<void> {
   // A second press while the first is answered (both would pass the check before either is stored): told at once.
-  const done = bot.regenerating.claim(i.customId);
+  const done = await bot.regenerating.claim(i.customId);
   if (!done) {
     await i.reply({ content: ALREADY_REGENERATING, flags: MessageFlags.Ephemeral });
     return;

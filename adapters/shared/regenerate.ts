@@ -1,10 +1,10 @@
 // What the Regenerate buttons (and edited questions) of Discord and Slack share: the lines that mark a new answer and
 // the one it replaced, the questions being answered (an edit stops its question's answer),
-// and the answers being regenerated in this process (a second press on one is told so at once, instead of queueing an
-// answer that could only be refused as stale), and each conversation's latest answer (the one with the button).
+// and the answers being regenerated (a second press on one is told so at once, instead of queueing an answer that
+// could only be refused as stale), and each conversation's latest answer (the one with the button).
 import Keyv from 'keyv';
 import { STORE_NAMESPACE } from '../../src/conversation/store.js';
-import { StoreSections } from '../../src/conversation/store-lock.js';
+import { type RedisStoreLock, StoreSections, storeLockFor } from '../../src/conversation/store-lock.js';
 
 /** Above a regenerated answer. */
 export const REGENERATED_LINE = 'Regenerated: this answer replaces the one above in the conversation.';
@@ -17,15 +17,45 @@ export const EDIT_REPLACED_LINE = 'The question was edited: answered again below
 /** The reply to a press on an answer whose regeneration is under way. */
 export const ALREADY_REGENERATING = 'This answer is being regenerated already.';
 
-/** Ids (of answers) being worked on, one piece of work each at a time. */
+/** How long a claim of a process that died without giving it back holds (InFlight): longer than an answer takes. */
+export const IN_FLIGHT_TTL_MS = 30 * 60 * 1000;
+
+/**
+ * Ids (of answers) being worked on, one piece of work each at a time: in this process, and, on a Redis store, across
+ * every front end using it (two presses of one Slack button can reach two front ends), under the lock `prefix` + id.
+ */
 export class InFlight {
   private readonly ids = new Set<string>();
+  private readonly shared: RedisStoreLock | undefined;
+
+  /** `store`: the conversation store (none, or not Redis: this process only) */
+  constructor(
+    store: Keyv | undefined,
+    private readonly prefix: string,
+    private readonly log: (line: string) => void,
+  ) {
+    this.shared = store && storeLockFor(store, { ttlMs: IN_FLIGHT_TTL_MS });
+  }
 
   /** Claims `id`; undefined if it is claimed already. Call the returned function when done. */
-  claim(id: string): (() => void) | undefined {
+  async claim(id: string): Promise<(() => void) | undefined> {
     if (this.ids.has(id)) return undefined;
     this.ids.add(id);
-    return () => this.ids.delete(id);
+    let shared: (() => Promise<void>) | undefined;
+    try {
+      shared = await this.shared?.tryTake(`${STORE_NAMESPACE}:lock:${this.prefix}${id}`);
+      if (this.shared && !shared) {
+        this.ids.delete(id);
+        return undefined;
+      }
+    } catch (err) {
+      // (Redis out of reach: this process's claim alone; a press at another front end is refused as stale after this one)
+      this.log(`could not claim ${id} across front ends: ${(err as Error).message}`);
+    }
+    return () => {
+      this.ids.delete(id);
+      void shared?.();
+    };
   }
 }
 

@@ -66,7 +66,7 @@ export class SlackBot {
   private readonly rate: RateLimiter | null;
   private nextId = 1;
   /** the answers being regenerated (by request id) */
-  private readonly regenerating = new InFlight();
+  private readonly regenerating: InFlight;
   private failWith: (err: Error) => void = () => {};
   /** resolves when Slack stops accepting the bot for good (see fail) */
   readonly fatal = new Promise<Error>((resolve) => (this.failWith = resolve));
@@ -87,6 +87,7 @@ export class SlackBot {
     this.events = new SeenSet(store, 'slack:event:', ttl, this.log);
     this.messages = new SeenSet(store, 'slack:message:', ttl, this.log);
     this.threads = new SeenSet(store, 'slack:thread:', 90 * DAY, this.log);
+    this.regenerating = new InFlight(store, 'slack:regenerating:', (line) => this.log(`slack: ${line}`));
     const downloadTimeoutMs = opts.downloadTimeoutMs ?? 30_000;
     this.ctx = {
       manager: this.manager,
@@ -262,7 +263,7 @@ export class SlackBot {
           this.log(`slack: could not answer a Regenerate button: ${describeSlackError(err)}`);
         });
       // A second press while the first is answered (both would pass the check before either is stored): told at once.
-      const done = this.regenerating.claim(p.requestId);
+      const done = await this.regenerating.claim(p.requestId);
       if (!done) {
         turn.release();
         await tell(ALREADY_REGENERATING);

@@ -77,6 +77,24 @@ export class RedisStoreLock {
     }
   }
 
+  /**
+   * Takes the lock at `key` if it is free, without waiting: its release (by this holder only), or undefined when
+   * another holds it. For a claim held as long as a piece of work lasts (the TTL bounds it if the holder dies).
+   */
+  async tryTake(key: string): Promise<(() => Promise<void>) | undefined> {
+    const token = randomUUID();
+    let redis: RawRedis;
+    try {
+      redis = await this.client();
+      if ((await redis.sendCommand(['SET', key, token, 'NX', 'PX', String(this.ttlMs)])) !== 'OK') return undefined;
+    } catch (err) {
+      throw new StoreLockError(`cannot take the lock ${key}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+    return async () => {
+      await redis.sendCommand(['EVAL', RELEASE, '1', key, token]).catch(() => {});
+    };
+  }
+
   private async acquire(key: string, token: string): Promise<RawRedis> {
     const deadline = Date.now() + this.waitMs;
     try {

@@ -6,10 +6,13 @@
 //   taken by one deletion only.
 // - Slack's seen-marks (adapters/slack/dedupe.ts): a message's two events (app_mention and message) reaching two front
 //   ends at once are claimed by one.
+// - The answers being regenerated (adapters/shared/regenerate.ts, InFlight): two presses of one button reaching two
+//   front ends at once are taken by one; the other is told at once.
 import { describe, expect, it } from 'vitest';
 import Keyv from 'keyv';
 import { AnswerRecords, type Posted } from '../../adapters/shared/deleted.js';
 import { SeenSet } from '../../adapters/slack/dedupe.js';
+import { InFlight } from '../../adapters/shared/regenerate.js';
 import { createStore, STORE_NAMESPACE } from '../../src/conversation/store.js';
 import type { ConversationKey } from '../../src/conversation/index.js';
 import { useRedis } from '../helpers/redis.js';
@@ -87,6 +90,36 @@ describe("Slack's seen-marks (SeenSet)", () => {
         expect(await fronts[m % 2].has(id)).toBe(true);
       }
       expect(await r.raw.keys(`${STORE_NAMESPACE}:lock:*`)).toEqual([]);
+    } finally {
+      for (const kv of kvs) await kv.disconnect();
+    }
+  }, 30_000);
+});
+
+describe('InFlight (answers being regenerated)', () => {
+  it('one claim of an id at a time, in one process and across front ends on one Redis; given back, it can be claimed again', async () => {
+    const local = new InFlight(new Keyv(), 'slack:regenerating:', noLog);
+    const done = await local.claim('r1');
+    expect(done).toBeTypeOf('function');
+    expect(await local.claim('r1')).toBeUndefined();
+    expect(await local.claim('r2')).toBeTypeOf('function');
+    done!();
+    expect(await local.claim('r1')).toBeTypeOf('function');
+
+    const kvs = [await createStore(r.redis.url), await createStore(r.redis.url)];
+    const fronts = kvs.map((kv) => new InFlight(kv, 'slack:regenerating:', noLog));
+    try {
+      const claims = await Promise.all(Array.from({ length: 8 }, (_, i) => fronts[i % 2].claim('r3')));
+      const taken = claims.filter((c) => c !== undefined);
+      expect(taken).toHaveLength(1);
+      expect(await r.raw.keys(`${STORE_NAMESPACE}:lock:slack:regenerating:*`)).toEqual([`${STORE_NAMESPACE}:lock:slack:regenerating:r3`]);
+      // (expires by itself if its front end dies holding it)
+      expect(await r.raw.pttl(`${STORE_NAMESPACE}:lock:slack:regenerating:r3`)).toBeGreaterThan(60_000);
+      taken[0]!();
+      await expect.poll(() => r.raw.keys(`${STORE_NAMESPACE}:lock:slack:regenerating:*`)).toEqual([]);
+      const again = await fronts[1].claim('r3');
+      expect(again).toBeTypeOf('function');
+      again!();
     } finally {
       for (const kv of kvs) await kv.disconnect();
     }

@@ -72,4 +72,26 @@ describe('Slack on two front ends', () => {
         .at(-1)!.ts,
     );
   }, 90_000);
+
+  it('a Regenerate button pressed twice at once, at two front ends: one new answer; the other press is told privately', async () => {
+    const file = fake.addFile({ name: 'twice.png', data: await squarePng(80, 60), mimetype: 'image/png' });
+    const { msg: ask } = await to(0, () => fake.mention('C2', { text: 'twice?', files: [file] }));
+    const withButton = () =>
+      textReplies(fake, 'C2', ask.ts).find((m) =>
+        (m.blocks ?? []).some((b) => b.type === 'actions' && JSON.stringify(b.elements).includes('minigpt_regenerate')),
+      );
+    const first = await fake.waitFor(withButton, 30_000, 'the answer with its button');
+    const n = fake.ephemerals.length;
+    // (each press is sent to its front end as it starts)
+    await Promise.all([0, 1].map((i) => to(i, () => fake.pressButton(first, 'minigpt_regenerate'))));
+    await fake.waitFor(() => fake.ephemerals.length > n || undefined, 10_000, 'the private reply');
+    expect(fake.ephemerals.slice(n).map((e) => e.text)).toEqual(['This answer is being regenerated already.']);
+    const regenerated = () => textReplies(fake, 'C2', ask.ts).filter((m) => m.text.startsWith('_Regenerated: '));
+    await fake.waitFor(() => (regenerated().some((m) => m.text.endsWith(FORCED)) ? true : undefined), 30_000, 'the new answer');
+    await fake.waitFor(() => (first.text.endsWith('below._') ? true : undefined), 10_000, 'the old answer marked');
+    await new Promise((r) => setTimeout(r, 500));
+    expect(regenerated()).toHaveLength(1);
+    expect(fake.ephemerals.slice(n)).toHaveLength(1);
+    expect((await frontEnds[1]!.manager.history(slackKey(fake.teamId, 'C2', ask.ts)))!.turns).toHaveLength(1);
+  }, 90_000);
 });
