@@ -12,6 +12,7 @@
 //   minigpt:affinity:<conversation>  which worker that is
 //   minigpt:workers                  ids of workers with a queue of their own (a dead one's is adopted by another)
 //   minigpt:discord-shards:<bot>     which front end holds which Discord shard (hash: shard id -> hold; shard-lease.ts)
+//   minigpt:scanned:order-counters   a worker gave earlier versions' order counters an expiry in the last day
 import type {
   AnswerEvent,
   ConversationKey,
@@ -50,6 +51,8 @@ export const keys = {
   events: (jobId: string) => `${PREFIX}ev:${jobId}`,
   seq: (convId: string) => `${PREFIX}seq:${convId}`,
   done: (convId: string) => `${PREFIX}done:${convId}`,
+  /** set for a day after a worker gave the order counters of an earlier version an expiry (expireOrderCounters) */
+  orderScan: `${PREFIX}scanned:order-counters`,
   cancel: `${PREFIX}cancel`,
   /** pub/sub: what a forget deleted (conversation ids, image hashes; JSON), so that every worker drops its caches of it */
   forgotten: `${PREFIX}forgotten`,

@@ -322,9 +322,10 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
 /**
  * Conversation order numbers written by front ends before they had an expiry (minigpt:seq:*, kept for ever) get
  * ORDER_TTL_MS from now, in the background at a worker's start (a key a front end has renewed since is left alone).
- * How many.
+ * The whole keyspace is walked (SCAN): once a day at most, however many workers start (keys.orderScan). How many.
  */
 async function expireOrderCounters(redis: Redis): Promise<number> {
+  if (await redis.exists(keys.orderScan)) return 0;
   let n = 0;
   for await (const batch of redis.scanStream({ match: keys.seq('*'), count: 500 })) {
     const found = batch as string[];
@@ -333,5 +334,7 @@ async function expireOrderCounters(redis: Redis): Promise<number> {
     for (const key of found) pipe.eval(EXPIRE_IF_NONE, 1, key, String(ORDER_TTL_MS));
     for (const [err, set] of (await pipe.exec()) ?? []) if (!err && set === 1) n++;
   }
+  // (only once the pass is complete: a worker stopped during it leaves the rest to the next start)
+  await redis.set(keys.orderScan, '1', 'PX', 24 * 3600 * 1000);
   return n;
 }

@@ -10,6 +10,9 @@ import type { ConversationKey, ConversationState, ImageRef } from './types.js';
 import { type RawRedis, redisOf, StoreLockError, type StoreLockOptions, StoreSections } from './store-lock.js';
 
 export const STORE_NAMESPACE = 'minigpt';
+/** Set (to the retention time, for a day) when a pass of ConversationStore.expireUnlimited is complete. */
+export const UNLIMITED_SCAN_MARKER = `${STORE_NAMESPACE}:scanned:no-expiry`;
+const DAY_MS = 24 * 3600 * 1000;
 
 export class StoreUrlError extends Error {}
 
@@ -241,8 +244,10 @@ export class ConversationStore {
    * set has no expiry of its own and would be kept for ever. Each such conversation gets one, counted from its last
    * turn; one already older than the retention time is forgotten now, with its use of its image; images and their
    * user lists without an expiry get the image hold from now (twice the retention time, so no conversation
-   * outlives its image). Keys written meanwhile with an expiry are left alone. Undefined for other stores or
-   * without a retention time.
+   * outlives its image). Keys written meanwhile with an expiry are left alone. The whole store is walked (SCAN): a
+   * pass done for this retention time is not done again for a day (UNLIMITED_SCAN_MARKER), however many processes
+   * start meanwhile (every worker of a cluster does this at its start). Undefined for other stores or without a
+   * retention time.
    */
   async expireUnlimited(): Promise<{ kept: number; forgotten: number; images: number } | undefined> {
     if (!this.redis || !this.ttlMs) return undefined;
@@ -250,6 +255,7 @@ export class ConversationStore {
     const prefix = this.redis.prefix;
     const ttlMs = this.ttlMs;
     const done = { kept: 0, forgotten: 0, images: 0 };
+    if ((await redis.sendCommand(['GET', UNLIMITED_SCAN_MARKER])) === String(ttlMs)) return done;
     for await (const key of keysWithoutExpiry(redis, `${prefix}conv:*`)) {
       const id = key.slice(`${prefix}conv:`.length);
       const state = await this.getConversation(id);
@@ -269,6 +275,8 @@ export class ConversationStore {
         if ((await redis.sendCommand(['EVAL', EXPIRE_IF_NONE, '1', key, hold])) === 1 && pattern === 'img:*') done.images++;
       }
     }
+    // (only once the pass is complete: a process stopped during it leaves the rest to the next start)
+    await redis.sendCommand(['SET', UNLIMITED_SCAN_MARKER, String(ttlMs), 'PX', String(DAY_MS)]);
     return done;
   }
 

@@ -11,7 +11,7 @@ import { Queue } from 'bullmq';
 import { type ConversationManager, createStore, type ConversationKey } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import { RedisImageCache } from '../../src/cluster/embedding-cache.js';
-import { ORDER_TTL_MS, QUEUE_NAME, type JobData } from '../../src/cluster/protocol.js';
+import { keys, ORDER_TTL_MS, QUEUE_NAME, type JobData } from '../../src/cluster/protocol.js';
 import { runForget } from '../../src/cli/forget.js';
 import { startDemoWorker, type DemoWorker } from './helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
@@ -133,5 +133,17 @@ describe('what a cluster keeps in Redis, and what a forget takes', () => {
     const ttl = await client.pttl(OLD_COUNTER);
     expect(ttl).toBeGreaterThan(ORDER_TTL_MS - 60_000);
     expect(await client.get(OLD_COUNTER)).toBe('4');
-  });
+    // that walk of the keyspace is done once a day at most, however many workers start
+    expect(await client.pttl(keys.orderScan)).toBeGreaterThan(24 * 3600_000 - 60_000);
+    const later = 'minigpt:seq:slack:T0OLD:C1:2';
+    await client.set(later, '2');
+    const second = await startDemoWorker(redis.url, { manager: { defaults: { maxNewTokens: 8 } } });
+    await new Promise((r) => setTimeout(r, 500));
+    await second.close();
+    expect(await client.pttl(later)).toBe(-1);
+    await client.del(keys.orderScan);
+    const third = await startDemoWorker(redis.url, { manager: { defaults: { maxNewTokens: 8 } } });
+    await vi.waitFor(async () => expect(await client.pttl(later)).toBeGreaterThan(0), { timeout: 5000 });
+    await third.close();
+  }, 30_000);
 });

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type Keyv from 'keyv';
 import { ConversationManager, createStore } from '../../src/conversation/index.js';
-import { ConversationStore, conversationId } from '../../src/conversation/store.js';
+import { ConversationStore, conversationId, UNLIMITED_SCAN_MARKER } from '../../src/conversation/store.js';
 import sharp from 'sharp';
 import { collect, errorOf, goldenImage, key, loadTinyModel, timingsOf, type TinyModel } from './helpers.js';
 import { startRedis } from '../helpers/redis.js';
@@ -202,6 +202,22 @@ describe('conversation retention', () => {
       await sleep(300);
       await again.close();
       expect(logs2.filter((l) => l.includes('retention applied'))).toEqual([]);
+
+      // the pass walks the whole store: done for this retention time, it is not done again for a day, however many
+      // processes start (each worker of a cluster does); a retention time changed meanwhile, or a day later, it is
+      expect(await client.sendCommand(['GET', UNLIMITED_SCAN_MARKER])).toBe(String(DAY));
+      expect(Number(await client.sendCommand(['PTTL', UNLIMITED_SCAN_MARKER]))).toBeGreaterThan(DAY - 60_000);
+      await aged('recent', 2 * 3600_000); // (written again without an expiry, as by a bot without retention)
+      const quiet = manager(await createStore(redis.url), DAY);
+      await sleep(300);
+      await quiet.close();
+      expect(await pttl(`conv:${conversationId(key('recent'))}`)).toBe(-1);
+      const logs3: string[] = [];
+      const changed = manager(await createStore(redis.url), 2 * DAY, undefined, (l) => logs3.push(l));
+      await until(async () => logs3.some((l) => l.includes('retention applied')), 'the expiry pass for the new retention time');
+      await changed.close();
+      expect(await pttl(`conv:${conversationId(key('recent'))}`)).toBeGreaterThan(2 * DAY - 2 * 3600_000 - 60_000);
+      expect(await client.sendCommand(['GET', UNLIMITED_SCAN_MARKER])).toBe(String(2 * DAY));
     } finally {
       await raw.disconnect();
       await redis.cleanup();
