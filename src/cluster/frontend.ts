@@ -43,7 +43,8 @@ import {
   type JobData,
   type WorkerInfo,
 } from './protocol.js';
-import { tookPart } from '../conversation/turn.js';
+import { edition, regeneration, tookPart } from '../conversation/turn.js';
+import { userTurn } from '../conversation/text.js';
 
 export interface RemoteConversationsOptions {
   redisUrl: string;
@@ -63,6 +64,9 @@ const NEXT_SEQ = `local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('DEL', KEYS[2]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return n`;
+
+/** A waiting regenerate or edit request's check by the front end (tellPlace): `unchecked`, left to the worker. */
+type Checked = 'passed' | 'refused' | 'unchecked';
 
 const UNAVAILABLE = 'The bot cannot reach its job queue right now; please try again in a moment.';
 const NO_WORKER = 'No model worker is running right now; please try again in a moment.';
@@ -269,9 +273,8 @@ export class RemoteConversations implements ConversationPort {
     // (taken now, before this method's first await: the order of the calls)
     const queued = await this.enqueueing.run(convId, () => this.enqueue(req, convId, jobId, requestId));
     if ('code' in queued) return fail(queued.code, queued.message);
-    const { queue, position } = queued;
+    const { queue, position, seq } = queued;
     channel.push({ type: 'queued', position });
-    const waiting = position > 0 ? this.tellPlace(jobId, position, channel) : undefined;
     const onAbort = () => {
       // The worker stops it if it runs; a waiting one is dropped when a worker takes it.
       void this.redis
@@ -281,13 +284,31 @@ export class RemoteConversations implements ConversationPort {
         .exec()
         .catch(() => {});
     };
+    // A regenerate or edit request waiting in line is checked once nothing of its conversation is ahead of it (as a
+    // local manager does, ConversationManager.checkAnswerable): refused at once, or its places told as checked.
+    let refused = false;
+    const check =
+      req.regenerate !== undefined || req.edit !== undefined
+        ? async (): Promise<Checked | undefined> => {
+            const verdict = await this.askedAgain(req, convId, seq);
+            if (verdict === undefined) return undefined;
+            if (verdict === null) return 'unchecked';
+            if (verdict === true) return 'passed';
+            refused = true;
+            onAbort();
+            fail(verdict.code, verdict.message);
+            return 'refused';
+          }
+        : undefined;
+    const waiting = position > 0 || check ? this.tellPlace(jobId, position, channel, check) : undefined;
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       // What a retry on another worker repeats is not passed on again (a seeded answer repeats itself); an answer
       // that comes out different replaces the text so far.
       let sent = '';
       let replay: string | null = null;
-      for await (const ev of this.events(jobId, queue, signal)) {
+      for await (const ev of this.events(jobId, queue, signal, () => refused)) {
+        if (refused) return;
         waiting?.stop(); // (a worker has it)
         if (ev.type === 'reset') continue; // (a reset job's; an answer's stream has none)
         if (ev.type === 'restart') {
@@ -334,26 +355,74 @@ export class RemoteConversations implements ConversationPort {
   /**
    * While job `jobId` waits for a worker (it is among the pending jobs), its place among them is read every
    * positionPollMs and told when it moved up (`queued`), as the manager tells a request waiting in one process.
+   * `check` (a regenerate or edit request's) is asked at each read until it decides: passed, the places are told as
+   * checked; refused, it has ended the request.
    */
-  private tellPlace(jobId: string, told: number, channel: EventChannel<AnswerEvent>): { stop(): void } {
+  private tellPlace(
+    jobId: string,
+    told: number,
+    channel: EventChannel<AnswerEvent>,
+    check?: () => Promise<Checked | undefined>,
+  ): { stop(): void } {
     let stopped = false;
-    const timer = setInterval(() => {
+    // `check` (a regenerate or edit request's): undefined until it can be decided
+    let checked: Checked | undefined = check ? undefined : 'unchecked';
+    let checking = false;
+    const tick = () => {
+      if (checked === undefined && !checking) {
+        checking = true;
+        void check!()
+          .then(
+            (verdict) => {
+              if (stopped || verdict === undefined) return;
+              checked = verdict;
+              if (verdict === 'passed') channel.push({ type: 'queued', position: told, checked: true });
+              if (verdict === 'refused') stop();
+            },
+            () => {}, // (decided by the worker when it runs it)
+          )
+          .finally(() => (checking = false));
+      }
       void this.redis
         .zrank(keys.pending, jobId)
         .then((rank) => {
           if (stopped || rank === null || rank >= told) return;
           told = rank;
-          channel.push({ type: 'queued', position: rank });
+          channel.push({ type: 'queued', position: rank, ...(checked === 'passed' ? { checked: true as const } : {}) });
         })
         .catch(() => {}); // (a place not told this time: the answer itself does not depend on it)
-    }, this.positionPollMs);
-    timer.unref?.();
-    return {
-      stop: () => {
-        stopped = true;
-        clearInterval(timer);
-      },
     };
+    const timer = setInterval(tick, this.positionPollMs);
+    timer.unref?.();
+    if (check) tick();
+    const stop = () => {
+      stopped = true;
+      clearInterval(timer);
+    };
+    return { stop };
+  }
+
+  /**
+   * A regenerate or edit request's verdict while it waits in line: undefined while something of its conversation is
+   * ahead of it (its order number `seq` not next); null where no worker says how its model makes user turns (an
+   * earlier version's: the worker decides); else true, or the refusal (`stale`, `not_allowed`) the worker would give,
+   * from the store as it is: nothing else of the conversation runs before it.
+   */
+  private async askedAgain(
+    req: ConversationRequest,
+    convId: string,
+    seq: number,
+  ): Promise<true | { code: 'stale' | 'not_allowed'; message: string } | null | undefined> {
+    if (Number((await this.redis.get(keys.done(convId))) ?? 0) < seq - 1) return undefined;
+    const rules = (await listWorkers(this.redis)).find((w) => w.turns)?.turns;
+    if (!rules) return null;
+    const state = await this.repo.getConversation(convId);
+    const user = String(req.user);
+    const verdict =
+      req.regenerate !== undefined
+        ? regeneration(state, String(req.regenerate), user)
+        : edition(state, String(req.edit), user, userTurn(typeof req.text === 'string' ? req.text : '', req.task, rules));
+    return 'code' in verdict ? verdict : true;
   }
 
   /**
@@ -365,7 +434,7 @@ export class RemoteConversations implements ConversationPort {
     convId: string,
     jobId: string,
     requestId: string,
-  ): Promise<{ queue: Queue<JobData>; position: number } | { code: 'busy' | 'unavailable'; message: string }> {
+  ): Promise<{ queue: Queue<JobData>; position: number; seq: number } | { code: 'busy' | 'unavailable'; message: string }> {
     let counted = false;
     try {
       const workers = await listWorkers(this.redis);
@@ -407,7 +476,7 @@ export class RemoteConversations implements ConversationPort {
         { kind: 'answer', convId, seq, request: encodeRequest({ ...req, generation }, requestId) },
         { jobId, attempts: 2 },
       );
-      return { queue, position: waiting };
+      return { queue, position: waiting, seq };
     } catch (err) {
       if (counted) await this.redis.zrem(keys.pending, jobId).catch(() => {});
       this.log(`frontend: cannot queue a request for ${convId}: ${(err as Error).message}`);
@@ -420,12 +489,14 @@ export class RemoteConversations implements ConversationPort {
     jobId: string,
     queue: Queue<JobData>,
     signal: AbortSignal,
+    until: () => boolean = () => false,
   ): AsyncGenerator<Exclude<ReturnType<typeof decodeEvent>, { type: 'end' }>> {
     const reader = this.streams.open(keys.events(jobId));
     let quietSince = Date.now();
     try {
       for (;;) {
         if (this.closing) throw new Error('closing');
+        if (until()) return;
         const entries = await reader.next(1000);
         if (entries.length === 0) {
           // Nothing for a while: a job nobody runs (no worker alive) or that failed for good ends here.

@@ -24,6 +24,7 @@ import type {
   TaskTag,
 } from '../conversation/index.js';
 import type { Forgotten } from '../conversation/store.js';
+import type { TurnRules } from '../conversation/text.js';
 import type { Redis } from 'ioredis';
 
 export const QUEUE_NAME = 'minigpt-answers';
@@ -191,6 +192,8 @@ export interface WorkerInfo {
   finished: number;
   /** PROTOCOL of the worker (absent: 1) */
   protocol?: number;
+  /** how its model's user turns are made (absent: an earlier version): a front end checks an edited question with it */
+  turns?: TurnRules;
 }
 
 /** A worker's protocol (a heartbeat without one is from before protocols were numbered: 1). */

@@ -10,6 +10,7 @@ import type { BotConfig } from '../config.js';
 import type { MiniGPT } from '../inference/model.js';
 import { ConversationManager, createStore } from '../conversation/index.js';
 import { redactUrl } from '../conversation/store.js';
+import { turnRulesOf } from '../conversation/text.js';
 import {
   apiSettings,
   checkPackage,
@@ -221,7 +222,7 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
             onForgotten: (fn) => mgr.onForgotten(fn),
           }
         : mgr,
-      model: { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider },
+      model: { name: model.meta.name, architecture: model.meta.architecture, provider: model.provider, turns: turnRulesOf(model.meta) },
       concurrency: config.runtime.max_batch + 1,
       ...(lockMs ? { lockMs } : {}),
       log,

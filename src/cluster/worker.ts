@@ -6,6 +6,7 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { Queue, Worker, DelayedError, type Job, type WorkerOptions } from 'bullmq';
 import { Redis } from 'ioredis';
+import type { TurnRules } from '../conversation/text.js';
 import type { ConversationManager } from '../conversation/index.js';
 import { EXPIRE_IF_NONE } from '../conversation/store.js';
 import { parseGrounding } from '../grounding/parse.js';
@@ -33,7 +34,7 @@ export interface ClusterWorkerOptions {
   /** the local conversations (a ConversationManager; or one whose requests are counted: BotMetrics.meter) */
   manager: Pick<ConversationManager, 'handle' | 'history' | 'reset' | 'forgetQuestion' | 'keepImage' | 'dropCaches' | 'onForgotten'>;
   /** shown in heartbeats (`minigpt status`) */
-  model: { name: string; architecture: string; provider: string };
+  model: { name: string; architecture: string; provider: string; turns?: TurnRules };
   /** jobs taken at once (default: the manager's batch size + 1, so that the next one is ready) */
   concurrency?: number;
   /**
@@ -110,6 +111,7 @@ export async function startClusterWorker(opts: ClusterWorkerOptions): Promise<Cl
       running: running.size,
       finished,
       protocol: PROTOCOL,
+      ...(opts.model.turns ? { turns: opts.model.turns } : {}),
     };
     await redis.set(keys.worker(id), JSON.stringify(info), 'PX', HEARTBEAT_TTL_MS).catch(() => {});
   };

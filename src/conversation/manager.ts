@@ -21,7 +21,7 @@ import {
   type Workspaces,
 } from './store.js';
 import { EventChannel, FairScheduler } from './scheduler.js';
-import { markersFor, userTurn, type UserTurn } from './text.js';
+import { turnRulesOf, userTurn, type UserTurn } from './text.js';
 import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } from './image-input.js';
 import { PromptBudget } from './budget.js';
 import { generationOptions } from './generation-settings.js';
@@ -173,8 +173,7 @@ export class ConversationManager {
     this.log = opts.log ?? (() => {});
     this.maxTextChars = opts.maxTextChars ?? 4000;
     this.annotate = opts.annotate ?? {};
-    this.markers = markersFor(this.model.meta.prompt);
-    this.tasks = this.model.meta.architecture === 'minigpt-v2';
+    ({ markers: this.markers, tasks: this.tasks } = turnRulesOf(this.model.meta));
     this.images = new ImageInput({
       model: this.model,
       repo: this.repo,

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Redis } from 'ioredis';
 import { MiniGPT } from '../../src/inference/model.js';
 import { ConversationManager, createStore, type ConversationManagerOptions } from '../../src/conversation/index.js';
+import { turnRulesOf } from '../../src/conversation/text.js';
 import { HEARTBEAT_TTL_MS, keys } from '../../src/cluster/protocol.js';
 import { serveFrontend, type RunningFrontend } from '../../src/cluster/serve.js';
 import { startClusterWorker, type ClusterWorker, type ClusterWorkerOptions } from '../../src/cluster/worker.js';
@@ -46,7 +47,7 @@ export async function startDemoWorker(
   const worker = await startClusterWorker({
     redisUrl,
     manager,
-    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu' },
+    model: { name: 'demo', architecture: 'minigpt_v2', provider: 'cpu', turns: turnRulesOf(model.meta) },
     lockMs: 2000,
     ...opts.worker,
   });
