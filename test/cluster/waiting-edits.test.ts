@@ -5,11 +5,12 @@
 // decided. A real redis-server on a free loopback port, the real cluster worker (one job at a time, its decoding
 // steps slowed) and front end in this process, the demo model.
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { createStore, type AnswerEvent, type ConversationKey } from '../../src/conversation/index.js';
+import { createStore, type ConversationKey } from '../../src/conversation/index.js';
 import { RemoteConversations } from '../../src/cluster/frontend.js';
 import { startDemoWorker, type DemoWorker } from './helpers.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
 import { squarePng } from '../slack/helpers.js';
+import { eventLog } from '../helpers/event-log.js';
 import { slowSteps } from '../helpers/slow-steps.js';
 
 let redis: TestRedis;
@@ -36,15 +37,7 @@ const keyOf = (thread: string): ConversationKey => ({ platform: 'slack', workspa
 
 describe('a cluster: edits waiting in line', () => {
   it('are checked once nothing of their conversation is ahead: refused at once, or their place told as checked', async () => {
-    const seen: string[] = [];
-    const read = async (label: string, stream: AsyncIterable<AnswerEvent>) => {
-      const events: AnswerEvent[] = [];
-      for await (const ev of stream) {
-        events.push(ev);
-        seen.push(`${label} ${ev.type}${ev.type === 'queued' && ev.checked ? ' checked' : ''}`);
-      }
-      return events;
-    };
+    const { seen, read } = eventLog();
     for (const p of ['x', 'e', 'f']) {
       await read(
         'setup',

@@ -2,6 +2,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ConversationManager, type AnswerEvent } from '../../src/conversation/index.js';
 import type { MiniGPT } from '../../src/inference/model.js';
+import { eventLog } from '../helpers/event-log.js';
 import { collect, errorOf, finalOf, goldenImage, key, loadTinyModel, solidPng, types, type TinyModel } from './helpers.js';
 
 let tiny: TinyModel;
@@ -142,15 +143,7 @@ describe('conversation manager: scheduling', () => {
       if (args[0].includes('blocker')) await gate;
       yield* original(...args);
     });
-    const seen: string[] = [];
-    const read = async (label: string, stream: AsyncIterable<AnswerEvent>) => {
-      const events: AnswerEvent[] = [];
-      for await (const ev of stream) {
-        events.push(ev);
-        seen.push(`${label} ${ev.type}${ev.type === 'queued' && ev.checked ? ' checked' : ''}`);
-      }
-      return events;
-    };
+    const { seen, read } = eventLog();
     const blocker = read('x2', m.handle({ key: X, user: 'u', text: 'blocker', requestId: 'x2' }));
     await vi.waitFor(() => expect(seen).toContain('x2 started'));
     // nothing of E's or F's conversations ahead: decided now
