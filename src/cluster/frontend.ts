@@ -43,7 +43,7 @@ import {
   type JobData,
   type WorkerInfo,
 } from './protocol.js';
-import { edition, regeneration, tookPart } from '../conversation/turn.js';
+import { askedAgain, tookPart } from '../conversation/turn.js';
 import { userTurn } from '../conversation/text.js';
 
 export interface RemoteConversationsOptions {
@@ -290,10 +290,8 @@ export class RemoteConversations implements ConversationPort {
     const check =
       req.regenerate !== undefined || req.edit !== undefined
         ? async (): Promise<Checked | undefined> => {
-            const verdict = await this.askedAgain(req, convId, seq);
-            if (verdict === undefined) return undefined;
-            if (verdict === null) return 'unchecked';
-            if (verdict === true) return 'passed';
+            const verdict = await this.waitingVerdict(req, convId, seq);
+            if (typeof verdict !== 'object') return verdict;
             refused = true;
             onAbort();
             fail(verdict.code, verdict.message);
@@ -404,25 +402,21 @@ export class RemoteConversations implements ConversationPort {
 
   /**
    * A regenerate or edit request's verdict while it waits in line: undefined while something of its conversation is
-   * ahead of it (its order number `seq` not next); null where no worker says how its model makes user turns (an
-   * earlier version's: the worker decides); else true, or the refusal (`stale`, `not_allowed`) the worker would give,
-   * from the store as it is: nothing else of the conversation runs before it.
+   * ahead of it (its order number `seq` not next); `unchecked` where no worker says how its model makes user turns
+   * (an earlier version's: the worker decides); else `passed`, or the refusal (`stale`, `not_allowed`) the worker
+   * would give, from the store as it is: nothing else of the conversation runs before it.
    */
-  private async askedAgain(
+  private async waitingVerdict(
     req: ConversationRequest,
     convId: string,
     seq: number,
-  ): Promise<true | { code: 'stale' | 'not_allowed'; message: string } | null | undefined> {
+  ): Promise<Exclude<Checked, 'refused'> | { code: 'stale' | 'not_allowed'; message: string } | undefined> {
     if (Number((await this.redis.get(keys.done(convId))) ?? 0) < seq - 1) return undefined;
     const rules = (await listWorkers(this.redis)).find((w) => w.turns)?.turns;
-    if (!rules) return null;
+    if (!rules) return 'unchecked';
     const state = await this.repo.getConversation(convId);
-    const user = String(req.user);
-    const verdict =
-      req.regenerate !== undefined
-        ? regeneration(state, String(req.regenerate), user)
-        : edition(state, String(req.edit), user, userTurn(typeof req.text === 'string' ? req.text : '', req.task, rules));
-    return 'code' in verdict ? verdict : true;
+    const verdict = askedAgain(state, req, () => userTurn(typeof req.text === 'string' ? req.text : '', req.task, rules));
+    return verdict && 'code' in verdict ? verdict : 'passed';
   }
 
   /**

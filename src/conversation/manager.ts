@@ -26,17 +26,7 @@ import { ImageInput, type EncodedImage, type SharedImageCache, type TurnImage } 
 import { PromptBudget } from './budget.js';
 import { generationOptions } from './generation-settings.js';
 import { entitiesToDraw } from './annotation.js';
-import {
-  edition,
-  finalEvent,
-  regeneration,
-  storedTurn,
-  threadState,
-  tookPart,
-  withoutQuestion,
-  type FinalEvent,
-  type Regeneration,
-} from './turn.js';
+import { askedAgain, finalEvent, storedTurn, threadState, tookPart, withoutQuestion, type FinalEvent, type Regeneration } from './turn.js';
 import { turnSummary, turnTimings, type TurnCosts } from './report.js';
 import { CANCELLED, Failure } from './failure.js';
 import { generate, type ModelImages } from './generate.js';
@@ -711,13 +701,8 @@ export class ConversationManager {
    * `not_allowed`); undefined for any other request.
    */
   private askedAgain(req: ConversationRequest, prev: ConversationState | undefined): Regeneration | undefined {
-    if (req.regenerate === undefined && req.edit === undefined) return undefined;
-    const user = typeof req.user === 'string' ? req.user : String(req.user);
-    const r =
-      req.regenerate !== undefined
-        ? regeneration(prev, String(req.regenerate), user)
-        : edition(prev, String(req.edit), user, this.userTurnOf(req));
-    if ('code' in r) throw new Failure(r.code, r.message);
+    const r = askedAgain(prev, req, () => this.userTurnOf(req));
+    if (r && 'code' in r) throw new Failure(r.code, r.message);
     return r;
   }
 

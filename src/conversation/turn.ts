@@ -196,3 +196,19 @@ export function edition(
   if (last.user === turn.prompt && last.task === turn.task) return { code: 'stale', message: EDIT_REFUSED.unchanged };
   return { turn, earlier: state.turns.slice(0, -1), askedAs };
 }
+
+/**
+ * A regenerate or edit request's verdict on the conversation as stored (regeneration, or edition with the request's
+ * text as `turn()` makes it its question); undefined for any other request. The manager's rule, and a cluster front
+ * end's for a request still waiting in line.
+ */
+export function askedAgain(
+  state: ConversationState | null | undefined,
+  req: Pick<ConversationRequest, 'regenerate' | 'edit' | 'user'>,
+  turn: () => UserTurn,
+): Regeneration | { code: 'stale' | 'not_allowed'; message: string } | undefined {
+  const user = String(req.user);
+  if (req.regenerate !== undefined) return regeneration(state, String(req.regenerate), user);
+  if (req.edit !== undefined) return edition(state, String(req.edit), user, turn());
+  return undefined;
+}
