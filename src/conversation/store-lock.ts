@@ -67,19 +67,18 @@ export class RedisStoreLock {
 
   /** Runs `fn` holding the lock at Redis key `key` (one holder at a time across every process on this Redis). */
   async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const token = randomUUID();
-    const redis = await this.acquire(key, token);
+    const release = await this.acquire(key);
     try {
       return await fn();
     } finally {
-      // (a failed release leaves the lock to expire; fn's own result or error is what the caller needs)
-      await redis.sendCommand(['EVAL', RELEASE, '1', key, token]).catch(() => {});
+      await release();
     }
   }
 
   /**
-   * Takes the lock at `key` if it is free, without waiting: its release (by this holder only), or undefined when
-   * another holds it. For a claim held as long as a piece of work lasts (the TTL bounds it if the holder dies).
+   * Takes the lock at `key` if it is free, without waiting: its release (by this holder only; a failed release leaves
+   * the lock to expire), or undefined when another holds it. Also for a claim held as long as a piece of work lasts
+   * (the TTL bounds it if the holder dies).
    */
   async tryTake(key: string): Promise<(() => Promise<void>) | undefined> {
     const token = randomUUID();
@@ -95,18 +94,14 @@ export class RedisStoreLock {
     };
   }
 
-  private async acquire(key: string, token: string): Promise<RawRedis> {
+  /** tryTake, tried again (pauses growing from 2 to 50 ms) until waitMs has passed: then LockTimeoutError. */
+  private async acquire(key: string): Promise<() => Promise<void>> {
     const deadline = Date.now() + this.waitMs;
-    try {
-      const redis = await this.client();
-      for (let pause = 2; ; pause = Math.min(pause * 2, 50)) {
-        if ((await redis.sendCommand(['SET', key, token, 'NX', 'PX', String(this.ttlMs)])) === 'OK') return redis;
-        if (Date.now() + pause > deadline) throw new LockTimeoutError(`the lock ${key} stayed taken for ${this.waitMs} ms`);
-        await new Promise((r) => setTimeout(r, pause));
-      }
-    } catch (err) {
-      if (err instanceof StoreLockError) throw err;
-      throw new StoreLockError(`cannot take the lock ${key}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    for (let pause = 2; ; pause = Math.min(pause * 2, 50)) {
+      const release = await this.tryTake(key);
+      if (release) return release;
+      if (Date.now() + pause > deadline) throw new LockTimeoutError(`the lock ${key} stayed taken for ${this.waitMs} ms`);
+      await new Promise((r) => setTimeout(r, pause));
     }
   }
 }
