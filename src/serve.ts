@@ -200,8 +200,13 @@ export interface AdaptersRunning {
   apiUrl?: string;
   /** the metrics endpoint (`.../metrics`, `/healthz`, `/readyz`) when METRICS_PORT is set */
   metricsUrl?: string;
-  /** resolves with the first adapter failure that cannot recover (`RunningAdapter.fatal`, its name in front); else never */
+  /**
+   * resolves when the last adapter that can stop for good (`RunningAdapter.fatal`) has stopped, with its reason (its
+   * name in front); else never. One that stops while another runs is closed and listed in `stopped`
+   */
   fatal: Promise<Error>;
+  /** why each adapter that stopped for good while others ran on stopped ("discord adapter stopped: ..."), as it happens */
+  stopped: readonly string[];
   /** stops the adapters, then the rest */
   close(): Promise<void>;
 }
@@ -317,16 +322,24 @@ export function metricsSettings(env: NodeJS.ProcessEnv): MetricsSettings | undef
 
 /**
  * The metrics endpoint, when METRICS_PORT is set: started before the adapters (a port in use stops the start
- * before anything connects to a platform), its address logged.
+ * before anything connects to a platform), its address logged. `stopped`, for a process with chat adapters: the
+ * ones that stopped for good while others run on (`AdaptersRunning.stopped`), shown by /readyz and counted.
  */
 export async function startObserving(
   settings: MetricsSettings | undefined,
   metrics: BotMetrics | undefined,
   problems: () => Promise<string[]>,
   log: (line: string) => void,
+  stopped?: () => readonly string[],
 ): Promise<MetricsServer | undefined> {
   if (!settings || !metrics) return undefined;
-  const server = await startMetricsServer(settings, metrics, problems);
+  if (stopped)
+    metrics.gauge(
+      'minigpt_adapters_stopped',
+      'Chat adapters that stopped for good (a refused token) while the others run on',
+      () => stopped().length,
+    );
+  const server = await startMetricsServer(settings, metrics, problems, stopped);
   log(`minigpt: metrics on ${server.url}/metrics (probes: /healthz, /readyz)`);
   return server;
 }
@@ -345,13 +358,37 @@ export function apiSettings(env: NodeJS.ProcessEnv) {
   return { port, host, keys, imageHosts: list(env.API_IMAGE_HOSTS), modelId: env.API_MODEL_ID?.trim() || undefined };
 }
 
-/** The first adapter failure that cannot recover (`RunningAdapter.fatal`), its adapter's name in front; else never. */
-export function firstFatal(adapters: readonly RunningAdapter[]): Promise<Error> {
-  return Promise.race(
-    adapters.flatMap((a) =>
-      a.fatal ? [a.fatal.then((err) => new ServeError(`${a.name} adapter stopped: ${err.message}`, { cause: err }))] : [],
-    ),
-  );
+/**
+ * Watches the adapters that can stop for good (`RunningAdapter.fatal`: a token refused while the bot runs). One that
+ * stops while another of them still runs is closed (`close`) and logged, and the others run on: Slack's users keep
+ * their bot while Discord's token is being replaced, which a restart would not give them (the refused token stops a
+ * start). `fatal` resolves when the last of them has stopped, so that a bot never runs on answering no platform (the
+ * web demo and the API cannot stop this way and do not count).
+ */
+export function watchAdapters(
+  adapters: readonly RunningAdapter[],
+  close: (a: RunningAdapter) => Promise<void>,
+  log: (line: string) => void,
+): { fatal: Promise<Error>; stopped: readonly string[] } {
+  const watched = adapters.filter((a) => a.fatal);
+  const stopped: string[] = [];
+  const down = new Set<RunningAdapter>();
+  const fatal = new Promise<Error>((resolve) => {
+    for (const a of watched) {
+      void a.fatal!.then((err) => {
+        const reason = `${a.name} adapter stopped: ${err.message}`;
+        down.add(a);
+        const others = watched.filter((b) => !down.has(b));
+        if (others.length === 0) return resolve(new ServeError(reason, { cause: err }));
+        stopped.push(reason);
+        log(
+          `minigpt: ${reason} (${others.map((b) => b.name).join(', ')} ${others.length === 1 ? 'runs' : 'run'} on; restart once it is fixed)`,
+        );
+        void close(a).catch((e: unknown) => log(`minigpt: closing the ${a.name} adapter failed: ${(e as Error).message}`));
+      });
+    }
+  });
+  return { fatal, stopped };
 }
 
 /** The config's generation settings, as the conversation manager's defaults. */
@@ -453,14 +490,20 @@ export function adaptersRunning(
   adapters: RunningAdapter[],
   urls: { webUrl?: string; apiUrl?: string },
   closeRest: () => Promise<void>,
+  log: (line: string) => void,
 ): AdaptersRunning {
+  // (an adapter that stopped for good is closed then, and again by the bot's close: once)
+  const closes = new Map(adapters.map((a) => [a, closeOnce(() => a.close())]));
+  const closeAdapter = (a: RunningAdapter) => closes.get(a)!();
+  const { fatal, stopped } = watchAdapters(adapters, closeAdapter, log);
   return {
     adapters,
-    fatal: firstFatal(adapters),
+    fatal,
+    stopped,
     ...(urls.webUrl ? { webUrl: urls.webUrl } : {}),
     ...(urls.apiUrl ? { apiUrl: urls.apiUrl } : {}),
     close: closeOnce(async () => {
-      await closeAdapters(adapters);
+      await Promise.allSettled(adapters.map(closeAdapter));
       await closeRest();
     }),
   };
@@ -502,7 +545,14 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     const metrics = observe && new BotMetrics('all', { model: model.meta.name, provider: model.provider });
     metrics?.gauge('minigpt_queue_waiting', 'Requests waiting for the model', () => mgr.waiting);
     let closing = false;
-    metricsServer = await startObserving(observe, metrics, async () => (closing ? ['shutting down'] : []), log);
+    let running: AdaptersRunning | undefined;
+    metricsServer = await startObserving(
+      observe,
+      metrics,
+      async () => (closing ? ['shutting down'] : []),
+      log,
+      () => running?.stopped ?? [],
+    );
     const created = Math.floor((await stat(join(config.packageDir, 'model.json'))).mtimeMs / 1000);
     const info: ServedModel = {
       name: model.meta.name,
@@ -528,10 +578,15 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     );
 
     const mdl = model;
-    const running = adaptersRunning(adapters, urls, async () => {
-      await mgr.close();
-      await mdl.close();
-    });
+    running = adaptersRunning(
+      adapters,
+      urls,
+      async () => {
+        await mgr.close();
+        await mdl.close();
+      },
+      log,
+    );
     return { model: mdl, manager: mgr, ...withObserving(running, metricsServer, () => (closing = true)) };
   } catch (err) {
     await closeAdapters(adapters);
@@ -545,9 +600,10 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
 
 /**
  * `minigpt serve`: starts, then runs until SIGINT or SIGTERM, closes everything and resolves (exit 0).
- * A second signal while closing exits at once. An adapter that stops for good (`RunningBot.fatal`, e.g. Discord
- * refusing the token after a reconnect) closes everything too, then rejects with its reason (exit 1): a
- * supervisor restarts the bot or shows the reason, instead of a bot that runs but answers no one.
+ * A second signal while closing exits at once. When the last platform adapter has stopped for good (`RunningBot.fatal`,
+ * e.g. Discord refusing the token after a reconnect; one of two stopping leaves the other running) it closes
+ * everything too, then rejects with the reason (exit 1): a supervisor restarts the bot or shows the reason, instead of
+ * a bot that runs but answers no one.
  */
 export async function serveUntilSignal(
   opts: ServeOptions = {},

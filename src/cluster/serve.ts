@@ -115,7 +115,14 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
     const metrics = observe && new BotMetrics('frontend');
     metrics?.gauge('minigpt_workers', 'Model workers whose heartbeat is current', async () => (await manager.workers()).length);
     let closing = false;
-    metricsServer = await startObserving(observe, metrics, () => frontendProblems(manager, closing), log);
+    let running: AdaptersRunning | undefined;
+    metricsServer = await startObserving(
+      observe,
+      metrics,
+      () => frontendProblems(manager, closing),
+      log,
+      () => running?.stopped ?? [],
+    );
     const rateLimiter = (scope: string, max: number, windowMs: number) => manager.rateLimiter(scope, max, windowMs);
     const shardLeases = manager.shardLeases(holdMs ? { ttlMs: holdMs } : {});
     const urls = await startAdapters(
@@ -137,14 +144,8 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
       adapters,
     );
     log(`minigpt: front end on ${redactUrl(redisUrl)} (${adapters.map((a) => a.name).join(', ')})`);
-    return {
-      manager,
-      ...withObserving(
-        adaptersRunning(adapters, urls, () => manager.close()),
-        metricsServer,
-        () => (closing = true),
-      ),
-    };
+    running = adaptersRunning(adapters, urls, () => manager.close(), log);
+    return { manager, ...withObserving(running, metricsServer, () => (closing = true)) };
   } catch (err) {
     await closeAdapters(adapters);
     await metricsServer?.close();

@@ -30,12 +30,15 @@ export interface MetricsServer {
 
 /**
  * Serves `metrics` and the probes; `problems()` says what keeps this process from answering now (none: ready):
- * asked at each /readyz, so it should be quick.
+ * asked at each /readyz, so it should be quick. `stopped()`: chat adapters that stopped for good while the others
+ * run on; /readyz lists them without saying not ready, because the process still answers on the others (and a
+ * load balancer taking it out would stop those too).
  */
 export async function startMetricsServer(
   settings: MetricsSettings,
   metrics: BotMetrics,
   problems: () => Promise<string[]>,
+  stopped: () => readonly string[] = () => [],
 ): Promise<MetricsServer> {
   const send = (res: ServerResponse, status: number, type: string, body: string) => {
     res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
@@ -56,7 +59,13 @@ export async function startMetricsServer(
       if (path === '/healthz') return json(res, 200, { status: 'ok' });
       if (path === '/readyz') {
         const found = await problems().catch((err: unknown) => [`the readiness check failed: ${(err as Error).message}`]);
-        return json(res, found.length === 0 ? 200 : 503, found.length === 0 ? { ready: true } : { ready: false, problems: found });
+        const down = stopped();
+        const also = down.length > 0 ? { stopped: down } : {};
+        return json(
+          res,
+          found.length === 0 ? 200 : 503,
+          found.length === 0 ? { ready: true, ...also } : { ready: false, problems: found, ...also },
+        );
       }
       json(res, 404, { error: 'not found: /metrics, /healthz, /readyz' });
     })().catch((err: unknown) => {

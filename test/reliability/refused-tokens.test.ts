@@ -2,12 +2,14 @@
 // serve` process against the fake Discord / fake Slack on loopback. A token the platform refuses, at start or
 // later (Discord closing the gateway with 4004 after a reconnect), ends the process within seconds with a
 // non-zero exit code and one clear line that names the variable, never the token; it never runs on silently.
+// With both platforms in one process, the one whose token is refused stops (and says so) and the other runs on.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BIN, ROOT } from '../helpers/cli.js';
 import { FakeDiscord } from '../discord/fake-discord.js';
 import { FakeSlack } from '../slack/fake-slack.js';
+import { FORCED, squarePng, textReplies, waitForAnswers } from '../slack/helpers.js';
 import { until } from './helpers.js';
 
 interface Proc {
@@ -27,6 +29,8 @@ const PLATFORM_VARS = [
   'SLACK_API_URL',
   'SLACK_PORT',
   'STORE_URL',
+  'METRICS_PORT',
+  'MINIGPT_TEST_FORCED_ANSWER',
 ];
 
 /** `minigpt serve` with the demo package on the CPU and `env`; killed after `limitMs`. */
@@ -227,6 +231,89 @@ describe('minigpt serve with a Slack token that Slack refuses', () => {
         `minigpt: slack adapter stopped: Slack revoked SLACK_BOT_TOKEN (tokens_revoked in workspace ${fake.teamId}): reinstall the app and set its new Bot User OAuth Token`,
       );
     } finally {
+      p.child.kill('SIGKILL');
+    }
+  });
+});
+
+describe('minigpt serve with Discord and Slack in one process', () => {
+  let discord: FakeDiscord;
+  let slack: FakeSlack;
+  beforeAll(async () => {
+    discord = await new FakeDiscord().start();
+    slack = await FakeSlack.start();
+  });
+  afterAll(async () => {
+    await discord?.close();
+    await slack?.close();
+  });
+
+  it("Discord's token reset while it runs: Discord stops, Slack answers on (/readyz and the metrics say so); Slack's revoked too: exits 1", async () => {
+    const { channelIds } = discord.addGuild('Both server', ['general']);
+    const p = serve(
+      {
+        DISCORD_TOKEN: discord.token,
+        DISCORD_API_URL: discord.apiUrl,
+        SLACK_BOT_TOKEN: slack.botToken,
+        SLACK_SIGNING_SECRET: slack.signingSecret,
+        SLACK_PORT: '0',
+        SLACK_API_URL: slack.apiUrl,
+        METRICS_PORT: '0',
+        MINIGPT_TEST_FORCED_ANSWER: FORCED,
+      },
+      90_000,
+    );
+    try {
+      const events = /slack: HTTP mode, events on (\S+)/;
+      await until(
+        () => (/discord: connected as/.test(p.stderr()) && events.test(p.stderr())) || p.child.exitCode !== null,
+        'both adapters to start',
+        30_000,
+      );
+      expect(p.child.exitCode, p.stderr()).toBeNull();
+      slack.appUrl = events.exec(p.stderr())![1]!.replace('localhost', '127.0.0.1');
+      const metricsUrl = /minigpt: metrics on (\S+)\/metrics/.exec(p.stderr())![1]!;
+
+      // The token reset while the gateway is up: the next REST call is refused.
+      discord.restTokenRefused = true;
+      discord.postMessage(channelIds[0]!, discord.user('alice'), 'what is this?', { mentionBot: true });
+      await until(() => /discord adapter stopped/.test(p.stderr()) || p.child.exitCode !== null, 'Discord to stop', 15_000);
+      expect(problemLines(p.stderr())).toEqual([
+        expect.stringMatching(
+          /^minigpt: discord adapter stopped: Discord refused DISCORD_TOKEN \(HTTP 401 on [A-Z]+ \/channels\/[^)]+\): check the bot token.* \(slack runs on; restart once it is fixed\)$/,
+        ),
+      ]);
+      // The stopped adapter is closed: its gateway connection too.
+      await until(() => !discord.connected, 'the Discord client to disconnect', 10_000);
+
+      // Slack still answers, from the same process.
+      const file = slack.addFile({ name: 'square.png', data: await squarePng(), mimetype: 'image/png' });
+      const { msg } = await slack.mention('CBOTH', { files: [file] });
+      await waitForAnswers(slack, 'CBOTH', msg.ts, 1);
+      expect(textReplies(slack, 'CBOTH', msg.ts).map((m) => m.text)).toEqual(['*green square* on a grey background']);
+      expect(p.child.exitCode).toBeNull();
+
+      const ready = await fetch(`${metricsUrl}/readyz`);
+      expect(ready.status).toBe(200);
+      expect(await ready.json()).toEqual({
+        ready: true,
+        stopped: [expect.stringMatching(/^discord adapter stopped: Discord refused DISCORD_TOKEN/)],
+      });
+      expect(await (await fetch(`${metricsUrl}/metrics`)).text()).toMatch(/^minigpt_adapters_stopped 1$/m);
+
+      // The last platform gone, the process ends.
+      slack.botTokenRefusal = 'token_revoked';
+      await slack.mention('CBOTH', { text: 'and now?' });
+      const { code } = await p.exited;
+      expect(code, p.stderr()).toBe(1);
+      expect(p.stderr().trim().split('\n').at(-1)).toMatch(
+        /^minigpt: slack adapter stopped: Slack refused SLACK_BOT_TOKEN \(token_revoked on /,
+      );
+      expect(p.stderr()).not.toContain(discord.token);
+      expect(p.stderr()).not.toContain(slack.botToken);
+    } finally {
+      discord.restTokenRefused = false;
+      slack.botTokenRefusal = undefined;
       p.child.kill('SIGKILL');
     }
   });
