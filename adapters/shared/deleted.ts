@@ -4,7 +4,7 @@
 // another front end, each answered message's conversation and answer messages are kept in the store (ids only).
 import Keyv from 'keyv';
 import { withoutQuestion, type ConversationKey, type QuestionOutcome } from '../../src/conversation/index.js';
-import { STORE_NAMESPACE } from '../../src/conversation/store.js';
+import { lockKey } from '../../src/conversation/store.js';
 import { StoreSections } from '../../src/conversation/store-lock.js';
 import type { ConversationPort } from './port.js';
 
@@ -45,7 +45,7 @@ export class AnswerRecords {
     private readonly log: (line: string) => void,
   ) {
     this.store = store ?? new Keyv();
-    this.entries = new StoreSections(this.store, `${STORE_NAMESPACE}:lock:${prefix}`);
+    this.entries = new StoreSections(this.store, lockKey(prefix));
   }
 
   /**

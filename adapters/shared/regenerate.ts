@@ -3,7 +3,7 @@
 // and the answers being regenerated (a second press on one is told so at once, instead of queueing an answer that
 // could only be refused as stale), and each conversation's latest answer (the one with the button).
 import Keyv from 'keyv';
-import { STORE_NAMESPACE } from '../../src/conversation/store.js';
+import { lockKey } from '../../src/conversation/store.js';
 import { type RedisStoreLock, StoreSections, storeLockFor } from '../../src/conversation/store-lock.js';
 
 /** Above a regenerated answer. */
@@ -43,7 +43,7 @@ export class InFlight {
     this.ids.add(id);
     let shared: (() => Promise<void>) | undefined;
     try {
-      shared = await this.shared?.tryTake(`${STORE_NAMESPACE}:lock:${this.prefix}${id}`);
+      shared = await this.shared?.tryTake(lockKey(this.prefix + id));
       if (this.shared && !shared) {
         this.ids.delete(id);
         return undefined;
@@ -81,7 +81,7 @@ export class LatestAnswers<M> {
     private readonly log: (line: string) => void,
   ) {
     this.store = store ?? new Keyv();
-    this.sections = new StoreSections(this.store, `${STORE_NAMESPACE}:lock:${prefix}`);
+    this.sections = new StoreSections(this.store, lockKey(prefix));
   }
 
   async replace(conversation: string, now: M): Promise<M | undefined> {

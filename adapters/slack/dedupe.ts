@@ -2,7 +2,7 @@
 // and delivers a message with a mention twice (app_mention and message); each is answered once, also across
 // a restart when the store persists.
 import type Keyv from 'keyv';
-import { STORE_NAMESPACE } from '../../src/conversation/store.js';
+import { lockKey } from '../../src/conversation/store.js';
 import { StoreSections } from '../../src/conversation/store-lock.js';
 
 const LOCAL_LIMIT = 20_000;
@@ -19,7 +19,7 @@ export class SeenSet {
     private readonly ttlMs: number,
     private readonly log: (line: string) => void,
   ) {
-    this.claims = store && new StoreSections(store, `${STORE_NAMESPACE}:lock:${prefix}`);
+    this.claims = store && new StoreSections(store, lockKey(prefix));
   }
 
   /**

@@ -10,6 +10,8 @@ import type { ConversationKey, ConversationState, ImageRef } from './types.js';
 import { type RawRedis, redisOf, StoreLockError, type StoreLockOptions, StoreSections } from './store-lock.js';
 
 export const STORE_NAMESPACE = 'minigpt';
+/** The key of the store lock (or the prefix of the locks) named `name`: every process on a Redis store takes the same. */
+export const lockKey = (name: string): string => `${STORE_NAMESPACE}:lock:${name}`;
 /** Set (to the retention time, for a day) when a pass of ConversationStore.expireUnlimited is complete. */
 export const UNLIMITED_SCAN_MARKER = `${STORE_NAMESPACE}:scanned:no-expiry`;
 const DAY_MS = 24 * 3600 * 1000;
@@ -149,7 +151,7 @@ export class ConversationStore {
   constructor(kv: Keyv, opts: ConversationStoreOptions = {}) {
     this.ttlMs = opts.ttlMs && opts.ttlMs > 0 ? opts.ttlMs : undefined;
     this.redis = redisOf(kv);
-    this.refs = new StoreSections(kv, `${STORE_NAMESPACE}:lock:imgref:`, opts.lock);
+    this.refs = new StoreSections(kv, lockKey('imgref:'), opts.lock);
     this.expiresByItself = this.refs.crossProcess;
     // Every operation's failure is a StoreUnavailableError, so that the manager can tell it from a bug.
     this.kv = new Proxy(kv, {
