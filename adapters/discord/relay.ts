@@ -9,7 +9,7 @@
 import { ActionRowBuilder, ButtonBuilder, ButtonStyle, DiscordAPIError, type AttachmentPayload } from 'discord.js';
 import type { AnswerEvent } from '../../src/conversation/index.js';
 import { answerMarkdown, DISCORD_MESSAGE_LIMIT, notice, splitMessage } from './format.js';
-import { onAnswerEvents, QueuePlaces } from '../shared/answer-events.js';
+import { onAnswerEvents, PlaceInLine } from '../shared/answer-events.js';
 import { stoppedLine } from '../shared/stop-buttons.js';
 import { ThrottledMessage } from '../shared/throttled-message.js';
 
@@ -60,9 +60,9 @@ export interface RelayOptions {
   /** least time between two places in the queue shown (default QUEUE_UPDATE_MS) */
   queueUpdateMs?: number;
   /**
-   * A request waiting in line shows its place once it has waited this long (default PLACE_AFTER_MS), and no typing
-   * indicator: a shorter wait costs no message of its own. (Discord's REST budget, 50 requests a second for the
-   * whole bot, is what a busy bot runs out of first: each call saved is an answer sooner.)
+   * A request waiting in line shows its place once it has waited this long (default PLACE_AFTER_MS, PlaceInLine), and
+   * no typing indicator: a shorter wait costs no message of its own. (Discord's REST budget, 50 requests a second for
+   * the whole bot, is what a busy bot runs out of first: each call saved is an answer sooner.)
    */
   placeAfterMs?: number;
   /** a line shown above the answer (e.g. why it is not in a thread) */
@@ -90,8 +90,6 @@ export interface RelayResult {
 }
 
 const TYPING_REFRESH_MS = 8_000;
-/** RelayOptions.placeAfterMs's default */
-export const PLACE_AFTER_MS = 1000;
 const ATTACH_REFUSED = "I couldn't attach the image with the boxes here: I need the **Attach Files** permission in this channel.";
 const ATTACH_TOO_LARGE = 'The image with the boxes was too large to upload here.';
 const ATTACH_FAILED = "I couldn't upload the image with the boxes (Discord's upload failed).";
@@ -140,7 +138,6 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
    */
   let settleFrom = 0;
   let settled = false;
-  const places = new QueuePlaces(o.queueUpdateMs);
   const firstWait = o.firstTextWaitMs ?? 600;
   let written = false;
 
@@ -173,29 +170,18 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
   const show = (content: string) => {
     if (content.trim()) message.show(content);
   };
-  const showPlace = (position: number) => {
-    if (places.show(position)) show(`${head}${notice(position > 0 ? `Waiting in line (${position} ahead of you)…` : 'Next in line…')}`);
-  };
-  // the place in line until it is first shown (placeAfterMs after the first one above 0), then as it moves
-  let waiting: { position: number; timer: NodeJS.Timeout } | undefined;
-  const stopWaiting = () => {
-    if (waiting) clearTimeout(waiting.timer);
-  };
+  const place = new PlaceInLine(
+    (position) => show(`${head}${notice(position > 0 ? `Waiting in line (${position} ahead of you)…` : 'Next in line…')}`),
+    { afterMs: o.placeAfterMs, everyMs: o.queueUpdateMs },
+  );
 
   try {
     await onAnswerEvents(events, {
       // (a place told again as the queue moves; once shown, the line goes when the answer starts)
-      queued: (ev) => {
-        if (places.waited) return showPlace(ev.position);
-        if (waiting) waiting.position = ev.position;
-        else if (ev.position > 0) {
-          const w = { position: ev.position, timer: setTimeout(() => showPlace(w.position), o.placeAfterMs ?? PLACE_AFTER_MS) };
-          waiting = w;
-        }
-      },
+      queued: (ev) => place.queued(ev.position),
       started: () => {
-        stopWaiting();
-        if (!places.waited) return startTyping();
+        place.end();
+        if (!place.waited) return startTyping();
         if (raw) return;
         settleFrom = Date.now();
         show(`${head}${notice('Thinking…')}`);
@@ -221,7 +207,7 @@ export async function relayAnswer(events: AsyncIterable<AnswerEvent>, target: Re
       },
     });
   } finally {
-    stopWaiting();
+    place.end();
     stopTyping();
     await message.stop();
   }

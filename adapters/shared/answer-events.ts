@@ -87,3 +87,52 @@ export class QueuePlaces {
     return true;
   }
 }
+
+/** PlaceInLine's default wait before a request's first place is shown. */
+export const PLACE_AFTER_MS = 1000;
+
+/**
+ * A waiting request's place in line as its reply shows it (`show`): nothing until it has waited `afterMs` (most waits
+ * are shorter, and each place shown is a call on the platform's budget: Discord's 50 requests a second for the whole
+ * bot, Slack's edits a minute per workspace), then the place it has then, and as it moves (QueuePlaces, `everyMs`).
+ */
+export class PlaceInLine {
+  private readonly places: QueuePlaces;
+  private readonly afterMs: number;
+  private pending: { position: number; timer: NodeJS.Timeout } | undefined;
+  private ended = false;
+
+  constructor(
+    private readonly show: (position: number) => void,
+    opts: { afterMs?: number; everyMs?: number } = {},
+  ) {
+    this.places = new QueuePlaces(opts.everyMs);
+    this.afterMs = opts.afterMs ?? PLACE_AFTER_MS;
+  }
+
+  /** whether a place was shown (the line is taken down when the answer starts) */
+  get waited(): boolean {
+    return this.places.waited;
+  }
+
+  /** the request's place, from a `queued` event */
+  queued(position: number): void {
+    if (this.ended) return;
+    if (this.places.waited) this.tell(position);
+    else if (this.pending) this.pending.position = position;
+    else if (position > 0) {
+      const p = { position, timer: setTimeout(() => this.tell(p.position), this.afterMs) };
+      this.pending = p;
+    }
+  }
+
+  /** the request left the line (its answer started, or it ended): no place is shown from now */
+  end(): void {
+    this.ended = true;
+    if (this.pending) clearTimeout(this.pending.timer);
+  }
+
+  private tell(position: number): void {
+    if (!this.ended && this.places.show(position)) this.show(position);
+  }
+}

@@ -12,7 +12,7 @@ import {
 import { Answering, EDIT_REFUSED_QUIETLY, EDIT_REPLACED_LINE, type LatestAnswers } from '../shared/regenerate.js';
 import type { SharedStops } from '../shared/shared-stops.js';
 import { releasedAtFirst, type ArrivalTurn } from '../shared/arrival-order.js';
-import { onAnswerEvents, QueuePlaces, restartNotice, unlessRefused } from '../shared/answer-events.js';
+import { onAnswerEvents, PlaceInLine, restartNotice, unlessRefused } from '../shared/answer-events.js';
 import type { StopButtons, StopHandle } from '../shared/stop-buttons.js';
 import type { SeenSet } from './dedupe.js';
 import { fetchImage, type ImageFetchOptions } from './file-info.js';
@@ -37,6 +37,8 @@ export interface AnswerContext {
   readonly updateIntervalMs: number;
   /** least time between two places in the queue shown in a waiting reply (default QUEUE_UPDATE_MS) */
   readonly queueUpdateMs?: number;
+  /** a waiting request's first place is shown once it has waited this long (default PLACE_AFTER_MS) */
+  readonly placeAfterMs?: number;
   readonly maxMessageChars: number;
   readonly image: ImageFetchOptions;
   /** the Stop buttons of the answers being written */
@@ -201,7 +203,11 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
   const key = keyOf(a, reply.thread);
   if (!a.dm) await ctx.threads.mark(`${a.team}:${a.channel}:${key.thread}`);
   let text = '';
-  const places = new QueuePlaces(ctx.queueUpdateMs);
+  const place = new PlaceInLine(
+    (position) =>
+      reply.status(position > 0 ? `_Waiting: ${position} request${position === 1 ? '' : 's'} ahead of this one…_` : '_Next in line…_'),
+    { afterMs: ctx.placeAfterMs, everyMs: ctx.queueUpdateMs },
+  );
   const stopped = () => {
     ctx.log(`slack: ${a.what}: stopped by ${stop.stoppedBy()}`);
     return reply.stopped(text, stop.stoppedBy()!);
@@ -234,13 +240,9 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
     );
     await onAnswerEvents(events, {
       // (a place told again as the queue moves)
-      queued: (ev) => {
-        if (!places.show(ev.position)) return;
-        reply.status(
-          ev.position > 0 ? `_Waiting: ${ev.position} request${ev.position === 1 ? '' : 's'} ahead of this one…_` : '_Next in line…_',
-        );
-      },
+      queued: (ev) => place.queued(ev.position),
       started: () => {
+        place.end();
         if (!text) reply.status('_Thinking…_');
       },
       text: (ev) => {
@@ -271,6 +273,7 @@ async function answerWith(ctx: AnswerContext, a: Ask, stop: StopHandle): Promise
       await reply.error('Something went wrong while answering; please try again.').catch(() => {});
     }
   } finally {
+    place.end();
     await reply.settle().catch(() => {});
     await keep();
   }

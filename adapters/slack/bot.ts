@@ -97,6 +97,7 @@ export class SlackBot {
       closing: () => this.closing !== undefined,
       updateIntervalMs: opts.updateIntervalMs ?? 1200,
       ...(opts.queueUpdateMs !== undefined ? { queueUpdateMs: opts.queueUpdateMs } : {}),
+      ...(opts.placeAfterMs !== undefined ? { placeAfterMs: opts.placeAfterMs } : {}),
       maxMessageChars: Math.max(20, opts.maxMessageChars ?? DEFAULT_MAX_MESSAGE_CHARS),
       image: { token: ids.botToken, maxBytes: opts.maxFileBytes ?? LIMITS.imageBytes, timeoutMs: downloadTimeoutMs, apiUrl: ids.apiUrl },
       historyLimit: Math.min(1000, Math.max(1, opts.historyLimit ?? 100)),

@@ -38,6 +38,8 @@ export interface SlackAdapterOptions {
   updateIntervalMs?: number;
   /** least time between two places in the queue shown in a waiting reply (default 5 s) */
   queueUpdateMs?: number;
+  /** a request waiting in line shows its place once it has waited this long (default 1 s: PLACE_AFTER_MS) */
+  placeAfterMs?: number;
   /** most characters per message (default 3500); longer answers continue in more messages */
   maxMessageChars?: number;
   /** the slash command (default /describe) */

@@ -1,16 +1,20 @@
 // A Slack request waiting behind others: the real Bolt app on the fake Slack, the real ConversationManager (one answer
 // at a time) and the demo model (its answer forced, its decoding steps slowed). The reply says how many requests are
-// ahead, counts down as the queue moves, says "Thinking…" when the model takes it, then gives the answer.
+// ahead, counts down as the queue moves, says "Thinking…" when the model takes it, then gives the answer. A wait of a
+// moment shows no place (one edit fewer on Slack's budget).
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, expect, it } from 'vitest';
+import type { SlackConversationManager } from '../../adapters/slack/options.js';
+import type { AnswerEvent } from '../../src/conversation/index.js';
 import { slowSteps } from '../helpers/slow-steps.js';
 import type { FakeMessage } from './fake-slack.js';
-import { squarePng, startSlack, textReplies, useSlackStack } from './helpers.js';
+import { squarePng, startSlack, textReplies, useSlackAdapter, useSlackStack } from './helpers.js';
 
 const FORCED = 'a green square on a grey background';
 const s = useSlackStack(FORCED, {
   defaults: { temperature: 0 },
-  // (every place in the queue shown, updates written 50 ms apart at most: each is seen)
-  adapter: (fake, manager, log) => startSlack(fake, manager, { log, updateIntervalMs: 50, queueUpdateMs: 0 }),
+  // (every place in the queue shown at once, updates written 50 ms apart at most: each is seen)
+  adapter: (fake, manager, log) => startSlack(fake, manager, { log, updateIntervalMs: 50, queueUpdateMs: 0, placeAfterMs: 0 }),
 });
 
 describe('slack: a request waiting in the queue', () => {
@@ -96,4 +100,40 @@ describe('slack: a request waiting in the queue', () => {
       slow.restore();
     }
   }, 90_000);
+});
+
+describe('slack: a short wait in line', () => {
+  // The manager's events scripted: each request waits in line (3 ahead, then 1) for as long as its text says.
+  const waits: Record<string, number> = { short: 300, long: 2000 };
+  async function* answer(text: string): AsyncGenerator<AnswerEvent> {
+    const wait = waits[text.replace(/<@\w+>\s*/, '')]!;
+    yield { type: 'queued', position: 3 };
+    await sleep(wait / 5);
+    yield { type: 'queued', position: 1 };
+    await sleep((wait * 4) / 5);
+    yield { type: 'started' };
+    yield { type: 'text', text: 'the answer' };
+    yield { type: 'final', text: 'the answer', entities: [], finishReason: 'stop' };
+  }
+  const scripted = (): SlackConversationManager => ({
+    handle: (req) => answer(req.text),
+    history: (key) => s.manager.history(key),
+    reset: (key, opts) => s.manager.reset(key, opts),
+    forgetQuestion: (key, asked, opts) => s.manager.forgetQuestion(key, asked, opts),
+    forgetWorkspace: (platform, workspace, channel) => s.manager.forgetWorkspace(platform, workspace, channel),
+  });
+  // (the default wait before a place is shown: a second)
+  const slack = useSlackAdapter(scripted, { updateIntervalMs: 50, queueUpdateMs: 0 });
+
+  it('shows no place when the answer starts within a second; a longer wait shows the place it has then', async () => {
+    const { fake } = slack;
+    const statuses = async (text: string) => {
+      const { msg } = await fake.mention('CWAIT', { text: `<@${fake.botUserId}> ${text}` });
+      const reply = await fake.waitFor(() => textReplies(fake, 'CWAIT', msg.ts).find((r) => r.text === 'the answer'), 20_000, text);
+      return reply.versions.filter((v) => v.startsWith('_'));
+    };
+    expect(await statuses('short')).toEqual(['_Thinking…_']);
+    // ("Thinking…" again not written: the text followed at once)
+    expect(await statuses('long')).toEqual(['_Thinking…_', '_Waiting: 1 request ahead of this one…_']);
+  });
 });
