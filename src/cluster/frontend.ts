@@ -276,11 +276,13 @@ export class RemoteConversations implements ConversationPort {
     const { queue, position, seq } = queued;
     channel.push({ type: 'queued', position });
     const onAbort = () => {
-      // The worker stops it if it runs; a waiting one is dropped when a worker takes it.
+      // The worker stops it if it runs; a waiting one is dropped when a worker takes it, and no longer counted as
+      // waiting from now (the places behind it move up, the busy check has its room).
       void this.redis
         .multi()
         .set(`${keys.events(jobId)}:cancelled`, '1', 'EX', 600)
         .publish(keys.cancel, jobId)
+        .zrem(keys.pending, jobId)
         .exec()
         .catch(() => {});
     };

@@ -55,9 +55,24 @@ describe('a cluster: edits waiting in line', () => {
       const editF = read('f', frontend.handle({ key: keyOf('f'), user: 'U1', text: 'f one, edited', edit: 'f1', requestId: 'f1-e1' }));
       // x1 is X's latest question until x2, being answered, is stored
       const editX = read('x', frontend.handle({ key: keyOf('x'), user: 'U1', text: 'x one, edited', edit: 'x1', requestId: 'x1-e1' }));
+      // a new conversation's question behind the three: the refused edit is not counted ahead of it
+      await vi.waitFor(() => expect(seen).toContain('x queued'), { timeout: 10_000 });
+      const places: string[] = [];
+      const newcomer = (async () => {
+        for await (const ev of frontend.handle({
+          key: keyOf('y'),
+          user: 'U1',
+          text: 'y one',
+          image: await squarePng(40, 30),
+          requestId: 'y1',
+        }))
+          if (ev.type === 'queued') places.push(`${ev.position}${seen.includes('x2 final') ? ' after x2' : ''}`);
+      })();
       await vi.waitFor(() => expect(seen).toEqual(expect.arrayContaining(['e queued checked', 'f error'])), { timeout: 10_000 });
+      await vi.waitFor(() => expect(places).toContain('2'), { timeout: 10_000 });
       expect(seen).not.toContain('x2 final');
       const [eE, eF, eX] = await Promise.all([editE, editF, editX]);
+      await newcomer;
       expect((await blocker).find((e) => e.type === 'error')).toBeUndefined();
       expect(eE.find((e) => e.type === 'error')).toBeUndefined();
       expect(eE.some((e) => e.type === 'final')).toBe(true);
