@@ -7,7 +7,7 @@ import { MiniGPT, type LoadOptions } from './inference/model.js';
 import { parseProviderChoice } from './inference/providers.js';
 import { shouldWarmUp, warmUp } from './inference/warm-up.js';
 import type { GenerationOptions } from './inference/generation/index.js';
-import type { RateLimiterFactory } from '../adapters/shared/rate-limit.js';
+import { rateLimitFromEnv, userLimiter, type RateLimiterFactory } from '../adapters/shared/rate-limit.js';
 import type { ShardLeases } from '../adapters/shared/shard-lease.js';
 import type { SharedArrivalOrder } from '../adapters/shared/arrival-order.js';
 import type { SharedStops } from '../adapters/shared/shared-stops.js';
@@ -137,6 +137,8 @@ export async function startAdapters(
       port: api.port,
       keys: api.keys,
       imageHosts: api.imageHosts,
+      ...(api.rateLimit ? { rateLimit: { limiter: userLimiter('api', api.rateLimit, rateLimiter)!, ...api.rateLimit } } : {}),
+      ...(api.maxConcurrent ? { maxConcurrent: api.maxConcurrent } : {}),
       model: {
         id,
         created: o.model.created,
@@ -149,8 +151,12 @@ export async function startAdapters(
     });
     apiUrl = server.url;
     started.push({ name: 'api', url: server.url, close: () => server.close() });
+    const limits = [
+      ...(api.rateLimit ? [`${api.rateLimit.max} requests per ${api.rateLimit.windowMs / 1000} s`] : []),
+      ...(api.maxConcurrent ? [`${api.maxConcurrent} at once`] : []),
+    ];
     log(
-      `minigpt: OpenAI-compatible API on ${server.url} (model id "${id}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'})`,
+      `minigpt: OpenAI-compatible API on ${server.url} (model id "${id}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'}${limits.length ? `; per key: ${limits.join(', ')}` : ''})`,
     );
   }
   return { ...(webUrl ? { webUrl } : {}), ...(apiUrl ? { apiUrl } : {}) };
@@ -355,7 +361,20 @@ export function apiSettings(env: NodeJS.ProcessEnv) {
       `API_HOST=${host} without MINIGPT_API_KEYS: the API would answer anyone who reaches ${host}. Set MINIGPT_API_KEYS=<key>[,<key>...] (clients send it as their API key), or leave API_HOST unset (127.0.0.1).`,
     );
   }
-  return { port, host, keys, imageHosts: list(env.API_IMAGE_HOSTS), modelId: env.API_MODEL_ID?.trim() || undefined };
+  // Per key, none by default: a client of the API is a program its operator runs (an evaluation sends many at once).
+  const rateLimit = rateLimitFromEnv('API_RATE_LIMIT', env.API_RATE_LIMIT, (m) => new ServeError(m)) ?? false;
+  const concurrent = env.API_MAX_CONCURRENT?.trim();
+  if (concurrent && !/^\d+$/.test(concurrent))
+    throw new ServeError(`API_MAX_CONCURRENT=${concurrent}: expected a whole number of requests (0: no limit)`);
+  return {
+    port,
+    host,
+    keys,
+    imageHosts: list(env.API_IMAGE_HOSTS),
+    modelId: env.API_MODEL_ID?.trim() || undefined,
+    rateLimit,
+    maxConcurrent: concurrent ? Number(concurrent) : 0,
+  };
 }
 
 /**

@@ -2,7 +2,8 @@
 // the official SDKs raise their usual exception classes (BadRequestError, AuthenticationError, ...).
 import type { ErrorCode } from '../../src/conversation/index.js';
 
-export type ApiErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'server_error';
+// (`requests`: OpenAI's type for a limit on requests, status 429)
+export type ApiErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'server_error' | 'requests';
 
 export class ApiError extends Error {
   constructor(
@@ -47,4 +48,16 @@ export function managerError(code: ErrorCode, message: string): ApiError {
     default:
       return new ApiError(500, 'server_error', 'internal_error', message);
   }
+}
+
+/**
+ * 429 with the wait in the headers the SDKs read before retrying (`retry-after-ms`, `retry-after` in whole seconds):
+ * the official clients wait that long and try again by themselves (2 retries by default).
+ */
+export function tooManyRequests(code: string, message: string, retryAfterMs: number): ApiError {
+  const ms = Math.max(1, Math.ceil(retryAfterMs));
+  return new ApiError(429, 'requests', code, message, null, {
+    'retry-after-ms': String(ms),
+    'retry-after': String(Math.ceil(ms / 1000)),
+  });
 }

@@ -13,7 +13,8 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { ConversationRequest } from '../../src/conversation/index.js';
-import { ApiError, badRequest } from './errors.js';
+import { ApiError, badRequest, tooManyRequests } from './errors.js';
+import type { RateLimiter } from '../shared/rate-limit.js';
 import { parseChatRequest } from './request.js';
 import { imageBytes } from './images.js';
 import {
@@ -62,6 +63,16 @@ export interface ApiServerOptions {
   imageHosts?: readonly string[];
   /** largest image in bytes (default 20 MiB) */
   maxImageBytes?: number;
+  /**
+   * Requests per key in a window (API_RATE_LIMIT; counted in Redis for front ends on it): over it, 429 with the wait.
+   * Default none. Without keys the loopback clients share one count.
+   */
+  rateLimit?: { limiter: RateLimiter; max: number; windowMs: number };
+  /**
+   * Most requests of one key waiting or being answered at once in this process (API_MAX_CONCURRENT): more are
+   * refused with 429, so that one client cannot fill the queue the chat users share. Default none.
+   */
+  maxConcurrent?: number;
   log?: (line: string) => void;
 }
 
@@ -92,6 +103,8 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   // A base64 data URL is 4/3 of the image; room for a second (earlier) image and the text.
   const maxBody = Math.ceil((maxImageBytes * 4) / 3) * 2 + 1024 * 1024;
   const active = new Set<AbortController>();
+  /** requests in progress per key (`maxConcurrent`) */
+  const inProgress = new Map<string, number>();
   let loopbackNames = new Set<string>();
 
   const server: Server = createServer((req, res) => {
@@ -206,6 +219,8 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     }
     const parsed = parseChatRequest(body);
     if (parsed.model !== opts.model.id) throw unknownModel(parsed.model);
+    const key = keyIndex >= 0 ? `key${keyIndex + 1}` : 'local';
+    await admit(key, res);
 
     const controller = new AbortController();
     active.add(controller);
@@ -221,7 +236,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       const ids: CompletionIds = { id: `chatcmpl-${requestId}`, created: Math.floor(Date.now() / 1000), model: opts.model.id };
       const request: ConversationRequest = {
         // Every request is its own conversation: the messages carry the history; the key only schedules it.
-        key: { platform: 'api', workspace: keyIndex >= 0 ? `key${keyIndex + 1}` : 'local', channel: 'v1', thread: requestId },
+        key: { platform: 'api', workspace: key, channel: 'v1', thread: requestId },
         user: parsed.user ?? 'api',
         text: parsed.text,
         history: parsed.history,
@@ -236,6 +251,41 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     } finally {
       active.delete(controller);
     }
+  }
+
+  /**
+   * Throws 429 when `key` is over its limits; else counts the request as in progress until `res` closes (and against
+   * the rate limit's window: a refused one is not counted).
+   */
+  async function admit(key: string, res: ServerResponse): Promise<void> {
+    const cap = opts.maxConcurrent;
+    const held = inProgress.get(key) ?? 0;
+    if (cap && held >= cap) {
+      log(`api: ${key}: refused, ${cap} request(s) of it in progress`);
+      throw tooManyRequests(
+        'too_many_concurrent_requests',
+        `This API key has ${cap} request${cap === 1 ? '' : 's'} in progress, the most this server takes at once from one key: send the next when one has finished.`,
+        1000,
+      );
+    }
+    // (counted before the rate limit's await, so that requests arriving together cannot all pass the cap)
+    inProgress.set(key, held + 1);
+    res.once('close', () => {
+      const n = (inProgress.get(key) ?? 1) - 1;
+      if (n > 0) inProgress.set(key, n);
+      else inProgress.delete(key);
+    });
+    const rl = opts.rateLimit;
+    if (!rl) return;
+    const r = await rl.limiter.take(key);
+    if (r.ok) return;
+    const s = Math.max(1, Math.ceil(r.retryAfterMs / 1000));
+    if (await rl.limiter.shouldWarn(key)) log(`api: ${key}: over its rate limit (${rl.max} per ${rl.windowMs / 1000} s)`);
+    throw tooManyRequests(
+      'rate_limit_exceeded',
+      `Rate limit reached for this API key: ${rl.max} request${rl.max === 1 ? '' : 's'} per ${rl.windowMs / 1000} s. Please try again in ${s} s.`,
+      r.retryAfterMs,
+    );
   }
 
   /**

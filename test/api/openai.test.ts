@@ -1,7 +1,7 @@
 // The OpenAI-compatible API driven by the official `openai` SDK: the embedded demo model (models/demo) behind the
 // real conversation manager, greedy answers compared with the same questions asked through a chat thread and
 // through the model directly, streaming, grounding boxes, KV-cache reuse across stateless requests, errors, auth.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -14,6 +14,8 @@ import { ConversationManager, type AnswerEvent, type ConversationRequest } from 
 import { gridToPixels, parseGrounding } from '../../src/grounding/parse.js';
 import { renderExamples, type Example } from '../../adapters/web/examples.js';
 import { startApiServer, type ApiServer } from '../../adapters/api/server.js';
+import { UserRateLimiter } from '../../adapters/shared/rate-limit.js';
+import { slowSteps } from '../helpers/slow-steps.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const DEMO = join(ROOT, 'models', 'demo');
@@ -467,6 +469,79 @@ describe('OpenAI API: errors', () => {
     } finally {
       await one.close();
       await tight.close();
+    }
+  });
+
+  it('limits each key to API_RATE_LIMIT requests per window: 429 with the wait, the other keys unaffected', async () => {
+    const logs: string[] = [];
+    const limited = await startApiServer({
+      manager,
+      port: 0,
+      keys: ['key-one', 'key-two'],
+      rateLimit: { limiter: new UserRateLimiter(2, 60_000), max: 2, windowMs: 60_000 },
+      model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' },
+      log: (l) => logs.push(l),
+    });
+    try {
+      const as = (apiKey: string) => new OpenAI({ baseURL: limited.url, apiKey, maxRetries: 0 });
+      // (a request refused for its parameters is not counted)
+      await expectApiError(ask({ n: 2 }, as('key-one')), 400, 'unsupported_value', 'n');
+      for (let i = 0; i < 2; i++) expect((await ask({ ...GREEDY, max_tokens: 2 }, as('key-one'))).choices[0].message.content).toBeTruthy();
+      const e = await expectApiError(ask({ ...GREEDY, max_tokens: 2 }, as('key-one')), 429, 'rate_limit_exceeded');
+      expect(e).toBeInstanceOf(OpenAI.RateLimitError);
+      expect(e.type).toBe('requests');
+      expect(e.message).toMatch(/^429 Rate limit reached for this API key: 2 requests per 60 s\. Please try again in \d+ s\.$/);
+      const ms = Number(e.headers?.get('retry-after-ms'));
+      expect(ms).toBeGreaterThan(50_000);
+      expect(ms).toBeLessThanOrEqual(60_000);
+      expect(e.headers?.get('retry-after')).toBe(String(Math.ceil(ms / 1000)));
+      expect((await ask({ ...GREEDY, max_tokens: 2 }, as('key-two'))).choices[0].message.content).toBeTruthy();
+      expect(logs.filter((l) => l.includes('over its rate limit'))).toEqual(['api: key1: over its rate limit (2 per 60 s)']);
+    } finally {
+      await limited.close();
+    }
+  });
+
+  it('takes at most API_MAX_CONCURRENT requests of a key at once: 429, which the SDK retries by itself after the wait', async () => {
+    const logs: string[] = [];
+    const capped = await startApiServer({
+      manager,
+      port: 0,
+      keys: ['key-one', 'key-two'],
+      maxConcurrent: 1,
+      model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' },
+      log: (l) => logs.push(l),
+    });
+    const refusals = () => logs.filter((l) => l === 'api: key1: refused, 1 request(s) of it in progress').length;
+    // (the first answer lasts: its decoding steps slowed)
+    const slow = slowSteps(model, 50);
+    try {
+      const as = (apiKey: string, maxRetries = 0) => new OpenAI({ baseURL: capped.url, apiKey, maxRetries });
+      const { stream } = await runningStream(as('key-one'));
+      const e = await expectApiError(ask({ ...GREEDY, max_tokens: 2 }, as('key-one')), 429, 'too_many_concurrent_requests');
+      expect(e.headers?.get('retry-after-ms')).toBe('1000');
+      expect(e.headers?.get('retry-after')).toBe('1');
+      // another key is not held back (answered in its turn)
+      const other = ask({ ...GREEDY, max_tokens: 2 }, as('key-two'));
+      // refused while the stream runs; the SDK tries again after the second it was told, when the stream has ended
+      const retried = as('key-one', 2)
+        .chat.completions.create({
+          model: 'minigpt-demo',
+          messages: [{ role: 'user', content: withImage('what is this?') }],
+          ...GREEDY,
+          max_tokens: 2,
+        })
+        .withResponse();
+      await vi.waitFor(() => expect(refusals()).toBe(2), { timeout: 5000 });
+      stream.controller.abort();
+      const { data, response } = await retried;
+      expect(data.choices[0].message.content).toBeTruthy();
+      expect(response.status).toBe(200);
+      expect(refusals()).toBe(2);
+      expect((await other).choices[0].message.content).toBeTruthy();
+    } finally {
+      slow.restore();
+      await capped.close();
     }
   });
 

@@ -62,6 +62,34 @@ describe('serve() with API_PORT', () => {
     await expect(refused).rejects.toThrow(ServeError);
     await expect(refused).rejects.toThrow(/API_HOST=0\.0\.0\.0 without MINIGPT_API_KEYS/);
     await expect(serve({ env: { MINIGPT_CONFIG: missing, API_PORT: 'eighty' }, log: () => {} })).rejects.toThrow(/API_PORT=eighty/);
+    await expect(serve({ env: { MINIGPT_CONFIG: missing, API_PORT: '0', API_RATE_LIMIT: 'lots' }, log: () => {} })).rejects.toThrow(
+      /API_RATE_LIMIT=lots: expected N\/SECONDS/,
+    );
+    await expect(serve({ env: { MINIGPT_CONFIG: missing, API_PORT: '0', API_MAX_CONCURRENT: '-1' }, log: () => {} })).rejects.toThrow(
+      /API_MAX_CONCURRENT=-1: expected a whole number/,
+    );
+  });
+
+  it('limits each key as API_RATE_LIMIT says, and says so at start', async () => {
+    const logs: string[] = [];
+    const bot = await serve({
+      env: { MINIGPT_CONFIG: files.config, API_PORT: '0', MINIGPT_API_KEYS: 'k-1,k-2', API_RATE_LIMIT: '1/60', API_MAX_CONCURRENT: '2' },
+      log: (l) => logs.push(l),
+    });
+    try {
+      expect(logs.find((l) => l.includes('OpenAI-compatible API on'))).toMatch(/; per key: 1 requests per 60 s, 2 at once\)$/);
+      const ask = (key: string) =>
+        new OpenAI({ baseURL: bot.apiUrl, apiKey: key, maxRetries: 0 }).chat.completions.create({
+          model: 'demo',
+          messages: [{ role: 'user', content: 'hello' }],
+          max_tokens: 2,
+        });
+      expect((await ask('k-1')).choices[0].message.content).toBeDefined();
+      await expect(ask('k-1')).rejects.toBeInstanceOf(OpenAI.RateLimitError);
+      expect((await ask('k-2')).choices[0].message.content).toBeDefined();
+    } finally {
+      await bot.close();
+    }
   });
 
   it('says on the page and in /v1/models when the test hook forces the answers', async () => {
