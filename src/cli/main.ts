@@ -9,7 +9,8 @@ import { providerOption } from './options.js';
 import { runAsk } from './ask.js';
 import { registerEvalCommands } from './eval-commands.js';
 import { registerBenchCommand } from './bench.js';
-import { convertOptionsFromConfig, DEFAULT_CONFIG, loadConfig, type ConvertFlags } from '../config.js';
+import { convertOptionsFromConfig, DEFAULT_CONFIG, loadConfig, type BotConfig, type ConvertFlags } from '../config.js';
+import type { GenerationOptions } from '../inference/generation/index.js';
 
 function int(name: string) {
   return (v: string): number => {
@@ -28,6 +29,62 @@ function num(name: string, min: number, max: number) {
 }
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
+
+/** The model and generation options of the commands that answer (`ask`, `chat`). */
+function withAnswerOptions(cmd: Command): Command {
+  return cmd
+    .option('--model <dir>', "model package (default: the config's package)")
+    .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
+    .option('--max-new-tokens <n>', 'longest answer in tokens (default 300)', int('--max-new-tokens'))
+    .option('--temperature <t>', 'sampling temperature; 0 = greedy (default 0.6)', num('--temperature', 0, 10))
+    .option('--top-p <p>', 'nucleus sampling mass (default 0.9)', num('--top-p', 0, 1))
+    .option('--top-k <k>', 'keep the k most likely tokens', int('--top-k'))
+    .option('--repetition-penalty <r>', 'HF repetition penalty (default 1.05)', num('--repetition-penalty', 0.01, 10))
+    .option('--num-beams <n>', 'beam search width (default 1 = none)', int('--num-beams'))
+    .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10))
+    .addOption(providerOption('EXECUTION_PROVIDER, then the config'));
+}
+
+interface AnswerFlags {
+  model?: string;
+  config?: string;
+  maxNewTokens?: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  repetitionPenalty?: number;
+  numBeams?: number;
+  seed?: number;
+}
+
+/** The config (none for --model alone: it needs none) and the generation settings: the flags over the config's. */
+async function answerSettings(o: AnswerFlags): Promise<{ cfg: BotConfig | null; generation: Partial<GenerationOptions> }> {
+  const cfg = o.model && !o.config ? null : await loadConfig(o.config ?? process.env.MINIGPT_CONFIG ?? DEFAULT_CONFIG);
+  const m = cfg?.model;
+  const temperature: number = o.temperature ?? m?.temperature ?? 0.6;
+  return {
+    cfg,
+    generation: {
+      maxNewTokens: o.maxNewTokens ?? m?.max_new_tokens ?? 300,
+      temperature,
+      doSample: temperature > 0,
+      topP: o.topP ?? m?.top_p ?? 0.9,
+      topK: o.topK,
+      repetitionPenalty: o.repetitionPenalty ?? m?.repetition_penalty ?? 1.05,
+      numBeams: o.numBeams ?? m?.num_beams ?? 1,
+      seed: o.seed,
+      ...(m?.end_sym ? { stopStrings: [m.end_sym] } : {}),
+    },
+  };
+}
+
+async function readImageOption(file: string): Promise<Buffer> {
+  try {
+    return await readFile(file);
+  } catch (e) {
+    throw new Error(`cannot read --image ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
 
 export function buildProgram(): Command {
   const program = new Command('minigpt').description('MiniGPT-v2 / MiniGPT-4 on onnxruntime-node').showHelpAfterError().exitOverride();
@@ -203,38 +260,22 @@ export function buildProgram(): Command {
       if (!report.ok) process.exitCode = 1;
     });
 
-  program
-    .command('ask')
-    .description('answer one prompt about an image, streamed to the terminal')
-    .requiredOption('--image <file>', 'image file (PNG, JPEG, WebP, GIF, ...)')
-    .option('--model <dir>', "model package (default: the config's package)")
-    .option('--config <file>', `YAML config (default: MINIGPT_CONFIG or ${DEFAULT_CONFIG})`)
-    .option('--json', 'print one JSON object (text, entities with pixel boxes, token ids, timings) instead of streaming')
-    .option('--annotate <out>', "write the image with the answer's boxes drawn (PNG; JPEG for .jpg)")
-    .option('--max-new-tokens <n>', 'longest answer in tokens (default 300)', int('--max-new-tokens'))
-    .option('--temperature <t>', 'sampling temperature; 0 = greedy (default 0.6)', num('--temperature', 0, 10))
-    .option('--top-p <p>', 'nucleus sampling mass (default 0.9)', num('--top-p', 0, 1))
-    .option('--top-k <k>', 'keep the k most likely tokens', int('--top-k'))
-    .option('--repetition-penalty <r>', 'HF repetition penalty (default 1.05)', num('--repetition-penalty', 0.01, 10))
-    .option('--num-beams <n>', 'beam search width (default 1 = none)', int('--num-beams'))
-    .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10))
-    .addOption(providerOption('EXECUTION_PROVIDER, then the config'))
+  withAnswerOptions(
+    program
+      .command('ask')
+      .description('answer one prompt about an image, streamed to the terminal')
+      .requiredOption('--image <file>', 'image file (PNG, JPEG, WebP, GIF, ...)')
+      .option('--json', 'print one JSON object (text, entities with pixel boxes, token ids, timings) instead of streaming')
+      .option('--annotate <out>', "write the image with the answer's boxes drawn (PNG; JPEG for .jpg)"),
+  )
     .option(
       '--profile <dir>',
       "write onnxruntime's profile of each graph to <dir> and report where the time went, per graph and kind of run",
     )
     .argument('<prompt>', 'the question or task, e.g. "[grounding] describe this image"')
     .action(async (prompt: string, o) => {
-      let image: Buffer;
-      try {
-        image = await readFile(o.image);
-      } catch (e) {
-        throw new Error(`cannot read --image ${o.image}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-      }
-      // --model alone needs no config; otherwise the config supplies the package and the defaults.
-      const cfg = o.model && !o.config ? null : await loadConfig(o.config ?? process.env.MINIGPT_CONFIG ?? DEFAULT_CONFIG);
-      const m = cfg?.model;
-      const temperature: number = o.temperature ?? m?.temperature ?? 0.6;
+      const image = await readImageOption(o.image);
+      const { cfg, generation } = await answerSettings(o);
       const controller = new AbortController();
       const onSigint = () => controller.abort();
       process.once('SIGINT', onSigint);
@@ -248,17 +289,7 @@ export function buildProgram(): Command {
           provider: parseProviderChoice(o.provider ?? process.env.EXECUTION_PROVIDER ?? cfg?.runtime.execution_provider),
           threads: cfg?.runtime.threads,
           profileDir: o.profile,
-          generation: {
-            maxNewTokens: o.maxNewTokens ?? m?.max_new_tokens ?? 300,
-            temperature,
-            doSample: temperature > 0,
-            topP: o.topP ?? m?.top_p ?? 0.9,
-            topK: o.topK,
-            repetitionPenalty: o.repetitionPenalty ?? m?.repetition_penalty ?? 1.05,
-            numBeams: o.numBeams ?? m?.num_beams ?? 1,
-            seed: o.seed,
-            ...(m?.end_sym ? { stopStrings: [m.end_sym] } : {}),
-          },
+          generation,
           signal: controller.signal,
           log,
           write: (s) => process.stdout.write(s),
@@ -267,6 +298,32 @@ export function buildProgram(): Command {
         process.off('SIGINT', onSigint);
       }
     });
+
+  withAnswerOptions(
+    program
+      .command('chat')
+      .description(
+        'a conversation in the terminal, as in a chat thread: questions one a line (typed, or piped in), answers streamed; follow-ups keep the image (/image, /reset, /help)',
+      )
+      .option('--image <file>', "the first question's image (or /image <file> in the chat)")
+      .option('--annotate <dir>', "write each answer's image with its boxes drawn to <dir>/answer-<n>.png")
+      .option('--verbose', 'a line of timings after each answer (tokens, prefill reuse, time to first text, decode speed)'),
+  ).action(async (o) => {
+    const image = o.image ? await readImageOption(o.image) : undefined;
+    const { cfg, generation } = await answerSettings(o);
+    const { runTerminalChat } = await import('./chat.js');
+    await runTerminalChat({
+      modelDir: o.model ?? cfg!.packageDir,
+      provider: parseProviderChoice(o.provider ?? process.env.EXECUTION_PROVIDER ?? cfg?.runtime.execution_provider),
+      threads: cfg?.runtime.threads,
+      maxContextLen: cfg?.model.max_context_len,
+      generation,
+      ...(image ? { image } : {}),
+      ...(o.annotate ? { annotateDir: o.annotate } : {}),
+      verbose: Boolean(o.verbose),
+      log,
+    });
+  });
 
   registerEvalCommands(program, log);
   registerBenchCommand(program, log);
