@@ -17,6 +17,7 @@ import { BotMetrics } from './observe/metrics.js';
 import { startMetricsServer, type MetricsServer, type MetricsSettings } from './observe/server.js';
 import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
 import { DEFAULT_API_HOST, startApiServer } from '../adapters/api/server.js';
+import { CorsPolicy } from '../adapters/api/cors.js';
 
 /** A started adapter. */
 export interface RunningAdapter {
@@ -139,6 +140,7 @@ export async function startAdapters(
       imageHosts: api.imageHosts,
       ...(api.rateLimit ? { rateLimit: { limiter: userLimiter('api', api.rateLimit, rateLimiter)!, ...api.rateLimit } } : {}),
       ...(api.maxConcurrent ? { maxConcurrent: api.maxConcurrent } : {}),
+      corsOrigins: api.corsOrigins,
       model: {
         id,
         created: o.model.created,
@@ -155,8 +157,9 @@ export async function startAdapters(
       ...(api.rateLimit ? [`${api.rateLimit.max} requests per ${api.rateLimit.windowMs / 1000} s`] : []),
       ...(api.maxConcurrent ? [`${api.maxConcurrent} at once`] : []),
     ];
+    const pages = api.corsOrigins.length ? `; pages from ${api.corsOrigins.join(', ')}` : '';
     log(
-      `minigpt: OpenAI-compatible API on ${server.url} (model id "${id}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'}${limits.length ? `; per key: ${limits.join(', ')}` : ''})`,
+      `minigpt: OpenAI-compatible API on ${server.url} (model id "${id}", ${api.keys.length ? `${api.keys.length} key(s)` : 'no keys: loopback only'}${limits.length ? `; per key: ${limits.join(', ')}` : ''}${pages})`,
     );
   }
   return { ...(webUrl ? { webUrl } : {}), ...(apiUrl ? { apiUrl } : {}) };
@@ -366,6 +369,12 @@ export function apiSettings(env: NodeJS.ProcessEnv) {
   const concurrent = env.API_MAX_CONCURRENT?.trim();
   if (concurrent && !/^\d+$/.test(concurrent))
     throw new ServeError(`API_MAX_CONCURRENT=${concurrent}: expected a whole number of requests (0: no limit)`);
+  const corsOrigins = list(env.API_CORS_ORIGINS);
+  try {
+    new CorsPolicy(corsOrigins, keys.length > 0); // (its refusals before the model loads)
+  } catch (err) {
+    throw new ServeError((err as Error).message);
+  }
   return {
     port,
     host,
@@ -374,6 +383,7 @@ export function apiSettings(env: NodeJS.ProcessEnv) {
     modelId: env.API_MODEL_ID?.trim() || undefined,
     rateLimit,
     maxConcurrent: concurrent ? Number(concurrent) : 0,
+    corsOrigins,
   };
 }
 

@@ -15,6 +15,7 @@ import type { AddressInfo } from 'node:net';
 import type { ConversationRequest } from '../../src/conversation/index.js';
 import { ApiError, badRequest, tooManyRequests } from './errors.js';
 import type { RateLimiter } from '../shared/rate-limit.js';
+import { CorsPolicy } from './cors.js';
 import { parseChatRequest } from './request.js';
 import { imageBytes } from './images.js';
 import {
@@ -73,6 +74,8 @@ export interface ApiServerOptions {
    * refused with 429, so that one client cannot fill the queue the chat users share. Default none.
    */
   maxConcurrent?: number;
+  /** origins whose pages may call the API from a browser (API_CORS_ORIGINS, CorsPolicy); default none; `*` needs `keys` */
+  corsOrigins?: readonly string[];
   log?: (line: string) => void;
 }
 
@@ -98,6 +101,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     );
   }
   const keyDigests = keys.map(digest);
+  const cors = new CorsPolicy(opts.corsOrigins ?? [], keys.length > 0);
   const log = opts.log ?? (() => {});
   const maxImageBytes = opts.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES;
   // A base64 data URL is 4/3 of the image; room for a second (earlier) image and the text.
@@ -108,6 +112,9 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   let loopbackNames = new Set<string>();
 
   const server: Server = createServer((req, res) => {
+    // (on every answer to an allowed page, errors included: its script reads them)
+    const origin = req.headers.origin;
+    if (cors.allows(origin)) for (const [k, v] of Object.entries(cors.responseHeaders(origin))) res.setHeader(k, v);
     handle(req, res).catch((err: unknown) => {
       // Refused before its body was read: read and drop the rest (bounded), so that the client sees the answer.
       if (!req.complete && req.listenerCount('data') === 0) drainRefused(req, res);
@@ -121,6 +128,8 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   server.headersTimeout = 30_000;
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    // (a browser's preflight carries no key: it asks whether the page may send one)
+    if (req.method === 'OPTIONS') return preflight(req, res);
     const keyIndex = authorize(req);
     const path = new URL(req.url ?? '/', 'http://localhost').pathname.replace(/\/+$/, '');
     if (path === '/v1/models') {
@@ -151,14 +160,44 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     );
   }
 
+  /** Without keys, only loopback Host names are answered (no DNS rebinding); throws 421. */
+  function checkHost(req: IncomingMessage): void {
+    if (keyDigests.length > 0) return;
+    const h = (req.headers.host ?? '').toLowerCase();
+    if (!loopbackNames.has(h))
+      throw new ApiError(421, 'invalid_request_error', 'bad_host', `this server does not answer for host "${h.slice(0, 100)}"`);
+  }
+
+  /** A browser's CORS preflight: granted to the pages of API_CORS_ORIGINS only. */
+  function preflight(req: IncomingMessage, res: ServerResponse): void {
+    checkHost(req);
+    const origin = req.headers.origin;
+    if (!cors.allows(origin))
+      throw new ApiError(
+        403,
+        'invalid_request_error',
+        'origin_not_allowed',
+        cors.enabled
+          ? `pages from ${String(origin).slice(0, 100)} may not use this API (API_CORS_ORIGINS)`
+          : 'this API takes no requests from web pages on other origins (API_CORS_ORIGINS is not set)',
+      );
+    const method = req.headers['access-control-request-method'];
+    const headers = cors.preflightHeaders(origin, method, req.headers['access-control-request-headers']);
+    if (!headers)
+      throw new ApiError(
+        403,
+        'invalid_request_error',
+        'cors_request_not_allowed',
+        'only GET and POST, with plain header names, are let through',
+      );
+    res.writeHead(204, { ...HEADERS, ...headers });
+    res.end();
+  }
+
   /** The index of the key used (-1 without keys); throws 401/421. */
   function authorize(req: IncomingMessage): number {
-    if (keyDigests.length === 0) {
-      const h = (req.headers.host ?? '').toLowerCase();
-      if (!loopbackNames.has(h))
-        throw new ApiError(421, 'invalid_request_error', 'bad_host', `this server does not answer for host "${h.slice(0, 100)}"`);
-      return -1;
-    }
+    checkHost(req);
+    if (keyDigests.length === 0) return -1;
     const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
     if (m) {
       const d = digest(m[1]);

@@ -68,16 +68,28 @@ describe('serve() with API_PORT', () => {
     await expect(serve({ env: { MINIGPT_CONFIG: missing, API_PORT: '0', API_MAX_CONCURRENT: '-1' }, log: () => {} })).rejects.toThrow(
       /API_MAX_CONCURRENT=-1: expected a whole number/,
     );
+    await expect(serve({ env: { MINIGPT_CONFIG: missing, API_PORT: '0', API_CORS_ORIGINS: '*' }, log: () => {} })).rejects.toThrow(
+      /API_CORS_ORIGINS=\* without MINIGPT_API_KEYS/,
+    );
   });
 
-  it('limits each key as API_RATE_LIMIT says, and says so at start', async () => {
+  it('limits each key as API_RATE_LIMIT says, lets in the pages of API_CORS_ORIGINS, and says so at start', async () => {
     const logs: string[] = [];
     const bot = await serve({
-      env: { MINIGPT_CONFIG: files.config, API_PORT: '0', MINIGPT_API_KEYS: 'k-1,k-2', API_RATE_LIMIT: '1/60', API_MAX_CONCURRENT: '2' },
+      env: {
+        MINIGPT_CONFIG: files.config,
+        API_PORT: '0',
+        MINIGPT_API_KEYS: 'k-1,k-2',
+        API_RATE_LIMIT: '1/60',
+        API_MAX_CONCURRENT: '2',
+        API_CORS_ORIGINS: 'http://localhost:3000',
+      },
       log: (l) => logs.push(l),
     });
     try {
-      expect(logs.find((l) => l.includes('OpenAI-compatible API on'))).toMatch(/; per key: 1 requests per 60 s, 2 at once\)$/);
+      expect(logs.find((l) => l.includes('OpenAI-compatible API on'))).toMatch(
+        /; per key: 1 requests per 60 s, 2 at once; pages from http:\/\/localhost:3000\)$/,
+      );
       const ask = (key: string) =>
         new OpenAI({ baseURL: bot.apiUrl, apiKey: key, maxRetries: 0 }).chat.completions.create({
           model: 'demo',
@@ -87,6 +99,8 @@ describe('serve() with API_PORT', () => {
       expect((await ask('k-1')).choices[0].message.content).toBeDefined();
       await expect(ask('k-1')).rejects.toBeInstanceOf(OpenAI.RateLimitError);
       expect((await ask('k-2')).choices[0].message.content).toBeDefined();
+      const models = await fetch(`${bot.apiUrl}/models`, { headers: { origin: 'http://localhost:3000', authorization: 'Bearer k-1' } });
+      expect(models.headers.get('access-control-allow-origin')).toBe('http://localhost:3000');
     } finally {
       await bot.close();
     }
