@@ -26,6 +26,11 @@ export interface ChatOptions {
   annotateDir?: string;
   /** a line of timings after each answer (`--verbose`) */
   verbose?: boolean;
+  /**
+   * A question whose first text has not come this long after it was sent gets a line saying the model is at work
+   * (a 7B model on a CPU looks at a new image for tens of seconds); default none (piped questions: no such lines).
+   */
+  noticeAfterMs?: number;
   /** the answers (stdout) */
   write(text: string): void;
   /** everything else: notices, errors, timings (stderr) */
@@ -125,13 +130,22 @@ export class TerminalChat {
       ...(image ? { image } : {}),
     };
     let written = false;
+    let started = false;
     const endLine = () => {
       if (written) this.o.write('\n');
       written = false;
     };
+    const notice =
+      this.o.noticeAfterMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            if (!written && !controller.signal.aborted)
+              this.o.log(image ? '(looking at the image…)' : started ? '(thinking…)' : '(waiting for the model…)');
+          }, this.o.noticeAfterMs);
     try {
       for await (const ev of this.o.manager.handle(request)) {
-        if (ev.type === 'text') {
+        if (ev.type === 'started') started = true;
+        else if (ev.type === 'text') {
           this.o.write(ev.text);
           written = written || ev.text.length > 0;
         } else if (ev.type === 'final') {
@@ -152,6 +166,7 @@ export class TerminalChat {
         }
       }
     } finally {
+      clearTimeout(notice);
       endLine();
       this.answering = undefined;
     }
@@ -207,6 +222,7 @@ export async function runTerminalChat(o: TerminalChatOptions): Promise<void> {
     ...(o.image ? { image: o.image } : {}),
     ...(o.annotateDir ? { annotateDir: o.annotateDir } : {}),
     verbose: o.verbose,
+    ...(interactive ? { noticeAfterMs: 1000 } : {}),
     write: (text) => process.stdout.write(text),
     log: o.log,
   });

@@ -12,6 +12,7 @@ import { ConversationManager, type ConversationRequest } from '../../src/convers
 import { entitiesToPixels, parseGrounding } from '../../src/grounding/parse.js';
 import { MiniGPT } from '../../src/inference/model.js';
 import { BIN, ROOT } from '../helpers/cli.js';
+import { TerminalChat, type ChatManager } from '../../src/cli/chat.js';
 import { tempDirPerFile } from '../helpers/temp-dir.js';
 
 const DEMO = join(ROOT, 'models', 'demo');
@@ -171,4 +172,36 @@ describe('minigpt chat', () => {
     c.signal('SIGINT');
     expect(await c.exited).toBe(0);
   }, 60_000);
+});
+
+describe('TerminalChat', () => {
+  // (the manager's events scripted: the first text `delayMs` after the answer starts)
+  const scripted = (delayMs: number): ChatManager => ({
+    async *handle() {
+      yield { type: 'started' };
+      await new Promise((r) => setTimeout(r, delayMs));
+      yield { type: 'text', text: 'the answer' };
+      yield { type: 'final', text: 'the answer', entities: [], finishReason: 'stop' };
+    },
+    reset: async () => undefined,
+  });
+  const run = async (delayMs: number, image?: Buffer) => {
+    const out: string[] = [];
+    const log: string[] = [];
+    const chat = new TerminalChat({
+      manager: scripted(delayMs),
+      ...(image ? { image } : {}),
+      noticeAfterMs: 200,
+      write: (t) => out.push(t),
+      log: (l) => log.push(l),
+    });
+    await chat.line('what is this?');
+    return { out: out.join(''), log };
+  };
+
+  it('says the model is at work when the first text is slow to come (a terminal), and nothing when it is not', async () => {
+    expect(await run(600, pngs[grounding.id])).toEqual({ out: 'the answer\n', log: ['(looking at the image…)'] });
+    expect(await run(600)).toEqual({ out: 'the answer\n', log: ['(thinking…)'] });
+    expect(await run(0)).toEqual({ out: 'the answer\n', log: [] });
+  });
 });
