@@ -13,7 +13,7 @@ import { promptSegmentIds } from '../../src/inference/context.js';
 import { ConversationManager, type AnswerEvent, type ConversationRequest } from '../../src/conversation/index.js';
 import { gridToPixels, parseGrounding } from '../../src/grounding/parse.js';
 import { renderExamples, type Example } from '../../adapters/web/examples.js';
-import { startApiServer, type ApiServer } from '../../adapters/api/server.js';
+import { startApiServer, type ApiServer, type ApiServerOptions } from '../../adapters/api/server.js';
 import { UserRateLimiter } from '../../adapters/shared/rate-limit.js';
 import { slowSteps } from '../helpers/slow-steps.js';
 
@@ -472,18 +472,30 @@ describe('OpenAI API: errors', () => {
     }
   });
 
-  it('limits each key to API_RATE_LIMIT requests per window: 429 with the wait, the other keys unaffected', async () => {
+  /** An API server with the keys `key-one` and `key-two` and `extra`: its log, and a client for a key. */
+  async function keyedServer(extra: Partial<ApiServerOptions>) {
     const logs: string[] = [];
-    const limited = await startApiServer({
+    const server = await startApiServer({
       manager,
       port: 0,
       keys: ['key-one', 'key-two'],
-      rateLimit: { limiter: new UserRateLimiter(2, 60_000), max: 2, windowMs: 60_000 },
       model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' },
       log: (l) => logs.push(l),
+      ...extra,
+    });
+    const as = (apiKey: string, maxRetries = 0) => new OpenAI({ baseURL: server.url, apiKey, maxRetries });
+    return { server, logs, as };
+  }
+
+  it('limits each key to API_RATE_LIMIT requests per window: 429 with the wait, the other keys unaffected', async () => {
+    const {
+      server: limited,
+      logs,
+      as,
+    } = await keyedServer({
+      rateLimit: { limiter: new UserRateLimiter(2, 60_000), max: 2, windowMs: 60_000 },
     });
     try {
-      const as = (apiKey: string) => new OpenAI({ baseURL: limited.url, apiKey, maxRetries: 0 });
       // (a request refused for its parameters is not counted)
       await expectApiError(ask({ n: 2 }, as('key-one')), 400, 'unsupported_value', 'n');
       for (let i = 0; i < 2; i++) expect((await ask({ ...GREEDY, max_tokens: 2 }, as('key-one'))).choices[0].message.content).toBeTruthy();
@@ -503,20 +515,11 @@ describe('OpenAI API: errors', () => {
   });
 
   it('takes at most API_MAX_CONCURRENT requests of a key at once: 429, which the SDK retries by itself after the wait', async () => {
-    const logs: string[] = [];
-    const capped = await startApiServer({
-      manager,
-      port: 0,
-      keys: ['key-one', 'key-two'],
-      maxConcurrent: 1,
-      model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' },
-      log: (l) => logs.push(l),
-    });
+    const { server: capped, logs, as } = await keyedServer({ maxConcurrent: 1 });
     const refusals = () => logs.filter((l) => l === 'api: key1: refused, 1 request(s) of it in progress').length;
     // (the first answer lasts: its decoding steps slowed)
     const slow = slowSteps(model, 50);
     try {
-      const as = (apiKey: string, maxRetries = 0) => new OpenAI({ baseURL: capped.url, apiKey, maxRetries });
       const { stream } = await runningStream(as('key-one'));
       const e = await expectApiError(ask({ ...GREEDY, max_tokens: 2 }, as('key-one')), 429, 'too_many_concurrent_requests');
       expect(e.headers?.get('retry-after-ms')).toBe('1000');
