@@ -7,7 +7,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { ConversationManager, type AnswerEvent, type ConversationKey, type ConversationRequest } from '../conversation/index.js';
-import { entitiesToPixels, parseGrounding } from '../grounding/parse.js';
+import { entitiesToPixels, type Entity } from '../grounding/parse.js';
 import type { GenerationOptions } from '../inference/generation/index.js';
 import { MiniGPT } from '../inference/model.js';
 import type { ProviderChoice } from '../inference/providers.js';
@@ -60,11 +60,6 @@ export class TerminalChat {
 
   constructor(private readonly o: ChatOptions) {
     this.image = o.image;
-  }
-
-  /** whether an answer is being written (Ctrl-C then stops it) */
-  get busy(): boolean {
-    return this.answering !== undefined;
   }
 
   /** Stops the answer being written; false when there is none. */
@@ -150,12 +145,17 @@ export class TerminalChat {
           written = written || ev.text.length > 0;
         } else if (ev.type === 'final') {
           endLine();
-          if (ev.image && ev.entities.length > 0) this.o.log(boxesLine(ev.text, ev.image));
+          if (ev.image && ev.entities.length > 0) this.o.log(boxesLine(ev.entities, ev.image));
         } else if (ev.type === 'image' && this.o.annotateDir) {
-          await mkdir(this.o.annotateDir, { recursive: true });
           const file = join(this.o.annotateDir, `answer-${turn}.${ev.mime === 'image/jpeg' ? 'jpg' : 'png'}`);
-          await writeFile(file, ev.data);
-          this.o.log(`(boxes drawn: ${file})`);
+          try {
+            await mkdir(this.o.annotateDir, { recursive: true });
+            await writeFile(file, ev.data);
+            this.o.log(`(boxes drawn: ${file})`);
+          } catch (err) {
+            // (the answer is there; only its picture is missing)
+            this.o.log(`could not write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+          }
         } else if (ev.type === 'timings' && this.o.verbose) {
           this.o.log(timingsLine(ev.timings));
         } else if (ev.type === 'error') {
@@ -174,8 +174,8 @@ export class TerminalChat {
 }
 
 /** The answer's boxes in pixels of the image, one phrase after another. */
-function boxesLine(text: string, image: { width: number; height: number }): string {
-  const entities = entitiesToPixels(parseGrounding(text).entities, image.width, image.height);
+function boxesLine(grid: Entity[], image: { width: number; height: number }): string {
+  const entities = entitiesToPixels(grid, image.width, image.height);
   const parts = entities.flatMap((e) =>
     e.pixelBoxes.map((b) => `${e.phrase ?? '(box)'} [${b.left}, ${b.top}, ${b.left + b.width}, ${b.top + b.height}]`),
   );

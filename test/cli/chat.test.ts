@@ -204,4 +204,27 @@ describe('TerminalChat', () => {
     expect(await run(600)).toEqual({ out: 'the answer\n', log: ['(thinking…)'] });
     expect(await run(0)).toEqual({ out: 'the answer\n', log: [] });
   });
+
+  it('an image it cannot write costs the picture, not the answer or the chat', async () => {
+    const blocker = join(work, 'a-file');
+    await writeFile(blocker, 'not a folder');
+    const log: string[] = [];
+    const out: string[] = [];
+    const chat = new TerminalChat({
+      manager: {
+        async *handle() {
+          yield { type: 'text', text: 'boxed' };
+          yield { type: 'final', text: 'boxed', entities: [], finishReason: 'stop' };
+          yield { type: 'image', data: Buffer.from('png bytes'), mime: 'image/png' };
+        },
+        reset: async () => undefined,
+      },
+      annotateDir: join(blocker, 'boxes'),
+      write: (t) => out.push(t),
+      log: (l) => log.push(l),
+    });
+    expect(await chat.line('where?')).toBe(true);
+    expect(out.join('')).toBe('boxed\n');
+    expect(log).toEqual([`could not write ${join(blocker, 'boxes', 'answer-1.png')}: ENOTDIR`]);
+  });
 });
