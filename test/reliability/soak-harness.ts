@@ -52,6 +52,9 @@ export interface SoakOptions {
   env?: Record<string, string>;
 }
 
+/** A growth figure with its sign. */
+const signed = (mb: number): string => `${mb >= 0 ? '+' : ''}${mb.toFixed(1)}`;
+
 export interface MemSample {
   at: number;
   /** events whose reply had settled by then */
@@ -91,6 +94,11 @@ export interface SoakReport {
   rssAfterWarmupMb: number;
   rssEndMb: number;
   rssGrowthPer1000Mb: number;
+  /**
+   * the same over the second half of the events only: near 0 when RSS has levelled off (the KV cache at its cap,
+   * the arenas grown) however much it rose during the first half, which the figure above averages in
+   */
+  rssSecondHalfPer1000Mb: number;
   exitCode: number | null;
   /** REST calls the bot made to Discord, and Web API calls to Slack (uploads included) */
   platformCalls: { discord: number; slack: number };
@@ -524,6 +532,9 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     const warm = mem.find((m) => m.settled >= sent.length * 0.25) ?? mem[0];
     const end = mem.at(-1) ?? warm;
     const eventsBetween = Math.max(1, (end?.settled ?? 0) - (warm?.settled ?? 0));
+    const half = mem.find((m) => m.settled >= sent.length * 0.5) ?? warm;
+    const perThousand = (from: MemSample | undefined) =>
+      from && end ? ((end.rssMb - from.rssMb) * 1000) / Math.max(1, end.settled - from.settled) : NaN;
     return {
       events: sent.length,
       byKind,
@@ -547,6 +558,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       rssAfterWarmupMb: warm?.rssMb ?? NaN,
       rssEndMb: end?.rssMb ?? NaN,
       rssGrowthPer1000Mb: warm && end ? ((end.rssMb - warm.rssMb) * 1000) / eventsBetween : NaN,
+      rssSecondHalfPer1000Mb: perThousand(half),
       exitCode,
       platformCalls: { discord: discord.calls.length, slack: slack.calls.length },
       botStderrTail: stderr.slice(-4000),
@@ -575,7 +587,7 @@ export function formatReport(rep: SoakReport, title = 'Soak run'): string {
     `- queue wait in the manager (ms): ${p(rep.queueWait)}`,
     `- platform calls: Discord REST ${rep.platformCalls.discord} (${(rep.platformCalls.discord / Math.max(1, (rep.byKind['discord-mention'] ?? 0) + (rep.byKind['discord-followup'] ?? 0) + (rep.byKind['discord-command'] ?? 0))).toFixed(1)} per Discord event), Slack Web API ${rep.platformCalls.slack}`,
     `- processing in the manager (ms): ${p(rep.processing)}`,
-    `- bot RSS: ${rep.rssAfterWarmupMb.toFixed(0)} MB after warm-up (25% of events), ${rep.rssEndMb.toFixed(0)} MB at the end (after a GC): ${rep.rssGrowthPer1000Mb >= 0 ? '+' : ''}${rep.rssGrowthPer1000Mb.toFixed(1)} MB per 1000 events`,
+    `- bot RSS: ${rep.rssAfterWarmupMb.toFixed(0)} MB after warm-up (25% of events), ${rep.rssEndMb.toFixed(0)} MB at the end (after a GC): ${signed(rep.rssGrowthPer1000Mb)} MB per 1000 events; over the second half ${signed(rep.rssSecondHalfPer1000Mb)} MB per 1000`,
     '',
     '| time (s) | events settled | RSS (MB) | JS heap (MB) | external (MB) |',
     '| ---: | ---: | ---: | ---: | ---: |',

@@ -34,6 +34,9 @@ describe('soak (short profile)', () => {
     expect(rep.exitCode).toBe(0);
     // Bounded memory over a short run (the long profile measures the trend).
     expect(rep.rssEndMb - rep.rssAfterWarmupMb, text).toBeLessThan(150);
+    // (the second half's trend is measured from the samples: a figure, reported with the whole run's)
+    expect(Number.isFinite(rep.rssSecondHalfPer1000Mb), text).toBe(true);
+    expect(text).toMatch(/MB per 1000 events; over the second half [+-]\d+\.\d MB per 1000$/m);
   }, 180_000);
 
   it('the long profile runs outside vitest (`npm run soak`): its module graph loads without it', async () => {
