@@ -26,7 +26,6 @@ export const DEFAULT_PROMPT = 'Describe this image.';
 
 const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
-/** The markers to neutralise for a package: the fixed list plus its own template strings. */
 /** How a model's user turns are made (userTurn's options): task tags (MiniGPT-v2), and the markers taken out. */
 export interface TurnRules {
   tasks: boolean;
@@ -38,6 +37,7 @@ export function turnRulesOf(meta: { architecture: string; prompt?: PromptSpec })
   return { tasks: meta.architecture === 'minigpt-v2', markers: markersFor(meta.prompt) };
 }
 
+/** The markers to neutralise for a package: the fixed list plus its own template strings. */
 export function markersFor(spec: PromptSpec | undefined): string[] {
   const extra = spec
     ? [spec.imageToken, spec.imagePlaceholder, spec.separator, ...spec.stopStrings, ...spec.roles.map((r) => r.trim())]
