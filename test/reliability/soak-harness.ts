@@ -531,8 +531,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
     const answeredReqs = [...reqs.values()].filter((q) => q.queueMs !== undefined);
     const warm = mem.find((m) => m.settled >= sent.length * 0.25) ?? mem[0];
     const end = mem.at(-1) ?? warm;
-    const eventsBetween = Math.max(1, (end?.settled ?? 0) - (warm?.settled ?? 0));
     const half = mem.find((m) => m.settled >= sent.length * 0.5) ?? warm;
+    // RSS growth from the sample `from` to the end, per 1000 events settled between them
     const perThousand = (from: MemSample | undefined) =>
       from && end ? ((end.rssMb - from.rssMb) * 1000) / Math.max(1, end.settled - from.settled) : NaN;
     return {
@@ -557,7 +557,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakReport> {
       mem,
       rssAfterWarmupMb: warm?.rssMb ?? NaN,
       rssEndMb: end?.rssMb ?? NaN,
-      rssGrowthPer1000Mb: warm && end ? ((end.rssMb - warm.rssMb) * 1000) / eventsBetween : NaN,
+      rssGrowthPer1000Mb: perThousand(warm),
       rssSecondHalfPer1000Mb: perThousand(half),
       exitCode,
       platformCalls: { discord: discord.calls.length, slack: slack.calls.length },
