@@ -57,6 +57,8 @@ export interface ServedModel {
   dtype?: string;
   /** unix seconds: when the package was written */
   created: number;
+  /** the language model's vocabulary size, where this process has the package (the API checks logit_bias ids against it) */
+  vocabSize?: number;
   /** the test hook forces every answer (MINIGPT_TEST_FORCED_ANSWER): the page and the API say so */
   forcedAnswer?: boolean;
 }
@@ -148,6 +150,7 @@ export async function startAdapters(
         ...(o.model.provider ? { provider: o.model.provider } : {}),
         ...(o.model.dtype ? { dtype: o.model.dtype } : {}),
         ...(o.model.forcedAnswer ? { forcedAnswer: true } : {}),
+        ...(o.model.vocabSize ? { vocabSize: o.model.vocabSize } : {}),
       },
       log,
     });
@@ -589,6 +592,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
       provider: model.provider,
       dtype: model.meta.dtype,
       created,
+      vocabSize: model.meta.llm.vocabSize,
       forcedAnswer: model.forcedAnswer,
     };
     const urls = await startAdapters(

@@ -1,7 +1,7 @@
 // An OpenAI chat completion request -> what the conversation manager takes: the messages array becomes the
 // stateless conversation (earlier exchanges, the image, the question answered), the sampling parameters
 // become generation settings. Anything the server cannot do is refused with a 400 naming the parameter,
-// never silently ignored, except what is harmless to leave out (system messages, penalties of 0, ...).
+// never silently ignored, except what is harmless to leave out (system messages, logprobs: false, ...).
 import type { PriorTurn, RequestGeneration } from '../../src/conversation/index.js';
 import { badRequest } from './errors.js';
 import { LIMITS } from '../../src/conversation/limits.js';
@@ -43,8 +43,11 @@ type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 const present = (v: unknown) => v !== undefined && v !== null;
 
-/** Validates a parsed JSON body. */
-export function parseChatRequest(body: unknown): ChatRequest {
+/**
+ * Validates a parsed JSON body. `vocabSize`: the model's, where this process knows it (a front end without the
+ * package does not): a logit_bias id at or above it is refused.
+ */
+export function parseChatRequest(body: unknown, vocabSize?: number): ChatRequest {
   if (!isObject(body)) throw badRequest('The request body must be a JSON object.');
   const model = body.model;
   if (typeof model !== 'string' || model.length === 0)
@@ -65,6 +68,15 @@ export function parseChatRequest(body: unknown): ChatRequest {
   if (maxTokens !== undefined) generation.maxNewTokens = maxTokens;
   const seed = integerParam(body, 'seed', Number.MIN_SAFE_INTEGER);
   if (seed !== undefined) generation.seed = seed;
+  for (const [param, key] of [
+    ['frequency_penalty', 'frequencyPenalty'],
+    ['presence_penalty', 'presencePenalty'],
+  ] as const) {
+    const v = numberParam(body, param, -2, 2);
+    if (v) generation[key] = v;
+  }
+  const bias = logitBiasParam(body.logit_bias, vocabSize);
+  if (bias) generation.logitBias = bias;
   const stop = stopParam(body.stop);
   if (stop.length > 0) generation.stop = stop;
 
@@ -104,15 +116,8 @@ export function parseChatRequest(body: unknown): ChatRequest {
 function refuseUnsupported(body: Json): void {
   if (present(body.n) && body.n !== 1)
     throw badRequest('n must be 1: this server returns one choice per request', 'n', 'unsupported_value');
-  for (const p of ['frequency_penalty', 'presence_penalty'] as const) {
-    if (present(body[p]) && body[p] !== 0) {
-      throw badRequest(`${p} is not supported (use minigpt.repetition_penalty, upstream MiniGPT's penalty)`, p, 'unsupported_parameter');
-    }
-  }
   if (body.logprobs === true || present(body.top_logprobs))
     throw badRequest('logprobs are not supported by this server', 'logprobs', 'unsupported_parameter');
-  if (isObject(body.logit_bias) && Object.keys(body.logit_bias).length > 0)
-    throw badRequest('logit_bias is not supported by this server', 'logit_bias', 'unsupported_parameter');
   for (const p of ['tools', 'functions'] as const) {
     if (Array.isArray(body[p]) && (body[p] as unknown[]).length > 0)
       throw badRequest(`${p} are not supported: MiniGPT has no tool calling`, p, 'unsupported_parameter');
@@ -146,6 +151,30 @@ function integerParam(obj: Json, name: string, min: number, max = Number.MAX_SAF
     );
   }
   return v;
+}
+
+/** OpenAI's logit_bias: {"<token id>": bias from -100 to 100}; undefined when absent or empty. */
+function logitBiasParam(v: unknown, vocabSize: number | undefined): Record<string, number> | undefined {
+  if (!present(v)) return undefined;
+  if (!isObject(v)) throw badRequest('logit_bias must be an object mapping token ids to biases', 'logit_bias');
+  const entries = Object.entries(v);
+  if (entries.length > LIMITS.logitBias)
+    throw badRequest(`logit_bias takes at most ${LIMITS.logitBias} token ids, got ${entries.length}`, 'logit_bias');
+  if (entries.length === 0) return undefined;
+  const out: Record<string, number> = {};
+  for (const [key, bias] of entries) {
+    const id = /^\d{1,9}$/.test(key) ? Number(key) : Number.NaN;
+    if (!Number.isInteger(id) || (vocabSize !== undefined && id >= vocabSize)) {
+      throw badRequest(
+        `logit_bias: ${JSON.stringify(key)} is not a token id of this model${vocabSize !== undefined ? ` (0 to ${vocabSize - 1})` : ''}`,
+        'logit_bias',
+      );
+    }
+    if (typeof bias !== 'number' || !Number.isFinite(bias) || bias < -100 || bias > 100)
+      throw badRequest(`logit_bias: the bias of token ${key} must be a number from -100 to 100`, 'logit_bias');
+    out[String(id)] = bias;
+  }
+  return out;
 }
 
 function stopParam(v: unknown): string[] {

@@ -49,6 +49,8 @@ export interface ApiModelInfo {
   dtype?: string;
   /** the test hook forces every answer (MINIGPT_TEST_FORCED_ANSWER): /v1/models says so */
   forcedAnswer?: boolean;
+  /** the language model's vocabulary size, where known: logit_bias ids at or above it are refused (400) */
+  vocabSize?: number;
 }
 
 export interface ApiServerOptions {
@@ -256,7 +258,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
     } catch {
       throw badRequest('We could not parse the JSON body of your request.', null, 'invalid_json');
     }
-    const parsed = parseChatRequest(body);
+    const parsed = parseChatRequest(body, opts.model.vocabSize);
     if (parsed.model !== opts.model.id) throw unknownModel(parsed.model);
     const key = keyIndex >= 0 ? `key${keyIndex + 1}` : 'local';
     await admit(key, res);

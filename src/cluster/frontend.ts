@@ -35,6 +35,7 @@ import {
   PROTOCOL,
   PROTOCOL_EDIT,
   PROTOCOL_FORGET_QUESTION,
+  PROTOCOL_OPENAI_SAMPLING,
   PROTOCOL_REGENERATE,
   PROTOCOL_RESET_BY,
   publishForgotten,
@@ -74,8 +75,16 @@ const EDIT_NEEDS_UPGRADE =
   'An edited question cannot be answered again while this bot is being upgraded (a worker of an earlier version is running); please ask it again as a new message, or edit it later.';
 const FORGET_QUESTION_NEEDS_UPGRADE =
   "a worker of an earlier version is running (it would forget the whole conversation): the deleted message's question is kept until the retention time, /forget or `minigpt forget`";
+const SAMPLING_NEEDS_UPGRADE =
+  'frequency_penalty, presence_penalty and logit_bias cannot be honoured while this bot is being upgraded (a worker of an earlier version is running); please try again in a moment, or send the request without them.';
 const REGENERATE_NEEDS_UPGRADE =
   'Regenerating an answer is not possible while this bot is being upgraded (a worker of an earlier version is running); please ask again instead, or try later.';
+
+/** Whether the request sets a generation setting that only workers of PROTOCOL_OPENAI_SAMPLING know. */
+function asksOpenAiSampling(req: ConversationRequest): boolean {
+  const g = req.generation;
+  return !!g && (!!g.frequencyPenalty || !!g.presencePenalty || (!!g.logitBias && Object.keys(g.logitBias).length > 0));
+}
 
 export class RemoteConversations implements ConversationPort {
   readonly store: Keyv;
@@ -443,6 +452,10 @@ export class RemoteConversations implements ConversationPort {
       // ... and an edit request for a new question after the answered one.
       if (req.edit !== undefined && older.some((w) => protocolOf(w) < PROTOCOL_EDIT)) {
         return { code: 'unavailable', message: EDIT_NEEDS_UPGRADE };
+      }
+      // ... and would answer without a request's penalties and logit bias, as if they were not asked for.
+      if (asksOpenAiSampling(req) && older.some((w) => protocolOf(w) < PROTOCOL_OPENAI_SAMPLING)) {
+        return { code: 'unavailable', message: SAMPLING_NEEDS_UPGRADE };
       }
       // Counted and checked in one step, so that requests arriving together at several front ends cannot all
       // pass the check before any of them is counted.

@@ -29,14 +29,15 @@ import type { Redis } from 'ioredis';
 
 export const QUEUE_NAME = 'minigpt-answers';
 /**
- * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 5, a reset job's `question`
+ * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 6, a request's OpenAI
+ * sampling settings (`frequencyPenalty`, `presencePenalty`, `logitBias`); 5, a reset job's `question`
  * (the question of a deleted message forgotten, not the whole conversation); 4, a request's `edit` (an
  * edited question answered again); 3, a request's `regenerate`
  * (the conversation's last turn answered again); 2, a reset job decides its `by` (whether that user took part) and
  * says what it did (a `reset` event); 1 (no `protocol` in the heartbeat, workers before 2026-12-06): it forgets
  * whatever `by` says and says nothing.
  */
-export const PROTOCOL = 5;
+export const PROTOCOL = 6;
 /** The first protocol whose workers decide a reset's `by` themselves. */
 export const PROTOCOL_RESET_BY = 2;
 /** The first protocol whose workers know `regenerate` (an earlier one would answer an empty question). */
@@ -45,6 +46,11 @@ export const PROTOCOL_REGENERATE = 3;
 export const PROTOCOL_EDIT = 4;
 /** The first protocol whose workers know a reset's `question` (an earlier one would forget the whole conversation). */
 export const PROTOCOL_FORGET_QUESTION = 5;
+/**
+ * The first protocol whose workers know a request's OpenAI sampling settings (frequency and presence penalties,
+ * logit bias; an earlier one would answer without them).
+ */
+export const PROTOCOL_OPENAI_SAMPLING = 6;
 /** A worker's own queue: follow-ups of the conversations whose KV cache it holds. */
 export const workerQueueName = (workerId: string) => `${QUEUE_NAME}@${workerId}`;
 export const PREFIX = 'minigpt:';

@@ -69,11 +69,14 @@ async function servedModel(config: BotConfig): Promise<ServedModel> {
       name?: string;
       architecture?: string;
       dtype?: string;
+      llm?: { vocabSize?: unknown };
     };
+    const vocabSize = meta.llm?.vocabSize;
     return {
       name: meta.name ?? basename(config.packageDir),
       architecture: meta.architecture === 'minigpt-4' ? 'minigpt-4' : 'minigpt-v2',
       ...(meta.dtype ? { dtype: meta.dtype } : {}),
+      ...(typeof vocabSize === 'number' && Number.isInteger(vocabSize) && vocabSize > 0 ? { vocabSize } : {}),
       created: Math.floor(Date.now() / 1000),
     };
   } catch {

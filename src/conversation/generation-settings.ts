@@ -15,6 +15,21 @@ function finite(v: unknown): v is number {
   return typeof v === 'number' && Number.isFinite(v);
 }
 
+const clamp = (v: number, lo: number, hi: number) => Math.min(Math.max(v, lo), hi);
+
+/** A request's logit_bias as (id, bias) pairs: decimal ids below `vocabSize`, biases clamped to +-100, at most LIMITS.logitBias. */
+function logitBiasPairs(bias: RequestGeneration['logitBias'], vocabSize: number): [number, number][] {
+  if (typeof bias !== 'object' || bias === null) return [];
+  const out = new Map<number, number>();
+  for (const [key, value] of Object.entries(bias)) {
+    if (!/^\d{1,9}$/.test(key) || !finite(value)) continue;
+    const id = Number(key);
+    if (id < vocabSize) out.set(id, clamp(value, -100, 100));
+    if (out.size === LIMITS.logitBias) break;
+  }
+  return [...out];
+}
+
 /** Defaults (upstream Chat.answer, then `defaults`), then the request's settings, sanitised and clamped. */
 export function generationOptions(
   g: RequestGeneration | undefined,
@@ -30,6 +45,10 @@ export function generationOptions(
     if (finite(g.numBeams) && g.numBeams >= 1) out.numBeams = Math.min(Math.floor(g.numBeams), LIMITS.beams);
     if (finite(g.repetitionPenalty) && g.repetitionPenalty > 0) out.repetitionPenalty = Math.min(g.repetitionPenalty, 10);
     if (finite(g.seed)) out.seed = Math.floor(g.seed);
+    if (finite(g.frequencyPenalty)) out.frequencyPenalty = clamp(g.frequencyPenalty, -2, 2);
+    if (finite(g.presencePenalty)) out.presencePenalty = clamp(g.presencePenalty, -2, 2);
+    const bias = logitBiasPairs(g.logitBias, model.meta.llm.vocabSize);
+    if (bias.length > 0) out.logitBias = bias;
     const stop = Array.isArray(g.stop)
       ? g.stop.filter((x): x is string => typeof x === 'string' && x.length > 0).slice(0, MAX_STOP_STRINGS)
       : [];

@@ -5,4 +5,6 @@ export const LIMITS = {
   imageBytes: 20 * 1024 * 1024,
   /** most beams a request may ask for (upstream's demo offers 1-10; 8 keeps a batch within memory) */
   beams: 8,
+  /** most token ids one request may bias (logit_bias; each costs a little every decoding step) */
+  logitBias: 1024,
 } as const;

@@ -21,6 +21,14 @@ export interface RequestGeneration {
   topP?: number;
   numBeams?: number;
   repetitionPenalty?: number;
+  /** OpenAI's frequency and presence penalties (-2 to 2; 0: off) */
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  /**
+   * OpenAI's logit_bias: token id (a decimal string, as JSON keys are) -> bias added to its logit (-100 to 100).
+   * Ids outside the model's vocabulary are left out.
+   */
+  logitBias?: Readonly<Record<string, number>>;
   seed?: number;
   /** more stop strings (beside the model's own): the answer ends before the first one written */
   stop?: readonly string[];

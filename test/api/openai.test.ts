@@ -10,7 +10,7 @@ import sharp from 'sharp';
 import { MiniGPT } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
 import { promptSegmentIds } from '../../src/inference/context.js';
-import { ConversationManager, type AnswerEvent, type ConversationRequest } from '../../src/conversation/index.js';
+import { ConversationManager, type AnswerEvent, type ConversationRequest, type RequestGeneration } from '../../src/conversation/index.js';
 import { gridToPixels, parseGrounding } from '../../src/grounding/parse.js';
 import { renderExamples, type Example } from '../../adapters/web/examples.js';
 import { startApiServer, type ApiServer, type ApiServerOptions } from '../../adapters/api/server.js';
@@ -36,7 +36,16 @@ let dataUrl: string;
 beforeAll(async () => {
   model = await MiniGPT.load(DEMO, { provider: 'cpu' });
   manager = new ConversationManager({ model, defaults: { maxNewTokens: 40 }, kvCacheBytes: 64 * 1024 * 1024 });
-  server = await startApiServer({ manager, port: 0, model: { id: 'minigpt-demo', created: 1_700_000_000, architecture: 'minigpt-v2' } });
+  server = await startApiServer({
+    manager,
+    port: 0,
+    model: {
+      id: 'minigpt-demo',
+      created: 1_700_000_000,
+      architecture: 'minigpt-v2',
+      vocabSize: model.meta.llm.vocabSize,
+    },
+  });
   client = new OpenAI({ baseURL: server.url, apiKey: 'not-checked-on-loopback', maxRetries: 0 });
   const examples = await renderExamples();
   refer = examples.list.find((e) => e.task === 'refer')!;
@@ -61,11 +70,14 @@ const withImage = (text: string, url = dataUrl): Part[] => [
 ];
 
 /** The same question through a chat thread of the conversation manager (what Discord, Slack and the web demo use). */
-async function threadAnswers(turns: { text: string; image?: Uint8Array }[]): Promise<{ text: string; timings: Record<string, number> }[]> {
+async function threadAnswers(
+  turns: { text: string; image?: Uint8Array }[],
+  generation: RequestGeneration = {},
+): Promise<{ text: string; timings: Record<string, number> }[]> {
   const key = { platform: 'cli' as const, workspace: 'test', channel: 'api', thread: `t${Math.random()}` };
   const out: { text: string; timings: Record<string, number> }[] = [];
   for (const t of turns) {
-    const req: ConversationRequest = { key, user: 'test', text: t.text, generation: { ...GREEDY } };
+    const req: ConversationRequest = { key, user: 'test', text: t.text, generation: { ...GREEDY, ...generation } };
     if (t.image) req.image = t.image;
     let text = '';
     let timings: Record<string, number> = {};
@@ -287,6 +299,61 @@ describe('OpenAI API: chat completions', () => {
     expect((await sampled()).choices[0].message.content).toBe((await sampled()).choices[0].message.content);
   });
 
+  it('honours logit_bias, frequency_penalty and presence_penalty as a chat thread given them does', async () => {
+    const image = `data:image/png;base64,${captionPng.toString('base64')}`;
+    const api = async (p: Partial<OpenAI.Chat.ChatCompletionCreateParamsNonStreaming>) =>
+      (
+        await client.chat.completions.create({
+          model: 'minigpt-demo',
+          messages: [{ role: 'user', content: withImage(caption.prompt, image) }],
+          ...GREEDY,
+          max_tokens: 30,
+          ...p,
+        })
+      ).choices[0];
+    const thread = async (g: RequestGeneration) =>
+      (await threadAnswers([{ text: caption.prompt, image: captionPng }], { maxNewTokens: 30, ...g }))[0].text;
+    const ids = (text: string) => model.tokenizer.encode(text, { addBos: false });
+    const plain = (await api({})).message.content!;
+    expect(plain).toBe(await thread({}));
+    // the answer repeats tokens, which the penalties act on
+    expect(new Set(ids(plain)).size).toBeLessThan(ids(plain).length);
+
+    const first = ids(plain)[0];
+    const banned = (await api({ logit_bias: { [first]: -100 } })).message.content!;
+    expect(banned).toBe(await thread({ logitBias: { [first]: -100 } }));
+    expect(ids(banned)).not.toContain(first);
+
+    // +100 outweighs any logit of the model: that token, and only it, until max_tokens
+    const forced = ids('circle')[0];
+    const r = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: withImage(caption.prompt, image) }],
+      ...GREEDY,
+      max_tokens: 5,
+      logit_bias: { [forced]: 100 },
+    });
+    expect(r.choices[0].message.content).toBe(
+      model.tokenizer.decode([forced, forced, forced, forced, forced], { skipSpecialTokens: true }),
+    );
+    expect([r.choices[0].finish_reason, r.usage!.completion_tokens]).toEqual(['length', 5]);
+
+    // The demo model is too sure of its answers for penalties of at most 2 to change them (their effect is held to
+    // hand-computed sequences in generation.test.ts); sampled, the API's answer is the thread's with the same settings.
+    const sampled = { temperature: 1.5, top_p: 1, seed: 11 };
+    for (const [p, g] of [
+      [{ frequency_penalty: 1.5 }, { frequencyPenalty: 1.5 }],
+      [
+        { presence_penalty: -2, logit_bias: { [first]: 3 } },
+        { presencePenalty: -2, logitBias: { [first]: 3 } },
+      ],
+    ] as const) {
+      expect((await api({ ...sampled, ...p })).message.content).toBe(
+        await thread({ temperature: sampled.temperature, topP: sampled.top_p, seed: sampled.seed, ...g }),
+      );
+    }
+  });
+
   it('fetches an http image only from an allowed host', async () => {
     const images: Server = createServer((req, res) => {
       if (req.url === '/scene.png') res.writeHead(200, { 'content-type': 'image/png' }).end(vqaPng);
@@ -367,7 +434,13 @@ describe('OpenAI API: errors', () => {
     await expectApiError(ask({ temperature: 3 }), 400, 'invalid_request', 'temperature');
     await expectApiError(ask({ max_tokens: 0 }), 400, 'invalid_request', 'max_tokens');
     await expectApiError(ask({ stop: ['a', 'b', 'c', 'd', 'e'] }), 400, 'invalid_request', 'stop');
-    await expectApiError(ask({ presence_penalty: 1 }), 400, 'unsupported_parameter', 'presence_penalty');
+    await expectApiError(ask({ presence_penalty: 2.5 }), 400, 'invalid_request', 'presence_penalty');
+    await expectApiError(ask({ logprobs: true }), 400, 'unsupported_parameter', 'logprobs');
+    const vocab = model.meta.llm.vocabSize;
+    for (const bias of [{ [vocab]: 1 }, { abc: 1 }, { '-1': 1 }, { '5': 101 }, { '5': 'x' }]) {
+      const e = await expectApiError(ask({ logit_bias: bias as Record<string, number> }), 400, 'invalid_request', 'logit_bias');
+      if (vocab in bias) expect(e.message).toContain(`0 to ${vocab - 1}`);
+    }
     await expectApiError(ask({ tools: [{ type: 'function', function: { name: 'f' } }] }), 400, 'unsupported_parameter', 'tools');
     await expectApiError(
       ask({

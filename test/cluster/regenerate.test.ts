@@ -2,7 +2,7 @@
 // again, the worker answers the stored question (protocol 3), or the edited one (protocol 4), and replaces the stored
 // turn. While a worker of an earlier version is alive the front end refuses what it would get wrong (an empty
 // question; an edited question answered as a new one; a deleted message's question forgotten with the whole
-// conversation). A real redis-server on a free
+// conversation; a request's penalties and logit bias, protocol 6, answered without them). A real redis-server on a free
 // loopback port, the real cluster worker and front end in this process, the demo model.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
@@ -112,6 +112,40 @@ describe('regenerate and edited questions through a front end', () => {
     expect(h.turns.map((t) => t.requestId)).toEqual(['q1', 'q7', 'q9-e2']);
     expect(logs.filter((l) => l.includes('worker old-2 (h, pid 2) is of an earlier version (protocol 2'))).toHaveLength(1);
     await client.del(keys.worker('old-2'));
+  }, 60_000);
+
+  it('passes OpenAI sampling settings to the worker; refused while a worker of an earlier version is alive', async () => {
+    const key: ConversationKey = { platform: 'api', workspace: 'local', channel: 'v1', thread: 'sampling' };
+    const image = await squarePng(40, 30);
+    // +100 on one token: the worker wrote only it (the model alone would not)
+    const forced = 68;
+    const req = (generation: ConversationRequest['generation']): ConversationRequest => ({
+      key,
+      user: 'U1',
+      text: 'what is this?',
+      image,
+      history: [],
+      generation: { temperature: 0, maxNewTokens: 3, ...generation },
+    });
+    const biased = finalText(await ask(req({ logitBias: { [forced]: 100 }, frequencyPenalty: 0.5 })));
+    expect(biased).toBe(cluster.model.tokenizer.decode([forced, forced, forced], { skipSpecialTokens: true }));
+    expect(finalText(await ask(req({})))).not.toBe(biased);
+
+    await earlierWorkerBeat(client, 'old-5', 5, 5);
+    for (const g of [{ logitBias: { [forced]: 100 } }, { presencePenalty: -1 }, { frequencyPenalty: 1 }]) {
+      expect(await ask(req(g))).toEqual([
+        {
+          type: 'error',
+          code: 'unavailable',
+          message: expect.stringMatching(
+            /^frequency_penalty, presence_penalty and logit_bias cannot be honoured while this bot is being upgraded/,
+          ),
+        },
+      ]);
+    }
+    // without them (or with zeros): answered as before
+    expect(finalText(await ask(req({ frequencyPenalty: 0, logitBias: {} })))).toBeTruthy();
+    await client.del(keys.worker('old-5'));
   }, 60_000);
 
   it("forgets a deleted message's question by the worker, after the requests before it; refused while an earlier worker is alive", async () => {

@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import {
   IncrementalTextStream,
+  applyCountPenalties,
+  applyLogitBias,
   StopStringMatcher,
   applyRepetitionPenalty,
   applyTemperature,
@@ -49,6 +51,27 @@ describe('applyRepetitionPenalty (HF RepetitionPenaltyLogitsProcessor)', () => {
     expect(applyRepetitionPenalty(s, [0, 1], 1)).toEqual([2, -2]);
     expect(applyRepetitionPenalty(s, [], 3)).toEqual([2, -2]);
     expect(() => applyRepetitionPenalty(s, [0], 0)).toThrow(RangeError);
+  });
+});
+
+describe("OpenAI's logit bias and count penalties", () => {
+  it('adds the bias per id, skipping ids outside the vocabulary', () => {
+    expect(
+      Array.from(
+        applyLogitBias(new Float64Array([1, 2, 3]), [
+          [0, 0.5],
+          [2, -1],
+          [7, 9],
+          [-1, 4],
+        ]),
+      ),
+    ).toEqual([1.5, 2, 2]);
+  });
+  it('takes count x frequency + presence from each generated id', () => {
+    const s = applyCountPenalties(new Float64Array([1, 1, 1, 1]), [0, 0, 2, 9, 0], 0.5, 0.25);
+    expect(Array.from(s)).toEqual([1 - 3 * 0.5 - 0.25, 1, 1 - 0.5 - 0.25, 1]);
+    expect(Array.from(applyCountPenalties([1, 1], [0, 1, 1], -0.5, 0))).toEqual([1.5, 2]);
+    expect(Array.from(applyCountPenalties([1, 1], [0], 0, 0))).toEqual([1, 1]);
   });
 });
 

@@ -235,6 +235,81 @@ describe('repetition penalty (HF, over generated ids only)', () => {
   });
 });
 
+describe("OpenAI's frequency / presence penalties and logit bias", () => {
+  // constant logits: a 2, b 1.75, c 1.125, the rest 0 (binary fractions: the sums below are exact)
+  const table = (): number[] => Object.assign(new Array(V).fill(0), { [A]: 2, [B]: 1.75, [C]: 1.125 });
+  const text = async (o: Partial<GenerationOptions>) => {
+    const model = new ToyModel(table);
+    const r = await run(generate(model, model.start(), decoder, { maxNewTokens: 5, ...o }));
+    model.expectAllDisposedOnce();
+    return r.done.text;
+  };
+
+  it('frequency: each earlier occurrence costs the penalty again', async () => {
+    expect(await text({})).toBe('aaaaa');
+    // a 2 | a 1.5 < b 1.75 | a 1.5 > b 1.25 | a 1 < b 1.25 | a 1, b 0.75 < c 1.125
+    expect(await text({ frequencyPenalty: 0.5 })).toBe('ababc');
+  });
+
+  it('presence: once, however often the token came', async () => {
+    // a 2 | a 1.375 < b 1.75 | a 1.375 > b 1.125, c 1.125 | the same scores from then on
+    expect(await text({ presencePenalty: 0.625 })).toBe('abaaa');
+    // negative values favour what was said: b 1.75 + 0.5 stays above a 2 once b came (forced first)
+    expect(await text({ presencePenalty: -0.5, logitBias: [[B, 0.5]] })).toBe('bbbbb');
+  });
+
+  it('logit bias: added to the logits, then the penalties count as usual; ids outside the vocabulary skipped', async () => {
+    expect(await text({ logitBias: [[A, -100]] })).toBe('bbbbb');
+    expect(await text({ logitBias: [[C, 0.75]] })).toBe('aaaaa'); // c 1.875 < a 2
+    expect(
+      await text({
+        logitBias: [
+          [C, 1],
+          [V + 3, 50],
+        ],
+      }),
+    ).toBe('ccccc'); // c 2.125
+    // c 2.125 | c 1.625 < a 2 | a 1.5 < b 1.75 | a 1.5, b 1.25 < c 1.625 | c 1.125 < a 1.5
+    expect(await text({ logitBias: [[C, 1]], frequencyPenalty: 0.5 })).toBe('cabca');
+  });
+
+  it('a banned token is never sampled', async () => {
+    const seen = new Set<number>();
+    for (let seed = 0; seed < 300; seed++) {
+      const model = new ToyModel(table);
+      const { done } = await run(
+        generate(model, model.start(), decoder, { maxNewTokens: 1, doSample: true, temperature: 1, topK: 0, seed, logitBias: [[A, -100]] }),
+      );
+      seen.add(done.tokenIds[0]);
+    }
+    expect(seen.has(A)).toBe(false);
+    expect(seen.has(B) && seen.has(C)).toBe(true);
+  });
+
+  it('beam search applies them to each beam before its log-softmax', async () => {
+    const one = new ToyModel(table);
+    const r1 = await beamSearch(one, one.start(), { maxNewTokens: 5, numBeams: 1, frequencyPenalty: 0.5 }, { decoder });
+    expect(r1.text).toBe('ababc'); // one beam is greedy decoding
+    one.expectAllDisposedOnce();
+    const two = new ToyModel(table);
+    const r2 = await beamSearch(two, two.start(), { maxNewTokens: 5, numBeams: 2, logitBias: [[C, 10]] }, { decoder });
+    expect(r2.text).toBe('ccccc');
+    two.expectAllDisposedOnce();
+  });
+
+  it('refuses values that are not numbers or ids', async () => {
+    const model = new ToyModel(table);
+    for (const bad of [
+      { frequencyPenalty: Number.NaN },
+      { presencePenalty: Number.POSITIVE_INFINITY },
+      { logitBias: [[-1, 1]] as [number, number][] },
+      { logitBias: [[A, Number.NaN]] as [number, number][] },
+    ]) {
+      await expect(run(generate(model, model.start(), decoder, { maxNewTokens: 2, ...bad }))).rejects.toThrow(RangeError);
+    }
+  });
+});
+
 describe('sampling', () => {
   const firstLogits = [1.5, 0.2, -9, 0.9, 1.1, -0.4, -9, -9, -9, -9, -9, 0.6];
   const firstTokenDist = async (o: Partial<GenerationOptions>, n: number) => {

@@ -3,7 +3,9 @@
  * num_beam_hyps_to_keep = 1, batch size 1), for decoder-only generation started from inputs_embeds: the
  * "input_ids" HF sees hold only the generated tokens, so hypothesis lengths count generated tokens only.
  *
- * Per step, for every beam: log_softmax(logits) -> repetition penalty (on the log-probs, over that beam's
+ * Per step, for every beam: OpenAI's logit bias and frequency / presence penalties on the logits (OpenAI's
+ * semantics: before the softmax, so the beam's log-probs stay normalised; no HF counterpart) -> log_softmax ->
+ * repetition penalty (on the log-probs, over that beam's
  * generated ids) -> min-new-tokens mask of the stop ids -> + beam score; then the 2*num_beams best
  * (beam, token) pairs over all beams (ties: lower beam index, then lower token id). Walking them best-first, a
  * stop id ranked within the first num_beams closes a hypothesis (its ids without the stop token, scored
@@ -24,6 +26,8 @@
  */
 import { createRng } from './rng.js';
 import {
+  applyCountPenalties,
+  applyLogitBias,
   applyRepetitionPenalty,
   applyTemperature,
   logSoftmax,
@@ -37,6 +41,18 @@ import { resolveGenerationOptions, type ResolvedGenerationOptions } from './opti
 import { StatePool, runStep } from './state-pool.js';
 import { findFirstStop } from './text-stream.js';
 import type { DecodeState, FinishReason, GenerationOptions, GenerationStart, Rng, StepModel, TokenDecoder } from './types.js';
+
+/** The logits with OpenAI's bias and count penalties applied (a float64 copy), or the logits themselves without them. */
+function openAiProcessed(
+  logits: Float32Array,
+  generated: readonly number[],
+  o: Pick<ResolvedGenerationOptions, 'logitBias' | 'frequencyPenalty' | 'presencePenalty'>,
+): ArrayLike<number> {
+  if (o.logitBias.length === 0 && o.frequencyPenalty === 0 && o.presencePenalty === 0) return logits;
+  const scores = Float64Array.from(logits);
+  applyLogitBias(scores, o.logitBias);
+  return applyCountPenalties(scores, generated, o.frequencyPenalty, o.presencePenalty);
+}
 
 export interface BeamHypothesis {
   /** generated ids (without the closing stop token) */
@@ -201,7 +217,7 @@ export async function runBeamSearch<S extends DecodeState>(
     // --- per-beam scores
     const rows: Float64Array[] = [];
     for (let b = 0; b < n; b++) {
-      const row = logSoftmax(logits[b]);
+      const row = logSoftmax(openAiProcessed(logits[b], beams[b].ids, o));
       if (o.repetitionPenalty !== 1) applyRepetitionPenalty(row, beams[b].ids, o.repetitionPenalty);
       if (curGenerated < o.minNewTokens) maskTokens(row, o.stopIds);
       const bs = beams[b].score;

@@ -3,32 +3,60 @@
  */
 import { runBeamSearch } from './beam-search.js';
 import { resolveGenerationOptions, type ResolvedGenerationOptions } from './options.js';
-import { applyRepetitionPenalty, applyTemperature, argmax, maskTokens, sampleFrom, softmax, topKFilter, topPFilter } from './processors.js';
+import {
+  applyCountPenalties,
+  applyLogitBias,
+  applyRepetitionPenalty,
+  applyTemperature,
+  argmax,
+  maskTokens,
+  sampleFrom,
+  softmax,
+  topKFilter,
+  topPFilter,
+} from './processors.js';
 import { createRng } from './rng.js';
 import { StatePool, runStep } from './state-pool.js';
 import { IncrementalTextStream } from './text-stream.js';
 import type { DecodeState, GenerationEvent, GenerationOptions, GenerationStart, Rng, StepModel, TokenDecoder } from './types.js';
 
 /**
- * Chooses the next token from raw logits with HF order: repetition penalty (over `generated`), min-new-tokens
- * mask of the stop ids, then (sampling only) temperature, top-k, top-p warpers and a multinomial draw; greedy is
- * argmax (ties -> lowest id). `logits` is not modified. `scratch` (length vocab), when given, holds the
- * processed scores instead of a new array per call; plain greedy needs none (argmax of the logits).
+ * Chooses the next token from raw logits: OpenAI's logit bias, then HF's order (repetition penalty over
+ * `generated`), OpenAI's frequency and presence penalties, the min-new-tokens mask of the stop ids, then (sampling
+ * only) temperature, top-k, top-p warpers and a multinomial draw; greedy is argmax (ties -> lowest id). `logits`
+ * is not modified. `scratch` (length vocab), when given, holds the processed scores instead of a new array per
+ * call; plain greedy needs none (argmax of the logits).
  */
 export function selectNextToken(
   logits: ArrayLike<number>,
   generated: readonly number[],
-  o: Pick<ResolvedGenerationOptions, 'repetitionPenalty' | 'minNewTokens' | 'stopIds' | 'sample' | 'temperature' | 'topK' | 'topP'>,
+  o: Pick<
+    ResolvedGenerationOptions,
+    | 'repetitionPenalty'
+    | 'minNewTokens'
+    | 'stopIds'
+    | 'sample'
+    | 'temperature'
+    | 'topK'
+    | 'topP'
+    | 'frequencyPenalty'
+    | 'presencePenalty'
+    | 'logitBias'
+  >,
   rng?: Rng,
   scratch?: Float64Array,
 ): number {
   const penalise = o.repetitionPenalty !== 1;
+  const count = o.frequencyPenalty !== 0 || o.presencePenalty !== 0;
+  const bias = o.logitBias.length > 0;
   const mask = generated.length < o.minNewTokens;
   // float32 -> float64 is exact, so the argmax (ties included) is the same as over a float64 copy
-  if (!o.sample && !penalise && !mask) return argmax(logits);
+  if (!o.sample && !penalise && !count && !bias && !mask) return argmax(logits);
   const scores = scratch && scratch.length === logits.length ? scratch : new Float64Array(logits.length);
   scores.set(logits);
+  if (bias) applyLogitBias(scores, o.logitBias);
   if (penalise) applyRepetitionPenalty(scores, generated, o.repetitionPenalty);
+  if (count) applyCountPenalties(scores, generated, o.frequencyPenalty, o.presencePenalty);
   if (mask) maskTokens(scores, o.stopIds);
   if (!o.sample) return argmax(scores);
   applyTemperature(scores, o.temperature);

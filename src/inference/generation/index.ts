@@ -11,6 +11,8 @@ export type {
 } from './types.js';
 export { createRng, type SeededRng } from './rng.js';
 export {
+  applyCountPenalties,
+  applyLogitBias,
   applyRepetitionPenalty,
   applyTemperature,
   argmax,

@@ -35,6 +35,10 @@ export interface ResolvedGenerationOptions {
   topK: number;
   topP: number;
   repetitionPenalty: number;
+  frequencyPenalty: number;
+  presencePenalty: number;
+  /** (id, bias) pairs; empty: none */
+  logitBias: readonly (readonly [number, number])[];
   numBeams: number;
   lengthPenalty: number;
   earlyStopping: boolean | 'never';
@@ -66,6 +70,15 @@ export function resolveGenerationOptions(opts: GenerationOptions): ResolvedGener
   if (!(repetitionPenalty > 0) || !Number.isFinite(repetitionPenalty)) {
     throw new RangeError(`repetitionPenalty must be a strictly positive number, got ${repetitionPenalty}`);
   }
+  const frequencyPenalty = opts.frequencyPenalty ?? 0;
+  if (!Number.isFinite(frequencyPenalty)) throw new RangeError(`frequencyPenalty must be finite, got ${frequencyPenalty}`);
+  const presencePenalty = opts.presencePenalty ?? 0;
+  if (!Number.isFinite(presencePenalty)) throw new RangeError(`presencePenalty must be finite, got ${presencePenalty}`);
+  const logitBias = opts.logitBias ?? [];
+  for (const [id, bias] of logitBias) {
+    checkInt('logitBias id', id, 0);
+    if (!Number.isFinite(bias)) throw new RangeError(`logitBias of ${id} must be finite, got ${bias}`);
+  }
   const numBeams = checkInt('numBeams', opts.numBeams ?? 1, 1);
   const lengthPenalty = opts.lengthPenalty ?? 1;
   if (!Number.isFinite(lengthPenalty)) throw new RangeError(`lengthPenalty must be finite, got ${lengthPenalty}`);
@@ -82,6 +95,9 @@ export function resolveGenerationOptions(opts: GenerationOptions): ResolvedGener
     topK,
     topP,
     repetitionPenalty,
+    frequencyPenalty,
+    presencePenalty,
+    logitBias,
     numBeams,
     lengthPenalty,
     earlyStopping,

@@ -27,6 +27,32 @@ export function applyRepetitionPenalty<T extends Scores>(scores: T, ids: readonl
   return scores;
 }
 
+/**
+ * OpenAI's `logit_bias`: each (id, bias) pair adds `bias` to that id's score (-100 bans a token in practice, +100
+ * makes it the only choice). Ids outside the vocabulary have no score and are skipped. In place.
+ */
+export function applyLogitBias<T extends Scores>(scores: T, bias: readonly (readonly [number, number])[]): T {
+  for (const [id, b] of bias) {
+    if (Number.isInteger(id) && id >= 0 && id < scores.length) scores[id] = scores[id] + b;
+  }
+  return scores;
+}
+
+/**
+ * OpenAI's frequency and presence penalties (its "Parameter details"): every id generated c > 0 times loses
+ * c * frequency + presence from its score, over the ids generated so far (negative values favour repeats).
+ * Ids outside the vocabulary are ignored. In place.
+ */
+export function applyCountPenalties<T extends Scores>(scores: T, generated: readonly number[], frequency: number, presence: number): T {
+  if ((frequency === 0 && presence === 0) || generated.length === 0) return scores;
+  const counts = new Map<number, number>();
+  for (const id of generated) {
+    if (Number.isInteger(id) && id >= 0 && id < scores.length) counts.set(id, (counts.get(id) ?? 0) + 1);
+  }
+  for (const [id, c] of counts) scores[id] = scores[id] - c * frequency - presence;
+  return scores;
+}
+
 /** Sets the given ids to -Infinity (HF MinLengthLogitsProcessor / MinNewTokensLengthLogitsProcessor). In place. */
 export function maskTokens<T extends Scores>(scores: T, ids: readonly number[]): T {
   for (const id of ids) {

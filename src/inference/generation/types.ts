@@ -53,6 +53,15 @@ export interface GenerationOptions {
    * (HF generate(inputs_embeds=...) starts input_ids empty). Default 1 (off).
    */
   repetitionPenalty?: number;
+  /**
+   * OpenAI's frequency penalty: an id's score loses this much per time it was generated (ids of the answer so far,
+   * as the repetition penalty). Default 0 (off); negative values favour repeats.
+   */
+  frequencyPenalty?: number;
+  /** OpenAI's presence penalty: an id generated at least once loses this much. Default 0 (off). */
+  presencePenalty?: number;
+  /** OpenAI's logit_bias: (token id, added to its logit) pairs, applied before every other processor. */
+  logitBias?: readonly (readonly [number, number])[];
   /** HF beam search semantics (num_beam_hyps_to_keep=1); default 1 */
   numBeams?: number;
   /** default 1 */
