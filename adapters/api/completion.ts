@@ -1,7 +1,7 @@
 // One chat completion through the conversation manager, and the OpenAI response objects made from it:
 // `chat.completion` for a plain request, `chat.completion.chunk`s for a streamed one. The `minigpt` field is
 // this server's extension: the task, the boxes in pixels, the annotated image when asked, timings.
-import type { ConversationRequest, TaskTag } from '../../src/conversation/index.js';
+import type { AnswerLogprob, ConversationRequest, LogprobToken, TaskTag } from '../../src/conversation/index.js';
 import { gridToPixels, type Entity } from '../../src/grounding/parse.js';
 import { onAnswerEvents, type AnswerEventOf } from '../shared/answer-events.js';
 import type { ConversationPort } from '../shared/port.js';
@@ -18,23 +18,31 @@ export interface Answer {
   image?: { width: number; height: number };
   annotated?: { data: Buffer; mime: string };
   timings: Record<string, number>;
+  /** the answer's tokens, when the request asked for them */
+  logprobs?: AnswerLogprob[];
 }
 
 /**
  * Runs the request; `onText` gets each streamed piece (awaited, so a slow client holds the next piece
- * back, not the model). Error events become ApiErrors.
+ * back, not the model), with its tokens' log-probabilities when asked for. Error events become ApiErrors.
  */
 export async function runCompletion(
   manager: ApiConversationManager,
   request: ConversationRequest,
-  onText?: (text: string) => void | Promise<void>,
+  onText?: (text: string, logprobs: AnswerLogprob[] | undefined) => void | Promise<void>,
 ): Promise<Answer> {
   let final: AnswerEventOf<'final'> | undefined;
   let annotated: Answer['annotated'];
   let timings: Record<string, number> = {};
+  const asked = request.generation?.logprobs !== undefined;
+  let logprobs: AnswerLogprob[] = [];
   await onAnswerEvents(manager.handle(request), {
-    text: (ev) => onText?.(ev.text),
+    text: (ev) => {
+      if (asked && ev.logprobs) logprobs.push(...ev.logprobs);
+      return onText?.(ev.text, asked ? (ev.logprobs ?? []) : undefined);
+    },
     restart: () => {
+      logprobs = [];
       // Streamed text cannot be taken back: the client asks again (a plain request just gets the final text).
       if (onText)
         throw new ApiError(
@@ -66,7 +74,19 @@ export async function runCompletion(
     ...(final.image ? { image: final.image } : {}),
     ...(annotated ? { annotated } : {}),
     timings,
+    ...(asked ? { logprobs } : {}),
   };
+}
+
+/** A token in OpenAI's shape. */
+function openAiToken(t: LogprobToken) {
+  return { token: t.token, logprob: t.logprob, bytes: t.bytes };
+}
+
+/** `choices[].logprobs`: the tokens with their alternatives, or null when not asked for. */
+export function logprobsObject(logprobs: readonly AnswerLogprob[] | undefined) {
+  if (!logprobs) return null;
+  return { content: logprobs.map((t) => ({ ...openAiToken(t), top_logprobs: t.top.map(openAiToken) })), refusal: null };
 }
 
 /** A box of the answer in pixels of the request's image (after EXIF orientation), with the model's grid box. */
@@ -139,7 +159,12 @@ export function completionObject(ids: CompletionIds, a: Answer) {
     created: ids.created,
     model: ids.model,
     choices: [
-      { index: 0, message: { role: 'assistant' as const, content: a.text, refusal: null }, logprobs: null, finish_reason: a.finishReason },
+      {
+        index: 0,
+        message: { role: 'assistant' as const, content: a.text, refusal: null },
+        logprobs: logprobsObject(a.logprobs),
+        finish_reason: a.finishReason,
+      },
     ],
     usage: usage(a),
     system_fingerprint: null,
@@ -163,10 +188,11 @@ export function chunkObject(
   delta: { role?: 'assistant'; content?: string },
   finishReason: 'stop' | 'length' | null = null,
   extra: object = {},
+  logprobs?: readonly AnswerLogprob[],
 ) {
   return {
     ...chunkHead(ids),
-    choices: [{ index: 0, delta, logprobs: null, finish_reason: finishReason }],
+    choices: [{ index: 0, delta, logprobs: logprobsObject(logprobs), finish_reason: finishReason }],
     ...extra,
   };
 }

@@ -77,6 +77,11 @@ export function parseChatRequest(body: unknown, vocabSize?: number): ChatRequest
   }
   const bias = logitBiasParam(body.logit_bias, vocabSize);
   if (bias) generation.logitBias = bias;
+  const logprobs = body.logprobs;
+  if (present(logprobs) && typeof logprobs !== 'boolean') throw badRequest('logprobs must be a boolean', 'logprobs');
+  const top = integerParam(body, 'top_logprobs', 0, LIMITS.topLogprobs);
+  if (top !== undefined && logprobs !== true) throw badRequest('top_logprobs needs logprobs: true', 'top_logprobs');
+  if (logprobs === true) generation.logprobs = top ?? 0;
   const stop = stopParam(body.stop);
   if (stop.length > 0) generation.stop = stop;
 
@@ -85,6 +90,8 @@ export function parseChatRequest(body: unknown, vocabSize?: number): ChatRequest
   const extension = isObject(ext) ? ext : {};
   const beams = integerParam(extension, 'num_beams', 1, LIMITS.beams, 'minigpt.num_beams');
   if (beams !== undefined) generation.numBeams = beams;
+  if (beams !== undefined && beams > 1 && generation.logprobs !== undefined)
+    throw badRequest('logprobs are not reported with beam search (minigpt.num_beams > 1)', 'logprobs', 'unsupported_value');
   const penalty = numberParam(extension, 'repetition_penalty', 0.01, 10, 'minigpt.repetition_penalty');
   if (penalty !== undefined) generation.repetitionPenalty = penalty;
   const annotated = extension.annotated_image;
@@ -116,8 +123,6 @@ export function parseChatRequest(body: unknown, vocabSize?: number): ChatRequest
 function refuseUnsupported(body: Json): void {
   if (present(body.n) && body.n !== 1)
     throw badRequest('n must be 1: this server returns one choice per request', 'n', 'unsupported_value');
-  if (body.logprobs === true || present(body.top_logprobs))
-    throw badRequest('logprobs are not supported by this server', 'logprobs', 'unsupported_parameter');
   for (const p of ['tools', 'functions'] as const) {
     if (Array.isArray(body[p]) && (body[p] as unknown[]).length > 0)
       throw badRequest(`${p} are not supported: MiniGPT has no tool calling`, p, 'unsupported_parameter');

@@ -353,9 +353,9 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       void send(JSON.stringify(chunkObject(ids, { role: 'assistant', content: '' })));
     };
     try {
-      const answer = await runCompletion(opts.manager, request, (text) => {
+      const answer = await runCompletion(opts.manager, request, (text, logprobs) => {
         open();
-        return send(JSON.stringify(chunkObject(ids, { content: text })));
+        return send(JSON.stringify(chunkObject(ids, { content: text }, null, {}, logprobs)));
       });
       open();
       await send(JSON.stringify(chunkObject(ids, {}, answer.finishReason, { minigpt: extension(answer) })));

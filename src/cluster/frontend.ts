@@ -13,6 +13,7 @@ import { RedisArrivalOrder } from './arrival-order.js';
 import { RedisStopRelay } from './stop-relay.js';
 import type {
   AnswerEvent,
+  AnswerLogprob,
   ConversationKey,
   ConversationRequest,
   ConversationState,
@@ -76,14 +77,17 @@ const EDIT_NEEDS_UPGRADE =
 const FORGET_QUESTION_NEEDS_UPGRADE =
   "a worker of an earlier version is running (it would forget the whole conversation): the deleted message's question is kept until the retention time, /forget or `minigpt forget`";
 const SAMPLING_NEEDS_UPGRADE =
-  'frequency_penalty, presence_penalty and logit_bias cannot be honoured while this bot is being upgraded (a worker of an earlier version is running); please try again in a moment, or send the request without them.';
+  'frequency_penalty, presence_penalty, logit_bias and logprobs cannot be honoured while this bot is being upgraded (a worker of an earlier version is running); please try again in a moment, or send the request without them.';
 const REGENERATE_NEEDS_UPGRADE =
   'Regenerating an answer is not possible while this bot is being upgraded (a worker of an earlier version is running); please ask again instead, or try later.';
 
 /** Whether the request sets a generation setting that only workers of PROTOCOL_OPENAI_SAMPLING know. */
 function asksOpenAiSampling(req: ConversationRequest): boolean {
   const g = req.generation;
-  return !!g && (!!g.frequencyPenalty || !!g.presencePenalty || (!!g.logitBias && Object.keys(g.logitBias).length > 0));
+  return (
+    !!g &&
+    (!!g.frequencyPenalty || !!g.presencePenalty || (!!g.logitBias && Object.keys(g.logitBias).length > 0) || g.logprobs !== undefined)
+  );
 }
 
 export class RemoteConversations implements ConversationPort {
@@ -316,27 +320,33 @@ export class RemoteConversations implements ConversationPort {
       // that comes out different replaces the text so far.
       let sent = '';
       let replay: string | null = null;
+      // (the replayed pieces' token log-probabilities, when asked for: they go with the text that is passed on)
+      let replayLogprobs: AnswerLogprob[] = [];
       for await (const ev of this.events(jobId, queue, signal, () => refused)) {
         if (refused) return;
         waiting?.stop(); // (a worker has it)
         if (ev.type === 'reset') continue; // (a reset job's; an answer's stream has none)
         if (ev.type === 'restart') {
           replay = '';
+          replayLogprobs = [];
           continue;
         }
         if (ev.type === 'started' && replay !== null) continue;
         if (ev.type === 'text') {
           if (replay !== null) {
             replay += ev.text;
+            if (ev.logprobs) replayLogprobs.push(...ev.logprobs);
+            // the text given again (its tokens were given with it the first time)
             if (sent.startsWith(replay)) continue;
             if (replay.startsWith(sent)) {
-              channel.push({ type: 'text', text: replay.slice(sent.length) });
+              // (a piece across the end of what was sent: its tokens, as they cannot be told apart)
+              channel.push({ type: 'text', text: replay.slice(sent.length), ...(ev.logprobs ? { logprobs: ev.logprobs } : {}) });
               sent = replay;
               replay = null;
               continue;
             }
             channel.push({ type: 'restart' });
-            channel.push({ type: 'text', text: replay });
+            channel.push({ type: 'text', text: replay, ...(ev.logprobs ? { logprobs: replayLogprobs } : {}) });
             sent = replay;
             replay = null;
             continue;
@@ -346,7 +356,8 @@ export class RemoteConversations implements ConversationPort {
         if (ev.type === 'final' && replay !== null && replay !== sent) {
           // the retry's whole answer is shorter than what was shown: show it instead
           channel.push({ type: 'restart' });
-          if (ev.text) channel.push({ type: 'text', text: ev.text });
+          if (ev.text || replayLogprobs.length)
+            channel.push({ type: 'text', text: ev.text, ...(replayLogprobs.length ? { logprobs: replayLogprobs } : {}) });
           replay = null;
         }
         channel.push(ev);
@@ -453,7 +464,7 @@ export class RemoteConversations implements ConversationPort {
       if (req.edit !== undefined && older.some((w) => protocolOf(w) < PROTOCOL_EDIT)) {
         return { code: 'unavailable', message: EDIT_NEEDS_UPGRADE };
       }
-      // ... and would answer without a request's penalties and logit bias, as if they were not asked for.
+      // ... and would answer without a request's penalties, logit bias and log-probabilities, as if not asked for.
       if (asksOpenAiSampling(req) && older.some((w) => protocolOf(w) < PROTOCOL_OPENAI_SAMPLING)) {
         return { code: 'unavailable', message: SAMPLING_NEEDS_UPGRADE };
       }

@@ -30,7 +30,7 @@ import type { Redis } from 'ioredis';
 export const QUEUE_NAME = 'minigpt-answers';
 /**
  * What a worker understands of the jobs, shown in its heartbeat (WorkerInfo.protocol): 6, a request's OpenAI
- * sampling settings (`frequencyPenalty`, `presencePenalty`, `logitBias`); 5, a reset job's `question`
+ * sampling settings (`frequencyPenalty`, `presencePenalty`, `logitBias`, `logprobs`); 5, a reset job's `question`
  * (the question of a deleted message forgotten, not the whole conversation); 4, a request's `edit` (an
  * edited question answered again); 3, a request's `regenerate`
  * (the conversation's last turn answered again); 2, a reset job decides its `by` (whether that user took part) and
@@ -48,7 +48,7 @@ export const PROTOCOL_EDIT = 4;
 export const PROTOCOL_FORGET_QUESTION = 5;
 /**
  * The first protocol whose workers know a request's OpenAI sampling settings (frequency and presence penalties,
- * logit bias; an earlier one would answer without them).
+ * logit bias, logprobs; an earlier one would answer without them).
  */
 export const PROTOCOL_OPENAI_SAMPLING = 6;
 /** A worker's own queue: follow-ups of the conversations whose KV cache it holds. */

@@ -2,9 +2,11 @@
 // where the prompts agree, and this turn's cache handed back to be kept (src/inference/model.ts answer()).
 import type { MiniGPT, Timings } from '../inference/model.js';
 import type { CachedContext } from '../inference/kv-reuse.js';
-import type { GenerationOptions } from '../inference/generation/index.js';
+import type { GenerationOptions, TokenLogprob } from '../inference/generation/index.js';
+import type { TextTokenizer } from '../inference/tokenizer.js';
 import { CANCELLED, Failure } from './failure.js';
 import type { Answer } from './turn.js';
+import type { AnswerLogprob, LogprobToken } from './types.js';
 
 /** The turn's image as the model takes it: embeddings and their cache keys (none for a text-only turn). */
 export interface ModelImages {
@@ -29,11 +31,34 @@ export interface GenerateRun {
   reuse: CachedContext | undefined;
   /** whether this turn's cache is wanted */
   keep: boolean;
-  onText: (text: string) => void;
+  /** a streamed piece, with its tokens' log-probabilities when `gen.logprobs` asks for them */
+  onText: (text: string, logprobs?: AnswerLogprob[]) => void;
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A token's text and bytes (bytes that are no UTF-8 text on their own, part of a character: `\xNN` each, as OpenAI). */
+function logprobToken(id: number, logprob: number, tokenizer: Pick<TextTokenizer, 'tokenBytes'>): LogprobToken {
+  const bytes = tokenizer.tokenBytes(id);
+  let token: string;
+  try {
+    token = strictUtf8.decode(bytes);
+  } catch {
+    token = Array.from(bytes, (b) => `\\x${b.toString(16).padStart(2, '0')}`).join('');
+  }
+  return { token, bytes: Array.from(bytes), logprob };
+}
+
+/** The model's token log-probabilities with the tokens' text. */
+export function answerLogprobs(entries: readonly TokenLogprob[], tokenizer: Pick<TextTokenizer, 'tokenBytes'>): AnswerLogprob[] {
+  return entries.map((e) => ({
+    ...logprobToken(e.id, e.logprob, tokenizer),
+    top: e.top.map((t) => logprobToken(t.id, t.logprob, tokenizer)),
+  }));
 }
 
 /** The answer; a cancelled or unfinished one is `cancelled` (its cache, if any, disposed). */
-export async function generate(model: Pick<MiniGPT, 'answer'>, run: GenerateRun): Promise<Generated> {
+export async function generate(model: Pick<MiniGPT, 'answer' | 'tokenizer'>, run: GenerateRun): Promise<Generated> {
   // Written by the model's callback, which control-flow analysis cannot see: a holder, not a narrowed `let`.
   const held: { context?: CachedContext } = {};
   let answer: Answer | undefined;
@@ -48,7 +73,7 @@ export async function generate(model: Pick<MiniGPT, 'answer'>, run: GenerateRun)
     })) {
       if (ev.type === 'text') {
         if (!firstText) firstText = performance.now();
-        run.onText(ev.text);
+        run.onText(ev.text, ev.logprobs && answerLogprobs(ev.logprobs, model.tokenizer));
       } else if (ev.type === 'done') {
         answer = { text: ev.text, finishReason: ev.finishReason };
       } else {

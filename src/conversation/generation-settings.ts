@@ -47,6 +47,7 @@ export function generationOptions(
     if (finite(g.seed)) out.seed = Math.floor(g.seed);
     if (finite(g.frequencyPenalty)) out.frequencyPenalty = clamp(g.frequencyPenalty, -2, 2);
     if (finite(g.presencePenalty)) out.presencePenalty = clamp(g.presencePenalty, -2, 2);
+    if (finite(g.logprobs) && g.logprobs >= 0) out.logprobs = Math.min(Math.floor(g.logprobs), LIMITS.topLogprobs);
     const bias = logitBiasPairs(g.logitBias, model.meta.llm.vocabSize);
     if (bias.length > 0) out.logitBias = bias;
     const stop = Array.isArray(g.stop)

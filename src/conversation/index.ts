@@ -6,6 +6,8 @@ export { LIMITS } from './limits.js';
 export { edition, EDIT_REFUSED, regeneration, REGENERATE_REFUSED, withoutQuestion, type Regeneration } from './turn.js';
 export type {
   AnswerEvent,
+  AnswerLogprob,
+  LogprobToken,
   ConversationKey,
   ConversationRequest,
   ConversationState,

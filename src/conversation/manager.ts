@@ -648,7 +648,7 @@ export class ConversationManager {
         signal: job.controller.signal,
         reuse: caching ? this.contexts.take(contextId) : undefined,
         keep: caching,
-        onText: (text) => job.channel.push({ type: 'text', text }),
+        onText: (text, logprobs) => job.channel.push(logprobs ? { type: 'text', text, logprobs } : { type: 'text', text }),
       });
     } catch (err) {
       // Stopped (by the user, or a closing bot) after a new image was read: the thread keeps the image without

@@ -29,6 +29,11 @@ export interface RequestGeneration {
    * Ids outside the model's vocabulary are left out.
    */
   logitBias?: Readonly<Record<string, number>>;
+  /**
+   * OpenAI's logprobs: the `text` events carry each answer token's log-probability and this many (0-20) most likely
+   * alternatives (AnswerLogprob). Not with beam search.
+   */
+  logprobs?: number;
   seed?: number;
   /** more stop strings (beside the model's own): the answer ends before the first one written */
   stop?: readonly string[];
@@ -132,8 +137,11 @@ export type AnswerEvent =
    */
   | { type: 'queued'; position: number; checked?: true }
   | { type: 'started' }
-  /** a streamed piece of the answer; the pieces concatenated are `final.text` */
-  | { type: 'text'; text: string }
+  /**
+   * a streamed piece of the answer; the pieces concatenated are `final.text`. `logprobs` (when the request asked for
+   * them): the answer's tokens whose text this piece completes; such a piece may be empty.
+   */
+  | { type: 'text'; text: string; logprobs?: AnswerLogprob[] }
   /**
    * the text streamed so far is void: the answer is being given again (its worker died and another one took
    * it over, with a different result); the `text` events that follow make the whole answer. Only from a
@@ -155,6 +163,19 @@ export type AnswerEvent =
   | { type: 'image'; data: Buffer; mime: string }
   | { type: 'timings'; timings: Record<string, number> }
   | { type: 'error'; code: ErrorCode; message: string };
+
+/** A token as the answer's log-probabilities name it: its text (bytes that are no UTF-8 text alone as `\xNN`) and bytes. */
+export interface LogprobToken {
+  token: string;
+  bytes: number[];
+  /** natural log of its probability under the model at that position (before penalties, bias and temperature) */
+  logprob: number;
+}
+
+/** An answer token's log-probability, with the most likely tokens at its position, best first. */
+export interface AnswerLogprob extends LogprobToken {
+  top: LogprobToken[];
+}
 
 /** One finished exchange as stored. */
 export interface StoredTurn {

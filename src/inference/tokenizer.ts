@@ -31,6 +31,11 @@ export interface TextTokenizer {
    */
   incrementalDecoder?(opts?: { skipSpecialTokens?: boolean }): { push(id: number): string } | undefined;
   tokenToId(token: string): number | undefined;
+  /**
+   * The bytes one token stands for, as it would add them to a text (a Llama piece's `▁` as a space, a byte-fallback
+   * `<0xNN>` piece as that byte, a special token as its name); empty for an id the tokenizer does not know.
+   */
+  tokenBytes(id: number): Uint8Array;
 }
 
 export interface LoadTokenizerOptions {
@@ -182,6 +187,14 @@ export function createTokenizer(
     tokenToId(token: string): number | undefined {
       return tok.token_to_id(token);
     },
+    tokenBytes(id: number): Uint8Array {
+      const p = Number.isInteger(id) ? tok.id_to_token(id) : undefined;
+      if (p === undefined) return new Uint8Array();
+      if (incrementalKind !== 'llama')
+        return utf8Bytes.encode(incrementalKind === 'join' ? p : tok.decode([id], { skip_special_tokens: false }));
+      const byte = byteFallback(p);
+      return Number.isNaN(byte) ? utf8Bytes.encode(p.replaceAll('\u2581', ' ')) : Uint8Array.of(byte);
+    },
   };
 }
 
@@ -200,6 +213,13 @@ function incrementalKindOf(decoder: unknown): 'join' | 'llama' | null {
   ];
   if (isObject(decoder) && decoder.type === 'Sequence' && JSON.stringify(decoder.decoders) === JSON.stringify(llama)) return 'llama';
   return null;
+}
+
+const utf8Bytes = new TextEncoder();
+
+/** The byte of a SentencePiece byte-fallback piece (`<0x0A>`), else NaN. */
+function byteFallback(piece: string): number {
+  return piece.length === 6 && piece.startsWith('<0x') && piece.endsWith('>') ? parseInt(piece.slice(3, 5), 16) : Number.NaN;
 }
 
 /** Mirrors tokenizers.js' decode (special tokens filtered by piece, then the decoder) one id at a time. */
@@ -226,7 +246,7 @@ function incrementalDecoder(
         return raw;
       }
       const token = p.replaceAll('\u2581', ' ');
-      const byte = token.length === 6 && token.startsWith('<0x') && token.endsWith('>') ? parseInt(token.slice(3, 5), 16) : NaN;
+      const byte = byteFallback(token);
       if (!Number.isNaN(byte)) {
         bytes.push(byte);
       } else {

@@ -9,6 +9,7 @@ import OpenAI from 'openai';
 import sharp from 'sharp';
 import { MiniGPT } from '../../src/inference/model.js';
 import { conversationPrompt } from '../../src/inference/prompt.js';
+import { logSoftmax } from '../../src/inference/generation/index.js';
 import { promptSegmentIds } from '../../src/inference/context.js';
 import { ConversationManager, type AnswerEvent, type ConversationRequest, type RequestGeneration } from '../../src/conversation/index.js';
 import { gridToPixels, parseGrounding } from '../../src/grounding/parse.js';
@@ -354,6 +355,101 @@ describe('OpenAI API: chat completions', () => {
     }
   });
 
+  it("returns the answer's token log-probabilities, streamed or not, as the model's own distribution", async () => {
+    const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [
+      { role: 'user', content: withImage(caption.prompt, `data:image/png;base64,${captionPng.toString('base64')}`) },
+    ];
+    const r = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages,
+      ...GREEDY,
+      max_tokens: 30,
+      logprobs: true,
+      top_logprobs: 3,
+    });
+    const content = r.choices[0].logprobs!.content!;
+    expect(r.choices[0].logprobs!.refusal).toBeNull();
+    expect(content).toHaveLength(r.usage!.completion_tokens);
+    expect(content.length).toBeGreaterThan(3);
+    // the tokens spell the answer (the tokenizer's decoder drops the first one's leading space)
+    expect(
+      content
+        .map((t) => t.token)
+        .join('')
+        .replace(/^ /, ''),
+    ).toBe(r.choices[0].message.content);
+    for (const t of content) {
+      expect(t.bytes).toEqual([...Buffer.from(t.token, 'utf8')]);
+      expect(t.top_logprobs).toHaveLength(3);
+      // greedy: each token is its position's most likely one
+      expect(t.top_logprobs[0]).toEqual({ token: t.token, logprob: t.logprob, bytes: t.bytes });
+      expect(t.logprob).toBeLessThanOrEqual(0);
+      const lp = t.top_logprobs.map((a) => a.logprob);
+      expect(lp).toEqual([...lp].sort((a, b) => b - a));
+      expect(lp.reduce((sum, l) => sum + Math.exp(l), 0)).toBeLessThanOrEqual(1 + 1e-9);
+    }
+
+    // streamed: the same tokens, each with the piece that completes it
+    const chunks = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages,
+      ...GREEDY,
+      max_tokens: 30,
+      logprobs: true,
+      top_logprobs: 3,
+      stream: true,
+    });
+    const streamed: OpenAI.Chat.ChatCompletionTokenLogprob[] = [];
+    let text = '';
+    for await (const c of chunks) {
+      const choice = c.choices[0];
+      if (!choice) continue;
+      text += choice.delta.content ?? '';
+      streamed.push(...(choice.logprobs?.content ?? []));
+      // a token comes with the piece that completes its text, never before
+      expect(
+        text.startsWith(
+          streamed
+            .map((t) => t.token)
+            .join('')
+            .replace(/^ /, ''),
+        ),
+      ).toBe(true);
+    }
+    expect(text).toBe(r.choices[0].message.content);
+    expect(streamed).toEqual(content);
+
+    // not asked for: null
+    const plain = await client.chat.completions.create({ model: 'minigpt-demo', messages, ...GREEDY, max_tokens: 5 });
+    expect(plain.choices[0].logprobs).toBeNull();
+  });
+
+  it("reports the log-softmax of the model's logits: the first token's against the prompt's prefill", async () => {
+    const question = 'what is the red shape?';
+    const r = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: question }],
+      temperature: 1,
+      top_p: 1,
+      seed: 5,
+      max_tokens: 1,
+      logprobs: true,
+      top_logprobs: 5,
+    });
+    const prompt = conversationPrompt(model.meta.prompt, [{ user: question }], { image: false });
+    const { state, logits } = await model.prefill(await model.context(prompt, []));
+    state.dispose();
+    const ref = logSoftmax(logits);
+    const order = Array.from(ref.keys()).sort((a, b) => ref[b] - ref[a] || a - b);
+    const token = (id: number) => Buffer.from(model.tokenizer.tokenBytes(id)).toString('utf8');
+    const [first] = r.choices[0].logprobs!.content!;
+    const id = order.find((i) => token(i) === first.token)!;
+    expect(first.logprob).toBeCloseTo(ref[id], 9);
+    expect(first.top_logprobs.map((t) => [t.token, t.logprob])).toEqual(
+      order.slice(0, 5).map((i) => [token(i), expect.closeTo(ref[i], 9)]),
+    );
+  });
+
   it('fetches an http image only from an allowed host', async () => {
     const images: Server = createServer((req, res) => {
       if (req.url === '/scene.png') res.writeHead(200, { 'content-type': 'image/png' }).end(vqaPng);
@@ -435,7 +531,10 @@ describe('OpenAI API: errors', () => {
     await expectApiError(ask({ max_tokens: 0 }), 400, 'invalid_request', 'max_tokens');
     await expectApiError(ask({ stop: ['a', 'b', 'c', 'd', 'e'] }), 400, 'invalid_request', 'stop');
     await expectApiError(ask({ presence_penalty: 2.5 }), 400, 'invalid_request', 'presence_penalty');
-    await expectApiError(ask({ logprobs: true }), 400, 'unsupported_parameter', 'logprobs');
+    await expectApiError(ask({ top_logprobs: 2 }), 400, 'invalid_request', 'top_logprobs');
+    await expectApiError(ask({ logprobs: true, top_logprobs: 21 }), 400, 'invalid_request', 'top_logprobs');
+    await expectApiError(ask({ logprobs: 'yes' as unknown as boolean }), 400, 'invalid_request', 'logprobs');
+    await expectApiError(ask({ logprobs: true, minigpt: { num_beams: 2 } }), 400, 'unsupported_value', 'logprobs');
     const vocab = model.meta.llm.vocabSize;
     for (const bias of [{ [vocab]: 1 }, { abc: 1 }, { '-1': 1 }, { '5': 101 }, { '5': 'x' }]) {
       const e = await expectApiError(ask({ logit_bias: bias as Record<string, number> }), 400, 'invalid_request', 'logit_bias');

@@ -130,15 +130,27 @@ describe('regenerate and edited questions through a front end', () => {
     const biased = finalText(await ask(req({ logitBias: { [forced]: 100 }, frequencyPenalty: 0.5 })));
     expect(biased).toBe(cluster.model.tokenizer.decode([forced, forced, forced], { skipSpecialTokens: true }));
     expect(finalText(await ask(req({})))).not.toBe(biased);
+    // log-probabilities come from the worker with the text they belong to
+    const withLogprobs = await ask(req({ logprobs: 2, maxNewTokens: 8 }));
+    const tokens = withLogprobs.flatMap((e) => (e.type === 'text' ? (e.logprobs ?? []) : []));
+    const timings = withLogprobs.find((e) => e.type === 'timings');
+    expect(tokens).toHaveLength(timings?.type === 'timings' ? timings.timings.newTokens : -1);
+    expect(
+      tokens
+        .map((t) => t.token)
+        .join('')
+        .trim(),
+    ).toBe(finalText(withLogprobs));
+    expect(tokens.every((t) => t.top.length === 2 && t.logprob <= 0)).toBe(true);
 
     await earlierWorkerBeat(client, 'old-5', 5, 5);
-    for (const g of [{ logitBias: { [forced]: 100 } }, { presencePenalty: -1 }, { frequencyPenalty: 1 }]) {
+    for (const g of [{ logitBias: { [forced]: 100 } }, { presencePenalty: -1 }, { frequencyPenalty: 1 }, { logprobs: 0 }]) {
       expect(await ask(req(g))).toEqual([
         {
           type: 'error',
           code: 'unavailable',
           message: expect.stringMatching(
-            /^frequency_penalty, presence_penalty and logit_bias cannot be honoured while this bot is being upgraded/,
+            /^frequency_penalty, presence_penalty, logit_bias and logprobs cannot be honoured while this bot is being upgraded/,
           ),
         },
       ]);

@@ -40,6 +40,15 @@ describe('generationOptions: OpenAI penalties and logit bias', () => {
   });
 });
 
+describe('generationOptions: log-probabilities', () => {
+  it('asks for 0 to 20 alternatives, whole numbers', () => {
+    expect(generationOptions({ logprobs: 3.7 }, {}, model).logprobs).toBe(3);
+    expect(generationOptions({ logprobs: 50 }, {}, model).logprobs).toBe(LIMITS.topLogprobs);
+    expect(generationOptions({ logprobs: -1 }, {}, model).logprobs).toBeUndefined();
+    expect(generationOptions({}, {}, model).logprobs).toBeUndefined();
+  });
+});
+
 describe('parseChatRequest: sampling parameters', () => {
   const body = (extra: object) => ({ model: 'm', messages: [{ role: 'user', content: 'hi' }], ...extra });
   it('maps frequency_penalty, presence_penalty and logit_bias (0 and {} ask for nothing)', () => {
@@ -53,6 +62,12 @@ describe('parseChatRequest: sampling parameters', () => {
     expect(parseChatRequest(body({ frequency_penalty: 0, presence_penalty: 0, logit_bias: {}, logprobs: false }), 512).generation).toEqual(
       {},
     );
+  });
+
+  it('maps logprobs and top_logprobs', () => {
+    expect(parseChatRequest(body({ logprobs: true, top_logprobs: 3 })).generation).toEqual({ logprobs: 3 });
+    expect(parseChatRequest(body({ logprobs: true })).generation).toEqual({ logprobs: 0 });
+    expect(parseChatRequest(body({ logprobs: false })).generation).toEqual({});
   });
 
   it('refuses what OpenAI refuses, naming the parameter', () => {

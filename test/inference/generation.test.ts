@@ -310,6 +310,70 @@ describe("OpenAI's frequency / presence penalties and logit bias", () => {
   });
 });
 
+describe('log-probabilities of the answer (logprobs)', () => {
+  // scripted(): the next token's logit 5, every other one 0
+  const lse = Math.log(Math.exp(5) + (V - 1));
+  const entry = (id: number, top: number[]) => ({
+    id,
+    logprob: expect.closeTo(5 - lse, 12),
+    top: top.map((t) => ({ id: t, logprob: expect.closeTo((t === id ? 5 : 0) - lse, 12) })),
+  });
+  const events = async (seq: number[], o: Partial<GenerationOptions>) => {
+    const model = new ToyModel(scripted(seq));
+    const out: GenerationEvent[] = [];
+    for await (const ev of generate(model, model.start(), decoder, { maxNewTokens: 10, stopIds: [EOS], ...o })) out.push(ev);
+    model.expectAllDisposedOnce();
+    return out;
+  };
+
+  it('comes with the piece that completes each token, best alternatives first (ties: lower id), the stop id left out', async () => {
+    const out = await events([A, C3, A9, B, EOS], { logprobs: 2 });
+    expect(out.filter((e) => e.type === 'text')).toEqual([
+      { type: 'text', text: 'a', logprobs: [entry(A, [A, B])] },
+      // the two bytes of 'é' come with the piece that shows it
+      { type: 'text', text: 'é', logprobs: [entry(C3, [C3, A]), entry(A9, [A9, A])] },
+      { type: 'text', text: 'b', logprobs: [entry(B, [B, A])] },
+    ]);
+    expect(out.at(-1)).toMatchObject({ type: 'done', text: 'aéb', tokenIds: [A, C3, A9, B] });
+  });
+
+  it('is the raw model distribution, whatever the sampling settings; none without asking', async () => {
+    const out = await events([A, B], {
+      logprobs: 0,
+      temperature: 0.5,
+      doSample: true,
+      seed: 3,
+      topK: 1,
+      maxNewTokens: 2,
+      frequencyPenalty: 1,
+    });
+    expect(out.filter((e) => e.type === 'text')).toEqual([
+      { type: 'text', text: 'a', logprobs: [entry(A, [])] },
+      { type: 'text', text: 'b', logprobs: [entry(B, [])] },
+    ]);
+    expect((await events([A, B], {})).filter((e) => e.type === 'text')).toEqual([
+      { type: 'text', text: 'a' },
+      { type: 'text', text: 'b' },
+    ]);
+  });
+
+  it('leaves out the tokens a stop string cut away; an answer ended by maxNewTokens keeps all', async () => {
+    const cut = await events([A, HASH, HASH, B], { logprobs: 1, stopStrings: ['##'] });
+    expect(cut.flatMap((e) => (e.type === 'text' ? (e.logprobs ?? []).map((l) => l.id) : []))).toEqual([A]);
+    expect(cut.at(-1)).toMatchObject({ text: 'a', finishReason: 'stop' });
+    // a held-back '#' that was no stop string after all: handed out at the end with its text
+    const held = await events([A, HASH], { logprobs: 1, stopStrings: ['##'], maxNewTokens: 2 });
+    expect(held.filter((e) => e.type === 'text')).toEqual([
+      { type: 'text', text: 'a', logprobs: [entry(A, [A])] },
+      { type: 'text', text: '#', logprobs: [entry(HASH, [HASH])] },
+    ]);
+  });
+
+  it('refuses more than 20 alternatives', async () => {
+    await expect(events([A], { logprobs: 21 })).rejects.toThrow(RangeError);
+  });
+});
+
 describe('sampling', () => {
   const firstLogits = [1.5, 0.2, -9, 0.9, 1.1, -0.4, -9, -9, -9, -9, -9, 0.6];
   const firstTokenDist = async (o: Partial<GenerationOptions>, n: number) => {

@@ -233,6 +233,17 @@ describe('Llama-style tokenizer.json behaviour of the wrapper', () => {
         expect(tok.decode([byte(0xe2), byte(0x82)])).toContain('\uFFFD');
       });
 
+      it("gives each token's bytes: ▁ as a space, a byte piece as its byte, a special token as its name", () => {
+        const bytes = (id: number) => Array.from(tok.tokenBytes(id));
+        expect(bytes(vocab['▁Hello'])).toEqual([...Buffer.from(' Hello')]);
+        expect(bytes(byte(0xe2))).toEqual([0xe2]);
+        expect(bytes(2)).toEqual([...Buffer.from('</s>')]);
+        expect(bytes(Object.keys(vocab).length + 5)).toEqual([]);
+        // the tokens' bytes make the text (before the decoder strips the leading space)
+        const ids = tok.encode('Hello €é', { addBos: false });
+        expect(Buffer.concat(ids.map((id) => tok.tokenBytes(id))).toString('utf8')).toBe(' Hello €é');
+      });
+
       it('decodes ▁ as a space, strips the leading one, keeps or skips special tokens', () => {
         const ids = [1, vocab['▁Hello'], vocab['▁world'], 2];
         expect(tok.decode(ids)).toBe('<s> Hello world</s>');

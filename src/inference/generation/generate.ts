@@ -15,10 +15,20 @@ import {
   topKFilter,
   topPFilter,
 } from './processors.js';
+import { LogprobQueue, tokenLogprob } from './logprobs.js';
 import { createRng } from './rng.js';
 import { StatePool, runStep } from './state-pool.js';
 import { IncrementalTextStream } from './text-stream.js';
-import type { DecodeState, GenerationEvent, GenerationOptions, GenerationStart, Rng, StepModel, TokenDecoder } from './types.js';
+import type {
+  DecodeState,
+  GenerationEvent,
+  GenerationOptions,
+  GenerationStart,
+  Rng,
+  StepModel,
+  TokenDecoder,
+  TokenLogprob,
+} from './types.js';
 
 /**
  * Chooses the next token from raw logits: OpenAI's logit bias, then HF's order (repetition penalty over
@@ -107,6 +117,15 @@ export async function* generate<S extends DecodeState>(
     }
 
     const rng = o.sample ? createRng(o.seed) : undefined;
+    const logprobs = o.logprobs !== undefined ? new LogprobQueue() : undefined;
+    /** A streamed piece with the tokens it completes (asked for): such a piece may be empty. */
+    const piece = (text: string, entries: TokenLogprob[] | undefined): GenerationEvent | undefined =>
+      entries?.length ? { type: 'text', text, logprobs: entries } : text ? { type: 'text', text } : undefined;
+    /** The last piece of the answer, and the tokens with text in it not handed out yet. */
+    const lastPiece = (): GenerationEvent | undefined => {
+      const last = stream.finish(fullText());
+      return piece(last, logprobs?.finish(stream.text.length));
+    };
     const stopSet = new Set(o.stopIds);
     const stream = new IncrementalTextStream(o.stopStrings);
     const ids: number[] = [];
@@ -144,25 +163,23 @@ export async function* generate<S extends DecodeState>(
       if (ids.length >= o.maxNewTokens) break;
 
       const token = o.forceTokens ? forcedToken(o.forceTokens, ids.length, o.stopIds) : selectNextToken(logits, ids, o, rng, scratch);
-      if (token < 0) {
+      if (token >= 0) steps++;
+      if (token < 0 || stopSet.has(token)) {
         finishStates();
-        const last = stream.finish(fullText());
-        if (last) yield { type: 'text', text: last };
-        yield done('stop');
-        return;
-      }
-      steps++;
-      if (stopSet.has(token)) {
-        finishStates();
-        const last = stream.finish(fullText());
-        if (last) yield { type: 'text', text: last };
+        const last = lastPiece();
+        if (last) yield last;
         yield done('stop');
         return;
       }
       ids.push(token);
       if (incremental) decoded = incremental.push(token);
-      const r = stream.update(fullText());
-      if (r.text) yield { type: 'text', text: r.text };
+      const text = fullText();
+      logprobs?.add(tokenLogprob(logits, token, o.logprobs!), text.length);
+      const r = stream.update(text);
+      // (a stop string ends the answer: the tokens with text before it)
+      const length = stream.text.length;
+      const released = piece(r.text, r.stopped ? logprobs?.finish(length) : logprobs?.released(length));
+      if (released) yield released;
       if (r.stopped) {
         finishStates();
         yield done('stop');
@@ -180,8 +197,8 @@ export async function* generate<S extends DecodeState>(
 
     // maxNewTokens reached
     finishStates();
-    const last = stream.finish(fullText());
-    if (last) yield { type: 'text', text: last };
+    const last = lastPiece();
+    if (last) yield last;
     yield done(stream.stopped ? 'stop' : 'length');
   } finally {
     pool.disposeAll();

@@ -8,6 +8,7 @@ export type {
   Rng,
   StepModel,
   TokenDecoder,
+  TokenLogprob,
 } from './types.js';
 export { createRng, type SeededRng } from './rng.js';
 export {
@@ -47,3 +48,4 @@ export {
   type BeamSearchResult,
 } from './beam-search.js';
 export { generate, selectNextToken } from './generate.js';
+export { LogprobQueue, MAX_TOP_LOGPROBS, tokenLogprob } from './logprobs.js';

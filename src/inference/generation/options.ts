@@ -1,3 +1,4 @@
+import { MAX_TOP_LOGPROBS } from './logprobs.js';
 import type { GenerationOptions } from './types.js';
 
 /** Upstream `Chat.answer` default for max_new_tokens. */
@@ -39,6 +40,8 @@ export interface ResolvedGenerationOptions {
   presencePenalty: number;
   /** (id, bias) pairs; empty: none */
   logitBias: readonly (readonly [number, number])[];
+  /** alternatives reported per token; undefined: no log-probabilities */
+  logprobs: number | undefined;
   numBeams: number;
   lengthPenalty: number;
   earlyStopping: boolean | 'never';
@@ -79,6 +82,9 @@ export function resolveGenerationOptions(opts: GenerationOptions): ResolvedGener
     checkInt('logitBias id', id, 0);
     if (!Number.isFinite(bias)) throw new RangeError(`logitBias of ${id} must be finite, got ${bias}`);
   }
+  const logprobs = opts.logprobs === undefined ? undefined : checkInt('logprobs', opts.logprobs, 0);
+  if (logprobs !== undefined && logprobs > MAX_TOP_LOGPROBS)
+    throw new RangeError(`logprobs must be at most ${MAX_TOP_LOGPROBS}, got ${logprobs}`);
   const numBeams = checkInt('numBeams', opts.numBeams ?? 1, 1);
   const lengthPenalty = opts.lengthPenalty ?? 1;
   if (!Number.isFinite(lengthPenalty)) throw new RangeError(`lengthPenalty must be finite, got ${lengthPenalty}`);
@@ -98,6 +104,7 @@ export function resolveGenerationOptions(opts: GenerationOptions): ResolvedGener
     frequencyPenalty,
     presencePenalty,
     logitBias,
+    logprobs,
     numBeams,
     lengthPenalty,
     earlyStopping,

@@ -62,6 +62,11 @@ export interface GenerationOptions {
   presencePenalty?: number;
   /** OpenAI's logit_bias: (token id, added to its logit) pairs, applied before every other processor. */
   logitBias?: readonly (readonly [number, number])[];
+  /**
+   * Report each generated token's log-probability with this many (0-20) most likely alternatives at its position
+   * (`logprobs` of the 'text' events); undefined: none. Greedy / sampling only: beam search reports none.
+   */
+  logprobs?: number;
   /** HF beam search semantics (num_beam_hyps_to_keep=1); default 1 */
   numBeams?: number;
   /** default 1 */
@@ -86,9 +91,23 @@ export interface GenerationOptions {
 
 export type FinishReason = 'stop' | 'length' | 'aborted';
 
+/**
+ * A generated token's log-probability under the model (log-softmax of its raw logits) and the most likely tokens at
+ * its position (best first).
+ */
+export interface TokenLogprob {
+  id: number;
+  logprob: number;
+  top: { id: number; logprob: number }[];
+}
+
 export type GenerationEvent =
-  /** a streamed piece; concatenation of pieces == final text */
-  { type: 'text'; text: string } | { type: 'done'; text: string; tokenIds: number[]; finishReason: FinishReason; steps: number };
+  /**
+   * a streamed piece; concatenation of pieces == final text. `logprobs` (when asked for): the tokens whose text
+   * this piece completes, in order; a piece may then be empty (tokens without text of their own).
+   */
+  | { type: 'text'; text: string; logprobs?: TokenLogprob[] }
+  | { type: 'done'; text: string; tokenIds: number[]; finishReason: FinishReason; steps: number };
 
 /** What generate() needs after the prefill: the state holding the prompt and the logits of its last position. */
 export interface GenerationStart<S extends DecodeState = DecodeState> {
