@@ -17,6 +17,7 @@ import { BotMetrics } from './observe/metrics.js';
 import { startMetricsServer, type MetricsServer, type MetricsSettings } from './observe/server.js';
 import { DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, isLoopbackHost, startWebServer, type WebModelInfo } from '../adapters/web/server.js';
 import { DEFAULT_API_HOST, startApiServer } from '../adapters/api/server.js';
+import type { ConcurrencyLimiter } from '../adapters/api/concurrency.js';
 import { CorsPolicy } from '../adapters/api/cors.js';
 
 /** A started adapter. */
@@ -84,6 +85,8 @@ export async function startAdapters(
     shardLeases?: ShardLeases;
     arrivalOrder?: SharedArrivalOrder;
     sharedStops?: SharedStops;
+    /** where the API counts each key's requests in progress (API_MAX_CONCURRENT); default this process */
+    apiConcurrency?: ConcurrencyLimiter;
     /** METRICS_PORT's: every adapter's requests and refused requests counted (BotMetrics.meter, meterLimits) */
     metrics?: BotMetrics;
   },
@@ -141,7 +144,7 @@ export async function startAdapters(
       keys: api.keys,
       imageHosts: api.imageHosts,
       ...(api.rateLimit ? { rateLimit: { limiter: userLimiter('api', api.rateLimit, rateLimiter)!, ...api.rateLimit } } : {}),
-      ...(api.maxConcurrent ? { maxConcurrent: api.maxConcurrent } : {}),
+      ...(api.maxConcurrent ? { maxConcurrent: api.maxConcurrent, ...(o.apiConcurrency ? { concurrency: o.apiConcurrency } : {}) } : {}),
       corsOrigins: api.corsOrigins,
       model: {
         id,
@@ -158,7 +161,7 @@ export async function startAdapters(
     started.push({ name: 'api', url: server.url, close: () => server.close() });
     const limits = [
       ...(api.rateLimit ? [`${api.rateLimit.max} requests per ${api.rateLimit.windowMs / 1000} s`] : []),
-      ...(api.maxConcurrent ? [`${api.maxConcurrent} at once`] : []),
+      ...(api.maxConcurrent ? [`${api.maxConcurrent} at once${o.apiConcurrency ? ' (counted with the other front ends)' : ''}`] : []),
     ];
     const pages = api.corsOrigins.length ? `; pages from ${api.corsOrigins.join(', ')}` : '';
     log(

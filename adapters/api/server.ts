@@ -15,6 +15,7 @@ import type { AddressInfo } from 'node:net';
 import type { ConversationRequest } from '../../src/conversation/index.js';
 import { ApiError, badRequest, tooManyRequests } from './errors.js';
 import type { RateLimiter } from '../shared/rate-limit.js';
+import { LocalConcurrency, type ConcurrencyLimiter } from './concurrency.js';
 import { CorsPolicy } from './cors.js';
 import { parseChatRequest } from './request.js';
 import { imageBytes } from './images.js';
@@ -72,10 +73,12 @@ export interface ApiServerOptions {
    */
   rateLimit?: { limiter: RateLimiter; max: number; windowMs: number };
   /**
-   * Most requests of one key waiting or being answered at once in this process (API_MAX_CONCURRENT): more are
-   * refused with 429, so that one client cannot fill the queue the chat users share. Default none.
+   * Most requests of one key waiting or being answered at once (API_MAX_CONCURRENT; counted by `concurrency`): more
+   * are refused with 429, so that one client cannot fill the queue the chat users share. Default none.
    */
   maxConcurrent?: number;
+  /** where the requests in progress are counted (front ends on Redis: there, shared); default this process */
+  concurrency?: ConcurrencyLimiter;
   /** origins whose pages may call the API from a browser (API_CORS_ORIGINS, CorsPolicy); default none; `*` needs `keys` */
   corsOrigins?: readonly string[];
   log?: (line: string) => void;
@@ -110,7 +113,7 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   const maxBody = Math.ceil((maxImageBytes * 4) / 3) * 2 + 1024 * 1024;
   const active = new Set<AbortController>();
   /** requests in progress per key (`maxConcurrent`) */
-  const inProgress = new Map<string, number>();
+  const concurrency = opts.concurrency ?? new LocalConcurrency();
   let loopbackNames = new Set<string>();
 
   const server: Server = createServer((req, res) => {
@@ -300,8 +303,8 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
    */
   async function admit(key: string, res: ServerResponse): Promise<void> {
     const cap = opts.maxConcurrent;
-    const held = inProgress.get(key) ?? 0;
-    if (cap && held >= cap) {
+    const release = cap ? await concurrency.acquire(key, cap) : undefined;
+    if (release === null) {
       log(`api: ${key}: refused, ${cap} request(s) of it in progress`);
       throw tooManyRequests(
         'too_many_concurrent_requests',
@@ -309,17 +312,15 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
         1000,
       );
     }
-    // (counted before the rate limit's await, so that requests arriving together cannot all pass the cap)
-    inProgress.set(key, held + 1);
-    res.once('close', () => {
-      const n = (inProgress.get(key) ?? 1) - 1;
-      if (n > 0) inProgress.set(key, n);
-      else inProgress.delete(key);
-    });
+    // (the place is taken before the rate limit's await, so that requests arriving together cannot all pass the cap)
+    // (a client gone while Redis answered: given back at once)
+    if (release && res.closed) release();
+    else if (release) res.once('close', release);
     const rl = opts.rateLimit;
     if (!rl) return;
     const r = await rl.limiter.take(key);
     if (r.ok) return;
+    release?.();
     const s = Math.max(1, Math.ceil(r.retryAfterMs / 1000));
     if (await rl.limiter.shouldWarn(key)) log(`api: ${key}: over its rate limit (${rl.max} per ${rl.windowMs / 1000} s)`);
     throw tooManyRequests(

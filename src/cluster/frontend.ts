@@ -11,6 +11,7 @@ import { EventChannel } from '../conversation/scheduler.js';
 import { KeyedMutex } from '../util/keyed-mutex.js';
 import { RedisArrivalOrder } from './arrival-order.js';
 import { RedisStopRelay } from './stop-relay.js';
+import { RedisConcurrency } from './concurrency.js';
 import type {
   AnswerEvent,
   AnswerLogprob,
@@ -92,6 +93,8 @@ function asksOpenAiSampling(req: ConversationRequest): boolean {
 
 export class RemoteConversations implements ConversationPort {
   readonly store: Keyv;
+  /** what close() stops besides the connections (the API's concurrency holds' renewal) */
+  private readonly closers: (() => void)[] = [];
   private readonly repo: ConversationStore;
   private readonly queue: Queue<JobData>;
   private readonly redis: Redis;
@@ -249,6 +252,13 @@ export class RemoteConversations implements ConversationPort {
     return new RedisRateLimiter(this.redis, scope, max, windowMs, this.log);
   }
 
+  /** The API's requests in progress per key, counted with every front end's (API_MAX_CONCURRENT); renewed until close. */
+  apiConcurrency(): RedisConcurrency {
+    const c = new RedisConcurrency(this.redis, this.log);
+    this.closers.push(() => c.close());
+    return c;
+  }
+
   /** where front ends keep the order of a conversation's events between them (Slack's threads) */
   arrivalOrder(): RedisArrivalOrder {
     return new RedisArrivalOrder(this.redis, { owner: this.owner, log: this.log });
@@ -271,6 +281,7 @@ export class RemoteConversations implements ConversationPort {
 
   async close(): Promise<void> {
     this.closing = true;
+    for (const close of this.closers) close();
     this.streams.close();
     await Promise.all([this.queue, ...this.workerQueues.values()].map((q) => q.close().catch(() => {})));
     this.redis.disconnect();

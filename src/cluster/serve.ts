@@ -142,6 +142,7 @@ export async function serveFrontend(opts: ServeOptions = {}): Promise<RunningFro
         shardLeases,
         arrivalOrder: manager.arrivalOrder(),
         sharedStops: manager.stopRelay(),
+        ...(api?.maxConcurrent ? { apiConcurrency: manager.apiConcurrency() } : {}),
         ...(metrics ? { metrics } : {}),
       },
       adapters,
