@@ -134,15 +134,18 @@ export function extension(a: Answer): MinigptExtension {
   };
 }
 
-/** Token counts: the prompt counts the image's embedding rows; cached_tokens were reused from an earlier request. */
-export function usage(a: Answer) {
-  const prompt = a.timings.promptTokens ?? 0;
-  const completion = a.timings.newTokens ?? 0;
+/**
+ * Token counts: the prompt counts the image's embedding rows (once, however many choices); the completion, every
+ * choice's tokens; cached_tokens were reused from an earlier request.
+ */
+export function usage(answers: readonly Answer[]) {
+  const prompt = answers[0]?.timings.promptTokens ?? 0;
+  const completion = answers.reduce((sum, a) => sum + (a.timings.newTokens ?? 0), 0);
   return {
     prompt_tokens: prompt,
     completion_tokens: completion,
     total_tokens: prompt + completion,
-    prompt_tokens_details: { cached_tokens: a.timings.reusedTokens ?? 0 },
+    prompt_tokens_details: { cached_tokens: answers[0]?.timings.reusedTokens ?? 0 },
   };
 }
 
@@ -152,23 +155,26 @@ export interface CompletionIds {
   model: string;
 }
 
-export function completionObject(ids: CompletionIds, a: Answer) {
+/**
+ * The response to a plain request: one choice per answer. `minigpt` is the first answer's; with several choices,
+ * each carries its own too (its boxes, timings).
+ */
+export function completionObject(ids: CompletionIds, answers: readonly Answer[]) {
   return {
     id: ids.id,
     object: 'chat.completion' as const,
     created: ids.created,
     model: ids.model,
-    choices: [
-      {
-        index: 0,
-        message: { role: 'assistant' as const, content: a.text, refusal: null },
-        logprobs: logprobsObject(a.logprobs),
-        finish_reason: a.finishReason,
-      },
-    ],
-    usage: usage(a),
+    choices: answers.map((a, index) => ({
+      index,
+      message: { role: 'assistant' as const, content: a.text, refusal: null },
+      logprobs: logprobsObject(a.logprobs),
+      finish_reason: a.finishReason,
+      ...(answers.length > 1 ? { minigpt: extension(a) } : {}),
+    })),
+    usage: usage(answers),
     system_fingerprint: null,
-    minigpt: extension(a),
+    minigpt: extension(answers[0]),
   };
 }
 
@@ -183,8 +189,10 @@ function chunkHead(ids: CompletionIds) {
   };
 }
 
+/** A chunk of choice `index`: a piece (`delta`) with its tokens, or its end (`finishReason`, `extra`). */
 export function chunkObject(
   ids: CompletionIds,
+  index: number,
   delta: { role?: 'assistant'; content?: string },
   finishReason: 'stop' | 'length' | null = null,
   extra: object = {},
@@ -192,16 +200,16 @@ export function chunkObject(
 ) {
   return {
     ...chunkHead(ids),
-    choices: [{ index: 0, delta, logprobs: logprobsObject(logprobs), finish_reason: finishReason }],
+    choices: [{ index, delta, logprobs: logprobsObject(logprobs), finish_reason: finishReason }],
     ...extra,
   };
 }
 
-/** The last chunk with `stream_options.include_usage`: no choices, the usage. */
-export function usageChunk(ids: CompletionIds, a: Answer) {
+/** The last chunk with `stream_options.include_usage`: no choices, the usage of every choice. */
+export function usageChunk(ids: CompletionIds, answers: readonly Answer[]) {
   return {
     ...chunkHead(ids),
     choices: [],
-    usage: usage(a),
+    usage: usage(answers),
   };
 }

@@ -24,6 +24,8 @@ export interface ChatRequest {
   user?: string;
   /** extension `minigpt.annotated_image`: return the image with the answer's boxes drawn */
   annotatedImage: boolean;
+  /** `n`: how many answers (choices) to give */
+  choices: number;
 }
 
 export const MAX_MESSAGES = 512;
@@ -92,6 +94,10 @@ export function parseChatRequest(body: unknown, vocabSize?: number): ChatRequest
   if (beams !== undefined) generation.numBeams = beams;
   if (beams !== undefined && beams > 1 && generation.logprobs !== undefined)
     throw badRequest('logprobs are not reported with beam search (minigpt.num_beams > 1)', 'logprobs', 'unsupported_value');
+  const choices = integerParam(body, 'n', 1, LIMITS.choices) ?? 1;
+  // (beam search gives its one best answer: n of them would be the same)
+  if (beams !== undefined && beams > 1 && choices > 1)
+    throw badRequest('n > 1 is not supported with beam search (minigpt.num_beams > 1): it gives one best answer', 'n', 'unsupported_value');
   const penalty = numberParam(extension, 'repetition_penalty', 0.01, 10, 'minigpt.repetition_penalty');
   if (penalty !== undefined) generation.repetitionPenalty = penalty;
   const annotated = extension.annotated_image;
@@ -116,13 +122,12 @@ export function parseChatRequest(body: unknown, vocabSize?: number): ChatRequest
     generation,
     ...(typeof user === 'string' && user ? { user: user.slice(0, 200) } : {}),
     annotatedImage: annotated === true,
+    choices,
   };
 }
 
 /** Parameters of the OpenAI API that this server does not implement: refused unless they ask for nothing. */
 function refuseUnsupported(body: Json): void {
-  if (present(body.n) && body.n !== 1)
-    throw badRequest('n must be 1: this server returns one choice per request', 'n', 'unsupported_value');
   for (const p of ['tools', 'functions'] as const) {
     if (Array.isArray(body[p]) && (body[p] as unknown[]).length > 0)
       throw badRequest(`${p} are not supported: MiniGPT has no tool calling`, p, 'unsupported_parameter');

@@ -278,20 +278,40 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
         : undefined;
       const requestId = randomBytes(12).toString('hex');
       const ids: CompletionIds = { id: `chatcmpl-${requestId}`, created: Math.floor(Date.now() / 1000), model: opts.model.id };
-      const request: ConversationRequest = {
-        // Every request is its own conversation: the messages carry the history; the key only schedules it.
-        key: { platform: 'api', workspace: key, channel: 'v1', thread: requestId },
-        user: parsed.user ?? 'api',
-        text: parsed.text,
-        history: parsed.history,
-        generation: parsed.generation,
-        annotate: parsed.annotatedImage,
-        signal: controller.signal,
-        requestId,
-      };
-      if (image) request.image = image;
-      if (parsed.stream) await streamed(res, ids, request, parsed.includeUsage, controller.signal);
-      else sendJson(res, 200, completionObject(ids, await runCompletion(opts.manager, request)));
+      // The first choice that fails stops the others (the client gets its error, not a partial set).
+      const stopChoices = new AbortController();
+      const signal = AbortSignal.any([controller.signal, stopChoices.signal]);
+      const seed = parsed.generation.seed;
+      const requests = Array.from({ length: parsed.choices }, (_, i): ConversationRequest => {
+        const id = parsed.choices > 1 ? `${requestId}.${i}` : requestId;
+        return {
+          // Every request is its own conversation: the messages carry the history; the key only schedules it. Each
+          // choice is one of its own, answered beside the others (batched with them on the model).
+          key: { platform: 'api', workspace: key, channel: 'v1', thread: id },
+          user: parsed.user ?? 'api',
+          text: parsed.text,
+          history: parsed.history,
+          // (a seed gives every choice its own, so that they differ and are repeated all the same)
+          generation: i > 0 && seed !== undefined ? { ...parsed.generation, seed: seed + i } : parsed.generation,
+          annotate: parsed.annotatedImage,
+          signal,
+          requestId: id,
+          ...(image ? { image } : {}),
+        };
+      });
+      if (parsed.stream) await streamed(res, ids, requests, parsed.includeUsage, controller.signal, stopChoices);
+      else
+        sendJson(
+          res,
+          200,
+          completionObject(
+            ids,
+            await allChoices(
+              requests.map((r) => runCompletion(opts.manager, r)),
+              stopChoices,
+            ),
+          ),
+        );
     } finally {
       active.delete(controller);
     }
@@ -338,9 +358,10 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   async function streamed(
     res: ServerResponse,
     ids: CompletionIds,
-    request: ConversationRequest,
+    requests: readonly ConversationRequest[],
     includeUsage: boolean,
     signal: AbortSignal,
+    stopChoices: AbortController,
   ): Promise<void> {
     let stopHeartbeat: (() => void) | undefined;
     const send = (data: string): Promise<void> | void => {
@@ -351,16 +372,21 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
       if (res.headersSent) return;
       res.writeHead(200, { ...HEADERS, 'content-type': 'text/event-stream; charset=utf-8', 'x-accel-buffering': 'no' });
       stopHeartbeat = sseHeartbeat(res, HEARTBEAT_MS);
-      void send(JSON.stringify(chunkObject(ids, { role: 'assistant', content: '' })));
+      for (let i = 0; i < requests.length; i++) void send(JSON.stringify(chunkObject(ids, i, { role: 'assistant', content: '' })));
     };
     try {
-      const answer = await runCompletion(opts.manager, request, (text, logprobs) => {
+      // each choice's pieces as they come, interleaved, and its last chunk when it ends
+      const runs = requests.map(async (request, i) => {
+        const answer = await runCompletion(opts.manager, request, (text, logprobs) => {
+          open();
+          return send(JSON.stringify(chunkObject(ids, i, { content: text }, null, {}, logprobs)));
+        });
         open();
-        return send(JSON.stringify(chunkObject(ids, { content: text }, null, {}, logprobs)));
+        await send(JSON.stringify(chunkObject(ids, i, {}, answer.finishReason, { minigpt: extension(answer) })));
+        return answer;
       });
-      open();
-      await send(JSON.stringify(chunkObject(ids, {}, answer.finishReason, { minigpt: extension(answer) })));
-      if (includeUsage) await send(JSON.stringify(usageChunk(ids, answer)));
+      const answers = await allChoices(runs, stopChoices);
+      if (includeUsage) await send(JSON.stringify(usageChunk(ids, answers)));
       await send('[DONE]');
       res.end();
     } catch (err) {
@@ -384,6 +410,17 @@ export async function startApiServer(opts: ApiServerOptions): Promise<ApiServer>
   loopbackNames = new Set(['localhost', '127.0.0.1', '[::1]'].map((n) => `${n}:${port}`));
 
   return runningServer(server, active, { url: `http://${urlHost(host)}:${port}/v1`, host, port });
+}
+
+/** Every choice's answer; the first to fail stops the others (`stop`), then its error is thrown. */
+async function allChoices<T>(runs: readonly Promise<T>[], stop: AbortController): Promise<T[]> {
+  try {
+    return await Promise.all(runs);
+  } catch (err) {
+    stop.abort();
+    await Promise.allSettled(runs);
+    throw err;
+  }
 }
 
 function methodNotAllowed(allow: string): ApiError {

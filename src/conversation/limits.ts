@@ -7,6 +7,8 @@ export const LIMITS = {
   imageBytes: 20 * 1024 * 1024,
   /** most beams a request may ask for (upstream's demo offers 1-10; 8 keeps a batch within memory) */
   beams: 8,
+  /** most choices one API request may ask for (`n`: each is a request of its own in the queue) */
+  choices: 8,
   /** most token ids one request may bias (logit_bias; each costs a little every decoding step) */
   logitBias: 1024,
   /** most alternatives a token's log-probability may list (OpenAI's top_logprobs) */

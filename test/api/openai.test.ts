@@ -450,6 +450,61 @@ describe('OpenAI API: chat completions', () => {
     );
   });
 
+  it('gives n choices, answered side by side: each as a request of its own would be, streamed by index', async () => {
+    const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [
+      { role: 'user', content: withImage(caption.prompt, `data:image/png;base64,${captionPng.toString('base64')}`) },
+    ];
+    const create = (p: Partial<OpenAI.Chat.ChatCompletionCreateParamsNonStreaming>) =>
+      client.chat.completions.create({ model: 'minigpt-demo', messages, max_tokens: 12, ...p });
+    const single = await create({ ...GREEDY });
+    const three = await create({ ...GREEDY, n: 3 });
+    expect(three.choices.map((c) => [c.index, c.message.content, c.finish_reason])).toEqual(
+      [0, 1, 2].map((i) => [i, single.choices[0].message.content, single.choices[0].finish_reason]),
+    );
+    expect(three.usage).toMatchObject({
+      prompt_tokens: single.usage!.prompt_tokens,
+      completion_tokens: 3 * single.usage!.completion_tokens,
+    });
+    expect(three.choices.map((c) => (c as unknown as { minigpt: Extension }).minigpt.task)).toEqual(['caption', 'caption', 'caption']);
+
+    // sampled with a seed: choice i is the answer to the seed + i, as asked alone
+    const sampled = { temperature: 1.5, top_p: 1 };
+    const seeded = await create({ ...sampled, seed: 40, n: 3 });
+    for (const i of [0, 1, 2]) {
+      expect(seeded.choices[i].message.content).toBe((await create({ ...sampled, seed: 40 + i })).choices[0].message.content);
+    }
+
+    // streamed: each choice's pieces under its index, one role and one finish chunk each, the usage of all
+    const chunks = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages,
+      max_tokens: 12,
+      ...sampled,
+      seed: 40,
+      n: 3,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const texts = ['', '', ''];
+    const roles = [0, 0, 0];
+    const finishes = [0, 0, 0];
+    let used: OpenAI.CompletionUsage | undefined;
+    for await (const c of chunks) {
+      if (c.usage) used = c.usage;
+      for (const ch of c.choices) {
+        texts[ch.index] += ch.delta.content ?? '';
+        if (ch.delta.role) roles[ch.index]++;
+        if (ch.finish_reason) finishes[ch.index]++;
+      }
+    }
+    expect(texts).toEqual(seeded.choices.map((c) => c.message.content));
+    expect([roles, finishes]).toEqual([
+      [1, 1, 1],
+      [1, 1, 1],
+    ]);
+    expect(used?.completion_tokens).toBe(seeded.usage!.completion_tokens);
+  });
+
   it('fetches an http image only from an allowed host', async () => {
     const images: Server = createServer((req, res) => {
       if (req.url === '/scene.png') res.writeHead(200, { 'content-type': 'image/png' }).end(vqaPng);
@@ -526,7 +581,9 @@ describe('OpenAI API: errors', () => {
       'invalid_image',
     );
     await expectApiError(ask({ model: 'gpt-4o' }), 404, 'model_not_found', 'model');
-    await expectApiError(ask({ n: 2 }), 400, 'unsupported_value', 'n');
+    await expectApiError(ask({ n: 9 }), 400, 'invalid_request', 'n');
+    await expectApiError(ask({ n: 0 }), 400, 'invalid_request', 'n');
+    await expectApiError(ask({ n: 2, minigpt: { num_beams: 2 } }), 400, 'unsupported_value', 'n');
     await expectApiError(ask({ temperature: 3 }), 400, 'invalid_request', 'temperature');
     await expectApiError(ask({ max_tokens: 0 }), 400, 'invalid_request', 'max_tokens');
     await expectApiError(ask({ stop: ['a', 'b', 'c', 'd', 'e'] }), 400, 'invalid_request', 'stop');
@@ -607,6 +664,31 @@ describe('OpenAI API: errors', () => {
     }
   });
 
+  it('refuses n choices when the queue cannot take them all, stopping those it took', async () => {
+    const tight = new ConversationManager({
+      model,
+      maxQueue: 0,
+      maxBatch: 2,
+      defaults: { maxNewTokens: 40, stopStrings: [], stopIds: [] },
+    });
+    const small = await startApiServer({ manager: tight, port: 0, model: { id: 'minigpt-demo', created: 1, architecture: 'minigpt-v2' } });
+    // (the answers last: 40 steps of 50 ms)
+    const slow = slowSteps(model, 50);
+    try {
+      const c = new OpenAI({ baseURL: small.url, apiKey: 'x', maxRetries: 0 });
+      const started = Date.now();
+      await expectApiError(ask({ n: 3, ...GREEDY }, c), 503, 'server_busy');
+      // the two it took were stopped: two more are taken long before those would have ended
+      const again = await ask({ n: 2, ...GREEDY, max_tokens: 2 }, c);
+      expect(again.choices).toHaveLength(2);
+      expect(Date.now() - started).toBeLessThan(1500);
+    } finally {
+      slow.restore();
+      await small.close();
+      await tight.close();
+    }
+  });
+
   it('cancels the answer of a client that goes away, freeing its place at once', async () => {
     const tight = new ConversationManager({ model, maxQueue: 0, defaults: { maxNewTokens: 200, stopStrings: [], stopIds: [] } });
     // how each answer ended, as the manager reported it
@@ -669,7 +751,7 @@ describe('OpenAI API: errors', () => {
     });
     try {
       // (a request refused for its parameters is not counted)
-      await expectApiError(ask({ n: 2 }, as('key-one')), 400, 'unsupported_value', 'n');
+      await expectApiError(ask({ temperature: 3 }, as('key-one')), 400, 'invalid_request', 'temperature');
       for (let i = 0; i < 2; i++) expect((await ask({ ...GREEDY, max_tokens: 2 }, as('key-one'))).choices[0].message.content).toBeTruthy();
       const e = await expectApiError(ask({ ...GREEDY, max_tokens: 2 }, as('key-one')), 429, 'rate_limit_exceeded');
       expect(e).toBeInstanceOf(OpenAI.RateLimitError);
