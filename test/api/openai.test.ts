@@ -359,14 +359,8 @@ describe('OpenAI API: chat completions', () => {
     const messages: OpenAI.Chat.ChatCompletionMessageParam[] = [
       { role: 'user', content: withImage(caption.prompt, `data:image/png;base64,${captionPng.toString('base64')}`) },
     ];
-    const r = await client.chat.completions.create({
-      model: 'minigpt-demo',
-      messages,
-      ...GREEDY,
-      max_tokens: 30,
-      logprobs: true,
-      top_logprobs: 3,
-    });
+    const asked = { model: 'minigpt-demo', messages, ...GREEDY, max_tokens: 30, logprobs: true, top_logprobs: 3 } as const;
+    const r = await client.chat.completions.create(asked);
     const content = r.choices[0].logprobs!.content!;
     expect(r.choices[0].logprobs!.refusal).toBeNull();
     expect(content).toHaveLength(r.usage!.completion_tokens);
@@ -390,15 +384,7 @@ describe('OpenAI API: chat completions', () => {
     }
 
     // streamed: the same tokens, each with the piece that completes it
-    const chunks = await client.chat.completions.create({
-      model: 'minigpt-demo',
-      messages,
-      ...GREEDY,
-      max_tokens: 30,
-      logprobs: true,
-      top_logprobs: 3,
-      stream: true,
-    });
+    const chunks = await client.chat.completions.create({ ...asked, stream: true });
     const streamed: OpenAI.Chat.ChatCompletionTokenLogprob[] = [];
     let text = '';
     for await (const c of chunks) {
