@@ -3,7 +3,9 @@ import { writeFile } from 'node:fs/promises';
 import { MiniGPT } from '../inference/model.js';
 import { conversationPrompt } from '../inference/prompt.js';
 import type { ProviderChoice } from '../inference/providers.js';
-import type { GenerationOptions } from '../inference/generation/index.js';
+import type { GenerationOptions, TokenLogprob } from '../inference/generation/index.js';
+import { answerLogprobs } from '../conversation/generate.js';
+import type { AnswerLogprob, LogprobToken } from '../conversation/types.js';
 import { entitiesToPixels, parseGrounding, parseUserBox, type Entity } from '../grounding/parse.js';
 import { parseTask } from '../grounding/tasks.js';
 import { annotateImage } from '../image/annotate.js';
@@ -40,6 +42,11 @@ export interface AskResult {
   provider: string;
   /** present (true) when the test hook forced the answer (MINIGPT_TEST_FORCED_ANSWER) */
   forced_answer?: true;
+  /**
+   * with --logprobs: each answer token's log-probability under the model (log-softmax of its logits) and the likeliest
+   * tokens at its place, best first
+   */
+  logprobs?: (AnswerLogprob & { id: number; top: (LogprobToken & { id: number })[] })[];
   /** with --profile: each graph's runs, per kind of run (profile.ts; times are of the profiled run) */
   profile?: ProfileSummary;
   timings: {
@@ -74,8 +81,10 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
     let tokenIds: number[] = [];
     let finish = 'stop';
     let timings: AskResult['timings'] | null = null;
+    const logprobs: TokenLogprob[] = [];
     for await (const ev of model.answer(prompt, [img.embeds], req.generation, req.signal)) {
       if (ev.type === 'text') {
+        if (ev.logprobs) logprobs.push(...ev.logprobs);
         if (!req.json) req.write(ev.text);
       } else if (ev.type === 'done') {
         text = ev.text;
@@ -121,6 +130,15 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
       plain_text: grounding.plainText,
       entities: entitiesToPixels(entities, img.width, img.height),
       ...(annotated ? { annotated } : {}),
+      ...(req.generation.logprobs !== undefined
+        ? {
+            logprobs: answerLogprobs(logprobs, model.tokenizer).map((a, i) => ({
+              id: logprobs[i].id,
+              ...a,
+              top: a.top.map((t, j) => ({ id: logprobs[i].top[j].id, ...t })),
+            })),
+          }
+        : {}),
       prompt,
       image: { width: img.width, height: img.height },
       provider: model.provider,

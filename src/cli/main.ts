@@ -20,12 +20,31 @@ function int(name: string) {
   };
 }
 
+function intFrom(name: string, min: number, max: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a whole number from ${min} to ${max}`);
+    return n;
+  };
+}
+
 function num(name: string, min: number, max: number) {
   return (v: string): number => {
     const n = Number(v);
     if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
     return n;
   };
+}
+
+/** `--logit-bias 2=-100,13=5`: (token id, bias) pairs. */
+function logitBias(v: string): [number, number][] {
+  return v.split(',').map((pair) => {
+    const m = /^\s*(\d{1,9})\s*=\s*([-+]?\d+(?:\.\d+)?)\s*$/.exec(pair);
+    const bias = m ? Number(m[2]) : Number.NaN;
+    if (!m || !(bias >= -100 && bias <= 100))
+      throw new InvalidArgumentError(`--logit-bias takes token id=bias pairs, bias from -100 to 100 (e.g. 2=-100,13=5), not "${pair}"`);
+    return [Number(m[1]), bias];
+  });
 }
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
@@ -40,6 +59,13 @@ function withAnswerOptions(cmd: Command): Command {
     .option('--top-p <p>', 'nucleus sampling mass (default 0.9)', num('--top-p', 0, 1))
     .option('--top-k <k>', 'keep the k most likely tokens', int('--top-k'))
     .option('--repetition-penalty <r>', 'HF repetition penalty (default 1.05)', num('--repetition-penalty', 0.01, 10))
+    .option(
+      '--frequency-penalty <f>',
+      "OpenAI's: a token's logit loses f for each time it is in the answer",
+      num('--frequency-penalty', -2, 2),
+    )
+    .option('--presence-penalty <p>', "OpenAI's: a token's logit loses p once it is in the answer", num('--presence-penalty', -2, 2))
+    .option('--logit-bias <id=bias,...>', "add bias (-100 to 100) to these token ids' logits, e.g. 2=-100 (never </s>)", logitBias)
     .option('--num-beams <n>', 'beam search width (default 1 = none)', int('--num-beams'))
     .option('--seed <n>', 'sampling seed', (v) => Number.parseInt(v, 10))
     .addOption(providerOption('EXECUTION_PROVIDER, then the config'));
@@ -55,6 +81,9 @@ interface AnswerFlags {
   repetitionPenalty?: number;
   numBeams?: number;
   seed?: number;
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  logitBias?: [number, number][];
 }
 
 /** The config (none for --model alone: it needs none) and the generation settings: the flags over the config's. */
@@ -73,6 +102,9 @@ async function answerSettings(o: AnswerFlags): Promise<{ cfg: BotConfig | null; 
       repetitionPenalty: o.repetitionPenalty ?? m?.repetition_penalty ?? 1.05,
       numBeams: o.numBeams ?? m?.num_beams ?? 1,
       seed: o.seed,
+      ...(o.frequencyPenalty ? { frequencyPenalty: o.frequencyPenalty } : {}),
+      ...(o.presencePenalty ? { presencePenalty: o.presencePenalty } : {}),
+      ...(o.logitBias ? { logitBias: o.logitBias } : {}),
       ...(m?.end_sym ? { stopStrings: [m.end_sym] } : {}),
     },
   };
@@ -266,7 +298,12 @@ export function buildProgram(): Command {
       .description('answer one prompt about an image, streamed to the terminal')
       .requiredOption('--image <file>', 'image file (PNG, JPEG, WebP, GIF, ...)')
       .option('--json', 'print one JSON object (text, entities with pixel boxes, token ids, timings) instead of streaming')
-      .option('--annotate <out>', "write the image with the answer's boxes drawn (PNG; JPEG for .jpg)"),
+      .option('--annotate <out>', "write the image with the answer's boxes drawn (PNG; JPEG for .jpg)")
+      .option(
+        '--logprobs <n>',
+        "with --json: each answer token's log-probability and the n (0-20) likeliest at its place",
+        intFrom('--logprobs', 0, 20),
+      ),
   )
     .option(
       '--profile <dir>',
@@ -274,8 +311,10 @@ export function buildProgram(): Command {
     )
     .argument('<prompt>', 'the question or task, e.g. "[grounding] describe this image"')
     .action(async (prompt: string, o) => {
+      if (o.logprobs !== undefined && !o.json) throw new Error('--logprobs is reported in the --json output: add --json');
       const image = await readImageOption(o.image);
       const { cfg, generation } = await answerSettings(o);
+      if (o.logprobs !== undefined) generation.logprobs = o.logprobs;
       const controller = new AbortController();
       const onSigint = () => controller.abort();
       process.once('SIGINT', onSigint);

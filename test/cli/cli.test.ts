@@ -125,6 +125,70 @@ describe('minigpt ask', () => {
     expect(streamed.stderr).toMatch(/execution provider: cpu/);
   });
 
+  it("--logprobs, --logit-bias and the penalties, held to log-softmax of upstream's greedy step logits", async () => {
+    const args = ['ask', '--model', pkg, '--image', join(GOLDEN, 'input.png'), '--temperature', '0', '--repetition-penalty', '1'];
+    const ask = async (...extra: string[]) => {
+      const r = await minigpt([...args, '--max-new-tokens', '8', ...extra, '--json', '[grounding] describe this image']);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as {
+        token_ids: number[];
+        logprobs?: { id: number; token: string; logprob: number; top: { id: number; logprob: number }[] }[];
+      };
+    };
+    const golden = await goldenIds('chat_greedy_ids.bin');
+    const raw = await readFile(join(GOLDEN, 'chat_greedy_step_logits.bin'));
+    const V = 512;
+    const stepLogits = (t: number) => Array.from(new Float32Array(raw.buffer, raw.byteOffset + t * V * 4, V));
+    const logSoftmax = (l: number[]) => {
+      const max = Math.max(...l);
+      const lse = max + Math.log(l.reduce((s, x) => s + Math.exp(x - max), 0));
+      return l.map((x) => x - lse);
+    };
+
+    const r = await ask('--logprobs', '3');
+    expect(r.token_ids).toEqual(golden);
+    expect(r.logprobs!.map((e) => e.id)).toEqual(golden);
+    r.logprobs!.forEach((e, t) => {
+      const ref = logSoftmax(stepLogits(t));
+      expect(e.logprob).toBeCloseTo(ref[golden[t]], 4);
+      const third = [...ref].sort((a, b) => b - a)[2];
+      expect(e.top).toHaveLength(3);
+      expect(e.top[0].id).toBe(golden[t]);
+      for (const a of e.top) {
+        expect(a.logprob).toBeCloseTo(ref[a.id], 4);
+        expect(a.logprob).toBeGreaterThan(third - 1e-4);
+      }
+    });
+
+    // the first token banned: the likeliest other one, then on from there
+    const banned = await ask('--logit-bias', `${golden[0]}=-100`);
+    const first = stepLogits(0);
+    expect(banned.token_ids[0]).not.toBe(golden[0]);
+    expect(first[banned.token_ids[0]]).toBeGreaterThan(Math.max(...first.filter((_, j) => j !== golden[0])) - 1e-4);
+
+    // frequency penalty 2: upstream's path while the penalised argmax agrees with it, then the penalised choice
+    const penalised = await ask('--frequency-penalty', '2');
+    const counts = new Map<number, number>();
+    let t = 0;
+    for (; t < golden.length; t++) {
+      const scores = stepLogits(t).map((x, j) => x - 2 * (counts.get(j) ?? 0));
+      const choice = scores.indexOf(Math.max(...scores));
+      if (choice !== golden[t]) {
+        expect(penalised.token_ids.slice(0, t)).toEqual(golden.slice(0, t));
+        expect(penalised.token_ids[t]).toBe(choice);
+        break;
+      }
+      counts.set(choice, (counts.get(choice) ?? 0) + 1);
+    }
+    expect(t).toBeLessThan(golden.length); // (the greedy answer repeats a token: the penalty changes it)
+
+    const noJson = await minigpt([...args, '--logprobs', '2', 'hi']);
+    expect([noJson.code, noJson.stderr]).toEqual([1, expect.stringMatching(/--logprobs is reported in the --json output: add --json/)]);
+    const badBias = await minigpt([...args, '--logit-bias', '5=-200', 'hi']);
+    expect(badBias.code).not.toBe(0);
+    expect(badBias.stderr).toMatch(/--logit-bias takes token id=bias pairs/);
+  });
+
   it('--profile: writes onnxruntime traces into a new folder and reports the image, the prefill and the steps', async () => {
     const dir = join(work, 'profile', 'ask');
     const args = ['ask', '--model', pkg, '--image', join(GOLDEN, 'input.png'), '--temperature', '0', '--max-new-tokens', '5'];
