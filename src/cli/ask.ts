@@ -5,6 +5,7 @@ import { conversationPrompt } from '../inference/prompt.js';
 import type { ProviderChoice } from '../inference/providers.js';
 import type { GenerationOptions, TokenLogprob } from '../inference/generation/index.js';
 import { answerLogprobs } from '../conversation/generate.js';
+import { checkLogitBias } from './options.js';
 import type { AnswerLogprob, LogprobToken } from '../conversation/types.js';
 import { entitiesToPixels, parseGrounding, parseUserBox, type Entity } from '../grounding/parse.js';
 import { parseTask } from '../grounding/tasks.js';
@@ -75,6 +76,7 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
   const loadMs = performance.now() - t0;
   let result: AskResult;
   try {
+    checkLogitBias(req.generation.logitBias, model.meta.llm.vocabSize);
     const img = await model.encodeImage(req.image);
     const prompt = conversationPrompt(model.meta.prompt, [{ user: req.prompt }]);
     let text = '';

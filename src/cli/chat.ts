@@ -10,6 +10,7 @@ import { ConversationManager, type AnswerEvent, type ConversationKey, type Conve
 import { entitiesToPixels, type Entity } from '../grounding/parse.js';
 import type { GenerationOptions } from '../inference/generation/index.js';
 import { MiniGPT } from '../inference/model.js';
+import { checkLogitBias } from './options.js';
 import type { ProviderChoice } from '../inference/providers.js';
 
 /** What the chat needs of the conversation manager. */
@@ -208,6 +209,12 @@ export interface TerminalChatOptions {
  */
 export async function runTerminalChat(o: TerminalChatOptions): Promise<void> {
   const model = await MiniGPT.load(o.modelDir, { provider: o.provider, threads: o.threads, log: o.log });
+  try {
+    checkLogitBias(o.generation.logitBias, model.meta.llm.vocabSize);
+  } catch (err) {
+    await model.close();
+    throw err;
+  }
   const manager = new ConversationManager({
     model,
     defaults: o.generation,

@@ -8,3 +8,10 @@ export function providerOption(fallback?: string): Option {
     ...PROVIDER_CHOICES,
   ]);
 }
+
+/** `--logit-bias` against the loaded model: an id its vocabulary does not have is a mistake to say, not to skip. */
+export function checkLogitBias(bias: readonly (readonly [number, number])[] | undefined, vocabSize: number): void {
+  const wrong = (bias ?? []).filter(([id]) => id >= vocabSize).map(([id]) => id);
+  if (wrong.length > 0)
+    throw new Error(`--logit-bias: token ${wrong.join(', ')} is not in the model's vocabulary (ids 0 to ${vocabSize - 1})`);
+}

@@ -184,6 +184,11 @@ describe('minigpt ask', () => {
 
     const noJson = await minigpt([...args, '--logprobs', '2', 'hi']);
     expect([noJson.code, noJson.stderr]).toEqual([1, expect.stringMatching(/--logprobs is reported in the --json output: add --json/)]);
+    const outside = await minigpt([...args, '--logit-bias', '5=1,512=-100', 'hi']);
+    expect([outside.code, outside.stderr]).toEqual([
+      1,
+      expect.stringMatching(/--logit-bias: token 512 is not in the model's vocabulary \(ids 0 to 511\)/),
+    ]);
     const badBias = await minigpt([...args, '--logit-bias', '5=-200', 'hi']);
     expect(badBias.code).not.toBe(0);
     expect(badBias.stderr).toMatch(/--logit-bias takes token id=bias pairs/);
