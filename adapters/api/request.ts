@@ -92,11 +92,12 @@ export function parseChatRequest(body: unknown, vocabSize?: number): ChatRequest
   const extension = isObject(ext) ? ext : {};
   const beams = integerParam(extension, 'num_beams', 1, LIMITS.beams, 'minigpt.num_beams');
   if (beams !== undefined) generation.numBeams = beams;
-  if (beams !== undefined && beams > 1 && generation.logprobs !== undefined)
+  const beamSearch = (beams ?? 1) > 1;
+  if (beamSearch && generation.logprobs !== undefined)
     throw badRequest('logprobs are not reported with beam search (minigpt.num_beams > 1)', 'logprobs', 'unsupported_value');
   const choices = integerParam(body, 'n', 1, LIMITS.choices) ?? 1;
   // (beam search gives its one best answer: n of them would be the same)
-  if (beams !== undefined && beams > 1 && choices > 1)
+  if (beamSearch && choices > 1)
     throw badRequest('n > 1 is not supported with beam search (minigpt.num_beams > 1): it gives one best answer', 'n', 'unsupported_value');
   const penalty = numberParam(extension, 'repetition_penalty', 0.01, 10, 'minigpt.repetition_penalty');
   if (penalty !== undefined) generation.repetitionPenalty = penalty;

@@ -6,7 +6,7 @@ import type { ProviderChoice } from '../inference/providers.js';
 import type { GenerationOptions, TokenLogprob } from '../inference/generation/index.js';
 import { answerLogprobs } from '../conversation/generate.js';
 import { checkLogitBias } from './options.js';
-import type { AnswerLogprob, LogprobToken } from '../conversation/types.js';
+import type { AnswerLogprob } from '../conversation/types.js';
 import { entitiesToPixels, parseGrounding, parseUserBox, type Entity } from '../grounding/parse.js';
 import { parseTask } from '../grounding/tasks.js';
 import { annotateImage } from '../image/annotate.js';
@@ -47,7 +47,7 @@ export interface AskResult {
    * with --logprobs: each answer token's log-probability under the model (log-softmax of its logits) and the likeliest
    * tokens at its place, best first
    */
-  logprobs?: (AnswerLogprob & { id: number; top: (LogprobToken & { id: number })[] })[];
+  logprobs?: AnswerLogprob[];
   /** with --profile: each graph's runs, per kind of run (profile.ts; times are of the profiled run) */
   profile?: ProfileSummary;
   timings: {
@@ -134,11 +134,7 @@ export async function runAsk(req: AskRequest): Promise<AskResult> {
       ...(annotated ? { annotated } : {}),
       ...(req.generation.logprobs !== undefined
         ? {
-            logprobs: answerLogprobs(logprobs, model.tokenizer).map((a, i) => ({
-              id: logprobs[i].id,
-              ...a,
-              top: a.top.map((t, j) => ({ id: logprobs[i].top[j].id, ...t })),
-            })),
+            logprobs: answerLogprobs(logprobs, model.tokenizer),
           }
         : {}),
       prompt,

@@ -10,7 +10,7 @@ import { runAsk } from './ask.js';
 import { registerEvalCommands } from './eval-commands.js';
 import { registerBenchCommand } from './bench.js';
 import { convertOptionsFromConfig, DEFAULT_CONFIG, loadConfig, type BotConfig, type ConvertFlags } from '../config.js';
-import type { GenerationOptions } from '../inference/generation/index.js';
+import { MAX_TOP_LOGPROBS, type GenerationOptions } from '../inference/generation/index.js';
 
 function int(name: string) {
   return (v: string): number => {
@@ -301,8 +301,8 @@ export function buildProgram(): Command {
       .option('--annotate <out>', "write the image with the answer's boxes drawn (PNG; JPEG for .jpg)")
       .option(
         '--logprobs <n>',
-        "with --json: each answer token's log-probability and the n (0-20) likeliest at its place",
-        intFrom('--logprobs', 0, 20),
+        `with --json: each answer token's log-probability and the n (0-${MAX_TOP_LOGPROBS}) likeliest at its place`,
+        intFrom('--logprobs', 0, MAX_TOP_LOGPROBS),
       ),
   )
     .option(

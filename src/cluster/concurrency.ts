@@ -59,7 +59,7 @@ export class RedisConcurrency implements ConcurrencyLimiter {
       if (released) return;
       released = true;
       mine.delete(member);
-      if (mine.size === 0 && this.holds.get(zkey) === mine) this.holds.delete(zkey);
+      if (mine.size === 0) this.holds.delete(zkey);
       // Not given back (Redis out of reach): the hold lapses by itself.
       this.redis.zrem(zkey, member).catch(() => {});
     };
@@ -72,7 +72,6 @@ export class RedisConcurrency implements ConcurrencyLimiter {
 
   private async renew(): Promise<void> {
     for (const [zkey, members] of this.holds) {
-      if (members.size === 0) continue;
       await this.redis.eval(RENEW, 1, zkey, this.holdMs, ...members).catch((err: unknown) => {
         this.log(`api: concurrency limit: could not renew the places held: ${(err as Error).message}`);
       });

@@ -37,7 +37,7 @@ export interface GenerateRun {
 
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** A token's text and bytes (bytes that are no UTF-8 text on their own, part of a character: `\xNN` each, as OpenAI). */
+/** A token's id, text and bytes (bytes that are no UTF-8 text on their own, part of a character: `\xNN` each, as OpenAI). */
 function logprobToken(id: number, logprob: number, tokenizer: Pick<TextTokenizer, 'tokenBytes'>): LogprobToken {
   const bytes = tokenizer.tokenBytes(id);
   let token: string;
@@ -46,7 +46,7 @@ function logprobToken(id: number, logprob: number, tokenizer: Pick<TextTokenizer
   } catch {
     token = Array.from(bytes, (b) => `\\x${b.toString(16).padStart(2, '0')}`).join('');
   }
-  return { token, bytes: Array.from(bytes), logprob };
+  return { id, token, bytes: Array.from(bytes), logprob };
 }
 
 /** The model's token log-probabilities with the tokens' text. */

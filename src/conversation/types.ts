@@ -164,8 +164,10 @@ export type AnswerEvent =
   | { type: 'timings'; timings: Record<string, number> }
   | { type: 'error'; code: ErrorCode; message: string };
 
-/** A token as the answer's log-probabilities name it: its text (bytes that are no UTF-8 text alone as `\xNN`) and bytes. */
+/** A token as the answer's log-probabilities name it: its id, text (bytes that are no UTF-8 text alone as `\xNN`) and bytes. */
 export interface LogprobToken {
+  /** the tokenizer's id */
+  id: number;
   token: string;
   bytes: number[];
   /** natural log of its probability under the model at that position (before penalties, bias and temperature) */

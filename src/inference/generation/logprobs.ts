@@ -44,7 +44,7 @@ export class LogprobQueue {
   private pending: { entry: TokenLogprob; start: number; end: number }[] = [];
   private written = 0;
 
-  /** A token whose text is `[start, end)` of the decoded answer. */
+  /** A token whose text ends at `end` of the decoded answer (it starts where the one before ended). */
   add(entry: TokenLogprob, end: number): void {
     this.pending.push({ entry, start: this.written, end });
     this.written = end;
