@@ -1,7 +1,7 @@
 // One turn's model run: the answer streamed as it decodes, from the KV cache of the conversation's last turn
 // where the prompts agree, and this turn's cache handed back to be kept (src/inference/model.ts answer()).
 import type { MiniGPT, Timings } from '../inference/model.js';
-import type { CachedContext } from '../inference/kv-reuse.js';
+import type { CachedContext, SharedContexts } from '../inference/kv-reuse.js';
 import type { GenerationOptions, TokenLogprob } from '../inference/generation/index.js';
 import type { TextTokenizer } from '../inference/tokenizer.js';
 import { CANCELLED, Failure } from './failure.js';
@@ -29,6 +29,8 @@ export interface GenerateRun {
   signal: AbortSignal;
   /** the last turn's cache, owned by the model from here */
   reuse: CachedContext | undefined;
+  /** other conversations' kept contexts, to start from where one shares more of the prompt than `reuse` */
+  shared?: SharedContexts;
   /** whether this turn's cache is wanted */
   keep: boolean;
   /** a streamed piece, with its tokens' log-probabilities when `gen.logprobs` asks for them */
@@ -69,6 +71,7 @@ export async function generate(model: Pick<MiniGPT, 'answer' | 'tokenizer'>, run
     for await (const ev of model.answer(run.prompt, run.images.embeds, run.gen, run.signal, {
       imageKeys: run.images.keys,
       reuse: run.reuse,
+      shared: run.shared,
       keep,
     })) {
       if (ev.type === 'text') {

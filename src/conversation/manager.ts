@@ -138,6 +138,8 @@ export class ConversationManager {
   private readonly images: ImageInput;
   private readonly budget: PromptBudget;
   private readonly contexts: KvCacheLru<string>;
+  /** answered turns whose KV cache is being brought up to date, to be kept (keepContext) */
+  private keeping = 0;
   private readonly forgottenListeners: ((f: Forgotten) => void)[] = [];
   private readonly maxTextChars: number;
   private readonly annotate: AnnotateOptions | false;
@@ -306,9 +308,12 @@ export class ConversationManager {
     return this.scheduler.waiting;
   }
 
-  /** The KV caches kept for follow-ups: entries, bytes, hits, misses, evictions. */
-  get contextCacheStats(): KvCacheStats {
-    return this.contexts.stats;
+  /**
+   * The KV caches kept for follow-ups (entries, bytes, hits, misses, evictions, lent) and how many answered turns'
+   * caches are on their way in (`keeping`: the stream has ended, the cache is being brought up to date).
+   */
+  get contextCacheStats(): KvCacheStats & { keeping: number } {
+    return { ...this.contexts.stats, keeping: this.keeping };
   }
 
   /**
@@ -579,11 +584,14 @@ export class ConversationManager {
     const keep = job.keep;
     if (!keep) return;
     job.keep = undefined;
+    this.keeping++;
     try {
       const context = await this.model.extendContext(keep.context, keep.prefix, keep.images, keep.keys, job.controller.signal);
       this.contexts.put(keep.id, context);
     } catch (err) {
       this.log(`conversation ${job.convId}: KV cache not kept (${(err as Error).message})`);
+    } finally {
+      this.keeping--;
     }
   }
 
@@ -647,6 +655,7 @@ export class ConversationManager {
         gen,
         signal: job.controller.signal,
         reuse: caching ? this.contexts.take(contextId) : undefined,
+        shared: caching ? this.contexts : undefined,
         keep: caching,
         onText: (text, logprobs) => job.channel.push(logprobs ? { type: 'text', text, logprobs } : { type: 'text', text }),
       });

@@ -87,6 +87,14 @@ export class KvCache implements DecodeState {
     return new KvCache(out, n);
   }
 
+  /**
+   * Another reference to this state's rows (no copy, whatever the storage): valid until the caller disposes it,
+   * whoever disposes this one meanwhile. A state appending after it copies first (see AppendBlock.canAppend).
+   */
+  share(): KvCache {
+    return new KvCache(this.live(), this.length, this.row);
+  }
+
   /** A standalone copy of this state that shares no storage with it (room to grow included). */
   clone(): KvCache {
     const b = this.live();

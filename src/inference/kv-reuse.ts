@@ -69,6 +69,23 @@ export interface KvCacheStats {
   hits: number;
   misses: number;
   evictions: number;
+  /** prompts that started from another conversation's kept rows (e.g. the same image, asked about elsewhere) */
+  lent: number;
+}
+
+/** Rows lent by a kept context: `kv` (a reference the borrower disposes) has at least `rows` positions. */
+export interface LentRows {
+  kv: KvCache;
+  rows: number;
+}
+
+/** Kept contexts that a new prompt may start from (see KvCacheLru.lend). */
+export interface SharedContexts {
+  /**
+   * The kept context with the most leading rows in common with `layout`, if more than `above` (capped at `most`):
+   * a reference to its rows, which the caller disposes; the context stays kept.
+   */
+  lend(layout: ContextLayout, above: number, most: number): LentRows | undefined;
 }
 
 /**
@@ -76,15 +93,34 @@ export interface KvCacheStats {
  * budget. take() removes the entry: the caller owns it (a conversation runs one request at a time) and
  * put()s the next one back. An entry larger than the whole budget is not kept.
  */
-export class KvCacheLru<K = string> {
+export class KvCacheLru<K = string> implements SharedContexts {
   /** oldest first: each cache with when it was put (ms since the epoch) */
   private readonly map = new Map<K, { c: CachedContext; at: number }>();
   private used = 0;
   private hits = 0;
   private misses = 0;
   private evictions = 0;
+  private lent = 0;
 
   constructor(readonly budget: number) {}
+
+  /**
+   * SharedContexts.lend over the kept contexts (a linear scan: a few dozen entries, each compared up to its
+   * first difference). The lender counts as used: it moves to the back of the eviction order.
+   */
+  lend(layout: ContextLayout, above: number, most: number): LentRows | undefined {
+    let best: { key: K; rows: number } | undefined;
+    for (const [key, e] of this.map) {
+      const rows = Math.min(commonPrefixRows(e.c.layout, layout), most);
+      if (rows > (best?.rows ?? above)) best = { key, rows };
+    }
+    if (!best) return undefined;
+    const e = this.map.get(best.key)!;
+    this.map.delete(best.key);
+    this.map.set(best.key, { c: e.c, at: Date.now() });
+    this.lent++;
+    return { kv: e.c.kv.share(), rows: best.rows };
+  }
 
   take(key: K): CachedContext | undefined {
     const e = this.map.get(key);
@@ -125,7 +161,7 @@ export class KvCacheLru<K = string> {
     e.c.dispose();
   }
 
-  /** Drops (disposes) the caches put before `cutoff` (ms since the epoch) and not taken since; how many. */
+  /** Drops (disposes) the caches put or last lent before `cutoff` (ms since the epoch); how many. */
   dropUnusedSince(cutoff: number): number {
     let n = 0;
     for (const [key, e] of this.map) {
@@ -150,6 +186,7 @@ export class KvCacheLru<K = string> {
       hits: this.hits,
       misses: this.misses,
       evictions: this.evictions,
+      lent: this.lent,
     };
   }
 }

@@ -9,7 +9,7 @@ import { TokenEmbedder } from './embedder.js';
 import type { KvCache } from './kv-cache.js';
 import { buildContext, embedRows, promptSegmentIds, PromptError, type ContextEmbeds } from './context.js';
 import { DecodeBatcher } from './batching.js';
-import { CachedContext, commonPrefixRows, layoutLength, type ContextLayout } from './kv-reuse.js';
+import { CachedContext, commonPrefixRows, layoutLength, type ContextLayout, type SharedContexts } from './kv-reuse.js';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
 import { generate, type GenerationEvent, type GenerationOptions } from './generation/index.js';
 import { preprocessImage } from '../image/preprocess.js';
@@ -56,6 +56,12 @@ export interface AnswerContextOptions {
    * then frees it.
    */
   reuse?: CachedContext;
+  /**
+   * Other conversations' kept contexts: where one has more leading rows in common with this prompt than
+   * `reuse` (e.g. the same image asked about in another thread), those rows are copied from it instead of
+   * prefilled (the same rows a prefill would compute: attention is causal).
+   */
+  shared?: SharedContexts;
   /**
    * Receives this answer's context (prompt and every answer token fed to the model) when the answer ends
    * normally (greedy or sampling; not beam search, not cancelled); the receiver owns it.
@@ -324,13 +330,17 @@ export class MiniGPT {
       if (length + 1 > limit) throw new Error(`the prompt is ${length} tokens long; this model handles at most ${limit}`);
       const genOpts = this.generationOptions({ ...opts, maxNewTokens: Math.min(maxNew, limit - length) });
 
-      // The longest common prefix with the previous turn is not prefilled again (at least the last row is:
-      // its logits start the answer).
+      // The longest common prefix with the previous turn, or with another kept context where that is longer,
+      // is not prefilled again (at least the last row is: its logits start the answer).
       let past: KvCache | null = null;
-      if (reuse) {
-        const n = Math.min(commonPrefixRows(reuse.layout, layout), length - 1);
-        if (n > 0) past = await this.decoder.prefix(reuse.kv, n);
-        reuse.dispose();
+      const own = reuse ? Math.min(commonPrefixRows(reuse.layout, layout), length - 1) : 0;
+      const lent = context.shared?.lend(layout, own, length - 1);
+      try {
+        if (lent) past = await this.decoder.prefix(lent.kv, lent.rows);
+        else if (reuse && own > 0) past = await this.decoder.prefix(reuse.kv, own);
+      } finally {
+        lent?.kv.dispose();
+        reuse?.dispose();
         reuse = undefined;
       }
       const from = past?.length ?? 0;

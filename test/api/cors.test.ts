@@ -94,11 +94,17 @@ describe('API_CORS_ORIGINS in Chromium', () => {
     const tight = new ConversationManager({ model, maxQueue: 0, defaults: { maxNewTokens: 8 } });
     const busy = await startApiServer({ manager: tight, port: 0, model: MODEL, corsOrigins: [pageOrigin] });
     try {
-      // (the manager is full while one answer runs: its first chunk is in)
+      // (the manager is full while one answer runs: its first chunk is in; </s> banned, so that it runs its 200 tokens)
       const running = fetch(`${busy.url}/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ model: 'minigpt-demo', messages: [{ role: 'user', content: 'hi' }], stream: true, max_tokens: 200 }),
+        body: JSON.stringify({
+          model: 'minigpt-demo',
+          messages: [{ role: 'user', content: 'hi' }],
+          stream: true,
+          max_tokens: 200,
+          logit_bias: { 2: -100 },
+        }),
       });
       const reader = (await running).body!.getReader();
       await reader.read();

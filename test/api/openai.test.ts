@@ -100,6 +100,8 @@ type Extension = {
   timings: Record<string, number | boolean>;
 };
 const ext = (o: object) => (o as { minigpt: Extension }).minigpt;
+/** Until the answered requests' KV caches are kept (after their responses end), so that the next request can find them. */
+const cachesKept = () => vi.waitFor(() => expect(manager.contextCacheStats.keeping).toBe(0));
 
 async function expectApiError(
   p: Promise<unknown>,
@@ -259,7 +261,9 @@ describe('OpenAI API: chat completions', () => {
       { role: 'assistant', content: a1 },
       { role: 'user', content: q2 },
     ];
+    await cachesKept();
     const second = await client.chat.completions.create({ model: 'minigpt-demo', messages: follow, ...GREEDY });
+    await cachesKept();
     // the same answer as a thread's follow-up
     const thread = await threadAnswers([{ text: q1, image: vqaPng }, { text: q2 }]);
     expect(thread[0].text).toBe(a1);
@@ -267,17 +271,31 @@ describe('OpenAI API: chat completions', () => {
     expect(second.usage!.prompt_tokens).toBe(thread[1].timings.promptTokens);
     // everything up to the new question came from the first request's cache
     const cached = second.usage!.prompt_tokens_details!.cached_tokens!;
+    const question = model.tokenizer.encode(` ${q2} [/INST]`, { addBos: false }).length;
     expect(cached).toBeGreaterThan(first.usage!.prompt_tokens);
-    expect(cached).toBe(thread[1].timings.reusedTokens);
+    expect(second.usage!.prompt_tokens - cached).toBeLessThanOrEqual(question + 1);
+    // the thread, asked the same after them, started each turn from the requests' caches: all but the last row
+    expect(thread.map((t) => t.timings.reusedTokens)).toEqual(thread.map((t) => t.timings.promptTokens - 1));
     expect(ext(second).timings.image_cached).toBe(true);
     // a client that edits the history gets an answer to what it sent, from a shorter reused prefix (the image)
+    await cachesKept();
     const edited = await client.chat.completions.create({
       model: 'minigpt-demo',
       messages: [follow[0], { role: 'assistant', content: 'something else entirely' }, follow[2]],
       ...GREEDY,
     });
-    expect(edited.usage!.prompt_tokens_details!.cached_tokens!).toBeLessThan(first.usage!.prompt_tokens);
+    expect(edited.usage!.prompt_tokens_details!.cached_tokens!).toBe(first.usage!.prompt_tokens);
     expect(edited.usage!.prompt_tokens).not.toBe(second.usage!.prompt_tokens);
+    // a new conversation about the same image starts from the rows the others' caches hold: the image and the
+    // text before it are not prefilled again
+    await cachesKept();
+    const fresh = await client.chat.completions.create({
+      model: 'minigpt-demo',
+      messages: [{ role: 'user', content: withImage(q2, img) }],
+      ...GREEDY,
+    });
+    expect(fresh.usage!.prompt_tokens_details!.cached_tokens!).toBeGreaterThan(model.meta.vision.imageTokens);
+    expect(fresh.choices[0].message.content).toBe((await threadAnswers([{ text: q2, image: vqaPng }]))[0].text);
   });
 
   it('honours stop, max_tokens and seed', async () => {
@@ -430,9 +448,11 @@ describe('OpenAI API: chat completions', () => {
     const token = (id: number) => Buffer.from(model.tokenizer.tokenBytes(id)).toString('utf8');
     const [first] = r.choices[0].logprobs!.content!;
     const id = order.find((i) => token(i) === first.token)!;
-    expect(first.logprob).toBeCloseTo(ref[id], 9);
+    // to float rounding: the request may start from rows other conversations' caches hold (the prompt's opening
+    // text), computed in another split than this prefill's
+    expect(first.logprob).toBeCloseTo(ref[id], 5);
     expect(first.top_logprobs.map((t) => [t.token, t.logprob])).toEqual(
-      order.slice(0, 5).map((i) => [token(i), expect.closeTo(ref[i], 9)]),
+      order.slice(0, 5).map((i) => [token(i), expect.closeTo(ref[i], 5)]),
     );
   });
 

@@ -8,11 +8,13 @@ import { collect, demoModelPerFile, errorOf, finalOf, goldenImage, key, solidPng
 let model: MiniGPT;
 let image: Buffer;
 let image2: Buffer;
+let image3: Buffer;
 
 demoModelPerFile((m) => (model = m));
 beforeAll(async () => {
   image = await goldenImage();
   image2 = await solidPng(64, 48, [200, 30, 30]);
+  image3 = await solidPng(48, 64, [30, 160, 60]);
 });
 
 afterEach(() => {
@@ -79,6 +81,8 @@ describe('conversation manager: KV cache reuse across turns', () => {
 
   it('keeps caches within the byte budget (LRU); evicted ones are recomputed with the same answers', async () => {
     const names = ['e1', 'e2', 'e3'];
+    // an image each: no conversation can start from another's rows past the prompt's opening text
+    const images = [image, image2, image3];
     /** turns round-robin over the conversations, one request at a time */
     const rounds = async (m: ConversationManager) => {
       const texts: string[] = [];
@@ -88,7 +92,12 @@ describe('conversation manager: KV cache reuse across turns', () => {
       for (const c of [0, 1, 0, 2, 0, 1, 0, 2, 1]) {
         const t = turn[c]++;
         const events = await collect(
-          m.handle({ key: key(names[c]), user: 'u', text: QUESTIONS[(c + t) % QUESTIONS.length], ...(t === 0 ? { image } : {}) }),
+          m.handle({
+            key: key(names[c]),
+            user: 'u',
+            text: QUESTIONS[(c + t) % QUESTIONS.length],
+            ...(t === 0 ? { image: images[c] } : {}),
+          }),
         );
         texts.push(finalOf(events).text);
         reused.push(timingsOf(events).reusedTokens);
@@ -104,12 +113,55 @@ describe('conversation manager: KV cache reuse across turns', () => {
     const stats = m.contextCacheStats;
     expect(stats.evictions).toBeGreaterThan(0);
     expect(stats.bytes).toBeLessThanOrEqual(stats.budget);
-    // some follow-ups found their cache, others (evicted in between) were recomputed
+    // some follow-ups found their cache, others (evicted in between) were recomputed from the image on (the
+    // opening text before it may come from another conversation's cache)
     const followUps = small.reused.filter((_, i) => i !== 0 && i !== 1 && i !== 3);
-    expect(followUps.some((n) => n > 0)).toBe(true);
-    expect(followUps.some((n) => n === 0)).toBe(true);
+    const imageRows = model.meta.vision.imageTokens;
+    expect(followUps.some((n) => n > imageRows)).toBe(true);
+    expect(followUps.some((n) => n < imageRows)).toBe(true);
     for (const name of names) await m.reset(key(name));
     expect(m.contextCacheStats.entries).toBe(0);
+    await m.close();
+  });
+
+  it("a new conversation about an image another conversation's cache holds starts from its rows; both answer as full prefills do", async () => {
+    /** one turn; its final text and timings */
+    const ask = async (m: ConversationManager, thread: string, text: string, img?: Buffer) => {
+      const events = await collect(m.handle({ key: key(thread), user: 'u', text, ...(img ? { image: img } : {}) }));
+      expect(errorOf(events)).toBeUndefined();
+      // its cache kept (after the stream's end) before the next conversation asks
+      await vi.waitFor(() => expect(m.contextCacheStats.keeping).toBe(0));
+      return { text: finalOf(events).text, t: timingsOf(events) };
+    };
+    // A answers twice; B asks about A's image; A follows up after B borrowed its rows; C brings another image
+    const script = async (m: ConversationManager) => [
+      await ask(m, 'A', QUESTIONS[0], image),
+      await ask(m, 'A', QUESTIONS[1]),
+      await ask(m, 'B', QUESTIONS[2], image),
+      await ask(m, 'A', QUESTIONS[3]),
+      await ask(m, 'B', QUESTIONS[4]),
+      await ask(m, 'C', QUESTIONS[2], image2),
+    ];
+    const plain = await script(manager({ kvCacheBytes: 0 }));
+    const m = manager();
+    const cached = await script(m);
+    expect(cached.map((r) => r.text)).toEqual(plain.map((r) => r.text));
+    expect(plain.every((r) => r.t.reusedTokens === 0)).toBe(true);
+
+    const [, a2, b1, a3, b2, c1] = cached;
+    // B's first turn: everything up to its question came from A's cache (the opening text, the image's rows, and
+    // the question's leading tokens that A's first question shares)
+    const question = model.tokenizer.encode(` ${QUESTIONS[2]} [/INST]`, { addBos: false }).length;
+    expect(b1.t.reusedTokens).toBeGreaterThan(model.meta.vision.imageTokens);
+    expect(b1.t.promptTokens - b1.t.reusedTokens).toBeLessThanOrEqual(question);
+    // the lender kept its cache as it was: A's follow-up prefills only its own tokens, as before B asked
+    expect(a3.t.reusedTokens).toBeGreaterThan(a2.t.promptTokens - 2);
+    expect(b2.t.reusedTokens).toBeGreaterThan(b1.t.promptTokens - 2);
+    // another image: at most the text before it is shared
+    expect(c1.t.reusedTokens).toBeLessThan(model.meta.vision.imageTokens);
+    expect(m.contextCacheStats).toMatchObject({ hits: 3, evictions: 0 });
+    // lent twice: to B's first turn, and the opening text to C's
+    expect(m.contextCacheStats.lent).toBe(2);
     await m.close();
   });
 });

@@ -7,7 +7,7 @@ import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { generate, type GenerationOptions } from '../../src/inference/generation/index.js';
 import { BufferPool } from '../../src/inference/kv-blocks.js';
 import type { KvCache } from '../../src/inference/kv-cache.js';
-import { type CachedContext, KvCacheLru, commonPrefixRows } from '../../src/inference/kv-reuse.js';
+import { CachedContext, KvCacheLru, commonPrefixRows } from '../../src/inference/kv-reuse.js';
 import { GREEDY } from '../../src/cli/bench/common.js';
 import { QUESTIONS } from '../../src/cli/bench/scenarios/context.js';
 import { demoModelPerFile, goldenImage } from '../conversation/helpers.js';
@@ -341,6 +341,51 @@ describe('KV cache reuse across turns', () => {
     expect(c.kv.disposed).toBe(true);
     expect(tiny.stats.entries).toBe(0);
     lru.clear();
+  });
+
+  it("lends the kept context with the longest common prefix to another prompt: the same tokens, the lender's rows untouched", async () => {
+    const opts = { ...GREEDY, maxNewTokens: 10 };
+    const kept: CachedContext[] = [];
+    const keep = (c: CachedContext) => kept.push(c);
+    const first = prompt([{ user: QUESTIONS[0] }]);
+    const firstIds = (await answer(first, [image], opts, { imageKeys: ['img'], keep })).ids;
+    await answer(prompt([{ user: QUESTIONS[1] }]), [other], opts, { imageKeys: ['other'], keep });
+    const [withImage, withOther] = kept;
+    const lru = new KvCacheLru<string>(withImage.bytes + withOther.bytes + 1);
+    lru.put('image', withImage);
+    lru.put('other', withOther);
+
+    const q = prompt([{ user: QUESTIONS[3] }]);
+    const ctx = await model.context(q, [image]);
+    const layout = { segments: ctx.segmentIds, images: [{ key: 'img', rows: image.length / model.meta.llm.hidden }] };
+    const common = commonPrefixRows(withImage.layout, layout);
+    expect(common).toBeGreaterThan(layout.images[0].rows);
+    // the longest common prefix, capped at `most`; none longer than `above`: nothing lent
+    const lent = lru.lend(layout, 0, common - 1)!;
+    expect(lent.rows).toBe(common - 1);
+    lent.kv.dispose();
+    expect(lru.lend(layout, common, 1000)).toBeUndefined();
+    expect(lru.stats).toMatchObject({ entries: 2, lent: 1 });
+
+    const shared = await answer(q, [image], opts, { imageKeys: ['img'], shared: lru });
+    const full = await answer(q, [image], opts);
+    expect(shared.timings.reusedTokens).toBe(common);
+    expect(full.timings.reusedTokens).toBe(0);
+    expect(shared.ids).toEqual(full.ids);
+    expect(lru.stats.lent).toBe(2);
+
+    // the lender is the most recently used now: a new entry over the budget evicts 'other'
+    const held = lru.lend(layout, 0, common)!;
+    lru.put('big', new CachedContext(await model.decoder.clone(withOther.kv), withOther.layout));
+    expect(withOther.kv.disposed).toBe(true);
+    expect(withImage.kv.disposed).toBe(false);
+    // a lent reference outlives the lender, whose rows the borrowers left as they were: its own prompt asked
+    // again from them gives its first answer
+    lru.clear();
+    expect(withImage.kv.disposed).toBe(true);
+    const again = await answer(first, [image], opts, { imageKeys: ['img'], reuse: new CachedContext(held.kv, withImage.layout) });
+    expect(again.timings.reusedTokens).toBe(again.timings.promptTokens - 1);
+    expect(again.ids).toEqual(firstIds);
   });
 
   it('frees the kept cache when the consumer leaves early, and keeps nothing for a cancelled answer', async () => {

@@ -44,6 +44,11 @@ export interface PackageResult {
   image_cache_hit_ttft_ms: number;
   image_cache_miss_ttft_ms: number;
   image_cache_ttft_ratio: number;
+  /** a new conversation's first turn about an image another conversation's kept cache has: with its rows lent */
+  shared_prefix_ttft_ms: number;
+  /** shared_prefix_ttft_ms / image_cache_hit_ttft_ms (the image's embeddings cached on both sides) */
+  shared_prefix_ttft_ratio: number;
+  shared_prefix_identical: boolean;
   batch8_tokens: number;
   batch8_sequential_ms: number;
   batch8_batched_ms: number;
@@ -116,6 +121,7 @@ export async function benchPackage(
     const cached = await imageCache(b);
     const hitMs = keep('image_cache_hit_ttft_ms', cached.hitMs);
     const missMs = keep('image_cache_miss_ttft_ms', cached.missMs);
+    const sharedMs = keep('shared_prefix_ttft_ms', cached.sharedMs);
 
     const batch = await batch8FollowUps(b, image);
     follow.base.dispose();
@@ -170,6 +176,9 @@ export async function benchPackage(
       image_cache_hit_ttft_ms: hitMs,
       image_cache_miss_ttft_ms: missMs,
       image_cache_ttft_ratio: hitMs / missMs,
+      shared_prefix_ttft_ms: sharedMs,
+      shared_prefix_ttft_ratio: sharedMs / hitMs,
+      shared_prefix_identical: cached.sharedIdentical,
       batch8_tokens: p.batchTokens,
       batch8_sequential_ms: seqMs,
       batch8_batched_ms: batMs,

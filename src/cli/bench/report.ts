@@ -113,6 +113,11 @@ export function markdown(report: Record<string, unknown>, results: PackageResult
     (r) => `**${fmt(r.image_cache_ttft_ratio)}**: ${dist(r, 'image_cache_hit_ttft_ms')} vs ${dist(r, 'image_cache_miss_ttft_ms')}`,
   );
   row(
+    "**shared prefix**: another conversation's first turn about the image, with / without the first one's cached rows",
+    (r) =>
+      `**${fmt(r.shared_prefix_ttft_ratio)}**: ${dist(r, 'shared_prefix_ttft_ms')} vs ${dist(r, 'image_cache_hit_ttft_ms')} (the image's embeddings cached on both sides); same answer: ${r.shared_prefix_identical}`,
+  );
+  row(
     '**grounding answer** about a demo scene (image bytes to last token)',
     (r) =>
       `**${dist(r, 'grounding_answer_ms')}** (${r.grounding_answer_tokens} tokens${r.grounding_answer_tokens ? `: \`${r.grounding_answer_text.replace(/`/g, "'").replace(/\|/g, '\\|').slice(0, 160)}\`` : ''})`,

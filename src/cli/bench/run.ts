@@ -192,6 +192,7 @@ export const BENCH_TOP_KEYS = [
   'prefill_ms',
   'e2e_ms',
   'image_cache_ttft_ratio',
+  'shared_prefix_ttft_ratio',
   'grounding_answer_ms',
 ] as const;
 
@@ -217,7 +218,9 @@ export async function runBench(o: BenchOptions): Promise<Record<string, unknown>
     seconds: Math.round((performance.now() - t0) / 100) / 10,
     targets: {
       ...packageTargets(primary, large ?? primary),
-      identical_greedy_tokens: results.every((r) => r.kv_cache_identical && r.followup_identical && r.batch8_identical),
+      identical_greedy_tokens: results.every(
+        (r) => r.kv_cache_identical && r.followup_identical && r.batch8_identical && r.shared_prefix_identical,
+      ),
       ...(weights
         ? Object.fromEntries(
             Object.entries(weights.targets)

@@ -100,29 +100,50 @@ export async function followUp(b: BenchContext, image: Float32Array): Promise<Fo
 export interface ImageCacheSamples {
   hitMs: number[];
   missMs: number[];
+  /** the image-cache hit again, on a manager that keeps KV caches: the first conversation's rows lent */
+  sharedMs: number[];
+  /** the hit's answer without / with the lent rows were the same */
+  sharedIdentical: boolean;
 }
 
-/** Time to first token of a conversation's first turn through the manager, its image cached (thread b) / not (thread a). */
+/**
+ * Time to first token of conversations' first turns through the manager: thread a brings a new image (a miss),
+ * then thread b asks another question about it (its embeddings cached: a hit), on a manager that keeps no KV
+ * caches; then the same on one that does, where b starts from the rows a's kept cache shares with its prompt
+ * (the text before the image, the image, the question's first tokens).
+ */
 export async function imageCache(b: BenchContext): Promise<ImageCacheSamples> {
   const { model, profile: p, say } = b;
-  say('image cache hit / miss');
-  const out: ImageCacheSamples = { hitMs: [], missMs: [] };
+  say('image cache hit / miss; a cached prefix lent to another conversation');
+  const out: ImageCacheSamples = { hitMs: [], missMs: [], sharedMs: [], sharedIdentical: true };
   for (let i = 0; i < p.warmup + Math.max(2, Math.ceil(p.reps / 2)); i++) {
-    const m = new ConversationManager({ model, defaults: { ...GREEDY, maxNewTokens: 1 }, annotate: false });
-    for (const thread of ['a', 'b']) {
-      const t0 = performance.now();
-      let first = 0;
-      for await (const ev of m.handle({
-        key: { platform: 'cli', workspace: 'bench', channel: 'c', thread },
-        user: 'bench',
-        text: QUESTIONS[3],
-        image: b.bytes,
-      })) {
-        if ((ev.type === 'text' || ev.type === 'final') && !first) first = performance.now() - t0;
+    const answers: string[] = [];
+    for (const kvCacheBytes of [0, 256 * 2 ** 20]) {
+      const m = new ConversationManager({ model, defaults: { ...GREEDY, maxNewTokens: 1 }, annotate: false, kvCacheBytes });
+      for (const thread of ['a', 'b']) {
+        const t0 = performance.now();
+        let first = 0;
+        for await (const ev of m.handle({
+          key: { platform: 'cli', workspace: 'bench', channel: 'c', thread },
+          user: 'bench',
+          text: QUESTIONS[thread === 'a' ? 3 : 4],
+          image: b.bytes,
+        })) {
+          if ((ev.type === 'text' || ev.type === 'final') && !first) first = performance.now() - t0;
+          if (ev.type === 'final' && thread === 'b') answers.push(ev.text);
+        }
+        // a's cache is kept after its answer's end: b starts once it is
+        while (m.contextCacheStats.keeping > 0) await new Promise((r) => setTimeout(r, 1));
+        if (i < p.warmup) continue;
+        if (thread === 'a') {
+          if (kvCacheBytes === 0) out.missMs.push(first);
+        } else {
+          (kvCacheBytes === 0 ? out.hitMs : out.sharedMs).push(first);
+        }
       }
-      if (i >= p.warmup) (thread === 'a' ? out.missMs : out.hitMs).push(first);
+      await m.close();
     }
-    await m.close();
+    out.sharedIdentical &&= answers[0] === answers[1];
   }
   return out;
 }
