@@ -9,6 +9,7 @@ import { TokenEmbedder } from './embedder.js';
 import type { KvCache } from './kv-cache.js';
 import { buildContext, embedRows, promptSegmentIds, PromptError, type ContextEmbeds } from './context.js';
 import { DecodeBatcher } from './batching.js';
+import { PrefillHandoff } from './prefill-handoff.js';
 import { CachedContext, commonPrefixRows, layoutLength, type ContextLayout, type SharedContexts } from './kv-reuse.js';
 import { loadTokenizer, type TextTokenizer } from './tokenizer.js';
 import { generate, type GenerationEvent, type GenerationOptions } from './generation/index.js';
@@ -190,6 +191,8 @@ export class MiniGPT {
   }
 
   private readonly closing = new AbortController();
+  /** finished prefills held for the prompts waiting to prefill the same rows (see answer()) */
+  readonly handoff = new PrefillHandoff();
   /**
    * The background read of the embedding table's files (LoadOptions.readEmbeddingsThrough): the bytes read; 0 when
    * not asked for or failed, fewer when the model was closed first.
@@ -330,24 +333,40 @@ export class MiniGPT {
       if (length + 1 > limit) throw new Error(`the prompt is ${length} tokens long; this model handles at most ${limit}`);
       const genOpts = this.generationOptions({ ...opts, maxNewTokens: Math.min(maxNew, limit - length) });
 
-      // The longest common prefix with the previous turn, or with another kept context where that is longer,
-      // is not prefilled again (at least the last row is: its logits start the answer).
-      let past: KvCache | null = null;
+      // The longest common prefix with the previous turn, or a longer one with another kept context or with a
+      // prefill that just ran, is not prefilled again (at least the last row is: its logits start the answer).
+      // Chosen when this prompt's turn to prefill comes (prefills run one at a time, in order), so that a prompt
+      // waiting behind one that starts alike takes its rows.
       const own = reuse ? Math.min(commonPrefixRows(reuse.layout, layout), length - 1) : 0;
-      const lent = context.shared?.lend(layout, own, length - 1);
-      try {
-        if (lent) past = await this.decoder.prefix(lent.kv, lent.rows);
-        else if (reuse && own > 0) past = await this.decoder.prefix(reuse.kv, own);
-      } finally {
-        lent?.kv.dispose();
-        reuse?.dispose();
-        reuse = undefined;
-      }
-      const from = past?.length ?? 0;
+      const waiting = this.handoff.expect(layout, own);
+      let from = 0;
       let pre: { state: KvCache; logits: Float32Array };
       try {
-        const embeds = await embedRows(segmentIds, images, this.embedder, from);
-        const r = await this.engine.exclusive(() => this.decoder.forward(embeds, past, signal));
+        const r = await this.engine.exclusive(async () => {
+          let past: KvCache | null = null;
+          const handed = this.handoff.lend(layout, own, length - 1);
+          const kept = context.shared?.lend(layout, handed?.rows ?? own, length - 1);
+          waiting.done();
+          try {
+            const lent = kept ?? handed;
+            if (lent) past = await this.decoder.prefix(lent.kv, lent.rows);
+            else if (reuse && own > 0) past = await this.decoder.prefix(reuse.kv, own);
+          } finally {
+            kept?.kv.dispose();
+            handed?.kv.dispose();
+            reuse?.dispose();
+            reuse = undefined;
+          }
+          try {
+            from = past?.length ?? 0;
+            const embeds = await embedRows(segmentIds, images, this.embedder, from);
+            const out = await this.decoder.forward(embeds, past, signal);
+            this.handoff.offer(layout, out.state);
+            return out;
+          } finally {
+            past?.dispose();
+          }
+        });
         pre = { state: r.state, logits: r.logits.slice() };
       } catch (err) {
         // Cancelled before the first token: the same ending as a cancellation during decoding.
@@ -355,7 +374,7 @@ export class MiniGPT {
         yield { type: 'done', text: '', tokenIds: [], finishReason: 'aborted', steps: 0 };
         return;
       } finally {
-        past?.dispose();
+        waiting.done();
       }
       const tPrefill = performance.now();
       let tFirst = 0;

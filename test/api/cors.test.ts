@@ -7,7 +7,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startApiServer, type ApiServer } from '../../adapters/api/server.js';
 import { ConversationManager } from '../../src/conversation/index.js';
 import { MiniGPT } from '../../src/inference/model.js';
@@ -94,24 +94,23 @@ describe('API_CORS_ORIGINS in Chromium', () => {
     const tight = new ConversationManager({ model, maxQueue: 0, defaults: { maxNewTokens: 8 } });
     const busy = await startApiServer({ manager: tight, port: 0, model: MODEL, corsOrigins: [pageOrigin] });
     try {
-      // (the manager is full while one answer runs: its first chunk is in; </s> banned, so that it runs its 200 tokens)
+      // The manager is full while one answer runs: the model's engine held by a task of the test's, the answer
+      // waits for its turn to prefill.
+      let release!: () => void;
+      const held = model.engine.exclusive(() => new Promise<void>((r) => (release = r)));
       const running = fetch(`${busy.url}/chat/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({
-          model: 'minigpt-demo',
-          messages: [{ role: 'user', content: 'hi' }],
-          stream: true,
-          max_tokens: 200,
-          logit_bias: { 2: -100 },
-        }),
+        body: JSON.stringify({ model: 'minigpt-demo', messages: [{ role: 'user', content: 'hi' }], stream: true }),
       });
-      const reader = (await running).body!.getReader();
-      await reader.read();
+      await vi.waitFor(() => expect(model.handoff.pending).toBe(1));
       const refused = await fromPage(busy.url, {});
       expect(refused.status).toBe(503);
       expect(JSON.parse(refused.text!).error.code).toBe('server_busy');
       expect(refused.retryAfter).toBe('2');
+      release();
+      await held;
+      const reader = (await running).body!.getReader();
       await reader.cancel();
     } finally {
       await busy.close();

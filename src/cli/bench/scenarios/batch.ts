@@ -5,7 +5,10 @@ import type { Turn } from '../../../inference/prompt.js';
 import { GREEDY } from '../common.js';
 import { clone, FILLER, prefixOf, QUESTIONS, timed, type BenchContext } from './context.js';
 
-/** One greedy answer of `tokens` tokens, from `reuse` (a conversation's own cache) when given. */
+/**
+ * One greedy answer of `tokens` tokens, from `reuse` (a conversation's own cache) when given; the image identified
+ * (as the manager does), so that prompts prefilled together share the image's rows (PrefillHandoff).
+ */
 async function answerIds(
   b: BenchContext,
   image: Float32Array,
@@ -14,7 +17,7 @@ async function answerIds(
   tokens: number,
 ): Promise<number[]> {
   let ids: number[] = [];
-  const more = reuse ? { imageKeys: ['img'], reuse } : {};
+  const more = reuse ? { imageKeys: ['img'], reuse } : { imageKeys: ['img'] };
   for await (const ev of b.model.answer(prompt, [image], { ...GREEDY, maxNewTokens: tokens }, undefined, more))
     if (ev.type === 'done') ids = ev.tokenIds;
   return ids;
@@ -66,10 +69,13 @@ export interface ColdBatch8Samples {
   batchedMs: number[];
 }
 
-/** Eight first turns (a full prefill each): one after another / batched. */
+/**
+ * Eight first turns about one new image: one after another (a full prefill each) / arriving together (decoded in
+ * batches; the first prefill's rows of the image lent to the seven waiting behind it).
+ */
 export async function batch8FirstTurns(b: BenchContext, image: Float32Array): Promise<ColdBatch8Samples> {
   const { profile: p, say, ask } = b;
-  say('8 first turns (full prefill each): one after another / batched');
+  say('8 first turns about one image: one after another / together');
   const cold = QUESTIONS.map((q) => ask([{ user: q }]));
   const out: ColdBatch8Samples = { sequentialMs: [], batchedMs: [] };
   for (let i = 0; i < p.warmup + p.batchReps; i++) {

@@ -1,0 +1,92 @@
+// Prompts that arrive together and start alike (the `n` choices of one API request, several users asking about
+// the same new image at once) would each prefill the shared rows, one after another, since prefills run one at a
+// time. Each answer says what it is waiting to prefill; a finished prefill whose rows a waiting prompt shares is
+// held until every such prompt has had its turn, and lent to it (only then: no memory is held for nobody).
+import type { KvCache } from './kv-cache.js';
+import { commonPrefixRows, type ContextLayout, type LentRows, type SharedContexts } from './kv-reuse.js';
+
+/** Fewer shared rows than this are prefilled again rather than a prefill held for them. */
+export const MIN_HANDOFF_ROWS = 16;
+
+interface Held {
+  layout: ContextLayout;
+  kv: KvCache;
+  /** the waiting prompts it is held for */
+  for: Set<Waiting>;
+}
+
+/** A prompt waiting for its prefill: done() once it has taken what it could (or given up), idempotent. */
+export interface Waiting {
+  readonly layout: ContextLayout;
+  /** its rows that come from its own conversation's cache anyway */
+  readonly own: number;
+  done(): void;
+}
+
+export class PrefillHandoff implements SharedContexts {
+  private readonly waiting = new Set<Waiting>();
+  private readonly held: Held[] = [];
+  /** prefills held (so far), and lent to a waiting prompt */
+  holds = 0;
+  lent = 0;
+
+  /** Registers a prompt that will prefill `layout` after its first `own` rows. */
+  expect(layout: ContextLayout, own = 0): Waiting {
+    const w: Waiting = {
+      layout,
+      own,
+      done: () => {
+        if (!this.waiting.delete(w)) return;
+        for (let i = this.held.length - 1; i >= 0; i--) {
+          const h = this.held[i];
+          if (h.for.delete(w) && h.for.size === 0) {
+            this.held.splice(i, 1);
+            h.kv.dispose();
+          }
+        }
+      },
+    };
+    this.waiting.add(w);
+    return w;
+  }
+
+  /**
+   * A finished prefill of `layout` (the caller keeps `kv`): held, as a reference of its own, for the waiting
+   * prompts it would spare at least MIN_HANDOFF_ROWS rows of prefill (rows in common beyond their own).
+   */
+  offer(layout: ContextLayout, kv: KvCache): void {
+    const sharing = new Set<Waiting>();
+    for (const w of this.waiting) {
+      const rows = commonPrefixRows(w.layout, layout);
+      if (rows - w.own < MIN_HANDOFF_ROWS) continue;
+      // (one held already giving it as many rows is enough)
+      if (this.held.some((h) => h.for.has(w) && commonPrefixRows(h.layout, w.layout) >= rows)) continue;
+      sharing.add(w);
+    }
+    if (sharing.size === 0) return;
+    this.held.push({ layout, kv: kv.share(), for: sharing });
+    this.holds++;
+  }
+
+  /** SharedContexts.lend over the held prefills. */
+  lend(layout: ContextLayout, above: number, most: number): LentRows | undefined {
+    let best: { h: Held; rows: number } | undefined;
+    for (const h of this.held) {
+      const rows = Math.min(commonPrefixRows(h.layout, layout), most);
+      if (rows > (best?.rows ?? above)) best = { h, rows };
+    }
+    if (!best) return undefined;
+    this.lent++;
+    return { kv: best.h.kv.share(), rows: best.rows };
+  }
+
+  /** Prefills held now (for tests and stats). */
+  get holding(): number {
+    return this.held.length;
+  }
+
+  /** Prompts waiting for their turn to prefill. */
+  get pending(): number {
+    return this.waiting.size;
+  }
+}
