@@ -579,6 +579,7 @@ export async function serve(opts: ServeOptions = {}): Promise<RunningBot> {
     manager = mgr;
     const metrics = observe && new BotMetrics('all', { model: model.meta.name, provider: model.provider });
     metrics?.gauge('minigpt_queue_waiting', 'Requests waiting for the model', () => mgr.waiting);
+    metrics?.meterCaches(() => mgr.contextCacheStats, model.handoff);
     let closing = false;
     let running: AdaptersRunning | undefined;
     metricsServer = await startObserving(

@@ -215,6 +215,7 @@ export async function serveWorker(opts: ServeOptions = {}): Promise<RunningWorke
       metrics.gauge('minigpt_queue_waiting', 'Requests waiting for the model', () => mgr.waiting);
       metrics.gauge('minigpt_worker_jobs_running', 'Jobs this worker runs now', () => worker?.stats().running ?? 0);
       metrics.gauge('minigpt_worker_jobs_finished', 'Jobs this worker has answered since it started', () => worker?.stats().finished ?? 0);
+      metrics.meterCaches(() => mgr.contextCacheStats, model.handoff);
     }
     metricsServer = await startObserving(observe, metrics, async () => (worker ? worker.problems() : ['starting']), log);
     const started = await startClusterWorker({

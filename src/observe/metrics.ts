@@ -6,6 +6,8 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { ConversationPort } from '../../adapters/shared/port.js';
 import { UserRateLimiter, type RateLimiter, type RateLimiterFactory } from '../../adapters/shared/rate-limit.js';
 import type { AnswerEvent, ConversationRequest } from '../conversation/index.js';
+import type { KvCacheStats } from '../inference/kv-reuse.js';
+import type { PrefillHandoff } from '../inference/prefill-handoff.js';
 
 /** Seconds, from a fast cached follow-up on a GPU to a 7B answer on a 2-core CPU. */
 const SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300];
@@ -142,6 +144,46 @@ export class BotMetrics {
         this.set(await read());
       },
     });
+  }
+
+  /** A counter whose value is read at each scrape from a count that only grows (a cache's hits). */
+  counter(name: string, help: string, read: () => number): void {
+    new Counter({
+      name,
+      help,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        this.inc(read());
+      },
+    });
+  }
+
+  /**
+   * The conversations' kept KV caches (runtime.kv_cache_mb) and the model's shared prefills: how much of the prompts
+   * the bot did not prefill again, and why.
+   */
+  meterCaches(caches: () => KvCacheStats & { keeping: number }, handoff: Pick<PrefillHandoff, 'lent'>): void {
+    this.gauge(
+      'minigpt_kv_cache_bytes',
+      'Bytes of the KV caches kept for follow-ups (the budget: runtime.kv_cache_mb)',
+      () => caches().bytes,
+    );
+    this.gauge('minigpt_kv_cache_entries', 'Conversations whose KV cache is kept', () => caches().entries);
+    this.gauge('minigpt_kv_cache_keeping', 'Answered turns whose KV cache is being brought up to date, to be kept', () => caches().keeping);
+    this.counter('minigpt_kv_cache_hits_total', "Turns that started from their conversation's kept KV cache", () => caches().hits);
+    this.counter('minigpt_kv_cache_misses_total', 'Turns whose conversation had no kept KV cache', () => caches().misses);
+    this.counter(
+      'minigpt_kv_cache_lent_total',
+      "Turns that started from another conversation's kept KV cache, which shared more of the prompt (the same image)",
+      () => caches().lent,
+    );
+    this.counter('minigpt_kv_cache_evictions_total', 'Kept KV caches dropped to stay within the budget', () => caches().evictions);
+    this.counter(
+      'minigpt_prefill_handoffs_total',
+      'Prompts that started from the rows of a prefill that ran just before theirs (arriving together, starting alike)',
+      () => handoff.lent,
+    );
   }
 
   /** The port with every request and reset it sees counted; what goes through is unchanged. */

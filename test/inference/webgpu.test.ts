@@ -133,7 +133,10 @@ describe('WebGPU (software Vulkan)', () => {
     const conversations = async (model: MiniGPT) => {
       const rows = model.engine.stats.rows;
       const steps = model.engine.stats.steps;
+      const lent = model.handoff.lent;
+      // (the first prefill's rows of the image lent to the two others, from device memory on WebGPU)
       const first = await Promise.all(QUESTIONS.map((q) => answer(model, [{ user: q }])));
+      const handedOff = model.handoff.lent - lent;
       const follow = await Promise.all(
         first.map((f, i) => {
           const said = model.tokenizer.decode(f.ids, { skipSpecialTokens: true });
@@ -142,11 +145,12 @@ describe('WebGPU (software Vulkan)', () => {
       );
       for (const f of follow) f.kept?.dispose();
       const meanRows = (model.engine.stats.rows - rows) / (model.engine.stats.steps - steps);
-      return { first: first.map((f) => f.ids), follow: follow.map((f) => f.ids), meanRows };
+      return { first: first.map((f) => f.ids), follow: follow.map((f) => f.ids), meanRows, handedOff };
     };
     const want = await conversations(cpu);
     const got = await conversations(gpu);
     expect(got.meanRows).toBeGreaterThan(1.5);
+    expect([want.handedOff, got.handedOff]).toEqual([2, 2]);
     expect(got.first).toEqual(want.first);
     expect(got.follow).toEqual(want.follow);
   });

@@ -2,7 +2,7 @@
 // timed, tokens), the process's own, and the probes (/healthz, /readyz) of each role: one process; a front end
 // (not ready without a live worker, ready once one beats) and a worker on a real redis-server. The tiny demo
 // package through the real web demo; the text format is read back with a small parser of the exposition format.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
@@ -112,6 +112,19 @@ describe('METRICS_PORT', () => {
       expect(edited.get('minigpt_edited_questions_total{platform="web",outcome="stale"}')).toBe(1);
       expect(edited.get('minigpt_regenerations_total{platform="web",outcome="answered"}')).toBe(1);
       expect(edited.get('minigpt_requests_total{platform="web",outcome="answered"}')).toBe(4);
+
+      // the KV caches: a new conversation about the same image starts from another one's kept cache
+      await vi.waitFor(async () => expect((await scrape(base)).get('minigpt_kv_cache_keeping')).toBe(0));
+      const cached = await scrape(base);
+      expect(cached.get('minigpt_kv_cache_entries')).toBe(2);
+      expect(cached.get('minigpt_kv_cache_bytes')).toBeGreaterThan(0);
+      expect(cached.get('minigpt_kv_cache_hits_total')).toBe(2); // the regenerated and the edited answer
+      expect((await chat(bot.webUrl!, { text: 'what colour is it?', image: await testPng() }))?.type).toBe('final');
+      const lent = await scrape(base);
+      expect(lent.get('minigpt_kv_cache_lent_total')).toBe(cached.get('minigpt_kv_cache_lent_total')! + 1);
+      expect(lent.get('minigpt_kv_cache_misses_total')).toBe(cached.get('minigpt_kv_cache_misses_total')! + 1);
+      expect(lent.get('minigpt_kv_cache_evictions_total')).toBe(0);
+      expect(lent.get('minigpt_prefill_handoffs_total')).toBe(0);
 
       // the web page's "new conversation"
       const res = await fetch(new URL('/api/reset', bot.webUrl), {
@@ -277,6 +290,9 @@ describe('METRICS_PORT on Redis', () => {
       expect(w.get('minigpt_requests_total{platform="web",outcome="answered"}')).toBe(1);
       expect(w.get('minigpt_worker_jobs_finished')).toBe(1);
       expect(w.get('minigpt_worker_jobs_running')).toBe(0);
+      // the KV caches are the worker's: it answers
+      expect(w.get('minigpt_kv_cache_misses_total')).toBe(1);
+      expect(f.has('minigpt_kv_cache_misses_total')).toBe(false);
       // the tokens as the worker counted them reached the front end with the answer's timings
       expect(f.get('minigpt_generated_tokens_total')).toBe(w.get('minigpt_generated_tokens_total'));
 
