@@ -361,7 +361,7 @@ export class MiniGPT {
             from = past?.length ?? 0;
             const embeds = await embedRows(segmentIds, images, this.embedder, from);
             const out = await this.decoder.forward(embeds, past, signal);
-            this.handoff.offer(layout, out.state);
+            await this.handoff.offer(layout, out.state, (kv, rows) => this.rowsCopied(kv, rows));
             return out;
           } finally {
             past?.dispose();
@@ -431,6 +431,16 @@ export class MiniGPT {
       };
     } finally {
       reuse?.dispose();
+    }
+  }
+
+  /** The first `rows` positions of `kv` in storage of their own (holding none of `kv`'s). */
+  private async rowsCopied(kv: KvCache, rows: number): Promise<KvCache> {
+    const view = await this.decoder.prefix(kv, rows);
+    try {
+      return await this.decoder.clone(view);
+    } finally {
+      view.dispose();
     }
   }
 

@@ -51,20 +51,31 @@ export class PrefillHandoff implements SharedContexts {
   }
 
   /**
-   * A finished prefill of `layout` (the caller keeps `kv`): held, as a reference of its own, for the waiting
-   * prompts it would spare at least MIN_HANDOFF_ROWS rows of prefill (rows in common beyond their own).
+   * A finished prefill of `layout` (the caller keeps `kv`): held for the waiting prompts it would spare at least
+   * MIN_HANDOFF_ROWS rows of prefill (rows in common beyond their own). What is held is a reference to `kv`, or,
+   * where they share less than half of its rows (a long system prompt, another image), a copy of just those rows
+   * (`copy`), so that no more memory than they take is held for them.
    */
-  offer(layout: ContextLayout, kv: KvCache): void {
+  async offer(layout: ContextLayout, kv: KvCache, copy: (kv: KvCache, rows: number) => Promise<KvCache>): Promise<void> {
     const sharing = new Set<Waiting>();
+    let most = 0;
     for (const w of this.waiting) {
       const rows = commonPrefixRows(w.layout, layout);
       if (rows - w.own < MIN_HANDOFF_ROWS) continue;
       // (one held already giving it as many rows is enough)
-      if (this.held.some((h) => h.for.has(w) && commonPrefixRows(h.layout, w.layout) >= rows)) continue;
+      if (this.held.some((h) => h.for.has(w) && Math.min(commonPrefixRows(h.layout, w.layout), h.kv.length) >= rows)) continue;
       sharing.add(w);
+      most = Math.max(most, rows);
     }
     if (sharing.size === 0) return;
-    this.held.push({ layout, kv: kv.share(), for: sharing });
+    const held = most * 2 >= kv.length ? kv.share() : await copy(kv, most);
+    // (a prompt may have stopped waiting meanwhile: held for the others, or for none)
+    for (const w of sharing) if (!this.waiting.has(w)) sharing.delete(w);
+    if (sharing.size === 0) {
+      held.dispose();
+      return;
+    }
+    this.held.push({ layout, kv: held, for: sharing });
     this.holds++;
   }
 
@@ -72,7 +83,7 @@ export class PrefillHandoff implements SharedContexts {
   lend(layout: ContextLayout, above: number, most: number): LentRows | undefined {
     let best: { h: Held; rows: number } | undefined;
     for (const h of this.held) {
-      const rows = Math.min(commonPrefixRows(h.layout, layout), most);
+      const rows = Math.min(commonPrefixRows(h.layout, layout), h.kv.length, most);
       if (rows > (best?.rows ?? above)) best = { h, rows };
     }
     if (!best) return undefined;

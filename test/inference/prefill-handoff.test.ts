@@ -6,6 +6,7 @@ import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { GREEDY } from '../../src/cli/bench/common.js';
 import { FILLER, QUESTIONS } from '../../src/cli/bench/scenarios/context.js';
 import { CachedContext } from '../../src/inference/kv-reuse.js';
+import { promptSegmentIds } from '../../src/inference/context.js';
 import { demoModelPerFile, goldenImage } from '../conversation/helpers.js';
 
 let model: MiniGPT;
@@ -114,6 +115,36 @@ describe('prefills shared by prompts that arrive together', () => {
     expect(together.every((a) => a.reused >= base.length)).toBe(true);
     expect(model.handoff.holds).toBe(holds);
     base.dispose();
+  });
+
+  it('holds a copy of just the shared rows when they are less than half of the prefill (text-only prompts)', async () => {
+    const start = 'describe every object in this picture, its colour, its size and where it is, one by one, then';
+    const prompts = [
+      `${start} say which of them is the largest and which is the smallest, and how far apart the two are from each other`,
+      `${start} count them`,
+    ].map((q) => conversationPrompt(model.meta.prompt, [{ user: q }], { image: false }));
+    const run = async (p: string) => {
+      let ids: number[] = [];
+      let timings: Timings | undefined;
+      for await (const ev of model.answer(p, [], opts)) {
+        if (ev.type === 'done') ids = ev.tokenIds;
+        if (ev.type === 'timings') timings = ev.timings;
+      }
+      return { ids, timings: timings! };
+    };
+    const alone = [await run(prompts[0]), await run(prompts[1])];
+    const holds = model.handoff.holds;
+    const together = await Promise.all(prompts.map(run));
+    expect(together.map((t) => t.ids)).toEqual(alone.map((a) => a.ids));
+    const [a, b] = prompts.map((p) => promptSegmentIds(p, model.meta.prompt.imageToken, 0, model.tokenizer)[0]);
+    let common = 0;
+    while (a[common] === b[common]) common++;
+    const shared = together[1].timings.reusedTokens;
+    expect(shared).toBe(common);
+    expect(shared).toBeGreaterThanOrEqual(16);
+    expect(shared * 2).toBeLessThan(together[0].timings.promptTokens);
+    expect(model.handoff.holds).toBe(holds + 1);
+    expect(model.handoff.holding).toBe(0);
   });
 
   it('holds nothing once the prompts it was held for are answered or cancelled', async () => {
