@@ -81,6 +81,8 @@ export interface LentRows {
 
 /** Kept contexts that a new prompt may start from (see KvCacheLru.lend). */
 export interface SharedContexts {
+  /** The most leading rows any of them has in common with `layout`, capped at `most` (nothing taken or counted). */
+  longest(layout: ContextLayout, most: number): number;
   /**
    * The kept context with the most leading rows in common with `layout`, if more than `above` (capped at `most`):
    * a reference to its rows, which the caller disposes; the context stays kept.
@@ -109,17 +111,26 @@ export class KvCacheLru<K = string> implements SharedContexts {
    * first difference). The lender counts as used: it moves to the back of the eviction order.
    */
   lend(layout: ContextLayout, above: number, most: number): LentRows | undefined {
-    let best: { key: K; rows: number } | undefined;
-    for (const [key, e] of this.map) {
-      const rows = Math.min(commonPrefixRows(e.c.layout, layout), most);
-      if (rows > (best?.rows ?? above)) best = { key, rows };
-    }
+    const best = this.best(layout, above, most);
     if (!best) return undefined;
     const e = this.map.get(best.key)!;
     this.map.delete(best.key);
     this.map.set(best.key, { c: e.c, at: Date.now() });
     this.lent++;
     return { kv: e.c.kv.share(), rows: best.rows };
+  }
+
+  longest(layout: ContextLayout, most: number): number {
+    return this.best(layout, 0, most)?.rows ?? 0;
+  }
+
+  private best(layout: ContextLayout, above: number, most: number): { key: K; rows: number } | undefined {
+    let best: { key: K; rows: number } | undefined;
+    for (const [key, e] of this.map) {
+      const rows = Math.min(commonPrefixRows(e.c.layout, layout), most);
+      if (rows > (best?.rows ?? above)) best = { key, rows };
+    }
+    return best;
   }
 
   take(key: K): CachedContext | undefined {

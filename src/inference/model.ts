@@ -344,16 +344,15 @@ export class MiniGPT {
       try {
         const r = await this.engine.exclusive(async () => {
           let past: KvCache | null = null;
-          const handed = this.handoff.lend(layout, own, length - 1);
-          const kept = context.shared?.lend(layout, handed?.rows ?? own, length - 1);
+          const kept = context.shared?.longest(layout, length - 1) ?? 0;
+          const lender = kept >= this.handoff.longest(layout, length - 1) ? context.shared : this.handoff;
+          const lent = lender?.lend(layout, own, length - 1);
           waiting.done();
           try {
-            const lent = kept ?? handed;
             if (lent) past = await this.decoder.prefix(lent.kv, lent.rows);
             else if (reuse && own > 0) past = await this.decoder.prefix(reuse.kv, own);
           } finally {
-            kept?.kv.dispose();
-            handed?.kv.dispose();
+            lent?.kv.dispose();
             reuse?.dispose();
             reuse = undefined;
           }
@@ -361,7 +360,8 @@ export class MiniGPT {
             from = past?.length ?? 0;
             const embeds = await embedRows(segmentIds, images, this.embedder, from);
             const out = await this.decoder.forward(embeds, past, signal);
-            await this.handoff.offer(layout, out.state, (kv, rows) => this.rowsCopied(kv, rows));
+            // (rows not held for the prompts waiting behind cost them their own prefill, not this answer)
+            await this.handoff.offer(layout, out.state, (kv, rows) => this.rowsCopied(kv, rows)).catch(() => undefined);
             return out;
           } finally {
             past?.dispose();

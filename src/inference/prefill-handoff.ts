@@ -26,9 +26,8 @@ export interface Waiting {
 export class PrefillHandoff implements SharedContexts {
   private readonly waiting = new Set<Waiting>();
   private readonly held: Held[] = [];
-  /** prefills held (so far), and lent to a waiting prompt */
-  holds = 0;
-  lent = 0;
+  private holdCount = 0;
+  private lentCount = 0;
 
   /** Registers a prompt that will prefill `layout` after its first `own` rows. */
   expect(layout: ContextLayout, own = 0): Waiting {
@@ -76,22 +75,41 @@ export class PrefillHandoff implements SharedContexts {
       return;
     }
     this.held.push({ layout, kv: held, for: sharing });
-    this.holds++;
+    this.holdCount++;
   }
 
   /** SharedContexts.lend over the held prefills. */
   lend(layout: ContextLayout, above: number, most: number): LentRows | undefined {
+    const best = this.best(layout, above, most);
+    if (!best) return undefined;
+    this.lentCount++;
+    return { kv: best.h.kv.share(), rows: best.rows };
+  }
+
+  longest(layout: ContextLayout, most: number): number {
+    return this.best(layout, 0, most)?.rows ?? 0;
+  }
+
+  private best(layout: ContextLayout, above: number, most: number): { h: Held; rows: number } | undefined {
     let best: { h: Held; rows: number } | undefined;
     for (const h of this.held) {
       const rows = Math.min(commonPrefixRows(h.layout, layout), h.kv.length, most);
       if (rows > (best?.rows ?? above)) best = { h, rows };
     }
-    if (!best) return undefined;
-    this.lent++;
-    return { kv: best.h.kv.share(), rows: best.rows };
+    return best;
   }
 
-  /** Prefills held now (for tests and stats). */
+  /** Prefills held so far. */
+  get holds(): number {
+    return this.holdCount;
+  }
+
+  /** Prompts that took a held prefill's rows so far. */
+  get lent(): number {
+    return this.lentCount;
+  }
+
+  /** Prefills held now. */
   get holding(): number {
     return this.held.length;
   }

@@ -46,6 +46,19 @@ export function demoModelPerFile(use: (model: MiniGPT) => void): void {
   });
 }
 
+/**
+ * The committed demo package (per file, as demoModelPerFile) with two images' embeddings: the golden image's, and
+ * another made from them.
+ */
+export function demoModelAndImagesPerFile(use: (d: { model: MiniGPT; image: Float32Array; other: Float32Array }) => void): void {
+  let model: MiniGPT;
+  demoModelPerFile((m) => (model = m));
+  beforeAll(async () => {
+    const image = (await model.encodeImage(await goldenImage())).embeds;
+    use({ model, image, other: image.map((x, i) => x * 0.5 + Math.sin(i)) });
+  });
+}
+
 /** The golden test image (120x90 PNG). */
 export function goldenImage(): Promise<Buffer> {
   return readFile(join(GOLDEN, 'input.png'));

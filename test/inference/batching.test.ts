@@ -1,7 +1,7 @@
 // Batched decoding (left-padded KV rows in one session run, continuous batching across answers) and reuse
 // of a conversation's KV cache across turns, on the committed demo package: every path gives the same
 // greedy tokens as plain, one-at-a-time generation.
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { MiniGPT, ModelEvent, Timings } from '../../src/inference/model.js';
 import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { generate, type GenerationOptions } from '../../src/inference/generation/index.js';
@@ -10,17 +10,13 @@ import type { KvCache } from '../../src/inference/kv-cache.js';
 import { CachedContext, KvCacheLru, commonPrefixRows } from '../../src/inference/kv-reuse.js';
 import { GREEDY } from '../../src/cli/bench/common.js';
 import { QUESTIONS } from '../../src/cli/bench/scenarios/context.js';
-import { demoModelPerFile, goldenImage } from '../conversation/helpers.js';
+import { demoModelAndImagesPerFile } from '../conversation/helpers.js';
 
 let model: MiniGPT;
 let image: Float32Array;
 let other: Float32Array;
 
-demoModelPerFile((m) => (model = m));
-beforeAll(async () => {
-  image = (await model.encodeImage(await goldenImage())).embeds;
-  other = image.map((x, i) => x * 0.5 + Math.sin(i));
-});
+demoModelAndImagesPerFile((d) => ({ model, image, other } = d));
 
 const prompt = (turns: Turn[]) => conversationPrompt(model.meta.prompt, turns);
 

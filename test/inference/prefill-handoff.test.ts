@@ -1,23 +1,19 @@
 // Prompts that arrive together and start alike share one prefill of their common rows (src/inference/prefill-handoff.ts),
 // on the committed demo package: the same tokens as each answered alone, fewer rows prefilled, nothing held after.
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { MiniGPT, ModelEvent, Timings } from '../../src/inference/model.js';
 import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { GREEDY } from '../../src/cli/bench/common.js';
 import { FILLER, QUESTIONS } from '../../src/cli/bench/scenarios/context.js';
 import { CachedContext } from '../../src/inference/kv-reuse.js';
 import { promptSegmentIds } from '../../src/inference/context.js';
-import { demoModelPerFile, goldenImage } from '../conversation/helpers.js';
+import { demoModelAndImagesPerFile } from '../conversation/helpers.js';
 
 let model: MiniGPT;
 let image: Float32Array;
 let other: Float32Array;
 
-demoModelPerFile((m) => (model = m));
-beforeAll(async () => {
-  image = (await model.encodeImage(await goldenImage())).embeds;
-  other = image.map((x, i) => x * 0.5 + Math.sin(i));
-});
+demoModelAndImagesPerFile((d) => ({ model, image, other } = d));
 
 const prompt = (turns: Turn[]) => conversationPrompt(model.meta.prompt, turns);
 /** The prompt of `turns` up to where the next user message would start (what a kept cache is brought up to). */
@@ -79,7 +75,7 @@ describe('prefills shared by prompts that arrive together', () => {
     ];
     const alone = await answers(asked, false);
     expect(alone.every((a) => a.timings?.reusedTokens === 0)).toBe(true);
-    const before = { ...model.handoff };
+    const before = { holds: model.handoff.holds, lent: model.handoff.lent };
     const together = await answers(asked, true);
     expect(together.map((a) => a.ids)).toEqual(alone.map((a) => a.ids));
     const [first, same, sameImage, otherImage] = together.map((a) => a.timings!);
