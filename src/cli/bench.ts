@@ -55,7 +55,7 @@ export function registerBenchCommand(program: Command, log: (line: string) => vo
     .addOption(new Option('--child <dir>').hideHelp())
     .option(
       '--thread <dir>',
-      'only this package, as a bot user meets it: a thread with a new image, then a follow-up (TTFT, decode tok/s, peak RSS; for a full-size package)',
+      'only this package, as a bot user meets it: a thread with a new image, a follow-up, then another thread about the image (TTFT, decode tok/s, peak RSS; for a full-size package)',
     )
     .option(
       '--cluster <dir>',

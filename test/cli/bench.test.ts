@@ -7,7 +7,14 @@ import { join } from 'node:path';
 import { stat } from '../../src/cli/bench/common.js';
 import { BENCH_TOP_KEYS } from '../../src/cli/bench/run.js';
 import type { ApiBenchResult } from '../../src/cli/bench/api.js';
-import { medianResult, parseDtypes, weightRatios, weightsMarkdown, type WeightsResult } from '../../src/cli/bench/weights.js';
+import {
+  medianResult,
+  parseDtypes,
+  weightRatios,
+  weightsMarkdown,
+  type ThreadResult,
+  type WeightsResult,
+} from '../../src/cli/bench/weights.js';
 import { minigpt } from '../helpers/cli.js';
 import { convertTinyV2 } from '../helpers/tiny-package.js';
 
@@ -44,6 +51,20 @@ describe('minigpt bench', () => {
     } finally {
       await rm(work, { recursive: true, force: true });
     }
+  });
+
+  it("--thread: a new image, a follow-up, then another thread about the image from the first one's kept rows", async () => {
+    const r = await minigpt(['bench', '--thread', 'models/demo', '--rounds', '2', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as ThreadResult;
+    expect(j.layers).toBe(4);
+    for (const k of ['ttft_new_image_ms', 'followup_ttft_ms', 'other_thread_ttft_ms', 'decode_tok_s'] as const)
+      expect(j[k], k).toBeGreaterThan(0);
+    // the follow-up prefills its own question; the other thread its question, not the image nor the text before it
+    expect(j.followup_prefilled_tokens).toBeLessThan(j.followup_prompt_tokens - j.prompt_tokens);
+    expect(j.other_thread_prompt_tokens - j.other_thread_prefilled_tokens).toBeGreaterThan(16);
+    expect(j.other_thread_prefilled_tokens).toBeLessThan(j.other_thread_prompt_tokens - 16);
+    expect(r.stderr).toMatch(/another thread about the image/);
   });
 
   it('--api: a conversation through the OpenAI-compatible API, the follow-up with and without the kept KV cache', async () => {

@@ -190,17 +190,23 @@ export interface ThreadResult {
   followup_ttft_ms: number;
   followup_prompt_tokens: number;
   followup_prefilled_tokens: number;
+  /** a first turn in another thread about the same image: from the first thread's kept rows */
+  other_thread_ttft_ms: number;
+  other_thread_prompt_tokens: number;
+  other_thread_prefilled_tokens: number;
   /** the conversation manager's KV cache budget (runtime.kv_cache_mb) */
   kv_cache_mb: number;
   peak_rss_mb: number;
 }
 
 const FOLLOW_UP = 'what colour is the star';
+const OTHER_THREAD = '[refer] the red square';
 
 /**
  * One conversation through the conversation manager, as the adapters drive it: a grounding request with a
  * new image, `tokens` greedy tokens (no stop words, so a random model answers as long as a real one), then a
- * follow-up in the same thread. `rounds` threads, each with a fresh manager (no image cache across rounds);
+ * follow-up in the same thread, then another thread's first question about the same image (which starts from
+ * the first thread's kept rows). `rounds` rounds, each with a fresh manager (no image or KV cache across rounds);
  * the first round warms up.
  */
 export const benchThread: ConversationBench<ThreadResult> = async (dir, image, threads, o, log) => {
@@ -211,17 +217,23 @@ export const benchThread: ConversationBench<ThreadResult> = async (dir, image, t
   const { meta } = model;
   const say = (s: string) => log(`[bench ${meta.dtype} ${dir}] ${s}`);
   say(`loaded in ${(loadMs / 1000).toFixed(1)} s; RSS ${Math.round(process.memoryUsage().rss / 2 ** 20)} MB`);
-  const rows: { first: Record<string, number>; follow: Record<string, number>; steps: number; stepMs: number }[] = [];
+  const rows: {
+    first: Record<string, number>;
+    follow: Record<string, number>;
+    other: Record<string, number>;
+    steps: number;
+    stepMs: number;
+  }[] = [];
   try {
     for (let round = 0; round < o.rounds; round++) {
       const defaults = { ...GREEDY, maxNewTokens: o.tokens };
       const m = new ConversationManager({ model, defaults, annotate: false, kvCacheBytes: o.kvCacheMb * 2 ** 20 });
       try {
         const key = { platform: 'cli' as const, workspace: 'bench', channel: 'c', thread: `t${round}` };
-        const turn = async (text: string, img?: Uint8Array) => {
+        const turn = async (text: string, img?: Uint8Array, thread = key) => {
           const runs0 = model.decoder.stats.runs;
           let timings: Record<string, number> | undefined;
-          for await (const ev of m.handle({ key, user: 'bench', text, ...(img ? { image: img } : {}) })) {
+          for await (const ev of m.handle({ key: thread, user: 'bench', text, ...(img ? { image: img } : {}) })) {
             if (ev.type === 'timings') timings = ev.timings;
             if (ev.type === 'error') throw new Error(ev.message);
           }
@@ -235,9 +247,19 @@ export const benchThread: ConversationBench<ThreadResult> = async (dir, image, t
         const first = await turn(PROMPT, image);
         say(`round ${round + 1}/${o.rounds}: a follow-up`);
         const follow = await turn(FOLLOW_UP);
+        say(`round ${round + 1}/${o.rounds}: another thread about the image`);
+        // (the follow-up's cache is kept after its answer's end)
+        while (m.contextCacheStats.keeping > 0) await new Promise((r) => setTimeout(r, 1));
+        const other = await turn(OTHER_THREAD, image, { ...key, thread: `t${round}b` });
         // runs of the first turn: its prefill, then one per decoding step
         const steps = first.runs - 1;
-        rows.push({ first: first.timings, follow: follow.timings, steps, stepMs: (first.timings.decodeMs ?? 0) / Math.max(1, steps) });
+        rows.push({
+          first: first.timings,
+          follow: follow.timings,
+          other: other.timings,
+          steps,
+          stepMs: (first.timings.decodeMs ?? 0) / Math.max(1, steps),
+        });
       } finally {
         await m.close();
       }
@@ -259,6 +281,9 @@ export const benchThread: ConversationBench<ThreadResult> = async (dir, image, t
       followup_ttft_ms: med((r) => r.follow.firstTokenMs),
       followup_prompt_tokens: last.follow.promptTokens,
       followup_prefilled_tokens: last.follow.promptTokens - last.follow.reusedTokens,
+      other_thread_ttft_ms: med((r) => r.other.firstTokenMs),
+      other_thread_prompt_tokens: last.other.promptTokens,
+      other_thread_prefilled_tokens: last.other.promptTokens - last.other.reusedTokens,
       kv_cache_mb: o.kvCacheMb,
       peak_rss_mb: process.resourceUsage().maxRSS / 1024,
     };
@@ -311,9 +336,9 @@ export function threadMarkdown(r: ThreadResult): string {
   return [
     `\`${r.package}\`: ${r.dtype}, ${r.layers} decoder layers, ${r.vision_layers} ViT blocks; loaded in ${fmt(r.load_ms / 1000, ' s')}.`,
     '',
-    '| new image: time to first token | vision | prefill | decode | follow-up: time to first token | peak RSS |',
-    '| --- | --- | --- | --- | --- | --- |',
-    `| ${fmt(r.ttft_new_image_ms / 1000, ' s')} | ${fmt(r.vision_ms / 1000, ' s')} | ${fmt(r.prefill_ms / 1000, ' s')} (${r.prompt_tokens} tokens) | ${fmt(r.decode_tok_s)} tok/s | ${fmt(r.followup_ttft_ms / 1000, ' s')} (${r.followup_prefilled_tokens} of ${r.followup_prompt_tokens} tokens prefilled; KV cache budget ${r.kv_cache_mb} MB) | ${fmt(r.peak_rss_mb / 1024, ' GiB')} |`,
+    '| new image: time to first token | vision | prefill | decode | follow-up: time to first token | another thread, same image: time to first token | peak RSS |',
+    '| --- | --- | --- | --- | --- | --- | --- |',
+    `| ${fmt(r.ttft_new_image_ms / 1000, ' s')} | ${fmt(r.vision_ms / 1000, ' s')} | ${fmt(r.prefill_ms / 1000, ' s')} (${r.prompt_tokens} tokens) | ${fmt(r.decode_tok_s)} tok/s | ${fmt(r.followup_ttft_ms / 1000, ' s')} (${r.followup_prefilled_tokens} of ${r.followup_prompt_tokens} tokens prefilled; KV cache budget ${r.kv_cache_mb} MB) | ${fmt(r.other_thread_ttft_ms / 1000, ' s')} (${r.other_thread_prefilled_tokens} of ${r.other_thread_prompt_tokens} tokens prefilled) | ${fmt(r.peak_rss_mb / 1024, ' GiB')} |`,
     '',
     '```json',
     JSON.stringify(roundAll(r)),
