@@ -96,7 +96,7 @@ export interface SharedContexts {
  * put()s the next one back. An entry larger than the whole budget is not kept.
  */
 export class KvCacheLru<K = string> implements SharedContexts {
-  /** oldest first: each cache with when it was put (ms since the epoch) */
+  /** least recently used first: each cache with when it was put (ms since the epoch) */
   private readonly map = new Map<K, { c: CachedContext; at: number }>();
   private used = 0;
   private hits = 0;
@@ -108,14 +108,15 @@ export class KvCacheLru<K = string> implements SharedContexts {
 
   /**
    * SharedContexts.lend over the kept contexts (a linear scan: a few dozen entries, each compared up to its
-   * first difference). The lender counts as used: it moves to the back of the eviction order.
+   * first difference). The lender counts as used for the budget (it moves to the back of the eviction order), not
+   * for retention: its own conversation has not gone on (dropUnusedSince goes by when it was put).
    */
   lend(layout: ContextLayout, above: number, most: number): LentRows | undefined {
     const best = this.best(layout, above, most);
     if (!best) return undefined;
     const e = this.map.get(best.key)!;
     this.map.delete(best.key);
-    this.map.set(best.key, { c: e.c, at: Date.now() });
+    this.map.set(best.key, e);
     this.lent++;
     return { kv: e.c.kv.share(), rows: best.rows };
   }
@@ -172,11 +173,12 @@ export class KvCacheLru<K = string> implements SharedContexts {
     e.c.dispose();
   }
 
-  /** Drops (disposes) the caches put or last lent before `cutoff` (ms since the epoch); how many. */
+  /** Drops (disposes) the caches put before `cutoff` (ms since the epoch) and not taken since; how many. */
   dropUnusedSince(cutoff: number): number {
     let n = 0;
+    // (every entry: one lent moved back in the eviction order, not in time)
     for (const [key, e] of this.map) {
-      if (e.at >= cutoff) break;
+      if (e.at >= cutoff) continue;
       this.delete(key);
       n++;
     }

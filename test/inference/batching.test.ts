@@ -1,7 +1,7 @@
 // Batched decoding (left-padded KV rows in one session run, continuous batching across answers) and reuse
 // of a conversation's KV cache across turns, on the committed demo package: every path gives the same
 // greedy tokens as plain, one-at-a-time generation.
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { MiniGPT, ModelEvent, Timings } from '../../src/inference/model.js';
 import { conversationPrompt, type Turn } from '../../src/inference/prompt.js';
 import { generate, type GenerationOptions } from '../../src/inference/generation/index.js';
@@ -382,6 +382,29 @@ describe('KV cache reuse across turns', () => {
     const again = await answer(first, [image], opts, { imageKeys: ['img'], reuse: new CachedContext(held.kv, withImage.layout) });
     expect(again.timings.reusedTokens).toBe(again.timings.promptTokens - 1);
     expect(again.ids).toEqual(firstIds);
+  });
+
+  it('drops the caches kept past the retention time by when they were put, lent since or not', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      const lru = new KvCacheLru<string>(2 ** 30);
+      vi.setSystemTime(1000);
+      const a = await model.extendContext(null, prompt([{ user: QUESTIONS[0] }]), [image], ['img']);
+      lru.put('a', a);
+      vi.setSystemTime(2000);
+      const b = await model.extendContext(null, prompt([{ user: QUESTIONS[1] }]), [other], ['other']);
+      lru.put('b', b);
+      vi.setSystemTime(3000);
+      // lent: the most recently used for the budget, not for retention (its conversation did not go on)
+      lru.lend(a.layout, 0, a.length)!.kv.dispose();
+      expect(lru.dropUnusedSince(1500)).toBe(1);
+      expect(a.kv.disposed).toBe(true);
+      expect(b.kv.disposed).toBe(false);
+      expect(lru.stats.entries).toBe(1);
+      lru.clear();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('frees the kept cache when the consumer leaves early, and keeps nothing for a cancelled answer', async () => {
