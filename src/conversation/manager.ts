@@ -138,8 +138,8 @@ export class ConversationManager {
   private readonly images: ImageInput;
   private readonly budget: PromptBudget;
   private readonly contexts: KvCacheLru<string>;
-  /** answered turns whose KV cache is being brought up to date, to be kept (keepContext) */
-  private keeping = 0;
+  /** answered turns' KV caches being brought up to date, to be kept (keepContext) */
+  private readonly keeping = new Set<Promise<void>>();
   private readonly forgottenListeners: ((f: Forgotten) => void)[] = [];
   private readonly maxTextChars: number;
   private readonly annotate: AnnotateOptions | false;
@@ -313,7 +313,12 @@ export class ConversationManager {
    * caches are on their way in (`keeping`: the stream has ended, the cache is being brought up to date).
    */
   get contextCacheStats(): KvCacheStats & { keeping: number } {
-    return { ...this.contexts.stats, keeping: this.keeping };
+    return { ...this.contexts.stats, keeping: this.keeping.size };
+  }
+
+  /** Once the KV caches of the turns answered so far are kept (or given up): what a next conversation may start from. */
+  async cachesKept(): Promise<void> {
+    while (this.keeping.size > 0) await Promise.all(this.keeping);
   }
 
   /**
@@ -584,15 +589,15 @@ export class ConversationManager {
     const keep = job.keep;
     if (!keep) return;
     job.keep = undefined;
-    this.keeping++;
-    try {
-      const context = await this.model.extendContext(keep.context, keep.prefix, keep.images, keep.keys, job.controller.signal);
-      this.contexts.put(keep.id, context);
-    } catch (err) {
-      this.log(`conversation ${job.convId}: KV cache not kept (${(err as Error).message})`);
-    } finally {
-      this.keeping--;
-    }
+    const kept = this.model
+      .extendContext(keep.context, keep.prefix, keep.images, keep.keys, job.controller.signal)
+      .then(
+        (context) => this.contexts.put(keep.id, context),
+        (err: unknown) => this.log(`conversation ${job.convId}: KV cache not kept (${(err as Error).message})`),
+      )
+      .finally(() => this.keeping.delete(kept));
+    this.keeping.add(kept);
+    await kept;
   }
 
   private errorEvent(job: Job, err: unknown): AnswerEvent {

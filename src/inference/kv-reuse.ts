@@ -39,6 +39,26 @@ export function commonPrefixRows(a: ContextLayout, b: ContextLayout): number {
   return n;
 }
 
+/**
+ * Of `candidates` (each with a context layout and the KV cache of its rows, or of the first of them), the one with
+ * the most leading rows in common with `layout`, if more than `above`; the rows capped at `most` and at its cache's.
+ */
+export function mostShared<T>(
+  candidates: Iterable<T>,
+  of: (c: T) => { layout: ContextLayout; kv: KvCache },
+  layout: ContextLayout,
+  above: number,
+  most: number,
+): { candidate: T; rows: number } | undefined {
+  let best: { candidate: T; rows: number } | undefined;
+  for (const candidate of candidates) {
+    const c = of(candidate);
+    const rows = Math.min(commonPrefixRows(c.layout, layout), c.kv.length, most);
+    if (rows > (best?.rows ?? above)) best = { candidate, rows };
+  }
+  return best;
+}
+
 /** A conversation's context after its last turn: the KV cache of exactly the rows `layout` describes. */
 export class CachedContext {
   constructor(
@@ -112,26 +132,17 @@ export class KvCacheLru<K = string> implements SharedContexts {
    * for retention: its own conversation has not gone on (dropUnusedSince goes by when it was put).
    */
   lend(layout: ContextLayout, above: number, most: number): LentRows | undefined {
-    const best = this.best(layout, above, most);
+    const best = mostShared(this.map, ([, e]) => e.c, layout, above, most);
     if (!best) return undefined;
-    const e = this.map.get(best.key)!;
-    this.map.delete(best.key);
-    this.map.set(best.key, e);
+    const [key, e] = best.candidate;
+    this.map.delete(key);
+    this.map.set(key, e);
     this.lent++;
     return { kv: e.c.kv.share(), rows: best.rows };
   }
 
   longest(layout: ContextLayout, most: number): number {
-    return this.best(layout, 0, most)?.rows ?? 0;
-  }
-
-  private best(layout: ContextLayout, above: number, most: number): { key: K; rows: number } | undefined {
-    let best: { key: K; rows: number } | undefined;
-    for (const [key, e] of this.map) {
-      const rows = Math.min(commonPrefixRows(e.c.layout, layout), most);
-      if (rows > (best?.rows ?? above)) best = { key, rows };
-    }
-    return best;
+    return mostShared(this.map, ([, e]) => e.c, layout, 0, most)?.rows ?? 0;
   }
 
   take(key: K): CachedContext | undefined {

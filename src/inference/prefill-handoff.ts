@@ -3,7 +3,7 @@
 // time. Each answer says what it is waiting to prefill; a finished prefill whose rows a waiting prompt shares is
 // held until every such prompt has had its turn, and lent to it (only then: no memory is held for nobody).
 import type { KvCache } from './kv-cache.js';
-import { commonPrefixRows, type ContextLayout, type LentRows, type SharedContexts } from './kv-reuse.js';
+import { commonPrefixRows, mostShared, type ContextLayout, type LentRows, type SharedContexts } from './kv-reuse.js';
 
 /** Fewer shared rows than this are prefilled again rather than a prefill held for them. */
 export const MIN_HANDOFF_ROWS = 16;
@@ -80,23 +80,14 @@ export class PrefillHandoff implements SharedContexts {
 
   /** SharedContexts.lend over the held prefills. */
   lend(layout: ContextLayout, above: number, most: number): LentRows | undefined {
-    const best = this.best(layout, above, most);
+    const best = mostShared(this.held, (h) => h, layout, above, most);
     if (!best) return undefined;
     this.lentCount++;
-    return { kv: best.h.kv.share(), rows: best.rows };
+    return { kv: best.candidate.kv.share(), rows: best.rows };
   }
 
   longest(layout: ContextLayout, most: number): number {
-    return this.best(layout, 0, most)?.rows ?? 0;
-  }
-
-  private best(layout: ContextLayout, above: number, most: number): { h: Held; rows: number } | undefined {
-    let best: { h: Held; rows: number } | undefined;
-    for (const h of this.held) {
-      const rows = Math.min(commonPrefixRows(h.layout, layout), h.kv.length, most);
-      if (rows > (best?.rows ?? above)) best = { h, rows };
-    }
-    return best;
+    return mostShared(this.held, (h) => h, layout, 0, most)?.rows ?? 0;
   }
 
   /** Prefills held so far. */

@@ -101,7 +101,7 @@ type Extension = {
 };
 const ext = (o: object) => (o as { minigpt: Extension }).minigpt;
 /** Until the answered requests' KV caches are kept (after their responses end), so that the next request can find them. */
-const cachesKept = () => vi.waitFor(() => expect(manager.contextCacheStats.keeping).toBe(0));
+const cachesKept = () => manager.cachesKept();
 
 async function expectApiError(
   p: Promise<unknown>,

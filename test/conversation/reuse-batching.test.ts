@@ -130,7 +130,7 @@ describe('conversation manager: KV cache reuse across turns', () => {
       const events = await collect(m.handle({ key: key(thread), user: 'u', text, ...(img ? { image: img } : {}) }));
       expect(errorOf(events)).toBeUndefined();
       // its cache kept (after the stream's end) before the next conversation asks
-      await vi.waitFor(() => expect(m.contextCacheStats.keeping).toBe(0));
+      await m.cachesKept();
       return { text: finalOf(events).text, t: timingsOf(events) };
     };
     // A answers twice; B asks about A's image; A follows up after B borrowed its rows; C brings another image

@@ -118,7 +118,7 @@ function expectWellFormed(model: MiniGPT, s: Seen, turns: number, label: string)
  * Until the answered turns' KV caches are kept (after their replies; bringing one up to date embeds ids too), so that
  * what the next answer embeds is its own.
  */
-const cachesKept = (manager: ConversationManager) => vi.waitFor(() => expect(manager.contextCacheStats.keeping).toBe(0));
+const cachesKept = (manager: ConversationManager) => manager.cachesKept();
 
 /** User texts that try to break out of their turn. */
 const ATTACKS: string[] = [

@@ -249,7 +249,7 @@ export const benchThread: ConversationBench<ThreadResult> = async (dir, image, t
         const follow = await turn(FOLLOW_UP);
         say(`round ${round + 1}/${o.rounds}: another thread about the image`);
         // (the follow-up's cache is kept after its answer's end)
-        while (m.contextCacheStats.keeping > 0) await new Promise((r) => setTimeout(r, 1));
+        await m.cachesKept();
         const other = await turn(OTHER_THREAD, image, { ...key, thread: `t${round}b` });
         // runs of the first turn: its prefill, then one per decoding step
         const steps = first.runs - 1;

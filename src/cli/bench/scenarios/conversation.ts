@@ -133,7 +133,7 @@ export async function imageCache(b: BenchContext): Promise<ImageCacheSamples> {
           if (ev.type === 'final' && thread === 'b') answers.push(ev.text);
         }
         // a's cache is kept after its answer's end: b starts once it is
-        while (m.contextCacheStats.keeping > 0) await new Promise((r) => setTimeout(r, 1));
+        await m.cachesKept();
         if (i < p.warmup) continue;
         if (thread === 'a') {
           if (kvCacheBytes === 0) out.missMs.push(first);
